@@ -1,0 +1,3 @@
+//! Restore and verify readers.
+
+pub mod tree;
