@@ -4,12 +4,12 @@
 /// powers of 1024. Returns a message naming the bad input on failure.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, suffix) = t.split_at(split);
     if digits.is_empty() {
-        return Err(format!("'{text}' is not a size (expected e.g. 4096, 64K, 1M, 2G, 1T)"));
+        return Err(format!(
+            "'{text}' is not a size (expected e.g. 4096, 64K, 1M, 2G, 1T)"
+        ));
     }
     let n: u64 = digits
         .parse()
@@ -21,7 +21,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "G" | "GB" | "GIB" => 30,
         "T" | "TB" | "TIB" => 40,
         "P" | "PB" | "PIB" => 50,
-        _ => return Err(format!("'{text}': unknown unit '{suffix}' (use K, M, G, T)")),
+        _ => {
+            return Err(format!(
+                "'{text}': unknown unit '{suffix}' (use K, M, G, T)"
+            ))
+        }
     };
     n.checked_mul(1u64 << shift)
         .ok_or_else(|| format!("'{text}' does not fit in 64 bits"))

@@ -1,1 +1,376 @@
-//! The data path.
+//! The data path: buffer pool, ring worker, dispatcher, and the backup run
+//! that ties them together (label, data, catalog, durable, complete).
+
+pub mod buffers;
+pub mod dispatch;
+pub mod media;
+pub mod ring;
+pub mod stream;
+
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use crate::device::Device;
+use crate::format::{
+    Catalog, CatalogDevice, CatalogFile, CatalogSegment, FileKind, Label, LabelState, SetId,
+    HEADER_BYTES,
+};
+use crate::plan::{self, DeviceSlot, FileItem, Plan};
+use crate::source::{Entry, EntryKind};
+use dispatch::Dispatcher;
+use ring::{RecordDone, Ring, RingError, RingStats};
+
+/// Everything a backup run reads: the walked entries (file id = index) and the plan.
+pub struct SetInput {
+    pub entries: Vec<Entry>,
+    pub plan: Plan,
+}
+
+/// Planner inputs derived from walked entries: one item per entry (size 0
+/// for everything that has no data), so plan file ids are entry indexes.
+pub fn file_items(entries: &[Entry]) -> Vec<FileItem> {
+    entries
+        .iter()
+        .map(|e| FileItem {
+            size_bytes: match e.kind {
+                EntryKind::File { size_bytes, .. } => size_bytes,
+                _ => 0,
+            },
+        })
+        .collect()
+}
+
+/// The catalog for `entries` with the given segment placements; digests
+/// are filled by the caller once the data is written.
+pub fn catalog_for(
+    set_id: SetId,
+    created_unix_ns: u64,
+    chunk_bytes: u32,
+    devices: &[CatalogDevice],
+    entries: &[Entry],
+    segments: Vec<CatalogSegment>,
+) -> Catalog {
+    let files = entries
+        .iter()
+        .map(|e| {
+            let (kind, size_bytes, link_target, hardlink_to) = match &e.kind {
+                EntryKind::File { size_bytes, .. } => {
+                    (FileKind::Regular, *size_bytes, Vec::new(), 0)
+                }
+                EntryKind::Dir => (FileKind::Directory, 0, Vec::new(), 0),
+                EntryKind::Symlink { target } => (FileKind::Symlink, 0, target.clone(), 0),
+                EntryKind::HardLink { target } => (FileKind::HardLink, 0, Vec::new(), *target),
+            };
+            CatalogFile {
+                path: e.path.clone(),
+                kind,
+                mode: e.meta.mode,
+                uid: e.meta.uid,
+                gid: e.meta.gid,
+                mtime_sec: e.meta.mtime_sec,
+                mtime_nsec: e.meta.mtime_nsec,
+                size_bytes,
+                link_target,
+                hardlink_to,
+                digest: [0; 32],
+            }
+        })
+        .collect();
+    Catalog {
+        set_id,
+        created_unix_ns,
+        chunk_bytes,
+        devices: devices.to_vec(),
+        files,
+        segments,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanSetError {
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error("device {device}: too small to hold even the label and catalog ({capacity_bytes} bytes, need {reserve_bytes})")]
+    TooSmall {
+        device: String,
+        capacity_bytes: u64,
+        reserve_bytes: u64,
+    },
+}
+
+/// Plan a set over devices of the given capacities, reserving on each
+/// device the label, the catalog and the End record. The catalog's size
+/// depends on the plan (one entry per segment), so plan, measure, and plan
+/// again with the measured reserve if the first guess was short.
+pub fn plan_set(
+    entries: &[Entry],
+    devices: &[(String, u64, Option<u64>)],
+    options: &plan::Options,
+) -> Result<(Plan, u64), PlanSetError> {
+    let items = file_items(entries);
+    let chunk = options.chunk_bytes as u32;
+    let mut catalog_guess = catalog_for([0; 16], 0, chunk, &[], entries, Vec::new())
+        .encode()
+        .len() as u64
+        + 64 * (entries.len() as u64 + 2 * devices.len() as u64)
+        + 4096;
+    for _ in 0..4 {
+        let reserve = HEADER_BYTES as u64 + media::catalog_media_bytes(catalog_guess, chunk);
+        let mut slots = Vec::with_capacity(devices.len());
+        for (name, capacity, rate) in devices {
+            if *capacity <= reserve {
+                return Err(PlanSetError::TooSmall {
+                    device: name.clone(),
+                    capacity_bytes: *capacity,
+                    reserve_bytes: reserve,
+                });
+            }
+            slots.push(DeviceSlot {
+                capacity_bytes: (*capacity - reserve) / HEADER_BYTES as u64 * HEADER_BYTES as u64,
+                rate_bytes_per_sec: *rate,
+            });
+        }
+        let plan = plan::plan(&items, &slots, options)?;
+        let segments = plan
+            .segments
+            .iter()
+            .map(|s| CatalogSegment {
+                file_id: s.file,
+                offset: s.offset,
+                length: s.length,
+                device: s.device,
+                position: u64::MAX,
+                records: u32::MAX,
+            })
+            .collect();
+        let names: Vec<CatalogDevice> = devices
+            .iter()
+            .map(|(n, c, _)| CatalogDevice {
+                path: n.as_bytes().to_vec(),
+                capacity_bytes: *c,
+            })
+            .collect();
+        let actual = catalog_for([0; 16], u64::MAX, chunk, &names, entries, segments)
+            .encode()
+            .len() as u64;
+        if actual <= catalog_guess {
+            return Ok((plan, reserve));
+        }
+        catalog_guess = actual + actual / 8;
+    }
+    unreachable!("catalog size estimate did not converge")
+}
+
+#[derive(Debug)]
+pub struct DeviceReport {
+    pub path: String,
+    pub stats: RingStats,
+    pub data_end: u64,
+    pub catalog_end: u64,
+}
+
+#[derive(Debug)]
+pub struct BackupReport {
+    pub set_id: SetId,
+    pub devices: Vec<DeviceReport>,
+    pub files: usize,
+    pub segments: usize,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    #[error(transparent)]
+    Media(#[from] media::MediaError),
+    #[error("device {device}: sync: {error}")]
+    Sync {
+        device: String,
+        error: std::io::Error,
+    },
+}
+
+pub struct BackupConfig {
+    pub set_id: SetId,
+    pub created_unix_ns: u64,
+    pub chunk_bytes: u32,
+    pub queue_depth: usize,
+}
+
+/// Run a backup: label (writing) on every device, data through one ring per
+/// device, then the catalog on every device, sync, label (complete), sync.
+pub fn run_backup(
+    input: &SetInput,
+    devices: &[Box<dyn Device>],
+    config: &BackupConfig,
+    progress: &[AtomicU64],
+) -> Result<BackupReport, BackupError> {
+    let started = Instant::now();
+    let count = devices.len() as u32;
+    let label_for = |index: u32| Label {
+        set_id: config.set_id,
+        device_index: index,
+        device_count: count,
+        chunk_bytes: config.chunk_bytes,
+        block_bytes: devices[index as usize].block_bytes(),
+        created_unix_ns: config.created_unix_ns,
+        state: LabelState::Writing,
+        catalog_offset: 0,
+        catalog_bytes: 0,
+        data_end: 0,
+    };
+    for (i, dev) in devices.iter().enumerate() {
+        media::write_label(dev.as_ref(), &label_for(i as u32))?;
+    }
+
+    let dispatcher = Dispatcher::new(devices.len(), input.plan.segments.iter().map(|s| s.device));
+    let outcomes: Vec<Result<ring::RingOutcome, RingError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(i, dev)| {
+                let dispatcher = &dispatcher;
+                let progress = &progress[i];
+                std::thread::Builder::new()
+                    .name(format!("pbio-dev{i}"))
+                    .spawn_scoped(scope, move || {
+                        let ring = Ring::new(
+                            dev.as_ref(),
+                            i as u32,
+                            config.set_id,
+                            config.chunk_bytes,
+                            config.queue_depth,
+                            progress,
+                        )?;
+                        ring.run(input, dispatcher)
+                    })
+                    .expect("spawn device thread")
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("device thread panicked"))
+            .collect()
+    });
+    let mut outcomes_ok = Vec::with_capacity(outcomes.len());
+    for outcome in outcomes {
+        outcomes_ok.push(outcome?);
+    }
+
+    // The catalog: segment placements from every device, digests per file.
+    let mut segments: Vec<CatalogSegment> = input
+        .plan
+        .segments
+        .iter()
+        .map(|s| CatalogSegment {
+            file_id: s.file,
+            offset: s.offset,
+            length: s.length,
+            device: s.device,
+            position: 0,
+            records: 0,
+        })
+        .collect();
+    let mut per_file: Vec<Vec<(u64, u32, u32)>> = vec![Vec::new(); input.entries.len()];
+    for (device, outcome) in outcomes_ok.iter().enumerate() {
+        for placed in &outcome.placed {
+            let s = &mut segments[placed.segment as usize];
+            s.device = device as u32;
+            s.position = placed.position;
+            s.records = placed.records;
+        }
+        for &RecordDone {
+            file_id,
+            file_offset,
+            payload_bytes,
+            payload_crc,
+        } in &outcome.records
+        {
+            per_file[file_id as usize].push((file_offset, payload_bytes, payload_crc));
+        }
+    }
+    let catalog_devices: Vec<CatalogDevice> = devices
+        .iter()
+        .map(|d| CatalogDevice {
+            path: d.path().as_os_str().as_encoded_bytes().to_vec(),
+            capacity_bytes: d.capacity_bytes(),
+        })
+        .collect();
+    let mut catalog = catalog_for(
+        config.set_id,
+        config.created_unix_ns,
+        config.chunk_bytes,
+        &catalog_devices,
+        &input.entries,
+        segments,
+    );
+    for (file, records) in catalog.files.iter_mut().zip(per_file.iter_mut()) {
+        if file.kind == FileKind::Regular {
+            file.digest = crate::format::file_digest(records);
+        }
+    }
+    let encoded = catalog.encode();
+
+    let mut reports = Vec::with_capacity(devices.len());
+    for (i, (dev, outcome)) in devices.iter().zip(outcomes_ok).enumerate() {
+        let dev = dev.as_ref();
+        let catalog_end = media::write_catalog(
+            dev,
+            config.set_id,
+            i as u32,
+            outcome.stats.records,
+            outcome.data_end,
+            &encoded,
+            config.chunk_bytes,
+        )?;
+        let sync = |dev: &dyn Device| {
+            dev.sync().map_err(|error| BackupError::Sync {
+                device: dev.path().display().to_string(),
+                error,
+            })
+        };
+        sync(dev)?;
+        let label = Label {
+            state: LabelState::Complete,
+            catalog_offset: outcome.data_end,
+            catalog_bytes: encoded.len() as u64,
+            data_end: outcome.data_end,
+            ..label_for(i as u32)
+        };
+        media::write_label(dev, &label)?;
+        sync(dev)?;
+        reports.push(DeviceReport {
+            path: dev.path().display().to_string(),
+            stats: outcome.stats,
+            data_end: outcome.data_end,
+            catalog_end,
+        });
+    }
+    Ok(BackupReport {
+        set_id: config.set_id,
+        devices: reports,
+        files: input.entries.len(),
+        segments: input.plan.segments.len(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// 128 random bits from the kernel.
+pub fn new_set_id() -> SetId {
+    let mut id = [0u8; 16];
+    let mut filled = 0;
+    while filled < id.len() {
+        // SAFETY: getrandom writes at most len bytes into the live buffer.
+        let n = unsafe { libc::getrandom(id[filled..].as_mut_ptr().cast(), id.len() - filled, 0) };
+        if n > 0 {
+            filled += n as usize;
+        }
+    }
+    id
+}
+
+/// Hex form of a set id, as printed and accepted by the CLI.
+pub fn set_id_hex(id: &SetId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -9,7 +9,7 @@ pub mod catalog;
 pub mod label;
 pub mod record;
 
-pub use catalog::{Catalog, CatalogDevice, CatalogFile, CatalogSegment, FileKind};
+pub use catalog::{file_digest, Catalog, CatalogDevice, CatalogFile, CatalogSegment, FileKind};
 pub use label::{Label, LabelState};
 pub use record::{RecordHeader, RecordKind};
 
@@ -34,7 +34,11 @@ pub enum FormatError {
     #[error("unsupported format version {0}")]
     Version(u32),
     #[error("{what} checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
-    Checksum { what: &'static str, stored: u32, computed: u32 },
+    Checksum {
+        what: &'static str,
+        stored: u32,
+        computed: u32,
+    },
     #[error("invalid field {field}: {value}")]
     Field { field: &'static str, value: u64 },
     #[error("catalog malformed: {0}")]

@@ -98,7 +98,9 @@ pub enum PlanError {
     NoDevices,
     #[error("chunk size {0} must be a power of two of at least 4096 bytes")]
     BadChunk(u64),
-    #[error("--balance time needs a rate for every device (device {device} has none: add ,rate=N)")]
+    #[error(
+        "--balance time needs a rate for every device (device {device} has none: add ,rate=N)"
+    )]
     MissingRate { device: u32 },
     #[error("the set does not fit: {missing_bytes} more bytes of device capacity are needed")]
     DoesNotFit { missing_bytes: u64 },

@@ -1,3 +1,350 @@
-//! Restore and verify readers.
+//! Restore and verify: one reader thread and ring per device, each
+//! streaming its device in media order, writing payloads to their file
+//! offsets, in parallel across devices. Any subset of a set's devices
+//! restores every file whose segments it holds and names the missing byte
+//! ranges of the rest.
 
+pub mod scan;
 pub mod tree;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::device::{self, Device, DeviceSpec, Mode};
+use crate::engine::media::{self, MediaError};
+use crate::engine::stream::{self, Flow, Item, StreamError};
+use crate::format::{Catalog, FileKind, Label, LabelState, RecordKind, HEADER_BYTES};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Device(#[from] device::DeviceError),
+    #[error(transparent)]
+    Media(#[from] MediaError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error(transparent)]
+    Tree(#[from] tree::TreeError),
+    #[error("{0}")]
+    Set(String),
+}
+
+/// The devices of one set, opened for reading, and its catalog.
+pub struct OpenSet {
+    pub devices: Vec<(Box<dyn Device>, Label)>,
+    pub catalog: Catalog,
+}
+
+/// Open the given devices, check they belong to one complete set, and read
+/// the catalog (from the first device whose catalog reads back correctly).
+pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
+    if specs.is_empty() {
+        return Err(RestoreError::Set("no devices given (use --dev)".into()));
+    }
+    let mut devices: Vec<(Box<dyn Device>, Label)> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let dev = device::open(spec, Mode::Read)?;
+        let label = media::read_label(dev.as_ref())?;
+        if label.state != LabelState::Complete {
+            return Err(RestoreError::Set(format!(
+                "device {}: set {} was not completed (crashed or interrupted run): use `pbio scan` to recover its records",
+                spec.path.display(),
+                crate::engine::set_id_hex(&label.set_id)
+            )));
+        }
+        if let Some((first, first_label)) = devices.first() {
+            if first_label.set_id != label.set_id {
+                return Err(RestoreError::Set(format!(
+                    "devices {} and {} hold different sets ({} and {})",
+                    first.path().display(),
+                    spec.path.display(),
+                    crate::engine::set_id_hex(&first_label.set_id),
+                    crate::engine::set_id_hex(&label.set_id)
+                )));
+            }
+        }
+        if let Some((other, _)) = devices
+            .iter()
+            .find(|(_, l)| l.device_index == label.device_index)
+        {
+            return Err(RestoreError::Set(format!(
+                "devices {} and {} are both device {} of the set (the same device given twice?)",
+                other.path().display(),
+                spec.path.display(),
+                label.device_index
+            )));
+        }
+        devices.push((dev, label));
+    }
+    let mut last_error = None;
+    for (dev, label) in &devices {
+        match media::read_catalog(dev.as_ref(), label) {
+            Ok(catalog) if catalog.set_id == label.set_id => {
+                return Ok(OpenSet { devices, catalog })
+            }
+            Ok(_) => {
+                last_error = Some(RestoreError::Set(format!(
+                    "device {}: catalog belongs to another set",
+                    dev.path().display()
+                )))
+            }
+            Err(e) => last_error = Some(e.into()),
+        }
+    }
+    Err(last_error.expect("at least one device"))
+}
+
+/// A file that cannot be restored from the given devices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Missing {
+    pub path: Vec<u8>,
+    /// (offset, length, device index) of every segment not on the given devices.
+    pub ranges: Vec<(u64, u64, u32)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub files_restored: usize,
+    pub payload_bytes: u64,
+    pub records: u64,
+    pub missing: Vec<Missing>,
+    /// Integrity errors, each naming device, file and offset.
+    pub errors: Vec<String>,
+    pub elapsed: std::time::Duration,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.missing.is_empty() && self.errors.is_empty()
+    }
+}
+
+/// What to do with the records.
+pub enum Action<'a> {
+    Restore { to: &'a Path },
+    Verify,
+}
+
+fn matches_only(path: &[u8], only: &[Vec<u8>]) -> bool {
+    only.is_empty()
+        || only.iter().any(|o| {
+            let o = o.strip_suffix(b"/").unwrap_or(o);
+            path == o || (path.starts_with(o) && path.get(o.len()) == Some(&b'/'))
+        })
+}
+
+/// Which files are complete on the given devices, and the missing ranges of the others.
+fn completeness(set: &OpenSet) -> (Vec<bool>, Vec<Missing>) {
+    let present: Vec<u32> = set.devices.iter().map(|(_, l)| l.device_index).collect();
+    let catalog = &set.catalog;
+    let mut complete = vec![true; catalog.files.len()];
+    let mut missing: HashMap<u32, Vec<(u64, u64, u32)>> = HashMap::new();
+    for s in &catalog.segments {
+        if !present.contains(&s.device) {
+            complete[s.file_id as usize] = false;
+            missing
+                .entry(s.file_id)
+                .or_default()
+                .push((s.offset, s.length, s.device));
+        }
+    }
+    for (i, f) in catalog.files.iter().enumerate() {
+        if f.kind == FileKind::HardLink && !complete[f.hardlink_to as usize] {
+            complete[i] = false;
+        }
+    }
+    let mut missing: Vec<Missing> = missing
+        .into_iter()
+        .map(|(file, mut ranges)| {
+            ranges.sort_unstable();
+            Missing {
+                path: catalog.files[file as usize].path.clone(),
+                ranges,
+            }
+        })
+        .collect();
+    missing.sort_by(|a, b| a.path.cmp(&b.path));
+    (complete, missing)
+}
+
+struct DeviceRead {
+    records: Vec<(u32, u64, u32, u32)>,
+    payload_bytes: u64,
+    errors: Vec<String>,
+}
+
+/// Restore (or verify) the set from the opened devices.
+pub fn run(set: &OpenSet, action: Action<'_>, only: &[Vec<u8>]) -> Result<Report, RestoreError> {
+    let started = std::time::Instant::now();
+    let catalog = &set.catalog;
+    let (complete, missing) = completeness(set);
+    let selected: Vec<bool> = catalog
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| complete[i] && matches_only(&f.path, only))
+        .collect();
+    // A hard link needs its target's data even when only the link was asked for.
+    let mut wanted = selected.clone();
+    for (i, f) in catalog.files.iter().enumerate() {
+        if selected[i] && f.kind == FileKind::HardLink {
+            wanted[f.hardlink_to as usize] = true;
+        }
+    }
+    let missing: Vec<Missing> = missing
+        .into_iter()
+        .filter(|m| matches_only(&m.path, only))
+        .collect();
+    let to = match action {
+        Action::Restore { to } => {
+            tree::prepare(to, catalog, &wanted)?;
+            Some(to)
+        }
+        Action::Verify => None,
+    };
+
+    let results: Vec<Result<DeviceRead, RestoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = set
+            .devices
+            .iter()
+            .map(|(dev, label)| {
+                let wanted = &wanted;
+                scope.spawn(move || read_device(dev.as_ref(), label, catalog, wanted, to))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("reader thread panicked"))
+            .collect()
+    });
+    let mut report = Report {
+        missing,
+        ..Report::default()
+    };
+    let mut per_file: Vec<Vec<(u64, u32, u32)>> = vec![Vec::new(); catalog.files.len()];
+    for result in results {
+        let read = result?;
+        report.payload_bytes += read.payload_bytes;
+        report.records += read.records.len() as u64;
+        report.errors.extend(read.errors);
+        for (file, offset, len, crc) in read.records {
+            per_file[file as usize].push((offset, len, crc));
+        }
+    }
+    for (i, f) in catalog.files.iter().enumerate() {
+        if !wanted[i] || f.kind != FileKind::Regular {
+            continue;
+        }
+        let digest = crate::format::file_digest(&mut per_file[i]);
+        if digest != f.digest {
+            report.errors.push(format!(
+                "file {}: content digest mismatch (records missing, altered or duplicated on the devices)",
+                String::from_utf8_lossy(&f.path)
+            ));
+        }
+    }
+    if let Some(to) = to {
+        tree::finish(to, catalog, &wanted)?;
+    }
+    report.files_restored = selected.iter().filter(|&&s| s).count();
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+fn read_device(
+    dev: &dyn Device,
+    label: &Label,
+    catalog: &Catalog,
+    wanted: &[bool],
+    to: Option<&Path>,
+) -> Result<DeviceRead, RestoreError> {
+    let name = dev.path().display().to_string();
+    let mut out = DeviceRead {
+        records: Vec::new(),
+        payload_bytes: 0,
+        errors: Vec::new(),
+    };
+    // The destination file the previous record went to: records of one
+    // file are contiguous on media, so one open file at a time suffices.
+    let mut open: Option<(u32, File)> = None;
+    let mut result: Result<(), RestoreError> = Ok(());
+    stream::stream::<RestoreError>(
+        dev,
+        HEADER_BYTES as u64,
+        label.data_end,
+        label.chunk_bytes,
+        |item| {
+            let (position, header, payload) = match item {
+                Item::Record {
+                    position,
+                    header,
+                    payload,
+                } => (position, header, payload),
+                Item::Bad { position, error } => {
+                    out.errors.push(format!(
+                        "device {name}: offset {position}: damaged record header: {error}"
+                    ));
+                    return Ok(Flow::Continue);
+                }
+            };
+            if header.set_id != label.set_id || header.kind != RecordKind::Data {
+                out.errors.push(format!(
+                    "device {name}: offset {position}: record does not belong to this set's data"
+                ));
+                return Ok(Flow::Continue);
+            }
+            let Some(file) = catalog.files.get(header.file_id as usize) else {
+                out.errors.push(format!(
+                    "device {name}: offset {position}: record names file id {} not in the catalog",
+                    header.file_id
+                ));
+                return Ok(Flow::Continue);
+            };
+            let path = String::from_utf8_lossy(&file.path);
+            let crc = crate::format::crc32c(payload);
+            if crc != header.payload_crc {
+                out.errors.push(format!(
+                "device {name}: offset {position}: file {path} at file offset {}: payload checksum mismatch (stored {:#010x}, computed {crc:#010x})",
+                header.file_offset, header.payload_crc
+            ));
+                return Ok(Flow::Continue);
+            }
+            out.records.push((
+                header.file_id,
+                header.file_offset,
+                header.payload_bytes,
+                crc,
+            ));
+            out.payload_bytes += payload.len() as u64;
+            let (Some(root), true) = (to, wanted[header.file_id as usize]) else {
+                return Ok(Flow::Continue);
+            };
+            if open.as_ref().map(|(id, _)| *id) != Some(header.file_id) {
+                let target: PathBuf = tree::safe_join(root, &file.path)?;
+                match OpenOptions::new().write(true).open(&target) {
+                    Ok(f) => open = Some((header.file_id, f)),
+                    Err(error) => {
+                        result = Err(RestoreError::Set(format!(
+                            "open {}: {error}",
+                            target.display()
+                        )));
+                        return Ok(Flow::Stop);
+                    }
+                }
+            }
+            let (_, f) = open.as_ref().expect("opened above");
+            if let Err(error) = f.write_all_at(payload, header.file_offset) {
+                result = Err(RestoreError::Set(format!(
+                    "write {} at offset {}: {error}",
+                    path, header.file_offset
+                )));
+                return Ok(Flow::Stop);
+            }
+            Ok(Flow::Continue)
+        },
+    )?;
+    result?;
+    Ok(out)
+}

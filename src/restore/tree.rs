@@ -10,7 +10,11 @@ pub enum TreeError {
     #[error("refusing to restore '{path}': {why}")]
     Unsafe { path: String, why: &'static str },
     #[error("{op} {path}: {error}")]
-    Io { op: &'static str, path: PathBuf, error: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// Join a stored relative path under `root`, refusing absolute paths, `..`

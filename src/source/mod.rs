@@ -25,12 +25,19 @@ pub enum EntryKind {
     /// A regular file. `data` lists the byte ranges holding data
     /// `(offset, length)`, block aligned, ascending, when the file is sparse;
     /// `None` means the whole file is data.
-    File { size_bytes: u64, data: Option<Vec<(u64, u64)>> },
+    File {
+        size_bytes: u64,
+        data: Option<Vec<(u64, u64)>>,
+    },
     Dir,
-    Symlink { target: Vec<u8> },
+    Symlink {
+        target: Vec<u8>,
+    },
     /// A second (third, ...) name of a regular file seen earlier: `target` is
     /// the index in `Walk::entries` of the first name, which holds the data.
-    HardLink { target: u32 },
+    HardLink {
+        target: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,7 +70,10 @@ pub enum SourceError {
     #[error("no sources given")]
     NoSources,
     #[error("source {path}: {error}")]
-    Source { path: PathBuf, error: std::io::Error },
+    Source {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("two sources store entries under the same name '{name}'")]
     DuplicateName { name: String },
 }

@@ -1,0 +1,90 @@
+//! `pbio plan`: the plan, per-device bytes and predicted finish, no device I/O.
+
+use clap::Args;
+use serde_json::json;
+
+use super::{path_text, prepare, CliResult, SetArgs, EXIT_OK};
+use crate::units::human_bytes;
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub set: SetArgs,
+}
+
+pub fn run(args: PlanArgs) -> CliResult {
+    let prepared = prepare(&args.set)?;
+    let plan = &prepared.plan;
+    if args.set.json {
+        let devices: Vec<_> = plan
+            .devices
+            .iter()
+            .zip(&prepared.devices)
+            .map(|(load, (path, capacity, rate))| {
+                json!({
+                    "path": path,
+                    "capacity_bytes": capacity,
+                    "rate_bytes_per_sec": rate,
+                    "assigned_bytes": load.assigned_bytes,
+                    "media_bytes": load.media_bytes,
+                    "segments": load.segments,
+                    "files": load.files,
+                    "finish_secs": load.finish_secs,
+                })
+            })
+            .collect();
+        let segments: Vec<_> = plan
+            .segments
+            .iter()
+            .map(|s| {
+                json!({
+                    "path": path_text(&prepared.entries[s.file as usize].path),
+                    "offset": s.offset,
+                    "length": s.length,
+                    "device": s.device,
+                })
+            })
+            .collect();
+        let out = json!({
+            "threshold_bytes": plan.threshold_bytes,
+            "strategy": format!("{:?}", args.set.strategy).to_lowercase(),
+            "order": format!("{:?}", args.set.order).to_lowercase(),
+            "balance": format!("{:?}", args.set.balance).to_lowercase(),
+            "chunk_bytes": args.set.chunk,
+            "devices": devices,
+            "segments": segments,
+        });
+        println!("{out}");
+        return Ok(EXIT_OK);
+    }
+    let total: u64 = plan.devices.iter().map(|d| d.assigned_bytes).sum();
+    println!(
+        "{} entries, {} in {} segments; threshold T = {} ({} bytes)",
+        prepared.entries.len(),
+        human_bytes(total),
+        plan.segments.len(),
+        human_bytes(plan.threshold_bytes),
+        plan.threshold_bytes
+    );
+    println!(
+        "{:>3}  {:<32} {:>12} {:>12} {:>9} {:>8} {:>10}",
+        "dev", "path", "assigned", "capacity", "segments", "files", "finish"
+    );
+    for (i, (load, (path, capacity, _))) in plan.devices.iter().zip(&prepared.devices).enumerate() {
+        let finish = load
+            .finish_secs
+            .map(|s| format!("{s:.1} s"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:>3}  {:<32} {:>12} {:>12} {:>9} {:>8} {:>10}",
+            i,
+            path,
+            human_bytes(load.assigned_bytes),
+            human_bytes(*capacity),
+            load.segments,
+            load.files,
+            finish
+        );
+    }
+    Ok(EXIT_OK)
+}

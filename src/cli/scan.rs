@@ -1,0 +1,86 @@
+//! `pbio scan`: recover the records of a device with no usable catalog.
+
+use clap::Args;
+use serde_json::json;
+
+use super::{parse_dev, CliResult, Failure, EXIT_DATA, EXIT_OK};
+use crate::device::{self, DeviceSpec, Mode};
+use crate::format::RecordKind;
+
+#[derive(Args, Debug)]
+pub struct ScanArgs {
+    #[arg(long = "dev", value_parser = parse_dev)]
+    pub dev: DeviceSpec,
+    /// One JSON object per record, then a summary object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: ScanArgs) -> CliResult {
+    let dev = device::open(&args.dev, Mode::Read).map_err(|e| Failure::Usage(e.to_string()))?;
+    let set_id = crate::engine::media::read_label(dev.as_ref())
+        .ok()
+        .map(|l| l.set_id);
+    let report = crate::restore::scan::scan(dev.as_ref(), set_id)
+        .map_err(|e| Failure::Data(e.to_string()))?;
+    let mut data = 0u64;
+    let mut bad_payloads = 0u64;
+    for f in &report.records {
+        let h = &f.header;
+        if h.kind == RecordKind::Data {
+            data += 1;
+        }
+        if !f.payload_ok {
+            bad_payloads += 1;
+        }
+        if args.json {
+            println!(
+                "{}",
+                json!({
+                    "position": f.position, "kind": format!("{:?}", h.kind).to_lowercase(),
+                    "sequence": h.sequence, "file_id": h.file_id, "segment_id": h.segment_id,
+                    "file_offset": h.file_offset, "payload_bytes": h.payload_bytes,
+                    "file_size": h.file_size, "payload_ok": f.payload_ok,
+                })
+            );
+        } else {
+            println!(
+                "{:>12} {:<7} seq {:>8} file {:>8} offset {:>12} len {:>8}{}",
+                f.position,
+                format!("{:?}", h.kind).to_lowercase(),
+                h.sequence,
+                h.file_id,
+                h.file_offset,
+                h.payload_bytes,
+                if f.payload_ok {
+                    ""
+                } else {
+                    "  PAYLOAD CRC MISMATCH"
+                }
+            );
+        }
+    }
+    let set = report
+        .set_id
+        .map(|s| crate::engine::set_id_hex(&s))
+        .unwrap_or_else(|| "-".into());
+    if args.json {
+        println!(
+            "{}",
+            json!({"event": "summary", "set_id": set, "records": report.records.len(), "data_records": data,
+                   "bad_payloads": bad_payloads, "bad_blocks": report.bad_blocks, "end_found": report.end_found})
+        );
+    } else {
+        println!(
+            "set {set}: {} records ({data} data), {bad_payloads} with bad payloads, {} unreadable blocks skipped, end record {}",
+            report.records.len(),
+            report.bad_blocks,
+            if report.end_found { "found" } else { "not found" }
+        );
+    }
+    Ok(if bad_payloads == 0 {
+        EXIT_OK
+    } else {
+        EXIT_DATA
+    })
+}

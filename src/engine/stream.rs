@@ -1,0 +1,215 @@
+//! Streaming a device's records in media order (restore, verify, scan).
+//!
+//! One io_uring per device, two windows: while the records of one window
+//! are handed to the caller (CRC check, writing payloads to their files),
+//! the next window is being read. A window is `window_bytes` plus room for
+//! one whole record, so every record that starts in the first
+//! `window_bytes` is complete in memory; the next window starts at the
+//! first record that did not fit. Records are block aligned on media, so
+//! that position is a valid O_DIRECT offset and nothing is copied to
+//! stitch records together.
+
+use io_uring::{opcode, types, IoUring};
+
+use super::buffers::BufferPool;
+use crate::device::Device;
+use crate::format::{FormatError, RecordHeader, BLOCK_BYTES, HEADER_BYTES};
+
+/// Default window: large sequential reads, tape- and disk-friendly.
+pub const WINDOW_BYTES: usize = 8 << 20;
+
+/// What the caller wants after a record or a bad block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// One item of the stream.
+pub enum Item<'a> {
+    /// A record whose header decoded; the payload is as read (CRC not yet checked).
+    Record {
+        position: u64,
+        header: RecordHeader,
+        payload: &'a [u8],
+    },
+    /// The block at `position` is not a valid record header. The stream
+    /// moves on by one block (a scan resynchronises) unless told to stop.
+    Bad { position: u64, error: FormatError },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("device {device}: read at offset {offset}: {error}")]
+pub struct StreamError {
+    pub device: String,
+    pub offset: u64,
+    pub error: std::io::Error,
+}
+
+/// Stream records from `start` to `end` (exclusive) of `dev`, records of at
+/// most `HEADER_BYTES + chunk_bytes` media bytes.
+pub fn stream<E>(
+    dev: &dyn Device,
+    start: u64,
+    end: u64,
+    chunk_bytes: u32,
+    mut each: impl FnMut(Item<'_>) -> Result<Flow, E>,
+) -> Result<(), E>
+where
+    E: From<StreamError>,
+{
+    assert_eq!(start % BLOCK_BYTES as u64, 0);
+    let end = end.min(dev.capacity_bytes()) / BLOCK_BYTES as u64 * BLOCK_BYTES as u64;
+    let record_max = HEADER_BYTES + chunk_bytes as usize;
+    let window = WINDOW_BYTES.max(record_max);
+    let mut pool = BufferPool::new(2, window + record_max);
+    let io_err = |offset, error| StreamError {
+        device: dev.path().display().to_string(),
+        offset,
+        error,
+    };
+    let mut ring = IoUring::new(2).map_err(|e| io_err(start, e))?;
+
+    // Read [pos, pos+len) into buffer b, synchronously via the ring when
+    // `wait`, or leave it in flight.
+    let submit =
+        |ring: &mut IoUring, pool: &BufferPool, b: usize, pos: u64| -> Result<u32, StreamError> {
+            let len = ((end - pos) as usize).min(pool.slot_bytes()) as u32;
+            let entry = opcode::Read::new(types::Fd(dev.fd()), pool.ptr(b), len)
+                .offset(pos)
+                .build()
+                .user_data(b as u64);
+            // SAFETY: the buffer slot b belongs to `pool`, which outlives the
+            // ring's use of it (we always reap this read before touching slot b
+            // or returning: see `wait`), and the device fd stays open.
+            unsafe { ring.submission().push(&entry) }.expect("ring has room for one read");
+            ring.submit().map_err(|e| io_err(pos, e))?;
+            Ok(len)
+        };
+    let wait = |ring: &mut IoUring, pos: u64| -> Result<i32, StreamError> {
+        loop {
+            match ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(io_err(pos, e)),
+            }
+            if let Some(c) = ring.completion().next() {
+                return Ok(c.result());
+            }
+        }
+    };
+
+    let mut pos = start;
+    let mut current = 0usize;
+    if pos >= end {
+        return Ok(());
+    }
+    let mut want = submit(&mut ring, &pool, current, pos)?;
+    let mut items: Vec<(u64, Result<RecordHeader, FormatError>)> = Vec::new();
+    loop {
+        // Wait for the window at `pos` in buffer `current`; finish short reads synchronously.
+        let mut have = {
+            let r = wait(&mut ring, pos)?;
+            if r < 0 {
+                return Err(io_err(pos, std::io::Error::from_raw_os_error(-r)).into());
+            }
+            r as usize
+        };
+        while have < want as usize {
+            let got = super::media::read_at(
+                dev,
+                &mut pool.slot_mut(current)[have..want as usize],
+                pos + have as u64,
+            )
+            .map_err(|e| match e {
+                super::media::MediaError::Io { offset, error, .. } => io_err(offset, error),
+                other => io_err(pos, std::io::Error::other(other.to_string())),
+            })?;
+            if got == 0 {
+                break;
+            }
+            have += got;
+        }
+        let buf = pool.slot(current);
+        // Parse: every record that starts in the first `window` bytes and is
+        // complete in memory; a bad block advances by one block.
+        items.clear();
+        let mut offset = 0usize;
+        let limit = have.min(window);
+        while offset < limit && offset + HEADER_BYTES <= have {
+            match RecordHeader::decode(&buf[offset..offset + HEADER_BYTES]) {
+                Ok(h) => {
+                    let media = h.media_bytes() as usize;
+                    if media > record_max {
+                        items.push((
+                            pos + offset as u64,
+                            Err(FormatError::Field {
+                                field: "payload_bytes",
+                                value: h.payload_bytes as u64,
+                            }),
+                        ));
+                        offset += BLOCK_BYTES;
+                        continue;
+                    }
+                    if offset + media > have {
+                        if pos + (offset + media) as u64 > end {
+                            // A record running past the end of the stream: treat as bad.
+                            items.push((
+                                pos + offset as u64,
+                                Err(FormatError::Field {
+                                    field: "payload_bytes",
+                                    value: h.payload_bytes as u64,
+                                }),
+                            ));
+                            offset += BLOCK_BYTES;
+                            continue;
+                        }
+                        break;
+                    }
+                    items.push((pos + offset as u64, Ok(h)));
+                    offset += media;
+                }
+                Err(e) => {
+                    items.push((pos + offset as u64, Err(e)));
+                    offset += BLOCK_BYTES;
+                }
+            }
+        }
+        if offset == 0 && have < HEADER_BYTES {
+            break; // nothing more on the device
+        }
+        let next = pos + offset as u64;
+        let more = next < end && have > 0;
+        if more {
+            want = submit(&mut ring, &pool, 1 - current, next)?;
+        }
+        let mut stop = false;
+        for (position, parsed) in items.drain(..) {
+            let flow = match parsed {
+                Ok(header) => {
+                    let at = (position - pos) as usize + HEADER_BYTES;
+                    each(Item::Record {
+                        position,
+                        header,
+                        payload: &buf[at..at + header.payload_bytes as usize],
+                    })?
+                }
+                Err(error) => each(Item::Bad { position, error })?,
+            };
+            if flow == Flow::Stop {
+                stop = true;
+                break;
+            }
+        }
+        if stop || !more {
+            if more {
+                // Reap the read in flight before the buffers go away.
+                wait(&mut ring, next)?;
+            }
+            return Ok(());
+        }
+        pos = next;
+        current = 1 - current;
+    }
+    Ok(())
+}
