@@ -150,6 +150,8 @@ pub struct Ring<'a> {
     sequence: u64,
     outcome: RingOutcome,
     progress: &'a AtomicU64,
+    /// SQEs pushed and not yet reaped.
+    ops_in_flight: usize,
 }
 
 impl<'a> Ring<'a> {
@@ -212,6 +214,7 @@ impl<'a> Ring<'a> {
                 stats: RingStats::default(),
             },
             progress,
+            ops_in_flight: 0,
         })
     }
 
@@ -237,6 +240,31 @@ impl<'a> Ring<'a> {
         dispatcher: &Dispatcher,
     ) -> Result<RingOutcome, RingError> {
         let started = Instant::now();
+        if let Err(e) = self.run_loop(input, dispatcher) {
+            self.drain();
+            return Err(e);
+        }
+        self.outcome.data_end = self.position;
+        self.outcome.stats.elapsed = started.elapsed();
+        Ok(self.outcome)
+    }
+
+    /// After an error: reap every operation still in flight, so that no
+    /// kernel write into or read from the pool outlives it.
+    fn drain(&mut self) {
+        while self.ops_in_flight > 0 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // The ring itself is broken: nothing more can be reaped.
+                Err(_) => return,
+            }
+            let reaped = self.ring.completion().count();
+            self.ops_in_flight -= reaped;
+        }
+    }
+
+    fn run_loop(&mut self, input: &SetInput, dispatcher: &Dispatcher) -> Result<(), RingError> {
         let mut cursor: Option<Cursor> = None;
         let mut exhausted = false;
         let mut inflight = 0usize;
@@ -264,6 +292,7 @@ impl<'a> Ring<'a> {
             // 3. Copy completions out before acting on them.
             completions.clear();
             completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            self.ops_in_flight -= completions.len();
             // 4. Act.
             for &(user_data, result) in &completions {
                 let slot = user_data as usize;
@@ -278,9 +307,7 @@ impl<'a> Ring<'a> {
                 }
             }
         }
-        self.outcome.data_end = self.position;
-        self.outcome.stats.elapsed = started.elapsed();
-        Ok(self.outcome)
+        Ok(())
     }
 
     /// Take the next record from the cursor (pulling segments from the
@@ -396,6 +423,7 @@ impl<'a> Ring<'a> {
     }
 
     fn push(&mut self, entry: squeue::Entry) -> Result<(), RingError> {
+        self.ops_in_flight += 1;
         // SAFETY: every SQE built by this ring points into `self.pool` (a
         // registered buffer that outlives the ring) at a slot whose phase says
         // an operation is in flight, so the CPU does not touch it until the

@@ -184,6 +184,7 @@ where
             want = submit(&mut ring, &pool, 1 - current, next)?;
         }
         let mut stop = false;
+        let mut outcome = Ok(());
         for (position, parsed) in items.drain(..) {
             let flow = match parsed {
                 Ok(header) => {
@@ -192,21 +193,28 @@ where
                         position,
                         header,
                         payload: &buf[at..at + header.payload_bytes as usize],
-                    })?
+                    })
                 }
-                Err(error) => each(Item::Bad { position, error })?,
+                Err(error) => each(Item::Bad { position, error }),
             };
-            if flow == Flow::Stop {
-                stop = true;
+            match flow {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Stop) => stop = true,
+                Err(e) => {
+                    outcome = Err(e);
+                    stop = true;
+                }
+            }
+            if stop {
                 break;
             }
         }
         if stop || !more {
             if more {
-                // Reap the read in flight before the buffers go away.
+                // Reap the read in flight before its buffer can be freed.
                 wait(&mut ring, next)?;
             }
-            return Ok(());
+            return outcome;
         }
         pos = next;
         current = 1 - current;
