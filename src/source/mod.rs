@@ -1,6 +1,9 @@
 //! Walking sources: files and directory trees into a flat entry list.
 //!
 //! INTERFACE (fixed): `walk(&[PathBuf]) -> Result<Walk, SourceError>`.
+//!
+//! Choices (how sources are named, `.` and `/`, symlinks, mount points,
+//! special files, sparse ranges): see `walk`.
 
 use nix::errno::Errno;
 use nix::unistd::{lseek, Whence};
@@ -398,7 +401,7 @@ pub(crate) mod test_fixture;
 mod tests {
     use super::test_fixture::{lstat_tree, make_fixture_tree, OTHER_ID, SPARSE_FILE_BYTES};
     use super::*;
-    use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::{FileExt, PermissionsExt};
 
     fn entry<'a>(walk: &'a Walk, path: &[u8]) -> (usize, &'a Entry) {
         walk.entries
@@ -690,6 +693,58 @@ mod tests {
             .errors
             .iter()
             .all(|e| e.error.kind() == io::ErrorKind::Unsupported));
+    }
+
+    /// Runs `f` with this thread's filesystem uid/gid set to nobody, so that
+    /// permission checks apply even when the tests run as root (setfsuid is
+    /// per thread and drops the filesystem capabilities while nonzero).
+    fn as_nobody<T>(f: impl FnOnce() -> T) -> T {
+        const NOBODY: libc::uid_t = 65534;
+        // SAFETY: plain syscalls changing this thread's credentials only.
+        let (old_uid, old_gid) = unsafe { (libc::setfsuid(NOBODY), libc::setfsgid(NOBODY)) };
+        let result = f();
+        // SAFETY: as above, back to the previous ids.
+        unsafe {
+            libc::setfsuid(old_uid as libc::uid_t);
+            libc::setfsgid(old_gid as libc::gid_t);
+        }
+        result
+    }
+
+    #[test]
+    fn unreadable_directory_is_reported_and_the_walk_goes_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = tmp.path().join("top");
+        for dir in ["a", "locked/inner", "z"] {
+            fs::create_dir_all(top.join(dir)).unwrap();
+        }
+        fs::write(top.join("locked/secret"), b"s").unwrap();
+        fs::write(top.join("z/after"), b"z").unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let locked = top.join("locked");
+        let walk = if nix::unistd::geteuid().is_root() {
+            fs::set_permissions(&locked, fs::Permissions::from_mode(0o700)).unwrap();
+            as_nobody(|| walk(std::slice::from_ref(&top))).unwrap()
+        } else {
+            fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
+            let walk = walk(std::slice::from_ref(&top)).unwrap();
+            fs::set_permissions(&locked, fs::Permissions::from_mode(0o700)).unwrap();
+            walk
+        };
+        let paths: Vec<&[u8]> = walk.entries.iter().map(|e| e.path.as_slice()).collect();
+        assert_eq!(
+            paths,
+            [
+                &b"top"[..],
+                b"top/a",
+                b"top/locked",
+                b"top/z",
+                b"top/z/after"
+            ]
+        );
+        assert_eq!(walk.errors.len(), 1, "{:?}", walk.errors);
+        assert_eq!(walk.errors[0].path, top.join("locked"));
+        assert_eq!(walk.errors[0].error.kind(), io::ErrorKind::PermissionDenied);
     }
 
     /// `cargo test --release -- --ignored walk_100k --nocapture`
