@@ -1,8 +1,20 @@
 //! Walking sources: files and directory trees into a flat entry list.
 //!
 //! INTERFACE (fixed): `walk(&[PathBuf]) -> Result<Walk, SourceError>`.
+//!
+//! Choices (how sources are named, `.` and `/`, symlinks, mount points,
+//! special files, sparse ranges): see `walk`.
 
-use std::path::PathBuf;
+use nix::errno::Errno;
+use nix::unistd::{lseek, Whence};
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 /// Metadata kept for every entry.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -78,7 +90,680 @@ pub enum SourceError {
     DuplicateName { name: String },
 }
 
+/// Data ranges of a sparse file are rounded out to this alignment: a range
+/// starts at a multiple of it and ends at a multiple of it or at end of file.
+pub const SPARSE_ALIGN_BYTES: u64 = 4096;
+
+/// Walk `sources` into a flat entry list.
+///
+/// Choices (see also the module docs):
+/// - Each source is stored under its own name, as `tar -C parent name` would:
+///   `/a/b/dir` yields `dir`, `dir/x`, ... A trailing `/` or `/.` is ignored
+///   (`dir/` and `dir/.` are stored as `dir`; note the kernel resolves a
+///   symlink named with a trailing slash, so `link/` walks the directory it
+///   points to, as tar does).
+/// - A source with no final name (`.`, `..`, `x/..`) is canonicalized and
+///   stored under the canonical name: `.` in `/home/u/proj` is `proj`.
+/// - `/` (or anything that canonicalizes to it) is refused with
+///   `SourceError::Source` (`InvalidInput`): it has no name to store it
+///   under. Give its top-level directories instead (`/etc /home ...`).
+/// - A source that cannot be lstat'ed is fatal (`SourceError::Source`);
+///   anything below a source that cannot be read goes to `Walk::errors` and
+///   the walk continues.
+/// - Symlinks are never followed (lstat), including a source that is itself
+///   a symlink: it is stored as a symlink.
+/// - Mount points are crossed: a tree is walked whole, whatever filesystems
+///   it spans (`dev` is kept in `Meta`, so a caller can filter).
+/// - Sockets, FIFOs and device nodes are not stored: each is reported in
+///   `Walk::errors` as `Unsupported` ("unsupported file type") and skipped.
+///   (Raw block devices as sources are a later feature.)
 pub fn walk(sources: &[PathBuf]) -> Result<Walk, SourceError> {
-    let _ = sources;
-    unimplemented!("source walk: see issue 3")
+    if sources.is_empty() {
+        return Err(SourceError::NoSources);
+    }
+    let mut names: HashSet<Vec<u8>> = HashSet::with_capacity(sources.len());
+    let mut tops = Vec::with_capacity(sources.len());
+    for source in sources {
+        let name = stored_name(source)?;
+        let metadata = fs::symlink_metadata(source).map_err(|error| SourceError::Source {
+            path: source.clone(),
+            error,
+        })?;
+        if !names.insert(name.clone()) {
+            return Err(SourceError::DuplicateName {
+                name: String::from_utf8_lossy(&name).into_owned(),
+            });
+        }
+        tops.push((name, source.clone(), metadata));
+    }
+
+    let mut walker = Walker::default();
+    for (name, source, metadata) in tops {
+        walker.tree(name, source, metadata);
+    }
+    Ok(walker.walk)
+}
+
+/// The name a source is stored under (see `walk`).
+fn stored_name(source: &Path) -> Result<Vec<u8>, SourceError> {
+    let invalid = |why: &str| SourceError::Source {
+        path: source.to_path_buf(),
+        error: io::Error::new(io::ErrorKind::InvalidInput, why.to_string()),
+    };
+    if source.as_os_str().is_empty() {
+        return Err(invalid("empty source path"));
+    }
+    if let Some(name) = source.file_name() {
+        return Ok(name.as_bytes().to_vec());
+    }
+    // ".", "..", "x/..", "/": no final name; use the canonical one.
+    let canonical = fs::canonicalize(source).map_err(|error| SourceError::Source {
+        path: source.to_path_buf(),
+        error,
+    })?;
+    match canonical.file_name() {
+        Some(name) => Ok(name.as_bytes().to_vec()),
+        None => Err(invalid(
+            "the root directory has no name to store it under; \
+             give its top-level directories as sources instead (e.g. /etc /home)",
+        )),
+    }
+}
+
+#[derive(Default)]
+struct Walker {
+    walk: Walk,
+    /// First name of every regular file with nlink > 1: (dev, ino) -> entry index.
+    links: HashMap<(u64, u64), u32>,
+}
+
+/// One name waiting to be visited: stored path, where to read it, its lstat.
+type Pending = (Vec<u8>, PathBuf, io::Result<fs::Metadata>);
+
+impl Walker {
+    /// Walk one source tree, pre-order, siblings sorted by name bytes.
+    fn tree(&mut self, name: Vec<u8>, source: PathBuf, metadata: fs::Metadata) {
+        let mut stack: Vec<Pending> = vec![(name, source, Ok(metadata))];
+        while let Some((stored, source, metadata)) = stack.pop() {
+            let metadata = match metadata {
+                Ok(metadata) => metadata,
+                Err(error) => {
+                    self.error(source, error);
+                    continue;
+                }
+            };
+            let is_dir = metadata.file_type().is_dir();
+            let Some(entry) = self.entry(stored, source, &metadata) else {
+                continue;
+            };
+            if is_dir {
+                // Only queues the children: they become entries after this one.
+                self.children(&entry.path, &entry.source, &mut stack);
+            }
+            self.walk.entries.push(entry);
+        }
+    }
+
+    /// Read directory `source` and push its children on `stack` so that they
+    /// pop in ascending name order. A directory that cannot be read (wholly
+    /// or partly) is reported in `errors`; its entry stays.
+    fn children(&mut self, stored: &[u8], source: &Path, stack: &mut Vec<Pending>) {
+        let read_dir = match fs::read_dir(source) {
+            Ok(read_dir) => read_dir,
+            Err(error) => {
+                self.error(source.to_path_buf(), error);
+                return;
+            }
+        };
+        let mut children: Vec<(OsString, fs::DirEntry)> = Vec::new();
+        for dir_entry in read_dir {
+            match dir_entry {
+                Ok(dir_entry) => children.push((dir_entry.file_name(), dir_entry)),
+                Err(error) => {
+                    // Keep what was read; report the rest as lost.
+                    self.error(source.to_path_buf(), error);
+                    break;
+                }
+            }
+        }
+        children.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        stack.reserve(children.len());
+        for (name, dir_entry) in children.into_iter().rev() {
+            // DirEntry::metadata is fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW):
+            // one syscall, no path resolution from the top.
+            let metadata = dir_entry.metadata();
+            let mut child = Vec::with_capacity(stored.len() + 1 + name.len());
+            child.extend_from_slice(stored);
+            child.push(b'/');
+            child.extend_from_slice(name.as_bytes());
+            stack.push((child, dir_entry.path(), metadata));
+        }
+    }
+
+    /// Build the entry for one lstat'ed name, or report why it is not stored.
+    fn entry(&mut self, path: Vec<u8>, source: PathBuf, metadata: &fs::Metadata) -> Option<Entry> {
+        let index = match u32::try_from(self.walk.entries.len()) {
+            Ok(index) if index < u32::MAX => index,
+            _ => {
+                let error = io::Error::other("more than 2^32 - 1 entries in one set");
+                self.error(source, error);
+                return None;
+            }
+        };
+        let meta = meta_of(metadata);
+        let file_type = metadata.file_type();
+        let kind = if file_type.is_file() {
+            let key = (meta.dev, meta.ino);
+            if meta.nlink > 1 {
+                if let Some(&target) = self.links.get(&key) {
+                    return Some(Entry {
+                        path,
+                        source,
+                        kind: EntryKind::HardLink { target },
+                        meta,
+                    });
+                }
+            }
+            let size_bytes = metadata.len();
+            let data = match data_ranges(&source, size_bytes, metadata.blocks()) {
+                Ok(data) => data,
+                Err(error) => {
+                    self.error(source, error);
+                    return None;
+                }
+            };
+            if meta.nlink > 1 {
+                self.links.insert(key, index);
+            }
+            EntryKind::File { size_bytes, data }
+        } else if file_type.is_dir() {
+            EntryKind::Dir
+        } else if file_type.is_symlink() {
+            match fs::read_link(&source) {
+                Ok(target) => EntryKind::Symlink {
+                    target: target.into_os_string().into_vec(),
+                },
+                Err(error) => {
+                    self.error(source, error);
+                    return None;
+                }
+            }
+        } else {
+            let what = if file_type.is_fifo() {
+                "fifo"
+            } else if file_type.is_socket() {
+                "socket"
+            } else if file_type.is_block_device() {
+                "block device"
+            } else if file_type.is_char_device() {
+                "character device"
+            } else {
+                "unknown"
+            };
+            let error = io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("unsupported file type ({what}); not backed up"),
+            );
+            self.error(source, error);
+            return None;
+        };
+        Some(Entry {
+            path,
+            source,
+            kind,
+            meta,
+        })
+    }
+
+    fn error(&mut self, path: PathBuf, error: io::Error) {
+        self.walk.errors.push(WalkError { path, error });
+    }
+}
+
+fn meta_of(metadata: &fs::Metadata) -> Meta {
+    Meta {
+        mode: metadata.mode(),
+        uid: metadata.uid(),
+        gid: metadata.gid(),
+        mtime_sec: metadata.mtime(),
+        mtime_nsec: metadata.mtime_nsec() as u32,
+        ctime_sec: metadata.ctime(),
+        ctime_nsec: metadata.ctime_nsec() as u32,
+        dev: metadata.dev(),
+        ino: metadata.ino(),
+        nlink: metadata.nlink(),
+    }
+}
+
+/// The data ranges of a regular file of `size_bytes` with `blocks` 512-byte
+/// blocks allocated: `None` when the file is dense (the cheap pre-check
+/// `blocks * 512 >= size` says so, or the holes found cover nothing),
+/// otherwise the ranges holding data, each rounded out to
+/// `SPARSE_ALIGN_BYTES` (start down, end up, clipped at EOF), merged,
+/// ascending. A file that is all hole gives `Some(vec![])`.
+fn data_ranges(path: &Path, size_bytes: u64, blocks: u64) -> io::Result<Option<Vec<(u64, u64)>>> {
+    if blocks.saturating_mul(512) >= size_bytes {
+        return Ok(None);
+    }
+    // O_NOFOLLOW | O_NONBLOCK: if the name was swapped for a symlink or a
+    // FIFO since lstat, fail or return at once rather than follow or hang.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let fd = file.as_raw_fd();
+    let align = SPARSE_ALIGN_BYTES;
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut position = 0u64;
+    while position < size_bytes {
+        let data = match lseek(fd, position as libc::off_t, Whence::SeekData) {
+            Ok(offset) => offset as u64,
+            // No data at or after `position`: the rest is a hole.
+            Err(Errno::ENXIO) => break,
+            // The filesystem cannot say: treat the file as dense.
+            Err(Errno::EINVAL) => return Ok(None),
+            Err(errno) => return Err(errno.into()),
+        };
+        if data >= size_bytes {
+            break;
+        }
+        let hole = match lseek(fd, data as libc::off_t, Whence::SeekHole) {
+            Ok(offset) => (offset as u64).min(size_bytes),
+            // Shrunk under us: data runs to (our) end of file.
+            Err(Errno::ENXIO) => size_bytes,
+            Err(errno) => return Err(errno.into()),
+        };
+        if hole <= data {
+            // The file changed under us; store what we have as dense data.
+            return Ok(None);
+        }
+        let start = data / align * align;
+        let end = hole.div_ceil(align).saturating_mul(align).min(size_bytes);
+        match ranges.last_mut() {
+            Some(last) if last.0 + last.1 >= start => last.1 = end.max(last.0 + last.1) - last.0,
+            _ => ranges.push((start, end - start)),
+        }
+        position = hole;
+    }
+    if ranges.len() == 1 && ranges[0] == (0, size_bytes) {
+        return Ok(None);
+    }
+    Ok(Some(ranges))
+}
+
+/// The integration tests' fixture and tree comparison, shared with the
+/// unit tests of `source` and `restore::tree`.
+#[cfg(test)]
+#[path = "../../tests/common/mod.rs"]
+pub(crate) mod test_fixture;
+
+#[cfg(test)]
+mod tests {
+    use super::test_fixture::{lstat_tree, make_fixture_tree, OTHER_ID, SPARSE_FILE_BYTES};
+    use super::*;
+    use std::os::unix::fs::{FileExt, PermissionsExt};
+
+    fn entry<'a>(walk: &'a Walk, path: &[u8]) -> (usize, &'a Entry) {
+        walk.entries
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.path == path)
+            .unwrap_or_else(|| panic!("no entry {}", path.escape_ascii()))
+    }
+
+    fn components(path: &[u8]) -> Vec<&[u8]> {
+        path.split(|&b| b == b'/').collect()
+    }
+
+    #[test]
+    fn no_sources_is_an_error() {
+        assert!(matches!(walk(&[]), Err(SourceError::NoSources)));
+    }
+
+    #[test]
+    fn missing_source_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("nope");
+        match walk(std::slice::from_ref(&missing)) {
+            Err(SourceError::Source { path, error }) => {
+                assert_eq!(path, missing);
+                assert_eq!(error.kind(), io::ErrorKind::NotFound);
+            }
+            other => panic!("expected Source error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn duplicate_top_level_names_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        for dir in ["x/data", "y/data"] {
+            fs::create_dir_all(tmp.path().join(dir)).unwrap();
+        }
+        let sources = [tmp.path().join("x/data"), tmp.path().join("y/data/")];
+        match walk(&sources) {
+            Err(SourceError::DuplicateName { name }) => assert_eq!(name, "data"),
+            other => panic!("expected DuplicateName, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn root_is_refused_with_a_reason() {
+        match walk(&[PathBuf::from("/")]) {
+            Err(SourceError::Source { error, .. }) => {
+                assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+                assert!(error.to_string().contains("no name"), "{error}");
+            }
+            other => panic!("expected Source error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sources_without_a_final_name_use_the_canonical_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let proj = tmp.path().join("proj");
+        fs::create_dir_all(proj.join("sub")).unwrap();
+        assert_eq!(stored_name(&proj.join("sub/..")).unwrap(), b"proj");
+        assert_eq!(stored_name(&proj.join(".")).unwrap(), b"proj");
+        assert_eq!(stored_name(&proj.join("sub/")).unwrap(), b"sub");
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            stored_name(Path::new(".")).unwrap(),
+            cwd.file_name().unwrap().as_bytes()
+        );
+        let walk = walk(&[proj.join("sub/..")]).unwrap();
+        let paths: Vec<&[u8]> = walk.entries.iter().map(|e| e.path.as_slice()).collect();
+        assert_eq!(paths, [&b"proj"[..], b"proj/sub"]);
+    }
+
+    #[test]
+    fn single_file_and_symlink_sources() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("f"), b"hello").unwrap();
+        std::os::unix::fs::symlink("f", tmp.path().join("l")).unwrap();
+        let walk = walk(&[tmp.path().join("f"), tmp.path().join("l")]).unwrap();
+        assert!(walk.errors.is_empty());
+        assert_eq!(walk.entries.len(), 2);
+        assert_eq!(walk.entries[0].path, b"f");
+        assert_eq!(
+            walk.entries[0].kind,
+            EntryKind::File {
+                size_bytes: 5,
+                data: None
+            }
+        );
+        assert_eq!(walk.entries[1].path, b"l");
+        assert_eq!(
+            walk.entries[1].kind,
+            EntryKind::Symlink {
+                target: b"f".to_vec()
+            }
+        );
+    }
+
+    #[test]
+    fn fixture_tree_walks_completely_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("fixture");
+        make_fixture_tree(&root, 50, 1 << 20);
+        let walk = walk(std::slice::from_ref(&root)).unwrap();
+        assert!(walk.errors.is_empty(), "{:?}", walk.errors);
+
+        // Exactly the names lstat sees, each with its own source path.
+        let expected: Vec<Vec<u8>> = lstat_tree(&root)
+            .into_keys()
+            .map(|rel| {
+                if rel.is_empty() {
+                    b"fixture".to_vec()
+                } else {
+                    [&b"fixture/"[..], &rel].concat()
+                }
+            })
+            .collect();
+        let mut got: Vec<Vec<u8>> = walk.entries.iter().map(|e| e.path.clone()).collect();
+        // Pre-order with siblings sorted by name == component-wise sort.
+        let mut sorted = got.clone();
+        sorted.sort_by(|a, b| components(a).cmp(&components(b)));
+        assert_eq!(got, sorted, "not pre-order with sorted siblings");
+        got.sort();
+        assert_eq!(got, expected);
+        for e in &walk.entries {
+            let rel = &e.path[b"fixture".len()..];
+            assert_eq!(
+                e.source.as_os_str().as_bytes(),
+                [root.as_os_str().as_bytes(), rel].concat()
+            );
+        }
+
+        // Metadata is lstat's.
+        for e in &walk.entries {
+            let m = fs::symlink_metadata(&e.source).unwrap();
+            assert_eq!(e.meta.mode, m.mode());
+            assert_eq!((e.meta.uid, e.meta.gid), (m.uid(), m.gid()));
+            assert_eq!(
+                (e.meta.mtime_sec, e.meta.mtime_nsec as i64),
+                (m.mtime(), m.mtime_nsec())
+            );
+            assert_eq!(
+                (e.meta.dev, e.meta.ino, e.meta.nlink),
+                (m.dev(), m.ino(), m.nlink())
+            );
+        }
+        let (_, owned) = entry(&walk, b"fixture/owned-by-1234");
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!((owned.meta.uid, owned.meta.gid), (OTHER_ID, OTHER_ID));
+        }
+        assert_eq!(
+            entry(&walk, b"fixture/setuid-prog").1.meta.mode & 0o7777,
+            0o4755
+        );
+        assert!(entry(&walk, b"fixture/old").1.meta.mtime_sec < 0);
+
+        // Kinds.
+        assert_eq!(entry(&walk, b"fixture").1.kind, EntryKind::Dir);
+        assert_eq!(entry(&walk, b"fixture/dir\xff").1.kind, EntryKind::Dir);
+        assert_eq!(
+            entry(&walk, b"fixture/large.bin").1.kind,
+            EntryKind::File {
+                size_bytes: 1 << 20,
+                data: None
+            }
+        );
+        assert_eq!(
+            entry(&walk, b"fixture/empty").1.kind,
+            EntryKind::File {
+                size_bytes: 0,
+                data: None
+            }
+        );
+        assert_eq!(
+            entry(&walk, b"fixture/caf\xe9").1.kind,
+            EntryKind::File {
+                size_bytes: 1234,
+                data: None
+            }
+        );
+        assert_eq!(
+            entry(&walk, b"fixture/link-to-large").1.kind,
+            EntryKind::Symlink {
+                target: b"large.bin".to_vec()
+            }
+        );
+        assert_eq!(
+            entry(&walk, b"fixture/dangling").1.kind,
+            EntryKind::Symlink {
+                target: b"does/not/exist".to_vec()
+            }
+        );
+        let (first, _) = entry(&walk, b"fixture/hard-a");
+        assert!(matches!(
+            entry(&walk, b"fixture/hard-a").1.kind,
+            EntryKind::File {
+                size_bytes: 3000,
+                ..
+            }
+        ));
+        assert_eq!(
+            entry(&walk, b"fixture/small/hard-b").1.kind,
+            EntryKind::HardLink {
+                target: first as u32
+            }
+        );
+        // Data at 0..64K, 3M..3M+4K+100 (end rounded up), last 5000 bytes
+        // (start rounded down).
+        let end = SPARSE_FILE_BYTES;
+        assert_eq!(
+            entry(&walk, b"fixture/sparse.img").1.kind,
+            EntryKind::File {
+                size_bytes: end,
+                data: Some(vec![(0, 64 << 10), (3 << 20, 8 << 10), (end - 8192, 8192)])
+            }
+        );
+        let files = walk
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+            .count();
+        // large, empty, sparse, hard-a, caf, inner, setuid, owned, old
+        assert_eq!(files, 50 + 9);
+    }
+
+    #[test]
+    fn sparse_ranges_are_aligned_and_clipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hole = tmp.path().join("hole");
+        fs::File::create(&hole).unwrap().set_len(1 << 20).unwrap();
+        let unaligned = tmp.path().join("unaligned");
+        let file = fs::File::create(&unaligned).unwrap();
+        file.set_len(1 << 20).unwrap();
+        file.write_all_at(b"0123456789", 5000).unwrap();
+        file.write_all_at(b"tail", (1 << 20) + 100).unwrap(); // extends: size 1M+104
+        file.sync_all().unwrap();
+        let walk = walk(&[hole, unaligned]).unwrap();
+        assert_eq!(
+            walk.entries[0].kind,
+            EntryKind::File {
+                size_bytes: 1 << 20,
+                data: Some(vec![])
+            }
+        );
+        assert_eq!(
+            walk.entries[1].kind,
+            EntryKind::File {
+                size_bytes: (1 << 20) + 104,
+                data: Some(vec![(4096, 4096), (1 << 20, 104)])
+            }
+        );
+    }
+
+    #[test]
+    fn special_files_are_reported_and_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("a"), b"a").unwrap();
+        nix::unistd::mkfifo(
+            &dir.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(dir.join("sock")).unwrap();
+        fs::write(dir.join("z"), b"z").unwrap();
+        let walk = walk(std::slice::from_ref(&dir)).unwrap();
+        let paths: Vec<&[u8]> = walk.entries.iter().map(|e| e.path.as_slice()).collect();
+        assert_eq!(paths, [&b"d"[..], b"d/a", b"d/z"]);
+        let errors: Vec<(PathBuf, String)> = walk
+            .errors
+            .iter()
+            .map(|e| (e.path.clone(), e.error.to_string()))
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                (
+                    dir.join("fifo"),
+                    "unsupported file type (fifo); not backed up".to_string()
+                ),
+                (
+                    dir.join("sock"),
+                    "unsupported file type (socket); not backed up".to_string()
+                ),
+            ]
+        );
+        assert!(walk
+            .errors
+            .iter()
+            .all(|e| e.error.kind() == io::ErrorKind::Unsupported));
+    }
+
+    /// Runs `f` with this thread's filesystem uid/gid set to nobody, so that
+    /// permission checks apply even when the tests run as root (setfsuid is
+    /// per thread and drops the filesystem capabilities while nonzero).
+    fn as_nobody<T>(f: impl FnOnce() -> T) -> T {
+        const NOBODY: libc::uid_t = 65534;
+        // SAFETY: plain syscalls changing this thread's credentials only.
+        let (old_uid, old_gid) = unsafe { (libc::setfsuid(NOBODY), libc::setfsgid(NOBODY)) };
+        let result = f();
+        // SAFETY: as above, back to the previous ids.
+        unsafe {
+            libc::setfsuid(old_uid as libc::uid_t);
+            libc::setfsgid(old_gid as libc::gid_t);
+        }
+        result
+    }
+
+    #[test]
+    fn unreadable_directory_is_reported_and_the_walk_goes_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = tmp.path().join("top");
+        for dir in ["a", "locked/inner", "z"] {
+            fs::create_dir_all(top.join(dir)).unwrap();
+        }
+        fs::write(top.join("locked/secret"), b"s").unwrap();
+        fs::write(top.join("z/after"), b"z").unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let locked = top.join("locked");
+        let walk = if nix::unistd::geteuid().is_root() {
+            fs::set_permissions(&locked, fs::Permissions::from_mode(0o700)).unwrap();
+            as_nobody(|| walk(std::slice::from_ref(&top))).unwrap()
+        } else {
+            fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
+            let walk = walk(std::slice::from_ref(&top)).unwrap();
+            fs::set_permissions(&locked, fs::Permissions::from_mode(0o700)).unwrap();
+            walk
+        };
+        let paths: Vec<&[u8]> = walk.entries.iter().map(|e| e.path.as_slice()).collect();
+        assert_eq!(
+            paths,
+            [
+                &b"top"[..],
+                b"top/a",
+                b"top/locked",
+                b"top/z",
+                b"top/z/after"
+            ]
+        );
+        assert_eq!(walk.errors.len(), 1, "{:?}", walk.errors);
+        assert_eq!(walk.errors[0].path, top.join("locked"));
+        assert_eq!(walk.errors[0].error.kind(), io::ErrorKind::PermissionDenied);
+    }
+
+    /// `cargo test --release -- --ignored walk_100k --nocapture`
+    #[test]
+    #[ignore = "slow: creates 100,000 files"]
+    fn walk_100k_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("many");
+        for d in 0..100 {
+            let dir = root.join(format!("d{d:03}"));
+            fs::create_dir_all(&dir).unwrap();
+            for f in 0..1000 {
+                fs::File::create(dir.join(format!("f{f:04}"))).unwrap();
+            }
+        }
+        let start = std::time::Instant::now();
+        let walk = walk(&[root]).unwrap();
+        let elapsed = start.elapsed();
+        assert_eq!(walk.entries.len(), 1 + 100 + 100_000);
+        eprintln!("walked {} entries in {:?}", walk.entries.len(), elapsed);
+    }
 }
