@@ -2,8 +2,10 @@
 //! clear error and exit 2, the plan's JSON, a file-device round trip, demo.
 
 mod common;
+#[path = "common/loopdev.rs"]
+mod loopdev;
 
-use common::loopdev::pbio;
+use loopdev::pbio;
 use serde_json::Value;
 
 fn tree(dir: &std::path::Path) -> std::path::PathBuf {
@@ -25,11 +27,42 @@ fn bad_input_is_a_usage_error_naming_the_culprit() {
     let missing = dir.path().join("nope");
 
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["backup".into(), missing.display().to_string(), "--dev".into(), d0.clone()], "nope"),
-        (vec!["backup".into(), s.into(), "--dev".into(), dir.path().display().to_string()], "is a directory"),
-        (vec!["backup".into(), s.into(), "--dev".into(), d0.clone(), "--dev".into(), d0.clone()], "given twice"),
         (
-            vec!["backup".into(), s.into(), "--dev".into(), format!("{},size=64K", img.display())],
+            vec![
+                "backup".into(),
+                missing.display().to_string(),
+                "--dev".into(),
+                d0.clone(),
+            ],
+            "nope",
+        ),
+        (
+            vec![
+                "backup".into(),
+                s.into(),
+                "--dev".into(),
+                dir.path().display().to_string(),
+            ],
+            "is a directory",
+        ),
+        (
+            vec![
+                "backup".into(),
+                s.into(),
+                "--dev".into(),
+                d0.clone(),
+                "--dev".into(),
+                d0.clone(),
+            ],
+            "given twice",
+        ),
+        (
+            vec![
+                "backup".into(),
+                s.into(),
+                "--dev".into(),
+                format!("{},size=64K", img.display()),
+            ],
             "too small",
         ),
         (
@@ -44,19 +77,59 @@ fn bad_input_is_a_usage_error_naming_the_culprit() {
             "more bytes",
         ),
         (vec!["backup".into(), s.into()], "--dev"),
-        (vec!["backup".into(), s.into(), "--dev".into(), d0.clone(), "--frobnicate".into()], "frobnicate"),
-        (vec!["backup".into(), s.into(), "--dev".into(), format!("{},size=12Q", img.display())], "unknown unit"),
-        (vec!["backup".into(), s.into(), "--dev".into(), d0.clone(), "--chunk".into(), "1000".into()], "power of two"),
         (
-            vec!["plan".into(), s.into(), "--dev".into(), d0.clone(), "--balance".into(), "time".into()],
+            vec![
+                "backup".into(),
+                s.into(),
+                "--dev".into(),
+                d0.clone(),
+                "--frobnicate".into(),
+            ],
+            "frobnicate",
+        ),
+        (
+            vec![
+                "backup".into(),
+                s.into(),
+                "--dev".into(),
+                format!("{},size=12Q", img.display()),
+            ],
+            "unknown unit",
+        ),
+        (
+            vec![
+                "backup".into(),
+                s.into(),
+                "--dev".into(),
+                d0.clone(),
+                "--chunk".into(),
+                "1000".into(),
+            ],
+            "power of two",
+        ),
+        (
+            vec![
+                "plan".into(),
+                s.into(),
+                "--dev".into(),
+                d0.clone(),
+                "--balance".into(),
+                "time".into(),
+            ],
             "rate",
         ),
     ];
     for (args, needle) in cases {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, out, err) = pbio(&refs);
-        assert_eq!(code, 2, "{args:?}: expected exit 2, got {code}\n{out}\n{err}");
-        assert!(err.contains(needle), "{args:?}: error does not mention {needle:?}: {err}");
+        assert_eq!(
+            code, 2,
+            "{args:?}: expected exit 2, got {code}\n{out}\n{err}"
+        );
+        assert!(
+            err.contains(needle),
+            "{args:?}: error does not mention {needle:?}: {err}"
+        );
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
     // Nothing was written by any refused backup.
@@ -69,19 +142,37 @@ fn plan_json_shape() {
     let src = tree(dir.path());
     let d0 = format!("{},size=64M", dir.path().join("d0.img").display());
     let d1 = format!("{},size=64M", dir.path().join("d1.img").display());
-    let (code, out, err) = pbio(&["plan", src.to_str().unwrap(), "--dev", &d0, "--dev", &d1, "--strategy", "split", "--json"]);
+    let (code, out, err) = pbio(&[
+        "plan",
+        src.to_str().unwrap(),
+        "--dev",
+        &d0,
+        "--dev",
+        &d1,
+        "--strategy",
+        "split",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let plan: Value = serde_json::from_str(&out).unwrap();
     let total = (3u64 << 20) + 5;
     assert_eq!(plan["threshold_bytes"].as_u64().unwrap(), total / 2);
     let devices = plan["devices"].as_array().unwrap();
     assert_eq!(devices.len(), 2);
-    let assigned: u64 = devices.iter().map(|d| d["assigned_bytes"].as_u64().unwrap()).sum();
+    let assigned: u64 = devices
+        .iter()
+        .map(|d| d["assigned_bytes"].as_u64().unwrap())
+        .sum();
     assert_eq!(assigned, total);
     let segments = plan["segments"].as_array().unwrap();
-    let a: Vec<&Value> = segments.iter().filter(|s| s["path"] == "src/a.bin").collect();
+    let a: Vec<&Value> = segments
+        .iter()
+        .filter(|s| s["path"] == "src/a.bin")
+        .collect();
     assert!(a.len() >= 2, "a.bin (larger than T) is split: {a:?}");
-    assert!(segments.iter().all(|s| s["offset"].as_u64().unwrap() % (1 << 20) == 0));
+    assert!(segments
+        .iter()
+        .all(|s| s["offset"].as_u64().unwrap() % (1 << 20) == 0));
     // Neither device was created by plan.
     assert!(!dir.path().join("d0.img").exists());
 }
@@ -91,7 +182,12 @@ fn file_device_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let src = tree(dir.path());
     let devs: Vec<String> = (0..3)
-        .map(|i| format!("{},size=32M", dir.path().join(format!("d{i}.img")).display()))
+        .map(|i| {
+            format!(
+                "{},size=32M",
+                dir.path().join(format!("d{i}.img")).display()
+            )
+        })
         .collect();
     let mut args = vec!["backup", src.to_str().unwrap(), "--chunk", "256K"];
     for d in &devs {
@@ -100,14 +196,19 @@ fn file_device_round_trip() {
     let (code, out, err) = pbio(&args);
     assert_eq!(code, 0, "{out}\n{err}");
     let to = dir.path().join("out");
-    let plain: Vec<String> = (0..3).map(|i| dir.path().join(format!("d{i}.img")).display().to_string()).collect();
+    let plain: Vec<String> = (0..3)
+        .map(|i| dir.path().join(format!("d{i}.img")).display().to_string())
+        .collect();
     let mut args = vec!["restore", "--to", to.to_str().unwrap()];
     for d in plain.iter().rev() {
         args.extend(["--dev", d.as_str()]);
     }
     let (code, out, err) = pbio(&args);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(std::fs::read(to.join("src/a.bin")).unwrap(), vec![7u8; 3 << 20]);
+    assert_eq!(
+        std::fs::read(to.join("src/a.bin")).unwrap(),
+        vec![7u8; 3 << 20]
+    );
     assert_eq!(std::fs::read(to.join("src/sub/b.txt")).unwrap(), b"hello");
     assert_eq!(std::fs::read(to.join("src/empty")).unwrap(), b"");
     let diffs = common::compare_trees(&src, &to.join("src"));

@@ -2,18 +2,21 @@
 //! sizes (issue 4's acceptance).
 
 mod common;
+#[path = "common/loopdev.rs"]
+mod loopdev;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use common::loopdev::{loop_devices_available, pbio, LoopDev};
+use loopdev::{loop_devices_available, pbio, LoopDev};
 use serde_json::Value;
 
 const SMALL_FILES: usize = 3000;
 const LARGE_BYTES: u64 = 80 << 20;
 
 fn json(text: &str) -> Value {
-    serde_json::from_str(text.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("bad JSON {e}: {text}"))
+    serde_json::from_str(text.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("bad JSON {e}: {text}"))
 }
 
 struct Bed {
@@ -47,7 +50,9 @@ fn bed(test: &str) -> Option<Bed> {
 }
 
 fn dev_args(devs: &[&LoopDev]) -> Vec<String> {
-    devs.iter().flat_map(|d| ["--dev".to_string(), d.arg()]).collect()
+    devs.iter()
+        .flat_map(|d| ["--dev".to_string(), d.arg()])
+        .collect()
 }
 
 fn run(args: Vec<String>) -> (i32, String, String) {
@@ -65,7 +70,12 @@ fn backup(bed: &Bed, strategy: &str) -> Value {
 }
 
 fn restore(devs: &[&LoopDev], to: &Path) -> (i32, Value, String) {
-    let mut args = vec!["restore".to_string(), "--to".into(), to.display().to_string(), "--json".into()];
+    let mut args = vec![
+        "restore".to_string(),
+        "--to".into(),
+        to.display().to_string(),
+        "--json".into(),
+    ];
     args.extend(dev_args(devs));
     let (code, out, err) = run(args);
     (code, json(&out), err)
@@ -78,12 +88,17 @@ fn list(dev: &LoopDev) -> Value {
 }
 
 fn round_trip(strategy: &str) {
-    let Some(bed) = bed(&format!("round_trip_{strategy}")) else { return };
+    let Some(bed) = bed(&format!("round_trip_{strategy}")) else {
+        return;
+    };
     let summary = backup(&bed, strategy);
     let devices = summary["devices"].as_array().unwrap();
     assert_eq!(devices.len(), 4);
     for d in devices {
-        assert!(d["payload_bytes"].as_u64().unwrap() > 0, "every device got work: {summary}");
+        assert!(
+            d["payload_bytes"].as_u64().unwrap() > 0,
+            "every device got work: {summary}"
+        );
         // Zero copy: every payload byte was written from the buffer the read landed in.
         assert_eq!(d["payload_bytes_zero_copy"], d["payload_bytes"], "{d}");
     }
@@ -96,7 +111,10 @@ fn round_trip(strategy: &str) {
         .filter(|s| s["path"] == "tree/large.bin")
         .map(|s| s["device"].as_u64().unwrap())
         .collect();
-    assert!(large_devices.len() > 1, "large file not split: {large_devices:?}");
+    assert!(
+        large_devices.len() > 1,
+        "large file not split: {large_devices:?}"
+    );
 
     // All devices, in order and reversed: identical trees.
     let all: Vec<&LoopDev> = bed.devs.iter().collect();
@@ -104,31 +122,48 @@ fn round_trip(strategy: &str) {
     let (code, report, err) = restore(&all, &out);
     assert_eq!(code, 0, "restore failed: {report}\n{err}");
     let diffs = common::compare_trees(&bed.src, &out.join("tree"));
-    assert!(diffs.is_empty(), "restored tree differs:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "restored tree differs:\n{}",
+        diffs.join("\n")
+    );
     let reversed: Vec<&LoopDev> = bed.devs.iter().rev().collect();
     let out_rev = bed.root.join("restore-rev");
     let (code, report, err) = restore(&reversed, &out_rev);
     assert_eq!(code, 0, "restore (reversed) failed: {report}\n{err}");
     let diffs = common::compare_trees(&bed.src, &out_rev.join("tree"));
-    assert!(diffs.is_empty(), "restored tree (reversed) differs:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "restored tree (reversed) differs:\n{}",
+        diffs.join("\n")
+    );
 
-    let (code, out, err) = run(["verify".to_string()].into_iter().chain(dev_args(&all)).collect());
+    let (code, out, err) = run(["verify".to_string()]
+        .into_iter()
+        .chain(dev_args(&all))
+        .collect());
     assert_eq!(code, 0, "verify failed: {out}\n{err}");
 
     // Each device alone: exactly the files it holds completely, and the
     // missing ranges of the others.
     let mut segments_by_file: BTreeMap<String, Vec<(u64, u64, u64)>> = BTreeMap::new();
     for s in catalog["segments"].as_array().unwrap() {
-        segments_by_file.entry(s["path"].as_str().unwrap().to_string()).or_default().push((
-            s["offset"].as_u64().unwrap(),
-            s["length"].as_u64().unwrap(),
-            s["device"].as_u64().unwrap(),
-        ));
+        segments_by_file
+            .entry(s["path"].as_str().unwrap().to_string())
+            .or_default()
+            .push((
+                s["offset"].as_u64().unwrap(),
+                s["length"].as_u64().unwrap(),
+                s["device"].as_u64().unwrap(),
+            ));
     }
     for (i, dev) in bed.devs.iter().enumerate() {
         let out = bed.root.join(format!("restore-{i}"));
         let (code, report, _) = restore(&[dev], &out);
-        assert_eq!(code, 3, "a single device cannot hold the whole set: {report}");
+        assert_eq!(
+            code, 3,
+            "a single device cannot hold the whole set: {report}"
+        );
         let mut expected_missing: BTreeMap<String, Vec<(u64, u64, u64)>> = BTreeMap::new();
         for (path, segs) in &segments_by_file {
             let mut absent: Vec<_> = segs.iter().filter(|s| s.2 != i as u64).cloned().collect();
@@ -143,7 +178,13 @@ fn round_trip(strategy: &str) {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|r| (r["offset"].as_u64().unwrap(), r["length"].as_u64().unwrap(), r["device"].as_u64().unwrap()))
+                .map(|r| {
+                    (
+                        r["offset"].as_u64().unwrap(),
+                        r["length"].as_u64().unwrap(),
+                        r["device"].as_u64().unwrap(),
+                    )
+                })
                 .collect();
             got_missing.insert(m["path"].as_str().unwrap().to_string(), ranges);
         }
@@ -153,10 +194,14 @@ fn round_trip(strategy: &str) {
             let restored = out.join(path);
             if segs.iter().all(|s| s.2 == i as u64) {
                 let a = std::fs::read(bed.src.parent().unwrap().join(path)).unwrap();
-                let b = std::fs::read(&restored).unwrap_or_else(|e| panic!("device {i}: {path} not restored: {e}"));
+                let b = std::fs::read(&restored)
+                    .unwrap_or_else(|e| panic!("device {i}: {path} not restored: {e}"));
                 assert!(a == b, "device {i}: {path} differs");
             } else {
-                assert!(!restored.exists(), "device {i}: incomplete {path} was restored");
+                assert!(
+                    !restored.exists(),
+                    "device {i}: incomplete {path} was restored"
+                );
             }
         }
     }
@@ -176,7 +221,9 @@ fn round_trip_split() {
 /// corrupt one payload byte: `verify` and `restore` name file, offset, device.
 #[test]
 fn scan_and_corruption() {
-    let Some(bed) = bed("scan_and_corruption") else { return };
+    let Some(bed) = bed("scan_and_corruption") else {
+        return;
+    };
     backup(&bed, "fill");
     let catalog = list(&bed.devs[1]);
     let on_dev1: Vec<&Value> = catalog["segments"]
@@ -199,7 +246,11 @@ fn scan_and_corruption() {
     let dev1 = &bed.devs[1];
     {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&dev1.path).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dev1.path)
+            .unwrap();
         let mut b = [0u8; 1];
         f.read_exact_at(&mut b, byte_at).unwrap();
         b[0] ^= 0x5a;
@@ -207,16 +258,25 @@ fn scan_and_corruption() {
         f.sync_all().unwrap();
     }
     let all: Vec<&LoopDev> = bed.devs.iter().collect();
-    let (code, out, verify_err) = run(["verify".to_string()].into_iter().chain(dev_args(&all)).collect());
+    let (code, out, verify_err) = run(["verify".to_string()]
+        .into_iter()
+        .chain(dev_args(&all))
+        .collect());
     let err = verify_err.clone();
     assert_eq!(code, 3, "verify must fail on a corrupted payload: {out}");
     for needle in [path.as_str(), "file offset", &dev1.arg()] {
-        assert!(err.contains(needle), "verify error does not name {needle}: {err}");
+        assert!(
+            err.contains(needle),
+            "verify error does not name {needle}: {err}"
+        );
     }
     let (code, report, _) = restore(&all, &bed.root.join("restore-corrupt"));
     assert_eq!(code, 3, "restore must fail on a corrupted payload");
     let errors = report["errors"].to_string();
-    assert!(errors.contains(&path) && errors.contains(&dev1.arg()), "{errors}");
+    assert!(
+        errors.contains(&path) && errors.contains(&dev1.arg()),
+        "{errors}"
+    );
 
     // Overwrite the catalog (everything from the end of the data) with zeros.
     let (_, label) = {
@@ -227,20 +287,37 @@ fn scan_and_corruption() {
     };
     {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&dev1.path).unwrap();
-        f.write_all_at(&vec![0u8; 1 << 20], label.catalog_offset).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&dev1.path)
+            .unwrap();
+        f.write_all_at(&vec![0u8; 1 << 20], label.catalog_offset)
+            .unwrap();
         f.sync_all().unwrap();
     }
     let (code, _, err) = pbio(&["list", "--dev", &dev1.arg()]);
     assert_eq!(code, 3, "list must fail on an overwritten catalog: {err}");
     let (_, out, _) = pbio(&["scan", "--dev", &dev1.arg(), "--json"]);
-    let records: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let summary = records.last().unwrap();
-    assert_eq!(summary["data_records"].as_u64().unwrap(), expected_records, "{summary}");
+    assert_eq!(
+        summary["data_records"].as_u64().unwrap(),
+        expected_records,
+        "{summary}"
+    );
     // Exactly one record fails its payload CRC: the one corrupted above.
-    let bad: Vec<&Value> = records.iter().filter(|r| r["payload_ok"] == false).collect();
+    let bad: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["payload_ok"] == false)
+        .collect();
     assert_eq!(bad.len(), 1, "{bad:?}");
     assert_eq!(bad[0]["position"].as_u64().unwrap(), position);
     let needle = format!("file offset {}", bad[0]["file_offset"]);
-    assert!(verify_err.contains(&needle), "verify error does not name {needle}: {verify_err}");
+    assert!(
+        verify_err.contains(&needle),
+        "verify error does not name {needle}: {verify_err}"
+    );
 }

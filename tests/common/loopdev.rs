@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! Real block devices for integration tests: loop devices with direct I/O
 //! over files. Under CI (`CI=true`) a missing capability (not root, no
 //! losetup, no loop driver) fails the test; elsewhere the test is skipped
