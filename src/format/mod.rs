@@ -10,6 +10,9 @@ pub mod catalog;
 pub mod label;
 pub mod record;
 
+#[cfg(test)]
+mod proptests;
+
 pub use catalog::{file_digest, Catalog, CatalogDevice, CatalogFile, CatalogSegment, FileKind};
 pub use label::{Label, LabelState};
 pub use record::{RecordHeader, RecordKind};
