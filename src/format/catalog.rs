@@ -1,7 +1,15 @@
 //! The catalog: every file and every segment of the set. Replicated on
 //! every device, so any one device says what the whole set holds.
+//!
+//! Encoding (docs/FORMAT.md, "Catalog"): a 52-byte fixed header (magic,
+//! version, chunk size, set id, creation time, the three table counts),
+//! then the device, file and segment tables with every integer an LEB128
+//! varint and every byte string length-prefixed, then a CRC32C of all the
+//! bytes before it. Decoding checks structure first (length, magic, CRC,
+//! version, counts against the bytes present, varints, exact end), then the
+//! same semantic rules `Catalog::validate` applies before an encode.
 
-use super::{FormatError, SetId};
+use super::{chunk_bytes_valid, crc32c, FormatError, SetId, CATALOG_MAGIC, FORMAT_VERSION};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -10,6 +18,29 @@ pub enum FileKind {
     Symlink,
     /// Another name of the regular file `CatalogFile::hardlink_to`.
     HardLink,
+}
+
+impl FileKind {
+    /// The value stored on media (one byte).
+    pub const fn code(self) -> u8 {
+        match self {
+            FileKind::Regular => 1,
+            FileKind::Directory => 2,
+            FileKind::Symlink => 3,
+            FileKind::HardLink => 4,
+        }
+    }
+
+    /// The kind stored on media as `code`, if known.
+    pub const fn from_code(code: u8) -> Option<FileKind> {
+        match code {
+            1 => Some(FileKind::Regular),
+            2 => Some(FileKind::Directory),
+            3 => Some(FileKind::Symlink),
+            4 => Some(FileKind::HardLink),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +62,7 @@ pub struct CatalogFile {
     pub hardlink_to: u32,
     /// BLAKE3 over the file's records in offset order, each as
     /// (file_offset u64 LE, payload_bytes u32 LE, payload_crc u32 LE). Zero for non-regular.
+    /// Computed by [`file_digest`].
     pub digest: [u8; 32],
 }
 
@@ -64,21 +96,899 @@ pub struct Catalog {
     pub segments: Vec<CatalogSegment>,
 }
 
+/// Byte offsets of the catalog's fixed header (docs/FORMAT.md, "Catalog").
+pub mod layout {
+    pub const MAGIC: usize = 0; // [u8; 8] "PBIOCATL"
+    pub const VERSION: usize = 8; // u32
+    pub const CHUNK_BYTES: usize = 12; // u32
+    pub const SET_ID: usize = 16; // [u8; 16]
+    pub const CREATED_UNIX_NS: usize = 32; // u64
+    pub const DEVICE_COUNT: usize = 40; // u32
+    pub const FILE_COUNT: usize = 44; // u32
+    pub const SEGMENT_COUNT: usize = 48; // u32
+    /// Start of the tables; the fixed header's length.
+    pub const TABLES: usize = 52;
+
+    const _: () = assert!(VERSION == MAGIC + 8);
+    const _: () = assert!(CHUNK_BYTES == VERSION + 4);
+    const _: () = assert!(SET_ID == CHUNK_BYTES + 4);
+    const _: () = assert!(CREATED_UNIX_NS == SET_ID + 16);
+    const _: () = assert!(DEVICE_COUNT == CREATED_UNIX_NS + 8);
+    const _: () = assert!(FILE_COUNT == DEVICE_COUNT + 4);
+    const _: () = assert!(SEGMENT_COUNT == FILE_COUNT + 4);
+    const _: () = assert!(TABLES == SEGMENT_COUNT + 4);
+}
+
+/// Bytes of the trailing CRC32C.
+pub const CATALOG_CRC_BYTES: usize = 4;
+/// The smallest encoded catalog (fixed header and CRC, empty tables).
+pub const CATALOG_BYTES_MIN: usize = layout::TABLES + CATALOG_CRC_BYTES;
+
+/// Fewest bytes one table entry can take on media (every varint at least
+/// one byte, every string at least its length byte). Counts in the header
+/// are checked against these before anything is allocated.
+const DEVICE_ENTRY_BYTES_MIN: u64 = 2; // path length, capacity
+const FILE_ENTRY_BYTES_MIN: u64 = 8; // path length, 1 path byte, kind, mode, uid, gid, mtime sec, nsec
+const SEGMENT_ENTRY_BYTES_MIN: u64 = 6; // six varints
+
+/// Nanoseconds in a second: `mtime_nsec` is below this.
+const NSEC_PER_SEC: u32 = 1_000_000_000;
+
+/// Bytes one record contributes to a [`file_digest`].
+pub const FILE_DIGEST_ENTRY_BYTES: usize = 16;
+
+/// The per-file digest stored in `CatalogFile::digest`: sorts `records`
+/// (`(file_offset, payload_bytes, payload_crc)` of each of the file's Data
+/// records) by offset, then BLAKE3 over each as `file_offset` u64 LE,
+/// `payload_bytes` u32 LE, `payload_crc` u32 LE. Ties (which a valid set
+/// does not have) are ordered by length, then CRC, so the result never
+/// depends on the input order. A regular file with no records (empty, or
+/// all hole) has the digest of no bytes, `blake3("")`.
+pub fn file_digest(records: &mut [(u64, u32, u32)]) -> [u8; 32] {
+    const BATCH: usize = 256;
+    records.sort_unstable();
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = [0u8; BATCH * FILE_DIGEST_ENTRY_BYTES];
+    for batch in records.chunks(BATCH) {
+        for (entry, &(offset, length, crc)) in
+            buf.chunks_exact_mut(FILE_DIGEST_ENTRY_BYTES).zip(batch)
+        {
+            entry[0..8].copy_from_slice(&offset.to_le_bytes());
+            entry[8..12].copy_from_slice(&length.to_le_bytes());
+            entry[12..16].copy_from_slice(&crc.to_le_bytes());
+        }
+        hasher.update(&buf[..batch.len() * FILE_DIGEST_ENTRY_BYTES]);
+    }
+    *hasher.finalize().as_bytes()
+}
+
 impl Catalog {
+    /// Encode. Panics if the catalog is invalid (`validate`): a caller bug,
+    /// and nothing a reader would reject is ever written.
     pub fn encode(&self) -> Vec<u8> {
-        unimplemented!()
+        if let Err(e) = self.validate() {
+            panic!("Catalog::encode of an invalid catalog (caller bug): {e}");
+        }
+        self.encode_unchecked()
+    }
+
+    /// The encoding, without `validate` (tests use it to build bad input;
+    /// counts beyond u32 are truncated, which `validate` rules out).
+    fn encode_unchecked(&self) -> Vec<u8> {
+        // A guess that avoids most regrowth; exactness does not matter.
+        let path_bytes: usize = self.files.iter().map(|f| f.path.len()).sum();
+        let estimate = CATALOG_BYTES_MIN
+            + self.devices.len() * 32
+            + self.files.len() * 56
+            + path_bytes
+            + self.segments.len() * 24;
+        let mut w = Writer(Vec::with_capacity(estimate));
+        w.raw(&CATALOG_MAGIC);
+        w.raw(&FORMAT_VERSION.to_le_bytes());
+        w.raw(&self.chunk_bytes.to_le_bytes());
+        w.raw(&self.set_id);
+        w.raw(&self.created_unix_ns.to_le_bytes());
+        for count in [self.devices.len(), self.files.len(), self.segments.len()] {
+            w.raw(&(count as u32).to_le_bytes());
+        }
+        debug_assert_eq!(w.0.len(), layout::TABLES);
+        for d in &self.devices {
+            w.bytes(&d.path);
+            w.varint(d.capacity_bytes);
+        }
+        for f in &self.files {
+            w.bytes(&f.path);
+            w.0.push(f.kind.code());
+            w.varint(f.mode.into());
+            w.varint(f.uid.into());
+            w.varint(f.gid.into());
+            w.varint(zigzag(f.mtime_sec));
+            w.varint(f.mtime_nsec.into());
+            // Fields that do not apply to the kind are zero (validate) and not stored.
+            match f.kind {
+                FileKind::Regular => {
+                    w.varint(f.size_bytes);
+                    w.raw(&f.digest);
+                }
+                FileKind::Directory => {}
+                FileKind::Symlink => w.bytes(&f.link_target),
+                FileKind::HardLink => w.varint(f.hardlink_to.into()),
+            }
+        }
+        for s in &self.segments {
+            w.varint(s.file_id.into());
+            w.varint(s.offset);
+            w.varint(s.length);
+            w.varint(s.device.into());
+            w.varint(s.position);
+            w.varint(s.records.into());
+        }
+        let crc = crc32c(&w.0);
+        w.raw(&crc.to_le_bytes());
+        w.0
     }
 
     /// Decode; rejects anything malformed (bad magic/version/checksum,
     /// truncation, out-of-range ids, trailing bytes) without panicking.
     pub fn decode(buf: &[u8]) -> Result<Catalog, FormatError> {
-        let _ = buf;
-        unimplemented!()
+        if buf.len() < CATALOG_BYTES_MIN {
+            return Err(FormatError::Short {
+                have: buf.len(),
+                need: CATALOG_BYTES_MIN,
+            });
+        }
+        let (header, rest) = buf.split_at(layout::TABLES);
+        let (tables, crc_bytes) = rest.split_at(rest.len() - CATALOG_CRC_BYTES);
+        let u32_at = |off: usize| read_u32(&header[off..off + 4]);
+        if header[layout::MAGIC..layout::MAGIC + 8] != CATALOG_MAGIC {
+            return Err(FormatError::BadMagic { what: "catalog" });
+        }
+        let stored = read_u32(crc_bytes);
+        let computed = crc32c(&buf[..buf.len() - CATALOG_CRC_BYTES]);
+        if stored != computed {
+            return Err(FormatError::Checksum {
+                what: "catalog",
+                stored,
+                computed,
+            });
+        }
+        let version = u32_at(layout::VERSION);
+        if version != FORMAT_VERSION {
+            return Err(FormatError::Version(version));
+        }
+        let mut set_id = [0u8; 16];
+        set_id.copy_from_slice(&header[layout::SET_ID..layout::SET_ID + 16]);
+        let mut created = [0u8; 8];
+        created.copy_from_slice(&header[layout::CREATED_UNIX_NS..layout::CREATED_UNIX_NS + 8]);
+        let device_count = u32_at(layout::DEVICE_COUNT);
+        let file_count = u32_at(layout::FILE_COUNT);
+        let segment_count = u32_at(layout::SEGMENT_COUNT);
+
+        // No allocation larger than the bytes present could describe.
+        let need = u64::from(device_count) * DEVICE_ENTRY_BYTES_MIN
+            + u64::from(file_count) * FILE_ENTRY_BYTES_MIN
+            + u64::from(segment_count) * SEGMENT_ENTRY_BYTES_MIN;
+        if need > tables.len() as u64 {
+            return Err(FormatError::Catalog(
+                "table counts exceed the catalog's length",
+            ));
+        }
+
+        let mut r = Reader(tables);
+        let mut devices = Vec::with_capacity(device_count as usize);
+        for _ in 0..device_count {
+            devices.push(CatalogDevice {
+                path: r.bytes()?.to_vec(),
+                capacity_bytes: r.varint()?,
+            });
+        }
+        let mut files = Vec::with_capacity(file_count as usize);
+        for _ in 0..file_count {
+            files.push(r.file()?);
+        }
+        let mut segments = Vec::with_capacity(segment_count as usize);
+        for _ in 0..segment_count {
+            segments.push(CatalogSegment {
+                file_id: r.varint_u32()?,
+                offset: r.varint()?,
+                length: r.varint()?,
+                device: r.varint_u32()?,
+                position: r.varint()?,
+                records: r.varint_u32()?,
+            });
+        }
+        if !r.0.is_empty() {
+            return Err(FormatError::Catalog(
+                "trailing bytes after the segment table",
+            ));
+        }
+        let catalog = Catalog {
+            set_id,
+            created_unix_ns: u64::from_le_bytes(created),
+            chunk_bytes: u32_at(layout::CHUNK_BYTES),
+            devices,
+            files,
+            segments,
+        };
+        catalog.validate()?;
+        Ok(catalog)
+    }
+
+    /// The semantic rules a decoder enforces (docs/FORMAT.md, "Catalog
+    /// rules"), in that order; `encode` panics on a catalog that breaks one.
+    pub fn validate(&self) -> Result<(), FormatError> {
+        if !chunk_bytes_valid(self.chunk_bytes) {
+            return Err(FormatError::Field {
+                field: "catalog.chunk_bytes",
+                value: self.chunk_bytes.into(),
+            });
+        }
+        if self.devices.is_empty() {
+            return Err(FormatError::Catalog("no devices"));
+        }
+        let max = u32::MAX as usize;
+        if self.devices.len() > max || self.files.len() > max || self.segments.len() > max {
+            return Err(FormatError::Catalog(
+                "a table has more than u32::MAX entries",
+            ));
+        }
+        for (index, file) in self.files.iter().enumerate() {
+            check_file(file, &self.files).map_err(|why| FormatError::CatalogEntry {
+                table: "file",
+                index: index as u64,
+                why,
+            })?;
+        }
+        for (index, segment) in self.segments.iter().enumerate() {
+            check_segment(segment, &self.files, self.devices.len()).map_err(|why| {
+                FormatError::CatalogEntry {
+                    table: "segment",
+                    index: index as u64,
+                    why,
+                }
+            })?;
+        }
+        Ok(())
     }
 }
 
-/// TEMPORARY stub until the format branch lands.
-pub fn file_digest(records: &mut [(u64, u32, u32)]) -> [u8; 32] {
-    let _ = records;
-    unimplemented!()
+fn check_file(f: &CatalogFile, files: &[CatalogFile]) -> Result<(), &'static str> {
+    if f.path.is_empty() {
+        return Err("empty path");
+    }
+    if f.mtime_nsec >= NSEC_PER_SEC {
+        return Err("mtime_nsec is not below 1e9");
+    }
+    let regular = f.kind == FileKind::Regular;
+    if !regular && f.size_bytes != 0 {
+        return Err("size_bytes is not 0 for a non-regular file");
+    }
+    if !regular && f.digest != [0u8; 32] {
+        return Err("digest is not zero for a non-regular file");
+    }
+    if f.kind == FileKind::Symlink {
+        if f.link_target.is_empty() {
+            return Err("symlink with an empty target");
+        }
+    } else if !f.link_target.is_empty() {
+        return Err("link_target is not empty for a non-symlink");
+    }
+    if f.kind == FileKind::HardLink {
+        match files.get(f.hardlink_to as usize) {
+            None => return Err("hardlink_to out of range"),
+            Some(target) if target.kind != FileKind::Regular => {
+                return Err("hardlink_to names a file that is not Regular");
+            }
+            Some(_) => {}
+        }
+    } else if f.hardlink_to != 0 {
+        return Err("hardlink_to is not 0 for a non-hardlink");
+    }
+    Ok(())
+}
+
+fn check_segment(
+    s: &CatalogSegment,
+    files: &[CatalogFile],
+    device_count: usize,
+) -> Result<(), &'static str> {
+    let Some(file) = files.get(s.file_id as usize) else {
+        return Err("file_id out of range");
+    };
+    if file.kind != FileKind::Regular {
+        return Err("file_id names a file that is not Regular");
+    }
+    if s.device as usize >= device_count {
+        return Err("device out of range");
+    }
+    match s.offset.checked_add(s.length) {
+        None => Err("offset + length overflows"),
+        Some(end) if end > file.size_bytes => {
+            Err("offset + length is beyond the file's size_bytes")
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+const fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+const fn unzigzag(u: u64) -> i64 {
+    ((u >> 1) as i64) ^ -((u & 1) as i64)
+}
+
+fn read_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(b);
+    u32::from_le_bytes(a)
+}
+
+/// Appends catalog encodings.
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn raw(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
+    }
+
+    /// Unsigned LEB128, shortest form.
+    fn varint(&mut self, mut v: u64) {
+        let mut buf = [0u8; 10];
+        let mut n = 0;
+        while v >= 0x80 {
+            buf[n] = v as u8 | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        buf[n] = v as u8;
+        self.0.extend_from_slice(&buf[..=n]);
+    }
+
+    /// Length (varint), then the bytes.
+    fn bytes(&mut self, b: &[u8]) {
+        self.varint(b.len() as u64);
+        self.raw(b);
+    }
+}
+
+/// Consumes catalog encodings from the front of the bytes not read yet.
+struct Reader<'a>(&'a [u8]);
+
+const TRUNCATED: FormatError = FormatError::Catalog("truncated");
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: u64) -> Result<&'a [u8], FormatError> {
+        if n > self.0.len() as u64 {
+            return Err(TRUNCATED);
+        }
+        let (head, tail) = self.0.split_at(n as usize);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn byte(&mut self) -> Result<u8, FormatError> {
+        let (&b, tail) = self.0.split_first().ok_or(TRUNCATED)?;
+        self.0 = tail;
+        Ok(b)
+    }
+
+    /// Unsigned LEB128; rejects values over 64 bits and non-shortest forms,
+    /// so every value has exactly one encoding.
+    fn varint(&mut self) -> Result<u64, FormatError> {
+        let mut v = 0u64;
+        let mut shift = 0u32;
+        loop {
+            let b = self.byte()?;
+            if shift == 63 && b > 1 {
+                return Err(FormatError::Catalog("varint exceeds 64 bits"));
+            }
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                if b == 0 && shift > 0 {
+                    return Err(FormatError::Catalog("varint not in shortest form"));
+                }
+                return Ok(v);
+            }
+            shift += 7;
+        }
+    }
+
+    fn varint_u32(&mut self) -> Result<u32, FormatError> {
+        u32::try_from(self.varint()?).map_err(|_| FormatError::Catalog("varint exceeds 32 bits"))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], FormatError> {
+        let n = self.varint()?;
+        self.take(n)
+    }
+
+    fn file(&mut self) -> Result<CatalogFile, FormatError> {
+        let path = self.bytes()?.to_vec();
+        let code = self.byte()?;
+        let kind = FileKind::from_code(code).ok_or(FormatError::Field {
+            field: "catalog.file.kind",
+            value: code.into(),
+        })?;
+        let mut f = CatalogFile {
+            path,
+            kind,
+            mode: self.varint_u32()?,
+            uid: self.varint_u32()?,
+            gid: self.varint_u32()?,
+            mtime_sec: unzigzag(self.varint()?),
+            mtime_nsec: self.varint_u32()?,
+            size_bytes: 0,
+            link_target: Vec::new(),
+            hardlink_to: 0,
+            digest: [0u8; 32],
+        };
+        match kind {
+            FileKind::Regular => {
+                f.size_bytes = self.varint()?;
+                f.digest.copy_from_slice(self.take(32)?);
+            }
+            FileKind::Directory => {}
+            FileKind::Symlink => f.link_target = self.bytes()?.to_vec(),
+            FileKind::HardLink => f.hardlink_to = self.varint_u32()?,
+        }
+        Ok(f)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    fn file(path: &str, kind: FileKind) -> CatalogFile {
+        CatalogFile {
+            path: path.as_bytes().to_vec(),
+            kind,
+            mode: 0o100644,
+            uid: 1000,
+            gid: 100,
+            mtime_sec: 1_700_000_000,
+            mtime_nsec: 999_999_999,
+            size_bytes: 0,
+            link_target: Vec::new(),
+            hardlink_to: 0,
+            digest: [0; 32],
+        }
+    }
+
+    pub(crate) fn sample() -> Catalog {
+        let mut files = vec![
+            CatalogFile {
+                mode: 0o40755,
+                ..file("d", FileKind::Directory)
+            },
+            CatalogFile {
+                size_bytes: 10 << 20,
+                digest: [7; 32],
+                ..file("d/big \u{e9}", FileKind::Regular)
+            },
+            CatalogFile {
+                link_target: b"big \xe9".to_vec(),
+                mtime_sec: -5,
+                ..file("d/link", FileKind::Symlink)
+            },
+            CatalogFile {
+                hardlink_to: 1,
+                ..file("d/other-name", FileKind::HardLink)
+            },
+            CatalogFile {
+                digest: file_digest(&mut []),
+                ..file("d/empty", FileKind::Regular)
+            },
+        ];
+        files[1].path.push(0xff); // paths are raw bytes
+        Catalog {
+            set_id: [0x11; 16],
+            created_unix_ns: u64::MAX,
+            chunk_bytes: 1 << 20,
+            devices: vec![
+                CatalogDevice {
+                    path: b"dev0".to_vec(),
+                    capacity_bytes: 1000,
+                },
+                CatalogDevice {
+                    path: Vec::new(),
+                    capacity_bytes: u64::MAX,
+                },
+            ],
+            files,
+            segments: vec![
+                CatalogSegment {
+                    file_id: 1,
+                    offset: 0,
+                    length: 6 << 20,
+                    device: 0,
+                    position: 4096,
+                    records: 6,
+                },
+                CatalogSegment {
+                    file_id: 1,
+                    offset: 6 << 20,
+                    length: 4 << 20,
+                    device: 1,
+                    position: 4096,
+                    records: 4,
+                },
+                CatalogSegment {
+                    file_id: 4,
+                    offset: 0,
+                    length: 0,
+                    device: 1,
+                    position: 0,
+                    records: 0,
+                },
+            ],
+        }
+    }
+
+    /// Replace the trailing CRC so the bytes pass the checksum.
+    pub(crate) fn reseal(buf: &mut [u8]) {
+        let n = buf.len() - CATALOG_CRC_BYTES;
+        let crc = crc32c(&buf[..n]);
+        buf[n..].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    fn entry_err(table: &'static str, index: u64, why: &'static str) -> FormatError {
+        FormatError::CatalogEntry { table, index, why }
+    }
+
+    #[test]
+    fn round_trips() {
+        let c = sample();
+        let buf = c.encode();
+        assert_eq!(Catalog::decode(&buf), Ok(c.clone()));
+        let empty = Catalog {
+            files: vec![],
+            segments: vec![],
+            ..c
+        };
+        let buf = empty.encode();
+        assert_eq!(buf.len(), CATALOG_BYTES_MIN + 7 + 11);
+        assert_eq!(Catalog::decode(&buf), Ok(empty));
+    }
+
+    #[test]
+    fn layout_is_pinned() {
+        let buf = sample().encode();
+        assert_eq!(&buf[0..8], b"PBIOCATL");
+        assert_eq!(buf[8..12], 1u32.to_le_bytes());
+        assert_eq!(buf[12..16], (1u32 << 20).to_le_bytes());
+        assert_eq!(buf[16..32], [0x11; 16]);
+        assert_eq!(buf[32..40], u64::MAX.to_le_bytes());
+        assert_eq!(buf[40..44], 2u32.to_le_bytes());
+        assert_eq!(buf[44..48], 5u32.to_le_bytes());
+        assert_eq!(buf[48..52], 3u32.to_le_bytes());
+        // Device 0: path "dev0", capacity 1000 = varint e8 07.
+        assert_eq!(buf[52..59], [4, b'd', b'e', b'v', b'0', 0xe8, 0x07]);
+        // File 0: path "d", kind 2, mode 0o40755 = 16877 = ed 83 01, uid 1000,
+        // gid 100, mtime zigzag(1_700_000_000), nsec 999_999_999.
+        let mut f0 = vec![1, b'd', 2, 0xed, 0x83, 0x01, 0xe8, 0x07, 100];
+        let mut w = Writer(Vec::new());
+        w.varint(3_400_000_000);
+        w.varint(999_999_999);
+        f0.extend_from_slice(&w.0);
+        assert_eq!(buf[70..70 + f0.len()], f0[..]);
+        let n = buf.len();
+        assert_eq!(buf[n - 4..], crc32c(&buf[..n - 4]).to_le_bytes());
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid catalog")]
+    fn encode_of_invalid_catalog_panics() {
+        let mut c = sample();
+        c.files[0].path.clear();
+        c.encode();
+    }
+
+    #[test]
+    fn frame_errors() {
+        let good = sample().encode();
+        for len in [0, 1, 8, CATALOG_BYTES_MIN - 1] {
+            assert_eq!(
+                Catalog::decode(&good[..len]),
+                Err(FormatError::Short {
+                    have: len,
+                    need: CATALOG_BYTES_MIN
+                })
+            );
+        }
+        for i in 0..good.len() {
+            let mut buf = good.clone();
+            buf[i] ^= 0x40;
+            let got = Catalog::decode(&buf);
+            if i < 8 {
+                assert_eq!(got, Err(FormatError::BadMagic { what: "catalog" }));
+            } else {
+                assert!(
+                    matches!(
+                        got,
+                        Err(FormatError::Checksum {
+                            what: "catalog",
+                            ..
+                        })
+                    ),
+                    "{i}"
+                );
+            }
+        }
+        let mut buf = good.clone();
+        buf[8] = 2;
+        reseal(&mut buf);
+        assert_eq!(Catalog::decode(&buf), Err(FormatError::Version(2)));
+    }
+
+    #[test]
+    fn truncation_and_trailing_bytes() {
+        let good = sample().encode();
+        let body_end = good.len() - CATALOG_CRC_BYTES;
+        for len in CATALOG_BYTES_MIN..good.len() {
+            // Cut, with the CRC still at the end and correct: only structure catches it.
+            let mut buf = good[..len - CATALOG_CRC_BYTES].to_vec();
+            buf.extend_from_slice(&[0; CATALOG_CRC_BYTES]);
+            reseal(&mut buf);
+            assert!(Catalog::decode(&buf).is_err(), "len {len}");
+            assert!(Catalog::decode(&good[..len]).is_err(), "len {len}");
+        }
+        let mut buf = good[..body_end].to_vec();
+        buf.extend_from_slice(&[0, 0, 0, 0, 0]);
+        reseal(&mut buf);
+        assert_eq!(
+            Catalog::decode(&buf),
+            Err(FormatError::Catalog(
+                "trailing bytes after the segment table"
+            ))
+        );
+        // One byte short of the last segment's last varint.
+        let mut buf = good[..body_end - 1].to_vec();
+        buf.extend_from_slice(&[0; 4]);
+        reseal(&mut buf);
+        assert_eq!(
+            Catalog::decode(&buf),
+            Err(FormatError::Catalog("truncated"))
+        );
+    }
+
+    #[test]
+    fn counts_are_checked_before_allocating() {
+        let good = sample().encode();
+        for (off, count) in [
+            (layout::DEVICE_COUNT, u32::MAX),
+            (layout::FILE_COUNT, u32::MAX),
+            (layout::SEGMENT_COUNT, u32::MAX),
+            (layout::FILE_COUNT, 1 << 20),
+        ] {
+            let mut buf = good.clone();
+            buf[off..off + 4].copy_from_slice(&count.to_le_bytes());
+            reseal(&mut buf);
+            assert_eq!(
+                Catalog::decode(&buf),
+                Err(FormatError::Catalog(
+                    "table counts exceed the catalog's length"
+                ))
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_file_kind() {
+        let good = sample().encode();
+        // Tables start at 52; device 0 takes 7 bytes, device 1 takes 1 + 10;
+        // file 0 is path length 1, 'd', then its kind byte.
+        let kind_at = layout::TABLES + 7 + 11 + 2;
+        assert_eq!(good[kind_at], FileKind::Directory.code());
+        for code in [0u8, 5, 0xff] {
+            let mut buf = good.clone();
+            buf[kind_at] = code;
+            reseal(&mut buf);
+            assert_eq!(
+                Catalog::decode(&buf),
+                Err(FormatError::Field {
+                    field: "catalog.file.kind",
+                    value: code.into()
+                })
+            );
+        }
+    }
+
+    /// Each broken rule, through `validate` and through `decode` of an
+    /// encoding that skipped `validate`.
+    #[test]
+    fn semantic_rules() {
+        type Edit = fn(&mut Catalog);
+        let cases: Vec<(Edit, FormatError)> = vec![
+            (
+                |c| c.chunk_bytes = 1000,
+                FormatError::Field {
+                    field: "catalog.chunk_bytes",
+                    value: 1000,
+                },
+            ),
+            (
+                |c| c.chunk_bytes = 128 << 20,
+                FormatError::Field {
+                    field: "catalog.chunk_bytes",
+                    value: 128 << 20,
+                },
+            ),
+            (
+                |c| {
+                    c.devices.clear();
+                    c.segments.clear();
+                },
+                FormatError::Catalog("no devices"),
+            ),
+            (
+                |c| c.files[2].path.clear(),
+                entry_err("file", 2, "empty path"),
+            ),
+            (
+                |c| c.files[0].mtime_nsec = 1_000_000_000,
+                entry_err("file", 0, "mtime_nsec is not below 1e9"),
+            ),
+            (
+                |c| c.files[2].link_target.clear(),
+                entry_err("file", 2, "symlink with an empty target"),
+            ),
+            (
+                |c| c.files[3].hardlink_to = 5,
+                entry_err("file", 3, "hardlink_to out of range"),
+            ),
+            (
+                |c| c.files[3].hardlink_to = u32::MAX,
+                entry_err("file", 3, "hardlink_to out of range"),
+            ),
+            (
+                |c| c.files[3].hardlink_to = 0,
+                entry_err("file", 3, "hardlink_to names a file that is not Regular"),
+            ),
+            (
+                |c| c.files[3].hardlink_to = 3,
+                entry_err("file", 3, "hardlink_to names a file that is not Regular"),
+            ),
+            (
+                |c| c.segments[1].file_id = 5,
+                entry_err("segment", 1, "file_id out of range"),
+            ),
+            (
+                |c| c.segments[1].file_id = 2,
+                entry_err("segment", 1, "file_id names a file that is not Regular"),
+            ),
+            (
+                |c| c.segments[2].device = 2,
+                entry_err("segment", 2, "device out of range"),
+            ),
+            (
+                |c| {
+                    c.segments[0].offset = u64::MAX;
+                    c.segments[0].length = 1;
+                },
+                entry_err("segment", 0, "offset + length overflows"),
+            ),
+            (
+                |c| c.segments[1].length += 1,
+                entry_err(
+                    "segment",
+                    1,
+                    "offset + length is beyond the file's size_bytes",
+                ),
+            ),
+            (
+                |c| c.segments[2].length = 1,
+                entry_err(
+                    "segment",
+                    2,
+                    "offset + length is beyond the file's size_bytes",
+                ),
+            ),
+        ];
+        for (i, (edit, want)) in cases.into_iter().enumerate() {
+            let mut c = sample();
+            edit(&mut c);
+            assert_eq!(c.validate(), Err(want.clone()), "case {i}");
+            assert_eq!(
+                Catalog::decode(&c.encode_unchecked()),
+                Err(want),
+                "case {i}"
+            );
+        }
+    }
+
+    /// Fields that do not apply to a kind are not stored, so only `validate` sees them.
+    #[test]
+    fn fields_that_do_not_apply_are_zero() {
+        type Edit = fn(&mut Catalog);
+        let cases: Vec<(Edit, FormatError)> = vec![
+            (
+                |c| c.files[0].size_bytes = 4096,
+                entry_err("file", 0, "size_bytes is not 0 for a non-regular file"),
+            ),
+            (
+                |c| c.files[3].digest[31] = 1,
+                entry_err("file", 3, "digest is not zero for a non-regular file"),
+            ),
+            (
+                |c| c.files[1].link_target = b"x".to_vec(),
+                entry_err("file", 1, "link_target is not empty for a non-symlink"),
+            ),
+            (
+                |c| c.files[4].hardlink_to = 1,
+                entry_err("file", 4, "hardlink_to is not 0 for a non-hardlink"),
+            ),
+        ];
+        for (i, (edit, want)) in cases.into_iter().enumerate() {
+            let mut c = sample();
+            edit(&mut c);
+            assert_eq!(c.validate(), Err(want), "case {i}");
+        }
+    }
+
+    #[test]
+    fn varints() {
+        for v in [0, 1, 127, 128, 300, u32::MAX as u64, u64::MAX - 1, u64::MAX] {
+            let mut w = Writer(Vec::new());
+            w.varint(v);
+            let mut r = Reader(&w.0);
+            assert_eq!(r.varint(), Ok(v));
+            assert!(r.0.is_empty());
+        }
+        let bad: [(&[u8], FormatError); 6] = [
+            (&[], TRUNCATED),
+            (&[0x80], TRUNCATED),
+            (
+                &[0x80, 0x00],
+                FormatError::Catalog("varint not in shortest form"),
+            ),
+            (
+                &[0xff, 0x80, 0x00],
+                FormatError::Catalog("varint not in shortest form"),
+            ),
+            (&[0xff; 10], FormatError::Catalog("varint exceeds 64 bits")),
+            (
+                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+                FormatError::Catalog("varint exceeds 64 bits"),
+            ),
+        ];
+        for (bytes, want) in bad {
+            assert_eq!(Reader(bytes).varint(), Err(want), "{bytes:x?}");
+        }
+        assert_eq!(
+            Reader(&[0x80, 0x80, 0x80, 0x80, 0x10]).varint_u32(),
+            Err(FormatError::Catalog("varint exceeds 32 bits"))
+        );
+        assert_eq!(
+            Reader(&[0xff, 0xff, 0xff, 0xff, 0x0f]).varint_u32(),
+            Ok(u32::MAX)
+        );
+        for v in [0, 1, -1, i64::MIN, i64::MAX, -1_700_000_000] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+        assert_eq!([zigzag(0), zigzag(-1), zigzag(1), zigzag(-2)], [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn digest_is_order_independent_and_pinned() {
+        assert_eq!(file_digest(&mut []), *blake3::hash(b"").as_bytes());
+        let mut records: Vec<(u64, u32, u32)> = (0..1000u64)
+            .map(|i| (i << 20, 1 << 20, i as u32 * 7))
+            .collect();
+        let mut manual = blake3::Hasher::new();
+        for &(o, l, c) in &records {
+            manual.update(&o.to_le_bytes());
+            manual.update(&l.to_le_bytes());
+            manual.update(&c.to_le_bytes());
+        }
+        let want = *manual.finalize().as_bytes();
+        assert_eq!(file_digest(&mut records.clone()), want);
+        records.reverse();
+        records.swap(3, 500);
+        assert_eq!(file_digest(&mut records), want);
+        // A different CRC changes it.
+        records[0].2 ^= 1;
+        assert_ne!(file_digest(&mut records), want);
+    }
 }

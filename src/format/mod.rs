@@ -5,9 +5,13 @@
 //! INTERFACE (fixed; the engine builds on it). Decoders never panic on any
 //! input: they return `FormatError`.
 
+pub mod block;
 pub mod catalog;
 pub mod label;
 pub mod record;
+
+#[cfg(test)]
+mod proptests;
 
 pub use catalog::{file_digest, Catalog, CatalogDevice, CatalogFile, CatalogSegment, FileKind};
 pub use label::{Label, LabelState};
@@ -22,10 +26,29 @@ pub const HEADER_BYTES: usize = 4096;
 /// Largest record payload the format allows (a decoder rejects more).
 pub const PAYLOAD_BYTES_MAX: u32 = 64 << 20;
 
+/// Magic of the label block.
+pub const LABEL_MAGIC: [u8; 8] = *b"PBIOLABL";
+/// Magic of a record header block.
+pub const RECORD_MAGIC: [u8; 8] = *b"PBIORECD";
+/// Magic of an encoded catalog.
+pub const CATALOG_MAGIC: [u8; 8] = *b"PBIOCATL";
+
+/// Smallest chunk size (record payload size) a label or catalog may declare.
+pub const CHUNK_BYTES_MIN: u32 = BLOCK_BYTES as u32;
+/// Smallest device logical block size a label may declare.
+pub const DEVICE_BLOCK_BYTES_MIN: u32 = 512;
+/// Largest device logical block size a label may declare.
+pub const DEVICE_BLOCK_BYTES_MAX: u32 = 65536;
+
+const _: () = assert!(HEADER_BYTES == BLOCK_BYTES);
+const _: () = assert!(BLOCK_BYTES.is_power_of_two());
+const _: () = assert!((PAYLOAD_BYTES_MAX as usize).is_multiple_of(BLOCK_BYTES));
+const _: () = assert!(PAYLOAD_BYTES_MAX.is_power_of_two() && CHUNK_BYTES_MIN <= PAYLOAD_BYTES_MAX);
+
 /// A set id: 128 random bits.
 pub type SetId = [u8; 16];
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FormatError {
     #[error("buffer too short: {have} bytes, need {need}")]
     Short { have: usize, need: usize },
@@ -43,6 +66,17 @@ pub enum FormatError {
     Field { field: &'static str, value: u64 },
     #[error("catalog malformed: {0}")]
     Catalog(&'static str),
+    /// A reserved byte of a label or header block is not zero (a block
+    /// written by an incompatible writer, or a bug).
+    #[error("{what} reserved byte at offset {offset} is not zero")]
+    Reserved { what: &'static str, offset: usize },
+    /// One entry of a catalog table is invalid.
+    #[error("catalog {table} entry {index}: {why}")]
+    CatalogEntry {
+        table: &'static str,
+        index: u64,
+        why: &'static str,
+    },
 }
 
 /// CRC32C (Castagnoli), hardware accelerated where the CPU has it.
@@ -53,4 +87,17 @@ pub fn crc32c(data: &[u8]) -> u32 {
 /// Round `n` up to a multiple of `BLOCK_BYTES`.
 pub const fn round_up_block(n: u64) -> u64 {
     n.div_ceil(BLOCK_BYTES as u64) * BLOCK_BYTES as u64
+}
+
+/// Whether `n` is a multiple of `BLOCK_BYTES`.
+pub const fn is_block_aligned(n: u64) -> bool {
+    n.is_multiple_of(BLOCK_BYTES as u64)
+}
+
+/// The chunk size rule shared by label and catalog: a power of two in
+/// `CHUNK_BYTES_MIN..=PAYLOAD_BYTES_MAX`.
+pub const fn chunk_bytes_valid(chunk_bytes: u32) -> bool {
+    chunk_bytes.is_power_of_two()
+        && chunk_bytes >= CHUNK_BYTES_MIN
+        && chunk_bytes <= PAYLOAD_BYTES_MAX
 }

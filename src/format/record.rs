@@ -1,6 +1,7 @@
 //! The record header: one 4096-byte block in front of every payload.
 
-use super::{FormatError, SetId};
+use super::block::{self, get, get_u32, get_u64, put, put_u32, put_u64, Block};
+use super::{FormatError, SetId, PAYLOAD_BYTES_MAX, RECORD_MAGIC};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
@@ -8,6 +9,27 @@ pub enum RecordKind {
     Catalog,
     /// Marks the end of a device's records (after the catalog). No payload.
     End,
+}
+
+impl RecordKind {
+    /// The value stored on media.
+    pub const fn code(self) -> u32 {
+        match self {
+            RecordKind::Data => 1,
+            RecordKind::Catalog => 2,
+            RecordKind::End => 3,
+        }
+    }
+
+    /// The kind stored on media as `code`, if known.
+    pub const fn from_code(code: u32) -> Option<RecordKind> {
+        match code {
+            1 => Some(RecordKind::Data),
+            2 => Some(RecordKind::Catalog),
+            3 => Some(RecordKind::End),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,22 +51,506 @@ pub struct RecordHeader {
     pub payload_crc: u32,
 }
 
+/// Byte offsets of the header's fields in its block (docs/FORMAT.md, "Record header").
+pub mod layout {
+    use super::block;
+    pub const MAGIC: usize = block::MAGIC; // [u8; 8] "PBIORECD"
+    pub const VERSION: usize = block::VERSION; // u32
+    pub const KIND: usize = 12; // u32: 1 data, 2 catalog, 3 end
+    pub const SET_ID: usize = 16; // [u8; 16]
+    pub const DEVICE_INDEX: usize = 32; // u32
+    pub const PAYLOAD_BYTES: usize = 36; // u32
+    pub const SEQUENCE: usize = 40; // u64
+    pub const FILE_ID: usize = 48; // u32
+    pub const SEGMENT_ID: usize = 52; // u32
+    pub const FILE_OFFSET: usize = 56; // u64
+    pub const FILE_SIZE: usize = 64; // u64
+    pub const PAYLOAD_CRC: usize = 72; // u32
+    /// First reserved byte; `[RESERVED, CRC)` is zero.
+    pub const RESERVED: usize = 76;
+    pub const CRC: usize = block::CRC; // u32, CRC32C of [0, CRC)
+
+    // Fields are contiguous, in this order, and end before the CRC.
+    const _: () = assert!(KIND == VERSION + 4);
+    const _: () = assert!(SET_ID == KIND + 4);
+    const _: () = assert!(DEVICE_INDEX == SET_ID + 16);
+    const _: () = assert!(PAYLOAD_BYTES == DEVICE_INDEX + 4);
+    const _: () = assert!(SEQUENCE == PAYLOAD_BYTES + 4);
+    const _: () = assert!(FILE_ID == SEQUENCE + 8);
+    const _: () = assert!(SEGMENT_ID == FILE_ID + 4);
+    const _: () = assert!(FILE_OFFSET == SEGMENT_ID + 4);
+    const _: () = assert!(FILE_SIZE == FILE_OFFSET + 8);
+    const _: () = assert!(PAYLOAD_CRC == FILE_SIZE + 8);
+    const _: () = assert!(RESERVED == PAYLOAD_CRC + 4);
+    const _: () = assert!(RESERVED <= CRC);
+    // Every u64 field is naturally aligned.
+    const _: () = assert!(
+        SEQUENCE.is_multiple_of(8) && FILE_OFFSET.is_multiple_of(8) && FILE_SIZE.is_multiple_of(8)
+    );
+}
+
 impl RecordHeader {
     /// Encode into the first 4096 bytes of `out`, with the header CRC
-    /// (panics if `out` is shorter: caller bug).
+    /// (panics if `out` is shorter: caller bug). Also panics if the header
+    /// is invalid (`validate`), so that nothing a reader would reject is
+    /// ever written.
     pub fn encode_into(&self, out: &mut [u8]) {
-        let _ = out;
-        unimplemented!()
+        if let Err(e) = self.validate() {
+            panic!("RecordHeader::encode_into of an invalid header (caller bug): {e}");
+        }
+        let b: &mut Block = block::start(out, &RECORD_MAGIC, "record header");
+        put_u32::<{ layout::KIND }>(b, self.kind.code());
+        put::<{ layout::SET_ID }, 16>(b, self.set_id);
+        put_u32::<{ layout::DEVICE_INDEX }>(b, self.device_index);
+        put_u32::<{ layout::PAYLOAD_BYTES }>(b, self.payload_bytes);
+        put_u64::<{ layout::SEQUENCE }>(b, self.sequence);
+        put_u32::<{ layout::FILE_ID }>(b, self.file_id);
+        put_u32::<{ layout::SEGMENT_ID }>(b, self.segment_id);
+        put_u64::<{ layout::FILE_OFFSET }>(b, self.file_offset);
+        put_u64::<{ layout::FILE_SIZE }>(b, self.file_size);
+        put_u32::<{ layout::PAYLOAD_CRC }>(b, self.payload_crc);
+        block::seal(b);
     }
 
     /// Decode and check magic, version, header CRC and field ranges.
     pub fn decode(buf: &[u8]) -> Result<RecordHeader, FormatError> {
-        let _ = buf;
-        unimplemented!()
+        let b = block::open(buf, &RECORD_MAGIC, "record header", layout::RESERVED)?;
+        let kind_code = get_u32::<{ layout::KIND }>(b);
+        let kind = RecordKind::from_code(kind_code).ok_or(FormatError::Field {
+            field: "record.kind",
+            value: kind_code.into(),
+        })?;
+        let header = RecordHeader {
+            kind,
+            set_id: get::<{ layout::SET_ID }, 16>(b),
+            device_index: get_u32::<{ layout::DEVICE_INDEX }>(b),
+            sequence: get_u64::<{ layout::SEQUENCE }>(b),
+            file_id: get_u32::<{ layout::FILE_ID }>(b),
+            segment_id: get_u32::<{ layout::SEGMENT_ID }>(b),
+            file_offset: get_u64::<{ layout::FILE_OFFSET }>(b),
+            payload_bytes: get_u32::<{ layout::PAYLOAD_BYTES }>(b),
+            file_size: get_u64::<{ layout::FILE_SIZE }>(b),
+            payload_crc: get_u32::<{ layout::PAYLOAD_CRC }>(b),
+        };
+        header.validate()?;
+        Ok(header)
+    }
+
+    /// The field rules a decoder enforces (docs/FORMAT.md, "Record header");
+    /// the first rule broken, checked in the order the rules are listed there.
+    pub fn validate(&self) -> Result<(), FormatError> {
+        let bad = |field: &'static str, value: u64| Err(FormatError::Field { field, value });
+        if self.payload_bytes > PAYLOAD_BYTES_MAX {
+            return bad("record.payload_bytes", self.payload_bytes.into());
+        }
+        match self.kind {
+            RecordKind::Data => {}
+            RecordKind::Catalog => {
+                if self.file_id != 0 {
+                    return bad("catalog_record.file_id", self.file_id.into());
+                }
+                if self.segment_id != 0 {
+                    return bad("catalog_record.segment_id", self.segment_id.into());
+                }
+                if self.payload_bytes == 0 {
+                    return bad("catalog_record.payload_bytes", 0);
+                }
+            }
+            RecordKind::End => {
+                if self.payload_bytes != 0 {
+                    return bad("end_record.payload_bytes", self.payload_bytes.into());
+                }
+                if self.file_id != 0 {
+                    return bad("end_record.file_id", self.file_id.into());
+                }
+                if self.segment_id != 0 {
+                    return bad("end_record.segment_id", self.segment_id.into());
+                }
+                if self.file_offset != 0 {
+                    return bad("end_record.file_offset", self.file_offset);
+                }
+                if self.file_size != 0 {
+                    return bad("end_record.file_size", self.file_size);
+                }
+            }
+        }
+        // CRC32C of no bytes is 0.
+        if self.payload_bytes == 0 && self.payload_crc != 0 {
+            return bad("record.payload_crc", self.payload_crc.into());
+        }
+        match self.file_offset.checked_add(self.payload_bytes.into()) {
+            Some(end) if end <= self.file_size => Ok(()),
+            _ => bad("record.file_offset", self.file_offset),
+        }
     }
 
     /// Bytes this record occupies on media: header + payload rounded up to a block.
     pub fn media_bytes(&self) -> u64 {
         super::HEADER_BYTES as u64 + super::round_up_block(self.payload_bytes as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{crc32c, BLOCK_BYTES};
+
+    fn data() -> RecordHeader {
+        RecordHeader {
+            kind: RecordKind::Data,
+            set_id: [0x5A; 16],
+            device_index: 2,
+            sequence: 77,
+            file_id: 12,
+            segment_id: 34,
+            file_offset: 3 << 20,
+            payload_bytes: 1 << 20,
+            file_size: 10 << 20,
+            payload_crc: 0xDEAD_BEEF,
+        }
+    }
+
+    fn catalog() -> RecordHeader {
+        RecordHeader {
+            kind: RecordKind::Catalog,
+            file_id: 0,
+            segment_id: 0,
+            file_offset: 1 << 20,
+            payload_bytes: 1000,
+            file_size: (1 << 20) + 1000,
+            ..data()
+        }
+    }
+
+    fn end() -> RecordHeader {
+        RecordHeader {
+            kind: RecordKind::End,
+            file_id: 0,
+            segment_id: 0,
+            file_offset: 0,
+            payload_bytes: 0,
+            file_size: 0,
+            payload_crc: 0,
+            ..data()
+        }
+    }
+
+    fn encode(h: &RecordHeader) -> Vec<u8> {
+        let mut buf = vec![0xEE; BLOCK_BYTES];
+        h.encode_into(&mut buf);
+        buf
+    }
+
+    /// Encode bypassing `validate`: write the fields, then fix the CRC.
+    fn encode_raw(h: &RecordHeader) -> Vec<u8> {
+        let mut buf = encode(&data());
+        let b: &mut Block = buf.first_chunk_mut().unwrap();
+        put_u32::<{ layout::KIND }>(b, h.kind.code());
+        put_u32::<{ layout::PAYLOAD_BYTES }>(b, h.payload_bytes);
+        put_u32::<{ layout::FILE_ID }>(b, h.file_id);
+        put_u32::<{ layout::SEGMENT_ID }>(b, h.segment_id);
+        put_u64::<{ layout::FILE_OFFSET }>(b, h.file_offset);
+        put_u64::<{ layout::FILE_SIZE }>(b, h.file_size);
+        put_u32::<{ layout::PAYLOAD_CRC }>(b, h.payload_crc);
+        block::seal(b);
+        buf
+    }
+
+    #[test]
+    fn round_trips() {
+        for h in [data(), catalog(), end()] {
+            let buf = encode(&h);
+            assert_eq!(RecordHeader::decode(&buf), Ok(h));
+            let mut long = buf;
+            long.extend_from_slice(&[0xFF; 4096]);
+            assert_eq!(RecordHeader::decode(&long), Ok(h));
+        }
+    }
+
+    #[test]
+    fn layout_is_pinned() {
+        let buf = encode(&data());
+        assert_eq!(&buf[0..8], b"PBIORECD");
+        assert_eq!(buf[8..12], 1u32.to_le_bytes());
+        assert_eq!(buf[12..16], 1u32.to_le_bytes());
+        assert_eq!(buf[16..32], [0x5A; 16]);
+        assert_eq!(buf[32..36], 2u32.to_le_bytes());
+        assert_eq!(buf[36..40], (1u32 << 20).to_le_bytes());
+        assert_eq!(buf[40..48], 77u64.to_le_bytes());
+        assert_eq!(buf[48..52], 12u32.to_le_bytes());
+        assert_eq!(buf[52..56], 34u32.to_le_bytes());
+        assert_eq!(buf[56..64], (3u64 << 20).to_le_bytes());
+        assert_eq!(buf[64..72], (10u64 << 20).to_le_bytes());
+        assert_eq!(buf[72..76], 0xDEAD_BEEFu32.to_le_bytes());
+        assert!(buf[76..4092].iter().all(|&b| b == 0));
+        assert_eq!(buf[4092..], crc32c(&buf[..4092]).to_le_bytes());
+        assert_eq!(encode(&catalog())[12..16], 2u32.to_le_bytes());
+        assert_eq!(encode(&end())[12..16], 3u32.to_le_bytes());
+    }
+
+    #[test]
+    fn media_bytes() {
+        assert_eq!(end().media_bytes(), 4096);
+        assert_eq!(catalog().media_bytes(), 8192);
+        assert_eq!(data().media_bytes(), 4096 + (1 << 20));
+        assert_eq!(
+            RecordHeader {
+                payload_bytes: 4097,
+                ..data()
+            }
+            .media_bytes(),
+            3 * 4096
+        );
+    }
+
+    #[test]
+    fn short_buffer() {
+        let buf = encode(&end());
+        for len in [0, 7, 76, 4095] {
+            assert_eq!(
+                RecordHeader::decode(&buf[..len]),
+                Err(FormatError::Short {
+                    have: len,
+                    need: BLOCK_BYTES
+                })
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "need 4096")]
+    fn encode_into_short_buffer_panics() {
+        data().encode_into(&mut [0u8; 100]);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid header")]
+    fn encode_of_invalid_header_panics() {
+        RecordHeader {
+            payload_bytes: 1,
+            ..end()
+        }
+        .encode_into(&mut [0u8; BLOCK_BYTES]);
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        for h in [data(), end()] {
+            let good = encode(&h);
+            for bit in 0..BLOCK_BYTES * 8 {
+                let mut buf = good.clone();
+                buf[bit / 8] ^= 1 << (bit % 8);
+                let got = RecordHeader::decode(&buf);
+                if bit / 8 < 8 {
+                    assert_eq!(
+                        got,
+                        Err(FormatError::BadMagic {
+                            what: "record header"
+                        })
+                    );
+                } else {
+                    assert!(
+                        matches!(
+                            got,
+                            Err(FormatError::Checksum {
+                                what: "record header",
+                                ..
+                            })
+                        ),
+                        "bit {bit}: {got:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn frame_errors() {
+        let good = encode(&data());
+        let mut buf = good.clone();
+        buf[..8].copy_from_slice(b"PBIOLABL");
+        assert_eq!(
+            RecordHeader::decode(&buf),
+            Err(FormatError::BadMagic {
+                what: "record header"
+            })
+        );
+
+        let mut buf = good.clone();
+        let b: &mut Block = buf.first_chunk_mut().unwrap();
+        put_u32::<{ layout::VERSION }>(b, 0);
+        block::seal(b);
+        assert_eq!(RecordHeader::decode(&buf), Err(FormatError::Version(0)));
+
+        for offset in [layout::RESERVED, 2048, layout::CRC - 1] {
+            let mut buf = good.clone();
+            buf[offset] = 0x80;
+            block::seal(buf.first_chunk_mut().unwrap());
+            assert_eq!(
+                RecordHeader::decode(&buf),
+                Err(FormatError::Reserved {
+                    what: "record header",
+                    offset
+                })
+            );
+        }
+
+        for kind in [0u32, 4, u32::MAX] {
+            let mut buf = good.clone();
+            let b: &mut Block = buf.first_chunk_mut().unwrap();
+            put_u32::<{ layout::KIND }>(b, kind);
+            block::seal(b);
+            assert_eq!(
+                RecordHeader::decode(&buf),
+                Err(FormatError::Field {
+                    field: "record.kind",
+                    value: kind.into()
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn field_rules() {
+        let (d, c, e) = (data(), catalog(), end());
+        let max = PAYLOAD_BYTES_MAX;
+        let cases: Vec<(RecordHeader, &str, u64)> = vec![
+            (
+                RecordHeader {
+                    payload_bytes: max + 1,
+                    file_size: u64::MAX,
+                    ..d
+                },
+                "record.payload_bytes",
+                u64::from(max) + 1,
+            ),
+            (
+                RecordHeader { file_id: 1, ..c },
+                "catalog_record.file_id",
+                1,
+            ),
+            (
+                RecordHeader { segment_id: 9, ..c },
+                "catalog_record.segment_id",
+                9,
+            ),
+            (
+                RecordHeader {
+                    payload_bytes: 0,
+                    payload_crc: 0,
+                    ..c
+                },
+                "catalog_record.payload_bytes",
+                0,
+            ),
+            (
+                RecordHeader {
+                    payload_bytes: 4096,
+                    ..e
+                },
+                "end_record.payload_bytes",
+                4096,
+            ),
+            (RecordHeader { file_id: 1, ..e }, "end_record.file_id", 1),
+            (
+                RecordHeader { segment_id: 1, ..e },
+                "end_record.segment_id",
+                1,
+            ),
+            (
+                RecordHeader {
+                    file_offset: 1,
+                    ..e
+                },
+                "end_record.file_offset",
+                1,
+            ),
+            (
+                RecordHeader { file_size: 1, ..e },
+                "end_record.file_size",
+                1,
+            ),
+            (
+                RecordHeader {
+                    payload_crc: 7,
+                    ..e
+                },
+                "record.payload_crc",
+                7,
+            ),
+            (
+                RecordHeader {
+                    payload_bytes: 0,
+                    payload_crc: 7,
+                    ..d
+                },
+                "record.payload_crc",
+                7,
+            ),
+            (
+                RecordHeader {
+                    file_size: (4 << 20) - 1,
+                    ..d
+                },
+                "record.file_offset",
+                3 << 20,
+            ),
+            (
+                RecordHeader {
+                    file_offset: u64::MAX,
+                    file_size: u64::MAX,
+                    ..d
+                },
+                "record.file_offset",
+                u64::MAX,
+            ),
+            (
+                RecordHeader {
+                    file_size: 1 << 20,
+                    ..c
+                },
+                "record.file_offset",
+                1 << 20,
+            ),
+        ];
+        for (h, field, value) in cases {
+            assert_eq!(
+                h.validate(),
+                Err(FormatError::Field { field, value }),
+                "{h:?}"
+            );
+            assert_eq!(
+                RecordHeader::decode(&encode_raw(&h)),
+                Err(FormatError::Field { field, value }),
+                "{h:?}"
+            );
+        }
+        let ok = [
+            RecordHeader {
+                payload_bytes: max,
+                file_offset: 0,
+                file_size: max.into(),
+                ..d
+            },
+            RecordHeader {
+                file_size: 4 << 20,
+                ..d
+            },
+            RecordHeader {
+                payload_bytes: 0,
+                payload_crc: 0,
+                file_offset: 0,
+                file_size: 0,
+                ..d
+            },
+            RecordHeader {
+                file_offset: u64::MAX - 1000,
+                file_size: u64::MAX,
+                ..c
+            },
+        ];
+        for h in ok {
+            assert_eq!(RecordHeader::decode(&encode(&h)), Ok(h));
+        }
     }
 }

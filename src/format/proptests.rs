@@ -1,0 +1,372 @@
+//! Property tests: round trips of arbitrary valid values, and decoders fed
+//! arbitrary bytes, valid encodings with random damage, and damage with the
+//! checksum repaired (so the parser behind the checksum sees it too). A
+//! decoder never panics; whatever it accepts re-encodes to the same bytes
+//! (every encoding is canonical).
+
+use super::block::{self, Block};
+use super::catalog::tests::reseal as reseal_catalog;
+use super::*;
+use proptest::prelude::*;
+
+fn label() -> impl Strategy<Value = Label> {
+    let common = (
+        any::<SetId>(),
+        (1u32..=u32::MAX).prop_flat_map(|count| (0..count, Just(count))),
+        12u32..=26,
+        9u32..=16,
+        any::<u64>(),
+    );
+    let writing = Just((LabelState::Writing, 0u64, 0u64, 0u64));
+    let complete = (1u64..1 << 40, 0u64..1 << 40).prop_flat_map(|(data_blocks, gap_blocks)| {
+        let data_end = data_blocks * BLOCK_BYTES as u64;
+        let catalog_offset = data_end + gap_blocks * BLOCK_BYTES as u64;
+        (
+            Just(LabelState::Complete),
+            Just(catalog_offset),
+            (catalog::CATALOG_BYTES_MIN as u64)..=u64::MAX - catalog_offset,
+            Just(data_end),
+        )
+    });
+    (common, prop_oneof![writing, complete]).prop_map(
+        |(
+            (set_id, (device_index, device_count), chunk_shift, block_shift, created_unix_ns),
+            (state, catalog_offset, catalog_bytes, data_end),
+        )| Label {
+            set_id,
+            device_index,
+            device_count,
+            chunk_bytes: 1 << chunk_shift,
+            block_bytes: 1 << block_shift,
+            created_unix_ns,
+            state,
+            catalog_offset,
+            catalog_bytes,
+            data_end,
+        },
+    )
+}
+
+fn header() -> impl Strategy<Value = RecordHeader> {
+    let kind = prop_oneof![
+        Just(RecordKind::Data),
+        Just(RecordKind::Catalog),
+        Just(RecordKind::End)
+    ];
+    (
+        kind,
+        any::<SetId>(),
+        any::<u32>(),
+        any::<u64>(),
+        any::<(u32, u32)>(),
+        0..=PAYLOAD_BYTES_MAX,
+        any::<u64>(),
+        any::<u64>(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(kind, set_id, device_index, sequence, ids, payload, size, at, crc)| {
+                let (file_id, segment_id) = if kind == RecordKind::Data {
+                    ids
+                } else {
+                    (0, 0)
+                };
+                let payload_bytes = match kind {
+                    RecordKind::Data => payload,
+                    RecordKind::Catalog => payload.max(1),
+                    RecordKind::End => 0,
+                };
+                let file_size = if kind == RecordKind::End {
+                    0
+                } else {
+                    size.max(payload_bytes.into())
+                };
+                // Any offset that keeps the payload inside the file.
+                let file_offset = at_most(at, file_size - u64::from(payload_bytes));
+                RecordHeader {
+                    kind,
+                    set_id,
+                    device_index,
+                    sequence,
+                    file_id,
+                    segment_id,
+                    file_offset,
+                    payload_bytes,
+                    file_size,
+                    payload_crc: if payload_bytes == 0 { 0 } else { crc },
+                }
+            },
+        )
+}
+
+/// `x` reduced to `0..=max`.
+fn at_most(x: u64, max: u64) -> u64 {
+    match max.checked_add(1) {
+        Some(m) => x % m,
+        None => x,
+    }
+}
+
+fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(any::<u8>(), 0..max)
+}
+
+/// One file, and a number that picks the target of a hard link.
+fn file_entry() -> impl Strategy<Value = (CatalogFile, usize)> {
+    (
+        1u8..=4,
+        prop::collection::vec(any::<u8>(), 1..40),
+        any::<(u32, u32, u32)>(),
+        any::<i64>(),
+        0u32..1_000_000_000,
+        any::<u64>(),
+        prop::collection::vec(any::<u8>(), 1..20),
+        any::<usize>(),
+        any::<[u8; 32]>(),
+    )
+        .prop_map(
+            |(code, path, (mode, uid, gid), mtime_sec, mtime_nsec, size, target, pick, digest)| {
+                let kind = FileKind::from_code(code).unwrap_or(FileKind::Regular);
+                let regular = kind == FileKind::Regular;
+                let file = CatalogFile {
+                    path,
+                    kind,
+                    mode,
+                    uid,
+                    gid,
+                    mtime_sec,
+                    mtime_nsec,
+                    size_bytes: if regular { size >> (size % 64) } else { 0 },
+                    link_target: if kind == FileKind::Symlink {
+                        target
+                    } else {
+                        Vec::new()
+                    },
+                    hardlink_to: 0,
+                    digest: if regular { digest } else { [0; 32] },
+                };
+                (file, pick)
+            },
+        )
+}
+
+fn catalog() -> impl Strategy<Value = Catalog> {
+    (
+        any::<SetId>(),
+        any::<u64>(),
+        12u32..=26,
+        prop::collection::vec((bytes(16), any::<u64>()), 1..5),
+        prop::collection::vec(file_entry(), 0..24),
+        prop::collection::vec(any::<(u32, u64, u64, u32, u64, u32)>(), 0..32),
+    )
+        .prop_map(
+            |(set_id, created_unix_ns, chunk_shift, devices, entries, raw_segments)| {
+                let devices: Vec<CatalogDevice> = devices
+                    .into_iter()
+                    .map(|(path, capacity_bytes)| CatalogDevice {
+                        path,
+                        capacity_bytes,
+                    })
+                    .collect();
+                let (mut files, picks): (Vec<CatalogFile>, Vec<usize>) =
+                    entries.into_iter().unzip();
+                let regular: Vec<u32> = (0..files.len() as u32)
+                    .filter(|&i| files[i as usize].kind == FileKind::Regular)
+                    .collect();
+                // Hard links name a regular file, or become directories when there is none.
+                for (f, pick) in files.iter_mut().zip(picks) {
+                    if f.kind == FileKind::HardLink {
+                        if regular.is_empty() {
+                            f.kind = FileKind::Directory;
+                        } else {
+                            f.hardlink_to = regular[pick % regular.len()];
+                        }
+                    }
+                }
+                let regular: Vec<u32> = (0..files.len() as u32)
+                    .filter(|&i| files[i as usize].kind == FileKind::Regular)
+                    .collect();
+                let segments = if regular.is_empty() {
+                    Vec::new()
+                } else {
+                    raw_segments
+                        .into_iter()
+                        .map(|(pick, offset, length, device, position, records)| {
+                            let file_id = regular[pick as usize % regular.len()];
+                            let size = files[file_id as usize].size_bytes;
+                            let offset = at_most(offset, size);
+                            CatalogSegment {
+                                file_id,
+                                offset,
+                                length: at_most(length, size - offset),
+                                device: device % devices.len() as u32,
+                                position,
+                                records,
+                            }
+                        })
+                        .collect()
+                };
+                Catalog {
+                    set_id,
+                    created_unix_ns,
+                    chunk_bytes: 1 << chunk_shift,
+                    devices,
+                    files,
+                    segments,
+                }
+            },
+        )
+}
+
+/// A damage to an encoding.
+#[derive(Clone, Debug)]
+enum Damage {
+    Set(usize, u8),
+    Flip(usize, u8),
+    Truncate(usize),
+    Insert(usize, u8),
+    Remove(usize),
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    prop_oneof![
+        (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Damage::Set(i, b)),
+        (any::<usize>(), 0u8..8).prop_map(|(i, bit)| Damage::Flip(i, bit)),
+        any::<usize>().prop_map(Damage::Truncate),
+        (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Damage::Insert(i, b)),
+        any::<usize>().prop_map(Damage::Remove),
+    ]
+}
+
+fn apply(buf: &mut Vec<u8>, damages: &[Damage]) {
+    for d in damages {
+        let n = buf.len();
+        match *d {
+            Damage::Set(i, b) if n > 0 => buf[i % n] = b,
+            Damage::Flip(i, bit) if n > 0 => buf[i % n] ^= 1 << bit,
+            Damage::Truncate(i) => buf.truncate(i % (n + 1)),
+            Damage::Insert(i, b) => buf.insert(i % (n + 1), b),
+            Damage::Remove(i) if n > 0 => {
+                buf.remove(i % n);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn encode_label(l: &Label) -> Vec<u8> {
+    let mut buf = vec![0; BLOCK_BYTES];
+    l.encode_into(&mut buf);
+    buf
+}
+
+fn encode_header(h: &RecordHeader) -> Vec<u8> {
+    let mut buf = vec![0; BLOCK_BYTES];
+    h.encode_into(&mut buf);
+    buf
+}
+
+/// Decode a block as a label and as a header: no panic, and whatever is
+/// accepted re-encodes to the same block.
+fn check_block(buf: &[u8]) -> Result<(), TestCaseError> {
+    if let Ok(l) = Label::decode(buf) {
+        prop_assert_eq!(&encode_label(&l)[..], &buf[..BLOCK_BYTES]);
+    }
+    if let Ok(h) = RecordHeader::decode(buf) {
+        prop_assert_eq!(&encode_header(&h)[..], &buf[..BLOCK_BYTES]);
+    }
+    Ok(())
+}
+
+/// A block whose frame is right (magic, version, CRC) and whose field area
+/// is `fields`: the field rules are what decides.
+fn framed(magic: &[u8; 8], fields: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; BLOCK_BYTES];
+    let b: &mut Block = buf.first_chunk_mut().unwrap_or_else(|| unreachable!());
+    let end = (12 + fields.len()).min(block::CRC);
+    b[12..end].copy_from_slice(&fields[..end - 12]);
+    b[..8].copy_from_slice(magic);
+    b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    block::seal(b);
+    buf
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn label_round_trips(l in label()) {
+        let buf = encode_label(&l);
+        prop_assert_eq!(Label::decode(&buf), Ok(l));
+    }
+
+    #[test]
+    fn header_round_trips(h in header()) {
+        prop_assert_eq!(h.validate(), Ok(()));
+        let buf = encode_header(&h);
+        prop_assert_eq!(RecordHeader::decode(&buf), Ok(h));
+        prop_assert_eq!(h.media_bytes() % BLOCK_BYTES as u64, 0);
+    }
+
+    #[test]
+    fn catalog_round_trips(c in catalog()) {
+        prop_assert_eq!(c.validate(), Ok(()));
+        let buf = c.encode();
+        prop_assert_eq!(Catalog::decode(&buf), Ok(c));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(buf in bytes(5000)) {
+        check_block(&buf)?;
+        let _ = Catalog::decode(&buf);
+    }
+
+    #[test]
+    fn arbitrary_fields_in_a_valid_frame(fields in bytes(80), which in any::<bool>()) {
+        let magic = if which { &LABEL_MAGIC } else { &RECORD_MAGIC };
+        check_block(&framed(magic, &fields))?;
+    }
+
+    #[test]
+    fn damaged_blocks_never_panic(
+        l in label(),
+        h in header(),
+        damages in prop::collection::vec(damage(), 1..4),
+        repair in any::<bool>(),
+    ) {
+        for mut buf in [encode_label(&l), encode_header(&h)] {
+            apply(&mut buf, &damages);
+            if repair && buf.len() >= BLOCK_BYTES {
+                block::seal(buf.first_chunk_mut().unwrap_or_else(|| unreachable!()));
+            }
+            check_block(&buf)?;
+        }
+    }
+
+    #[test]
+    fn damaged_catalogs_never_panic(
+        c in catalog(),
+        damages in prop::collection::vec(damage(), 1..6),
+        repair in any::<bool>(),
+    ) {
+        let mut buf = c.encode();
+        apply(&mut buf, &damages);
+        if repair && buf.len() >= catalog::CATALOG_BYTES_MIN {
+            reseal_catalog(&mut buf);
+        }
+        if let Ok(decoded) = Catalog::decode(&buf) {
+            prop_assert_eq!(decoded.encode(), buf);
+        }
+    }
+
+    #[test]
+    fn digest_ignores_record_order(mut records in prop::collection::vec(any::<(u64, u32, u32)>(), 0..64), seed in any::<u64>()) {
+        let want = file_digest(&mut records.clone());
+        let n = records.len();
+        if n > 1 {
+            records.rotate_left(seed as usize % n);
+            records.swap(0, (seed >> 32) as usize % n);
+        }
+        prop_assert_eq!(file_digest(&mut records), want);
+    }
+}
