@@ -124,9 +124,10 @@ pub const CATALOG_CRC_BYTES: usize = 4;
 /// The smallest encoded catalog (fixed header and CRC, empty tables).
 pub const CATALOG_BYTES_MIN: usize = layout::TABLES + CATALOG_CRC_BYTES;
 
-/// Fewest bytes one table entry can take on media (every varint at least
-/// one byte, every string at least its length byte). Counts in the header
-/// are checked against these before anything is allocated.
+/// Fewest bytes one valid table entry takes on media (every varint at
+/// least one byte, every string at least its length byte, a file path at
+/// least one byte more). Counts in the header are checked against these
+/// before anything is allocated.
 const DEVICE_ENTRY_BYTES_MIN: u64 = 2; // path length, capacity
 const FILE_ENTRY_BYTES_MIN: u64 = 8; // path length, 1 path byte, kind, mode, uid, gid, mtime sec, nsec
 const SEGMENT_ENTRY_BYTES_MIN: u64 = 6; // six varints

@@ -101,3 +101,30 @@ pub const fn chunk_bytes_valid(chunk_bytes: u32) -> bool {
         && chunk_bytes >= CHUNK_BYTES_MIN
         && chunk_bytes <= PAYLOAD_BYTES_MAX
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CRC is CRC-32C (Castagnoli, reflected 0x82F63B78, init and final
+    /// xor 0xFFFFFFFF): its standard check value, and the empty input.
+    #[test]
+    fn crc32c_is_castagnoli() {
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(b""), 0);
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(round_up_block(0), 0);
+        assert_eq!(round_up_block(1), 4096);
+        assert_eq!(round_up_block(4096), 4096);
+        assert_eq!(round_up_block(4097), 8192);
+        assert!(is_block_aligned(0) && is_block_aligned(8192) && !is_block_aligned(512));
+        assert!(
+            chunk_bytes_valid(4096) && chunk_bytes_valid(1 << 20) && chunk_bytes_valid(64 << 20)
+        );
+        assert!(!chunk_bytes_valid(0) && !chunk_bytes_valid(2048) && !chunk_bytes_valid(128 << 20));
+        assert!(!chunk_bytes_valid(3 << 20));
+    }
+}
