@@ -63,6 +63,15 @@ fn bad_input_is_a_usage_error_naming_the_culprit() {
                 "--dev".into(),
                 format!("{},size=64K", img.display()),
             ],
+            "does not fit",
+        ),
+        (
+            vec![
+                "backup".into(),
+                s.into(),
+                "--dev".into(),
+                format!("{},size=8K", img.display()),
+            ],
             "too small",
         ),
         (

@@ -191,6 +191,9 @@ fn round_trip(strategy: &str) {
         assert_eq!(got_missing, expected_missing, "device {i}: missing ranges");
         // Files held completely here are restored byte for byte; the others are absent.
         for (path, segs) in &segments_by_file {
+            if path.contains('\u{FFFD}') {
+                continue; // a non-UTF-8 name: JSON carries it lossily; compare_trees covered it above
+            }
             let restored = out.join(path);
             if segs.iter().all(|s| s.2 == i as u64) {
                 let a = std::fs::read(bed.src.parent().unwrap().join(path)).unwrap();

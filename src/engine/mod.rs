@@ -109,7 +109,14 @@ pub fn plan_set(
 ) -> Result<(Plan, u64), PlanSetError> {
     let items = file_items(entries);
     let chunk = options.chunk_bytes as u32;
-    let mut catalog_guess = catalog_for([0; 16], 0, chunk, &[], entries, Vec::new())
+    let names: Vec<CatalogDevice> = devices
+        .iter()
+        .map(|(n, c, _)| CatalogDevice {
+            path: n.as_bytes().to_vec(),
+            capacity_bytes: *c,
+        })
+        .collect();
+    let mut catalog_guess = catalog_for([0; 16], 0, chunk, &names, entries, Vec::new())
         .encode()
         .len() as u64
         + 64 * (entries.len() as u64 + 2 * devices.len() as u64)
@@ -141,13 +148,6 @@ pub fn plan_set(
                 device: s.device,
                 position: u64::MAX,
                 records: u32::MAX,
-            })
-            .collect();
-        let names: Vec<CatalogDevice> = devices
-            .iter()
-            .map(|(n, c, _)| CatalogDevice {
-                path: n.as_bytes().to_vec(),
-                capacity_bytes: *c,
             })
             .collect();
         let actual = catalog_for([0; 16], u64::MAX, chunk, &names, entries, segments)
