@@ -5,8 +5,8 @@
 //! rounds (the least disturbed by the rest of the machine).
 
 use pbio::format::{
-    crc32c, file_digest, Catalog, CatalogDevice, CatalogFile, CatalogSegment, FileKind, Label,
-    LabelState, RecordHeader, RecordKind, BLOCK_BYTES,
+    crc32c, file_digest, Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState,
+    FileKind, Label, LabelState, RecordHeader, RecordKind, BLOCK_BYTES,
 };
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -202,6 +202,8 @@ fn big_catalog() -> Catalog {
             .map(|i| CatalogDevice {
                 path: format!("/dev/nvme{i}n1").into_bytes(),
                 capacity_bytes: 4 << 40,
+                state: DeviceState::Complete,
+                data_end: 3 << 40,
             })
             .collect(),
         files,

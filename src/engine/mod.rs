@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::device::Device;
 use crate::format::{
-    Catalog, CatalogDevice, CatalogFile, CatalogSegment, FileKind, Label, LabelState, SetId,
-    HEADER_BYTES,
+    Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, FileKind, Label, LabelState,
+    SetId, HEADER_BYTES,
 };
 use crate::plan::{self, DeviceSlot, FileItem, Plan};
 use crate::source::{Entry, EntryKind};
@@ -114,6 +114,9 @@ pub fn plan_set(
         .map(|(n, c, _)| CatalogDevice {
             path: n.as_bytes().to_vec(),
             capacity_bytes: *c,
+            state: DeviceState::Complete,
+            // The largest value it can take, so the size estimate is an upper bound.
+            data_end: *c,
         })
         .collect();
     let mut catalog_guess = catalog_for([0; 16], 0, chunk, &names, entries, Vec::new())
@@ -292,9 +295,12 @@ pub fn run_backup(
     }
     let catalog_devices: Vec<CatalogDevice> = devices
         .iter()
-        .map(|d| CatalogDevice {
+        .zip(&outcomes_ok)
+        .map(|(d, o)| CatalogDevice {
             path: d.path().as_os_str().as_encoded_bytes().to_vec(),
             capacity_bytes: d.capacity_bytes(),
+            state: DeviceState::Complete,
+            data_end: o.data_end,
         })
         .collect();
     let mut catalog = catalog_for(

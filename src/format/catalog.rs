@@ -79,11 +79,47 @@ pub struct CatalogSegment {
     pub records: u32,
 }
 
+/// How a device ended the backup run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeviceState {
+    /// All its work written; catalog and label complete.
+    #[default]
+    Complete,
+    /// It filled up (ENOSPC, end of medium): what reached it is good, the
+    /// rest was redirected to the other devices.
+    Full,
+    /// It failed (EIO, vanished): not trusted. Everything assigned to it was
+    /// written again on the survivors; its segments stay listed as copies.
+    Failed,
+}
+
+impl DeviceState {
+    pub const fn code(self) -> u8 {
+        match self {
+            DeviceState::Complete => 1,
+            DeviceState::Full => 2,
+            DeviceState::Failed => 3,
+        }
+    }
+
+    pub const fn from_code(code: u8) -> Option<DeviceState> {
+        match code {
+            1 => Some(DeviceState::Complete),
+            2 => Some(DeviceState::Full),
+            3 => Some(DeviceState::Failed),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CatalogDevice {
     /// The path the device had at backup time (informational).
     pub path: Vec<u8>,
     pub capacity_bytes: u64,
+    pub state: DeviceState,
+    /// Media offset just past the device's last data record.
+    pub data_end: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,7 +164,7 @@ pub const CATALOG_BYTES_MIN: usize = layout::TABLES + CATALOG_CRC_BYTES;
 /// least one byte, every string at least its length byte, a file path at
 /// least one byte more). Counts in the header are checked against these
 /// before anything is allocated.
-const DEVICE_ENTRY_BYTES_MIN: u64 = 2; // path length, capacity
+const DEVICE_ENTRY_BYTES_MIN: u64 = 4; // path length, capacity, state, data_end
 const FILE_ENTRY_BYTES_MIN: u64 = 8; // path length, 1 path byte, kind, mode, uid, gid, mtime sec, nsec
 const SEGMENT_ENTRY_BYTES_MIN: u64 = 6; // six varints
 
@@ -196,6 +232,8 @@ impl Catalog {
         for d in &self.devices {
             w.bytes(&d.path);
             w.varint(d.capacity_bytes);
+            w.0.push(d.state.code());
+            w.varint(d.data_end);
         }
         for f in &self.files {
             w.bytes(&f.path);
@@ -278,9 +316,18 @@ impl Catalog {
         let mut r = Reader(tables);
         let mut devices = Vec::with_capacity(device_count as usize);
         for _ in 0..device_count {
+            let path = r.bytes()?.to_vec();
+            let capacity_bytes = r.varint()?;
+            let code = r.byte()?;
+            let state = DeviceState::from_code(code).ok_or(FormatError::Field {
+                field: "catalog.device.state",
+                value: code.into(),
+            })?;
             devices.push(CatalogDevice {
-                path: r.bytes()?.to_vec(),
-                capacity_bytes: r.varint()?,
+                path,
+                capacity_bytes,
+                state,
+                data_end: r.varint()?,
             });
         }
         let mut files = Vec::with_capacity(file_count as usize);
@@ -591,10 +638,14 @@ pub(crate) mod tests {
                 CatalogDevice {
                     path: b"dev0".to_vec(),
                     capacity_bytes: 1000,
+                    state: DeviceState::Complete,
+                    data_end: 4096,
                 },
                 CatalogDevice {
                     path: Vec::new(),
                     capacity_bytes: u64::MAX,
+                    state: DeviceState::Complete,
+                    data_end: 4096,
                 },
             ],
             files,

@@ -13,7 +13,9 @@ pub mod record;
 #[cfg(test)]
 mod proptests;
 
-pub use catalog::{file_digest, Catalog, CatalogDevice, CatalogFile, CatalogSegment, FileKind};
+pub use catalog::{
+    file_digest, Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, FileKind,
+};
 pub use label::{Label, LabelState};
 pub use record::{RecordHeader, RecordKind};
 

@@ -166,6 +166,12 @@ fn catalog() -> impl Strategy<Value = Catalog> {
                     .map(|(path, capacity_bytes)| CatalogDevice {
                         path,
                         capacity_bytes,
+                        state: match capacity_bytes % 3 {
+                            0 => DeviceState::Complete,
+                            1 => DeviceState::Full,
+                            _ => DeviceState::Failed,
+                        },
+                        data_end: capacity_bytes / 2,
                     })
                     .collect();
                 let (mut files, picks): (Vec<CatalogFile>, Vec<usize>) =
