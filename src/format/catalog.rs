@@ -700,7 +700,7 @@ pub(crate) mod tests {
             ..c
         };
         let buf = empty.encode();
-        assert_eq!(buf.len(), CATALOG_BYTES_MIN + 7 + 11);
+        assert_eq!(buf.len(), CATALOG_BYTES_MIN + 10 + 14);
         assert_eq!(Catalog::decode(&buf), Ok(empty));
     }
 
@@ -715,8 +715,12 @@ pub(crate) mod tests {
         assert_eq!(buf[40..44], 2u32.to_le_bytes());
         assert_eq!(buf[44..48], 5u32.to_le_bytes());
         assert_eq!(buf[48..52], 3u32.to_le_bytes());
-        // Device 0: path "dev0", capacity 1000 = varint e8 07.
-        assert_eq!(buf[52..59], [4, b'd', b'e', b'v', b'0', 0xe8, 0x07]);
+        // Device 0: path "dev0", capacity 1000 = varint e8 07, state 1
+        // (complete), data_end 4096 = varint 80 20.
+        assert_eq!(
+            buf[52..62],
+            [4, b'd', b'e', b'v', b'0', 0xe8, 0x07, 1, 0x80, 0x20]
+        );
         // File 0: path "d", kind 2, mode 0o40755 = 16877 = ed 83 01, uid 1000,
         // gid 100, mtime zigzag(1_700_000_000), nsec 999_999_999.
         let mut f0 = vec![1, b'd', 2, 0xed, 0x83, 0x01, 0xe8, 0x07, 100];
@@ -724,7 +728,7 @@ pub(crate) mod tests {
         w.varint(3_400_000_000);
         w.varint(999_999_999);
         f0.extend_from_slice(&w.0);
-        assert_eq!(buf[70..70 + f0.len()], f0[..]);
+        assert_eq!(buf[76..76 + f0.len()], f0[..]);
         let n = buf.len();
         assert_eq!(buf[n - 4..], crc32c(&buf[..n - 4]).to_le_bytes());
     }
@@ -829,9 +833,9 @@ pub(crate) mod tests {
     #[test]
     fn unknown_file_kind() {
         let good = sample().encode();
-        // Tables start at 52; device 0 takes 7 bytes, device 1 takes 1 + 10;
+        // Tables start at 52; device 0 takes 10 bytes, device 1 takes 14;
         // file 0 is path length 1, 'd', then its kind byte.
-        let kind_at = layout::TABLES + 7 + 11 + 2;
+        let kind_at = layout::TABLES + 10 + 14 + 2;
         assert_eq!(good[kind_at], FileKind::Directory.code());
         for code in [0u8, 5, 0xff] {
             let mut buf = good.clone();
