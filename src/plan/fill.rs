@@ -1,0 +1,199 @@
+//! `Strategy::Fill` (claims 19, 38; order: claims 20, 21; placement:
+//! claim 24).
+//!
+//! Each device has a share (T in bytes mode, rate-proportional in time
+//! mode) and a room: share minus assigned bytes. Files are taken one at a
+//! time in the sorted order (`Order`; ties by file id), and each file is
+//! poured, piece by piece, into the device with the largest room among the
+//! devices with capacity for the next piece (ties: lowest index). In bytes
+//! mode the largest room is the least filled device. For a file (or the
+//! rest of one) of `rest` bytes and the chosen device's room:
+//!
+//! - `rest <= room`: the rest goes there whole. A file no larger than the
+//!   room of the least filled device, in particular a small file early in
+//!   the list, is never split.
+//! - `room >= chunk`: a piece of `room` rounded down to a chunk multiple
+//!   goes there (the device is now less than one chunk below its share),
+//!   and the rest is poured on: a large file is split according to the
+//!   space remaining on each device.
+//! - `room < chunk` (then every room is below one chunk: the tail): one
+//!   chunk, or the rest if smaller, goes there.
+//!
+//! A piece is also cut down to what the device's capacity holds (a chunk
+//! multiple, or the whole rest if its media bytes fit).
+//!
+//! Why every device ends within one chunk of its share (ample capacity):
+//! before the tail no piece exceeds its device's room, so no device is
+//! over its share. Time mode: the shares add up to the total, so in the
+//! tail the largest room is at least the average room, which is positive
+//! while bytes remain; each tail piece (at most one chunk) lands on a
+//! device with positive room, and rooms were already below one chunk. Bytes
+//! mode: the fullest device either never went over T, and then all devices
+//! hold exactly T, or received its last tail piece (<= chunk) while it was
+//! the least filled; either way `max - min <= chunk`.
+//!
+//! Capacity: a device is open while it can take one more full record
+//! (header + chunk). When a device closes one chunk or more short of its
+//! share, the shares are recomputed at once: what is left to place is
+//! split over the open devices in proportion to their weights (the closed
+//! ones keep share = assigned). As a safety net, the same happens if the
+//! tail is reached while the bytes left exceed the open devices' rooms by
+//! one chunk per open device (devices that closed just under one chunk
+//! short, many times over). Either follows a device closing, so at most
+//! N + 1 times, and the tail stays short. Closed devices still take file
+//! rests smaller than a chunk when their room is the largest.
+//!
+//! Segments: at most one rounded-down piece per device per share
+//! recomputation, plus tail pieces (less than two chunks per device) and
+//! one capacity-cut piece per device; all other files are one segment.
+
+use super::state::{distribute, Context, DeviceState};
+use super::{media_bytes_wide, shortfall_bytes, sort_write_order, Segment, DEVICE_NONE};
+
+/// Place every file. Returns None if all fit, else the largest shortfall
+/// of a file rest that did not (see `shortfall_bytes`).
+pub(super) fn assign(
+    ctx: &Context,
+    states: &mut [DeviceState],
+    segments: &mut Vec<Segment>,
+) -> Option<u128> {
+    sort_write_order(segments, ctx.order);
+
+    let chunk = ctx.chunk_bytes;
+    let mut remaining_bytes: u128 = ctx.total_bytes;
+    let mut shortfall: Option<u128> = None;
+    // Pieces after the first of each split file; O(N) of them.
+    let mut pieces: Vec<Segment> = Vec::new();
+    // Devices too small for even one full record never reach their share.
+    if states.iter().any(|s| closed_short(ctx, s)) {
+        distribute(states, remaining_bytes, |s| is_open(ctx, s));
+    }
+
+    for slot in segments.iter_mut() {
+        let whole = *slot;
+        debug_assert!(whole.offset == 0 && whole.device == DEVICE_NONE);
+        let mut offset: u64 = 0;
+        while offset < whole.length {
+            let rest = whole.length - offset;
+            let Some(device) = largest_room(ctx, states, rest) else {
+                let short = shortfall_bytes(states, media_bytes_wide(rest, chunk));
+                shortfall = Some(shortfall.unwrap_or(0).max(short));
+                remaining_bytes -= u128::from(rest);
+                break;
+            };
+            let room = states[device].room_bytes();
+            if room < i128::from(chunk)
+                && i128::from(rest) > room
+                && reshare_if_short(ctx, states, remaining_bytes)
+            {
+                continue; // choose again with the new shares
+            }
+            let length = piece_length(ctx, &states[device], rest);
+            assert!(length > 0 && length <= rest);
+            assert!(length == rest || length.is_multiple_of(chunk));
+            let media = media_bytes_wide(length, chunk);
+            states[device].take(length, media);
+            let seg = Segment {
+                file: whole.file,
+                offset,
+                length,
+                device: device as u32,
+            };
+            if offset == 0 {
+                *slot = seg;
+            } else {
+                pieces.push(seg);
+            }
+            offset += length;
+            remaining_bytes -= u128::from(length);
+            if closed_short(ctx, &states[device]) {
+                distribute(states, remaining_bytes, |s| is_open(ctx, s));
+            }
+        }
+    }
+    assert_eq!(remaining_bytes, 0);
+
+    if shortfall.is_some() {
+        return shortfall; // the caller reports DoesNotFit; order is moot
+    }
+    // A file's first piece is shorter than the file only if the file has
+    // more pieces; with no pieces, `segments` is still in write order.
+    if !pieces.is_empty() {
+        segments.append(&mut pieces);
+        sort_write_order(segments, ctx.order);
+    }
+    None
+}
+
+/// The device with the largest room among those with capacity for the next
+/// piece of a `rest`-byte remainder (at least one chunk, or the whole rest
+/// if smaller); ties to the lowest index.
+fn largest_room(ctx: &Context, states: &[DeviceState], rest: u64) -> Option<usize> {
+    let media_min = media_bytes_wide(rest.min(ctx.chunk_bytes), ctx.chunk_bytes);
+    let mut best: Option<(usize, i128)> = None;
+    for (i, state) in states.iter().enumerate() {
+        if !state.fits(media_min) {
+            continue;
+        }
+        let room = state.room_bytes();
+        if best.is_none_or(|(_, best_room)| room > best_room) {
+            best = Some((i, room));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Length of the next piece of a `rest`-byte remainder on `state`: the
+/// smaller of what its room allows (see the module doc) and what its
+/// capacity holds. Always the whole rest or a chunk multiple, and > 0 for a
+/// device `largest_room` chose.
+fn piece_length(ctx: &Context, state: &DeviceState, rest: u64) -> u64 {
+    let chunk = ctx.chunk_bytes;
+    let room = state.room_bytes();
+    let by_room = if i128::from(rest) <= room {
+        rest
+    } else if room >= i128::from(chunk) {
+        // room < rest <= u64::MAX here.
+        ctx.chunk_floor(room as u64)
+    } else {
+        rest.min(chunk)
+    };
+    let capacity_room = state.capacity_room_bytes();
+    let by_capacity = if media_bytes_wide(rest, chunk) <= u128::from(capacity_room) {
+        rest
+    } else {
+        (capacity_room / ctx.record_media_bytes()) * chunk
+    };
+    by_room.min(by_capacity)
+}
+
+/// A device that can take no further full record is closed.
+fn is_open(ctx: &Context, state: &DeviceState) -> bool {
+    state.fits(u128::from(ctx.record_media_bytes()))
+}
+
+/// Whether this device just closed at least one chunk short of its share,
+/// so what it cannot take must be re-shared over the open devices.
+fn closed_short(ctx: &Context, state: &DeviceState) -> bool {
+    !is_open(ctx, state) && state.room_bytes() >= i128::from(ctx.chunk_bytes)
+}
+
+/// In the tail (every eligible room below one chunk): if the bytes still
+/// to place exceed the open devices' positive rooms by at least one chunk
+/// per open device, a device filled up before its share. Split what is
+/// left over the open devices (capacity for a full record) by weight and
+/// return true. Each call that returns true follows a device filling up,
+/// so this happens at most N + 1 times.
+fn reshare_if_short(ctx: &Context, states: &mut [DeviceState], remaining_bytes: u128) -> bool {
+    let mut open_count: u128 = 0;
+    let mut open_room: u128 = 0;
+    for state in states.iter().filter(|s| is_open(ctx, s)) {
+        open_count += 1;
+        open_room += state.room_bytes().max(0) as u128;
+    }
+    if open_count == 0 || remaining_bytes < open_room + open_count * u128::from(ctx.chunk_bytes) {
+        return false;
+    }
+    distribute(states, remaining_bytes, |s| is_open(ctx, s));
+    true
+}
