@@ -34,6 +34,7 @@ pub fn run(args: BackupArgs) -> CliResult {
             .unwrap_or(0),
         chunk_bytes: args.set.chunk as u32,
         queue_depth: args.qd as usize,
+        events: None,
     };
     let input = SetInput {
         entries: prepared.entries,

@@ -199,6 +199,29 @@ pub struct BackupConfig {
     pub created_unix_ns: u64,
     pub chunk_bytes: u32,
     pub queue_depth: usize,
+    /// Where device events go (progress display, `--json`); None: nowhere.
+    pub events: Option<crossbeam_channel::Sender<Event>>,
+}
+
+/// Something a harness or the progress display should hear about while
+/// the run goes on. Byte counts are payload bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The device filled up (ENOSPC, end of medium): it is healthy, what
+    /// reached it stays, the rest of its work goes to the others.
+    DeviceFull {
+        device: u32,
+        error: String,
+        durable_bytes: u64,
+        redirected_bytes: u64,
+    },
+    /// The device failed (EIO, vanished): everything assigned to it is
+    /// written again on the survivors.
+    DeviceFailed {
+        device: u32,
+        error: String,
+        redirected_bytes: u64,
+    },
 }
 
 /// Run a backup: label (writing) on every device, data through one ring per
