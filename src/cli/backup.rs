@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{prepare, CliResult, Failure, SetArgs, EXIT_OK};
 use crate::device::{self, Mode};
-use crate::engine::{self, ring::QUEUE_DEPTH_MAX, BackupConfig, SetInput};
+use crate::engine::{self, ring::QUEUE_DEPTH_MAX, BackupConfig, DeviceEnd, SetInput};
 use crate::units::human_bytes;
 
 #[derive(Args, Debug)]
@@ -18,6 +18,10 @@ pub struct BackupArgs {
     /// Records in flight per device.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=QUEUE_DEPTH_MAX as i64))]
     pub qd: u16,
+    /// Resubmissions of a write that failed with a device error (EIO) before
+    /// the device is declared failed and its work goes to the others.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub retries: u32,
 }
 
 pub fn run(args: BackupArgs) -> CliResult {
@@ -34,6 +38,8 @@ pub fn run(args: BackupArgs) -> CliResult {
             .unwrap_or(0),
         chunk_bytes: args.set.chunk as u32,
         queue_depth: args.qd as usize,
+        reserve_bytes: prepared.reserve_bytes,
+        write_retries: args.retries,
         events: None,
     };
     let input = SetInput {
@@ -44,7 +50,27 @@ pub fn run(args: BackupArgs) -> CliResult {
     let report = engine::run_backup(&input, &devices, &config, &progress)
         .map_err(|e| Failure::Data(format!("backup failed: {e}")))?;
     print_report(&report, args.set.json);
-    Ok(EXIT_OK)
+    Ok(exit_code(&report))
+}
+
+/// 3 when part of the set is not on any device, 1 when a device failed
+/// (the survivors hold everything), 0 otherwise.
+pub fn exit_code(report: &engine::BackupReport) -> i32 {
+    if !report.unplaced.is_empty() {
+        super::EXIT_DATA
+    } else if report.degraded() {
+        super::EXIT_DEGRADED
+    } else {
+        EXIT_OK
+    }
+}
+
+fn state_name(end: DeviceEnd) -> &'static str {
+    match end {
+        DeviceEnd::Complete => "complete",
+        DeviceEnd::Full => "full",
+        DeviceEnd::Failed => "failed",
+    }
 }
 
 pub fn print_report(report: &engine::BackupReport, as_json: bool) {
@@ -71,7 +97,10 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                     "retries": s.retries,
                     "data_end": d.data_end,
                     "catalog_end": d.catalog_end,
-                    "state": "complete",
+                    "catalog_error": d.catalog_error,
+                    "state": state_name(d.end),
+                    "error": d.error,
+                    "redirected_bytes": d.redirected_bytes,
                 })
             })
             .collect();
@@ -86,6 +115,9 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                 "seconds": secs,
                 "mib_per_sec": total as f64 / (1 << 20) as f64 / secs,
                 "devices": devices,
+                "missing_bytes": report.missing_bytes(),
+                "unplaced": report.unplaced.iter().map(|(p, o, l)| json!({"path": p, "offset": o, "length": l})).collect::<Vec<_>>(),
+                "exit_code": exit_code(report),
             })
         );
         return;
@@ -102,12 +134,38 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
     for (i, d) in report.devices.iter().enumerate() {
         let s = &d.stats;
         println!(
-            "  dev {i} {}: {} in {} records, {:.2} s, {:.1} MiB/s, complete",
+            "  dev {i} {}: {} in {} records, {:.2} s, {:.1} MiB/s, {}",
             d.path,
             human_bytes(s.payload_bytes),
             s.records,
             s.elapsed.as_secs_f64(),
-            s.payload_bytes as f64 / (1 << 20) as f64 / s.elapsed.as_secs_f64().max(1e-9)
+            s.payload_bytes as f64 / (1 << 20) as f64 / s.elapsed.as_secs_f64().max(1e-9),
+            state_name(d.end)
         );
+        if let Some(error) = &d.error {
+            eprintln!(
+                "pbio: device {} {}: {error}; {} of its work went to the other devices",
+                d.path,
+                state_name(d.end),
+                human_bytes(d.redirected_bytes)
+            );
+        }
+        if let Some(error) = &d.catalog_error {
+            eprintln!("pbio: device {}: no catalog written: {error}", d.path);
+        }
+    }
+    if !report.unplaced.is_empty() {
+        eprintln!(
+            "pbio: the set is INCOMPLETE: {} bytes could not be written to any device (not enough surviving capacity):",
+            report.missing_bytes()
+        );
+        for (path, offset, length) in report.unplaced.iter().take(20) {
+            eprintln!("  {path}: bytes {offset}..{}", offset + length);
+        }
+        if report.unplaced.len() > 20 {
+            eprintln!("  ... and {} more ranges", report.unplaced.len() - 20);
+        }
+    } else if report.degraded() {
+        eprintln!("pbio: set complete on the surviving devices (degraded)");
     }
 }

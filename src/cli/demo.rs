@@ -166,6 +166,7 @@ pub fn run(args: DemoArgs) -> CliResult {
             json: false,
         },
         qd: 16,
+        retries: 2,
     })?;
     let out = dir.join("restored");
     println!("demo: restoring into {}", out.display());

@@ -47,13 +47,6 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
     for spec in specs {
         let dev = device::open(spec, Mode::Read)?;
         let label = media::read_label(dev.as_ref())?;
-        if label.state != LabelState::Complete {
-            return Err(RestoreError::Set(format!(
-                "device {}: set {} was not completed (crashed or interrupted run): use `pbio scan` to recover its records",
-                spec.path.display(),
-                crate::engine::set_id_hex(&label.set_id)
-            )));
-        }
         if let Some((first, first_label)) = devices.first() {
             if first_label.set_id != label.set_id {
                 return Err(RestoreError::Set(format!(
@@ -79,10 +72,14 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
         devices.push((dev, label));
     }
     let mut last_error = None;
-    for (dev, label) in &devices {
+    for (dev, label) in devices
+        .iter()
+        .filter(|(_, l)| l.state == LabelState::Complete)
+    {
         match media::read_catalog(dev.as_ref(), label) {
             Ok(catalog) if catalog.set_id == label.set_id => {
-                return Ok(OpenSet { devices, catalog })
+                let catalog_devices = catalog.devices.clone();
+                return finish_open(devices, catalog, &catalog_devices);
             }
             Ok(_) => {
                 last_error = Some(RestoreError::Set(format!(
@@ -93,7 +90,34 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
             Err(e) => last_error = Some(e.into()),
         }
     }
-    Err(last_error.expect("at least one device"))
+    Err(last_error.unwrap_or_else(|| {
+        RestoreError::Set(format!(
+            "set {}: none of the given devices holds a completed catalog (crashed or interrupted run?): use `pbio scan` to recover records",
+            crate::engine::set_id_hex(&devices[0].1.set_id)
+        ))
+    }))
+}
+
+/// A device without a catalog of its own (it failed during the backup) is
+/// read up to the end that the set's catalog records for it.
+fn finish_open(
+    mut devices: Vec<(Box<dyn Device>, Label)>,
+    catalog: Catalog,
+    entries: &[crate::format::CatalogDevice],
+) -> Result<OpenSet, RestoreError> {
+    for (dev, l) in devices.iter_mut() {
+        if l.state != LabelState::Complete {
+            let Some(entry) = entries.get(l.device_index as usize) else {
+                return Err(RestoreError::Set(format!(
+                    "device {}: device index {} is not in the set's catalog",
+                    dev.path().display(),
+                    l.device_index
+                )));
+            };
+            l.data_end = entry.data_end;
+        }
+    }
+    Ok(OpenSet { devices, catalog })
 }
 
 /// A file that cannot be restored from the given devices.
@@ -135,19 +159,41 @@ fn matches_only(path: &[u8], only: &[Vec<u8>]) -> bool {
         })
 }
 
-/// Which files are complete on the given devices, and the missing ranges of the others.
+/// Which files are complete on the given devices (every byte covered by a
+/// segment on a present device: a range may be held twice, when a failed
+/// device's work was written again on the survivors), and for the others
+/// the uncovered ranges, with the absent device that holds each.
 fn completeness(set: &OpenSet) -> (Vec<bool>, Vec<Missing>) {
     let present: Vec<u32> = set.devices.iter().map(|(_, l)| l.device_index).collect();
     let catalog = &set.catalog;
     let mut complete = vec![true; catalog.files.len()];
-    let mut missing: HashMap<u32, Vec<(u64, u64, u32)>> = HashMap::new();
+    let mut covered: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
+    let mut absent: HashMap<u32, Vec<(u64, u64, u32)>> = HashMap::new();
     for s in &catalog.segments {
-        if !present.contains(&s.device) {
-            complete[s.file_id as usize] = false;
-            missing
+        if present.contains(&s.device) {
+            covered
+                .entry(s.file_id)
+                .or_default()
+                .push((s.offset, s.offset + s.length));
+        } else {
+            absent
                 .entry(s.file_id)
                 .or_default()
                 .push((s.offset, s.length, s.device));
+        }
+    }
+    let mut missing: HashMap<u32, Vec<(u64, u64, u32)>> = HashMap::new();
+    for (file, ranges) in absent {
+        let mut have = covered.remove(&file).unwrap_or_default();
+        have.sort_unstable();
+        for (offset, length, device) in ranges {
+            for (start, end) in uncovered(offset, offset + length, &have) {
+                complete[file as usize] = false;
+                missing
+                    .entry(file)
+                    .or_default()
+                    .push((start, end - start, device));
+            }
         }
     }
     for (i, f) in catalog.files.iter().enumerate() {
@@ -173,6 +219,31 @@ struct DeviceRead {
     records: Vec<(u32, u64, u32, u32)>,
     payload_bytes: u64,
     errors: Vec<String>,
+}
+
+/// The parts of [start, end) not covered by `have` (sorted by start).
+fn uncovered(start: u64, end: u64, have: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut gaps = Vec::new();
+    let mut at = start;
+    for &(s, e) in have {
+        if e <= at {
+            continue;
+        }
+        if s >= end {
+            break;
+        }
+        if s > at {
+            gaps.push((at, s.min(end)));
+        }
+        at = at.max(e);
+        if at >= end {
+            break;
+        }
+    }
+    if at < end {
+        gaps.push((at, end));
+    }
+    gaps
 }
 
 /// Restore (or verify) the set from the opened devices.
@@ -237,7 +308,12 @@ pub fn run(set: &OpenSet, action: Action<'_>, only: &[Vec<u8>]) -> Result<Report
         if !wanted[i] || f.kind != FileKind::Regular {
             continue;
         }
-        let digest = crate::format::file_digest(&mut per_file[i]);
+        // A range held twice (a failed device's copy and the survivor's)
+        // yields the same records; count each once.
+        let records = &mut per_file[i];
+        records.sort_unstable();
+        records.dedup_by_key(|r| r.0);
+        let digest = crate::format::file_digest(records);
         if digest != f.digest {
             report.errors.push(format!(
                 "file {}: content digest mismatch (records missing, altered or duplicated on the devices)",
@@ -347,4 +423,21 @@ fn read_device(
     )?;
     result?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uncovered;
+
+    #[test]
+    fn uncovered_ranges() {
+        assert_eq!(uncovered(0, 10, &[]), vec![(0, 10)]);
+        assert_eq!(uncovered(0, 10, &[(0, 10)]), vec![]);
+        assert_eq!(
+            uncovered(0, 10, &[(2, 4), (6, 8)]),
+            vec![(0, 2), (4, 6), (8, 10)]
+        );
+        assert_eq!(uncovered(5, 10, &[(0, 6), (6, 12)]), vec![]);
+        assert_eq!(uncovered(5, 10, &[(0, 3), (12, 20)]), vec![(5, 10)]);
+    }
 }
