@@ -110,7 +110,7 @@ pub fn open<'a>(
 }
 
 /// Every byte of `b[from..]` is zero; else the offset of the first that is not.
-fn check_zero(b: &[u8], from: usize, what: &'static str) -> Result<(), FormatError> {
+pub fn check_zero(b: &[u8], from: usize, what: &'static str) -> Result<(), FormatError> {
     let area = b.get(from..).unwrap_or(&[]);
     // OR-fold vectorizes; the position is only searched for on failure.
     if area.iter().fold(0u8, |acc, &x| acc | x) == 0 {
