@@ -33,7 +33,7 @@ use super::buffers::BufferPool;
 use super::dispatch::{DeviceState, Dispatcher, WorkItem};
 use super::SetInput;
 use crate::device::{Device, ErrorClass};
-use crate::format::{round_up_block, RecordHeader, RecordKind, SetId, HEADER_BYTES};
+use crate::format::{round_up_block, FileInfo, RecordHeader, RecordKind, SetId, HEADER_BYTES};
 
 /// Most records in flight per device.
 pub const QUEUE_DEPTH_MAX: usize = 256;
@@ -138,6 +138,8 @@ struct Source {
     file: std::fs::File,
     direct: bool,
     path: std::path::PathBuf,
+    /// What every record of this file says about it.
+    info: FileInfo,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -338,11 +340,14 @@ impl<'a> Ring<'a> {
     ) -> RingOutcome {
         let failed = retire == Some(DeviceState::Failed);
         // The durable prefix.
-        let prefix = self
+        let mut prefix = self
             .gens
             .iter()
             .position(|g| !g.done)
             .unwrap_or(self.gens.len());
+        if physical_full {
+            prefix = self.verified_prefix(prefix);
+        }
         let pos_of = |k: usize, gens: &[Gen], position: u64| {
             gens.get(k).map(|g| g.position).unwrap_or(position)
         };
@@ -360,6 +365,13 @@ impl<'a> Ring<'a> {
             prefix
         };
         let data_end = pos_of(kept, &self.gens, self.position);
+        // The stats describe what stays on the device.
+        self.stats.records = kept as u64;
+        self.stats.payload_bytes = self.gens[..kept]
+            .iter()
+            .map(|g| g.payload_bytes as u64)
+            .sum();
+        self.stats.media_bytes = data_end - HEADER_BYTES as u64;
         let mut placed = Vec::with_capacity(self.taken.len());
         let mut give_back = Vec::new();
         for t in &self.taken {
@@ -419,6 +431,44 @@ impl<'a> Ring<'a> {
             redirected_bytes,
             stats: self.stats,
         }
+    }
+
+    /// When the medium ran out of space, a write that crossed the point
+    /// where it filled may have been reported complete with its tail lost
+    /// (the loop driver does this over a full tmpfs). Any of the writes in
+    /// flight around that moment may be such a write, so read back the
+    /// records of the last `queue_depth` record sizes before the end of
+    /// the prefix and keep the prefix only up to the first that does not check.
+    fn verified_prefix(&mut self, prefix: usize) -> usize {
+        let window =
+            self.config.queue_depth as u64 * (HEADER_BYTES as u64 + self.config.chunk_bytes as u64);
+        let end = self
+            .gens
+            .get(prefix)
+            .map(|g| g.position)
+            .unwrap_or(self.position);
+        let from = self.gens[..prefix].partition_point(|g| g.position + window < end);
+        for k in from..prefix {
+            let (position, payload_bytes, crc) = {
+                let g = &self.gens[k];
+                (g.position, g.payload_bytes, g.payload_crc)
+            };
+            let media = HEADER_BYTES + round_up_block(payload_bytes as u64) as usize;
+            let buffer = &mut self.pool.slot_mut(0)[..media];
+            let good = match super::media::read_at(self.device, buffer, position) {
+                Ok(n) if n == media => {
+                    RecordHeader::decode(&buffer[..HEADER_BYTES]).is_ok()
+                        && crate::format::crc32c(
+                            &buffer[HEADER_BYTES..HEADER_BYTES + payload_bytes as usize],
+                        ) == crc
+                }
+                _ => false,
+            };
+            if !good {
+                return k;
+            }
+        }
+        prefix
     }
 
     /// After a stop: reap every operation still in flight (so that no
@@ -616,6 +666,19 @@ impl<'a> Ring<'a> {
                 file,
                 direct,
                 path: entry.source.clone(),
+                info: FileInfo {
+                    mode: entry.meta.mode,
+                    uid: entry.meta.uid,
+                    gid: entry.meta.gid,
+                    mtime_sec: entry.meta.mtime_sec,
+                    mtime_nsec: entry.meta.mtime_nsec,
+                    data_bytes: match data {
+                        None => size_bytes,
+                        Some(extents) => extents.iter().map(|e| e.1).sum(),
+                    },
+                    path: entry.path.clone(),
+                    path_truncated: false,
+                },
             }),
             ranges,
             range_index: 0,
@@ -747,7 +810,8 @@ impl<'a> Ring<'a> {
             payload_crc: crate::format::crc32c(&payload[..payload_bytes]),
             ..header
         };
-        header.encode_into(head);
+        let info = &s.source.as_ref().expect("writing slot has a source").info;
+        header.encode_with_info(Some(info), head);
         debug_assert_eq!(RecordHeader::decode(head), Ok(header));
         self.gens[gen].payload_crc = header.payload_crc;
         self.stats.payload_bytes_zero_copy += payload_bytes as u64;

@@ -187,9 +187,9 @@ impl RecordHeader {
         let b = block::open(buf, &RECORD_MAGIC, "record header", layout::CRC)?;
         let info_bytes = get_u32::<{ layout::INFO_BYTES }>(b) as usize;
         if info_bytes != 0 {
-            let path_bytes = u16::from_le_bytes(
-                get::<{ layout::INFO + layout::INFO_PATH_BYTES }, 2>(b),
-            ) as usize;
+            let path_bytes =
+                u16::from_le_bytes(get::<{ layout::INFO + layout::INFO_PATH_BYTES }, 2>(b))
+                    as usize;
             let flags = u16::from_le_bytes(get::<{ layout::INFO + layout::INFO_FLAGS }, 2>(b));
             if get_u32::<{ layout::KIND }>(b) != RecordKind::Data.code()
                 || info_bytes > layout::CRC - layout::INFO
@@ -204,7 +204,11 @@ impl RecordHeader {
                 });
             }
         }
-        block::check_zero(&b[..layout::CRC], layout::INFO + info_bytes, "record header")?;
+        block::check_zero(
+            &b[..layout::CRC],
+            layout::INFO + info_bytes,
+            "record header",
+        )?;
         let kind_code = get_u32::<{ layout::KIND }>(b);
         let kind = RecordKind::from_code(kind_code).ok_or(FormatError::Field {
             field: "record.kind",
@@ -713,7 +717,10 @@ mod tests {
         block::seal(buf.first_chunk_mut().unwrap());
         assert!(matches!(
             RecordHeader::decode(&buf),
-            Err(FormatError::Field { field: "record.info_bytes", .. })
+            Err(FormatError::Field {
+                field: "record.info_bytes",
+                ..
+            })
         ));
     }
 }

@@ -357,7 +357,17 @@ fn read_device(
                     position,
                     header,
                     payload,
-                } => (position, header, payload),
+                    padding,
+                    ..
+                } => {
+                    if padding.iter().any(|&b| b != 0) {
+                        out.errors.push(format!(
+                            "device {name}: offset {position}: damaged padding after the payload of the record at file offset {}",
+                            header.file_offset
+                        ));
+                    }
+                    (position, header, payload)
+                }
                 Item::Bad { position, error } => {
                     out.errors.push(format!(
                         "device {name}: offset {position}: damaged record header: {error}"
