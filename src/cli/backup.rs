@@ -73,7 +73,39 @@ fn state_name(end: DeviceEnd) -> &'static str {
     }
 }
 
+/// Failures, full devices and missing data go to stderr in every output mode.
+fn print_warnings(report: &engine::BackupReport) {
+    for d in &report.devices {
+        if let Some(error) = &d.error {
+            eprintln!(
+                "pbio: device {} {}: {error}; {} of its work went to the other devices",
+                d.path,
+                state_name(d.end),
+                human_bytes(d.redirected_bytes)
+            );
+        }
+        if let Some(error) = &d.catalog_error {
+            eprintln!("pbio: device {}: no catalog written: {error}", d.path);
+        }
+    }
+    if !report.unplaced.is_empty() {
+        eprintln!(
+            "pbio: the set is INCOMPLETE: {} bytes could not be written to any device (not enough surviving capacity):",
+            report.missing_bytes()
+        );
+        for (path, offset, length) in report.unplaced.iter().take(20) {
+            eprintln!("  {path}: bytes {offset}..{}", offset + length);
+        }
+        if report.unplaced.len() > 20 {
+            eprintln!("  ... and {} more ranges", report.unplaced.len() - 20);
+        }
+    } else if report.degraded() {
+        eprintln!("pbio: set complete on the surviving devices (degraded)");
+    }
+}
+
 pub fn print_report(report: &engine::BackupReport, as_json: bool) {
+    print_warnings(report);
     let secs = report.elapsed.as_secs_f64().max(1e-9);
     let total: u64 = report.devices.iter().map(|d| d.stats.payload_bytes).sum();
     if as_json {
@@ -142,30 +174,5 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
             s.payload_bytes as f64 / (1 << 20) as f64 / s.elapsed.as_secs_f64().max(1e-9),
             state_name(d.end)
         );
-        if let Some(error) = &d.error {
-            eprintln!(
-                "pbio: device {} {}: {error}; {} of its work went to the other devices",
-                d.path,
-                state_name(d.end),
-                human_bytes(d.redirected_bytes)
-            );
-        }
-        if let Some(error) = &d.catalog_error {
-            eprintln!("pbio: device {}: no catalog written: {error}", d.path);
-        }
-    }
-    if !report.unplaced.is_empty() {
-        eprintln!(
-            "pbio: the set is INCOMPLETE: {} bytes could not be written to any device (not enough surviving capacity):",
-            report.missing_bytes()
-        );
-        for (path, offset, length) in report.unplaced.iter().take(20) {
-            eprintln!("  {path}: bytes {offset}..{}", offset + length);
-        }
-        if report.unplaced.len() > 20 {
-            eprintln!("  ... and {} more ranges", report.unplaced.len() - 20);
-        }
-    } else if report.degraded() {
-        eprintln!("pbio: set complete on the surviving devices (degraded)");
     }
 }

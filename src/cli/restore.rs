@@ -62,8 +62,22 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
 
 pub fn run_verify(args: VerifyArgs) -> CliResult {
     let set = open(&args.devs)?;
-    let report = restore::run(&set, Action::Verify, &[])
+    let mut report = restore::run(&set, Action::Verify, &[])
         .map_err(|e| Failure::Data(format!("verify failed: {e}")))?;
+    // Every device's own catalog must read back and agree, not only the one used.
+    for (dev, label) in &set.devices {
+        if label.state != crate::format::LabelState::Complete {
+            continue;
+        }
+        match crate::engine::media::read_catalog(dev.as_ref(), label) {
+            Ok(c) if c == set.catalog => {}
+            Ok(_) => report.errors.push(format!(
+                "device {}: its catalog differs from the set's",
+                dev.path().display()
+            )),
+            Err(e) => report.errors.push(e.to_string()),
+        }
+    }
     Ok(print(&set, &report, "verified", args.json))
 }
 
@@ -77,7 +91,7 @@ fn print(set: &OpenSet, report: &Report, verb: &str, as_json: bool) -> i32 {
             .map(|m| {
                 json!({
                     "path": path_text(&m.path),
-                    "ranges": m.ranges.iter().map(|(o, l, d)| json!({"offset": o, "length": l, "device": d})).collect::<Vec<_>>(),
+                    "ranges": m.ranges.iter().map(|&(o, l, d)| json!({"offset": o, "length": l, "device": (d != restore::NOWHERE).then_some(d)})).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -113,12 +127,12 @@ fn print(set: &OpenSet, report: &Report, verb: &str, as_json: bool) -> i32 {
         let ranges: Vec<String> = m
             .ranges
             .iter()
-            .map(|(o, l, d)| {
-                format!(
-                    "{o}..{} on device {d} ({})",
-                    o + l,
-                    path_text(&set.catalog.devices[*d as usize].path)
-                )
+            .map(|&(o, l, d)| match set.catalog.devices.get(d as usize) {
+                Some(dev) => format!("{o}..{} on device {d} ({})", o + l, path_text(&dev.path)),
+                None => format!(
+                    "{o}..{} on no device (not written: the set is incomplete)",
+                    o + l
+                ),
             })
             .collect();
         eprintln!("missing: {}: {}", path_text(&m.path), ranges.join(", "));

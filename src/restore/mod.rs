@@ -7,7 +7,6 @@
 pub mod scan;
 pub mod tree;
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -120,11 +119,15 @@ fn finish_open(
     Ok(OpenSet { devices, catalog })
 }
 
+/// The device index of a missing range that no device of the set holds.
+pub const NOWHERE: u32 = u32::MAX;
+
 /// A file that cannot be restored from the given devices.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Missing {
     pub path: Vec<u8>,
-    /// (offset, length, device index) of every segment not on the given devices.
+    /// (offset, length, device index) of every range not on the given
+    /// devices; the device is `NOWHERE` when no device of the set holds it.
     pub ranges: Vec<(u64, u64, u32)>,
 }
 
@@ -159,41 +162,57 @@ fn matches_only(path: &[u8], only: &[Vec<u8>]) -> bool {
         })
 }
 
-/// Which files are complete on the given devices (every byte covered by a
-/// segment on a present device: a range may be held twice, when a failed
-/// device's work was written again on the survivors), and for the others
-/// the uncovered ranges, with the absent device that holds each.
+/// Which files are complete on the given devices (every byte of a regular
+/// file covered by a segment on a present device: a range may be held
+/// twice, when a failed device's work was written again on the survivors),
+/// and for the others the uncovered ranges, each with the absent device
+/// that holds it, or `NOWHERE` when no device does (the set is incomplete:
+/// the survivors of a backup lacked the room).
 fn completeness(set: &OpenSet) -> (Vec<bool>, Vec<Missing>) {
     let present: Vec<u32> = set.devices.iter().map(|(_, l)| l.device_index).collect();
     let catalog = &set.catalog;
-    let mut complete = vec![true; catalog.files.len()];
-    let mut covered: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
-    let mut absent: HashMap<u32, Vec<(u64, u64, u32)>> = HashMap::new();
+    let mut covered: Vec<Vec<(u64, u64)>> = vec![Vec::new(); catalog.files.len()];
+    let mut absent: Vec<Vec<(u64, u64, u32)>> = vec![Vec::new(); catalog.files.len()];
     for s in &catalog.segments {
+        let range = (s.offset, s.offset + s.length);
         if present.contains(&s.device) {
-            covered
-                .entry(s.file_id)
-                .or_default()
-                .push((s.offset, s.offset + s.length));
+            covered[s.file_id as usize].push(range);
         } else {
-            absent
-                .entry(s.file_id)
-                .or_default()
-                .push((s.offset, s.length, s.device));
+            absent[s.file_id as usize].push((range.0, range.1, s.device));
         }
     }
-    let mut missing: HashMap<u32, Vec<(u64, u64, u32)>> = HashMap::new();
-    for (file, ranges) in absent {
-        let mut have = covered.remove(&file).unwrap_or_default();
-        have.sort_unstable();
-        for (offset, length, device) in ranges {
-            for (start, end) in uncovered(offset, offset + length, &have) {
-                complete[file as usize] = false;
-                missing
-                    .entry(file)
-                    .or_default()
-                    .push((start, end - start, device));
+    let mut complete = vec![true; catalog.files.len()];
+    let mut missing = Vec::new();
+    for (file, f) in catalog.files.iter().enumerate() {
+        if f.kind != FileKind::Regular || f.size_bytes == 0 {
+            continue;
+        }
+        covered[file].sort_unstable();
+        absent[file].sort_unstable();
+        let mut ranges = Vec::new();
+        for (gap_start, gap_end) in uncovered(0, f.size_bytes, &covered[file]) {
+            let mut at = gap_start;
+            for &(start, end, device) in &absent[file] {
+                let (start, end) = (start.max(at), end.min(gap_end));
+                if start >= end {
+                    continue;
+                }
+                if start > at {
+                    ranges.push((at, start - at, NOWHERE));
+                }
+                ranges.push((start, end - start, device));
+                at = end;
             }
+            if at < gap_end {
+                ranges.push((at, gap_end - at, NOWHERE));
+            }
+        }
+        if !ranges.is_empty() {
+            complete[file] = false;
+            missing.push(Missing {
+                path: f.path.clone(),
+                ranges,
+            });
         }
     }
     for (i, f) in catalog.files.iter().enumerate() {
@@ -201,16 +220,6 @@ fn completeness(set: &OpenSet) -> (Vec<bool>, Vec<Missing>) {
             complete[i] = false;
         }
     }
-    let mut missing: Vec<Missing> = missing
-        .into_iter()
-        .map(|(file, mut ranges)| {
-            ranges.sort_unstable();
-            Missing {
-                path: catalog.files[file as usize].path.clone(),
-                ranges,
-            }
-        })
-        .collect();
     missing.sort_by(|a, b| a.path.cmp(&b.path));
     (complete, missing)
 }
