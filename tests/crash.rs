@@ -54,7 +54,7 @@ fn kill_9_at_random_moments_then_scan_restore() {
     assert_eq!(code, 0, "{err}");
     let full_ms = (started.elapsed().as_millis() as u64).max(50);
 
-    let mut rng = Rng(0x5EED_0F_C4A5_11);
+    let mut rng = Rng(0x5EED_0FC4_A511);
     let (mut total_restored, mut killed_runs) = (0usize, 0usize);
     for run in 0..runs() {
         let delay = rng.next() % (full_ms + full_ms / 4);
