@@ -89,7 +89,7 @@ fn kill_9_at_random_moments_then_scan_restore() {
         );
         let report: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
         // Every file restored is byte-identical to its source.
-        let walked = pbio::source::walk(&[to.clone()]).unwrap();
+        let walked = pbio::source::walk(std::slice::from_ref(&to)).unwrap();
         let mut restored = 0;
         for e in &walked.entries {
             if let pbio::source::EntryKind::File { .. } = e.kind {
