@@ -14,11 +14,14 @@
 #   (c) fio sequential read of SIZE/N per device; `pbio bench --rw read`;
 #       `pbio restore` of (b)'s set into a tmpfs directory (the destination
 #       is RAM, so the figure is the devices' and pbio's, not a disk's)
-#   (d) one device: `tar cf` of the tree (+ fsync of the device) vs
-#       `pbio backup` of the tree; `dd oflag=direct bs=1M` of the tree's
-#       largest file (+ fsync) vs `pbio backup` of that file
-#   (e) a tree of PBIO_BENCH_FILES small files (1-64 KiB): `tar cf` to one
+#   (d) one device: `tar cf` of the tree (+ fsync of the device), and
+#       `tar cf - | dd oflag=direct`, vs `pbio backup` of the tree;
+#       `dd oflag=direct bs=1M` of the tree's largest file (+ fsync) vs
+#       `pbio backup` of that file
+#   (e) a tree of PBIO_BENCH_FILES small files (1-64 KiB): both tars to one
 #       device vs `pbio backup` to the N devices and to one device (files/s)
+# Takes about 3.5 minutes with the defaults on a 2-core VM (5 minutes with
+# PBIO_BENCH_REPS=5); generating the trees the first time adds ~30 s.
 # CPU: user+sys of the measured process and its children (/usr/bin/time),
 # and the whole machine's busy time over the run (/proc/stat: includes the
 # loop devices' kernel workers and writeback threads, which a process's own
