@@ -4,6 +4,7 @@
 //! could not all be written or restored.
 
 pub mod backup;
+pub mod bench;
 pub mod demo;
 pub mod list;
 pub mod plan;
@@ -79,6 +80,7 @@ pub enum Command {
     Scan(scan::ScanArgs),
     /// The embedded default: file devices in a temp dir, a generated tree, backup, restore, verify.
     Demo(demo::DemoArgs),
+    Bench(bench::BenchArgs),
 }
 
 fn parse_dev(text: &str) -> Result<DeviceSpec, String> {
@@ -159,6 +161,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::List(a) => list::run(a),
         Command::Scan(a) => scan::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 
