@@ -33,6 +33,15 @@ pub struct BackupArgs {
     pub json_interval: Duration,
 }
 
+/// `println!` that does not panic when stdout is closed (a harness that
+/// went away): the backup's result does not depend on its audience.
+macro_rules! emit {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 fn parse_interval(text: &str) -> Result<Duration, String> {
     let secs: f64 = text
         .parse()
@@ -121,6 +130,28 @@ fn check_writable(devs: &[DeviceSpec]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Payload bytes the plan sends to each device: the plan's assigned bytes
+/// less the holes of sparse files, which are recorded, not written (the
+/// same ranges the ring reads). This is what the progress counters reach.
+pub fn payload_per_device(entries: &[crate::source::Entry], plan: &crate::plan::Plan) -> Vec<u64> {
+    let mut out = vec![0u64; plan.devices.len()];
+    for segment in &plan.segments {
+        let (start, end) = (segment.offset, segment.offset + segment.length);
+        let bytes = match &entries[segment.file as usize].kind {
+            crate::source::EntryKind::File {
+                data: Some(extents),
+                ..
+            } => extents
+                .iter()
+                .map(|&(o, l)| (o + l).min(end).saturating_sub(o.max(start)))
+                .sum(),
+            _ => segment.length,
+        };
+        out[segment.device as usize] += bytes;
+    }
+    out
+}
+
 pub fn run(args: BackupArgs) -> CliResult {
     let policy = Policy {
         force: args.force,
@@ -146,14 +177,14 @@ pub fn run(args: BackupArgs) -> CliResult {
         queue_depth: args.qd as usize,
         events: Some(events_tx),
     };
+    let payload = payload_per_device(&prepared.entries, &prepared.plan);
     let infos: Vec<DeviceInfo> = prepared
-        .plan
         .devices
         .iter()
-        .zip(&prepared.devices)
-        .map(|(load, (path, capacity, _))| DeviceInfo {
+        .zip(payload)
+        .map(|((path, capacity, _), planned_bytes)| DeviceInfo {
             path: path.clone(),
-            planned_bytes: load.assigned_bytes,
+            planned_bytes,
             capacity_bytes: *capacity,
         })
         .collect();
@@ -187,7 +218,7 @@ pub fn run(args: BackupArgs) -> CliResult {
     match result {
         Err(e) => {
             if json {
-                println!(
+                emit!(
                     "{}",
                     json!({"event": "finished", "ok": false, "exit_code": super::EXIT_DATA, "error": e.to_string()})
                 );
@@ -202,7 +233,7 @@ pub fn run(args: BackupArgs) -> CliResult {
             };
             if json {
                 let total: u64 = report.devices.iter().map(|d| d.stats.payload_bytes).sum();
-                println!(
+                emit!(
                     "{}",
                     json!({
                         "event": "finished",
@@ -257,7 +288,7 @@ pub fn print_report(report: &engine::BackupReport, ends: &[DeviceEnd], as_json: 
                 })
             })
             .collect();
-        println!(
+        emit!(
             "{}",
             json!({
                 "event": "summary",
@@ -273,22 +304,32 @@ pub fn print_report(report: &engine::BackupReport, ends: &[DeviceEnd], as_json: 
         );
         return;
     }
-    println!(
+    emit!(
         "set {}: {} entries, {} segments",
         engine::set_id_hex(&report.set_id),
         report.files,
         report.segments,
     );
+    let devices_text = match report.devices.len() {
+        1 => "1 device".to_string(),
+        n => format!("{n} devices"),
+    };
     let path_width = report
         .devices
         .iter()
-        .map(|d| d.path.len())
+        .map(|d| d.path.chars().count())
+        .chain([devices_text.len()])
         .max()
         .unwrap_or(0)
-        .clamp(4, 40);
-    println!(
+        .min(48);
+    emit!(
         "  {:>5}  {:<path_width$}  {:>12}  {:>8}  {:>8}  {:>9}  state",
-        "dev", "path", "payload", "records", "time", "MiB/s"
+        "dev",
+        "path",
+        "payload",
+        "records",
+        "time",
+        "MiB/s"
     );
     for (i, d) in report.devices.iter().enumerate() {
         let s = &d.stats;
@@ -297,7 +338,7 @@ pub fn print_report(report: &engine::BackupReport, ends: &[DeviceEnd], as_json: 
             Some(e) => format!("{} ({e})", end.name()),
             None => end.name().to_string(),
         };
-        println!(
+        emit!(
             "  {:>5}  {:<path_width$}  {:>12}  {:>8}  {:>6.2} s  {:>9.1}  {state}",
             i,
             d.path,
@@ -307,10 +348,10 @@ pub fn print_report(report: &engine::BackupReport, ends: &[DeviceEnd], as_json: 
             mib_s(s.payload_bytes, s.elapsed.as_secs_f64()),
         );
     }
-    println!(
+    emit!(
         "  {:>5}  {:<path_width$}  {:>12}  {:>8}  {:>6.2} s  {:>9.1}",
         "total",
-        format!("{} devices", report.devices.len()),
+        devices_text,
         human_bytes(total),
         records,
         secs,
