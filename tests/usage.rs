@@ -259,6 +259,13 @@ fn filesystem_image_file_is_refused() {
         .unwrap();
     assert!(st.success());
     let before = std::fs::read(&img).unwrap();
+    // plan says so, and still plans.
+    let (code, out, err) = pbio(&["plan", &s(&src), "--dev", &s(&img)]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("backup would refuse") && err.contains("(ext4)"),
+        "{err}"
+    );
     let args = vec!["backup".to_string(), s(&src), "--dev".into(), s(&img)];
     refused(&args, &[&s(&img), "ext4", "\"precious\"", "--force"]);
     assert!(std::fs::read(&img).unwrap() == before);

@@ -421,3 +421,53 @@ pub fn check_paths(sources: &[PathBuf], devs: &[crate::device::DeviceSpec]) -> R
 pub fn path_text(path: &[u8]) -> String {
     String::from_utf8_lossy(path).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// `pbio --help` and every subcommand's help explain every option.
+    #[test]
+    fn every_argument_is_documented() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut missing = Vec::new();
+        let mut check = |cmd: &clap::Command, name: &str| {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{name} {id}"));
+                }
+            }
+        };
+        check(&cli, "pbio");
+        for sub in cli.get_subcommands() {
+            check(sub, sub.get_name());
+            assert!(sub.get_about().is_some(), "{} has no about", sub.get_name());
+        }
+        assert!(missing.is_empty(), "undocumented arguments: {missing:?}");
+    }
+
+    #[test]
+    fn no_subcommand_is_a_backup() {
+        let cli = Cli::try_parse_from(["pbio", "--dev", "a.img", "src", "--force"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.backup.set.sources, [PathBuf::from("src")]);
+        assert!(cli.backup.force);
+        let cli = Cli::try_parse_from(["pbio", "list", "--dev", "a.img"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::List(_))));
+        // Options before a subcommand: a backup whose first source is "list".
+        let cli = Cli::try_parse_from(["pbio", "--json", "list", "--dev", "a.img"]).unwrap();
+        assert!(cli.command.is_none());
+        assert!(Cli::try_parse_from(["pbio", "--dev", "a.img"]).is_err());
+        assert!(Cli::try_parse_from(["pbio", "src"]).is_err());
+    }
+}

@@ -22,14 +22,17 @@ pub struct RestoreArgs {
     /// Restore only these stored paths (and what is under them).
     #[arg(long)]
     pub only: Vec<PathBuf>,
+    /// Machine-readable report: one JSON summary object (files, bytes, missing files with their byte ranges and devices, errors, ok).
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
+    /// Devices of the set, in any order; any subset verifies what it holds.
     #[arg(long = "dev", value_parser = parse_dev, required = true)]
     pub devs: Vec<DeviceSpec>,
+    /// Machine-readable report: one JSON summary object (files, bytes, missing byte ranges, errors, ok).
     #[arg(long)]
     pub json: bool,
 }
