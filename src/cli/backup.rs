@@ -7,11 +7,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::Args;
 use serde_json::json;
 
-use super::progress::{self, DeviceEnd, DeviceInfo, Output, Reporter};
-use super::{prepare, CliResult, Failure, SetArgs, EXIT_DEGRADED, EXIT_OK};
+use super::progress::{self, DeviceInfo, Output, Reporter};
+use super::{prepare, CliResult, Failure, SetArgs, EXIT_OK};
 use crate::device::guard::{self, Finding, Policy};
 use crate::device::{self, DeviceSpec, Mode};
-use crate::engine::{self, ring::QUEUE_DEPTH_MAX, BackupConfig, SetInput};
+use crate::engine::{self, ring::QUEUE_DEPTH_MAX, BackupConfig, DeviceEnd, SetInput};
 use crate::format::SetId;
 use crate::units::human_bytes;
 
@@ -22,6 +22,10 @@ pub struct BackupArgs {
     /// Records in flight per device.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=QUEUE_DEPTH_MAX as i64))]
     pub qd: u16,
+    /// Resubmissions of a write that failed with a device error (EIO) before
+    /// the device is declared failed and its work goes to the others.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub retries: u32,
     /// Write over whatever the devices hold (a filesystem, partition table, LVM/RAID member, another pbio set). Never overrides a device that is mounted or in use.
     #[arg(long)]
     pub force: bool,
@@ -58,6 +62,7 @@ impl BackupArgs {
         BackupArgs {
             set,
             qd: 16,
+            retries: 2,
             force: false,
             overwrite: Vec::new(),
             json_interval: progress::JSON_INTERVAL_DEFAULT,
@@ -175,6 +180,8 @@ pub fn run(args: BackupArgs) -> CliResult {
             .unwrap_or(0),
         chunk_bytes: args.set.chunk as u32,
         queue_depth: args.qd as usize,
+        reserve_bytes: prepared.reserve_bytes,
+        write_retries: args.retries,
         events: Some(events_tx),
     };
     let payload = payload_per_device(&prepared.entries, &prepared.plan);
@@ -200,7 +207,7 @@ pub fn run(args: BackupArgs) -> CliResult {
         input.plan.segments.len(),
     );
     let progress: Vec<AtomicU64> = devices.iter().map(|_| AtomicU64::new(0)).collect();
-    let (result, ends) = std::thread::scope(|scope| {
+    let result = std::thread::scope(|scope| {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let progress = &progress;
         let shown = std::thread::Builder::new()
@@ -211,10 +218,11 @@ pub fn run(args: BackupArgs) -> CliResult {
             .expect("spawn progress thread");
         let result = engine::run_backup(&input, &devices, &config, progress);
         drop(stop_tx);
-        (result, shown.join().expect("progress thread panicked"))
+        // How devices ended is the report's to say; the reporter only showed it.
+        let _shown = shown.join().expect("progress thread panicked");
+        result
     });
     let json = args.set.json;
-    let seconds = |r: &engine::BackupReport| r.elapsed.as_secs_f64();
     match result {
         Err(e) => {
             if json {
@@ -226,48 +234,94 @@ pub fn run(args: BackupArgs) -> CliResult {
             Err(Failure::Data(format!("backup failed: {e}")))
         }
         Ok(report) => {
-            let code = if ends.iter().any(|e| matches!(e, DeviceEnd::Failed { .. })) {
-                EXIT_DEGRADED
-            } else {
-                EXIT_OK
-            };
+            let code = exit_code(&report);
             if json {
                 let total: u64 = report.devices.iter().map(|d| d.stats.payload_bytes).sum();
                 emit!(
                     "{}",
                     json!({
                         "event": "finished",
-                        "ok": true,
+                        "ok": report.unplaced.is_empty(),
                         "exit_code": code,
                         "set_id": engine::set_id_hex(&report.set_id),
                         "payload_bytes": total,
-                        "seconds": seconds(&report),
+                        "missing_bytes": report.missing_bytes(),
+                        "seconds": report.elapsed.as_secs_f64(),
                     })
                 );
             }
-            print_report(&report, &ends, json);
+            print_report(&report, json);
             Ok(code)
         }
     }
 }
 
+/// 3 when part of the set is not on any device, 1 when a device failed
+/// (the survivors hold everything), 0 otherwise.
+pub fn exit_code(report: &engine::BackupReport) -> i32 {
+    if !report.unplaced.is_empty() {
+        super::EXIT_DATA
+    } else if report.degraded() {
+        super::EXIT_DEGRADED
+    } else {
+        EXIT_OK
+    }
+}
+
+fn state_name(end: DeviceEnd) -> &'static str {
+    match end {
+        DeviceEnd::Complete => "complete",
+        DeviceEnd::Full => "full",
+        DeviceEnd::Failed => "failed",
+    }
+}
+
+/// Failures, full devices and missing data go to stderr in every output mode.
+fn print_warnings(report: &engine::BackupReport) {
+    for d in &report.devices {
+        if let Some(error) = &d.error {
+            eprintln!(
+                "pbio: device {} {}: {error}; {} of its work went to the other devices",
+                d.path,
+                state_name(d.end),
+                human_bytes(d.redirected_bytes)
+            );
+        }
+        if let Some(error) = &d.catalog_error {
+            eprintln!("pbio: device {}: no catalog written: {error}", d.path);
+        }
+    }
+    if !report.unplaced.is_empty() {
+        eprintln!(
+            "pbio: the set is INCOMPLETE: {} bytes could not be written to any device (not enough surviving capacity):",
+            report.missing_bytes()
+        );
+        for (path, offset, length) in report.unplaced.iter().take(20) {
+            eprintln!("  {path}: bytes {offset}..{}", offset + length);
+        }
+        if report.unplaced.len() > 20 {
+            eprintln!("  ... and {} more ranges", report.unplaced.len() - 20);
+        }
+    } else if report.degraded() {
+        eprintln!("pbio: set complete on the surviving devices (degraded)");
+    }
+}
+
 /// The end-of-run summary: per device payload bytes, records, time, MiB/s
-/// and how it ended; the total; the set id. `ends` has one entry per
-/// device (missing entries read as complete).
-pub fn print_report(report: &engine::BackupReport, ends: &[DeviceEnd], as_json: bool) {
+/// and how it ended; the total; the set id. Warnings (failed or full
+/// devices, missing data) go to stderr first, in every mode.
+pub fn print_report(report: &engine::BackupReport, as_json: bool) {
+    print_warnings(report);
     let secs = report.elapsed.as_secs_f64().max(1e-9);
     let total: u64 = report.devices.iter().map(|d| d.stats.payload_bytes).sum();
     let records: u64 = report.devices.iter().map(|d| d.stats.records).sum();
-    let end = |i: usize| ends.get(i).cloned().unwrap_or(DeviceEnd::Complete);
     let mib_s = |bytes: u64, secs: f64| bytes as f64 / (1 << 20) as f64 / secs.max(1e-9);
     if as_json {
         let devices: Vec<_> = report
             .devices
             .iter()
-            .enumerate()
-            .map(|(i, d)| {
+            .map(|d| {
                 let s = &d.stats;
-                let end = end(i);
                 json!({
                     "path": d.path,
                     "payload_bytes": s.payload_bytes,
@@ -283,8 +337,10 @@ pub fn print_report(report: &engine::BackupReport, ends: &[DeviceEnd], as_json: 
                     "retries": s.retries,
                     "data_end": d.data_end,
                     "catalog_end": d.catalog_end,
-                    "state": end.name(),
-                    "error": end.error(),
+                    "catalog_error": d.catalog_error,
+                    "state": state_name(d.end),
+                    "error": d.error,
+                    "redirected_bytes": d.redirected_bytes,
                 })
             })
             .collect();
@@ -300,6 +356,9 @@ pub fn print_report(report: &engine::BackupReport, ends: &[DeviceEnd], as_json: 
                 "seconds": secs,
                 "mib_per_sec": mib_s(total, secs),
                 "devices": devices,
+                "missing_bytes": report.missing_bytes(),
+                "unplaced": report.unplaced.iter().map(|(p, o, l)| json!({"path": p, "offset": o, "length": l})).collect::<Vec<_>>(),
+                "exit_code": exit_code(report),
             })
         );
         return;
@@ -333,10 +392,9 @@ pub fn print_report(report: &engine::BackupReport, ends: &[DeviceEnd], as_json: 
     );
     for (i, d) in report.devices.iter().enumerate() {
         let s = &d.stats;
-        let end = end(i);
-        let state = match end.error() {
-            Some(e) => format!("{} ({e})", end.name()),
-            None => end.name().to_string(),
+        let state = match &d.error {
+            Some(e) => format!("{} ({e})", state_name(d.end)),
+            None => state_name(d.end).to_string(),
         };
         emit!(
             "  {:>5}  {:<path_width$}  {:>12}  {:>8}  {:>6.2} s  {:>9.1}  {state}",
@@ -357,4 +415,10 @@ pub fn print_report(report: &engine::BackupReport, ends: &[DeviceEnd], as_json: 
         secs,
         mib_s(total, secs),
     );
+    if !report.unplaced.is_empty() {
+        emit!(
+            "  INCOMPLETE: {} not on any device (see stderr)",
+            human_bytes(report.missing_bytes())
+        );
+    }
 }

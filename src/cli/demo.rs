@@ -174,6 +174,7 @@ pub fn run(args: DemoArgs) -> CliResult {
         devs: devs.clone(),
         to: out.clone(),
         only: Vec::new(),
+        scan: false,
         json: false,
     })?;
     if code != EXIT_OK {

@@ -274,6 +274,8 @@ pub struct Prepared {
     pub entries: Vec<crate::source::Entry>,
     pub devices: Vec<(String, u64, Option<u64>)>,
     pub plan: crate::plan::Plan,
+    /// Media bytes kept free on every device for label and catalog.
+    pub reserve_bytes: u64,
 }
 
 pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
@@ -315,12 +317,13 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
             spec.rate_bytes_per_sec,
         ));
     }
-    let (plan, _reserve) = crate::engine::plan_set(&walk.entries, &devices, &args.options())
+    let (plan, reserve_bytes) = crate::engine::plan_set(&walk.entries, &devices, &args.options())
         .map_err(|e| Failure::Usage(e.to_string()))?;
     Ok(Prepared {
         entries: walk.entries,
         devices,
         plan,
+        reserve_bytes,
     })
 }
 

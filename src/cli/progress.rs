@@ -5,7 +5,7 @@
 //! The reporter only reads: the engine's per-device payload counters
 //! (`progress` atomics) and its `Event` channel. It runs on its own thread
 //! while `engine::run_backup` runs (`run`), and tells the caller how each
-//! device ended (`DeviceEnd`) for the summary and the exit code.
+//! device ended (`LiveState`) for the summary and the exit code.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,9 +57,10 @@ pub struct DeviceInfo {
     pub capacity_bytes: u64,
 }
 
-/// How a device ended, as far as its events tell.
+/// How a device is doing, as far as its events tell (for the display; the
+/// engine's `BackupReport` is the authority on how it ended).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DeviceEnd {
+pub enum LiveState {
     Complete,
     /// Filled up early; `durable_bytes` of payload stayed on it.
     Full {
@@ -72,18 +73,18 @@ pub enum DeviceEnd {
     },
 }
 
-impl DeviceEnd {
+impl LiveState {
     pub fn name(&self) -> &'static str {
         match self {
-            DeviceEnd::Complete => "complete",
-            DeviceEnd::Full { .. } => "full",
-            DeviceEnd::Failed { .. } => "failed",
+            LiveState::Complete => "complete",
+            LiveState::Full { .. } => "full",
+            LiveState::Failed { .. } => "failed",
         }
     }
     pub fn error(&self) -> Option<&str> {
         match self {
-            DeviceEnd::Complete => None,
-            DeviceEnd::Full { error, .. } | DeviceEnd::Failed { error } => Some(error),
+            LiveState::Complete => None,
+            LiveState::Full { error, .. } | LiveState::Failed { error } => Some(error),
         }
     }
 }
@@ -136,7 +137,7 @@ impl Bars {
 pub struct Reporter<W: Write> {
     output: Output,
     devices: Vec<DeviceInfo>,
-    ends: Vec<DeviceEnd>,
+    ends: Vec<LiveState>,
     /// Device bytes at the moment it failed (its bar stops there).
     failed_at: Vec<Option<u64>>,
     out: W,
@@ -151,7 +152,7 @@ impl<W: Write> Reporter<W> {
             output,
             bars: None,
             devices,
-            ends: vec![DeviceEnd::Complete; n],
+            ends: vec![LiveState::Complete; n],
             failed_at: vec![None; n],
             out,
             started: Instant::now(),
@@ -200,9 +201,9 @@ impl<W: Write> Reporter<W> {
     /// Bytes the device is expected to end with, as far as is known now.
     fn expected_bytes(&self, device: usize, bytes: u64) -> u64 {
         match &self.ends[device] {
-            DeviceEnd::Complete => self.devices[device].planned_bytes.max(bytes),
-            DeviceEnd::Full { durable_bytes, .. } => *durable_bytes,
-            DeviceEnd::Failed { .. } => self.failed_at[device].unwrap_or(bytes),
+            LiveState::Complete => self.devices[device].planned_bytes.max(bytes),
+            LiveState::Full { durable_bytes, .. } => *durable_bytes,
+            LiveState::Failed { .. } => self.failed_at[device].unwrap_or(bytes),
         }
     }
 
@@ -212,9 +213,9 @@ impl<W: Write> Reporter<W> {
         now.iter()
             .enumerate()
             .map(|(i, &b)| match &self.ends[i] {
-                DeviceEnd::Complete => b,
-                DeviceEnd::Full { durable_bytes, .. } => b.min(*durable_bytes),
-                DeviceEnd::Failed { .. } => 0,
+                LiveState::Complete => b,
+                LiveState::Full { durable_bytes, .. } => b.min(*durable_bytes),
+                LiveState::Failed { .. } => 0,
             })
             .sum()
     }
@@ -224,7 +225,13 @@ impl<W: Write> Reporter<W> {
         match self.output {
             Output::Json { .. } => {
                 let seconds = self.started.elapsed().as_secs_f64();
-                for (i, &bytes) in now.iter().enumerate() {
+                for (i, &written) in now.iter().enumerate() {
+                    // A full device keeps only its durable bytes: writes
+                    // that completed past the fill point do not count.
+                    let bytes = match &self.ends[i] {
+                        LiveState::Full { durable_bytes, .. } => written.min(*durable_bytes),
+                        _ => written,
+                    };
                     let total = self.expected_bytes(i, bytes);
                     self.json_line(json!({
                         "event": "progress",
@@ -239,7 +246,7 @@ impl<W: Write> Reporter<W> {
                 let placed = self.placed_bytes(now);
                 let Some(bars) = &self.bars else { return };
                 for (i, &bytes) in now.iter().enumerate() {
-                    if self.ends[i] != DeviceEnd::Complete {
+                    if self.ends[i] != LiveState::Complete {
                         continue; // abandoned at the event
                     }
                     let bar = &bars.devices[i];
@@ -266,7 +273,7 @@ impl<W: Write> Reporter<W> {
                 redirected_bytes,
             } => {
                 let i = *device as usize;
-                self.ends[i] = DeviceEnd::Full {
+                self.ends[i] = LiveState::Full {
                     error: error.clone(),
                     durable_bytes: *durable_bytes,
                 };
@@ -295,7 +302,7 @@ impl<W: Write> Reporter<W> {
                 redirected_bytes,
             } => {
                 let i = *device as usize;
-                self.ends[i] = DeviceEnd::Failed {
+                self.ends[i] = LiveState::Failed {
                     error: error.clone(),
                 };
                 self.failed_at[i] = Some(now.get(i).copied().unwrap_or(0));
@@ -337,7 +344,7 @@ impl<W: Write> Reporter<W> {
     }
 
     /// The last counters, bars cleared; how each device ended.
-    pub fn finish(mut self, now: &[u64]) -> Vec<DeviceEnd> {
+    pub fn finish(mut self, now: &[u64]) -> Vec<LiveState> {
         self.tick(now);
         if let Some(bars) = self.bars.take() {
             for bar in &bars.devices {
@@ -371,7 +378,7 @@ pub fn run<W: Write>(
     progress: &[AtomicU64],
     events: Receiver<Event>,
     stop: Receiver<()>,
-) -> Vec<DeviceEnd> {
+) -> Vec<LiveState> {
     let interval = reporter.interval();
     let mut next_tick = Instant::now() + interval;
     let mut events_open = true;
@@ -478,10 +485,10 @@ mod tests {
             h.join().unwrap()
         });
         assert_eq!(ends[0].name(), "full");
-        assert_eq!(ends[1], DeviceEnd::Complete);
+        assert_eq!(ends[1], LiveState::Complete);
         assert_eq!(
             ends[2],
-            DeviceEnd::Failed {
+            LiveState::Failed {
                 error: "EIO".into()
             }
         );
@@ -519,11 +526,11 @@ mod tests {
     #[test]
     fn placed_bytes_ignore_failed_devices() {
         let mut r = Reporter::new(Output::Quiet, devices(), Sink::default());
-        r.ends[0] = DeviceEnd::Full {
+        r.ends[0] = LiveState::Full {
             error: String::new(),
             durable_bytes: 30,
         };
-        r.ends[2] = DeviceEnd::Failed {
+        r.ends[2] = LiveState::Failed {
             error: String::new(),
         };
         assert_eq!(r.placed_bytes(&[50, 70, 90]), 30 + 70);

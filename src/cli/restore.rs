@@ -22,6 +22,10 @@ pub struct RestoreArgs {
     /// Restore only these stored paths (and what is under them).
     #[arg(long)]
     pub only: Vec<PathBuf>,
+    /// No catalog needed: read every record of the devices and restore each
+    /// regular file that is complete on them (after a crash or a lost catalog).
+    #[arg(long, conflicts_with = "only")]
+    pub scan: bool,
     /// Machine-readable report: one JSON summary object (files, bytes, missing files with their byte ranges and devices, errors, ok).
     #[arg(long)]
     pub json: bool,
@@ -45,6 +49,9 @@ fn open(devs: &[DeviceSpec]) -> Result<OpenSet, Failure> {
 }
 
 pub fn run_restore(args: RestoreArgs) -> CliResult {
+    if args.scan {
+        return run_scan_restore(&args);
+    }
     let set = open(&args.devs)?;
     let only: Vec<Vec<u8>> = args
         .only
@@ -58,8 +65,22 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
 
 pub fn run_verify(args: VerifyArgs) -> CliResult {
     let set = open(&args.devs)?;
-    let report = restore::run(&set, Action::Verify, &[])
+    let mut report = restore::run(&set, Action::Verify, &[])
         .map_err(|e| Failure::Data(format!("verify failed: {e}")))?;
+    // Every device's own catalog must read back and agree, not only the one used.
+    for (dev, label) in &set.devices {
+        if label.state != crate::format::LabelState::Complete {
+            continue;
+        }
+        match crate::engine::media::read_catalog(dev.as_ref(), label) {
+            Ok(c) if c == set.catalog => {}
+            Ok(_) => report.errors.push(format!(
+                "device {}: its catalog differs from the set's",
+                dev.path().display()
+            )),
+            Err(e) => report.errors.push(e.to_string()),
+        }
+    }
     Ok(print(&set, &report, "verified", args.json))
 }
 
@@ -73,7 +94,7 @@ fn print(set: &OpenSet, report: &Report, verb: &str, as_json: bool) -> i32 {
             .map(|m| {
                 json!({
                     "path": path_text(&m.path),
-                    "ranges": m.ranges.iter().map(|(o, l, d)| json!({"offset": o, "length": l, "device": d})).collect::<Vec<_>>(),
+                    "ranges": m.ranges.iter().map(|&(o, l, d)| json!({"offset": o, "length": l, "device": (d != restore::NOWHERE).then_some(d)})).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -109,12 +130,12 @@ fn print(set: &OpenSet, report: &Report, verb: &str, as_json: bool) -> i32 {
         let ranges: Vec<String> = m
             .ranges
             .iter()
-            .map(|(o, l, d)| {
-                format!(
-                    "{o}..{} on device {d} ({})",
-                    o + l,
-                    path_text(&set.catalog.devices[*d as usize].path)
-                )
+            .map(|&(o, l, d)| match set.catalog.devices.get(d as usize) {
+                Some(dev) => format!("{o}..{} on device {d} ({})", o + l, path_text(&dev.path)),
+                None => format!(
+                    "{o}..{} on no device (not written: the set is incomplete)",
+                    o + l
+                ),
             })
             .collect();
         eprintln!("missing: {}: {}", path_text(&m.path), ranges.join(", "));
@@ -129,4 +150,66 @@ fn print(set: &OpenSet, report: &Report, verb: &str, as_json: bool) -> i32 {
         );
     }
     code
+}
+
+fn run_scan_restore(args: &RestoreArgs) -> CliResult {
+    let mut devs = Vec::with_capacity(args.devs.len());
+    for spec in &args.devs {
+        devs.push(
+            crate::device::open(spec, crate::device::Mode::Read)
+                .map_err(|e| Failure::Usage(e.to_string()))?,
+        );
+    }
+    let started = std::time::Instant::now();
+    let report = restore::scan::restore_from_scan(&devs, &args.to)
+        .map_err(|e| Failure::Data(format!("restore --scan failed: {e}")))?;
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let set = report
+        .set_id
+        .map(|s| crate::engine::set_id_hex(&s))
+        .unwrap_or_else(|| "-".into());
+    let code = if report.incomplete.is_empty() && report.bad_records == 0 {
+        EXIT_OK
+    } else {
+        EXIT_DATA
+    };
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "event": "summary",
+                "set_id": set,
+                "files": report.restored.len(),
+                "restored": report.restored.iter().map(|p| path_text(p)).collect::<Vec<_>>(),
+                "payload_bytes": report.payload_bytes,
+                "seconds": secs,
+                "bad_records": report.bad_records,
+                "incomplete": report.incomplete.iter().map(|i| json!({
+                    "path": path_text(&i.path), "found_bytes": i.found_bytes,
+                    "data_bytes": i.data_bytes, "why": i.why,
+                })).collect::<Vec<_>>(),
+                "ok": code == EXIT_OK,
+            })
+        );
+        return Ok(code);
+    }
+    println!(
+        "set {set}: restored {} complete files, {} from records alone, {:.2} s",
+        report.restored.len(),
+        human_bytes(report.payload_bytes),
+        secs
+    );
+    for i in &report.incomplete {
+        eprintln!(
+            "incomplete: {}: {} of {} bytes found ({}); not restored",
+            path_text(&i.path),
+            i.found_bytes,
+            i.data_bytes,
+            i.why
+        );
+    }
+    if report.bad_records > 0 {
+        eprintln!("{} damaged records skipped", report.bad_records);
+    }
+    Ok(code)
 }

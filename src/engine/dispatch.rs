@@ -1,80 +1,228 @@
-//! The dispatcher: hands segments to device workers from lock-free queues.
+//! The dispatcher: hands work to device workers from lock-free queues.
 //!
 //! Each device has a queue holding its planned segments in plan order (the
 //! planner already applied the least-filled rule to the sorted list, with
-//! capacities taken into account, so the plan is honoured as made). A shared
-//! queue holds work that no device owns any more (redirected work); a worker
-//! whose own queue is empty takes from it only when it is the least filled
-//! live device, so redirected items still go to the least filled device.
+//! capacities taken into account, so the plan is honoured as made). A
+//! shared queue holds work that no device owns any more: what a device that
+//! filled up could not write, and everything a failed device was given
+//! (claims 13-15). A device whose own queue is empty takes shared work in
+//! portions that keep the live devices balanced: it takes at most what
+//! brings it to the average fill of the live devices (at least one chunk),
+//! and puts the rest back, re-split on a chunk boundary (claim 15).
+//!
+//! A device with nothing to do waits while any other device is still
+//! working, because a working device may still fail and hand work back.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::time::Duration;
 
 use crossbeam_queue::SegQueue;
 
-/// Index into the plan's segment list.
-pub type SegmentIndex = u32;
+/// A unit of work: a byte range of one file. Planned segments are the
+/// first items; leftovers of full or failed devices are new items.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkItem {
+    pub file: u32,
+    pub offset: u64,
+    pub length: u64,
+}
+
+impl WorkItem {
+    pub fn end(&self) -> u64 {
+        self.offset + self.length
+    }
+}
+
+/// A device's state as the dispatcher sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DeviceState {
+    /// Writing, or about to: may still hand work back.
+    Working = 0,
+    /// Waiting for shared work; can take more.
+    Idle = 1,
+    /// Filled up: takes no more work.
+    Full = 2,
+    /// Failed: takes no more work.
+    Failed = 3,
+    /// Done, all its work written.
+    Finished = 4,
+}
+
+impl DeviceState {
+    fn from_u8(v: u8) -> DeviceState {
+        match v {
+            0 => DeviceState::Working,
+            1 => DeviceState::Idle,
+            2 => DeviceState::Full,
+            3 => DeviceState::Failed,
+            _ => DeviceState::Finished,
+        }
+    }
+}
+
+/// How long an idle device sleeps between looks at the shared queue.
+const IDLE_POLL: Duration = Duration::from_millis(1);
 
 pub struct Dispatcher {
-    own: Vec<SegQueue<SegmentIndex>>,
-    shared: SegQueue<SegmentIndex>,
-    /// Payload bytes each device has taken so far (its fill level).
+    own: Vec<SegQueue<WorkItem>>,
+    shared: SegQueue<WorkItem>,
+    shared_bytes: AtomicU64,
+    /// Payload bytes each device has taken or still has queued (its fill level).
     filled_bytes: Vec<AtomicU64>,
-    live: Vec<AtomicBool>,
+    state: Vec<AtomicU8>,
+    chunk_bytes: u64,
+    aborted: AtomicBool,
 }
 
 impl Dispatcher {
-    /// `assignment[i]` is the device of segment i, in plan (write) order.
-    pub fn new(device_count: usize, assignment: impl IntoIterator<Item = u32>) -> Dispatcher {
-        let own: Vec<SegQueue<SegmentIndex>> = (0..device_count).map(|_| SegQueue::new()).collect();
-        for (index, device) in assignment.into_iter().enumerate() {
-            own[device as usize].push(index as SegmentIndex);
+    /// `plan` yields (device, item) in plan (write) order.
+    pub fn new(
+        device_count: usize,
+        chunk_bytes: u64,
+        plan: impl IntoIterator<Item = (u32, WorkItem)>,
+    ) -> Dispatcher {
+        assert!(device_count > 0);
+        assert!(chunk_bytes.is_power_of_two());
+        let own: Vec<SegQueue<WorkItem>> = (0..device_count).map(|_| SegQueue::new()).collect();
+        let filled_bytes: Vec<AtomicU64> = (0..device_count).map(|_| AtomicU64::new(0)).collect();
+        for (device, item) in plan {
+            own[device as usize].push(item);
+            filled_bytes[device as usize].fetch_add(item.length, Ordering::Relaxed);
         }
         Dispatcher {
             own,
             shared: SegQueue::new(),
-            filled_bytes: (0..device_count).map(|_| AtomicU64::new(0)).collect(),
-            live: (0..device_count).map(|_| AtomicBool::new(true)).collect(),
+            shared_bytes: AtomicU64::new(0),
+            filled_bytes,
+            state: (0..device_count)
+                .map(|_| AtomicU8::new(DeviceState::Working as u8))
+                .collect(),
+            chunk_bytes,
+            aborted: AtomicBool::new(false),
         }
     }
 
-    /// The next segment for `device`, or None when there is nothing left for it.
-    pub fn next(
-        &self,
-        device: usize,
-        length_of: impl Fn(SegmentIndex) -> u64,
-    ) -> Option<SegmentIndex> {
-        let index = self.own[device].pop().or_else(|| {
-            if self.is_least_filled_live(device) {
-                self.shared.pop()
-            } else {
-                None
+    /// Stop handing out work (the set cannot complete).
+    pub fn abort(&self) {
+        self.aborted.store(true, Ordering::SeqCst);
+    }
+
+    pub fn state(&self, device: usize) -> DeviceState {
+        DeviceState::from_u8(self.state[device].load(Ordering::SeqCst))
+    }
+
+    fn set_state(&self, device: usize, state: DeviceState) {
+        self.state[device].store(state as u8, Ordering::SeqCst);
+    }
+
+    /// The next item for `device`, which has room for `room_bytes` more
+    /// payload. Blocks while the own queue is empty, the shared queue is
+    /// empty and another device is still working. None: nothing left for it.
+    pub fn next(&self, device: usize, room_bytes: u64) -> Option<WorkItem> {
+        if self.aborted.load(Ordering::SeqCst) {
+            return None;
+        }
+        if let Some(item) = self.own[device].pop() {
+            return Some(item);
+        }
+        if room_bytes < self.chunk_bytes.min(4096) {
+            return None;
+        }
+        loop {
+            // Working before looking, so that no other idle device concludes
+            // that all work is done while this one holds an item.
+            self.set_state(device, DeviceState::Working);
+            if let Some(item) = self.shared.pop() {
+                self.shared_bytes.fetch_sub(item.length, Ordering::SeqCst);
+                let portion = self.portion(device, item, room_bytes);
+                self.filled_bytes[device].fetch_add(portion.length, Ordering::Relaxed);
+                return Some(portion);
             }
-        })?;
-        self.filled_bytes[device].fetch_add(length_of(index), Ordering::Relaxed);
-        Some(index)
-    }
-
-    fn is_least_filled_live(&self, device: usize) -> bool {
-        let mine = self.filled_bytes[device].load(Ordering::Relaxed);
-        self.filled_bytes
-            .iter()
-            .zip(&self.live)
-            .enumerate()
-            .all(|(i, (f, l))| {
-                i == device || !l.load(Ordering::Relaxed) || f.load(Ordering::Relaxed) >= mine
-            })
-    }
-
-    /// Put work back for the others (a device that filled up or failed).
-    pub fn redirect(&self, index: SegmentIndex) {
-        self.shared.push(index);
-    }
-
-    pub fn mark_dead(&self, device: usize) {
-        self.live[device].store(false, Ordering::Relaxed);
-        while let Some(index) = self.own[device].pop() {
-            self.shared.push(index);
+            self.set_state(device, DeviceState::Idle);
+            let others_working =
+                (0..self.state.len()).any(|d| d != device && self.state(d) == DeviceState::Working);
+            if (!others_working && self.shared.is_empty()) || self.aborted.load(Ordering::SeqCst) {
+                return None;
+            }
+            std::thread::sleep(IDLE_POLL);
         }
+    }
+
+    /// The part of a shared `item` that `device` takes now; the rest goes back.
+    fn portion(&self, device: usize, item: WorkItem, room_bytes: u64) -> WorkItem {
+        let live: Vec<usize> = (0..self.state.len())
+            .filter(|&d| matches!(self.state(d), DeviceState::Working | DeviceState::Idle))
+            .collect();
+        let filled: u64 = live
+            .iter()
+            .map(|&d| self.filled_bytes[d].load(Ordering::Relaxed))
+            .sum();
+        let pending = self.shared_bytes.load(Ordering::SeqCst) + item.length;
+        let target = (filled + pending).div_ceil(live.len().max(1) as u64);
+        let mine = self.filled_bytes[device].load(Ordering::Relaxed);
+        let allow = target
+            .saturating_sub(mine)
+            .max(self.chunk_bytes)
+            .min(room_bytes.max(self.chunk_bytes));
+        // Cut on a chunk boundary in file offset space (O_DIRECT alignment).
+        let cut = (item.offset + allow).div_ceil(self.chunk_bytes) * self.chunk_bytes;
+        if cut >= item.end() {
+            return item;
+        }
+        self.give_back(&[WorkItem {
+            file: item.file,
+            offset: cut,
+            length: item.end() - cut,
+        }]);
+        WorkItem {
+            length: cut - item.offset,
+            ..item
+        }
+    }
+
+    /// Put work back for the others.
+    pub fn give_back(&self, items: &[WorkItem]) {
+        for item in items {
+            if item.length == 0 {
+                continue;
+            }
+            self.shared_bytes.fetch_add(item.length, Ordering::SeqCst);
+            self.shared.push(*item);
+        }
+    }
+
+    /// The device takes no more work (`Full` or `Failed`): its queued work
+    /// goes to the others. `gave_back` bytes were already handed back.
+    /// Returns the bytes moved from its own queue.
+    pub fn retire(&self, device: usize, state: DeviceState, gave_back_bytes: u64) -> u64 {
+        assert!(matches!(state, DeviceState::Full | DeviceState::Failed));
+        let mut moved = 0;
+        while let Some(item) = self.own[device].pop() {
+            moved += item.length;
+            self.give_back(&[item]);
+        }
+        self.filled_bytes[device].fetch_sub(
+            (moved + gave_back_bytes).min(self.filled_bytes[device].load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        // After the work is visible in the shared queue.
+        self.set_state(device, state);
+        moved
+    }
+
+    pub fn finish(&self, device: usize) {
+        self.set_state(device, DeviceState::Finished);
+    }
+
+    /// Work nobody could take (after every worker has returned).
+    pub fn unplaced(&self) -> Vec<WorkItem> {
+        let mut left = Vec::new();
+        while let Some(item) = self.shared.pop() {
+            left.push(item);
+        }
+        left.sort_by_key(|i| (i.file, i.offset));
+        left
     }
 }
 
@@ -82,29 +230,77 @@ impl Dispatcher {
 mod tests {
     use super::*;
 
-    #[test]
-    fn plan_order_per_device() {
-        let d = Dispatcher::new(2, [0, 1, 0, 1, 0]);
-        let len = |_| 1;
-        assert_eq!(d.next(0, len), Some(0));
-        assert_eq!(d.next(0, len), Some(2));
-        assert_eq!(d.next(1, len), Some(1));
-        assert_eq!(d.next(0, len), Some(4));
-        assert_eq!(d.next(0, len), None);
-        assert_eq!(d.next(1, len), Some(3));
-        assert_eq!(d.next(1, len), None);
+    fn item(file: u32, offset: u64, length: u64) -> WorkItem {
+        WorkItem {
+            file,
+            offset,
+            length,
+        }
     }
 
     #[test]
-    fn redirected_work_goes_to_least_filled_live() {
-        let d = Dispatcher::new(3, [0, 1, 2, 2]);
-        let len = |i: u32| [10, 5, 1, 1][i as usize];
-        assert_eq!(d.next(0, len), Some(0)); // device 0: 10
-        assert_eq!(d.next(1, len), Some(1)); // device 1: 5
-        d.mark_dead(2);
-        assert_eq!(d.next(0, len), None, "device 0 is fuller than device 1");
-        assert_eq!(d.next(1, len), Some(2));
-        assert_eq!(d.next(1, len), Some(3));
-        assert_eq!(d.next(1, len), None);
+    fn plan_order_per_device() {
+        let plan = [(0, item(0, 0, 1)), (1, item(1, 0, 1)), (0, item(2, 0, 1))];
+        let d = Dispatcher::new(2, 4096, plan);
+        assert_eq!(d.next(0, u64::MAX), Some(item(0, 0, 1)));
+        assert_eq!(d.next(0, u64::MAX), Some(item(2, 0, 1)));
+        assert_eq!(d.next(1, u64::MAX), Some(item(1, 0, 1)));
+        d.finish(1);
+        assert_eq!(d.next(0, u64::MAX), None);
+    }
+
+    #[test]
+    fn work_of_a_failed_device_is_split_among_survivors() {
+        let chunk = 1 << 20;
+        let plan = [
+            (0, item(0, 0, 8 * chunk)),
+            (1, item(1, 0, 8 * chunk)),
+            (2, item(2, 0, 8 * chunk)),
+        ];
+        let d = Dispatcher::new(3, chunk, plan);
+        assert_eq!(d.next(0, u64::MAX).unwrap().file, 0);
+        assert_eq!(d.next(1, u64::MAX).unwrap().file, 1);
+        let lost = d.next(2, u64::MAX).unwrap();
+        d.give_back(&[lost]);
+        d.retire(2, DeviceState::Failed, lost.length);
+        // Survivors are level (8 chunks each), 8 chunks pending: 4 each.
+        let a = d.next(0, u64::MAX).unwrap();
+        assert_eq!(a, item(2, 0, 4 * chunk));
+        let b = d.next(1, u64::MAX).unwrap();
+        assert_eq!(b, item(2, 4 * chunk, 4 * chunk));
+        d.finish(0);
+        assert_eq!(d.next(1, u64::MAX), None);
+        assert!(d.unplaced().is_empty());
+    }
+
+    #[test]
+    fn room_limits_the_portion_and_the_rest_stays() {
+        let chunk = 4096;
+        let d = Dispatcher::new(2, chunk, [(1, item(0, 0, 10 * chunk))]);
+        let lost = d.next(1, u64::MAX).unwrap();
+        d.give_back(&[lost]);
+        d.retire(1, DeviceState::Full, lost.length);
+        assert_eq!(d.next(0, 3 * chunk), Some(item(0, 0, 3 * chunk)));
+        d.retire(0, DeviceState::Full, 0);
+        assert_eq!(d.unplaced(), vec![item(0, 3 * chunk, 7 * chunk)]);
+    }
+
+    #[test]
+    fn an_idle_device_waits_for_a_working_one() {
+        let chunk = 4096;
+        let d = std::sync::Arc::new(Dispatcher::new(2, chunk, [(1, item(0, 0, 2 * chunk))]));
+        let taken = d.next(1, u64::MAX).unwrap();
+        let waiter = {
+            let d = d.clone();
+            std::thread::spawn(move || d.next(0, u64::MAX))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            !waiter.is_finished(),
+            "device 0 must wait while device 1 works"
+        );
+        d.give_back(&[taken]);
+        d.retire(1, DeviceState::Failed, taken.length);
+        assert_eq!(waiter.join().unwrap(), Some(taken));
     }
 }

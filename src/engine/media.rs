@@ -228,8 +228,30 @@ pub fn read_catalog(dev: &dyn Device, label: &Label) -> Result<Catalog, MediaErr
                 },
             ));
         }
+        let padded = header.media_bytes() as usize;
+        if buf[end..padded.min(got)].iter().any(|&b| b != 0) {
+            return Err(MediaError::Invalid {
+                device: name(dev),
+                why: format!(
+                    "catalog record at offset {offset}: damaged padding after the payload"
+                ),
+            });
+        }
         bytes.extend_from_slice(payload);
         offset += header.media_bytes();
+    }
+    // The End record closes the device's records.
+    let buf = pool.slot_mut(0);
+    let got = read_at(dev, &mut buf[..HEADER_BYTES], offset)?;
+    match RecordHeader::decode(&buf[..got]) {
+        Ok(h) if h.kind == RecordKind::End && h.set_id == label.set_id => {}
+        Ok(_) => {
+            return Err(MediaError::Invalid {
+                device: name(dev),
+                why: format!("no End record after the catalog (offset {offset})"),
+            })
+        }
+        Err(e) => return Err(format_err("End record", offset, e)),
     }
     Catalog::decode(&bytes).map_err(|e| format_err("catalog", label.catalog_offset, e))
 }

@@ -17,8 +17,8 @@ use crate::format::{
 };
 use crate::plan::{self, DeviceSlot, FileItem, Plan};
 use crate::source::{Entry, EntryKind};
-use dispatch::Dispatcher;
-use ring::{RecordDone, Ring, RingError, RingStats};
+use dispatch::{DeviceState as DispatchState, Dispatcher, WorkItem};
+use ring::{RecordDone, Ring, RingConfig, RingEnd, RingError, RingOutcome, RingStats};
 
 /// Everything a backup run reads: the walked entries (file id = index) and the plan.
 pub struct SetInput {
@@ -164,12 +164,27 @@ pub fn plan_set(
     unreachable!("catalog size estimate did not converge")
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceEnd {
+    Complete,
+    Full,
+    Failed,
+}
+
 #[derive(Debug)]
 pub struct DeviceReport {
     pub path: String,
+    pub end: DeviceEnd,
+    /// What filled it up or made it fail.
+    pub error: Option<String>,
+    /// Payload bytes of its work handed to the other devices.
+    pub redirected_bytes: u64,
     pub stats: RingStats,
     pub data_end: u64,
-    pub catalog_end: u64,
+    /// Offset just past its End record; None where no catalog was written
+    /// (a failed device, or one with no room left for it).
+    pub catalog_end: Option<u64>,
+    pub catalog_error: Option<String>,
 }
 
 #[derive(Debug)]
@@ -178,7 +193,18 @@ pub struct BackupReport {
     pub devices: Vec<DeviceReport>,
     pub files: usize,
     pub segments: usize,
+    /// Work no surviving device could take: these ranges are not in the set.
+    pub unplaced: Vec<(String, u64, u64)>,
     pub elapsed: Duration,
+}
+
+impl BackupReport {
+    pub fn missing_bytes(&self) -> u64 {
+        self.unplaced.iter().map(|u| u.2).sum()
+    }
+    pub fn degraded(&self) -> bool {
+        self.devices.iter().any(|d| d.end == DeviceEnd::Failed)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,11 +213,8 @@ pub enum BackupError {
     Ring(#[from] RingError),
     #[error(transparent)]
     Media(#[from] media::MediaError),
-    #[error("device {device}: sync: {error}")]
-    Sync {
-        device: String,
-        error: std::io::Error,
-    },
+    #[error("no device could take the catalog: the set is not restorable ({0})")]
+    NoCatalog(String),
 }
 
 pub struct BackupConfig {
@@ -199,6 +222,10 @@ pub struct BackupConfig {
     pub created_unix_ns: u64,
     pub chunk_bytes: u32,
     pub queue_depth: usize,
+    /// Media bytes kept free on each device for the catalog (from `plan_set`).
+    pub reserve_bytes: u64,
+    /// Resubmissions of a failed write before the device is declared failed.
+    pub write_retries: u32,
     /// Where device events go (progress display, `--json`); None: nowhere.
     pub events: Option<crossbeam_channel::Sender<Event>>,
 }
@@ -225,7 +252,9 @@ pub enum Event {
 }
 
 /// Run a backup: label (writing) on every device, data through one ring per
-/// device, then the catalog on every device, sync, label (complete), sync.
+/// device, then the catalog on every device that is not failed, sync, label
+/// (complete), sync. A device that fills up or fails mid-run hands its
+/// unwritten work (failed: all its work) to the others (claims 13-15).
 pub fn run_backup(
     input: &SetInput,
     devices: &[Box<dyn Device>],
@@ -246,30 +275,100 @@ pub fn run_backup(
         catalog_bytes: 0,
         data_end: 0,
     };
+    let send = |event: Event| {
+        if let Some(tx) = &config.events {
+            let _ = tx.send(event);
+        }
+    };
+    let dispatcher = Dispatcher::new(
+        devices.len(),
+        config.chunk_bytes as u64,
+        input.plan.segments.iter().map(|s| {
+            (
+                s.device,
+                WorkItem {
+                    file: s.file,
+                    offset: s.offset,
+                    length: s.length,
+                },
+            )
+        }),
+    );
+    // A device whose label cannot be written has failed before it started.
+    let mut label_errors: Vec<Option<String>> = vec![None; devices.len()];
     for (i, dev) in devices.iter().enumerate() {
-        media::write_label(dev.as_ref(), &label_for(i as u32))?;
+        if let Err(e) = media::write_label(dev.as_ref(), &label_for(i as u32)) {
+            let redirected = dispatcher.retire(i, DispatchState::Failed, 0);
+            send(Event::DeviceFailed {
+                device: i as u32,
+                error: e.to_string(),
+                redirected_bytes: redirected,
+            });
+            label_errors[i] = Some(e.to_string());
+        }
     }
 
-    let dispatcher = Dispatcher::new(devices.len(), input.plan.segments.iter().map(|s| s.device));
-    let outcomes: Vec<Result<ring::RingOutcome, RingError>> = std::thread::scope(|scope| {
+    let ring_configs: Vec<RingConfig> = (0..devices.len())
+        .map(|i| RingConfig {
+            device_index: i as u32,
+            set_id: config.set_id,
+            chunk_bytes: config.chunk_bytes,
+            queue_depth: config.queue_depth,
+            reserve_bytes: config.reserve_bytes,
+            write_retries: config.write_retries,
+        })
+        .collect();
+    let outcomes: Vec<Result<RingOutcome, RingError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = devices
             .iter()
             .enumerate()
             .map(|(i, dev)| {
                 let dispatcher = &dispatcher;
                 let progress = &progress[i];
+                let ring_config = &ring_configs[i];
+                let label_error = label_errors[i].clone();
+                let send = &send;
                 std::thread::Builder::new()
                     .name(format!("pbio-dev{i}"))
                     .spawn_scoped(scope, move || {
-                        let ring = Ring::new(
-                            dev.as_ref(),
-                            i as u32,
-                            config.set_id,
-                            config.chunk_bytes,
-                            config.queue_depth,
-                            progress,
-                        )?;
-                        ring.run(input, dispatcher)
+                        if let Some(error) = label_error {
+                            return Ok(RingOutcome {
+                                end: RingEnd::Failed { error },
+                                records: Vec::new(),
+                                placed: Vec::new(),
+                                data_end: HEADER_BYTES as u64,
+                                redirected_bytes: 0,
+                                stats: RingStats::default(),
+                            });
+                        }
+                        let ring = match Ring::new(dev.as_ref(), ring_config, progress) {
+                            Ok(ring) => ring,
+                            Err(e) => {
+                                dispatcher.abort();
+                                dispatcher.finish(i);
+                                return Err(e);
+                            }
+                        };
+                        let outcome = ring.run(input, dispatcher)?;
+                        match &outcome.end {
+                            RingEnd::Complete => {}
+                            RingEnd::Full { error } => send(Event::DeviceFull {
+                                device: i as u32,
+                                error: error.clone(),
+                                durable_bytes: outcome
+                                    .records
+                                    .iter()
+                                    .map(|r| r.payload_bytes as u64)
+                                    .sum(),
+                                redirected_bytes: outcome.redirected_bytes,
+                            }),
+                            RingEnd::Failed { error } => send(Event::DeviceFailed {
+                                device: i as u32,
+                                error: error.clone(),
+                                redirected_bytes: outcome.redirected_bytes,
+                            }),
+                        }
+                        Ok(outcome)
                     })
                     .expect("spawn device thread")
             })
@@ -283,28 +382,44 @@ pub fn run_backup(
     for outcome in outcomes {
         outcomes_ok.push(outcome?);
     }
-
-    // The catalog: segment placements from every device, digests per file.
-    let mut segments: Vec<CatalogSegment> = input
-        .plan
-        .segments
-        .iter()
-        .map(|s| CatalogSegment {
-            file_id: s.file,
-            offset: s.offset,
-            length: s.length,
-            device: s.device,
-            position: 0,
-            records: 0,
+    let unplaced: Vec<(String, u64, u64)> = dispatcher
+        .unplaced()
+        .into_iter()
+        .map(|w| {
+            (
+                String::from_utf8_lossy(&input.entries[w.file as usize].path).into_owned(),
+                w.offset,
+                w.length,
+            )
         })
         .collect();
+
+    // The catalog: where every range landed, on every device (a failed
+    // device's ranges are listed as copies), and per-file digests over the
+    // durable records of the devices that did not fail.
+    let ends: Vec<DeviceEnd> = outcomes_ok
+        .iter()
+        .map(|o| match o.end {
+            RingEnd::Complete => DeviceEnd::Complete,
+            RingEnd::Full { .. } => DeviceEnd::Full,
+            RingEnd::Failed { .. } => DeviceEnd::Failed,
+        })
+        .collect();
+    let mut segments: Vec<CatalogSegment> = Vec::new();
     let mut per_file: Vec<Vec<(u64, u32, u32)>> = vec![Vec::new(); input.entries.len()];
     for (device, outcome) in outcomes_ok.iter().enumerate() {
-        for placed in &outcome.placed {
-            let s = &mut segments[placed.segment as usize];
-            s.device = device as u32;
-            s.position = placed.position;
-            s.records = placed.records;
+        for p in &outcome.placed {
+            segments.push(CatalogSegment {
+                file_id: p.file,
+                offset: p.offset,
+                length: p.length,
+                device: device as u32,
+                position: p.position,
+                records: p.records,
+            });
+        }
+        if ends[device] == DeviceEnd::Failed {
+            continue;
         }
         for &RecordDone {
             file_id,
@@ -316,16 +431,23 @@ pub fn run_backup(
             per_file[file_id as usize].push((file_offset, payload_bytes, payload_crc));
         }
     }
+    segments.sort_by_key(|s| (s.file_id, s.offset, s.device));
     let catalog_devices: Vec<CatalogDevice> = devices
         .iter()
         .zip(&outcomes_ok)
-        .map(|(d, o)| CatalogDevice {
+        .zip(&ends)
+        .map(|((d, o), end)| CatalogDevice {
             path: d.path().as_os_str().as_encoded_bytes().to_vec(),
             capacity_bytes: d.capacity_bytes(),
-            state: DeviceState::Complete,
+            state: match end {
+                DeviceEnd::Complete => DeviceState::Complete,
+                DeviceEnd::Full => DeviceState::Full,
+                DeviceEnd::Failed => DeviceState::Failed,
+            },
             data_end: o.data_end,
         })
         .collect();
+    let segment_count = segments.len();
     let mut catalog = catalog_for(
         config.set_id,
         config.created_unix_ns,
@@ -336,53 +458,105 @@ pub fn run_backup(
     );
     for (file, records) in catalog.files.iter_mut().zip(per_file.iter_mut()) {
         if file.kind == FileKind::Regular {
+            records.sort_unstable();
+            records.dedup_by_key(|r| r.0);
             file.digest = crate::format::file_digest(records);
         }
     }
     let encoded = catalog.encode();
 
     let mut reports = Vec::with_capacity(devices.len());
+    let mut catalogs_written = 0;
     for (i, (dev, outcome)) in devices.iter().zip(outcomes_ok).enumerate() {
         let dev = dev.as_ref();
-        let catalog_end = media::write_catalog(
-            dev,
-            config.set_id,
-            i as u32,
-            outcome.stats.records,
-            outcome.data_end,
-            &encoded,
-            config.chunk_bytes,
-        )?;
-        let sync = |dev: &dyn Device| {
-            dev.sync().map_err(|error| BackupError::Sync {
-                device: dev.path().display().to_string(),
-                error,
-            })
+        let (catalog_end, catalog_error) = if ends[i] == DeviceEnd::Failed {
+            (None, None)
+        } else {
+            match finish_device(dev, &label_for(i as u32), &outcome, &encoded, config) {
+                Ok(end) => {
+                    catalogs_written += 1;
+                    (Some(end), None)
+                }
+                Err(e) => (None, Some(e.to_string())),
+            }
         };
-        sync(dev)?;
-        let label = Label {
-            state: LabelState::Complete,
-            catalog_offset: outcome.data_end,
-            catalog_bytes: encoded.len() as u64,
-            data_end: outcome.data_end,
-            ..label_for(i as u32)
+        let error = match &outcome.end {
+            RingEnd::Complete => None,
+            RingEnd::Full { error } | RingEnd::Failed { error } => Some(error.clone()),
         };
-        media::write_label(dev, &label)?;
-        sync(dev)?;
         reports.push(DeviceReport {
             path: dev.path().display().to_string(),
+            end: ends[i],
+            error,
+            redirected_bytes: outcome.redirected_bytes,
             stats: outcome.stats,
             data_end: outcome.data_end,
             catalog_end,
+            catalog_error,
         });
+    }
+    if catalogs_written == 0 {
+        let why: Vec<String> = reports
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}: {}",
+                    r.path,
+                    r.catalog_error
+                        .as_deref()
+                        .or(r.error.as_deref())
+                        .unwrap_or("-")
+                )
+            })
+            .collect();
+        return Err(BackupError::NoCatalog(why.join("; ")));
     }
     Ok(BackupReport {
         set_id: config.set_id,
         devices: reports,
         files: input.entries.len(),
-        segments: input.plan.segments.len(),
+        segments: segment_count,
+        unplaced,
         elapsed: started.elapsed(),
     })
+}
+
+/// Catalog after the data, sync, label complete, sync.
+fn finish_device(
+    dev: &dyn Device,
+    label: &Label,
+    outcome: &RingOutcome,
+    encoded: &[u8],
+    config: &BackupConfig,
+) -> Result<u64, media::MediaError> {
+    let catalog_end = media::write_catalog(
+        dev,
+        config.set_id,
+        label.device_index,
+        outcome.stats.records,
+        outcome.data_end,
+        encoded,
+        config.chunk_bytes,
+    )?;
+    let sync = |dev: &dyn Device| {
+        dev.sync().map_err(|error| media::MediaError::Io {
+            device: dev.path().display().to_string(),
+            op: "sync",
+            offset: 0,
+            error,
+        })
+    };
+    sync(dev)?;
+    let label = Label {
+        state: LabelState::Complete,
+        catalog_offset: outcome.data_end,
+        catalog_bytes: encoded.len() as u64,
+        data_end: outcome.data_end,
+        ..*label
+    };
+    media::write_label(dev, &label)?;
+    sync(dev)?;
+    Ok(catalog_end)
 }
 
 /// 128 random bits from the kernel.

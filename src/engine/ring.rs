@@ -12,6 +12,14 @@
 //!
 //! The loop follows TigerBeetle's four steps: submit what is queued, copy
 //! completions out, act on them, repeat. `user_data` is the slot index.
+//!
+//! When the device fills up or fails, the ring stops taking work, reaps
+//! what is in flight, and works out exactly what is durable: the longest
+//! prefix of its records (in media order) whose writes all completed. What
+//! lies beyond goes back to the dispatcher. A full device keeps its prefix
+//! (shortened, when the medium itself ran out of space, to leave room for
+//! the catalog in blocks already written); a failed device's work all goes
+//! back, and its prefix is only listed as a copy.
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
@@ -22,17 +30,17 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::buffers::BufferPool;
-use super::dispatch::{Dispatcher, SegmentIndex};
+use super::dispatch::{DeviceState, Dispatcher, WorkItem};
 use super::SetInput;
 use crate::device::{Device, ErrorClass};
-use crate::format::{round_up_block, RecordHeader, RecordKind, SetId, HEADER_BYTES};
+use crate::format::{round_up_block, FileInfo, RecordHeader, RecordKind, SetId, HEADER_BYTES};
 
 /// Most records in flight per device.
 pub const QUEUE_DEPTH_MAX: usize = 256;
 /// Retries of an operation that returned EINTR/EAGAIN before giving up.
-const RETRIES_MAX: u32 = 1000;
+const RETRIES_TRANSIENT_MAX: u32 = 1000;
 
-/// A record that reached the device.
+/// A record that is durable on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordDone {
     pub file_id: u32,
@@ -41,10 +49,13 @@ pub struct RecordDone {
     pub payload_crc: u32,
 }
 
-/// Where a segment's records landed on this device.
+/// A file range that is durable on this device, and where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SegmentPlaced {
-    pub segment: SegmentIndex,
+pub struct Placed {
+    pub file: u32,
+    pub offset: u64,
+    pub length: u64,
+    /// Media offset of its first record (where it would be, for a range of holes).
     pub position: u64,
     pub records: u32,
 }
@@ -65,23 +76,39 @@ pub struct RingStats {
     pub elapsed: Duration,
 }
 
+/// How the device ended its run.
+#[derive(Debug)]
+pub enum RingEnd {
+    Complete,
+    /// Filled up: `error` says how (ENOSPC, or no room left in its capacity).
+    Full {
+        error: String,
+    },
+    /// Failed: not to be trusted.
+    Failed {
+        error: String,
+    },
+}
+
 #[derive(Debug)]
 pub struct RingOutcome {
+    pub end: RingEnd,
+    /// Durable records (for a failed device: the records of its copies).
     pub records: Vec<RecordDone>,
-    pub placed: Vec<SegmentPlaced>,
-    /// Media offset just past the last record.
+    pub placed: Vec<Placed>,
+    /// Media offset just past the last durable record.
     pub data_end: u64,
+    /// Payload bytes handed back to the dispatcher.
+    pub redirected_bytes: u64,
     pub stats: RingStats,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
-    #[error("device {device}: {op} at offset {offset}: {error}")]
-    Device {
+    #[error("device {device}: {op}: {error}")]
+    Setup {
         device: String,
         op: &'static str,
-        offset: u64,
-        class: ErrorClass,
         error: std::io::Error,
     },
     #[error("source {path}: {op} at offset {offset}: {error}")]
@@ -91,15 +118,28 @@ pub enum RingError {
         offset: u64,
         error: std::io::Error,
     },
-    #[error("device {device}: full at offset {offset}: the plan does not fit")]
-    NoRoom { device: String, offset: u64 },
+}
+
+/// Why the loop stopped early.
+enum Stop {
+    /// The medium ran out of space (`physical`) or the device's usable
+    /// capacity is used up (not physical: the catalog reserve is intact).
+    Full {
+        error: String,
+        physical: bool,
+    },
+    Failed {
+        error: String,
+    },
+    Source(RingError),
 }
 
 struct Source {
     file: std::fs::File,
     direct: bool,
-    file_id: u32,
     path: std::path::PathBuf,
+    /// What every record of this file says about it.
+    info: FileInfo,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -112,43 +152,74 @@ enum Phase {
 struct Slot {
     phase: Phase,
     source: Option<Rc<Source>>,
-    file_offset: u64,
-    file_size: u64,
-    payload_bytes: u32,
-    /// Payload bytes read so far.
+    /// Index into `Ring::gens`.
+    gen: usize,
     read_bytes: u32,
-    /// Device offset of the header.
-    position: u64,
-    /// Bytes of header+payload written so far.
     written_bytes: u32,
-    segment_id: u32,
-    payload_crc: u32,
     retries: u32,
+    file_size: u64,
 }
 
-/// Generates the records of this device's segments, in order.
+/// One generated record, in media order.
+struct Gen {
+    taken: u32,
+    file_offset: u64,
+    payload_bytes: u32,
+    position: u64,
+    payload_crc: u32,
+    done: bool,
+}
+
+/// A work item this device took.
+struct Taken {
+    item: WorkItem,
+    first_gen: usize,
+    gens: u32,
+    /// Position on media when it was opened.
+    position: u64,
+    /// File offset up to which records have been generated.
+    generated_until: u64,
+    /// Every record of the item has been generated.
+    complete: bool,
+}
+
+/// Generates the records of the current item.
 struct Cursor {
-    segment: SegmentIndex,
+    taken: u32,
     source: Rc<Source>,
-    /// Data ranges of the segment still to emit, as (start, end), ascending.
+    /// Data ranges of the item still to emit, as (start, end), ascending.
     ranges: Vec<(u64, u64)>,
     range_index: usize,
     next_offset: u64,
     file_size: u64,
 }
 
+pub struct RingConfig {
+    pub device_index: u32,
+    pub set_id: SetId,
+    pub chunk_bytes: u32,
+    pub queue_depth: usize,
+    /// Media bytes kept free at the end for the catalog and End record.
+    pub reserve_bytes: u64,
+    /// Resubmissions of a write that failed with a device error before
+    /// the device is declared failed.
+    pub write_retries: u32,
+}
+
 pub struct Ring<'a> {
     device: &'a dyn Device,
-    device_index: u32,
-    set_id: SetId,
-    chunk_bytes: u32,
+    config: &'a RingConfig,
     ring: IoUring,
     pool: BufferPool,
     slots: Vec<Slot>,
+    gens: Vec<Gen>,
+    taken: Vec<Taken>,
+    /// Media offset of the next record.
     position: u64,
-    capacity_bytes: u64,
+    /// Records may not end beyond this.
+    usable_bytes: u64,
     sequence: u64,
-    outcome: RingOutcome,
+    stats: RingStats,
     progress: &'a AtomicU64,
     /// SQEs pushed and not yet reaped.
     ops_in_flight: usize,
@@ -157,100 +228,251 @@ pub struct Ring<'a> {
 impl<'a> Ring<'a> {
     pub fn new(
         device: &'a dyn Device,
-        device_index: u32,
-        set_id: SetId,
-        chunk_bytes: u32,
-        queue_depth: usize,
+        config: &'a RingConfig,
         progress: &'a AtomicU64,
     ) -> Result<Ring<'a>, RingError> {
-        assert!((1..=QUEUE_DEPTH_MAX).contains(&queue_depth));
-        assert!((chunk_bytes as usize).is_multiple_of(HEADER_BYTES));
-        let dev_err = |op, error| RingError::Device {
+        assert!((1..=QUEUE_DEPTH_MAX).contains(&config.queue_depth));
+        assert!((config.chunk_bytes as usize).is_multiple_of(HEADER_BYTES));
+        let setup_err = |op, error| RingError::Setup {
             device: device.path().display().to_string(),
             op,
-            offset: 0,
-            class: ErrorClass::Failed,
             error,
         };
-        let ring = IoUring::new((queue_depth as u32).next_power_of_two())
-            .map_err(|e| dev_err("io_uring setup", e))?;
-        let pool = BufferPool::new(queue_depth, HEADER_BYTES + chunk_bytes as usize);
+        let ring = IoUring::new((config.queue_depth as u32).next_power_of_two())
+            .map_err(|e| setup_err("io_uring setup", e))?;
+        let pool = BufferPool::new(
+            config.queue_depth,
+            HEADER_BYTES + config.chunk_bytes as usize,
+        );
         let iovecs = pool.iovecs();
         // SAFETY: the iovecs describe the pool's allocation, which lives as
         // long as this Ring; `ring` is declared before `pool` so it is dropped
         // (and the registration released) before the memory is freed.
         unsafe { ring.submitter().register_buffers(&iovecs) }
-            .map_err(|e| dev_err("register buffers", e))?;
-        let slots = (0..queue_depth)
+            .map_err(|e| setup_err("register buffers", e))?;
+        let slots = (0..config.queue_depth)
             .map(|_| Slot {
                 phase: Phase::Free,
                 source: None,
-                file_offset: 0,
-                file_size: 0,
-                payload_bytes: 0,
+                gen: 0,
                 read_bytes: 0,
-                position: 0,
                 written_bytes: 0,
-                segment_id: 0,
-                payload_crc: 0,
                 retries: 0,
+                file_size: 0,
             })
             .collect();
         Ok(Ring {
             device,
-            device_index,
-            set_id,
-            chunk_bytes,
+            config,
             ring,
             pool,
             slots,
+            gens: Vec::new(),
+            taken: Vec::new(),
             position: HEADER_BYTES as u64,
-            capacity_bytes: device.capacity_bytes(),
+            usable_bytes: device.capacity_bytes().saturating_sub(config.reserve_bytes),
             sequence: 0,
-            outcome: RingOutcome {
-                records: Vec::new(),
-                placed: Vec::new(),
-                data_end: HEADER_BYTES as u64,
-                stats: RingStats::default(),
-            },
+            stats: RingStats::default(),
             progress,
             ops_in_flight: 0,
         })
     }
 
-    fn device_error(&self, op: &'static str, offset: u64, error: std::io::Error) -> RingError {
-        let class = error
-            .raw_os_error()
-            .map(|e| self.device.classify(e))
-            .unwrap_or(ErrorClass::Failed);
-        RingError::Device {
-            device: self.device.path().display().to_string(),
-            op,
-            offset,
-            class,
-            error,
-        }
+    /// Payload bytes that still fit (a conservative estimate: every record
+    /// pays a header and block rounding).
+    fn room_bytes(&self) -> u64 {
+        let media = self.usable_bytes.saturating_sub(self.position);
+        let chunk = self.config.chunk_bytes as u64;
+        let per_record = chunk + HEADER_BYTES as u64;
+        (media / per_record) * chunk + (media % per_record).saturating_sub(2 * HEADER_BYTES as u64)
     }
 
-    /// Write every segment the dispatcher gives this device. Records start
-    /// right after the label (offset 4096).
+    /// Write the work the dispatcher gives this device, from offset 4096
+    /// (after the label). Full and failed devices are outcomes, not errors;
+    /// an error is a source that cannot be read, or a ring that cannot be set up.
     pub fn run(
         mut self,
         input: &SetInput,
         dispatcher: &Dispatcher,
     ) -> Result<RingOutcome, RingError> {
         let started = Instant::now();
-        if let Err(e) = self.run_loop(input, dispatcher) {
-            self.drain();
-            return Err(e);
-        }
-        self.outcome.data_end = self.position;
-        self.outcome.stats.elapsed = started.elapsed();
-        Ok(self.outcome)
+        let index = self.config.device_index as usize;
+        let stop = self.run_loop(input, dispatcher);
+        let stop = match stop {
+            Ok(()) => None,
+            Err(stop) => {
+                self.drain();
+                Some(stop)
+            }
+        };
+        let outcome = match stop {
+            None => {
+                dispatcher.finish(index);
+                self.finish(RingEnd::Complete, None, dispatcher, false)
+            }
+            Some(Stop::Full { error, physical }) => {
+                let end = RingEnd::Full { error };
+                self.finish(end, Some(DeviceState::Full), dispatcher, physical)
+            }
+            Some(Stop::Failed { error }) => {
+                let end = RingEnd::Failed { error };
+                self.finish(end, Some(DeviceState::Failed), dispatcher, false)
+            }
+            Some(Stop::Source(e)) => {
+                // The set cannot be complete: stop everyone.
+                dispatcher.abort();
+                dispatcher.finish(index);
+                return Err(e);
+            }
+        };
+        let mut outcome = outcome;
+        outcome.stats.elapsed = started.elapsed();
+        Ok(outcome)
     }
 
-    /// After an error: reap every operation still in flight, so that no
-    /// kernel write into or read from the pool outlives it.
+    /// Work out what is durable, hand the rest back, and build the outcome.
+    fn finish(
+        &mut self,
+        end: RingEnd,
+        retire: Option<DeviceState>,
+        dispatcher: &Dispatcher,
+        physical_full: bool,
+    ) -> RingOutcome {
+        let failed = retire == Some(DeviceState::Failed);
+        // The durable prefix.
+        let mut prefix = self
+            .gens
+            .iter()
+            .position(|g| !g.done)
+            .unwrap_or(self.gens.len());
+        if physical_full {
+            prefix = self.verified_prefix(prefix);
+        }
+        let pos_of = |k: usize, gens: &[Gen], position: u64| {
+            gens.get(k).map(|g| g.position).unwrap_or(position)
+        };
+        let prefix_end = pos_of(prefix, &self.gens, self.position);
+        // The medium itself is full: give back records at the tail so the
+        // catalog fits in blocks that are already allocated.
+        let kept = if physical_full {
+            (0..=prefix)
+                .rev()
+                .find(|&k| {
+                    pos_of(k, &self.gens, self.position) + self.config.reserve_bytes <= prefix_end
+                })
+                .unwrap_or(0)
+        } else {
+            prefix
+        };
+        let data_end = pos_of(kept, &self.gens, self.position);
+        // The stats describe what stays on the device.
+        self.stats.records = kept as u64;
+        self.stats.payload_bytes = self.gens[..kept]
+            .iter()
+            .map(|g| g.payload_bytes as u64)
+            .sum();
+        self.stats.media_bytes = data_end - HEADER_BYTES as u64;
+        let mut placed = Vec::with_capacity(self.taken.len());
+        let mut give_back = Vec::new();
+        for t in &self.taken {
+            let first_released = (t.first_gen..t.first_gen + t.gens as usize).find(|&g| g >= kept);
+            let done_until = match first_released {
+                Some(g) => self.gens[g].file_offset,
+                None if t.complete => t.item.end(),
+                None => t.generated_until,
+            };
+            let kept_records = match first_released {
+                Some(g) => (g - t.first_gen) as u32,
+                None => t.gens,
+            };
+            let position = if t.gens > 0 {
+                self.gens[t.first_gen].position
+            } else {
+                t.position.min(data_end)
+            };
+            if done_until > t.item.offset {
+                placed.push(Placed {
+                    file: t.item.file,
+                    offset: t.item.offset,
+                    length: done_until - t.item.offset,
+                    position,
+                    records: kept_records,
+                });
+            }
+            let rest_from = if failed { t.item.offset } else { done_until };
+            if rest_from < t.item.end() {
+                give_back.push(WorkItem {
+                    file: t.item.file,
+                    offset: rest_from,
+                    length: t.item.end() - rest_from,
+                });
+            }
+        }
+        let mut redirected_bytes: u64 = give_back.iter().map(|i| i.length).sum();
+        if let Some(state) = retire {
+            dispatcher.give_back(&give_back);
+            redirected_bytes +=
+                dispatcher.retire(self.config.device_index as usize, state, redirected_bytes);
+        }
+        let records = self.gens[..kept]
+            .iter()
+            .map(|g| RecordDone {
+                file_id: self.taken[g.taken as usize].item.file,
+                file_offset: g.file_offset,
+                payload_bytes: g.payload_bytes,
+                payload_crc: g.payload_crc,
+            })
+            .collect();
+        RingOutcome {
+            end,
+            records,
+            placed,
+            data_end,
+            redirected_bytes,
+            stats: self.stats,
+        }
+    }
+
+    /// When the medium ran out of space, a write that crossed the point
+    /// where it filled may have been reported complete with its tail lost
+    /// (the loop driver does this over a full tmpfs). Any of the writes in
+    /// flight around that moment may be such a write, so read back the
+    /// records of the last `queue_depth` record sizes before the end of
+    /// the prefix and keep the prefix only up to the first that does not check.
+    fn verified_prefix(&mut self, prefix: usize) -> usize {
+        let window =
+            self.config.queue_depth as u64 * (HEADER_BYTES as u64 + self.config.chunk_bytes as u64);
+        let end = self
+            .gens
+            .get(prefix)
+            .map(|g| g.position)
+            .unwrap_or(self.position);
+        let from = self.gens[..prefix].partition_point(|g| g.position + window < end);
+        for k in from..prefix {
+            let (position, payload_bytes, crc) = {
+                let g = &self.gens[k];
+                (g.position, g.payload_bytes, g.payload_crc)
+            };
+            let media = HEADER_BYTES + round_up_block(payload_bytes as u64) as usize;
+            let buffer = &mut self.pool.slot_mut(0)[..media];
+            let good = match super::media::read_at(self.device, buffer, position) {
+                Ok(n) if n == media => {
+                    RecordHeader::decode(&buffer[..HEADER_BYTES]).is_ok()
+                        && crate::format::crc32c(
+                            &buffer[HEADER_BYTES..HEADER_BYTES + payload_bytes as usize],
+                        ) == crc
+                }
+                _ => false,
+            };
+            if !good {
+                return k;
+            }
+        }
+        prefix
+    }
+
+    /// After a stop: reap every operation still in flight (so that no
+    /// kernel access to the pool outlives it), noting writes that completed.
     fn drain(&mut self) {
         while self.ops_in_flight > 0 {
             match self.ring.submit_and_wait(1) {
@@ -259,12 +481,34 @@ impl<'a> Ring<'a> {
                 // The ring itself is broken: nothing more can be reaped.
                 Err(_) => return,
             }
-            let reaped = self.ring.completion().count();
-            self.ops_in_flight -= reaped;
+            let completions: Vec<(u64, i32)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), c.result()))
+                .collect();
+            self.ops_in_flight -= completions.len();
+            for (user_data, result) in completions {
+                let slot = user_data as usize;
+                let s = &mut self.slots[slot];
+                if s.phase == Phase::Writing && result > 0 {
+                    s.written_bytes += result as u32;
+                    let total = self.record_media_bytes(slot);
+                    if self.slots[slot].written_bytes == total {
+                        self.complete_record(slot);
+                    }
+                }
+                self.slots[slot].phase = Phase::Free;
+                self.slots[slot].source = None;
+            }
         }
     }
 
-    fn run_loop(&mut self, input: &SetInput, dispatcher: &Dispatcher) -> Result<(), RingError> {
+    fn record_media_bytes(&self, slot: usize) -> u32 {
+        let g = &self.gens[self.slots[slot].gen];
+        HEADER_BYTES as u32 + round_up_block(g.payload_bytes as u64) as u32
+    }
+
+    fn run_loop(&mut self, input: &SetInput, dispatcher: &Dispatcher) -> Result<(), Stop> {
         let mut cursor: Option<Cursor> = None;
         let mut exhausted = false;
         let mut inflight = 0usize;
@@ -281,13 +525,17 @@ impl<'a> Ring<'a> {
                 }
             }
             if inflight == 0 {
-                break;
+                return Ok(());
             }
             // 2. Submit and wait for at least one completion.
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(self.device_error("io_uring_enter", self.position, e)),
+                Err(e) => {
+                    return Err(Stop::Failed {
+                        error: format!("io_uring_enter: {e}"),
+                    })
+                }
             }
             // 3. Copy completions out before acting on them.
             completions.clear();
@@ -307,25 +555,23 @@ impl<'a> Ring<'a> {
                 }
             }
         }
-        Ok(())
     }
 
-    /// Take the next record from the cursor (pulling segments from the
+    /// Take the next record from the cursor (pulling work from the
     /// dispatcher as needed), bind it to a free slot, return the slot.
     fn next_record(
         &mut self,
         cursor: &mut Option<Cursor>,
         input: &SetInput,
         dispatcher: &Dispatcher,
-    ) -> Result<Option<usize>, RingError> {
+    ) -> Result<Option<usize>, Stop> {
         loop {
             if cursor.is_none() {
-                let Some(index) = dispatcher.next(self.device_index as usize, |i| {
-                    input.plan.segments[i as usize].length
-                }) else {
+                let index = self.config.device_index as usize;
+                let Some(item) = dispatcher.next(index, self.room_bytes()) else {
                     return Ok(None);
                 };
-                *cursor = Some(self.open_segment(index, input)?);
+                *cursor = Some(self.open_item(item, input).map_err(Stop::Source)?);
             }
             let c = cursor.as_mut().expect("cursor set above");
             while c.range_index < c.ranges.len() {
@@ -335,26 +581,32 @@ impl<'a> Ring<'a> {
                     c.range_index += 1;
                     continue;
                 }
-                let chunk = self.chunk_bytes as u64;
+                let chunk = self.config.chunk_bytes as u64;
                 let record_end = end.min((offset / chunk + 1) * chunk);
-                c.next_offset = record_end;
                 let payload_bytes = (record_end - offset) as u32;
                 let media = HEADER_BYTES as u64 + round_up_block(payload_bytes as u64);
-                if self.position + media > self.capacity_bytes {
-                    return Err(RingError::NoRoom {
-                        device: self.device.path().display().to_string(),
-                        offset: self.position,
+                if self.position + media > self.usable_bytes {
+                    return Err(Stop::Full {
+                        error: format!(
+                            "no room left for a {media}-byte record at offset {} (usable capacity {} bytes)",
+                            self.position, self.usable_bytes
+                        ),
+                        physical: false,
                     });
                 }
-                let placed = self
-                    .outcome
-                    .placed
-                    .last_mut()
-                    .expect("segment placed on open");
-                if placed.records == 0 {
-                    placed.position = self.position;
-                }
-                placed.records += 1;
+                c.next_offset = record_end;
+                let t = &mut self.taken[c.taken as usize];
+                t.gens += 1;
+                t.generated_until = record_end;
+                let gen = self.gens.len();
+                self.gens.push(Gen {
+                    taken: c.taken,
+                    file_offset: offset,
+                    payload_bytes,
+                    position: self.position,
+                    payload_crc: 0,
+                    done: false,
+                });
                 let slot = self
                     .slots
                     .iter()
@@ -363,37 +615,34 @@ impl<'a> Ring<'a> {
                 let s = &mut self.slots[slot];
                 s.phase = Phase::Reading;
                 s.source = Some(c.source.clone());
-                s.file_offset = offset;
-                s.file_size = c.file_size;
-                s.payload_bytes = payload_bytes;
+                s.gen = gen;
                 s.read_bytes = 0;
-                s.position = self.position;
                 s.written_bytes = 0;
-                s.segment_id = c.segment;
                 s.retries = 0;
+                s.file_size = c.file_size;
                 self.position += media;
                 return Ok(Some(slot));
             }
+            self.taken[c.taken as usize].complete = true;
             *cursor = None;
         }
     }
 
-    fn open_segment(&mut self, index: SegmentIndex, input: &SetInput) -> Result<Cursor, RingError> {
-        let segment = input.plan.segments[index as usize];
-        let entry = &input.entries[segment.file as usize];
+    fn open_item(&mut self, item: WorkItem, input: &SetInput) -> Result<Cursor, RingError> {
+        let entry = &input.entries[item.file as usize];
         let (size_bytes, data) = match &entry.kind {
             crate::source::EntryKind::File { size_bytes, data } => (*size_bytes, data.as_ref()),
-            other => unreachable!("segment for a non-file entry {other:?}"),
+            other => unreachable!("work item for a non-file entry {other:?}"),
         };
         let (file, direct) =
             crate::device::open_maybe_direct(OpenOptions::new().read(true), &entry.source)
                 .map_err(|error| RingError::Source {
                     path: entry.source.display().to_string(),
                     op: "open",
-                    offset: segment.offset,
+                    offset: item.offset,
                     error,
                 })?;
-        let (start, end) = (segment.offset, segment.offset + segment.length);
+        let (start, end) = (item.offset, item.end());
         let ranges: Vec<(u64, u64)> = match data {
             None => vec![(start, end)],
             Some(extents) => extents
@@ -402,18 +651,34 @@ impl<'a> Ring<'a> {
                 .filter(|(s, e)| s < e)
                 .collect(),
         };
-        self.outcome.placed.push(SegmentPlaced {
-            segment: index,
+        let taken = self.taken.len() as u32;
+        self.taken.push(Taken {
+            item,
+            first_gen: self.gens.len(),
+            gens: 0,
             position: self.position,
-            records: 0,
+            generated_until: item.offset,
+            complete: false,
         });
         Ok(Cursor {
-            segment: index,
+            taken,
             source: Rc::new(Source {
                 file,
                 direct,
-                file_id: segment.file,
                 path: entry.source.clone(),
+                info: FileInfo {
+                    mode: entry.meta.mode,
+                    uid: entry.meta.uid,
+                    gid: entry.meta.gid,
+                    mtime_sec: entry.meta.mtime_sec,
+                    mtime_nsec: entry.meta.mtime_nsec,
+                    data_bytes: match data {
+                        None => size_bytes,
+                        Some(extents) => extents.iter().map(|e| e.1).sum(),
+                    },
+                    path: entry.path.clone(),
+                    path_truncated: false,
+                },
             }),
             ranges,
             range_index: 0,
@@ -422,7 +687,7 @@ impl<'a> Ring<'a> {
         })
     }
 
-    fn push(&mut self, entry: squeue::Entry) -> Result<(), RingError> {
+    fn push(&mut self, entry: squeue::Entry) -> Result<(), Stop> {
         self.ops_in_flight += 1;
         // SAFETY: every SQE built by this ring points into `self.pool` (a
         // registered buffer that outlives the ring) at a slot whose phase says
@@ -431,9 +696,12 @@ impl<'a> Ring<'a> {
         let pushed = unsafe { self.ring.submission().push(&entry) };
         if pushed.is_err() {
             // Queue full: submit what is there and retry once.
-            self.ring
-                .submit()
-                .map_err(|e| self.device_error("io_uring_enter", self.position, e))?;
+            if let Err(e) = self.ring.submit() {
+                self.ops_in_flight -= 1;
+                return Err(Stop::Failed {
+                    error: format!("io_uring_enter: {e}"),
+                });
+            }
             // SAFETY: as above.
             unsafe { self.ring.submission().push(&entry) }
                 .expect("submission queue has room after submit");
@@ -441,10 +709,11 @@ impl<'a> Ring<'a> {
         Ok(())
     }
 
-    fn submit_read(&mut self, slot: usize) -> Result<(), RingError> {
+    fn submit_read(&mut self, slot: usize) -> Result<(), Stop> {
         let s = &self.slots[slot];
+        let g = &self.gens[s.gen];
         let source = s.source.as_ref().expect("reading slot has a source");
-        let remaining = s.payload_bytes - s.read_bytes;
+        let remaining = g.payload_bytes - s.read_bytes;
         // O_DIRECT needs block-multiple lengths; a read past EOF is simply short.
         let len = if source.direct {
             round_up_block(remaining as u64) as u32
@@ -457,77 +726,81 @@ impl<'a> Ring<'a> {
         let dst = unsafe { ptr.add(HEADER_BYTES + s.read_bytes as usize) };
         let entry =
             opcode::ReadFixed::new(types::Fd(source.file.as_raw_fd()), dst, len, slot as u16)
-                .offset(s.file_offset + s.read_bytes as u64)
+                .offset(g.file_offset + s.read_bytes as u64)
                 .build()
                 .user_data(slot as u64);
         if source.direct {
-            self.outcome.stats.reads_direct += 1;
+            self.stats.reads_direct += 1;
         } else {
-            self.outcome.stats.reads_buffered += 1;
+            self.stats.reads_buffered += 1;
         }
         self.push(entry)
     }
 
-    fn on_read(&mut self, slot: usize, result: i32) -> Result<(), RingError> {
+    fn on_read(&mut self, slot: usize, result: i32) -> Result<(), Stop> {
         let s = &mut self.slots[slot];
+        let g = &self.gens[s.gen];
         let source = s.source.clone().expect("reading slot has a source");
-        let source_error = |op, offset, error| RingError::Source {
-            path: source.path.display().to_string(),
-            op,
-            offset,
-            error,
+        let source_error = |offset, error| {
+            Stop::Source(RingError::Source {
+                path: source.path.display().to_string(),
+                op: "read",
+                offset,
+                error,
+            })
         };
         if result < 0 {
             let errno = -result;
-            if (errno == libc::EINTR || errno == libc::EAGAIN) && s.retries < RETRIES_MAX {
+            if (errno == libc::EINTR || errno == libc::EAGAIN) && s.retries < RETRIES_TRANSIENT_MAX
+            {
                 s.retries += 1;
-                self.outcome.stats.retries += 1;
+                self.stats.retries += 1;
                 return self.submit_read(slot);
             }
             return Err(source_error(
-                "read",
-                s.file_offset + s.read_bytes as u64,
+                g.file_offset + s.read_bytes as u64,
                 std::io::Error::from_raw_os_error(errno),
             ));
         }
         let got = result as u32;
         if got == 0 {
             return Err(source_error(
-                "read",
-                s.file_offset + s.read_bytes as u64,
+                g.file_offset + s.read_bytes as u64,
                 std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "file shrank while being backed up",
                 ),
             ));
         }
-        s.read_bytes = (s.read_bytes + got).min(s.payload_bytes);
-        if s.read_bytes < s.payload_bytes {
-            self.outcome.stats.short_reads += 1;
+        s.read_bytes = (s.read_bytes + got).min(g.payload_bytes);
+        if s.read_bytes < g.payload_bytes {
+            self.stats.short_reads += 1;
             return self.submit_read(slot);
         }
         self.submit_write(slot)
     }
 
-    fn submit_write(&mut self, slot: usize) -> Result<(), RingError> {
+    fn submit_write(&mut self, slot: usize) -> Result<(), Stop> {
         let s = &mut self.slots[slot];
-        let payload_bytes = s.payload_bytes as usize;
+        let g = &self.gens[s.gen];
+        let payload_bytes = g.payload_bytes as usize;
         let padded = round_up_block(payload_bytes as u64) as usize;
         let header = RecordHeader {
             kind: RecordKind::Data,
-            set_id: self.set_id,
-            device_index: self.device_index,
+            set_id: self.config.set_id,
+            device_index: self.config.device_index,
             sequence: self.sequence,
-            file_id: s.source.as_ref().expect("source").file_id,
-            segment_id: s.segment_id,
-            file_offset: s.file_offset,
-            payload_bytes: s.payload_bytes,
+            file_id: self.taken[g.taken as usize].item.file,
+            segment_id: g.taken,
+            file_offset: g.file_offset,
+            payload_bytes: g.payload_bytes,
             file_size: s.file_size,
             payload_crc: 0,
         };
         self.sequence += 1;
         s.phase = Phase::Writing;
         s.retries = 0;
+        let gen = s.gen;
         let buffer = self.pool.slot_mut(slot);
         // The payload is where the read put it; only the padding and the
         // header are written by the CPU.
@@ -537,16 +810,18 @@ impl<'a> Ring<'a> {
             payload_crc: crate::format::crc32c(&payload[..payload_bytes]),
             ..header
         };
-        header.encode_into(head);
+        let info = &s.source.as_ref().expect("writing slot has a source").info;
+        header.encode_with_info(Some(info), head);
         debug_assert_eq!(RecordHeader::decode(head), Ok(header));
-        self.slots[slot].payload_crc = header.payload_crc;
-        self.outcome.stats.payload_bytes_zero_copy += payload_bytes as u64;
+        self.gens[gen].payload_crc = header.payload_crc;
+        self.stats.payload_bytes_zero_copy += payload_bytes as u64;
         self.submit_write_rest(slot)
     }
 
-    fn submit_write_rest(&mut self, slot: usize) -> Result<(), RingError> {
+    fn submit_write_rest(&mut self, slot: usize) -> Result<(), Stop> {
         let s = &self.slots[slot];
-        let total = HEADER_BYTES as u32 + round_up_block(s.payload_bytes as u64) as u32;
+        let g = &self.gens[s.gen];
+        let total = self.record_media_bytes(slot);
         let ptr = self.pool.ptr(slot);
         // SAFETY: written_bytes < total <= slot size.
         let src = unsafe { ptr.add(s.written_bytes as usize) };
@@ -556,59 +831,69 @@ impl<'a> Ring<'a> {
             total - s.written_bytes,
             slot as u16,
         )
-        .offset(s.position + s.written_bytes as u64)
+        .offset(g.position + s.written_bytes as u64)
         .build()
         .user_data(slot as u64);
         self.push(entry)
     }
 
-    /// Returns true when the record is complete and the slot free again.
-    fn on_write(&mut self, slot: usize, result: i32) -> Result<bool, RingError> {
+    fn complete_record(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
-        let total = HEADER_BYTES as u32 + round_up_block(s.payload_bytes as u64) as u32;
-        if result < 0 {
-            let errno = -result;
-            let offset = s.position + s.written_bytes as u64;
-            if self.device.classify(errno) == ErrorClass::Retry && s.retries < RETRIES_MAX {
-                s.retries += 1;
-                self.outcome.stats.retries += 1;
-                self.submit_write_rest(slot)?;
-                return Ok(false);
-            }
-            return Err(self.device_error(
-                "write",
-                offset,
-                std::io::Error::from_raw_os_error(errno),
-            ));
-        }
-        s.written_bytes += result as u32;
-        if result == 0 {
-            let offset = s.position + s.written_bytes as u64;
-            return Err(self.device_error(
-                "write",
-                offset,
-                std::io::Error::from_raw_os_error(libc::ENOSPC),
-            ));
-        }
-        if s.written_bytes < total {
-            self.outcome.stats.short_writes += 1;
-            self.submit_write_rest(slot)?;
-            return Ok(false);
-        }
-        let payload = s.payload_bytes as u64;
         s.phase = Phase::Free;
-        let source = s.source.take().expect("writing slot has a source");
-        self.outcome.records.push(RecordDone {
-            file_id: source.file_id,
-            file_offset: s.file_offset,
-            payload_bytes: s.payload_bytes,
-            payload_crc: s.payload_crc,
-        });
-        let stats = &mut self.outcome.stats;
-        stats.payload_bytes += payload;
-        stats.media_bytes += total as u64;
-        stats.records += 1;
+        s.source = None;
+        let g = &mut self.gens[s.gen];
+        g.done = true;
+        let payload = g.payload_bytes as u64;
+        self.stats.payload_bytes += payload;
+        self.stats.media_bytes += HEADER_BYTES as u64 + round_up_block(payload);
+        self.stats.records += 1;
         self.progress.fetch_add(payload, Ordering::Relaxed);
-        Ok(true)
+    }
+
+    /// Returns true when the record is complete and the slot free again.
+    fn on_write(&mut self, slot: usize, result: i32) -> Result<bool, Stop> {
+        let total = self.record_media_bytes(slot);
+        let position = self.gens[self.slots[slot].gen].position;
+        let s = &mut self.slots[slot];
+        let offset = position + s.written_bytes as u64;
+        let errno = match result {
+            r if r < 0 => -r,
+            0 => libc::ENOSPC,
+            r => {
+                s.written_bytes += r as u32;
+                if s.written_bytes < total {
+                    self.stats.short_writes += 1;
+                    self.submit_write_rest(slot)?;
+                    return Ok(false);
+                }
+                self.complete_record(slot);
+                return Ok(true);
+            }
+        };
+        let error = std::io::Error::from_raw_os_error(errno);
+        match self.device.classify(errno) {
+            ErrorClass::Retry if s.retries < RETRIES_TRANSIENT_MAX => {
+                s.retries += 1;
+                self.stats.retries += 1;
+                self.submit_write_rest(slot)?;
+                Ok(false)
+            }
+            ErrorClass::Full => Err(Stop::Full {
+                error: format!("write at offset {offset}: {error}"),
+                physical: true,
+            }),
+            _ if s.retries < self.config.write_retries => {
+                s.retries += 1;
+                self.stats.retries += 1;
+                self.submit_write_rest(slot)?;
+                Ok(false)
+            }
+            _ => Err(Stop::Failed {
+                error: format!(
+                    "write at offset {offset}: {error} (after {} retries)",
+                    s.retries
+                ),
+            }),
+        }
     }
 }

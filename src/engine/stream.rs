@@ -31,7 +31,12 @@ pub enum Item<'a> {
     Record {
         position: u64,
         header: RecordHeader,
+        /// The header block as read (for `RecordHeader::decode_info`).
+        header_block: &'a [u8],
         payload: &'a [u8],
+        /// The bytes between the payload's end and the next block boundary:
+        /// zero on a good record (not covered by the payload CRC).
+        padding: &'a [u8],
     },
     /// The block at `position` is not a valid record header. The stream
     /// moves on by one block (a scan resynchronises) unless told to stop.
@@ -188,11 +193,16 @@ where
         for (position, parsed) in items.drain(..) {
             let flow = match parsed {
                 Ok(header) => {
-                    let at = (position - pos) as usize + HEADER_BYTES;
+                    let start = (position - pos) as usize;
+                    let at = start + HEADER_BYTES;
+                    let end = at + header.payload_bytes as usize;
+                    let padded = start + header.media_bytes() as usize;
                     each(Item::Record {
                         position,
                         header,
-                        payload: &buf[at..at + header.payload_bytes as usize],
+                        header_block: &buf[start..at],
+                        payload: &buf[at..end],
+                        padding: &buf[end..padded],
                     })
                 }
                 Err(error) => each(Item::Bad { position, error }),

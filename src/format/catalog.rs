@@ -284,7 +284,9 @@ impl Catalog {
         }
         let stored = read_u32(crc_bytes);
         let computed = crc32c(&buf[..buf.len() - CATALOG_CRC_BYTES]);
-        if stored != computed {
+        // Under the fuzzer (`cargo fuzz` sets cfg(fuzzing)) checksums are not
+        // checked, so that mutated input reaches the field rules behind them.
+        if stored != computed && !cfg!(fuzzing) {
             return Err(FormatError::Checksum {
                 what: "catalog",
                 stored,

@@ -17,7 +17,7 @@ pub use catalog::{
     file_digest, Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, FileKind,
 };
 pub use label::{Label, LabelState};
-pub use record::{RecordHeader, RecordKind};
+pub use record::{FileInfo, RecordHeader, RecordKind};
 
 /// Current format version, written into label, headers and catalog.
 pub const FORMAT_VERSION: u32 = 1;

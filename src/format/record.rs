@@ -51,6 +51,32 @@ pub struct RecordHeader {
     pub payload_crc: u32,
 }
 
+/// What a data record says about its file, so that a device can be read
+/// with no catalog at all (`pbio restore --scan`): the stored path, owner,
+/// mode, mtime, and how many payload bytes the whole file stores (its data
+/// ranges; holes are not stored), which tells when a file is complete.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct FileInfo {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    /// Payload bytes of all the file's records together.
+    pub data_bytes: u64,
+    /// The stored path, at most `layout::PATH_BYTES_MAX` bytes.
+    pub path: Vec<u8>,
+    /// The path was longer than the header holds and is cut short.
+    pub path_truncated: bool,
+}
+
+impl FileInfo {
+    /// Bytes of the info area for this path.
+    fn area_bytes(&self) -> usize {
+        layout::INFO_PATH + self.path.len().min(layout::PATH_BYTES_MAX)
+    }
+}
+
 /// Byte offsets of the header's fields in its block (docs/FORMAT.md, "Record header").
 pub mod layout {
     use super::block;
@@ -66,8 +92,25 @@ pub mod layout {
     pub const FILE_OFFSET: usize = 56; // u64
     pub const FILE_SIZE: usize = 64; // u64
     pub const PAYLOAD_CRC: usize = 72; // u32
-    /// First reserved byte; `[RESERVED, CRC)` is zero.
-    pub const RESERVED: usize = 76;
+    /// u32: length of the file-info area that follows (0: none; Data only).
+    pub const INFO_BYTES: usize = 76;
+    /// The file-info area: `FileInfo`, `INFO_BYTES` long.
+    pub const INFO: usize = 80;
+    /// First reserved byte of a header without file info; in general
+    /// `[INFO + info_bytes, CRC)` is zero.
+    pub const RESERVED: usize = INFO;
+    // File-info fields, relative to INFO.
+    pub const INFO_MODE: usize = 0; // u32
+    pub const INFO_UID: usize = 4; // u32
+    pub const INFO_GID: usize = 8; // u32
+    pub const INFO_MTIME_NSEC: usize = 12; // u32
+    pub const INFO_MTIME_SEC: usize = 16; // i64
+    pub const INFO_DATA_BYTES: usize = 24; // u64
+    pub const INFO_PATH_BYTES: usize = 32; // u16
+    pub const INFO_FLAGS: usize = 34; // u16, bit 0: path truncated
+    pub const INFO_PATH: usize = 36; // path bytes
+    /// Longest path the area holds; longer paths are truncated and flagged.
+    pub const PATH_BYTES_MAX: usize = CRC - INFO - INFO_PATH;
     pub const CRC: usize = block::CRC; // u32, CRC32C of [0, CRC)
 
     // Fields are contiguous, in this order, and end before the CRC.
@@ -81,7 +124,8 @@ pub mod layout {
     const _: () = assert!(FILE_OFFSET == SEGMENT_ID + 4);
     const _: () = assert!(FILE_SIZE == FILE_OFFSET + 8);
     const _: () = assert!(PAYLOAD_CRC == FILE_SIZE + 8);
-    const _: () = assert!(RESERVED == PAYLOAD_CRC + 4);
+    const _: () = assert!(INFO_BYTES == PAYLOAD_CRC + 4);
+    const _: () = assert!(INFO == INFO_BYTES + 4);
     const _: () = assert!(RESERVED <= CRC);
     // Every u64 field is naturally aligned.
     const _: () = assert!(
@@ -95,10 +139,36 @@ impl RecordHeader {
     /// is invalid (`validate`), so that nothing a reader would reject is
     /// ever written.
     pub fn encode_into(&self, out: &mut [u8]) {
+        self.encode_with_info(None, out)
+    }
+
+    /// As `encode_into`, with the file-info area (Data records only; a
+    /// path longer than `layout::PATH_BYTES_MAX` is cut and flagged).
+    pub fn encode_with_info(&self, info: Option<&FileInfo>, out: &mut [u8]) {
         if let Err(e) = self.validate() {
             panic!("RecordHeader::encode_into of an invalid header (caller bug): {e}");
         }
+        assert!(
+            info.is_none() || self.kind == RecordKind::Data,
+            "file info on a non-data record (caller bug)"
+        );
         let b: &mut Block = block::start(out, &RECORD_MAGIC, "record header");
+        if let Some(info) = info {
+            let area = info.area_bytes();
+            let path_bytes = area - layout::INFO_PATH;
+            let truncated = info.path_truncated || path_bytes < info.path.len();
+            let a = &mut b[layout::INFO..layout::INFO + area];
+            a[layout::INFO_MODE..][..4].copy_from_slice(&info.mode.to_le_bytes());
+            a[layout::INFO_UID..][..4].copy_from_slice(&info.uid.to_le_bytes());
+            a[layout::INFO_GID..][..4].copy_from_slice(&info.gid.to_le_bytes());
+            a[layout::INFO_MTIME_NSEC..][..4].copy_from_slice(&info.mtime_nsec.to_le_bytes());
+            a[layout::INFO_MTIME_SEC..][..8].copy_from_slice(&info.mtime_sec.to_le_bytes());
+            a[layout::INFO_DATA_BYTES..][..8].copy_from_slice(&info.data_bytes.to_le_bytes());
+            a[layout::INFO_PATH_BYTES..][..2].copy_from_slice(&(path_bytes as u16).to_le_bytes());
+            a[layout::INFO_FLAGS..][..2].copy_from_slice(&(truncated as u16).to_le_bytes());
+            a[layout::INFO_PATH..].copy_from_slice(&info.path[..path_bytes]);
+            put_u32::<{ layout::INFO_BYTES }>(b, area as u32);
+        }
         put_u32::<{ layout::KIND }>(b, self.kind.code());
         put::<{ layout::SET_ID }, 16>(b, self.set_id);
         put_u32::<{ layout::DEVICE_INDEX }>(b, self.device_index);
@@ -114,7 +184,31 @@ impl RecordHeader {
 
     /// Decode and check magic, version, header CRC and field ranges.
     pub fn decode(buf: &[u8]) -> Result<RecordHeader, FormatError> {
-        let b = block::open(buf, &RECORD_MAGIC, "record header", layout::RESERVED)?;
+        let b = block::open(buf, &RECORD_MAGIC, "record header", layout::CRC)?;
+        let info_bytes = get_u32::<{ layout::INFO_BYTES }>(b) as usize;
+        if info_bytes != 0 {
+            let path_bytes =
+                u16::from_le_bytes(get::<{ layout::INFO + layout::INFO_PATH_BYTES }, 2>(b))
+                    as usize;
+            let flags = u16::from_le_bytes(get::<{ layout::INFO + layout::INFO_FLAGS }, 2>(b));
+            if get_u32::<{ layout::KIND }>(b) != RecordKind::Data.code()
+                || info_bytes > layout::CRC - layout::INFO
+                || path_bytes > layout::PATH_BYTES_MAX
+                || info_bytes != layout::INFO_PATH + path_bytes
+                || path_bytes == 0
+                || flags > 1
+            {
+                return Err(FormatError::Field {
+                    field: "record.info_bytes",
+                    value: info_bytes as u64,
+                });
+            }
+        }
+        block::check_zero(
+            &b[..layout::CRC],
+            layout::INFO + info_bytes,
+            "record header",
+        )?;
         let kind_code = get_u32::<{ layout::KIND }>(b);
         let kind = RecordKind::from_code(kind_code).ok_or(FormatError::Field {
             field: "record.kind",
@@ -182,6 +276,28 @@ impl RecordHeader {
             Some(end) if end <= self.file_size => Ok(()),
             _ => bad("record.file_offset", self.file_offset),
         }
+    }
+
+    /// The file-info area of a header block that `decode` accepted.
+    pub fn decode_info(buf: &[u8]) -> Option<FileInfo> {
+        let b: &Block = buf.first_chunk()?;
+        let area = get_u32::<{ layout::INFO_BYTES }>(b) as usize;
+        if area < layout::INFO_PATH || layout::INFO + area > layout::CRC {
+            return None;
+        }
+        let a = &b[layout::INFO..layout::INFO + area];
+        let u32_at = |o: usize| u32::from_le_bytes(a[o..o + 4].try_into().expect("4 bytes"));
+        let u64_at = |o: usize| u64::from_le_bytes(a[o..o + 8].try_into().expect("8 bytes"));
+        Some(FileInfo {
+            mode: u32_at(layout::INFO_MODE),
+            uid: u32_at(layout::INFO_UID),
+            gid: u32_at(layout::INFO_GID),
+            mtime_nsec: u32_at(layout::INFO_MTIME_NSEC),
+            mtime_sec: u64_at(layout::INFO_MTIME_SEC) as i64,
+            data_bytes: u64_at(layout::INFO_DATA_BYTES),
+            path: a[layout::INFO_PATH..].to_vec(),
+            path_truncated: a[layout::INFO_FLAGS] & 1 == 1,
+        })
     }
 
     /// Bytes this record occupies on media: header + payload rounded up to a block.
@@ -552,5 +668,59 @@ mod tests {
         for h in ok {
             assert_eq!(RecordHeader::decode(&encode(&h)), Ok(h));
         }
+    }
+
+    #[test]
+    fn file_info_round_trip_truncation_and_rules() {
+        let info = FileInfo {
+            mode: 0o100644,
+            uid: 1234,
+            gid: 99,
+            mtime_sec: -5,
+            mtime_nsec: 999_999_999,
+            data_bytes: 1 << 40,
+            path: b"dir/caf\xe9".to_vec(),
+            path_truncated: false,
+        };
+        let mut buf = [0u8; BLOCK_BYTES];
+        data().encode_with_info(Some(&info), &mut buf);
+        assert_eq!(RecordHeader::decode(&buf), Ok(data()));
+        assert_eq!(RecordHeader::decode_info(&buf), Some(info.clone()));
+        // Without info: none.
+        data().encode_into(&mut buf);
+        assert_eq!(RecordHeader::decode_info(&buf), None);
+        // A path longer than the area is cut and flagged.
+        let long = FileInfo {
+            path: vec![b'x'; layout::PATH_BYTES_MAX + 10],
+            ..info.clone()
+        };
+        data().encode_with_info(Some(&long), &mut buf);
+        let got = RecordHeader::decode_info(&buf).unwrap();
+        assert_eq!(got.path.len(), layout::PATH_BYTES_MAX);
+        assert!(got.path_truncated);
+        assert_eq!(RecordHeader::decode(&buf), Ok(data()));
+        // A byte after the info area is reserved.
+        data().encode_with_info(Some(&info), &mut buf);
+        let after = layout::INFO + layout::INFO_PATH + info.path.len();
+        buf[after] = 1;
+        block::seal(buf.first_chunk_mut().unwrap());
+        assert_eq!(
+            RecordHeader::decode(&buf),
+            Err(FormatError::Reserved {
+                what: "record header",
+                offset: after
+            })
+        );
+        // An info length that disagrees with the path length is rejected.
+        data().encode_with_info(Some(&info), &mut buf);
+        put_u32::<{ layout::INFO_BYTES }>(buf.first_chunk_mut().unwrap(), 4000);
+        block::seal(buf.first_chunk_mut().unwrap());
+        assert!(matches!(
+            RecordHeader::decode(&buf),
+            Err(FormatError::Field {
+                field: "record.info_bytes",
+                ..
+            })
+        ));
     }
 }

@@ -7,7 +7,6 @@
 pub mod scan;
 pub mod tree;
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -47,13 +46,6 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
     for spec in specs {
         let dev = device::open(spec, Mode::Read)?;
         let label = media::read_label(dev.as_ref())?;
-        if label.state != LabelState::Complete {
-            return Err(RestoreError::Set(format!(
-                "device {}: set {} was not completed (crashed or interrupted run): use `pbio scan` to recover its records",
-                spec.path.display(),
-                crate::engine::set_id_hex(&label.set_id)
-            )));
-        }
         if let Some((first, first_label)) = devices.first() {
             if first_label.set_id != label.set_id {
                 return Err(RestoreError::Set(format!(
@@ -79,10 +71,14 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
         devices.push((dev, label));
     }
     let mut last_error = None;
-    for (dev, label) in &devices {
+    for (dev, label) in devices
+        .iter()
+        .filter(|(_, l)| l.state == LabelState::Complete)
+    {
         match media::read_catalog(dev.as_ref(), label) {
             Ok(catalog) if catalog.set_id == label.set_id => {
-                return Ok(OpenSet { devices, catalog })
+                let catalog_devices = catalog.devices.clone();
+                return finish_open(devices, catalog, &catalog_devices);
             }
             Ok(_) => {
                 last_error = Some(RestoreError::Set(format!(
@@ -93,14 +89,45 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
             Err(e) => last_error = Some(e.into()),
         }
     }
-    Err(last_error.expect("at least one device"))
+    Err(last_error.unwrap_or_else(|| {
+        RestoreError::Set(format!(
+            "set {}: none of the given devices holds a completed catalog (crashed or interrupted run?): use `pbio scan` to recover records",
+            crate::engine::set_id_hex(&devices[0].1.set_id)
+        ))
+    }))
 }
+
+/// A device without a catalog of its own (it failed during the backup) is
+/// read up to the end that the set's catalog records for it.
+fn finish_open(
+    mut devices: Vec<(Box<dyn Device>, Label)>,
+    catalog: Catalog,
+    entries: &[crate::format::CatalogDevice],
+) -> Result<OpenSet, RestoreError> {
+    for (dev, l) in devices.iter_mut() {
+        if l.state != LabelState::Complete {
+            let Some(entry) = entries.get(l.device_index as usize) else {
+                return Err(RestoreError::Set(format!(
+                    "device {}: device index {} is not in the set's catalog",
+                    dev.path().display(),
+                    l.device_index
+                )));
+            };
+            l.data_end = entry.data_end;
+        }
+    }
+    Ok(OpenSet { devices, catalog })
+}
+
+/// The device index of a missing range that no device of the set holds.
+pub const NOWHERE: u32 = u32::MAX;
 
 /// A file that cannot be restored from the given devices.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Missing {
     pub path: Vec<u8>,
-    /// (offset, length, device index) of every segment not on the given devices.
+    /// (offset, length, device index) of every range not on the given
+    /// devices; the device is `NOWHERE` when no device of the set holds it.
     pub ranges: Vec<(u64, u64, u32)>,
 }
 
@@ -135,19 +162,57 @@ fn matches_only(path: &[u8], only: &[Vec<u8>]) -> bool {
         })
 }
 
-/// Which files are complete on the given devices, and the missing ranges of the others.
+/// Which files are complete on the given devices (every byte of a regular
+/// file covered by a segment on a present device: a range may be held
+/// twice, when a failed device's work was written again on the survivors),
+/// and for the others the uncovered ranges, each with the absent device
+/// that holds it, or `NOWHERE` when no device does (the set is incomplete:
+/// the survivors of a backup lacked the room).
 fn completeness(set: &OpenSet) -> (Vec<bool>, Vec<Missing>) {
     let present: Vec<u32> = set.devices.iter().map(|(_, l)| l.device_index).collect();
     let catalog = &set.catalog;
-    let mut complete = vec![true; catalog.files.len()];
-    let mut missing: HashMap<u32, Vec<(u64, u64, u32)>> = HashMap::new();
+    let mut covered: Vec<Vec<(u64, u64)>> = vec![Vec::new(); catalog.files.len()];
+    let mut absent: Vec<Vec<(u64, u64, u32)>> = vec![Vec::new(); catalog.files.len()];
     for s in &catalog.segments {
-        if !present.contains(&s.device) {
-            complete[s.file_id as usize] = false;
-            missing
-                .entry(s.file_id)
-                .or_default()
-                .push((s.offset, s.length, s.device));
+        let range = (s.offset, s.offset + s.length);
+        if present.contains(&s.device) {
+            covered[s.file_id as usize].push(range);
+        } else {
+            absent[s.file_id as usize].push((range.0, range.1, s.device));
+        }
+    }
+    let mut complete = vec![true; catalog.files.len()];
+    let mut missing = Vec::new();
+    for (file, f) in catalog.files.iter().enumerate() {
+        if f.kind != FileKind::Regular || f.size_bytes == 0 {
+            continue;
+        }
+        covered[file].sort_unstable();
+        absent[file].sort_unstable();
+        let mut ranges = Vec::new();
+        for (gap_start, gap_end) in uncovered(0, f.size_bytes, &covered[file]) {
+            let mut at = gap_start;
+            for &(start, end, device) in &absent[file] {
+                let (start, end) = (start.max(at), end.min(gap_end));
+                if start >= end {
+                    continue;
+                }
+                if start > at {
+                    ranges.push((at, start - at, NOWHERE));
+                }
+                ranges.push((start, end - start, device));
+                at = end;
+            }
+            if at < gap_end {
+                ranges.push((at, gap_end - at, NOWHERE));
+            }
+        }
+        if !ranges.is_empty() {
+            complete[file] = false;
+            missing.push(Missing {
+                path: f.path.clone(),
+                ranges,
+            });
         }
     }
     for (i, f) in catalog.files.iter().enumerate() {
@@ -155,16 +220,6 @@ fn completeness(set: &OpenSet) -> (Vec<bool>, Vec<Missing>) {
             complete[i] = false;
         }
     }
-    let mut missing: Vec<Missing> = missing
-        .into_iter()
-        .map(|(file, mut ranges)| {
-            ranges.sort_unstable();
-            Missing {
-                path: catalog.files[file as usize].path.clone(),
-                ranges,
-            }
-        })
-        .collect();
     missing.sort_by(|a, b| a.path.cmp(&b.path));
     (complete, missing)
 }
@@ -173,6 +228,31 @@ struct DeviceRead {
     records: Vec<(u32, u64, u32, u32)>,
     payload_bytes: u64,
     errors: Vec<String>,
+}
+
+/// The parts of [start, end) not covered by `have` (sorted by start).
+fn uncovered(start: u64, end: u64, have: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut gaps = Vec::new();
+    let mut at = start;
+    for &(s, e) in have {
+        if e <= at {
+            continue;
+        }
+        if s >= end {
+            break;
+        }
+        if s > at {
+            gaps.push((at, s.min(end)));
+        }
+        at = at.max(e);
+        if at >= end {
+            break;
+        }
+    }
+    if at < end {
+        gaps.push((at, end));
+    }
+    gaps
 }
 
 /// Restore (or verify) the set from the opened devices.
@@ -237,7 +317,12 @@ pub fn run(set: &OpenSet, action: Action<'_>, only: &[Vec<u8>]) -> Result<Report
         if !wanted[i] || f.kind != FileKind::Regular {
             continue;
         }
-        let digest = crate::format::file_digest(&mut per_file[i]);
+        // A range held twice (a failed device's copy and the survivor's)
+        // yields the same records; count each once.
+        let records = &mut per_file[i];
+        records.sort_unstable();
+        records.dedup_by_key(|r| r.0);
+        let digest = crate::format::file_digest(records);
         if digest != f.digest {
             report.errors.push(format!(
                 "file {}: content digest mismatch (records missing, altered or duplicated on the devices)",
@@ -281,7 +366,17 @@ fn read_device(
                     position,
                     header,
                     payload,
-                } => (position, header, payload),
+                    padding,
+                    ..
+                } => {
+                    if padding.iter().any(|&b| b != 0) {
+                        out.errors.push(format!(
+                            "device {name}: offset {position}: damaged padding after the payload of the record at file offset {}",
+                            header.file_offset
+                        ));
+                    }
+                    (position, header, payload)
+                }
                 Item::Bad { position, error } => {
                     out.errors.push(format!(
                         "device {name}: offset {position}: damaged record header: {error}"
@@ -347,4 +442,21 @@ fn read_device(
     )?;
     result?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uncovered;
+
+    #[test]
+    fn uncovered_ranges() {
+        assert_eq!(uncovered(0, 10, &[]), vec![(0, 10)]);
+        assert_eq!(uncovered(0, 10, &[(0, 10)]), vec![]);
+        assert_eq!(
+            uncovered(0, 10, &[(2, 4), (6, 8)]),
+            vec![(0, 2), (4, 6), (8, 10)]
+        );
+        assert_eq!(uncovered(5, 10, &[(0, 6), (6, 12)]), vec![]);
+        assert_eq!(uncovered(5, 10, &[(0, 3), (12, 20)]), vec![(5, 10)]);
+    }
 }

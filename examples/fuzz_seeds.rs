@@ -1,0 +1,124 @@
+//! Writes one valid label, record header (with file info) and catalog
+//! into fuzz/corpus/<target>/seed, so the fuzzers start from real
+//! structures: `cargo run --example fuzz_seeds`.
+
+use pbio::format::{
+    Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, FileInfo, FileKind, Label,
+    LabelState, RecordHeader, RecordKind,
+};
+
+fn main() -> std::io::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let write = |target: &str, bytes: &[u8]| -> std::io::Result<()> {
+        let dir = root.join(target);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("seed"), bytes)
+    };
+    let set_id = [7u8; 16];
+    let mut block = [0u8; 4096];
+    Label {
+        set_id,
+        device_index: 1,
+        device_count: 3,
+        chunk_bytes: 1 << 20,
+        block_bytes: 512,
+        created_unix_ns: 1_700_000_000_000_000_000,
+        state: LabelState::Complete,
+        catalog_offset: 1 << 20,
+        catalog_bytes: 777,
+        data_end: 1 << 20,
+    }
+    .encode_into(&mut block);
+    write("label", &block)?;
+    let header = RecordHeader {
+        kind: RecordKind::Data,
+        set_id,
+        device_index: 1,
+        sequence: 9,
+        file_id: 2,
+        segment_id: 3,
+        file_offset: 1 << 20,
+        payload_bytes: 4000,
+        file_size: 3 << 20,
+        payload_crc: 0xdead_beef,
+    };
+    let info = FileInfo {
+        mode: 0o100644,
+        uid: 1000,
+        gid: 1000,
+        mtime_sec: 1_700_000_000,
+        mtime_nsec: 5,
+        data_bytes: 3 << 20,
+        path: b"tree/dir/file.bin".to_vec(),
+        path_truncated: false,
+    };
+    header.encode_with_info(Some(&info), &mut block);
+    write("record", &block)?;
+    let file = |path: &[u8], kind, size_bytes| CatalogFile {
+        path: path.to_vec(),
+        kind,
+        mode: if kind == FileKind::Directory {
+            0o40755
+        } else {
+            0o100644
+        },
+        uid: 0,
+        gid: 0,
+        mtime_sec: 1_700_000_000,
+        mtime_nsec: 0,
+        size_bytes,
+        link_target: Vec::new(),
+        hardlink_to: 0,
+        digest: [0; 32],
+    };
+    let mut link = file(b"tree/link", FileKind::Symlink, 0);
+    link.link_target = b"file.bin".to_vec();
+    let mut hard = file(b"tree/hard", FileKind::HardLink, 0);
+    hard.hardlink_to = 1;
+    let catalog = Catalog {
+        set_id,
+        created_unix_ns: 1,
+        chunk_bytes: 1 << 20,
+        devices: vec![
+            CatalogDevice {
+                path: b"/dev/loop0".to_vec(),
+                capacity_bytes: 1 << 30,
+                state: DeviceState::Complete,
+                data_end: 1 << 20,
+            },
+            CatalogDevice {
+                path: b"/dev/loop1".to_vec(),
+                capacity_bytes: 1 << 30,
+                state: DeviceState::Failed,
+                data_end: 4096,
+            },
+        ],
+        files: vec![
+            file(b"tree", FileKind::Directory, 0),
+            file(b"tree/file.bin", FileKind::Regular, 3 << 20),
+            link,
+            hard,
+        ],
+        segments: vec![
+            CatalogSegment {
+                file_id: 1,
+                offset: 0,
+                length: 2 << 20,
+                device: 0,
+                position: 4096,
+                records: 2,
+            },
+            CatalogSegment {
+                file_id: 1,
+                offset: 2 << 20,
+                length: 1 << 20,
+                device: 1,
+                position: 4096,
+                records: 1,
+            },
+        ],
+    };
+    write("catalog", &catalog.encode())?;
+    println!("seeds written under {}", root.display());
+    Ok(())
+}
