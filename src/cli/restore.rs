@@ -85,6 +85,9 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
 }
 
 fn print(set: &OpenSet, report: &Report, verb: &str, as_json: bool) -> i32 {
+    for why in &set.unreadable {
+        eprintln!("pbio: left out an unreadable device: {why}");
+    }
     let secs = report.elapsed.as_secs_f64().max(1e-9);
     let code = if report.ok() { EXIT_OK } else { EXIT_DATA };
     if as_json {

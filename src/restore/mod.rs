@@ -34,6 +34,8 @@ pub enum RestoreError {
 pub struct OpenSet {
     pub devices: Vec<(Box<dyn Device>, Label)>,
     pub catalog: Catalog,
+    /// Devices given that could not be read at all (left out, with why).
+    pub unreadable: Vec<String>,
 }
 
 /// Open the given devices, check they belong to one complete set, and read
@@ -43,9 +45,18 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
         return Err(RestoreError::Set("no devices given (use --dev)".into()));
     }
     let mut devices: Vec<(Box<dyn Device>, Label)> = Vec::with_capacity(specs.len());
+    let mut unreadable = Vec::new();
     for spec in specs {
         let dev = device::open(spec, Mode::Read)?;
-        let label = media::read_label(dev.as_ref())?;
+        let label = match media::read_label(dev.as_ref()) {
+            Ok(label) => label,
+            // One unreadable device does not stop a restore from the others.
+            Err(e) if specs.len() > 1 => {
+                unreadable.push(e.to_string());
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         if let Some((first, first_label)) = devices.first() {
             if first_label.set_id != label.set_id {
                 return Err(RestoreError::Set(format!(
@@ -70,6 +81,12 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
         }
         devices.push((dev, label));
     }
+    if devices.is_empty() {
+        return Err(RestoreError::Set(format!(
+            "no given device can be read: {}",
+            unreadable.join("; ")
+        )));
+    }
     let mut last_error = None;
     for (dev, label) in devices
         .iter()
@@ -78,7 +95,7 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
         match media::read_catalog(dev.as_ref(), label) {
             Ok(catalog) if catalog.set_id == label.set_id => {
                 let catalog_devices = catalog.devices.clone();
-                return finish_open(devices, catalog, &catalog_devices);
+                return finish_open(devices, catalog, &catalog_devices, unreadable);
             }
             Ok(_) => {
                 last_error = Some(RestoreError::Set(format!(
@@ -103,6 +120,7 @@ fn finish_open(
     mut devices: Vec<(Box<dyn Device>, Label)>,
     catalog: Catalog,
     entries: &[crate::format::CatalogDevice],
+    unreadable: Vec<String>,
 ) -> Result<OpenSet, RestoreError> {
     for (dev, l) in devices.iter_mut() {
         if l.state != LabelState::Complete {
@@ -116,7 +134,11 @@ fn finish_open(
             l.data_end = entry.data_end;
         }
     }
-    Ok(OpenSet { devices, catalog })
+    Ok(OpenSet {
+        devices,
+        catalog,
+        unreadable,
+    })
 }
 
 /// The device index of a missing range that no device of the set holds.
@@ -168,8 +190,7 @@ fn matches_only(path: &[u8], only: &[Vec<u8>]) -> bool {
 /// and for the others the uncovered ranges, each with the absent device
 /// that holds it, or `NOWHERE` when no device does (the set is incomplete:
 /// the survivors of a backup lacked the room).
-fn completeness(set: &OpenSet) -> (Vec<bool>, Vec<Missing>) {
-    let present: Vec<u32> = set.devices.iter().map(|(_, l)| l.device_index).collect();
+fn completeness(set: &OpenSet, present: &[u32]) -> (Vec<bool>, Vec<Missing>) {
     let catalog = &set.catalog;
     let mut covered: Vec<Vec<(u64, u64)>> = vec![Vec::new(); catalog.files.len()];
     let mut absent: Vec<Vec<(u64, u64, u32)>> = vec![Vec::new(); catalog.files.len()];
@@ -259,7 +280,25 @@ fn uncovered(start: u64, end: u64, have: &[(u64, u64)]) -> Vec<(u64, u64)> {
 pub fn run(set: &OpenSet, action: Action<'_>, only: &[Vec<u8>]) -> Result<Report, RestoreError> {
     let started = std::time::Instant::now();
     let catalog = &set.catalog;
-    let (complete, missing) = completeness(set);
+    // Devices that failed during the backup are read only when the others
+    // do not hold everything asked for (their copies then count only where
+    // they read back with good CRCs: the digests decide).
+    let is_failed = |index: u32| {
+        catalog.devices.get(index as usize).map(|d| d.state)
+            == Some(crate::format::DeviceState::Failed)
+    };
+    let trusted: Vec<u32> = set
+        .devices
+        .iter()
+        .map(|(_, l)| l.device_index)
+        .filter(|&i| !is_failed(i))
+        .collect();
+    let (mut complete, mut missing) = completeness(set, &trusted);
+    let mut reading = trusted.clone();
+    if !missing.is_empty() && trusted.len() < set.devices.len() {
+        reading = set.devices.iter().map(|(_, l)| l.device_index).collect();
+        (complete, missing) = completeness(set, &reading);
+    }
     let selected: Vec<bool> = catalog
         .files
         .iter()
@@ -289,6 +328,7 @@ pub fn run(set: &OpenSet, action: Action<'_>, only: &[Vec<u8>]) -> Result<Report
         let handles: Vec<_> = set
             .devices
             .iter()
+            .filter(|(_, label)| reading.contains(&label.device_index))
             .map(|(dev, label)| {
                 let wanted = &wanted;
                 scope.spawn(move || read_device(dev.as_ref(), label, catalog, wanted, to))
@@ -305,7 +345,16 @@ pub fn run(set: &OpenSet, action: Action<'_>, only: &[Vec<u8>]) -> Result<Report
     };
     let mut per_file: Vec<Vec<(u64, u32, u32)>> = vec![Vec::new(); catalog.files.len()];
     for result in results {
-        let read = result?;
+        // A device that cannot be read is reported; what the others hold is
+        // still restored, and the digests name the files it leaves short.
+        let read = match result {
+            Ok(read) => read,
+            Err(e @ (RestoreError::Stream(_) | RestoreError::Media(_))) => {
+                report.errors.push(e.to_string());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         report.payload_bytes += read.payload_bytes;
         report.records += read.records.len() as u64;
         report.errors.extend(read.errors);
