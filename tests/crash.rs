@@ -53,6 +53,9 @@ fn kill_9_at_random_moments_then_scan_restore() {
     let (code, _, err) = pbio(&refs);
     assert_eq!(code, 0, "{err}");
     let full_ms = (started.elapsed().as_millis() as u64).max(50);
+    // Every run below writes over the (possibly half-written) set the run
+    // before left: the overwrite guard would refuse that without --force.
+    args.push("--force".to_string());
 
     let mut rng = Rng(0x5EED_0FC4_A511);
     let (mut total_restored, mut killed_runs) = (0usize, 0usize);

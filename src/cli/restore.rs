@@ -26,14 +26,17 @@ pub struct RestoreArgs {
     /// regular file that is complete on them (after a crash or a lost catalog).
     #[arg(long, conflicts_with = "only")]
     pub scan: bool,
+    /// Machine-readable report: one JSON summary object (files, bytes, missing files with their byte ranges and devices, errors, ok).
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
+    /// Devices of the set, in any order; any subset verifies what it holds.
     #[arg(long = "dev", value_parser = parse_dev, required = true)]
     pub devs: Vec<DeviceSpec>,
+    /// Machine-readable report: one JSON summary object (files, bytes, missing byte ranges, errors, ok).
     #[arg(long)]
     pub json: bool,
 }

@@ -5,6 +5,7 @@
 
 pub mod block;
 pub mod file;
+pub mod guard;
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
