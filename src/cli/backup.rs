@@ -20,7 +20,7 @@ pub struct BackupArgs {
     #[command(flatten)]
     pub set: SetArgs,
     /// Records in flight per device.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=QUEUE_DEPTH_MAX as i64))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=QUEUE_DEPTH_MAX as i64))]
     pub qd: u16,
     /// Resubmissions of a write that failed with a device error (EIO) before
     /// the device is declared failed and its work goes to the others.
@@ -61,7 +61,7 @@ impl BackupArgs {
     pub fn with_defaults(set: SetArgs) -> BackupArgs {
         BackupArgs {
             set,
-            qd: 16,
+            qd: 32,
             retries: 2,
             force: false,
             overwrite: Vec::new(),

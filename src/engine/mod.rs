@@ -466,20 +466,36 @@ pub fn run_backup(
     }
     let encoded = catalog.encode();
 
+    // Catalog, sync, label, sync: on every device at once.
+    let finished: Vec<Option<Result<u64, media::MediaError>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = devices
+            .iter()
+            .zip(&outcomes_ok)
+            .enumerate()
+            .map(|(i, (dev, outcome))| {
+                let (encoded, label) = (&encoded, label_for(i as u32));
+                let failed = ends[i] == DeviceEnd::Failed;
+                scope.spawn(move || {
+                    (!failed).then(|| finish_device(dev.as_ref(), &label, outcome, encoded, config))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("finish thread panicked"))
+            .collect()
+    });
     let mut reports = Vec::with_capacity(devices.len());
     let mut catalogs_written = 0;
-    for (i, (dev, outcome)) in devices.iter().zip(outcomes_ok).enumerate() {
+    for (i, ((dev, outcome), finish)) in devices.iter().zip(outcomes_ok).zip(finished).enumerate() {
         let dev = dev.as_ref();
-        let (catalog_end, catalog_error) = if ends[i] == DeviceEnd::Failed {
-            (None, None)
-        } else {
-            match finish_device(dev, &label_for(i as u32), &outcome, &encoded, config) {
-                Ok(end) => {
-                    catalogs_written += 1;
-                    (Some(end), None)
-                }
-                Err(e) => (None, Some(e.to_string())),
+        let (catalog_end, catalog_error) = match finish {
+            None => (None, None),
+            Some(Ok(end)) => {
+                catalogs_written += 1;
+                (Some(end), None)
             }
+            Some(Err(e)) => (None, Some(e.to_string())),
         };
         let error = match &outcome.end {
             RingEnd::Complete => None,

@@ -2,12 +2,12 @@
 //!
 //! One io_uring per device, two windows: while the records of one window
 //! are handed to the caller (CRC check, writing payloads to their files),
-//! the next window is being read. A window is `window_bytes` plus room for
-//! one whole record, so every record that starts in the first
-//! `window_bytes` is complete in memory; the next window starts at the
-//! first record that did not fit. Records are block aligned on media, so
-//! that position is a valid O_DIRECT offset and nothing is copied to
-//! stitch records together.
+//! the next window is being read. A window is a whole number of the
+//! largest records; every record complete in it is handed over, and the
+//! next window starts at the first record that was not (so full-size
+//! records are never read twice, and a boundary costs at most one partial
+//! smaller record). Records are block aligned on media, so that position is
+//! a valid O_DIRECT offset and nothing is copied to stitch records together.
 
 use io_uring::{opcode, types, IoUring};
 
@@ -66,8 +66,8 @@ where
     assert_eq!(start % BLOCK_BYTES as u64, 0);
     let end = end.min(dev.capacity_bytes()) / BLOCK_BYTES as u64 * BLOCK_BYTES as u64;
     let record_max = HEADER_BYTES + chunk_bytes as usize;
-    let window = WINDOW_BYTES.max(record_max);
-    let mut pool = BufferPool::new(2, window + record_max);
+    let window = (WINDOW_BYTES / record_max).max(1) * record_max;
+    let mut pool = BufferPool::new(2, window);
     let io_err = |offset, error| StreamError {
         device: dev.path().display().to_string(),
         offset,
@@ -136,11 +136,11 @@ where
             have += got;
         }
         let buf = pool.slot(current);
-        // Parse: every record that starts in the first `window` bytes and is
-        // complete in memory; a bad block advances by one block.
+        // Parse: every record complete in memory; a bad block advances by
+        // one block.
         items.clear();
         let mut offset = 0usize;
-        let limit = have.min(window);
+        let limit = have;
         while offset < limit && offset + HEADER_BYTES <= have {
             match RecordHeader::decode(&buf[offset..offset + HEADER_BYTES]) {
                 Ok(h) => {
@@ -180,8 +180,9 @@ where
                 }
             }
         }
-        if offset == 0 && have < HEADER_BYTES {
-            break; // nothing more on the device
+        if offset == 0 {
+            // Nothing more on the device (or a read that cannot make progress).
+            break;
         }
         let next = pos + offset as u64;
         let more = next < end && have > 0;
