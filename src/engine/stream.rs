@@ -41,6 +41,11 @@ pub enum Item<'a> {
     /// The block at `position` is not a valid record header. The stream
     /// moves on by one block (a scan resynchronises) unless told to stop.
     Bad { position: u64, error: FormatError },
+    /// The buffers of every item handed out so far are about to be reused
+    /// or freed: anything still using them (queued writes of payloads) must
+    /// finish now. Delivered before each buffer reuse and before `stream`
+    /// returns, however it returns.
+    Reclaim,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,11 +68,29 @@ pub fn stream<E>(
 where
     E: From<StreamError>,
 {
-    assert_eq!(start % BLOCK_BYTES as u64, 0);
-    let end = end.min(dev.capacity_bytes()) / BLOCK_BYTES as u64 * BLOCK_BYTES as u64;
     let record_max = HEADER_BYTES + chunk_bytes as usize;
     let window = (WINDOW_BYTES / record_max).max(1) * record_max;
+    // Owned here, so that it outlives the caller's use of the items: the
+    // last Reclaim comes after the windows are done, whatever ended them.
     let mut pool = BufferPool::new(2, window);
+    let streamed = stream_windows(dev, start, end, record_max, &mut pool, &mut each);
+    let reclaimed = each(Item::Reclaim);
+    streamed.and(reclaimed.map(|_| ()))
+}
+
+fn stream_windows<E>(
+    dev: &dyn Device,
+    start: u64,
+    end: u64,
+    record_max: usize,
+    pool: &mut BufferPool,
+    each: &mut impl FnMut(Item<'_>) -> Result<Flow, E>,
+) -> Result<(), E>
+where
+    E: From<StreamError>,
+{
+    assert_eq!(start % BLOCK_BYTES as u64, 0);
+    let end = end.min(dev.capacity_bytes()) / BLOCK_BYTES as u64 * BLOCK_BYTES as u64;
     let io_err = |offset, error| StreamError {
         device: dev.path().display().to_string(),
         offset,
@@ -109,7 +132,7 @@ where
     if pos >= end {
         return Ok(());
     }
-    let mut want = submit(&mut ring, &pool, current, pos)?;
+    let mut want = submit(&mut ring, pool, current, pos)?;
     let mut items: Vec<(u64, Result<RecordHeader, FormatError>)> = Vec::new();
     loop {
         // Wait for the window at `pos` in buffer `current`; finish short reads synchronously.
@@ -187,7 +210,9 @@ where
         let next = pos + offset as u64;
         let more = next < end && have > 0;
         if more {
-            want = submit(&mut ring, &pool, 1 - current, next)?;
+            // The other buffer held the previous window, handed out already.
+            each(Item::Reclaim)?;
+            want = submit(&mut ring, pool, 1 - current, next)?;
         }
         let mut stop = false;
         let mut outcome = Ok(());

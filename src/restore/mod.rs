@@ -6,9 +6,9 @@
 
 pub mod scan;
 pub mod tree;
+pub mod writer;
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use crate::device::{self, Device, DeviceSpec, Mode};
@@ -387,6 +387,9 @@ pub fn run(set: &OpenSet, action: Action<'_>, only: &[Vec<u8>]) -> Result<Report
     Ok(report)
 }
 
+/// Destination files kept open at once by one reader's queued writes.
+const OPEN_FILES_MAX: usize = 128;
+
 fn read_device(
     dev: &dyn Device,
     label: &Label,
@@ -402,7 +405,13 @@ fn read_device(
     };
     // The destination file the previous record went to: records of one
     // file are contiguous on media, so one open file at a time suffices.
-    let mut open: Option<(u32, File)> = None;
+    let mut open: Option<(u32, usize)> = None;
+    let mut writer = match to {
+        Some(_) => Some(writer::Writer::new().map_err(|e| {
+            RestoreError::Set(format!("device {name}: io_uring for restore writes: {e}"))
+        })?),
+        None => None,
+    };
     let mut result: Result<(), RestoreError> = Ok(());
     stream::stream::<RestoreError>(
         dev,
@@ -430,6 +439,17 @@ fn read_device(
                     out.errors.push(format!(
                         "device {name}: offset {position}: damaged record header: {error}"
                     ));
+                    return Ok(Flow::Continue);
+                }
+                Item::Reclaim => {
+                    // Every queued write done before the window is reused.
+                    if let Some(w) = writer.as_mut() {
+                        open = None;
+                        if let Err(e) = w.finish() {
+                            result = Err(RestoreError::Set(e));
+                            return Ok(Flow::Stop);
+                        }
+                    }
                     return Ok(Flow::Continue);
                 }
             };
@@ -465,10 +485,17 @@ fn read_device(
             let (Some(root), true) = (to, wanted[header.file_id as usize]) else {
                 return Ok(Flow::Continue);
             };
-            if open.as_ref().map(|(id, _)| *id) != Some(header.file_id) {
+            let w = writer.as_mut().expect("a writer when restoring");
+            if open.map(|(id, _)| id) != Some(header.file_id) {
+                if w.open_files() >= OPEN_FILES_MAX {
+                    if let Err(e) = w.finish() {
+                        result = Err(RestoreError::Set(e));
+                        return Ok(Flow::Stop);
+                    }
+                }
                 let target: PathBuf = tree::safe_join(root, &file.path)?;
                 match OpenOptions::new().write(true).open(&target) {
-                    Ok(f) => open = Some((header.file_id, f)),
+                    Ok(f) => open = Some((header.file_id, w.add_file(f, path.to_string()))),
                     Err(error) => {
                         result = Err(RestoreError::Set(format!(
                             "open {}: {error}",
@@ -478,12 +505,12 @@ fn read_device(
                     }
                 }
             }
-            let (_, f) = open.as_ref().expect("opened above");
-            if let Err(error) = f.write_all_at(payload, header.file_offset) {
-                result = Err(RestoreError::Set(format!(
-                    "write {} at offset {}: {error}",
-                    path, header.file_offset
-                )));
+            let (_, handle) = open.expect("opened above");
+            // SAFETY: `payload` lies in the stream's window buffer, which the
+            // stream neither reuses nor frees before delivering Reclaim, and
+            // on Reclaim (and before any early return) the writer is finished.
+            if let Err(e) = unsafe { w.write(handle, payload, header.file_offset) } {
+                result = Err(RestoreError::Set(e));
                 return Ok(Flow::Stop);
             }
             Ok(Flow::Continue)

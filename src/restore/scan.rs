@@ -47,6 +47,7 @@ pub fn scan(dev: &dyn Device, mut set_id: Option<SetId>) -> Result<ScanReport, S
         |item| {
             match item {
                 Item::Bad { .. } => report.bad_blocks += 1,
+                Item::Reclaim => {}
                 Item::Record {
                     position,
                     header,
