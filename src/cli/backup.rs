@@ -183,6 +183,7 @@ pub fn run(args: BackupArgs) -> CliResult {
         reserve_bytes: prepared.reserve_bytes,
         write_retries: args.retries,
         events: Some(events_tx),
+        steal_work: args.set.balance == crate::plan::Balance::Time,
     };
     let payload = payload_per_device(&prepared.entries, &prepared.plan);
     let infos: Vec<DeviceInfo> = prepared

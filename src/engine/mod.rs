@@ -229,6 +229,8 @@ pub struct BackupConfig {
     pub write_retries: u32,
     /// Where device events go (progress display, `--json`); None: nowhere.
     pub events: Option<crossbeam_channel::Sender<Event>>,
+    /// Idle devices take planned work from the busiest (`--balance time`).
+    pub steal_work: bool,
 }
 
 /// Something a harness or the progress display should hear about while
@@ -295,6 +297,9 @@ pub fn run_backup(
             )
         }),
     );
+    if config.steal_work {
+        dispatcher.enable_stealing();
+    }
     // A device whose label cannot be written has failed before it started.
     let mut label_errors: Vec<Option<String>> = vec![None; devices.len()];
     for (i, dev) in devices.iter().enumerate() {
