@@ -9,6 +9,7 @@ pub mod demo;
 pub mod list;
 pub mod plan;
 pub mod progress;
+pub mod qualify;
 pub mod restore;
 pub mod scan;
 
@@ -93,6 +94,7 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Raw sequential throughput and latency of devices through pbio's own rings (fio-like).
     Bench(bench::BenchArgs),
+    Qualify(qualify::QualifyArgs),
 
     /// Print a shell completion script (e.g. `pbio completions bash > /etc/bash_completion.d/pbio`).
     Completions {
@@ -201,6 +203,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Scan(a) => scan::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Qualify(a) => qualify::run(a),
 
         Command::Completions { shell } => {
             let mut script = Vec::new();

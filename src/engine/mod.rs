@@ -5,6 +5,7 @@ pub mod bench;
 pub mod buffers;
 pub mod dispatch;
 pub mod media;
+pub mod qualify;
 pub mod ring;
 pub mod stream;
 
