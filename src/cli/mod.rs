@@ -115,7 +115,7 @@ pub enum Command {
 /// What `pbio` alone prints (on stderr, exit 2).
 pub const SHORT_USAGE: &str = "\
 usage: pbio --dev DEVICE [--dev DEVICE...] SOURCE...     back up (same as `pbio backup`)
-       pbio plan|restore|verify|list|scan|demo ...        see `pbio help COMMAND`
+       pbio plan|restore|verify|list|scan|bench|qualify|demo ...  see `pbio help COMMAND`
        pbio --help                                        every option
 Try: pbio demo";
 
