@@ -33,6 +33,16 @@ impl WorkItem {
     }
 }
 
+/// What `try_next` has for a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    Item(WorkItem),
+    /// Nothing now; another device may still hand work back: ask again.
+    Wait,
+    /// Nothing left for it.
+    Done,
+}
+
 /// A device's state as the dispatcher sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -149,6 +159,36 @@ impl Dispatcher {
         }
     }
 
+    /// `next` for a device that has writes to do meanwhile (a tape with
+    /// records buffered and one write in flight must not stop for shared
+    /// work): never blocks. The device stays Working while it asks, since
+    /// it is still writing and may still hand work back.
+    pub fn try_next(&self, device: usize, room_bytes: u64) -> Next {
+        if self.aborted.load(Ordering::SeqCst) {
+            return Next::Done;
+        }
+        if let Some(item) = self.own[device].pop() {
+            return Next::Item(item);
+        }
+        if room_bytes < self.chunk_bytes.min(4096) {
+            return Next::Done;
+        }
+        self.set_state(device, DeviceState::Working);
+        if let Some(item) = self.shared.pop() {
+            self.shared_bytes.fetch_sub(item.length, Ordering::SeqCst);
+            let portion = self.portion(device, item, room_bytes);
+            self.filled_bytes[device].fetch_add(portion.length, Ordering::Relaxed);
+            return Next::Item(portion);
+        }
+        let others_working =
+            (0..self.state.len()).any(|d| d != device && self.state(d) == DeviceState::Working);
+        if !others_working && self.shared.is_empty() {
+            Next::Done
+        } else {
+            Next::Wait
+        }
+    }
+
     /// The part of a shared `item` that `device` takes now; the rest goes back.
     fn portion(&self, device: usize, item: WorkItem, room_bytes: u64) -> WorkItem {
         let live: Vec<usize> = (0..self.state.len())
@@ -209,6 +249,15 @@ impl Dispatcher {
         // After the work is visible in the shared queue.
         self.set_state(device, state);
         moved
+    }
+
+    /// The device takes no more work but still has writes in flight:
+    /// until it finishes or retires it counts as working, because one of
+    /// those writes may still find the medium full (a tape's early
+    /// warning, with many records buffered) or fail, and hand work back
+    /// that the others must still be there to take.
+    pub fn writing(&self, device: usize) {
+        self.set_state(device, DeviceState::Working);
     }
 
     pub fn finish(&self, device: usize) {
@@ -283,6 +332,47 @@ mod tests {
         assert_eq!(d.next(0, 3 * chunk), Some(item(0, 0, 3 * chunk)));
         d.retire(0, DeviceState::Full, 0);
         assert_eq!(d.unplaced(), vec![item(0, 3 * chunk, 7 * chunk)]);
+    }
+
+    #[test]
+    fn a_device_still_writing_keeps_the_others_waiting() {
+        let chunk = 4096;
+        let d = std::sync::Arc::new(Dispatcher::new(2, chunk, [(1, item(0, 0, 2 * chunk))]));
+        let taken = d.next(1, u64::MAX).unwrap();
+        // Device 1 has taken all its work and is told there is no more,
+        // while its writes are still in flight.
+        let waiter = {
+            let d = d.clone();
+            std::thread::spawn(move || d.next(0, u64::MAX))
+        };
+        assert_eq!(d.next(1, u64::MAX), None);
+        d.writing(1);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            !waiter.is_finished(),
+            "device 0 must wait while device 1 still writes"
+        );
+        // Its medium ends: the unwritten half goes to device 0.
+        let rest = item(0, chunk, chunk);
+        d.give_back(&[rest]);
+        d.retire(1, DeviceState::Full, rest.length);
+        assert_eq!(waiter.join().unwrap(), Some(rest));
+        assert_eq!(taken.length, 2 * chunk);
+    }
+
+    #[test]
+    fn try_next_never_blocks() {
+        let chunk = 4096;
+        let d = Dispatcher::new(2, chunk, [(0, item(0, 0, chunk)), (1, item(1, 0, chunk))]);
+        assert_eq!(d.try_next(0, u64::MAX), Next::Item(item(0, 0, chunk)));
+        // Device 1 still works: device 0 is told to ask again, not blocked.
+        assert_eq!(d.try_next(0, u64::MAX), Next::Wait);
+        let lost = d.next(1, u64::MAX).unwrap();
+        d.give_back(&[lost]);
+        d.retire(1, DeviceState::Failed, lost.length);
+        assert_eq!(d.try_next(0, u64::MAX), Next::Item(lost));
+        assert_eq!(d.try_next(0, u64::MAX), Next::Done);
+        assert_eq!(d.try_next(0, 0), Next::Done);
     }
 
     #[test]
