@@ -22,6 +22,26 @@ pub struct BackupArgs {
     /// the device is declared failed and its work goes to the others.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub retries: u32,
+    /// Largest tape block (record header + payload) written to a tape; the
+    /// drive's own limit applies too. A record's payload on tape is the
+    /// largest power of two that fits (512K with the default 1M).
+    #[arg(long, default_value = "1M", value_parser = parse_tape_block)]
+    pub tape_block: u64,
+    /// Records read ahead of each tape's one write (a watermark buffer, so
+    /// the drive keeps streaming while sources are slow).
+    #[arg(long, default_value_t = engine::TAPE_BUFFER_RECORDS_DEFAULT as u16, value_parser = clap::value_parser!(u16).range(1..=QUEUE_DEPTH_MAX as i64))]
+    pub tape_buffer: u16,
+}
+
+fn parse_tape_block(text: &str) -> Result<u64, String> {
+    let n = crate::units::parse_size(text)?;
+    let max = crate::format::PAYLOAD_BYTES_MAX as u64 + crate::format::HEADER_BYTES as u64;
+    if n < engine::TAPE_BLOCK_BYTES_MIN as u64 || n > max || n % 4096 != 0 {
+        return Err(format!(
+            "tape block '{text}' must be a multiple of 4K between 8K and 64M+4K"
+        ));
+    }
+    Ok(n)
 }
 
 pub fn run(args: BackupArgs) -> CliResult {
@@ -38,6 +58,8 @@ pub fn run(args: BackupArgs) -> CliResult {
             .unwrap_or(0),
         chunk_bytes: args.set.chunk as u32,
         queue_depth: args.qd as usize,
+        tape_block_bytes: args.tape_block as u32,
+        tape_buffer_records: args.tape_buffer as usize,
         reserve_bytes: prepared.reserve_bytes,
         write_retries: args.retries,
         events: None,
@@ -127,6 +149,8 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                     "short_reads": s.short_reads,
                     "short_writes": s.short_writes,
                     "retries": s.retries,
+                    "underruns": s.underruns,
+                    "underrun_ms": s.underrun_time.as_secs_f64() * 1000.0,
                     "data_end": d.data_end,
                     "catalog_end": d.catalog_end,
                     "catalog_error": d.catalog_error,

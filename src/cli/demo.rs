@@ -168,6 +168,8 @@ pub fn run(args: DemoArgs) -> CliResult {
         },
         qd: 16,
         retries: 2,
+        tape_block: crate::engine::TAPE_BLOCK_BYTES_DEFAULT as u64,
+        tape_buffer: crate::engine::TAPE_BUFFER_RECORDS_DEFAULT as u16,
     })?;
     let out = dir.join("restored");
     println!("demo: restoring into {}", out.display());

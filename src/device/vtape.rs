@@ -336,7 +336,9 @@ impl VirtualTape {
         }
         st.head = st.objects.len();
         st.eom = Eom::Normal;
-        self.persist(st, from)
+        self.persist(st, from)?;
+        // A filemark written without the immediate bit flushes the drive.
+        self.sync()
     }
 }
 
