@@ -603,13 +603,16 @@ impl<'a> Ring<'a> {
         let mut completions: Vec<(u64, i32)> = Vec::with_capacity(self.slots.len());
         loop {
             // 1. Fill free slots with new records and queue their reads.
+            // Only a ring with nothing in flight waits for shared work: one
+            // with writes in flight must go on reaping them (one may find
+            // the medium full and hand work back), and counts as working.
             while inflight < self.slots.len() && !exhausted {
-                match self.next_record(&mut cursor, input, dispatcher, true)? {
+                match self.next_record(&mut cursor, input, dispatcher, inflight == 0)? {
                     Record::Slot(slot) => {
                         self.submit_read(slot)?;
                         inflight += 1;
                     }
-                    Record::Wait => unreachable!("a blocking take does not wait"),
+                    Record::Wait => break,
                     Record::Exhausted => exhausted = true,
                 }
             }
