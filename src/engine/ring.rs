@@ -663,6 +663,14 @@ impl<'a> Ring<'a> {
         let mut waiting_for_work;
         let mut completions: Vec<(u64, i32)> = Vec::with_capacity(self.slots.len());
         loop {
+            // A held write completion whose time has come counts now (and
+            // frees its slot for the read ahead below).
+            if let Some((slot, result, at)) = self.held {
+                if Instant::now() >= at {
+                    self.held = None;
+                    self.finish_block_write(slot, result)?;
+                }
+            }
             // 1. Read ahead into every free slot. Only a device with
             // nothing at all to write may block waiting for shared work.
             waiting_for_work = false;
@@ -675,13 +683,6 @@ impl<'a> Ring<'a> {
                         break;
                     }
                     Record::Exhausted => exhausted = true,
-                }
-            }
-            // A held write completion whose time has come counts now.
-            if let Some((slot, result, at)) = self.held {
-                if Instant::now() >= at {
-                    self.held = None;
-                    self.finish_block_write(slot, result)?;
                 }
             }
             self.pump()?;
