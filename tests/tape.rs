@@ -404,6 +404,29 @@ fn restore_scan_from_tapes() {
     check_scan_restore(&dir.path().join("scan-2"));
 }
 
+/// The smallest buffer and a simulated drive speed (writes held until the
+/// drive has taken them): one record at a time still streams and the set
+/// restores; underruns are counted (every record, with one slot).
+#[test]
+fn one_record_buffer_at_a_simulated_speed() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path(), 100, 6 << 20);
+    let (tape, _) = vtape(dir.path(), "tape", ",size=64M,rate=256M");
+    let devs = vec![tape.clone()];
+    let (code, summary, err) = backup(&src, &devs, &["--tape-buffer", "1"]);
+    assert_eq!(code, 0, "{summary}\n{err}");
+    let t = &summary["devices"][0];
+    let records = t["records"].as_u64().unwrap();
+    assert!(records > 100, "{t}");
+    // With one slot, the next record is read only after the last write:
+    // the drive waits for it every time.
+    assert_eq!(t["underruns"].as_u64().unwrap(), records - 1, "{t}");
+    let out = dir.path().join("restore");
+    let (code, report, err) = restore(&devs, &out);
+    assert_eq!(code, 0, "{report}\n{err}");
+    assert_identical(&src, &out.join("tree"));
+}
+
 /// The st request codes and structures, as linux/mtio.h gives them on
 /// x86_64 (also unit-tested next to the code).
 #[test]
