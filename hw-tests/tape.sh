@@ -5,7 +5,8 @@
 #
 #   PBIO_TAPE=/dev/nst0 hw-tests/tape.sh
 #
-# THE CARTRIDGE IN THE DRIVE IS OVERWRITTEN. Never runs in CI.
+# THE CARTRIDGE IN THE DRIVE IS OVERWRITTEN (backups run with --force).
+# Never runs in CI.
 #
 # Environment:
 #   PBIO_TAPE        the drive's non-rewinding node (required); vtape:DIR
@@ -98,7 +99,7 @@ SRC="$WORK/src/tree"
 
 step "backup to the tape and a file device"
 rm -f "$DISK"
-"$PBIO" backup "$SRC" --dev "$DEV" --dev "$DISK,size=4G" --json >"$WORK/backup.json" ||
+"$PBIO" backup --force "$SRC" --dev "$DEV" --dev "$DISK,size=4G" --json >"$WORK/backup.json" ||
     fail "backup (exit $?)"
 [[ $(json "$WORK/backup.json" "d['devices'][0]['state']") == complete ]] || fail "tape not complete"
 [[ $(json "$WORK/backup.json" "d['devices'][0]['payload_bytes'] > 0") == True ]] || fail "tape got no data"
@@ -130,7 +131,7 @@ done
 ok "every non-empty file byte-identical from the records alone"
 
 step "the tape alone"
-"$PBIO" backup "$SRC" --dev "$DEV" --json >"$WORK/alone.json" || fail "backup to the tape alone"
+"$PBIO" backup --force "$SRC" --dev "$DEV" --json >"$WORK/alone.json" || fail "backup to the tape alone"
 rm -rf "$WORK/r3"
 "$PBIO" restore --dev "$DEV" --to "$WORK/r3" || fail "restore from the tape alone"
 same_tree "$SRC" "$WORK/r3/tree"
@@ -147,7 +148,7 @@ if [[ -n "${PBIO_TAPE_EOT:-}" ]]; then
     # up to its capacity; a drive is declared twice its size, an emulated
     # cartridge's size is its physical length (which early warning precedes).
     if [[ -n "$EMULATED" ]]; then EOT_DEV="$TAPE"; else EOT_DEV="$TAPE,size=$((CAP * 2))"; fi
-    "$PBIO" backup "$PBIO_TAPE_EOT" --balance time --dev "$EOT_DEV,rate=1000M" \
+    "$PBIO" backup --force "$PBIO_TAPE_EOT" --balance time --dev "$EOT_DEV,rate=1000M" \
         --dev "$SPILL,size=$((CAP * 2)),rate=1M" --json >"$WORK/eot.json" || fail "backup (exit $?)"
     [[ $(json "$WORK/eot.json" "d['devices'][0]['state']") == full ]] || fail "the tape did not report full"
     [[ $(json "$WORK/eot.json" "d['devices'][0]['redirected_bytes'] > 0") == True ]] || fail "nothing redirected"

@@ -53,6 +53,9 @@ fn kill_9_at_random_moments_then_scan_restore() {
     let (code, _, err) = pbio(&refs);
     assert_eq!(code, 0, "{err}");
     let full_ms = (started.elapsed().as_millis() as u64).max(50);
+    // Every run below writes over the (possibly half-written) set the run
+    // before left: the overwrite guard would refuse that without --force.
+    args.push("--force".to_string());
 
     let mut rng = Rng(0x5EED_0FC4_A511);
     let (mut total_restored, mut killed_runs) = (0usize, 0usize);
@@ -87,7 +90,12 @@ fn kill_9_at_random_moments_then_scan_restore() {
             code == 0 || code == 3,
             "run {run}: restore --scan exit {code}: {err}"
         );
-        let report: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        let report: Value = serde_json::from_str(
+            out.lines()
+                .last()
+                .unwrap_or_else(|| panic!("run {run}: no report: {err}")),
+        )
+        .unwrap();
         // Every file restored is byte-identical to its source.
         let walked = pbio::source::walk(std::slice::from_ref(&to)).unwrap();
         let mut restored = 0;

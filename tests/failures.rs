@@ -178,6 +178,16 @@ fn a_device_that_fails_with_eio_mid_run() {
     let (code, out, err) = restore(&devs, &out_all);
     assert_eq!(code, 0, "restore with the failed device: {out}\n{err}");
     assert_identical(&src, &out_all.join("tree"));
+    // And when it cannot even be read any more, the others restore all.
+    failing.fail_reads(true);
+    let out_unreadable = dir.path().join("restored-unreadable");
+    let (code, out, err) = restore(&devs, &out_unreadable);
+    assert_eq!(
+        code, 0,
+        "restore with the failed device unreadable: {out}\n{err}"
+    );
+    assert!(err.contains("unreadable device"), "{err}");
+    assert_identical(&src, &out_unreadable.join("tree"));
 }
 
 #[test]

@@ -37,7 +37,13 @@ fn backup(src: &Path, devs: &[String], extra: &[&str]) -> (i32, Value, String) {
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let (code, out, err) = run(&with_devs(args, devs));
-    (code, last_json(&out), err)
+    // A refused backup (exit 2) prints no summary.
+    let summary = if code == 2 {
+        Value::Null
+    } else {
+        last_json(&out)
+    };
+    (code, summary, err)
 }
 
 fn restore(devs: &[String], to: &Path) -> (i32, Value, String) {
@@ -425,6 +431,44 @@ fn one_record_buffer_at_a_simulated_speed() {
     let (code, report, err) = restore(&devs, &out);
     assert_eq!(code, 0, "{report}\n{err}");
     assert_identical(&src, &out.join("tree"));
+}
+
+/// The overwrite guard reads a tape's first block: a tape holding a pbio
+/// set is refused unless that set is given with --overwrite, one holding
+/// another program's data unless --force; a new cartridge is written.
+#[test]
+fn the_guard_reads_a_tapes_first_block() {
+    use pbio::device::{vtape::VirtualTape, write_block, DeviceSpec, Mode, TapeOp};
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path(), 20, 1 << 20);
+    let (tape, tape_dir) = vtape(dir.path(), "tape", ",size=32M");
+    let (code, summary, err) = backup(&src, std::slice::from_ref(&tape), &[]);
+    assert_eq!(code, 0, "{summary}\n{err}");
+    let set = summary["set_id"].as_str().unwrap().to_string();
+    let (code, _, err) = backup(&src, std::slice::from_ref(&tape), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("holds pbio set") && err.contains(&set),
+        "{err}"
+    );
+    let (code, summary, err) = backup(&src, std::slice::from_ref(&tape), &["--overwrite", &set]);
+    assert_eq!(code, 0, "{summary}\n{err}");
+
+    // Another program's archive on the cartridge.
+    {
+        let spec = DeviceSpec::parse(&tape).unwrap();
+        let t = VirtualTape::open(&spec, Mode::Write).unwrap();
+        use pbio::device::Device;
+        t.tape_op(TapeOp::Rewind).unwrap();
+        write_block(&t, &[0x55u8; 10240]).unwrap();
+        t.tape_op(TapeOp::WriteFilemarks(1)).unwrap();
+    }
+    let (code, _, err) = backup(&src, std::slice::from_ref(&tape), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a pbio set"), "{err}");
+    let (code, summary, err) = backup(&src, std::slice::from_ref(&tape), &["--force"]);
+    assert_eq!(code, 0, "{summary}\n{err}");
+    assert!(tape_dir.join("vtape.index").exists());
 }
 
 /// The st request codes and structures, as linux/mtio.h gives them on

@@ -1,14 +1,18 @@
 //! `pbio backup`: walk, plan, write through one ring per device, catalog everywhere.
 
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use serde_json::json;
 
+use super::progress::{self, DeviceInfo, Output, Reporter};
 use super::{prepare, CliResult, Failure, SetArgs, EXIT_OK};
-use crate::device::{self, Mode};
+use crate::device::guard::{self, Finding, Policy};
+use crate::device::{self, DeviceSpec, Mode};
 use crate::engine::{self, ring::QUEUE_DEPTH_MAX, BackupConfig, DeviceEnd, SetInput};
+use crate::format::SetId;
 use crate::units::human_bytes;
 
 #[derive(Args, Debug)]
@@ -16,7 +20,7 @@ pub struct BackupArgs {
     #[command(flatten)]
     pub set: SetArgs,
     /// Records in flight per device.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=QUEUE_DEPTH_MAX as i64))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=QUEUE_DEPTH_MAX as i64))]
     pub qd: u16,
     /// Resubmissions of a write that failed with a device error (EIO) before
     /// the device is declared failed and its work goes to the others.
@@ -31,6 +35,15 @@ pub struct BackupArgs {
     /// the drive keeps streaming while sources are slow).
     #[arg(long, default_value_t = engine::TAPE_BUFFER_RECORDS_DEFAULT as u16, value_parser = clap::value_parser!(u16).range(1..=QUEUE_DEPTH_MAX as i64))]
     pub tape_buffer: u16,
+    /// Write over whatever the devices hold (a filesystem, partition table, LVM/RAID member, another pbio set). Never overrides a device that is mounted or in use.
+    #[arg(long)]
+    pub force: bool,
+    /// Allow writing over the pbio set with this id (32 hex digits, as `pbio backup` and `pbio list` print it); repeat for several sets.
+    #[arg(long = "overwrite", value_name = "SETID", value_parser = guard::parse_set_id)]
+    pub overwrite: Vec<SetId>,
+    /// Seconds between `--json` progress events.
+    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_interval)]
+    pub json_interval: Duration,
 }
 
 fn parse_tape_block(text: &str) -> Result<u64, String> {
@@ -44,12 +57,145 @@ fn parse_tape_block(text: &str) -> Result<u64, String> {
     Ok(n)
 }
 
+/// `println!` that does not panic when stdout is closed (a harness that
+/// went away): the backup's result does not depend on its audience.
+macro_rules! emit {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !(0.01..=3600.0).contains(&secs) {
+        return Err(format!("'{text}': give between 0.01 and 3600 seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl BackupArgs {
+    /// Backup of `set` with the defaults of every other option.
+    pub fn with_defaults(set: SetArgs) -> BackupArgs {
+        BackupArgs {
+            set,
+            qd: 32,
+            retries: 2,
+            force: false,
+            overwrite: Vec::new(),
+            json_interval: progress::JSON_INTERVAL_DEFAULT,
+            tape_block: crate::engine::TAPE_BLOCK_BYTES_DEFAULT as u64,
+            tape_buffer: crate::engine::TAPE_BUFFER_RECORDS_DEFAULT as u16,
+        }
+    }
+}
+
+/// The overwrite guard over every device: all refusals at once, before
+/// anything is opened for writing.
+pub fn check_devices(devs: &[DeviceSpec], policy: &Policy) -> Result<(), Failure> {
+    let mut refusals = Vec::new();
+    let mut sets_found = Vec::new();
+    for spec in devs {
+        let inspection = guard::inspect(spec).map_err(|e| Failure::Usage(e.to_string()))?;
+        for finding in &inspection.findings {
+            if let Finding::PbioSet { label } = finding {
+                sets_found.push(label.set_id);
+            }
+        }
+        refusals.extend(inspection.refusals(policy));
+    }
+    if !refusals.is_empty() {
+        return Err(Failure::Usage(format!(
+            "refusing to write to {} (nothing was written):\n  {}",
+            if refusals.len() == 1 {
+                "this device".to_string()
+            } else {
+                format!("these devices ({} findings)", refusals.len())
+            },
+            refusals.join("\n  ")
+        )));
+    }
+    for id in &policy.overwrite {
+        if !sets_found.contains(id) {
+            eprintln!(
+                "pbio: note: --overwrite {}: no device holds that set",
+                engine::set_id_hex(id)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The device paths the backup would create or write must be writable by us.
+fn check_writable(devs: &[DeviceSpec]) -> Result<(), Failure> {
+    use nix::unistd::{access, AccessFlags};
+    for spec in devs {
+        // An emulated tape is written in its directory.
+        let dir = crate::device::vtape::dir_of(&spec.path);
+        let path = dir.as_ref().unwrap_or(&spec.path);
+        let target = if path.exists() {
+            path.to_path_buf()
+        } else {
+            match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => Path::new(".").to_path_buf(),
+            }
+        };
+        if let Err(errno) = access(&target, AccessFlags::W_OK) {
+            let what = if target == *path {
+                "cannot be written".to_string()
+            } else {
+                format!("cannot be created in {}", target.display())
+            };
+            return Err(Failure::Usage(format!(
+                "device {}: {what}: {}",
+                spec.path.display(),
+                std::io::Error::from(errno)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Payload bytes the plan sends to each device: the plan's assigned bytes
+/// less the holes of sparse files, which are recorded, not written (the
+/// same ranges the ring reads). This is what the progress counters reach.
+pub fn payload_per_device(entries: &[crate::source::Entry], plan: &crate::plan::Plan) -> Vec<u64> {
+    let mut out = vec![0u64; plan.devices.len()];
+    for segment in &plan.segments {
+        let (start, end) = (segment.offset, segment.offset + segment.length);
+        let bytes = match &entries[segment.file as usize].kind {
+            crate::source::EntryKind::File {
+                data: Some(extents),
+                ..
+            } => extents
+                .iter()
+                .map(|&(o, l)| (o + l).min(end).saturating_sub(o.max(start)))
+                .sum(),
+            _ => segment.length,
+        };
+        out[segment.device as usize] += bytes;
+    }
+    out
+}
+
 pub fn run(args: BackupArgs) -> CliResult {
+    let policy = Policy {
+        force: args.force,
+        overwrite: args.overwrite.clone(),
+    };
+    // Cheap checks first: paths, then what is on the devices, then the walk.
+    super::check_paths(&args.set.sources, &args.set.devs)?;
+    check_devices(&args.set.devs, &policy)?;
     let prepared = prepare(&args.set)?;
+    check_writable(&args.set.devs)?;
     let mut devices = Vec::with_capacity(args.set.devs.len());
     for spec in &args.set.devs {
         devices.push(device::open(spec, Mode::Write).map_err(|e| Failure::Usage(e.to_string()))?);
     }
+    let (events_tx, events_rx) = crossbeam_channel::unbounded();
     let config = BackupConfig {
         set_id: engine::new_set_id(),
         created_unix_ns: SystemTime::now()
@@ -62,17 +208,79 @@ pub fn run(args: BackupArgs) -> CliResult {
         tape_buffer_records: args.tape_buffer as usize,
         reserve_bytes: prepared.reserve_bytes,
         write_retries: args.retries,
-        events: None,
+        events: Some(events_tx),
+        steal_work: args.set.balance == crate::plan::Balance::Time,
     };
+    let payload = payload_per_device(&prepared.entries, &prepared.plan);
+    let infos: Vec<DeviceInfo> = prepared
+        .devices
+        .iter()
+        .zip(payload)
+        .map(|((path, capacity, _), planned_bytes)| DeviceInfo {
+            path: path.clone(),
+            planned_bytes,
+            capacity_bytes: *capacity,
+        })
+        .collect();
     let input = SetInput {
         entries: prepared.entries,
         plan: prepared.plan,
     };
+    let output = Output::choose(args.set.json, args.json_interval);
+    let mut reporter = Reporter::new(output, infos, std::io::stdout());
+    reporter.start(
+        &engine::set_id_hex(&config.set_id),
+        input.entries.len(),
+        input.plan.segments.len(),
+    );
     let progress: Vec<AtomicU64> = devices.iter().map(|_| AtomicU64::new(0)).collect();
-    let report = engine::run_backup(&input, &devices, &config, &progress)
-        .map_err(|e| Failure::Data(format!("backup failed: {e}")))?;
-    print_report(&report, args.set.json);
-    Ok(exit_code(&report))
+    let result = std::thread::scope(|scope| {
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let progress = &progress;
+        let shown = std::thread::Builder::new()
+            .name("pbio-progress".into())
+            .spawn_scoped(scope, move || {
+                progress::run(reporter, progress, events_rx, stop_rx)
+            })
+            .expect("spawn progress thread");
+        let result = engine::run_backup(&input, &devices, &config, progress);
+        drop(stop_tx);
+        // How devices ended is the report's to say; the reporter only showed it.
+        let _shown = shown.join().expect("progress thread panicked");
+        result
+    });
+    let json = args.set.json;
+    match result {
+        Err(e) => {
+            if json {
+                emit!(
+                    "{}",
+                    json!({"event": "finished", "ok": false, "exit_code": super::EXIT_DATA, "error": e.to_string()})
+                );
+            }
+            Err(Failure::Data(format!("backup failed: {e}")))
+        }
+        Ok(report) => {
+            let code = exit_code(&report);
+            if json {
+                let total: u64 = report.devices.iter().map(|d| d.stats.payload_bytes).sum();
+                emit!(
+                    "{}",
+                    json!({
+                        "event": "finished",
+                        "ok": report.unplaced.is_empty(),
+                        "exit_code": code,
+                        "set_id": engine::set_id_hex(&report.set_id),
+                        "payload_bytes": total,
+                        "missing_bytes": report.missing_bytes(),
+                        "seconds": report.elapsed.as_secs_f64(),
+                    })
+                );
+            }
+            print_report(&report, json);
+            Ok(code)
+        }
+    }
 }
 
 /// 3 when part of the set is not on any device, 1 when a device failed
@@ -126,10 +334,15 @@ fn print_warnings(report: &engine::BackupReport) {
     }
 }
 
+/// The end-of-run summary: per device payload bytes, records, time, MiB/s
+/// and how it ended; the total; the set id. Warnings (failed or full
+/// devices, missing data) go to stderr first, in every mode.
 pub fn print_report(report: &engine::BackupReport, as_json: bool) {
     print_warnings(report);
     let secs = report.elapsed.as_secs_f64().max(1e-9);
     let total: u64 = report.devices.iter().map(|d| d.stats.payload_bytes).sum();
+    let records: u64 = report.devices.iter().map(|d| d.stats.records).sum();
+    let mib_s = |bytes: u64, secs: f64| bytes as f64 / (1 << 20) as f64 / secs.max(1e-9);
     if as_json {
         let devices: Vec<_> = report
             .devices
@@ -142,7 +355,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                     "media_bytes": s.media_bytes,
                     "records": s.records,
                     "seconds": s.elapsed.as_secs_f64(),
-                    "mib_per_sec": s.payload_bytes as f64 / (1 << 20) as f64 / s.elapsed.as_secs_f64().max(1e-9),
+                    "mib_per_sec": mib_s(s.payload_bytes, s.elapsed.as_secs_f64()),
                     "payload_bytes_zero_copy": s.payload_bytes_zero_copy,
                     "reads_direct": s.reads_direct,
                     "reads_buffered": s.reads_buffered,
@@ -160,7 +373,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                 })
             })
             .collect();
-        println!(
+        emit!(
             "{}",
             json!({
                 "event": "summary",
@@ -168,8 +381,9 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                 "files": report.files,
                 "segments": report.segments,
                 "payload_bytes": total,
+                "records": records,
                 "seconds": secs,
-                "mib_per_sec": total as f64 / (1 << 20) as f64 / secs,
+                "mib_per_sec": mib_s(total, secs),
                 "devices": devices,
                 "missing_bytes": report.missing_bytes(),
                 "unplaced": report.unplaced.iter().map(|(p, o, l)| json!({"path": p, "offset": o, "length": l})).collect::<Vec<_>>(),
@@ -178,25 +392,62 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
         );
         return;
     }
-    println!(
-        "set {}: {} entries, {} segments, {} in {:.2} s ({:.1} MiB/s)",
+    emit!(
+        "set {}: {} entries, {} segments",
         engine::set_id_hex(&report.set_id),
         report.files,
         report.segments,
-        human_bytes(total),
-        secs,
-        total as f64 / (1 << 20) as f64 / secs
+    );
+    let devices_text = match report.devices.len() {
+        1 => "1 device".to_string(),
+        n => format!("{n} devices"),
+    };
+    let path_width = report
+        .devices
+        .iter()
+        .map(|d| d.path.chars().count())
+        .chain([devices_text.len()])
+        .max()
+        .unwrap_or(0)
+        .min(48);
+    emit!(
+        "  {:>5}  {:<path_width$}  {:>12}  {:>8}  {:>8}  {:>9}  state",
+        "dev",
+        "path",
+        "payload",
+        "records",
+        "time",
+        "MiB/s"
     );
     for (i, d) in report.devices.iter().enumerate() {
         let s = &d.stats;
-        println!(
-            "  dev {i} {}: {} in {} records, {:.2} s, {:.1} MiB/s, {}",
+        let state = match &d.error {
+            Some(e) => format!("{} ({e})", state_name(d.end)),
+            None => state_name(d.end).to_string(),
+        };
+        emit!(
+            "  {:>5}  {:<path_width$}  {:>12}  {:>8}  {:>6.2} s  {:>9.1}  {state}",
+            i,
             d.path,
             human_bytes(s.payload_bytes),
             s.records,
             s.elapsed.as_secs_f64(),
-            s.payload_bytes as f64 / (1 << 20) as f64 / s.elapsed.as_secs_f64().max(1e-9),
-            state_name(d.end)
+            mib_s(s.payload_bytes, s.elapsed.as_secs_f64()),
+        );
+    }
+    emit!(
+        "  {:>5}  {:<path_width$}  {:>12}  {:>8}  {:>6.2} s  {:>9.1}",
+        "total",
+        devices_text,
+        human_bytes(total),
+        records,
+        secs,
+        mib_s(total, secs),
+    );
+    if !report.unplaced.is_empty() {
+        emit!(
+            "  INCOMPLETE: {} not on any device (see stderr)",
+            human_bytes(report.missing_bytes())
         );
     }
 }

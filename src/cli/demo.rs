@@ -156,21 +156,19 @@ pub fn run(args: DemoArgs) -> CliResult {
         crate::units::human_bytes(total),
         args.devices
     );
-    backup::run(backup::BackupArgs {
-        set: SetArgs {
-            sources: vec![src.clone()],
-            devs: devs.clone(),
-            strategy: Strategy::Fill,
-            order: Order::Desc,
-            balance: Balance::Bytes,
-            chunk: 1 << 20,
-            json: false,
-        },
-        qd: 16,
-        retries: 2,
-        tape_block: crate::engine::TAPE_BLOCK_BYTES_DEFAULT as u64,
-        tape_buffer: crate::engine::TAPE_BUFFER_RECORDS_DEFAULT as u16,
-    })?;
+    let mut backup_args = backup::BackupArgs::with_defaults(SetArgs {
+        sources: vec![src.clone()],
+        devs: devs.clone(),
+        strategy: Strategy::Fill,
+        order: Order::Desc,
+        balance: Balance::Bytes,
+        chunk: 1 << 20,
+        json: false,
+    });
+    // The demo owns its directory: a second run over the same --dir
+    // overwrites the set the first one left there.
+    backup_args.force = true;
+    backup::run(backup_args)?;
     let out = dir.join("restored");
     println!("demo: restoring into {}", out.display());
     let code = restore::run_restore(restore::RestoreArgs {

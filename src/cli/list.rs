@@ -15,6 +15,7 @@ pub struct ListArgs {
     /// Also print every segment (file range, device, position).
     #[arg(long)]
     pub segments: bool,
+    /// Machine-readable catalog: one JSON object (set id, devices, files, segments).
     #[arg(long)]
     pub json: bool,
 }

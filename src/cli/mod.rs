@@ -4,15 +4,17 @@
 //! could not all be written or restored.
 
 pub mod backup;
+pub mod bench;
 pub mod demo;
 pub mod list;
 pub mod plan;
+pub mod progress;
 pub mod restore;
 pub mod scan;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::device::DeviceSpec;
 use crate::plan::{Balance, Order, Strategy};
@@ -56,16 +58,26 @@ pub type CliResult = Result<i32, Failure>;
     name = "pbio",
     version,
     about = "Parallel backup engine: one backup split across many devices, each device readable alone",
-    after_help = "Exit codes: 0 success, 1 degraded (data safe), 2 usage error, 3 data not all written or restored."
+    long_about = "Parallel backup engine: one backup split across many devices, each device readable alone.\n\n\
+        With no subcommand, `pbio --dev D --dev D... SRC...` runs a backup (the same as `pbio backup`).",
+    after_help = "Exit codes: 0 success, 1 degraded (data safe), 2 usage error (nothing written), 3 data not all written or restored.",
+    propagate_version = true,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    override_usage = "pbio [OPTIONS] --dev <DEV> --dev <DEV>... <SOURCES>...\n       pbio <COMMAND> [ARGS]"
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// The backup arguments, when no subcommand is given (their required
+    /// arguments are not required when one is: `subcommand_negates_reqs`).
+    #[command(flatten)]
+    pub backup: backup::BackupArgs,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Back up sources across devices.
+    /// Back up sources across devices (also what `pbio --dev D... SRC...` does).
     Backup(backup::BackupArgs),
     /// Show the plan (which bytes go to which device) without touching the devices.
     Plan(plan::PlanArgs),
@@ -79,7 +91,31 @@ pub enum Command {
     Scan(scan::ScanArgs),
     /// The embedded default: file devices in a temp dir, a generated tree, backup, restore, verify.
     Demo(demo::DemoArgs),
+    /// Raw sequential throughput and latency of devices through pbio's own rings (fio-like).
+    Bench(bench::BenchArgs),
+
+    /// Print a shell completion script (e.g. `pbio completions bash > /etc/bash_completion.d/pbio`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout (e.g. `pbio man | man -l -`), or write every page to a directory.
+    Man {
+        /// A subcommand's page instead of pbio(1) (e.g. `pbio man backup`).
+        command: Option<String>,
+        /// Write pbio.1 and one page per subcommand (pbio-backup.1, ...) into this directory.
+        #[arg(long, value_name = "DIR", conflicts_with = "command")]
+        dir: Option<PathBuf>,
+    },
 }
+
+/// What `pbio` alone prints (on stderr, exit 2).
+pub const SHORT_USAGE: &str = "\
+usage: pbio --dev DEVICE [--dev DEVICE...] SOURCE...     back up (same as `pbio backup`)
+       pbio plan|restore|verify|list|scan|demo ...        see `pbio help COMMAND`
+       pbio --help                                        every option
+Try: pbio demo";
 
 fn parse_dev(text: &str) -> Result<DeviceSpec, String> {
     DeviceSpec::parse(text)
@@ -116,7 +152,7 @@ pub struct SetArgs {
     /// Record payload size; segment boundaries fall on multiples of it.
     #[arg(long, default_value = "1M", value_parser = parse_chunk)]
     pub chunk: u64,
-    /// Machine-readable output.
+    /// Machine-readable output: for `backup` one JSON event per line (start, progress, device_full, device_failed, finished, summary; see the README), for `plan` one JSON object.
     #[arg(long)]
     pub json: bool,
 }
@@ -134,6 +170,10 @@ impl SetArgs {
 
 /// Parse arguments and run; returns the process exit code.
 pub fn main() -> i32 {
+    if std::env::args_os().len() <= 1 {
+        eprintln!("{SHORT_USAGE}");
+        return EXIT_USAGE;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -151,7 +191,8 @@ pub fn main() -> i32 {
 }
 
 pub fn run(cli: Cli) -> CliResult {
-    match cli.command {
+    let command = cli.command.unwrap_or(Command::Backup(cli.backup));
+    match command {
         Command::Backup(a) => backup::run(a),
         Command::Plan(a) => plan::run(a),
         Command::Restore(a) => restore::run_restore(a),
@@ -159,7 +200,78 @@ pub fn run(cli: Cli) -> CliResult {
         Command::List(a) => list::run(a),
         Command::Scan(a) => scan::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench::run(a),
+
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "pbio", &mut script);
+            write_stdout(&script)
+        }
+        Command::Man { command, dir } => man(command.as_deref(), dir.as_deref()),
     }
+}
+
+/// Write generated text to stdout; a reader that went away (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> CliResult {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(EXIT_OK),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(EXIT_OK),
+        Err(e) => Err(Failure::Data(format!("writing to stdout: {e}"))),
+    }
+}
+
+/// `pbio man [COMMAND] [--dir DIR]`.
+fn man(command: Option<&str>, dir: Option<&Path>) -> CliResult {
+    let mut cli = Cli::command();
+    cli.build();
+    if let Some(dir) = dir {
+        let pages = std::iter::once(cli.clone()).chain(
+            cli.get_subcommands()
+                .filter(|c| c.get_name() != "help")
+                .cloned(),
+        );
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::Usage(format!("man --dir {}: {e}", dir.display())))?;
+        for page in pages {
+            let name = page
+                .get_display_name()
+                .unwrap_or(page.get_name())
+                .to_string();
+            let path = dir.join(format!("{name}.1"));
+            let mut roff = Vec::new();
+            clap_mangen::Man::new(page)
+                .render(&mut roff)
+                .map_err(|e| Failure::Data(format!("man: {e}")))?;
+            std::fs::write(&path, roff)
+                .map_err(|e| Failure::Usage(format!("man: writing {}: {e}", path.display())))?;
+            println!("{}", path.display());
+        }
+        return Ok(EXIT_OK);
+    }
+    let page = match command {
+        None => cli,
+        Some(name) => {
+            let Some(sub) = cli.find_subcommand(name) else {
+                return Err(Failure::Usage(format!(
+                    "man: no subcommand '{name}' (known: {})",
+                    cli.get_subcommands()
+                        .map(|c| c.get_name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            };
+            // After build(), a subcommand's display name is "pbio-NAME",
+            // which clap_mangen uses for the page title.
+            sub.clone()
+        }
+    };
+    let mut roff = Vec::new();
+    clap_mangen::Man::new(page)
+        .render(&mut roff)
+        .map_err(|e| Failure::Data(format!("man: {e}")))?;
+    write_stdout(&roff)
 }
 
 /// Walk the sources and probe the devices: everything `plan` and `backup`
@@ -173,6 +285,7 @@ pub struct Prepared {
 }
 
 pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
+    check_paths(&args.sources, &args.devs)?;
     let walk = crate::source::walk(&args.sources).map_err(|e| Failure::Usage(e.to_string()))?;
     if !walk.errors.is_empty() {
         let mut msg = format!("{} source entries cannot be read:", walk.errors.len());
@@ -220,7 +333,150 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
     })
 }
 
+/// Where a device path leads: the canonical path of an existing device,
+/// or the canonical parent joined with the name of a file device that does
+/// not exist yet. None when even the parent cannot be resolved (the probe
+/// reports that with its own message).
+fn device_location(path: &Path) -> Option<PathBuf> {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return Some(p);
+    }
+    let name = path.file_name()?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Some(std::fs::canonicalize(parent).ok()?.join(name))
+}
+
+/// Device paths against source paths, before anything is walked or opened:
+/// a device given twice under different spellings, a block device that is
+/// also a source, a file device that is a source or lies inside a source
+/// tree (even one that does not exist yet: the backup would contain itself).
+pub fn check_paths(sources: &[PathBuf], devs: &[crate::device::DeviceSpec]) -> Result<(), Failure> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for source in sources {
+        // `pbio --json list ...`: options before a subcommand make the line a
+        // backup (clap's args_conflicts_with_subcommands), and `list` a source.
+        if std::fs::symlink_metadata(source).is_err() {
+            if let Some(name) = source.to_str() {
+                if Cli::command().find_subcommand(name).is_some() {
+                    return Err(Failure::Usage(format!(
+                        "source '{name}' does not exist; to run `pbio {name}`, put its options after it: pbio {name} [OPTIONS]"
+                    )));
+                }
+            }
+        }
+    }
+    let mut seen: Vec<(PathBuf, &Path)> = Vec::with_capacity(devs.len());
+    for spec in devs {
+        let Some(location) = device_location(&spec.path) else {
+            continue;
+        };
+        if let Some((_, first)) = seen.iter().find(|(l, _)| *l == location) {
+            return Err(Failure::Usage(format!(
+                "device {} is given twice (also as {})",
+                spec.path.display(),
+                first.display()
+            )));
+        }
+        seen.push((location.clone(), &spec.path));
+        let dev_meta = std::fs::metadata(&location).ok();
+        let is_block = dev_meta
+            .as_ref()
+            .is_some_and(|m| m.file_type().is_block_device());
+        for source in sources {
+            // The walker never follows a source that is a symlink: it is stored as one.
+            let Ok(src_meta) = std::fs::symlink_metadata(source) else {
+                continue;
+            };
+            if src_meta.file_type().is_symlink() {
+                continue;
+            }
+            if is_block {
+                let rdev = dev_meta.as_ref().map(|m| m.rdev());
+                if src_meta.file_type().is_block_device() && Some(src_meta.rdev()) == rdev {
+                    return Err(Failure::Usage(format!(
+                        "device {} is also a source (as {}): refusing to back it up onto itself",
+                        spec.path.display(),
+                        source.display()
+                    )));
+                }
+                continue;
+            }
+            let Ok(src_canon) = std::fs::canonicalize(source) else {
+                continue;
+            };
+            if location == src_canon {
+                return Err(Failure::Usage(format!(
+                    "device {} is also a source (as {}): refusing to back it up onto itself",
+                    spec.path.display(),
+                    source.display()
+                )));
+            }
+            if src_meta.is_dir() && location.starts_with(&src_canon) {
+                return Err(Failure::Usage(format!(
+                    "device {} is inside source tree {}: the backup would contain itself; put the device file outside the sources",
+                    spec.path.display(),
+                    source.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// JSON-safe form of a stored path (lossy for non-UTF-8 bytes).
 pub fn path_text(path: &[u8]) -> String {
     String::from_utf8_lossy(path).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// `pbio --help` and every subcommand's help explain every option.
+    #[test]
+    fn every_argument_is_documented() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut missing = Vec::new();
+        let mut check = |cmd: &clap::Command, name: &str| {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{name} {id}"));
+                }
+            }
+        };
+        check(&cli, "pbio");
+        for sub in cli.get_subcommands() {
+            check(sub, sub.get_name());
+            assert!(sub.get_about().is_some(), "{} has no about", sub.get_name());
+        }
+        assert!(missing.is_empty(), "undocumented arguments: {missing:?}");
+    }
+
+    #[test]
+    fn no_subcommand_is_a_backup() {
+        let cli = Cli::try_parse_from(["pbio", "--dev", "a.img", "src", "--force"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.backup.set.sources, [PathBuf::from("src")]);
+        assert!(cli.backup.force);
+        let cli = Cli::try_parse_from(["pbio", "list", "--dev", "a.img"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::List(_))));
+        // Options before a subcommand: a backup whose first source is "list".
+        let cli = Cli::try_parse_from(["pbio", "--json", "list", "--dev", "a.img"]).unwrap();
+        assert!(cli.command.is_none());
+        assert!(Cli::try_parse_from(["pbio", "--dev", "a.img"]).is_err());
+        assert!(Cli::try_parse_from(["pbio", "src"]).is_err());
+    }
 }

@@ -14,6 +14,15 @@ pub struct PlanArgs {
 
 pub fn run(args: PlanArgs) -> CliResult {
     let prepared = prepare(&args.set)?;
+    // What `backup` would refuse, said now (stderr: the JSON on stdout stays one object).
+    let policy = crate::device::guard::Policy::default();
+    for spec in &args.set.devs {
+        if let Ok(inspection) = crate::device::guard::inspect(spec) {
+            for refusal in inspection.refusals(&policy) {
+                eprintln!("pbio: note: backup would refuse {refusal}");
+            }
+        }
+    }
     let plan = &prepared.plan;
     if args.set.json {
         let devices: Vec<_> = plan

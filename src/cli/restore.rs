@@ -26,14 +26,17 @@ pub struct RestoreArgs {
     /// regular file that is complete on them (after a crash or a lost catalog).
     #[arg(long, conflicts_with = "only")]
     pub scan: bool,
+    /// Machine-readable report: one JSON summary object (files, bytes, missing files with their byte ranges and devices, errors, ok).
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
+    /// Devices of the set, in any order; any subset verifies what it holds.
     #[arg(long = "dev", value_parser = parse_dev, required = true)]
     pub devs: Vec<DeviceSpec>,
+    /// Machine-readable report: one JSON summary object (files, bytes, missing byte ranges, errors, ok).
     #[arg(long)]
     pub json: bool,
 }
@@ -82,6 +85,9 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
 }
 
 fn print(set: &OpenSet, report: &Report, verb: &str, as_json: bool) -> i32 {
+    for why in &set.unreadable {
+        eprintln!("pbio: left out an unreadable device: {why}");
+    }
     let secs = report.elapsed.as_secs_f64().max(1e-9);
     let code = if report.ok() { EXIT_OK } else { EXIT_DATA };
     if as_json {

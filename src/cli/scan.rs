@@ -9,6 +9,7 @@ use crate::format::RecordKind;
 
 #[derive(Args, Debug)]
 pub struct ScanArgs {
+    /// The device to read record by record (its label and catalog may be missing or damaged).
     #[arg(long = "dev", value_parser = parse_dev)]
     pub dev: DeviceSpec,
     /// One JSON object per record, then a summary object.

@@ -5,6 +5,7 @@
 
 pub mod block;
 pub mod file;
+pub mod guard;
 pub mod tape;
 pub mod vtape;
 

@@ -86,6 +86,11 @@ pub struct Dispatcher {
     state: Vec<AtomicU8>,
     chunk_bytes: u64,
     aborted: AtomicBool,
+    /// Payload bytes still in each device's own queue.
+    queued_bytes: Vec<AtomicU64>,
+    /// An idle device may take planned work from the device with the most
+    /// left (so devices of uneven speed finish together).
+    stealing: AtomicBool,
 }
 
 impl Dispatcher {
@@ -99,9 +104,11 @@ impl Dispatcher {
         assert!(chunk_bytes.is_power_of_two());
         let own: Vec<SegQueue<WorkItem>> = (0..device_count).map(|_| SegQueue::new()).collect();
         let filled_bytes: Vec<AtomicU64> = (0..device_count).map(|_| AtomicU64::new(0)).collect();
+        let queued_bytes: Vec<AtomicU64> = (0..device_count).map(|_| AtomicU64::new(0)).collect();
         for (device, item) in plan {
             own[device as usize].push(item);
             filled_bytes[device as usize].fetch_add(item.length, Ordering::Relaxed);
+            queued_bytes[device as usize].fetch_add(item.length, Ordering::Relaxed);
         }
         Dispatcher {
             own,
@@ -113,7 +120,51 @@ impl Dispatcher {
                 .collect(),
             chunk_bytes,
             aborted: AtomicBool::new(false),
+            queued_bytes,
+            stealing: AtomicBool::new(false),
         }
+    }
+
+    /// Let idle devices take planned work from the busiest one (`--balance
+    /// time`: finishing together matters more than the planned bytes).
+    pub fn enable_stealing(&self) {
+        self.stealing.store(true, Ordering::SeqCst);
+    }
+
+    fn pop_own(&self, device: usize) -> Option<WorkItem> {
+        let item = self.own[device].pop()?;
+        self.queued_bytes[device].fetch_sub(item.length, Ordering::Relaxed);
+        Some(item)
+    }
+
+    /// Take the next planned item of the live device with the most planned
+    /// bytes left (at least two chunks), as much of it as `room_bytes` allows.
+    fn steal(&self, thief: usize, room_bytes: u64) -> Option<WorkItem> {
+        let victim = (0..self.own.len())
+            .filter(|&d| d != thief && self.state(d) == DeviceState::Working)
+            .max_by_key(|&d| self.queued_bytes[d].load(Ordering::Relaxed))?;
+        if self.queued_bytes[victim].load(Ordering::Relaxed) < 2 * self.chunk_bytes {
+            return None;
+        }
+        let item = self.pop_own(victim)?;
+        self.filled_bytes[victim].fetch_sub(item.length, Ordering::Relaxed);
+        let cut =
+            (item.offset + room_bytes.max(self.chunk_bytes)) / self.chunk_bytes * self.chunk_bytes;
+        let taken = if cut > item.offset && cut < item.end() {
+            self.give_back(&[WorkItem {
+                file: item.file,
+                offset: cut,
+                length: item.end() - cut,
+            }]);
+            WorkItem {
+                length: cut - item.offset,
+                ..item
+            }
+        } else {
+            item
+        };
+        self.filled_bytes[thief].fetch_add(taken.length, Ordering::Relaxed);
+        Some(taken)
     }
 
     /// Stop handing out work (the set cannot complete).
@@ -139,7 +190,7 @@ impl Dispatcher {
         if self.aborted.load(Ordering::SeqCst) {
             return None;
         }
-        if let Some(item) = self.own[device].pop() {
+        if let Some(item) = self.pop_own(device) {
             return Some(item);
         }
         if room_bytes < self.chunk_bytes.min(4096) {
@@ -154,6 +205,11 @@ impl Dispatcher {
                 let portion = self.portion(device, item, room_bytes);
                 self.filled_bytes[device].fetch_add(portion.length, Ordering::Relaxed);
                 return Some(portion);
+            }
+            if self.stealing.load(Ordering::Relaxed) {
+                if let Some(item) = self.steal(device, room_bytes) {
+                    return Some(item);
+                }
             }
             self.set_state(device, DeviceState::Idle);
             let others_working =
@@ -173,7 +229,7 @@ impl Dispatcher {
         if self.aborted.load(Ordering::SeqCst) {
             return Next::Done;
         }
-        if let Some(item) = self.own[device].pop() {
+        if let Some(item) = self.pop_own(device) {
             return Next::Item(item);
         }
         if room_bytes < self.chunk_bytes.min(4096) {
@@ -185,6 +241,11 @@ impl Dispatcher {
             let portion = self.portion(device, item, room_bytes);
             self.filled_bytes[device].fetch_add(portion.length, Ordering::Relaxed);
             return Next::Item(portion);
+        }
+        if self.stealing.load(Ordering::Relaxed) {
+            if let Some(item) = self.steal(device, room_bytes) {
+                return Next::Item(item);
+            }
         }
         let others_working =
             (0..self.state.len()).any(|d| d != device && self.state(d) == DeviceState::Working);
@@ -244,7 +305,7 @@ impl Dispatcher {
     pub fn retire(&self, device: usize, state: DeviceState, gave_back_bytes: u64) -> u64 {
         assert!(matches!(state, DeviceState::Full | DeviceState::Failed));
         let mut moved = 0;
-        while let Some(item) = self.own[device].pop() {
+        while let Some(item) = self.pop_own(device) {
             moved += item.length;
             self.give_back(&[item]);
         }
@@ -404,5 +465,29 @@ mod tests {
         d.give_back(&[taken]);
         d.retire(1, DeviceState::Failed, taken.length);
         assert_eq!(waiter.join().unwrap(), Some(taken));
+    }
+
+    #[test]
+    fn an_idle_device_steals_from_the_busiest_when_enabled() {
+        let chunk = 4096;
+        let plan = [
+            (0, item(0, 0, chunk)),
+            (1, item(1, 0, 4 * chunk)),
+            (1, item(2, 0, 4 * chunk)),
+            (1, item(3, 0, 4 * chunk)),
+        ];
+        let d = Dispatcher::new(2, chunk, plan);
+        d.enable_stealing();
+        assert_eq!(d.next(0, u64::MAX), Some(item(0, 0, chunk)));
+        assert_eq!(d.next(1, u64::MAX), Some(item(1, 0, 4 * chunk)));
+        // Device 0 has nothing left: it takes device 1's next item, cut to its room.
+        assert_eq!(d.next(0, 2 * chunk), Some(item(2, 0, 2 * chunk)));
+        assert_eq!(d.next(1, u64::MAX), Some(item(3, 0, 4 * chunk)));
+        // The rest of the stolen item went to the shared queue, taken in
+        // balancing portions (device 1 is the fuller one: a chunk at a time).
+        assert_eq!(d.next(1, u64::MAX), Some(item(2, 2 * chunk, chunk)));
+        assert_eq!(d.next(1, u64::MAX), Some(item(2, 3 * chunk, chunk)));
+        d.finish(1);
+        assert_eq!(d.next(0, u64::MAX), None);
     }
 }

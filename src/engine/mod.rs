@@ -1,6 +1,7 @@
 //! The data path: buffer pool, ring worker, dispatcher, and the backup run
 //! that ties them together (label, data, catalog, durable, complete).
 
+pub mod bench;
 pub mod buffers;
 pub mod dispatch;
 pub mod media;
@@ -256,6 +257,8 @@ pub struct BackupConfig {
     pub write_retries: u32,
     /// Where device events go (progress display, `--json`); None: nowhere.
     pub events: Option<crossbeam_channel::Sender<Event>>,
+    /// Idle devices take planned work from the busiest (`--balance time`).
+    pub steal_work: bool,
 }
 
 /// Something a harness or the progress display should hear about while
@@ -322,6 +325,9 @@ pub fn run_backup(
             )
         }),
     );
+    if config.steal_work {
+        dispatcher.enable_stealing();
+    }
     // A device whose label cannot be written has failed before it started.
     let mut label_errors: Vec<Option<String>> = vec![None; devices.len()];
     for (i, dev) in devices.iter().enumerate() {
@@ -501,27 +507,39 @@ pub fn run_backup(
     }
     let encoded = catalog.encode();
 
+    // Catalog, sync, label, sync: on every device at once.
+    let finished: Vec<Option<Result<u64, media::MediaError>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = devices
+            .iter()
+            .zip(&outcomes_ok)
+            .enumerate()
+            .map(|(i, (dev, outcome))| {
+                let (encoded, label) = (&encoded, label_for(i as u32));
+                let failed = ends[i] == DeviceEnd::Failed;
+                let payload_max = payload_max[i];
+                scope.spawn(move || {
+                    (!failed).then(|| {
+                        finish_device(dev.as_ref(), &label, outcome, encoded, payload_max, config)
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("finish thread panicked"))
+            .collect()
+    });
     let mut reports = Vec::with_capacity(devices.len());
     let mut catalogs_written = 0;
-    for (i, (dev, outcome)) in devices.iter().zip(outcomes_ok).enumerate() {
+    for (i, ((dev, outcome), finish)) in devices.iter().zip(outcomes_ok).zip(finished).enumerate() {
         let dev = dev.as_ref();
-        let (catalog_end, catalog_error) = if ends[i] == DeviceEnd::Failed {
-            (None, None)
-        } else {
-            match finish_device(
-                dev,
-                &label_for(i as u32),
-                &outcome,
-                &encoded,
-                payload_max[i],
-                config,
-            ) {
-                Ok(end) => {
-                    catalogs_written += 1;
-                    (Some(end), None)
-                }
-                Err(e) => (None, Some(e.to_string())),
+        let (catalog_end, catalog_error) = match finish {
+            None => (None, None),
+            Some(Ok(end)) => {
+                catalogs_written += 1;
+                (Some(end), None)
             }
+            Some(Err(e)) => (None, Some(e.to_string())),
         };
         let error = match &outcome.end {
             RingEnd::Complete => None,

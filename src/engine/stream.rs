@@ -2,12 +2,12 @@
 //!
 //! One io_uring per device, two windows: while the records of one window
 //! are handed to the caller (CRC check, writing payloads to their files),
-//! the next window is being read. A window is `window_bytes` plus room for
-//! one whole record, so every record that starts in the first
-//! `window_bytes` is complete in memory; the next window starts at the
-//! first record that did not fit. Records are block aligned on media, so
-//! that position is a valid O_DIRECT offset and nothing is copied to
-//! stitch records together.
+//! the next window is being read. A window is a whole number of the
+//! largest records; every record complete in it is handed over, and the
+//! next window starts at the first record that was not (so full-size
+//! records are never read twice, and a boundary costs at most one partial
+//! smaller record). Records are block aligned on media, so that position is
+//! a valid O_DIRECT offset and nothing is copied to stitch records together.
 //!
 //! A sequential device (tape) is read one block at a time, each block one
 //! record, through the same kind of ring: while one block is handed to the
@@ -48,6 +48,11 @@ pub enum Item<'a> {
     /// The block at `position` is not a valid record header. The stream
     /// moves on by one block (a scan resynchronises) unless told to stop.
     Bad { position: u64, error: FormatError },
+    /// The buffers of every item handed out so far are about to be reused
+    /// or freed: anything still using them (queued writes of payloads) must
+    /// finish now. Delivered before each buffer reuse and before `stream`
+    /// returns, however it returns.
+    Reclaim,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,14 +75,41 @@ pub fn stream<E>(
 where
     E: From<StreamError>,
 {
+    let record_max = HEADER_BYTES + chunk_bytes as usize;
     if dev.access() == Access::Sequential {
-        return stream_sequential(dev, start, end, chunk_bytes, each);
+        // One block per read: at most the largest record of the set, and
+        // at most what the drive can write.
+        let block_max = dev
+            .block_bytes_max()
+            .map_or(record_max, |m| (m as usize).min(record_max))
+            .max(HEADER_BYTES);
+        let mut pool = BufferPool::new(2, block_max.div_ceil(BLOCK_BYTES) * BLOCK_BYTES);
+        let streamed = stream_sequential(dev, start, end, &mut pool, &mut each);
+        let reclaimed = each(Item::Reclaim);
+        return streamed.and(reclaimed.map(|_| ()));
     }
+    let window = (WINDOW_BYTES / record_max).max(1) * record_max;
+    // Owned here, so that it outlives the caller's use of the items: the
+    // last Reclaim comes after the windows are done, whatever ended them.
+    let mut pool = BufferPool::new(2, window);
+    let streamed = stream_windows(dev, start, end, record_max, &mut pool, &mut each);
+    let reclaimed = each(Item::Reclaim);
+    streamed.and(reclaimed.map(|_| ()))
+}
+
+fn stream_windows<E>(
+    dev: &dyn Device,
+    start: u64,
+    end: u64,
+    record_max: usize,
+    pool: &mut BufferPool,
+    each: &mut impl FnMut(Item<'_>) -> Result<Flow, E>,
+) -> Result<(), E>
+where
+    E: From<StreamError>,
+{
     assert_eq!(start % BLOCK_BYTES as u64, 0);
     let end = end.min(dev.capacity_bytes()) / BLOCK_BYTES as u64 * BLOCK_BYTES as u64;
-    let record_max = HEADER_BYTES + chunk_bytes as usize;
-    let window = WINDOW_BYTES.max(record_max);
-    let mut pool = BufferPool::new(2, window + record_max);
     let io_err = |offset, error| StreamError {
         device: dev.path().display().to_string(),
         offset,
@@ -119,7 +151,7 @@ where
     if pos >= end {
         return Ok(());
     }
-    let mut want = submit(&mut ring, &pool, current, pos)?;
+    let mut want = submit(&mut ring, pool, current, pos)?;
     let mut items: Vec<(u64, Result<RecordHeader, FormatError>)> = Vec::new();
     loop {
         // Wait for the window at `pos` in buffer `current`; finish short reads synchronously.
@@ -146,11 +178,11 @@ where
             have += got;
         }
         let buf = pool.slot(current);
-        // Parse: every record that starts in the first `window` bytes and is
-        // complete in memory; a bad block advances by one block.
+        // Parse: every record complete in memory; a bad block advances by
+        // one block.
         items.clear();
         let mut offset = 0usize;
-        let limit = have.min(window);
+        let limit = have;
         while offset < limit && offset + HEADER_BYTES <= have {
             match RecordHeader::decode(&buf[offset..offset + HEADER_BYTES]) {
                 Ok(h) => {
@@ -190,13 +222,16 @@ where
                 }
             }
         }
-        if offset == 0 && have < HEADER_BYTES {
-            break; // nothing more on the device
+        if offset == 0 {
+            // Nothing more on the device (or a read that cannot make progress).
+            break;
         }
         let next = pos + offset as u64;
         let more = next < end && have > 0;
         if more {
-            want = submit(&mut ring, &pool, 1 - current, next)?;
+            // The other buffer held the previous window, handed out already.
+            each(Item::Reclaim)?;
+            want = submit(&mut ring, pool, 1 - current, next)?;
         }
         let mut stop = false;
         let mut outcome = Ok(());
@@ -253,13 +288,15 @@ enum Block {
 }
 
 /// The tape side of `stream`: objects `start..end` (logical object
-/// numbers; `end = u64::MAX`: to the end of recorded data).
+/// numbers; `end = u64::MAX`: to the end of recorded data), one block per
+/// read into the two slots of `pool` (owned by the caller, so that it
+/// outlives the last `Reclaim`).
 fn stream_sequential<E>(
     dev: &dyn Device,
     start: u64,
     end: u64,
-    chunk_bytes: u32,
-    mut each: impl FnMut(Item<'_>) -> Result<Flow, E>,
+    pool: &mut BufferPool,
+    each: &mut impl FnMut(Item<'_>) -> Result<Flow, E>,
 ) -> Result<(), E>
 where
     E: From<StreamError>,
@@ -269,14 +306,8 @@ where
         offset,
         error,
     };
-    // A block is at most the largest record of the set, and at most what
-    // the drive can write.
-    let record_max = HEADER_BYTES + chunk_bytes as usize;
-    let read_bytes = dev
-        .block_bytes_max()
-        .map_or(record_max, |m| (m as usize).min(record_max))
-        .max(HEADER_BYTES);
-    let pool = BufferPool::new(2, read_bytes.div_ceil(BLOCK_BYTES) * BLOCK_BYTES);
+    let read_bytes = pool.slot_bytes();
+    let pool = &*pool;
     let mut ring = IoUring::new(2).map_err(|e| io_err(start, e))?;
     let tape = |op, position| dev.tape_op(op).map_err(|e| io_err(position, e));
     tape(TapeOp::Rewind, 0)?;
@@ -343,7 +374,7 @@ where
     if position >= end {
         return Ok(());
     }
-    let mut begun = begin(&mut ring, &pool, current, position)?;
+    let mut begun = begin(&mut ring, pool, current, position)?;
     loop {
         let result = complete(&mut ring, begun, position)?;
         let block = classify(result, filemarks, position)?;
@@ -356,9 +387,11 @@ where
         };
         let next = position + 1;
         let more = next < end;
-        // Read ahead while this block is handed over.
+        // Read ahead while this block is handed over, into the buffer of
+        // the block handed over before.
         let ahead = if more {
-            Some(begin(&mut ring, &pool, 1 - current, next)?)
+            each(Item::Reclaim)?;
+            Some(begin(&mut ring, pool, 1 - current, next)?)
         } else {
             None
         };

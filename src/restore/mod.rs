@@ -6,9 +6,9 @@
 
 pub mod scan;
 pub mod tree;
+pub mod writer;
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use crate::device::{self, Access, Device, DeviceSpec, Mode};
@@ -34,6 +34,8 @@ pub enum RestoreError {
 pub struct OpenSet {
     pub devices: Vec<(Box<dyn Device>, Label)>,
     pub catalog: Catalog,
+    /// Devices given that could not be read at all (left out, with why).
+    pub unreadable: Vec<String>,
 }
 
 /// A tape's label stays Writing (it cannot be rewritten); its catalog is
@@ -67,9 +69,18 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
     }
     let mut devices: Vec<(Box<dyn Device>, Label)> = Vec::with_capacity(specs.len());
     let mut tape_catalogs: Vec<Option<Result<Catalog, MediaError>>> = Vec::new();
+    let mut unreadable = Vec::new();
     for spec in specs {
         let dev = device::open(spec, Mode::Read)?;
-        let mut label = media::read_label(dev.as_ref())?;
+        let mut label = match media::read_label(dev.as_ref()) {
+            Ok(label) => label,
+            // One unreadable device does not stop a restore from the others.
+            Err(e) if specs.len() > 1 => {
+                unreadable.push(e.to_string());
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let tape_catalog = complete_tape_label(dev.as_ref(), &mut label);
         if let Some((first, first_label)) = devices.first() {
             if first_label.set_id != label.set_id {
@@ -96,6 +107,12 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
         devices.push((dev, label));
         tape_catalogs.push(tape_catalog);
     }
+    if devices.is_empty() {
+        return Err(RestoreError::Set(format!(
+            "no given device can be read: {}",
+            unreadable.join("; ")
+        )));
+    }
     let mut last_error = None;
     for ((dev, label), tape_catalog) in devices.iter().zip(tape_catalogs.iter_mut()) {
         if let Some(Err(e)) = tape_catalog.take() {
@@ -112,7 +129,7 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
         match read {
             Ok(catalog) if catalog.set_id == label.set_id => {
                 let catalog_devices = catalog.devices.clone();
-                return finish_open(devices, catalog, &catalog_devices);
+                return finish_open(devices, catalog, &catalog_devices, unreadable);
             }
             Ok(_) => {
                 last_error = Some(RestoreError::Set(format!(
@@ -137,6 +154,7 @@ fn finish_open(
     mut devices: Vec<(Box<dyn Device>, Label)>,
     catalog: Catalog,
     entries: &[crate::format::CatalogDevice],
+    unreadable: Vec<String>,
 ) -> Result<OpenSet, RestoreError> {
     for (dev, l) in devices.iter_mut() {
         if l.state != LabelState::Complete {
@@ -150,7 +168,11 @@ fn finish_open(
             l.data_end = entry.data_end;
         }
     }
-    Ok(OpenSet { devices, catalog })
+    Ok(OpenSet {
+        devices,
+        catalog,
+        unreadable,
+    })
 }
 
 /// The device index of a missing range that no device of the set holds.
@@ -202,8 +224,7 @@ fn matches_only(path: &[u8], only: &[Vec<u8>]) -> bool {
 /// and for the others the uncovered ranges, each with the absent device
 /// that holds it, or `NOWHERE` when no device does (the set is incomplete:
 /// the survivors of a backup lacked the room).
-fn completeness(set: &OpenSet) -> (Vec<bool>, Vec<Missing>) {
-    let present: Vec<u32> = set.devices.iter().map(|(_, l)| l.device_index).collect();
+fn completeness(set: &OpenSet, present: &[u32]) -> (Vec<bool>, Vec<Missing>) {
     let catalog = &set.catalog;
     let mut covered: Vec<Vec<(u64, u64)>> = vec![Vec::new(); catalog.files.len()];
     let mut absent: Vec<Vec<(u64, u64, u32)>> = vec![Vec::new(); catalog.files.len()];
@@ -293,7 +314,25 @@ fn uncovered(start: u64, end: u64, have: &[(u64, u64)]) -> Vec<(u64, u64)> {
 pub fn run(set: &OpenSet, action: Action<'_>, only: &[Vec<u8>]) -> Result<Report, RestoreError> {
     let started = std::time::Instant::now();
     let catalog = &set.catalog;
-    let (complete, missing) = completeness(set);
+    // Devices that failed during the backup are read only when the others
+    // do not hold everything asked for (their copies then count only where
+    // they read back with good CRCs: the digests decide).
+    let is_failed = |index: u32| {
+        catalog.devices.get(index as usize).map(|d| d.state)
+            == Some(crate::format::DeviceState::Failed)
+    };
+    let trusted: Vec<u32> = set
+        .devices
+        .iter()
+        .map(|(_, l)| l.device_index)
+        .filter(|&i| !is_failed(i))
+        .collect();
+    let (mut complete, mut missing) = completeness(set, &trusted);
+    let mut reading = trusted.clone();
+    if !missing.is_empty() && trusted.len() < set.devices.len() {
+        reading = set.devices.iter().map(|(_, l)| l.device_index).collect();
+        (complete, missing) = completeness(set, &reading);
+    }
     let selected: Vec<bool> = catalog
         .files
         .iter()
@@ -323,6 +362,7 @@ pub fn run(set: &OpenSet, action: Action<'_>, only: &[Vec<u8>]) -> Result<Report
         let handles: Vec<_> = set
             .devices
             .iter()
+            .filter(|(_, label)| reading.contains(&label.device_index))
             .map(|(dev, label)| {
                 let wanted = &wanted;
                 scope.spawn(move || read_device(dev.as_ref(), label, catalog, wanted, to))
@@ -339,7 +379,16 @@ pub fn run(set: &OpenSet, action: Action<'_>, only: &[Vec<u8>]) -> Result<Report
     };
     let mut per_file: Vec<Vec<(u64, u32, u32)>> = vec![Vec::new(); catalog.files.len()];
     for result in results {
-        let read = result?;
+        // A device that cannot be read is reported; what the others hold is
+        // still restored, and the digests name the files it leaves short.
+        let read = match result {
+            Ok(read) => read,
+            Err(e @ (RestoreError::Stream(_) | RestoreError::Media(_))) => {
+                report.errors.push(e.to_string());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         report.payload_bytes += read.payload_bytes;
         report.records += read.records.len() as u64;
         report.errors.extend(read.errors);
@@ -372,6 +421,9 @@ pub fn run(set: &OpenSet, action: Action<'_>, only: &[Vec<u8>]) -> Result<Report
     Ok(report)
 }
 
+/// Destination files kept open at once by one reader's queued writes.
+const OPEN_FILES_MAX: usize = 128;
+
 fn read_device(
     dev: &dyn Device,
     label: &Label,
@@ -387,7 +439,13 @@ fn read_device(
     };
     // The destination file the previous record went to: records of one
     // file are contiguous on media, so one open file at a time suffices.
-    let mut open: Option<(u32, File)> = None;
+    let mut open: Option<(u32, usize)> = None;
+    let mut writer = match to {
+        Some(_) => Some(writer::Writer::new().map_err(|e| {
+            RestoreError::Set(format!("device {name}: io_uring for restore writes: {e}"))
+        })?),
+        None => None,
+    };
     let mut result: Result<(), RestoreError> = Ok(());
     stream::stream::<RestoreError>(
         dev,
@@ -415,6 +473,17 @@ fn read_device(
                     out.errors.push(format!(
                         "device {name}: offset {position}: damaged record header: {error}"
                     ));
+                    return Ok(Flow::Continue);
+                }
+                Item::Reclaim => {
+                    // Every queued write done before the window is reused.
+                    if let Some(w) = writer.as_mut() {
+                        open = None;
+                        if let Err(e) = w.finish() {
+                            result = Err(RestoreError::Set(e));
+                            return Ok(Flow::Stop);
+                        }
+                    }
                     return Ok(Flow::Continue);
                 }
             };
@@ -450,10 +519,17 @@ fn read_device(
             let (Some(root), true) = (to, wanted[header.file_id as usize]) else {
                 return Ok(Flow::Continue);
             };
-            if open.as_ref().map(|(id, _)| *id) != Some(header.file_id) {
+            let w = writer.as_mut().expect("a writer when restoring");
+            if open.map(|(id, _)| id) != Some(header.file_id) {
+                if w.open_files() >= OPEN_FILES_MAX {
+                    if let Err(e) = w.finish() {
+                        result = Err(RestoreError::Set(e));
+                        return Ok(Flow::Stop);
+                    }
+                }
                 let target: PathBuf = tree::safe_join(root, &file.path)?;
                 match OpenOptions::new().write(true).open(&target) {
-                    Ok(f) => open = Some((header.file_id, f)),
+                    Ok(f) => open = Some((header.file_id, w.add_file(f, path.to_string()))),
                     Err(error) => {
                         result = Err(RestoreError::Set(format!(
                             "open {}: {error}",
@@ -463,12 +539,12 @@ fn read_device(
                     }
                 }
             }
-            let (_, f) = open.as_ref().expect("opened above");
-            if let Err(error) = f.write_all_at(payload, header.file_offset) {
-                result = Err(RestoreError::Set(format!(
-                    "write {} at offset {}: {error}",
-                    path, header.file_offset
-                )));
+            let (_, handle) = open.expect("opened above");
+            // SAFETY: `payload` lies in the stream's window buffer, which the
+            // stream neither reuses nor frees before delivering Reclaim, and
+            // on Reclaim (and before any early return) the writer is finished.
+            if let Err(e) = unsafe { w.write(handle, payload, header.file_offset) } {
+                result = Err(RestoreError::Set(e));
                 return Ok(Flow::Stop);
             }
             Ok(Flow::Continue)

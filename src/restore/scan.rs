@@ -47,6 +47,7 @@ pub fn scan(dev: &dyn Device, mut set_id: Option<SetId>) -> Result<ScanReport, S
         |item| {
             match item {
                 Item::Bad { .. } => report.bad_blocks += 1,
+                Item::Reclaim => {}
                 Item::Record {
                     position,
                     header,
@@ -124,21 +125,17 @@ pub fn restore_from_scan(
     to: &std::path::Path,
 ) -> Result<ScanRestoreReport, RestoreError> {
     // The set: from the labels where they read back (a label is written
-    // before any data), else from the first record found.
+    // before any data), else from the first record found. Devices whose
+    // labels name different sets (a backup killed while writing its
+    // labels over an older set's): the newest set is the one restored,
+    // and records of any other set are skipped.
     let mut set_id: Option<SetId> = None;
+    let mut newest = 0u64;
     for dev in devs {
         if let Ok(label) = crate::engine::media::read_label(dev.as_ref()) {
-            match set_id {
-                None => set_id = Some(label.set_id),
-                Some(id) if id != label.set_id => {
-                    return Err(RestoreError::Set(format!(
-                        "device {} holds set {}, the other devices set {}",
-                        dev.path().display(),
-                        crate::engine::set_id_hex(&label.set_id),
-                        crate::engine::set_id_hex(&id)
-                    )))
-                }
-                Some(_) => {}
+            if set_id.is_none() || label.created_unix_ns > newest {
+                set_id = Some(label.set_id);
+                newest = label.created_unix_ns;
             }
         }
     }
