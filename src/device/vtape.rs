@@ -719,6 +719,23 @@ mod tests {
             t.tape_op(TapeOp::ForwardFiles(5)).is_err(),
             "past the end of data"
         );
+        // MTEOM: where the next file would be appended; MTBSF back from there.
+        t.tape_op(TapeOp::EndOfData).unwrap();
+        let s = t.tape_status().unwrap();
+        assert!(s.at_eod && !s.at_bot);
+        assert_eq!(s.file_number, 2);
+        t.tape_op(TapeOp::BackFiles(2)).unwrap();
+        assert_eq!(t.tape_status().unwrap().file_number, 0);
+        assert_eq!(
+            read_block(&t, &mut buf).unwrap(),
+            0,
+            "in front of the first filemark"
+        );
+        assert!(
+            t.tape_op(TapeOp::BackFiles(2)).is_err(),
+            "no filemark before the first"
+        );
+        assert!(t.tape_status().unwrap().at_bot);
 
         // Writing in the middle discards the rest; the index survives a reopen.
         t.tape_op(TapeOp::Rewind).unwrap();
