@@ -12,7 +12,7 @@ pub mod stream;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use crate::device::Device;
+use crate::device::{Access, Device};
 use crate::format::{
     Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, FileKind, Label, LabelState,
     SetId, HEADER_BYTES,
@@ -219,11 +219,39 @@ pub enum BackupError {
     NoCatalog(String),
 }
 
+/// Default tape block limit (`--tape-block`): header and payload of a
+/// record within 1 MiB, inside st's default scatter/gather limit.
+pub const TAPE_BLOCK_BYTES_DEFAULT: u32 = crate::device::tape::TAPE_BLOCK_BYTES_DEFAULT;
+/// Smallest tape block pbio writes: a header and one 4 KiB payload block.
+pub const TAPE_BLOCK_BYTES_MIN: u32 = 2 * HEADER_BYTES as u32;
+/// Default records buffered ahead of a tape's one write (`--tape-buffer`).
+pub const TAPE_BUFFER_RECORDS_DEFAULT: usize = 64;
+
+/// The largest payload of one record on `dev`: the chunk, or on a device
+/// with a block limit (tape: `tape_block_bytes` and the drive's own limit)
+/// the largest power of two that fits one block together with its
+/// header, so that records split on the same boundaries as the chunk.
+pub fn record_payload_bytes_max(dev: &dyn Device, chunk_bytes: u32, tape_block_bytes: u32) -> u32 {
+    if dev.access() == Access::Random {
+        return chunk_bytes;
+    }
+    let block = tape_block_bytes
+        .min(dev.block_bytes_max().unwrap_or(u32::MAX))
+        .max(TAPE_BLOCK_BYTES_MIN);
+    let room = block - HEADER_BYTES as u32;
+    let payload = 1u32 << (31 - room.leading_zeros());
+    payload.min(chunk_bytes)
+}
+
 pub struct BackupConfig {
     pub set_id: SetId,
     pub created_unix_ns: u64,
     pub chunk_bytes: u32,
     pub queue_depth: usize,
+    /// Largest tape block (header + payload) to write (`--tape-block`).
+    pub tape_block_bytes: u32,
+    /// Records buffered ahead of each tape's write (`--tape-buffer`).
+    pub tape_buffer_records: usize,
     /// Media bytes kept free on each device for the catalog (from `plan_set`).
     pub reserve_bytes: u64,
     /// Resubmissions of a failed write before the device is declared failed.
@@ -315,12 +343,20 @@ pub fn run_backup(
         }
     }
 
+    let payload_max: Vec<u32> = devices
+        .iter()
+        .map(|d| record_payload_bytes_max(d.as_ref(), config.chunk_bytes, config.tape_block_bytes))
+        .collect();
     let ring_configs: Vec<RingConfig> = (0..devices.len())
         .map(|i| RingConfig {
             device_index: i as u32,
             set_id: config.set_id,
             chunk_bytes: config.chunk_bytes,
-            queue_depth: config.queue_depth,
+            record_payload_bytes_max: payload_max[i],
+            queue_depth: match devices[i].access() {
+                Access::Random => config.queue_depth,
+                Access::Sequential => config.tape_buffer_records,
+            },
             reserve_bytes: config.reserve_bytes,
             write_retries: config.write_retries,
         })
@@ -343,7 +379,7 @@ pub fn run_backup(
                                 end: RingEnd::Failed { error },
                                 records: Vec::new(),
                                 placed: Vec::new(),
-                                data_end: HEADER_BYTES as u64,
+                                data_end: media::data_start(dev.as_ref()),
                                 redirected_bytes: 0,
                                 stats: RingStats::default(),
                             });
@@ -481,8 +517,11 @@ pub fn run_backup(
             .map(|(i, (dev, outcome))| {
                 let (encoded, label) = (&encoded, label_for(i as u32));
                 let failed = ends[i] == DeviceEnd::Failed;
+                let payload_max = payload_max[i];
                 scope.spawn(move || {
-                    (!failed).then(|| finish_device(dev.as_ref(), &label, outcome, encoded, config))
+                    (!failed).then(|| {
+                        finish_device(dev.as_ref(), &label, outcome, encoded, payload_max, config)
+                    })
                 })
             })
             .collect();
@@ -544,14 +583,28 @@ pub fn run_backup(
     })
 }
 
-/// Catalog after the data, sync, label complete, sync.
+/// Catalog after the data, sync, label complete, sync. On a tape: a
+/// filemark, the catalog as tape file 1, End record, filemark (the label
+/// cannot be rewritten: the End record and filemark say "complete").
 fn finish_device(
     dev: &dyn Device,
     label: &Label,
     outcome: &RingOutcome,
     encoded: &[u8],
+    payload_bytes_max: u32,
     config: &BackupConfig,
 ) -> Result<u64, media::MediaError> {
+    if dev.access() == Access::Sequential {
+        return media::write_tape_catalog(
+            dev,
+            config.set_id,
+            label.device_index,
+            outcome.stats.records,
+            outcome.data_end,
+            encoded,
+            payload_bytes_max,
+        );
+    }
     let catalog_end = media::write_catalog(
         dev,
         config.set_id,

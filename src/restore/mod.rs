@@ -11,10 +11,10 @@ pub mod writer;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
-use crate::device::{self, Device, DeviceSpec, Mode};
+use crate::device::{self, Access, Device, DeviceSpec, Mode};
 use crate::engine::media::{self, MediaError};
 use crate::engine::stream::{self, Flow, Item, StreamError};
-use crate::format::{Catalog, FileKind, Label, LabelState, RecordKind, HEADER_BYTES};
+use crate::format::{Catalog, FileKind, Label, LabelState, RecordKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -38,6 +38,29 @@ pub struct OpenSet {
     pub unreadable: Vec<String>,
 }
 
+/// A tape's label stays Writing (it cannot be rewritten); its catalog is
+/// tape file 1, complete when it ends with an End record and a filemark.
+/// When it reads back, the label is completed in memory, with positions
+/// in logical object numbers, so that the rest of restore treats the tape
+/// like any device with a Complete label.
+fn complete_tape_label(dev: &dyn Device, label: &mut Label) -> Option<Result<Catalog, MediaError>> {
+    if dev.access() != Access::Sequential || label.state == LabelState::Complete {
+        return None;
+    }
+    let read = media::read_catalog(dev, label);
+    if let Ok(catalog) = &read {
+        if catalog.set_id == label.set_id {
+            if let Some(entry) = catalog.devices.get(label.device_index as usize) {
+                label.state = LabelState::Complete;
+                label.data_end = entry.data_end;
+                label.catalog_offset = entry.data_end + 1;
+                label.catalog_bytes = catalog.encode().len() as u64;
+            }
+        }
+    }
+    Some(read)
+}
+
 /// Open the given devices, check they belong to one complete set, and read
 /// the catalog (from the first device whose catalog reads back correctly).
 pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
@@ -45,10 +68,11 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
         return Err(RestoreError::Set("no devices given (use --dev)".into()));
     }
     let mut devices: Vec<(Box<dyn Device>, Label)> = Vec::with_capacity(specs.len());
+    let mut tape_catalogs: Vec<Option<Result<Catalog, MediaError>>> = Vec::new();
     let mut unreadable = Vec::new();
     for spec in specs {
         let dev = device::open(spec, Mode::Read)?;
-        let label = match media::read_label(dev.as_ref()) {
+        let mut label = match media::read_label(dev.as_ref()) {
             Ok(label) => label,
             // One unreadable device does not stop a restore from the others.
             Err(e) if specs.len() > 1 => {
@@ -57,6 +81,7 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
             }
             Err(e) => return Err(e.into()),
         };
+        let tape_catalog = complete_tape_label(dev.as_ref(), &mut label);
         if let Some((first, first_label)) = devices.first() {
             if first_label.set_id != label.set_id {
                 return Err(RestoreError::Set(format!(
@@ -80,6 +105,7 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
             )));
         }
         devices.push((dev, label));
+        tape_catalogs.push(tape_catalog);
     }
     if devices.is_empty() {
         return Err(RestoreError::Set(format!(
@@ -88,11 +114,19 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
         )));
     }
     let mut last_error = None;
-    for (dev, label) in devices
-        .iter()
-        .filter(|(_, l)| l.state == LabelState::Complete)
-    {
-        match media::read_catalog(dev.as_ref(), label) {
+    for ((dev, label), tape_catalog) in devices.iter().zip(tape_catalogs.iter_mut()) {
+        if let Some(Err(e)) = tape_catalog.take() {
+            last_error = Some(e.into());
+            continue;
+        }
+        if label.state != LabelState::Complete {
+            continue;
+        }
+        let read = match tape_catalog.take() {
+            Some(read) => read,
+            None => media::read_catalog(dev.as_ref(), label),
+        };
+        match read {
             Ok(catalog) if catalog.set_id == label.set_id => {
                 let catalog_devices = catalog.devices.clone();
                 return finish_open(devices, catalog, &catalog_devices, unreadable);
@@ -415,7 +449,7 @@ fn read_device(
     let mut result: Result<(), RestoreError> = Ok(());
     stream::stream::<RestoreError>(
         dev,
-        HEADER_BYTES as u64,
+        media::data_start(dev),
         label.data_end,
         label.chunk_bytes,
         |item| {
