@@ -247,7 +247,6 @@ pub struct Ring<'a> {
     position: u64,
     /// Records may not end beyond this.
     usable_bytes: u64,
-    sequence: u64,
     stats: RingStats,
     progress: &'a AtomicU64,
     /// SQEs pushed and not yet reaped.
@@ -314,7 +313,6 @@ impl<'a> Ring<'a> {
             taken: Vec::new(),
             position: HEADER_BYTES as u64,
             usable_bytes: device.capacity_bytes().saturating_sub(config.reserve_bytes),
-            sequence: 0,
             stats: RingStats::default(),
             progress,
             ops_in_flight: 0,
@@ -1089,8 +1087,9 @@ impl<'a> Ring<'a> {
     }
 
     fn submit_write(&mut self, slot: usize) -> Result<(), Stop> {
-        let sequence = self.sequence;
-        self.sequence += 1;
+        // A record's sequence number is its place in media order: its gen
+        // index (reads complete in any order; the number must not follow them).
+        let sequence = self.slots[slot].gen as u64;
         self.fill_record(slot, sequence);
         let s = &mut self.slots[slot];
         s.phase = Phase::Writing;
