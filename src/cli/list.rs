@@ -26,6 +26,7 @@ fn kind_name(kind: FileKind) -> &'static str {
         FileKind::Directory => "dir",
         FileKind::Symlink => "symlink",
         FileKind::HardLink => "hardlink",
+        FileKind::BlockDevice => "blockdev",
     }
 }
 

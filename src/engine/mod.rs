@@ -70,10 +70,16 @@ pub fn catalog_for(
                 gid: e.meta.gid,
                 mtime_sec: e.meta.mtime_sec,
                 mtime_nsec: e.meta.mtime_nsec,
+                ctime_sec: e.meta.ctime_sec,
+                ctime_nsec: e.meta.ctime_nsec,
+                dev: e.meta.dev,
+                ino: e.meta.ino,
                 size_bytes,
                 link_target,
                 hardlink_to,
                 digest: [0; 32],
+                origin: 0,
+                origin_file_id: 0,
             }
         })
         .collect();
@@ -84,6 +90,9 @@ pub fn catalog_for(
         devices: devices.to_vec(),
         files,
         segments,
+        ancestors: Vec::new(),
+        removed: Vec::new(),
+        renamed: Vec::new(),
     }
 }
 
