@@ -198,6 +198,7 @@ pub fn run(args: BackupArgs) -> CliResult {
     let input = SetInput {
         entries: prepared.entries,
         plan: prepared.plan,
+        since: prepared.since,
     };
     let output = Output::choose(args.set.json, args.json_interval);
     let mut reporter = Reporter::new(output, infos, std::io::stdout());
@@ -251,8 +252,34 @@ pub fn run(args: BackupArgs) -> CliResult {
                 );
             }
             print_report(&report, json);
+            if let Some(since) = &input.since {
+                print_increment(since, &input.entries, json);
+            }
             Ok(code)
         }
+    }
+}
+
+/// What an incremental set refers to instead of storing (stderr in JSON
+/// mode, which keeps one summary object on stdout).
+fn print_increment(
+    since: &crate::source::incremental::Increment,
+    entries: &[crate::source::Entry],
+    as_json: bool,
+) {
+    let line = format!(
+        "incremental over set {} ({} earlier sets in the chain): {} unchanged files ({}) referenced, {} paths removed, {} renamed",
+        engine::set_id_hex(&since.parent()),
+        since.ancestors.len(),
+        since.referenced_files(),
+        human_bytes(since.referenced_bytes(entries)),
+        since.removed.len(),
+        since.renamed.len()
+    );
+    if as_json {
+        eprintln!("pbio: {line}");
+    } else {
+        println!("{line}");
     }
 }
 

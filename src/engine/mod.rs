@@ -17,23 +17,30 @@ use crate::format::{
     SetId, HEADER_BYTES,
 };
 use crate::plan::{self, DeviceSlot, FileItem, Plan};
+use crate::source::incremental::Increment;
 use crate::source::{Entry, EntryKind};
 use dispatch::{DeviceState as DispatchState, Dispatcher, WorkItem};
 use ring::{RecordDone, Ring, RingConfig, RingEnd, RingError, RingOutcome, RingStats};
 
-/// Everything a backup run reads: the walked entries (file id = index) and the plan.
+/// Everything a backup run reads: the walked entries (file id = index),
+/// the plan, and for an incremental set what it refers to instead of storing.
 pub struct SetInput {
     pub entries: Vec<Entry>,
     pub plan: Plan,
+    pub since: Option<Increment>,
 }
 
 /// Planner inputs derived from walked entries: one item per entry (size 0
-/// for everything that has no data), so plan file ids are entry indexes.
-pub fn file_items(entries: &[Entry]) -> Vec<FileItem> {
+/// for everything that has no data to store here: directories, links, and
+/// in an incremental set the files whose data is in an earlier set), so
+/// plan file ids are entry indexes.
+pub fn file_items(entries: &[Entry], since: Option<&Increment>) -> Vec<FileItem> {
     entries
         .iter()
-        .map(|e| FileItem {
+        .enumerate()
+        .map(|(i, e)| FileItem {
             size_bytes: match e.kind {
+                EntryKind::File { .. } if since.and_then(|s| s.origin(i)).is_some() => 0,
                 EntryKind::File { size_bytes, .. } => size_bytes,
                 _ => 0,
             },
@@ -42,19 +49,25 @@ pub fn file_items(entries: &[Entry]) -> Vec<FileItem> {
 }
 
 /// The catalog for `entries` with the given segment placements; digests
-/// are filled by the caller once the data is written.
+/// of the data stored in this set are filled by the caller once it is
+/// written (those of data in earlier sets come from `since`).
 pub fn catalog_for(
     set_id: SetId,
     created_unix_ns: u64,
     chunk_bytes: u32,
     devices: &[CatalogDevice],
     entries: &[Entry],
+    since: Option<&Increment>,
     segments: Vec<CatalogSegment>,
 ) -> Catalog {
     let files = entries
         .iter()
-        .map(|e| {
+        .enumerate()
+        .map(|(i, e)| {
             let (kind, size_bytes, link_target, hardlink_to) = match &e.kind {
+                EntryKind::File { size_bytes, .. } if e.is_block_device() => {
+                    (FileKind::BlockDevice, *size_bytes, Vec::new(), 0)
+                }
                 EntryKind::File { size_bytes, .. } => {
                     (FileKind::Regular, *size_bytes, Vec::new(), 0)
                 }
@@ -62,6 +75,7 @@ pub fn catalog_for(
                 EntryKind::Symlink { target } => (FileKind::Symlink, 0, target.clone(), 0),
                 EntryKind::HardLink { target } => (FileKind::HardLink, 0, Vec::new(), *target),
             };
+            let origin = since.and_then(|s| s.origin(i));
             CatalogFile {
                 path: e.path.clone(),
                 kind,
@@ -77,12 +91,26 @@ pub fn catalog_for(
                 size_bytes,
                 link_target,
                 hardlink_to,
-                digest: [0; 32],
-                origin: 0,
-                origin_file_id: 0,
+                digest: origin.map(|o| o.digest).unwrap_or([0; 32]),
+                origin: origin.map(|o| o.ancestor).unwrap_or(0),
+                origin_file_id: origin.map(|o| o.file_id).unwrap_or(0),
             }
         })
         .collect();
+    let (ancestors, removed, renamed) = match since {
+        None => (Vec::new(), Vec::new(), Vec::new()),
+        Some(s) => (
+            s.ancestors.clone(),
+            s.removed.clone(),
+            s.renamed
+                .iter()
+                .map(|(file_id, from)| crate::format::Renamed {
+                    file_id: *file_id,
+                    from: from.clone(),
+                })
+                .collect(),
+        ),
+    };
     Catalog {
         set_id,
         created_unix_ns,
@@ -90,9 +118,9 @@ pub fn catalog_for(
         devices: devices.to_vec(),
         files,
         segments,
-        ancestors: Vec::new(),
-        removed: Vec::new(),
-        renamed: Vec::new(),
+        ancestors,
+        removed,
+        renamed,
     }
 }
 
@@ -114,10 +142,11 @@ pub enum PlanSetError {
 /// again with the measured reserve if the first guess was short.
 pub fn plan_set(
     entries: &[Entry],
+    since: Option<&Increment>,
     devices: &[(String, u64, Option<u64>)],
     options: &plan::Options,
 ) -> Result<(Plan, u64), PlanSetError> {
-    let items = file_items(entries);
+    let items = file_items(entries, since);
     let chunk = options.chunk_bytes as u32;
     let names: Vec<CatalogDevice> = devices
         .iter()
@@ -129,7 +158,7 @@ pub fn plan_set(
             data_end: *c,
         })
         .collect();
-    let mut catalog_guess = catalog_for([0; 16], 0, chunk, &names, entries, Vec::new())
+    let mut catalog_guess = catalog_for([0; 16], 0, chunk, &names, entries, since, Vec::new())
         .encode()
         .len() as u64
         + 64 * (entries.len() as u64 + 2 * devices.len() as u64)
@@ -163,7 +192,7 @@ pub fn plan_set(
                 records: u32::MAX,
             })
             .collect();
-        let actual = catalog_for([0; 16], u64::MAX, chunk, &names, entries, segments)
+        let actual = catalog_for([0; 16], u64::MAX, chunk, &names, entries, since, segments)
             .encode()
             .len() as u64;
         if actual <= catalog_guess {
@@ -464,10 +493,11 @@ pub fn run_backup(
         config.chunk_bytes,
         &catalog_devices,
         &input.entries,
+        input.since.as_ref(),
         segments,
     );
     for (file, records) in catalog.files.iter_mut().zip(per_file.iter_mut()) {
-        if file.kind == FileKind::Regular {
+        if file.kind.has_data() && file.origin == 0 {
             records.sort_unstable();
             records.dedup_by_key(|r| r.0);
             file.digest = crate::format::file_digest(records);
