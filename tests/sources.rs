@@ -1,6 +1,6 @@
 //! Kinds of source (issue 10, claims 2-7): a raw block device holding a
 //! filesystem, several independent trees in one set, incremental sets and
-//! their chains.
+//! their chains, and files that change while they are read.
 
 mod common;
 #[path = "common/loopdev.rs"]
@@ -12,6 +12,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use loopdev::{loop_devices_available, pbio, LoopDev};
 use serde_json::Value;
@@ -535,4 +537,70 @@ fn incremental_chain() {
     );
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("not one chain"), "{err}");
+}
+
+/// A large file appended to while pbio reads it is reported by path, the
+/// exit code is 1, and the set still restores (the file as it was at the
+/// walk: the bytes up to its size then).
+#[test]
+fn file_changed_during_backup_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let src = root.join("src");
+    fs::create_dir_all(&src).unwrap();
+    write_random(&src.join("steady.bin"), 1 << 20, 4);
+    let growing = src.join("growing.bin");
+    write_random(&growing, 96 << 20, 5);
+    let stop = Arc::new(AtomicBool::new(false));
+    let appender = {
+        let stop = stop.clone();
+        let growing = growing.clone();
+        std::thread::spawn(move || {
+            let mut f = fs::OpenOptions::new().append(true).open(&growing).unwrap();
+            let block = vec![0x42u8; 64 << 10];
+            while !stop.load(Ordering::Relaxed) {
+                f.write_all(&block).unwrap();
+                f.sync_data().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+    };
+    let devs: Vec<String> = (0..2)
+        .map(|i| file_dev(root, &format!("d{i}.img"), 80))
+        .collect();
+    let result = std::panic::catch_unwind(|| backup(&[&src], &devs, &["--chunk", "256K"]));
+    stop.store(true, Ordering::Relaxed);
+    appender.join().unwrap();
+    let (code, sum, err) = result.unwrap();
+    assert_eq!(
+        code, 1,
+        "a changed file makes the exit code 1: {sum}\n{err}"
+    );
+    assert!(
+        err.contains("src/growing.bin") && err.contains("changed while it was being backed up"),
+        "{err}"
+    );
+    let changed = sum["changed"].as_array().unwrap();
+    assert_eq!(changed.len(), 1, "{sum}");
+    assert_eq!(changed[0]["path"], "src/growing.bin");
+    assert!(
+        changed[0]["what"].as_str().unwrap().contains("size"),
+        "{sum}"
+    );
+
+    let plain: Vec<String> = devs.iter().map(|d| plain(d)).collect();
+    let out = root.join("out");
+    let (code, stdout, err) = restore(&plain, &out, &[]);
+    assert_eq!(code, 0, "{stdout}\n{err}");
+    let restored = fs::read(out.join("src/growing.bin")).unwrap();
+    let now = fs::read(&growing).unwrap();
+    assert!(restored.len() >= 96 << 20 && restored.len() < now.len());
+    assert!(
+        now.starts_with(&restored),
+        "the bytes up to the walked size"
+    );
+    assert_eq!(
+        fs::read(out.join("src/steady.bin")).unwrap(),
+        fs::read(src.join("steady.bin")).unwrap()
+    );
 }

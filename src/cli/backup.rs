@@ -283,12 +283,14 @@ fn print_increment(
     }
 }
 
-/// 3 when part of the set is not on any device, 1 when a device failed
-/// (the survivors hold everything), 0 otherwise.
+/// 3 when part of the set is not on any device; 1 when a device failed
+/// (the survivors hold everything) or a file changed while it was read
+/// (the set is complete, but that file's copy may be inconsistent); 0
+/// otherwise.
 pub fn exit_code(report: &engine::BackupReport) -> i32 {
     if !report.unplaced.is_empty() {
         super::EXIT_DATA
-    } else if report.degraded() {
+    } else if report.degraded() || !report.changed.is_empty() {
         super::EXIT_DEGRADED
     } else {
         EXIT_OK
@@ -331,6 +333,11 @@ fn print_warnings(report: &engine::BackupReport) {
         }
     } else if report.degraded() {
         eprintln!("pbio: set complete on the surviving devices (degraded)");
+    }
+    for (path, what) in &report.changed {
+        eprintln!(
+            "pbio: warning: {path} changed while it was being backed up ({what}): its copy may be inconsistent"
+        );
     }
 }
 
@@ -384,6 +391,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                 "mib_per_sec": mib_s(total, secs),
                 "devices": devices,
                 "missing_bytes": report.missing_bytes(),
+                "changed": report.changed.iter().map(|(p, w)| json!({"path": p, "what": w})).collect::<Vec<_>>(),
                 "unplaced": report.unplaced.iter().map(|(p, o, l)| json!({"path": p, "offset": o, "length": l})).collect::<Vec<_>>(),
                 "exit_code": exit_code(report),
             })

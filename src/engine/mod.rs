@@ -234,6 +234,9 @@ pub struct BackupReport {
     pub segments: usize,
     /// Work no surviving device could take: these ranges are not in the set.
     pub unplaced: Vec<(String, u64, u64)>,
+    /// Files that changed while the backup read them (path, what changed):
+    /// their copy in the set may mix old and new contents.
+    pub changed: Vec<(String, String)>,
     pub elapsed: Duration,
 }
 
@@ -421,6 +424,18 @@ pub fn run_backup(
     for outcome in outcomes {
         outcomes_ok.push(outcome?);
     }
+    // Every file whose data was read, looked at again now that all of it
+    // has been: a change since the walk may have torn its copy.
+    let changed: Vec<(String, String)> = input
+        .entries
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| input.since.as_ref().and_then(|s| s.origin(*i)).is_none())
+        .filter_map(|(_, e)| {
+            crate::source::changed_since_walk(e)
+                .map(|what| (String::from_utf8_lossy(&e.path).into_owned(), what))
+        })
+        .collect();
     let unplaced: Vec<(String, u64, u64)> = dispatcher
         .unplaced()
         .into_iter()
@@ -557,6 +572,7 @@ pub fn run_backup(
         files: input.entries.len(),
         segments: segment_count,
         unplaced,
+        changed,
         elapsed: started.elapsed(),
     })
 }

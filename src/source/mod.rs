@@ -1,5 +1,6 @@
 //! Walking sources: files, directory trees and raw block devices into a
-//! flat entry list; the incremental filter (`incremental`).
+//! flat entry list; the incremental filter (`incremental`); the check for
+//! files that changed while they were read (`recheck`).
 //!
 //! INTERFACE (fixed): `walk(&[PathBuf]) -> Result<Walk, SourceError>`.
 //!
@@ -400,6 +401,42 @@ fn meta_of(metadata: &fs::Metadata) -> Meta {
             0
         },
     }
+}
+
+/// Whether `entry` (a regular file that was read) changed since the walk
+/// looked at it, by a fresh lstat: a description of what changed (size,
+/// mtime, ctime, inode, or that it is gone), or None. A file that changes
+/// while it is read may be stored torn (part old, part new); compare after
+/// the whole set has been read to catch every change during the read.
+///
+/// Block devices are not checked: their node's metadata does not change
+/// when their contents do (back up a snapshot for a consistent image).
+pub fn changed_since_walk(entry: &Entry) -> Option<String> {
+    let EntryKind::File { size_bytes, .. } = entry.kind else {
+        return None;
+    };
+    if entry.is_block_device() {
+        return None;
+    }
+    let now = match fs::symlink_metadata(&entry.source) {
+        Ok(now) => now,
+        Err(error) => return Some(format!("cannot be looked at again ({error})")),
+    };
+    let then = &entry.meta;
+    let mut what = Vec::new();
+    if (now.dev(), now.ino()) != (then.dev, then.ino) {
+        what.push("replaced by another file".to_string());
+    }
+    if now.len() != size_bytes {
+        what.push(format!("size {size_bytes} -> {}", now.len()));
+    }
+    if (now.mtime(), now.mtime_nsec() as u32) != (then.mtime_sec, then.mtime_nsec) {
+        what.push("mtime changed".to_string());
+    }
+    if (now.ctime(), now.ctime_nsec() as u32) != (then.ctime_sec, then.ctime_nsec) {
+        what.push("ctime changed".to_string());
+    }
+    (!what.is_empty()).then(|| what.join(", "))
 }
 
 /// Where the block device `rdev` is mounted read-write, from
