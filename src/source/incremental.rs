@@ -22,10 +22,17 @@
 //!   `renamed`.
 //!
 //! What "unchanged" means, per regular file:
-//! - same path in the parent, same kind, and the same size, mtime, ctime,
-//!   device and inode; or
+//! - same path in the parent, same kind, and the same size, mtime, ctime
+//!   and inode. The device number is not compared here: a filesystem
+//!   backed up through successive snapshots is mounted with a new st_dev
+//!   each time (btrfs subvolume snapshots, LVM snapshots) while its files
+//!   keep their inode and ctime, and a different filesystem that has a
+//!   file at the same path with the same inode, size, mtime and ctime to
+//!   the nanosecond is not a case that arises; or
 //! - (a rename or move) another path in the parent with the same device
-//!   and inode, size and mtime. The ctime is not compared here: rename(2)
+//!   and inode, size and mtime. Inode numbers repeat across filesystems,
+//!   so here the device must match (a rename seen through two different
+//!   snapshots is stored again). The ctime is not compared: rename(2)
 //!   itself sets it on Linux. A file that is renamed *and* rewritten with
 //!   its size and mtime restored by hand (`touch -d`) is therefore not
 //!   detected; a rewrite in place always is (the ctime moves).
@@ -128,11 +135,12 @@ fn complete_files(parent: &Catalog) -> Vec<bool> {
         .collect()
 }
 
+/// Same kind, size, mtime and inode (not device: see the module docs).
 fn same_data_keys(entry: &Entry, size_bytes: u64, f: &CatalogFile) -> bool {
     f.kind == FileKind::Regular
         && f.size_bytes == size_bytes
         && (f.mtime_sec, f.mtime_nsec) == (entry.meta.mtime_sec, entry.meta.mtime_nsec)
-        && (f.dev, f.ino) == (entry.meta.dev, entry.meta.ino)
+        && f.ino == entry.meta.ino
 }
 
 /// Which of `entries` (a fresh walk) are unchanged since the set whose
@@ -165,6 +173,7 @@ pub fn since(entries: &[Entry], parent: &Catalog) -> Increment {
         .enumerate()
         .map(|(i, f)| (f.path.as_slice(), i))
         .collect();
+    // Renames: by device and inode (inode numbers repeat across devices).
     let by_inode: HashMap<(u64, u64), usize> = parent
         .files
         .iter()
@@ -378,6 +387,21 @@ mod tests {
         );
         assert_eq!(inc.referenced_files(), 2);
         assert_eq!(inc.referenced_bytes(&now), 200);
+    }
+
+    #[test]
+    fn a_new_device_number_keeps_same_path_files_but_not_renames() {
+        let before = vec![file("s/a", 10, 2, 10, 10), file("s/b", 10, 3, 10, 10)];
+        let parent = parent_of(&before, &[]);
+        // The next snapshot: mounted with another st_dev, "b" renamed.
+        let mut now = vec![file("s/a", 10, 2, 10, 10), file("s/c", 10, 3, 10, 20)];
+        for e in &mut now {
+            e.meta.dev = 8;
+        }
+        let inc = since(&now, &parent);
+        assert_eq!(inc.origins[0].map(|o| o.file_id), Some(0));
+        assert_eq!(inc.origins[1], None, "inode numbers repeat across devices");
+        assert!(inc.renamed.is_empty());
     }
 
     #[test]
