@@ -233,12 +233,12 @@ fig_fio_read_source() {
 fig_pbio_backup_disk() {
     drop_caches
     measure pbio_backup_disk "$rep" "$size" 0 pbio-backup -- \
-        "$pbio" backup "$work/tree" "${pbio_devs[@]}" --qd "$qd" --json
+        "$pbio" backup "$work/tree" "${pbio_devs[@]}" --qd "$qd" --json --force
 }
 fig_pbio_backup_tmpfs() {
     drop_caches
     measure pbio_backup_tmpfs "$rep" "$size" 0 pbio-backup -- \
-        "$pbio" backup "$tmpfs/tree" "${pbio_devs[@]}" --qd "$qd" --json
+        "$pbio" backup "$tmpfs/tree" "${pbio_devs[@]}" --qd "$qd" --json --force
 }
 fig_fio_read() {
     drop_caches
@@ -269,7 +269,7 @@ fig_tar_dd_1dev() {
 fig_pbio_backup_1dev() {
     drop_caches
     measure pbio_backup_1dev "$rep" "$size" 0 pbio-backup -- \
-        "$pbio" backup "$work/tree" --dev "$dev0" --qd "$qd" --json
+        "$pbio" backup "$work/tree" --dev "$dev0" --qd "$qd" --json --force
 }
 fig_dd_1dev() {
     drop_caches
@@ -279,7 +279,7 @@ fig_dd_1dev() {
 fig_pbio_backup_big_1dev() {
     drop_caches
     measure pbio_backup_big_1dev "$rep" "$big_bytes" 0 pbio-backup -- \
-        "$pbio" backup "$work/tree/big.bin" --dev "$dev0" --qd "$qd" --json
+        "$pbio" backup "$work/tree/big.bin" --dev "$dev0" --qd "$qd" --json --force
 }
 fig_tar_small_1dev() {
     drop_caches
@@ -294,12 +294,12 @@ fig_tar_dd_small_1dev() {
 fig_pbio_small() {
     drop_caches
     measure pbio_small "$rep" "$small_bytes" "$files" pbio-backup -- \
-        "$pbio" backup "$work/small" "${pbio_devs[@]}" --qd "$qd" --json
+        "$pbio" backup "$work/small" "${pbio_devs[@]}" --qd "$qd" --json --force
 }
 fig_pbio_small_1dev() {
     drop_caches
     measure pbio_small_1dev "$rep" "$small_bytes" "$files" pbio-backup -- \
-        "$pbio" backup "$work/small" --dev "$dev0" --qd "$qd" --json
+        "$pbio" backup "$work/small" --dev "$dev0" --qd "$qd" --json --force
 }
 # group FIGURE... : run in order on odd reps, reversed on even reps.
 group() {

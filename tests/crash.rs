@@ -90,7 +90,12 @@ fn kill_9_at_random_moments_then_scan_restore() {
             code == 0 || code == 3,
             "run {run}: restore --scan exit {code}: {err}"
         );
-        let report: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        let report: Value = serde_json::from_str(
+            out.lines()
+                .last()
+                .unwrap_or_else(|| panic!("run {run}: no report: {err}")),
+        )
+        .unwrap();
         // Every file restored is byte-identical to its source.
         let walked = pbio::source::walk(std::slice::from_ref(&to)).unwrap();
         let mut restored = 0;

@@ -20,12 +20,21 @@ pub struct BackupArgs {
     #[command(flatten)]
     pub set: SetArgs,
     /// Records in flight per device.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=QUEUE_DEPTH_MAX as i64))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=QUEUE_DEPTH_MAX as i64))]
     pub qd: u16,
     /// Resubmissions of a write that failed with a device error (EIO) before
     /// the device is declared failed and its work goes to the others.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub retries: u32,
+    /// Largest tape block (record header + payload) written to a tape; the
+    /// drive's own limit applies too. A record's payload on tape is the
+    /// largest power of two that fits (512K with the default 1M).
+    #[arg(long, default_value = "1M", value_parser = parse_tape_block)]
+    pub tape_block: u64,
+    /// Records read ahead of each tape's one write (a watermark buffer, so
+    /// the drive keeps streaming while sources are slow).
+    #[arg(long, default_value_t = engine::TAPE_BUFFER_RECORDS_DEFAULT as u16, value_parser = clap::value_parser!(u16).range(1..=QUEUE_DEPTH_MAX as i64))]
+    pub tape_buffer: u16,
     /// Write over whatever the devices hold (a filesystem, partition table, LVM/RAID member, another pbio set). Never overrides a device that is mounted or in use.
     #[arg(long)]
     pub force: bool,
@@ -35,6 +44,17 @@ pub struct BackupArgs {
     /// Seconds between `--json` progress events.
     #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_interval)]
     pub json_interval: Duration,
+}
+
+fn parse_tape_block(text: &str) -> Result<u64, String> {
+    let n = crate::units::parse_size(text)?;
+    let max = crate::format::PAYLOAD_BYTES_MAX as u64 + crate::format::HEADER_BYTES as u64;
+    if n < engine::TAPE_BLOCK_BYTES_MIN as u64 || n > max || n % 4096 != 0 {
+        return Err(format!(
+            "tape block '{text}' must be a multiple of 4K between 8K and 64M+4K"
+        ));
+    }
+    Ok(n)
 }
 
 /// `println!` that does not panic when stdout is closed (a harness that
@@ -61,11 +81,13 @@ impl BackupArgs {
     pub fn with_defaults(set: SetArgs) -> BackupArgs {
         BackupArgs {
             set,
-            qd: 16,
+            qd: 32,
             retries: 2,
             force: false,
             overwrite: Vec::new(),
             json_interval: progress::JSON_INTERVAL_DEFAULT,
+            tape_block: crate::engine::TAPE_BLOCK_BYTES_DEFAULT as u64,
+            tape_buffer: crate::engine::TAPE_BUFFER_RECORDS_DEFAULT as u16,
         }
     }
 }
@@ -110,7 +132,9 @@ pub fn check_devices(devs: &[DeviceSpec], policy: &Policy) -> Result<(), Failure
 fn check_writable(devs: &[DeviceSpec]) -> Result<(), Failure> {
     use nix::unistd::{access, AccessFlags};
     for spec in devs {
-        let path = &spec.path;
+        // An emulated tape is written in its directory.
+        let dir = crate::device::vtape::dir_of(&spec.path);
+        let path = dir.as_ref().unwrap_or(&spec.path);
         let target = if path.exists() {
             path.to_path_buf()
         } else {
@@ -127,7 +151,7 @@ fn check_writable(devs: &[DeviceSpec]) -> Result<(), Failure> {
             };
             return Err(Failure::Usage(format!(
                 "device {}: {what}: {}",
-                path.display(),
+                spec.path.display(),
                 std::io::Error::from(errno)
             )));
         }
@@ -180,9 +204,12 @@ pub fn run(args: BackupArgs) -> CliResult {
             .unwrap_or(0),
         chunk_bytes: args.set.chunk as u32,
         queue_depth: args.qd as usize,
+        tape_block_bytes: args.tape_block as u32,
+        tape_buffer_records: args.tape_buffer as usize,
         reserve_bytes: prepared.reserve_bytes,
         write_retries: args.retries,
         events: Some(events_tx),
+        steal_work: args.set.balance == crate::plan::Balance::Time,
     };
     let payload = payload_per_device(&prepared.entries, &prepared.plan);
     let infos: Vec<DeviceInfo> = prepared
@@ -369,6 +396,8 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                     "short_reads": s.short_reads,
                     "short_writes": s.short_writes,
                     "retries": s.retries,
+                    "underruns": s.underruns,
+                    "underrun_ms": s.underrun_time.as_secs_f64() * 1000.0,
                     "data_end": d.data_end,
                     "catalog_end": d.catalog_end,
                     "catalog_error": d.catalog_error,

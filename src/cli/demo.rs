@@ -148,6 +148,7 @@ pub fn run(args: DemoArgs) -> CliResult {
             path: dir.join(format!("dev{i}.img")),
             size_bytes: Some(per_device),
             rate_bytes_per_sec: None,
+            early_warning_bytes: None,
         })
         .collect();
     println!(

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod list;
 pub mod plan;
 pub mod progress;
+pub mod qualify;
 pub mod restore;
 pub mod scan;
 
@@ -93,6 +94,7 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Raw sequential throughput and latency of devices through pbio's own rings (fio-like).
     Bench(bench::BenchArgs),
+    Qualify(qualify::QualifyArgs),
 
     /// Print a shell completion script (e.g. `pbio completions bash > /etc/bash_completion.d/pbio`).
     Completions {
@@ -113,7 +115,7 @@ pub enum Command {
 /// What `pbio` alone prints (on stderr, exit 2).
 pub const SHORT_USAGE: &str = "\
 usage: pbio --dev DEVICE [--dev DEVICE...] SOURCE...     back up (same as `pbio backup`)
-       pbio plan|restore|verify|list|scan|demo ...        see `pbio help COMMAND`
+       pbio plan|restore|verify|list|scan|bench|qualify|demo ...  see `pbio help COMMAND`
        pbio --help                                        every option
 Try: pbio demo";
 
@@ -205,6 +207,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Scan(a) => scan::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Qualify(a) => qualify::run(a),
 
         Command::Completions { shell } => {
             let mut script = Vec::new();

@@ -12,6 +12,9 @@
 //!
 //! A device with nothing to do waits while any other device is still
 //! working, because a working device may still fail and hand work back.
+//! A device counts as working while it has writes in flight: it asks for
+//! more without blocking (`try_next`), and after its last item it says so
+//! (`writing`) until it finishes or retires.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
@@ -31,6 +34,16 @@ impl WorkItem {
     pub fn end(&self) -> u64 {
         self.offset + self.length
     }
+}
+
+/// What `try_next` has for a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    Item(WorkItem),
+    /// Nothing now; another device may still hand work back: ask again.
+    Wait,
+    /// Nothing left for it.
+    Done,
 }
 
 /// A device's state as the dispatcher sees it.
@@ -73,6 +86,11 @@ pub struct Dispatcher {
     state: Vec<AtomicU8>,
     chunk_bytes: u64,
     aborted: AtomicBool,
+    /// Payload bytes still in each device's own queue.
+    queued_bytes: Vec<AtomicU64>,
+    /// An idle device may take planned work from the device with the most
+    /// left (so devices of uneven speed finish together).
+    stealing: AtomicBool,
 }
 
 impl Dispatcher {
@@ -86,9 +104,11 @@ impl Dispatcher {
         assert!(chunk_bytes.is_power_of_two());
         let own: Vec<SegQueue<WorkItem>> = (0..device_count).map(|_| SegQueue::new()).collect();
         let filled_bytes: Vec<AtomicU64> = (0..device_count).map(|_| AtomicU64::new(0)).collect();
+        let queued_bytes: Vec<AtomicU64> = (0..device_count).map(|_| AtomicU64::new(0)).collect();
         for (device, item) in plan {
             own[device as usize].push(item);
             filled_bytes[device as usize].fetch_add(item.length, Ordering::Relaxed);
+            queued_bytes[device as usize].fetch_add(item.length, Ordering::Relaxed);
         }
         Dispatcher {
             own,
@@ -100,7 +120,51 @@ impl Dispatcher {
                 .collect(),
             chunk_bytes,
             aborted: AtomicBool::new(false),
+            queued_bytes,
+            stealing: AtomicBool::new(false),
         }
+    }
+
+    /// Let idle devices take planned work from the busiest one (`--balance
+    /// time`: finishing together matters more than the planned bytes).
+    pub fn enable_stealing(&self) {
+        self.stealing.store(true, Ordering::SeqCst);
+    }
+
+    fn pop_own(&self, device: usize) -> Option<WorkItem> {
+        let item = self.own[device].pop()?;
+        self.queued_bytes[device].fetch_sub(item.length, Ordering::Relaxed);
+        Some(item)
+    }
+
+    /// Take the next planned item of the live device with the most planned
+    /// bytes left (at least two chunks), as much of it as `room_bytes` allows.
+    fn steal(&self, thief: usize, room_bytes: u64) -> Option<WorkItem> {
+        let victim = (0..self.own.len())
+            .filter(|&d| d != thief && self.state(d) == DeviceState::Working)
+            .max_by_key(|&d| self.queued_bytes[d].load(Ordering::Relaxed))?;
+        if self.queued_bytes[victim].load(Ordering::Relaxed) < 2 * self.chunk_bytes {
+            return None;
+        }
+        let item = self.pop_own(victim)?;
+        self.filled_bytes[victim].fetch_sub(item.length, Ordering::Relaxed);
+        let cut =
+            (item.offset + room_bytes.max(self.chunk_bytes)) / self.chunk_bytes * self.chunk_bytes;
+        let taken = if cut > item.offset && cut < item.end() {
+            self.give_back(&[WorkItem {
+                file: item.file,
+                offset: cut,
+                length: item.end() - cut,
+            }]);
+            WorkItem {
+                length: cut - item.offset,
+                ..item
+            }
+        } else {
+            item
+        };
+        self.filled_bytes[thief].fetch_add(taken.length, Ordering::Relaxed);
+        Some(taken)
     }
 
     /// Stop handing out work (the set cannot complete).
@@ -119,11 +183,14 @@ impl Dispatcher {
     /// The next item for `device`, which has room for `room_bytes` more
     /// payload. Blocks while the own queue is empty, the shared queue is
     /// empty and another device is still working. None: nothing left for it.
+    /// Only for a device with nothing in flight (it is Idle while it
+    /// waits, so it must not be able to hand work back meanwhile); a
+    /// device with writes in flight asks `try_next`.
     pub fn next(&self, device: usize, room_bytes: u64) -> Option<WorkItem> {
         if self.aborted.load(Ordering::SeqCst) {
             return None;
         }
-        if let Some(item) = self.own[device].pop() {
+        if let Some(item) = self.pop_own(device) {
             return Some(item);
         }
         if room_bytes < self.chunk_bytes.min(4096) {
@@ -139,6 +206,11 @@ impl Dispatcher {
                 self.filled_bytes[device].fetch_add(portion.length, Ordering::Relaxed);
                 return Some(portion);
             }
+            if self.stealing.load(Ordering::Relaxed) {
+                if let Some(item) = self.steal(device, room_bytes) {
+                    return Some(item);
+                }
+            }
             self.set_state(device, DeviceState::Idle);
             let others_working =
                 (0..self.state.len()).any(|d| d != device && self.state(d) == DeviceState::Working);
@@ -146,6 +218,41 @@ impl Dispatcher {
                 return None;
             }
             std::thread::sleep(IDLE_POLL);
+        }
+    }
+
+    /// `next` for a device that has writes to do meanwhile (a tape with
+    /// records buffered and one write in flight must not stop for shared
+    /// work): never blocks. The device stays Working while it asks, since
+    /// it is still writing and may still hand work back.
+    pub fn try_next(&self, device: usize, room_bytes: u64) -> Next {
+        if self.aborted.load(Ordering::SeqCst) {
+            return Next::Done;
+        }
+        if let Some(item) = self.pop_own(device) {
+            return Next::Item(item);
+        }
+        if room_bytes < self.chunk_bytes.min(4096) {
+            return Next::Done;
+        }
+        self.set_state(device, DeviceState::Working);
+        if let Some(item) = self.shared.pop() {
+            self.shared_bytes.fetch_sub(item.length, Ordering::SeqCst);
+            let portion = self.portion(device, item, room_bytes);
+            self.filled_bytes[device].fetch_add(portion.length, Ordering::Relaxed);
+            return Next::Item(portion);
+        }
+        if self.stealing.load(Ordering::Relaxed) {
+            if let Some(item) = self.steal(device, room_bytes) {
+                return Next::Item(item);
+            }
+        }
+        let others_working =
+            (0..self.state.len()).any(|d| d != device && self.state(d) == DeviceState::Working);
+        if !others_working && self.shared.is_empty() {
+            Next::Done
+        } else {
+            Next::Wait
         }
     }
 
@@ -198,7 +305,7 @@ impl Dispatcher {
     pub fn retire(&self, device: usize, state: DeviceState, gave_back_bytes: u64) -> u64 {
         assert!(matches!(state, DeviceState::Full | DeviceState::Failed));
         let mut moved = 0;
-        while let Some(item) = self.own[device].pop() {
+        while let Some(item) = self.pop_own(device) {
             moved += item.length;
             self.give_back(&[item]);
         }
@@ -209,6 +316,15 @@ impl Dispatcher {
         // After the work is visible in the shared queue.
         self.set_state(device, state);
         moved
+    }
+
+    /// The device takes no more work but still has writes in flight:
+    /// until it finishes or retires it counts as working, because one of
+    /// those writes may still find the medium full (a tape's early
+    /// warning, with many records buffered) or fail, and hand work back
+    /// that the others must still be there to take.
+    pub fn writing(&self, device: usize) {
+        self.set_state(device, DeviceState::Working);
     }
 
     pub fn finish(&self, device: usize) {
@@ -286,6 +402,53 @@ mod tests {
     }
 
     #[test]
+    fn a_device_still_writing_keeps_the_others_waiting() {
+        let chunk = 4096;
+        let d = std::sync::Arc::new(Dispatcher::new(2, chunk, [(1, item(0, 0, 2 * chunk))]));
+        let taken = d.next(1, u64::MAX).unwrap();
+        let waiter = {
+            let d = d.clone();
+            std::thread::spawn(move || d.next(0, u64::MAX))
+        };
+        // Device 1 has writes in flight: it asks without blocking until it
+        // is told there is nothing more, and stays working meanwhile.
+        loop {
+            match d.try_next(1, u64::MAX) {
+                Next::Done => break,
+                Next::Wait => std::thread::sleep(Duration::from_millis(1)),
+                Next::Item(i) => panic!("no work left, got {i:?}"),
+            }
+        }
+        d.writing(1);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            !waiter.is_finished(),
+            "device 0 must wait while device 1 still writes"
+        );
+        // Its medium ends: the unwritten half goes to device 0.
+        let rest = item(0, chunk, chunk);
+        d.give_back(&[rest]);
+        d.retire(1, DeviceState::Full, rest.length);
+        assert_eq!(waiter.join().unwrap(), Some(rest));
+        assert_eq!(taken.length, 2 * chunk);
+    }
+
+    #[test]
+    fn try_next_never_blocks() {
+        let chunk = 4096;
+        let d = Dispatcher::new(2, chunk, [(0, item(0, 0, chunk)), (1, item(1, 0, chunk))]);
+        assert_eq!(d.try_next(0, u64::MAX), Next::Item(item(0, 0, chunk)));
+        // Device 1 still works: device 0 is told to ask again, not blocked.
+        assert_eq!(d.try_next(0, u64::MAX), Next::Wait);
+        let lost = d.next(1, u64::MAX).unwrap();
+        d.give_back(&[lost]);
+        d.retire(1, DeviceState::Failed, lost.length);
+        assert_eq!(d.try_next(0, u64::MAX), Next::Item(lost));
+        assert_eq!(d.try_next(0, u64::MAX), Next::Done);
+        assert_eq!(d.try_next(0, 0), Next::Done);
+    }
+
+    #[test]
     fn an_idle_device_waits_for_a_working_one() {
         let chunk = 4096;
         let d = std::sync::Arc::new(Dispatcher::new(2, chunk, [(1, item(0, 0, 2 * chunk))]));
@@ -302,5 +465,29 @@ mod tests {
         d.give_back(&[taken]);
         d.retire(1, DeviceState::Failed, taken.length);
         assert_eq!(waiter.join().unwrap(), Some(taken));
+    }
+
+    #[test]
+    fn an_idle_device_steals_from_the_busiest_when_enabled() {
+        let chunk = 4096;
+        let plan = [
+            (0, item(0, 0, chunk)),
+            (1, item(1, 0, 4 * chunk)),
+            (1, item(2, 0, 4 * chunk)),
+            (1, item(3, 0, 4 * chunk)),
+        ];
+        let d = Dispatcher::new(2, chunk, plan);
+        d.enable_stealing();
+        assert_eq!(d.next(0, u64::MAX), Some(item(0, 0, chunk)));
+        assert_eq!(d.next(1, u64::MAX), Some(item(1, 0, 4 * chunk)));
+        // Device 0 has nothing left: it takes device 1's next item, cut to its room.
+        assert_eq!(d.next(0, 2 * chunk), Some(item(2, 0, 2 * chunk)));
+        assert_eq!(d.next(1, u64::MAX), Some(item(3, 0, 4 * chunk)));
+        // The rest of the stolen item went to the shared queue, taken in
+        // balancing portions (device 1 is the fuller one: a chunk at a time).
+        assert_eq!(d.next(1, u64::MAX), Some(item(2, 2 * chunk, chunk)));
+        assert_eq!(d.next(1, u64::MAX), Some(item(2, 3 * chunk, chunk)));
+        d.finish(1);
+        assert_eq!(d.next(0, u64::MAX), None);
     }
 }

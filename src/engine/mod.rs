@@ -5,13 +5,14 @@ pub mod bench;
 pub mod buffers;
 pub mod dispatch;
 pub mod media;
+pub mod qualify;
 pub mod ring;
 pub mod stream;
 
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use crate::device::Device;
+use crate::device::{Access, Device};
 use crate::format::{
     Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, FileKind, Label, LabelState,
     SetId, HEADER_BYTES,
@@ -259,17 +260,47 @@ pub enum BackupError {
     NoCatalog(String),
 }
 
+/// Default tape block limit (`--tape-block`): header and payload of a
+/// record within 1 MiB, inside st's default scatter/gather limit.
+pub const TAPE_BLOCK_BYTES_DEFAULT: u32 = crate::device::tape::TAPE_BLOCK_BYTES_DEFAULT;
+/// Smallest tape block pbio writes: a header and one 4 KiB payload block.
+pub const TAPE_BLOCK_BYTES_MIN: u32 = 2 * HEADER_BYTES as u32;
+/// Default records buffered ahead of a tape's one write (`--tape-buffer`).
+pub const TAPE_BUFFER_RECORDS_DEFAULT: usize = 64;
+
+/// The largest payload of one record on `dev`: the chunk, or on a device
+/// with a block limit (tape: `tape_block_bytes` and the drive's own limit)
+/// the largest power of two that fits one block together with its
+/// header, so that records split on the same boundaries as the chunk.
+pub fn record_payload_bytes_max(dev: &dyn Device, chunk_bytes: u32, tape_block_bytes: u32) -> u32 {
+    if dev.access() == Access::Random {
+        return chunk_bytes;
+    }
+    let block = tape_block_bytes
+        .min(dev.block_bytes_max().unwrap_or(u32::MAX))
+        .max(TAPE_BLOCK_BYTES_MIN);
+    let room = block - HEADER_BYTES as u32;
+    let payload = 1u32 << (31 - room.leading_zeros());
+    payload.min(chunk_bytes)
+}
+
 pub struct BackupConfig {
     pub set_id: SetId,
     pub created_unix_ns: u64,
     pub chunk_bytes: u32,
     pub queue_depth: usize,
+    /// Largest tape block (header + payload) to write (`--tape-block`).
+    pub tape_block_bytes: u32,
+    /// Records buffered ahead of each tape's write (`--tape-buffer`).
+    pub tape_buffer_records: usize,
     /// Media bytes kept free on each device for the catalog (from `plan_set`).
     pub reserve_bytes: u64,
     /// Resubmissions of a failed write before the device is declared failed.
     pub write_retries: u32,
     /// Where device events go (progress display, `--json`); None: nowhere.
     pub events: Option<crossbeam_channel::Sender<Event>>,
+    /// Idle devices take planned work from the busiest (`--balance time`).
+    pub steal_work: bool,
 }
 
 /// Something a harness or the progress display should hear about while
@@ -336,6 +367,9 @@ pub fn run_backup(
             )
         }),
     );
+    if config.steal_work {
+        dispatcher.enable_stealing();
+    }
     // A device whose label cannot be written has failed before it started.
     let mut label_errors: Vec<Option<String>> = vec![None; devices.len()];
     for (i, dev) in devices.iter().enumerate() {
@@ -350,12 +384,20 @@ pub fn run_backup(
         }
     }
 
+    let payload_max: Vec<u32> = devices
+        .iter()
+        .map(|d| record_payload_bytes_max(d.as_ref(), config.chunk_bytes, config.tape_block_bytes))
+        .collect();
     let ring_configs: Vec<RingConfig> = (0..devices.len())
         .map(|i| RingConfig {
             device_index: i as u32,
             set_id: config.set_id,
             chunk_bytes: config.chunk_bytes,
-            queue_depth: config.queue_depth,
+            record_payload_bytes_max: payload_max[i],
+            queue_depth: match devices[i].access() {
+                Access::Random => config.queue_depth,
+                Access::Sequential => config.tape_buffer_records,
+            },
             reserve_bytes: config.reserve_bytes,
             write_retries: config.write_retries,
         })
@@ -378,7 +420,7 @@ pub fn run_backup(
                                 end: RingEnd::Failed { error },
                                 records: Vec::new(),
                                 placed: Vec::new(),
-                                data_end: HEADER_BYTES as u64,
+                                data_end: media::data_start(dev.as_ref()),
                                 redirected_bytes: 0,
                                 stats: RingStats::default(),
                             });
@@ -520,20 +562,39 @@ pub fn run_backup(
     }
     let encoded = catalog.encode();
 
+    // Catalog, sync, label, sync: on every device at once.
+    let finished: Vec<Option<Result<u64, media::MediaError>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = devices
+            .iter()
+            .zip(&outcomes_ok)
+            .enumerate()
+            .map(|(i, (dev, outcome))| {
+                let (encoded, label) = (&encoded, label_for(i as u32));
+                let failed = ends[i] == DeviceEnd::Failed;
+                let payload_max = payload_max[i];
+                scope.spawn(move || {
+                    (!failed).then(|| {
+                        finish_device(dev.as_ref(), &label, outcome, encoded, payload_max, config)
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("finish thread panicked"))
+            .collect()
+    });
     let mut reports = Vec::with_capacity(devices.len());
     let mut catalogs_written = 0;
-    for (i, (dev, outcome)) in devices.iter().zip(outcomes_ok).enumerate() {
+    for (i, ((dev, outcome), finish)) in devices.iter().zip(outcomes_ok).zip(finished).enumerate() {
         let dev = dev.as_ref();
-        let (catalog_end, catalog_error) = if ends[i] == DeviceEnd::Failed {
-            (None, None)
-        } else {
-            match finish_device(dev, &label_for(i as u32), &outcome, &encoded, config) {
-                Ok(end) => {
-                    catalogs_written += 1;
-                    (Some(end), None)
-                }
-                Err(e) => (None, Some(e.to_string())),
+        let (catalog_end, catalog_error) = match finish {
+            None => (None, None),
+            Some(Ok(end)) => {
+                catalogs_written += 1;
+                (Some(end), None)
             }
+            Some(Err(e)) => (None, Some(e.to_string())),
         };
         let error = match &outcome.end {
             RingEnd::Complete => None,
@@ -577,14 +638,28 @@ pub fn run_backup(
     })
 }
 
-/// Catalog after the data, sync, label complete, sync.
+/// Catalog after the data, sync, label complete, sync. On a tape: a
+/// filemark, the catalog as tape file 1, End record, filemark (the label
+/// cannot be rewritten: the End record and filemark say "complete").
 fn finish_device(
     dev: &dyn Device,
     label: &Label,
     outcome: &RingOutcome,
     encoded: &[u8],
+    payload_bytes_max: u32,
     config: &BackupConfig,
 ) -> Result<u64, media::MediaError> {
+    if dev.access() == Access::Sequential {
+        return media::write_tape_catalog(
+            dev,
+            config.set_id,
+            label.device_index,
+            outcome.stats.records,
+            outcome.data_end,
+            encoded,
+            payload_bytes_max,
+        );
+    }
     let catalog_end = media::write_catalog(
         dev,
         config.set_id,

@@ -99,11 +99,10 @@ pub fn open_chain(specs: &[DeviceSpec]) -> Result<Chain, RestoreError> {
 
 /// The catalog of an earlier set, for `backup --since`: `path` is a
 /// catalog exported with `pbio list --export` (a file that starts with the
-/// catalog magic) or any device of the set.
+/// catalog magic) or any device of the set, as `--dev` names it.
 pub fn read_catalog_from(path: &Path) -> Result<Catalog, RestoreError> {
     let invalid = |why: String| RestoreError::Set(format!("{}: {why}", path.display()));
-    let metadata = std::fs::metadata(path).map_err(|e| invalid(e.to_string()))?;
-    if metadata.is_file() {
+    if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
         let mut file = std::fs::File::open(path).map_err(|e| invalid(e.to_string()))?;
         let mut magic = [0u8; 8];
         let starts_with_magic = file.read_exact(&mut magic).is_ok() && magic == CATALOG_MAGIC;
@@ -113,12 +112,16 @@ pub fn read_catalog_from(path: &Path) -> Result<Catalog, RestoreError> {
                 .map_err(|e| invalid(format!("not a valid exported catalog: {e}")));
         }
     }
-    let spec = DeviceSpec {
-        path: path.to_path_buf(),
-        size_bytes: None,
-        rate_bytes_per_sec: None,
+    // A device, opened for reading as `pbio list` does.
+    let spec = match path.to_str() {
+        Some(text) => DeviceSpec::parse(text).map_err(invalid)?,
+        None => DeviceSpec {
+            path: path.to_path_buf(),
+            size_bytes: None,
+            rate_bytes_per_sec: None,
+            early_warning_bytes: None,
+        },
     };
-    // Opened for reading, as `pbio list` does.
     let set = super::open_set(std::slice::from_ref(&spec))?;
     Ok(set.catalog)
 }

@@ -9,15 +9,16 @@
 pub mod chain;
 pub mod scan;
 pub mod tree;
+pub mod writer;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::device::{self, Device, DeviceSpec, Mode};
+use crate::device::{self, Access, Device, DeviceSpec, Mode};
 use crate::engine::media::{self, MediaError};
 use crate::engine::stream::{self, Flow, Item, StreamError};
-use crate::format::{Catalog, FileKind, Label, LabelState, RecordKind, SetId, HEADER_BYTES};
+use crate::format::{Catalog, FileKind, Label, LabelState, RecordKind, SetId};
 pub use chain::{open_chain, Chain};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,33 @@ pub struct OpenSet {
     pub unreadable: Vec<String>,
 }
 
+/// A tape's label stays Writing (it cannot be rewritten); its catalog is
+/// tape file 1, complete when it ends with an End record and a filemark.
+/// When it reads back, the label is completed in memory, with positions
+/// in logical object numbers, so that the rest of restore treats the tape
+/// like any device with a Complete label.
+fn complete_tape_label(dev: &dyn Device, label: &mut Label) -> Option<Result<Catalog, MediaError>> {
+    if dev.access() != Access::Sequential || label.state == LabelState::Complete {
+        return None;
+    }
+    let read = media::read_catalog(dev, label);
+    if let Ok(catalog) = &read {
+        if catalog.set_id == label.set_id {
+            if let Some(entry) = catalog.devices.get(label.device_index as usize) {
+                label.state = LabelState::Complete;
+                label.data_end = entry.data_end;
+                label.catalog_offset = entry.data_end + 1;
+                label.catalog_bytes = catalog.encode().len() as u64;
+            }
+        }
+    }
+    Some(read)
+}
+
+/// A device opened for reading, its label, and for a tape the catalog
+/// read while completing its label.
+type Opened = (Box<dyn Device>, Label, Option<Result<Catalog, MediaError>>);
+
 /// Open the given devices, check they belong to one complete set, and read
 /// the catalog (from the first device whose catalog reads back correctly).
 pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
@@ -65,11 +93,11 @@ pub fn open_sets(specs: &[DeviceSpec]) -> Result<Vec<OpenSet>, RestoreError> {
     if specs.is_empty() {
         return Err(RestoreError::Set("no devices given (use --dev)".into()));
     }
-    let mut groups: Vec<Vec<(Box<dyn Device>, Label)>> = Vec::new();
+    let mut groups: Vec<Vec<Opened>> = Vec::new();
     let mut unreadable = Vec::new();
     for spec in specs {
         let dev = device::open(spec, Mode::Read)?;
-        let label = match media::read_label(dev.as_ref()) {
+        let mut label = match media::read_label(dev.as_ref()) {
             Ok(label) => label,
             // One unreadable device does not stop a restore from the others.
             Err(e) if specs.len() > 1 => {
@@ -78,13 +106,14 @@ pub fn open_sets(specs: &[DeviceSpec]) -> Result<Vec<OpenSet>, RestoreError> {
             }
             Err(e) => return Err(e.into()),
         };
+        let tape_catalog = complete_tape_label(dev.as_ref(), &mut label);
         let Some(group) = groups.iter_mut().find(|g| g[0].1.set_id == label.set_id) else {
-            groups.push(vec![(dev, label)]);
+            groups.push(vec![(dev, label, tape_catalog)]);
             continue;
         };
-        if let Some((other, _)) = group
+        if let Some((other, _, _)) = group
             .iter()
-            .find(|(_, l)| l.device_index == label.device_index)
+            .find(|(_, l, _)| l.device_index == label.device_index)
         {
             return Err(RestoreError::Set(format!(
                 "devices {} and {} are both device {} of the set (the same device given twice?)",
@@ -93,7 +122,7 @@ pub fn open_sets(specs: &[DeviceSpec]) -> Result<Vec<OpenSet>, RestoreError> {
                 label.device_index
             )));
         }
-        group.push((dev, label));
+        group.push((dev, label, tape_catalog));
     }
     if groups.is_empty() {
         return Err(RestoreError::Set(format!(
@@ -112,13 +141,27 @@ pub fn open_sets(specs: &[DeviceSpec]) -> Result<Vec<OpenSet>, RestoreError> {
 
 /// The catalog of one set's devices: from the first complete device whose
 /// catalog reads back.
-fn assemble(devices: Vec<(Box<dyn Device>, Label)>) -> Result<OpenSet, RestoreError> {
+fn assemble(opened: Vec<Opened>) -> Result<OpenSet, RestoreError> {
+    let mut devices = Vec::with_capacity(opened.len());
+    let mut tape_catalogs = Vec::with_capacity(opened.len());
+    for (dev, label, tape_catalog) in opened {
+        devices.push((dev, label));
+        tape_catalogs.push(tape_catalog);
+    }
     let mut last_error = None;
-    for (dev, label) in devices
-        .iter()
-        .filter(|(_, l)| l.state == LabelState::Complete)
-    {
-        match media::read_catalog(dev.as_ref(), label) {
+    for ((dev, label), tape_catalog) in devices.iter().zip(tape_catalogs.iter_mut()) {
+        if let Some(Err(e)) = tape_catalog.take() {
+            last_error = Some(e.into());
+            continue;
+        }
+        if label.state != LabelState::Complete {
+            continue;
+        }
+        let read = match tape_catalog.take() {
+            Some(read) => read,
+            None => media::read_catalog(dev.as_ref(), label),
+        };
+        match read {
             Ok(catalog) if catalog.set_id == label.set_id => {
                 let catalog_devices = catalog.devices.clone();
                 return finish_open(devices, catalog, &catalog_devices);
@@ -642,8 +685,12 @@ fn zero_holes(
     Ok(())
 }
 
+/// Destination files kept open at once by one reader's queued writes.
+const OPEN_FILES_MAX: usize = 128;
+
 /// Stream one device of a set; records whose file has a target are
-/// checked and written to it.
+/// checked and written to it (queued on the reader's own io_uring, the
+/// payloads written from the stream's buffers without a copy).
 fn read_device(
     dev: &dyn Device,
     label: &Label,
@@ -659,13 +706,21 @@ fn read_device(
         payload_bytes: 0,
         errors: Vec::new(),
     };
-    // The destination file the previous record went to: records of one
-    // file are contiguous on media, so one open file at a time suffices.
-    let mut open: Option<(u32, File)> = None;
+    // The destination the previous record went to (restored file id, writer
+    // handle): records of one file are contiguous on media.
+    let mut open: Option<(u32, usize)> = None;
+    let mut writer = match destination {
+        Destination::Nowhere => None,
+        Destination::Tree(_) | Destination::Device(_) => {
+            Some(writer::Writer::new().map_err(|e| {
+                RestoreError::Set(format!("device {name}: io_uring for restore writes: {e}"))
+            })?)
+        }
+    };
     let mut result: Result<(), RestoreError> = Ok(());
     stream::stream::<RestoreError>(
         dev,
-        HEADER_BYTES as u64,
+        media::data_start(dev),
         label.data_end,
         label.chunk_bytes,
         |item| {
@@ -689,6 +744,17 @@ fn read_device(
                     out.errors.push(format!(
                         "device {name}: offset {position}: damaged record header: {error}"
                     ));
+                    return Ok(Flow::Continue);
+                }
+                Item::Reclaim => {
+                    // Every queued write done before the window is reused.
+                    if let Some(w) = writer.as_mut() {
+                        open = None;
+                        if let Err(e) = w.finish() {
+                            result = Err(RestoreError::Set(e));
+                            return Ok(Flow::Stop);
+                        }
+                    }
                     return Ok(Flow::Continue);
                 }
             };
@@ -722,34 +788,45 @@ fn read_device(
             }
             out.records
                 .push((target, header.file_offset, header.payload_bytes, crc));
-            let written = match destination {
-                Destination::Nowhere => return Ok(Flow::Continue),
-                Destination::Device(device) => device.write_all_at(payload, header.file_offset),
-                Destination::Tree(root) => {
-                    if open.as_ref().map(|(id, _)| *id) != Some(target) {
+            let Some(w) = writer.as_mut() else {
+                return Ok(Flow::Continue);
+            };
+            let restored_path = String::from_utf8_lossy(&restored.files[target as usize].path);
+            if open.map(|(id, _)| id) != Some(target) {
+                if w.open_files() >= OPEN_FILES_MAX {
+                    if let Err(e) = w.finish() {
+                        result = Err(RestoreError::Set(e));
+                        return Ok(Flow::Stop);
+                    }
+                }
+                let opened = match destination {
+                    Destination::Tree(root) => {
                         let to: PathBuf =
                             tree::safe_join(root, &restored.files[target as usize].path)?;
-                        match OpenOptions::new().write(true).open(&to) {
-                            Ok(f) => open = Some((target, f)),
-                            Err(error) => {
-                                result = Err(RestoreError::Set(format!(
-                                    "open {}: {error}",
-                                    to.display()
-                                )));
-                                return Ok(Flow::Stop);
-                            }
-                        }
+                        OpenOptions::new()
+                            .write(true)
+                            .open(&to)
+                            .map_err(|error| format!("open {}: {error}", to.display()))
                     }
-                    let (_, f) = open.as_ref().expect("opened above");
-                    f.write_all_at(payload, header.file_offset)
+                    Destination::Device(device) => device
+                        .try_clone()
+                        .map_err(|error| format!("restore target: {error}")),
+                    Destination::Nowhere => unreachable!("no writer without a destination"),
+                };
+                match opened {
+                    Ok(f) => open = Some((target, w.add_file(f, restored_path.to_string()))),
+                    Err(why) => {
+                        result = Err(RestoreError::Set(why));
+                        return Ok(Flow::Stop);
+                    }
                 }
-            };
-            if let Err(error) = written {
-                result = Err(RestoreError::Set(format!(
-                    "write {} at offset {}: {error}",
-                    String::from_utf8_lossy(&restored.files[target as usize].path),
-                    header.file_offset
-                )));
+            }
+            let (_, handle) = open.expect("opened above");
+            // SAFETY: `payload` lies in the stream's window buffer, which the
+            // stream neither reuses nor frees before delivering Reclaim, and
+            // on Reclaim (and before any early return) the writer is finished.
+            if let Err(e) = unsafe { w.write(handle, payload, header.file_offset) } {
+                result = Err(RestoreError::Set(e));
                 return Ok(Flow::Stop);
             }
             Ok(Flow::Continue)

@@ -11,7 +11,7 @@ use super::tree::{safe_join, TreeError};
 use super::RestoreError;
 use crate::device::Device;
 use crate::engine::stream::{self, Flow, Item, StreamError};
-use crate::format::{FileInfo, RecordHeader, RecordKind, SetId, HEADER_BYTES, PAYLOAD_BYTES_MAX};
+use crate::format::{FileInfo, RecordHeader, RecordKind, SetId, PAYLOAD_BYTES_MAX};
 
 /// One record found by a scan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,12 +41,13 @@ pub fn scan(dev: &dyn Device, mut set_id: Option<SetId>) -> Result<ScanReport, S
     let chunk_max = PAYLOAD_BYTES_MAX.min(16 << 20);
     stream::stream::<StreamError>(
         dev,
-        HEADER_BYTES as u64,
-        dev.capacity_bytes(),
+        crate::engine::media::data_start(dev),
+        crate::engine::media::scan_end(dev),
         chunk_max,
         |item| {
             match item {
                 Item::Bad { .. } => report.bad_blocks += 1,
+                Item::Reclaim => {}
                 Item::Record {
                     position,
                     header,
@@ -124,21 +125,17 @@ pub fn restore_from_scan(
     to: &std::path::Path,
 ) -> Result<ScanRestoreReport, RestoreError> {
     // The set: from the labels where they read back (a label is written
-    // before any data), else from the first record found.
+    // before any data), else from the first record found. Devices whose
+    // labels name different sets (a backup killed while writing its
+    // labels over an older set's): the newest set is the one restored,
+    // and records of any other set are skipped.
     let mut set_id: Option<SetId> = None;
+    let mut newest = 0u64;
     for dev in devs {
         if let Ok(label) = crate::engine::media::read_label(dev.as_ref()) {
-            match set_id {
-                None => set_id = Some(label.set_id),
-                Some(id) if id != label.set_id => {
-                    return Err(RestoreError::Set(format!(
-                        "device {} holds set {}, the other devices set {}",
-                        dev.path().display(),
-                        crate::engine::set_id_hex(&label.set_id),
-                        crate::engine::set_id_hex(&id)
-                    )))
-                }
-                Some(_) => {}
+            if set_id.is_none() || label.created_unix_ns > newest {
+                set_id = Some(label.set_id);
+                newest = label.created_unix_ns;
             }
         }
     }
@@ -225,8 +222,8 @@ fn scan_device(
     let mut open: Option<(Vec<u8>, File)> = None;
     stream::stream::<RestoreError>(
         dev,
-        HEADER_BYTES as u64,
-        dev.capacity_bytes(),
+        crate::engine::media::data_start(dev),
+        crate::engine::media::scan_end(dev),
         chunk_max,
         |item| {
             let Item::Record {
