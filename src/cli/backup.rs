@@ -225,6 +225,7 @@ pub fn run(args: BackupArgs) -> CliResult {
     let input = SetInput {
         entries: prepared.entries,
         plan: prepared.plan,
+        since: prepared.since,
     };
     let output = Output::choose(args.set.json, args.json_interval);
     let mut reporter = Reporter::new(output, infos, std::io::stdout());
@@ -278,17 +279,45 @@ pub fn run(args: BackupArgs) -> CliResult {
                 );
             }
             print_report(&report, json);
+            if let Some(since) = &input.since {
+                print_increment(since, &input.entries, json);
+            }
             Ok(code)
         }
     }
 }
 
-/// 3 when part of the set is not on any device, 1 when a device failed
-/// (the survivors hold everything), 0 otherwise.
+/// What an incremental set refers to instead of storing (stderr in JSON
+/// mode, which keeps one summary object on stdout).
+fn print_increment(
+    since: &crate::source::incremental::Increment,
+    entries: &[crate::source::Entry],
+    as_json: bool,
+) {
+    let line = format!(
+        "incremental over set {} ({} earlier sets in the chain): {} unchanged files ({}) referenced, {} paths removed, {} renamed",
+        engine::set_id_hex(&since.parent()),
+        since.ancestors.len(),
+        since.referenced_files(),
+        human_bytes(since.referenced_bytes(entries)),
+        since.removed.len(),
+        since.renamed.len()
+    );
+    if as_json {
+        eprintln!("pbio: {line}");
+    } else {
+        println!("{line}");
+    }
+}
+
+/// 3 when part of the set is not on any device; 1 when a device failed
+/// (the survivors hold everything) or a file changed while it was read
+/// (the set is complete, but that file's copy may be inconsistent); 0
+/// otherwise.
 pub fn exit_code(report: &engine::BackupReport) -> i32 {
     if !report.unplaced.is_empty() {
         super::EXIT_DATA
-    } else if report.degraded() {
+    } else if report.degraded() || !report.changed.is_empty() {
         super::EXIT_DEGRADED
     } else {
         EXIT_OK
@@ -331,6 +360,11 @@ fn print_warnings(report: &engine::BackupReport) {
         }
     } else if report.degraded() {
         eprintln!("pbio: set complete on the surviving devices (degraded)");
+    }
+    for (path, what) in &report.changed {
+        eprintln!(
+            "pbio: warning: {path} changed while it was being backed up ({what}): its copy may be inconsistent"
+        );
     }
 }
 
@@ -386,6 +420,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                 "mib_per_sec": mib_s(total, secs),
                 "devices": devices,
                 "missing_bytes": report.missing_bytes(),
+                "changed": report.changed.iter().map(|(p, w)| json!({"path": p, "what": w})).collect::<Vec<_>>(),
                 "unplaced": report.unplaced.iter().map(|(p, o, l)| json!({"path": p, "offset": o, "length": l})).collect::<Vec<_>>(),
                 "exit_code": exit_code(report),
             })

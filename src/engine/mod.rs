@@ -18,23 +18,30 @@ use crate::format::{
     SetId, HEADER_BYTES,
 };
 use crate::plan::{self, DeviceSlot, FileItem, Plan};
+use crate::source::incremental::Increment;
 use crate::source::{Entry, EntryKind};
 use dispatch::{DeviceState as DispatchState, Dispatcher, WorkItem};
 use ring::{RecordDone, Ring, RingConfig, RingEnd, RingError, RingOutcome, RingStats};
 
-/// Everything a backup run reads: the walked entries (file id = index) and the plan.
+/// Everything a backup run reads: the walked entries (file id = index),
+/// the plan, and for an incremental set what it refers to instead of storing.
 pub struct SetInput {
     pub entries: Vec<Entry>,
     pub plan: Plan,
+    pub since: Option<Increment>,
 }
 
 /// Planner inputs derived from walked entries: one item per entry (size 0
-/// for everything that has no data), so plan file ids are entry indexes.
-pub fn file_items(entries: &[Entry]) -> Vec<FileItem> {
+/// for everything that has no data to store here: directories, links, and
+/// in an incremental set the files whose data is in an earlier set), so
+/// plan file ids are entry indexes.
+pub fn file_items(entries: &[Entry], since: Option<&Increment>) -> Vec<FileItem> {
     entries
         .iter()
-        .map(|e| FileItem {
+        .enumerate()
+        .map(|(i, e)| FileItem {
             size_bytes: match e.kind {
+                EntryKind::File { .. } if since.and_then(|s| s.origin(i)).is_some() => 0,
                 EntryKind::File { size_bytes, .. } => size_bytes,
                 _ => 0,
             },
@@ -43,19 +50,25 @@ pub fn file_items(entries: &[Entry]) -> Vec<FileItem> {
 }
 
 /// The catalog for `entries` with the given segment placements; digests
-/// are filled by the caller once the data is written.
+/// of the data stored in this set are filled by the caller once it is
+/// written (those of data in earlier sets come from `since`).
 pub fn catalog_for(
     set_id: SetId,
     created_unix_ns: u64,
     chunk_bytes: u32,
     devices: &[CatalogDevice],
     entries: &[Entry],
+    since: Option<&Increment>,
     segments: Vec<CatalogSegment>,
 ) -> Catalog {
     let files = entries
         .iter()
-        .map(|e| {
+        .enumerate()
+        .map(|(i, e)| {
             let (kind, size_bytes, link_target, hardlink_to) = match &e.kind {
+                EntryKind::File { size_bytes, .. } if e.is_block_device() => {
+                    (FileKind::BlockDevice, *size_bytes, Vec::new(), 0)
+                }
                 EntryKind::File { size_bytes, .. } => {
                     (FileKind::Regular, *size_bytes, Vec::new(), 0)
                 }
@@ -63,6 +76,7 @@ pub fn catalog_for(
                 EntryKind::Symlink { target } => (FileKind::Symlink, 0, target.clone(), 0),
                 EntryKind::HardLink { target } => (FileKind::HardLink, 0, Vec::new(), *target),
             };
+            let origin = since.and_then(|s| s.origin(i));
             CatalogFile {
                 path: e.path.clone(),
                 kind,
@@ -71,13 +85,33 @@ pub fn catalog_for(
                 gid: e.meta.gid,
                 mtime_sec: e.meta.mtime_sec,
                 mtime_nsec: e.meta.mtime_nsec,
+                ctime_sec: e.meta.ctime_sec,
+                ctime_nsec: e.meta.ctime_nsec,
+                dev: e.meta.dev,
+                ino: e.meta.ino,
                 size_bytes,
                 link_target,
                 hardlink_to,
-                digest: [0; 32],
+                digest: origin.map(|o| o.digest).unwrap_or([0; 32]),
+                origin: origin.map(|o| o.ancestor).unwrap_or(0),
+                origin_file_id: origin.map(|o| o.file_id).unwrap_or(0),
             }
         })
         .collect();
+    let (ancestors, removed, renamed) = match since {
+        None => (Vec::new(), Vec::new(), Vec::new()),
+        Some(s) => (
+            s.ancestors.clone(),
+            s.removed.clone(),
+            s.renamed
+                .iter()
+                .map(|(file_id, from)| crate::format::Renamed {
+                    file_id: *file_id,
+                    from: from.clone(),
+                })
+                .collect(),
+        ),
+    };
     Catalog {
         set_id,
         created_unix_ns,
@@ -85,6 +119,9 @@ pub fn catalog_for(
         devices: devices.to_vec(),
         files,
         segments,
+        ancestors,
+        removed,
+        renamed,
     }
 }
 
@@ -106,10 +143,11 @@ pub enum PlanSetError {
 /// again with the measured reserve if the first guess was short.
 pub fn plan_set(
     entries: &[Entry],
+    since: Option<&Increment>,
     devices: &[(String, u64, Option<u64>)],
     options: &plan::Options,
 ) -> Result<(Plan, u64), PlanSetError> {
-    let items = file_items(entries);
+    let items = file_items(entries, since);
     let chunk = options.chunk_bytes as u32;
     let names: Vec<CatalogDevice> = devices
         .iter()
@@ -121,7 +159,7 @@ pub fn plan_set(
             data_end: *c,
         })
         .collect();
-    let mut catalog_guess = catalog_for([0; 16], 0, chunk, &names, entries, Vec::new())
+    let mut catalog_guess = catalog_for([0; 16], 0, chunk, &names, entries, since, Vec::new())
         .encode()
         .len() as u64
         + 64 * (entries.len() as u64 + 2 * devices.len() as u64)
@@ -155,7 +193,7 @@ pub fn plan_set(
                 records: u32::MAX,
             })
             .collect();
-        let actual = catalog_for([0; 16], u64::MAX, chunk, &names, entries, segments)
+        let actual = catalog_for([0; 16], u64::MAX, chunk, &names, entries, since, segments)
             .encode()
             .len() as u64;
         if actual <= catalog_guess {
@@ -197,6 +235,9 @@ pub struct BackupReport {
     pub segments: usize,
     /// Work no surviving device could take: these ranges are not in the set.
     pub unplaced: Vec<(String, u64, u64)>,
+    /// Files that changed while the backup read them (path, what changed):
+    /// their copy in the set may mix old and new contents.
+    pub changed: Vec<(String, String)>,
     pub elapsed: Duration,
 }
 
@@ -425,6 +466,18 @@ pub fn run_backup(
     for outcome in outcomes {
         outcomes_ok.push(outcome?);
     }
+    // Every file whose data was read, looked at again now that all of it
+    // has been: a change since the walk may have torn its copy.
+    let changed: Vec<(String, String)> = input
+        .entries
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| input.since.as_ref().and_then(|s| s.origin(*i)).is_none())
+        .filter_map(|(_, e)| {
+            crate::source::changed_since_walk(e)
+                .map(|what| (String::from_utf8_lossy(&e.path).into_owned(), what))
+        })
+        .collect();
     let unplaced: Vec<(String, u64, u64)> = dispatcher
         .unplaced()
         .into_iter()
@@ -497,10 +550,11 @@ pub fn run_backup(
         config.chunk_bytes,
         &catalog_devices,
         &input.entries,
+        input.since.as_ref(),
         segments,
     );
     for (file, records) in catalog.files.iter_mut().zip(per_file.iter_mut()) {
-        if file.kind == FileKind::Regular {
+        if file.kind.has_data() && file.origin == 0 {
             records.sort_unstable();
             records.dedup_by_key(|r| r.0);
             file.digest = crate::format::file_digest(records);
@@ -579,6 +633,7 @@ pub fn run_backup(
         files: input.entries.len(),
         segments: segment_count,
         unplaced,
+        changed,
         elapsed: started.elapsed(),
     })
 }
