@@ -132,6 +132,25 @@ fn pmem_file_given_without_size_round_trip() {
     let d = &json(&out)["devices"][0];
     assert_eq!(d["payload_bytes_in_place"], d["payload_bytes"], "{d}");
     restore_and_compare(&src, &dir.path().join("out"), &[&pmem]);
+    // Restore and verify read records as slices of the mapping: a byte
+    // changed in the first record's payload is seen there.
+    let (code, out, err) = run(&["verify".to_string(), "--dev".into(), pmem.clone()]);
+    assert_eq!(code, 0, "verify failed: {out}\n{err}");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file)
+            .unwrap();
+        let at = 2 * 4096 + 100;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[!b[0]], at).unwrap();
+    }
+    let (code, out, err) = run(&["verify".to_string(), "--dev".into(), pmem.clone()]);
+    assert_ne!(code, 0, "verify of a changed record passed: {out}\n{err}");
+    assert!(err.contains("checksum mismatch"), "{out}\n{err}");
     // A pmem name whose file does not exist and no size: refused, named.
     let missing = format!("pmem:{}", shm.path().join("nope.img").display());
     let mut args = vec!["backup".to_string(), src.display().to_string()];
