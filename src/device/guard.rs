@@ -260,7 +260,19 @@ fn inspect_tape(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
         return done(findings);
     }
     let dev = super::open(spec, super::Mode::Read)?;
-    let blank = || dev.tape_status().is_ok_and(|s| s.at_eod);
+    // Blank: the end of recorded data is the beginning of the tape. st
+    // does not always flag end-of-data after the failed first read (seen
+    // on the real driver: gstat without GMT_EOD, block -1), but spacing to
+    // the end of data from the start leaves a blank tape at file 0, block 0.
+    let blank = || {
+        let at_start = dev.tape_op(super::TapeOp::Rewind).is_ok()
+            && dev.tape_op(super::TapeOp::EndOfData).is_ok()
+            && dev
+                .tape_status()
+                .is_ok_and(|s| s.file_number == 0 && s.block_number == 0);
+        let _ = dev.tape_op(super::TapeOp::Rewind);
+        at_start
+    };
     match read_label(dev.as_ref()) {
         Ok(label) => findings.push(Finding::PbioSet { label }),
         Err(MediaError::Format { error, .. }) => match error {
