@@ -159,10 +159,16 @@ fn big_catalog() -> Catalog {
             gid: 1000,
             mtime_sec: 1_700_000_000 + i64::from(d),
             mtime_nsec: (next() % 1_000_000_000) as u32,
+            ctime_sec: 1_700_000_000 + i64::from(d),
+            ctime_nsec: 0,
+            dev: 0x803,
+            ino: u64::from(d) + 2,
             size_bytes: 0,
             link_target: Vec::new(),
             hardlink_to: 0,
             digest: [0; 32],
+            origin: 0,
+            origin_file_id: 0,
         });
         for f in 0..PER_DIR {
             let size_bytes = next() % (1 << 20);
@@ -179,10 +185,16 @@ fn big_catalog() -> Catalog {
                 gid: 1000,
                 mtime_sec: 1_700_000_000 + (next() % 10_000_000) as i64,
                 mtime_nsec: (next() % 1_000_000_000) as u32,
+                ctime_sec: 1_700_000_000 + (next() % 10_000_000) as i64,
+                ctime_nsec: (next() % 1_000_000_000) as u32,
+                dev: 0x803,
+                ino: u64::from(file_id) + 2,
                 size_bytes,
                 link_target: Vec::new(),
                 hardlink_to: 0,
                 digest,
+                origin: 0,
+                origin_file_id: 0,
             });
             segments.push(CatalogSegment {
                 file_id,
@@ -208,6 +220,9 @@ fn big_catalog() -> Catalog {
             .collect(),
         files,
         segments,
+        ancestors: Vec::new(),
+        removed: Vec::new(),
+        renamed: Vec::new(),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use pbio::format::{
     Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, FileInfo, FileKind, Label,
-    LabelState, RecordHeader, RecordKind,
+    LabelState, RecordHeader, RecordKind, Renamed,
 };
 
 fn main() -> std::io::Result<()> {
@@ -66,15 +66,25 @@ fn main() -> std::io::Result<()> {
         gid: 0,
         mtime_sec: 1_700_000_000,
         mtime_nsec: 0,
+        ctime_sec: 1_700_000_001,
+        ctime_nsec: 7,
+        dev: 0x803,
+        ino: 42,
         size_bytes,
         link_target: Vec::new(),
         hardlink_to: 0,
         digest: [0; 32],
+        origin: 0,
+        origin_file_id: 0,
     };
     let mut link = file(b"tree/link", FileKind::Symlink, 0);
     link.link_target = b"file.bin".to_vec();
     let mut hard = file(b"tree/hard", FileKind::HardLink, 0);
     hard.hardlink_to = 1;
+    // An incremental set: one file's data is in the parent set, under its old name.
+    let mut moved = file(b"tree/moved", FileKind::Regular, 5000);
+    (moved.origin, moved.origin_file_id) = (1, 4);
+    let image = file(b"sdb", FileKind::BlockDevice, 1 << 20);
     let catalog = Catalog {
         set_id,
         created_unix_ns: 1,
@@ -98,6 +108,8 @@ fn main() -> std::io::Result<()> {
             file(b"tree/file.bin", FileKind::Regular, 3 << 20),
             link,
             hard,
+            moved,
+            image,
         ],
         segments: vec![
             CatalogSegment {
@@ -116,7 +128,21 @@ fn main() -> std::io::Result<()> {
                 position: 4096,
                 records: 1,
             },
+            CatalogSegment {
+                file_id: 5,
+                offset: 0,
+                length: 1 << 20,
+                device: 1,
+                position: (1 << 20) + 8192,
+                records: 1,
+            },
         ],
+        ancestors: vec![[8u8; 16]],
+        removed: vec![b"tree/old".to_vec()],
+        renamed: vec![Renamed {
+            file_id: 4,
+            from: b"tree/old".to_vec(),
+        }],
     };
     write("catalog", &catalog.encode())?;
     println!("seeds written under {}", root.display());

@@ -26,6 +26,15 @@ pub struct BackupArgs {
     /// the device is declared failed and its work goes to the others.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub retries: u32,
+    /// Largest tape block (record header + payload) written to a tape; the
+    /// drive's own limit applies too. A record's payload on tape is the
+    /// largest power of two that fits (512K with the default 1M).
+    #[arg(long, default_value = "1M", value_parser = parse_tape_block)]
+    pub tape_block: u64,
+    /// Records read ahead of each tape's one write (a watermark buffer, so
+    /// the drive keeps streaming while sources are slow).
+    #[arg(long, default_value_t = engine::TAPE_BUFFER_RECORDS_DEFAULT as u16, value_parser = clap::value_parser!(u16).range(1..=QUEUE_DEPTH_MAX as i64))]
+    pub tape_buffer: u16,
     /// Write over whatever the devices hold (a filesystem, partition table, LVM/RAID member, another pbio set). Never overrides a device that is mounted or in use.
     #[arg(long)]
     pub force: bool,
@@ -35,6 +44,17 @@ pub struct BackupArgs {
     /// Seconds between `--json` progress events.
     #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_interval)]
     pub json_interval: Duration,
+}
+
+fn parse_tape_block(text: &str) -> Result<u64, String> {
+    let n = crate::units::parse_size(text)?;
+    let max = crate::format::PAYLOAD_BYTES_MAX as u64 + crate::format::HEADER_BYTES as u64;
+    if n < engine::TAPE_BLOCK_BYTES_MIN as u64 || n > max || n % 4096 != 0 {
+        return Err(format!(
+            "tape block '{text}' must be a multiple of 4K between 8K and 64M+4K"
+        ));
+    }
+    Ok(n)
 }
 
 /// `println!` that does not panic when stdout is closed (a harness that
@@ -66,6 +86,8 @@ impl BackupArgs {
             force: false,
             overwrite: Vec::new(),
             json_interval: progress::JSON_INTERVAL_DEFAULT,
+            tape_block: crate::engine::TAPE_BLOCK_BYTES_DEFAULT as u64,
+            tape_buffer: crate::engine::TAPE_BUFFER_RECORDS_DEFAULT as u16,
         }
     }
 }
@@ -110,7 +132,9 @@ pub fn check_devices(devs: &[DeviceSpec], policy: &Policy) -> Result<(), Failure
 fn check_writable(devs: &[DeviceSpec]) -> Result<(), Failure> {
     use nix::unistd::{access, AccessFlags};
     for spec in devs {
-        let path = &spec.path;
+        // An emulated tape is written in its directory.
+        let dir = crate::device::vtape::dir_of(&spec.path);
+        let path = dir.as_ref().unwrap_or(&spec.path);
         let target = if path.exists() {
             path.to_path_buf()
         } else {
@@ -127,7 +151,7 @@ fn check_writable(devs: &[DeviceSpec]) -> Result<(), Failure> {
             };
             return Err(Failure::Usage(format!(
                 "device {}: {what}: {}",
-                path.display(),
+                spec.path.display(),
                 std::io::Error::from(errno)
             )));
         }
@@ -180,6 +204,8 @@ pub fn run(args: BackupArgs) -> CliResult {
             .unwrap_or(0),
         chunk_bytes: args.set.chunk as u32,
         queue_depth: args.qd as usize,
+        tape_block_bytes: args.tape_block as u32,
+        tape_buffer_records: args.tape_buffer as usize,
         reserve_bytes: prepared.reserve_bytes,
         write_retries: args.retries,
         events: Some(events_tx),
@@ -199,6 +225,7 @@ pub fn run(args: BackupArgs) -> CliResult {
     let input = SetInput {
         entries: prepared.entries,
         plan: prepared.plan,
+        since: prepared.since,
     };
     let output = Output::choose(args.set.json, args.json_interval);
     let mut reporter = Reporter::new(output, infos, std::io::stdout());
@@ -252,17 +279,45 @@ pub fn run(args: BackupArgs) -> CliResult {
                 );
             }
             print_report(&report, json);
+            if let Some(since) = &input.since {
+                print_increment(since, &input.entries, json);
+            }
             Ok(code)
         }
     }
 }
 
-/// 3 when part of the set is not on any device, 1 when a device failed
-/// (the survivors hold everything), 0 otherwise.
+/// What an incremental set refers to instead of storing (stderr in JSON
+/// mode, which keeps one summary object on stdout).
+fn print_increment(
+    since: &crate::source::incremental::Increment,
+    entries: &[crate::source::Entry],
+    as_json: bool,
+) {
+    let line = format!(
+        "incremental over set {} ({} earlier sets in the chain): {} unchanged files ({}) referenced, {} paths removed, {} renamed",
+        engine::set_id_hex(&since.parent()),
+        since.ancestors.len(),
+        since.referenced_files(),
+        human_bytes(since.referenced_bytes(entries)),
+        since.removed.len(),
+        since.renamed.len()
+    );
+    if as_json {
+        eprintln!("pbio: {line}");
+    } else {
+        println!("{line}");
+    }
+}
+
+/// 3 when part of the set is not on any device; 1 when a device failed
+/// (the survivors hold everything) or a file changed while it was read
+/// (the set is complete, but that file's copy may be inconsistent); 0
+/// otherwise.
 pub fn exit_code(report: &engine::BackupReport) -> i32 {
     if !report.unplaced.is_empty() {
         super::EXIT_DATA
-    } else if report.degraded() {
+    } else if report.degraded() || !report.changed.is_empty() {
         super::EXIT_DEGRADED
     } else {
         EXIT_OK
@@ -306,6 +361,11 @@ fn print_warnings(report: &engine::BackupReport) {
     } else if report.degraded() {
         eprintln!("pbio: set complete on the surviving devices (degraded)");
     }
+    for (path, what) in &report.changed {
+        eprintln!(
+            "pbio: warning: {path} changed while it was being backed up ({what}): its copy may be inconsistent"
+        );
+    }
 }
 
 /// The end-of-run summary: per device payload bytes, records, time, MiB/s
@@ -336,6 +396,8 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                     "short_reads": s.short_reads,
                     "short_writes": s.short_writes,
                     "retries": s.retries,
+                    "underruns": s.underruns,
+                    "underrun_ms": s.underrun_time.as_secs_f64() * 1000.0,
                     "data_end": d.data_end,
                     "catalog_end": d.catalog_end,
                     "catalog_error": d.catalog_error,
@@ -358,6 +420,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                 "mib_per_sec": mib_s(total, secs),
                 "devices": devices,
                 "missing_bytes": report.missing_bytes(),
+                "changed": report.changed.iter().map(|(p, w)| json!({"path": p, "what": w})).collect::<Vec<_>>(),
                 "unplaced": report.unplaced.iter().map(|(p, o, l)| json!({"path": p, "offset": o, "length": l})).collect::<Vec<_>>(),
                 "exit_code": exit_code(report),
             })

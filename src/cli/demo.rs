@@ -148,6 +148,7 @@ pub fn run(args: DemoArgs) -> CliResult {
             path: dir.join(format!("dev{i}.img")),
             size_bytes: Some(per_device),
             rate_bytes_per_sec: None,
+            early_warning_bytes: None,
         })
         .collect();
     println!(
@@ -162,6 +163,7 @@ pub fn run(args: DemoArgs) -> CliResult {
         order: Order::Desc,
         balance: Balance::Bytes,
         chunk: 1 << 20,
+        since: None,
         json: false,
     });
     // The demo owns its directory: a second run over the same --dir
@@ -173,6 +175,7 @@ pub fn run(args: DemoArgs) -> CliResult {
     let code = restore::run_restore(restore::RestoreArgs {
         devs: devs.clone(),
         to: out.clone(),
+        force: false,
         only: Vec::new(),
         scan: false,
         json: false,

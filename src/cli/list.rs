@@ -15,6 +15,10 @@ pub struct ListArgs {
     /// Also print every segment (file range, device, position).
     #[arg(long)]
     pub segments: bool,
+    /// Also write the encoded catalog to this file, for a later
+    /// `pbio backup --since FILE` without the set's devices.
+    #[arg(long, value_name = "FILE")]
+    pub export: Option<std::path::PathBuf>,
     /// Machine-readable catalog: one JSON object (set id, devices, files, segments).
     #[arg(long)]
     pub json: bool,
@@ -26,6 +30,7 @@ fn kind_name(kind: FileKind) -> &'static str {
         FileKind::Directory => "dir",
         FileKind::Symlink => "symlink",
         FileKind::HardLink => "hardlink",
+        FileKind::BlockDevice => "blockdev",
     }
 }
 
@@ -36,6 +41,13 @@ pub fn run(args: ListArgs) -> CliResult {
     })?;
     let (_, label) = &set.devices[0];
     let c = &set.catalog;
+    if let Some(path) = &args.export {
+        std::fs::write(path, c.encode())
+            .map_err(|e| Failure::Usage(format!("--export {}: {e}", path.display())))?;
+    }
+    let origin_set = |f: &crate::format::CatalogFile| {
+        (f.origin != 0).then(|| crate::engine::set_id_hex(&c.ancestors[f.origin as usize - 1]))
+    };
     if args.json {
         let files: Vec<_> = c
             .files
@@ -49,6 +61,8 @@ pub fn run(args: ListArgs) -> CliResult {
                     "gid": f.gid,
                     "mtime_sec": f.mtime_sec,
                     "size_bytes": f.size_bytes,
+                    // Set holding the data of a file unchanged since an earlier set.
+                    "data_in_set": origin_set(f),
                 })
             })
             .collect();
@@ -73,25 +87,43 @@ pub fn run(args: ListArgs) -> CliResult {
                 "devices": c.devices.iter().map(|d| json!({"path": path_text(&d.path), "capacity_bytes": d.capacity_bytes})).collect::<Vec<_>>(),
                 "files": files,
                 "segments": segments,
+                "ancestors": c.ancestors.iter().map(crate::engine::set_id_hex).collect::<Vec<_>>(),
+                "removed": c.removed.iter().map(|p| path_text(p)).collect::<Vec<_>>(),
+                "renamed": c.renamed.iter().map(|r| json!({
+                    "path": path_text(&c.files[r.file_id as usize].path),
+                    "from": path_text(&r.from),
+                })).collect::<Vec<_>>(),
             })
         );
         return Ok(EXIT_OK);
     }
     println!(
-        "set {} (device {} of {}), {} entries, {} segments",
-        crate::engine::set_id_hex(&c.set_id),
+        "{} (device {} of {}), {} entries, {} segments",
+        crate::restore::chain::describe(c),
         label.device_index,
         label.device_count,
         c.files.len(),
         c.segments.len()
     );
+    if let Some(parent) = c.ancestors.first() {
+        println!(
+            "incremental over set {}: {} unchanged files referenced, {} paths removed, {} renamed",
+            crate::engine::set_id_hex(parent),
+            c.files.iter().filter(|f| f.origin != 0).count(),
+            c.removed.len(),
+            c.renamed.len()
+        );
+    }
     for f in &c.files {
         let extra = match f.kind {
             FileKind::Symlink => format!(" -> {}", path_text(&f.link_target)),
             FileKind::HardLink => {
                 format!(" => {}", path_text(&c.files[f.hardlink_to as usize].path))
             }
-            _ => String::new(),
+            _ => match origin_set(f) {
+                Some(set) => format!(" (unchanged, data in set {set})"),
+                None => String::new(),
+            },
         };
         println!(
             "{:<8} {:06o} {:>5}:{:<5} {:>14} {}{}",
@@ -102,6 +134,16 @@ pub fn run(args: ListArgs) -> CliResult {
             f.size_bytes,
             path_text(&f.path),
             extra
+        );
+    }
+    for path in &c.removed {
+        println!("removed  {}", path_text(path));
+    }
+    for r in &c.renamed {
+        println!(
+            "renamed  {} -> {}",
+            path_text(&r.from),
+            path_text(&c.files[r.file_id as usize].path)
         );
     }
     if args.segments {

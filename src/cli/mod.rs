@@ -9,6 +9,7 @@ pub mod demo;
 pub mod list;
 pub mod plan;
 pub mod progress;
+pub mod qualify;
 pub mod restore;
 pub mod scan;
 
@@ -93,6 +94,7 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Raw sequential throughput and latency of devices through pbio's own rings (fio-like).
     Bench(bench::BenchArgs),
+    Qualify(qualify::QualifyArgs),
 
     /// Print a shell completion script (e.g. `pbio completions bash > /etc/bash_completion.d/pbio`).
     Completions {
@@ -113,7 +115,7 @@ pub enum Command {
 /// What `pbio` alone prints (on stderr, exit 2).
 pub const SHORT_USAGE: &str = "\
 usage: pbio --dev DEVICE [--dev DEVICE...] SOURCE...     back up (same as `pbio backup`)
-       pbio plan|restore|verify|list|scan|demo ...        see `pbio help COMMAND`
+       pbio plan|restore|verify|list|scan|bench|qualify|demo ...  see `pbio help COMMAND`
        pbio --help                                        every option
 Try: pbio demo";
 
@@ -152,6 +154,10 @@ pub struct SetArgs {
     /// Record payload size; segment boundaries fall on multiples of it.
     #[arg(long, default_value = "1M", value_parser = parse_chunk)]
     pub chunk: u64,
+    /// Incremental: store only what changed since an earlier set, given as
+    /// any one of its devices or a catalog exported with `pbio list --export`.
+    #[arg(long, value_name = "PREVIOUS")]
+    pub since: Option<PathBuf>,
     /// Machine-readable output: for `backup` one JSON event per line (start, progress, device_full, device_failed, finished, summary; see the README), for `plan` one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -201,6 +207,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Scan(a) => scan::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Qualify(a) => qualify::run(a),
 
         Command::Completions { shell } => {
             let mut script = Vec::new();
@@ -282,6 +289,8 @@ pub struct Prepared {
     pub plan: crate::plan::Plan,
     /// Media bytes kept free on every device for label and catalog.
     pub reserve_bytes: u64,
+    /// With `--since`: what the set refers to instead of storing.
+    pub since: Option<crate::source::incremental::Increment>,
 }
 
 pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
@@ -305,11 +314,10 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
                 args.devs[i].path.display()
             )));
         }
-        if let Some(entry) = walk
-            .entries
-            .iter()
-            .find(|e| (e.meta.dev, e.meta.ino) == probe.identity)
-        {
+        if let Some(entry) = walk.entries.iter().find(|e| {
+            (e.meta.dev, e.meta.ino) == probe.identity
+                || (e.is_block_device() && (e.meta.rdev, 0) == probe.identity)
+        }) {
             return Err(Failure::Usage(format!(
                 "device {} is also a source (as {}): refusing to back it up onto itself",
                 spec.path.display(),
@@ -323,13 +331,42 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
             spec.rate_bytes_per_sec,
         ));
     }
-    let (plan, reserve_bytes) = crate::engine::plan_set(&walk.entries, &devices, &args.options())
-        .map_err(|e| Failure::Usage(e.to_string()))?;
+    for entry in walk.entries.iter().filter(|e| e.is_block_device()) {
+        for mount_point in crate::source::mounted_read_write(entry.meta.rdev) {
+            eprintln!(
+                "pbio: warning: source {} is mounted read-write at {mount_point}: its image may be inconsistent; back up a snapshot of it instead (README, \"Consistent images: back up a snapshot\")",
+                entry.source.display()
+            );
+        }
+    }
+    let since = match &args.since {
+        None => None,
+        Some(previous) => {
+            let same = |dev: &Path| {
+                let (a, b) = (std::fs::canonicalize(previous), std::fs::canonicalize(dev));
+                matches!((a, b), (Ok(a), Ok(b)) if a == b)
+            };
+            if let Some(spec) = args.devs.iter().find(|d| same(&d.path)) {
+                return Err(Failure::Usage(format!(
+                    "--since {} is also a device of this backup ({}): the earlier set would be overwritten; give another device of it, or its exported catalog",
+                    previous.display(),
+                    spec.path.display()
+                )));
+            }
+            let parent = crate::restore::chain::read_catalog_from(previous)
+                .map_err(|e| Failure::Usage(format!("--since: {e}")))?;
+            Some(crate::source::incremental::since(&walk.entries, &parent))
+        }
+    };
+    let (plan, reserve_bytes) =
+        crate::engine::plan_set(&walk.entries, since.as_ref(), &devices, &args.options())
+            .map_err(|e| Failure::Usage(e.to_string()))?;
     Ok(Prepared {
         entries: walk.entries,
         devices,
         plan,
         reserve_bytes,
+        since,
     })
 }
 

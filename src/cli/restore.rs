@@ -1,6 +1,7 @@
 //! `pbio restore` and `pbio verify`.
 
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use clap::Args;
@@ -8,17 +9,25 @@ use serde_json::json;
 
 use super::{parse_dev, path_text, CliResult, Failure, EXIT_DATA, EXIT_OK};
 use crate::device::DeviceSpec;
-use crate::restore::{self, Action, OpenSet, Report};
+use crate::restore::{self, Action, Chain, Report};
 use crate::units::human_bytes;
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
     /// Devices of the set, in any order; any subset restores what it holds.
+    /// For an incremental set, the devices of the whole chain (the full set
+    /// and the increments), in any order: the newest set is restored.
     #[arg(long = "dev", value_parser = parse_dev, required = true)]
     pub devs: Vec<DeviceSpec>,
-    /// Directory to restore into (created if missing).
+    /// Directory to restore into (created if missing); or a block device,
+    /// which receives the one block device (or image file) of the set
+    /// selected with --only, from offset 0 (needs --force; a mounted or
+    /// busy device is refused).
     #[arg(long)]
     pub to: PathBuf,
+    /// Allow --to to name a block device: its contents are overwritten.
+    #[arg(long)]
+    pub force: bool,
     /// Restore only these stored paths (and what is under them).
     #[arg(long)]
     pub only: Vec<PathBuf>,
@@ -34,6 +43,8 @@ pub struct RestoreArgs {
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
     /// Devices of the set, in any order; any subset verifies what it holds.
+    /// Devices of several sets of one chain (a full set and its increments)
+    /// verify the newest set, each file where its data is.
     #[arg(long = "dev", value_parser = parse_dev, required = true)]
     pub devs: Vec<DeviceSpec>,
     /// Machine-readable report: one JSON summary object (files, bytes, missing byte ranges, errors, ok).
@@ -41,8 +52,8 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
-fn open(devs: &[DeviceSpec]) -> Result<OpenSet, Failure> {
-    restore::open_set(devs).map_err(|e| match e {
+fn open(devs: &[DeviceSpec]) -> Result<Chain, Failure> {
+    restore::open_chain(devs).map_err(|e| match e {
         restore::RestoreError::Device(d) => Failure::Usage(d.to_string()),
         other => Failure::Data(other.to_string()),
     })
@@ -52,40 +63,156 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
     if args.scan {
         return run_scan_restore(&args);
     }
-    let set = open(&args.devs)?;
+    let chain = open(&args.devs)?;
     let only: Vec<Vec<u8>> = args
         .only
         .iter()
         .map(|p| p.as_os_str().as_bytes().to_vec())
         .collect();
-    let report = restore::run(&set, Action::Restore { to: &args.to }, &only)
-        .map_err(|e| Failure::Data(format!("restore failed: {e}")))?;
-    Ok(print(&set, &report, "restored", args.json))
+    let is_block_device = std::fs::metadata(&args.to)
+        .map(|m| m.file_type().is_block_device())
+        .unwrap_or(false);
+    let report = if is_block_device {
+        let (target, file) = device_target(&args, &chain, &only)?;
+        restore::run_chain(
+            &chain,
+            Action::RestoreToDevice {
+                target: &target,
+                file,
+            },
+            &[],
+        )
+    } else {
+        restore::run_chain(&chain, Action::Restore { to: &args.to }, &only)
+    }
+    .map_err(|e| Failure::Data(format!("restore failed: {e}")))?;
+    Ok(print(&chain, &report, "restored", args.json))
+}
+
+/// `restore --to /dev/X`: the one entry with data that is selected, and
+/// the device opened exclusively, after the checks (usage errors, nothing
+/// written): --force given, the device not mounted or busy, large enough.
+fn device_target(
+    args: &RestoreArgs,
+    chain: &Chain,
+    only: &[Vec<u8>],
+) -> Result<(std::fs::File, u32), Failure> {
+    let to = args.to.display();
+    let catalog = &chain.tip().catalog;
+    let candidates: Vec<u32> = catalog
+        .files
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.kind.has_data() && (only.is_empty() || only.contains(&f.path)))
+        .map(|(i, _)| i as u32)
+        .collect();
+    let file = match candidates[..] {
+        [file] => file,
+        [] => {
+            return Err(Failure::Usage(format!(
+                "--to {to} is a block device, but the set holds no selected block device or file to write onto it"
+            )))
+        }
+        _ => {
+            let names: Vec<String> = candidates
+                .iter()
+                .take(10)
+                .map(|&i| path_text(&catalog.files[i as usize].path))
+                .collect();
+            return Err(Failure::Usage(format!(
+                "--to {to} is a block device: choose the one entry to write onto it with --only (candidates: {}{})",
+                names.join(", "),
+                if candidates.len() > 10 { ", ..." } else { "" }
+            )));
+        }
+    };
+    if !args.force {
+        return Err(Failure::Usage(format!(
+            "--to {to} is a block device: restoring overwrites it; add --force to do so"
+        )));
+    }
+    let rdev = std::fs::metadata(&args.to).map(|m| m.rdev()).unwrap_or(0);
+    let mounts = crate::source::mounted(rdev);
+    if !mounts.is_empty() {
+        return Err(Failure::Usage(format!(
+            "--to {to} is mounted at {}: refusing to overwrite it",
+            mounts.join(", ")
+        )));
+    }
+    // O_EXCL on a block device: refused while it is mounted or claimed
+    // (md, device-mapper, swap, another exclusive opener).
+    let target = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
+        .open(&args.to)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                Failure::Usage(format!(
+                    "--to {to} is in use (mounted, or held by another program): refusing to overwrite it"
+                ))
+            } else {
+                Failure::Usage(format!("--to {to}: {e}"))
+            }
+        })?;
+    let capacity = crate::device::block::size_bytes(&target)
+        .map_err(|e| Failure::Usage(format!("--to {to}: BLKGETSIZE64: {e}")))?;
+    let entry = &catalog.files[file as usize];
+    if capacity < entry.size_bytes {
+        return Err(Failure::Usage(format!(
+            "--to {to} holds {capacity} bytes, {} needs {}",
+            path_text(&entry.path),
+            entry.size_bytes
+        )));
+    }
+    if capacity > entry.size_bytes {
+        eprintln!(
+            "pbio: {} is {} bytes, {to} {capacity}: the last {} bytes of the device are left as they are",
+            path_text(&entry.path),
+            entry.size_bytes,
+            capacity - entry.size_bytes
+        );
+    }
+    Ok((target, file))
 }
 
 pub fn run_verify(args: VerifyArgs) -> CliResult {
-    let set = open(&args.devs)?;
-    let mut report = restore::run(&set, Action::Verify, &[])
+    let chain = open(&args.devs)?;
+    let mut report = restore::run_chain(&chain, Action::Verify, &[])
         .map_err(|e| Failure::Data(format!("verify failed: {e}")))?;
     // Every device's own catalog must read back and agree, not only the one used.
-    for (dev, label) in &set.devices {
-        if label.state != crate::format::LabelState::Complete {
-            continue;
-        }
-        match crate::engine::media::read_catalog(dev.as_ref(), label) {
-            Ok(c) if c == set.catalog => {}
-            Ok(_) => report.errors.push(format!(
-                "device {}: its catalog differs from the set's",
-                dev.path().display()
-            )),
-            Err(e) => report.errors.push(e.to_string()),
+    for set in &chain.sets {
+        for (dev, label) in &set.devices {
+            if label.state != crate::format::LabelState::Complete {
+                continue;
+            }
+            match crate::engine::media::read_catalog(dev.as_ref(), label) {
+                Ok(c) if c == set.catalog => {}
+                Ok(_) => report.errors.push(format!(
+                    "device {}: its catalog differs from the set's",
+                    dev.path().display()
+                )),
+                Err(e) => report.errors.push(e.to_string()),
+            }
         }
     }
-    Ok(print(&set, &report, "verified", args.json))
+    // Data unchanged since an earlier set none of whose devices was given
+    // is not checked, and not an error.
+    let (elsewhere, missing): (Vec<_>, Vec<_>) =
+        report.missing.drain(..).partition(|m| !m.set_given);
+    report.missing = missing;
+    for m in &elsewhere {
+        eprintln!(
+            "not verified: {}: its data is in set {} (no device of it given)",
+            path_text(&m.path),
+            crate::engine::set_id_hex(&m.set_id)
+        );
+    }
+    Ok(print(&chain, &report, "verified", args.json))
 }
 
-fn print(set: &OpenSet, report: &Report, verb: &str, as_json: bool) -> i32 {
-    for why in &set.unreadable {
+fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> i32 {
+    let set = chain.tip();
+    for why in chain.sets.iter().flat_map(|s| &s.unreadable) {
         eprintln!("pbio: left out an unreadable device: {why}");
     }
     let secs = report.elapsed.as_secs_f64().max(1e-9);
@@ -97,6 +224,8 @@ fn print(set: &OpenSet, report: &Report, verb: &str, as_json: bool) -> i32 {
             .map(|m| {
                 json!({
                     "path": path_text(&m.path),
+                    "set_id": crate::engine::set_id_hex(&m.set_id),
+                    "set_given": m.set_given,
                     "ranges": m.ranges.iter().map(|&(o, l, d)| json!({"offset": o, "length": l, "device": (d != restore::NOWHERE).then_some(d)})).collect::<Vec<_>>(),
                 })
             })
@@ -106,6 +235,7 @@ fn print(set: &OpenSet, report: &Report, verb: &str, as_json: bool) -> i32 {
             json!({
                 "event": "summary",
                 "set_id": crate::engine::set_id_hex(&set.catalog.set_id),
+                "sets": chain.sets.iter().map(|s| crate::engine::set_id_hex(&s.catalog.set_id)).collect::<Vec<_>>(),
                 "files": report.files_restored,
                 "payload_bytes": report.payload_bytes,
                 "records": report.records,
@@ -118,22 +248,58 @@ fn print(set: &OpenSet, report: &Report, verb: &str, as_json: bool) -> i32 {
         );
         return code;
     }
+    let given: usize = chain.sets.iter().map(|s| s.devices.len()).sum();
+    let of: usize = chain.sets.iter().map(|s| s.catalog.devices.len()).sum();
     println!(
-        "set {}: {verb} {} entries, {} in {} records, {:.2} s ({:.1} MiB/s), from {} of {} devices",
+        "set {}: {verb} {} entries, {} in {} records, {:.2} s ({:.1} MiB/s), from {given} of {of} devices{}",
         crate::engine::set_id_hex(&set.catalog.set_id),
         report.files_restored,
         human_bytes(report.payload_bytes),
         report.records,
         secs,
         report.payload_bytes as f64 / (1 << 20) as f64 / secs,
-        set.devices.len(),
-        set.catalog.devices.len(),
+        if chain.sets.len() > 1 {
+            format!(" of {} sets", chain.sets.len())
+        } else {
+            String::new()
+        }
     );
+    if chain.sets.len() > 1 {
+        println!(
+            "  chain: {}",
+            chain
+                .sets
+                .iter()
+                .map(|s| restore::chain::describe(&s.catalog))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        for unused in chain.unused() {
+            println!(
+                "  set {} was not needed (none of the restored data is in it)",
+                crate::engine::set_id_hex(&unused)
+            );
+        }
+    }
     for m in &report.missing {
+        if !m.set_given {
+            eprintln!(
+                "missing: {}: its data is in set {} (an earlier set of the chain): give that set's devices too",
+                path_text(&m.path),
+                crate::engine::set_id_hex(&m.set_id)
+            );
+            continue;
+        }
+        let devices = chain
+            .sets
+            .iter()
+            .find(|s| s.catalog.set_id == m.set_id)
+            .map(|s| &s.catalog.devices[..])
+            .unwrap_or(&[]);
         let ranges: Vec<String> = m
             .ranges
             .iter()
-            .map(|&(o, l, d)| match set.catalog.devices.get(d as usize) {
+            .map(|&(o, l, d)| match devices.get(d as usize) {
                 Some(dev) => format!("{o}..{} on device {d} ({})", o + l, path_text(&dev.path)),
                 None => format!(
                     "{o}..{} on no device (not written: the set is incomplete)",

@@ -94,6 +94,9 @@ pub enum Finding {
     PbioDamaged { error: String },
     /// Another format's signature.
     Signature(Signature),
+    /// A tape whose recorded data does not start with a pbio label
+    /// (another program's archive).
+    TapeData { what: String },
 }
 
 /// What the user allowed on the command line.
@@ -111,7 +114,9 @@ impl Finding {
         match self {
             Finding::Mounted { .. } | Finding::InUse { .. } => false,
             Finding::PbioSet { label } => policy.force || policy.overwrite.contains(&label.set_id),
-            Finding::PbioDamaged { .. } | Finding::Signature(_) => policy.force,
+            Finding::PbioDamaged { .. } | Finding::Signature(_) | Finding::TapeData { .. } => {
+                policy.force
+            }
         }
     }
 
@@ -145,6 +150,9 @@ impl Finding {
                 format!("holds a damaged pbio label ({error}); give --force to overwrite it")
             }
             Finding::Signature(sig) => format!("holds {sig}; give --force to overwrite it"),
+            Finding::TapeData { what } => {
+                format!("holds recorded data that is not a pbio set ({what}); give --force to overwrite it")
+            }
         }
     }
 }
@@ -171,6 +179,11 @@ impl Inspection {
 /// not exist yet or is empty has nothing to find.
 pub fn inspect(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
     let path = &spec.path;
+    let is_tape = super::vtape::dir_of(path).is_some()
+        || std::fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device());
+    if is_tape {
+        return inspect_tape(spec);
+    }
     let mut findings = Vec::new();
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
@@ -214,6 +227,59 @@ pub fn inspect(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
         path: path.clone(),
         findings,
     })
+}
+
+/// A tape (a drive, an emulated cartridge): what its first block holds.
+/// Reading it rewinds the tape; nothing is written. A blank tape, or an
+/// emulated cartridge not created yet, holds nothing.
+fn inspect_tape(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
+    use crate::engine::media::{read_label, MediaError};
+    use crate::format::FormatError;
+    let path = &spec.path;
+    let mut findings = Vec::new();
+    let done = |findings| {
+        Ok(Inspection {
+            path: path.clone(),
+            findings,
+        })
+    };
+    if super::vtape::dir_of(path).is_some_and(|d| !d.join("vtape.index").exists()) {
+        return done(findings);
+    }
+    let dev = super::open(spec, super::Mode::Read)?;
+    let blank = || dev.tape_status().is_ok_and(|s| s.at_eod);
+    match read_label(dev.as_ref()) {
+        Ok(label) => findings.push(Finding::PbioSet { label }),
+        Err(MediaError::Format { error, .. }) => match error {
+            // Nothing recorded: st and the emulator read 0 at the end of data.
+            FormatError::Short { have: 0, .. } if blank() => {}
+            FormatError::Short { have: 0, .. } => findings.push(Finding::TapeData {
+                what: "it starts with a filemark".into(),
+            }),
+            FormatError::BadMagic { .. } | FormatError::Short { .. } => {
+                findings.push(Finding::TapeData {
+                    what: "its first block is not a pbio label".into(),
+                })
+            }
+            other => findings.push(Finding::PbioDamaged {
+                error: other.to_string(),
+            }),
+        },
+        Err(MediaError::Io { error, .. }) if error.raw_os_error() == Some(libc::ENOMEM) => findings
+            .push(Finding::TapeData {
+                what: "its first block is larger than a pbio label".into(),
+            }),
+        // A blank cartridge in a drive: st reports the blank check as EIO.
+        Err(MediaError::Io { .. }) if blank() => {}
+        Err(MediaError::Io { op, error, .. }) => return Err(DeviceError::io(path, op, error)),
+        Err(other) => {
+            return Err(DeviceError::unusable(
+                path,
+                format!("cannot read the tape to check it: {other}"),
+            ))
+        }
+    }
+    done(findings)
 }
 
 fn read_findings(file: &File, size_bytes: u64) -> io::Result<Vec<Finding>> {

@@ -6,6 +6,8 @@
 pub mod block;
 pub mod file;
 pub mod guard;
+pub mod tape;
+pub mod vtape;
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
@@ -14,19 +16,23 @@ use std::path::{Path, PathBuf};
 
 use crate::units::parse_size;
 
-/// `--dev PATH[,size=N][,rate=N]` as given on the command line.
+/// `--dev PATH[,size=N][,rate=N][,ew=N]` as given on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceSpec {
     pub path: PathBuf,
-    /// Capacity for a file device (required when the file does not exist yet).
+    /// Capacity for a file device (required when the file does not exist
+    /// yet); a tape's native capacity; an emulated tape's physical length.
     pub size_bytes: Option<u64>,
-    /// Declared bandwidth for `--balance time`.
+    /// Declared bandwidth for `--balance time` (an emulated tape also runs at it).
     pub rate_bytes_per_sec: Option<u64>,
+    /// Emulated tape (`vtape:DIR`) only: where early warning starts, in
+    /// bytes before the physical end.
+    pub early_warning_bytes: Option<u64>,
 }
 
 impl DeviceSpec {
-    /// Parse `PATH[,size=N][,rate=N]`. Sizes are powers of 1024 (K/M/G/T);
-    /// a rate is bytes per second with the same suffixes.
+    /// Parse `PATH[,size=N][,rate=N][,ew=N]`. Sizes are powers of 1024
+    /// (K/M/G/T); a rate is bytes per second with the same suffixes.
     pub fn parse(text: &str) -> Result<DeviceSpec, String> {
         let mut parts = text.split(',');
         let path = parts.next().unwrap_or_default();
@@ -37,6 +43,7 @@ impl DeviceSpec {
             path: PathBuf::from(path),
             size_bytes: None,
             rate_bytes_per_sec: None,
+            early_warning_bytes: None,
         };
         for option in parts {
             let (key, value) = option
@@ -51,9 +58,17 @@ impl DeviceSpec {
                     }
                     spec.rate_bytes_per_sec = Some(parsed)
                 }
+                "ew" if vtape::dir_of(&spec.path).is_some() => {
+                    spec.early_warning_bytes = Some(parsed)
+                }
+                "ew" => {
+                    return Err(format!(
+                        "--dev '{text}': ew= is an option of emulated tapes (vtape:DIR) only"
+                    ))
+                }
                 _ => {
                     return Err(format!(
-                        "--dev '{text}': unknown option '{key}' (known: size, rate)"
+                        "--dev '{text}': unknown option '{key}' (known: size, rate, ew)"
                     ))
                 }
             }
@@ -62,11 +77,92 @@ impl DeviceSpec {
     }
 }
 
-/// What a device kind is, as far as the engine needs to know.
+/// What a device kind is. Only `open` and `probe` look at it: the engine
+/// asks the capabilities of the ops table instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     File,
     Block,
+    /// A Linux st tape drive (`/dev/nst*`).
+    Tape,
+    /// The tape emulator (`vtape:DIR`).
+    VirtualTape,
+}
+
+/// How the medium is addressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Any offset, any order, many operations in flight (files, disks).
+    Random,
+    /// One block after the other at the head's position, one operation in
+    /// flight, variable-size blocks and filemarks (tape). A write SQE's
+    /// offset comes from `before_block_write`; positions on such a device
+    /// are logical object numbers (blocks and filemarks counted from the
+    /// beginning of the tape, as SCSI READ POSITION counts them).
+    Sequential,
+}
+
+/// `sqe_offset` meaning "at the file position" (io_uring's `-1`): the
+/// device itself knows where the next block goes.
+pub const STREAM_OFFSET: u64 = u64::MAX;
+
+/// What a sequential device says about the block operation about to be
+/// submitted (fio's `queue` answer: go ahead, or done already).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockIo {
+    /// Submit it: `bytes` at `sqe_offset` of `fd()` (`STREAM_OFFSET`: the
+    /// file position).
+    Submit { sqe_offset: u64, bytes: u32 },
+    /// Do not submit: the operation has completed with `result` (bytes
+    /// moved, 0 for a filemark read, or `-errno`), as the driver would
+    /// have reported it.
+    Done { result: i32 },
+}
+
+/// A sequential device's view of a completed block operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockDone {
+    /// The result as the driver reports it (bytes, 0, or `-errno`).
+    pub result: i32,
+    /// The operation only counts as complete at this instant (an
+    /// emulator's simulated speed); None: now.
+    pub complete_at: Option<std::time::Instant>,
+}
+
+/// Tape positioning and filemark operations (st's MTIOCTOP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TapeOp {
+    /// MTREW: to the beginning of the tape.
+    Rewind,
+    /// MTFSF n: forward past the n-th filemark (to the first block of the file after it).
+    ForwardFiles(u32),
+    /// MTBSF n: backward to just before the n-th filemark (its beginning-of-tape side).
+    BackFiles(u32),
+    /// MTFSR n: forward over n blocks (an error if a filemark is met).
+    ForwardBlocks(u32),
+    /// MTEOM: to the end of recorded data, where the next file would be appended.
+    EndOfData,
+    /// MTWEOF n: write n filemarks at the head; n = 0 flushes the drive's buffer.
+    WriteFilemarks(u32),
+}
+
+/// Tape status (st's MTIOCGET).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TapeStatus {
+    /// Tape file number of the head (-1: unknown).
+    pub file_number: i64,
+    /// Block number within that file (-1: unknown).
+    pub block_number: i64,
+    pub at_bot: bool,
+    /// In the early-warning zone near the end of the medium.
+    pub at_eot: bool,
+    /// At the end of recorded data.
+    pub at_eod: bool,
+    pub write_protected: bool,
+    pub online: bool,
+    /// Density code (LTO generation) and block size (0: variable) from mt_dsreg.
+    pub density_code: u8,
+    pub block_size_bytes: u32,
 }
 
 /// How an I/O error on a device is to be treated.
@@ -108,13 +204,23 @@ impl DeviceError {
     }
 }
 
-/// The ops table every device kind fills in.
+fn unsupported(what: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        format!("{what} on a random-access device"),
+    )
+}
+
+/// The ops table every device kind fills in (fio's `ioengine_ops`): the
+/// engine asks these, never the kind. Random-access devices fill in the
+/// first block and keep the defaults of the rest; sequential devices
+/// (tapes) also answer the block hooks and the tape operations.
 pub trait Device: Send + Sync {
     fn path(&self) -> &Path;
     fn kind(&self) -> Kind;
     /// The descriptor the ring submits to.
     fn fd(&self) -> RawFd;
-    /// Usable bytes from offset 0.
+    /// Usable bytes from offset 0 (a tape: its native capacity, for planning).
     fn capacity_bytes(&self) -> u64;
     /// Offsets and lengths of I/O must be multiples of this.
     fn block_bytes(&self) -> u32;
@@ -125,6 +231,153 @@ pub trait Device: Send + Sync {
     /// Map a failed operation's errno to what it means for the set.
     fn classify(&self, errno: i32) -> ErrorClass {
         classify_errno(errno)
+    }
+    /// How the medium is addressed.
+    fn access(&self) -> Access {
+        Access::Random
+    }
+    /// The largest single block the device takes or returns (a tape
+    /// drive's block limit); None: no limit beyond the format's.
+    fn block_bytes_max(&self) -> Option<u32> {
+        None
+    }
+    /// Sequential devices: called just before a block write of `bytes` is
+    /// submitted (in media order, one at a time). An emulator decides here
+    /// where the block goes or that the write fails without being tried.
+    fn before_block_write(&self, bytes: u32) -> BlockIo {
+        BlockIo::Submit {
+            sqe_offset: STREAM_OFFSET,
+            bytes,
+        }
+    }
+    /// Sequential devices: called with the result of the block write
+    /// `before_block_write` let through.
+    fn after_block_write(&self, result: i32) -> BlockDone {
+        BlockDone {
+            result,
+            complete_at: None,
+        }
+    }
+    /// Sequential devices: called before a block read into a buffer of
+    /// `buffer_bytes`; the read returns exactly one block (or 0 at a filemark).
+    fn before_block_read(&self, buffer_bytes: u32) -> BlockIo {
+        BlockIo::Submit {
+            sqe_offset: STREAM_OFFSET,
+            bytes: buffer_bytes,
+        }
+    }
+    fn after_block_read(&self, result: i32) -> BlockDone {
+        BlockDone {
+            result,
+            complete_at: None,
+        }
+    }
+    /// Positioning and filemarks (sequential devices; synchronous, only
+    /// while no operation of the device is in flight).
+    fn tape_op(&self, op: TapeOp) -> std::io::Result<()> {
+        let _ = op;
+        Err(unsupported("tape operation"))
+    }
+    fn tape_status(&self) -> std::io::Result<TapeStatus> {
+        Err(unsupported("tape status"))
+    }
+}
+
+/// Write one block to a sequential device now, synchronously, through the
+/// same hooks the ring uses (label, filemark-delimited catalog). Returns
+/// the bytes written; an error is the errno the driver reported.
+pub fn write_block(dev: &dyn Device, buf: &[u8]) -> std::io::Result<usize> {
+    debug_assert_eq!(dev.access(), Access::Sequential);
+    let bytes = u32::try_from(buf.len()).map_err(|_| errno_error(libc::EINVAL))?;
+    let result = match dev.before_block_write(bytes) {
+        BlockIo::Done { result } => return result_of(result),
+        BlockIo::Submit { sqe_offset, bytes } => {
+            let buf = &buf[..bytes as usize];
+            raw_result(loop {
+                // SAFETY: buf is a live slice of `bytes` bytes; fd is open.
+                let n = unsafe {
+                    if sqe_offset == STREAM_OFFSET {
+                        libc::write(dev.fd(), buf.as_ptr().cast(), buf.len())
+                    } else {
+                        libc::pwrite(dev.fd(), buf.as_ptr().cast(), buf.len(), sqe_offset as i64)
+                    }
+                };
+                if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                break n;
+            })
+        }
+    };
+    let done = dev.after_block_write(result);
+    wait_until(done.complete_at);
+    result_of(done.result)
+}
+
+/// Read one block from a sequential device now, synchronously. Ok(0) is a
+/// filemark (the head is then past it).
+pub fn read_block(dev: &dyn Device, buf: &mut [u8]) -> std::io::Result<usize> {
+    debug_assert_eq!(dev.access(), Access::Sequential);
+    let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+    let result = match dev.before_block_read(len) {
+        BlockIo::Done { result } => return result_of(result),
+        BlockIo::Submit { sqe_offset, bytes } => {
+            let buf = &mut buf[..bytes as usize];
+            raw_result(loop {
+                // SAFETY: buf is a live, writable slice of `bytes` bytes.
+                let n = unsafe {
+                    if sqe_offset == STREAM_OFFSET {
+                        libc::read(dev.fd(), buf.as_mut_ptr().cast(), buf.len())
+                    } else {
+                        libc::pread(
+                            dev.fd(),
+                            buf.as_mut_ptr().cast(),
+                            buf.len(),
+                            sqe_offset as i64,
+                        )
+                    }
+                };
+                if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                break n;
+            })
+        }
+    };
+    let done = dev.after_block_read(result);
+    wait_until(done.complete_at);
+    result_of(done.result)
+}
+
+/// A syscall's return value as an io_uring style result (bytes or -errno).
+fn raw_result(n: isize) -> i32 {
+    if n < 0 {
+        -std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    } else {
+        n as i32
+    }
+}
+
+fn result_of(result: i32) -> std::io::Result<usize> {
+    if result < 0 {
+        Err(errno_error(-result))
+    } else {
+        Ok(result as usize)
+    }
+}
+
+fn errno_error(errno: i32) -> std::io::Error {
+    std::io::Error::from_raw_os_error(errno)
+}
+
+fn wait_until(at: Option<std::time::Instant>) {
+    if let Some(at) = at {
+        let now = std::time::Instant::now();
+        if at > now {
+            std::thread::sleep(at - now);
+        }
     }
 }
 
@@ -158,6 +411,9 @@ pub struct Probe {
 /// Find out what `spec` names and how large it is, without writing.
 pub fn probe(spec: &DeviceSpec) -> Result<Probe, DeviceError> {
     let path = &spec.path;
+    if let Some(dir) = vtape::dir_of(path) {
+        return vtape::probe(spec, &dir);
+    }
     match std::fs::metadata(path) {
         Ok(meta) => {
             use std::os::unix::fs::MetadataExt;
@@ -178,6 +434,9 @@ pub fn probe(spec: &DeviceSpec) -> Result<Probe, DeviceError> {
                     identity: (meta.rdev(), 0),
                 });
             }
+            if ft.is_char_device() {
+                return tape::probe(spec, meta.rdev());
+            }
             if ft.is_file() {
                 let capacity = spec.size_bytes.unwrap_or(meta.len());
                 return Ok(Probe {
@@ -188,7 +447,7 @@ pub fn probe(spec: &DeviceSpec) -> Result<Probe, DeviceError> {
             }
             Err(DeviceError::unusable(
                 path,
-                "is neither a regular file nor a block device",
+                "is neither a regular file, a block device nor a tape drive",
             ))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -233,6 +492,8 @@ pub fn open(spec: &DeviceSpec, mode: Mode) -> Result<Box<dyn Device>, DeviceErro
     match probe.kind {
         Kind::Block => Ok(Box::new(block::BlockDevice::open(&spec.path, mode)?)),
         Kind::File => Ok(Box::new(file::FileDevice::open(spec, mode)?)),
+        Kind::Tape => Ok(Box::new(tape::TapeDevice::open(spec, mode)?)),
+        Kind::VirtualTape => Ok(Box::new(vtape::VirtualTape::open(spec, mode)?)),
     }
 }
 

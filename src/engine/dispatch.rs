@@ -12,6 +12,9 @@
 //!
 //! A device with nothing to do waits while any other device is still
 //! working, because a working device may still fail and hand work back.
+//! A device counts as working while it has writes in flight: it asks for
+//! more without blocking (`try_next`), and after its last item it says so
+//! (`writing`) until it finishes or retires.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
@@ -31,6 +34,16 @@ impl WorkItem {
     pub fn end(&self) -> u64 {
         self.offset + self.length
     }
+}
+
+/// What `try_next` has for a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    Item(WorkItem),
+    /// Nothing now; another device may still hand work back: ask again.
+    Wait,
+    /// Nothing left for it.
+    Done,
 }
 
 /// A device's state as the dispatcher sees it.
@@ -170,6 +183,9 @@ impl Dispatcher {
     /// The next item for `device`, which has room for `room_bytes` more
     /// payload. Blocks while the own queue is empty, the shared queue is
     /// empty and another device is still working. None: nothing left for it.
+    /// Only for a device with nothing in flight (it is Idle while it
+    /// waits, so it must not be able to hand work back meanwhile); a
+    /// device with writes in flight asks `try_next`.
     pub fn next(&self, device: usize, room_bytes: u64) -> Option<WorkItem> {
         if self.aborted.load(Ordering::SeqCst) {
             return None;
@@ -202,6 +218,41 @@ impl Dispatcher {
                 return None;
             }
             std::thread::sleep(IDLE_POLL);
+        }
+    }
+
+    /// `next` for a device that has writes to do meanwhile (a tape with
+    /// records buffered and one write in flight must not stop for shared
+    /// work): never blocks. The device stays Working while it asks, since
+    /// it is still writing and may still hand work back.
+    pub fn try_next(&self, device: usize, room_bytes: u64) -> Next {
+        if self.aborted.load(Ordering::SeqCst) {
+            return Next::Done;
+        }
+        if let Some(item) = self.pop_own(device) {
+            return Next::Item(item);
+        }
+        if room_bytes < self.chunk_bytes.min(4096) {
+            return Next::Done;
+        }
+        self.set_state(device, DeviceState::Working);
+        if let Some(item) = self.shared.pop() {
+            self.shared_bytes.fetch_sub(item.length, Ordering::SeqCst);
+            let portion = self.portion(device, item, room_bytes);
+            self.filled_bytes[device].fetch_add(portion.length, Ordering::Relaxed);
+            return Next::Item(portion);
+        }
+        if self.stealing.load(Ordering::Relaxed) {
+            if let Some(item) = self.steal(device, room_bytes) {
+                return Next::Item(item);
+            }
+        }
+        let others_working =
+            (0..self.state.len()).any(|d| d != device && self.state(d) == DeviceState::Working);
+        if !others_working && self.shared.is_empty() {
+            Next::Done
+        } else {
+            Next::Wait
         }
     }
 
@@ -265,6 +316,15 @@ impl Dispatcher {
         // After the work is visible in the shared queue.
         self.set_state(device, state);
         moved
+    }
+
+    /// The device takes no more work but still has writes in flight:
+    /// until it finishes or retires it counts as working, because one of
+    /// those writes may still find the medium full (a tape's early
+    /// warning, with many records buffered) or fail, and hand work back
+    /// that the others must still be there to take.
+    pub fn writing(&self, device: usize) {
+        self.set_state(device, DeviceState::Working);
     }
 
     pub fn finish(&self, device: usize) {
@@ -339,6 +399,53 @@ mod tests {
         assert_eq!(d.next(0, 3 * chunk), Some(item(0, 0, 3 * chunk)));
         d.retire(0, DeviceState::Full, 0);
         assert_eq!(d.unplaced(), vec![item(0, 3 * chunk, 7 * chunk)]);
+    }
+
+    #[test]
+    fn a_device_still_writing_keeps_the_others_waiting() {
+        let chunk = 4096;
+        let d = std::sync::Arc::new(Dispatcher::new(2, chunk, [(1, item(0, 0, 2 * chunk))]));
+        let taken = d.next(1, u64::MAX).unwrap();
+        let waiter = {
+            let d = d.clone();
+            std::thread::spawn(move || d.next(0, u64::MAX))
+        };
+        // Device 1 has writes in flight: it asks without blocking until it
+        // is told there is nothing more, and stays working meanwhile.
+        loop {
+            match d.try_next(1, u64::MAX) {
+                Next::Done => break,
+                Next::Wait => std::thread::sleep(Duration::from_millis(1)),
+                Next::Item(i) => panic!("no work left, got {i:?}"),
+            }
+        }
+        d.writing(1);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            !waiter.is_finished(),
+            "device 0 must wait while device 1 still writes"
+        );
+        // Its medium ends: the unwritten half goes to device 0.
+        let rest = item(0, chunk, chunk);
+        d.give_back(&[rest]);
+        d.retire(1, DeviceState::Full, rest.length);
+        assert_eq!(waiter.join().unwrap(), Some(rest));
+        assert_eq!(taken.length, 2 * chunk);
+    }
+
+    #[test]
+    fn try_next_never_blocks() {
+        let chunk = 4096;
+        let d = Dispatcher::new(2, chunk, [(0, item(0, 0, chunk)), (1, item(1, 0, chunk))]);
+        assert_eq!(d.try_next(0, u64::MAX), Next::Item(item(0, 0, chunk)));
+        // Device 1 still works: device 0 is told to ask again, not blocked.
+        assert_eq!(d.try_next(0, u64::MAX), Next::Wait);
+        let lost = d.next(1, u64::MAX).unwrap();
+        d.give_back(&[lost]);
+        d.retire(1, DeviceState::Failed, lost.length);
+        assert_eq!(d.try_next(0, u64::MAX), Next::Item(lost));
+        assert_eq!(d.try_next(0, u64::MAX), Next::Done);
+        assert_eq!(d.try_next(0, 0), Next::Done);
     }
 
     #[test]

@@ -1,11 +1,17 @@
 //! Synchronous media helpers for the small structures around the data:
 //! the label and the catalog. These are written once per device per set,
 //! outside the hot path, so plain pread/pwrite from an aligned buffer.
+//!
+//! On a sequential device (tape) the same structures are tape blocks: the
+//! label is block 0 of tape file 0 (written once, never rewritten), the
+//! catalog is tape file 1, closed by an End record and a filemark
+//! (docs/FORMAT.md, "Tape layout"). Positions there are logical object
+//! numbers: blocks and filemarks counted from the beginning of the tape.
 
 use std::os::fd::BorrowedFd;
 
 use super::buffers::BufferPool;
-use crate::device::Device;
+use crate::device::{self, Access, Device, TapeOp};
 use crate::format::{
     round_up_block, Catalog, FormatError, Label, RecordHeader, RecordKind, SetId, BLOCK_BYTES,
     HEADER_BYTES,
@@ -89,17 +95,28 @@ pub fn read_at(dev: &dyn Device, buf: &mut [u8], offset: u64) -> Result<usize, M
     Ok(done)
 }
 
+/// Write the label at offset 0. On a tape: rewind and write it as block 0,
+/// which ends everything recorded on the tape before.
 pub fn write_label(dev: &dyn Device, label: &Label) -> Result<(), MediaError> {
     let mut pool = BufferPool::new(1, BLOCK_BYTES);
     let buf = pool.slot_mut(0);
     label.encode_into(buf);
+    if dev.access() == Access::Sequential {
+        tape_op(dev, TapeOp::Rewind, 0)?;
+        return write_tape_block(dev, buf, 0);
+    }
     write_all_at(dev, buf, 0)
 }
 
 pub fn read_label(dev: &dyn Device) -> Result<Label, MediaError> {
     let mut pool = BufferPool::new(1, BLOCK_BYTES);
     let buf = pool.slot_mut(0);
-    let got = read_at(dev, buf, 0)?;
+    let got = if dev.access() == Access::Sequential {
+        tape_op(dev, TapeOp::Rewind, 0)?;
+        read_tape_block(dev, buf, 0)?
+    } else {
+        read_at(dev, buf, 0)?
+    };
     Label::decode(&buf[..got]).map_err(|error| MediaError::Format {
         device: name(dev),
         what: "label",
@@ -177,8 +194,12 @@ pub fn catalog_media_bytes(catalog_bytes: u64, chunk_bytes: u32) -> u64 {
     records * HEADER_BYTES as u64 + round_up_block(catalog_bytes) + HEADER_BYTES as u64
 }
 
-/// Read and decode the catalog a Complete label points to.
+/// Read and decode the catalog a Complete label points to. On a tape,
+/// the catalog is tape file 1, found by spacing over the data file.
 pub fn read_catalog(dev: &dyn Device, label: &Label) -> Result<Catalog, MediaError> {
+    if dev.access() == Access::Sequential {
+        return read_tape_catalog(dev, label);
+    }
     let chunk = label.chunk_bytes as usize;
     let mut pool = BufferPool::new(1, HEADER_BYTES + chunk);
     let mut bytes = Vec::with_capacity(label.catalog_bytes.min(1 << 30) as usize);
@@ -254,4 +275,249 @@ pub fn read_catalog(dev: &dyn Device, label: &Label) -> Result<Catalog, MediaErr
         Err(e) => return Err(format_err("End record", offset, e)),
     }
     Catalog::decode(&bytes).map_err(|e| format_err("catalog", label.catalog_offset, e))
+}
+
+/// Where a device's first record is: the media offset after the label, or
+/// on a tape the object after the label block.
+pub fn data_start(dev: &dyn Device) -> u64 {
+    match dev.access() {
+        Access::Random => HEADER_BYTES as u64,
+        Access::Sequential => 1,
+    }
+}
+
+/// Where a scan of a device with no catalog stops at the latest: the
+/// device's end, or on a tape its end of recorded data.
+pub fn scan_end(dev: &dyn Device) -> u64 {
+    match dev.access() {
+        Access::Random => dev.capacity_bytes(),
+        Access::Sequential => u64::MAX,
+    }
+}
+
+fn tape_op(dev: &dyn Device, op: TapeOp, position: u64) -> Result<(), MediaError> {
+    dev.tape_op(op).map_err(|error| MediaError::Io {
+        device: name(dev),
+        op: match op {
+            TapeOp::Rewind => "rewind (MTREW)",
+            TapeOp::ForwardFiles(_) => "space forward over filemarks (MTFSF)",
+            TapeOp::BackFiles(_) => "space back over filemarks (MTBSF)",
+            TapeOp::ForwardBlocks(_) => "space forward over blocks (MTFSR)",
+            TapeOp::EndOfData => "space to end of data (MTEOM)",
+            TapeOp::WriteFilemarks(_) => "write filemark (MTWEOF)",
+        },
+        offset: position,
+        error,
+    })
+}
+
+/// Write one tape block. In the early-warning zone st alternates: a write
+/// succeeds, the next fails with ENOSPC having written nothing, the one
+/// after succeeds (IO-NOTES.md). So ENOSPC is tried once more; two in a
+/// row mean the physical end of the medium.
+fn write_tape_block(dev: &dyn Device, buf: &[u8], position: u64) -> Result<(), MediaError> {
+    let io_err = |error| MediaError::Io {
+        device: name(dev),
+        op: "write tape block",
+        offset: position,
+        error,
+    };
+    let mut enospc = 0;
+    loop {
+        match device::write_block(dev, buf) {
+            Ok(n) if n == buf.len() => return Ok(()),
+            Ok(n) => {
+                return Err(io_err(std::io::Error::other(format!(
+                    "short block: {n} of {} bytes written (end of medium)",
+                    buf.len()
+                ))))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && enospc == 0 => enospc += 1,
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+}
+
+/// Read one tape block; 0 is a filemark.
+fn read_tape_block(dev: &dyn Device, buf: &mut [u8], position: u64) -> Result<usize, MediaError> {
+    loop {
+        match device::read_block(dev, buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(error) => {
+                return Err(MediaError::Io {
+                    device: name(dev),
+                    op: "read tape block",
+                    offset: position,
+                    error,
+                })
+            }
+        }
+    }
+}
+
+/// Close the data file of a tape and write the catalog as tape file 1:
+/// a filemark at `data_end` (the object after the last data record), the
+/// catalog records (slices of at most `payload_bytes_max`), the End
+/// record, a filemark. The filemarks are written without the immediate
+/// bit, so the drive has everything on the medium when this returns.
+/// Returns the object number just past the closing filemark.
+pub fn write_tape_catalog(
+    dev: &dyn Device,
+    set_id: SetId,
+    device_index: u32,
+    mut sequence: u64,
+    data_end: u64,
+    catalog: &[u8],
+    payload_bytes_max: u32,
+) -> Result<u64, MediaError> {
+    assert_eq!(dev.access(), Access::Sequential);
+    let mut pool = BufferPool::new(1, HEADER_BYTES + payload_bytes_max as usize);
+    let mut position = data_end;
+    tape_op(dev, TapeOp::WriteFilemarks(1), position)?;
+    position += 1;
+    let mut emit = |kind: RecordKind, payload: &[u8], file_offset: u64, position: u64| {
+        let buf = pool.slot_mut(0);
+        let total = encode_record(
+            buf,
+            RecordHeader {
+                kind,
+                set_id,
+                device_index,
+                sequence,
+                file_id: 0,
+                segment_id: 0,
+                file_offset,
+                payload_bytes: payload.len() as u32,
+                file_size: if kind == RecordKind::Catalog {
+                    catalog.len() as u64
+                } else {
+                    0
+                },
+                payload_crc: crate::format::crc32c(payload),
+            },
+            payload,
+        );
+        sequence += 1;
+        write_tape_block(dev, &buf[..total], position)
+    };
+    let mut written = 0usize;
+    while written < catalog.len() {
+        let n = (catalog.len() - written).min(payload_bytes_max as usize);
+        emit(
+            RecordKind::Catalog,
+            &catalog[written..written + n],
+            written as u64,
+            position,
+        )?;
+        position += 1;
+        written += n;
+    }
+    emit(RecordKind::End, &[], 0, position)?;
+    position += 1;
+    tape_op(dev, TapeOp::WriteFilemarks(1), position)?;
+    Ok(position + 1)
+}
+
+/// A record image in `buf`: header block, payload, zero padding to a
+/// block. Returns its length in bytes.
+fn encode_record(buf: &mut [u8], header: RecordHeader, payload: &[u8]) -> usize {
+    let padded = round_up_block(payload.len() as u64) as usize;
+    let (head, body) = buf.split_at_mut(HEADER_BYTES);
+    body[..payload.len()].copy_from_slice(payload);
+    body[payload.len()..padded].fill(0);
+    header.encode_into(head);
+    HEADER_BYTES + padded
+}
+
+/// The catalog of a tape: space over tape file 0 (label and data) with
+/// MTFSF, then read catalog records up to the End record, which must be
+/// followed by a filemark. That End record and filemark are what makes a
+/// tape complete: its label cannot be rewritten.
+fn read_tape_catalog(dev: &dyn Device, label: &Label) -> Result<Catalog, MediaError> {
+    let chunk = label.chunk_bytes as usize;
+    let mut pool = BufferPool::new(1, HEADER_BYTES + chunk);
+    let invalid = |why: String| MediaError::Invalid {
+        device: name(dev),
+        why,
+    };
+    let format_err = |what, position, error| MediaError::Format {
+        device: name(dev),
+        what,
+        offset: position,
+        error,
+    };
+    tape_op(dev, TapeOp::Rewind, 0)?;
+    tape_op(dev, TapeOp::ForwardFiles(1), 0)?;
+    // The object number of the first catalog block is only known from the
+    // catalog itself (data_end + 1); block numbers within file 1 are used
+    // in messages until then.
+    let mut block = 0u64;
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut catalog_bytes: Option<u64> = None;
+    loop {
+        let buf = pool.slot_mut(0);
+        let got = read_tape_block(dev, buf, block)?;
+        if got == 0 {
+            return Err(invalid(format!(
+                "tape file 1 ends at its block {block} without an End record: the catalog is incomplete (interrupted run?): use `pbio scan`"
+            )));
+        }
+        let header = RecordHeader::decode(&buf[..got])
+            .map_err(|e| format_err("catalog record header (tape file 1)", block, e))?;
+        if header.set_id != label.set_id {
+            return Err(invalid(format!(
+                "tape file 1 block {block} belongs to another set"
+            )));
+        }
+        if header.kind == RecordKind::End {
+            break;
+        }
+        let expected_size = *catalog_bytes.get_or_insert(header.file_size);
+        if header.kind != RecordKind::Catalog
+            || header.file_offset != bytes.len() as u64
+            || header.file_size != expected_size
+            || got != header.media_bytes() as usize
+        {
+            return Err(invalid(format!(
+                "tape file 1 block {block} is not the next record of this set's catalog"
+            )));
+        }
+        let end = HEADER_BYTES + header.payload_bytes as usize;
+        let payload = &buf[HEADER_BYTES..end];
+        let crc = crate::format::crc32c(payload);
+        if crc != header.payload_crc {
+            return Err(format_err(
+                "catalog payload (tape file 1)",
+                block,
+                FormatError::Checksum {
+                    what: "payload",
+                    stored: header.payload_crc,
+                    computed: crc,
+                },
+            ));
+        }
+        if buf[end..got].iter().any(|&b| b != 0) {
+            return Err(invalid(format!(
+                "tape file 1 block {block}: damaged padding after the catalog slice"
+            )));
+        }
+        bytes.extend_from_slice(payload);
+        block += 1;
+    }
+    if catalog_bytes != Some(bytes.len() as u64) {
+        return Err(invalid(format!(
+            "tape file 1: End record after {} of {} catalog bytes",
+            bytes.len(),
+            catalog_bytes.unwrap_or(0)
+        )));
+    }
+    let buf = pool.slot_mut(0);
+    if read_tape_block(dev, buf, block + 1)? != 0 {
+        return Err(invalid(
+            "tape file 1: no filemark after the End record".to_string(),
+        ));
+    }
+    Catalog::decode(&bytes).map_err(|e| format_err("catalog (tape file 1)", 0, e))
 }

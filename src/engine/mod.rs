@@ -5,35 +5,43 @@ pub mod bench;
 pub mod buffers;
 pub mod dispatch;
 pub mod media;
+pub mod qualify;
 pub mod ring;
 pub mod stream;
 
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use crate::device::Device;
+use crate::device::{Access, Device};
 use crate::format::{
     Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, FileKind, Label, LabelState,
     SetId, HEADER_BYTES,
 };
 use crate::plan::{self, DeviceSlot, FileItem, Plan};
+use crate::source::incremental::Increment;
 use crate::source::{Entry, EntryKind};
 use dispatch::{DeviceState as DispatchState, Dispatcher, WorkItem};
 use ring::{RecordDone, Ring, RingConfig, RingEnd, RingError, RingOutcome, RingStats};
 
-/// Everything a backup run reads: the walked entries (file id = index) and the plan.
+/// Everything a backup run reads: the walked entries (file id = index),
+/// the plan, and for an incremental set what it refers to instead of storing.
 pub struct SetInput {
     pub entries: Vec<Entry>,
     pub plan: Plan,
+    pub since: Option<Increment>,
 }
 
 /// Planner inputs derived from walked entries: one item per entry (size 0
-/// for everything that has no data), so plan file ids are entry indexes.
-pub fn file_items(entries: &[Entry]) -> Vec<FileItem> {
+/// for everything that has no data to store here: directories, links, and
+/// in an incremental set the files whose data is in an earlier set), so
+/// plan file ids are entry indexes.
+pub fn file_items(entries: &[Entry], since: Option<&Increment>) -> Vec<FileItem> {
     entries
         .iter()
-        .map(|e| FileItem {
+        .enumerate()
+        .map(|(i, e)| FileItem {
             size_bytes: match e.kind {
+                EntryKind::File { .. } if since.and_then(|s| s.origin(i)).is_some() => 0,
                 EntryKind::File { size_bytes, .. } => size_bytes,
                 _ => 0,
             },
@@ -42,19 +50,25 @@ pub fn file_items(entries: &[Entry]) -> Vec<FileItem> {
 }
 
 /// The catalog for `entries` with the given segment placements; digests
-/// are filled by the caller once the data is written.
+/// of the data stored in this set are filled by the caller once it is
+/// written (those of data in earlier sets come from `since`).
 pub fn catalog_for(
     set_id: SetId,
     created_unix_ns: u64,
     chunk_bytes: u32,
     devices: &[CatalogDevice],
     entries: &[Entry],
+    since: Option<&Increment>,
     segments: Vec<CatalogSegment>,
 ) -> Catalog {
     let files = entries
         .iter()
-        .map(|e| {
+        .enumerate()
+        .map(|(i, e)| {
             let (kind, size_bytes, link_target, hardlink_to) = match &e.kind {
+                EntryKind::File { size_bytes, .. } if e.is_block_device() => {
+                    (FileKind::BlockDevice, *size_bytes, Vec::new(), 0)
+                }
                 EntryKind::File { size_bytes, .. } => {
                     (FileKind::Regular, *size_bytes, Vec::new(), 0)
                 }
@@ -62,6 +76,7 @@ pub fn catalog_for(
                 EntryKind::Symlink { target } => (FileKind::Symlink, 0, target.clone(), 0),
                 EntryKind::HardLink { target } => (FileKind::HardLink, 0, Vec::new(), *target),
             };
+            let origin = since.and_then(|s| s.origin(i));
             CatalogFile {
                 path: e.path.clone(),
                 kind,
@@ -70,13 +85,33 @@ pub fn catalog_for(
                 gid: e.meta.gid,
                 mtime_sec: e.meta.mtime_sec,
                 mtime_nsec: e.meta.mtime_nsec,
+                ctime_sec: e.meta.ctime_sec,
+                ctime_nsec: e.meta.ctime_nsec,
+                dev: e.meta.dev,
+                ino: e.meta.ino,
                 size_bytes,
                 link_target,
                 hardlink_to,
-                digest: [0; 32],
+                digest: origin.map(|o| o.digest).unwrap_or([0; 32]),
+                origin: origin.map(|o| o.ancestor).unwrap_or(0),
+                origin_file_id: origin.map(|o| o.file_id).unwrap_or(0),
             }
         })
         .collect();
+    let (ancestors, removed, renamed) = match since {
+        None => (Vec::new(), Vec::new(), Vec::new()),
+        Some(s) => (
+            s.ancestors.clone(),
+            s.removed.clone(),
+            s.renamed
+                .iter()
+                .map(|(file_id, from)| crate::format::Renamed {
+                    file_id: *file_id,
+                    from: from.clone(),
+                })
+                .collect(),
+        ),
+    };
     Catalog {
         set_id,
         created_unix_ns,
@@ -84,6 +119,9 @@ pub fn catalog_for(
         devices: devices.to_vec(),
         files,
         segments,
+        ancestors,
+        removed,
+        renamed,
     }
 }
 
@@ -105,10 +143,11 @@ pub enum PlanSetError {
 /// again with the measured reserve if the first guess was short.
 pub fn plan_set(
     entries: &[Entry],
+    since: Option<&Increment>,
     devices: &[(String, u64, Option<u64>)],
     options: &plan::Options,
 ) -> Result<(Plan, u64), PlanSetError> {
-    let items = file_items(entries);
+    let items = file_items(entries, since);
     let chunk = options.chunk_bytes as u32;
     let names: Vec<CatalogDevice> = devices
         .iter()
@@ -120,7 +159,7 @@ pub fn plan_set(
             data_end: *c,
         })
         .collect();
-    let mut catalog_guess = catalog_for([0; 16], 0, chunk, &names, entries, Vec::new())
+    let mut catalog_guess = catalog_for([0; 16], 0, chunk, &names, entries, since, Vec::new())
         .encode()
         .len() as u64
         + 64 * (entries.len() as u64 + 2 * devices.len() as u64)
@@ -154,7 +193,7 @@ pub fn plan_set(
                 records: u32::MAX,
             })
             .collect();
-        let actual = catalog_for([0; 16], u64::MAX, chunk, &names, entries, segments)
+        let actual = catalog_for([0; 16], u64::MAX, chunk, &names, entries, since, segments)
             .encode()
             .len() as u64;
         if actual <= catalog_guess {
@@ -196,6 +235,9 @@ pub struct BackupReport {
     pub segments: usize,
     /// Work no surviving device could take: these ranges are not in the set.
     pub unplaced: Vec<(String, u64, u64)>,
+    /// Files that changed while the backup read them (path, what changed):
+    /// their copy in the set may mix old and new contents.
+    pub changed: Vec<(String, String)>,
     pub elapsed: Duration,
 }
 
@@ -218,11 +260,39 @@ pub enum BackupError {
     NoCatalog(String),
 }
 
+/// Default tape block limit (`--tape-block`): header and payload of a
+/// record within 1 MiB, inside st's default scatter/gather limit.
+pub const TAPE_BLOCK_BYTES_DEFAULT: u32 = crate::device::tape::TAPE_BLOCK_BYTES_DEFAULT;
+/// Smallest tape block pbio writes: a header and one 4 KiB payload block.
+pub const TAPE_BLOCK_BYTES_MIN: u32 = 2 * HEADER_BYTES as u32;
+/// Default records buffered ahead of a tape's one write (`--tape-buffer`).
+pub const TAPE_BUFFER_RECORDS_DEFAULT: usize = 64;
+
+/// The largest payload of one record on `dev`: the chunk, or on a device
+/// with a block limit (tape: `tape_block_bytes` and the drive's own limit)
+/// the largest power of two that fits one block together with its
+/// header, so that records split on the same boundaries as the chunk.
+pub fn record_payload_bytes_max(dev: &dyn Device, chunk_bytes: u32, tape_block_bytes: u32) -> u32 {
+    if dev.access() == Access::Random {
+        return chunk_bytes;
+    }
+    let block = tape_block_bytes
+        .min(dev.block_bytes_max().unwrap_or(u32::MAX))
+        .max(TAPE_BLOCK_BYTES_MIN);
+    let room = block - HEADER_BYTES as u32;
+    let payload = 1u32 << (31 - room.leading_zeros());
+    payload.min(chunk_bytes)
+}
+
 pub struct BackupConfig {
     pub set_id: SetId,
     pub created_unix_ns: u64,
     pub chunk_bytes: u32,
     pub queue_depth: usize,
+    /// Largest tape block (header + payload) to write (`--tape-block`).
+    pub tape_block_bytes: u32,
+    /// Records buffered ahead of each tape's write (`--tape-buffer`).
+    pub tape_buffer_records: usize,
     /// Media bytes kept free on each device for the catalog (from `plan_set`).
     pub reserve_bytes: u64,
     /// Resubmissions of a failed write before the device is declared failed.
@@ -314,12 +384,20 @@ pub fn run_backup(
         }
     }
 
+    let payload_max: Vec<u32> = devices
+        .iter()
+        .map(|d| record_payload_bytes_max(d.as_ref(), config.chunk_bytes, config.tape_block_bytes))
+        .collect();
     let ring_configs: Vec<RingConfig> = (0..devices.len())
         .map(|i| RingConfig {
             device_index: i as u32,
             set_id: config.set_id,
             chunk_bytes: config.chunk_bytes,
-            queue_depth: config.queue_depth,
+            record_payload_bytes_max: payload_max[i],
+            queue_depth: match devices[i].access() {
+                Access::Random => config.queue_depth,
+                Access::Sequential => config.tape_buffer_records,
+            },
             reserve_bytes: config.reserve_bytes,
             write_retries: config.write_retries,
         })
@@ -342,7 +420,7 @@ pub fn run_backup(
                                 end: RingEnd::Failed { error },
                                 records: Vec::new(),
                                 placed: Vec::new(),
-                                data_end: HEADER_BYTES as u64,
+                                data_end: media::data_start(dev.as_ref()),
                                 redirected_bytes: 0,
                                 stats: RingStats::default(),
                             });
@@ -388,6 +466,18 @@ pub fn run_backup(
     for outcome in outcomes {
         outcomes_ok.push(outcome?);
     }
+    // Every file whose data was read, looked at again now that all of it
+    // has been: a change since the walk may have torn its copy.
+    let changed: Vec<(String, String)> = input
+        .entries
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| input.since.as_ref().and_then(|s| s.origin(*i)).is_none())
+        .filter_map(|(_, e)| {
+            crate::source::changed_since_walk(e)
+                .map(|what| (String::from_utf8_lossy(&e.path).into_owned(), what))
+        })
+        .collect();
     let unplaced: Vec<(String, u64, u64)> = dispatcher
         .unplaced()
         .into_iter()
@@ -460,10 +550,11 @@ pub fn run_backup(
         config.chunk_bytes,
         &catalog_devices,
         &input.entries,
+        input.since.as_ref(),
         segments,
     );
     for (file, records) in catalog.files.iter_mut().zip(per_file.iter_mut()) {
-        if file.kind == FileKind::Regular {
+        if file.kind.has_data() && file.origin == 0 {
             records.sort_unstable();
             records.dedup_by_key(|r| r.0);
             file.digest = crate::format::file_digest(records);
@@ -480,8 +571,11 @@ pub fn run_backup(
             .map(|(i, (dev, outcome))| {
                 let (encoded, label) = (&encoded, label_for(i as u32));
                 let failed = ends[i] == DeviceEnd::Failed;
+                let payload_max = payload_max[i];
                 scope.spawn(move || {
-                    (!failed).then(|| finish_device(dev.as_ref(), &label, outcome, encoded, config))
+                    (!failed).then(|| {
+                        finish_device(dev.as_ref(), &label, outcome, encoded, payload_max, config)
+                    })
                 })
             })
             .collect();
@@ -539,18 +633,33 @@ pub fn run_backup(
         files: input.entries.len(),
         segments: segment_count,
         unplaced,
+        changed,
         elapsed: started.elapsed(),
     })
 }
 
-/// Catalog after the data, sync, label complete, sync.
+/// Catalog after the data, sync, label complete, sync. On a tape: a
+/// filemark, the catalog as tape file 1, End record, filemark (the label
+/// cannot be rewritten: the End record and filemark say "complete").
 fn finish_device(
     dev: &dyn Device,
     label: &Label,
     outcome: &RingOutcome,
     encoded: &[u8],
+    payload_bytes_max: u32,
     config: &BackupConfig,
 ) -> Result<u64, media::MediaError> {
+    if dev.access() == Access::Sequential {
+        return media::write_tape_catalog(
+            dev,
+            config.set_id,
+            label.device_index,
+            outcome.stats.records,
+            outcome.data_end,
+            encoded,
+            payload_bytes_max,
+        );
+    }
     let catalog_end = media::write_catalog(
         dev,
         config.set_id,

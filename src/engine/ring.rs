@@ -13,6 +13,14 @@
 //! The loop follows TigerBeetle's four steps: submit what is queued, copy
 //! completions out, act on them, repeat. `user_data` is the slot index.
 //!
+//! Sequential devices (tape) take the same records with a different
+//! schedule: every slot is a read ahead (a watermark buffer of
+//! `queue_depth` records, mbuffer's idea), a record whose read completed
+//! waits `Ready`, and exactly one block write is in flight, always the
+//! next record in media order, at the offset the device's
+//! `before_block_write` hands out. The moments the drive had nothing to
+//! write while the sources still had data are counted as underruns.
+//!
 //! When the device fills up or fails, the ring stops taking work, reaps
 //! what is in flight, and works out exactly what is durable: the longest
 //! prefix of its records (in media order) whose writes all completed. What
@@ -30,9 +38,9 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::buffers::BufferPool;
-use super::dispatch::{DeviceState, Dispatcher, WorkItem};
+use super::dispatch::{DeviceState, Dispatcher, Next, WorkItem};
 use super::SetInput;
-use crate::device::{Device, ErrorClass};
+use crate::device::{Access, BlockIo, Device, ErrorClass};
 use crate::format::{round_up_block, FileInfo, RecordHeader, RecordKind, SetId, HEADER_BYTES};
 
 /// Most records in flight per device.
@@ -73,6 +81,10 @@ pub struct RingStats {
     /// Reads served with O_DIRECT vs buffered.
     pub reads_direct: u64,
     pub reads_buffered: u64,
+    /// Sequential devices: times the device had nothing ready to write
+    /// while the sources still had data, and how long it waited in all.
+    pub underruns: u64,
+    pub underrun_time: Duration,
     pub elapsed: Duration,
 }
 
@@ -120,6 +132,16 @@ pub enum RingError {
     },
 }
 
+/// What `next_record` found.
+enum Record {
+    /// A record bound to this slot, ready to be read.
+    Slot(usize),
+    /// No work now; other devices may still hand some back.
+    Wait,
+    /// No more work for this device.
+    Exhausted,
+}
+
 /// Why the loop stopped early.
 enum Stop {
     /// The medium ran out of space (`physical`) or the device's usable
@@ -146,6 +168,8 @@ struct Source {
 enum Phase {
     Free,
     Reading,
+    /// Sequential devices: read and checksummed, waiting for its turn.
+    Ready,
     Writing,
 }
 
@@ -198,6 +222,11 @@ pub struct RingConfig {
     pub device_index: u32,
     pub set_id: SetId,
     pub chunk_bytes: u32,
+    /// Largest payload of one record on this device: `chunk_bytes`, or
+    /// less where a record must fit one tape block. A power of two.
+    pub record_payload_bytes_max: u32,
+    /// Records in flight (random access), or records buffered ahead of
+    /// the one write in flight (sequential).
     pub queue_depth: usize,
     /// Media bytes kept free at the end for the catalog and End record.
     pub reserve_bytes: u64,
@@ -218,11 +247,21 @@ pub struct Ring<'a> {
     position: u64,
     /// Records may not end beyond this.
     usable_bytes: u64,
-    sequence: u64,
     stats: RingStats,
     progress: &'a AtomicU64,
     /// SQEs pushed and not yet reaped.
     ops_in_flight: usize,
+    /// The device is written one block at a time, in media order.
+    sequential: bool,
+    /// Sequential: the gen whose block is written next.
+    next_write: usize,
+    /// Sequential: the slot whose write is in flight (or held).
+    write_slot: Option<usize>,
+    /// Sequential: a completed write that only counts from an instant on
+    /// (the device's simulated speed): (slot, result, instant).
+    held: Option<(usize, i32, Instant)>,
+    /// Sequential: since when the device has had nothing to write.
+    idle_since: Option<Instant>,
 }
 
 impl<'a> Ring<'a> {
@@ -233,6 +272,9 @@ impl<'a> Ring<'a> {
     ) -> Result<Ring<'a>, RingError> {
         assert!((1..=QUEUE_DEPTH_MAX).contains(&config.queue_depth));
         assert!((config.chunk_bytes as usize).is_multiple_of(HEADER_BYTES));
+        assert!(config.record_payload_bytes_max.is_power_of_two());
+        assert!((config.record_payload_bytes_max as usize).is_multiple_of(HEADER_BYTES));
+        assert!(config.record_payload_bytes_max <= config.chunk_bytes);
         let setup_err = |op, error| RingError::Setup {
             device: device.path().display().to_string(),
             op,
@@ -242,7 +284,7 @@ impl<'a> Ring<'a> {
             .map_err(|e| setup_err("io_uring setup", e))?;
         let pool = BufferPool::new(
             config.queue_depth,
-            HEADER_BYTES + config.chunk_bytes as usize,
+            HEADER_BYTES + config.record_payload_bytes_max as usize,
         );
         let iovecs = pool.iovecs();
         // SAFETY: the iovecs describe the pool's allocation, which lives as
@@ -271,10 +313,14 @@ impl<'a> Ring<'a> {
             taken: Vec::new(),
             position: HEADER_BYTES as u64,
             usable_bytes: device.capacity_bytes().saturating_sub(config.reserve_bytes),
-            sequence: 0,
             stats: RingStats::default(),
             progress,
             ops_in_flight: 0,
+            sequential: device.access() == Access::Sequential,
+            next_write: 0,
+            write_slot: None,
+            held: None,
+            idle_since: None,
         })
     }
 
@@ -282,7 +328,7 @@ impl<'a> Ring<'a> {
     /// pays a header and block rounding).
     fn room_bytes(&self) -> u64 {
         let media = self.usable_bytes.saturating_sub(self.position);
-        let chunk = self.config.chunk_bytes as u64;
+        let chunk = self.config.record_payload_bytes_max as u64;
         let per_record = chunk + HEADER_BYTES as u64;
         (media / per_record) * chunk + (media % per_record).saturating_sub(2 * HEADER_BYTES as u64)
     }
@@ -297,7 +343,11 @@ impl<'a> Ring<'a> {
     ) -> Result<RingOutcome, RingError> {
         let started = Instant::now();
         let index = self.config.device_index as usize;
-        let stop = self.run_loop(input, dispatcher);
+        let stop = if self.sequential {
+            self.run_loop_sequential(input, dispatcher)
+        } else {
+            self.run_loop(input, dispatcher)
+        };
         let stop = match stop {
             Ok(()) => None,
             Err(stop) => {
@@ -345,7 +395,12 @@ impl<'a> Ring<'a> {
             .iter()
             .position(|g| !g.done)
             .unwrap_or(self.gens.len());
-        if physical_full {
+        // A sequential device wrote one block at a time: the write that
+        // hit the end of the medium wrote nothing, and its catalog goes
+        // into the room after early warning, so nothing is read back or
+        // given up here.
+        let random_full = physical_full && !self.sequential;
+        if random_full {
             prefix = self.verified_prefix(prefix);
         }
         let pos_of = |k: usize, gens: &[Gen], position: u64| {
@@ -354,7 +409,7 @@ impl<'a> Ring<'a> {
         let prefix_end = pos_of(prefix, &self.gens, self.position);
         // The medium itself is full: give back records at the tail so the
         // catalog fits in blocks that are already allocated.
-        let kept = if physical_full {
+        let kept = if random_full {
             (0..=prefix)
                 .rev()
                 .find(|&k| {
@@ -364,14 +419,23 @@ impl<'a> Ring<'a> {
         } else {
             prefix
         };
-        let data_end = pos_of(kept, &self.gens, self.position);
+        let data_end_bytes = pos_of(kept, &self.gens, self.position);
         // The stats describe what stays on the device.
         self.stats.records = kept as u64;
         self.stats.payload_bytes = self.gens[..kept]
             .iter()
             .map(|g| g.payload_bytes as u64)
             .sum();
-        self.stats.media_bytes = data_end - HEADER_BYTES as u64;
+        self.stats.media_bytes = data_end_bytes - HEADER_BYTES as u64;
+        // Positions as the catalog gives them: media offsets, or on a
+        // sequential device logical object numbers (the label is object
+        // 0, record k is object k + 1, the filemark after the data is
+        // object `data_end`).
+        let data_end = if self.sequential {
+            kept as u64 + 1
+        } else {
+            data_end_bytes
+        };
         let mut placed = Vec::with_capacity(self.taken.len());
         let mut give_back = Vec::new();
         for t in &self.taken {
@@ -385,7 +449,9 @@ impl<'a> Ring<'a> {
                 Some(g) => (g - t.first_gen) as u32,
                 None => t.gens,
             };
-            let position = if t.gens > 0 {
+            let position = if self.sequential {
+                (t.first_gen as u64 + 1).min(data_end)
+            } else if t.gens > 0 {
                 self.gens[t.first_gen].position
             } else {
                 t.position.min(data_end)
@@ -489,6 +555,13 @@ impl<'a> Ring<'a> {
             self.ops_in_flight -= completions.len();
             for (user_data, result) in completions {
                 let slot = user_data as usize;
+                if self.sequential && self.slots[slot].phase == Phase::Writing {
+                    // Through the device's hook like any block write; its
+                    // simulated time no longer matters.
+                    let done = self.device.after_block_write(result);
+                    self.held = Some((slot, done.result, Instant::now()));
+                    continue;
+                }
                 let s = &mut self.slots[slot];
                 if s.phase == Phase::Writing && result > 0 {
                     s.written_bytes += result as u32;
@@ -499,6 +572,19 @@ impl<'a> Ring<'a> {
                 }
                 self.slots[slot].phase = Phase::Free;
                 self.slots[slot].source = None;
+            }
+        }
+        if let Some((slot, result, _)) = self.held.take() {
+            self.write_slot = None;
+            if result == self.record_media_bytes(slot) as i32 {
+                self.complete_record(slot);
+                self.next_write += 1;
+            }
+        }
+        for s in self.slots.iter_mut() {
+            if s.phase != Phase::Reading {
+                s.phase = Phase::Free;
+                s.source = None;
             }
         }
     }
@@ -515,13 +601,17 @@ impl<'a> Ring<'a> {
         let mut completions: Vec<(u64, i32)> = Vec::with_capacity(self.slots.len());
         loop {
             // 1. Fill free slots with new records and queue their reads.
+            // Only a ring with nothing in flight waits for shared work: one
+            // with writes in flight must go on reaping them (one may find
+            // the medium full and hand work back), and counts as working.
             while inflight < self.slots.len() && !exhausted {
-                match self.next_record(&mut cursor, input, dispatcher)? {
-                    Some(slot) => {
+                match self.next_record(&mut cursor, input, dispatcher, inflight == 0)? {
+                    Record::Slot(slot) => {
                         self.submit_read(slot)?;
                         inflight += 1;
                     }
-                    None => exhausted = true,
+                    Record::Wait => break,
+                    Record::Exhausted => exhausted = true,
                 }
             }
             if inflight == 0 {
@@ -551,25 +641,231 @@ impl<'a> Ring<'a> {
                             inflight -= 1;
                         }
                     }
-                    Phase::Free => unreachable!("completion for a free slot {slot}"),
+                    Phase::Free | Phase::Ready => {
+                        unreachable!("completion for a slot with nothing in flight {slot}")
+                    }
                 }
             }
         }
     }
 
+    /// The loop of a sequential device: reads ahead into every free slot,
+    /// one block write in flight, in media order.
+    fn run_loop_sequential(
+        &mut self,
+        input: &SetInput,
+        dispatcher: &Dispatcher,
+    ) -> Result<(), Stop> {
+        let mut cursor: Option<Cursor> = None;
+        let mut exhausted = false;
+        let mut waiting_for_work;
+        let mut completions: Vec<(u64, i32)> = Vec::with_capacity(self.slots.len());
+        loop {
+            // A held write completion whose time has come counts now (and
+            // frees its slot for the read ahead below).
+            if let Some((slot, result, at)) = self.held {
+                if Instant::now() >= at {
+                    self.held = None;
+                    self.finish_block_write(slot, result)?;
+                }
+            }
+            // 1. Read ahead into every free slot. Only a device with
+            // nothing at all to write may block waiting for shared work.
+            waiting_for_work = false;
+            while !exhausted && self.slots.iter().any(|s| s.phase == Phase::Free) {
+                let idle = self.slots.iter().all(|s| s.phase == Phase::Free) && self.held.is_none();
+                match self.next_record(&mut cursor, input, dispatcher, idle)? {
+                    Record::Slot(slot) => self.submit_read(slot)?,
+                    Record::Wait => {
+                        waiting_for_work = true;
+                        break;
+                    }
+                    Record::Exhausted => exhausted = true,
+                }
+            }
+            self.pump()?;
+            let more_to_write = !exhausted || self.next_write < self.gens.len();
+            if !more_to_write {
+                debug_assert!(self.write_slot.is_none() && self.ops_in_flight == 0);
+                return Ok(());
+            }
+            // The device is idle while its sources still have data for it:
+            // an underrun (not before the first block, when the buffer is
+            // filling; not while it waits for work other devices hand back).
+            if self.write_slot.is_none()
+                && self.held.is_none()
+                && self.next_write > 0
+                && !waiting_for_work
+                && self.idle_since.is_none()
+            {
+                self.idle_since = Some(Instant::now());
+            }
+            // 2. Submit, and wait for a completion or the held write's time.
+            let wait = self
+                .held
+                .map(|(_, _, at)| at.saturating_duration_since(Instant::now()));
+            if self.ops_in_flight == 0 {
+                match wait {
+                    Some(wait) => std::thread::sleep(wait),
+                    // Waiting for work handed back while still writing.
+                    None if waiting_for_work => std::thread::sleep(Duration::from_millis(1)),
+                    None => unreachable!("sequential ring: work left, nothing in flight"),
+                }
+                continue;
+            }
+            let entered = match wait {
+                None => self.ring.submit_and_wait(1),
+                Some(wait) => {
+                    let ts = types::Timespec::from(wait);
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(1, &args)
+                }
+            };
+            match entered {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::ETIME)) => {}
+                Err(e) => {
+                    return Err(Stop::Failed {
+                        error: format!("io_uring_enter: {e}"),
+                    })
+                }
+            }
+            // 3. Copy completions out before acting on them.
+            completions.clear();
+            completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            self.ops_in_flight -= completions.len();
+            // 4. Act.
+            for &(user_data, result) in &completions {
+                let slot = user_data as usize;
+                match self.slots[slot].phase {
+                    Phase::Reading => self.on_read(slot, result)?,
+                    Phase::Writing => self.on_block_write(slot, result)?,
+                    Phase::Free | Phase::Ready => {
+                        unreachable!("completion for a slot with nothing in flight {slot}")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sequential: submit the next block write in media order if the
+    /// device is free and the record is ready.
+    fn pump(&mut self) -> Result<(), Stop> {
+        while self.write_slot.is_none() && self.held.is_none() {
+            let gen = self.next_write;
+            let Some(slot) = self
+                .slots
+                .iter()
+                .position(|s| s.phase == Phase::Ready && s.gen == gen)
+            else {
+                return Ok(());
+            };
+            if let Some(since) = self.idle_since.take() {
+                self.stats.underruns += 1;
+                self.stats.underrun_time += since.elapsed();
+            }
+            let total = self.record_media_bytes(slot);
+            self.slots[slot].phase = Phase::Writing;
+            self.write_slot = Some(slot);
+            match self.device.before_block_write(total) {
+                BlockIo::Submit { sqe_offset, bytes } => {
+                    assert_eq!(bytes, total, "a device may not change a block's length");
+                    let entry = opcode::WriteFixed::new(
+                        types::Fd(self.device.fd()),
+                        self.pool.ptr(slot),
+                        total,
+                        slot as u16,
+                    )
+                    .offset(sqe_offset)
+                    .build()
+                    .user_data(slot as u64);
+                    return self.push(entry);
+                }
+                // Completed without being tried (an emulator's end of medium).
+                BlockIo::Done { result } => self.finish_block_write(slot, result)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Sequential: a block write's completion, through the device's hook.
+    fn on_block_write(&mut self, slot: usize, result: i32) -> Result<(), Stop> {
+        let done = self.device.after_block_write(result);
+        match done.complete_at {
+            Some(at) if at > Instant::now() => {
+                self.held = Some((slot, done.result, at));
+                Ok(())
+            }
+            _ => self.finish_block_write(slot, done.result),
+        }
+    }
+
+    /// Sequential: act on a block write's result. A tape block is written
+    /// whole or not at all: a short write means the end of the medium cut
+    /// it, and is not continued.
+    fn finish_block_write(&mut self, slot: usize, result: i32) -> Result<(), Stop> {
+        assert_eq!(self.write_slot, Some(slot));
+        self.write_slot = None;
+        let total = self.record_media_bytes(slot);
+        if result == total as i32 {
+            self.complete_record(slot);
+            self.next_write += 1;
+            return Ok(());
+        }
+        let block = self.next_write + 1;
+        let errno = if result < 0 { -result } else { libc::ENOSPC };
+        let error = if result >= 0 {
+            format!("block {block}: short write ({result} of {total} bytes): end of medium")
+        } else {
+            format!(
+                "block {block}: {}",
+                std::io::Error::from_raw_os_error(errno)
+            )
+        };
+        let s = &mut self.slots[slot];
+        match self.device.classify(errno) {
+            ErrorClass::Retry if s.retries < RETRIES_TRANSIENT_MAX => {
+                s.retries += 1;
+                s.phase = Phase::Ready;
+                self.stats.retries += 1;
+                Ok(())
+            }
+            ErrorClass::Full => Err(Stop::Full {
+                error,
+                physical: true,
+            }),
+            // No retries: after a failed tape write the position is unknown.
+            _ => Err(Stop::Failed { error }),
+        }
+    }
+
     /// Take the next record from the cursor (pulling work from the
-    /// dispatcher as needed), bind it to a free slot, return the slot.
+    /// dispatcher as needed, waiting for it when `blocking`), bind it to a
+    /// free slot, return the slot.
     fn next_record(
         &mut self,
         cursor: &mut Option<Cursor>,
         input: &SetInput,
         dispatcher: &Dispatcher,
-    ) -> Result<Option<usize>, Stop> {
+        blocking: bool,
+    ) -> Result<Record, Stop> {
         loop {
             if cursor.is_none() {
                 let index = self.config.device_index as usize;
-                let Some(item) = dispatcher.next(index, self.room_bytes()) else {
-                    return Ok(None);
+                let next = if blocking {
+                    dispatcher
+                        .next(index, self.room_bytes())
+                        .map_or(Next::Done, Next::Item)
+                } else {
+                    dispatcher.try_next(index, self.room_bytes())
+                };
+                let item = match next {
+                    Next::Item(item) => item,
+                    Next::Wait => return Ok(Record::Wait),
+                    Next::Done => {
+                        dispatcher.writing(index);
+                        return Ok(Record::Exhausted);
+                    }
                 };
                 *cursor = Some(self.open_item(item, input).map_err(Stop::Source)?);
             }
@@ -581,7 +877,7 @@ impl<'a> Ring<'a> {
                     c.range_index += 1;
                     continue;
                 }
-                let chunk = self.config.chunk_bytes as u64;
+                let chunk = self.config.record_payload_bytes_max as u64;
                 let record_end = end.min((offset / chunk + 1) * chunk);
                 let payload_bytes = (record_end - offset) as u32;
                 let media = HEADER_BYTES as u64 + round_up_block(payload_bytes as u64);
@@ -621,7 +917,7 @@ impl<'a> Ring<'a> {
                 s.retries = 0;
                 s.file_size = c.file_size;
                 self.position += media;
-                return Ok(Some(slot));
+                return Ok(Record::Slot(slot));
             }
             self.taken[c.taken as usize].complete = true;
             *cursor = None;
@@ -777,11 +1073,34 @@ impl<'a> Ring<'a> {
             self.stats.short_reads += 1;
             return self.submit_read(slot);
         }
+        if self.sequential {
+            // Records are numbered in media order, which on a sequential
+            // device is gen order.
+            let gen = s.gen;
+            self.fill_record(slot, gen as u64);
+            let s = &mut self.slots[slot];
+            s.phase = Phase::Ready;
+            s.retries = 0;
+            return self.pump();
+        }
         self.submit_write(slot)
     }
 
     fn submit_write(&mut self, slot: usize) -> Result<(), Stop> {
+        // A record's sequence number is its place in media order: its gen
+        // index (reads complete in any order; the number must not follow them).
+        let sequence = self.slots[slot].gen as u64;
+        self.fill_record(slot, sequence);
         let s = &mut self.slots[slot];
+        s.phase = Phase::Writing;
+        s.retries = 0;
+        self.submit_write_rest(slot)
+    }
+
+    /// Fill the header in front of the payload a read put in `slot`: the
+    /// payload's CRC (one pass over bytes in cache), file info, padding.
+    fn fill_record(&mut self, slot: usize, sequence: u64) {
+        let s = &self.slots[slot];
         let g = &self.gens[s.gen];
         let payload_bytes = g.payload_bytes as usize;
         let padded = round_up_block(payload_bytes as u64) as usize;
@@ -789,7 +1108,7 @@ impl<'a> Ring<'a> {
             kind: RecordKind::Data,
             set_id: self.config.set_id,
             device_index: self.config.device_index,
-            sequence: self.sequence,
+            sequence,
             file_id: self.taken[g.taken as usize].item.file,
             segment_id: g.taken,
             file_offset: g.file_offset,
@@ -797,9 +1116,6 @@ impl<'a> Ring<'a> {
             file_size: s.file_size,
             payload_crc: 0,
         };
-        self.sequence += 1;
-        s.phase = Phase::Writing;
-        s.retries = 0;
         let gen = s.gen;
         let buffer = self.pool.slot_mut(slot);
         // The payload is where the read put it; only the padding and the
@@ -815,7 +1131,6 @@ impl<'a> Ring<'a> {
         debug_assert_eq!(RecordHeader::decode(head), Ok(header));
         self.gens[gen].payload_crc = header.payload_crc;
         self.stats.payload_bytes_zero_copy += payload_bytes as u64;
-        self.submit_write_rest(slot)
     }
 
     fn submit_write_rest(&mut self, slot: usize) -> Result<(), Stop> {

@@ -8,11 +8,18 @@
 //! records are never read twice, and a boundary costs at most one partial
 //! smaller record). Records are block aligned on media, so that position is
 //! a valid O_DIRECT offset and nothing is copied to stitch records together.
+//!
+//! A sequential device (tape) is read one block at a time, each block one
+//! record, through the same kind of ring: while one block is handed to the
+//! caller the next is being read. Positions there are logical object
+//! numbers (blocks and filemarks from the beginning of the tape); a
+//! filemark is passed over, two in a row (or the end of recorded data)
+//! end the stream.
 
 use io_uring::{opcode, types, IoUring};
 
 use super::buffers::BufferPool;
-use crate::device::Device;
+use crate::device::{Access, BlockIo, Device, TapeOp};
 use crate::format::{FormatError, RecordHeader, BLOCK_BYTES, HEADER_BYTES};
 
 /// Default window: large sequential reads, tape- and disk-friendly.
@@ -69,6 +76,18 @@ where
     E: From<StreamError>,
 {
     let record_max = HEADER_BYTES + chunk_bytes as usize;
+    if dev.access() == Access::Sequential {
+        // One block per read: at most the largest record of the set, and
+        // at most what the drive can write.
+        let block_max = dev
+            .block_bytes_max()
+            .map_or(record_max, |m| (m as usize).min(record_max))
+            .max(HEADER_BYTES);
+        let mut pool = BufferPool::new(2, block_max.div_ceil(BLOCK_BYTES) * BLOCK_BYTES);
+        let streamed = stream_sequential(dev, start, end, &mut pool, &mut each);
+        let reclaimed = each(Item::Reclaim);
+        return streamed.and(reclaimed.map(|_| ()));
+    }
     let window = (WINDOW_BYTES / record_max).max(1) * record_max;
     // Owned here, so that it outlives the caller's use of the items: the
     // last Reclaim comes after the windows are done, whatever ended them.
@@ -256,4 +275,168 @@ where
         current = 1 - current;
     }
     Ok(())
+}
+
+/// What reading one tape block gave.
+enum Block {
+    Data(usize),
+    Filemark,
+    /// The block could not be read whole (larger than the buffer).
+    TooLarge,
+    /// The end of recorded data.
+    EndOfData,
+}
+
+/// The tape side of `stream`: objects `start..end` (logical object
+/// numbers; `end = u64::MAX`: to the end of recorded data), one block per
+/// read into the two slots of `pool` (owned by the caller, so that it
+/// outlives the last `Reclaim`).
+fn stream_sequential<E>(
+    dev: &dyn Device,
+    start: u64,
+    end: u64,
+    pool: &mut BufferPool,
+    each: &mut impl FnMut(Item<'_>) -> Result<Flow, E>,
+) -> Result<(), E>
+where
+    E: From<StreamError>,
+{
+    let io_err = |offset, error| StreamError {
+        device: dev.path().display().to_string(),
+        offset,
+        error,
+    };
+    let read_bytes = pool.slot_bytes();
+    let pool = &*pool;
+    let mut ring = IoUring::new(2).map_err(|e| io_err(start, e))?;
+    let tape = |op, position| dev.tape_op(op).map_err(|e| io_err(position, e));
+    tape(TapeOp::Rewind, 0)?;
+    if start > 0 {
+        tape(TapeOp::ForwardBlocks(start as u32), 0)?;
+    }
+
+    // Begin reading the block at `position` into buffer `b`: submitted,
+    // or already answered by the device.
+    let begin = |ring: &mut IoUring, pool: &BufferPool, b: usize, position: u64| {
+        match dev.before_block_read(pool.slot_bytes() as u32) {
+            BlockIo::Done { result } => Ok(Some(result)),
+            BlockIo::Submit { sqe_offset, bytes } => {
+                let entry = opcode::Read::new(types::Fd(dev.fd()), pool.ptr(b), bytes)
+                    .offset(sqe_offset)
+                    .build()
+                    .user_data(b as u64);
+                // SAFETY: slot b of `pool` outlives the read: every read
+                // begun is completed (`complete`) before its buffer is
+                // touched again or the pool dropped; the fd stays open.
+                unsafe { ring.submission().push(&entry) }.expect("ring has room for one read");
+                ring.submit().map_err(|e| io_err(position, e))?;
+                Ok(None)
+            }
+        }
+    };
+    // Finish the read begun: its result as the device reports it.
+    let complete = |ring: &mut IoUring, begun: Option<i32>, position: u64| {
+        if let Some(result) = begun {
+            return Ok(result);
+        }
+        let result = loop {
+            match ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(io_err(position, e)),
+            }
+            if let Some(c) = ring.completion().next() {
+                break c.result();
+            }
+        };
+        let done = dev.after_block_read(result);
+        if let Some(at) = done.complete_at {
+            let now = std::time::Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+        }
+        Ok(done.result)
+    };
+    let classify = |result: i32, filemarks: u32, position: u64| match result {
+        n if n > 0 => Ok(Block::Data(n as usize)),
+        0 if filemarks > 0 => Ok(Block::EndOfData),
+        0 => Ok(Block::Filemark),
+        e if -e == libc::ENOMEM => Ok(Block::TooLarge),
+        // st: reading on after the end of data is an error.
+        e if -e == libc::EIO && filemarks > 0 => Ok(Block::EndOfData),
+        e => Err(io_err(position, std::io::Error::from_raw_os_error(-e))),
+    };
+
+    let mut position = start;
+    let mut current = 0usize;
+    let mut filemarks = 0u32;
+    if position >= end {
+        return Ok(());
+    }
+    let mut begun = begin(&mut ring, pool, current, position)?;
+    loop {
+        let result = complete(&mut ring, begun, position)?;
+        let block = classify(result, filemarks, position)?;
+        if matches!(block, Block::EndOfData) {
+            return Ok(());
+        }
+        filemarks = match block {
+            Block::Filemark => filemarks + 1,
+            _ => 0,
+        };
+        let next = position + 1;
+        let more = next < end;
+        // Read ahead while this block is handed over, into the buffer of
+        // the block handed over before.
+        let ahead = if more {
+            each(Item::Reclaim)?;
+            Some(begin(&mut ring, pool, 1 - current, next)?)
+        } else {
+            None
+        };
+        let buf = pool.slot(current);
+        let flow = match block {
+            Block::Filemark | Block::EndOfData => Ok(Flow::Continue),
+            Block::TooLarge => each(Item::Bad {
+                position,
+                error: FormatError::Field {
+                    field: "tape block length",
+                    value: read_bytes as u64 + 1,
+                },
+            }),
+            Block::Data(n) => match RecordHeader::decode(&buf[..n]) {
+                Ok(header) if header.media_bytes() as usize == n => {
+                    let at = HEADER_BYTES;
+                    let payload_end = at + header.payload_bytes as usize;
+                    each(Item::Record {
+                        position,
+                        header,
+                        header_block: &buf[..at],
+                        payload: &buf[at..payload_end],
+                        padding: &buf[payload_end..n],
+                    })
+                }
+                Ok(_) => each(Item::Bad {
+                    position,
+                    error: FormatError::Field {
+                        field: "tape block length",
+                        value: n as u64,
+                    },
+                }),
+                Err(error) => each(Item::Bad { position, error }),
+            },
+        };
+        let stop = !matches!(flow, Ok(Flow::Continue));
+        if stop || !more {
+            if let Some(ahead) = ahead {
+                // Reap the read in flight before its buffer can be freed.
+                complete(&mut ring, ahead, next)?;
+            }
+            return flow.map(|_| ());
+        }
+        begun = ahead.expect("a read was begun when there is more");
+        position = next;
+        current = 1 - current;
+    }
 }

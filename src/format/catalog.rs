@@ -3,11 +3,14 @@
 //!
 //! Encoding (docs/FORMAT.md, "Catalog"): a 52-byte fixed header (magic,
 //! version, chunk size, set id, creation time, the three table counts),
-//! then the device, file and segment tables with every integer an LEB128
-//! varint and every byte string length-prefixed, then a CRC32C of all the
-//! bytes before it. Decoding checks structure first (length, magic, CRC,
+//! then the device, file and segment tables and the chain section (the
+//! earlier sets of an incremental set, removed and renamed paths) with
+//! every integer an LEB128 varint and every byte string length-prefixed,
+//! then a CRC32C of all the bytes before it. Decoding checks structure first (length, magic, CRC,
 //! version, counts against the bytes present, varints, exact end), then the
 //! same semantic rules `Catalog::validate` applies before an encode.
+
+use std::collections::HashSet;
 
 use super::{chunk_bytes_valid, crc32c, FormatError, SetId, CATALOG_MAGIC, FORMAT_VERSION};
 
@@ -18,6 +21,10 @@ pub enum FileKind {
     Symlink,
     /// Another name of the regular file `CatalogFile::hardlink_to`.
     HardLink,
+    /// A raw block device (disk, partition, md array, LVM volume or
+    /// snapshot) read as one large file: data like a regular file, restored
+    /// onto a block device or as an image file.
+    BlockDevice,
 }
 
 impl FileKind {
@@ -28,6 +35,7 @@ impl FileKind {
             FileKind::Directory => 2,
             FileKind::Symlink => 3,
             FileKind::HardLink => 4,
+            FileKind::BlockDevice => 5,
         }
     }
 
@@ -38,8 +46,15 @@ impl FileKind {
             2 => Some(FileKind::Directory),
             3 => Some(FileKind::Symlink),
             4 => Some(FileKind::HardLink),
+            5 => Some(FileKind::BlockDevice),
             _ => None,
         }
+    }
+
+    /// Whether entries of this kind carry data (size, digest, segments,
+    /// origin): regular files and block devices.
+    pub const fn has_data(self) -> bool {
+        matches!(self, FileKind::Regular | FileKind::BlockDevice)
     }
 }
 
@@ -54,7 +69,14 @@ pub struct CatalogFile {
     pub gid: u32,
     pub mtime_sec: i64,
     pub mtime_nsec: u32,
-    /// Logical size (Regular); 0 otherwise.
+    /// st_ctime at backup time: with `dev`, `ino`, `size_bytes` and the
+    /// mtime, what an incremental backup compares to find changed entries.
+    pub ctime_sec: i64,
+    pub ctime_nsec: u32,
+    /// st_dev and st_ino at backup time.
+    pub dev: u64,
+    pub ino: u64,
+    /// Logical size (Regular, BlockDevice); 0 otherwise.
     pub size_bytes: u64,
     /// Symlink target (Symlink), else empty.
     pub link_target: Vec<u8>,
@@ -62,8 +84,25 @@ pub struct CatalogFile {
     pub hardlink_to: u32,
     /// BLAKE3 over the file's records in offset order, each as
     /// (file_offset u64 LE, payload_bytes u32 LE, payload_crc u32 LE). Zero for non-regular.
-    /// Computed by [`file_digest`].
+    /// Computed by [`file_digest`]. For a file whose data is in an earlier
+    /// set (`origin` >= 1), the digest recorded there.
     pub digest: [u8; 32],
+    /// Where the data is (Regular, BlockDevice): 0 in this set (its
+    /// segments); n >= 1 in the earlier set `Catalog::ancestors[n - 1]`,
+    /// unchanged since. 0 for other kinds.
+    pub origin: u32,
+    /// With `origin` >= 1: the file's id in that earlier set's catalog; else 0.
+    pub origin_file_id: u32,
+}
+
+/// A file of an incremental set found under another name in the previous
+/// set, unchanged: its data is referenced, not stored again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Renamed {
+    /// The file (id in this catalog); its `origin` is >= 1.
+    pub file_id: u32,
+    /// Its path in the previous set.
+    pub from: Vec<u8>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +169,15 @@ pub struct Catalog {
     pub devices: Vec<CatalogDevice>,
     pub files: Vec<CatalogFile>,
     pub segments: Vec<CatalogSegment>,
+    /// The chain of an incremental set: the earlier sets, newest first (the
+    /// parent, the set `--since` named, then its parent, ... down to the
+    /// full set). Empty for a full set.
+    pub ancestors: Vec<SetId>,
+    /// Paths of the parent set that no longer exist (deleted, or the old
+    /// name of a renamed entry). Empty for a full set.
+    pub removed: Vec<Vec<u8>>,
+    /// Files found unchanged under another name than in the parent set.
+    pub renamed: Vec<Renamed>,
 }
 
 /// Byte offsets of the catalog's fixed header (docs/FORMAT.md, "Catalog").
@@ -165,8 +213,15 @@ pub const CATALOG_BYTES_MIN: usize = layout::TABLES + CATALOG_CRC_BYTES;
 /// least one byte more). Counts in the header are checked against these
 /// before anything is allocated.
 const DEVICE_ENTRY_BYTES_MIN: u64 = 4; // path length, capacity, state, data_end
-const FILE_ENTRY_BYTES_MIN: u64 = 8; // path length, 1 path byte, kind, mode, uid, gid, mtime sec, nsec
+                                       // path length, 1 path byte, kind, mode, uid, gid, mtime sec, nsec, ctime sec, nsec, dev, ino
+const FILE_ENTRY_BYTES_MIN: u64 = 12;
 const SEGMENT_ENTRY_BYTES_MIN: u64 = 6; // six varints
+const CHAIN_BYTES_MIN: u64 = 3; // the three counts of the chain section
+const ANCESTOR_BYTES: u64 = 16; // a set id
+                                // The chain tables do not count a path byte: an empty path then reaches
+                                // `validate`, which names the entry.
+const REMOVED_ENTRY_BYTES_MIN: u64 = 1; // path length
+const RENAMED_ENTRY_BYTES_MIN: u64 = 2; // file id, path length
 
 /// Nanoseconds in a second: `mtime_nsec` is below this.
 const NSEC_PER_SEC: u32 = 1_000_000_000;
@@ -216,9 +271,10 @@ impl Catalog {
         let path_bytes: usize = self.files.iter().map(|f| f.path.len()).sum();
         let estimate = CATALOG_BYTES_MIN
             + self.devices.len() * 32
-            + self.files.len() * 56
+            + self.files.len() * 72
             + path_bytes
-            + self.segments.len() * 24;
+            + self.segments.len() * 24
+            + self.ancestors.len() * 16;
         let mut w = Writer(Vec::with_capacity(estimate));
         w.raw(&CATALOG_MAGIC);
         w.raw(&FORMAT_VERSION.to_le_bytes());
@@ -243,11 +299,19 @@ impl Catalog {
             w.varint(f.gid.into());
             w.varint(zigzag(f.mtime_sec));
             w.varint(f.mtime_nsec.into());
+            w.varint(zigzag(f.ctime_sec));
+            w.varint(f.ctime_nsec.into());
+            w.varint(f.dev);
+            w.varint(f.ino);
             // Fields that do not apply to the kind are zero (validate) and not stored.
             match f.kind {
-                FileKind::Regular => {
+                FileKind::Regular | FileKind::BlockDevice => {
                     w.varint(f.size_bytes);
                     w.raw(&f.digest);
+                    w.varint(f.origin.into());
+                    if f.origin != 0 {
+                        w.varint(f.origin_file_id.into());
+                    }
                 }
                 FileKind::Directory => {}
                 FileKind::Symlink => w.bytes(&f.link_target),
@@ -261,6 +325,19 @@ impl Catalog {
             w.varint(s.device.into());
             w.varint(s.position);
             w.varint(s.records.into());
+        }
+        w.varint(self.ancestors.len() as u64);
+        for id in &self.ancestors {
+            w.raw(id);
+        }
+        w.varint(self.removed.len() as u64);
+        for path in &self.removed {
+            w.bytes(path);
+        }
+        w.varint(self.renamed.len() as u64);
+        for r in &self.renamed {
+            w.varint(r.file_id.into());
+            w.bytes(&r.from);
         }
         let crc = crc32c(&w.0);
         w.raw(&crc.to_le_bytes());
@@ -308,7 +385,8 @@ impl Catalog {
         // No allocation larger than the bytes present could describe.
         let need = u64::from(device_count) * DEVICE_ENTRY_BYTES_MIN
             + u64::from(file_count) * FILE_ENTRY_BYTES_MIN
-            + u64::from(segment_count) * SEGMENT_ENTRY_BYTES_MIN;
+            + u64::from(segment_count) * SEGMENT_ENTRY_BYTES_MIN
+            + CHAIN_BYTES_MIN;
         if need > tables.len() as u64 {
             return Err(FormatError::Catalog(
                 "table counts exceed the catalog's length",
@@ -347,9 +425,29 @@ impl Catalog {
                 records: r.varint_u32()?,
             });
         }
+        let ancestor_count = r.count(ANCESTOR_BYTES)?;
+        let mut ancestors = Vec::with_capacity(ancestor_count);
+        for _ in 0..ancestor_count {
+            let mut id = [0u8; 16];
+            id.copy_from_slice(r.take(ANCESTOR_BYTES)?);
+            ancestors.push(id);
+        }
+        let removed_count = r.count(REMOVED_ENTRY_BYTES_MIN)?;
+        let mut removed = Vec::with_capacity(removed_count);
+        for _ in 0..removed_count {
+            removed.push(r.bytes()?.to_vec());
+        }
+        let renamed_count = r.count(RENAMED_ENTRY_BYTES_MIN)?;
+        let mut renamed = Vec::with_capacity(renamed_count);
+        for _ in 0..renamed_count {
+            renamed.push(Renamed {
+                file_id: r.varint_u32()?,
+                from: r.bytes()?.to_vec(),
+            });
+        }
         if !r.0.is_empty() {
             return Err(FormatError::Catalog(
-                "trailing bytes after the segment table",
+                "trailing bytes after the chain section",
             ));
         }
         let catalog = Catalog {
@@ -359,6 +457,9 @@ impl Catalog {
             devices,
             files,
             segments,
+            ancestors,
+            removed,
+            renamed,
         };
         catalog.validate()?;
         Ok(catalog)
@@ -377,44 +478,110 @@ impl Catalog {
             return Err(FormatError::Catalog("no devices"));
         }
         let max = u32::MAX as usize;
-        if self.devices.len() > max || self.files.len() > max || self.segments.len() > max {
+        if [
+            self.devices.len(),
+            self.files.len(),
+            self.segments.len(),
+            self.ancestors.len(),
+            self.removed.len(),
+            self.renamed.len(),
+        ]
+        .iter()
+        .any(|&n| n > max)
+        {
             return Err(FormatError::Catalog(
                 "a table has more than u32::MAX entries",
             ));
         }
+        self.check_chain().map_err(FormatError::Catalog)?;
+        let entry = |table, index: usize, why| FormatError::CatalogEntry {
+            table,
+            index: index as u64,
+            why,
+        };
+        // Each piece of earlier data is referenced once.
+        let mut referenced = HashSet::new();
         for (index, file) in self.files.iter().enumerate() {
-            check_file(file, &self.files).map_err(|why| FormatError::CatalogEntry {
-                table: "file",
-                index: index as u64,
-                why,
-            })?;
+            check_file(file, &self.files, self.ancestors.len())
+                .map_err(|why| entry("file", index, why))?;
+            if file.origin != 0 && !referenced.insert((file.origin, file.origin_file_id)) {
+                return Err(entry(
+                    "file",
+                    index,
+                    "references the same data of an earlier set as another file",
+                ));
+            }
         }
         for (index, segment) in self.segments.iter().enumerate() {
-            check_segment(segment, &self.files, self.devices.len()).map_err(|why| {
-                FormatError::CatalogEntry {
-                    table: "segment",
-                    index: index as u64,
-                    why,
+            check_segment(segment, &self.files, self.devices.len())
+                .map_err(|why| entry("segment", index, why))?;
+        }
+        for (index, path) in self.removed.iter().enumerate() {
+            if path.is_empty() {
+                return Err(entry("removed", index, "empty path"));
+            }
+        }
+        let mut renamed = HashSet::new();
+        for (index, r) in self.renamed.iter().enumerate() {
+            let why = match self.files.get(r.file_id as usize) {
+                None => Some("file_id out of range"),
+                Some(f) if f.origin == 0 => {
+                    Some("file_id names a file whose data is not in an earlier set")
                 }
-            })?;
+                Some(_) if r.from.is_empty() => Some("empty path"),
+                Some(_) if !renamed.insert(r.file_id) => Some("file_id listed twice"),
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                return Err(entry("renamed", index, why));
+            }
         }
         Ok(())
     }
+
+    /// The chain section's own rules.
+    fn check_chain(&self) -> Result<(), &'static str> {
+        if self.ancestors.is_empty() && !(self.removed.is_empty() && self.renamed.is_empty()) {
+            return Err("removed or renamed paths in a full set (no ancestors)");
+        }
+        let mut seen = HashSet::with_capacity(self.ancestors.len());
+        for id in &self.ancestors {
+            if *id == self.set_id {
+                return Err("the set is its own ancestor");
+            }
+            if !seen.insert(id) {
+                return Err("an ancestor is listed twice");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the set is incremental (has earlier sets it refers to).
+    pub fn is_incremental(&self) -> bool {
+        !self.ancestors.is_empty()
+    }
 }
 
-fn check_file(f: &CatalogFile, files: &[CatalogFile]) -> Result<(), &'static str> {
+fn check_file(
+    f: &CatalogFile,
+    files: &[CatalogFile],
+    ancestors: usize,
+) -> Result<(), &'static str> {
     if f.path.is_empty() {
         return Err("empty path");
     }
     if f.mtime_nsec >= NSEC_PER_SEC {
         return Err("mtime_nsec is not below 1e9");
     }
-    let regular = f.kind == FileKind::Regular;
-    if !regular && f.size_bytes != 0 {
-        return Err("size_bytes is not 0 for a non-regular file");
+    if f.ctime_nsec >= NSEC_PER_SEC {
+        return Err("ctime_nsec is not below 1e9");
     }
-    if !regular && f.digest != [0u8; 32] {
-        return Err("digest is not zero for a non-regular file");
+    let data = f.kind.has_data();
+    if !data && f.size_bytes != 0 {
+        return Err("size_bytes is not 0 for a kind without data");
+    }
+    if !data && f.digest != [0u8; 32] {
+        return Err("digest is not zero for a kind without data");
     }
     if f.kind == FileKind::Symlink {
         if f.link_target.is_empty() {
@@ -434,6 +601,15 @@ fn check_file(f: &CatalogFile, files: &[CatalogFile]) -> Result<(), &'static str
     } else if f.hardlink_to != 0 {
         return Err("hardlink_to is not 0 for a non-hardlink");
     }
+    if !data && f.origin != 0 {
+        return Err("origin is not 0 for a kind without data");
+    }
+    if f.origin as usize > ancestors {
+        return Err("origin names no ancestor");
+    }
+    if f.origin == 0 && f.origin_file_id != 0 {
+        return Err("origin_file_id is not 0 for data in this set");
+    }
     Ok(())
 }
 
@@ -445,8 +621,11 @@ fn check_segment(
     let Some(file) = files.get(s.file_id as usize) else {
         return Err("file_id out of range");
     };
-    if file.kind != FileKind::Regular {
-        return Err("file_id names a file that is not Regular");
+    if !file.kind.has_data() {
+        return Err("file_id names a file without data");
+    }
+    if file.origin != 0 {
+        return Err("file_id names a file whose data is in an earlier set");
     }
     if s.device as usize >= device_count {
         return Err("device out of range");
@@ -553,6 +732,19 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
 
+    /// A table count (varint) whose entries, each at least
+    /// `entry_bytes_min` long, fit in the bytes left: checked before
+    /// anything is allocated.
+    fn count(&mut self, entry_bytes_min: u64) -> Result<usize, FormatError> {
+        let n = self.varint_u32()?;
+        if u64::from(n) * entry_bytes_min > self.0.len() as u64 {
+            return Err(FormatError::Catalog(
+                "table counts exceed the catalog's length",
+            ));
+        }
+        Ok(n as usize)
+    }
+
     fn file(&mut self) -> Result<CatalogFile, FormatError> {
         let path = self.bytes()?.to_vec();
         let code = self.byte()?;
@@ -568,15 +760,25 @@ impl<'a> Reader<'a> {
             gid: self.varint_u32()?,
             mtime_sec: unzigzag(self.varint()?),
             mtime_nsec: self.varint_u32()?,
+            ctime_sec: unzigzag(self.varint()?),
+            ctime_nsec: self.varint_u32()?,
+            dev: self.varint()?,
+            ino: self.varint()?,
             size_bytes: 0,
             link_target: Vec::new(),
             hardlink_to: 0,
             digest: [0u8; 32],
+            origin: 0,
+            origin_file_id: 0,
         };
         match kind {
-            FileKind::Regular => {
+            FileKind::Regular | FileKind::BlockDevice => {
                 f.size_bytes = self.varint()?;
                 f.digest.copy_from_slice(self.take(32)?);
+                f.origin = self.varint_u32()?;
+                if f.origin != 0 {
+                    f.origin_file_id = self.varint_u32()?;
+                }
             }
             FileKind::Directory => {}
             FileKind::Symlink => f.link_target = self.bytes()?.to_vec(),
@@ -599,11 +801,60 @@ pub(crate) mod tests {
             gid: 100,
             mtime_sec: 1_700_000_000,
             mtime_nsec: 999_999_999,
+            ctime_sec: 1_700_000_001,
+            ctime_nsec: 5,
+            dev: 0x803,
+            ino: 12,
             size_bytes: 0,
             link_target: Vec::new(),
             hardlink_to: 0,
             digest: [0; 32],
+            origin: 0,
+            origin_file_id: 0,
         }
+    }
+
+    /// An incremental set over `sample`'s shape: two ancestors, a block
+    /// device stored here, files whose data is in the parent and in the
+    /// full set, a removed path and a rename.
+    pub(crate) fn incremental_sample() -> Catalog {
+        let mut c = sample();
+        c.ancestors = vec![[0x22; 16], [0x33; 16]];
+        c.files.push(CatalogFile {
+            mode: 0o60660,
+            size_bytes: 1 << 30,
+            digest: [9; 32],
+            ..file("sda1", FileKind::BlockDevice)
+        });
+        c.files.push(CatalogFile {
+            size_bytes: 123_456,
+            digest: [3; 32],
+            origin: 1,
+            origin_file_id: 7,
+            ctime_sec: -1,
+            ..file("d/renamed", FileKind::Regular)
+        });
+        c.files.push(CatalogFile {
+            size_bytes: 5,
+            digest: [4; 32],
+            origin: 2,
+            origin_file_id: 0,
+            ..file("d/unchanged", FileKind::Regular)
+        });
+        c.segments.push(CatalogSegment {
+            file_id: 5,
+            offset: 0,
+            length: 1 << 30,
+            device: 0,
+            position: 8192,
+            records: 1024,
+        });
+        c.removed = vec![b"d/gone".to_vec(), b"d/old-name".to_vec()];
+        c.renamed = vec![Renamed {
+            file_id: 6,
+            from: b"d/old-name".to_vec(),
+        }];
+        c
     }
 
     pub(crate) fn sample() -> Catalog {
@@ -677,6 +928,9 @@ pub(crate) mod tests {
                     records: 0,
                 },
             ],
+            ancestors: Vec::new(),
+            removed: Vec::new(),
+            renamed: Vec::new(),
         }
     }
 
@@ -702,8 +956,42 @@ pub(crate) mod tests {
             ..c
         };
         let buf = empty.encode();
-        assert_eq!(buf.len(), CATALOG_BYTES_MIN + 10 + 14);
+        // Two devices of 10 and 14 bytes, three empty chain counts.
+        assert_eq!(buf.len(), CATALOG_BYTES_MIN + 10 + 14 + 3);
         assert_eq!(Catalog::decode(&buf), Ok(empty));
+        let c = incremental_sample();
+        assert_eq!(c.validate(), Ok(()));
+        assert!(c.is_incremental() && !sample().is_incremental());
+        assert_eq!(Catalog::decode(&c.encode()), Ok(c));
+    }
+
+    #[test]
+    fn chain_section_layout_is_pinned() {
+        let c = incremental_sample();
+        let buf = c.encode();
+        let body = buf.len() - CATALOG_CRC_BYTES;
+        let mut chain = vec![2u8];
+        chain.extend_from_slice(&[0x22; 16]);
+        chain.extend_from_slice(&[0x33; 16]);
+        chain.extend_from_slice(&[2, 6]);
+        chain.extend_from_slice(b"d/gone");
+        chain.extend_from_slice(&[10]);
+        chain.extend_from_slice(b"d/old-name");
+        chain.extend_from_slice(&[1, 6, 10]);
+        chain.extend_from_slice(b"d/old-name");
+        assert_eq!(buf[body - chain.len()..body], chain[..]);
+        // A referenced file: size, digest, origin 1, origin_file_id 7.
+        let mut tail = Writer(Vec::new());
+        tail.varint(123_456);
+        tail.raw(&[3; 32]);
+        tail.varint(1);
+        tail.varint(7);
+        let at = buf
+            .windows(tail.0.len())
+            .position(|w| w == tail.0)
+            .expect("referenced file's data fields");
+        // Just before them: ctime -1 (zigzag 1), nsec 5, dev 0x803, ino 12.
+        assert_eq!(buf[at - 5..at], [1, 5, 0x83, 0x10, 12]);
     }
 
     #[test]
@@ -798,10 +1086,10 @@ pub(crate) mod tests {
         assert_eq!(
             Catalog::decode(&buf),
             Err(FormatError::Catalog(
-                "trailing bytes after the segment table"
+                "trailing bytes after the chain section"
             ))
         );
-        // One byte short of the last segment's last varint.
+        // One byte short of the chain section's last count.
         let mut buf = good[..body_end - 1].to_vec();
         buf.extend_from_slice(&[0; 4]);
         reseal(&mut buf);
@@ -833,13 +1121,39 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn chain_counts_are_checked_before_allocating() {
+        let good = sample().encode();
+        let body_end = good.len() - CATALOG_CRC_BYTES;
+        assert_eq!(good[body_end - 3..body_end], [0, 0, 0]);
+        for at in 0..3 {
+            let mut buf = good[..body_end - 3].to_vec();
+            for k in 0..3 {
+                if k == at {
+                    buf.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+                } else {
+                    buf.push(0);
+                }
+            }
+            buf.extend_from_slice(&[0; CATALOG_CRC_BYTES]);
+            reseal(&mut buf);
+            assert_eq!(
+                Catalog::decode(&buf),
+                Err(FormatError::Catalog(
+                    "table counts exceed the catalog's length"
+                )),
+                "count {at}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_file_kind() {
         let good = sample().encode();
         // Tables start at 52; device 0 takes 10 bytes, device 1 takes 14;
         // file 0 is path length 1, 'd', then its kind byte.
         let kind_at = layout::TABLES + 10 + 14 + 2;
         assert_eq!(good[kind_at], FileKind::Directory.code());
-        for code in [0u8, 5, 0xff] {
+        for code in [0u8, 6, 0xff] {
             let mut buf = good.clone();
             buf[kind_at] = code;
             reseal(&mut buf);
@@ -914,7 +1228,7 @@ pub(crate) mod tests {
             ),
             (
                 |c| c.segments[1].file_id = 2,
-                entry_err("segment", 1, "file_id names a file that is not Regular"),
+                entry_err("segment", 1, "file_id names a file without data"),
             ),
             (
                 |c| c.segments[2].device = 2,
@@ -956,6 +1270,116 @@ pub(crate) mod tests {
         }
     }
 
+    /// The rules of incremental sets (chain, origins, removed, renamed),
+    /// through `validate` and through `decode`.
+    #[test]
+    fn chain_rules() {
+        type Edit = fn(&mut Catalog);
+        let cases: Vec<(Edit, FormatError)> = vec![
+            (
+                |c| c.ancestors[1] = c.set_id,
+                FormatError::Catalog("the set is its own ancestor"),
+            ),
+            (
+                |c| c.ancestors[1] = c.ancestors[0],
+                FormatError::Catalog("an ancestor is listed twice"),
+            ),
+            (
+                |c| {
+                    c.ancestors.clear();
+                    c.renamed.clear();
+                },
+                FormatError::Catalog("removed or renamed paths in a full set (no ancestors)"),
+            ),
+            (
+                |c| c.files[7].ctime_nsec = 1_000_000_000,
+                entry_err("file", 7, "ctime_nsec is not below 1e9"),
+            ),
+            (
+                |c| c.files[7].origin = 3,
+                entry_err("file", 7, "origin names no ancestor"),
+            ),
+            (
+                |c| {
+                    c.files[7].origin = 1;
+                    c.files[7].origin_file_id = 7;
+                },
+                entry_err(
+                    "file",
+                    7,
+                    "references the same data of an earlier set as another file",
+                ),
+            ),
+            (
+                |c| c.files[3].hardlink_to = 5,
+                entry_err("file", 3, "hardlink_to names a file that is not Regular"),
+            ),
+            (
+                |c| c.segments[3].file_id = 6,
+                entry_err(
+                    "segment",
+                    3,
+                    "file_id names a file whose data is in an earlier set",
+                ),
+            ),
+            (
+                |c| c.removed[1].clear(),
+                entry_err("removed", 1, "empty path"),
+            ),
+            (
+                |c| c.renamed[0].file_id = 8,
+                entry_err("renamed", 0, "file_id out of range"),
+            ),
+            (
+                |c| c.renamed[0].file_id = 5,
+                entry_err(
+                    "renamed",
+                    0,
+                    "file_id names a file whose data is not in an earlier set",
+                ),
+            ),
+            (
+                |c| c.renamed[0].from.clear(),
+                entry_err("renamed", 0, "empty path"),
+            ),
+            (
+                |c| c.renamed.push(c.renamed[0].clone()),
+                entry_err("renamed", 1, "file_id listed twice"),
+            ),
+        ];
+        for (i, (edit, want)) in cases.into_iter().enumerate() {
+            let mut c = incremental_sample();
+            edit(&mut c);
+            assert_eq!(c.validate(), Err(want.clone()), "case {i}");
+            assert_eq!(
+                Catalog::decode(&c.encode_unchecked()),
+                Err(want),
+                "case {i}"
+            );
+        }
+        // Fields not stored for the kind: only `validate` sees them.
+        let mut c = incremental_sample();
+        c.files[0].origin = 1;
+        assert_eq!(
+            c.validate(),
+            Err(entry_err(
+                "file",
+                0,
+                "origin is not 0 for a kind without data"
+            ))
+        );
+        let mut c = incremental_sample();
+        c.files[5].origin_file_id = 1;
+        assert_eq!(
+            c.validate(),
+            Err(entry_err(
+                "file",
+                5,
+                "origin_file_id is not 0 for data in this set"
+            ))
+        );
+    }
+
     /// Fields that do not apply to a kind are not stored, so only `validate` sees them.
     #[test]
     fn fields_that_do_not_apply_are_zero() {
@@ -963,11 +1387,11 @@ pub(crate) mod tests {
         let cases: Vec<(Edit, FormatError)> = vec![
             (
                 |c| c.files[0].size_bytes = 4096,
-                entry_err("file", 0, "size_bytes is not 0 for a non-regular file"),
+                entry_err("file", 0, "size_bytes is not 0 for a kind without data"),
             ),
             (
                 |c| c.files[3].digest[31] = 1,
-                entry_err("file", 3, "digest is not zero for a non-regular file"),
+                entry_err("file", 3, "digest is not zero for a kind without data"),
             ),
             (
                 |c| c.files[1].link_target = b"x".to_vec(),

@@ -15,6 +15,7 @@ mod proptests;
 
 pub use catalog::{
     file_digest, Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, FileKind,
+    Renamed,
 };
 pub use label::{Label, LabelState};
 pub use record::{FileInfo, RecordHeader, RecordKind};

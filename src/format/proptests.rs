@@ -114,20 +114,34 @@ fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
 /// One file, and a number that picks the target of a hard link.
 fn file_entry() -> impl Strategy<Value = (CatalogFile, usize)> {
     (
-        1u8..=4,
+        1u8..=5,
         prop::collection::vec(any::<u8>(), 1..40),
         any::<(u32, u32, u32)>(),
-        any::<i64>(),
-        0u32..1_000_000_000,
+        any::<(i64, i64)>(),
+        (0u32..1_000_000_000, 0u32..1_000_000_000),
+        any::<(u64, u64)>(),
         any::<u64>(),
         prop::collection::vec(any::<u8>(), 1..20),
         any::<usize>(),
         any::<[u8; 32]>(),
+        any::<(u8, u32)>(),
     )
         .prop_map(
-            |(code, path, (mode, uid, gid), mtime_sec, mtime_nsec, size, target, pick, digest)| {
+            |(
+                code,
+                path,
+                (mode, uid, gid),
+                (mtime_sec, ctime_sec),
+                (mtime_nsec, ctime_nsec),
+                (dev, ino),
+                size,
+                target,
+                pick,
+                digest,
+                (origin, origin_file_id),
+            )| {
                 let kind = FileKind::from_code(code).unwrap_or(FileKind::Regular);
-                let regular = kind == FileKind::Regular;
+                let data = kind.has_data();
                 let file = CatalogFile {
                     path,
                     kind,
@@ -136,14 +150,21 @@ fn file_entry() -> impl Strategy<Value = (CatalogFile, usize)> {
                     gid,
                     mtime_sec,
                     mtime_nsec,
-                    size_bytes: if regular { size >> (size % 64) } else { 0 },
+                    ctime_sec,
+                    ctime_nsec,
+                    dev,
+                    ino,
+                    size_bytes: if data { size >> (size % 64) } else { 0 },
                     link_target: if kind == FileKind::Symlink {
                         target
                     } else {
                         Vec::new()
                     },
                     hardlink_to: 0,
-                    digest: if regular { digest } else { [0; 32] },
+                    digest: if data { digest } else { [0; 32] },
+                    // Reduced to the catalog's ancestors in `catalog()`.
+                    origin: if data { origin.into() } else { 0 },
+                    origin_file_id,
                 };
                 (file, pick)
             },
@@ -152,15 +173,24 @@ fn file_entry() -> impl Strategy<Value = (CatalogFile, usize)> {
 
 fn catalog() -> impl Strategy<Value = Catalog> {
     (
-        any::<SetId>(),
-        any::<u64>(),
-        12u32..=26,
+        (any::<SetId>(), any::<u64>(), 12u32..=26),
         prop::collection::vec((bytes(16), any::<u64>()), 1..5),
         prop::collection::vec(file_entry(), 0..24),
         prop::collection::vec(any::<(u32, u64, u64, u32, u64, u32)>(), 0..32),
+        (
+            prop::collection::vec(any::<SetId>(), 0..4),
+            prop::collection::vec(bytes(12), 0..4),
+            prop::collection::vec((any::<u32>(), bytes(12)), 0..4),
+        ),
     )
         .prop_map(
-            |(set_id, created_unix_ns, chunk_shift, devices, entries, raw_segments)| {
+            |(
+                (set_id, created_unix_ns, chunk_shift),
+                devices,
+                entries,
+                raw_segments,
+                (raw_ancestors, raw_removed, raw_renamed),
+            )| {
                 let devices: Vec<CatalogDevice> = devices
                     .into_iter()
                     .map(|(path, capacity_bytes)| CatalogDevice {
@@ -174,8 +204,28 @@ fn catalog() -> impl Strategy<Value = Catalog> {
                         data_end: capacity_bytes / 2,
                     })
                     .collect();
+                // Distinct ancestors other than the set itself.
+                let mut ancestors: Vec<SetId> = Vec::new();
+                for id in raw_ancestors {
+                    if id != set_id && !ancestors.contains(&id) {
+                        ancestors.push(id);
+                    }
+                }
                 let (mut files, picks): (Vec<CatalogFile>, Vec<usize>) =
                     entries.into_iter().unzip();
+                // Origins name an ancestor; each reference is to distinct data.
+                let mut referenced = std::collections::HashSet::new();
+                for f in files.iter_mut() {
+                    if f.origin != 0 && !ancestors.is_empty() {
+                        f.origin = 1 + f.origin % ancestors.len() as u32;
+                    } else {
+                        f.origin = 0;
+                    }
+                    if f.origin == 0 || !referenced.insert((f.origin, f.origin_file_id)) {
+                        f.origin = 0;
+                        f.origin_file_id = 0;
+                    }
+                }
                 let regular: Vec<u32> = (0..files.len() as u32)
                     .filter(|&i| files[i as usize].kind == FileKind::Regular)
                     .collect();
@@ -189,16 +239,20 @@ fn catalog() -> impl Strategy<Value = Catalog> {
                         }
                     }
                 }
-                let regular: Vec<u32> = (0..files.len() as u32)
-                    .filter(|&i| files[i as usize].kind == FileKind::Regular)
+                // Segments belong to files whose data is in this set.
+                let here: Vec<u32> = (0..files.len() as u32)
+                    .filter(|&i| {
+                        let f = &files[i as usize];
+                        f.kind.has_data() && f.origin == 0
+                    })
                     .collect();
-                let segments = if regular.is_empty() {
+                let segments = if here.is_empty() {
                     Vec::new()
                 } else {
                     raw_segments
                         .into_iter()
                         .map(|(pick, offset, length, device, position, records)| {
-                            let file_id = regular[pick as usize % regular.len()];
+                            let file_id = here[pick as usize % here.len()];
                             let size = files[file_id as usize].size_bytes;
                             let offset = at_most(offset, size);
                             CatalogSegment {
@@ -212,6 +266,25 @@ fn catalog() -> impl Strategy<Value = Catalog> {
                         })
                         .collect()
                 };
+                let referenced: Vec<u32> = (0..files.len() as u32)
+                    .filter(|&i| files[i as usize].origin != 0)
+                    .collect();
+                let (removed, renamed) = if ancestors.is_empty() {
+                    (Vec::new(), Vec::new())
+                } else {
+                    let removed = raw_removed.into_iter().filter(|p| !p.is_empty()).collect();
+                    let mut renamed: Vec<Renamed> = Vec::new();
+                    for (pick, from) in raw_renamed {
+                        if referenced.is_empty() || from.is_empty() {
+                            continue;
+                        }
+                        let file_id = referenced[pick as usize % referenced.len()];
+                        if renamed.iter().all(|r| r.file_id != file_id) {
+                            renamed.push(Renamed { file_id, from });
+                        }
+                    }
+                    (removed, renamed)
+                };
                 Catalog {
                     set_id,
                     created_unix_ns,
@@ -219,6 +292,9 @@ fn catalog() -> impl Strategy<Value = Catalog> {
                     devices,
                     files,
                     segments,
+                    ancestors,
+                    removed,
+                    renamed,
                 }
             },
         )

@@ -2,19 +2,24 @@
 //! streaming its device in media order, writing payloads to their file
 //! offsets, in parallel across devices. Any subset of a set's devices
 //! restores every file whose segments it holds and names the missing byte
-//! ranges of the rest.
+//! ranges of the rest. Devices of several sets of one chain (a full set
+//! and its increments, `chain`) restore the newest set's tree, each file's
+//! data read from the set that holds it.
 
+pub mod chain;
 pub mod scan;
 pub mod tree;
 pub mod writer;
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::device::{self, Device, DeviceSpec, Mode};
+use crate::device::{self, Access, Device, DeviceSpec, Mode};
 use crate::engine::media::{self, MediaError};
 use crate::engine::stream::{self, Flow, Item, StreamError};
-use crate::format::{Catalog, FileKind, Label, LabelState, RecordKind, HEADER_BYTES};
+use crate::format::{Catalog, FileKind, Label, LabelState, RecordKind, SetId};
+pub use chain::{open_chain, Chain};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -38,17 +43,61 @@ pub struct OpenSet {
     pub unreadable: Vec<String>,
 }
 
+/// A tape's label stays Writing (it cannot be rewritten); its catalog is
+/// tape file 1, complete when it ends with an End record and a filemark.
+/// When it reads back, the label is completed in memory, with positions
+/// in logical object numbers, so that the rest of restore treats the tape
+/// like any device with a Complete label.
+fn complete_tape_label(dev: &dyn Device, label: &mut Label) -> Option<Result<Catalog, MediaError>> {
+    if dev.access() != Access::Sequential || label.state == LabelState::Complete {
+        return None;
+    }
+    let read = media::read_catalog(dev, label);
+    if let Ok(catalog) = &read {
+        if catalog.set_id == label.set_id {
+            if let Some(entry) = catalog.devices.get(label.device_index as usize) {
+                label.state = LabelState::Complete;
+                label.data_end = entry.data_end;
+                label.catalog_offset = entry.data_end + 1;
+                label.catalog_bytes = catalog.encode().len() as u64;
+            }
+        }
+    }
+    Some(read)
+}
+
+/// A device opened for reading, its label, and for a tape the catalog
+/// read while completing its label.
+type Opened = (Box<dyn Device>, Label, Option<Result<Catalog, MediaError>>);
+
 /// Open the given devices, check they belong to one complete set, and read
 /// the catalog (from the first device whose catalog reads back correctly).
 pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
+    let mut sets = open_sets(specs)?;
+    if sets.len() > 1 {
+        let (a, b) = (&sets[0], &sets[1]);
+        return Err(RestoreError::Set(format!(
+            "devices {} and {} hold different sets ({} and {})",
+            a.devices[0].0.path().display(),
+            b.devices[0].0.path().display(),
+            crate::engine::set_id_hex(&a.catalog.set_id),
+            crate::engine::set_id_hex(&b.catalog.set_id)
+        )));
+    }
+    Ok(sets.remove(0))
+}
+
+/// Open the given devices, group them by set (in the order each set first
+/// appears), and read each set's catalog as `open_set` does.
+pub fn open_sets(specs: &[DeviceSpec]) -> Result<Vec<OpenSet>, RestoreError> {
     if specs.is_empty() {
         return Err(RestoreError::Set("no devices given (use --dev)".into()));
     }
-    let mut devices: Vec<(Box<dyn Device>, Label)> = Vec::with_capacity(specs.len());
+    let mut groups: Vec<Vec<Opened>> = Vec::new();
     let mut unreadable = Vec::new();
     for spec in specs {
         let dev = device::open(spec, Mode::Read)?;
-        let label = match media::read_label(dev.as_ref()) {
+        let mut label = match media::read_label(dev.as_ref()) {
             Ok(label) => label,
             // One unreadable device does not stop a restore from the others.
             Err(e) if specs.len() > 1 => {
@@ -57,20 +106,14 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
             }
             Err(e) => return Err(e.into()),
         };
-        if let Some((first, first_label)) = devices.first() {
-            if first_label.set_id != label.set_id {
-                return Err(RestoreError::Set(format!(
-                    "devices {} and {} hold different sets ({} and {})",
-                    first.path().display(),
-                    spec.path.display(),
-                    crate::engine::set_id_hex(&first_label.set_id),
-                    crate::engine::set_id_hex(&label.set_id)
-                )));
-            }
-        }
-        if let Some((other, _)) = devices
+        let tape_catalog = complete_tape_label(dev.as_ref(), &mut label);
+        let Some(group) = groups.iter_mut().find(|g| g[0].1.set_id == label.set_id) else {
+            groups.push(vec![(dev, label, tape_catalog)]);
+            continue;
+        };
+        if let Some((other, _, _)) = group
             .iter()
-            .find(|(_, l)| l.device_index == label.device_index)
+            .find(|(_, l, _)| l.device_index == label.device_index)
         {
             return Err(RestoreError::Set(format!(
                 "devices {} and {} are both device {} of the set (the same device given twice?)",
@@ -79,23 +122,49 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
                 label.device_index
             )));
         }
-        devices.push((dev, label));
+        group.push((dev, label, tape_catalog));
     }
-    if devices.is_empty() {
+    if groups.is_empty() {
         return Err(RestoreError::Set(format!(
             "no given device can be read: {}",
             unreadable.join("; ")
         )));
     }
+    let mut sets = groups
+        .into_iter()
+        .map(assemble)
+        .collect::<Result<Vec<OpenSet>, RestoreError>>()?;
+    // Which set an unreadable device belonged to is unknown: named once.
+    sets[0].unreadable = unreadable;
+    Ok(sets)
+}
+
+/// The catalog of one set's devices: from the first complete device whose
+/// catalog reads back.
+fn assemble(opened: Vec<Opened>) -> Result<OpenSet, RestoreError> {
+    let mut devices = Vec::with_capacity(opened.len());
+    let mut tape_catalogs = Vec::with_capacity(opened.len());
+    for (dev, label, tape_catalog) in opened {
+        devices.push((dev, label));
+        tape_catalogs.push(tape_catalog);
+    }
     let mut last_error = None;
-    for (dev, label) in devices
-        .iter()
-        .filter(|(_, l)| l.state == LabelState::Complete)
-    {
-        match media::read_catalog(dev.as_ref(), label) {
+    for ((dev, label), tape_catalog) in devices.iter().zip(tape_catalogs.iter_mut()) {
+        if let Some(Err(e)) = tape_catalog.take() {
+            last_error = Some(e.into());
+            continue;
+        }
+        if label.state != LabelState::Complete {
+            continue;
+        }
+        let read = match tape_catalog.take() {
+            Some(read) => read,
+            None => media::read_catalog(dev.as_ref(), label),
+        };
+        match read {
             Ok(catalog) if catalog.set_id == label.set_id => {
                 let catalog_devices = catalog.devices.clone();
-                return finish_open(devices, catalog, &catalog_devices, unreadable);
+                return finish_open(devices, catalog, &catalog_devices);
             }
             Ok(_) => {
                 last_error = Some(RestoreError::Set(format!(
@@ -120,7 +189,6 @@ fn finish_open(
     mut devices: Vec<(Box<dyn Device>, Label)>,
     catalog: Catalog,
     entries: &[crate::format::CatalogDevice],
-    unreadable: Vec<String>,
 ) -> Result<OpenSet, RestoreError> {
     for (dev, l) in devices.iter_mut() {
         if l.state != LabelState::Complete {
@@ -137,7 +205,7 @@ fn finish_open(
     Ok(OpenSet {
         devices,
         catalog,
-        unreadable,
+        unreadable: Vec::new(),
     })
 }
 
@@ -148,8 +216,16 @@ pub const NOWHERE: u32 = u32::MAX;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Missing {
     pub path: Vec<u8>,
-    /// (offset, length, device index) of every range not on the given
-    /// devices; the device is `NOWHERE` when no device of the set holds it.
+    /// The set whose devices hold (or should hold) the file's data: the
+    /// set restored, or for a file unchanged since an earlier set of the
+    /// chain, that set.
+    pub set_id: SetId,
+    /// Whether any device of that set was given. When not, `ranges` is the
+    /// whole file, on device `NOWHERE`.
+    pub set_given: bool,
+    /// (offset, length, device index in that set) of every range not on
+    /// the given devices; the device is `NOWHERE` when no device of the
+    /// set holds it (or the set was not given).
     pub ranges: Vec<(u64, u64, u32)>,
 }
 
@@ -172,7 +248,18 @@ impl Report {
 
 /// What to do with the records.
 pub enum Action<'a> {
-    Restore { to: &'a Path },
+    /// Rebuild the tree under `to`.
+    Restore {
+        to: &'a Path,
+    },
+    /// Write the data of one file of the catalog (a block device, or an
+    /// image file) onto `target` from offset 0, holes written as zeros.
+    /// The caller opened `target` (a block device, exclusively) and
+    /// checked that it is large enough.
+    RestoreToDevice {
+        target: &'a File,
+        file: u32,
+    },
     Verify,
 }
 
@@ -184,13 +271,17 @@ fn matches_only(path: &[u8], only: &[Vec<u8>]) -> bool {
         })
 }
 
-/// Which files are complete on the given devices (every byte of a regular
-/// file covered by a segment on a present device: a range may be held
-/// twice, when a failed device's work was written again on the survivors),
-/// and for the others the uncovered ranges, each with the absent device
-/// that holds it, or `NOWHERE` when no device does (the set is incomplete:
-/// the survivors of a backup lacked the room).
-fn completeness(set: &OpenSet, present: &[u32]) -> (Vec<bool>, Vec<Missing>) {
+/// Missing byte ranges of one file: (offset, length, device index).
+type Ranges = Vec<(u64, u64, u32)>;
+
+/// For each file of `set` whose data is in it (`origin` 0), the ranges not
+/// covered by a segment on a present device (a range may be held twice,
+/// when a failed device's work was written again on the survivors), each
+/// with the absent device that holds it, or `NOWHERE` when no device does
+/// (the set is incomplete: the survivors of a backup lacked the room).
+/// None for complete files and for everything else. `present`: the device
+/// indexes counted as given.
+fn coverage(set: &OpenSet, present: &[u32]) -> Vec<Option<Ranges>> {
     let catalog = &set.catalog;
     let mut covered: Vec<Vec<(u64, u64)>> = vec![Vec::new(); catalog.files.len()];
     let mut absent: Vec<Vec<(u64, u64, u32)>> = vec![Vec::new(); catalog.files.len()];
@@ -202,10 +293,9 @@ fn completeness(set: &OpenSet, present: &[u32]) -> (Vec<bool>, Vec<Missing>) {
             absent[s.file_id as usize].push((range.0, range.1, s.device));
         }
     }
-    let mut complete = vec![true; catalog.files.len()];
-    let mut missing = Vec::new();
+    let mut out = vec![None; catalog.files.len()];
     for (file, f) in catalog.files.iter().enumerate() {
-        if f.kind != FileKind::Regular || f.size_bytes == 0 {
+        if !f.kind.has_data() || f.origin != 0 || f.size_bytes == 0 {
             continue;
         }
         covered[file].sort_unstable();
@@ -229,24 +319,56 @@ fn completeness(set: &OpenSet, present: &[u32]) -> (Vec<bool>, Vec<Missing>) {
             }
         }
         if !ranges.is_empty() {
-            complete[file] = false;
-            missing.push(Missing {
-                path: f.path.clone(),
-                ranges,
-            });
+            out[file] = Some(ranges);
         }
     }
-    for (i, f) in catalog.files.iter().enumerate() {
-        if f.kind == FileKind::HardLink && !complete[f.hardlink_to as usize] {
-            complete[i] = false;
-        }
-    }
-    missing.sort_by(|a, b| a.path.cmp(&b.path));
-    (complete, missing)
+    out
 }
 
+/// Which given devices of `set` to read, and the coverage they give.
+/// Devices that failed during the backup are read only when the others do
+/// not hold everything (their copies then count only where they read back
+/// with good CRCs: the digests decide).
+fn devices_to_read(set: &OpenSet) -> (Vec<u32>, Vec<Option<Ranges>>) {
+    let is_failed = |index: u32| {
+        set.catalog.devices.get(index as usize).map(|d| d.state)
+            == Some(crate::format::DeviceState::Failed)
+    };
+    let present: Vec<u32> = set.devices.iter().map(|(_, l)| l.device_index).collect();
+    let trusted: Vec<u32> = present.iter().copied().filter(|&i| !is_failed(i)).collect();
+    let covered = coverage(set, &trusted);
+    if covered.iter().any(Option::is_some) && trusted.len() < present.len() {
+        let covered = coverage(set, &present);
+        return (present, covered);
+    }
+    (trusted, covered)
+}
+
+/// Where the data of a file of the restored catalog is read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DataSource {
+    /// No data (directories, links) or nothing to read.
+    None,
+    /// File `file` of set `set` (an index into the sets being read).
+    In { set: usize, file: u32 },
+    /// In an earlier set of the chain none of whose devices was given.
+    Absent { set_id: SetId },
+    /// The given set that should hold it does not (an error is reported).
+    Broken,
+}
+
+/// Sentinel of `Targets`: the record's file is not restored.
+const NO_TARGET: u32 = u32::MAX;
+
+/// Per file of one set: the file of the restored catalog its records
+/// belong to, or `NO_TARGET`.
+type Targets = Vec<u32>;
+
 struct DeviceRead {
+    /// (restored file, offset, length, crc) of the records with a target.
     records: Vec<(u32, u64, u32, u32)>,
+    /// Every record read and checked.
+    records_read: u64,
     payload_bytes: u64,
     errors: Vec<String>,
 }
@@ -276,34 +398,146 @@ fn uncovered(start: u64, end: u64, have: &[(u64, u64)]) -> Vec<(u64, u64)> {
     gaps
 }
 
-/// Restore (or verify) the set from the opened devices.
+/// Restore (or verify) one set from its opened devices. For an
+/// incremental set, the files whose data is in earlier sets are missing
+/// (their set is not given): use `run_chain`.
 pub fn run(set: &OpenSet, action: Action<'_>, only: &[Vec<u8>]) -> Result<Report, RestoreError> {
-    let started = std::time::Instant::now();
-    let catalog = &set.catalog;
-    // Devices that failed during the backup are read only when the others
-    // do not hold everything asked for (their copies then count only where
-    // they read back with good CRCs: the digests decide).
-    let is_failed = |index: u32| {
-        catalog.devices.get(index as usize).map(|d| d.state)
-            == Some(crate::format::DeviceState::Failed)
-    };
-    let trusted: Vec<u32> = set
-        .devices
+    let ancestors = vec![None; set.catalog.ancestors.len()];
+    run_sets(&[set], &ancestors, action, only)
+}
+
+/// Restore (or verify) the newest set of a chain: its tree, each file's
+/// data read from the set that holds it, all devices of all sets in parallel.
+pub fn run_chain(
+    chain: &Chain,
+    action: Action<'_>,
+    only: &[Vec<u8>],
+) -> Result<Report, RestoreError> {
+    let sets: Vec<&OpenSet> = chain.sets.iter().collect();
+    run_sets(&sets, &chain.ancestor_sets, action, only)
+}
+
+/// Where the records go.
+#[derive(Clone, Copy)]
+enum Destination<'a> {
+    Nowhere,
+    Tree(&'a Path),
+    Device(&'a File),
+}
+
+/// Where each file of `sets[0]`'s catalog has its data; errors for
+/// references the given sets do not satisfy.
+fn data_sources(
+    sets: &[&OpenSet],
+    ancestor_sets: &[Option<usize>],
+    errors: &mut Vec<String>,
+) -> Vec<DataSource> {
+    let catalog = &sets[0].catalog;
+    catalog
+        .files
         .iter()
-        .map(|(_, l)| l.device_index)
-        .filter(|&i| !is_failed(i))
-        .collect();
-    let (mut complete, mut missing) = completeness(set, &trusted);
-    let mut reading = trusted.clone();
-    if !missing.is_empty() && trusted.len() < set.devices.len() {
-        reading = set.devices.iter().map(|(_, l)| l.device_index).collect();
-        (complete, missing) = completeness(set, &reading);
+        .enumerate()
+        .map(|(i, f)| {
+            if !f.kind.has_data() {
+                return DataSource::None;
+            }
+            if f.origin == 0 {
+                return DataSource::In {
+                    set: 0,
+                    file: i as u32,
+                };
+            }
+            let n = f.origin as usize - 1;
+            let set_id = catalog.ancestors[n];
+            let Some(s) = ancestor_sets[n] else {
+                return if f.size_bytes == 0 {
+                    DataSource::None
+                } else {
+                    DataSource::Absent { set_id }
+                };
+            };
+            match sets[s].catalog.files.get(f.origin_file_id as usize) {
+                Some(base)
+                    if base.kind == f.kind
+                        && base.origin == 0
+                        && base.size_bytes == f.size_bytes
+                        && base.digest == f.digest =>
+                {
+                    DataSource::In {
+                        set: s,
+                        file: f.origin_file_id,
+                    }
+                }
+                _ => {
+                    errors.push(format!(
+                        "file {}: set {} does not hold its data as file id {} (the catalogs of the chain disagree)",
+                        String::from_utf8_lossy(&f.path),
+                        crate::engine::set_id_hex(&set_id),
+                        f.origin_file_id
+                    ));
+                    DataSource::Broken
+                }
+            }
+        })
+        .collect()
+}
+
+fn run_sets(
+    sets: &[&OpenSet],
+    ancestor_sets: &[Option<usize>],
+    action: Action<'_>,
+    only: &[Vec<u8>],
+) -> Result<Report, RestoreError> {
+    let started = std::time::Instant::now();
+    let catalog = &sets[0].catalog;
+    assert_eq!(ancestor_sets.len(), catalog.ancestors.len());
+    let mut report = Report::default();
+    let sources = data_sources(sets, ancestor_sets, &mut report.errors);
+    let (reading, coverages): (Vec<Vec<u32>>, Vec<_>) =
+        sets.iter().map(|s| devices_to_read(s)).unzip();
+    let mut complete = vec![true; catalog.files.len()];
+    let mut missing = Vec::new();
+    for (i, f) in catalog.files.iter().enumerate() {
+        match sources[i] {
+            DataSource::None => {}
+            DataSource::Broken => complete[i] = false,
+            DataSource::In { set, file } => {
+                if let Some(ranges) = &coverages[set][file as usize] {
+                    complete[i] = false;
+                    missing.push(Missing {
+                        path: f.path.clone(),
+                        set_id: sets[set].catalog.set_id,
+                        set_given: true,
+                        ranges: ranges.clone(),
+                    });
+                }
+            }
+            DataSource::Absent { set_id } => {
+                complete[i] = false;
+                missing.push(Missing {
+                    path: f.path.clone(),
+                    set_id,
+                    set_given: false,
+                    ranges: vec![(0, f.size_bytes, NOWHERE)],
+                });
+            }
+        }
     }
+    for (i, f) in catalog.files.iter().enumerate() {
+        if f.kind == FileKind::HardLink && !complete[f.hardlink_to as usize] {
+            complete[i] = false;
+        }
+    }
+    missing.sort_by(|a, b| a.path.cmp(&b.path));
+    let chosen = |i: usize, f: &crate::format::CatalogFile| match action {
+        Action::RestoreToDevice { file, .. } => i == file as usize,
+        _ => matches_only(&f.path, only),
+    };
     let selected: Vec<bool> = catalog
         .files
         .iter()
         .enumerate()
-        .map(|(i, f)| complete[i] && matches_only(&f.path, only))
+        .map(|(i, f)| complete[i] && chosen(i, f))
         .collect();
     // A hard link needs its target's data even when only the link was asked for.
     let mut wanted = selected.clone();
@@ -312,26 +546,54 @@ pub fn run(set: &OpenSet, action: Action<'_>, only: &[Vec<u8>]) -> Result<Report
             wanted[f.hardlink_to as usize] = true;
         }
     }
-    let missing: Vec<Missing> = missing
+    report.missing = missing
         .into_iter()
-        .filter(|m| matches_only(&m.path, only))
+        .filter(|m| match action {
+            Action::RestoreToDevice { file, .. } => m.path == catalog.files[file as usize].path,
+            _ => matches_only(&m.path, only),
+        })
         .collect();
-    let to = match action {
+    let destination = match action {
         Action::Restore { to } => {
             tree::prepare(to, catalog, &wanted)?;
-            Some(to)
+            Destination::Tree(to)
         }
-        Action::Verify => None,
+        Action::RestoreToDevice { target, .. } => Destination::Device(target),
+        Action::Verify => Destination::Nowhere,
     };
+    // Per set, which restored file each of its files' records belong to.
+    let mut targets: Vec<Targets> = sets
+        .iter()
+        .map(|s| vec![NO_TARGET; s.catalog.files.len()])
+        .collect();
+    for (i, source) in sources.iter().enumerate() {
+        if let (true, DataSource::In { set, file }) = (wanted[i], *source) {
+            targets[set][file as usize] = i as u32;
+        }
+    }
+    let verify = matches!(action, Action::Verify);
+    let read: Vec<usize> = (0..sets.len())
+        .filter(|&s| s == 0 || verify || targets[s].iter().any(|&t| t != NO_TARGET))
+        .collect();
 
     let results: Vec<Result<DeviceRead, RestoreError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = set
-            .devices
+        let handles: Vec<_> = read
             .iter()
-            .filter(|(_, label)| reading.contains(&label.device_index))
-            .map(|(dev, label)| {
-                let wanted = &wanted;
-                scope.spawn(move || read_device(dev.as_ref(), label, catalog, wanted, to))
+            .flat_map(|&s| sets[s].devices.iter().map(move |d| (s, d)))
+            .filter(|(s, (_, label))| reading[*s].contains(&label.device_index))
+            .map(|(s, (dev, label))| {
+                let targets = &targets[s];
+                let set_catalog = &sets[s].catalog;
+                scope.spawn(move || {
+                    read_device(
+                        dev.as_ref(),
+                        label,
+                        set_catalog,
+                        targets,
+                        catalog,
+                        destination,
+                    )
+                })
             })
             .collect();
         handles
@@ -339,10 +601,6 @@ pub fn run(set: &OpenSet, action: Action<'_>, only: &[Vec<u8>]) -> Result<Report
             .map(|h| h.join().expect("reader thread panicked"))
             .collect()
     });
-    let mut report = Report {
-        missing,
-        ..Report::default()
-    };
     let mut per_file: Vec<Vec<(u64, u32, u32)>> = vec![Vec::new(); catalog.files.len()];
     for result in results {
         // A device that cannot be read is reported; what the others hold is
@@ -356,14 +614,14 @@ pub fn run(set: &OpenSet, action: Action<'_>, only: &[Vec<u8>]) -> Result<Report
             Err(e) => return Err(e),
         };
         report.payload_bytes += read.payload_bytes;
-        report.records += read.records.len() as u64;
+        report.records += read.records_read;
         report.errors.extend(read.errors);
         for (file, offset, len, crc) in read.records {
             per_file[file as usize].push((offset, len, crc));
         }
     }
     for (i, f) in catalog.files.iter().enumerate() {
-        if !wanted[i] || f.kind != FileKind::Regular {
+        if !wanted[i] || !f.kind.has_data() {
             continue;
         }
         // A range held twice (a failed device's copy and the survivor's)
@@ -379,43 +637,90 @@ pub fn run(set: &OpenSet, action: Action<'_>, only: &[Vec<u8>]) -> Result<Report
             ));
         }
     }
-    if let Some(to) = to {
-        tree::finish(to, catalog, &wanted)?;
+    match destination {
+        Destination::Tree(to) => tree::finish(to, catalog, &wanted)?,
+        Destination::Device(target) => {
+            for (i, f) in catalog.files.iter().enumerate() {
+                if wanted[i] {
+                    zero_holes(target, f.size_bytes, &per_file[i])?;
+                }
+            }
+            target
+                .sync_all()
+                .map_err(|e| RestoreError::Set(format!("sync of the restore target: {e}")))?;
+        }
+        Destination::Nowhere => {}
     }
     report.files_restored = selected.iter().filter(|&&s| s).count();
     report.elapsed = started.elapsed();
     Ok(report)
 }
 
+/// Write zeros over the ranges of `[0, size_bytes)` that no record wrote
+/// (the holes of a sparse image), so the device holds exactly the image.
+/// `records` are (offset, length, crc), sorted by offset.
+fn zero_holes(
+    target: &File,
+    size_bytes: u64,
+    records: &[(u64, u32, u32)],
+) -> Result<(), RestoreError> {
+    const ZEROS_BYTES: usize = 1 << 20;
+    let written: Vec<(u64, u64)> = records
+        .iter()
+        .map(|&(offset, len, _)| (offset, offset + u64::from(len)))
+        .collect();
+    let zeros = vec![0u8; ZEROS_BYTES];
+    for (start, end) in uncovered(0, size_bytes, &written) {
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(ZEROS_BYTES as u64) as usize;
+            target.write_all_at(&zeros[..n], at).map_err(|e| {
+                RestoreError::Set(format!(
+                    "write zeros at offset {at} of the restore target: {e}"
+                ))
+            })?;
+            at += n as u64;
+        }
+    }
+    Ok(())
+}
+
 /// Destination files kept open at once by one reader's queued writes.
 const OPEN_FILES_MAX: usize = 128;
 
+/// Stream one device of a set; records whose file has a target are
+/// checked and written to it (queued on the reader's own io_uring, the
+/// payloads written from the stream's buffers without a copy).
 fn read_device(
     dev: &dyn Device,
     label: &Label,
     catalog: &Catalog,
-    wanted: &[bool],
-    to: Option<&Path>,
+    targets: &[u32],
+    restored: &Catalog,
+    destination: Destination<'_>,
 ) -> Result<DeviceRead, RestoreError> {
     let name = dev.path().display().to_string();
     let mut out = DeviceRead {
         records: Vec::new(),
+        records_read: 0,
         payload_bytes: 0,
         errors: Vec::new(),
     };
-    // The destination file the previous record went to: records of one
-    // file are contiguous on media, so one open file at a time suffices.
+    // The destination the previous record went to (restored file id, writer
+    // handle): records of one file are contiguous on media.
     let mut open: Option<(u32, usize)> = None;
-    let mut writer = match to {
-        Some(_) => Some(writer::Writer::new().map_err(|e| {
-            RestoreError::Set(format!("device {name}: io_uring for restore writes: {e}"))
-        })?),
-        None => None,
+    let mut writer = match destination {
+        Destination::Nowhere => None,
+        Destination::Tree(_) | Destination::Device(_) => {
+            Some(writer::Writer::new().map_err(|e| {
+                RestoreError::Set(format!("device {name}: io_uring for restore writes: {e}"))
+            })?)
+        }
     };
     let mut result: Result<(), RestoreError> = Ok(());
     stream::stream::<RestoreError>(
         dev,
-        HEADER_BYTES as u64,
+        media::data_start(dev),
         label.data_end,
         label.chunk_bytes,
         |item| {
@@ -475,32 +780,43 @@ fn read_device(
             ));
                 return Ok(Flow::Continue);
             }
-            out.records.push((
-                header.file_id,
-                header.file_offset,
-                header.payload_bytes,
-                crc,
-            ));
+            out.records_read += 1;
             out.payload_bytes += payload.len() as u64;
-            let (Some(root), true) = (to, wanted[header.file_id as usize]) else {
+            let target = targets[header.file_id as usize];
+            if target == NO_TARGET {
+                return Ok(Flow::Continue);
+            }
+            out.records
+                .push((target, header.file_offset, header.payload_bytes, crc));
+            let Some(w) = writer.as_mut() else {
                 return Ok(Flow::Continue);
             };
-            let w = writer.as_mut().expect("a writer when restoring");
-            if open.map(|(id, _)| id) != Some(header.file_id) {
+            let restored_path = String::from_utf8_lossy(&restored.files[target as usize].path);
+            if open.map(|(id, _)| id) != Some(target) {
                 if w.open_files() >= OPEN_FILES_MAX {
                     if let Err(e) = w.finish() {
                         result = Err(RestoreError::Set(e));
                         return Ok(Flow::Stop);
                     }
                 }
-                let target: PathBuf = tree::safe_join(root, &file.path)?;
-                match OpenOptions::new().write(true).open(&target) {
-                    Ok(f) => open = Some((header.file_id, w.add_file(f, path.to_string()))),
-                    Err(error) => {
-                        result = Err(RestoreError::Set(format!(
-                            "open {}: {error}",
-                            target.display()
-                        )));
+                let opened = match destination {
+                    Destination::Tree(root) => {
+                        let to: PathBuf =
+                            tree::safe_join(root, &restored.files[target as usize].path)?;
+                        OpenOptions::new()
+                            .write(true)
+                            .open(&to)
+                            .map_err(|error| format!("open {}: {error}", to.display()))
+                    }
+                    Destination::Device(device) => device
+                        .try_clone()
+                        .map_err(|error| format!("restore target: {error}")),
+                    Destination::Nowhere => unreachable!("no writer without a destination"),
+                };
+                match opened {
+                    Ok(f) => open = Some((target, w.add_file(f, restored_path.to_string()))),
+                    Err(why) => {
+                        result = Err(RestoreError::Set(why));
                         return Ok(Flow::Stop);
                     }
                 }

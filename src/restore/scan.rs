@@ -11,7 +11,7 @@ use super::tree::{safe_join, TreeError};
 use super::RestoreError;
 use crate::device::Device;
 use crate::engine::stream::{self, Flow, Item, StreamError};
-use crate::format::{FileInfo, RecordHeader, RecordKind, SetId, HEADER_BYTES, PAYLOAD_BYTES_MAX};
+use crate::format::{FileInfo, RecordHeader, RecordKind, SetId, PAYLOAD_BYTES_MAX};
 
 /// One record found by a scan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,8 +41,8 @@ pub fn scan(dev: &dyn Device, mut set_id: Option<SetId>) -> Result<ScanReport, S
     let chunk_max = PAYLOAD_BYTES_MAX.min(16 << 20);
     stream::stream::<StreamError>(
         dev,
-        HEADER_BYTES as u64,
-        dev.capacity_bytes(),
+        crate::engine::media::data_start(dev),
+        crate::engine::media::scan_end(dev),
         chunk_max,
         |item| {
             match item {
@@ -222,8 +222,8 @@ fn scan_device(
     let mut open: Option<(Vec<u8>, File)> = None;
     stream::stream::<RestoreError>(
         dev,
-        HEADER_BYTES as u64,
-        dev.capacity_bytes(),
+        crate::engine::media::data_start(dev),
+        crate::engine::media::scan_end(dev),
         chunk_max,
         |item| {
             let Item::Record {

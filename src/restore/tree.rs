@@ -70,8 +70,8 @@ pub fn safe_join(root: &Path, rel: &[u8]) -> Result<PathBuf, TreeError> {
 }
 
 /// Before data: create `root`, every selected directory, and every selected
-/// regular file (created or truncated, then set to its logical size so that
-/// unwritten ranges stay holes). `selected[i]` says whether catalog file i is restored.
+/// regular file and block device image (created or truncated, then set to
+/// its logical size so that unwritten ranges stay holes). `selected[i]` says whether catalog file i is restored.
 ///
 /// Directories are created with mode `DIR_MODE_WHILE_RESTORING`; parents of
 /// selected entries that are not themselves selected are created as needed
@@ -93,7 +93,8 @@ pub fn prepare(root: &Path, catalog: &Catalog, selected: &[bool]) -> Result<(), 
         let path = safe_join(root, &file.path)?;
         match file.kind {
             FileKind::Directory => dirs.ensure(&file.path, DIR_MODE_WHILE_RESTORING)?,
-            FileKind::Regular => {
+            // A block device is restored as an image: a regular file.
+            FileKind::Regular | FileKind::BlockDevice => {
                 dirs.ensure_parent(&file.path)?;
                 create_regular(&path, file.size_bytes)?;
             }
@@ -153,7 +154,7 @@ pub fn finish_all(root: &Path, catalog: &Catalog, selected: &[bool]) -> Vec<Tree
     let mut directories = Vec::new();
     for (_, file) in chosen() {
         let result = match file.kind {
-            FileKind::Regular => apply_through_fd(root, file, chown, false),
+            FileKind::Regular | FileKind::BlockDevice => apply_through_fd(root, file, chown, false),
             FileKind::Symlink => apply_to_symlink(root, file, chown),
             FileKind::HardLink => Ok(()),
             FileKind::Directory => {
@@ -416,6 +417,9 @@ mod tests {
             devices: Vec::new(),
             files,
             segments: Vec::new(),
+            ancestors: Vec::new(),
+            removed: Vec::new(),
+            renamed: Vec::new(),
         }
     }
 
@@ -428,10 +432,16 @@ mod tests {
             gid: 0,
             mtime_sec: 1_500_000_000,
             mtime_nsec: 123_456_789,
+            ctime_sec: 0,
+            ctime_nsec: 0,
+            dev: 0,
+            ino: 0,
             size_bytes: 0,
             link_target: Vec::new(),
             hardlink_to: 0,
             digest: [0; 32],
+            origin: 0,
+            origin_file_id: 0,
         }
     }
 

@@ -1,9 +1,13 @@
-//! Walking sources: files and directory trees into a flat entry list.
+//! Walking sources: files, directory trees and raw block devices into a
+//! flat entry list; the incremental filter (`incremental`); the check for
+//! files that changed while they were read (`recheck`).
 //!
 //! INTERFACE (fixed): `walk(&[PathBuf]) -> Result<Walk, SourceError>`.
 //!
 //! Choices (how sources are named, `.` and `/`, symlinks, mount points,
-//! special files, sparse ranges): see `walk`.
+//! special files, sparse ranges, block devices): see `walk`.
+
+pub mod incremental;
 
 use nix::errno::Errno;
 use nix::unistd::{lseek, Whence};
@@ -30,13 +34,17 @@ pub struct Meta {
     pub dev: u64,
     pub ino: u64,
     pub nlink: u64,
+    /// The device number a block device node stands for (st_rdev); 0 otherwise.
+    pub rdev: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryKind {
-    /// A regular file. `data` lists the byte ranges holding data
+    /// A regular file, or a block device given as a source (read as one
+    /// large file; `meta.mode` says which: see `Entry::is_block_device`).
+    /// `data` lists the byte ranges holding data
     /// `(offset, length)`, block aligned, ascending, when the file is sparse;
-    /// `None` means the whole file is data.
+    /// `None` means the whole file is data (always for a block device).
     File {
         size_bytes: u64,
         data: Option<Vec<(u64, u64)>>,
@@ -61,6 +69,14 @@ pub struct Entry {
     pub source: PathBuf,
     pub kind: EntryKind,
     pub meta: Meta,
+}
+
+impl Entry {
+    /// A block device read as one large file (a source that is a block
+    /// device, or a symlink to one).
+    pub fn is_block_device(&self) -> bool {
+        self.meta.mode & libc::S_IFMT == libc::S_IFBLK
+    }
 }
 
 #[derive(Debug)]
@@ -114,9 +130,15 @@ pub const SPARSE_ALIGN_BYTES: u64 = 4096;
 ///   a symlink: it is stored as a symlink.
 /// - Mount points are crossed: a tree is walked whole, whatever filesystems
 ///   it spans (`dev` is kept in `Meta`, so a caller can filter).
-/// - Sockets, FIFOs and device nodes are not stored: each is reported in
-///   `Walk::errors` as `Unsupported` ("unsupported file type") and skipped.
-///   (Raw block devices as sources are a later feature.)
+/// - Sockets, FIFOs and device nodes inside a tree are not stored: each is
+///   reported in `Walk::errors` as `Unsupported` ("unsupported file type")
+///   and skipped.
+/// - A source that is a block device (a disk, a partition, an md array, an
+///   LVM volume or snapshot, a loop device) is read as one large file: an
+///   `EntryKind::File` of the device's size (BLKGETSIZE64), all data,
+///   whose `meta.mode` says S_IFBLK. A source that is a symlink to a block
+///   device (`/dev/vg/lv`, `/dev/disk/by-id/...`, `/dev/mapper/...`) is
+///   followed, stored under the symlink's name, and read from the device.
 pub fn walk(sources: &[PathBuf]) -> Result<Walk, SourceError> {
     if sources.is_empty() {
         return Err(SourceError::NoSources);
@@ -125,21 +147,36 @@ pub fn walk(sources: &[PathBuf]) -> Result<Walk, SourceError> {
     let mut tops = Vec::with_capacity(sources.len());
     for source in sources {
         let name = stored_name(source)?;
-        let metadata = fs::symlink_metadata(source).map_err(|error| SourceError::Source {
+        let source_error = |error| SourceError::Source {
             path: source.clone(),
             error,
-        })?;
+        };
+        let mut metadata = fs::symlink_metadata(source).map_err(source_error)?;
+        let mut read_from = source.clone();
+        if metadata.file_type().is_symlink() {
+            // A symlink to a block device is the device (udev names volumes by symlinks).
+            if let Ok(target) = fs::metadata(source) {
+                if target.file_type().is_block_device() {
+                    read_from = fs::canonicalize(source).map_err(source_error)?;
+                    metadata = target;
+                }
+            }
+        }
         if !names.insert(name.clone()) {
             return Err(SourceError::DuplicateName {
                 name: String::from_utf8_lossy(&name).into_owned(),
             });
         }
-        tops.push((name, source.clone(), metadata));
+        tops.push((name, read_from, metadata));
     }
 
     let mut walker = Walker::default();
     for (name, source, metadata) in tops {
-        walker.tree(name, source, metadata);
+        if metadata.file_type().is_block_device() {
+            walker.block_device(name, source, &metadata);
+        } else {
+            walker.tree(name, source, metadata);
+        }
     }
     Ok(walker.walk)
 }
@@ -181,6 +218,32 @@ struct Walker {
 type Pending = (Vec<u8>, PathBuf, io::Result<fs::Metadata>);
 
 impl Walker {
+    /// A block device source: one entry, its data the whole device.
+    fn block_device(&mut self, path: Vec<u8>, source: PathBuf, metadata: &fs::Metadata) {
+        if self.walk.entries.len() >= u32::MAX as usize {
+            let error = io::Error::other("more than 2^32 - 1 entries in one set");
+            self.error(source, error);
+            return;
+        }
+        let size_bytes = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&source)
+            .and_then(|device| crate::device::block::size_bytes(&device));
+        match size_bytes {
+            Ok(size_bytes) => self.walk.entries.push(Entry {
+                path,
+                source,
+                kind: EntryKind::File {
+                    size_bytes,
+                    data: None,
+                },
+                meta: meta_of(metadata),
+            }),
+            Err(error) => self.error(source, error),
+        }
+    }
+
     /// Walk one source tree, pre-order, siblings sorted by name bytes.
     fn tree(&mut self, name: Vec<u8>, source: PathBuf, metadata: fs::Metadata) {
         let mut stack: Vec<Pending> = vec![(name, source, Ok(metadata))];
@@ -332,7 +395,76 @@ fn meta_of(metadata: &fs::Metadata) -> Meta {
         dev: metadata.dev(),
         ino: metadata.ino(),
         nlink: metadata.nlink(),
+        rdev: if metadata.file_type().is_block_device() {
+            metadata.rdev()
+        } else {
+            0
+        },
     }
+}
+
+/// Whether `entry` (a regular file that was read) changed since the walk
+/// looked at it, by a fresh lstat: a description of what changed (size,
+/// mtime, ctime, inode, or that it is gone), or None. A file that changes
+/// while it is read may be stored torn (part old, part new); compare after
+/// the whole set has been read to catch every change during the read.
+///
+/// Block devices are not checked: their node's metadata does not change
+/// when their contents do (back up a snapshot for a consistent image).
+pub fn changed_since_walk(entry: &Entry) -> Option<String> {
+    let EntryKind::File { size_bytes, .. } = entry.kind else {
+        return None;
+    };
+    if entry.is_block_device() {
+        return None;
+    }
+    let now = match fs::symlink_metadata(&entry.source) {
+        Ok(now) => now,
+        Err(error) => return Some(format!("cannot be looked at again ({error})")),
+    };
+    let then = &entry.meta;
+    let mut what = Vec::new();
+    if (now.dev(), now.ino()) != (then.dev, then.ino) {
+        what.push("replaced by another file".to_string());
+    }
+    if now.len() != size_bytes {
+        what.push(format!("size {size_bytes} -> {}", now.len()));
+    }
+    if (now.mtime(), now.mtime_nsec() as u32) != (then.mtime_sec, then.mtime_nsec) {
+        what.push("mtime changed".to_string());
+    }
+    if (now.ctime(), now.ctime_nsec() as u32) != (then.ctime_sec, then.ctime_nsec) {
+        what.push("ctime changed".to_string());
+    }
+    (!what.is_empty()).then(|| what.join(", "))
+}
+
+/// Where the block device `rdev` is mounted read-write, from
+/// /proc/self/mountinfo: the mount points. Its image, read while mounted
+/// read-write, may be inconsistent.
+pub fn mounted_read_write(rdev: u64) -> Vec<String> {
+    mounts_of(rdev, true)
+}
+
+/// Where the block device `rdev` is mounted at all.
+pub fn mounted(rdev: u64) -> Vec<String> {
+    mounts_of(rdev, false)
+}
+
+fn mounts_of(rdev: u64, read_write_only: bool) -> Vec<String> {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let want = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+    text.lines()
+        .filter_map(|line| {
+            // id parent major:minor root mount-point options ...
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (dev, mount_point, options) = (fields.get(2)?, fields.get(4)?, fields.get(5)?);
+            let writable = options.split(',').any(|o| o == "rw");
+            (*dev == want && (writable || !read_write_only)).then(|| mount_point.to_string())
+        })
+        .collect()
 }
 
 /// The data ranges of a regular file of `size_bytes` with `blocks` 512-byte
