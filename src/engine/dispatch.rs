@@ -150,16 +150,8 @@ impl Dispatcher {
         self.filled_bytes[victim].fetch_sub(item.length, Ordering::Relaxed);
         let cut =
             (item.offset + room_bytes.max(self.chunk_bytes)) / self.chunk_bytes * self.chunk_bytes;
-        let taken = if cut > item.offset && cut < item.end() {
-            self.give_back(&[WorkItem {
-                file: item.file,
-                offset: cut,
-                length: item.end() - cut,
-            }]);
-            WorkItem {
-                length: cut - item.offset,
-                ..item
-            }
+        let taken = if cut > item.offset {
+            self.keep_head(item, cut)
         } else {
             item
         };
@@ -274,6 +266,12 @@ impl Dispatcher {
             .min(room_bytes.max(self.chunk_bytes));
         // Cut on a chunk boundary in file offset space (O_DIRECT alignment).
         let cut = (item.offset + allow).div_ceil(self.chunk_bytes) * self.chunk_bytes;
+        self.keep_head(item, cut)
+    }
+
+    /// `item` up to file offset `cut`; the rest (if any) goes back to the
+    /// shared queue.
+    fn keep_head(&self, item: WorkItem, cut: u64) -> WorkItem {
         if cut >= item.end() {
             return item;
         }

@@ -145,22 +145,13 @@ pub fn write_catalog(
         let (head, body) = buf.split_at_mut(HEADER_BYTES);
         body[..payload.len()].copy_from_slice(payload);
         body[payload.len()..padded].fill(0);
-        let header = RecordHeader {
+        let header = catalog_record_header(
             kind,
-            set_id,
-            device_index,
-            sequence,
-            file_id: 0,
-            segment_id: 0,
+            (set_id, device_index, sequence),
             file_offset,
-            payload_bytes: payload.len() as u32,
-            file_size: if kind == RecordKind::Catalog {
-                catalog.len() as u64
-            } else {
-                0
-            },
-            payload_crc: crate::format::crc32c(payload),
-        };
+            payload,
+            catalog.len(),
+        );
         header.encode_into(head);
         sequence += 1;
         let total = HEADER_BYTES + padded;
@@ -186,6 +177,33 @@ pub fn write_catalog(
     }
     emit(RecordKind::End, &[], 0, &mut offset)?;
     Ok(offset)
+}
+
+/// The header of a Catalog record (a slice of the encoded catalog at
+/// `file_offset`) or of the End record (empty payload).
+fn catalog_record_header(
+    kind: RecordKind,
+    (set_id, device_index, sequence): (SetId, u32, u64),
+    file_offset: u64,
+    payload: &[u8],
+    catalog_bytes: usize,
+) -> RecordHeader {
+    RecordHeader {
+        kind,
+        set_id,
+        device_index,
+        sequence,
+        file_id: 0,
+        segment_id: 0,
+        file_offset,
+        payload_bytes: payload.len() as u32,
+        file_size: if kind == RecordKind::Catalog {
+            catalog_bytes as u64
+        } else {
+            0
+        },
+        payload_crc: crate::format::crc32c(payload),
+    }
 }
 
 /// Media bytes the catalog and End record take.
@@ -381,22 +399,13 @@ pub fn write_tape_catalog(
         let buf = pool.slot_mut(0);
         let total = encode_record(
             buf,
-            RecordHeader {
+            catalog_record_header(
                 kind,
-                set_id,
-                device_index,
-                sequence,
-                file_id: 0,
-                segment_id: 0,
+                (set_id, device_index, sequence),
                 file_offset,
-                payload_bytes: payload.len() as u32,
-                file_size: if kind == RecordKind::Catalog {
-                    catalog.len() as u64
-                } else {
-                    0
-                },
-                payload_crc: crate::format::crc32c(payload),
-            },
+                payload,
+                catalog.len(),
+            ),
             payload,
         );
         sequence += 1;
