@@ -27,6 +27,9 @@ if [ -z "$suites" ]; then
     exit 2
 fi
 PBIO=${PBIO:-pbio}
+# tape.sh (the payload round trips on a real drive) names its binary PBIO_BIN.
+PBIO_BIN=${PBIO_BIN:-$(command -v "$PBIO" || echo "$PBIO")}
+export PBIO PBIO_BIN
 echo "hw-tests: $("$PBIO" --version 2>&1), kernel $(uname -r), suites:$suites"
 out=$(mktemp "${TMPDIR:-/tmp}/pbio-hw-all.XXXXXX")
 for s in $suites; do

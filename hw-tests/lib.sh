@@ -166,19 +166,38 @@ size_bytes() {
         printf "%.0f\n", n * m }'
 }
 
-# qualify_device DEV: `pbio qualify` when this pbio has it; its own
-# PASS/FAIL/SKIP per check are shown, its exit code decides.
+# qualify_device DEV: `pbio qualify --force` (plus $PBIO_HW_QUALIFY_ARGS,
+# e.g. --quick) when this pbio has it. Each of qualify's own checks becomes
+# a line here (suite.qualify.NAME), its exit code decides. Returns 1 when
+# qualify is missing or has no checks for this kind of device (the caller
+# may fall back to bench), 0 otherwise.
 qualify_device() {
     if ! has_subcommand qualify; then
-        skip qualify "this pbio has no qualify subcommand yet (wt-qualify not merged): bench only"
+        skip qualify "this pbio has no qualify subcommand"
         return 1
     fi
-    run qualify.json "$PBIO" qualify --dev "$1" --json
+    # shellcheck disable=SC2086 # the extra arguments are words
+    run qualify.txt "$PBIO" qualify --dev "$1" --force ${PBIO_HW_QUALIFY_ARGS:-}
+    if [ "$rc" = 2 ] && grep -q 'has no checks for' "$hw_log"; then
+        skip qualify "$(grep -o 'qualify has no checks for.*' "$hw_log" | head -n1)"
+        return 1
+    fi
+    hw_fails_before=$hw_failed
+    hw_failed=0
+    while read -r verdict name rest; do
+        case $verdict in
+        PASS) pass "qualify.$name" "$rest" ;;
+        FAIL) fail "qualify.$name" "$rest" ;;
+        SKIP) skip "qualify.$name" "$rest" ;;
+        esac
+    done <"$hw_log"
+    verdict=$(grep '^verdict:' "$hw_log" | sed 's/^verdict: //')
     if [ "$rc" = 0 ]; then
-        pass qualify "pbio qualify --dev $1 passed ($(speed_note))"
-    else
-        fail qualify "pbio qualify --dev $1 exited $rc"
+        pass qualify "${verdict:-exit 0} ($(speed_note))"
+    elif [ "$hw_failed" = 0 ]; then
+        fail qualify "pbio qualify --dev $1 exited $rc${verdict:+: $verdict}"
         show_log
     fi
+    [ "$hw_fails_before" = 1 ] && hw_failed=1
     return 0
 }

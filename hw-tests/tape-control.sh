@@ -1,12 +1,14 @@
 #!/bin/sh
 # The tape control path through pbio's st code (not the vtape emulator):
-# the drive's status (MTIOCGET), a backup to the tape and a file device,
-# then, looked at from outside pbio (mt and hw-tests/tools/mtprobe.c, which
-# use the kernel's own <sys/mtio.h>): the label and record blocks and
-# their sizes, the filemarks where docs/FORMAT.md section 10 puts them,
-# positioning to the catalog file with MTFSF, MTBSF and MTEOM, pbio
-# reading the label back, and end of medium (early warning = full, the
-# catalog written after it, the rest on the other device).
+# the drive's status (MTIOCGET), a backup onto a blank cartridge (when it
+# is one) and to the tape and a file device, then, looked at from outside
+# pbio (mt and hw-tests/tools/mtprobe.c, which use the kernel's own
+# <sys/mtio.h>): the label and record blocks and their sizes, the
+# filemarks where docs/FORMAT.md section 10 puts them, positioning to the
+# catalog file with MTFSF, MTBSF and MTEOM, pbio reading the label back,
+# pbio qualify's tape operations (once it has them), and end of medium
+# (early warning = full, the catalog written after it, the rest on the
+# other device, every block on the tape counted by the catalog).
 #
 #   PBIO_TAPE=/dev/nst0 hw-tests/tape-control.sh     ERASES the cartridge
 #
@@ -16,6 +18,8 @@
 #                     a CRC; checks that need the payload expect that
 #                     failure instead. On a real drive (1) pbio list must
 #                     read the catalog; tape.sh has the payload round trips.
+#   PBIO_TAPE_BLANK [0]  1: the cartridge has never been written (a new one;
+#                     the guest's at boot): pbio must write a set on it
 #   PBIO_TAPE_SIZE    the cartridge's capacity (size=), for a drive whose
 #                     density code pbio does not know (scsi_debug reports 0;
 #                     the guest sets 1G)
@@ -91,8 +95,28 @@ done
 : >"$src/empty"
 disk=$hw_dir/disk.img
 
-# 2. A set on the tape and a file device.
-run backup.json "$PBIO" backup "$src" --dev "$tape_dev" --dev "$disk,size=64M" --force --json
+# 2. A set on the tape and a file device; first on a blank cartridge when
+# there is one (the overwrite guard reads the tape before writing).
+backup_to_tape() {
+    run backup.json "$PBIO" backup "$src" --dev "$tape_dev" --dev "$disk,size=64M" --force --json
+}
+if [ "${PBIO_TAPE_BLANK:-0}" = 1 ]; then
+    "$mtprobe" walk "$tape" "$block_max" 1 >"$hw_dir/blank-read.txt" 2>&1
+    status
+    blank_status=$(status_line)
+    mtop rewind
+    backup_to_tape
+    if [ "$rc" = 0 ]; then
+        pass blank-cartridge "pbio wrote a set on a never-written cartridge"
+    else
+        fail blank-cartridge "pbio backup --force on a never-written cartridge exited $rc: $(grep -v '^{' "$hw_log" | head -n 2 | tr '\n' ' ')(reading it here: '$(tr '\n' ' ' <"$hw_dir/blank-read.txt")', then MTIOCGET: $blank_status)"
+        # Go on with a cartridge that is no longer blank: one filemark at BOT.
+        mtop rewind && mtop weof 1 && mtop rewind
+        backup_to_tape
+    fi
+else
+    backup_to_tape
+fi
 summary_of "$hw_log" >"$hw_dir/summary.json"
 summary_devices "$hw_dir/summary.json" >"$hw_dir/devices"
 t=$(head -n1 "$hw_dir/devices")
@@ -172,9 +196,9 @@ run list.json "$PBIO" list --dev "$tape_dev" --json
 if [ "$keeps" = 0 ]; then
     status
     if [ "$rc" != 0 ] && grep -qi 'label' "$hw_log" && [ "$(st file)" = 0 ] && [ "$(st block)" = 1 ]; then
-        pass read-label "pbio list rewound and read exactly the 4096-byte label block (now file 0 block 1); its checksum fails because the emulation kept 4 bytes of it, as expected: $(head -c 160 "$hw_log")"
+        pass read-label "pbio list rewound and read exactly the 4096-byte label block (now file 0 block 1); it fails the label check because the emulation kept 4 bytes of it, as expected: $(head -c 160 "$hw_log")"
     else
-        fail read-label "pbio list: exit $rc, position after: $(status_line); expected a label checksum error at file 0 block 1"
+        fail read-label "pbio list: exit $rc, position after: $(status_line); expected a label error at file 0 block 1"
         show_log
     fi
 else
@@ -188,7 +212,10 @@ else
     fi
 fi
 
-# 6. End of medium: early warning makes the tape full, not failed; its
+# 6. pbio qualify's tape operations (skipped while it has none for tapes).
+qualify_device "$tape_dev" || true
+
+# 7. End of medium: early warning makes the tape full, not failed; its
 # catalog goes after early warning, the rest of its work to the disk.
 if [ "${PBIO_TAPE_EOM:-0}" != 1 ]; then
     skip eom "fills the cartridge (hours on a real drive): PBIO_TAPE_EOM=1 runs it"
