@@ -133,7 +133,9 @@ fn check_writable(devs: &[DeviceSpec]) -> Result<(), Failure> {
     use nix::unistd::{access, AccessFlags};
     for spec in devs {
         // An emulated tape is written in its directory.
-        let dir = crate::device::vtape::dir_of(&spec.path);
+        // A pmem device (`pmem:PATH`) is its file.
+        let dir = crate::device::vtape::dir_of(&spec.path)
+            .or_else(|| crate::device::pmem::file_of(&spec.path));
         let path = dir.as_ref().unwrap_or(&spec.path);
         let target = if path.exists() {
             path.to_path_buf()
@@ -391,6 +393,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                     "seconds": s.elapsed.as_secs_f64(),
                     "mib_per_sec": mib_s(s.payload_bytes, s.elapsed.as_secs_f64()),
                     "payload_bytes_zero_copy": s.payload_bytes_zero_copy,
+                    "payload_bytes_in_place": s.payload_bytes_in_place,
                     "reads_direct": s.reads_direct,
                     "reads_buffered": s.reads_buffered,
                     "short_reads": s.short_reads,

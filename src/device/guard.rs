@@ -178,9 +178,22 @@ impl Inspection {
 /// Inspect the device `spec` names, reading only. A file device that does
 /// not exist yet or is empty has nothing to find.
 pub fn inspect(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
-    let path = &spec.path;
-    let is_tape = super::vtape::dir_of(path).is_some()
-        || std::fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device());
+    // A pmem device is inspected as the file or block device behind it.
+    let pmem_file = super::pmem::file_of(&spec.path);
+    if let Some(file) = &pmem_file {
+        let ft = std::fs::metadata(file).map(|m| m.file_type());
+        if ft.is_ok_and(|ft| ft.is_char_device()) {
+            // Device DAX: nothing here reads it to inspect.
+            return Ok(Inspection {
+                path: spec.path.clone(),
+                findings: Vec::new(),
+            });
+        }
+    }
+    let path = pmem_file.as_ref().unwrap_or(&spec.path);
+    let is_tape = pmem_file.is_none()
+        && (super::vtape::dir_of(path).is_some()
+            || std::fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device()));
     if is_tape {
         return inspect_tape(spec);
     }

@@ -6,6 +6,8 @@
 pub mod block;
 pub mod file;
 pub mod guard;
+pub mod persist;
+pub mod pmem;
 pub mod tape;
 pub mod vtape;
 
@@ -87,6 +89,17 @@ pub enum Kind {
     Tape,
     /// The tape emulator (`vtape:DIR`).
     VirtualTape,
+    /// Persistent memory, mapped (`pmem:PATH`, `/dev/pmem*`, `/dev/dax*`).
+    Pmem,
+}
+
+/// A device's medium mapped into memory (the "memory-mapped" capability):
+/// `len` bytes from `base` are the device's bytes from offset 0. Stores
+/// through it become durable once `Device::persist` covered them.
+#[derive(Clone, Copy, Debug)]
+pub struct Mapping {
+    pub base: *mut u8,
+    pub len: usize,
 }
 
 /// How the medium is addressed.
@@ -281,6 +294,19 @@ pub trait Device: Send + Sync {
     fn tape_status(&self) -> std::io::Result<TapeStatus> {
         Err(unsupported("tape status"))
     }
+    /// Memory-mapped devices (pmem): the mapping of the whole medium. The
+    /// backup ring then reads sources straight into it at each record's
+    /// position and writes no data through `fd()`. None: not mapped.
+    fn mapping(&self) -> Option<Mapping> {
+        None
+    }
+    /// Memory-mapped devices: make the stores to `[offset, offset + len)`
+    /// of the mapping durable (cache-line flushes + fence on DAX, msync
+    /// otherwise). Others: nothing to do (their writes go through `fd()`).
+    fn persist(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
 }
 
 /// Write one block to a sequential device now, synchronously, through the
@@ -414,6 +440,9 @@ pub fn probe(spec: &DeviceSpec) -> Result<Probe, DeviceError> {
     if let Some(dir) = vtape::dir_of(path) {
         return vtape::probe(spec, &dir);
     }
+    if let Some(file) = pmem::file_of(path) {
+        return pmem::probe(spec, &file);
+    }
     match std::fs::metadata(path) {
         Ok(meta) => {
             use std::os::unix::fs::MetadataExt;
@@ -494,6 +523,7 @@ pub fn open(spec: &DeviceSpec, mode: Mode) -> Result<Box<dyn Device>, DeviceErro
         Kind::File => Ok(Box::new(file::FileDevice::open(spec, mode)?)),
         Kind::Tape => Ok(Box::new(tape::TapeDevice::open(spec, mode)?)),
         Kind::VirtualTape => Ok(Box::new(vtape::VirtualTape::open(spec, mode)?)),
+        Kind::Pmem => Ok(Box::new(pmem::PmemDevice::open(spec, mode)?)),
     }
 }
 

@@ -21,6 +21,15 @@
 //! `before_block_write` hands out. The moments the drive had nothing to
 //! write while the sources still had data are counted as underruns.
 //!
+//! Memory-mapped devices (pmem) take the same records without a write:
+//! the read is a plain `Read` (not `ReadFixed`: the mapping is not a
+//! registered buffer) from the source straight into the mapping at the
+//! record's position, behind the 4 KiB where the header goes; on its
+//! completion the CRC is computed and the header written in place, and the
+//! device's `persist` makes the record's range durable (cache-line flushes
+//! and a fence on DAX, msync otherwise). The payload's bytes land once, in
+//! their final place on the device.
+//!
 //! When the device fills up or fails, the ring stops taking work, reaps
 //! what is in flight, and works out exactly what is durable: the longest
 //! prefix of its records (in media order) whose writes all completed. What
@@ -40,7 +49,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use super::buffers::BufferPool;
 use super::dispatch::{DeviceState, Dispatcher, Next, WorkItem};
 use super::SetInput;
-use crate::device::{Access, BlockIo, Device, ErrorClass};
+use crate::device::{Access, BlockIo, Device, ErrorClass, Mapping};
 use crate::format::{round_up_block, FileInfo, RecordHeader, RecordKind, SetId, HEADER_BYTES};
 
 /// Most records in flight per device.
@@ -78,6 +87,9 @@ pub struct RingStats {
     pub retries: u64,
     /// Payload bytes written from the very buffer the source read landed in.
     pub payload_bytes_zero_copy: u64,
+    /// Memory-mapped devices: payload bytes the source read put straight
+    /// into the device's mapping (no buffer, no write of their own).
+    pub payload_bytes_in_place: u64,
     /// Reads served with O_DIRECT vs buffered.
     pub reads_direct: u64,
     pub reads_buffered: u64,
@@ -262,6 +274,8 @@ pub struct Ring<'a> {
     held: Option<(usize, i32, Instant)>,
     /// Sequential: since when the device has had nothing to write.
     idle_since: Option<Instant>,
+    /// Memory-mapped device: records are read into it in place.
+    mapping: Option<Mapping>,
 }
 
 impl<'a> Ring<'a> {
@@ -280,6 +294,10 @@ impl<'a> Ring<'a> {
             op,
             error,
         };
+        assert!(
+            device.mapping().is_none() || device.access() == Access::Random,
+            "a memory-mapped device is random access"
+        );
         let ring = IoUring::new((config.queue_depth as u32).next_power_of_two())
             .map_err(|e| setup_err("io_uring setup", e))?;
         let pool = BufferPool::new(
@@ -321,6 +339,7 @@ impl<'a> Ring<'a> {
             write_slot: None,
             held: None,
             idle_since: None,
+            mapping: device.mapping(),
         })
     }
 
@@ -635,7 +654,11 @@ impl<'a> Ring<'a> {
             for &(user_data, result) in &completions {
                 let slot = user_data as usize;
                 match self.slots[slot].phase {
-                    Phase::Reading => self.on_read(slot, result)?,
+                    Phase::Reading => {
+                        if self.on_read(slot, result)? {
+                            inflight -= 1;
+                        }
+                    }
                     Phase::Writing => {
                         if self.on_write(slot, result)? {
                             inflight -= 1;
@@ -738,7 +761,9 @@ impl<'a> Ring<'a> {
             for &(user_data, result) in &completions {
                 let slot = user_data as usize;
                 match self.slots[slot].phase {
-                    Phase::Reading => self.on_read(slot, result)?,
+                    Phase::Reading => {
+                        self.on_read(slot, result)?;
+                    }
                     Phase::Writing => self.on_block_write(slot, result)?,
                     Phase::Free | Phase::Ready => {
                         unreachable!("completion for a slot with nothing in flight {slot}")
@@ -987,8 +1012,11 @@ impl<'a> Ring<'a> {
         self.ops_in_flight += 1;
         // SAFETY: every SQE built by this ring points into `self.pool` (a
         // registered buffer that outlives the ring) at a slot whose phase says
-        // an operation is in flight, so the CPU does not touch it until the
-        // completion is reaped; fds stay open (Rc<Source>, &Device) until then.
+        // an operation is in flight, or into the device's mapping (which
+        // lives as long as the &Device, longer than the ring) at a record's
+        // range that only that slot's read uses; the CPU does not touch it
+        // until the completion is reaped; fds stay open (Rc<Source>,
+        // &Device) until then.
         let pushed = unsafe { self.ring.submission().push(&entry) };
         if pushed.is_err() {
             // Queue full: submit what is there and retry once.
@@ -1016,15 +1044,32 @@ impl<'a> Ring<'a> {
         } else {
             remaining
         };
-        let ptr = self.pool.ptr(slot);
-        // SAFETY (pointer arithmetic): HEADER_BYTES + read_bytes + len stays
-        // within the slot (payload area is chunk_bytes, len <= round_up(chunk)).
-        let dst = unsafe { ptr.add(HEADER_BYTES + s.read_bytes as usize) };
-        let entry =
-            opcode::ReadFixed::new(types::Fd(source.file.as_raw_fd()), dst, len, slot as u16)
-                .offset(g.file_offset + s.read_bytes as u64)
-                .build()
-                .user_data(slot as u64);
+        let entry = match self.mapping {
+            Some(m) => {
+                // Straight into the mapping, at the payload's final place.
+                let at = g.position as usize + HEADER_BYTES + s.read_bytes as usize;
+                // Never past the mapping (records end within the capacity,
+                // so this only guards the block rounding).
+                let len = len.min(m.len.saturating_sub(at) as u32);
+                // SAFETY (pointer arithmetic): at + len <= m.len (clamped
+                // above; the record's position is within the capacity).
+                let dst = unsafe { m.base.add(at) };
+                opcode::Read::new(types::Fd(source.file.as_raw_fd()), dst, len)
+                    .offset(g.file_offset + s.read_bytes as u64)
+                    .build()
+                    .user_data(slot as u64)
+            }
+            None => {
+                let ptr = self.pool.ptr(slot);
+                // SAFETY (pointer arithmetic): HEADER_BYTES + read_bytes + len stays
+                // within the slot (payload area is chunk_bytes, len <= round_up(chunk)).
+                let dst = unsafe { ptr.add(HEADER_BYTES + s.read_bytes as usize) };
+                opcode::ReadFixed::new(types::Fd(source.file.as_raw_fd()), dst, len, slot as u16)
+                    .offset(g.file_offset + s.read_bytes as u64)
+                    .build()
+                    .user_data(slot as u64)
+            }
+        };
         if source.direct {
             self.stats.reads_direct += 1;
         } else {
@@ -1033,7 +1078,9 @@ impl<'a> Ring<'a> {
         self.push(entry)
     }
 
-    fn on_read(&mut self, slot: usize, result: i32) -> Result<(), Stop> {
+    /// Returns true when the record is complete and the slot free again
+    /// (a memory-mapped device: nothing left to write).
+    fn on_read(&mut self, slot: usize, result: i32) -> Result<bool, Stop> {
         let s = &mut self.slots[slot];
         let g = &self.gens[s.gen];
         let source = s.source.clone().expect("reading slot has a source");
@@ -1051,7 +1098,7 @@ impl<'a> Ring<'a> {
             {
                 s.retries += 1;
                 self.stats.retries += 1;
-                return self.submit_read(slot);
+                return self.submit_read(slot).map(|()| false);
             }
             return Err(source_error(
                 g.file_offset + s.read_bytes as u64,
@@ -1071,7 +1118,7 @@ impl<'a> Ring<'a> {
         s.read_bytes = (s.read_bytes + got).min(g.payload_bytes);
         if s.read_bytes < g.payload_bytes {
             self.stats.short_reads += 1;
-            return self.submit_read(slot);
+            return self.submit_read(slot).map(|()| false);
         }
         if self.sequential {
             // Records are numbered in media order, which on a sequential
@@ -1081,9 +1128,29 @@ impl<'a> Ring<'a> {
             let s = &mut self.slots[slot];
             s.phase = Phase::Ready;
             s.retries = 0;
-            return self.pump();
+            return self.pump().map(|()| false);
         }
-        self.submit_write(slot)
+        if self.mapping.is_some() {
+            return self.persist_in_place(slot).map(|()| true);
+        }
+        self.submit_write(slot).map(|()| false)
+    }
+
+    /// Memory-mapped device: the payload is in place; write the header in
+    /// front of it, make the record durable, and count it done.
+    fn persist_in_place(&mut self, slot: usize) -> Result<(), Stop> {
+        let sequence = self.slots[slot].gen as u64;
+        self.fill_record(slot, sequence);
+        let position = self.gens[self.slots[slot].gen].position;
+        let media = self.record_media_bytes(slot) as u64;
+        if let Err(e) = self.device.persist(position, media) {
+            return Err(Stop::Failed {
+                error: format!("persist at offset {position} ({media} bytes): {e}"),
+            });
+        }
+        self.stats.payload_bytes_in_place += self.gens[self.slots[slot].gen].payload_bytes as u64;
+        self.complete_record(slot);
+        Ok(())
     }
 
     fn submit_write(&mut self, slot: usize) -> Result<(), Stop> {
@@ -1117,7 +1184,17 @@ impl<'a> Ring<'a> {
             payload_crc: 0,
         };
         let gen = s.gen;
-        let buffer = self.pool.slot_mut(slot);
+        let media = HEADER_BYTES + padded;
+        let buffer: &mut [u8] = match self.mapping {
+            // SAFETY: the record's range [position, position + media) lies
+            // within the mapping (records end within the capacity), is
+            // disjoint from every other record's, and its read has
+            // completed: nothing else accesses it now.
+            Some(m) => unsafe {
+                std::slice::from_raw_parts_mut(m.base.add(g.position as usize), media)
+            },
+            None => &mut self.pool.slot_mut(slot)[..media],
+        };
         // The payload is where the read put it; only the padding and the
         // header are written by the CPU.
         let (head, payload) = buffer.split_at_mut(HEADER_BYTES);

@@ -9,6 +9,9 @@
 //! smaller record). Records are block aligned on media, so that position is
 //! a valid O_DIRECT offset and nothing is copied to stitch records together.
 //!
+//! A memory-mapped device (pmem) is not read at all: its records are
+//! handed out as slices of the mapping itself, without a copy.
+//!
 //! A sequential device (tape) is read one block at a time, each block one
 //! record, through the same kind of ring: while one block is handed to the
 //! caller the next is being read. Positions there are logical object
@@ -85,6 +88,11 @@ where
             .max(HEADER_BYTES);
         let mut pool = BufferPool::new(2, block_max.div_ceil(BLOCK_BYTES) * BLOCK_BYTES);
         let streamed = stream_sequential(dev, start, end, &mut pool, &mut each);
+        let reclaimed = each(Item::Reclaim);
+        return streamed.and(reclaimed.map(|_| ()));
+    }
+    if let Some(mapping) = dev.mapping() {
+        let streamed = stream_mapped(dev, mapping, start, end, record_max, &mut each);
         let reclaimed = each(Item::Reclaim);
         return streamed.and(reclaimed.map(|_| ()));
     }
@@ -273,6 +281,82 @@ where
         }
         pos = next;
         current = 1 - current;
+    }
+    Ok(())
+}
+
+/// The memory-mapped side of `stream`: records are slices of the mapping
+/// (which lives as long as `dev`), parsed as `stream_windows` parses a
+/// window; nothing is read or copied.
+fn stream_mapped<E>(
+    dev: &dyn Device,
+    mapping: crate::device::Mapping,
+    start: u64,
+    end: u64,
+    record_max: usize,
+    each: &mut impl FnMut(Item<'_>) -> Result<Flow, E>,
+) -> Result<(), E>
+where
+    E: From<StreamError>,
+{
+    assert_eq!(start % BLOCK_BYTES as u64, 0);
+    let end = end.min(dev.capacity_bytes()).min(mapping.len as u64) / BLOCK_BYTES as u64
+        * BLOCK_BYTES as u64;
+    if start >= end {
+        return Ok(());
+    }
+    // SAFETY: [0, end) is within the device's mapping, which stays mapped
+    // while `dev` is borrowed (longer than this call and its items); no
+    // one writes to it while it is being read (the device is open for reading).
+    let media: &[u8] = unsafe { std::slice::from_raw_parts(mapping.base, end as usize) };
+    let mut pos = start as usize;
+    let end = end as usize;
+    let bad = |h: &RecordHeader| FormatError::Field {
+        field: "payload_bytes",
+        value: h.payload_bytes as u64,
+    };
+    while pos + HEADER_BYTES <= end {
+        let item = match RecordHeader::decode(&media[pos..pos + HEADER_BYTES]) {
+            Ok(h)
+                if (h.media_bytes() as usize) > record_max
+                    || pos + h.media_bytes() as usize > end =>
+            {
+                let e = bad(&h);
+                (
+                    BLOCK_BYTES,
+                    Item::Bad {
+                        position: pos as u64,
+                        error: e,
+                    },
+                )
+            }
+            Ok(header) => {
+                let at = pos + HEADER_BYTES;
+                let payload_end = at + header.payload_bytes as usize;
+                let padded = pos + header.media_bytes() as usize;
+                (
+                    header.media_bytes() as usize,
+                    Item::Record {
+                        position: pos as u64,
+                        header,
+                        header_block: &media[pos..at],
+                        payload: &media[at..payload_end],
+                        padding: &media[payload_end..padded],
+                    },
+                )
+            }
+            Err(error) => (
+                BLOCK_BYTES,
+                Item::Bad {
+                    position: pos as u64,
+                    error,
+                },
+            ),
+        };
+        pos += item.0;
+        if each(item.1)? == Flow::Stop {
+            break;
+        }
     }
     Ok(())
 }
