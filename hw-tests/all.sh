@@ -1,7 +1,7 @@
 #!/bin/sh
 # Run hw-tests suites and sum up. With no arguments, every suite whose
-# device variable is set: nvme (PBIO_NVME), pmem (PBIO_PMEM), set (PBIO_NVME
-# and/or PBIO_PMEM), tape-control (PBIO_TAPE) and, on a drive that keeps
+# device variable is set: nvme (PBIO_NVME), pmem (PBIO_PMEM), dax
+# (PBIO_DAX), set (PBIO_NVME and/or PBIO_PMEM), tape-control (PBIO_TAPE) and, on a drive that keeps
 # what it writes, tape (PBIO_TAPE; the payload round trips). Or name them:
 # all.sh nvme tape-control.
 #
@@ -16,6 +16,7 @@ suites=$*
 if [ -z "$suites" ]; then
     [ -n "${PBIO_NVME:-}" ] && suites="$suites nvme"
     [ -n "${PBIO_PMEM:-}" ] && suites="$suites pmem"
+    [ -n "${PBIO_DAX:-}" ] && suites="$suites dax"
     { [ -n "${PBIO_NVME:-}" ] || [ -n "${PBIO_PMEM:-}" ]; } && suites="$suites set"
     if [ -n "${PBIO_TAPE:-}" ]; then
         suites="$suites tape-control"
@@ -23,7 +24,7 @@ if [ -z "$suites" ]; then
     fi
 fi
 if [ -z "$suites" ]; then
-    echo "all.sh: nothing to run: set PBIO_NVME, PBIO_PMEM and/or PBIO_TAPE to the devices to test (they are overwritten)" >&2
+    echo "all.sh: nothing to run: set PBIO_NVME, PBIO_PMEM, PBIO_DAX and/or PBIO_TAPE to the devices to test (they are overwritten)" >&2
     exit 2
 fi
 PBIO=${PBIO:-pbio}

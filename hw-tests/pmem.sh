@@ -1,8 +1,8 @@
 #!/bin/sh
-# Persistent memory namespace (/dev/pmemN). pbio has no pmem device kind
-# yet, so it is written here as a block device (O_DIRECT through the ring);
-# once the pmem kind lands, the same path goes through it. Identity (the
-# namespace's mode, DAX), then `pbio qualify` or, until it exists, `pbio bench`.
+# Persistent memory namespace (/dev/pmemN), through pbio's pmem kind
+# (mapped; msync on a non-DAX namespace). Identity (the namespace's mode,
+# DAX), then `pbio qualify` or, while it has no checks for pmem, `pbio
+# bench` write and read through the mapping. A device-DAX node is dax.sh's.
 #   PBIO_PMEM=/dev/pmem0 hw-tests/pmem.sh        DESTROYS what the namespace holds
 hw_suite=pmem
 . "$(dirname "$0")/lib.sh"
@@ -20,9 +20,9 @@ if [ -b "$dev" ] && [ -d "/sys/block/$name" ]; then
     *) fail device "$dev is $name, not a pmem namespace" ;;
     esac
 else
-    fail device "$dev is not a block device (a devdax /dev/daxN.M waits for pbio's pmem kind)"
+    fail device "$dev is not a block device (a device-DAX /dev/daxN.M is PBIO_DAX, dax.sh)"
     finish
 fi
 
-qualify_device "$dev" || bench_device pmem "$dev"
+qualify_device "$dev" || bench_device pmem "$dev" 0
 finish

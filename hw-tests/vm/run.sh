@@ -12,8 +12,9 @@
 # (modprobe --show-depends over the unpacked tree), hw-tests/vm/init;
 # (4) boot it under TCG with an NVMe namespace, a pmem namespace (qemu
 # nvdimm) and a scsi_debug tape (ptype=1), a host folder shared over 9p for
-# the binaries and scripts; (5) the guest runs hw-tests/all.sh with
-# PBIO_NVME=/dev/nvme0n1, PBIO_PMEM=/dev/pmem0, PBIO_TAPE=/dev/nst0 and
+# the binaries and scripts; (5) the guest makes the second nvdimm
+# device-DAX and runs hw-tests/all.sh with PBIO_NVME=/dev/nvme0n1,
+# PBIO_PMEM=/dev/pmem0, PBIO_DAX=/dev/dax1.0, PBIO_TAPE=/dev/nst0, and
 # reports its verdict through isa-debug-exit.
 #
 # Exit codes: 0 every check passed; 1 a check failed in the guest (named);
@@ -33,9 +34,10 @@
 #   PBIO_VM_BOOT_TIMEOUT [120]  seconds until the guest's init must have started
 #   PBIO_VM_MEM [2G]            guest RAM (the test tree lives in its tmpfs)
 #   PBIO_VM_CPUS [2]
-#   PBIO_VM_NVME_SIZE [1G]  PBIO_VM_PMEM_SIZE [256M]  (the scsi_debug tape
+#   PBIO_VM_NVME_SIZE [1G]  PBIO_VM_PMEM_SIZE [256M]  PBIO_VM_DAX_SIZE [256M]
+#                     (the second nvdimm, made device-DAX by the guest; the scsi_debug tape
 #                     has a fixed capacity: 10000 blocks and filemarks)
-#   PBIO_VM_TESTS ["nvme pmem set tape-control"]  which hw-tests/*.sh the guest runs
+#   PBIO_VM_TESTS ["nvme pmem dax set tape-control"]  which hw-tests/*.sh the guest runs
 #   PBIO_VM_BREAK=1   deliberately break one check (set.sh compares a
 #                     restored file that was altered after the restore), to
 #                     show that a failing check fails the run
@@ -67,10 +69,11 @@ mem=${PBIO_VM_MEM:-2G}
 cpus=${PBIO_VM_CPUS:-2}
 nvme_size=${PBIO_VM_NVME_SIZE:-1G}
 pmem_size=${PBIO_VM_PMEM_SIZE:-256M}
-tests=${PBIO_VM_TESTS:-nvme pmem set tape-control}
+dax_size=${PBIO_VM_DAX_SIZE:-256M}
+tests=${PBIO_VM_TESTS:-nvme pmem dax set tape-control}
 
 # Modules the guest loads (their dependencies are added in order).
-modules=(9pnet_virtio 9p nvme nfit nd_pmem scsi_debug st sg)
+modules=(9pnet_virtio 9p nvme nfit nd_pmem dax_pmem device_dax scsi_debug st sg)
 
 case $kver in
     7.*) ;;
@@ -94,6 +97,7 @@ fi
 to_mib() { echo $(($(numfmt --from=iec "${1%B}") / 1048576)); }
 mem_mib=$(to_mib "$mem") || die "bad PBIO_VM_MEM '$mem'"
 pmem_mib=$(to_mib "$pmem_size") || die "bad PBIO_VM_PMEM_SIZE '$pmem_size'"
+dax_mib=$(to_mib "$dax_size") || die "bad PBIO_VM_DAX_SIZE '$dax_size'"
 
 t_total=$(now)
 
@@ -279,12 +283,13 @@ fi
 # ---------------------------------------------------------------- (4) boot
 truncate -s "$nvme_size" "$run/nvme.img"
 truncate -s "$pmem_size" "$run/pmem.img"
+truncate -s "$dax_size" "$run/dax.img"
 log=$run/console.log
 : >"$log"
 # shellcheck disable=SC2054 # the commas are qemu's
 qemu=(qemu-system-x86_64
     -accel tcg -cpu max -smp "$cpus"
-    -machine pc,nvdimm=on -m "${mem_mib}M,slots=2,maxmem=$((mem_mib + pmem_mib + 1024))M"
+    -machine pc,nvdimm=on -m "${mem_mib}M,slots=4,maxmem=$((mem_mib + pmem_mib + dax_mib + 1024))M"
     -nodefaults -display none -no-reboot -serial "file:$log"
     -kernel "$kdir/usr/lib/modules/$kver/vmlinuz" -initrd "$run/initramfs.gz"
     -append "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off"
@@ -293,10 +298,12 @@ qemu=(qemu-system-x86_64
     -device nvme,serial=pbio0,drive=nv0
     -object "memory-backend-file,id=mem1,share=on,mem-path=$run/pmem.img,size=$pmem_size"
     -device nvdimm,id=nv1,memdev=mem1
+    -object "memory-backend-file,id=mem2,share=on,mem-path=$run/dax.img,size=$dax_size"
+    -device nvdimm,id=nv2,memdev=mem2
     -device virtio-9p-pci,fsdev=host0,mount_tag=host0
     -fsdev "local,id=host0,path=$share,security_model=none"
 )
-say "booting $kver under TCG ($cpus cpus, $mem): nvme $nvme_size, pmem $pmem_size, scsi_debug tape"
+say "booting $kver under TCG ($cpus cpus, $mem): nvme $nvme_size, pmem $pmem_size, devdax $dax_size, scsi_debug tape"
 t_boot_start=$(now)
 timeout -k 5 "$timeout_s" "${qemu[@]}" &
 qpid=$!
@@ -373,8 +380,9 @@ case $said in
         say "PASSED: $passes checks passed, $skips skipped, in the guest ($kver)"
         exit 0
         ;;
-    97 | 98 | 99)
+    96 | 97 | 98 | 99)
         case $said in
+            96) what="making the second nvdimm device-DAX failed" ;;
             97) what="a device node did not appear" ;;
             98) what="mounting the host share over 9p failed" ;;
             99) what="loading a kernel module failed" ;;
