@@ -1,0 +1,212 @@
+# hw-tests/lib.sh: sourced by every hw-tests script. POSIX sh: the same
+# scripts run under busybox in the QEMU guest (hw-tests/vm/run.sh) and under
+# dash or bash on a lab machine with the real hardware.
+#
+# Every check prints one line, "PASS suite.name: detail",
+# "FAIL suite.name: detail" or "SKIP suite.name: reason"; a script exits 1
+# when any of its checks failed, 2 when it refused to run (a missing
+# variable or tool), 0 otherwise.
+#
+# Common environment:
+#   PBIO          the pbio binary [pbio on PATH]
+#   PBIO_WORK     scratch folder for trees, restores, file devices and logs
+#                 [a new folder under ${TMPDIR:-/tmp}, removed on success]
+#   PBIO_HW_SIZE  bytes per device for throughput runs [256M]
+#   PBIO_VM=1     set by the guest's init: the numbers are emulation speed
+
+PBIO=${PBIO:-pbio}
+PBIO_HW_SIZE=${PBIO_HW_SIZE:-256M}
+hw_failed=0
+hw_suite=${hw_suite:-hw}
+
+pass() { echo "PASS $hw_suite.$1${2:+: $2}"; }
+fail() {
+    echo "FAIL $hw_suite.$1${2:+: $2}"
+    hw_failed=1
+}
+skip() { echo "SKIP $hw_suite.$1: $2"; }
+note() { echo "  $hw_suite: $*"; }
+
+# refuse VAR WHAT: stop (exit 2) unless $VAR is set.
+require_var() {
+    eval "hw_val=\${$1:-}"
+    if [ -z "$hw_val" ]; then
+        echo "$0: refusing to run: set $1 to the $2 to test (its contents are destroyed)" >&2
+        exit 2
+    fi
+}
+
+require_tool() {
+    command -v "$1" >/dev/null 2>&1 || {
+        echo "$0: refusing to run: needs $1 on PATH${2:+ ($2)}" >&2
+        exit 2
+    }
+}
+
+# A scratch folder; its logs stay when a check failed.
+work_init() {
+    if [ -z "${PBIO_WORK:-}" ]; then
+        PBIO_WORK=$(mktemp -d "${TMPDIR:-/tmp}/pbio-hw.XXXXXX")
+        hw_work_owned=1
+    fi
+    hw_dir=$PBIO_WORK/$hw_suite
+    rm -rf "$hw_dir"
+    mkdir -p "$hw_dir"
+}
+
+finish() {
+    if [ "$hw_failed" = 0 ]; then
+        [ "${hw_work_owned:-0}" = 1 ] && rm -rf "$PBIO_WORK"
+        exit 0
+    fi
+    echo "  $hw_suite: logs in $hw_dir"
+    exit 1
+}
+
+# run LOG CMD...: run a command with its output in $hw_dir/LOG; its exit
+# code is in $rc, its duration in $secs. show_log shows the output's end.
+# shellcheck disable=SC2034 # rc, secs: read by the suites
+run() {
+    hw_log=$hw_dir/$1
+    shift
+    hw_t0=$(uptime_s)
+    "$@" >"$hw_log" 2>&1
+    rc=$?
+    secs=$(elapsed "$hw_t0")
+    return 0
+}
+
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+# elapsed T0: seconds since uptime_s said T0.
+elapsed() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# shellcheck disable=SC2120 # show_log [FILE [LINES]], FILE defaulting to the last run's log
+show_log() {
+    tail -n "${2:-15}" "${1:-$hw_log}" | sed "s/^/    | /"
+}
+
+# json_field KEY FILE: the first value of "KEY" in a JSON text (numbers,
+# booleans and strings; enough for pbio's flat fields, no jq in the guest).
+json_field() {
+    grep -oE "\"$1\":(\"[^\"]*\"|[^,}]*)" "$2" | head -n1 | sed "s/^\"$1\"://; s/^\"//; s/\"\$//"
+}
+
+# json_count KEY VALUE FILE: how many times "KEY":VALUE occurs.
+json_count() {
+    grep -o "\"$1\":$2[,}]" "$3" | wc -l | tr -d ' '
+}
+
+# summary_of LOG: the summary event of `backup --json` (keys are in
+# alphabetical order: "devices" first).
+summary_of() {
+    grep '"event":"summary"' "$1" | tail -n1
+}
+
+# summary_top FILE: the summary without its devices array, so that
+# json_field finds the set's own fields.
+summary_top() {
+    sed 's/^{"devices":\[.*\],"event"/{"event"/' "$1"
+}
+
+# summary_devices FILE: one line per device object of a summary, in --dev order.
+summary_devices() {
+    awk '{ s = $0; sub(/^\{"devices":\[\{/, "", s); sub(/\}\],"event".*/, "", s)
+           n = split(s, a, /\},\{/); for (i = 1; i <= n; i++) print a[i] }' "$1"
+}
+
+# field KEY: json_field over stdin.
+field() {
+    grep -oE "\"$1\":(\"[^\"]*\"|[^,}]*)" | head -n1 | sed "s/^\"$1\"://; s/^\"//; s/\"\$//"
+}
+
+has_subcommand() {
+    "$PBIO" --help 2>/dev/null | grep -q "^  $1 "
+}
+
+speed_note() {
+    if [ "${PBIO_VM:-0}" = 1 ]; then
+        echo "emulated device under TCG: emulation speed, not hardware speed"
+    else
+        echo "this machine"
+    fi
+}
+
+# bench_device NAME DEV [DIRECT]: sequential write then read through
+# pbio's rings. DIRECT=1 (default) requires O_DIRECT (block devices);
+# DIRECT=0 for mapped kinds (pmem), whose stderr line naming the mapping's
+# durability (DAX + cache-line flushes, or msync) is shown instead.
+bench_device() {
+    for rw in write read; do
+        run "bench-$rw.json" "$PBIO" bench --dev "$2" --rw "$rw" --size "$PBIO_HW_SIZE" --bs 1M --force --json
+        f=$hw_dir/bench-$rw.json
+        if [ "$rc" != 0 ]; then
+            fail "bench-$rw" "pbio bench --rw $rw on $2 exited $rc"
+            show_log
+            continue
+        fi
+        bytes=$(grep '^{' "$f" | field bytes)
+        short=$(grep '^{' "$f" | field short_ios)
+        retries=$(grep '^{' "$f" | field retries)
+        direct=$(grep '^{' "$f" | field direct_io)
+        mibs=$(grep '^{' "$f" | field mib_per_sec | cut -d. -f1)
+        p99=$(grep -o '"p99":[0-9.]*' "$f" | tail -n1 | cut -d: -f2 | cut -d. -f1)
+        want=$(size_bytes "$PBIO_HW_SIZE")
+        how="O_DIRECT"
+        if [ "${3:-1}" = 0 ]; then
+            how=$(grep -o 'mapped (.*)' "$f" | head -n1)
+            how=${how:-through the mapping}
+        fi
+        if [ "$bytes" = "$want" ] && [ "$short" = 0 ] && [ "$retries" = 0 ] &&
+            { [ "$direct" = true ] || [ "${3:-1}" = 0 ]; }; then
+            pass "bench-$rw" "$bytes bytes, $how, no short I/O, no retries; ${mibs} MiB/s, p99 ${p99} us at 1 MiB qd 32 ($(speed_note))"
+        else
+            fail "bench-$rw" "bytes=$bytes (want $want) short_ios=$short retries=$retries direct_io=$direct"
+            show_log
+        fi
+    done
+}
+
+# size_bytes 256M -> 268435456 (powers of 1024, as pbio reads them).
+size_bytes() {
+    echo "$1" | awk '{
+        n = $0; m = 1; u = toupper(substr(n, length(n), 1))
+        if (u == "K") m = 1024; else if (u == "M") m = 1048576; else if (u == "G") m = 1073741824; else if (u == "T") m = 1099511627776
+        if (m > 1) n = substr(n, 1, length(n) - 1)
+        printf "%.0f\n", n * m }'
+}
+
+# qualify_device DEV: `pbio qualify --force` (plus $PBIO_HW_QUALIFY_ARGS,
+# e.g. --quick) when this pbio has it. Each of qualify's own checks becomes
+# a line here (suite.qualify.NAME), its exit code decides. Returns 1 when
+# qualify is missing or has no checks for this kind of device (the caller
+# may fall back to bench), 0 otherwise.
+qualify_device() {
+    if ! has_subcommand qualify; then
+        skip qualify "this pbio has no qualify subcommand"
+        return 1
+    fi
+    # shellcheck disable=SC2086 # the extra arguments are words
+    run qualify.txt "$PBIO" qualify --dev "$1" --force ${PBIO_HW_QUALIFY_ARGS:-}
+    if [ "$rc" = 2 ] && grep -q 'has no checks for' "$hw_log"; then
+        skip qualify "$(grep -o 'qualify has no checks for.*' "$hw_log" | head -n1)"
+        return 1
+    fi
+    hw_fails_before=$hw_failed
+    hw_failed=0
+    while read -r verdict name rest; do
+        case $verdict in
+        PASS) pass "qualify.$name" "$rest" ;;
+        FAIL) fail "qualify.$name" "$rest" ;;
+        SKIP) skip "qualify.$name" "$rest" ;;
+        esac
+    done <"$hw_log"
+    verdict=$(grep '^verdict:' "$hw_log" | sed 's/^verdict: //')
+    if [ "$rc" = 0 ]; then
+        pass qualify "${verdict:-exit 0} ($(speed_note))"
+    elif [ "$hw_failed" = 0 ]; then
+        fail qualify "pbio qualify --dev $1 exited $rc${verdict:+: $verdict}"
+        show_log
+    fi
+    [ "$hw_fails_before" = 1 ] && hw_failed=1
+    return 0
+}
