@@ -24,6 +24,19 @@ else
     finish
 fi
 
+# pbio cannot use device-DAX yet (the node supports only mmap; the label,
+# catalog and reads would have to go through the mapping): until it can, it
+# must refuse the node with a clear message, never fail half way.
+mkdir -p "$hw_dir/src0"
+echo unsupported >"$hw_dir/src0/x"
+run refuse.log "$PBIO" backup "$hw_dir/src0" --dev "$dev" --force
+if [ "$rc" = 2 ] && grep -q "device-DAX" "$hw_log"; then
+    pass unsupported "pbio refuses $dev clearly: device-DAX is not supported yet"
+else
+    fail unsupported "exit $rc: $(grep 'pbio' "$hw_log" | head -n 2 | tr '\n' ' ')"
+fi
+finish
+
 if ! qualify_device "$dev"; then
     # No more than the device holds (its info block takes a few MiB).
     want=$(size_bytes "$PBIO_HW_SIZE")

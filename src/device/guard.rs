@@ -265,13 +265,18 @@ fn inspect_tape(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
     // on the real driver: gstat without GMT_EOD, block -1), but spacing to
     // the end of data from the start leaves a blank tape at file 0, block 0.
     let blank = || {
-        let at_start = dev.tape_op(super::TapeOp::Rewind).is_ok()
-            && dev.tape_op(super::TapeOp::EndOfData).is_ok()
-            && dev
-                .tape_status()
-                .is_ok_and(|s| s.file_number == 0 && s.block_number == 0);
         let _ = dev.tape_op(super::TapeOp::Rewind);
-        at_start
+        let eom = dev.tape_op(super::TapeOp::EndOfData);
+        let status = dev.tape_status();
+        let _ = dev.tape_op(super::TapeOp::Rewind);
+        status.is_ok_and(|s| {
+            let at_start = if s.logical_object >= 0 {
+                s.logical_object == 0
+            } else {
+                s.file_number == 0 && s.block_number <= 0
+            };
+            at_start && (eom.is_ok() || s.at_eod)
+        })
     };
     match read_label(dev.as_ref()) {
         Ok(label) => findings.push(Finding::PbioSet { label }),

@@ -166,6 +166,10 @@ pub struct TapeStatus {
     pub file_number: i64,
     /// Block number within that file (-1: unknown).
     pub block_number: i64,
+    /// Logical object number of the head from the start of the tape, blocks
+    /// and filemarks counted (MTIOCPOS; -1: unknown). Survives the errors
+    /// after which st forgets `block_number`.
+    pub logical_object: i64,
     pub at_bot: bool,
     /// In the early-warning zone near the end of the medium.
     pub at_eot: bool,

@@ -219,7 +219,13 @@ fn get_status(fd: RawFd) -> std::io::Result<TapeStatus> {
     let mut get = MtGet::default();
     // SAFETY: MTIOCGET writes one struct mtget through the pointer to a live local.
     unsafe { mtiocget(fd, &mut get) }.map_err(std::io::Error::from)?;
-    Ok(status_of(&get))
+    let mut status = status_of(&get);
+    let mut pos = MtPos::default();
+    // SAFETY: MTIOCPOS writes one struct mtpos through the pointer to a live local.
+    if unsafe { mtiocpos(fd, &mut pos) }.is_ok() {
+        status.logical_object = pos.mt_blkno;
+    }
+    Ok(status)
 }
 
 /// TapeStatus from the raw MTIOCGET answer.
@@ -229,6 +235,7 @@ pub fn status_of(get: &MtGet) -> TapeStatus {
     TapeStatus {
         file_number: get.mt_fileno as i64,
         block_number: get.mt_blkno as i64,
+        logical_object: -1,
         at_bot: gstat & gstat::GMT_BOT != 0,
         at_eot: gstat & gstat::GMT_EOT != 0,
         at_eod: gstat & gstat::GMT_EOD != 0,

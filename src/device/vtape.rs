@@ -617,6 +617,7 @@ impl Device for VirtualTape {
         Ok(TapeStatus {
             file_number: before.iter().filter(|o| o.filemark).count() as i64,
             block_number: (st.head - last_mark.map(|j| j + 1).unwrap_or(0)) as i64,
+            logical_object: st.head as i64,
             at_bot: st.head == 0,
             at_eot: st.data_end_before(st.head) > self.geometry.early_warning_at(),
             at_eod: st.head == st.objects.len(),

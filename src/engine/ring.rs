@@ -825,16 +825,6 @@ impl<'a> Ring<'a> {
         }
     }
 
-    /// Sequential: whether the drive's position says the block of `slot`
-    /// reached the tape although its write reported an error: the head is
-    /// just past it (tape file 0, block = the record's object number + 1).
-    fn block_was_written(&self, slot: usize) -> bool {
-        let position = self.gens[self.slots[slot].gen].position;
-        self.device
-            .tape_status()
-            .is_ok_and(|st| st.file_number == 0 && st.block_number == position as i64 + 1)
-    }
-
     /// Sequential: act on a block write's result. A tape block is written
     /// whole or not at all: a short write means the end of the medium cut
     /// it, and is not continued.
@@ -857,17 +847,6 @@ impl<'a> Ring<'a> {
                 std::io::Error::from_raw_os_error(errno)
             )
         };
-        if errno == libc::ENOSPC && result < 0 && self.block_was_written(slot) {
-            // st in variable-block mode answers the write that reaches early
-            // warning with ENOSPC after the block is on the tape (seen on
-            // the real driver in the VM test bed): it counts as written.
-            self.complete_record(slot);
-            self.next_write += 1;
-            return Err(Stop::Full {
-                error,
-                physical: true,
-            });
-        }
         let s = &mut self.slots[slot];
         match self.device.classify(errno) {
             ErrorClass::Retry if s.retries < RETRIES_TRANSIENT_MAX => {
