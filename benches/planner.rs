@@ -105,21 +105,7 @@ fn generated_files() -> Vec<FileItem> {
 /// finish seconds (time balance).
 fn spread(plan: &Plan, balance: Balance) -> String {
     match balance {
-        Balance::Bytes => {
-            let max = plan
-                .devices
-                .iter()
-                .map(|d| d.assigned_bytes)
-                .max()
-                .unwrap_or(0);
-            let min = plan
-                .devices
-                .iter()
-                .map(|d| d.assigned_bytes)
-                .min()
-                .unwrap_or(0);
-            format!("{} B", max - min)
-        }
+        Balance::Bytes => format!("{} B", plan.spread_bytes()),
         Balance::Time => {
             let secs = plan.devices.iter().filter_map(|d| d.finish_secs);
             let max = secs.clone().fold(f64::MIN, f64::max);

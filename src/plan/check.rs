@@ -140,23 +140,6 @@ pub fn recompute_loads(
     loads
 }
 
-/// Max minus min assigned bytes over the devices.
-pub fn spread_bytes(plan: &Plan) -> u64 {
-    let max = plan
-        .devices
-        .iter()
-        .map(|d| d.assigned_bytes)
-        .max()
-        .unwrap_or(0);
-    let min = plan
-        .devices
-        .iter()
-        .map(|d| d.assigned_bytes)
-        .min()
-        .unwrap_or(0);
-    max - min
-}
-
 /// Each device's share, computed independently of the planner: T each
 /// (bytes), or `floor(total * R_(i+1) / R) - floor(total * R_i / R)` (time).
 /// Rates in tests are small enough for plain u128 arithmetic.

@@ -184,6 +184,14 @@ pub enum PlanError {
     DoesNotFit { missing_bytes: u64 },
 }
 
+impl Plan {
+    /// Max minus min assigned bytes over the devices (0 with no devices).
+    pub fn spread_bytes(&self) -> u64 {
+        let bytes = || self.devices.iter().map(|d| d.assigned_bytes);
+        bytes().max().unwrap_or(0) - bytes().min().unwrap_or(0)
+    }
+}
+
 /// Media footprint of a segment of `length` payload bytes: one header per
 /// record of up to `chunk_bytes`, payload rounded up to `BLOCK_BYTES`.
 pub fn media_bytes(length: u64, chunk_bytes: u64) -> u64 {

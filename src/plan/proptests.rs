@@ -8,7 +8,7 @@ use proptest::prelude::{any, prop_assert, prop_oneof, proptest, Just};
 use proptest::strategy::Strategy as Gen;
 use proptest::test_runner::{Config, FileFailurePersistence};
 
-use super::check::{check_plan, shares, spread_bytes};
+use super::check::{check_plan, shares};
 use super::*;
 
 const FILES_MAX: usize = 3000;
@@ -97,9 +97,9 @@ fn check_balance(files: &[FileItem], devices: &[DeviceSlot], opts: &Options, pla
         (Strategy::Split, Balance::Bytes) => {
             // The fullest device took its last item while least filled.
             assert!(
-                spread_bytes(plan) <= largest_segment(plan),
+                plan.spread_bytes() <= largest_segment(plan),
                 "split spread {} > largest item {}",
-                spread_bytes(plan),
+                plan.spread_bytes(),
                 largest_segment(plan)
             );
         }
@@ -127,9 +127,9 @@ fn check_balance(files: &[FileItem], devices: &[DeviceSlot], opts: &Options, pla
             }
             if balance == Balance::Bytes {
                 assert!(
-                    spread_bytes(plan) <= chunk,
+                    plan.spread_bytes() <= chunk,
                     "fill spread {} > chunk",
-                    spread_bytes(plan)
+                    plan.spread_bytes()
                 );
             }
         }

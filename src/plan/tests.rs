@@ -1,7 +1,7 @@
 //! Worked examples from the claims, with every assignment written out,
 //! plus the error cases. Sizes 10, 7, 5, 3, 2, 1 GiB are files 0..=5.
 
-use super::check::{check_plan, spread_bytes};
+use super::check::check_plan;
 use super::*;
 
 const MIB: u64 = 1 << 20;
@@ -169,7 +169,7 @@ fn split_three_devices_desc() {
     assert_eq!(plan.threshold_bytes, T3);
     assert_eq!(assigned_mib(&plan), [9557, 9899, 9216]);
     // Spread 683 MiB <= the largest item (9557 MiB).
-    assert_eq!(spread_bytes(&plan), 683 * MIB);
+    assert_eq!(plan.spread_bytes(), 683 * MIB);
 }
 
 #[test]
@@ -217,7 +217,7 @@ fn fill_three_devices_desc() {
         ],
     );
     assert_eq!(assigned_mib(&plan), [9558, 9557, 9557]);
-    assert!(spread_bytes(&plan) <= MIB);
+    assert!(plan.spread_bytes() <= MIB);
 }
 
 #[test]
