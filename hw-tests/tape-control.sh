@@ -23,8 +23,9 @@
 #   PBIO_TAPE_SIZE    the cartridge's capacity (size=), for a drive whose
 #                     density code pbio does not know (scsi_debug reports 0;
 #                     the guest sets 1G)
-#   PBIO_TAPE_EOM [0]  1: run the end-of-medium check: 64 MiB
-#                     (PBIO_TAPE_EOM_MB) in 8 KiB blocks fill scsi_debug's
+#   PBIO_TAPE_EOM [0]  1: run the end-of-medium check: 128 MiB
+#                     (PBIO_TAPE_EOM_MB), half planned on the tape, in 8 KiB
+#                     blocks fill scsi_debug's
 #                     10000 objects in seconds (the guest sets it). A real
 #                     cartridge needs a tree larger than itself and hours:
 #                     tape.sh's PBIO_TAPE_EOT=DIR does that with payloads.
@@ -223,11 +224,14 @@ if [ "${PBIO_TAPE_EOM:-0}" != 1 ]; then
 fi
 eom_src=$hw_dir/eom-src
 mkdir -p "$eom_src"
-head -c $((${PBIO_TAPE_EOM_MB:-64} * 1048576)) /dev/urandom >"$eom_src/fill.bin"
-# Planned almost all on the tape (declared 1000x faster, --balance time),
-# in 8 KiB blocks: scsi_debug's 10000 objects fill after ~39 MiB.
-run eom.json "$PBIO" backup "$eom_src" --balance time --tape-block 8K \
-    --dev "$tape,size=${PBIO_TAPE_SIZE:-1G},rate=1000M" --dev "$hw_dir/spill.img,size=256M,rate=1M" --force --json
+head -c $((${PBIO_TAPE_EOM_MB:-128} * 1048576)) /dev/urandom >"$eom_src/fill.bin"
+# Half of the source is planned on the tape (--balance bytes: no work
+# stealing, so the fast disk cannot take the tape's share before the tape
+# reaches early warning, as it did under --balance time on a slow TCG guest).
+# In 8 KiB blocks (4 KiB of payload each) scsi_debug's 10000 objects hold
+# ~39 MiB of payload: less than the 64 MiB planned on the tape.
+run eom.json "$PBIO" backup "$eom_src" --balance bytes --tape-block 8K \
+    --dev "$tape,size=${PBIO_TAPE_SIZE:-1G}" --dev "$hw_dir/spill.img,size=256M" --force --json
 summary_of "$hw_log" >"$hw_dir/eom-summary.json"
 summary_devices "$hw_dir/eom-summary.json" >"$hw_dir/eom-devices"
 t=$(head -n1 "$hw_dir/eom-devices")
