@@ -132,6 +132,10 @@ pub fn check_devices(devs: &[DeviceSpec], policy: &Policy) -> Result<(), Failure
 fn check_writable(devs: &[DeviceSpec]) -> Result<(), Failure> {
     use nix::unistd::{access, AccessFlags};
     for spec in devs {
+        if crate::device::nbd::is_nbd(&spec.path) {
+            // A remote export: the server says whether it may be written.
+            continue;
+        }
         // An emulated tape is written in its directory.
         // A pmem device (`pmem:PATH`) is its file.
         let dir = crate::device::vtape::dir_of(&spec.path)

@@ -70,6 +70,12 @@ fn open_devices(args: &BenchArgs) -> Result<Vec<Box<dyn Device>>, Failure> {
             )));
         }
         identities.push(probe.identity);
+        if probe.kind == Kind::Nbd {
+            return Err(usage(format!(
+                "device {}: `pbio bench` does not drive nbd devices yet (its rings read and write files and block devices); measure them with a backup (`pbio backup --json`)",
+                spec.path.display()
+            )));
+        }
         if args.rw == RwArg::Write && probe.kind == Kind::Block && !args.force {
             return Err(usage(format!(
                 "device {}: `bench --rw write` destroys the data on it; give --force to write to a block device",

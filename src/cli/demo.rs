@@ -149,6 +149,7 @@ pub fn run(args: DemoArgs) -> CliResult {
             size_bytes: Some(per_device),
             rate_bytes_per_sec: None,
             early_warning_bytes: None,
+            timeout_secs: None,
         })
         .collect();
     println!(

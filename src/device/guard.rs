@@ -178,6 +178,9 @@ impl Inspection {
 /// Inspect the device `spec` names, reading only. A file device that does
 /// not exist yet or is empty has nothing to find.
 pub fn inspect(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
+    if super::nbd::is_nbd(&spec.path) {
+        return inspect_nbd(spec);
+    }
     // A pmem device is inspected as the file or block device behind it.
     let pmem_file = super::pmem::file_of(&spec.path);
     if let Some(file) = &pmem_file {
@@ -238,6 +241,25 @@ pub fn inspect(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
     }
     Ok(Inspection {
         path: path.clone(),
+        findings,
+    })
+}
+
+/// An NBD export: the same signatures, read over the connection (what
+/// the server shares with others is its business: nothing is "in use").
+fn inspect_nbd(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
+    use super::Device;
+    let dev = super::nbd::NbdDevice::open(spec, super::Mode::Read)?;
+    let size_bytes = dev.capacity_bytes();
+    let mut read = |offset: u64, buf: &mut [u8]| {
+        // Bytes past the end of the export read as zero.
+        buf.fill(0);
+        dev.read_at(buf, offset).map(|_| ())
+    };
+    let findings = detect(&mut read, size_bytes)
+        .map_err(|e| DeviceError::io(&spec.path, "read to inspect", e))?;
+    Ok(Inspection {
+        path: spec.path.clone(),
         findings,
     })
 }

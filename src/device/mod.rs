@@ -6,6 +6,7 @@
 pub mod block;
 pub mod file;
 pub mod guard;
+pub mod nbd;
 pub mod persist;
 pub mod pmem;
 pub mod tape;
@@ -30,6 +31,9 @@ pub struct DeviceSpec {
     /// Emulated tape (`vtape:DIR`) only: where early warning starts, in
     /// bytes before the physical end.
     pub early_warning_bytes: Option<u64>,
+    /// NBD devices only: seconds without progress before the connection
+    /// counts as lost.
+    pub timeout_secs: Option<u64>,
 }
 
 impl DeviceSpec {
@@ -46,12 +50,17 @@ impl DeviceSpec {
             size_bytes: None,
             rate_bytes_per_sec: None,
             early_warning_bytes: None,
+            timeout_secs: None,
         };
         for option in parts {
             let (key, value) = option
                 .split_once('=')
                 .ok_or_else(|| format!("--dev '{text}': option '{option}' is not key=value"))?;
-            let parsed = parse_size(value).map_err(|e| format!("--dev '{text}': {key}: {e}"))?;
+            let parsed = if key == "timeout" {
+                0
+            } else {
+                parse_size(value).map_err(|e| format!("--dev '{text}': {key}: {e}"))?
+            };
             match key {
                 "size" => spec.size_bytes = Some(parsed),
                 "rate" => {
@@ -68,9 +77,24 @@ impl DeviceSpec {
                         "--dev '{text}': ew= is an option of emulated tapes (vtape:DIR) only"
                     ))
                 }
+                "timeout" if nbd::is_nbd(&spec.path) => {
+                    let secs = value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|&s| s > 0)
+                        .ok_or_else(|| {
+                            format!("--dev '{text}': timeout= is a number of seconds (1 or more)")
+                        })?;
+                    spec.timeout_secs = Some(secs)
+                }
+                "timeout" => {
+                    return Err(format!(
+                        "--dev '{text}': timeout= is an option of nbd:// devices only"
+                    ))
+                }
                 _ => {
                     return Err(format!(
-                        "--dev '{text}': unknown option '{key}' (known: size, rate, ew)"
+                        "--dev '{text}': unknown option '{key}' (known: size, rate, ew, timeout)"
                     ))
                 }
             }
@@ -91,6 +115,8 @@ pub enum Kind {
     VirtualTape,
     /// Persistent memory, mapped (`pmem:PATH`, `/dev/pmem*`, `/dev/dax*`).
     Pmem,
+    /// An export of an NBD server (`nbd://HOST:PORT/EXPORT`, `nbd+unix://`).
+    Nbd,
 }
 
 /// A device's medium mapped into memory (the "memory-mapped" capability):
@@ -311,6 +337,24 @@ pub trait Device: Send + Sync {
         let _ = (offset, len);
         Ok(())
     }
+    /// Synchronous positioned read (label, catalog, read-backs): pread on
+    /// `fd()`; short only at the end of the device.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        // SAFETY: the device owns the descriptor and outlives the borrow.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd()) };
+        nix::sys::uio::pread(fd, buf, offset as i64).map_err(std::io::Error::from)
+    }
+    /// Synchronous positioned write: pwrite on `fd()`; may be short.
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<usize> {
+        // SAFETY: as in read_at.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd()) };
+        nix::sys::uio::pwrite(fd, buf, offset as i64).map_err(std::io::Error::from)
+    }
+    /// Network devices (NBD): the client, whose requests the ring sends
+    /// and receives on `fd()` (a socket) instead of reading and writing it.
+    fn nbd(&self) -> Option<&nbd::NbdDevice> {
+        None
+    }
 }
 
 /// Write one block to a sequential device now, synchronously, through the
@@ -441,6 +485,9 @@ pub struct Probe {
 /// Find out what `spec` names and how large it is, without writing.
 pub fn probe(spec: &DeviceSpec) -> Result<Probe, DeviceError> {
     let path = &spec.path;
+    if nbd::is_nbd(path) {
+        return nbd::probe(spec);
+    }
     if let Some(dir) = vtape::dir_of(path) {
         return vtape::probe(spec, &dir);
     }
@@ -510,7 +557,7 @@ pub fn probe(spec: &DeviceSpec) -> Result<Probe, DeviceError> {
     }
 }
 
-fn hash_path(path: &Path) -> u64 {
+pub(crate) fn hash_path(path: &Path) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::path::absolute(path)
@@ -528,6 +575,7 @@ pub fn open(spec: &DeviceSpec, mode: Mode) -> Result<Box<dyn Device>, DeviceErro
         Kind::Tape => Ok(Box::new(tape::TapeDevice::open(spec, mode)?)),
         Kind::VirtualTape => Ok(Box::new(vtape::VirtualTape::open(spec, mode)?)),
         Kind::Pmem => Ok(Box::new(pmem::PmemDevice::open(spec, mode)?)),
+        Kind::Nbd => Ok(Box::new(nbd::NbdDevice::open(spec, mode)?)),
     }
 }
 

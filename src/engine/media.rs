@@ -8,8 +8,6 @@
 //! (docs/FORMAT.md, "Tape layout"). Positions there are logical object
 //! numbers: blocks and filemarks counted from the beginning of the tape.
 
-use std::os::fd::BorrowedFd;
-
 use super::buffers::BufferPool;
 use crate::device::{self, Access, Device, TapeOp};
 use crate::format::{
@@ -41,16 +39,11 @@ fn name(dev: &dyn Device) -> String {
     dev.path().display().to_string()
 }
 
-fn fd(dev: &dyn Device) -> BorrowedFd<'_> {
-    // SAFETY: the device owns the descriptor and outlives the borrow.
-    unsafe { BorrowedFd::borrow_raw(dev.fd()) }
-}
-
 /// pwrite all of `buf` at `offset`.
 pub fn write_all_at(dev: &dyn Device, buf: &[u8], offset: u64) -> Result<(), MediaError> {
     let mut done = 0usize;
     while done < buf.len() {
-        match nix::sys::uio::pwrite(fd(dev), &buf[done..], (offset + done as u64) as i64) {
+        match dev.write_at(&buf[done..], offset + done as u64) {
             Ok(0) => {
                 return Err(MediaError::Io {
                     device: name(dev),
@@ -60,13 +53,13 @@ pub fn write_all_at(dev: &dyn Device, buf: &[u8], offset: u64) -> Result<(), Med
                 })
             }
             Ok(n) => done += n,
-            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 return Err(MediaError::Io {
                     device: name(dev),
                     op: "write",
                     offset: offset + done as u64,
-                    error: e.into(),
+                    error: e,
                 })
             }
         }
@@ -78,16 +71,16 @@ pub fn write_all_at(dev: &dyn Device, buf: &[u8], offset: u64) -> Result<(), Med
 pub fn read_at(dev: &dyn Device, buf: &mut [u8], offset: u64) -> Result<usize, MediaError> {
     let mut done = 0usize;
     while done < buf.len() {
-        match nix::sys::uio::pread(fd(dev), &mut buf[done..], (offset + done as u64) as i64) {
+        match dev.read_at(&mut buf[done..], offset + done as u64) {
             Ok(0) => break,
             Ok(n) => done += n,
-            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 return Err(MediaError::Io {
                     device: name(dev),
                     op: "read",
                     offset: offset + done as u64,
-                    error: e.into(),
+                    error: e,
                 })
             }
         }

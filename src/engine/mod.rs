@@ -394,9 +394,16 @@ pub fn run_backup(
             set_id: config.set_id,
             chunk_bytes: config.chunk_bytes,
             record_payload_bytes_max: payload_max[i],
-            queue_depth: match devices[i].access() {
-                Access::Random => config.queue_depth,
-                Access::Sequential => config.tape_buffer_records,
+            queue_depth: match (devices[i].access(), devices[i].nbd()) {
+                // A remote device: enough records in flight to cover its
+                // measured round trip at its bandwidth (never fewer than --qd).
+                (Access::Random, Some(nbd)) => nbd.records_in_flight(
+                    (HEADER_BYTES as u64) + payload_max[i] as u64,
+                    config.queue_depth,
+                    ring::QUEUE_DEPTH_MAX,
+                ),
+                (Access::Random, None) => config.queue_depth,
+                (Access::Sequential, _) => config.tape_buffer_records,
             },
             reserve_bytes: config.reserve_bytes,
             write_retries: config.write_retries,

@@ -49,6 +49,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use super::buffers::BufferPool;
 use super::dispatch::{DeviceState, Dispatcher, Next, WorkItem};
 use super::SetInput;
+use crate::device::nbd::pipe::{self, Pipe};
 use crate::device::{Access, BlockIo, Device, ErrorClass, Mapping};
 use crate::format::{round_up_block, FileInfo, RecordHeader, RecordKind, SetId, HEADER_BYTES};
 
@@ -276,6 +277,11 @@ pub struct Ring<'a> {
     idle_since: Option<Instant>,
     /// Memory-mapped device: records are read into it in place.
     mapping: Option<Mapping>,
+    /// Network device (NBD): record writes are requests on its socket.
+    pipe: Option<Pipe<'a>>,
+    /// Pipe completions, reused.
+    pipe_done: Vec<(u64, i32)>,
+    pipe_sqes: Vec<squeue::Entry>,
 }
 
 impl<'a> Ring<'a> {
@@ -298,7 +304,10 @@ impl<'a> Ring<'a> {
             device.mapping().is_none() || device.access() == Access::Random,
             "a memory-mapped device is random access"
         );
-        let ring = IoUring::new((config.queue_depth as u32).next_power_of_two())
+        // A network device's pipe adds a send and a receive, each with
+        // its linked timeout.
+        let entries = config.queue_depth as u32 + if device.nbd().is_some() { 4 } else { 0 };
+        let ring = IoUring::new(entries.next_power_of_two())
             .map_err(|e| setup_err("io_uring setup", e))?;
         let pool = BufferPool::new(
             config.queue_depth,
@@ -340,6 +349,9 @@ impl<'a> Ring<'a> {
             held: None,
             idle_since: None,
             mapping: device.mapping(),
+            pipe: device.nbd().map(Pipe::new),
+            pipe_done: Vec::new(),
+            pipe_sqes: Vec::new(),
         })
     }
 
@@ -559,7 +571,11 @@ impl<'a> Ring<'a> {
     /// After a stop: reap every operation still in flight (so that no
     /// kernel access to the pool outlives it), noting writes that completed.
     fn drain(&mut self) {
-        while self.ops_in_flight > 0 {
+        while self.ops_in_flight > 0 || self.pipe_waiting() {
+            if self.pipe_waiting() && self.pump_pipe().is_err() {
+                // The pipe failed: its requests stay without replies.
+                continue;
+            }
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -573,6 +589,20 @@ impl<'a> Ring<'a> {
                 .collect();
             self.ops_in_flight -= completions.len();
             for (user_data, result) in completions {
+                if user_data & pipe::TAG != 0 {
+                    let mut done = Vec::new();
+                    // A failing pipe is aborted by on_pipe_cqe; reaping goes on.
+                    let _ = self.on_pipe_cqe(user_data, result, &mut done);
+                    for (slot, result) in done {
+                        let slot = slot as usize;
+                        if result == self.record_media_bytes(slot) as i32 {
+                            self.complete_record(slot);
+                        }
+                        self.slots[slot].phase = Phase::Free;
+                        self.slots[slot].source = None;
+                    }
+                    continue;
+                }
                 let slot = user_data as usize;
                 if self.sequential && self.slots[slot].phase == Phase::Writing {
                     // Through the device's hook like any block write; its
@@ -608,6 +638,58 @@ impl<'a> Ring<'a> {
         }
     }
 
+    /// Whether the pipe still expects replies it can get.
+    fn pipe_waiting(&self) -> bool {
+        self.pipe
+            .as_ref()
+            .is_some_and(|p| p.outstanding() > 0 && p.alive())
+    }
+
+    /// Push the SQEs the pipe wants submitted (a linked pair together).
+    fn pump_pipe(&mut self) -> Result<(), Stop> {
+        let Some(pipe) = self.pipe.as_mut() else {
+            return Ok(());
+        };
+        let mut sqes = std::mem::take(&mut self.pipe_sqes);
+        let wanted = pipe.sqes(&mut sqes);
+        let mut outcome = wanted.map_err(|error| Stop::Failed { error });
+        if !sqes.is_empty() {
+            let room = {
+                let mut sq = self.ring.submission();
+                sq.sync();
+                sq.capacity() - sq.len()
+            };
+            if room < sqes.len() {
+                if let Err(e) = self.ring.submit() {
+                    outcome = outcome.and(Err(Stop::Failed {
+                        error: format!("io_uring_enter: {e}"),
+                    }));
+                }
+            }
+            for entry in sqes.drain(..) {
+                if let Err(stop) = self.push(entry) {
+                    outcome = outcome.and(Err(stop));
+                }
+            }
+        }
+        self.pipe_sqes = sqes;
+        outcome
+    }
+
+    /// A completion of the pipe's; a connection beyond saving fails the device.
+    fn on_pipe_cqe(
+        &mut self,
+        user_data: u64,
+        result: i32,
+        done: &mut Vec<(u64, i32)>,
+    ) -> Result<(), Stop> {
+        let pipe = self.pipe.as_mut().expect("pipe completion without a pipe");
+        pipe.on_cqe(user_data, result, done).map_err(|error| {
+            pipe.abort(&error);
+            Stop::Failed { error }
+        })
+    }
+
     fn record_media_bytes(&self, slot: usize) -> u32 {
         let g = &self.gens[self.slots[slot].gen];
         HEADER_BYTES as u32 + round_up_block(g.payload_bytes as u64) as u32
@@ -633,9 +715,10 @@ impl<'a> Ring<'a> {
                     Record::Exhausted => exhausted = true,
                 }
             }
-            if inflight == 0 {
+            if inflight == 0 && self.ops_in_flight == 0 {
                 return Ok(());
             }
+            self.pump_pipe()?;
             // 2. Submit and wait for at least one completion.
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
@@ -652,6 +735,24 @@ impl<'a> Ring<'a> {
             self.ops_in_flight -= completions.len();
             // 4. Act.
             for &(user_data, result) in &completions {
+                if user_data & pipe::TAG != 0 {
+                    let mut done = std::mem::take(&mut self.pipe_done);
+                    let acted = self.on_pipe_cqe(user_data, result, &mut done);
+                    let mut outcome = acted;
+                    for &(slot, result) in &done {
+                        if outcome.is_ok() {
+                            match self.on_write(slot as usize, result) {
+                                Ok(true) => inflight -= 1,
+                                Ok(false) => {}
+                                Err(stop) => outcome = Err(stop),
+                            }
+                        }
+                    }
+                    done.clear();
+                    self.pipe_done = done;
+                    outcome?;
+                    continue;
+                }
                 let slot = user_data as usize;
                 match self.slots[slot].phase {
                     Phase::Reading => {
@@ -1238,6 +1339,19 @@ impl<'a> Ring<'a> {
         let g = &self.gens[s.gen];
         let total = self.record_media_bytes(slot);
         let ptr = self.pool.ptr(slot);
+        if let Some(pipe) = self.pipe.as_mut() {
+            // One NBD write of the whole record, answered whole or not at
+            // all: no partial progress to continue from.
+            debug_assert_eq!(s.written_bytes, 0);
+            pipe.submit(
+                slot as u64,
+                crate::device::nbd::proto::CMD_WRITE,
+                ptr,
+                total,
+                g.position,
+            );
+            return Ok(());
+        }
         // SAFETY: written_bytes < total <= slot size.
         let src = unsafe { ptr.add(s.written_bytes as usize) };
         let entry = opcode::WriteFixed::new(

@@ -22,6 +22,7 @@
 use io_uring::{opcode, types, IoUring};
 
 use super::buffers::BufferPool;
+use crate::device::nbd::{pipe::Pipe, proto};
 use crate::device::{Access, BlockIo, Device, TapeOp};
 use crate::format::{FormatError, RecordHeader, BLOCK_BYTES, HEADER_BYTES};
 
@@ -123,35 +124,25 @@ where
         offset,
         error,
     };
-    let mut ring = IoUring::new(2).map_err(|e| io_err(start, e))?;
+    let mut reader = WindowReader::new(dev).map_err(|e| io_err(start, e))?;
+    let ring = &mut reader;
 
-    // Read [pos, pos+len) into buffer b, synchronously via the ring when
-    // `wait`, or leave it in flight.
-    let submit =
-        |ring: &mut IoUring, pool: &BufferPool, b: usize, pos: u64| -> Result<u32, StreamError> {
-            let len = ((end - pos) as usize).min(pool.slot_bytes()) as u32;
-            let entry = opcode::Read::new(types::Fd(dev.fd()), pool.ptr(b), len)
-                .offset(pos)
-                .build()
-                .user_data(b as u64);
-            // SAFETY: the buffer slot b belongs to `pool`, which outlives the
-            // ring's use of it (we always reap this read before touching slot b
-            // or returning: see `wait`), and the device fd stays open.
-            unsafe { ring.submission().push(&entry) }.expect("ring has room for one read");
-            ring.submit().map_err(|e| io_err(pos, e))?;
-            Ok(len)
-        };
-    let wait = |ring: &mut IoUring, pos: u64| -> Result<i32, StreamError> {
-        loop {
-            match ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(io_err(pos, e)),
-            }
-            if let Some(c) = ring.completion().next() {
-                return Ok(c.result());
-            }
-        }
+    // Begin reading [pos, pos+len) into buffer b; `wait` finishes it (one
+    // window read in flight at a time).
+    let submit = |ring: &mut WindowReader<'_>,
+                  pool: &BufferPool,
+                  b: usize,
+                  pos: u64|
+     -> Result<u32, StreamError> {
+        let len = ((end - pos) as usize).min(pool.slot_bytes()) as u32;
+        // The buffer slot b belongs to `pool`, which outlives the read: it
+        // is always waited for before slot b is touched or this returns.
+        ring.start(dev, pool.ptr(b), len, pos)
+            .map_err(|e| io_err(pos, e))?;
+        Ok(len)
+    };
+    let wait = |ring: &mut WindowReader<'_>, pos: u64| -> Result<i32, StreamError> {
+        ring.wait().map_err(|e| io_err(pos, e))
     };
 
     let mut pos = start;
@@ -159,12 +150,12 @@ where
     if pos >= end {
         return Ok(());
     }
-    let mut want = submit(&mut ring, pool, current, pos)?;
+    let mut want = submit(ring, pool, current, pos)?;
     let mut items: Vec<(u64, Result<RecordHeader, FormatError>)> = Vec::new();
     loop {
         // Wait for the window at `pos` in buffer `current`; finish short reads synchronously.
         let mut have = {
-            let r = wait(&mut ring, pos)?;
+            let r = wait(ring, pos)?;
             if r < 0 {
                 return Err(io_err(pos, std::io::Error::from_raw_os_error(-r)).into());
             }
@@ -239,7 +230,7 @@ where
         if more {
             // The other buffer held the previous window, handed out already.
             each(Item::Reclaim)?;
-            want = submit(&mut ring, pool, 1 - current, next)?;
+            want = submit(ring, pool, 1 - current, next)?;
         }
         let mut stop = false;
         let mut outcome = Ok(());
@@ -275,7 +266,7 @@ where
         if stop || !more {
             if more {
                 // Reap the read in flight before its buffer can be freed.
-                wait(&mut ring, next)?;
+                wait(ring, next)?;
             }
             return outcome;
         }
@@ -283,6 +274,131 @@ where
         current = 1 - current;
     }
     Ok(())
+}
+
+/// The one window read in flight of `stream_windows`: a `Read` on the
+/// device's fd, or on a network device (NBD) read requests through a pipe
+/// on the same ring, the window cut in pieces that are in flight together.
+enum WindowReader<'d> {
+    Fd(IoUring),
+    Nbd {
+        ring: IoUring,
+        pipe: Box<Pipe<'d>>,
+        len: u32,
+    },
+}
+
+/// Largest NBD read request of a window.
+const NBD_PIECE_BYTES: u32 = 1 << 20;
+
+impl<'d> WindowReader<'d> {
+    fn new(dev: &'d dyn Device) -> std::io::Result<WindowReader<'d>> {
+        Ok(match dev.nbd() {
+            None => WindowReader::Fd(IoUring::new(2)?),
+            Some(nbd) => WindowReader::Nbd {
+                ring: IoUring::new(8)?,
+                pipe: Box::new(Pipe::new(nbd)),
+                len: 0,
+            },
+        })
+    }
+
+    /// `ptr` must stay valid for `len` bytes until `wait` returned.
+    fn start(&mut self, dev: &dyn Device, ptr: *mut u8, len: u32, pos: u64) -> std::io::Result<()> {
+        match self {
+            WindowReader::Fd(ring) => {
+                let entry = opcode::Read::new(types::Fd(dev.fd()), ptr, len)
+                    .offset(pos)
+                    .build()
+                    .user_data(0);
+                // SAFETY: the caller keeps the buffer until `wait`, and the
+                // device fd stays open.
+                unsafe { ring.submission().push(&entry) }.expect("ring has room for one read");
+                ring.submit()?;
+            }
+            WindowReader::Nbd { pipe, len: l, .. } => {
+                let piece =
+                    NBD_PIECE_BYTES.min(dev.nbd().map_or(u32::MAX, |n| n.request_bytes_max()));
+                let mut at = 0u32;
+                let mut handle = 0u64;
+                while at < len {
+                    let n = piece.min(len - at);
+                    // SAFETY (pointer arithmetic): at + n <= len.
+                    let p = unsafe { ptr.add(at as usize) };
+                    pipe.submit(handle, proto::CMD_READ, p, n, pos + at as u64);
+                    at += n;
+                    handle += 1;
+                }
+                *l = len;
+            }
+        }
+        Ok(())
+    }
+
+    /// The result of the read begun: bytes, or -errno.
+    fn wait(&mut self) -> std::io::Result<i32> {
+        match self {
+            WindowReader::Fd(ring) => loop {
+                match ring.submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) => return Err(e),
+                }
+                if let Some(c) = ring.completion().next() {
+                    return Ok(c.result());
+                }
+            },
+            WindowReader::Nbd { ring, pipe, len } => {
+                let mut sqes = Vec::new();
+                let mut done = Vec::new();
+                let mut failure: Option<String> = None;
+                let mut result = *len as i32;
+                while pipe.outstanding() > 0 && failure.is_none() || pipe.ops_in_flight() > 0 {
+                    if failure.is_none() {
+                        if let Err(e) = pipe.sqes(&mut sqes) {
+                            pipe.abort(&e);
+                            failure = Some(e);
+                        }
+                        for entry in sqes.drain(..) {
+                            // SAFETY: the pipe's SQEs point into its own
+                            // boxed state and the caller's buffer, both kept
+                            // until these operations are reaped (this loop
+                            // runs until the pipe has none in flight).
+                            unsafe { ring.submission().push(&entry) }
+                                .expect("the ring has room for the pipe's four SQEs");
+                        }
+                    }
+                    if pipe.ops_in_flight() == 0 {
+                        continue;
+                    }
+                    match ring.submit_and_wait(1) {
+                        Ok(_) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                        Err(e) => return Err(e),
+                    }
+                    let cqes: Vec<(u64, i32)> = ring
+                        .completion()
+                        .map(|c| (c.user_data(), c.result()))
+                        .collect();
+                    for (user_data, r) in cqes {
+                        if let Err(e) = pipe.on_cqe(user_data, r, &mut done) {
+                            pipe.abort(&e);
+                            failure.get_or_insert(e);
+                        }
+                    }
+                    for (_, r) in done.drain(..) {
+                        if r < 0 && result >= 0 {
+                            result = r;
+                        }
+                    }
+                }
+                match failure {
+                    Some(e) => Err(std::io::Error::other(e)),
+                    None => Ok(result),
+                }
+            }
+        }
+    }
 }
 
 /// The memory-mapped side of `stream`: records are slices of the mapping

@@ -120,6 +120,7 @@ pub fn read_catalog_from(path: &Path) -> Result<Catalog, RestoreError> {
             size_bytes: None,
             rate_bytes_per_sec: None,
             early_warning_bytes: None,
+            timeout_secs: None,
         },
     };
     let set = super::open_set(std::slice::from_ref(&spec))?;
