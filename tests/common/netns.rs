@@ -12,13 +12,15 @@
 //! Layout of a TCP site (index N, unique machine-wide):
 //!
 //! ```text
-//! host: pbnbdN-h 10.77.A.B+1/30 --veth-- pbnbdN-n 10.77.A.B+2/30 :10809, netns pbio-nbd-PID-N
+//! host: pbnbdN-h 10.77.A.B+1/30 --veth-- pbnbdN-n 10.77.A.B+2/30 :10809, netns pbio-nbd-PID-K
 //! ```
 //!
-//! with A = 1 + N / 64, B = 4 * (N % 64); 10.77.0.0/24 is left to
+//! with A = 1 + N / 64, B = 4 * (N % 64), K a per-process counter (the
+//! site's directory is `/var/tmp/pbio-nbd-PID-K-*`); 10.77.0.0/24 is left to
 //! `scripts/testbed.sh nbd-up`. Indexes are taken under a lock file
-//! (`/var/tmp/pbio-nbd.lock`), skipping any /30 already routed on the
-//! host, so concurrent test binaries (and the script's sites) coexist.
+//! (`/var/tmp/pbio-nbd.lock`, also held while a site is torn down),
+//! skipping any /30 already routed on the host, so concurrent test
+//! binaries (and the script's sites) coexist.
 //!
 //! Cleanup: `Drop` SIGKILLs the server, deletes the veth (which takes its
 //! peer with it) and the namespace, and removes the site's directory; it
