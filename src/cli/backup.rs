@@ -450,6 +450,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                     "short_writes": s.short_writes,
                     "retries": s.retries,
                     "underruns": s.underruns,
+                    "reconnects": s.reconnects,
                     "underrun_ms": s.underrun_time.as_secs_f64() * 1000.0,
                     "data_end": d.data_end,
                     "catalog_end": d.catalog_end,
@@ -509,10 +510,17 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
     );
     for (i, d) in report.devices.iter().enumerate() {
         let s = &d.stats;
-        let state = match &d.error {
+        let mut state = match &d.error {
             Some(e) => format!("{} ({e})", state_name(d.end)),
             None => state_name(d.end).to_string(),
         };
+        if s.reconnects > 0 {
+            state.push_str(&format!(
+                " ({} reconnect{})",
+                s.reconnects,
+                if s.reconnects == 1 { "" } else { "s" }
+            ));
+        }
         emit!(
             "  {:>5}  {:<path_width$}  {:>12}  {:>8}  {:>6.2} s  {:>9.1}  {state}",
             i,

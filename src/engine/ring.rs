@@ -98,6 +98,8 @@ pub struct RingStats {
     /// while the sources still had data, and how long it waited in all.
     pub underruns: u64,
     pub underrun_time: Duration,
+    /// Network devices: lost connections that a reconnect repaired.
+    pub reconnects: u32,
     pub elapsed: Duration,
 }
 
@@ -408,6 +410,7 @@ impl<'a> Ring<'a> {
         };
         let mut outcome = outcome;
         outcome.stats.elapsed = started.elapsed();
+        outcome.stats.reconnects = self.device.nbd().map_or(0, |n| n.reconnects());
         Ok(outcome)
     }
 
