@@ -311,6 +311,11 @@ pub trait Device: Send + Sync {
         let _ = (offset, len);
         Ok(())
     }
+    /// Memory-mapped devices: how `persist` makes stores durable (DAX
+    /// cache-line flushes, or msync). None: not mapped.
+    fn durability(&self) -> Option<pmem::Durability> {
+        None
+    }
 }
 
 /// Write one block to a sequential device now, synchronously, through the
