@@ -1,6 +1,6 @@
 #!/bin/sh
 # Run hw-tests suites and sum up. With no arguments, every suite whose
-# device variable is set: nvme (PBIO_NVME), pmem (PBIO_PMEM), dax
+# device variable is set: disk (PBIO_DISK), nvme (PBIO_NVME), pmem (PBIO_PMEM), dax
 # (PBIO_DAX), set (PBIO_NVME and/or PBIO_PMEM), tape-control (PBIO_TAPE) and, on a drive that keeps
 # what it writes, tape (PBIO_TAPE; the payload round trips). Or name them:
 # all.sh nvme tape-control.
@@ -14,6 +14,7 @@
 here=$(cd "$(dirname "$0")" && pwd)
 suites=$*
 if [ -z "$suites" ]; then
+    [ -n "${PBIO_DISK:-}" ] && suites="$suites disk"
     [ -n "${PBIO_NVME:-}" ] && suites="$suites nvme"
     [ -n "${PBIO_PMEM:-}" ] && suites="$suites pmem"
     [ -n "${PBIO_DAX:-}" ] && suites="$suites dax"
@@ -24,7 +25,7 @@ if [ -z "$suites" ]; then
     fi
 fi
 if [ -z "$suites" ]; then
-    echo "all.sh: nothing to run: set PBIO_NVME, PBIO_PMEM, PBIO_DAX and/or PBIO_TAPE to the devices to test (they are overwritten)" >&2
+    echo "all.sh: nothing to run: set PBIO_DISK, PBIO_NVME, PBIO_PMEM, PBIO_DAX and/or PBIO_TAPE to the devices to test (they are overwritten)" >&2
     exit 2
 fi
 PBIO=${PBIO:-pbio}

@@ -9,6 +9,7 @@
 hw_suite="dax"
 . "$(dirname "$0")/lib.sh"
 require_var PBIO_DAX "device-DAX node (e.g. /dev/dax0.0)"
+refuse_ci
 work_init
 
 dev=$PBIO_DAX

@@ -19,6 +19,7 @@ hw_suite="set"
 if [ -z "${PBIO_NVME:-}" ] && [ -z "${PBIO_PMEM:-}" ]; then
     require_var PBIO_NVME "NVMe namespace (and/or PBIO_PMEM, a pmem namespace)"
 fi
+refuse_ci
 for t in cmp find sort stat awk head; do require_tool "$t"; done
 work_init
 

@@ -6,7 +6,8 @@
 # <sys/mtio.h>): the label and record blocks and their sizes, the
 # filemarks where docs/FORMAT.md section 10 puts them, positioning to the
 # catalog file with MTFSF, MTBSF and MTEOM, pbio reading the label back,
-# pbio qualify's tape operations (once it has them), and end of medium
+# pbio qualify's tape checks (status, block limits, throughput, variable
+# blocks one per read, filemarks, MTFSF/MTFSR/MTBSF, MTEOM, rewind), and end of medium
 # (early warning = full, the catalog written after it, the rest on the
 # other device, every block on the tape counted by the catalog).
 #
@@ -34,6 +35,7 @@
 hw_suite="tape-control"
 . "$(dirname "$0")/lib.sh"
 require_var PBIO_TAPE "tape drive's non-rewinding node (e.g. /dev/nst0)"
+refuse_ci
 require_tool mt "busybox mt or the mt-st package"
 work_init
 tape=$PBIO_TAPE
@@ -213,8 +215,17 @@ else
     fi
 fi
 
-# 6. pbio qualify's tape operations (skipped while it has none for tapes).
-qualify_device "$tape_dev" || true
+# 6. pbio qualify's tape checks. On scsi_debug (PBIO_TAPE_KEEPS_DATA=0)
+# the blocks read back with their lengths and first 4 bytes only: qualify's
+# pattern_verify must FAIL and say so (its lengths, filemarks and positions
+# are still checked block by block); every other check must PASS.
+if [ "$keeps" = 0 ]; then
+    qualify_device "$tape_dev" pattern_verify "keeps only each block's length and first 4 bytes" \
+        "this emulated drive keeps 4 bytes of each block" ||
+        fail qualify "pbio qualify has no checks for tapes"
+else
+    qualify_device "$tape_dev" || fail qualify "pbio qualify has no checks for tapes"
+fi
 
 # 7. End of medium: early warning makes the tape full, not failed; its
 # catalog goes after early warning, the rest of its work to the disk.

@@ -556,3 +556,278 @@ fn qualify_loop_devices() {
         assert_eq!(e[0].as_u64().unwrap() % 4096, 0, "{e}");
     }
 }
+
+/// Every check of a tape run, in order.
+const TAPE_CHECKS: [&str; 11] = [
+    "identity",
+    "block_limits",
+    "write_throughput",
+    "read_throughput",
+    "write_latency_p99",
+    "read_latency_p99",
+    "rewind",
+    "pattern_verify",
+    "filemarks",
+    "space",
+    "end_of_data",
+];
+
+/// Every check of a pmem run, in order.
+const PMEM_CHECKS: [&str; 8] = [
+    "identity",
+    "write_throughput",
+    "read_throughput",
+    "write_latency_p99",
+    "read_latency_p99",
+    "persist_latency_p99",
+    "pattern_verify",
+    "durability",
+];
+
+/// A report whose every check PASSed, in the order given; details given.
+fn check_all_pass(r: &Value, names: &[&str], kind: &str) {
+    assert_eq!(r["schema"], 1, "{r}");
+    assert_eq!(r["verdict"], "PASS", "{r:#}");
+    assert_eq!(r["device"]["kind"], kind, "{r:#}");
+    let got: Vec<&str> = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, names, "every check, in order");
+    for c in r["checks"].as_array().unwrap() {
+        assert_eq!(c["verdict"], "PASS", "{c}");
+        assert!(!c["detail"].as_str().unwrap().is_empty(), "{c}");
+    }
+    for cell in r["matrix"].as_array().unwrap() {
+        assert!(cell["error"].is_null(), "{cell}");
+        assert_eq!(cell["qd"], 1, "{cell}");
+        assert_eq!(cell["bytes"], cell["size_bytes"], "{cell}");
+        let what = format!("{} bs={}", cell["rw"], cell["bs"]);
+        assert!(num(&cell["mib_per_sec"], &what) > 0.0, "{what}");
+        check_latency(&cell["lat_us"], &what);
+    }
+    for name in ["write_latency_p99", "read_latency_p99"] {
+        check_latency(&check(r, name)["data"]["lat_us"], name);
+    }
+}
+
+#[test]
+fn qualify_an_emulated_tape_compare_and_recheck() {
+    let dir = tempfile::tempdir().unwrap();
+    let tape_dir = dir.path().join("tape");
+    let dev = format!("vtape:{},size=256M", tape_dir.display());
+    let (code, r1, err) = run_json(&["qualify", "--dev", &dev, "--quick", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    check_all_pass(&r1, &TAPE_CHECKS, "vtape");
+    let t = &r1["device"]["tape"];
+    assert_eq!(t["online"], true, "{t}");
+    assert_eq!(t["block_size_bytes"], 0, "variable-block mode: {t}");
+    assert_eq!(check(&r1, "block_limits")["value"], 8 << 20);
+    // Two block sizes written and read, one tape file each.
+    let matrix = r1["matrix"].as_array().unwrap();
+    assert_eq!(matrix.len(), 4);
+    let bs: Vec<u64> = matrix.iter().map(|c| c["bs"].as_u64().unwrap()).collect();
+    assert_eq!(bs, [256 << 10, 1 << 20, 256 << 10, 1 << 20]);
+    // The pattern: one extent per tape block, back to back from BOT,
+    // several sizes, the largest pbio's tape block.
+    let extents = r1["pattern"]["extents"].as_array().unwrap();
+    let mut at = 0;
+    for e in extents {
+        assert_eq!(e[0].as_u64().unwrap(), at, "{e}");
+        at += e[1].as_u64().unwrap();
+    }
+    let sizes: std::collections::BTreeSet<u64> =
+        extents.iter().map(|e| e[1].as_u64().unwrap()).collect();
+    assert_eq!(
+        sizes.into_iter().collect::<Vec<_>>(),
+        [4096, 12800, 65536, 1 << 20]
+    );
+    assert_eq!(check(&r1, "pattern_verify")["value"], at);
+    assert_eq!(check(&r1, "filemarks")["value"], 3);
+    let space = check(&r1, "space")["detail"].as_str().unwrap();
+    assert!(space.contains("MTIOCPOS"), "{space}");
+    let r1_path = write_json(&dir.path().join("r1.json"), &r1);
+
+    // The cartridge now holds data: a second run needs --force.
+    let plain = format!("vtape:{}", tape_dir.display());
+    let (code, _, err) = pbio(&["qualify", "--dev", &plain, "--quick"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--force") && err.contains(&plain), "{err}");
+    // With it, compared with the first under wide limits: a delta per check.
+    let (code, r2, err) = run_json(&[
+        "qualify",
+        "--dev",
+        &plain,
+        "--quick",
+        "--force",
+        "--json",
+        "--compare",
+        &r1_path,
+        "--max-throughput-drop",
+        "99",
+        "--max-latency-rise",
+        "100000",
+    ]);
+    assert_eq!(code, 0, "{err}\n{r2:#}");
+    assert_eq!(check(&r2, "compare")["verdict"], "PASS");
+    let deltas: Vec<&str> = r2["compare"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, TAPE_CHECKS);
+    assert_eq!(r2["compare"]["matrix"].as_array().unwrap().len(), 8);
+    // Against a report claiming 10x the throughput: FAIL.
+    let fake = write_json(&dir.path().join("fake.json"), &claim_10x(&r2));
+    let (code, r3, err) = run_json(&[
+        "qualify",
+        "--dev",
+        &plain,
+        "--quick",
+        "--force",
+        "--json",
+        "--compare",
+        &fake,
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(check(&r3, "compare")["verdict"], "FAIL");
+    let r3_path = write_json(&dir.path().join("r3.json"), &r3);
+
+    // The layout is still on the tape: --recheck reads it back...
+    let (code, rc, err) = run_json(&["qualify", "--dev", &plain, "--recheck", &r3_path, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(check(&rc, "pattern_recheck")["verdict"], "PASS", "{rc}");
+    // ...until one byte of the third block changes on the medium: FAIL,
+    // naming the block and the tape byte.
+    let third = extent(&r3, 2);
+    let bad = third + 2 * 512 + 17;
+    tamper(&tape_dir.join("vtape.data"), bad, &[0x5A]);
+    let (code, rc, err) = run_json(&["qualify", "--dev", &plain, "--recheck", &r3_path, "--json"]);
+    assert_eq!(code, 3, "{err}");
+    let c = check(&rc, "pattern_recheck");
+    assert_eq!(c["verdict"], "FAIL");
+    assert_eq!(c["data"]["first_bad_block"], 2);
+    assert_eq!(c["data"]["first_bad_offset"], third + 1024);
+    let detail = c["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("file 0 block 2 at byte 1024")
+            && detail.contains(&format!("tape byte {}", third + 1024)),
+        "{detail}"
+    );
+    // The first run's report: its blocks were overwritten by later runs.
+    let (code, rc, _) = run_json(&["qualify", "--dev", &plain, "--recheck", &r1_path, "--json"]);
+    assert_eq!(code, 3, "{rc}");
+    let detail = check(&rc, "pattern_recheck")["detail"].as_str().unwrap();
+    assert!(detail.contains("the pattern of another run"), "{detail}");
+    // A disk's report (extents that are not tape blocks) is refused as such.
+    let mut disk = r3.clone();
+    disk["pattern"]["extents"] = serde_json::json!([[0, 4 << 20], [8 << 20, 4 << 20]]);
+    let disk_path = write_json(&dir.path().join("disk.json"), &disk);
+    let (code, rc, _) = run_json(&[
+        "qualify",
+        "--dev",
+        &plain,
+        "--recheck",
+        &disk_path,
+        "--json",
+    ]);
+    assert_eq!(code, 3, "{rc}");
+    let detail = check(&rc, "pattern_recheck")["detail"].as_str().unwrap();
+    assert!(detail.contains("not a tape's"), "{detail}");
+}
+
+#[test]
+fn qualify_a_pmem_file_and_recheck() {
+    let dir = tempfile::tempdir_in("/dev/shm").expect("a folder in /dev/shm");
+    let file = dir.path().join("pmem.img");
+    let dev = format!("pmem:{},size=64M", file.display());
+    let (code, r, err) = run_json(&["qualify", "--dev", &dev, "--quick", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    check_all_pass(&r, &PMEM_CHECKS, "pmem");
+    let p = &r["device"]["pmem"];
+    assert_eq!(p["mapping_bytes"], 64 << 20, "{p}");
+    assert_eq!(p["dax"], false, "tmpfs is not DAX: {p}");
+    assert_eq!(p["persist"], "msync(MS_SYNC)", "{p}");
+    assert_eq!(r["device"]["filesystem"]["type"], "tmpfs");
+    assert_eq!(r["matrix"].as_array().unwrap().len(), 4);
+    let persist = check(&r, "persist_latency_p99");
+    assert_eq!(persist["better"], "lower");
+    for size in ["64", "4096", "65536"] {
+        check_latency(&persist["data"]["lat_us_by_bytes"][size], size);
+    }
+    assert_eq!(
+        persist["value"],
+        persist["data"]["lat_us_by_bytes"]["4096"]["p99"]
+    );
+    assert_eq!(check(&r, "pattern_verify")["value"], 4 << 20);
+    assert_eq!(check(&r, "durability")["value"], 4 << 20);
+    let durable = check(&r, "durability")["detail"].as_str().unwrap();
+    assert!(durable.contains("mapped again"), "{durable}");
+    let r_path = write_json(&dir.path().join("r.json"), &r);
+    let plain = format!("pmem:{}", file.display());
+
+    let (code, rc, err) = run_json(&["qualify", "--dev", &plain, "--recheck", &r_path, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(check(&rc, "pattern_recheck")["verdict"], "PASS");
+    let bad = extent(&r, 1) + 8192;
+    tamper(&file, bad, &[0u8; 512]);
+    let (code, rc, err) = run_json(&["qualify", "--dev", &plain, "--recheck", &r_path, "--json"]);
+    assert_eq!(code, 3, "{err}");
+    let c = check(&rc, "pattern_recheck");
+    assert_eq!(c["data"]["first_bad_offset"], bad);
+    assert_eq!(c["data"]["bad_units"], 1);
+    let detail = c["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("mismatch at offset {bad}")) && detail.contains("zeros"),
+        "{detail}"
+    );
+
+    // A pmem file holding other data needs --force; a directory is refused.
+    std::fs::write(&file, vec![7u8; 8 << 20]).unwrap();
+    let (code, _, err) = pbio(&["qualify", "--dev", &plain, "--quick"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("holds data") && err.contains("--force"),
+        "{err}"
+    );
+    let d = format!("pmem:{}", dir.path().display());
+    let (code, _, err) = pbio(&["qualify", "--dev", &d, "--quick"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("directory") && err.contains(&d), "{err}");
+}
+
+/// pmem through a block device (as `/dev/pmemN` is one): the namespace's
+/// sysfs, --force required, and the durability read-back with O_DIRECT.
+#[test]
+fn qualify_pmem_on_a_loop_device() {
+    if !loopdev::loop_devices_available("qualify_pmem_on_a_loop_device") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lo = loopdev::LoopDev::new(&dir.path().join("lo.img"), SIZE_BYTES);
+    let dev = format!("pmem:{}", lo.arg());
+    let (code, _, err) = pbio(&["qualify", "--dev", &dev, "--quick"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--force") && err.contains(&dev), "{err}");
+    let (code, r, err) = run_json(&["qualify", "--dev", &dev, "--quick", "--force", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    check_all_pass(&r, &PMEM_CHECKS, "pmem");
+    let name = lo.path.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(r["device"]["sysfs"]["name"], name.as_str());
+    assert_eq!(r["device"]["logical_block_bytes"], 512);
+    let durable = check(&r, "durability")["detail"].as_str().unwrap();
+    assert!(
+        durable.contains("O_DIRECT, past the page cache: intact"),
+        "{durable}"
+    );
+    // What the run left is on the loop device's backing file.
+    let mut unit = vec![0u8; 512];
+    std::fs::File::open(&lo.backing)
+        .unwrap()
+        .read_exact_at(&mut unit, extent(&r, 1))
+        .unwrap();
+    assert_eq!(&unit[..8], b"PBIOQUAL");
+}

@@ -3,12 +3,14 @@
 //! compared with an earlier report.
 //!
 //! Destructive: the run writes across the device. A block device needs
-//! `--force`; so does a file that holds anything (a recognised format, a
-//! pbio set, or any non-zero data), except the leftovers of an earlier
-//! qualification (its pattern at offset 0). What the overwrite guard
-//! refuses for `backup` because the device is in use (mounted, swap, a
-//! loop device's backing file) is refused even with `--force`.
-//! `--recheck` reads only.
+//! `--force`, and so does a tape drive (the cartridge is overwritten from
+//! its beginning) and a pmem namespace (`/dev/pmem*`); so does a file,
+//! a pmem file or an emulated tape that holds anything (a recognised
+//! format, a pbio set, or any non-zero data), except, for files, the
+//! leftovers of an earlier qualification (its pattern at offset 0). What
+//! the overwrite guard refuses for `backup` because the device is in use
+//! (mounted, swap, a loop device's backing file) is refused even with
+//! `--force`. `--recheck` reads only.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -28,7 +30,7 @@ use crate::units::human_bytes;
 /// declared to hold data without having been read to the end.
 const SCAN_BYTES_MAX: u64 = 64 << 20;
 
-/// Hardware qualification of one device: geometry, O_DIRECT limits, throughput and latency, durability, a pattern check; PASS/FAIL per check (destroys the device's data).
+/// Hardware qualification of one device (file, block device, tape, pmem): geometry, O_DIRECT limits, throughput and latency, durability, a pattern check, tape operations; PASS/FAIL per check (destroys the device's data).
 #[derive(Args, Debug)]
 pub struct QualifyArgs {
     /// The device: PATH[,size=N] (a file device is created with size=N). Everything on it is overwritten.
@@ -43,7 +45,7 @@ pub struct QualifyArgs {
     /// A small matrix (4K and 1M blocks at queue depths 1 and 16) and smaller bounds.
     #[arg(long)]
     pub quick: bool,
-    /// Qualify a block device, or a file that holds data (never a device in use).
+    /// Qualify a block device, a tape drive, a pmem namespace, or a file or emulated tape that holds data (never a device in use).
     #[arg(long)]
     pub force: bool,
     /// Fraction of the device the pattern check covers, as 0.05 or 5% (default 1%, at least 4 MiB, at most 256 MiB, 64 MiB with --quick; a given fraction is not capped).
@@ -171,13 +173,32 @@ fn check_destructive(spec: &DeviceSpec, probe: &device::Probe, force: bool) -> R
         return Ok(());
     }
     let path = spec.path.display();
-    if probe.kind == Kind::Block {
+    // What is behind a pmem device: its namespace or its file.
+    let pmem_target = device::pmem::file_of(&spec.path).filter(|_| probe.kind == Kind::Pmem);
+    let pmem_block = pmem_target
+        .as_ref()
+        .and_then(|t| std::fs::metadata(t).ok())
+        .is_some_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_block_device()
+        });
+    if probe.kind == Kind::Block || pmem_block {
         return Err(usage(format!(
             "refusing to qualify {path} (nothing was written): qualify writes across the whole device; give --force to qualify a block device"
         )));
     }
-    if probe.kind == Kind::File && spec.path.exists() {
-        let found = file_data(&spec.path)
+    if probe.kind == Kind::Tape {
+        return Err(usage(format!(
+            "refusing to qualify {path} (nothing was written): qualify overwrites the cartridge from its beginning; give --force to qualify a tape drive"
+        )));
+    }
+    let file = match probe.kind {
+        Kind::File => Some(spec.path.clone()),
+        Kind::Pmem => pmem_target,
+        _ => None,
+    };
+    if let Some(file) = file.filter(|f| f.exists()) {
+        let found = file_data(&file)
             .map_err(|e| usage(format!("device {path}: reading it to check for data: {e}")))?;
         if let Some(what) = found {
             return Err(usage(format!(

@@ -355,6 +355,11 @@ pub trait Device: Send + Sync {
     fn nbd(&self) -> Option<&nbd::NbdDevice> {
         None
     }
+    /// Memory-mapped devices: how `persist` makes stores durable (DAX
+    /// cache-line flushes, or msync). None: not mapped.
+    fn durability(&self) -> Option<pmem::Durability> {
+        None
+    }
 }
 
 /// Write one block to a sequential device now, synchronously, through the

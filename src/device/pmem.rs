@@ -329,6 +329,9 @@ impl Device for PmemDevice {
         // Writes made through the descriptor (label, catalog).
         self.file.sync_all()
     }
+    fn durability(&self) -> Option<Durability> {
+        Some(self.durability)
+    }
     fn mapping(&self) -> Option<Mapping> {
         Some(Mapping {
             base: self.base,

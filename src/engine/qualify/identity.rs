@@ -85,6 +85,10 @@ pub struct Identity {
     pub filesystem: Option<Filesystem>,
     /// statx STATX_DIOALIGN: the kernel's own O_DIRECT limits (memory, offset).
     pub kernel_dio_align: Option<(u32, u32)>,
+    /// Tapes: the drive's status and block limit (`"tape"` in the report).
+    pub tape: Option<Value>,
+    /// pmem: the mapping and how it is made durable (`"pmem"` in the report).
+    pub pmem: Option<Value>,
 }
 
 impl Identity {
@@ -113,7 +117,7 @@ impl Identity {
                 "loop_dio": s.loop_dio,
             })
         });
-        json!({
+        let mut j = json!({
             "path": self.path,
             "kind": self.kind,
             "capacity_bytes": self.capacity_bytes,
@@ -137,7 +141,14 @@ impl Identity {
                 "memory_bytes": m,
                 "offset_bytes": o,
             })),
-        })
+        });
+        if let Some(t) = &self.tape {
+            j["tape"] = t.clone();
+        }
+        if let Some(p) = &self.pmem {
+            j["pmem"] = p.clone();
+        }
+        j
     }
 }
 
@@ -252,6 +263,44 @@ fn physical_block_bytes(file: &File) -> std::io::Result<u32> {
     Ok(size)
 }
 
+/// The filesystem a file lives on (statfs).
+fn filesystem_of(path: &Path, meta: &std::fs::Metadata) -> Option<Filesystem> {
+    let file = File::open(path).ok()?;
+    let fs = nix::sys::statfs::fstatfs(&file).ok()?;
+    let magic = fs.filesystem_type().0 as u64;
+    Some(Filesystem {
+        kind: filesystem_name(magic),
+        magic,
+        block_bytes: fs.block_size() as u64,
+        io_block_bytes: meta.blksize(),
+    })
+}
+
+/// What sysfs says about an st drive (`/sys/class/scsi_tape/nst0/device`):
+/// vendor, model, firmware revision, serial (VPD page 0x80).
+fn tape_sysfs(name: &str) -> Option<Sysfs> {
+    let dev = PathBuf::from(format!("/sys/class/scsi_tape/{name}/device"));
+    if !dev.exists() {
+        return None;
+    }
+    let mut out = Sysfs {
+        name: name.to_string(),
+        ..Sysfs::default()
+    };
+    let ids: [(&'static str, Option<String>); 4] = [
+        ("vendor", read_trimmed(&dev.join("vendor"))),
+        ("model", read_trimmed(&dev.join("model"))),
+        ("firmware", read_trimmed(&dev.join("rev"))),
+        ("serial", vpd_serial(&dev.join("vpd_pg80"))),
+    ];
+    for (key, value) in ids {
+        if let Some(v) = value {
+            out.ids.insert(key, v);
+        }
+    }
+    Some(out)
+}
+
 /// Everything knowable about `device` without writing it.
 pub fn identify(device: &dyn Device) -> Identity {
     let path = device.path();
@@ -266,10 +315,43 @@ pub fn identify(device: &dyn Device) -> Identity {
         sysfs: None,
         filesystem: None,
         kernel_dio_align: kernel_dio_align(path),
+        tape: None,
+        pmem: None,
     };
+    // A pmem device is identified as the file or block device behind it.
+    let target = crate::device::pmem::file_of(path)
+        .filter(|_| device.kind() == Kind::Pmem)
+        .unwrap_or_else(|| path.to_path_buf());
+    let path = target.as_path();
     let meta = std::fs::metadata(path).ok();
-    #[allow(unreachable_patterns)] // other kinds (tape, pmem) identify themselves elsewhere
+    #[allow(unreachable_patterns)] // Kind grows (nbd): a new kind identifies itself here
     match device.kind() {
+        Kind::Tape => {
+            out.kind = "tape";
+            out.kernel_dio_align = None;
+            out.sysfs = path
+                .file_name()
+                .and_then(|n| tape_sysfs(&n.to_string_lossy()));
+        }
+        Kind::VirtualTape => {
+            out.kind = "vtape";
+            out.kernel_dio_align = None;
+        }
+        Kind::Pmem => {
+            out.kind = "pmem";
+            out.kernel_dio_align = None;
+            if let Some(m) = &meta {
+                if m.file_type().is_block_device() {
+                    if let Ok(file) = File::open(path) {
+                        out.logical_block_bytes = block::logical_block_bytes(&file).ok();
+                        out.physical_block_bytes = physical_block_bytes(&file).ok();
+                    }
+                    out.sysfs = sysfs_for((libc::major(m.rdev()), libc::minor(m.rdev())));
+                } else if m.is_file() {
+                    out.filesystem = filesystem_of(path, m);
+                }
+            }
+        }
         Kind::Block => {
             out.kind = "block";
             if let Ok(file) = File::open(path) {
@@ -284,17 +366,7 @@ pub fn identify(device: &dyn Device) -> Identity {
         }
         Kind::File => {
             if let Some(m) = &meta {
-                if let Ok(file) = File::open(path) {
-                    if let Ok(fs) = nix::sys::statfs::fstatfs(&file) {
-                        let magic = fs.filesystem_type().0 as u64;
-                        out.filesystem = Some(Filesystem {
-                            kind: filesystem_name(magic),
-                            magic,
-                            block_bytes: fs.block_size() as u64,
-                            io_block_bytes: m.blksize(),
-                        });
-                    }
-                }
+                out.filesystem = filesystem_of(path, m);
                 // Filesystems without a disk (tmpfs, btrfs's anonymous
                 // device numbers) have major 0: nothing in sysfs.
                 let dev = (libc::major(m.dev()), libc::minor(m.dev()));

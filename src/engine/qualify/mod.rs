@@ -22,8 +22,13 @@
 //! the options and the capacity (`plan`), tested alone.
 //!
 //! Device families: random-access devices (file, block) get the checks
-//! above. Sequential-only devices (tape) need their own: see
-//! [`sequential_checks`], the extension point. pmem will need its own too.
+//! above. Tapes (st drives, the `vtape:` emulator) get theirs (`tape`):
+//! drive status, block limits, streaming throughput, variable-size blocks
+//! read back one per read, filemarks, spacing, rewind, end of data. pmem
+//! gets its own (`pmem`): the mapping, stores + persist, persist latency,
+//! the pattern through the mapping, durability through a second mapping.
+//! Every family reports in the same structure (checks, matrix, pattern),
+//! so `--compare` and `--recheck` work alike.
 
 pub mod alignment;
 pub mod compare;
@@ -31,6 +36,8 @@ pub mod durability;
 pub mod identity;
 pub mod io;
 pub mod pattern;
+pub mod pmem;
+pub mod tape;
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -507,39 +514,31 @@ pub enum QualifyError {
 }
 
 /// How a device family is qualified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Family {
     /// Offsets anywhere: file, block.
     RandomAccess,
+    /// One block after the other, filemarks: st drives, the emulator.
+    Tape,
+    /// Mapped into memory, made durable by `persist`.
+    Pmem,
 }
 
 /// Which checks a device gets. Kinds without checks are refused, never
 /// run through checks that do not fit them.
 fn family(device: &dyn Device) -> Result<Family, QualifyError> {
-    #[allow(unreachable_patterns)] // Kind grows (tape, pmem): each needs its own arm.
+    #[allow(unreachable_patterns)] // Kind grows (nbd): each needs its own arm.
     match device.kind() {
         Kind::File | Kind::Block => Ok(Family::RandomAccess),
-        other => sequential_checks(device, other).map(|never| match never {}),
+        Kind::Tape | Kind::VirtualTape => Ok(Family::Tape),
+        Kind::Pmem => Ok(Family::Pmem),
+        other => Err(QualifyError::Unsupported {
+            device: device.path().display().to_string(),
+            why: format!(
+                "qualify has no checks for {other:?} devices yet (files, block devices, tapes and pmem)"
+            ),
+        }),
     }
-}
-
-/// EXTENSION POINT (tape). A sequential-only device needs its own checks,
-/// in place of the random-access ones: block limits (READ BLOCK LIMITS /
-/// MTIOCGET), variable-block write and read-back of the pattern, filemarks
-/// (MTWEOF) and spacing over them (MTFSF/MTBSF), rewind (MTREW), end of
-/// data (MTEOM), the early-warning ENOSPC at end of medium, and streaming
-/// throughput at one write in flight. None of that exists yet: until it
-/// does, a tape is refused with this message rather than given results
-/// that were never measured.
-fn sequential_checks(
-    device: &dyn Device,
-    kind: Kind,
-) -> Result<std::convert::Infallible, QualifyError> {
-    Err(QualifyError::Unsupported {
-        device: device.path().display().to_string(),
-        why: format!(
-            "qualify has no checks for {kind:?} devices yet (only files and block devices)"
-        ),
-    })
 }
 
 fn now_unix_secs() -> u64 {
@@ -574,7 +573,7 @@ fn identity_check(id: &Identity) -> Check {
     if let Some(fs) = &id.filesystem {
         parts.push(format!("on {} (block {} B)", fs.kind, fs.block_bytes));
     }
-    if !id.direct_io {
+    if !id.direct_io && matches!(id.kind, "file" | "block") {
         parts.push("no O_DIRECT here: buffered I/O".into());
     }
     let mut problems = Vec::new();
@@ -618,7 +617,7 @@ pub fn run(
     options: &Options,
     on: &mut dyn FnMut(Event),
 ) -> Result<Report, QualifyError> {
-    let Family::RandomAccess = family(device)?;
+    let family = family(device)?;
     options
         .validate()
         .map_err(|why| QualifyError::Unsupported {
@@ -628,6 +627,26 @@ pub fn run(
     let started = Instant::now();
     let started_unix_secs = now_unix_secs();
     let identity = identity::identify(device);
+    if family != Family::RandomAccess {
+        let mut report = Report {
+            started_unix_secs,
+            seconds: 0.0,
+            options: options.clone(),
+            identity,
+            checks: Vec::new(),
+            matrix: Vec::new(),
+            pattern: None,
+            recheck_of: None,
+            compare: None,
+        };
+        if family == Family::Tape {
+            tape::run(device, options, &mut report, on);
+        } else {
+            pmem::run(device, options, &mut report, on);
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
     let id_check = identity_check(&identity);
     on(Event::Check(&id_check));
     if id_check.verdict == Verdict::Fail && identity.capacity_bytes < CAPACITY_MIN_BYTES {
@@ -681,7 +700,12 @@ pub fn run(
         on(Event::Cell(&cell));
         report.matrix.push(cell);
     }
-    for check in matrix_checks(&report.matrix, device.direct_io()) {
+    let buffered = if device.direct_io() {
+        ""
+    } else {
+        " (buffered I/O: the page cache, not only the device)"
+    };
+    for check in matrix_checks(&report.matrix, buffered) {
         push(&mut report, check, on);
     }
 
@@ -717,24 +741,30 @@ pub fn recheck(
     report_path: &str,
     on: &mut dyn FnMut(Event),
 ) -> Result<Report, QualifyError> {
-    let Family::RandomAccess = family(device)?;
+    let family = family(device)?;
     let started = Instant::now();
     let identity = identity::identify(device);
     let id_check = identity_check(&identity);
     on(Event::Check(&id_check));
     let mut checks = vec![id_check];
     let end = spec.extents.iter().map(|&(o, l)| o + l).max().unwrap_or(0);
-    let check = if end > identity.capacity_bytes {
+    let check = if family == Family::Tape {
+        tape::recheck(device, spec)
+    } else if end > identity.capacity_bytes {
         Check::new("pattern_recheck", Verdict::Fail, json!(0), "bytes").detail(format!(
             "the report's pattern reaches offset {end}, beyond this device's {} bytes: not the device that report was made on",
             identity.capacity_bytes
         ))
     } else {
-        let io = DevIo::new(device);
-        if !device.direct_io() {
-            let _ = io.drop_cache();
+        if family == Family::Pmem {
+            pmem::recheck(device, spec)
+        } else {
+            let io = DevIo::new(device);
+            if !device.direct_io() {
+                let _ = io.drop_cache();
+            }
+            pattern_check("pattern_recheck", device, &io, spec, false)
         }
-        pattern_check("pattern_recheck", device, &io, spec, false)
     };
     on(Event::Check(&check));
     checks.push(check);
@@ -933,13 +963,9 @@ fn run_cell(device: &dyn Device, plan: CellPlan) -> Cell {
     Cell { plan, outcome }
 }
 
-/// Throughput (best cell) and latency (qd 1, smallest block) per direction.
-fn matrix_checks(matrix: &[Cell], direct_io: bool) -> Vec<Check> {
-    let buffered = if direct_io {
-        ""
-    } else {
-        " (buffered I/O: the page cache, not only the device)"
-    };
+/// Throughput (best cell) and latency (qd 1, smallest block) per
+/// direction; `buffered` is added to each detail (how the I/O was done).
+fn matrix_checks(matrix: &[Cell], buffered: &str) -> Vec<Check> {
     let mut out = Vec::with_capacity(4);
     let mut latency = Vec::with_capacity(2);
     for (rw, tp_name, lat_name) in [
