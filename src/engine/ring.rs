@@ -351,7 +351,7 @@ impl<'a> Ring<'a> {
             held: None,
             idle_since: None,
             mapping: device.mapping(),
-            pipe: device.nbd().map(Pipe::new),
+            pipe: device.nbd().map(|n| Pipe::new(n)),
             pipe_done: Vec::new(),
             pipe_sqes: Vec::new(),
         })

@@ -36,6 +36,35 @@ use super::proto::{self, ReplyHead};
 use super::NbdDevice;
 use crate::device::Device;
 
+/// The connection a pipe runs on: an `NbdDevice`, or in tests and the fuzz
+/// target a stand-in that has no socket (`feed` drives the pipe there).
+pub trait Link {
+    fn fd(&self) -> std::os::fd::RawFd;
+    fn timeout(&self) -> std::time::Duration;
+    fn structured_replies(&self) -> bool;
+    /// End the operations in flight on the connection.
+    fn shutdown(&self);
+    fn reconnect(&self) -> std::io::Result<()>;
+}
+
+impl Link for NbdDevice {
+    fn fd(&self) -> std::os::fd::RawFd {
+        Device::fd(self)
+    }
+    fn timeout(&self) -> std::time::Duration {
+        NbdDevice::timeout(self)
+    }
+    fn structured_replies(&self) -> bool {
+        NbdDevice::structured_replies(self)
+    }
+    fn shutdown(&self) {
+        NbdDevice::shutdown(self)
+    }
+    fn reconnect(&self) -> std::io::Result<()> {
+        NbdDevice::reconnect(self)
+    }
+}
+
 /// Set in the `user_data` of every SQE the pipe makes.
 pub const TAG: u64 = 1 << 63;
 const OP_SEND: u64 = TAG | 1;
@@ -95,7 +124,7 @@ enum Rx {
 }
 
 pub struct Pipe<'d> {
-    dev: &'d NbdDevice,
+    dev: &'d dyn Link,
     structured: bool,
     timeout: Box<types::Timespec>,
     reqs: Vec<Option<Box<Req>>>,
@@ -127,7 +156,7 @@ pub struct Pipe<'d> {
 // that owns the pipe and its ring.
 
 impl<'d> Pipe<'d> {
-    pub fn new(dev: &'d NbdDevice) -> Pipe<'d> {
+    pub fn new(dev: &'d dyn Link) -> Pipe<'d> {
         let iov = vec![
             libc::iovec {
                 iov_base: std::ptr::null_mut(),
@@ -423,6 +452,62 @@ impl<'d> Pipe<'d> {
         } else {
             format!("{op}: {}", std::io::Error::from_raw_os_error(-result))
         }
+    }
+
+    /// Tests and fuzzing: mark every queued request sent (as `sqes` does
+    /// when it gathers them, without a send) and hand the pipe `bytes` as
+    /// if one receive had returned them: into the stage, or straight into
+    /// a read's buffer where `sqes` would have received them there.
+    /// Returns the first protocol error.
+    pub fn feed(&mut self, mut bytes: &[u8], done: &mut Vec<(u64, i32)>) -> Result<(), String> {
+        while let Some(h) = self.queue.pop_front() {
+            self.reqs[h as usize].as_mut().expect("queued request").sent = true;
+        }
+        if let Some(f) = &self.fatal {
+            return Err(f.clone());
+        }
+        while !bytes.is_empty() {
+            let n = match self.rx {
+                Rx::Data {
+                    handle,
+                    at,
+                    left,
+                    done: last,
+                } if self.lo == self.hi && left > 0 => {
+                    let n = left.min(bytes.len());
+                    let req = self.req(handle).expect("data state for a live request");
+                    // SAFETY: [at, at + n) is within the request's buffer
+                    // (at + left <= len, checked when the chunk was accepted).
+                    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), req.buf.add(at), n) };
+                    self.rx = Rx::Data {
+                        handle,
+                        at: at + n,
+                        left: left - n,
+                        done: last,
+                    };
+                    n
+                }
+                _ => {
+                    if self.lo > 0 {
+                        self.stage.copy_within(self.lo..self.hi, 0);
+                        self.hi -= self.lo;
+                        self.lo = 0;
+                    }
+                    let n = (STAGE_BYTES - self.hi).min(bytes.len());
+                    self.stage[self.hi..self.hi + n].copy_from_slice(&bytes[..n]);
+                    self.hi += n;
+                    n
+                }
+            };
+            if n == 0 {
+                return Err(self.fail("protocol error: the stage is full and nothing parses".into()));
+            }
+            bytes = &bytes[n..];
+            if let Err(e) = self.parse(done) {
+                return Err(self.fail(format!("protocol error: {e}")));
+            }
+        }
+        Ok(())
     }
 
     /// `n` bytes of the send in flight went out.
