@@ -128,6 +128,43 @@ pub fn check_devices(devs: &[DeviceSpec], policy: &Policy) -> Result<(), Failure
     Ok(())
 }
 
+/// `--balance time`: every device given without `rate=` is measured with
+/// a short write probe (engine::probe), and planned at that rate.
+fn measure_rates(set: &super::SetArgs, json: bool) -> Result<super::SetArgs, Failure> {
+    let mut set = set.clone();
+    for spec in set.devs.iter_mut() {
+        if spec.rate_bytes_per_sec.is_some() {
+            continue;
+        }
+        let probe = device::probe(spec).map_err(|e| Failure::Usage(e.to_string()))?;
+        if matches!(
+            probe.kind,
+            device::Kind::Tape | device::Kind::VirtualTape | device::Kind::Pmem
+        ) {
+            // The planner names the device and asks for rate=.
+            continue;
+        }
+        let dev = device::open(spec, Mode::Write).map_err(|e| Failure::Usage(e.to_string()))?;
+        let m = engine::probe::write_rate(dev.as_ref(), Default::default()).map_err(|e| {
+            Failure::Usage(format!(
+                "device {}: --balance time: measuring its write rate failed: {e} (give rate=)",
+                spec.path.display()
+            ))
+        })?;
+        if !json {
+            eprintln!(
+                "pbio: device {}: measured {:.1} MiB/s ({} MiB in {:.2} s) for --balance time",
+                spec.path.display(),
+                m.bytes_per_sec as f64 / (1 << 20) as f64,
+                m.bytes >> 20,
+                m.elapsed.as_secs_f64()
+            );
+        }
+        spec.rate_bytes_per_sec = Some(m.bytes_per_sec);
+    }
+    Ok(set)
+}
+
 /// The device paths the backup would create or write must be writable by us.
 fn check_writable(devs: &[DeviceSpec]) -> Result<(), Failure> {
     use nix::unistd::{access, AccessFlags};
@@ -195,7 +232,14 @@ pub fn run(args: BackupArgs) -> CliResult {
     // Cheap checks first: paths, then what is on the devices, then the walk.
     super::check_paths(&args.set.sources, &args.set.devs)?;
     check_devices(&args.set.devs, &policy)?;
-    let prepared = prepare(&args.set)?;
+    let measured;
+    let set = if args.set.balance == crate::plan::Balance::Time {
+        measured = measure_rates(&args.set, args.set.json)?;
+        &measured
+    } else {
+        &args.set
+    };
+    let prepared = prepare(set)?;
     check_writable(&args.set.devs)?;
     let mut devices = Vec::with_capacity(args.set.devs.len());
     for spec in &args.set.devs {
@@ -215,17 +259,19 @@ pub fn run(args: BackupArgs) -> CliResult {
         reserve_bytes: prepared.reserve_bytes,
         write_retries: args.retries,
         events: Some(events_tx),
-        steal_work: args.set.balance == crate::plan::Balance::Time,
+        steal_work: (args.set.balance == crate::plan::Balance::Time)
+            .then(|| prepared.devices.iter().map(|d| d.2.unwrap_or(0)).collect()),
     };
     let payload = payload_per_device(&prepared.entries, &prepared.plan);
     let infos: Vec<DeviceInfo> = prepared
         .devices
         .iter()
         .zip(payload)
-        .map(|((path, capacity, _), planned_bytes)| DeviceInfo {
+        .map(|((path, capacity, rate), planned_bytes)| DeviceInfo {
             path: path.clone(),
             planned_bytes,
             capacity_bytes: *capacity,
+            rate_bytes_per_sec: *rate,
         })
         .collect();
     let input = SetInput {

@@ -55,6 +55,9 @@ pub struct DeviceInfo {
     /// Payload bytes the plan gives the device.
     pub planned_bytes: u64,
     pub capacity_bytes: u64,
+    /// The rate the plan used (declared with rate=, or measured by the
+    /// `--balance time` probe); None: not needed.
+    pub rate_bytes_per_sec: Option<u64>,
 }
 
 /// How a device is doing, as far as its events tell (for the display; the
@@ -180,6 +183,7 @@ impl<W: Write> Reporter<W> {
                             "path": d.path,
                             "planned_bytes": d.planned_bytes,
                             "capacity_bytes": d.capacity_bytes,
+                            "rate_bytes_per_sec": d.rate_bytes_per_sec,
                         })
                     })
                     .collect();
@@ -447,6 +451,7 @@ mod tests {
                 path: format!("/dev/x{i}"),
                 planned_bytes: 100,
                 capacity_bytes: 1000,
+                rate_bytes_per_sec: None,
             })
             .collect()
     }

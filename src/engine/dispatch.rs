@@ -91,6 +91,9 @@ pub struct Dispatcher {
     /// An idle device may take planned work from the device with the most
     /// left (so devices of uneven speed finish together).
     stealing: AtomicBool,
+    /// Bytes per second of each device under `--balance time` (declared,
+    /// probed, then as observed during the run); 0: unknown.
+    rates: Vec<AtomicU64>,
 }
 
 impl Dispatcher {
@@ -122,13 +125,41 @@ impl Dispatcher {
             aborted: AtomicBool::new(false),
             queued_bytes,
             stealing: AtomicBool::new(false),
+            rates: (0..device_count).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
     /// Let idle devices take planned work from the busiest one (`--balance
     /// time`: finishing together matters more than the planned bytes).
-    pub fn enable_stealing(&self) {
+    /// `rates` (bytes per second, 0: unknown) weigh what a device takes:
+    /// a slow device takes only the share of the work left that it can
+    /// write in the time the faster one needs for the rest.
+    pub fn enable_stealing(&self, rates: &[u64]) {
+        for (r, &rate) in self.rates.iter().zip(rates) {
+            r.store(rate, Ordering::Relaxed);
+        }
         self.stealing.store(true, Ordering::SeqCst);
+    }
+
+    /// A device's rate as observed during the run.
+    pub fn update_rate(&self, device: usize, bytes_per_sec: u64) {
+        self.rates[device].store(bytes_per_sec.max(1), Ordering::Relaxed);
+    }
+
+    pub fn rate(&self, device: usize) -> u64 {
+        self.rates[device].load(Ordering::Relaxed)
+    }
+
+    /// How much of the work a device does per unit of time, relative to
+    /// the others: its rate when every rate is known, else 1 (bytes).
+    fn weight(&self, device: usize) -> u64 {
+        let known = self.stealing.load(Ordering::Relaxed)
+            && self.rates.iter().all(|r| r.load(Ordering::Relaxed) > 0);
+        if known {
+            self.rate(device)
+        } else {
+            1
+        }
     }
 
     fn pop_own(&self, device: usize) -> Option<WorkItem> {
@@ -137,21 +168,42 @@ impl Dispatcher {
         Some(item)
     }
 
-    /// Take the next planned item of the live device with the most planned
-    /// bytes left (at least two chunks), as much of it as `room_bytes` allows.
+    /// Take planned work from the live device that needs the longest for
+    /// what it has queued: the thief's fair share of that queue at the two
+    /// devices' rates (so that both finish together), at least a chunk
+    /// (else nothing: the thief would finish after the victim), cut from
+    /// the victim's next item; the rest of that item goes back to the end
+    /// of the victim's queue.
     fn steal(&self, thief: usize, room_bytes: u64) -> Option<WorkItem> {
+        let queued = |d: usize| self.queued_bytes[d].load(Ordering::Relaxed) as u128;
         let victim = (0..self.own.len())
             .filter(|&d| d != thief && self.state(d) == DeviceState::Working)
-            .max_by_key(|&d| self.queued_bytes[d].load(Ordering::Relaxed))?;
-        if self.queued_bytes[victim].load(Ordering::Relaxed) < 2 * self.chunk_bytes {
+            .max_by_key(|&d| queued(d) * 1_000_000 / self.weight(d).max(1) as u128)?;
+        if queued(victim) < 2 * self.chunk_bytes as u128 {
+            return None;
+        }
+        let (wt, wv) = (self.weight(thief) as u128, self.weight(victim) as u128);
+        let share = (queued(victim) * wt / (wt + wv).max(1)) as u64;
+        let share = share.min(room_bytes) / self.chunk_bytes * self.chunk_bytes;
+        if share < self.chunk_bytes {
             return None;
         }
         let item = self.pop_own(victim)?;
         self.filled_bytes[victim].fetch_sub(item.length, Ordering::Relaxed);
-        let cut =
-            (item.offset + room_bytes.max(self.chunk_bytes)) / self.chunk_bytes * self.chunk_bytes;
-        let taken = if cut > item.offset {
-            self.keep_head(item, cut)
+        let cut = (item.offset + share) / self.chunk_bytes * self.chunk_bytes;
+        let taken = if cut > item.offset && cut < item.end() {
+            let rest = WorkItem {
+                file: item.file,
+                offset: cut,
+                length: item.end() - cut,
+            };
+            self.own[victim].push(rest);
+            self.queued_bytes[victim].fetch_add(rest.length, Ordering::Relaxed);
+            self.filled_bytes[victim].fetch_add(rest.length, Ordering::Relaxed);
+            WorkItem {
+                length: cut - item.offset,
+                ..item
+            }
         } else {
             item
         };
@@ -258,7 +310,10 @@ impl Dispatcher {
             .map(|&d| self.filled_bytes[d].load(Ordering::Relaxed))
             .sum();
         let pending = self.shared_bytes.load(Ordering::SeqCst) + item.length;
-        let target = (filled + pending).div_ceil(live.len().max(1) as u64);
+        // Its share: by bytes, or under --balance time by rate.
+        let weights: u128 = live.iter().map(|&d| self.weight(d) as u128).sum();
+        let target = ((filled + pending) as u128 * self.weight(device) as u128)
+            .div_ceil(weights.max(1)) as u64;
         let mine = self.filled_bytes[device].load(Ordering::Relaxed);
         let allow = target
             .saturating_sub(mine)
@@ -475,17 +530,33 @@ mod tests {
             (1, item(3, 0, 4 * chunk)),
         ];
         let d = Dispatcher::new(2, chunk, plan);
-        d.enable_stealing();
+        d.enable_stealing(&[0, 0]);
         assert_eq!(d.next(0, u64::MAX), Some(item(0, 0, chunk)));
         assert_eq!(d.next(1, u64::MAX), Some(item(1, 0, 4 * chunk)));
-        // Device 0 has nothing left: it takes device 1's next item, cut to its room.
+        // Device 0 has nothing left: rates unknown, it takes its half of
+        // device 1's queue (8 chunks), cut to its room, from the next item.
         assert_eq!(d.next(0, 2 * chunk), Some(item(2, 0, 2 * chunk)));
+        // The rest of that item went back to the end of device 1's queue.
         assert_eq!(d.next(1, u64::MAX), Some(item(3, 0, 4 * chunk)));
-        // The rest of the stolen item went to the shared queue, taken in
-        // balancing portions (device 1 is the fuller one: a chunk at a time).
-        assert_eq!(d.next(1, u64::MAX), Some(item(2, 2 * chunk, chunk)));
-        assert_eq!(d.next(1, u64::MAX), Some(item(2, 3 * chunk, chunk)));
+        assert_eq!(d.next(1, u64::MAX), Some(item(2, 2 * chunk, 2 * chunk)));
         d.finish(1);
         assert_eq!(d.next(0, u64::MAX), None);
+    }
+
+    #[test]
+    fn a_slow_device_steals_only_what_it_finishes_in_time() {
+        let chunk = 4096;
+        let plan = [(1, item(1, 0, 64 * chunk)), (1, item(2, 0, 64 * chunk))];
+        let d = Dispatcher::new(2, chunk, plan);
+        // Device 0 writes 100 times slower than device 1.
+        d.enable_stealing(&[1_000, 100_000]);
+        assert_eq!(d.next(1, u64::MAX), Some(item(1, 0, 64 * chunk)));
+        // 64 chunks queued on device 1: device 0's share is 64/101 of a
+        // chunk, less than one: it takes nothing and waits.
+        assert_eq!(d.try_next(0, u64::MAX), Next::Wait);
+        // At equal rates it would take half of the queue.
+        d.update_rate(0, 100_000);
+        assert_eq!(d.try_next(0, u64::MAX), Next::Item(item(2, 0, 32 * chunk)));
+        assert_eq!(d.next(1, u64::MAX), Some(item(2, 32 * chunk, 32 * chunk)));
     }
 }

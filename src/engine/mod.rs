@@ -5,11 +5,12 @@ pub mod bench;
 pub mod buffers;
 pub mod dispatch;
 pub mod media;
+pub mod probe;
 pub mod qualify;
 pub mod ring;
 pub mod stream;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::device::{Access, Device};
@@ -299,8 +300,10 @@ pub struct BackupConfig {
     pub write_retries: u32,
     /// Where device events go (progress display, `--json`); None: nowhere.
     pub events: Option<crossbeam_channel::Sender<Event>>,
-    /// Idle devices take planned work from the busiest (`--balance time`).
-    pub steal_work: bool,
+    /// Idle devices take planned work from the busiest (`--balance time`),
+    /// weighed by these rates (bytes per second per device; 0: unknown),
+    /// which are then updated from what the devices write.
+    pub steal_work: Option<Vec<u64>>,
 }
 
 /// Something a harness or the progress display should hear about while
@@ -322,6 +325,39 @@ pub enum Event {
         error: String,
         redirected_bytes: u64,
     },
+}
+
+/// `--balance time` during the run: every quarter second, each device
+/// that was writing the whole time has its rate updated from the bytes it
+/// completed (a moving average), so that stealing follows the devices'
+/// real speed rather than the probe's or the declared one.
+fn observe_rates(dispatcher: &Dispatcher, progress: &[AtomicU64], done: &AtomicBool) {
+    const TICK: Duration = Duration::from_millis(250);
+    let mut last: Vec<u64> = progress.iter().map(|p| p.load(Ordering::Relaxed)).collect();
+    let mut last_at = Instant::now();
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(TICK);
+        let now = Instant::now();
+        let secs = (now - last_at).as_secs_f64();
+        for (i, p) in progress.iter().enumerate() {
+            let bytes = p.load(Ordering::Relaxed);
+            let delta = bytes - last[i];
+            last[i] = bytes;
+            // Only a device still busy with its own work says how fast it is.
+            if delta == 0 || dispatcher.state(i) != DispatchState::Working {
+                continue;
+            }
+            let sample = (delta as f64 / secs) as u64;
+            let old = dispatcher.rate(i);
+            let new = if old == 0 {
+                sample
+            } else {
+                (old * 7 + sample * 3) / 10
+            };
+            dispatcher.update_rate(i, new);
+        }
+        last_at = now;
+    }
 }
 
 /// Run a backup: label (writing) on every device, data through one ring per
@@ -367,8 +403,8 @@ pub fn run_backup(
             )
         }),
     );
-    if config.steal_work {
-        dispatcher.enable_stealing();
+    if let Some(rates) = &config.steal_work {
+        dispatcher.enable_stealing(rates);
     }
     // A device whose label cannot be written has failed before it started.
     let mut label_errors: Vec<Option<String>> = vec![None; devices.len()];
@@ -409,6 +445,7 @@ pub fn run_backup(
             write_retries: config.write_retries,
         })
         .collect();
+    let rings_done = AtomicBool::new(false);
     let outcomes: Vec<Result<RingOutcome, RingError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = devices
             .iter()
@@ -464,10 +501,16 @@ pub fn run_backup(
                     .expect("spawn device thread")
             })
             .collect();
-        handles
+        if config.steal_work.is_some() {
+            let (dispatcher, rings_done) = (&dispatcher, &rings_done);
+            scope.spawn(move || observe_rates(dispatcher, progress, rings_done));
+        }
+        let outcomes = handles
             .into_iter()
             .map(|h| h.join().expect("device thread panicked"))
-            .collect()
+            .collect();
+        rings_done.store(true, Ordering::Relaxed);
+        outcomes
     });
     let mut outcomes_ok = Vec::with_capacity(outcomes.len());
     for outcome in outcomes {
