@@ -278,22 +278,6 @@ fn round_trip_over_a_loop_device_a_lan_and_a_wan_site() {
     );
 }
 
-/// Write throughput of one device (bytes/s), measured with a backup of a
-/// file of `bytes` to it alone (`pbio bench` does not drive nbd devices).
-fn measure_rate(dir: &Path, name: &str, dev: &str, bytes: u64) -> u64 {
-    let src = dir.join(format!("probe-{name}"));
-    std::fs::create_dir_all(&src).unwrap();
-    let mut buf = vec![0u8; bytes as usize];
-    common::Rng::new(bytes).fill(&mut buf);
-    std::fs::write(src.join("data"), &buf).unwrap();
-    let run = pbio(&backup_args(&src, &[dev.to_string()], &["--force"]), MINUTE);
-    assert_eq!(run.code, 0, "rate probe of {dev}: {}", run.show());
-    let s = run.summary();
-    let payload = dev_u64(&s, 0, "payload_bytes") as f64;
-    let seconds = s["devices"][0]["seconds"].as_f64().unwrap().max(1e-3);
-    (payload / seconds) as u64
-}
-
 #[test]
 fn balance_time_gives_the_wan_site_proportionally_less() {
     let test = "balance_time_gives_the_wan_site_proportionally_less";
@@ -303,29 +287,34 @@ fn balance_time_gives_the_wan_site_proportionally_less() {
     let _exclusive = exclusive();
     let bed = Bed::new();
     let src = tree(bed.path(), 200, 40 << 20);
-    // Until pbio measures the devices itself (a startup probe), give rate=
-    // from a quick measurement of each.
-    let plain = bed.devs(["", "", ""]);
-    let rates = [
-        measure_rate(bed.path(), "disk", &plain[0], 16 << 20),
-        measure_rate(bed.path(), "lan", &plain[1], 16 << 20),
-        measure_rate(bed.path(), "wan", &plain[2], 4 << 20),
-    ];
-    eprintln!(
-        "measured write rates (bytes/s): loop {}, lan {}, wan {}",
-        rates[0], rates[1], rates[2]
-    );
-    let opts: Vec<String> = rates.iter().map(|r| format!(",rate={r}")).collect();
-    let devs = bed.devs([&opts[0], &opts[1], &opts[2]]);
-    let run = pbio(
-        &backup_args(&src, &devs, &["--balance", "time", "--force"]),
-        MINUTE,
-    );
+    // No rate=: pbio measures each device with a short write probe.
+    let devs = bed.devs(["", "", ""]);
+    let run = pbio(&backup_args(&src, &devs, &["--balance", "time"]), MINUTE);
     run.no_panic();
     assert_eq!(run.code, 0, "backup --balance time: {}", run.show());
     let summary = run.summary();
     assert_eq!(states(&summary), ["complete"; 3], "{summary}");
     assert_eq!(summary["missing_bytes"], 0);
+    let start = run
+        .out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "start")
+        .expect("a start event");
+    let rates: Vec<u64> = (0..3)
+        .map(|i| {
+            start["devices"][i]["rate_bytes_per_sec"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("device {i} has no measured rate: {start}"))
+        })
+        .collect();
+    eprintln!(
+        "measured write rates (bytes/s): loop {}, lan {}, wan {}",
+        rates[0], rates[1], rates[2]
+    );
+    // 40 Mbit/s is 5 MB/s at most: the probe must see the WAN site as the slowest.
+    assert!(rates[2] > 0 && rates[2] <= 5_000_000, "{rates:?}");
+    assert!(rates[2] < rates[0] && rates[2] < rates[1], "{rates:?}");
     let payload: Vec<u64> = (0..3)
         .map(|i| dev_u64(&summary, i, "payload_bytes"))
         .collect();
