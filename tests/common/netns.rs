@@ -115,6 +115,8 @@ pub struct SiteOptions {
     /// Some: the test's file, kept on drop (created if missing, sized to
     /// `size_bytes` if its size differs).
     pub backing: Option<PathBuf>,
+    /// Export read-only (`qemu-nbd --read-only`, `nbdkit -r`).
+    pub read_only: bool,
 }
 
 impl Default for SiteOptions {
@@ -126,6 +128,7 @@ impl Default for SiteOptions {
             shape: None,
             unix: false,
             backing: None,
+            read_only: false,
         }
     }
 }
@@ -550,6 +553,9 @@ impl NbdSite {
                 cmd.args(["--persistent", "--shared=8", "-f", "raw"]);
                 cmd.arg(format!("--export-name={export}"));
                 cmd.args(&self.cache_flags);
+                if self.options.read_only {
+                    cmd.arg("--read-only");
+                }
                 match (&self.netns, &self.socket) {
                     (Some(ns), _) => cmd.args(["--bind", &ns.ns_addr.to_string(), "--port", &port]),
                     (None, Some(socket)) => cmd.arg("--socket").arg(socket),
@@ -561,6 +567,9 @@ impl NbdSite {
                 // nbdkit's --exportname only names the default export; the
                 // exportname filter makes other names fail as with qemu-nbd.
                 cmd.args(["-f", "--exportname", export, "--filter=exportname"]);
+                if self.options.read_only {
+                    cmd.arg("-r");
+                }
                 match (&self.netns, &self.socket) {
                     (Some(ns), _) => cmd.args(["-i", &ns.ns_addr.to_string(), "-p", &port]),
                     (None, Some(socket)) => cmd.arg("-U").arg(socket),
