@@ -1,5 +1,5 @@
-//! Writes one valid label, record header (with file info) and catalog
-//! into fuzz/corpus/<target>/seed, so the fuzzers start from real
+//! Writes one valid label, record header (with file info), catalog and
+//! NBD reply stream into fuzz/corpus/<target>/seed, so the fuzzers start from real
 //! structures: `cargo run --example fuzz_seeds`.
 
 use pbio::format::{
@@ -145,6 +145,29 @@ fn main() -> std::io::Result<()> {
         }],
     };
     write("catalog", &catalog.encode())?;
+    // nbd_reply: control byte (structured, first read 4096 bytes, one-byte
+    // fragments), then a structured data chunk and hole for handle 0, a
+    // simple reply for handle 2 (the write).
+    let mut nbd = vec![0b0000_0001u8];
+    let be = |v: &mut Vec<u8>, b: &[u8]| v.extend_from_slice(b);
+    be(&mut nbd, &0x668e_33efu32.to_be_bytes());
+    be(&mut nbd, &0u16.to_be_bytes());
+    be(&mut nbd, &1u16.to_be_bytes());
+    be(&mut nbd, &0u64.to_be_bytes());
+    be(&mut nbd, &(8u32 + 2048).to_be_bytes());
+    be(&mut nbd, &0u64.to_be_bytes());
+    nbd.extend(std::iter::repeat_n(0xabu8, 2048));
+    be(&mut nbd, &0x668e_33efu32.to_be_bytes());
+    be(&mut nbd, &1u16.to_be_bytes());
+    be(&mut nbd, &2u16.to_be_bytes());
+    be(&mut nbd, &0u64.to_be_bytes());
+    be(&mut nbd, &12u32.to_be_bytes());
+    be(&mut nbd, &2048u64.to_be_bytes());
+    be(&mut nbd, &2048u32.to_be_bytes());
+    be(&mut nbd, &0x6744_6698u32.to_be_bytes());
+    be(&mut nbd, &0u32.to_be_bytes());
+    be(&mut nbd, &2u64.to_be_bytes());
+    write("nbd_reply", &nbd)?;
     println!("seeds written under {}", root.display());
     Ok(())
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz every decoder of on-media bytes (label, record header with file info,
-# catalog) with cargo fuzz, each for SECONDS (default 60). CI runs a short
+# catalog) and of what an NBD server sends (nbd_reply: the pipe's reply
+# parser) with cargo fuzz, each for SECONDS (default 60). CI runs a short
 # bounded pass; run longer by hand: scripts/fuzz.sh 3600.
 # cargo fuzz needs nightly features; the machine's stable toolchain allows
 # them with RUSTC_BOOTSTRAP=1.
@@ -10,7 +11,7 @@ seconds="${1:-60}"
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 cargo run --quiet --example fuzz_seeds
 status=0
-for target in label record catalog; do
+for target in label record catalog nbd_reply; do
     echo "fuzz: $target for ${seconds}s"
     if ! RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "fuzz/corpus/$target" -- \
         -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 \
