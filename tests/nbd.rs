@@ -511,7 +511,8 @@ fn a_killed_nbd_server_fails_its_device_and_the_rest_complete_the_set() {
 /// is seen mid-run, and the restarted server comes back within the
 /// reconnect window (restart_server waits until it accepts). That the
 /// device really wrote through the new connection is checked from its
-/// bytes: at the end it has written well past what it had at the kill.
+/// bytes (at the end it has written well past what it had at the kill)
+/// and from the summary's count of reconnects.
 #[test]
 fn an_nbd_server_restarted_at_once_is_reconnected_and_the_device_completes() {
     let test = "an_nbd_server_restarted_at_once_is_reconnected_and_the_device_completes";
@@ -541,6 +542,9 @@ fn an_nbd_server_restarted_at_once_is_reconnected_and_the_device_completes() {
         "the WAN device wrote {wan_bytes} bytes, {seen} before the kill: most after reconnecting"
     );
     assert_eq!(dev_u64(&summary, 2, "redirected_bytes"), 0, "{summary}");
+    // The summary counts the repaired connection loss.
+    assert!(dev_u64(&summary, 2, "reconnects") >= 1, "{summary}");
+    assert_eq!(dev_u64(&summary, 0, "reconnects"), 0, "{summary}");
     eprintln!(
         "server restarted in {restarted_in:?}; WAN device at {seen} bytes then, {wan_bytes} at the end"
     );
