@@ -152,7 +152,6 @@ fn probe_nbd(
     let mut free: Vec<usize> = (0..pool.count()).collect();
     let mut written = 0u64;
     let mut failure: Option<String> = None;
-    let mut sqes = Vec::new();
     let mut done = Vec::new();
     loop {
         while failure.is_none() && next < end && started.elapsed() < time {
@@ -160,36 +159,12 @@ fn probe_nbd(
             pipe.submit(b as u64, proto::CMD_WRITE, pool.ptr(b), PROBE_BLOCK, next);
             next += PROBE_BLOCK as u64;
         }
-        if failure.is_none() {
-            if let Err(e) = pipe.sqes(&mut sqes) {
-                pipe.abort(&e);
-                failure = Some(e);
-            }
-            for entry in sqes.drain(..) {
-                // SAFETY: the pipe's SQEs point into its own boxed state
-                // and the pool's slots of its requests, all kept until the
-                // operations are reaped (this loop runs until none is in flight).
-                unsafe { ring.submission().push(&entry) }.expect("room for the pipe's SQEs");
-            }
-        }
         let waiting = failure.is_none() && pipe.outstanding() > 0;
         if !waiting && pipe.ops_in_flight() == 0 {
             break;
         }
-        match ring.submit_and_wait(1) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            Err(e) => return Err(e),
-        }
-        let cqes: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (user_data, result) in cqes {
-            if let Err(e) = pipe.on_cqe(user_data, result, &mut done) {
-                pipe.abort(&e);
-                failure.get_or_insert(e);
-            }
+        if let Some(e) = pipe.turn(&mut ring, &mut done)? {
+            failure.get_or_insert(e);
         }
         for (b, result) in done.drain(..) {
             free.push(b as usize);

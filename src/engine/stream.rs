@@ -349,42 +349,12 @@ impl<'d> WindowReader<'d> {
                 }
             },
             WindowReader::Nbd { ring, pipe, len } => {
-                let mut sqes = Vec::new();
                 let mut done = Vec::new();
                 let mut failure: Option<String> = None;
                 let mut result = *len as i32;
                 while pipe.outstanding() > 0 && failure.is_none() || pipe.ops_in_flight() > 0 {
-                    if failure.is_none() {
-                        if let Err(e) = pipe.sqes(&mut sqes) {
-                            pipe.abort(&e);
-                            failure = Some(e);
-                        }
-                        for entry in sqes.drain(..) {
-                            // SAFETY: the pipe's SQEs point into its own
-                            // boxed state and the caller's buffer, both kept
-                            // until these operations are reaped (this loop
-                            // runs until the pipe has none in flight).
-                            unsafe { ring.submission().push(&entry) }
-                                .expect("the ring has room for the pipe's four SQEs");
-                        }
-                    }
-                    if pipe.ops_in_flight() == 0 {
-                        continue;
-                    }
-                    match ring.submit_and_wait(1) {
-                        Ok(_) => {}
-                        Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                        Err(e) => return Err(e),
-                    }
-                    let cqes: Vec<(u64, i32)> = ring
-                        .completion()
-                        .map(|c| (c.user_data(), c.result()))
-                        .collect();
-                    for (user_data, r) in cqes {
-                        if let Err(e) = pipe.on_cqe(user_data, r, &mut done) {
-                            pipe.abort(&e);
-                            failure.get_or_insert(e);
-                        }
+                    if let Some(e) = pipe.turn(ring, &mut done)? {
+                        failure.get_or_insert(e);
                     }
                     for (_, r) in done.drain(..) {
                         if r < 0 && result >= 0 {

@@ -327,6 +327,56 @@ impl<'d> Pipe<'d> {
         Ok(())
     }
 
+    /// One turn of a pipe that has an io_uring to itself (restore windows,
+    /// the rate probe): submit what it wants, wait for a completion, act
+    /// on what came. Completed requests go to `done`. A connection beyond
+    /// saving aborts the pipe and is returned (its operations are still
+    /// reaped by later turns: call again while `ops_in_flight() > 0`);
+    /// `Err` is the ring itself failing.
+    pub fn turn(
+        &mut self,
+        ring: &mut io_uring::IoUring,
+        done: &mut Vec<(u64, i32)>,
+    ) -> std::io::Result<Option<String>> {
+        let mut failure = None;
+        if self.alive() {
+            let mut sqes = Vec::new();
+            if let Err(e) = self.sqes(&mut sqes) {
+                self.abort(&e);
+                failure = Some(e);
+            }
+            for entry in sqes {
+                // SAFETY: the pipe's SQEs point into its own boxed state
+                // and its requests' buffers, which the caller keeps until
+                // they complete; the caller turns the pipe until none of
+                // its operations is in flight before dropping either.
+                unsafe { ring.submission().push(&entry) }
+                    .expect("the pipe's ring has room for its four SQEs");
+            }
+        }
+        if self.ops == 0 {
+            return Ok(failure);
+        }
+        loop {
+            match ring.submit_and_wait(1) {
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let cqes: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (user_data, result) in cqes {
+            if let Err(e) = self.on_cqe(user_data, result, done) {
+                self.abort(&e);
+                failure.get_or_insert(e);
+            }
+        }
+        Ok(failure)
+    }
+
     fn link_timeout(&self) -> squeue::Entry {
         opcode::LinkTimeout::new(&*self.timeout as *const types::Timespec)
             .build()
