@@ -141,6 +141,25 @@ pub fn parse_target(text: &str) -> Result<Target, String> {
     })
 }
 
+/// The link bandwidth assumed where `rate=` does not say: 10 Gbit/s.
+const ASSUMED_RATE: u64 = 1_250_000_000;
+
+/// Records of `record_bytes` that keep a link of `rate` bytes/s with
+/// round trip `rtt` busy: twice its bandwidth-delay product (replies
+/// arrive a round trip after their requests left; the second half covers
+/// the server's own latency), within [floor, ceiling].
+pub fn records_to_fill(
+    rate: u64,
+    rtt: Duration,
+    record_bytes: u64,
+    floor: usize,
+    ceiling: usize,
+) -> usize {
+    let bdp = 2.0 * rate as f64 * rtt.as_secs_f64();
+    let records = (bdp / record_bytes.max(1) as f64).ceil() as usize;
+    records.clamp(floor, ceiling.max(floor))
+}
+
 /// The state of the connection: the socket and what the handshake said.
 struct Conn {
     sock: OwnedFd,
@@ -474,10 +493,8 @@ impl NbdDevice {
     /// bandwidth declared with rate=, else 10 Gbit/s), in records of
     /// `record_bytes`, never fewer than `floor`, never more than `ceiling`.
     pub fn records_in_flight(&self, record_bytes: u64, floor: usize, ceiling: usize) -> usize {
-        let rate = self.declared_rate.unwrap_or(1_250_000_000) as f64;
-        let bdp = 2.0 * rate * self.rtt().as_secs_f64();
-        let records = (bdp / record_bytes.max(1) as f64).ceil() as usize;
-        records.clamp(floor, ceiling.max(floor))
+        let rate = self.declared_rate.unwrap_or(ASSUMED_RATE);
+        records_to_fill(rate, self.rtt(), record_bytes, floor, ceiling)
     }
 
     /// Replace a lost connection: a few attempts with backoff. The new
@@ -745,6 +762,25 @@ impl Device for NbdDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pipeline_covers_the_bandwidth_delay_product() {
+        let mib = 1 << 20;
+        let r = |rate: u64, rtt_ms: u64| {
+            records_to_fill(rate, Duration::from_millis(rtt_ms), mib + 4096, 32, 256)
+        };
+        // A LAN: the floor (--qd) rules.
+        assert_eq!(r(125_000_000, 0), 32);
+        // 10 Gbit/s across a continent (40 ms): 2 x 50 MB in records of
+        // 1 MiB + 4 KiB = 95.
+        assert_eq!(r(1_250_000_000, 40), 95);
+        // A long fat pipe beyond the bound: capped.
+        assert_eq!(r(1_250_000_000, 200), 256);
+        // A slow WAN (40 Mbit/s, 100 ms): 1 MB in flight is enough; floor.
+        assert_eq!(r(5_000_000, 100), 32);
+        // Never below the floor, even with a ceiling below it.
+        assert_eq!(records_to_fill(1, Duration::ZERO, 1, 8, 4), 8);
+    }
 
     #[test]
     fn targets() {
