@@ -576,6 +576,13 @@ fn run_sets(
         .filter(|&s| s == 0 || verify || targets[s].iter().any(|&t| t != NO_TARGET))
         .collect();
 
+    // The devices read, in the order of `results`: (set, device index, path).
+    let readers: Vec<(usize, u32, String)> = read
+        .iter()
+        .flat_map(|&s| sets[s].devices.iter().map(move |d| (s, d)))
+        .filter(|(s, (_, label))| reading[*s].contains(&label.device_index))
+        .map(|(s, (dev, label))| (s, label.device_index, dev.path().display().to_string()))
+        .collect();
     let results: Vec<Result<DeviceRead, RestoreError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = read
             .iter()
@@ -602,13 +609,16 @@ fn run_sets(
             .collect()
     });
     let mut per_file: Vec<Vec<(u64, u32, u32)>> = vec![Vec::new(); catalog.files.len()];
-    for result in results {
+    // Devices whose reading broke off: (set, device index, path).
+    let mut broken: Vec<&(usize, u32, String)> = Vec::new();
+    for (result, reader) in results.into_iter().zip(&readers) {
         // A device that cannot be read is reported; what the others hold is
-        // still restored, and the digests name the files it leaves short.
+        // still restored, and the files it leaves short are named with it.
         let read = match result {
             Ok(read) => read,
             Err(e @ (RestoreError::Stream(_) | RestoreError::Media(_))) => {
                 report.errors.push(e.to_string());
+                broken.push(reader);
                 continue;
             }
             Err(e) => return Err(e),
@@ -631,10 +641,33 @@ fn run_sets(
         records.dedup_by_key(|r| r.0);
         let digest = crate::format::file_digest(records);
         if digest != f.digest {
-            report.errors.push(format!(
-                "file {}: content digest mismatch (records missing, altered or duplicated on the devices)",
-                String::from_utf8_lossy(&f.path)
-            ));
+            // Data of it on a device whose reading broke off: that is why.
+            let on_broken: Vec<&str> =
+                match sources[i] {
+                    DataSource::In { set, file } => broken
+                        .iter()
+                        .filter(|(s, device, _)| {
+                            *s == set
+                                && sets[set].catalog.segments.iter().any(|g| {
+                                    g.file_id == file && g.device == *device && g.records > 0
+                                })
+                        })
+                        .map(|(_, _, path)| path.as_str())
+                        .collect(),
+                    _ => Vec::new(),
+                };
+            report.errors.push(if on_broken.is_empty() {
+                format!(
+                    "file {}: content digest mismatch (records missing, altered or duplicated on the devices)",
+                    String::from_utf8_lossy(&f.path)
+                )
+            } else {
+                format!(
+                    "file {}: not restored completely: part of it is on {}, which could not be read (above)",
+                    String::from_utf8_lossy(&f.path),
+                    on_broken.join(", ")
+                )
+            });
         }
     }
     match destination {
