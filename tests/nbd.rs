@@ -556,6 +556,82 @@ fn an_nbd_server_restarted_at_once_is_reconnected_and_the_device_completes() {
     assert_identical(&src, &out.join("tree"));
 }
 
+/// A source file that shrinks while the backup reads it does not abort
+/// the set: the records past its new end hold zeros (as GNU tar pads a
+/// file that shrank), the file is named as changed, the exit code is 1,
+/// and the restored file has its walked size: every byte either the
+/// original or zero. The WAN site makes the reading slow enough to
+/// truncate the file in the middle of it (`--qd 2`: two records read
+/// ahead of the link).
+#[test]
+fn a_file_that_shrinks_while_read_is_padded_and_named_as_changed() {
+    let test = "a_file_that_shrinks_while_read_is_padded_and_named_as_changed";
+    if !Bed::available(test) {
+        return;
+    }
+    let _shared = shared();
+    let bed = Bed::new();
+    let src = tree(bed.path(), 100, 40 << 20);
+    let large = src.join("large.bin");
+    let original = std::fs::read(&large).unwrap();
+    let devs = bed.devs(["", "", ""]);
+    let mut live = Live::start(
+        &backup_args(&src, &devs, &["--json-interval", "0.05", "--qd", "2"]),
+        MINUTE,
+    );
+    live.wait_for(|v| {
+        v["event"] == "progress"
+            && v["device"] == 2
+            && v["bytes"].as_u64().unwrap_or(0) >= 1
+            && v["total"].as_u64().unwrap_or(0) >= v["bytes"].as_u64().unwrap_or(0) + (4 << 20)
+    });
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&large)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let run = live.finish();
+    run.no_panic();
+    assert_eq!(
+        run.code,
+        1,
+        "a changed file makes the exit code 1: {}",
+        run.show()
+    );
+    let summary = run.summary();
+    assert_eq!(states(&summary), ["complete"; 3], "{summary}");
+    assert_eq!(summary["missing_bytes"], 0, "{summary}");
+    let changed = summary["changed"].to_string();
+    assert!(changed.contains("large.bin"), "{summary}");
+    let zeros: u64 = (0..3)
+        .map(|i| dev_u64(&summary, i, "zero_filled_bytes"))
+        .sum();
+    assert!(zeros > 0, "no record was padded: {summary}");
+
+    let out = bed.path().join("restored");
+    let run = restore(&devs, &out, MINUTE);
+    run.no_panic();
+    assert_eq!(run.code, 0, "restore: {}", run.show());
+    let restored = std::fs::read(out.join("tree/large.bin")).unwrap();
+    assert_eq!(restored.len(), original.len(), "the walked size");
+    let zeroed = restored
+        .iter()
+        .zip(&original)
+        .filter(|(r, o)| r != o)
+        .inspect(|(r, _)| assert_eq!(**r, 0, "a restored byte is neither original nor zero"))
+        .count() as u64;
+    assert!(zeroed > 0, "nothing was padded in the restored file");
+    assert_eq!(
+        &restored[..1 << 20],
+        &original[..1 << 20],
+        "the kept first MiB"
+    );
+    eprintln!(
+        "shrunk to 1 MiB mid-run: {zeros} payload bytes padded with zeros, {zeroed} restored bytes differ (all zeros)"
+    );
+}
+
 /// A real NBD server over TCP, correct (fixed newstyle, structured replies
 /// if asked to offer them, an in-memory export) until its fault fires.
 mod hostile {

@@ -451,6 +451,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                     "retries": s.retries,
                     "underruns": s.underruns,
                     "reconnects": s.reconnects,
+                    "zero_filled_bytes": s.zero_filled_bytes,
                     "underrun_ms": s.underrun_time.as_secs_f64() * 1000.0,
                     "data_end": d.data_end,
                     "catalog_end": d.catalog_end,

@@ -100,6 +100,9 @@ pub struct RingStats {
     pub underrun_time: Duration,
     /// Network devices: lost connections that a reconnect repaired.
     pub reconnects: u32,
+    /// Payload bytes written as zeros because the file had shrunk since
+    /// the walk (the file is reported as changed).
+    pub zero_filled_bytes: u64,
     pub elapsed: Duration,
 }
 
@@ -1234,19 +1237,38 @@ impl<'a> Ring<'a> {
         }
         let got = result as u32;
         if got == 0 {
-            return Err(source_error(
-                g.file_offset + s.read_bytes as u64,
-                std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "file shrank while being backed up",
-                ),
-            ));
+            // The file shrank since the walk: the rest of the record is
+            // zeros (as GNU tar pads a file that shrank). The set stays
+            // complete; the check after the run names the file as changed
+            // (its size differs from the walk's) and the exit code is 1.
+            let (from, to) = (s.read_bytes as usize, g.payload_bytes as usize);
+            let position = g.position as usize;
+            match self.mapping {
+                // SAFETY: the record's payload range lies within the
+                // mapping and belongs to this slot alone; its read has
+                // completed (nothing else accesses it).
+                Some(m) => unsafe {
+                    std::ptr::write_bytes(m.base.add(position + HEADER_BYTES + from), 0, to - from)
+                },
+                None => self.pool.slot_mut(slot)[HEADER_BYTES + from..HEADER_BYTES + to].fill(0),
+            }
+            let s = &mut self.slots[slot];
+            s.read_bytes = g.payload_bytes;
+            self.stats.zero_filled_bytes += (to - from) as u64;
+            return self.after_read(slot);
         }
         s.read_bytes = (s.read_bytes + got).min(g.payload_bytes);
         if s.read_bytes < g.payload_bytes {
             self.stats.short_reads += 1;
             return self.submit_read(slot).map(|()| false);
         }
+        self.after_read(slot)
+    }
+
+    /// The record's payload is complete: write it (or make it durable in
+    /// place). Returns true when the slot is free again.
+    fn after_read(&mut self, slot: usize) -> Result<bool, Stop> {
+        let s = &self.slots[slot];
         if self.sequential {
             // Records are numbered in media order, which on a sequential
             // device is gen order.
