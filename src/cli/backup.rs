@@ -240,9 +240,11 @@ pub fn run(args: BackupArgs) -> CliResult {
         &args.set
     };
     let prepared = prepare(set)?;
-    check_writable(&args.set.devs)?;
-    let mut devices = Vec::with_capacity(args.set.devs.len());
-    for spec in &args.set.devs {
+    check_writable(&set.devs)?;
+    let mut devices = Vec::with_capacity(set.devs.len());
+    // With the rates measured (an NBD device sizes its pipeline from its
+    // bandwidth and round trip).
+    for spec in &set.devs {
         devices.push(device::open(spec, Mode::Write).map_err(|e| Failure::Usage(e.to_string()))?);
     }
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
