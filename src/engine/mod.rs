@@ -341,7 +341,7 @@ fn observe_rates(dispatcher: &Dispatcher, progress: &[AtomicU64], done: &AtomicB
         let secs = (now - last_at).as_secs_f64();
         for (i, p) in progress.iter().enumerate() {
             let bytes = p.load(Ordering::Relaxed);
-            let delta = bytes - last[i];
+            let delta = bytes.saturating_sub(last[i]);
             last[i] = bytes;
             // Only a device still busy with its own work says how fast it is.
             if delta == 0 || dispatcher.state(i) != DispatchState::Working {

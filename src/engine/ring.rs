@@ -578,9 +578,23 @@ impl<'a> Ring<'a> {
     /// kernel access to the pool outlives it), noting writes that completed.
     fn drain(&mut self) {
         while self.ops_in_flight > 0 || self.pipe_waiting() {
-            if self.pipe_waiting() && self.pump_pipe().is_err() {
-                // The pipe failed: its requests stay without replies.
-                continue;
+            if self.pipe_waiting() {
+                if let Err(stop) = self.pump_pipe() {
+                    // The pipe cannot go on: its requests stay without
+                    // replies, and what it has in flight is reaped below.
+                    let why = match stop {
+                        Stop::Failed { error } => error,
+                        _ => "stopped".to_string(),
+                    };
+                    if let Some(pipe) = self.pipe.as_mut() {
+                        pipe.abort(&why);
+                    }
+                    continue;
+                }
+            }
+            if self.ops_in_flight == 0 {
+                // Nothing of ours in flight, and the pipe is not waiting.
+                break;
             }
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}

@@ -125,11 +125,10 @@ where
         error,
     };
     let mut reader = WindowReader::new(dev).map_err(|e| io_err(start, e))?;
-    let ring = &mut reader;
 
     // Begin reading [pos, pos+len) into buffer b; `wait` finishes it (one
     // window read in flight at a time).
-    let submit = |ring: &mut WindowReader<'_>,
+    let submit = |reader: &mut WindowReader<'_>,
                   pool: &BufferPool,
                   b: usize,
                   pos: u64|
@@ -137,12 +136,13 @@ where
         let len = ((end - pos) as usize).min(pool.slot_bytes()) as u32;
         // The buffer slot b belongs to `pool`, which outlives the read: it
         // is always waited for before slot b is touched or this returns.
-        ring.start(dev, pool.ptr(b), len, pos)
+        reader
+            .start(dev, pool.ptr(b), len, pos)
             .map_err(|e| io_err(pos, e))?;
         Ok(len)
     };
-    let wait = |ring: &mut WindowReader<'_>, pos: u64| -> Result<i32, StreamError> {
-        ring.wait().map_err(|e| io_err(pos, e))
+    let wait = |reader: &mut WindowReader<'_>, pos: u64| -> Result<i32, StreamError> {
+        reader.wait().map_err(|e| io_err(pos, e))
     };
 
     let mut pos = start;
@@ -150,12 +150,12 @@ where
     if pos >= end {
         return Ok(());
     }
-    let mut want = submit(ring, pool, current, pos)?;
+    let mut want = submit(&mut reader, pool, current, pos)?;
     let mut items: Vec<(u64, Result<RecordHeader, FormatError>)> = Vec::new();
     loop {
         // Wait for the window at `pos` in buffer `current`; finish short reads synchronously.
         let mut have = {
-            let r = wait(ring, pos)?;
+            let r = wait(&mut reader, pos)?;
             if r < 0 {
                 return Err(io_err(pos, std::io::Error::from_raw_os_error(-r)).into());
             }
@@ -230,7 +230,7 @@ where
         if more {
             // The other buffer held the previous window, handed out already.
             each(Item::Reclaim)?;
-            want = submit(ring, pool, 1 - current, next)?;
+            want = submit(&mut reader, pool, 1 - current, next)?;
         }
         let mut stop = false;
         let mut outcome = Ok(());
@@ -266,7 +266,7 @@ where
         if stop || !more {
             if more {
                 // Reap the read in flight before its buffer can be freed.
-                wait(ring, next)?;
+                wait(&mut reader, next)?;
             }
             return outcome;
         }
