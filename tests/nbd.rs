@@ -1218,6 +1218,34 @@ fn bad_nbd_device_arguments_are_clear_errors() {
     }
 }
 
+/// One export under two spellings of its URL is one device given twice.
+#[test]
+fn the_same_export_under_two_urls_is_refused() {
+    let test = "the_same_export_under_two_urls_is_refused";
+    if !nbd_available(test, Server::QemuNbd, false, false) {
+        return;
+    }
+    let site = NbdSite::unix(Server::QemuNbd, 64 << 20);
+    let url = site.url();
+    let socket = site.socket_path().unwrap();
+    let other = format!(
+        "nbd+unix:///{}?socket={}/./{}",
+        site.export(),
+        socket.parent().unwrap().display(),
+        socket.file_name().unwrap().to_string_lossy()
+    );
+    assert_ne!(url, other);
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path(), 5, 1 << 20);
+    let run = pbio(
+        &backup_args(&src, &[url.clone(), other], &[]),
+        Duration::from_secs(30),
+    );
+    run.no_panic();
+    assert_eq!(run.code, 2, "{}", run.show());
+    assert!(run.err.contains("given twice"), "{}", run.show());
+}
+
 #[test]
 fn a_read_only_export_is_refused_for_backup() {
     let test = "a_read_only_export_is_refused_for_backup";

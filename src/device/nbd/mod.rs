@@ -376,12 +376,38 @@ pub fn probe(spec: &DeviceSpec) -> Result<Probe, DeviceError> {
     let target = parse_target(&text).map_err(|why| DeviceError::unusable(path, why))?;
     let (sock, _, info) = connect(&target, timeout_of(spec))
         .map_err(|e| DeviceError::io(path, "connect to the NBD server", e))?;
+    let identity = identity_of(&sock, &target);
     disconnect(&sock);
     Ok(Probe {
         kind: Kind::Nbd,
         capacity_bytes: capacity_of(spec, &info)?,
-        identity: (u64::MAX - 1, super::hash_path(path)),
+        identity,
     })
+}
+
+/// Which export this is, whatever the spelling of its URL: the server's
+/// address as connected (`localhost` and `127.0.0.1` are one server), or
+/// the socket's canonical path, with the export name.
+fn identity_of(sock: &OwnedFd, target: &Target) -> (u64, u64) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match &target.address {
+        Address::Tcp { host, port } => {
+            // A duplicate of the descriptor, to ask it where it leads.
+            let peer = sock
+                .try_clone()
+                .and_then(|fd| TcpStream::from(fd).peer_addr());
+            match peer {
+                Ok(addr) => addr.hash(&mut h),
+                Err(_) => (host, port).hash(&mut h),
+            }
+        }
+        Address::Unix { socket } => std::fs::canonicalize(socket)
+            .unwrap_or_else(|_| socket.clone())
+            .hash(&mut h),
+    }
+    target.export.hash(&mut h);
+    (u64::MAX - 1, h.finish())
 }
 
 fn capacity_of(spec: &DeviceSpec, info: &proto::ExportInfo) -> Result<u64, DeviceError> {
