@@ -12,6 +12,8 @@
 #   (b) per site: fio sequential read of SIZE bytes vs `pbio verify` of
 #       (a)'s set (reads every record, checks CRCs and digests, writes
 #       nothing) and `pbio restore` of it into tmpfs;
+#   (b') per site: `pbio bench --rw write|read` (pbio's own ring and NBD
+#       pipe, no source, no format: the transport alone) vs the same fio;
 #   (c) `pbio backup --balance time` of a tree to the first loop device of
 #       scripts/testbed.sh, the lan site and the wan site (rates measured
 #       by pbio's probe): every device's finish time, and the spread
@@ -90,6 +92,17 @@ for line in open(sys.argv[1]):
 ' "$1"
 }
 
+# From `pbio bench --json`: the summary's MiB/s.
+bench_mibs() {
+    python3 -c '
+import json,sys
+for line in open(sys.argv[1]):
+    try: e=json.loads(line)
+    except ValueError: continue
+    if e.get("event")=="summary": print(e["bytes"]/1048576/e["seconds"])
+' "$1"
+}
+
 declare -A size_of=([local]=$local_size [lan]=$(bytes "${PBIO_BENCH_LAN_SIZE:-512M}") [wan]=$(bytes "${PBIO_BENCH_WAN_SIZE:-48M}"))
 declare -A url_of=([local]=$local_url [lan]=$lan [wan]=$wan)
 printf '| site | bytes | fio write MiB/s | pbio backup MiB/s | ratio | fio read MiB/s | pbio verify MiB/s | ratio | pbio restore MiB/s | ratio |\n' >"$out/summary.md"
@@ -100,7 +113,7 @@ for site in local lan wan; do
     tree=$tmpfs/tree-$site
     rm -rf "$tree" && mkdir -p "$tree"
     head -c "$size" /dev/urandom >"$tree/data.bin"
-    fw=() pw=() fr=() pv=() pr=()
+    fw=() pw=() fr=() pv=() pr=() bw=() br=()
     for r in $(seq "$reps"); do
         say "$site: rep $r: fio write"
         fio --name=w --ioengine=nbd --uri="$url" --rw=write --bs=1M --iodepth=32 \
@@ -129,14 +142,32 @@ for site in local lan wan; do
         cmp -s "$tree/data.bin" "$tmpfs/restore/tree-$site/data.bin" || die "$site: restore differs"
         pr+=("$(python3 -c "print($size/1048576/($end-$start))")")
         rm -rf "$tmpfs/restore"
+        # Last: bench --rw write overwrites the set.
+        for rw in write read; do
+            say "$site: rep $r: pbio bench --rw $rw"
+            "$pbio" bench --dev "$url" --rw "$rw" --bs 1M --qd 32 --size "$size" --force --json \
+                >"$out/$site-pbio-bench-$rw-$r.json" 2>"$out/$site-pbio-bench-$rw-$r.err" ||
+                die "$site: pbio bench failed: $(cat "$out/$site-pbio-bench-$rw-$r.err")"
+        done
+        bw+=("$(bench_mibs "$out/$site-pbio-bench-write-$r.json")")
+        br+=("$(bench_mibs "$out/$site-pbio-bench-read-$r.json")")
     done
     m() { printf '%s\n' "$@" | median; }
     a=$(m "${fw[@]}") b=$(m "${pw[@]}") c=$(m "${fr[@]}") v=$(m "${pv[@]}") d=$(m "${pr[@]}")
     printf '| %s | %s | %.1f | %.1f | %.2f | %.1f | %.1f | %.2f | %.1f | %.2f |\n' "$site" "$(numfmt --to=iec "$size")" \
         "$a" "$b" "$(python3 -c "print($b/$a)")" "$c" "$v" "$(python3 -c "print($v/$c)")" \
         "$d" "$(python3 -c "print($d/$c)")" >>"$out/summary.md"
+    printf '| %s | %.1f | %.1f | %.2f | %.1f | %.1f | %.2f |\n' "$site" "$a" "$(m "${bw[@]}")" \
+        "$(python3 -c "print($(m "${bw[@]}")/$a)")" "$c" "$(m "${br[@]}")" \
+        "$(python3 -c "print($(m "${br[@]}")/$c)")" >>"$out/transport.md"
     rm -rf "$tree"
 done
+{
+    echo
+    echo "| site | fio write MiB/s | pbio bench write MiB/s | ratio | fio read MiB/s | pbio bench read MiB/s | ratio |"
+    echo "|---|---|---|---|---|---|---|"
+    cat "$out/transport.md"
+} >>"$out/summary.md"
 
 # (c) --balance time over disk + lan + wan.
 tree=$tmpfs/tree-balance

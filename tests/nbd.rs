@@ -1218,6 +1218,50 @@ fn bad_nbd_device_arguments_are_clear_errors() {
     }
 }
 
+/// `pbio bench` drives an export through the same pipe as a backup:
+/// every byte of --size moved, latency percentiles reported; writing
+/// needs --force, as on a block device.
+#[test]
+fn pbio_bench_drives_an_nbd_export() {
+    let test = "pbio_bench_drives_an_nbd_export";
+    if !nbd_available(test, Server::QemuNbd, false, false) {
+        return;
+    }
+    let site = NbdSite::unix(Server::QemuNbd, 64 << 20);
+    let url = site.url();
+    let limit = Duration::from_secs(60);
+    let run = pbio(
+        &strings(&["bench", "--dev", &url, "--rw", "write", "--size", "16M"]),
+        limit,
+    );
+    run.no_panic();
+    assert_eq!(run.code, 2, "{}", run.show());
+    assert!(run.err.contains("--force"), "{}", run.show());
+    for rw in ["write", "read"] {
+        let run = pbio(
+            &strings(&[
+                "bench", "--dev", &url, "--rw", rw, "--size", "16M", "--bs", "256K", "--qd", "8",
+                "--force", "--json",
+            ]),
+            limit,
+        );
+        run.no_panic();
+        assert_eq!(run.code, 0, "bench --rw {rw}: {}", run.show());
+        let summary: Value = run
+            .out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["event"] == "summary")
+            .unwrap_or_else(|| panic!("no summary: {}", run.show()));
+        assert_eq!(summary["bytes"], 16 << 20, "{summary}");
+        assert_eq!(summary["devices"][0]["ios"], 64, "{summary}");
+        assert!(
+            summary["lat_us"]["p50"].as_f64().unwrap() > 0.0,
+            "{summary}"
+        );
+    }
+}
+
 /// One export under two spellings of its URL is one device given twice.
 #[test]
 fn the_same_export_under_two_urls_is_refused() {

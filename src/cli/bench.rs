@@ -70,15 +70,9 @@ fn open_devices(args: &BenchArgs) -> Result<Vec<Box<dyn Device>>, Failure> {
             )));
         }
         identities.push(probe.identity);
-        if probe.kind == Kind::Nbd {
+        if args.rw == RwArg::Write && matches!(probe.kind, Kind::Block | Kind::Nbd) && !args.force {
             return Err(usage(format!(
-                "device {}: `pbio bench` does not drive nbd devices yet (its rings read and write files and block devices); measure them with a backup (`pbio backup --json`)",
-                spec.path.display()
-            )));
-        }
-        if args.rw == RwArg::Write && probe.kind == Kind::Block && !args.force {
-            return Err(usage(format!(
-                "device {}: `bench --rw write` destroys the data on it; give --force to write to a block device",
+                "device {}: `bench --rw write` destroys the data on it; give --force to write to a block device or an NBD export",
                 spec.path.display()
             )));
         }

@@ -19,6 +19,7 @@ use hdrhistogram::Histogram;
 use io_uring::{opcode, types, IoUring};
 
 use super::buffers::BufferPool;
+use crate::device::nbd::{pipe::Pipe, proto};
 use crate::device::{Device, ErrorClass};
 use crate::format::BLOCK_BYTES;
 
@@ -224,6 +225,9 @@ struct BenchRing<'a> {
     device: &'a dyn Device,
     config: BenchConfig,
     ring: IoUring,
+    /// A network device (NBD): its operations are requests on the socket
+    /// (the same pipe a backup uses), handle = slot.
+    pipe: Option<Pipe<'a>>,
     pool: BufferPool,
     ops: Vec<Op>,
     /// Slots whose (re)submission is queued for the next enter.
@@ -263,7 +267,10 @@ impl<'a> BenchRing<'a> {
                 ),
             });
         }
-        let entries = (config.queue_depth as u32).next_power_of_two();
+        // A network device's pipe adds a send and a receive, each with
+        // its linked timeout.
+        let extra = if device.nbd().is_some() { 4 } else { 0 };
+        let entries = (config.queue_depth as u32 + extra).next_power_of_two();
         let (ring, ring_setup) = build_ring(entries).map_err(|e| err("io_uring setup", e))?;
         let mut pool = BufferPool::new(config.queue_depth, config.block_bytes);
         if config.rw == Rw::Write {
@@ -282,6 +289,7 @@ impl<'a> BenchRing<'a> {
             device,
             config,
             ring,
+            pipe: device.nbd().map(|n| Pipe::new(n)),
             pool,
             ops: vec![
                 Op {
@@ -341,7 +349,40 @@ impl<'a> BenchRing<'a> {
 
     /// Push every ready slot's SQE (the ring has room for all of them: at
     /// most queue_depth operations exist and the SQ has >= queue_depth entries).
-    fn push_ready(&mut self, now: Instant) {
+    fn push_ready(&mut self, now: Instant) -> Result<(), BenchError> {
+        if let Some(pipe) = self.pipe.as_mut() {
+            let command = match self.config.rw {
+                Rw::Write => proto::CMD_WRITE,
+                Rw::Read => proto::CMD_READ,
+            };
+            for &slot in &self.ready {
+                let op = &mut self.ops[slot];
+                op.submitted = now;
+                // An NBD request moves all of it or nothing: done is 0.
+                pipe.submit(slot as u64, command, self.pool.ptr(slot), op.len, op.offset);
+            }
+            self.in_flight += self.ready.len();
+            self.ready.clear();
+            let mut sqes = Vec::new();
+            if let Err(why) = pipe.sqes(&mut sqes) {
+                pipe.abort(&why);
+                return Err(BenchError::Io {
+                    device: self.out.path.clone(),
+                    op: "nbd",
+                    offset: self.next_offset,
+                    class: ErrorClass::Failed,
+                    error: std::io::Error::other(why),
+                });
+            }
+            for entry in sqes {
+                // SAFETY: the pipe's SQEs point into its own boxed state and
+                // the pool's slots of its requests, kept until they are
+                // reaped (run and drain reap until nothing is in flight).
+                unsafe { self.ring.submission().push(&entry) }
+                    .expect("the submission queue holds the pipe's four entries");
+            }
+            return Ok(());
+        }
         let fd = types::Fd(self.device.fd());
         for &slot in &self.ready {
             let op = &mut self.ops[slot];
@@ -368,6 +409,16 @@ impl<'a> BenchRing<'a> {
         }
         self.in_flight += self.ready.len();
         self.ready.clear();
+        Ok(())
+    }
+
+    /// Operations in flight: the slots' own, and a pipe's sends, receives
+    /// and timeouts.
+    fn ops_in_flight(&self) -> usize {
+        match &self.pipe {
+            Some(pipe) => pipe.ops_in_flight(),
+            None => self.in_flight,
+        }
     }
 
     fn run(&mut self, start: &Barrier) -> Result<(), BenchError> {
@@ -383,8 +434,10 @@ impl<'a> BenchRing<'a> {
         let cpu_started = thread_cpu();
         let result = loop {
             // 1. Push what is ready, submit it and wait for one completion.
-            self.push_ready(Instant::now());
-            if self.in_flight == 0 {
+            if let Err(e) = self.push_ready(Instant::now()) {
+                break Err(e);
+            }
+            if self.in_flight == 0 && self.ops_in_flight() == 0 {
                 break Ok(());
             }
             match self.ring.submit_and_wait(1) {
@@ -403,12 +456,35 @@ impl<'a> BenchRing<'a> {
             // 2. Copy completions out.
             let reaped_at = Instant::now();
             completions.clear();
-            completions.extend(
-                self.ring
-                    .completion()
-                    .map(|c| (c.user_data() as usize, c.result())),
-            );
+            let cqes: Vec<(u64, i32)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), c.result()))
+                .collect();
+            let mut pipe_failed = None;
+            for (user_data, result) in cqes {
+                match self.pipe.as_mut() {
+                    Some(pipe) => {
+                        let mut done = Vec::new();
+                        if let Err(why) = pipe.on_cqe(user_data, result, &mut done) {
+                            pipe.abort(&why);
+                            pipe_failed.get_or_insert(why);
+                        }
+                        completions.extend(done.into_iter().map(|(h, r)| (h as usize, r)));
+                    }
+                    None => completions.push((user_data as usize, result)),
+                }
+            }
             self.in_flight -= completions.len();
+            if let Some(why) = pipe_failed {
+                break Err(BenchError::Io {
+                    device: self.out.path.clone(),
+                    op: "nbd",
+                    offset: self.next_offset,
+                    class: ErrorClass::Failed,
+                    error: std::io::Error::other(why),
+                });
+            }
             // 3. Act on them.
             let mut failed = None;
             for &(slot, result) in &completions {
@@ -477,6 +553,26 @@ impl<'a> BenchRing<'a> {
     /// After an error: reap every operation in flight before the pool can go.
     fn drain(&mut self) {
         self.ready.clear();
+        if let Some(pipe) = self.pipe.as_mut() {
+            // Its requests are given up: shut the connection, reap the ops.
+            pipe.abort("benchmark stopped");
+            while pipe.ops_in_flight() > 0 {
+                match self.ring.submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(_) => return,
+                }
+                let cqes: Vec<(u64, i32)> = self
+                    .ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result()))
+                    .collect();
+                for (user_data, result) in cqes {
+                    let _ = pipe.on_cqe(user_data, result, &mut Vec::new());
+                }
+            }
+            return;
+        }
         while self.in_flight > 0 {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
