@@ -517,3 +517,107 @@ fn tape_device_names_and_options() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("tape block"), "{err}");
 }
+
+/// A source file removed after the walk, before its turn comes, does not
+/// stop the set: the other files are written and restorable, the removed
+/// one is named (`unreadable`, its bytes `unplaced`, exit 3: the set lacks
+/// it), and a restore names it missing while restoring the rest. A slow
+/// emulated tape with a 2-record buffer makes the turn of the last (the
+/// smallest) file come seconds after the backup started.
+#[test]
+fn a_source_removed_before_its_turn_is_left_out_and_named() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut rng = common::Rng::new(41);
+    // Distinct sizes: written largest first, f00 (the smallest) last.
+    for i in 0..16u64 {
+        let mut data = vec![0u8; (((i + 1) * 192) << 10) as usize];
+        rng.fill(&mut data);
+        std::fs::write(src.join(format!("f{i:02}")), data).unwrap();
+    }
+    let tape = format!(
+        "vtape:{},size=256M,rate=6M",
+        dir.path().join("tape").display()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pbio"))
+        .args([
+            "backup",
+            src.to_str().unwrap(),
+            "--dev",
+            &tape,
+            "--tape-buffer",
+            "2",
+            "--json",
+            "--json-interval",
+            "0.05",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut out = String::new();
+    // Once the tape has written something, remove the file written last.
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        out.push_str(&line);
+        out.push('\n');
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if v["event"] == "progress" && v["bytes"].as_u64().unwrap_or(0) > 0 {
+            assert!(
+                v["bytes"].as_u64().unwrap() + (1 << 20) < v["total"].as_u64().unwrap(),
+                "the run is too far along to test this: {line}"
+            );
+            std::fs::remove_file(src.join("f00")).unwrap();
+            break;
+        }
+    }
+    for line in lines {
+        out.push_str(&line.unwrap());
+        out.push('\n');
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(code, 3, "the set lacks the removed file: {out}\n{err}");
+    let summary = last_json(&out);
+    assert_eq!(summary["devices"][0]["state"], "complete", "{summary}");
+    assert_eq!(summary["unreadable"][0]["path"], "src/f00", "{summary}");
+    assert!(
+        summary["unreadable"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("No such file"),
+        "{summary}"
+    );
+    assert_eq!(summary["missing_bytes"], 192 << 10, "{summary}");
+    assert!(
+        err.contains("src/f00") && err.contains("could not be opened"),
+        "{err}"
+    );
+    assert!(err.contains("sources that could not be opened"), "{err}");
+
+    let to = dir.path().join("restored");
+    let (code, report, err) = restore(&[tape.clone()], &to);
+    assert_eq!(code, 3, "restore names the missing file: {report} {err}");
+    assert!(
+        report["missing"].to_string().contains("src/f00"),
+        "restore lists the removed file as missing: {report} {err}"
+    );
+    for i in 1..16 {
+        let name = format!("f{i:02}");
+        assert_eq!(
+            std::fs::read(to.join("src").join(&name)).unwrap(),
+            std::fs::read(src.join(&name)).unwrap(),
+            "{name} restored"
+        );
+    }
+    assert!(
+        !to.join("src/f00").exists(),
+        "the removed file is not made up"
+    );
+}

@@ -401,9 +401,23 @@ fn print_warnings(report: &engine::BackupReport) {
             eprintln!("pbio: device {}: no catalog written: {error}", d.path);
         }
     }
-    if !report.unplaced.is_empty() {
+    for (path, why) in &report.unreadable {
         eprintln!(
-            "pbio: the set is INCOMPLETE: {} bytes could not be written to any device (not enough surviving capacity):",
+            "pbio: source {path} could not be opened when its turn came ({why}): its data is not in the set"
+        );
+    }
+    if !report.unplaced.is_empty() {
+        let short_of_room = report
+            .unplaced
+            .iter()
+            .any(|(path, _, _)| !report.unreadable.iter().any(|(p, _)| p == path));
+        let why = match (report.unreadable.is_empty(), short_of_room) {
+            (true, _) => "not enough surviving capacity",
+            (false, false) => "sources that could not be opened",
+            (false, true) => "sources that could not be opened, and not enough surviving capacity",
+        };
+        eprintln!(
+            "pbio: the set is INCOMPLETE: {} bytes could not be written to any device ({why}):",
             report.missing_bytes()
         );
         for (path, offset, length) in report.unplaced.iter().take(20) {
@@ -479,6 +493,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                 "missing_bytes": report.missing_bytes(),
                 "changed": report.changed.iter().map(|(p, w)| json!({"path": p, "what": w})).collect::<Vec<_>>(),
                 "unplaced": report.unplaced.iter().map(|(p, o, l)| json!({"path": p, "offset": o, "length": l})).collect::<Vec<_>>(),
+                "unreadable": report.unreadable.iter().map(|(p, e)| json!({"path": p, "error": e})).collect::<Vec<_>>(),
                 "exit_code": exit_code(report),
             })
         );

@@ -94,6 +94,9 @@ pub struct Dispatcher {
     /// Bytes per second of each device under `--balance time` (declared,
     /// probed, then as observed during the run); 0: unknown.
     rates: Vec<AtomicU64>,
+    /// Work whose source could not be opened (removed since the walk, no
+    /// permission any more): not in the set, and why.
+    skipped: SegQueue<(WorkItem, String)>,
 }
 
 impl Dispatcher {
@@ -126,6 +129,7 @@ impl Dispatcher {
             queued_bytes,
             stealing: AtomicBool::new(false),
             rates: (0..device_count).map(|_| AtomicU64::new(0)).collect(),
+            skipped: SegQueue::new(),
         }
     }
 
@@ -382,6 +386,23 @@ impl Dispatcher {
 
     pub fn finish(&self, device: usize) {
         self.set_state(device, DeviceState::Finished);
+    }
+
+    /// A device could not open the source of `item`: no device can; it
+    /// is left out of the set and reported.
+    pub fn skip(&self, item: WorkItem, why: String) {
+        self.skipped.push((item, why));
+    }
+
+    /// The work left out because its source could not be opened (after
+    /// every worker has returned), by file and offset.
+    pub fn skipped(&self) -> Vec<(WorkItem, String)> {
+        let mut left = Vec::new();
+        while let Some(s) = self.skipped.pop() {
+            left.push(s);
+        }
+        left.sort_by_key(|(i, _)| (i.file, i.offset));
+        left
     }
 
     /// Work nobody could take (after every worker has returned).

@@ -236,6 +236,10 @@ pub struct BackupReport {
     pub segments: usize,
     /// Work no surviving device could take: these ranges are not in the set.
     pub unplaced: Vec<(String, u64, u64)>,
+    /// Sources that could not be opened when their turn came (removed
+    /// since the walk, permissions changed): (path, error). Their ranges
+    /// are in `unplaced`.
+    pub unreadable: Vec<(String, String)>,
     /// Files that changed while the backup read them (path, what changed):
     /// their copy in the set may mix old and new contents.
     pub changed: Vec<(String, String)>,
@@ -528,9 +532,19 @@ pub fn run_backup(
                 .map(|what| (String::from_utf8_lossy(&e.path).into_owned(), what))
         })
         .collect();
+    // Sources that could not be opened: their ranges are not in the set.
+    let skipped = dispatcher.skipped();
+    let mut unreadable: Vec<(String, String)> = Vec::new();
+    for (w, why) in &skipped {
+        let path = String::from_utf8_lossy(&input.entries[w.file as usize].path).into_owned();
+        if unreadable.last().is_none_or(|(p, _)| *p != path) {
+            unreadable.push((path, why.clone()));
+        }
+    }
     let unplaced: Vec<(String, u64, u64)> = dispatcher
         .unplaced()
         .into_iter()
+        .chain(skipped.into_iter().map(|(w, _)| w))
         .map(|w| {
             (
                 String::from_utf8_lossy(&input.entries[w.file as usize].path).into_owned(),
@@ -683,6 +697,7 @@ pub fn run_backup(
         files: input.entries.len(),
         segments: segment_count,
         unplaced,
+        unreadable,
         changed,
         elapsed: started.elapsed(),
     })

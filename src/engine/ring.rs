@@ -1036,7 +1036,17 @@ impl<'a> Ring<'a> {
                         return Ok(Record::Exhausted);
                     }
                 };
-                *cursor = Some(self.open_item(item, input).map_err(Stop::Source)?);
+                match self.open_item(item, input) {
+                    Ok(c) => *cursor = Some(c),
+                    // Its source cannot be opened any more (removed since
+                    // the walk, permissions changed): no device could; the
+                    // rest of the set goes on without it, and it is named.
+                    Err(RingError::Source { error, .. }) => {
+                        dispatcher.skip(item, error.to_string());
+                        continue;
+                    }
+                    Err(e) => return Err(Stop::Source(e)),
+                }
             }
             let c = cursor.as_mut().expect("cursor set above");
             while c.range_index < c.ranges.len() {
