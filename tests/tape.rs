@@ -602,7 +602,7 @@ fn a_source_removed_before_its_turn_is_left_out_and_named() {
     assert!(err.contains("sources that could not be opened"), "{err}");
 
     let to = dir.path().join("restored");
-    let (code, report, err) = restore(&[tape.clone()], &to);
+    let (code, report, err) = restore(std::slice::from_ref(&tape), &to);
     assert_eq!(code, 3, "restore names the missing file: {report} {err}");
     assert!(
         report["missing"].to_string().contains("src/f00"),
