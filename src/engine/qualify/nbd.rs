@@ -456,4 +456,22 @@ mod tests {
         let m = matrix_plan(false, (5 << 20) + 100, 32 << 20);
         assert!(m.iter().all(|c| c.size_bytes <= 5 << 20));
     }
+
+    #[test]
+    fn no_flush_advertised_is_a_skip_with_the_reason() {
+        // Nothing is sent when the server does not flush: the device is
+        // not touched (a file stands in for it).
+        let dir = tempfile::tempdir().unwrap();
+        let spec =
+            DeviceSpec::parse(&format!("{},size=4M", dir.path().join("d").display())).unwrap();
+        let dev = crate::device::open(&spec, Mode::Write).unwrap();
+        let c = flush_check(dev.as_ref(), false, 4);
+        assert_eq!(c.verdict, Verdict::Skip);
+        assert_eq!(c.value, Value::Null);
+        assert!(
+            c.detail.contains("does not advertise flush"),
+            "{}",
+            c.detail
+        );
+    }
 }
