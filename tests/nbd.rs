@@ -1352,7 +1352,7 @@ fn qualify_an_nbd_export_compare_and_recheck() {
     if !nbd_available(test, Server::QemuNbd, false, false) {
         return;
     }
-    let site = NbdSite::unix(Server::QemuNbd, 64 << 20);
+    let mut site = NbdSite::unix(Server::QemuNbd, 64 << 20);
     let url = site.url();
     let dir = tempfile::tempdir().unwrap();
 
@@ -1475,4 +1475,24 @@ fn qualify_an_nbd_export_compare_and_recheck() {
     // Two deltas a cell: throughput and p99.
     assert_eq!(r2["compare"]["matrix"].as_array().unwrap().len(), 16);
     assert_eq!(r2["verdict"], "PASS");
+
+    // A full run: the larger matrix (4K, 64K, 1M at depths 1, 8, 32).
+    let (run, r3) = qualify_json(&["qualify", "--dev", &url, "--force", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.show());
+    assert_eq!(r3["verdict"], "PASS", "{r3:#}");
+    let matrix = r3["matrix"].as_array().unwrap();
+    assert_eq!(matrix.len(), 18);
+    assert!(matrix.iter().all(|c| c["error"].is_null()), "{r3:#}");
+    let r3_path = dir.path().join("r3.json");
+    std::fs::write(&r3_path, r3.to_string()).unwrap();
+    let r3_path = r3_path.display().to_string();
+    // What was flushed survives a restart of the server.
+    site.restart_server();
+    let (run, rc) = qualify_json(&["qualify", "--dev", &url, "--recheck", &r3_path, "--json"]);
+    assert_eq!(run.code, 0, "{}", run.show());
+    assert_eq!(
+        qualify_check(&rc, "pattern_recheck")["verdict"],
+        "PASS",
+        "{rc}"
+    );
 }
