@@ -1316,3 +1316,183 @@ fn a_read_only_export_is_refused_for_backup() {
         run.show()
     );
 }
+
+/// Every check of `pbio qualify` on an NBD export, in order.
+const QUALIFY_CHECKS: [&str; 8] = [
+    "identity",
+    "write_throughput",
+    "read_throughput",
+    "write_latency_p99",
+    "read_latency_p99",
+    "flush_latency_p99",
+    "pattern_verify",
+    "durability",
+];
+
+fn qualify_check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .expect("checks array")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {report}"))
+}
+
+fn qualify_json(args: &[&str]) -> (Run, Value) {
+    let run = pbio(&strings(args), Duration::from_secs(120));
+    run.no_panic();
+    let line = run.out.lines().last().unwrap_or("");
+    let report = serde_json::from_str(line).unwrap_or(Value::Null);
+    (run, report)
+}
+
+#[test]
+fn qualify_an_nbd_export_compare_and_recheck() {
+    let test = "qualify_an_nbd_export_compare_and_recheck";
+    if !nbd_available(test, Server::QemuNbd, false, false) {
+        return;
+    }
+    let mut site = NbdSite::unix(Server::QemuNbd, 64 << 20);
+    let url = site.url();
+    let dir = tempfile::tempdir().unwrap();
+
+    // It writes across the export: not without --force.
+    let (run, _) = qualify_json(&["qualify", "--dev", &url, "--quick"]);
+    assert_eq!(run.code, 2, "{}", run.show());
+    assert!(run.err.contains("--force"), "{}", run.show());
+
+    let (run, r1) = qualify_json(&["qualify", "--dev", &url, "--quick", "--force", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.show());
+    assert_eq!(r1["schema"], 1);
+    assert_eq!(r1["verdict"], "PASS", "{r1:#}");
+    let names: Vec<&str> = r1["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, QUALIFY_CHECKS);
+    for c in r1["checks"].as_array().unwrap() {
+        assert_eq!(c["verdict"], "PASS", "{c}");
+    }
+    let device = &r1["device"];
+    assert_eq!(device["kind"], "nbd");
+    assert_eq!(device["capacity_bytes"], 64u64 << 20);
+    assert_eq!(device["kernel_dio_align"], Value::Null, "no statx on a URL");
+    let nbd = &device["nbd"];
+    assert_eq!(nbd["url"], url.as_str());
+    assert_eq!(nbd["transport"], "unix");
+    assert_eq!(nbd["export"], site.export());
+    assert_eq!(nbd["size_bytes"], 64u64 << 20);
+    assert_eq!(nbd["read_only"], false);
+    assert_eq!(nbd["send_flush"], true, "qemu-nbd advertises flush");
+    assert!(nbd["structured_replies"].is_boolean(), "{nbd}");
+    assert!(nbd["rtt_us"].is_u64(), "{nbd}");
+    assert!(nbd["request_bytes_max"].as_u64().unwrap() >= 4096, "{nbd}");
+    let identity = qualify_check(&r1, "identity")["detail"].as_str().unwrap();
+    assert!(
+        identity.contains("flush yes") && identity.contains("RTT at connect"),
+        "{identity}"
+    );
+    // The matrix ran through the NBD pipe, every cell.
+    let matrix = r1["matrix"].as_array().unwrap();
+    assert_eq!(matrix.len(), 8);
+    for cell in matrix {
+        assert_eq!(cell["error"], Value::Null, "{cell}");
+        assert_eq!(cell["bytes"], cell["size_bytes"], "{cell}");
+        assert!(cell["mib_per_sec"].as_f64().unwrap() > 0.0, "{cell}");
+        assert!(cell["lat_us"]["p99"].as_f64().unwrap() > 0.0, "{cell}");
+    }
+    let flush = qualify_check(&r1, "flush_latency_p99");
+    assert!(flush["value"].as_f64().unwrap() > 0.0, "{flush}");
+    assert_eq!(flush["better"], "lower");
+    let durability = qualify_check(&r1, "durability")["detail"].as_str().unwrap();
+    assert!(durability.contains("new connection"), "{durability}");
+    assert_eq!(r1["pattern"]["bytes"], 4u64 << 20);
+    let r1_path = dir.path().join("r1.json");
+    std::fs::write(&r1_path, r1.to_string()).unwrap();
+    let r1_path = r1_path.display().to_string();
+
+    // The pattern is still there...
+    let (run, rc) = qualify_json(&["qualify", "--dev", &url, "--recheck", &r1_path, "--json"]);
+    assert_eq!(run.code, 0, "{}", run.show());
+    assert_eq!(
+        qualify_check(&rc, "pattern_recheck")["verdict"],
+        "PASS",
+        "{rc}"
+    );
+    // ...until one block of the export's backing file changes: FAIL, by offset.
+    let bad = r1["pattern"]["extents"][1][0].as_u64().unwrap() + 4096;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(site.backing().unwrap())
+            .unwrap();
+        f.write_all_at(&[0xEE; 512], bad).unwrap();
+        f.sync_all().unwrap();
+    }
+    let (run, rc) = qualify_json(&["qualify", "--dev", &url, "--recheck", &r1_path, "--json"]);
+    assert_eq!(run.code, 3, "{}", run.show());
+    assert_eq!(rc["verdict"], "FAIL");
+    let c = qualify_check(&rc, "pattern_recheck");
+    assert_eq!(c["verdict"], "FAIL", "{c}");
+    assert_eq!(c["data"]["first_bad_offset"], bad);
+    assert_eq!(c["data"]["bad_units"], 1);
+    let detail = c["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("mismatch at offset {bad}")),
+        "{detail}"
+    );
+
+    // Compared with itself under wide limits (a shared test machine): PASS,
+    // a delta for every check and every cell.
+    let (run, r2) = qualify_json(&[
+        "qualify",
+        "--dev",
+        &url,
+        "--quick",
+        "--force",
+        "--json",
+        "--compare",
+        &r1_path,
+        "--max-throughput-drop",
+        "99",
+        "--max-latency-rise",
+        "100000",
+    ]);
+    assert_eq!(run.code, 0, "{}\n{r2:#}", run.show());
+    let c = qualify_check(&r2, "compare");
+    assert_eq!(c["verdict"], "PASS", "{c}");
+    assert_eq!(c["value"], 0);
+    let deltas: Vec<&str> = r2["compare"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, QUALIFY_CHECKS);
+    // Two deltas a cell: throughput and p99.
+    assert_eq!(r2["compare"]["matrix"].as_array().unwrap().len(), 16);
+    assert_eq!(r2["verdict"], "PASS");
+
+    // A full run: the larger matrix (4K, 64K, 1M at depths 1, 8, 32).
+    let (run, r3) = qualify_json(&["qualify", "--dev", &url, "--force", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.show());
+    assert_eq!(r3["verdict"], "PASS", "{r3:#}");
+    let matrix = r3["matrix"].as_array().unwrap();
+    assert_eq!(matrix.len(), 18);
+    assert!(matrix.iter().all(|c| c["error"].is_null()), "{r3:#}");
+    let r3_path = dir.path().join("r3.json");
+    std::fs::write(&r3_path, r3.to_string()).unwrap();
+    let r3_path = r3_path.display().to_string();
+    // What was flushed survives a restart of the server.
+    site.restart_server();
+    let (run, rc) = qualify_json(&["qualify", "--dev", &url, "--recheck", &r3_path, "--json"]);
+    assert_eq!(run.code, 0, "{}", run.show());
+    assert_eq!(
+        qualify_check(&rc, "pattern_recheck")["verdict"],
+        "PASS",
+        "{rc}"
+    );
+}

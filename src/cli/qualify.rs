@@ -187,6 +187,11 @@ fn check_destructive(spec: &DeviceSpec, probe: &device::Probe, force: bool) -> R
             "refusing to qualify {path} (nothing was written): qualify writes across the whole device; give --force to qualify a block device"
         )));
     }
+    if probe.kind == Kind::Nbd {
+        return Err(usage(format!(
+            "refusing to qualify {path} (nothing was written): qualify writes across the whole export; give --force to qualify an NBD export"
+        )));
+    }
     if probe.kind == Kind::Tape {
         return Err(usage(format!(
             "refusing to qualify {path} (nothing was written): qualify overwrites the cartridge from its beginning; give --force to qualify a tape drive"

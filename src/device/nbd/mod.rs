@@ -502,6 +502,17 @@ impl NbdDevice {
         self.structured
     }
 
+    /// What the handshake said about the export: size, transmission
+    /// flags (read-only, flush, FUA) and the server's block sizes.
+    pub fn export_info(&self) -> &proto::ExportInfo {
+        &self.info
+    }
+
+    /// The URL's parts: where the server is and the export's name.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
     pub fn reconnects(&self) -> u32 {
         self.reconnects.load(Ordering::Relaxed)
     }

@@ -89,6 +89,9 @@ pub struct Identity {
     pub tape: Option<Value>,
     /// pmem: the mapping and how it is made durable (`"pmem"` in the report).
     pub pmem: Option<Value>,
+    /// NBD exports: the server's address, transmission flags, block sizes,
+    /// structured replies and the RTT measured at connect (`"nbd"`).
+    pub nbd: Option<Value>,
 }
 
 impl Identity {
@@ -147,6 +150,9 @@ impl Identity {
         }
         if let Some(p) = &self.pmem {
             j["pmem"] = p.clone();
+        }
+        if let Some(n) = &self.nbd {
+            j["nbd"] = n.clone();
         }
         j
     }
@@ -317,6 +323,7 @@ pub fn identify(device: &dyn Device) -> Identity {
         kernel_dio_align: kernel_dio_align(path),
         tape: None,
         pmem: None,
+        nbd: None,
     };
     // A pmem device is identified as the file or block device behind it.
     let target = crate::device::pmem::file_of(path)
@@ -324,8 +331,14 @@ pub fn identify(device: &dyn Device) -> Identity {
         .unwrap_or_else(|| path.to_path_buf());
     let path = target.as_path();
     let meta = std::fs::metadata(path).ok();
-    #[allow(unreachable_patterns)] // Kind grows (nbd): a new kind identifies itself here
+    #[allow(unreachable_patterns)] // Kind grows: a new kind identifies itself here
     match device.kind() {
+        Kind::Nbd => {
+            // A remote export: no ioctls, sysfs or statx on the socket.
+            out.kind = "nbd";
+            out.kernel_dio_align = None;
+            out.nbd = device.nbd().map(super::nbd::identity_json);
+        }
         Kind::Tape => {
             out.kind = "tape";
             out.kernel_dio_align = None;

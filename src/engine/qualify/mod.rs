@@ -27,6 +27,10 @@
 //! read back one per read, filemarks, spacing, rewind, end of data. pmem
 //! gets its own (`pmem`): the mapping, stores + persist, persist latency,
 //! the pattern through the mapping, durability through a second mapping.
+//! NBD exports get theirs (`nbd`): the handshake's flags and block sizes,
+//! the matrix through the NBD pipe, NBD_CMD_FLUSH latency, the pattern by
+//! synchronous requests, and durability through a second connection. No
+//! O_DIRECT probing and no ioctls: the descriptor is a socket.
 //! Every family reports in the same structure (checks, matrix, pattern),
 //! so `--compare` and `--recheck` work alike.
 
@@ -35,6 +39,7 @@ pub mod compare;
 pub mod durability;
 pub mod identity;
 pub mod io;
+pub mod nbd;
 pub mod pattern;
 pub mod pmem;
 pub mod tape;
@@ -522,20 +527,23 @@ enum Family {
     Tape,
     /// Mapped into memory, made durable by `persist`.
     Pmem,
+    /// A remote export over NBD: requests on a socket, NBD_CMD_FLUSH.
+    Nbd,
 }
 
 /// Which checks a device gets. Kinds without checks are refused, never
 /// run through checks that do not fit them.
 fn family(device: &dyn Device) -> Result<Family, QualifyError> {
-    #[allow(unreachable_patterns)] // Kind grows (nbd): each needs its own arm.
+    #[allow(unreachable_patterns)] // Kind grows: each needs its own arm.
     match device.kind() {
         Kind::File | Kind::Block => Ok(Family::RandomAccess),
         Kind::Tape | Kind::VirtualTape => Ok(Family::Tape),
         Kind::Pmem => Ok(Family::Pmem),
+        Kind::Nbd if device.nbd().is_some() => Ok(Family::Nbd),
         other => Err(QualifyError::Unsupported {
             device: device.path().display().to_string(),
             why: format!(
-                "qualify has no checks for {other:?} devices yet (files, block devices, tapes and pmem)"
+                "qualify has no checks for {other:?} devices yet (files, block devices, tapes, pmem and NBD exports)"
             ),
         }),
     }
@@ -639,10 +647,10 @@ pub fn run(
             recheck_of: None,
             compare: None,
         };
-        if family == Family::Tape {
-            tape::run(device, options, &mut report, on);
-        } else {
-            pmem::run(device, options, &mut report, on);
+        match family {
+            Family::Tape => tape::run(device, options, &mut report, on),
+            Family::Nbd => nbd::run(device, options, &mut report, on),
+            _ => pmem::run(device, options, &mut report, on),
         }
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
@@ -758,6 +766,8 @@ pub fn recheck(
     } else {
         if family == Family::Pmem {
             pmem::recheck(device, spec)
+        } else if family == Family::Nbd {
+            nbd::recheck(device, spec)
         } else {
             let io = DevIo::new(device);
             if !device.direct_io() {

@@ -403,7 +403,7 @@ fn pattern_check(
 }
 
 /// Read every extent with `read` and compare.
-fn verify(
+pub(super) fn verify(
     spec: &PatternSpec,
     buf: &mut AlignedBuf,
     mut read: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
@@ -427,7 +427,7 @@ fn verify(
     Ok(out)
 }
 
-fn outcome_check(
+pub(super) fn outcome_check(
     name: &'static str,
     spec: &PatternSpec,
     outcome: Result<VerifyOutcome, (u64, std::io::Error)>,
