@@ -585,12 +585,6 @@ fn identity_check(id: &Identity) -> Check {
         parts.push("no O_DIRECT here: buffered I/O".into());
     }
     let mut problems = Vec::new();
-    if id.capacity_bytes < CAPACITY_MIN_BYTES {
-        problems.push(format!(
-            "smaller than {} (the least qualify needs)",
-            human_bytes(CAPACITY_MIN_BYTES)
-        ));
-    }
     if id.kind == "block" {
         match id.logical_block_bytes {
             None => problems.push("BLKSSZGET failed".into()),
@@ -606,17 +600,32 @@ fn identity_check(id: &Identity) -> Check {
             }
         }
     }
-    let detail = if problems.is_empty() {
-        parts.join(", ")
+    identity_verdict(id.capacity_bytes, problems, &parts)
+}
+
+/// Every family's identity check: the device as described by `parts`,
+/// FAIL with its `problems` first when it has any (a capacity below
+/// CAPACITY_MIN_BYTES is one for every family).
+pub(crate) fn identity_verdict(
+    capacity_bytes: u64,
+    mut problems: Vec<String>,
+    parts: &[String],
+) -> Check {
+    if capacity_bytes < CAPACITY_MIN_BYTES {
+        problems.push(format!(
+            "smaller than {} (the least qualify needs)",
+            human_bytes(CAPACITY_MIN_BYTES)
+        ));
+    }
+    let (verdict, detail) = if problems.is_empty() {
+        (Verdict::Pass, parts.join(", "))
     } else {
-        format!("{}; {}", problems.join("; "), parts.join(", "))
+        (
+            Verdict::Fail,
+            format!("{}; {}", problems.join("; "), parts.join(", ")),
+        )
     };
-    let verdict = if problems.is_empty() {
-        Verdict::Pass
-    } else {
-        Verdict::Fail
-    };
-    Check::new("identity", verdict, json!(id.capacity_bytes), "bytes").detail(detail)
+    Check::new("identity", verdict, json!(capacity_bytes), "bytes").detail(detail)
 }
 
 /// Run the whole qualification on an open device (opened for writing).

@@ -30,8 +30,7 @@ use super::identity::Identity;
 use super::io::AlignedBuf;
 use super::pattern::{self, PatternSpec};
 use super::{
-    histogram, Better, CellPlan, Check, Event, Latency, Options, Report, Verdict,
-    CAPACITY_MIN_BYTES, LATENCY_NS_MAX,
+    histogram, Better, CellPlan, Check, Event, Latency, Options, Report, Verdict, LATENCY_NS_MAX,
 };
 use crate::device::nbd::{proto, Address, NbdDevice};
 use crate::device::{Device, DeviceSpec, Mode};
@@ -169,21 +168,7 @@ fn identity_check(id: &Identity, n: &NbdDevice) -> Check {
     if flag(flags, proto::TFLAG_READ_ONLY) {
         problems.push("the export is read-only: pbio cannot write to it".into());
     }
-    if id.capacity_bytes < CAPACITY_MIN_BYTES {
-        problems.push(format!(
-            "smaller than {} (the least qualify needs)",
-            human_bytes(CAPACITY_MIN_BYTES)
-        ));
-    }
-    let (verdict, detail) = if problems.is_empty() {
-        (Verdict::Pass, parts.join(", "))
-    } else {
-        (
-            Verdict::Fail,
-            format!("{}; {}", problems.join("; "), parts.join(", ")),
-        )
-    };
-    Check::new("identity", verdict, json!(id.capacity_bytes), "bytes").detail(detail)
+    super::identity_verdict(id.capacity_bytes, problems, &parts)
 }
 
 /// Run the NBD checks; `report` holds the identity and gets the rest.

@@ -27,7 +27,7 @@ use super::io::AlignedBuf;
 use super::pattern::{self, PatternSpec, VerifyOutcome};
 use super::{
     histogram, size_text, CellPlan, CellResult, Check, Event, Latency, Options, Report, Verdict,
-    CAPACITY_MIN_BYTES, LATENCY_NS_MAX,
+    LATENCY_NS_MAX,
 };
 use crate::device::pmem::Durability;
 use crate::device::{Device, DeviceSpec, Mapping, Mode};
@@ -257,21 +257,7 @@ fn identity_check(
         };
         parts.push(format!("a file on {}{volatile}", fs.kind));
     }
-    if id.capacity_bytes < CAPACITY_MIN_BYTES {
-        problems.push(format!(
-            "smaller than {} (the least qualify needs)",
-            human_bytes(CAPACITY_MIN_BYTES)
-        ));
-    }
-    let (verdict, detail) = if problems.is_empty() {
-        (Verdict::Pass, parts.join(", "))
-    } else {
-        (
-            Verdict::Fail,
-            format!("{}; {}", problems.join("; "), parts.join(", ")),
-        )
-    };
-    Check::new("identity", verdict, json!(id.capacity_bytes), "bytes").detail(detail)
+    super::identity_verdict(id.capacity_bytes, problems, &parts)
 }
 
 fn run_cell(device: &dyn Device, map: &Map, plan: &CellPlan) -> Result<CellResult, String> {

@@ -40,7 +40,7 @@ use super::io::AlignedBuf;
 use super::pattern::{self, PatternSpec, VerifyOutcome};
 use super::{
     histogram, size_text, Cell, CellPlan, CellResult, Check, Event, Latency, Options, Report,
-    Verdict, CAPACITY_MIN_BYTES, LATENCY_NS_MAX,
+    Verdict, LATENCY_NS_MAX,
 };
 use crate::device::tape::TAPE_BLOCK_BYTES_DEFAULT;
 use crate::device::{read_block, write_block, Device, TapeOp, TapeStatus};
@@ -378,21 +378,7 @@ fn identity_check(id: &super::identity::Identity, status: &std::io::Result<TapeS
             }
         }
     }
-    if id.capacity_bytes < CAPACITY_MIN_BYTES {
-        problems.push(format!(
-            "smaller than {} (the least qualify needs)",
-            human_bytes(CAPACITY_MIN_BYTES)
-        ));
-    }
-    let (verdict, detail) = if problems.is_empty() {
-        (Verdict::Pass, parts.join(", "))
-    } else {
-        (
-            Verdict::Fail,
-            format!("{}; {}", problems.join("; "), parts.join(", ")),
-        )
-    };
-    Check::new("identity", verdict, json!(id.capacity_bytes), "bytes").detail(detail)
+    super::identity_verdict(id.capacity_bytes, problems, &parts)
 }
 
 fn limits_check(limit: Option<u32>) -> Check {
