@@ -1182,8 +1182,6 @@ fn pattern_check(
     spec: &PatternSpec,
     write: bool,
 ) -> Check {
-    let bytes = spec.bytes();
-    let extents = spec.extents.len();
     let fail = |detail: String| Check::new(name, Verdict::Fail, json!(0), "bytes").detail(detail);
     if spec.extents.is_empty() {
         return fail("no extents to check".into());
@@ -1206,6 +1204,30 @@ fn pattern_check(
         Ok(o) => o,
         Err((offset, e)) => return fail(format!("pattern read-back at offset {offset}: {e}")),
     };
+    let how = if write {
+        "written, synced and read back intact"
+    } else {
+        "read back intact"
+    };
+    outcome_check(name, spec, Ok(outcome), how)
+}
+
+/// The verdict of a pattern read-back, for every family: PASS with what
+/// was checked and `how`, or FAIL naming the first bad offset.
+pub(crate) fn outcome_check(
+    name: &'static str,
+    spec: &PatternSpec,
+    outcome: Result<pattern::VerifyOutcome, (u64, std::io::Error)>,
+    how: &str,
+) -> Check {
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err((offset, e)) => {
+            return Check::new(name, Verdict::Fail, json!(0), "bytes")
+                .detail(format!("read at offset {offset}: {e}"))
+        }
+    };
+    let extents = spec.extents.len();
     let data = json!({
         "extents": extents,
         "bad_units": outcome.bad_units,
@@ -1215,9 +1237,8 @@ fn pattern_check(
     match outcome.first_bad {
         None => Check::new(name, Verdict::Pass, json!(outcome.bytes_checked), "bytes")
             .detail(format!(
-                "{} in {extents} extents across the device{} read back intact (nonce {:016x})",
-                human_bytes(bytes),
-                if write { " written, synced and" } else { "" },
+                "{} in {extents} extents across the device {how} (nonce {:016x})",
+                human_bytes(spec.bytes()),
                 spec.nonce
             ))
             .data(data),

@@ -320,7 +320,7 @@ fn read_back(name: &'static str, device: &dyn Device, spec: &PatternSpec, how: &
         }
         Ok(())
     });
-    super::pmem::outcome_check(name, spec, out, how)
+    super::outcome_check(name, spec, out, how)
 }
 
 /// Write (when `write`) and flush the pattern by synchronous NBD requests,

@@ -376,7 +376,7 @@ fn pattern_check(
         map.load(at, chunk);
         Ok(())
     });
-    outcome_check(
+    super::outcome_check(
         name,
         spec,
         out,
@@ -411,46 +411,6 @@ pub(super) fn verify(
         }
     }
     Ok(out)
-}
-
-pub(super) fn outcome_check(
-    name: &'static str,
-    spec: &PatternSpec,
-    outcome: Result<VerifyOutcome, (u64, std::io::Error)>,
-    how: &str,
-) -> Check {
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err((offset, e)) => {
-            return Check::new(name, Verdict::Fail, json!(0), "bytes")
-                .detail(format!("read at offset {offset}: {e}"))
-        }
-    };
-    let extents = spec.extents.len();
-    let data = json!({
-        "extents": extents,
-        "bad_units": outcome.bad_units,
-        "first_bad_offset": outcome.first_bad.map(|f| f.0),
-        "last_bad_offset": outcome.last_bad,
-    });
-    match outcome.first_bad {
-        None => Check::new(name, Verdict::Pass, json!(outcome.bytes_checked), "bytes")
-            .detail(format!(
-                "{} in {extents} extents across the device {how} (nonce {:016x})",
-                human_bytes(spec.bytes()),
-                spec.nonce
-            ))
-            .data(data),
-        Some((offset, found)) => Check::new(name, Verdict::Fail, json!(outcome.bytes_checked), "bytes")
-            .detail(format!(
-                "mismatch at offset {offset}: the {}-byte block there holds {found}; {} bad blocks of {} checked, the last at offset {}",
-                pattern::UNIT_BYTES,
-                outcome.bad_units,
-                outcome.bytes_checked / pattern::UNIT_BYTES as u64,
-                outcome.last_bad.unwrap_or(offset)
-            ))
-            .data(data),
-    }
 }
 
 /// The pattern, persisted, through a second open and mapping of the
@@ -488,7 +448,7 @@ fn durability_check(device: &dyn Device, spec: &PatternSpec, how: &str, in_memor
                 use std::os::unix::fs::FileExt;
                 file.read_exact_at(chunk, at)
             });
-            let d = outcome_check(name, spec, out, "read back with O_DIRECT");
+            let d = super::outcome_check(name, spec, out, "read back with O_DIRECT");
             if d.verdict != Verdict::Pass {
                 let mut d = d;
                 d.detail = format!(
