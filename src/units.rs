@@ -1,4 +1,5 @@
-//! Human units on the command line: sizes in powers of 1024, rates in bytes/s.
+//! Human units on the command line: sizes in powers of 1024, rates in
+//! bytes/s; stored names as a terminal may show them (`shown_name`).
 
 /// Parse `1048576`, `4K`, `1M`, `2G`, `1T` (also `KiB`, `MB` spellings):
 /// powers of 1024. Returns a message naming the bad input on failure.
@@ -69,5 +70,60 @@ mod tests {
     fn human() {
         assert_eq!(human_bytes(10), "10 B");
         assert_eq!(human_bytes(1536), "1.50 KiB");
+    }
+}
+
+/// A stored name (raw bytes from a catalog, a record or a source walk) as
+/// it may be printed on a terminal: printable characters as they are,
+/// backslash, control characters and invalid UTF-8 escaped (`\e`, `\n`,
+/// `\u{9b}`, `\xff`), so a name crafted with escape sequences cannot
+/// drive the terminal and two different names never print the same.
+/// JSON output keeps names exact instead (serde_json escapes them).
+pub fn shown_name(raw: &[u8]) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for chunk in raw.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\u{1b}' => out.push_str("\\e"),
+                c if c.is_control() || is_invisible(c) => out.extend(c.escape_debug()),
+                c => out.push(c),
+            }
+        }
+        escape_invalid(chunk.invalid(), &mut out);
+    }
+    out
+}
+
+/// Format characters that change how a terminal or a reader sees the
+/// text around them (bidirectional overrides, zero-width marks).
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+fn escape_invalid(bytes: &[u8], out: &mut String) {
+    use std::fmt::Write;
+    for b in bytes {
+        let _ = write!(out, "\\x{b:02x}");
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::shown_name;
+
+    #[test]
+    fn names_are_escaped_for_the_terminal() {
+        assert_eq!(shown_name(b"plain/file.txt"), "plain/file.txt");
+        assert_eq!(shown_name("caf\u{e9}".as_bytes()), "caf\u{e9}");
+        assert_eq!(shown_name(b"a\x1b[31mred"), "a\\e[31mred");
+        assert_eq!(shown_name(b"new\nline\ttab\r"), "new\\nline\\ttab\\r");
+        assert_eq!(shown_name(b"bad\xffutf8"), "bad\\xffutf8");
+        assert_eq!(shown_name(b"back\\slash"), "back\\\\slash");
+        assert_eq!(shown_name("\u{9b}31m".as_bytes()), "\\u{9b}31m");
+        assert_eq!(shown_name("rtl\u{202e}txt".as_bytes()), "rtl\\u{202e}txt");
+        // Distinct names stay distinct once escaped.
+        assert_ne!(shown_name(b"a\\x41"), shown_name(b"a\x41"));
+        assert_ne!(shown_name(b"a\\e"), shown_name(b"a\x1b"));
     }
 }
