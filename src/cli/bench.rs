@@ -1,5 +1,5 @@
 //! `pbio bench`: fio-like raw throughput and latency of devices through
-//! pbio's own rings (see `engine::bench`). Sequential, from offset 0, one
+//! pbio's own rings (see `measure::bench`). Sequential, from offset 0, one
 //! thread and ring per device, all devices at once.
 //!
 //! `--rw write` destroys what the devices hold. It is allowed on regular
@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::{parse_dev, CliResult, Failure, EXIT_OK};
 use crate::device::{self, Device, DeviceSpec, Kind, Mode};
-use crate::engine::bench::{self, BenchConfig, Rw, BLOCK_BYTES_MAX, QUEUE_DEPTH_MAX};
+use crate::measure::bench::{self, BenchConfig, Rw, BLOCK_BYTES_MAX, QUEUE_DEPTH_MAX};
 use crate::units::{human_bytes, parse_size};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! `pbio qualify`: a hardware qualification run of one device (see
-//! `engine::qualify`), shown as it goes or as one JSON report, optionally
+//! `measure::qualify`), shown as it goes or as one JSON report, optionally
 //! compared with an earlier report.
 //!
 //! Destructive: the run writes across the device. A block device needs
@@ -23,7 +23,7 @@ use serde_json::Value;
 use super::{parse_dev, CliResult, Failure, EXIT_DATA, EXIT_OK};
 use crate::device::guard::Policy;
 use crate::device::{self, DeviceSpec, Kind, Mode};
-use crate::engine::qualify::{self, compare, pattern, Check, Event, Options, Report, Verdict};
+use crate::measure::qualify::{self, compare, pattern, Check, Event, Options, Report, Verdict};
 use crate::units::human_bytes;
 
 /// Bytes of a file's data scanned for non-zero content before it is

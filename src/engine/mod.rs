@@ -1,12 +1,10 @@
 //! The data path: buffer pool, ring worker, dispatcher, and the backup run
 //! that ties them together (label, data, catalog, durable, complete).
 
-pub mod bench;
 pub mod buffers;
 pub mod dispatch;
 pub mod media;
 pub mod probe;
-pub mod qualify;
 pub mod ring;
 pub mod stream;
 

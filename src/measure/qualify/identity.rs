@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::device::nbd::{proto, Address, NbdDevice};
 use crate::device::{block, Device, Kind};
 
 // BLKPBSZGET = _IO(0x12, 123): the physical block size (an unsigned int
@@ -337,7 +338,7 @@ pub fn identify(device: &dyn Device) -> Identity {
             // A remote export: no ioctls, sysfs or statx on the socket.
             out.kind = "nbd";
             out.kernel_dio_align = None;
-            out.nbd = device.nbd().map(super::nbd::identity_json);
+            out.nbd = device.nbd().map(nbd_identity_json);
         }
         Kind::Tape => {
             out.kind = "tape";
@@ -396,6 +397,39 @@ pub fn identify(device: &dyn Device) -> Identity {
         .and_then(|s| s.queue_u64("rotational"))
         .map(|r| r != 0);
     out
+}
+
+pub(super) fn flag(flags: u16, bit: u16) -> bool {
+    flags & bit != 0
+}
+
+/// The export as the handshake described it (`"nbd"` in the report).
+pub fn nbd_identity_json(n: &NbdDevice) -> Value {
+    let info = n.export_info();
+    let flags = info.transmission_flags;
+    let target = n.target();
+    let (transport, address) = match &target.address {
+        Address::Tcp { host, port } => ("tcp", format!("{host}:{port}")),
+        Address::Unix { socket } => ("unix", socket.display().to_string()),
+    };
+    json!({
+        "url": n.path().display().to_string(),
+        "transport": transport,
+        "address": address,
+        "export": target.export,
+        "size_bytes": info.size_bytes,
+        "transmission_flags": flags,
+        "read_only": flag(flags, proto::TFLAG_READ_ONLY),
+        "send_flush": flag(flags, proto::TFLAG_SEND_FLUSH),
+        "send_fua": flag(flags, proto::TFLAG_SEND_FUA),
+        "structured_replies": n.structured_replies(),
+        "block_sizes": info.block_sizes.map(|(min, pref, max)| json!({
+            "minimum": min, "preferred": pref, "maximum": max,
+        })),
+        "request_bytes_max": n.request_bytes_max(),
+        "rtt_us": n.rtt().as_micros() as u64,
+        "timeout_secs": n.timeout().as_secs(),
+    })
 }
 
 #[cfg(test)]

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use io_uring::{opcode, types, IoUring};
 
-use super::buffers::BufferPool;
 use crate::device::nbd::{pipe::Pipe, proto};
 use crate::device::{Device, ErrorClass};
+use crate::engine::buffers::BufferPool;
 use crate::format::BLOCK_BYTES;
 
 /// Most operations in flight per device (buffer indexes are u16; the pool

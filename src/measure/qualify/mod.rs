@@ -9,7 +9,7 @@
 //! 2. O_DIRECT limits found by trying (`alignment`): offset/length
 //!    granularity, buffer alignment, the largest single I/O (bounded);
 //! 3. a matrix of sequential writes and reads over block sizes and queue
-//!    depths through pbio's own rings (`engine::bench`), with HDR latency
+//!    depths through pbio's own rings (`measure::bench`), with HDR latency
 //!    percentiles;
 //! 4. durability (`durability`): fsync latency after a write, RWF_DSYNC
 //!    write latency, the write cache setting;
@@ -50,8 +50,8 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use crate::device::{Device, Kind};
-use crate::engine::bench::{self, BenchConfig, Rw};
 use crate::format::BLOCK_BYTES;
+use crate::measure::bench::{self, BenchConfig, Rw};
 use crate::units::human_bytes;
 use identity::Identity;
 use io::DevIo;

@@ -1,6 +1,6 @@
 //! Qualification of a remote NBD export (`nbd://HOST:PORT/EXPORT`,
 //! `nbd+unix:///EXPORT?socket=PATH`), as pbio uses it: the data path
-//! through the NBD pipe on the device's io_uring ring (`engine::bench`,
+//! through the NBD pipe on the device's io_uring ring (`measure::bench`,
 //! as a backup), the label and catalog by synchronous requests
 //! (`Device::read_at`/`write_at`), durability by NBD_CMD_FLUSH
 //! (`Device::sync`). The descriptor is a socket: no O_DIRECT probing and
@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::identity::Identity;
+use super::identity::{flag, Identity};
 use super::io::AlignedBuf;
 use super::pattern::{self, PatternSpec};
 use super::{
@@ -34,8 +34,8 @@ use super::{
 };
 use crate::device::nbd::{proto, Address, NbdDevice};
 use crate::device::{Device, DeviceSpec, Mode};
-use crate::engine::bench::Rw;
 use crate::format::BLOCK_BYTES;
+use crate::measure::bench::Rw;
 use crate::units::human_bytes;
 
 /// Bytes of one pattern request (a write or a read).
@@ -75,39 +75,6 @@ pub fn matrix_plan(quick: bool, capacity_bytes: u64, request_bytes_max: u64) -> 
         }
     }
     out
-}
-
-fn flag(flags: u16, bit: u16) -> bool {
-    flags & bit != 0
-}
-
-/// The export as the handshake described it (`"nbd"` in the report).
-pub fn identity_json(n: &NbdDevice) -> Value {
-    let info = n.export_info();
-    let flags = info.transmission_flags;
-    let target = n.target();
-    let (transport, address) = match &target.address {
-        Address::Tcp { host, port } => ("tcp", format!("{host}:{port}")),
-        Address::Unix { socket } => ("unix", socket.display().to_string()),
-    };
-    json!({
-        "url": n.path().display().to_string(),
-        "transport": transport,
-        "address": address,
-        "export": target.export,
-        "size_bytes": info.size_bytes,
-        "transmission_flags": flags,
-        "read_only": flag(flags, proto::TFLAG_READ_ONLY),
-        "send_flush": flag(flags, proto::TFLAG_SEND_FLUSH),
-        "send_fua": flag(flags, proto::TFLAG_SEND_FUA),
-        "structured_replies": n.structured_replies(),
-        "block_sizes": info.block_sizes.map(|(min, pref, max)| json!({
-            "minimum": min, "preferred": pref, "maximum": max,
-        })),
-        "request_bytes_max": n.request_bytes_max(),
-        "rtt_us": n.rtt().as_micros() as u64,
-        "timeout_secs": n.timeout().as_secs(),
-    })
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -310,7 +277,7 @@ fn flush_check(device: &dyn Device, flushes: bool, rounds: u32) -> Check {
 /// Read the pattern's extents through `device` and compare.
 fn read_back(name: &'static str, device: &dyn Device, spec: &PatternSpec, how: &str) -> Check {
     let mut buf = AlignedBuf::new(IO_BYTES, 4096);
-    let out = super::pmem::verify(spec, &mut buf, |at, chunk| {
+    let out = pattern::verify_with(spec, &mut buf, |at, chunk| {
         let n = device.read_at(chunk, at)?;
         if n != chunk.len() {
             return Err(std::io::Error::other(format!(

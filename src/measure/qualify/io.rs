@@ -1,7 +1,7 @@
 //! Synchronous positioned I/O on a device's own descriptor, for the probes
 //! that are about single operations (alignment, the largest I/O, one
 //! durable write, the pattern): throughput and latency under load go
-//! through the bench rings instead (`engine::bench`).
+//! through the bench rings instead (`measure::bench`).
 
 use std::io;
 use std::os::fd::BorrowedFd;

@@ -44,7 +44,7 @@ use super::{
 };
 use crate::device::tape::TAPE_BLOCK_BYTES_DEFAULT;
 use crate::device::{read_block, write_block, Device, TapeOp, TapeStatus};
-use crate::engine::bench::Rw;
+use crate::measure::bench::Rw;
 use crate::units::human_bytes;
 
 /// The largest block the checks write: pbio's own tape block (a record of

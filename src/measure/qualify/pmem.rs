@@ -24,14 +24,14 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::io::AlignedBuf;
-use super::pattern::{self, PatternSpec, VerifyOutcome};
+use super::pattern::{self, PatternSpec};
 use super::{
     histogram, size_text, CellPlan, CellResult, Check, Event, Latency, Options, Report, Verdict,
     LATENCY_NS_MAX,
 };
 use crate::device::pmem::Durability;
 use crate::device::{Device, DeviceSpec, Mapping, Mode};
-use crate::engine::bench::Rw;
+use crate::measure::bench::Rw;
 use crate::units::human_bytes;
 
 /// Sizes of `persist` alone.
@@ -372,7 +372,7 @@ fn pattern_check(
             }
         }
     }
-    let out = verify(spec, &mut buf, |at, chunk| {
+    let out = pattern::verify_with(spec, &mut buf, |at, chunk| {
         map.load(at, chunk);
         Ok(())
     });
@@ -386,31 +386,6 @@ fn pattern_check(
             "loaded back intact"
         },
     )
-}
-
-/// Read every extent with `read` and compare.
-pub(super) fn verify(
-    spec: &PatternSpec,
-    buf: &mut AlignedBuf,
-    mut read: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
-) -> Result<VerifyOutcome, (u64, std::io::Error)> {
-    let mut out = VerifyOutcome {
-        bytes_checked: 0,
-        bad_units: 0,
-        first_bad: None,
-        last_bad: None,
-    };
-    for &(start, len) in &spec.extents {
-        let mut at = start;
-        while at < start + len {
-            let n = (start + len - at).min(buf.len() as u64) as usize;
-            let chunk = &mut buf.as_mut_slice()[..n];
-            read(at, chunk).map_err(|e| (at, e))?;
-            pattern::check(chunk, at, spec.nonce, &mut out);
-            at += n as u64;
-        }
-    }
-    Ok(out)
 }
 
 /// The pattern, persisted, through a second open and mapping of the
@@ -444,7 +419,7 @@ fn durability_check(device: &dyn Device, spec: &PatternSpec, how: &str, in_memor
     let direct = match crate::device::open_maybe_direct(&options, &target) {
         Ok((file, true)) => {
             let mut buf = AlignedBuf::new(IO_BYTES, 4096);
-            let out = verify(spec, &mut buf, |at, chunk| {
+            let out = pattern::verify_with(spec, &mut buf, |at, chunk| {
                 use std::os::unix::fs::FileExt;
                 file.read_exact_at(chunk, at)
             });

@@ -224,6 +224,32 @@ pub fn is_pattern_head(head: &[u8]) -> bool {
     }
 }
 
+/// Read every extent with `read` (any transport: a mapping, NBD
+/// requests) into `buf` and compare.
+pub fn verify_with(
+    spec: &PatternSpec,
+    buf: &mut AlignedBuf,
+    mut read: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+) -> Result<VerifyOutcome, (u64, io::Error)> {
+    let mut out = VerifyOutcome {
+        bytes_checked: 0,
+        bad_units: 0,
+        first_bad: None,
+        last_bad: None,
+    };
+    for &(start, len) in &spec.extents {
+        let mut at = start;
+        while at < start + len {
+            let n = (start + len - at).min(buf.len() as u64) as usize;
+            let chunk = &mut buf.as_mut_slice()[..n];
+            read(at, chunk).map_err(|e| (at, e))?;
+            check(chunk, at, spec.nonce, &mut out);
+            at += n as u64;
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

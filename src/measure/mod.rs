@@ -1,0 +1,8 @@
+//! Hardware measurement beside the backup engine, not inside it: `bench`
+//! drives devices through the same rings and buffers a backup uses and
+//! compares them with fio; `qualify` checks a device family's behaviour
+//! (identity, throughput matrix, durability, pattern) before it is trusted
+//! with a set. No backup or restore run imports this module.
+
+pub mod bench;
+pub mod qualify;
