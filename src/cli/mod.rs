@@ -26,6 +26,36 @@ pub const EXIT_DEGRADED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_DATA: i32 = 3;
 
+/// The planner's choices as command-line values: the planner stays free
+/// of clap, the words and their help live here.
+macro_rules! value_enum {
+    ($ty:ty { $($variant:path => $name:literal: $help:literal),+ $(,)? }) => {
+        impl clap::ValueEnum for $ty {
+            fn value_variants<'a>() -> &'a [Self] {
+                &[$($variant),+]
+            }
+            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                Some(match self {
+                    $($variant => clap::builder::PossibleValue::new($name).help($help)),+
+                })
+            }
+        }
+    };
+}
+
+value_enum!(Strategy {
+    Strategy::Split => "split": "Claims 10/30: split files larger than T into segments <= T, sort, least filled first",
+    Strategy::Fill => "fill": "Claims 19/38: sort, place whole files < T, split large files by the space remaining",
+});
+value_enum!(Order {
+    Order::Desc => "desc": "Largest first (claim 11)",
+    Order::Asc => "asc": "Smallest first (claim 12)",
+});
+value_enum!(Balance {
+    Balance::Bytes => "bytes": "Equal bytes per device (the claims)",
+    Balance::Time => "time": "Bytes proportional to each device's rate; least predicted finish time first",
+});
+
 /// A failed command: what to print and which exit code it means.
 #[derive(Debug)]
 pub enum Failure {

@@ -11,7 +11,14 @@ pub struct FileDevice {
     file: File,
     capacity_bytes: u64,
     direct: bool,
+    /// The O_DIRECT offset alignment the kernel reports for this file
+    /// (statx STATX_DIOALIGN), else `BLOCK_BYTES_DEFAULT`.
+    block_bytes: u32,
 }
+
+/// A file's block size when the kernel does not report its O_DIRECT
+/// alignment (older kernels, buffered files): the format's block.
+const BLOCK_BYTES_DEFAULT: u32 = crate::format::BLOCK_BYTES as u32;
 
 impl FileDevice {
     /// Open (and for `Mode::Write`, create or grow to `size=`) a file device.
@@ -44,11 +51,26 @@ impl FileDevice {
                 "has size 0 (give ,size=N for a file device)",
             ));
         }
+        // Every structure on media is BLOCK_BYTES aligned; a filesystem
+        // asking for more than that cannot take pbio's O_DIRECT writes.
+        let block_bytes = match crate::device::dio_align(&file) {
+            Some((_, offset)) if direct && offset.is_power_of_two() && offset >= 512 => offset,
+            _ => BLOCK_BYTES_DEFAULT,
+        };
+        if direct && block_bytes > BLOCK_BYTES_DEFAULT {
+            return Err(DeviceError::unusable(
+                path,
+                format!(
+                    "its filesystem needs O_DIRECT I/O aligned to {block_bytes} bytes, more than pbio's {BLOCK_BYTES_DEFAULT}-byte records"
+                ),
+            ));
+        }
         Ok(FileDevice {
             path: path.clone(),
             file,
             capacity_bytes,
             direct,
+            block_bytes,
         })
     }
 }
@@ -67,7 +89,7 @@ impl Device for FileDevice {
         self.capacity_bytes
     }
     fn block_bytes(&self) -> u32 {
-        4096
+        self.block_bytes
     }
     fn direct_io(&self) -> bool {
         self.direct

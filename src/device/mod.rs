@@ -604,6 +604,33 @@ pub fn open_maybe_direct(
     }
 }
 
+/// statx(STATX_DIOALIGN) of an open file: the kernel's own O_DIRECT
+/// limits as (memory alignment, offset alignment), when the kernel (6.1+)
+/// and the filesystem report them. The one place pbio asks for them:
+/// devices learn their block size from it at open, qualify reports it.
+pub fn dio_align(file: &File) -> Option<(u32, u32)> {
+    let mut buf = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: statx writes one struct statx through the pointer, which
+    // points to a live, zeroed local; the empty path is a NUL-terminated
+    // string and AT_EMPTY_PATH makes the call describe the open fd itself.
+    let rc = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            buf.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: initialised by the successful call (and zeroed before).
+    let stx = unsafe { buf.assume_init() };
+    (stx.stx_mask & libc::STATX_DIOALIGN != 0 && stx.stx_dio_offset_align != 0)
+        .then_some((stx.stx_dio_mem_align, stx.stx_dio_offset_align))
+}
+
 pub(crate) fn raw(file: &File) -> RawFd {
     file.as_raw_fd()
 }

@@ -68,16 +68,16 @@ mod tests;
 
 use state::{Context, DeviceState};
 
-/// Bytes of one record header on media (see docs/FORMAT.md).
-pub const HEADER_BYTES: u64 = 4096;
-/// Alignment of every structure on media.
-pub const BLOCK_BYTES: u64 = 4096;
+/// Bytes of one record header on media (the format's, docs/FORMAT.md).
+pub const HEADER_BYTES: u64 = crate::format::HEADER_BYTES as u64;
+/// Alignment of every structure on media (the format's).
+pub const BLOCK_BYTES: u64 = crate::format::BLOCK_BYTES as u64;
 /// Default `Options::chunk_bytes`: 1 MiB.
 pub const CHUNK_BYTES_DEFAULT: u64 = 1 << 20;
 /// Smallest chunk `plan` accepts (one block).
 pub const CHUNK_BYTES_MIN: u64 = BLOCK_BYTES;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Strategy {
     /// Claims 10/30: split files larger than T into segments <= T, sort, least filled first.
     Split,
@@ -86,7 +86,7 @@ pub enum Strategy {
     Fill,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Order {
     /// Largest first (claim 11).
     #[default]
@@ -95,7 +95,7 @@ pub enum Order {
     Asc,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Balance {
     /// Equal bytes per device (the claims).
     #[default]

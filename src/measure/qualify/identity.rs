@@ -236,30 +236,9 @@ fn filesystem_name(magic: u64) -> String {
     }
 }
 
-/// statx(STATX_DIOALIGN): (memory, offset) alignment, when the kernel
-/// (6.1+) and the filesystem report them.
+/// statx(STATX_DIOALIGN) of the file at `path` (see `device::dio_align`).
 fn kernel_dio_align(path: &Path) -> Option<(u32, u32)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut buf = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: statx writes one struct statx through the pointer, which
-    // points to a live, zeroed local; the path is a NUL-terminated string.
-    let rc = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c_path.as_ptr(),
-            0,
-            libc::STATX_DIOALIGN,
-            buf.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: initialised by the successful call (and zeroed before).
-    let stx = unsafe { buf.assume_init() };
-    (stx.stx_mask & libc::STATX_DIOALIGN != 0 && stx.stx_dio_offset_align != 0)
-        .then_some((stx.stx_dio_mem_align, stx.stx_dio_offset_align))
+    crate::device::dio_align(&File::open(path).ok()?)
 }
 
 fn physical_block_bytes(file: &File) -> std::io::Result<u32> {
