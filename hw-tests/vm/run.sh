@@ -334,7 +334,7 @@ choose_kernel() {
         kver=$kver_wanted
     else
         offered=$(kernels_offered)
-        say "7.x kernels in $suite now: $(echo $offered)"
+        say "7.x kernels in $suite now: $(tr '\n' ' ' <<<"$offered")"
         [ "$kver_how" = pinned ] ||
             die "linux-binary-$kver_wanted or linux-modules-$kver_wanted is not in $suite; set PBIO_VM_KVER to one listed above"
         kver=${offered%%$'\n'*}
@@ -607,6 +607,14 @@ printf '%s\n' "${order[@]}" >"$root/lib/modules/order"
 # every dependency of them (modules.dep), the order file lists only modules
 # it holds, and each module comes after every module its own file says it
 # depends on (modinfo's depends field, read from the .ko, not modules.dep).
+# The named modules whose dependencies (modules.dep) include module $1.
+needed_by() {
+    local m who=()
+    for m in "${modules[@]}"; do
+        "$here/modules.sh" "$kdir" "$kver" "$m" | grep -q "/$1\.ko" && who+=("$m")
+    done
+    echo "${who[*]}"
+}
 check_initramfs() {
     local f n m d have=" " loaded=" " what
     while read -r f; do
@@ -621,7 +629,7 @@ check_initramfs() {
         n=$(basename "$f")
         n=${n%%.ko*}
         [[ $have == *" ${n//-/_} "* ]] ||
-            die "initramfs check: module ${n//-/_} (a dependency of ${modules[*]}, by modules.dep) is not in the initramfs"
+            die "initramfs check: module ${n//-/_} (needed by $(needed_by "$n"), by modules.dep) is not in the initramfs"
     done
     while read -r f; do
         n=${f%.ko}
