@@ -66,6 +66,8 @@
 #                     $PBIO_VM_CACHE/logs (the last 10)
 #   PBIO_VM_CMD=FILE  run this shell script in the guest instead of the tests
 #                     (exploring the drivers; its exit code is the verdict)
+#   PBIO_VM_DROP_MODULE=NAME  leave this module out of the initramfs, to show
+#                     that the check before boot stops the run (exit 2)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -509,7 +511,7 @@ t_fetch=$(since "$t")
 module_selftest() {
     local out rc=0
     out=$("$here/modules-selftest.sh" "$kdir" "$kver" "${modules[@]}" 2>&1) || rc=$?
-    echo "$out" | sed 's/^/vm:   /' >&2
+    sed 's/^/vm:   /' <<<"$out" >&2
     [ "$rc" = 0 ] || die "the module-resolution self-test failed (hw-tests/vm/modules-selftest.sh, above)"
 }
 if [ "$mode" = self-test ]; then
