@@ -2,14 +2,30 @@
 # Run hw-tests/ on real kernel drivers (nvme, nd_pmem, st over scsi_debug)
 # in a QEMU guest, on a machine that has none of that hardware.
 #
-#   hw-tests/vm/run.sh            fetch (cached), build, boot, test; exit with the guest's verdict
+#   hw-tests/vm/run.sh               fetch (cached), build, boot, test; exit with the guest's verdict
+#   hw-tests/vm/run.sh --self-check  print the host facts this depends on, in a few seconds,
+#                                    without network, download or build: each tool (path or
+#                                    missing), KVM or TCG, the kernel it would boot and whether
+#                                    it is cached and verified, the host's modprobe files (not
+#                                    used), static busybox, cache folder, free disk; exit 0 when
+#                                    everything needed is there, 2 otherwise
+#   hw-tests/vm/run.sh --self-test   only the module-resolution self-test
+#                                    (modules-selftest.sh) over the chosen kernel
 #
-# Steps: (1) fetch Debian's kernel and modules packages through a private apt
-# configuration under the cache folder (the host's apt setup is only read:
-# the archive URL it uses) and unpack them once; (2) build pbio statically
-# (crt-static) and hw-tests/tools/mtprobe.c; (3) build a small initramfs:
-# busybox-static as /init's shell, the needed modules in dependency order
-# (modprobe --show-depends over the unpacked tree), hw-tests/vm/init;
+# Steps: (1) choose the kernel (the pinned version; when the archive no
+# longer offers it, the newest 7.x there, with a warning), fetch Debian's
+# kernel and modules packages through a private apt configuration under the
+# cache folder (the host's apt setup is only read: the archive URL it uses),
+# check each .deb's SHA256 against the signed index (apt-cache show), unpack
+# them once and record a sha256 manifest of the tree; each later run checks
+# vmlinuz, modules.dep and the modules it uses against that manifest;
+# (2) build pbio statically (crt-static) and hw-tests/tools/mtprobe.c;
+# (3) resolve the guest's modules from the guest kernel's own modules.dep
+# (hw-tests/vm/modules.sh: the host's modprobe configuration is never read;
+# modules-selftest.sh proves it with a hostile one), build a small initramfs:
+# busybox-static as /init's shell, the modules in dependency order,
+# hw-tests/vm/init; then check that the archive holds every module named and
+# all their dependencies, each after what it needs (modinfo's depends);
 # (4) boot it under TCG with an NVMe namespace, a pmem namespace (qemu
 # nvdimm) and a scsi_debug tape (ptype=1), a host folder shared over 9p for
 # the binaries and scripts; (5) the guest makes the second nvdimm
@@ -18,14 +34,18 @@
 # reports its verdict through isa-debug-exit.
 #
 # Exit codes: 0 every check passed; 1 a check failed in the guest (named);
-# 2 the host side failed (missing tool, download, build); 3 the guest did
-# not boot, hung, or died without a verdict (timeout, panic).
+# 2 the host side failed (missing tool, download, verification, module
+# resolution or initramfs check, build); 3 the guest did not boot, hung, or
+# died without a verdict (timeout, panic).
 #
 # Environment:
 #   PBIO_VM_CACHE [/var/cache/pbio-vm, or ~/.cache/pbio-vm when that is not
 #                  writable]  downloads, private apt state, unpacked kernels
-#   PBIO_VM_KVER [7.3.4+deb13-amd64]  the Debian kernel ABI to boot; it
-#                  needs 7.x (6.12's scsi_debug tape fails filemarks)
+#   PBIO_VM_KVER [the pin, 7.3.4+deb13-amd64]  the Debian kernel ABI to boot; it
+#                  needs 7.x (6.12's scsi_debug tape fails filemarks). The pin
+#                  falls back to the newest 7.x of the suite when the archive no
+#                  longer offers it (a warning names the one chosen); a version
+#                  given here is taken as is, without fallback
 #   PBIO_VM_SUITE [trixie-backports]  the suite holding that kernel
 #   PBIO_VM_MIRROR [the Debian archive the host's apt uses, else
 #                  http://deb.debian.org/debian/]
@@ -46,10 +66,27 @@
 #                     $PBIO_VM_CACHE/logs (the last 10)
 #   PBIO_VM_CMD=FILE  run this shell script in the guest instead of the tests
 #                     (exploring the drivers; its exit code is the verdict)
+#   PBIO_VM_DROP_MODULE=NAME  leave this module out of the initramfs, to show
+#                     that the check before boot stops the run (exit 2)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+
+mode=run
+case ${1:-} in
+    "") ;;
+    --self-check) mode=self-check ;;
+    --self-test) mode=self-test ;;
+    -h | --help)
+        sed -n '2,/^set -euo pipefail$/p' "$0" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "usage: $0 [--self-check | --self-test | --help]" >&2
+        exit 2
+        ;;
+esac
 
 say() { echo "vm: $*" >&2; }
 die() { say "error: $*"; exit 2; }
@@ -61,7 +98,11 @@ if ! { mkdir -p "$default_cache" 2>/dev/null && [ -w "$default_cache" ]; }; then
     default_cache=${XDG_CACHE_HOME:-$HOME/.cache}/pbio-vm
 fi
 cache=${PBIO_VM_CACHE:-$default_cache}
-kver=${PBIO_VM_KVER:-7.3.4+deb13-amd64}
+# The kernel this test bed was last validated with (58 checks passed).
+kver_pin=7.3.4+deb13-amd64
+kver_wanted=${PBIO_VM_KVER:-$kver_pin}
+if [ -n "${PBIO_VM_KVER:-}" ]; then kver_how="PBIO_VM_KVER"; else kver_how="pinned"; fi
+kver=
 suite=${PBIO_VM_SUITE:-trixie-backports}
 timeout_s=${PBIO_VM_TIMEOUT:-300}
 boot_timeout_s=${PBIO_VM_BOOT_TIMEOUT:-120}
@@ -71,42 +112,59 @@ nvme_size=${PBIO_VM_NVME_SIZE:-1G}
 pmem_size=${PBIO_VM_PMEM_SIZE:-256M}
 dax_size=${PBIO_VM_DAX_SIZE:-256M}
 tests=${PBIO_VM_TESTS:-nvme pmem dax set tape-control}
+aptdir=$cache/apt
 
 # Modules the guest loads (their dependencies are added in order).
 modules=(9pnet_virtio 9p nvme nfit nd_pmem dax_pmem device_dax scsi_debug st sg)
 
-case $kver in
+case $kver_wanted in
     7.*) ;;
-    *) say "warning: PBIO_VM_KVER=$kver is not a 7.x kernel; scsi_debug's tape mode needs 7.x for filemarks" ;;
+    *) say "warning: PBIO_VM_KVER=$kver_wanted is not a 7.x kernel; scsi_debug's tape mode needs 7.x for filemarks" ;;
 esac
 
-need_tools() {
-    local missing=() t
-    for t in "$@"; do command -v "$t" >/dev/null 2>&1 || missing+=("$t"); done
-    [ "${#missing[@]}" -eq 0 ] ||
-        die "missing tools: ${missing[*]} (apt-get install qemu-system-x86 busybox-static kmod xz-utils cpio)"
+# Host tools: the run needs all of them (--self-check lists each).
+tools=(apt-get apt-cache dpkg-deb depmod modprobe modinfo xz cpio gzip readelf numfmt sha256sum
+    awk flock timeout qemu-system-x86_64 cargo cc)
+# The Debian package each tool comes from, for the messages.
+tool_pkg() {
+    case $1 in
+        apt-get | apt-cache) echo apt ;;
+        dpkg-deb) echo dpkg ;;
+        depmod | modprobe | modinfo) echo kmod ;;
+        xz) echo xz-utils ;;
+        readelf) echo binutils ;;
+        numfmt | sha256sum | timeout) echo coreutils ;;
+        flock) echo util-linux ;;
+        qemu-system-x86_64) echo qemu-system-x86 ;;
+        cargo) echo "rustup/cargo" ;;
+        cc) echo "gcc libc6-dev" ;;
+        *) echo "$1" ;;
+    esac
 }
-need_tools apt-get apt-cache dpkg-deb depmod modprobe xz cpio gzip readelf numfmt qemu-system-x86_64 timeout flock cargo cc
-busybox=
-for b in /bin/busybox /usr/bin/busybox; do
-    [ -x "$b" ] && { busybox=$b; break; }
-done
-if [ -z "$busybox" ] || readelf -l "$busybox" 2>/dev/null | grep -q 'program interpreter'; then
-    die "need a static busybox for the guest (apt-get install busybox-static); found '${busybox:-none}'"
-fi
-to_mib() { echo $(($(numfmt --from=iec "${1%B}") / 1048576)); }
-mem_mib=$(to_mib "$mem") || die "bad PBIO_VM_MEM '$mem'"
-pmem_mib=$(to_mib "$pmem_size") || die "bad PBIO_VM_PMEM_SIZE '$pmem_size'"
-dax_mib=$(to_mib "$dax_size") || die "bad PBIO_VM_DAX_SIZE '$dax_size'"
-
-t_total=$(now)
+need_tools() {
+    local missing=() pkgs=() t
+    for t in "$@"; do
+        command -v "$t" >/dev/null 2>&1 || { missing+=("$t"); pkgs+=("$(tool_pkg "$t")"); }
+    done
+    [ "${#missing[@]}" -eq 0 ] ||
+        die "missing tools: ${missing[*]} (apt-get install ${pkgs[*]}; hw-tests/vm/run.sh --self-check lists what is there)"
+}
+# A static busybox for the guest: sets busybox; fails when there is none.
+find_busybox() {
+    local b
+    busybox=
+    for b in /bin/busybox /usr/bin/busybox; do
+        [ -x "$b" ] && { busybox=$b; break; }
+    done
+    [ -n "$busybox" ] && ! readelf -l "$busybox" 2>/dev/null | grep -q 'program interpreter'
+}
 
 # ---------------------------------------------------------------- (1) kernel
-kdir=$cache/kernel/$kver
-aptdir=$cache/apt
+# Every apt call goes through the private configuration.
+papt() { APT_CONFIG=$aptdir/apt.conf "$@"; }
 
 private_apt() {
-    local mirror keyring
+    local mirror keyring k
     mirror=${PBIO_VM_MIRROR:-}
     if [ -z "$mirror" ]; then
         # The Debian archive the host already uses (read only), not its security suite.
@@ -123,7 +181,7 @@ private_apt() {
     mkdir -p "$aptdir/lists/partial" "$aptdir/cache/archives/partial" \
         "$aptdir/etc/sources.list.d" "$aptdir/etc/preferences.d" "$aptdir/etc/apt.conf.d"
     echo "deb [signed-by=$keyring] $mirror $suite main" >"$aptdir/etc/sources.list"
-    cat >"$aptdir/apt.conf" <<EOF
+    cat >"$aptdir/apt.conf" <<EOC
 // pbio hw-tests/vm: a private apt configuration; the host's is not touched.
 Dir::Etc::SourceList "$aptdir/etc/sources.list";
 Dir::Etc::SourceParts "$aptdir/etc/sources.list.d";
@@ -137,63 +195,330 @@ Dir::Log "$aptdir/log";
 APT::Architectures { "amd64"; };
 APT::Sandbox::User "$(id -un)";
 Acquire::Languages "none";
-EOF
-    say "apt: $suite from $mirror (private config $aptdir/apt.conf)"
+EOC
+    apt_mirror=$mirror
 }
 
-fetch_kernel() {
-    if [ -f "$kdir/.complete" ]; then
-        say "kernel $kver: cached in $kdir"
-        return
-    fi
-    mkdir -p "$cache"
-    exec 9>"$cache/.lock"
-    flock 9
-    if [ -f "$kdir/.complete" ]; then
-        flock -u 9
-        return
-    fi
+# The index of $suite, fetched into the private lists (network).
+apt_update() {
     private_apt
-    export APT_CONFIG=$aptdir/apt.conf
-    apt-get -q -o APT::Update::Error-Mode=any update >"$aptdir/update.log" 2>&1 || {
-        cat "$aptdir/update.log" >&2
-        die "could not fetch the package index of $suite (apt-get update above failed): offline, or the mirror lacks $suite? PBIO_VM_MIRROR=URL picks another archive"
-    }
-    local pkg missing=()
-    for pkg in "linux-binary-$kver" "linux-modules-$kver"; do
-        apt-cache show "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    say "apt: fetching the index of $suite from $apt_mirror (private config $aptdir/apt.conf)"
+    papt apt-get -q -o APT::Update::Error-Mode=any update >"$aptdir/update.log" 2>&1
+}
+
+# Both packages of kernel ABI $1 are in the private index.
+kernel_offered() {
+    papt apt-cache show "linux-binary-$1" >/dev/null 2>&1 &&
+        papt apt-cache show "linux-modules-$1" >/dev/null 2>&1
+}
+# The 7.x kernel ABIs of the private index whose two packages are there, newest first.
+kernels_offered() {
+    local k
+    papt apt-cache search --names-only '^linux-binary-7\.[0-9.]+\+deb[0-9]+-amd64$' 2>/dev/null |
+        awk '{ sub(/^linux-binary-/, "", $1); print $1 }' | sort -rV |
+        while read -r k; do
+            papt apt-cache show "linux-modules-$k" >/dev/null 2>&1 && echo "$k"
+        done
+}
+
+# A path of the unpacked tree as the manifest names it (usr/lib/..., not lib/...).
+manifest_path() {
+    local p=${1#"$2"/}
+    case $p in lib/*) p=usr/$p ;; esac
+    echo "$p"
+}
+# Check files of the tree $1 (paths relative to it, as in its manifest)
+# against its .sha256 manifest; prints what does not match.
+verify_files() {
+    local k=$1 f line out sub=
+    shift
+    for f in "$@"; do
+        f=$(manifest_path "$f" "$k")
+        line=$(awk -v p="$f" '$2 == p { print; exit }' "$k/.sha256")
+        [ -n "$line" ] || { echo "$f is not in the manifest $k/.sha256"; return 1; }
+        sub+=$line$'\n'
     done
-    if [ "${#missing[@]}" -gt 0 ]; then
-        say "kernels in $suite now:"
-        apt-cache search --names-only '^linux-binary-7\.[0-9.]+\+deb[0-9]+-amd64$' | sort -V | sed 's/^/vm:   /' >&2
-        die "${missing[*]} not in $suite; set PBIO_VM_KVER to one listed above"
+    out=$(cd "$k" && sha256sum --quiet -c - <<<"$sub" 2>&1) && return 0
+    grep -v '^sha256sum: WARNING' <<<"$out" || true
+    return 1
+}
+# The cached tree of kernel $1 is complete and its vmlinuz and modules.dep
+# match the manifest recorded when it was unpacked from the verified .debs.
+# Prints the reason when not (cheap: about 15 MB hashed).
+kernel_verified() {
+    local k=$cache/kernel/$1 out
+    [ -f "$k/.complete" ] || { echo "not cached"; return 1; }
+    if [ ! -f "$k/.sha256" ] || [ ! -f "$k/.debs" ]; then
+        echo "cached by an older run.sh, without the checksums of its .debs"
+        return 1
     fi
-    local dl=$cache/download
-    rm -rf "$dl" "$kdir.tmp"
-    mkdir -p "$dl" "$kdir.tmp"
-    say "downloading linux-binary-$kver and linux-modules-$kver (about 120 MB)"
-    (cd "$dl" && apt-get -q download "linux-binary-$kver" "linux-modules-$kver") >"$dl/download.log" 2>&1 || {
+    out=$(verify_files "$k" "usr/lib/modules/$1/vmlinuz" "usr/lib/modules/$1/modules.dep") ||
+        { echo "the cached tree does not match its manifest: $out"; return 1; }
+}
+# The newest cached 7.x kernel that verifies, other than $1.
+newest_cached() {
+    local k
+    [ -d "$cache/kernel" ] || return 1
+    for k in $(find "$cache/kernel" -mindepth 1 -maxdepth 1 -type d -name '7.*' ! -name '*.tmp' -printf '%f\n' | sort -rV); do
+        [ "$k" = "$1" ] && continue
+        kernel_verified "$k" >/dev/null 2>&1 && { echo "$k"; return 0; }
+    done
+    return 1
+}
+
+# Download linux-binary-$1 and linux-modules-$1, check each .deb against the
+# SHA256 of the signed index, unpack, depmod, write the manifest. The lock
+# is held by the caller.
+fetch_kernel() {
+    local k=$1 kd=$cache/kernel/$1 dl=$cache/download deb pkg ver want got
+    rm -rf "$dl" "$kd.tmp"
+    mkdir -p "$dl" "$kd.tmp"
+    say "downloading linux-binary-$k and linux-modules-$k (about 120 MB)"
+    (cd "$dl" && papt apt-get -q download "linux-binary-$k" "linux-modules-$k") >"$dl/download.log" 2>&1 || {
         cat "$dl/download.log" >&2
         rm -rf "$dl"
         die "downloading the kernel packages failed (apt-get download above)"
     }
-    local deb
+    : >"$kd.tmp/.debs"
     for deb in "$dl"/*.deb; do
-        dpkg-deb -x "$deb" "$kdir.tmp" || die "unpacking $deb failed"
+        pkg=$(dpkg-deb -f "$deb" Package) || die "$deb is not a readable .deb"
+        ver=$(dpkg-deb -f "$deb" Version) || die "$deb is not a readable .deb"
+        # apt-get download already checks the file against the index, whose
+        # Release file is signed; this makes the check explicit and recorded.
+        want=$(papt apt-cache show "$pkg=$ver" 2>/dev/null | awk '$1 == "SHA256:" { print $2; exit }')
+        got=$(sha256sum "$deb" | cut -d' ' -f1)
+        [ -n "$want" ] || die "apt-cache show $pkg=$ver gives no SHA256 field: cannot verify $deb"
+        [ "$want" = "$got" ] ||
+            die "$deb: its SHA256 is $got, the signed index of $suite says $want: not using it"
+        say "verified $pkg $ver: SHA256 $got matches the signed index"
+        echo "$pkg $ver $got" >>"$kd.tmp/.debs"
+        dpkg-deb -x "$deb" "$kd.tmp" || die "unpacking $deb failed"
     done
-    [ -f "$kdir.tmp/usr/lib/modules/$kver/vmlinuz" ] || die "no usr/lib/modules/$kver/vmlinuz in linux-binary-$kver"
-    ln -s usr/lib "$kdir.tmp/lib"
+    [ -f "$kd.tmp/usr/lib/modules/$k/vmlinuz" ] || die "no usr/lib/modules/$k/vmlinuz in linux-binary-$k"
+    ln -s usr/lib "$kd.tmp/lib"
     # depmod -b looks under BASE/lib/modules; the package ships no modules.builtin (harmless warnings).
-    depmod -b "$kdir.tmp" "$kver" 2>/dev/null || die "depmod over the unpacked modules failed"
-    rm -rf "$dl" "$kdir"
-    mv "$kdir.tmp" "$kdir"
-    touch "$kdir/.complete"
+    depmod -b "$kd.tmp" "$k" 2>/dev/null || die "depmod over the unpacked modules failed"
+    # The manifest each run checks vmlinuz, modules.dep and the modules it uses against.
+    (cd "$kd.tmp" && find usr -type f -print0 | sort -z | xargs -0 sha256sum) >"$kd.tmp/.sha256" ||
+        die "writing the manifest of $kd.tmp failed"
+    rm -rf "$dl" "$kd"
+    mv "$kd.tmp" "$kd"
+    touch "$kd/.complete"
+}
+
+# Sets kver (and kdir) to the kernel to boot, fetching it when it is not
+# cached and verified: the wanted one (the pin, or PBIO_VM_KVER); for the pin
+# only, when the archive no longer offers it, the newest 7.x it offers, or
+# when the archive cannot be reached, the newest verified 7.x in the cache.
+choose_kernel() {
+    local why alt offered
+    if why=$(kernel_verified "$kver_wanted"); then
+        kver=$kver_wanted
+        say "kernel $kver: cached in $cache/kernel/$kver, verified (sha256 of vmlinuz and modules.dep)"
+        return
+    fi
+    say "kernel $kver_wanted: $why"
+    mkdir -p "$cache"
+    exec 9>"$cache/.lock"
+    flock 9
+    if kernel_verified "$kver_wanted" >/dev/null 2>&1; then
+        kver=$kver_wanted # fetched by another run meanwhile
+    elif ! apt_update; then
+        cat "$aptdir/update.log" >&2
+        if [ "$kver_how" = pinned ] && alt=$(newest_cached "$kver_wanted"); then
+            kver=$alt
+            kver_how="fallback: the archive cannot be reached"
+            say "WARNING: the archive cannot be reached (apt-get update above failed); using the newest verified 7.x kernel in the cache instead of the pin $kver_pin: $kver"
+        else
+            die "could not fetch the package index of $suite (apt-get update above failed): offline, or the mirror lacks $suite? PBIO_VM_MIRROR=URL picks another archive"
+        fi
+    elif kernel_offered "$kver_wanted"; then
+        kver=$kver_wanted
+    else
+        offered=$(kernels_offered)
+        say "7.x kernels in $suite now: $(tr '\n' ' ' <<<"$offered")"
+        [ "$kver_how" = pinned ] ||
+            die "linux-binary-$kver_wanted or linux-modules-$kver_wanted is not in $suite; set PBIO_VM_KVER to one listed above"
+        kver=${offered%%$'\n'*}
+        [ -n "$kver" ] || die "the pinned kernel $kver_pin is no longer in $suite, and no other 7.x kernel is; PBIO_VM_SUITE or PBIO_VM_MIRROR picks another"
+        say "WARNING: the pinned kernel $kver_pin is no longer offered by $suite; falling back to the newest 7.x there: $kver (not the version this test bed was validated with; update kver_pin in hw-tests/vm/run.sh once it passes)"
+        kver_how="fallback from the pin $kver_pin"
+    fi
+    if ! why=$(kernel_verified "$kver"); then
+        fetch_kernel "$kver"
+        why=$(kernel_verified "$kver") || die "kernel $kver: $why, right after fetching it"
+    fi
     flock -u 9
 }
 
+# ---------------------------------------------------------------- --self-check
+# Free KiB of the file system holding $1 (or its nearest existing parent).
+free_kib() {
+    local d=$1
+    while [ ! -e "$d" ] && [ "$d" != / ]; do d=$(dirname "$d"); done
+    df -Pk "$d" | awk 'NR == 2 { print $4 }'
+}
+self_check() {
+    local bad=() t p why alt idx lists f dir real seen=" " n hits other line w1 w2 closure=() mods
+    echo "vm: self-check of this host for hw-tests/vm/run.sh (nothing is downloaded, built or booted)"
+    echo "tools:"
+    for t in "${tools[@]}"; do
+        if p=$(command -v "$t" 2>/dev/null); then
+            printf '  ok       %-20s %s\n' "$t" "$p"
+        else
+            printf '  MISSING  %-20s (apt-get install %s)\n' "$t" "$(tool_pkg "$t")"
+            bad+=("$t")
+        fi
+    done
+    if find_busybox; then
+        echo "busybox: ok: $busybox is static (the guest's /init shell)"
+    else
+        echo "busybox: MISSING: ${busybox:+$busybox is dynamically linked; }the guest needs a static one (apt-get install busybox-static)"
+        bad+=("static busybox")
+    fi
+    p=$(readlink -f "$(cc -print-file-name=libc.a 2>/dev/null)" || true)
+    if [ -n "$p" ] && [ -f "$p" ]; then
+        echo "static libc: ok: $p (hw-tests/tools/mtprobe.c is linked with -static)"
+    else
+        echo "static libc: MISSING: no libc.a for cc -static (apt-get install libc6-dev)"
+        bad+=("static libc")
+    fi
+    if command -v qemu-system-x86_64 >/dev/null 2>&1; then
+        echo "qemu: $(qemu-system-x86_64 --version | head -n1)"
+    fi
+
+    # run.sh boots under TCG in any case: the /dev/kvm of these machines is
+    # nested without vmx/svm and cannot run stock kernels.
+    local kvm="absent"
+    if [ -e /dev/kvm ]; then
+        if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then kvm="present, read-write"; else kvm="present, not accessible to $(id -un)"; fi
+        if grep -qwE 'vmx|svm' /proc/cpuinfo; then
+            kvm+=", the CPU offers vmx/svm"
+        else
+            kvm+=", but the CPU offers no vmx/svm (nested without hardware virtualization: stock kernels do not run on it)"
+        fi
+    fi
+    echo "accelerator: TCG (run.sh always uses -accel tcg); /dev/kvm: $kvm"
+
+    echo "kernel: the pin is $kver_pin; wanted: $kver_wanted ($kver_how), suite $suite"
+    if why=$(kernel_verified "$kver_wanted"); then
+        echo "  $kver_wanted: cached in $cache/kernel/$kver_wanted, verified (vmlinuz and modules.dep match the manifest written when it was unpacked); a run needs no network"
+        sed 's/^/  from the .deb (SHA256 checked against the signed index): /' "$cache/kernel/$kver_wanted/.debs"
+        echo "  a run boots: $kver_wanted"
+    else
+        echo "  $kver_wanted: $why"
+        lists=$(find "$aptdir/lists" -maxdepth 1 -name '*_Packages*' 2>/dev/null | head -n1)
+        if [ -f "$aptdir/apt.conf" ] && [ -n "$lists" ]; then
+            idx="the index of $suite fetched $(date -r "$lists" '+%Y-%m-%d %H:%M') (a run fetches it anew)"
+            if kernel_offered "$kver_wanted"; then
+                echo "  offered by $idx: a run downloads it (about 120 MB; network to the Debian archive needed)"
+                echo "  a run boots: $kver_wanted"
+            elif [ "$kver_how" = pinned ]; then
+                alt=$(kernels_offered)
+                alt=${alt%%$'\n'*}
+                echo "  NOT offered by $idx: a run falls back to the newest 7.x there: ${alt:-none (a run fails)}, with a warning"
+                [ -z "$alt" ] || echo "  a run boots: $alt"
+            else
+                echo "  NOT offered by $idx: a run fails (PBIO_VM_KVER is taken as is)"
+            fi
+        else
+            echo "  no index of $suite fetched yet: a run fetches it and downloads the kernel (about 120 MB; network to the Debian archive needed)"
+        fi
+        if alt=$(newest_cached "$kver_wanted"); then
+            echo "  also cached and verified: $alt (what a run boots when the archive cannot be reached)"
+        fi
+    fi
+
+    # The host's modprobe configuration: listed, never used for the guest.
+    if kernel_verified "$kver_wanted" >/dev/null 2>&1; then
+        mapfile -t closure < <("$here/modules.sh" "$cache/kernel/$kver_wanted" "$kver_wanted" "${modules[@]}" 2>/dev/null |
+            sed 's|.*/||; s/\.ko.*//; s/-/_/g')
+    fi
+    mods=" ${modules[*]} ${closure[*]:-} "
+    echo "modprobe configuration of this host: NOT USED for the guest (its modules come from the guest kernel's modules.dep: hw-tests/vm/modules.sh)"
+    n=0
+    for dir in /etc/modprobe.d /run/modprobe.d /usr/local/lib/modprobe.d /lib/modprobe.d /usr/lib/modprobe.d /etc/modprobe.conf; do
+        for f in "$dir" "$dir"/*.conf; do
+            [ -f "$f" ] || continue
+            real=$(readlink -f "$f")
+            case $seen in *" $real "*) continue ;; esac
+            seen+="$real "
+            n=$((n + 1))
+            hits=
+            other=0
+            while read -r line; do
+                read -r w1 w2 _ <<<"$line"
+                case ${w1:-} in install | remove | blacklist | options | softdep | alias) ;; *) continue ;; esac
+                if [[ $mods == *" ${w2//-/_} "* ]]; then
+                    hits+=$'\n'"    $line   <- would change the guest's ${w2//-/_} under modprobe"
+                else
+                    other=$((other + 1))
+                fi
+            done < <(sed 's/#.*//' "$f")
+            echo "  $f: present, not used ($other other directive lines)${hits}"
+        done
+    done
+    [ "$n" -gt 0 ] || echo "  (no files in /etc/modprobe.d, /run/modprobe.d, /usr/local/lib/modprobe.d, /lib/modprobe.d, /usr/lib/modprobe.d)"
+
+    local need_cache=$((1024 * 1024)) need_tmp=$((2 * 1024 * 1024)) fc ft tmp=${TMPDIR:-/tmp}
+    kernel_verified "$kver_wanted" >/dev/null 2>&1 && need_cache=$((64 * 1024))
+    mkdir -p "$cache" 2>/dev/null || true
+    if [ -d "$cache" ] && [ -w "$cache" ]; then
+        echo "cache: $cache (writable; $(du -sh "$cache" 2>/dev/null | cut -f1) used; kernels: $(find "$cache/kernel" -mindepth 1 -maxdepth 1 -type d ! -name '*.tmp' -printf '%f ' 2>/dev/null))"
+    else
+        echo "cache: $cache: NOT WRITABLE (PBIO_VM_CACHE picks another folder)"
+        bad+=("cache folder")
+    fi
+    fc=$(free_kib "$cache")
+    ft=$(free_kib "$tmp")
+    echo "free disk: $((fc / 1024)) MiB for the cache (needs $((need_cache / 1024))), $((ft / 1024)) MiB in $tmp for a run's images (needs $((need_tmp / 1024)))"
+    [ "$fc" -ge "$need_cache" ] || bad+=("disk space for the cache")
+    [ "$ft" -ge "$need_tmp" ] || bad+=("disk space in $tmp")
+
+    if [ "${#bad[@]}" -eq 0 ]; then
+        echo "vm: self-check: ready"
+        return 0
+    fi
+    echo "vm: self-check: NOT READY: missing ${bad[*]}"
+    return 2
+}
+
+# ---------------------------------------------------------------- main
+if [ "$mode" = self-check ]; then
+    rc=0
+    self_check || rc=$?
+    exit "$rc"
+fi
+
+need_tools "${tools[@]}"
+find_busybox ||
+    die "need a static busybox for the guest (apt-get install busybox-static); found '${busybox:-none}'"
+to_mib() { echo $(($(numfmt --from=iec "${1%B}") / 1048576)); }
+mem_mib=$(to_mib "$mem") || die "bad PBIO_VM_MEM '$mem'"
+pmem_mib=$(to_mib "$pmem_size") || die "bad PBIO_VM_PMEM_SIZE '$pmem_size'"
+dax_mib=$(to_mib "$dax_size") || die "bad PBIO_VM_DAX_SIZE '$dax_size'"
+
+t_total=$(now)
 t=$(now)
-fetch_kernel
+choose_kernel
+kdir=$cache/kernel/$kver
+say "kernel: $kver ($kver_how)"
 t_fetch=$(since "$t")
+
+# Proves, over this kernel's tree, that the guest's module list does not
+# depend on the host's modprobe configuration (a hostile one in a temporary
+# folder: modprobe's answer changes, modules.sh's does not).
+module_selftest() {
+    local out rc=0
+    out=$("$here/modules-selftest.sh" "$kdir" "$kver" "${modules[@]}" 2>&1) || rc=$?
+    sed 's/^/vm:   /' <<<"$out" >&2
+    [ "$rc" = 0 ] || die "the module-resolution self-test failed (hw-tests/vm/modules-selftest.sh, above)"
+}
+if [ "$mode" = self-test ]; then
+    module_selftest
+    say "module-resolution self-test passed ($kver)"
+    exit 0
+fi
 
 # ---------------------------------------------------------------- (2) build
 run=$(mktemp -d "${TMPDIR:-/tmp}/pbio-vm.XXXXXX")
@@ -230,7 +555,9 @@ else
     (cd "$repo" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
         cargo build -q --release --locked --target x86_64-unknown-linux-gnu --bin pbio) ||
         die "building a static pbio failed (cargo output above)"
-    pbio_bin=$repo/target/x86_64-unknown-linux-gnu/release/pbio
+    target_dir=${CARGO_TARGET_DIR:-target}
+    case $target_dir in /*) ;; *) target_dir=$repo/$target_dir ;; esac
+    pbio_bin=$target_dir/x86_64-unknown-linux-gnu/release/pbio
 fi
 [ -x "$pbio_bin" ] || die "no pbio binary at $pbio_bin"
 if readelf -l "$pbio_bin" | grep -q 'program interpreter'; then
@@ -244,32 +571,86 @@ t_build=$(since "$t")
 
 # ---------------------------------------------------------------- (3) initramfs
 t=$(now)
+# The guest's modules: from the guest kernel's modules.dep alone, never the
+# host's modprobe configuration (issue 16); checked against the manifest.
+module_selftest
+modlist=$("$here/modules.sh" "$kdir" "$kver" "${modules[@]}") ||
+    die "resolving the guest's modules from $kdir/lib/modules/$kver/modules.dep failed (above)"
+mapfile -t modfiles <<<"$modlist"
+bad_files=$(verify_files "$kdir" "${modfiles[@]}") ||
+    die "kernel $kver: module files of the cache differ from its manifest: $bad_files (remove $kdir to fetch it again)"
 root=$run/initramfs
 mkdir -p "$root"/{bin,dev,proc,sys,tmp,mnt/host,lib/modules}
 cp "$busybox" "$root/bin/busybox"
 ln -s busybox "$root/bin/sh"
 install -m 0755 "$here/init" "$root/init"
 order=()
-for m in "${modules[@]}"; do
-    deps=$(modprobe -d "$kdir" -S "$kver" --show-depends "$m" 2>&1) ||
-        die "module $m: $deps"
-    while read -r word path _; do
-        [ "$word" = insmod ] || continue
-        name=$(basename "$path")
-        name=${name%.xz}
-        name=${name%.zst}
-        case " ${order[*]:-} " in *" $name "*) continue ;; esac
-        case $path in
-            *.xz) xz -dc "$path" >"$root/lib/modules/$name" ;;
-            *) cp "$path" "$root/lib/modules/$name" ;;
-        esac
-        order+=("$name")
-    done <<<"$deps"
+for path in "${modfiles[@]}"; do
+    name=$(basename "$path")
+    name=${name%.xz}
+    name=${name%.zst}
+    mod=${name%.ko}
+    # PBIO_VM_DROP_MODULE (a test of the check below) leaves one out.
+    [ "${mod//-/_}" = "${PBIO_VM_DROP_MODULE:-}" ] && { say "PBIO_VM_DROP_MODULE: leaving $name out"; continue; }
+    case $path in
+        *.xz) xz -dc "$path" >"$root/lib/modules/$name" ;;
+        *.zst)
+            command -v zstd >/dev/null || die "$path is zstd-compressed: apt-get install zstd"
+            zstd -qdc "$path" >"$root/lib/modules/$name"
+            ;;
+        *) cp "$path" "$root/lib/modules/$name" ;;
+    esac
+    order+=("$name")
 done
 printf '%s\n' "${order[@]}" >"$root/lib/modules/order"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$run/initramfs.gz"
+
+# Before booting: the archive itself holds every module named above and
+# every dependency of them (modules.dep), the order file lists only modules
+# it holds, and each module comes after every module its own file says it
+# depends on (modinfo's depends field, read from the .ko, not modules.dep).
+# The named modules whose dependencies (modules.dep) include module $1.
+needed_by() {
+    local m who=()
+    for m in "${modules[@]}"; do
+        "$here/modules.sh" "$kdir" "$kver" "$m" | grep -q "/$1\.ko" && who+=("$m")
+    done
+    echo "${who[*]}"
+}
+check_initramfs() {
+    local f n m d have=" " loaded=" " what
+    while read -r f; do
+        f=${f#./}
+        case $f in lib/modules/*.ko) n=${f#lib/modules/}; n=${n%.ko}; have+="${n//-/_} " ;; esac
+    done < <(gzip -dc "$run/initramfs.gz" | cpio -it --quiet)
+    for m in "${modules[@]}"; do
+        [[ $have == *" ${m//-/_} "* ]] ||
+            die "initramfs check: module ${m//-/_} (named in run.sh's module list) is not in the initramfs"
+    done
+    for f in "${modfiles[@]}"; do
+        n=$(basename "$f")
+        n=${n%%.ko*}
+        [[ $have == *" ${n//-/_} "* ]] ||
+            die "initramfs check: module ${n//-/_} (needed by $(needed_by "$n"), by modules.dep) is not in the initramfs"
+    done
+    while read -r f; do
+        n=${f%.ko}
+        n=${n//-/_}
+        [[ $have == *" $n "* ]] || die "initramfs check: lib/modules/order names $f, which is not in the initramfs"
+        what=$(modinfo -F depends "$root/lib/modules/$f") || die "initramfs check: modinfo $f failed"
+        for d in ${what//,/ }; do
+            d=${d//-/_}
+            [[ $have == *" $d "* ]] ||
+                die "initramfs check: module $d (needed by $n, by its depends field) is not in the initramfs"
+            [[ $loaded == *" $d "* ]] ||
+                die "initramfs check: module $d (needed by $n) is loaded after it (lib/modules/order)"
+        done
+        loaded+="$n "
+    done <"$root/lib/modules/order"
+}
+check_initramfs
 t_initramfs=$(since "$t")
-say "initramfs: ${#order[@]} modules ($(du -h "$run/initramfs.gz" | cut -f1)), pbio $(du -h "$share/bin/pbio" | cut -f1)"
+say "initramfs: ${#order[@]} modules, each named module and its dependencies checked in the archive ($(du -h "$run/initramfs.gz" | cut -f1)), pbio $(du -h "$share/bin/pbio" | cut -f1)"
 
 # What the guest's init reads from the share.
 {
