@@ -50,7 +50,8 @@
 #   PBIO_VM_MIRROR [the Debian archive the host's apt uses, else
 #                  http://deb.debian.org/debian/]
 #   PBIO_VM_PBIO   a prebuilt static pbio to use instead of building one
-#   PBIO_VM_TIMEOUT [300]       seconds for the whole guest run (host-side kill)
+#   PBIO_VM_TIMEOUT [900]       seconds for the whole guest run (host-side kill;
+#                  a loaded 2-core host took 288 s under TCG)
 #   PBIO_VM_BOOT_TIMEOUT [120]  seconds until the guest's init must have started
 #   PBIO_VM_MEM [2G]            guest RAM (the test tree lives in its tmpfs)
 #   PBIO_VM_CPUS [2]
@@ -104,7 +105,7 @@ kver_wanted=${PBIO_VM_KVER:-$kver_pin}
 if [ -n "${PBIO_VM_KVER:-}" ]; then kver_how="PBIO_VM_KVER"; else kver_how="pinned"; fi
 kver=
 suite=${PBIO_VM_SUITE:-trixie-backports}
-timeout_s=${PBIO_VM_TIMEOUT:-300}
+timeout_s=${PBIO_VM_TIMEOUT:-900}
 boot_timeout_s=${PBIO_VM_BOOT_TIMEOUT:-120}
 mem=${PBIO_VM_MEM:-2G}
 cpus=${PBIO_VM_CPUS:-2}
