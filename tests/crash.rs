@@ -89,7 +89,10 @@ fn kill_9_at_random_moments_then_scan_restore() {
         if code == 2 {
             // Killed while writing the labels: the devices name two sets,
             // and restore --scan refuses to pick one itself.
-            assert!(err.contains("different sets") && err.contains("--set"), "run {run}: {err}");
+            assert!(
+                err.contains("different sets") && err.contains("--set"),
+                "run {run}: {err}"
+            );
             continue;
         }
         assert!(
