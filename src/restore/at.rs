@@ -140,7 +140,7 @@ impl Root {
         if rel[0] == b'/' || components(rel).any(bad_component) {
             return Err(io::Error::from_raw_os_error(libc::EXDEV));
         }
-        if self.resolve == Resolve::Openat2 {
+        if self.resolve == Resolve::Openat2 && !OPENAT2_MISSING.load(Ordering::Relaxed) {
             match openat2_beneath(self.fd.as_fd(), rel, flags) {
                 Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
                     OPENAT2_MISSING.store(true, Ordering::Relaxed);
