@@ -179,6 +179,8 @@ pub fn run(args: DemoArgs) -> CliResult {
         force: false,
         only: Vec::new(),
         scan: false,
+        set: None,
+        keep_partial: false,
         json: false,
     })?;
     if code != EXIT_OK {

@@ -35,6 +35,15 @@ pub struct RestoreArgs {
     /// regular file that is complete on them (after a crash or a lost catalog).
     #[arg(long, conflicts_with = "only")]
     pub scan: bool,
+    /// With --scan: the set to restore (its id in hex, or an unambiguous
+    /// prefix), when the devices hold more than one set.
+    #[arg(long = "set", value_name = "SETID", requires = "scan")]
+    pub set: Option<String>,
+    /// A file that cannot be restored completely (damaged or missing
+    /// records, a digest mismatch) is kept as NAME.pbio-partial instead of
+    /// being removed.
+    #[arg(long)]
+    pub keep_partial: bool,
     /// Machine-readable report: one JSON summary object (files, bytes, missing files with their byte ranges and devices, errors, ok).
     #[arg(long)]
     pub json: bool,
@@ -83,7 +92,14 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
             &[],
         )
     } else {
-        restore::run_chain(&chain, Action::Restore { to: &args.to }, &only)
+        restore::run_chain(
+            &chain,
+            Action::Restore {
+                to: &args.to,
+                keep_partial: args.keep_partial,
+            },
+            &only,
+        )
     }
     .map_err(|e| Failure::Data(format!("restore failed: {e}")))?;
     Ok(print(&chain, &report, "restored", args.json))
@@ -330,18 +346,28 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
         );
     }
     let started = std::time::Instant::now();
-    let report = restore::scan::restore_from_scan(&devs, &args.to)
+    let device_sets = restore::scan::device_sets(&devs)
         .map_err(|e| Failure::Data(format!("restore --scan failed: {e}")))?;
+    let chosen =
+        restore::scan::choose_set(&device_sets, args.set.as_deref()).map_err(Failure::Usage)?;
+    let report = match chosen {
+        Some(set_id) => {
+            restore::scan::restore_from_scan(&devs, &args.to, set_id, args.keep_partial)
+                .map_err(|e| Failure::Data(format!("restore --scan failed: {e}")))?
+        }
+        None => restore::scan::ScanRestoreReport::default(),
+    };
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let set = report
         .set_id
         .map(|s| crate::engine::set_id_hex(&s))
         .unwrap_or_else(|| "-".into());
-    let code = if report.incomplete.is_empty() && report.bad_records == 0 {
-        EXIT_OK
-    } else {
-        EXIT_DATA
-    };
+    let code =
+        if report.incomplete.is_empty() && report.bad_records == 0 && report.errors.is_empty() {
+            EXIT_OK
+        } else {
+            EXIT_DATA
+        };
     if args.json {
         println!(
             "{}",
@@ -356,7 +382,12 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
                 "incomplete": report.incomplete.iter().map(|i| json!({
                     "path": path_text(&i.path), "found_bytes": i.found_bytes,
                     "data_bytes": i.data_bytes, "why": i.why,
+                    "kept_as": i.kept_as.as_deref().map(path_text),
                 })).collect::<Vec<_>>(),
+                "other_sets": report.other_sets.iter().map(|(id, n)| json!({
+                    "set_id": crate::engine::set_id_hex(id), "records": n,
+                })).collect::<Vec<_>>(),
+                "errors": report.errors,
                 "ok": code == EXIT_OK,
             })
         );
@@ -370,15 +401,32 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
     );
     for i in &report.incomplete {
         eprintln!(
-            "incomplete: {}: {} of {} bytes found ({}); not restored",
-            path_text(&i.path),
+            "incomplete: {}: {} of {} bytes found ({}); {}",
+            crate::units::shown_name(&i.path),
             i.found_bytes,
             i.data_bytes,
-            i.why
+            i.why,
+            match &i.kept_as {
+                Some(kept) => format!(
+                    "not restored, partial data kept as {}",
+                    crate::units::shown_name(kept)
+                ),
+                None => "not restored".to_string(),
+            }
         );
+    }
+    for e in &report.errors {
+        eprintln!("error: {e}");
     }
     if report.bad_records > 0 {
         eprintln!("{} damaged records skipped", report.bad_records);
+    }
+    for (id, n) in &report.other_sets {
+        eprintln!(
+            "note: {n} records of set {} skipped (not the set restored; --set {} restores them)",
+            crate::engine::set_id_hex(id),
+            crate::engine::set_id_hex(id)
+        );
     }
     Ok(code)
 }

@@ -6,14 +6,15 @@
 //! and its increments, `chain`) restore the newest set's tree, each file's
 //! data read from the set that holds it.
 
+pub mod at;
 pub mod chain;
 pub mod scan;
 pub mod tree;
 pub mod writer;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::device::{self, Access, Device, DeviceSpec, Mode};
 use crate::engine::media::{self, MediaError};
@@ -248,9 +249,12 @@ impl Report {
 
 /// What to do with the records.
 pub enum Action<'a> {
-    /// Rebuild the tree under `to`.
+    /// Rebuild the tree under `to`. A file that cannot be restored
+    /// completely is removed, or with `keep_partial` kept as
+    /// `NAME.pbio-partial`.
     Restore {
         to: &'a Path,
+        keep_partial: bool,
     },
     /// Write the data of one file of the catalog (a block device, or an
     /// image file) onto `target` from offset 0, holes written as zeros.
@@ -421,7 +425,7 @@ pub fn run_chain(
 #[derive(Clone, Copy)]
 enum Destination<'a> {
     Nowhere,
-    Tree(&'a Path),
+    Tree(&'a tree::Staged),
     Device(&'a File),
 }
 
@@ -471,7 +475,7 @@ fn data_sources(
                 _ => {
                     errors.push(format!(
                         "file {}: set {} does not hold its data as file id {} (the catalogs of the chain disagree)",
-                        String::from_utf8_lossy(&f.path),
+                        crate::units::shown_name(&f.path),
                         crate::engine::set_id_hex(&set_id),
                         f.origin_file_id
                     ));
@@ -553,11 +557,22 @@ fn run_sets(
             _ => matches_only(&m.path, only),
         })
         .collect();
-    let destination = match action {
-        Action::Restore { to } => {
-            tree::prepare(to, catalog, &wanted)?;
-            Destination::Tree(to)
+    let (staged, keep_partial) = match action {
+        Action::Restore { to, keep_partial } => {
+            let mut staged = tree::prepare(to, catalog, &wanted)?;
+            // Entries refused one by one; the rest is restored.
+            report
+                .errors
+                .extend(staged.take_errors().iter().map(ToString::to_string));
+            for (i, w) in wanted.iter_mut().enumerate() {
+                *w = *w && !staged.refused(i);
+            }
+            (Some(staged), keep_partial)
         }
+        _ => (None, false),
+    };
+    let destination = match action {
+        Action::Restore { .. } => Destination::Tree(staged.as_ref().expect("prepared above")),
         Action::RestoreToDevice { target, .. } => Destination::Device(target),
         Action::Verify => Destination::Nowhere,
     };
@@ -630,6 +645,8 @@ fn run_sets(
             per_file[file as usize].push((offset, len, crc));
         }
     }
+    // Per file of the restored catalog: complete and verified, or why not.
+    let mut verdicts = vec![tree::Verdict::Good; catalog.files.len()];
     for (i, f) in catalog.files.iter().enumerate() {
         if !wanted[i] || !f.kind.has_data() {
             continue;
@@ -656,22 +673,26 @@ fn run_sets(
                         .collect(),
                     _ => Vec::new(),
                 };
-            report.errors.push(if on_broken.is_empty() {
+            let why = if on_broken.is_empty() {
                 format!(
-                    "file {}: content digest mismatch (records missing, altered or duplicated on the devices)",
-                    String::from_utf8_lossy(&f.path)
+                    "file {}: content digest mismatch (records missing, altered or duplicated on the devices: {})",
+                    crate::units::shown_name(&f.path),
+                    devices_holding(sets, sources[i]).join(", ")
                 )
             } else {
                 format!(
                     "file {}: not restored completely: part of it is on {}, which could not be read (above)",
-                    String::from_utf8_lossy(&f.path),
+                    crate::units::shown_name(&f.path),
                     on_broken.join(", ")
                 )
-            });
+            };
+            report.errors.push(why.clone());
+            verdicts[i] = tree::Verdict::Failed(why);
         }
     }
+    let mut done = selected.clone();
     match destination {
-        Destination::Tree(to) => tree::finish(to, catalog, &wanted)?,
+        Destination::Tree(_) => {}
         Destination::Device(target) => {
             for (i, f) in catalog.files.iter().enumerate() {
                 if wanted[i] {
@@ -684,9 +705,36 @@ fn run_sets(
         }
         Destination::Nowhere => {}
     }
-    report.files_restored = selected.iter().filter(|&&s| s).count();
+    if let Some(staged) = staged {
+        let finished = tree::finish(staged, catalog, &wanted, &verdicts, keep_partial);
+        report
+            .errors
+            .extend(finished.errors.iter().map(ToString::to_string));
+        for (d, f) in done.iter_mut().zip(&finished.done) {
+            *d = *d && *f;
+        }
+    }
+    report.files_restored = done.iter().filter(|&&d| d).count();
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// The given devices that hold records of a file (its segments), by path.
+fn devices_holding(sets: &[&OpenSet], source: DataSource) -> Vec<String> {
+    let DataSource::In { set, file } = source else {
+        return Vec::new();
+    };
+    let segments = &sets[set].catalog.segments;
+    sets[set]
+        .devices
+        .iter()
+        .filter(|(_, label)| {
+            segments
+                .iter()
+                .any(|g| g.file_id == file && g.device == label.device_index && g.records > 0)
+        })
+        .map(|(dev, _)| dev.path().display().to_string())
+        .collect()
 }
 
 /// Write zeros over the ranges of `[0, size_bytes)` that no record wrote
@@ -804,7 +852,7 @@ fn read_device(
                 ));
                 return Ok(Flow::Continue);
             };
-            let path = String::from_utf8_lossy(&file.path);
+            let path = crate::units::shown_name(&file.path);
             let crc = crate::format::crc32c(payload);
             if crc != header.payload_crc {
                 out.errors.push(format!(
@@ -824,7 +872,7 @@ fn read_device(
             let Some(w) = writer.as_mut() else {
                 return Ok(Flow::Continue);
             };
-            let restored_path = String::from_utf8_lossy(&restored.files[target as usize].path);
+            let restored_path = crate::units::shown_name(&restored.files[target as usize].path);
             if open.map(|(id, _)| id) != Some(target) {
                 if w.open_files() >= OPEN_FILES_MAX {
                     if let Err(e) = w.finish() {
@@ -833,14 +881,9 @@ fn read_device(
                     }
                 }
                 let opened = match destination {
-                    Destination::Tree(root) => {
-                        let to: PathBuf =
-                            tree::safe_join(root, &restored.files[target as usize].path)?;
-                        OpenOptions::new()
-                            .write(true)
-                            .open(&to)
-                            .map_err(|error| format!("open {}: {error}", to.display()))
-                    }
+                    Destination::Tree(staged) => staged
+                        .open_for_write(target as usize)
+                        .map_err(|error| format!("open {restored_path}: {error}")),
                     Destination::Device(device) => device
                         .try_clone()
                         .map_err(|error| format!("restore target: {error}")),
