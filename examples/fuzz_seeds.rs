@@ -1,6 +1,7 @@
 //! Writes one valid label, record header (with file info), catalog and
 //! NBD reply stream into fuzz/corpus/<target>/seed, so the fuzzers start from real
-//! structures: `cargo run --example fuzz_seeds`.
+//! structures, and restore_tree's unmutated set (its set is made by the
+//! target itself): `cargo run --example fuzz_seeds`.
 
 use pbio::format::{
     Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, FileInfo, FileKind, Label,
@@ -168,6 +169,8 @@ fn main() -> std::io::Result<()> {
     be(&mut nbd, &0u32.to_be_bytes());
     be(&mut nbd, &2u64.to_be_bytes());
     write("nbd_reply", &nbd)?;
+    // restore_tree: mode 0 (single-byte mutations), none given.
+    write("restore_tree", &[0])?;
     println!("seeds written under {}", root.display());
     Ok(())
 }

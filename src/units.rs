@@ -95,6 +95,29 @@ pub fn shown_name(raw: &[u8]) -> String {
     out
 }
 
+/// A path (a source, or one built from stored names) as `shown_name` shows it.
+pub fn shown_path(path: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    shown_name(path.as_os_str().as_bytes())
+}
+
+/// A message made elsewhere (an error that may quote a stored name,
+/// already escaped or not) made safe for one terminal line: control
+/// characters (line ends included) and invisible format characters
+/// escaped as `shown_name` does; backslashes are left alone, so a name
+/// that `shown_name` escaped in it reads the same.
+pub fn shown_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\u{1b}' => out.push_str("\\e"),
+            c if c.is_control() || is_invisible(c) => out.extend(c.escape_debug()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Format characters that change how a terminal or a reader sees the
 /// text around them (bidirectional overrides, zero-width marks).
 fn is_invisible(c: char) -> bool {
@@ -125,5 +148,15 @@ mod name_tests {
         // Distinct names stay distinct once escaped.
         assert_ne!(shown_name(b"a\\x41"), shown_name(b"a\x41"));
         assert_ne!(shown_name(b"a\\e"), shown_name(b"a\x1b"));
+    }
+
+    #[test]
+    fn messages_are_made_one_safe_line() {
+        use super::shown_line;
+        assert_eq!(shown_line("open a\u{1b}[2Jb: gone"), "open a\\e[2Jb: gone");
+        assert_eq!(shown_line("x\ny\rz\u{202e}"), "x\\ny\\rz\\u{202e}");
+        // A name shown_name escaped already is left as it is.
+        let escaped = format!("open {}: EIO", shown_name(b"a\\b\x1b"));
+        assert_eq!(shown_line(&escaped), escaped);
     }
 }

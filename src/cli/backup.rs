@@ -8,12 +8,12 @@ use clap::Args;
 use serde_json::json;
 
 use super::progress::{self, DeviceInfo, Output, Reporter};
-use super::{prepare, CliResult, Failure, SetArgs, EXIT_OK};
+use super::{path_text, prepare, CliResult, Failure, SetArgs, EXIT_OK};
 use crate::device::guard::{self, Finding, Policy};
 use crate::device::{self, DeviceSpec, Mode};
 use crate::engine::{self, ring::QUEUE_DEPTH_MAX, BackupConfig, DeviceEnd, SetInput};
 use crate::format::SetId;
-use crate::units::human_bytes;
+use crate::units::{human_bytes, shown_line, shown_name};
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
@@ -55,15 +55,6 @@ fn parse_tape_block(text: &str) -> Result<u64, String> {
         ));
     }
     Ok(n)
-}
-
-/// `println!` that does not panic when stdout is closed (a harness that
-/// went away): the backup's result does not depend on its audience.
-macro_rules! emit {
-    ($($arg:tt)*) => {{
-        use std::io::Write;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
-    }};
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
@@ -119,7 +110,7 @@ pub fn check_devices(devs: &[DeviceSpec], policy: &Policy) -> Result<(), Failure
     }
     for id in &policy.overwrite {
         if !sets_found.contains(id) {
-            eprintln!(
+            errln!(
                 "pbio: note: --overwrite {}: no device holds that set",
                 engine::set_id_hex(id)
             );
@@ -152,7 +143,7 @@ fn measure_rates(set: &super::SetArgs, json: bool) -> Result<super::SetArgs, Fai
             ))
         })?;
         if !json {
-            eprintln!(
+            errln!(
                 "pbio: device {}: measured {:.1} MiB/s ({} MiB in {:.2} s) for --balance time",
                 spec.path.display(),
                 m.bytes_per_sec as f64 / (1 << 20) as f64,
@@ -308,7 +299,7 @@ pub fn run(args: BackupArgs) -> CliResult {
     match result {
         Err(e) => {
             if json {
-                emit!(
+                outln!(
                     "{}",
                     json!({"event": "finished", "ok": false, "exit_code": super::EXIT_DATA, "error": e.to_string()})
                 );
@@ -319,7 +310,7 @@ pub fn run(args: BackupArgs) -> CliResult {
             let code = exit_code(&report);
             if json {
                 let total: u64 = report.devices.iter().map(|d| d.stats.payload_bytes).sum();
-                emit!(
+                outln!(
                     "{}",
                     json!({
                         "event": "finished",
@@ -358,9 +349,9 @@ fn print_increment(
         since.renamed.len()
     );
     if as_json {
-        eprintln!("pbio: {line}");
+        errln!("pbio: {line}");
     } else {
-        println!("{line}");
+        outln!("{line}");
     }
 }
 
@@ -390,20 +381,27 @@ fn state_name(end: DeviceEnd) -> &'static str {
 fn print_warnings(report: &engine::BackupReport) {
     for d in &report.devices {
         if let Some(error) = &d.error {
-            eprintln!(
-                "pbio: device {} {}: {error}; {} of its work went to the other devices",
+            errln!(
+                "pbio: device {} {}: {}; {} of its work went to the other devices",
                 d.path,
                 state_name(d.end),
+                shown_line(error),
                 human_bytes(d.redirected_bytes)
             );
         }
         if let Some(error) = &d.catalog_error {
-            eprintln!("pbio: device {}: no catalog written: {error}", d.path);
+            errln!(
+                "pbio: device {}: no catalog written: {}",
+                d.path,
+                shown_line(error)
+            );
         }
     }
     for (path, why) in &report.unreadable {
-        eprintln!(
-            "pbio: source {path} could not be opened when its turn came ({why}): its data is not in the set"
+        errln!(
+            "pbio: source {} could not be opened when its turn came ({}): its data is not in the set",
+            shown_name(path),
+            shown_line(why)
         );
     }
     if !report.unplaced.is_empty() {
@@ -416,22 +414,28 @@ fn print_warnings(report: &engine::BackupReport) {
             (false, false) => "sources that could not be opened",
             (false, true) => "sources that could not be opened, and not enough surviving capacity",
         };
-        eprintln!(
+        errln!(
             "pbio: the set is INCOMPLETE: {} bytes could not be written to any device ({why}):",
             report.missing_bytes()
         );
         for (path, offset, length) in report.unplaced.iter().take(20) {
-            eprintln!("  {path}: bytes {offset}..{}", offset + length);
+            errln!(
+                "  {}: bytes {offset}..{}",
+                shown_name(path),
+                offset + length
+            );
         }
         if report.unplaced.len() > 20 {
-            eprintln!("  ... and {} more ranges", report.unplaced.len() - 20);
+            errln!("  ... and {} more ranges", report.unplaced.len() - 20);
         }
     } else if report.degraded() {
-        eprintln!("pbio: set complete on the surviving devices (degraded)");
+        errln!("pbio: set complete on the surviving devices (degraded)");
     }
     for (path, what) in &report.changed {
-        eprintln!(
-            "pbio: warning: {path} changed while it was being backed up ({what}): its copy may be inconsistent"
+        errln!(
+            "pbio: warning: {} changed while it was being backed up ({}): its copy may be inconsistent",
+            shown_name(path),
+            shown_line(what)
         );
     }
 }
@@ -478,7 +482,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                 })
             })
             .collect();
-        emit!(
+        outln!(
             "{}",
             json!({
                 "event": "summary",
@@ -491,15 +495,15 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                 "mib_per_sec": mib_s(total, secs),
                 "devices": devices,
                 "missing_bytes": report.missing_bytes(),
-                "changed": report.changed.iter().map(|(p, w)| json!({"path": p, "what": w})).collect::<Vec<_>>(),
-                "unplaced": report.unplaced.iter().map(|(p, o, l)| json!({"path": p, "offset": o, "length": l})).collect::<Vec<_>>(),
-                "unreadable": report.unreadable.iter().map(|(p, e)| json!({"path": p, "error": e})).collect::<Vec<_>>(),
+                "changed": report.changed.iter().map(|(p, w)| json!({"path": path_text(p), "what": w})).collect::<Vec<_>>(),
+                "unplaced": report.unplaced.iter().map(|(p, o, l)| json!({"path": path_text(p), "offset": o, "length": l})).collect::<Vec<_>>(),
+                "unreadable": report.unreadable.iter().map(|(p, e)| json!({"path": path_text(p), "error": e})).collect::<Vec<_>>(),
                 "exit_code": exit_code(report),
             })
         );
         return;
     }
-    emit!(
+    outln!(
         "set {}: {} entries, {} segments",
         engine::set_id_hex(&report.set_id),
         report.files,
@@ -517,7 +521,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
         .max()
         .unwrap_or(0)
         .min(48);
-    emit!(
+    outln!(
         "  {:>5}  {:<path_width$}  {:>12}  {:>8}  {:>8}  {:>9}  state",
         "dev",
         "path",
@@ -529,7 +533,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
     for (i, d) in report.devices.iter().enumerate() {
         let s = &d.stats;
         let mut state = match &d.error {
-            Some(e) => format!("{} ({e})", state_name(d.end)),
+            Some(e) => format!("{} ({})", state_name(d.end), shown_line(e)),
             None => state_name(d.end).to_string(),
         };
         if s.reconnects > 0 {
@@ -539,7 +543,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                 if s.reconnects == 1 { "" } else { "s" }
             ));
         }
-        emit!(
+        outln!(
             "  {:>5}  {:<path_width$}  {:>12}  {:>8}  {:>6.2} s  {:>9.1}  {state}",
             i,
             d.path,
@@ -549,7 +553,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
             mib_s(s.payload_bytes, s.elapsed.as_secs_f64()),
         );
     }
-    emit!(
+    outln!(
         "  {:>5}  {:<path_width$}  {:>12}  {:>8}  {:>6.2} s  {:>9.1}",
         "total",
         devices_text,
@@ -559,7 +563,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
         mib_s(total, secs),
     );
     if !report.unplaced.is_empty() {
-        emit!(
+        outln!(
             "  INCOMPLETE: {} not on any device (see stderr)",
             human_bytes(report.missing_bytes())
         );

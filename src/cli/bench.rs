@@ -190,7 +190,7 @@ pub fn run(args: BenchArgs) -> CliResult {
                 })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({
                 "event": "summary",
@@ -209,7 +209,7 @@ pub fn run(args: BenchArgs) -> CliResult {
         );
         return Ok(EXIT_OK);
     }
-    println!(
+    outln!(
         "bench {} bs={} qd={} size={} per device, {} device(s)",
         config.rw.name(),
         human_bytes(config.block_bytes as u64),
@@ -219,7 +219,7 @@ pub fn run(args: BenchArgs) -> CliResult {
     );
     for (i, d) in report.devices.iter().enumerate() {
         let s = d.elapsed.as_secs_f64();
-        println!(
+        outln!(
             "  dev {i} {}: {} in {} ios, {:.2} s, {:.1} MiB/s, {:.0} IOPS, {}{}",
             d.path,
             human_bytes(d.bytes),
@@ -235,7 +235,7 @@ pub fn run(args: BenchArgs) -> CliResult {
             }
         );
     }
-    println!(
+    outln!(
         "aggregate: {} in {:.2} s, {:.1} MiB/s, {}, cpu {:.2} s ({:.3} s/GiB)",
         human_bytes(total),
         secs,

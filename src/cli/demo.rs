@@ -102,7 +102,7 @@ fn compare(a: &Path, b: &Path) -> Result<Vec<String>, Failure> {
         ));
     }
     for (x, y) in wa.entries.iter().zip(&wb.entries) {
-        let name = String::from_utf8_lossy(&x.path);
+        let name = crate::units::shown_name(&x.path);
         if x.path != y.path
             || x.kind != y.kind && !matches!(x.kind, crate::source::EntryKind::File { .. })
         {
@@ -139,7 +139,7 @@ pub fn run(args: DemoArgs) -> CliResult {
         }
     };
     let src = dir.join("src").join("tree");
-    println!("demo: generating a tree under {}", src.display());
+    outln!("demo: generating a tree under {}", src.display());
     let total = generate(&src, args.large_mib, args.small_files)?;
     // Enough room for each device's share plus record headers and the catalog.
     let per_device = (total / args.devices as u64) * 5 / 4 + (64 << 20);
@@ -152,7 +152,7 @@ pub fn run(args: DemoArgs) -> CliResult {
             timeout_secs: None,
         })
         .collect();
-    println!(
+    outln!(
         "demo: backing up {} over {} file devices",
         crate::units::human_bytes(total),
         args.devices
@@ -172,7 +172,7 @@ pub fn run(args: DemoArgs) -> CliResult {
     backup_args.force = true;
     backup::run(backup_args)?;
     let out = dir.join("restored");
-    println!("demo: restoring into {}", out.display());
+    outln!("demo: restoring into {}", out.display());
     let code = restore::run_restore(restore::RestoreArgs {
         devs: devs.clone(),
         to: out.clone(),
@@ -186,18 +186,18 @@ pub fn run(args: DemoArgs) -> CliResult {
     if code != EXIT_OK {
         return Ok(code);
     }
-    println!("demo: verifying every record and file digest");
+    outln!("demo: verifying every record and file digest");
     let code = restore::run_verify(restore::VerifyArgs { devs, json: false })?;
     if code != EXIT_OK {
         return Ok(code);
     }
     let diffs = compare(&src, &out.join("tree"))?;
     if diffs.is_empty() {
-        println!("demo: restored tree is identical to the source");
+        outln!("demo: restored tree is identical to the source");
         Ok(EXIT_OK)
     } else {
         for d in &diffs {
-            eprintln!("demo: {d}");
+            errln!("demo: {d}");
         }
         Ok(EXIT_DATA)
     }

@@ -6,6 +6,7 @@ use serde_json::json;
 use super::{parse_dev, path_text, CliResult, Failure, EXIT_OK};
 use crate::device::DeviceSpec;
 use crate::format::FileKind;
+use crate::units::shown_name;
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
@@ -77,7 +78,7 @@ pub fn run(args: ListArgs) -> CliResult {
                 })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({
                 "set_id": crate::engine::set_id_hex(&c.set_id),
@@ -97,7 +98,7 @@ pub fn run(args: ListArgs) -> CliResult {
         );
         return Ok(EXIT_OK);
     }
-    println!(
+    outln!(
         "{} (device {} of {}), {} entries, {} segments",
         crate::restore::chain::describe(c),
         label.device_index,
@@ -106,7 +107,7 @@ pub fn run(args: ListArgs) -> CliResult {
         c.segments.len()
     );
     if let Some(parent) = c.ancestors.first() {
-        println!(
+        outln!(
             "incremental over set {}: {} unchanged files referenced, {} paths removed, {} renamed",
             crate::engine::set_id_hex(parent),
             c.files.iter().filter(|f| f.origin != 0).count(),
@@ -115,42 +116,45 @@ pub fn run(args: ListArgs) -> CliResult {
         );
     }
     for f in &c.files {
+        if !super::stdout_open() {
+            break; // the reader went away (`| head`)
+        }
         let extra = match f.kind {
-            FileKind::Symlink => format!(" -> {}", path_text(&f.link_target)),
+            FileKind::Symlink => format!(" -> {}", shown_name(&f.link_target)),
             FileKind::HardLink => {
-                format!(" => {}", path_text(&c.files[f.hardlink_to as usize].path))
+                format!(" => {}", shown_name(&c.files[f.hardlink_to as usize].path))
             }
             _ => match origin_set(f) {
                 Some(set) => format!(" (unchanged, data in set {set})"),
                 None => String::new(),
             },
         };
-        println!(
+        outln!(
             "{:<8} {:06o} {:>5}:{:<5} {:>14} {}{}",
             kind_name(f.kind),
             f.mode & 0o7777,
             f.uid,
             f.gid,
             f.size_bytes,
-            path_text(&f.path),
+            shown_name(&f.path),
             extra
         );
     }
     for path in &c.removed {
-        println!("removed  {}", path_text(path));
+        outln!("removed  {}", shown_name(path));
     }
     for r in &c.renamed {
-        println!(
+        outln!(
             "renamed  {} -> {}",
-            path_text(&r.from),
-            path_text(&c.files[r.file_id as usize].path)
+            shown_name(&r.from),
+            shown_name(&c.files[r.file_id as usize].path)
         );
     }
     if args.segments {
         for s in &c.segments {
-            println!(
+            outln!(
                 "segment {} {}..{} device {} position {} records {}",
-                path_text(&c.files[s.file_id as usize].path),
+                shown_name(&c.files[s.file_id as usize].path),
                 s.offset,
                 s.offset + s.length,
                 s.device,

@@ -2,6 +2,27 @@
 //! this is the one place where errors become exit codes:
 //! 0 success; 1 completed with degraded devices; 2 usage error; 3 data
 //! could not all be written or restored.
+//!
+//! Output goes through `outln!` (stdout) and `errln!` (stderr), never
+//! `println!`: a reader that goes away (`pbio list | head -1`) ends the
+//! output quietly instead of a panic, and the command's exit code stands.
+//! Names from a medium or a walked tree are printed through
+//! `units::shown_name` (escaped); JSON carries them as they are.
+
+/// `println!` to stdout that never panics: once a write fails, stdout is
+/// left alone (`stdout_line`).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::stdout_line(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` that never panics (a closed stderr is ignored).
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::stderr_line(format_args!($($arg)*))
+    };
+}
 
 pub mod backup;
 pub mod bench;
@@ -14,12 +35,14 @@ pub mod restore;
 pub mod scan;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::device::DeviceSpec;
 use crate::plan::{Balance, Order, Strategy};
-use crate::units::parse_size;
+use crate::units::{parse_size, shown_line, shown_path};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_DEGRADED: i32 = 1;
@@ -204,10 +227,78 @@ impl SetArgs {
     }
 }
 
+/// What became of stdout: 0 fine, 1 the reader went away (EPIPE), 2 a
+/// write failed otherwise (its error is in `STDOUT_ERROR`).
+static STDOUT_STATE: AtomicU8 = AtomicU8::new(STDOUT_OPEN);
+const STDOUT_OPEN: u8 = 0;
+const STDOUT_GONE: u8 = 1;
+const STDOUT_FAILED: u8 = 2;
+static STDOUT_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+/// One line to stdout. A closed pipe or a failed write stops all later
+/// output (the work goes on; `main` says why on stderr unless the reader
+/// simply went away).
+pub fn stdout_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if STDOUT_STATE.load(Ordering::Relaxed) != STDOUT_OPEN {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_STATE.store(STDOUT_GONE, Ordering::Relaxed);
+        }
+        Err(e) => {
+            STDOUT_STATE.store(STDOUT_FAILED, Ordering::Relaxed);
+            if let Ok(mut slot) = STDOUT_ERROR.lock() {
+                slot.get_or_insert(e.to_string());
+            }
+        }
+    }
+}
+
+/// Whether stdout still takes output (a long listing may stop early).
+pub fn stdout_open() -> bool {
+    STDOUT_STATE.load(Ordering::Relaxed) == STDOUT_OPEN
+}
+
+/// One line to stderr; a failure to write it is ignored (there is nowhere
+/// left to say so).
+pub fn stderr_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+}
+
+/// The exit code once output is done: a write to stdout that failed for
+/// another reason than a reader going away (a full disk behind `>`) is
+/// said, and a success becomes exit 3: the output is not all there.
+fn after_output(code: i32) -> i32 {
+    if STDOUT_STATE.load(Ordering::Relaxed) != STDOUT_FAILED {
+        return code;
+    }
+    let why = STDOUT_ERROR
+        .lock()
+        .ok()
+        .and_then(|e| e.clone())
+        .unwrap_or_default();
+    errln!("pbio: writing to stdout failed: {why}; the output is incomplete");
+    if code == EXIT_OK {
+        EXIT_DATA
+    } else {
+        code
+    }
+}
+
 /// Parse arguments and run; returns the process exit code.
 pub fn main() -> i32 {
     if std::env::args_os().len() <= 1 {
-        eprintln!("{SHORT_USAGE}");
+        errln!("{SHORT_USAGE}");
         return EXIT_USAGE;
     }
     let cli = match Cli::try_parse() {
@@ -217,13 +308,18 @@ pub fn main() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
         }
     };
-    match run(cli) {
+    let code = match run(cli) {
         Ok(code) => code,
         Err(failure) => {
-            eprintln!("pbio: {failure}");
+            // Its lines as made, each made safe (a message may quote a
+            // stored name that its maker did not escape).
+            let text = failure.to_string();
+            let lines: Vec<String> = text.split('\n').map(shown_line).collect();
+            errln!("pbio: {}", lines.join("\n"));
             failure.code()
         }
-    }
+    };
+    after_output(code)
 }
 
 pub fn run(cli: Cli) -> CliResult {
@@ -283,7 +379,7 @@ fn man(command: Option<&str>, dir: Option<&Path>) -> CliResult {
                 .map_err(|e| Failure::Data(format!("man: {e}")))?;
             std::fs::write(&path, roff)
                 .map_err(|e| Failure::Usage(format!("man: writing {}: {e}", path.display())))?;
-            println!("{}", path.display());
+            outln!("{}", path.display());
         }
         return Ok(EXIT_OK);
     }
@@ -329,7 +425,7 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
     if !walk.errors.is_empty() {
         let mut msg = format!("{} source entries cannot be read:", walk.errors.len());
         for e in &walk.errors {
-            msg.push_str(&format!("\n  {}: {}", e.path.display(), e.error));
+            msg.push_str(&format!("\n  {}: {}", shown_path(&e.path), e.error));
         }
         return Err(Failure::Usage(msg));
     }
@@ -351,7 +447,7 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
             return Err(Failure::Usage(format!(
                 "device {} is also a source (as {}): refusing to back it up onto itself",
                 spec.path.display(),
-                entry.source.display()
+                shown_path(&entry.source)
             )));
         }
         identities.push(probe.identity);
@@ -363,9 +459,10 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
     }
     for entry in walk.entries.iter().filter(|e| e.is_block_device()) {
         for mount_point in crate::source::mounted_read_write(entry.meta.rdev) {
-            eprintln!(
-                "pbio: warning: source {} is mounted read-write at {mount_point}: its image may be inconsistent; back up a snapshot of it instead (README, \"Consistent images: back up a snapshot\")",
-                entry.source.display()
+            errln!(
+                "pbio: warning: source {} is mounted read-write at {}: its image may be inconsistent; back up a snapshot of it instead (README, \"Consistent images: back up a snapshot\")",
+                shown_path(&entry.source),
+                shown_line(&mount_point)
             );
         }
     }
@@ -466,7 +563,7 @@ pub fn check_paths(sources: &[PathBuf], devs: &[crate::device::DeviceSpec]) -> R
                     return Err(Failure::Usage(format!(
                         "device {} is also a source (as {}): refusing to back it up onto itself",
                         spec.path.display(),
-                        source.display()
+                        shown_path(source)
                     )));
                 }
                 continue;
@@ -478,14 +575,14 @@ pub fn check_paths(sources: &[PathBuf], devs: &[crate::device::DeviceSpec]) -> R
                 return Err(Failure::Usage(format!(
                     "device {} is also a source (as {}): refusing to back it up onto itself",
                     spec.path.display(),
-                    source.display()
+                    shown_path(source)
                 )));
             }
             if src_meta.is_dir() && location.starts_with(&src_canon) {
                 return Err(Failure::Usage(format!(
                     "device {} is inside source tree {}: the backup would contain itself; put the device file outside the sources",
                     spec.path.display(),
-                    source.display()
+                    shown_path(source)
                 )));
             }
         }

@@ -19,7 +19,7 @@ pub fn run(args: PlanArgs) -> CliResult {
     for spec in &args.set.devs {
         if let Ok(inspection) = crate::device::guard::inspect(spec) {
             for refusal in inspection.refusals(&policy) {
-                eprintln!("pbio: note: backup would refuse {refusal}");
+                errln!("pbio: note: backup would refuse {refusal}");
             }
         }
     }
@@ -63,11 +63,11 @@ pub fn run(args: PlanArgs) -> CliResult {
             "devices": devices,
             "segments": segments,
         });
-        println!("{out}");
+        outln!("{out}");
         return Ok(EXIT_OK);
     }
     let total: u64 = plan.devices.iter().map(|d| d.assigned_bytes).sum();
-    println!(
+    outln!(
         "{} entries, {} in {} segments; threshold T = {} ({} bytes)",
         prepared.entries.len(),
         human_bytes(total),
@@ -75,16 +75,22 @@ pub fn run(args: PlanArgs) -> CliResult {
         human_bytes(plan.threshold_bytes),
         plan.threshold_bytes
     );
-    println!(
+    outln!(
         "{:>3}  {:<32} {:>12} {:>12} {:>9} {:>8} {:>10}",
-        "dev", "path", "assigned", "capacity", "segments", "files", "finish"
+        "dev",
+        "path",
+        "assigned",
+        "capacity",
+        "segments",
+        "files",
+        "finish"
     );
     for (i, (load, (path, capacity, _))) in plan.devices.iter().zip(&prepared.devices).enumerate() {
         let finish = load
             .finish_secs
             .map(|s| format!("{s:.1} s"))
             .unwrap_or_else(|| "-".into());
-        println!(
+        outln!(
             "{:>3}  {:<32} {:>12} {:>12} {:>9} {:>8} {:>10}",
             i,
             path,

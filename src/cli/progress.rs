@@ -16,7 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::engine::Event;
-use crate::units::human_bytes;
+use crate::units::{human_bytes, shown_line};
 
 /// How often bars are redrawn.
 pub const BAR_INTERVAL: Duration = Duration::from_millis(100);
@@ -285,7 +285,8 @@ impl<W: Write> Reporter<W> {
                 (
                     i,
                     format!(
-                        "device {i} {path} is full ({error}) after {}: {} of its work goes to the other devices",
+                        "device {i} {path} is full ({}) after {}: {} of its work goes to the other devices",
+                        shown_line(error),
                         human_bytes(*durable_bytes),
                         human_bytes(*redirected_bytes)
                     ),
@@ -314,7 +315,8 @@ impl<W: Write> Reporter<W> {
                 (
                     i,
                     format!(
-                        "device {i} {path} FAILED ({error}): {} of its work is written again on the other devices",
+                        "device {i} {path} FAILED ({}): {} of its work is written again on the other devices",
+                        shown_line(error),
                         human_bytes(*redirected_bytes)
                     ),
                     json!({
@@ -343,7 +345,7 @@ impl<W: Write> Reporter<W> {
                     let _ = bars.multi.println(format!("pbio: {line}"));
                 }
             }
-            Output::Quiet => eprintln!("pbio: {line}"),
+            Output::Quiet => errln!("pbio: {line}"),
         }
     }
 

@@ -264,10 +264,10 @@ fn show(event: Event) {
 fn finish(report: &Report, json: bool) -> CliResult {
     let verdict = report.verdict();
     if json {
-        println!("{}", report.to_json());
+        outln!("{}", report.to_json());
     } else {
         let count = |v: Verdict| report.checks.iter().filter(|c| c.verdict == v).count();
-        println!(
+        outln!(
             "verdict: {} ({} checks: {} PASS, {} FAIL, {} SKIP) in {:.1} s",
             verdict.name(),
             report.checks.len(),
@@ -277,7 +277,7 @@ fn finish(report: &Report, json: bool) -> CliResult {
             report.seconds
         );
         for c in report.checks.iter().filter(|c| c.verdict == Verdict::Fail) {
-            println!("  FAIL {}: {}", c.name, c.detail);
+            outln!("  FAIL {}: {}", c.name, c.detail);
         }
     }
     Ok(if verdict == Verdict::Pass {
@@ -309,7 +309,7 @@ pub fn run(args: QualifyArgs) -> CliResult {
             .map_err(|why| usage(format!("--recheck {}: {why}", path.display())))?;
         let dev = device::open(&args.dev, Mode::Read).map_err(|e| usage(e.to_string()))?;
         if !args.json {
-            println!(
+            outln!(
                 "pbio qualify --recheck {}: reading back {} of pattern on {}",
                 path.display(),
                 human_bytes(spec.bytes()),
@@ -342,7 +342,7 @@ pub fn run(args: QualifyArgs) -> CliResult {
     check_destructive(&args.dev, &probe, args.force)?;
     let dev = device::open(&args.dev, Mode::Write).map_err(|e| usage(e.to_string()))?;
     if !args.json {
-        println!(
+        outln!(
             "pbio qualify {} ({}{}): writes across the device",
             args.dev.path.display(),
             human_bytes(dev.capacity_bytes()),
@@ -366,9 +366,9 @@ pub fn run(args: QualifyArgs) -> CliResult {
         let check = comparison.check();
         if !args.json {
             for line in comparison.lines() {
-                println!("{line}");
+                outln!("{line}");
             }
-            println!("{}", check_line(&check));
+            outln!("{}", check_line(&check));
         }
         report.checks.push(check);
         report.compare = Some(comparison.to_json());

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::{parse_dev, path_text, CliResult, Failure, EXIT_DATA, EXIT_OK};
 use crate::device::DeviceSpec;
 use crate::restore::{self, Action, Chain, Report};
-use crate::units::human_bytes;
+use crate::units::{human_bytes, shown_line, shown_name};
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
@@ -133,7 +133,7 @@ fn device_target(
             let names: Vec<String> = candidates
                 .iter()
                 .take(10)
-                .map(|&i| path_text(&catalog.files[i as usize].path))
+                .map(|&i| shown_name(&catalog.files[i as usize].path))
                 .collect();
             return Err(Failure::Usage(format!(
                 "--to {to} is a block device: choose the one entry to write onto it with --only (candidates: {}{})",
@@ -176,14 +176,14 @@ fn device_target(
     if capacity < entry.size_bytes {
         return Err(Failure::Usage(format!(
             "--to {to} holds {capacity} bytes, {} needs {}",
-            path_text(&entry.path),
+            shown_name(&entry.path),
             entry.size_bytes
         )));
     }
     if capacity > entry.size_bytes {
-        eprintln!(
+        errln!(
             "pbio: {} is {} bytes, {to} {capacity}: the last {} bytes of the device are left as they are",
-            path_text(&entry.path),
+            shown_name(&entry.path),
             entry.size_bytes,
             capacity - entry.size_bytes
         );
@@ -217,9 +217,9 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
         report.missing.drain(..).partition(|m| !m.set_given);
     report.missing = missing;
     for m in &elsewhere {
-        eprintln!(
+        errln!(
             "not verified: {}: its data is in set {} (no device of it given)",
-            path_text(&m.path),
+            shown_name(&m.path),
             crate::engine::set_id_hex(&m.set_id)
         );
     }
@@ -229,7 +229,7 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
 fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> i32 {
     let set = chain.tip();
     for why in chain.sets.iter().flat_map(|s| &s.unreadable) {
-        eprintln!("pbio: left out an unreadable device: {why}");
+        errln!("pbio: left out an unreadable device: {}", shown_line(why));
     }
     let secs = report.elapsed.as_secs_f64().max(1e-9);
     let code = if report.ok() { EXIT_OK } else { EXIT_DATA };
@@ -246,7 +246,7 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> i32 {
                 })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({
                 "event": "summary",
@@ -266,7 +266,7 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> i32 {
     }
     let given: usize = chain.sets.iter().map(|s| s.devices.len()).sum();
     let of: usize = chain.sets.iter().map(|s| s.catalog.devices.len()).sum();
-    println!(
+    outln!(
         "set {}: {verb} {} entries, {} in {} records, {:.2} s ({:.1} MiB/s), from {given} of {of} devices{}",
         crate::engine::set_id_hex(&set.catalog.set_id),
         report.files_restored,
@@ -281,7 +281,7 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> i32 {
         }
     );
     if chain.sets.len() > 1 {
-        println!(
+        outln!(
             "  chain: {}",
             chain
                 .sets
@@ -291,7 +291,7 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> i32 {
                 .join("; ")
         );
         for unused in chain.unused() {
-            println!(
+            outln!(
                 "  set {} was not needed (none of the restored data is in it)",
                 crate::engine::set_id_hex(&unused)
             );
@@ -299,9 +299,9 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> i32 {
     }
     for m in &report.missing {
         if !m.set_given {
-            eprintln!(
+            errln!(
                 "missing: {}: its data is in set {} (an earlier set of the chain): give that set's devices too",
-                path_text(&m.path),
+                shown_name(&m.path),
                 crate::engine::set_id_hex(&m.set_id)
             );
             continue;
@@ -316,20 +316,21 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> i32 {
             .ranges
             .iter()
             .map(|&(o, l, d)| match devices.get(d as usize) {
-                Some(dev) => format!("{o}..{} on device {d} ({})", o + l, path_text(&dev.path)),
+                Some(dev) => format!("{o}..{} on device {d} ({})", o + l, shown_name(&dev.path)),
                 None => format!(
                     "{o}..{} on no device (not written: the set is incomplete)",
                     o + l
                 ),
             })
             .collect();
-        eprintln!("missing: {}: {}", path_text(&m.path), ranges.join(", "));
+        errln!("missing: {}: {}", shown_name(&m.path), ranges.join(", "));
     }
+    // Messages made by restore, which may quote stored names.
     for e in &report.errors {
-        eprintln!("error: {e}");
+        errln!("error: {}", shown_line(e));
     }
     if !report.missing.is_empty() {
-        eprintln!(
+        errln!(
             "{} files are incomplete on the given devices",
             report.missing.len()
         );
@@ -369,7 +370,7 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
             EXIT_DATA
         };
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "event": "summary",
@@ -393,36 +394,33 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
         );
         return Ok(code);
     }
-    println!(
+    outln!(
         "set {set}: restored {} complete files, {} from records alone, {:.2} s",
         report.restored.len(),
         human_bytes(report.payload_bytes),
         secs
     );
     for i in &report.incomplete {
-        eprintln!(
+        errln!(
             "incomplete: {}: {} of {} bytes found ({}); {}",
-            crate::units::shown_name(&i.path),
+            shown_name(&i.path),
             i.found_bytes,
             i.data_bytes,
             i.why,
             match &i.kept_as {
-                Some(kept) => format!(
-                    "not restored, partial data kept as {}",
-                    crate::units::shown_name(kept)
-                ),
+                Some(kept) => format!("not restored, partial data kept as {}", shown_name(kept)),
                 None => "not restored".to_string(),
             }
         );
     }
     for e in &report.errors {
-        eprintln!("error: {e}");
+        errln!("error: {}", crate::units::shown_line(e));
     }
     if report.bad_records > 0 {
-        eprintln!("{} damaged records skipped", report.bad_records);
+        errln!("{} damaged records skipped", report.bad_records);
     }
     for (id, n) in &report.other_sets {
-        eprintln!(
+        errln!(
             "note: {n} records of set {} skipped (not the set restored; --set {} restores them)",
             crate::engine::set_id_hex(id),
             crate::engine::set_id_hex(id)

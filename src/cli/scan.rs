@@ -1,4 +1,6 @@
 //! `pbio scan`: recover the records of a device with no usable catalog.
+//! A device on which no record of a set is found at all (random bytes,
+//! zeros, another program's data) is a failure (exit 3) naming it.
 
 use clap::Args;
 use serde_json::json;
@@ -35,7 +37,7 @@ pub fn run(args: ScanArgs) -> CliResult {
             bad_payloads += 1;
         }
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "position": f.position, "kind": format!("{:?}", h.kind).to_lowercase(),
@@ -45,7 +47,7 @@ pub fn run(args: ScanArgs) -> CliResult {
                 })
             );
         } else {
-            println!(
+            outln!(
                 "{:>12} {:<7} seq {:>8} file {:>8} offset {:>12} len {:>8}{}",
                 f.position,
                 format!("{:?}", h.kind).to_lowercase(),
@@ -66,18 +68,30 @@ pub fn run(args: ScanArgs) -> CliResult {
         .map(|s| crate::engine::set_id_hex(&s))
         .unwrap_or_else(|| "-".into());
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({"event": "summary", "set_id": set, "records": report.records.len(), "data_records": data,
                    "bad_payloads": bad_payloads, "bad_blocks": report.bad_blocks, "end_found": report.end_found})
         );
     } else {
-        println!(
+        outln!(
             "set {set}: {} records ({data} data), {bad_payloads} with bad payloads, {} unreadable blocks skipped, end record {}",
             report.records.len(),
             report.bad_blocks,
             if report.end_found { "found" } else { "not found" }
         );
+    }
+    if report.records.is_empty() && !report.end_found {
+        return Err(Failure::Data(format!(
+            "no pbio record found on {}: {} blocks read{}",
+            args.dev.path.display(),
+            report.bad_blocks,
+            if set_id.is_some() {
+                format!(" (its label names set {set}, but no record of it follows)")
+            } else {
+                String::new()
+            }
+        )));
     }
     Ok(if bad_payloads == 0 {
         EXIT_OK

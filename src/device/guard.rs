@@ -74,7 +74,7 @@ impl std::fmt::Display for Signature {
             write!(f, " version {d}")?;
         }
         if let Some(l) = &self.label {
-            write!(f, " labelled {l:?}")?;
+            write!(f, " labelled \"{l}\"")?;
         }
         write!(f, " at offset {}", self.offset)
     }
@@ -125,7 +125,7 @@ impl Finding {
         match self {
             Finding::Mounted { what, at } => format!(
                 "{what} mounted on {} (unmount it first; --force does not override this)",
-                at.display()
+                crate::units::shown_path(at)
             ),
             Finding::InUse { why } => format!("{why} (--force does not override this)"),
             Finding::PbioSet { label } => {
@@ -389,10 +389,11 @@ fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-/// A fixed-size, NUL-padded label field; None when empty.
+/// A fixed-size, NUL-padded label field, escaped for the terminal (it
+/// comes from the medium); None when empty.
 fn label_text(raw: &[u8]) -> Option<String> {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    let text = String::from_utf8_lossy(&raw[..end]).trim().to_string();
+    let text = crate::units::shown_name(raw[..end].trim_ascii());
     (!text.is_empty()).then_some(text)
 }
 

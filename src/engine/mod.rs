@@ -232,15 +232,17 @@ pub struct BackupReport {
     pub devices: Vec<DeviceReport>,
     pub files: usize,
     pub segments: usize,
-    /// Work no surviving device could take: these ranges are not in the set.
-    pub unplaced: Vec<(String, u64, u64)>,
+    /// Work no surviving device could take: these ranges are not in the
+    /// set. Paths are stored names as they are (print them with
+    /// `units::shown_name`).
+    pub unplaced: Vec<(Vec<u8>, u64, u64)>,
     /// Sources that could not be opened when their turn came (removed
     /// since the walk, permissions changed): (path, error). Their ranges
     /// are in `unplaced`.
-    pub unreadable: Vec<(String, String)>,
+    pub unreadable: Vec<(Vec<u8>, String)>,
     /// Files that changed while the backup read them (path, what changed):
     /// their copy in the set may mix old and new contents.
-    pub changed: Vec<(String, String)>,
+    pub changed: Vec<(Vec<u8>, String)>,
     pub elapsed: Duration,
 }
 
@@ -520,32 +522,31 @@ pub fn run_backup(
     }
     // Every file whose data was read, looked at again now that all of it
     // has been: a change since the walk may have torn its copy.
-    let changed: Vec<(String, String)> = input
+    let changed: Vec<(Vec<u8>, String)> = input
         .entries
         .iter()
         .enumerate()
         .filter(|(i, _)| input.since.as_ref().and_then(|s| s.origin(*i)).is_none())
         .filter_map(|(_, e)| {
-            crate::source::changed_since_walk(e)
-                .map(|what| (String::from_utf8_lossy(&e.path).into_owned(), what))
+            crate::source::changed_since_walk(e).map(|what| (e.path.clone(), what))
         })
         .collect();
     // Sources that could not be opened: their ranges are not in the set.
     let skipped = dispatcher.skipped();
-    let mut unreadable: Vec<(String, String)> = Vec::new();
+    let mut unreadable: Vec<(Vec<u8>, String)> = Vec::new();
     for (w, why) in &skipped {
-        let path = String::from_utf8_lossy(&input.entries[w.file as usize].path).into_owned();
-        if unreadable.last().is_none_or(|(p, _)| *p != path) {
-            unreadable.push((path, why.clone()));
+        let path = &input.entries[w.file as usize].path;
+        if unreadable.last().is_none_or(|(p, _)| p != path) {
+            unreadable.push((path.clone(), why.clone()));
         }
     }
-    let unplaced: Vec<(String, u64, u64)> = dispatcher
+    let unplaced: Vec<(Vec<u8>, u64, u64)> = dispatcher
         .unplaced()
         .into_iter()
         .chain(skipped.into_iter().map(|(w, _)| w))
         .map(|w| {
             (
-                String::from_utf8_lossy(&input.entries[w.file as usize].path).into_owned(),
+                input.entries[w.file as usize].path.clone(),
                 w.offset,
                 w.length,
             )

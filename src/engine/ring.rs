@@ -143,6 +143,7 @@ pub enum RingError {
     },
     #[error("source {path}: {op} at offset {offset}: {error}")]
     Source {
+        /// Escaped for the terminal (`units::shown_path`).
         path: String,
         op: &'static str,
         offset: u64,
@@ -1112,7 +1113,7 @@ impl<'a> Ring<'a> {
         let (file, direct) =
             crate::device::open_maybe_direct(OpenOptions::new().read(true), &entry.source)
                 .map_err(|error| RingError::Source {
-                    path: entry.source.display().to_string(),
+                    path: crate::units::shown_path(&entry.source),
                     op: "open",
                     offset: item.offset,
                     error,
@@ -1240,7 +1241,7 @@ impl<'a> Ring<'a> {
         let source = s.source.clone().expect("reading slot has a source");
         let source_error = |offset, error| {
             Stop::Source(RingError::Source {
-                path: source.path.display().to_string(),
+                path: crate::units::shown_path(&source.path),
                 op: "read",
                 offset,
                 error,

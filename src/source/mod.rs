@@ -97,11 +97,12 @@ pub struct Walk {
 pub enum SourceError {
     #[error("no sources given")]
     NoSources,
-    #[error("source {path}: {error}")]
+    #[error("source {}: {error}", crate::units::shown_path(path))]
     Source {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// `name` escaped for the terminal (`units::shown_name`).
     #[error("two sources store entries under the same name '{name}'")]
     DuplicateName { name: String },
 }
@@ -164,7 +165,7 @@ pub fn walk(sources: &[PathBuf]) -> Result<Walk, SourceError> {
         }
         if !names.insert(name.clone()) {
             return Err(SourceError::DuplicateName {
-                name: String::from_utf8_lossy(&name).into_owned(),
+                name: crate::units::shown_name(&name),
             });
         }
         tops.push((name, read_from, metadata));

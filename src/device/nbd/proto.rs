@@ -196,8 +196,8 @@ pub fn option_error_text(reply: u32, message: &[u8]) -> String {
         REP_ERR_SHUTDOWN => "the server is shutting down",
         _ => "refused",
     };
-    let message = String::from_utf8_lossy(message);
-    let message = message.trim();
+    // The server's words, escaped for the terminal.
+    let message = crate::units::shown_name(message.trim_ascii());
     if message.is_empty() {
         format!("{what} (error {:#x})", reply)
     } else {
@@ -358,10 +358,7 @@ pub fn decode_error_chunk(data: &[u8]) -> Result<(u32, String), ProtoError> {
     if error == 0 {
         return Err(invalid("error chunk with error 0"));
     }
-    Ok((
-        error,
-        String::from_utf8_lossy(&data[6..6 + msg_len]).into_owned(),
-    ))
+    Ok((error, crate::units::shown_name(&data[6..6 + msg_len])))
 }
 
 /// An OFFSET_HOLE chunk's payload: (offset, length).
