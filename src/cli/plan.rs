@@ -4,12 +4,28 @@ use clap::Args;
 use serde_json::json;
 
 use super::{path_text, prepare, CliResult, SetArgs, EXIT_OK};
+use crate::source::select::Excluded;
 use crate::units::human_bytes;
 
 #[derive(Args, Debug)]
 pub struct PlanArgs {
     #[command(flatten)]
     pub set: SetArgs,
+    /// Also list what the selection options (--exclude, --exclude-caches, ...) left out, and why.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}
+
+/// One line per excluded name: its stored path and the reason.
+fn excluded_lines(excluded: &[Excluded]) -> impl Iterator<Item = (String, String)> + '_ {
+    excluded.iter().map(|e| {
+        // The directory itself is kept; what was left out is inside it.
+        let what = if e.kept { "/* (contents)" } else { "" };
+        (
+            format!("{}{what}", path_text(&e.path)),
+            e.reason.to_string(),
+        )
+    })
 }
 
 pub fn run(args: PlanArgs) -> CliResult {
@@ -63,6 +79,12 @@ pub fn run(args: PlanArgs) -> CliResult {
             "devices": devices,
             "segments": segments,
         });
+        let mut out = out;
+        if args.verbose {
+            out["excluded"] = excluded_lines(&prepared.excluded)
+                .map(|(path, reason)| json!({"path": path, "reason": reason}))
+                .collect();
+        }
         println!("{out}");
         return Ok(EXIT_OK);
     }
@@ -94,6 +116,17 @@ pub fn run(args: PlanArgs) -> CliResult {
             load.files,
             finish
         );
+    }
+    if !prepared.excluded.is_empty() {
+        println!(
+            "{} names excluded by the selection options",
+            prepared.excluded.len()
+        );
+        if args.verbose {
+            for (path, reason) in excluded_lines(&prepared.excluded) {
+                println!("  excluded {path}: {reason}");
+            }
+        }
     }
     Ok(EXIT_OK)
 }
