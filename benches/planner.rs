@@ -85,7 +85,7 @@ impl XorShift {
 
 /// A file-server-like mix: 5% empty, 70% under 64 KiB, 20% under 16 MiB,
 /// 4.9% under 1 GiB, 0.1% under 256 GiB.
-fn generated_files() -> Vec<FileItem> {
+fn generated_files() -> Vec<FileItem<'static>> {
     let mut rng = XorShift(SEED);
     (0..FILE_COUNT)
         .map(|_| {
@@ -96,7 +96,7 @@ fn generated_files() -> Vec<FileItem> {
                 950..=998 => rng.next() % (1 << 30),
                 _ => rng.next() % (256 << 30),
             };
-            FileItem { size_bytes }
+            FileItem::dense(size_bytes)
         })
         .collect()
 }

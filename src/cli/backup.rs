@@ -232,6 +232,13 @@ pub fn run(args: BackupArgs) -> CliResult {
     };
     let prepared = prepare(set)?;
     check_writable(&set.devs)?;
+    if !prepared.excluded.is_empty() {
+        // stderr: stdout keeps the summary (or the JSON events) alone.
+        errln!(
+            "pbio: {} names excluded by the selection options (`pbio plan --verbose` lists them)",
+            prepared.excluded.len()
+        );
+    }
     let mut devices = Vec::with_capacity(set.devs.len());
     // With the rates measured (an NBD device sizes its pipeline from its
     // bandwidth and round trip).

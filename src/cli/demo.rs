@@ -166,6 +166,7 @@ pub fn run(args: DemoArgs) -> CliResult {
         chunk: 1 << 20,
         since: None,
         json: false,
+        select: Default::default(),
     });
     // The demo owns its directory: a second run over the same --dir
     // overwrites the set the first one left there.

@@ -214,6 +214,53 @@ pub struct SetArgs {
     /// Machine-readable output: for `backup` one JSON event per line (start, progress, device_full, device_failed, finished, summary; see the README), for `plan` one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+/// What to leave out of the sources (`plan` and `backup`; see the README,
+/// "Choosing what to back up"). A source named on the command line is
+/// always backed up: the rules apply to what is below it.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SelectArgs {
+    /// Leave out what matches GLOB (repeatable). Without a '/' it matches a name at any depth ('*.tmp'); with one it is anchored to the source root ('build/out', '/tmp'); a trailing '/' matches directories only; '**' crosses directories.
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Read --exclude patterns from FILE, one a line; blank lines and lines starting with '#' are skipped (repeatable).
+    #[arg(long = "exclude-from", value_name = "FILE")]
+    pub exclude_from: Vec<PathBuf>,
+    /// Leave out the contents of directories holding a valid CACHEDIR.TAG (kept, with the directory), as tar does.
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Leave out every directory that contains NAME, NAME included (tar's --exclude-tag-all; repeatable).
+    #[arg(long = "exclude-if-present", value_name = "NAME")]
+    pub exclude_if_present: Vec<String>,
+    /// Do not descend into other filesystems: a mount point is kept as an empty directory (as tar does).
+    #[arg(long, short = 'x')]
+    pub one_file_system: bool,
+    /// Leave out regular files larger than SIZE (e.g. 100M, 2G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub exclude_larger_than: Option<u64>,
+}
+
+fn parse_size_arg(text: &str) -> Result<u64, String> {
+    parse_size(text)
+}
+
+impl SelectArgs {
+    /// The compiled selection; a bad pattern or an unreadable
+    /// --exclude-from file is a usage error naming it.
+    pub fn selection(&self) -> Result<crate::source::select::Selection, Failure> {
+        crate::source::select::Selection::new(
+            &self.exclude,
+            &self.exclude_from,
+            self.exclude_caches,
+            &self.exclude_if_present,
+            self.one_file_system,
+            self.exclude_larger_than,
+        )
+        .map_err(|e| Failure::Usage(e.to_string()))
+    }
 }
 
 impl SetArgs {
@@ -417,11 +464,15 @@ pub struct Prepared {
     pub reserve_bytes: u64,
     /// With `--since`: what the set refers to instead of storing.
     pub since: Option<crate::source::incremental::Increment>,
+    /// What the selection options left out, and why.
+    pub excluded: Vec<crate::source::select::Excluded>,
 }
 
 pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
     check_paths(&args.sources, &args.devs)?;
-    let walk = crate::source::walk(&args.sources).map_err(|e| Failure::Usage(e.to_string()))?;
+    let selection = args.select.selection()?;
+    let walk = crate::source::walk_selected(&args.sources, &selection)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
     if !walk.errors.is_empty() {
         let mut msg = format!("{} source entries cannot be read:", walk.errors.len());
         for e in &walk.errors {
@@ -489,6 +540,7 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
         crate::engine::plan_set(&walk.entries, since.as_ref(), &devices, &args.options())
             .map_err(|e| Failure::Usage(e.to_string()))?;
     Ok(Prepared {
+        excluded: walk.excluded,
         entries: walk.entries,
         devices,
         plan,

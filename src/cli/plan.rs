@@ -4,12 +4,30 @@ use clap::Args;
 use serde_json::json;
 
 use super::{path_text, prepare, CliResult, SetArgs, EXIT_OK};
-use crate::units::human_bytes;
+use crate::source::select::Excluded;
+use crate::units::{human_bytes, shown_name};
 
 #[derive(Args, Debug)]
 pub struct PlanArgs {
     #[command(flatten)]
     pub set: SetArgs,
+    /// Also list what the selection options (--exclude, --exclude-caches, ...) left out, and why.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}
+
+/// One line per excluded name: its stored path and the reason.
+/// (path, reason) of each exclusion; `show` turns the stored path into
+/// text (escaped for a terminal, exact for JSON).
+fn excluded_lines<'a>(
+    excluded: &'a [Excluded],
+    show: fn(&[u8]) -> String,
+) -> impl Iterator<Item = (String, String)> + 'a {
+    excluded.iter().map(move |e| {
+        // The directory itself is kept; what was left out is inside it.
+        let what = if e.kept { "/* (contents)" } else { "" };
+        (format!("{}{what}", show(&e.path)), e.reason.to_string())
+    })
 }
 
 pub fn run(args: PlanArgs) -> CliResult {
@@ -63,6 +81,12 @@ pub fn run(args: PlanArgs) -> CliResult {
             "devices": devices,
             "segments": segments,
         });
+        let mut out = out;
+        if args.verbose {
+            out["excluded"] = excluded_lines(&prepared.excluded, path_text)
+                .map(|(path, reason)| json!({"path": path, "reason": reason}))
+                .collect();
+        }
         outln!("{out}");
         return Ok(EXIT_OK);
     }
@@ -100,6 +124,17 @@ pub fn run(args: PlanArgs) -> CliResult {
             load.files,
             finish
         );
+    }
+    if !prepared.excluded.is_empty() {
+        outln!(
+            "{} names excluded by the selection options",
+            prepared.excluded.len()
+        );
+        if args.verbose {
+            for (path, reason) in excluded_lines(&prepared.excluded, shown_name) {
+                outln!("  excluded {path}: {reason}");
+            }
+        }
     }
     Ok(EXIT_OK)
 }

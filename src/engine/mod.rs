@@ -33,17 +33,21 @@ pub struct SetInput {
 /// Planner inputs derived from walked entries: one item per entry (size 0
 /// for everything that has no data to store here: directories, links, and
 /// in an incremental set the files whose data is in an earlier set), so
-/// plan file ids are entry indexes.
-pub fn file_items(entries: &[Entry], since: Option<&Increment>) -> Vec<FileItem> {
+/// plan file ids are entry indexes. A sparse file brings its data ranges,
+/// so the planner balances the bytes it stores.
+pub fn file_items<'a>(entries: &'a [Entry], since: Option<&Increment>) -> Vec<FileItem<'a>> {
     entries
         .iter()
         .enumerate()
-        .map(|(i, e)| FileItem {
-            size_bytes: match e.kind {
-                EntryKind::File { .. } if since.and_then(|s| s.origin(i)).is_some() => 0,
-                EntryKind::File { size_bytes, .. } => size_bytes,
-                _ => 0,
+        .map(|(i, e)| match &e.kind {
+            EntryKind::File { .. } if since.and_then(|s| s.origin(i)).is_some() => {
+                FileItem::dense(0)
+            }
+            EntryKind::File { size_bytes, data } => FileItem {
+                size_bytes: *size_bytes,
+                data: data.as_deref(),
             },
+            _ => FileItem::dense(0),
         })
         .collect()
 }

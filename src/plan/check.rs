@@ -2,14 +2,20 @@
 //! planner built it. Used by the worked examples and the property tests.
 
 use super::{
-    media_bytes, Balance, DeviceLoad, DeviceSlot, FileItem, Options, Order, Plan, Segment, Strategy,
+    media_bytes, Balance, DeviceLoad, DeviceSlot, FileItem, Options, Order, Plan, Segment,
+    Strategy, BLOCK_BYTES, HEADER_BYTES,
 };
 
 /// Properties every successful plan has, whatever the inputs.
 pub fn check_plan(files: &[FileItem], devices: &[DeviceSlot], opts: &Options, plan: &Plan) {
     let n = devices.len();
     let chunk = opts.chunk_bytes;
-    let total: u128 = files.iter().map(|f| u128::from(f.size_bytes)).sum();
+    // Stored bytes: a sparse file's holes are not (FileItem::stored, by its
+    // own sum over the data ranges here).
+    let total: u128 = files
+        .iter()
+        .map(|f| u128::from(stored(f, 0, f.size_bytes)))
+        .sum();
     let threshold = total / n as u128;
     assert_eq!(u128::from(plan.threshold_bytes), threshold, "T = total / N");
     assert_eq!(plan.devices.len(), n);
@@ -72,7 +78,7 @@ pub fn check_plan(files: &[FileItem], devices: &[DeviceSlot], opts: &Options, pl
     }
 
     // Device loads match the segments; capacity is never exceeded.
-    let expected = recompute_loads(devices, chunk, &plan.segments);
+    let expected = recompute_loads(files, devices, chunk, &plan.segments);
     for (i, (got, want)) in plan.devices.iter().zip(&expected).enumerate() {
         assert_eq!(
             got.assigned_bytes, want.assigned_bytes,
@@ -97,22 +103,58 @@ pub fn check_plan(files: &[FileItem], devices: &[DeviceSlot], opts: &Options, pl
         // No segment exceeds T, except that when T < chunk a segment may be
         // up to one chunk (it cannot be cut on a chunk boundary). Files of
         // at most T are never cut.
+        // In stored bytes.
         let limit = u128::from(chunk).max(threshold);
         for seg in &plan.segments {
+            let file = &files[seg.file as usize];
             assert!(
-                u128::from(seg.length) <= limit,
+                u128::from(stored(file, seg.offset, seg.offset + seg.length)) <= limit,
                 "segment over max(T, chunk): {seg:?}"
             );
-            let size = files[seg.file as usize].size_bytes;
-            if u128::from(size) <= threshold {
+            let size = file.size_bytes;
+            if u128::from(stored(file, 0, size)) <= threshold {
                 assert_eq!(seg.length, size, "file <= T was cut: {seg:?}");
             }
         }
     }
 }
 
+/// Data bytes of `file` in `[start, end)`, from its data ranges (not
+/// `FileItem::stored`, which the planner uses).
+pub fn stored(file: &FileItem, start: u64, end: u64) -> u64 {
+    match file.data {
+        None => end - start,
+        Some(data) => data
+            .iter()
+            .map(|&(o, l)| (o + l).min(end).saturating_sub(o.max(start)))
+            .sum(),
+    }
+}
+
+/// Media bytes of the records the engine writes for `[start, end)` of
+/// `file`: a dense range is `media_bytes`; a sparse one has one record per
+/// piece of a data range within a chunk cell (by walking offsets, not
+/// `FileItem::media`).
+pub fn media(file: &FileItem, start: u64, end: u64, chunk: u64) -> u64 {
+    let Some(data) = file.data else {
+        return media_bytes(end - start, chunk);
+    };
+    let mut total = 0;
+    for &(o, l) in data {
+        let (from, to) = (o.max(start), (o + l).min(end));
+        if from < to {
+            // One record per chunk cell the range touches; `from` is on a
+            // block, so only the range's end needs rounding.
+            let cells = (to - 1) / chunk - from / chunk + 1;
+            total += cells * HEADER_BYTES + to.div_ceil(BLOCK_BYTES) * BLOCK_BYTES - from;
+        }
+    }
+    total
+}
+
 /// Loads computed from the segments alone.
 pub fn recompute_loads(
+    files: &[FileItem],
     devices: &[DeviceSlot],
     chunk: u64,
     segments: &[Segment],
@@ -121,8 +163,10 @@ pub fn recompute_loads(
     let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(segments.len());
     for seg in segments {
         let load = &mut loads[seg.device as usize];
-        load.assigned_bytes += seg.length;
-        load.media_bytes += media_bytes(seg.length, chunk);
+        let file = &files[seg.file as usize];
+        let end = seg.offset + seg.length;
+        load.assigned_bytes += stored(file, seg.offset, end);
+        load.media_bytes += media(file, seg.offset, end, chunk);
         load.segments += 1;
         pairs.push((seg.device, seg.file));
     }

@@ -19,6 +19,12 @@
 //! - `room < chunk` (then every room is below one chunk: the tail): one
 //!   chunk, or the rest if smaller, goes there.
 //!
+//! Bytes here are stored bytes (see the crate docs of `plan`): for a
+//! sparse file, "a piece of `room`" ends on the chunk boundary before its
+//! first data byte over the room, and a tail piece runs through the chunk
+//! holding its next data byte (so it stores at most one chunk, and a long
+//! hole is never cut into chunk-sized pieces).
+//!
 //! A piece is also cut down to what the device's capacity holds (a chunk
 //! multiple, or the whole rest if its media bytes fit).
 //!
@@ -48,12 +54,13 @@
 //! one capacity-cut piece per device; all other files are one segment.
 
 use super::state::{distribute, Context, DeviceState};
-use super::{media_bytes_wide, shortfall_bytes, sort_write_order, Segment, DEVICE_NONE};
+use super::{shortfall_bytes, sort_write_order, FileItem, Segment, DEVICE_NONE};
 
 /// Place every file. Returns None if all fit, else the largest shortfall
 /// of a file rest that did not (see `shortfall_bytes`).
 pub(super) fn assign(
     ctx: &Context,
+    files: &[FileItem],
     states: &mut [DeviceState],
     segments: &mut Vec<Segment>,
 ) -> Option<u128> {
@@ -71,12 +78,13 @@ pub(super) fn assign(
 
     for slot in segments.iter_mut() {
         let whole = *slot;
+        let file = &files[whole.file as usize];
         debug_assert!(whole.offset == 0 && whole.device == DEVICE_NONE);
         let mut offset: u64 = 0;
         while offset < whole.length {
-            let rest = whole.length - offset;
-            let Some(device) = largest_room(ctx, states, rest) else {
-                let short = shortfall_bytes(states, media_bytes_wide(rest, chunk));
+            let rest = file.stored(offset, whole.length);
+            let Some(device) = largest_room(ctx, states, file, offset) else {
+                let short = shortfall_bytes(states, file.media(offset, whole.length, chunk));
                 shortfall = Some(shortfall.unwrap_or(0).max(short));
                 remaining_bytes -= u128::from(rest);
                 break;
@@ -88,15 +96,16 @@ pub(super) fn assign(
             {
                 continue; // choose again with the new shares
             }
-            let length = piece_length(ctx, &states[device], rest);
-            assert!(length > 0 && length <= rest);
-            assert!(length == rest || length.is_multiple_of(chunk));
-            let media = media_bytes_wide(length, chunk);
-            states[device].take(length, media);
+            let end = piece_end(ctx, &states[device], file, offset, rest);
+            assert!(end > offset && end <= whole.length);
+            assert!(end == whole.length || end.is_multiple_of(chunk));
+            let stored = file.stored(offset, end);
+            let media = file.media(offset, end, chunk);
+            states[device].take(stored, media);
             let seg = Segment {
                 file: whole.file,
                 offset,
-                length,
+                length: end - offset,
                 device: device as u32,
             };
             if offset == 0 {
@@ -104,8 +113,8 @@ pub(super) fn assign(
             } else {
                 pieces.push(seg);
             }
-            offset += length;
-            remaining_bytes -= u128::from(length);
+            offset = end;
+            remaining_bytes -= u128::from(stored);
             if closed_short(ctx, &states[device]) {
                 distribute(states, remaining_bytes, |s| is_open(ctx, s));
             }
@@ -126,10 +135,17 @@ pub(super) fn assign(
 }
 
 /// The device with the largest room among those with capacity for the next
-/// piece of a `rest`-byte remainder (at least one chunk, or the whole rest
-/// if smaller); ties to the lowest index.
-fn largest_room(ctx: &Context, states: &[DeviceState], rest: u64) -> Option<usize> {
-    let media_min = media_bytes_wide(rest.min(ctx.chunk_bytes), ctx.chunk_bytes);
+/// piece of `file` from `offset` (its least piece: at least one chunk, or
+/// the whole rest if smaller; see `FileItem::end_of_least_piece`); ties to
+/// the lowest index.
+fn largest_room(
+    ctx: &Context,
+    states: &[DeviceState],
+    file: &FileItem,
+    offset: u64,
+) -> Option<usize> {
+    let least_end = file.end_of_least_piece(offset, ctx.chunk_bytes);
+    let media_min = file.media(offset, least_end, ctx.chunk_bytes);
     let mut best: Option<(usize, i128)> = None;
     for (i, state) in states.iter().enumerate() {
         if !state.fits(media_min) {
@@ -143,27 +159,27 @@ fn largest_room(ctx: &Context, states: &[DeviceState], rest: u64) -> Option<usiz
     best.map(|(i, _)| i)
 }
 
-/// Length of the next piece of a `rest`-byte remainder on `state`: the
-/// smaller of what its room allows (see the module doc) and what its
-/// capacity holds. Always the whole rest or a chunk multiple, and > 0 for a
-/// device `largest_room` chose.
-fn piece_length(ctx: &Context, state: &DeviceState, rest: u64) -> u64 {
+/// End of the next piece of `file` from `offset` (whose rest stores
+/// `rest` bytes) on `state`: the nearer of what its room allows (see the
+/// module doc; in stored bytes) and what its capacity holds. Always the
+/// file's end or a chunk boundary, and past `offset` for a device
+/// `largest_room` chose.
+fn piece_end(ctx: &Context, state: &DeviceState, file: &FileItem, offset: u64, rest: u64) -> u64 {
     let chunk = ctx.chunk_bytes;
     let room = state.room_bytes();
     let by_room = if i128::from(rest) <= room {
-        rest
+        file.size_bytes
     } else if room >= i128::from(chunk) {
         // room < rest <= u64::MAX here.
-        ctx.chunk_floor(room as u64)
+        file.end_by_stored(offset, room as u64, chunk)
     } else {
-        rest.min(chunk)
+        // The tail: at most one chunk stored, and for a sparse file as much
+        // as that (a piece through the next data byte's chunk may store
+        // only a block).
+        let least = file.end_of_least_piece(offset, chunk);
+        least.max(file.end_by_stored(offset, chunk, chunk))
     };
-    let capacity_room = state.capacity_room_bytes();
-    let by_capacity = if media_bytes_wide(rest, chunk) <= u128::from(capacity_room) {
-        rest
-    } else {
-        (capacity_room / ctx.record_media_bytes()) * chunk
-    };
+    let by_capacity = file.end_by_media(offset, u128::from(state.capacity_room_bytes()), chunk);
     by_room.min(by_capacity)
 }
 

@@ -8,7 +8,13 @@
 //!
 //! # Terms
 //!
-//! - **total**: the sum of all file sizes. **T** (`Plan::threshold_bytes`)
+//! - **stored bytes** of a file or segment: its bytes less the holes of a
+//!   sparse file (`FileItem::data`), which are recorded, not written. A
+//!   dense file stores its size. Every byte count below (total, T, shares,
+//!   `DeviceLoad::assigned_bytes`, "least filled") is in stored bytes, so a
+//!   mostly-hole file weighs what it writes; segments still cut the
+//!   file's logical bytes, and `FileItem::size_bytes` stays its size.
+//! - **total**: the sum of all files' stored bytes. **T** (`Plan::threshold_bytes`)
 //!   is `total / N`, rounded down (claims 8, 9, 29), in both balance modes.
 //! - **share** of a device: the payload bytes it should end with. With
 //!   `Balance::Bytes` every share is `T`. With `Balance::Time` the shares are
@@ -22,9 +28,10 @@
 //! - **chunk**: every segment starts at a multiple of `chunk_bytes` within
 //!   its file, and every segment's length is a multiple of `chunk_bytes`
 //!   unless the segment ends at the file's end. Because `chunk_bytes` is a
-//!   multiple of `BLOCK_BYTES`, splitting a file this way never changes its
-//!   media footprint: the media bytes of a file's segments always add up to
-//!   `media_bytes(size)` of the whole file.
+//!   multiple of `BLOCK_BYTES`, and records never cross a chunk boundary,
+//!   splitting a file this way never changes its media footprint: the
+//!   media bytes of a file's segments always add up to those of the whole
+//!   file (`media_bytes(size)` for a dense file; `FileItem::media`).
 //!
 //! # Strategies
 //!
@@ -56,6 +63,7 @@
 //! heap allocation.
 
 mod fill;
+mod sparse;
 mod split;
 mod state;
 
@@ -126,9 +134,17 @@ impl Default for Options {
 }
 
 /// One file to plan. Its id is its index in the slice given to `plan`.
+/// Segments cut its logical bytes (`size_bytes`); balance and capacity
+/// count what it stores (see [`sparse`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileItem {
+pub struct FileItem<'a> {
+    /// The logical (apparent) size.
     pub size_bytes: u64,
+    /// When the file is sparse: the byte ranges holding data `(offset,
+    /// length)`, ascending, disjoint, within `size_bytes`, starting on a
+    /// block boundary (`source::EntryKind::File::data`). Only these are
+    /// stored. `None`: every byte is data.
+    pub data: Option<&'a [(u64, u64)]>,
 }
 
 /// One device as the planner sees it.
@@ -151,7 +167,7 @@ pub struct Segment {
 
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub struct DeviceLoad {
-    /// Payload bytes assigned.
+    /// Payload bytes assigned: stored bytes, holes of sparse files not counted.
     pub assigned_bytes: u64,
     /// Media bytes those segments occupy (`media_bytes` summed).
     pub media_bytes: u64,
@@ -185,7 +201,7 @@ pub enum PlanError {
 }
 
 impl Plan {
-    /// Max minus min assigned bytes over the devices (0 with no devices).
+    /// Max minus min assigned (stored) bytes over the devices (0 with no devices).
     pub fn spread_bytes(&self) -> u64 {
         let bytes = || self.devices.iter().map(|d| d.assigned_bytes);
         bytes().max().unwrap_or(0) - bytes().min().unwrap_or(0)
@@ -218,7 +234,7 @@ pub fn plan(files: &[FileItem], devices: &[DeviceSlot], opts: &Options) -> Resul
     let mut segments = whole_file_segments(files, ctx.device_count);
     let shortfall = match opts.strategy {
         Strategy::Split => split::assign(&ctx, files, &mut states, &mut segments),
-        Strategy::Fill => fill::assign(&ctx, &mut states, &mut segments),
+        Strategy::Fill => fill::assign(&ctx, files, &mut states, &mut segments),
     };
     if let Some(largest_shortfall) = shortfall {
         let overall = ctx.media_total.saturating_sub(ctx.capacity_total);

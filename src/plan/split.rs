@@ -8,6 +8,8 @@
 //!    at most T when T >= chunk, and at most one chunk when T < chunk
 //!    (a file of size in (T, chunk] is then one segment larger than T; it
 //!    cannot be cut on a chunk boundary). Files of at most T stay whole.
+//!    Sizes here are stored bytes: a sparse file is cut where its pieces
+//!    store at most `piece_bytes` each, however long their holes.
 //! 2. Files and pieces are sorted by length (`Order`), ties by file id then
 //!    offset: the write order.
 //! 3. Each item in turn goes to the least filled device among those with
@@ -21,9 +23,7 @@
 //! `max(assigned) - min(assigned) <= largest item`.
 
 use super::state::{Context, DeviceState};
-use super::{
-    media_bytes_wide, shortfall_bytes, sort_write_order, Balance, FileItem, Segment, DEVICE_NONE,
-};
+use super::{shortfall_bytes, sort_write_order, Balance, FileItem, Segment, DEVICE_NONE};
 
 /// Length of the pieces files larger than T are cut into.
 pub(super) fn piece_bytes(ctx: &Context) -> u64 {
@@ -43,10 +43,13 @@ pub(super) fn assign(
 
     let mut shortfall: Option<u128> = None;
     for seg in segments.iter_mut() {
-        let media = media_bytes_wide(seg.length, ctx.chunk_bytes);
-        match least_filled(ctx.balance, states, seg.length, media) {
+        let file = &files[seg.file as usize];
+        let end = seg.offset + seg.length;
+        let stored = file.stored(seg.offset, end);
+        let media = file.media(seg.offset, end, ctx.chunk_bytes);
+        match least_filled(ctx.balance, states, stored, media) {
             Some(device) => {
-                states[device].take(seg.length, media);
+                states[device].take(stored, media);
                 seg.device = device as u32;
             }
             None => {
@@ -58,41 +61,51 @@ pub(super) fn assign(
     shortfall
 }
 
-/// Replace each whole-file segment larger than T by its pieces.
+/// Replace each whole-file segment storing more than T by its pieces,
+/// each storing at most `piece_bytes` (a dense file: pieces of exactly
+/// that length, the last taking the rest).
 fn cut_large_files(ctx: &Context, files: &[FileItem], segments: &mut Vec<Segment>) {
     let threshold = ctx.threshold_bytes;
     let piece = piece_bytes(ctx);
-    // Files larger than T number fewer than N, and their pieces at most
-    // total / piece + N <= 3N, so this count and the pushes below are O(N).
-    let extra: u64 = segments
-        .iter()
-        .filter(|s| s.length > threshold)
-        .map(|s| s.length.div_ceil(piece) - 1)
-        .sum();
-    segments.reserve(extra as usize);
+    let chunk = ctx.chunk_bytes;
+    // Files storing more than T number fewer than N. A piece ends on the
+    // chunk boundary before its first byte over `piece`, and the next piece
+    // holds that byte, so two pieces in a row store more than `piece`:
+    // fewer than 2 * total / piece + N <= 5N pieces, O(N).
     let whole_count = segments.len();
     for i in 0..whole_count {
         let seg = segments[i];
-        if seg.length <= threshold {
+        let file = &files[seg.file as usize];
+        debug_assert!(seg.offset == 0 && seg.length == file.size_bytes);
+        if file.stored_bytes() <= threshold {
             continue;
         }
-        debug_assert!(seg.offset == 0 && seg.length == files[seg.file as usize].size_bytes);
-        segments[i].length = seg.length.min(piece);
-        let mut offset = piece;
+        let mut offset = 0;
         while offset < seg.length {
-            segments.push(Segment {
+            let end = file.end_by_stored(offset, piece, chunk);
+            assert!(
+                end > offset,
+                "a piece of at least one chunk stores at most a chunk"
+            );
+            let cut = Segment {
                 file: seg.file,
                 offset,
-                length: (seg.length - offset).min(piece),
+                length: end - offset,
                 device: DEVICE_NONE,
-            });
-            offset += piece;
+            };
+            if offset == 0 {
+                segments[i] = cut;
+            } else {
+                segments.push(cut);
+            }
+            offset = end;
         }
     }
 }
 
-/// The least filled device with room for `media` bytes; ties to the lowest
-/// index. None if no device has room.
+/// The least filled device with room for `media` bytes, for an item
+/// storing `length` bytes; ties to the lowest index. None if no device has
+/// room.
 fn least_filled(
     balance: Balance,
     states: &[DeviceState],

@@ -1,9 +1,7 @@
 //! What every strategy shares: validated inputs, set totals, and the running
 //! state of each device (bytes and media bytes assigned, share, capacity).
 
-use super::{
-    media_bytes_wide, Balance, DeviceSlot, FileItem, Options, Order, PlanError, CHUNK_BYTES_MIN,
-};
+use super::{Balance, DeviceSlot, FileItem, Options, Order, PlanError, CHUNK_BYTES_MIN};
 
 /// Validated options and totals of one planning run.
 pub(super) struct Context {
@@ -11,13 +9,13 @@ pub(super) struct Context {
     pub chunk_bytes: u64,
     pub order: Order,
     pub balance: Balance,
-    /// Sum of all file sizes.
+    /// Sum of all files' stored bytes.
     pub total_bytes: u128,
     /// T = total / N, rounded down (saturated to u64; a set that large
     /// cannot fit anyway).
     pub threshold_bytes: u64,
-    /// Sum of `media_bytes` over whole files. Exact for any plan, because
-    /// segments split files on chunk boundaries only.
+    /// Sum of the media bytes of whole files (`FileItem::media`). Exact for
+    /// any plan, because segments split files on chunk boundaries only.
     pub media_total: u128,
     pub capacity_total: u128,
 }
@@ -57,8 +55,8 @@ impl Context {
         let mut total_bytes: u128 = 0;
         let mut media_total: u128 = 0;
         for file in files {
-            total_bytes += u128::from(file.size_bytes);
-            media_total += media_bytes_wide(file.size_bytes, opts.chunk_bytes);
+            total_bytes += u128::from(file.stored_bytes());
+            media_total += file.media(0, file.size_bytes, opts.chunk_bytes);
         }
         let capacity_total: u128 = devices.iter().map(|d| u128::from(d.capacity_bytes)).sum();
         let threshold = total_bytes / devices.len() as u128;
@@ -144,10 +142,10 @@ impl DeviceState {
         media <= u128::from(self.capacity_room_bytes())
     }
 
-    /// Assign a segment of `length` bytes with footprint `media` (which fits).
+    /// Assign a segment storing `length` bytes with footprint `media` (which fits).
     pub fn take(&mut self, length: u64, media: u128) {
         assert!(self.fits(media), "take() of a segment that does not fit");
-        // media <= capacity room <= u64::MAX, and length <= media.
+        // media <= capacity room <= u64::MAX, and stored length <= media.
         self.media_bytes += media as u64;
         self.assigned_bytes += length;
         self.segments += 1;

@@ -7,12 +7,10 @@ use super::*;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
-fn example_files() -> Vec<FileItem> {
+fn example_files() -> Vec<FileItem<'static>> {
     [10, 7, 5, 3, 2, 1]
         .iter()
-        .map(|&g| FileItem {
-            size_bytes: g * GIB,
-        })
+        .map(|&g| FileItem::dense(g * GIB))
         .collect()
 }
 
@@ -316,9 +314,7 @@ fn fill_time_balance_desc() {
 fn fill_time_balance_splits_by_share() {
     // One 4 GiB file over rates 1:3: shares 1 and 3 GiB. The largest room
     // is d1's, which takes its 3 GiB; d0 takes the last 1 GiB.
-    let files = [FileItem {
-        size_bytes: 4 * GIB,
-    }];
+    let files = [FileItem::dense(4 * GIB)];
     let mut o = opts(Strategy::Fill, Order::Desc);
     o.balance = Balance::Time;
     run(
@@ -424,9 +420,7 @@ fn does_not_fit_too_big() {
 fn does_not_fit_one_record_short() {
     // One 3 MiB file, one device with room for 2 records: one record
     // (1 MiB + header) short, whichever strategy.
-    let files = [FileItem {
-        size_bytes: 3 * MIB,
-    }];
+    let files = [FileItem::dense(3 * MIB)];
     let devices = [DeviceSlot {
         capacity_bytes: 2 * (MIB + HEADER_BYTES),
         rate_bytes_per_sec: None,
@@ -448,12 +442,7 @@ fn split_cannot_cut_to_fit_but_fill_can() {
     // The set fits exactly in total; Split places two whole files and the
     // third (4 MiB) is 2 MiB + 2 headers short of either device's free
     // room. Fill splits the third file 2 + 2.
-    let files = vec![
-        FileItem {
-            size_bytes: 4 * MIB
-        };
-        3
-    ];
+    let files = vec![FileItem::dense(4 * MIB); 3];
     let devices = vec![
         DeviceSlot {
             capacity_bytes: 6 * (MIB + HEADER_BYTES),
@@ -478,7 +467,7 @@ fn split_cannot_cut_to_fit_but_fill_can() {
 #[test]
 fn split_full_device_passes_to_next_least_filled() {
     // d0 holds one 1 MiB record only; everything after goes to d1, d2.
-    let files = vec![FileItem { size_bytes: MIB }; 5];
+    let files = vec![FileItem::dense(MIB); 5];
     let mut devices = ample_devices(3);
     devices[0].capacity_bytes = MIB + HEADER_BYTES;
     let plan = run(
@@ -500,9 +489,7 @@ fn split_full_device_passes_to_next_least_filled() {
 fn fill_reshares_when_a_device_fills_early() {
     // 30 MiB over 3 devices (share 10 MiB) where d0 holds only 4 records:
     // the 26 MiB d0 cannot take are re-shared 13 + 13 over d1 and d2.
-    let files = [FileItem {
-        size_bytes: 30 * MIB,
-    }];
+    let files = [FileItem::dense(30 * MIB)];
     let mut devices = ample_devices(3);
     devices[0].capacity_bytes = 4 * (MIB + HEADER_BYTES);
     let plan = run(
@@ -520,14 +507,7 @@ fn fill_reshares_when_a_device_fills_early() {
 fn chunk_alignment() {
     // 10 MiB + 5 bytes and 3 MiB - 1 over 3 devices: T is not a chunk
     // multiple; every cut is.
-    let files = [
-        FileItem {
-            size_bytes: 10 * MIB + 5,
-        },
-        FileItem {
-            size_bytes: 3 * MIB - 1,
-        },
-    ];
+    let files = [FileItem::dense(10 * MIB + 5), FileItem::dense(3 * MIB - 1)];
     for strategy in [Strategy::Split, Strategy::Fill] {
         for order in [Order::Desc, Order::Asc] {
             let o = opts(strategy, order);
@@ -567,9 +547,9 @@ fn chunk_alignment() {
 fn threshold_below_chunk() {
     // T = 6 KiB < chunk (64 KiB): segments may be one chunk, over T.
     let files = [
-        FileItem { size_bytes: 10_000 },
-        FileItem { size_bytes: 8_000 },
-        FileItem { size_bytes: 100 },
+        FileItem::dense(10_000),
+        FileItem::dense(8_000),
+        FileItem::dense(100),
     ];
     let o = Options {
         strategy: Strategy::Split,
@@ -586,7 +566,7 @@ fn threshold_below_chunk() {
 
 #[test]
 fn empty_and_zero_sized() {
-    let files = [FileItem { size_bytes: 0 }, FileItem { size_bytes: 0 }];
+    let files = [FileItem::dense(0), FileItem::dense(0)];
     for strategy in [Strategy::Split, Strategy::Fill] {
         let o = opts(strategy, Order::Desc);
         let plan = plan(&files, &ample_devices(2), &o).unwrap();
@@ -630,9 +610,7 @@ fn media_bytes_examples() {
 fn fill_reshares_around_a_device_too_small_for_a_record() {
     // d1 cannot take a single 1 MiB record: its share goes to d0 and d2
     // from the start, so the 20 MiB file is cut once, not in chunks.
-    let files = [FileItem {
-        size_bytes: 20 * MIB,
-    }];
+    let files = [FileItem::dense(20 * MIB)];
     let mut devices = ample_devices(3);
     devices[1].capacity_bytes = MIB;
     let plan = run(
@@ -642,4 +620,70 @@ fn fill_reshares_around_a_device_too_small_for_a_record() {
         &[(0, 0, 10, 0), (0, 10, 10, 2)],
     );
     assert_eq!(assigned_mib(&plan), [10, 0, 10]);
+}
+
+#[test]
+fn sparse_files_weigh_what_they_store() {
+    // A 1 GiB file with 64 MiB of data (16 runs of 4 MiB, spread out), and
+    // 64 MiB of dense files, over two devices: each device stores about
+    // 64 MiB, whatever the sparse file's length.
+    let data: Vec<(u64, u64)> = (0..16).map(|i| (i * 64 * MIB, 4 * MIB)).collect();
+    let mut files = vec![FileItem::sparse(GIB, &data)];
+    files.extend(std::iter::repeat_n(FileItem::dense(4 * MIB), 16));
+    // The same set with a dense 64 MiB file in its place.
+    let mut dense = files.clone();
+    dense[0] = FileItem::dense(64 * MIB);
+    for strategy in [Strategy::Fill, Strategy::Split] {
+        for order in [Order::Desc, Order::Asc] {
+            let o = opts(strategy, order);
+            let p = plan(&files, &ample_devices(2), &o).expect("fits");
+            check_plan(&files, &ample_devices(2), &o, &p);
+            assert_eq!(p.threshold_bytes, 64 * MIB, "{strategy:?} {order:?}");
+            let q = plan(&dense, &ample_devices(2), &o).expect("fits");
+            let stored = |p: &Plan| {
+                p.devices
+                    .iter()
+                    .map(|d| d.assigned_bytes)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(stored(&p), stored(&q), "{strategy:?} {order:?}");
+            // Split in ascending order places the largest item last:
+            // within that item (its claim), not within a chunk.
+            if (strategy, order) != (Strategy::Split, Order::Asc) {
+                assert!(
+                    p.spread_bytes() <= 4 * MIB,
+                    "{strategy:?} {order:?}: {:?}",
+                    p.devices
+                );
+            }
+            let media: Vec<u64> = p.devices.iter().map(|d| d.media_bytes).collect();
+            assert!(media.iter().all(|&m| m < 100 * MIB), "{media:?}");
+        }
+    }
+    // Fill pours the sparse file (first, largest) into device 0 whole: it
+    // stores 64 MiB = T there.
+    let p = plan(
+        &files,
+        &ample_devices(2),
+        &opts(Strategy::Fill, Order::Desc),
+    )
+    .unwrap();
+    assert_eq!(p.segments[0].length, GIB);
+    assert_eq!(p.devices[0].assigned_bytes, 64 * MIB);
+    assert_eq!(p.devices[1].assigned_bytes, 64 * MIB);
+}
+
+#[test]
+fn an_all_hole_file_still_gets_its_segment() {
+    let files = [FileItem::sparse(GIB, &[]), FileItem::dense(3 * MIB)];
+    for strategy in [Strategy::Fill, Strategy::Split] {
+        let o = opts(strategy, Order::Desc);
+        let p = plan(&files, &ample_devices(2), &o).unwrap();
+        check_plan(&files, &ample_devices(2), &o, &p);
+        let hole: Vec<_> = p.segments.iter().filter(|s| s.file == 0).collect();
+        assert_eq!(hole.len(), 1, "{strategy:?}");
+        assert_eq!(hole[0].length, GIB);
+        let total: u64 = p.devices.iter().map(|d| d.assigned_bytes).sum();
+        assert_eq!(total, 3 * MIB);
+    }
 }

@@ -8,6 +8,7 @@
 //! special files, sparse ranges, block devices): see `walk`.
 
 pub mod incremental;
+pub mod select;
 
 use nix::errno::Errno;
 use nix::unistd::{lseek, Whence};
@@ -19,6 +20,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use select::{Excluded, Reason, Selection};
 
 /// Metadata kept for every entry.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -91,6 +94,8 @@ pub struct Walk {
     pub entries: Vec<Entry>,
     /// Entries that could not be read, by path. Never silently dropped.
     pub errors: Vec<WalkError>,
+    /// What the selection left out, in walk order (see `select`).
+    pub excluded: Vec<Excluded>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +135,8 @@ pub const SPARSE_ALIGN_BYTES: u64 = 4096;
 /// - Symlinks are never followed (lstat), including a source that is itself
 ///   a symlink: it is stored as a symlink.
 /// - Mount points are crossed: a tree is walked whole, whatever filesystems
-///   it spans (`dev` is kept in `Meta`, so a caller can filter).
+///   it spans (`dev` is kept in `Meta`), unless the selection says
+///   `one_file_system` (`walk_selected`).
 /// - Sockets, FIFOs and device nodes inside a tree are not stored: each is
 ///   reported in `Walk::errors` as `Unsupported` ("unsupported file type")
 ///   and skipped.
@@ -141,6 +147,13 @@ pub const SPARSE_ALIGN_BYTES: u64 = 4096;
 ///   device (`/dev/vg/lv`, `/dev/disk/by-id/...`, `/dev/mapper/...`) is
 ///   followed, stored under the symlink's name, and read from the device.
 pub fn walk(sources: &[PathBuf]) -> Result<Walk, SourceError> {
+    walk_selected(sources, &Selection::default())
+}
+
+/// `walk`, leaving out what `selection` excludes (see `select`): an
+/// excluded name is not read further (an excluded directory is not
+/// listed) and is listed in `Walk::excluded`, never in `Walk::entries`.
+pub fn walk_selected(sources: &[PathBuf], selection: &Selection) -> Result<Walk, SourceError> {
     if sources.is_empty() {
         return Err(SourceError::NoSources);
     }
@@ -171,7 +184,11 @@ pub fn walk(sources: &[PathBuf]) -> Result<Walk, SourceError> {
         tops.push((name, read_from, metadata));
     }
 
-    let mut walker = Walker::default();
+    let mut walker = Walker {
+        walk: Walk::default(),
+        links: HashMap::new(),
+        selection,
+    };
     for (name, source, metadata) in tops {
         if metadata.file_type().is_block_device() {
             walker.block_device(name, source, &metadata);
@@ -208,17 +225,17 @@ fn stored_name(source: &Path) -> Result<Vec<u8>, SourceError> {
     }
 }
 
-#[derive(Default)]
-struct Walker {
+struct Walker<'a> {
     walk: Walk,
     /// First name of every regular file with nlink > 1: (dev, ino) -> entry index.
     links: HashMap<(u64, u64), u32>,
+    selection: &'a Selection,
 }
 
 /// One name waiting to be visited: stored path, where to read it, its lstat.
 type Pending = (Vec<u8>, PathBuf, io::Result<fs::Metadata>);
 
-impl Walker {
+impl Walker<'_> {
     /// A block device source: one entry, its data the whole device.
     fn block_device(&mut self, path: Vec<u8>, source: PathBuf, metadata: &fs::Metadata) {
         if self.walk.entries.len() >= u32::MAX as usize {
@@ -245,10 +262,25 @@ impl Walker {
         }
     }
 
-    /// Walk one source tree, pre-order, siblings sorted by name bytes.
+    /// Walk one source tree, pre-order, siblings sorted by name bytes,
+    /// leaving out what the selection excludes.
     fn tree(&mut self, name: Vec<u8>, source: PathBuf, metadata: fs::Metadata) {
+        let top_len = name.len();
+        let top_dev = metadata.dev();
+        let selection = self.selection;
         let mut stack: Vec<Pending> = vec![(name, source, Ok(metadata))];
         while let Some((stored, source, metadata)) = stack.pop() {
+            // Only the source itself has a path this short.
+            let is_top = stored.len() == top_len;
+            if !is_top && !selection.is_empty() {
+                let relative = &stored[top_len + 1..];
+                let name = relative.rsplit(|&b| b == b'/').next().unwrap_or(relative);
+                let is_dir = metadata.as_ref().is_ok_and(|m| m.file_type().is_dir());
+                if let Some(reason) = selection.pattern_for(relative, name, is_dir) {
+                    self.exclude(stored, reason, false);
+                    continue;
+                }
+            }
             let metadata = match metadata {
                 Ok(metadata) => metadata,
                 Err(error) => {
@@ -256,27 +288,73 @@ impl Walker {
                     continue;
                 }
             };
-            let is_dir = metadata.file_type().is_dir();
+            let file_type = metadata.file_type();
+            let is_dir = file_type.is_dir();
+            let mut descend = is_dir;
+            if !is_top {
+                if let Some(limit) = selection.larger_than_bytes {
+                    if file_type.is_file() && metadata.len() > limit {
+                        self.exclude(stored, Reason::LargerThan(limit), false);
+                        continue;
+                    }
+                }
+                if selection.one_file_system && metadata.dev() != top_dev {
+                    if !is_dir {
+                        self.exclude(stored, Reason::OtherFilesystem, false);
+                        continue;
+                    }
+                    // A mount point: kept, as an empty directory.
+                    self.exclude(stored.clone(), Reason::OtherFilesystem, true);
+                    descend = false;
+                }
+            }
             let Some(entry) = self.entry(stored, source, &metadata) else {
                 continue;
             };
-            if is_dir {
+            if descend {
+                let mut children = self.children(&entry.source);
+                let names = children.iter().map(|(name, _)| name.as_bytes());
+                if let Some(reason) = selection.tag_in(names) {
+                    self.exclude(entry.path.clone(), reason, is_top);
+                    if !is_top {
+                        continue;
+                    }
+                    // The source itself is kept, empty.
+                    children.clear();
+                }
+                if selection.exclude_caches {
+                    let tag = children.iter().position(|(name, _)| {
+                        name.as_bytes() == select::CACHEDIR_TAG_NAME.as_bytes()
+                    });
+                    if let Some(i) = tag {
+                        if select::is_cachedir_tag(&children[i].1.path()) {
+                            self.exclude(entry.path.clone(), Reason::CacheDirectory, true);
+                            let tag = children.swap_remove(i);
+                            children = vec![tag];
+                        }
+                    }
+                }
                 // Only queues the children: they become entries after this one.
-                self.children(&entry.path, &entry.source, &mut stack);
+                push_children(&entry.path, children, &mut stack);
             }
             self.walk.entries.push(entry);
         }
     }
 
-    /// Read directory `source` and push its children on `stack` so that they
-    /// pop in ascending name order. A directory that cannot be read (wholly
-    /// or partly) is reported in `errors`; its entry stays.
-    fn children(&mut self, stored: &[u8], source: &Path, stack: &mut Vec<Pending>) {
+    /// Record a name left out (`kept`: only its contents).
+    fn exclude(&mut self, path: Vec<u8>, reason: Reason, kept: bool) {
+        self.walk.excluded.push(Excluded { path, reason, kept });
+    }
+
+    /// Read directory `source`: its children sorted by name. A directory
+    /// that cannot be read (wholly or partly) is reported in `errors`; its
+    /// entry stays, with what could be read.
+    fn children(&mut self, source: &Path) -> Vec<(OsString, fs::DirEntry)> {
         let read_dir = match fs::read_dir(source) {
             Ok(read_dir) => read_dir,
             Err(error) => {
                 self.error(source.to_path_buf(), error);
-                return;
+                return Vec::new();
             }
         };
         let mut children: Vec<(OsString, fs::DirEntry)> = Vec::new();
@@ -291,17 +369,7 @@ impl Walker {
             }
         }
         children.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        stack.reserve(children.len());
-        for (name, dir_entry) in children.into_iter().rev() {
-            // DirEntry::metadata is fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW):
-            // one syscall, no path resolution from the top.
-            let metadata = dir_entry.metadata();
-            let mut child = Vec::with_capacity(stored.len() + 1 + name.len());
-            child.extend_from_slice(stored);
-            child.push(b'/');
-            child.extend_from_slice(name.as_bytes());
-            stack.push((child, dir_entry.path(), metadata));
-        }
+        children
     }
 
     /// Build the entry for one lstat'ed name, or report why it is not stored.
@@ -381,6 +449,22 @@ impl Walker {
 
     fn error(&mut self, path: PathBuf, error: io::Error) {
         self.walk.errors.push(WalkError { path, error });
+    }
+}
+
+/// Push the children of the directory stored as `stored` on `stack` so
+/// that they pop in ascending name order (`children` is sorted).
+fn push_children(stored: &[u8], children: Vec<(OsString, fs::DirEntry)>, stack: &mut Vec<Pending>) {
+    stack.reserve(children.len());
+    for (name, dir_entry) in children.into_iter().rev() {
+        // DirEntry::metadata is fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW):
+        // one syscall, no path resolution from the top.
+        let metadata = dir_entry.metadata();
+        let mut child = Vec::with_capacity(stored.len() + 1 + name.len());
+        child.extend_from_slice(stored);
+        child.push(b'/');
+        child.extend_from_slice(name.as_bytes());
+        stack.push((child, dir_entry.path(), metadata));
     }
 }
 
@@ -826,6 +910,53 @@ mod tests {
             .errors
             .iter()
             .all(|e| e.error.kind() == io::ErrorKind::Unsupported));
+    }
+
+    #[test]
+    fn excluded_names_never_become_entries_nor_link_targets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = tmp.path().join("top");
+        fs::create_dir_all(top.join("d")).unwrap();
+        fs::write(top.join("a.tmp"), b"data").unwrap();
+        fs::hard_link(top.join("a.tmp"), top.join("d/b")).unwrap();
+        fs::write(top.join(".nobackup"), b"").unwrap();
+        fs::write(top.join("d/.nobackup-not"), b"").unwrap();
+        let selection = Selection::new(
+            &["*.tmp".to_string()],
+            &[],
+            false,
+            &[".nobackup".to_string()],
+            false,
+            None,
+        )
+        .unwrap();
+        // The tag in the source itself: the source is kept, empty.
+        let walk = walk_selected(std::slice::from_ref(&top), &selection).unwrap();
+        let paths: Vec<&[u8]> = walk.entries.iter().map(|e| e.path.as_slice()).collect();
+        assert_eq!(paths, [&b"top"[..]]);
+        assert_eq!(walk.excluded.len(), 1);
+        assert!(walk.excluded[0].kept);
+
+        fs::remove_file(top.join(".nobackup")).unwrap();
+        let walk = walk_selected(std::slice::from_ref(&top), &selection).unwrap();
+        let paths: Vec<&[u8]> = walk.entries.iter().map(|e| e.path.as_slice()).collect();
+        assert_eq!(
+            paths,
+            [&b"top"[..], b"top/d", b"top/d/.nobackup-not", b"top/d/b"]
+        );
+        // The second name of the excluded file holds the data itself.
+        assert!(matches!(
+            entry(&walk, b"top/d/b").1.kind,
+            EntryKind::File { size_bytes: 4, .. }
+        ));
+        assert_eq!(
+            walk.excluded,
+            [Excluded {
+                path: b"top/a.tmp".to_vec(),
+                reason: Reason::Pattern("*.tmp".to_string()),
+                kept: false
+            }]
+        );
     }
 
     /// Runs `f` with this thread's filesystem uid/gid set to nobody, so that
