@@ -91,6 +91,7 @@ fn build_image() -> Vec<u8> {
         chunk: 4096,
         since: None,
         json: false,
+        select: Default::default(),
     });
     args.force = true;
     let code = pbio::cli::backup::run(args).expect("backup of the fuzz set");
@@ -263,7 +264,14 @@ fn restore_catalog() {
     match restore::open_chain(std::slice::from_ref(&spec)) {
         Ok(chain) => {
             let to = Path::new(DEST);
-            let report = restore::run_chain(&chain, Action::Restore { to }, &[]);
+            let report = restore::run_chain(
+                &chain,
+                Action::Restore {
+                    to,
+                    keep_partial: false,
+                },
+                &[],
+            );
             debug("restore", &report);
         }
         Err(e) => debug("restore: open", &e),
@@ -274,8 +282,19 @@ fn restore_scan() {
     let spec = DeviceSpec::parse(DEVICE).unwrap();
     match device::open(&spec, Mode::Read) {
         Ok(dev) => {
-            let report = restore::scan::restore_from_scan(&[dev], Path::new(DEST));
-            debug("restore --scan", &report);
+            let devs = [dev];
+            // As the CLI does: the set from the label or the first record.
+            let chosen = restore::scan::device_sets(&devs)
+                .map_err(|e| e.to_string())
+                .and_then(|sets| restore::scan::choose_set(&sets, None));
+            match chosen {
+                Ok(Some(set_id)) => {
+                    let report =
+                        restore::scan::restore_from_scan(&devs, Path::new(DEST), set_id, false);
+                    debug("restore --scan", &report);
+                }
+                other => debug("restore --scan: no set", &other),
+            }
         }
         Err(e) => debug("restore --scan: open", &e),
     }
