@@ -180,12 +180,17 @@ pub fn run(args: DemoArgs) -> CliResult {
         only: Vec::new(),
         scan: false,
         json: false,
+        key: None,
     })?;
     if code != EXIT_OK {
         return Ok(code);
     }
     println!("demo: verifying every record and file digest");
-    let code = restore::run_verify(restore::VerifyArgs { devs, json: false })?;
+    let code = restore::run_verify(restore::VerifyArgs {
+        devs,
+        json: false,
+        key: None,
+    })?;
     if code != EXIT_OK {
         return Ok(code);
     }

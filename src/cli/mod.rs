@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod bench;
 pub mod demo;
+pub mod key;
 pub mod list;
 pub mod plan;
 pub mod progress;
@@ -95,6 +96,9 @@ pub enum Command {
     /// Raw sequential throughput and latency of devices through pbio's own rings (fio-like).
     Bench(bench::BenchArgs),
     Qualify(qualify::QualifyArgs),
+    /// Keys that authenticate sets (`--key FILE` of backup, restore, verify, list).
+    #[command(subcommand)]
+    Key(key::KeyCommand),
 
     /// Print a shell completion script (e.g. `pbio completions bash > /etc/bash_completion.d/pbio`).
     Completions {
@@ -208,6 +212,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Qualify(a) => qualify::run(a),
+        Command::Key(k) => key::run(k),
 
         Command::Completions { shell } => {
             let mut script = Vec::new();

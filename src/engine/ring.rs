@@ -65,6 +65,8 @@ pub struct RecordDone {
     pub file_offset: u64,
     pub payload_bytes: u32,
     pub payload_crc: u32,
+    /// BLAKE3 of the payload (the file digest's record entry).
+    pub payload_hash: [u8; 32],
 }
 
 /// A file range that is durable on this device, and where.
@@ -209,6 +211,7 @@ struct Gen {
     payload_bytes: u32,
     position: u64,
     payload_crc: u32,
+    payload_hash: [u8; 32],
     done: bool,
 }
 
@@ -524,6 +527,7 @@ impl<'a> Ring<'a> {
                 file_offset: g.file_offset,
                 payload_bytes: g.payload_bytes,
                 payload_crc: g.payload_crc,
+                payload_hash: g.payload_hash,
             })
             .collect();
         RingOutcome {
@@ -1080,6 +1084,7 @@ impl<'a> Ring<'a> {
                     payload_bytes,
                     position: self.position,
                     payload_crc: 0,
+                    payload_hash: [0; 32],
                     done: false,
                 });
                 let slot = self
@@ -1338,7 +1343,8 @@ impl<'a> Ring<'a> {
     }
 
     /// Fill the header in front of the payload a read put in `slot`: the
-    /// payload's CRC (one pass over bytes in cache), file info, padding.
+    /// payload's CRC and BLAKE3 (passes over bytes in cache), file info,
+    /// padding.
     fn fill_record(&mut self, slot: usize, sequence: u64) {
         let s = &self.slots[slot];
         let g = &self.gens[s.gen];
@@ -1376,10 +1382,12 @@ impl<'a> Ring<'a> {
             payload_crc: crate::format::crc32c(&payload[..payload_bytes]),
             ..header
         };
+        let payload_hash = crate::format::payload_hash(&payload[..payload_bytes]);
         let info = &s.source.as_ref().expect("writing slot has a source").info;
         header.encode_with_info(Some(info), head);
         debug_assert_eq!(RecordHeader::decode(head), Ok(header));
         self.gens[gen].payload_crc = header.payload_crc;
+        self.gens[gen].payload_hash = payload_hash;
         self.stats.payload_bytes_zero_copy += payload_bytes as u64;
     }
 
