@@ -16,6 +16,8 @@ fn main() -> std::io::Result<()> {
         std::fs::write(dir.join("seed"), bytes)
     };
     let set_id = [7u8; 16];
+    // A keyed set: label and catalog carry MACs.
+    let key = pbio::format::mac_key(b"fuzz seed key, 32 bytes or more.");
     let mut block = [0u8; 4096];
     Label {
         set_id,
@@ -28,7 +30,10 @@ fn main() -> std::io::Result<()> {
         catalog_offset: 1 << 20,
         catalog_bytes: 777,
         data_end: 1 << 20,
+        catalog_digest: [0x5C; 32],
+        mac: [0; 32],
     }
+    .sealed(Some(&key))
     .encode_into(&mut block);
     write("label", &block)?;
     let header = RecordHeader {
@@ -86,7 +91,7 @@ fn main() -> std::io::Result<()> {
     let mut moved = file(b"tree/moved", FileKind::Regular, 5000);
     (moved.origin, moved.origin_file_id) = (1, 4);
     let image = file(b"sdb", FileKind::BlockDevice, 1 << 20);
-    let catalog = Catalog {
+    let mut catalog = Catalog {
         set_id,
         created_unix_ns: 1,
         chunk_bytes: 1 << 20,
@@ -144,7 +149,9 @@ fn main() -> std::io::Result<()> {
             file_id: 4,
             from: b"tree/old".to_vec(),
         }],
+        mac: [0; 32],
     };
+    catalog.seal(Some(&key));
     write("catalog", &catalog.encode())?;
     // nbd_reply: control byte (structured, first read 4096 bytes, one-byte
     // fragments), then a structured data chunk and hole for handle 0, a

@@ -5,11 +5,12 @@
 //! `restore --scan`. Every test checks a canary directory outside the
 //! destination: nothing in it (content, mode, owner, mtime, names) changes.
 //!
-//! Catalogs are crafted minimally here, by patching a real set's catalog
-//! through the `pbio::format` API (the shared crafting helper lives on
-//! another branch).
+//! Catalogs are crafted by patching a real set's catalog through the
+//! shared crafting helper (`common/craft.rs`, the `pbio::format` API).
 
 mod common;
+#[path = "common/craft.rs"]
+mod craft;
 #[path = "common/loopdev.rs"]
 mod loopdev;
 
@@ -20,7 +21,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use loopdev::{loop_devices_available, pbio, LoopDev};
-use pbio::format::{Catalog, FileKind, RecordHeader};
+use pbio::format::{Catalog, FileKind};
 use serde_json::Value;
 
 const DEVICE_BYTES: u64 = 48 << 20;
@@ -219,37 +220,14 @@ fn same_content(a: &Path, b: &Path) -> bool {
     fs::read(a).unwrap() == fs::read(b).unwrap()
 }
 
-/// Rewrite the catalog on every device of the set after `edit`.
+/// Rewrite the catalog on every device of the set after `edit` (records
+/// kept, the label's catalog fields and digest made to match).
 fn patch_catalog(bed: &Bed, which: &[usize], edit: impl Fn(&mut Catalog)) {
-    use pbio::engine::media;
     for &i in which {
-        let spec = pbio::device::DeviceSpec::parse(&bed.devs[i].arg()).unwrap();
-        let dev = pbio::device::open(&spec, pbio::device::Mode::Write).unwrap();
-        let mut label = media::read_label(dev.as_ref()).unwrap();
-        let mut catalog = media::read_catalog(dev.as_ref(), &label).unwrap();
-        edit(&mut catalog);
-        catalog.validate().unwrap();
-        let encoded = catalog.encode();
-        // The first catalog record's sequence number continues the device's.
-        let mut head = vec![0u8; 4096];
-        fs::File::open(&bed.devs[i].path)
-            .unwrap()
-            .read_exact_at(&mut head, label.catalog_offset)
-            .unwrap();
-        let sequence = RecordHeader::decode(&head).unwrap().sequence;
-        media::write_catalog(
-            dev.as_ref(),
-            label.set_id,
-            label.device_index,
-            sequence,
-            label.catalog_offset,
-            &encoded,
-            label.chunk_bytes,
-        )
-        .unwrap();
-        label.catalog_bytes = encoded.len() as u64;
-        media::write_label(dev.as_ref(), &label).unwrap();
-        dev.sync().unwrap();
+        let mut medium = craft::Medium::read(&bed.devs[i].path);
+        edit(&mut medium.catalog);
+        medium.catalog.validate().unwrap();
+        medium.write(&bed.devs[i].path);
     }
 }
 

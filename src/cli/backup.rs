@@ -44,6 +44,12 @@ pub struct BackupArgs {
     /// Seconds between `--json` progress events.
     #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_interval)]
     pub json_interval: Duration,
+    /// Authenticate the set with this key file (at least 32 bytes; make one
+    /// with `pbio key new FILE`): every label and the catalog carry a keyed
+    /// MAC, and restore, verify and list given the same key refuse a set
+    /// whose MACs do not match.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
 }
 
 fn parse_tape_block(text: &str) -> Result<u64, String> {
@@ -79,6 +85,7 @@ impl BackupArgs {
             json_interval: progress::JSON_INTERVAL_DEFAULT,
             tape_block: crate::engine::TAPE_BLOCK_BYTES_DEFAULT as u64,
             tape_buffer: crate::engine::TAPE_BUFFER_RECORDS_DEFAULT as u16,
+            key: None,
         }
     }
 }
@@ -220,7 +227,8 @@ pub fn run(args: BackupArgs) -> CliResult {
         force: args.force,
         overwrite: args.overwrite.clone(),
     };
-    // Cheap checks first: paths, then what is on the devices, then the walk.
+    // Cheap checks first: the key, paths, then what is on the devices, then the walk.
+    let mac_key = super::key::load_optional(args.key.as_deref())?;
     super::check_paths(&args.set.sources, &args.set.devs)?;
     check_devices(&args.set.devs, &policy)?;
     let measured;
@@ -261,6 +269,7 @@ pub fn run(args: BackupArgs) -> CliResult {
         events: Some(events_tx),
         steal_work: (args.set.balance == crate::plan::Balance::Time)
             .then(|| prepared.devices.iter().map(|d| d.2.unwrap_or(0)).collect()),
+        mac_key,
     };
     let payload = payload_per_device(&prepared.entries, &prepared.plan);
     let infos: Vec<DeviceInfo> = prepared
@@ -321,7 +330,7 @@ pub fn run(args: BackupArgs) -> CliResult {
                     "{}",
                     json!({
                         "event": "finished",
-                        "ok": report.unplaced.is_empty(),
+                        "ok": report.complete(),
                         "exit_code": code,
                         "set_id": engine::set_id_hex(&report.set_id),
                         "payload_bytes": total,
@@ -362,12 +371,13 @@ fn print_increment(
     }
 }
 
-/// 3 when part of the set is not on any device; 1 when a device failed
-/// (the survivors hold everything) or a file changed while it was read
-/// (the set is complete, but that file's copy may be inconsistent); 0
-/// otherwise.
+/// 3 when part of the set is not on any device, or a device that did not
+/// fail has no durable catalog or final label (the set is incomplete); 1
+/// when a device failed (the survivors hold everything) or a file changed
+/// while it was read (the set is complete, but that file's copy may be
+/// inconsistent); 0 otherwise.
 pub fn exit_code(report: &engine::BackupReport) -> i32 {
-    if !report.unplaced.is_empty() {
+    if !report.complete() {
         super::EXIT_DATA
     } else if report.degraded() || !report.changed.is_empty() {
         super::EXIT_DEGRADED
@@ -381,6 +391,16 @@ fn state_name(end: DeviceEnd) -> &'static str {
         DeviceEnd::Complete => "complete",
         DeviceEnd::Full => "full",
         DeviceEnd::Failed => "failed",
+    }
+}
+
+/// How a device ended, as the summary shows it: never "complete" (nor
+/// "full") when its catalog or final label is not durable.
+fn device_state(d: &engine::DeviceReport) -> &'static str {
+    if d.catalog_missing() {
+        "incomplete"
+    } else {
+        state_name(d.end)
     }
 }
 
@@ -398,11 +418,19 @@ fn print_warnings(report: &engine::BackupReport) {
         }
         if let Some(error) = &d.catalog_error {
             errln!(
-                "pbio: device {}: no catalog written: {}",
+                "pbio: device {}: its catalog and final label are not durably written: {}",
                 d.path,
                 shown_line(error)
             );
         }
+    }
+    let no_catalog = report.catalogs_missing();
+    if !no_catalog.is_empty() {
+        let names: Vec<&str> = no_catalog.iter().map(|d| d.path.as_str()).collect();
+        errln!(
+            "pbio: the set is INCOMPLETE: {} without a durable catalog (its label is not complete; a restore needs another device's catalog)",
+            names.join(", ")
+        );
     }
     for (path, why) in &report.unreadable {
         errln!(
@@ -435,7 +463,7 @@ fn print_warnings(report: &engine::BackupReport) {
         if report.unplaced.len() > 20 {
             errln!("  ... and {} more ranges", report.unplaced.len() - 20);
         }
-    } else if report.degraded() {
+    } else if report.degraded() && no_catalog.is_empty() {
         errln!("pbio: set complete on the surviving devices (degraded)");
     }
     for (path, what) in &report.changed {
@@ -483,7 +511,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                     "data_end": d.data_end,
                     "catalog_end": d.catalog_end,
                     "catalog_error": d.catalog_error,
-                    "state": state_name(d.end),
+                    "state": device_state(d),
                     "error": d.error,
                     "redirected_bytes": d.redirected_bytes,
                 })
@@ -502,6 +530,8 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                 "mib_per_sec": mib_s(total, secs),
                 "devices": devices,
                 "missing_bytes": report.missing_bytes(),
+                "complete": report.complete(),
+                "devices_without_catalog": report.catalogs_missing().iter().map(|d| d.path.as_str()).collect::<Vec<_>>(),
                 "changed": report.changed.iter().map(|(p, w)| json!({"path": path_text(p), "what": w})).collect::<Vec<_>>(),
                 "unplaced": report.unplaced.iter().map(|(p, o, l)| json!({"path": path_text(p), "offset": o, "length": l})).collect::<Vec<_>>(),
                 "unreadable": report.unreadable.iter().map(|(p, e)| json!({"path": path_text(p), "error": e})).collect::<Vec<_>>(),
@@ -539,9 +569,10 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
     );
     for (i, d) in report.devices.iter().enumerate() {
         let s = &d.stats;
-        let mut state = match &d.error {
-            Some(e) => format!("{} ({})", state_name(d.end), shown_line(e)),
-            None => state_name(d.end).to_string(),
+        let mut state = match (&d.error, &d.catalog_error) {
+            (Some(e), _) => format!("{} ({})", device_state(d), shown_line(e)),
+            (None, Some(e)) => format!("{} (no catalog: {})", device_state(d), shown_line(e)),
+            (None, None) => device_state(d).to_string(),
         };
         if s.reconnects > 0 {
             state.push_str(&format!(
@@ -573,6 +604,12 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
         outln!(
             "  INCOMPLETE: {} not on any device (see stderr)",
             human_bytes(report.missing_bytes())
+        );
+    }
+    for d in report.catalogs_missing() {
+        outln!(
+            "  INCOMPLETE: device {} has no durable catalog (see stderr)",
+            d.path
         );
     }
 }

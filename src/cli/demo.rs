@@ -183,12 +183,17 @@ pub fn run(args: DemoArgs) -> CliResult {
         set: None,
         keep_partial: false,
         json: false,
+        key: None,
     })?;
     if code != EXIT_OK {
         return Ok(code);
     }
     outln!("demo: verifying every record and file digest");
-    let code = restore::run_verify(restore::VerifyArgs { devs, json: false })?;
+    let code = restore::run_verify(restore::VerifyArgs {
+        devs,
+        json: false,
+        key: None,
+    })?;
     if code != EXIT_OK {
         return Ok(code);
     }

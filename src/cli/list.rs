@@ -23,6 +23,10 @@ pub struct ListArgs {
     /// Machine-readable catalog: one JSON object (set id, devices, files, segments).
     #[arg(long)]
     pub json: bool,
+    /// The key the set was written with (`backup --key`): the label's and
+    /// the catalog's MAC must match it.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
 }
 
 fn kind_name(kind: FileKind) -> &'static str {
@@ -36,10 +40,16 @@ fn kind_name(kind: FileKind) -> &'static str {
 }
 
 pub fn run(args: ListArgs) -> CliResult {
-    let set = crate::restore::open_set(std::slice::from_ref(&args.dev)).map_err(|e| match e {
-        crate::restore::RestoreError::Device(d) => Failure::Usage(d.to_string()),
-        other => Failure::Data(other.to_string()),
-    })?;
+    let key = super::key::load_optional(args.key.as_deref())?;
+    let set = crate::restore::open_set(std::slice::from_ref(&args.dev), key.as_ref()).map_err(
+        |e| match e {
+            crate::restore::RestoreError::Device(d) => Failure::Usage(d.to_string()),
+            other => Failure::Data(other.to_string()),
+        },
+    )?;
+    if key.is_none() && set.keyed {
+        errln!("pbio: set is authenticated; give --key to check it");
+    }
     let (_, label) = &set.devices[0];
     let c = &set.catalog;
     if let Some(path) = &args.export {

@@ -27,6 +27,7 @@ macro_rules! errln {
 pub mod backup;
 pub mod bench;
 pub mod demo;
+pub mod key;
 pub mod list;
 pub mod plan;
 pub mod progress;
@@ -148,6 +149,9 @@ pub enum Command {
     /// Raw sequential throughput and latency of devices through pbio's own rings (fio-like).
     Bench(bench::BenchArgs),
     Qualify(qualify::QualifyArgs),
+    /// Keys that authenticate sets (`--key FILE` of backup, restore, verify, list).
+    #[command(subcommand)]
+    Key(key::KeyCommand),
 
     /// Print a shell completion script (e.g. `pbio completions bash > /etc/bash_completion.d/pbio`).
     Completions {
@@ -381,6 +385,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Qualify(a) => qualify::run(a),
+        Command::Key(k) => key::run(k),
 
         Command::Completions { shell } => {
             let mut script = Vec::new();

@@ -47,6 +47,11 @@ pub struct RestoreArgs {
     /// Machine-readable report: one JSON summary object (files, bytes, missing files with their byte ranges and devices, errors, ok).
     #[arg(long)]
     pub json: bool,
+    /// The key the set was written with (`backup --key`): every label's and
+    /// the catalog's MAC must match it, or the set is refused before
+    /// anything is written. Not usable with --scan (no catalog to check).
+    #[arg(long, value_name = "FILE", conflicts_with = "scan")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -59,20 +64,32 @@ pub struct VerifyArgs {
     /// Machine-readable report: one JSON summary object (files, bytes, missing byte ranges, errors, ok).
     #[arg(long)]
     pub json: bool,
+    /// The key the set was written with (`backup --key`): every label's and
+    /// the catalog's MAC must match it.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
 }
 
-fn open(devs: &[DeviceSpec]) -> Result<Chain, Failure> {
-    restore::open_chain(devs).map_err(|e| match e {
+/// Open the devices as one chain of sets, checking their MACs with the
+/// key of `--key` (a set with MACs given without it is restored, and said
+/// to be unchecked).
+fn open(devs: &[DeviceSpec], key: Option<&std::path::Path>) -> Result<Chain, Failure> {
+    let key = super::key::load_optional(key)?;
+    let chain = restore::open_chain(devs, key.as_ref()).map_err(|e| match e {
         restore::RestoreError::Device(d) => Failure::Usage(d.to_string()),
         other => Failure::Data(other.to_string()),
-    })
+    })?;
+    if key.is_none() && chain.sets.iter().any(|s| s.keyed) {
+        errln!("pbio: set is authenticated; give --key to check it");
+    }
+    Ok(chain)
 }
 
 pub fn run_restore(args: RestoreArgs) -> CliResult {
     if args.scan {
         return run_scan_restore(&args);
     }
-    let chain = open(&args.devs)?;
+    let chain = open(&args.devs, args.key.as_deref())?;
     let only: Vec<Vec<u8>> = args
         .only
         .iter()
@@ -192,7 +209,7 @@ fn device_target(
 }
 
 pub fn run_verify(args: VerifyArgs) -> CliResult {
-    let chain = open(&args.devs)?;
+    let chain = open(&args.devs, args.key.as_deref())?;
     let mut report = restore::run_chain(&chain, Action::Verify, &[])
         .map_err(|e| Failure::Data(format!("verify failed: {e}")))?;
     // Every device's own catalog must read back and agree, not only the one used.
@@ -202,7 +219,7 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
                 continue;
             }
             match crate::engine::media::read_catalog(dev.as_ref(), label) {
-                Ok(c) if c == set.catalog => {}
+                Ok(read) if read.catalog == set.catalog && read.digest == label.catalog_digest => {}
                 Ok(_) => report.errors.push(format!(
                     "device {}: its catalog differs from the set's",
                     dev.path().display()

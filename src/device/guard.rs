@@ -968,6 +968,8 @@ mod tests {
             catalog_offset: 8192,
             catalog_bytes: 100,
             data_end: 8192,
+            catalog_digest: [3; 32],
+            mac: [0; 32],
         };
         let mut img = vec![0u8; MIB];
         label.encode_into(&mut img[..4096]);

@@ -205,9 +205,24 @@ pub fn catalog_media_bytes(catalog_bytes: u64, chunk_bytes: u32) -> u64 {
     records * HEADER_BYTES as u64 + round_up_block(catalog_bytes) + HEADER_BYTES as u64
 }
 
+/// A catalog read from a device, and the BLAKE3 of its encoding as read
+/// (what a Complete label's `catalog_digest` must equal).
+#[derive(Debug)]
+pub struct CatalogRead {
+    pub catalog: Catalog,
+    pub digest: [u8; 32],
+}
+
+fn decoded(bytes: &[u8]) -> Result<CatalogRead, FormatError> {
+    Ok(CatalogRead {
+        catalog: Catalog::decode(bytes)?,
+        digest: *blake3::hash(bytes).as_bytes(),
+    })
+}
+
 /// Read and decode the catalog a Complete label points to. On a tape,
 /// the catalog is tape file 1, found by spacing over the data file.
-pub fn read_catalog(dev: &dyn Device, label: &Label) -> Result<Catalog, MediaError> {
+pub fn read_catalog(dev: &dyn Device, label: &Label) -> Result<CatalogRead, MediaError> {
     if dev.access() == Access::Sequential {
         return read_tape_catalog(dev, label);
     }
@@ -285,7 +300,7 @@ pub fn read_catalog(dev: &dyn Device, label: &Label) -> Result<Catalog, MediaErr
         }
         Err(e) => return Err(format_err("End record", offset, e)),
     }
-    Catalog::decode(&bytes).map_err(|e| format_err("catalog", label.catalog_offset, e))
+    decoded(&bytes).map_err(|e| format_err("catalog", label.catalog_offset, e))
 }
 
 /// Where a device's first record is: the media offset after the label, or
@@ -437,7 +452,7 @@ fn encode_record(buf: &mut [u8], header: RecordHeader, payload: &[u8]) -> usize 
 /// MTFSF, then read catalog records up to the End record, which must be
 /// followed by a filemark. That End record and filemark are what makes a
 /// tape complete: its label cannot be rewritten.
-fn read_tape_catalog(dev: &dyn Device, label: &Label) -> Result<Catalog, MediaError> {
+fn read_tape_catalog(dev: &dyn Device, label: &Label) -> Result<CatalogRead, MediaError> {
     let chunk = label.chunk_bytes as usize;
     let mut pool = BufferPool::new(1, HEADER_BYTES + chunk);
     let invalid = |why: String| MediaError::Invalid {
@@ -521,5 +536,5 @@ fn read_tape_catalog(dev: &dyn Device, label: &Label) -> Result<Catalog, MediaEr
             "tape file 1: no filemark after the End record".to_string(),
         ));
     }
-    Catalog::decode(&bytes).map_err(|e| format_err("catalog (tape file 1)", 0, e))
+    decoded(&bytes).map_err(|e| format_err("catalog (tape file 1)", 0, e))
 }

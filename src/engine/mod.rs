@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::device::{Access, Device};
 use crate::format::{
-    Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, FileKind, Label, LabelState,
-    SetId, HEADER_BYTES,
+    Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, DigestRecord, FileKind,
+    Label, LabelState, MacKey, SetId, HEADER_BYTES,
 };
 use crate::plan::{self, DeviceSlot, FileItem, Plan};
 use crate::source::incremental::Increment;
@@ -125,6 +125,7 @@ pub fn catalog_for(
         ancestors,
         removed,
         renamed,
+        mac: [0; 32],
     }
 }
 
@@ -250,9 +251,29 @@ pub struct BackupReport {
     pub elapsed: Duration,
 }
 
+impl DeviceReport {
+    /// A device that did not fail but whose catalog or final label is not
+    /// durably written: the set is incomplete.
+    pub fn catalog_missing(&self) -> bool {
+        self.end != DeviceEnd::Failed && self.catalog_end.is_none()
+    }
+}
+
 impl BackupReport {
     pub fn missing_bytes(&self) -> u64 {
         self.unplaced.iter().map(|u| u.2).sum()
+    }
+    /// Devices (not failed) whose catalog or final label is not durable.
+    pub fn catalogs_missing(&self) -> Vec<&DeviceReport> {
+        self.devices
+            .iter()
+            .filter(|d| d.catalog_missing())
+            .collect()
+    }
+    /// Everything is in the set and every device that did not fail is
+    /// complete (catalog and label durable).
+    pub fn complete(&self) -> bool {
+        self.unplaced.is_empty() && self.catalogs_missing().is_empty()
     }
     pub fn degraded(&self) -> bool {
         self.devices.iter().any(|d| d.end == DeviceEnd::Failed)
@@ -312,6 +333,9 @@ pub struct BackupConfig {
     /// weighed by these rates (bytes per second per device; 0: unknown),
     /// which are then updated from what the devices write.
     pub steal_work: Option<Vec<u64>>,
+    /// The set's MAC key (`--key`): labels and catalog carry keyed MACs
+    /// (docs/FORMAT.md, "MAC"). None: the MACs are zero.
+    pub mac_key: Option<MacKey>,
 }
 
 /// Something a harness or the progress display should hear about while
@@ -380,17 +404,22 @@ pub fn run_backup(
 ) -> Result<BackupReport, BackupError> {
     let started = Instant::now();
     let count = devices.len() as u32;
-    let label_for = |index: u32| Label {
-        set_id: config.set_id,
-        device_index: index,
-        device_count: count,
-        chunk_bytes: config.chunk_bytes,
-        block_bytes: devices[index as usize].block_bytes(),
-        created_unix_ns: config.created_unix_ns,
-        state: LabelState::Writing,
-        catalog_offset: 0,
-        catalog_bytes: 0,
-        data_end: 0,
+    let label_for = |index: u32| {
+        Label {
+            set_id: config.set_id,
+            device_index: index,
+            device_count: count,
+            chunk_bytes: config.chunk_bytes,
+            block_bytes: devices[index as usize].block_bytes(),
+            created_unix_ns: config.created_unix_ns,
+            state: LabelState::Writing,
+            catalog_offset: 0,
+            catalog_bytes: 0,
+            data_end: 0,
+            catalog_digest: [0; 32],
+            mac: [0; 32],
+        }
+        .sealed(config.mac_key.as_ref())
     };
     let send = |event: Event| {
         if let Some(tx) = &config.events {
@@ -569,7 +598,7 @@ pub fn run_backup(
         })
         .collect();
     let mut segments: Vec<CatalogSegment> = Vec::new();
-    let mut per_file: Vec<Vec<(u64, u32, u32)>> = vec![Vec::new(); input.entries.len()];
+    let mut per_file: Vec<Vec<DigestRecord>> = vec![Vec::new(); input.entries.len()];
     for (device, outcome) in outcomes_ok.iter().enumerate() {
         for p in &outcome.placed {
             segments.push(CatalogSegment {
@@ -588,10 +617,11 @@ pub fn run_backup(
             file_id,
             file_offset,
             payload_bytes,
-            payload_crc,
+            payload_hash,
+            ..
         } in &outcome.records
         {
-            per_file[file_id as usize].push((file_offset, payload_bytes, payload_crc));
+            per_file[file_id as usize].push((file_offset, payload_bytes, payload_hash));
         }
     }
     segments.sort_by_key(|s| (s.file_id, s.offset, s.device));
@@ -627,6 +657,7 @@ pub fn run_backup(
             file.digest = crate::format::file_digest(records);
         }
     }
+    catalog.seal(config.mac_key.as_ref());
     let encoded = catalog.encode();
 
     // Catalog, sync, label, sync: on every device at once.
@@ -751,8 +782,10 @@ fn finish_device(
         catalog_offset: outcome.data_end,
         catalog_bytes: encoded.len() as u64,
         data_end: outcome.data_end,
+        catalog_digest: *blake3::hash(encoded).as_bytes(),
         ..*label
-    };
+    }
+    .sealed(config.mac_key.as_ref());
     media::write_label(dev, &label)?;
     sync(dev)?;
     Ok(catalog_end)
@@ -761,15 +794,22 @@ fn finish_device(
 /// 128 random bits from the kernel.
 pub fn new_set_id() -> SetId {
     let mut id = [0u8; 16];
+    fill_random(&mut id);
+    id
+}
+
+/// Fill `buf` with random bytes from the kernel (getrandom, blocking until
+/// the pool is initialized).
+pub fn fill_random(buf: &mut [u8]) {
     let mut filled = 0;
-    while filled < id.len() {
+    while filled < buf.len() {
         // SAFETY: getrandom writes at most len bytes into the live buffer.
-        let n = unsafe { libc::getrandom(id[filled..].as_mut_ptr().cast(), id.len() - filled, 0) };
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
         if n > 0 {
             filled += n as usize;
         }
     }
-    id
 }
 
 /// Hex form of a set id, as printed and accepted by the CLI.

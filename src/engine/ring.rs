@@ -65,6 +65,8 @@ pub struct RecordDone {
     pub file_offset: u64,
     pub payload_bytes: u32,
     pub payload_crc: u32,
+    /// BLAKE3 of the payload (the file digest's record entry).
+    pub payload_hash: [u8; 32],
 }
 
 /// A file range that is durable on this device, and where.
@@ -210,7 +212,33 @@ struct Gen {
     payload_bytes: u32,
     position: u64,
     payload_crc: u32,
+    payload_hash: [u8; 32],
+    /// `payload_hash` is set (false while the hasher has it).
+    hashed: bool,
     done: bool,
+}
+
+/// A record's payload handed to the ring's hasher thread.
+struct HashJob {
+    gen: usize,
+    payload: *const u8,
+    payload_bytes: usize,
+}
+
+// SAFETY: the payload lies in the ring's buffer pool (or a device mapping),
+// which outlives the hasher thread (joined at the end of `Ring::run`); the
+// bytes are not written until the hash is back: a slot is freed for reuse
+// only by `complete_record`, which waits for its hash, and `finish` (which
+// reads into slot 0 again) runs after every hash is back.
+unsafe impl Send for HashJob {}
+
+/// The per-record BLAKE3 runs on a thread of its own, so that the ring
+/// thread goes on submitting I/O meanwhile: payloads go out as jobs when
+/// their header is filled, hashes come back by gen.
+struct Hasher {
+    jobs: crossbeam_channel::Sender<HashJob>,
+    done: crossbeam_channel::Receiver<(usize, [u8; 32])>,
+    pending: usize,
 }
 
 /// A work item this device took.
@@ -288,6 +316,8 @@ pub struct Ring<'a> {
     /// Pipe completions, reused.
     pipe_done: Vec<(u64, i32)>,
     pipe_sqes: Vec<squeue::Entry>,
+    /// Hashes payloads off the ring thread while `run` runs.
+    hasher: Option<Hasher>,
 }
 
 impl<'a> Ring<'a> {
@@ -358,7 +388,36 @@ impl<'a> Ring<'a> {
             pipe: device.nbd().map(|n| Pipe::new(n)),
             pipe_done: Vec::new(),
             pipe_sqes: Vec::new(),
+            hasher: None,
         })
+    }
+
+    /// Set `gens[gen].payload_hash` from the hasher, waiting for it.
+    fn await_hash(&mut self, gen: usize) {
+        while !self.gens[gen].hashed {
+            self.receive_hash();
+        }
+    }
+
+    /// Wait for every hash still with the hasher.
+    fn await_all_hashes(&mut self) {
+        while self.hasher.as_ref().is_some_and(|h| h.pending > 0) {
+            self.receive_hash();
+        }
+    }
+
+    fn receive_hash(&mut self) {
+        let h = self
+            .hasher
+            .as_mut()
+            .expect("a hash is pending only with a hasher");
+        let (gen, hash) = h
+            .done
+            .recv()
+            .expect("the hasher thread lives as long as the ring runs");
+        h.pending -= 1;
+        self.gens[gen].payload_hash = hash;
+        self.gens[gen].hashed = true;
     }
 
     /// Payload bytes that still fit (a conservative estimate: every record
@@ -380,18 +439,52 @@ impl<'a> Ring<'a> {
     ) -> Result<RingOutcome, RingError> {
         let started = Instant::now();
         let index = self.config.device_index as usize;
-        let stop = if self.sequential {
-            self.run_loop_sequential(input, dispatcher)
-        } else {
-            self.run_loop(input, dispatcher)
-        };
-        let stop = match stop {
-            Ok(()) => None,
-            Err(stop) => {
-                self.drain();
-                Some(stop)
+        let stop = std::thread::scope(|scope| {
+            let (jobs, job_queue) = crossbeam_channel::unbounded::<HashJob>();
+            let (done_tx, done) = crossbeam_channel::unbounded();
+            let hasher = std::thread::Builder::new()
+                .name(format!("pbio-hash{index}"))
+                .spawn_scoped(scope, move || {
+                    for job in job_queue {
+                        // SAFETY: see `HashJob`: the bytes stay as they are
+                        // until this hash is received.
+                        let payload =
+                            unsafe { std::slice::from_raw_parts(job.payload, job.payload_bytes) };
+                        if done_tx
+                            .send((job.gen, crate::format::payload_hash(payload)))
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            // Without a thread (it could not be started) hashing is inline.
+            if hasher.is_ok() {
+                self.hasher = Some(Hasher {
+                    jobs,
+                    done,
+                    pending: 0,
+                });
             }
-        };
+            let stop = if self.sequential {
+                self.run_loop_sequential(input, dispatcher)
+            } else {
+                self.run_loop(input, dispatcher)
+            };
+            let stop = match stop {
+                Ok(()) => None,
+                Err(stop) => {
+                    self.drain();
+                    Some(stop)
+                }
+            };
+            // Every payload hashed before the buffers are reused (`finish`
+            // reads records back) and before the outcome is built; the
+            // hasher ends when its queue is dropped.
+            self.await_all_hashes();
+            self.hasher = None;
+            stop
+        });
         let outcome = match stop {
             None => {
                 dispatcher.finish(index);
@@ -525,6 +618,7 @@ impl<'a> Ring<'a> {
                 file_offset: g.file_offset,
                 payload_bytes: g.payload_bytes,
                 payload_crc: g.payload_crc,
+                payload_hash: g.payload_hash,
             })
             .collect();
         RingOutcome {
@@ -1081,6 +1175,8 @@ impl<'a> Ring<'a> {
                     payload_bytes,
                     position: self.position,
                     payload_crc: 0,
+                    payload_hash: [0; 32],
+                    hashed: false,
                     done: false,
                 });
                 let slot = self
@@ -1339,7 +1435,8 @@ impl<'a> Ring<'a> {
     }
 
     /// Fill the header in front of the payload a read put in `slot`: the
-    /// payload's CRC (one pass over bytes in cache), file info, padding.
+    /// payload's CRC and BLAKE3 (passes over bytes in cache), file info,
+    /// padding.
     fn fill_record(&mut self, slot: usize, sequence: u64) {
         let s = &self.slots[slot];
         let g = &self.gens[s.gen];
@@ -1381,6 +1478,29 @@ impl<'a> Ring<'a> {
         header.encode_with_info(Some(info), head);
         debug_assert_eq!(RecordHeader::decode(head), Ok(header));
         self.gens[gen].payload_crc = header.payload_crc;
+        // The BLAKE3 of the payload (the file digest's) on the hasher
+        // thread, or here when there is none.
+        match self.hasher.as_mut() {
+            Some(h) => {
+                let job = HashJob {
+                    gen,
+                    payload: payload.as_ptr(),
+                    payload_bytes,
+                };
+                if h.jobs.send(job).is_ok() {
+                    h.pending += 1;
+                } else {
+                    self.gens[gen].payload_hash =
+                        crate::format::payload_hash(&payload[..payload_bytes]);
+                    self.gens[gen].hashed = true;
+                }
+            }
+            None => {
+                self.gens[gen].payload_hash =
+                    crate::format::payload_hash(&payload[..payload_bytes]);
+                self.gens[gen].hashed = true;
+            }
+        }
         self.stats.payload_bytes_zero_copy += payload_bytes as u64;
     }
 
@@ -1417,6 +1537,8 @@ impl<'a> Ring<'a> {
     }
 
     fn complete_record(&mut self, slot: usize) {
+        // The slot's buffer is reused once it is free: its hash first.
+        self.await_hash(self.slots[slot].gen);
         let s = &mut self.slots[slot];
         s.phase = Phase::Free;
         s.source = None;

@@ -6,13 +6,17 @@
 //! then the device, file and segment tables and the chain section (the
 //! earlier sets of an incremental set, removed and renamed paths) with
 //! every integer an LEB128 varint and every byte string length-prefixed,
+//! then a MAC (keyed BLAKE3 of the bytes before it, zero without a key),
 //! then a CRC32C of all the bytes before it. Decoding checks structure first (length, magic, CRC,
 //! version, counts against the bytes present, varints, exact end), then the
 //! same semantic rules `Catalog::validate` applies before an encode.
 
 use std::collections::HashSet;
 
-use super::{chunk_bytes_valid, crc32c, FormatError, SetId, CATALOG_MAGIC, FORMAT_VERSION};
+use super::{
+    chunk_bytes_valid, crc32c, FormatError, MacKey, SetId, CATALOG_MAGIC, FORMAT_VERSION,
+    HASH_BYTES,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -83,8 +87,8 @@ pub struct CatalogFile {
     /// File id of the data-holding name (HardLink), else 0.
     pub hardlink_to: u32,
     /// BLAKE3 over the file's records in offset order, each as
-    /// (file_offset u64 LE, payload_bytes u32 LE, payload_crc u32 LE). Zero for non-regular.
-    /// Computed by [`file_digest`]. For a file whose data is in an earlier
+    /// (file_offset u64 LE, payload_bytes u32 LE, BLAKE3 of the payload).
+    /// Zero for kinds without data. Computed by [`file_digest`]. For a file whose data is in an earlier
     /// set (`origin` >= 1), the digest recorded there.
     pub digest: [u8; 32],
     /// Where the data is (Regular, BlockDevice): 0 in this set (its
@@ -178,6 +182,10 @@ pub struct Catalog {
     pub removed: Vec<Vec<u8>>,
     /// Files found unchanged under another name than in the parent set.
     pub renamed: Vec<Renamed>,
+    /// Keyed BLAKE3 of the encoding's bytes before it with the set's MAC
+    /// key (`Catalog::mac_for`, set by `Catalog::seal`); zero for a set
+    /// written without a key. Not checked by `decode` (it has no key).
+    pub mac: [u8; HASH_BYTES],
 }
 
 /// Byte offsets of the catalog's fixed header (docs/FORMAT.md, "Catalog").
@@ -205,8 +213,10 @@ pub mod layout {
 
 /// Bytes of the trailing CRC32C.
 pub const CATALOG_CRC_BYTES: usize = 4;
-/// The smallest encoded catalog (fixed header and CRC, empty tables).
-pub const CATALOG_BYTES_MIN: usize = layout::TABLES + CATALOG_CRC_BYTES;
+/// Bytes of the MAC, just before the CRC.
+pub const CATALOG_MAC_BYTES: usize = HASH_BYTES;
+/// The smallest encoded catalog (fixed header, MAC and CRC, empty tables).
+pub const CATALOG_BYTES_MIN: usize = layout::TABLES + CATALOG_MAC_BYTES + CATALOG_CRC_BYTES;
 
 /// Fewest bytes one valid table entry takes on media (every varint at
 /// least one byte, every string at least its length byte, a file path at
@@ -227,27 +237,37 @@ const RENAMED_ENTRY_BYTES_MIN: u64 = 2; // file id, path length
 const NSEC_PER_SEC: u32 = 1_000_000_000;
 
 /// Bytes one record contributes to a [`file_digest`].
-pub const FILE_DIGEST_ENTRY_BYTES: usize = 16;
+pub const FILE_DIGEST_ENTRY_BYTES: usize = 8 + 4 + HASH_BYTES;
 
-/// The per-file digest stored in `CatalogFile::digest`: sorts `records`
-/// (`(file_offset, payload_bytes, payload_crc)` of each of the file's Data
-/// records) by offset, then BLAKE3 over each as `file_offset` u64 LE,
-/// `payload_bytes` u32 LE, `payload_crc` u32 LE. Ties (which a valid set
-/// does not have) are ordered by length, then CRC, so the result never
-/// depends on the input order. A regular file with no records (empty, or
-/// all hole) has the digest of no bytes, `blake3("")`.
-pub fn file_digest(records: &mut [(u64, u32, u32)]) -> [u8; 32] {
-    const BATCH: usize = 256;
+/// One Data record as a [`file_digest`] sees it: `(file_offset,
+/// payload_bytes, BLAKE3 of the payload)`.
+pub type DigestRecord = (u64, u32, [u8; HASH_BYTES]);
+
+/// The BLAKE3 of a record's payload, as [`file_digest`] takes it.
+pub fn payload_hash(payload: &[u8]) -> [u8; HASH_BYTES] {
+    *blake3::hash(payload).as_bytes()
+}
+
+/// The per-file digest stored in `CatalogFile::digest` (docs/FORMAT.md,
+/// "File digest"): sorts `records` (one per Data record of the file) by
+/// offset, then BLAKE3 over each as `file_offset` u64 LE, `payload_bytes`
+/// u32 LE, the payload's BLAKE3 (32 bytes). Ties (which a valid set does
+/// not have) are ordered by length, then hash, so the result never depends
+/// on the input order. A file with no records (empty, or all hole) has the
+/// digest of no bytes, `blake3("")`. The digest proves the bytes, not only
+/// their checksums: a payload replaced by one with the same CRC32C changes it.
+pub fn file_digest(records: &mut [DigestRecord]) -> [u8; HASH_BYTES] {
+    const BATCH: usize = 128;
     records.sort_unstable();
     let mut hasher = blake3::Hasher::new();
     let mut buf = [0u8; BATCH * FILE_DIGEST_ENTRY_BYTES];
     for batch in records.chunks(BATCH) {
-        for (entry, &(offset, length, crc)) in
+        for (entry, (offset, length, hash)) in
             buf.chunks_exact_mut(FILE_DIGEST_ENTRY_BYTES).zip(batch)
         {
             entry[0..8].copy_from_slice(&offset.to_le_bytes());
             entry[8..12].copy_from_slice(&length.to_le_bytes());
-            entry[12..16].copy_from_slice(&crc.to_le_bytes());
+            entry[12..].copy_from_slice(hash);
         }
         hasher.update(&buf[..batch.len() * FILE_DIGEST_ENTRY_BYTES]);
     }
@@ -255,8 +275,9 @@ pub fn file_digest(records: &mut [(u64, u32, u32)]) -> [u8; 32] {
 }
 
 impl Catalog {
-    /// Encode. Panics if the catalog is invalid (`validate`): a caller bug,
-    /// and nothing a reader would reject is ever written.
+    /// Encode, with the `mac` as it is (`seal` sets it). Panics if the
+    /// catalog is invalid (`validate`): a caller bug, and nothing a reader
+    /// would reject is ever written.
     pub fn encode(&self) -> Vec<u8> {
         if let Err(e) = self.validate() {
             panic!("Catalog::encode of an invalid catalog (caller bug): {e}");
@@ -264,9 +285,28 @@ impl Catalog {
         self.encode_unchecked()
     }
 
+    /// The catalog's MAC with `key`: keyed BLAKE3 over its encoding up to
+    /// the MAC (everything but the MAC and the CRC). Panics on an invalid
+    /// catalog, as `encode` does.
+    pub fn mac_for(&self, key: &MacKey) -> [u8; HASH_BYTES] {
+        let encoded = self.encode();
+        super::mac(
+            key,
+            &encoded[..encoded.len() - CATALOG_MAC_BYTES - CATALOG_CRC_BYTES],
+        )
+    }
+
+    /// Set `mac` for `key`, or to zero without one.
+    pub fn seal(&mut self, key: Option<&MacKey>) {
+        self.mac = [0; HASH_BYTES];
+        if let Some(key) = key {
+            self.mac = self.mac_for(key);
+        }
+    }
+
     /// The encoding, without `validate` (tests use it to build bad input;
     /// counts beyond u32 are truncated, which `validate` rules out).
-    fn encode_unchecked(&self) -> Vec<u8> {
+    pub(crate) fn encode_unchecked(&self) -> Vec<u8> {
         // A guess that avoids most regrowth; exactness does not matter.
         let path_bytes: usize = self.files.iter().map(|f| f.path.len()).sum();
         let estimate = CATALOG_BYTES_MIN
@@ -339,6 +379,7 @@ impl Catalog {
             w.varint(r.file_id.into());
             w.bytes(&r.from);
         }
+        w.raw(&self.mac);
         let crc = crc32c(&w.0);
         w.raw(&crc.to_le_bytes());
         w.0
@@ -354,7 +395,8 @@ impl Catalog {
             });
         }
         let (header, rest) = buf.split_at(layout::TABLES);
-        let (tables, crc_bytes) = rest.split_at(rest.len() - CATALOG_CRC_BYTES);
+        let (rest, crc_bytes) = rest.split_at(rest.len() - CATALOG_CRC_BYTES);
+        let (tables, mac_bytes) = rest.split_at(rest.len() - CATALOG_MAC_BYTES);
         let u32_at = |off: usize| read_u32(&header[off..off + 4]);
         if header[layout::MAGIC..layout::MAGIC + 8] != CATALOG_MAGIC {
             return Err(FormatError::BadMagic { what: "catalog" });
@@ -450,6 +492,8 @@ impl Catalog {
                 "trailing bytes after the chain section",
             ));
         }
+        let mut mac = [0u8; HASH_BYTES];
+        mac.copy_from_slice(mac_bytes);
         let catalog = Catalog {
             set_id,
             created_unix_ns: u64::from_le_bytes(created),
@@ -460,6 +504,7 @@ impl Catalog {
             ancestors,
             removed,
             renamed,
+            mac,
         };
         catalog.validate()?;
         Ok(catalog)
@@ -931,6 +976,7 @@ pub(crate) mod tests {
             ancestors: Vec::new(),
             removed: Vec::new(),
             renamed: Vec::new(),
+            mac: [0x5A; 32],
         }
     }
 
@@ -969,7 +1015,7 @@ pub(crate) mod tests {
     fn chain_section_layout_is_pinned() {
         let c = incremental_sample();
         let buf = c.encode();
-        let body = buf.len() - CATALOG_CRC_BYTES;
+        let body = buf.len() - CATALOG_MAC_BYTES - CATALOG_CRC_BYTES;
         let mut chain = vec![2u8];
         chain.extend_from_slice(&[0x22; 16]);
         chain.extend_from_slice(&[0x33; 16]);
@@ -1020,6 +1066,7 @@ pub(crate) mod tests {
         f0.extend_from_slice(&w.0);
         assert_eq!(buf[76..76 + f0.len()], f0[..]);
         let n = buf.len();
+        assert_eq!(buf[n - 36..n - 4], [0x5A; 32]);
         assert_eq!(buf[n - 4..], crc32c(&buf[..n - 4]).to_le_bytes());
     }
 
@@ -1123,7 +1170,7 @@ pub(crate) mod tests {
     #[test]
     fn chain_counts_are_checked_before_allocating() {
         let good = sample().encode();
-        let body_end = good.len() - CATALOG_CRC_BYTES;
+        let body_end = good.len() - CATALOG_MAC_BYTES - CATALOG_CRC_BYTES;
         assert_eq!(good[body_end - 3..body_end], [0, 0, 0]);
         for at in 0..3 {
             let mut buf = good[..body_end - 3].to_vec();
@@ -1134,7 +1181,7 @@ pub(crate) mod tests {
                     buf.push(0);
                 }
             }
-            buf.extend_from_slice(&[0; CATALOG_CRC_BYTES]);
+            buf.extend_from_slice(&good[body_end..]);
             reseal(&mut buf);
             assert_eq!(
                 Catalog::decode(&buf),
@@ -1455,22 +1502,70 @@ pub(crate) mod tests {
     #[test]
     fn digest_is_order_independent_and_pinned() {
         assert_eq!(file_digest(&mut []), *blake3::hash(b"").as_bytes());
-        let mut records: Vec<(u64, u32, u32)> = (0..1000u64)
-            .map(|i| (i << 20, 1 << 20, i as u32 * 7))
+        let mut records: Vec<DigestRecord> = (0..1000u64)
+            .map(|i| (i << 20, 1 << 20, payload_hash(&i.to_le_bytes())))
             .collect();
         let mut manual = blake3::Hasher::new();
-        for &(o, l, c) in &records {
+        for (o, l, h) in &records {
             manual.update(&o.to_le_bytes());
             manual.update(&l.to_le_bytes());
-            manual.update(&c.to_le_bytes());
+            manual.update(h);
         }
         let want = *manual.finalize().as_bytes();
         assert_eq!(file_digest(&mut records.clone()), want);
         records.reverse();
         records.swap(3, 500);
         assert_eq!(file_digest(&mut records), want);
-        // A different CRC changes it.
-        records[0].2 ^= 1;
-        assert_ne!(file_digest(&mut records), want);
+        // A different payload hash changes it, whatever bit.
+        for bit in 0..256 {
+            let mut changed = records.clone();
+            changed[7].2[bit / 8] ^= 1 << (bit % 8);
+            assert_ne!(file_digest(&mut changed), want, "bit {bit}");
+        }
+        // One record, pinned: 44 bytes of offset, length, payload hash.
+        let mut entry = Vec::new();
+        entry.extend_from_slice(&4096u64.to_le_bytes());
+        entry.extend_from_slice(&3u32.to_le_bytes());
+        entry.extend_from_slice(blake3::hash(b"abc").as_bytes());
+        assert_eq!(entry.len(), FILE_DIGEST_ENTRY_BYTES);
+        assert_eq!(
+            file_digest(&mut [(4096, 3, payload_hash(b"abc"))]),
+            *blake3::hash(&entry).as_bytes()
+        );
+    }
+
+    #[test]
+    fn mac_covers_the_encoding() {
+        let key = crate::format::mac_key(b"0123456789abcdef0123456789abcdef");
+        let mut c = incremental_sample();
+        c.seal(Some(&key));
+        let buf = c.encode();
+        let n = buf.len();
+        assert_eq!(buf[n - 36..n - 4], c.mac);
+        assert_eq!(c.mac, *blake3::keyed_hash(&key, &buf[..n - 36]).as_bytes());
+        assert_eq!(Catalog::decode(&buf), Ok(c.clone()));
+        assert_eq!(c.mac_for(&key), c.mac);
+        // The decoder does not judge the MAC: a wrong one still decodes,
+        // and its holder sees it does not match.
+        let mut forged = c.clone();
+        forged.files[1].mode ^= 1;
+        let forged_bytes = forged.encode();
+        let decoded = Catalog::decode(&forged_bytes).expect("decodes");
+        assert_ne!(decoded.mac_for(&key), decoded.mac);
+        // Without a key: zero.
+        c.seal(None);
+        assert_eq!(c.mac, [0; 32]);
+        assert_eq!(c.encode()[n - 36..n - 4], [0; 32]);
+        // Every byte before the MAC is covered.
+        c.seal(Some(&key));
+        let buf = c.encode();
+        for i in 0..n - 36 {
+            let mut damaged = buf.clone();
+            damaged[i] ^= 0x01;
+            reseal(&mut damaged);
+            if let Ok(d) = Catalog::decode(&damaged) {
+                assert_ne!(d.mac_for(&key), d.mac, "byte {i}");
+            }
+        }
     }
 }

@@ -2,8 +2,8 @@
 
 use super::block::{self, get, get_u32, get_u64, put, put_u32, put_u64, Block};
 use super::{
-    catalog::CATALOG_BYTES_MIN, chunk_bytes_valid, is_block_aligned, FormatError, SetId,
-    BLOCK_BYTES, DEVICE_BLOCK_BYTES_MAX, DEVICE_BLOCK_BYTES_MIN, LABEL_MAGIC,
+    catalog::CATALOG_BYTES_MIN, chunk_bytes_valid, is_block_aligned, FormatError, MacKey, SetId,
+    BLOCK_BYTES, DEVICE_BLOCK_BYTES_MAX, DEVICE_BLOCK_BYTES_MIN, HASH_BYTES, LABEL_MAGIC,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +49,12 @@ pub struct Label {
     pub catalog_bytes: u64,
     /// Media offset just past the last data record (Complete only).
     pub data_end: u64,
+    /// BLAKE3 of the encoded catalog (Complete only; zero while Writing,
+    /// and always zero on a tape, whose label is never rewritten).
+    pub catalog_digest: [u8; HASH_BYTES],
+    /// Keyed BLAKE3 of the label's bytes `[0, layout::MAC)` with the set's
+    /// MAC key (`Label::mac_for`); zero for a set written without a key.
+    pub mac: [u8; HASH_BYTES],
 }
 
 /// Byte offsets of the label's fields in its block (docs/FORMAT.md, "Label").
@@ -66,8 +72,11 @@ pub mod layout {
     pub const CATALOG_OFFSET: usize = 56; // u64
     pub const CATALOG_BYTES: usize = 64; // u64
     pub const DATA_END: usize = 72; // u64
+    pub const CATALOG_DIGEST: usize = 80; // [u8; 32]
+    /// The MAC covers the bytes before it, `[0, MAC)`.
+    pub const MAC: usize = 112; // [u8; 32]
     /// First reserved byte; `[RESERVED, CRC)` is zero.
-    pub const RESERVED: usize = 80;
+    pub const RESERVED: usize = 144;
     pub const CRC: usize = block::CRC; // u32, CRC32C of [0, CRC)
 
     // Fields are contiguous, in this order, and end before the CRC.
@@ -81,7 +90,9 @@ pub mod layout {
     const _: () = assert!(CATALOG_OFFSET == CREATED_UNIX_NS + 8);
     const _: () = assert!(CATALOG_BYTES == CATALOG_OFFSET + 8);
     const _: () = assert!(DATA_END == CATALOG_BYTES + 8);
-    const _: () = assert!(RESERVED == DATA_END + 8);
+    const _: () = assert!(CATALOG_DIGEST == DATA_END + 8);
+    const _: () = assert!(MAC == CATALOG_DIGEST + 32);
+    const _: () = assert!(RESERVED == MAC + 32);
     const _: () = assert!(RESERVED <= CRC);
     // Every u64 field is naturally aligned.
     const _: () = assert!(CREATED_UNIX_NS.is_multiple_of(8) && CATALOG_OFFSET.is_multiple_of(8));
@@ -107,7 +118,26 @@ impl Label {
         put_u64::<{ layout::CATALOG_OFFSET }>(b, self.catalog_offset);
         put_u64::<{ layout::CATALOG_BYTES }>(b, self.catalog_bytes);
         put_u64::<{ layout::DATA_END }>(b, self.data_end);
+        put::<{ layout::CATALOG_DIGEST }, HASH_BYTES>(b, self.catalog_digest);
+        put::<{ layout::MAC }, HASH_BYTES>(b, self.mac);
         block::seal(b);
+    }
+
+    /// The label's MAC with `key`: keyed BLAKE3 over its encoded bytes
+    /// `[0, layout::MAC)` (every field but the MAC and the CRC). Panics on
+    /// an invalid label, as `encode_into` does.
+    pub fn mac_for(&self, key: &MacKey) -> [u8; HASH_BYTES] {
+        let mut buf = [0u8; BLOCK_BYTES];
+        self.encode_into(&mut buf);
+        super::mac(key, &buf[..layout::MAC])
+    }
+
+    /// The label with its `mac` set for `key`, or zero without one.
+    pub fn sealed(self, key: Option<&MacKey>) -> Label {
+        Label {
+            mac: key.map_or([0; HASH_BYTES], |k| self.mac_for(k)),
+            ..self
+        }
     }
 
     pub fn decode(buf: &[u8]) -> Result<Label, FormatError> {
@@ -128,6 +158,8 @@ impl Label {
             catalog_offset: get_u64::<{ layout::CATALOG_OFFSET }>(b),
             catalog_bytes: get_u64::<{ layout::CATALOG_BYTES }>(b),
             data_end: get_u64::<{ layout::DATA_END }>(b),
+            catalog_digest: get::<{ layout::CATALOG_DIGEST }, HASH_BYTES>(b),
+            mac: get::<{ layout::MAC }, HASH_BYTES>(b),
         };
         label.validate()?;
         Ok(label)
@@ -162,6 +194,10 @@ impl Label {
                 }
                 if self.catalog_bytes != 0 {
                     return bad("label.catalog_bytes", self.catalog_bytes);
+                }
+                if self.catalog_digest != [0; HASH_BYTES] {
+                    let first = self.catalog_digest.iter().position(|&b| b != 0);
+                    return bad("label.catalog_digest", first.unwrap_or(0) as u64);
                 }
             }
             LabelState::Complete => {
@@ -203,6 +239,8 @@ mod tests {
             catalog_offset: 0,
             catalog_bytes: 0,
             data_end: 0,
+            catalog_digest: [0; 32],
+            mac: [0x3C; 32],
         }
     }
 
@@ -212,6 +250,7 @@ mod tests {
             data_end: 64 << 20,
             catalog_offset: 64 << 20,
             catalog_bytes: 123_457,
+            catalog_digest: [0xD1; 32],
             ..writing()
         }
     }
@@ -234,6 +273,7 @@ mod tests {
         put_u64::<{ layout::CATALOG_OFFSET }>(b, l.catalog_offset);
         put_u64::<{ layout::CATALOG_BYTES }>(b, l.catalog_bytes);
         put_u64::<{ layout::DATA_END }>(b, l.data_end);
+        put::<{ layout::CATALOG_DIGEST }, 32>(b, l.catalog_digest);
         block::seal(b);
         buf
     }
@@ -269,7 +309,9 @@ mod tests {
         assert_eq!(buf[56..64], (64u64 << 20).to_le_bytes());
         assert_eq!(buf[64..72], 123_457u64.to_le_bytes());
         assert_eq!(buf[72..80], (64u64 << 20).to_le_bytes());
-        assert!(buf[80..4092].iter().all(|&b| b == 0));
+        assert_eq!(buf[80..112], [0xD1; 32]);
+        assert_eq!(buf[112..144], [0x3C; 32]);
+        assert!(buf[144..4092].iter().all(|&b| b == 0));
         assert_eq!(
             buf[4092..],
             crate::format::crc32c(&buf[..4092]).to_le_bytes()
@@ -304,6 +346,55 @@ mod tests {
             ..writing()
         }
         .encode_into(&mut [0u8; BLOCK_BYTES]);
+    }
+
+    #[test]
+    fn mac_covers_every_field() {
+        let key = crate::format::mac_key(&[7u8; 32]);
+        let sealed = complete().sealed(Some(&key));
+        let buf = encode(&sealed);
+        assert_eq!(
+            sealed.mac,
+            *blake3::keyed_hash(&key, &buf[..layout::MAC]).as_bytes()
+        );
+        assert_eq!(Label::decode(&buf), Ok(sealed));
+        assert_eq!(sealed.mac_for(&key), sealed.mac);
+        // Without a key: zero.
+        assert_eq!(complete().sealed(None).mac, [0; 32]);
+        // Another key, or any field changed, gives another MAC.
+        let other = crate::format::mac_key(&[8u8; 32]);
+        assert_ne!(sealed.mac_for(&other), sealed.mac);
+        for changed in [
+            Label {
+                device_index: 2,
+                ..sealed
+            },
+            Label {
+                catalog_digest: [0xD2; 32],
+                ..sealed
+            },
+            Label {
+                data_end: 4096,
+                catalog_offset: 4096,
+                ..sealed
+            },
+            Label {
+                set_id: [0xA6; 16],
+                ..sealed
+            },
+        ] {
+            assert_ne!(changed.mac_for(&key), sealed.mac, "{changed:?}");
+        }
+        // Every bit of [0, MAC) is covered: flip it, repair the CRC, the
+        // MAC no longer matches (when the label still decodes).
+        for bit in 0..layout::MAC * 8 {
+            let mut buf = buf.clone();
+            buf[bit / 8] ^= 1 << (bit % 8);
+            block::seal(buf.first_chunk_mut().unwrap());
+            if let Ok(l) = Label::decode(&buf) {
+                assert_ne!(l.mac_for(&key), l.mac, "bit {bit}");
+            }
+        }
     }
 
     #[test]
@@ -491,6 +582,14 @@ mod tests {
             ),
             (
                 Label {
+                    catalog_digest: [0xD1; 32],
+                    ..w
+                },
+                "label.catalog_digest",
+                0,
+            ),
+            (
+                Label {
                     data_end: 4097,
                     ..c
                 },
@@ -532,11 +631,11 @@ mod tests {
             ),
             (
                 Label {
-                    catalog_bytes: 55,
+                    catalog_bytes: 87,
                     ..c
                 },
                 "label.catalog_bytes",
-                55,
+                87,
             ),
             (
                 Label {
@@ -579,7 +678,7 @@ mod tests {
             Label {
                 data_end: 4096,
                 catalog_offset: 4096,
-                catalog_bytes: 56,
+                catalog_bytes: 88,
                 ..c
             },
         ];

@@ -14,8 +14,8 @@ pub mod record;
 mod proptests;
 
 pub use catalog::{
-    file_digest, Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, FileKind,
-    Renamed,
+    file_digest, payload_hash, Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState,
+    DigestRecord, FileKind, Renamed,
 };
 pub use label::{Label, LabelState};
 pub use record::{FileInfo, RecordHeader, RecordKind};
@@ -50,6 +50,31 @@ const _: () = assert!(PAYLOAD_BYTES_MAX.is_power_of_two() && CHUNK_BYTES_MIN <= 
 
 /// A set id: 128 random bits.
 pub type SetId = [u8; 16];
+
+/// The key of a set's MACs (label `mac`, catalog `mac`): keyed BLAKE3.
+pub type MacKey = [u8; 32];
+/// Bytes of a MAC, a catalog digest and a per-record payload hash (BLAKE3).
+pub const HASH_BYTES: usize = 32;
+/// Fewest bytes a key file (`--key FILE`) must hold.
+pub const KEY_FILE_BYTES_MIN: usize = 32;
+/// The BLAKE3 `derive_key` context of a set's MAC key.
+pub const MAC_KEY_CONTEXT: &str = "pbio 2026-12 set authentication v1";
+
+/// The MAC key derived from a key file's contents (docs/FORMAT.md, "MAC").
+/// The caller checks the length (`KEY_FILE_BYTES_MIN`).
+pub fn mac_key(contents: &[u8]) -> MacKey {
+    blake3::derive_key(MAC_KEY_CONTEXT, contents)
+}
+
+/// Keyed BLAKE3 of `bytes`.
+pub fn mac(key: &MacKey, bytes: &[u8]) -> [u8; HASH_BYTES] {
+    *blake3::keyed_hash(key, bytes).as_bytes()
+}
+
+/// Compare two MACs or digests in constant time.
+pub fn hash_eq(a: &[u8; HASH_BYTES], b: &[u8; HASH_BYTES]) -> bool {
+    blake3::Hash::from(*a) == blake3::Hash::from(*b)
+}
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FormatError {

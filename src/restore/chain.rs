@@ -14,7 +14,7 @@ use std::path::Path;
 use super::{OpenSet, RestoreError};
 use crate::device::DeviceSpec;
 use crate::engine::set_id_hex;
-use crate::format::{Catalog, SetId, CATALOG_MAGIC};
+use crate::format::{Catalog, MacKey, SetId, CATALOG_MAGIC};
 
 /// The sets of one chain, opened.
 pub struct Chain {
@@ -41,7 +41,17 @@ impl Chain {
             })
             .collect();
         let [tip] = tips[..] else {
-            let described: Vec<String> = sets.iter().map(|s| describe(&s.catalog)).collect();
+            let described: Vec<String> = sets
+                .iter()
+                .map(|s| {
+                    let paths: Vec<String> = s
+                        .devices
+                        .iter()
+                        .map(|(d, _)| d.path().display().to_string())
+                        .collect();
+                    format!("{} on {}", describe(&s.catalog), paths.join(", "))
+                })
+                .collect();
             return Err(RestoreError::Set(format!(
                 "the devices hold {} different sets that are not one chain of increments (no set has all the others as ancestors): {}",
                 sets.len(),
@@ -93,8 +103,9 @@ pub fn describe(catalog: &Catalog) -> String {
 }
 
 /// Open the devices, group them by set, and order the sets into a chain.
-pub fn open_chain(specs: &[DeviceSpec]) -> Result<Chain, RestoreError> {
-    Chain::new(super::open_sets(specs)?)
+/// With `key`, every set's MACs are checked (`open_sets`).
+pub fn open_chain(specs: &[DeviceSpec], key: Option<&MacKey>) -> Result<Chain, RestoreError> {
+    Chain::new(super::open_sets(specs, key)?)
 }
 
 /// The catalog of an earlier set, for `backup --since`: `path` is a
@@ -123,6 +134,6 @@ pub fn read_catalog_from(path: &Path) -> Result<Catalog, RestoreError> {
             timeout_secs: None,
         },
     };
-    let set = super::open_set(std::slice::from_ref(&spec))?;
+    let set = super::open_set(std::slice::from_ref(&spec), None)?;
     Ok(set.catalog)
 }

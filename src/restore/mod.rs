@@ -19,7 +19,10 @@ use std::path::Path;
 use crate::device::{self, Access, Device, DeviceSpec, Mode};
 use crate::engine::media::{self, MediaError};
 use crate::engine::stream::{self, Flow, Item, StreamError};
-use crate::format::{Catalog, FileKind, Label, LabelState, RecordKind, SetId};
+use crate::format::{
+    Catalog, DigestRecord, FileKind, Label, LabelState, MacKey, RecordHeader, RecordKind, SetId,
+};
+use crate::units::shown_name;
 pub use chain::{open_chain, Chain};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,27 +43,38 @@ pub enum RestoreError {
 pub struct OpenSet {
     pub devices: Vec<(Box<dyn Device>, Label)>,
     pub catalog: Catalog,
-    /// Devices given that could not be read at all (left out, with why).
+    /// Devices given that could not be read at all, or whose catalog was
+    /// not used (left out, with why).
     pub unreadable: Vec<String>,
+    /// The set carries MACs (it was written with `--key`). Without the key
+    /// they are not checked: the caller says so.
+    pub keyed: bool,
 }
 
 /// A tape's label stays Writing (it cannot be rewritten); its catalog is
 /// tape file 1, complete when it ends with an End record and a filemark.
 /// When it reads back, the label is completed in memory, with positions
-/// in logical object numbers, so that the rest of restore treats the tape
-/// like any device with a Complete label.
-fn complete_tape_label(dev: &dyn Device, label: &mut Label) -> Option<Result<Catalog, MediaError>> {
+/// in logical object numbers and the BLAKE3 of the catalog read as its
+/// `catalog_digest`, so that the rest of restore treats the tape like any
+/// device with a Complete label (and the catalogs of a set's tapes and
+/// disks are compared by their digests).
+fn complete_tape_label(
+    dev: &dyn Device,
+    label: &mut Label,
+) -> Option<Result<media::CatalogRead, MediaError>> {
     if dev.access() != Access::Sequential || label.state == LabelState::Complete {
         return None;
     }
     let read = media::read_catalog(dev, label);
-    if let Ok(catalog) = &read {
+    if let Ok(read) = &read {
+        let catalog = &read.catalog;
         if catalog.set_id == label.set_id {
             if let Some(entry) = catalog.devices.get(label.device_index as usize) {
                 label.state = LabelState::Complete;
                 label.data_end = entry.data_end;
                 label.catalog_offset = entry.data_end + 1;
                 label.catalog_bytes = catalog.encode().len() as u64;
+                label.catalog_digest = read.digest;
             }
         }
     }
@@ -69,12 +83,17 @@ fn complete_tape_label(dev: &dyn Device, label: &mut Label) -> Option<Result<Cat
 
 /// A device opened for reading, its label, and for a tape the catalog
 /// read while completing its label.
-type Opened = (Box<dyn Device>, Label, Option<Result<Catalog, MediaError>>);
+type Opened = (
+    Box<dyn Device>,
+    Label,
+    Option<Result<media::CatalogRead, MediaError>>,
+);
 
 /// Open the given devices, check they belong to one complete set, and read
 /// the catalog (from the first device whose catalog reads back correctly).
-pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
-    let mut sets = open_sets(specs)?;
+/// With `key`, the set's MACs are checked (`open_sets`).
+pub fn open_set(specs: &[DeviceSpec], key: Option<&MacKey>) -> Result<OpenSet, RestoreError> {
+    let mut sets = open_sets(specs, key)?;
     if sets.len() > 1 {
         let (a, b) = (&sets[0], &sets[1]);
         return Err(RestoreError::Set(format!(
@@ -89,8 +108,15 @@ pub fn open_set(specs: &[DeviceSpec]) -> Result<OpenSet, RestoreError> {
 }
 
 /// Open the given devices, group them by set (in the order each set first
-/// appears), and read each set's catalog as `open_set` does.
-pub fn open_sets(specs: &[DeviceSpec]) -> Result<Vec<OpenSet>, RestoreError> {
+/// appears), and read each set's catalog as `open_set` does. Before any
+/// byte is restored, every device's membership is checked (docs/FORMAT.md,
+/// "Reading a set"): its label's device index is in the set and given
+/// once, all labels of a set agree (device count, chunk size, creation
+/// time, catalog digest) and agree with the catalog, and the catalog read
+/// hashes to the digest the labels give. With `key`, every label's MAC and
+/// the catalog's MAC must match it. A device that disagrees is refused,
+/// named with the device it disagrees with.
+pub fn open_sets(specs: &[DeviceSpec], key: Option<&MacKey>) -> Result<Vec<OpenSet>, RestoreError> {
     if specs.is_empty() {
         return Err(RestoreError::Set("no devices given (use --dev)".into()));
     }
@@ -107,21 +133,16 @@ pub fn open_sets(specs: &[DeviceSpec]) -> Result<Vec<OpenSet>, RestoreError> {
             }
             Err(e) => return Err(e.into()),
         };
+        if let Some(key) = key {
+            check_label_mac(dev.as_ref(), &label, key)?;
+        }
         let tape_catalog = complete_tape_label(dev.as_ref(), &mut label);
         let Some(group) = groups.iter_mut().find(|g| g[0].1.set_id == label.set_id) else {
             groups.push(vec![(dev, label, tape_catalog)]);
             continue;
         };
-        if let Some((other, _, _)) = group
-            .iter()
-            .find(|(_, l, _)| l.device_index == label.device_index)
-        {
-            return Err(RestoreError::Set(format!(
-                "devices {} and {} are both device {} of the set (the same device given twice?)",
-                other.path().display(),
-                spec.path.display(),
-                label.device_index
-            )));
+        for (other, other_label, _) in group.iter() {
+            labels_agree((other.as_ref(), other_label), (dev.as_ref(), &label))?;
         }
         group.push((dev, label, tape_catalog));
     }
@@ -133,16 +154,87 @@ pub fn open_sets(specs: &[DeviceSpec]) -> Result<Vec<OpenSet>, RestoreError> {
     }
     let mut sets = groups
         .into_iter()
-        .map(assemble)
+        .map(|group| assemble(group, key))
         .collect::<Result<Vec<OpenSet>, RestoreError>>()?;
     // Which set an unreadable device belonged to is unknown: named once.
-    sets[0].unreadable = unreadable;
+    sets[0].unreadable.extend(unreadable);
     Ok(sets)
 }
 
+/// A label's MAC checked with `key` (before anything else is read from
+/// the device): refused when it does not match, or is zero (the set was
+/// written without a key).
+fn check_label_mac(dev: &dyn Device, label: &Label, key: &MacKey) -> Result<(), RestoreError> {
+    if crate::format::hash_eq(&label.mac_for(key), &label.mac) {
+        return Ok(());
+    }
+    Err(RestoreError::Set(if label.mac == [0; 32] {
+        format!(
+            "device {}: its label carries no MAC (the set was written without a key), but --key was given: refusing it",
+            dev.path().display()
+        )
+    } else {
+        format!(
+            "device {}: its label's MAC does not match the key: written with another key, or altered: refusing it",
+            dev.path().display()
+        )
+    }))
+}
+
+/// Two devices that claim the same set must agree on what their labels
+/// say of the whole set; when they do not, at least one of them lies (a
+/// device of another run, or a forged label), and both are named.
+fn labels_agree(
+    (a_dev, a): (&dyn Device, &Label),
+    (b_dev, b): (&dyn Device, &Label),
+) -> Result<(), RestoreError> {
+    let refuse = |why: String| {
+        Err(RestoreError::Set(format!(
+            "devices {} and {} both claim set {} but {why}: refusing the set (a device of another run, or a forged label?)",
+            a_dev.path().display(),
+            b_dev.path().display(),
+            crate::engine::set_id_hex(&a.set_id)
+        )))
+    };
+    if a.device_index == b.device_index {
+        return Err(RestoreError::Set(format!(
+            "devices {} and {} are both device {} of the set (the same device given twice?)",
+            a_dev.path().display(),
+            b_dev.path().display(),
+            a.device_index
+        )));
+    }
+    if a.device_count != b.device_count {
+        return refuse(format!(
+            "disagree on the number of devices ({} and {})",
+            a.device_count, b.device_count
+        ));
+    }
+    if a.chunk_bytes != b.chunk_bytes {
+        return refuse(format!(
+            "disagree on the chunk size ({} and {})",
+            a.chunk_bytes, b.chunk_bytes
+        ));
+    }
+    if a.created_unix_ns != b.created_unix_ns {
+        return refuse(format!(
+            "disagree on the set's creation time ({} and {})",
+            a.created_unix_ns, b.created_unix_ns
+        ));
+    }
+    if a.state == LabelState::Complete
+        && b.state == LabelState::Complete
+        && a.catalog_digest != b.catalog_digest
+    {
+        return refuse("hold different catalogs (their catalog digests differ)".to_string());
+    }
+    Ok(())
+}
+
 /// The catalog of one set's devices: from the first complete device whose
-/// catalog reads back.
-fn assemble(opened: Vec<Opened>) -> Result<OpenSet, RestoreError> {
+/// catalog reads back and hashes to the digest its label gives (every
+/// Complete label of the set gives the same one: `labels_agree`).
+fn assemble(opened: Vec<Opened>, key: Option<&MacKey>) -> Result<OpenSet, RestoreError> {
     let mut devices = Vec::with_capacity(opened.len());
     let mut tape_catalogs = Vec::with_capacity(opened.len());
     for (dev, label, tape_catalog) in opened {
@@ -150,7 +242,10 @@ fn assemble(opened: Vec<Opened>) -> Result<OpenSet, RestoreError> {
         tape_catalogs.push(tape_catalog);
     }
     let mut last_error = None;
-    for ((dev, label), tape_catalog) in devices.iter().zip(tape_catalogs.iter_mut()) {
+    let mut notes = Vec::new();
+    for (from, ((dev, label), tape_catalog)) in
+        devices.iter().zip(tape_catalogs.iter_mut()).enumerate()
+    {
         if let Some(Err(e)) = tape_catalog.take() {
             last_error = Some(e.into());
             continue;
@@ -163,16 +258,21 @@ fn assemble(opened: Vec<Opened>) -> Result<OpenSet, RestoreError> {
             None => media::read_catalog(dev.as_ref(), label),
         };
         match read {
-            Ok(catalog) if catalog.set_id == label.set_id => {
-                let catalog_devices = catalog.devices.clone();
-                return finish_open(devices, catalog, &catalog_devices);
-            }
-            Ok(_) => {
+            Ok(read) if read.catalog.set_id != label.set_id => {
                 last_error = Some(RestoreError::Set(format!(
                     "device {}: catalog belongs to another set",
                     dev.path().display()
                 )))
             }
+            Ok(read) if read.digest != label.catalog_digest => {
+                let why = format!(
+                    "device {}: its catalog does not hash to the catalog digest in its label (altered or damaged): not used",
+                    dev.path().display()
+                );
+                notes.push(why.clone());
+                last_error = Some(RestoreError::Set(why));
+            }
+            Ok(read) => return finish_open(devices, read.catalog, from, key, notes),
             Err(e) => last_error = Some(e.into()),
         }
     }
@@ -184,29 +284,55 @@ fn assemble(opened: Vec<Opened>) -> Result<OpenSet, RestoreError> {
     }))
 }
 
-/// A device without a catalog of its own (it failed during the backup) is
-/// read up to the end that the set's catalog records for it.
+/// Check every device against the catalog read from `devices[from]` (and,
+/// with `key`, the catalog's MAC). A device without a catalog of its own
+/// (it failed during the backup) is read up to the end that the set's
+/// catalog records for it.
 fn finish_open(
     mut devices: Vec<(Box<dyn Device>, Label)>,
     catalog: Catalog,
-    entries: &[crate::format::CatalogDevice],
+    from: usize,
+    key: Option<&MacKey>,
+    notes: Vec<String>,
 ) -> Result<OpenSet, RestoreError> {
-    for (dev, l) in devices.iter_mut() {
-        if l.state != LabelState::Complete {
-            let Some(entry) = entries.get(l.device_index as usize) else {
-                return Err(RestoreError::Set(format!(
-                    "device {}: device index {} is not in the set's catalog",
-                    dev.path().display(),
-                    l.device_index
-                )));
-            };
-            l.data_end = entry.data_end;
+    let source = devices[from].0.path().display().to_string();
+    if let Some(key) = key {
+        if !crate::format::hash_eq(&catalog.mac_for(key), &catalog.mac) {
+            return Err(RestoreError::Set(if catalog.mac == [0; 32] {
+                format!(
+                    "device {source}: the set's catalog carries no MAC (the set was written without a key), but --key was given: refusing it"
+                )
+            } else {
+                format!(
+                    "device {source}: the catalog's MAC does not match the key: written with another key, or altered: refusing it"
+                )
+            }));
         }
     }
+    let count = catalog.devices.len();
+    for (dev, l) in devices.iter_mut() {
+        let name = dev.path().display();
+        if l.device_count as usize != count || l.device_index as usize >= count {
+            return Err(RestoreError::Set(format!(
+                "device {name}: its label says device {} of {}, but the set's catalog (read from {source}) lists {count} devices: refusing it",
+                l.device_index, l.device_count
+            )));
+        }
+        if l.chunk_bytes != catalog.chunk_bytes || l.created_unix_ns != catalog.created_unix_ns {
+            return Err(RestoreError::Set(format!(
+                "device {name}: its label disagrees with the set's catalog (read from {source}) on the chunk size or the creation time: refusing it"
+            )));
+        }
+        if l.state != LabelState::Complete {
+            l.data_end = catalog.devices[l.device_index as usize].data_end;
+        }
+    }
+    let keyed = catalog.mac != [0; 32] || devices.iter().any(|(_, l)| l.mac != [0; 32]);
     Ok(OpenSet {
         devices,
         catalog,
-        unreadable: Vec::new(),
+        unreadable: notes,
+        keyed,
     })
 }
 
@@ -369,8 +495,9 @@ const NO_TARGET: u32 = u32::MAX;
 type Targets = Vec<u32>;
 
 struct DeviceRead {
-    /// (restored file, offset, length, crc) of the records with a target.
-    records: Vec<(u32, u64, u32, u32)>,
+    /// (restored file, offset, length, BLAKE3 of the payload) of the
+    /// records with a target.
+    records: Vec<(u32, DigestRecord)>,
     /// Every record read and checked.
     records_read: u64,
     payload_bytes: u64,
@@ -475,7 +602,7 @@ fn data_sources(
                 _ => {
                     errors.push(format!(
                         "file {}: set {} does not hold its data as file id {} (the catalogs of the chain disagree)",
-                        crate::units::shown_name(&f.path),
+                        shown_name(&f.path),
                         crate::engine::set_id_hex(&set_id),
                         f.origin_file_id
                     ));
@@ -623,7 +750,7 @@ fn run_sets(
             .map(|h| h.join().expect("reader thread panicked"))
             .collect()
     });
-    let mut per_file: Vec<Vec<(u64, u32, u32)>> = vec![Vec::new(); catalog.files.len()];
+    let mut per_file: Vec<Vec<DigestRecord>> = vec![Vec::new(); catalog.files.len()];
     // Devices whose reading broke off: (set, device index, path).
     let mut broken: Vec<&(usize, u32, String)> = Vec::new();
     for (result, reader) in results.into_iter().zip(&readers) {
@@ -641,8 +768,8 @@ fn run_sets(
         report.payload_bytes += read.payload_bytes;
         report.records += read.records_read;
         report.errors.extend(read.errors);
-        for (file, offset, len, crc) in read.records {
-            per_file[file as usize].push((offset, len, crc));
+        for (file, record) in read.records {
+            per_file[file as usize].push(record);
         }
     }
     // Per file of the restored catalog: complete and verified, or why not.
@@ -652,10 +779,11 @@ fn run_sets(
             continue;
         }
         // A range held twice (a failed device's copy and the survivor's)
-        // yields the same records; count each once.
+        // yields the same records; count each once. Two different records
+        // at one offset both count: the digest then fails.
         let records = &mut per_file[i];
         records.sort_unstable();
-        records.dedup_by_key(|r| r.0);
+        records.dedup();
         let digest = crate::format::file_digest(records);
         if digest != f.digest {
             // Data of it on a device whose reading broke off: that is why.
@@ -675,14 +803,14 @@ fn run_sets(
                 };
             let why = if on_broken.is_empty() {
                 format!(
-                    "file {}: content digest mismatch (records missing, altered or duplicated on the devices: {})",
-                    crate::units::shown_name(&f.path),
+                    "file {}: content digest mismatch (records missing, altered, substituted or duplicated on the devices: {})",
+                    shown_name(&f.path),
                     devices_holding(sets, sources[i]).join(", ")
                 )
             } else {
                 format!(
                     "file {}: not restored completely: part of it is on {}, which could not be read (above)",
-                    crate::units::shown_name(&f.path),
+                    shown_name(&f.path),
                     on_broken.join(", ")
                 )
             };
@@ -739,11 +867,11 @@ fn devices_holding(sets: &[&OpenSet], source: DataSource) -> Vec<String> {
 
 /// Write zeros over the ranges of `[0, size_bytes)` that no record wrote
 /// (the holes of a sparse image), so the device holds exactly the image.
-/// `records` are (offset, length, crc), sorted by offset.
+/// `records` are (offset, length, hash), sorted by offset.
 fn zero_holes(
     target: &File,
     size_bytes: u64,
-    records: &[(u64, u32, u32)],
+    records: &[DigestRecord],
 ) -> Result<(), RestoreError> {
     const ZEROS_BYTES: usize = 1 << 20;
     let written: Vec<(u64, u64)> = records
@@ -769,6 +897,101 @@ fn zero_holes(
 /// Destination files kept open at once by one reader's queued writes.
 const OPEN_FILES_MAX: usize = 128;
 
+/// The byte ranges a set's catalog assigns to one device, per file:
+/// `(file_id, start, end)`, sorted, overlapping and adjacent segments of
+/// a file merged. Built once per device read; every Data record read from
+/// the device must lie inside one of them.
+struct DeviceRanges(Vec<(u32, u64, u64)>);
+
+impl DeviceRanges {
+    fn new(catalog: &Catalog, device: u32) -> DeviceRanges {
+        let mut ranges: Vec<(u32, u64, u64)> = catalog
+            .segments
+            .iter()
+            .filter(|s| s.device == device)
+            // `Catalog::validate` rules out an overflow.
+            .map(|s| (s.file_id, s.offset, s.offset + s.length))
+            .collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u32, u64, u64)> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if last.0 == r.0 && r.1 <= last.2 => last.2 = last.2.max(r.2),
+                _ => merged.push(r),
+            }
+        }
+        DeviceRanges(merged)
+    }
+
+    /// Whether `[offset, offset + bytes)` of `file` lies inside one range.
+    fn contains(&self, file: u32, offset: u64, bytes: u64) -> bool {
+        let Some(end) = offset.checked_add(bytes) else {
+            return false;
+        };
+        // The last range of any file starting at or before (file, offset).
+        let after = self
+            .0
+            .partition_point(|&(f, start, _)| (f, start) <= (file, offset));
+        after > 0 && {
+            let (f, start, range_end) = self.0[after - 1];
+            f == file && start <= offset && end <= range_end
+        }
+    }
+}
+
+/// Why a Data record of this set may not be written, checked against the
+/// device's label and the set's catalog (docs/FORMAT.md, section 5: what
+/// one header cannot check): None when it may. Its CRC is checked after.
+fn record_refusal(
+    header: &RecordHeader,
+    label: &Label,
+    catalog: &Catalog,
+    ranges: &DeviceRanges,
+) -> Option<String> {
+    if header.device_index != label.device_index {
+        return Some(format!(
+            "record says it is on device {}, but this device's label says device {}",
+            header.device_index, label.device_index
+        ));
+    }
+    if header.payload_bytes > label.chunk_bytes {
+        return Some(format!(
+            "record payload of {} bytes is larger than the set's chunk ({} bytes)",
+            header.payload_bytes, label.chunk_bytes
+        ));
+    }
+    let Some(file) = catalog.files.get(header.file_id as usize) else {
+        return Some(format!(
+            "record names file id {} not in the catalog",
+            header.file_id
+        ));
+    };
+    let path = shown_name(&file.path);
+    if !file.kind.has_data() || file.origin != 0 {
+        return Some(format!(
+            "record of {path} (file id {}), which has no data in this set",
+            header.file_id
+        ));
+    }
+    if header.file_size != file.size_bytes {
+        return Some(format!(
+            "record of file {path} says the file has {} bytes, the catalog {}",
+            header.file_size, file.size_bytes
+        ));
+    }
+    if !ranges.contains(
+        header.file_id,
+        header.file_offset,
+        header.payload_bytes.into(),
+    ) {
+        return Some(format!(
+            "record of file {path} at file offset {} ({} bytes) lies outside the segments the catalog assigns to this device",
+            header.file_offset, header.payload_bytes
+        ));
+    }
+    None
+}
+
 /// Stream one device of a set; records whose file has a target are
 /// checked and written to it (queued on the reader's own io_uring, the
 /// payloads written from the stream's buffers without a copy).
@@ -781,6 +1004,17 @@ fn read_device(
     destination: Destination<'_>,
 ) -> Result<DeviceRead, RestoreError> {
     let name = dev.path().display().to_string();
+    let ranges = DeviceRanges::new(catalog, label.device_index);
+    // An image restore also checks every record against the target's size
+    // (the catalog's segments already keep records inside the file, and
+    // the file inside the target: defense in depth).
+    let target_bytes = match destination {
+        Destination::Device(target) => Some(
+            target_size_bytes(target)
+                .map_err(|e| RestoreError::Set(format!("the size of the restore target: {e}")))?,
+        ),
+        Destination::Tree(_) | Destination::Nowhere => None,
+    };
     let mut out = DeviceRead {
         records: Vec::new(),
         records_read: 0,
@@ -845,14 +1079,14 @@ fn read_device(
                 ));
                 return Ok(Flow::Continue);
             }
-            let Some(file) = catalog.files.get(header.file_id as usize) else {
+            if let Some(why) = record_refusal(&header, label, catalog, &ranges) {
                 out.errors.push(format!(
-                    "device {name}: offset {position}: record names file id {} not in the catalog",
-                    header.file_id
+                    "device {name}: offset {position}: {why}: not written"
                 ));
                 return Ok(Flow::Continue);
-            };
-            let path = crate::units::shown_name(&file.path);
+            }
+            let file = &catalog.files[header.file_id as usize];
+            let path = shown_name(&file.path);
             let crc = crate::format::crc32c(payload);
             if crc != header.payload_crc {
                 out.errors.push(format!(
@@ -867,12 +1101,29 @@ fn read_device(
             if target == NO_TARGET {
                 return Ok(Flow::Continue);
             }
-            out.records
-                .push((target, header.file_offset, header.payload_bytes, crc));
+            let end = header.file_offset + u64::from(header.payload_bytes);
+            if target_bytes.is_some_and(|bytes| end > bytes) {
+                out.errors.push(format!(
+                    "device {name}: offset {position}: record of file {path} at file offset {} ({} bytes) lies beyond the end of the restore target ({} bytes): not written",
+                    header.file_offset,
+                    header.payload_bytes,
+                    target_bytes.unwrap_or(0)
+                ));
+                return Ok(Flow::Continue);
+            }
+            // The file digest proves the bytes (a CRC32C can be forged).
+            out.records.push((
+                target,
+                (
+                    header.file_offset,
+                    header.payload_bytes,
+                    crate::format::payload_hash(payload),
+                ),
+            ));
             let Some(w) = writer.as_mut() else {
                 return Ok(Flow::Continue);
             };
-            let restored_path = crate::units::shown_name(&restored.files[target as usize].path);
+            let restored_path = shown_name(&restored.files[target as usize].path);
             if open.map(|(id, _)| id) != Some(target) {
                 if w.open_files() >= OPEN_FILES_MAX {
                     if let Err(e) = w.finish() {
@@ -890,7 +1141,7 @@ fn read_device(
                     Destination::Nowhere => unreachable!("no writer without a destination"),
                 };
                 match opened {
-                    Ok(f) => open = Some((target, w.add_file(f, restored_path.to_string()))),
+                    Ok(f) => open = Some((target, w.add_file(f, restored_path))),
                     Err(why) => {
                         result = Err(RestoreError::Set(why));
                         return Ok(Flow::Stop);
@@ -912,9 +1163,132 @@ fn read_device(
     Ok(out)
 }
 
+/// The size of an image restore's target: a block device's capacity, or
+/// a file's length.
+fn target_size_bytes(target: &File) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = target.metadata()?;
+    if meta.file_type().is_block_device() {
+        crate::device::block::size_bytes(target)
+    } else {
+        Ok(meta.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::uncovered;
+    use super::{record_refusal, uncovered, DeviceRanges};
+    use crate::format::catalog::tests::sample;
+    use crate::format::{Label, LabelState, RecordHeader, RecordKind};
+
+    #[test]
+    fn device_ranges_merge_and_contain() {
+        let mut c = sample();
+        // File 1: [0, 6M) on device 0 (two overlapping segments), [6M, 10M) on 1.
+        let mut extra = c.segments[0];
+        extra.offset = 1 << 20;
+        extra.length = 2 << 20;
+        c.segments.push(extra);
+        let zero = DeviceRanges::new(&c, 0);
+        assert_eq!(zero.0, vec![(1, 0, 6 << 20)]);
+        assert!(zero.contains(1, 0, 1 << 20));
+        assert!(zero.contains(1, 5 << 20, 1 << 20));
+        assert!(!zero.contains(1, 5 << 20, (1 << 20) + 1));
+        assert!(!zero.contains(1, 6 << 20, 1));
+        assert!(!zero.contains(1, 1 << 40, 1 << 20));
+        assert!(!zero.contains(1, u64::MAX, 2));
+        assert!(!zero.contains(0, 0, 0));
+        assert!(!zero.contains(4, 0, 0));
+        let one = DeviceRanges::new(&c, 1);
+        assert_eq!(one.0, vec![(1, 6 << 20, 10 << 20), (4, 0, 0)]);
+        assert!(one.contains(1, 9 << 20, 1 << 20));
+        assert!(!one.contains(1, 0, 4096));
+        // The empty file's empty range.
+        assert!(one.contains(4, 0, 0));
+        assert!(!one.contains(4, 0, 1));
+    }
+
+    #[test]
+    fn records_are_checked_against_label_and_catalog() {
+        let c = sample();
+        let label = Label {
+            set_id: c.set_id,
+            device_index: 0,
+            device_count: 2,
+            chunk_bytes: c.chunk_bytes,
+            block_bytes: 4096,
+            created_unix_ns: c.created_unix_ns,
+            state: LabelState::Complete,
+            catalog_offset: 4096,
+            catalog_bytes: 100,
+            data_end: 4096,
+            catalog_digest: [0; 32],
+            mac: [0; 32],
+        };
+        let ranges = DeviceRanges::new(&c, 0);
+        let good = RecordHeader {
+            kind: RecordKind::Data,
+            set_id: c.set_id,
+            device_index: 0,
+            sequence: 0,
+            file_id: 1,
+            segment_id: 0,
+            file_offset: 5 << 20,
+            payload_bytes: 1 << 20,
+            file_size: 10 << 20,
+            payload_crc: 1,
+        };
+        assert_eq!(record_refusal(&good, &label, &c, &ranges), None);
+        let refused = |h: RecordHeader, want: &str| {
+            let why = record_refusal(&h, &label, &c, &ranges).expect("refused");
+            assert!(why.contains(want), "{why}");
+        };
+        refused(
+            RecordHeader {
+                device_index: 1,
+                ..good
+            },
+            "on device 1",
+        );
+        refused(
+            RecordHeader {
+                payload_bytes: (1 << 20) + 4096,
+                file_offset: 0,
+                ..good
+            },
+            "larger than the set's chunk",
+        );
+        refused(
+            RecordHeader {
+                file_id: 99,
+                ..good
+            },
+            "file id 99 not in the catalog",
+        );
+        refused(RecordHeader { file_id: 0, ..good }, "has no data");
+        refused(
+            RecordHeader {
+                file_size: 1 << 40,
+                ..good
+            },
+            "says the file has",
+        );
+        // On the other device's segment, and beyond the file's end.
+        refused(
+            RecordHeader {
+                file_offset: 6 << 20,
+                ..good
+            },
+            "lies outside the segments",
+        );
+        refused(
+            RecordHeader {
+                file_offset: 10 << 20,
+                ..good
+            },
+            "lies outside the segments",
+        );
+    }
 
     #[test]
     fn uncovered_ranges() {

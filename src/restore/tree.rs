@@ -579,6 +579,7 @@ mod tests {
             ancestors: Vec::new(),
             removed: Vec::new(),
             renamed: Vec::new(),
+            mac: [0; 32],
         }
     }
 

@@ -333,6 +333,7 @@ mod tests {
             ancestors: vec![[0; 16]],
             removed: Vec::new(),
             renamed: Vec::new(),
+            mac: [0; 32],
         }
     }
 

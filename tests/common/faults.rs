@@ -359,6 +359,10 @@ pub struct FaultStats {
     pub fail_reads: bool,
     /// Total written bytes beyond which writes fail.
     pub limit: Option<u64>,
+    /// A write reaching at or past this device offset fails (and every
+    /// write after it): a fault armed at a region, e.g. where the
+    /// catalog goes.
+    pub fail_from_offset: Option<u64>,
     /// FUSE write requests refused.
     pub failed_writes: u64,
     /// FUSE read requests refused.
@@ -589,7 +593,14 @@ impl FailingDevice {
         self.with_stats(|s| {
             s.failing = false;
             s.limit = None;
+            s.fail_from_offset = None;
         });
+    }
+
+    /// Writes start failing (sticky, as with a limit) with the first write
+    /// that reaches at or past device offset `offset`.
+    pub fn fail_from_offset(&self, offset: u64) {
+        self.with_stats(|s| s.fail_from_offset = Some(offset));
     }
 
     /// While failing, reads fail with EIO too (`true`) or keep working.
@@ -968,7 +979,9 @@ impl EioFs {
                     let mut s = control.stats.lock().unwrap();
                     s.write_requests += 1;
                     s.max_write_request = s.max_write_request.max(size);
-                    if s.limit.is_some_and(|limit| s.written + size > limit) {
+                    if s.limit.is_some_and(|limit| s.written + size > limit)
+                        || s.fail_from_offset.is_some_and(|at| offset + size > at)
+                    {
                         s.failing = true;
                     }
                     if s.failing {
