@@ -9,10 +9,10 @@ use serde_json::json;
 
 use super::progress::{self, DeviceInfo, Output, Reporter};
 use super::{path_text, prepare, CliResult, Failure, SetArgs, EXIT_OK};
-use crate::device::guard::{self, Finding, Policy};
 use crate::device::{self, DeviceSpec, Mode};
 use crate::engine::{self, ring::QUEUE_DEPTH_MAX, BackupConfig, DeviceEnd, SetInput};
 use crate::format::SetId;
+use crate::media::guard::{self, Finding, Policy};
 use crate::units::{human_bytes, shown_line, shown_name};
 
 #[derive(Args, Debug)]

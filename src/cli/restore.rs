@@ -218,7 +218,7 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
             if label.state != crate::format::LabelState::Complete {
                 continue;
             }
-            match crate::engine::media::read_catalog(dev.as_ref(), label) {
+            match crate::media::read_catalog(dev.as_ref(), label) {
                 Ok(read) if read.catalog == set.catalog && read.digest == label.catalog_digest => {}
                 Ok(_) => report.errors.push(format!(
                     "device {}: its catalog differs from the set's",
@@ -364,10 +364,10 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
         );
     }
     let started = std::time::Instant::now();
-    let device_sets = restore::scan::device_sets(&devs)
+    let device_sets = crate::media::scan::device_sets(&devs)
         .map_err(|e| Failure::Data(format!("restore --scan failed: {e}")))?;
-    let chosen =
-        restore::scan::choose_set(&device_sets, args.set.as_deref()).map_err(Failure::Usage)?;
+    let chosen = crate::media::scan::choose_set(&device_sets, args.set.as_deref())
+        .map_err(Failure::Usage)?;
     let report = match chosen {
         Some(set_id) => {
             restore::scan::restore_from_scan(&devs, &args.to, set_id, args.keep_partial)

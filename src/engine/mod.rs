@@ -1,12 +1,9 @@
 //! The data path: buffer pool, ring worker, dispatcher, and the backup run
 //! that ties them together (label, data, catalog, durable, complete).
 
-pub mod buffers;
 pub mod dispatch;
-pub mod media;
 pub mod probe;
 pub mod ring;
-pub mod stream;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,6 +13,7 @@ use crate::format::{
     Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, DigestRecord, FileKind,
     Label, LabelState, MacKey, SetId, HEADER_BYTES,
 };
+use crate::media;
 use crate::plan::{self, DeviceSlot, FileItem, Plan};
 use crate::source::incremental::Increment;
 use crate::source::{Entry, EntryKind};

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 
-use super::buffers::BufferPool;
 use crate::device::nbd::{pipe::Pipe, proto};
 use crate::device::{Access, Device};
+use crate::io::buffers::BufferPool;
 
 /// Where the probe writes: from 1 MiB (past the label) on.
 const PROBE_OFFSET: u64 = 1 << 20;

@@ -46,12 +46,12 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::buffers::BufferPool;
 use super::dispatch::{DeviceState, Dispatcher, Next, WorkItem};
 use super::SetInput;
 use crate::device::nbd::pipe::{self, Pipe};
 use crate::device::{Access, BlockIo, Device, ErrorClass, Mapping};
 use crate::format::{round_up_block, FileInfo, RecordHeader, RecordKind, SetId, HEADER_BYTES};
+use crate::io::buffers::BufferPool;
 
 /// Most records in flight per device.
 pub const QUEUE_DEPTH_MAX: usize = 256;
@@ -653,7 +653,7 @@ impl<'a> Ring<'a> {
             };
             let media = HEADER_BYTES + round_up_block(payload_bytes as u64) as usize;
             let buffer = &mut self.pool.slot_mut(0)[..media];
-            let good = match super::media::read_at(self.device, buffer, position) {
+            let good = match crate::media::read_at(self.device, buffer, position) {
                 Ok(n) if n == media => {
                     RecordHeader::decode(&buffer[..HEADER_BYTES]).is_ok()
                         && crate::format::crc32c(

@@ -20,8 +20,8 @@ use io_uring::{opcode, types, IoUring};
 
 use crate::device::nbd::{pipe::Pipe, proto};
 use crate::device::{Device, ErrorClass};
-use crate::engine::buffers::BufferPool;
 use crate::format::BLOCK_BYTES;
+use crate::io::buffers::BufferPool;
 
 /// Most operations in flight per device (buffer indexes are u16; the pool
 /// is queue_depth * block_bytes of locked memory).

@@ -17,11 +17,11 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::device::{self, Access, Device, DeviceSpec, Mode};
-use crate::engine::media::{self, MediaError};
-use crate::engine::stream::{self, Flow, Item, StreamError};
 use crate::format::{
     Catalog, DigestRecord, FileKind, Label, LabelState, MacKey, RecordHeader, RecordKind, SetId,
 };
+use crate::media::stream::{self, Flow, Item, StreamError};
+use crate::media::{self, MediaError};
 use crate::units::shown_name;
 pub use chain::{open_chain, Chain};
 

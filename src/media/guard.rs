@@ -25,7 +25,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{DeviceError, DeviceSpec};
+use crate::device::{self, DeviceError, DeviceSpec};
 use crate::format::{Label, LabelState, SetId, BLOCK_BYTES, LABEL_MAGIC};
 
 /// Bytes read from the start of a device: covers every head signature
@@ -178,11 +178,11 @@ impl Inspection {
 /// Inspect the device `spec` names, reading only. A file device that does
 /// not exist yet or is empty has nothing to find.
 pub fn inspect(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
-    if super::nbd::is_nbd(&spec.path) {
+    if device::nbd::is_nbd(&spec.path) {
         return inspect_nbd(spec);
     }
     // A pmem device is inspected as the file or block device behind it.
-    let pmem_file = super::pmem::file_of(&spec.path);
+    let pmem_file = device::pmem::file_of(&spec.path);
     if let Some(file) = &pmem_file {
         let ft = std::fs::metadata(file).map(|m| m.file_type());
         if ft.is_ok_and(|ft| ft.is_char_device()) {
@@ -195,7 +195,7 @@ pub fn inspect(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
     }
     let path = pmem_file.as_ref().unwrap_or(&spec.path);
     let is_tape = pmem_file.is_none()
-        && (super::vtape::dir_of(path).is_some()
+        && (device::vtape::dir_of(path).is_some()
             || std::fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device()));
     if is_tape {
         return inspect_tape(spec);
@@ -216,7 +216,7 @@ pub fn inspect(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
     if ft.is_block_device() {
         findings.extend(block_in_use(path, meta.rdev())?);
         let file = File::open(path).map_err(|e| DeviceError::io(path, "open to inspect", e))?;
-        size_bytes = super::block::size_bytes(&file)
+        size_bytes = device::block::size_bytes(&file)
             .map_err(|e| DeviceError::io(path, "BLKGETSIZE64", e))?;
         findings.extend(
             read_findings(&file, size_bytes)
@@ -248,8 +248,8 @@ pub fn inspect(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
 /// An NBD export: the same signatures, read over the connection (what
 /// the server shares with others is its business: nothing is "in use").
 fn inspect_nbd(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
-    use super::Device;
-    let dev = super::nbd::NbdDevice::open(spec, super::Mode::Read)?;
+    use crate::device::Device;
+    let dev = device::nbd::NbdDevice::open(spec, device::Mode::Read)?;
     let size_bytes = dev.capacity_bytes();
     let mut read = |offset: u64, buf: &mut [u8]| {
         // Bytes past the end of the export read as zero.
@@ -268,7 +268,7 @@ fn inspect_nbd(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
 /// Reading it rewinds the tape; nothing is written. A blank tape, or an
 /// emulated cartridge not created yet, holds nothing.
 fn inspect_tape(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
-    use crate::engine::media::{read_label, MediaError};
+    use super::{read_label, MediaError};
     use crate::format::FormatError;
     let path = &spec.path;
     let mut findings = Vec::new();
@@ -278,19 +278,19 @@ fn inspect_tape(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
             findings,
         })
     };
-    if super::vtape::dir_of(path).is_some_and(|d| !d.join("vtape.index").exists()) {
+    if device::vtape::dir_of(path).is_some_and(|d| !d.join("vtape.index").exists()) {
         return done(findings);
     }
-    let dev = super::open(spec, super::Mode::Read)?;
+    let dev = device::open(spec, device::Mode::Read)?;
     // Blank: the end of recorded data is the beginning of the tape. st
     // does not always flag end-of-data after the failed first read (seen
     // on the real driver: gstat without GMT_EOD, block -1), but spacing to
     // the end of data from the start leaves a blank tape at file 0, block 0.
     let blank = || {
-        let _ = dev.tape_op(super::TapeOp::Rewind);
-        let eom = dev.tape_op(super::TapeOp::EndOfData);
+        let _ = dev.tape_op(device::TapeOp::Rewind);
+        let eom = dev.tape_op(device::TapeOp::EndOfData);
         let status = dev.tape_status();
-        let _ = dev.tape_op(super::TapeOp::Rewind);
+        let _ = dev.tape_op(device::TapeOp::Rewind);
         status.is_ok_and(|s| {
             let at_start = if s.logical_object >= 0 {
                 s.logical_object == 0

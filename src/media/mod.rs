@@ -1,6 +1,12 @@
-//! Synchronous media helpers for the small structures around the data:
-//! the label and the catalog. These are written once per device per set,
-//! outside the hot path, so plain pread/pwrite from an aligned buffer.
+//! The media layer: the one place that reads and writes pbio's on-media
+//! structures on a device (label, catalog, record streams), used by backup,
+//! restore, the overwrite guard and the scanner.
+//!
+//! - this file: the label and the catalog, written once per device per
+//!   set outside the hot path, so plain pread/pwrite from an aligned buffer;
+//! - `stream`: a device's records in media order (restore, verify, scan);
+//! - `scan`: the record scanner (`pbio scan`, `restore --scan`'s set);
+//! - `guard`: what is on a device before backup writes to it.
 //!
 //! On a sequential device (tape) the same structures are tape blocks: the
 //! label is block 0 of tape file 0 (written once, never rewritten), the
@@ -8,12 +14,16 @@
 //! (docs/FORMAT.md, "Tape layout"). Positions there are logical object
 //! numbers: blocks and filemarks counted from the beginning of the tape.
 
-use super::buffers::BufferPool;
+pub mod guard;
+pub mod scan;
+pub mod stream;
+
 use crate::device::{self, Access, Device, TapeOp};
 use crate::format::{
     round_up_block, Catalog, FormatError, Label, RecordHeader, RecordKind, SetId, BLOCK_BYTES,
     HEADER_BYTES,
 };
+use crate::io::buffers::BufferPool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
