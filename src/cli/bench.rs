@@ -86,7 +86,7 @@ fn open_devices(args: &BenchArgs) -> Result<Vec<Box<dyn Device>>, Failure> {
                 return Err(usage(format!(
                     "device {}: holds pbio set {}, which `bench --rw write` would destroy; give --force to write anyway",
                     spec.path.display(),
-                    crate::engine::set_id_hex(&label.set_id)
+                    label.set_id
                 )));
             }
         }

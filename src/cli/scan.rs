@@ -65,7 +65,7 @@ pub fn run(args: ScanArgs) -> CliResult {
     }
     let set = report
         .set_id
-        .map(|s| crate::engine::set_id_hex(&s))
+        .map(|s| s.to_string())
         .unwrap_or_else(|| "-".into());
     if args.json {
         outln!(

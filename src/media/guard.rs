@@ -129,7 +129,7 @@ impl Finding {
             ),
             Finding::InUse { why } => format!("{why} (--force does not override this)"),
             Finding::PbioSet { label } => {
-                let id = crate::engine::set_id_hex(&label.set_id);
+                let id = label.set_id.to_string();
                 let state = match label.state {
                     LabelState::Writing => "incomplete",
                     LabelState::Complete => "complete",
@@ -817,19 +817,13 @@ pub fn utc_text(unix_secs: u64) -> String {
     )
 }
 
-/// Parse a set id as `pbio backup` prints it: 32 hex digits.
+/// Parse a set id as `pbio backup` prints it: 32 hex digits (`--overwrite`).
 pub fn parse_set_id(text: &str) -> Result<SetId, String> {
-    let t = text.trim();
-    if t.len() != 32 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
+    text.trim().parse().map_err(|_| {
+        format!(
             "set id '{text}' must be 32 hex digits, as printed by `pbio backup` and `pbio list`"
-        ));
-    }
-    let mut id = [0u8; 16];
-    for (i, byte) in id.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).expect("checked hex");
-    }
-    Ok(id)
+        )
+    })
 }
 
 #[cfg(test)]
@@ -958,7 +952,7 @@ mod tests {
     #[test]
     fn pbio_label_supersedes_and_damage_is_reported() {
         let label = Label {
-            set_id: [7; 16],
+            set_id: SetId([7; 16]),
             device_index: 1,
             device_count: 2,
             chunk_bytes: 1 << 20,
@@ -983,11 +977,11 @@ mod tests {
         assert!(!set.allowed(&policy));
         assert!(set.allowed(&Policy {
             force: false,
-            overwrite: vec![[7; 16]],
+            overwrite: vec![SetId([7; 16])],
         }));
         assert!(!set.allowed(&Policy {
             force: false,
-            overwrite: vec![[8; 16]],
+            overwrite: vec![SetId([8; 16])],
         }));
         assert!(set.allowed(&Policy {
             force: true,
@@ -1040,10 +1034,7 @@ mod tests {
     #[test]
     fn set_id_text() {
         let id = parse_set_id("00112233445566778899aabbccddeeff").unwrap();
-        assert_eq!(
-            crate::engine::set_id_hex(&id),
-            "00112233445566778899aabbccddeeff"
-        );
+        assert_eq!(id.to_string(), "00112233445566778899aabbccddeeff");
         assert!(parse_set_id("0011").is_err());
         assert!(parse_set_id(&"zz".repeat(16)).is_err());
     }

@@ -49,6 +49,27 @@ fn name(dev: &dyn Device) -> String {
     dev.path().display().to_string()
 }
 
+/// A new set id: 128 random bits from the kernel.
+pub fn new_set_id() -> SetId {
+    let mut id = SetId::default();
+    fill_random(&mut id.0);
+    id
+}
+
+/// Fill `buf` with random bytes from the kernel (getrandom, blocking until
+/// the pool is initialized).
+pub fn fill_random(buf: &mut [u8]) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: getrandom writes at most len bytes into the live buffer.
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n > 0 {
+            filled += n as usize;
+        }
+    }
+}
+
 /// pwrite all of `buf` at `offset`.
 pub fn write_all_at(dev: &dyn Device, buf: &[u8], offset: u64) -> Result<(), MediaError> {
     let mut done = 0usize;

@@ -5,7 +5,6 @@
 
 use super::stream::{self, Flow, Item, StreamError};
 use crate::device::Device;
-use crate::engine::set_id_hex;
 use crate::format::{RecordHeader, RecordKind, SetId, PAYLOAD_BYTES_MAX};
 
 /// One record found by a scan.
@@ -121,18 +120,6 @@ pub fn device_sets(devs: &[Box<dyn Device>]) -> Result<Vec<DeviceSet>, StreamErr
     Ok(out)
 }
 
-/// Parse a set id given in hex (`--set`): the whole id, or a prefix.
-fn hex_id(text: &str) -> Option<SetId> {
-    if text.len() != 32 {
-        return None;
-    }
-    let mut id = [0u8; 16];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(id)
-}
-
 /// The set a scan restores. Devices of more than one set given together
 /// are refused unless `wanted` (hex, a prefix if it is unambiguous) picks
 /// one: an error naming each set and its devices. With `wanted`, a full id
@@ -152,7 +139,7 @@ pub fn choose_set(devices: &[DeviceSet], wanted: Option<&str>) -> Result<Option<
             .map(|(id, names, created)| {
                 format!(
                     "  set {}{}: {} device{} ({})",
-                    set_id_hex(id),
+                    id,
                     created
                         .map(|ns| format!(" (created {} s after the epoch)", ns / 1_000_000_000))
                         .unwrap_or_default(),
@@ -183,9 +170,9 @@ pub fn choose_set(devices: &[DeviceSet], wanted: Option<&str>) -> Result<Option<
     let matching: Vec<SetId> = sets
         .iter()
         .map(|(id, _, _)| *id)
-        .filter(|id| set_id_hex(id).starts_with(&prefix))
+        .filter(|id| id.has_hex_prefix(&prefix))
         .collect();
-    match (matching.len(), hex_id(&prefix)) {
+    match (matching.len(), prefix.parse::<SetId>().ok()) {
         (1, _) => Ok(Some(matching[0])),
         (0, Some(id)) => Ok(Some(id)),
         (0, None) => Err(format!(
