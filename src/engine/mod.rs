@@ -1,4 +1,4 @@
-//! The data path: buffer pool, ring worker, dispatcher, and the backup run
+//! The data path: ring worker, dispatcher, and the backup run
 //! that ties them together (label, data, catalog, durable, complete).
 
 pub mod dispatch;
