@@ -162,7 +162,10 @@ pub fn choose_set(devices: &[DeviceSet], wanted: Option<&str>) -> Result<Option<
         };
     };
     let prefix = wanted.to_ascii_lowercase();
-    if prefix.is_empty() || prefix.len() > 32 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if prefix.is_empty()
+        || prefix.len() > SetId::HEX_DIGITS
+        || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return Err(format!(
             "--set {wanted}: expected a set id in hex (32 digits, or a prefix of one)"
         ));
@@ -183,5 +186,53 @@ pub fn choose_set(devices: &[DeviceSet], wanted: Option<&str>) -> Result<Option<
             "--set {wanted} is ambiguous: {n} sets start with it\n{}",
             listing()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(name: &str, id: Option<[u8; 16]>) -> DeviceSet {
+        DeviceSet {
+            device: name.into(),
+            set_id: id.map(SetId),
+            created_unix_ns: None,
+        }
+    }
+
+    #[test]
+    fn one_set_is_taken_and_two_are_refused_without_set() {
+        let a = device("/dev/a", Some([0xab; 16]));
+        let b = device("/dev/b", Some([0xac; 16]));
+        let none = device("/dev/c", None);
+        assert_eq!(choose_set(std::slice::from_ref(&none), None), Ok(None));
+        assert_eq!(
+            choose_set(&[a.clone(), none], None),
+            Ok(Some(SetId([0xab; 16])))
+        );
+        let e = choose_set(&[a, b], None).unwrap_err();
+        assert!(e.contains("belong to 2 different sets"), "{e}");
+        assert!(e.contains(&"ab".repeat(16)) && e.contains("/dev/b"), "{e}");
+    }
+
+    #[test]
+    fn set_picks_by_unambiguous_prefix_or_whole_id() {
+        let devs = [
+            device("/dev/a", Some([0xab; 16])),
+            device("/dev/b", Some([0xac; 16])),
+        ];
+        assert_eq!(choose_set(&devs, Some("AbA")), Ok(Some(SetId([0xab; 16]))));
+        let e = choose_set(&devs, Some("a")).unwrap_err();
+        assert!(e.contains("ambiguous: 2 sets"), "{e}");
+        let e = choose_set(&devs, Some("ff")).unwrap_err();
+        assert!(e.contains("no given device belongs"), "{e}");
+        // A whole id no device's label names: its records may still be there.
+        let other = "ff".repeat(16);
+        assert_eq!(choose_set(&devs, Some(&other)), Ok(Some(SetId([0xff; 16]))));
+        for bad in ["", "xy", &"a".repeat(33)] {
+            let e = choose_set(&devs, Some(bad)).unwrap_err();
+            assert!(e.contains("expected a set id in hex"), "{bad}: {e}");
+        }
     }
 }
