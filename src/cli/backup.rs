@@ -96,7 +96,7 @@ pub fn check_devices(devs: &[DeviceSpec], policy: &Policy) -> Result<(), Failure
     let mut refusals = Vec::new();
     let mut sets_found = Vec::new();
     for spec in devs {
-        let inspection = guard::inspect(spec).map_err(|e| Failure::Usage(e.to_string()))?;
+        let inspection = guard::inspect(spec).map_err(Failure::DeviceToWrite)?;
         for finding in &inspection.findings {
             if let Finding::PbioSet { label } = finding {
                 sets_found.push(label.set_id);
@@ -131,7 +131,7 @@ fn measure_rates(set: &super::SetArgs, json: bool) -> Result<super::SetArgs, Fai
         if spec.rate_bytes_per_sec.is_some() {
             continue;
         }
-        let probe = device::probe(spec).map_err(|e| Failure::Usage(e.to_string()))?;
+        let probe = device::probe(spec).map_err(Failure::DeviceToWrite)?;
         if matches!(
             probe.kind,
             device::Kind::Tape | device::Kind::VirtualTape | device::Kind::Pmem
@@ -139,7 +139,8 @@ fn measure_rates(set: &super::SetArgs, json: bool) -> Result<super::SetArgs, Fai
             // The planner names the device and asks for rate=.
             continue;
         }
-        let dev = device::open(spec, Mode::Write).map_err(|e| Failure::Usage(e.to_string()))?;
+        let dev = device::open(spec, Mode::Write).map_err(Failure::DeviceToWrite)?;
+        super::show_notes(dev.as_ref());
         let m = engine::probe::write_rate(dev.as_ref(), Default::default()).map_err(|e| {
             Failure::Usage(format!(
                 "device {}: --balance time: measuring its write rate failed: {e} (give rate=)",
@@ -248,7 +249,9 @@ pub fn run(args: BackupArgs) -> CliResult {
     // With the rates measured (an NBD device sizes its pipeline from its
     // bandwidth and round trip).
     for spec in &set.devs {
-        devices.push(device::open(spec, Mode::Write).map_err(|e| Failure::Usage(e.to_string()))?);
+        let dev = device::open(spec, Mode::Write).map_err(Failure::DeviceToWrite)?;
+        super::show_notes(dev.as_ref());
+        devices.push(dev);
     }
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
     let config = BackupConfig {
@@ -317,7 +320,7 @@ pub fn run(args: BackupArgs) -> CliResult {
                     json!({"event": "finished", "ok": false, "exit_code": super::EXIT_DATA, "error": e.to_string()})
                 );
             }
-            Err(Failure::Data(format!("backup failed: {e}")))
+            Err(Failure::Backup(e))
         }
         Ok(report) => {
             let code = exit_code(&report);

@@ -81,6 +81,7 @@ fn open_devices(args: &BenchArgs) -> Result<Vec<Box<dyn Device>>, Failure> {
             RwArg::Read => Mode::Read,
         };
         let dev = device::open(spec, mode).map_err(|e| usage(e.to_string()))?;
+        super::show_notes(dev.as_ref());
         if args.rw == RwArg::Write && !args.force {
             if let Ok(label) = crate::media::read_label(dev.as_ref()) {
                 return Err(usage(format!(

@@ -41,12 +41,11 @@ fn kind_name(kind: FileKind) -> &'static str {
 
 pub fn run(args: ListArgs) -> CliResult {
     let key = super::key::load_optional(args.key.as_deref())?;
-    let set = crate::restore::open_set(std::slice::from_ref(&args.dev), key.as_ref()).map_err(
-        |e| match e {
-            crate::restore::RestoreError::Device(d) => Failure::Usage(d.to_string()),
-            other => Failure::Data(other.to_string()),
-        },
-    )?;
+    let set = crate::restore::open_set(std::slice::from_ref(&args.dev), key.as_ref())
+        .map_err(|error| Failure::Restore { doing: "", error })?;
+    set.devices
+        .iter()
+        .for_each(|(dev, _)| super::show_notes(dev.as_ref()));
     if key.is_none() && set.keyed {
         errln!("pbio: set is authenticated; give --key to check it");
     }

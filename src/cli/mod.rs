@@ -1,7 +1,8 @@
-//! The command line: one file per subcommand. `main` calls `run`, and
-//! this is the one place where errors become exit codes:
-//! 0 success; 1 completed with degraded devices; 2 usage error; 3 data
-//! could not all be written or restored.
+//! The command line: one file per subcommand. `main` calls `run`; a
+//! command returns its exit code (0 success; 1 completed with degraded
+//! devices) or a `Failure`, which `failure::exit_code` maps to 2 (usage
+//! error) or 3 (data could not all be written or restored): the one place
+//! where errors become exit codes.
 //!
 //! Output goes through `outln!` (stdout) and `errln!` (stderr), never
 //! `println!`: a reader that goes away (`pbio list | head -1`) ends the
@@ -27,6 +28,7 @@ macro_rules! errln {
 pub mod backup;
 pub mod bench;
 pub mod demo;
+pub mod failure;
 pub mod key;
 pub mod list;
 pub mod plan;
@@ -44,6 +46,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use crate::device::DeviceSpec;
 use crate::plan::{Balance, Order, Strategy};
 use crate::units::{parse_size, shown_line, shown_path};
+pub use failure::{exit_code, Failure};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_DEGRADED: i32 = 1;
@@ -79,32 +82,6 @@ value_enum!(Balance {
     Balance::Bytes => "bytes": "Equal bytes per device (the claims)",
     Balance::Time => "time": "Bytes proportional to each device's rate; least predicted finish time first",
 });
-
-/// A failed command: what to print and which exit code it means.
-#[derive(Debug)]
-pub enum Failure {
-    /// Bad input: nothing was written.
-    Usage(String),
-    /// Data could not all be written, read or restored.
-    Data(String),
-}
-
-impl Failure {
-    pub fn code(&self) -> i32 {
-        match self {
-            Failure::Usage(_) => EXIT_USAGE,
-            Failure::Data(_) => EXIT_DATA,
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Usage(m) | Failure::Data(m) => f.write_str(m),
-        }
-    }
-}
 
 pub type CliResult = Result<i32, Failure>;
 
@@ -263,7 +240,7 @@ impl SelectArgs {
             self.one_file_system,
             self.exclude_larger_than,
         )
-        .map_err(|e| Failure::Usage(e.to_string()))
+        .map_err(Failure::Select)
     }
 }
 
@@ -476,8 +453,7 @@ pub struct Prepared {
 pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
     check_paths(&args.sources, &args.devs)?;
     let selection = args.select.selection()?;
-    let walk = crate::source::walk_selected(&args.sources, &selection)
-        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let walk = crate::source::walk_selected(&args.sources, &selection).map_err(Failure::Source)?;
     if !walk.errors.is_empty() {
         let mut msg = format!("{} source entries cannot be read:", walk.errors.len());
         for e in &walk.errors {
@@ -488,7 +464,7 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
     let mut devices = Vec::with_capacity(args.devs.len());
     let mut identities = Vec::with_capacity(args.devs.len());
     for spec in &args.devs {
-        let probe = crate::device::probe(spec).map_err(|e| Failure::Usage(e.to_string()))?;
+        let probe = crate::device::probe(spec).map_err(Failure::DeviceToWrite)?;
         if let Some(i) = identities.iter().position(|id| *id == probe.identity) {
             return Err(Failure::Usage(format!(
                 "device {} is given twice (also as {})",
@@ -536,14 +512,14 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
                     spec.path.display()
                 )));
             }
-            let parent = crate::restore::chain::read_catalog_from(previous)
-                .map_err(|e| Failure::Usage(format!("--since: {e}")))?;
+            let parent =
+                crate::restore::chain::read_catalog_from(previous).map_err(Failure::Since)?;
             Some(crate::source::incremental::since(&walk.entries, &parent))
         }
     };
     let (plan, reserve_bytes) =
         crate::engine::plan_set(&walk.entries, since.as_ref(), &devices, &args.options())
-            .map_err(|e| Failure::Usage(e.to_string()))?;
+            .map_err(Failure::Plan)?;
     Ok(Prepared {
         excluded: walk.excluded,
         entries: walk.entries,
@@ -645,6 +621,14 @@ pub fn check_paths(sources: &[PathBuf], devs: &[crate::device::DeviceSpec]) -> R
         }
     }
     Ok(())
+}
+
+/// Show what a device said at open (a fallback it took, its mapping):
+/// devices never print, the CLI does.
+pub fn show_notes(dev: &dyn crate::device::Device) {
+    for note in dev.notes() {
+        errln!("pbio: {note}");
+    }
 }
 
 /// JSON-safe form of a stored path (lossy for non-UTF-8 bytes).

@@ -308,6 +308,7 @@ pub fn run(args: QualifyArgs) -> CliResult {
         let spec = qualify::pattern_of_report(&old)
             .map_err(|why| usage(format!("--recheck {}: {why}", path.display())))?;
         let dev = device::open(&args.dev, Mode::Read).map_err(|e| usage(e.to_string()))?;
+        super::show_notes(dev.as_ref());
         if !args.json {
             outln!(
                 "pbio qualify --recheck {}: reading back {} of pattern on {}",
@@ -341,6 +342,7 @@ pub fn run(args: QualifyArgs) -> CliResult {
     }
     check_destructive(&args.dev, &probe, args.force)?;
     let dev = device::open(&args.dev, Mode::Write).map_err(|e| usage(e.to_string()))?;
+    super::show_notes(dev.as_ref());
     if !args.json {
         outln!(
             "pbio qualify {} ({}{}): writes across the device",

@@ -75,10 +75,13 @@ pub struct VerifyArgs {
 /// to be unchecked).
 fn open(devs: &[DeviceSpec], key: Option<&std::path::Path>) -> Result<Chain, Failure> {
     let key = super::key::load_optional(key)?;
-    let chain = restore::open_chain(devs, key.as_ref()).map_err(|e| match e {
-        restore::RestoreError::Device(d) => Failure::Usage(d.to_string()),
-        other => Failure::Data(other.to_string()),
-    })?;
+    let chain = restore::open_chain(devs, key.as_ref())
+        .map_err(|error| Failure::Restore { doing: "", error })?;
+    for set in &chain.sets {
+        set.devices
+            .iter()
+            .for_each(|(dev, _)| super::show_notes(dev.as_ref()));
+    }
     if key.is_none() && chain.sets.iter().any(|s| s.keyed) {
         errln!("pbio: set is authenticated; give --key to check it");
     }
@@ -118,7 +121,10 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
             &only,
         )
     }
-    .map_err(|e| Failure::Data(format!("restore failed: {e}")))?;
+    .map_err(|error| Failure::Restore {
+        doing: "restore failed: ",
+        error,
+    })?;
     Ok(print(&chain, &report, "restored", args.json))
 }
 
@@ -210,8 +216,11 @@ fn device_target(
 
 pub fn run_verify(args: VerifyArgs) -> CliResult {
     let chain = open(&args.devs, args.key.as_deref())?;
-    let mut report = restore::run_chain(&chain, Action::Verify, &[])
-        .map_err(|e| Failure::Data(format!("verify failed: {e}")))?;
+    let mut report =
+        restore::run_chain(&chain, Action::Verify, &[]).map_err(|error| Failure::Restore {
+            doing: "verify failed: ",
+            error,
+        })?;
     // Every device's own catalog must read back and agree, not only the one used.
     for set in &chain.sets {
         for (dev, label) in &set.devices {
@@ -358,20 +367,23 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> i32 {
 fn run_scan_restore(args: &RestoreArgs) -> CliResult {
     let mut devs = Vec::with_capacity(args.devs.len());
     for spec in &args.devs {
-        devs.push(
-            crate::device::open(spec, crate::device::Mode::Read)
-                .map_err(|e| Failure::Usage(e.to_string()))?,
-        );
+        let dev =
+            crate::device::open(spec, crate::device::Mode::Read).map_err(Failure::DeviceToRead)?;
+        super::show_notes(dev.as_ref());
+        devs.push(dev);
     }
     let started = std::time::Instant::now();
-    let device_sets = crate::media::scan::device_sets(&devs)
-        .map_err(|e| Failure::Data(format!("restore --scan failed: {e}")))?;
+    let scan_failed = |error| Failure::Restore {
+        doing: "restore --scan failed: ",
+        error,
+    };
+    let device_sets = crate::media::scan::device_sets(&devs).map_err(|e| scan_failed(e.into()))?;
     let chosen = crate::media::scan::choose_set(&device_sets, args.set.as_deref())
         .map_err(Failure::Usage)?;
     let report = match chosen {
         Some(set_id) => {
             restore::scan::restore_from_scan(&devs, &args.to, set_id, args.keep_partial)
-                .map_err(|e| Failure::Data(format!("restore --scan failed: {e}")))?
+                .map_err(scan_failed)?
         }
         None => restore::scan::ScanRestoreReport::default(),
     };

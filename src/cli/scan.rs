@@ -20,12 +20,15 @@ pub struct ScanArgs {
 }
 
 pub fn run(args: ScanArgs) -> CliResult {
-    let dev = device::open(&args.dev, Mode::Read).map_err(|e| Failure::Usage(e.to_string()))?;
+    let dev = device::open(&args.dev, Mode::Read).map_err(Failure::DeviceToRead)?;
+    super::show_notes(dev.as_ref());
     let set_id = crate::media::read_label(dev.as_ref())
         .ok()
         .map(|l| l.set_id);
-    let report =
-        crate::media::scan::scan(dev.as_ref(), set_id).map_err(|e| Failure::Data(e.to_string()))?;
+    let report = crate::media::scan::scan(dev.as_ref(), set_id).map_err(|e| Failure::Restore {
+        doing: "",
+        error: e.into(),
+    })?;
     let mut data = 0u64;
     let mut bad_payloads = 0u64;
     for f in &report.records {

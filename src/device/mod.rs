@@ -359,6 +359,53 @@ pub trait Device: Send + Sync {
     fn durability(&self) -> Option<pmem::Durability> {
         None
     }
+    /// What the device said at open that is not an error (a fallback it
+    /// took, how it is mapped), for the CLI to show: devices never print.
+    fn notes(&self) -> &[DeviceNote] {
+        &[]
+    }
+}
+
+/// Something a device says at open that is not an error. Its display is
+/// the line the CLI prints after "pbio: ".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceNote {
+    /// A tape drive that does not answer READ BLOCK LIMITS: `--tape-block`
+    /// is the block limit.
+    NoBlockLimits { device: PathBuf, error: String },
+    /// A pmem device mapped for writing, and how stores are made durable.
+    PmemMapped {
+        device: PathBuf,
+        bytes: usize,
+        durability: String,
+    },
+    /// MAP_SYNC refused (not DAX, or an old kernel): MAP_SHARED + msync.
+    MapSyncRefused { error: String },
+}
+
+impl std::fmt::Display for DeviceNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceNote::NoBlockLimits { device, error } => write!(
+                f,
+                "device {}: READ BLOCK LIMITS not available ({error}); using --tape-block as the block limit",
+                device.display()
+            ),
+            DeviceNote::PmemMapped {
+                device,
+                bytes,
+                durability,
+            } => write!(
+                f,
+                "pmem {}: {bytes} bytes mapped ({durability})",
+                device.display()
+            ),
+            DeviceNote::MapSyncRefused { error } => write!(
+                f,
+                "MAP_SYNC refused ({error}): not a DAX mapping, falling back to MAP_SHARED + msync"
+            ),
+        }
+    }
 }
 
 /// Write one block to a sequential device now, synchronously, through the

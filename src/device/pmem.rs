@@ -143,6 +143,8 @@ pub struct PmemDevice {
     base: *mut u8,
     len: usize,
     durability: Durability,
+    /// What open had to say (the mapping made, a MAP_SYNC refused).
+    notes: Vec<super::DeviceNote>,
 }
 
 // SAFETY: the mapping is owned by this value and only unmapped on drop;
@@ -214,15 +216,15 @@ impl PmemDevice {
                 "is a device-DAX node, which pbio cannot use yet (it supports only mmap): use /dev/pmemN or a file on an fsdax filesystem",
             ));
         }
-        let (base, durability) = map(&file, len, write, regular, device_dax)
+        let mut notes = Vec::new();
+        let (base, durability) = map(&file, len, write, regular, device_dax, &mut notes)
             .map_err(|e| DeviceError::io(path, "mmap", e))?;
         if write {
-            eprintln!(
-                "pbio: pmem {}: {} bytes mapped ({})",
-                path.display(),
-                len,
-                durability.describe()
-            );
+            notes.push(super::DeviceNote::PmemMapped {
+                device: path.clone(),
+                bytes: len,
+                durability: durability.describe(),
+            });
         }
         Ok(PmemDevice {
             path: path.clone(),
@@ -230,6 +232,7 @@ impl PmemDevice {
             base,
             len,
             durability,
+            notes,
         })
     }
 
@@ -246,6 +249,7 @@ fn map(
     write: bool,
     regular: bool,
     device_dax: bool,
+    notes: &mut Vec<super::DeviceNote>,
 ) -> std::io::Result<(*mut u8, Durability)> {
     let prot = if write {
         libc::PROT_READ | libc::PROT_WRITE
@@ -279,9 +283,9 @@ fn map(
                     Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
                 ) =>
             {
-                eprintln!(
-                    "pbio: MAP_SYNC refused ({e}): not a DAX mapping, falling back to MAP_SHARED + msync"
-                );
+                notes.push(super::DeviceNote::MapSyncRefused {
+                    error: e.to_string(),
+                });
             }
             Err(e) => return Err(e),
         }
@@ -331,6 +335,9 @@ impl Device for PmemDevice {
     }
     fn durability(&self) -> Option<Durability> {
         Some(self.durability)
+    }
+    fn notes(&self) -> &[super::DeviceNote] {
+        &self.notes
     }
     fn mapping(&self) -> Option<Mapping> {
         Some(Mapping {

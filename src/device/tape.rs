@@ -302,6 +302,8 @@ pub struct TapeDevice {
     capacity_bytes: u64,
     /// The drive's largest block (READ BLOCK LIMITS), when it told us.
     block_bytes_max: Option<u32>,
+    /// What open had to say (a drive without READ BLOCK LIMITS).
+    notes: Vec<super::DeviceNote>,
 }
 
 impl TapeDevice {
@@ -344,14 +346,15 @@ impl TapeDevice {
         }
         do_op(fd, op::MTSETBLK, 0)
             .map_err(|e| DeviceError::io(path, "MTSETBLK 0 (variable block mode)", e))?;
+        let mut notes = Vec::new();
         let block_bytes_max = match read_block_limits(fd) {
             Ok((_, max)) if max >= BLOCK_BYTES as u32 => Some(max),
             Ok(_) => None,
             Err(e) => {
-                eprintln!(
-                    "pbio: device {}: READ BLOCK LIMITS not available ({e}); using --tape-block as the block limit",
-                    path.display()
-                );
+                notes.push(super::DeviceNote::NoBlockLimits {
+                    device: path.clone(),
+                    error: e.to_string(),
+                });
                 None
             }
         };
@@ -360,6 +363,7 @@ impl TapeDevice {
             file,
             capacity_bytes: probe.capacity_bytes,
             block_bytes_max,
+            notes,
         })
     }
 }
@@ -392,6 +396,9 @@ impl Device for TapeDevice {
     }
     fn block_bytes_max(&self) -> Option<u32> {
         self.block_bytes_max
+    }
+    fn notes(&self) -> &[super::DeviceNote] {
+        &self.notes
     }
     fn tape_op(&self, tape_op: TapeOp) -> std::io::Result<()> {
         let count =

@@ -409,32 +409,77 @@ pub fn run_backup(
     config: &BackupConfig,
     progress: &[AtomicU64],
 ) -> Result<BackupReport, BackupError> {
-    let started = Instant::now();
-    let count = devices.len() as u32;
-    let label_for = |index: u32| {
-        Label {
-            set_id: config.set_id,
-            device_index: index,
-            device_count: count,
-            chunk_bytes: config.chunk_bytes,
-            block_bytes: devices[index as usize].block_bytes(),
-            created_unix_ns: config.created_unix_ns,
-            state: LabelState::Writing,
-            catalog_offset: 0,
-            catalog_bytes: 0,
-            data_end: 0,
-            catalog_digest: [0; 32],
-            mac: [0; 32],
-        }
-        .sealed(config.mac_key.as_ref())
-    };
-    let send = |event: Event| {
-        if let Some(tx) = &config.events {
-            let _ = tx.send(event);
-        }
-    };
-    let dispatcher = Dispatcher::new(
+    assert_eq!(
         devices.len(),
+        progress.len(),
+        "one progress counter per device"
+    );
+    let started = Instant::now();
+    let dispatcher = new_dispatcher(input, devices.len(), config);
+    let label_errors = write_labels(devices, config, &dispatcher);
+    let rings = ring_configs(devices, config);
+    let outcomes = run_rings(
+        input,
+        devices,
+        config,
+        &dispatcher,
+        &rings,
+        label_errors,
+        progress,
+    )?;
+    let sources = source_findings(input, &dispatcher);
+    let ends: Vec<DeviceEnd> = outcomes.iter().map(|o| device_end(&o.end)).collect();
+    let (encoded, segments) = build_catalog(input, devices, &outcomes, &ends, config);
+    let finished = write_catalogs(devices, &outcomes, &ends, &encoded, &rings, config);
+    let reports = device_reports(devices, outcomes, &ends, finished);
+    if reports.iter().all(|r| r.catalog_end.is_none()) {
+        return Err(no_catalog(&reports));
+    }
+    Ok(BackupReport {
+        set_id: config.set_id,
+        devices: reports,
+        files: input.entries.len(),
+        segments,
+        unplaced: sources.unplaced,
+        unreadable: sources.unreadable,
+        changed: sources.changed,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Device `index`'s label as the labels phase writes it (state Writing,
+/// no catalog yet); the finish phase completes a copy of it.
+fn backup_label(devices: &[Box<dyn Device>], config: &BackupConfig, index: u32) -> Label {
+    Label {
+        set_id: config.set_id,
+        device_index: index,
+        device_count: devices.len() as u32,
+        chunk_bytes: config.chunk_bytes,
+        block_bytes: devices[index as usize].block_bytes(),
+        created_unix_ns: config.created_unix_ns,
+        state: LabelState::Writing,
+        catalog_offset: 0,
+        catalog_bytes: 0,
+        data_end: 0,
+        catalog_digest: [0; 32],
+        mac: [0; 32],
+    }
+    .sealed(config.mac_key.as_ref())
+}
+
+/// Hand `event` to the run's event sink, if it has one. A sink that went
+/// away (the display ended) does not stop the backup.
+fn send(config: &BackupConfig, event: Event) {
+    if let Some(tx) = &config.events {
+        let _ = tx.send(event);
+    }
+}
+
+/// The dispatcher, holding every planned segment as work for its device
+/// (and with `--balance time`, the rates it steals work by).
+fn new_dispatcher(input: &SetInput, device_count: usize, config: &BackupConfig) -> Dispatcher {
+    let dispatcher = Dispatcher::new(
+        device_count,
         config.chunk_bytes as u64,
         input.plan.segments.iter().map(|s| {
             (
@@ -450,103 +495,111 @@ pub fn run_backup(
     if let Some(rates) = &config.steal_work {
         dispatcher.enable_stealing(rates);
     }
-    // A device whose label cannot be written has failed before it started.
+    dispatcher
+}
+
+/// Labels phase: a label (state Writing) on every device before any data.
+/// Invariant: a device whose label cannot be written has failed before it
+/// started: it is retired (its work goes to the others), reported as a
+/// `DeviceFailed` event, and its error returned at its index.
+fn write_labels(
+    devices: &[Box<dyn Device>],
+    config: &BackupConfig,
+    dispatcher: &Dispatcher,
+) -> Vec<Option<String>> {
     let mut label_errors: Vec<Option<String>> = vec![None; devices.len()];
     for (i, dev) in devices.iter().enumerate() {
-        if let Err(e) = media::write_label(dev.as_ref(), &label_for(i as u32)) {
+        let label = backup_label(devices, config, i as u32);
+        if let Err(e) = media::write_label(dev.as_ref(), &label) {
             let redirected = dispatcher.retire(i, DispatchState::Failed, 0);
-            send(Event::DeviceFailed {
-                device: i as u32,
-                error: e.to_string(),
-                redirected_bytes: redirected,
-            });
+            send(
+                config,
+                Event::DeviceFailed {
+                    device: i as u32,
+                    error: e.to_string(),
+                    redirected_bytes: redirected,
+                },
+            );
             label_errors[i] = Some(e.to_string());
         }
     }
+    label_errors
+}
 
-    let payload_max: Vec<u32> = devices
+/// One ring configuration per device: its record size limit and how many
+/// records it keeps in flight (a remote device: enough to cover its round
+/// trip; a tape: its buffer of records ahead of the one write).
+fn ring_configs(devices: &[Box<dyn Device>], config: &BackupConfig) -> Vec<RingConfig> {
+    devices
         .iter()
-        .map(|d| record_payload_bytes_max(d.as_ref(), config.chunk_bytes, config.tape_block_bytes))
-        .collect();
-    let ring_configs: Vec<RingConfig> = (0..devices.len())
-        .map(|i| RingConfig {
-            device_index: i as u32,
-            set_id: config.set_id,
-            chunk_bytes: config.chunk_bytes,
-            record_payload_bytes_max: payload_max[i],
-            queue_depth: match (devices[i].access(), devices[i].nbd()) {
-                // A remote device: enough records in flight to cover its
-                // measured round trip at its bandwidth (never fewer than --qd).
-                (Access::Random, Some(nbd)) => nbd.records_in_flight(
-                    (HEADER_BYTES as u64) + payload_max[i] as u64,
-                    config.queue_depth,
-                    ring::QUEUE_DEPTH_MAX,
-                ),
-                (Access::Random, None) => config.queue_depth,
-                (Access::Sequential, _) => config.tape_buffer_records,
-            },
-            reserve_bytes: config.reserve_bytes,
-            write_retries: config.write_retries,
+        .enumerate()
+        .map(|(i, dev)| {
+            let payload_max =
+                record_payload_bytes_max(dev.as_ref(), config.chunk_bytes, config.tape_block_bytes);
+            RingConfig {
+                device_index: i as u32,
+                set_id: config.set_id,
+                chunk_bytes: config.chunk_bytes,
+                record_payload_bytes_max: payload_max,
+                queue_depth: match (dev.access(), dev.nbd()) {
+                    // A remote device: enough records in flight to cover its
+                    // measured round trip at its bandwidth (never fewer than --qd).
+                    (Access::Random, Some(nbd)) => nbd.records_in_flight(
+                        (HEADER_BYTES as u64) + payload_max as u64,
+                        config.queue_depth,
+                        ring::QUEUE_DEPTH_MAX,
+                    ),
+                    (Access::Random, None) => config.queue_depth,
+                    (Access::Sequential, _) => config.tape_buffer_records,
+                },
+                reserve_bytes: config.reserve_bytes,
+                write_retries: config.write_retries,
+            }
         })
-        .collect();
+        .collect()
+}
+
+/// Data phase: one thread and ring per device, all taking work from the
+/// dispatcher until none is left (with `--balance time`, a thread that
+/// keeps the rates current). Invariant: every device ends Complete, Full
+/// or Failed, with its durable records listed; a ring that cannot even be
+/// set up aborts the run (the error is returned).
+fn run_rings(
+    input: &SetInput,
+    devices: &[Box<dyn Device>],
+    config: &BackupConfig,
+    dispatcher: &Dispatcher,
+    rings: &[RingConfig],
+    label_errors: Vec<Option<String>>,
+    progress: &[AtomicU64],
+) -> Result<Vec<RingOutcome>, BackupError> {
     let rings_done = AtomicBool::new(false);
     let outcomes: Vec<Result<RingOutcome, RingError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = devices
-            .iter()
+        let handles: Vec<_> = label_errors
+            .into_iter()
             .enumerate()
-            .map(|(i, dev)| {
-                let dispatcher = &dispatcher;
-                let progress = &progress[i];
-                let ring_config = &ring_configs[i];
-                let label_error = label_errors[i].clone();
-                let send = &send;
+            .map(|(i, label_error)| {
+                let (dev, ring, progress) = (devices[i].as_ref(), &rings[i], &progress[i]);
                 std::thread::Builder::new()
                     .name(format!("pbio-dev{i}"))
                     .spawn_scoped(scope, move || {
-                        if let Some(error) = label_error {
-                            return Ok(RingOutcome {
-                                end: RingEnd::Failed { error },
-                                records: Vec::new(),
-                                placed: Vec::new(),
-                                data_end: media::data_start(dev.as_ref()),
-                                redirected_bytes: 0,
-                                stats: RingStats::default(),
-                            });
-                        }
-                        let ring = match Ring::new(dev.as_ref(), ring_config, progress) {
-                            Ok(ring) => ring,
-                            Err(e) => {
-                                dispatcher.abort();
-                                dispatcher.finish(i);
-                                return Err(e);
-                            }
+                        let Some(error) = label_error else {
+                            return run_device(input, dev, config, dispatcher, ring, progress);
                         };
-                        let outcome = ring.run(input, dispatcher)?;
-                        match &outcome.end {
-                            RingEnd::Complete => {}
-                            RingEnd::Full { error } => send(Event::DeviceFull {
-                                device: i as u32,
-                                error: error.clone(),
-                                durable_bytes: outcome
-                                    .records
-                                    .iter()
-                                    .map(|r| r.payload_bytes as u64)
-                                    .sum(),
-                                redirected_bytes: outcome.redirected_bytes,
-                            }),
-                            RingEnd::Failed { error } => send(Event::DeviceFailed {
-                                device: i as u32,
-                                error: error.clone(),
-                                redirected_bytes: outcome.redirected_bytes,
-                            }),
-                        }
-                        Ok(outcome)
+                        Ok(RingOutcome {
+                            end: RingEnd::Failed { error },
+                            records: Vec::new(),
+                            placed: Vec::new(),
+                            data_end: media::data_start(dev),
+                            redirected_bytes: 0,
+                            stats: RingStats::default(),
+                        })
                     })
                     .expect("spawn device thread")
             })
             .collect();
         if config.steal_work.is_some() {
-            let (dispatcher, rings_done) = (&dispatcher, &rings_done);
+            let rings_done = &rings_done;
             scope.spawn(move || observe_rates(dispatcher, progress, rings_done));
         }
         let outcomes = handles
@@ -556,13 +609,71 @@ pub fn run_backup(
         rings_done.store(true, Ordering::Relaxed);
         outcomes
     });
-    let mut outcomes_ok = Vec::with_capacity(outcomes.len());
-    for outcome in outcomes {
-        outcomes_ok.push(outcome?);
+    outcomes
+        .into_iter()
+        .map(|o| o.map_err(BackupError::from))
+        .collect()
+}
+
+/// One device's thread of the data phase: its ring runs to the end of
+/// the work, and a device that filled up or failed is reported as an event.
+fn run_device(
+    input: &SetInput,
+    dev: &dyn Device,
+    config: &BackupConfig,
+    dispatcher: &Dispatcher,
+    ring_config: &RingConfig,
+    progress: &AtomicU64,
+) -> Result<RingOutcome, RingError> {
+    let i = ring_config.device_index;
+    let ring = match Ring::new(dev, ring_config, progress) {
+        Ok(ring) => ring,
+        Err(e) => {
+            dispatcher.abort();
+            dispatcher.finish(i as usize);
+            return Err(e);
+        }
+    };
+    let outcome = ring.run(input, dispatcher)?;
+    match &outcome.end {
+        RingEnd::Complete => {}
+        RingEnd::Full { error } => send(
+            config,
+            Event::DeviceFull {
+                device: i,
+                error: error.clone(),
+                durable_bytes: outcome.records.iter().map(|r| r.payload_bytes as u64).sum(),
+                redirected_bytes: outcome.redirected_bytes,
+            },
+        ),
+        RingEnd::Failed { error } => send(
+            config,
+            Event::DeviceFailed {
+                device: i,
+                error: error.clone(),
+                redirected_bytes: outcome.redirected_bytes,
+            },
+        ),
     }
-    // Every file whose data was read, looked at again now that all of it
-    // has been: a change since the walk may have torn its copy.
-    let changed: Vec<(Vec<u8>, String)> = input
+    Ok(outcome)
+}
+
+/// What the data phase found about the sources, for the report.
+struct SourceFindings {
+    /// Files that changed while they were read: (path, what changed).
+    changed: Vec<(Vec<u8>, String)>,
+    /// Sources that could not be opened: (path, error), each once.
+    unreadable: Vec<(Vec<u8>, String)>,
+    /// Ranges not in the set: (path, offset, length).
+    unplaced: Vec<(Vec<u8>, u64, u64)>,
+}
+
+/// After the data phase: every file whose data was read is looked at again
+/// (a change since the walk may have torn its copy), and the work that is
+/// not in the set (no device could take it, or its source could not be
+/// opened) is named by path.
+fn source_findings(input: &SetInput, dispatcher: &Dispatcher) -> SourceFindings {
+    let changed = input
         .entries
         .iter()
         .enumerate()
@@ -571,7 +682,6 @@ pub fn run_backup(
             crate::source::changed_since_walk(e).map(|what| (e.path.clone(), what))
         })
         .collect();
-    // Sources that could not be opened: their ranges are not in the set.
     let skipped = dispatcher.skipped();
     let mut unreadable: Vec<(Vec<u8>, String)> = Vec::new();
     for (w, why) in &skipped {
@@ -580,62 +690,48 @@ pub fn run_backup(
             unreadable.push((path.clone(), why.clone()));
         }
     }
-    let unplaced: Vec<(Vec<u8>, u64, u64)> = dispatcher
+    let unplaced = dispatcher
         .unplaced()
         .into_iter()
         .chain(skipped.into_iter().map(|(w, _)| w))
         .map(|w| {
-            (
-                input.entries[w.file as usize].path.clone(),
-                w.offset,
-                w.length,
-            )
+            let path = input.entries[w.file as usize].path.clone();
+            (path, w.offset, w.length)
         })
         .collect();
-
-    // The catalog: where every range landed, on every device (a failed
-    // device's ranges are listed as copies), and per-file digests over the
-    // durable records of the devices that did not fail.
-    let ends: Vec<DeviceEnd> = outcomes_ok
-        .iter()
-        .map(|o| match o.end {
-            RingEnd::Complete => DeviceEnd::Complete,
-            RingEnd::Full { .. } => DeviceEnd::Full,
-            RingEnd::Failed { .. } => DeviceEnd::Failed,
-        })
-        .collect();
-    let mut segments: Vec<CatalogSegment> = Vec::new();
-    let mut per_file: Vec<Vec<DigestRecord>> = vec![Vec::new(); input.entries.len()];
-    for (device, outcome) in outcomes_ok.iter().enumerate() {
-        for p in &outcome.placed {
-            segments.push(CatalogSegment {
-                file_id: p.file,
-                offset: p.offset,
-                length: p.length,
-                device: device as u32,
-                position: p.position,
-                records: p.records,
-            });
-        }
-        if ends[device] == DeviceEnd::Failed {
-            continue;
-        }
-        for &RecordDone {
-            file_id,
-            file_offset,
-            payload_bytes,
-            payload_hash,
-            ..
-        } in &outcome.records
-        {
-            per_file[file_id as usize].push((file_offset, payload_bytes, payload_hash));
-        }
+    SourceFindings {
+        changed,
+        unreadable,
+        unplaced,
     }
-    segments.sort_by_key(|s| (s.file_id, s.offset, s.device));
+}
+
+fn device_end(end: &RingEnd) -> DeviceEnd {
+    match end {
+        RingEnd::Complete => DeviceEnd::Complete,
+        RingEnd::Full { .. } => DeviceEnd::Full,
+        RingEnd::Failed { .. } => DeviceEnd::Failed,
+    }
+}
+
+/// Catalog phase: where every range landed, on every device (a failed
+/// device's ranges are listed as copies), and per-file digests over the
+/// durable records of the devices that did not fail; sealed with the
+/// set's key. Invariant: the digest of a file stored in this set covers
+/// each of its records once. Returns the encoded catalog and its segment
+/// count.
+fn build_catalog(
+    input: &SetInput,
+    devices: &[Box<dyn Device>],
+    outcomes: &[RingOutcome],
+    ends: &[DeviceEnd],
+    config: &BackupConfig,
+) -> (Vec<u8>, usize) {
+    let (segments, mut per_file) = placements(outcomes, ends, input.entries.len());
     let catalog_devices: Vec<CatalogDevice> = devices
         .iter()
-        .zip(&outcomes_ok)
-        .zip(&ends)
+        .zip(outcomes)
+        .zip(ends)
         .map(|((d, o), end)| CatalogDevice {
             path: d.path().as_os_str().as_encoded_bytes().to_vec(),
             capacity_bytes: d.capacity_bytes(),
@@ -665,18 +761,68 @@ pub fn run_backup(
         }
     }
     catalog.seal(config.mac_key.as_ref());
-    let encoded = catalog.encode();
+    (catalog.encode(), segment_count)
+}
 
-    // Catalog, sync, label, sync: on every device at once.
-    let finished: Vec<Option<Result<u64, media::MediaError>>> = std::thread::scope(|scope| {
+/// The catalog segments of every device's placed ranges (sorted by file,
+/// offset, device) and, per file, the durable records of the devices that
+/// did not fail, for its digest.
+fn placements(
+    outcomes: &[RingOutcome],
+    ends: &[DeviceEnd],
+    file_count: usize,
+) -> (Vec<CatalogSegment>, Vec<Vec<DigestRecord>>) {
+    let mut segments: Vec<CatalogSegment> = Vec::new();
+    let mut per_file: Vec<Vec<DigestRecord>> = vec![Vec::new(); file_count];
+    for (device, outcome) in outcomes.iter().enumerate() {
+        segments.extend(outcome.placed.iter().map(|p| CatalogSegment {
+            file_id: p.file,
+            offset: p.offset,
+            length: p.length,
+            device: device as u32,
+            position: p.position,
+            records: p.records,
+        }));
+        if ends[device] == DeviceEnd::Failed {
+            continue;
+        }
+        for &RecordDone {
+            file_id,
+            file_offset,
+            payload_bytes,
+            payload_hash,
+            ..
+        } in &outcome.records
+        {
+            per_file[file_id as usize].push((file_offset, payload_bytes, payload_hash));
+        }
+    }
+    segments.sort_by_key(|s| (s.file_id, s.offset, s.device));
+    (segments, per_file)
+}
+
+/// Finish phase: catalog, sync, label (complete), sync, on every device
+/// that did not fail, all at once. Invariant: a device's label says
+/// Complete only once its catalog is durable. Per device: None for a
+/// failed device, else where its catalog ends or why it could not be
+/// written.
+fn write_catalogs(
+    devices: &[Box<dyn Device>],
+    outcomes: &[RingOutcome],
+    ends: &[DeviceEnd],
+    encoded: &[u8],
+    rings: &[RingConfig],
+    config: &BackupConfig,
+) -> Vec<Option<Result<u64, media::MediaError>>> {
+    std::thread::scope(|scope| {
         let handles: Vec<_> = devices
             .iter()
-            .zip(&outcomes_ok)
+            .zip(outcomes)
             .enumerate()
             .map(|(i, (dev, outcome))| {
-                let (encoded, label) = (&encoded, label_for(i as u32));
+                let label = backup_label(devices, config, i as u32);
                 let failed = ends[i] == DeviceEnd::Failed;
-                let payload_max = payload_max[i];
+                let payload_max = rings[i].record_payload_bytes_max;
                 scope.spawn(move || {
                     (!failed).then(|| {
                         finish_device(dev.as_ref(), &label, outcome, encoded, payload_max, config)
@@ -688,60 +834,55 @@ pub fn run_backup(
             .into_iter()
             .map(|h| h.join().expect("finish thread panicked"))
             .collect()
-    });
-    let mut reports = Vec::with_capacity(devices.len());
-    let mut catalogs_written = 0;
-    for (i, ((dev, outcome), finish)) in devices.iter().zip(outcomes_ok).zip(finished).enumerate() {
-        let dev = dev.as_ref();
-        let (catalog_end, catalog_error) = match finish {
-            None => (None, None),
-            Some(Ok(end)) => {
-                catalogs_written += 1;
-                (Some(end), None)
-            }
-            Some(Err(e)) => (None, Some(e.to_string())),
-        };
-        let error = match &outcome.end {
-            RingEnd::Complete => None,
-            RingEnd::Full { error } | RingEnd::Failed { error } => Some(error.clone()),
-        };
-        reports.push(DeviceReport {
-            path: dev.path().display().to_string(),
-            end: ends[i],
-            error,
-            redirected_bytes: outcome.redirected_bytes,
-            stats: outcome.stats,
-            data_end: outcome.data_end,
-            catalog_end,
-            catalog_error,
-        });
-    }
-    if catalogs_written == 0 {
-        let why: Vec<String> = reports
-            .iter()
-            .map(|r| {
-                format!(
-                    "{}: {}",
-                    r.path,
-                    r.catalog_error
-                        .as_deref()
-                        .or(r.error.as_deref())
-                        .unwrap_or("-")
-                )
-            })
-            .collect();
-        return Err(BackupError::NoCatalog(why.join("; ")));
-    }
-    Ok(BackupReport {
-        set_id: config.set_id,
-        devices: reports,
-        files: input.entries.len(),
-        segments: segment_count,
-        unplaced,
-        unreadable,
-        changed,
-        elapsed: started.elapsed(),
     })
+}
+
+/// One report per device: how its data phase ended and whether its
+/// catalog was written.
+fn device_reports(
+    devices: &[Box<dyn Device>],
+    outcomes: Vec<RingOutcome>,
+    ends: &[DeviceEnd],
+    finished: Vec<Option<Result<u64, media::MediaError>>>,
+) -> Vec<DeviceReport> {
+    let per_device = devices.iter().zip(outcomes).zip(finished);
+    per_device
+        .enumerate()
+        .map(|(i, ((dev, outcome), finish))| {
+            let (catalog_end, catalog_error) = match finish {
+                None => (None, None),
+                Some(Ok(end)) => (Some(end), None),
+                Some(Err(e)) => (None, Some(e.to_string())),
+            };
+            let error = match &outcome.end {
+                RingEnd::Complete => None,
+                RingEnd::Full { error } | RingEnd::Failed { error } => Some(error.clone()),
+            };
+            DeviceReport {
+                path: dev.path().display().to_string(),
+                end: ends[i],
+                error,
+                redirected_bytes: outcome.redirected_bytes,
+                stats: outcome.stats,
+                data_end: outcome.data_end,
+                catalog_end,
+                catalog_error,
+            }
+        })
+        .collect()
+}
+
+/// The error of a run where no device could take the catalog: every
+/// device named with why (its catalog's error, or its data phase's).
+fn no_catalog(reports: &[DeviceReport]) -> BackupError {
+    let why: Vec<String> = reports
+        .iter()
+        .map(|r| {
+            let error = r.catalog_error.as_deref().or(r.error.as_deref());
+            format!("{}: {}", r.path, error.unwrap_or("-"))
+        })
+        .collect();
+    BackupError::NoCatalog(why.join("; "))
 }
 
 /// Catalog after the data, sync, label complete, sync. On a tape: a

@@ -28,7 +28,7 @@ impl Chain {
     /// Order `sets` (each one complete set, distinct) into a chain.
     pub fn new(mut sets: Vec<OpenSet>) -> Result<Chain, RestoreError> {
         if sets.is_empty() {
-            return Err(RestoreError::Set("no devices given (use --dev)".into()));
+            return Err(RestoreError::NoDevices);
         }
         let ids: Vec<SetId> = sets.iter().map(|s| s.catalog.set_id).collect();
         let tips: Vec<usize> = (0..sets.len())
@@ -51,11 +51,10 @@ impl Chain {
                     format!("{} on {}", describe(&s.catalog), paths.join(", "))
                 })
                 .collect();
-            return Err(RestoreError::Set(format!(
-                "the devices hold {} different sets that are not one chain of increments (no set has all the others as ancestors): {}",
-                sets.len(),
-                described.join("; ")
-            )));
+            return Err(RestoreError::NotAChain {
+                count: sets.len(),
+                sets: described,
+            });
         };
         sets.swap(0, tip);
         let ancestor_sets = sets[0]
@@ -111,7 +110,10 @@ pub fn open_chain(specs: &[DeviceSpec], key: Option<&MacKey>) -> Result<Chain, R
 /// catalog exported with `pbio list --export` (a file that starts with the
 /// catalog magic) or any device of the set, as `--dev` names it.
 pub fn read_catalog_from(path: &Path) -> Result<Catalog, RestoreError> {
-    let invalid = |why: String| RestoreError::Set(format!("{}: {why}", path.display()));
+    let invalid = |why: String| RestoreError::Since {
+        path: path.to_path_buf(),
+        why,
+    };
     if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
         let mut file = std::fs::File::open(path).map_err(|e| invalid(e.to_string()))?;
         let mut magic = [0u8; 8];

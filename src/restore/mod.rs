@@ -25,6 +25,9 @@ use crate::media::{self, MediaError};
 use crate::units::shown_name;
 pub use chain::{open_chain, Chain};
 
+/// Why a restore, a verify or a list could not go on. Each names the
+/// device (as given), the file and the offset involved; the CLI maps them
+/// to exit codes (`cli::exit_code`).
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     #[error(transparent)]
@@ -35,9 +38,125 @@ pub enum RestoreError {
     Stream(#[from] StreamError),
     #[error(transparent)]
     Tree(#[from] tree::TreeError),
-    #[error("{0}")]
-    Set(String),
+    #[error("no devices given (use --dev)")]
+    NoDevices,
+    #[error("no given device can be read: {}", .errors.join("; "))]
+    NoneReadable { errors: Vec<String> },
+    /// `open_set` was given devices of more than one set.
+    #[error("devices {device} and {other} hold different sets ({set} and {other_set})")]
+    DifferentSets {
+        device: String,
+        other: String,
+        set: String,
+        other_set: String,
+    },
+    /// Devices of several sets that are not one chain of increments.
+    #[error("the devices hold {count} different sets that are not one chain of increments (no set has all the others as ancestors): {}", .sets.join("; "))]
+    NotAChain { count: usize, sets: Vec<String> },
+    /// Two devices claim one set but their labels disagree on it.
+    #[error("devices {device} and {other} both claim set {set} but {why}: refusing the set (a device of another run, or a forged label?)")]
+    Membership {
+        device: String,
+        other: String,
+        set: String,
+        why: String,
+    },
+    #[error("devices {device} and {other} are both device {index} of the set (the same device given twice?)")]
+    SameIndex {
+        device: String,
+        other: String,
+        index: u32,
+    },
+    /// A label or catalog MAC that does not match `--key`.
+    #[error("device {device}: {}", mac_refusal(*.what, *.zero))]
+    Mac {
+        device: String,
+        what: MacOf,
+        /// The MAC is zero: the set was written without a key.
+        zero: bool,
+    },
+    #[error("device {device}: catalog belongs to another set")]
+    ForeignCatalog { device: String },
+    #[error("device {device}: its catalog does not hash to the catalog digest in its label (altered or damaged): not used")]
+    CatalogDigest { device: String },
+    #[error("set {set}: none of the given devices holds a completed catalog (crashed or interrupted run?): use `pbio scan` to recover records")]
+    NoCatalog { set: String },
+    #[error("device {device}: its label says device {index} of {count}, but the set's catalog (read from {source_device}) lists {catalog_count} devices: refusing it")]
+    NotInCatalog {
+        device: String,
+        index: u32,
+        count: u32,
+        source_device: String,
+        catalog_count: usize,
+    },
+    #[error("device {device}: its label disagrees with the set's catalog (read from {source_device}) on the chunk size or the creation time: refusing it")]
+    CatalogDisagrees {
+        device: String,
+        source_device: String,
+    },
+    /// `backup --since PATH`: PATH is neither a catalog nor a device of a set.
+    #[error("{}: {why}", .path.display())]
+    Since {
+        path: std::path::PathBuf,
+        why: String,
+    },
+    /// The restore target (an image restore's device or file).
+    #[error("{op}: {error}")]
+    Target { op: TargetOp, error: std::io::Error },
+    #[error("device {device}: io_uring for restore writes: {error}")]
+    WriterSetup {
+        device: String,
+        error: std::io::Error,
+    },
+    /// A restored file that could not be opened for its data.
+    #[error("open {path}: {error}")]
+    Open { path: String, error: std::io::Error },
+    /// A queued write of restored data failed (the writer names the file
+    /// and offset).
+    #[error("{why}")]
+    Write { device: String, why: String },
 }
+
+/// Whose MAC `RestoreError::Mac` refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MacOf {
+    Label,
+    Catalog,
+}
+
+fn mac_refusal(what: MacOf, zero: bool) -> &'static str {
+    match (what, zero) {
+        (MacOf::Label, true) => "its label carries no MAC (the set was written without a key), but --key was given: refusing it",
+        (MacOf::Label, false) => "its label's MAC does not match the key: written with another key, or altered: refusing it",
+        (MacOf::Catalog, true) => "the set's catalog carries no MAC (the set was written without a key), but --key was given: refusing it",
+        (MacOf::Catalog, false) => "the catalog's MAC does not match the key: written with another key, or altered: refusing it",
+    }
+}
+
+/// What was done to the restore target when it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetOp {
+    Size,
+    Clone,
+    Zeros { offset: u64 },
+    Sync,
+}
+
+impl std::fmt::Display for TargetOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetOp::Size => f.write_str("the size of the restore target"),
+            TargetOp::Clone => f.write_str("restore target"),
+            TargetOp::Zeros { offset } => {
+                write!(f, "write zeros at offset {offset} of the restore target")
+            }
+            TargetOp::Sync => f.write_str("sync of the restore target"),
+        }
+    }
+}
+
+/// A device of a set, opened for reading, and its label.
+type OpenDevice = (Box<dyn Device>, Label);
 
 /// The devices of one set, opened for reading, and its catalog.
 pub struct OpenSet {
@@ -96,13 +215,12 @@ pub fn open_set(specs: &[DeviceSpec], key: Option<&MacKey>) -> Result<OpenSet, R
     let mut sets = open_sets(specs, key)?;
     if sets.len() > 1 {
         let (a, b) = (&sets[0], &sets[1]);
-        return Err(RestoreError::Set(format!(
-            "devices {} and {} hold different sets ({} and {})",
-            a.devices[0].0.path().display(),
-            b.devices[0].0.path().display(),
-            a.catalog.set_id,
-            b.catalog.set_id
-        )));
+        return Err(RestoreError::DifferentSets {
+            device: a.devices[0].0.path().display().to_string(),
+            other: b.devices[0].0.path().display().to_string(),
+            set: a.catalog.set_id.to_string(),
+            other_set: b.catalog.set_id.to_string(),
+        });
     }
     Ok(sets.remove(0))
 }
@@ -118,7 +236,7 @@ pub fn open_set(specs: &[DeviceSpec], key: Option<&MacKey>) -> Result<OpenSet, R
 /// named with the device it disagrees with.
 pub fn open_sets(specs: &[DeviceSpec], key: Option<&MacKey>) -> Result<Vec<OpenSet>, RestoreError> {
     if specs.is_empty() {
-        return Err(RestoreError::Set("no devices given (use --dev)".into()));
+        return Err(RestoreError::NoDevices);
     }
     let mut groups: Vec<Vec<Opened>> = Vec::new();
     let mut unreadable = Vec::new();
@@ -147,10 +265,7 @@ pub fn open_sets(specs: &[DeviceSpec], key: Option<&MacKey>) -> Result<Vec<OpenS
         group.push((dev, label, tape_catalog));
     }
     if groups.is_empty() {
-        return Err(RestoreError::Set(format!(
-            "no given device can be read: {}",
-            unreadable.join("; ")
-        )));
+        return Err(RestoreError::NoneReadable { errors: unreadable });
     }
     let mut sets = groups
         .into_iter()
@@ -168,17 +283,11 @@ fn check_label_mac(dev: &dyn Device, label: &Label, key: &MacKey) -> Result<(), 
     if crate::format::hash_eq(&label.mac_for(key), &label.mac) {
         return Ok(());
     }
-    Err(RestoreError::Set(if label.mac == [0; 32] {
-        format!(
-            "device {}: its label carries no MAC (the set was written without a key), but --key was given: refusing it",
-            dev.path().display()
-        )
-    } else {
-        format!(
-            "device {}: its label's MAC does not match the key: written with another key, or altered: refusing it",
-            dev.path().display()
-        )
-    }))
+    Err(RestoreError::Mac {
+        device: dev.path().display().to_string(),
+        what: MacOf::Label,
+        zero: label.mac == [0; 32],
+    })
 }
 
 /// Two devices that claim the same set must agree on what their labels
@@ -188,21 +297,21 @@ fn labels_agree(
     (a_dev, a): (&dyn Device, &Label),
     (b_dev, b): (&dyn Device, &Label),
 ) -> Result<(), RestoreError> {
+    let (device, other) = (a_dev.path().display(), b_dev.path().display());
     let refuse = |why: String| {
-        Err(RestoreError::Set(format!(
-            "devices {} and {} both claim set {} but {why}: refusing the set (a device of another run, or a forged label?)",
-            a_dev.path().display(),
-            b_dev.path().display(),
-            a.set_id
-        )))
+        Err(RestoreError::Membership {
+            device: device.to_string(),
+            other: other.to_string(),
+            set: a.set_id.to_string(),
+            why,
+        })
     };
     if a.device_index == b.device_index {
-        return Err(RestoreError::Set(format!(
-            "devices {} and {} are both device {} of the set (the same device given twice?)",
-            a_dev.path().display(),
-            b_dev.path().display(),
-            a.device_index
-        )));
+        return Err(RestoreError::SameIndex {
+            device: device.to_string(),
+            other: other.to_string(),
+            index: a.device_index,
+        });
     }
     if a.device_count != b.device_count {
         return refuse(format!(
@@ -259,28 +368,23 @@ fn assemble(opened: Vec<Opened>, key: Option<&MacKey>) -> Result<OpenSet, Restor
         };
         match read {
             Ok(read) if read.catalog.set_id != label.set_id => {
-                last_error = Some(RestoreError::Set(format!(
-                    "device {}: catalog belongs to another set",
-                    dev.path().display()
-                )))
+                last_error = Some(RestoreError::ForeignCatalog {
+                    device: dev.path().display().to_string(),
+                })
             }
             Ok(read) if read.digest != label.catalog_digest => {
-                let why = format!(
-                    "device {}: its catalog does not hash to the catalog digest in its label (altered or damaged): not used",
-                    dev.path().display()
-                );
-                notes.push(why.clone());
-                last_error = Some(RestoreError::Set(why));
+                let refused = RestoreError::CatalogDigest {
+                    device: dev.path().display().to_string(),
+                };
+                notes.push(refused.to_string());
+                last_error = Some(refused);
             }
             Ok(read) => return finish_open(devices, read.catalog, from, key, notes),
             Err(e) => last_error = Some(e.into()),
         }
     }
-    Err(last_error.unwrap_or_else(|| {
-        RestoreError::Set(format!(
-            "set {}: none of the given devices holds a completed catalog (crashed or interrupted run?): use `pbio scan` to recover records",
-            devices[0].1.set_id
-        ))
+    Err(last_error.unwrap_or_else(|| RestoreError::NoCatalog {
+        set: devices[0].1.set_id.to_string(),
     }))
 }
 
@@ -298,30 +402,30 @@ fn finish_open(
     let source = devices[from].0.path().display().to_string();
     if let Some(key) = key {
         if !crate::format::hash_eq(&catalog.mac_for(key), &catalog.mac) {
-            return Err(RestoreError::Set(if catalog.mac == [0; 32] {
-                format!(
-                    "device {source}: the set's catalog carries no MAC (the set was written without a key), but --key was given: refusing it"
-                )
-            } else {
-                format!(
-                    "device {source}: the catalog's MAC does not match the key: written with another key, or altered: refusing it"
-                )
-            }));
+            return Err(RestoreError::Mac {
+                device: source,
+                what: MacOf::Catalog,
+                zero: catalog.mac == [0; 32],
+            });
         }
     }
     let count = catalog.devices.len();
     for (dev, l) in devices.iter_mut() {
         let name = dev.path().display();
         if l.device_count as usize != count || l.device_index as usize >= count {
-            return Err(RestoreError::Set(format!(
-                "device {name}: its label says device {} of {}, but the set's catalog (read from {source}) lists {count} devices: refusing it",
-                l.device_index, l.device_count
-            )));
+            return Err(RestoreError::NotInCatalog {
+                device: name.to_string(),
+                index: l.device_index,
+                count: l.device_count,
+                source_device: source.clone(),
+                catalog_count: count,
+            });
         }
         if l.chunk_bytes != catalog.chunk_bytes || l.created_unix_ns != catalog.created_unix_ns {
-            return Err(RestoreError::Set(format!(
-                "device {name}: its label disagrees with the set's catalog (read from {source}) on the chunk size or the creation time: refusing it"
-            )));
+            return Err(RestoreError::CatalogDisagrees {
+                device: name.to_string(),
+                source_device: source.clone(),
+            });
         }
         if l.state != LabelState::Complete {
             l.data_end = catalog.devices[l.device_index as usize].data_end;
@@ -613,6 +717,23 @@ fn data_sources(
         .collect()
 }
 
+/// A device read: (set, device index, path).
+type Reader = (usize, u32, String);
+
+/// What a run restores, per file of the restored catalog (`sets[0]`).
+struct Selection {
+    /// Where each file's data is.
+    sources: Vec<DataSource>,
+    /// Per set, the device indexes to read.
+    reading: Vec<Vec<u32>>,
+    /// Asked for (`--only`, or the one file of an image restore) and
+    /// complete on the given devices.
+    selected: Vec<bool>,
+    /// Whose data is read: the selected files and the targets of selected
+    /// hard links (less the entries the destination refuses).
+    wanted: Vec<bool>,
+}
+
 fn run_sets(
     sets: &[&OpenSet],
     ancestor_sets: &[Option<usize>],
@@ -623,9 +744,99 @@ fn run_sets(
     let catalog = &sets[0].catalog;
     assert_eq!(ancestor_sets.len(), catalog.ancestors.len());
     let mut report = Report::default();
+    let mut selection = select(sets, ancestor_sets, &action, only, &mut report);
+    let (staged, keep_partial) = match action {
+        Action::Restore { to, keep_partial } => {
+            let staged = prepare_tree(to, catalog, &mut selection.wanted, &mut report)?;
+            (Some(staged), keep_partial)
+        }
+        _ => (None, false),
+    };
+    let destination = match action {
+        Action::Restore { .. } => Destination::Tree(staged.as_ref().expect("prepared above")),
+        Action::RestoreToDevice { target, .. } => Destination::Device(target),
+        Action::Verify => Destination::Nowhere,
+    };
+    let verify = matches!(action, Action::Verify);
+    let results = read_devices(sets, &selection, catalog, destination, verify);
+    let (mut per_file, broken) = gather(results, catalog.files.len(), &mut report)?;
+    let verdicts = verdicts(sets, &selection, &mut per_file, &broken, &mut report);
+    let mut done = selection.selected.clone();
+    if let Destination::Device(target) = destination {
+        finish_image(target, catalog, &selection.wanted, &per_file)?;
+    }
+    if let Some(staged) = staged {
+        let finished = tree::finish(staged, catalog, &selection.wanted, &verdicts, keep_partial);
+        report
+            .errors
+            .extend(finished.errors.iter().map(ToString::to_string));
+        for (d, f) in done.iter_mut().zip(&finished.done) {
+            *d = *d && *f;
+        }
+    }
+    report.files_restored = done.iter().filter(|&&d| d).count();
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// Select phase, before any device is read: where each file's data is,
+/// which devices to read, which files are complete on them and asked for.
+/// Invariant: a file is selected only when every byte of it (and of a
+/// hard link's target) is on a device read; the missing ranges of the
+/// asked-for files are in `report.missing`, sorted by path.
+fn select(
+    sets: &[&OpenSet],
+    ancestor_sets: &[Option<usize>],
+    action: &Action<'_>,
+    only: &[Vec<u8>],
+    report: &mut Report,
+) -> Selection {
+    let catalog = &sets[0].catalog;
     let sources = data_sources(sets, ancestor_sets, &mut report.errors);
     let (reading, coverages): (Vec<Vec<u32>>, Vec<_>) =
         sets.iter().map(|s| devices_to_read(s)).unzip();
+    let (complete, missing) = completeness(sets, &sources, &coverages);
+    let chosen = |i: usize, f: &crate::format::CatalogFile| match action {
+        Action::RestoreToDevice { file, .. } => i == *file as usize,
+        _ => matches_only(&f.path, only),
+    };
+    let selected: Vec<bool> = catalog
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| complete[i] && chosen(i, f))
+        .collect();
+    // A hard link needs its target's data even when only the link was asked for.
+    let mut wanted = selected.clone();
+    for (i, f) in catalog.files.iter().enumerate() {
+        if selected[i] && f.kind == FileKind::HardLink {
+            wanted[f.hardlink_to as usize] = true;
+        }
+    }
+    report.missing = missing
+        .into_iter()
+        .filter(|m| match action {
+            Action::RestoreToDevice { file, .. } => m.path == catalog.files[*file as usize].path,
+            _ => matches_only(&m.path, only),
+        })
+        .collect();
+    Selection {
+        sources,
+        reading,
+        selected,
+        wanted,
+    }
+}
+
+/// Per file of the restored catalog, whether its data is all on the
+/// devices read (a hard link: whether its target's is), and the missing
+/// ranges of those whose data is not, sorted by path.
+fn completeness(
+    sets: &[&OpenSet],
+    sources: &[DataSource],
+    coverages: &[Vec<Option<Ranges>>],
+) -> (Vec<bool>, Vec<Missing>) {
+    let catalog = &sets[0].catalog;
     let mut complete = vec![true; catalog.files.len()];
     let mut missing = Vec::new();
     for (i, f) in catalog.files.iter().enumerate() {
@@ -660,88 +871,57 @@ fn run_sets(
         }
     }
     missing.sort_by(|a, b| a.path.cmp(&b.path));
-    let chosen = |i: usize, f: &crate::format::CatalogFile| match action {
-        Action::RestoreToDevice { file, .. } => i == file as usize,
-        _ => matches_only(&f.path, only),
-    };
-    let selected: Vec<bool> = catalog
-        .files
-        .iter()
-        .enumerate()
-        .map(|(i, f)| complete[i] && chosen(i, f))
-        .collect();
-    // A hard link needs its target's data even when only the link was asked for.
-    let mut wanted = selected.clone();
-    for (i, f) in catalog.files.iter().enumerate() {
-        if selected[i] && f.kind == FileKind::HardLink {
-            wanted[f.hardlink_to as usize] = true;
-        }
-    }
-    report.missing = missing
-        .into_iter()
-        .filter(|m| match action {
-            Action::RestoreToDevice { file, .. } => m.path == catalog.files[file as usize].path,
-            _ => matches_only(&m.path, only),
-        })
-        .collect();
-    let (staged, keep_partial) = match action {
-        Action::Restore { to, keep_partial } => {
-            let mut staged = tree::prepare(to, catalog, &wanted)?;
-            // Entries refused one by one; the rest is restored.
-            report
-                .errors
-                .extend(staged.take_errors().iter().map(ToString::to_string));
-            for (i, w) in wanted.iter_mut().enumerate() {
-                *w = *w && !staged.refused(i);
-            }
-            (Some(staged), keep_partial)
-        }
-        _ => (None, false),
-    };
-    let destination = match action {
-        Action::Restore { .. } => Destination::Tree(staged.as_ref().expect("prepared above")),
-        Action::RestoreToDevice { target, .. } => Destination::Device(target),
-        Action::Verify => Destination::Nowhere,
-    };
-    // Per set, which restored file each of its files' records belong to.
-    let mut targets: Vec<Targets> = sets
-        .iter()
-        .map(|s| vec![NO_TARGET; s.catalog.files.len()])
-        .collect();
-    for (i, source) in sources.iter().enumerate() {
-        if let (true, DataSource::In { set, file }) = (wanted[i], *source) {
-            targets[set][file as usize] = i as u32;
-        }
-    }
-    let verify = matches!(action, Action::Verify);
-    let read: Vec<usize> = (0..sets.len())
-        .filter(|&s| s == 0 || verify || targets[s].iter().any(|&t| t != NO_TARGET))
-        .collect();
+    (complete, missing)
+}
 
-    // The devices read, in the order of `results`: (set, device index, path).
-    let readers: Vec<(usize, u32, String)> = read
-        .iter()
-        .flat_map(|&s| sets[s].devices.iter().map(move |d| (s, d)))
+/// Destination phase of a tree restore: the tree under `to` staged for
+/// the wanted entries. Invariant: an entry the destination refuses (an
+/// unsafe name, a conflict) is reported and no longer wanted; the rest is
+/// restored.
+fn prepare_tree(
+    to: &Path,
+    catalog: &Catalog,
+    wanted: &mut [bool],
+    report: &mut Report,
+) -> Result<tree::Staged, RestoreError> {
+    let mut staged = tree::prepare(to, catalog, wanted)?;
+    report
+        .errors
+        .extend(staged.take_errors().iter().map(ToString::to_string));
+    for (i, w) in wanted.iter_mut().enumerate() {
+        *w = *w && !staged.refused(i);
+    }
+    Ok(staged)
+}
+
+/// Read phase: every device to read, each on its own thread, in parallel
+/// across the sets. A set is read when it is the restored one, when
+/// verifying, or when a wanted file has its data in it. Invariant: only
+/// records of wanted files reach the destination. Per device read: which
+/// one, and what came of it.
+fn read_devices(
+    sets: &[&OpenSet],
+    selection: &Selection,
+    restored: &Catalog,
+    destination: Destination<'_>,
+    verify: bool,
+) -> Vec<(Reader, Result<DeviceRead, RestoreError>)> {
+    let targets = targets(sets, selection);
+    let reading = &selection.reading;
+    // (set, its device and label) of every device read.
+    let devices: Vec<(usize, &OpenDevice)> = (0..sets.len())
+        .filter(|&s| s == 0 || verify || targets[s].iter().any(|&t| t != NO_TARGET))
+        .flat_map(|s| sets[s].devices.iter().map(move |d| (s, d)))
         .filter(|(s, (_, label))| reading[*s].contains(&label.device_index))
-        .map(|(s, (dev, label))| (s, label.device_index, dev.path().display().to_string()))
         .collect();
     let results: Vec<Result<DeviceRead, RestoreError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = read
+        let handles: Vec<_> = devices
             .iter()
-            .flat_map(|&s| sets[s].devices.iter().map(move |d| (s, d)))
-            .filter(|(s, (_, label))| reading[*s].contains(&label.device_index))
-            .map(|(s, (dev, label))| {
-                let targets = &targets[s];
-                let set_catalog = &sets[s].catalog;
+            .map(|&(s, (dev, label))| {
+                let (targets, set_catalog) = (&targets[s], &sets[s].catalog);
                 scope.spawn(move || {
-                    read_device(
-                        dev.as_ref(),
-                        label,
-                        set_catalog,
-                        targets,
-                        catalog,
-                        destination,
-                    )
+                    let dev = dev.as_ref();
+                    read_device(dev, label, set_catalog, targets, restored, destination)
                 })
             })
             .collect();
@@ -750,12 +930,39 @@ fn run_sets(
             .map(|h| h.join().expect("reader thread panicked"))
             .collect()
     });
-    let mut per_file: Vec<Vec<DigestRecord>> = vec![Vec::new(); catalog.files.len()];
-    // Devices whose reading broke off: (set, device index, path).
-    let mut broken: Vec<&(usize, u32, String)> = Vec::new();
-    for (result, reader) in results.into_iter().zip(&readers) {
-        // A device that cannot be read is reported; what the others hold is
-        // still restored, and the files it leaves short are named with it.
+    devices
+        .iter()
+        .map(|(s, (dev, label))| (*s, label.device_index, dev.path().display().to_string()))
+        .zip(results)
+        .collect()
+}
+
+/// Per set, which restored file each of its files' records belong to.
+fn targets(sets: &[&OpenSet], selection: &Selection) -> Vec<Targets> {
+    let mut targets: Vec<Targets> = sets
+        .iter()
+        .map(|s| vec![NO_TARGET; s.catalog.files.len()])
+        .collect();
+    for (i, source) in selection.sources.iter().enumerate() {
+        if let (true, DataSource::In { set, file }) = (selection.wanted[i], *source) {
+            targets[set][file as usize] = i as u32;
+        }
+    }
+    targets
+}
+
+/// The records read, per restored file, and the devices whose reading
+/// broke off. A device that cannot be read is reported; what the others
+/// hold is still restored (the files it leaves short are named with it).
+/// Any other error ends the run.
+fn gather(
+    results: Vec<(Reader, Result<DeviceRead, RestoreError>)>,
+    file_count: usize,
+    report: &mut Report,
+) -> Result<(Vec<Vec<DigestRecord>>, Vec<Reader>), RestoreError> {
+    let mut per_file: Vec<Vec<DigestRecord>> = vec![Vec::new(); file_count];
+    let mut broken: Vec<Reader> = Vec::new();
+    for (reader, result) in results {
         let read = match result {
             Ok(read) => read,
             Err(e @ (RestoreError::Stream(_) | RestoreError::Media(_))) => {
@@ -772,10 +979,23 @@ fn run_sets(
             per_file[file as usize].push(record);
         }
     }
-    // Per file of the restored catalog: complete and verified, or why not.
+    Ok((per_file, broken))
+}
+
+/// Verdict phase: per file of the restored catalog, complete and verified,
+/// or why not. Invariant: a wanted file with data is Good only when the
+/// digest over its records (each range once) is the catalog's.
+fn verdicts(
+    sets: &[&OpenSet],
+    selection: &Selection,
+    per_file: &mut [Vec<DigestRecord>],
+    broken: &[Reader],
+    report: &mut Report,
+) -> Vec<tree::Verdict> {
+    let catalog = &sets[0].catalog;
     let mut verdicts = vec![tree::Verdict::Good; catalog.files.len()];
     for (i, f) in catalog.files.iter().enumerate() {
-        if !wanted[i] || !f.kind.has_data() {
+        if !selection.wanted[i] || !f.kind.has_data() {
             continue;
         }
         // A range held twice (a failed device's copy and the survivor's)
@@ -784,67 +1004,66 @@ fn run_sets(
         let records = &mut per_file[i];
         records.sort_unstable();
         records.dedup();
-        let digest = crate::format::file_digest(records);
-        if digest != f.digest {
-            // Data of it on a device whose reading broke off: that is why.
-            let on_broken: Vec<&str> =
-                match sources[i] {
-                    DataSource::In { set, file } => broken
-                        .iter()
-                        .filter(|(s, device, _)| {
-                            *s == set
-                                && sets[set].catalog.segments.iter().any(|g| {
-                                    g.file_id == file && g.device == *device && g.records > 0
-                                })
-                        })
-                        .map(|(_, _, path)| path.as_str())
-                        .collect(),
-                    _ => Vec::new(),
-                };
-            let why = if on_broken.is_empty() {
-                format!(
-                    "file {}: content digest mismatch (records missing, altered, substituted or duplicated on the devices: {})",
-                    shown_name(&f.path),
-                    devices_holding(sets, sources[i]).join(", ")
-                )
-            } else {
-                format!(
-                    "file {}: not restored completely: part of it is on {}, which could not be read (above)",
-                    shown_name(&f.path),
-                    on_broken.join(", ")
-                )
-            };
-            report.errors.push(why.clone());
-            verdicts[i] = tree::Verdict::Failed(why);
+        if crate::format::file_digest(records) == f.digest {
+            continue;
+        }
+        // Data of it on a device whose reading broke off: that is why.
+        let on_broken = on_broken(sets, selection.sources[i], broken);
+        let why = if on_broken.is_empty() {
+            format!(
+                "file {}: content digest mismatch (records missing, altered, substituted or duplicated on the devices: {})",
+                shown_name(&f.path),
+                devices_holding(sets, selection.sources[i]).join(", ")
+            )
+        } else {
+            format!(
+                "file {}: not restored completely: part of it is on {}, which could not be read (above)",
+                shown_name(&f.path),
+                on_broken.join(", ")
+            )
+        };
+        report.errors.push(why.clone());
+        verdicts[i] = tree::Verdict::Failed(why);
+    }
+    verdicts
+}
+
+/// The devices whose reading broke off that hold records of a file, by path.
+fn on_broken<'a>(sets: &[&OpenSet], source: DataSource, broken: &'a [Reader]) -> Vec<&'a str> {
+    let DataSource::In { set, file } = source else {
+        return Vec::new();
+    };
+    let segments = &sets[set].catalog.segments;
+    broken
+        .iter()
+        .filter(|(s, device, _)| {
+            *s == set
+                && segments
+                    .iter()
+                    .any(|g| g.file_id == file && g.device == *device && g.records > 0)
+        })
+        .map(|(_, _, path)| path.as_str())
+        .collect()
+}
+
+/// Finish phase of an image restore: the holes written as zeros, then the
+/// target synced. Invariant: once it returns, the target holds exactly
+/// the image, durably.
+fn finish_image(
+    target: &File,
+    catalog: &Catalog,
+    wanted: &[bool],
+    per_file: &[Vec<DigestRecord>],
+) -> Result<(), RestoreError> {
+    for (i, f) in catalog.files.iter().enumerate() {
+        if wanted[i] {
+            zero_holes(target, f.size_bytes, &per_file[i])?;
         }
     }
-    let mut done = selected.clone();
-    match destination {
-        Destination::Tree(_) => {}
-        Destination::Device(target) => {
-            for (i, f) in catalog.files.iter().enumerate() {
-                if wanted[i] {
-                    zero_holes(target, f.size_bytes, &per_file[i])?;
-                }
-            }
-            target
-                .sync_all()
-                .map_err(|e| RestoreError::Set(format!("sync of the restore target: {e}")))?;
-        }
-        Destination::Nowhere => {}
-    }
-    if let Some(staged) = staged {
-        let finished = tree::finish(staged, catalog, &wanted, &verdicts, keep_partial);
-        report
-            .errors
-            .extend(finished.errors.iter().map(ToString::to_string));
-        for (d, f) in done.iter_mut().zip(&finished.done) {
-            *d = *d && *f;
-        }
-    }
-    report.files_restored = done.iter().filter(|&&d| d).count();
-    report.elapsed = started.elapsed();
-    Ok(report)
+    target.sync_all().map_err(|error| RestoreError::Target {
+        op: TargetOp::Sync,
+        error,
+    })
 }
 
 /// The given devices that hold records of a file (its segments), by path.
@@ -883,11 +1102,12 @@ fn zero_holes(
         let mut at = start;
         while at < end {
             let n = (end - at).min(ZEROS_BYTES as u64) as usize;
-            target.write_all_at(&zeros[..n], at).map_err(|e| {
-                RestoreError::Set(format!(
-                    "write zeros at offset {at} of the restore target: {e}"
-                ))
-            })?;
+            target
+                .write_all_at(&zeros[..n], at)
+                .map_err(|error| RestoreError::Target {
+                    op: TargetOp::Zeros { offset: at },
+                    error,
+                })?;
             at += n as u64;
         }
     }
@@ -1003,164 +1223,248 @@ fn read_device(
     restored: &Catalog,
     destination: Destination<'_>,
 ) -> Result<DeviceRead, RestoreError> {
-    let name = dev.path().display().to_string();
-    let ranges = DeviceRanges::new(catalog, label.device_index);
-    // An image restore also checks every record against the target's size
-    // (the catalog's segments already keep records inside the file, and
-    // the file inside the target: defense in depth).
-    let target_bytes = match destination {
-        Destination::Device(target) => Some(
-            target_size_bytes(target)
-                .map_err(|e| RestoreError::Set(format!("the size of the restore target: {e}")))?,
-        ),
-        Destination::Tree(_) | Destination::Nowhere => None,
-    };
-    let mut out = DeviceRead {
-        records: Vec::new(),
-        records_read: 0,
-        payload_bytes: 0,
-        errors: Vec::new(),
-    };
-    // The destination the previous record went to (restored file id, writer
-    // handle): records of one file are contiguous on media.
-    let mut open: Option<(u32, usize)> = None;
-    let mut writer = match destination {
-        Destination::Nowhere => None,
-        Destination::Tree(_) | Destination::Device(_) => {
-            Some(writer::Writer::new().map_err(|e| {
-                RestoreError::Set(format!("device {name}: io_uring for restore writes: {e}"))
-            })?)
-        }
-    };
+    let mut reader = DeviceReader::new(dev, label, catalog, targets, restored, destination)?;
     let mut result: Result<(), RestoreError> = Ok(());
     stream::stream::<RestoreError>(
         dev,
         media::data_start(dev),
         label.data_end,
         label.chunk_bytes,
-        |item| {
-            let (position, header, payload) = match item {
-                Item::Record {
-                    position,
-                    header,
-                    payload,
-                    padding,
-                    ..
-                } => {
-                    if padding.iter().any(|&b| b != 0) {
-                        out.errors.push(format!(
-                            "device {name}: offset {position}: damaged padding after the payload of the record at file offset {}",
-                            header.file_offset
-                        ));
-                    }
-                    (position, header, payload)
-                }
-                Item::Bad { position, error } => {
-                    out.errors.push(format!(
-                        "device {name}: offset {position}: damaged record header: {error}"
-                    ));
-                    return Ok(Flow::Continue);
-                }
-                Item::Reclaim => {
-                    // Every queued write done before the window is reused.
-                    if let Some(w) = writer.as_mut() {
-                        open = None;
-                        if let Err(e) = w.finish() {
-                            result = Err(RestoreError::Set(e));
-                            return Ok(Flow::Stop);
-                        }
-                    }
-                    return Ok(Flow::Continue);
-                }
-            };
-            if header.set_id != label.set_id || header.kind != RecordKind::Data {
-                out.errors.push(format!(
-                    "device {name}: offset {position}: record does not belong to this set's data"
-                ));
-                return Ok(Flow::Continue);
+        |item| match reader.item(item) {
+            Ok(flow) => Ok(flow),
+            Err(e) => {
+                result = Err(e);
+                Ok(Flow::Stop)
             }
-            if let Some(why) = record_refusal(&header, label, catalog, &ranges) {
-                out.errors.push(format!(
-                    "device {name}: offset {position}: {why}: not written"
-                ));
-                return Ok(Flow::Continue);
-            }
-            let file = &catalog.files[header.file_id as usize];
-            let path = shown_name(&file.path);
-            let crc = crate::format::crc32c(payload);
-            if crc != header.payload_crc {
-                out.errors.push(format!(
-                "device {name}: offset {position}: file {path} at file offset {}: payload checksum mismatch (stored {:#010x}, computed {crc:#010x})",
-                header.file_offset, header.payload_crc
-            ));
-                return Ok(Flow::Continue);
-            }
-            out.records_read += 1;
-            out.payload_bytes += payload.len() as u64;
-            let target = targets[header.file_id as usize];
-            if target == NO_TARGET {
-                return Ok(Flow::Continue);
-            }
-            let end = header.file_offset + u64::from(header.payload_bytes);
-            if target_bytes.is_some_and(|bytes| end > bytes) {
-                out.errors.push(format!(
-                    "device {name}: offset {position}: record of file {path} at file offset {} ({} bytes) lies beyond the end of the restore target ({} bytes): not written",
-                    header.file_offset,
-                    header.payload_bytes,
-                    target_bytes.unwrap_or(0)
-                ));
-                return Ok(Flow::Continue);
-            }
-            // The file digest proves the bytes (a CRC32C can be forged).
-            out.records.push((
-                target,
-                (
-                    header.file_offset,
-                    header.payload_bytes,
-                    crate::format::payload_hash(payload),
-                ),
-            ));
-            let Some(w) = writer.as_mut() else {
-                return Ok(Flow::Continue);
-            };
-            let restored_path = shown_name(&restored.files[target as usize].path);
-            if open.map(|(id, _)| id) != Some(target) {
-                if w.open_files() >= OPEN_FILES_MAX {
-                    if let Err(e) = w.finish() {
-                        result = Err(RestoreError::Set(e));
-                        return Ok(Flow::Stop);
-                    }
-                }
-                let opened = match destination {
-                    Destination::Tree(staged) => staged
-                        .open_for_write(target as usize)
-                        .map_err(|error| format!("open {restored_path}: {error}")),
-                    Destination::Device(device) => device
-                        .try_clone()
-                        .map_err(|error| format!("restore target: {error}")),
-                    Destination::Nowhere => unreachable!("no writer without a destination"),
-                };
-                match opened {
-                    Ok(f) => open = Some((target, w.add_file(f, restored_path))),
-                    Err(why) => {
-                        result = Err(RestoreError::Set(why));
-                        return Ok(Flow::Stop);
-                    }
-                }
-            }
-            let (_, handle) = open.expect("opened above");
-            // SAFETY: `payload` lies in the stream's window buffer, which the
-            // stream neither reuses nor frees before delivering Reclaim, and
-            // on Reclaim (and before any early return) the writer is finished.
-            if let Err(e) = unsafe { w.write(handle, payload, header.file_offset) } {
-                result = Err(RestoreError::Set(e));
-                return Ok(Flow::Stop);
-            }
-            Ok(Flow::Continue)
         },
     )?;
     result?;
-    Ok(out)
+    Ok(reader.out)
+}
+
+/// One device's reading: what every record is checked against, where it
+/// goes, and what was read.
+struct DeviceReader<'a> {
+    name: String,
+    label: &'a Label,
+    /// The catalog of the device's own set.
+    catalog: &'a Catalog,
+    ranges: DeviceRanges,
+    /// Per file of `catalog`: the restored file its records go to.
+    targets: &'a [u32],
+    /// The catalog restored (`sets[0]`'s).
+    restored: &'a Catalog,
+    destination: Destination<'a>,
+    /// An image restore's target size (defense in depth: the catalog's
+    /// segments already keep records inside the file, the file inside it).
+    target_bytes: Option<u64>,
+    writer: Option<writer::Writer>,
+    /// The destination the previous record went to (restored file id,
+    /// writer handle): records of one file are contiguous on media.
+    open: Option<(u32, usize)>,
+    out: DeviceRead,
+}
+
+impl<'a> DeviceReader<'a> {
+    fn new(
+        dev: &dyn Device,
+        label: &'a Label,
+        catalog: &'a Catalog,
+        targets: &'a [u32],
+        restored: &'a Catalog,
+        destination: Destination<'a>,
+    ) -> Result<DeviceReader<'a>, RestoreError> {
+        let name = dev.path().display().to_string();
+        let target_bytes = match destination {
+            Destination::Device(target) => {
+                let size = target_size_bytes(target);
+                let op = TargetOp::Size;
+                Some(size.map_err(|error| RestoreError::Target { op, error })?)
+            }
+            Destination::Tree(_) | Destination::Nowhere => None,
+        };
+        let writer = match destination {
+            Destination::Nowhere => None,
+            Destination::Tree(_) | Destination::Device(_) => Some(writer::Writer::new().map_err(
+                |error| RestoreError::WriterSetup {
+                    device: name.clone(),
+                    error,
+                },
+            )?),
+        };
+        Ok(DeviceReader {
+            ranges: DeviceRanges::new(catalog, label.device_index),
+            name,
+            label,
+            catalog,
+            targets,
+            restored,
+            destination,
+            target_bytes,
+            writer,
+            open: None,
+            out: DeviceRead {
+                records: Vec::new(),
+                records_read: 0,
+                payload_bytes: 0,
+                errors: Vec::new(),
+            },
+        })
+    }
+
+    /// One item of the stream. Damage is reported and skipped; an error
+    /// of the destination stops the reading.
+    fn item(&mut self, item: Item<'_>) -> Result<Flow, RestoreError> {
+        let name = &self.name;
+        match item {
+            Item::Record {
+                position,
+                header,
+                payload,
+                padding,
+                ..
+            } => {
+                if padding.iter().any(|&b| b != 0) {
+                    self.out.errors.push(format!(
+                        "device {name}: offset {position}: damaged padding after the payload of the record at file offset {}",
+                        header.file_offset
+                    ));
+                }
+                self.record(position, &header, payload)?;
+            }
+            Item::Bad { position, error } => {
+                self.out.errors.push(format!(
+                    "device {name}: offset {position}: damaged record header: {error}"
+                ));
+            }
+            Item::Reclaim => {
+                // Every queued write done before the window is reused.
+                if let Some(w) = self.writer.as_mut() {
+                    self.open = None;
+                    let device = &self.name;
+                    w.finish().map_err(|why| write_error(device, why))?;
+                }
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// A record: checked against the label, the catalog and its CRC, then
+    /// counted and, when its file is restored, written.
+    fn record(
+        &mut self,
+        position: u64,
+        header: &RecordHeader,
+        payload: &[u8],
+    ) -> Result<(), RestoreError> {
+        let Some(target) = self.check(position, header, payload) else {
+            return Ok(());
+        };
+        // The file digest proves the bytes (a CRC32C can be forged).
+        let hash = crate::format::payload_hash(payload);
+        let record = (header.file_offset, header.payload_bytes, hash);
+        self.out.records.push((target, record));
+        if self.writer.is_some() {
+            self.write(target, header, payload)?;
+        }
+        Ok(())
+    }
+
+    /// The restored file a record goes to, once it passed every check:
+    /// None (the reason reported) for a record not of this set's data, one
+    /// refused by `record_refusal`, one with a bad CRC, one of a file not
+    /// restored, or one beyond the end of an image restore's target.
+    fn check(&mut self, position: u64, header: &RecordHeader, payload: &[u8]) -> Option<u32> {
+        let (name, errors) = (&self.name, &mut self.out.errors);
+        if header.set_id != self.label.set_id || header.kind != RecordKind::Data {
+            errors.push(format!(
+                "device {name}: offset {position}: record does not belong to this set's data"
+            ));
+            return None;
+        }
+        if let Some(why) = record_refusal(header, self.label, self.catalog, &self.ranges) {
+            errors.push(format!(
+                "device {name}: offset {position}: {why}: not written"
+            ));
+            return None;
+        }
+        let path = shown_name(&self.catalog.files[header.file_id as usize].path);
+        let crc = crate::format::crc32c(payload);
+        if crc != header.payload_crc {
+            errors.push(format!(
+                "device {name}: offset {position}: file {path} at file offset {}: payload checksum mismatch (stored {:#010x}, computed {crc:#010x})",
+                header.file_offset, header.payload_crc
+            ));
+            return None;
+        }
+        self.out.records_read += 1;
+        self.out.payload_bytes += payload.len() as u64;
+        let target = self.targets[header.file_id as usize];
+        if target == NO_TARGET {
+            return None;
+        }
+        let end = header.file_offset + u64::from(header.payload_bytes);
+        if self.target_bytes.is_some_and(|bytes| end > bytes) {
+            errors.push(format!(
+                "device {name}: offset {position}: record of file {path} at file offset {} ({} bytes) lies beyond the end of the restore target ({} bytes): not written",
+                header.file_offset,
+                header.payload_bytes,
+                self.target_bytes.unwrap_or(0)
+            ));
+            return None;
+        }
+        Some(target)
+    }
+
+    /// Queue the write of a checked record's payload to its restored file
+    /// (opened when the previous record went elsewhere).
+    fn write(
+        &mut self,
+        target: u32,
+        header: &RecordHeader,
+        payload: &[u8],
+    ) -> Result<(), RestoreError> {
+        let w = self.writer.as_mut().expect("a writer with a destination");
+        if self.open.map(|(id, _)| id) != Some(target) {
+            if w.open_files() >= OPEN_FILES_MAX {
+                w.finish().map_err(|why| write_error(&self.name, why))?;
+            }
+            let restored_path = shown_name(&self.restored.files[target as usize].path);
+            let file = match self.destination {
+                Destination::Tree(staged) => {
+                    staged
+                        .open_for_write(target as usize)
+                        .map_err(|error| RestoreError::Open {
+                            path: restored_path.clone(),
+                            error,
+                        })?
+                }
+                Destination::Device(device) => {
+                    device.try_clone().map_err(|error| RestoreError::Target {
+                        op: TargetOp::Clone,
+                        error,
+                    })?
+                }
+                Destination::Nowhere => unreachable!("no writer without a destination"),
+            };
+            self.open = Some((target, w.add_file(file, restored_path)));
+        }
+        let (_, handle) = self.open.expect("opened above");
+        // SAFETY: `payload` lies in the stream's window buffer, which the
+        // stream neither reuses nor frees before delivering Reclaim, and
+        // on Reclaim (and before any early return) the writer is finished.
+        unsafe { w.write(handle, payload, header.file_offset) }
+            .map_err(|why| write_error(&self.name, why))
+    }
+}
+
+/// A failed queued write of `device`'s reader (the writer's message names
+/// the file and offset).
+fn write_error(device: &str, why: String) -> RestoreError {
+    RestoreError::Write {
+        device: device.to_string(),
+        why,
+    }
 }
 
 /// The size of an image restore's target: a block device's capacity, or
