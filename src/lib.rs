@@ -8,6 +8,7 @@ pub mod cli;
 pub mod device;
 pub mod engine;
 pub mod format;
+pub mod io;
 pub mod measure;
 pub mod plan;
 pub mod restore;

@@ -1,7 +1,8 @@
 //! The data path: buffer pool, ring worker, dispatcher, and the backup run
 //! that ties them together (label, data, catalog, durable, complete).
 
-pub mod buffers;
+/// The buffer pool moved to `crate::io`; the path stays for the media readers.
+pub use crate::io::buffers;
 pub mod dispatch;
 pub mod media;
 pub mod probe;
@@ -467,16 +468,15 @@ pub fn run_backup(
             set_id: config.set_id,
             chunk_bytes: config.chunk_bytes,
             record_payload_bytes_max: payload_max[i],
-            queue_depth: match (devices[i].access(), devices[i].nbd()) {
+            queue_depth: match devices[i].access() {
                 // A remote device: enough records in flight to cover its
                 // measured round trip at its bandwidth (never fewer than --qd).
-                (Access::Random, Some(nbd)) => nbd.records_in_flight(
+                Access::Random => devices[i].records_in_flight(
                     (HEADER_BYTES as u64) + payload_max[i] as u64,
                     config.queue_depth,
                     ring::QUEUE_DEPTH_MAX,
                 ),
-                (Access::Random, None) => config.queue_depth,
-                (Access::Sequential, _) => config.tape_buffer_records,
+                Access::Sequential => config.tape_buffer_records,
             },
             reserve_bytes: config.reserve_bytes,
             write_retries: config.write_retries,
@@ -498,7 +498,12 @@ pub fn run_backup(
                     .spawn_scoped(scope, move || {
                         if let Some(error) = label_error {
                             return Ok(RingOutcome {
-                                end: RingEnd::Failed { error },
+                                end: RingEnd::Failed {
+                                    error: ring::DeviceFault {
+                                        device: dev.path().to_path_buf(),
+                                        fault: ring::Fault::Label(error),
+                                    },
+                                },
                                 records: Vec::new(),
                                 placed: Vec::new(),
                                 data_end: media::data_start(dev.as_ref()),
@@ -519,7 +524,7 @@ pub fn run_backup(
                             RingEnd::Complete => {}
                             RingEnd::Full { error } => send(Event::DeviceFull {
                                 device: i as u32,
-                                error: error.clone(),
+                                error: error.to_string(),
                                 durable_bytes: outcome
                                     .records
                                     .iter()
@@ -529,7 +534,7 @@ pub fn run_backup(
                             }),
                             RingEnd::Failed { error } => send(Event::DeviceFailed {
                                 device: i as u32,
-                                error: error.clone(),
+                                error: error.to_string(),
                                 redirected_bytes: outcome.redirected_bytes,
                             }),
                         }
@@ -696,7 +701,7 @@ pub fn run_backup(
         };
         let error = match &outcome.end {
             RingEnd::Complete => None,
-            RingEnd::Full { error } | RingEnd::Failed { error } => Some(error.clone()),
+            RingEnd::Full { error } | RingEnd::Failed { error } => Some(error.to_string()),
         };
         reports.push(DeviceReport {
             path: dev.path().display().to_string(),
