@@ -31,11 +31,17 @@ fn run(args: &[String]) -> (i32, String, String) {
 }
 
 fn backup(src: &Path, devs: &[String]) -> (i32, Value, String) {
+    backup_with(src, devs, &[])
+}
+
+/// `backup` with extra arguments.
+fn backup_with(src: &Path, devs: &[String], extra: &[&str]) -> (i32, Value, String) {
     let mut args = vec![
         "backup".to_string(),
         src.display().to_string(),
         "--json".into(),
     ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     for d in devs {
         args.extend(["--dev".to_string(), d.clone()]);
     }
@@ -97,12 +103,16 @@ fn a_device_that_fills_up_mid_run() {
     let loops: Vec<LoopDev> = (0..3)
         .map(|i| LoopDev::new(&dir.path().join(format!("l{i}.img")), 96 << 20))
         .collect();
-    // Claims 96 MiB, has 24 MiB of backing store: ENOSPC well before its
-    // share, after more than the records in flight (16 x 1 MiB) could cover.
+    // Claims 96 MiB, has 24 MiB of backing store: ENOSPC before its share,
+    // after more than the records in flight (8 x 1 MiB) could cover. The
+    // loop driver may complete writes out of order, so with as many
+    // records in flight as the backing store holds (the default queue
+    // depth, 32), the first ENOSPC could land on the first record and
+    // leave nothing to keep: the queue depth is pinned below it.
     let full = FullDevice::new(dir.path(), 96 << 20, 24 << 20);
     let mut devs: Vec<String> = loops.iter().map(|l| l.arg()).collect();
     devs.insert(1, full.arg());
-    let (code, summary, err) = backup(&src, &devs);
+    let (code, summary, err) = backup_with(&src, &devs, &["--qd", "8"]);
     assert_eq!(
         code, 0,
         "a full device is healthy: the set completes\n{summary}\n{err}"

@@ -261,7 +261,7 @@ fn debug(what: &str, outcome: &dyn std::fmt::Debug) {
 
 fn restore_catalog() {
     let spec = DeviceSpec::parse(DEVICE).unwrap();
-    match restore::open_chain(std::slice::from_ref(&spec)) {
+    match restore::open_chain(std::slice::from_ref(&spec), None) {
         Ok(chain) => {
             let to = Path::new(DEST);
             let report = restore::run_chain(
