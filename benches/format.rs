@@ -6,7 +6,7 @@
 
 use pbio::format::{
     crc32c, file_digest, payload_hash, Catalog, CatalogDevice, CatalogFile, CatalogSegment,
-    DeviceState, FileKind, Label, LabelState, RecordHeader, RecordKind, BLOCK_BYTES,
+    DeviceState, FileKind, Label, LabelState, RecordHeader, RecordKind, SetId, BLOCK_BYTES,
 };
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -35,7 +35,7 @@ fn ns_per(d: Duration, ops: usize) -> f64 {
 fn header() -> RecordHeader {
     RecordHeader {
         kind: RecordKind::Data,
-        set_id: [0x42; 16],
+        set_id: SetId([0x42; 16]),
         device_index: 1,
         sequence: 0,
         file_id: 7,
@@ -83,7 +83,7 @@ fn bench_header() {
     );
 
     let label = Label {
-        set_id: [1; 16],
+        set_id: SetId([1; 16]),
         device_index: 0,
         device_count: 2,
         chunk_bytes: 1 << 20,
@@ -218,7 +218,7 @@ fn big_catalog() -> Catalog {
         }
     }
     Catalog {
-        set_id: [7; 16],
+        set_id: SetId([7; 16]),
         created_unix_ns: 1_700_000_000_000_000_000,
         chunk_bytes: 1 << 20,
         devices: (0..4)

@@ -15,7 +15,7 @@ fn main() -> std::io::Result<()> {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("seed"), bytes)
     };
-    let set_id = [7u8; 16];
+    let set_id = pbio::format::SetId([7u8; 16]);
     // A keyed set: label and catalog carry MACs.
     let key = pbio::format::mac_key(b"fuzz seed key, 32 bytes or more.");
     let mut block = [0u8; 4096];
@@ -143,7 +143,7 @@ fn main() -> std::io::Result<()> {
                 records: 1,
             },
         ],
-        ancestors: vec![[8u8; 16]],
+        ancestors: vec![pbio::format::SetId([8u8; 16])],
         removed: vec![b"tree/old".to_vec()],
         renamed: vec![Renamed {
             file_id: 4,

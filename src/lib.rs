@@ -1,8 +1,19 @@
-//! pbio: a parallel backup engine. See DESIGN in README.md and docs/FORMAT.md.
+//! pbio: a parallel backup engine. The media format is docs/FORMAT.md.
 //!
-//! The planner decides (`plan`), the engine does (`engine`, `device`), the
-//! CLI shows (`cli`). `format` is the pure media format; `source` walks the
-//! inputs; `restore` reads sets back.
+//! The layers, lowest first; a module imports only layers below it:
+//! - `units`: sizes, rates and names as shown (no pbio types).
+//! - `format`: the on-media bytes, pure: label, record header, catalog, `SetId`.
+//! - `plan`: the planner, pure: files and devices in, segments per device out.
+//! - `io`: the transport: aligned buffers registered with io_uring rings.
+//! - `device`: the device kinds (file, block, tape, pmem, NBD) behind one trait.
+//! - `source`: walking the inputs (trees, block devices, incremental sets).
+//! - `media`: label, catalog and record streams on a device, the record
+//!   scanner and the overwrite guard: the one place that reads and writes
+//!   the on-media structures.
+//! - `engine`: backup runs (dispatcher, ring workers, failure handling).
+//! - `restore`: restore and verify runs (catalog, chain, scan restore).
+//! - `measure`: hardware measurement (bench, qualify), beside the engine.
+//! - `cli`: the commands: parse, run a layer, show, map errors to exit codes.
 
 pub mod cli;
 pub mod device;
@@ -10,6 +21,7 @@ pub mod engine;
 pub mod format;
 pub mod io;
 pub mod measure;
+pub mod media;
 pub mod plan;
 pub mod restore;
 pub mod source;

@@ -285,7 +285,7 @@ fn scan_and_corruption() {
     let (_, label) = {
         let spec = pbio::device::DeviceSpec::parse(&dev1.arg()).unwrap();
         let dev = pbio::device::open(&spec, pbio::device::Mode::Read).unwrap();
-        let label = pbio::engine::media::read_label(dev.as_ref()).unwrap();
+        let label = pbio::media::read_label(dev.as_ref()).unwrap();
         (dev, label)
     };
     {

@@ -284,9 +284,9 @@ fn restore_scan() {
         Ok(dev) => {
             let devs = [dev];
             // As the CLI does: the set from the label or the first record.
-            let chosen = restore::scan::device_sets(&devs)
+            let chosen = pbio::media::scan::device_sets(&devs)
                 .map_err(|e| e.to_string())
-                .and_then(|sets| restore::scan::choose_set(&sets, None));
+                .and_then(|sets| pbio::media::scan::choose_set(&sets, None));
             match chosen {
                 Ok(Some(set_id)) => {
                     let report =

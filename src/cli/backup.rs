@@ -9,10 +9,10 @@ use serde_json::json;
 
 use super::progress::{self, DeviceInfo, Output, Reporter};
 use super::{path_text, prepare, CliResult, Failure, SetArgs, EXIT_OK};
-use crate::device::guard::{self, Finding, Policy};
 use crate::device::{self, DeviceSpec, Mode};
 use crate::engine::{self, ring::QUEUE_DEPTH_MAX, BackupConfig, DeviceEnd, SetInput};
 use crate::format::SetId;
+use crate::media::guard::{self, Finding, Policy};
 use crate::units::{human_bytes, shown_line, shown_name};
 
 #[derive(Args, Debug)]
@@ -117,10 +117,7 @@ pub fn check_devices(devs: &[DeviceSpec], policy: &Policy) -> Result<(), Failure
     }
     for id in &policy.overwrite {
         if !sets_found.contains(id) {
-            errln!(
-                "pbio: note: --overwrite {}: no device holds that set",
-                engine::set_id_hex(id)
-            );
+            errln!("pbio: note: --overwrite {}: no device holds that set", id);
         }
     }
     Ok(())
@@ -255,7 +252,7 @@ pub fn run(args: BackupArgs) -> CliResult {
     }
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
     let config = BackupConfig {
-        set_id: engine::new_set_id(),
+        set_id: crate::media::new_set_id(),
         created_unix_ns: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -291,7 +288,7 @@ pub fn run(args: BackupArgs) -> CliResult {
     let output = Output::choose(args.set.json, args.json_interval);
     let mut reporter = Reporter::new(output, infos, std::io::stdout());
     reporter.start(
-        &engine::set_id_hex(&config.set_id),
+        &config.set_id.to_string(),
         input.entries.len(),
         input.plan.segments.len(),
     );
@@ -332,7 +329,7 @@ pub fn run(args: BackupArgs) -> CliResult {
                         "event": "finished",
                         "ok": report.complete(),
                         "exit_code": code,
-                        "set_id": engine::set_id_hex(&report.set_id),
+                        "set_id": report.set_id.to_string(),
                         "payload_bytes": total,
                         "missing_bytes": report.missing_bytes(),
                         "seconds": report.elapsed.as_secs_f64(),
@@ -357,7 +354,7 @@ fn print_increment(
 ) {
     let line = format!(
         "incremental over set {} ({} earlier sets in the chain): {} unchanged files ({}) referenced, {} paths removed, {} renamed",
-        engine::set_id_hex(&since.parent()),
+        since.parent(),
         since.ancestors.len(),
         since.referenced_files(),
         human_bytes(since.referenced_bytes(entries)),
@@ -521,7 +518,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
             "{}",
             json!({
                 "event": "summary",
-                "set_id": engine::set_id_hex(&report.set_id),
+                "set_id": report.set_id.to_string(),
                 "files": report.files,
                 "segments": report.segments,
                 "payload_bytes": total,
@@ -542,7 +539,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
     }
     outln!(
         "set {}: {} entries, {} segments",
-        engine::set_id_hex(&report.set_id),
+        report.set_id,
         report.files,
         report.segments,
     );

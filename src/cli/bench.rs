@@ -82,11 +82,11 @@ fn open_devices(args: &BenchArgs) -> Result<Vec<Box<dyn Device>>, Failure> {
         };
         let dev = device::open(spec, mode).map_err(|e| usage(e.to_string()))?;
         if args.rw == RwArg::Write && !args.force {
-            if let Ok(label) = crate::engine::media::read_label(dev.as_ref()) {
+            if let Ok(label) = crate::media::read_label(dev.as_ref()) {
                 return Err(usage(format!(
                     "device {}: holds pbio set {}, which `bench --rw write` would destroy; give --force to write anyway",
                     spec.path.display(),
-                    crate::engine::set_id_hex(&label.set_id)
+                    label.set_id
                 )));
             }
         }

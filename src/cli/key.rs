@@ -36,7 +36,7 @@ pub fn run(command: KeyCommand) -> CliResult {
 
 fn new_key(path: &Path) -> CliResult {
     let mut key = [0u8; NEW_KEY_BYTES];
-    crate::engine::fill_random(&mut key);
+    crate::media::fill_random(&mut key);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

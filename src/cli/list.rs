@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::{parse_dev, path_text, CliResult, Failure, EXIT_OK};
 use crate::device::DeviceSpec;
-use crate::format::FileKind;
+use crate::format::{FileKind, SetId};
 use crate::units::shown_name;
 
 #[derive(Args, Debug)]
@@ -57,7 +57,7 @@ pub fn run(args: ListArgs) -> CliResult {
             .map_err(|e| Failure::Usage(format!("--export {}: {e}", path.display())))?;
     }
     let origin_set = |f: &crate::format::CatalogFile| {
-        (f.origin != 0).then(|| crate::engine::set_id_hex(&c.ancestors[f.origin as usize - 1]))
+        (f.origin != 0).then(|| c.ancestors[f.origin as usize - 1].to_string())
     };
     if args.json {
         let files: Vec<_> = c
@@ -91,14 +91,14 @@ pub fn run(args: ListArgs) -> CliResult {
         outln!(
             "{}",
             json!({
-                "set_id": crate::engine::set_id_hex(&c.set_id),
+                "set_id": c.set_id.to_string(),
                 "device_index": label.device_index,
                 "device_count": label.device_count,
                 "chunk_bytes": c.chunk_bytes,
                 "devices": c.devices.iter().map(|d| json!({"path": path_text(&d.path), "capacity_bytes": d.capacity_bytes})).collect::<Vec<_>>(),
                 "files": files,
                 "segments": segments,
-                "ancestors": c.ancestors.iter().map(crate::engine::set_id_hex).collect::<Vec<_>>(),
+                "ancestors": c.ancestors.iter().map(SetId::to_string).collect::<Vec<_>>(),
                 "removed": c.removed.iter().map(|p| path_text(p)).collect::<Vec<_>>(),
                 "renamed": c.renamed.iter().map(|r| json!({
                     "path": path_text(&c.files[r.file_id as usize].path),
@@ -119,7 +119,7 @@ pub fn run(args: ListArgs) -> CliResult {
     if let Some(parent) = c.ancestors.first() {
         outln!(
             "incremental over set {}: {} unchanged files referenced, {} paths removed, {} renamed",
-            crate::engine::set_id_hex(parent),
+            parent,
             c.files.iter().filter(|f| f.origin != 0).count(),
             c.removed.len(),
             c.renamed.len()

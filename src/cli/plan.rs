@@ -33,9 +33,9 @@ fn excluded_lines<'a>(
 pub fn run(args: PlanArgs) -> CliResult {
     let prepared = prepare(&args.set)?;
     // What `backup` would refuse, said now (stderr: the JSON on stdout stays one object).
-    let policy = crate::device::guard::Policy::default();
+    let policy = crate::media::guard::Policy::default();
     for spec in &args.set.devs {
-        if let Ok(inspection) = crate::device::guard::inspect(spec) {
+        if let Ok(inspection) = crate::media::guard::inspect(spec) {
             for refusal in inspection.refusals(&policy) {
                 errln!("pbio: note: backup would refuse {refusal}");
             }

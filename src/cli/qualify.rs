@@ -21,9 +21,9 @@ use clap::Args;
 use serde_json::Value;
 
 use super::{parse_dev, CliResult, Failure, EXIT_DATA, EXIT_OK};
-use crate::device::guard::Policy;
 use crate::device::{self, DeviceSpec, Kind, Mode};
 use crate::measure::qualify::{self, compare, pattern, Check, Event, Options, Report, Verdict};
+use crate::media::guard::Policy;
 use crate::units::human_bytes;
 
 /// Bytes of a file's data scanned for non-zero content before it is

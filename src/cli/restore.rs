@@ -218,7 +218,7 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
             if label.state != crate::format::LabelState::Complete {
                 continue;
             }
-            match crate::engine::media::read_catalog(dev.as_ref(), label) {
+            match crate::media::read_catalog(dev.as_ref(), label) {
                 Ok(read) if read.catalog == set.catalog && read.digest == label.catalog_digest => {}
                 Ok(_) => report.errors.push(format!(
                     "device {}: its catalog differs from the set's",
@@ -237,7 +237,7 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
         errln!(
             "not verified: {}: its data is in set {} (no device of it given)",
             shown_name(&m.path),
-            crate::engine::set_id_hex(&m.set_id)
+            m.set_id
         );
     }
     Ok(print(&chain, &report, "verified", args.json))
@@ -257,7 +257,7 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> i32 {
             .map(|m| {
                 json!({
                     "path": path_text(&m.path),
-                    "set_id": crate::engine::set_id_hex(&m.set_id),
+                    "set_id": m.set_id.to_string(),
                     "set_given": m.set_given,
                     "ranges": m.ranges.iter().map(|&(o, l, d)| json!({"offset": o, "length": l, "device": (d != restore::NOWHERE).then_some(d)})).collect::<Vec<_>>(),
                 })
@@ -267,8 +267,8 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> i32 {
             "{}",
             json!({
                 "event": "summary",
-                "set_id": crate::engine::set_id_hex(&set.catalog.set_id),
-                "sets": chain.sets.iter().map(|s| crate::engine::set_id_hex(&s.catalog.set_id)).collect::<Vec<_>>(),
+                "set_id": set.catalog.set_id.to_string(),
+                "sets": chain.sets.iter().map(|s| s.catalog.set_id.to_string()).collect::<Vec<_>>(),
                 "files": report.files_restored,
                 "payload_bytes": report.payload_bytes,
                 "records": report.records,
@@ -285,7 +285,7 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> i32 {
     let of: usize = chain.sets.iter().map(|s| s.catalog.devices.len()).sum();
     outln!(
         "set {}: {verb} {} entries, {} in {} records, {:.2} s ({:.1} MiB/s), from {given} of {of} devices{}",
-        crate::engine::set_id_hex(&set.catalog.set_id),
+        set.catalog.set_id,
         report.files_restored,
         human_bytes(report.payload_bytes),
         report.records,
@@ -310,7 +310,7 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> i32 {
         for unused in chain.unused() {
             outln!(
                 "  set {} was not needed (none of the restored data is in it)",
-                crate::engine::set_id_hex(&unused)
+                unused
             );
         }
     }
@@ -319,7 +319,7 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> i32 {
             errln!(
                 "missing: {}: its data is in set {} (an earlier set of the chain): give that set's devices too",
                 shown_name(&m.path),
-                crate::engine::set_id_hex(&m.set_id)
+                m.set_id
             );
             continue;
         }
@@ -364,10 +364,10 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
         );
     }
     let started = std::time::Instant::now();
-    let device_sets = restore::scan::device_sets(&devs)
+    let device_sets = crate::media::scan::device_sets(&devs)
         .map_err(|e| Failure::Data(format!("restore --scan failed: {e}")))?;
-    let chosen =
-        restore::scan::choose_set(&device_sets, args.set.as_deref()).map_err(Failure::Usage)?;
+    let chosen = crate::media::scan::choose_set(&device_sets, args.set.as_deref())
+        .map_err(Failure::Usage)?;
     let report = match chosen {
         Some(set_id) => {
             restore::scan::restore_from_scan(&devs, &args.to, set_id, args.keep_partial)
@@ -378,7 +378,7 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let set = report
         .set_id
-        .map(|s| crate::engine::set_id_hex(&s))
+        .map(|s| s.to_string())
         .unwrap_or_else(|| "-".into());
     let code =
         if report.incomplete.is_empty() && report.bad_records == 0 && report.errors.is_empty() {
@@ -403,7 +403,7 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
                     "kept_as": i.kept_as.as_deref().map(path_text),
                 })).collect::<Vec<_>>(),
                 "other_sets": report.other_sets.iter().map(|(id, n)| json!({
-                    "set_id": crate::engine::set_id_hex(id), "records": n,
+                    "set_id": id.to_string(), "records": n,
                 })).collect::<Vec<_>>(),
                 "errors": report.errors,
                 "ok": code == EXIT_OK,
@@ -439,8 +439,8 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
     for (id, n) in &report.other_sets {
         errln!(
             "note: {n} records of set {} skipped (not the set restored; --set {} restores them)",
-            crate::engine::set_id_hex(id),
-            crate::engine::set_id_hex(id)
+            id,
+            id
         );
     }
     Ok(code)

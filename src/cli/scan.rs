@@ -21,11 +21,11 @@ pub struct ScanArgs {
 
 pub fn run(args: ScanArgs) -> CliResult {
     let dev = device::open(&args.dev, Mode::Read).map_err(|e| Failure::Usage(e.to_string()))?;
-    let set_id = crate::engine::media::read_label(dev.as_ref())
+    let set_id = crate::media::read_label(dev.as_ref())
         .ok()
         .map(|l| l.set_id);
-    let report = crate::restore::scan::scan(dev.as_ref(), set_id)
-        .map_err(|e| Failure::Data(e.to_string()))?;
+    let report =
+        crate::media::scan::scan(dev.as_ref(), set_id).map_err(|e| Failure::Data(e.to_string()))?;
     let mut data = 0u64;
     let mut bad_payloads = 0u64;
     for f in &report.records {
@@ -65,7 +65,7 @@ pub fn run(args: ScanArgs) -> CliResult {
     }
     let set = report
         .set_id
-        .map(|s| crate::engine::set_id_hex(&s))
+        .map(|s| s.to_string())
         .unwrap_or_else(|| "-".into());
     if args.json {
         outln!(

@@ -5,7 +5,6 @@
 
 pub mod block;
 pub mod file;
-pub mod guard;
 pub mod nbd;
 pub mod persist;
 pub mod pmem;

@@ -1,13 +1,9 @@
-//! The data path: buffer pool, ring worker, dispatcher, and the backup run
+//! The data path: ring worker, dispatcher, and the backup run
 //! that ties them together (label, data, catalog, durable, complete).
 
-/// The buffer pool moved to `crate::io`; the path stays for the media readers.
-pub use crate::io::buffers;
 pub mod dispatch;
-pub mod media;
 pub mod probe;
 pub mod ring;
-pub mod stream;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,6 +13,7 @@ use crate::format::{
     Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, DigestRecord, FileKind,
     Label, LabelState, MacKey, SetId, HEADER_BYTES,
 };
+use crate::media;
 use crate::plan::{self, DeviceSlot, FileItem, Plan};
 use crate::source::incremental::Increment;
 use crate::source::{Entry, EntryKind};
@@ -164,11 +161,12 @@ pub fn plan_set(
             data_end: *c,
         })
         .collect();
-    let mut catalog_guess = catalog_for([0; 16], 0, chunk, &names, entries, since, Vec::new())
-        .encode()
-        .len() as u64
-        + 64 * (entries.len() as u64 + 2 * devices.len() as u64)
-        + 4096;
+    let mut catalog_guess =
+        catalog_for(SetId([0; 16]), 0, chunk, &names, entries, since, Vec::new())
+            .encode()
+            .len() as u64
+            + 64 * (entries.len() as u64 + 2 * devices.len() as u64)
+            + 4096;
     for _ in 0..4 {
         let reserve = HEADER_BYTES as u64 + media::catalog_media_bytes(catalog_guess, chunk);
         let mut slots = Vec::with_capacity(devices.len());
@@ -198,9 +196,17 @@ pub fn plan_set(
                 records: u32::MAX,
             })
             .collect();
-        let actual = catalog_for([0; 16], u64::MAX, chunk, &names, entries, since, segments)
-            .encode()
-            .len() as u64;
+        let actual = catalog_for(
+            SetId([0; 16]),
+            u64::MAX,
+            chunk,
+            &names,
+            entries,
+            since,
+            segments,
+        )
+        .encode()
+        .len() as u64;
         if actual <= catalog_guess {
             return Ok((plan, reserve));
         }
@@ -794,30 +800,4 @@ fn finish_device(
     media::write_label(dev, &label)?;
     sync(dev)?;
     Ok(catalog_end)
-}
-
-/// 128 random bits from the kernel.
-pub fn new_set_id() -> SetId {
-    let mut id = [0u8; 16];
-    fill_random(&mut id);
-    id
-}
-
-/// Fill `buf` with random bytes from the kernel (getrandom, blocking until
-/// the pool is initialized).
-pub fn fill_random(buf: &mut [u8]) {
-    let mut filled = 0;
-    while filled < buf.len() {
-        // SAFETY: getrandom writes at most len bytes into the live buffer.
-        let n =
-            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
-        if n > 0 {
-            filled += n as usize;
-        }
-    }
-}
-
-/// Hex form of a set id, as printed and accepted by the CLI.
-pub fn set_id_hex(id: &SetId) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
 }

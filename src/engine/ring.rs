@@ -744,7 +744,7 @@ impl<'a> Ring<'a> {
             };
             let media = HEADER_BYTES + round_up_block(payload_bytes as u64) as usize;
             let buffer = &mut self.slots[0].lease.bytes_mut()[..media];
-            let good = match super::media::read_at(self.device, buffer, position) {
+            let good = match crate::media::read_at(self.device, buffer, position) {
                 Ok(n) if n == media => {
                     RecordHeader::decode(&buffer[..HEADER_BYTES]).is_ok()
                         && crate::format::crc32c(

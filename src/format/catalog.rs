@@ -227,9 +227,9 @@ const DEVICE_ENTRY_BYTES_MIN: u64 = 4; // path length, capacity, state, data_end
 const FILE_ENTRY_BYTES_MIN: u64 = 12;
 const SEGMENT_ENTRY_BYTES_MIN: u64 = 6; // six varints
 const CHAIN_BYTES_MIN: u64 = 3; // the three counts of the chain section
-const ANCESTOR_BYTES: u64 = 16; // a set id
-                                // The chain tables do not count a path byte: an empty path then reaches
-                                // `validate`, which names the entry.
+const ANCESTOR_BYTES: u64 = SetId::BYTES as u64;
+// The chain tables do not count a path byte: an empty path then reaches
+// `validate`, which names the entry.
 const REMOVED_ENTRY_BYTES_MIN: u64 = 1; // path length
 const RENAMED_ENTRY_BYTES_MIN: u64 = 2; // file id, path length
 
@@ -314,12 +314,12 @@ impl Catalog {
             + self.files.len() * 72
             + path_bytes
             + self.segments.len() * 24
-            + self.ancestors.len() * 16;
+            + self.ancestors.len() * SetId::BYTES;
         let mut w = Writer(Vec::with_capacity(estimate));
         w.raw(&CATALOG_MAGIC);
         w.raw(&FORMAT_VERSION.to_le_bytes());
         w.raw(&self.chunk_bytes.to_le_bytes());
-        w.raw(&self.set_id);
+        w.raw(self.set_id.as_bytes());
         w.raw(&self.created_unix_ns.to_le_bytes());
         for count in [self.devices.len(), self.files.len(), self.segments.len()] {
             w.raw(&(count as u32).to_le_bytes());
@@ -368,7 +368,7 @@ impl Catalog {
         }
         w.varint(self.ancestors.len() as u64);
         for id in &self.ancestors {
-            w.raw(id);
+            w.raw(id.as_bytes());
         }
         w.varint(self.removed.len() as u64);
         for path in &self.removed {
@@ -416,8 +416,10 @@ impl Catalog {
         if version != FORMAT_VERSION {
             return Err(FormatError::Version(version));
         }
-        let mut set_id = [0u8; 16];
-        set_id.copy_from_slice(&header[layout::SET_ID..layout::SET_ID + 16]);
+        let mut set_id = SetId::default();
+        set_id
+            .0
+            .copy_from_slice(&header[layout::SET_ID..layout::SET_ID + SetId::BYTES]);
         let mut created = [0u8; 8];
         created.copy_from_slice(&header[layout::CREATED_UNIX_NS..layout::CREATED_UNIX_NS + 8]);
         let device_count = u32_at(layout::DEVICE_COUNT);
@@ -470,8 +472,8 @@ impl Catalog {
         let ancestor_count = r.count(ANCESTOR_BYTES)?;
         let mut ancestors = Vec::with_capacity(ancestor_count);
         for _ in 0..ancestor_count {
-            let mut id = [0u8; 16];
-            id.copy_from_slice(r.take(ANCESTOR_BYTES)?);
+            let mut id = SetId::default();
+            id.0.copy_from_slice(r.take(ANCESTOR_BYTES)?);
             ancestors.push(id);
         }
         let removed_count = r.count(REMOVED_ENTRY_BYTES_MIN)?;
@@ -864,7 +866,7 @@ pub(crate) mod tests {
     /// full set, a removed path and a rename.
     pub(crate) fn incremental_sample() -> Catalog {
         let mut c = sample();
-        c.ancestors = vec![[0x22; 16], [0x33; 16]];
+        c.ancestors = vec![SetId([0x22; 16]), SetId([0x33; 16])];
         c.files.push(CatalogFile {
             mode: 0o60660,
             size_bytes: 1 << 30,
@@ -929,7 +931,7 @@ pub(crate) mod tests {
         ];
         files[1].path.push(0xff); // paths are raw bytes
         Catalog {
-            set_id: [0x11; 16],
+            set_id: SetId([0x11; 16]),
             created_unix_ns: u64::MAX,
             chunk_bytes: 1 << 20,
             devices: vec![

@@ -109,7 +109,7 @@ impl Label {
         }
         let b: &mut Block = block::start(out, &LABEL_MAGIC, "label");
         put_u32::<{ layout::STATE }>(b, self.state.code());
-        put::<{ layout::SET_ID }, 16>(b, self.set_id);
+        put::<{ layout::SET_ID }, { SetId::BYTES }>(b, self.set_id.0);
         put_u32::<{ layout::DEVICE_INDEX }>(b, self.device_index);
         put_u32::<{ layout::DEVICE_COUNT }>(b, self.device_count);
         put_u32::<{ layout::CHUNK_BYTES }>(b, self.chunk_bytes);
@@ -148,7 +148,7 @@ impl Label {
             value: state_code.into(),
         })?;
         let label = Label {
-            set_id: get::<{ layout::SET_ID }, 16>(b),
+            set_id: SetId(get::<{ layout::SET_ID }, { SetId::BYTES }>(b)),
             device_index: get_u32::<{ layout::DEVICE_INDEX }>(b),
             device_count: get_u32::<{ layout::DEVICE_COUNT }>(b),
             chunk_bytes: get_u32::<{ layout::CHUNK_BYTES }>(b),
@@ -229,7 +229,7 @@ mod tests {
 
     fn writing() -> Label {
         Label {
-            set_id: [0xA5; 16],
+            set_id: SetId([0xA5; 16]),
             device_index: 1,
             device_count: 3,
             chunk_bytes: 1 << 20,
@@ -379,7 +379,7 @@ mod tests {
                 ..sealed
             },
             Label {
-                set_id: [0xA6; 16],
+                set_id: SetId([0xA6; 16]),
                 ..sealed
             },
         ] {

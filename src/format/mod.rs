@@ -9,6 +9,7 @@ pub mod block;
 pub mod catalog;
 pub mod label;
 pub mod record;
+pub mod set_id;
 
 #[cfg(test)]
 mod proptests;
@@ -19,6 +20,7 @@ pub use catalog::{
 };
 pub use label::{Label, LabelState};
 pub use record::{FileInfo, RecordHeader, RecordKind};
+pub use set_id::{SetId, SetIdParseError};
 
 /// Current format version, written into label, headers and catalog.
 pub const FORMAT_VERSION: u32 = 1;
@@ -47,9 +49,6 @@ const _: () = assert!(HEADER_BYTES == BLOCK_BYTES);
 const _: () = assert!(BLOCK_BYTES.is_power_of_two());
 const _: () = assert!((PAYLOAD_BYTES_MAX as usize).is_multiple_of(BLOCK_BYTES));
 const _: () = assert!(PAYLOAD_BYTES_MAX.is_power_of_two() && CHUNK_BYTES_MIN <= PAYLOAD_BYTES_MAX);
-
-/// A set id: 128 random bits.
-pub type SetId = [u8; 16];
 
 /// The key of a set's MACs (label `mac`, catalog `mac`): keyed BLAKE3.
 pub type MacKey = [u8; 32];

@@ -170,7 +170,7 @@ impl RecordHeader {
             put_u32::<{ layout::INFO_BYTES }>(b, area as u32);
         }
         put_u32::<{ layout::KIND }>(b, self.kind.code());
-        put::<{ layout::SET_ID }, 16>(b, self.set_id);
+        put::<{ layout::SET_ID }, { SetId::BYTES }>(b, self.set_id.0);
         put_u32::<{ layout::DEVICE_INDEX }>(b, self.device_index);
         put_u32::<{ layout::PAYLOAD_BYTES }>(b, self.payload_bytes);
         put_u64::<{ layout::SEQUENCE }>(b, self.sequence);
@@ -216,7 +216,7 @@ impl RecordHeader {
         })?;
         let header = RecordHeader {
             kind,
-            set_id: get::<{ layout::SET_ID }, 16>(b),
+            set_id: SetId(get::<{ layout::SET_ID }, { SetId::BYTES }>(b)),
             device_index: get_u32::<{ layout::DEVICE_INDEX }>(b),
             sequence: get_u64::<{ layout::SEQUENCE }>(b),
             file_id: get_u32::<{ layout::FILE_ID }>(b),
@@ -314,7 +314,7 @@ mod tests {
     fn data() -> RecordHeader {
         RecordHeader {
             kind: RecordKind::Data,
-            set_id: [0x5A; 16],
+            set_id: SetId([0x5A; 16]),
             device_index: 2,
             sequence: 77,
             file_id: 12,

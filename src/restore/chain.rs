@@ -13,7 +13,6 @@ use std::path::Path;
 
 use super::{OpenSet, RestoreError};
 use crate::device::DeviceSpec;
-use crate::engine::set_id_hex;
 use crate::format::{Catalog, MacKey, SetId, CATALOG_MAGIC};
 
 /// The sets of one chain, opened.
@@ -92,12 +91,12 @@ impl Chain {
 /// "set ID (full)" or "set ID (increment 2 of FULL)".
 pub fn describe(catalog: &Catalog) -> String {
     match catalog.ancestors.last() {
-        None => format!("set {} (full)", set_id_hex(&catalog.set_id)),
+        None => format!("set {} (full)", catalog.set_id),
         Some(full) => format!(
             "set {} (increment {} of full set {})",
-            set_id_hex(&catalog.set_id),
+            catalog.set_id,
             catalog.ancestors.len(),
-            set_id_hex(full)
+            full
         ),
     }
 }

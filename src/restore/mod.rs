@@ -17,11 +17,11 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::device::{self, Access, Device, DeviceSpec, Mode};
-use crate::engine::media::{self, MediaError};
-use crate::engine::stream::{self, Flow, Item, StreamError};
 use crate::format::{
     Catalog, DigestRecord, FileKind, Label, LabelState, MacKey, RecordHeader, RecordKind, SetId,
 };
+use crate::media::stream::{self, Flow, Item, StreamError};
+use crate::media::{self, MediaError};
 use crate::units::shown_name;
 pub use chain::{open_chain, Chain};
 
@@ -100,8 +100,8 @@ pub fn open_set(specs: &[DeviceSpec], key: Option<&MacKey>) -> Result<OpenSet, R
             "devices {} and {} hold different sets ({} and {})",
             a.devices[0].0.path().display(),
             b.devices[0].0.path().display(),
-            crate::engine::set_id_hex(&a.catalog.set_id),
-            crate::engine::set_id_hex(&b.catalog.set_id)
+            a.catalog.set_id,
+            b.catalog.set_id
         )));
     }
     Ok(sets.remove(0))
@@ -193,7 +193,7 @@ fn labels_agree(
             "devices {} and {} both claim set {} but {why}: refusing the set (a device of another run, or a forged label?)",
             a_dev.path().display(),
             b_dev.path().display(),
-            crate::engine::set_id_hex(&a.set_id)
+            a.set_id
         )))
     };
     if a.device_index == b.device_index {
@@ -279,7 +279,7 @@ fn assemble(opened: Vec<Opened>, key: Option<&MacKey>) -> Result<OpenSet, Restor
     Err(last_error.unwrap_or_else(|| {
         RestoreError::Set(format!(
             "set {}: none of the given devices holds a completed catalog (crashed or interrupted run?): use `pbio scan` to recover records",
-            crate::engine::set_id_hex(&devices[0].1.set_id)
+            devices[0].1.set_id
         ))
     }))
 }
@@ -603,7 +603,7 @@ fn data_sources(
                     errors.push(format!(
                         "file {}: set {} does not hold its data as file id {} (the catalogs of the chain disagree)",
                         shown_name(&f.path),
-                        crate::engine::set_id_hex(&set_id),
+                        set_id,
                         f.origin_file_id
                     ));
                     DataSource::Broken

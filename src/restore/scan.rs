@@ -1,6 +1,7 @@
-//! `pbio scan`: recover the records of a device with no usable label or
-//! catalog (a crashed run, an overwritten catalog), by reading every block
-//! and keeping what decodes and checks (Bareos `bscan` / `bls` style).
+//! `restore --scan`: restore the files of a set from its records alone, on
+//! devices with no usable label or catalog (a crashed run, an overwritten
+//! catalog). The records are found by the media layer's scanner
+//! (`media::scan`, which also chooses the set); this writes them to files.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,76 +14,9 @@ use super::at::Root;
 use super::tree::{self, Attrs, Meta, TreeError};
 use super::RestoreError;
 use crate::device::Device;
-use crate::engine::set_id_hex;
-use crate::engine::stream::{self, Flow, Item, StreamError};
 use crate::format::{FileInfo, RecordHeader, RecordKind, SetId, PAYLOAD_BYTES_MAX};
+use crate::media::stream::{self, Flow, Item};
 use crate::units::shown_name;
-
-/// One record found by a scan.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Found {
-    pub position: u64,
-    pub header: RecordHeader,
-    /// Whether the payload matches the CRC in its header and its padding is zero.
-    pub payload_ok: bool,
-}
-
-#[derive(Debug, Default)]
-pub struct ScanReport {
-    pub set_id: Option<SetId>,
-    pub records: Vec<Found>,
-    /// Blocks that did not decode as a record header (skipped one block at a time).
-    pub bad_blocks: u64,
-    /// Whether an End record of the set was found.
-    pub end_found: bool,
-}
-
-/// Scan `dev` from the first record to its end (or to the set's End
-/// record). `set_id` selects one set; when None, the first valid record's
-/// set is taken and records of any other set are skipped.
-pub fn scan(dev: &dyn Device, mut set_id: Option<SetId>) -> Result<ScanReport, StreamError> {
-    let mut report = ScanReport::default();
-    // Records of any chunk size this format allows: a window that holds the largest.
-    let chunk_max = PAYLOAD_BYTES_MAX.min(16 << 20);
-    stream::stream::<StreamError>(
-        dev,
-        crate::engine::media::data_start(dev),
-        crate::engine::media::scan_end(dev),
-        chunk_max,
-        |item| {
-            match item {
-                Item::Bad { .. } => report.bad_blocks += 1,
-                Item::Reclaim => {}
-                Item::Record {
-                    position,
-                    header,
-                    payload,
-                    padding,
-                    ..
-                } => {
-                    let wanted = *set_id.get_or_insert(header.set_id);
-                    if header.set_id != wanted {
-                        report.bad_blocks += 1;
-                        return Ok(Flow::Continue);
-                    }
-                    if header.kind == RecordKind::End {
-                        report.end_found = true;
-                        return Ok(Flow::Stop);
-                    }
-                    report.records.push(Found {
-                        position,
-                        header,
-                        payload_ok: crate::format::crc32c(payload) == header.payload_crc
-                            && padding.iter().all(|&b| b == 0),
-                    });
-                }
-            }
-            Ok(Flow::Continue)
-        },
-    )?;
-    report.set_id = set_id;
-    Ok(report)
-}
 
 /// A file a scan found records of but could not restore whole.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,131 +45,6 @@ pub struct ScanRestoreReport {
     /// Entries refused or failed one by one (unsafe name, a directory
     /// where the file must go, an I/O error), each naming the entry.
     pub errors: Vec<String>,
-}
-
-/// The set one given device belongs to, as far as a scan can tell.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeviceSet {
-    pub device: String,
-    /// From its label, else from its first record; None: neither found.
-    pub set_id: Option<SetId>,
-    /// When its label reads back: the set's creation time.
-    pub created_unix_ns: Option<u64>,
-}
-
-/// Which set each device belongs to: its label's, else (a damaged label)
-/// its first valid record's (read from the start of its data only).
-pub fn device_sets(devs: &[Box<dyn Device>]) -> Result<Vec<DeviceSet>, StreamError> {
-    let mut out = Vec::with_capacity(devs.len());
-    for dev in devs {
-        let device = dev.path().display().to_string();
-        if let Ok(label) = crate::engine::media::read_label(dev.as_ref()) {
-            out.push(DeviceSet {
-                device,
-                set_id: Some(label.set_id),
-                created_unix_ns: Some(label.created_unix_ns),
-            });
-            continue;
-        }
-        let mut set_id = None;
-        stream::stream::<StreamError>(
-            dev.as_ref(),
-            crate::engine::media::data_start(dev.as_ref()),
-            crate::engine::media::scan_end(dev.as_ref()),
-            PAYLOAD_BYTES_MAX.min(16 << 20),
-            |item| {
-                if let Item::Record { header, .. } = item {
-                    set_id = Some(header.set_id);
-                    return Ok(Flow::Stop);
-                }
-                Ok(Flow::Continue)
-            },
-        )?;
-        out.push(DeviceSet {
-            device,
-            set_id,
-            created_unix_ns: None,
-        });
-    }
-    Ok(out)
-}
-
-/// Parse a set id given in hex (`--set`): the whole id, or a prefix.
-fn hex_id(text: &str) -> Option<SetId> {
-    if text.len() != 32 {
-        return None;
-    }
-    let mut id = [0u8; 16];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(id)
-}
-
-/// The set a scan restores. Devices of more than one set given together
-/// are refused unless `wanted` (hex, a prefix if it is unambiguous) picks
-/// one: an error naming each set and its devices. With `wanted`, a full id
-/// no device's label names is accepted (its records may still be on them).
-/// Ok(None): no device holds any record.
-pub fn choose_set(devices: &[DeviceSet], wanted: Option<&str>) -> Result<Option<SetId>, String> {
-    let mut sets: Vec<(SetId, Vec<&str>, Option<u64>)> = Vec::new();
-    for d in devices {
-        let Some(id) = d.set_id else { continue };
-        match sets.iter_mut().find(|(s, _, _)| *s == id) {
-            Some((_, names, _)) => names.push(&d.device),
-            None => sets.push((id, vec![&d.device], d.created_unix_ns)),
-        }
-    }
-    let listing = || {
-        sets.iter()
-            .map(|(id, names, created)| {
-                format!(
-                    "  set {}{}: {} device{} ({})",
-                    set_id_hex(id),
-                    created
-                        .map(|ns| format!(" (created {} s after the epoch)", ns / 1_000_000_000))
-                        .unwrap_or_default(),
-                    names.len(),
-                    if names.len() == 1 { "" } else { "s" },
-                    names.join(", ")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let Some(wanted) = wanted else {
-        return match sets.len() {
-            0 => Ok(None),
-            1 => Ok(Some(sets[0].0)),
-            n => Err(format!(
-                "the given devices belong to {n} different sets; restore --scan restores one set at a time: choose it with --set SETID\n{}",
-                listing()
-            )),
-        };
-    };
-    let prefix = wanted.to_ascii_lowercase();
-    if prefix.is_empty() || prefix.len() > 32 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "--set {wanted}: expected a set id in hex (32 digits, or a prefix of one)"
-        ));
-    }
-    let matching: Vec<SetId> = sets
-        .iter()
-        .map(|(id, _, _)| *id)
-        .filter(|id| set_id_hex(id).starts_with(&prefix))
-        .collect();
-    match (matching.len(), hex_id(&prefix)) {
-        (1, _) => Ok(Some(matching[0])),
-        (0, Some(id)) => Ok(Some(id)),
-        (0, None) => Err(format!(
-            "--set {wanted}: no given device belongs to a set whose id starts with it (give all 32 digits to scan for its records anyway); the devices hold:\n{}",
-            listing()
-        )),
-        (n, _) => Err(format!(
-            "--set {wanted} is ambiguous: {n} sets start with it\n{}",
-            listing()
-        )),
-    }
 }
 
 /// What a scan learnt about one file.
@@ -412,8 +221,8 @@ fn scan_device(
     let mut open: Option<(Vec<u8>, File)> = None;
     stream::stream::<RestoreError>(
         dev,
-        crate::engine::media::data_start(dev),
-        crate::engine::media::scan_end(dev),
+        crate::media::data_start(dev),
+        crate::media::scan_end(dev),
         chunk_max,
         |item| {
             let Item::Record {

@@ -570,7 +570,7 @@ mod tests {
 
     fn make_catalog(files: Vec<CatalogFile>) -> Catalog {
         Catalog {
-            set_id: [7; 16],
+            set_id: crate::format::SetId([7; 16]),
             created_unix_ns: 0,
             chunk_bytes: 1 << 20,
             devices: Vec::new(),

@@ -324,13 +324,13 @@ mod tests {
             data_end: 4096,
         };
         Catalog {
-            set_id: [1; 16],
+            set_id: SetId([1; 16]),
             created_unix_ns: 0,
             chunk_bytes: 1 << 20,
             devices: vec![device(DeviceState::Complete), device(DeviceState::Failed)],
             files,
             segments,
-            ancestors: vec![[0; 16]],
+            ancestors: vec![SetId([0; 16])],
             removed: Vec::new(),
             renamed: Vec::new(),
             mac: [0; 32],
@@ -368,8 +368,8 @@ mod tests {
             file("t/replaced", 100, 11, 10, 10),
         ];
         let inc = since(&now, &parent);
-        assert_eq!(inc.ancestors, vec![[1; 16], [0; 16]]);
-        assert_eq!(inc.parent(), [1; 16]);
+        assert_eq!(inc.ancestors, vec![SetId([1; 16]), SetId([0; 16])]);
+        assert_eq!(inc.parent(), SetId([1; 16]));
         let origin = |i: usize| inc.origins[i].map(|o| (o.ancestor, o.file_id));
         assert_eq!(origin(0), None, "directories carry no data");
         assert_eq!(origin(1), Some((2, 41)), "flattened to the full set");

@@ -557,8 +557,8 @@ fn now_unix_secs() -> u64 {
 }
 
 fn new_nonce() -> u64 {
-    let id = crate::engine::new_set_id();
-    u64::from_le_bytes(id[..8].try_into().expect("8 of 16 bytes"))
+    let id = crate::media::new_set_id();
+    u64::from_le_bytes(id.0[..8].try_into().expect("8 of 16 bytes"))
 }
 
 /// The identity check: pbio can use the device as it describes itself.

@@ -21,10 +21,10 @@
 
 use io_uring::{opcode, types, IoUring};
 
-use super::buffers::BufferPool;
 use crate::device::nbd::{pipe::Pipe, proto};
 use crate::device::{Access, BlockIo, Device, TapeOp};
 use crate::format::{FormatError, RecordHeader, BLOCK_BYTES, HEADER_BYTES};
+use crate::io::buffers::BufferPool;
 
 /// Default window: large sequential reads, tape- and disk-friendly.
 pub const WINDOW_BYTES: usize = 8 << 20;
@@ -162,13 +162,13 @@ where
             r as usize
         };
         while have < want as usize {
-            let got = super::media::read_at(
+            let got = super::read_at(
                 dev,
                 &mut pool.slot_mut(current)[have..want as usize],
                 pos + have as u64,
             )
             .map_err(|e| match e {
-                super::media::MediaError::Io { offset, error, .. } => io_err(offset, error),
+                super::MediaError::Io { offset, error, .. } => io_err(offset, error),
                 other => io_err(pos, std::io::Error::other(other.to_string())),
             })?;
             if got == 0 {

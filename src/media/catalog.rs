@@ -1,0 +1,209 @@
+//! The catalog on a random-access device: Catalog records after the data,
+//! closed by an End record (docs/FORMAT.md, "Catalog").
+
+use super::{name, read_at, write_all_at, MediaError};
+use crate::device::{Access, Device};
+use crate::format::{
+    round_up_block, Catalog, FormatError, Label, RecordHeader, RecordKind, SetId, HEADER_BYTES,
+};
+use crate::io::buffers::BufferPool;
+
+/// Write the encoded catalog as Catalog records starting at `position`,
+/// then one End record. Returns the offset just past the End record.
+pub fn write_catalog(
+    dev: &dyn Device,
+    set_id: SetId,
+    device_index: u32,
+    sequence: u64,
+    position: u64,
+    catalog: &[u8],
+    chunk_bytes: u32,
+) -> Result<u64, MediaError> {
+    let mut pool = BufferPool::new(1, HEADER_BYTES + chunk_bytes as usize);
+    let mut offset = position;
+    let ids = (set_id, device_index, sequence);
+    each_catalog_record(pool.slot_mut(0), ids, catalog, chunk_bytes, |record| {
+        if offset + record.len() as u64 > dev.capacity_bytes() {
+            return Err(MediaError::Invalid {
+                device: name(dev),
+                why: format!("no room for the catalog at offset {offset}"),
+            });
+        }
+        write_all_at(dev, record, offset)?;
+        offset += record.len() as u64;
+        Ok(())
+    })?;
+    Ok(offset)
+}
+
+/// The records that hold a catalog on media, in order: its slices of at
+/// most `slice_bytes_max` bytes as Catalog records, then the End record.
+/// Each is encoded into `buf` and handed to `put` (the record's bytes).
+pub(super) fn each_catalog_record(
+    buf: &mut [u8],
+    (set_id, device_index, first_sequence): (SetId, u32, u64),
+    catalog: &[u8],
+    slice_bytes_max: u32,
+    mut put: impl FnMut(&[u8]) -> Result<(), MediaError>,
+) -> Result<(), MediaError> {
+    let slice_bytes_max = slice_bytes_max as usize;
+    let records = catalog
+        .chunks(slice_bytes_max)
+        .enumerate()
+        .map(|(i, slice)| (RecordKind::Catalog, slice, (i * slice_bytes_max) as u64))
+        .chain([(RecordKind::End, &[][..], 0)]);
+    for ((kind, payload, file_offset), sequence) in records.zip(first_sequence..) {
+        let header = catalog_record_header(
+            kind,
+            (set_id, device_index, sequence),
+            file_offset,
+            payload,
+            catalog.len(),
+        );
+        let total = encode_record(buf, header, payload);
+        put(&buf[..total])?;
+    }
+    Ok(())
+}
+
+/// The header of a Catalog record (a slice of the encoded catalog at
+/// `file_offset`) or of the End record (empty payload).
+fn catalog_record_header(
+    kind: RecordKind,
+    (set_id, device_index, sequence): (SetId, u32, u64),
+    file_offset: u64,
+    payload: &[u8],
+    catalog_bytes: usize,
+) -> RecordHeader {
+    RecordHeader {
+        kind,
+        set_id,
+        device_index,
+        sequence,
+        file_id: 0,
+        segment_id: 0,
+        file_offset,
+        payload_bytes: payload.len() as u32,
+        file_size: if kind == RecordKind::Catalog {
+            catalog_bytes as u64
+        } else {
+            0
+        },
+        payload_crc: crate::format::crc32c(payload),
+    }
+}
+
+/// Media bytes the catalog and End record take.
+pub fn catalog_media_bytes(catalog_bytes: u64, chunk_bytes: u32) -> u64 {
+    let records = catalog_bytes.div_ceil(chunk_bytes as u64);
+    records * HEADER_BYTES as u64 + round_up_block(catalog_bytes) + HEADER_BYTES as u64
+}
+
+/// A catalog read from a device, and the BLAKE3 of its encoding as read
+/// (what a Complete label's `catalog_digest` must equal).
+#[derive(Debug)]
+pub struct CatalogRead {
+    pub catalog: Catalog,
+    pub digest: [u8; 32],
+}
+
+pub(super) fn decoded(bytes: &[u8]) -> Result<CatalogRead, FormatError> {
+    Ok(CatalogRead {
+        catalog: Catalog::decode(bytes)?,
+        digest: *blake3::hash(bytes).as_bytes(),
+    })
+}
+
+/// Read and decode the catalog a Complete label points to. On a tape,
+/// the catalog is tape file 1, found by spacing over the data file.
+pub fn read_catalog(dev: &dyn Device, label: &Label) -> Result<CatalogRead, MediaError> {
+    if dev.access() == Access::Sequential {
+        return super::tape::read_tape_catalog(dev, label);
+    }
+    let chunk = label.chunk_bytes as usize;
+    let mut pool = BufferPool::new(1, HEADER_BYTES + chunk);
+    let mut bytes = Vec::with_capacity(label.catalog_bytes.min(1 << 30) as usize);
+    let mut offset = label.catalog_offset;
+    let format_err = |what, offset, error| MediaError::Format {
+        device: name(dev),
+        what,
+        offset,
+        error,
+    };
+    while (bytes.len() as u64) < label.catalog_bytes {
+        let buf = pool.slot_mut(0);
+        let got = read_at(dev, buf, offset)?;
+        let header = RecordHeader::decode(&buf[..got])
+            .map_err(|e| format_err("catalog record header", offset, e))?;
+        if header.kind != RecordKind::Catalog
+            || header.set_id != label.set_id
+            || header.file_offset != bytes.len() as u64
+            || header.file_size != label.catalog_bytes
+        {
+            return Err(MediaError::Invalid {
+                device: name(dev),
+                why: format!(
+                    "catalog record at offset {offset} does not belong to this set's catalog"
+                ),
+            });
+        }
+        let end = HEADER_BYTES + header.payload_bytes as usize;
+        if got < end {
+            return Err(MediaError::Invalid {
+                device: name(dev),
+                why: format!(
+                    "catalog record at offset {offset} is cut short by the end of the device"
+                ),
+            });
+        }
+        let payload = &buf[HEADER_BYTES..end];
+        let crc = crate::format::crc32c(payload);
+        if crc != header.payload_crc {
+            return Err(format_err(
+                "catalog payload",
+                offset,
+                FormatError::Checksum {
+                    what: "payload",
+                    stored: header.payload_crc,
+                    computed: crc,
+                },
+            ));
+        }
+        let padded = header.media_bytes() as usize;
+        if buf[end..padded.min(got)].iter().any(|&b| b != 0) {
+            return Err(MediaError::Invalid {
+                device: name(dev),
+                why: format!(
+                    "catalog record at offset {offset}: damaged padding after the payload"
+                ),
+            });
+        }
+        bytes.extend_from_slice(payload);
+        offset += header.media_bytes();
+    }
+    // The End record closes the device's records.
+    let buf = pool.slot_mut(0);
+    let got = read_at(dev, &mut buf[..HEADER_BYTES], offset)?;
+    match RecordHeader::decode(&buf[..got]) {
+        Ok(h) if h.kind == RecordKind::End && h.set_id == label.set_id => {}
+        Ok(_) => {
+            return Err(MediaError::Invalid {
+                device: name(dev),
+                why: format!("no End record after the catalog (offset {offset})"),
+            })
+        }
+        Err(e) => return Err(format_err("End record", offset, e)),
+    }
+    decoded(&bytes).map_err(|e| format_err("catalog", label.catalog_offset, e))
+}
+
+/// A record image in `buf`: header block, payload, zero padding to a
+/// block. Returns its length in bytes.
+fn encode_record(buf: &mut [u8], header: RecordHeader, payload: &[u8]) -> usize {
+    let padded = round_up_block(payload.len() as u64) as usize;
+    let (head, body) = buf.split_at_mut(HEADER_BYTES);
+    body[..payload.len()].copy_from_slice(payload);
+    body[payload.len()..padded].fill(0);
+    header.encode_into(head);
+    HEADER_BYTES + padded
+}

@@ -1,0 +1,209 @@
+//! The label and catalog on a sequential device (tape): tape blocks and
+//! filemarks, positions counted in logical objects (docs/FORMAT.md, "Tape
+//! layout").
+
+use super::catalog::{decoded, each_catalog_record, CatalogRead};
+use super::{name, MediaError};
+use crate::device::{self, Access, Device, TapeOp};
+use crate::format::{FormatError, Label, RecordHeader, RecordKind, SetId, HEADER_BYTES};
+use crate::io::buffers::BufferPool;
+
+pub(super) fn tape_op(dev: &dyn Device, op: TapeOp, position: u64) -> Result<(), MediaError> {
+    dev.tape_op(op).map_err(|error| MediaError::Io {
+        device: name(dev),
+        op: match op {
+            TapeOp::Rewind => "rewind (MTREW)",
+            TapeOp::ForwardFiles(_) => "space forward over filemarks (MTFSF)",
+            TapeOp::BackFiles(_) => "space back over filemarks (MTBSF)",
+            TapeOp::ForwardBlocks(_) => "space forward over blocks (MTFSR)",
+            TapeOp::EndOfData => "space to end of data (MTEOM)",
+            TapeOp::WriteFilemarks(_) => "write filemark (MTWEOF)",
+        },
+        offset: position,
+        error,
+    })
+}
+
+/// Write one tape block. In the early-warning zone st alternates: a write
+/// succeeds, the next fails with ENOSPC having written nothing, the one
+/// after succeeds (IO-NOTES.md). So ENOSPC is tried once more; two in a
+/// row mean the physical end of the medium.
+pub(super) fn write_tape_block(
+    dev: &dyn Device,
+    buf: &[u8],
+    position: u64,
+) -> Result<(), MediaError> {
+    let io_err = |error| MediaError::Io {
+        device: name(dev),
+        op: "write tape block",
+        offset: position,
+        error,
+    };
+    let mut enospc = 0;
+    loop {
+        match device::write_block(dev, buf) {
+            Ok(n) if n == buf.len() => return Ok(()),
+            Ok(n) => {
+                return Err(io_err(std::io::Error::other(format!(
+                    "short block: {n} of {} bytes written (end of medium)",
+                    buf.len()
+                ))))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && enospc == 0 => enospc += 1,
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+}
+
+/// Read one tape block; 0 is a filemark.
+pub(super) fn read_tape_block(
+    dev: &dyn Device,
+    buf: &mut [u8],
+    position: u64,
+) -> Result<usize, MediaError> {
+    loop {
+        match device::read_block(dev, buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(error) => {
+                return Err(MediaError::Io {
+                    device: name(dev),
+                    op: "read tape block",
+                    offset: position,
+                    error,
+                })
+            }
+        }
+    }
+}
+
+/// Close the data file of a tape and write the catalog as tape file 1:
+/// a filemark at `data_end` (the object after the last data record), the
+/// catalog records (slices of at most `payload_bytes_max`), the End
+/// record, a filemark. The filemarks are written without the immediate
+/// bit, so the drive has everything on the medium when this returns.
+/// Returns the object number just past the closing filemark.
+pub fn write_tape_catalog(
+    dev: &dyn Device,
+    set_id: SetId,
+    device_index: u32,
+    sequence: u64,
+    data_end: u64,
+    catalog: &[u8],
+    payload_bytes_max: u32,
+) -> Result<u64, MediaError> {
+    assert_eq!(dev.access(), Access::Sequential);
+    let mut pool = BufferPool::new(1, HEADER_BYTES + payload_bytes_max as usize);
+    let mut position = data_end;
+    tape_op(dev, TapeOp::WriteFilemarks(1), position)?;
+    position += 1;
+    let ids = (set_id, device_index, sequence);
+    each_catalog_record(
+        pool.slot_mut(0),
+        ids,
+        catalog,
+        payload_bytes_max,
+        |record| {
+            write_tape_block(dev, record, position)?;
+            position += 1;
+            Ok(())
+        },
+    )?;
+    tape_op(dev, TapeOp::WriteFilemarks(1), position)?;
+    Ok(position + 1)
+}
+
+/// The catalog of a tape: space over tape file 0 (label and data) with
+/// MTFSF, then read catalog records up to the End record, which must be
+/// followed by a filemark. That End record and filemark are what makes a
+/// tape complete: its label cannot be rewritten.
+pub(super) fn read_tape_catalog(
+    dev: &dyn Device,
+    label: &Label,
+) -> Result<CatalogRead, MediaError> {
+    let chunk = label.chunk_bytes as usize;
+    let mut pool = BufferPool::new(1, HEADER_BYTES + chunk);
+    let invalid = |why: String| MediaError::Invalid {
+        device: name(dev),
+        why,
+    };
+    let format_err = |what, position, error| MediaError::Format {
+        device: name(dev),
+        what,
+        offset: position,
+        error,
+    };
+    tape_op(dev, TapeOp::Rewind, 0)?;
+    tape_op(dev, TapeOp::ForwardFiles(1), 0)?;
+    // The object number of the first catalog block is only known from the
+    // catalog itself (data_end + 1); block numbers within file 1 are used
+    // in messages until then.
+    let mut block = 0u64;
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut catalog_bytes: Option<u64> = None;
+    loop {
+        let buf = pool.slot_mut(0);
+        let got = read_tape_block(dev, buf, block)?;
+        if got == 0 {
+            return Err(invalid(format!(
+                "tape file 1 ends at its block {block} without an End record: the catalog is incomplete (interrupted run?): use `pbio scan`"
+            )));
+        }
+        let header = RecordHeader::decode(&buf[..got])
+            .map_err(|e| format_err("catalog record header (tape file 1)", block, e))?;
+        if header.set_id != label.set_id {
+            return Err(invalid(format!(
+                "tape file 1 block {block} belongs to another set"
+            )));
+        }
+        if header.kind == RecordKind::End {
+            break;
+        }
+        let expected_size = *catalog_bytes.get_or_insert(header.file_size);
+        if header.kind != RecordKind::Catalog
+            || header.file_offset != bytes.len() as u64
+            || header.file_size != expected_size
+            || got != header.media_bytes() as usize
+        {
+            return Err(invalid(format!(
+                "tape file 1 block {block} is not the next record of this set's catalog"
+            )));
+        }
+        let end = HEADER_BYTES + header.payload_bytes as usize;
+        let payload = &buf[HEADER_BYTES..end];
+        let crc = crate::format::crc32c(payload);
+        if crc != header.payload_crc {
+            return Err(format_err(
+                "catalog payload (tape file 1)",
+                block,
+                FormatError::Checksum {
+                    what: "payload",
+                    stored: header.payload_crc,
+                    computed: crc,
+                },
+            ));
+        }
+        if buf[end..got].iter().any(|&b| b != 0) {
+            return Err(invalid(format!(
+                "tape file 1 block {block}: damaged padding after the catalog slice"
+            )));
+        }
+        bytes.extend_from_slice(payload);
+        block += 1;
+    }
+    if catalog_bytes != Some(bytes.len() as u64) {
+        return Err(invalid(format!(
+            "tape file 1: End record after {} of {} catalog bytes",
+            bytes.len(),
+            catalog_bytes.unwrap_or(0)
+        )));
+    }
+    let buf = pool.slot_mut(0);
+    if read_tape_block(dev, buf, block + 1)? != 0 {
+        return Err(invalid(
+            "tape file 1: no filemark after the End record".to_string(),
+        ));
+    }
+    decoded(&bytes).map_err(|e| format_err("catalog (tape file 1)", 0, e))
+}
