@@ -127,6 +127,62 @@ pub struct Mapping {
     pub len: usize,
 }
 
+/// How a ring moves a device's data (the device's choice, made at open;
+/// the ring acts on the capability, never on the kind).
+pub enum DataPath<'d> {
+    /// Reads and writes on `fd()` (O_DIRECT when `direct_io()`); a
+    /// sequential device through its block hooks.
+    Descriptor,
+    /// The medium is mapped: sources are read straight into it, and
+    /// `Device::persist` makes a range durable. No writes through `fd()`.
+    Mapped(Mapping),
+    /// Requests over a pipelined connection that shares the ring: the
+    /// transport builds its own entries (`user_data` with
+    /// `io::USER_DATA_TRANSPORT` set) and reports requests as done.
+    Pipelined(Box<dyn Transport + 'd>),
+}
+
+/// A pipelined transport sharing a ring with its caller (an NBD
+/// connection): requests go in with a handle (below `HANDLES_MAX`) and a
+/// lease the caller keeps untouched until the request completes; the
+/// transport's entries are pushed together (`sqes`), its completions
+/// handed back (`on_cqe`), and completed requests come out as
+/// `(handle, result)`, result being the length or `-errno` as a read or
+/// write entry would have it. An error is fatal for the connection: the
+/// caller then aborts it and reaps its entries until `ops_in_flight` is 0.
+pub trait Transport {
+    /// Ring entries the transport may have in flight at once.
+    fn entries_max(&self) -> u32;
+    fn submit_write(&mut self, handle: u64, lease: &crate::io::Lease, len: u32, offset: u64);
+    fn submit_read(&mut self, handle: u64, lease: &mut crate::io::Lease, len: u32, offset: u64);
+    /// The entries to push now, in order, in one submit.
+    fn sqes(&mut self, out: &mut Vec<crate::io::Sqe>) -> Result<(), String>;
+    fn on_cqe(
+        &mut self,
+        user_data: u64,
+        result: i32,
+        done: &mut Vec<(u64, i32)>,
+    ) -> Result<(), String>;
+    /// Requests without their final reply.
+    fn outstanding(&self) -> usize;
+    /// Not failed for good.
+    fn alive(&self) -> bool;
+    /// Entries of the transport not yet reaped.
+    fn ops_in_flight(&self) -> usize;
+    /// Stop: end the connection's operations; requests without replies
+    /// stay incomplete.
+    fn abort(&mut self, why: &str);
+    /// A turn of a transport alone on `ring`: push, wait, act.
+    fn turn(
+        &mut self,
+        ring: &mut crate::io::Uring,
+        done: &mut Vec<(u64, i32)>,
+    ) -> std::io::Result<Option<String>>;
+}
+
+/// Handles of a transport's requests are below this.
+pub const TRANSPORT_HANDLES_MAX: u64 = nbd::pipe::HANDLES_MAX;
+
 /// How the medium is addressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -348,6 +404,30 @@ pub trait Device: Send + Sync {
         // SAFETY: as in read_at.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd()) };
         nix::sys::uio::pwrite(fd, buf, offset as i64).map_err(std::io::Error::from)
+    }
+    /// How a ring moves this device's data. Called once per ring.
+    fn data_path(&self) -> DataPath<'_> {
+        DataPath::Descriptor
+    }
+    /// Records to keep in flight for records of `record_bytes`: `floor`
+    /// (the queue depth asked for), or more where the device's latency
+    /// wants it (a remote device: its round trip at its bandwidth), at
+    /// most `max`.
+    fn records_in_flight(&self, record_bytes: u64, floor: usize, max: usize) -> usize {
+        let _ = (record_bytes, max);
+        floor
+    }
+    /// Lost connections that a reconnect repaired (network devices).
+    fn reconnects(&self) -> u32 {
+        0
+    }
+    /// Sequential devices: the logical object number of the head, by the
+    /// drive's own position (MTIOCPOS); None: unknown.
+    fn head_object(&self) -> Option<i64> {
+        self.tape_status()
+            .ok()
+            .map(|st| st.logical_object)
+            .filter(|&o| o >= 0)
     }
     /// Network devices (NBD): the client, whose requests the ring sends
     /// and receives on `fd()` (a socket) instead of reading and writing it.

@@ -345,6 +345,12 @@ impl Device for PmemDevice {
             len: self.len,
         })
     }
+    fn data_path(&self) -> crate::device::DataPath<'_> {
+        crate::device::DataPath::Mapped(Mapping {
+            base: self.base,
+            len: self.len,
+        })
+    }
     fn persist(&self, offset: u64, len: u64) -> std::io::Result<()> {
         let end = offset.saturating_add(len).min(self.len as u64);
         if offset >= end {

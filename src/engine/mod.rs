@@ -541,16 +541,15 @@ fn ring_configs(devices: &[Box<dyn Device>], config: &BackupConfig) -> Vec<RingC
                 set_id: config.set_id,
                 chunk_bytes: config.chunk_bytes,
                 record_payload_bytes_max: payload_max,
-                queue_depth: match (dev.access(), dev.nbd()) {
+                queue_depth: match dev.access() {
                     // A remote device: enough records in flight to cover its
                     // measured round trip at its bandwidth (never fewer than --qd).
-                    (Access::Random, Some(nbd)) => nbd.records_in_flight(
+                    Access::Random => dev.records_in_flight(
                         (HEADER_BYTES as u64) + payload_max as u64,
                         config.queue_depth,
                         ring::QUEUE_DEPTH_MAX,
                     ),
-                    (Access::Random, None) => config.queue_depth,
-                    (Access::Sequential, _) => config.tape_buffer_records,
+                    Access::Sequential => config.tape_buffer_records,
                 },
                 reserve_bytes: config.reserve_bytes,
                 write_retries: config.write_retries,
@@ -587,7 +586,12 @@ fn run_rings(
                             return run_device(input, dev, config, dispatcher, ring, progress);
                         };
                         Ok(RingOutcome {
-                            end: RingEnd::Failed { error },
+                            end: RingEnd::Failed {
+                                error: ring::DeviceFault {
+                                    device: dev.path().to_path_buf(),
+                                    fault: ring::Fault::Label(error),
+                                },
+                            },
                             records: Vec::new(),
                             placed: Vec::new(),
                             data_end: media::data_start(dev),
@@ -641,7 +645,7 @@ fn run_device(
             config,
             Event::DeviceFull {
                 device: i,
-                error: error.clone(),
+                error: error.to_string(),
                 durable_bytes: outcome.records.iter().map(|r| r.payload_bytes as u64).sum(),
                 redirected_bytes: outcome.redirected_bytes,
             },
@@ -650,7 +654,7 @@ fn run_device(
             config,
             Event::DeviceFailed {
                 device: i,
-                error: error.clone(),
+                error: error.to_string(),
                 redirected_bytes: outcome.redirected_bytes,
             },
         ),
@@ -856,7 +860,7 @@ fn device_reports(
             };
             let error = match &outcome.end {
                 RingEnd::Complete => None,
-                RingEnd::Full { error } | RingEnd::Failed { error } => Some(error.clone()),
+                RingEnd::Full { error } | RingEnd::Failed { error } => Some(error.to_string()),
             };
             DeviceReport {
                 path: dev.path().display().to_string(),

@@ -13,11 +13,8 @@
 
 use std::time::{Duration, Instant};
 
-use io_uring::{opcode, types, IoUring};
-
-use crate::device::nbd::{pipe::Pipe, proto};
-use crate::device::{Access, Device};
-use crate::io::buffers::BufferPool;
+use crate::device::{Access, DataPath, Device, Transport};
+use crate::io::{self, BufferPool, Lease, Uring};
 
 /// Where the probe writes: from 1 MiB (past the label) on.
 const PROBE_OFFSET: u64 = 1 << 20;
@@ -50,12 +47,17 @@ pub struct Measured {
 /// Measure `dev`'s write throughput. Random-access devices only (a tape
 /// is positioned and written in order: it is declared with `rate=`).
 pub fn write_rate(dev: &dyn Device, limits: ProbeLimits) -> std::io::Result<Measured> {
-    if dev.access() != Access::Random || dev.mapping().is_some() {
+    let transport = match dev.data_path() {
+        DataPath::Mapped(_) => None,
+        DataPath::Descriptor => Some(None),
+        DataPath::Pipelined(t) => Some(Some(t)),
+    };
+    let Some(transport) = transport.filter(|_| dev.access() == Access::Random) else {
         return Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
             "no write probe for this kind of device: give rate=",
         ));
-    }
+    };
     let end = dev.capacity_bytes().min(PROBE_OFFSET + limits.bytes) / PROBE_BLOCK as u64
         * PROBE_BLOCK as u64;
     if end <= PROBE_OFFSET {
@@ -63,21 +65,22 @@ pub fn write_rate(dev: &dyn Device, limits: ProbeLimits) -> std::io::Result<Meas
             "the device is too small to probe (give rate=)",
         ));
     }
-    let depth: usize = match dev.nbd() {
-        Some(nbd) => nbd.records_in_flight(PROBE_BLOCK as u64, 4, 64),
+    let depth: usize = match transport {
+        Some(_) => dev.records_in_flight(PROBE_BLOCK as u64, 4, 64),
         None => 8,
     };
-    let mut pool = BufferPool::new(depth, PROBE_BLOCK as usize);
+    let pool = BufferPool::new(depth, PROBE_BLOCK as usize);
+    let mut free = pool.lease_all();
     // Not zeros: a server that detects zero writes must not flatter the link.
-    for b in 0..depth {
-        for (i, byte) in pool.slot_mut(b).iter_mut().enumerate() {
+    for lease in free.iter_mut() {
+        for (i, byte) in lease.bytes_mut().iter_mut().enumerate() {
             *byte = (i as u8) ^ 0xa5;
         }
     }
     let started = Instant::now();
-    let written = match dev.nbd() {
-        Some(nbd) => probe_nbd(nbd, &pool, end, started, limits.time)?,
-        None => probe_fd(dev, &pool, end, started, limits.time)?,
+    let written = match transport {
+        Some(t) => probe_transport(t, free, end, started, limits.time)?,
+        None => probe_fd(dev, free, end, started, limits.time)?,
     };
     dev.sync()?;
     let elapsed = started.elapsed();
@@ -88,48 +91,48 @@ pub fn write_rate(dev: &dyn Device, limits: ProbeLimits) -> std::io::Result<Meas
     })
 }
 
+/// Slots by handle while their write is in flight.
+fn lend(busy: &mut [Option<Lease>], lease: Lease) -> (usize, &Lease) {
+    let handle = busy
+        .iter()
+        .position(Option::is_none)
+        .expect("a handle per lease");
+    (handle, busy[handle].insert(lease))
+}
+
 fn probe_fd(
     dev: &dyn Device,
-    pool: &BufferPool,
+    mut free: Vec<Lease>,
     end: u64,
     started: Instant,
     time: Duration,
 ) -> std::io::Result<u64> {
-    let mut ring = IoUring::new(pool.count().next_power_of_two() as u32)?;
+    let mut ring = Uring::new(free.len() as u32)?;
+    let mut busy: Vec<Option<Lease>> = (0..free.len()).map(|_| None).collect();
     let mut next = PROBE_OFFSET;
-    let mut in_flight = 0usize;
-    let mut free: Vec<usize> = (0..pool.count()).collect();
     let mut written = 0u64;
     let mut error = None;
+    let mut completions = Vec::new();
     loop {
         while error.is_none() && next < end && started.elapsed() < time {
-            let Some(b) = free.pop() else { break };
-            let entry = opcode::Write::new(types::Fd(dev.fd()), pool.ptr(b), PROBE_BLOCK)
-                .offset(next)
-                .build()
-                .user_data(b as u64);
-            // SAFETY: slot b of `pool` is not used by any other operation
-            // and the pool outlives the ring's use of it (every write is
-            // reaped before this returns); the device fd stays open.
-            unsafe { ring.submission().push(&entry) }.expect("a free slot has room in the ring");
+            let Some(lease) = free.pop() else { break };
+            let (handle, lease) = lend(&mut busy, lease);
+            // The lease is not touched until its write is reaped (every
+            // write is reaped before this returns); the device fd stays open.
+            let entry = io::write_at(dev.fd(), lease, 0..PROBE_BLOCK as usize, next);
+            ring.push(entry.user_data(handle as u64))?;
             next += PROBE_BLOCK as u64;
-            in_flight += 1;
         }
-        if in_flight == 0 {
+        if ring.in_flight() == 0 {
             break;
         }
-        match ring.submit_and_wait(1) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            Err(e) => return Err(e),
-        }
-        for c in ring.completion() {
-            in_flight -= 1;
-            free.push(c.user_data() as usize);
-            if c.result() < 0 {
-                error.get_or_insert(std::io::Error::from_raw_os_error(-c.result()));
+        ring.turn(&mut completions)?;
+        for &(handle, result) in &completions {
+            free.push(busy[handle as usize].take().expect("a lease in flight"));
+            if result < 0 {
+                error.get_or_insert(std::io::Error::from_raw_os_error(-result));
             } else {
-                written += c.result() as u64;
+                written += result as u64;
             }
         }
     }
@@ -139,24 +142,24 @@ fn probe_fd(
     }
 }
 
-fn probe_nbd(
-    nbd: &crate::device::nbd::NbdDevice,
-    pool: &BufferPool,
+fn probe_transport(
+    mut pipe: Box<dyn Transport + '_>,
+    mut free: Vec<Lease>,
     end: u64,
     started: Instant,
     time: Duration,
 ) -> std::io::Result<u64> {
-    let mut ring = IoUring::new(8)?;
-    let mut pipe = Pipe::new(nbd);
+    let mut ring = Uring::new(8)?;
+    let mut busy: Vec<Option<Lease>> = (0..free.len()).map(|_| None).collect();
     let mut next = PROBE_OFFSET;
-    let mut free: Vec<usize> = (0..pool.count()).collect();
     let mut written = 0u64;
     let mut failure: Option<String> = None;
     let mut done = Vec::new();
     loop {
         while failure.is_none() && next < end && started.elapsed() < time {
-            let Some(b) = free.pop() else { break };
-            pipe.submit(b as u64, proto::CMD_WRITE, pool.ptr(b), PROBE_BLOCK, next);
+            let Some(lease) = free.pop() else { break };
+            let (handle, lease) = lend(&mut busy, lease);
+            pipe.submit_write(handle as u64, lease, PROBE_BLOCK, next);
             next += PROBE_BLOCK as u64;
         }
         let waiting = failure.is_none() && pipe.outstanding() > 0;
@@ -166,8 +169,8 @@ fn probe_nbd(
         if let Some(e) = pipe.turn(&mut ring, &mut done)? {
             failure.get_or_insert(e);
         }
-        for (b, result) in done.drain(..) {
-            free.push(b as usize);
+        for (handle, result) in done.drain(..) {
+            free.push(busy[handle as usize].take().expect("a lease in flight"));
             if result < 0 {
                 failure.get_or_insert(format!(
                     "write: {}",

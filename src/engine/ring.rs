@@ -21,7 +21,7 @@
 //! `before_block_write` hands out. The moments the drive had nothing to
 //! write while the sources still had data are counted as underruns.
 //!
-//! Memory-mapped devices (pmem) take the same records without a write:
+//! Memory-mapped devices take the same records without a write:
 //! the read is a plain `Read` (not `ReadFixed`: the mapping is not a
 //! registered buffer) from the source straight into the mapping at the
 //! record's position, behind the 4 KiB where the header goes; on its
@@ -40,18 +40,16 @@
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use io_uring::{opcode, squeue, types, IoUring};
-
 use super::dispatch::{DeviceState, Dispatcher, Next, WorkItem};
 use super::SetInput;
-use crate::device::nbd::pipe::{self, Pipe};
-use crate::device::{Access, BlockIo, Device, ErrorClass, Mapping};
+use crate::device::{Access, BlockIo, DataPath, Device, ErrorClass, Mapping, Transport};
 use crate::format::{round_up_block, FileInfo, RecordHeader, RecordKind, SetId, HEADER_BYTES};
-use crate::io::buffers::BufferPool;
+use crate::io::{self, BufferPool, Lease, Sqe, Uring};
 
 /// Most records in flight per device.
 pub const QUEUE_DEPTH_MAX: usize = 256;
@@ -114,12 +112,96 @@ pub enum RingEnd {
     Complete,
     /// Filled up: `error` says how (ENOSPC, or no room left in its capacity).
     Full {
-        error: String,
+        error: DeviceFault,
     },
     /// Failed: not to be trusted.
     Failed {
-        error: String,
+        error: DeviceFault,
     },
+}
+
+/// What stopped a device: the fault, on which device. Shown as the fault
+/// alone (whoever reports it names the device).
+#[derive(Debug, thiserror::Error)]
+#[error("{fault}")]
+pub struct DeviceFault {
+    pub device: PathBuf,
+    pub fault: Fault,
+}
+
+/// Why a device stopped taking records.
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    /// A record write failed (ENOSPC: the medium is full).
+    #[error("write at offset {offset}: {error}")]
+    Write { offset: u64, error: std::io::Error },
+    /// A record write still failed after `retries` resubmissions.
+    #[error("write at offset {offset}: {error} (after {retries} retries)")]
+    WriteRetried {
+        offset: u64,
+        error: std::io::Error,
+        retries: u32,
+    },
+    /// The device's usable capacity (its catalog reserve kept) is used up.
+    #[error("no room left for a {record_bytes}-byte record at offset {offset} (usable capacity {usable_bytes} bytes)")]
+    NoRoom {
+        record_bytes: u64,
+        offset: u64,
+        usable_bytes: u64,
+    },
+    /// A mapped device could not make a record durable.
+    #[error("persist at offset {offset} ({bytes} bytes): {error}")]
+    Persist {
+        offset: u64,
+        bytes: u64,
+        error: std::io::Error,
+    },
+    /// A sequential device's block was cut short: the end of the medium.
+    #[error("block {block}: short write ({written} of {total} bytes): end of medium")]
+    ShortBlock {
+        block: u64,
+        written: u32,
+        total: u32,
+    },
+    /// A sequential device's block write failed.
+    #[error("block {block}: {error}")]
+    Block { block: u64, error: std::io::Error },
+    /// The ring itself failed.
+    #[error("io_uring_enter: {0}")]
+    Enter(std::io::Error),
+    /// The device's pipelined connection is beyond saving.
+    #[error("{0}")]
+    Transport(String),
+    /// The device's label could not be written: no ring ran.
+    #[error("{0}")]
+    Label(String),
+}
+
+impl Fault {
+    /// The errno of the failed operation, where one is known.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Fault::Write { error, .. }
+            | Fault::WriteRetried { error, .. }
+            | Fault::Persist { error, .. }
+            | Fault::Block { error, .. }
+            | Fault::Enter(error) => error.raw_os_error(),
+            Fault::ShortBlock { .. } => Some(libc::ENOSPC),
+            Fault::NoRoom { .. } | Fault::Transport(_) | Fault::Label(_) => None,
+        }
+    }
+
+    /// The media offset (a sequential device: the block number) where it happened.
+    pub fn offset(&self) -> Option<u64> {
+        match self {
+            Fault::Write { offset, .. }
+            | Fault::WriteRetried { offset, .. }
+            | Fault::NoRoom { offset, .. }
+            | Fault::Persist { offset, .. } => Some(*offset),
+            Fault::ShortBlock { block, .. } | Fault::Block { block, .. } => Some(*block),
+            Fault::Enter(_) | Fault::Transport(_) | Fault::Label(_) => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -168,11 +250,11 @@ enum Stop {
     /// The medium ran out of space (`physical`) or the device's usable
     /// capacity is used up (not physical: the catalog reserve is intact).
     Full {
-        error: String,
+        error: Fault,
         physical: bool,
     },
     Failed {
-        error: String,
+        error: Fault,
     },
     Source(RingError),
 }
@@ -195,6 +277,8 @@ enum Phase {
 }
 
 struct Slot {
+    /// The slot's buffer (a record's header and payload), registered.
+    lease: Lease,
     phase: Phase,
     source: Option<Rc<Source>>,
     /// Index into `Ring::gens`.
@@ -285,8 +369,7 @@ pub struct RingConfig {
 pub struct Ring<'a> {
     device: &'a dyn Device,
     config: &'a RingConfig,
-    ring: IoUring,
-    pool: BufferPool,
+    ring: Uring,
     slots: Vec<Slot>,
     gens: Vec<Gen>,
     taken: Vec<Taken>,
@@ -296,8 +379,6 @@ pub struct Ring<'a> {
     usable_bytes: u64,
     stats: RingStats,
     progress: &'a AtomicU64,
-    /// SQEs pushed and not yet reaped.
-    ops_in_flight: usize,
     /// The device is written one block at a time, in media order.
     sequential: bool,
     /// Sequential: the gen whose block is written next.
@@ -311,11 +392,11 @@ pub struct Ring<'a> {
     idle_since: Option<Instant>,
     /// Memory-mapped device: records are read into it in place.
     mapping: Option<Mapping>,
-    /// Network device (NBD): record writes are requests on its socket.
-    pipe: Option<Pipe<'a>>,
-    /// Pipe completions, reused.
-    pipe_done: Vec<(u64, i32)>,
-    pipe_sqes: Vec<squeue::Entry>,
+    /// Pipelined device: record writes are requests of its transport.
+    transport: Option<Box<dyn Transport + 'a>>,
+    /// Transport completions, reused.
+    transport_done: Vec<(u64, i32)>,
+    transport_sqes: Vec<Sqe>,
     /// Hashes payloads off the ring thread while `run` runs.
     hasher: Option<Hasher>,
 }
@@ -336,27 +417,28 @@ impl<'a> Ring<'a> {
             op,
             error,
         };
+        let (mapping, transport) = match device.data_path() {
+            DataPath::Descriptor => (None, None),
+            DataPath::Mapped(m) => (Some(m), None),
+            DataPath::Pipelined(t) => (None, Some(t)),
+        };
         assert!(
-            device.mapping().is_none() || device.access() == Access::Random,
+            mapping.is_none() || device.access() == Access::Random,
             "a memory-mapped device is random access"
         );
-        // A network device's pipe adds a send and a receive, each with
-        // its linked timeout.
-        let entries = config.queue_depth as u32 + if device.nbd().is_some() { 4 } else { 0 };
-        let ring = IoUring::new(entries.next_power_of_two())
-            .map_err(|e| setup_err("io_uring setup", e))?;
+        let entries = config.queue_depth as u32 + transport.as_ref().map_or(0, |t| t.entries_max());
+        let mut ring = Uring::new(entries).map_err(|e| setup_err("io_uring setup", e))?;
         let pool = BufferPool::new(
             config.queue_depth,
             HEADER_BYTES + config.record_payload_bytes_max as usize,
         );
-        let iovecs = pool.iovecs();
-        // SAFETY: the iovecs describe the pool's allocation, which lives as
-        // long as this Ring; `ring` is declared before `pool` so it is dropped
-        // (and the registration released) before the memory is freed.
-        unsafe { ring.submitter().register_buffers(&iovecs) }
+        ring.register_buffers(&pool)
             .map_err(|e| setup_err("register buffers", e))?;
-        let slots = (0..config.queue_depth)
-            .map(|_| Slot {
+        let slots = pool
+            .lease_all()
+            .into_iter()
+            .map(|lease| Slot {
+                lease,
                 phase: Phase::Free,
                 source: None,
                 gen: 0,
@@ -370,7 +452,6 @@ impl<'a> Ring<'a> {
             device,
             config,
             ring,
-            pool,
             slots,
             gens: Vec::new(),
             taken: Vec::new(),
@@ -378,16 +459,15 @@ impl<'a> Ring<'a> {
             usable_bytes: device.capacity_bytes().saturating_sub(config.reserve_bytes),
             stats: RingStats::default(),
             progress,
-            ops_in_flight: 0,
             sequential: device.access() == Access::Sequential,
             next_write: 0,
             write_slot: None,
             held: None,
             idle_since: None,
-            mapping: device.mapping(),
-            pipe: device.nbd().map(|n| Pipe::new(n)),
-            pipe_done: Vec::new(),
-            pipe_sqes: Vec::new(),
+            mapping,
+            transport,
+            transport_done: Vec::new(),
+            transport_sqes: Vec::new(),
             hasher: None,
         })
     }
@@ -485,17 +565,28 @@ impl<'a> Ring<'a> {
             self.hasher = None;
             stop
         });
+        let device = self.device.path().to_path_buf();
         let outcome = match stop {
             None => {
                 dispatcher.finish(index);
                 self.finish(RingEnd::Complete, None, dispatcher, false)
             }
             Some(Stop::Full { error, physical }) => {
-                let end = RingEnd::Full { error };
+                let end = RingEnd::Full {
+                    error: DeviceFault {
+                        device,
+                        fault: error,
+                    },
+                };
                 self.finish(end, Some(DeviceState::Full), dispatcher, physical)
             }
             Some(Stop::Failed { error }) => {
-                let end = RingEnd::Failed { error };
+                let end = RingEnd::Failed {
+                    error: DeviceFault {
+                        device,
+                        fault: error,
+                    },
+                };
                 self.finish(end, Some(DeviceState::Failed), dispatcher, false)
             }
             Some(Stop::Source(e)) => {
@@ -507,7 +598,7 @@ impl<'a> Ring<'a> {
         };
         let mut outcome = outcome;
         outcome.stats.elapsed = started.elapsed();
-        outcome.stats.reconnects = self.device.nbd().map_or(0, |n| n.reconnects());
+        outcome.stats.reconnects = self.device.reconnects();
         Ok(outcome)
     }
 
@@ -652,7 +743,7 @@ impl<'a> Ring<'a> {
                 (g.position, g.payload_bytes, g.payload_crc)
             };
             let media = HEADER_BYTES + round_up_block(payload_bytes as u64) as usize;
-            let buffer = &mut self.pool.slot_mut(0)[..media];
+            let buffer = &mut self.slots[0].lease.bytes_mut()[..media];
             let good = match crate::media::read_at(self.device, buffer, position) {
                 Ok(n) if n == media => {
                     RecordHeader::decode(&buffer[..HEADER_BYTES]).is_ok()
@@ -672,42 +763,35 @@ impl<'a> Ring<'a> {
     /// After a stop: reap every operation still in flight (so that no
     /// kernel access to the pool outlives it), noting writes that completed.
     fn drain(&mut self) {
-        while self.ops_in_flight > 0 || self.pipe_waiting() {
-            if self.pipe_waiting() {
-                if let Err(stop) = self.pump_pipe() {
-                    // The pipe cannot go on: its requests stay without
+        let mut completions = Vec::new();
+        while self.ring.in_flight() > 0 || self.transport_waiting() {
+            if self.transport_waiting() {
+                if let Err(stop) = self.pump_transport() {
+                    // The transport cannot go on: its requests stay without
                     // replies, and what it has in flight is reaped below.
                     let why = match stop {
-                        Stop::Failed { error } => error,
+                        Stop::Failed { error } => error.to_string(),
                         _ => "stopped".to_string(),
                     };
-                    if let Some(pipe) = self.pipe.as_mut() {
-                        pipe.abort(&why);
+                    if let Some(transport) = self.transport.as_mut() {
+                        transport.abort(&why);
                     }
                     continue;
                 }
             }
-            if self.ops_in_flight == 0 {
-                // Nothing of ours in flight, and the pipe is not waiting.
+            if self.ring.in_flight() == 0 {
+                // Nothing of ours in flight, and the transport is not waiting.
                 break;
             }
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                // The ring itself is broken: nothing more can be reaped.
-                Err(_) => return,
+            // The ring itself is broken: nothing more can be reaped.
+            if self.ring.turn(&mut completions).is_err() {
+                return;
             }
-            let completions: Vec<(u64, i32)> = self
-                .ring
-                .completion()
-                .map(|c| (c.user_data(), c.result()))
-                .collect();
-            self.ops_in_flight -= completions.len();
-            for (user_data, result) in completions {
-                if user_data & pipe::TAG != 0 {
+            for &(user_data, result) in &completions {
+                if user_data & io::USER_DATA_TRANSPORT != 0 {
                     let mut done = Vec::new();
-                    // A failing pipe is aborted by on_pipe_cqe; reaping goes on.
-                    let _ = self.on_pipe_cqe(user_data, result, &mut done);
+                    // A failing transport is aborted by on_transport_cqe; reaping goes on.
+                    let _ = self.on_transport_cqe(user_data, result, &mut done);
                     for (slot, result) in done {
                         let slot = slot as usize;
                         if result == self.record_media_bytes(slot) as i32 {
@@ -753,55 +837,49 @@ impl<'a> Ring<'a> {
         }
     }
 
-    /// Whether the pipe still expects replies it can get.
-    fn pipe_waiting(&self) -> bool {
-        self.pipe
+    /// Whether the transport still expects replies it can get.
+    fn transport_waiting(&self) -> bool {
+        self.transport
             .as_ref()
-            .is_some_and(|p| p.outstanding() > 0 && p.alive())
+            .is_some_and(|t| t.outstanding() > 0 && t.alive())
     }
 
-    /// Push the SQEs the pipe wants submitted (a linked pair together).
-    fn pump_pipe(&mut self) -> Result<(), Stop> {
-        let Some(pipe) = self.pipe.as_mut() else {
+    /// Push the SQEs the transport wants submitted (a linked pair together).
+    fn pump_transport(&mut self) -> Result<(), Stop> {
+        let Some(transport) = self.transport.as_mut() else {
             return Ok(());
         };
-        let mut sqes = std::mem::take(&mut self.pipe_sqes);
-        let wanted = pipe.sqes(&mut sqes);
-        let mut outcome = wanted.map_err(|error| Stop::Failed { error });
-        if !sqes.is_empty() {
-            let room = {
-                let mut sq = self.ring.submission();
-                sq.sync();
-                sq.capacity() - sq.len()
-            };
-            if room < sqes.len() {
-                if let Err(e) = self.ring.submit() {
-                    outcome = outcome.and(Err(Stop::Failed {
-                        error: format!("io_uring_enter: {e}"),
-                    }));
-                }
-            }
-            for entry in sqes.drain(..) {
-                if let Err(stop) = self.push(entry) {
-                    outcome = outcome.and(Err(stop));
-                }
-            }
+        let mut sqes = std::mem::take(&mut self.transport_sqes);
+        let wanted = transport.sqes(&mut sqes);
+        let mut outcome = wanted.map_err(|error| Stop::Failed {
+            error: Fault::Transport(error),
+        });
+        if let Err(e) = self.ring.push_all(&mut sqes) {
+            outcome = outcome.and(Err(Stop::Failed {
+                error: Fault::Enter(e),
+            }));
         }
-        self.pipe_sqes = sqes;
+        sqes.clear();
+        self.transport_sqes = sqes;
         outcome
     }
 
-    /// A completion of the pipe's; a connection beyond saving fails the device.
-    fn on_pipe_cqe(
+    /// A completion of the transport's; a connection beyond saving fails the device.
+    fn on_transport_cqe(
         &mut self,
         user_data: u64,
         result: i32,
         done: &mut Vec<(u64, i32)>,
     ) -> Result<(), Stop> {
-        let pipe = self.pipe.as_mut().expect("pipe completion without a pipe");
-        pipe.on_cqe(user_data, result, done).map_err(|error| {
-            pipe.abort(&error);
-            Stop::Failed { error }
+        let transport = self
+            .transport
+            .as_mut()
+            .expect("transport completion without a transport");
+        transport.on_cqe(user_data, result, done).map_err(|error| {
+            transport.abort(&error);
+            Stop::Failed {
+                error: Fault::Transport(error),
+            }
         })
     }
 
@@ -830,29 +908,20 @@ impl<'a> Ring<'a> {
                     Record::Exhausted => exhausted = true,
                 }
             }
-            if inflight == 0 && self.ops_in_flight == 0 {
+            if inflight == 0 && self.ring.in_flight() == 0 {
                 return Ok(());
             }
-            self.pump_pipe()?;
-            // 2. Submit and wait for at least one completion.
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => {
-                    return Err(Stop::Failed {
-                        error: format!("io_uring_enter: {e}"),
-                    })
-                }
-            }
-            // 3. Copy completions out before acting on them.
-            completions.clear();
-            completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
-            self.ops_in_flight -= completions.len();
+            self.pump_transport()?;
+            // 2. Submit and wait for at least one completion; 3. copy
+            // completions out before acting on them.
+            self.ring.turn(&mut completions).map_err(|e| Stop::Failed {
+                error: Fault::Enter(e),
+            })?;
             // 4. Act.
             for &(user_data, result) in &completions {
-                if user_data & pipe::TAG != 0 {
-                    let mut done = std::mem::take(&mut self.pipe_done);
-                    let acted = self.on_pipe_cqe(user_data, result, &mut done);
+                if user_data & io::USER_DATA_TRANSPORT != 0 {
+                    let mut done = std::mem::take(&mut self.transport_done);
+                    let acted = self.on_transport_cqe(user_data, result, &mut done);
                     let mut outcome = acted;
                     for &(slot, result) in &done {
                         if outcome.is_ok() {
@@ -864,7 +933,7 @@ impl<'a> Ring<'a> {
                         }
                     }
                     done.clear();
-                    self.pipe_done = done;
+                    self.transport_done = done;
                     outcome?;
                     continue;
                 }
@@ -925,7 +994,7 @@ impl<'a> Ring<'a> {
             self.pump()?;
             let more_to_write = !exhausted || self.next_write < self.gens.len();
             if !more_to_write {
-                debug_assert!(self.write_slot.is_none() && self.ops_in_flight == 0);
+                debug_assert!(self.write_slot.is_none() && self.ring.in_flight() == 0);
                 return Ok(());
             }
             // The device is idle while its sources still have data for it:
@@ -943,7 +1012,7 @@ impl<'a> Ring<'a> {
             let wait = self
                 .held
                 .map(|(_, _, at)| at.saturating_duration_since(Instant::now()));
-            if self.ops_in_flight == 0 {
+            if self.ring.in_flight() == 0 {
                 match wait {
                     Some(wait) => std::thread::sleep(wait),
                     // Waiting for work handed back while still writing.
@@ -954,25 +1023,14 @@ impl<'a> Ring<'a> {
             }
             let entered = match wait {
                 None => self.ring.submit_and_wait(1),
-                Some(wait) => {
-                    let ts = types::Timespec::from(wait);
-                    let args = types::SubmitArgs::new().timespec(&ts);
-                    self.ring.submitter().submit_with_args(1, &args)
-                }
+                Some(wait) => self.ring.submit_and_wait_timeout(1, wait),
             };
-            match entered {
-                Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::ETIME)) => {}
-                Err(e) => {
-                    return Err(Stop::Failed {
-                        error: format!("io_uring_enter: {e}"),
-                    })
-                }
-            }
+            entered.map_err(|e| Stop::Failed {
+                error: Fault::Enter(e),
+            })?;
             // 3. Copy completions out before acting on them.
             completions.clear();
-            completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
-            self.ops_in_flight -= completions.len();
+            self.ring.reap(&mut completions);
             // 4. Act.
             for &(user_data, result) in &completions {
                 let slot = user_data as usize;
@@ -1011,16 +1069,10 @@ impl<'a> Ring<'a> {
             match self.device.before_block_write(total) {
                 BlockIo::Submit { sqe_offset, bytes } => {
                     assert_eq!(bytes, total, "a device may not change a block's length");
-                    let entry = opcode::WriteFixed::new(
-                        types::Fd(self.device.fd()),
-                        self.pool.ptr(slot),
-                        total,
-                        slot as u16,
-                    )
-                    .offset(sqe_offset)
-                    .build()
-                    .user_data(slot as u64);
-                    return self.push(entry);
+                    let lease = &self.slots[slot].lease;
+                    let entry =
+                        io::write_fixed(self.device.fd(), lease, 0..total as usize, sqe_offset);
+                    return self.push(entry.user_data(slot as u64));
                 }
                 // Completed without being tried (an emulator's end of medium).
                 BlockIo::Done { result } => self.finish_block_write(slot, result)?,
@@ -1048,9 +1100,7 @@ impl<'a> Ring<'a> {
     /// is trusted: st's block counter does not count the failed write.
     fn block_was_written(&self, slot: usize) -> bool {
         let object_after = self.slots[slot].gen as i64 + 2;
-        self.device
-            .tape_status()
-            .is_ok_and(|st| st.logical_object >= 0 && st.logical_object == object_after)
+        self.device.head_object() == Some(object_after)
     }
 
     /// Sequential: act on a block write's result. A tape block is written
@@ -1065,15 +1115,19 @@ impl<'a> Ring<'a> {
             self.next_write += 1;
             return Ok(());
         }
-        let block = self.next_write + 1;
+        let block = self.next_write as u64 + 1;
         let errno = if result < 0 { -result } else { libc::ENOSPC };
         let error = if result >= 0 {
-            format!("block {block}: short write ({result} of {total} bytes): end of medium")
+            Fault::ShortBlock {
+                block,
+                written: result as u32,
+                total,
+            }
         } else {
-            format!(
-                "block {block}: {}",
-                std::io::Error::from_raw_os_error(errno)
-            )
+            Fault::Block {
+                block,
+                error: std::io::Error::from_raw_os_error(errno),
+            }
         };
         if errno == libc::ENOSPC && result < 0 && self.block_was_written(slot) {
             // st in variable-block mode answers the write that reaches early
@@ -1157,10 +1211,11 @@ impl<'a> Ring<'a> {
                 let media = HEADER_BYTES as u64 + round_up_block(payload_bytes as u64);
                 if self.position + media > self.usable_bytes {
                     return Err(Stop::Full {
-                        error: format!(
-                            "no room left for a {media}-byte record at offset {} (usable capacity {} bytes)",
-                            self.position, self.usable_bytes
-                        ),
+                        error: Fault::NoRoom {
+                            record_bytes: media,
+                            offset: self.position,
+                            usable_bytes: self.usable_bytes,
+                        },
                         physical: false,
                     });
                 }
@@ -1259,33 +1314,18 @@ impl<'a> Ring<'a> {
         })
     }
 
-    fn push(&mut self, entry: squeue::Entry) -> Result<(), Stop> {
-        self.ops_in_flight += 1;
-        // SAFETY: every SQE built by this ring points into `self.pool` (a
-        // registered buffer that outlives the ring) at a slot whose phase says
-        // an operation is in flight, or into the device's mapping (which
-        // lives as long as the &Device, longer than the ring) at a record's
-        // range that only that slot's read uses; the CPU does not touch it
-        // until the completion is reaped; fds stay open (Rc<Source>,
-        // &Device) until then.
-        let pushed = unsafe { self.ring.submission().push(&entry) };
-        if pushed.is_err() {
-            // Queue full: submit what is there and retry once.
-            if let Err(e) = self.ring.submit() {
-                self.ops_in_flight -= 1;
-                return Err(Stop::Failed {
-                    error: format!("io_uring_enter: {e}"),
-                });
-            }
-            // SAFETY: as above.
-            unsafe { self.ring.submission().push(&entry) }
-                .expect("submission queue has room after submit");
-        }
-        Ok(())
+    /// Queue an entry of a slot whose phase says an operation is in
+    /// flight: the CPU does not touch its lease (or its record's range of
+    /// the mapping) until the completion is reaped; fds stay open
+    /// (Rc<Source>, &Device) until then.
+    fn push(&mut self, entry: Sqe) -> Result<(), Stop> {
+        self.ring.push(entry).map_err(|e| Stop::Failed {
+            error: Fault::Enter(e),
+        })
     }
 
     fn submit_read(&mut self, slot: usize) -> Result<(), Stop> {
-        let s = &self.slots[slot];
+        let s = &mut self.slots[slot];
         let g = &self.gens[s.gen];
         let source = s.source.as_ref().expect("reading slot has a source");
         let remaining = g.payload_bytes - s.read_bytes;
@@ -1302,26 +1342,33 @@ impl<'a> Ring<'a> {
                 // Never past the mapping (records end within the capacity,
                 // so this only guards the block rounding).
                 let len = len.min(m.len.saturating_sub(at) as u32);
-                // SAFETY (pointer arithmetic): at + len <= m.len (clamped
-                // above; the record's position is within the capacity).
-                let dst = unsafe { m.base.add(at) };
-                opcode::Read::new(types::Fd(source.file.as_raw_fd()), dst, len)
-                    .offset(g.file_offset + s.read_bytes as u64)
-                    .build()
-                    .user_data(slot as u64)
+                // SAFETY: at + len <= m.len (clamped above; the record's
+                // position is within the capacity); the mapping lives as
+                // long as the &Device, longer than the ring; this record's
+                // range is used by this slot's read alone and the CPU does
+                // not touch it until the read is reaped.
+                unsafe {
+                    io::read_into(
+                        source.file.as_raw_fd(),
+                        m.base.add(at),
+                        len,
+                        g.file_offset + s.read_bytes as u64,
+                    )
+                }
+                .user_data(slot as u64)
             }
             None => {
-                let ptr = self.pool.ptr(slot);
-                // SAFETY (pointer arithmetic): HEADER_BYTES + read_bytes + len stays
-                // within the slot (payload area is chunk_bytes, len <= round_up(chunk)).
-                let dst = unsafe { ptr.add(HEADER_BYTES + s.read_bytes as usize) };
-                opcode::ReadFixed::new(types::Fd(source.file.as_raw_fd()), dst, len, slot as u16)
-                    .offset(g.file_offset + s.read_bytes as u64)
-                    .build()
+                // HEADER_BYTES + read_bytes + len stays within the slot
+                // (payload area is chunk_bytes, len <= round_up(chunk)).
+                let at = HEADER_BYTES + s.read_bytes as usize;
+                let fd = source.file.as_raw_fd();
+                let offset = g.file_offset + s.read_bytes as u64;
+                io::read_fixed(fd, &mut s.lease, at..at + len as usize, offset)
                     .user_data(slot as u64)
             }
         };
-        if source.direct {
+        let direct = source.direct;
+        if direct {
             self.stats.reads_direct += 1;
         } else {
             self.stats.reads_buffered += 1;
@@ -1371,7 +1418,8 @@ impl<'a> Ring<'a> {
                 Some(m) => unsafe {
                     std::ptr::write_bytes(m.base.add(position + HEADER_BYTES + from), 0, to - from)
                 },
-                None => self.pool.slot_mut(slot)[HEADER_BYTES + from..HEADER_BYTES + to].fill(0),
+                None => self.slots[slot].lease.bytes_mut()[HEADER_BYTES + from..HEADER_BYTES + to]
+                    .fill(0),
             }
             let s = &mut self.slots[slot];
             s.read_bytes = g.payload_bytes;
@@ -1413,9 +1461,13 @@ impl<'a> Ring<'a> {
         self.fill_record(slot, sequence);
         let position = self.gens[self.slots[slot].gen].position;
         let media = self.record_media_bytes(slot) as u64;
-        if let Err(e) = self.device.persist(position, media) {
+        if let Err(error) = self.device.persist(position, media) {
             return Err(Stop::Failed {
-                error: format!("persist at offset {position} ({media} bytes): {e}"),
+                error: Fault::Persist {
+                    offset: position,
+                    bytes: media,
+                    error,
+                },
             });
         }
         self.stats.payload_bytes_in_place += self.gens[self.slots[slot].gen].payload_bytes as u64;
@@ -1438,7 +1490,7 @@ impl<'a> Ring<'a> {
     /// payload's CRC and BLAKE3 (passes over bytes in cache), file info,
     /// padding.
     fn fill_record(&mut self, slot: usize, sequence: u64) {
-        let s = &self.slots[slot];
+        let s = &mut self.slots[slot];
         let g = &self.gens[s.gen];
         let payload_bytes = g.payload_bytes as usize;
         let padded = round_up_block(payload_bytes as u64) as usize;
@@ -1464,7 +1516,7 @@ impl<'a> Ring<'a> {
             Some(m) => unsafe {
                 std::slice::from_raw_parts_mut(m.base.add(g.position as usize), media)
             },
-            None => &mut self.pool.slot_mut(slot)[..media],
+            None => &mut s.lease.bytes_mut()[..media],
         };
         // The payload is where the read put it; only the padding and the
         // header are written by the CPU.
@@ -1508,32 +1560,18 @@ impl<'a> Ring<'a> {
         let s = &self.slots[slot];
         let g = &self.gens[s.gen];
         let total = self.record_media_bytes(slot);
-        let ptr = self.pool.ptr(slot);
-        if let Some(pipe) = self.pipe.as_mut() {
-            // One NBD write of the whole record, answered whole or not at
-            // all: no partial progress to continue from.
+        if let Some(transport) = self.transport.as_mut() {
+            // One request writing the whole record, answered whole or not
+            // at all: no partial progress to continue from.
             debug_assert_eq!(s.written_bytes, 0);
-            pipe.submit(
-                slot as u64,
-                crate::device::nbd::proto::CMD_WRITE,
-                ptr,
-                total,
-                g.position,
-            );
+            transport.submit_write(slot as u64, &s.lease, total, g.position);
             return Ok(());
         }
-        // SAFETY: written_bytes < total <= slot size.
-        let src = unsafe { ptr.add(s.written_bytes as usize) };
-        let entry = opcode::WriteFixed::new(
-            types::Fd(self.device.fd()),
-            src,
-            total - s.written_bytes,
-            slot as u16,
-        )
-        .offset(g.position + s.written_bytes as u64)
-        .build()
-        .user_data(slot as u64);
-        self.push(entry)
+        // written_bytes < total <= slot size.
+        let range = s.written_bytes as usize..total as usize;
+        let offset = g.position + s.written_bytes as u64;
+        let entry = io::write_fixed(self.device.fd(), &s.lease, range, offset);
+        self.push(entry.user_data(slot as u64))
     }
 
     fn complete_record(&mut self, slot: usize) {
@@ -1580,7 +1618,7 @@ impl<'a> Ring<'a> {
                 Ok(false)
             }
             ErrorClass::Full => Err(Stop::Full {
-                error: format!("write at offset {offset}: {error}"),
+                error: Fault::Write { offset, error },
                 physical: true,
             }),
             _ if s.retries < self.config.write_retries => {
@@ -1590,10 +1628,11 @@ impl<'a> Ring<'a> {
                 Ok(false)
             }
             _ => Err(Stop::Failed {
-                error: format!(
-                    "write at offset {offset}: {error} (after {} retries)",
-                    s.retries
-                ),
+                error: Fault::WriteRetried {
+                    offset,
+                    error,
+                    retries: s.retries,
+                },
             }),
         }
     }

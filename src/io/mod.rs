@@ -1,4 +1,20 @@
-//! The I/O transport below the devices and the media layer: aligned
-//! buffers (allocated once, registered with rings).
+//! The io_uring transport: ring setup in one builder (`Uring::new`), one
+//! submit/reap loop (`Uring::push`, `submit_and_wait`, `reap`), the
+//! registered buffer pool handing out typed leases (`BufferPool`,
+//! `Lease`), and every submission entry pbio builds (`read_fixed`,
+//! `write_fixed`, `send_msg`, ...). The only `unsafe` push of an entry
+//! is `Uring::push`.
+//!
+//! Below `device/`: this module knows descriptors, memory and entries,
+//! never a device kind.
 
 pub mod buffers;
+mod ops;
+mod ring;
+
+pub use buffers::{BufferPool, Lease};
+pub use ops::{
+    link_timeout, read_fixed, read_into, recv, send_msg, write_at, write_fixed, write_from, Sqe,
+    Timespec,
+};
+pub use ring::{push_unowned, Completion, RingSetup, Uring, USER_DATA_TRANSPORT};

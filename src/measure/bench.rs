@@ -15,13 +15,10 @@
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
-use io_uring::{opcode, types, IoUring};
-
-use crate::device::nbd::{pipe::Pipe, proto};
-use crate::device::{Device, ErrorClass};
+use crate::device::{DataPath, Device, ErrorClass, Transport};
 use crate::format::BLOCK_BYTES;
-use crate::io::buffers::BufferPool;
+use crate::io::{self, BufferPool, Lease, Uring};
+use hdrhistogram::Histogram;
 
 /// Most operations in flight per device (buffer indexes are u16; the pool
 /// is queue_depth * block_bytes of locked memory).
@@ -86,27 +83,8 @@ impl BenchConfig {
     }
 }
 
-/// Which io_uring setup flags the ring got (tried in this order, falling
-/// back on EINVAL as fio does).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RingSetup {
-    /// COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN.
-    DeferTaskrun,
-    /// COOP_TASKRUN.
-    CoopTaskrun,
-    /// No flags.
-    Plain,
-}
-
-impl RingSetup {
-    pub fn name(self) -> &'static str {
-        match self {
-            RingSetup::DeferTaskrun => "coop_taskrun+single_issuer+defer_taskrun",
-            RingSetup::CoopTaskrun => "coop_taskrun",
-            RingSetup::Plain => "none",
-        }
-    }
-}
+/// Which io_uring setup flags the ring got (`io::Uring::new` chooses).
+pub use crate::io::RingSetup;
 
 /// One device's figures.
 pub struct DeviceBench {
@@ -175,26 +153,6 @@ fn thread_cpu() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// Build the ring with the best setup flags the kernel takes.
-fn build_ring(entries: u32) -> std::io::Result<(IoUring, RingSetup)> {
-    let with_defer = IoUring::builder()
-        .setup_coop_taskrun()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .build(entries);
-    match with_defer {
-        Ok(ring) => return Ok((ring, RingSetup::DeferTaskrun)),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-        Err(e) => return Err(e),
-    }
-    match IoUring::builder().setup_coop_taskrun().build(entries) {
-        Ok(ring) => return Ok((ring, RingSetup::CoopTaskrun)),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-        Err(e) => return Err(e),
-    }
-    Ok((IoUring::new(entries)?, RingSetup::Plain))
-}
-
 /// Fill `buf` with a fixed xorshift pattern: written data is neither zeros
 /// nor trivially compressible, in case the storage below notices.
 fn fill_pattern(buf: &mut [u8], seed: u64) {
@@ -219,16 +177,16 @@ struct Op {
     submitted: Instant,
 }
 
-/// One device's ring. Field order: `ring` before `pool`, so the
-/// registration is released before the memory is freed.
+/// One device's ring (it keeps the leases' memory alive while registered).
 struct BenchRing<'a> {
     device: &'a dyn Device,
     config: BenchConfig,
-    ring: IoUring,
-    /// A network device (NBD): its operations are requests on the socket
-    /// (the same pipe a backup uses), handle = slot.
-    pipe: Option<Pipe<'a>>,
-    pool: BufferPool,
+    ring: Uring,
+    /// A pipelined device: its operations are requests of its transport
+    /// (the same one a backup uses), handle = slot.
+    pipe: Option<Box<dyn Transport + 'a>>,
+    /// Slot `i`'s buffer.
+    leases: Vec<Lease>,
     ops: Vec<Op>,
     /// Slots whose (re)submission is queued for the next enter.
     ready: Vec<usize>,
@@ -267,30 +225,31 @@ impl<'a> BenchRing<'a> {
                 ),
             });
         }
-        // A network device's pipe adds a send and a receive, each with
-        // its linked timeout.
-        let extra = if device.nbd().is_some() { 4 } else { 0 };
-        let entries = (config.queue_depth as u32 + extra).next_power_of_two();
-        let (ring, ring_setup) = build_ring(entries).map_err(|e| err("io_uring setup", e))?;
-        let mut pool = BufferPool::new(config.queue_depth, config.block_bytes);
+        // A mapped device is benchmarked through its descriptor.
+        let pipe = match device.data_path() {
+            DataPath::Pipelined(t) => Some(t),
+            DataPath::Descriptor | DataPath::Mapped(_) => None,
+        };
+        let extra = pipe.as_ref().map_or(0, |t| t.entries_max());
+        let mut ring =
+            Uring::new(config.queue_depth as u32 + extra).map_err(|e| err("io_uring setup", e))?;
+        let ring_setup = ring.setup();
+        let pool = BufferPool::new(config.queue_depth, config.block_bytes);
+        ring.register_buffers(&pool)
+            .map_err(|e| err("register buffers", e))?;
+        let mut leases = pool.lease_all();
         if config.rw == Rw::Write {
-            for slot in 0..pool.count() {
-                fill_pattern(pool.slot_mut(slot), 0x9e37_79b9 ^ slot as u64);
+            for (slot, lease) in leases.iter_mut().enumerate() {
+                fill_pattern(lease.bytes_mut(), 0x9e37_79b9 ^ slot as u64);
             }
         }
-        let iovecs = pool.iovecs();
-        // SAFETY: the iovecs describe `pool`'s allocation, which lives as long
-        // as this BenchRing; `ring` is declared before `pool`, so it is
-        // dropped (and the registration released) before the memory is freed.
-        unsafe { ring.submitter().register_buffers(&iovecs) }
-            .map_err(|e| err("register buffers", e))?;
         let now = Instant::now();
         Ok(BenchRing {
             device,
             config,
             ring,
-            pipe: device.nbd().map(|n| Pipe::new(n)),
-            pool,
+            pipe,
+            leases,
             ops: vec![
                 Op {
                     offset: 0,
@@ -351,15 +310,18 @@ impl<'a> BenchRing<'a> {
     /// most queue_depth operations exist and the SQ has >= queue_depth entries).
     fn push_ready(&mut self, now: Instant) -> Result<(), BenchError> {
         if let Some(pipe) = self.pipe.as_mut() {
-            let command = match self.config.rw {
-                Rw::Write => proto::CMD_WRITE,
-                Rw::Read => proto::CMD_READ,
-            };
             for &slot in &self.ready {
                 let op = &mut self.ops[slot];
                 op.submitted = now;
-                // An NBD request moves all of it or nothing: done is 0.
-                pipe.submit(slot as u64, command, self.pool.ptr(slot), op.len, op.offset);
+                // A request moves all of it or nothing: done is 0.
+                match self.config.rw {
+                    Rw::Write => {
+                        pipe.submit_write(slot as u64, &self.leases[slot], op.len, op.offset)
+                    }
+                    Rw::Read => {
+                        pipe.submit_read(slot as u64, &mut self.leases[slot], op.len, op.offset)
+                    }
+                }
             }
             self.in_flight += self.ready.len();
             self.ready.clear();
@@ -374,42 +336,44 @@ impl<'a> BenchRing<'a> {
                     error: std::io::Error::other(why),
                 });
             }
-            for entry in sqes {
-                // SAFETY: the pipe's SQEs point into its own boxed state and
-                // the pool's slots of its requests, kept until they are
-                // reaped (run and drain reap until nothing is in flight).
-                unsafe { self.ring.submission().push(&entry) }
-                    .expect("the submission queue holds the pipe's four entries");
+            // The pipe's entries point into its own state and the leases
+            // of its requests, kept until they are reaped (run and drain
+            // reap until nothing is in flight).
+            if let Err(e) = self.ring.push_all(&mut sqes) {
+                return Err(self.enter_error(e));
             }
             return Ok(());
         }
-        let fd = types::Fd(self.device.fd());
+        let fd = self.device.fd();
         for &slot in &self.ready {
             let op = &mut self.ops[slot];
             op.submitted = now;
-            // SAFETY (pointer arithmetic): done < len <= slot_bytes.
-            let buf = unsafe { self.pool.ptr(slot).add(op.done as usize) };
-            let len = op.len - op.done;
+            // done < len <= slot_bytes. The slot has exactly this one
+            // operation in flight until its completion is reaped, and the
+            // CPU does not touch its lease meanwhile.
+            let range = op.done as usize..op.len as usize;
             let at = op.offset + op.done as u64;
             let entry = match self.config.rw {
-                Rw::Write => opcode::WriteFixed::new(fd, buf, len, slot as u16)
-                    .offset(at)
-                    .build(),
-                Rw::Read => opcode::ReadFixed::new(fd, buf, len, slot as u16)
-                    .offset(at)
-                    .build(),
+                Rw::Write => io::write_fixed(fd, &self.leases[slot], range, at),
+                Rw::Read => io::read_fixed(fd, &mut self.leases[slot], range, at),
+            };
+            if let Err(e) = self.ring.push(entry.user_data(slot as u64)) {
+                return Err(self.enter_error(e));
             }
-            .user_data(slot as u64);
-            // SAFETY: the SQE points into slot `slot` of the registered pool,
-            // which outlives the ring; the slot has exactly this one operation
-            // in flight until its completion is reaped, and the CPU does not
-            // touch it meanwhile. The device fd stays open (&Device).
-            unsafe { self.ring.submission().push(&entry) }
-                .expect("the submission queue holds queue_depth entries");
         }
         self.in_flight += self.ready.len();
         self.ready.clear();
         Ok(())
+    }
+
+    fn enter_error(&self, error: std::io::Error) -> BenchError {
+        BenchError::Io {
+            device: self.out.path.clone(),
+            op: "io_uring_enter",
+            offset: self.next_offset,
+            class: ErrorClass::Failed,
+            error,
+        }
     }
 
     /// Operations in flight: the slots' own, and a pipe's sends, receives
@@ -429,6 +393,7 @@ impl<'a> BenchRing<'a> {
             }
         }
         let mut completions: Vec<(usize, i32)> = Vec::with_capacity(self.config.queue_depth);
+        let mut cqes: Vec<io::Completion> = Vec::with_capacity(self.config.queue_depth);
         start.wait();
         let started = Instant::now();
         let cpu_started = thread_cpu();
@@ -440,29 +405,16 @@ impl<'a> BenchRing<'a> {
             if self.in_flight == 0 && self.ops_in_flight() == 0 {
                 break Ok(());
             }
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => {
-                    break Err(BenchError::Io {
-                        device: self.out.path.clone(),
-                        op: "io_uring_enter",
-                        offset: self.next_offset,
-                        class: ErrorClass::Failed,
-                        error: e,
-                    })
-                }
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                break Err(self.enter_error(e));
             }
             // 2. Copy completions out.
             let reaped_at = Instant::now();
             completions.clear();
-            let cqes: Vec<(u64, i32)> = self
-                .ring
-                .completion()
-                .map(|c| (c.user_data(), c.result()))
-                .collect();
+            cqes.clear();
+            self.ring.reap(&mut cqes);
             let mut pipe_failed = None;
-            for (user_data, result) in cqes {
+            for &(user_data, result) in &cqes {
                 match self.pipe.as_mut() {
                     Some(pipe) => {
                         let mut done = Vec::new();
@@ -556,30 +508,23 @@ impl<'a> BenchRing<'a> {
         if let Some(pipe) = self.pipe.as_mut() {
             // Its requests are given up: shut the connection, reap the ops.
             pipe.abort("benchmark stopped");
+            let mut cqes = Vec::new();
             while pipe.ops_in_flight() > 0 {
-                match self.ring.submit_and_wait(1) {
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(_) => return,
+                if self.ring.turn(&mut cqes).is_err() {
+                    return;
                 }
-                let cqes: Vec<(u64, i32)> = self
-                    .ring
-                    .completion()
-                    .map(|c| (c.user_data(), c.result()))
-                    .collect();
-                for (user_data, result) in cqes {
+                for &(user_data, result) in &cqes {
                     let _ = pipe.on_cqe(user_data, result, &mut Vec::new());
                 }
             }
             return;
         }
+        let mut cqes = Vec::new();
         while self.in_flight > 0 {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            match self.ring.turn(&mut cqes) {
+                Ok(n) => self.in_flight -= n,
                 Err(_) => return,
             }
-            self.in_flight -= self.ring.completion().count();
         }
     }
 }

@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
-use io_uring::{opcode, types, IoUring};
+use crate::io::{self, Uring};
 
 /// Writes queued before the ring is submitted and reaped.
 const RING_ENTRIES: u32 = 256;
@@ -22,11 +22,10 @@ struct Pending {
 }
 
 pub struct Writer {
-    ring: IoUring,
+    ring: Uring,
     /// Files with writes queued since the last `finish` (kept open until then).
     files: Vec<File>,
     pending: Vec<Pending>,
-    in_flight: usize,
     /// The first error, with the path of its file.
     error: Option<String>,
     names: Vec<String>,
@@ -35,10 +34,9 @@ pub struct Writer {
 impl Writer {
     pub fn new() -> std::io::Result<Writer> {
         Ok(Writer {
-            ring: IoUring::new(RING_ENTRIES)?,
+            ring: Uring::new(RING_ENTRIES)?,
             files: Vec::new(),
             pending: Vec::new(),
-            in_flight: 0,
             error: None,
             names: Vec::new(),
         })
@@ -72,38 +70,33 @@ impl Writer {
 
     fn submit(&mut self, index: usize) -> Result<(), String> {
         let p = &self.pending[index];
-        let entry = opcode::Write::new(
-            types::Fd(self.files[p.file].as_raw_fd()),
-            p.ptr,
-            p.len as u32,
-        )
-        .offset(p.offset)
-        .build()
-        .user_data(index as u64);
-        loop {
-            // SAFETY: the entry's buffer is valid until `finish` (caller's
-            // contract on `write`), its fd is kept open in `self.files`
-            // until `finish` has reaped every write.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                self.in_flight += 1;
-                return Ok(());
-            }
+        // SAFETY: the entry's buffer is valid and unchanged until `finish`
+        // (caller's contract on `write`); its fd is kept open in
+        // `self.files` until `finish` has reaped every write.
+        let entry = unsafe {
+            io::write_from(
+                self.files[p.file].as_raw_fd(),
+                p.ptr,
+                p.len as u32,
+                p.offset,
+            )
+        };
+        if self.ring.room() == 0 {
             // Full: submit what is queued and make room.
             self.ring
                 .submit_and_wait(1)
                 .map_err(|e| format!("io_uring_enter: {e}"))?;
             self.reap()?;
         }
+        self.ring
+            .push(entry.user_data(index as u64))
+            .map_err(|e| format!("io_uring_enter: {e}"))
     }
 
     fn reap(&mut self) -> Result<(), String> {
-        let done: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
+        let mut done = Vec::new();
+        self.ring.reap(&mut done);
         for (user_data, result) in done {
-            self.in_flight -= 1;
             let index = user_data as usize;
             let (file, len, offset) = {
                 let p = &self.pending[index];
@@ -136,12 +129,10 @@ impl Writer {
 
     /// Wait for every queued write; then the payload buffers may be reused.
     pub fn finish(&mut self) -> Result<(), String> {
-        while self.in_flight > 0 {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(format!("io_uring_enter: {e}")),
-            }
+        while self.ring.in_flight() > 0 {
+            self.ring
+                .submit_and_wait(1)
+                .map_err(|e| format!("io_uring_enter: {e}"))?;
             self.reap()?;
         }
         self.pending.clear();

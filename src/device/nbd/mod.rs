@@ -791,6 +791,15 @@ impl Device for NbdDevice {
         }
         Ok(buf.len())
     }
+    fn data_path(&self) -> crate::device::DataPath<'_> {
+        crate::device::DataPath::Pipelined(Box::new(pipe::Pipe::new(self)))
+    }
+    fn records_in_flight(&self, record_bytes: u64, floor: usize, max: usize) -> usize {
+        NbdDevice::records_in_flight(self, record_bytes, floor, max)
+    }
+    fn reconnects(&self) -> u32 {
+        NbdDevice::reconnects(self)
+    }
     fn nbd(&self) -> Option<&NbdDevice> {
         Some(self)
     }

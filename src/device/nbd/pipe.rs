@@ -30,7 +30,7 @@
 
 use std::collections::VecDeque;
 
-use io_uring::{opcode, squeue, types};
+use crate::io::{self, Lease, Sqe, Timespec, Uring};
 
 use super::proto::{self, ReplyHead};
 use super::NbdDevice;
@@ -66,7 +66,7 @@ impl Link for NbdDevice {
 }
 
 /// Set in the `user_data` of every SQE the pipe makes.
-pub const TAG: u64 = 1 << 63;
+pub const TAG: u64 = io::USER_DATA_TRANSPORT;
 const OP_SEND: u64 = TAG | 1;
 const OP_RECV: u64 = TAG | 2;
 const OP_TIMEOUT: u64 = TAG | 3;
@@ -126,7 +126,7 @@ enum Rx {
 pub struct Pipe<'d> {
     dev: &'d dyn Link,
     structured: bool,
-    timeout: Box<types::Timespec>,
+    timeout: Box<Timespec>,
     reqs: Vec<Option<Box<Req>>>,
     queue: VecDeque<u64>,
     outstanding: usize,
@@ -170,7 +170,7 @@ impl<'d> Pipe<'d> {
         Pipe {
             dev,
             structured: dev.structured_replies(),
-            timeout: Box::new(types::Timespec::from(dev.timeout())),
+            timeout: Box::new(Timespec::from(dev.timeout())),
             reqs: Vec::new(),
             queue: VecDeque::new(),
             outstanding: 0,
@@ -191,6 +191,20 @@ impl<'d> Pipe<'d> {
             fatal: None,
             episodes: 0,
         }
+    }
+
+    /// Queue a write request of the first `len` bytes of `lease`, which
+    /// the caller keeps, untouched, until the request completes.
+    pub fn submit_write(&mut self, handle: u64, lease: &Lease, len: u32, offset: u64) {
+        assert!(len as usize <= lease.len());
+        self.submit(handle, proto::CMD_WRITE, lease.ptr_at(0), len, offset)
+    }
+
+    /// Queue a read request into the first `len` bytes of `lease`, which
+    /// the caller keeps, untouched, until the request completes.
+    pub fn submit_read(&mut self, handle: u64, lease: &mut Lease, len: u32, offset: u64) {
+        assert!(len as usize <= lease.len());
+        self.submit(handle, proto::CMD_READ, lease.ptr_at(0), len, offset)
     }
 
     /// Queue a request. `buf` (`len` bytes; null for a flush) must stay
@@ -258,7 +272,7 @@ impl<'d> Pipe<'d> {
     }
 
     /// The SQEs to submit now, in order (a linked pair must stay together).
-    pub fn sqes(&mut self, out: &mut Vec<squeue::Entry>) -> Result<(), String> {
+    pub fn sqes(&mut self, out: &mut Vec<Sqe>) -> Result<(), String> {
         if let Some(f) = &self.fatal {
             return Err(f.clone());
         }
@@ -268,7 +282,7 @@ impl<'d> Pipe<'d> {
             }
             self.reconnect(why)?;
         }
-        let fd = types::Fd(self.dev.fd());
+        let fd = self.dev.fd();
         if !self.send_busy {
             if self.iov_start == self.iov_end {
                 self.gather();
@@ -276,13 +290,13 @@ impl<'d> Pipe<'d> {
             if self.iov_start < self.iov_end {
                 self.msg.msg_iov = self.iov[self.iov_start..].as_mut_ptr();
                 self.msg.msg_iovlen = self.iov_end - self.iov_start;
-                out.push(
-                    opcode::SendMsg::new(fd, &*self.msg as *const libc::msghdr)
-                        .flags(libc::MSG_NOSIGNAL as u32)
-                        .build()
-                        .flags(squeue::Flags::IO_LINK)
-                        .user_data(OP_SEND),
-                );
+                // SAFETY: the msghdr and its iovecs are the pipe's own boxed
+                // state, and the payloads they name are requests' buffers
+                // (kept by the callers until the requests complete); none
+                // changes while the send is in flight (`send_busy`), and the
+                // caller reaps the pipe's entries before dropping it.
+                let send = unsafe { io::send_msg(fd, &*self.msg as *const libc::msghdr) };
+                out.push(send.linked().user_data(OP_SEND));
                 out.push(self.link_timeout());
                 self.send_busy = true;
                 self.ops += 2;
@@ -314,12 +328,12 @@ impl<'d> Pipe<'d> {
                 }
             };
             self.recv_direct = direct;
-            out.push(
-                opcode::Recv::new(fd, ptr, len)
-                    .build()
-                    .flags(squeue::Flags::IO_LINK)
-                    .user_data(OP_RECV),
-            );
+            // SAFETY: `ptr..ptr + len` is free room in the pipe's stage or
+            // the rest of a read request's buffer (kept by the caller until
+            // the request completes); nothing else touches it while the
+            // receive is in flight (`recv_busy`).
+            let recv = unsafe { io::recv(fd, ptr, len) };
+            out.push(recv.linked().user_data(OP_RECV));
             out.push(self.link_timeout());
             self.recv_busy = true;
             self.ops += 2;
@@ -327,12 +341,42 @@ impl<'d> Pipe<'d> {
         Ok(())
     }
 
-    /// One turn of a pipe that has an io_uring to itself (restore windows,
+    /// One turn of a pipe that has a ring to itself (restore windows,
     /// the rate probe): submit what it wants, wait for a completion, act
     /// on what came. Completed requests go to `done`. A connection beyond
     /// saving aborts the pipe and is returned (its operations are still
     /// reaped by later turns: call again while `ops_in_flight() > 0`);
     /// `Err` is the ring itself failing.
+    pub fn turn_on(
+        &mut self,
+        ring: &mut Uring,
+        done: &mut Vec<(u64, i32)>,
+    ) -> std::io::Result<Option<String>> {
+        let mut failure = None;
+        if self.alive() {
+            let mut sqes = Vec::new();
+            if let Err(e) = self.sqes(&mut sqes) {
+                self.abort(&e);
+                failure = Some(e);
+            }
+            ring.push_all(&mut sqes)?;
+        }
+        if self.ops == 0 {
+            return Ok(failure);
+        }
+        let mut cqes = Vec::new();
+        ring.turn(&mut cqes)?;
+        for (user_data, result) in cqes {
+            if let Err(e) = self.on_cqe(user_data, result, done) {
+                self.abort(&e);
+                failure.get_or_insert(e);
+            }
+        }
+        Ok(failure)
+    }
+
+    /// `turn_on` for a ring built without `io::Uring` (the media stream,
+    /// until it takes one).
     pub fn turn(
         &mut self,
         ring: &mut io_uring::IoUring,
@@ -345,13 +389,8 @@ impl<'d> Pipe<'d> {
                 self.abort(&e);
                 failure = Some(e);
             }
-            for entry in sqes {
-                // SAFETY: the pipe's SQEs point into its own boxed state
-                // and its requests' buffers, which the caller keeps until
-                // they complete; the caller turns the pipe until none of
-                // its operations is in flight before dropping either.
-                unsafe { ring.submission().push(&entry) }
-                    .expect("the pipe's ring has room for its four SQEs");
+            for sqe in sqes {
+                io::push_unowned(ring, sqe);
             }
         }
         if self.ops == 0 {
@@ -377,10 +416,10 @@ impl<'d> Pipe<'d> {
         Ok(failure)
     }
 
-    fn link_timeout(&self) -> squeue::Entry {
-        opcode::LinkTimeout::new(&*self.timeout as *const types::Timespec)
-            .build()
-            .user_data(OP_TIMEOUT)
+    fn link_timeout(&self) -> Sqe {
+        // SAFETY: the timespec is boxed in the pipe, which lives until its
+        // entries are reaped.
+        unsafe { io::link_timeout(&*self.timeout as *const Timespec) }.user_data(OP_TIMEOUT)
     }
 
     /// Build the next send from the queue: headers and write payloads.
@@ -837,6 +876,49 @@ impl<'d> Pipe<'d> {
         again.sort_unstable();
         self.queue = again.into_iter().map(|(_, h)| h).collect();
         Ok(())
+    }
+}
+
+impl crate::device::Transport for Pipe<'_> {
+    fn entries_max(&self) -> u32 {
+        // A send and a receive, each with its linked timeout.
+        4
+    }
+    fn submit_write(&mut self, handle: u64, lease: &Lease, len: u32, offset: u64) {
+        Pipe::submit_write(self, handle, lease, len, offset)
+    }
+    fn submit_read(&mut self, handle: u64, lease: &mut Lease, len: u32, offset: u64) {
+        Pipe::submit_read(self, handle, lease, len, offset)
+    }
+    fn sqes(&mut self, out: &mut Vec<Sqe>) -> Result<(), String> {
+        Pipe::sqes(self, out)
+    }
+    fn on_cqe(
+        &mut self,
+        user_data: u64,
+        result: i32,
+        done: &mut Vec<(u64, i32)>,
+    ) -> Result<(), String> {
+        Pipe::on_cqe(self, user_data, result, done)
+    }
+    fn outstanding(&self) -> usize {
+        Pipe::outstanding(self)
+    }
+    fn alive(&self) -> bool {
+        Pipe::alive(self)
+    }
+    fn ops_in_flight(&self) -> usize {
+        Pipe::ops_in_flight(self)
+    }
+    fn abort(&mut self, why: &str) {
+        Pipe::abort(self, why)
+    }
+    fn turn(
+        &mut self,
+        ring: &mut Uring,
+        done: &mut Vec<(u64, i32)>,
+    ) -> std::io::Result<Option<String>> {
+        Pipe::turn_on(self, ring, done)
     }
 }
 
