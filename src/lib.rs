@@ -1,4 +1,5 @@
-//! pbio: a parallel backup engine. The media format is docs/FORMAT.md.
+//! pbio: a parallel backup engine. docs/DESIGN.md is the map (layers, the
+//! path of a record, threads, failures); docs/FORMAT.md the media format.
 //!
 //! The layers, lowest first; a module imports only layers below it:
 //! - `units`: sizes, rates and names as shown (no pbio types).
