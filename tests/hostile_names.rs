@@ -176,7 +176,8 @@ fn hostile_names_are_shown_escaped_and_exact_in_json() {
         "{listing}"
     );
 
-    // list --json: the names exactly (invalid UTF-8 as U+FFFD, as before).
+    // list --json: the names exactly (invalid UTF-8 as U+FFFD in "path",
+    // its exact bytes in "path_hex").
     let (code, out, err) = run(&[os("list"), os("--json"), os("--dev"), dev_arg]);
     assert_eq!(code, 0, "{}", text(&err));
     let catalog: Value = serde_json::from_slice(&out).unwrap();
@@ -195,6 +196,20 @@ fn hostile_names_are_shown_escaped_and_exact_in_json() {
     }
     assert!(listed.contains(&"tree/first\nsecond-half"));
     assert!(listed.contains(&"tree/bad\u{fffd}\u{fffd}utf8"));
+    for f in catalog["files"].as_array().unwrap() {
+        let exact = f["path_hex"].as_str().map(|hex| {
+            (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect::<Vec<u8>>()
+        });
+        match f["path"].as_str().unwrap() {
+            "tree/bad\u{fffd}\u{fffd}utf8" => {
+                assert_eq!(exact.as_deref(), Some(&b"tree/bad\xff\xfeutf8"[..]), "{f}")
+            }
+            _ => assert_eq!(exact, None, "a UTF-8 name needs no path_hex: {f}"),
+        }
+    }
 
     // Damage the payload of the record of `red\e[31mred`: restore, verify
     // and restore --scan name it, escaped.

@@ -3,7 +3,7 @@
 use clap::Args;
 use serde_json::json;
 
-use super::{parse_dev, path_text, CliResult, Failure, EXIT_OK};
+use super::{parse_dev, path_hex, path_text, CliResult, Failure, EXIT_OK};
 use crate::device::DeviceSpec;
 use crate::format::{FileKind, SetId};
 use crate::units::shown_name;
@@ -63,7 +63,7 @@ pub fn run(args: ListArgs) -> CliResult {
             .files
             .iter()
             .map(|f| {
-                json!({
+                let mut file = json!({
                     "path": path_text(&f.path),
                     "kind": kind_name(f.kind),
                     "mode": f.mode,
@@ -73,7 +73,11 @@ pub fn run(args: ListArgs) -> CliResult {
                     "size_bytes": f.size_bytes,
                     // Set holding the data of a file unchanged since an earlier set.
                     "data_in_set": origin_set(f),
-                })
+                });
+                if let Some(hex) = path_hex(&f.path) {
+                    file["path_hex"] = hex.into();
+                }
+                file
             })
             .collect();
         let segments: Vec<_> = c

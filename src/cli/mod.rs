@@ -631,14 +631,36 @@ pub fn show_notes(dev: &dyn crate::device::Device) {
     }
 }
 
-/// JSON-safe form of a stored path (lossy for non-UTF-8 bytes).
+/// JSON-safe form of a stored path: exact for UTF-8 names, lossy
+/// (U+FFFD) for others, which `path_hex` then gives exactly.
 pub fn path_text(path: &[u8]) -> String {
     String::from_utf8_lossy(path).into_owned()
+}
+
+/// The exact bytes of a stored path that is not UTF-8, as lowercase hex
+/// (JSON strings cannot hold them); None for a UTF-8 path, whose
+/// `path_text` is already exact.
+pub fn path_hex(path: &[u8]) -> Option<String> {
+    use std::fmt::Write;
+    std::str::from_utf8(path).is_err().then(|| {
+        path.iter()
+            .fold(String::with_capacity(2 * path.len()), |mut out, b| {
+                let _ = write!(out, "{b:02x}");
+                out
+            })
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_utf8_paths_are_given_exactly_in_hex() {
+        assert_eq!(path_hex("caf\u{e9}/a".as_bytes()), None);
+        assert_eq!(path_hex(b"a\xff/b").as_deref(), Some("61ff2f62"));
+        assert_eq!(path_text(b"a\xff/b"), "a\u{fffd}/b");
+    }
 
     #[test]
     fn cli_definition_is_consistent() {
