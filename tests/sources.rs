@@ -348,6 +348,55 @@ fn two_independent_trees() {
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
 }
 
+/// Sockets, FIFOs and device nodes inside a tree are named and skipped;
+/// the rest of the tree is backed up and restores whole.
+#[test]
+fn special_files_in_a_tree_are_skipped_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let tree = root.join("tree");
+    common::make_fixture_tree(&tree, 20, 1 << 20);
+    let fifo = tree.join("a-fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let socket = tree.join("a-socket");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let devs: Vec<String> = (0..2)
+        .map(|i| file_dev(root, &format!("d{i}.img"), 32))
+        .collect();
+    let (code, sum, err) = backup(&[&tree], &devs, &[]);
+    assert_eq!(code, 0, "{sum}\n{err}");
+    for name in ["a-fifo", "a-socket"] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("pbio: skipped ") && l.contains(name)),
+            "{name} not named: {err}"
+        );
+    }
+    let plain: Vec<String> = devs.iter().map(|d| plain(d)).collect();
+    let listed: Vec<String> = list(&plain[0])["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !listed
+            .iter()
+            .any(|p| p.contains("a-fifo") || p.contains("a-socket")),
+        "{listed:?}"
+    );
+    let out = root.join("out");
+    let (code, stdout, err) = restore(&plain, &out, &[]);
+    assert_eq!(code, 0, "{stdout}\n{err}");
+    // Compare with the tree as stored: without the two, its mtime as it was.
+    let mtime = fs::metadata(&tree).unwrap().modified().unwrap();
+    fs::remove_file(&fifo).unwrap();
+    fs::remove_file(&socket).unwrap();
+    fs::File::open(&tree).unwrap().set_modified(mtime).unwrap();
+    let diffs = common::compare_trees(&tree, &out.join("tree"));
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}
+
 fn write_random(path: &Path, bytes: usize, seed: u64) -> u64 {
     let mut data = vec![0u8; bytes];
     common::Rng::new(seed).fill(&mut data);

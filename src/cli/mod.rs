@@ -454,9 +454,19 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
     check_paths(&args.sources, &args.devs)?;
     let selection = args.select.selection()?;
     let walk = crate::source::walk_selected(&args.sources, &selection).map_err(Failure::Source)?;
-    if !walk.errors.is_empty() {
-        let mut msg = format!("{} source entries cannot be read:", walk.errors.len());
-        for e in &walk.errors {
+    // Sockets, FIFOs and device nodes inside a tree are not stored: named
+    // and skipped (as tar says "socket ignored"). Any other entry that
+    // cannot be read stops the backup before a device is written.
+    let (skipped, unreadable): (Vec<_>, Vec<_>) = walk
+        .errors
+        .iter()
+        .partition(|e| e.error.kind() == std::io::ErrorKind::Unsupported);
+    for e in &skipped {
+        errln!("pbio: skipped {}: {}", shown_path(&e.path), e.error);
+    }
+    if !unreadable.is_empty() {
+        let mut msg = format!("{} source entries cannot be read:", unreadable.len());
+        for e in &unreadable {
             msg.push_str(&format!("\n  {}: {}", shown_path(&e.path), e.error));
         }
         return Err(Failure::Usage(msg));
