@@ -194,23 +194,7 @@ pub fn write(io: &DevIo, spec: &PatternSpec) -> Result<(), (u64, io::Error)> {
 /// Read every extent back and compare.
 pub fn verify(io: &DevIo, spec: &PatternSpec) -> Result<VerifyOutcome, (u64, io::Error)> {
     let mut buf = AlignedBuf::new(IO_BYTES, 4096);
-    let mut out = VerifyOutcome {
-        bytes_checked: 0,
-        bad_units: 0,
-        first_bad: None,
-        last_bad: None,
-    };
-    for &(start, len) in &spec.extents {
-        let mut at = start;
-        while at < start + len {
-            let n = (start + len - at).min(IO_BYTES as u64) as usize;
-            let chunk = &mut buf.as_mut_slice()[..n];
-            io.read_exact_at(chunk, at).map_err(|e| (at, e))?;
-            check(chunk, at, spec.nonce, &mut out);
-            at += n as u64;
-        }
-    }
-    Ok(out)
+    verify_with(spec, &mut buf, |at, chunk| io.read_exact_at(chunk, at))
 }
 
 /// Whether `head` (the first bytes of a device) starts with a pattern unit
