@@ -180,6 +180,9 @@ fn big_catalog() -> Catalog {
             digest: [0; 32],
             origin: 0,
             origin_file_id: 0,
+            rdev: 0,
+            flags: 0,
+            xattrs: Vec::new(),
         });
         for f in 0..PER_DIR {
             let size_bytes = next() % (1 << 20);
@@ -203,6 +206,9 @@ fn big_catalog() -> Catalog {
                 size_bytes,
                 link_target: Vec::new(),
                 hardlink_to: 0,
+                rdev: 0,
+                flags: 0,
+                xattrs: Vec::new(),
                 digest,
                 origin: 0,
                 origin_file_id: 0,

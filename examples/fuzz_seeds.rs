@@ -5,7 +5,7 @@
 
 use pbio::format::{
     Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, FileInfo, FileKind, Label,
-    LabelState, RecordHeader, RecordKind, Renamed,
+    LabelState, RecordHeader, RecordKind, Renamed, Xattr,
 };
 
 fn main() -> std::io::Result<()> {
@@ -57,6 +57,18 @@ fn main() -> std::io::Result<()> {
         data_bytes: 3 << 20,
         path: b"tree/dir/file.bin".to_vec(),
         path_truncated: false,
+        // A file's first record carries its extended attributes.
+        xattrs: Some(vec![
+            Xattr {
+                name: b"security.capability".to_vec(),
+                value: vec![1, 0, 0, 2, 0x20, 0, 0, 0],
+            },
+            Xattr {
+                name: b"user.comment".to_vec(),
+                value: b"seed".to_vec(),
+            },
+        ]),
+        xattrs_cut: false,
     };
     header.encode_with_info(Some(&info), &mut block);
     write("record", &block)?;
@@ -82,6 +94,9 @@ fn main() -> std::io::Result<()> {
         digest: [0; 32],
         origin: 0,
         origin_file_id: 0,
+        rdev: 0,
+        flags: 0,
+        xattrs: Vec::new(),
     };
     let mut link = file(b"tree/link", FileKind::Symlink, 0);
     link.link_target = b"file.bin".to_vec();
@@ -91,6 +106,22 @@ fn main() -> std::io::Result<()> {
     let mut moved = file(b"tree/moved", FileKind::Regular, 5000);
     (moved.origin, moved.origin_file_id) = (1, 4);
     let image = file(b"sdb", FileKind::BlockDevice, 1 << 20);
+    // Special files, a hard link to the fifo, metadata beyond stat.
+    let mut fifo = file(b"tree/fifo", FileKind::Fifo, 0);
+    fifo.mode = 0o10644;
+    let mut null = file(b"tree/null", FileKind::CharDevice, 0);
+    (null.mode, null.rdev) = (0o20666, libc::makedev(1, 3));
+    let mut node = file(b"tree/loop200", FileKind::BlockNode, 0);
+    (node.mode, node.rdev) = (0o60660, libc::makedev(7, 200));
+    let mut fifo_link = file(b"tree/fifo-link", FileKind::HardLink, 0);
+    fifo_link.hardlink_to = 6;
+    let mut dir = file(b"tree", FileKind::Directory, 0);
+    dir.xattrs = vec![Xattr {
+        name: b"system.posix_acl_default".to_vec(),
+        value: vec![2, 0, 0, 0, 1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff],
+    }];
+    let mut data_file = file(b"tree/file.bin", FileKind::Regular, 3 << 20);
+    data_file.flags = 0x10; // immutable
     let mut catalog = Catalog {
         set_id,
         created_unix_ns: 1,
@@ -110,12 +141,7 @@ fn main() -> std::io::Result<()> {
             },
         ],
         files: vec![
-            file(b"tree", FileKind::Directory, 0),
-            file(b"tree/file.bin", FileKind::Regular, 3 << 20),
-            link,
-            hard,
-            moved,
-            image,
+            dir, data_file, link, hard, moved, image, fifo, null, node, fifo_link,
         ],
         segments: vec![
             CatalogSegment {

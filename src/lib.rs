@@ -3,6 +3,7 @@
 //!
 //! The layers, lowest first; a module imports only layers below it:
 //! - `units`: sizes, rates and names as shown (no pbio types).
+//! - `parity`: the Reed-Solomon erasure code of `--parity`, pure bytes.
 //! - `format`: the on-media bytes, pure: label, record header, catalog, `SetId`.
 //! - `plan`: the planner, pure: files and devices in, segments per device out.
 //! - `io`: the transport: aligned buffers registered with io_uring rings.
@@ -23,6 +24,7 @@ pub mod format;
 pub mod io;
 pub mod measure;
 pub mod media;
+pub mod parity;
 pub mod plan;
 pub mod restore;
 pub mod source;

@@ -306,3 +306,51 @@ fn survivors_too_small_is_exit_3_naming_the_missing_bytes() {
     }
     assert!(restored_files > 0);
 }
+
+/// Claim 15: the unwritten share of a device that fails mid-run is spread
+/// over every survivor (least filled first, re-split on chunk boundaries),
+/// not handed to whichever survivor runs out of its own work first.
+#[test]
+fn survivors_of_a_failure_share_its_load_evenly() {
+    if !faults_available("survivors_of_a_failure_share_its_load_evenly") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // About 140 MiB: 35 MiB per device, 46 MiB per survivor.
+    let src = tree_with(dir.path(), 120 << 20);
+    let loops: Vec<LoopDev> = (0..3)
+        .map(|i| LoopDev::new(&dir.path().join(format!("l{i}.img")), 96 << 20))
+        .collect();
+    let failing = FailingDevice::new(dir.path(), 96 << 20, Some(6 << 20));
+    let mut devs: Vec<String> = loops.iter().map(|l| l.arg()).collect();
+    devs.insert(1, failing.arg());
+    let (code, summary, err) = backup(&src, &devs);
+    assert_eq!(code, 1, "{summary}\n{err}");
+    assert_eq!(
+        states(&summary),
+        ["complete", "failed", "complete", "complete"],
+        "{summary}"
+    );
+    assert_eq!(summary["missing_bytes"], 0, "{summary}");
+    let payload: Vec<u64> = [0, 2, 3]
+        .iter()
+        .map(|&i| summary["devices"][i]["payload_bytes"].as_u64().unwrap())
+        .collect();
+    eprintln!("survivors' payload bytes: {payload:?}");
+    let (min, max) = (
+        *payload.iter().min().unwrap(),
+        *payload.iter().max().unwrap(),
+    );
+    assert!(
+        max - min <= max / 10,
+        "survivors must end within 10% of each other: {payload:?}\n{summary}"
+    );
+    let failed = summary["devices"][1]["redirected_bytes"].as_u64().unwrap();
+    assert!(failed > 0, "{summary}");
+
+    let out_dir = dir.path().join("restored");
+    let survivors: Vec<String> = loops.iter().map(|l| l.arg()).collect();
+    let (code, out, err) = restore(&survivors, &out_dir);
+    assert_eq!(code, 0, "restore from survivors: {out}\n{err}");
+    assert_identical(&src, &out_dir.join("tree"));
+}

@@ -117,15 +117,15 @@ fn hostile_names_are_shown_escaped_and_exact_in_json() {
     let d = dev.arg();
     let dev_arg = os(&d);
 
-    // A FIFO named with an escape sequence is skipped and named, escaped.
-    let fifo = tree.join(OsStr::from_bytes(b"fifo\x1b[31m"));
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // A socket named with an escape sequence is skipped and named, escaped.
+    let socket = tree.join(OsStr::from_bytes(b"sock\x1b[31m"));
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     let (code, out, err) = run(&[os("plan"), os("--dev"), dev_arg, tree.as_os_str()]);
     assert_eq!(code, 0, "{}", text(&err));
-    assert_clean("backup with a fifo (stdout)", &out);
-    assert_clean("backup with a fifo (stderr)", &err);
-    assert!(text(&err).contains("fifo\\e[31m"), "{}", text(&err));
-    std::fs::remove_file(&fifo).unwrap();
+    assert_clean("backup with a socket (stdout)", &out);
+    assert_clean("backup with a socket (stderr)", &err);
+    assert!(text(&err).contains("sock\\e[31m"), "{}", text(&err));
+    std::fs::remove_file(&socket).unwrap();
 
     // The plan's JSON carries the names exactly.
     let (code, out, err) = run(&[

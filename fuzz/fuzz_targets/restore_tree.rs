@@ -95,7 +95,7 @@ fn build_image() -> Vec<u8> {
     });
     args.force = true;
     let code = pbio::cli::backup::run(args).expect("backup of the fuzz set");
-    assert_eq!(code, 0, "backup of the fuzz set");
+    assert_eq!(code, pbio::cli::Outcome::Done, "backup of the fuzz set");
     fs::read(&image).unwrap()
 }
 

@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::progress::{self, DeviceInfo, Output, Reporter};
-use super::{path_text, prepare, CliResult, Failure, SetArgs, EXIT_OK};
+use super::{path_text, prepare, CliResult, Failure, Outcome, SetArgs};
 use crate::device::{self, DeviceSpec, Mode};
 use crate::engine::{self, ring::QUEUE_DEPTH_MAX, BackupConfig, DeviceEnd, SetInput};
 use crate::format::SetId;
@@ -314,16 +314,18 @@ pub fn run(args: BackupArgs) -> CliResult {
     let json = args.set.json;
     match result {
         Err(e) => {
+            let error = e.to_string();
+            let failure = Failure::Backup(e);
             if json {
                 outln!(
                     "{}",
-                    json!({"event": "finished", "ok": false, "exit_code": super::EXIT_DATA, "error": e.to_string()})
+                    json!({"event": "finished", "ok": false, "exit_code": failure.code(), "error": error})
                 );
             }
-            Err(Failure::Backup(e))
+            Err(failure)
         }
         Ok(report) => {
-            let code = exit_code(&report);
+            let outcome = outcome(&report);
             if json {
                 let total: u64 = report.devices.iter().map(|d| d.stats.payload_bytes).sum();
                 outln!(
@@ -331,7 +333,7 @@ pub fn run(args: BackupArgs) -> CliResult {
                     json!({
                         "event": "finished",
                         "ok": report.complete(),
-                        "exit_code": code,
+                        "exit_code": outcome.code(),
                         "set_id": report.set_id.to_string(),
                         "payload_bytes": total,
                         "missing_bytes": report.missing_bytes(),
@@ -343,7 +345,7 @@ pub fn run(args: BackupArgs) -> CliResult {
             if let Some(since) = &input.since {
                 print_increment(since, &input.entries, json);
             }
-            Ok(code)
+            Ok(outcome)
         }
     }
 }
@@ -371,18 +373,18 @@ fn print_increment(
     }
 }
 
-/// 3 when part of the set is not on any device, or a device that did not
+/// Incomplete (3) when part of the set is not on any device, or a device that did not
 /// fail has no durable catalog or final label (the set is incomplete); 1
-/// when a device failed (the survivors hold everything) or a file changed
+/// Degraded (1) when a device failed (the survivors hold everything) or a file changed
 /// while it was read (the set is complete, but that file's copy may be
-/// inconsistent); 0 otherwise.
-pub fn exit_code(report: &engine::BackupReport) -> i32 {
+/// inconsistent); Done (0) otherwise.
+pub fn outcome(report: &engine::BackupReport) -> Outcome {
     if !report.complete() {
-        super::EXIT_DATA
+        Outcome::Incomplete
     } else if report.degraded() || !report.changed.is_empty() {
-        super::EXIT_DEGRADED
+        Outcome::Degraded
     } else {
-        EXIT_OK
+        Outcome::Done
     }
 }
 
@@ -412,7 +414,7 @@ fn print_warnings(report: &engine::BackupReport) {
                 "pbio: device {} {}: {}; {} of its work went to the other devices",
                 d.path,
                 state_name(d.end),
-                shown_line(error),
+                shown_line(&error.to_string()),
                 human_bytes(d.redirected_bytes)
             );
         }
@@ -420,7 +422,7 @@ fn print_warnings(report: &engine::BackupReport) {
             errln!(
                 "pbio: device {}: its catalog and final label are not durably written: {}",
                 d.path,
-                shown_line(error)
+                shown_line(&error.to_string())
             );
         }
     }
@@ -470,7 +472,7 @@ fn print_warnings(report: &engine::BackupReport) {
         errln!(
             "pbio: warning: {} changed while it was being backed up ({}): its copy may be inconsistent",
             shown_name(path),
-            shown_line(what)
+            shown_line(&what.to_string())
         );
     }
 }
@@ -510,9 +512,9 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                     "underrun_ms": s.underrun_time.as_secs_f64() * 1000.0,
                     "data_end": d.data_end,
                     "catalog_end": d.catalog_end,
-                    "catalog_error": d.catalog_error,
+                    "catalog_error": d.catalog_error.as_ref().map(ToString::to_string),
                     "state": device_state(d),
-                    "error": d.error,
+                    "error": d.error.as_ref().map(ToString::to_string),
                     "redirected_bytes": d.redirected_bytes,
                 })
             })
@@ -532,10 +534,10 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                 "missing_bytes": report.missing_bytes(),
                 "complete": report.complete(),
                 "devices_without_catalog": report.catalogs_missing().iter().map(|d| d.path.as_str()).collect::<Vec<_>>(),
-                "changed": report.changed.iter().map(|(p, w)| json!({"path": path_text(p), "what": w})).collect::<Vec<_>>(),
+                "changed": report.changed.iter().map(|(p, w)| json!({"path": path_text(p), "what": w.to_string()})).collect::<Vec<_>>(),
                 "unplaced": report.unplaced.iter().map(|(p, o, l)| json!({"path": path_text(p), "offset": o, "length": l})).collect::<Vec<_>>(),
                 "unreadable": report.unreadable.iter().map(|(p, e)| json!({"path": path_text(p), "error": e})).collect::<Vec<_>>(),
-                "exit_code": exit_code(report),
+                "exit_code": outcome(report).code(),
             })
         );
         return;
@@ -570,8 +572,12 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
     for (i, d) in report.devices.iter().enumerate() {
         let s = &d.stats;
         let mut state = match (&d.error, &d.catalog_error) {
-            (Some(e), _) => format!("{} ({})", device_state(d), shown_line(e)),
-            (None, Some(e)) => format!("{} (no catalog: {})", device_state(d), shown_line(e)),
+            (Some(e), _) => format!("{} ({})", device_state(d), shown_line(&e.to_string())),
+            (None, Some(e)) => format!(
+                "{} (no catalog: {})",
+                device_state(d),
+                shown_line(&e.to_string())
+            ),
             (None, None) => device_state(d).to_string(),
         };
         if s.reconnects > 0 {

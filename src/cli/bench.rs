@@ -11,7 +11,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use super::{parse_dev, CliResult, Failure, EXIT_OK};
+use super::{parse_dev, CliResult, Failure, Outcome};
 use crate::device::{self, Device, DeviceSpec, Kind, Mode};
 use crate::measure::bench::{self, BenchConfig, Rw, BLOCK_BYTES_MAX, QUEUE_DEPTH_MAX};
 use crate::units::{human_bytes, parse_size};
@@ -158,12 +158,9 @@ pub fn run(args: BenchArgs) -> CliResult {
         queue_depth: args.qd as usize,
         size_bytes,
     };
-    config.validate().map_err(usage)?;
+    config.validate().map_err(Failure::BenchConfig)?;
     let refs: Vec<&dyn Device> = devices.iter().map(|d| d.as_ref()).collect();
-    let report = bench::run(&refs, config).map_err(|e| match e {
-        bench::BenchError::Unusable { .. } => usage(e.to_string()),
-        bench::BenchError::Io { .. } => Failure::Data(format!("bench failed: {e}")),
-    })?;
+    let report = bench::run(&refs, config).map_err(Failure::Bench)?;
 
     let secs = report.elapsed.as_secs_f64();
     let total = report.bytes();
@@ -208,7 +205,7 @@ pub fn run(args: BenchArgs) -> CliResult {
                 "devices": devices,
             })
         );
-        return Ok(EXIT_OK);
+        return Ok(Outcome::Done);
     }
     outln!(
         "bench {} bs={} qd={} size={} per device, {} device(s)",
@@ -245,5 +242,5 @@ pub fn run(args: BenchArgs) -> CliResult {
         cpu,
         cpu / gib.max(1e-12)
     );
-    Ok(EXIT_OK)
+    Ok(Outcome::Done)
 }

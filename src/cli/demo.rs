@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::{backup, restore, CliResult, Failure, SetArgs, EXIT_DATA, EXIT_OK};
+use super::{backup, restore, CliResult, Failure, Outcome, SetArgs};
 use crate::device::DeviceSpec;
 use crate::plan::{Balance, Order, Strategy};
 
@@ -179,13 +179,17 @@ pub fn run(args: DemoArgs) -> CliResult {
         to: out.clone(),
         force: false,
         only: Vec::new(),
+        allow_no_match: false,
+        strip_components: 0,
+        keep_old_files: false,
+        overwrite_newer_only: false,
         scan: false,
         set: None,
         keep_partial: false,
         json: false,
         key: None,
     })?;
-    if code != EXIT_OK {
+    if code != Outcome::Done {
         return Ok(code);
     }
     outln!("demo: verifying every record and file digest");
@@ -194,17 +198,17 @@ pub fn run(args: DemoArgs) -> CliResult {
         json: false,
         key: None,
     })?;
-    if code != EXIT_OK {
+    if code != Outcome::Done {
         return Ok(code);
     }
     let diffs = compare(&src, &out.join("tree"))?;
     if diffs.is_empty() {
         outln!("demo: restored tree is identical to the source");
-        Ok(EXIT_OK)
+        Ok(Outcome::Done)
     } else {
         for d in &diffs {
             errln!("demo: {d}");
         }
-        Ok(EXIT_DATA)
+        Ok(Outcome::Incomplete)
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
-use super::{CliResult, Failure, EXIT_OK};
+use super::{CliResult, Failure, Outcome};
 use crate::format::{mac_key, MacKey, KEY_FILE_BYTES_MIN};
 
 #[derive(Subcommand, Debug)]
@@ -60,7 +60,7 @@ fn new_key(path: &Path) -> CliResult {
         "wrote a new {NEW_KEY_BYTES}-byte key to {} (mode 0600): give it as --key to backup, restore, verify and list",
         path.display()
     );
-    Ok(EXIT_OK)
+    Ok(Outcome::Done)
 }
 
 /// The MAC key of `--key FILE`: derived from the file's contents, which

@@ -3,7 +3,7 @@
 use clap::Args;
 use serde_json::json;
 
-use super::{parse_dev, path_hex, path_text, CliResult, Failure, EXIT_OK};
+use super::{parse_dev, path_hex, path_text, CliResult, Failure, Outcome};
 use crate::device::DeviceSpec;
 use crate::format::{FileKind, SetId};
 use crate::units::shown_name;
@@ -36,6 +36,9 @@ fn kind_name(kind: FileKind) -> &'static str {
         FileKind::Symlink => "symlink",
         FileKind::HardLink => "hardlink",
         FileKind::BlockDevice => "blockdev",
+        FileKind::Fifo => "fifo",
+        FileKind::CharDevice => "chardev",
+        FileKind::BlockNode => "blocknod",
     }
 }
 
@@ -77,6 +80,21 @@ pub fn run(args: ListArgs) -> CliResult {
                 if let Some(hex) = path_hex(&f.path) {
                     file["path_hex"] = hex.into();
                 }
+                if f.kind.has_rdev() {
+                    file["rdev_major"] = libc::major(f.rdev).into();
+                    file["rdev_minor"] = libc::minor(f.rdev).into();
+                }
+                if f.flags != 0 {
+                    file["flags"] = f.flags.into();
+                }
+                if !f.xattrs.is_empty() {
+                    file["xattrs"] = f
+                        .xattrs
+                        .iter()
+                        .map(|x| path_text(&x.name))
+                        .collect::<Vec<_>>()
+                        .into();
+                }
                 file
             })
             .collect();
@@ -109,7 +127,7 @@ pub fn run(args: ListArgs) -> CliResult {
                 })).collect::<Vec<_>>(),
             })
         );
-        return Ok(EXIT_OK);
+        return Ok(Outcome::Done);
     }
     outln!(
         "{} (device {} of {}), {} entries, {} segments",
@@ -136,6 +154,9 @@ pub fn run(args: ListArgs) -> CliResult {
             FileKind::Symlink => format!(" -> {}", shown_name(&f.link_target)),
             FileKind::HardLink => {
                 format!(" => {}", shown_name(&c.files[f.hardlink_to as usize].path))
+            }
+            FileKind::CharDevice | FileKind::BlockNode => {
+                format!(" (device {}:{})", libc::major(f.rdev), libc::minor(f.rdev))
             }
             _ => match origin_set(f) {
                 Some(set) => format!(" (unchanged, data in set {set})"),
@@ -176,5 +197,5 @@ pub fn run(args: ListArgs) -> CliResult {
             );
         }
     }
-    Ok(EXIT_OK)
+    Ok(Outcome::Done)
 }

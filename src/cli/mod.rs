@@ -1,8 +1,9 @@
 //! The command line: one file per subcommand. `main` calls `run`; a
-//! command returns its exit code (0 success; 1 completed with degraded
-//! devices) or a `Failure`, which `failure::exit_code` maps to 2 (usage
-//! error) or 3 (data could not all be written or restored): the one place
-//! where errors become exit codes.
+//! command returns its `Outcome` (0 success; 1 completed with degraded
+//! devices; 3 data not all written, read or restored) or a `Failure`,
+//! which `failure::exit_code` maps to 2 (usage error) or 3 (data could not
+//! all be written or restored): `failure` is the one place where outcomes
+//! and errors become exit codes.
 //!
 //! Output goes through `outln!` (stdout) and `errln!` (stderr), never
 //! `println!`: a reader that goes away (`pbio list | head -1`) ends the
@@ -27,7 +28,9 @@ macro_rules! errln {
 
 pub mod backup;
 pub mod bench;
+pub mod changer;
 pub mod demo;
+pub mod diff;
 pub mod failure;
 pub mod key;
 pub mod list;
@@ -46,12 +49,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use crate::device::DeviceSpec;
 use crate::plan::{Balance, Order, Strategy};
 use crate::units::{parse_size, shown_line, shown_path};
-pub use failure::{exit_code, Failure};
-
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_DEGRADED: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
-pub const EXIT_DATA: i32 = 3;
+pub use failure::{exit_code, Failure, Outcome};
 
 /// The planner's choices as command-line values: the planner stays free
 /// of clap, the words and their help live here.
@@ -83,7 +81,7 @@ value_enum!(Balance {
     Balance::Time => "time": "Bytes proportional to each device's rate; least predicted finish time first",
 });
 
-pub type CliResult = Result<i32, Failure>;
+pub type CliResult = Result<Outcome, Failure>;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -119,6 +117,8 @@ pub enum Command {
     Verify(restore::VerifyArgs),
     /// Print the catalog of a set from one device.
     List(list::ListArgs),
+    /// Compare a set with the live filesystem (like `tar --compare`): exit 0 same, 1 different.
+    Diff(diff::DiffArgs),
     /// Recover the records of a device with no usable catalog.
     Scan(scan::ScanArgs),
     /// The embedded default: file devices in a temp dir, a generated tree, backup, restore, verify.
@@ -129,6 +129,9 @@ pub enum Command {
     /// Keys that authenticate sets (`--key FILE` of backup, restore, verify, list).
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Tape libraries: slots, drives, barcodes, moving cartridges, the sets each cartridge holds.
+    #[command(subcommand)]
+    Changer(changer::ChangerCommand),
 
     /// Print a shell completion script (e.g. `pbio completions bash > /etc/bash_completion.d/pbio`).
     Completions {
@@ -149,7 +152,7 @@ pub enum Command {
 /// What `pbio` alone prints (on stderr, exit 2).
 pub const SHORT_USAGE: &str = "\
 usage: pbio --dev DEVICE [--dev DEVICE...] SOURCE...     back up (same as `pbio backup`)
-       pbio plan|restore|verify|list|scan|bench|qualify|demo ...  see `pbio help COMMAND`
+       pbio plan|restore|verify|list|diff|scan|changer|bench|qualify|demo ...  see `pbio help COMMAND`
        pbio --help                                        every option
 Try: pbio demo";
 
@@ -303,12 +306,12 @@ pub fn stderr_line(args: std::fmt::Arguments<'_>) {
     let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
 }
 
-/// The exit code once output is done: a write to stdout that failed for
+/// Whether the output was all written: a write to stdout that failed for
 /// another reason than a reader going away (a full disk behind `>`) is
-/// said, and a success becomes exit 3: the output is not all there.
-fn after_output(code: i32) -> i32 {
+/// said, and makes a success incomplete (`Outcome::with_output`).
+fn output_complete() -> bool {
     if STDOUT_STATE.load(Ordering::Relaxed) != STDOUT_FAILED {
-        return code;
+        return true;
     }
     let why = STDOUT_ERROR
         .lock()
@@ -316,38 +319,39 @@ fn after_output(code: i32) -> i32 {
         .and_then(|e| e.clone())
         .unwrap_or_default();
     errln!("pbio: writing to stdout failed: {why}; the output is incomplete");
-    if code == EXIT_OK {
-        EXIT_DATA
-    } else {
-        code
-    }
+    false
 }
 
 /// Parse arguments and run; returns the process exit code.
 pub fn main() -> i32 {
     if std::env::args_os().len() <= 1 {
         errln!("{SHORT_USAGE}");
-        return EXIT_USAGE;
+        return Failure::CommandLine.code();
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            // --help and --version are told through clap's error too.
+            return if e.use_stderr() {
+                Failure::CommandLine.code()
+            } else {
+                Outcome::Done.code()
+            };
         }
     };
-    let code = match run(cli) {
-        Ok(code) => code,
+    match run(cli) {
+        Ok(outcome) => outcome.with_output(output_complete()).code(),
         Err(failure) => {
             // Its lines as made, each made safe (a message may quote a
             // stored name that its maker did not escape).
             let text = failure.to_string();
             let lines: Vec<String> = text.split('\n').map(shown_line).collect();
             errln!("pbio: {}", lines.join("\n"));
+            output_complete();
             failure.code()
         }
-    };
-    after_output(code)
+    }
 }
 
 pub fn run(cli: Cli) -> CliResult {
@@ -358,11 +362,13 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Restore(a) => restore::run_restore(a),
         Command::Verify(a) => restore::run_verify(a),
         Command::List(a) => list::run(a),
+        Command::Diff(a) => diff::run(a),
         Command::Scan(a) => scan::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Qualify(a) => qualify::run(a),
         Command::Key(k) => key::run(k),
+        Command::Changer(c) => changer::run(c),
 
         Command::Completions { shell } => {
             let mut script = Vec::new();
@@ -378,8 +384,8 @@ fn write_stdout(bytes: &[u8]) -> CliResult {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_all(bytes).and_then(|()| out.flush()) {
-        Ok(()) => Ok(EXIT_OK),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(EXIT_OK),
+        Ok(()) => Ok(Outcome::Done),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Outcome::Done),
         Err(e) => Err(Failure::Data(format!("writing to stdout: {e}"))),
     }
 }
@@ -410,7 +416,7 @@ fn man(command: Option<&str>, dir: Option<&Path>) -> CliResult {
                 .map_err(|e| Failure::Usage(format!("man: writing {}: {e}", path.display())))?;
             outln!("{}", path.display());
         }
-        return Ok(EXIT_OK);
+        return Ok(Outcome::Done);
     }
     let page = match command {
         None => cli,
@@ -454,7 +460,7 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
     check_paths(&args.sources, &args.devs)?;
     let selection = args.select.selection()?;
     let walk = crate::source::walk_selected(&args.sources, &selection).map_err(Failure::Source)?;
-    // Sockets, FIFOs and device nodes inside a tree are not stored: named
+    // Sockets inside a tree are not stored: named
     // and skipped (as tar says "socket ignored"). Any other entry that
     // cannot be read stops the backup before a device is written.
     let (skipped, unreadable): (Vec<_>, Vec<_>) = walk

@@ -3,7 +3,7 @@
 use clap::Args;
 use serde_json::json;
 
-use super::{path_text, prepare, CliResult, SetArgs, EXIT_OK};
+use super::{path_text, prepare, CliResult, Outcome, SetArgs};
 use crate::source::select::Excluded;
 use crate::units::{human_bytes, shown_name};
 
@@ -88,7 +88,7 @@ pub fn run(args: PlanArgs) -> CliResult {
                 .collect();
         }
         outln!("{out}");
-        return Ok(EXIT_OK);
+        return Ok(Outcome::Done);
     }
     let total: u64 = plan.devices.iter().map(|d| d.assigned_bytes).sum();
     outln!(
@@ -136,5 +136,5 @@ pub fn run(args: PlanArgs) -> CliResult {
             }
         }
     }
-    Ok(EXIT_OK)
+    Ok(Outcome::Done)
 }

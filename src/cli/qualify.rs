@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde_json::Value;
 
-use super::{parse_dev, CliResult, Failure, EXIT_DATA, EXIT_OK};
+use super::{parse_dev, CliResult, Failure, Outcome};
 use crate::device::{self, DeviceSpec, Kind, Mode};
 use crate::measure::qualify::{self, compare, pattern, Check, Event, Options, Report, Verdict};
 use crate::media::guard::Policy;
@@ -281,14 +281,10 @@ fn finish(report: &Report, json: bool) -> CliResult {
         }
     }
     Ok(if verdict == Verdict::Pass {
-        EXIT_OK
+        Outcome::Done
     } else {
-        EXIT_DATA
+        Outcome::Incomplete
     })
-}
-
-fn engine_failure(e: qualify::QualifyError) -> Failure {
-    usage(e.to_string())
 }
 
 pub fn run(args: QualifyArgs) -> CliResult {
@@ -296,7 +292,7 @@ pub fn run(args: QualifyArgs) -> CliResult {
         quick: args.quick,
         verify_fraction: args.verify_fraction,
     };
-    options.validate().map_err(usage)?;
+    options.validate().map_err(Failure::QualifyOptions)?;
     let mut on_event = |event: Event| {
         if !args.json {
             show(event)
@@ -323,7 +319,7 @@ pub fn run(args: QualifyArgs) -> CliResult {
             &path.display().to_string(),
             &mut on_event,
         )
-        .map_err(engine_failure)?;
+        .map_err(Failure::Qualify)?;
         return finish(&report, args.json);
     }
 
@@ -351,7 +347,8 @@ pub fn run(args: QualifyArgs) -> CliResult {
             if args.quick { ", quick" } else { "" }
         );
     }
-    let mut report = qualify::run(dev.as_ref(), &options, &mut on_event).map_err(engine_failure)?;
+    let mut report =
+        qualify::run(dev.as_ref(), &options, &mut on_event).map_err(Failure::Qualify)?;
     drop(dev);
 
     if let Some((path, old)) = old {

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
-use super::{parse_dev, path_text, CliResult, Failure, EXIT_DATA, EXIT_OK};
+use super::{parse_dev, path_text, CliResult, Failure, Outcome};
 use crate::device::DeviceSpec;
-use crate::restore::{self, Action, Chain, Report};
+use crate::restore::{self, Action, Chain, Problem, Report};
 use crate::units::{human_bytes, shown_line, shown_name};
 
 #[derive(Args, Debug)]
@@ -28,12 +28,43 @@ pub struct RestoreArgs {
     /// Allow --to to name a block device: its contents are overwritten.
     #[arg(long)]
     pub force: bool,
-    /// Restore only these stored paths (and what is under them).
-    #[arg(long)]
+    /// Restore only what matches GLOB (repeatable), and everything under a
+    /// directory matched. Matched against the stored paths (`pbio list`),
+    /// gitignore-like as backup's --exclude: without a '/' it matches a
+    /// name at any depth ('*.conf'); with one it is anchored at the top
+    /// ('home/ann/*.txt', '/etc'); a trailing '/' matches directories only;
+    /// '**' crosses directories. An exact stored path always matches
+    /// itself. A GLOB that matches nothing is an error (exit 2, nothing
+    /// written) unless --allow-no-match.
+    #[arg(long, value_name = "GLOB")]
     pub only: Vec<PathBuf>,
+    /// An --only GLOB that matches nothing is not an error: the rest is restored.
+    #[arg(long, requires = "only")]
+    pub allow_no_match: bool,
+    /// Drop N leading components of every stored path (as tar does):
+    /// 'home/ann/x' restores as 'ann/x' with 1; entries with N components
+    /// or fewer are skipped. --only matches the paths before stripping.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub strip_components: usize,
+    /// Leave every name that already exists in --to as it is; each is
+    /// listed ("kept: NAME: exists") and the restore still succeeds
+    /// (exit 0). An existing directory is restored into, its own mode,
+    /// owner and mtime left alone.
+    #[arg(long, conflicts_with = "overwrite_newer_only")]
+    pub keep_old_files: bool,
+    /// Replace an existing name only when the set's mtime is newer than its
+    /// own; the others are kept and listed (tar's --keep-newer-files).
+    /// Existing directories are restored into, their metadata left alone.
+    #[arg(long)]
+    pub overwrite_newer_only: bool,
     /// No catalog needed: read every record of the devices and restore each
-    /// regular file that is complete on them (after a crash or a lost catalog).
-    #[arg(long, conflicts_with = "only")]
+    /// regular file that is complete on them (after a crash or a lost
+    /// catalog). It takes none of the selection options (--only,
+    /// --strip-components, --keep-old-files, --overwrite-newer-only).
+    #[arg(
+        long,
+        conflicts_with_all = ["only", "strip_components", "keep_old_files", "overwrite_newer_only"]
+    )]
     pub scan: bool,
     /// With --scan: the set to restore (its id in hex, or an unambiguous
     /// prefix), when the devices hold more than one set.
@@ -44,7 +75,7 @@ pub struct RestoreArgs {
     /// being removed.
     #[arg(long)]
     pub keep_partial: bool,
-    /// Machine-readable report: one JSON summary object (files, bytes, missing files with their byte ranges and devices, errors, ok).
+    /// Machine-readable report: one JSON summary object (files, bytes, missing files with their byte ranges and devices, kept: existing names left with why, errors, ok).
     #[arg(long)]
     pub json: bool,
     /// The key the set was written with (`backup --key`): every label's and
@@ -73,7 +104,7 @@ pub struct VerifyArgs {
 /// Open the devices as one chain of sets, checking their MACs with the
 /// key of `--key` (a set with MACs given without it is restored, and said
 /// to be unchecked).
-fn open(devs: &[DeviceSpec], key: Option<&std::path::Path>) -> Result<Chain, Failure> {
+pub(super) fn open(devs: &[DeviceSpec], key: Option<&std::path::Path>) -> Result<Chain, Failure> {
     let key = super::key::load_optional(key)?;
     let chain = restore::open_chain(devs, key.as_ref())
         .map_err(|error| Failure::Restore { doing: "", error })?;
@@ -92,17 +123,29 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
     if args.scan {
         return run_scan_restore(&args);
     }
-    let chain = open(&args.devs, args.key.as_deref())?;
     let only: Vec<Vec<u8>> = args
         .only
         .iter()
         .map(|p| p.as_os_str().as_bytes().to_vec())
         .collect();
+    let choice = restore::Choice {
+        only: restore::Only::new(&only).map_err(Failure::Select)?,
+        strip_components: args.strip_components,
+        existing: if args.keep_old_files {
+            restore::Existing::Keep
+        } else if args.overwrite_newer_only {
+            restore::Existing::ReplaceOlder
+        } else {
+            restore::Existing::Replace
+        },
+        allow_no_match: args.allow_no_match,
+    };
+    let chain = open(&args.devs, args.key.as_deref())?;
     let is_block_device = std::fs::metadata(&args.to)
         .map(|m| m.file_type().is_block_device())
         .unwrap_or(false);
     let report = if is_block_device {
-        let (target, file) = device_target(&args, &chain, &only)?;
+        let (target, file) = device_target(&args, &chain, &choice.only)?;
         restore::run_chain(
             &chain,
             Action::RestoreToDevice {
@@ -112,18 +155,22 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
             &[],
         )
     } else {
-        restore::run_chain(
+        restore::run_chain_with(
             &chain,
             Action::Restore {
                 to: &args.to,
                 keep_partial: args.keep_partial,
             },
-            &only,
+            &choice,
         )
     }
-    .map_err(|error| Failure::Restore {
-        doing: "restore failed: ",
-        error,
+    .map_err(|error| match error {
+        // Nothing was written: bad input, not lost data.
+        restore::RestoreError::NoMatch { .. } => Failure::Usage(error.to_string()),
+        error => Failure::Restore {
+            doing: "restore failed: ",
+            error,
+        },
     })?;
     Ok(print(&chain, &report, "restored", args.json))
 }
@@ -134,15 +181,16 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
 fn device_target(
     args: &RestoreArgs,
     chain: &Chain,
-    only: &[Vec<u8>],
+    only: &restore::Only,
 ) -> Result<(std::fs::File, u32), Failure> {
     let to = args.to.display();
     let catalog = &chain.tip().catalog;
+    let (taken, _) = only.choose(&catalog.files);
     let candidates: Vec<u32> = catalog
         .files
         .iter()
         .enumerate()
-        .filter(|(_, f)| f.kind.has_data() && (only.is_empty() || only.contains(&f.path)))
+        .filter(|&(i, f)| f.kind.has_data() && taken[i])
         .map(|(i, _)| i as u32)
         .collect();
     let file = match candidates[..] {
@@ -229,11 +277,10 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
             }
             match crate::media::read_catalog(dev.as_ref(), label) {
                 Ok(read) if read.catalog == set.catalog && read.digest == label.catalog_digest => {}
-                Ok(_) => report.errors.push(format!(
-                    "device {}: its catalog differs from the set's",
-                    dev.path().display()
-                )),
-                Err(e) => report.errors.push(e.to_string()),
+                Ok(_) => report.errors.push(Problem::CatalogDiffers {
+                    device: dev.path().display().to_string(),
+                }),
+                Err(e) => report.errors.push(Problem::Catalog(e)),
             }
         }
     }
@@ -252,13 +299,18 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
     Ok(print(&chain, &report, "verified", args.json))
 }
 
-fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> i32 {
+fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> Outcome {
     let set = chain.tip();
     for why in chain.sets.iter().flat_map(|s| &s.unreadable) {
-        errln!("pbio: left out an unreadable device: {}", shown_line(why));
+        let why = why.to_string();
+        errln!("pbio: left out an unreadable device: {}", shown_line(&why));
     }
     let secs = report.elapsed.as_secs_f64().max(1e-9);
-    let code = if report.ok() { EXIT_OK } else { EXIT_DATA };
+    let code = if report.ok() {
+        Outcome::Done
+    } else {
+        Outcome::Incomplete
+    };
     if as_json {
         let missing: Vec<_> = report
             .missing
@@ -284,7 +336,11 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> i32 {
                 "seconds": secs,
                 "mib_per_sec": report.payload_bytes as f64 / (1 << 20) as f64 / secs,
                 "missing": missing,
-                "errors": report.errors,
+                "kept": report.kept.iter().map(|k| json!({
+                    "path": path_text(&k.path), "why": k.why.code(),
+                })).collect::<Vec<_>>(),
+                "errors": report.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "warnings": report.warnings,
                 "ok": report.ok(),
             })
         );
@@ -351,9 +407,21 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> i32 {
             .collect();
         errln!("missing: {}: {}", shown_name(&m.path), ranges.join(", "));
     }
+    for k in &report.kept {
+        errln!("kept: {}: {}", shown_name(&k.path), k.why);
+    }
+    if !report.kept.is_empty() {
+        outln!(
+            "  kept {} existing entries as they are (listed on stderr)",
+            report.kept.len()
+        );
+    }
     // Messages made by restore, which may quote stored names.
     for e in &report.errors {
-        errln!("error: {}", shown_line(e));
+        errln!("error: {}", shown_line(&e.to_string()));
+    }
+    for w in &report.warnings {
+        errln!("warning: {}", shown_line(w));
     }
     if !report.missing.is_empty() {
         errln!(
@@ -394,9 +462,9 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
         .unwrap_or_else(|| "-".into());
     let code =
         if report.incomplete.is_empty() && report.bad_records == 0 && report.errors.is_empty() {
-            EXIT_OK
+            Outcome::Done
         } else {
-            EXIT_DATA
+            Outcome::Incomplete
         };
     if args.json {
         outln!(
@@ -418,7 +486,8 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
                     "set_id": id.to_string(), "records": n,
                 })).collect::<Vec<_>>(),
                 "errors": report.errors,
-                "ok": code == EXIT_OK,
+                "warnings": report.warnings,
+                "ok": code == Outcome::Done,
             })
         );
         return Ok(code);
@@ -444,6 +513,9 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
     }
     for e in &report.errors {
         errln!("error: {}", crate::units::shown_line(e));
+    }
+    for w in &report.warnings {
+        errln!("warning: {}", shown_line(w));
     }
     if report.bad_records > 0 {
         errln!("{} damaged records skipped", report.bad_records);

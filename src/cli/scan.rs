@@ -5,7 +5,7 @@
 use clap::Args;
 use serde_json::json;
 
-use super::{parse_dev, CliResult, Failure, EXIT_DATA, EXIT_OK};
+use super::{parse_dev, CliResult, Failure, Outcome};
 use crate::device::{self, DeviceSpec, Mode};
 use crate::format::RecordKind;
 
@@ -97,8 +97,8 @@ pub fn run(args: ScanArgs) -> CliResult {
         )));
     }
     Ok(if bad_payloads == 0 {
-        EXIT_OK
+        Outcome::Done
     } else {
-        EXIT_DATA
+        Outcome::Incomplete
     })
 }

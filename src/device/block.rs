@@ -3,11 +3,11 @@
 //! BLKGETSIZE64, alignment from BLKSSZGET.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{raw, Device, DeviceError, Kind, Mode};
+use super::{Device, DeviceError, Kind, Mode};
 use crate::format::BLOCK_BYTES;
 
 // BLKGETSIZE64 = _IOR(0x12, 114, size_t); BLKSSZGET = _IO(0x12, 104) (returns int through the pointer).
@@ -80,21 +80,7 @@ impl BlockDevice {
 }
 
 impl Device for BlockDevice {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-    fn kind(&self) -> Kind {
-        Kind::Block
-    }
-    fn fd(&self) -> RawFd {
-        raw(&self.file)
-    }
-    fn capacity_bytes(&self) -> u64 {
-        self.capacity_bytes
-    }
-    fn block_bytes(&self) -> u32 {
-        self.block_bytes
-    }
+    super::field_accessors!(Kind::Block);
     fn direct_io(&self) -> bool {
         true
     }

@@ -1,10 +1,9 @@
 //! `file` devices: a regular file (the embedded default, tests, demo).
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::RawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use super::{open_maybe_direct, raw, Device, DeviceError, DeviceSpec, Kind, Mode};
+use super::{open_maybe_direct, Device, DeviceError, DeviceSpec, Kind, Mode};
 
 pub struct FileDevice {
     path: PathBuf,
@@ -76,21 +75,7 @@ impl FileDevice {
 }
 
 impl Device for FileDevice {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-    fn kind(&self) -> Kind {
-        Kind::File
-    }
-    fn fd(&self) -> RawFd {
-        raw(&self.file)
-    }
-    fn capacity_bytes(&self) -> u64 {
-        self.capacity_bytes
-    }
-    fn block_bytes(&self) -> u32 {
-        self.block_bytes
-    }
+    super::field_accessors!(Kind::File);
     fn direct_io(&self) -> bool {
         self.direct
     }

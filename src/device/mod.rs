@@ -4,12 +4,19 @@
 //! errno maps to full/failed), never kind names — as fio's engines do.
 
 pub mod block;
+pub mod changer;
 pub mod file;
 pub mod nbd;
+mod open;
 pub mod persist;
 pub mod pmem;
+mod sg;
 pub mod tape;
 pub mod vtape;
+
+pub(crate) use open::hash_path;
+pub use open::{dio_align, open, open_maybe_direct, probe, Mode, Probe};
+pub use persist::Durability;
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
@@ -127,6 +134,23 @@ pub struct Mapping {
     pub len: usize,
 }
 
+/// A network export as its handshake described it, for qualify and
+/// reports: a description, not the client.
+#[derive(Clone, Debug)]
+pub struct ExportIdentity {
+    pub address: nbd::Address,
+    pub export: String,
+    /// Size, transmission flags and block size constraints.
+    pub info: nbd::proto::ExportInfo,
+    pub structured_replies: bool,
+    /// The largest request pbio sends it.
+    pub request_bytes_max: u32,
+    /// Round trip measured at connect.
+    pub rtt: std::time::Duration,
+    /// No progress for this long is a lost connection.
+    pub timeout: std::time::Duration,
+}
+
 /// How a ring moves a device's data (the device's choice, made at open;
 /// the ring acts on the capability, never on the kind).
 pub enum DataPath<'d> {
@@ -155,6 +179,17 @@ pub trait Transport {
     fn entries_max(&self) -> u32;
     fn submit_write(&mut self, handle: u64, lease: &crate::io::Lease, len: u32, offset: u64);
     fn submit_read(&mut self, handle: u64, lease: &mut crate::io::Lease, len: u32, offset: u64);
+    /// A read request into `range` of `lease` (pieces of one buffer read
+    /// together).
+    fn submit_read_into(
+        &mut self,
+        handle: u64,
+        lease: &mut crate::io::Lease,
+        range: std::ops::Range<usize>,
+        offset: u64,
+    );
+    /// The largest request the other end takes.
+    fn request_bytes_max(&self) -> u32;
     /// The entries to push now, in order, in one submit.
     fn sqes(&mut self, out: &mut Vec<crate::io::Sqe>) -> Result<(), String>;
     fn on_cqe(
@@ -379,10 +414,21 @@ pub trait Device: Send + Sync {
     fn tape_status(&self) -> std::io::Result<TapeStatus> {
         Err(unsupported("tape status"))
     }
-    /// Memory-mapped devices (pmem): the mapping of the whole medium. The
-    /// backup ring then reads sources straight into it at each record's
-    /// position and writes no data through `fd()`. None: not mapped.
-    fn mapping(&self) -> Option<Mapping> {
+    /// Memory-mapped devices: copy `src` into the mapping at `offset` (a
+    /// store, durable once `persist` covered it). Others: unsupported.
+    fn store(&self, offset: u64, src: &[u8]) -> std::io::Result<()> {
+        let _ = (offset, src);
+        Err(unsupported("store through a mapping"))
+    }
+    /// Memory-mapped devices: copy from the mapping at `offset` into `dst`.
+    fn load(&self, offset: u64, dst: &mut [u8]) -> std::io::Result<()> {
+        let _ = (offset, dst);
+        Err(unsupported("load through a mapping"))
+    }
+    /// Memory-mapped devices: the medium's bytes, read in place without a
+    /// copy (restore, verify and scan of pmem). Only while nothing writes
+    /// to the device (it is open for reading). None: not mapped.
+    fn mapped(&self) -> Option<&[u8]> {
         None
     }
     /// Memory-mapped devices: make the stores to `[offset, offset + len)`
@@ -429,14 +475,14 @@ pub trait Device: Send + Sync {
             .map(|st| st.logical_object)
             .filter(|&o| o >= 0)
     }
-    /// Network devices (NBD): the client, whose requests the ring sends
-    /// and receives on `fd()` (a socket) instead of reading and writing it.
-    fn nbd(&self) -> Option<&nbd::NbdDevice> {
+    /// Network devices: the export as the handshake described it. None:
+    /// not a network export.
+    fn export_identity(&self) -> Option<ExportIdentity> {
         None
     }
     /// Memory-mapped devices: how `persist` makes stores durable (DAX
     /// cache-line flushes, or msync). None: not mapped.
-    fn durability(&self) -> Option<pmem::Durability> {
+    fn durability_mechanism(&self) -> Option<Durability> {
         None
     }
     /// What the device said at open that is not an error (a fallback it
@@ -595,208 +641,32 @@ pub fn classify_errno(errno: i32) -> ErrorClass {
     }
 }
 
-/// How a device is opened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Backup target: read-write, exclusive; a file device is created if missing.
-    Write,
-    /// Restore, verify, list, scan.
-    Read,
-}
-
-/// Capacity and identity of a device without opening it for writing (for `plan`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Probe {
-    pub kind: Kind,
-    pub capacity_bytes: u64,
-    /// Canonical identity used to detect the same device given twice.
-    pub identity: (u64, u64),
-}
-
-/// Find out what `spec` names and how large it is, without writing.
-pub fn probe(spec: &DeviceSpec) -> Result<Probe, DeviceError> {
-    let path = &spec.path;
-    if nbd::is_nbd(path) {
-        return nbd::probe(spec);
-    }
-    if let Some(dir) = vtape::dir_of(path) {
-        return vtape::probe(spec, &dir);
-    }
-    if let Some(file) = pmem::file_of(path) {
-        return pmem::probe(spec, &file);
-    }
-    match std::fs::metadata(path) {
-        Ok(meta) => {
-            use std::os::unix::fs::MetadataExt;
-            let ft = meta.file_type();
-            if ft.is_dir() {
-                return Err(DeviceError::unusable(
-                    path,
-                    "is a directory, not a device or file",
-                ));
-            }
-            if ft.is_block_device() {
-                let file = File::open(path).map_err(|e| DeviceError::io(path, "open", e))?;
-                let capacity = block::size_bytes(&file)
-                    .map_err(|e| DeviceError::io(path, "BLKGETSIZE64", e))?;
-                return Ok(Probe {
-                    kind: Kind::Block,
-                    capacity_bytes: capacity,
-                    identity: (meta.rdev(), 0),
-                });
-            }
-            if ft.is_char_device() {
-                return tape::probe(spec, meta.rdev());
-            }
-            if ft.is_file() {
-                let capacity = spec.size_bytes.unwrap_or(meta.len());
-                return Ok(Probe {
-                    kind: Kind::File,
-                    capacity_bytes: capacity,
-                    identity: (meta.dev(), meta.ino()),
-                });
-            }
-            Err(DeviceError::unusable(
-                path,
-                "is neither a regular file, a block device nor a tape drive",
-            ))
+/// The `Device` methods of a kind that keeps its `path`, `file`,
+/// `capacity_bytes` and `block_bytes` in fields of those names.
+macro_rules! field_accessors {
+    ($kind:expr) => {
+        fn path(&self) -> &std::path::Path {
+            &self.path
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let Some(size) = spec.size_bytes else {
-                return Err(DeviceError::unusable(
-                    path,
-                    "does not exist (give ,size=N to create a file device)",
-                ));
-            };
-            let parent = match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            if !parent.is_dir() {
-                return Err(DeviceError::unusable(
-                    path,
-                    format!("parent directory {} does not exist", parent.display()),
-                ));
-            }
-            Ok(Probe {
-                kind: Kind::File,
-                capacity_bytes: size,
-                identity: (u64::MAX, hash_path(path)),
-            })
+        fn kind(&self) -> $crate::device::Kind {
+            $kind
         }
-        Err(e) => Err(DeviceError::io(path, "stat", e)),
-    }
-}
-
-pub(crate) fn hash_path(path: &Path) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    std::path::absolute(path)
-        .unwrap_or_else(|_| path.to_path_buf())
-        .hash(&mut h);
-    h.finish()
-}
-
-/// Open a device for the engine.
-pub fn open(spec: &DeviceSpec, mode: Mode) -> Result<Box<dyn Device>, DeviceError> {
-    let probe = probe(spec)?;
-    match probe.kind {
-        Kind::Block => Ok(Box::new(block::BlockDevice::open(&spec.path, mode)?)),
-        Kind::File => Ok(Box::new(file::FileDevice::open(spec, mode)?)),
-        Kind::Tape => Ok(Box::new(tape::TapeDevice::open(spec, mode)?)),
-        Kind::VirtualTape => Ok(Box::new(vtape::VirtualTape::open(spec, mode)?)),
-        Kind::Pmem => Ok(Box::new(pmem::PmemDevice::open(spec, mode)?)),
-        Kind::Nbd => Ok(Box::new(nbd::NbdDevice::open(spec, mode)?)),
-    }
-}
-
-/// Open `path` with O_DIRECT if the filesystem allows, else buffered.
-/// Returns the file and whether O_DIRECT is in effect.
-pub fn open_maybe_direct(
-    options: &std::fs::OpenOptions,
-    path: &Path,
-) -> std::io::Result<(File, bool)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut direct = options.clone();
-    direct.custom_flags(libc::O_DIRECT | libc::O_CLOEXEC);
-    match direct.open(path) {
-        Ok(f) => Ok((f, true)),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            let mut buffered = options.clone();
-            buffered.custom_flags(libc::O_CLOEXEC);
-            Ok((buffered.open(path)?, false))
+        fn fd(&self) -> std::os::fd::RawFd {
+            $crate::device::raw(&self.file)
         }
-        Err(e) => Err(e),
-    }
-}
-
-/// statx(STATX_DIOALIGN) of an open file: the kernel's own O_DIRECT
-/// limits as (memory alignment, offset alignment), when the kernel (6.1+)
-/// and the filesystem report them. The one place pbio asks for them:
-/// devices learn their block size from it at open, qualify reports it.
-pub fn dio_align(file: &File) -> Option<(u32, u32)> {
-    let mut buf = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: statx writes one struct statx through the pointer, which
-    // points to a live, zeroed local; the empty path is a NUL-terminated
-    // string and AT_EMPTY_PATH makes the call describe the open fd itself.
-    let rc = unsafe {
-        libc::statx(
-            file.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            libc::STATX_DIOALIGN,
-            buf.as_mut_ptr(),
-        )
+        fn capacity_bytes(&self) -> u64 {
+            self.capacity_bytes
+        }
+        fn block_bytes(&self) -> u32 {
+            self.block_bytes
+        }
     };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: initialised by the successful call (and zeroed before).
-    let stx = unsafe { buf.assume_init() };
-    (stx.stx_mask & libc::STATX_DIOALIGN != 0 && stx.stx_dio_offset_align != 0)
-        .then_some((stx.stx_dio_mem_align, stx.stx_dio_offset_align))
 }
+pub(crate) use field_accessors;
 
 pub(crate) fn raw(file: &File) -> RawFd {
     file.as_raw_fd()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spec_parse() {
-        let s = DeviceSpec::parse("/dev/loop0").unwrap();
-        assert_eq!(s.path, PathBuf::from("/dev/loop0"));
-        assert_eq!(s.size_bytes, None);
-        let s = DeviceSpec::parse("x.img,size=1G,rate=400M").unwrap();
-        assert_eq!(s.size_bytes, Some(1 << 30));
-        assert_eq!(s.rate_bytes_per_sec, Some(400 << 20));
-        assert!(DeviceSpec::parse("").is_err());
-        assert!(DeviceSpec::parse("x,size").is_err());
-        assert!(DeviceSpec::parse("x,speed=1").is_err());
-        assert!(DeviceSpec::parse("x,size=1Q").is_err());
-        assert!(DeviceSpec::parse("x,rate=0").is_err());
-    }
-
-    #[test]
-    fn errno_classes() {
-        assert_eq!(classify_errno(libc::ENOSPC), ErrorClass::Full);
-        assert_eq!(classify_errno(libc::EIO), ErrorClass::Failed);
-        assert_eq!(classify_errno(libc::EINTR), ErrorClass::Retry);
-    }
-
-    #[test]
-    fn probe_errors_name_the_device() {
-        let dir = tempfile::tempdir().unwrap();
-        let e = probe(&DeviceSpec::parse(dir.path().to_str().unwrap()).unwrap()).unwrap_err();
-        assert!(e.to_string().contains("is a directory"), "{e}");
-        let missing = dir.path().join("nope.img");
-        let e = probe(&DeviceSpec::parse(missing.to_str().unwrap()).unwrap()).unwrap_err();
-        assert!(e.to_string().contains("nope.img"), "{e}");
-        let p =
-            probe(&DeviceSpec::parse(&format!("{},size=1M", missing.display())).unwrap()).unwrap();
-        assert_eq!(p.capacity_bytes, 1 << 20);
-    }
-}
+mod tests;

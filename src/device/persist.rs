@@ -38,6 +38,24 @@ impl Flush {
     }
 }
 
+/// How stores to a memory-mapped device are made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// DAX: cache-line flushes and a fence.
+    Flush(Flush),
+    /// Page cache: msync.
+    Msync,
+}
+
+impl Durability {
+    pub fn describe(self) -> String {
+        match self {
+            Durability::Flush(f) => format!("DAX mapping, {} + sfence", f.name()),
+            Durability::Msync => "non-DAX mapping, msync(MS_SYNC)".to_string(),
+        }
+    }
+}
+
 /// The flush to use given CPUID leaf 7 EBX (pure: testable with any bits).
 pub fn select(leaf7_ebx: u32) -> Flush {
     if leaf7_ebx & EBX_CLWB != 0 {

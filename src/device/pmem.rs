@@ -28,7 +28,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::persist::{self, Flush};
+use super::persist;
+pub use super::persist::Durability;
 use super::{raw, Device, DeviceError, DeviceSpec, Kind, Mapping, Mode, Probe};
 
 /// Prefix selecting the pmem kind explicitly.
@@ -46,24 +47,6 @@ pub fn file_of(path: &Path) -> Option<PathBuf> {
         .or_else(|| text.strip_prefix("/dev/dax"))
         .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()));
     auto.then(|| path.to_path_buf())
-}
-
-/// How stores to the mapping are made durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// DAX: cache-line flushes and a fence.
-    Flush(Flush),
-    /// Page cache: msync.
-    Msync,
-}
-
-impl Durability {
-    pub fn describe(self) -> String {
-        match self {
-            Durability::Flush(f) => format!("DAX mapping, {} + sfence", f.name()),
-            Durability::Msync => "non-DAX mapping, msync(MS_SYNC)".to_string(),
-        }
-    }
 }
 
 /// Capacity of a device-DAX character device (sysfs).
@@ -143,6 +126,12 @@ pub struct PmemDevice {
     base: *mut u8,
     len: usize,
     durability: Durability,
+    /// Learned at open: BLKSSZGET for a pmem block device, else pbio's
+    /// 4096 (stores into a mapping take any byte; msync's page alignment
+    /// is `persist`'s concern).
+    block_bytes: u32,
+    /// Mapped for writing (opened with `Mode::Write`).
+    writable: bool,
     /// What open had to say (the mapping made, a MAP_SYNC refused).
     notes: Vec<super::DeviceNote>,
 }
@@ -205,6 +194,19 @@ impl PmemDevice {
         }
         let len = usize::try_from(capacity)
             .map_err(|_| DeviceError::unusable(path, "too large to map"))?;
+        let block_bytes = if meta.file_type().is_block_device() {
+            let bytes = super::block::logical_block_bytes(&file)
+                .map_err(|e| DeviceError::io(path, "BLKSSZGET", e))?;
+            if !bytes.is_power_of_two() || bytes as usize > crate::format::BLOCK_BYTES {
+                return Err(DeviceError::unusable(
+                    path,
+                    format!("logical block size {bytes} is not supported (at most 4096)"),
+                ));
+            }
+            bytes
+        } else {
+            crate::format::BLOCK_BYTES as u32
+        };
         let device_dax = meta.file_type().is_char_device();
         if device_dax {
             // Device-DAX supports only mmap: the label, the catalog and
@@ -232,8 +234,21 @@ impl PmemDevice {
             base,
             len,
             durability,
+            block_bytes,
+            writable: write,
             notes,
         })
+    }
+
+    /// `offset..offset + len` as an index range of the mapping, if inside it.
+    fn within(&self, offset: u64, len: usize) -> std::io::Result<usize> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.len as u64 => Ok(offset as usize),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{offset}+{len} beyond the mapping of {} bytes", self.len),
+            )),
+        }
     }
 
     pub fn durability(&self) -> Durability {
@@ -256,6 +271,9 @@ fn map(
     } else {
         libc::PROT_READ
     };
+    // Why raw mmap and not memmap2: MAP_SYNC (with MAP_SHARED_VALIDATE),
+    // which memmap2 does not offer, is what makes a DAX mapping's stores
+    // durable by cache-line flushes alone.
     let mmap = |flags: libc::c_int| {
         // SAFETY: a fresh mapping of an open descriptor at an address the
         // kernel picks; nothing else refers to that range yet.
@@ -323,7 +341,7 @@ impl Device for PmemDevice {
         self.len as u64
     }
     fn block_bytes(&self) -> u32 {
-        4096
+        self.block_bytes
     }
     fn direct_io(&self) -> bool {
         false
@@ -333,17 +351,36 @@ impl Device for PmemDevice {
         // Writes made through the descriptor (label, catalog).
         self.file.sync_all()
     }
-    fn durability(&self) -> Option<Durability> {
+    fn durability_mechanism(&self) -> Option<Durability> {
         Some(self.durability)
     }
     fn notes(&self) -> &[super::DeviceNote] {
         &self.notes
     }
-    fn mapping(&self) -> Option<Mapping> {
-        Some(Mapping {
-            base: self.base,
-            len: self.len,
-        })
+    fn store(&self, offset: u64, src: &[u8]) -> std::io::Result<()> {
+        if !self.writable {
+            return Err(std::io::Error::from_raw_os_error(libc::EBADF));
+        }
+        let at = self.within(offset, src.len())?;
+        // SAFETY: `at..at + src.len()` is inside the mapping (checked by
+        // `within`), which lives as long as `self`; `src` is the caller's
+        // own buffer, not the mapping, so the ranges do not overlap; the
+        // mapping is writable (checked above).
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.add(at), src.len()) };
+        Ok(())
+    }
+    fn load(&self, offset: u64, dst: &mut [u8]) -> std::io::Result<()> {
+        let at = self.within(offset, dst.len())?;
+        // SAFETY: as in `store`; the mapping is readable in both modes.
+        unsafe { std::ptr::copy_nonoverlapping(self.base.add(at), dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+    fn mapped(&self) -> Option<&[u8]> {
+        // SAFETY: base..base + len is the device's mapping, initialised
+        // (the medium's bytes), unmapped only when the device is dropped,
+        // which the borrow of `self` outlives; the trait's contract: no
+        // store goes through the mapping while the slice is read.
+        Some(unsafe { std::slice::from_raw_parts(self.base, self.len) })
     }
     fn data_path(&self) -> crate::device::DataPath<'_> {
         crate::device::DataPath::Mapped(Mapping {
@@ -420,9 +457,7 @@ mod tests {
         let dev = PmemDevice::open(&spec, Mode::Write).unwrap();
         assert_eq!(dev.capacity_bytes(), 1 << 20);
         assert_eq!(dev.durability(), Durability::Msync);
-        let m = dev.mapping().unwrap();
-        // SAFETY: within the mapping, nothing else uses it.
-        unsafe { std::ptr::write_bytes(m.base.add(8192), 0xa5, 100) };
+        dev.store(8192, &[0xa5; 100]).unwrap();
         dev.persist(8192, 100).unwrap();
         drop(dev);
         let bytes = std::fs::read(dir.path().join("p.img")).unwrap();

@@ -104,37 +104,7 @@ pub const TAPE_BLOCK_BYTES_DEFAULT: u32 = 1 << 20;
 
 // --- SG_IO, for READ BLOCK LIMITS --------------------------------------
 
-/// `struct sg_io_hdr` (scsi/sg.h), 88 bytes on x86_64.
-#[repr(C)]
-struct SgIoHdr {
-    interface_id: libc::c_int,
-    dxfer_direction: libc::c_int,
-    cmd_len: u8,
-    mx_sb_len: u8,
-    iovec_count: u16,
-    dxfer_len: u32,
-    dxferp: *mut libc::c_void,
-    cmdp: *const u8,
-    sbp: *mut u8,
-    timeout: u32,
-    flags: u32,
-    pack_id: libc::c_int,
-    usr_ptr: *mut libc::c_void,
-    status: u8,
-    masked_status: u8,
-    msg_status: u8,
-    sb_len_wr: u8,
-    host_status: u16,
-    driver_status: u16,
-    resid: libc::c_int,
-    duration: u32,
-    info: u32,
-}
-
-const SG_IO: u32 = 0x2285;
-const SG_DXFER_FROM_DEV: libc::c_int = -3;
 const READ_BLOCK_LIMITS: u8 = 0x05;
-nix::ioctl_readwrite_bad!(sg_io, SG_IO, SgIoHdr);
 
 /// The drive's block limits: (min, max) bytes of a variable-length block.
 fn parse_block_limits(data: &[u8; 6]) -> (u32, u32) {
@@ -148,33 +118,7 @@ fn read_block_limits(fd: RawFd) -> std::io::Result<(u32, u32)> {
     let cdb = [READ_BLOCK_LIMITS, 0, 0, 0, 0, 0];
     let mut data = [0u8; 6];
     let mut sense = [0u8; 32];
-    let mut hdr = SgIoHdr {
-        interface_id: b'S' as libc::c_int,
-        dxfer_direction: SG_DXFER_FROM_DEV,
-        cmd_len: cdb.len() as u8,
-        mx_sb_len: sense.len() as u8,
-        iovec_count: 0,
-        dxfer_len: data.len() as u32,
-        dxferp: data.as_mut_ptr().cast(),
-        cmdp: cdb.as_ptr(),
-        sbp: sense.as_mut_ptr(),
-        timeout: 10_000,
-        flags: 0,
-        pack_id: 0,
-        usr_ptr: std::ptr::null_mut(),
-        status: 0,
-        masked_status: 0,
-        msg_status: 0,
-        sb_len_wr: 0,
-        host_status: 0,
-        driver_status: 0,
-        resid: 0,
-        duration: 0,
-        info: 0,
-    };
-    // SAFETY: every pointer in `hdr` points to a live local of the stated
-    // length for the duration of this synchronous ioctl.
-    unsafe { sg_io(fd, &mut hdr) }.map_err(std::io::Error::from)?;
+    let hdr = super::sg::command(fd, &cdb, &mut data, &mut sense, 10_000)?;
     if hdr.status != 0 || hdr.host_status != 0 || hdr.driver_status != 0 {
         return Err(std::io::Error::other(format!(
             "READ BLOCK LIMITS: SCSI status {:#x}, host {:#x}, driver {:#x}",
@@ -436,7 +380,6 @@ mod tests {
         assert_eq!(MTIOCTOP, ioc(1, b'm', 1, size_of::<MtOp>()));
         assert_eq!(MTIOCGET, ioc(2, b'm', 2, size_of::<MtGet>()));
         assert_eq!(MTIOCPOS, ioc(2, b'm', 3, size_of::<MtPos>()));
-        assert_eq!(SG_IO, 0x2285);
     }
 
     #[test]
@@ -449,9 +392,6 @@ mod tests {
         assert_eq!(std::mem::offset_of!(MtGet, mt_fileno), 40);
         assert_eq!(std::mem::offset_of!(MtGet, mt_blkno), 44);
         assert_eq!(size_of::<MtPos>(), 8);
-        assert_eq!(size_of::<SgIoHdr>(), 88);
-        assert_eq!(std::mem::offset_of!(SgIoHdr, usr_ptr), 56);
-        assert_eq!(std::mem::offset_of!(SgIoHdr, info), 80);
     }
 
     #[test]

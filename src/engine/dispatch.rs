@@ -6,9 +6,13 @@
 //! shared queue holds work that no device owns any more: what a device that
 //! filled up could not write, and everything a failed device was given
 //! (claims 13-15). A device whose own queue is empty takes shared work in
-//! portions that keep the live devices balanced: it takes at most what
-//! brings it to the average fill of the live devices (at least one chunk),
-//! and puts the rest back, re-split on a chunk boundary (claim 15).
+//! portions that keep the live devices balanced (`plan::redistribute`):
+//! what brings it to its part of the live devices' fill (rounded to a
+//! chunk), the rest put back, re-split on a chunk boundary; a device that
+//! has its part waits while a live device owed more, or less filled, may
+//! still take it (`--balance bytes`), so the work of a failed device is
+//! spread over all the survivors, not given to the first one idle (claim
+//! 15).
 //!
 //! A device with nothing to do waits while any other device is still
 //! working, because a working device may still fail and hand work back.
@@ -16,10 +20,13 @@
 //! more without blocking (`try_next`), and after its last item it says so
 //! (`writing`) until it finishes or retires.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 use crossbeam_queue::SegQueue;
+
+use crate::plan::redistribute::{self, Level, Take};
 
 /// A unit of work: a byte range of one file. Planned segments are the
 /// first items; leftovers of full or failed devices are new items.
@@ -74,6 +81,14 @@ impl DeviceState {
     }
 }
 
+/// What the shared queue has for a device.
+enum Shared {
+    Took(WorkItem),
+    Empty,
+    /// Work is pending but owed to others (see `plan::redistribute`).
+    Wait,
+}
+
 /// How long an idle device sleeps between looks at the shared queue.
 const IDLE_POLL: Duration = Duration::from_millis(1);
 
@@ -97,6 +112,29 @@ pub struct Dispatcher {
     /// Work whose source could not be opened (removed since the walk, no
     /// permission any more): not in the set, and why.
     skipped: SegQueue<(WorkItem, String)>,
+    /// Data ranges of the sparse files (see `with_data`).
+    data: HashMap<u32, Box<[(u64, u64)]>>,
+    /// Whether each device's rate came with the plan (see `enable_stealing`).
+    planned_rate: Vec<AtomicBool>,
+    /// Nanoseconds each device spent waiting in `next`.
+    waited_ns: Vec<AtomicU64>,
+    /// Payload bytes each device has written, as last reported.
+    written: Vec<AtomicU64>,
+}
+
+/// Payload bytes `item` stores, given the sparse files' data ranges.
+fn stored_bytes(data: &HashMap<u32, Box<[(u64, u64)]>>, item: &WorkItem) -> u64 {
+    match data.get(&item.file) {
+        None => item.length,
+        Some(ranges) => ranges
+            .iter()
+            .map(|&(offset, length)| {
+                (offset + length)
+                    .min(item.end())
+                    .saturating_sub(offset.max(item.offset))
+            })
+            .sum(),
+    }
 }
 
 impl Dispatcher {
@@ -106,6 +144,19 @@ impl Dispatcher {
         chunk_bytes: u64,
         plan: impl IntoIterator<Item = (u32, WorkItem)>,
     ) -> Dispatcher {
+        Dispatcher::with_data(device_count, chunk_bytes, plan, HashMap::new())
+    }
+
+    /// `new` for a set with sparse files: `data` holds each sparse file's
+    /// data ranges `(offset, length)`, ascending (`FileItem::data`), so
+    /// that fill levels count the bytes stored, as the plan does, not the
+    /// holes.
+    pub fn with_data(
+        device_count: usize,
+        chunk_bytes: u64,
+        plan: impl IntoIterator<Item = (u32, WorkItem)>,
+        data: HashMap<u32, Box<[(u64, u64)]>>,
+    ) -> Dispatcher {
         assert!(device_count > 0);
         assert!(chunk_bytes.is_power_of_two());
         let own: Vec<SegQueue<WorkItem>> = (0..device_count).map(|_| SegQueue::new()).collect();
@@ -113,8 +164,9 @@ impl Dispatcher {
         let queued_bytes: Vec<AtomicU64> = (0..device_count).map(|_| AtomicU64::new(0)).collect();
         for (device, item) in plan {
             own[device as usize].push(item);
-            filled_bytes[device as usize].fetch_add(item.length, Ordering::Relaxed);
-            queued_bytes[device as usize].fetch_add(item.length, Ordering::Relaxed);
+            let stored = stored_bytes(&data, &item);
+            filled_bytes[device as usize].fetch_add(stored, Ordering::Relaxed);
+            queued_bytes[device as usize].fetch_add(stored, Ordering::Relaxed);
         }
         Dispatcher {
             own,
@@ -130,7 +182,36 @@ impl Dispatcher {
             stealing: AtomicBool::new(false),
             rates: (0..device_count).map(|_| AtomicU64::new(0)).collect(),
             skipped: SegQueue::new(),
+            data,
+            planned_rate: (0..device_count).map(|_| AtomicBool::new(false)).collect(),
+            waited_ns: (0..device_count).map(|_| AtomicU64::new(0)).collect(),
+            written: (0..device_count).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    /// Payload bytes `item` stores (its data, without holes).
+    fn stored(&self, item: &WorkItem) -> u64 {
+        stored_bytes(&self.data, item)
+    }
+
+    /// The file offset at which the part of `item` from its start stores
+    /// `bytes` (its end if it stores less).
+    fn end_by_stored(&self, item: &WorkItem, bytes: u64) -> u64 {
+        let Some(ranges) = self.data.get(&item.file) else {
+            return item.offset.saturating_add(bytes).min(item.end());
+        };
+        let mut left = bytes;
+        for &(offset, length) in ranges.iter() {
+            let (from, to) = (offset.max(item.offset), (offset + length).min(item.end()));
+            if from >= to {
+                continue;
+            }
+            if to - from >= left {
+                return from + left;
+            }
+            left -= to - from;
+        }
+        item.end()
     }
 
     /// Let idle devices take planned work from the busiest one (`--balance
@@ -138,16 +219,45 @@ impl Dispatcher {
     /// `rates` (bytes per second, 0: unknown) weigh what a device takes:
     /// a slow device takes only the share of the work left that it can
     /// write in the time the faster one needs for the rest.
+    /// The rates the plan was made with are kept for the whole run: the
+    /// dispatcher follows the plan. Only a device without one takes the
+    /// rate observed during the run (`update_rate`): early observations
+    /// mislead (a tape drive's buffer takes its first megabytes at once,
+    /// so a 5 MiB/s drive looked faster than a 15 MiB/s one and was given
+    /// more bytes than the plan said).
     pub fn enable_stealing(&self, rates: &[u64]) {
-        for (r, &rate) in self.rates.iter().zip(rates) {
+        for ((r, &rate), planned) in self.rates.iter().zip(rates).zip(&self.planned_rate) {
             r.store(rate, Ordering::Relaxed);
+            planned.store(rate > 0, Ordering::Relaxed);
         }
         self.stealing.store(true, Ordering::SeqCst);
     }
 
-    /// A device's rate as observed during the run.
+    /// A device's rate as observed during the run; ignored for a device
+    /// whose rate the plan gave (see `enable_stealing`).
     pub fn update_rate(&self, device: usize, bytes_per_sec: u64) {
-        self.rates[device].store(bytes_per_sec.max(1), Ordering::Relaxed);
+        if !self.planned_rate[device].load(Ordering::Relaxed) {
+            self.rates[device].store(bytes_per_sec.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Payload bytes `device` has written so far (its writes completed),
+    /// so that stealing counts what each device still has to write, not
+    /// only what it has not started.
+    pub fn set_written(&self, device: usize, bytes: u64) {
+        self.written[device].store(bytes, Ordering::Relaxed);
+    }
+
+    /// Payload bytes `device` has taken and not yet written.
+    fn backlog(&self, device: usize) -> u128 {
+        let filled = self.filled_bytes[device].load(Ordering::Relaxed);
+        filled.saturating_sub(self.written[device].load(Ordering::Relaxed)) as u128
+    }
+
+    /// How long `device` has waited, with nothing to write, for work that
+    /// others might hand back (in `next`): not its own time.
+    pub fn waited(&self, device: usize) -> Duration {
+        Duration::from_nanos(self.waited_ns[device].load(Ordering::Relaxed))
     }
 
     pub fn rate(&self, device: usize) -> u64 {
@@ -168,33 +278,37 @@ impl Dispatcher {
 
     fn pop_own(&self, device: usize) -> Option<WorkItem> {
         let item = self.own[device].pop()?;
-        self.queued_bytes[device].fetch_sub(item.length, Ordering::Relaxed);
+        self.queued_bytes[device].fetch_sub(self.stored(&item), Ordering::Relaxed);
         Some(item)
     }
 
     /// Take planned work from the live device that needs the longest for
-    /// what it has queued: the thief's fair share of that queue at the two
-    /// devices' rates (so that both finish together), at least a chunk
-    /// (else nothing: the thief would finish after the victim), cut from
-    /// the victim's next item; the rest of that item goes back to the end
-    /// of the victim's queue.
+    /// what it still has to write: the thief's fair part, at the two
+    /// devices' rates, of what both still have to write (so that both
+    /// finish together), less what the thief itself still has to write
+    /// (a device that has read all its work into buffers is not done: a
+    /// slow tape that stole as if it were took more than the fast one),
+    /// at most the victim's queue, at least a chunk (else nothing: the
+    /// thief would finish after the victim), cut from the victim's next
+    /// item; the rest of that item goes back to the end of the victim's
+    /// queue.
     fn steal(&self, thief: usize, room_bytes: u64) -> Option<WorkItem> {
         let queued = |d: usize| self.queued_bytes[d].load(Ordering::Relaxed) as u128;
         let victim = (0..self.own.len())
             .filter(|&d| d != thief && self.state(d) == DeviceState::Working)
-            .max_by_key(|&d| queued(d) * 1_000_000 / self.weight(d).max(1) as u128)?;
-        if queued(victim) < 2 * self.chunk_bytes as u128 {
-            return None;
-        }
+            .filter(|&d| queued(d) >= 2 * self.chunk_bytes as u128)
+            .max_by_key(|&d| self.backlog(d) * 1_000_000 / self.weight(d).max(1) as u128)?;
         let (wt, wv) = (self.weight(thief) as u128, self.weight(victim) as u128);
-        let share = (queued(victim) * wt / (wt + wv).max(1)) as u64;
+        let both = self.backlog(thief) + self.backlog(victim);
+        let fair = both * wt / (wt + wv).max(1);
+        let share = fair.saturating_sub(self.backlog(thief)).min(queued(victim)) as u64;
         let share = share.min(room_bytes) / self.chunk_bytes * self.chunk_bytes;
         if share < self.chunk_bytes {
             return None;
         }
         let item = self.pop_own(victim)?;
-        self.filled_bytes[victim].fetch_sub(item.length, Ordering::Relaxed);
-        let cut = (item.offset + share) / self.chunk_bytes * self.chunk_bytes;
+        self.filled_bytes[victim].fetch_sub(self.stored(&item), Ordering::Relaxed);
+        let cut = self.end_by_stored(&item, share) / self.chunk_bytes * self.chunk_bytes;
         let taken = if cut > item.offset && cut < item.end() {
             let rest = WorkItem {
                 file: item.file,
@@ -202,8 +316,8 @@ impl Dispatcher {
                 length: item.end() - cut,
             };
             self.own[victim].push(rest);
-            self.queued_bytes[victim].fetch_add(rest.length, Ordering::Relaxed);
-            self.filled_bytes[victim].fetch_add(rest.length, Ordering::Relaxed);
+            self.queued_bytes[victim].fetch_add(self.stored(&rest), Ordering::Relaxed);
+            self.filled_bytes[victim].fetch_add(self.stored(&rest), Ordering::Relaxed);
             WorkItem {
                 length: cut - item.offset,
                 ..item
@@ -211,7 +325,7 @@ impl Dispatcher {
         } else {
             item
         };
-        self.filled_bytes[thief].fetch_add(taken.length, Ordering::Relaxed);
+        self.filled_bytes[thief].fetch_add(self.stored(&taken), Ordering::Relaxed);
         Some(taken)
     }
 
@@ -244,20 +358,28 @@ impl Dispatcher {
         if room_bytes < self.chunk_bytes.min(4096) {
             return None;
         }
+        let asked = std::time::Instant::now();
+        let item = self.wait_for_next(device, room_bytes);
+        let waited = asked.elapsed().as_nanos() as u64;
+        self.waited_ns[device].fetch_add(waited, Ordering::Relaxed);
+        item
+    }
+
+    /// `next` once the own queue is empty: shared work, stolen work, or
+    /// waiting for either.
+    fn wait_for_next(&self, device: usize, room_bytes: u64) -> Option<WorkItem> {
         loop {
             // Working before looking, so that no other idle device concludes
             // that all work is done while this one holds an item.
             self.set_state(device, DeviceState::Working);
-            if let Some(item) = self.shared.pop() {
-                self.shared_bytes.fetch_sub(item.length, Ordering::SeqCst);
-                let portion = self.portion(device, item, room_bytes);
-                self.filled_bytes[device].fetch_add(portion.length, Ordering::Relaxed);
-                return Some(portion);
-            }
-            if self.stealing.load(Ordering::Relaxed) {
-                if let Some(item) = self.steal(device, room_bytes) {
-                    return Some(item);
+            match self.take_shared(device, room_bytes) {
+                Shared::Took(item) => return Some(item),
+                Shared::Empty if self.stealing.load(Ordering::Relaxed) => {
+                    if let Some(item) = self.steal(device, room_bytes) {
+                        return Some(item);
+                    }
                 }
+                Shared::Empty | Shared::Wait => {}
             }
             self.set_state(device, DeviceState::Idle);
             let others_working =
@@ -284,16 +406,14 @@ impl Dispatcher {
             return Next::Done;
         }
         self.set_state(device, DeviceState::Working);
-        if let Some(item) = self.shared.pop() {
-            self.shared_bytes.fetch_sub(item.length, Ordering::SeqCst);
-            let portion = self.portion(device, item, room_bytes);
-            self.filled_bytes[device].fetch_add(portion.length, Ordering::Relaxed);
-            return Next::Item(portion);
-        }
-        if self.stealing.load(Ordering::Relaxed) {
-            if let Some(item) = self.steal(device, room_bytes) {
-                return Next::Item(item);
+        match self.take_shared(device, room_bytes) {
+            Shared::Took(item) => return Next::Item(item),
+            Shared::Empty if self.stealing.load(Ordering::Relaxed) => {
+                if let Some(item) = self.steal(device, room_bytes) {
+                    return Next::Item(item);
+                }
             }
+            Shared::Empty | Shared::Wait => {}
         }
         let others_working =
             (0..self.state.len()).any(|d| d != device && self.state(d) == DeviceState::Working);
@@ -304,28 +424,40 @@ impl Dispatcher {
         }
     }
 
-    /// The part of a shared `item` that `device` takes now; the rest goes back.
-    fn portion(&self, device: usize, item: WorkItem, room_bytes: u64) -> WorkItem {
-        let live: Vec<usize> = (0..self.state.len())
-            .filter(|&d| matches!(self.state(d), DeviceState::Working | DeviceState::Idle))
+    /// Shared work for `device` (live, with room for `room_bytes`): its
+    /// part by `plan::redistribute::take`, cut on a chunk boundary in file
+    /// offset space (O_DIRECT alignment) from the next shared item, whose
+    /// rest goes back.
+    fn take_shared(&self, device: usize, room_bytes: u64) -> Shared {
+        let pending = self.shared_bytes.load(Ordering::SeqCst);
+        if pending == 0 {
+            return Shared::Empty;
+        }
+        let levels: Vec<Level> = (0..self.state.len())
+            .map(|d| Level {
+                filled: self.filled_bytes[d].load(Ordering::Relaxed),
+                weight: self.weight(d),
+                live: d == device
+                    || matches!(self.state(d), DeviceState::Working | DeviceState::Idle),
+            })
             .collect();
-        let filled: u64 = live
-            .iter()
-            .map(|&d| self.filled_bytes[d].load(Ordering::Relaxed))
-            .sum();
-        let pending = self.shared_bytes.load(Ordering::SeqCst) + item.length;
-        // Its share: by bytes, or under --balance time by rate.
-        let weights: u128 = live.iter().map(|&d| self.weight(d) as u128).sum();
-        let target = ((filled + pending) as u128 * self.weight(device) as u128)
-            .div_ceil(weights.max(1)) as u64;
-        let mine = self.filled_bytes[device].load(Ordering::Relaxed);
-        let allow = target
-            .saturating_sub(mine)
-            .max(self.chunk_bytes)
-            .min(room_bytes.max(self.chunk_bytes));
-        // Cut on a chunk boundary in file offset space (O_DIRECT alignment).
-        let cut = (item.offset + allow).div_ceil(self.chunk_bytes) * self.chunk_bytes;
-        self.keep_head(item, cut)
+        // Patient under --balance bytes: equal bytes, even if a device
+        // owed its part is still busy with its own work. Under --balance
+        // time an idle device is the faster one: it takes a chunk more.
+        let patient = !self.stealing.load(Ordering::Relaxed);
+        let allow = match redistribute::take(&levels, device, pending, self.chunk_bytes, patient) {
+            Take::Wait => return Shared::Wait,
+            Take::Bytes(bytes) => bytes.min(room_bytes.max(self.chunk_bytes)),
+        };
+        let Some(item) = self.shared.pop() else {
+            return Shared::Empty;
+        };
+        self.shared_bytes
+            .fetch_sub(self.stored(&item), Ordering::SeqCst);
+        let cut = self.end_by_stored(&item, allow).div_ceil(self.chunk_bytes) * self.chunk_bytes;
+        let portion = self.keep_head(item, cut);
+        self.filled_bytes[device].fetch_add(self.stored(&portion), Ordering::Relaxed);
+        Shared::Took(portion)
     }
 
     /// `item` up to file offset `cut`; the rest (if any) goes back to the
@@ -351,7 +483,8 @@ impl Dispatcher {
             if item.length == 0 {
                 continue;
             }
-            self.shared_bytes.fetch_add(item.length, Ordering::SeqCst);
+            self.shared_bytes
+                .fetch_add(self.stored(item), Ordering::SeqCst);
             self.shared.push(*item);
         }
     }
@@ -572,12 +705,48 @@ mod tests {
         // Device 0 writes 100 times slower than device 1.
         d.enable_stealing(&[1_000, 100_000]);
         assert_eq!(d.next(1, u64::MAX), Some(item(1, 0, 64 * chunk)));
+        d.set_written(1, 64 * chunk);
         // 64 chunks queued on device 1: device 0's share is 64/101 of a
         // chunk, less than one: it takes nothing and waits.
         assert_eq!(d.try_next(0, u64::MAX), Next::Wait);
-        // At equal rates it would take half of the queue.
+        // The plan's rates hold: what the run observes does not change them.
+        d.update_rate(0, 100_000);
+        assert_eq!(d.try_next(0, u64::MAX), Next::Wait);
+    }
+
+    #[test]
+    fn an_unknown_rate_is_taken_from_the_run() {
+        let chunk = 4096;
+        let plan = [(1, item(1, 0, 64 * chunk)), (1, item(2, 0, 64 * chunk))];
+        let d = Dispatcher::new(2, chunk, plan);
+        d.enable_stealing(&[0, 100_000]);
+        assert_eq!(d.next(1, u64::MAX), Some(item(1, 0, 64 * chunk)));
+        d.set_written(1, 64 * chunk);
+        // Observed as fast as device 1: it takes half of the queue.
         d.update_rate(0, 100_000);
         assert_eq!(d.try_next(0, u64::MAX), Next::Item(item(2, 0, 32 * chunk)));
         assert_eq!(d.next(1, u64::MAX), Some(item(2, 32 * chunk, 32 * chunk)));
+    }
+
+    #[test]
+    fn a_thief_counts_what_it_still_has_to_write() {
+        let chunk = 4096;
+        let plan = [(0, item(0, 0, 25 * chunk)), (1, item(1, 0, 75 * chunk))];
+        let d = Dispatcher::new(2, chunk, plan);
+        // A 5 MiB/s tape and a 15 MiB/s one; the slow one has read its
+        // whole item into buffers before the fast one started.
+        d.enable_stealing(&[5, 15]);
+        assert_eq!(d.try_next(0, u64::MAX), Next::Item(item(0, 0, 25 * chunk)));
+        // Nothing written yet: its 25 chunks are its part of 100.
+        assert_eq!(d.try_next(0, u64::MAX), Next::Wait);
+        // The fast one writes 30 of its 75 while the slow one writes
+        // 10 of its 25: both are on time, still nothing to take.
+        d.set_written(0, 10 * chunk);
+        d.set_written(1, 30 * chunk);
+        assert_eq!(d.try_next(0, u64::MAX), Next::Wait);
+        // Had the fast one written nothing: 15 + 75 chunks left, the slow
+        // one's part is 22.5, it has 15 to write: it takes 7.
+        d.set_written(1, 0);
+        assert_eq!(d.try_next(0, u64::MAX), Next::Item(item(1, 0, 7 * chunk)));
     }
 }

@@ -8,6 +8,7 @@
 pub mod block;
 pub mod catalog;
 pub mod label;
+pub mod parity;
 pub mod record;
 pub mod set_id;
 
@@ -15,8 +16,8 @@ pub mod set_id;
 mod proptests;
 
 pub use catalog::{
-    file_digest, payload_hash, Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState,
-    DigestRecord, FileKind, Renamed,
+    check_xattrs, file_digest, payload_hash, Catalog, CatalogDevice, CatalogFile, CatalogSegment,
+    DeviceState, DigestRecord, FileKind, Renamed, Xattr, XATTR_NAME_MAX, XATTR_VALUE_MAX,
 };
 pub use label::{Label, LabelState};
 pub use record::{FileInfo, RecordHeader, RecordKind};

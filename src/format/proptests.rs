@@ -116,10 +116,32 @@ fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(any::<u8>(), 0..max)
 }
 
+/// Valid xattrs: distinct names (the set sorts them) of 1..=255 bytes
+/// without NUL, values up to a few hundred bytes, sometimes the longest
+/// name or value allowed.
+fn xattrs() -> impl Strategy<Value = Vec<Xattr>> {
+    prop::collection::btree_map(
+        prop_oneof![
+            4 => prop::collection::vec(1u8..=255, 1..24),
+            1 => prop::collection::vec(1u8..=255, XATTR_NAME_MAX..=XATTR_NAME_MAX),
+        ],
+        prop_oneof![
+            8 => bytes(300),
+            1 => Just(vec![0xa5; XATTR_VALUE_MAX]),
+        ],
+        0..4,
+    )
+    .prop_map(|m| {
+        m.into_iter()
+            .map(|(name, value)| Xattr { name, value })
+            .collect()
+    })
+}
+
 /// One file, and a number that picks the target of a hard link.
 fn file_entry() -> impl Strategy<Value = (CatalogFile, usize)> {
     (
-        1u8..=5,
+        1u8..=8,
         prop::collection::vec(any::<u8>(), 1..40),
         any::<(u32, u32, u32)>(),
         any::<(i64, i64)>(),
@@ -129,7 +151,7 @@ fn file_entry() -> impl Strategy<Value = (CatalogFile, usize)> {
         prop::collection::vec(any::<u8>(), 1..20),
         any::<usize>(),
         any::<[u8; 32]>(),
-        any::<(u8, u32)>(),
+        (any::<(u8, u32)>(), any::<(u64, u32)>(), xattrs()),
     )
         .prop_map(
             |(
@@ -143,7 +165,7 @@ fn file_entry() -> impl Strategy<Value = (CatalogFile, usize)> {
                 target,
                 pick,
                 digest,
-                (origin, origin_file_id),
+                ((origin, origin_file_id), (rdev, flags), xattrs),
             )| {
                 let kind = FileKind::from_code(code).unwrap_or(FileKind::Regular);
                 let data = kind.has_data();
@@ -170,6 +192,13 @@ fn file_entry() -> impl Strategy<Value = (CatalogFile, usize)> {
                     // Reduced to the catalog's ancestors in `catalog()`.
                     origin: if data { origin.into() } else { 0 },
                     origin_file_id,
+                    rdev: if kind.has_rdev() { rdev } else { 0 },
+                    flags: if kind.has_flags() { flags } else { 0 },
+                    xattrs: if kind == FileKind::HardLink {
+                        Vec::new()
+                    } else {
+                        xattrs
+                    },
                 };
                 (file, pick)
             },
@@ -234,9 +263,10 @@ fn catalog() -> impl Strategy<Value = Catalog> {
                     }
                 }
                 let regular: Vec<u32> = (0..files.len() as u32)
-                    .filter(|&i| files[i as usize].kind == FileKind::Regular)
+                    .filter(|&i| files[i as usize].kind.can_be_hard_linked())
                     .collect();
-                // Hard links name a regular file, or become directories when there is none.
+                // Hard links name a regular or special file, or become
+                // directories when there is none.
                 for (f, pick) in files.iter_mut().zip(picks) {
                     if f.kind == FileKind::HardLink {
                         if regular.is_empty() {
@@ -396,6 +426,54 @@ proptest! {
         let buf = encode_header(&h);
         prop_assert_eq!(RecordHeader::decode(&buf), Ok(h));
         prop_assert_eq!(h.media_bytes() % BLOCK_BYTES as u64, 0);
+    }
+
+    /// A file's first record keeps the xattrs that fit after its path, in
+    /// order, and flags the rest as cut; the others carry none (writers
+    /// never flag those as cut; a decoder keeps the bit as it is). Whatever
+    /// the header holds decodes back and re-encodes to the same bytes.
+    #[test]
+    fn file_info_xattrs_round_trip(
+        h in header(),
+        path in prop::collection::vec(any::<u8>(), 1..4200),
+        xattrs in xattrs(),
+        first in any::<bool>(),
+        cut in any::<bool>(),
+    ) {
+        let h = RecordHeader { kind: RecordKind::Data, ..h };
+        prop_assume!(h.validate().is_ok());
+        let info = FileInfo {
+            data_bytes: 1,
+            path,
+            xattrs: first.then_some(xattrs.clone()),
+            xattrs_cut: cut,
+            ..FileInfo::default()
+        };
+        let mut buf = vec![0u8; BLOCK_BYTES];
+        h.encode_with_info(Some(&info), &mut buf);
+        prop_assert_eq!(RecordHeader::decode(&buf), Ok(h));
+        let got = RecordHeader::decode_info(&buf).expect("info");
+        let stored = FileInfo {
+            path: info.path[..info.path.len().min(record::layout::PATH_BYTES_MAX)].to_vec(),
+            path_truncated: info.path.len() > record::layout::PATH_BYTES_MAX,
+            ..info.clone()
+        };
+        prop_assert!(got.same_file(&stored));
+        if !first {
+            prop_assert_eq!(got.xattrs.clone(), None);
+            prop_assert_eq!(got.xattrs_cut, cut);
+        } else {
+            let kept = got.xattrs.clone().unwrap_or_default();
+            // Kept in order, a subsequence of the file's.
+            let mut rest = xattrs.iter();
+            for x in &kept {
+                prop_assert!(rest.any(|y| y == x));
+            }
+            prop_assert_eq!(got.xattrs_cut, cut || kept.len() < xattrs.len());
+        }
+        let mut again = vec![0u8; BLOCK_BYTES];
+        h.encode_with_info(Some(&got), &mut again);
+        prop_assert_eq!(again, buf);
     }
 
     #[test]

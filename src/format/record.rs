@@ -1,7 +1,7 @@
 //! The record header: one 4096-byte block in front of every payload.
 
 use super::block::{self, get, get_u32, get_u64, put, put_u32, put_u64, Block};
-use super::{FormatError, SetId, PAYLOAD_BYTES_MAX, RECORD_MAGIC};
+use super::{FormatError, SetId, Xattr, PAYLOAD_BYTES_MAX, RECORD_MAGIC};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
@@ -54,7 +54,8 @@ pub struct RecordHeader {
 /// What a data record says about its file, so that a device can be read
 /// with no catalog at all (`pbio restore --scan`): the stored path, owner,
 /// mode, mtime, and how many payload bytes the whole file stores (its data
-/// ranges; holes are not stored), which tells when a file is complete.
+/// ranges; holes are not stored), which tells when a file is complete; the
+/// file's first record also its extended attributes, those that fit.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct FileInfo {
     pub mode: u32,
@@ -68,13 +69,124 @@ pub struct FileInfo {
     pub path: Vec<u8>,
     /// The path was longer than the header holds and is cut short.
     pub path_truncated: bool,
+    /// The file's extended attributes (sorted by name), carried by its
+    /// first record only (the one at its first data offset); None on the
+    /// others. Those that do not fit the header after the path are left
+    /// out, and `xattrs_cut` says so.
+    pub xattrs: Option<Vec<Xattr>>,
+    /// Some extended attributes of the file did not fit and are not here.
+    pub xattrs_cut: bool,
 }
 
 impl FileInfo {
-    /// Bytes of the info area for this path.
-    fn area_bytes(&self) -> usize {
-        layout::INFO_PATH + self.path.len().min(layout::PATH_BYTES_MAX)
+    /// The same file as `other` says, apart from the xattrs only a file's
+    /// first record carries.
+    pub fn same_file(&self, other: &FileInfo) -> bool {
+        (
+            self.mode,
+            self.uid,
+            self.gid,
+            self.mtime_sec,
+            self.mtime_nsec,
+            self.data_bytes,
+            &self.path,
+            self.path_truncated,
+        ) == (
+            other.mode,
+            other.uid,
+            other.gid,
+            other.mtime_sec,
+            other.mtime_nsec,
+            other.data_bytes,
+            &other.path,
+            other.path_truncated,
+        )
     }
+
+    /// The info area's bytes after the path's length field: path, then
+    /// (first record) the xattr area; and the flags.
+    fn tail(&self) -> (Vec<u8>, u16) {
+        let path_bytes = self.path.len().min(layout::PATH_BYTES_MAX);
+        let mut flags = 0u16;
+        if self.path_truncated || path_bytes < self.path.len() {
+            flags |= layout::INFO_FLAG_PATH_TRUNCATED;
+        }
+        let mut out = self.path[..path_bytes].to_vec();
+        if let Some(xattrs) = &self.xattrs {
+            let mut room = layout::PATH_BYTES_MAX - path_bytes;
+            if room < 2 {
+                // Not even the count fits.
+                if !xattrs.is_empty() || self.xattrs_cut {
+                    flags |= layout::INFO_FLAG_XATTRS_CUT;
+                }
+                return (out, flags);
+            }
+            flags |= layout::INFO_FLAG_XATTRS;
+            room -= 2;
+            let count_at = out.len();
+            out.extend_from_slice(&[0, 0]);
+            let mut count = 0u16;
+            let mut cut = self.xattrs_cut;
+            for x in xattrs {
+                let bytes = 3 + x.name.len() + x.value.len();
+                let fits = bytes <= room
+                    && !x.name.is_empty()
+                    && x.name.len() <= super::XATTR_NAME_MAX
+                    && !x.name.contains(&0);
+                if !fits {
+                    cut = true;
+                    continue;
+                }
+                out.push(x.name.len() as u8);
+                out.extend_from_slice(&(x.value.len() as u16).to_le_bytes());
+                out.extend_from_slice(&x.name);
+                out.extend_from_slice(&x.value);
+                room -= bytes;
+                count += 1;
+            }
+            out[count_at..count_at + 2].copy_from_slice(&count.to_le_bytes());
+            if cut {
+                flags |= layout::INFO_FLAG_XATTRS_CUT;
+            }
+        } else if self.xattrs_cut {
+            // As decoded from a first record with no room for the area.
+            flags |= layout::INFO_FLAG_XATTRS_CUT;
+        }
+        (out, flags)
+    }
+}
+
+/// The xattr area of a record's file info (docs/FORMAT.md §5): a u16
+/// count, then per attribute `name_bytes` u8 (>= 1), `value_bytes` u16,
+/// the name (no NUL), the value; names strictly ascending; nothing after
+/// the last. None when it breaks any of this.
+fn parse_info_xattrs(area: &[u8]) -> Option<Vec<Xattr>> {
+    let (count, mut rest) = area.split_first_chunk::<2>()?;
+    let count = u16::from_le_bytes(*count) as usize;
+    // Each entry takes at least 4 bytes: bounded before allocating.
+    if count * 4 > rest.len() {
+        return None;
+    }
+    let mut out: Vec<Xattr> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (head, tail) = rest.split_first_chunk::<3>()?;
+        let name_bytes = head[0] as usize;
+        let value_bytes = u16::from_le_bytes([head[1], head[2]]) as usize;
+        if name_bytes == 0 || tail.len() < name_bytes + value_bytes {
+            return None;
+        }
+        let (name, tail) = tail.split_at(name_bytes);
+        let (value, tail) = tail.split_at(value_bytes);
+        if name.contains(&0) || out.last().is_some_and(|last| last.name[..] >= *name) {
+            return None;
+        }
+        out.push(Xattr {
+            name: name.to_vec(),
+            value: value.to_vec(),
+        });
+        rest = tail;
+    }
+    rest.is_empty().then_some(out)
 }
 
 /// Byte offsets of the header's fields in its block (docs/FORMAT.md, "Record header").
@@ -107,8 +219,15 @@ pub mod layout {
     pub const INFO_MTIME_SEC: usize = 16; // i64
     pub const INFO_DATA_BYTES: usize = 24; // u64
     pub const INFO_PATH_BYTES: usize = 32; // u16
-    pub const INFO_FLAGS: usize = 34; // u16, bit 0: path truncated
-    pub const INFO_PATH: usize = 36; // path bytes
+    pub const INFO_FLAGS: usize = 34; // u16, INFO_FLAG_*
+    pub const INFO_PATH: usize = 36; // path bytes, then the xattr area
+    /// The path is cut short.
+    pub const INFO_FLAG_PATH_TRUNCATED: u16 = 1;
+    /// An xattr area follows the path (the file's first record).
+    pub const INFO_FLAG_XATTRS: u16 = 2;
+    /// Some of the file's xattrs did not fit and are left out.
+    pub const INFO_FLAG_XATTRS_CUT: u16 = 4;
+    pub const INFO_FLAGS_KNOWN: u16 = 7;
     /// Longest path the area holds; longer paths are truncated and flagged.
     pub const PATH_BYTES_MAX: usize = CRC - INFO - INFO_PATH;
     pub const CRC: usize = block::CRC; // u32, CRC32C of [0, CRC)
@@ -154,9 +273,9 @@ impl RecordHeader {
         );
         let b: &mut Block = block::start(out, &RECORD_MAGIC, "record header");
         if let Some(info) = info {
-            let area = info.area_bytes();
-            let path_bytes = area - layout::INFO_PATH;
-            let truncated = info.path_truncated || path_bytes < info.path.len();
+            let (tail, flags) = info.tail();
+            let area = layout::INFO_PATH + tail.len();
+            let path_bytes = info.path.len().min(layout::PATH_BYTES_MAX);
             let a = &mut b[layout::INFO..layout::INFO + area];
             a[layout::INFO_MODE..][..4].copy_from_slice(&info.mode.to_le_bytes());
             a[layout::INFO_UID..][..4].copy_from_slice(&info.uid.to_le_bytes());
@@ -165,8 +284,8 @@ impl RecordHeader {
             a[layout::INFO_MTIME_SEC..][..8].copy_from_slice(&info.mtime_sec.to_le_bytes());
             a[layout::INFO_DATA_BYTES..][..8].copy_from_slice(&info.data_bytes.to_le_bytes());
             a[layout::INFO_PATH_BYTES..][..2].copy_from_slice(&(path_bytes as u16).to_le_bytes());
-            a[layout::INFO_FLAGS..][..2].copy_from_slice(&(truncated as u16).to_le_bytes());
-            a[layout::INFO_PATH..].copy_from_slice(&info.path[..path_bytes]);
+            a[layout::INFO_FLAGS..][..2].copy_from_slice(&flags.to_le_bytes());
+            a[layout::INFO_PATH..].copy_from_slice(&tail);
             put_u32::<{ layout::INFO_BYTES }>(b, area as u32);
         }
         put_u32::<{ layout::KIND }>(b, self.kind.code());
@@ -191,12 +310,22 @@ impl RecordHeader {
                 u16::from_le_bytes(get::<{ layout::INFO + layout::INFO_PATH_BYTES }, 2>(b))
                     as usize;
             let flags = u16::from_le_bytes(get::<{ layout::INFO + layout::INFO_FLAGS }, 2>(b));
+            let xattrs_ok = || {
+                let after_path = layout::INFO + layout::INFO_PATH + path_bytes;
+                let end = layout::INFO + info_bytes;
+                if flags & layout::INFO_FLAG_XATTRS == 0 {
+                    info_bytes == layout::INFO_PATH + path_bytes
+                } else {
+                    after_path <= end && parse_info_xattrs(&b[after_path..end]).is_some()
+                }
+            };
             if get_u32::<{ layout::KIND }>(b) != RecordKind::Data.code()
                 || info_bytes > layout::CRC - layout::INFO
                 || path_bytes > layout::PATH_BYTES_MAX
-                || info_bytes != layout::INFO_PATH + path_bytes
+                || info_bytes < layout::INFO_PATH + path_bytes
                 || path_bytes == 0
-                || flags > 1
+                || flags & !layout::INFO_FLAGS_KNOWN != 0
+                || !xattrs_ok()
             {
                 return Err(FormatError::Field {
                     field: "record.info_bytes",
@@ -288,6 +417,16 @@ impl RecordHeader {
         let a = &b[layout::INFO..layout::INFO + area];
         let u32_at = |o: usize| u32::from_le_bytes(a[o..o + 4].try_into().expect("4 bytes"));
         let u64_at = |o: usize| u64::from_le_bytes(a[o..o + 8].try_into().expect("8 bytes"));
+        let flags = u16::from_le_bytes([a[layout::INFO_FLAGS], a[layout::INFO_FLAGS + 1]]);
+        let path_bytes =
+            u16::from_le_bytes([a[layout::INFO_PATH_BYTES], a[layout::INFO_PATH_BYTES + 1]])
+                as usize;
+        let path_end = (layout::INFO_PATH + path_bytes).min(area);
+        let xattrs = if flags & layout::INFO_FLAG_XATTRS != 0 {
+            Some(parse_info_xattrs(&a[path_end..])?)
+        } else {
+            None
+        };
         Some(FileInfo {
             mode: u32_at(layout::INFO_MODE),
             uid: u32_at(layout::INFO_UID),
@@ -295,8 +434,10 @@ impl RecordHeader {
             mtime_nsec: u32_at(layout::INFO_MTIME_NSEC),
             mtime_sec: u64_at(layout::INFO_MTIME_SEC) as i64,
             data_bytes: u64_at(layout::INFO_DATA_BYTES),
-            path: a[layout::INFO_PATH..].to_vec(),
-            path_truncated: a[layout::INFO_FLAGS] & 1 == 1,
+            path: a[layout::INFO_PATH..path_end].to_vec(),
+            path_truncated: flags & layout::INFO_FLAG_PATH_TRUNCATED != 0,
+            xattrs,
+            xattrs_cut: flags & layout::INFO_FLAG_XATTRS_CUT != 0,
         })
     }
 
@@ -681,6 +822,8 @@ mod tests {
             data_bytes: 1 << 40,
             path: b"dir/caf\xe9".to_vec(),
             path_truncated: false,
+            xattrs: None,
+            xattrs_cut: false,
         };
         let mut buf = [0u8; BLOCK_BYTES];
         data().encode_with_info(Some(&info), &mut buf);
@@ -722,5 +865,94 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    fn x(name: &str, value: &[u8]) -> Xattr {
+        Xattr {
+            name: name.as_bytes().to_vec(),
+            value: value.to_vec(),
+        }
+    }
+
+    #[test]
+    fn file_info_xattrs_round_trip_cut_and_rules() {
+        let info = FileInfo {
+            mode: 0o100755,
+            data_bytes: 10,
+            path: b"d/ping".to_vec(),
+            xattrs: Some(vec![
+                x("security.capability", &[1, 0, 0, 2, 0x20, 0, 0, 0]),
+                x("user.a", b""),
+            ]),
+            ..FileInfo::default()
+        };
+        let mut buf = [0u8; BLOCK_BYTES];
+        data().encode_with_info(Some(&info), &mut buf);
+        assert_eq!(RecordHeader::decode(&buf), Ok(data()));
+        assert_eq!(RecordHeader::decode_info(&buf), Some(info.clone()));
+        // Pinned: flags 2, then after the path: count 2, entry 1.
+        let a = layout::INFO;
+        assert_eq!(
+            buf[a + layout::INFO_FLAGS..a + layout::INFO_FLAGS + 2],
+            [2, 0]
+        );
+        let area = a + layout::INFO_PATH + 6;
+        assert_eq!(buf[area..area + 5], [2, 0, 19, 8, 0]);
+        assert_eq!(&buf[area + 5..area + 24], b"security.capability");
+        // The first record of a file without xattrs says so: an empty list.
+        let none = FileInfo {
+            xattrs: Some(Vec::new()),
+            ..info.clone()
+        };
+        data().encode_with_info(Some(&none), &mut buf);
+        assert_eq!(RecordHeader::decode_info(&buf), Some(none));
+        // Too big to fit: left out and flagged; the others are kept.
+        let big = FileInfo {
+            xattrs: Some(vec![
+                x("system.posix_acl_access", &[7; 5000]),
+                x("user.small", b"s"),
+            ]),
+            ..info.clone()
+        };
+        data().encode_with_info(Some(&big), &mut buf);
+        let got = RecordHeader::decode_info(&buf).unwrap();
+        assert_eq!(got.xattrs, Some(vec![x("user.small", b"s")]));
+        assert!(got.xattrs_cut);
+        assert_eq!(RecordHeader::decode(&buf), Ok(data()));
+        // A path that fills the area leaves no room even for the count.
+        let long = FileInfo {
+            path: vec![b'p'; layout::PATH_BYTES_MAX],
+            ..info.clone()
+        };
+        data().encode_with_info(Some(&long), &mut buf);
+        let got = RecordHeader::decode_info(&buf).unwrap();
+        assert_eq!((got.xattrs, got.xattrs_cut), (None, true));
+        // Unsorted names, a NUL in a name, trailing bytes, an unknown flag:
+        // all rejected.
+        type Edit = fn(&mut [u8; BLOCK_BYTES], usize);
+        let edits: [Edit; 4] = [
+            |b, area| b[area + 5] = b'z', // "zecurity.capability" > "user.a"
+            |b, area| b[area + 6] = 0,
+            |b, _| {
+                let n = get_u32::<{ layout::INFO_BYTES }>(b) + 1;
+                put_u32::<{ layout::INFO_BYTES }>(b, n);
+            },
+            |b, _| b[layout::INFO + layout::INFO_FLAGS] = 8,
+        ];
+        for (i, edit) in edits.iter().enumerate() {
+            data().encode_with_info(Some(&info), &mut buf);
+            edit(&mut buf, area);
+            block::seal(buf.first_chunk_mut().unwrap());
+            assert!(
+                matches!(
+                    RecordHeader::decode(&buf),
+                    Err(FormatError::Field {
+                        field: "record.info_bytes",
+                        ..
+                    })
+                ),
+                "edit {i}"
+            );
+        }
     }
 }

@@ -122,9 +122,8 @@ impl BufferPool {
         leases
     }
 
-    /// Raw pointer to slot `index` (for SQEs). Stays valid while the pool lives.
-    /// Only for the readers that do not take leases yet (`stream`).
-    pub fn ptr(&self, index: usize) -> *mut u8 {
+    /// Slot `index`'s address, for the slot accessors below.
+    fn ptr(&self, index: usize) -> *mut u8 {
         self.memory.ptr(index)
     }
 

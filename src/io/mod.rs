@@ -14,7 +14,7 @@ mod ring;
 
 pub use buffers::{BufferPool, Lease};
 pub use ops::{
-    link_timeout, read_fixed, read_into, recv, send_msg, write_at, write_fixed, write_from, Sqe,
+    link_timeout, read_at, read_fixed, read_into, recv, send_msg, write_at, write_fixed, Sqe,
     Timespec,
 };
-pub use ring::{push_unowned, Completion, RingSetup, Uring, USER_DATA_TRANSPORT};
+pub use ring::{Completion, RingSetup, Uring, USER_DATA_TRANSPORT};

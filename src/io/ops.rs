@@ -79,6 +79,16 @@ pub fn write_fixed(fd: RawFd, lease: &Lease, range: Range<usize>, offset: u64) -
     Sqe::leased(entry, lease)
 }
 
+/// `Read` (the lease need not be registered): `range` of `lease` from `fd`
+/// at `offset` (`u64::MAX`: at the file position).
+pub fn read_at(fd: RawFd, lease: &mut Lease, range: Range<usize>, offset: u64) -> Sqe {
+    let (ptr, len) = slice_of(lease, &range);
+    let entry = opcode::Read::new(types::Fd(fd), ptr, len)
+        .offset(offset)
+        .build();
+    Sqe::leased(entry, lease)
+}
+
 /// `Write` (the lease need not be registered): `range` to `fd` at `offset`.
 pub fn write_at(fd: RawFd, lease: &Lease, range: Range<usize>, offset: u64) -> Sqe {
     let (ptr, len) = slice_of(lease, &range);
@@ -96,19 +106,6 @@ pub fn write_at(fd: RawFd, lease: &Lease, range: Range<usize>, offset: u64) -> S
 pub unsafe fn read_into(fd: RawFd, ptr: *mut u8, len: u32, offset: u64) -> Sqe {
     Sqe::raw(
         opcode::Read::new(types::Fd(fd), ptr, len)
-            .offset(offset)
-            .build(),
-    )
-}
-
-/// `Write` of `len` bytes at `ptr` to `fd` at `offset`.
-///
-/// # Safety
-/// `ptr..ptr + len` must stay valid and unchanged until the completion of
-/// this entry is reaped.
-pub unsafe fn write_from(fd: RawFd, ptr: *const u8, len: u32, offset: u64) -> Sqe {
-    Sqe::raw(
-        opcode::Write::new(types::Fd(fd), ptr, len)
             .offset(offset)
             .build(),
     )

@@ -211,20 +211,6 @@ impl Uring {
     }
 }
 
-/// Push an entry that names no lease to a ring not built here (the media
-/// stream's, until it takes a `Uring`). Panics when the queue is full (the
-/// caller sized it).
-pub fn push_unowned(ring: &mut IoUring, sqe: Sqe) {
-    assert!(
-        sqe.memory.is_none(),
-        "a lease's entry goes through Uring::push"
-    );
-    // SAFETY: the entry names no lease; it was built by an `unsafe`
-    // constructor whose caller promised its memory stays valid until the
-    // completion is reaped.
-    unsafe { ring.submission().push(&sqe.entry) }.expect("the ring has room for the entry");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@
 //! (latency, resubmit), repeat. Latency is from the submit call that carried
 //! the operation to the reap that saw it, recorded in an HDR histogram.
 
+use std::path::PathBuf;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -56,31 +57,34 @@ pub struct BenchConfig {
 }
 
 impl BenchConfig {
-    /// Check the limits; a message for the user otherwise.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Check the limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.block_bytes == 0
             || !self.block_bytes.is_multiple_of(BLOCK_BYTES)
             || self.block_bytes > BLOCK_BYTES_MAX
         {
-            return Err(format!(
-                "--bs {} must be a multiple of {BLOCK_BYTES} and at most {BLOCK_BYTES_MAX}",
-                self.block_bytes
-            ));
+            return Err(ConfigError::BlockBytes(self.block_bytes));
         }
         if !(1..=QUEUE_DEPTH_MAX).contains(&self.queue_depth) {
-            return Err(format!(
-                "--qd {} must be between 1 and {QUEUE_DEPTH_MAX}",
-                self.queue_depth
-            ));
+            return Err(ConfigError::QueueDepth(self.queue_depth));
         }
         if self.size_bytes == 0 || !self.size_bytes.is_multiple_of(BLOCK_BYTES as u64) {
-            return Err(format!(
-                "--size {} must be a positive multiple of {BLOCK_BYTES}",
-                self.size_bytes
-            ));
+            return Err(ConfigError::SizeBytes(self.size_bytes));
         }
         Ok(())
     }
+}
+
+/// A `BenchConfig` outside the limits (the option it names is the
+/// user's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--bs {0} must be a multiple of {BLOCK_BYTES} and at most {BLOCK_BYTES_MAX}")]
+    BlockBytes(usize),
+    #[error("--qd {0} must be between 1 and {QUEUE_DEPTH_MAX}")]
+    QueueDepth(usize),
+    #[error("--size {0} must be a positive multiple of {BLOCK_BYTES}")]
+    SizeBytes(u64),
 }
 
 /// Which io_uring setup flags the ring got (`io::Uring::new` chooses).
@@ -120,18 +124,53 @@ impl BenchReport {
     }
 }
 
+/// Why a benchmark could not run or finish. The CLI maps the kinds to
+/// exit codes (`Unusable`: nothing was measured, the input does not fit;
+/// `Io`: the device failed).
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("device {device}: {op} at offset {offset}: {error}")]
+    /// An operation failed at `offset` of `device` (0: while setting up).
+    #[error("device {}: {op} at offset {offset}: {error}", device.display())]
     Io {
-        device: String,
+        device: PathBuf,
         op: &'static str,
         offset: u64,
         class: ErrorClass,
         error: std::io::Error,
     },
-    #[error("device {device}: {why}")]
-    Unusable { device: String, why: String },
+    /// The configuration does not fit `device` ("(all)": any device).
+    #[error("device {}: {why}", device.display())]
+    Unusable { device: PathBuf, why: Unusable },
+}
+
+/// Why a configuration does not fit.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("--bs {block_bytes} is not a multiple of its block size {device_block_bytes}")]
+    BlockBytes {
+        block_bytes: usize,
+        device_block_bytes: usize,
+    },
+    #[error("--size {size_bytes} is larger than the device ({capacity_bytes} bytes)")]
+    Size {
+        size_bytes: u64,
+        capacity_bytes: u64,
+    },
+}
+
+impl BenchError {
+    /// A failure of the ring or the transport, not of one operation.
+    fn failed(device: &dyn Device, op: &'static str, offset: u64, error: std::io::Error) -> Self {
+        BenchError::Io {
+            device: device.path().to_path_buf(),
+            op,
+            offset,
+            class: ErrorClass::Failed,
+            error,
+        }
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -198,33 +237,24 @@ struct BenchRing<'a> {
 impl<'a> BenchRing<'a> {
     fn new(device: &'a dyn Device, config: BenchConfig) -> Result<BenchRing<'a>, BenchError> {
         let name = device.path().display().to_string();
-        let err = |op, error| BenchError::Io {
-            device: name.clone(),
-            op,
-            offset: 0,
-            class: ErrorClass::Failed,
-            error,
+        let unusable = |why| BenchError::Unusable {
+            device: device.path().to_path_buf(),
+            why,
         };
         let block = device.block_bytes() as usize;
         if !config.block_bytes.is_multiple_of(block) {
-            return Err(BenchError::Unusable {
-                device: name,
-                why: format!(
-                    "--bs {} is not a multiple of its block size {block}",
-                    config.block_bytes
-                ),
-            });
+            return Err(unusable(Unusable::BlockBytes {
+                block_bytes: config.block_bytes,
+                device_block_bytes: block,
+            }));
         }
         if config.size_bytes > device.capacity_bytes() {
-            return Err(BenchError::Unusable {
-                device: name,
-                why: format!(
-                    "--size {} is larger than the device ({} bytes)",
-                    config.size_bytes,
-                    device.capacity_bytes()
-                ),
-            });
+            return Err(unusable(Unusable::Size {
+                size_bytes: config.size_bytes,
+                capacity_bytes: device.capacity_bytes(),
+            }));
         }
+        let err = |op, error| BenchError::failed(device, op, 0, error);
         // A mapped device is benchmarked through its descriptor.
         let pipe = match device.data_path() {
             DataPath::Pipelined(t) => Some(t),
@@ -280,7 +310,7 @@ impl<'a> BenchRing<'a> {
 
     fn io_error(&self, op: &'static str, offset: u64, errno: i32) -> BenchError {
         BenchError::Io {
-            device: self.out.path.clone(),
+            device: self.device.path().to_path_buf(),
             op,
             offset,
             class: self.device.classify(errno),
@@ -328,13 +358,7 @@ impl<'a> BenchRing<'a> {
             let mut sqes = Vec::new();
             if let Err(why) = pipe.sqes(&mut sqes) {
                 pipe.abort(&why);
-                return Err(BenchError::Io {
-                    device: self.out.path.clone(),
-                    op: "nbd",
-                    offset: self.next_offset,
-                    class: ErrorClass::Failed,
-                    error: std::io::Error::other(why),
-                });
+                return Err(self.failed("nbd", std::io::Error::other(why)));
             }
             // The pipe's entries point into its own state and the leases
             // of its requests, kept until they are reaped (run and drain
@@ -367,13 +391,12 @@ impl<'a> BenchRing<'a> {
     }
 
     fn enter_error(&self, error: std::io::Error) -> BenchError {
-        BenchError::Io {
-            device: self.out.path.clone(),
-            op: "io_uring_enter",
-            offset: self.next_offset,
-            class: ErrorClass::Failed,
-            error,
-        }
+        self.failed("io_uring_enter", error)
+    }
+
+    /// The ring or the transport failed with the next offset not issued.
+    fn failed(&self, op: &'static str, error: std::io::Error) -> BenchError {
+        BenchError::failed(self.device, op, self.next_offset, error)
     }
 
     /// Operations in flight: the slots' own, and a pipe's sends, receives
@@ -429,13 +452,7 @@ impl<'a> BenchRing<'a> {
             }
             self.in_flight -= completions.len();
             if let Some(why) = pipe_failed {
-                break Err(BenchError::Io {
-                    device: self.out.path.clone(),
-                    op: "nbd",
-                    offset: self.next_offset,
-                    class: ErrorClass::Failed,
-                    error: std::io::Error::other(why),
-                });
+                break Err(self.failed("nbd", std::io::Error::other(why)));
             }
             // 3. Act on them.
             let mut failed = None;
@@ -532,9 +549,9 @@ impl<'a> BenchRing<'a> {
 /// Run the benchmark on every device at once (one thread and ring each),
 /// all starting together once every ring and buffer pool is set up.
 pub fn run(devices: &[&dyn Device], config: BenchConfig) -> Result<BenchReport, BenchError> {
-    config.validate().map_err(|why| BenchError::Unusable {
-        device: "(all)".into(),
-        why,
+    config.validate().map_err(|e| BenchError::Unusable {
+        device: PathBuf::from("(all)"),
+        why: e.into(),
     })?;
     assert!(!devices.is_empty());
     // Every thread waits here, set up or failed, so nobody waits forever.
@@ -623,6 +640,30 @@ mod tests {
         assert!(c.validate().is_err());
         c.queue_depth = QUEUE_DEPTH_MAX + 1;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn limit_errors_name_the_option() {
+        let mut c = config(Rw::Read, 1000);
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "--size 1000 must be a positive multiple of 4096"
+        );
+        c.block_bytes = 4097;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "--bs 4097 must be a multiple of 4096 and at most 67108864"
+        );
+        c.block_bytes = 4096;
+        c.queue_depth = 0;
+        let e = BenchError::Unusable {
+            device: PathBuf::from("(all)"),
+            why: c.validate().unwrap_err().into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "device (all): --qd 0 must be between 1 and 256"
+        );
     }
 
     #[test]

@@ -156,19 +156,8 @@ pub fn read_catalog(dev: &dyn Device, label: &Label) -> Result<CatalogRead, Medi
                 ),
             });
         }
-        let payload = &buf[HEADER_BYTES..end];
-        let crc = crate::format::crc32c(payload);
-        if crc != header.payload_crc {
-            return Err(format_err(
-                "catalog payload",
-                offset,
-                FormatError::Checksum {
-                    what: "payload",
-                    stored: header.payload_crc,
-                    computed: crc,
-                },
-            ));
-        }
+        let payload =
+            checked_payload(buf, &header).map_err(|e| format_err("catalog payload", offset, e))?;
         let padded = header.media_bytes() as usize;
         if buf[end..padded.min(got)].iter().any(|&b| b != 0) {
             return Err(MediaError::Invalid {
@@ -195,6 +184,25 @@ pub fn read_catalog(dev: &dyn Device, label: &Label) -> Result<CatalogRead, Medi
         Err(e) => return Err(format_err("End record", offset, e)),
     }
     decoded(&bytes).map_err(|e| format_err("catalog", label.catalog_offset, e))
+}
+
+/// The payload of the record read into `buf` (its header block first,
+/// `header` decoded from it), with its CRC32C checked. `buf` holds the
+/// whole payload (the caller checked the length read).
+pub(super) fn checked_payload<'b>(
+    buf: &'b [u8],
+    header: &RecordHeader,
+) -> Result<&'b [u8], FormatError> {
+    let payload = &buf[HEADER_BYTES..HEADER_BYTES + header.payload_bytes as usize];
+    let computed = crate::format::crc32c(payload);
+    if computed != header.payload_crc {
+        return Err(FormatError::Checksum {
+            what: "payload",
+            stored: header.payload_crc,
+            computed,
+        });
+    }
+    Ok(payload)
 }
 
 /// A record image in `buf`: header block, payload, zero padding to a

@@ -49,6 +49,18 @@ pub enum MediaError {
     Invalid { device: String, why: String },
 }
 
+impl MediaError {
+    /// `op` on `dev` failed at `offset`.
+    fn io(dev: &dyn Device, op: &'static str, offset: u64, error: std::io::Error) -> MediaError {
+        MediaError::Io {
+            device: name(dev),
+            op,
+            offset,
+            error,
+        }
+    }
+}
+
 fn name(dev: &dyn Device) -> String {
     dev.path().display().to_string()
 }
@@ -80,23 +92,12 @@ pub fn write_all_at(dev: &dyn Device, buf: &[u8], offset: u64) -> Result<(), Med
     while done < buf.len() {
         match dev.write_at(&buf[done..], offset + done as u64) {
             Ok(0) => {
-                return Err(MediaError::Io {
-                    device: name(dev),
-                    op: "write",
-                    offset: offset + done as u64,
-                    error: std::io::Error::from_raw_os_error(libc::ENOSPC),
-                })
+                let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+                return Err(MediaError::io(dev, "write", offset + done as u64, full));
             }
             Ok(n) => done += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(MediaError::Io {
-                    device: name(dev),
-                    op: "write",
-                    offset: offset + done as u64,
-                    error: e,
-                })
-            }
+            Err(e) => return Err(MediaError::io(dev, "write", offset + done as u64, e)),
         }
     }
     Ok(())
@@ -110,14 +111,7 @@ pub fn read_at(dev: &dyn Device, buf: &mut [u8], offset: u64) -> Result<usize, M
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(MediaError::Io {
-                    device: name(dev),
-                    op: "read",
-                    offset: offset + done as u64,
-                    error: e,
-                })
-            }
+            Err(e) => return Err(MediaError::io(dev, "read", offset + done as u64, e)),
         }
     }
     Ok(done)

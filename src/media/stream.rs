@@ -9,8 +9,17 @@
 //! smaller record). Records are block aligned on media, so that position is
 //! a valid O_DIRECT offset and nothing is copied to stitch records together.
 //!
+//! A window is an `Arc<Lease>`: a record's item carries a clone of it
+//! and the payload's range (`Payload::Window`), so a consumer that writes
+//! the payload out without a copy (restore's writer) owns what it writes
+//! from until its write completes. Before a window is read into again the
+//! stream delivers `Item::Reclaim` and then takes the window back with
+//! `Arc::get_mut`: a consumer still holding it then is a bug, and the
+//! stream panics rather than overwrite bytes someone may be writing.
+//!
 //! A memory-mapped device (pmem) is not read at all: its records are
-//! handed out as slices of the mapping itself, without a copy.
+//! handed out as slices of the mapping itself (`Payload::Mapped`, borrowed
+//! from the device), without a copy.
 //!
 //! A sequential device (tape) is read one block at a time, each block one
 //! record, through the same kind of ring: while one block is handed to the
@@ -19,12 +28,12 @@
 //! filemark is passed over, two in a row (or the end of recorded data)
 //! end the stream.
 
-use io_uring::{opcode, types, IoUring};
+use std::ops::Range;
+use std::sync::Arc;
 
-use crate::device::nbd::{pipe::Pipe, proto};
-use crate::device::{Access, BlockIo, Device, TapeOp};
+use crate::device::{Access, BlockIo, DataPath, Device, TapeOp, Transport};
 use crate::format::{FormatError, RecordHeader, BLOCK_BYTES, HEADER_BYTES};
-use crate::io::buffers::BufferPool;
+use crate::io::{self, BufferPool, Lease, Uring};
 
 /// Default window: large sequential reads, tape- and disk-friendly.
 pub const WINDOW_BYTES: usize = 8 << 20;
@@ -45,6 +54,9 @@ pub enum Item<'a> {
         /// The header block as read (for `RecordHeader::decode_info`).
         header_block: &'a [u8],
         payload: &'a [u8],
+        /// Where `payload` lies, to be kept by a consumer that writes it
+        /// out after the item is gone (until the next `Reclaim`).
+        source: Payload<'a>,
         /// The bytes between the payload's end and the next block boundary:
         /// zero on a good record (not covered by the payload CRC).
         padding: &'a [u8],
@@ -57,6 +69,37 @@ pub enum Item<'a> {
     /// finish now. Delivered before each buffer reuse and before `stream`
     /// returns, however it returns.
     Reclaim,
+}
+
+/// Where a record's payload lies.
+#[derive(Clone)]
+pub enum Payload<'a> {
+    /// `range` of a stream window. The window is read into again only
+    /// after `Item::Reclaim`, and only when no clone of it is left.
+    Window {
+        window: Arc<Lease>,
+        range: Range<usize>,
+    },
+    /// A slice of the device's own mapping (pmem), borrowed from it.
+    Mapped(&'a [u8]),
+}
+
+impl Payload<'_> {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Window { window, range } => &window.bytes()[range.clone()],
+            Payload::Mapped(bytes) => bytes,
+        }
+    }
+}
+
+/// A window to read into: no payload handed out from it may be held any
+/// longer (every holder lets go on `Item::Reclaim`).
+fn exclusive(window: &mut Arc<Lease>) -> &mut Lease {
+    Arc::get_mut(window).expect(
+        "a stream window is still held (a Payload::Window kept past Item::Reclaim): \
+         reading into it would change bytes a consumer may still be writing",
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,23 +130,52 @@ where
             .block_bytes_max()
             .map_or(record_max, |m| (m as usize).min(record_max))
             .max(HEADER_BYTES);
-        let mut pool = BufferPool::new(2, block_max.div_ceil(BLOCK_BYTES) * BLOCK_BYTES);
-        let streamed = stream_sequential(dev, start, end, &mut pool, &mut each);
+        let pool = BufferPool::new(2, block_max.div_ceil(BLOCK_BYTES) * BLOCK_BYTES);
+        let mut leases = two_leases(&pool);
+        let streamed = stream_sequential(dev, start, end, &mut leases, &mut each);
         let reclaimed = each(Item::Reclaim);
         return streamed.and(reclaimed.map(|_| ()));
     }
-    if let Some(mapping) = dev.mapping() {
-        let streamed = stream_mapped(dev, mapping, start, end, record_max, &mut each);
+    if let Some(media) = dev.mapped() {
+        let streamed = stream_mapped(dev, media, start, end, record_max, &mut each);
         let reclaimed = each(Item::Reclaim);
         return streamed.and(reclaimed.map(|_| ()));
     }
     let window = (WINDOW_BYTES / record_max).max(1) * record_max;
     // Owned here, so that it outlives the caller's use of the items: the
     // last Reclaim comes after the windows are done, whatever ended them.
-    let mut pool = BufferPool::new(2, window);
-    let streamed = stream_windows(dev, start, end, record_max, &mut pool, &mut each);
+    let pool = BufferPool::new(2, window);
+    let mut leases = two_leases(&pool);
+    let streamed = stream_windows(dev, start, end, record_max, &mut leases, &mut each);
     let reclaimed = each(Item::Reclaim);
     streamed.and(reclaimed.map(|_| ()))
+}
+
+/// A header whose record does not fit where it stands.
+fn too_long(header: &RecordHeader) -> FormatError {
+    FormatError::Field {
+        field: "payload_bytes",
+        value: header.payload_bytes as u64,
+    }
+}
+
+/// The two buffers of a stream: one handed out while the other is read.
+fn two_leases(pool: &BufferPool) -> [Arc<Lease>; 2] {
+    let mut all = pool.lease_all().into_iter();
+    match (all.next(), all.next(), all.next()) {
+        (Some(a), Some(b), None) => [Arc::new(a), Arc::new(b)],
+        _ => unreachable!("a stream's pool has two slots"),
+    }
+}
+
+/// The lease handed out (`current`) and the other, to read into.
+fn pair(leases: &mut [Arc<Lease>; 2], current: usize) -> (&mut Arc<Lease>, &mut Arc<Lease>) {
+    let [a, b] = leases;
+    if current == 0 {
+        (a, b)
+    } else {
+        (b, a)
+    }
 }
 
 fn stream_windows<E>(
@@ -111,7 +183,7 @@ fn stream_windows<E>(
     start: u64,
     end: u64,
     record_max: usize,
-    pool: &mut BufferPool,
+    leases: &mut [Arc<Lease>; 2],
     each: &mut impl FnMut(Item<'_>) -> Result<Flow, E>,
 ) -> Result<(), E>
 where
@@ -126,18 +198,16 @@ where
     };
     let mut reader = WindowReader::new(dev).map_err(|e| io_err(start, e))?;
 
-    // Begin reading [pos, pos+len) into buffer b; `wait` finishes it (one
-    // window read in flight at a time).
+    // Begin reading [pos, pos+len) into `lease`; `wait` finishes it (one
+    // window read in flight at a time). The lease is not touched before
+    // its read is waited for, which is always before this returns.
     let submit = |reader: &mut WindowReader<'_>,
-                  pool: &BufferPool,
-                  b: usize,
+                  lease: &mut Arc<Lease>,
                   pos: u64|
      -> Result<u32, StreamError> {
-        let len = ((end - pos) as usize).min(pool.slot_bytes()) as u32;
-        // The buffer slot b belongs to `pool`, which outlives the read: it
-        // is always waited for before slot b is touched or this returns.
+        let len = ((end - pos) as usize).min(lease.len()) as u32;
         reader
-            .start(dev, pool.ptr(b), len, pos)
+            .start(dev, exclusive(lease), len, pos)
             .map_err(|e| io_err(pos, e))?;
         Ok(len)
     };
@@ -150,9 +220,10 @@ where
     if pos >= end {
         return Ok(());
     }
-    let mut want = submit(&mut reader, pool, current, pos)?;
+    let mut want = submit(&mut reader, &mut leases[current], pos)?;
     let mut items: Vec<(u64, Result<RecordHeader, FormatError>)> = Vec::new();
     loop {
+        let (window, other) = pair(leases, current);
         // Wait for the window at `pos` in buffer `current`; finish short reads synchronously.
         let mut have = {
             let r = wait(&mut reader, pos)?;
@@ -164,7 +235,7 @@ where
         while have < want as usize {
             let got = super::read_at(
                 dev,
-                &mut pool.slot_mut(current)[have..want as usize],
+                &mut exclusive(window).bytes_mut()[have..want as usize],
                 pos + have as u64,
             )
             .map_err(|e| match e {
@@ -176,7 +247,7 @@ where
             }
             have += got;
         }
-        let buf = pool.slot(current);
+        let buf = window.bytes();
         // Parse: every record complete in memory; a bad block advances by
         // one block.
         items.clear();
@@ -186,30 +257,14 @@ where
             match RecordHeader::decode(&buf[offset..offset + HEADER_BYTES]) {
                 Ok(h) => {
                     let media = h.media_bytes() as usize;
-                    if media > record_max {
-                        items.push((
-                            pos + offset as u64,
-                            Err(FormatError::Field {
-                                field: "payload_bytes",
-                                value: h.payload_bytes as u64,
-                            }),
-                        ));
+                    // Larger than any record of the set, or running past
+                    // the end of the stream: bad.
+                    if media > record_max || pos + (offset + media) as u64 > end {
+                        items.push((pos + offset as u64, Err(too_long(&h))));
                         offset += BLOCK_BYTES;
                         continue;
                     }
                     if offset + media > have {
-                        if pos + (offset + media) as u64 > end {
-                            // A record running past the end of the stream: treat as bad.
-                            items.push((
-                                pos + offset as u64,
-                                Err(FormatError::Field {
-                                    field: "payload_bytes",
-                                    value: h.payload_bytes as u64,
-                                }),
-                            ));
-                            offset += BLOCK_BYTES;
-                            continue;
-                        }
                         break;
                     }
                     items.push((pos + offset as u64, Ok(h)));
@@ -230,7 +285,7 @@ where
         if more {
             // The other buffer held the previous window, handed out already.
             each(Item::Reclaim)?;
-            want = submit(&mut reader, pool, 1 - current, next)?;
+            want = submit(&mut reader, other, next)?;
         }
         let mut stop = false;
         let mut outcome = Ok(());
@@ -246,6 +301,10 @@ where
                         header,
                         header_block: &buf[start..at],
                         payload: &buf[at..end],
+                        source: Payload::Window {
+                            window: window.clone(),
+                            range: at..end,
+                        },
                         padding: &buf[end..padded],
                     })
                 }
@@ -277,55 +336,57 @@ where
 }
 
 /// The one window read in flight of `stream_windows`: a `Read` on the
-/// device's fd, or on a network device (NBD) read requests through a pipe
-/// on the same ring, the window cut in pieces that are in flight together.
+/// device's fd, or on a pipelined device (NBD) read requests of its
+/// transport on the same ring, the window cut in pieces that are in
+/// flight together.
 enum WindowReader<'d> {
-    Fd(IoUring),
-    Nbd {
-        ring: IoUring,
-        pipe: Box<Pipe<'d>>,
+    Fd(Uring),
+    Pipelined {
+        ring: Uring,
+        transport: Box<dyn Transport + 'd>,
         len: u32,
     },
 }
 
-/// Largest NBD read request of a window.
-const NBD_PIECE_BYTES: u32 = 1 << 20;
+/// Largest read request of a window over a transport.
+const PIECE_BYTES: u32 = 1 << 20;
 
 impl<'d> WindowReader<'d> {
     fn new(dev: &'d dyn Device) -> std::io::Result<WindowReader<'d>> {
-        Ok(match dev.nbd() {
-            None => WindowReader::Fd(IoUring::new(2)?),
-            Some(nbd) => WindowReader::Nbd {
-                ring: IoUring::new(8)?,
-                pipe: Box::new(Pipe::new(nbd)),
+        Ok(match dev.data_path() {
+            DataPath::Pipelined(transport) => WindowReader::Pipelined {
+                ring: Uring::new(8)?,
+                transport,
                 len: 0,
             },
+            DataPath::Descriptor | DataPath::Mapped(_) => WindowReader::Fd(Uring::new(2)?),
         })
     }
 
-    /// `ptr` must stay valid for `len` bytes until `wait` returned.
-    fn start(&mut self, dev: &dyn Device, ptr: *mut u8, len: u32, pos: u64) -> std::io::Result<()> {
+    /// Begin reading `len` bytes at `pos` into `lease`, which the caller
+    /// leaves untouched until `wait` returned.
+    fn start(
+        &mut self,
+        dev: &dyn Device,
+        lease: &mut Lease,
+        len: u32,
+        pos: u64,
+    ) -> std::io::Result<()> {
         match self {
             WindowReader::Fd(ring) => {
-                let entry = opcode::Read::new(types::Fd(dev.fd()), ptr, len)
-                    .offset(pos)
-                    .build()
-                    .user_data(0);
-                // SAFETY: the caller keeps the buffer until `wait`, and the
-                // device fd stays open.
-                unsafe { ring.submission().push(&entry) }.expect("ring has room for one read");
+                ring.push(io::read_at(dev.fd(), lease, 0..len as usize, pos).user_data(0))?;
                 ring.submit()?;
             }
-            WindowReader::Nbd { pipe, len: l, .. } => {
-                let piece =
-                    NBD_PIECE_BYTES.min(dev.nbd().map_or(u32::MAX, |n| n.request_bytes_max()));
+            WindowReader::Pipelined {
+                transport, len: l, ..
+            } => {
+                let piece = PIECE_BYTES.min(transport.request_bytes_max());
                 let mut at = 0u32;
                 let mut handle = 0u64;
                 while at < len {
                     let n = piece.min(len - at);
-                    // SAFETY (pointer arithmetic): at + n <= len.
-                    let p = unsafe { ptr.add(at as usize) };
-                    pipe.submit(handle, proto::CMD_READ, p, n, pos + at as u64);
+                    let range = at as usize..(at + n) as usize;
+                    transport.submit_read_into(handle, lease, range, pos + at as u64);
                     at += n;
                     handle += 1;
                 }
@@ -338,22 +399,27 @@ impl<'d> WindowReader<'d> {
     /// The result of the read begun: bytes, or -errno.
     fn wait(&mut self) -> std::io::Result<i32> {
         match self {
-            WindowReader::Fd(ring) => loop {
-                match ring.submit_and_wait(1) {
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(e) => return Err(e),
+            WindowReader::Fd(ring) => {
+                let mut done = Vec::new();
+                loop {
+                    ring.turn(&mut done)?;
+                    if let Some(&(_, result)) = done.first() {
+                        return Ok(result);
+                    }
                 }
-                if let Some(c) = ring.completion().next() {
-                    return Ok(c.result());
-                }
-            },
-            WindowReader::Nbd { ring, pipe, len } => {
+            }
+            WindowReader::Pipelined {
+                ring,
+                transport,
+                len,
+            } => {
                 let mut done = Vec::new();
                 let mut failure: Option<String> = None;
                 let mut result = *len as i32;
-                while pipe.outstanding() > 0 && failure.is_none() || pipe.ops_in_flight() > 0 {
-                    if let Some(e) = pipe.turn(ring, &mut done)? {
+                while transport.outstanding() > 0 && failure.is_none()
+                    || transport.ops_in_flight() > 0
+                {
+                    if let Some(e) = transport.turn(ring, &mut done)? {
                         failure.get_or_insert(e);
                     }
                     for (_, r) in done.drain(..) {
@@ -372,11 +438,11 @@ impl<'d> WindowReader<'d> {
 }
 
 /// The memory-mapped side of `stream`: records are slices of the mapping
-/// (which lives as long as `dev`), parsed as `stream_windows` parses a
+/// (`media`, borrowed from `dev`), parsed as `stream_windows` parses a
 /// window; nothing is read or copied.
 fn stream_mapped<E>(
     dev: &dyn Device,
-    mapping: crate::device::Mapping,
+    media: &[u8],
     start: u64,
     end: u64,
     record_max: usize,
@@ -386,33 +452,25 @@ where
     E: From<StreamError>,
 {
     assert_eq!(start % BLOCK_BYTES as u64, 0);
-    let end = end.min(dev.capacity_bytes()).min(mapping.len as u64) / BLOCK_BYTES as u64
+    let end = end.min(dev.capacity_bytes()).min(media.len() as u64) / BLOCK_BYTES as u64
         * BLOCK_BYTES as u64;
     if start >= end {
         return Ok(());
     }
-    // SAFETY: [0, end) is within the device's mapping, which stays mapped
-    // while `dev` is borrowed (longer than this call and its items); no
-    // one writes to it while it is being read (the device is open for reading).
-    let media: &[u8] = unsafe { std::slice::from_raw_parts(mapping.base, end as usize) };
+    let media = &media[..end as usize];
     let mut pos = start as usize;
     let end = end as usize;
-    let bad = |h: &RecordHeader| FormatError::Field {
-        field: "payload_bytes",
-        value: h.payload_bytes as u64,
-    };
     while pos + HEADER_BYTES <= end {
         let item = match RecordHeader::decode(&media[pos..pos + HEADER_BYTES]) {
             Ok(h)
                 if (h.media_bytes() as usize) > record_max
                     || pos + h.media_bytes() as usize > end =>
             {
-                let e = bad(&h);
                 (
                     BLOCK_BYTES,
                     Item::Bad {
                         position: pos as u64,
-                        error: e,
+                        error: too_long(&h),
                     },
                 )
             }
@@ -427,6 +485,7 @@ where
                         header,
                         header_block: &media[pos..at],
                         payload: &media[at..payload_end],
+                        source: Payload::Mapped(&media[at..payload_end]),
                         padding: &media[payload_end..padded],
                     },
                 )
@@ -459,13 +518,13 @@ enum Block {
 
 /// The tape side of `stream`: objects `start..end` (logical object
 /// numbers; `end = u64::MAX`: to the end of recorded data), one block per
-/// read into the two slots of `pool` (owned by the caller, so that it
-/// outlives the last `Reclaim`).
+/// read into the two `leases` (owned by the caller, so that they outlive
+/// the last `Reclaim`).
 fn stream_sequential<E>(
     dev: &dyn Device,
     start: u64,
     end: u64,
-    pool: &mut BufferPool,
+    leases: &mut [Arc<Lease>; 2],
     each: &mut impl FnMut(Item<'_>) -> Result<Flow, E>,
 ) -> Result<(), E>
 where
@@ -476,47 +535,38 @@ where
         offset,
         error,
     };
-    let read_bytes = pool.slot_bytes();
-    let pool = &*pool;
-    let mut ring = IoUring::new(2).map_err(|e| io_err(start, e))?;
+    let read_bytes = leases[0].len();
+    let mut ring = Uring::new(2).map_err(|e| io_err(start, e))?;
     let tape = |op, position| dev.tape_op(op).map_err(|e| io_err(position, e));
     tape(TapeOp::Rewind, 0)?;
     if start > 0 {
         tape(TapeOp::ForwardBlocks(start as u32), 0)?;
     }
 
-    // Begin reading the block at `position` into buffer `b`: submitted,
-    // or already answered by the device.
-    let begin = |ring: &mut IoUring, pool: &BufferPool, b: usize, position: u64| {
-        match dev.before_block_read(pool.slot_bytes() as u32) {
-            BlockIo::Done { result } => Ok(Some(result)),
-            BlockIo::Submit { sqe_offset, bytes } => {
-                let entry = opcode::Read::new(types::Fd(dev.fd()), pool.ptr(b), bytes)
-                    .offset(sqe_offset)
-                    .build()
-                    .user_data(b as u64);
-                // SAFETY: slot b of `pool` outlives the read: every read
-                // begun is completed (`complete`) before its buffer is
-                // touched again or the pool dropped; the fd stays open.
-                unsafe { ring.submission().push(&entry) }.expect("ring has room for one read");
-                ring.submit().map_err(|e| io_err(position, e))?;
-                Ok(None)
-            }
+    // Begin reading the block at `position` into `lease`: submitted, or
+    // already answered by the device. Every read begun is completed
+    // (`complete`) before its lease is touched again or dropped.
+    let begin = |ring: &mut Uring, lease: &mut Arc<Lease>, position: u64| match dev
+        .before_block_read(lease.len() as u32)
+    {
+        BlockIo::Done { result } => Ok(Some(result)),
+        BlockIo::Submit { sqe_offset, bytes } => {
+            let entry = io::read_at(dev.fd(), exclusive(lease), 0..bytes as usize, sqe_offset);
+            ring.push(entry).map_err(|e| io_err(position, e))?;
+            ring.submit().map_err(|e| io_err(position, e))?;
+            Ok(None)
         }
     };
     // Finish the read begun: its result as the device reports it.
-    let complete = |ring: &mut IoUring, begun: Option<i32>, position: u64| {
+    let complete = |ring: &mut Uring, begun: Option<i32>, position: u64| {
         if let Some(result) = begun {
             return Ok(result);
         }
+        let mut done = Vec::new();
         let result = loop {
-            match ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(io_err(position, e)),
-            }
-            if let Some(c) = ring.completion().next() {
-                break c.result();
+            ring.turn(&mut done).map_err(|e| io_err(position, e))?;
+            if let Some(&(_, result)) = done.first() {
+                break result;
             }
         };
         let done = dev.after_block_read(result);
@@ -544,7 +594,7 @@ where
     if position >= end {
         return Ok(());
     }
-    let mut begun = begin(&mut ring, pool, current, position)?;
+    let mut begun = begin(&mut ring, &mut leases[current], position)?;
     loop {
         let result = complete(&mut ring, begun, position)?;
         let block = classify(result, filemarks, position)?;
@@ -561,11 +611,11 @@ where
         // the block handed over before.
         let ahead = if more {
             each(Item::Reclaim)?;
-            Some(begin(&mut ring, pool, 1 - current, next)?)
+            Some(begin(&mut ring, &mut leases[1 - current], next)?)
         } else {
             None
         };
-        let buf = pool.slot(current);
+        let buf = leases[current].bytes();
         let flow = match block {
             Block::Filemark | Block::EndOfData => Ok(Flow::Continue),
             Block::TooLarge => each(Item::Bad {
@@ -584,6 +634,10 @@ where
                         header,
                         header_block: &buf[..at],
                         payload: &buf[at..payload_end],
+                        source: Payload::Window {
+                            window: leases[current].clone(),
+                            range: at..payload_end,
+                        },
                         padding: &buf[payload_end..n],
                     })
                 }
@@ -608,5 +662,36 @@ where
         begun = ahead.expect("a read was begun when there is more");
         position = next;
         current = 1 - current;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_comes_back_once_every_payload_is_let_go() {
+        let pool = BufferPool::new(2, 4096);
+        let [mut a, _b] = two_leases(&pool);
+        exclusive(&mut a).bytes_mut()[..4].copy_from_slice(b"abcd");
+        let payload = Payload::Window {
+            window: a.clone(),
+            range: 1..3,
+        };
+        assert_eq!(payload.bytes(), b"bc");
+        drop(payload);
+        assert_eq!(&exclusive(&mut a).bytes()[..4], b"abcd");
+    }
+
+    #[test]
+    #[should_panic(expected = "a stream window is still held")]
+    fn a_window_held_past_reclaim_is_never_read_into() {
+        let pool = BufferPool::new(2, 4096);
+        let [mut a, _b] = two_leases(&pool);
+        let _kept = Payload::Window {
+            window: a.clone(),
+            range: 0..1,
+        };
+        exclusive(&mut a);
     }
 }

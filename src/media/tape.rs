@@ -2,26 +2,23 @@
 //! filemarks, positions counted in logical objects (docs/FORMAT.md, "Tape
 //! layout").
 
-use super::catalog::{decoded, each_catalog_record, CatalogRead};
+use super::catalog::{checked_payload, decoded, each_catalog_record, CatalogRead};
 use super::{name, MediaError};
 use crate::device::{self, Access, Device, TapeOp};
-use crate::format::{FormatError, Label, RecordHeader, RecordKind, SetId, HEADER_BYTES};
+use crate::format::{Label, RecordHeader, RecordKind, SetId, HEADER_BYTES};
 use crate::io::buffers::BufferPool;
 
 pub(super) fn tape_op(dev: &dyn Device, op: TapeOp, position: u64) -> Result<(), MediaError> {
-    dev.tape_op(op).map_err(|error| MediaError::Io {
-        device: name(dev),
-        op: match op {
-            TapeOp::Rewind => "rewind (MTREW)",
-            TapeOp::ForwardFiles(_) => "space forward over filemarks (MTFSF)",
-            TapeOp::BackFiles(_) => "space back over filemarks (MTBSF)",
-            TapeOp::ForwardBlocks(_) => "space forward over blocks (MTFSR)",
-            TapeOp::EndOfData => "space to end of data (MTEOM)",
-            TapeOp::WriteFilemarks(_) => "write filemark (MTWEOF)",
-        },
-        offset: position,
-        error,
-    })
+    let what = match op {
+        TapeOp::Rewind => "rewind (MTREW)",
+        TapeOp::ForwardFiles(_) => "space forward over filemarks (MTFSF)",
+        TapeOp::BackFiles(_) => "space back over filemarks (MTBSF)",
+        TapeOp::ForwardBlocks(_) => "space forward over blocks (MTFSR)",
+        TapeOp::EndOfData => "space to end of data (MTEOM)",
+        TapeOp::WriteFilemarks(_) => "write filemark (MTWEOF)",
+    };
+    dev.tape_op(op)
+        .map_err(|error| MediaError::io(dev, what, position, error))
 }
 
 /// Write one tape block. In the early-warning zone st alternates: a write
@@ -33,12 +30,7 @@ pub(super) fn write_tape_block(
     buf: &[u8],
     position: u64,
 ) -> Result<(), MediaError> {
-    let io_err = |error| MediaError::Io {
-        device: name(dev),
-        op: "write tape block",
-        offset: position,
-        error,
-    };
+    let io_err = |error| MediaError::io(dev, "write tape block", position, error);
     let mut enospc = 0;
     loop {
         match device::write_block(dev, buf) {
@@ -66,14 +58,7 @@ pub(super) fn read_tape_block(
         match device::read_block(dev, buf) {
             Ok(n) => return Ok(n),
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            Err(error) => {
-                return Err(MediaError::Io {
-                    device: name(dev),
-                    op: "read tape block",
-                    offset: position,
-                    error,
-                })
-            }
+            Err(error) => return Err(MediaError::io(dev, "read tape block", position, error)),
         }
     }
 }
@@ -171,19 +156,8 @@ pub(super) fn read_tape_catalog(
             )));
         }
         let end = HEADER_BYTES + header.payload_bytes as usize;
-        let payload = &buf[HEADER_BYTES..end];
-        let crc = crate::format::crc32c(payload);
-        if crc != header.payload_crc {
-            return Err(format_err(
-                "catalog payload (tape file 1)",
-                block,
-                FormatError::Checksum {
-                    what: "payload",
-                    stored: header.payload_crc,
-                    computed: crc,
-                },
-            ));
-        }
+        let payload = checked_payload(buf, &header)
+            .map_err(|e| format_err("catalog payload (tape file 1)", block, e))?;
         if buf[end..got].iter().any(|&b| b != 0) {
             return Err(invalid(format!(
                 "tape file 1 block {block}: damaged padding after the catalog slice"

@@ -63,9 +63,11 @@
 //! heap allocation.
 
 mod fill;
+pub mod redistribute;
 mod sparse;
 mod split;
 mod state;
+pub mod stripe;
 
 #[cfg(test)]
 mod check;

@@ -91,17 +91,32 @@ impl Root {
     /// Create `path` if missing (its own ancestors are the user's choice and
     /// may be symlinks), open it, and pick `openat2` when the kernel has it.
     pub fn open(path: &Path) -> io::Result<Root> {
-        let resolve = if OPENAT2_MISSING.load(Ordering::Relaxed) {
+        Root::open_with(path, Root::resolve_default())
+    }
+
+    /// `openat2` unless the kernel was found without it.
+    fn resolve_default() -> Resolve {
+        if OPENAT2_MISSING.load(Ordering::Relaxed) {
             Resolve::Walk
         } else {
             Resolve::Openat2
-        };
-        Root::open_with(path, resolve)
+        }
+    }
+
+    /// Open the existing directory `path` (nothing is created: `pbio diff`
+    /// only reads below it), resolving as `open` does.
+    pub fn open_existing(path: &Path) -> io::Result<Root> {
+        Root::open_dir(path, Root::resolve_default())
     }
 
     /// `open` with the resolution chosen (tests force the walk).
     pub fn open_with(path: &Path, resolve: Resolve) -> io::Result<Root> {
         std::fs::create_dir_all(path)?;
+        Root::open_dir(path, resolve)
+    }
+
+    /// Open the existing directory `path` as the root.
+    fn open_dir(path: &Path, resolve: Resolve) -> io::Result<Root> {
         let fd = nix::fcntl::openat(
             None,
             path,
@@ -422,6 +437,135 @@ pub fn is_dir_in(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<bool> {
         Err(Errno::ENOENT) => Ok(false),
         Err(e) => Err(errno(e)),
     }
+}
+
+/// Make a special file (`kind`: S_IFIFO, S_IFCHR or S_IFBLK) of device
+/// number `rdev` and permission bits `mode` (less umask) under a fresh
+/// temporary name in `dir`; returns the name.
+pub fn mknod_temp(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    kind: nix::sys::stat::SFlag,
+    mode: u32,
+    rdev: u64,
+) -> io::Result<Vec<u8>> {
+    for _ in 0..TEMP_NAME_ATTEMPTS_MAX {
+        let temp = temp_name(name);
+        match nix::sys::stat::mknodat(
+            Some(dir.as_raw_fd()),
+            &temp[..],
+            kind,
+            Mode::from_bits_truncate(mode as libc::mode_t),
+            rdev as libc::dev_t,
+        ) {
+            Ok(()) => return Ok(temp),
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(errno(e)),
+        }
+    }
+    Err(errno(Errno::EEXIST))
+}
+
+/// `bytes` as a C string; `what` names it in the error when it holds a NUL.
+fn c_string(bytes: impl Into<Vec<u8>>, what: &str) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} with a NUL byte"),
+        )
+    })
+}
+
+/// The result of a libc call that returns a negative number on failure
+/// and sets errno.
+fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
+/// Set the extended attribute `name` to `value` on the open file `fd`.
+pub fn set_xattr_fd(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let name = c_string(name, "xattr name")?;
+    // SAFETY: `name` is NUL-terminated; `value` is valid for its length;
+    // `fd` is an open descriptor borrowed for the call.
+    check(unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })?;
+    Ok(())
+}
+
+/// Set the extended attribute `attr` to `value` on `name` in `dir` itself,
+/// never following a symlink there (a symlink or a device node cannot be
+/// opened for `fsetxattr` without opening what it stands for):
+/// `lsetxattr` on `/proc/self/fd/DIR/NAME`, which resolves to the
+/// directory `dir` is (a magic link to the open directory, not a path
+/// walk from the root) and does not follow the final name.
+pub fn set_xattr_in(dir: BorrowedFd<'_>, name: &[u8], attr: &[u8], value: &[u8]) -> io::Result<()> {
+    let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    path.extend_from_slice(name);
+    let path = c_string(path, "name")?;
+    let attr = c_string(attr, "xattr name")?;
+    // SAFETY: `path` and `attr` are NUL-terminated; `value` is valid for its length.
+    check(unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            attr.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })?;
+    Ok(())
+}
+
+/// File flags a process may set with FS_IOC_SETFLAGS (the kernel's
+/// FS_FL_USER_MODIFIABLE): the others are the filesystem's own.
+pub const FLAGS_SETTABLE: u32 = 0x0003_80ff;
+
+/// The file flags of the open regular file or directory `fd`.
+pub fn get_flags(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int through the pointer, which
+    // points at `flags`, alive for the call.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) })?;
+    Ok(flags as u32)
+}
+
+/// Give the open regular file or directory `fd` the settable bits of
+/// `flags` (`FLAGS_SETTABLE`), keeping the filesystem's own; nothing is
+/// asked of the filesystem when they already agree.
+pub fn set_flags(fd: BorrowedFd<'_>, flags: u32) -> io::Result<()> {
+    let now = match get_flags(fd) {
+        Ok(now) => now,
+        // A filesystem without flags holds "none" already.
+        Err(e)
+            if flags & FLAGS_SETTABLE == 0
+                && matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+                ) =>
+        {
+            return Ok(())
+        }
+        Err(e) => return Err(e),
+    };
+    let want = (now & !FLAGS_SETTABLE) | (flags & FLAGS_SETTABLE);
+    if want == now {
+        return Ok(());
+    }
+    let want = want as libc::c_int;
+    // SAFETY: FS_IOC_SETFLAGS reads one int through the pointer, which
+    // points at `want`, alive for the call.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FS_IOC_SETFLAGS, &want) })?;
+    Ok(())
 }
 
 /// The process umask, read without changing it (`/proc/self/status`),

@@ -45,11 +45,18 @@ pub struct ScanRestoreReport {
     /// Entries refused or failed one by one (unsafe name, a directory
     /// where the file must go, an I/O error), each naming the entry.
     pub errors: Vec<String>,
+    /// Metadata not restored (an extended attribute the destination
+    /// refused, or one that did not fit the records), naming file and attribute.
+    pub warnings: Vec<String>,
 }
 
 /// What a scan learnt about one file.
 struct Seen {
+    /// What its records say (without the xattrs only the first carries).
     info: FileInfo,
+    /// Its extended attributes, from its first record, once found; and
+    /// whether some did not fit that record.
+    xattrs: Option<(Vec<crate::format::Xattr>, bool)>,
     file_size: u64,
     /// (offset, length) of every good record written to it.
     ranges: Vec<(u64, u64)>,
@@ -64,7 +71,8 @@ struct Seen {
 /// Restore every file of set `set_id` that is complete on the given
 /// devices from their records alone, with no catalog (a crashed or
 /// interrupted run, a lost catalog). Records carry their file's path,
-/// owner, mode, mtime and stored size; a file is restored when good
+/// owner, mode, mtime and stored size (its first record also its
+/// extended attributes, those that fit); a file is restored when good
 /// records with distinct offsets add up to its stored size.
 ///
 /// Everything happens below `to` through directory descriptors (`at`):
@@ -177,14 +185,24 @@ pub fn restore_from_scan(
             .temp
             .as_ref()
             .expect("a file with data has a temporary file");
+        let (xattrs, cut) = s.xattrs.take().unwrap_or_default();
+        if cut {
+            report.warnings.push(format!(
+                "{}: some extended attributes did not fit its record header and are not restored",
+                shown_name(&path)
+            ));
+        }
         let attrs = Attrs {
             uid: s.info.uid,
             gid: s.info.gid,
             mode: s.info.mode,
             mtime_sec: s.info.mtime_sec,
             mtime_nsec: s.info.mtime_nsec,
+            // File flags are in the catalog only.
+            flags: 0,
+            xattrs: &xattrs,
         };
-        match tree::place_file(&root, temp, &path, attrs, meta) {
+        match tree::place_file(&root, temp, &path, attrs, meta, &mut report.warnings) {
             Ok(()) => {
                 report.payload_bytes += found;
                 report.restored.push(path);
@@ -258,7 +276,12 @@ fn scan_device(
             let temp = {
                 let mut seen = seen.lock().expect("no poisoned lock");
                 let s = seen.entry(info.path.clone()).or_insert_with(|| Seen {
-                    info: info.clone(),
+                    info: FileInfo {
+                        xattrs: None,
+                        xattrs_cut: false,
+                        ..info.clone()
+                    },
+                    xattrs: None,
                     file_size: header.file_size,
                     ranges: Vec::new(),
                     damaged: false,
@@ -269,7 +292,7 @@ fn scan_device(
                     return Ok(Flow::Continue);
                 }
                 // Records of one file must agree on what the file is.
-                let agrees = s.file_size == header.file_size && s.info == info;
+                let agrees = s.file_size == header.file_size && s.info.same_file(&info);
                 if !good || !agrees || info.path_truncated {
                     s.damaged = true;
                     out.bad += u64::from(!good || !agrees);
@@ -289,6 +312,11 @@ fn scan_device(
                 }
                 s.ranges
                     .push((header.file_offset, header.payload_bytes as u64));
+                if let Some(xattrs) = &info.xattrs {
+                    s.xattrs = Some((xattrs.clone(), info.xattrs_cut));
+                } else if info.xattrs_cut && s.xattrs.is_none() {
+                    s.xattrs = Some((Vec::new(), true));
+                }
                 s.temp.clone().expect("made above")
             };
             if open.as_ref().map(|(p, _)| p != &info.path).unwrap_or(true) {

@@ -1,23 +1,31 @@
 //! Restore's destination writes, queued on an io_uring so that the reader
 //! goes on streaming the device while payloads are written to their files.
 //!
-//! The payloads are not copied: each write points into the stream's window
-//! buffer, which the stream does not reuse or free before it has delivered
-//! `Item::Reclaim`; the restore calls `finish` then, which reaps every
-//! write. That is the contract the one `unsafe` push below relies on.
+//! The payloads are not copied: each write is submitted from the stream's
+//! window itself, a typed lease (`Arc<Lease>`) the writer keeps until the
+//! write is reaped, so the window cannot be read into meanwhile (the
+//! stream takes it back with `Arc::get_mut`, after `Item::Reclaim`, when
+//! the restore has called `finish`). A payload in a device's own mapping
+//! (pmem) is written at once (`write_mapped`): it is memory already, and
+//! the borrow of the mapping ends with the call.
 
 use std::fs::File;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
-use crate::io::{self, Uring};
+use crate::io::{self, Lease, Uring};
 
 /// Writes queued before the ring is submitted and reaped.
 const RING_ENTRIES: u32 = 256;
 
 struct Pending {
     file: usize,
-    ptr: *const u8,
-    len: usize,
+    /// Held until the write is reaped: the bytes stay put meanwhile.
+    window: Arc<Lease>,
+    /// What is left to write of the window.
+    range: Range<usize>,
     offset: u64,
 }
 
@@ -53,34 +61,42 @@ impl Writer {
         self.files.len()
     }
 
-    /// Queue a write of `data` at `offset` of file `handle`.
-    ///
-    /// # Safety
-    /// `data` must stay valid and unchanged until `finish` returns (the
-    /// stream guarantees this for payloads until it delivers Reclaim).
-    pub unsafe fn write(&mut self, handle: usize, data: &[u8], offset: u64) -> Result<(), String> {
+    /// Queue a write of `range` of `window` at `offset` of file `handle`;
+    /// the window is kept until `finish` has reaped the write.
+    pub fn write(
+        &mut self,
+        handle: usize,
+        window: Arc<Lease>,
+        range: Range<usize>,
+        offset: u64,
+    ) -> Result<(), String> {
         self.pending.push(Pending {
             file: handle,
-            ptr: data.as_ptr(),
-            len: data.len(),
+            window,
+            range,
             offset,
         });
         self.submit(self.pending.len() - 1)
     }
 
+    /// Write `data` (a slice of a device's mapping) at `offset` of file
+    /// `handle` now, before returning.
+    pub fn write_mapped(&mut self, handle: usize, data: &[u8], offset: u64) -> Result<(), String> {
+        self.files[handle]
+            .write_all_at(data, offset)
+            .map_err(|e| format!("write {} at offset {offset}: {e}", self.names[handle]))
+    }
+
     fn submit(&mut self, index: usize) -> Result<(), String> {
         let p = &self.pending[index];
-        // SAFETY: the entry's buffer is valid and unchanged until `finish`
-        // (caller's contract on `write`); its fd is kept open in
-        // `self.files` until `finish` has reaped every write.
-        let entry = unsafe {
-            io::write_from(
-                self.files[p.file].as_raw_fd(),
-                p.ptr,
-                p.len as u32,
-                p.offset,
-            )
-        };
+        // The fd is kept open in `self.files` until `finish` has reaped
+        // every write; the lease keeps its bytes.
+        let entry = io::write_at(
+            self.files[p.file].as_raw_fd(),
+            &p.window,
+            p.range.clone(),
+            p.offset,
+        );
         if self.ring.room() == 0 {
             // Full: submit what is queued and make room.
             self.ring
@@ -100,7 +116,7 @@ impl Writer {
             let index = user_data as usize;
             let (file, len, offset) = {
                 let p = &self.pending[index];
-                (p.file, p.len, p.offset)
+                (p.file, p.range.len(), p.offset)
             };
             if result < 0 && (-result == libc::EINTR || -result == libc::EAGAIN) {
                 self.submit(index)?;
@@ -117,9 +133,7 @@ impl Writer {
                 // Short write: the rest, from where it stopped.
                 let n = result as usize;
                 let p = &mut self.pending[index];
-                // SAFETY: n < len, so the pointer stays inside the payload.
-                p.ptr = unsafe { p.ptr.add(n) };
-                p.len -= n;
+                p.range.start += n;
                 p.offset += n as u64;
                 self.submit(index)?;
             }
@@ -127,7 +141,7 @@ impl Writer {
         Ok(())
     }
 
-    /// Wait for every queued write; then the payload buffers may be reused.
+    /// Wait for every queued write, and let go of the windows written from.
     pub fn finish(&mut self) -> Result<(), String> {
         while self.ring.in_flight() > 0 {
             self.ring
@@ -147,7 +161,7 @@ impl Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        // Never let a queued write outlive the buffers it points into.
+        // Reap every queued write before its file is closed.
         let _ = self.finish();
     }
 }

@@ -304,6 +304,9 @@ mod tests {
                 digest: [i as u8; 32],
                 origin: 0,
                 origin_file_id: 0,
+                rdev: 0,
+                flags: 0,
+                xattrs: Vec::new(),
             });
             if size_bytes > 0 {
                 let failed = failed_only.iter().any(|p| p.as_bytes() == e.path);

@@ -94,8 +94,13 @@ pub struct Excluded {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SelectError {
-    #[error("--exclude '{pattern}': {why}")]
-    BadPattern { pattern: String, why: String },
+    /// `option` is the option that gave it (`--exclude`, `--only`).
+    #[error("{option} '{pattern}': {why}")]
+    BadPattern {
+        option: &'static str,
+        pattern: String,
+        why: String,
+    },
     #[error("--exclude-from {path}: {error}")]
     ExcludeFrom {
         path: PathBuf,
@@ -105,64 +110,49 @@ pub enum SelectError {
     BadTagName(String),
 }
 
-/// One compiled glob set and, by index, the pattern text and whether it
-/// matches directories only.
+/// One compiled glob set and, by glob index, the index of its pattern
+/// among those given and whether it matches directories only.
 #[derive(Debug, Default)]
 struct Patterns {
     set: GlobSet,
-    texts: Vec<(String, bool)>,
+    of: Vec<(usize, bool)>,
 }
 
 impl Patterns {
-    fn first_match(&self, candidate: &Path, is_dir: bool) -> Option<&str> {
-        if self.texts.is_empty() {
-            return None;
-        }
-        self.set
-            .matches(candidate)
-            .into_iter()
-            .map(|i| &self.texts[i])
-            .find(|(_, dir_only)| is_dir || !dir_only)
-            .map(|(text, _)| text.as_str())
+    /// The patterns (their indexes among those given) matching `candidate`.
+    fn matching<'a>(&'a self, candidate: &Path, is_dir: bool) -> impl Iterator<Item = usize> + 'a {
+        let hits = if self.of.is_empty() {
+            Vec::new()
+        } else {
+            self.set.matches(candidate)
+        };
+        hits.into_iter()
+            .map(|i| self.of[i])
+            .filter(move |&(_, dir_only)| is_dir || !dir_only)
+            .map(|(pattern, _)| pattern)
     }
 }
 
-/// What to leave out of a walk. `Selection::default()` leaves out nothing.
+/// Gitignore-like patterns (the module's rules), compiled once: what
+/// backup's `--exclude` and restore's `--only` match paths with.
 #[derive(Debug, Default)]
-pub struct Selection {
+pub struct Globs {
     /// Patterns without a `/`: matched against the name.
     by_name: Patterns,
-    /// Patterns with a `/`: matched against the path below the source.
+    /// Patterns with a `/`: matched against the whole relative path.
     anchored: Patterns,
-    pub exclude_caches: bool,
-    pub tags: Vec<Vec<u8>>,
-    pub one_file_system: bool,
-    pub larger_than_bytes: Option<u64>,
+    /// The patterns as given.
+    texts: Vec<String>,
 }
 
-impl Selection {
-    /// Compile `patterns` (as given to `--exclude`) and the lines of each
-    /// `--exclude-from` file; the other rules as given.
-    pub fn new(
-        patterns: &[String],
-        exclude_from: &[PathBuf],
-        exclude_caches: bool,
-        tags: &[String],
-        one_file_system: bool,
-        larger_than_bytes: Option<u64>,
-    ) -> Result<Selection, SelectError> {
-        let mut all: Vec<String> = patterns.to_vec();
-        for path in exclude_from {
-            let text = fs::read(path).map_err(|error| SelectError::ExcludeFrom {
-                path: path.clone(),
-                error,
-            })?;
-            all.extend(patterns_in(&text));
-        }
+impl Globs {
+    /// Compile `patterns`, given to `option` (named in errors).
+    pub fn new(option: &'static str, patterns: &[String]) -> Result<Globs, SelectError> {
         let mut by_name = (GlobSetBuilder::new(), Vec::new());
         let mut anchored = (GlobSetBuilder::new(), Vec::new());
-        for pattern in &all {
+        for (index, pattern) in patterns.iter().enumerate() {
             let bad = |why: &str| SelectError::BadPattern {
+                option,
                 pattern: pattern.clone(),
                 why: why.to_string(),
             };
@@ -195,17 +185,91 @@ impl Selection {
                 &mut by_name
             };
             target.0.add(glob);
-            target.1.push((pattern.clone(), dir_only));
+            target.1.push((index, dir_only));
         }
-        let build = |(builder, texts): (GlobSetBuilder, Vec<(String, bool)>)| {
+        let build = |(builder, of): (GlobSetBuilder, Vec<(usize, bool)>)| {
             builder
                 .build()
-                .map(|set| Patterns { set, texts })
+                .map(|set| Patterns { set, of })
                 .map_err(|e| SelectError::BadPattern {
+                    option,
                     pattern: e.glob().unwrap_or("").to_string(),
                     why: e.kind().to_string(),
                 })
         };
+        Ok(Globs {
+            by_name: build(by_name)?,
+            anchored: build(anchored)?,
+            texts: patterns.to_vec(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.texts.is_empty()
+    }
+
+    /// The patterns as given.
+    pub fn texts(&self) -> &[String] {
+        &self.texts
+    }
+
+    /// The indexes (among the patterns given) of every pattern matching
+    /// `relative` ('/' separated; a name pattern is matched against its
+    /// last component), in no particular order.
+    pub fn matching<'a>(
+        &'a self,
+        relative: &'a [u8],
+        is_dir: bool,
+    ) -> impl Iterator<Item = usize> + 'a {
+        let name = relative.rsplit(|&b| b == b'/').next().unwrap_or(relative);
+        self.by_name
+            .matching(Path::new(OsStr::from_bytes(name)), is_dir)
+            .chain(
+                self.anchored
+                    .matching(Path::new(OsStr::from_bytes(relative)), is_dir),
+            )
+    }
+
+    /// The first pattern (in the order given) matching `relative`.
+    pub fn first_match(&self, relative: &[u8], is_dir: bool) -> Option<&str> {
+        self.matching(relative, is_dir)
+            .min()
+            .map(|i| self.texts[i].as_str())
+    }
+}
+
+/// What to leave out of a walk. `Selection::default()` leaves out nothing.
+#[derive(Debug, Default)]
+pub struct Selection {
+    /// `--exclude` and the lines of `--exclude-from`, matched against the
+    /// path below the source.
+    patterns: Globs,
+    pub exclude_caches: bool,
+    pub tags: Vec<Vec<u8>>,
+    pub one_file_system: bool,
+    pub larger_than_bytes: Option<u64>,
+}
+
+impl Selection {
+    /// Compile `patterns` (as given to `--exclude`) and the lines of each
+    /// `--exclude-from` file; the other rules as given.
+    pub fn new(
+        patterns: &[String],
+        exclude_from: &[PathBuf],
+        exclude_caches: bool,
+        tags: &[String],
+        one_file_system: bool,
+        larger_than_bytes: Option<u64>,
+    ) -> Result<Selection, SelectError> {
+        let mut all: Vec<String> = patterns.to_vec();
+        for path in exclude_from {
+            let text = fs::read(path).map_err(|error| SelectError::ExcludeFrom {
+                path: path.clone(),
+                error,
+            })?;
+            all.extend(patterns_in(&text));
+        }
+        let patterns = Globs::new("--exclude", &all)?;
         let mut tag_names = Vec::with_capacity(tags.len());
         for tag in tags {
             if tag.is_empty() || tag.contains('/') || tag == "." || tag == ".." {
@@ -214,8 +278,7 @@ impl Selection {
             tag_names.push(tag.as_bytes().to_vec());
         }
         Ok(Selection {
-            by_name: build(by_name)?,
-            anchored: build(anchored)?,
+            patterns,
             exclude_caches,
             tags: tag_names,
             one_file_system,
@@ -225,8 +288,7 @@ impl Selection {
 
     /// Whether any rule is set (a plain walk skips all checks otherwise).
     pub fn is_empty(&self) -> bool {
-        self.by_name.texts.is_empty()
-            && self.anchored.texts.is_empty()
+        self.patterns.is_empty()
             && !self.exclude_caches
             && self.tags.is_empty()
             && !self.one_file_system
@@ -236,14 +298,10 @@ impl Selection {
     /// The pattern that excludes a name below a source: `relative` is its
     /// path below the source root ('/' separated), `name` its last part.
     pub fn pattern_for(&self, relative: &[u8], name: &[u8], is_dir: bool) -> Option<Reason> {
-        let name_hit = self
-            .by_name
-            .first_match(Path::new(OsStr::from_bytes(name)), is_dir);
-        let hit = name_hit.or_else(|| {
-            self.anchored
-                .first_match(Path::new(OsStr::from_bytes(relative)), is_dir)
-        });
-        hit.map(|p| Reason::Pattern(p.to_string()))
+        debug_assert!(relative.ends_with(name));
+        self.patterns
+            .first_match(relative, is_dir)
+            .map(|p| Reason::Pattern(p.to_string()))
     }
 
     /// The `--exclude-if-present` name among a directory's `names`, if any.

@@ -30,6 +30,8 @@
 
 use std::collections::VecDeque;
 
+mod reply;
+
 use crate::io::{self, Lease, Sqe, Timespec, Uring};
 
 use super::proto::{self, ReplyHead};
@@ -45,6 +47,11 @@ pub trait Link {
     /// End the operations in flight on the connection.
     fn shutdown(&self);
     fn reconnect(&self) -> std::io::Result<()>;
+    /// The largest request the server takes (no limit by default: a
+    /// stand-in takes anything).
+    fn request_bytes_max(&self) -> u32 {
+        u32::MAX
+    }
 }
 
 impl Link for NbdDevice {
@@ -62,6 +69,9 @@ impl Link for NbdDevice {
     }
     fn reconnect(&self) -> std::io::Result<()> {
         NbdDevice::reconnect(self)
+    }
+    fn request_bytes_max(&self) -> u32 {
+        NbdDevice::request_bytes_max(self)
     }
 }
 
@@ -205,6 +215,26 @@ impl<'d> Pipe<'d> {
     pub fn submit_read(&mut self, handle: u64, lease: &mut Lease, len: u32, offset: u64) {
         assert!(len as usize <= lease.len());
         self.submit(handle, proto::CMD_READ, lease.ptr_at(0), len, offset)
+    }
+
+    /// Queue a read request into `range` of `lease`, which the caller
+    /// keeps, untouched, until the request completes.
+    pub fn submit_read_into(
+        &mut self,
+        handle: u64,
+        lease: &mut Lease,
+        range: std::ops::Range<usize>,
+        offset: u64,
+    ) {
+        assert!(range.start <= range.end && range.end <= lease.len());
+        let len = (range.end - range.start) as u32;
+        self.submit(
+            handle,
+            proto::CMD_READ,
+            lease.ptr_at(range.start),
+            len,
+            offset,
+        )
     }
 
     /// Queue a request. `buf` (`len` bytes; null for a flush) must stay
@@ -375,47 +405,6 @@ impl<'d> Pipe<'d> {
         Ok(failure)
     }
 
-    /// `turn_on` for a ring built without `io::Uring` (the media stream,
-    /// until it takes one).
-    pub fn turn(
-        &mut self,
-        ring: &mut io_uring::IoUring,
-        done: &mut Vec<(u64, i32)>,
-    ) -> std::io::Result<Option<String>> {
-        let mut failure = None;
-        if self.alive() {
-            let mut sqes = Vec::new();
-            if let Err(e) = self.sqes(&mut sqes) {
-                self.abort(&e);
-                failure = Some(e);
-            }
-            for sqe in sqes {
-                io::push_unowned(ring, sqe);
-            }
-        }
-        if self.ops == 0 {
-            return Ok(failure);
-        }
-        loop {
-            match ring.submit_and_wait(1) {
-                Ok(_) => break,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        let cqes: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (user_data, result) in cqes {
-            if let Err(e) = self.on_cqe(user_data, result, done) {
-                self.abort(&e);
-                failure.get_or_insert(e);
-            }
-        }
-        Ok(failure)
-    }
-
     fn link_timeout(&self) -> Sqe {
         // SAFETY: the timespec is boxed in the pipe, which lives until its
         // entries are reaped.
@@ -543,64 +532,6 @@ impl<'d> Pipe<'d> {
         }
     }
 
-    /// Tests and fuzzing: mark every queued request sent (as `sqes` does
-    /// when it gathers them, without a send) and hand the pipe `bytes` as
-    /// if one receive had returned them: into the stage, or straight into
-    /// a read's buffer where `sqes` would have received them there.
-    /// Returns the first protocol error.
-    pub fn feed(&mut self, mut bytes: &[u8], done: &mut Vec<(u64, i32)>) -> Result<(), String> {
-        while let Some(h) = self.queue.pop_front() {
-            self.reqs[h as usize].as_mut().expect("queued request").sent = true;
-        }
-        if let Some(f) = &self.fatal {
-            return Err(f.clone());
-        }
-        while !bytes.is_empty() {
-            let n = match self.rx {
-                Rx::Data {
-                    handle,
-                    at,
-                    left,
-                    done: last,
-                } if self.lo == self.hi && left > 0 => {
-                    let n = left.min(bytes.len());
-                    let req = self.req(handle).expect("data state for a live request");
-                    // SAFETY: [at, at + n) is within the request's buffer
-                    // (at + left <= len, checked when the chunk was accepted).
-                    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), req.buf.add(at), n) };
-                    self.rx = Rx::Data {
-                        handle,
-                        at: at + n,
-                        left: left - n,
-                        done: last,
-                    };
-                    n
-                }
-                _ => {
-                    if self.lo > 0 {
-                        self.stage.copy_within(self.lo..self.hi, 0);
-                        self.hi -= self.lo;
-                        self.lo = 0;
-                    }
-                    let n = (STAGE_BYTES - self.hi).min(bytes.len());
-                    self.stage[self.hi..self.hi + n].copy_from_slice(&bytes[..n]);
-                    self.hi += n;
-                    n
-                }
-            };
-            if n == 0 {
-                return Err(
-                    self.fail("protocol error: the stage is full and nothing parses".into())
-                );
-            }
-            bytes = &bytes[n..];
-            if let Err(e) = self.parse(done) {
-                return Err(self.fail(format!("protocol error: {e}")));
-            }
-        }
-        Ok(())
-    }
-
     /// `n` bytes of the send in flight went out.
     fn advance_send(&mut self, mut n: usize) {
         while n > 0 && self.iov_start < self.iov_end {
@@ -616,236 +547,6 @@ impl<'d> Pipe<'d> {
             }
         }
     }
-
-    /// Parse everything the stage holds.
-    fn parse(&mut self, done: &mut Vec<(u64, i32)>) -> Result<(), String> {
-        loop {
-            match self.rx {
-                Rx::Data {
-                    handle,
-                    at,
-                    left,
-                    done: last,
-                } => {
-                    if left > 0 {
-                        let n = left.min(self.hi - self.lo);
-                        if n == 0 {
-                            return Ok(());
-                        }
-                        let req = self.req(handle).expect("data state for a live request");
-                        // SAFETY: [at, at + n) is within the request's
-                        // buffer (checked when the chunk was accepted), which
-                        // the caller keeps until the request completes; the
-                        // stage does not overlap it.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                self.stage.as_ptr().add(self.lo),
-                                req.buf.add(at),
-                                n,
-                            )
-                        };
-                        self.lo += n;
-                        self.rx = Rx::Data {
-                            handle,
-                            at: at + n,
-                            left: left - n,
-                            done: last,
-                        };
-                        continue;
-                    }
-                    self.rx = Rx::Head;
-                    if last {
-                        self.finish(handle, done)?;
-                    }
-                }
-                Rx::Head => {
-                    let have = self.hi - self.lo;
-                    if have < 4 {
-                        return Ok(());
-                    }
-                    let b = &self.stage[self.lo..self.hi];
-                    let need = proto::reply_head_bytes(u32::from_be_bytes(
-                        b[..4].try_into().expect("4 bytes"),
-                    ))
-                    .map_err(|e| e.to_string())?;
-                    if have < need {
-                        return Ok(());
-                    }
-                    let head = proto::decode_reply_head(&b[..need], self.structured)
-                        .map_err(|e| e.to_string())?;
-                    self.lo += need;
-                    self.on_head(head, done)?;
-                }
-                Rx::DataOffset { handle, flags, len } => {
-                    if self.hi - self.lo < 8 {
-                        return Ok(());
-                    }
-                    let o = u64::from_be_bytes(
-                        self.stage[self.lo..self.lo + 8]
-                            .try_into()
-                            .expect("8 bytes"),
-                    );
-                    self.lo += 8;
-                    let req = self.live(handle)?;
-                    let at = proto::chunk_within(o, len as u64, req.offset, req.len)
-                        .map_err(|e| e.to_string())?;
-                    self.reqs[handle as usize].as_mut().expect("live").covered += len as u64;
-                    self.rx = Rx::Data {
-                        handle,
-                        at,
-                        left: len,
-                        done: flags & proto::REPLY_FLAG_DONE != 0,
-                    };
-                }
-                Rx::Chunk {
-                    handle,
-                    flags,
-                    kind,
-                    len,
-                } => {
-                    if self.hi - self.lo < len {
-                        return Ok(());
-                    }
-                    let data = self.stage[self.lo..self.lo + len].to_vec();
-                    self.lo += len;
-                    self.rx = Rx::Head;
-                    self.on_chunk(handle, flags, kind, &data, done)?;
-                }
-            }
-        }
-    }
-
-    fn live(&self, handle: u64) -> Result<&Req, String> {
-        match self.req(handle) {
-            Some(r) if r.sent => Ok(r),
-            _ => Err(format!(
-                "reply for handle {handle:#x}, which is not awaiting one"
-            )),
-        }
-    }
-
-    fn on_head(&mut self, head: ReplyHead, done: &mut Vec<(u64, i32)>) -> Result<(), String> {
-        match head {
-            ReplyHead::Simple { error, handle } => {
-                let req = self.live(handle)?;
-                if error != 0 {
-                    self.complete(handle, -proto::errno_of(error), done);
-                } else if req.command == proto::CMD_READ && req.len > 0 {
-                    let left = req.len as usize;
-                    self.reqs[handle as usize].as_mut().expect("live").covered = left as u64;
-                    self.rx = Rx::Data {
-                        handle,
-                        at: 0,
-                        left,
-                        done: true,
-                    };
-                } else {
-                    self.finish(handle, done)?;
-                }
-            }
-            ReplyHead::Structured {
-                flags,
-                kind,
-                handle,
-                length,
-            } => {
-                let req = self.live(handle)?;
-                if kind == proto::REPLY_TYPE_OFFSET_DATA {
-                    if req.command != proto::CMD_READ {
-                        return Err(format!(
-                            "read data in the reply to a non-read (handle {handle:#x})"
-                        ));
-                    }
-                    if length < 8 {
-                        return Err(format!("data chunk of {length} bytes"));
-                    }
-                    self.rx = Rx::DataOffset {
-                        handle,
-                        flags,
-                        len: length as usize - 8,
-                    };
-                } else {
-                    self.rx = Rx::Chunk {
-                        handle,
-                        flags,
-                        kind,
-                        len: length as usize,
-                    };
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A structured chunk other than read data, whole.
-    fn on_chunk(
-        &mut self,
-        handle: u64,
-        flags: u16,
-        kind: u16,
-        data: &[u8],
-        done: &mut Vec<(u64, i32)>,
-    ) -> Result<(), String> {
-        let req = self.live(handle)?;
-        let (offset, len) = (req.offset, req.len);
-        match kind {
-            proto::REPLY_TYPE_NONE => {
-                if !data.is_empty() {
-                    return Err(format!("NONE chunk of {} bytes", data.len()));
-                }
-                if flags & proto::REPLY_FLAG_DONE == 0 {
-                    return Err("NONE chunk without the DONE flag".into());
-                }
-            }
-            proto::REPLY_TYPE_OFFSET_HOLE => {
-                if req.command != proto::CMD_READ {
-                    return Err(format!(
-                        "a hole in the reply to a non-read (handle {handle:#x})"
-                    ));
-                }
-                let (o, n) = proto::decode_hole_chunk(data).map_err(|e| e.to_string())?;
-                let at =
-                    proto::chunk_within(o, n as u64, offset, len).map_err(|e| e.to_string())?;
-                // SAFETY: [at, at + n) lies within the request's buffer
-                // (chunk_within), which the caller keeps until completion.
-                unsafe { std::ptr::write_bytes(req.buf.add(at), 0, n as usize) };
-                self.reqs[handle as usize].as_mut().expect("live").covered += n as u64;
-            }
-            k if proto::is_error_chunk(k) => {
-                let (e, _msg) = proto::decode_error_chunk(data).map_err(|e| e.to_string())?;
-                self.reqs[handle as usize].as_mut().expect("live").error = Some(proto::errno_of(e));
-            }
-            k => return Err(format!("unexpected structured reply chunk type {k}")),
-        }
-        if flags & proto::REPLY_FLAG_DONE != 0 {
-            self.finish(handle, done)?;
-        }
-        Ok(())
-    }
-
-    /// The last reply of `handle` arrived: check it and complete it.
-    fn finish(&mut self, handle: u64, done: &mut Vec<(u64, i32)>) -> Result<(), String> {
-        let req = self.live(handle)?;
-        let result = match req.error {
-            Some(errno) => -errno,
-            None if req.command == proto::CMD_READ && req.covered != req.len as u64 => {
-                return Err(format!(
-                    "read reply for handle {handle:#x} covered {} of {} bytes",
-                    req.covered, req.len
-                ))
-            }
-            None => req.len as i32,
-        };
-        self.complete(handle, result, done);
-        Ok(())
-    }
-
-    fn complete(&mut self, handle: u64, result: i32, done: &mut Vec<(u64, i32)>) {
-        self.reqs[handle as usize] = None;
-        self.outstanding -= 1;
-        done.push((handle, result));
-    }
-
     /// Replace the lost connection and queue every request again.
     fn reconnect(&mut self, why: String) -> Result<(), String> {
         self.episodes += 1;
@@ -890,6 +591,18 @@ impl crate::device::Transport for Pipe<'_> {
     fn submit_read(&mut self, handle: u64, lease: &mut Lease, len: u32, offset: u64) {
         Pipe::submit_read(self, handle, lease, len, offset)
     }
+    fn submit_read_into(
+        &mut self,
+        handle: u64,
+        lease: &mut Lease,
+        range: std::ops::Range<usize>,
+        offset: u64,
+    ) {
+        Pipe::submit_read_into(self, handle, lease, range, offset)
+    }
+    fn request_bytes_max(&self) -> u32 {
+        self.dev.request_bytes_max()
+    }
     fn sqes(&mut self, out: &mut Vec<Sqe>) -> Result<(), String> {
         Pipe::sqes(self, out)
     }
@@ -923,279 +636,4 @@ impl crate::device::Transport for Pipe<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// A connection with no socket: the tests drive the pipe with `feed`.
-    struct NoLink {
-        structured: bool,
-    }
-
-    impl Link for NoLink {
-        fn fd(&self) -> std::os::fd::RawFd {
-            -1
-        }
-        fn timeout(&self) -> std::time::Duration {
-            std::time::Duration::from_secs(30)
-        }
-        fn structured_replies(&self) -> bool {
-            self.structured
-        }
-        fn shutdown(&self) {}
-        fn reconnect(&self) -> std::io::Result<()> {
-            Err(std::io::Error::other("no link"))
-        }
-    }
-
-    fn simple(handle: u64, error: u32, data: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&proto::SIMPLE_REPLY_MAGIC.to_be_bytes());
-        v.extend_from_slice(&error.to_be_bytes());
-        v.extend_from_slice(&handle.to_be_bytes());
-        v.extend_from_slice(data);
-        v
-    }
-
-    fn chunk(handle: u64, flags: u16, kind: u16, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&proto::STRUCTURED_REPLY_MAGIC.to_be_bytes());
-        v.extend_from_slice(&flags.to_be_bytes());
-        v.extend_from_slice(&kind.to_be_bytes());
-        v.extend_from_slice(&handle.to_be_bytes());
-        v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        v.extend_from_slice(payload);
-        v
-    }
-
-    /// Reads of `lens` bytes at `offset` of an export whose bytes are
-    /// `byte(offset)`; the replies as a server sends them.
-    fn byte(offset: u64) -> u8 {
-        if (offset / 1000).is_multiple_of(3) {
-            0 // zero runs a server may send as holes
-        } else {
-            (offset.wrapping_mul(31) >> 3) as u8 | 1
-        }
-    }
-
-    fn expected(offset: u64, len: u32) -> Vec<u8> {
-        (0..len as u64).map(|i| byte(offset + i)).collect()
-    }
-
-    /// Every request is answered; structured replies cut each read into
-    /// chunks (data, or a hole where the bytes are zero) sent in a
-    /// shuffled order, interleaved across requests; the byte stream then
-    /// arrives in arbitrary fragments. Every buffer must end up exactly
-    /// the export's bytes, every request complete once with its length.
-    fn run(structured: bool, lens: &[u32], cuts: &[usize], seed: u64) -> Result<(), TestCaseError> {
-        let link = NoLink { structured };
-        let mut pipe = Pipe::new(&link);
-        let offsets: Vec<u64> = lens
-            .iter()
-            .scan(4096u64, |at, &l| {
-                let o = *at;
-                *at += l as u64 + 777;
-                Some(o)
-            })
-            .collect();
-        let mut bufs: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0xeeu8; l as usize]).collect();
-        for (h, buf) in bufs.iter_mut().enumerate() {
-            pipe.submit(
-                h as u64,
-                proto::CMD_READ,
-                buf.as_mut_ptr(),
-                buf.len() as u32,
-                offsets[h],
-            );
-        }
-        // Per request, its reply messages in order (the last one DONE).
-        let mut rng = seed | 1;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
-        let mut messages: Vec<Vec<Vec<u8>>> = Vec::new();
-        for (h, &len) in lens.iter().enumerate() {
-            let (h, off) = (h as u64, offsets[h]);
-            let data = expected(off, len);
-            if !structured {
-                messages.push(vec![simple(h, 0, &data)]);
-                continue;
-            }
-            let mut pieces = Vec::new();
-            let mut at = 0u32;
-            while at < len {
-                let n = ((next() % 5000) as u32 + 1).min(len - at);
-                pieces.push((at, n));
-                at += n;
-            }
-            // Shuffle the chunks of the request.
-            for i in (1..pieces.len()).rev() {
-                pieces.swap(i, (next() % (i as u64 + 1)) as usize);
-            }
-            let mut msgs = Vec::new();
-            for &(at, n) in &pieces {
-                let slice = &data[at as usize..(at + n) as usize];
-                let o = off + at as u64;
-                if slice.iter().all(|&b| b == 0) && next() % 2 == 0 {
-                    let mut p = o.to_be_bytes().to_vec();
-                    p.extend_from_slice(&n.to_be_bytes());
-                    msgs.push(chunk(h, 0, proto::REPLY_TYPE_OFFSET_HOLE, &p));
-                } else {
-                    let mut p = o.to_be_bytes().to_vec();
-                    p.extend_from_slice(slice);
-                    msgs.push(chunk(h, 0, proto::REPLY_TYPE_OFFSET_DATA, &p));
-                }
-            }
-            // DONE on the last chunk, or a NONE chunk after them.
-            match msgs.last_mut() {
-                Some(last) if next() % 2 == 0 => last[5] |= proto::REPLY_FLAG_DONE as u8,
-                _ => msgs.push(chunk(
-                    h,
-                    proto::REPLY_FLAG_DONE,
-                    proto::REPLY_TYPE_NONE,
-                    &[],
-                )),
-            }
-            messages.push(msgs);
-        }
-        // Interleave the requests' messages, each request's in order.
-        let mut stream = Vec::new();
-        let mut cursors = vec![0usize; messages.len()];
-        loop {
-            let open: Vec<usize> = (0..messages.len())
-                .filter(|&r| cursors[r] < messages[r].len())
-                .collect();
-            if open.is_empty() {
-                break;
-            }
-            let r = open[(next() % open.len() as u64) as usize];
-            stream.extend_from_slice(&messages[r][cursors[r]]);
-            cursors[r] += 1;
-        }
-        // Fragments.
-        let mut done = Vec::new();
-        let mut rest = &stream[..];
-        let mut i = 0;
-        while !rest.is_empty() {
-            let n = cuts
-                .get(i)
-                .copied()
-                .unwrap_or(rest.len())
-                .clamp(1, rest.len());
-            pipe.feed(&rest[..n], &mut done)
-                .map_err(TestCaseError::fail)?;
-            rest = &rest[n..];
-            i += 1;
-        }
-        done.sort_unstable();
-        let want: Vec<(u64, i32)> = lens
-            .iter()
-            .enumerate()
-            .map(|(h, &l)| (h as u64, l as i32))
-            .collect();
-        prop_assert_eq!(done, want);
-        prop_assert_eq!(pipe.outstanding(), 0);
-        for (h, buf) in bufs.iter().enumerate() {
-            prop_assert!(
-                *buf == expected(offsets[h], lens[h]),
-                "request {} read wrong bytes",
-                h
-            );
-        }
-        Ok(())
-    }
-
-    proptest! {
-        #[test]
-        fn replies_in_any_fragments_fill_exactly_the_buffers(
-            structured in any::<bool>(),
-            lens in proptest::collection::vec(0u32..20_000, 1..6),
-            cuts in proptest::collection::vec(1usize..3000, 0..40),
-            seed in any::<u64>(),
-        ) {
-            run(structured, &lens, &cuts, seed)?;
-        }
-
-        /// Whatever a server sends, the pipe answers with a result or an
-        /// error, never a panic.
-        #[test]
-        fn garbage_never_panics(
-            structured in any::<bool>(),
-            bytes in proptest::collection::vec(any::<u8>(), 0..200),
-            magic in 0usize..3,
-        ) {
-            let link = NoLink { structured };
-            let mut pipe = Pipe::new(&link);
-            let mut buf = vec![0u8; 64];
-            pipe.submit(0, proto::CMD_READ, buf.as_mut_ptr(), 64, 0);
-            pipe.submit(1, proto::CMD_WRITE, buf.as_mut_ptr(), 64, 0);
-            // Often start with a valid magic and handle, so that the
-            // fuzzing reaches past the first check.
-            let mut stream = match magic {
-                0 => proto::SIMPLE_REPLY_MAGIC.to_be_bytes().to_vec(),
-                1 => proto::STRUCTURED_REPLY_MAGIC.to_be_bytes().to_vec(),
-                _ => Vec::new(),
-            };
-            stream.extend_from_slice(&bytes);
-            let mut done = Vec::new();
-            let _ = pipe.feed(&stream, &mut done);
-        }
-    }
-
-    #[test]
-    fn errors_complete_requests_with_errno() {
-        let link = NoLink { structured: true };
-        let mut pipe = Pipe::new(&link);
-        let mut buf = vec![0u8; 4096];
-        pipe.submit(3, proto::CMD_WRITE, buf.as_mut_ptr(), 4096, 0);
-        pipe.submit(4, proto::CMD_READ, buf.as_mut_ptr(), 4096, 0);
-        let mut done = Vec::new();
-        pipe.feed(&simple(3, 28, &[]), &mut done).unwrap();
-        let mut e = 5u32.to_be_bytes().to_vec();
-        e.extend_from_slice(&3u16.to_be_bytes());
-        e.extend_from_slice(b"bad");
-        pipe.feed(
-            &chunk(4, proto::REPLY_FLAG_DONE, 1 << 15 | 1, &e),
-            &mut done,
-        )
-        .unwrap();
-        assert_eq!(done, [(3, -libc::ENOSPC), (4, -libc::EIO)]);
-    }
-
-    #[test]
-    fn breaches_are_named() {
-        let cases: [(Vec<u8>, &str); 5] = [
-            (simple(9, 0, &[]), "not awaiting"),
-            (vec![0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0], "bad reply magic"),
-            (
-                chunk(0, proto::REPLY_FLAG_DONE, proto::REPLY_TYPE_OFFSET_DATA, &{
-                    let mut p = 0u64.to_be_bytes().to_vec();
-                    p.extend_from_slice(&[1u8; 8192]);
-                    p
-                }),
-                "outside the request",
-            ),
-            (
-                chunk(0, proto::REPLY_FLAG_DONE, proto::REPLY_TYPE_NONE, &[]),
-                "covered 0 of 4096",
-            ),
-            (
-                chunk(0, 0, 77, &[]),
-                "unexpected structured reply chunk type 77",
-            ),
-        ];
-        for (stream, want) in cases {
-            let link = NoLink { structured: true };
-            let mut pipe = Pipe::new(&link);
-            let mut buf = vec![0u8; 4096];
-            pipe.submit(0, proto::CMD_READ, buf.as_mut_ptr(), 4096, 0);
-            let mut done = Vec::new();
-            let err = pipe.feed(&stream, &mut done).unwrap_err();
-            assert!(err.contains(want), "{err} (want {want})");
-            assert!(!pipe.alive());
-        }
-    }
-}
+mod tests;

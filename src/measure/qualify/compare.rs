@@ -14,7 +14,7 @@
 
 use serde_json::{json, Value};
 
-use super::{Better, Check, Verdict, SCHEMA};
+use super::{Better, Check, ReportError, Verdict, SCHEMA};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Thresholds {
@@ -89,18 +89,14 @@ fn better_of(text: &Value) -> Option<Better> {
 }
 
 /// Check that `old` is a report this version can compare with.
-pub fn validate_old(old: &Value) -> Result<(), String> {
+pub fn validate_old(old: &Value) -> Result<(), ReportError> {
     match old["schema"].as_u64() {
         Some(SCHEMA) => {}
-        Some(other) => {
-            return Err(format!(
-                "its schema is {other}; this pbio reads schema {SCHEMA}"
-            ))
-        }
-        None => return Err("not a pbio qualify report (no \"schema\")".into()),
+        Some(other) => return Err(ReportError::Schema(other)),
+        None => return Err(ReportError::NoSchema),
     }
     if !old["checks"].is_array() {
-        return Err("not a pbio qualify report (no \"checks\" array)".into());
+        return Err(ReportError::NoChecks);
     }
     Ok(())
 }

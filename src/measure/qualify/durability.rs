@@ -28,30 +28,47 @@ fn record(h: &mut Histogram<u64>, started: Instant) {
 
 /// `rounds` times: write `write_bytes` (not timed), then fsync (timed).
 pub fn fsync_series(device: &dyn Device, io: &DevIo, rounds: u32, write_bytes: u64) -> Series {
-    let mut buf = AlignedBuf::new(write_bytes as usize, 4096);
-    let mut out = Series {
-        latency_ns: histogram(),
-        error: None,
-    };
-    for i in 0..rounds as u64 {
-        let offset = (i % SLOTS) * write_bytes;
-        buf.as_mut_slice().fill(i as u8);
-        if let Err(e) = io.write_all_at(buf.as_slice(), offset) {
-            out.error = Some((offset, e));
-            break;
-        }
-        let started = Instant::now();
-        if let Err(e) = device.sync() {
-            out.error = Some((offset, e));
-            break;
-        }
-        record(&mut out.latency_ns, started);
-    }
-    out
+    series(
+        rounds,
+        write_bytes,
+        |i| i as u8,
+        |buf, offset| {
+            io.write_all_at(buf, offset)?;
+            let started = Instant::now();
+            device.sync()?;
+            Ok(started)
+        },
+    )
 }
 
 /// `rounds` writes of `write_bytes` with RWF_DSYNC, each timed.
 pub fn dsync_series(io: &DevIo, rounds: u32, write_bytes: u64) -> Series {
+    series(
+        rounds,
+        write_bytes,
+        |i| !(i as u8),
+        |buf, offset| {
+            let started = Instant::now();
+            match io.pwrite_dsync(buf, offset)? {
+                n if n as u64 == write_bytes => Ok(started),
+                n => Err(io::Error::other(format!(
+                    "short durable write: {n} of {write_bytes} bytes"
+                ))),
+            }
+        },
+    )
+}
+
+/// `rounds` rounds over the slots: the buffer of `write_bytes` filled
+/// with `fill(round)`, then `round(buffer, offset)`, which returns when
+/// its timed part started; the latency is taken when it returns. The
+/// first error ends the series.
+fn series(
+    rounds: u32,
+    write_bytes: u64,
+    fill: impl Fn(u64) -> u8,
+    mut round: impl FnMut(&[u8], u64) -> io::Result<Instant>,
+) -> Series {
     let mut buf = AlignedBuf::new(write_bytes as usize, 4096);
     let mut out = Series {
         latency_ns: histogram(),
@@ -59,17 +76,9 @@ pub fn dsync_series(io: &DevIo, rounds: u32, write_bytes: u64) -> Series {
     };
     for i in 0..rounds as u64 {
         let offset = (i % SLOTS) * write_bytes;
-        buf.as_mut_slice().fill(!(i as u8));
-        let started = Instant::now();
-        match io.pwrite_dsync(buf.as_slice(), offset) {
-            Ok(n) if n as u64 == write_bytes => record(&mut out.latency_ns, started),
-            Ok(n) => {
-                out.error = Some((
-                    offset,
-                    io::Error::other(format!("short durable write: {n} of {write_bytes} bytes")),
-                ));
-                break;
-            }
+        buf.as_mut_slice().fill(fill(i));
+        match round(buf.as_slice(), offset) {
+            Ok(started) => record(&mut out.latency_ns, started),
             Err(e) => {
                 out.error = Some((offset, e));
                 break;

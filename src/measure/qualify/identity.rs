@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::device::nbd::{proto, Address, NbdDevice};
-use crate::device::{block, Device, Kind};
+use crate::device::nbd::{proto, Address};
+use crate::device::{block, Device, ExportIdentity, Kind};
 
 // BLKPBSZGET = _IO(0x12, 123): the physical block size (an unsigned int
 // written through the pointer, like BLKSSZGET).
@@ -317,7 +317,9 @@ pub fn identify(device: &dyn Device) -> Identity {
             // A remote export: no ioctls, sysfs or statx on the socket.
             out.kind = "nbd";
             out.kernel_dio_align = None;
-            out.nbd = device.nbd().map(nbd_identity_json);
+            out.nbd = device
+                .export_identity()
+                .map(|n| nbd_identity_json(device.path(), &n));
         }
         Kind::Tape => {
             out.kind = "tape";
@@ -383,31 +385,30 @@ pub(super) fn flag(flags: u16, bit: u16) -> bool {
 }
 
 /// The export as the handshake described it (`"nbd"` in the report).
-pub fn nbd_identity_json(n: &NbdDevice) -> Value {
-    let info = n.export_info();
+pub fn nbd_identity_json(url: &Path, n: &ExportIdentity) -> Value {
+    let info = n.info;
     let flags = info.transmission_flags;
-    let target = n.target();
-    let (transport, address) = match &target.address {
+    let (transport, address) = match &n.address {
         Address::Tcp { host, port } => ("tcp", format!("{host}:{port}")),
         Address::Unix { socket } => ("unix", socket.display().to_string()),
     };
     json!({
-        "url": n.path().display().to_string(),
+        "url": url.display().to_string(),
         "transport": transport,
         "address": address,
-        "export": target.export,
+        "export": n.export,
         "size_bytes": info.size_bytes,
         "transmission_flags": flags,
         "read_only": flag(flags, proto::TFLAG_READ_ONLY),
         "send_flush": flag(flags, proto::TFLAG_SEND_FLUSH),
         "send_fua": flag(flags, proto::TFLAG_SEND_FUA),
-        "structured_replies": n.structured_replies(),
+        "structured_replies": n.structured_replies,
         "block_sizes": info.block_sizes.map(|(min, pref, max)| json!({
             "minimum": min, "preferred": pref, "maximum": max,
         })),
-        "request_bytes_max": n.request_bytes_max(),
-        "rtt_us": n.rtt().as_micros() as u64,
-        "timeout_secs": n.timeout().as_secs(),
+        "request_bytes_max": n.request_bytes_max,
+        "rtt_us": n.rtt.as_micros() as u64,
+        "timeout_secs": n.timeout.as_secs(),
     })
 }
 

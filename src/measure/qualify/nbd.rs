@@ -32,7 +32,8 @@ use super::pattern::{self, PatternSpec};
 use super::{
     histogram, Better, CellPlan, Check, Event, Latency, Options, Report, Verdict, LATENCY_NS_MAX,
 };
-use crate::device::nbd::{proto, Address, NbdDevice};
+use crate::device::nbd::{proto, Address};
+use crate::device::ExportIdentity;
 use crate::device::{Device, DeviceSpec, Mode};
 use crate::format::BLOCK_BYTES;
 use crate::measure::bench::Rw;
@@ -85,18 +86,17 @@ fn yes_no(b: bool) -> &'static str {
     }
 }
 
-fn identity_check(id: &Identity, n: &NbdDevice) -> Check {
-    let info = n.export_info();
+fn identity_check(id: &Identity, n: &ExportIdentity) -> Check {
+    let info = n.info;
     let flags = info.transmission_flags;
-    let target = n.target();
-    let at = match &target.address {
+    let at = match &n.address {
         Address::Tcp { host, port } => format!("{host}:{port}"),
         Address::Unix { socket } => format!("unix socket {}", socket.display()),
     };
     let mut parts = vec![
         format!(
             "NBD export '{}' at {at}, {}",
-            target.export,
+            n.export,
             human_bytes(id.capacity_bytes)
         ),
         format!(
@@ -105,7 +105,7 @@ fn identity_check(id: &Identity, n: &NbdDevice) -> Check {
             yes_no(flag(flags, proto::TFLAG_SEND_FLUSH)),
             yes_no(flag(flags, proto::TFLAG_SEND_FUA))
         ),
-        format!("structured replies {}", yes_no(n.structured_replies())),
+        format!("structured replies {}", yes_no(n.structured_replies)),
     ];
     let mut problems = Vec::new();
     match info.block_sizes {
@@ -129,9 +129,9 @@ fn identity_check(id: &Identity, n: &NbdDevice) -> Check {
     }
     parts.push(format!(
         "requests of at most {}",
-        human_bytes(u64::from(n.request_bytes_max()))
+        human_bytes(u64::from(n.request_bytes_max))
     ));
-    parts.push(format!("RTT at connect {} us", n.rtt().as_micros().max(1)));
+    parts.push(format!("RTT at connect {} us", n.rtt.as_micros().max(1)));
     if flag(flags, proto::TFLAG_READ_ONLY) {
         problems.push("the export is read-only: pbio cannot write to it".into());
     }
@@ -140,18 +140,15 @@ fn identity_check(id: &Identity, n: &NbdDevice) -> Check {
 
 /// Run the NBD checks; `report` holds the identity and gets the rest.
 pub fn run(device: &dyn Device, options: &Options, report: &mut Report, on: &mut dyn FnMut(Event)) {
-    let push = |report: &mut Report, check: Check, on: &mut dyn FnMut(Event)| {
-        on(Event::Check(&check));
-        report.checks.push(check);
-    };
+    let push = Report::add;
     let n = device
-        .nbd()
+        .export_identity()
         .expect("the NBD family is only chosen for NBD devices");
-    let id_check = identity_check(&report.identity, n);
+    let id_check = identity_check(&report.identity, &n);
     let usable = id_check.verdict == Verdict::Pass;
     push(report, id_check, on);
     if !usable {
-        for name in [
+        let later = [
             "write_throughput",
             "read_throughput",
             "write_latency_p99",
@@ -159,23 +156,17 @@ pub fn run(device: &dyn Device, options: &Options, report: &mut Report, on: &mut
             "flush_latency_p99",
             "pattern_verify",
             "durability",
-        ] {
-            push(
-                report,
-                Check::new(name, Verdict::Fail, Value::Null, "")
-                    .detail("not run: the identity check failed"),
-                on,
-            );
-        }
+        ];
+        report.not_run(&later, on);
         return;
     }
     let capacity = report.identity.capacity_bytes;
     let plan = super::plan(options, capacity);
-    let flushes = flag(n.export_info().transmission_flags, proto::TFLAG_SEND_FLUSH);
+    let flushes = flag(n.info.transmission_flags, proto::TFLAG_SEND_FLUSH);
 
     on(Event::Step("throughput matrix through the NBD pipe"));
     let mut flushed_writes = false;
-    for cell_plan in matrix_plan(options.quick, capacity, u64::from(n.request_bytes_max())) {
+    for cell_plan in matrix_plan(options.quick, capacity, u64::from(n.request_bytes_max)) {
         if cell_plan.rw == Rw::Read && !flushed_writes {
             // The writes are made durable before reading; a failure here
             // is judged by the flush check below.
@@ -188,7 +179,7 @@ pub fn run(device: &dyn Device, options: &Options, report: &mut Report, on: &mut
     }
     let note = format!(
         " (over NBD, RTT at connect {} us)",
-        n.rtt().as_micros().max(1)
+        n.rtt.as_micros().max(1)
     );
     for check in super::matrix_checks(&report.matrix, &note) {
         push(report, check, on);
@@ -237,8 +228,8 @@ fn flush_check(device: &dyn Device, flushes: bool, rounds: u32) -> Check {
         );
     }
     let fua = device
-        .nbd()
-        .is_some_and(|n| flag(n.export_info().transmission_flags, proto::TFLAG_SEND_FUA));
+        .export_identity()
+        .is_some_and(|n| flag(n.info.transmission_flags, proto::TFLAG_SEND_FUA));
     let slots = (device.capacity_bytes() / FLUSH_WRITE_BYTES as u64).clamp(1, FLUSH_SLOTS);
     let mut buf = vec![0u8; FLUSH_WRITE_BYTES];
     let mut h = histogram();
@@ -311,18 +302,11 @@ fn pattern_check(
         ));
     }
     if write {
-        let mut buf = AlignedBuf::new(IO_BYTES, 4096);
-        for &(start, len) in &spec.extents {
-            let mut at = start;
-            while at < start + len {
-                let n = (start + len - at).min(IO_BYTES as u64) as usize;
-                let chunk = &mut buf.as_mut_slice()[..n];
-                pattern::fill(chunk, at, spec.nonce);
-                if let Err(e) = device.write_at(chunk, at) {
-                    return fail(format!("pattern write at offset {at}: {e}"));
-                }
-                at += n as u64;
-            }
+        // One request per piece of the pattern (1 MiB, as IO_BYTES).
+        if let Err((at, e)) =
+            pattern::write_with(spec, |chunk, at| device.write_at(chunk, at).map(drop))
+        {
+            return fail(format!("pattern write at offset {at}: {e}"));
         }
         if let Err(e) = device.sync() {
             return fail(format!("NBD_CMD_FLUSH after the pattern write: {e}"));

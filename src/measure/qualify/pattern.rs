@@ -177,6 +177,15 @@ pub fn check(buf: &[u8], offset: u64, nonce: u64, out: &mut VerifyOutcome) {
 
 /// Write the pattern over every extent (does not sync).
 pub fn write(io: &DevIo, spec: &PatternSpec) -> Result<(), (u64, io::Error)> {
+    write_with(spec, |chunk, at| io.write_all_at(chunk, at))
+}
+
+/// Write the pattern over every extent with `write` (any transport), in
+/// pieces of at most `IO_BYTES`; the error names the piece's offset.
+pub fn write_with(
+    spec: &PatternSpec,
+    mut write: impl FnMut(&[u8], u64) -> io::Result<()>,
+) -> Result<(), (u64, io::Error)> {
     let mut buf = AlignedBuf::new(IO_BYTES, 4096);
     for &(start, len) in &spec.extents {
         let mut at = start;
@@ -184,7 +193,7 @@ pub fn write(io: &DevIo, spec: &PatternSpec) -> Result<(), (u64, io::Error)> {
             let n = (start + len - at).min(IO_BYTES as u64) as usize;
             let chunk = &mut buf.as_mut_slice()[..n];
             fill(chunk, at, spec.nonce);
-            io.write_all_at(chunk, at).map_err(|e| (at, e))?;
+            write(chunk, at).map_err(|e| (at, e))?;
             at += n as u64;
         }
     }

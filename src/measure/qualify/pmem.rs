@@ -1,7 +1,7 @@
 //! Qualification of persistent memory (`pmem:PATH`, `/dev/pmem*`): the
 //! device is used as pbio's backup ring uses it, through its mapping
-//! (`Device::mapping`) and `Device::persist` (cache-line flushes + fence
-//! on a DAX mapping, msync otherwise).
+//! (`Device::store`, `Device::load`) and `Device::persist` (cache-line
+//! flushes + fence on a DAX mapping, msync otherwise).
 //!
 //! The run, in order:
 //! 1. `identity`: the mapping's length, DAX or not, the persist mechanism
@@ -29,8 +29,7 @@ use super::{
     histogram, size_text, CellPlan, CellResult, Check, Event, Latency, Options, Report, Verdict,
     LATENCY_NS_MAX,
 };
-use crate::device::pmem::Durability;
-use crate::device::{Device, DeviceSpec, Mapping, Mode};
+use crate::device::{Device, DeviceSpec, Durability, Mode};
 use crate::measure::bench::Rw;
 use crate::units::human_bytes;
 
@@ -39,18 +38,18 @@ pub const PERSIST_SIZES: [usize; 3] = [64, 4096, 65536];
 /// Bytes of one pattern store (and load).
 const IO_BYTES: usize = 1 << 20;
 
-/// The mapping of a device, for stores and loads by offset.
-struct Map {
-    base: *mut u8,
+/// The mapping of a device, for stores and loads by offset (through the
+/// device's `store` and `load`).
+struct Map<'d> {
+    device: &'d dyn Device,
     len: usize,
 }
 
-impl Map {
-    fn of(m: Mapping) -> Map {
-        Map {
-            base: m.base,
-            len: m.len,
-        }
+impl<'d> Map<'d> {
+    /// None: the device is not mapped.
+    fn of(device: &'d dyn Device) -> Option<Map<'d>> {
+        let len = device.mapped()?.len();
+        Some(Map { device, len })
     }
 
     fn check(&self, offset: u64, len: usize) {
@@ -66,26 +65,17 @@ impl Map {
     /// Copy `src` into the mapping at `offset`.
     fn store(&self, offset: u64, src: &[u8]) {
         self.check(offset, src.len());
-        // SAFETY: the range is within the mapping (checked above), which
-        // lives as long as the device the caller borrows; qualify is the
-        // only user of a device it opened for writing, and `src` is a
-        // separate heap buffer, so the ranges do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.add(offset as usize), src.len())
-        };
+        self.device
+            .store(offset, src)
+            .expect("a store within a mapping opened for writing");
     }
 
     /// Copy from the mapping at `offset` into `dst`.
     fn load(&self, offset: u64, dst: &mut [u8]) {
         self.check(offset, dst.len());
-        // SAFETY: as for `store`; the mapping is readable in both modes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.base.add(offset as usize),
-                dst.as_mut_ptr(),
-                dst.len(),
-            )
-        };
+        self.device
+            .load(offset, dst)
+            .expect("a load within the mapping");
     }
 }
 
@@ -131,44 +121,38 @@ fn mechanism(d: Option<Durability>) -> (Option<bool>, String) {
 
 /// Run the pmem checks; `report` holds the identity and gets the rest.
 pub fn run(device: &dyn Device, options: &Options, report: &mut Report, on: &mut dyn FnMut(Event)) {
-    let push = |report: &mut Report, check: Check, on: &mut dyn FnMut(Event)| {
-        on(Event::Check(&check));
-        report.checks.push(check);
-    };
-    let (dax, how) = mechanism(device.durability());
-    let mapping = device.mapping();
+    let push = Report::add;
+    let (dax, how) = mechanism(device.durability_mechanism());
+    let mapping = Map::of(device);
     report.identity.pmem = Some(json!({
-        "mapping_bytes": mapping.map(|m| m.len),
+        "mapping_bytes": mapping.as_ref().map(|m| m.len),
         "dax": dax,
         "persist": how,
     }));
-    let id_check = identity_check(&report.identity, mapping, device.durability());
+    let id_check = identity_check(
+        &report.identity,
+        mapping.as_ref().map(|m| m.len),
+        device.durability_mechanism(),
+    );
     let usable = id_check.verdict == Verdict::Pass;
     push(report, id_check, on);
-    let Some(m) = mapping.filter(|_| usable) else {
-        for name in [
+    let Some(map) = mapping.filter(|_| usable) else {
+        let later = [
             "write_throughput",
             "read_throughput",
             "persist_latency_p99",
             "pattern_verify",
             "durability",
-        ] {
-            push(
-                report,
-                Check::new(name, Verdict::Fail, Value::Null, "")
-                    .detail("not run: the identity check failed"),
-                on,
-            );
-        }
+        ];
+        report.not_run(&later, on);
         return;
     };
-    let map = Map::of(m);
-    let plan = super::plan(options, m.len as u64);
+    let plan = super::plan(options, map.len as u64);
 
     on(Event::Step(
         "throughput: stores + persist, loads, through the mapping",
     ));
-    for cell_plan in matrix_plan(options.quick, m.len as u64) {
+    for cell_plan in matrix_plan(options.quick, map.len as u64) {
         let outcome = run_cell(device, &map, &cell_plan);
         let cell = super::Cell {
             plan: cell_plan,
@@ -192,7 +176,7 @@ pub fn run(device: &dyn Device, options: &Options, report: &mut Report, on: &mut
     on(Event::Step("pattern store, persist, load and verify"));
     let spec = PatternSpec {
         nonce: super::new_nonce(),
-        extents: pattern::plan_extents(m.len as u64, plan.verify_bytes, 4096),
+        extents: pattern::plan_extents(map.len as u64, plan.verify_bytes, 4096),
     };
     let check = pattern_check("pattern_verify", device, &map, &spec, true);
     let written = check.verdict == Verdict::Pass;
@@ -216,7 +200,7 @@ pub fn run(device: &dyn Device, options: &Options, report: &mut Report, on: &mut
 
 fn identity_check(
     id: &super::identity::Identity,
-    mapping: Option<Mapping>,
+    mapping: Option<usize>,
     durability: Option<Durability>,
 ) -> Check {
     let mut parts = vec![format!(
@@ -402,10 +386,9 @@ fn durability_check(device: &dyn Device, spec: &PatternSpec, how: &str, in_memor
         Ok(d) => d,
         Err(e) => return failed(format!("opening the device again: {e}")),
     };
-    let Some(m) = again.mapping() else {
+    let Some(map) = Map::of(again.as_ref()) else {
         return failed("the device opened again is not mapped".into());
     };
-    let map = Map::of(m);
     let mut c = pattern_check(name, again.as_ref(), &map, spec, false);
     if c.verdict != Verdict::Pass {
         c.detail = format!("through a new mapping after {how}: {}", c.detail);
@@ -453,10 +436,10 @@ fn durability_check(device: &dyn Device, spec: &PatternSpec, how: &str, in_memor
 
 /// Load the pattern an earlier run left (writes nothing).
 pub fn recheck(device: &dyn Device, spec: &PatternSpec) -> Check {
-    match device.mapping() {
+    match Map::of(device) {
         None => Check::new("pattern_recheck", Verdict::Fail, json!(0), "bytes")
             .detail("the device is not mapped"),
-        Some(m) => pattern_check("pattern_recheck", device, &Map::of(m), spec, false),
+        Some(map) => pattern_check("pattern_recheck", device, &map, spec, false),
     }
 }
 

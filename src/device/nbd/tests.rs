@@ -1,0 +1,87 @@
+use super::*;
+
+#[test]
+fn pipeline_covers_the_bandwidth_delay_product() {
+    let mib = 1 << 20;
+    let r = |rate: u64, rtt_ms: u64| {
+        records_to_fill(rate, Duration::from_millis(rtt_ms), mib + 4096, 32, 256)
+    };
+    // A LAN: the floor (--qd) rules.
+    assert_eq!(r(125_000_000, 0), 32);
+    // 10 Gbit/s across a continent (40 ms): 2 x 50 MB in records of
+    // 1 MiB + 4 KiB = 95.
+    assert_eq!(r(1_250_000_000, 40), 95);
+    // A long fat pipe beyond the bound: capped.
+    assert_eq!(r(1_250_000_000, 200), 256);
+    // A slow WAN (40 Mbit/s, 100 ms): 1 MB in flight is enough; floor.
+    assert_eq!(r(5_000_000, 100), 32);
+    // Never below the floor, even with a ceiling below it.
+    assert_eq!(records_to_fill(1, Duration::ZERO, 1, 8, 4), 8);
+}
+
+#[test]
+fn targets() {
+    let t = parse_target("nbd://10.0.0.2:10810/disk1").unwrap();
+    assert_eq!(
+        t.address,
+        Address::Tcp {
+            host: "10.0.0.2".into(),
+            port: 10810
+        }
+    );
+    assert_eq!(t.export, "disk1");
+    let t = parse_target("nbd://host").unwrap();
+    assert_eq!(
+        t.address,
+        Address::Tcp {
+            host: "host".into(),
+            port: DEFAULT_PORT
+        }
+    );
+    assert_eq!(t.export, "");
+    let t = parse_target("nbd://[::1]:99/x").unwrap();
+    assert_eq!(
+        t.address,
+        Address::Tcp {
+            host: "::1".into(),
+            port: 99
+        }
+    );
+    let t = parse_target("nbd+unix:///e?socket=/run/s.sock").unwrap();
+    assert_eq!(
+        t.address,
+        Address::Unix {
+            socket: "/run/s.sock".into()
+        }
+    );
+    assert_eq!(t.export, "e");
+    for bad in [
+        "nbd://",
+        "nbd://h:0/x",
+        "nbd://h:port/x",
+        "nbd://h/x?tls=1",
+        "nbd+unix:///e",
+        "nbd+unix://host/e?socket=/s",
+        "http://h/x",
+        "nbd://[::1/x",
+    ] {
+        assert!(parse_target(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn block_bytes_follow_the_servers_preferred_size() {
+    let with = |sizes| proto::ExportInfo {
+        block_sizes: sizes,
+        ..Default::default()
+    };
+    // No NBD_INFO_BLOCK_SIZE: the protocol's default preferred 4096.
+    assert_eq!(block_bytes_of(&with(None)), 4096);
+    // qemu-nbd and nbdkit: minimum 1 or 512, preferred 4096.
+    assert_eq!(block_bytes_of(&with(Some((1, 4096, 32 << 20)))), 4096);
+    assert_eq!(block_bytes_of(&with(Some((512, 512, 32 << 20)))), 512);
+    // Preferred sizes pbio's 4096-byte format cannot follow.
+    assert_eq!(block_bytes_of(&with(Some((1, 65536, 32 << 20)))), 4096);
+    assert_eq!(block_bytes_of(&with(Some((1, 256, 32 << 20)))), 4096);
+    assert_eq!(block_bytes_of(&with(Some((1, 3000, 32 << 20)))), 4096);
+}

@@ -1,0 +1,337 @@
+//! The backup run and its first two phases: labels (state Writing) on
+//! every device, then the data through one ring per device.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::device::{Access, Device};
+use crate::format::{Label, LabelState, HEADER_BYTES};
+use crate::media;
+use crate::source::EntryKind;
+
+use super::catalog::{
+    build_catalog, device_end, device_reports, no_catalog, source_findings, write_catalogs,
+};
+use super::dispatch::{DeviceState as DispatchState, Dispatcher, WorkItem};
+use super::ring::{self, Ring, RingConfig, RingEnd, RingError, RingOutcome, RingStats};
+use super::{
+    record_payload_bytes_max, BackupConfig, BackupError, BackupReport, DeviceEnd, Event, SetInput,
+};
+
+/// `--balance time` during the run: every quarter second, each device
+/// that was writing the whole time has its rate updated from the bytes it
+/// completed (a moving average), so that stealing follows the devices'
+/// real speed rather than the probe's or the declared one.
+fn observe_rates(dispatcher: &Dispatcher, progress: &[AtomicU64], done: &AtomicBool) {
+    const TICK: Duration = Duration::from_millis(250);
+    let mut last: Vec<u64> = progress.iter().map(|p| p.load(Ordering::Relaxed)).collect();
+    let mut last_at = Instant::now();
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(TICK);
+        let now = Instant::now();
+        let secs = (now - last_at).as_secs_f64();
+        for (i, p) in progress.iter().enumerate() {
+            let bytes = p.load(Ordering::Relaxed);
+            dispatcher.set_written(i, bytes);
+            let delta = bytes.saturating_sub(last[i]);
+            last[i] = bytes;
+            // Only a device still busy with its own work says how fast it is.
+            if delta == 0 || dispatcher.state(i) != DispatchState::Working {
+                continue;
+            }
+            let sample = (delta as f64 / secs) as u64;
+            let old = dispatcher.rate(i);
+            let new = if old == 0 {
+                sample
+            } else {
+                (old * 7 + sample * 3) / 10
+            };
+            dispatcher.update_rate(i, new);
+        }
+        last_at = now;
+    }
+}
+
+/// Run a backup: label (writing) on every device, data through one ring per
+/// device, then the catalog on every device that is not failed, sync, label
+/// (complete), sync. A device that fills up or fails mid-run hands its
+/// unwritten work (failed: all its work) to the others (claims 13-15).
+pub fn run_backup(
+    input: &SetInput,
+    devices: &[Box<dyn Device>],
+    config: &BackupConfig,
+    progress: &[AtomicU64],
+) -> Result<BackupReport, BackupError> {
+    assert_eq!(
+        devices.len(),
+        progress.len(),
+        "one progress counter per device"
+    );
+    let started = Instant::now();
+    let dispatcher = new_dispatcher(input, devices.len(), config);
+    let label_errors = write_labels(devices, config, &dispatcher);
+    let rings = ring_configs(devices, config);
+    let outcomes = run_rings(
+        input,
+        devices,
+        config,
+        &dispatcher,
+        &rings,
+        label_errors,
+        progress,
+    )?;
+    let sources = source_findings(input, &dispatcher);
+    let ends: Vec<DeviceEnd> = outcomes.iter().map(|o| device_end(&o.end)).collect();
+    let (encoded, segments) = build_catalog(input, devices, &outcomes, &ends, config);
+    let finished = write_catalogs(devices, &outcomes, &ends, &encoded, &rings, config);
+    let reports = device_reports(devices, outcomes, &ends, finished);
+    if reports.iter().all(|r| r.catalog_end.is_none()) {
+        return Err(no_catalog(reports));
+    }
+    Ok(BackupReport {
+        set_id: config.set_id,
+        devices: reports,
+        files: input.entries.len(),
+        segments,
+        unplaced: sources.unplaced,
+        unreadable: sources.unreadable,
+        changed: sources.changed,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Device `index`'s label as the labels phase writes it (state Writing,
+/// no catalog yet); the finish phase completes a copy of it.
+pub(super) fn backup_label(
+    devices: &[Box<dyn Device>],
+    config: &BackupConfig,
+    index: u32,
+) -> Label {
+    Label {
+        set_id: config.set_id,
+        device_index: index,
+        device_count: devices.len() as u32,
+        chunk_bytes: config.chunk_bytes,
+        block_bytes: devices[index as usize].block_bytes(),
+        created_unix_ns: config.created_unix_ns,
+        state: LabelState::Writing,
+        catalog_offset: 0,
+        catalog_bytes: 0,
+        data_end: 0,
+        catalog_digest: [0; 32],
+        mac: [0; 32],
+    }
+    .sealed(config.mac_key.as_ref())
+}
+
+/// Hand `event` to the run's event sink, if it has one. A sink that went
+/// away (the display ended) does not stop the backup.
+pub(super) fn send(config: &BackupConfig, event: Event) {
+    if let Some(tx) = &config.events {
+        let _ = tx.send(event);
+    }
+}
+
+/// The dispatcher, holding every planned segment as work for its device
+/// (and with `--balance time`, the rates it steals work by).
+fn new_dispatcher(input: &SetInput, device_count: usize, config: &BackupConfig) -> Dispatcher {
+    let dispatcher = Dispatcher::with_data(
+        device_count,
+        config.chunk_bytes as u64,
+        input.plan.segments.iter().map(|s| {
+            (
+                s.device,
+                WorkItem {
+                    file: s.file,
+                    offset: s.offset,
+                    length: s.length,
+                },
+            )
+        }),
+        sparse_data(input),
+    );
+    if let Some(rates) = &config.steal_work {
+        dispatcher.enable_stealing(rates);
+    }
+    dispatcher
+}
+
+/// The data ranges of the sparse files, by plan file id, so the
+/// dispatcher counts stored bytes as the planner does.
+fn sparse_data(input: &SetInput) -> std::collections::HashMap<u32, Box<[(u64, u64)]>> {
+    input
+        .entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.kind {
+            EntryKind::File {
+                data: Some(data), ..
+            } => Some((i as u32, data.clone().into_boxed_slice())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Labels phase: a label (state Writing) on every device before any data.
+/// Invariant: a device whose label cannot be written has failed before it
+/// started: it is retired (its work goes to the others), reported as a
+/// `DeviceFailed` event, and its error returned at its index.
+fn write_labels(
+    devices: &[Box<dyn Device>],
+    config: &BackupConfig,
+    dispatcher: &Dispatcher,
+) -> Vec<Option<String>> {
+    let mut label_errors: Vec<Option<String>> = vec![None; devices.len()];
+    for (i, dev) in devices.iter().enumerate() {
+        let label = backup_label(devices, config, i as u32);
+        if let Err(e) = media::write_label(dev.as_ref(), &label) {
+            let redirected = dispatcher.retire(i, DispatchState::Failed, 0);
+            send(
+                config,
+                Event::DeviceFailed {
+                    device: i as u32,
+                    error: e.to_string(),
+                    redirected_bytes: redirected,
+                },
+            );
+            label_errors[i] = Some(e.to_string());
+        }
+    }
+    label_errors
+}
+
+/// One ring configuration per device: its record size limit and how many
+/// records it keeps in flight (a remote device: enough to cover its round
+/// trip; a tape: its buffer of records ahead of the one write).
+fn ring_configs(devices: &[Box<dyn Device>], config: &BackupConfig) -> Vec<RingConfig> {
+    devices
+        .iter()
+        .enumerate()
+        .map(|(i, dev)| {
+            let payload_max =
+                record_payload_bytes_max(dev.as_ref(), config.chunk_bytes, config.tape_block_bytes);
+            RingConfig {
+                device_index: i as u32,
+                set_id: config.set_id,
+                chunk_bytes: config.chunk_bytes,
+                record_payload_bytes_max: payload_max,
+                queue_depth: match dev.access() {
+                    // A remote device: enough records in flight to cover its
+                    // measured round trip at its bandwidth (never fewer than --qd).
+                    Access::Random => dev.records_in_flight(
+                        (HEADER_BYTES as u64) + payload_max as u64,
+                        config.queue_depth,
+                        ring::QUEUE_DEPTH_MAX,
+                    ),
+                    Access::Sequential => config.tape_buffer_records,
+                },
+                reserve_bytes: config.reserve_bytes,
+                write_retries: config.write_retries,
+            }
+        })
+        .collect()
+}
+
+/// Data phase: one thread and ring per device, all taking work from the
+/// dispatcher until none is left (with `--balance time`, a thread that
+/// keeps the rates current). Invariant: every device ends Complete, Full
+/// or Failed, with its durable records listed; a ring that cannot even be
+/// set up aborts the run (the error is returned).
+fn run_rings(
+    input: &SetInput,
+    devices: &[Box<dyn Device>],
+    config: &BackupConfig,
+    dispatcher: &Dispatcher,
+    rings: &[RingConfig],
+    label_errors: Vec<Option<String>>,
+    progress: &[AtomicU64],
+) -> Result<Vec<RingOutcome>, BackupError> {
+    let rings_done = AtomicBool::new(false);
+    let outcomes: Vec<Result<RingOutcome, RingError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = label_errors
+            .into_iter()
+            .enumerate()
+            .map(|(i, label_error)| {
+                let (dev, ring, progress) = (devices[i].as_ref(), &rings[i], &progress[i]);
+                std::thread::Builder::new()
+                    .name(format!("pbio-dev{i}"))
+                    .spawn_scoped(scope, move || {
+                        let Some(error) = label_error else {
+                            return run_device(input, dev, config, dispatcher, ring, progress);
+                        };
+                        Ok(RingOutcome {
+                            end: RingEnd::Failed {
+                                error: ring::DeviceFault {
+                                    device: dev.path().to_path_buf(),
+                                    fault: ring::Fault::Label(error),
+                                },
+                            },
+                            records: Vec::new(),
+                            placed: Vec::new(),
+                            data_end: media::data_start(dev),
+                            redirected_bytes: 0,
+                            stats: RingStats::default(),
+                        })
+                    })
+                    .expect("spawn device thread")
+            })
+            .collect();
+        if config.steal_work.is_some() {
+            let rings_done = &rings_done;
+            scope.spawn(move || observe_rates(dispatcher, progress, rings_done));
+        }
+        let outcomes = handles
+            .into_iter()
+            .map(|h| h.join().expect("device thread panicked"))
+            .collect();
+        rings_done.store(true, Ordering::Relaxed);
+        outcomes
+    });
+    outcomes
+        .into_iter()
+        .map(|o| o.map_err(BackupError::from))
+        .collect()
+}
+
+/// One device's thread of the data phase: its ring runs to the end of
+/// the work, and a device that filled up or failed is reported as an event.
+fn run_device(
+    input: &SetInput,
+    dev: &dyn Device,
+    config: &BackupConfig,
+    dispatcher: &Dispatcher,
+    ring_config: &RingConfig,
+    progress: &AtomicU64,
+) -> Result<RingOutcome, RingError> {
+    let i = ring_config.device_index;
+    let ring = match Ring::new(dev, ring_config, progress) {
+        Ok(ring) => ring,
+        Err(e) => {
+            dispatcher.abort();
+            dispatcher.finish(i as usize);
+            return Err(e);
+        }
+    };
+    let outcome = ring.run(input, dispatcher)?;
+    match &outcome.end {
+        RingEnd::Complete => {}
+        RingEnd::Full { error } => send(
+            config,
+            Event::DeviceFull {
+                device: i,
+                error: error.to_string(),
+                durable_bytes: outcome.records.iter().map(|r| r.payload_bytes as u64).sum(),
+                redirected_bytes: outcome.redirected_bytes,
+            },
+        ),
+        RingEnd::Failed { error } => send(
+            config,
+            Event::DeviceFailed {
+                device: i,
+                error: error.to_string(),
+                redirected_bytes: outcome.redirected_bytes,
+            },
+        ),
+    }
+    Ok(outcome)
+}

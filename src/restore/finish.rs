@@ -1,0 +1,171 @@
+//! The phases of a restore after the devices are read: the records
+//! gathered per file, each file's verdict, an image's holes and sync.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use crate::format::{Catalog, DigestRecord};
+
+use super::problem::Problem;
+use super::read::{DeviceRead, Reader};
+use super::select::{uncovered, DataSource, Selection};
+use super::{tree, OpenSet, Report, RestoreError, TargetOp};
+
+/// The records read, per restored file, and the devices whose reading
+/// broke off. A device that cannot be read is reported; what the others
+/// hold is still restored (the files it leaves short are named with it).
+/// Any other error ends the run.
+pub(super) fn gather(
+    results: Vec<(Reader, Result<DeviceRead, RestoreError>)>,
+    file_count: usize,
+    report: &mut Report,
+) -> Result<(Vec<Vec<DigestRecord>>, Vec<Reader>), RestoreError> {
+    let mut per_file: Vec<Vec<DigestRecord>> = vec![Vec::new(); file_count];
+    let mut broken: Vec<Reader> = Vec::new();
+    for (reader, result) in results {
+        let read = match result {
+            Ok(read) => read,
+            Err(e @ (RestoreError::Stream(_) | RestoreError::Media(_))) => {
+                report.errors.push(Problem::Unread(e));
+                broken.push(reader);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        report.payload_bytes += read.payload_bytes;
+        report.records += read.records_read;
+        report.errors.extend(read.errors);
+        for (file, record) in read.records {
+            per_file[file as usize].push(record);
+        }
+    }
+    Ok((per_file, broken))
+}
+
+/// Verdict phase: per file of the restored catalog, complete and verified,
+/// or why not. Invariant: a wanted file with data is Good only when the
+/// digest over its records (each range once) is the catalog's.
+pub(super) fn verdicts(
+    sets: &[&OpenSet],
+    selection: &Selection,
+    per_file: &mut [Vec<DigestRecord>],
+    broken: &[Reader],
+    report: &mut Report,
+) -> Vec<tree::Verdict> {
+    let catalog = &sets[0].catalog;
+    let mut verdicts = vec![tree::Verdict::Good; catalog.files.len()];
+    for (i, f) in catalog.files.iter().enumerate() {
+        if !selection.wanted[i] || !f.kind.has_data() {
+            continue;
+        }
+        // A range held twice (a failed device's copy and the survivor's)
+        // yields the same records; count each once. Two different records
+        // at one offset both count: the digest then fails.
+        let records = &mut per_file[i];
+        records.sort_unstable();
+        records.dedup();
+        if crate::format::file_digest(records) == f.digest {
+            continue;
+        }
+        // Data of it on a device whose reading broke off: that is why.
+        let on_broken = on_broken(sets, selection.sources[i], broken);
+        let path = f.path.clone();
+        let why = if on_broken.is_empty() {
+            let devices = devices_holding(sets, selection.sources[i]);
+            Problem::Digest { path, devices }
+        } else {
+            let devices = on_broken.into_iter().map(str::to_string).collect();
+            Problem::OnUnread { path, devices }
+        };
+        let failed = tree::Verdict::Failed(why.to_string());
+        report.errors.push(why);
+        verdicts[i] = failed;
+    }
+    verdicts
+}
+
+/// The devices whose reading broke off that hold records of a file, by path.
+fn on_broken<'a>(sets: &[&OpenSet], source: DataSource, broken: &'a [Reader]) -> Vec<&'a str> {
+    let DataSource::In { set, file } = source else {
+        return Vec::new();
+    };
+    let segments = &sets[set].catalog.segments;
+    broken
+        .iter()
+        .filter(|(s, device, _)| {
+            *s == set
+                && segments
+                    .iter()
+                    .any(|g| g.file_id == file && g.device == *device && g.records > 0)
+        })
+        .map(|(_, _, path)| path.as_str())
+        .collect()
+}
+
+/// Finish phase of an image restore: the holes written as zeros, then the
+/// target synced. Invariant: once it returns, the target holds exactly
+/// the image, durably.
+pub(super) fn finish_image(
+    target: &File,
+    catalog: &Catalog,
+    wanted: &[bool],
+    per_file: &[Vec<DigestRecord>],
+) -> Result<(), RestoreError> {
+    for (i, f) in catalog.files.iter().enumerate() {
+        if wanted[i] {
+            zero_holes(target, f.size_bytes, &per_file[i])?;
+        }
+    }
+    target.sync_all().map_err(|error| RestoreError::Target {
+        op: TargetOp::Sync,
+        error,
+    })
+}
+
+/// The given devices that hold records of a file (its segments), by path.
+fn devices_holding(sets: &[&OpenSet], source: DataSource) -> Vec<String> {
+    let DataSource::In { set, file } = source else {
+        return Vec::new();
+    };
+    let segments = &sets[set].catalog.segments;
+    sets[set]
+        .devices
+        .iter()
+        .filter(|(_, label)| {
+            segments
+                .iter()
+                .any(|g| g.file_id == file && g.device == label.device_index && g.records > 0)
+        })
+        .map(|(dev, _)| dev.path().display().to_string())
+        .collect()
+}
+
+/// Write zeros over the ranges of `[0, size_bytes)` that no record wrote
+/// (the holes of a sparse image), so the device holds exactly the image.
+/// `records` are (offset, length, hash), sorted by offset.
+fn zero_holes(
+    target: &File,
+    size_bytes: u64,
+    records: &[DigestRecord],
+) -> Result<(), RestoreError> {
+    const ZEROS_BYTES: usize = 1 << 20;
+    let written: Vec<(u64, u64)> = records
+        .iter()
+        .map(|&(offset, len, _)| (offset, offset + u64::from(len)))
+        .collect();
+    let zeros = vec![0u8; ZEROS_BYTES];
+    for (start, end) in uncovered(0, size_bytes, &written) {
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(ZEROS_BYTES as u64) as usize;
+            target
+                .write_all_at(&zeros[..n], at)
+                .map_err(|error| RestoreError::Target {
+                    op: TargetOp::Zeros { offset: at },
+                    error,
+                })?;
+            at += n as u64;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! Opening a set for reading: every device's label checked against the
+//! others and against the set's catalog (and its MACs with `--key`) before
+//! any byte is restored.
+
+use crate::device::{self, Access, Device, DeviceSpec, Mode};
+use crate::format::{Catalog, Label, LabelState, MacKey};
+use crate::media::{self, MediaError};
+
+use super::{Disagreement, MacOf, RestoreError};
+
+/// A device of a set, opened for reading, and its label.
+pub(super) type OpenDevice = (Box<dyn Device>, Label);
+
+/// The devices of one set, opened for reading, and its catalog.
+pub struct OpenSet {
+    pub devices: Vec<(Box<dyn Device>, Label)>,
+    pub catalog: Catalog,
+    /// Devices given that could not be read at all, or whose catalog was
+    /// not used (left out, with why).
+    pub unreadable: Vec<RestoreError>,
+    /// The set carries MACs (it was written with `--key`). Without the key
+    /// they are not checked: the caller says so.
+    pub keyed: bool,
+}
+
+/// A tape's label stays Writing (it cannot be rewritten); its catalog is
+/// tape file 1, complete when it ends with an End record and a filemark.
+/// When it reads back, the label is completed in memory, with positions
+/// in logical object numbers and the BLAKE3 of the catalog read as its
+/// `catalog_digest`, so that the rest of restore treats the tape like any
+/// device with a Complete label (and the catalogs of a set's tapes and
+/// disks are compared by their digests).
+fn complete_tape_label(
+    dev: &dyn Device,
+    label: &mut Label,
+) -> Option<Result<media::CatalogRead, MediaError>> {
+    if dev.access() != Access::Sequential || label.state == LabelState::Complete {
+        return None;
+    }
+    let read = media::read_catalog(dev, label);
+    if let Ok(read) = &read {
+        let catalog = &read.catalog;
+        if catalog.set_id == label.set_id {
+            if let Some(entry) = catalog.devices.get(label.device_index as usize) {
+                label.state = LabelState::Complete;
+                label.data_end = entry.data_end;
+                label.catalog_offset = entry.data_end + 1;
+                label.catalog_bytes = catalog.encode().len() as u64;
+                label.catalog_digest = read.digest;
+            }
+        }
+    }
+    Some(read)
+}
+
+/// A device opened for reading, its label, and for a tape the catalog
+/// read while completing its label.
+type Opened = (
+    Box<dyn Device>,
+    Label,
+    Option<Result<media::CatalogRead, MediaError>>,
+);
+
+/// Open the given devices, check they belong to one complete set, and read
+/// the catalog (from the first device whose catalog reads back correctly).
+/// With `key`, the set's MACs are checked (`open_sets`).
+pub fn open_set(specs: &[DeviceSpec], key: Option<&MacKey>) -> Result<OpenSet, RestoreError> {
+    let mut sets = open_sets(specs, key)?;
+    if sets.len() > 1 {
+        let (a, b) = (&sets[0], &sets[1]);
+        return Err(RestoreError::DifferentSets {
+            device: a.devices[0].0.path().display().to_string(),
+            other: b.devices[0].0.path().display().to_string(),
+            set: a.catalog.set_id.to_string(),
+            other_set: b.catalog.set_id.to_string(),
+        });
+    }
+    Ok(sets.remove(0))
+}
+
+/// Open the given devices, group them by set (in the order each set first
+/// appears), and read each set's catalog as `open_set` does. Before any
+/// byte is restored, every device's membership is checked (docs/FORMAT.md,
+/// "Reading a set"): its label's device index is in the set and given
+/// once, all labels of a set agree (device count, chunk size, creation
+/// time, catalog digest) and agree with the catalog, and the catalog read
+/// hashes to the digest the labels give. With `key`, every label's MAC and
+/// the catalog's MAC must match it. A device that disagrees is refused,
+/// named with the device it disagrees with.
+pub fn open_sets(specs: &[DeviceSpec], key: Option<&MacKey>) -> Result<Vec<OpenSet>, RestoreError> {
+    if specs.is_empty() {
+        return Err(RestoreError::NoDevices);
+    }
+    let mut groups: Vec<Vec<Opened>> = Vec::new();
+    let mut unreadable = Vec::new();
+    for spec in specs {
+        let dev = device::open(spec, Mode::Read)?;
+        let mut label = match media::read_label(dev.as_ref()) {
+            Ok(label) => label,
+            // One unreadable device does not stop a restore from the others.
+            Err(e) if specs.len() > 1 => {
+                unreadable.push(e);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(key) = key {
+            check_label_mac(dev.as_ref(), &label, key)?;
+        }
+        let tape_catalog = complete_tape_label(dev.as_ref(), &mut label);
+        let Some(group) = groups.iter_mut().find(|g| g[0].1.set_id == label.set_id) else {
+            groups.push(vec![(dev, label, tape_catalog)]);
+            continue;
+        };
+        for (other, other_label, _) in group.iter() {
+            labels_agree((other.as_ref(), other_label), (dev.as_ref(), &label))?;
+        }
+        group.push((dev, label, tape_catalog));
+    }
+    if groups.is_empty() {
+        return Err(RestoreError::NoneReadable { errors: unreadable });
+    }
+    let mut sets = groups
+        .into_iter()
+        .map(|group| assemble(group, key))
+        .collect::<Result<Vec<OpenSet>, RestoreError>>()?;
+    // Which set an unreadable device belonged to is unknown: named once.
+    sets[0]
+        .unreadable
+        .extend(unreadable.into_iter().map(RestoreError::Media));
+    Ok(sets)
+}
+
+/// A label's MAC checked with `key` (before anything else is read from
+/// the device): refused when it does not match, or is zero (the set was
+/// written without a key).
+fn check_label_mac(dev: &dyn Device, label: &Label, key: &MacKey) -> Result<(), RestoreError> {
+    if crate::format::hash_eq(&label.mac_for(key), &label.mac) {
+        return Ok(());
+    }
+    Err(RestoreError::Mac {
+        device: dev.path().display().to_string(),
+        what: MacOf::Label,
+        zero: label.mac == [0; 32],
+    })
+}
+
+/// Two devices that claim the same set must agree on what their labels
+/// say of the whole set; when they do not, at least one of them lies (a
+/// device of another run, or a forged label), and both are named.
+fn labels_agree(
+    (a_dev, a): (&dyn Device, &Label),
+    (b_dev, b): (&dyn Device, &Label),
+) -> Result<(), RestoreError> {
+    let (device, other) = (a_dev.path().display(), b_dev.path().display());
+    let refuse = |why: Disagreement| {
+        Err(RestoreError::Membership {
+            device: device.to_string(),
+            other: other.to_string(),
+            set: a.set_id.to_string(),
+            why,
+        })
+    };
+    if a.device_index == b.device_index {
+        return Err(RestoreError::SameIndex {
+            device: device.to_string(),
+            other: other.to_string(),
+            index: a.device_index,
+        });
+    }
+    if a.device_count != b.device_count {
+        return refuse(Disagreement::DeviceCount(a.device_count, b.device_count));
+    }
+    if a.chunk_bytes != b.chunk_bytes {
+        return refuse(Disagreement::ChunkBytes(a.chunk_bytes, b.chunk_bytes));
+    }
+    if a.created_unix_ns != b.created_unix_ns {
+        return refuse(Disagreement::Created(a.created_unix_ns, b.created_unix_ns));
+    }
+    if a.state == LabelState::Complete
+        && b.state == LabelState::Complete
+        && a.catalog_digest != b.catalog_digest
+    {
+        return refuse(Disagreement::CatalogDigest);
+    }
+    Ok(())
+}
+
+/// The catalog of one set's devices: from the first complete device whose
+/// catalog reads back and hashes to the digest its label gives (every
+/// Complete label of the set gives the same one: `labels_agree`).
+fn assemble(opened: Vec<Opened>, key: Option<&MacKey>) -> Result<OpenSet, RestoreError> {
+    let mut devices = Vec::with_capacity(opened.len());
+    let mut tape_catalogs = Vec::with_capacity(opened.len());
+    for (dev, label, tape_catalog) in opened {
+        devices.push((dev, label));
+        tape_catalogs.push(tape_catalog);
+    }
+    let mut last_error = None;
+    let mut notes = Vec::new();
+    for (from, ((dev, label), tape_catalog)) in
+        devices.iter().zip(tape_catalogs.iter_mut()).enumerate()
+    {
+        if let Some(Err(e)) = tape_catalog.take() {
+            last_error = Some(e.into());
+            continue;
+        }
+        if label.state != LabelState::Complete {
+            continue;
+        }
+        let read = match tape_catalog.take() {
+            Some(read) => read,
+            None => media::read_catalog(dev.as_ref(), label),
+        };
+        match read {
+            Ok(read) if read.catalog.set_id != label.set_id => {
+                last_error = Some(RestoreError::ForeignCatalog {
+                    device: dev.path().display().to_string(),
+                })
+            }
+            Ok(read) if read.digest != label.catalog_digest => {
+                let refused = || RestoreError::CatalogDigest {
+                    device: dev.path().display().to_string(),
+                };
+                notes.push(refused());
+                last_error = Some(refused());
+            }
+            Ok(read) => return finish_open(devices, read.catalog, from, key, notes),
+            Err(e) => last_error = Some(e.into()),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| RestoreError::NoCatalog {
+        set: devices[0].1.set_id.to_string(),
+    }))
+}
+
+/// Check every device against the catalog read from `devices[from]` (and,
+/// with `key`, the catalog's MAC). A device without a catalog of its own
+/// (it failed during the backup) is read up to the end that the set's
+/// catalog records for it.
+fn finish_open(
+    mut devices: Vec<(Box<dyn Device>, Label)>,
+    catalog: Catalog,
+    from: usize,
+    key: Option<&MacKey>,
+    notes: Vec<RestoreError>,
+) -> Result<OpenSet, RestoreError> {
+    let source = devices[from].0.path().display().to_string();
+    if let Some(key) = key {
+        if !crate::format::hash_eq(&catalog.mac_for(key), &catalog.mac) {
+            return Err(RestoreError::Mac {
+                device: source,
+                what: MacOf::Catalog,
+                zero: catalog.mac == [0; 32],
+            });
+        }
+    }
+    let count = catalog.devices.len();
+    for (dev, l) in devices.iter_mut() {
+        let name = dev.path().display();
+        if l.device_count as usize != count || l.device_index as usize >= count {
+            return Err(RestoreError::NotInCatalog {
+                device: name.to_string(),
+                index: l.device_index,
+                count: l.device_count,
+                source_device: source.clone(),
+                catalog_count: count,
+            });
+        }
+        if l.chunk_bytes != catalog.chunk_bytes || l.created_unix_ns != catalog.created_unix_ns {
+            return Err(RestoreError::CatalogDisagrees {
+                device: name.to_string(),
+                source_device: source.clone(),
+            });
+        }
+        if l.state != LabelState::Complete {
+            l.data_end = catalog.devices[l.device_index as usize].data_end;
+        }
+    }
+    let keyed = catalog.mac != [0; 32] || devices.iter().any(|(_, l)| l.mac != [0; 32]);
+    Ok(OpenSet {
+        devices,
+        catalog,
+        unreadable: notes,
+        keyed,
+    })
+}

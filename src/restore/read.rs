@@ -1,0 +1,453 @@
+//! The read phase of a restore: one thread per device, each streaming its
+//! device in media order, checking every record against the label and the
+//! catalog, and queueing the writes of the records restored.
+
+use std::fs::File;
+
+use crate::device::Device;
+use crate::format::{Catalog, DigestRecord, Label, RecordHeader, RecordKind};
+use crate::media;
+use crate::media::stream::{self, Flow, Item, Payload};
+use crate::units::shown_name;
+
+use super::open::OpenDevice;
+use super::problem::{Problem, RecordProblem, Refusal};
+use super::select::{targets, Selection, NO_TARGET};
+use super::{tree, writer, OpenSet, RestoreError, TargetOp};
+
+pub(super) struct DeviceRead {
+    /// (restored file, offset, length, BLAKE3 of the payload) of the
+    /// records with a target.
+    pub(super) records: Vec<(u32, DigestRecord)>,
+    /// Every record read and checked.
+    pub(super) records_read: u64,
+    pub(super) payload_bytes: u64,
+    pub(super) errors: Vec<Problem>,
+}
+
+/// Where the records go.
+#[derive(Clone, Copy)]
+pub(super) enum Destination<'a> {
+    Nowhere,
+    Tree(&'a tree::Staged),
+    Device(&'a File),
+}
+
+/// A device read: (set, device index, path).
+pub(super) type Reader = (usize, u32, String);
+
+/// Read phase: every device to read, each on its own thread, in parallel
+/// across the sets. A set is read when it is the restored one, when
+/// verifying, or when a wanted file has its data in it. Invariant: only
+/// records of wanted files reach the destination. Per device read: which
+/// one, and what came of it.
+pub(super) fn read_devices(
+    sets: &[&OpenSet],
+    selection: &Selection,
+    restored: &Catalog,
+    destination: Destination<'_>,
+    verify: bool,
+) -> Vec<(Reader, Result<DeviceRead, RestoreError>)> {
+    let targets = targets(sets, selection);
+    let reading = &selection.reading;
+    // (set, its device and label) of every device read.
+    let devices: Vec<(usize, &OpenDevice)> = (0..sets.len())
+        .filter(|&s| s == 0 || verify || targets[s].iter().any(|&t| t != NO_TARGET))
+        .flat_map(|s| sets[s].devices.iter().map(move |d| (s, d)))
+        .filter(|(s, (_, label))| reading[*s].contains(&label.device_index))
+        .collect();
+    let results: Vec<Result<DeviceRead, RestoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = devices
+            .iter()
+            .map(|&(s, (dev, label))| {
+                let (targets, set_catalog) = (&targets[s], &sets[s].catalog);
+                scope.spawn(move || {
+                    let dev = dev.as_ref();
+                    read_device(dev, label, set_catalog, targets, restored, destination)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("reader thread panicked"))
+            .collect()
+    });
+    devices
+        .iter()
+        .map(|(s, (dev, label))| (*s, label.device_index, dev.path().display().to_string()))
+        .zip(results)
+        .collect()
+}
+
+/// Destination files kept open at once by one reader's queued writes.
+const OPEN_FILES_MAX: usize = 128;
+
+/// The byte ranges a set's catalog assigns to one device, per file:
+/// `(file_id, start, end)`, sorted, overlapping and adjacent segments of
+/// a file merged. Built once per device read; every Data record read from
+/// the device must lie inside one of them.
+pub(super) struct DeviceRanges(pub(super) Vec<(u32, u64, u64)>);
+
+impl DeviceRanges {
+    pub(super) fn new(catalog: &Catalog, device: u32) -> DeviceRanges {
+        let mut ranges: Vec<(u32, u64, u64)> = catalog
+            .segments
+            .iter()
+            .filter(|s| s.device == device)
+            // `Catalog::validate` rules out an overflow.
+            .map(|s| (s.file_id, s.offset, s.offset + s.length))
+            .collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u32, u64, u64)> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if last.0 == r.0 && r.1 <= last.2 => last.2 = last.2.max(r.2),
+                _ => merged.push(r),
+            }
+        }
+        DeviceRanges(merged)
+    }
+
+    /// Whether `[offset, offset + bytes)` of `file` lies inside one range.
+    pub(super) fn contains(&self, file: u32, offset: u64, bytes: u64) -> bool {
+        let Some(end) = offset.checked_add(bytes) else {
+            return false;
+        };
+        // The last range of any file starting at or before (file, offset).
+        let after = self
+            .0
+            .partition_point(|&(f, start, _)| (f, start) <= (file, offset));
+        after > 0 && {
+            let (f, start, range_end) = self.0[after - 1];
+            f == file && start <= offset && end <= range_end
+        }
+    }
+}
+
+/// Why a Data record of this set may not be written, checked against the
+/// device's label and the set's catalog (docs/FORMAT.md, section 5: what
+/// one header cannot check): None when it may. Its CRC is checked after.
+pub(super) fn record_refusal(
+    header: &RecordHeader,
+    label: &Label,
+    catalog: &Catalog,
+    ranges: &DeviceRanges,
+) -> Option<Refusal> {
+    if header.device_index != label.device_index {
+        return Some(Refusal::OtherDevice {
+            record: header.device_index,
+            label: label.device_index,
+        });
+    }
+    if header.payload_bytes > label.chunk_bytes {
+        return Some(Refusal::LargerThanChunk {
+            payload_bytes: header.payload_bytes,
+            chunk_bytes: label.chunk_bytes,
+        });
+    }
+    let Some(file) = catalog.files.get(header.file_id as usize) else {
+        return Some(Refusal::UnknownFile {
+            file_id: header.file_id,
+        });
+    };
+    let path = || file.path.clone();
+    if !file.kind.has_data() || file.origin != 0 {
+        return Some(Refusal::NoDataHere {
+            path: path(),
+            file_id: header.file_id,
+        });
+    }
+    if header.file_size != file.size_bytes {
+        return Some(Refusal::SizeDiffers {
+            path: path(),
+            record_bytes: header.file_size,
+            catalog_bytes: file.size_bytes,
+        });
+    }
+    if !ranges.contains(
+        header.file_id,
+        header.file_offset,
+        header.payload_bytes.into(),
+    ) {
+        return Some(Refusal::OutsideSegments {
+            path: path(),
+            file_offset: header.file_offset,
+            payload_bytes: header.payload_bytes,
+        });
+    }
+    None
+}
+
+/// Stream one device of a set; records whose file has a target are
+/// checked and written to it (queued on the reader's own io_uring, the
+/// payloads written from the stream's buffers without a copy).
+fn read_device(
+    dev: &dyn Device,
+    label: &Label,
+    catalog: &Catalog,
+    targets: &[u32],
+    restored: &Catalog,
+    destination: Destination<'_>,
+) -> Result<DeviceRead, RestoreError> {
+    let mut reader = DeviceReader::new(dev, label, catalog, targets, restored, destination)?;
+    let mut result: Result<(), RestoreError> = Ok(());
+    stream::stream::<RestoreError>(
+        dev,
+        media::data_start(dev),
+        label.data_end,
+        label.chunk_bytes,
+        |item| match reader.item(item) {
+            Ok(flow) => Ok(flow),
+            Err(e) => {
+                result = Err(e);
+                Ok(Flow::Stop)
+            }
+        },
+    )?;
+    result?;
+    Ok(reader.out)
+}
+
+/// One device's reading: what every record is checked against, where it
+/// goes, and what was read.
+struct DeviceReader<'a> {
+    name: String,
+    label: &'a Label,
+    /// The catalog of the device's own set.
+    catalog: &'a Catalog,
+    ranges: DeviceRanges,
+    /// Per file of `catalog`: the restored file its records go to.
+    targets: &'a [u32],
+    /// The catalog restored (`sets[0]`'s).
+    restored: &'a Catalog,
+    destination: Destination<'a>,
+    /// An image restore's target size (defense in depth: the catalog's
+    /// segments already keep records inside the file, the file inside it).
+    target_bytes: Option<u64>,
+    writer: Option<writer::Writer>,
+    /// The destination the previous record went to (restored file id,
+    /// writer handle): records of one file are contiguous on media.
+    open: Option<(u32, usize)>,
+    out: DeviceRead,
+}
+
+impl<'a> DeviceReader<'a> {
+    fn new(
+        dev: &dyn Device,
+        label: &'a Label,
+        catalog: &'a Catalog,
+        targets: &'a [u32],
+        restored: &'a Catalog,
+        destination: Destination<'a>,
+    ) -> Result<DeviceReader<'a>, RestoreError> {
+        let name = dev.path().display().to_string();
+        let target_bytes = match destination {
+            Destination::Device(target) => {
+                let size = target_size_bytes(target);
+                let op = TargetOp::Size;
+                Some(size.map_err(|error| RestoreError::Target { op, error })?)
+            }
+            Destination::Tree(_) | Destination::Nowhere => None,
+        };
+        let writer = match destination {
+            Destination::Nowhere => None,
+            Destination::Tree(_) | Destination::Device(_) => Some(writer::Writer::new().map_err(
+                |error| RestoreError::WriterSetup {
+                    device: name.clone(),
+                    error,
+                },
+            )?),
+        };
+        Ok(DeviceReader {
+            ranges: DeviceRanges::new(catalog, label.device_index),
+            name,
+            label,
+            catalog,
+            targets,
+            restored,
+            destination,
+            target_bytes,
+            writer,
+            open: None,
+            out: DeviceRead {
+                records: Vec::new(),
+                records_read: 0,
+                payload_bytes: 0,
+                errors: Vec::new(),
+            },
+        })
+    }
+
+    /// One item of the stream. Damage is reported and skipped; an error
+    /// of the destination stops the reading.
+    fn item(&mut self, item: Item<'_>) -> Result<Flow, RestoreError> {
+        match item {
+            Item::Record {
+                position,
+                header,
+                payload,
+                source,
+                padding,
+                ..
+            } => {
+                if padding.iter().any(|&b| b != 0) {
+                    let file_offset = header.file_offset;
+                    self.problem(position, RecordProblem::Padding { file_offset });
+                }
+                self.record(position, &header, payload, source)?;
+            }
+            Item::Bad { position, error } => {
+                self.problem(position, RecordProblem::Header(error));
+            }
+            Item::Reclaim => {
+                // Every queued write done before the window is reused.
+                if let Some(w) = self.writer.as_mut() {
+                    self.open = None;
+                    let device = &self.name;
+                    w.finish().map_err(|why| write_error(device, why))?;
+                }
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// A record: checked against the label, the catalog and its CRC, then
+    /// counted and, when its file is restored, written.
+    fn record(
+        &mut self,
+        position: u64,
+        header: &RecordHeader,
+        payload: &[u8],
+        source: Payload<'_>,
+    ) -> Result<(), RestoreError> {
+        let Some(target) = self.check(position, header, payload) else {
+            return Ok(());
+        };
+        // The file digest proves the bytes (a CRC32C can be forged).
+        let hash = crate::format::payload_hash(payload);
+        let record = (header.file_offset, header.payload_bytes, hash);
+        self.out.records.push((target, record));
+        if self.writer.is_some() {
+            self.write(target, header, source)?;
+        }
+        Ok(())
+    }
+
+    /// The restored file a record goes to, once it passed every check:
+    /// None (the reason reported) for a record not of this set's data, one
+    /// refused by `record_refusal`, one with a bad CRC, one of a file not
+    /// restored, or one beyond the end of an image restore's target.
+    fn check(&mut self, position: u64, header: &RecordHeader, payload: &[u8]) -> Option<u32> {
+        if header.set_id != self.label.set_id || header.kind != RecordKind::Data {
+            self.problem(position, RecordProblem::NotThisSet);
+            return None;
+        }
+        if let Some(why) = record_refusal(header, self.label, self.catalog, &self.ranges) {
+            self.problem(position, RecordProblem::Refused(why));
+            return None;
+        }
+        let path = || self.catalog.files[header.file_id as usize].path.clone();
+        let crc = crate::format::crc32c(payload);
+        if crc != header.payload_crc {
+            let why = RecordProblem::Checksum {
+                path: path(),
+                file_offset: header.file_offset,
+                stored: header.payload_crc,
+                computed: crc,
+            };
+            self.problem(position, why);
+            return None;
+        }
+        self.out.records_read += 1;
+        self.out.payload_bytes += payload.len() as u64;
+        let target = self.targets[header.file_id as usize];
+        if target == NO_TARGET {
+            return None;
+        }
+        let end = header.file_offset + u64::from(header.payload_bytes);
+        if let Some(target_bytes) = self.target_bytes.filter(|&bytes| end > bytes) {
+            let why = RecordProblem::BeyondTarget {
+                path: path(),
+                file_offset: header.file_offset,
+                payload_bytes: header.payload_bytes,
+                target_bytes,
+            };
+            self.problem(position, why);
+            return None;
+        }
+        Some(target)
+    }
+
+    /// Report what is wrong with the record at `offset` of the device.
+    fn problem(&mut self, offset: u64, why: RecordProblem) {
+        self.out.errors.push(Problem::Record {
+            device: self.name.clone(),
+            offset,
+            why,
+        });
+    }
+
+    /// Queue the write of a checked record's payload to its restored file
+    /// (opened when the previous record went elsewhere).
+    fn write(
+        &mut self,
+        target: u32,
+        header: &RecordHeader,
+        source: Payload<'_>,
+    ) -> Result<(), RestoreError> {
+        let w = self.writer.as_mut().expect("a writer with a destination");
+        if self.open.map(|(id, _)| id) != Some(target) {
+            if w.open_files() >= OPEN_FILES_MAX {
+                w.finish().map_err(|why| write_error(&self.name, why))?;
+            }
+            let restored_path = shown_name(&self.restored.files[target as usize].path);
+            let file = match self.destination {
+                Destination::Tree(staged) => {
+                    staged
+                        .open_for_write(target as usize)
+                        .map_err(|error| RestoreError::Open {
+                            path: restored_path.clone(),
+                            error,
+                        })?
+                }
+                Destination::Device(device) => {
+                    device.try_clone().map_err(|error| RestoreError::Target {
+                        op: TargetOp::Clone,
+                        error,
+                    })?
+                }
+                Destination::Nowhere => unreachable!("no writer without a destination"),
+            };
+            self.open = Some((target, w.add_file(file, restored_path)));
+        }
+        let (_, handle) = self.open.expect("opened above");
+        // A window is kept by the writer until the write is reaped (on
+        // Reclaim at the latest); a mapped payload is written now.
+        match source {
+            Payload::Window { window, range } => w.write(handle, window, range, header.file_offset),
+            Payload::Mapped(bytes) => w.write_mapped(handle, bytes, header.file_offset),
+        }
+        .map_err(|why| write_error(&self.name, why))
+    }
+}
+
+/// A failed queued write of `device`'s reader (the writer's message names
+/// the file and offset).
+fn write_error(device: &str, why: String) -> RestoreError {
+    RestoreError::Write {
+        device: device.to_string(),
+        why,
+    }
+}
+
+/// The size of an image restore's target: a block device's capacity, or
+/// a file's length.
+fn target_size_bytes(target: &File) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = target.metadata()?;
+    if meta.file_type().is_block_device() {
+        crate::device::block::size_bytes(target)
+    } else {
+        Ok(meta.len())
+    }
+}

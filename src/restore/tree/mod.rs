@@ -1,0 +1,687 @@
+//! The restored tree: safe names, creating entries, applying metadata.
+//!
+//! Every operation goes through directory descriptors below the restore
+//! root (`at`): no symlink is ever followed, whatever the medium or the
+//! destination holds. Files are written under a temporary name
+//! (`.NAME.pbio-XXXXXXXXXXXX`, `O_EXCL`) and renamed into place only when
+//! the restore found them complete and verified; a symlink or hard link is
+//! made under a temporary name and renamed too, so a name in the
+//! destination is replaced atomically and never written through.
+
+use crate::format::{Catalog, CatalogFile, FileKind, Xattr};
+use crate::units::shown_name;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{
+    fchmod, fchmodat, futimens, utimensat, FchmodatFlags, Mode, SFlag, UtimensatFlags,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchown, fchownat, Gid, Uid};
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::Path;
+
+use super::at::{self, Root};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("refusing to restore '{path}': {why}")]
+    Unsafe { path: String, why: &'static str },
+    /// `path` is the stored name (or the restore root), shown escaped.
+    #[error("{op} {path}: {error}")]
+    Io {
+        op: &'static str,
+        path: String,
+        error: std::io::Error,
+    },
+    #[error("{path}: {why}")]
+    Entry { path: String, why: String },
+}
+
+/// Mode a selected directory is created with by `prepare`, so that its
+/// contents can be written whatever its final mode; `finish` sets the real one.
+pub const DIR_MODE_WHILE_RESTORING: u32 = 0o700;
+/// Mode regular files are created with; `finish` sets the real one.
+const FILE_MODE_WHILE_RESTORING: u32 = 0o600;
+/// What a file that could not be restored completely is renamed to with
+/// `--keep-partial` (appended to its name).
+pub const PARTIAL_SUFFIX: &[u8] = b".pbio-partial";
+
+/// Check a stored relative path: refused are absolute paths, `..`
+/// components, empty paths and NUL bytes.
+///
+/// Also refused: empty components (`a//b`, a trailing `/`) and `.`
+/// components. The walker never stores them, so a catalog holding one is
+/// damaged or hostile; refusing is simpler to reason about than normalizing.
+pub fn check_rel(rel: &[u8]) -> Result<(), TreeError> {
+    let refuse = |why| {
+        Err(TreeError::Unsafe {
+            path: shown_name(rel),
+            why,
+        })
+    };
+    if rel.is_empty() {
+        return refuse("empty path");
+    }
+    if rel.contains(&0) {
+        return refuse("path contains a NUL byte");
+    }
+    if rel[0] == b'/' {
+        return refuse("absolute path");
+    }
+    for component in rel.split(|&b| b == b'/') {
+        match component {
+            b"" => return refuse("empty path component ('//' or trailing '/')"),
+            b"." => return refuse("'.' path component"),
+            b".." => return refuse("'..' path component"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether a restored file is complete and verified (the restore engine
+/// decides; `finish` renames only the good ones into place).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Good,
+    /// Not restored: why (already reported by the engine).
+    Failed(String),
+}
+
+/// The restore in progress between `prepare` and `finish`: the root, and
+/// the temporary name each file's data goes to.
+#[derive(Debug)]
+pub struct Staged {
+    root: Root,
+    /// Per catalog file: the temporary path its data is written to.
+    temps: Vec<Option<Vec<u8>>>,
+    /// Per catalog file: refused or failed by `prepare` (reported in `errors`).
+    refused: Vec<bool>,
+    errors: Vec<TreeError>,
+}
+
+impl Staged {
+    /// The entries `prepare` refused, one error each.
+    pub fn take_errors(&mut self) -> Vec<TreeError> {
+        std::mem::take(&mut self.errors)
+    }
+
+    /// Whether catalog file `i` was refused (or could not be prepared).
+    pub fn refused(&self, i: usize) -> bool {
+        self.refused[i]
+    }
+
+    /// Open the temporary file of catalog file `i` for the restore's writes.
+    pub fn open_for_write(&self, i: usize) -> io::Result<fs::File> {
+        let Some(temp) = &self.temps[i] else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no temporary file was prepared for it",
+            ));
+        };
+        Ok(fs::File::from(self.root.open_at(temp, OFlag::O_WRONLY)?))
+    }
+}
+
+fn io_error(op: &'static str, rel: &[u8]) -> impl FnOnce(io::Error) -> TreeError {
+    let path = shown_name(rel);
+    move |error| TreeError::Io { op, path, error }
+}
+
+/// `dir/name` as one relative path.
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(dir.len() + 1 + name.len());
+    if !dir.is_empty() {
+        out.extend_from_slice(dir);
+        out.push(b'/');
+    }
+    out.extend_from_slice(name);
+    out
+}
+
+/// Before data: open (or create) `root`, create every selected directory,
+/// and for every selected regular file and block device image a new
+/// temporary file in its directory, set to its logical size so that
+/// unwritten ranges stay holes. `selected[i]` says whether catalog file i
+/// is restored.
+///
+/// Directories are created with mode `DIR_MODE_WHILE_RESTORING`; parents of
+/// selected entries that are not themselves selected are created as needed
+/// (mode 0o777 less umask) and keep no catalog metadata. A symlink or other
+/// non-directory in the destination where a directory must be is replaced
+/// by a directory (tar's default), never followed. An entry that cannot be
+/// prepared (an unsafe name, a directory where its file must go, an I/O
+/// error) is refused alone: reported in `Staged::take_errors`, the rest goes
+/// on. Only a root that cannot be opened is an error.
+pub fn prepare(root: &Path, catalog: &Catalog, selected: &[bool]) -> Result<Staged, TreeError> {
+    let root = Root::open(root).map_err(|error| TreeError::Io {
+        op: "open restore directory",
+        path: shown_name(std::os::unix::ffi::OsStrExt::as_bytes(root.as_os_str())),
+        error,
+    })?;
+    Ok(prepare_in(root, catalog, selected))
+}
+
+/// `prepare` below an opened root.
+pub fn prepare_in(root: Root, catalog: &Catalog, selected: &[bool]) -> Staged {
+    assert_eq!(
+        selected.len(),
+        catalog.files.len(),
+        "one selection flag per catalog file"
+    );
+    let n = catalog.files.len();
+    let mut staged = Staged {
+        root,
+        temps: vec![None; n],
+        refused: vec![false; n],
+        errors: Vec::new(),
+    };
+    for (i, file) in catalog.files.iter().enumerate() {
+        if !selected[i] {
+            continue;
+        }
+        if let Err(error) = prepare_one(&mut staged, i, file) {
+            staged.refused[i] = true;
+            staged.errors.push(error);
+        }
+    }
+    staged
+}
+
+fn prepare_one(staged: &mut Staged, i: usize, file: &CatalogFile) -> Result<(), TreeError> {
+    check_rel(&file.path)?;
+    let root = &staged.root;
+    let path = &file.path[..];
+    match file.kind {
+        FileKind::Directory => {
+            root.ensure_dir(path, DIR_MODE_WHILE_RESTORING)
+                .map_err(io_error("create directory", path))?;
+        }
+        // A block device is restored as an image: a regular file.
+        FileKind::Regular | FileKind::BlockDevice => {
+            staged.temps[i] = Some(create_file(root, path, file.size_bytes)?);
+        }
+        // Made by `finish`; their parents already exist then.
+        FileKind::Symlink
+        | FileKind::HardLink
+        | FileKind::Fifo
+        | FileKind::CharDevice
+        | FileKind::BlockNode => {
+            root.ensure_parent(path)
+                .map_err(io_error("create directories above", path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuse the entry `path` (a file or node) when a directory stands at
+/// `name` in `dir`: it is left as it is.
+fn refuse_dir_at(dir: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<(), TreeError> {
+    if at::is_dir_in(dir, name).map_err(io_error("lstat", path))? {
+        return Err(TreeError::Entry {
+            path: shown_name(path),
+            why: "a directory stands where this file must go (left as it is)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A new temporary file for the regular file `path` (checked with
+/// `check_rel`), its directories made as needed, of logical size
+/// `size_bytes` (all hole); returns the temporary file's path below the
+/// root. A directory already at `path` refuses the entry.
+pub fn create_file(root: &Root, path: &[u8], size_bytes: u64) -> Result<Vec<u8>, TreeError> {
+    let (dir, name) = root
+        .ensure_parent(path)
+        .map_err(io_error("create directories above", path))?;
+    refuse_dir_at(dir.as_fd(), name, path)?;
+    let (fd, temp) = at::create_temp(dir.as_fd(), name, FILE_MODE_WHILE_RESTORING)
+        .map_err(io_error("create temporary file for", path))?;
+    if let Err(error) = fs::File::from(fd).set_len(size_bytes) {
+        let _ = at::remove_in(dir.as_fd(), &temp);
+        return Err(io_error("set length of", path)(error));
+    }
+    Ok(join(at::split_parent(path).0, &temp))
+}
+
+/// What `finish` did.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// Per catalog file: in place with its metadata.
+    pub done: Vec<bool>,
+    pub errors: Vec<TreeError>,
+    /// Metadata the destination refused (an extended attribute, file
+    /// flags), each naming the file and what: the entry is restored
+    /// without it, and counts as done.
+    pub warnings: Vec<String>,
+}
+
+/// After data: rename the good files into place (metadata applied to them
+/// first, through their descriptor), drop the failed ones' temporary
+/// files (`keep_partial`: rename them to `NAME.pbio-partial`), make
+/// special files (fifos, device nodes), symlinks and hard links, then set
+/// owner, mode, xattrs and mtime of every selected directory (deepest
+/// first, so their mtimes stick).
+///
+/// Metadata order on every entry: owner, mode, extended attributes (after
+/// the owner: chown clears `security.capability`), mtime, and last the
+/// file flags (after the rename: an immutable file can be neither changed
+/// nor renamed). An extended attribute or flags the destination refuses
+/// (no xattr support, no privilege for `trusted.*`) is a warning naming
+/// the file and the attribute; the rest is applied.
+///
+/// `verdicts[i]` says whether catalog file i's data is complete and
+/// verified (only files with data are looked at). Best effort: every
+/// entry that can be done is done; the errors are returned, one per entry.
+///
+/// Owner comes before mode (chown clears set-id bits). Owners are set
+/// only when running as root (as tar does by default); otherwise entries
+/// keep the restoring user's ids and modes are masked with the umask (as
+/// tar does for users other than root). Mode is never applied to
+/// symlinks. Hard-link names get no metadata of their own: they share the
+/// target's inode, and are made only to a target restored good.
+pub fn finish(
+    staged: Staged,
+    catalog: &Catalog,
+    selected: &[bool],
+    verdicts: &[Verdict],
+    keep_partial: bool,
+) -> Finished {
+    assert_eq!(selected.len(), catalog.files.len());
+    assert_eq!(verdicts.len(), catalog.files.len());
+    let root = &staged.root;
+    let refused = &staged.refused;
+    let files = &catalog.files;
+    let meta = Meta::of_process();
+    let mut out = Finished {
+        done: vec![false; files.len()],
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let warnings = &mut out.warnings;
+    let chosen = |kind: fn(FileKind) -> bool| {
+        files
+            .iter()
+            .enumerate()
+            .filter(move |&(i, f)| selected[i] && !refused[i] && kind(f.kind))
+    };
+    for (i, file) in chosen(FileKind::has_data) {
+        let result = match &verdicts[i] {
+            Verdict::Good => place_file(
+                root,
+                temp_of(&staged, i),
+                &file.path,
+                Attrs::of(file),
+                meta,
+                warnings,
+            )
+            .map(|()| true),
+            Verdict::Failed(_) => {
+                drop_file(root, temp_of(&staged, i), &file.path, keep_partial).map(|()| false)
+            }
+        };
+        match result {
+            Ok(placed) => out.done[i] = placed,
+            Err(error) => out.errors.push(error),
+        }
+    }
+    for (i, file) in chosen(FileKind::is_special) {
+        match make_by_name(root, file, meta, warnings) {
+            Ok(()) => out.done[i] = true,
+            Err(error) => out.errors.push(error),
+        }
+    }
+    for (i, file) in chosen(|k| k == FileKind::Symlink) {
+        match make_by_name(root, file, meta, warnings) {
+            Ok(()) => out.done[i] = true,
+            Err(error) => out.errors.push(error),
+        }
+    }
+    for (i, file) in chosen(|k| k == FileKind::HardLink) {
+        match make_hard_link(root, files, &out.done, verdicts, file) {
+            Ok(()) => out.done[i] = true,
+            Err(error) => out.errors.push(error),
+        }
+    }
+    let mut directories: Vec<(usize, &CatalogFile)> =
+        chosen(|k| k == FileKind::Directory).collect();
+    directories
+        .sort_by_key(|(_, f)| std::cmp::Reverse(f.path.iter().filter(|&&b| b == b'/').count()));
+    for (i, file) in directories {
+        let result = root
+            .open_at(&file.path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+            .map_err(io_error("open to set metadata of", &file.path))
+            .and_then(|fd| {
+                let attrs = Attrs::of(file);
+                apply_through_fd(fd.as_fd(), &file.path, attrs, meta, warnings)?;
+                apply_flags(fd.as_fd(), &file.path, attrs.flags, warnings);
+                Ok(())
+            });
+        match result {
+            Ok(()) => out.done[i] = true,
+            Err(error) => out.errors.push(error),
+        }
+    }
+    out
+}
+
+/// Whether owners are set (root), and the umask applied to modes (not root).
+#[derive(Clone, Copy, Debug)]
+pub struct Meta {
+    owners: bool,
+    umask: u32,
+}
+
+impl Meta {
+    /// As tar does: root restores owners and exact modes; another user
+    /// keeps its own ids and gets modes less its umask.
+    pub fn of_process() -> Meta {
+        let owners = nix::unistd::geteuid().is_root();
+        Meta {
+            owners,
+            umask: if owners { 0 } else { at::umask() },
+        }
+    }
+}
+
+/// The metadata restored onto one entry.
+#[derive(Clone, Copy, Debug)]
+pub struct Attrs<'a> {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    /// File flags (regular files and directories; applied last).
+    pub flags: u32,
+    /// Extended attributes, POSIX ACLs among them.
+    pub xattrs: &'a [Xattr],
+}
+
+impl Attrs<'_> {
+    fn of(file: &CatalogFile) -> Attrs<'_> {
+        Attrs {
+            uid: file.uid,
+            gid: file.gid,
+            mode: file.mode,
+            mtime_sec: file.mtime_sec,
+            mtime_nsec: file.mtime_nsec,
+            flags: file.flags,
+            xattrs: &file.xattrs,
+        }
+    }
+
+    fn mode(&self, meta: Meta) -> Mode {
+        Mode::from_bits_truncate(((self.mode & 0o7777) & !meta.umask) as libc::mode_t)
+    }
+
+    fn mtime(&self) -> TimeSpec {
+        TimeSpec::new(
+            self.mtime_sec as libc::time_t,
+            self.mtime_nsec as libc::c_long,
+        )
+    }
+}
+
+fn temp_of(staged: &Staged, i: usize) -> &[u8] {
+    staged.temps[i]
+        .as_deref()
+        .expect("every prepared file has a temporary name")
+}
+
+/// Metadata onto a complete file's temporary file `temp` (a path below the
+/// root, in the directory of `path`), then renamed to `path`, replacing
+/// any non-directory there atomically, then its file flags; on failure the
+/// temporary file is removed. Refused xattrs and flags go to `warnings`.
+pub fn place_file(
+    root: &Root,
+    temp: &[u8],
+    path: &[u8],
+    attrs: Attrs<'_>,
+    meta: Meta,
+    warnings: &mut Vec<String>,
+) -> Result<(), TreeError> {
+    let (dir, name) = root
+        .parent(path)
+        .map_err(io_error("open directory of", path))?;
+    let temp_name = at::split_parent(temp).1;
+    let result = root
+        .open_at(temp, OFlag::O_RDONLY | OFlag::O_NONBLOCK)
+        .map_err(io_error("open to set metadata of", path))
+        .and_then(|fd| {
+            apply_through_fd(fd.as_fd(), path, attrs, meta, warnings)?;
+            at::rename_in(dir.as_fd(), temp_name, name)
+                .map_err(io_error("rename into place", path))?;
+            Ok(fd)
+        });
+    match result {
+        Ok(fd) => {
+            apply_flags(fd.as_fd(), path, attrs.flags, warnings);
+            Ok(())
+        }
+        Err(error) => {
+            let _ = at::remove_in(dir.as_fd(), temp_name);
+            Err(error)
+        }
+    }
+}
+
+/// A file that failed: its temporary file `temp` removed, or with
+/// `keep_partial` renamed to `NAME.pbio-partial`. Always an error naming
+/// what became of it.
+pub fn drop_file(
+    root: &Root,
+    temp: &[u8],
+    path: &[u8],
+    keep_partial: bool,
+) -> Result<(), TreeError> {
+    let (dir, name) = root
+        .parent(path)
+        .map_err(io_error("open directory of", path))?;
+    let temp_name = at::split_parent(temp).1;
+    if !keep_partial {
+        at::remove_in(dir.as_fd(), temp_name)
+            .map_err(io_error("remove temporary file of", path))?;
+        return Err(TreeError::Entry {
+            path: shown_name(path),
+            why: "not restored; its partial data was removed (--keep-partial keeps it)".into(),
+        });
+    }
+    let mut partial = name.to_vec();
+    partial.extend_from_slice(PARTIAL_SUFFIX);
+    let partial_rel = join(at::split_parent(path).0, &partial);
+    if let Err(error) = at::rename_in(dir.as_fd(), temp_name, &partial) {
+        let _ = at::remove_in(dir.as_fd(), temp_name);
+        return Err(io_error("keep partial data as", &partial_rel)(error));
+    }
+    Err(TreeError::Entry {
+        path: shown_name(path),
+        why: format!(
+            "not restored; its partial data is kept as {}",
+            shown_name(&partial_rel)
+        ),
+    })
+}
+
+/// A fifo, device node (mknod) or symlink made under a temporary name, its
+/// owner, mode (not a symlink's), xattrs and mtime set on the name itself,
+/// then renamed into place; on any failure the temporary name is removed.
+fn make_by_name(
+    root: &Root,
+    file: &CatalogFile,
+    meta: Meta,
+    warnings: &mut Vec<String>,
+) -> Result<(), TreeError> {
+    let path = &file.path[..];
+    let (dir, name) = root
+        .parent(path)
+        .map_err(io_error("open directory of", path))?;
+    let dir = dir.as_fd();
+    let node = |kind: SFlag| -> Result<Vec<u8>, TreeError> {
+        refuse_dir_at(dir, name, path)?;
+        at::mknod_temp(dir, name, kind, 0o600, file.rdev)
+            .map_err(io_error("create special file", path))
+    };
+    let temp = match file.kind {
+        FileKind::Fifo => node(SFlag::S_IFIFO)?,
+        FileKind::CharDevice => node(SFlag::S_IFCHR)?,
+        FileKind::BlockNode => node(SFlag::S_IFBLK)?,
+        FileKind::Symlink => at::symlink_temp(dir, name, &file.link_target)
+            .map_err(io_error("create symlink", path))?,
+        other => unreachable!("make_by_name of a {other:?}"),
+    };
+    let with_mode = file.kind != FileKind::Symlink;
+    let result = apply_by_name(dir, &temp, path, Attrs::of(file), meta, with_mode, warnings)
+        .and_then(|()| {
+            at::rename_in(dir, &temp, name).map_err(io_error("rename into place", path))
+        });
+    if result.is_err() {
+        let _ = at::remove_in(dir, &temp);
+    }
+    result
+}
+
+fn make_hard_link(
+    root: &Root,
+    files: &[CatalogFile],
+    done: &[bool],
+    verdicts: &[Verdict],
+    file: &CatalogFile,
+) -> Result<(), TreeError> {
+    let path = &file.path[..];
+    let index = file.hardlink_to as usize;
+    let Some(target) = files.get(index).filter(|t| t.kind.can_be_hard_linked()) else {
+        return Err(TreeError::Unsafe {
+            path: shown_name(path),
+            why: "hard link whose target is not a regular or special file of the catalog",
+        });
+    };
+    if !done[index] {
+        let why = match &verdicts[index] {
+            Verdict::Failed(why) => format!(
+                "hard link not made: its target {} was not restored ({why})",
+                shown_name(&target.path)
+            ),
+            Verdict::Good => format!(
+                "hard link not made: its target {} is not being restored",
+                shown_name(&target.path)
+            ),
+        };
+        return Err(TreeError::Entry {
+            path: shown_name(path),
+            why,
+        });
+    }
+    let (target_dir, target_name) = root
+        .parent(&target.path)
+        .map_err(io_error("open directory of", &target.path))?;
+    let (dir, name) = root
+        .parent(path)
+        .map_err(io_error("open directory of", path))?;
+    // linkat(2) without AT_SYMLINK_FOLLOW links a symlink itself, never its target.
+    let temp = at::link_temp(target_dir.as_fd(), target_name, dir.as_fd(), name)
+        .map_err(io_error("hard link", path))?;
+    at::rename_in(dir.as_fd(), &temp, name).map_err(|error| {
+        let _ = at::remove_in(dir.as_fd(), &temp);
+        io_error("rename into place", path)(error)
+    })
+}
+
+/// Owner, mode, xattrs and mtime of a regular file or directory, through
+/// its descriptor (flags come later: `apply_flags`).
+fn apply_through_fd(
+    fd: BorrowedFd<'_>,
+    path: &[u8],
+    attrs: Attrs<'_>,
+    meta: Meta,
+    warnings: &mut Vec<String>,
+) -> Result<(), TreeError> {
+    let raw = fd.as_raw_fd();
+    if meta.owners {
+        fchown(
+            raw,
+            Some(Uid::from_raw(attrs.uid)),
+            Some(Gid::from_raw(attrs.gid)),
+        )
+        .map_err(|errno| io_error("chown", path)(errno.into()))?;
+    }
+    fchmod(raw, attrs.mode(meta)).map_err(|errno| io_error("chmod", path)(errno.into()))?;
+    for x in attrs.xattrs {
+        if let Err(error) = at::set_xattr_fd(fd, &x.name, &x.value) {
+            warnings.push(xattr_warning(path, x, &error));
+        }
+    }
+    futimens(raw, &TimeSpec::UTIME_OMIT, &attrs.mtime())
+        .map_err(|errno| io_error("set mtime of", path)(errno.into()))
+}
+
+/// The file flags of a regular file or directory, last of all; one the
+/// destination refuses is a warning.
+fn apply_flags(fd: BorrowedFd<'_>, path: &[u8], flags: u32, warnings: &mut Vec<String>) {
+    if let Err(error) = at::set_flags(fd, flags) {
+        warnings.push(format!(
+            "{}: file flags {flags:#x} not restored: {error}",
+            shown_name(path)
+        ));
+    }
+}
+
+fn xattr_warning(path: &[u8], x: &Xattr, error: &io::Error) -> String {
+    format!(
+        "{}: extended attribute {} not restored: {error}",
+        shown_name(path),
+        shown_name(&x.name)
+    )
+}
+
+/// Owner, mode (`with_mode`: not for symlinks, whose mode means nothing on
+/// Linux), xattrs and mtime of the entry `name` in `dir` itself, never
+/// following a symlink: a symlink or special file just made under a
+/// temporary name.
+fn apply_by_name(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    path: &[u8],
+    attrs: Attrs<'_>,
+    meta: Meta,
+    with_mode: bool,
+    warnings: &mut Vec<String>,
+) -> Result<(), TreeError> {
+    if meta.owners {
+        fchownat(
+            Some(dir.as_raw_fd()),
+            name,
+            Some(Uid::from_raw(attrs.uid)),
+            Some(Gid::from_raw(attrs.gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|errno| io_error("chown", path)(errno.into()))?;
+    }
+    if with_mode {
+        // The name is a special file this restore just made, not a symlink.
+        fchmodat(
+            Some(dir.as_raw_fd()),
+            name,
+            attrs.mode(meta),
+            FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|errno| io_error("chmod", path)(errno.into()))?;
+    }
+    for x in attrs.xattrs {
+        if let Err(error) = at::set_xattr_in(dir, name, &x.name, &x.value) {
+            warnings.push(xattr_warning(path, x, &error));
+        }
+    }
+    utimensat(
+        Some(dir.as_raw_fd()),
+        name,
+        &TimeSpec::UTIME_OMIT,
+        &attrs.mtime(),
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|errno| io_error("set mtime of", path)(errno.into()))
+}
+
+#[cfg(test)]
+mod tests;
