@@ -320,9 +320,11 @@ impl<'a> DeviceReader<'a> {
         payload: &[u8],
         source: Payload<'_>,
     ) -> Result<(), RestoreError> {
-        let Some((target, hash)) = self.check(position, header, payload) else {
+        let Some(target) = self.check(position, header, payload) else {
             return Ok(());
         };
+        // The file digest proves the bytes (a CRC32C can be forged).
+        let hash = crate::format::payload_hash(payload);
         let record = (header.file_offset, header.payload_bytes, hash);
         self.out.records.push((target, record));
         if self.writer.is_some() {
@@ -331,17 +333,11 @@ impl<'a> DeviceReader<'a> {
         Ok(())
     }
 
-    /// The restored file a record goes to and its payload's BLAKE3, once
-    /// it passed every check: None (the reason reported) for a record not
-    /// of this set's data, one refused by `record_refusal`, one with a bad
-    /// CRC, one of a file not restored, or one beyond the end of an image
-    /// restore's target.
-    fn check(
-        &mut self,
-        position: u64,
-        header: &RecordHeader,
-        payload: &[u8],
-    ) -> Option<(u32, PayloadHash)> {
+    /// The restored file a record goes to, once it passed every check:
+    /// None (the reason reported) for a record not of this set's data, one
+    /// refused by `record_refusal`, one with a bad CRC, one of a file not
+    /// restored, or one beyond the end of an image restore's target.
+    fn check(&mut self, position: u64, header: &RecordHeader, payload: &[u8]) -> Option<u32> {
         if header.set_id != self.label.set_id || header.kind != RecordKind::Data {
             self.problem(position, RecordProblem::NotThisSet);
             return None;
@@ -351,17 +347,7 @@ impl<'a> DeviceReader<'a> {
             return None;
         }
         let path = || self.catalog.files[header.file_id as usize].path.clone();
-        let target = self.targets[header.file_id as usize];
-        let end = header.file_offset + u64::from(header.payload_bytes);
-        let beyond = self.target_bytes.filter(|&bytes| end > bytes);
-        // The file digest proves the bytes (a CRC32C can be forged): a
-        // record restored is hashed in the same pass as its CRC.
-        let (crc, hash) = if target == NO_TARGET || beyond.is_some() {
-            (crate::format::crc32c(payload), None)
-        } else {
-            let (crc, hash) = crc_and_hash(payload);
-            (crc, Some(hash))
-        };
+        let crc = crate::format::crc32c(payload);
         if crc != header.payload_crc {
             let why = RecordProblem::Checksum {
                 path: path(),
@@ -374,10 +360,12 @@ impl<'a> DeviceReader<'a> {
         }
         self.out.records_read += 1;
         self.out.payload_bytes += payload.len() as u64;
+        let target = self.targets[header.file_id as usize];
         if target == NO_TARGET {
             return None;
         }
-        if let Some(target_bytes) = beyond {
+        let end = header.file_offset + u64::from(header.payload_bytes);
+        if let Some(target_bytes) = self.target_bytes.filter(|&bytes| end > bytes) {
             let why = RecordProblem::BeyondTarget {
                 path: path(),
                 file_offset: header.file_offset,
@@ -387,7 +375,7 @@ impl<'a> DeviceReader<'a> {
             self.problem(position, why);
             return None;
         }
-        Some((target, hash.expect("hashed when restored")))
+        Some(target)
     }
 
     /// Report what is wrong with the record at `offset` of the device.
@@ -443,26 +431,6 @@ impl<'a> DeviceReader<'a> {
     }
 }
 
-type PayloadHash = [u8; crate::format::HASH_BYTES];
-
-/// Bytes of a payload checked and hashed per step of `crc_and_hash`:
-/// small enough that the second pass over them reads the CPU's cache.
-const HASH_STEP_BYTES: usize = 64 << 10;
-
-/// `format::crc32c(payload)` and `format::payload_hash(payload)` in one
-/// pass over memory: each step's bytes are read by the CRC and then, from
-/// the cache, by BLAKE3 (a 1 MiB payload read twice from memory cost a
-/// restore bound by the CPU a few percent; PERF.md "#23 read").
-fn crc_and_hash(payload: &[u8]) -> (u32, PayloadHash) {
-    let mut crc = 0u32;
-    let mut hasher = blake3::Hasher::new();
-    for step in payload.chunks(HASH_STEP_BYTES) {
-        crc = crc32c::crc32c_append(crc, step);
-        hasher.update(step);
-    }
-    (crc, *hasher.finalize().as_bytes())
-}
-
 /// A failed queued write of `device`'s reader (the writer's message names
 /// the file and offset).
 fn write_error(device: &str, why: String) -> RestoreError {
@@ -481,35 +449,5 @@ fn target_size_bytes(target: &File) -> std::io::Result<u64> {
         crate::device::block::size_bytes(target)
     } else {
         Ok(meta.len())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_pass_gives_the_crc_and_the_hash_of_two() {
-        let mut payload = vec![0u8; (1 << 20) + 4096 + 17];
-        let mut x = 0x9e37_79b9_u32;
-        for b in payload.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            *b = x as u8;
-        }
-        for len in [
-            0,
-            1,
-            4096,
-            HASH_STEP_BYTES,
-            HASH_STEP_BYTES + 1,
-            payload.len(),
-        ] {
-            let p = &payload[..len];
-            let (crc, hash) = crc_and_hash(p);
-            assert_eq!(crc, crate::format::crc32c(p), "crc of {len} bytes");
-            assert_eq!(hash, crate::format::payload_hash(p), "hash of {len} bytes");
-        }
     }
 }
