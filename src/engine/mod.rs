@@ -17,7 +17,7 @@ use crate::source::Entry;
 
 pub use backup::run_backup;
 pub use report::{BackupError, BackupReport, DeviceEnd, DeviceReport, NoCatalogOn, NoCatalogWhy};
-pub use set::{catalog_for, file_items, plan_set, PlanSetError};
+pub use set::{catalog_file, catalog_for, catalog_head, file_items, plan_set, PlanSetError};
 
 /// Everything a backup run reads: the walked entries (file id = index),
 /// the plan, and for an incremental set what it refers to instead of storing.

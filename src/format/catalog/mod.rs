@@ -20,6 +20,8 @@ mod encode;
 mod validate;
 
 #[cfg(test)]
+mod streamed_tests;
+#[cfg(test)]
 pub(crate) mod tests;
 
 use super::{SetId, HASH_BYTES};
