@@ -82,6 +82,7 @@ pub(super) fn build_catalog(
     outcomes: &[RingOutcome],
     ends: &[DeviceEnd],
     config: &BackupConfig,
+    parity: Option<crate::format::CatalogParity>,
 ) -> (Vec<u8>, usize) {
     let (segments, mut per_file) = placements(outcomes, ends, input.entries.len());
     let catalog_devices: Vec<CatalogDevice> = devices
@@ -109,6 +110,7 @@ pub(super) fn build_catalog(
         input.since.as_ref(),
         segments,
     );
+    catalog.parity = parity;
     for (file, records) in catalog.files.iter_mut().zip(per_file.iter_mut()) {
         if file.kind.has_data() && file.origin == 0 {
             records.sort_unstable();
@@ -169,6 +171,7 @@ pub(super) fn write_catalogs(
     encoded: &[u8],
     rings: &[RingConfig],
     config: &BackupConfig,
+    after: &[(u64, u64)],
 ) -> Vec<Option<Result<u64, media::MediaError>>> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = devices
@@ -179,9 +182,11 @@ pub(super) fn write_catalogs(
                 let label = backup_label(devices, config, i as u32);
                 let failed = ends[i] == DeviceEnd::Failed;
                 let payload_max = rings[i].record_payload_bytes_max;
+                let at = after[i];
                 scope.spawn(move || {
                     (!failed).then(|| {
-                        finish_device(dev.as_ref(), &label, outcome, encoded, payload_max, config)
+                        let dev = dev.as_ref();
+                        finish_device(dev, &label, outcome, at, encoded, payload_max, config)
                     })
                 })
             })
@@ -252,6 +257,7 @@ fn finish_device(
     dev: &dyn Device,
     label: &Label,
     outcome: &RingOutcome,
+    (catalog_at, sequence): (u64, u64),
     encoded: &[u8],
     payload_bytes_max: u32,
     config: &BackupConfig,
@@ -268,8 +274,8 @@ fn finish_device(
         dev,
         config.set_id,
         label.device_index,
-        outcome.stats.records,
-        outcome.data_end,
+        sequence,
+        catalog_at,
         encoded,
         record_bytes,
     )?;
@@ -287,7 +293,8 @@ fn finish_device(
     sync(dev)?;
     let label = Label {
         state: LabelState::Complete,
-        catalog_offset: outcome.data_end,
+        // After the parity records (`--parity`), else right after the data.
+        catalog_offset: catalog_at,
         catalog_bytes: encoded.len() as u64,
         data_end: outcome.data_end,
         catalog_digest: *blake3::hash(encoded).as_bytes(),

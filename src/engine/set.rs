@@ -123,6 +123,7 @@ pub fn catalog_for(
         ancestors,
         removed,
         renamed,
+        parity: None,
         mac: [0; 32],
     }
 }

@@ -116,6 +116,9 @@ impl Catalog {
             w.varint(r.file_id.into());
             w.bytes(&r.from);
         }
+        if let Some(parity) = &self.parity {
+            super::parity::encode(&mut w, parity);
+        }
         w.raw(&self.mac);
         let crc = crc32c(&w.0);
         w.raw(&crc.to_le_bytes());

@@ -40,6 +40,16 @@ impl Catalog {
             ));
         }
         self.check_chain().map_err(FormatError::Catalog)?;
+        if let Some(parity) = &self.parity {
+            let size = |id: u32| {
+                self.files
+                    .get(id as usize)
+                    .filter(|f| f.kind.has_data() && f.origin == 0)
+                    .map(|f| f.size_bytes)
+            };
+            super::parity::validate(parity, self.devices.len(), size)
+                .map_err(FormatError::Catalog)?;
+        }
         let entry = |table, index: usize, why| FormatError::CatalogEntry {
             table,
             index: index as u64,
