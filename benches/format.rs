@@ -240,6 +240,7 @@ fn big_catalog() -> Catalog {
         ancestors: Vec::new(),
         removed: Vec::new(),
         renamed: Vec::new(),
+        parity: None,
         mac: [0; 32],
     }
 }

@@ -88,6 +88,7 @@ pub(super) fn build_catalog(
     outcomes: &[RingOutcome],
     ends: &[DeviceEnd],
     config: &BackupConfig,
+    parity: Option<crate::format::CatalogParity>,
 ) -> (Vec<u8>, usize) {
     let segments = placements(outcomes);
     let digests = digests(outcomes, ends, input.entries.len());
@@ -108,7 +109,7 @@ pub(super) fn build_catalog(
         .collect();
     let segment_count = segments.len();
     let since = input.since.as_ref();
-    let head = catalog_head(
+    let mut head = catalog_head(
         config.set_id,
         config.created_unix_ns,
         config.chunk_bytes,
@@ -116,6 +117,7 @@ pub(super) fn build_catalog(
         since,
         segments,
     );
+    head.parity = parity;
     let file = |i: usize| {
         let mut file = catalog_file(&input.entries, i, since);
         if file.kind.has_data() && file.origin == 0 {
@@ -193,6 +195,7 @@ pub(super) fn write_catalogs(
     encoded: &[u8],
     rings: &[RingConfig],
     config: &BackupConfig,
+    after: &[(u64, u64)],
 ) -> Vec<Option<Result<u64, media::MediaError>>> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = devices
@@ -203,9 +206,11 @@ pub(super) fn write_catalogs(
                 let label = backup_label(devices, config, i as u32);
                 let failed = ends[i] == DeviceEnd::Failed;
                 let payload_max = rings[i].record_payload_bytes_max;
+                let at = after[i];
                 scope.spawn(move || {
                     (!failed).then(|| {
-                        finish_device(dev.as_ref(), &label, outcome, encoded, payload_max, config)
+                        let dev = dev.as_ref();
+                        finish_device(dev, &label, outcome, at, encoded, payload_max, config)
                     })
                 })
             })
@@ -276,6 +281,7 @@ fn finish_device(
     dev: &dyn Device,
     label: &Label,
     outcome: &RingOutcome,
+    (catalog_at, sequence): (u64, u64),
     encoded: &[u8],
     payload_bytes_max: u32,
     config: &BackupConfig,
@@ -292,8 +298,8 @@ fn finish_device(
         dev,
         config.set_id,
         label.device_index,
-        outcome.stats.records,
-        outcome.data_end,
+        sequence,
+        catalog_at,
         encoded,
         record_bytes,
     )?;
@@ -311,7 +317,8 @@ fn finish_device(
     sync(dev)?;
     let label = Label {
         state: LabelState::Complete,
-        catalog_offset: outcome.data_end,
+        // After the parity records (`--parity`), else right after the data.
+        catalog_offset: catalog_at,
         catalog_bytes: encoded.len() as u64,
         data_end: outcome.data_end,
         catalog_digest: *blake3::hash(encoded).as_bytes(),

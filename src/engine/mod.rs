@@ -4,6 +4,7 @@
 mod backup;
 mod catalog;
 pub mod dispatch;
+pub mod parity;
 pub mod probe;
 mod report;
 pub mod ring;
@@ -16,7 +17,9 @@ use crate::source::incremental::Increment;
 use crate::source::Entry;
 
 pub use backup::run_backup;
-pub use report::{BackupError, BackupReport, DeviceEnd, DeviceReport, NoCatalogOn, NoCatalogWhy};
+pub use report::{
+    BackupError, BackupReport, DeviceEnd, DeviceReport, NoCatalogOn, NoCatalogWhy, ParitySummary,
+};
 pub use set::{catalog_file, catalog_for, catalog_head, file_items, plan_set, PlanSetError};
 
 /// Everything a backup run reads: the walked entries (file id = index),
@@ -73,6 +76,9 @@ pub struct BackupConfig {
     /// The set's MAC key (`--key`): labels and catalog carry keyed MACs
     /// (docs/FORMAT.md, "MAC"). None: the MACs are zero.
     pub mac_key: Option<MacKey>,
+    /// `--parity M`: parity records per stripe (0: none), written after
+    /// the data (`engine::parity`).
+    pub parity: usize,
 }
 
 /// Something a harness or the progress display should hear about while

@@ -101,6 +101,7 @@ pub fn catalog_head(
         ancestors,
         removed,
         renamed,
+        parity: None,
         mac: [0; 32],
     }
 }

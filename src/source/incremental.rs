@@ -336,6 +336,7 @@ mod tests {
             ancestors: vec![SetId([0; 16])],
             removed: Vec::new(),
             renamed: Vec::new(),
+            parity: None,
             mac: [0; 32],
         }
     }

@@ -151,6 +151,9 @@ impl Catalog {
             w.varint(r.file_id.into());
             w.bytes(&r.from);
         }
+        if let Some(parity) = &self.parity {
+            super::parity::encode(w, parity);
+        }
     }
 }
 

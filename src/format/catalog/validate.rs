@@ -83,6 +83,15 @@ impl Catalog {
         &self,
         lookup: &dyn Fn(usize) -> Option<Summary>,
     ) -> Result<(), FormatError> {
+        if let Some(parity) = &self.parity {
+            let size = |id: u32| {
+                lookup(id as usize)
+                    .filter(|f| f.kind.has_data() && f.origin == 0)
+                    .map(|f| f.size_bytes)
+            };
+            super::parity::validate(parity, self.devices.len(), size)
+                .map_err(FormatError::Catalog)?;
+        }
         let entry = |table, index: usize, why| FormatError::CatalogEntry {
             table,
             index: index as u64,

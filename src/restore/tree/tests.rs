@@ -17,6 +17,7 @@ fn make_catalog(files: Vec<CatalogFile>) -> Catalog {
         ancestors: Vec::new(),
         removed: Vec::new(),
         renamed: Vec::new(),
+        parity: None,
         mac: [0; 32],
     }
 }
