@@ -221,6 +221,9 @@ pub fn payload_per_device(entries: &[crate::source::Entry], plan: &crate::plan::
 }
 
 pub fn run(args: BackupArgs) -> CliResult {
+    if args.set.changer.is_some() {
+        return super::span::run(args);
+    }
     let policy = Policy {
         force: args.force,
         overwrite: args.overwrite.clone(),

@@ -160,6 +160,7 @@ pub fn run(args: DemoArgs) -> CliResult {
     let mut backup_args = backup::BackupArgs::with_defaults(SetArgs {
         sources: vec![src.clone()],
         devs: devs.clone(),
+        changer: None,
         strategy: Strategy::Fill,
         order: Order::Desc,
         balance: Balance::Bytes,

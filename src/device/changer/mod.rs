@@ -136,7 +136,7 @@ impl Status {
 }
 
 /// The ops table of a tape library.
-pub trait Changer {
+pub trait Changer: Send {
     /// The name it was opened by (`/dev/sg3`, `vlib:/srv/lib`).
     fn name(&self) -> &str;
     /// What is where, as the library last knew it.
