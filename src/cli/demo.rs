@@ -177,6 +177,8 @@ pub fn run(args: DemoArgs) -> CliResult {
     outln!("demo: restoring into {}", out.display());
     let code = restore::run_restore(restore::RestoreArgs {
         devs: devs.clone(),
+        changer: None,
+        drives: Vec::new(),
         to: out.clone(),
         force: false,
         only: Vec::new(),
@@ -196,6 +198,8 @@ pub fn run(args: DemoArgs) -> CliResult {
     outln!("demo: verifying every record and file digest");
     let code = restore::run_verify(restore::VerifyArgs {
         devs,
+        changer: None,
+        drives: Vec::new(),
         json: false,
         key: None,
     })?;

@@ -17,8 +17,9 @@ use serde_json::json;
 use super::backup::{check_devices, outcome, payload_per_device, print_report, BackupArgs};
 use super::progress::{self, DeviceInfo, Output, Reporter};
 use super::{prepare, CliResult, Failure};
+use crate::device::changer::shelved::{DrivePool, Shelved};
 use crate::device::changer::{self, Changer};
-use crate::device::DeviceSpec;
+use crate::device::{Device, DeviceSpec, Mode};
 use crate::engine::span::{self, Library, Volume};
 use crate::engine::{self, BackupConfig, SetInput};
 use crate::format::HEADER_BYTES;
@@ -284,4 +285,56 @@ fn volumes_needed(
     }
     let per_volume = (usable * PLANNED_FILL_PERCENT / 100).max(1);
     Ok((media.div_ceil(per_volume).max(1) as usize).min(scratch.len()))
+}
+
+/// Restore, verify and list with `--changer`: every cartridge of the
+/// library that holds a pbio set, as a device read through the drives
+/// (`changer::shelved`): loaded when read, unloaded after. `wanted`: the
+/// drives to read with (empty: all). Blank cartridges, and cartridges
+/// without a pbio label, are left in their slots when the library can
+/// read them where they are (an emulated library); otherwise every
+/// cartridge is loaded once to read its label.
+pub fn library_devices(text: &str, wanted: &[u32]) -> Result<Vec<Box<dyn Device>>, Failure> {
+    let mut changer = changer::open(text).map_err(Failure::Changer)?;
+    let mut drives = empty_drives(changer.as_mut())?;
+    for w in wanted {
+        if !drives.iter().any(|(d, _)| d == w) {
+            return Err(Failure::Usage(format!(
+                "changer {text}: no drive {w} with a known device (drives: {})",
+                drives
+                    .iter()
+                    .map(|(d, _)| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    if !wanted.is_empty() {
+        drives.retain(|(d, _)| wanted.contains(d));
+    }
+    let status = changer.status().map_err(Failure::Changer)?;
+    let holds_a_set = |slot: u32| match changer.cartridge_in_slot(slot) {
+        None => true,
+        Some(spec) => crate::device::open(&spec, Mode::Read)
+            .ok()
+            .is_some_and(|dev| crate::media::read_label(dev.as_ref()).is_ok()),
+    };
+    let slots: Vec<(u32, Option<String>)> = status
+        .slots
+        .iter()
+        .filter(|s| s.full && !s.import_export && holds_a_set(s.number))
+        .map(|s| (s.number, s.barcode.clone()))
+        .collect();
+    if slots.is_empty() {
+        return Err(Failure::Usage(format!(
+            "changer {text}: no cartridge holds a pbio set"
+        )));
+    }
+    let pool = DrivePool::new(changer, drives);
+    Ok(slots
+        .iter()
+        .map(|(slot, barcode)| {
+            Box::new(Shelved::new(&pool, *slot, barcode.as_deref())) as Box<dyn Device>
+        })
+        .collect())
 }

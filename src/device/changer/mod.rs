@@ -16,6 +16,7 @@
 //! CLI's business (`pbio changer inventory`).
 
 pub mod sg;
+pub mod shelved;
 pub mod smc;
 pub mod vlib;
 
