@@ -253,6 +253,15 @@ pub fn payload_per_device(entries: &[crate::source::Entry], plan: &crate::plan::
 }
 
 pub fn run(args: BackupArgs) -> CliResult {
+    if args.set.changer.is_some() {
+        if args.parity > 0 {
+            return Err(Failure::Usage(format!(
+                "--parity {} with --changer: parity needs devices read at any offset, and a library's cartridges are tapes",
+                args.parity
+            )));
+        }
+        return super::span::run(args);
+    }
     let policy = Policy {
         force: args.force,
         overwrite: args.overwrite.clone(),

@@ -161,6 +161,7 @@ pub fn run(args: DemoArgs) -> CliResult {
     let mut backup_args = backup::BackupArgs::with_defaults(SetArgs {
         sources: vec![src.clone()],
         devs: devs.clone(),
+        changer: None,
         strategy: Strategy::Fill,
         order: Order::Desc,
         balance: Balance::Bytes,
@@ -177,6 +178,8 @@ pub fn run(args: DemoArgs) -> CliResult {
     outln!("demo: restoring into {}", out.display());
     let code = restore::run_restore(restore::RestoreArgs {
         devs: devs.clone(),
+        changer: None,
+        drives: Vec::new(),
         to: out.clone(),
         force: false,
         only: Vec::new(),
@@ -196,6 +199,8 @@ pub fn run(args: DemoArgs) -> CliResult {
     outln!("demo: verifying every record and file digest");
     let code = restore::run_verify(restore::VerifyArgs {
         devs,
+        changer: None,
+        drives: Vec::new(),
         json: false,
         key: None,
     })?;

@@ -39,6 +39,7 @@ pub mod progress;
 pub mod qualify;
 pub mod restore;
 pub mod scan;
+pub mod span;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -177,8 +178,11 @@ pub struct SetArgs {
     #[arg(required = true)]
     pub sources: Vec<PathBuf>,
     /// A backup device: PATH[,size=N][,rate=N] (repeat for each device).
-    #[arg(long = "dev", value_parser = parse_dev, required = true)]
+    #[arg(long = "dev", value_parser = parse_dev, required_unless_present = "changer")]
     pub devs: Vec<DeviceSpec>,
+    /// Back up onto the cartridges of a tape library (vlib:DIR[,...] or /dev/sgN): its drives write, scratch cartridges (blank, or any with --force) are loaded as needed, a set larger than a cartridge spans several (README, "Tape libraries").
+    #[arg(long, value_name = "CHANGER", conflicts_with = "devs")]
+    pub changer: Option<String>,
     /// split: segments <= T, least filled first (claims 10, 30); fill: whole files first, large files split by space remaining (claims 19, 38).
     #[arg(long, value_enum, default_value_t)]
     pub strategy: Strategy,

@@ -3,7 +3,7 @@
 use clap::Args;
 use serde_json::json;
 
-use super::{path_text, prepare, CliResult, Outcome, SetArgs};
+use super::{path_text, prepare, CliResult, Failure, Outcome, SetArgs};
 use crate::source::select::Excluded;
 use crate::units::{human_bytes, shown_name};
 
@@ -31,6 +31,11 @@ fn excluded_lines<'a>(
 }
 
 pub fn run(args: PlanArgs) -> CliResult {
+    if args.set.changer.is_some() {
+        return Err(Failure::Usage(
+            "plan --changer: not supported; `pbio backup --changer` plans over the library's scratch cartridges itself".into(),
+        ));
+    }
     let prepared = prepare(&args.set)?;
     // What `backup` would refuse, said now (stderr: the JSON on stdout stays one object).
     let policy = crate::media::guard::Policy::default();

@@ -17,8 +17,14 @@ pub struct RestoreArgs {
     /// Devices of the set, in any order; any subset restores what it holds.
     /// For an incremental set, the devices of the whole chain (the full set
     /// and the increments), in any order: the newest set is restored.
-    #[arg(long = "dev", value_parser = parse_dev, required = true)]
+    #[arg(long = "dev", value_parser = parse_dev, required_unless_present = "changer")]
     pub devs: Vec<DeviceSpec>,
+    /// Read the set from the cartridges of a tape library (vlib:DIR[,...] or /dev/sgN) instead of --dev: each cartridge holding a set is loaded into a free drive when it is read and unloaded after.
+    #[arg(long, value_name = "CHANGER", conflicts_with = "devs")]
+    pub changer: Option<String>,
+    /// With --changer: a drive to read with (repeat; default: every drive of the library). One drive reads any set.
+    #[arg(long = "drive", value_name = "N", requires = "changer")]
+    pub drives: Vec<u32>,
     /// Directory to restore into (created if missing); or a block device,
     /// which receives the one block device (or image file) of the set
     /// selected with --only, from offset 0 (needs --force; a mounted or
@@ -90,8 +96,14 @@ pub struct VerifyArgs {
     /// Devices of the set, in any order; any subset verifies what it holds.
     /// Devices of several sets of one chain (a full set and its increments)
     /// verify the newest set, each file where its data is.
-    #[arg(long = "dev", value_parser = parse_dev, required = true)]
+    #[arg(long = "dev", value_parser = parse_dev, required_unless_present = "changer")]
     pub devs: Vec<DeviceSpec>,
+    /// Read the set from the cartridges of a tape library (vlib:DIR[,...] or /dev/sgN) instead of --dev: each cartridge holding a set is loaded into a free drive when it is read and unloaded after.
+    #[arg(long, value_name = "CHANGER", conflicts_with = "devs")]
+    pub changer: Option<String>,
+    /// With --changer: a drive to read with (repeat; default: every drive of the library). One drive reads any set.
+    #[arg(long = "drive", value_name = "N", requires = "changer")]
+    pub drives: Vec<u32>,
     /// Machine-readable report: one JSON summary object (files, bytes, missing byte ranges, errors, ok).
     #[arg(long)]
     pub json: bool,
@@ -105,8 +117,27 @@ pub struct VerifyArgs {
 /// key of `--key` (a set with MACs given without it is restored, and said
 /// to be unchecked).
 pub(super) fn open(devs: &[DeviceSpec], key: Option<&std::path::Path>) -> Result<Chain, Failure> {
+    open_from(devs, None, &[], key)
+}
+
+/// `open`, or with `--changer` the cartridges of the library that hold a
+/// set, read through its drives (`drives`: the ones to use, empty: all).
+pub(super) fn open_from(
+    devs: &[DeviceSpec],
+    changer: Option<&str>,
+    drives: &[u32],
+    key: Option<&std::path::Path>,
+) -> Result<Chain, Failure> {
     let key = super::key::load_optional(key)?;
-    let chain = restore::open_chain(devs, key.as_ref())
+    let sets = match changer {
+        None => restore::open_sets(devs, key.as_ref()),
+        Some(text) => {
+            let devices = super::span::library_devices(text, drives)?;
+            restore::open_devices(devices, key.as_ref())
+        }
+    };
+    let chain = sets
+        .and_then(Chain::new)
         .map_err(|error| Failure::Restore { doing: "", error })?;
     for set in &chain.sets {
         set.devices
@@ -140,7 +171,12 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
         },
         allow_no_match: args.allow_no_match,
     };
-    let chain = open(&args.devs, args.key.as_deref())?;
+    let chain = open_from(
+        &args.devs,
+        args.changer.as_deref(),
+        &args.drives,
+        args.key.as_deref(),
+    )?;
     let is_block_device = std::fs::metadata(&args.to)
         .map(|m| m.file_type().is_block_device())
         .unwrap_or(false);
@@ -263,7 +299,12 @@ fn device_target(
 }
 
 pub fn run_verify(args: VerifyArgs) -> CliResult {
-    let chain = open(&args.devs, args.key.as_deref())?;
+    let chain = open_from(
+        &args.devs,
+        args.changer.as_deref(),
+        &args.drives,
+        args.key.as_deref(),
+    )?;
     let mut report =
         restore::run_chain(&chain, Action::Verify, &[]).map_err(|error| Failure::Restore {
             doing: "verify failed: ",
@@ -275,7 +316,17 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
             if label.state != crate::format::LabelState::Complete {
                 continue;
             }
-            match crate::media::read_catalog(dev.as_ref(), label) {
+            let read = dev
+                .attach()
+                .map_err(|error| crate::media::MediaError::Io {
+                    device: dev.path().display().to_string(),
+                    op: "load the cartridge",
+                    offset: 0,
+                    error,
+                })
+                .and_then(|()| crate::media::read_catalog(dev.as_ref(), label));
+            dev.detach();
+            match read {
                 Ok(read) if read.catalog == set.catalog && read.digest == label.catalog_digest => {}
                 Ok(_) => report.errors.push(Problem::CatalogDiffers {
                     device: dev.path().display().to_string(),

@@ -490,6 +490,15 @@ pub trait Device: Send + Sync {
     fn notes(&self) -> &[DeviceNote] {
         &[]
     }
+    /// Make the medium readable before it is read: a cartridge of a
+    /// library (`changer::shelved`) takes a free drive (waiting for one)
+    /// and is loaded into it. Other devices: nothing to do.
+    fn attach(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// The medium is not needed any more for now: a cartridge of a library
+    /// goes back to its slot and frees its drive. Other devices: nothing.
+    fn detach(&self) {}
 }
 
 /// Something a device says at open that is not an error. Its display is

@@ -23,7 +23,7 @@ use super::{
 /// that was writing the whole time has its rate updated from the bytes it
 /// completed (a moving average), so that stealing follows the devices'
 /// real speed rather than the probe's or the declared one.
-fn observe_rates(dispatcher: &Dispatcher, progress: &[AtomicU64], done: &AtomicBool) {
+pub(super) fn observe_rates(dispatcher: &Dispatcher, progress: &[AtomicU64], done: &AtomicBool) {
     const TICK: Duration = Duration::from_millis(250);
     let mut last: Vec<u64> = progress.iter().map(|p| p.load(Ordering::Relaxed)).collect();
     let mut last_at = Instant::now();
@@ -91,8 +91,15 @@ pub fn run_backup(
         payload_bytes: parity.payload_bytes,
         warnings: parity.warnings,
     };
+    let named: Vec<(Vec<u8>, u64)> = devices
+        .iter()
+        .map(|d| {
+            let path = d.path().as_os_str().as_encoded_bytes().to_vec();
+            (path, d.capacity_bytes())
+        })
+        .collect();
     let (encoded, segments) =
-        build_catalog(input, devices, &outcomes, &ends, config, parity.section);
+        build_catalog(input, &named, &outcomes, &ends, config, parity.section);
     let finished = write_catalogs(
         devices,
         &outcomes,
@@ -102,7 +109,7 @@ pub fn run_backup(
         config,
         &parity.after,
     );
-    let reports = device_reports(devices, outcomes, &ends, finished);
+    let reports = device_reports(&named, outcomes, &ends, finished);
     if reports.iter().all(|r| r.catalog_end.is_none()) {
         return Err(no_catalog(reports));
     }
@@ -153,7 +160,11 @@ pub(super) fn send(config: &BackupConfig, event: Event) {
 
 /// The dispatcher, holding every planned segment as work for its device
 /// (and with `--balance time`, the rates it steals work by).
-fn new_dispatcher(input: &SetInput, device_count: usize, config: &BackupConfig) -> Dispatcher {
+pub(super) fn new_dispatcher(
+    input: &SetInput,
+    device_count: usize,
+    config: &BackupConfig,
+) -> Dispatcher {
     let dispatcher = Dispatcher::with_data(
         device_count,
         config.chunk_bytes as u64,
@@ -226,29 +237,31 @@ fn ring_configs(devices: &[Box<dyn Device>], config: &BackupConfig) -> Vec<RingC
     devices
         .iter()
         .enumerate()
-        .map(|(i, dev)| {
-            let payload_max =
-                record_payload_bytes_max(dev.as_ref(), config.chunk_bytes, config.tape_block_bytes);
-            RingConfig {
-                device_index: i as u32,
-                set_id: config.set_id,
-                chunk_bytes: config.chunk_bytes,
-                record_payload_bytes_max: payload_max,
-                queue_depth: match dev.access() {
-                    // A remote device: enough records in flight to cover its
-                    // measured round trip at its bandwidth (never fewer than --qd).
-                    Access::Random => dev.records_in_flight(
-                        (HEADER_BYTES as u64) + payload_max as u64,
-                        config.queue_depth,
-                        ring::QUEUE_DEPTH_MAX,
-                    ),
-                    Access::Sequential => config.tape_buffer_records,
-                },
-                reserve_bytes: config.reserve_bytes,
-                write_retries: config.write_retries,
-            }
-        })
+        .map(|(i, dev)| ring_config(dev.as_ref(), i as u32, config))
         .collect()
+}
+
+/// Device `index`'s ring configuration (see `ring_configs`).
+pub(super) fn ring_config(dev: &dyn Device, index: u32, config: &BackupConfig) -> RingConfig {
+    let payload_max = record_payload_bytes_max(dev, config.chunk_bytes, config.tape_block_bytes);
+    RingConfig {
+        device_index: index,
+        set_id: config.set_id,
+        chunk_bytes: config.chunk_bytes,
+        record_payload_bytes_max: payload_max,
+        queue_depth: match dev.access() {
+            // A remote device: enough records in flight to cover its
+            // measured round trip at its bandwidth (never fewer than --qd).
+            Access::Random => dev.records_in_flight(
+                (HEADER_BYTES as u64) + payload_max as u64,
+                config.queue_depth,
+                ring::QUEUE_DEPTH_MAX,
+            ),
+            Access::Sequential => config.tape_buffer_records,
+        },
+        reserve_bytes: config.reserve_bytes,
+        write_retries: config.write_retries,
+    }
 }
 
 /// Data phase: one thread and ring per device, all taking work from the
@@ -314,7 +327,7 @@ fn run_rings(
 
 /// One device's thread of the data phase: its ring runs to the end of
 /// the work, and a device that filled up or failed is reported as an event.
-fn run_device(
+pub(super) fn run_device(
     input: &SetInput,
     dev: &dyn Device,
     config: &BackupConfig,

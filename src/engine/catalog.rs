@@ -84,7 +84,7 @@ pub(super) fn device_end(end: &RingEnd) -> DeviceEnd {
 /// held decoded (issue 23, PERF.md "#23 memory").
 pub(super) fn build_catalog(
     input: &SetInput,
-    devices: &[Box<dyn Device>],
+    devices: &[(Vec<u8>, u64)],
     outcomes: &[RingOutcome],
     ends: &[DeviceEnd],
     config: &BackupConfig,
@@ -96,9 +96,9 @@ pub(super) fn build_catalog(
         .iter()
         .zip(outcomes)
         .zip(ends)
-        .map(|((d, o), end)| CatalogDevice {
-            path: d.path().as_os_str().as_encoded_bytes().to_vec(),
-            capacity_bytes: d.capacity_bytes(),
+        .map(|(((name, capacity_bytes), o), end)| CatalogDevice {
+            path: name.clone(),
+            capacity_bytes: *capacity_bytes,
             state: match end {
                 DeviceEnd::Complete => DeviceState::Complete,
                 DeviceEnd::Full => DeviceState::Full,
@@ -225,7 +225,7 @@ pub(super) fn write_catalogs(
 /// One report per device: how its data phase ended and whether its
 /// catalog was written.
 pub(super) fn device_reports(
-    devices: &[Box<dyn Device>],
+    devices: &[(Vec<u8>, u64)],
     outcomes: Vec<RingOutcome>,
     ends: &[DeviceEnd],
     finished: Vec<Option<Result<u64, media::MediaError>>>,
@@ -233,7 +233,7 @@ pub(super) fn device_reports(
     let per_device = devices.iter().zip(outcomes).zip(finished);
     per_device
         .enumerate()
-        .map(|(i, ((dev, outcome), finish))| {
+        .map(|(i, (((name, _), outcome), finish))| {
             let (catalog_end, catalog_error) = match finish {
                 None => (None, None),
                 Some(Ok(end)) => (Some(end), None),
@@ -244,7 +244,7 @@ pub(super) fn device_reports(
                 RingEnd::Full { error } | RingEnd::Failed { error } => Some(error),
             };
             DeviceReport {
-                path: dev.path().display().to_string(),
+                path: String::from_utf8_lossy(name).into_owned(),
                 end: ends[i],
                 error,
                 redirected_bytes: outcome.redirected_bytes,
@@ -277,7 +277,7 @@ pub(super) fn no_catalog(reports: Vec<DeviceReport>) -> BackupError {
 /// Catalog after the data, sync, label complete, sync. On a tape: a
 /// filemark, the catalog as tape file 1, End record, filemark (the label
 /// cannot be rewritten: the End record and filemark say "complete").
-fn finish_device(
+pub(super) fn finish_device(
     dev: &dyn Device,
     label: &Label,
     outcome: &RingOutcome,

@@ -67,6 +67,11 @@ pub enum DeviceState {
     Failed = 3,
     /// Done, all its work written.
     Finished = 4,
+    /// Not started yet (a cartridge of a spanning set still in its slot):
+    /// takes no shared work and hands none back until `start`. While a
+    /// device is pending, the others do not wait for work handed back:
+    /// it will take that work when it starts (`engine::span`).
+    Pending = 5,
 }
 
 impl DeviceState {
@@ -76,6 +81,7 @@ impl DeviceState {
             1 => DeviceState::Idle,
             2 => DeviceState::Full,
             3 => DeviceState::Failed,
+            5 => DeviceState::Pending,
             _ => DeviceState::Finished,
         }
     }
@@ -382,9 +388,9 @@ impl Dispatcher {
                 Shared::Empty | Shared::Wait => {}
             }
             self.set_state(device, DeviceState::Idle);
-            let others_working =
-                (0..self.state.len()).any(|d| d != device && self.state(d) == DeviceState::Working);
-            if (!others_working && self.shared.is_empty()) || self.aborted.load(Ordering::SeqCst) {
+            if (!self.others_may_give_back(device) && self.shared.is_empty())
+                || self.aborted.load(Ordering::SeqCst)
+            {
                 return None;
             }
             std::thread::sleep(IDLE_POLL);
@@ -415,9 +421,7 @@ impl Dispatcher {
             }
             Shared::Empty | Shared::Wait => {}
         }
-        let others_working =
-            (0..self.state.len()).any(|d| d != device && self.state(d) == DeviceState::Working);
-        if !others_working && self.shared.is_empty() {
+        if !self.others_may_give_back(device) && self.shared.is_empty() {
             Next::Done
         } else {
             Next::Wait
@@ -519,6 +523,25 @@ impl Dispatcher {
 
     pub fn finish(&self, device: usize) {
         self.set_state(device, DeviceState::Finished);
+    }
+
+    /// `device` starts later (a cartridge waiting for a drive): see
+    /// `DeviceState::Pending`. Its own queue stays its own.
+    pub fn hold(&self, device: usize) {
+        self.set_state(device, DeviceState::Pending);
+    }
+
+    /// A held device starts taking work.
+    pub fn start(&self, device: usize) {
+        self.set_state(device, DeviceState::Working);
+    }
+
+    /// Whether a device with nothing left must wait for work the others
+    /// may still hand back: only while one is working and none is
+    /// pending (a pending device takes that work when it starts).
+    fn others_may_give_back(&self, device: usize) -> bool {
+        let any = |s: DeviceState| (0..self.state.len()).any(|d| d != device && self.state(d) == s);
+        any(DeviceState::Working) && !any(DeviceState::Pending)
     }
 
     /// A device could not open the source of `item`: no device can; it

@@ -9,6 +9,7 @@ pub mod probe;
 mod report;
 pub mod ring;
 mod set;
+pub mod span;
 
 use crate::device::{Access, Device};
 use crate::format::{MacKey, SetId, HEADER_BYTES};

@@ -103,6 +103,17 @@ pub enum BackupError {
     /// Every device named with why it holds no catalog.
     #[error("no device could take the catalog: the set is not restorable ({})", joined(.devices))]
     NoCatalog { devices: Vec<NoCatalogOn> },
+    /// The library could not move a cartridge of a spanning set (the
+    /// cartridges written so far hold a partial set).
+    #[error(transparent)]
+    Changer(#[from] crate::device::changer::ChangerError),
+    /// A drive of the library could not be opened after a load.
+    #[error("changer drive {drive} (cartridge {barcode}): {error}")]
+    Drive {
+        drive: u32,
+        barcode: String,
+        error: crate::device::DeviceError,
+    },
 }
 
 /// A device that holds no catalog at the end of a run, and why.

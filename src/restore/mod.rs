@@ -30,7 +30,7 @@ use crate::media::MediaError;
 pub use chain::{open_chain, Chain};
 pub use choose::{Choice, Existing, Kept, KeptWhy, Only};
 use finish::{finish_image, gather, verdicts};
-pub use open::{open_set, open_sets, OpenSet};
+pub use open::{open_devices, open_set, open_sets, OpenSet};
 pub use problem::{Problem, RecordProblem, Refusal};
 use read::{read_devices, Destination};
 pub use rebuild::RebuildSummary;

@@ -91,14 +91,40 @@ pub fn open_sets(specs: &[DeviceSpec], key: Option<&MacKey>) -> Result<Vec<OpenS
     if specs.is_empty() {
         return Err(RestoreError::NoDevices);
     }
+    let devices = specs
+        .iter()
+        .map(|spec| device::open(spec, Mode::Read))
+        .collect::<Result<Vec<_>, _>>()?;
+    open_devices(devices, key)
+}
+
+/// `open_sets` over devices already opened (the cartridges of a library:
+/// each attached while its label and catalog are read, detached after).
+pub fn open_devices(
+    devices: Vec<Box<dyn Device>>,
+    key: Option<&MacKey>,
+) -> Result<Vec<OpenSet>, RestoreError> {
+    let count = devices.len();
+    if count == 0 {
+        return Err(RestoreError::NoDevices);
+    }
     let mut groups: Vec<Vec<Opened>> = Vec::new();
     let mut unreadable = Vec::new();
-    for spec in specs {
-        let dev = device::open(spec, Mode::Read)?;
-        let mut label = match media::read_label(dev.as_ref()) {
+    for dev in devices {
+        let read = dev
+            .attach()
+            .map_err(|error| MediaError::Io {
+                device: dev.path().display().to_string(),
+                op: "load the cartridge",
+                offset: 0,
+                error,
+            })
+            .and_then(|()| media::read_label(dev.as_ref()));
+        let mut label = match read {
             Ok(label) => label,
             // One unreadable device does not stop a restore from the others.
-            Err(e) if specs.len() > 1 => {
+            Err(e) if count > 1 => {
+                dev.detach();
                 unreadable.push(e);
                 continue;
             }
@@ -108,6 +134,7 @@ pub fn open_sets(specs: &[DeviceSpec], key: Option<&MacKey>) -> Result<Vec<OpenS
             check_label_mac(dev.as_ref(), &label, key)?;
         }
         let tape_catalog = complete_tape_label(dev.as_ref(), &mut label);
+        dev.detach();
         let Some(group) = groups.iter_mut().find(|g| g[0].1.set_id == label.set_id) else {
             groups.push(vec![(dev, label, tape_catalog)]);
             continue;
@@ -201,7 +228,7 @@ fn assemble(opened: Vec<Opened>, key: Option<&MacKey>) -> Result<OpenSet, Restor
     for (from, ((dev, label), tape_catalog)) in
         devices.iter().zip(tape_catalogs.iter_mut()).enumerate()
     {
-        if let Some(Err(e)) = tape_catalog.take() {
+        if let Some(Err(e)) = tape_catalog.take_if(|read| read.is_err()) {
             last_error = Some(e.into());
             continue;
         }
@@ -210,7 +237,19 @@ fn assemble(opened: Vec<Opened>, key: Option<&MacKey>) -> Result<OpenSet, Restor
         }
         let read = match tape_catalog.take() {
             Some(read) => read,
-            None => media::read_catalog(dev.as_ref(), label),
+            None => dev
+                .attach()
+                .map_err(|error| MediaError::Io {
+                    device: dev.path().display().to_string(),
+                    op: "load the cartridge",
+                    offset: 0,
+                    error,
+                })
+                .and_then(|()| {
+                    let read = media::read_catalog(dev.as_ref(), label);
+                    dev.detach();
+                    read
+                }),
         };
         match read {
             Ok(read) if read.catalog.set_id != label.set_id => {

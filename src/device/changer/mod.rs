@@ -16,6 +16,7 @@
 //! CLI's business (`pbio changer inventory`).
 
 pub mod sg;
+pub mod shelved;
 pub mod smc;
 pub mod vlib;
 
@@ -136,7 +137,7 @@ impl Status {
 }
 
 /// The ops table of a tape library.
-pub trait Changer {
+pub trait Changer: Send {
     /// The name it was opened by (`/dev/sg3`, `vlib:/srv/lib`).
     fn name(&self) -> &str;
     /// What is where, as the library last knew it.

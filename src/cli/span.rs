@@ -1,0 +1,341 @@
+//! `pbio backup --changer C`: a set written on the scratch cartridges of a
+//! tape library, through all its drives, spanning as many cartridges as it
+//! needs (engine::span).
+//!
+//! Before anything is written: the drives are emptied (their cartridges
+//! back to their slots), every cartridge in a storage slot goes through
+//! the overwrite guard (blank, or anything with `--force`/`--overwrite`:
+//! a scratch cartridge), the set is planned, and a set larger than the
+//! scratch cartridges can hold is refused with the numbers.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use super::backup::{check_devices, outcome, payload_per_device, print_report, BackupArgs};
+use super::progress::{self, DeviceInfo, Output, Reporter};
+use super::{prepare, CliResult, Failure};
+use crate::device::changer::shelved::{DrivePool, Shelved};
+use crate::device::changer::{self, Changer};
+use crate::device::{Device, DeviceSpec, Mode};
+use crate::engine::span::{self, Library, Volume};
+use crate::engine::{self, BackupConfig, SetInput};
+use crate::format::HEADER_BYTES;
+use crate::media::guard::Policy;
+use crate::units::human_bytes;
+
+/// Of a cartridge's usable bytes, the part a volume is planned to fill:
+/// the rest absorbs what the estimate cannot know (the early-warning
+/// zone, a drive that fills early); a volume that fills up anyway hands
+/// its rest to the volumes after it.
+const PLANNED_FILL_PERCENT: u64 = 90;
+
+/// A scratch cartridge: its slot, barcode and the device it is read
+/// through where it is.
+struct Scratch {
+    slot: u32,
+    barcode: String,
+    spec: DeviceSpec,
+}
+
+pub fn run(args: BackupArgs) -> CliResult {
+    let text = args.set.changer.clone().expect("run only with --changer");
+    let policy = Policy {
+        force: args.force,
+        overwrite: args.overwrite.clone(),
+    };
+    let mac_key = super::key::load_optional(args.key.as_deref())?;
+    let mut changer = changer::open(&text).map_err(Failure::Changer)?;
+    let drives = empty_drives(changer.as_mut())?;
+    let scratch = scratch_cartridges(changer.as_mut(), &policy)?;
+    // Planned over every scratch cartridge first, for the bytes it needs.
+    let mut set = args.set.clone();
+    set.changer = None;
+    set.devs = scratch.iter().map(|s| s.spec.clone()).collect();
+    let mut prepared = prepare(&set)?;
+    let needed = volumes_needed(&args, &prepared, &scratch)?;
+    if needed < scratch.len() {
+        prepared.devices.truncate(needed);
+        let (plan, reserve) = engine::plan_set(
+            &prepared.entries,
+            prepared.since.as_ref(),
+            &prepared.devices,
+            &set.options(),
+        )
+        .map_err(Failure::Plan)?;
+        prepared.plan = plan;
+        prepared.reserve_bytes = reserve;
+    }
+    let volumes: Vec<Volume> = scratch
+        .iter()
+        .zip(&prepared.devices)
+        .map(|(s, (_, capacity, _))| Volume {
+            slot: s.slot,
+            barcode: s.barcode.clone(),
+            capacity_bytes: *capacity,
+        })
+        .collect();
+    let (events_tx, events_rx) = crossbeam_channel::unbounded();
+    let config = BackupConfig {
+        set_id: crate::media::new_set_id(),
+        created_unix_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+        chunk_bytes: args.set.chunk as u32,
+        queue_depth: args.qd as usize,
+        tape_block_bytes: args.tape_block as u32,
+        tape_buffer_records: args.tape_buffer as usize,
+        reserve_bytes: prepared.reserve_bytes,
+        write_retries: args.retries,
+        events: Some(events_tx),
+        // Volumes wait in their slots: nothing to steal from them.
+        steal_work: None,
+        mac_key,
+        parity: 0,
+    };
+    let payload = payload_per_device(&prepared.entries, &prepared.plan);
+    let infos: Vec<DeviceInfo> = volumes
+        .iter()
+        .zip(payload)
+        .map(|(v, planned_bytes)| DeviceInfo {
+            path: v.barcode.clone(),
+            planned_bytes,
+            capacity_bytes: v.capacity_bytes,
+            rate_bytes_per_sec: None,
+        })
+        .collect();
+    let input = SetInput {
+        entries: prepared.entries,
+        plan: prepared.plan,
+        since: prepared.since,
+    };
+    let output = Output::choose(args.set.json, args.json_interval);
+    let mut reporter = Reporter::new(output, infos, std::io::stdout());
+    reporter.start(
+        &config.set_id.to_string(),
+        input.entries.len(),
+        input.plan.segments.len(),
+    );
+    let changer = Mutex::new(changer);
+    let library = Library {
+        changer: &changer,
+        drives,
+        volumes,
+    };
+    let progress: Vec<AtomicU64> = library.volumes.iter().map(|_| AtomicU64::new(0)).collect();
+    let result = std::thread::scope(|scope| {
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let progress = &progress;
+        let shown = std::thread::Builder::new()
+            .name("pbio-progress".into())
+            .spawn_scoped(scope, move || {
+                progress::run(reporter, progress, events_rx, stop_rx)
+            })
+            .expect("spawn progress thread");
+        let result = span::run_spanning(&input, &library, &config, progress);
+        drop(stop_tx);
+        let _shown = shown.join().expect("progress thread panicked");
+        result
+    });
+    let json = args.set.json;
+    match result {
+        Err(e) => {
+            let error = e.to_string();
+            let failure = Failure::Backup(e);
+            if json {
+                outln!(
+                    "{}",
+                    json!({"event": "finished", "ok": false, "exit_code": failure.code(), "error": error})
+                );
+            }
+            Err(failure)
+        }
+        Ok((report, spanned)) => {
+            let outcome = outcome(&report);
+            let used: Vec<&str> = library.volumes.iter().map(|v| v.barcode.as_str()).collect();
+            if json {
+                let total: u64 = report.devices.iter().map(|d| d.stats.payload_bytes).sum();
+                outln!(
+                    "{}",
+                    json!({
+                        "event": "finished",
+                        "ok": report.complete(),
+                        "exit_code": outcome.code(),
+                        "set_id": report.set_id.to_string(),
+                        "payload_bytes": total,
+                        "missing_bytes": report.missing_bytes(),
+                        "seconds": report.elapsed.as_secs_f64(),
+                        "cartridges": used,
+                        "loads": spanned.loads,
+                        "swap_seconds": spanned.swap_time.as_secs_f64(),
+                    })
+                );
+            } else {
+                outln!(
+                    "changer {text}: {} cartridges ({}), {} loads, {:.1} s between cartridges over {} drives",
+                    used.len(),
+                    used.join(" "),
+                    spanned.loads,
+                    spanned.swap_time.as_secs_f64(),
+                    library.drives.len()
+                );
+            }
+            print_report(&report, json);
+            Ok(outcome)
+        }
+    }
+}
+
+/// The drives to write with (every drive whose device is known), emptied:
+/// a cartridge left in one goes back to its slot.
+fn empty_drives(changer: &mut dyn Changer) -> Result<Vec<(u32, DeviceSpec)>, Failure> {
+    let status = changer.status().map_err(Failure::Changer)?;
+    for d in status.drives.iter().filter(|d| d.full) {
+        changer.unload(d.number).map_err(Failure::Changer)?;
+    }
+    let drives: Vec<(u32, DeviceSpec)> = status
+        .drives
+        .iter()
+        .filter_map(|d| d.device.clone().map(|spec| (d.number, spec)))
+        .collect();
+    if drives.is_empty() {
+        return Err(Failure::Usage(format!(
+            "changer {}: no drive whose device is known (a real library's drives are not mapped to tape nodes by `backup --changer` yet: load cartridges with `pbio changer load` and give the drives with --dev)",
+            changer.name()
+        )));
+    }
+    Ok(drives)
+}
+
+/// The cartridges in storage slots that the overwrite guard lets pbio
+/// write (blank ones; with `--force` or `--overwrite`, those too), in
+/// slot order. The others are named on stderr.
+fn scratch_cartridges(changer: &mut dyn Changer, policy: &Policy) -> Result<Vec<Scratch>, Failure> {
+    let status = changer.status().map_err(Failure::Changer)?;
+    let mut scratch = Vec::new();
+    for s in status.slots.iter().filter(|s| s.full && !s.import_export) {
+        let barcode = s
+            .barcode
+            .clone()
+            .unwrap_or_else(|| format!("slot{}", s.number));
+        let Some(spec) = changer.cartridge_in_slot(s.number) else {
+            return Err(Failure::Usage(format!(
+                "changer {}: slot {} ({barcode}) cannot be read where it is: `backup --changer` needs an emulated library for now",
+                changer.name(),
+                s.number
+            )));
+        };
+        match check_devices(std::slice::from_ref(&spec), policy) {
+            Ok(()) => scratch.push(Scratch {
+                slot: s.number,
+                barcode,
+                spec,
+            }),
+            Err(why) => errln!(
+                "pbio: slot {} ({barcode}) is not scratch, left alone: {}",
+                s.number,
+                why.to_string().replace('\n', " ")
+            ),
+        }
+    }
+    if scratch.is_empty() {
+        return Err(Failure::Usage(format!(
+            "changer {}: no scratch cartridge (blank, or any with --force)",
+            changer.name()
+        )));
+    }
+    Ok(scratch)
+}
+
+/// How many of the scratch cartridges the set needs: its stored bytes
+/// with a record header per tape record, over each cartridge's usable
+/// bytes (its capacity less the catalog's reserve) filled to
+/// `PLANNED_FILL_PERCENT`. A set larger than all of them together is
+/// refused before anything is written.
+fn volumes_needed(
+    args: &BackupArgs,
+    prepared: &super::Prepared,
+    scratch: &[Scratch],
+) -> Result<usize, Failure> {
+    let stored: u64 = payload_per_device(&prepared.entries, &prepared.plan)
+        .iter()
+        .sum();
+    let block = args.tape_block.max(2 * HEADER_BYTES as u64);
+    let payload =
+        (1u64 << (63 - (block - HEADER_BYTES as u64).leading_zeros())).min(args.set.chunk);
+    let media = stored + stored.div_ceil(payload) * HEADER_BYTES as u64;
+    let usable = prepared
+        .devices
+        .iter()
+        .map(|(_, capacity, _)| capacity.saturating_sub(prepared.reserve_bytes))
+        .min()
+        .unwrap_or(0);
+    let all = usable * scratch.len() as u64;
+    if media > all {
+        return Err(Failure::Usage(format!(
+            "the set needs {} on tape ({} of data), more than the {} scratch cartridges hold together ({} usable each, {} in all): nothing was written",
+            human_bytes(media),
+            human_bytes(stored),
+            scratch.len(),
+            human_bytes(usable),
+            human_bytes(all)
+        )));
+    }
+    let per_volume = (usable * PLANNED_FILL_PERCENT / 100).max(1);
+    Ok((media.div_ceil(per_volume).max(1) as usize).min(scratch.len()))
+}
+
+/// Restore, verify and list with `--changer`: every cartridge of the
+/// library that holds a pbio set, as a device read through the drives
+/// (`changer::shelved`): loaded when read, unloaded after. `wanted`: the
+/// drives to read with (empty: all). Blank cartridges, and cartridges
+/// without a pbio label, are left in their slots when the library can
+/// read them where they are (an emulated library); otherwise every
+/// cartridge is loaded once to read its label.
+pub fn library_devices(text: &str, wanted: &[u32]) -> Result<Vec<Box<dyn Device>>, Failure> {
+    let mut changer = changer::open(text).map_err(Failure::Changer)?;
+    let mut drives = empty_drives(changer.as_mut())?;
+    for w in wanted {
+        if !drives.iter().any(|(d, _)| d == w) {
+            return Err(Failure::Usage(format!(
+                "changer {text}: no drive {w} with a known device (drives: {})",
+                drives
+                    .iter()
+                    .map(|(d, _)| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    if !wanted.is_empty() {
+        drives.retain(|(d, _)| wanted.contains(d));
+    }
+    let status = changer.status().map_err(Failure::Changer)?;
+    let holds_a_set = |slot: u32| match changer.cartridge_in_slot(slot) {
+        None => true,
+        Some(spec) => crate::device::open(&spec, Mode::Read)
+            .ok()
+            .is_some_and(|dev| crate::media::read_label(dev.as_ref()).is_ok()),
+    };
+    let slots: Vec<(u32, Option<String>)> = status
+        .slots
+        .iter()
+        .filter(|s| s.full && !s.import_export && holds_a_set(s.number))
+        .map(|s| (s.number, s.barcode.clone()))
+        .collect();
+    if slots.is_empty() {
+        return Err(Failure::Usage(format!(
+            "changer {text}: no cartridge holds a pbio set"
+        )));
+    }
+    let pool = DrivePool::new(changer, drives);
+    Ok(slots
+        .iter()
+        .map(|(slot, barcode)| {
+            Box::new(Shelved::new(&pool, *slot, barcode.as_deref())) as Box<dyn Device>
+        })
+        .collect())
+}

@@ -1,0 +1,378 @@
+//! Sets that span the cartridges of a tape library (`backup --changer`).
+//!
+//! Every cartridge of the set is one device of it, a *volume*: its label's
+//! device index is its volume number, the device count the number of
+//! volumes (docs/FORMAT.md, "Sets that span cartridges"). The plan places
+//! the set on the volumes as on any devices (each with its cartridge's
+//! capacity); the drives take the volumes in order. A drive's thread:
+//!
+//! 1. takes the next volume, loads its cartridge (the changer is one
+//!    robot: its moves are serialized by a lock), opens the drive and
+//!    writes the volume's label;
+//! 2. runs the ring on it as on any device: its own work, then work handed
+//!    back. A volume that reaches the end of its medium keeps its durable
+//!    records and hands the rest back (the ring's `Full`), the record that
+//!    hit ENOSPC included, and the volumes still to come take it; while
+//!    volumes wait in their slots, a drive with nothing left does not wait
+//!    for the others (dispatcher `Pending`), so the drives keep streaming;
+//! 3. when volumes remain, closes the cartridge with a trailer (a filemark,
+//!    an End record, a filemark: "continued, the catalog is on the set's
+//!    last cartridges"), unloads it and takes the next.
+//!
+//! The catalog, built when every volume is written, names each volume by
+//! its barcode, and its segments say which volume holds which records. It
+//! is written on the volumes still in the drives; they are unloaded after.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::device::changer::Changer;
+use crate::device::{self, Device, DeviceSpec, Mode};
+use crate::format::{Label, LabelState};
+use crate::media::{self, MediaError};
+
+use super::backup::{new_dispatcher, ring_config, run_device};
+use super::catalog::{
+    build_catalog, device_end, device_reports, finish_device, no_catalog, source_findings,
+};
+use super::dispatch::{DeviceState, Dispatcher};
+use super::ring::{self, RingConfig, RingEnd, RingOutcome, RingStats};
+use super::{BackupConfig, BackupError, BackupReport, DeviceEnd, SetInput};
+
+/// One cartridge of a spanning set, in volume order.
+#[derive(Clone, Debug)]
+pub struct Volume {
+    /// The slot it is taken from (and goes back to).
+    pub slot: u32,
+    pub barcode: String,
+    pub capacity_bytes: u64,
+}
+
+/// The library a spanning set is written with.
+pub struct Library<'a> {
+    pub changer: &'a Mutex<Box<dyn Changer>>,
+    /// The drives to write with: (drive number, its device), all empty.
+    pub drives: Vec<(u32, DeviceSpec)>,
+    pub volumes: Vec<Volume>,
+}
+
+/// What the library did during a spanning backup.
+#[derive(Clone, Debug, Default)]
+pub struct SpanReport {
+    /// Cartridge loads (each volume's, once).
+    pub loads: u32,
+    /// Time the drives spent between two volumes (trailer, unload, load,
+    /// open, label), summed over the drives.
+    pub swap_time: Duration,
+    /// Per volume: the drive that wrote it.
+    pub drive_of: Vec<Option<u32>>,
+}
+
+/// A volume written by a drive, still loaded.
+struct Loaded {
+    drive: u32,
+    volume: usize,
+    dev: Box<dyn Device>,
+    ring: RingConfig,
+}
+
+/// What the drives share.
+struct Shared<'a> {
+    input: &'a SetInput,
+    config: &'a BackupConfig,
+    library: &'a Library<'a>,
+    dispatcher: &'a Dispatcher,
+    progress: &'a [AtomicU64],
+    next: AtomicUsize,
+    outcomes: Mutex<Vec<Option<RingOutcome>>>,
+    /// Per volume: the trailer's end, or why it could not be written
+    /// (None: not written, the volume is still loaded or failed).
+    trailers: Mutex<Vec<Option<Result<u64, MediaError>>>>,
+    report: Mutex<SpanReport>,
+}
+
+/// The label of volume `index` of `count`.
+fn volume_label(config: &BackupConfig, index: u32, count: u32, block_bytes: u32) -> Label {
+    Label {
+        set_id: config.set_id,
+        device_index: index,
+        device_count: count,
+        chunk_bytes: config.chunk_bytes,
+        block_bytes,
+        created_unix_ns: config.created_unix_ns,
+        state: LabelState::Writing,
+        catalog_offset: 0,
+        catalog_bytes: 0,
+        data_end: 0,
+        catalog_digest: [0; 32],
+        mac: [0; 32],
+    }
+    .sealed(config.mac_key.as_ref())
+}
+
+/// Run a backup over the volumes of `library` (planned in `input` as one
+/// device per volume), its drives writing in parallel. `progress` has one
+/// counter per volume.
+pub fn run_spanning(
+    input: &SetInput,
+    library: &Library<'_>,
+    config: &BackupConfig,
+    progress: &[AtomicU64],
+) -> Result<(BackupReport, SpanReport), BackupError> {
+    let count = library.volumes.len();
+    assert!(count > 0 && !library.drives.is_empty());
+    assert_eq!(progress.len(), count, "one progress counter per volume");
+    let started = Instant::now();
+    let dispatcher = new_dispatcher(input, count, config);
+    for volume in 0..count {
+        dispatcher.hold(volume);
+    }
+    let shared = Shared {
+        input,
+        config,
+        library,
+        dispatcher: &dispatcher,
+        progress,
+        next: AtomicUsize::new(0),
+        outcomes: Mutex::new((0..count).map(|_| None).collect()),
+        trailers: Mutex::new((0..count).map(|_| None).collect()),
+        report: Mutex::new(SpanReport {
+            drive_of: vec![None; count],
+            ..SpanReport::default()
+        }),
+    };
+    let ran: Vec<Result<Option<Loaded>, BackupError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = library
+            .drives
+            .iter()
+            .map(|(drive, spec)| {
+                let shared = &shared;
+                std::thread::Builder::new()
+                    .name(format!("pbio-drive{drive}"))
+                    .spawn_scoped(scope, move || {
+                        let ran = drive_thread(shared, *drive, spec);
+                        if ran.is_err() {
+                            shared.dispatcher.abort();
+                        }
+                        ran
+                    })
+                    .expect("spawn drive thread")
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("drive thread panicked"))
+            .collect()
+    });
+    let mut loaded = Vec::new();
+    let mut first_error = None;
+    for r in ran {
+        match r {
+            Ok(l) => loaded.extend(l),
+            Err(e) => first_error = first_error.or(Some(e)),
+        }
+    }
+    if let Some(e) = first_error {
+        unload_all(library, &loaded);
+        return Err(e);
+    }
+    let outcomes: Vec<RingOutcome> = shared
+        .outcomes
+        .into_inner()
+        .expect("no drive thread panicked")
+        .into_iter()
+        .map(|o| o.expect("every volume ran: the drives took them all"))
+        .collect();
+    let mut finished = shared.trailers.into_inner().expect("no panic");
+    let sources = source_findings(input, &dispatcher);
+    let ends: Vec<DeviceEnd> = outcomes.iter().map(|o| device_end(&o.end)).collect();
+    let named: Vec<(Vec<u8>, u64)> = library
+        .volumes
+        .iter()
+        .map(|v| (v.barcode.as_bytes().to_vec(), v.capacity_bytes))
+        .collect();
+    let (encoded, segments) = build_catalog(input, &named, &outcomes, &ends, config, None);
+    // The catalog on the volumes still loaded, one thread per drive.
+    let catalogs: Vec<(usize, Result<u64, MediaError>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = loaded
+            .iter()
+            .filter(|l| ends[l.volume] != DeviceEnd::Failed)
+            .map(|l| {
+                let label =
+                    volume_label(config, l.volume as u32, count as u32, l.dev.block_bytes());
+                let (outcome, encoded) = (&outcomes[l.volume], &encoded);
+                scope.spawn(move || {
+                    let payload_max = l.ring.record_payload_bytes_max;
+                    // No parity on a library (cli refuses it): the catalog
+                    // follows the data.
+                    let at = (outcome.data_end, outcome.stats.records);
+                    let end = finish_device(
+                        l.dev.as_ref(),
+                        &label,
+                        outcome,
+                        at,
+                        encoded,
+                        payload_max,
+                        config,
+                    );
+                    (l.volume, end)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("catalog thread panicked"))
+            .collect()
+    });
+    let catalog_written = catalogs.iter().any(|(_, r)| r.is_ok());
+    for (volume, end) in catalogs {
+        finished[volume] = Some(end);
+    }
+    unload_all(library, &loaded);
+    let reports = device_reports(&named, outcomes, &ends, finished);
+    if !catalog_written {
+        return Err(no_catalog(reports));
+    }
+    let span = shared.report.into_inner().expect("no panic");
+    let report = BackupReport {
+        set_id: config.set_id,
+        devices: reports,
+        files: input.entries.len(),
+        segments,
+        unplaced: sources.unplaced,
+        unreadable: sources.unreadable,
+        changed: sources.changed,
+        elapsed: started.elapsed(),
+        parity: Default::default(),
+    };
+    Ok((report, span))
+}
+
+/// Put the cartridges still in the drives back in their slots (best
+/// effort: a library that cannot is reported by the next `changer status`).
+fn unload_all(library: &Library<'_>, loaded: &[Loaded]) {
+    let mut changer = library.changer.lock().expect("no changer user panicked");
+    for l in loaded {
+        let _ = changer.unload(l.drive);
+    }
+}
+
+/// One drive's thread: volumes in turn until none is left; returns the
+/// last one, still loaded, for the catalog.
+fn drive_thread(
+    shared: &Shared<'_>,
+    drive: u32,
+    spec: &DeviceSpec,
+) -> Result<Option<Loaded>, BackupError> {
+    let library = shared.library;
+    let count = library.volumes.len();
+    let mut loaded: Option<Loaded> = None;
+    loop {
+        let volume = shared.next.fetch_add(1, Ordering::SeqCst);
+        if volume >= count {
+            return Ok(loaded);
+        }
+        let swap_started = Instant::now();
+        if let Some(done) = loaded.take() {
+            close_volume(shared, done);
+            library
+                .changer
+                .lock()
+                .expect("no changer user panicked")
+                .unload(drive)?;
+        }
+        let v = &library.volumes[volume];
+        library
+            .changer
+            .lock()
+            .expect("no changer user panicked")
+            .load(v.slot, drive)?;
+        let dev = device::open(spec, Mode::Write).map_err(|error| BackupError::Drive {
+            drive,
+            barcode: v.barcode.clone(),
+            error,
+        })?;
+        let ring = ring_config(dev.as_ref(), volume as u32, shared.config);
+        let label = volume_label(
+            shared.config,
+            volume as u32,
+            count as u32,
+            dev.block_bytes(),
+        );
+        let labelled = media::write_label(dev.as_ref(), &label);
+        {
+            let mut report = shared.report.lock().expect("no panic");
+            report.loads += 1;
+            report.drive_of[volume] = Some(drive);
+            if volume >= library.drives.len() {
+                report.swap_time += swap_started.elapsed();
+            }
+        }
+        shared.dispatcher.start(volume);
+        let outcome = match labelled {
+            Ok(()) => run_device(
+                shared.input,
+                dev.as_ref(),
+                shared.config,
+                shared.dispatcher,
+                &ring,
+                &shared.progress[volume],
+            )?,
+            Err(e) => unlabelled(shared.dispatcher, dev.as_ref(), volume, e),
+        };
+        shared.outcomes.lock().expect("no panic")[volume] = Some(outcome);
+        loaded = Some(Loaded {
+            drive,
+            volume,
+            dev,
+            ring,
+        });
+    }
+}
+
+/// A volume whose label could not be written: failed before it started
+/// (its work goes to the others), as `write_labels` does for a device.
+fn unlabelled(
+    dispatcher: &Dispatcher,
+    dev: &dyn Device,
+    volume: usize,
+    error: MediaError,
+) -> RingOutcome {
+    let redirected_bytes = dispatcher.retire(volume, DeviceState::Failed, 0);
+    RingOutcome {
+        end: RingEnd::Failed {
+            error: ring::DeviceFault {
+                device: dev.path().to_path_buf(),
+                fault: ring::Fault::Label(error.to_string()),
+            },
+        },
+        records: Vec::new(),
+        placed: Vec::new(),
+        data_end: media::data_start(dev),
+        redirected_bytes,
+        stats: RingStats::default(),
+    }
+}
+
+/// The trailer of a volume that is not the last of its drive: a filemark
+/// after its data, an End record (no catalog records before it), a
+/// filemark. A failed volume gets none (nothing on it is trusted).
+fn close_volume(shared: &Shared<'_>, done: Loaded) {
+    let outcomes = shared.outcomes.lock().expect("no panic");
+    let outcome = outcomes[done.volume].as_ref().expect("ran");
+    if matches!(outcome.end, RingEnd::Failed { .. }) {
+        return;
+    }
+    let trailer = media::write_tape_catalog(
+        done.dev.as_ref(),
+        shared.config.set_id,
+        done.volume as u32,
+        outcome.stats.records,
+        outcome.data_end,
+        &[],
+        done.ring.record_payload_bytes_max,
+    );
+    drop(outcomes);
+    shared.trailers.lock().expect("no panic")[done.volume] = Some(trailer);
+}
