@@ -62,7 +62,7 @@ pub fn scan(dev: &dyn Device, mut set_id: Option<SetId>) -> Result<ScanReport, S
                         position,
                         header,
                         payload_ok: crate::format::crc32c(payload) == header.payload_crc
-                            && padding.iter().all(|&b| b == 0),
+                            && stream::all_zero(padding),
                     });
                 }
             }
