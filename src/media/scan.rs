@@ -62,7 +62,7 @@ pub fn scan(dev: &dyn Device, mut set_id: Option<SetId>) -> Result<ScanReport, S
                         position,
                         header,
                         payload_ok: crate::format::crc32c(payload) == header.payload_crc
-                            && padding.iter().all(|&b| b == 0),
+                            && stream::all_zero(padding),
                     });
                 }
             }
@@ -84,40 +84,51 @@ pub struct DeviceSet {
 }
 
 /// Which set each device belongs to: its label's, else (a damaged label)
-/// its first valid record's (read from the start of its data only).
+/// its first valid record's (read from the start of its data only). The
+/// devices are asked at once, one thread each: a device whose label is
+/// gone may have to be read far before its first record shows.
 pub fn device_sets(devs: &[Box<dyn Device>]) -> Result<Vec<DeviceSet>, StreamError> {
-    let mut out = Vec::with_capacity(devs.len());
-    for dev in devs {
-        let device = dev.path().display().to_string();
-        if let Ok(label) = super::read_label(dev.as_ref()) {
-            out.push(DeviceSet {
-                device,
-                set_id: Some(label.set_id),
-                created_unix_ns: Some(label.created_unix_ns),
-            });
-            continue;
-        }
-        let mut set_id = None;
-        stream::stream::<StreamError>(
-            dev.as_ref(),
-            super::data_start(dev.as_ref()),
-            super::scan_end(dev.as_ref()),
-            PAYLOAD_BYTES_MAX.min(16 << 20),
-            |item| {
-                if let Item::Record { header, .. } = item {
-                    set_id = Some(header.set_id);
-                    return Ok(Flow::Stop);
-                }
-                Ok(Flow::Continue)
-            },
-        )?;
-        out.push(DeviceSet {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = devs
+            .iter()
+            .map(|dev| scope.spawn(move || device_set(dev.as_ref())))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("device set thread panicked"))
+            .collect()
+    })
+}
+
+/// `device_sets` of one device.
+fn device_set(dev: &dyn Device) -> Result<DeviceSet, StreamError> {
+    let device = dev.path().display().to_string();
+    if let Ok(label) = super::read_label(dev) {
+        return Ok(DeviceSet {
             device,
-            set_id,
-            created_unix_ns: None,
+            set_id: Some(label.set_id),
+            created_unix_ns: Some(label.created_unix_ns),
         });
     }
-    Ok(out)
+    let mut set_id = None;
+    stream::stream::<StreamError>(
+        dev,
+        super::data_start(dev),
+        super::scan_end(dev),
+        PAYLOAD_BYTES_MAX.min(16 << 20),
+        |item| {
+            if let Item::Record { header, .. } = item {
+                set_id = Some(header.set_id);
+                return Ok(Flow::Stop);
+            }
+            Ok(Flow::Continue)
+        },
+    )?;
+    Ok(DeviceSet {
+        device,
+        set_id,
+        created_unix_ns: None,
+    })
 }
 
 /// The set a scan restores. Devices of more than one set given together

@@ -93,6 +93,14 @@ impl Payload<'_> {
     }
 }
 
+/// Whether every byte of `bytes` (a record's padding: under one block) is
+/// zero. An OR over all of them, with no early exit, so that the compiler
+/// vectorises it: the byte-by-byte `any` it replaces was 7% of the CPU
+/// of a restore of small files, whose records are mostly padding.
+pub fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().fold(0u8, |acc, &b| acc | b) == 0
+}
+
 /// A window to read into: no payload handed out from it may be held any
 /// longer (every holder lets go on `Item::Reclaim`).
 fn exclusive(window: &mut Arc<Lease>) -> &mut Lease {
@@ -735,6 +743,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_zero_finds_any_nonzero_byte() {
+        assert!(all_zero(&[]));
+        let mut bytes = vec![0u8; BLOCK_BYTES - 1];
+        assert!(all_zero(&bytes));
+        for at in [0, 1, 31, 32, 1000, BLOCK_BYTES - 2] {
+            bytes[at] = 0x80;
+            assert!(!all_zero(&bytes), "byte {at}");
+            bytes[at] = 0;
+        }
+    }
 
     #[test]
     fn a_window_comes_back_once_every_payload_is_let_go() {

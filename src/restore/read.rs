@@ -304,7 +304,7 @@ impl<'a> DeviceReader<'a> {
                 padding,
                 ..
             } => {
-                if padding.iter().any(|&b| b != 0) {
+                if !stream::all_zero(padding) {
                     let file_offset = header.file_offset;
                     self.problem(position, RecordProblem::Padding { file_offset });
                 }

@@ -271,7 +271,7 @@ fn scan_device(
                 .checked_add(u64::from(header.payload_bytes))
                 .is_some_and(|end| end <= header.file_size);
             let good = crate::format::crc32c(payload) == header.payload_crc
-                && padding.iter().all(|&b| b == 0)
+                && crate::media::stream::all_zero(padding)
                 && in_range;
             let temp = {
                 let mut seen = seen.lock().expect("no poisoned lock");

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Restore of many small files: pbio restore vs GNU `tar x`, files per
+# second, in one run, each reading one device of the same kind.
+#
+#   scripts/bench-small-restore.sh DEV_PBIO DEV_TAR   (as root; destroys both devices' data)
+#
+# Generates FILES files of 0..SIZE_MAX bytes (uniform; 1000 a directory) on
+# a tmpfs, backs them up with `pbio backup` to DEV_PBIO and `tar -b 2048 cf`
+# to DEV_TAR (+ fsync), then REPS times, alternating which goes first, with
+# the page cache dropped before each: `pbio restore --dev DEV_PBIO --to T`
+# and `tar -b 2048 -xf DEV_TAR -C T` into an empty T on the same tmpfs.
+# Prints wall seconds, files/s and the ratio pbio / tar (medians), and the
+# resident maximum of each (/usr/bin/time).
+#
+# Environment (defaults in brackets): FILES [100000], SIZE_MAX [4096],
+# REPS [3], DIR [/dev/shm/pbio-small-restore] (tree and restore targets,
+# removed at the end), PBIO [target/release/pbio].
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# = 2 ] || { echo "usage: $0 DEV_PBIO DEV_TAR" >&2; exit 2; }
+dev_pbio=$1 dev_tar=$2
+files=${FILES:-100000}
+size_max=${SIZE_MAX:-4096}
+reps=${REPS:-3}
+dir=${DIR:-/dev/shm/pbio-small-restore}
+pbio=${PBIO:-$PWD/target/release/pbio}
+say() { echo "small-restore: $*" >&2; }
+[ "$(id -u)" = 0 ] || { say "needs root (devices, drop_caches)"; exit 2; }
+rm -rf "$dir"
+mkdir -p "$dir"
+trap 'rm -rf "$dir"' EXIT
+say "generating $files files of 0-$size_max bytes in $dir/small"
+python3 - "$dir/small" "$files" "$size_max" <<'PY'
+import os, random, sys
+root, files, size_max = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(23)
+for i in range(files):
+    d = os.path.join(root, f"d{i // 1000:04d}")
+    if i % 1000 == 0:
+        os.makedirs(d)
+    with open(os.path.join(d, f"f{i:07d}"), "wb") as f:
+        f.write(rng.randbytes(rng.randint(0, size_max)))
+PY
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+say "pbio backup -> $dev_pbio, tar cf -> $dev_tar"
+"$pbio" backup "$dir/small" --dev "$dev_pbio" --force >/dev/null
+tar -b 2048 -cf "$dev_tar" -C "$dir" small && sync "$dev_tar"
+rm -rf "$dir/small"
+res=$(mktemp)
+run() { # NAME CMD...
+    local name=$1
+    shift
+    rm -rf "$dir/out" && mkdir -p "$dir/out"
+    drop
+    /usr/bin/time -f '%e %M' -o "$dir/time" "$@" >/dev/null 2>"$dir/$name.err" ||
+        say "$name failed: $(tail -2 "$dir/$name.err" | tr '\n' ' ')"
+    local got
+    got=$(find "$dir/out" -type f | wc -l)
+    [ "$got" = "$files" ] || say "$name restored $got files of $files"
+    echo "$name $(cat "$dir/time")" >>"$res"
+    say "$name: $(cat "$dir/time") (s, max RSS KiB)"
+}
+for rep in $(seq 1 "$reps"); do
+    if [ $((rep % 2)) = 1 ]; then order=(pbio tar); else order=(tar pbio); fi
+    for w in "${order[@]}"; do
+        case $w in
+        pbio) run pbio "$pbio" restore --dev "$dev_pbio" --to "$dir/out" ;;
+        tar) run tar tar -b 2048 -xf "$dev_tar" -C "$dir/out" ;;
+        esac
+    done
+done
+python3 - "$res" "$files" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    k, wall, rss = line.split()
+    rows.setdefault(k, []).append((float(wall), int(rss)))
+files = int(sys.argv[2])
+fps = {}
+for k, v in sorted(rows.items()):
+    wall = statistics.median(w for w, _ in v)
+    fps[k] = files / wall
+    print(f"{k:5s} median {wall:7.2f} s  {fps[k]:9.0f} files/s  (min {min(w for w, _ in v):.2f} max {max(w for w, _ in v):.2f})  max RSS {max(r for _, r in v) // 1024} MiB  n={len(v)}")
+if "pbio" in fps and "tar" in fps:
+    print(f"pbio / tar x (files/s): {fps['pbio'] / fps['tar']:.2f}")
+PY
+rm -f "$res"
