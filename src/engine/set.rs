@@ -184,7 +184,8 @@ pub fn plan_set(
             data_end: *c,
         })
         .collect();
-    // Encoded file by file: no `CatalogFile` per entry held (issue 23).
+    // Counted file by file: no `CatalogFile` per entry held, no encoding
+    // kept (issue 23).
     let encoded_bytes = |created_unix_ns, segments| {
         catalog_head(
             SetId([0; 16]),
@@ -194,8 +195,7 @@ pub fn plan_set(
             since,
             segments,
         )
-        .encode_streamed(entries.len(), &|i| catalog_file(entries, i, since), None)
-        .len() as u64
+        .encoded_len_streamed(entries.len(), &|i| catalog_file(entries, i, since)) as u64
     };
     let mut catalog_guess = encoded_bytes(0, Vec::new())
         + 64 * (entries.len() as u64 + 2 * devices.len() as u64)

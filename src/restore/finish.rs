@@ -11,16 +11,36 @@ use super::read::{DeviceRead, Reader};
 use super::select::{uncovered, DataSource, Selection};
 use super::{tree, OpenSet, Report, RestoreError, TargetOp};
 
+/// The records read, of every file, in one list sorted by (file, record),
+/// each record once: a range held twice (a failed device's copy and the
+/// survivor's) yields the same records and counts once; two different
+/// records at one offset both stay (the digest then fails). One list, not
+/// one per file: a file of a large tree has one record or none, and a
+/// `Vec` per file cost 24 bytes for every file and 192 for the first
+/// record (issue 23, PERF.md "#23 memory").
+pub(super) struct Records(Vec<(u32, DigestRecord)>);
+
+impl Records {
+    /// The records of `file`, sorted by offset.
+    pub(super) fn of(&self, file: usize) -> Vec<DigestRecord> {
+        let Ok(file) = u32::try_from(file) else {
+            return Vec::new();
+        };
+        let start = self.0.partition_point(|r| r.0 < file);
+        let end = start + self.0[start..].partition_point(|r| r.0 == file);
+        self.0[start..end].iter().map(|r| r.1).collect()
+    }
+}
+
 /// The records read, per restored file, and the devices whose reading
 /// broke off. A device that cannot be read is reported; what the others
 /// hold is still restored (the files it leaves short are named with it).
 /// Any other error ends the run.
 pub(super) fn gather(
     results: Vec<(Reader, Result<DeviceRead, RestoreError>)>,
-    file_count: usize,
     report: &mut Report,
-) -> Result<(Vec<Vec<DigestRecord>>, Vec<Reader>), RestoreError> {
-    let mut per_file: Vec<Vec<DigestRecord>> = vec![Vec::new(); file_count];
+) -> Result<(Records, Vec<Reader>), RestoreError> {
+    let mut records: Vec<(u32, DigestRecord)> = Vec::new();
     let mut broken: Vec<Reader> = Vec::new();
     for (reader, result) in results {
         let read = match result {
@@ -35,11 +55,11 @@ pub(super) fn gather(
         report.payload_bytes += read.payload_bytes;
         report.records += read.records_read;
         report.errors.extend(read.errors);
-        for (file, record) in read.records {
-            per_file[file as usize].push(record);
-        }
+        records.extend(read.records);
     }
-    Ok((per_file, broken))
+    records.sort_unstable();
+    records.dedup();
+    Ok((Records(records), broken))
 }
 
 /// Verdict phase: per file of the restored catalog, complete and verified,
@@ -48,7 +68,7 @@ pub(super) fn gather(
 pub(super) fn verdicts(
     sets: &[&OpenSet],
     selection: &Selection,
-    per_file: &mut [Vec<DigestRecord>],
+    records: &Records,
     broken: &[Reader],
     report: &mut Report,
 ) -> Vec<tree::Verdict> {
@@ -58,13 +78,8 @@ pub(super) fn verdicts(
         if !selection.wanted[i] || !f.kind.has_data() {
             continue;
         }
-        // A range held twice (a failed device's copy and the survivor's)
-        // yields the same records; count each once. Two different records
-        // at one offset both count: the digest then fails.
-        let records = &mut per_file[i];
-        records.sort_unstable();
-        records.dedup();
-        if crate::format::file_digest(records) == f.digest {
+        // Each record once (`Records`).
+        if crate::format::file_digest(&mut records.of(i)) == f.digest {
             continue;
         }
         // Data of it on a device whose reading broke off: that is why.
@@ -109,11 +124,11 @@ pub(super) fn finish_image(
     target: &File,
     catalog: &Catalog,
     wanted: &[bool],
-    per_file: &[Vec<DigestRecord>],
+    records: &Records,
 ) -> Result<(), RestoreError> {
     for (i, f) in catalog.files.iter().enumerate() {
         if wanted[i] {
-            zero_holes(target, f.size_bytes, &per_file[i])?;
+            zero_holes(target, f.size_bytes, &records.of(i))?;
         }
     }
     target.sync_all().map_err(|error| RestoreError::Target {

@@ -353,11 +353,11 @@ fn run_sets(
         destination,
         &mut report.rebuild,
     ));
-    let (mut per_file, broken) = gather(results, catalog.files.len(), &mut report)?;
-    let verdicts = verdicts(sets, &selection, &mut per_file, &broken, &mut report);
+    let (records, broken) = gather(results, &mut report)?;
+    let verdicts = verdicts(sets, &selection, &records, &broken, &mut report);
     let mut done = selection.selected.clone();
     if let Destination::Device(target) = destination {
-        finish_image(target, catalog, &selection.wanted, &per_file)?;
+        finish_image(target, catalog, &selection.wanted, &records)?;
     }
     if let Some(staged) = staged {
         let finished = tree::finish(

@@ -53,7 +53,7 @@ impl Catalog {
         let mut w = Writer(Vec::with_capacity(estimate));
         self.encode_head(&mut w, self.files.len());
         for f in &self.files {
-            w.file(f);
+            encode_file(&mut w, f);
         }
         self.encode_tail(&mut w);
         w.raw(&self.mac);
@@ -83,10 +83,21 @@ impl Catalog {
         if let Err(e) = self.check_head(file_count) {
             invalid(e);
         }
-        let summaries: Vec<Summary> = (0..file_count).map(|i| Summary::of(&file(i))).collect();
+        // First pass: what the rules need of every file, and the exact
+        // length, so that the encoding is allocated once.
+        let mut length = Counter(0);
+        self.encode_head(&mut length, file_count);
+        let summaries: Vec<Summary> = (0..file_count)
+            .map(|i| {
+                let f = file(i);
+                encode_file(&mut length, &f);
+                Summary::of(&f)
+            })
+            .collect();
+        self.encode_tail(&mut length);
         let lookup = |i: usize| summaries.get(i).copied();
         let mut w = Writer(Vec::with_capacity(
-            CATALOG_BYTES_MIN + file_count * 96 + self.segments.len() * 24,
+            length.len() + CATALOG_MAC_BYTES + CATALOG_CRC_BYTES,
         ));
         self.encode_head(&mut w, file_count);
         let mut referenced = HashSet::new();
@@ -95,7 +106,7 @@ impl Catalog {
             if let Err(e) = self.check_file(i, &f, &lookup, &mut referenced) {
                 invalid(e);
             }
-            w.file(&f);
+            encode_file(&mut w, &f);
         }
         if let Err(e) = self.check_rest(&lookup) {
             invalid(e);
@@ -109,8 +120,28 @@ impl Catalog {
         w.0
     }
 
+    /// The length of `encode_streamed`'s bytes for the same files,
+    /// counted without keeping them (the rules are not checked).
+    pub fn encoded_len_streamed(
+        &self,
+        file_count: usize,
+        file: &dyn Fn(usize) -> CatalogFile,
+    ) -> usize {
+        assert!(
+            self.files.is_empty(),
+            "encoded_len_streamed: files given twice"
+        );
+        let mut w = Counter(0);
+        self.encode_head(&mut w, file_count);
+        for i in 0..file_count {
+            encode_file(&mut w, &file(i));
+        }
+        self.encode_tail(&mut w);
+        w.len() + CATALOG_MAC_BYTES + CATALOG_CRC_BYTES
+    }
+
     /// The fixed header and the devices (`file_count` files follow).
-    fn encode_head(&self, w: &mut Writer, file_count: usize) {
+    fn encode_head(&self, w: &mut impl Sink, file_count: usize) {
         w.raw(&CATALOG_MAGIC);
         w.raw(&FORMAT_VERSION.to_le_bytes());
         w.raw(&self.chunk_bytes.to_le_bytes());
@@ -119,17 +150,17 @@ impl Catalog {
         for count in [self.devices.len(), file_count, self.segments.len()] {
             w.raw(&(count as u32).to_le_bytes());
         }
-        debug_assert_eq!(w.0.len(), layout::TABLES);
+        debug_assert_eq!(w.len(), layout::TABLES);
         for d in &self.devices {
             w.bytes(&d.path);
             w.varint(d.capacity_bytes);
-            w.0.push(d.state.code());
+            w.raw(&[d.state.code()]);
             w.varint(d.data_end);
         }
     }
 
     /// What follows the files: the segments and the chain (not the MAC).
-    fn encode_tail(&self, w: &mut Writer) {
+    fn encode_tail(&self, w: &mut impl Sink) {
         for s in &self.segments {
             w.varint(s.file_id.into());
             w.varint(s.offset);
@@ -157,42 +188,39 @@ impl Catalog {
     }
 }
 
-impl Writer {
-    /// One entry of the files table.
-    fn file(&mut self, f: &CatalogFile) {
-        let w = self;
-        w.bytes(&f.path);
-        w.0.push(f.kind.code());
-        w.varint(f.mode.into());
-        w.varint(f.uid.into());
-        w.varint(f.gid.into());
-        w.varint(zigzag(f.mtime_sec));
-        w.varint(f.mtime_nsec.into());
-        w.varint(zigzag(f.ctime_sec));
-        w.varint(f.ctime_nsec.into());
-        w.varint(f.dev);
-        w.varint(f.ino);
-        w.varint(f.flags.into());
-        w.varint(f.xattrs.len() as u64);
-        for x in &f.xattrs {
-            w.bytes(&x.name);
-            w.bytes(&x.value);
-        }
-        // Fields that do not apply to the kind are zero (validate) and not stored.
-        match f.kind {
-            FileKind::Regular | FileKind::BlockDevice => {
-                w.varint(f.size_bytes);
-                w.raw(&f.digest);
-                w.varint(f.origin.into());
-                if f.origin != 0 {
-                    w.varint(f.origin_file_id.into());
-                }
+/// One entry of the files table.
+fn encode_file(w: &mut impl Sink, f: &CatalogFile) {
+    w.bytes(&f.path);
+    w.raw(&[f.kind.code()]);
+    w.varint(f.mode.into());
+    w.varint(f.uid.into());
+    w.varint(f.gid.into());
+    w.varint(zigzag(f.mtime_sec));
+    w.varint(f.mtime_nsec.into());
+    w.varint(zigzag(f.ctime_sec));
+    w.varint(f.ctime_nsec.into());
+    w.varint(f.dev);
+    w.varint(f.ino);
+    w.varint(f.flags.into());
+    w.varint(f.xattrs.len() as u64);
+    for x in &f.xattrs {
+        w.bytes(&x.name);
+        w.bytes(&x.value);
+    }
+    // Fields that do not apply to the kind are zero (validate) and not stored.
+    match f.kind {
+        FileKind::Regular | FileKind::BlockDevice => {
+            w.varint(f.size_bytes);
+            w.raw(&f.digest);
+            w.varint(f.origin.into());
+            if f.origin != 0 {
+                w.varint(f.origin_file_id.into());
             }
-            FileKind::Directory | FileKind::Fifo => {}
-            FileKind::CharDevice | FileKind::BlockNode => w.varint(f.rdev),
-            FileKind::Symlink => w.bytes(&f.link_target),
-            FileKind::HardLink => w.varint(f.hardlink_to.into()),
         }
+        FileKind::Directory | FileKind::Fifo => {}
+        FileKind::CharDevice | FileKind::BlockNode => w.varint(f.rdev),
+        FileKind::Symlink => w.bytes(&f.link_target),
+        FileKind::HardLink => w.varint(f.hardlink_to.into()),
     }
 }
 
@@ -200,16 +228,16 @@ pub(super) const fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-/// Appends catalog encodings.
-pub(super) struct Writer(pub(super) Vec<u8>);
+/// Where catalog encodings go: bytes appended (`Writer`) or only counted
+/// (`Counter`, for the size of a catalog that is not kept).
+pub(super) trait Sink {
+    fn raw(&mut self, b: &[u8]);
 
-impl Writer {
-    pub(super) fn raw(&mut self, b: &[u8]) {
-        self.0.extend_from_slice(b);
-    }
+    /// Bytes taken so far.
+    fn len(&self) -> usize;
 
     /// Unsigned LEB128, shortest form.
-    pub(super) fn varint(&mut self, mut v: u64) {
+    fn varint(&mut self, mut v: u64) {
         let mut buf = [0u8; 10];
         let mut n = 0;
         while v >= 0x80 {
@@ -218,12 +246,38 @@ impl Writer {
             n += 1;
         }
         buf[n] = v as u8;
-        self.0.extend_from_slice(&buf[..=n]);
+        self.raw(&buf[..=n]);
     }
 
     /// Length (varint), then the bytes.
-    pub(super) fn bytes(&mut self, b: &[u8]) {
+    fn bytes(&mut self, b: &[u8]) {
         self.varint(b.len() as u64);
         self.raw(b);
+    }
+}
+
+/// Appends catalog encodings.
+pub(super) struct Writer(pub(super) Vec<u8>);
+
+impl Sink for Writer {
+    fn raw(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Counts the bytes of catalog encodings.
+struct Counter(usize);
+
+impl Sink for Counter {
+    fn raw(&mut self, b: &[u8]) {
+        self.0 += b.len();
+    }
+
+    fn len(&self) -> usize {
+        self.0
     }
 }

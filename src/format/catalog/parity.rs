@@ -10,7 +10,7 @@
 //! stripe's `k + M` records.
 
 use super::decode::Reader;
-use super::encode::Writer;
+use super::encode::Sink;
 use crate::format::parity::MEMBERS_MAX;
 use crate::format::{FormatError, PAYLOAD_BYTES_MAX};
 
@@ -56,7 +56,7 @@ impl CatalogStripe {
 /// varints).
 const STRIPE_BYTES_MIN: u64 = 8;
 
-pub(super) fn encode(w: &mut Writer, p: &CatalogParity) {
+pub(super) fn encode(w: &mut impl Sink, p: &CatalogParity) {
     w.varint(p.m.into());
     w.varint(p.stripes.len() as u64);
     for s in &p.stripes {

@@ -84,3 +84,15 @@ fn rules_that_name_other_files_still_refuse() {
         assert!(result.is_err(), "edit {n}: encode_streamed refused it");
     }
 }
+
+#[test]
+fn encoded_len_streamed_is_the_length() {
+    for c in [sample(), incremental_sample()] {
+        let mut head = c.clone();
+        let files = std::mem::take(&mut head.files);
+        assert_eq!(
+            head.encoded_len_streamed(files.len(), &|i| files[i].clone()),
+            sealed(&c, None).len()
+        );
+    }
+}

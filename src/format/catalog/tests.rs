@@ -2,7 +2,7 @@
 //! `reseal` are shared with other modules' tests.
 
 use super::decode::{unzigzag, Reader, TRUNCATED};
-use super::encode::{zigzag, Writer};
+use super::encode::{zigzag, Sink, Writer};
 use super::*;
 use crate::format::{crc32c, FormatError};
 
