@@ -47,6 +47,7 @@ fn main() -> std::io::Result<()> {
         payload_bytes: 4000,
         file_size: 3 << 20,
         payload_crc: 0xdead_beef,
+        transform: pbio::format::Transform::RAW,
     };
     let info = FileInfo {
         mode: 0o100644,

@@ -50,6 +50,38 @@ pub struct BackupArgs {
     /// whose MACs do not match.
     #[arg(long, value_name = "FILE")]
     pub key: Option<std::path::PathBuf>,
+    /// Compress each record's payload on worker threads: `zstd` (level 3),
+    /// `zstd:LEVEL` (1 to 19; 1 is fastest) or `lz4` (fastest, least
+    /// compression). A record that does not shrink is stored as it is;
+    /// records on a pmem device are always stored as they are.
+    #[arg(long, value_name = "CODEC", value_parser = parse_compress)]
+    pub compress: Option<crate::format::codec::Compression>,
+}
+
+fn parse_compress(text: &str) -> Result<crate::format::codec::Compression, String> {
+    use crate::format::{codec::Compression, Codec};
+    let (name, level) = match text.split_once(':') {
+        Some((name, level)) => (name, Some(level)),
+        None => (text, None),
+    };
+    match (name, level) {
+        ("lz4", None) => Ok(Compression {
+            codec: Codec::Lz4,
+            level: 0,
+        }),
+        ("zstd", None) => Ok(Compression {
+            codec: Codec::Zstd,
+            level: Compression::ZSTD_LEVEL_DEFAULT,
+        }),
+        ("zstd", Some(level)) => match level.parse::<i32>() {
+            Ok(level) if (1..=19).contains(&level) => Ok(Compression {
+                codec: Codec::Zstd,
+                level,
+            }),
+            _ => Err(format!("zstd level '{level}': give 1 to 19")),
+        },
+        _ => Err(format!("'{text}': give zstd, zstd:LEVEL or lz4")),
+    }
 }
 
 fn parse_tape_block(text: &str) -> Result<u64, String> {
@@ -86,6 +118,7 @@ impl BackupArgs {
             tape_block: crate::engine::TAPE_BLOCK_BYTES_DEFAULT as u64,
             tape_buffer: crate::engine::TAPE_BUFFER_RECORDS_DEFAULT as u16,
             key: None,
+            compress: None,
         }
     }
 }
@@ -270,6 +303,7 @@ pub fn run(args: BackupArgs) -> CliResult {
         steal_work: (args.set.balance == crate::plan::Balance::Time)
             .then(|| prepared.devices.iter().map(|d| d.2.unwrap_or(0)).collect()),
         mac_key,
+        compression: args.compress,
     };
     let payload = payload_per_device(&prepared.entries, &prepared.plan);
     let infos: Vec<DeviceInfo> = prepared
@@ -510,6 +544,8 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                     "reconnects": s.reconnects,
                     "zero_filled_bytes": s.zero_filled_bytes,
                     "underrun_ms": s.underrun_time.as_secs_f64() * 1000.0,
+                    "compress_cpu_seconds": s.transform_cpu.as_secs_f64(),
+                    "compress_wait_seconds": s.transform_wait.as_secs_f64(),
                     "data_end": d.data_end,
                     "catalog_end": d.catalog_end,
                     "catalog_error": d.catalog_error.as_ref().map(ToString::to_string),
@@ -606,6 +642,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
         secs,
         mib_s(total, secs),
     );
+    print_compression(report, total, secs);
     if !report.unplaced.is_empty() {
         outln!(
             "  INCOMPLETE: {} not on any device (see stderr)",
@@ -616,6 +653,38 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
         outln!(
             "  INCOMPLETE: device {} has no durable catalog (see stderr)",
             d.path
+        );
+    }
+}
+
+/// `--compress`: what the devices hold against the payload, the workers'
+/// CPU time, and whether the devices waited for them (CPU-bound).
+fn print_compression(report: &engine::BackupReport, total: u64, secs: f64) {
+    let stats = || report.devices.iter().map(|d| &d.stats);
+    let cpu: f64 = stats().map(|s| s.transform_cpu.as_secs_f64()).sum();
+    if cpu == 0.0 {
+        return;
+    }
+    let media: u64 = stats().map(|s| s.media_bytes).sum();
+    let waited = stats()
+        .map(|s| s.transform_wait.as_secs_f64())
+        .fold(0.0, f64::max);
+    let gib = total as f64 / (1u64 << 30) as f64;
+    outln!(
+        "  compressed: {} of payload in {} of records on the devices ({:.2}x); {:.2} CPU s ({:.2} s/GiB)",
+        human_bytes(total),
+        human_bytes(media),
+        total as f64 / media.max(1) as f64,
+        cpu,
+        cpu / gib.max(1e-9),
+    );
+    // A device that waited for the workers a tenth of the run or more.
+    if waited >= secs / 10.0 && waited > 0.05 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        outln!(
+            "  compression was CPU-bound: devices waited up to {:.2} s for it; the CPUs compress at about {:.0} MiB/s at this setting",
+            waited,
+            total as f64 / (1 << 20) as f64 / (cpu / cores).max(1e-9),
         );
     }
 }

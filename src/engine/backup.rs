@@ -227,6 +227,7 @@ fn ring_configs(devices: &[Box<dyn Device>], config: &BackupConfig) -> Vec<RingC
                 },
                 reserve_bytes: config.reserve_bytes,
                 write_retries: config.write_retries,
+                compression: config.compression,
             }
         })
         .collect()

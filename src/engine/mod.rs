@@ -73,6 +73,9 @@ pub struct BackupConfig {
     /// The set's MAC key (`--key`): labels and catalog carry keyed MACs
     /// (docs/FORMAT.md, "MAC"). None: the MACs are zero.
     pub mac_key: Option<MacKey>,
+    /// `--compress`: each record's payload compressed on worker threads
+    /// (stored raw where it does not shrink). None: raw.
+    pub compression: Option<crate::format::codec::Compression>,
 }
 
 /// Something a harness or the progress display should hear about while

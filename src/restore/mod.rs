@@ -16,6 +16,7 @@ mod problem;
 mod read;
 pub mod scan;
 mod select;
+mod transform;
 pub mod tree;
 pub mod writer;
 
