@@ -5,6 +5,8 @@
 //! refused naming device and offset.
 
 mod common;
+#[path = "common/faults.rs"]
+mod faults;
 #[path = "common/loopdev.rs"]
 mod loopdev;
 #[path = "common/netns.rs"]
@@ -14,6 +16,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use faults::{full_device_available, FullDevice};
 use loopdev::{loop_devices_available, pbio, LoopDev};
 use netns::{nbd_available, NbdSite, Server};
 use pbio::format::codec::{compress, Compression};
@@ -267,4 +270,41 @@ fn a_decompression_bomb_is_refused_naming_device_and_offset() {
     );
     let (code, _, err) = run(&with_devs(strings(&["verify"]), &devs));
     assert_eq!(code, 3, "verify of a bomb: {err}");
+}
+
+/// Records are placed on media once compressed, in order: a device that
+/// fills up (ENOSPC from its backing store) keeps the prefix that is
+/// durable and the others take the rest, as without compression.
+#[test]
+fn a_device_that_fills_up_mid_run_with_compression() {
+    if !full_device_available("a_device_that_fills_up_mid_run_with_compression") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Random content (stored raw) and text (compressed), about 30 MiB a device.
+    let src = tree(dir.path(), 8, 0);
+    common::make_fixture_tree(&src.join("fixture"), 300, 80 << 20);
+    let loops: Vec<LoopDev> = (0..3)
+        .map(|i| LoopDev::new(&dir.path().join(format!("l{i}.img")), 96 << 20))
+        .collect();
+    let full = FullDevice::new(dir.path(), 96 << 20, 16 << 20);
+    let mut devs: Vec<String> = loops.iter().map(|l| l.arg()).collect();
+    devs.insert(1, full.arg());
+    let mut args = strings(&["backup", &src.display().to_string(), "--json", "--force"]);
+    args.extend(strings(&["--compress", "zstd:1", "--qd", "8"]));
+    let (code, out, err) = run(&with_devs(args, &devs));
+    let s = summary(&out);
+    assert_eq!(code, 0, "a full device is healthy: {s}\n{err}");
+    let states: Vec<&str> = s["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["complete", "full", "complete", "complete"], "{s}");
+    let d = &s["devices"][1];
+    assert!(d["redirected_bytes"].as_u64().unwrap() > 0, "{d}");
+    assert!(d["payload_bytes"].as_u64().unwrap() > 0, "{d}");
+    assert_eq!(s["missing_bytes"], 0);
+    restore_identical(&src, &devs, &dir.path().join("out"));
 }
