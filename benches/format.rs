@@ -241,6 +241,7 @@ fn big_catalog() -> Catalog {
         ancestors: Vec::new(),
         removed: Vec::new(),
         renamed: Vec::new(),
+        parity: None,
         mac: [0; 32],
     }
 }

@@ -200,6 +200,7 @@ fn main() -> std::io::Result<()> {
             file_id: 4,
             from: b"tree/old".to_vec(),
         }],
+        parity: None,
         mac: [0; 32],
     };
     catalog.seal(Some(&key));

@@ -34,6 +34,11 @@
 #   PBIO_BENCH_REPS [3]         repetitions of (a)-(d)
 #   PBIO_BENCH_SMALL_REPS [1]   repetitions of (e)
 #   PBIO_BENCH_QD [32]          queue depth for fio and pbio (--qd)
+#   PBIO_BENCH_PARTS [abcde]    which parts to run (e.g. "c" for the read side
+#                               only: one unmeasured backup of the tree first
+#                               gives restore a set to read; the tmpfs copy of
+#                               the tree is made only for b, the device-size
+#                               check for the one-device runs only for d and e)
 #   PBIO_BENCH_DIR [/var/tmp/pbio-bench]   generated trees (kept between runs) and results
 #   PBIO_BENCH_TMPFS [/dev/shm/pbio-bench] tmpfs tree copy and restore target (removed at the end)
 #   PBIO_BENCH_DEVS             devices to use (space-separated); default: scripts/testbed.sh up
@@ -48,6 +53,8 @@ files=${PBIO_BENCH_FILES:-100000}
 reps=${PBIO_BENCH_REPS:-3}
 small_reps=${PBIO_BENCH_SMALL_REPS:-1}
 qd=${PBIO_BENCH_QD:-32}
+parts=${PBIO_BENCH_PARTS:-abcde}
+part() { [[ $parts == *"$1"* ]]; }
 work=${PBIO_BENCH_DIR:-/var/tmp/pbio-bench}
 tmpfs=${PBIO_BENCH_TMPFS:-/dev/shm/pbio-bench}
 pbio=${PBIO:-$PWD/target/release/pbio}
@@ -80,7 +87,7 @@ per_dev=$((size / n / 1048576 * 1048576))
 for d in "${devs[@]}"; do
     [ -b "$d" ] || die "$d is not a block device"
     cap=$(blockdev --getsize64 "$d")
-    [ "$cap" -gt $((size + (64 << 20))) ] || die "$d ($cap bytes) cannot hold the whole tree ($size bytes) for the one-device runs"
+    if part d || part e; then [ "$cap" -gt $((size + (64 << 20))) ] || die "$d ($cap bytes) cannot hold the whole tree ($size bytes) for the one-device runs"; fi
 done
 dev0=${devs[0]}
 pbio_devs=()
@@ -144,8 +151,10 @@ gen_trees
 small_bytes=0
 [ "$files" -gt 0 ] && small_bytes=$(cat "$work/.small-$files")
 big_bytes=$((size / 2))
-say "copying the tree to tmpfs ($tmpfs)"
-rm -rf "$tmpfs/tree" && cp -r "$work/tree" "$tmpfs/tree"
+if part b; then
+    say "copying the tree to tmpfs ($tmpfs)"
+    rm -rf "$tmpfs/tree" && cp -r "$work/tree" "$tmpfs/tree"
+fi
 sync
 
 # ---------------------------------------------------------------- measuring
@@ -311,16 +320,20 @@ group() {
     fi
 }
 
+if part c && ! part b; then
+    say "part c without b: one unmeasured backup of the tree for restore to read"
+    "$pbio" backup "$work/tree" "${pbio_devs[@]}" --qd "$qd" --json --force >/dev/null
+fi
 for rep in $(seq 1 "$reps"); do
-    group fio_write pbio_bench_write                           # (a)
-    group fio_read_source pbio_backup_disk pbio_backup_tmpfs   # (b)
+    if part a; then group fio_write pbio_bench_write; fi                           # (a)
+    if part b; then group fio_read_source pbio_backup_disk pbio_backup_tmpfs; fi   # (b)
     # (c): the devices hold (b)'s last set, which restore reads back
-    group fio_read pbio_bench_read pbio_restore
-    group tar_1dev tar_dd_1dev pbio_backup_1dev                # (d)
-    group dd_1dev pbio_backup_big_1dev
+    if part c; then group fio_read pbio_bench_read pbio_restore; fi
+    if part d; then group tar_1dev tar_dd_1dev pbio_backup_1dev; fi                # (d)
+    if part d; then group dd_1dev pbio_backup_big_1dev; fi
 done
 
-if [ "$files" -gt 0 ]; then
+if [ "$files" -gt 0 ] && part e; then
     # One-device runs need the tree plus tar's headers / pbio's 4 KiB
     # headers and block padding on that device.
     if [ $((small_bytes + files * 8192 + (64 << 20))) -lt "$(blockdev --getsize64 "$dev0")" ]; then

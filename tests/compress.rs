@@ -308,3 +308,32 @@ fn a_device_that_fills_up_mid_run_with_compression() {
     assert_eq!(s["missing_bytes"], 0);
     restore_identical(&src, &devs, &dir.path().join("out"));
 }
+
+#[test]
+fn compress_with_parity_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path(), 1, 0);
+    let devs: Vec<String> = (0..3)
+        .map(|i| dir.path().join(format!("d{i}.img")).display().to_string())
+        .collect();
+    let args = strings(&[
+        "backup",
+        &src.display().to_string(),
+        "--compress",
+        "zstd",
+        "--parity",
+        "1",
+    ]);
+    let (code, out, err) = run(&with_devs(args, &devs));
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(err.contains("--parity and --compress"), "{err}");
+    for d in &devs {
+        assert!(!Path::new(d).exists(), "{d} was created");
+    }
+    // A level out of range or an unknown codec is a usage error too.
+    for bad in ["zstd:0", "zstd:20", "gzip", "lz4:1"] {
+        let args = strings(&["backup", &src.display().to_string(), "--compress", bad]);
+        let (code, _, err) = run(&with_devs(args, &devs));
+        assert_eq!(code, 2, "--compress {bad}: {err}");
+    }
+}

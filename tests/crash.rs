@@ -110,10 +110,11 @@ fn kill_9_at_random_moments_then_scan_restore() {
         let mut restored = 0;
         for e in &walked.entries {
             if let pbio::source::EntryKind::File { .. } = e.kind {
-                let rel = e.source.strip_prefix(&to).unwrap();
+                let source = e.source();
+                let rel = source.strip_prefix(&to).unwrap();
                 let original = src.parent().unwrap().join(rel);
                 assert!(
-                    std::fs::read(&e.source).unwrap() == std::fs::read(&original).unwrap(),
+                    std::fs::read(e.source()).unwrap() == std::fs::read(&original).unwrap(),
                     "run {run} (killed after {delay} ms): {} restored with wrong content",
                     rel.display()
                 );

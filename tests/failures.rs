@@ -293,10 +293,11 @@ fn survivors_too_small_is_exit_3_naming_the_missing_bytes() {
     let mut restored_files = 0;
     for e in &walked.entries {
         if let pbio::source::EntryKind::File { .. } = e.kind {
-            let rel = e.source.strip_prefix(&out_dir).unwrap();
+            let source = e.source();
+            let rel = source.strip_prefix(&out_dir).unwrap();
             let original = src.parent().unwrap().join(rel);
             assert_eq!(
-                std::fs::read(&e.source).unwrap(),
+                std::fs::read(e.source()).unwrap(),
                 std::fs::read(&original).unwrap(),
                 "{} restored with wrong content",
                 rel.display()

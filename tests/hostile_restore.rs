@@ -610,3 +610,164 @@ fn scan_of_two_sets_is_refused_unless_one_is_chosen() {
         "the other set's records are reported: {err}"
     );
 }
+
+/// Add a fifo and a character device node (`/dev/null`'s numbers) to the
+/// bed's source tree, as `tree/fifo` and `tree/cnode`.
+fn add_special_files(bed: &Bed) {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    let mode = Mode::from_bits_truncate(0o640);
+    mknod(&bed.src.join("fifo"), SFlag::S_IFIFO, mode, 0).unwrap();
+    mknod(&bed.src.join("cnode"), SFlag::S_IFCHR, mode, makedev(1, 3)).unwrap();
+}
+
+/// A catalog whose fifo and device node are renamed to climb out of the
+/// destination: both refused by name, exit 3, nothing made outside, the
+/// rest restored.
+#[test]
+fn special_files_with_unsafe_names_are_refused() {
+    let Some(bed) = Bed::new("special_files_with_unsafe_names_are_refused", 2) else {
+        return;
+    };
+    add_special_files(&bed);
+    bed.backup(&bed.src, &bed.all());
+    patch_catalog(&bed, &bed.all(), |c| {
+        for f in &mut c.files {
+            if f.path == b"tree/fifo" {
+                assert_eq!(f.kind, FileKind::Fifo);
+                f.path = b"../escape-fifo".to_vec();
+            } else if f.path == b"tree/cnode" {
+                assert_eq!(f.kind, FileKind::CharDevice);
+                f.path = b"tree/../../escape-node".to_vec();
+            }
+        }
+    });
+    let to = bed.outer.join("dest");
+    let before = snapshot(&bed, &[&to]);
+    let (code, out, err) = bed.restore(&to, &bed.all(), &[]);
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert_untouched(&before, &bed, &[&to], "restore");
+    assert!(
+        err.contains("refusing to restore '../escape-fifo'"),
+        "{err}"
+    );
+    assert!(
+        err.contains("refusing to restore 'tree/../../escape-node'"),
+        "{err}"
+    );
+    for name in ["escape-fifo", "escape-node"] {
+        for dir in [bed.dir.path(), bed.outer.as_path()] {
+            assert!(
+                fs::symlink_metadata(dir.join(name)).is_err(),
+                "{name} made in {}",
+                dir.display()
+            );
+        }
+    }
+    for f in ["sub/a", "big", "c", "t/x"] {
+        assert!(
+            same_content(&to.join("tree").join(f), &bed.src.join(f)),
+            "{f}"
+        );
+    }
+    assert_no_temporaries(&to);
+}
+
+/// The destination holds symlinks (into the canary) at the names of a
+/// fifo and a device node: the links are replaced by the nodes themselves,
+/// never followed, and the canary is untouched.
+#[test]
+fn planted_symlinks_at_special_file_names_are_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let Some(bed) = Bed::new("planted_symlinks_at_special_file_names_are_replaced", 2) else {
+        return;
+    };
+    add_special_files(&bed);
+    bed.backup(&bed.src, &bed.all());
+    let to = bed.outer.join("dest");
+    fs::create_dir_all(to.join("tree")).unwrap();
+    std::os::unix::fs::symlink(bed.canary.join("a"), to.join("tree/cnode")).unwrap();
+    std::os::unix::fs::symlink(bed.canary.join("t"), to.join("tree/fifo")).unwrap();
+    let before = snapshot(&bed, &[&to]);
+    let (code, out, err) = bed.restore(&to, &bed.all(), &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_untouched(&before, &bed, &[&to], "restore");
+    let node = fs::symlink_metadata(to.join("tree/cnode")).unwrap();
+    assert!(node.file_type().is_char_device(), "{node:?}");
+    assert_eq!(node.rdev(), nix::sys::stat::makedev(1, 3));
+    let fifo = fs::symlink_metadata(to.join("tree/fifo")).unwrap();
+    assert!(fifo.file_type().is_fifo(), "{fifo:?}");
+    assert_no_temporaries(&to);
+}
+
+/// Extended attributes a crafted catalog gives a file that no file system
+/// takes (no namespace, a malformed capability and ACL): each is a warning
+/// naming the file and the attribute, the good attribute and the content
+/// are restored, and nothing panics.
+#[test]
+fn hostile_xattrs_are_warnings_naming_file_and_attribute() {
+    let Some(bed) = Bed::new("hostile_xattrs_are_warnings_naming_file_and_attribute", 2) else {
+        return;
+    };
+    bed.backup(&bed.src, &bed.all());
+    let x = |name: &[u8], value: &[u8]| pbio::format::Xattr {
+        name: name.to_vec(),
+        value: value.to_vec(),
+    };
+    patch_catalog(&bed, &bed.all(), |c| {
+        let f = c.files.iter_mut().find(|f| f.path == b"tree/c").unwrap();
+        f.xattrs = vec![
+            x(b"bogus\x1b[2J", b"v"),
+            x(b"security.capability", b"\x01\x02\x03"),
+            x(b"system.posix_acl_access", b"not an acl"),
+            x(b"user.ok", b"fine"),
+        ];
+    });
+    let to = bed.outer.join("dest");
+    let before = snapshot(&bed, &[&to]);
+    let (code, out, err) = bed.restore(&to, &bed.all(), &["--json"]);
+    assert_eq!(code, 0, "warnings are not failures: {out}\n{err}");
+    assert_untouched(&before, &bed, &[&to], "restore");
+    let report = json(&out);
+    let warnings: Vec<String> = report["warnings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no warnings in {report}"))
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect();
+    for name in [
+        "bogus\\e[2J",
+        "security.capability",
+        "system.posix_acl_access",
+    ] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("tree/c") && w.contains(name)),
+            "no warning for {name}: {warnings:?}"
+        );
+    }
+    assert!(
+        !out.contains('\x1b') && !err.contains('\x1b'),
+        "raw escape printed"
+    );
+    let restored = to.join("tree/c");
+    assert!(same_content(&restored, &bed.src.join("c")));
+    let ok = nix_getxattr(&restored, "user.ok");
+    assert_eq!(ok.as_deref(), Some(&b"fine"[..]));
+    assert_eq!(nix_getxattr(&restored, "security.capability"), None);
+    assert_no_temporaries(&to);
+}
+
+fn nix_getxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: both strings are NUL-terminated, buf is valid for its length.
+    let len =
+        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0 {
+        return None;
+    }
+    buf.truncate(len as usize);
+    Some(buf)
+}

@@ -170,9 +170,6 @@ fn flush_selection_from_cpuid_bits() {
     // This CPU's answer is one of them and flushing with it works.
     let flush = persist::detect();
     let buf = vec![1u8; 4096];
-    if persist::available() {
-        // SAFETY: the range is the live vector.
-        unsafe { persist::flush_range(flush, buf.as_ptr(), buf.len()) };
-    }
+    persist::flush_slice(flush, &buf);
     assert_eq!(buf.iter().map(|&b| b as usize).sum::<usize>(), 4096);
 }

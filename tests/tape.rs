@@ -375,10 +375,11 @@ fn restore_scan_from_tapes() {
                 if size_bytes == 0 {
                     continue; // no records: a scan does not recover empty files
                 }
-                let rel = e.source.strip_prefix(src.parent().unwrap()).unwrap();
+                let source = e.source();
+                let rel = source.strip_prefix(src.parent().unwrap()).unwrap();
                 let restored = to.join(rel);
                 assert!(
-                    std::fs::read(&restored).ok() == Some(std::fs::read(&e.source).unwrap()),
+                    std::fs::read(&restored).ok() == Some(std::fs::read(e.source()).unwrap()),
                     "{} not restored byte-identical",
                     rel.display()
                 );

@@ -110,8 +110,9 @@ fn compare(a: &Path, b: &Path) -> Result<Vec<String>, Failure> {
             continue;
         }
         if let crate::source::EntryKind::File { .. } = x.kind {
-            let da = fs::read(&x.source).map_err(|e| io("read", &x.source, e))?;
-            let db = fs::read(&y.source).map_err(|e| io("read", &y.source, e))?;
+            let (xs, ys) = (x.source(), y.source());
+            let da = fs::read(&xs).map_err(|e| io("read", &xs, e))?;
+            let db = fs::read(&ys).map_err(|e| io("read", &ys, e))?;
             if da != db {
                 diffs.push(format!("{name}: content differs"));
             }

@@ -495,7 +495,7 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
             return Err(Failure::Usage(format!(
                 "device {} is also a source (as {}): refusing to back it up onto itself",
                 spec.path.display(),
-                shown_path(&entry.source)
+                shown_path(&entry.source())
             )));
         }
         identities.push(probe.identity);
@@ -509,7 +509,7 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
         for mount_point in crate::source::mounted_read_write(entry.meta.rdev) {
             errln!(
                 "pbio: warning: source {} is mounted read-write at {}: its image may be inconsistent; back up a snapshot of it instead (README, \"Consistent images: back up a snapshot\")",
-                shown_path(&entry.source),
+                shown_path(&entry.source()),
                 shown_line(&mount_point)
             );
         }

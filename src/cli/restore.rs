@@ -341,6 +341,12 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> Outcome {
                 })).collect::<Vec<_>>(),
                 "errors": report.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "warnings": report.warnings,
+                "rebuild": json!({
+                    "missing_devices": report.rebuild.missing_devices.iter().map(|(i, p)| json!({"index": i, "path": path_text(p)})).collect::<Vec<_>>(),
+                    "records": report.rebuild.records,
+                    "bytes": report.rebuild.bytes,
+                    "damaged": report.rebuild.damaged,
+                }),
                 "ok": report.ok(),
             })
         );
@@ -362,6 +368,26 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> Outcome {
             String::new()
         }
     );
+    let rebuild = &report.rebuild;
+    if !rebuild.missing_devices.is_empty() {
+        let missing: Vec<String> = rebuild
+            .missing_devices
+            .iter()
+            .map(|(i, p)| format!("{i} ({})", shown_name(p)))
+            .collect();
+        outln!(
+            "  parity: devices missing: {}; rebuilt {} records, {}",
+            missing.join(", "),
+            rebuild.records,
+            human_bytes(rebuild.bytes)
+        );
+    }
+    for d in &rebuild.damaged {
+        errln!(
+            "warning: {} (the stripe was rebuilt from its other records)",
+            shown_line(d)
+        );
+    }
     if chain.sets.len() > 1 {
         outln!(
             "  chain: {}",

@@ -102,7 +102,7 @@ pub const fn available() -> bool {
 /// # Safety
 /// `ptr..ptr + len` must lie within one live mapping of this process.
 #[cfg(target_arch = "x86_64")]
-pub unsafe fn flush_range(flush: Flush, ptr: *const u8, len: usize) {
+pub(crate) unsafe fn flush_range(flush: Flush, ptr: *const u8, len: usize) {
     use core::arch::asm;
     use core::arch::x86_64::{_mm_clflush, _mm_sfence};
     if len == 0 {
@@ -136,8 +136,20 @@ pub unsafe fn flush_range(flush: Flush, ptr: *const u8, len: usize) {
 /// # Safety
 /// As on x86_64 (never called: `available()` is false here).
 #[cfg(not(target_arch = "x86_64"))]
-pub unsafe fn flush_range(_flush: Flush, _ptr: *const u8, _len: usize) {
+pub(crate) unsafe fn flush_range(_flush: Flush, _ptr: *const u8, _len: usize) {
     unreachable!("no cache-line flush on this architecture: msync is used")
+}
+
+/// Flush every cache line of `bytes`, then SFENCE: the safe form of
+/// `flush_range` for memory this process can name as a slice (a slice is
+/// always within one live allocation). Does nothing where `available()` is
+/// false (there, msync is the only way to persist).
+pub fn flush_slice(flush: Flush, bytes: &[u8]) {
+    if !available() || bytes.is_empty() {
+        return;
+    }
+    // SAFETY: a slice lies within one live allocation of this process.
+    unsafe { flush_range(flush, bytes.as_ptr(), bytes.len()) }
 }
 
 #[cfg(test)]
@@ -162,8 +174,7 @@ mod tests {
         }
         let buf = [7u8; 3 * CACHE_LINE_BYTES + 5];
         for flush in [detect(), Flush::Clflush] {
-            // SAFETY: the range is the live vector.
-            unsafe { flush_range(flush, buf.as_ptr().add(3), buf.len() - 3) };
+            flush_slice(flush, &buf[3..]);
         }
         assert!(buf.iter().all(|&b| b == 7));
     }

@@ -15,7 +15,8 @@ use super::catalog::{
 use super::dispatch::{DeviceState as DispatchState, Dispatcher, WorkItem};
 use super::ring::{self, Ring, RingConfig, RingEnd, RingError, RingOutcome, RingStats};
 use super::{
-    record_payload_bytes_max, BackupConfig, BackupError, BackupReport, DeviceEnd, Event, SetInput,
+    record_payload_bytes_max, BackupConfig, BackupError, BackupReport, DeviceEnd, Event,
+    ParitySummary, SetInput,
 };
 
 /// `--balance time` during the run: every quarter second, each device
@@ -82,8 +83,25 @@ pub fn run_backup(
     )?;
     let sources = source_findings(input, &dispatcher);
     let ends: Vec<DeviceEnd> = outcomes.iter().map(|o| device_end(&o.end)).collect();
-    let (encoded, segments) = build_catalog(input, devices, &outcomes, &ends, config);
-    let finished = write_catalogs(devices, &outcomes, &ends, &encoded, &rings, config);
+    let parity = super::parity::write_parity(input, devices, &outcomes, &ends, config);
+    let summary = ParitySummary {
+        m: config.parity,
+        stripes: parity.section.as_ref().map_or(0, |p| p.stripes.len()),
+        records: parity.records,
+        payload_bytes: parity.payload_bytes,
+        warnings: parity.warnings,
+    };
+    let (encoded, segments) =
+        build_catalog(input, devices, &outcomes, &ends, config, parity.section);
+    let finished = write_catalogs(
+        devices,
+        &outcomes,
+        &ends,
+        &encoded,
+        &rings,
+        config,
+        &parity.after,
+    );
     let reports = device_reports(devices, outcomes, &ends, finished);
     if reports.iter().all(|r| r.catalog_end.is_none()) {
         return Err(no_catalog(reports));
@@ -96,6 +114,7 @@ pub fn run_backup(
         unplaced: sources.unplaced,
         unreadable: sources.unreadable,
         changed: sources.changed,
+        parity: summary,
         elapsed: started.elapsed(),
     })
 }

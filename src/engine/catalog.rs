@@ -12,7 +12,9 @@ use super::backup::backup_label;
 use super::dispatch::Dispatcher;
 use super::report::{NoCatalogOn, NoCatalogWhy};
 use super::ring::{RecordDone, RingConfig, RingEnd, RingOutcome};
-use super::{catalog_for, BackupConfig, BackupError, DeviceEnd, DeviceReport, SetInput};
+use super::{
+    catalog_file, catalog_head, BackupConfig, BackupError, DeviceEnd, DeviceReport, SetInput,
+};
 
 /// What the data phase found about the sources, for the report.
 pub(super) struct SourceFindings {
@@ -76,14 +78,20 @@ pub(super) fn device_end(end: &RingEnd) -> DeviceEnd {
 /// set's key. Invariant: the digest of a file stored in this set covers
 /// each of its records once. Returns the encoded catalog and its segment
 /// count.
+///
+/// Per file, only its digest (32 bytes) is held beside the entries: the
+/// catalog is encoded file by file (`Catalog::encode_streamed`), never
+/// held decoded (issue 23, PERF.md "#23 memory").
 pub(super) fn build_catalog(
     input: &SetInput,
     devices: &[Box<dyn Device>],
     outcomes: &[RingOutcome],
     ends: &[DeviceEnd],
     config: &BackupConfig,
+    parity: Option<crate::format::CatalogParity>,
 ) -> (Vec<u8>, usize) {
-    let (segments, mut per_file) = placements(outcomes, ends, input.entries.len());
+    let segments = placements(outcomes);
+    let digests = digests(outcomes, ends, input.entries.len());
     let catalog_devices: Vec<CatalogDevice> = devices
         .iter()
         .zip(outcomes)
@@ -100,36 +108,31 @@ pub(super) fn build_catalog(
         })
         .collect();
     let segment_count = segments.len();
-    let mut catalog = catalog_for(
+    let since = input.since.as_ref();
+    let mut head = catalog_head(
         config.set_id,
         config.created_unix_ns,
         config.chunk_bytes,
         &catalog_devices,
-        &input.entries,
-        input.since.as_ref(),
+        since,
         segments,
     );
-    for (file, records) in catalog.files.iter_mut().zip(per_file.iter_mut()) {
+    head.parity = parity;
+    let file = |i: usize| {
+        let mut file = catalog_file(&input.entries, i, since);
         if file.kind.has_data() && file.origin == 0 {
-            records.sort_unstable();
-            records.dedup_by_key(|r| r.0);
-            file.digest = crate::format::file_digest(records);
+            file.digest = digests[i];
         }
-    }
-    catalog.seal(config.mac_key.as_ref());
-    (catalog.encode(), segment_count)
+        file
+    };
+    let encoded = head.encode_streamed(input.entries.len(), &file, config.mac_key.as_ref());
+    (encoded, segment_count)
 }
 
 /// The catalog segments of every device's placed ranges (sorted by file,
-/// offset, device) and, per file, the durable records of the devices that
-/// did not fail, for its digest.
-pub(super) fn placements(
-    outcomes: &[RingOutcome],
-    ends: &[DeviceEnd],
-    file_count: usize,
-) -> (Vec<CatalogSegment>, Vec<Vec<DigestRecord>>) {
+/// offset, device).
+pub(super) fn placements(outcomes: &[RingOutcome]) -> Vec<CatalogSegment> {
     let mut segments: Vec<CatalogSegment> = Vec::new();
-    let mut per_file: Vec<Vec<DigestRecord>> = vec![Vec::new(); file_count];
     for (device, outcome) in outcomes.iter().enumerate() {
         segments.extend(outcome.placed.iter().map(|p| CatalogSegment {
             file_id: p.file,
@@ -139,22 +142,45 @@ pub(super) fn placements(
             position: p.position,
             records: p.records,
         }));
-        if ends[device] == DeviceEnd::Failed {
-            continue;
-        }
-        for &RecordDone {
-            file_id,
-            file_offset,
-            payload_bytes,
-            payload_hash,
-            ..
-        } in &outcome.records
-        {
-            per_file[file_id as usize].push((file_offset, payload_bytes, payload_hash));
-        }
     }
     segments.sort_by_key(|s| (s.file_id, s.offset, s.device));
-    (segments, per_file)
+    segments
+}
+
+/// Per file, the digest (`format::file_digest`) of the durable records of
+/// the devices that did not fail, each record offset once (the digest of
+/// no records for a file with none). The records are gathered in one list sorted by
+/// file (not a list per file: most files of a large tree have one record
+/// or none).
+pub(super) fn digests(
+    outcomes: &[RingOutcome],
+    ends: &[DeviceEnd],
+    file_count: usize,
+) -> Vec<[u8; 32]> {
+    let mut records: Vec<(u32, DigestRecord)> = outcomes
+        .iter()
+        .zip(ends)
+        .filter(|(_, end)| **end != DeviceEnd::Failed)
+        .flat_map(|(outcome, _)| {
+            outcome
+                .records
+                .iter()
+                .map(|r: &RecordDone| (r.file_id, (r.file_offset, r.payload_bytes, r.payload_hash)))
+        })
+        .collect();
+    records.sort_unstable();
+    // Two copies of one record (a range written again) count once.
+    records.dedup_by_key(|(file, (offset, _, _))| (*file, *offset));
+    let mut digests = vec![crate::format::file_digest(&mut []); file_count];
+    let mut at = 0;
+    while at < records.len() {
+        let file = records[at].0;
+        let end = at + records[at..].partition_point(|r| r.0 == file);
+        let mut mine: Vec<DigestRecord> = records[at..end].iter().map(|r| r.1).collect();
+        digests[file as usize] = crate::format::file_digest(&mut mine);
+        at = end;
+    }
+    digests
 }
 
 /// Finish phase: catalog, sync, label (complete), sync, on every device
@@ -169,6 +195,7 @@ pub(super) fn write_catalogs(
     encoded: &[u8],
     rings: &[RingConfig],
     config: &BackupConfig,
+    after: &[(u64, u64)],
 ) -> Vec<Option<Result<u64, media::MediaError>>> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = devices
@@ -179,9 +206,11 @@ pub(super) fn write_catalogs(
                 let label = backup_label(devices, config, i as u32);
                 let failed = ends[i] == DeviceEnd::Failed;
                 let payload_max = rings[i].record_payload_bytes_max;
+                let at = after[i];
                 scope.spawn(move || {
                     (!failed).then(|| {
-                        finish_device(dev.as_ref(), &label, outcome, encoded, payload_max, config)
+                        let dev = dev.as_ref();
+                        finish_device(dev, &label, outcome, at, encoded, payload_max, config)
                     })
                 })
             })
@@ -252,6 +281,7 @@ fn finish_device(
     dev: &dyn Device,
     label: &Label,
     outcome: &RingOutcome,
+    (catalog_at, sequence): (u64, u64),
     encoded: &[u8],
     payload_bytes_max: u32,
     config: &BackupConfig,
@@ -268,8 +298,8 @@ fn finish_device(
         dev,
         config.set_id,
         label.device_index,
-        outcome.stats.records,
-        outcome.data_end,
+        sequence,
+        catalog_at,
         encoded,
         record_bytes,
     )?;
@@ -287,7 +317,8 @@ fn finish_device(
     sync(dev)?;
     let label = Label {
         state: LabelState::Complete,
-        catalog_offset: outcome.data_end,
+        // After the parity records (`--parity`), else right after the data.
+        catalog_offset: catalog_at,
         catalog_bytes: encoded.len() as u64,
         data_end: outcome.data_end,
         catalog_digest: *blake3::hash(encoded).as_bytes(),

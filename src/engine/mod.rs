@@ -4,6 +4,7 @@
 mod backup;
 mod catalog;
 pub mod dispatch;
+pub mod parity;
 pub mod probe;
 mod report;
 pub mod ring;
@@ -16,8 +17,10 @@ use crate::source::incremental::Increment;
 use crate::source::Entry;
 
 pub use backup::run_backup;
-pub use report::{BackupError, BackupReport, DeviceEnd, DeviceReport, NoCatalogOn, NoCatalogWhy};
-pub use set::{catalog_for, file_items, plan_set, PlanSetError};
+pub use report::{
+    BackupError, BackupReport, DeviceEnd, DeviceReport, NoCatalogOn, NoCatalogWhy, ParitySummary,
+};
+pub use set::{catalog_file, catalog_for, catalog_head, file_items, plan_set, PlanSetError};
 
 /// Everything a backup run reads: the walked entries (file id = index),
 /// the plan, and for an incremental set what it refers to instead of storing.
@@ -76,6 +79,9 @@ pub struct BackupConfig {
     /// `--compress`: each record's payload compressed on worker threads
     /// (stored raw where it does not shrink). None: raw.
     pub compression: Option<crate::format::codec::Compression>,
+    /// `--parity M`: parity records per stripe (0: none), written after
+    /// the data (`engine::parity`).
+    pub parity: usize,
 }
 
 /// Something a harness or the progress display should hear about while

@@ -49,7 +49,20 @@ pub struct BackupReport {
     /// Files that changed while the backup read them (path, what changed):
     /// their copy in the set may mix old and new contents.
     pub changed: Vec<(Vec<u8>, crate::source::Changed)>,
+    /// `--parity M`: parity records and payload bytes written, and what
+    /// is left less protected than asked (empty: every stripe has M).
+    pub parity: ParitySummary,
     pub elapsed: Duration,
+}
+
+/// What `--parity` wrote (all zero without it).
+#[derive(Clone, Debug, Default)]
+pub struct ParitySummary {
+    pub m: usize,
+    pub stripes: usize,
+    pub records: u64,
+    pub payload_bytes: u64,
+    pub warnings: Vec<String>,
 }
 
 impl DeviceReport {

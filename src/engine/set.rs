@@ -53,52 +53,30 @@ pub fn catalog_for(
     since: Option<&Increment>,
     segments: Vec<CatalogSegment>,
 ) -> Catalog {
-    let files = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let (kind, size_bytes, link_target, hardlink_to) = match &e.kind {
-                EntryKind::File { size_bytes, .. } if e.is_block_device() => {
-                    (FileKind::BlockDevice, *size_bytes, Vec::new(), 0)
-                }
-                EntryKind::File { size_bytes, .. } => {
-                    (FileKind::Regular, *size_bytes, Vec::new(), 0)
-                }
-                EntryKind::Dir => (FileKind::Directory, 0, Vec::new(), 0),
-                EntryKind::Symlink { target } => (FileKind::Symlink, 0, target.clone(), 0),
-                EntryKind::HardLink { target } => (FileKind::HardLink, 0, Vec::new(), *target),
-                EntryKind::Special => (special_kind(e.meta.mode), 0, Vec::new(), 0),
-            };
-            let origin = since.and_then(|s| s.origin(i));
-            CatalogFile {
-                path: e.path.clone(),
-                kind,
-                mode: e.meta.mode,
-                uid: e.meta.uid,
-                gid: e.meta.gid,
-                mtime_sec: e.meta.mtime_sec,
-                mtime_nsec: e.meta.mtime_nsec,
-                ctime_sec: e.meta.ctime_sec,
-                ctime_nsec: e.meta.ctime_nsec,
-                dev: e.meta.dev,
-                ino: e.meta.ino,
-                size_bytes,
-                link_target,
-                hardlink_to,
-                digest: origin.map(|o| o.digest).unwrap_or([0; 32]),
-                origin: origin.map(|o| o.ancestor).unwrap_or(0),
-                origin_file_id: origin.map(|o| o.file_id).unwrap_or(0),
-                rdev: if kind.has_rdev() { e.meta.rdev } else { 0 },
-                flags: if kind.has_flags() { e.meta.flags } else { 0 },
-                // A hard link's inode (and its xattrs) is its target's.
-                xattrs: if kind == FileKind::HardLink {
-                    Vec::new()
-                } else {
-                    e.meta.xattrs.clone()
-                },
-            }
-        })
+    let mut catalog = catalog_head(
+        set_id,
+        created_unix_ns,
+        chunk_bytes,
+        devices,
+        since,
+        segments,
+    );
+    catalog.files = (0..entries.len())
+        .map(|i| catalog_file(entries, i, since))
         .collect();
+    catalog
+}
+
+/// `catalog_for` without its files: what `Catalog::encode_streamed` takes
+/// with `catalog_file` giving the files one at a time.
+pub fn catalog_head(
+    set_id: SetId,
+    created_unix_ns: u64,
+    chunk_bytes: u32,
+    devices: &[CatalogDevice],
+    since: Option<&Increment>,
+    segments: Vec<CatalogSegment>,
+) -> Catalog {
     let (ancestors, removed, renamed) = match since {
         None => (Vec::new(), Vec::new(), Vec::new()),
         Some(s) => (
@@ -118,12 +96,57 @@ pub fn catalog_for(
         created_unix_ns,
         chunk_bytes,
         devices: devices.to_vec(),
-        files,
+        files: Vec::new(),
         segments,
         ancestors,
         removed,
         renamed,
+        parity: None,
         mac: [0; 32],
+    }
+}
+
+/// The catalog entry of `entries[i]` (digest zero for data stored in this
+/// set: the caller fills it once the data is written).
+pub fn catalog_file(entries: &[Entry], i: usize, since: Option<&Increment>) -> CatalogFile {
+    let e = &entries[i];
+    let (kind, size_bytes, link_target, hardlink_to) = match &e.kind {
+        EntryKind::File { size_bytes, .. } if e.is_block_device() => {
+            (FileKind::BlockDevice, *size_bytes, Vec::new(), 0)
+        }
+        EntryKind::File { size_bytes, .. } => (FileKind::Regular, *size_bytes, Vec::new(), 0),
+        EntryKind::Dir => (FileKind::Directory, 0, Vec::new(), 0),
+        EntryKind::Symlink { target } => (FileKind::Symlink, 0, target.clone(), 0),
+        EntryKind::HardLink { target } => (FileKind::HardLink, 0, Vec::new(), *target),
+        EntryKind::Special => (special_kind(e.meta.mode), 0, Vec::new(), 0),
+    };
+    let origin = since.and_then(|s| s.origin(i));
+    CatalogFile {
+        path: e.path.clone(),
+        kind,
+        mode: e.meta.mode,
+        uid: e.meta.uid,
+        gid: e.meta.gid,
+        mtime_sec: e.meta.mtime_sec,
+        mtime_nsec: e.meta.mtime_nsec,
+        ctime_sec: e.meta.ctime_sec,
+        ctime_nsec: e.meta.ctime_nsec,
+        dev: e.meta.dev,
+        ino: e.meta.ino,
+        size_bytes,
+        link_target,
+        hardlink_to,
+        digest: origin.map(|o| o.digest).unwrap_or([0; 32]),
+        origin: origin.map(|o| o.ancestor).unwrap_or(0),
+        origin_file_id: origin.map(|o| o.file_id).unwrap_or(0),
+        rdev: if kind.has_rdev() { e.meta.rdev } else { 0 },
+        flags: if kind.has_flags() { e.meta.flags } else { 0 },
+        // A hard link's inode (and its xattrs) is its target's.
+        xattrs: if kind == FileKind::HardLink {
+            Vec::new()
+        } else {
+            e.meta.xattrs.clone()
+        },
     }
 }
 
@@ -161,12 +184,22 @@ pub fn plan_set(
             data_end: *c,
         })
         .collect();
-    let mut catalog_guess =
-        catalog_for(SetId([0; 16]), 0, chunk, &names, entries, since, Vec::new())
-            .encode()
-            .len() as u64
-            + 64 * (entries.len() as u64 + 2 * devices.len() as u64)
-            + 4096;
+    // Encoded file by file: no `CatalogFile` per entry held (issue 23).
+    let encoded_bytes = |created_unix_ns, segments| {
+        catalog_head(
+            SetId([0; 16]),
+            created_unix_ns,
+            chunk,
+            &names,
+            since,
+            segments,
+        )
+        .encode_streamed(entries.len(), &|i| catalog_file(entries, i, since), None)
+        .len() as u64
+    };
+    let mut catalog_guess = encoded_bytes(0, Vec::new())
+        + 64 * (entries.len() as u64 + 2 * devices.len() as u64)
+        + 4096;
     for _ in 0..4 {
         let reserve = HEADER_BYTES as u64 + media::catalog_media_bytes(catalog_guess, chunk);
         let mut slots = Vec::with_capacity(devices.len());
@@ -196,17 +229,7 @@ pub fn plan_set(
                 records: u32::MAX,
             })
             .collect();
-        let actual = catalog_for(
-            SetId([0; 16]),
-            u64::MAX,
-            chunk,
-            &names,
-            entries,
-            since,
-            segments,
-        )
-        .encode()
-        .len() as u64;
+        let actual = encoded_bytes(u64::MAX, segments);
         if actual <= catalog_guess {
             return Ok((plan, reserve));
         }

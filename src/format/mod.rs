@@ -17,8 +17,9 @@ pub mod set_id;
 mod proptests;
 
 pub use catalog::{
-    check_xattrs, file_digest, payload_hash, Catalog, CatalogDevice, CatalogFile, CatalogSegment,
-    DeviceState, DigestRecord, FileKind, Renamed, Xattr, XATTR_NAME_MAX, XATTR_VALUE_MAX,
+    check_xattrs, file_digest, payload_hash, Catalog, CatalogDevice, CatalogFile, CatalogParity,
+    CatalogSegment, CatalogStripe, DeviceState, DigestRecord, FileKind, Renamed, StripeRecord,
+    Xattr, XATTR_NAME_MAX, XATTR_VALUE_MAX,
 };
 pub use label::{Label, LabelState};
 pub use record::{Codec, FileInfo, RecordHeader, RecordKind, Transform};

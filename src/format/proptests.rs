@@ -333,6 +333,7 @@ fn catalog() -> impl Strategy<Value = Catalog> {
                     ancestors,
                     removed,
                     renamed,
+                    parity: None,
                     mac,
                 }
             },

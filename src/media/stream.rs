@@ -146,7 +146,7 @@ where
     // last Reclaim comes after the windows are done, whatever ended them.
     let pool = BufferPool::new(2, window);
     let mut leases = two_leases(&pool);
-    let streamed = stream_windows(dev, start, end, record_max, &mut leases, &mut each);
+    let streamed = stream_windows(dev, start, end, record_max, &pool, &mut leases, &mut each);
     let reclaimed = each(Item::Reclaim);
     streamed.and(reclaimed.map(|_| ()))
 }
@@ -183,6 +183,7 @@ fn stream_windows<E>(
     start: u64,
     end: u64,
     record_max: usize,
+    pool: &BufferPool,
     leases: &mut [Arc<Lease>; 2],
     each: &mut impl FnMut(Item<'_>) -> Result<Flow, E>,
 ) -> Result<(), E>
@@ -196,7 +197,7 @@ where
         offset,
         error,
     };
-    let mut reader = WindowReader::new(dev).map_err(|e| io_err(start, e))?;
+    let mut reader = WindowReader::new(dev, pool).map_err(|e| io_err(start, e))?;
 
     // Begin reading [pos, pos+len) into `lease`; `wait` finishes it (one
     // window read in flight at a time). The lease is not touched before
@@ -335,12 +336,22 @@ where
     Ok(())
 }
 
-/// The one window read in flight of `stream_windows`: a `Read` on the
-/// device's fd, or on a pipelined device (NBD) read requests of its
-/// transport on the same ring, the window cut in pieces that are in
-/// flight together.
+/// The one window read in flight of `stream_windows`: on a descriptor,
+/// the window cut in `PIECE_BYTES` reads that are in flight together (the
+/// queue depth fio gets with bs=1M), into the window's registered buffer
+/// (`ReadFixed`: no page pinning per read) where the kernel lets pbio
+/// register it; on a pipelined device (NBD) read requests of its
+/// transport on the same ring, cut alike.
 enum WindowReader<'d> {
-    Fd(Uring),
+    Fd {
+        ring: Uring,
+        /// Whether the windows are the ring's registered buffers.
+        fixed: bool,
+        /// Bytes asked for by each piece of the read in flight (index:
+        /// its `user_data`), and what each gave (bytes or -errno).
+        asked: Vec<u32>,
+        got: Vec<Option<i32>>,
+    },
     Pipelined {
         ring: Uring,
         transport: Box<dyn Transport + 'd>,
@@ -348,18 +359,35 @@ enum WindowReader<'d> {
     },
 }
 
-/// Largest read request of a window over a transport.
+/// Largest read request of a window (one piece).
 const PIECE_BYTES: u32 = 1 << 20;
 
+/// Pieces of one window read: the window cut in `PIECE_BYTES`.
+fn pieces_max(window_bytes: usize) -> usize {
+    window_bytes.div_ceil(PIECE_BYTES as usize)
+}
+
 impl<'d> WindowReader<'d> {
-    fn new(dev: &'d dyn Device) -> std::io::Result<WindowReader<'d>> {
+    fn new(dev: &'d dyn Device, pool: &BufferPool) -> std::io::Result<WindowReader<'d>> {
         Ok(match dev.data_path() {
             DataPath::Pipelined(transport) => WindowReader::Pipelined {
                 ring: Uring::new(8)?,
                 transport,
                 len: 0,
             },
-            DataPath::Descriptor | DataPath::Mapped(_) => WindowReader::Fd(Uring::new(2)?),
+            DataPath::Descriptor | DataPath::Mapped(_) => {
+                let pieces = pieces_max(pool.slot_bytes());
+                let mut ring = Uring::new(pieces as u32)?;
+                // Registering pins the windows once (charged to
+                // RLIMIT_MEMLOCK); refused, each read pins its pages.
+                let fixed = ring.register_buffers(pool).is_ok();
+                WindowReader::Fd {
+                    ring,
+                    fixed,
+                    asked: Vec::with_capacity(pieces),
+                    got: Vec::with_capacity(pieces),
+                }
+            }
         })
     }
 
@@ -373,8 +401,29 @@ impl<'d> WindowReader<'d> {
         pos: u64,
     ) -> std::io::Result<()> {
         match self {
-            WindowReader::Fd(ring) => {
-                ring.push(io::read_at(dev.fd(), lease, 0..len as usize, pos).user_data(0))?;
+            WindowReader::Fd {
+                ring,
+                fixed,
+                asked,
+                got,
+            } => {
+                asked.clear();
+                got.clear();
+                let mut at = 0u32;
+                while at < len {
+                    let n = PIECE_BYTES.min(len - at);
+                    let range = at as usize..(at + n) as usize;
+                    let offset = pos + u64::from(at);
+                    let sqe = if *fixed {
+                        io::read_fixed(dev.fd(), lease, range, offset)
+                    } else {
+                        io::read_at(dev.fd(), lease, range, offset)
+                    };
+                    ring.push(sqe.user_data(asked.len() as u64))?;
+                    asked.push(n);
+                    got.push(None);
+                    at += n;
+                }
                 ring.submit()?;
             }
             WindowReader::Pipelined {
@@ -396,17 +445,35 @@ impl<'d> WindowReader<'d> {
         Ok(())
     }
 
-    /// The result of the read begun: bytes, or -errno.
+    /// The result of the read begun: the bytes read from its start on, up
+    /// to the first piece that came back short or failed (the caller reads
+    /// on from there), or -errno when the first piece failed.
     fn wait(&mut self) -> std::io::Result<i32> {
         match self {
-            WindowReader::Fd(ring) => {
-                let mut done = Vec::new();
-                loop {
+            WindowReader::Fd {
+                ring, asked, got, ..
+            } => {
+                let mut done = Vec::with_capacity(asked.len());
+                while got.iter().any(Option::is_none) {
                     ring.turn(&mut done)?;
-                    if let Some(&(_, result)) = done.first() {
-                        return Ok(result);
+                    for &(piece, result) in &done {
+                        // user_data is a piece index this reader pushed.
+                        got[piece as usize] = Some(result);
                     }
                 }
+                let mut have = 0i32;
+                for (&n, &r) in asked.iter().zip(got.iter()) {
+                    let r = r.expect("every piece was waited for");
+                    if r < 0 {
+                        return Ok(if have == 0 { r } else { have });
+                    }
+                    // The kernel never reads more than was asked.
+                    have += r.min(n as i32);
+                    if (r as u32) < n {
+                        break;
+                    }
+                }
+                Ok(have)
             }
             WindowReader::Pipelined {
                 ring,

@@ -122,6 +122,68 @@ pub fn layout(
     Ok(stripes)
 }
 
+/// A stripe over records already written (`over_written`): each data
+/// member's next record, in data order, and the members that take its
+/// parity records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrittenStripe {
+    /// Devices whose next unstriped record is data record `j` of the stripe.
+    pub data: Vec<u32>,
+    /// Devices that take the stripe's parity records, in parity order.
+    pub parity: Vec<u32>,
+}
+
+/// Stripes over data that is already on the devices (the backup writes
+/// data first and parity after it, docs/DESIGN.md "Parity"):
+/// `records[d]` is `Some(n)`: device `d` holds `n` data records and can
+/// take parity; `None`: it takes no part (failed, full, not given).
+/// Each stripe takes one record from each data member; its `m` parity
+/// records go to the taking-part devices with the fewest records still
+/// unstriped (ties: rotating with the stripe number, so equal devices
+/// take parity in turn, RAID-5 style). A device with much data thus takes
+/// little parity: the fill stays even. Every data record of a taking-part
+/// device is in exactly one stripe; a stripe has `k >= 1` data members
+/// and `m` parity members, all distinct. Errors when fewer than `m + 1`
+/// devices take part (and there is data).
+pub fn over_written(records: &[Option<u64>], m: usize) -> Result<Vec<WrittenStripe>, StripeError> {
+    let part: Vec<usize> = (0..records.len())
+        .filter(|&d| records[d].is_some())
+        .collect();
+    let mut left: Vec<u64> = records.iter().map(|r| r.unwrap_or(0)).collect();
+    if left.iter().all(|&l| l == 0) {
+        return Ok(Vec::new());
+    }
+    let width = part.len();
+    if m == 0 || width < m + 1 {
+        return Err(StripeError::TooFewDevices { m });
+    }
+    let mut stripes = Vec::new();
+    let mut id = 0u64;
+    while left.iter().any(|&l| l > 0) {
+        let turn = (id % width as u64) as usize;
+        let mut order: Vec<usize> = (0..width).collect();
+        order.sort_by_key(|&j| (left[part[j]], (j + width - turn) % width));
+        let parity: Vec<u32> = order[..m].iter().map(|&j| part[j] as u32).collect();
+        let mut data: Vec<u32> = order[m..]
+            .iter()
+            .map(|&j| part[j])
+            .filter(|&d| left[d] > 0)
+            .map(|d| d as u32)
+            .collect();
+        data.sort_unstable();
+        assert!(
+            !data.is_empty(),
+            "the m devices with least left hold all that is left"
+        );
+        for &d in &data {
+            left[d as usize] -= 1;
+        }
+        stripes.push(WrittenStripe { data, parity });
+        id += 1;
+    }
+    Ok(stripes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +222,56 @@ mod tests {
                 data_records_left: 3
             })
         );
+    }
+
+    #[test]
+    fn over_written_stripes_cover_every_record_once() {
+        let stripes = over_written(&[Some(3); 4], 1).unwrap();
+        assert_eq!(stripes.len(), 4);
+        let parity: Vec<u32> = stripes.iter().map(|s| s.parity[0]).collect();
+        let mut sorted = parity.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [0, 1, 2, 3], "parity rotates over equal devices");
+        // A device that failed takes no part, not even parity.
+        let stripes = over_written(&[Some(4), None, Some(4), Some(4)], 1).unwrap();
+        for s in &stripes {
+            assert!(!s.data.contains(&s.parity[0]) && s.parity[0] != 1);
+        }
+        let per_device = |d: u32| stripes.iter().filter(|s| s.data.contains(&d)).count();
+        assert_eq!([per_device(0), per_device(2), per_device(3)], [4, 4, 4]);
+        assert_eq!(
+            over_written(&[Some(5), Some(5)], 2),
+            Err(StripeError::TooFewDevices { m: 2 })
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn over_written_is_a_partition(records in proptest::collection::vec(proptest::option::of(0u64..40), 2..8), m in 1usize..3) {
+            let Ok(stripes) = over_written(&records, m) else {
+                prop_assert!(records.iter().flatten().count() < m + 1);
+                return Ok(());
+            };
+            let mut count = vec![0u64; records.len()];
+            for s in &stripes {
+                prop_assert_eq!(s.parity.len(), m);
+                prop_assert!(!s.data.is_empty());
+                let mut all: Vec<u32> = s.data.iter().chain(&s.parity).copied().collect();
+                all.sort_unstable();
+                all.dedup();
+                prop_assert_eq!(all.len(), s.data.len() + m);
+                for &d in &s.data {
+                    count[d as usize] += 1;
+                }
+            }
+            let want: Vec<u64> = records.iter().map(|r| r.unwrap_or(0)).collect();
+            prop_assert_eq!(count, want);
+            for s in &stripes {
+                for d in s.data.iter().chain(&s.parity) {
+                    prop_assert!(records[*d as usize].is_some());
+                }
+            }
+        }
     }
 
     proptest! {

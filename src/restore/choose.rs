@@ -578,6 +578,7 @@ mod tests {
                 reading: Vec::new(),
                 selected: vec![true; n],
                 wanted: vec![true; n],
+                rebuild: Vec::new(),
             };
             let mut report = Report::default();
             let kept = keep_existing(

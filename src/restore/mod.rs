@@ -14,6 +14,7 @@ mod finish;
 mod open;
 mod problem;
 mod read;
+mod rebuild;
 pub mod scan;
 mod select;
 mod transform;
@@ -33,6 +34,7 @@ use finish::{finish_image, gather, verdicts};
 pub use open::{open_set, open_sets, OpenSet};
 pub use problem::{Problem, RecordProblem, Refusal};
 use read::{read_devices, Destination};
+pub use rebuild::RebuildSummary;
 use select::select;
 
 /// Why a restore, a verify or a list could not go on. Each names the
@@ -236,6 +238,8 @@ pub struct Report {
     /// flags), each naming the file and the attribute: the entry is
     /// restored without it. Not a failure.
     pub warnings: Vec<String>,
+    /// `--parity` sets: the devices missing and what was rebuilt.
+    pub rebuild: RebuildSummary,
     pub elapsed: std::time::Duration,
 }
 
@@ -342,7 +346,14 @@ fn run_sets(
         Action::Verify => Destination::Nowhere,
     };
     let verify = matches!(action, Action::Verify);
-    let results = read_devices(sets, &selection, catalog, destination, verify);
+    let mut results = read_devices(sets, &selection, catalog, destination, verify);
+    results.extend(rebuild::run_all(
+        sets,
+        &selection,
+        catalog,
+        destination,
+        &mut report.rebuild,
+    ));
     let (mut per_file, broken) = gather(results, catalog.files.len(), &mut report)?;
     let verdicts = verdicts(sets, &selection, &mut per_file, &broken, &mut report);
     let mut done = selection.selected.clone();

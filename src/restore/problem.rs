@@ -43,6 +43,15 @@ pub enum Problem {
     /// verify: a device's own catalog cannot be read.
     #[error(transparent)]
     Catalog(MediaError),
+    /// `--parity`: a stripe whose missing data could not be rebuilt,
+    /// because this member of it did not check (damaged, altered, unread)
+    /// and too few others did.
+    #[error("device {device}: offset {offset}: cannot rebuild from parity: {why}")]
+    Rebuild {
+        device: String,
+        offset: u64,
+        why: String,
+    },
 }
 
 /// What is wrong with one record read from a device.

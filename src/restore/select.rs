@@ -194,6 +194,8 @@ pub(super) struct Selection {
     /// Whose data is read: the selected files and the targets of selected
     /// hard links (less the entries the destination refuses).
     pub(super) wanted: Vec<bool>,
+    /// Per set, the stripes to rebuild from parity (`rebuild::plan`).
+    pub(super) rebuild: Vec<super::rebuild::Plan>,
 }
 
 /// Select phase, before any device is read: where each file's data is,
@@ -210,8 +212,15 @@ pub(super) fn select(
 ) -> Selection {
     let catalog = &sets[0].catalog;
     let sources = data_sources(sets, ancestor_sets, &mut report.errors);
-    let (reading, coverages): (Vec<Vec<u32>>, Vec<_>) =
+    let (reading, mut coverages): (Vec<Vec<u32>>, Vec<_>) =
         sets.iter().map(|s| devices_to_read(s)).unzip();
+    // `--parity`: what the given devices can rebuild is not missing.
+    let rebuild: Vec<super::rebuild::Plan> = sets
+        .iter()
+        .zip(&reading)
+        .zip(coverages.iter_mut())
+        .map(|((set, reading), coverage)| super::rebuild::plan(set, reading, coverage))
+        .collect();
     let (complete, missing) = completeness(sets, &sources, &coverages);
     let chosen = |i: usize| match action {
         Action::RestoreToDevice { file, .. } => i == *file as usize,
@@ -240,6 +249,7 @@ pub(super) fn select(
         reading,
         selected,
         wanted,
+        rebuild,
     }
 }
 

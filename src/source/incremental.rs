@@ -246,11 +246,11 @@ mod tests {
     use std::path::PathBuf;
 
     fn entry(path: &str, kind: EntryKind, ino: u64, mtime: i64, ctime: i64) -> Entry {
-        Entry {
-            path: path.as_bytes().to_vec(),
-            source: PathBuf::from(path),
+        Entry::new(
+            path.as_bytes().to_vec(),
+            PathBuf::from(path),
             kind,
-            meta: Meta {
+            Meta {
                 mode: 0o100644,
                 mtime_sec: mtime,
                 ctime_sec: ctime,
@@ -259,7 +259,7 @@ mod tests {
                 nlink: 1,
                 ..Meta::default()
             },
-        }
+        )
     }
 
     fn file(path: &str, size_bytes: u64, ino: u64, mtime: i64, ctime: i64) -> Entry {
@@ -336,6 +336,7 @@ mod tests {
             ancestors: vec![SetId([0; 16])],
             removed: Vec::new(),
             renamed: Vec::new(),
+            parity: None,
             mac: [0; 32],
         }
     }

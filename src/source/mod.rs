@@ -21,6 +21,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use select::{Excluded, Reason, Selection};
 
@@ -79,13 +80,51 @@ pub struct Entry {
     /// Path stored in the set: relative to the source's parent directory
     /// (as `tar -C parent name`), '/' separated, raw bytes (may be non-UTF-8).
     pub path: Vec<u8>,
-    /// Where to read it from now.
-    pub source: PathBuf,
+    /// The source this entry was found under, shared by all its entries:
+    /// where to read it from is `source()`, built on demand, so that an
+    /// entry does not carry a second copy of its path (issue 23: per-file
+    /// memory; PERF.md "#23 memory").
+    top: Arc<Top>,
     pub kind: EntryKind,
     pub meta: Meta,
 }
 
+/// A source as given: where to read it, and the length of the name it is
+/// stored under (the first `stored_len` bytes of each of its entries' paths).
+#[derive(Debug, PartialEq, Eq)]
+struct Top {
+    source: PathBuf,
+    stored_len: usize,
+}
+
 impl Entry {
+    /// An entry read from `source` (a source of its own: the walk shares
+    /// one `Top` between all the entries of a tree instead).
+    pub fn new(path: Vec<u8>, source: PathBuf, kind: EntryKind, meta: Meta) -> Entry {
+        let top = Arc::new(Top {
+            source,
+            stored_len: path.len(),
+        });
+        Entry {
+            path,
+            top,
+            kind,
+            meta,
+        }
+    }
+
+    /// Where to read it from now: the source's path, joined with the
+    /// entry's path below the source's stored name.
+    pub fn source(&self) -> PathBuf {
+        let top = &self.top;
+        match self.path.get(top.stored_len + 1..) {
+            Some(below) if self.path.len() > top.stored_len => {
+                top.source.join(std::ffi::OsStr::from_bytes(below))
+            }
+            _ => top.source.clone(),
+        }
+    }
+
     /// A block device read as one large file (a source that is a block
     /// device, or a symlink to one).
     pub fn is_block_device(&self) -> bool {
@@ -266,15 +305,15 @@ impl Walker<'_> {
             .open(&source)
             .and_then(|device| crate::device::block::size_bytes(&device));
         match size_bytes {
-            Ok(size_bytes) => self.walk.entries.push(Entry {
+            Ok(size_bytes) => self.walk.entries.push(Entry::new(
                 path,
                 source,
-                kind: EntryKind::File {
+                EntryKind::File {
                     size_bytes,
                     data: None,
                 },
-                meta: meta_of(metadata),
-            }),
+                meta_of(metadata),
+            )),
             Err(error) => self.error(source, error),
         }
     }
@@ -285,6 +324,10 @@ impl Walker<'_> {
         let top_len = name.len();
         let top_dev = metadata.dev();
         let selection = self.selection;
+        let top = Arc::new(Top {
+            source: source.clone(),
+            stored_len: top_len,
+        });
         let mut stack: Vec<Pending> = vec![(name, source, Ok(metadata))];
         while let Some((stored, source, metadata)) = stack.pop() {
             // Only the source itself has a path this short.
@@ -325,11 +368,11 @@ impl Walker<'_> {
                     descend = false;
                 }
             }
-            let Some(entry) = self.entry(stored, source, &metadata) else {
+            let Some(entry) = self.entry(stored, &source, &top, &metadata) else {
                 continue;
             };
             if descend {
-                let mut children = self.children(&entry.source);
+                let mut children = self.children(&source);
                 let names = children.iter().map(|(name, _)| name.as_bytes());
                 if let Some(reason) = selection.tag_in(names) {
                     self.exclude(entry.path.clone(), reason, is_top);
@@ -390,12 +433,19 @@ impl Walker<'_> {
     }
 
     /// Build the entry for one lstat'ed name, or report why it is not stored.
-    fn entry(&mut self, path: Vec<u8>, source: PathBuf, metadata: &fs::Metadata) -> Option<Entry> {
+    fn entry(
+        &mut self,
+        path: Vec<u8>,
+        source: &Path,
+        top: &Arc<Top>,
+        metadata: &fs::Metadata,
+    ) -> Option<Entry> {
+        let top = Arc::clone(top);
         let index = match u32::try_from(self.walk.entries.len()) {
             Ok(index) if index < u32::MAX => index,
             _ => {
                 let error = io::Error::other("more than 2^32 - 1 entries in one set");
-                self.error(source, error);
+                self.error(source.to_path_buf(), error);
                 return None;
             }
         };
@@ -408,18 +458,18 @@ impl Walker<'_> {
             if let Some(&target) = self.links.get(&key) {
                 return Some(Entry {
                     path,
-                    source,
+                    top,
                     kind: EntryKind::HardLink { target },
                     meta,
                 });
             }
         }
         if file_type.is_file() || file_type.is_dir() {
-            match xattr::flags(&source, file_type.is_dir()) {
+            match xattr::flags(source, file_type.is_dir()) {
                 Ok(flags) => meta.flags = flags,
                 Err(error) => {
                     self.error(
-                        source,
+                        source.to_path_buf(),
                         io::Error::new(error.kind(), format!("file flags: {error}")),
                     );
                     return None;
@@ -427,22 +477,22 @@ impl Walker<'_> {
             }
         }
         if !file_type.is_socket() {
-            match xattr::read(&source) {
+            match xattr::read(source) {
                 Ok(xattrs) => meta.xattrs = xattrs,
                 Err(error) => {
                     let error =
                         io::Error::new(error.kind(), format!("extended attributes: {error}"));
-                    self.error(source, error);
+                    self.error(source.to_path_buf(), error);
                     return None;
                 }
             }
         }
         let kind = if file_type.is_file() {
             let size_bytes = metadata.len();
-            let data = match data_ranges(&source, size_bytes, metadata.blocks()) {
+            let data = match data_ranges(source, size_bytes, metadata.blocks()) {
                 Ok(data) => data,
                 Err(error) => {
-                    self.error(source, error);
+                    self.error(source.to_path_buf(), error);
                     return None;
                 }
             };
@@ -453,12 +503,12 @@ impl Walker<'_> {
         } else if file_type.is_dir() {
             EntryKind::Dir
         } else if file_type.is_symlink() {
-            match fs::read_link(&source) {
+            match fs::read_link(source) {
                 Ok(target) => EntryKind::Symlink {
                     target: target.into_os_string().into_vec(),
                 },
                 Err(error) => {
-                    self.error(source, error);
+                    self.error(source.to_path_buf(), error);
                     return None;
                 }
             }
@@ -477,12 +527,12 @@ impl Walker<'_> {
                 io::ErrorKind::Unsupported,
                 format!("unsupported file type ({what}); not backed up"),
             );
-            self.error(source, error);
+            self.error(source.to_path_buf(), error);
             return None;
         };
         Some(Entry {
             path,
-            source,
+            top,
             kind,
             meta,
         })
@@ -546,7 +596,7 @@ pub fn changed_since_walk(entry: &Entry) -> Option<Changed> {
     if entry.is_block_device() {
         return None;
     }
-    let now = match fs::symlink_metadata(&entry.source) {
+    let now = match fs::symlink_metadata(entry.source()) {
         Ok(now) => now,
         Err(error) => return Some(Changed::Gone(error)),
     };

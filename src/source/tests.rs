@@ -128,14 +128,14 @@ fn fixture_tree_walks_completely_in_order() {
     for e in &walk.entries {
         let rel = &e.path[b"fixture".len()..];
         assert_eq!(
-            e.source.as_os_str().as_bytes(),
+            e.source().as_os_str().as_bytes(),
             [root.as_os_str().as_bytes(), rel].concat()
         );
     }
 
     // Metadata is lstat's.
     for e in &walk.entries {
-        let m = fs::symlink_metadata(&e.source).unwrap();
+        let m = fs::symlink_metadata(e.source()).unwrap();
         assert_eq!(e.meta.mode, m.mode());
         assert_eq!((e.meta.uid, e.meta.gid), (m.uid(), m.gid()));
         assert_eq!(

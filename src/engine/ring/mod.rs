@@ -579,6 +579,7 @@ impl<'a> Ring<'a> {
                 payload_bytes: g.payload_bytes,
                 payload_crc: g.payload_crc,
                 payload_hash: g.payload_hash,
+                position: g.position,
             })
             .collect();
         RingOutcome {

@@ -13,6 +13,8 @@ pub struct RecordDone {
     pub payload_crc: u32,
     /// BLAKE3 of the payload (the file digest's record entry).
     pub payload_hash: [u8; 32],
+    /// Media offset of the record's header (stripes of `--parity` name it).
+    pub position: u64,
 }
 
 /// A file range that is durable on this device, and where.

@@ -121,14 +121,16 @@ impl<'a> Ring<'a> {
             crate::source::EntryKind::File { size_bytes, data } => (*size_bytes, data.as_ref()),
             other => unreachable!("work item for a non-file entry {other:?}"),
         };
+        let source = entry.source();
         let (file, direct) =
-            crate::device::open_maybe_direct(OpenOptions::new().read(true), &entry.source)
-                .map_err(|error| RingError::Source {
-                    path: crate::units::shown_path(&entry.source),
+            crate::device::open_maybe_direct(OpenOptions::new().read(true), &source).map_err(
+                |error| RingError::Source {
+                    path: crate::units::shown_path(&source),
                     op: "open",
                     offset: item.offset,
                     error,
-                })?;
+                },
+            )?;
         let (start, end) = (item.offset, item.end());
         let ranges: Vec<(u64, u64)> = match data {
             None => vec![(start, end)],
@@ -171,7 +173,7 @@ impl<'a> Ring<'a> {
             source: Rc::new(Source {
                 file,
                 direct,
-                path: entry.source.clone(),
+                path: source,
                 info,
                 first_info,
                 first_offset: match data {

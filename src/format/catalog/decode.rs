@@ -131,9 +131,15 @@ impl Catalog {
                 from: r.bytes()?.to_vec(),
             });
         }
+        // The parity section, only in a set written with `--parity`.
+        let parity = if r.0.is_empty() {
+            None
+        } else {
+            Some(super::parity::decode(&mut r)?)
+        };
         if !r.0.is_empty() {
             return Err(FormatError::Catalog(
-                "trailing bytes after the chain section",
+                "trailing bytes after the parity section",
             ));
         }
         let mut mac = [0u8; HASH_BYTES];
@@ -148,6 +154,7 @@ impl Catalog {
             ancestors,
             removed,
             renamed,
+            parity,
             mac,
         };
         catalog.validate()?;

@@ -1,7 +1,12 @@
 //! Encoding a catalog: the bytes `Catalog::decode` reads back, its MAC
 //! and its seal.
 
-use super::{layout, Catalog, FileKind, CATALOG_BYTES_MIN, CATALOG_CRC_BYTES, CATALOG_MAC_BYTES};
+use std::collections::HashSet;
+
+use super::validate::Summary;
+use super::{
+    layout, Catalog, CatalogFile, FileKind, CATALOG_BYTES_MIN, CATALOG_CRC_BYTES, CATALOG_MAC_BYTES,
+};
 use crate::format::{crc32c, MacKey, SetId, CATALOG_MAGIC, FORMAT_VERSION, HASH_BYTES};
 
 impl Catalog {
@@ -46,12 +51,72 @@ impl Catalog {
             + self.segments.len() * 24
             + self.ancestors.len() * SetId::BYTES;
         let mut w = Writer(Vec::with_capacity(estimate));
+        self.encode_head(&mut w, self.files.len());
+        for f in &self.files {
+            w.file(f);
+        }
+        self.encode_tail(&mut w);
+        w.raw(&self.mac);
+        let crc = crc32c(&w.0);
+        w.raw(&crc.to_le_bytes());
+        w.0
+    }
+
+    /// Encode a catalog whose files are given one at a time, so that they
+    /// are never all held decoded (issue 23: a backup of millions of files
+    /// holds the encoding, not a `CatalogFile` per file). `self` is the
+    /// rest of the catalog: its own `files` must be empty and its `mac` is
+    /// ignored. `file(i)` is file `i` of `file_count`; it is asked for
+    /// each file twice (a first pass learns what the rules need of every
+    /// file: 16 bytes a file). Sealed with `key` (a zero MAC without one).
+    /// The same bytes as `encode` of the catalog with those files, sealed:
+    /// panics as `encode` does if the catalog is invalid.
+    pub fn encode_streamed(
+        &self,
+        file_count: usize,
+        file: &dyn Fn(usize) -> CatalogFile,
+        key: Option<&MacKey>,
+    ) -> Vec<u8> {
+        assert!(self.files.is_empty(), "encode_streamed: files given twice");
+        let invalid =
+            |e| panic!("Catalog::encode_streamed of an invalid catalog (caller bug): {e}");
+        if let Err(e) = self.check_head(file_count) {
+            invalid(e);
+        }
+        let summaries: Vec<Summary> = (0..file_count).map(|i| Summary::of(&file(i))).collect();
+        let lookup = |i: usize| summaries.get(i).copied();
+        let mut w = Writer(Vec::with_capacity(
+            CATALOG_BYTES_MIN + file_count * 96 + self.segments.len() * 24,
+        ));
+        self.encode_head(&mut w, file_count);
+        let mut referenced = HashSet::new();
+        for i in 0..file_count {
+            let f = file(i);
+            if let Err(e) = self.check_file(i, &f, &lookup, &mut referenced) {
+                invalid(e);
+            }
+            w.file(&f);
+        }
+        if let Err(e) = self.check_rest(&lookup) {
+            invalid(e);
+        }
+        drop(summaries);
+        self.encode_tail(&mut w);
+        let mac = key.map_or([0; HASH_BYTES], |key| crate::format::mac(key, &w.0));
+        w.raw(&mac);
+        let crc = crc32c(&w.0);
+        w.raw(&crc.to_le_bytes());
+        w.0
+    }
+
+    /// The fixed header and the devices (`file_count` files follow).
+    fn encode_head(&self, w: &mut Writer, file_count: usize) {
         w.raw(&CATALOG_MAGIC);
         w.raw(&FORMAT_VERSION.to_le_bytes());
         w.raw(&self.chunk_bytes.to_le_bytes());
         w.raw(self.set_id.as_bytes());
         w.raw(&self.created_unix_ns.to_le_bytes());
-        for count in [self.devices.len(), self.files.len(), self.segments.len()] {
+        for count in [self.devices.len(), file_count, self.segments.len()] {
             w.raw(&(count as u32).to_le_bytes());
         }
         debug_assert_eq!(w.0.len(), layout::TABLES);
@@ -61,40 +126,10 @@ impl Catalog {
             w.0.push(d.state.code());
             w.varint(d.data_end);
         }
-        for f in &self.files {
-            w.bytes(&f.path);
-            w.0.push(f.kind.code());
-            w.varint(f.mode.into());
-            w.varint(f.uid.into());
-            w.varint(f.gid.into());
-            w.varint(zigzag(f.mtime_sec));
-            w.varint(f.mtime_nsec.into());
-            w.varint(zigzag(f.ctime_sec));
-            w.varint(f.ctime_nsec.into());
-            w.varint(f.dev);
-            w.varint(f.ino);
-            w.varint(f.flags.into());
-            w.varint(f.xattrs.len() as u64);
-            for x in &f.xattrs {
-                w.bytes(&x.name);
-                w.bytes(&x.value);
-            }
-            // Fields that do not apply to the kind are zero (validate) and not stored.
-            match f.kind {
-                FileKind::Regular | FileKind::BlockDevice => {
-                    w.varint(f.size_bytes);
-                    w.raw(&f.digest);
-                    w.varint(f.origin.into());
-                    if f.origin != 0 {
-                        w.varint(f.origin_file_id.into());
-                    }
-                }
-                FileKind::Directory | FileKind::Fifo => {}
-                FileKind::CharDevice | FileKind::BlockNode => w.varint(f.rdev),
-                FileKind::Symlink => w.bytes(&f.link_target),
-                FileKind::HardLink => w.varint(f.hardlink_to.into()),
-            }
-        }
+    }
+
+    /// What follows the files: the segments and the chain (not the MAC).
+    fn encode_tail(&self, w: &mut Writer) {
         for s in &self.segments {
             w.varint(s.file_id.into());
             w.varint(s.offset);
@@ -116,10 +151,48 @@ impl Catalog {
             w.varint(r.file_id.into());
             w.bytes(&r.from);
         }
-        w.raw(&self.mac);
-        let crc = crc32c(&w.0);
-        w.raw(&crc.to_le_bytes());
-        w.0
+        if let Some(parity) = &self.parity {
+            super::parity::encode(w, parity);
+        }
+    }
+}
+
+impl Writer {
+    /// One entry of the files table.
+    fn file(&mut self, f: &CatalogFile) {
+        let w = self;
+        w.bytes(&f.path);
+        w.0.push(f.kind.code());
+        w.varint(f.mode.into());
+        w.varint(f.uid.into());
+        w.varint(f.gid.into());
+        w.varint(zigzag(f.mtime_sec));
+        w.varint(f.mtime_nsec.into());
+        w.varint(zigzag(f.ctime_sec));
+        w.varint(f.ctime_nsec.into());
+        w.varint(f.dev);
+        w.varint(f.ino);
+        w.varint(f.flags.into());
+        w.varint(f.xattrs.len() as u64);
+        for x in &f.xattrs {
+            w.bytes(&x.name);
+            w.bytes(&x.value);
+        }
+        // Fields that do not apply to the kind are zero (validate) and not stored.
+        match f.kind {
+            FileKind::Regular | FileKind::BlockDevice => {
+                w.varint(f.size_bytes);
+                w.raw(&f.digest);
+                w.varint(f.origin.into());
+                if f.origin != 0 {
+                    w.varint(f.origin_file_id.into());
+                }
+            }
+            FileKind::Directory | FileKind::Fifo => {}
+            FileKind::CharDevice | FileKind::BlockNode => w.varint(f.rdev),
+            FileKind::Symlink => w.bytes(&f.link_target),
+            FileKind::HardLink => w.varint(f.hardlink_to.into()),
+        }
     }
 }
 

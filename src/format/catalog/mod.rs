@@ -17,10 +17,15 @@
 
 mod decode;
 mod encode;
+mod parity;
 mod validate;
 
 #[cfg(test)]
+mod streamed_tests;
+#[cfg(test)]
 pub(crate) mod tests;
+
+pub use parity::{CatalogParity, CatalogStripe, StripeRecord};
 
 use super::{SetId, HASH_BYTES};
 
@@ -271,6 +276,10 @@ pub struct Catalog {
     pub removed: Vec<Vec<u8>>,
     /// Files found unchanged under another name than in the parent set.
     pub renamed: Vec<Renamed>,
+    /// `--parity M`: the stripes and where their records are (the parity
+    /// section, after the chain section). None: a set without parity (its
+    /// encoding has no parity section, as before issue 19).
+    pub parity: Option<CatalogParity>,
     /// Keyed BLAKE3 of the encoding's bytes before it with the set's MAC
     /// key (`Catalog::mac_for`, set by `Catalog::seal`); zero for a set
     /// written without a key. Not checked by `decode` (it has no key).

@@ -14,6 +14,19 @@ impl Catalog {
     /// The semantic rules a decoder enforces (docs/FORMAT.md, "Catalog
     /// rules"), in that order; `encode` panics on a catalog that breaks one.
     pub fn validate(&self) -> Result<(), FormatError> {
+        self.check_head(self.files.len())?;
+        let lookup = |i: usize| self.files.get(i).map(Summary::of);
+        // Each piece of earlier data is referenced once.
+        let mut referenced = HashSet::new();
+        for (index, file) in self.files.iter().enumerate() {
+            self.check_file(index, file, &lookup, &mut referenced)?;
+        }
+        self.check_rest(&lookup)
+    }
+
+    /// The rules before the files: chunk size, devices, table sizes (with
+    /// `file_count` files), the chain.
+    pub(super) fn check_head(&self, file_count: usize) -> Result<(), FormatError> {
         if !chunk_bytes_valid(self.chunk_bytes) {
             return Err(FormatError::Field {
                 field: "catalog.chunk_bytes",
@@ -26,7 +39,7 @@ impl Catalog {
         let max = u32::MAX as usize;
         if [
             self.devices.len(),
-            self.files.len(),
+            file_count,
             self.segments.len(),
             self.ancestors.len(),
             self.removed.len(),
@@ -39,27 +52,53 @@ impl Catalog {
                 "a table has more than u32::MAX entries",
             ));
         }
-        self.check_chain().map_err(FormatError::Catalog)?;
+        self.check_chain().map_err(FormatError::Catalog)
+    }
+
+    /// File `index` against the rules, `lookup` giving what the rules need
+    /// of any file by id, `referenced` the earlier data named before it.
+    pub(super) fn check_file(
+        &self,
+        index: usize,
+        file: &CatalogFile,
+        lookup: &dyn Fn(usize) -> Option<Summary>,
+        referenced: &mut HashSet<(u32, u32)>,
+    ) -> Result<(), FormatError> {
+        let entry = |why| FormatError::CatalogEntry {
+            table: "file",
+            index: index as u64,
+            why,
+        };
+        check_file(file, lookup, self.ancestors.len()).map_err(entry)?;
+        if file.origin != 0 && !referenced.insert((file.origin, file.origin_file_id)) {
+            return Err(entry(
+                "references the same data of an earlier set as another file",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The rules after the files': segments, removed and renamed entries.
+    pub(super) fn check_rest(
+        &self,
+        lookup: &dyn Fn(usize) -> Option<Summary>,
+    ) -> Result<(), FormatError> {
+        if let Some(parity) = &self.parity {
+            let size = |id: u32| {
+                lookup(id as usize)
+                    .filter(|f| f.kind.has_data() && f.origin == 0)
+                    .map(|f| f.size_bytes)
+            };
+            super::parity::validate(parity, self.devices.len(), size)
+                .map_err(FormatError::Catalog)?;
+        }
         let entry = |table, index: usize, why| FormatError::CatalogEntry {
             table,
             index: index as u64,
             why,
         };
-        // Each piece of earlier data is referenced once.
-        let mut referenced = HashSet::new();
-        for (index, file) in self.files.iter().enumerate() {
-            check_file(file, &self.files, self.ancestors.len())
-                .map_err(|why| entry("file", index, why))?;
-            if file.origin != 0 && !referenced.insert((file.origin, file.origin_file_id)) {
-                return Err(entry(
-                    "file",
-                    index,
-                    "references the same data of an earlier set as another file",
-                ));
-            }
-        }
         for (index, segment) in self.segments.iter().enumerate() {
-            check_segment(segment, &self.files, self.devices.len())
+            check_segment(segment, lookup, self.devices.len())
                 .map_err(|why| entry("segment", index, why))?;
         }
         for (index, path) in self.removed.iter().enumerate() {
@@ -69,7 +108,7 @@ impl Catalog {
         }
         let mut renamed = HashSet::new();
         for (index, r) in self.renamed.iter().enumerate() {
-            let why = match self.files.get(r.file_id as usize) {
+            let why = match lookup(r.file_id as usize) {
                 None => Some("file_id out of range"),
                 Some(f) if f.origin == 0 => {
                     Some("file_id names a file whose data is not in an earlier set")
@@ -103,9 +142,27 @@ impl Catalog {
     }
 }
 
+/// What the rules of one entry need to know of a file it names.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Summary {
+    pub(super) kind: FileKind,
+    pub(super) origin: u32,
+    pub(super) size_bytes: u64,
+}
+
+impl Summary {
+    pub(super) fn of(f: &CatalogFile) -> Summary {
+        Summary {
+            kind: f.kind,
+            origin: f.origin,
+            size_bytes: f.size_bytes,
+        }
+    }
+}
+
 fn check_file(
     f: &CatalogFile,
-    files: &[CatalogFile],
+    files: &dyn Fn(usize) -> Option<Summary>,
     ancestors: usize,
 ) -> Result<(), &'static str> {
     if f.path.is_empty() {
@@ -132,7 +189,7 @@ fn check_file(
         return Err("link_target is not empty for a non-symlink");
     }
     if f.kind == FileKind::HardLink {
-        match files.get(f.hardlink_to as usize) {
+        match files(f.hardlink_to as usize) {
             None => return Err("hardlink_to out of range"),
             Some(target) if !target.kind.can_be_hard_linked() => {
                 return Err(
@@ -168,10 +225,10 @@ fn check_file(
 
 fn check_segment(
     s: &CatalogSegment,
-    files: &[CatalogFile],
+    files: &dyn Fn(usize) -> Option<Summary>,
     device_count: usize,
 ) -> Result<(), &'static str> {
-    let Some(file) = files.get(s.file_id as usize) else {
+    let Some(file) = files(s.file_id as usize) else {
         return Err("file_id out of range");
     };
     if !file.kind.has_data() {

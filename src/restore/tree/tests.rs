@@ -17,6 +17,7 @@ fn make_catalog(files: Vec<CatalogFile>) -> Catalog {
         ancestors: Vec::new(),
         removed: Vec::new(),
         renamed: Vec::new(),
+        parity: None,
         mac: [0; 32],
     }
 }
@@ -480,7 +481,7 @@ fn walk_then_restore_reproduces_the_fixture() {
             continue;
         };
         let ranges = data.clone().unwrap_or(vec![(0, *size_bytes)]);
-        let from = fs::File::open(&e.source).unwrap();
+        let from = fs::File::open(e.source()).unwrap();
         let to = staged.open_for_write(i).unwrap();
         for (offset, len) in ranges {
             let mut buf = vec![0u8; len as usize];

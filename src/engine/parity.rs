@@ -1,0 +1,405 @@
+//! The parity phase of a backup with `--parity M` (issue 19,
+//! docs/DESIGN.md "Parity"): after the data phase, before the catalog.
+//!
+//! The data phase is unchanged: every device streams its data records.
+//! Then the records that are durable on the devices that completed are
+//! grouped into stripes (`plan::stripe::over_written`: one record per data
+//! member, the parity on the members with the least data), the parity of
+//! each stripe is computed on worker threads (the payloads read again from
+//! the source and checked against the CRC the data record was written
+//! with, or, when the source changed, read back from the device), and each
+//! device's parity records are written after its data by a writer thread
+//! of its own, in order, so each device streams its parity as it streamed
+//! its data. A failed device takes no part: the survivors' records are
+//! striped among the survivors, so a set whose device failed mid-run is
+//! still protected against `M` more losses.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::device::{Access, Device, Kind};
+use crate::format::parity::{ParityHeader, StripeData};
+use crate::format::{
+    crc32c, round_up_block, CatalogParity, CatalogStripe, StripeRecord, HEADER_BYTES,
+};
+use crate::io::buffers::BufferPool;
+use crate::media;
+use crate::parity::Codec;
+use crate::plan::stripe;
+
+use super::ring::{RecordDone, RingOutcome};
+use super::{BackupConfig, DeviceEnd, SetInput};
+
+/// Whether a device of this kind can hold parity: it must be readable at
+/// any record's offset (a restore reads the members of a stripe by offset).
+pub fn parity_capable(dev: &dyn Device) -> bool {
+    dev.access() == Access::Random && matches!(dev.kind(), Kind::File | Kind::Block | Kind::Nbd)
+}
+
+/// What the parity phase did.
+#[derive(Debug, Default)]
+pub struct ParityOutcome {
+    /// The catalog's parity section (None without `--parity`).
+    pub section: Option<CatalogParity>,
+    /// Per device: where its catalog goes (after its parity records) and
+    /// the sequence number of its next record.
+    pub after: Vec<(u64, u64)>,
+    /// Parity records and their payload bytes written, in all.
+    pub records: u64,
+    pub payload_bytes: u64,
+    /// Data records left without parity (a stripe whose parity could not
+    /// be written or computed), and why, for the report.
+    pub unprotected_records: u64,
+    pub warnings: Vec<String>,
+}
+
+/// One parity record to write: (stripe, parity index) with its bytes
+/// (header block and payload padded to a block).
+struct Encoded {
+    stripe: usize,
+    parity: usize,
+    bytes: Vec<u8>,
+}
+
+/// Run the parity phase (see the module doc). `reserve_bytes` of each
+/// device stay free for its catalog.
+pub(super) fn write_parity(
+    input: &SetInput,
+    devices: &[Box<dyn Device>],
+    outcomes: &[RingOutcome],
+    ends: &[DeviceEnd],
+    config: &BackupConfig,
+) -> ParityOutcome {
+    let mut out = ParityOutcome {
+        after: outcomes
+            .iter()
+            .map(|o| (o.data_end, o.stats.records))
+            .collect(),
+        ..ParityOutcome::default()
+    };
+    let m = config.parity;
+    if m == 0 {
+        return out;
+    }
+    let records: Vec<Option<u64>> = outcomes
+        .iter()
+        .zip(ends)
+        .map(|(o, e)| (*e == DeviceEnd::Complete).then_some(o.records.len() as u64))
+        .collect();
+    let layout = match stripe::over_written(&records, m) {
+        Ok(layout) => layout,
+        Err(e) => {
+            out.warnings.push(format!("no parity written: {e}"));
+            out.unprotected_records = outcomes.iter().map(|o| o.records.len() as u64).sum();
+            out.section = Some(CatalogParity {
+                m: m as u32,
+                stripes: Vec::new(),
+            });
+            return out;
+        }
+    };
+    // Each stripe's data records, in data order.
+    let mut next: Vec<usize> = vec![0; devices.len()];
+    // A data record's sequence is its place among its device's records.
+    let mut sequences: Vec<Vec<u64>> = Vec::with_capacity(layout.len());
+    let mut stripes: Vec<CatalogStripe> = Vec::with_capacity(layout.len());
+    for s in &layout {
+        let mut seq = Vec::with_capacity(s.data.len());
+        let mut data = Vec::with_capacity(s.data.len());
+        for &d in &s.data {
+            let d = d as usize;
+            let r: &RecordDone = &outcomes[d].records[next[d]];
+            seq.push(next[d] as u64);
+            next[d] += 1;
+            data.push(StripeRecord {
+                device: d as u32,
+                position: r.position,
+                file_id: r.file_id,
+                file_offset: r.file_offset,
+                payload_bytes: r.payload_bytes,
+                payload_crc: r.payload_crc,
+            });
+        }
+        sequences.push(seq);
+        stripes.push(CatalogStripe {
+            data,
+            parity: Vec::new(),
+        });
+    }
+    // Where each parity record goes: after the device's data, in stripe
+    // order, while the device keeps room for its catalog.
+    let mut placed: Vec<Vec<Option<(u64, u64)>>> = Vec::with_capacity(layout.len());
+    for (s, st) in layout.iter().zip(&stripes) {
+        let media_bytes = HEADER_BYTES as u64 + round_up_block(st.shard_bytes().into());
+        placed.push(
+            s.parity
+                .iter()
+                .map(|&d| {
+                    let d = d as usize;
+                    let (at, seq) = out.after[d];
+                    let room = devices[d]
+                        .capacity_bytes()
+                        .saturating_sub(config.reserve_bytes);
+                    (at + media_bytes <= room).then(|| {
+                        out.after[d] = (at + media_bytes, seq + 1);
+                        (at, seq)
+                    })
+                })
+                .collect(),
+        );
+    }
+    let written = encode_and_write(
+        input, devices, config, &layout, &stripes, &sequences, &placed,
+    );
+    for (si, (s, st)) in layout.iter().zip(stripes.iter_mut()).enumerate() {
+        // Parity record j is shard k + j: only a prefix is listed (a
+        // record after one that is not durable cannot be placed).
+        for (j, &d) in s.parity.iter().enumerate() {
+            let (Some((position, _)), Some(crc)) = (placed[si][j], written[si][j]) else {
+                break;
+            };
+            {
+                st.parity.push(StripeRecord {
+                    device: d,
+                    position,
+                    file_id: 0,
+                    file_offset: 0,
+                    payload_bytes: st.shard_bytes(),
+                    payload_crc: crc,
+                });
+                out.records += 1;
+                out.payload_bytes += u64::from(st.shard_bytes());
+            }
+        }
+        if st.parity.len() < m {
+            out.unprotected_records += st.data.len() as u64;
+        }
+    }
+    if out.unprotected_records > 0 {
+        out.warnings.push(format!(
+            "{} data records have fewer than {m} parity records (no room, or a write failed)",
+            out.unprotected_records
+        ));
+    }
+    out.section = Some(CatalogParity {
+        m: m as u32,
+        stripes,
+    });
+    out
+}
+
+/// Parity records written in flight per device (bounded memory).
+const QUEUE_PER_DEVICE: usize = 8;
+
+/// Encode every stripe's parity on worker threads and write each device's
+/// parity records on a thread of its own, in stripe order. Per stripe and
+/// parity index: the payload CRC of a record that is durable, else None.
+fn encode_and_write(
+    input: &SetInput,
+    devices: &[Box<dyn Device>],
+    config: &BackupConfig,
+    layout: &[stripe::WrittenStripe],
+    stripes: &[CatalogStripe],
+    sequences: &[Vec<u64>],
+    placed: &[Vec<Option<(u64, u64)>>],
+) -> Vec<Vec<Option<u32>>> {
+    let result: Mutex<Vec<Vec<Option<u32>>>> =
+        Mutex::new(layout.iter().map(|s| vec![None; s.parity.len()]).collect());
+    let next_stripe = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8);
+    // Writers take the records of their device in stripe order: a worker
+    // hands over its stripe's records when all earlier stripes' are.
+    let handed = Mutex::new(0usize);
+    let turn = std::sync::Condvar::new();
+    std::thread::scope(|scope| {
+        let mut senders = Vec::new();
+        for (d, dev) in devices.iter().enumerate() {
+            let (tx, rx) = crossbeam_channel::bounded::<Encoded>(QUEUE_PER_DEVICE);
+            senders.push(tx);
+            let (dev, result) = (dev.as_ref(), &result);
+            let pool_bytes = HEADER_BYTES + config.chunk_bytes as usize;
+            scope.spawn(move || {
+                let mut pool = BufferPool::new(1, pool_bytes);
+                let mut failed = false;
+                for e in rx {
+                    let Some((position, _)) = placed[e.stripe][e.parity] else {
+                        continue;
+                    };
+                    if failed {
+                        continue;
+                    }
+                    let buf = &mut pool.slot_mut(0)[..e.bytes.len()];
+                    buf.copy_from_slice(&e.bytes);
+                    if media::write_all_at(dev, buf, position).is_err() {
+                        failed = true;
+                        continue;
+                    }
+                    let crc = crc32c(
+                        &e.bytes[HEADER_BYTES..][..stripes[e.stripe].shard_bytes() as usize],
+                    );
+                    result.lock().expect("parity result")[e.stripe][e.parity] = Some(crc);
+                }
+                if !failed && dev.sync().is_err() {
+                    let mut r = result.lock().expect("parity result");
+                    for (s, row) in r.iter_mut().enumerate() {
+                        for (j, crc) in row.iter_mut().enumerate() {
+                            if layout[s].parity[j] as usize == d {
+                                *crc = None;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        let (handed, turn, next_stripe) = (&handed, &turn, &next_stripe);
+        for _ in 0..workers {
+            let senders = senders.clone();
+            scope.spawn(move || {
+                let mut codecs: Vec<Option<Codec>> = Vec::new();
+                loop {
+                    let s = next_stripe.fetch_add(1, Ordering::Relaxed);
+                    if s >= layout.len() {
+                        break;
+                    }
+                    let encoded = encode_stripe(
+                        input,
+                        devices,
+                        config,
+                        (&layout[s], &stripes[s], &sequences[s]),
+                        placed,
+                        s,
+                        &mut codecs,
+                    );
+                    let mut at = handed.lock().expect("parity turn");
+                    while *at != s {
+                        at = turn.wait(at).expect("parity turn");
+                    }
+                    for e in encoded {
+                        let d = layout[s].parity[e.parity] as usize;
+                        let _ = senders[d].send(e);
+                    }
+                    *at += 1;
+                    turn.notify_all();
+                }
+            });
+        }
+        // The writers end when every sender is dropped: the workers' own
+        // copies when they end, these here.
+        drop(senders);
+    });
+    result.into_inner().expect("parity result")
+}
+
+/// The parity records of stripe `s`, encoded (header and padded payload);
+/// none when a data payload cannot be read back with its CRC.
+#[allow(clippy::too_many_arguments)]
+fn encode_stripe(
+    input: &SetInput,
+    devices: &[Box<dyn Device>],
+    config: &BackupConfig,
+    (layout, stripe, sequences): (&stripe::WrittenStripe, &CatalogStripe, &[u64]),
+    placed: &[Vec<Option<(u64, u64)>>],
+    s: usize,
+    codecs: &mut Vec<Option<Codec>>,
+) -> Vec<Encoded> {
+    let k = stripe.data.len();
+    let m = layout.parity.len();
+    let shard = stripe.shard_bytes() as usize;
+    let mut data: Vec<Vec<u8>> = Vec::with_capacity(k);
+    for r in &stripe.data {
+        match payload(input, devices[r.device as usize].as_ref(), r) {
+            Some(mut bytes) => {
+                bytes.resize(shard, 0);
+                data.push(bytes);
+            }
+            None => return Vec::new(),
+        }
+    }
+    if codecs.len() <= k {
+        codecs.resize_with(k + 1, || None);
+    }
+    if codecs[k].is_none() {
+        codecs[k] = Codec::new(k, m).ok();
+    }
+    let Some(codec) = codecs[k].as_ref() else {
+        return Vec::new();
+    };
+    let record_bytes = HEADER_BYTES + round_up_block(shard as u64) as usize;
+    let mut out: Vec<Vec<u8>> = (0..m).map(|_| vec![0u8; record_bytes]).collect();
+    {
+        let refs: Vec<&[u8]> = data.iter().map(|d| &d[..]).collect();
+        let mut parity: Vec<&mut [u8]> = out
+            .iter_mut()
+            .map(|o| &mut o[HEADER_BYTES..HEADER_BYTES + shard])
+            .collect();
+        if codec.encode(&refs, &mut parity).is_err() {
+            return Vec::new();
+        }
+    }
+    let members: Vec<u32> = layout.data.iter().chain(&layout.parity).copied().collect();
+    let entries: Vec<StripeData> = stripe
+        .data
+        .iter()
+        .zip(sequences)
+        .map(|(r, &sequence)| StripeData {
+            sequence,
+            file_id: r.file_id,
+            file_offset: r.file_offset,
+            payload_bytes: r.payload_bytes,
+            payload_crc: r.payload_crc,
+        })
+        .collect();
+    out.into_iter()
+        .enumerate()
+        .filter_map(|(j, mut bytes)| {
+            let (_, sequence) = placed[s][j]?;
+            let header = ParityHeader {
+                set_id: config.set_id,
+                device_index: layout.parity[j],
+                device_count: devices.len() as u32,
+                sequence,
+                stripe_id: s as u64,
+                position: (k + j) as u8,
+                shard_bytes: shard as u32,
+                payload_crc: crc32c(&bytes[HEADER_BYTES..HEADER_BYTES + shard]),
+                members: members.clone(),
+                data: entries.clone(),
+            };
+            header.encode_into(&mut bytes[..HEADER_BYTES]);
+            Some(Encoded {
+                stripe: s,
+                parity: j,
+                bytes,
+            })
+        })
+        .collect()
+}
+
+/// The payload of a data record: read again from its source (checked
+/// against the CRC it was written with), else read back from the device.
+fn payload(input: &SetInput, dev: &dyn Device, r: &StripeRecord) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let len = r.payload_bytes as usize;
+    if let Some(entry) = input.entries.get(r.file_id as usize) {
+        if let Ok(file) = std::fs::File::open(entry.source()) {
+            let mut bytes = vec![0u8; len];
+            if file.read_exact_at(&mut bytes, r.file_offset).is_ok()
+                && crc32c(&bytes) == r.payload_crc
+            {
+                return Some(bytes);
+            }
+        }
+    }
+    let media_bytes = HEADER_BYTES + round_up_block(len as u64) as usize;
+    let mut pool = BufferPool::new(1, media_bytes);
+    let buf = pool.slot_mut(0);
+    match media::read_at(dev, buf, r.position) {
+        Ok(n) if n == media_bytes => {
+            let bytes = &buf[HEADER_BYTES..HEADER_BYTES + len];
+            (crc32c(bytes) == r.payload_crc).then(|| bytes.to_vec())
+        }
+        _ => None,
+    }
+}

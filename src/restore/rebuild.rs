@@ -1,0 +1,445 @@
+//! Rebuilding missing data records from parity (`backup --parity M`,
+//! issue 19; docs/DESIGN.md "Parity").
+//!
+//! Before any device is read (`plan`), each stripe of the set's catalog
+//! whose data records are on devices not given is checked: with at least
+//! `k` of its `k + M` records on given devices it can be rebuilt, and the
+//! ranges its missing records hold count as covered; the others stay
+//! missing (and name the file with those ranges). After the devices are
+//! read (`run`), the rebuildable stripes are read by offset from the given
+//! devices on a few worker threads: every record's header and CRC are
+//! checked against the catalog first (a damaged or altered record counts
+//! as missing), then the missing data is rebuilt, checked against the CRC
+//! the catalog holds for it, hashed for the file digest like any record
+//! read, and written to its file. A stripe with fewer than `k` good
+//! records rebuilds nothing: the file's digest then fails and it is named,
+//! never restored with wrong bytes.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::device::Device;
+use crate::format::parity::ParityHeader;
+use crate::format::{
+    crc32c, payload_hash, round_up_block, CatalogStripe, Label, RecordHeader, RecordKind,
+    StripeRecord, HEADER_BYTES,
+};
+use crate::io::buffers::BufferPool;
+use crate::media;
+use crate::parity::Codec;
+use crate::units::shown_name;
+
+use super::problem::Problem;
+use super::read::{Destination, DeviceRead, Reader};
+use super::select::NO_TARGET;
+use super::{OpenSet, RestoreError};
+
+/// Missing byte ranges of one file: (offset, length, device index).
+type Ranges = Vec<(u64, u64, u32)>;
+/// Per (device, file): its striped data records (start, end, rebuildable).
+type Striped = HashMap<(u32, u32), Vec<(u64, u64, bool)>>;
+
+/// What a restore rebuilt from parity (all zero for a set without it,
+/// or with every device given).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RebuildSummary {
+    /// Devices of the set not given (or not read): (index, path at backup).
+    pub missing_devices: Vec<(u32, Vec<u8>)>,
+    /// Data records and payload bytes rebuilt and proven by their CRC.
+    pub records: u64,
+    pub bytes: u64,
+    /// Members of stripes that did not check but were not needed (the
+    /// stripe was rebuilt from the others): device, offset, why.
+    pub damaged: Vec<String>,
+}
+
+/// The stripes of one set to rebuild: indexes into its catalog's
+/// stripes, each with the data positions whose device is absent.
+#[derive(Debug, Default)]
+pub(super) struct Plan {
+    jobs: Vec<(usize, Vec<usize>)>,
+    /// The absent devices of the set.
+    pub(super) absent: Vec<u32>,
+}
+
+/// Which stripes of `set` can be rebuilt from the devices `reading`, and
+/// the missing ranges that leaves (`coverage` made smaller in place: a
+/// range on an absent device whose records are all in rebuildable stripes
+/// is covered; of one with records in stripes that cannot be rebuilt,
+/// those records' ranges stay missing).
+pub(super) fn plan(set: &OpenSet, reading: &[u32], coverage: &mut [Option<Ranges>]) -> Plan {
+    let Some(parity) = &set.catalog.parity else {
+        return Plan::default();
+    };
+    let absent: Vec<u32> = (0..set.catalog.devices.len() as u32)
+        .filter(|d| !reading.contains(d))
+        .collect();
+    let mut out = Plan {
+        jobs: Vec::new(),
+        absent: absent.clone(),
+    };
+    if absent.is_empty() {
+        return out;
+    }
+    // Per (device, file): the device's striped data records, rebuildable or not.
+    let mut records: Striped = HashMap::new();
+    let mut striped = vec![false; set.catalog.devices.len()];
+    for (i, s) in parity.stripes.iter().enumerate() {
+        let given = s
+            .data
+            .iter()
+            .chain(&s.parity)
+            .filter(|r| reading.contains(&r.device))
+            .count();
+        let lost: Vec<usize> = (0..s.data.len())
+            .filter(|&j| !reading.contains(&s.data[j].device))
+            .collect();
+        let can = given >= s.data.len();
+        for r in &s.data {
+            striped[r.device as usize] = true;
+            records.entry((r.device, r.file_id)).or_default().push((
+                r.file_offset,
+                r.file_offset + u64::from(r.payload_bytes),
+                can,
+            ));
+        }
+        if !lost.is_empty() && can {
+            out.jobs.push((i, lost));
+        }
+    }
+    for list in records.values_mut() {
+        list.sort_unstable();
+    }
+    for (file, ranges) in coverage.iter_mut().enumerate() {
+        let Some(list) = ranges.take() else {
+            continue;
+        };
+        let mut left: Ranges = Vec::new();
+        for (start, length, device) in list {
+            let end = start + length;
+            let on = striped.get(device as usize).copied().unwrap_or(false);
+            if !on {
+                left.push((start, length, device));
+                continue;
+            }
+            // What the stripes cannot give back: their records' ranges.
+            let none = Vec::new();
+            let recs = records.get(&(device, file as u32)).unwrap_or(&none);
+            for &(s, e, can) in recs {
+                let (s, e) = (s.max(start), e.min(end));
+                if s < e && !can {
+                    match left.last_mut() {
+                        Some(last) if last.2 == device && last.0 + last.1 == s => last.1 += e - s,
+                        _ => left.push((s, e - s, device)),
+                    }
+                }
+            }
+        }
+        if !left.is_empty() {
+            *ranges = Some(left);
+        }
+    }
+    out
+}
+
+/// Rebuild the planned stripes of set `s` (see the module doc), on a few
+/// threads. `targets[file]`: the restored file a record of the set's file
+/// goes to, or `NO_TARGET`. Returns one reader result like a device's,
+/// and what was rebuilt.
+pub(super) fn run(
+    set: &OpenSet,
+    s: usize,
+    plan: &Plan,
+    targets: &[u32],
+    restored: &crate::format::Catalog,
+    destination: Destination<'_>,
+    summary: &mut RebuildSummary,
+) -> Option<(Reader, Result<DeviceRead, RestoreError>)> {
+    for &d in &plan.absent {
+        let path = set.catalog.devices[d as usize].path.clone();
+        if !summary
+            .missing_devices
+            .iter()
+            .any(|(i, p)| *i == d && *p == path)
+        {
+            summary.missing_devices.push((d, path));
+        }
+    }
+    let parity = set.catalog.parity.as_ref()?;
+    if plan.jobs.is_empty() {
+        return None;
+    }
+    let devices: HashMap<u32, (&dyn Device, &Label)> = set
+        .devices
+        .iter()
+        .map(|(d, l)| (l.device_index, (d.as_ref(), l)))
+        .collect();
+    let next = AtomicUsize::new(0);
+    let out = Mutex::new(DeviceRead {
+        records: Vec::new(),
+        records_read: 0,
+        payload_bytes: 0,
+        errors: Vec::new(),
+    });
+    let failed: Mutex<Option<RestoreError>> = Mutex::new(None);
+    let rebuilt = Mutex::new((0u64, 0u64, Vec::new()));
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 4);
+    let chunk = set.catalog.chunk_bytes as usize;
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let (next, out, failed, rebuilt, devices) = (&next, &out, &failed, &rebuilt, &devices);
+            scope.spawn(move || {
+                let mut pool = BufferPool::new(1, HEADER_BYTES + chunk);
+                let mut files: HashMap<u32, File> = HashMap::new();
+                let mut codecs: HashMap<(usize, usize), Codec> = HashMap::new();
+                loop {
+                    let j = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((stripe, lost)) = plan.jobs.get(j) else {
+                        break;
+                    };
+                    let st = &parity.stripes[*stripe];
+                    let mut local = Vec::new();
+                    let mut errors = Vec::new();
+                    let mut damaged = Vec::new();
+                    let m = parity.m as usize;
+                    let got = rebuild_stripe(
+                        (st, m),
+                        lost,
+                        devices,
+                        &mut pool,
+                        &mut codecs,
+                        (&mut errors, &mut damaged),
+                    );
+                    for (pos, payload) in got {
+                        local.push((st.data[pos], payload));
+                    }
+                    let mut done = (0u64, 0u64);
+                    for (r, payload) in &local {
+                        let target = targets
+                            .get(r.file_id as usize)
+                            .copied()
+                            .unwrap_or(NO_TARGET);
+                        if target == NO_TARGET {
+                            continue;
+                        }
+                        done.0 += 1;
+                        done.1 += payload.len() as u64;
+                        let record = (r.file_offset, r.payload_bytes, payload_hash(payload));
+                        if let Err(e) = write(
+                            destination,
+                            restored,
+                            target,
+                            &mut files,
+                            r.file_offset,
+                            payload,
+                        ) {
+                            *failed.lock().expect("rebuild") = Some(e);
+                            return;
+                        }
+                        out.lock().expect("rebuild").records.push((target, record));
+                    }
+                    {
+                        let mut o = out.lock().expect("rebuild");
+                        o.errors.extend(errors);
+                    }
+                    let mut r = rebuilt.lock().expect("rebuild");
+                    r.0 += done.0;
+                    r.1 += done.1;
+                    r.2.extend(damaged);
+                }
+            });
+        }
+    });
+    let (records, bytes, damaged) = rebuilt.into_inner().expect("rebuild");
+    summary.records += records;
+    summary.bytes += bytes;
+    summary.damaged.extend(damaged);
+    let reader: Reader = (s, u32::MAX, "parity rebuild".to_string());
+    if let Some(e) = failed.into_inner().expect("rebuild") {
+        return Some((reader, Err(e)));
+    }
+    Some((reader, Ok(out.into_inner().expect("rebuild"))))
+}
+
+/// Write a rebuilt payload to its restored file (or an image target).
+fn write(
+    destination: Destination<'_>,
+    restored: &crate::format::Catalog,
+    target: u32,
+    files: &mut HashMap<u32, File>,
+    offset: u64,
+    payload: &[u8],
+) -> Result<(), RestoreError> {
+    let path = || shown_name(&restored.files[target as usize].path);
+    let file = match files.entry(target) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            let opened = match destination {
+                Destination::Nowhere => return Ok(()),
+                Destination::Tree(staged) => staged.open_for_write(target as usize),
+                Destination::Device(f) => f.try_clone(),
+            };
+            v.insert(opened.map_err(|error| RestoreError::Open {
+                path: path(),
+                error,
+            })?)
+        }
+    };
+    file.write_all_at(payload, offset)
+        .map_err(|error| RestoreError::Write {
+            device: "parity rebuild".to_string(),
+            why: format!("write {} at offset {offset}: {error}", path()),
+        })
+}
+
+/// The stripe's lost data records rebuilt: (data position, payload),
+/// each proven by the CRC the catalog holds for it. Nothing when fewer
+/// than `k` of the stripe's records on the given devices check.
+fn rebuild_stripe(
+    (st, m): (&CatalogStripe, usize),
+    lost: &[usize],
+    devices: &HashMap<u32, (&dyn Device, &Label)>,
+    pool: &mut BufferPool,
+    codecs: &mut HashMap<(usize, usize), Codec>,
+    (errors, damaged): (&mut Vec<Problem>, &mut Vec<String>),
+) -> Vec<(usize, Vec<u8>)> {
+    // The code is the set's k + M even when fewer parity records were
+    // written (they are a prefix: parity record j is shard k + j).
+    let k = st.data.len();
+    let shard = st.shard_bytes() as usize;
+    let mut shards: Vec<Vec<u8>> = vec![vec![0u8; shard]; k + m];
+    let mut present = vec![false; k + m];
+    let mut good = 0;
+    let mut bad: Vec<Problem> = Vec::new();
+    for (i, r) in st.data.iter().chain(st.parity.iter().take(m)).enumerate() {
+        if good >= k {
+            break;
+        }
+        let Some(&(dev, label)) = devices.get(&r.device) else {
+            continue;
+        };
+        match read_member(dev, label, st, i, r, pool) {
+            Ok(bytes) => {
+                shards[i][..bytes.len()].copy_from_slice(bytes);
+                present[i] = true;
+                good += 1;
+            }
+            Err(why) => bad.push(Problem::Rebuild {
+                device: dev.path().display().to_string(),
+                offset: r.position,
+                why,
+            }),
+        }
+    }
+    if good < k {
+        errors.extend(bad);
+        return Vec::new();
+    }
+    damaged.extend(bad.iter().map(ToString::to_string));
+    let codec = match codecs.entry((k, m)) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => match Codec::new(k, m) {
+            Ok(c) => v.insert(c),
+            Err(_) => return Vec::new(),
+        },
+    };
+    {
+        let mut refs: Vec<&mut [u8]> = shards.iter_mut().map(|s| &mut s[..]).collect();
+        if codec.reconstruct_data(&mut refs, &present).is_err() {
+            return Vec::new();
+        }
+    }
+    lost.iter()
+        .filter_map(|&pos| {
+            let r = &st.data[pos];
+            let bytes = &shards[pos][..r.payload_bytes as usize];
+            // The rebuilt bytes must be the ones written.
+            (crc32c(bytes) == r.payload_crc).then(|| (pos, bytes.to_vec()))
+        })
+        .collect()
+}
+
+/// Read member `i` of a stripe (data `0..k`, parity after) and check it
+/// against the catalog: header, kind, set, device, what it holds, CRC.
+/// The payload (at most the shard length), or why it cannot be used.
+fn read_member<'p>(
+    dev: &dyn Device,
+    label: &Label,
+    st: &CatalogStripe,
+    i: usize,
+    r: &StripeRecord,
+    pool: &'p mut BufferPool,
+) -> Result<&'p [u8], String> {
+    let len = r.payload_bytes as usize;
+    let media_bytes = HEADER_BYTES + round_up_block(len as u64) as usize;
+    let buf = &mut pool.slot_mut(0)[..media_bytes];
+    match media::read_at(dev, buf, r.position) {
+        Ok(n) if n == media_bytes => {}
+        Ok(n) => return Err(format!("short read ({n} of {media_bytes} bytes)")),
+        Err(e) => return Err(e.to_string()),
+    }
+    let (head, rest) = buf.split_at(HEADER_BYTES);
+    let payload = &rest[..len];
+    if i < st.data.len() {
+        let h = RecordHeader::decode(head).map_err(|e| format!("data record header: {e}"))?;
+        if h.kind != RecordKind::Data
+            || h.set_id != label.set_id
+            || h.device_index != label.device_index
+            || h.file_id != r.file_id
+            || h.file_offset != r.file_offset
+            || h.payload_bytes != r.payload_bytes
+            || h.payload_crc != r.payload_crc
+        {
+            return Err("data record is not the one the catalog lists in its stripe".into());
+        }
+    } else {
+        let h = ParityHeader::decode(head).map_err(|e| format!("parity record header: {e}"))?;
+        let same_data = h.data.len() == st.data.len()
+            && h.data.iter().zip(&st.data).all(|(a, b)| {
+                a.file_id == b.file_id
+                    && a.file_offset == b.file_offset
+                    && a.payload_bytes == b.payload_bytes
+                    && a.payload_crc == b.payload_crc
+            });
+        if h.set_id != label.set_id
+            || h.device_index != label.device_index
+            || h.shard_bytes != r.payload_bytes
+            || h.payload_crc != r.payload_crc
+            || usize::from(h.position) != i
+            || !same_data
+        {
+            return Err("parity record is not the one the catalog lists in its stripe".into());
+        }
+    }
+    let crc = crc32c(payload);
+    if crc != r.payload_crc {
+        return Err(format!(
+            "payload checksum mismatch (stored {:#010x}, computed {crc:#010x}): not used to rebuild",
+            r.payload_crc
+        ));
+    }
+    Ok(payload)
+}
+
+/// `run` for every set read that has a plan.
+pub(super) fn run_all(
+    sets: &[&OpenSet],
+    selection: &super::select::Selection,
+    restored: &crate::format::Catalog,
+    destination: Destination<'_>,
+    summary: &mut RebuildSummary,
+) -> Vec<(Reader, Result<DeviceRead, RestoreError>)> {
+    let targets = super::select::targets(sets, selection);
+    sets.iter()
+        .enumerate()
+        .filter_map(|(s, set)| {
+            let plan = selection.rebuild.get(s)?;
+            run(set, s, plan, &targets[s], restored, destination, summary)
+        })
+        .collect()
+}
