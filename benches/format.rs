@@ -44,6 +44,7 @@ fn header() -> RecordHeader {
         payload_bytes: 1 << 20,
         file_size: 1 << 30,
         payload_crc: 0x1234_5678,
+        transform: pbio::format::Transform::RAW,
     }
 }
 

@@ -1,4 +1,5 @@
-//! Writes one valid label, record header (with file info), catalog and
+//! Writes one valid label, record header (with file info; and a
+//! compressed record with its stored bytes), catalog and
 //! NBD reply stream into fuzz/corpus/<target>/seed, so the fuzzers start from real
 //! structures, and restore_tree's unmutated set (its set is made by the
 //! target itself): `cargo run --example fuzz_seeds`.
@@ -47,6 +48,7 @@ fn main() -> std::io::Result<()> {
         payload_bytes: 4000,
         file_size: 3 << 20,
         payload_crc: 0xdead_beef,
+        transform: pbio::format::Transform::RAW,
     };
     let info = FileInfo {
         mode: 0o100644,
@@ -72,6 +74,29 @@ fn main() -> std::io::Result<()> {
     };
     header.encode_with_info(Some(&info), &mut block);
     write("record", &block)?;
+    // A compressed record (zstd), its stored bytes after the header: the
+    // record target decompresses them.
+    let text = b"seed text, compressible seed text, ".repeat(100);
+    let mut stored = Vec::new();
+    let setting = pbio::format::codec::Compression {
+        codec: pbio::format::Codec::Zstd,
+        level: 1,
+    };
+    let n = pbio::format::codec::compress(setting, &text, &mut stored).expect("it shrinks");
+    let compressed = RecordHeader {
+        payload_bytes: text.len() as u32,
+        payload_crc: pbio::format::crc32c(&stored[..n]),
+        transform: pbio::format::Transform {
+            codec: pbio::format::Codec::Zstd,
+            stored_bytes: n as u32,
+        },
+        ..header
+    };
+    let mut record = vec![0u8; 4096];
+    compressed.encode_with_info(Some(&info), &mut record);
+    record.extend_from_slice(&stored[..n]);
+    let dir = root.join("record");
+    std::fs::write(dir.join("seed-zstd"), &record)?;
     let file = |path: &[u8], kind, size_bytes| CatalogFile {
         path: path.to_vec(),
         kind,

@@ -92,6 +92,7 @@ fn build_image() -> Vec<u8> {
         since: None,
         json: false,
         select: Default::default(),
+        changer: None,
     });
     args.force = true;
     let code = pbio::cli::backup::run(args).expect("backup of the fuzz set");

@@ -47,6 +47,8 @@ pub fn run(args: ScanArgs) -> CliResult {
                     "sequence": h.sequence, "file_id": h.file_id, "segment_id": h.segment_id,
                     "file_offset": h.file_offset, "payload_bytes": h.payload_bytes,
                     "file_size": h.file_size, "payload_ok": f.payload_ok,
+                    "codec": format!("{:?}", h.transform.codec).to_lowercase(),
+                    "stored_bytes": h.stored_len(),
                 })
             );
         } else {

@@ -95,6 +95,7 @@ pub fn run(args: BackupArgs) -> CliResult {
         steal_work: None,
         mac_key,
         parity: 0,
+        compression: args.compress,
     };
     let payload = payload_per_device(&prepared.entries, &prepared.plan);
     let infos: Vec<DeviceInfo> = volumes

@@ -261,6 +261,7 @@ pub(super) fn ring_config(dev: &dyn Device, index: u32, config: &BackupConfig) -
         },
         reserve_bytes: config.reserve_bytes,
         write_retries: config.write_retries,
+        compression: config.compression,
     }
 }
 

@@ -77,6 +77,9 @@ pub struct BackupConfig {
     /// The set's MAC key (`--key`): labels and catalog carry keyed MACs
     /// (docs/FORMAT.md, "MAC"). None: the MACs are zero.
     pub mac_key: Option<MacKey>,
+    /// `--compress`: each record's payload compressed on worker threads
+    /// (stored raw where it does not shrink). None: raw.
+    pub compression: Option<crate::format::codec::Compression>,
     /// `--parity M`: parity records per stripe (0: none), written after
     /// the data (`engine::parity`).
     pub parity: usize,

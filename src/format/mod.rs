@@ -7,6 +7,7 @@
 
 pub mod block;
 pub mod catalog;
+pub mod codec;
 pub mod label;
 pub mod parity;
 pub mod record;
@@ -21,7 +22,7 @@ pub use catalog::{
     Xattr, XATTR_NAME_MAX, XATTR_VALUE_MAX,
 };
 pub use label::{Label, LabelState};
-pub use record::{FileInfo, RecordHeader, RecordKind};
+pub use record::{Codec, FileInfo, RecordHeader, RecordKind, Transform};
 pub use set_id::{SetId, SetIdParseError};
 
 /// Current format version, written into label, headers and catalog.

@@ -99,6 +99,7 @@ fn header() -> impl Strategy<Value = RecordHeader> {
                     payload_bytes,
                     file_size,
                     payload_crc: if payload_bytes == 0 { 0 } else { crc },
+                    transform: crate::format::Transform::RAW,
                 }
             },
         )

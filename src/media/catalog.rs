@@ -90,6 +90,7 @@ fn catalog_record_header(
             0
         },
         payload_crc: crate::format::crc32c(payload),
+        transform: crate::format::Transform::RAW,
     }
 }
 

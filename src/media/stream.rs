@@ -303,7 +303,7 @@ where
                 Ok(header) => {
                     let start = (position - pos) as usize;
                     let at = start + HEADER_BYTES;
-                    let end = at + header.payload_bytes as usize;
+                    let end = at + header.stored_len() as usize;
                     let padded = start + header.media_bytes() as usize;
                     each(Item::Record {
                         position,
@@ -551,7 +551,7 @@ where
             }
             Ok(header) => {
                 let at = pos + HEADER_BYTES;
-                let payload_end = at + header.payload_bytes as usize;
+                let payload_end = at + header.stored_len() as usize;
                 let padded = pos + header.media_bytes() as usize;
                 (
                     header.media_bytes() as usize,
@@ -703,7 +703,7 @@ where
             Block::Data(n) => match RecordHeader::decode(&buf[..n]) {
                 Ok(header) if header.media_bytes() as usize == n => {
                     let at = HEADER_BYTES;
-                    let payload_end = at + header.payload_bytes as usize;
+                    let payload_end = at + header.stored_len() as usize;
                     each(Item::Record {
                         position,
                         header,

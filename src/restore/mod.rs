@@ -17,6 +17,7 @@ mod read;
 mod rebuild;
 pub mod scan;
 mod select;
+mod transform;
 pub mod tree;
 pub mod writer;
 

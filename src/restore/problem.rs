@@ -72,6 +72,14 @@ pub enum RecordProblem {
         stored: u32,
         computed: u32,
     },
+    /// A compressed record whose stored bytes (good CRC) do not
+    /// decompress to exactly its payload: a forgery or a writer bug.
+    #[error("file {} at file offset {file_offset}: {why}: not written", shown_name(.path))]
+    Decompress {
+        path: Vec<u8>,
+        file_offset: u64,
+        why: crate::format::codec::DecompressError,
+    },
     #[error("record of file {} at file offset {file_offset} ({payload_bytes} bytes) lies beyond the end of the restore target ({target_bytes} bytes): not written", shown_name(.path))]
     BeyondTarget {
         path: Vec<u8>,

@@ -242,6 +242,8 @@ struct DeviceReader<'a> {
     /// The destination the previous record went to (restored file id,
     /// writer handle): records of one file are contiguous on media.
     open: Option<(u32, usize)>,
+    /// Compressed records' payloads.
+    inflate: super::transform::Inflate,
     out: DeviceRead,
 }
 
@@ -283,6 +285,7 @@ impl<'a> DeviceReader<'a> {
             target_bytes,
             writer,
             open: None,
+            inflate: Default::default(),
             out: DeviceRead {
                 records: Vec::new(),
                 records_read: 0,
@@ -337,14 +340,36 @@ impl<'a> DeviceReader<'a> {
         let Some(target) = self.check(position, header, payload) else {
             return Ok(());
         };
+        // A compressed record's payload, decompressed (bounded).
+        let mut inflate = std::mem::take(&mut self.inflate);
+        let plain = match inflate.payload(header, payload) {
+            Ok(plain) => plain,
+            Err(why) => {
+                let path = self.catalog.files[header.file_id as usize].path.clone();
+                let file_offset = header.file_offset;
+                let why = RecordProblem::Decompress {
+                    path,
+                    file_offset,
+                    why,
+                };
+                self.problem(position, why);
+                self.inflate = inflate;
+                return Ok(());
+            }
+        };
         // The file digest proves the bytes (a CRC32C can be forged).
-        let hash = crate::format::payload_hash(payload);
+        let hash = crate::format::payload_hash(plain);
         let record = (header.file_offset, header.payload_bytes, hash);
         self.out.records.push((target, record));
-        if self.writer.is_some() {
-            self.write(target, header, source)?;
-        }
-        Ok(())
+        let written = if self.writer.is_none() {
+            Ok(())
+        } else if header.transform.codec == crate::format::Codec::Raw {
+            self.write(target, header, source)
+        } else {
+            self.write(target, header, Payload::Mapped(plain))
+        };
+        self.inflate = inflate;
+        written
     }
 
     /// The restored file a record goes to, once it passed every check:
@@ -373,7 +398,7 @@ impl<'a> DeviceReader<'a> {
             return None;
         }
         self.out.records_read += 1;
-        self.out.payload_bytes += payload.len() as u64;
+        self.out.payload_bytes += u64::from(header.payload_bytes);
         let target = self.targets[header.file_id as usize];
         if target == NO_TARGET {
             return None;

@@ -237,6 +237,7 @@ fn scan_device(
     let name = dev.path().display().to_string();
     // The temporary file the previous record went to: (path, temp, file).
     let mut open: Option<(Vec<u8>, File)> = None;
+    let mut inflate = super::transform::Inflate::default();
     stream::stream::<RestoreError>(
         dev,
         crate::media::data_start(dev),
@@ -272,7 +273,14 @@ fn scan_device(
                 .is_some_and(|end| end <= header.file_size);
             let good = crate::format::crc32c(payload) == header.payload_crc
                 && crate::media::stream::all_zero(padding)
-                && in_range;
+                && in_range
+                && header.payload_bytes <= chunk_max;
+            // A compressed record's payload (bounded by its header).
+            let payload = match good.then(|| inflate.payload(&header, payload)) {
+                Some(Ok(plain)) => plain,
+                _ => payload,
+            };
+            let good = good && payload.len() == header.payload_bytes as usize;
             let temp = {
                 let mut seen = seen.lock().expect("no poisoned lock");
                 let s = seen.entry(info.path.clone()).or_insert_with(|| Seen {

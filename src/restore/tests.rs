@@ -59,6 +59,7 @@ fn records_are_checked_against_label_and_catalog() {
         payload_bytes: 1 << 20,
         file_size: 10 << 20,
         payload_crc: 1,
+        transform: crate::format::Transform::RAW,
     };
     assert_eq!(record_refusal(&good, &label, &c, &ranges), None);
     let refused = |h: RecordHeader, want: &str| {

@@ -354,6 +354,7 @@ pub fn catalog_header(
             catalog_bytes
         },
         payload_crc: crc32c(payload),
+        transform: pbio::format::Transform::RAW,
     }
 }
 

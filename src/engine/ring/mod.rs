@@ -53,6 +53,7 @@ use crate::io::{self, BufferPool, Lease, Sqe, Uring};
 mod outcome;
 mod read;
 mod schedule;
+mod transform;
 mod transport;
 mod write;
 
@@ -106,8 +107,11 @@ struct Source {
 enum Phase {
     Free,
     Reading,
-    /// Sequential devices: read and checksummed, waiting for its turn.
+    /// Sequential devices: read and checksummed, waiting for its turn;
+    /// with `--compress`, back from the workers and waiting for its place.
     Ready,
+    /// With the compression workers (`transform.rs`).
+    Transforming,
     Writing,
 }
 
@@ -135,6 +139,20 @@ struct Gen {
     /// `payload_hash` is set (false while the hasher has it).
     hashed: bool,
     done: bool,
+    /// How the payload is stored, once `transformed` (else raw).
+    transform: crate::format::Transform,
+    /// The workers hashed and compressed it (`transform.rs`).
+    transformed: bool,
+}
+
+impl Gen {
+    /// Payload bytes as stored on media.
+    fn stored_len(&self) -> u32 {
+        match self.transform.codec {
+            crate::format::Codec::Raw => self.payload_bytes,
+            _ => self.transform.stored_bytes,
+        }
+    }
 }
 
 /// A record's payload handed to the ring's hasher thread.
@@ -199,6 +217,8 @@ pub struct RingConfig {
     /// Resubmissions of a write that failed with a device error before
     /// the device is declared failed.
     pub write_retries: u32,
+    /// `--compress`: each record's payload compressed on worker threads.
+    pub compression: Option<crate::format::codec::Compression>,
 }
 
 pub struct Ring<'a> {
@@ -234,6 +254,8 @@ pub struct Ring<'a> {
     transport_sqes: Vec<Sqe>,
     /// Hashes payloads off the ring thread while `run` runs.
     hasher: Option<Hasher>,
+    /// Compress (and hash) payloads off the ring thread while `run` runs.
+    workers: Option<transform::Workers>,
 }
 
 impl<'a> Ring<'a> {
@@ -304,6 +326,7 @@ impl<'a> Ring<'a> {
             transport_done: Vec::new(),
             transport_sqes: Vec::new(),
             hasher: None,
+            workers: None,
         })
     }
 
@@ -373,6 +396,12 @@ impl<'a> Ring<'a> {
                         }
                     }
                 });
+            if let (Some(setting), None) = (self.config.compression, self.mapping) {
+                let threads = std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .min(self.slots.len());
+                self.workers = transform::spawn_workers(scope, setting, threads, index);
+            }
             // Without a thread (it could not be started) hashing is inline.
             if hasher.is_ok() {
                 self.hasher = Some(Hasher {
@@ -399,6 +428,9 @@ impl<'a> Ring<'a> {
             // hasher ends when its queue is dropped.
             self.await_all_hashes();
             self.hasher = None;
+            self.await_all_transforms();
+            self.workers = None;
+            self.settle_unplaced();
             stop
         });
         let device = self.device.path().to_path_buf();
@@ -578,7 +610,7 @@ impl<'a> Ring<'a> {
         for k in from..prefix {
             let (position, payload_bytes, crc) = {
                 let g = &self.gens[k];
-                (g.position, g.payload_bytes, g.payload_crc)
+                (g.position, g.stored_len(), g.payload_crc)
             };
             let media = HEADER_BYTES + round_up_block(payload_bytes as u64) as usize;
             let buffer = &mut self.slots[0].lease.bytes_mut()[..media];

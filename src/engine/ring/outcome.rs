@@ -53,6 +53,11 @@ pub struct RingStats {
     /// Payload bytes written as zeros because the file had shrunk since
     /// the walk (the file is reported as changed).
     pub zero_filled_bytes: u64,
+    /// `--compress`: CPU time the workers spent on this device's records
+    /// (hash, compression, CRC), and the time the ring had nothing to do
+    /// but wait for them (the device waiting for the CPU).
+    pub transform_cpu: Duration,
+    pub transform_wait: Duration,
     pub elapsed: Duration,
 }
 

@@ -75,11 +75,18 @@ impl<'a> Ring<'a> {
                     taken: c.taken,
                     file_offset: offset,
                     payload_bytes,
-                    position: self.position,
+                    // With compression its place is known once compressed.
+                    position: if self.transforming() {
+                        transform::UNPLACED
+                    } else {
+                        self.position
+                    },
                     payload_crc: 0,
                     payload_hash: [0; 32],
                     hashed: false,
                     done: false,
+                    transform: crate::format::Transform::RAW,
+                    transformed: false,
                 });
                 let slot = self
                     .slots
@@ -94,7 +101,9 @@ impl<'a> Ring<'a> {
                 s.written_bytes = 0;
                 s.retries = 0;
                 s.file_size = c.file_size;
-                self.position += media;
+                if !self.transforming() {
+                    self.position += media;
+                }
                 return Ok(Record::Slot(slot));
             }
             self.taken[c.taken as usize].complete = true;
@@ -302,6 +311,10 @@ impl<'a> Ring<'a> {
     /// The record's payload is complete: write it (or make it durable in
     /// place). Returns true when the slot is free again.
     pub(super) fn after_read(&mut self, slot: usize) -> Result<bool, Stop> {
+        if self.transforming() {
+            self.send_transform(slot);
+            return Ok(false);
+        }
         let s = &self.slots[slot];
         if self.sequential {
             // Records are numbered in media order, which on a sequential

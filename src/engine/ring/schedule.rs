@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// How long a ring with records at the compression workers waits for
+/// I/O before it looks at them again.
+const TRANSFORM_POLL: Duration = Duration::from_micros(200);
+
 /// Where a ring's records come from: the set's input, the shared work,
 /// the item being read and whether the work for this device has ended.
 pub(super) struct Feed<'f> {
@@ -57,49 +61,80 @@ impl<'a> Ring<'a> {
                 return Ok(());
             }
             self.pump_transport()?;
+            if self.transforming() {
+                // Nothing of ours in flight (the ring's or the
+                // transport's): only the workers can move on, wait for them.
+                let idle = self.ring.in_flight() == 0 && !self.transport_waiting();
+                self.collect_transforms(idle)?;
+                if self.workers.as_ref().is_some_and(|w| w.pending > 0) && !idle {
+                    // Both may move: look at the workers again soon.
+                    self.ring
+                        .submit_and_wait_timeout(1, TRANSFORM_POLL)
+                        .map_err(|e| Stop::Failed {
+                            error: Fault::Enter(e),
+                        })?;
+                    completions.clear();
+                    self.ring.reap(&mut completions);
+                } else if self.ring.in_flight() == 0 {
+                    continue;
+                } else {
+                    self.ring.turn(&mut completions).map_err(|e| Stop::Failed {
+                        error: Fault::Enter(e),
+                    })?;
+                }
+                self.act(&completions, &mut inflight)?;
+                continue;
+            }
             // 2. Submit and wait for at least one completion; 3. copy
             // completions out before acting on them.
             self.ring.turn(&mut completions).map_err(|e| Stop::Failed {
                 error: Fault::Enter(e),
             })?;
             // 4. Act.
-            for &(user_data, result) in &completions {
-                if user_data & io::USER_DATA_TRANSPORT != 0 {
-                    let mut done = std::mem::take(&mut self.transport_done);
-                    let acted = self.on_transport_cqe(user_data, result, &mut done);
-                    let mut outcome = acted;
-                    for &(slot, result) in &done {
-                        if outcome.is_ok() {
-                            match self.on_write(slot as usize, result) {
-                                Ok(true) => inflight -= 1,
-                                Ok(false) => {}
-                                Err(stop) => outcome = Err(stop),
-                            }
+            self.act(&completions, &mut inflight)?;
+        }
+    }
+
+    /// Step 4 of the random-access loop: act on the completions copied
+    /// out; `inflight` counts the slots in use.
+    fn act(&mut self, completions: &[(u64, i32)], inflight: &mut usize) -> Result<(), Stop> {
+        for &(user_data, result) in completions {
+            if user_data & io::USER_DATA_TRANSPORT != 0 {
+                let mut done = std::mem::take(&mut self.transport_done);
+                let acted = self.on_transport_cqe(user_data, result, &mut done);
+                let mut outcome = acted;
+                for &(slot, result) in &done {
+                    if outcome.is_ok() {
+                        match self.on_write(slot as usize, result) {
+                            Ok(true) => *inflight -= 1,
+                            Ok(false) => {}
+                            Err(stop) => outcome = Err(stop),
                         }
                     }
-                    done.clear();
-                    self.transport_done = done;
-                    outcome?;
-                    continue;
                 }
-                let slot = user_data as usize;
-                match self.slots[slot].phase {
-                    Phase::Reading => {
-                        if self.on_read(slot, result)? {
-                            inflight -= 1;
-                        }
+                done.clear();
+                self.transport_done = done;
+                outcome?;
+                continue;
+            }
+            let slot = user_data as usize;
+            match self.slots[slot].phase {
+                Phase::Reading => {
+                    if self.on_read(slot, result)? {
+                        *inflight -= 1;
                     }
-                    Phase::Writing => {
-                        if self.on_write(slot, result)? {
-                            inflight -= 1;
-                        }
+                }
+                Phase::Writing => {
+                    if self.on_write(slot, result)? {
+                        *inflight -= 1;
                     }
-                    Phase::Free | Phase::Ready => {
-                        unreachable!("completion for a slot with nothing in flight {slot}")
-                    }
+                }
+                Phase::Free | Phase::Ready | Phase::Transforming => {
+                    unreachable!("completion for a slot with nothing in flight {slot}")
                 }
             }
         }
+        Ok(())
     }
 
     /// The loop of a sequential device: reads ahead into every free slot,
@@ -130,6 +165,7 @@ impl<'a> Ring<'a> {
                     Record::Exhausted => {}
                 }
             }
+            self.collect_transforms(false)?;
             self.pump()?;
             let more_to_write = !feed.exhausted || self.next_write < self.gens.len();
             if !more_to_write {
@@ -148,9 +184,16 @@ impl<'a> Ring<'a> {
                 self.idle_since = Some(Instant::now());
             }
             // 2. Submit, and wait for a completion or the held write's time.
-            let wait = self
+            let mut wait = self
                 .held
                 .map(|(_, _, at)| at.saturating_duration_since(Instant::now()));
+            if self.workers.as_ref().is_some_and(|w| w.pending > 0) {
+                if self.ring.in_flight() == 0 && wait.is_none() {
+                    self.collect_transforms(true)?;
+                    continue;
+                }
+                wait = Some(wait.map_or(TRANSFORM_POLL, |w| w.min(TRANSFORM_POLL)));
+            }
             if self.ring.in_flight() == 0 {
                 match wait {
                     Some(wait) => std::thread::sleep(wait),
@@ -178,7 +221,7 @@ impl<'a> Ring<'a> {
                         self.on_read(slot, result)?;
                     }
                     Phase::Writing => self.on_block_write(slot, result)?,
-                    Phase::Free | Phase::Ready => {
+                    Phase::Free | Phase::Ready | Phase::Transforming => {
                         unreachable!("completion for a slot with nothing in flight {slot}")
                     }
                 }
@@ -201,6 +244,9 @@ impl<'a> Ring<'a> {
             if let Some(since) = self.idle_since.take() {
                 self.stats.underruns += 1;
                 self.stats.underrun_time += since.elapsed();
+            }
+            if self.transforming() {
+                self.place(gen)?;
             }
             let total = self.record_media_bytes(slot);
             self.slots[slot].phase = Phase::Writing;

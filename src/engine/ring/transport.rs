@@ -52,6 +52,6 @@ impl<'a> Ring<'a> {
 
     pub(super) fn record_media_bytes(&self, slot: usize) -> u32 {
         let g = &self.gens[self.slots[slot].gen];
-        HEADER_BYTES as u32 + round_up_block(g.payload_bytes as u64) as u32
+        HEADER_BYTES as u32 + round_up_block(g.stored_len() as u64) as u32
     }
 }

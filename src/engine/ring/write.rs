@@ -55,8 +55,12 @@ impl<'a> Ring<'a> {
             payload_bytes: g.payload_bytes,
             file_size: s.file_size,
             payload_crc: 0,
+            transform: crate::format::Transform::RAW,
         };
         let gen = s.gen;
+        if g.transformed {
+            return self.fill_transformed(slot, header);
+        }
         let media = HEADER_BYTES + padded;
         let buffer: &mut [u8] = match self.mapping {
             // SAFETY: the record's range [position, position + media) lies
@@ -140,7 +144,7 @@ impl<'a> Ring<'a> {
         g.done = true;
         let payload = g.payload_bytes as u64;
         self.stats.payload_bytes += payload;
-        self.stats.media_bytes += HEADER_BYTES as u64 + round_up_block(payload);
+        self.stats.media_bytes += HEADER_BYTES as u64 + round_up_block(g.stored_len() as u64);
         self.stats.records += 1;
         self.progress.fetch_add(payload, Ordering::Relaxed);
     }

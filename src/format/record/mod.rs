@@ -48,7 +48,61 @@ pub struct RecordHeader {
     pub payload_bytes: u32,
     /// Total size of the file (Data) or of the encoded catalog (Catalog).
     pub file_size: u64,
+    /// CRC32C of the payload as stored (compressed, when it is).
     pub payload_crc: u32,
+    /// How the payload is stored: raw, or compressed (Data only).
+    pub transform: Transform,
+}
+
+/// How a record's payload is stored on media (docs/FORMAT.md §5, `codec`
+/// and `stored_bytes`): `payload_bytes` is always the payload's own
+/// length; a compressed payload takes `stored_bytes` on media, fewer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Transform {
+    pub codec: Codec,
+    /// Bytes on media when compressed (`1 ..= payload_bytes - 1`); 0 raw.
+    pub stored_bytes: u32,
+}
+
+impl Transform {
+    /// The payload as it is, `payload_bytes` on media.
+    pub const RAW: Transform = Transform {
+        codec: Codec::Raw,
+        stored_bytes: 0,
+    };
+}
+
+/// The compression of one record's payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Codec {
+    /// Stored as it is (also a record that did not shrink).
+    #[default]
+    Raw,
+    /// One or more Zstandard frames (RFC 8878).
+    Zstd,
+    /// One LZ4 block (no frame, no size prefix: `payload_bytes` says it).
+    Lz4,
+}
+
+impl Codec {
+    /// The value stored on media.
+    pub const fn code(self) -> u32 {
+        match self {
+            Codec::Raw => 0,
+            Codec::Zstd => 1,
+            Codec::Lz4 => 2,
+        }
+    }
+
+    /// The codec stored on media as `code`, if known.
+    pub const fn from_code(code: u32) -> Option<Codec> {
+        match code {
+            0 => Some(Codec::Raw),
+            1 => Some(Codec::Zstd),
+            2 => Some(Codec::Lz4),
+            _ => None,
+        }
+    }
 }
 
 /// What a data record says about its file, so that a device can be read
@@ -229,7 +283,11 @@ pub mod layout {
     pub const INFO_FLAG_XATTRS_CUT: u16 = 4;
     pub const INFO_FLAGS_KNOWN: u16 = 7;
     /// Longest path the area holds; longer paths are truncated and flagged.
-    pub const PATH_BYTES_MAX: usize = CRC - INFO - INFO_PATH;
+    pub const PATH_BYTES_MAX: usize = CODEC - INFO - INFO_PATH;
+    /// u32: how the payload is stored, `Codec::code` (0 raw, 1 zstd, 2 lz4).
+    pub const CODEC: usize = 4084;
+    /// u32: bytes of the payload on media when compressed, else 0.
+    pub const STORED_BYTES: usize = 4088;
     pub const CRC: usize = block::CRC; // u32, CRC32C of [0, CRC)
 
     // Fields are contiguous, in this order, and end before the CRC.
@@ -245,7 +303,8 @@ pub mod layout {
     const _: () = assert!(PAYLOAD_CRC == FILE_SIZE + 8);
     const _: () = assert!(INFO_BYTES == PAYLOAD_CRC + 4);
     const _: () = assert!(INFO == INFO_BYTES + 4);
-    const _: () = assert!(RESERVED <= CRC);
+    const _: () = assert!(RESERVED <= CODEC);
+    const _: () = assert!(STORED_BYTES == CODEC + 4 && CRC == STORED_BYTES + 4);
     // Every u64 field is naturally aligned.
     const _: () = assert!(
         SEQUENCE.is_multiple_of(8) && FILE_OFFSET.is_multiple_of(8) && FILE_SIZE.is_multiple_of(8)
@@ -298,6 +357,8 @@ impl RecordHeader {
         put_u64::<{ layout::FILE_OFFSET }>(b, self.file_offset);
         put_u64::<{ layout::FILE_SIZE }>(b, self.file_size);
         put_u32::<{ layout::PAYLOAD_CRC }>(b, self.payload_crc);
+        put_u32::<{ layout::CODEC }>(b, self.transform.codec.code());
+        put_u32::<{ layout::STORED_BYTES }>(b, self.transform.stored_bytes);
         block::seal(b);
     }
 
@@ -320,7 +381,7 @@ impl RecordHeader {
                 }
             };
             if get_u32::<{ layout::KIND }>(b) != RecordKind::Data.code()
-                || info_bytes > layout::CRC - layout::INFO
+                || info_bytes > layout::CODEC - layout::INFO
                 || path_bytes > layout::PATH_BYTES_MAX
                 || info_bytes < layout::INFO_PATH + path_bytes
                 || path_bytes == 0
@@ -334,7 +395,7 @@ impl RecordHeader {
             }
         }
         block::check_zero(
-            &b[..layout::CRC],
+            &b[..layout::CODEC],
             layout::INFO + info_bytes,
             "record header",
         )?;
@@ -342,6 +403,11 @@ impl RecordHeader {
         let kind = RecordKind::from_code(kind_code).ok_or(FormatError::Field {
             field: "record.kind",
             value: kind_code.into(),
+        })?;
+        let codec_code = get_u32::<{ layout::CODEC }>(b);
+        let codec = Codec::from_code(codec_code).ok_or(FormatError::Field {
+            field: "record.codec",
+            value: codec_code.into(),
         })?;
         let header = RecordHeader {
             kind,
@@ -354,6 +420,10 @@ impl RecordHeader {
             payload_bytes: get_u32::<{ layout::PAYLOAD_BYTES }>(b),
             file_size: get_u64::<{ layout::FILE_SIZE }>(b),
             payload_crc: get_u32::<{ layout::PAYLOAD_CRC }>(b),
+            transform: Transform {
+                codec,
+                stored_bytes: get_u32::<{ layout::STORED_BYTES }>(b),
+            },
         };
         header.validate()?;
         Ok(header)
@@ -397,6 +467,19 @@ impl RecordHeader {
                 }
             }
         }
+        // A compressed payload is a Data record's, and strictly shorter.
+        let stored = self.transform.stored_bytes;
+        match self.transform.codec {
+            Codec::Raw if stored != 0 => return bad("record.stored_bytes", stored.into()),
+            Codec::Raw => {}
+            _ if self.kind != RecordKind::Data => {
+                return bad("record.codec", self.transform.codec.code().into())
+            }
+            _ if stored == 0 || stored >= self.payload_bytes => {
+                return bad("record.stored_bytes", stored.into())
+            }
+            _ => {}
+        }
         // CRC32C of no bytes is 0.
         if self.payload_bytes == 0 && self.payload_crc != 0 {
             return bad("record.payload_crc", self.payload_crc.into());
@@ -411,7 +494,7 @@ impl RecordHeader {
     pub fn decode_info(buf: &[u8]) -> Option<FileInfo> {
         let b: &Block = buf.first_chunk()?;
         let area = get_u32::<{ layout::INFO_BYTES }>(b) as usize;
-        if area < layout::INFO_PATH || layout::INFO + area > layout::CRC {
+        if area < layout::INFO_PATH || layout::INFO + area > layout::CODEC {
             return None;
         }
         let a = &b[layout::INFO..layout::INFO + area];
@@ -441,9 +524,19 @@ impl RecordHeader {
         })
     }
 
-    /// Bytes this record occupies on media: header + payload rounded up to a block.
+    /// Bytes of the payload as stored on media (before its padding):
+    /// `payload_bytes`, or `stored_bytes` when compressed.
+    pub fn stored_len(&self) -> u32 {
+        match self.transform.codec {
+            Codec::Raw => self.payload_bytes,
+            _ => self.transform.stored_bytes,
+        }
+    }
+
+    /// Bytes this record occupies on media: header + stored payload
+    /// rounded up to a block.
     pub fn media_bytes(&self) -> u64 {
-        super::HEADER_BYTES as u64 + super::round_up_block(self.payload_bytes as u64)
+        super::HEADER_BYTES as u64 + super::round_up_block(self.stored_len() as u64)
     }
 }
 

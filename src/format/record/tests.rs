@@ -13,6 +13,7 @@ fn data() -> RecordHeader {
         payload_bytes: 1 << 20,
         file_size: 10 << 20,
         payload_crc: 0xDEAD_BEEF,
+        transform: crate::format::Transform::RAW,
     }
 }
 
@@ -188,7 +189,7 @@ fn frame_errors() {
     block::seal(b);
     assert_eq!(RecordHeader::decode(&buf), Err(FormatError::Version(0)));
 
-    for offset in [layout::RESERVED, 2048, layout::CRC - 1] {
+    for offset in [layout::RESERVED, 2048, layout::CODEC - 1] {
         let mut buf = good.clone();
         buf[offset] = 0x80;
         block::seal(buf.first_chunk_mut().unwrap());
@@ -503,4 +504,83 @@ fn file_info_xattrs_round_trip_cut_and_rules() {
             "edit {i}"
         );
     }
+}
+
+fn compressed(codec: Codec, stored_bytes: u32) -> RecordHeader {
+    RecordHeader {
+        transform: Transform {
+            codec,
+            stored_bytes,
+        },
+        ..data()
+    }
+}
+
+#[test]
+fn compressed_records_round_trip_and_take_their_stored_length() {
+    for codec in [Codec::Zstd, Codec::Lz4] {
+        let h = compressed(codec, 5000);
+        let buf = encode(&h);
+        assert_eq!(buf[4084..4088], codec.code().to_le_bytes());
+        assert_eq!(buf[4088..4092], 5000u32.to_le_bytes());
+        assert_eq!(RecordHeader::decode(&buf), Ok(h));
+        assert_eq!(h.stored_len(), 5000);
+        assert_eq!(h.media_bytes(), 4096 + 8192);
+    }
+    // Raw: the two fields are zero and the payload is stored whole.
+    let buf = encode(&data());
+    assert_eq!(buf[4084..4092], [0; 8]);
+    assert_eq!(data().stored_len(), 1 << 20);
+}
+
+/// The codec fields set on an encoded block, the CRC fixed.
+fn with_codec(h: &RecordHeader, code: u32, stored: u32) -> Vec<u8> {
+    let mut buf = encode(h);
+    let b: &mut Block = buf.first_chunk_mut().unwrap();
+    put_u32::<{ layout::CODEC }>(b, code);
+    put_u32::<{ layout::STORED_BYTES }>(b, stored);
+    block::seal(b);
+    buf
+}
+
+#[test]
+fn codec_rules_reject_hostile_values() {
+    let field = |f: &'static str, value: u64| Err(FormatError::Field { field: f, value });
+    // Unknown codec.
+    assert_eq!(
+        RecordHeader::decode(&with_codec(&data(), 3, 10)),
+        field("record.codec", 3)
+    );
+    // Raw with a stored length.
+    assert_eq!(
+        RecordHeader::decode(&with_codec(&data(), 0, 10)),
+        field("record.stored_bytes", 10)
+    );
+    // Compressed with no stored bytes, or not shorter than the payload
+    // (it would be stored raw; a longer one could run past the record).
+    assert_eq!(
+        RecordHeader::decode(&with_codec(&data(), 1, 0)),
+        field("record.stored_bytes", 0)
+    );
+    for stored in [1 << 20, (1 << 20) + 1, u32::MAX] {
+        assert_eq!(
+            RecordHeader::decode(&with_codec(&data(), 2, stored)),
+            field("record.stored_bytes", stored.into())
+        );
+    }
+    // Only data records are compressed.
+    assert_eq!(
+        RecordHeader::decode(&with_codec(&catalog(), 1, 10)),
+        field("record.codec", 1)
+    );
+    assert_eq!(
+        RecordHeader::decode(&with_codec(&end(), 2, 0)),
+        field("record.codec", 2)
+    );
+    // The info area may not reach the codec fields.
+    let mut buf = encode(&data());
+    let b: &mut Block = buf.first_chunk_mut().unwrap();
+    put_u32::<{ layout::INFO_BYTES }>(b, (layout::CODEC - layout::INFO + 4) as u32);
+    block::seal(b);
+    assert!(RecordHeader::decode(&buf).is_err());
 }
