@@ -108,8 +108,8 @@ json_count() {
     grep -o "\"$1\":$2[,}]" "$3" | wc -l | tr -d ' '
 }
 
-# summary_of LOG: the summary event of `backup --json` (keys are in
-# alphabetical order: "devices" first).
+# summary_of LOG: the summary event of `backup --json` (keys in
+# alphabetical order; "changed" and "complete" come before "devices").
 summary_of() {
     grep '"event":"summary"' "$1" | tail -n1
 }
@@ -117,12 +117,20 @@ summary_of() {
 # summary_top FILE: the summary without its devices array, so that
 # json_field finds the set's own fields.
 summary_top() {
-    sed 's/^{"devices":\[.*\],"event"/{"event"/' "$1"
+    # Wherever the array stands among the keys (its objects are flat: it
+    # ends at the first "}]" after its start).
+    awk '{ s = $0; i = index(s, "\"devices\":[{"); if (i == 0) { print s; next }
+           t = substr(s, i); j = index(t, "}]"); if (j == 0) { print s; next }
+           print substr(s, 1, i - 1) substr(t, j + 2) }' "$1"
 }
 
 # summary_devices FILE: one line per device object of a summary, in --dev order.
 summary_devices() {
-    awk '{ s = $0; sub(/^\{"devices":\[\{/, "", s); sub(/\}\],"event".*/, "", s)
+    # The summary's keys come in any order, and other keys (parity's) hold
+    # "payload_bytes" too: take the "devices" array alone. Its objects are
+    # flat, so the array ends at the first "}]" after its start.
+    awk '{ s = $0; i = index(s, "\"devices\":[{"); if (i == 0) next
+           s = substr(s, i + 12); j = index(s, "}]"); if (j > 0) s = substr(s, 1, j - 1)
            n = split(s, a, /\},\{/); for (i = 1; i <= n; i++) print a[i] }' "$1"
 }
 
