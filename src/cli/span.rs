@@ -54,7 +54,7 @@ pub fn run(args: BackupArgs) -> CliResult {
     let mut set = args.set.clone();
     set.changer = None;
     set.devs = scratch.iter().map(|s| s.spec.clone()).collect();
-    let mut prepared = prepare(&set)?;
+    let mut prepared = prepare(&set).map_err(|e| too_large(e, &scratch))?;
     let needed = volumes_needed(&args, &prepared, &scratch)?;
     if needed < scratch.len() {
         prepared.devices.truncate(needed);
@@ -68,13 +68,16 @@ pub fn run(args: BackupArgs) -> CliResult {
         prepared.plan = plan;
         prepared.reserve_bytes = reserve;
     }
-    let volumes: Vec<Volume> = scratch
+    // A spare per drive where the library has them: taken only when a
+    // volume reaches the end of its medium before its planned work.
+    let capacity_bytes = prepared.devices[0].1;
+    let spares = (scratch.len() - needed).min(drives.len());
+    let volumes: Vec<Volume> = scratch[..needed + spares]
         .iter()
-        .zip(&prepared.devices)
-        .map(|(s, (_, capacity, _))| Volume {
+        .map(|s| Volume {
             slot: s.slot,
             barcode: s.barcode.clone(),
-            capacity_bytes: *capacity,
+            capacity_bytes,
         })
         .collect();
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
@@ -95,7 +98,8 @@ pub fn run(args: BackupArgs) -> CliResult {
         steal_work: None,
         mac_key,
     };
-    let payload = payload_per_device(&prepared.entries, &prepared.plan);
+    let mut payload = payload_per_device(&prepared.entries, &prepared.plan);
+    payload.resize(volumes.len(), 0);
     let infos: Vec<DeviceInfo> = volumes
         .iter()
         .zip(payload)
@@ -123,6 +127,7 @@ pub fn run(args: BackupArgs) -> CliResult {
         changer: &changer,
         drives,
         volumes,
+        planned: needed,
     };
     let progress: Vec<AtomicU64> = library.volumes.iter().map(|_| AtomicU64::new(0)).collect();
     let result = std::thread::scope(|scope| {
@@ -154,7 +159,13 @@ pub fn run(args: BackupArgs) -> CliResult {
         }
         Ok((report, spanned)) => {
             let outcome = outcome(&report);
-            let used: Vec<&str> = library.volumes.iter().map(|v| v.barcode.as_str()).collect();
+            let used: Vec<&str> = library
+                .volumes
+                .iter()
+                .zip(&spanned.drive_of)
+                .filter(|(_, drive)| drive.is_some())
+                .map(|(v, _)| v.barcode.as_str())
+                .collect();
             if json {
                 let total: u64 = report.devices.iter().map(|d| d.stats.payload_bytes).sum();
                 outln!(
@@ -247,6 +258,28 @@ fn scratch_cartridges(changer: &mut dyn Changer, policy: &Policy) -> Result<Vec<
         )));
     }
     Ok(scratch)
+}
+
+/// The planner's "does not fit" over every scratch cartridge, with the
+/// library's numbers.
+fn too_large(failure: Failure, scratch: &[Scratch]) -> Failure {
+    let Failure::Plan(engine::PlanSetError::Plan(crate::plan::PlanError::DoesNotFit {
+        missing_bytes,
+    })) = failure
+    else {
+        return failure;
+    };
+    let capacity = scratch
+        .first()
+        .and_then(|s| crate::device::probe(&s.spec).ok())
+        .map_or(0, |p| p.capacity_bytes);
+    Failure::Usage(format!(
+        "the set needs {} more than the {} scratch cartridges hold together ({} each, {} in all, less each one's label and catalog): nothing was written",
+        human_bytes(missing_bytes),
+        scratch.len(),
+        human_bytes(capacity),
+        human_bytes(capacity * scratch.len() as u64)
+    ))
 }
 
 /// How many of the scratch cartridges the set needs: its stored bytes

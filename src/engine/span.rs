@@ -54,7 +54,12 @@ pub struct Library<'a> {
     pub changer: &'a Mutex<Box<dyn Changer>>,
     /// The drives to write with: (drive number, its device), all empty.
     pub drives: Vec<(u32, DeviceSpec)>,
+    /// The planned volumes, then the spares.
     pub volumes: Vec<Volume>,
+    /// Volumes with planned work (`volumes[..planned]`); the others are
+    /// spares, loaded only when work handed back by a volume that reached
+    /// the end of its medium is left for them.
+    pub planned: usize,
 }
 
 /// What the library did during a spanning backup.
@@ -65,9 +70,12 @@ pub struct SpanReport {
     /// Time the drives spent between two volumes (trailer, unload, load,
     /// open, label), summed over the drives.
     pub swap_time: Duration,
-    /// Per volume: the drive that wrote it.
+    /// Per volume: the drive that wrote it (None: a spare not needed).
     pub drive_of: Vec<Option<u32>>,
 }
+
+/// How long a drive waits between looks at whether a spare is needed.
+const SPARE_POLL: Duration = Duration::from_millis(5);
 
 /// A volume written by a drive, still loaded.
 struct Loaded {
@@ -268,6 +276,13 @@ fn drive_thread(
         if volume >= count {
             return Ok(loaded);
         }
+        if volume >= library.planned && !spare_needed(shared.dispatcher, library.planned) {
+            // Not needed: it stays blank in its slot, listed with no records.
+            shared.dispatcher.finish(volume);
+            shared.trailers.lock().expect("no panic")[volume] = Some(Ok(0));
+            shared.outcomes.lock().expect("no panic")[volume] = Some(unused(volume));
+            continue;
+        }
         let swap_started = Instant::now();
         if let Some(done) = loaded.take() {
             close_volume(shared, done);
@@ -323,6 +338,33 @@ fn drive_thread(
             dev,
             ring,
         });
+    }
+}
+
+/// Whether a spare volume must be loaded: wait until work is handed back
+/// (yes) or no volume is still writing, so none can hand any back (no).
+fn spare_needed(dispatcher: &Dispatcher, planned: usize) -> bool {
+    loop {
+        if dispatcher.shared_pending_bytes() > 0 {
+            return true;
+        }
+        if !dispatcher.may_give_back(0..planned) {
+            return dispatcher.shared_pending_bytes() > 0;
+        }
+        std::thread::sleep(SPARE_POLL);
+    }
+}
+
+/// The outcome of a spare that was not needed: nothing written.
+fn unused(volume: usize) -> RingOutcome {
+    let _ = volume;
+    RingOutcome {
+        end: RingEnd::Complete,
+        records: Vec::new(),
+        placed: Vec::new(),
+        data_end: 1,
+        redirected_bytes: 0,
+        stats: RingStats::default(),
     }
 }
 
