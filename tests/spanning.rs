@@ -109,6 +109,23 @@ fn a_set_spans_cartridges_and_one_drive_restores_it() {
     );
     assert!(out.contains("complete:"), "{out}");
 
+    // The catalog, found on the cartridges through one drive, names each
+    // cartridge by barcode and says which holds which records.
+    let (code, out, err) = pbio(&["list", "--changer", &lib, "--drive", "0", "--json"]);
+    assert_eq!(code, 0, "list --changer: {err}");
+    let listed: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let devices: Vec<&str> = listed["devices"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no devices in {listed}"))
+        .iter()
+        .map(|d| d["path"].as_str().unwrap())
+        .collect();
+    for b in used {
+        assert!(
+            devices.contains(&b.as_str().unwrap()),
+            "{b} not in {devices:?}"
+        );
+    }
     restore_with_one_drive(&lib, &src, &tmp.path().join("one"), "0");
     let (code, out, err) = pbio(&["verify", "--changer", &lib, "--drive", "1"]);
     assert_eq!(code, 0, "verify with drive 1 alone: {out}{err}");
