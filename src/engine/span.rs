@@ -413,3 +413,62 @@ fn close_volume(shared: &Shared<'_>, done: Loaded) {
     drop(outcomes);
     shared.trailers.lock().expect("no panic")[done.volume] = Some(trailer);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::dispatch::{Next, WorkItem};
+
+    const CHUNK: u64 = 4096;
+
+    fn item(file: u32, offset: u64, length: u64) -> WorkItem {
+        WorkItem {
+            file,
+            offset,
+            length,
+        }
+    }
+
+    /// Volume 0 in a drive, volume 1 still in its slot: volume 0, out of
+    /// work, does not wait for volume 1 (which would wait for a drive
+    /// volume 0 holds); what volume 0 hands back at the end of its medium
+    /// is volume 1's when it starts.
+    #[test]
+    fn a_volume_does_not_wait_for_volumes_in_their_slots() {
+        let d = Dispatcher::new(
+            2,
+            CHUNK,
+            [(0, item(0, 0, 2 * CHUNK)), (1, item(1, 0, CHUNK))],
+        );
+        d.hold(1);
+        assert_eq!(d.next(0, u64::MAX), Some(item(0, 0, 2 * CHUNK)));
+        assert_eq!(d.try_next(0, u64::MAX), Next::Done);
+        assert_eq!(d.next(0, u64::MAX), None, "waited for a pending volume");
+        // Its medium ended after the first chunk.
+        let rest = item(0, CHUNK, CHUNK);
+        d.give_back(&[rest]);
+        d.retire(0, DeviceState::Full, rest.length);
+        d.start(1);
+        assert_eq!(d.next(1, u64::MAX), Some(item(1, 0, CHUNK)));
+        assert_eq!(d.next(1, u64::MAX), Some(rest));
+        assert_eq!(d.next(1, u64::MAX), None);
+    }
+
+    /// A spare is needed when work was handed back, not needed once no
+    /// volume is writing or waiting to, and waited on while one is.
+    #[test]
+    fn a_spare_is_loaded_only_for_work_handed_back() {
+        let d = Dispatcher::new(3, CHUNK, [(0, item(0, 0, CHUNK))]);
+        d.hold(1);
+        d.hold(2);
+        // Volume 0 (planned) still in its slot: may hand work back.
+        assert!(d.may_give_back(0..1));
+        d.start(0);
+        assert_eq!(d.next(0, u64::MAX), Some(item(0, 0, CHUNK)));
+        d.finish(0);
+        // Only spares are pending: nothing can come back.
+        assert!(!spare_needed(&d, 1));
+        d.give_back(&[item(0, 0, CHUNK)]);
+        assert!(spare_needed(&d, 1));
+    }
+}
