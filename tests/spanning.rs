@@ -151,6 +151,33 @@ fn end_of_medium_mid_stream_moves_to_the_next_cartridge() {
     );
     assert!(done["cartridges"].as_array().unwrap().len() >= 6, "{done}");
     restore_with_one_drive(&lib, &src, &tmp.path().join("one"), "1");
+
+    // A second set on the library's scratch cartridges left: a restore
+    // must choose (--set, a prefix of the id), and gets the one chosen.
+    let second = tmp.path().join("second");
+    fs::create_dir(&second).unwrap();
+    fs::write(second.join("f"), b"the second set").unwrap();
+    let (code, _, err) = backup(&second, &lib, &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = pbio(&["list", "--changer", &lib]);
+    assert_ne!(code, 0, "two sets in the library, none chosen: {err}");
+    assert!(err.contains("hold different sets"), "{err}");
+    let id = done["set_id"].as_str().unwrap();
+    let to = tmp.path().join("chosen");
+    let (code, _, err) = pbio(&[
+        "restore",
+        "--changer",
+        &lib,
+        "--set",
+        &id[..8],
+        "--drive",
+        "0",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "restore --set {}: {err}", &id[..8]);
+    let diffs = common::compare_trees(&src, &to.join("src"));
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
 }
 
 #[test]

@@ -200,6 +200,7 @@ pub fn run(args: DemoArgs) -> CliResult {
         devs,
         changer: None,
         drives: Vec::new(),
+        set: None,
         json: false,
         key: None,
     })?;

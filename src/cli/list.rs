@@ -19,6 +19,9 @@ pub struct ListArgs {
     /// With --changer: a drive to read with (repeat; default: every drive).
     #[arg(long = "drive", value_name = "N", requires = "changer")]
     pub drives: Vec<u32>,
+    /// With --changer: the set to list (its id in hex, or an unambiguous prefix), when the library holds more than one.
+    #[arg(long = "set", value_name = "SETID", requires = "changer")]
+    pub set: Option<String>,
     /// Also print every segment (file range, device, position).
     #[arg(long)]
     pub segments: bool,
@@ -69,7 +72,7 @@ pub fn run(args: ListArgs) -> CliResult {
     let set = match (&args.dev, &args.changer) {
         (Some(dev), _) => crate::restore::open_set(std::slice::from_ref(dev), key.as_ref()),
         (None, Some(changer)) => {
-            let devices = super::span::library_devices(changer, &args.drives)?;
+            let devices = super::span::library_devices(changer, &args.drives, args.set.as_deref())?;
             crate::restore::open_devices(devices, key.as_ref()).and_then(one_set)
         }
         (None, None) => unreachable!("clap requires --dev or --changer"),

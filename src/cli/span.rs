@@ -323,11 +323,17 @@ fn volumes_needed(
 /// Restore, verify and list with `--changer`: every cartridge of the
 /// library that holds a pbio set, as a device read through the drives
 /// (`changer::shelved`): loaded when read, unloaded after. `wanted`: the
-/// drives to read with (empty: all). Blank cartridges, and cartridges
-/// without a pbio label, are left in their slots when the library can
-/// read them where they are (an emulated library); otherwise every
-/// cartridge is loaded once to read its label.
-pub fn library_devices(text: &str, wanted: &[u32]) -> Result<Vec<Box<dyn Device>>, Failure> {
+/// drives to read with (empty: all); `set`: only the cartridges of the
+/// set whose id starts with it. Blank cartridges, cartridges without a
+/// pbio label and those of other sets are left in their slots when the
+/// library can read them where they are (an emulated library); otherwise
+/// every cartridge is loaded once to read its label.
+pub fn library_devices(
+    text: &str,
+    wanted: &[u32],
+    set: Option<&str>,
+) -> Result<Vec<Box<dyn Device>>, Failure> {
+    let prefix = set.map(str::to_ascii_lowercase);
     let mut changer = changer::open(text).map_err(Failure::Changer)?;
     let mut drives = empty_drives(changer.as_mut())?;
     for w in wanted {
@@ -350,7 +356,11 @@ pub fn library_devices(text: &str, wanted: &[u32]) -> Result<Vec<Box<dyn Device>
         None => true,
         Some(spec) => crate::device::open(&spec, Mode::Read)
             .ok()
-            .is_some_and(|dev| crate::media::read_label(dev.as_ref()).is_ok()),
+            .and_then(|dev| crate::media::read_label(dev.as_ref()).ok())
+            .is_some_and(|label| {
+                let id = label.set_id.to_string();
+                prefix.as_ref().is_none_or(|p| id.starts_with(p.as_str()))
+            }),
     };
     let slots: Vec<(u32, Option<String>)> = status
         .slots
@@ -360,7 +370,8 @@ pub fn library_devices(text: &str, wanted: &[u32]) -> Result<Vec<Box<dyn Device>
         .collect();
     if slots.is_empty() {
         return Err(Failure::Usage(format!(
-            "changer {text}: no cartridge holds a pbio set"
+            "changer {text}: no cartridge holds {}",
+            set.map_or("a pbio set".to_string(), |s| format!("set {s}"))
         )));
     }
     let pool = DrivePool::new(changer, drives);
