@@ -134,7 +134,8 @@ enum Contents {
     /// bytes) or why it is not there (the set was never finished).
     Set {
         label: Box<Label>,
-        catalog: Result<(usize, u64), String>,
+        /// Err: why not, and whether it is a volume continued on the next.
+        catalog: Result<(usize, u64), (String, bool)>,
     },
     /// Not a pbio cartridge, or unreadable: why.
     Unreadable(String),
@@ -156,7 +157,9 @@ impl Contents {
                         "complete: {entries} entries, {}",
                         crate::units::human_bytes(*bytes)
                     ),
-                    Err(_) => "incomplete: no catalog".into(),
+                    Err((_, true)) =>
+                        "continued: its catalog is on the set's last cartridges".into(),
+                    Err((_, false)) => "incomplete: no catalog".into(),
                 }
             ),
             Contents::Unreadable(why) => format!("no pbio label ({why})"),
@@ -174,7 +177,8 @@ impl Contents {
                 "complete": catalog.is_ok(),
                 "entries": catalog.as_ref().ok().map(|c| c.0),
                 "size_bytes": catalog.as_ref().ok().map(|c| c.1),
-                "catalog_error": catalog.as_ref().err(),
+                "catalog_error": catalog.as_ref().err().map(|e| &e.0),
+                "continued": catalog.as_ref().err().is_some_and(|e| e.1),
                 "created_unix_ns": label.created_unix_ns,
             }]}),
             Contents::Unreadable(why) => json!({"blank": false, "sets": [], "label_error": why}),
@@ -206,14 +210,20 @@ fn read_contents(spec: &DeviceSpec, ready: Duration) -> Contents {
     // A tape's label stays Writing (never rewritten): its catalog in tape
     // file 1 says the set is complete. A disk's label says so itself.
     let catalog = if dev.access() == Access::Random && label.state != LabelState::Complete {
-        Err("the label says the set is still being written".into())
+        Err((
+            "the label says the set is still being written".into(),
+            false,
+        ))
     } else {
         crate::media::read_catalog(dev.as_ref(), &label)
             .map(|c| {
                 let c = c.catalog;
                 (c.files.len(), c.files.iter().map(|f| f.size_bytes).sum())
             })
-            .map_err(|e| e.to_string())
+            .map_err(|e| {
+                let continued = matches!(e, crate::media::MediaError::Continued { .. });
+                (e.to_string(), continued)
+            })
     };
     Contents::Set {
         label: Box::new(label),

@@ -201,6 +201,7 @@ pub fn run(args: DemoArgs) -> CliResult {
         devs,
         changer: None,
         drives: Vec::new(),
+        set: None,
         json: false,
         key: None,
     })?;

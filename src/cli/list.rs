@@ -11,8 +11,17 @@ use crate::units::shown_name;
 #[derive(Args, Debug)]
 pub struct ListArgs {
     /// One device of the set (every device carries the whole catalog).
-    #[arg(long = "dev", value_parser = parse_dev)]
-    pub dev: DeviceSpec,
+    #[arg(long = "dev", value_parser = parse_dev, required_unless_present = "changer")]
+    pub dev: Option<DeviceSpec>,
+    /// The set on the cartridges of a tape library (vlib:DIR[,...] or /dev/sgN) instead of --dev: its cartridges are loaded in turn to find the set and its catalog, and unloaded after.
+    #[arg(long, value_name = "CHANGER", conflicts_with = "dev")]
+    pub changer: Option<String>,
+    /// With --changer: a drive to read with (repeat; default: every drive).
+    #[arg(long = "drive", value_name = "N", requires = "changer")]
+    pub drives: Vec<u32>,
+    /// With --changer: the set to list (its id in hex, or an unambiguous prefix), when the library holds more than one.
+    #[arg(long = "set", value_name = "SETID", requires = "changer")]
+    pub set: Option<String>,
     /// Also print every segment (file range, device, position).
     #[arg(long)]
     pub segments: bool,
@@ -42,10 +51,33 @@ fn kind_name(kind: FileKind) -> &'static str {
     }
 }
 
+/// The one set a library holds (several: refused, naming them).
+fn one_set(
+    mut sets: Vec<crate::restore::OpenSet>,
+) -> Result<crate::restore::OpenSet, crate::restore::RestoreError> {
+    if sets.len() > 1 {
+        let (a, b) = (&sets[0], &sets[1]);
+        return Err(crate::restore::RestoreError::DifferentSets {
+            device: a.devices[0].0.path().display().to_string(),
+            other: b.devices[0].0.path().display().to_string(),
+            set: a.catalog.set_id.to_string(),
+            other_set: b.catalog.set_id.to_string(),
+        });
+    }
+    Ok(sets.remove(0))
+}
+
 pub fn run(args: ListArgs) -> CliResult {
     let key = super::key::load_optional(args.key.as_deref())?;
-    let set = crate::restore::open_set(std::slice::from_ref(&args.dev), key.as_ref())
-        .map_err(|error| Failure::Restore { doing: "", error })?;
+    let set = match (&args.dev, &args.changer) {
+        (Some(dev), _) => crate::restore::open_set(std::slice::from_ref(dev), key.as_ref()),
+        (None, Some(changer)) => {
+            let devices = super::span::library_devices(changer, &args.drives, args.set.as_deref())?;
+            crate::restore::open_devices(devices, key.as_ref()).and_then(one_set)
+        }
+        (None, None) => unreachable!("clap requires --dev or --changer"),
+    }
+    .map_err(|error| Failure::Restore { doing: "", error })?;
     set.devices
         .iter()
         .for_each(|(dev, _)| super::show_notes(dev.as_ref()));

@@ -72,9 +72,9 @@ pub struct RestoreArgs {
         conflicts_with_all = ["only", "strip_components", "keep_old_files", "overwrite_newer_only"]
     )]
     pub scan: bool,
-    /// With --scan: the set to restore (its id in hex, or an unambiguous
-    /// prefix), when the devices hold more than one set.
-    #[arg(long = "set", value_name = "SETID", requires = "scan")]
+    /// With --scan or --changer: the set to restore (its id in hex, or an
+    /// unambiguous prefix), when the devices or the library hold more than one set.
+    #[arg(long = "set", value_name = "SETID")]
     pub set: Option<String>,
     /// A file that cannot be restored completely (damaged or missing
     /// records, a digest mismatch) is kept as NAME.pbio-partial instead of
@@ -104,6 +104,9 @@ pub struct VerifyArgs {
     /// With --changer: a drive to read with (repeat; default: every drive of the library). One drive reads any set.
     #[arg(long = "drive", value_name = "N", requires = "changer")]
     pub drives: Vec<u32>,
+    /// With --changer: the set to verify (its id in hex, or an unambiguous prefix), when the library holds more than one.
+    #[arg(long = "set", value_name = "SETID", requires = "changer")]
+    pub set: Option<String>,
     /// Machine-readable report: one JSON summary object (files, bytes, missing byte ranges, errors, ok).
     #[arg(long)]
     pub json: bool,
@@ -117,7 +120,7 @@ pub struct VerifyArgs {
 /// key of `--key` (a set with MACs given without it is restored, and said
 /// to be unchecked).
 pub(super) fn open(devs: &[DeviceSpec], key: Option<&std::path::Path>) -> Result<Chain, Failure> {
-    open_from(devs, None, &[], key)
+    open_from(devs, None, &[], None, key)
 }
 
 /// `open`, or with `--changer` the cartridges of the library that hold a
@@ -126,13 +129,14 @@ pub(super) fn open_from(
     devs: &[DeviceSpec],
     changer: Option<&str>,
     drives: &[u32],
+    set: Option<&str>,
     key: Option<&std::path::Path>,
 ) -> Result<Chain, Failure> {
     let key = super::key::load_optional(key)?;
     let sets = match changer {
         None => restore::open_sets(devs, key.as_ref()),
         Some(text) => {
-            let devices = super::span::library_devices(text, drives)?;
+            let devices = super::span::library_devices(text, drives, set)?;
             restore::open_devices(devices, key.as_ref())
         }
     };
@@ -171,10 +175,17 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
         },
         allow_no_match: args.allow_no_match,
     };
+    if args.set.is_some() && !args.scan && args.changer.is_none() {
+        return Err(Failure::Usage(
+            "--set chooses a set with --scan or --changer; with --dev, give the devices of one set"
+                .into(),
+        ));
+    }
     let chain = open_from(
         &args.devs,
         args.changer.as_deref(),
         &args.drives,
+        args.set.as_deref(),
         args.key.as_deref(),
     )?;
     let is_block_device = std::fs::metadata(&args.to)
@@ -303,6 +314,7 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
         &args.devs,
         args.changer.as_deref(),
         &args.drives,
+        args.set.as_deref(),
         args.key.as_deref(),
     )?;
     let mut report =

@@ -54,7 +54,7 @@ pub fn run(args: BackupArgs) -> CliResult {
     let mut set = args.set.clone();
     set.changer = None;
     set.devs = scratch.iter().map(|s| s.spec.clone()).collect();
-    let mut prepared = prepare(&set)?;
+    let mut prepared = prepare(&set).map_err(|e| too_large(e, &scratch))?;
     let needed = volumes_needed(&args, &prepared, &scratch)?;
     if needed < scratch.len() {
         prepared.devices.truncate(needed);
@@ -68,13 +68,16 @@ pub fn run(args: BackupArgs) -> CliResult {
         prepared.plan = plan;
         prepared.reserve_bytes = reserve;
     }
-    let volumes: Vec<Volume> = scratch
+    // A spare per drive where the library has them: taken only when a
+    // volume reaches the end of its medium before its planned work.
+    let capacity_bytes = prepared.devices[0].1;
+    let spares = (scratch.len() - needed).min(drives.len());
+    let volumes: Vec<Volume> = scratch[..needed + spares]
         .iter()
-        .zip(&prepared.devices)
-        .map(|(s, (_, capacity, _))| Volume {
+        .map(|s| Volume {
             slot: s.slot,
             barcode: s.barcode.clone(),
-            capacity_bytes: *capacity,
+            capacity_bytes,
         })
         .collect();
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
@@ -97,7 +100,8 @@ pub fn run(args: BackupArgs) -> CliResult {
         parity: 0,
         compression: args.compress,
     };
-    let payload = payload_per_device(&prepared.entries, &prepared.plan);
+    let mut payload = payload_per_device(&prepared.entries, &prepared.plan);
+    payload.resize(volumes.len(), 0);
     let infos: Vec<DeviceInfo> = volumes
         .iter()
         .zip(payload)
@@ -125,6 +129,7 @@ pub fn run(args: BackupArgs) -> CliResult {
         changer: &changer,
         drives,
         volumes,
+        planned: needed,
     };
     let progress: Vec<AtomicU64> = library.volumes.iter().map(|_| AtomicU64::new(0)).collect();
     let result = std::thread::scope(|scope| {
@@ -156,7 +161,13 @@ pub fn run(args: BackupArgs) -> CliResult {
         }
         Ok((report, spanned)) => {
             let outcome = outcome(&report);
-            let used: Vec<&str> = library.volumes.iter().map(|v| v.barcode.as_str()).collect();
+            let used: Vec<&str> = library
+                .volumes
+                .iter()
+                .zip(&spanned.drive_of)
+                .filter(|(_, drive)| drive.is_some())
+                .map(|(v, _)| v.barcode.as_str())
+                .collect();
             if json {
                 let total: u64 = report.devices.iter().map(|d| d.stats.payload_bytes).sum();
                 outln!(
@@ -251,6 +262,28 @@ fn scratch_cartridges(changer: &mut dyn Changer, policy: &Policy) -> Result<Vec<
     Ok(scratch)
 }
 
+/// The planner's "does not fit" over every scratch cartridge, with the
+/// library's numbers.
+fn too_large(failure: Failure, scratch: &[Scratch]) -> Failure {
+    let Failure::Plan(engine::PlanSetError::Plan(crate::plan::PlanError::DoesNotFit {
+        missing_bytes,
+    })) = failure
+    else {
+        return failure;
+    };
+    let capacity = scratch
+        .first()
+        .and_then(|s| crate::device::probe(&s.spec).ok())
+        .map_or(0, |p| p.capacity_bytes);
+    Failure::Usage(format!(
+        "the set needs {} more than the {} scratch cartridges hold together ({} each, {} in all, less each one's label and catalog): nothing was written",
+        human_bytes(missing_bytes),
+        scratch.len(),
+        human_bytes(capacity),
+        human_bytes(capacity * scratch.len() as u64)
+    ))
+}
+
 /// How many of the scratch cartridges the set needs: its stored bytes
 /// with a record header per tape record, over each cartridge's usable
 /// bytes (its capacity less the catalog's reserve) filled to
@@ -292,11 +325,17 @@ fn volumes_needed(
 /// Restore, verify and list with `--changer`: every cartridge of the
 /// library that holds a pbio set, as a device read through the drives
 /// (`changer::shelved`): loaded when read, unloaded after. `wanted`: the
-/// drives to read with (empty: all). Blank cartridges, and cartridges
-/// without a pbio label, are left in their slots when the library can
-/// read them where they are (an emulated library); otherwise every
-/// cartridge is loaded once to read its label.
-pub fn library_devices(text: &str, wanted: &[u32]) -> Result<Vec<Box<dyn Device>>, Failure> {
+/// drives to read with (empty: all); `set`: only the cartridges of the
+/// set whose id starts with it. Blank cartridges, cartridges without a
+/// pbio label and those of other sets are left in their slots when the
+/// library can read them where they are (an emulated library); otherwise
+/// every cartridge is loaded once to read its label.
+pub fn library_devices(
+    text: &str,
+    wanted: &[u32],
+    set: Option<&str>,
+) -> Result<Vec<Box<dyn Device>>, Failure> {
+    let prefix = set.map(str::to_ascii_lowercase);
     let mut changer = changer::open(text).map_err(Failure::Changer)?;
     let mut drives = empty_drives(changer.as_mut())?;
     for w in wanted {
@@ -319,7 +358,11 @@ pub fn library_devices(text: &str, wanted: &[u32]) -> Result<Vec<Box<dyn Device>
         None => true,
         Some(spec) => crate::device::open(&spec, Mode::Read)
             .ok()
-            .is_some_and(|dev| crate::media::read_label(dev.as_ref()).is_ok()),
+            .and_then(|dev| crate::media::read_label(dev.as_ref()).ok())
+            .is_some_and(|label| {
+                let id = label.set_id.to_string();
+                prefix.as_ref().is_none_or(|p| id.starts_with(p.as_str()))
+            }),
     };
     let slots: Vec<(u32, Option<String>)> = status
         .slots
@@ -329,7 +372,8 @@ pub fn library_devices(text: &str, wanted: &[u32]) -> Result<Vec<Box<dyn Device>
         .collect();
     if slots.is_empty() {
         return Err(Failure::Usage(format!(
-            "changer {text}: no cartridge holds a pbio set"
+            "changer {text}: no cartridge holds {}",
+            set.map_or("a pbio set".to_string(), |s| format!("set {s}"))
         )));
     }
     let pool = DrivePool::new(changer, drives);

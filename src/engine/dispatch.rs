@@ -536,6 +536,20 @@ impl Dispatcher {
         self.set_state(device, DeviceState::Working);
     }
 
+    /// Payload bytes handed back and not taken yet.
+    pub fn shared_pending_bytes(&self) -> u64 {
+        self.shared_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Whether some device is still writing, or one of `planned` has not
+    /// started yet: either may still hand work back.
+    pub fn may_give_back(&self, planned: std::ops::Range<usize>) -> bool {
+        (0..self.state.len()).any(|d| {
+            let state = self.state(d);
+            state == DeviceState::Working || (planned.contains(&d) && state == DeviceState::Pending)
+        })
+    }
+
     /// Whether a device with nothing left must wait for work the others
     /// may still hand back: only while one is working and none is
     /// pending (a pending device takes that work when it starts).

@@ -54,7 +54,12 @@ pub struct Library<'a> {
     pub changer: &'a Mutex<Box<dyn Changer>>,
     /// The drives to write with: (drive number, its device), all empty.
     pub drives: Vec<(u32, DeviceSpec)>,
+    /// The planned volumes, then the spares.
     pub volumes: Vec<Volume>,
+    /// Volumes with planned work (`volumes[..planned]`); the others are
+    /// spares, loaded only when work handed back by a volume that reached
+    /// the end of its medium is left for them.
+    pub planned: usize,
 }
 
 /// What the library did during a spanning backup.
@@ -65,9 +70,12 @@ pub struct SpanReport {
     /// Time the drives spent between two volumes (trailer, unload, load,
     /// open, label), summed over the drives.
     pub swap_time: Duration,
-    /// Per volume: the drive that wrote it.
+    /// Per volume: the drive that wrote it (None: a spare not needed).
     pub drive_of: Vec<Option<u32>>,
 }
+
+/// How long a drive waits between looks at whether a spare is needed.
+const SPARE_POLL: Duration = Duration::from_millis(5);
 
 /// A volume written by a drive, still loaded.
 struct Loaded {
@@ -273,6 +281,13 @@ fn drive_thread(
         if volume >= count {
             return Ok(loaded);
         }
+        if volume >= library.planned && !spare_needed(shared.dispatcher, library.planned) {
+            // Not needed: it stays blank in its slot, listed with no records.
+            shared.dispatcher.finish(volume);
+            shared.trailers.lock().expect("no panic")[volume] = Some(Ok(0));
+            shared.outcomes.lock().expect("no panic")[volume] = Some(unused(volume));
+            continue;
+        }
         let swap_started = Instant::now();
         if let Some(done) = loaded.take() {
             close_volume(shared, done);
@@ -331,6 +346,33 @@ fn drive_thread(
     }
 }
 
+/// Whether a spare volume must be loaded: wait until work is handed back
+/// (yes) or no volume is still writing, so none can hand any back (no).
+fn spare_needed(dispatcher: &Dispatcher, planned: usize) -> bool {
+    loop {
+        if dispatcher.shared_pending_bytes() > 0 {
+            return true;
+        }
+        if !dispatcher.may_give_back(0..planned) {
+            return dispatcher.shared_pending_bytes() > 0;
+        }
+        std::thread::sleep(SPARE_POLL);
+    }
+}
+
+/// The outcome of a spare that was not needed: nothing written.
+fn unused(volume: usize) -> RingOutcome {
+    let _ = volume;
+    RingOutcome {
+        end: RingEnd::Complete,
+        records: Vec::new(),
+        placed: Vec::new(),
+        data_end: 1,
+        redirected_bytes: 0,
+        stats: RingStats::default(),
+    }
+}
+
 /// A volume whose label could not be written: failed before it started
 /// (its work goes to the others), as `write_labels` does for a device.
 fn unlabelled(
@@ -375,4 +417,63 @@ fn close_volume(shared: &Shared<'_>, done: Loaded) {
     );
     drop(outcomes);
     shared.trailers.lock().expect("no panic")[done.volume] = Some(trailer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::dispatch::{Next, WorkItem};
+
+    const CHUNK: u64 = 4096;
+
+    fn item(file: u32, offset: u64, length: u64) -> WorkItem {
+        WorkItem {
+            file,
+            offset,
+            length,
+        }
+    }
+
+    /// Volume 0 in a drive, volume 1 still in its slot: volume 0, out of
+    /// work, does not wait for volume 1 (which would wait for a drive
+    /// volume 0 holds); what volume 0 hands back at the end of its medium
+    /// is volume 1's when it starts.
+    #[test]
+    fn a_volume_does_not_wait_for_volumes_in_their_slots() {
+        let d = Dispatcher::new(
+            2,
+            CHUNK,
+            [(0, item(0, 0, 2 * CHUNK)), (1, item(1, 0, CHUNK))],
+        );
+        d.hold(1);
+        assert_eq!(d.next(0, u64::MAX), Some(item(0, 0, 2 * CHUNK)));
+        assert_eq!(d.try_next(0, u64::MAX), Next::Done);
+        assert_eq!(d.next(0, u64::MAX), None, "waited for a pending volume");
+        // Its medium ended after the first chunk.
+        let rest = item(0, CHUNK, CHUNK);
+        d.give_back(&[rest]);
+        d.retire(0, DeviceState::Full, rest.length);
+        d.start(1);
+        assert_eq!(d.next(1, u64::MAX), Some(item(1, 0, CHUNK)));
+        assert_eq!(d.next(1, u64::MAX), Some(rest));
+        assert_eq!(d.next(1, u64::MAX), None);
+    }
+
+    /// A spare is needed when work was handed back, not needed once no
+    /// volume is writing or waiting to, and waited on while one is.
+    #[test]
+    fn a_spare_is_loaded_only_for_work_handed_back() {
+        let d = Dispatcher::new(3, CHUNK, [(0, item(0, 0, CHUNK))]);
+        d.hold(1);
+        d.hold(2);
+        // Volume 0 (planned) still in its slot: may hand work back.
+        assert!(d.may_give_back(0..1));
+        d.start(0);
+        assert_eq!(d.next(0, u64::MAX), Some(item(0, 0, CHUNK)));
+        d.finish(0);
+        // Only spares are pending: nothing can come back.
+        assert!(!spare_needed(&d, 1));
+        d.give_back(&[item(0, 0, CHUNK)]);
+        assert!(spare_needed(&d, 1));
+    }
 }

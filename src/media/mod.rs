@@ -47,6 +47,15 @@ pub enum MediaError {
     },
     #[error("device {device}: {why}")]
     Invalid { device: String, why: String },
+    /// A volume of a set that spans cartridges, closed before the catalog
+    /// existed: its tape file 1 is only an End record (FORMAT.md, "Sets
+    /// that span cartridges"). The catalog is on the set's last volumes.
+    #[error("device {device}: volume {volume} of {volumes} of a set that spans cartridges: its catalog is on the set's last cartridges")]
+    Continued {
+        device: String,
+        volume: u32,
+        volumes: u32,
+    },
 }
 
 impl MediaError {

@@ -143,6 +143,13 @@ pub(super) fn read_tape_catalog(
             )));
         }
         if header.kind == RecordKind::End {
+            if block == 0 {
+                return Err(MediaError::Continued {
+                    device: name(dev),
+                    volume: label.device_index,
+                    volumes: label.device_count,
+                });
+            }
             break;
         }
         let expected_size = *catalog_bytes.get_or_insert(header.file_size);

@@ -1,0 +1,264 @@
+//! Sets that span the cartridges of a tape library (issue 20): `backup
+//! --changer` over the emulated library `vlib:`, restore and verify with
+//! `--changer` through fewer drives than the set has cartridges, the end of
+//! a medium reached mid-stream, a set too large for the library, and
+//! crafted cartridges refused by name.
+
+mod common;
+#[path = "common/loopdev.rs"]
+mod loopdev;
+
+use std::fs;
+use std::path::Path;
+
+use loopdev::pbio;
+use serde_json::Value;
+
+/// The `"event": "finished"` line of a `--json` backup.
+fn finished(out: &str) -> Value {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "finished")
+        .unwrap_or_else(|| panic!("no finished event in: {out}"))
+}
+
+fn status(lib: &str) -> Value {
+    let (code, out, err) = pbio(&["changer", "status", "--json", "--changer", lib]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(out.lines().last().unwrap()).unwrap()
+}
+
+/// 150 MiB of incompressible data: a 70 MiB file (larger than a
+/// cartridge), two of 30 MiB, and the fixture tree (its large file 14 MiB).
+fn source(root: &Path) {
+    common::make_fixture_tree(root, 30, 14 << 20);
+    let mut rng = common::Rng::new(20);
+    for (name, mib) in [("big", 70u64), ("mid-a", 30), ("mid-b", 30)] {
+        let mut buf = vec![0u8; (mib << 20) as usize];
+        rng.fill(&mut buf);
+        fs::write(root.join(name), &buf).unwrap();
+    }
+}
+
+fn backup(src: &Path, lib: &str, extra: &[&str]) -> (i32, Value, String) {
+    let mut args = vec!["backup", src.to_str().unwrap(), "--changer", lib, "--json"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = pbio(&args);
+    let v = if code == 0 || code == 1 {
+        finished(&out)
+    } else {
+        Value::Null
+    };
+    (code, v, err)
+}
+
+fn restore_with_one_drive(lib: &str, src: &Path, to: &Path, drive: &str) {
+    let to_s = to.to_str().unwrap();
+    let (code, _, err) = pbio(&["restore", "--changer", lib, "--drive", drive, "--to", to_s]);
+    assert_eq!(code, 0, "restore with drive {drive} alone: {err}");
+    let diffs = common::compare_trees(src, &to.join("src"));
+    assert!(
+        diffs.is_empty(),
+        "restored tree differs:\n{}",
+        diffs.join("\n")
+    );
+    // Every cartridge back in its slot.
+    let s = status(lib);
+    assert!(
+        s["drives"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["full"] == false),
+        "a drive still holds a cartridge after the restore: {s}"
+    );
+}
+
+#[test]
+fn a_set_spans_cartridges_and_one_drive_restores_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    source(&src);
+    let dir = tmp.path().join("lib");
+    let lib = format!("vlib:{}", dir.display());
+    let created = format!("{lib},slots=8,drives=2,size=40M,move_ms=20");
+
+    let (code, done, err) = backup(&src, &created, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(done["ok"], true, "{done}");
+    let used = done["cartridges"].as_array().unwrap();
+    assert!(used.len() >= 4, "150 MiB on 40 MiB cartridges: {done}");
+    assert_eq!(done["loads"].as_u64().unwrap(), used.len() as u64);
+    let s = status(&lib);
+    assert!(
+        s["drives"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["full"] == false),
+        "{s}"
+    );
+
+    // Every cartridge used says which volume of the set it is; those
+    // closed before the catalog say where it is.
+    let (code, out, err) = pbio(&["changer", "inventory", "--changer", &lib]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("continued: its catalog is on the set's last cartridges"),
+        "{out}"
+    );
+    assert!(out.contains("complete:"), "{out}");
+
+    // The catalog, found on the cartridges through one drive, names each
+    // cartridge by barcode and says which holds which records.
+    let (code, out, err) = pbio(&["list", "--changer", &lib, "--drive", "0", "--json"]);
+    assert_eq!(code, 0, "list --changer: {err}");
+    let listed: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let devices: Vec<&str> = listed["devices"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no devices in {listed}"))
+        .iter()
+        .map(|d| d["path"].as_str().unwrap())
+        .collect();
+    for b in used {
+        assert!(
+            devices.contains(&b.as_str().unwrap()),
+            "{b} not in {devices:?}"
+        );
+    }
+    restore_with_one_drive(&lib, &src, &tmp.path().join("one"), "0");
+    let (code, out, err) = pbio(&["verify", "--changer", &lib, "--drive", "1"]);
+    assert_eq!(code, 0, "verify with drive 1 alone: {out}{err}");
+}
+
+#[test]
+fn end_of_medium_mid_stream_moves_to_the_next_cartridge() {
+    // A 12 MiB early-warning zone: every cartridge ends (ENOSPC) before the
+    // part of the set planned on it; its rest goes on with the next one.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    source(&src);
+    let lib = format!("vlib:{}", tmp.path().join("lib").display());
+    let created = format!("{lib},slots=8,drives=2,size=40M,ew=12M,move_ms=20");
+
+    let (code, done, err) = backup(&src, &created, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(done["ok"], true, "{done}");
+    assert_eq!(done["missing_bytes"], 0, "{done}");
+    assert!(
+        err.contains(" full: "),
+        "no cartridge reached its end: {err}"
+    );
+    assert!(done["cartridges"].as_array().unwrap().len() >= 6, "{done}");
+    restore_with_one_drive(&lib, &src, &tmp.path().join("one"), "1");
+
+    // A second set on the library's scratch cartridges left: a restore
+    // must choose (--set, a prefix of the id), and gets the one chosen.
+    let second = tmp.path().join("second");
+    fs::create_dir(&second).unwrap();
+    fs::write(second.join("f"), b"the second set").unwrap();
+    let (code, _, err) = backup(&second, &lib, &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = pbio(&["list", "--changer", &lib]);
+    assert_ne!(code, 0, "two sets in the library, none chosen: {err}");
+    assert!(err.contains("hold different sets"), "{err}");
+    let id = done["set_id"].as_str().unwrap();
+    let to = tmp.path().join("chosen");
+    let (code, _, err) = pbio(&[
+        "restore",
+        "--changer",
+        &lib,
+        "--set",
+        &id[..8],
+        "--drive",
+        "0",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "restore --set {}: {err}", &id[..8]);
+    let diffs = common::compare_trees(&src, &to.join("src"));
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}
+
+#[test]
+fn a_set_larger_than_the_library_is_refused_before_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    source(&src);
+    let lib = format!("vlib:{}", tmp.path().join("lib").display());
+    let created = format!("{lib},slots=3,drives=2,size=40M,move_ms=0");
+
+    let (code, _, err) = backup(&src, &created, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("than the 3 scratch cartridges hold together"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was written"), "{err}");
+    let (code, out, err) = pbio(&["changer", "inventory", "--changer", &lib]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("blank").count(), 3, "{out}");
+}
+
+#[test]
+fn crafted_cartridges_are_refused_naming_slot_and_barcode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    source(&src);
+    let dir = tmp.path().join("lib");
+    let lib = format!("vlib:{}", dir.display());
+    let created = format!("{lib},slots=8,drives=2,size=40M,move_ms=0");
+    let (code, done, err) = backup(&src, &created, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(done["cartridges"].as_array().unwrap().len() >= 4);
+
+    let cartridge = |b: &str| dir.join("cartridges").join(b);
+    let copy_medium = |from: &Path, to: &Path| {
+        for f in ["vtape.data", "vtape.index", "vtape.conf"] {
+            fs::copy(from.join(f), to.join(f)).unwrap();
+        }
+    };
+    let restore = |to: &str| {
+        let out = tmp.path().join(to);
+        pbio(&[
+            "restore",
+            "--changer",
+            &lib,
+            "--drive",
+            "0",
+            "--to",
+            out.to_str().unwrap(),
+        ])
+    };
+
+    // Wrong sequence: PB0002L6 made a copy of PB0001L6 (volume 0 twice).
+    let saved = tmp.path().join("saved");
+    fs::create_dir(&saved).unwrap();
+    copy_medium(&cartridge("PB0002L6"), &saved);
+    copy_medium(&cartridge("PB0001L6"), &cartridge("PB0002L6"));
+    let (code, _, err) = restore("twice");
+    assert_ne!(code, 0, "a volume given twice was restored: {err}");
+    assert!(
+        err.contains("slot 1 (PB0001L6)") && err.contains("slot 2 (PB0002L6)"),
+        "the refusal names neither cartridge: {err}"
+    );
+    assert!(!tmp.path().join("twice").join("src").exists());
+    copy_medium(&saved, &cartridge("PB0002L6"));
+
+    // Wrong set: PB0003L6 holds a volume of another set.
+    let other = tmp.path().join("other");
+    fs::create_dir(&other).unwrap();
+    fs::write(other.join("f"), b"another set").unwrap();
+    let vtape = tmp.path().join("vt");
+    let vt = format!("vtape:{},size=40M", vtape.display());
+    let (code, _, err) = pbio(&["backup", other.to_str().unwrap(), "--dev", &vt]);
+    assert_eq!(code, 0, "{err}");
+    copy_medium(&vtape, &cartridge("PB0003L6"));
+    let (code, _, err) = restore("foreign");
+    assert_ne!(code, 0, "a cartridge of another set was taken: {err}");
+    assert!(
+        err.contains("slot 3 (PB0003L6)"),
+        "the refusal does not name the cartridge: {err}"
+    );
+    assert!(!tmp.path().join("foreign").join("src").exists());
+}
