@@ -188,8 +188,63 @@ pub(super) fn write_parity(
     out
 }
 
-/// Parity records written in flight per device (bounded memory).
+/// Parity records queued per device (bounded memory).
 const QUEUE_PER_DEVICE: usize = 8;
+/// Most bytes of contiguous parity records written at once.
+const BATCH_BYTES_MAX: usize = 8 << 20;
+
+/// Contiguous parity records of one device gathered into one aligned
+/// buffer, written with one positioned write.
+struct Batch {
+    pool: BufferPool,
+    start: u64,
+    len: usize,
+    /// (stripe, parity index, payload CRC) of the records in it.
+    records: Vec<(usize, usize, u32)>,
+}
+
+impl Batch {
+    fn new(record_bytes_max: usize) -> Batch {
+        Batch {
+            pool: BufferPool::new(1, BATCH_BYTES_MAX.max(record_bytes_max)),
+            start: 0,
+            len: 0,
+            records: Vec::new(),
+        }
+    }
+
+    /// Whether a record of `bytes` at `position` can join the batch.
+    fn fits(&self, position: u64, bytes: usize) -> bool {
+        self.len == 0
+            || (position == self.start + self.len as u64
+                && self.len + bytes <= self.pool.slot_bytes())
+    }
+
+    fn push(&mut self, position: u64, bytes: &[u8], record: (usize, usize, u32)) {
+        assert!(self.fits(position, bytes.len()));
+        if self.len == 0 {
+            self.start = position;
+        }
+        self.pool.slot_mut(0)[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+        self.records.push(record);
+    }
+
+    /// Write the batch; the records made durable (once the device syncs),
+    /// none after a failed write (and none after it: `failed`).
+    fn flush(&mut self, dev: &dyn Device, failed: &mut bool) -> Vec<(usize, usize, u32)> {
+        let records = std::mem::take(&mut self.records);
+        let len = std::mem::take(&mut self.len);
+        if len == 0 || *failed {
+            return Vec::new();
+        }
+        if media::write_all_at(dev, &self.pool.slot(0)[..len], self.start).is_err() {
+            *failed = true;
+            return Vec::new();
+        }
+        records
+    }
+}
 
 /// Encode every stripe's parity on worker threads and write each device's
 /// parity records on a thread of its own, in stripe order. Per stripe and
@@ -221,26 +276,43 @@ fn encode_and_write(
             let (dev, result) = (dev.as_ref(), &result);
             let pool_bytes = HEADER_BYTES + config.chunk_bytes as usize;
             scope.spawn(move || {
-                let mut pool = BufferPool::new(1, pool_bytes);
+                let mut batch = Batch::new(pool_bytes);
                 let mut failed = false;
-                for e in rx {
+                let flush = |batch: &mut Batch, failed: &mut bool| {
+                    let done = batch.flush(dev, failed);
+                    let mut r = result.lock().expect("parity result");
+                    for (s, j, crc) in done {
+                        r[s][j] = Some(crc);
+                    }
+                };
+                loop {
+                    // Records of one device are contiguous on it: gather
+                    // what has arrived into one large write.
+                    let e = match rx.try_recv() {
+                        Ok(e) => e,
+                        Err(crossbeam_channel::TryRecvError::Empty) => {
+                            flush(&mut batch, &mut failed);
+                            match rx.recv() {
+                                Ok(e) => e,
+                                Err(_) => break,
+                            }
+                        }
+                        Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+                    };
                     let Some((position, _)) = placed[e.stripe][e.parity] else {
                         continue;
                     };
                     if failed {
                         continue;
                     }
-                    let buf = &mut pool.slot_mut(0)[..e.bytes.len()];
-                    buf.copy_from_slice(&e.bytes);
-                    if media::write_all_at(dev, buf, position).is_err() {
-                        failed = true;
-                        continue;
+                    if !batch.fits(position, e.bytes.len()) {
+                        flush(&mut batch, &mut failed);
                     }
-                    let crc = crc32c(
-                        &e.bytes[HEADER_BYTES..][..stripes[e.stripe].shard_bytes() as usize],
-                    );
-                    result.lock().expect("parity result")[e.stripe][e.parity] = Some(crc);
+                    let shard = stripes[e.stripe].shard_bytes() as usize;
+                    let crc = crc32c(&e.bytes[HEADER_BYTES..][..shard]);
+                    batch.push(position, &e.bytes, (e.stripe, e.parity, crc));
                 }
+                flush(&mut batch, &mut failed);
                 if !failed && dev.sync().is_err() {
                     let mut r = result.lock().expect("parity result");
                     for (s, row) in r.iter_mut().enumerate() {
