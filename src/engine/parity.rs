@@ -59,6 +59,8 @@ struct Encoded {
     stripe: usize,
     parity: usize,
     bytes: Vec<u8>,
+    /// CRC32C of the parity payload (as in its header).
+    crc: u32,
 }
 
 /// Run the parity phase (see the module doc). `reserve_bytes` of each
@@ -308,9 +310,7 @@ fn encode_and_write(
                     if !batch.fits(position, e.bytes.len()) {
                         flush(&mut batch, &mut failed);
                     }
-                    let shard = stripes[e.stripe].shard_bytes() as usize;
-                    let crc = crc32c(&e.bytes[HEADER_BYTES..][..shard]);
-                    batch.push(position, &e.bytes, (e.stripe, e.parity, crc));
+                    batch.push(position, &e.bytes, (e.stripe, e.parity, e.crc));
                 }
                 flush(&mut batch, &mut failed);
                 if !failed && dev.sync().is_err() {
@@ -330,6 +330,7 @@ fn encode_and_write(
             let senders = senders.clone();
             scope.spawn(move || {
                 let mut codecs: Vec<Option<Codec>> = Vec::new();
+                let mut shards: Vec<Vec<u8>> = Vec::new();
                 loop {
                     let s = next_stripe.fetch_add(1, Ordering::Relaxed);
                     if s >= layout.len() {
@@ -342,7 +343,7 @@ fn encode_and_write(
                         (&layout[s], &stripes[s], &sequences[s]),
                         placed,
                         s,
-                        &mut codecs,
+                        (&mut codecs, &mut shards),
                     );
                     let mut at = handed.lock().expect("parity turn");
                     while *at != s {
@@ -374,21 +375,30 @@ fn encode_stripe(
     (layout, stripe, sequences): (&stripe::WrittenStripe, &CatalogStripe, &[u64]),
     placed: &[Vec<Option<(u64, u64)>>],
     s: usize,
-    codecs: &mut Vec<Option<Codec>>,
+    (codecs, data): (&mut Vec<Option<Codec>>, &mut Vec<Vec<u8>>),
 ) -> Vec<Encoded> {
     let k = stripe.data.len();
     let m = layout.parity.len();
     let shard = stripe.shard_bytes() as usize;
-    let mut data: Vec<Vec<u8>> = Vec::with_capacity(k);
-    for r in &stripe.data {
-        match payload(input, devices[r.device as usize].as_ref(), r) {
-            Some(mut bytes) => {
-                bytes.resize(shard, 0);
-                data.push(bytes);
-            }
-            None => return Vec::new(),
-        }
+    // The worker's shard buffers, kept from stripe to stripe (a fresh
+    // 1 MiB allocation per shard costs its page faults every time).
+    if data.len() < k {
+        data.resize_with(k, Vec::new);
     }
+    for (r, buf) in stripe.data.iter().zip(data.iter_mut()) {
+        let len = r.payload_bytes as usize;
+        buf.resize(shard, 0);
+        if !payload(
+            input,
+            devices[r.device as usize].as_ref(),
+            r,
+            &mut buf[..len],
+        ) {
+            return Vec::new();
+        }
+        buf[len..].fill(0);
+    }
+    let data = &data[..k];
     if codecs.len() <= k {
         codecs.resize_with(k + 1, || None);
     }
@@ -427,6 +437,7 @@ fn encode_stripe(
         .enumerate()
         .filter_map(|(j, mut bytes)| {
             let (_, sequence) = placed[s][j]?;
+            let crc = crc32c(&bytes[HEADER_BYTES..HEADER_BYTES + shard]);
             let header = ParityHeader {
                 set_id: config.set_id,
                 device_index: layout.parity[j],
@@ -435,7 +446,7 @@ fn encode_stripe(
                 stripe_id: s as u64,
                 position: (k + j) as u8,
                 shard_bytes: shard as u32,
-                payload_crc: crc32c(&bytes[HEADER_BYTES..HEADER_BYTES + shard]),
+                payload_crc: crc,
                 members: members.clone(),
                 data: entries.clone(),
             };
@@ -444,6 +455,7 @@ fn encode_stripe(
                 stripe: s,
                 parity: j,
                 bytes,
+                crc,
             })
         })
         .collect()
@@ -451,16 +463,13 @@ fn encode_stripe(
 
 /// The payload of a data record: read again from its source (checked
 /// against the CRC it was written with), else read back from the device.
-fn payload(input: &SetInput, dev: &dyn Device, r: &StripeRecord) -> Option<Vec<u8>> {
+fn payload(input: &SetInput, dev: &dyn Device, r: &StripeRecord, out: &mut [u8]) -> bool {
     use std::os::unix::fs::FileExt;
     let len = r.payload_bytes as usize;
     if let Some(entry) = input.entries.get(r.file_id as usize) {
         if let Ok(file) = std::fs::File::open(&entry.source) {
-            let mut bytes = vec![0u8; len];
-            if file.read_exact_at(&mut bytes, r.file_offset).is_ok()
-                && crc32c(&bytes) == r.payload_crc
-            {
-                return Some(bytes);
+            if file.read_exact_at(out, r.file_offset).is_ok() && crc32c(out) == r.payload_crc {
+                return true;
             }
         }
     }
@@ -470,8 +479,9 @@ fn payload(input: &SetInput, dev: &dyn Device, r: &StripeRecord) -> Option<Vec<u
     match media::read_at(dev, buf, r.position) {
         Ok(n) if n == media_bytes => {
             let bytes = &buf[HEADER_BYTES..HEADER_BYTES + len];
-            (crc32c(bytes) == r.payload_crc).then(|| bytes.to_vec())
+            out.copy_from_slice(bytes);
+            crc32c(bytes) == r.payload_crc
         }
-        _ => None,
+        _ => false,
     }
 }
