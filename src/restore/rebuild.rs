@@ -394,6 +394,12 @@ fn read_member<'p>(
 ) -> Result<&'p [u8], String> {
     let len = r.payload_bytes as usize;
     let media_bytes = HEADER_BYTES + round_up_block(len as u64) as usize;
+    // The catalog's rules keep a record within the chunk; checked again.
+    if media_bytes > pool.slot_bytes() {
+        return Err(format!(
+            "a record of {len} bytes is larger than the set's chunk"
+        ));
+    }
     let buf = &mut pool.slot_mut(0)[..media_bytes];
     match media::read_at(dev, buf, r.position) {
         Ok(n) if n == media_bytes => {}
