@@ -97,6 +97,29 @@ fn main() -> std::io::Result<()> {
     record.extend_from_slice(&stored[..n]);
     let dir = root.join("record");
     std::fs::write(dir.join("seed-zstd"), &record)?;
+    // A parity record of a 3+1 stripe (`--parity 1` on four devices).
+    let mut block = [0u8; 4096];
+    let data = |file_id, payload_bytes| pbio::format::parity::StripeData {
+        sequence: 5,
+        file_id,
+        file_offset: 1 << 20,
+        payload_bytes,
+        payload_crc: 0x1234,
+    };
+    pbio::format::parity::ParityHeader {
+        set_id,
+        device_index: 2,
+        device_count: 4,
+        sequence: 6,
+        stripe_id: 9,
+        position: 3,
+        shard_bytes: 1 << 20,
+        payload_crc: 0xabcd,
+        members: vec![0, 1, 3, 2],
+        data: vec![data(1, 1 << 20), data(2, 4096), data(3, 100)],
+    }
+    .encode_into(&mut block);
+    write("parity", &block)?;
     let file = |path: &[u8], kind, size_bytes| CatalogFile {
         path: path.to_vec(),
         kind,

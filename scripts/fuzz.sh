@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzz every decoder of on-media bytes (label, record header with file info,
-# catalog) and of what an NBD server sends (nbd_reply: the pipe's reply
+# parity record header, catalog) and of what an NBD server sends (nbd_reply: the pipe's reply
 # parser), and restore of a mutated set (restore_tree: nothing outside the
 # destination may change; needs root for its chroot jail) with cargo fuzz,
 # each for SECONDS (default 60). CI runs a short bounded pass; run longer by
@@ -13,7 +13,7 @@ seconds="${1:-60}"
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 cargo run --quiet --example fuzz_seeds
 status=0
-for target in label record catalog nbd_reply restore_tree; do
+for target in label record parity catalog nbd_reply restore_tree; do
     echo "fuzz: $target for ${seconds}s"
     if ! RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "fuzz/corpus/$target" -- \
         -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 \

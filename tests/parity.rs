@@ -4,6 +4,8 @@
 //! record is never used to rebuild.
 
 mod common;
+#[path = "common/faults.rs"]
+mod faults;
 #[path = "common/loopdev.rs"]
 mod loopdev;
 
@@ -288,4 +290,42 @@ fn parity_needs_more_devices_than_m() {
         err.contains("parity needs devices read at any offset"),
         "{err}"
     );
+}
+
+#[test]
+fn a_device_failing_mid_run_leaves_the_survivors_protected() {
+    if !faults::faults_available("a_device_failing_mid_run_leaves_the_survivors_protected") {
+        return;
+    }
+    let Some(bed) = bed("a_device_failing_mid_run_leaves_the_survivors_protected", 4) else {
+        return;
+    };
+    // Device 1 of five fails with EIO after 4 MiB; parity is striped over
+    // the four survivors (k = 3, M = 1).
+    let failing = faults::FailingDevice::new(&bed.root, 64 << 20, Some(4 << 20));
+    let mut devs: Vec<String> = bed.devs.iter().map(LoopDev::arg).collect();
+    devs.insert(1, failing.arg());
+    let mut args = vec![
+        "backup".to_string(),
+        bed.src.display().to_string(),
+        "--parity".into(),
+        "1".into(),
+        "--json".into(),
+    ];
+    args.extend(devs.iter().flat_map(|d| ["--dev".to_string(), d.clone()]));
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let summary = json(&out);
+    assert_eq!(summary["devices"][1]["state"], "failed", "{summary}");
+    assert_eq!(summary["missing_bytes"], 0, "{summary}");
+    assert_eq!(summary["parity"]["warnings"].as_array().unwrap().len(), 0);
+    // The survivors less any one of them restore the tree whole.
+    for gone in 0..4 {
+        let (code, summary, err, to) = restore_without(&bed, &[gone], &format!("out{gone}"));
+        assert_eq!(code, 0, "survivors without {gone}: {summary}\n{err}");
+        let diffs = common::compare_trees(&bed.src, &to.join("tree"));
+        assert!(diffs.is_empty(), "survivors without {gone}: {diffs:?}");
+        // The failed device and the one left out are both missing.
+        assert_eq!(missing_devices(&summary).len(), 2, "{summary}");
+    }
 }

@@ -632,6 +632,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
                     "records": report.parity.records,
                     "payload_bytes": report.parity.payload_bytes,
                     "warnings": report.parity.warnings,
+                    "seconds": report.parity.elapsed.as_secs_f64(),
                 }),
                 "exit_code": outcome(report).code(),
             })
@@ -646,11 +647,12 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
     );
     if report.parity.m > 0 {
         outln!(
-            "  parity {}: {} stripes, {} parity records, {}",
+            "  parity {}: {} stripes, {} parity records, {}, {:.2} s",
             report.parity.m,
             report.parity.stripes,
             report.parity.records,
             human_bytes(report.parity.payload_bytes),
+            report.parity.elapsed.as_secs_f64(),
         );
     }
     let devices_text = match report.devices.len() {

@@ -83,6 +83,7 @@ pub fn run_backup(
     )?;
     let sources = source_findings(input, &dispatcher);
     let ends: Vec<DeviceEnd> = outcomes.iter().map(|o| device_end(&o.end)).collect();
+    let parity_started = Instant::now();
     let parity = super::parity::write_parity(input, devices, &outcomes, &ends, config);
     let summary = ParitySummary {
         m: config.parity,
@@ -90,6 +91,7 @@ pub fn run_backup(
         records: parity.records,
         payload_bytes: parity.payload_bytes,
         warnings: parity.warnings,
+        elapsed: parity_started.elapsed(),
     };
     let named: Vec<(Vec<u8>, u64)> = devices
         .iter()

@@ -59,6 +59,8 @@ struct Encoded {
     stripe: usize,
     parity: usize,
     bytes: Vec<u8>,
+    /// CRC32C of the parity payload (as in its header).
+    crc: u32,
 }
 
 /// Run the parity phase (see the module doc). `reserve_bytes` of each
@@ -188,8 +190,63 @@ pub(super) fn write_parity(
     out
 }
 
-/// Parity records written in flight per device (bounded memory).
+/// Parity records queued per device (bounded memory).
 const QUEUE_PER_DEVICE: usize = 8;
+/// Most bytes of contiguous parity records written at once.
+const BATCH_BYTES_MAX: usize = 8 << 20;
+
+/// Contiguous parity records of one device gathered into one aligned
+/// buffer, written with one positioned write.
+struct Batch {
+    pool: BufferPool,
+    start: u64,
+    len: usize,
+    /// (stripe, parity index, payload CRC) of the records in it.
+    records: Vec<(usize, usize, u32)>,
+}
+
+impl Batch {
+    fn new(record_bytes_max: usize) -> Batch {
+        Batch {
+            pool: BufferPool::new(1, BATCH_BYTES_MAX.max(record_bytes_max)),
+            start: 0,
+            len: 0,
+            records: Vec::new(),
+        }
+    }
+
+    /// Whether a record of `bytes` at `position` can join the batch.
+    fn fits(&self, position: u64, bytes: usize) -> bool {
+        self.len == 0
+            || (position == self.start + self.len as u64
+                && self.len + bytes <= self.pool.slot_bytes())
+    }
+
+    fn push(&mut self, position: u64, bytes: &[u8], record: (usize, usize, u32)) {
+        assert!(self.fits(position, bytes.len()));
+        if self.len == 0 {
+            self.start = position;
+        }
+        self.pool.slot_mut(0)[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+        self.records.push(record);
+    }
+
+    /// Write the batch; the records made durable (once the device syncs),
+    /// none after a failed write (and none after it: `failed`).
+    fn flush(&mut self, dev: &dyn Device, failed: &mut bool) -> Vec<(usize, usize, u32)> {
+        let records = std::mem::take(&mut self.records);
+        let len = std::mem::take(&mut self.len);
+        if len == 0 || *failed {
+            return Vec::new();
+        }
+        if media::write_all_at(dev, &self.pool.slot(0)[..len], self.start).is_err() {
+            *failed = true;
+            return Vec::new();
+        }
+        records
+    }
+}
 
 /// Encode every stripe's parity on worker threads and write each device's
 /// parity records on a thread of its own, in stripe order. Per stripe and
@@ -221,26 +278,41 @@ fn encode_and_write(
             let (dev, result) = (dev.as_ref(), &result);
             let pool_bytes = HEADER_BYTES + config.chunk_bytes as usize;
             scope.spawn(move || {
-                let mut pool = BufferPool::new(1, pool_bytes);
+                let mut batch = Batch::new(pool_bytes);
                 let mut failed = false;
-                for e in rx {
+                let flush = |batch: &mut Batch, failed: &mut bool| {
+                    let done = batch.flush(dev, failed);
+                    let mut r = result.lock().expect("parity result");
+                    for (s, j, crc) in done {
+                        r[s][j] = Some(crc);
+                    }
+                };
+                loop {
+                    // Records of one device are contiguous on it: gather
+                    // what has arrived into one large write.
+                    let e = match rx.try_recv() {
+                        Ok(e) => e,
+                        Err(crossbeam_channel::TryRecvError::Empty) => {
+                            flush(&mut batch, &mut failed);
+                            match rx.recv() {
+                                Ok(e) => e,
+                                Err(_) => break,
+                            }
+                        }
+                        Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+                    };
                     let Some((position, _)) = placed[e.stripe][e.parity] else {
                         continue;
                     };
                     if failed {
                         continue;
                     }
-                    let buf = &mut pool.slot_mut(0)[..e.bytes.len()];
-                    buf.copy_from_slice(&e.bytes);
-                    if media::write_all_at(dev, buf, position).is_err() {
-                        failed = true;
-                        continue;
+                    if !batch.fits(position, e.bytes.len()) {
+                        flush(&mut batch, &mut failed);
                     }
-                    let crc = crc32c(
-                        &e.bytes[HEADER_BYTES..][..stripes[e.stripe].shard_bytes() as usize],
-                    );
-                    result.lock().expect("parity result")[e.stripe][e.parity] = Some(crc);
+                    batch.push(position, &e.bytes, (e.stripe, e.parity, e.crc));
                 }
+                flush(&mut batch, &mut failed);
                 if !failed && dev.sync().is_err() {
                     let mut r = result.lock().expect("parity result");
                     for (s, row) in r.iter_mut().enumerate() {
@@ -258,6 +330,7 @@ fn encode_and_write(
             let senders = senders.clone();
             scope.spawn(move || {
                 let mut codecs: Vec<Option<Codec>> = Vec::new();
+                let mut shards: Vec<Vec<u8>> = Vec::new();
                 loop {
                     let s = next_stripe.fetch_add(1, Ordering::Relaxed);
                     if s >= layout.len() {
@@ -270,7 +343,7 @@ fn encode_and_write(
                         (&layout[s], &stripes[s], &sequences[s]),
                         placed,
                         s,
-                        &mut codecs,
+                        (&mut codecs, &mut shards),
                     );
                     let mut at = handed.lock().expect("parity turn");
                     while *at != s {
@@ -302,21 +375,30 @@ fn encode_stripe(
     (layout, stripe, sequences): (&stripe::WrittenStripe, &CatalogStripe, &[u64]),
     placed: &[Vec<Option<(u64, u64)>>],
     s: usize,
-    codecs: &mut Vec<Option<Codec>>,
+    (codecs, data): (&mut Vec<Option<Codec>>, &mut Vec<Vec<u8>>),
 ) -> Vec<Encoded> {
     let k = stripe.data.len();
     let m = layout.parity.len();
     let shard = stripe.shard_bytes() as usize;
-    let mut data: Vec<Vec<u8>> = Vec::with_capacity(k);
-    for r in &stripe.data {
-        match payload(input, devices[r.device as usize].as_ref(), r) {
-            Some(mut bytes) => {
-                bytes.resize(shard, 0);
-                data.push(bytes);
-            }
-            None => return Vec::new(),
-        }
+    // The worker's shard buffers, kept from stripe to stripe (a fresh
+    // 1 MiB allocation per shard costs its page faults every time).
+    if data.len() < k {
+        data.resize_with(k, Vec::new);
     }
+    for (r, buf) in stripe.data.iter().zip(data.iter_mut()) {
+        let len = r.payload_bytes as usize;
+        buf.resize(shard, 0);
+        if !payload(
+            input,
+            devices[r.device as usize].as_ref(),
+            r,
+            &mut buf[..len],
+        ) {
+            return Vec::new();
+        }
+        buf[len..].fill(0);
+    }
+    let data = &data[..k];
     if codecs.len() <= k {
         codecs.resize_with(k + 1, || None);
     }
@@ -355,6 +437,7 @@ fn encode_stripe(
         .enumerate()
         .filter_map(|(j, mut bytes)| {
             let (_, sequence) = placed[s][j]?;
+            let crc = crc32c(&bytes[HEADER_BYTES..HEADER_BYTES + shard]);
             let header = ParityHeader {
                 set_id: config.set_id,
                 device_index: layout.parity[j],
@@ -363,7 +446,7 @@ fn encode_stripe(
                 stripe_id: s as u64,
                 position: (k + j) as u8,
                 shard_bytes: shard as u32,
-                payload_crc: crc32c(&bytes[HEADER_BYTES..HEADER_BYTES + shard]),
+                payload_crc: crc,
                 members: members.clone(),
                 data: entries.clone(),
             };
@@ -372,6 +455,7 @@ fn encode_stripe(
                 stripe: s,
                 parity: j,
                 bytes,
+                crc,
             })
         })
         .collect()
@@ -379,16 +463,13 @@ fn encode_stripe(
 
 /// The payload of a data record: read again from its source (checked
 /// against the CRC it was written with), else read back from the device.
-fn payload(input: &SetInput, dev: &dyn Device, r: &StripeRecord) -> Option<Vec<u8>> {
+fn payload(input: &SetInput, dev: &dyn Device, r: &StripeRecord, out: &mut [u8]) -> bool {
     use std::os::unix::fs::FileExt;
     let len = r.payload_bytes as usize;
     if let Some(entry) = input.entries.get(r.file_id as usize) {
         if let Ok(file) = std::fs::File::open(entry.source()) {
-            let mut bytes = vec![0u8; len];
-            if file.read_exact_at(&mut bytes, r.file_offset).is_ok()
-                && crc32c(&bytes) == r.payload_crc
-            {
-                return Some(bytes);
+            if file.read_exact_at(out, r.file_offset).is_ok() && crc32c(out) == r.payload_crc {
+                return true;
             }
         }
     }
@@ -398,8 +479,9 @@ fn payload(input: &SetInput, dev: &dyn Device, r: &StripeRecord) -> Option<Vec<u
     match media::read_at(dev, buf, r.position) {
         Ok(n) if n == media_bytes => {
             let bytes = &buf[HEADER_BYTES..HEADER_BYTES + len];
-            (crc32c(bytes) == r.payload_crc).then(|| bytes.to_vec())
+            out.copy_from_slice(bytes);
+            crc32c(bytes) == r.payload_crc
         }
-        _ => None,
+        _ => false,
     }
 }

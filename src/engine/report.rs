@@ -63,6 +63,8 @@ pub struct ParitySummary {
     pub records: u64,
     pub payload_bytes: u64,
     pub warnings: Vec<String>,
+    /// Wall time of the parity phase (after the data phase).
+    pub elapsed: Duration,
 }
 
 impl DeviceReport {

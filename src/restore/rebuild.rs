@@ -34,7 +34,7 @@ use crate::units::shown_name;
 
 use super::problem::Problem;
 use super::read::{Destination, DeviceRead, Reader};
-use super::select::NO_TARGET;
+use super::select::{uncovered, NO_TARGET};
 use super::{OpenSet, RestoreError};
 
 /// Missing byte ranges of one file: (offset, length, device index).
@@ -113,29 +113,46 @@ pub(super) fn plan(set: &OpenSet, reading: &[u32], coverage: &mut [Option<Ranges
     for list in records.values_mut() {
         list.sort_unstable();
     }
+    // Per file: the segments on absent devices whose records are striped.
+    let mut segments: HashMap<u32, Vec<(u64, u64, u32)>> = HashMap::new();
+    for seg in &set.catalog.segments {
+        let d = seg.device;
+        if absent.contains(&d) && striped.get(d as usize) == Some(&true) {
+            let range = (seg.offset, seg.offset + seg.length, d);
+            segments.entry(seg.file_id).or_default().push(range);
+        }
+    }
+    let none = Vec::new();
     for (file, ranges) in coverage.iter_mut().enumerate() {
         let Some(list) = ranges.take() else {
             continue;
         };
+        let file = file as u32;
         let mut left: Ranges = Vec::new();
         for (start, length, device) in list {
             let end = start + length;
-            let on = striped.get(device as usize).copied().unwrap_or(false);
-            if !on {
-                left.push((start, length, device));
-                continue;
-            }
-            // What the stripes cannot give back: their records' ranges.
-            let none = Vec::new();
-            let recs = records.get(&(device, file as u32)).unwrap_or(&none);
-            for &(s, e, can) in recs {
+            // What the absent devices' segments over it give back: their
+            // range less their records in stripes that cannot be rebuilt
+            // (a range held twice, a failed device's copy and a survivor's,
+            // is covered by either).
+            let mut back: Vec<(u64, u64)> = Vec::new();
+            for &(s, e, d) in segments.get(&file).unwrap_or(&none) {
                 let (s, e) = (s.max(start), e.min(end));
-                if s < e && !can {
-                    match left.last_mut() {
-                        Some(last) if last.2 == device && last.0 + last.1 == s => last.1 += e - s,
-                        _ => left.push((s, e - s, device)),
-                    }
+                if s >= e {
+                    continue;
                 }
+                let lost: Vec<(u64, u64)> = records
+                    .get(&(d, file))
+                    .unwrap_or(&Vec::new())
+                    .iter()
+                    .filter(|r| !r.2)
+                    .map(|r| (r.0, r.1))
+                    .collect();
+                back.extend(uncovered(s, e, &lost));
+            }
+            back.sort_unstable();
+            for (s, e) in uncovered(start, end, &back) {
+                left.push((s, e - s, device));
             }
         }
         if !left.is_empty() {
@@ -377,6 +394,12 @@ fn read_member<'p>(
 ) -> Result<&'p [u8], String> {
     let len = r.payload_bytes as usize;
     let media_bytes = HEADER_BYTES + round_up_block(len as u64) as usize;
+    // The catalog's rules keep a record within the chunk; checked again.
+    if media_bytes > pool.slot_bytes() {
+        return Err(format!(
+            "a record of {len} bytes is larger than the set's chunk"
+        ));
+    }
     let buf = &mut pool.slot_mut(0)[..media_bytes];
     match media::read_at(dev, buf, r.position) {
         Ok(n) if n == media_bytes => {}

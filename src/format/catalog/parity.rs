@@ -128,11 +128,11 @@ pub(super) fn decode(r: &mut Reader) -> Result<CatalogParity, FormatError> {
 
 /// The rules of docs/FORMAT.md "Parity section": `m` at least 1; per
 /// stripe 1..=k data records, at most `m` parity records, all on distinct
-/// devices of the set; data payloads 1..=PAYLOAD_BYTES_MAX inside their
+/// devices of the set; data payloads 1..=chunk_bytes inside their
 /// file's size; no record (device, position) listed twice.
 pub(super) fn validate(
     p: &CatalogParity,
-    device_count: usize,
+    (device_count, chunk_bytes): (usize, u32),
     file_size: impl Fn(u32) -> Option<u64>,
 ) -> Result<(), &'static str> {
     if p.m == 0 || p.m as usize >= MEMBERS_MAX {
@@ -157,7 +157,7 @@ pub(super) fn validate(
             }
         }
         for d in &s.data {
-            if d.payload_bytes == 0 || d.payload_bytes > PAYLOAD_BYTES_MAX {
+            if d.payload_bytes == 0 || d.payload_bytes > chunk_bytes.min(PAYLOAD_BYTES_MAX) {
                 return Err("a parity stripe's data record has an invalid length");
             }
             let end = d.file_offset.checked_add(d.payload_bytes.into());
@@ -238,5 +238,6 @@ mod tests {
         bad(|p| p.stripes[0].data[0].file_offset = 10 << 20); // beyond the file
         bad(|p| p.stripes[1].data[0].file_id = 2); // a symlink holds no data
         bad(|p| p.stripes[0].data.clear());
+        bad(|p| p.stripes[0].data[0].payload_bytes = (1 << 20) + 4096); // over the chunk
     }
 }

@@ -89,8 +89,8 @@ impl Catalog {
                     .filter(|f| f.kind.has_data() && f.origin == 0)
                     .map(|f| f.size_bytes)
             };
-            super::parity::validate(parity, self.devices.len(), size)
-                .map_err(FormatError::Catalog)?;
+            let shape = (self.devices.len(), self.chunk_bytes);
+            super::parity::validate(parity, shape, size).map_err(FormatError::Catalog)?;
         }
         let entry = |table, index: usize, why| FormatError::CatalogEntry {
             table,
