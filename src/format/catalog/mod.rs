@@ -21,6 +21,8 @@ mod parity;
 mod validate;
 
 #[cfg(test)]
+mod rules_tests;
+#[cfg(test)]
 mod streamed_tests;
 #[cfg(test)]
 pub(crate) mod tests;
