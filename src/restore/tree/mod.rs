@@ -582,7 +582,7 @@ fn make_hard_link(
     // linkat(2) without AT_SYMLINK_FOLLOW links a symlink itself, never its target.
     let temp = at::link_temp(target_dir.as_fd(), target_name, dir.as_fd(), name)
         .map_err(io_error("hard link", path))?;
-    at::rename_in(dir.as_fd(), &temp, name).map_err(|error| {
+    at::rename_link_in(dir.as_fd(), &temp, name).map_err(|error| {
         let _ = at::remove_in(dir.as_fd(), &temp);
         io_error("rename into place", path)(error)
     })
