@@ -263,6 +263,22 @@ fn open_dir_in(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
     Ok(owned(fd))
 }
 
+/// Open the entry `name` (one component) in `dir` with `flags`
+/// (`O_NOFOLLOW | O_CLOEXEC` added): never through a symlink.
+pub fn open_in(dir: BorrowedFd<'_>, name: &[u8], flags: OFlag) -> io::Result<OwnedFd> {
+    if bad_component(name) || name.is_empty() || name.contains(&b'/') {
+        return Err(io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno)?;
+    Ok(owned(fd))
+}
+
 /// Open directory `name` in `dir`, making it (with `mode`) when missing and
 /// replacing whatever non-directory stands there.
 fn ensure_one(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<OwnedFd> {
