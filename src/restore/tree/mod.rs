@@ -253,9 +253,12 @@ fn create_file_in(dir: BorrowedFd<'_>, path: &[u8], size_bytes: u64) -> Result<V
     refuse_dir_at(dir, name, path)?;
     let (fd, temp) = at::create_temp(dir, name, FILE_MODE_WHILE_RESTORING)
         .map_err(io_error("create temporary file for", path))?;
-    if let Err(error) = fs::File::from(fd).set_len(size_bytes) {
-        let _ = at::remove_in(dir, &temp);
-        return Err(io_error("set length of", path)(error));
+    // A new file is empty already: no truncate for an empty one.
+    if size_bytes > 0 {
+        if let Err(error) = fs::File::from(fd).set_len(size_bytes) {
+            let _ = at::remove_in(dir, &temp);
+            return Err(io_error("set length of", path)(error));
+        }
     }
     Ok(join(at::split_parent(path).0, &temp))
 }
@@ -338,13 +341,17 @@ pub fn finish(
         }
     }
     for (i, file) in chosen(FileKind::is_special) {
-        match make_by_name(root, file, meta, warnings) {
+        let made = directory_of(&mut dirs, root, &file.path)
+            .and_then(|dir| make_by_name(dir, file, meta, warnings));
+        match made {
             Ok(()) => out.done[i] = true,
             Err(error) => out.errors.push(error),
         }
     }
     for (i, file) in chosen(|k| k == FileKind::Symlink) {
-        match make_by_name(root, file, meta, warnings) {
+        let made = directory_of(&mut dirs, root, &file.path)
+            .and_then(|dir| make_by_name(dir, file, meta, warnings));
+        match made {
             Ok(()) => out.done[i] = true,
             Err(error) => out.errors.push(error),
         }
@@ -554,17 +561,15 @@ fn drop_file_in(
 /// A fifo, device node (mknod) or symlink made under a temporary name, its
 /// owner, mode (not a symlink's), xattrs and mtime set on the name itself,
 /// then renamed into place; on any failure the temporary name is removed.
+/// `dir` is the directory of the entry.
 fn make_by_name(
-    root: &Root,
+    dir: BorrowedFd<'_>,
     file: &CatalogFile,
     meta: Meta,
     warnings: &mut Vec<String>,
 ) -> Result<(), TreeError> {
     let path = &file.path[..];
-    let (dir, name) = root
-        .parent(path)
-        .map_err(io_error("open directory of", path))?;
-    let dir = dir.as_fd();
+    let name = at::split_parent(path).1;
     let node = |kind: SFlag| -> Result<Vec<u8>, TreeError> {
         refuse_dir_at(dir, name, path)?;
         at::mknod_temp(dir, name, kind, 0o600, file.rdev)
