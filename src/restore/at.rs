@@ -263,6 +263,22 @@ fn open_dir_in(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
     Ok(owned(fd))
 }
 
+/// Open the entry `name` (one component) in `dir` with `flags`
+/// (`O_NOFOLLOW | O_CLOEXEC` added): never through a symlink.
+pub fn open_in(dir: BorrowedFd<'_>, name: &[u8], flags: OFlag) -> io::Result<OwnedFd> {
+    if bad_component(name) || name.is_empty() || name.contains(&b'/') {
+        return Err(io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno)?;
+    Ok(owned(fd))
+}
+
 /// Open directory `name` in `dir`, making it (with `mode`) when missing and
 /// replacing whatever non-directory stands there.
 fn ensure_one(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<OwnedFd> {
@@ -407,10 +423,19 @@ pub fn link_temp(
 
 /// Rename `from` to `to`, both in `dir`: atomically replaces any
 /// non-directory at `to` (never writing through it); a directory at `to`
-/// is an error (EISDIR). When both already name one inode, rename does
-/// nothing: `from` is then removed.
+/// is an error (EISDIR). `from` must be an inode this restore just made
+/// (a new file, node or symlink), so never one `to` already names: then
+/// rename always moves it, and no unlink follows (issue 23: one system
+/// call less per file). A hard link uses `rename_link_in`.
 pub fn rename_in(dir: BorrowedFd<'_>, from: &[u8], to: &[u8]) -> io::Result<()> {
-    nix::fcntl::renameat(Some(dir.as_raw_fd()), from, Some(dir.as_raw_fd()), to).map_err(errno)?;
+    nix::fcntl::renameat(Some(dir.as_raw_fd()), from, Some(dir.as_raw_fd()), to).map_err(errno)
+}
+
+/// `rename_in` of a hard link just made to an existing inode: when `to`
+/// already names that inode, rename does nothing (POSIX), and `from` is
+/// then removed.
+pub fn rename_link_in(dir: BorrowedFd<'_>, from: &[u8], to: &[u8]) -> io::Result<()> {
+    rename_in(dir, from, to)?;
     match nix::unistd::unlinkat(Some(dir.as_raw_fd()), from, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(errno(e)),
@@ -700,6 +725,25 @@ mod tests {
         let long = vec![b'n'; 255];
         let (_, temp) = create_temp(dir.as_fd(), &long, 0o600).unwrap();
         assert!(temp.len() <= 255);
+    }
+
+    #[test]
+    fn a_hard_link_renamed_onto_a_name_of_its_own_inode_leaves_no_temporary_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root_path = tmp.path().join("root");
+        fs::create_dir_all(&root_path).unwrap();
+        fs::write(root_path.join("target"), b"t").unwrap();
+        fs::hard_link(root_path.join("target"), root_path.join("link")).unwrap();
+        let root = Root::open_with(&root_path, Resolve::Walk).unwrap();
+        let (dir, _) = root.parent(b"link").unwrap();
+        let temp = link_temp(dir.as_fd(), b"target", dir.as_fd(), b"link").unwrap();
+        rename_link_in(dir.as_fd(), &temp, b"link").unwrap();
+        let mut names: Vec<_> = fs::read_dir(&root_path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["link", "target"]);
     }
 
     #[test]

@@ -22,6 +22,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 
 use super::at::{self, Root};
+use dirs::Dirs;
+
+mod dirs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
@@ -177,11 +180,12 @@ pub fn prepare_in(root: Root, catalog: &Catalog, selected: &[bool]) -> Staged {
         refused: vec![false; n],
         errors: Vec::new(),
     };
+    let mut dirs = Dirs::default();
     for (i, file) in catalog.files.iter().enumerate() {
         if !selected[i] {
             continue;
         }
-        if let Err(error) = prepare_one(&mut staged, i, file) {
+        if let Err(error) = prepare_one(&mut staged, &mut dirs, i, file) {
             staged.refused[i] = true;
             staged.errors.push(error);
         }
@@ -189,28 +193,33 @@ pub fn prepare_in(root: Root, catalog: &Catalog, selected: &[bool]) -> Staged {
     staged
 }
 
-fn prepare_one(staged: &mut Staged, i: usize, file: &CatalogFile) -> Result<(), TreeError> {
+/// One entry of `prepare`; the directories it is made in are resolved
+/// (and made) once while `dirs` keeps them open.
+fn prepare_one(
+    staged: &mut Staged,
+    dirs: &mut Dirs,
+    i: usize,
+    file: &CatalogFile,
+) -> Result<(), TreeError> {
     check_rel(&file.path)?;
     let root = &staged.root;
     let path = &file.path[..];
-    match file.kind {
-        FileKind::Directory => {
-            root.ensure_dir(path, DIR_MODE_WHILE_RESTORING)
-                .map_err(io_error("create directory", path))?;
-        }
-        // A block device is restored as an image: a regular file.
-        FileKind::Regular | FileKind::BlockDevice => {
-            staged.temps[i] = Some(create_file(root, path, file.size_bytes)?);
-        }
-        // Made by `finish`; their parents already exist then.
-        FileKind::Symlink
-        | FileKind::HardLink
-        | FileKind::Fifo
-        | FileKind::CharDevice
-        | FileKind::BlockNode => {
-            root.ensure_parent(path)
-                .map_err(io_error("create directories above", path))?;
-        }
+    if file.kind == FileKind::Directory {
+        let fd = root
+            .ensure_dir(path, DIR_MODE_WHILE_RESTORING)
+            .map_err(io_error("create directory", path))?;
+        dirs.put(path, fd);
+        return Ok(());
+    }
+    let parent = at::split_parent(path).0;
+    let dir = dirs
+        .get(parent, || root.ensure_dir(parent, at::DIR_MODE_IMPLICIT))
+        .map_err(io_error("create directories above", path))?;
+    // A block device is restored as an image: a regular file. Symlinks,
+    // hard links and special files are made by `finish`, their parents
+    // made here.
+    if file.kind.has_data() {
+        staged.temps[i] = Some(create_file_in(dir, path, file.size_bytes)?);
     }
     Ok(())
 }
@@ -232,15 +241,24 @@ fn refuse_dir_at(dir: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<(), Tr
 /// `size_bytes` (all hole); returns the temporary file's path below the
 /// root. A directory already at `path` refuses the entry.
 pub fn create_file(root: &Root, path: &[u8], size_bytes: u64) -> Result<Vec<u8>, TreeError> {
-    let (dir, name) = root
+    let (dir, _) = root
         .ensure_parent(path)
         .map_err(io_error("create directories above", path))?;
-    refuse_dir_at(dir.as_fd(), name, path)?;
-    let (fd, temp) = at::create_temp(dir.as_fd(), name, FILE_MODE_WHILE_RESTORING)
+    create_file_in(dir.as_fd(), path, size_bytes)
+}
+
+/// `create_file` in `dir`, the directory of `path`, already made.
+fn create_file_in(dir: BorrowedFd<'_>, path: &[u8], size_bytes: u64) -> Result<Vec<u8>, TreeError> {
+    let name = at::split_parent(path).1;
+    refuse_dir_at(dir, name, path)?;
+    let (fd, temp) = at::create_temp(dir, name, FILE_MODE_WHILE_RESTORING)
         .map_err(io_error("create temporary file for", path))?;
-    if let Err(error) = fs::File::from(fd).set_len(size_bytes) {
-        let _ = at::remove_in(dir.as_fd(), &temp);
-        return Err(io_error("set length of", path)(error));
+    // A new file is empty already: no truncate for an empty one.
+    if size_bytes > 0 {
+        if let Err(error) = fs::File::from(fd).set_len(size_bytes) {
+            let _ = at::remove_in(dir, &temp);
+            return Err(io_error("set length of", path)(error));
+        }
     }
     Ok(join(at::split_parent(path).0, &temp))
 }
@@ -306,34 +324,34 @@ pub fn finish(
             .enumerate()
             .filter(move |&(i, f)| selected[i] && !refused[i] && kind(f.kind))
     };
+    // The directory of each entry, resolved once while kept open.
+    let mut dirs = Dirs::default();
     for (i, file) in chosen(FileKind::has_data) {
-        let result = match &verdicts[i] {
-            Verdict::Good => place_file(
-                root,
-                temp_of(&staged, i),
-                &file.path,
-                Attrs::of(file),
-                meta,
-                warnings,
-            )
-            .map(|()| true),
-            Verdict::Failed(_) => {
-                drop_file(root, temp_of(&staged, i), &file.path, keep_partial).map(|()| false)
+        let temp = at::split_parent(temp_of(&staged, i)).1;
+        let path = &file.path[..];
+        let result = directory_of(&mut dirs, root, path).and_then(|dir| match &verdicts[i] {
+            Verdict::Good => {
+                place_file_in(dir, temp, path, Attrs::of(file), meta, warnings).map(|()| true)
             }
-        };
+            Verdict::Failed(_) => drop_file_in(dir, temp, path, keep_partial).map(|()| false),
+        });
         match result {
             Ok(placed) => out.done[i] = placed,
             Err(error) => out.errors.push(error),
         }
     }
     for (i, file) in chosen(FileKind::is_special) {
-        match make_by_name(root, file, meta, warnings) {
+        let made = directory_of(&mut dirs, root, &file.path)
+            .and_then(|dir| make_by_name(dir, file, meta, warnings));
+        match made {
             Ok(()) => out.done[i] = true,
             Err(error) => out.errors.push(error),
         }
     }
     for (i, file) in chosen(|k| k == FileKind::Symlink) {
-        match make_by_name(root, file, meta, warnings) {
+        let made = directory_of(&mut dirs, root, &file.path)
+            .and_then(|dir| make_by_name(dir, file, meta, warnings));
+        match made {
             Ok(()) => out.done[i] = true,
             Err(error) => out.errors.push(error),
         }
@@ -364,6 +382,20 @@ pub fn finish(
         }
     }
     out
+}
+
+/// The directory `path` is in (which must exist as a real directory),
+/// opened once while `dirs` keeps it.
+fn directory_of<'d>(
+    dirs: &'d mut Dirs,
+    root: &Root,
+    path: &[u8],
+) -> Result<BorrowedFd<'d>, TreeError> {
+    let parent = at::split_parent(path).0;
+    dirs.get(parent, || {
+        root.open_at(parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+    })
+    .map_err(io_error("open directory of", path))
 }
 
 /// Whether owners are set (root), and the umask applied to modes (not root).
@@ -442,17 +474,29 @@ pub fn place_file(
     meta: Meta,
     warnings: &mut Vec<String>,
 ) -> Result<(), TreeError> {
-    let (dir, name) = root
+    let (dir, _) = root
         .parent(path)
         .map_err(io_error("open directory of", path))?;
     let temp_name = at::split_parent(temp).1;
-    let result = root
-        .open_at(temp, OFlag::O_RDONLY | OFlag::O_NONBLOCK)
+    place_file_in(dir.as_fd(), temp_name, path, attrs, meta, warnings)
+}
+
+/// `place_file` in `dir`, the directory of `path`, where the temporary
+/// file is `temp_name`.
+fn place_file_in(
+    dir: BorrowedFd<'_>,
+    temp_name: &[u8],
+    path: &[u8],
+    attrs: Attrs<'_>,
+    meta: Meta,
+    warnings: &mut Vec<String>,
+) -> Result<(), TreeError> {
+    let name = at::split_parent(path).1;
+    let result = at::open_in(dir, temp_name, OFlag::O_RDONLY | OFlag::O_NONBLOCK)
         .map_err(io_error("open to set metadata of", path))
         .and_then(|fd| {
             apply_through_fd(fd.as_fd(), path, attrs, meta, warnings)?;
-            at::rename_in(dir.as_fd(), temp_name, name)
-                .map_err(io_error("rename into place", path))?;
+            at::rename_in(dir, temp_name, name).map_err(io_error("rename into place", path))?;
             Ok(fd)
         });
     match result {
@@ -461,7 +505,7 @@ pub fn place_file(
             Ok(())
         }
         Err(error) => {
-            let _ = at::remove_in(dir.as_fd(), temp_name);
+            let _ = at::remove_in(dir, temp_name);
             Err(error)
         }
     }
@@ -476,13 +520,23 @@ pub fn drop_file(
     path: &[u8],
     keep_partial: bool,
 ) -> Result<(), TreeError> {
-    let (dir, name) = root
+    let (dir, _) = root
         .parent(path)
         .map_err(io_error("open directory of", path))?;
-    let temp_name = at::split_parent(temp).1;
+    drop_file_in(dir.as_fd(), at::split_parent(temp).1, path, keep_partial)
+}
+
+/// `drop_file` in `dir`, the directory of `path`, where the temporary
+/// file is `temp_name`.
+fn drop_file_in(
+    dir: BorrowedFd<'_>,
+    temp_name: &[u8],
+    path: &[u8],
+    keep_partial: bool,
+) -> Result<(), TreeError> {
+    let name = at::split_parent(path).1;
     if !keep_partial {
-        at::remove_in(dir.as_fd(), temp_name)
-            .map_err(io_error("remove temporary file of", path))?;
+        at::remove_in(dir, temp_name).map_err(io_error("remove temporary file of", path))?;
         return Err(TreeError::Entry {
             path: shown_name(path),
             why: "not restored; its partial data was removed (--keep-partial keeps it)".into(),
@@ -491,8 +545,8 @@ pub fn drop_file(
     let mut partial = name.to_vec();
     partial.extend_from_slice(PARTIAL_SUFFIX);
     let partial_rel = join(at::split_parent(path).0, &partial);
-    if let Err(error) = at::rename_in(dir.as_fd(), temp_name, &partial) {
-        let _ = at::remove_in(dir.as_fd(), temp_name);
+    if let Err(error) = at::rename_in(dir, temp_name, &partial) {
+        let _ = at::remove_in(dir, temp_name);
         return Err(io_error("keep partial data as", &partial_rel)(error));
     }
     Err(TreeError::Entry {
@@ -507,17 +561,15 @@ pub fn drop_file(
 /// A fifo, device node (mknod) or symlink made under a temporary name, its
 /// owner, mode (not a symlink's), xattrs and mtime set on the name itself,
 /// then renamed into place; on any failure the temporary name is removed.
+/// `dir` is the directory of the entry.
 fn make_by_name(
-    root: &Root,
+    dir: BorrowedFd<'_>,
     file: &CatalogFile,
     meta: Meta,
     warnings: &mut Vec<String>,
 ) -> Result<(), TreeError> {
     let path = &file.path[..];
-    let (dir, name) = root
-        .parent(path)
-        .map_err(io_error("open directory of", path))?;
-    let dir = dir.as_fd();
+    let name = at::split_parent(path).1;
     let node = |kind: SFlag| -> Result<Vec<u8>, TreeError> {
         refuse_dir_at(dir, name, path)?;
         at::mknod_temp(dir, name, kind, 0o600, file.rdev)
@@ -582,7 +634,7 @@ fn make_hard_link(
     // linkat(2) without AT_SYMLINK_FOLLOW links a symlink itself, never its target.
     let temp = at::link_temp(target_dir.as_fd(), target_name, dir.as_fd(), name)
         .map_err(io_error("hard link", path))?;
-    at::rename_in(dir.as_fd(), &temp, name).map_err(|error| {
+    at::rename_link_in(dir.as_fd(), &temp, name).map_err(|error| {
         let _ = at::remove_in(dir.as_fd(), &temp);
         io_error("rename into place", path)(error)
     })

@@ -569,3 +569,76 @@ fn refused_xattrs_warn_and_special_files_are_made() {
         (1_500_000_000, 123_456_789)
     );
 }
+
+#[test]
+fn files_of_more_directories_than_are_kept_open_interleaved_all_land() {
+    // 40 directories (more than `dirs` keeps open), their files listed
+    // round robin so every directory is dropped and opened again; one
+    // file in three failed (removed), symlinks beside them.
+    const DIRS: usize = 40;
+    for resolve in [at::Resolve::Openat2, at::Resolve::Walk] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("out");
+        let mut files = Vec::new();
+        for d in 0..DIRS {
+            files.push(file(format!("d{d}").as_bytes(), FileKind::Directory, 0o755));
+        }
+        for i in 0..DIRS * 3 {
+            let mut f = file(
+                format!("d{}/f{i}", i % DIRS).as_bytes(),
+                FileKind::Regular,
+                0o640,
+            );
+            f.size_bytes = 3;
+            files.push(f);
+            let mut s = file(
+                format!("d{}/s{i}", i % DIRS).as_bytes(),
+                FileKind::Symlink,
+                0o777,
+            );
+            s.link_target = format!("f{i}").into_bytes();
+            files.push(s);
+        }
+        let catalog = make_catalog(files);
+        let selected = vec![true; catalog.files.len()];
+        let mut verdicts = all_good(&catalog);
+        for (i, f) in catalog.files.iter().enumerate() {
+            if f.kind == FileKind::Regular && i % 3 == 0 {
+                verdicts[i] = Verdict::Failed("test".into());
+            }
+        }
+        let finished = restore_with(&root, resolve, &catalog, &selected, &verdicts, |_, f| {
+            f.write_all_at(b"abc", 0).unwrap()
+        });
+        for (i, f) in catalog.files.iter().enumerate() {
+            let path = root.join(OsStr::from_bytes(&f.path));
+            let failed = verdicts[i] != Verdict::Good;
+            assert_eq!(finished.done[i], !failed, "{resolve:?} {}", path.display());
+            match f.kind {
+                FileKind::Regular if failed => assert!(!path.exists()),
+                FileKind::Regular => {
+                    assert_eq!(fs::read(&path).unwrap(), b"abc");
+                    assert_eq!(
+                        fs::metadata(&path).unwrap().mode() & 0o777,
+                        0o640 & !at::umask()
+                    );
+                }
+                FileKind::Symlink => {
+                    assert_eq!(
+                        fs::read_link(&path).unwrap().as_os_str().as_bytes(),
+                        &f.link_target[..]
+                    );
+                }
+                _ => assert!(fs::metadata(&path).unwrap().is_dir()),
+            }
+        }
+        // No temporary name left anywhere.
+        for d in 0..DIRS {
+            for e in fs::read_dir(root.join(format!("d{d}"))).unwrap() {
+                let name = e.unwrap().file_name();
+                assert!(!name.as_bytes().starts_with(b"."), "{resolve:?} {name:?}");
+            }
+        }
+        assert_eq!(finished.errors.len(), DIRS, "{resolve:?}: the failed files");
+    }
+}
