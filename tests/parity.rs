@@ -421,6 +421,9 @@ fn damage_on_two_devices_of_a_stripe_under_parity_1_names_the_files() {
     assert_eq!(code, 3, "{summary}\n{err}");
     let errors = summary["errors"].to_string();
     assert!(errors.contains("cannot rebuild from parity"), "{summary}");
+    // The records not rebuilt are named with their file and range.
+    assert!(errors.contains("is not rebuilt"), "{summary}");
+    assert!(errors.contains("at file offset"), "{summary}");
     // Every file restored is identical; every other one is named.
     let diffs = common::compare_trees(&bed.src, &to.join("tree"));
     assert!(!diffs.is_empty(), "{summary}");

@@ -233,6 +233,28 @@ pub(super) fn run(
                         &mut codecs,
                         (&mut errors, &mut damaged),
                     );
+                    // A damaged member on a given device not rebuilt:
+                    // its file and range named (an absent device's are
+                    // named as missing ranges by `plan`).
+                    for &pos in lost.iter().filter(|p| !got.iter().any(|g| g.0 == **p)) {
+                        let r = &st.data[pos];
+                        let Some(&(dev, _)) = devices.get(&r.device) else {
+                            continue;
+                        };
+                        let path = set
+                            .catalog
+                            .files
+                            .get(r.file_id as usize)
+                            .map_or_else(|| format!("file id {}", r.file_id), |f| shown_name(&f.path));
+                        errors.push(Problem::Rebuild {
+                            device: dev.path().display().to_string(),
+                            offset: r.position,
+                            why: format!(
+                                "the damaged data record of {path} at file offset {}, {} bytes, is not rebuilt: too few other records of its stripe check",
+                                r.file_offset, r.payload_bytes
+                            ),
+                        });
+                    }
                     let mut extents = Vec::new();
                     for (pos, payload) in got {
                         let r = st.data[pos];
