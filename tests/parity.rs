@@ -329,3 +329,111 @@ fn a_device_failing_mid_run_leaves_the_survivors_protected() {
         assert_eq!(missing_devices(&summary).len(), 2, "{summary}");
     }
 }
+
+/// Offsets of the data records (kind 1) on a device, read through its
+/// backing file.
+fn data_records(backing: &Path) -> Vec<u64> {
+    let bytes = std::fs::read(backing).unwrap();
+    bytes
+        .chunks(4096)
+        .enumerate()
+        .filter(|(_, b)| &b[..8] == b"PBIORECD" && b[12..16] == 1u32.to_le_bytes())
+        .map(|(i, _)| i as u64 * 4096)
+        .collect()
+}
+
+/// Garbage (a fixed pseudo-random sequence) over the middle half of the
+/// data records of device `d`, like `dd if=/dev/urandom conv=notrunc`:
+/// the byte range overwritten.
+fn garble_data_records(bed: &Bed, d: usize, seed: u64) -> (u64, u64) {
+    use std::os::unix::fs::FileExt;
+    let records = data_records(&bed.devs[d].backing);
+    assert!(records.len() >= 8, "too few data records on device {d}");
+    let (start, end) = (records[records.len() / 4], records[records.len() * 3 / 4]);
+    let mut x = seed | 1;
+    let garbage: Vec<u8> = (start..end)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bed.devs[d].backing)
+        .unwrap();
+    f.write_all_at(&garbage, start).unwrap();
+    f.sync_all().unwrap();
+    (start, end)
+}
+
+#[test]
+fn damaged_data_records_on_a_given_device_are_rebuilt_from_parity() {
+    let Some(bed) = bed("damaged_data_records_are_rebuilt", 4) else {
+        return;
+    };
+    backup(&bed, 1);
+    garble_data_records(&bed, 2, 0x9e37_79b9_7f4a_7c15);
+    // Every device given: device 2's damaged records count as missing and
+    // are rebuilt from the other members of their stripes.
+    let (code, summary, err, to) = restore_without(&bed, &[], "out");
+    assert_eq!(code, 0, "{summary}\n{err}");
+    assert!(
+        common::compare_trees(&bed.src, &to.join("tree")).is_empty(),
+        "{summary}"
+    );
+    assert!(missing_devices(&summary).is_empty(), "{summary}");
+    assert!(
+        summary["rebuild"]["bytes"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    let damaged = summary["rebuild"]["damaged"].as_array().unwrap();
+    assert!(!damaged.is_empty(), "{summary}");
+    for d in damaged {
+        let d = d.as_str().unwrap();
+        assert!(
+            d.contains(&bed.devs[2].arg()) && d.contains("damaged record"),
+            "a damaged record not on device 2: {d}"
+        );
+    }
+    // verify too.
+    let mut args = vec!["verify".to_string(), "--json".into()];
+    args.extend(dev_args(&bed.devs.iter().collect::<Vec<_>>()));
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "verify: {out}\n{err}");
+    let summary = json(&out);
+    assert!(
+        summary["rebuild"]["bytes"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+}
+
+#[test]
+fn damage_on_two_devices_of_a_stripe_under_parity_1_names_the_files() {
+    let Some(bed) = bed("damage_on_two_devices_of_a_stripe", 4) else {
+        return;
+    };
+    backup(&bed, 1);
+    garble_data_records(&bed, 1, 0x2545_f491_4f6c_dd1d);
+    garble_data_records(&bed, 2, 0x9e37_79b9_7f4a_7c15);
+    let (code, summary, err, to) = restore_without(&bed, &[], "out");
+    assert_eq!(code, 3, "{summary}\n{err}");
+    let errors = summary["errors"].to_string();
+    assert!(errors.contains("cannot rebuild from parity"), "{summary}");
+    // The records not rebuilt are named with their file and range.
+    assert!(errors.contains("is not rebuilt"), "{summary}");
+    assert!(errors.contains("at file offset"), "{summary}");
+    // Every file restored is identical; every other one is named.
+    let diffs = common::compare_trees(&bed.src, &to.join("tree"));
+    assert!(!diffs.is_empty(), "{summary}");
+    for d in &diffs {
+        let (path, why) = d.split_once(": ").unwrap();
+        assert_eq!(why, "missing in b", "wrong content restored: {d}");
+        assert!(
+            errors.contains(&format!("tree/{path}: content digest mismatch")),
+            "{path} not named: {summary}"
+        );
+    }
+    assert!(summary["files"].as_u64().unwrap() > 0, "nothing restored");
+}

@@ -444,6 +444,12 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> Outcome {
             rebuild.records,
             human_bytes(rebuild.bytes)
         );
+    } else if rebuild.records > 0 {
+        outln!(
+            "  parity: rebuilt {} damaged records, {}",
+            rebuild.records,
+            human_bytes(rebuild.bytes)
+        );
     }
     for d in &rebuild.damaged {
         errln!(

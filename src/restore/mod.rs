@@ -347,13 +347,14 @@ fn run_sets(
     };
     let verify = matches!(action, Action::Verify);
     let mut results = read_devices(sets, &selection, catalog, destination, verify);
-    results.extend(rebuild::run_all(
+    rebuild::run_all(
         sets,
         &selection,
+        &mut results,
         catalog,
         destination,
         &mut report.rebuild,
-    ));
+    );
     let (records, broken) = gather(results, &mut report)?;
     let verdicts = verdicts(sets, &selection, &records, &broken, &mut report);
     let mut done = selection.selected.clone();

@@ -165,7 +165,8 @@ pub(super) fn plan(set: &OpenSet, reading: &[u32], coverage: &mut [Option<Ranges
 /// Rebuild the planned stripes of set `s` (see the module doc), on a few
 /// threads. `targets[file]`: the restored file a record of the set's file
 /// goes to, or `NO_TARGET`. Returns one reader result like a device's,
-/// and what was rebuilt.
+/// and what was rebuilt; `healed` gets the media extents (device, start,
+/// end) of the data records rebuilt.
 pub(super) fn run(
     set: &OpenSet,
     s: usize,
@@ -173,7 +174,7 @@ pub(super) fn run(
     targets: &[u32],
     restored: &crate::format::Catalog,
     destination: Destination<'_>,
-    summary: &mut RebuildSummary,
+    (summary, healed): (&mut RebuildSummary, &mut Vec<(u32, u64, u64)>),
 ) -> Option<(Reader, Result<DeviceRead, RestoreError>)> {
     for &d in &plan.absent {
         let path = set.catalog.devices[d as usize].path.clone();
@@ -202,7 +203,7 @@ pub(super) fn run(
         errors: Vec::new(),
     });
     let failed: Mutex<Option<RestoreError>> = Mutex::new(None);
-    let rebuilt = Mutex::new((0u64, 0u64, Vec::new()));
+    let rebuilt = Mutex::new((0u64, 0u64, Vec::new(), Vec::new()));
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 4);
@@ -232,8 +233,35 @@ pub(super) fn run(
                         &mut codecs,
                         (&mut errors, &mut damaged),
                     );
+                    // A damaged member on a given device not rebuilt:
+                    // its file and range named (an absent device's are
+                    // named as missing ranges by `plan`).
+                    for &pos in lost.iter().filter(|p| !got.iter().any(|g| g.0 == **p)) {
+                        let r = &st.data[pos];
+                        let Some(&(dev, _)) = devices.get(&r.device) else {
+                            continue;
+                        };
+                        let path = set
+                            .catalog
+                            .files
+                            .get(r.file_id as usize)
+                            .map_or_else(|| format!("file id {}", r.file_id), |f| shown_name(&f.path));
+                        errors.push(Problem::Rebuild {
+                            device: dev.path().display().to_string(),
+                            offset: r.position,
+                            why: format!(
+                                "the damaged data record of {path} at file offset {}, {} bytes, is not rebuilt: too few other records of its stripe check",
+                                r.file_offset, r.payload_bytes
+                            ),
+                        });
+                    }
+                    let mut extents = Vec::new();
                     for (pos, payload) in got {
-                        local.push((st.data[pos], payload));
+                        let r = st.data[pos];
+                        let media_bytes =
+                            HEADER_BYTES as u64 + round_up_block(r.payload_bytes.into());
+                        extents.push((r.device, r.position, r.position + media_bytes));
+                        local.push((r, payload));
                     }
                     let mut done = (0u64, 0u64);
                     for (r, payload) in &local {
@@ -268,11 +296,13 @@ pub(super) fn run(
                     r.0 += done.0;
                     r.1 += done.1;
                     r.2.extend(damaged);
+                    r.3.extend(extents);
                 }
             });
         }
     });
-    let (records, bytes, damaged) = rebuilt.into_inner().expect("rebuild");
+    let (records, bytes, damaged, extents) = rebuilt.into_inner().expect("rebuild");
+    healed.extend(extents);
     summary.records += records;
     summary.bytes += bytes;
     summary.damaged.extend(damaged);
@@ -357,7 +387,16 @@ fn rebuild_stripe(
         errors.extend(bad);
         return Vec::new();
     }
-    damaged.extend(bad.iter().map(ToString::to_string));
+    damaged.extend(bad.iter().map(|p| match p {
+        Problem::Rebuild {
+            device,
+            offset,
+            why,
+        } => {
+            format!("device {device}: offset {offset}: damaged record: {why}")
+        }
+        other => other.to_string(),
+    }));
     let codec = match codecs.entry((k, m)) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::hash_map::Entry::Vacant(v) => match Codec::new(k, m) {
@@ -449,20 +488,82 @@ fn read_member<'p>(
     Ok(payload)
 }
 
-/// `run` for every set read that has a plan.
+/// `run` for every set read: the planned stripes (members on absent
+/// devices) and the stripes with a data member on a given device that its
+/// reader did not read good (damaged or altered: missing exactly like a
+/// record on an absent device). Extends `results` with the rebuilds; a
+/// reader's problems inside a record that was rebuilt are not errors
+/// (the member is named in the summary's `damaged` instead).
 pub(super) fn run_all(
     sets: &[&OpenSet],
     selection: &super::select::Selection,
+    results: &mut Vec<(Reader, Result<DeviceRead, RestoreError>)>,
     restored: &crate::format::Catalog,
     destination: Destination<'_>,
     summary: &mut RebuildSummary,
-) -> Vec<(Reader, Result<DeviceRead, RestoreError>)> {
+) {
     let targets = super::select::targets(sets, selection);
-    sets.iter()
-        .enumerate()
-        .filter_map(|(s, set)| {
-            let plan = selection.rebuild.get(s)?;
-            run(set, s, plan, &targets[s], restored, destination, summary)
-        })
-        .collect()
+    let mut extra = Vec::new();
+    for (s, set) in sets.iter().enumerate() {
+        let Some(parity) = &set.catalog.parity else {
+            continue;
+        };
+        let planned = selection.rebuild.get(s);
+        let mut jobs: std::collections::BTreeMap<usize, Vec<usize>> = planned
+            .map(|p| p.jobs.iter().cloned().collect())
+            .unwrap_or_default();
+        // Per device read good: the (restored file, offset) of its records.
+        let mut read: HashMap<u32, std::collections::HashSet<(u32, u64)>> = HashMap::new();
+        for ((rs, device, _), result) in results.iter() {
+            if let (true, Ok(r)) = (*rs == s, result) {
+                let set = read.entry(*device).or_default();
+                set.extend(r.records.iter().map(|(t, d)| (*t, d.0)));
+            }
+        }
+        for (i, st) in parity.stripes.iter().enumerate() {
+            for (pos, r) in st.data.iter().enumerate() {
+                let Some(good) = read.get(&r.device) else {
+                    continue;
+                };
+                let target = targets[s]
+                    .get(r.file_id as usize)
+                    .copied()
+                    .unwrap_or(NO_TARGET);
+                if target != NO_TARGET && !good.contains(&(target, r.file_offset)) {
+                    let lost = jobs.entry(i).or_default();
+                    if !lost.contains(&pos) {
+                        lost.push(pos);
+                    }
+                }
+            }
+        }
+        let plan = Plan {
+            jobs: jobs.into_iter().collect(),
+            absent: planned.map(|p| p.absent.clone()).unwrap_or_default(),
+        };
+        let mut healed = Vec::new();
+        let got = run(
+            set,
+            s,
+            &plan,
+            &targets[s],
+            restored,
+            destination,
+            (&mut *summary, &mut healed),
+        );
+        extra.extend(got);
+        for ((rs, device, _), result) in results.iter_mut() {
+            let Ok(r) = result else { continue };
+            if *rs != s {
+                continue;
+            }
+            r.errors.retain(|p| match p {
+                Problem::Record { offset, .. } => !healed
+                    .iter()
+                    .any(|&(d, a, b)| d == *device && a <= *offset && *offset < b),
+                _ => true,
+            });
+        }
+    }
+    results.extend(extra);
 }
