@@ -380,34 +380,12 @@ pub fn run(args: BackupArgs) -> CliResult {
         input.plan.segments.len(),
     );
     let progress: Vec<AtomicU64> = devices.iter().map(|_| AtomicU64::new(0)).collect();
-    let result = std::thread::scope(|scope| {
-        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
-        let progress = &progress;
-        let shown = std::thread::Builder::new()
-            .name("pbio-progress".into())
-            .spawn_scoped(scope, move || {
-                progress::run(reporter, progress, events_rx, stop_rx)
-            })
-            .expect("spawn progress thread");
-        let result = engine::run_backup(&input, &devices, &config, progress);
-        drop(stop_tx);
-        // How devices ended is the report's to say; the reporter only showed it.
-        let _shown = shown.join().expect("progress thread panicked");
-        result
+    let result = with_progress(reporter, &progress, events_rx, |progress| {
+        engine::run_backup(&input, &devices, &config, progress)
     });
     let json = args.set.json;
     match result {
-        Err(e) => {
-            let error = e.to_string();
-            let failure = Failure::Backup(e);
-            if json {
-                outln!(
-                    "{}",
-                    json!({"event": "finished", "ok": false, "exit_code": failure.code(), "error": error})
-                );
-            }
-            Err(failure)
-        }
+        Err(e) => Err(backup_failed(e, json)),
         Ok(report) => {
             let outcome = outcome(&report);
             if json {
@@ -758,4 +736,43 @@ fn print_compression(report: &engine::BackupReport, total: u64, secs: f64) {
             total as f64 / (1 << 20) as f64 / (cpu / cores).max(1e-9),
         );
     }
+}
+
+/// Run `work` (a backup's data path, given the per-device progress
+/// counters) while a thread shows its progress and events through
+/// `reporter`; the thread stops when `work` returns. How devices ended is
+/// the report's to say; the reporter only showed it.
+pub(super) fn with_progress<T>(
+    reporter: Reporter<std::io::Stdout>,
+    progress: &[AtomicU64],
+    events: crossbeam_channel::Receiver<engine::Event>,
+    work: impl FnOnce(&[AtomicU64]) -> T,
+) -> T {
+    std::thread::scope(|scope| {
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let shown = std::thread::Builder::new()
+            .name("pbio-progress".into())
+            .spawn_scoped(scope, move || {
+                progress::run(reporter, progress, events, stop_rx)
+            })
+            .expect("spawn progress thread");
+        let result = work(progress);
+        drop(stop_tx);
+        let _shown = shown.join().expect("progress thread panicked");
+        result
+    })
+}
+
+/// A backup that failed as a whole: the failure (its exit code), and with
+/// `--json` the final event saying so.
+pub(super) fn backup_failed(e: engine::BackupError, json: bool) -> Failure {
+    let error = e.to_string();
+    let failure = Failure::Backup(e);
+    if json {
+        outln!(
+            "{}",
+            json!({"event": "finished", "ok": false, "exit_code": failure.code(), "error": error})
+        );
+    }
+    failure
 }

@@ -14,8 +14,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use super::backup::{check_devices, outcome, payload_per_device, print_report, BackupArgs};
-use super::progress::{self, DeviceInfo, Output, Reporter};
+use super::backup::{
+    backup_failed, check_devices, outcome, payload_per_device, print_report, with_progress,
+    BackupArgs,
+};
+use super::progress::{DeviceInfo, Output, Reporter};
 use super::{prepare, CliResult, Failure};
 use crate::device::changer::shelved::{DrivePool, Shelved};
 use crate::device::changer::{self, Changer};
@@ -132,33 +135,12 @@ pub fn run(args: BackupArgs) -> CliResult {
         planned: needed,
     };
     let progress: Vec<AtomicU64> = library.volumes.iter().map(|_| AtomicU64::new(0)).collect();
-    let result = std::thread::scope(|scope| {
-        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
-        let progress = &progress;
-        let shown = std::thread::Builder::new()
-            .name("pbio-progress".into())
-            .spawn_scoped(scope, move || {
-                progress::run(reporter, progress, events_rx, stop_rx)
-            })
-            .expect("spawn progress thread");
-        let result = span::run_spanning(&input, &library, &config, progress);
-        drop(stop_tx);
-        let _shown = shown.join().expect("progress thread panicked");
-        result
+    let result = with_progress(reporter, &progress, events_rx, |progress| {
+        span::run_spanning(&input, &library, &config, progress)
     });
     let json = args.set.json;
     match result {
-        Err(e) => {
-            let error = e.to_string();
-            let failure = Failure::Backup(e);
-            if json {
-                outln!(
-                    "{}",
-                    json!({"event": "finished", "ok": false, "exit_code": failure.code(), "error": error})
-                );
-            }
-            Err(failure)
-        }
+        Err(e) => Err(backup_failed(e, json)),
         Ok((report, spanned)) => {
             let outcome = outcome(&report);
             let used: Vec<&str> = library

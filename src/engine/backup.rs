@@ -135,12 +135,28 @@ pub(super) fn backup_label(
     config: &BackupConfig,
     index: u32,
 ) -> Label {
+    writing_label(
+        config,
+        index,
+        devices.len() as u32,
+        devices[index as usize].block_bytes(),
+    )
+}
+
+/// The label of device (or volume) `index` of `count` while the set is
+/// being written, sealed with the set's key.
+pub(super) fn writing_label(
+    config: &BackupConfig,
+    index: u32,
+    count: u32,
+    block_bytes: u32,
+) -> Label {
     Label {
         set_id: config.set_id,
         device_index: index,
-        device_count: devices.len() as u32,
+        device_count: count,
         chunk_bytes: config.chunk_bytes,
-        block_bytes: devices[index as usize].block_bytes(),
+        block_bytes,
         created_unix_ns: config.created_unix_ns,
         state: LabelState::Writing,
         catalog_offset: 0,

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::device::changer::Changer;
 use crate::device::{self, Device, DeviceSpec, Mode};
-use crate::format::{Label, LabelState};
+use crate::format::Label;
 use crate::media::{self, MediaError};
 
 use super::backup::{new_dispatcher, ring_config, run_device};
@@ -102,21 +102,7 @@ struct Shared<'a> {
 
 /// The label of volume `index` of `count`.
 fn volume_label(config: &BackupConfig, index: u32, count: u32, block_bytes: u32) -> Label {
-    Label {
-        set_id: config.set_id,
-        device_index: index,
-        device_count: count,
-        chunk_bytes: config.chunk_bytes,
-        block_bytes,
-        created_unix_ns: config.created_unix_ns,
-        state: LabelState::Writing,
-        catalog_offset: 0,
-        catalog_bytes: 0,
-        data_end: 0,
-        catalog_digest: [0; 32],
-        mac: [0; 32],
-    }
-    .sealed(config.mac_key.as_ref())
+    super::backup::writing_label(config, index, count, block_bytes)
 }
 
 /// Run a backup over the volumes of `library` (planned in `input` as one
