@@ -336,25 +336,15 @@ pub fn run(args: BackupArgs) -> CliResult {
     }
     check_parity(args.parity.into(), &devices)?;
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
-    let config = BackupConfig {
-        set_id: crate::media::new_set_id(),
-        created_unix_ns: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0),
-        chunk_bytes: args.set.chunk as u32,
-        queue_depth: args.qd as usize,
-        tape_block_bytes: args.tape_block as u32,
-        tape_buffer_records: args.tape_buffer as usize,
-        reserve_bytes: prepared.reserve_bytes,
-        write_retries: args.retries,
-        events: Some(events_tx),
-        steal_work: (args.set.balance == crate::plan::Balance::Time)
-            .then(|| prepared.devices.iter().map(|d| d.2.unwrap_or(0)).collect()),
+    let steal_work = (args.set.balance == crate::plan::Balance::Time)
+        .then(|| prepared.devices.iter().map(|d| d.2.unwrap_or(0)).collect());
+    let config = backup_config(
+        &args,
+        prepared.reserve_bytes,
+        events_tx,
         mac_key,
-        compression: args.compress,
-        parity: args.parity.into(),
-    };
+        steal_work,
+    );
     let payload = payload_per_device(&prepared.entries, &prepared.plan);
     let infos: Vec<DeviceInfo> = prepared
         .devices
@@ -775,4 +765,33 @@ pub(super) fn backup_failed(e: engine::BackupError, json: bool) -> Failure {
         );
     }
     failure
+}
+
+/// The run's configuration from the command line: a new set id, the
+/// options' sizes and depths, the event sink and the key.
+pub(super) fn backup_config(
+    args: &BackupArgs,
+    reserve_bytes: u64,
+    events: crossbeam_channel::Sender<engine::Event>,
+    mac_key: Option<crate::format::MacKey>,
+    steal_work: Option<Vec<u64>>,
+) -> BackupConfig {
+    BackupConfig {
+        set_id: crate::media::new_set_id(),
+        created_unix_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+        chunk_bytes: args.set.chunk as u32,
+        queue_depth: args.qd as usize,
+        tape_block_bytes: args.tape_block as u32,
+        tape_buffer_records: args.tape_buffer as usize,
+        reserve_bytes,
+        write_retries: args.retries,
+        events: Some(events),
+        steal_work,
+        mac_key,
+        compression: args.compress,
+        parity: args.parity.into(),
+    }
 }

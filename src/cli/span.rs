@@ -10,7 +10,6 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
@@ -24,7 +23,7 @@ use crate::device::changer::shelved::{DrivePool, Shelved};
 use crate::device::changer::{self, Changer};
 use crate::device::{Device, DeviceSpec, Mode};
 use crate::engine::span::{self, Library, Volume};
-use crate::engine::{self, BackupConfig, SetInput};
+use crate::engine::{self, SetInput};
 use crate::format::HEADER_BYTES;
 use crate::media::guard::Policy;
 use crate::units::human_bytes;
@@ -84,25 +83,10 @@ pub fn run(args: BackupArgs) -> CliResult {
         })
         .collect();
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
-    let config = BackupConfig {
-        set_id: crate::media::new_set_id(),
-        created_unix_ns: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0),
-        chunk_bytes: args.set.chunk as u32,
-        queue_depth: args.qd as usize,
-        tape_block_bytes: args.tape_block as u32,
-        tape_buffer_records: args.tape_buffer as usize,
-        reserve_bytes: prepared.reserve_bytes,
-        write_retries: args.retries,
-        events: Some(events_tx),
-        // Volumes wait in their slots: nothing to steal from them.
-        steal_work: None,
-        mac_key,
-        parity: 0,
-        compression: args.compress,
-    };
+    // Volumes wait in their slots: nothing to steal from them. (`run`
+    // refused --parity with --changer, so the config's parity is 0.)
+    let config =
+        super::backup::backup_config(&args, prepared.reserve_bytes, events_tx, mac_key, None);
     let mut payload = payload_per_device(&prepared.entries, &prepared.plan);
     payload.resize(volumes.len(), 0);
     let infos: Vec<DeviceInfo> = volumes
