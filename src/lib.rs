@@ -12,11 +12,14 @@
 //! - `media`: label, catalog and record streams on a device, the record
 //!   scanner and the overwrite guard: the one place that reads and writes
 //!   the on-media structures.
-//! - `engine`: backup runs (dispatcher, ring workers, failure handling).
+//! - `engine`: the data path (dispatcher, ring workers, failure handling).
+//! - `backup`: the backup run over the engine (labels, data, parity,
+//!   catalog, finish; spanning cartridges).
 //! - `restore`: restore and verify runs (catalog, chain, scan restore).
-//! - `measure`: hardware measurement (bench, qualify), beside the engine.
+//! - `measure`: hardware measurement (bench, qualify, the rate probe), beside the engine.
 //! - `cli`: the commands: parse, run a layer, show, map errors to exit codes.
 
+pub mod backup;
 pub mod cli;
 pub mod device;
 pub mod engine;

@@ -101,7 +101,7 @@ fn plan_and_catalog_encoding_stay_within_their_bytes_a_file() {
     let devices: Vec<(String, u64, Option<u64>)> = (0..4)
         .map(|i| (format!("/dev/loop{i}"), 8 << 30, None))
         .collect();
-    let (items, items_peak) = peak_of(|| pbio::engine::file_items(&entries, None));
+    let (items, items_peak) = peak_of(|| pbio::backup::file_items(&entries, None));
     let slots = vec![
         pbio::plan::DeviceSlot {
             capacity_bytes: 8 << 30,
@@ -114,7 +114,7 @@ fn plan_and_catalog_encoding_stay_within_their_bytes_a_file() {
     println!("file_items {items_peak}, plan::plan {planner_peak}");
     drop(items);
     let ((plan, _reserve), plan_peak) = peak_of(|| {
-        pbio::engine::plan_set(&entries, None, &devices, &pbio::plan::Options::default())
+        pbio::backup::plan_set(&entries, None, &devices, &pbio::plan::Options::default())
             .expect("plans")
     });
     assert_eq!(
@@ -132,7 +132,7 @@ fn plan_and_catalog_encoding_stay_within_their_bytes_a_file() {
         })
         .collect();
     let (encoded, encode_peak) = peak_of(|| {
-        let head = pbio::engine::catalog_head(
+        let head = pbio::backup::catalog_head(
             pbio::format::SetId([7; 16]),
             1,
             1 << 20,
@@ -140,7 +140,7 @@ fn plan_and_catalog_encoding_stay_within_their_bytes_a_file() {
             None,
             Vec::new(),
         );
-        let file = |i| pbio::engine::catalog_file(&entries, i, None);
+        let file = |i| pbio::backup::catalog_file(&entries, i, None);
         head.encode_streamed(entries.len(), &file, None)
     });
     let decoded = pbio::format::Catalog::decode(&encoded).expect("decodes");

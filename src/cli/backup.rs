@@ -9,8 +9,9 @@ use serde_json::json;
 
 use super::progress::{self, DeviceInfo, Output, Reporter};
 use super::{path_text, prepare, CliResult, Failure, Outcome, SetArgs};
+use crate::backup::{self, BackupConfig, DeviceEnd, SetInput};
 use crate::device::{self, DeviceSpec, Mode};
-use crate::engine::{self, ring::QUEUE_DEPTH_MAX, BackupConfig, DeviceEnd, SetInput};
+use crate::engine::ring::QUEUE_DEPTH_MAX;
 use crate::format::SetId;
 use crate::media::guard::{self, Finding, Policy};
 use crate::units::{human_bytes, shown_line, shown_name};
@@ -33,7 +34,7 @@ pub struct BackupArgs {
     pub tape_block: u64,
     /// Records read ahead of each tape's one write (a watermark buffer, so
     /// the drive keeps streaming while sources are slow).
-    #[arg(long, default_value_t = engine::TAPE_BUFFER_RECORDS_DEFAULT as u16, value_parser = clap::value_parser!(u16).range(1..=QUEUE_DEPTH_MAX as i64))]
+    #[arg(long, default_value_t = backup::TAPE_BUFFER_RECORDS_DEFAULT as u16, value_parser = clap::value_parser!(u16).range(1..=QUEUE_DEPTH_MAX as i64))]
     pub tape_buffer: u16,
     /// Write over whatever the devices hold (a filesystem, partition table, LVM/RAID member, another pbio set). Never overrides a device that is mounted or in use.
     #[arg(long)]
@@ -104,7 +105,7 @@ fn check_parity(m: usize, devices: &[Box<dyn device::Device>]) -> Result<(), Fai
     }
     if let Some(dev) = devices
         .iter()
-        .find(|d| !engine::parity::parity_capable(d.as_ref()))
+        .find(|d| !backup::parity::parity_capable(d.as_ref()))
     {
         return Err(Failure::Usage(format!(
             "--parity: {} is a {:?} device; parity needs devices read at any offset (disks, files, NBD exports)",
@@ -118,7 +119,7 @@ fn check_parity(m: usize, devices: &[Box<dyn device::Device>]) -> Result<(), Fai
 fn parse_tape_block(text: &str) -> Result<u64, String> {
     let n = crate::units::parse_size(text)?;
     let max = crate::format::PAYLOAD_BYTES_MAX as u64 + crate::format::HEADER_BYTES as u64;
-    if n < engine::TAPE_BLOCK_BYTES_MIN as u64 || n > max || n % 4096 != 0 {
+    if n < backup::TAPE_BLOCK_BYTES_MIN as u64 || n > max || n % 4096 != 0 {
         return Err(format!(
             "tape block '{text}' must be a multiple of 4K between 8K and 64M+4K"
         ));
@@ -146,8 +147,8 @@ impl BackupArgs {
             force: false,
             overwrite: Vec::new(),
             json_interval: progress::JSON_INTERVAL_DEFAULT,
-            tape_block: crate::engine::TAPE_BLOCK_BYTES_DEFAULT as u64,
-            tape_buffer: crate::engine::TAPE_BUFFER_RECORDS_DEFAULT as u16,
+            tape_block: crate::backup::TAPE_BLOCK_BYTES_DEFAULT as u64,
+            tape_buffer: crate::backup::TAPE_BUFFER_RECORDS_DEFAULT as u16,
             key: None,
             compress: None,
             parity: 0,
@@ -189,7 +190,7 @@ pub fn check_devices(devs: &[DeviceSpec], policy: &Policy) -> Result<(), Failure
 }
 
 /// `--balance time`: every device given without `rate=` is measured with
-/// a short write probe (engine::probe), and planned at that rate.
+/// a short write probe (backup::probe), and planned at that rate.
 fn measure_rates(set: &super::SetArgs, json: bool) -> Result<super::SetArgs, Failure> {
     let mut set = set.clone();
     for spec in set.devs.iter_mut() {
@@ -206,12 +207,13 @@ fn measure_rates(set: &super::SetArgs, json: bool) -> Result<super::SetArgs, Fai
         }
         let dev = device::open(spec, Mode::Write).map_err(Failure::DeviceToWrite)?;
         super::show_notes(dev.as_ref());
-        let m = engine::probe::write_rate(dev.as_ref(), Default::default()).map_err(|e| {
-            Failure::Usage(format!(
-                "device {}: --balance time: measuring its write rate failed: {e} (give rate=)",
-                spec.path.display()
-            ))
-        })?;
+        let m =
+            crate::measure::probe::write_rate(dev.as_ref(), Default::default()).map_err(|e| {
+                Failure::Usage(format!(
+                    "device {}: --balance time: measuring its write rate failed: {e} (give rate=)",
+                    spec.path.display()
+                ))
+            })?;
         if !json {
             errln!(
                 "pbio: device {}: measured {:.1} MiB/s ({} MiB in {:.2} s) for --balance time",
@@ -371,7 +373,7 @@ pub fn run(args: BackupArgs) -> CliResult {
     );
     let progress: Vec<AtomicU64> = devices.iter().map(|_| AtomicU64::new(0)).collect();
     let result = with_progress(reporter, &progress, events_rx, |progress| {
-        engine::run_backup(&input, &devices, &config, progress)
+        backup::run_backup(&input, &devices, &config, progress)
     });
     let json = args.set.json;
     match result {
@@ -430,7 +432,7 @@ fn print_increment(
 /// Degraded (1) when a device failed (the survivors hold everything) or a file changed
 /// while it was read (the set is complete, but that file's copy may be
 /// inconsistent); Done (0) otherwise.
-pub fn outcome(report: &engine::BackupReport) -> Outcome {
+pub fn outcome(report: &backup::BackupReport) -> Outcome {
     if !report.complete() {
         Outcome::Incomplete
     } else if report.degraded() || !report.changed.is_empty() {
@@ -450,7 +452,7 @@ fn state_name(end: DeviceEnd) -> &'static str {
 
 /// How a device ended, as the summary shows it: never "complete" (nor
 /// "full") when its catalog or final label is not durable.
-fn device_state(d: &engine::DeviceReport) -> &'static str {
+fn device_state(d: &backup::DeviceReport) -> &'static str {
     if d.catalog_missing() {
         "incomplete"
     } else {
@@ -459,7 +461,7 @@ fn device_state(d: &engine::DeviceReport) -> &'static str {
 }
 
 /// Failures, full devices and missing data go to stderr in every output mode.
-fn print_warnings(report: &engine::BackupReport) {
+fn print_warnings(report: &backup::BackupReport) {
     for d in &report.devices {
         if let Some(error) = &d.error {
             errln!(
@@ -535,7 +537,7 @@ fn print_warnings(report: &engine::BackupReport) {
 /// The end-of-run summary: per device payload bytes, records, time, MiB/s
 /// and how it ended; the total; the set id. Warnings (failed or full
 /// devices, missing data) go to stderr first, in every mode.
-pub fn print_report(report: &engine::BackupReport, as_json: bool) {
+pub fn print_report(report: &backup::BackupReport, as_json: bool) {
     print_warnings(report);
     let secs = report.elapsed.as_secs_f64().max(1e-9);
     let total: u64 = report.devices.iter().map(|d| d.stats.payload_bytes).sum();
@@ -698,7 +700,7 @@ pub fn print_report(report: &engine::BackupReport, as_json: bool) {
 
 /// `--compress`: what the devices hold against the payload, the workers'
 /// CPU time, and whether the devices waited for them (CPU-bound).
-fn print_compression(report: &engine::BackupReport, total: u64, secs: f64) {
+fn print_compression(report: &backup::BackupReport, total: u64, secs: f64) {
     let stats = || report.devices.iter().map(|d| &d.stats);
     let cpu: f64 = stats().map(|s| s.transform_cpu.as_secs_f64()).sum();
     if cpu == 0.0 {
@@ -735,7 +737,7 @@ fn print_compression(report: &engine::BackupReport, total: u64, secs: f64) {
 pub(super) fn with_progress<T>(
     reporter: Reporter<std::io::Stdout>,
     progress: &[AtomicU64],
-    events: crossbeam_channel::Receiver<engine::Event>,
+    events: crossbeam_channel::Receiver<backup::Event>,
     work: impl FnOnce(&[AtomicU64]) -> T,
 ) -> T {
     std::thread::scope(|scope| {
@@ -755,7 +757,7 @@ pub(super) fn with_progress<T>(
 
 /// A backup that failed as a whole: the failure (its exit code), and with
 /// `--json` the final event saying so.
-pub(super) fn backup_failed(e: engine::BackupError, json: bool) -> Failure {
+pub(super) fn backup_failed(e: backup::BackupError, json: bool) -> Failure {
     let error = e.to_string();
     let failure = Failure::Backup(e);
     if json {
@@ -772,7 +774,7 @@ pub(super) fn backup_failed(e: engine::BackupError, json: bool) -> Failure {
 pub(super) fn backup_config(
     args: &BackupArgs,
     reserve_bytes: u64,
-    events: crossbeam_channel::Sender<engine::Event>,
+    events: crossbeam_channel::Sender<backup::Event>,
     mac_key: Option<crate::format::MacKey>,
     steal_work: Option<Vec<u64>>,
 ) -> BackupConfig {

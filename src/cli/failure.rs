@@ -13,9 +13,9 @@
 //! the CLI's own checks carry their message with their class (`Usage`,
 //! `Data`).
 
+use crate::backup::{BackupError, PlanSetError};
 use crate::device::changer::ChangerError;
 use crate::device::DeviceError;
-use crate::engine::{BackupError, PlanSetError};
 use crate::measure::bench::{BenchError, ConfigError};
 use crate::measure::qualify::{OptionsError, QualifyError};
 use crate::restore::RestoreError;
@@ -298,9 +298,9 @@ mod tests {
             "restore failed: no devices given (use --dev)"
         );
         assert_eq!(exit_code(&failure), EXIT_DATA);
-        let devices = vec![crate::engine::NoCatalogOn {
+        let devices = vec![crate::backup::NoCatalogOn {
             device: "d0".into(),
-            why: crate::engine::NoCatalogWhy::Unknown,
+            why: crate::backup::NoCatalogWhy::Unknown,
         }];
         let backup = Failure::Backup(BackupError::NoCatalog { devices });
         assert_eq!(

@@ -538,7 +538,7 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
         }
     };
     let (plan, reserve_bytes) =
-        crate::engine::plan_set(&walk.entries, since.as_ref(), &devices, &args.options())
+        crate::backup::plan_set(&walk.entries, since.as_ref(), &devices, &args.options())
             .map_err(Failure::Plan)?;
     Ok(Prepared {
         excluded: walk.excluded,

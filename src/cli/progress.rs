@@ -4,7 +4,7 @@
 //!
 //! The reporter only reads: the engine's per-device payload counters
 //! (`progress` atomics) and its `Event` channel. It runs on its own thread
-//! while `engine::run_backup` runs (`run`), and tells the caller how each
+//! while `backup::run_backup` runs (`run`), and tells the caller how each
 //! device ended (`LiveState`) for the summary and the exit code.
 
 use std::io::Write;
@@ -15,7 +15,7 @@ use crossbeam_channel::{select, Receiver};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use crate::engine::Event;
+use crate::backup::Event;
 use crate::units::{human_bytes, shown_line};
 
 /// How often bars are redrawn.

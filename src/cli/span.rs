@@ -1,6 +1,6 @@
 //! `pbio backup --changer C`: a set written on the scratch cartridges of a
 //! tape library, through all its drives, spanning as many cartridges as it
-//! needs (engine::span).
+//! needs (backup::span).
 //!
 //! Before anything is written: the drives are emptied (their cartridges
 //! back to their slots), every cartridge in a storage slot goes through
@@ -19,11 +19,11 @@ use super::backup::{
 };
 use super::progress::{DeviceInfo, Output, Reporter};
 use super::{prepare, CliResult, Failure};
+use crate::backup::span::{self, Library, Volume};
+use crate::backup::{self, SetInput};
 use crate::device::changer::shelved::{DrivePool, Shelved};
 use crate::device::changer::{self, Changer};
 use crate::device::{Device, DeviceSpec, Mode};
-use crate::engine::span::{self, Library, Volume};
-use crate::engine::{self, SetInput};
 use crate::format::HEADER_BYTES;
 use crate::media::guard::Policy;
 use crate::units::human_bytes;
@@ -60,7 +60,7 @@ pub fn run(args: BackupArgs) -> CliResult {
     let needed = volumes_needed(&args, &prepared, &scratch)?;
     if needed < scratch.len() {
         prepared.devices.truncate(needed);
-        let (plan, reserve) = engine::plan_set(
+        let (plan, reserve) = backup::plan_set(
             &prepared.entries,
             prepared.since.as_ref(),
             &prepared.devices,
@@ -231,7 +231,7 @@ fn scratch_cartridges(changer: &mut dyn Changer, policy: &Policy) -> Result<Vec<
 /// The planner's "does not fit" over every scratch cartridge, with the
 /// library's numbers.
 fn too_large(failure: Failure, scratch: &[Scratch]) -> Failure {
-    let Failure::Plan(engine::PlanSetError::Plan(crate::plan::PlanError::DoesNotFit {
+    let Failure::Plan(backup::PlanSetError::Plan(crate::plan::PlanError::DoesNotFit {
         missing_bytes,
     })) = failure
     else {

@@ -70,7 +70,7 @@ pub enum DeviceState {
     /// Not started yet (a cartridge of a spanning set still in its slot):
     /// takes no shared work and hands none back until `start`. While a
     /// device is pending, the others do not wait for work handed back:
-    /// it will take that work when it starts (`engine::span`).
+    /// it will take that work when it starts (`backup::span`).
     Pending = 5,
 }
 

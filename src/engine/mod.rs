@@ -1,27 +1,13 @@
-//! The data path: ring worker, dispatcher, and the backup run
-//! that ties them together (label, data, catalog, durable, complete).
+//! The data path: the dispatcher (least-filled, work stealing) and the
+//! ring workers (one io_uring per device: read sources, write records,
+//! fail over). The backup run that drives them lives in `backup`.
 
-mod backup;
-mod catalog;
 pub mod dispatch;
-pub mod parity;
-pub mod probe;
-mod report;
 pub mod ring;
-mod set;
-pub mod span;
 
-use crate::device::{Access, Device};
-use crate::format::{MacKey, SetId, HEADER_BYTES};
 use crate::plan::Plan;
 use crate::source::incremental::Increment;
 use crate::source::Entry;
-
-pub use backup::run_backup;
-pub use report::{
-    BackupError, BackupReport, DeviceEnd, DeviceReport, NoCatalogOn, NoCatalogWhy, ParitySummary,
-};
-pub use set::{catalog_file, catalog_for, catalog_head, file_items, plan_set, PlanSetError};
 
 /// Everything a backup run reads: the walked entries (file id = index),
 /// the plan, and for an incremental set what it refers to instead of storing.
@@ -29,79 +15,4 @@ pub struct SetInput {
     pub entries: Vec<Entry>,
     pub plan: Plan,
     pub since: Option<Increment>,
-}
-
-/// Default tape block limit (`--tape-block`): header and payload of a
-/// record within 1 MiB, inside st's default scatter/gather limit.
-pub const TAPE_BLOCK_BYTES_DEFAULT: u32 = crate::device::tape::TAPE_BLOCK_BYTES_DEFAULT;
-/// Smallest tape block pbio writes: a header and one 4 KiB payload block.
-pub const TAPE_BLOCK_BYTES_MIN: u32 = 2 * HEADER_BYTES as u32;
-/// Default records buffered ahead of a tape's one write (`--tape-buffer`).
-pub const TAPE_BUFFER_RECORDS_DEFAULT: usize = 64;
-
-/// The largest payload of one record on `dev`: the chunk, or on a device
-/// with a block limit (tape: `tape_block_bytes` and the drive's own limit)
-/// the largest power of two that fits one block together with its
-/// header, so that records split on the same boundaries as the chunk.
-pub fn record_payload_bytes_max(dev: &dyn Device, chunk_bytes: u32, tape_block_bytes: u32) -> u32 {
-    if dev.access() == Access::Random {
-        return chunk_bytes;
-    }
-    let block = tape_block_bytes
-        .min(dev.block_bytes_max().unwrap_or(u32::MAX))
-        .max(TAPE_BLOCK_BYTES_MIN);
-    let room = block - HEADER_BYTES as u32;
-    let payload = 1u32 << (31 - room.leading_zeros());
-    payload.min(chunk_bytes)
-}
-
-pub struct BackupConfig {
-    pub set_id: SetId,
-    pub created_unix_ns: u64,
-    pub chunk_bytes: u32,
-    pub queue_depth: usize,
-    /// Largest tape block (header + payload) to write (`--tape-block`).
-    pub tape_block_bytes: u32,
-    /// Records buffered ahead of each tape's write (`--tape-buffer`).
-    pub tape_buffer_records: usize,
-    /// Media bytes kept free on each device for the catalog (from `plan_set`).
-    pub reserve_bytes: u64,
-    /// Resubmissions of a failed write before the device is declared failed.
-    pub write_retries: u32,
-    /// Where device events go (progress display, `--json`); None: nowhere.
-    pub events: Option<crossbeam_channel::Sender<Event>>,
-    /// Idle devices take planned work from the busiest (`--balance time`),
-    /// weighed by these rates (bytes per second per device; 0: unknown),
-    /// which are then updated from what the devices write.
-    pub steal_work: Option<Vec<u64>>,
-    /// The set's MAC key (`--key`): labels and catalog carry keyed MACs
-    /// (docs/FORMAT.md, "MAC"). None: the MACs are zero.
-    pub mac_key: Option<MacKey>,
-    /// `--compress`: each record's payload compressed on worker threads
-    /// (stored raw where it does not shrink). None: raw.
-    pub compression: Option<crate::format::codec::Compression>,
-    /// `--parity M`: parity records per stripe (0: none), written after
-    /// the data (`engine::parity`).
-    pub parity: usize,
-}
-
-/// Something a harness or the progress display should hear about while
-/// the run goes on. Byte counts are payload bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// The device filled up (ENOSPC, end of medium): it is healthy, what
-    /// reached it stays, the rest of its work goes to the others.
-    DeviceFull {
-        device: u32,
-        error: String,
-        durable_bytes: u64,
-        redirected_bytes: u64,
-    },
-    /// The device failed (EIO, vanished): everything assigned to it is
-    /// written again on the survivors.
-    DeviceFailed {
-        device: u32,
-        error: String,
-        redirected_bytes: u64,
-    },
 }

@@ -2,7 +2,9 @@
 //! drives devices through the same rings and buffers a backup uses and
 //! compares them with fio; `qualify` checks a device family's behaviour
 //! (identity, throughput matrix, durability, pattern) before it is trusted
-//! with a set. No backup or restore run imports this module.
+//! with a set; `probe` rates devices for `--balance time` (the CLI runs it
+//! before planning). No backup or restore run imports this module.
 
 pub mod bench;
+pub mod probe;
 pub mod qualify;

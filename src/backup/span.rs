@@ -32,13 +32,13 @@ use crate::device::{self, Device, DeviceSpec, Mode};
 use crate::format::Label;
 use crate::media::{self, MediaError};
 
-use super::backup::{new_dispatcher, ring_config, run_device};
 use super::catalog::{
     build_catalog, device_end, device_reports, finish_device, no_catalog, source_findings,
 };
-use super::dispatch::{DeviceState, Dispatcher};
-use super::ring::{self, RingConfig, RingEnd, RingOutcome, RingStats};
+use super::run::{new_dispatcher, ring_config, run_device};
 use super::{BackupConfig, BackupError, BackupReport, DeviceEnd, SetInput};
+use crate::engine::dispatch::{DeviceState, Dispatcher};
+use crate::engine::ring::{self, RingConfig, RingEnd, RingOutcome, RingStats};
 
 /// One cartridge of a spanning set, in volume order.
 #[derive(Clone, Debug)]
@@ -102,7 +102,7 @@ struct Shared<'a> {
 
 /// The label of volume `index` of `count`.
 fn volume_label(config: &BackupConfig, index: u32, count: u32, block_bytes: u32) -> Label {
-    super::backup::writing_label(config, index, count, block_bytes)
+    super::run::writing_label(config, index, count, block_bytes)
 }
 
 /// Run a backup over the volumes of `library` (planned in `input` as one

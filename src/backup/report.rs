@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::format::SetId;
 use crate::media;
 
-use super::ring::{DeviceFault, RingError, RingStats};
+use crate::engine::ring::{DeviceFault, RingError, RingStats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceEnd {

@@ -8,13 +8,13 @@ use crate::format::{
 };
 use crate::media;
 
-use super::backup::backup_label;
-use super::dispatch::Dispatcher;
 use super::report::{NoCatalogOn, NoCatalogWhy};
-use super::ring::{RecordDone, RingConfig, RingEnd, RingOutcome};
+use super::run::backup_label;
 use super::{
     catalog_file, catalog_head, BackupConfig, BackupError, DeviceEnd, DeviceReport, SetInput,
 };
+use crate::engine::dispatch::Dispatcher;
+use crate::engine::ring::{RecordDone, RingConfig, RingEnd, RingOutcome};
 
 /// What the data phase found about the sources, for the report.
 pub(super) struct SourceFindings {

@@ -27,8 +27,8 @@ use crate::media;
 use crate::parity::Codec;
 use crate::plan::stripe;
 
-use super::ring::{RecordDone, RingOutcome};
 use super::{BackupConfig, DeviceEnd, SetInput};
+use crate::engine::ring::{RecordDone, RingOutcome};
 
 /// Whether a device of this kind can hold parity: it must be readable at
 /// any record's offset (a restore reads the members of a stripe by offset).

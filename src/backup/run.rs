@@ -12,12 +12,12 @@ use crate::source::EntryKind;
 use super::catalog::{
     build_catalog, device_end, device_reports, no_catalog, source_findings, write_catalogs,
 };
-use super::dispatch::{DeviceState as DispatchState, Dispatcher, WorkItem};
-use super::ring::{self, Ring, RingConfig, RingEnd, RingError, RingOutcome, RingStats};
 use super::{
     record_payload_bytes_max, BackupConfig, BackupError, BackupReport, DeviceEnd, Event,
     ParitySummary, SetInput,
 };
+use crate::engine::dispatch::{DeviceState as DispatchState, Dispatcher, WorkItem};
+use crate::engine::ring::{self, Ring, RingConfig, RingEnd, RingError, RingOutcome, RingStats};
 
 /// `--balance time` during the run: every quarter second, each device
 /// that was writing the whole time has its rate updated from the bytes it
