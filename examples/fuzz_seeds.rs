@@ -6,7 +6,7 @@
 
 use pbio::format::{
     Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, FileInfo, FileKind, Label,
-    LabelState, RecordHeader, RecordKind, Renamed, Xattr,
+    LabelState, RecordHeader, RecordKind, Renamed, Stat, Xattr,
 };
 
 fn main() -> std::io::Result<()> {
@@ -123,27 +123,29 @@ fn main() -> std::io::Result<()> {
     let file = |path: &[u8], kind, size_bytes| CatalogFile {
         path: path.to_vec(),
         kind,
-        mode: if kind == FileKind::Directory {
-            0o40755
-        } else {
-            0o100644
+        stat: Stat {
+            mode: if kind == FileKind::Directory {
+                0o40755
+            } else {
+                0o100644
+            },
+            uid: 0,
+            gid: 0,
+            mtime_sec: 1_700_000_000,
+            mtime_nsec: 0,
+            ctime_sec: 1_700_000_001,
+            ctime_nsec: 7,
+            dev: 0x803,
+            ino: 42,
+            rdev: 0,
+            flags: 0,
         },
-        uid: 0,
-        gid: 0,
-        mtime_sec: 1_700_000_000,
-        mtime_nsec: 0,
-        ctime_sec: 1_700_000_001,
-        ctime_nsec: 7,
-        dev: 0x803,
-        ino: 42,
         size_bytes,
         link_target: Vec::new(),
         hardlink_to: 0,
         digest: [0; 32],
         origin: 0,
         origin_file_id: 0,
-        rdev: 0,
-        flags: 0,
         xattrs: Vec::new(),
     };
     let mut link = file(b"tree/link", FileKind::Symlink, 0);
@@ -156,11 +158,11 @@ fn main() -> std::io::Result<()> {
     let image = file(b"sdb", FileKind::BlockDevice, 1 << 20);
     // Special files, a hard link to the fifo, metadata beyond stat.
     let mut fifo = file(b"tree/fifo", FileKind::Fifo, 0);
-    fifo.mode = 0o10644;
+    fifo.stat.mode = 0o10644;
     let mut null = file(b"tree/null", FileKind::CharDevice, 0);
-    (null.mode, null.rdev) = (0o20666, libc::makedev(1, 3));
+    (null.stat.mode, null.stat.rdev) = (0o20666, libc::makedev(1, 3));
     let mut node = file(b"tree/loop200", FileKind::BlockNode, 0);
-    (node.mode, node.rdev) = (0o60660, libc::makedev(7, 200));
+    (node.stat.mode, node.stat.rdev) = (0o60660, libc::makedev(7, 200));
     let mut fifo_link = file(b"tree/fifo-link", FileKind::HardLink, 0);
     fifo_link.hardlink_to = 6;
     let mut dir = file(b"tree", FileKind::Directory, 0);
@@ -169,7 +171,7 @@ fn main() -> std::io::Result<()> {
         value: vec![2, 0, 0, 0, 1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff],
     }];
     let mut data_file = file(b"tree/file.bin", FileKind::Regular, 3 << 20);
-    data_file.flags = 0x10; // immutable
+    data_file.stat.flags = 0x10; // immutable
     let mut catalog = Catalog {
         set_id,
         created_unix_ns: 1,

@@ -265,7 +265,7 @@ fn devices_with_different_catalogs_are_refused() {
     assert_eq!(code, 0, "{out}\n{err}");
     let mut m = Medium::read(&bed.devs[1].path);
     let small = m.file_id(b"tree/small.txt") as usize;
-    m.catalog.files[small].mode |= 0o4755; // setuid, world-executable
+    m.catalog.files[small].stat.mode |= 0o4755; // setuid, world-executable
     m.write(&bed.devs[1].path);
     for (i, given) in [devs.to_vec(), vec![bed.dev(1), bed.dev(0)]]
         .iter()
@@ -284,7 +284,7 @@ fn devices_with_different_catalogs_are_refused() {
     // A device whose catalog does not hash to its label's digest is not used.
     let mut m = Medium::read(&bed.devs[0].path);
     let digest = m.label.catalog_digest;
-    m.catalog.files[small].mode |= 0o4755;
+    m.catalog.files[small].stat.mode |= 0o4755;
     m.write(&bed.devs[0].path);
     m.label.catalog_digest = digest;
     craft::write_label(&bed.devs[0].path, &m.label);
@@ -561,7 +561,7 @@ fn a_forged_catalog_is_refused_with_the_key() {
 
     let mut m = Medium::read(&bed.devs[0].path);
     let small = m.file_id(b"tree/small.txt") as usize;
-    m.catalog.files[small].mode |= 0o4755;
+    m.catalog.files[small].stat.mode |= 0o4755;
     // Re-encoded with the old MAC, the CRC recomputed.
     let forged = m.catalog.encode();
     pbio::format::Catalog::decode(&forged).expect("a forged catalog decodes");

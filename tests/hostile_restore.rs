@@ -351,8 +351,8 @@ fn catalog_symlink_then_scan_into_the_same_destination() {
         for f in &mut c.files {
             if f.path == b"tree/t" {
                 f.kind = FileKind::Symlink;
-                f.mode = 0o120777;
-                f.flags = 0; // a directory's (ext4: extents), not a symlink's
+                f.stat.mode = 0o120777;
+                f.stat.flags = 0; // a directory's (ext4: extents), not a symlink's
                 f.link_target = canary_t.as_os_str().as_bytes().to_vec();
             } else if f.path == b"tree/t/x" {
                 f.path = b"tree/x-moved".to_vec();

@@ -9,6 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use pbio::format::Stat;
 use pbio::source::{Entry, EntryKind, Meta};
 
 struct Counting;
@@ -40,14 +41,17 @@ static ALLOCATOR: Counting = Counting;
 fn entries(files: usize) -> Vec<Entry> {
     let mut entries = Vec::with_capacity(files + files / 1000 + 2);
     let meta = |mode| Meta {
-        mode,
-        uid: 1000,
-        gid: 1000,
-        mtime_sec: 1_700_000_000,
-        mtime_nsec: 123_456_789,
-        ctime_sec: 1_700_000_000,
-        ctime_nsec: 123_456_789,
-        dev: 0x803,
+        stat: Stat {
+            mode,
+            uid: 1000,
+            gid: 1000,
+            mtime_sec: 1_700_000_000,
+            mtime_nsec: 123_456_789,
+            ctime_sec: 1_700_000_000,
+            ctime_nsec: 123_456_789,
+            dev: 0x803,
+            ..Stat::default()
+        },
         nlink: 1,
         ..Meta::default()
     };
@@ -67,7 +71,7 @@ fn entries(files: usize) -> Vec<Entry> {
             ));
         }
         let mut m = meta(0o100644);
-        m.ino = i as u64 + 100;
+        m.stat.ino = i as u64 + 100;
         entries.push(Entry::new(
             format!("many/d{:05}/f{:03}", i / 1000, i % 1000).into_bytes(),
             PathBuf::from("/nonexistent"),

@@ -3,7 +3,8 @@
 //! the entries.
 
 use crate::format::{
-    Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, FileKind, SetId, HEADER_BYTES,
+    Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, FileKind, SetId, Stat,
+    HEADER_BYTES,
 };
 use crate::media;
 use crate::plan::{self, DeviceSlot, FileItem, Plan};
@@ -118,29 +119,28 @@ pub fn catalog_file(entries: &[Entry], i: usize, since: Option<&Increment>) -> C
         EntryKind::Dir => (FileKind::Directory, 0, Vec::new(), 0),
         EntryKind::Symlink { target } => (FileKind::Symlink, 0, target.clone(), 0),
         EntryKind::HardLink { target } => (FileKind::HardLink, 0, Vec::new(), *target),
-        EntryKind::Special => (special_kind(e.meta.mode), 0, Vec::new(), 0),
+        EntryKind::Special => (special_kind(e.meta.stat.mode), 0, Vec::new(), 0),
     };
     let origin = since.and_then(|s| s.origin(i));
     CatalogFile {
         path: e.path.clone(),
         kind,
-        mode: e.meta.mode,
-        uid: e.meta.uid,
-        gid: e.meta.gid,
-        mtime_sec: e.meta.mtime_sec,
-        mtime_nsec: e.meta.mtime_nsec,
-        ctime_sec: e.meta.ctime_sec,
-        ctime_nsec: e.meta.ctime_nsec,
-        dev: e.meta.dev,
-        ino: e.meta.ino,
+        // rdev and flags only for the kinds that have them (validate).
+        stat: Stat {
+            rdev: if kind.has_rdev() { e.meta.stat.rdev } else { 0 },
+            flags: if kind.has_flags() {
+                e.meta.stat.flags
+            } else {
+                0
+            },
+            ..e.meta.stat
+        },
         size_bytes,
         link_target,
         hardlink_to,
         digest: origin.map(|o| o.digest).unwrap_or([0; 32]),
         origin: origin.map(|o| o.ancestor).unwrap_or(0),
         origin_file_id: origin.map(|o| o.file_id).unwrap_or(0),
-        rdev: if kind.has_rdev() { e.meta.rdev } else { 0 },
-        flags: if kind.has_flags() { e.meta.flags } else { 0 },
         // A hard link's inode (and its xattrs) is its target's.
         xattrs: if kind == FileKind::HardLink {
             Vec::new()

@@ -101,10 +101,10 @@ pub fn run(args: ListArgs) -> CliResult {
                 let mut file = json!({
                     "path": path_text(&f.path),
                     "kind": kind_name(f.kind),
-                    "mode": f.mode,
-                    "uid": f.uid,
-                    "gid": f.gid,
-                    "mtime_sec": f.mtime_sec,
+                    "mode": f.stat.mode,
+                    "uid": f.stat.uid,
+                    "gid": f.stat.gid,
+                    "mtime_sec": f.stat.mtime_sec,
                     "size_bytes": f.size_bytes,
                     // Set holding the data of a file unchanged since an earlier set.
                     "data_in_set": origin_set(f),
@@ -113,11 +113,11 @@ pub fn run(args: ListArgs) -> CliResult {
                     file["path_hex"] = hex.into();
                 }
                 if f.kind.has_rdev() {
-                    file["rdev_major"] = libc::major(f.rdev).into();
-                    file["rdev_minor"] = libc::minor(f.rdev).into();
+                    file["rdev_major"] = libc::major(f.stat.rdev).into();
+                    file["rdev_minor"] = libc::minor(f.stat.rdev).into();
                 }
-                if f.flags != 0 {
-                    file["flags"] = f.flags.into();
+                if f.stat.flags != 0 {
+                    file["flags"] = f.stat.flags.into();
                 }
                 if !f.xattrs.is_empty() {
                     file["xattrs"] = f
@@ -188,7 +188,11 @@ pub fn run(args: ListArgs) -> CliResult {
                 format!(" => {}", shown_name(&c.files[f.hardlink_to as usize].path))
             }
             FileKind::CharDevice | FileKind::BlockNode => {
-                format!(" (device {}:{})", libc::major(f.rdev), libc::minor(f.rdev))
+                format!(
+                    " (device {}:{})",
+                    libc::major(f.stat.rdev),
+                    libc::minor(f.stat.rdev)
+                )
             }
             _ => match origin_set(f) {
                 Some(set) => format!(" (unchanged, data in set {set})"),
@@ -198,9 +202,9 @@ pub fn run(args: ListArgs) -> CliResult {
         outln!(
             "{:<8} {:06o} {:>5}:{:<5} {:>14} {}{}",
             kind_name(f.kind),
-            f.mode & 0o7777,
-            f.uid,
-            f.gid,
+            f.stat.mode & 0o7777,
+            f.stat.uid,
+            f.stat.gid,
             f.size_bytes,
             shown_name(&f.path),
             extra

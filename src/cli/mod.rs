@@ -493,8 +493,8 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
             )));
         }
         if let Some(entry) = walk.entries.iter().find(|e| {
-            (e.meta.dev, e.meta.ino) == probe.identity
-                || (e.is_block_device() && (e.meta.rdev, 0) == probe.identity)
+            (e.meta.stat.dev, e.meta.stat.ino) == probe.identity
+                || (e.is_block_device() && (e.meta.stat.rdev, 0) == probe.identity)
         }) {
             return Err(Failure::Usage(format!(
                 "device {} is also a source (as {}): refusing to back it up onto itself",
@@ -510,7 +510,7 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
         ));
     }
     for entry in walk.entries.iter().filter(|e| e.is_block_device()) {
-        for mount_point in crate::source::mounted_read_write(entry.meta.rdev) {
+        for mount_point in crate::source::mounted_read_write(entry.meta.stat.rdev) {
             errln!(
                 "pbio: warning: source {} is mounted read-write at {}: its image may be inconsistent; back up a snapshot of it instead (README, \"Consistent images: back up a snapshot\")",
                 shown_path(&entry.source()),

@@ -12,6 +12,7 @@ pub mod label;
 pub mod parity;
 pub mod record;
 pub mod set_id;
+pub mod stat;
 
 #[cfg(test)]
 mod proptests;
@@ -24,6 +25,7 @@ pub use catalog::{
 pub use label::{Label, LabelState};
 pub use record::{Codec, FileInfo, RecordHeader, RecordKind, Transform};
 pub use set_id::{SetId, SetIdParseError};
+pub use stat::Stat;
 
 /// Current format version, written into label, headers and catalog.
 pub const FORMAT_VERSION: u32 = 1;

@@ -394,7 +394,8 @@ pub(super) fn keep_existing(
             OnDisk::Exists(st) => match existing {
                 Existing::Keep => Some(KeptWhy::Exists),
                 Existing::ReplaceOlder
-                    if (f.mtime_sec, f.mtime_nsec as i64) > (st.st_mtime, st.st_mtime_nsec) =>
+                    if (f.stat.mtime_sec, f.stat.mtime_nsec as i64)
+                        > (st.st_mtime, st.st_mtime_nsec) =>
                 {
                     None
                 }

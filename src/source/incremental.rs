@@ -139,8 +139,9 @@ fn complete_files(parent: &Catalog) -> Vec<bool> {
 fn same_data_keys(entry: &Entry, size_bytes: u64, f: &CatalogFile) -> bool {
     f.kind == FileKind::Regular
         && f.size_bytes == size_bytes
-        && (f.mtime_sec, f.mtime_nsec) == (entry.meta.mtime_sec, entry.meta.mtime_nsec)
-        && f.ino == entry.meta.ino
+        && (f.stat.mtime_sec, f.stat.mtime_nsec)
+            == (entry.meta.stat.mtime_sec, entry.meta.stat.mtime_nsec)
+        && f.stat.ino == entry.meta.stat.ino
 }
 
 /// Which of `entries` (a fresh walk) are unchanged since the set whose
@@ -179,7 +180,7 @@ pub fn since(entries: &[Entry], parent: &Catalog) -> Increment {
         .iter()
         .enumerate()
         .filter(|(i, f)| f.kind == FileKind::Regular && complete[*i])
-        .map(|(i, f)| ((f.dev, f.ino), i))
+        .map(|(i, f)| ((f.stat.dev, f.stat.ino), i))
         .collect();
     let current: HashSet<&[u8]> = entries.iter().map(|e| e.path.as_slice()).collect();
 
@@ -199,7 +200,8 @@ pub fn since(entries: &[Entry], parent: &Catalog) -> Increment {
         let f = &parent.files[p];
         if complete[p]
             && same_data_keys(entry, size_bytes, f)
-            && (f.ctime_sec, f.ctime_nsec) == (entry.meta.ctime_sec, entry.meta.ctime_nsec)
+            && (f.stat.ctime_sec, f.stat.ctime_nsec)
+                == (entry.meta.stat.ctime_sec, entry.meta.stat.ctime_nsec)
             && used.insert(p)
         {
             origins[i] = Some(origin_of(p));
@@ -213,7 +215,7 @@ pub fn since(entries: &[Entry], parent: &Catalog) -> Increment {
         if origins[i].is_some() || entry.is_block_device() {
             continue;
         }
-        let Some(&p) = by_inode.get(&(entry.meta.dev, entry.meta.ino)) else {
+        let Some(&p) = by_inode.get(&(entry.meta.stat.dev, entry.meta.stat.ino)) else {
             continue;
         };
         let f = &parent.files[p];
@@ -241,7 +243,7 @@ pub fn since(entries: &[Entry], parent: &Catalog) -> Increment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{CatalogDevice, CatalogSegment};
+    use crate::format::{CatalogDevice, CatalogSegment, Stat};
     use crate::source::Meta;
     use std::path::PathBuf;
 
@@ -251,11 +253,14 @@ mod tests {
             PathBuf::from(path),
             kind,
             Meta {
-                mode: 0o100644,
-                mtime_sec: mtime,
-                ctime_sec: ctime,
-                dev: 7,
-                ino,
+                stat: Stat {
+                    mode: 0o100644,
+                    mtime_sec: mtime,
+                    ctime_sec: ctime,
+                    dev: 7,
+                    ino,
+                    ..Stat::default()
+                },
                 nlink: 1,
                 ..Meta::default()
             },
@@ -289,23 +294,20 @@ mod tests {
             files.push(CatalogFile {
                 path: e.path.clone(),
                 kind,
-                mode: e.meta.mode,
-                uid: 0,
-                gid: 0,
-                mtime_sec: e.meta.mtime_sec,
-                mtime_nsec: 0,
-                ctime_sec: e.meta.ctime_sec,
-                ctime_nsec: 0,
-                dev: e.meta.dev,
-                ino: e.meta.ino,
+                stat: Stat {
+                    mode: e.meta.stat.mode,
+                    mtime_sec: e.meta.stat.mtime_sec,
+                    ctime_sec: e.meta.stat.ctime_sec,
+                    dev: e.meta.stat.dev,
+                    ino: e.meta.stat.ino,
+                    ..Stat::default()
+                },
                 size_bytes,
                 link_target: Vec::new(),
                 hardlink_to: 0,
                 digest: [i as u8; 32],
                 origin: 0,
                 origin_file_id: 0,
-                rdev: 0,
-                flags: 0,
                 xattrs: Vec::new(),
             });
             if size_bytes > 0 {
@@ -401,7 +403,7 @@ mod tests {
         // The next snapshot: mounted with another st_dev, "b" renamed.
         let mut now = vec![file("s/a", 10, 2, 10, 10), file("s/c", 10, 3, 10, 20)];
         for e in &mut now {
-            e.meta.dev = 8;
+            e.meta.stat.dev = 8;
         }
         let inc = since(&now, &parent);
         assert_eq!(inc.origins[0].map(|o| o.file_id), Some(0));
@@ -412,7 +414,7 @@ mod tests {
     #[test]
     fn block_devices_are_always_stored() {
         let mut dev = file("sdb", 1 << 20, 2, 10, 10);
-        dev.meta.mode = libc::S_IFBLK | 0o660;
+        dev.meta.stat.mode = libc::S_IFBLK | 0o660;
         let parent = parent_of(std::slice::from_ref(&dev), &[]);
         let inc = since(&[dev], &parent);
         assert_eq!(inc.origins, vec![None]);

@@ -28,23 +28,10 @@ use select::{Excluded, Reason, Selection};
 /// Metadata kept for every entry.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Meta {
-    /// Full st_mode (type and permission bits).
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime_sec: i64,
-    pub mtime_nsec: u32,
-    pub ctime_sec: i64,
-    pub ctime_nsec: u32,
-    pub dev: u64,
-    pub ino: u64,
+    /// Mode, owner, times, identity, rdev and flags (the part a catalog
+    /// keeps as it is).
+    pub stat: crate::format::Stat,
     pub nlink: u64,
-    /// The device number a block or character device node stands for
-    /// (st_rdev); 0 otherwise.
-    pub rdev: u64,
-    /// File flags (FS_IOC_GETFLAGS) of a regular file or directory in a
-    /// tree; 0 otherwise.
-    pub flags: u32,
     /// Extended attributes (POSIX ACLs among them), sorted by name.
     pub xattrs: Vec<crate::format::Xattr>,
 }
@@ -129,7 +116,7 @@ impl Entry {
     /// device, or a symlink to one).
     pub fn is_block_device(&self) -> bool {
         matches!(self.kind, EntryKind::File { .. })
-            && self.meta.mode & libc::S_IFMT == libc::S_IFBLK
+            && self.meta.stat.mode & libc::S_IFMT == libc::S_IFBLK
     }
 }
 
@@ -453,7 +440,7 @@ impl Walker<'_> {
         let file_type = metadata.file_type();
         let special =
             file_type.is_fifo() || file_type.is_char_device() || file_type.is_block_device();
-        let key = (meta.dev, meta.ino);
+        let key = (meta.stat.dev, meta.stat.ino);
         if (file_type.is_file() || special) && meta.nlink > 1 {
             if let Some(&target) = self.links.get(&key) {
                 return Some(Entry {
@@ -466,7 +453,7 @@ impl Walker<'_> {
         }
         if file_type.is_file() || file_type.is_dir() {
             match xattr::flags(source, file_type.is_dir()) {
-                Ok(flags) => meta.flags = flags,
+                Ok(flags) => meta.stat.flags = flags,
                 Err(error) => {
                     self.error(
                         source.to_path_buf(),
@@ -561,22 +548,25 @@ fn push_children(stored: &[u8], children: Vec<(OsString, fs::DirEntry)>, stack: 
 
 fn meta_of(metadata: &fs::Metadata) -> Meta {
     Meta {
-        mode: metadata.mode(),
-        uid: metadata.uid(),
-        gid: metadata.gid(),
-        mtime_sec: metadata.mtime(),
-        mtime_nsec: metadata.mtime_nsec() as u32,
-        ctime_sec: metadata.ctime(),
-        ctime_nsec: metadata.ctime_nsec() as u32,
-        dev: metadata.dev(),
-        ino: metadata.ino(),
-        nlink: metadata.nlink(),
-        rdev: if metadata.file_type().is_block_device() || metadata.file_type().is_char_device() {
-            metadata.rdev()
-        } else {
-            0
+        stat: crate::format::Stat {
+            mode: metadata.mode(),
+            uid: metadata.uid(),
+            gid: metadata.gid(),
+            mtime_sec: metadata.mtime(),
+            mtime_nsec: metadata.mtime_nsec() as u32,
+            ctime_sec: metadata.ctime(),
+            ctime_nsec: metadata.ctime_nsec() as u32,
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            rdev: if metadata.file_type().is_block_device() || metadata.file_type().is_char_device()
+            {
+                metadata.rdev()
+            } else {
+                0
+            },
+            flags: 0,
         },
-        flags: 0,
+        nlink: metadata.nlink(),
         xattrs: Vec::new(),
     }
 }
@@ -601,10 +591,12 @@ pub fn changed_since_walk(entry: &Entry) -> Option<Changed> {
         Err(error) => return Some(Changed::Gone(error)),
     };
     let then = &entry.meta;
-    let replaced = (now.dev(), now.ino()) != (then.dev, then.ino);
+    let replaced = (now.dev(), now.ino()) != (then.stat.dev, then.stat.ino);
     let size_bytes = (now.len() != size_bytes).then_some((size_bytes, now.len()));
-    let mtime = (now.mtime(), now.mtime_nsec() as u32) != (then.mtime_sec, then.mtime_nsec);
-    let ctime = (now.ctime(), now.ctime_nsec() as u32) != (then.ctime_sec, then.ctime_nsec);
+    let mtime =
+        (now.mtime(), now.mtime_nsec() as u32) != (then.stat.mtime_sec, then.stat.mtime_nsec);
+    let ctime =
+        (now.ctime(), now.ctime_nsec() as u32) != (then.stat.ctime_sec, then.stat.ctime_nsec);
     (replaced || size_bytes.is_some() || mtime || ctime).then_some(Changed::Differs {
         replaced,
         size_bytes,

@@ -136,26 +136,29 @@ fn fixture_tree_walks_completely_in_order() {
     // Metadata is lstat's.
     for e in &walk.entries {
         let m = fs::symlink_metadata(e.source()).unwrap();
-        assert_eq!(e.meta.mode, m.mode());
-        assert_eq!((e.meta.uid, e.meta.gid), (m.uid(), m.gid()));
+        assert_eq!(e.meta.stat.mode, m.mode());
+        assert_eq!((e.meta.stat.uid, e.meta.stat.gid), (m.uid(), m.gid()));
         assert_eq!(
-            (e.meta.mtime_sec, e.meta.mtime_nsec as i64),
+            (e.meta.stat.mtime_sec, e.meta.stat.mtime_nsec as i64),
             (m.mtime(), m.mtime_nsec())
         );
         assert_eq!(
-            (e.meta.dev, e.meta.ino, e.meta.nlink),
+            (e.meta.stat.dev, e.meta.stat.ino, e.meta.nlink),
             (m.dev(), m.ino(), m.nlink())
         );
     }
     let (_, owned) = entry(&walk, b"fixture/owned-by-1234");
     if nix::unistd::geteuid().is_root() {
-        assert_eq!((owned.meta.uid, owned.meta.gid), (OTHER_ID, OTHER_ID));
+        assert_eq!(
+            (owned.meta.stat.uid, owned.meta.stat.gid),
+            (OTHER_ID, OTHER_ID)
+        );
     }
     assert_eq!(
-        entry(&walk, b"fixture/setuid-prog").1.meta.mode & 0o7777,
+        entry(&walk, b"fixture/setuid-prog").1.meta.stat.mode & 0o7777,
         0o4755
     );
-    assert!(entry(&walk, b"fixture/old").1.meta.mtime_sec < 0);
+    assert!(entry(&walk, b"fixture/old").1.meta.stat.mtime_sec < 0);
 
     // Kinds.
     assert_eq!(entry(&walk, b"fixture").1.kind, EntryKind::Dir);
@@ -272,7 +275,7 @@ fn special_files_are_entries_and_sockets_are_skipped() {
     let paths: Vec<&[u8]> = walk.entries.iter().map(|e| e.path.as_slice()).collect();
     assert_eq!(paths, [&b"d"[..], b"d/a", b"d/fifo", b"d/fifo2", b"d/z"]);
     assert_eq!(walk.entries[2].kind, EntryKind::Special);
-    assert_eq!(walk.entries[2].meta.mode & libc::S_IFMT, libc::S_IFIFO);
+    assert_eq!(walk.entries[2].meta.stat.mode & libc::S_IFMT, libc::S_IFIFO);
     assert!(!walk.entries[2].is_block_device());
     // The second name of the fifo is a hard link to the first.
     assert_eq!(walk.entries[3].kind, EntryKind::HardLink { target: 2 });

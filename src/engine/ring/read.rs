@@ -150,11 +150,11 @@ impl<'a> Ring<'a> {
             complete: false,
         });
         let info = FileInfo {
-            mode: entry.meta.mode,
-            uid: entry.meta.uid,
-            gid: entry.meta.gid,
-            mtime_sec: entry.meta.mtime_sec,
-            mtime_nsec: entry.meta.mtime_nsec,
+            mode: entry.meta.stat.mode,
+            uid: entry.meta.stat.uid,
+            gid: entry.meta.stat.gid,
+            mtime_sec: entry.meta.stat.mtime_sec,
+            mtime_nsec: entry.meta.stat.mtime_nsec,
             data_bytes: match data {
                 None => size_bytes,
                 Some(extents) => extents.iter().map(|e| e.1).sum(),

@@ -6,7 +6,7 @@ use super::{
     layout, Catalog, CatalogDevice, CatalogFile, CatalogSegment, DeviceState, FileKind, Renamed,
     Xattr, CATALOG_BYTES_MIN, CATALOG_CRC_BYTES, CATALOG_MAC_BYTES,
 };
-use crate::format::{crc32c, FormatError, SetId, CATALOG_MAGIC, FORMAT_VERSION, HASH_BYTES};
+use crate::format::{crc32c, FormatError, SetId, Stat, CATALOG_MAGIC, FORMAT_VERSION, HASH_BYTES};
 
 /// Fewest bytes one valid table entry takes on media (every varint at
 /// least one byte, every string at least its length byte, a file path at
@@ -246,26 +246,28 @@ impl<'a> Reader<'a> {
         let mut f = CatalogFile {
             path,
             kind,
-            mode: self.varint_u32()?,
-            uid: self.varint_u32()?,
-            gid: self.varint_u32()?,
-            mtime_sec: unzigzag(self.varint()?),
-            mtime_nsec: self.varint_u32()?,
-            ctime_sec: unzigzag(self.varint()?),
-            ctime_nsec: self.varint_u32()?,
-            dev: self.varint()?,
-            ino: self.varint()?,
+            stat: Stat {
+                mode: self.varint_u32()?,
+                uid: self.varint_u32()?,
+                gid: self.varint_u32()?,
+                mtime_sec: unzigzag(self.varint()?),
+                mtime_nsec: self.varint_u32()?,
+                ctime_sec: unzigzag(self.varint()?),
+                ctime_nsec: self.varint_u32()?,
+                dev: self.varint()?,
+                ino: self.varint()?,
+                rdev: 0,
+                flags: 0,
+            },
             size_bytes: 0,
             link_target: Vec::new(),
             hardlink_to: 0,
             digest: [0u8; 32],
             origin: 0,
             origin_file_id: 0,
-            rdev: 0,
-            flags: 0,
             xattrs: Vec::new(),
         };
-        f.flags = self.varint_u32()?;
+        f.stat.flags = self.varint_u32()?;
         // Checked against the bytes left before anything is allocated.
         let xattr_count = self.count(XATTR_ENTRY_BYTES_MIN)?;
         f.xattrs.reserve_exact(xattr_count);
@@ -285,7 +287,7 @@ impl<'a> Reader<'a> {
                 }
             }
             FileKind::Directory | FileKind::Fifo => {}
-            FileKind::CharDevice | FileKind::BlockNode => f.rdev = self.varint()?,
+            FileKind::CharDevice | FileKind::BlockNode => f.stat.rdev = self.varint()?,
             FileKind::Symlink => f.link_target = self.bytes()?.to_vec(),
             FileKind::HardLink => f.hardlink_to = self.varint_u32()?,
         }

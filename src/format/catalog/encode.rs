@@ -192,16 +192,16 @@ impl Catalog {
 fn encode_file(w: &mut impl Sink, f: &CatalogFile) {
     w.bytes(&f.path);
     w.raw(&[f.kind.code()]);
-    w.varint(f.mode.into());
-    w.varint(f.uid.into());
-    w.varint(f.gid.into());
-    w.varint(zigzag(f.mtime_sec));
-    w.varint(f.mtime_nsec.into());
-    w.varint(zigzag(f.ctime_sec));
-    w.varint(f.ctime_nsec.into());
-    w.varint(f.dev);
-    w.varint(f.ino);
-    w.varint(f.flags.into());
+    w.varint(f.stat.mode.into());
+    w.varint(f.stat.uid.into());
+    w.varint(f.stat.gid.into());
+    w.varint(zigzag(f.stat.mtime_sec));
+    w.varint(f.stat.mtime_nsec.into());
+    w.varint(zigzag(f.stat.ctime_sec));
+    w.varint(f.stat.ctime_nsec.into());
+    w.varint(f.stat.dev);
+    w.varint(f.stat.ino);
+    w.varint(f.stat.flags.into());
     w.varint(f.xattrs.len() as u64);
     for x in &f.xattrs {
         w.bytes(&x.name);
@@ -218,7 +218,7 @@ fn encode_file(w: &mut impl Sink, f: &CatalogFile) {
             }
         }
         FileKind::Directory | FileKind::Fifo => {}
-        FileKind::CharDevice | FileKind::BlockNode => w.varint(f.rdev),
+        FileKind::CharDevice | FileKind::BlockNode => w.varint(f.stat.rdev),
         FileKind::Symlink => w.bytes(&f.link_target),
         FileKind::HardLink => w.varint(f.hardlink_to.into()),
     }

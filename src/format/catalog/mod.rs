@@ -29,7 +29,7 @@ pub(crate) mod tests;
 
 pub use parity::{CatalogParity, CatalogStripe, StripeRecord};
 
-use super::{SetId, HASH_BYTES};
+use super::{SetId, Stat, HASH_BYTES};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -155,19 +155,10 @@ pub struct CatalogFile {
     /// Relative path, raw bytes, '/' separated.
     pub path: Vec<u8>,
     pub kind: FileKind,
-    /// Full st_mode.
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime_sec: i64,
-    pub mtime_nsec: u32,
-    /// st_ctime at backup time: with `dev`, `ino`, `size_bytes` and the
-    /// mtime, what an incremental backup compares to find changed entries.
-    pub ctime_sec: i64,
-    pub ctime_nsec: u32,
-    /// st_dev and st_ino at backup time.
-    pub dev: u64,
-    pub ino: u64,
+    /// Mode, owner, times, st_dev/st_ino at backup time; `rdev` only for a
+    /// CharDevice or BlockNode, `flags` only for a Regular file or Directory
+    /// (else 0).
+    pub stat: Stat,
     /// Logical size (Regular, BlockDevice); 0 otherwise.
     pub size_bytes: u64,
     /// Symlink target (Symlink), else empty.
@@ -185,11 +176,6 @@ pub struct CatalogFile {
     pub origin: u32,
     /// With `origin` >= 1: the file's id in that earlier set's catalog; else 0.
     pub origin_file_id: u32,
-    /// The device a CharDevice or BlockNode stands for (st_rdev); else 0.
-    pub rdev: u64,
-    /// File flags (FS_IOC_GETFLAGS: immutable, append-only, ...) of a
-    /// Regular file or Directory; else 0.
-    pub flags: u32,
     /// Extended attributes, strictly ascending by name (`check_xattrs`).
     /// Empty for a HardLink (its target's inode holds them).
     pub xattrs: Vec<Xattr>,

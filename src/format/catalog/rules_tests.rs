@@ -42,7 +42,7 @@ fn semantic_rules() {
             entry_err("file", 2, "empty path"),
         ),
         (
-            |c| c.files[0].mtime_nsec = 1_000_000_000,
+            |c| c.files[0].stat.mtime_nsec = 1_000_000_000,
             entry_err("file", 0, "mtime_nsec is not below 1e9"),
         ),
         (
@@ -177,7 +177,7 @@ fn chain_rules() {
             FormatError::Catalog("removed or renamed paths in a full set (no ancestors)"),
         ),
         (
-            |c| c.files[7].ctime_nsec = 1_000_000_000,
+            |c| c.files[7].stat.ctime_nsec = 1_000_000_000,
             entry_err("file", 7, "ctime_nsec is not below 1e9"),
         ),
         (
@@ -287,7 +287,7 @@ fn fields_that_do_not_apply_are_zero() {
             entry_err("file", 4, "hardlink_to is not 0 for a non-hardlink"),
         ),
         (
-            |c| c.files[4].rdev = 1,
+            |c| c.files[4].stat.rdev = 1,
             entry_err(
                 "file",
                 4,
@@ -295,7 +295,7 @@ fn fields_that_do_not_apply_are_zero() {
             ),
         ),
         (
-            |c| c.files[2].flags = 0x10,
+            |c| c.files[2].stat.flags = 0x10,
             entry_err(
                 "file",
                 2,

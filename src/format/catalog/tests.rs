@@ -6,27 +6,32 @@ use super::encode::{zigzag, Sink, Writer};
 use super::*;
 use crate::format::{crc32c, FormatError};
 
+/// The stat of `file`'s entries; a test changes a field with `..STAT`.
+pub(super) const STAT: Stat = Stat {
+    mode: 0o100644,
+    uid: 1000,
+    gid: 100,
+    mtime_sec: 1_700_000_000,
+    mtime_nsec: 999_999_999,
+    ctime_sec: 1_700_000_001,
+    ctime_nsec: 5,
+    dev: 0x803,
+    ino: 12,
+    rdev: 0,
+    flags: 0,
+};
+
 pub(super) fn file(path: &str, kind: FileKind) -> CatalogFile {
     CatalogFile {
         path: path.as_bytes().to_vec(),
         kind,
-        mode: 0o100644,
-        uid: 1000,
-        gid: 100,
-        mtime_sec: 1_700_000_000,
-        mtime_nsec: 999_999_999,
-        ctime_sec: 1_700_000_001,
-        ctime_nsec: 5,
-        dev: 0x803,
-        ino: 12,
+        stat: STAT,
         size_bytes: 0,
         link_target: Vec::new(),
         hardlink_to: 0,
         digest: [0; 32],
         origin: 0,
         origin_file_id: 0,
-        rdev: 0,
-        flags: 0,
         xattrs: Vec::new(),
     }
 }
@@ -38,17 +43,23 @@ pub(crate) fn incremental_sample() -> Catalog {
     let mut c = sample();
     c.ancestors = vec![SetId([0x22; 16]), SetId([0x33; 16])];
     c.files.push(CatalogFile {
-        mode: 0o60660,
+        stat: Stat {
+            mode: 0o60660,
+            ..STAT
+        },
         size_bytes: 1 << 30,
         digest: [9; 32],
         ..file("sda1", FileKind::BlockDevice)
     });
     c.files.push(CatalogFile {
+        stat: Stat {
+            ctime_sec: -1,
+            ..STAT
+        },
         size_bytes: 123_456,
         digest: [3; 32],
         origin: 1,
         origin_file_id: 7,
-        ctime_sec: -1,
         ..file("d/renamed", FileKind::Regular)
     });
     c.files.push(CatalogFile {
@@ -60,18 +71,27 @@ pub(crate) fn incremental_sample() -> Catalog {
     });
     // Special files, and a hard link to the fifo (files 8 to 11).
     c.files.push(CatalogFile {
-        mode: 0o10640,
+        stat: Stat {
+            mode: 0o10640,
+            ..STAT
+        },
         xattrs: vec![xattr("user.fifo", b"")],
         ..file("d/fifo", FileKind::Fifo)
     });
     c.files.push(CatalogFile {
-        mode: 0o20666,
-        rdev: libc::makedev(1, 3),
+        stat: Stat {
+            mode: 0o20666,
+            rdev: libc::makedev(1, 3),
+            ..STAT
+        },
         ..file("d/null", FileKind::CharDevice)
     });
     c.files.push(CatalogFile {
-        mode: 0o60660,
-        rdev: libc::makedev(7, 200),
+        stat: Stat {
+            mode: 0o60660,
+            rdev: libc::makedev(7, 200),
+            ..STAT
+        },
         ..file("d/loop200", FileKind::BlockNode)
     });
     c.files.push(CatalogFile {
@@ -104,8 +124,11 @@ pub(super) fn xattr(name: &str, value: &[u8]) -> Xattr {
 pub(crate) fn sample() -> Catalog {
     let mut files = vec![
         CatalogFile {
-            mode: 0o40755,
-            flags: 0x1000, // FS_INDEX_FL
+            stat: Stat {
+                mode: 0o40755,
+                flags: 0x1000, // FS_INDEX_FL
+                ..STAT
+            },
             xattrs: vec![
                 xattr("system.posix_acl_access", &[2, 0, 0, 0, 1, 0, 6, 0]),
                 xattr("system.posix_acl_default", &[2, 0, 0, 0]),
@@ -113,9 +136,12 @@ pub(crate) fn sample() -> Catalog {
             ..file("d", FileKind::Directory)
         },
         CatalogFile {
+            stat: Stat {
+                flags: 0x10, // FS_IMMUTABLE_FL
+                ..STAT
+            },
             size_bytes: 10 << 20,
             digest: [7; 32],
-            flags: 0x10, // FS_IMMUTABLE_FL
             xattrs: vec![
                 xattr("security.capability", &[1, 0, 0, 2, 0x20, 0, 0, 0]),
                 xattr("trusted.t", b"\0\xff"),
@@ -124,8 +150,11 @@ pub(crate) fn sample() -> Catalog {
             ..file("d/big \u{e9}", FileKind::Regular)
         },
         CatalogFile {
+            stat: Stat {
+                mtime_sec: -5,
+                ..STAT
+            },
             link_target: b"big \xe9".to_vec(),
-            mtime_sec: -5,
             ..file("d/link", FileKind::Symlink)
         },
         CatalogFile {
@@ -564,7 +593,7 @@ fn mac_covers_the_encoding() {
     // The decoder does not judge the MAC: a wrong one still decodes,
     // and its holder sees it does not match.
     let mut forged = c.clone();
-    forged.files[1].mode ^= 1;
+    forged.files[1].stat.mode ^= 1;
     let forged_bytes = forged.encode();
     let decoded = Catalog::decode(&forged_bytes).expect("decodes");
     assert_ne!(decoded.mac_for(&key), decoded.mac);

@@ -168,10 +168,10 @@ fn check_file(
     if f.path.is_empty() {
         return Err("empty path");
     }
-    if f.mtime_nsec >= NSEC_PER_SEC {
+    if f.stat.mtime_nsec >= NSEC_PER_SEC {
         return Err("mtime_nsec is not below 1e9");
     }
-    if f.ctime_nsec >= NSEC_PER_SEC {
+    if f.stat.ctime_nsec >= NSEC_PER_SEC {
         return Err("ctime_nsec is not below 1e9");
     }
     let data = f.kind.has_data();
@@ -210,10 +210,10 @@ fn check_file(
     if f.origin == 0 && f.origin_file_id != 0 {
         return Err("origin_file_id is not 0 for data in this set");
     }
-    if !f.kind.has_rdev() && f.rdev != 0 {
+    if !f.kind.has_rdev() && f.stat.rdev != 0 {
         return Err("rdev is not 0 for a kind other than CharDevice and BlockNode");
     }
-    if !f.kind.has_flags() && f.flags != 0 {
+    if !f.kind.has_flags() && f.stat.flags != 0 {
         return Err("flags are not 0 for a kind other than Regular and Directory");
     }
     if f.kind == FileKind::HardLink && !f.xattrs.is_empty() {

@@ -278,38 +278,41 @@ impl Compare<'_> {
                 disk: st.st_size as u64,
             });
         }
-        if f.kind != FileKind::Symlink && (f.mode & 0o7777) != (st.st_mode & 0o7777) {
+        if f.kind != FileKind::Symlink && (f.stat.mode & 0o7777) != (st.st_mode & 0o7777) {
             out.push(What::Mode {
-                set: f.mode & 0o7777,
+                set: f.stat.mode & 0o7777,
                 disk: st.st_mode & 0o7777,
             });
         }
-        if (f.uid, f.gid) != (st.st_uid, st.st_gid) {
+        if (f.stat.uid, f.stat.gid) != (st.st_uid, st.st_gid) {
             out.push(What::Owner {
-                set: (f.uid, f.gid),
+                set: (f.stat.uid, f.stat.gid),
                 disk: (st.st_uid, st.st_gid),
             });
         }
         if f.kind != FileKind::Directory
-            && (f.mtime_sec, f.mtime_nsec as i64) != (st.st_mtime, st.st_mtime_nsec)
+            && (f.stat.mtime_sec, f.stat.mtime_nsec as i64) != (st.st_mtime, st.st_mtime_nsec)
         {
             out.push(What::Mtime {
-                set: (f.mtime_sec, f.mtime_nsec),
+                set: (f.stat.mtime_sec, f.stat.mtime_nsec),
                 disk: (st.st_mtime, st.st_mtime_nsec as u32),
             });
         }
-        if matches!(f.kind, FileKind::CharDevice | FileKind::BlockNode) && f.rdev != st.st_rdev {
+        if matches!(f.kind, FileKind::CharDevice | FileKind::BlockNode) && f.stat.rdev != st.st_rdev
+        {
             out.push(What::Rdev {
-                set: f.rdev,
+                set: f.stat.rdev,
                 disk: st.st_rdev,
             });
         }
         if matches!(f.kind, FileKind::Regular | FileKind::Directory) {
             match self.flags(&f.path, f.kind == FileKind::Directory, &st) {
-                Ok(Some(disk)) if disk != f.flags & at::FLAGS_SETTABLE => out.push(What::Flags {
-                    set: f.flags & at::FLAGS_SETTABLE,
-                    disk,
-                }),
+                Ok(Some(disk)) if disk != f.stat.flags & at::FLAGS_SETTABLE => {
+                    out.push(What::Flags {
+                        set: f.stat.flags & at::FLAGS_SETTABLE,
+                        disk,
+                    })
+                }
                 Ok(_) => {}
                 Err(e) => out.push(What::Unreadable {
                     why: format!("file flags: {e}"),

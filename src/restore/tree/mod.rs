@@ -434,12 +434,12 @@ pub struct Attrs<'a> {
 impl Attrs<'_> {
     fn of(file: &CatalogFile) -> Attrs<'_> {
         Attrs {
-            uid: file.uid,
-            gid: file.gid,
-            mode: file.mode,
-            mtime_sec: file.mtime_sec,
-            mtime_nsec: file.mtime_nsec,
-            flags: file.flags,
+            uid: file.stat.uid,
+            gid: file.stat.gid,
+            mode: file.stat.mode,
+            mtime_sec: file.stat.mtime_sec,
+            mtime_nsec: file.stat.mtime_nsec,
+            flags: file.stat.flags,
             xattrs: &file.xattrs,
         }
     }
@@ -572,7 +572,7 @@ fn make_by_name(
     let name = at::split_parent(path).1;
     let node = |kind: SFlag| -> Result<Vec<u8>, TreeError> {
         refuse_dir_at(dir, name, path)?;
-        at::mknod_temp(dir, name, kind, 0o600, file.rdev)
+        at::mknod_temp(dir, name, kind, 0o600, file.stat.rdev)
             .map_err(io_error("create special file", path))
     };
     let temp = match file.kind {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::format::CatalogFile;
+use crate::format::{CatalogFile, Stat};
 use crate::source::test_fixture::{compare_trees, make_fixture_tree};
 use crate::source::{walk, EntryKind};
 use std::ffi::OsStr;
@@ -26,23 +26,18 @@ fn file(path: &[u8], kind: FileKind, mode: u32) -> CatalogFile {
     CatalogFile {
         path: path.to_vec(),
         kind,
-        mode,
-        uid: 0,
-        gid: 0,
-        mtime_sec: 1_500_000_000,
-        mtime_nsec: 123_456_789,
-        ctime_sec: 0,
-        ctime_nsec: 0,
-        dev: 0,
-        ino: 0,
+        stat: Stat {
+            mode,
+            mtime_sec: 1_500_000_000,
+            mtime_nsec: 123_456_789,
+            ..Stat::default()
+        },
         size_bytes: 0,
         link_target: Vec::new(),
         hardlink_to: 0,
         digest: [0; 32],
         origin: 0,
         origin_file_id: 0,
-        rdev: 0,
-        flags: 0,
         xattrs: Vec::new(),
     }
 }
@@ -126,15 +121,15 @@ fn prepare_and_finish_a_small_catalog() {
             file(b"top/caf\xe9", FileKind::Regular, 0o100644),
         ];
         files[2].size_bytes = 1 << 20;
-        files[2].uid = 1234;
-        files[2].gid = 4321;
-        files[2].mtime_sec = -1000; // before 1970
+        files[2].stat.uid = 1234;
+        files[2].stat.gid = 4321;
+        files[2].stat.mtime_sec = -1000; // before 1970
         files[3].size_bytes = 10;
         files[4].size_bytes = 3;
         files[5].link_target = b"data".to_vec();
-        files[5].mtime_sec = 1_400_000_000;
+        files[5].stat.mtime_sec = 1_400_000_000;
         files[6].hardlink_to = 2;
-        files[1].mtime_nsec = 1;
+        files[1].stat.mtime_nsec = 1;
         let catalog = make_catalog(files);
         let selected = vec![true; catalog.files.len()];
 
@@ -181,11 +176,15 @@ fn prepare_and_finish_a_small_catalog() {
                 f
             };
             let name = f.path.escape_ascii().to_string();
-            assert_eq!(m.mode(), expect.mode, "{name}");
-            assert_eq!((m.uid(), m.gid()), (expect.uid, expect.gid), "{name}");
+            assert_eq!(m.mode(), expect.stat.mode, "{name}");
+            assert_eq!(
+                (m.uid(), m.gid()),
+                (expect.stat.uid, expect.stat.gid),
+                "{name}"
+            );
             assert_eq!(
                 (m.mtime(), m.mtime_nsec()),
-                (expect.mtime_sec, expect.mtime_nsec as i64),
+                (expect.stat.mtime_sec, expect.stat.mtime_nsec as i64),
                 "{name} ({i})"
             );
         }
@@ -455,9 +454,9 @@ fn walk_then_restore_reproduces_the_fixture() {
         .entries
         .iter()
         .map(|e| {
-            let mut f = file(&e.path, FileKind::Regular, e.meta.mode);
-            (f.uid, f.gid) = (e.meta.uid, e.meta.gid);
-            (f.mtime_sec, f.mtime_nsec) = (e.meta.mtime_sec, e.meta.mtime_nsec);
+            let mut f = file(&e.path, FileKind::Regular, e.meta.stat.mode);
+            (f.stat.uid, f.stat.gid) = (e.meta.stat.uid, e.meta.stat.gid);
+            (f.stat.mtime_sec, f.stat.mtime_nsec) = (e.meta.stat.mtime_sec, e.meta.stat.mtime_nsec);
             match &e.kind {
                 EntryKind::File { size_bytes, .. } => f.size_bytes = *size_bytes,
                 EntryKind::Dir => f.kind = FileKind::Directory,
