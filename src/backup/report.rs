@@ -76,6 +76,30 @@ impl DeviceReport {
 }
 
 impl BackupReport {
+    /// The report of a run that wrote its catalog: the devices' ends and
+    /// what the data phase found about the sources.
+    pub(super) fn of_run(
+        set_id: SetId,
+        devices: Vec<DeviceReport>,
+        files: usize,
+        segments: usize,
+        sources: super::catalog::SourceFindings,
+        parity: ParitySummary,
+        started: std::time::Instant,
+    ) -> BackupReport {
+        BackupReport {
+            set_id,
+            devices,
+            files,
+            segments,
+            unplaced: sources.unplaced,
+            unreadable: sources.unreadable,
+            changed: sources.changed,
+            parity,
+            elapsed: started.elapsed(),
+        }
+    }
+
     pub fn missing_bytes(&self) -> u64 {
         self.unplaced.iter().map(|u| u.2).sum()
     }

@@ -115,17 +115,15 @@ pub fn run_backup(
     if reports.iter().all(|r| r.catalog_end.is_none()) {
         return Err(no_catalog(reports));
     }
-    Ok(BackupReport {
-        set_id: config.set_id,
-        devices: reports,
-        files: input.entries.len(),
+    Ok(BackupReport::of_run(
+        config.set_id,
+        reports,
+        input.entries.len(),
         segments,
-        unplaced: sources.unplaced,
-        unreadable: sources.unreadable,
-        changed: sources.changed,
-        parity: summary,
-        elapsed: started.elapsed(),
-    })
+        sources,
+        summary,
+        started,
+    ))
 }
 
 /// Device `index`'s label as the labels phase writes it (state Writing,

@@ -229,17 +229,15 @@ pub fn run_spanning(
         return Err(no_catalog(reports));
     }
     let span = shared.report.into_inner().expect("no panic");
-    let report = BackupReport {
-        set_id: config.set_id,
-        devices: reports,
-        files: input.entries.len(),
+    let report = BackupReport::of_run(
+        config.set_id,
+        reports,
+        input.entries.len(),
         segments,
-        unplaced: sources.unplaced,
-        unreadable: sources.unreadable,
-        changed: sources.changed,
-        elapsed: started.elapsed(),
-        parity: Default::default(),
-    };
+        sources,
+        Default::default(),
+        started,
+    );
     Ok((report, span))
 }
 

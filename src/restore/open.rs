@@ -111,15 +111,7 @@ pub fn open_devices(
     let mut groups: Vec<Vec<Opened>> = Vec::new();
     let mut unreadable = Vec::new();
     for dev in devices {
-        let read = dev
-            .attach()
-            .map_err(|error| MediaError::Io {
-                device: dev.path().display().to_string(),
-                op: "load the cartridge",
-                offset: 0,
-                error,
-            })
-            .and_then(|()| media::read_label(dev.as_ref()));
+        let read = attach(dev.as_ref()).and_then(|()| media::read_label(dev.as_ref()));
         let mut label = match read {
             Ok(label) => label,
             // One unreadable device does not stop a restore from the others.
@@ -237,19 +229,11 @@ fn assemble(opened: Vec<Opened>, key: Option<&MacKey>) -> Result<OpenSet, Restor
         }
         let read = match tape_catalog.take() {
             Some(read) => read,
-            None => dev
-                .attach()
-                .map_err(|error| MediaError::Io {
-                    device: dev.path().display().to_string(),
-                    op: "load the cartridge",
-                    offset: 0,
-                    error,
-                })
-                .and_then(|()| {
-                    let read = media::read_catalog(dev.as_ref(), label);
-                    dev.detach();
-                    read
-                }),
+            None => attach(dev.as_ref()).and_then(|()| {
+                let read = media::read_catalog(dev.as_ref(), label);
+                dev.detach();
+                read
+            }),
         };
         match read {
             Ok(read) if read.catalog.set_id != label.set_id => {
@@ -322,5 +306,16 @@ fn finish_open(
         catalog,
         unreadable: notes,
         keyed,
+    })
+}
+
+/// Load a library's cartridge into a drive (a no-op for other devices);
+/// a cartridge that cannot be loaded is a media error naming the device.
+pub(super) fn attach(dev: &dyn Device) -> Result<(), MediaError> {
+    dev.attach().map_err(|error| MediaError::Io {
+        device: dev.path().display().to_string(),
+        op: "load the cartridge",
+        offset: 0,
+        error,
     })
 }

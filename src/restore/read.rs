@@ -64,7 +64,7 @@ pub(super) fn read_devices(
                 scope.spawn(move || {
                     let dev = dev.as_ref();
                     // A library's cartridge waits here for a free drive.
-                    dev.attach().map_err(|error| load_error(dev, error))?;
+                    super::open::attach(dev)?;
                     let read = read_device(dev, label, set_catalog, targets, restored, destination);
                     dev.detach();
                     read
@@ -81,16 +81,6 @@ pub(super) fn read_devices(
         .map(|(s, (dev, label))| (*s, label.device_index, dev.path().display().to_string()))
         .zip(results)
         .collect()
-}
-
-/// A cartridge that could not be loaded for reading.
-fn load_error(dev: &dyn Device, error: std::io::Error) -> RestoreError {
-    RestoreError::Media(media::MediaError::Io {
-        device: dev.path().display().to_string(),
-        op: "load the cartridge",
-        offset: 0,
-        error,
-    })
 }
 
 /// Destination files kept open at once by one reader's queued writes.

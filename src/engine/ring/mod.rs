@@ -103,6 +103,18 @@ struct Source {
     first_offset: u64,
 }
 
+impl Source {
+    /// What the record at `file_offset` says about the file: the first one
+    /// also carries its extended attributes.
+    fn info_at(&self, file_offset: u64) -> &FileInfo {
+        if file_offset == self.first_offset {
+            &self.first_info
+        } else {
+            &self.info
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Free,
@@ -356,6 +368,30 @@ impl<'a> Ring<'a> {
         h.pending -= 1;
         self.gens[gen].payload_hash = hash;
         self.gens[gen].hashed = true;
+    }
+
+    /// The slot holding record `gen` once it is ready to be written.
+    fn ready_slot(&self, gen: usize) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.phase == Phase::Ready && s.gen == gen)
+    }
+
+    /// A record of `media` bytes (header and padded payload) fits before
+    /// the usable end; if not, the device stops as full (not a fault of the
+    /// medium: `physical` false).
+    fn check_room(&self, media: u64) -> Result<(), Stop> {
+        if self.position + media > self.usable_bytes {
+            return Err(Stop::Full {
+                error: Fault::NoRoom {
+                    record_bytes: media,
+                    offset: self.position,
+                    usable_bytes: self.usable_bytes,
+                },
+                physical: false,
+            });
+        }
+        Ok(())
     }
 
     /// Payload bytes that still fit (a conservative estimate: every record

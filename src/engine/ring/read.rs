@@ -56,16 +56,7 @@ impl<'a> Ring<'a> {
                 let record_end = end.min((offset / chunk + 1) * chunk);
                 let payload_bytes = (record_end - offset) as u32;
                 let media = HEADER_BYTES as u64 + round_up_block(payload_bytes as u64);
-                if self.position + media > self.usable_bytes {
-                    return Err(Stop::Full {
-                        error: Fault::NoRoom {
-                            record_bytes: media,
-                            offset: self.position,
-                            usable_bytes: self.usable_bytes,
-                        },
-                        physical: false,
-                    });
-                }
+                self.check_room(media)?;
                 c.next_offset = record_end;
                 let t = &mut self.taken[c.taken as usize];
                 t.gens += 1;

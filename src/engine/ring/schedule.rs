@@ -234,11 +234,7 @@ impl<'a> Ring<'a> {
     pub(super) fn pump(&mut self) -> Result<(), Stop> {
         while self.write_slot.is_none() && self.held.is_none() {
             let gen = self.next_write;
-            let Some(slot) = self
-                .slots
-                .iter()
-                .position(|s| s.phase == Phase::Ready && s.gen == gen)
-            else {
+            let Some(slot) = self.ready_slot(gen) else {
                 return Ok(());
             };
             if let Some(since) = self.idle_since.take() {

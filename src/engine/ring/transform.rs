@@ -201,11 +201,7 @@ impl<'a> Ring<'a> {
     pub(super) fn place_ready(&mut self) -> Result<(), Stop> {
         loop {
             let gen = self.next_write;
-            let Some(slot) = self
-                .slots
-                .iter()
-                .position(|s| s.phase == Phase::Ready && s.gen == gen)
-            else {
+            let Some(slot) = self.ready_slot(gen) else {
                 return Ok(());
             };
             self.place(gen)?;
@@ -220,16 +216,7 @@ impl<'a> Ring<'a> {
             return Ok(());
         }
         let media = HEADER_BYTES as u64 + round_up_block(self.gens[gen].stored_len() as u64);
-        if self.position + media > self.usable_bytes {
-            return Err(Stop::Full {
-                error: Fault::NoRoom {
-                    record_bytes: media,
-                    offset: self.position,
-                    usable_bytes: self.usable_bytes,
-                },
-                physical: false,
-            });
-        }
+        self.check_room(media)?;
         self.gens[gen].position = self.position;
         self.position += media;
         Ok(())
@@ -259,12 +246,7 @@ impl<'a> Ring<'a> {
             ..header
         };
         let source = s.source.as_ref().expect("writing slot has a source");
-        let info = if header.file_offset == source.first_offset {
-            &source.first_info
-        } else {
-            &source.info
-        };
-        header.encode_with_info(Some(info), head);
+        header.encode_with_info(Some(source.info_at(header.file_offset)), head);
         if g.transform.codec == Codec::Raw {
             self.stats.payload_bytes_zero_copy += g.payload_bytes as u64;
         }

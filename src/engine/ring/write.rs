@@ -81,13 +81,7 @@ impl<'a> Ring<'a> {
             ..header
         };
         let source = s.source.as_ref().expect("writing slot has a source");
-        // The file's first record also carries its extended attributes.
-        let info = if header.file_offset == source.first_offset {
-            &source.first_info
-        } else {
-            &source.info
-        };
-        header.encode_with_info(Some(info), head);
+        header.encode_with_info(Some(source.info_at(header.file_offset)), head);
         debug_assert_eq!(RecordHeader::decode(head), Ok(header));
         self.gens[gen].payload_crc = header.payload_crc;
         // The BLAKE3 of the payload (the file digest's) on the hasher
