@@ -10,6 +10,7 @@ mod set;
 pub mod span;
 
 use crate::device::{Access, Device};
+use crate::engine::ring::DeviceFault;
 use crate::format::{MacKey, SetId, HEADER_BYTES};
 
 pub use crate::engine::SetInput;
@@ -75,13 +76,15 @@ pub struct BackupConfig {
 
 /// Something a harness or the progress display should hear about while
 /// the run goes on. Byte counts are payload bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Event {
     /// The device filled up (ENOSPC, end of medium): it is healthy, what
     /// reached it stays, the rest of its work goes to the others.
     DeviceFull {
         device: u32,
-        error: String,
+        /// How it filled up (ENOSPC, no room left in its capacity), with
+        /// its offset and errno; rendered to text only by the CLI.
+        error: DeviceFault,
         durable_bytes: u64,
         redirected_bytes: u64,
     },
@@ -89,7 +92,8 @@ pub enum Event {
     /// written again on the survivors.
     DeviceFailed {
         device: u32,
-        error: String,
+        /// What failed (a write, the label, the transport), typed.
+        error: DeviceFault,
         redirected_bytes: u64,
     },
 }

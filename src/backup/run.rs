@@ -226,21 +226,25 @@ fn write_labels(
     devices: &[Box<dyn Device>],
     config: &BackupConfig,
     dispatcher: &Dispatcher,
-) -> Vec<Option<String>> {
-    let mut label_errors: Vec<Option<String>> = vec![None; devices.len()];
+) -> Vec<Option<ring::DeviceFault>> {
+    let mut label_errors: Vec<Option<ring::DeviceFault>> = vec![None; devices.len()];
     for (i, dev) in devices.iter().enumerate() {
         let label = backup_label(devices, config, i as u32);
         if let Err(e) = media::write_label(dev.as_ref(), &label) {
             let redirected = dispatcher.retire(i, DispatchState::Failed, 0);
+            let error = ring::DeviceFault {
+                device: dev.path().to_path_buf(),
+                fault: ring::Fault::Label(std::sync::Arc::new(e)),
+            };
             send(
                 config,
                 Event::DeviceFailed {
                     device: i as u32,
-                    error: e.to_string(),
+                    error: error.clone(),
                     redirected_bytes: redirected,
                 },
             );
-            label_errors[i] = Some(e.to_string());
+            label_errors[i] = Some(error);
         }
     }
     label_errors
@@ -292,7 +296,7 @@ fn run_rings(
     config: &BackupConfig,
     dispatcher: &Dispatcher,
     rings: &[RingConfig],
-    label_errors: Vec<Option<String>>,
+    label_errors: Vec<Option<ring::DeviceFault>>,
     progress: &[AtomicU64],
 ) -> Result<Vec<RingOutcome>, BackupError> {
     let rings_done = AtomicBool::new(false);
@@ -309,12 +313,7 @@ fn run_rings(
                             return run_device(input, dev, config, dispatcher, ring, progress);
                         };
                         Ok(RingOutcome {
-                            end: RingEnd::Failed {
-                                error: ring::DeviceFault {
-                                    device: dev.path().to_path_buf(),
-                                    fault: ring::Fault::Label(error),
-                                },
-                            },
+                            end: RingEnd::Failed { error },
                             records: Vec::new(),
                             placed: Vec::new(),
                             data_end: media::data_start(dev),
@@ -368,7 +367,7 @@ pub(super) fn run_device(
             config,
             Event::DeviceFull {
                 device: i,
-                error: error.to_string(),
+                error: error.clone(),
                 durable_bytes: outcome.records.iter().map(|r| r.payload_bytes as u64).sum(),
                 redirected_bytes: outcome.redirected_bytes,
             },
@@ -377,7 +376,7 @@ pub(super) fn run_device(
             config,
             Event::DeviceFailed {
                 device: i,
-                error: error.to_string(),
+                error: error.clone(),
                 redirected_bytes: outcome.redirected_bytes,
             },
         ),

@@ -370,7 +370,7 @@ fn unlabelled(
         end: RingEnd::Failed {
             error: ring::DeviceFault {
                 device: dev.path().to_path_buf(),
-                fault: ring::Fault::Label(error.to_string()),
+                fault: ring::Fault::Label(std::sync::Arc::new(error)),
             },
         },
         records: Vec::new(),

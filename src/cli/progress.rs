@@ -277,6 +277,7 @@ impl<W: Write> Reporter<W> {
                 redirected_bytes,
             } => {
                 let i = *device as usize;
+                let error = error.to_string();
                 self.ends[i] = LiveState::Full {
                     error: error.clone(),
                     durable_bytes: *durable_bytes,
@@ -286,7 +287,7 @@ impl<W: Write> Reporter<W> {
                     i,
                     format!(
                         "device {i} {path} is full ({}) after {}: {} of its work goes to the other devices",
-                        shown_line(error),
+                        shown_line(&error),
                         human_bytes(*durable_bytes),
                         human_bytes(*redirected_bytes)
                     ),
@@ -307,6 +308,7 @@ impl<W: Write> Reporter<W> {
                 redirected_bytes,
             } => {
                 let i = *device as usize;
+                let error = error.to_string();
                 self.ends[i] = LiveState::Failed {
                     error: error.clone(),
                 };
@@ -316,7 +318,7 @@ impl<W: Write> Reporter<W> {
                     i,
                     format!(
                         "device {i} {path} FAILED ({}): {} of its work is written again on the other devices",
-                        shown_line(error),
+                        shown_line(&error),
                         human_bytes(*redirected_bytes)
                     ),
                     json!({
@@ -423,6 +425,7 @@ pub fn run<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::ring::{DeviceFault, Fault};
     use serde_json::Value;
     use std::sync::{Arc, Mutex};
 
@@ -475,14 +478,23 @@ mod tests {
             progress[1].store(70, Ordering::Relaxed);
             tx.send(Event::DeviceFull {
                 device: 0,
-                error: "ENOSPC".into(),
+                error: DeviceFault {
+                    device: "/dev/x0".into(),
+                    fault: Fault::Write {
+                        offset: 40,
+                        error: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                    },
+                },
                 durable_bytes: 40,
                 redirected_bytes: 60,
             })
             .unwrap();
             tx.send(Event::DeviceFailed {
                 device: 2,
-                error: "EIO".into(),
+                error: DeviceFault {
+                    device: "/dev/x2".into(),
+                    fault: Fault::Transport("EIO".into()),
+                },
                 redirected_bytes: 100,
             })
             .unwrap();

@@ -2,6 +2,9 @@
 //! it ended, and the typed fault of a device that filled up or failed.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::media::MediaError;
 use std::time::Duration;
 
 /// A record that is durable on the device.
@@ -76,8 +79,9 @@ pub enum RingEnd {
 }
 
 /// What stopped a device: the fault, on which device. Shown as the fault
-/// alone (whoever reports it names the device).
-#[derive(Debug, thiserror::Error)]
+/// alone (whoever reports it names the device). Cloned into the run's
+/// events (`backup::Event`) and kept in its outcome.
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{fault}")]
 pub struct DeviceFault {
     pub device: PathBuf,
@@ -129,7 +133,70 @@ pub enum Fault {
     Transport(String),
     /// The device's label could not be written: no ring ran.
     #[error("{0}")]
-    Label(String),
+    Label(Arc<MediaError>),
+}
+
+/// A copy of an I/O error that keeps what callers look at: the errno (and
+/// so its kind and text) or, without one, the kind and the message.
+fn copy_io(error: &std::io::Error) -> std::io::Error {
+    match error.raw_os_error() {
+        Some(errno) => std::io::Error::from_raw_os_error(errno),
+        None => std::io::Error::new(error.kind(), error.to_string()),
+    }
+}
+
+impl Clone for Fault {
+    fn clone(&self) -> Fault {
+        match self {
+            Fault::Write { offset, error } => Fault::Write {
+                offset: *offset,
+                error: copy_io(error),
+            },
+            Fault::WriteRetried {
+                offset,
+                error,
+                retries,
+            } => Fault::WriteRetried {
+                offset: *offset,
+                error: copy_io(error),
+                retries: *retries,
+            },
+            Fault::NoRoom {
+                record_bytes,
+                offset,
+                usable_bytes,
+            } => Fault::NoRoom {
+                record_bytes: *record_bytes,
+                offset: *offset,
+                usable_bytes: *usable_bytes,
+            },
+            Fault::Persist {
+                offset,
+                bytes,
+                error,
+            } => Fault::Persist {
+                offset: *offset,
+                bytes: *bytes,
+                error: copy_io(error),
+            },
+            Fault::ShortBlock {
+                block,
+                written,
+                total,
+            } => Fault::ShortBlock {
+                block: *block,
+                written: *written,
+                total: *total,
+            },
+            Fault::Block { block, error } => Fault::Block {
+                block: *block,
+                error: copy_io(error),
+            },
+            Fault::Enter(error) => Fault::Enter(copy_io(error)),
+            Fault::Transport(why) => Fault::Transport(why.clone()),
+            Fault::Label(error) => Fault::Label(Arc::clone(error)),
+        }
+    }
 }
 
 impl Fault {
@@ -142,7 +209,11 @@ impl Fault {
             | Fault::Block { error, .. }
             | Fault::Enter(error) => error.raw_os_error(),
             Fault::ShortBlock { .. } => Some(libc::ENOSPC),
-            Fault::NoRoom { .. } | Fault::Transport(_) | Fault::Label(_) => None,
+            Fault::Label(error) => match error.as_ref() {
+                MediaError::Io { error, .. } => error.raw_os_error(),
+                _ => None,
+            },
+            Fault::NoRoom { .. } | Fault::Transport(_) => None,
         }
     }
 
@@ -154,7 +225,11 @@ impl Fault {
             | Fault::NoRoom { offset, .. }
             | Fault::Persist { offset, .. } => Some(*offset),
             Fault::ShortBlock { block, .. } | Fault::Block { block, .. } => Some(*block),
-            Fault::Enter(_) | Fault::Transport(_) | Fault::Label(_) => None,
+            Fault::Label(error) => match error.as_ref() {
+                MediaError::Io { offset, .. } | MediaError::Format { offset, .. } => Some(*offset),
+                _ => None,
+            },
+            Fault::Enter(_) | Fault::Transport(_) => None,
         }
     }
 }
