@@ -29,6 +29,11 @@ struct Bed {
 /// `n` loop devices of 64 MiB, a fixture tree of about 20 MiB, backed up
 /// with `--parity 1` on the first four.
 fn bed(test: &str, n: usize) -> Option<Bed> {
+    bed_with(test, n, |_| Vec::new())
+}
+
+/// `bed` with more backup arguments, made from the bed's directory.
+fn bed_with(test: &str, n: usize, extra: impl Fn(&Path) -> Vec<String>) -> Option<Bed> {
     if !loop_devices_available(test) {
         return None;
     }
@@ -47,6 +52,7 @@ fn bed(test: &str, n: usize) -> Option<Bed> {
         "--json".into(),
     ];
     args.extend(dev_args(&devs[..4].iter().collect::<Vec<_>>()));
+    args.extend(extra(&root));
     let (code, out, err) = run(&args);
     assert_eq!(code, 0, "backup failed: {out}\n{err}");
     Some(Bed {
@@ -352,4 +358,53 @@ fn scrub_refuses_a_set_without_parity() {
     let (code, _, err) = pbio(&["scrub", "--dev", &dev.arg()]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("without --parity"), "{err}");
+}
+
+#[test]
+fn repair_of_a_keyed_set_needs_its_key_and_seals_the_new_label() {
+    let Some(bed) = bed_with("repair_keyed", 5, |root| {
+        let key = root.join("key");
+        let (code, out, err) = pbio(&["key", "new", key.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        vec!["--key".into(), key.display().to_string()]
+    }) else {
+        return;
+    };
+    let d: Vec<&LoopDev> = bed.devs.iter().collect();
+    let key = bed.root.join("key").display().to_string();
+    zero(d[1]);
+    let originals = &d[..4];
+    let replace = vec![
+        "--repair".to_string(),
+        "--replace".into(),
+        format!("1={}", d[4].arg()),
+    ];
+    // Without the key: refused before anything is written (exit 2).
+    let (code, _, err) = scrub(originals, &replace);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--key"), "{err}");
+    assert!(
+        records(&d[4].backing, 1).is_empty(),
+        "written without the key"
+    );
+    // With it: repaired, and the new label's MAC checks with the key.
+    let mut keyed = replace.clone();
+    keyed.extend(["--key".to_string(), key.clone()]);
+    let (code, report, err) = scrub(originals, &keyed);
+    assert_eq!(code, 0, "{report}\n{err}");
+    let mut args = vec!["verify".to_string(), "--key".into(), key];
+    args.extend(dev_args(&[d[0], d[4], d[2], d[3]]));
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "verify --key with the new device: {out}\n{err}");
+    // Restore without device 0: device 1's records come from the new one.
+    let to = bed.root.join("out");
+    let mut args = vec![
+        "restore".to_string(),
+        "--to".into(),
+        to.display().to_string(),
+    ];
+    args.extend(dev_args(&[d[4], d[2], d[3]]));
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(common::compare_trees(&bed.src, &to.join("tree")).is_empty());
 }
