@@ -39,6 +39,7 @@ pub mod progress;
 pub mod qualify;
 pub mod restore;
 pub mod scan;
+pub mod scrub;
 pub mod span;
 
 use std::path::{Path, PathBuf};
@@ -122,6 +123,8 @@ pub enum Command {
     Diff(diff::DiffArgs),
     /// Recover the records of a device with no usable catalog.
     Scan(scan::ScanArgs),
+    /// Read every stripe of a parity set, check every record and the parity against the data; --repair rebuilds what is bad or lost.
+    Scrub(scrub::ScrubArgs),
     /// The embedded default: file devices in a temp dir, a generated tree, backup, restore, verify.
     Demo(demo::DemoArgs),
     /// Raw sequential throughput and latency of devices through pbio's own rings (fio-like).
@@ -153,7 +156,7 @@ pub enum Command {
 /// What `pbio` alone prints (on stderr, exit 2).
 pub const SHORT_USAGE: &str = "\
 usage: pbio --dev DEVICE [--dev DEVICE...] SOURCE...     back up (same as `pbio backup`)
-       pbio plan|restore|verify|list|diff|scan|changer|bench|qualify|demo ...  see `pbio help COMMAND`
+       pbio plan|restore|verify|list|diff|scan|scrub|changer|bench|qualify|demo ...  see `pbio help COMMAND`
        pbio --help                                        every option
 Try: pbio demo";
 
@@ -368,6 +371,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::List(a) => list::run(a),
         Command::Diff(a) => diff::run(a),
         Command::Scan(a) => scan::run(a),
+        Command::Scrub(a) => scrub::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Qualify(a) => qualify::run(a),

@@ -68,6 +68,41 @@ pub fn run(args: ScanArgs) -> CliResult {
             );
         }
     }
+    // Parity records (`--parity`): listed and counted, never data.
+    let mut bad_parity = 0u64;
+    for p in &report.parity {
+        let h = &p.header;
+        if !p.payload_ok {
+            bad_parity += 1;
+        }
+        if args.json {
+            outln!(
+                "{}",
+                json!({
+                    "position": p.position, "kind": "parity", "sequence": h.sequence,
+                    "stripe_id": h.stripe_id, "stripe_position": h.position, "k": h.k(), "m": h.m(),
+                    "members": h.members, "shard_bytes": h.shard_bytes, "payload_ok": p.payload_ok,
+                })
+            );
+        } else {
+            outln!(
+                "{:>12} {:<7} seq {:>8} stripe {:>8} position {}/{}+{} len {:>8}{}",
+                p.position,
+                "parity",
+                h.sequence,
+                h.stripe_id,
+                h.position,
+                h.k(),
+                h.m(),
+                h.shard_bytes,
+                if p.payload_ok {
+                    ""
+                } else {
+                    "  PAYLOAD CRC MISMATCH"
+                }
+            );
+        }
+    }
     let set = report
         .set_id
         .map(|s| s.to_string())
@@ -76,17 +111,19 @@ pub fn run(args: ScanArgs) -> CliResult {
         outln!(
             "{}",
             json!({"event": "summary", "set_id": set, "records": report.records.len(), "data_records": data,
+                   "parity_records": report.parity.len(), "bad_parity_payloads": bad_parity,
                    "bad_payloads": bad_payloads, "bad_blocks": report.bad_blocks, "end_found": report.end_found})
         );
     } else {
         outln!(
-            "set {set}: {} records ({data} data), {bad_payloads} with bad payloads, {} unreadable blocks skipped, end record {}",
+            "set {set}: {} records ({data} data), {bad_payloads} with bad payloads, {} parity records ({bad_parity} with bad payloads), {} unreadable blocks skipped, end record {}",
             report.records.len(),
+            report.parity.len(),
             report.bad_blocks,
             if report.end_found { "found" } else { "not found" }
         );
     }
-    if report.records.is_empty() && !report.end_found {
+    if report.records.is_empty() && report.parity.is_empty() && !report.end_found {
         return Err(Failure::Data(format!(
             "no pbio record found on {}: {} blocks read{}",
             args.dev.path.display(),
@@ -98,7 +135,7 @@ pub fn run(args: ScanArgs) -> CliResult {
             }
         )));
     }
-    Ok(if bad_payloads == 0 {
+    Ok(if bad_payloads == 0 && bad_parity == 0 {
         Outcome::Done
     } else {
         Outcome::Incomplete

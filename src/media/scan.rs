@@ -4,8 +4,12 @@
 //! scanned records to files is `restore::scan`.
 
 use super::stream::{self, Flow, Item, StreamError};
-use crate::device::Device;
-use crate::format::{RecordHeader, RecordKind, SetId, PAYLOAD_BYTES_MAX};
+use crate::device::{Access, Device};
+use crate::format::parity::ParityHeader;
+use crate::format::{
+    round_up_block, FormatError, RecordHeader, RecordKind, SetId, HEADER_BYTES, PAYLOAD_BYTES_MAX,
+};
+use crate::io::buffers::BufferPool;
 
 /// One record found by a scan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,10 +24,63 @@ pub struct Found {
 pub struct ScanReport {
     pub set_id: Option<SetId>,
     pub records: Vec<Found>,
+    /// Parity records (`--parity`, docs/FORMAT.md 5.1) of the set: never
+    /// data; their payload blocks are not counted as bad.
+    pub parity: Vec<FoundParity>,
     /// Blocks that did not decode as a record header (skipped one block at a time).
     pub bad_blocks: u64,
     /// Whether an End record of the set was found.
     pub end_found: bool,
+}
+
+/// One parity record found by a scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundParity {
+    pub position: u64,
+    pub header: ParityHeader,
+    /// Whether the payload matches the CRC in its header.
+    pub payload_ok: bool,
+}
+
+/// A block the record decoder refused although its frame (magic, CRC,
+/// version) is good: a record of another kind, such as a parity record.
+/// Read again at `position` and decoded as a parity record of `set_id`.
+fn parity_at(
+    dev: &dyn Device,
+    position: u64,
+    error: &FormatError,
+    set_id: Option<SetId>,
+    pool: &mut Option<BufferPool>,
+) -> Option<FoundParity> {
+    if dev.access() != Access::Random
+        || matches!(
+            error,
+            FormatError::Short { .. }
+                | FormatError::BadMagic { .. }
+                | FormatError::Checksum { .. }
+                | FormatError::Version(_)
+        )
+    {
+        return None;
+    }
+    let pool = pool.get_or_insert_with(|| {
+        BufferPool::new(1, HEADER_BYTES + PAYLOAD_BYTES_MAX.min(16 << 20) as usize)
+    });
+    let buf = pool.slot_mut(0);
+    let got = super::read_at(dev, &mut buf[..HEADER_BYTES], position).ok()?;
+    let header = ParityHeader::decode(&buf[..got]).ok()?;
+    if set_id.is_some_and(|s| s != header.set_id) {
+        return None;
+    }
+    let media_bytes = HEADER_BYTES + round_up_block(header.shard_bytes.into()) as usize;
+    let payload_ok = media_bytes <= buf.len()
+        && super::read_at(dev, &mut buf[..media_bytes], position).ok() == Some(media_bytes)
+        && header.payload_ok(&buf[HEADER_BYTES..HEADER_BYTES + header.shard_bytes as usize]);
+    Some(FoundParity {
+        position,
+        header,
+        payload_ok,
+    })
 }
 
 /// Scan `dev` from the first record to its end (or to the set's End
@@ -31,6 +88,8 @@ pub struct ScanReport {
 /// set is taken and records of any other set are skipped.
 pub fn scan(dev: &dyn Device, mut set_id: Option<SetId>) -> Result<ScanReport, StreamError> {
     let mut report = ScanReport::default();
+    let mut parity_end = 0u64;
+    let mut parity_pool = None;
     // Records of any chunk size this format allows: a window that holds the largest.
     let chunk_max = PAYLOAD_BYTES_MAX.min(16 << 20);
     stream::stream::<StreamError>(
@@ -40,7 +99,20 @@ pub fn scan(dev: &dyn Device, mut set_id: Option<SetId>) -> Result<ScanReport, S
         chunk_max,
         |item| {
             match item {
-                Item::Bad { .. } => report.bad_blocks += 1,
+                // Inside a parity record found: its payload.
+                Item::Bad { position, .. } if position < parity_end => {}
+                Item::Bad { position, error } => {
+                    match parity_at(dev, position, &error, set_id, &mut parity_pool) {
+                        Some(found) => {
+                            parity_end = position
+                                + HEADER_BYTES as u64
+                                + round_up_block(found.header.shard_bytes.into());
+                            set_id.get_or_insert(found.header.set_id);
+                            report.parity.push(found);
+                        }
+                        None => report.bad_blocks += 1,
+                    }
+                }
                 Item::Reclaim => {}
                 Item::Record {
                     position,

@@ -423,7 +423,7 @@ fn rebuild_stripe(
 /// Read member `i` of a stripe (data `0..k`, parity after) and check it
 /// against the catalog: header, kind, set, device, what it holds, CRC.
 /// The payload (at most the shard length), or why it cannot be used.
-fn read_member<'p>(
+pub(super) fn read_member<'p>(
     dev: &dyn Device,
     label: &Label,
     st: &CatalogStripe,
