@@ -104,7 +104,11 @@ fn restore_equals(src: &Path, devs: &[String], to: &Path, what: &str) {
     args.extend(dev_args(devs));
     let (code, _, err) = pbio(&strings(&args));
     assert_eq!(code, 0, "{what}: verify: {err}");
-    let mut args = vec!["restore".to_string(), "--to".into(), to.display().to_string()];
+    let mut args = vec![
+        "restore".to_string(),
+        "--to".into(),
+        to.display().to_string(),
+    ];
     args.extend(dev_args(devs));
     let (code, _, err) = pbio(&strings(&args));
     assert_eq!(code, 0, "{what}: restore: {err}");
@@ -193,7 +197,12 @@ fn kill_9_tape_backup_then_resume() {
             .iter()
             .map(|t| format!("vtape:{},size=64M,rate=3M", t.display()))
             .collect();
-        let fraction = rng.range(3, 97) as f64 / 100.0;
+        // Every other run is killed after half of the set, the others before.
+        let fraction = match run % 2 {
+            0 => rng.range(50, 97),
+            _ => rng.range(3, 49),
+        } as f64
+            / 100.0;
         let (before, killed) = backup_killed_at(&src, &throttled, &[], fraction);
         killed_runs += usize::from(killed);
         let plain: Vec<String> = tapes
@@ -201,7 +210,10 @@ fn kill_9_tape_backup_then_resume() {
             .map(|t| format!("vtape:{}", t.display()))
             .collect();
         let (code, finished, err) = resume(&src, &plain);
-        let what = format!("{what} (kill at {:.0}%, {before:.2} seen)", fraction * 100.0);
+        let what = format!(
+            "{what} (kill at {:.0}%, {before:.2} seen)",
+            fraction * 100.0
+        );
         check_resumed(&what, code, &finished, &err, before);
         after_half += usize::from(killed && before >= 0.5);
         restore_equals(&src, &plain, &dir.path().join("to"), &what);
@@ -215,7 +227,14 @@ fn kill_9_tape_backup_then_resume() {
             std::fs::remove_dir_all(t).unwrap();
         }
     }
-    assert!(killed_runs >= runs / 2, "seed {seed}: only {killed_runs} of {runs} runs were killed mid-run");
+    assert!(
+        killed_runs >= runs / 2,
+        "seed {seed}: only {killed_runs} of {runs} runs were killed mid-run"
+    );
+    assert!(
+        after_half > 0,
+        "seed {seed}: no run was killed after half of the set"
+    );
     eprintln!("{runs} runs, {killed_runs} killed mid-run, {after_half} after half of the set");
 }
 
@@ -267,7 +286,10 @@ fn kill_9_disk_backup_then_resume_with_a_changed_file() {
             changed = Some(format!("src/{name}"));
         }
         let (code, finished, err) = resume(&src, &devs);
-        let what = format!("{what} (kill at {:.0}%, {before:.2} seen)", fraction * 100.0);
+        let what = format!(
+            "{what} (kill at {:.0}%, {before:.2} seen)",
+            fraction * 100.0
+        );
         if let Some(name) = &changed {
             assert!(
                 err.contains(name.as_str()) && err.contains("changed since"),
@@ -285,7 +307,10 @@ fn kill_9_disk_backup_then_resume_with_a_changed_file() {
         check_resumed(&what, code, &finished, &err, before);
         restore_equals(&src, &devs, &dir.path().join("to"), &what);
     }
-    assert!(changed_named > 0, "seed {seed}: no run had a durable first record to change");
+    assert!(
+        changed_named > 0,
+        "seed {seed}: no run had a durable first record to change"
+    );
 }
 
 #[test]
@@ -296,7 +321,10 @@ fn resume_refuses_what_does_not_match() {
     let d: Vec<String> = (0..2)
         .map(|i| {
             let p = dir.path().join(format!("d{i}"));
-            std::fs::File::create(&p).unwrap().set_len(32 << 20).unwrap();
+            std::fs::File::create(&p)
+                .unwrap()
+                .set_len(32 << 20)
+                .unwrap();
             p.display().to_string()
         })
         .collect();
@@ -341,7 +369,10 @@ fn resume_refuses_what_does_not_match() {
     // A complete set resumes to itself: nothing written, still whole.
     let (code, finished, err) = resume(&src, &d);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(finished["resumed"]["written_payload_bytes"], 0, "{finished}");
+    assert_eq!(
+        finished["resumed"]["written_payload_bytes"], 0,
+        "{finished}"
+    );
     restore_equals(&src, &d, &dir.path().join("to"), "complete set resumed");
     // A device blank again (its label gone) joins at its index.
     std::fs::write(&d[1], vec![0u8; 1 << 20]).unwrap();
@@ -353,6 +384,12 @@ fn resume_refuses_what_does_not_match() {
         .unwrap();
     let (code, finished, err) = resume(&src, &d);
     assert_eq!(code, 0, "{err}");
-    assert!(finished["resumed"]["written_payload_bytes"].as_u64().unwrap() > 0, "{finished}");
+    assert!(
+        finished["resumed"]["written_payload_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{finished}"
+    );
     restore_equals(&src, &d, &dir.path().join("to"), "device 1 blank");
 }

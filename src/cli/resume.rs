@@ -50,8 +50,8 @@ pub fn run(args: BackupArgs) -> CliResult {
         plan: prepared.plan,
         since: prepared.since,
     };
-    let durable = resume::durable(&input, &devices, &config)
-        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let durable =
+        resume::durable(&input, &devices, &config).map_err(|e| Failure::Usage(e.to_string()))?;
     // A blank device joins the set: what it holds goes through the guard.
     let joining: Vec<_> = args
         .set

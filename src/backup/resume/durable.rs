@@ -113,8 +113,10 @@ pub fn durable(
     devices: &[Box<dyn Device>],
     config: &BackupConfig,
 ) -> Result<Durable, ResumeError> {
-    let labels: Vec<Result<Label, MediaError>> =
-        devices.iter().map(|d| media::read_label(d.as_ref())).collect();
+    let labels: Vec<Result<Label, MediaError>> = devices
+        .iter()
+        .map(|d| media::read_label(d.as_ref()))
+        .collect();
     let name = |i: usize| devices[i].path().display().to_string();
     let Some(first) = labels.iter().position(|l| l.is_ok()) else {
         return Err(ResumeError::NoSet);
@@ -175,9 +177,7 @@ pub fn durable(
             .map(|h| h.join().expect("resume scan thread panicked"))
             .collect()
     });
-    let mut devices_durable = devices_durable
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut devices_durable = devices_durable.into_iter().collect::<Result<Vec<_>, _>>()?;
     drop_overlaps(&mut devices_durable);
     let mut changed: Vec<u32> = devices_durable
         .iter()
@@ -342,9 +342,14 @@ fn walk(
             let why = if header.device_index != label.device_index {
                 Some(format!("record of device {}", header.device_index))
             } else if header.sequence != sequence {
-                Some(format!("sequence {} where {sequence} was due", header.sequence))
+                Some(format!(
+                    "sequence {} where {sequence} was due",
+                    header.sequence
+                ))
             } else if position != next_position {
-                Some(format!("record at {position} where {next_position} was due"))
+                Some(format!(
+                    "record at {position} where {next_position} was due"
+                ))
             } else if header.payload_bytes > label.chunk_bytes {
                 Some(format!("payload of {} bytes", header.payload_bytes))
             } else if crate::format::crc32c(payload) != header.payload_crc
@@ -433,7 +438,10 @@ fn drop_overlaps(devices: &mut [DeviceDurable]) {
             d.records.truncate(k);
         }
         for r in &d.records {
-            held.insert((r.file_id, r.file_offset), r.file_offset + r.payload_bytes as u64);
+            held.insert(
+                (r.file_id, r.file_offset),
+                r.file_offset + r.payload_bytes as u64,
+            );
         }
     }
 }

@@ -112,7 +112,15 @@ pub fn resume_backup(
         .enumerate()
         .map(|(i, dev)| ring_config(dev.as_ref(), i as u32, config))
         .collect();
-    let outcomes = run_rings(input, devices, config, &dispatcher, &rings, durable, progress)?;
+    let outcomes = run_rings(
+        input,
+        devices,
+        config,
+        &dispatcher,
+        &rings,
+        durable,
+        progress,
+    )?;
     let written_payload_bytes = outcomes.iter().map(|o| o.stats.payload_bytes).sum();
     let sources = source_findings(input, &dispatcher);
     let ends: Vec<DeviceEnd> = outcomes.iter().map(|o| device_end(&o.end)).collect();

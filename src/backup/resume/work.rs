@@ -13,7 +13,13 @@ use super::durable::Kept;
 pub fn missing(sizes: &[Option<u64>], kept: &[&Kept]) -> Vec<WorkItem> {
     let mut held: Vec<(u32, u64, u64)> = kept
         .iter()
-        .map(|r| (r.file_id, r.file_offset, r.file_offset + r.payload_bytes as u64))
+        .map(|r| {
+            (
+                r.file_id,
+                r.file_offset,
+                r.file_offset + r.payload_bytes as u64,
+            )
+        })
         .collect();
     held.sort_unstable();
     let mut out = Vec::new();
@@ -166,7 +172,10 @@ mod tests {
         ];
         let p = placed(&r);
         assert_eq!(p.len(), 3);
-        assert_eq!((p[0].file, p[0].offset, p[0].length, p[0].records), (1, 0, 20, 2));
+        assert_eq!(
+            (p[0].file, p[0].offset, p[0].length, p[0].records),
+            (1, 0, 20, 2)
+        );
         assert_eq!((p[1].position, p[2].position), (3, 4));
     }
 
