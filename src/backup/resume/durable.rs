@@ -251,29 +251,50 @@ fn check_label(
     Ok(())
 }
 
-/// Whether the record `header` (with file info from `block`) belongs to
-/// the file the walk found at its file id, unchanged since (path, size,
-/// mtime, mode, owner: what the record itself says of its file).
-fn unchanged(input: &SetInput, header: &RecordHeader, block: &[u8]) -> bool {
+/// What the walk found of a record's file.
+enum FileNow {
+    /// At its file id, unchanged since (path, size, mtime, mode, owner:
+    /// what the record itself says of its file).
+    Same,
+    /// At its file id, changed since: named, written again whole.
+    Changed,
+    /// Not at its file id any more (removed, another file added before it
+    /// in the walk order), or stored otherwise (sparse, or in an earlier
+    /// set): its records are written again.
+    Elsewhere(String),
+}
+
+fn file_now(input: &SetInput, header: &RecordHeader, block: &[u8]) -> FileNow {
     let i = header.file_id as usize;
-    let Some(entry) = input.entries.get(i) else {
-        return false;
-    };
-    if input.since.as_ref().and_then(|s| s.origin(i)).is_some() {
-        return false;
-    }
-    // A sparse file's records do not cover its holes: written again whole.
-    let EntryKind::File {
-        size_bytes,
-        data: None,
-    } = entry.kind
-    else {
-        return false;
-    };
     let Some(info) = RecordHeader::decode_info(block) else {
-        return false;
+        return FileNow::Elsewhere("record without file info".into());
     };
-    same_file(entry, size_bytes, header, &info)
+    let elsewhere = || {
+        FileNow::Elsewhere(format!(
+            "record of {}, not at its place in the walk",
+            crate::units::shown_name(&info.path)
+        ))
+    };
+    let Some(entry) = input.entries.get(i) else {
+        return elsewhere();
+    };
+    if info.path_truncated || info.path != entry.path {
+        return elsewhere();
+    }
+    if input.since.as_ref().and_then(|s| s.origin(i)).is_some() {
+        return FileNow::Elsewhere("record of a file an earlier set holds".into());
+    }
+    match entry.kind {
+        EntryKind::File {
+            size_bytes,
+            data: None,
+        } if same_file(entry, size_bytes, header, &info) => FileNow::Same,
+        // A sparse file's records do not cover its holes: written again whole.
+        EntryKind::File { data: Some(_), .. } => {
+            FileNow::Elsewhere("record of a sparse file".into())
+        }
+        _ => FileNow::Changed,
+    }
 }
 
 fn same_file(
@@ -282,9 +303,7 @@ fn same_file(
     header: &RecordHeader,
     info: &crate::format::FileInfo,
 ) -> bool {
-    !info.path_truncated
-        && info.path == entry.path
-        && header.file_size == size_bytes
+    header.file_size == size_bytes
         && info.data_bytes == size_bytes
         && info.mtime_sec == entry.meta.mtime_sec
         && info.mtime_nsec == entry.meta.mtime_nsec
@@ -372,12 +391,19 @@ fn walk(
                 });
                 return Ok(Flow::Stop);
             }
-            if !unchanged(input, &header, block) {
-                end = StreamEnd::Changed {
-                    position,
-                    file_id: header.file_id,
-                };
-                return Ok(Flow::Stop);
+            match file_now(input, &header, block) {
+                FileNow::Same => {}
+                FileNow::Changed => {
+                    end = StreamEnd::Changed {
+                        position,
+                        file_id: header.file_id,
+                    };
+                    return Ok(Flow::Stop);
+                }
+                FileNow::Elsewhere(why) => {
+                    end = broken(position, why);
+                    return Ok(Flow::Stop);
+                }
             }
             let payload_hash = match header.transform.codec {
                 Codec::Raw => crate::format::payload_hash(payload),
