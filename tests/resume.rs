@@ -76,8 +76,31 @@ fn backup_killed_at(src: &Path, devs: &[String], extra: &[&str], fraction: f64) 
         }
     }
     child.wait().unwrap();
+    wait_released(devs);
     let written: u64 = seen.iter().sum();
     (written as f64 / total.max(1) as f64, killed)
+}
+
+/// The kernel tears a killed process's io_uring down after the process is
+/// gone, and holds its devices until then: wait (at most 10 s) until each
+/// block device opens exclusively again, as pbio's guard opens it.
+fn wait_released(devs: &[String]) {
+    use std::os::unix::fs::OpenOptionsExt;
+    for d in devs.iter().filter(|d| d.starts_with("/dev/")) {
+        let started = std::time::Instant::now();
+        while std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(d)
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{d} still held 10 s after the kill"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// `pbio backup --resume`: (exit code, its "finished" event, stderr).
