@@ -416,3 +416,70 @@ fn resume_refuses_what_does_not_match() {
     );
     restore_equals(&src, &d, &dir.path().join("to"), "device 1 blank");
 }
+
+#[test]
+fn a_damaged_record_ends_the_kept_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src, 6, 12 << 20, &mut Rng::new(11));
+    let d: Vec<String> = (0..2)
+        .map(|i| {
+            let p = dir.path().join(format!("d{i}"));
+            std::fs::File::create(&p)
+                .unwrap()
+                .set_len(32 << 20)
+                .unwrap();
+            p.display().to_string()
+        })
+        .collect();
+    let s = src.display().to_string();
+    let (code, _, err) = pbio(&["backup", &s, "--dev", &d[0], "--dev", &d[1]]);
+    assert_eq!(code, 0, "{err}");
+    // One payload byte of device 0's third record flipped: its CRC fails.
+    let (_, out, _) = pbio(&["scan", "--dev", &d[0], "--json"]);
+    let records: Vec<Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["kind"] == "data")
+        .collect();
+    assert!(records.len() > 3, "{out}");
+    let at = records[2]["position"].as_u64().unwrap() + 4096 + 100;
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&d[0])
+        .unwrap();
+    let mut byte = [0u8; 1];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut byte, at).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[!byte[0]], at).unwrap();
+    drop(f);
+    let mut args = vec![
+        "backup".to_string(),
+        "--resume".into(),
+        s.clone(),
+        "--json".into(),
+    ];
+    args.extend(dev_args(&d));
+    let (code, out, err) = pbio(&strings(&args));
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    let resume = events.iter().find(|v| v["event"] == "resume").unwrap();
+    let dev0 = &resume["devices"][0];
+    assert_eq!(dev0["kept_records"], 2, "{resume}");
+    assert_eq!(dev0["end_position"], records[2]["position"], "{resume}");
+    assert!(dev0["end"].as_str().unwrap().contains("CRC"), "{resume}");
+    assert_eq!(resume["devices"][1]["end"], "clean", "{resume}");
+    let finished = events.iter().find(|v| v["event"] == "finished").unwrap();
+    let written = finished["resumed"]["written_payload_bytes"]
+        .as_u64()
+        .unwrap();
+    let dropped: u64 = records[2..]
+        .iter()
+        .map(|r| r["payload_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(written, dropped, "{finished}");
+    restore_equals(&src, &d, &dir.path().join("to"), "damaged record");
+}
