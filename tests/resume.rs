@@ -2,12 +2,14 @@
 //! `--resume` finishes the same set: exit 0, `verify` passes, the restore
 //! is byte-identical, and a run killed after half of its bytes writes
 //! less than 90% of the set again. Two emulated tapes and two loop
-//! devices; a source file changed between the kill and the resume is
+//! devices, an NBD export beside a file; a source file changed between the kill and the resume is
 //! named and restored with its new content.
 
 mod common;
 #[path = "common/loopdev.rs"]
 mod loopdev;
+#[path = "common/netns.rs"]
+mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -482,4 +484,38 @@ fn a_damaged_record_ends_the_kept_stream() {
         .sum();
     assert_eq!(written, dropped, "{finished}");
     restore_equals(&src, &d, &dir.path().join("to"), "damaged record");
+}
+
+#[test]
+fn kill_9_nbd_backup_then_resume() {
+    use netns::{nbd_available, NbdSite, Server, Shape};
+    if !nbd_available(
+        "kill_9_nbd_backup_then_resume",
+        Server::QemuNbd,
+        true,
+        false,
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src, 12, 16 << 20, &mut Rng::new(20));
+    // A 40 Mbit/s site: the file device's half is written at once, the
+    // export's over about 1.6 s, killed in the middle of it.
+    let site = NbdSite::tcp(Server::QemuNbd, 64 << 20, Some(Shape::WAN));
+    let file = dir.path().join("d1");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let devs = vec![site.url(), file.display().to_string()];
+    let (before, killed) = backup_killed_at(&src, &devs, &[], 0.75);
+    assert!(
+        killed,
+        "the backup ended before 75% of it was reported written"
+    );
+    let (code, finished, err) = resume(&src, &devs);
+    check_resumed("nbd", code, &finished, &err, before);
+    eprintln!("nbd: killed at {before:.2}, {}", finished["resumed"]);
+    restore_equals(&src, &devs, &dir.path().join("to"), "nbd");
 }
