@@ -519,3 +519,60 @@ fn kill_9_nbd_backup_then_resume() {
     eprintln!("nbd: killed at {before:.2}, {}", finished["resumed"]);
     restore_equals(&src, &devs, &dir.path().join("to"), "nbd");
 }
+
+#[test]
+fn compressed_records_are_kept_and_need_compress() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..4 {
+        let text: String = (0..60_000)
+            .map(|n| format!("line {n} of file {i}\n"))
+            .collect();
+        std::fs::write(src.join(format!("f{i:02}")), text).unwrap();
+    }
+    let d: Vec<String> = (0..2)
+        .map(|i| {
+            let p = dir.path().join(format!("d{i}"));
+            std::fs::File::create(&p)
+                .unwrap()
+                .set_len(32 << 20)
+                .unwrap();
+            p.display().to_string()
+        })
+        .collect();
+    let s = src.display().to_string();
+    let mut args = vec![
+        "backup".to_string(),
+        s.clone(),
+        "--compress".into(),
+        "zstd".into(),
+    ];
+    args.extend(dev_args(&d));
+    let (code, _, err) = pbio(&strings(&args));
+    assert_eq!(code, 0, "{err}");
+    // Without --compress the compressed records refuse the resume.
+    let (code, _, err) = pbio(&["backup", "--resume", &s, "--dev", &d[0], "--dev", &d[1]]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--compress") && err.contains(&d[0]), "{err}");
+    // With it, the compressed records are kept (their payloads hashed
+    // decompressed for the file digests) and the set verifies.
+    args.insert(1, "--resume".into());
+    args.push("--json".into());
+    let (code, out, err) = pbio(&strings(&args));
+    assert_eq!(code, 0, "{err}");
+    let finished: Value = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "finished")
+        .unwrap();
+    assert_eq!(
+        finished["resumed"]["written_payload_bytes"], 0,
+        "{finished}"
+    );
+    assert!(
+        finished["resumed"]["kept_records"].as_u64().unwrap() >= 4,
+        "{finished}"
+    );
+    restore_equals(&src, &d, &dir.path().join("to"), "compressed");
+}
