@@ -5,6 +5,7 @@
 mod catalog;
 pub mod parity;
 mod report;
+pub mod resume;
 mod run;
 mod set;
 pub mod span;

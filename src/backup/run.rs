@@ -204,7 +204,7 @@ pub(super) fn new_dispatcher(
 
 /// The data ranges of the sparse files, by plan file id, so the
 /// dispatcher counts stored bytes as the planner does.
-fn sparse_data(input: &SetInput) -> std::collections::HashMap<u32, Box<[(u64, u64)]>> {
+pub(super) fn sparse_data(input: &SetInput) -> std::collections::HashMap<u32, Box<[(u64, u64)]>> {
     input
         .entries
         .iter()
@@ -351,9 +351,26 @@ pub(super) fn run_device(
     ring_config: &RingConfig,
     progress: &AtomicU64,
 ) -> Result<RingOutcome, RingError> {
+    run_device_from(input, dev, config, dispatcher, ring_config, progress, None)
+}
+
+/// `run_device`, the ring starting after what the device already holds
+/// (`backup --resume`: media offset and records, `Ring::continuing`).
+pub(super) fn run_device_from(
+    input: &SetInput,
+    dev: &dyn Device,
+    config: &BackupConfig,
+    dispatcher: &Dispatcher,
+    ring_config: &RingConfig,
+    progress: &AtomicU64,
+    from: Option<(u64, u64)>,
+) -> Result<RingOutcome, RingError> {
     let i = ring_config.device_index;
     let ring = match Ring::new(dev, ring_config, progress) {
-        Ok(ring) => ring,
+        Ok(ring) => match from {
+            Some((position, records)) => ring.continuing(position, records),
+            None => ring,
+        },
         Err(e) => {
             dispatcher.abort();
             dispatcher.finish(i as usize);

@@ -43,7 +43,7 @@ pub struct BackupArgs {
     #[arg(long = "overwrite", value_name = "SETID", value_parser = guard::parse_set_id)]
     pub overwrite: Vec<SetId>,
     /// Seconds between `--json` progress events.
-    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_interval)]
+    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = progress::parse_interval)]
     pub json_interval: Duration,
     /// Authenticate the set with this key file (at least 32 bytes; make one
     /// with `pbio key new FILE`): every label and the catalog carry a keyed
@@ -63,6 +63,8 @@ pub struct BackupArgs {
     /// (not tapes, not pmem); parity takes about M/(N-M) more room.
     #[arg(long, value_name = "M", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=254))]
     pub parity: u8,
+    #[command(flatten)]
+    pub resume: super::resume::ResumeArgs,
 }
 
 fn parse_compress(text: &str) -> Result<crate::format::codec::Compression, String> {
@@ -127,16 +129,6 @@ fn parse_tape_block(text: &str) -> Result<u64, String> {
     Ok(n)
 }
 
-fn parse_interval(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
-    if !(0.01..=3600.0).contains(&secs) {
-        return Err(format!("'{text}': give between 0.01 and 3600 seconds"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 impl BackupArgs {
     /// Backup of `set` with the defaults of every other option.
     pub fn with_defaults(set: SetArgs) -> BackupArgs {
@@ -152,6 +144,7 @@ impl BackupArgs {
             key: None,
             compress: None,
             parity: 0,
+            resume: Default::default(),
         }
     }
 }
@@ -229,7 +222,7 @@ fn measure_rates(set: &super::SetArgs, json: bool) -> Result<super::SetArgs, Fai
 }
 
 /// The device paths the backup would create or write must be writable by us.
-fn check_writable(devs: &[DeviceSpec]) -> Result<(), Failure> {
+pub(super) fn check_writable(devs: &[DeviceSpec]) -> Result<(), Failure> {
     use nix::unistd::{access, AccessFlags};
     for spec in devs {
         if crate::device::nbd::is_nbd(&spec.path) {
@@ -288,6 +281,9 @@ pub fn payload_per_device(entries: &[crate::source::Entry], plan: &crate::plan::
 }
 
 pub fn run(args: BackupArgs) -> CliResult {
+    if args.resume.resume {
+        return super::resume::run(args);
+    }
     if args.set.changer.is_some() {
         if args.parity > 0 {
             return Err(Failure::Usage(format!(

@@ -38,6 +38,7 @@ pub mod plan;
 pub mod progress;
 pub mod qualify;
 pub mod restore;
+pub mod resume;
 pub mod scan;
 pub mod scrub;
 pub mod span;

@@ -422,6 +422,17 @@ pub fn run<W: Write>(
     reporter.finish(&snapshot(progress))
 }
 
+/// `--json-interval SECONDS`: 0.01 to 3600.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !(0.01..=3600.0).contains(&secs) {
+        return Err(format!("'{text}': give between 0.01 and 3600 seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -242,6 +242,10 @@ pub struct Ring<'a> {
     taken: Vec<Taken>,
     /// Media offset of the next record.
     position: u64,
+    /// Where this run's first record goes, and its sequence number:
+    /// offset 4096 and 0, or after what a resumed set already holds.
+    start_position: u64,
+    first_sequence: u64,
     /// Records may not end beyond this.
     usable_bytes: u64,
     stats: RingStats,
@@ -325,6 +329,8 @@ impl<'a> Ring<'a> {
             gens: Vec::new(),
             taken: Vec::new(),
             position: HEADER_BYTES as u64,
+            start_position: HEADER_BYTES as u64,
+            first_sequence: 0,
             usable_bytes: device.capacity_bytes().saturating_sub(config.reserve_bytes),
             stats: RingStats::default(),
             progress,
@@ -340,6 +346,20 @@ impl<'a> Ring<'a> {
             hasher: None,
             workers: None,
         })
+    }
+
+    /// `backup --resume`: the device already holds `records` records of
+    /// the set, ending at media offset `position` (a tape: that many
+    /// blocks after the label, the head already after the last one, and
+    /// `position` the bytes they take, for the room left). This run's
+    /// records follow them, numbered on.
+    pub fn continuing(mut self, position: u64, records: u64) -> Ring<'a> {
+        assert!(self.gens.is_empty(), "a ring continues before it runs");
+        assert!(position >= HEADER_BYTES as u64 && position.is_multiple_of(HEADER_BYTES as u64));
+        self.position = position;
+        self.start_position = position;
+        self.first_sequence = records;
+        self
     }
 
     /// Set `gens[gen].payload_hash` from the hasher, waiting for it.
@@ -553,13 +573,13 @@ impl<'a> Ring<'a> {
             .iter()
             .map(|g| g.payload_bytes as u64)
             .sum();
-        self.stats.media_bytes = data_end_bytes - HEADER_BYTES as u64;
+        self.stats.media_bytes = data_end_bytes - self.start_position;
         // Positions as the catalog gives them: media offsets, or on a
         // sequential device logical object numbers (the label is object
         // 0, record k is object k + 1, the filemark after the data is
         // object `data_end`).
         let data_end = if self.sequential {
-            kept as u64 + 1
+            kept as u64 + 1 + self.first_sequence
         } else {
             data_end_bytes
         };
@@ -577,7 +597,7 @@ impl<'a> Ring<'a> {
                 None => t.gens,
             };
             let position = if self.sequential {
-                (t.first_gen as u64 + 1).min(data_end)
+                (t.first_gen as u64 + 1 + self.first_sequence).min(data_end)
             } else if t.gens > 0 {
                 self.gens[t.first_gen].position
             } else {

@@ -280,7 +280,7 @@ impl<'a> Ring<'a> {
     /// head is at object g + 2. Only the drive's own position (MTIOCPOS)
     /// is trusted: st's block counter does not count the failed write.
     pub(super) fn block_was_written(&self, slot: usize) -> bool {
-        let object_after = self.slots[slot].gen as i64 + 2;
+        let object_after = (self.slots[slot].gen as u64 + 2 + self.first_sequence) as i64;
         self.device.head_object() == Some(object_after)
     }
 
@@ -296,7 +296,7 @@ impl<'a> Ring<'a> {
             self.next_write += 1;
             return Ok(());
         }
-        let block = self.next_write as u64 + 1;
+        let block = self.next_write as u64 + 1 + self.first_sequence;
         let errno = if result < 0 { -result } else { libc::ENOSPC };
         let error = if result >= 0 {
             Fault::ShortBlock {

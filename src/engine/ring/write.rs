@@ -48,7 +48,7 @@ impl<'a> Ring<'a> {
             kind: RecordKind::Data,
             set_id: self.config.set_id,
             device_index: self.config.device_index,
-            sequence,
+            sequence: sequence + self.first_sequence,
             file_id: self.taken[g.taken as usize].item.file,
             segment_id: g.taken,
             file_offset: g.file_offset,
