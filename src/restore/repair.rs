@@ -406,11 +406,11 @@ impl Writer<'_> {
                 .map_or(0, |x| x.2);
             let (data_bytes, first) = self.files.get(&r.file_id).copied().unwrap_or((0, 0));
             let info = FileInfo {
-                mode: file.mode,
-                uid: file.uid,
-                gid: file.gid,
-                mtime_sec: file.mtime_sec,
-                mtime_nsec: file.mtime_nsec,
+                mode: file.stat.mode,
+                uid: file.stat.uid,
+                gid: file.stat.gid,
+                mtime_sec: file.stat.mtime_sec,
+                mtime_nsec: file.stat.mtime_nsec,
                 data_bytes,
                 path: file.path.clone(),
                 path_truncated: false,

@@ -305,11 +305,11 @@ fn same_file(
 ) -> bool {
     header.file_size == size_bytes
         && info.data_bytes == size_bytes
-        && info.mtime_sec == entry.meta.mtime_sec
-        && info.mtime_nsec == entry.meta.mtime_nsec
-        && info.mode == entry.meta.mode
-        && info.uid == entry.meta.uid
-        && info.gid == entry.meta.gid
+        && info.mtime_sec == entry.meta.stat.mtime_sec
+        && info.mtime_nsec == entry.meta.stat.mtime_nsec
+        && info.mode == entry.meta.stat.mode
+        && info.uid == entry.meta.stat.uid
+        && info.gid == entry.meta.stat.gid
 }
 
 /// Walk one device's records from the label: each must be a Data record
