@@ -233,6 +233,17 @@ fn scratch_cartridges(
                         .map(|()| AppendPoint::default())
                 })
         };
+        let capacity = crate::device::probe(&spec).map_or(0, |p| p.capacity_bytes);
+        let usable = usable.and_then(|point| {
+            if point.used_bytes > capacity / 8 * 7 {
+                return Err(Failure::Usage(format!(
+                    "--append: its sets leave {} of {}, less than an eighth",
+                    human_bytes(capacity.saturating_sub(point.used_bytes)),
+                    human_bytes(capacity)
+                )));
+            }
+            Ok(point)
+        });
         match usable {
             Ok(point) => scratch.push(Scratch {
                 slot: s.number,
@@ -337,6 +348,9 @@ fn volumes_needed(
     Ok(scratch.len())
 }
 
+/// The sets on a cartridge: each one's id and the filemarks before it.
+type OnCartridge = Vec<(SetId, u32)>;
+
 /// Restore, verify and list with `--changer`: every cartridge of the
 /// library that holds a pbio set, as a device read through the drives
 /// (`changer::shelved`): loaded when read, unloaded after. `wanted`: the
@@ -371,7 +385,7 @@ pub fn library_devices(
     let status = changer.status().map_err(Failure::Changer)?;
     // Per cartridge: the sets on it (an emulated library's cartridges are
     // read where they are; None: only known once loaded).
-    let mut cartridges: Vec<(u32, Option<String>, Option<Vec<(SetId, u32)>>)> = Vec::new();
+    let mut cartridges: Vec<(u32, Option<String>, Option<OnCartridge>)> = Vec::new();
     for s in status.slots.iter().filter(|s| s.full && !s.import_export) {
         let sets = changer.cartridge_in_slot(s.number).map(|spec| {
             crate::device::open(&spec, Mode::Read)
@@ -392,12 +406,13 @@ pub fn library_devices(
         .flat_map(|(_, _, sets)| sets.iter().flatten().map(|(id, _)| *id))
         .collect();
     // Which set: the one --set names (a unique prefix), or the only one.
-    let chosen = match (ids.is_empty(), set) {
-        (true, _) => None,
-        (false, _) => Some(
+    let chosen = if ids.is_empty() {
+        None
+    } else {
+        Some(
             crate::media::sets::choose(&ids, prefix.as_deref())
                 .map_err(|e| Failure::Usage(format!("changer {text}: {e}")))?,
-        ),
+        )
     };
     let mut slots: Vec<(u32, Option<String>, u32)> = Vec::new();
     for (slot, barcode, sets) in cartridges {
