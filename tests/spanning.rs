@@ -53,10 +53,18 @@ fn backup(src: &Path, lib: &str, extra: &[&str]) -> (i32, Value, String) {
 }
 
 fn restore_with_one_drive(lib: &str, src: &Path, to: &Path, drive: &str) {
+    restore_set_with_one_drive(lib, None, src, to, drive)
+}
+
+fn restore_set_with_one_drive(lib: &str, set: Option<&str>, src: &Path, to: &Path, drive: &str) {
     let to_s = to.to_str().unwrap();
-    let (code, _, err) = pbio(&["restore", "--changer", lib, "--drive", drive, "--to", to_s]);
+    let mut args = vec!["restore", "--changer", lib, "--drive", drive, "--to", to_s];
+    if let Some(set) = set {
+        args.extend(["--set", set]);
+    }
+    let (code, _, err) = pbio(&args);
     assert_eq!(code, 0, "restore with drive {drive} alone: {err}");
-    let diffs = common::compare_trees(src, &to.join("src"));
+    let diffs = common::compare_trees(src, &to.join(src.file_name().unwrap()));
     assert!(
         diffs.is_empty(),
         "restored tree differs:\n{}",
@@ -129,6 +137,27 @@ fn a_set_spans_cartridges_and_one_drive_restores_it() {
     restore_with_one_drive(&lib, &src, &tmp.path().join("one"), "0");
     let (code, out, err) = pbio(&["verify", "--changer", &lib, "--drive", "1"]);
     assert_eq!(code, 0, "verify with drive 1 alone: {out}{err}");
+
+    // A second set appended (`--append`): written after the sets on the
+    // cartridges that have room, never over them.
+    let first = done["set_id"].as_str().unwrap().to_string();
+    let src2 = tmp.path().join("src2");
+    common::make_fixture_tree(&src2, 10, 6 << 20);
+    let (code, done2, err) = backup(&src2, &lib, &["--append"]);
+    assert_eq!(code, 0, "--append: {err}");
+    assert_eq!(done2["ok"], true, "{done2}");
+    let second = done2["set_id"].as_str().unwrap().to_string();
+    let used2 = done2["cartridges"].as_array().unwrap();
+    assert!(
+        used2.iter().any(|b| used.contains(b)),
+        "the appended set shares no cartridge with the first: {done2} {done}"
+    );
+    // Both sets in the library: --set chooses (a prefix), one drive reads each.
+    let (code, _, err) = pbio(&["list", "--changer", &lib]);
+    assert_eq!(code, 2, "two sets, no --set: {err}");
+    assert!(err.contains(&first) && err.contains(&second), "{err}");
+    restore_set_with_one_drive(&lib, Some(&first[..8]), &src, &tmp.path().join("a1"), "1");
+    restore_set_with_one_drive(&lib, Some(&second[..8]), &src2, &tmp.path().join("a2"), "0");
 }
 
 #[test]

@@ -46,7 +46,13 @@ pub struct Volume {
     /// The slot it is taken from (and goes back to).
     pub slot: u32,
     pub barcode: String,
+    /// The room the volume has: the cartridge's capacity, less what the
+    /// sets already on it take when the set is appended.
     pub capacity_bytes: u64,
+    /// `backup --append`: the filemarks of the sets already on the
+    /// cartridge, written after (0: the cartridge is written from its
+    /// beginning).
+    pub files_before: u32,
 }
 
 /// The library a spanning set is written with.
@@ -292,6 +298,13 @@ fn drive_thread(
             barcode: v.barcode.clone(),
             error,
         })?;
+        // Appended: the volume is the set's view of the cartridge, its
+        // label after the sets already there (FORMAT.md, "Tape layout").
+        let dev: Box<dyn Device> = if v.files_before > 0 {
+            Box::new(media::sets::SetOnTape::new(dev, v.files_before))
+        } else {
+            dev
+        };
         let ring = ring_config(dev.as_ref(), volume as u32, shared.config);
         let label = volume_label(
             shared.config,

@@ -65,6 +65,12 @@ pub struct BackupArgs {
     pub parity: u8,
     #[command(flatten)]
     pub resume: super::resume::ResumeArgs,
+    /// Tapes (and with --changer, cartridges): write the new set after the sets already there, never over one. A tape whose last set is incomplete (an interrupted run) is refused unless --force; a disk is refused.
+    #[arg(long)]
+    pub append: bool,
+    /// Never overwrite a tape or cartridge holding a set younger than this (30d, 12h; units s, m, h, d, w) unless --force; with --changer, scratch cartridges are blank ones and those whose sets are all older.
+    #[arg(long, value_name = "DURATION", value_parser = super::append::parse_duration)]
+    pub retention: Option<Duration>,
 }
 
 fn parse_compress(text: &str) -> Result<crate::format::codec::Compression, String> {
@@ -145,6 +151,8 @@ impl BackupArgs {
             compress: None,
             parity: 0,
             resume: Default::default(),
+            append: false,
+            retention: None,
         }
     }
 }
@@ -152,6 +160,16 @@ impl BackupArgs {
 /// The overwrite guard over every device: all refusals at once, before
 /// anything is opened for writing.
 pub fn check_devices(devs: &[DeviceSpec], policy: &Policy) -> Result<(), Failure> {
+    check_devices_kept(devs, policy, None)
+}
+
+/// `check_devices`; with `retention`, a set younger than it is refused
+/// too (unless `--force`), even when `--overwrite` names it.
+pub fn check_devices_kept(
+    devs: &[DeviceSpec],
+    policy: &Policy,
+    retention: Option<Duration>,
+) -> Result<(), Failure> {
     let mut refusals = Vec::new();
     let mut sets_found = Vec::new();
     for spec in devs {
@@ -159,6 +177,10 @@ pub fn check_devices(devs: &[DeviceSpec], policy: &Policy) -> Result<(), Failure
         for finding in &inspection.findings {
             if let Finding::PbioSet { label } = finding {
                 sets_found.push(label.set_id);
+                if let (Some(retention), false) = (retention, policy.force) {
+                    let device = inspection.path.display().to_string();
+                    refusals.extend(super::append::retention_refusal(&device, label, retention));
+                }
             }
         }
         refusals.extend(inspection.refusals(policy));
@@ -307,7 +329,17 @@ pub fn run(args: BackupArgs) -> CliResult {
     }
     let mac_key = super::key::load_optional(args.key.as_deref())?;
     super::check_paths(&args.set.sources, &args.set.devs)?;
-    check_devices(&args.set.devs, &policy)?;
+    // --append writes after the sets on each tape: nothing is overwritten.
+    let append_points = if args.append {
+        args.set
+            .devs
+            .iter()
+            .map(|spec| super::append::append_point(spec, args.force))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        check_devices_kept(&args.set.devs, &policy, args.retention)?;
+        Vec::new()
+    };
     let measured;
     let set = if args.set.balance == crate::plan::Balance::Time {
         measured = measure_rates(&args.set, args.set.json)?;
@@ -327,9 +359,12 @@ pub fn run(args: BackupArgs) -> CliResult {
     let mut devices = Vec::with_capacity(set.devs.len());
     // With the rates measured (an NBD device sizes its pipeline from its
     // bandwidth and round trip).
-    for spec in &set.devs {
-        let dev = device::open(spec, Mode::Write).map_err(Failure::DeviceToWrite)?;
+    for (i, spec) in set.devs.iter().enumerate() {
+        let mut dev = device::open(spec, Mode::Write).map_err(Failure::DeviceToWrite)?;
         super::show_notes(dev.as_ref());
+        if let Some(point) = append_points.get(i) {
+            dev = point.view(dev);
+        }
         devices.push(dev);
     }
     check_parity(args.parity.into(), &devices)?;

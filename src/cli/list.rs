@@ -19,8 +19,8 @@ pub struct ListArgs {
     /// With --changer: a drive to read with (repeat; default: every drive).
     #[arg(long = "drive", value_name = "N", requires = "changer")]
     pub drives: Vec<u32>,
-    /// With --changer: the set to list (its id in hex, or an unambiguous prefix), when the library holds more than one.
-    #[arg(long = "set", value_name = "SETID", requires = "changer")]
+    /// The set to list (its id in hex, or an unambiguous prefix), when the tape or the library holds more than one (without it, a tape holding several sets lists them).
+    #[arg(long = "set", value_name = "SETID")]
     pub set: Option<String>,
     /// Also print every segment (file range, device, position).
     #[arg(long)]
@@ -70,7 +70,23 @@ fn one_set(
 pub fn run(args: ListArgs) -> CliResult {
     let key = super::key::load_optional(args.key.as_deref())?;
     let set = match (&args.dev, &args.changer) {
-        (Some(dev), _) => crate::restore::open_set(std::slice::from_ref(dev), key.as_ref()),
+        (Some(dev), _) => {
+            let opened = crate::device::open(dev, crate::device::Mode::Read).map_err(|error| {
+                Failure::Restore {
+                    doing: "",
+                    error: error.into(),
+                }
+            })?;
+            if args.set.is_none() && opened.access() == crate::device::Access::Sequential {
+                let found = crate::media::sets::sets_on_tape(opened.as_ref());
+                if let Some(sets) = found.ok().filter(|s| s.len() > 1) {
+                    print_sets(&dev.path, &sets, args.json);
+                    return Ok(Outcome::Done);
+                }
+            }
+            let devices = super::append::choose_on_tapes(vec![opened], args.set.as_deref())?;
+            crate::restore::open_devices(devices, key.as_ref()).and_then(one_set)
+        }
         (None, Some(changer)) => {
             let devices = super::span::library_devices(changer, &args.drives, args.set.as_deref())?;
             crate::restore::open_devices(devices, key.as_ref()).and_then(one_set)
@@ -234,4 +250,63 @@ pub fn run(args: ListArgs) -> CliResult {
         }
     }
     Ok(Outcome::Done)
+}
+
+/// `list` of a tape holding several sets (appended with `backup
+/// --append`): one line (or JSON object) per set, in tape order: set id,
+/// created, devices, files, bytes, and how its tape file 1 ends.
+fn print_sets(device: &std::path::Path, sets: &[crate::media::sets::TapeSet], as_json: bool) {
+    use crate::media::guard::utc_text;
+    use crate::media::sets::SetEnd;
+    let row = |s: &crate::media::sets::TapeSet| {
+        let c = s.catalog();
+        let state = match &s.end {
+            SetEnd::Catalog(_) => "complete".to_string(),
+            SetEnd::Continued => "continued (catalog on other cartridges)".to_string(),
+            SetEnd::Incomplete(why) => format!("incomplete: {why}"),
+        };
+        (
+            s.label.set_id.to_string(),
+            utc_text(s.label.created_unix_ns / 1_000_000_000),
+            s.label.device_index,
+            s.label.device_count,
+            c.map(|c| c.files.len()),
+            c.map(|c| c.files.iter().map(|f| f.size_bytes).sum::<u64>()),
+            state,
+        )
+    };
+    if as_json {
+        let sets: Vec<_> = sets
+            .iter()
+            .map(|s| {
+                let (id, created, index, count, files, bytes, state) = row(s);
+                json!({
+                    "set_id": id, "created": created,
+                    "created_unix_ns": s.label.created_unix_ns,
+                    "device_index": index, "device_count": count,
+                    "files": files, "bytes": bytes, "state": state,
+                })
+            })
+            .collect();
+        outln!(
+            "{}",
+            json!({"device": device.display().to_string(), "sets": sets})
+        );
+        return;
+    }
+    outln!(
+        "{} holds {} sets (choose one with --set ID):",
+        device.display(),
+        sets.len()
+    );
+    for s in sets {
+        let (id, created, index, count, files, bytes, state) = row(s);
+        let num = |n: Option<u64>| n.map_or("-".to_string(), |n| n.to_string());
+        outln!(
+            "set {id}  created {created}  device {} of {count}  files {}  bytes {}  {state}",
+            index + 1,
+            num(files.map(|f| f as u64)),
+            num(bytes)
+        );
+    }
 }

@@ -26,6 +26,7 @@ macro_rules! errln {
     };
 }
 
+pub mod append;
 pub mod backup;
 pub mod bench;
 pub mod changer;

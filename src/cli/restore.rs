@@ -72,8 +72,9 @@ pub struct RestoreArgs {
         conflicts_with_all = ["only", "strip_components", "keep_old_files", "overwrite_newer_only"]
     )]
     pub scan: bool,
-    /// With --scan or --changer: the set to restore (its id in hex, or an
-    /// unambiguous prefix), when the devices or the library hold more than one set.
+    /// The set to restore (its id in hex, or an unambiguous prefix) when
+    /// the devices (tapes with appended sets, --scan) or the library hold
+    /// more than one set.
     #[arg(long = "set", value_name = "SETID")]
     pub set: Option<String>,
     /// A file that cannot be restored completely (damaged or missing
@@ -104,8 +105,8 @@ pub struct VerifyArgs {
     /// With --changer: a drive to read with (repeat; default: every drive of the library). One drive reads any set.
     #[arg(long = "drive", value_name = "N", requires = "changer")]
     pub drives: Vec<u32>,
-    /// With --changer: the set to verify (its id in hex, or an unambiguous prefix), when the library holds more than one.
-    #[arg(long = "set", value_name = "SETID", requires = "changer")]
+    /// The set to verify (its id in hex, or an unambiguous prefix), when the tapes given or the library hold more than one.
+    #[arg(long = "set", value_name = "SETID")]
     pub set: Option<String>,
     /// Machine-readable report: one JSON summary object (files, bytes, missing byte ranges, errors, ok).
     #[arg(long)]
@@ -134,7 +135,18 @@ pub(super) fn open_from(
 ) -> Result<Chain, Failure> {
     let key = super::key::load_optional(key)?;
     let sets = match changer {
-        None => restore::open_sets(devs, key.as_ref()),
+        None => {
+            let devices = devs
+                .iter()
+                .map(|spec| crate::device::open(spec, crate::device::Mode::Read))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| Failure::Restore {
+                    doing: "",
+                    error: error.into(),
+                })?;
+            let devices = super::append::choose_on_tapes(devices, set)?;
+            restore::open_devices(devices, key.as_ref())
+        }
         Some(text) => {
             let devices = super::span::library_devices(text, drives, set)?;
             restore::open_devices(devices, key.as_ref())
@@ -175,12 +187,6 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
         },
         allow_no_match: args.allow_no_match,
     };
-    if args.set.is_some() && !args.scan && args.changer.is_none() {
-        return Err(Failure::Usage(
-            "--set chooses a set with --scan or --changer; with --dev, give the devices of one set"
-                .into(),
-        ));
-    }
     let chain = open_from(
         &args.devs,
         args.changer.as_deref(),

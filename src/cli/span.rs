@@ -13,8 +13,9 @@ use std::sync::Mutex;
 
 use serde_json::json;
 
+use super::append::AppendPoint;
 use super::backup::{
-    backup_failed, check_devices, outcome, payload_per_device, print_report, with_progress,
+    backup_failed, check_devices_kept, outcome, payload_per_device, print_report, with_progress,
     BackupArgs,
 };
 use super::progress::{DeviceInfo, Output, Reporter};
@@ -24,8 +25,8 @@ use crate::backup::{self, SetInput};
 use crate::device::changer::shelved::{DrivePool, Shelved};
 use crate::device::changer::{self, Changer};
 use crate::device::{Device, DeviceSpec, Mode};
-use crate::format::HEADER_BYTES;
-use crate::media::guard::Policy;
+use crate::format::{SetId, HEADER_BYTES};
+use crate::media::guard::{Finding, Policy};
 use crate::units::human_bytes;
 
 /// Of a cartridge's usable bytes, the part a volume is planned to fill:
@@ -40,6 +41,8 @@ struct Scratch {
     slot: u32,
     barcode: String,
     spec: DeviceSpec,
+    /// `--append`: where the new set goes on it (after its sets).
+    point: AppendPoint,
 }
 
 pub fn run(args: BackupArgs) -> CliResult {
@@ -51,14 +54,19 @@ pub fn run(args: BackupArgs) -> CliResult {
     let mac_key = super::key::load_optional(args.key.as_deref())?;
     let mut changer = changer::open(&text).map_err(Failure::Changer)?;
     let drives = empty_drives(changer.as_mut())?;
-    let scratch = scratch_cartridges(changer.as_mut(), &policy)?;
+    let scratch = scratch_cartridges(changer.as_mut(), &policy, &args)?;
     // Planned over every scratch cartridge first, for the bytes it needs.
     let mut set = args.set.clone();
     set.changer = None;
     set.devs = scratch.iter().map(|s| s.spec.clone()).collect();
     let mut prepared = prepare(&set).map_err(|e| too_large(e, &scratch))?;
+    // An appended cartridge has the room its sets leave.
+    let appended = scratch.iter().any(|s| s.point.used_bytes > 0);
+    for (device, s) in prepared.devices.iter_mut().zip(&scratch) {
+        device.1 = device.1.saturating_sub(s.point.used_bytes);
+    }
     let needed = volumes_needed(&args, &prepared, &scratch)?;
-    if needed < scratch.len() {
+    if needed < scratch.len() || appended {
         prepared.devices.truncate(needed);
         let (plan, reserve) = backup::plan_set(
             &prepared.entries,
@@ -72,14 +80,16 @@ pub fn run(args: BackupArgs) -> CliResult {
     }
     // A spare per drive where the library has them: taken only when a
     // volume reaches the end of its medium before its planned work.
-    let capacity_bytes = prepared.devices[0].1;
     let spares = (scratch.len() - needed).min(drives.len());
     let volumes: Vec<Volume> = scratch[..needed + spares]
         .iter()
         .map(|s| Volume {
             slot: s.slot,
             barcode: s.barcode.clone(),
-            capacity_bytes,
+            capacity_bytes: crate::device::probe(&s.spec)
+                .map_or(0, |p| p.capacity_bytes)
+                .saturating_sub(s.point.used_bytes),
+            files_before: s.point.files_before,
         })
         .collect();
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
@@ -189,9 +199,16 @@ fn empty_drives(changer: &mut dyn Changer) -> Result<Vec<(u32, DeviceSpec)>, Fai
 }
 
 /// The cartridges in storage slots that the overwrite guard lets pbio
-/// write (blank ones; with `--force` or `--overwrite`, those too), in
-/// slot order. The others are named on stderr.
-fn scratch_cartridges(changer: &mut dyn Changer, policy: &Policy) -> Result<Vec<Scratch>, Failure> {
+/// write (blank ones; with `--force` or `--overwrite`, those too; with
+/// `--retention`, those whose sets are all older than it), in slot
+/// order; with `--append`, the cartridges whose sets are all complete
+/// come first (the new set goes after their sets), then the blank ones.
+/// The others are named on stderr.
+fn scratch_cartridges(
+    changer: &mut dyn Changer,
+    policy: &Policy,
+    args: &BackupArgs,
+) -> Result<Vec<Scratch>, Failure> {
     let status = changer.status().map_err(Failure::Changer)?;
     let mut scratch = Vec::new();
     for s in status.slots.iter().filter(|s| s.full && !s.import_export) {
@@ -206,11 +223,33 @@ fn scratch_cartridges(changer: &mut dyn Changer, policy: &Policy) -> Result<Vec<
                 s.number
             )));
         };
-        match check_devices(std::slice::from_ref(&spec), policy) {
-            Ok(()) => scratch.push(Scratch {
+        let usable = if args.append {
+            super::append::append_point(&spec, false)
+        } else {
+            expired(&spec, args.retention)
+                .map(|()| AppendPoint::default())
+                .or_else(|_| {
+                    check_devices_kept(std::slice::from_ref(&spec), policy, args.retention)
+                        .map(|()| AppendPoint::default())
+                })
+        };
+        let capacity = crate::device::probe(&spec).map_or(0, |p| p.capacity_bytes);
+        let usable = usable.and_then(|point| {
+            if point.used_bytes > capacity / 8 * 7 {
+                return Err(Failure::Usage(format!(
+                    "--append: its sets leave {} of {}, less than an eighth",
+                    human_bytes(capacity.saturating_sub(point.used_bytes)),
+                    human_bytes(capacity)
+                )));
+            }
+            Ok(point)
+        });
+        match usable {
+            Ok(point) => scratch.push(Scratch {
                 slot: s.number,
                 barcode,
                 spec,
+                point,
             }),
             Err(why) => errln!(
                 "pbio: slot {} ({barcode}) is not scratch, left alone: {}",
@@ -225,7 +264,22 @@ fn scratch_cartridges(changer: &mut dyn Changer, policy: &Policy) -> Result<Vec<
             changer.name()
         )));
     }
+    // Appending: the cartridges that hold sets first (stable: slot order).
+    scratch.sort_by_key(|s| s.point.sets_before == 0);
     Ok(scratch)
+}
+
+/// A cartridge whose sets are all older than `retention`: scratch for
+/// `--changer` without `--force` (Ok), or why not.
+fn expired(spec: &DeviceSpec, retention: Option<std::time::Duration>) -> Result<(), ()> {
+    let retention = retention.ok_or(())?;
+    let inspection = crate::media::guard::inspect(spec).map_err(|_| ())?;
+    let all_old = !inspection.findings.is_empty()
+        && inspection.findings.iter().all(|f| match f {
+            Finding::PbioSet { label } => super::append::younger_than(label, retention).is_none(),
+            _ => false,
+        });
+    all_old.then_some(()).ok_or(())
 }
 
 /// The planner's "does not fit" over every scratch cartridge, with the
@@ -267,26 +321,35 @@ fn volumes_needed(
     let payload =
         (1u64 << (63 - (block - HEADER_BYTES as u64).leading_zeros())).min(args.set.chunk);
     let media = stored + stored.div_ceil(payload) * HEADER_BYTES as u64;
-    let usable = prepared
+    let usable: Vec<u64> = prepared
         .devices
         .iter()
         .map(|(_, capacity, _)| capacity.saturating_sub(prepared.reserve_bytes))
-        .min()
-        .unwrap_or(0);
-    let all = usable * scratch.len() as u64;
+        .collect();
+    let all: u64 = usable.iter().sum();
     if media > all {
         return Err(Failure::Usage(format!(
-            "the set needs {} on tape ({} of data), more than the {} scratch cartridges hold together ({} usable each, {} in all): nothing was written",
+            "the set needs {} on tape ({} of data), more than the {} scratch cartridges hold together ({} usable at most on one, {} in all): nothing was written",
             human_bytes(media),
             human_bytes(stored),
             scratch.len(),
-            human_bytes(usable),
+            human_bytes(usable.iter().copied().max().unwrap_or(0)),
             human_bytes(all)
         )));
     }
-    let per_volume = (usable * PLANNED_FILL_PERCENT / 100).max(1);
-    Ok((media.div_ceil(per_volume).max(1) as usize).min(scratch.len()))
+    // The cartridges in order until their planned fill holds the set.
+    let mut planned = 0u64;
+    for (i, bytes) in usable.iter().enumerate() {
+        planned += bytes * PLANNED_FILL_PERCENT / 100;
+        if planned >= media {
+            return Ok(i + 1);
+        }
+    }
+    Ok(scratch.len())
 }
+
+/// The sets on a cartridge: each one's id and the filemarks before it.
+type OnCartridge = Vec<(SetId, u32)>;
 
 /// Restore, verify and list with `--changer`: every cartridge of the
 /// library that holds a pbio set, as a device read through the drives
@@ -320,22 +383,48 @@ pub fn library_devices(
         drives.retain(|(d, _)| wanted.contains(d));
     }
     let status = changer.status().map_err(Failure::Changer)?;
-    let holds_a_set = |slot: u32| match changer.cartridge_in_slot(slot) {
-        None => true,
-        Some(spec) => crate::device::open(&spec, Mode::Read)
-            .ok()
-            .and_then(|dev| crate::media::read_label(dev.as_ref()).ok())
-            .is_some_and(|label| {
-                let id = label.set_id.to_string();
-                prefix.as_ref().is_none_or(|p| id.starts_with(p.as_str()))
-            }),
-    };
-    let slots: Vec<(u32, Option<String>)> = status
-        .slots
+    // Per cartridge: the sets on it (an emulated library's cartridges are
+    // read where they are; None: only known once loaded).
+    let mut cartridges: Vec<(u32, Option<String>, Option<OnCartridge>)> = Vec::new();
+    for s in status.slots.iter().filter(|s| s.full && !s.import_export) {
+        let sets = changer.cartridge_in_slot(s.number).map(|spec| {
+            crate::device::open(&spec, Mode::Read)
+                .ok()
+                .and_then(|dev| crate::media::sets::sets_on_tape(dev.as_ref()).ok())
+                .map(|found| {
+                    found
+                        .iter()
+                        .map(|t| (t.label.set_id, t.files_before))
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        cartridges.push((s.number, s.barcode.clone(), sets));
+    }
+    let ids: Vec<SetId> = cartridges
         .iter()
-        .filter(|s| s.full && !s.import_export && holds_a_set(s.number))
-        .map(|s| (s.number, s.barcode.clone()))
+        .flat_map(|(_, _, sets)| sets.iter().flatten().map(|(id, _)| *id))
         .collect();
+    // Which set: the one --set names (a unique prefix), or the only one.
+    let chosen = if ids.is_empty() {
+        None
+    } else {
+        Some(
+            crate::media::sets::choose(&ids, prefix.as_deref())
+                .map_err(|e| Failure::Usage(format!("changer {text}: {e}")))?,
+        )
+    };
+    let mut slots: Vec<(u32, Option<String>, u32)> = Vec::new();
+    for (slot, barcode, sets) in cartridges {
+        match sets {
+            None => slots.push((slot, barcode, 0)),
+            Some(sets) => slots.extend(
+                sets.iter()
+                    .filter(|(id, _)| Some(*id) == chosen)
+                    .map(|(_, files_before)| (slot, barcode.clone(), *files_before)),
+            ),
+        }
+    }
     if slots.is_empty() {
         return Err(Failure::Usage(format!(
             "changer {text}: no cartridge holds {}",
@@ -345,8 +434,16 @@ pub fn library_devices(
     let pool = DrivePool::new(changer, drives);
     Ok(slots
         .iter()
-        .map(|(slot, barcode)| {
-            Box::new(Shelved::new(&pool, *slot, barcode.as_deref())) as Box<dyn Device>
+        .map(|(slot, barcode, files_before)| {
+            let shelved = Box::new(Shelved::new(&pool, *slot, barcode.as_deref()));
+            if *files_before == 0 {
+                shelved as Box<dyn Device>
+            } else {
+                Box::new(crate::media::sets::SetOnTape::new(
+                    shelved as Box<dyn Device>,
+                    *files_before,
+                ))
+            }
         })
         .collect())
 }

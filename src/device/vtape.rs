@@ -363,6 +363,19 @@ impl VirtualTape {
     }
 }
 
+/// Bytes recorded on the emulated cartridge in `dir` (where its end of
+/// data is), read from its index without opening the drive: what the
+/// sets already on it take (`backup --append` plans the rest). A
+/// cartridge not created yet has none.
+pub fn recorded_bytes(dir: &Path) -> Result<u64, String> {
+    if !dir.join(INDEX).exists() {
+        return Ok(0);
+    }
+    let open = |name: &str| File::open(dir.join(name)).map_err(|e| format!("open {name}: {e}"));
+    let objects = load_index(&open(INDEX)?, &open(DATA)?)?;
+    Ok(objects.last().map_or(0, Object::end))
+}
+
 /// Read and check the index: objects back to back in the data file.
 fn load_index(index: &File, data: &File) -> Result<Vec<Object>, String> {
     let len = index

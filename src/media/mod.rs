@@ -19,6 +19,7 @@ mod catalog;
 pub mod guard;
 mod label;
 pub mod scan;
+pub mod sets;
 pub mod stream;
 mod tape;
 

@@ -256,7 +256,14 @@ fn inspect_tape(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
         })
     };
     match read_label(dev.as_ref()) {
-        Ok(label) => findings.push(Finding::PbioSet { label }),
+        // Every set on the tape (appended sets follow the first one).
+        Ok(label) => match super::sets::sets_on_tape(dev.as_ref()) {
+            Ok(sets) if !sets.is_empty() => findings.extend(
+                sets.into_iter()
+                    .map(|set| Finding::PbioSet { label: set.label }),
+            ),
+            _ => findings.push(Finding::PbioSet { label }),
+        },
         Err(MediaError::Format { error, .. }) => match error {
             // Nothing recorded: st and the emulator read 0 at the end of data.
             FormatError::Short { have: 0, .. } if blank() => {}

@@ -1,0 +1,185 @@
+//! Several sets on one tape (issue 20, "Appending"): `backup --append`
+//! writes a new set after the last complete one on an emulated tape,
+//! `list` shows every set, `restore`/`verify`/`list --set` choose one,
+//! `--retention` refuses overwriting a young set, an interrupted last set
+//! refuses `--append`, and a disk refuses it.
+
+mod common;
+#[path = "common/loopdev.rs"]
+mod loopdev;
+
+use std::fs;
+use std::path::Path;
+
+use loopdev::pbio;
+use serde_json::Value;
+
+fn source(root: &Path, seed: u64, mib: usize) {
+    common::make_fixture_tree(root, 8, 256 << 10);
+    let mut rng = common::Rng::new(seed);
+    let mut buf = vec![0u8; mib << 20];
+    rng.fill(&mut buf);
+    fs::write(root.join("data"), &buf).unwrap();
+}
+
+/// Back up `src` to `dev` with `extra` options: exit code, set id (from
+/// the JSON summary) and stderr.
+fn backup(src: &Path, dev: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["backup", src.to_str().unwrap(), "--dev", dev, "--json"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = pbio(&args);
+    let id = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .map(|v| v["set_id"].as_str().unwrap().to_string())
+        .unwrap_or_default();
+    (code, id, err)
+}
+
+fn restore_same(dev: &str, set: Option<&str>, src: &Path, to: &Path) {
+    let to_s = to.to_str().unwrap();
+    let mut args = vec!["restore", "--dev", dev, "--to", to_s];
+    if let Some(set) = set {
+        args.extend(["--set", set]);
+    }
+    let (code, out, err) = pbio(&args);
+    assert_eq!(code, 0, "restore --set {set:?}: {out}{err}");
+    let name = src.file_name().unwrap();
+    let diffs = common::compare_trees(src, &to.join(name));
+    assert!(
+        diffs.is_empty(),
+        "restored tree differs:\n{}",
+        diffs.join("\n")
+    );
+}
+
+fn listed_sets(dev: &str) -> Vec<Value> {
+    let (code, out, err) = pbio(&["list", "--dev", dev, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    v["sets"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn two_sets_on_one_tape_are_listed_and_restored_by_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    source(&one, 1, 3);
+    source(&two, 2, 2);
+    let tape = format!("vtape:{},size=64M", tmp.path().join("t").display());
+
+    let (code, id1, err) = backup(&one, &tape, &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, id2, err) = backup(&two, &tape, &["--append"]);
+    assert_eq!(code, 0, "--append: {err}");
+    assert_ne!(id1, id2);
+
+    // list: both sets, in tape order, with their files and bytes.
+    let sets = listed_sets(&tape);
+    assert_eq!(sets.len(), 2, "{sets:?}");
+    assert_eq!(sets[0]["set_id"], id1.as_str());
+    assert_eq!(sets[1]["set_id"], id2.as_str());
+    assert_eq!(sets[0]["state"], "complete");
+    assert!(sets[1]["bytes"].as_u64().unwrap() >= 2 << 20, "{sets:?}");
+    let (code, out, _) = pbio(&["list", "--dev", &tape]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&id1) && out.contains(&id2), "{out}");
+
+    // Without --set: refused, both named, nothing written.
+    let to = tmp.path().join("r0");
+    let (code, _, err) = pbio(&["restore", "--dev", &tape, "--to", to.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&id1) && err.contains(&id2), "{err}");
+    assert!(!to.join("one").exists() && !to.join("two").exists());
+
+    // --set with a unique prefix chooses each.
+    restore_same(&tape, Some(&id1[..8]), &one, &tmp.path().join("r1"));
+    restore_same(
+        &tape,
+        Some(&id2[..8].to_uppercase()),
+        &two,
+        &tmp.path().join("r2"),
+    );
+    let (code, out, err) = pbio(&["verify", "--dev", &tape, "--set", &id2]);
+    assert_eq!(code, 0, "verify --set: {out}{err}");
+    let (code, out, err) = pbio(&["list", "--dev", &tape, "--set", &id1[..6]]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&id1) && out.contains("data"), "{out}");
+    let (code, _, err) = pbio(&["list", "--dev", &tape, "--set", "ffffffffffffffffff0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no set whose id starts with"), "{err}");
+
+    // A third set: over the two only when allowed, never over a young one
+    // without --force.
+    let (code, _, err) = backup(&one, &tape, &[]);
+    assert_eq!(code, 2, "overwrite without --overwrite/--force: {err}");
+    assert!(err.contains(&id1) && err.contains(&id2), "{err}");
+    let (code, _, err) = backup(
+        &one,
+        &tape,
+        &[
+            "--overwrite",
+            &id1,
+            "--overwrite",
+            &id2,
+            "--retention",
+            "30d",
+        ],
+    );
+    assert_eq!(code, 2, "--retention: {err}");
+    assert!(
+        err.contains("younger than --retention 30d") && err.contains(&id2),
+        "{err}"
+    );
+    let (code, id3, err) = backup(&one, &tape, &["--force", "--retention", "30d"]);
+    assert_eq!(code, 0, "--force overrides --retention: {err}");
+    assert!(listed_sets(&tape).is_empty(), "one set left: no table");
+    restore_same(&tape, None, &one, &tmp.path().join("r3"));
+    restore_same(&tape, Some(&id3[..4]), &one, &tmp.path().join("r4"));
+}
+
+#[test]
+fn append_is_refused_over_an_interrupted_set_and_on_a_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    source(&one, 3, 1);
+    source(&two, 4, 1);
+    let dir = tmp.path().join("t");
+    let tape = format!("vtape:{},size=64M", dir.display());
+    let (code, id1, err) = backup(&one, &tape, &[]);
+    assert_eq!(code, 0, "{err}");
+    // Interrupted before its end: the End record and the closing
+    // filemark never reached the tape.
+    let index = dir.join("vtape.index");
+    let entries = fs::read(&index).unwrap();
+    fs::write(&index, &entries[..entries.len() - 32]).unwrap();
+
+    let (code, _, err) = backup(&two, &tape, &["--append"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("vtape:{}", dir.display()))
+            && err.contains(&id1)
+            && err.contains("not complete"),
+        "{err}"
+    );
+    let (code, out, _) = pbio(&["list", "--dev", &tape, "--json"]);
+    assert_ne!(code, 0, "the interrupted set has no catalog: {out}");
+
+    // --force: the new set takes the interrupted one's place.
+    let (code, id2, err) = backup(&two, &tape, &["--append", "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(id1, id2);
+    restore_same(&tape, None, &two, &tmp.path().join("r"));
+
+    // A disk holds one set: --append is refused before anything is written.
+    let file = tmp.path().join("disk.img");
+    let disk = format!("{},size=32M", file.display());
+    let (code, _, err) = backup(&one, &disk, &["--append"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("random-access") && err.contains("disk.img"),
+        "{err}"
+    );
+    assert!(!file.exists(), "nothing written on the disk");
+}
