@@ -11,10 +11,13 @@ pub mod codec;
 pub mod label;
 pub mod parity;
 pub mod record;
+pub mod seal;
 pub mod set_id;
 
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod seal_proptests;
 
 pub use catalog::{
     check_xattrs, file_digest, payload_hash, Catalog, CatalogDevice, CatalogFile, CatalogParity,
@@ -107,6 +110,9 @@ pub enum FormatError {
         index: u64,
         why: &'static str,
     },
+    /// Sealed bytes (`--encrypt`) that do not open.
+    #[error("{0}")]
+    Sealed(#[from] seal::SealError),
 }
 
 /// CRC32C (Castagnoli), hardware accelerated where the CPU has it.
