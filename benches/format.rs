@@ -96,6 +96,7 @@ fn bench_header() {
         data_end: 1 << 30,
         catalog_digest: [2; 32],
         mac: [3; 32],
+        seal: pbio::format::seal::LabelSeal::NONE,
     };
     let both = best(|| {
         for _ in 0..OPS {

@@ -33,6 +33,7 @@ fn main() -> std::io::Result<()> {
         data_end: 1 << 20,
         catalog_digest: [0x5C; 32],
         mac: [0; 32],
+        seal: pbio::format::seal::LabelSeal::NONE,
     }
     .sealed(Some(&key))
     .encode_into(&mut block);
@@ -89,6 +90,7 @@ fn main() -> std::io::Result<()> {
         transform: pbio::format::Transform {
             codec: pbio::format::Codec::Zstd,
             stored_bytes: n as u32,
+            ..pbio::format::Transform::RAW
         },
         ..header
     };

@@ -231,6 +231,7 @@ fn plant_bomb(path: &Path) -> u64 {
                 transform: Transform {
                     codec: Codec::Zstd,
                     stored_bytes: n as u32,
+                    ..Transform::RAW
                 },
                 payload_crc: pbio::format::crc32c(&bomb[..n]),
                 ..header

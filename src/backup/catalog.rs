@@ -126,6 +126,12 @@ pub(super) fn build_catalog(
         file
     };
     let encoded = head.encode_streamed(input.entries.len(), &file, config.mac_key.as_ref());
+    // `--encrypt`: what goes on media (and what the label's digest covers)
+    // is the sealed catalog.
+    let encoded = match &config.encryption {
+        Some(e) => e.seal_catalog(&encoded),
+        None => encoded,
+    };
     (encoded, segment_count)
 }
 

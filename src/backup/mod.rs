@@ -70,6 +70,9 @@ pub struct BackupConfig {
     /// `--compress`: each record's payload compressed on worker threads
     /// (stored raw where it does not shrink). None: raw.
     pub compression: Option<crate::format::codec::Compression>,
+    /// `--encrypt`: the set's data key and label envelope; records and the
+    /// catalog are sealed (docs/FORMAT.md, "amendment (encryption)").
+    pub encryption: Option<crate::format::seal::SetEncryption>,
     /// `--parity M`: parity records per stripe (0: none), written after
     /// the data (`backup::parity`).
     pub parity: usize,

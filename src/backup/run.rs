@@ -162,6 +162,10 @@ pub(super) fn writing_label(
         data_end: 0,
         catalog_digest: [0; 32],
         mac: [0; 32],
+        seal: config
+            .encryption
+            .as_ref()
+            .map_or(crate::format::seal::LabelSeal::NONE, |e| e.label),
     }
     .sealed(config.mac_key.as_ref())
 }
@@ -282,6 +286,7 @@ pub(super) fn ring_config(dev: &dyn Device, index: u32, config: &BackupConfig) -
         reserve_bytes: config.reserve_bytes,
         write_retries: config.write_retries,
         compression: config.compression,
+        encryption: config.encryption.clone(),
     }
 }
 

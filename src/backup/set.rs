@@ -187,7 +187,7 @@ pub fn plan_set(
     // Counted file by file: no `CatalogFile` per entry held, no encoding
     // kept (issue 23).
     let encoded_bytes = |created_unix_ns, segments| {
-        catalog_head(
+        let len = catalog_head(
             SetId([0; 16]),
             created_unix_ns,
             chunk,
@@ -195,7 +195,10 @@ pub fn plan_set(
             since,
             segments,
         )
-        .encoded_len_streamed(entries.len(), &|i| catalog_file(entries, i, since)) as u64
+        .encoded_len_streamed(entries.len(), &|i| catalog_file(entries, i, since))
+            as u64;
+        // As large as it is sealed (`--encrypt`): an upper bound either way.
+        crate::format::seal::sealed_catalog_bytes(len)
     };
     let mut catalog_guess = encoded_bytes(0, Vec::new())
         + 64 * (entries.len() as u64 + 2 * devices.len() as u64)

@@ -251,6 +251,7 @@ mod tests {
             data_end: 0,
             catalog_digest: [0; 32],
             mac: [0; 32],
+            seal: Default::default(),
         };
         let why = retention_refusal("vtape:x", &label, Duration::from_secs(86_400)).unwrap();
         assert!(

@@ -148,6 +148,12 @@ pub fn exit_code(failure: &Failure) -> i32 {
             error: RestoreError::Device(error),
             ..
         } => device_to_read(error),
+        // An encrypted set without its key, or with a wrong one: nothing
+        // was read past the label, nothing written.
+        Failure::Restore {
+            error: RestoreError::Encrypted { .. },
+            ..
+        } => EXIT_USAGE,
         Failure::Restore { .. } => EXIT_DATA,
         Failure::Backup(_) => EXIT_DATA,
         Failure::Since(_) | Failure::Plan(_) | Failure::Source(_) | Failure::Select(_) => {

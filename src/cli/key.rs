@@ -1,5 +1,7 @@
-//! `pbio key new FILE` and the `--key FILE` option: the secret whose MACs
-//! authenticate a set (docs/FORMAT.md, "MAC"). A set written with a key
+//! `pbio key new FILE`, `pbio key change` and the `--key-file FILE` option
+//! (`--key` is the same): the secret whose MACs authenticate a set
+//! (docs/FORMAT.md, "MAC") and, with `backup --encrypt`, whose key wraps
+//! the set's data key (docs/FORMAT.md 5.2). A set written with a key
 //! carries a keyed BLAKE3 MAC in every label and in its catalog; restore,
 //! verify and list given the key refuse a set whose MACs do not match.
 
@@ -21,6 +23,22 @@ pub enum KeyCommand {
         /// The key file to create.
         file: PathBuf,
     },
+    /// Re-wrap an encrypted set's data key under a new key file, on every
+    /// device given (disks, files, NBD exports): only the labels are
+    /// rewritten, the data is not touched. Tapes are refused (a tape's
+    /// label cannot be rewritten in place).
+    Change {
+        /// Devices of the set (give every device: one not given keeps the
+        /// old key).
+        #[arg(long = "dev", value_parser = super::parse_dev, required = true)]
+        devs: Vec<crate::device::DeviceSpec>,
+        /// The key file the set opens with now.
+        #[arg(long = "key-file", visible_alias = "key", value_name = "FILE")]
+        key: PathBuf,
+        /// The key file it will open with (make one with `pbio key new`).
+        #[arg(long = "new-key-file", value_name = "FILE")]
+        new_key: PathBuf,
+    },
 }
 
 /// Bytes of a key `pbio key new` writes.
@@ -31,7 +49,85 @@ const KEY_FILE_BYTES_MAX: u64 = 1 << 20;
 pub fn run(command: KeyCommand) -> CliResult {
     match command {
         KeyCommand::New { file } => new_key(&file),
+        KeyCommand::Change { devs, key, new_key } => change_key(&devs, &key, &new_key),
     }
+}
+
+/// `pbio key change`: check every device first (an encrypted label of one
+/// set, not a tape, opened by the old key), then rewrite each label with
+/// the data key wrapped under the new key, made durable, read back and
+/// opened with the new key.
+fn change_key(specs: &[crate::device::DeviceSpec], old: &Path, new: &Path) -> CliResult {
+    use crate::device::{self, Access, Mode};
+    use crate::format::seal::{keyring, DataKey, UserKey};
+    use crate::restore::RestoreError;
+    let old_user = UserKey::from_key_file(&read_key_file(old, "--key-file")?);
+    let new_user = UserKey::from_key_file(&read_key_file(new, "--new-key-file")?);
+    let failed = |error: RestoreError| Failure::Restore {
+        doing: "key change: ",
+        error,
+    };
+    let mut checked = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let dev = device::open(spec, Mode::Read).map_err(Failure::DeviceToRead)?;
+        let name = dev.path().display().to_string();
+        let label = crate::media::read_label(dev.as_ref()).map_err(|e| failed(e.into()))?;
+        if !label.seal.is_sealed() {
+            return Err(Failure::Usage(format!(
+                "key change: set {} on device {name} is not encrypted (written without --encrypt): nothing to re-wrap",
+                label.set_id
+            )));
+        }
+        if dev.access() == Access::Sequential {
+            return Err(Failure::Usage(format!(
+                "key change: {name} is a tape: its label cannot be rewritten in place, so its key cannot be changed (restore and back up again with the new key)"
+            )));
+        }
+        if let Some((_, first)) = checked.first() {
+            let first: &crate::format::Label = first;
+            if first.set_id != label.set_id {
+                return Err(Failure::Usage(format!(
+                    "key change: device {name} holds set {}, not set {}: give the devices of one set",
+                    label.set_id, first.set_id
+                )));
+            }
+        }
+        let data = DataKey::unwrap(&label.seal, &old_user, label.set_id).map_err(|_| {
+            failed(RestoreError::Encrypted {
+                device: name.clone(),
+                set: label.set_id.to_string(),
+                wrong_key: true,
+            })
+        })?;
+        keyring::insert(label.set_id, data);
+        checked.push((spec.clone(), label));
+    }
+    for (spec, label) in checked {
+        let data = keyring::data_key(label.set_id).expect("opened above");
+        let dev = device::open(&spec, Mode::Write).map_err(Failure::DeviceToWrite)?;
+        let name = dev.path().display().to_string();
+        let mut nonce = [0u8; crate::format::seal::NONCE_BYTES];
+        crate::media::fill_random(&mut nonce);
+        let rewrapped = crate::format::Label {
+            seal: data.wrap(&new_user, label.set_id, label.seal.run_id, nonce),
+            ..label
+        };
+        crate::media::write_label(dev.as_ref(), &rewrapped).map_err(|e| failed(e.into()))?;
+        dev.sync()
+            .map_err(|e| Failure::Data(format!("key change: {name}: sync: {e}")))?;
+        let back = crate::media::read_label(dev.as_ref()).map_err(|e| failed(e.into()))?;
+        if DataKey::unwrap(&back.seal, &new_user, back.set_id).as_ref() != Ok(&data) {
+            return Err(Failure::Data(format!(
+                "key change: {name}: the label read back does not open with the new key"
+            )));
+        }
+        outln!(
+            "{name}: set {} now opens with {}",
+            label.set_id,
+            new.display()
+        );
+    }
+    Ok(Outcome::Done)
 }
 
 fn new_key(path: &Path) -> CliResult {
@@ -57,7 +153,7 @@ fn new_key(path: &Path) -> CliResult {
         .and_then(|()| file.sync_all())
         .map_err(|e| Failure::Data(format!("key new {}: write: {e}", path.display())))?;
     outln!(
-        "wrote a new {NEW_KEY_BYTES}-byte key to {} (mode 0600): give it as --key to backup, restore, verify and list",
+        "wrote a new {NEW_KEY_BYTES}-byte key to {} (mode 0600): give it as --key-file to backup (with --encrypt to encrypt), restore, verify and list; keep a copy apart from the media",
         path.display()
     );
     Ok(Outcome::Done)
@@ -67,7 +163,19 @@ fn new_key(path: &Path) -> CliResult {
 /// must hold at least `KEY_FILE_BYTES_MIN` bytes (a usage error naming
 /// the file otherwise).
 pub fn load(path: &Path) -> Result<MacKey, Failure> {
-    let usage = |why: String| Failure::Usage(format!("--key {}: {why}", path.display()));
+    let contents = read_key_file(path, "--key-file")?;
+    // The key that opens encrypted sets (`--encrypt`), from the same file.
+    crate::format::seal::keyring::set_user_key(crate::format::seal::UserKey::from_key_file(
+        &contents,
+    ));
+    Ok(mac_key(&contents))
+}
+
+/// The contents of a key file given as `option`: at least
+/// `KEY_FILE_BYTES_MIN` bytes, at most `KEY_FILE_BYTES_MAX` (a usage
+/// error naming the file otherwise).
+fn read_key_file(path: &Path, option: &str) -> Result<Vec<u8>, Failure> {
+    let usage = |why: String| Failure::Usage(format!("{option} {}: {why}", path.display()));
     let file = std::fs::File::open(path).map_err(|e| usage(e.to_string()))?;
     let mut contents = Vec::new();
     file.take(KEY_FILE_BYTES_MAX + 1)
@@ -84,7 +192,7 @@ pub fn load(path: &Path) -> Result<MacKey, Failure> {
             "larger than {KEY_FILE_BYTES_MAX} bytes: not a key file"
         )));
     }
-    Ok(mac_key(&contents))
+    Ok(contents)
 }
 
 /// `load` of an optional `--key`.

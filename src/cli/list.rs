@@ -34,7 +34,7 @@ pub struct ListArgs {
     pub json: bool,
     /// The key the set was written with (`backup --key`): the label's and
     /// the catalog's MAC must match it.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long = "key-file", visible_alias = "key", value_name = "FILE")]
     pub key: Option<std::path::PathBuf>,
 }
 

@@ -132,7 +132,7 @@ pub enum Command {
     /// Raw sequential throughput and latency of devices through pbio's own rings (fio-like).
     Bench(bench::BenchArgs),
     Qualify(qualify::QualifyArgs),
-    /// Keys that authenticate sets (`--key FILE` of backup, restore, verify, list).
+    /// Keys that authenticate and encrypt sets (`--key-file FILE` of backup, restore, verify, list).
     #[command(subcommand)]
     Key(key::KeyCommand),
     /// Tape libraries: slots, drives, barcodes, moving cartridges, the sets each cartridge holds.

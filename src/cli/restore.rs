@@ -87,8 +87,10 @@ pub struct RestoreArgs {
     pub json: bool,
     /// The key the set was written with (`backup --key`): every label's and
     /// the catalog's MAC must match it, or the set is refused before
-    /// anything is written. Not usable with --scan (no catalog to check).
-    #[arg(long, value_name = "FILE", conflicts_with = "scan")]
+    /// anything is written. An encrypted set (`backup --encrypt`) needs it,
+    /// with --scan too (each record opens alone; there is no catalog, so
+    /// no MAC is checked).
+    #[arg(long = "key-file", visible_alias = "key", value_name = "FILE")]
     pub key: Option<PathBuf>,
 }
 
@@ -113,7 +115,7 @@ pub struct VerifyArgs {
     pub json: bool,
     /// The key the set was written with (`backup --key`): every label's and
     /// the catalog's MAC must match it.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long = "key-file", visible_alias = "key", value_name = "FILE")]
     pub key: Option<PathBuf>,
 }
 
@@ -533,6 +535,37 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> Outcome {
     code
 }
 
+/// `restore --scan` of an encrypted set: its data key, opened from the
+/// first label of the set that carries an envelope with the key file's
+/// key (exit 2 without one or with another, before anything is written).
+fn scan_keys(
+    devs: &[Box<dyn crate::device::Device>],
+    set_id: crate::format::SetId,
+    key: Option<&std::path::Path>,
+) -> Result<(), Failure> {
+    super::key::load_optional(key)?;
+    for dev in devs {
+        let Ok(label) = crate::media::read_label(dev.as_ref()) else {
+            continue;
+        };
+        if label.set_id != set_id || !label.seal.is_sealed() {
+            continue;
+        }
+        return match crate::format::seal::keyring::open(set_id, &label.seal) {
+            Ok(_) => Ok(()),
+            Err(refusal) => Err(Failure::Restore {
+                doing: "restore --scan: ",
+                error: restore::RestoreError::Encrypted {
+                    device: dev.path().display().to_string(),
+                    set: set_id.to_string(),
+                    wrong_key: refusal == crate::format::seal::keyring::Refusal::WrongKey,
+                },
+            }),
+        };
+    }
+    Ok(())
+}
+
 fn run_scan_restore(args: &RestoreArgs) -> CliResult {
     let mut devs = Vec::with_capacity(args.devs.len());
     for spec in &args.devs {
@@ -551,6 +584,7 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
         .map_err(Failure::Usage)?;
     let report = match chosen {
         Some(set_id) => {
+            scan_keys(&devs, set_id, args.key.as_deref())?;
             restore::scan::restore_from_scan(&devs, &args.to, set_id, args.keep_partial)
                 .map_err(scan_failed)?
         }

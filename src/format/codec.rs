@@ -28,6 +28,10 @@ impl Compression {
 pub enum DecompressError {
     #[error("{codec:?} payload is corrupt: {why}")]
     Corrupt { codec: Codec, why: String },
+    /// `--encrypt`: the stored bytes do not open (altered, or a record not
+    /// sealed in an encrypted set).
+    #[error("{0}")]
+    Seal(#[from] super::seal::SealError),
     /// It expands beyond the header's `payload_bytes` (a bomb), or stops
     /// short of it.
     #[error("{codec:?} payload decompresses to {got} bytes, the header says {want}")]
@@ -59,6 +63,11 @@ impl Compressor {
             _ => None,
         };
         Compressor { setting, zstd }
+    }
+
+    /// The codec this context compresses with.
+    pub fn codec(&self) -> Codec {
+        self.setting.codec
     }
 
     /// As `compress`, reusing this context.

@@ -1,6 +1,7 @@
 //! The label: block 0 of every random-access device (first tape block on tape).
 
 use super::block::{self, get, get_u32, get_u64, put, put_u32, put_u64, Block};
+use super::seal::{LabelSeal, NONCE_BYTES, WRAPPED_BYTES};
 use super::{
     catalog::CATALOG_BYTES_MIN, chunk_bytes_valid, is_block_aligned, FormatError, MacKey, SetId,
     BLOCK_BYTES, DEVICE_BLOCK_BYTES_MAX, DEVICE_BLOCK_BYTES_MIN, HASH_BYTES, LABEL_MAGIC,
@@ -55,6 +56,9 @@ pub struct Label {
     /// Keyed BLAKE3 of the label's bytes `[0, layout::MAC)` with the set's
     /// MAC key (`Label::mac_for`); zero for a set written without a key.
     pub mac: [u8; HASH_BYTES],
+    /// `--encrypt`: the envelope (cipher, KDF, run id, wrapped data key);
+    /// `LabelSeal::NONE` for a set not encrypted.
+    pub seal: LabelSeal,
 }
 
 /// Byte offsets of the label's fields in its block (docs/FORMAT.md, "Label").
@@ -75,8 +79,16 @@ pub mod layout {
     pub const CATALOG_DIGEST: usize = 80; // [u8; 32]
     /// The MAC covers the bytes before it, `[0, MAC)`.
     pub const MAC: usize = 112; // [u8; 32]
+    /// The envelope of `--encrypt` (zero without it).
+    pub const CIPHER: usize = 144; // u32: 0 none, 1 AES-256-GCM
+    pub const KDF: usize = 148; // u32: 1 key file
+    pub const KDF_PARAMS: usize = 152; // 3 x u32
+    pub const KDF_SALT: usize = 164; // [u8; 16]
+    pub const WRAP_NONCE: usize = 180; // [u8; 12]
+    pub const RUN_ID: usize = 192; // u64
+    pub const WRAPPED_KEY: usize = 200; // [u8; 48]: sealed data key, tag
     /// First reserved byte; `[RESERVED, CRC)` is zero.
-    pub const RESERVED: usize = 144;
+    pub const RESERVED: usize = 248;
     pub const CRC: usize = block::CRC; // u32, CRC32C of [0, CRC)
 
     // Fields are contiguous, in this order, and end before the CRC.
@@ -92,7 +104,10 @@ pub mod layout {
     const _: () = assert!(DATA_END == CATALOG_BYTES + 8);
     const _: () = assert!(CATALOG_DIGEST == DATA_END + 8);
     const _: () = assert!(MAC == CATALOG_DIGEST + 32);
-    const _: () = assert!(RESERVED == MAC + 32);
+    const _: () = assert!(CIPHER == MAC + 32 && KDF == CIPHER + 4 && KDF_PARAMS == KDF + 4);
+    const _: () = assert!(KDF_SALT == KDF_PARAMS + 12 && WRAP_NONCE == KDF_SALT + 16);
+    const _: () = assert!(RUN_ID == WRAP_NONCE + 12 && WRAPPED_KEY == RUN_ID + 8);
+    const _: () = assert!(RESERVED == WRAPPED_KEY + 48);
     const _: () = assert!(RESERVED <= CRC);
     // Every u64 field is naturally aligned.
     const _: () = assert!(CREATED_UNIX_NS.is_multiple_of(8) && CATALOG_OFFSET.is_multiple_of(8));
@@ -120,6 +135,16 @@ impl Label {
         put_u64::<{ layout::DATA_END }>(b, self.data_end);
         put::<{ layout::CATALOG_DIGEST }, HASH_BYTES>(b, self.catalog_digest);
         put::<{ layout::MAC }, HASH_BYTES>(b, self.mac);
+        let e = &self.seal;
+        put_u32::<{ layout::CIPHER }>(b, e.cipher);
+        put_u32::<{ layout::KDF }>(b, e.kdf);
+        for (i, p) in e.kdf_params.iter().enumerate() {
+            b[layout::KDF_PARAMS + 4 * i..][..4].copy_from_slice(&p.to_le_bytes());
+        }
+        put::<{ layout::KDF_SALT }, 16>(b, e.kdf_salt);
+        put::<{ layout::WRAP_NONCE }, NONCE_BYTES>(b, e.wrap_nonce);
+        put_u64::<{ layout::RUN_ID }>(b, e.run_id);
+        put::<{ layout::WRAPPED_KEY }, WRAPPED_BYTES>(b, e.wrapped);
         block::seal(b);
     }
 
@@ -160,6 +185,21 @@ impl Label {
             data_end: get_u64::<{ layout::DATA_END }>(b),
             catalog_digest: get::<{ layout::CATALOG_DIGEST }, HASH_BYTES>(b),
             mac: get::<{ layout::MAC }, HASH_BYTES>(b),
+            seal: LabelSeal {
+                cipher: get_u32::<{ layout::CIPHER }>(b),
+                kdf: get_u32::<{ layout::KDF }>(b),
+                kdf_params: std::array::from_fn(|i| {
+                    u32::from_le_bytes(
+                        b[layout::KDF_PARAMS + 4 * i..][..4]
+                            .try_into()
+                            .expect("4 bytes"),
+                    )
+                }),
+                kdf_salt: get::<{ layout::KDF_SALT }, 16>(b),
+                wrap_nonce: get::<{ layout::WRAP_NONCE }, NONCE_BYTES>(b),
+                run_id: get_u64::<{ layout::RUN_ID }>(b),
+                wrapped: get::<{ layout::WRAPPED_KEY }, WRAPPED_BYTES>(b),
+            },
         };
         label.validate()?;
         Ok(label)
@@ -182,6 +222,23 @@ impl Label {
             || !(DEVICE_BLOCK_BYTES_MIN..=DEVICE_BLOCK_BYTES_MAX).contains(&self.block_bytes)
         {
             return bad("label.block_bytes", self.block_bytes.into());
+        }
+        let e = &self.seal;
+        match e.cipher {
+            0 if *e != LabelSeal::NONE => return bad("label.cipher", 0),
+            0 => {}
+            super::seal::CIPHER_AES_256_GCM => {
+                if e.kdf != super::seal::KDF_KEY_FILE {
+                    return bad("label.kdf", e.kdf.into());
+                }
+                if e.kdf_params != [0; 3] || e.kdf_salt != [0; 16] {
+                    return bad("label.kdf_params", 0);
+                }
+                if e.run_id == 0 {
+                    return bad("label.run_id", 0);
+                }
+            }
+            other => return bad("label.cipher", other.into()),
         }
         match self.state {
             LabelState::Writing => {
@@ -241,6 +298,7 @@ mod tests {
             data_end: 0,
             catalog_digest: [0; 32],
             mac: [0x3C; 32],
+            seal: crate::format::seal::LabelSeal::NONE,
         }
     }
 

@@ -11,11 +11,14 @@ pub mod codec;
 pub mod label;
 pub mod parity;
 pub mod record;
+pub mod seal;
 pub mod set_id;
 pub mod stat;
 
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod seal_proptests;
 
 pub use catalog::{
     check_xattrs, file_digest, payload_hash, Catalog, CatalogDevice, CatalogFile, CatalogParity,
@@ -109,6 +112,9 @@ pub enum FormatError {
         index: u64,
         why: &'static str,
     },
+    /// Sealed bytes (`--encrypt`) that do not open.
+    #[error("{0}")]
+    Sealed(#[from] seal::SealError),
 }
 
 /// CRC32C (Castagnoli), hardware accelerated where the CPU has it.

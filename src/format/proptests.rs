@@ -48,6 +48,7 @@ fn label() -> impl Strategy<Value = Label> {
             data_end,
             catalog_digest,
             mac,
+            seal: crate::format::seal::LabelSeal::NONE,
         },
     )
 }

@@ -108,10 +108,25 @@ pub struct CatalogRead {
     pub digest: [u8; 32],
 }
 
-pub(super) fn decoded(bytes: &[u8]) -> Result<CatalogRead, FormatError> {
+/// The catalog of the bytes read for `label`'s set: opened first when
+/// the set is encrypted (with the data key its envelope holds), the digest
+/// over the bytes as read (sealed).
+pub(super) fn decoded(bytes: &[u8], label: &Label) -> Result<CatalogRead, FormatError> {
+    let digest = *blake3::hash(bytes).as_bytes();
+    if label.seal.is_sealed() {
+        // Opened with the user's key when this process has not opened the
+        // set yet (`backup --since` an encrypted set).
+        let key = crate::format::seal::keyring::open(label.set_id, &label.seal)
+            .map_err(|_| crate::format::seal::SealError::WrongKey)?;
+        let opened = key.open_catalog(label.seal.run_id, bytes)?;
+        return Ok(CatalogRead {
+            catalog: Catalog::decode(&opened)?,
+            digest,
+        });
+    }
     Ok(CatalogRead {
         catalog: Catalog::decode(bytes)?,
-        digest: *blake3::hash(bytes).as_bytes(),
+        digest,
     })
 }
 
@@ -184,7 +199,7 @@ pub fn read_catalog(dev: &dyn Device, label: &Label) -> Result<CatalogRead, Medi
         }
         Err(e) => return Err(format_err("End record", offset, e)),
     }
-    decoded(&bytes).map_err(|e| format_err("catalog", label.catalog_offset, e))
+    decoded(&bytes, label).map_err(|e| format_err("catalog", label.catalog_offset, e))
 }
 
 /// The payload of the record read into `buf` (its header block first,

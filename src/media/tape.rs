@@ -186,5 +186,5 @@ pub(super) fn read_tape_catalog(
             "tape file 1: no filemark after the End record".to_string(),
         ));
     }
-    decoded(&bytes).map_err(|e| format_err("catalog (tape file 1)", 0, e))
+    decoded(&bytes, label).map_err(|e| format_err("catalog (tape file 1)", 0, e))
 }

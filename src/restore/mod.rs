@@ -81,6 +81,15 @@ pub enum RestoreError {
         other: String,
         index: u32,
     },
+    /// An encrypted set (`backup --encrypt`) given without its key, or
+    /// with a key that does not open its label's envelope: nothing read
+    /// further, nothing written.
+    #[error("{}", encrypted_refusal(.device, .set, *.wrong_key))]
+    Encrypted {
+        device: String,
+        set: String,
+        wrong_key: bool,
+    },
     /// A label or catalog MAC that does not match `--key`.
     #[error("device {device}: {}", mac_refusal(*.what, *.zero))]
     Mac {
@@ -160,6 +169,14 @@ pub enum Disagreement {
     Created(u64, u64),
     #[error("hold different catalogs (their catalog digests differ)")]
     CatalogDigest,
+}
+
+fn encrypted_refusal(device: &str, set: &str, wrong_key: bool) -> String {
+    if wrong_key {
+        format!("wrong key for set {set} on device {device}: the key file does not open its data key (another key, or an altered label): nothing read")
+    } else {
+        format!("set {set} on device {device} is encrypted: give its --key-file to read it")
+    }
 }
 
 fn joined(errors: &[MediaError]) -> String {

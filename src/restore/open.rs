@@ -45,7 +45,12 @@ fn complete_tape_label(
                 label.state = LabelState::Complete;
                 label.data_end = entry.data_end;
                 label.catalog_offset = entry.data_end + 1;
-                label.catalog_bytes = catalog.encode().len() as u64;
+                let encoded = catalog.encode().len() as u64;
+                label.catalog_bytes = if label.seal.is_sealed() {
+                    crate::format::seal::sealed_catalog_bytes(encoded)
+                } else {
+                    encoded
+                };
                 label.catalog_digest = read.digest;
             }
         }
@@ -122,8 +127,8 @@ pub fn open_devices(
             }
             Err(e) => return Err(e.into()),
         };
-        if let Some(key) = key {
-            check_label_mac(dev.as_ref(), &label, key)?;
+        if let Some(key) = set_mac_key(dev.as_ref(), &label, key)? {
+            check_label_mac(dev.as_ref(), &label, &key)?;
         }
         let tape_catalog = complete_tape_label(dev.as_ref(), &mut label);
         dev.detach();
@@ -141,13 +146,37 @@ pub fn open_devices(
     }
     let mut sets = groups
         .into_iter()
-        .map(|group| assemble(group, key))
+        .map(|group| {
+            let key = set_mac_key(group[0].0.as_ref(), &group[0].1, key)?;
+            assemble(group, key.as_ref())
+        })
         .collect::<Result<Vec<OpenSet>, RestoreError>>()?;
     // Which set an unreadable device belonged to is unknown: named once.
     sets[0]
         .unreadable
         .extend(unreadable.into_iter().map(RestoreError::Media));
     Ok(sets)
+}
+
+/// The MAC key of `label`'s set: an encrypted set's (`--encrypt`) from
+/// its data key, opened from the label's envelope with the user's key
+/// (refused, exit 2, without one or with another); else `key` as given.
+fn set_mac_key(
+    dev: &dyn Device,
+    label: &Label,
+    key: Option<&MacKey>,
+) -> Result<Option<MacKey>, RestoreError> {
+    if !label.seal.is_sealed() {
+        return Ok(key.copied());
+    }
+    match crate::format::seal::keyring::open(label.set_id, &label.seal) {
+        Ok(data_key) => Ok(Some(data_key.mac_key())),
+        Err(refusal) => Err(RestoreError::Encrypted {
+            device: dev.path().display().to_string(),
+            set: label.set_id.to_string(),
+            wrong_key: refusal == crate::format::seal::keyring::Refusal::WrongKey,
+        }),
+    }
 }
 
 /// A label's MAC checked with `key` (before anything else is read from

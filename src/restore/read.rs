@@ -353,7 +353,9 @@ impl<'a> DeviceReader<'a> {
         self.out.records.push((target, record));
         let written = if self.writer.is_none() {
             Ok(())
-        } else if header.transform.codec == crate::format::Codec::Raw {
+        } else if header.transform.codec == crate::format::Codec::Raw
+            && !header.transform.seal.is_sealed()
+        {
             self.write(target, header, source)
         } else {
             self.write(target, header, Payload::Mapped(plain))

@@ -14,7 +14,7 @@ use super::at::Root;
 use super::tree::{self, Attrs, Meta, TreeError};
 use super::RestoreError;
 use crate::device::Device;
-use crate::format::{FileInfo, RecordHeader, RecordKind, SetId, PAYLOAD_BYTES_MAX};
+use crate::format::{FileInfo, RecordKind, SetId, PAYLOAD_BYTES_MAX};
 use crate::media::stream::{self, Flow, Item};
 use crate::units::shown_name;
 
@@ -263,7 +263,8 @@ fn scan_device(
                 RecordKind::Catalog => return Ok(Flow::Continue),
                 RecordKind::Data => {}
             }
-            let Some(info) = RecordHeader::decode_info(header_block) else {
+            // Opened first when sealed (`--encrypt`).
+            let Some(info) = inflate.file_info(&header, header_block) else {
                 out.bad += 1;
                 return Ok(Flow::Continue);
             };
@@ -276,9 +277,11 @@ fn scan_device(
                 && in_range
                 && header.payload_bytes <= chunk_max;
             // A compressed record's payload (bounded by its header).
-            let payload = match good.then(|| inflate.payload(&header, payload)) {
-                Some(Ok(plain)) => plain,
-                _ => payload,
+            // A compressed record's payload (bounded by its header), a
+            // sealed one's opened: one that does not is not good.
+            let (payload, good) = match good.then(|| inflate.payload(&header, payload)) {
+                Some(Ok(plain)) => (plain, true),
+                _ => (payload, false),
             };
             let good = good && payload.len() == header.payload_bytes as usize;
             let temp = {

@@ -46,6 +46,7 @@ fn records_are_checked_against_label_and_catalog() {
         data_end: 4096,
         catalog_digest: [0; 32],
         mac: [0; 32],
+        seal: crate::format::seal::LabelSeal::NONE,
     };
     let ranges = DeviceRanges::new(&c, 0);
     let good = RecordHeader {

@@ -231,6 +231,9 @@ pub struct RingConfig {
     pub write_retries: u32,
     /// `--compress`: each record's payload compressed on worker threads.
     pub compression: Option<crate::format::codec::Compression>,
+    /// `--encrypt`: every record's file info and payload sealed on the
+    /// worker threads (`transform.rs`).
+    pub encryption: Option<crate::format::seal::SetEncryption>,
 }
 
 pub struct Ring<'a> {
@@ -452,11 +455,14 @@ impl<'a> Ring<'a> {
                         }
                     }
                 });
-            if let (Some(setting), None) = (self.config.compression, self.mapping) {
+            let (compression, encryption) =
+                (self.config.compression, self.config.encryption.clone());
+            if (compression.is_some() || encryption.is_some()) && self.mapping.is_none() {
                 let threads = std::thread::available_parallelism()
                     .map_or(1, |n| n.get())
                     .min(self.slots.len());
-                self.workers = transform::spawn_workers(scope, setting, threads, index);
+                self.workers =
+                    transform::spawn_workers(scope, compression, encryption, threads, index);
             }
             // Without a thread (it could not be started) hashing is inline.
             if hasher.is_ok() {

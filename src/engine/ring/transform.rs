@@ -25,6 +25,11 @@ pub(super) struct TransformJob {
     gen: usize,
     payload: *mut u8,
     payload_bytes: usize,
+    /// With `--encrypt`: the header block in front of the payload, encoded
+    /// with its file info in clear, and the header it holds; the worker
+    /// seals the info and payload and finishes the block.
+    head: *mut u8,
+    header: Option<RecordHeader>,
 }
 
 // SAFETY: the payload lies in the ring's buffer pool, which outlives the
@@ -59,7 +64,8 @@ pub(super) const UNPLACED: u64 = u64::MAX;
 /// (the records are then stored raw, hashed by the hasher).
 pub(super) fn spawn_workers<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
-    setting: Compression,
+    setting: Option<Compression>,
+    encryption: Option<crate::format::seal::SetEncryption>,
     threads: usize,
     device_index: usize,
 ) -> Option<Workers> {
@@ -68,10 +74,12 @@ pub(super) fn spawn_workers<'scope>(
     let mut started = 0;
     for w in 0..threads {
         let (queue, done_tx) = (queue.clone(), done_tx.clone());
+        let encryption = encryption.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("pbio-z{device_index}.{w}"))
             .spawn_scoped(scope, move || {
-                let mut compressor = Compressor::new(setting);
+                let mut compressor = setting.map(Compressor::new);
+                let sealing = encryption.map(|e| e.record_key(device_index as u32));
                 let mut scratch = Vec::new();
                 for job in queue {
                     let started = Instant::now();
@@ -80,12 +88,16 @@ pub(super) fn spawn_workers<'scope>(
                     let payload =
                         unsafe { std::slice::from_raw_parts_mut(job.payload, job.payload_bytes) };
                     let hash = crate::format::payload_hash(payload);
-                    let transform = match compressor.compress(payload, &mut scratch) {
-                        Some(n) => {
+                    let compressed = compressor
+                        .as_mut()
+                        .and_then(|c| Some((c.compress(payload, &mut scratch)?, c.codec())));
+                    let mut transform = match compressed {
+                        Some((n, codec)) => {
                             payload[..n].copy_from_slice(&scratch[..n]);
                             Transform {
-                                codec: setting.codec,
+                                codec,
                                 stored_bytes: n as u32,
+                                ..Transform::RAW
                             }
                         }
                         None => Transform::RAW,
@@ -94,7 +106,30 @@ pub(super) fn spawn_workers<'scope>(
                         Codec::Raw => job.payload_bytes,
                         _ => transform.stored_bytes as usize,
                     };
+                    if let (Some(key), Some(header)) = (&sealing, job.header) {
+                        // SAFETY: as the payload: the header block of
+                        // this job's slot is the job's alone.
+                        let head =
+                            unsafe { std::slice::from_raw_parts_mut(job.head, HEADER_BYTES) };
+                        let header = RecordHeader {
+                            transform,
+                            ..header
+                        };
+                        let info = RecordHeader::info_area_mut(head);
+                        transform.seal = key.seal(&header, info, &mut payload[..stored]);
+                    }
                     let crc = crate::format::crc32c(&payload[..stored]);
+                    if let (Some(_), Some(header)) = (&sealing, job.header) {
+                        // SAFETY: as above.
+                        let head =
+                            unsafe { std::slice::from_raw_parts_mut(job.head, HEADER_BYTES) };
+                        RecordHeader {
+                            payload_crc: crc,
+                            transform,
+                            ..header
+                        }
+                        .finish_in_place(head);
+                    }
                     let done = TransformDone {
                         slot: job.slot,
                         gen: job.gen,
@@ -118,7 +153,8 @@ pub(super) fn spawn_workers<'scope>(
 }
 
 impl<'a> Ring<'a> {
-    /// Records go through the workers (compression on, not a mapped device).
+    /// Records go through the workers (compression or encryption on, not a
+    /// mapped device).
     pub(super) fn transforming(&self) -> bool {
         self.workers.is_some() && self.mapping.is_none()
     }
@@ -126,12 +162,42 @@ impl<'a> Ring<'a> {
     /// Hand a record whose read completed to the workers.
     pub(super) fn send_transform(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
-        let payload_bytes = self.gens[s.gen].payload_bytes as usize;
+        let g = &self.gens[s.gen];
+        let payload_bytes = g.payload_bytes as usize;
+        // With `--encrypt` the header (its file info in clear) is encoded
+        // now: the worker seals it with the payload.
+        let header = self.config.encryption.as_ref().map(|_| {
+            let header = RecordHeader {
+                kind: RecordKind::Data,
+                set_id: self.config.set_id,
+                device_index: self.config.device_index,
+                // A record's sequence number is its gen (`submit_write`).
+                sequence: s.gen as u64,
+                file_id: self.taken[g.taken as usize].item.file,
+                segment_id: g.taken,
+                file_offset: g.file_offset,
+                payload_bytes: g.payload_bytes,
+                file_size: s.file_size,
+                payload_crc: 0,
+                transform: Transform::RAW,
+            };
+            let source = s.source.as_ref().expect("a read slot has a source");
+            let info = if header.file_offset == source.first_offset {
+                &source.first_info
+            } else {
+                &source.info
+            };
+            header.encode_with_info(Some(info), &mut s.lease.bytes_mut()[..HEADER_BYTES]);
+            header
+        });
+        let bytes = s.lease.bytes_mut();
         let job = TransformJob {
             slot,
             gen: s.gen,
-            payload: s.lease.bytes_mut()[HEADER_BYTES..].as_mut_ptr(),
+            payload: bytes[HEADER_BYTES..].as_mut_ptr(),
             payload_bytes,
+            head: bytes.as_mut_ptr(),
+            header,
         };
         s.phase = Phase::Transforming;
         let w = self.workers.as_mut().expect("transforming with workers");
@@ -245,6 +311,11 @@ impl<'a> Ring<'a> {
             transform: g.transform,
             ..header
         };
+        if g.transform.seal.is_sealed() {
+            // The worker sealed and finished the header block.
+            debug_assert_eq!(RecordHeader::decode(head), Ok(header));
+            return;
+        }
         let source = s.source.as_ref().expect("writing slot has a source");
         header.encode_with_info(Some(source.info_at(header.file_offset)), head);
         if g.transform.codec == Codec::Raw {

@@ -62,6 +62,9 @@ pub struct Transform {
     pub codec: Codec,
     /// Bytes on media when compressed (`1 ..= payload_bytes - 1`); 0 raw.
     pub stored_bytes: u32,
+    /// `--encrypt`: how the file info and stored payload are sealed
+    /// (`RecordSeal::NONE` when they are not; Data records only).
+    pub seal: super::seal::RecordSeal,
 }
 
 impl Transform {
@@ -69,6 +72,7 @@ impl Transform {
     pub const RAW: Transform = Transform {
         codec: Codec::Raw,
         stored_bytes: 0,
+        seal: super::seal::RecordSeal::NONE,
     };
 }
 
@@ -283,7 +287,15 @@ pub mod layout {
     pub const INFO_FLAG_XATTRS_CUT: u16 = 4;
     pub const INFO_FLAGS_KNOWN: u16 = 7;
     /// Longest path the area holds; longer paths are truncated and flagged.
-    pub const PATH_BYTES_MAX: usize = CODEC - INFO - INFO_PATH;
+    pub const PATH_BYTES_MAX: usize = SEAL - INFO - INFO_PATH;
+    /// The seal area (`--encrypt`, all zero otherwise): the run id (u64,
+    /// never 0 when sealed), the file info's tag, the payload's tag, the
+    /// cipher (u32: 0 none, 1 AES-256-GCM). The file-info area ends by it.
+    pub const SEAL: usize = 4040;
+    pub const SEAL_RUN_ID: usize = SEAL; // u64
+    pub const SEAL_INFO_TAG: usize = 4048; // [u8; 16]
+    pub const SEAL_PAYLOAD_TAG: usize = 4064; // [u8; 16]
+    pub const SEAL_CIPHER: usize = 4080; // u32
     /// u32: how the payload is stored, `Codec::code` (0 raw, 1 zstd, 2 lz4).
     pub const CODEC: usize = 4084;
     /// u32: bytes of the payload on media when compressed, else 0.
@@ -303,7 +315,10 @@ pub mod layout {
     const _: () = assert!(PAYLOAD_CRC == FILE_SIZE + 8);
     const _: () = assert!(INFO_BYTES == PAYLOAD_CRC + 4);
     const _: () = assert!(INFO == INFO_BYTES + 4);
-    const _: () = assert!(RESERVED <= CODEC);
+    const _: () = assert!(RESERVED <= SEAL);
+    const _: () =
+        assert!(SEAL_INFO_TAG == SEAL_RUN_ID + 8 && SEAL_PAYLOAD_TAG == SEAL_INFO_TAG + 16);
+    const _: () = assert!(SEAL_CIPHER == SEAL_PAYLOAD_TAG + 16 && CODEC == SEAL_CIPHER + 4);
     const _: () = assert!(STORED_BYTES == CODEC + 4 && CRC == STORED_BYTES + 4);
     // Every u64 field is naturally aligned.
     const _: () = assert!(
@@ -359,14 +374,71 @@ impl RecordHeader {
         put_u32::<{ layout::PAYLOAD_CRC }>(b, self.payload_crc);
         put_u32::<{ layout::CODEC }>(b, self.transform.codec.code());
         put_u32::<{ layout::STORED_BYTES }>(b, self.transform.stored_bytes);
+        Self::put_seal(b, &self.transform.seal);
         block::seal(b);
+    }
+
+    fn put_seal(b: &mut Block, seal: &super::seal::RecordSeal) {
+        if seal.is_sealed() {
+            put_u64::<{ layout::SEAL_RUN_ID }>(b, seal.run_id);
+            put::<{ layout::SEAL_INFO_TAG }, 16>(b, seal.info_tag);
+            put::<{ layout::SEAL_PAYLOAD_TAG }, 16>(b, seal.payload_tag);
+            put_u32::<{ layout::SEAL_CIPHER }>(b, super::seal::CIPHER_AES_256_GCM);
+        }
+    }
+
+    /// A header block encoded (with its file info, in clear) whose
+    /// worker-computed fields are now known: set `payload_crc`, `transform`
+    /// (codec, stored bytes, seal) and the CRC, keeping the file-info area
+    /// as it lies (sealed by then). `self` must be the header the block
+    /// was encoded from with only those fields changed (caller bug else).
+    pub fn finish_in_place(&self, out: &mut [u8]) {
+        if let Err(e) = self.validate() {
+            panic!("RecordHeader::finish_in_place of an invalid header (caller bug): {e}");
+        }
+        let b: &mut Block = out.first_chunk_mut().expect("a header block (caller bug)");
+        put_u32::<{ layout::PAYLOAD_CRC }>(b, self.payload_crc);
+        put_u32::<{ layout::CODEC }>(b, self.transform.codec.code());
+        put_u32::<{ layout::STORED_BYTES }>(b, self.transform.stored_bytes);
+        Self::put_seal(b, &self.transform.seal);
+        block::seal(b);
+    }
+
+    /// The file-info area of an encoded header block, as bytes (sealed or
+    /// not): `[INFO, INFO + info_bytes)`.
+    pub fn info_area_mut(block: &mut [u8]) -> &mut [u8] {
+        let b: &mut Block = block
+            .first_chunk_mut()
+            .expect("a header block (caller bug)");
+        let n = (get_u32::<{ layout::INFO_BYTES }>(b) as usize).min(layout::SEAL - layout::INFO);
+        &mut b[layout::INFO..layout::INFO + n]
     }
 
     /// Decode and check magic, version, header CRC and field ranges.
     pub fn decode(buf: &[u8]) -> Result<RecordHeader, FormatError> {
         let b = block::open(buf, &RECORD_MAGIC, "record header", layout::CRC)?;
         let info_bytes = get_u32::<{ layout::INFO_BYTES }>(b) as usize;
-        if info_bytes != 0 {
+        let cipher = get_u32::<{ layout::SEAL_CIPHER }>(b);
+        let sealed = cipher != 0;
+        if sealed
+            && (cipher != super::seal::CIPHER_AES_256_GCM
+                || get_u32::<{ layout::KIND }>(b) != RecordKind::Data.code()
+                || get_u64::<{ layout::SEAL_RUN_ID }>(b) == 0)
+        {
+            return Err(FormatError::Field {
+                field: "record.cipher",
+                value: cipher.into(),
+            });
+        }
+        if sealed && info_bytes != 0 {
+            // The area is sealed: only its length can be checked here.
+            if !(layout::INFO_PATH + 1..=layout::SEAL - layout::INFO).contains(&info_bytes) {
+                return Err(FormatError::Field {
+                    field: "record.info_bytes",
+                    value: info_bytes as u64,
+                });
+            }
+        } else if info_bytes != 0 {
             let path_bytes =
                 u16::from_le_bytes(get::<{ layout::INFO + layout::INFO_PATH_BYTES }, 2>(b))
                     as usize;
@@ -381,7 +453,7 @@ impl RecordHeader {
                 }
             };
             if get_u32::<{ layout::KIND }>(b) != RecordKind::Data.code()
-                || info_bytes > layout::CODEC - layout::INFO
+                || info_bytes > layout::SEAL - layout::INFO
                 || path_bytes > layout::PATH_BYTES_MAX
                 || info_bytes < layout::INFO_PATH + path_bytes
                 || path_bytes == 0
@@ -394,11 +466,8 @@ impl RecordHeader {
                 });
             }
         }
-        block::check_zero(
-            &b[..layout::CODEC],
-            layout::INFO + info_bytes,
-            "record header",
-        )?;
+        let zero_until = if sealed { layout::SEAL } else { layout::CODEC };
+        block::check_zero(&b[..zero_until], layout::INFO + info_bytes, "record header")?;
         let kind_code = get_u32::<{ layout::KIND }>(b);
         let kind = RecordKind::from_code(kind_code).ok_or(FormatError::Field {
             field: "record.kind",
@@ -423,6 +492,15 @@ impl RecordHeader {
             transform: Transform {
                 codec,
                 stored_bytes: get_u32::<{ layout::STORED_BYTES }>(b),
+                seal: if sealed {
+                    super::seal::RecordSeal {
+                        run_id: get_u64::<{ layout::SEAL_RUN_ID }>(b),
+                        info_tag: get::<{ layout::SEAL_INFO_TAG }, 16>(b),
+                        payload_tag: get::<{ layout::SEAL_PAYLOAD_TAG }, 16>(b),
+                    }
+                } else {
+                    super::seal::RecordSeal::NONE
+                },
             },
         };
         header.validate()?;
@@ -467,6 +545,9 @@ impl RecordHeader {
                 }
             }
         }
+        if self.transform.seal.is_sealed() && self.kind != RecordKind::Data {
+            return bad("record.cipher", super::seal::CIPHER_AES_256_GCM.into());
+        }
         // A compressed payload is a Data record's, and strictly shorter.
         let stored = self.transform.stored_bytes;
         match self.transform.codec {
@@ -494,7 +575,7 @@ impl RecordHeader {
     pub fn decode_info(buf: &[u8]) -> Option<FileInfo> {
         let b: &Block = buf.first_chunk()?;
         let area = get_u32::<{ layout::INFO_BYTES }>(b) as usize;
-        if area < layout::INFO_PATH || layout::INFO + area > layout::CODEC {
+        if area < layout::INFO_PATH || layout::INFO + area > layout::SEAL {
             return None;
         }
         let a = &b[layout::INFO..layout::INFO + area];

@@ -189,7 +189,14 @@ fn frame_errors() {
     block::seal(b);
     assert_eq!(RecordHeader::decode(&buf), Err(FormatError::Version(0)));
 
-    for offset in [layout::RESERVED, 2048, layout::CODEC - 1] {
+    // The seal area of a header in clear (cipher 0) is reserved too.
+    for offset in [
+        layout::RESERVED,
+        2048,
+        layout::SEAL - 1,
+        layout::SEAL + 1,
+        layout::SEAL_CIPHER - 1,
+    ] {
         let mut buf = good.clone();
         buf[offset] = 0x80;
         block::seal(buf.first_chunk_mut().unwrap());
@@ -511,6 +518,7 @@ fn compressed(codec: Codec, stored_bytes: u32) -> RecordHeader {
         transform: Transform {
             codec,
             stored_bytes,
+            ..Transform::RAW
         },
         ..data()
     }
@@ -583,4 +591,54 @@ fn codec_rules_reject_hostile_values() {
     put_u32::<{ layout::INFO_BYTES }>(b, (layout::CODEC - layout::INFO + 4) as u32);
     block::seal(b);
     assert!(RecordHeader::decode(&buf).is_err());
+}
+
+#[test]
+fn seal_area_rules_reject_hostile_values() {
+    let sealed = RecordHeader {
+        transform: Transform {
+            seal: crate::format::seal::RecordSeal {
+                run_id: 9,
+                info_tag: [1; 16],
+                payload_tag: [2; 16],
+            },
+            ..Transform::RAW
+        },
+        ..data()
+    };
+    let good = encode(&sealed);
+    assert_eq!(good[layout::SEAL_CIPHER..][..4], 1u32.to_le_bytes());
+    assert_eq!(RecordHeader::decode(&good), Ok(sealed));
+    let cipher_err = |buf: &[u8]| {
+        matches!(
+            RecordHeader::decode(buf),
+            Err(FormatError::Field {
+                field: "record.cipher",
+                ..
+            })
+        )
+    };
+    // An unknown cipher, a run id of 0, a sealed non-data record.
+    let mut buf = good.clone();
+    buf[layout::SEAL_CIPHER] = 2;
+    block::seal(buf.first_chunk_mut().unwrap());
+    assert!(cipher_err(&buf));
+    let mut buf = good.clone();
+    buf[layout::SEAL_RUN_ID] = 0;
+    block::seal(buf.first_chunk_mut().unwrap());
+    assert!(cipher_err(&buf));
+    let mut buf = good.clone();
+    put_u32::<{ layout::KIND }>(buf.first_chunk_mut().unwrap(), 2);
+    put_u32::<{ layout::FILE_ID }>(buf.first_chunk_mut().unwrap(), 0);
+    put_u32::<{ layout::SEGMENT_ID }>(buf.first_chunk_mut().unwrap(), 0);
+    block::seal(buf.first_chunk_mut().unwrap());
+    assert!(cipher_err(&buf));
+    // A sealed header must not carry a seal on a catalog record either.
+    let catalog = RecordHeader {
+        kind: RecordKind::Catalog,
+        file_id: 0,
+        segment_id: 0,
+        ..sealed
+    };
+    assert!(catalog.validate().is_err());
 }

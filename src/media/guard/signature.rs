@@ -454,6 +454,7 @@ mod tests {
             data_end: 8192,
             catalog_digest: [3; 32],
             mac: [0; 32],
+            seal: crate::format::seal::LabelSeal::NONE,
         };
         let mut img = vec![0u8; MIB];
         label.encode_into(&mut img[..4096]);
