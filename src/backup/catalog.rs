@@ -21,7 +21,7 @@ pub(super) struct SourceFindings {
     /// Files that changed while they were read: (path, what changed).
     pub(super) changed: Vec<(Vec<u8>, crate::source::Changed)>,
     /// Sources that could not be opened: (path, error), each once.
-    pub(super) unreadable: Vec<(Vec<u8>, String)>,
+    pub(super) unreadable: Vec<(Vec<u8>, std::io::Error)>,
     /// Ranges not in the set: (path, offset, length).
     pub(super) unplaced: Vec<(Vec<u8>, u64, u64)>,
 }
@@ -41,17 +41,19 @@ pub(super) fn source_findings(input: &SetInput, dispatcher: &Dispatcher) -> Sour
         })
         .collect();
     let skipped = dispatcher.skipped();
-    let mut unreadable: Vec<(Vec<u8>, String)> = Vec::new();
-    for (w, why) in &skipped {
+    let mut unreadable: Vec<(Vec<u8>, std::io::Error)> = Vec::new();
+    let mut skipped_items = Vec::with_capacity(skipped.len());
+    for (w, why) in skipped {
         let path = &input.entries[w.file as usize].path;
         if unreadable.last().is_none_or(|(p, _)| p != path) {
-            unreadable.push((path.clone(), why.clone()));
+            unreadable.push((path.clone(), why));
         }
+        skipped_items.push(w);
     }
     let unplaced = dispatcher
         .unplaced()
         .into_iter()
-        .chain(skipped.into_iter().map(|(w, _)| w))
+        .chain(skipped_items)
         .map(|w| {
             let path = input.entries[w.file as usize].path.clone();
             (path, w.offset, w.length)

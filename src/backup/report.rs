@@ -45,7 +45,7 @@ pub struct BackupReport {
     /// Sources that could not be opened when their turn came (removed
     /// since the walk, permissions changed): (path, error). Their ranges
     /// are in `unplaced`.
-    pub unreadable: Vec<(Vec<u8>, String)>,
+    pub unreadable: Vec<(Vec<u8>, std::io::Error)>,
     /// Files that changed while the backup read them (path, what changed):
     /// their copy in the set may mix old and new contents.
     pub changed: Vec<(Vec<u8>, crate::source::Changed)>,

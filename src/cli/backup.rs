@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::progress::{self, DeviceInfo, Output, Reporter};
 use super::{path_text, prepare, CliResult, Failure, Outcome, SetArgs};
-use crate::backup::{self, BackupConfig, DeviceEnd, SetInput};
+use crate::backup::{self, BackupConfig, DeviceEnd};
 use crate::device::{self, DeviceSpec, Mode};
 use crate::engine::ring::QUEUE_DEPTH_MAX;
 use crate::format::SetId;
@@ -418,17 +418,11 @@ pub fn run(args: BackupArgs) -> CliResult {
             rate_bytes_per_sec: *rate,
         })
         .collect();
-    let input = SetInput {
-        entries: prepared.entries,
-        plan: prepared.plan,
-        since: prepared.since,
-    };
-    let output = Output::choose(args.set.json, args.json_interval);
-    let mut reporter = Reporter::new(output, infos, std::io::stdout());
-    reporter.start(
-        &config.set_id.to_string(),
-        input.entries.len(),
-        input.plan.segments.len(),
+    let (input, reporter) = progress::start_run(
+        prepared,
+        Output::choose(args.set.json, args.json_interval),
+        infos,
+        config.set_id,
     );
     let progress: Vec<AtomicU64> = devices.iter().map(|_| AtomicU64::new(0)).collect();
     let result = with_progress(reporter, &progress, events_rx, |progress| {
@@ -551,7 +545,7 @@ fn print_warnings(report: &backup::BackupReport) {
         errln!(
             "pbio: source {} could not be opened when its turn came ({}): its data is not in the set",
             shown_name(path),
-            shown_line(why)
+            shown_line(&why.to_string())
         );
     }
     if !report.unplaced.is_empty() {
@@ -654,7 +648,7 @@ pub fn print_report(report: &backup::BackupReport, as_json: bool) {
                 "devices_without_catalog": report.catalogs_missing().iter().map(|d| d.path.as_str()).collect::<Vec<_>>(),
                 "changed": report.changed.iter().map(|(p, w)| json!({"path": path_text(p), "what": w.to_string()})).collect::<Vec<_>>(),
                 "unplaced": report.unplaced.iter().map(|(p, o, l)| json!({"path": path_text(p), "offset": o, "length": l})).collect::<Vec<_>>(),
-                "unreadable": report.unreadable.iter().map(|(p, e)| json!({"path": path_text(p), "error": e})).collect::<Vec<_>>(),
+                "unreadable": report.unreadable.iter().map(|(p, e)| json!({"path": path_text(p), "error": e.to_string()})).collect::<Vec<_>>(),
                 "parity": json!({
                     "m": report.parity.m,
                     "stripes": report.parity.stripes,

@@ -148,6 +148,28 @@ pub struct Reporter<W: Write> {
     started: Instant,
 }
 
+/// A backup's input from what `prepare` found, and its reporter, started
+/// (the `start` event or the bars) on stdout.
+pub fn start_run(
+    prepared: super::Prepared,
+    output: Output,
+    devices: Vec<DeviceInfo>,
+    set_id: crate::format::SetId,
+) -> (crate::backup::SetInput, Reporter<std::io::Stdout>) {
+    let input = crate::backup::SetInput {
+        entries: prepared.entries,
+        plan: prepared.plan,
+        since: prepared.since,
+    };
+    let mut reporter = Reporter::new(output, devices, std::io::stdout());
+    reporter.start(
+        &set_id.to_string(),
+        input.entries.len(),
+        input.plan.segments.len(),
+    );
+    (input, reporter)
+}
+
 impl<W: Write> Reporter<W> {
     pub fn new(output: Output, devices: Vec<DeviceInfo>, out: W) -> Reporter<W> {
         let n = devices.len();

@@ -18,10 +18,10 @@ use super::backup::{
     backup_failed, check_devices_kept, outcome, payload_per_device, print_report, with_progress,
     BackupArgs,
 };
-use super::progress::{DeviceInfo, Output, Reporter};
+use super::progress::{DeviceInfo, Output};
 use super::{prepare, CliResult, Failure};
+use crate::backup;
 use crate::backup::span::{self, Library, Volume};
-use crate::backup::{self, SetInput};
 use crate::device::changer::shelved::{DrivePool, Shelved};
 use crate::device::changer::{self, Changer};
 use crate::device::{Device, DeviceSpec, Mode};
@@ -109,17 +109,11 @@ pub fn run(args: BackupArgs) -> CliResult {
             rate_bytes_per_sec: None,
         })
         .collect();
-    let input = SetInput {
-        entries: prepared.entries,
-        plan: prepared.plan,
-        since: prepared.since,
-    };
-    let output = Output::choose(args.set.json, args.json_interval);
-    let mut reporter = Reporter::new(output, infos, std::io::stdout());
-    reporter.start(
-        &config.set_id.to_string(),
-        input.entries.len(),
-        input.plan.segments.len(),
+    let (input, reporter) = super::progress::start_run(
+        prepared,
+        Output::choose(args.set.json, args.json_interval),
+        infos,
+        config.set_id,
     );
     let changer = Mutex::new(changer);
     let library = Library {

@@ -117,7 +117,7 @@ pub struct Dispatcher {
     rates: Vec<AtomicU64>,
     /// Work whose source could not be opened (removed since the walk, no
     /// permission any more): not in the set, and why.
-    skipped: SegQueue<(WorkItem, String)>,
+    skipped: SegQueue<(WorkItem, std::io::Error)>,
     /// Data ranges of the sparse files (see `with_data`).
     data: HashMap<u32, Box<[(u64, u64)]>>,
     /// Whether each device's rate came with the plan (see `enable_stealing`).
@@ -560,13 +560,13 @@ impl Dispatcher {
 
     /// A device could not open the source of `item`: no device can; it
     /// is left out of the set and reported.
-    pub fn skip(&self, item: WorkItem, why: String) {
+    pub fn skip(&self, item: WorkItem, why: std::io::Error) {
         self.skipped.push((item, why));
     }
 
     /// The work left out because its source could not be opened (after
     /// every worker has returned), by file and offset.
-    pub fn skipped(&self) -> Vec<(WorkItem, String)> {
+    pub fn skipped(&self) -> Vec<(WorkItem, std::io::Error)> {
         let mut left = Vec::new();
         while let Some(s) = self.skipped.pop() {
             left.push(s);

@@ -112,42 +112,19 @@ pub fn decompress(codec: Codec, stored: &[u8], out: &mut [u8]) -> Result<(), Dec
         Codec::Zstd => {
             // Bounded by `out`: a frame that declares or produces more is
             // refused by zstd ("Destination buffer is too small").
-            let mut d = zstd::bulk::Decompressor::new().map_err(|e| DecompressError::Corrupt {
-                codec,
-                why: e.to_string(),
-            })?;
+            let mut d = zstd::bulk::Decompressor::new().map_err(|e| corrupt(codec, e))?;
             match d.decompress_to_buffer(stored, out) {
                 Ok(n) => n,
-                Err(e) if e.to_string().contains("too small") => {
-                    return Err(DecompressError::Length {
-                        codec,
-                        got: format!("more than {want}"),
-                        want,
-                    })
-                }
-                Err(e) => {
-                    return Err(DecompressError::Corrupt {
-                        codec,
-                        why: e.to_string(),
-                    })
-                }
+                Err(e) if e.to_string().contains("too small") => return Err(too_long(codec, want)),
+                Err(e) => return Err(corrupt(codec, e)),
             }
         }
         Codec::Lz4 => match lz4_flex::block::decompress_into(stored, out) {
             Ok(n) => n,
             Err(lz4_flex::block::DecompressError::OutputTooSmall { .. }) => {
-                return Err(DecompressError::Length {
-                    codec,
-                    got: format!("more than {want}"),
-                    want,
-                })
+                return Err(too_long(codec, want))
             }
-            Err(e) => {
-                return Err(DecompressError::Corrupt {
-                    codec,
-                    why: e.to_string(),
-                })
-            }
+            Err(e) => return Err(corrupt(codec, e)),
         },
     };
     if got != out.len() {
@@ -158,6 +135,23 @@ pub fn decompress(codec: Codec, stored: &[u8], out: &mut [u8]) -> Result<(), Dec
         });
     }
     Ok(())
+}
+
+/// A stored payload that decodes to more than the `want` bytes declared.
+fn too_long(codec: Codec, want: u32) -> DecompressError {
+    DecompressError::Length {
+        codec,
+        got: format!("more than {want}"),
+        want,
+    }
+}
+
+/// A stored payload the codec rejects.
+fn corrupt(codec: Codec, error: impl std::fmt::Display) -> DecompressError {
+    DecompressError::Corrupt {
+        codec,
+        why: error.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -71,17 +71,7 @@ pub fn read(path: &Path) -> io::Result<Vec<Xattr>> {
     let list = sized(|buf| {
         // SAFETY: `c` is a NUL-terminated path; `buf` is valid for
         // `buf.len()` bytes (a null pointer with size 0 asks for the size).
-        unsafe {
-            libc::llistxattr(
-                c.as_ptr(),
-                if buf.is_empty() {
-                    std::ptr::null_mut()
-                } else {
-                    buf.as_mut_ptr().cast()
-                },
-                buf.len(),
-            )
-        }
+        unsafe { libc::llistxattr(c.as_ptr(), out_ptr(buf), buf.len()) }
     });
     let list = match list {
         Ok(list) => list.unwrap_or_default(),
@@ -97,18 +87,7 @@ pub fn read(path: &Path) -> io::Result<Vec<Xattr>> {
         let value = sized(|buf| {
             // SAFETY: `c` and `c_name` are NUL-terminated; `buf` is valid
             // for `buf.len()` bytes (null with size 0 asks for the size).
-            unsafe {
-                libc::lgetxattr(
-                    c.as_ptr(),
-                    c_name.as_ptr(),
-                    if buf.is_empty() {
-                        std::ptr::null_mut()
-                    } else {
-                        buf.as_mut_ptr().cast()
-                    },
-                    buf.len(),
-                )
-            }
+            unsafe { libc::lgetxattr(c.as_ptr(), c_name.as_ptr(), out_ptr(buf), buf.len()) }
         })
         .map_err(|e| io::Error::new(e.kind(), format!("xattr {}: {e}", name.escape_ascii())))?;
         // Removed since it was listed: not there any more.
@@ -163,6 +142,16 @@ pub fn flags(path: &Path, is_dir: bool) -> io::Result<u32> {
         Err(e) => return Err(e),
     };
     flags_of(&file)
+}
+
+/// The buffer argument of `llistxattr`/`lgetxattr`: null for an empty
+/// buffer (asking for the size), else its start.
+fn out_ptr<T>(buf: &mut [u8]) -> *mut T {
+    if buf.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        buf.as_mut_ptr().cast()
+    }
 }
 
 #[cfg(test)]

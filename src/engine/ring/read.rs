@@ -38,7 +38,7 @@ impl<'a> Ring<'a> {
                     // the walk, permissions changed): no device could; the
                     // rest of the set goes on without it, and it is named.
                     Err(RingError::Source { error, .. }) => {
-                        dispatcher.skip(item, error.to_string());
+                        dispatcher.skip(item, error);
                         continue;
                     }
                     Err(e) => return Err(Stop::Source(e)),

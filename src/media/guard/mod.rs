@@ -203,8 +203,7 @@ pub fn inspect(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
 /// An NBD export: the same signatures, read over the connection (what
 /// the server shares with others is its business: nothing is "in use").
 fn inspect_nbd(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
-    use crate::device::Device;
-    let dev = device::nbd::NbdDevice::open(spec, device::Mode::Read)?;
+    let dev = device::open(spec, device::Mode::Read)?;
     let size_bytes = dev.capacity_bytes();
     let mut read = |offset: u64, buf: &mut [u8]| {
         // Bytes past the end of the export read as zero.

@@ -340,20 +340,17 @@ pub fn finish(
             Err(error) => out.errors.push(error),
         }
     }
-    for (i, file) in chosen(FileKind::is_special) {
-        let made = directory_of(&mut dirs, root, &file.path)
-            .and_then(|dir| make_by_name(dir, file, meta, warnings));
-        match made {
-            Ok(()) => out.done[i] = true,
-            Err(error) => out.errors.push(error),
-        }
-    }
-    for (i, file) in chosen(|k| k == FileKind::Symlink) {
-        let made = directory_of(&mut dirs, root, &file.path)
-            .and_then(|dir| make_by_name(dir, file, meta, warnings));
-        match made {
-            Ok(()) => out.done[i] = true,
-            Err(error) => out.errors.push(error),
+    // Special files first, then symlinks: each made by its name.
+    let specials_then_symlinks: [fn(FileKind) -> bool; 2] =
+        [FileKind::is_special, |k| k == FileKind::Symlink];
+    for kind in specials_then_symlinks {
+        for (i, file) in chosen(kind) {
+            let made = directory_of(&mut dirs, root, &file.path)
+                .and_then(|dir| make_by_name(dir, file, meta, warnings));
+            match made {
+                Ok(()) => out.done[i] = true,
+                Err(error) => out.errors.push(error),
+            }
         }
     }
     for (i, file) in chosen(|k| k == FileKind::HardLink) {
