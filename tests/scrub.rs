@@ -474,3 +474,29 @@ fn regular_files(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
         }
     }
 }
+
+#[test]
+fn repair_onto_a_new_file_device() {
+    let Some(bed) = bed("repair_onto_a_file", 4) else {
+        return;
+    };
+    let d: Vec<&LoopDev> = bed.devs.iter().collect();
+    zero(d[3]);
+    let new = bed.root.join("new.img");
+    let (code, report, err) = scrub(
+        &d,
+        &[
+            "--repair".into(),
+            "--replace".into(),
+            format!("3={},size=64M", new.display()),
+        ],
+    );
+    assert_eq!(code, 0, "{report}\n{err}");
+    assert_eq!(report["repair"]["replacement_complete"], true);
+    let mut args = vec!["verify".to_string(), "--json".into()];
+    args.extend(dev_args(&d[..3]));
+    args.extend(["--dev".to_string(), new.display().to_string()]);
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(json(&out)["rebuild"]["bytes"], 0);
+}
