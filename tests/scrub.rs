@@ -190,6 +190,12 @@ fn scrub_reports_a_wiped_device_and_repair_rebuilds_it_onto_a_new_one() {
     assert!(bad.iter().any(|b| b["kind"] == "parity"));
     assert!(bad.iter().any(|b| b["kind"] == "data"));
 
+    // --repair without --replace has nothing to write in place: what the
+    // wiped device held stays missing, rebuildable (exit 1).
+    let (code, report, err) = scrub(&originals, &["--repair".into()]);
+    assert_eq!(code, 1, "{report}\n{err}");
+    assert_eq!(report["repair"]["records_written"], 0, "{report}");
+
     // The overwrite guard applies to the new device: it holds another set.
     let other = bed.root.join("other");
     std::fs::create_dir_all(&other).unwrap();
