@@ -190,6 +190,12 @@ fn scrub_reports_a_wiped_device_and_repair_rebuilds_it_onto_a_new_one() {
     assert!(bad.iter().any(|b| b["kind"] == "parity"));
     assert!(bad.iter().any(|b| b["kind"] == "data"));
 
+    // --repair without --replace has nothing to write in place: what the
+    // wiped device held stays missing, rebuildable (exit 1).
+    let (code, report, err) = scrub(&originals, &["--repair".into()]);
+    assert_eq!(code, 1, "{report}\n{err}");
+    assert_eq!(report["repair"]["records_written"], 0, "{report}");
+
     // The overwrite guard applies to the new device: it holds another set.
     let other = bed.root.join("other");
     std::fs::create_dir_all(&other).unwrap();
@@ -473,4 +479,30 @@ fn regular_files(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
             out.push(path);
         }
     }
+}
+
+#[test]
+fn repair_onto_a_new_file_device() {
+    let Some(bed) = bed("repair_onto_a_file", 4) else {
+        return;
+    };
+    let d: Vec<&LoopDev> = bed.devs.iter().collect();
+    zero(d[3]);
+    let new = bed.root.join("new.img");
+    let (code, report, err) = scrub(
+        &d,
+        &[
+            "--repair".into(),
+            "--replace".into(),
+            format!("3={},size=64M", new.display()),
+        ],
+    );
+    assert_eq!(code, 0, "{report}\n{err}");
+    assert_eq!(report["repair"]["replacement_complete"], true);
+    let mut args = vec!["verify".to_string(), "--json".into()];
+    args.extend(dev_args(&d[..3]));
+    args.extend(["--dev".to_string(), new.display().to_string()]);
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(json(&out)["rebuild"]["bytes"], 0);
 }

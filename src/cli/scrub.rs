@@ -99,19 +99,26 @@ pub fn run(args: ScrubArgs) -> CliResult {
             other => Failure::Usage(other.to_string()),
         })?;
     print(&report, Some((&after, &repaired)), args.json);
-    let everything = report.bad.iter().all(|b| {
-        replacement.as_ref().is_some_and(|r| r.0 == b.device)
-            || repaired
-                .in_place
-                .iter()
-                .any(|p| p.0 == b.device && p.2 == b.offset)
-    });
-    let whole = repaired.errors.is_empty()
+    // What is still bad after the repair: not on the replaced device, not
+    // rewritten in place (a device not given, say).
+    let left: Vec<_> = report
+        .bad
+        .iter()
+        .filter(|b| {
+            replacement.as_ref().is_none_or(|r| r.0 != b.device)
+                && !repaired
+                    .in_place
+                    .iter()
+                    .any(|p| p.0 == b.device && p.2 == b.offset)
+        })
+        .collect();
+    let written = repaired.errors.is_empty()
         && after.stripes_lost == 0
-        && everything
         && replacement.is_none_or(|_| repaired.replacement_complete);
-    Ok(if whole {
+    Ok(if written && left.is_empty() {
         Outcome::Done
+    } else if written && left.iter().all(|b| b.rebuildable) {
+        Outcome::Degraded
     } else {
         Outcome::Incomplete
     })
