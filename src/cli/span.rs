@@ -365,6 +365,30 @@ pub fn library_devices(
     set: Option<&str>,
 ) -> Result<Vec<Box<dyn Device>>, Failure> {
     let prefix = set.map(str::to_ascii_lowercase);
+    let (changer, drives) = reading_drives(text, wanted)?;
+    library_sets(text, changer, drives, set, prefix)
+}
+
+/// `scan --changer`: every cartridge in a storage slot, as a device read
+/// through the drives `wanted` (empty: all), in slot order.
+pub fn library_cartridges(text: &str, wanted: &[u32]) -> Result<Vec<Box<dyn Device>>, Failure> {
+    let (mut changer, drives) = reading_drives(text, wanted)?;
+    let status = changer.status().map_err(Failure::Changer)?;
+    let pool = DrivePool::new(changer, drives);
+    Ok(status
+        .slots
+        .iter()
+        .filter(|s| s.full && !s.import_export)
+        .map(|s| Box::new(Shelved::new(&pool, s.number, s.barcode.as_deref())) as Box<dyn Device>)
+        .collect())
+}
+
+/// The library `text` opened, and the drives to read with (`wanted`,
+/// empty: every drive with a known device), emptied.
+fn reading_drives(
+    text: &str,
+    wanted: &[u32],
+) -> Result<(Box<dyn Changer>, Vec<(u32, DeviceSpec)>), Failure> {
     let mut changer = changer::open(text).map_err(Failure::Changer)?;
     let mut drives = empty_drives(changer.as_mut())?;
     for w in wanted {
@@ -382,6 +406,18 @@ pub fn library_devices(
     if !wanted.is_empty() {
         drives.retain(|(d, _)| wanted.contains(d));
     }
+    Ok((changer, drives))
+}
+
+/// The cartridges holding the set `set` names (or the only set), each
+/// seen as that set (`SetOnTape` where it follows other sets).
+fn library_sets(
+    text: &str,
+    mut changer: Box<dyn Changer>,
+    drives: Vec<(u32, DeviceSpec)>,
+    set: Option<&str>,
+    prefix: Option<String>,
+) -> Result<Vec<Box<dyn Device>>, Failure> {
     let status = changer.status().map_err(Failure::Changer)?;
     // Per cartridge: the sets on it (an emulated library's cartridges are
     // read where they are; None: only known once loaded).
