@@ -348,6 +348,9 @@ fn volumes_needed(
     Ok(scratch.len())
 }
 
+/// Drives to read or write with: (drive number, its device).
+type Drives = Vec<(u32, DeviceSpec)>;
+
 /// The sets on a cartridge: each one's id and the filemarks before it.
 type OnCartridge = Vec<(SetId, u32)>;
 
@@ -385,10 +388,7 @@ pub fn library_cartridges(text: &str, wanted: &[u32]) -> Result<Vec<Box<dyn Devi
 
 /// The library `text` opened, and the drives to read with (`wanted`,
 /// empty: every drive with a known device), emptied.
-fn reading_drives(
-    text: &str,
-    wanted: &[u32],
-) -> Result<(Box<dyn Changer>, Vec<(u32, DeviceSpec)>), Failure> {
+fn reading_drives(text: &str, wanted: &[u32]) -> Result<(Box<dyn Changer>, Drives), Failure> {
     let mut changer = changer::open(text).map_err(Failure::Changer)?;
     let mut drives = empty_drives(changer.as_mut())?;
     for w in wanted {
