@@ -446,8 +446,27 @@ fn library_sets(
         None
     } else {
         Some(
-            crate::media::sets::choose(&ids, prefix.as_deref())
-                .map_err(|e| Failure::Usage(format!("changer {text}: {e}")))?,
+            crate::media::sets::choose(&ids, prefix.as_deref()).map_err(|e| {
+                // Each set named with the cartridges that hold it.
+                let mut on: Vec<String> = Vec::new();
+                for id in ids.iter().fold(Vec::new(), |mut d: Vec<SetId>, id| {
+                    if !d.contains(id) {
+                        d.push(*id);
+                    }
+                    d
+                }) {
+                    let slots: Vec<String> = cartridges
+                        .iter()
+                        .filter(|(_, _, sets)| sets.iter().flatten().any(|(i, _)| *i == id))
+                        .map(|(slot, barcode, _)| match barcode {
+                            Some(b) => format!("slot {slot} ({b})"),
+                            None => format!("slot {slot}"),
+                        })
+                        .collect();
+                    on.push(format!("set {id} on {}", slots.join(", ")));
+                }
+                Failure::Usage(format!("changer {text}: {e}\n  {}", on.join("\n  ")))
+            })?,
         )
     };
     let mut slots: Vec<(u32, Option<String>, u32)> = Vec::new();
