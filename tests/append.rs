@@ -183,3 +183,94 @@ fn append_is_refused_over_an_interrupted_set_and_on_a_disk() {
     );
     assert!(!file.exists(), "nothing written on the disk");
 }
+
+/// The `"event": "finished"` line of a `--json` backup.
+fn finished(out: &str) -> Value {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "finished")
+        .unwrap_or_else(|| panic!("no finished event in: {out}"))
+}
+
+fn backup_changer(src: &Path, lib: &str, extra: &[&str]) -> (i32, Value, String) {
+    let mut args = vec!["backup", src.to_str().unwrap(), "--changer", lib, "--json"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = pbio(&args);
+    let v = if code == 0 {
+        finished(&out)
+    } else {
+        Value::Null
+    };
+    (code, v, err)
+}
+
+#[test]
+fn a_library_appends_scans_and_keeps_young_sets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    source(&one, 5, 2);
+    source(&two, 6, 1);
+    let dir = tmp.path().join("lib");
+    let lib = format!("vlib:{}", dir.display());
+    let created = format!("{lib},slots=3,drives=1,size=32M,move_ms=1");
+    let (code, first, err) = backup_changer(&one, &created, &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, second, err) = backup_changer(&two, &lib, &["--append"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        first["cartridges"], second["cartridges"],
+        "appended on the same cartridge"
+    );
+    let (id1, id2) = (
+        first["set_id"].as_str().unwrap(),
+        second["set_id"].as_str().unwrap(),
+    );
+
+    // scan --changer: every set of every cartridge, blank ones skipped.
+    let (code, out, err) = pbio(&["scan", "--changer", &lib, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let ids: Vec<String> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "summary")
+        .map(|v| v["set_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, [id1, id2], "{out}");
+    assert!(err.contains("blank, nothing to scan"), "{err}");
+
+    // Two sets: named without --set; each restored with it.
+    let (code, _, err) = pbio(&["verify", "--changer", &lib]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(id1) && err.contains(id2), "{err}");
+    for (id, src, to) in [(id1, &one, "r1"), (id2, &two, "r2")] {
+        let to = tmp.path().join(to);
+        let (code, out, err) = pbio(&[
+            "restore",
+            "--changer",
+            &lib,
+            "--set",
+            &id[..8],
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        let diffs = common::compare_trees(src, &to.join(src.file_name().unwrap()));
+        assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    }
+
+    // --retention: the cartridge holding young sets is not scratch (not
+    // even with --overwrite); once they are older, it is.
+    let used = first["cartridges"][0].clone();
+    let (code, third, err) =
+        backup_changer(&one, &lib, &["--retention", "30d", "--overwrite", id1]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !third["cartridges"].as_array().unwrap().contains(&used),
+        "{third}"
+    );
+    assert!(err.contains("younger than --retention 30d"), "{err}");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (code, fourth, err) = backup_changer(&two, &lib, &["--retention", "2s"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fourth["cartridges"][0], used, "{fourth}");
+}

@@ -190,7 +190,7 @@ fn end_of_medium_mid_stream_moves_to_the_next_cartridge() {
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = pbio(&["list", "--changer", &lib]);
     assert_ne!(code, 0, "two sets in the library, none chosen: {err}");
-    assert!(err.contains("hold different sets"), "{err}");
+    assert!(err.contains("several sets"), "{err}");
     let id = done["set_id"].as_str().unwrap();
     let to = tmp.path().join("chosen");
     let (code, _, err) = pbio(&[

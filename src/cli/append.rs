@@ -5,10 +5,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::backup::BackupArgs;
 use super::Failure;
 use crate::device::{self, Access, Device, DeviceSpec, Kind, Mode};
 use crate::format::Label;
-use crate::media::guard::{self, Finding};
+use crate::media::guard::{self, Finding, Policy};
 use crate::media::sets::{self, SetEnd, SetOnTape, TapeSet};
 
 /// Where a new set is written on a tape.
@@ -93,6 +94,68 @@ pub fn append_point(spec: &DeviceSpec, force: bool) -> Result<AppendPoint, Failu
         used_bytes,
         sets_before: found.len(),
     })
+}
+
+/// The overwrite guard over every device: all refusals at once, before
+/// anything is opened for writing.
+pub fn check_devices(devs: &[DeviceSpec], policy: &Policy) -> Result<(), Failure> {
+    check_devices_kept(devs, policy, None)
+}
+
+/// `check_devices`; with `retention`, a set younger than it is refused
+/// too (unless `--force`), even when `--overwrite` names it.
+pub fn check_devices_kept(
+    devs: &[DeviceSpec],
+    policy: &Policy,
+    retention: Option<Duration>,
+) -> Result<(), Failure> {
+    let mut refusals = Vec::new();
+    let mut sets_found = Vec::new();
+    for spec in devs {
+        let inspection = guard::inspect(spec).map_err(Failure::DeviceToWrite)?;
+        for finding in &inspection.findings {
+            if let Finding::PbioSet { label } = finding {
+                sets_found.push(label.set_id);
+                if let (Some(retention), false) = (retention, policy.force) {
+                    let device = inspection.path.display().to_string();
+                    refusals.extend(super::append::retention_refusal(&device, label, retention));
+                }
+            }
+        }
+        refusals.extend(inspection.refusals(policy));
+    }
+    if !refusals.is_empty() {
+        return Err(Failure::Usage(format!(
+            "refusing to write to {} (nothing was written):\n  {}",
+            if refusals.len() == 1 {
+                "this device".to_string()
+            } else {
+                format!("these devices ({} findings)", refusals.len())
+            },
+            refusals.join("\n  ")
+        )));
+    }
+    for id in &policy.overwrite {
+        if !sets_found.contains(id) {
+            errln!("pbio: note: --overwrite {}: no device holds that set", id);
+        }
+    }
+    Ok(())
+}
+
+/// `backup`: with `--append`, where the new set goes on each device;
+/// without it, the overwrite guard (and `--retention`) over them.
+pub fn points_or_guard(args: &BackupArgs, policy: &Policy) -> Result<Vec<AppendPoint>, Failure> {
+    if !args.append {
+        check_devices_kept(&args.set.devs, policy, args.retention)?;
+        return Ok(Vec::new());
+    }
+    let points = args
+        .set
+        .devs
+        .iter()
+        .map(|spec| append_point(spec, args.force));
+    points.collect()
 }
 
 /// `--retention DURATION`: a number and a unit, s, m, h, d or w (30d, 12h).

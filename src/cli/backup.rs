@@ -13,7 +13,7 @@ use crate::backup::{self, BackupConfig, DeviceEnd};
 use crate::device::{self, DeviceSpec, Mode};
 use crate::engine::ring::QUEUE_DEPTH_MAX;
 use crate::format::SetId;
-use crate::media::guard::{self, Finding, Policy};
+use crate::media::guard::{self, Policy};
 use crate::units::{human_bytes, shown_line, shown_name};
 
 #[derive(Args, Debug)]
@@ -165,52 +165,7 @@ impl BackupArgs {
     }
 }
 
-/// The overwrite guard over every device: all refusals at once, before
-/// anything is opened for writing.
-pub fn check_devices(devs: &[DeviceSpec], policy: &Policy) -> Result<(), Failure> {
-    check_devices_kept(devs, policy, None)
-}
-
-/// `check_devices`; with `retention`, a set younger than it is refused
-/// too (unless `--force`), even when `--overwrite` names it.
-pub fn check_devices_kept(
-    devs: &[DeviceSpec],
-    policy: &Policy,
-    retention: Option<Duration>,
-) -> Result<(), Failure> {
-    let mut refusals = Vec::new();
-    let mut sets_found = Vec::new();
-    for spec in devs {
-        let inspection = guard::inspect(spec).map_err(Failure::DeviceToWrite)?;
-        for finding in &inspection.findings {
-            if let Finding::PbioSet { label } = finding {
-                sets_found.push(label.set_id);
-                if let (Some(retention), false) = (retention, policy.force) {
-                    let device = inspection.path.display().to_string();
-                    refusals.extend(super::append::retention_refusal(&device, label, retention));
-                }
-            }
-        }
-        refusals.extend(inspection.refusals(policy));
-    }
-    if !refusals.is_empty() {
-        return Err(Failure::Usage(format!(
-            "refusing to write to {} (nothing was written):\n  {}",
-            if refusals.len() == 1 {
-                "this device".to_string()
-            } else {
-                format!("these devices ({} findings)", refusals.len())
-            },
-            refusals.join("\n  ")
-        )));
-    }
-    for id in &policy.overwrite {
-        if !sets_found.contains(id) {
-            errln!("pbio: note: --overwrite {}: no device holds that set", id);
-        }
-    }
-    Ok(())
-}
+pub use super::append::{check_devices, check_devices_kept};
 
 /// `--balance time`: every device given without `rate=` is measured with
 /// a short write probe (backup::probe), and planned at that rate.
@@ -345,16 +300,7 @@ pub fn run(args: BackupArgs) -> CliResult {
     let mac_key = super::key::load_optional(args.key.as_deref())?;
     super::check_paths(&args.set.sources, &args.set.devs)?;
     // --append writes after the sets on each tape: nothing is overwritten.
-    let append_points = if args.append {
-        args.set
-            .devs
-            .iter()
-            .map(|spec| super::append::append_point(spec, args.force))
-            .collect::<Result<Vec<_>, _>>()?
-    } else {
-        check_devices_kept(&args.set.devs, &policy, args.retention)?;
-        Vec::new()
-    };
+    let append_points = super::append::points_or_guard(&args, &policy)?;
     let measured;
     let set = if args.set.balance == crate::plan::Balance::Time {
         measured = measure_rates(&args.set, args.set.json)?;

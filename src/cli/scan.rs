@@ -6,26 +6,103 @@ use clap::Args;
 use serde_json::json;
 
 use super::{parse_dev, CliResult, Failure, Outcome};
-use crate::device::{self, DeviceSpec, Mode};
+use crate::device::{self, Access, Device, DeviceSpec, Mode};
 use crate::format::RecordKind;
 
 #[derive(Args, Debug)]
 pub struct ScanArgs {
-    /// The device to read record by record (its label and catalog may be missing or damaged).
-    #[arg(long = "dev", value_parser = parse_dev)]
-    pub dev: DeviceSpec,
+    /// The device to read record by record (its label and catalog may be missing or damaged). A tape holding several sets (`backup --append`) is scanned set by set.
+    #[arg(long = "dev", value_parser = parse_dev, required_unless_present = "changer")]
+    pub dev: Option<DeviceSpec>,
+    /// Scan every cartridge of a tape library (vlib:DIR[,...] or /dev/sgN) instead of --dev: each is loaded into a free drive, scanned set by set, and unloaded.
+    #[arg(long, value_name = "CHANGER", conflicts_with = "dev")]
+    pub changer: Option<String>,
+    /// With --changer: a drive to read with (repeat; default: every drive).
+    #[arg(long = "drive", value_name = "N", requires = "changer")]
+    pub drives: Vec<u32>,
     /// One JSON object per record, then a summary object.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: ScanArgs) -> CliResult {
-    let dev = device::open(&args.dev, Mode::Read).map_err(Failure::DeviceToRead)?;
-    super::show_notes(dev.as_ref());
-    let set_id = crate::media::read_label(dev.as_ref())
-        .ok()
-        .map(|l| l.set_id);
-    let report = crate::media::scan::scan(dev.as_ref(), set_id).map_err(|e| Failure::Restore {
+    let devices = match (&args.dev, &args.changer) {
+        (Some(spec), _) => {
+            let dev = device::open(spec, Mode::Read).map_err(Failure::DeviceToRead)?;
+            super::show_notes(dev.as_ref());
+            vec![dev]
+        }
+        (None, Some(text)) => super::span::library_cartridges(text, &args.drives)?,
+        (None, None) => unreachable!("clap requires --dev or --changer"),
+    };
+    let mut worst = Outcome::Done;
+    for dev in devices {
+        let name = dev.path().display().to_string();
+        dev.attach().map_err(|error| {
+            Failure::Data(format!(
+                "{name}: cannot load the cartridge to scan it: {error}"
+            ))
+        })?;
+        if args.changer.is_some() && blank(dev.as_ref()) {
+            errln!("pbio: {name}: blank, nothing to scan");
+            dev.detach();
+            continue;
+        }
+        let scanned = scan_sets(dev.as_ref(), &name, args.json);
+        dev.detach();
+        let outcome = scanned?;
+        if outcome.code() > worst.code() {
+            worst = outcome;
+        }
+    }
+    Ok(worst)
+}
+
+/// A cartridge with nothing recorded: its first read finds the end of
+/// data (st reads 0 bytes, or reports the blank check as an error).
+fn blank(dev: &dyn Device) -> bool {
+    use crate::format::FormatError;
+    use crate::media::MediaError;
+    matches!(
+        crate::media::read_label(dev),
+        Err(MediaError::Io { .. })
+            | Err(MediaError::Format {
+                error: FormatError::Short { have: 0, .. },
+                ..
+            })
+    )
+}
+
+/// Scan `dev`: a tape holding several sets set by set (each through its
+/// view, positions from its label), anything else from its start.
+fn scan_sets(dev: &dyn Device, name: &str, json: bool) -> CliResult {
+    let starts: Vec<u32> = if dev.access() == Access::Sequential {
+        crate::media::sets::sets_on_tape(dev)
+            .ok()
+            .map(|sets| sets.iter().map(|s| s.files_before).collect())
+            .filter(|v: &Vec<u32>| !v.is_empty())
+            .unwrap_or_else(|| vec![0])
+    } else {
+        vec![0]
+    };
+    let mut worst = Outcome::Done;
+    for files_before in starts {
+        if !json {
+            outln!("{name}:");
+        }
+        let view = crate::media::sets::SetOnTape::new(dev, files_before);
+        let outcome = scan_one(if files_before == 0 { dev } else { &view }, name, json)?;
+        if outcome.code() > worst.code() {
+            worst = outcome;
+        }
+    }
+    Ok(worst)
+}
+
+/// Scan one set's records on `dev` (from its label on).
+fn scan_one(dev: &dyn Device, name: &str, json: bool) -> CliResult {
+    let set_id = crate::media::read_label(dev).ok().map(|l| l.set_id);
+    let report = crate::media::scan::scan(dev, set_id).map_err(|e| Failure::Restore {
         doing: "",
         error: e.into(),
     })?;
@@ -39,7 +116,7 @@ pub fn run(args: ScanArgs) -> CliResult {
         if !f.payload_ok {
             bad_payloads += 1;
         }
-        if args.json {
+        if json {
             outln!(
                 "{}",
                 json!({
@@ -75,7 +152,7 @@ pub fn run(args: ScanArgs) -> CliResult {
         if !p.payload_ok {
             bad_parity += 1;
         }
-        if args.json {
+        if json {
             outln!(
                 "{}",
                 json!({
@@ -107,10 +184,10 @@ pub fn run(args: ScanArgs) -> CliResult {
         .set_id
         .map(|s| s.to_string())
         .unwrap_or_else(|| "-".into());
-    if args.json {
+    if json {
         outln!(
             "{}",
-            json!({"event": "summary", "set_id": set, "records": report.records.len(), "data_records": data,
+            json!({"event": "summary", "device": name, "set_id": set, "records": report.records.len(), "data_records": data,
                    "parity_records": report.parity.len(), "bad_parity_payloads": bad_parity,
                    "bad_payloads": bad_payloads, "bad_blocks": report.bad_blocks, "end_found": report.end_found})
         );
@@ -126,7 +203,7 @@ pub fn run(args: ScanArgs) -> CliResult {
     if report.records.is_empty() && report.parity.is_empty() && !report.end_found {
         return Err(Failure::Data(format!(
             "no pbio record found on {}: {} blocks read{}",
-            args.dev.path.display(),
+            name,
             report.bad_blocks,
             if set_id.is_some() {
                 format!(" (its label names set {set}, but no record of it follows)")

@@ -342,6 +342,9 @@ fn volumes_needed(
     Ok(scratch.len())
 }
 
+/// Drives to read or write with: (drive number, its device).
+type Drives = Vec<(u32, DeviceSpec)>;
+
 /// The sets on a cartridge: each one's id and the filemarks before it.
 type OnCartridge = Vec<(SetId, u32)>;
 
@@ -359,6 +362,27 @@ pub fn library_devices(
     set: Option<&str>,
 ) -> Result<Vec<Box<dyn Device>>, Failure> {
     let prefix = set.map(str::to_ascii_lowercase);
+    let (changer, drives) = reading_drives(text, wanted)?;
+    library_sets(text, changer, drives, set, prefix)
+}
+
+/// `scan --changer`: every cartridge in a storage slot, as a device read
+/// through the drives `wanted` (empty: all), in slot order.
+pub fn library_cartridges(text: &str, wanted: &[u32]) -> Result<Vec<Box<dyn Device>>, Failure> {
+    let (mut changer, drives) = reading_drives(text, wanted)?;
+    let status = changer.status().map_err(Failure::Changer)?;
+    let pool = DrivePool::new(changer, drives);
+    Ok(status
+        .slots
+        .iter()
+        .filter(|s| s.full && !s.import_export)
+        .map(|s| Box::new(Shelved::new(&pool, s.number, s.barcode.as_deref())) as Box<dyn Device>)
+        .collect())
+}
+
+/// The library `text` opened, and the drives to read with (`wanted`,
+/// empty: every drive with a known device), emptied.
+fn reading_drives(text: &str, wanted: &[u32]) -> Result<(Box<dyn Changer>, Drives), Failure> {
     let mut changer = changer::open(text).map_err(Failure::Changer)?;
     let mut drives = empty_drives(changer.as_mut())?;
     for w in wanted {
@@ -376,6 +400,18 @@ pub fn library_devices(
     if !wanted.is_empty() {
         drives.retain(|(d, _)| wanted.contains(d));
     }
+    Ok((changer, drives))
+}
+
+/// The cartridges holding the set `set` names (or the only set), each
+/// seen as that set (`SetOnTape` where it follows other sets).
+fn library_sets(
+    text: &str,
+    mut changer: Box<dyn Changer>,
+    drives: Vec<(u32, DeviceSpec)>,
+    set: Option<&str>,
+    prefix: Option<String>,
+) -> Result<Vec<Box<dyn Device>>, Failure> {
     let status = changer.status().map_err(Failure::Changer)?;
     // Per cartridge: the sets on it (an emulated library's cartridges are
     // read where they are; None: only known once loaded).
@@ -404,8 +440,27 @@ pub fn library_devices(
         None
     } else {
         Some(
-            crate::media::sets::choose(&ids, prefix.as_deref())
-                .map_err(|e| Failure::Usage(format!("changer {text}: {e}")))?,
+            crate::media::sets::choose(&ids, prefix.as_deref()).map_err(|e| {
+                // Each set named with the cartridges that hold it.
+                let mut on: Vec<String> = Vec::new();
+                for id in ids.iter().fold(Vec::new(), |mut d: Vec<SetId>, id| {
+                    if !d.contains(id) {
+                        d.push(*id);
+                    }
+                    d
+                }) {
+                    let slots: Vec<String> = cartridges
+                        .iter()
+                        .filter(|(_, _, sets)| sets.iter().flatten().any(|(i, _)| *i == id))
+                        .map(|(slot, barcode, _)| match barcode {
+                            Some(b) => format!("slot {slot} ({b})"),
+                            None => format!("slot {slot}"),
+                        })
+                        .collect();
+                    on.push(format!("set {id} on {}", slots.join(", ")));
+                }
+                Failure::Usage(format!("changer {text}: {e}\n  {}", on.join("\n  ")))
+            })?,
         )
     };
     let mut slots: Vec<(u32, Option<String>, u32)> = Vec::new();
