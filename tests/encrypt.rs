@@ -419,3 +419,114 @@ fn scan_opens_records_alone_and_key_change_rewraps_the_data_key() {
     assert_eq!(code, 2, "{out}\n{err}");
     assert!(err.contains("is a tape"), "{err}");
 }
+
+/// An incremental set `--since` an encrypted one (the same key file; each
+/// set its own data key): the base's catalog opens with the key, only the
+/// change is stored, and the chain restores identical with the key (exit
+/// 2 without it).
+#[test]
+fn an_encrypted_chain_shares_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path());
+    let key = new_key(dir.path(), "set.key");
+    let dev = |name: &str| dir.path().join(name).display().to_string();
+    let full = vec![dev("full0.img"), dev("full1.img")];
+    let sized =
+        |devs: &[String]| -> Vec<String> { devs.iter().map(|d| format!("{d},size=32M")).collect() };
+    backup(&src, &sized(&full), &["--encrypt", "--key-file", &key]);
+    let changed = src.join("zanzibar-quokka-ledger/changed.txt");
+    std::fs::write(&changed, b"written after the full set\n").unwrap();
+    let inc = vec![dev("inc0.img"), dev("inc1.img")];
+    // Without the key, the base's catalog cannot be read.
+    let mut args = strings(&[
+        "backup",
+        &src.display().to_string(),
+        "--force",
+        "--since",
+        &full[0],
+    ]);
+    args.extend(strings(&["--json"]));
+    assert_eq!(run(&with_devs(args, &sized(&inc))).0, 2);
+    let s = backup(
+        &src,
+        &sized(&inc),
+        &["--since", &full[0], "--encrypt", "--key-file", &key],
+    );
+    assert_eq!(
+        s["payload_bytes"].as_u64().unwrap(),
+        27,
+        "only the change: {s}"
+    );
+    let chain: Vec<String> = full.iter().chain(&inc).cloned().collect();
+    let to = dir.path().join("out");
+    let args = strings(&["restore", "--to", &to.display().to_string()]);
+    assert_eq!(run(&with_devs(args, &chain)).0, 2);
+    let args = strings(&[
+        "restore",
+        "--to",
+        &to.display().to_string(),
+        "--key-file",
+        &key,
+    ]);
+    let (code, out, err) = run(&with_devs(args, &chain));
+    assert_eq!(code, 0, "restore of the chain: {out}\n{err}");
+    let diffs = common::compare_trees(&src, &to.join("tree"));
+    assert!(diffs.is_empty(), "restored tree differs: {diffs:#?}");
+}
+
+/// `--passphrase-file`: argon2id with its salt and parameters in the
+/// labels; the right passphrase reads the set, another one (or a key file)
+/// is a wrong key, exit 2, nothing written.
+#[test]
+fn a_passphrase_wraps_the_data_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path());
+    let pass = dir.path().join("pass.txt");
+    std::fs::write(&pass, b"a long and memorable passphrase\n").unwrap();
+    let other = dir.path().join("other.txt");
+    std::fs::write(&other, b"a long and memorable passphrasf\n").unwrap();
+    let key = new_key(dir.path(), "set.key");
+    let devs: Vec<String> = (0..2)
+        .map(|i| dir.path().join(format!("d{i}.img")).display().to_string())
+        .collect();
+    let sized: Vec<String> = devs.iter().map(|d| format!("{d},size=32M")).collect();
+    let pass = pass.display().to_string();
+    backup(&src, &sized, &["--encrypt", "--passphrase-file", &pass]);
+    let label = std::fs::read(&devs[0]).unwrap();
+    // kdf 2 (argon2id), 64 MiB, 3 passes, 1 lane, a salt.
+    assert_eq!(
+        label[148..164],
+        [2, 0, 0, 0, 0, 0, 1, 0, 3, 0, 0, 0, 1, 0, 0, 0]
+    );
+    assert_ne!(label[164..180], [0; 16]);
+    let raw = vec![PathBuf::from(&devs[0]), PathBuf::from(&devs[1])];
+    assert_eq!(found_in(&raw, CONTENT), Vec::<String>::new());
+    let to = dir.path().join("out");
+    for wrong in [
+        vec!["--passphrase-file".to_string(), other.display().to_string()],
+        vec!["--key-file".to_string(), key.clone()],
+    ] {
+        let mut args = strings(&["restore", "--to", &to.display().to_string()]);
+        args.extend(wrong.iter().cloned());
+        let (code, out, err) = run(&with_devs(args, &devs));
+        assert_eq!(code, 2, "{wrong:?}: {out}\n{err}");
+        assert!(err.contains("wrong key for set"), "{err}");
+        assert!(!to.exists() || std::fs::read_dir(&to).unwrap().next().is_none());
+    }
+    let args = strings(&[
+        "restore",
+        "--to",
+        &to.display().to_string(),
+        "--passphrase-file",
+        &pass,
+    ]);
+    let (code, out, err) = run(&with_devs(args, &devs));
+    assert_eq!(code, 0, "restore: {out}\n{err}");
+    let diffs = common::compare_trees(&src, &to.join("tree"));
+    assert!(diffs.is_empty(), "restored tree differs: {diffs:#?}");
+    let (code, out, err) = run(&with_devs(
+        strings(&["verify", "--passphrase-file", &pass]),
+        &devs,
+    ));
+    assert_eq!(code, 0, "verify: {out}\n{err}");
+}

@@ -55,9 +55,19 @@ pub struct BackupArgs {
     /// Encrypt the set with AES-256-GCM under a random data key, wrapped
     /// by the key of --key-file: file contents, names and metadata, and
     /// the catalog (README "Encryption"). Restore, verify and list then
-    /// need the same --key-file.
-    #[arg(long, requires = "key")]
+    /// need the same --key-file (or --passphrase-file).
+    #[arg(long)]
     pub encrypt: bool,
+    /// With --encrypt: wrap the set's data key with a key derived from
+    /// this file's passphrase (argon2id, its parameters and salt stored in
+    /// the labels) instead of a key file.
+    #[arg(
+        long = "passphrase-file",
+        value_name = "FILE",
+        conflicts_with = "key",
+        requires = "encrypt"
+    )]
+    pub passphrase_file: Option<std::path::PathBuf>,
     /// Compress each record's payload on worker threads: `zstd` (level 3),
     /// `zstd:LEVEL` (1 to 19; 1 is fastest) or `lz4` (fastest, least
     /// compression). A record that does not shrink is stored as it is;
@@ -156,6 +166,7 @@ impl BackupArgs {
             tape_buffer: crate::backup::TAPE_BUFFER_RECORDS_DEFAULT as u16,
             key: None,
             encrypt: false,
+            passphrase_file: None,
             compress: None,
             parity: 0,
             resume: Default::default(),
@@ -290,14 +301,13 @@ pub fn run(args: BackupArgs) -> CliResult {
             "--parity and --compress cannot be used together yet".to_string(),
         ));
     }
-    if args.encrypt && args.parity > 0 {
-        // Parity is computed over payloads as the source holds them: not
-        // over sealed bytes yet.
-        return Err(Failure::Usage(
-            "--parity and --encrypt cannot be used together yet".to_string(),
-        ));
-    }
+    super::key::check_encrypt(
+        args.encrypt,
+        args.parity,
+        args.key.is_some() || args.passphrase_file.is_some(),
+    )?;
     let mac_key = super::key::load_optional(args.key.as_deref())?;
+    super::key::load_passphrase(args.passphrase_file.as_deref())?;
     super::check_paths(&args.set.sources, &args.set.devs)?;
     // --append writes after the sets on each tape: nothing is overwritten.
     let append_points = super::append::points_or_guard(&args, &policy)?;
@@ -330,17 +340,7 @@ pub fn run(args: BackupArgs) -> CliResult {
     }
     check_parity(args.parity.into(), &devices)?;
     if args.encrypt {
-        // A mapped device takes the source's bytes in place: nothing
-        // seals them on the way.
-        if let Some(d) = devices
-            .iter()
-            .find(|d| matches!(d.data_path(), device::DataPath::Mapped(_)))
-        {
-            return Err(Failure::Usage(format!(
-                "--encrypt: {} is a memory-mapped (pmem) device; encryption is not available on it yet",
-                d.path().display()
-            )));
-        }
+        super::key::check_encrypt_devices(&devices)?;
     }
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
     let steal_work = (args.set.balance == crate::plan::Balance::Time)
@@ -778,17 +778,7 @@ pub(super) fn backup_config(
     steal_work: Option<Vec<u64>>,
 ) -> BackupConfig {
     let set_id = crate::media::new_set_id();
-    // `--encrypt`: a new data key, wrapped by the key file's key (loaded
-    // with the options, before this).
-    let encryption = args.encrypt.then(|| {
-        let user = crate::format::seal::keyring::user_key()
-            .expect("--encrypt requires --key-file, loaded before the config (clap and load)");
-        let mut random = [0u8; 52];
-        crate::media::fill_random(&mut random);
-        let e = crate::format::seal::SetEncryption::new(&user, set_id, random);
-        crate::format::seal::keyring::insert(set_id, e.data_key.clone());
-        e
-    });
+    let encryption = args.encrypt.then(|| super::key::new_set_encryption(set_id));
     // A sealed set's MACs are keyed by its data key (a key change keeps them).
     let mac_key = encryption
         .as_ref()

@@ -192,6 +192,7 @@ pub fn run(args: DemoArgs) -> CliResult {
         keep_partial: false,
         json: false,
         key: None,
+        passphrase_file: None,
     })?;
     if code != Outcome::Done {
         return Ok(code);
@@ -204,6 +205,7 @@ pub fn run(args: DemoArgs) -> CliResult {
         set: None,
         json: false,
         key: None,
+        passphrase_file: None,
     })?;
     if code != Outcome::Done {
         return Ok(code);

@@ -195,7 +195,92 @@ fn read_key_file(path: &Path, option: &str) -> Result<Vec<u8>, Failure> {
     Ok(contents)
 }
 
+/// `--passphrase-file FILE`: the passphrase (the file's contents, one
+/// trailing newline dropped; not empty) held for the sets this process
+/// writes or opens.
+pub fn load_passphrase(path: Option<&Path>) -> Result<(), Failure> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let usage =
+        |why: String| Failure::Usage(format!("--passphrase-file {}: {why}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| usage(e.to_string()))?;
+    let mut contents = Vec::new();
+    file.take(KEY_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut contents)
+        .map_err(|e| usage(e.to_string()))?;
+    if contents.len() as u64 > KEY_FILE_BYTES_MAX {
+        return Err(usage(format!(
+            "larger than {KEY_FILE_BYTES_MAX} bytes: not a passphrase"
+        )));
+    }
+    if contents.ends_with(b"\n") {
+        contents.pop();
+        if contents.ends_with(b"\r") {
+            contents.pop();
+        }
+    }
+    if contents.is_empty() {
+        return Err(usage("is empty".to_string()));
+    }
+    crate::format::seal::keyring::set_passphrase(contents);
+    Ok(())
+}
+
 /// `load` of an optional `--key`.
 pub fn load_optional(path: Option<&Path>) -> Result<Option<MacKey>, Failure> {
     path.map(load).transpose()
+}
+
+/// `backup --encrypt`'s option rules: a key file or a passphrase, and not
+/// with `--parity` yet (parity is computed over payloads as the source
+/// holds them, not over sealed bytes).
+pub(super) fn check_encrypt(encrypt: bool, parity: u8, has_key: bool) -> Result<(), Failure> {
+    if encrypt && parity > 0 {
+        return Err(Failure::Usage(
+            "--parity and --encrypt cannot be used together yet".to_string(),
+        ));
+    }
+    if encrypt && !has_key {
+        return Err(Failure::Usage(
+            "--encrypt needs --key-file FILE (make one with `pbio key new FILE`) or --passphrase-file FILE".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// `backup --encrypt` refuses a memory-mapped device: it takes the
+/// source's bytes in place, nothing seals them on the way.
+pub(super) fn check_encrypt_devices(
+    devices: &[Box<dyn crate::device::Device>],
+) -> Result<(), Failure> {
+    let mapped = devices
+        .iter()
+        .find(|d| matches!(d.data_path(), crate::device::DataPath::Mapped(_)));
+    match mapped {
+        Some(d) => Err(Failure::Usage(format!(
+            "--encrypt: {} is a memory-mapped (pmem) device; encryption is not available on it yet",
+            d.path().display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A new set's encryption (`backup --encrypt`): a random data key, run id
+/// and wrap nonce, wrapped by the key file's key or the passphrase's
+/// (a random salt), loaded before (`load`, `load_passphrase`); the data
+/// key is remembered for the run's own reads.
+pub(super) fn new_set_encryption(
+    set_id: crate::format::SetId,
+) -> crate::format::seal::SetEncryption {
+    use crate::format::seal::{keyring, SetEncryption};
+    let mut salt = [0u8; 16];
+    crate::media::fill_random(&mut salt);
+    let user = keyring::new_set_key(salt)
+        .expect("--encrypt's key or passphrase is loaded before the config (`check_encrypt`)");
+    let mut random = [0u8; 52];
+    crate::media::fill_random(&mut random);
+    let e = SetEncryption::new(&user, set_id, random);
+    keyring::insert(set_id, e.data_key.clone());
+    e
 }

@@ -36,6 +36,11 @@ pub struct ListArgs {
     /// the catalog's MAC must match it.
     #[arg(long = "key-file", visible_alias = "key", value_name = "FILE")]
     pub key: Option<std::path::PathBuf>,
+    /// The passphrase of a set written with `backup --encrypt
+    /// --passphrase-file`: the file's contents (one trailing newline
+    /// dropped).
+    #[arg(long = "passphrase-file", value_name = "FILE", conflicts_with = "key")]
+    pub passphrase_file: Option<std::path::PathBuf>,
 }
 
 fn kind_name(kind: FileKind) -> &'static str {
@@ -69,6 +74,7 @@ fn one_set(
 
 pub fn run(args: ListArgs) -> CliResult {
     let key = super::key::load_optional(args.key.as_deref())?;
+    super::key::load_passphrase(args.passphrase_file.as_deref())?;
     let set = match (&args.dev, &args.changer) {
         (Some(dev), _) => {
             let opened = crate::device::open(dev, crate::device::Mode::Read).map_err(|error| {

@@ -92,6 +92,11 @@ pub struct RestoreArgs {
     /// no MAC is checked).
     #[arg(long = "key-file", visible_alias = "key", value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// The passphrase of a set written with `backup --encrypt
+    /// --passphrase-file`: the file's contents (one trailing newline
+    /// dropped).
+    #[arg(long = "passphrase-file", value_name = "FILE", conflicts_with = "key")]
+    pub passphrase_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +122,11 @@ pub struct VerifyArgs {
     /// the catalog's MAC must match it.
     #[arg(long = "key-file", visible_alias = "key", value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// The passphrase of a set written with `backup --encrypt
+    /// --passphrase-file`: the file's contents (one trailing newline
+    /// dropped).
+    #[arg(long = "passphrase-file", value_name = "FILE", conflicts_with = "key")]
+    pub passphrase_file: Option<std::path::PathBuf>,
 }
 
 /// Open the devices as one chain of sets, checking their MACs with the
@@ -189,6 +199,7 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
         },
         allow_no_match: args.allow_no_match,
     };
+    super::key::load_passphrase(args.passphrase_file.as_deref())?;
     let chain = open_from(
         &args.devs,
         args.changer.as_deref(),
@@ -318,6 +329,7 @@ fn device_target(
 }
 
 pub fn run_verify(args: VerifyArgs) -> CliResult {
+    super::key::load_passphrase(args.passphrase_file.as_deref())?;
     let chain = open_from(
         &args.devs,
         args.changer.as_deref(),
@@ -584,6 +596,7 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
         .map_err(Failure::Usage)?;
     let report = match chosen {
         Some(set_id) => {
+            super::key::load_passphrase(args.passphrase_file.as_deref())?;
             scan_keys(&devs, set_id, args.key.as_deref())?;
             restore::scan::restore_from_scan(&devs, &args.to, set_id, args.keep_partial)
                 .map_err(scan_failed)?

@@ -228,11 +228,18 @@ impl Label {
             0 if *e != LabelSeal::NONE => return bad("label.cipher", 0),
             0 => {}
             super::seal::CIPHER_AES_256_GCM => {
-                if e.kdf != super::seal::KDF_KEY_FILE {
-                    return bad("label.kdf", e.kdf.into());
-                }
-                if e.kdf_params != [0; 3] || e.kdf_salt != [0; 16] {
-                    return bad("label.kdf_params", 0);
+                match e.kdf {
+                    super::seal::KDF_KEY_FILE => {
+                        if e.kdf_params != [0; 3] || e.kdf_salt != [0; 16] {
+                            return bad("label.kdf_params", 0);
+                        }
+                    }
+                    super::seal::KDF_PASSPHRASE => {
+                        if !super::seal::argon2_params_valid(e.kdf_params) {
+                            return bad("label.kdf_params", e.kdf_params[0].into());
+                        }
+                    }
+                    other => return bad("label.kdf", other.into()),
                 }
                 if e.run_id == 0 {
                     return bad("label.run_id", 0);

@@ -32,6 +32,28 @@ pub const CIPHER_AES_256_GCM: u32 = 1;
 /// KDF id of `--key-file`: the key-encryption key is
 /// `BLAKE3.derive_key(KEK_CONTEXT, file contents)`.
 pub const KDF_KEY_FILE: u32 = 1;
+/// KDF id of `--passphrase-file`: the key-encryption key is argon2id
+/// (version 0x13) of the passphrase with the label's salt and parameters
+/// (memory KiB, passes, lanes), 32 bytes out.
+pub const KDF_PASSPHRASE: u32 = 2;
+/// argon2id parameters a new set gets: 64 MiB, 3 passes, 1 lane.
+pub const ARGON2_PARAMS_DEFAULT: [u32; 3] = [64 << 10, 3, 1];
+/// Largest argon2id memory a reader accepts from a label (1 GiB): a
+/// crafted label cannot make a reader allocate more.
+pub const ARGON2_MEMORY_KIB_MAX: u32 = 1 << 20;
+/// Largest argon2id passes and lanes a reader accepts from a label.
+pub const ARGON2_PASSES_MAX: u32 = 16;
+pub const ARGON2_LANES_MAX: u32 = 16;
+
+/// argon2id parameters a reader accepts: `[memory KiB, passes, lanes]`
+/// with `1 <= passes <= 16`, `1 <= lanes <= 16`,
+/// `8 * lanes <= memory KiB <= 1 GiB`.
+pub fn argon2_params_valid([m, t, p]: [u32; 3]) -> bool {
+    (1..=ARGON2_PASSES_MAX).contains(&t)
+        && (1..=ARGON2_LANES_MAX).contains(&p)
+        && (8 * p..=ARGON2_MEMORY_KIB_MAX).contains(&m)
+}
+
 /// Plaintext bytes of one sealed catalog page (the last may be shorter);
 /// each page is followed by its tag on media.
 pub const CATALOG_PAGE_BYTES: usize = 64 << 10;
@@ -54,6 +76,9 @@ pub enum SealError {
     /// A record's payload or file info, or a catalog page, fails its tag.
     #[error("{what} fails authentication (altered or damaged)")]
     Authentication { what: &'static str },
+    /// The passphrase's KDF could not run (parameters out of range).
+    #[error("key derivation: {0}")]
+    Kdf(String),
     /// Sealed bytes of impossible length.
     #[error("sealed {what} of {bytes} bytes is malformed")]
     Length { what: &'static str, bytes: u64 },
@@ -116,14 +141,52 @@ impl LabelSeal {
     }
 }
 
-/// A user's key-encryption key (from `--key-file`).
+/// A user's key-encryption key (from `--key-file`, or from
+/// `--passphrase-file` with a label's KDF parameters and salt).
 #[derive(Clone)]
-pub struct UserKey([u8; KEY_BYTES]);
+pub struct UserKey {
+    kek: [u8; KEY_BYTES],
+    kdf: u32,
+    kdf_params: [u32; 3],
+    kdf_salt: [u8; 16],
+}
 
 impl UserKey {
     /// The key-encryption key of a key file's contents.
     pub fn from_key_file(contents: &[u8]) -> UserKey {
-        UserKey(blake3::derive_key(KEK_CONTEXT, contents))
+        UserKey {
+            kek: blake3::derive_key(KEK_CONTEXT, contents),
+            kdf: KDF_KEY_FILE,
+            kdf_params: [0; 3],
+            kdf_salt: [0; 16],
+        }
+    }
+
+    /// The key-encryption key of a passphrase: argon2id with `params`
+    /// (`argon2_params_valid`, else `SealError::Kdf`) and `salt`.
+    pub fn from_passphrase(
+        passphrase: &[u8],
+        params: [u32; 3],
+        salt: [u8; 16],
+    ) -> Result<UserKey, SealError> {
+        if !argon2_params_valid(params) {
+            return Err(SealError::Kdf(format!(
+                "argon2id parameters {params:?} out of range"
+            )));
+        }
+        let [m, t, p] = params;
+        let argon = argon2::Params::new(m, t, p, Some(KEY_BYTES))
+            .map_err(|e| SealError::Kdf(e.to_string()))?;
+        let mut kek = [0u8; KEY_BYTES];
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon)
+            .hash_password_into(passphrase, &salt, &mut kek)
+            .map_err(|e| SealError::Kdf(e.to_string()))?;
+        Ok(UserKey {
+            kek,
+            kdf: KDF_PASSPHRASE,
+            kdf_params: params,
+            kdf_salt: salt,
+        })
     }
 }
 
@@ -172,14 +235,16 @@ impl DataKey {
         assert_ne!(run_id, 0, "a run id of 0 means not sealed (caller bug)");
         let mut seal = LabelSeal {
             cipher: CIPHER_AES_256_GCM,
-            kdf: KDF_KEY_FILE,
+            kdf: user.kdf,
+            kdf_params: user.kdf_params,
+            kdf_salt: user.kdf_salt,
             wrap_nonce,
             run_id,
             ..LabelSeal::NONE
         };
         let aad = seal.wrap_aad(set_id);
         let mut key = self.0;
-        let tag = aes(&user.0)
+        let tag = aes(&user.kek)
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(wrap_nonce),
                 Aad::from(&aad[..]),
@@ -193,13 +258,17 @@ impl DataKey {
 
     /// The data key a label's envelope holds, opened with `user`.
     pub fn unwrap(seal: &LabelSeal, user: &UserKey, set_id: SetId) -> Result<DataKey, SealError> {
-        if seal.cipher != CIPHER_AES_256_GCM || seal.kdf != KDF_KEY_FILE {
+        if seal.cipher != CIPHER_AES_256_GCM
+            || seal.kdf != user.kdf
+            || seal.kdf_params != user.kdf_params
+            || seal.kdf_salt != user.kdf_salt
+        {
             return Err(SealError::WrongKey);
         }
         let aad = seal.wrap_aad(set_id);
         let mut key: [u8; KEY_BYTES] = seal.wrapped[..KEY_BYTES].try_into().expect("32 bytes");
         let tag: [u8; TAG_BYTES] = seal.wrapped[KEY_BYTES..].try_into().expect("16 bytes");
-        aes(&user.0)
+        aes(&user.kek)
             .open_in_place_separate_tag(
                 Nonce::assume_unique_for_key(seal.wrap_nonce),
                 Aad::from(&aad[..]),
@@ -447,17 +516,65 @@ pub mod keyring {
     use super::*;
     use std::sync::Mutex;
 
-    static USER: Mutex<Option<UserKey>> = Mutex::new(None);
+    /// The secret the user gave.
+    #[derive(Clone)]
+    enum Secret {
+        Key(UserKey),
+        /// A passphrase, and the keys derived from it (per label salt).
+        Passphrase(Vec<u8>, Vec<UserKey>),
+    }
+
+    static USER: Mutex<Option<Secret>> = Mutex::new(None);
     static SETS: Mutex<Vec<(SetId, DataKey)>> = Mutex::new(Vec::new());
 
     /// Hold the user's key for the sets this process opens.
     pub fn set_user_key(key: UserKey) {
-        *USER.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
+        *USER.lock().unwrap_or_else(|e| e.into_inner()) = Some(Secret::Key(key));
     }
 
-    /// The user's key, if one was given.
-    pub fn user_key() -> Option<UserKey> {
-        USER.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Hold the user's passphrase (`--passphrase-file`) instead.
+    pub fn set_passphrase(passphrase: Vec<u8>) {
+        *USER.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Secret::Passphrase(passphrase, Vec::new()));
+    }
+
+    /// The user's key for a new set: the key file's, or the passphrase's
+    /// with the default argon2id parameters and `salt` (random).
+    pub fn new_set_key(salt: [u8; 16]) -> Option<UserKey> {
+        match USER.lock().unwrap_or_else(|e| e.into_inner()).clone()? {
+            Secret::Key(k) => Some(k),
+            Secret::Passphrase(p, _) => {
+                UserKey::from_passphrase(&p, ARGON2_PARAMS_DEFAULT, salt).ok()
+            }
+        }
+    }
+
+    /// The user's key for a label's envelope (a passphrase derived with
+    /// its parameters and salt, once per salt).
+    fn user_key_for(seal: &LabelSeal) -> Option<UserKey> {
+        let mut user = USER.lock().unwrap_or_else(|e| e.into_inner());
+        match user.as_mut()? {
+            Secret::Key(k) => Some(k.clone()),
+            Secret::Passphrase(p, derived) => {
+                if seal.kdf != KDF_PASSPHRASE {
+                    return None;
+                }
+                let found = derived
+                    .iter()
+                    .find(|k| k.kdf_params == seal.kdf_params && k.kdf_salt == seal.kdf_salt);
+                if let Some(k) = found {
+                    return Some(k.clone());
+                }
+                let k = UserKey::from_passphrase(p, seal.kdf_params, seal.kdf_salt).ok()?;
+                derived.push(k.clone());
+                Some(k)
+            }
+        }
+    }
+
+    /// A secret was given.
+    fn has_secret() -> bool {
+        USER.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     /// Remember a set's data key (opened or created).
@@ -490,15 +607,19 @@ pub mod keyring {
         if let Some(key) = data_key(set_id) {
             // Opened already: the envelope must still open with the user's
             // key (another device may carry a forged one).
-            if let Some(user) = user_key() {
-                if DataKey::unwrap(seal, &user, set_id).as_ref() == Ok(&key) {
+            if has_secret() {
+                let opened = user_key_for(seal).map(|u| DataKey::unwrap(seal, &u, set_id));
+                if opened.as_ref().is_some_and(|o| o.as_ref() == Ok(&key)) {
                     return Ok(key);
                 }
                 return Err(Refusal::WrongKey);
             }
             return Ok(key);
         }
-        let user = user_key().ok_or(Refusal::NoKey)?;
+        if !has_secret() {
+            return Err(Refusal::NoKey);
+        }
+        let user = user_key_for(seal).ok_or(Refusal::WrongKey)?;
         let key = DataKey::unwrap(seal, &user, set_id).map_err(|_| Refusal::WrongKey)?;
         insert(set_id, key.clone());
         Ok(key)
@@ -543,10 +664,45 @@ mod tests {
             Err(SealError::WrongKey)
         );
         let mut bent = seal;
-        bent.kdf_salt[0] ^= 1;
+        bent.wrap_nonce[0] ^= 1;
         assert_eq!(DataKey::unwrap(&bent, &user, set), Err(SealError::WrongKey));
         // The plain key is not in the envelope.
         assert!(!seal.wrapped.windows(8).any(|w| w == [0x42; 8]));
+    }
+
+    #[test]
+    fn passphrase_keys_wrap_with_their_parameters() {
+        let data = DataKey::from_random([0x17; 32]);
+        let params = [64, 1, 1];
+        let user = UserKey::from_passphrase(b"correct horse", params, [4; 16]).unwrap();
+        let set = SetId([1; 16]);
+        let seal = data.wrap(&user, set, 5, [0; 12]);
+        assert_eq!(
+            (seal.kdf, seal.kdf_params, seal.kdf_salt),
+            (KDF_PASSPHRASE, params, [4; 16])
+        );
+        assert_eq!(DataKey::unwrap(&seal, &user, set), Ok(data.clone()));
+        let wrong = UserKey::from_passphrase(b"battery staple", params, [4; 16]).unwrap();
+        assert_eq!(
+            DataKey::unwrap(&seal, &wrong, set),
+            Err(SealError::WrongKey)
+        );
+        let file = UserKey::from_key_file(b"correct horse");
+        assert_eq!(DataKey::unwrap(&seal, &file, set), Err(SealError::WrongKey));
+        // Hostile parameters are refused before any allocation.
+        for bad in [
+            [0, 1, 1],
+            [ARGON2_MEMORY_KIB_MAX + 1, 1, 1],
+            [64, 0, 1],
+            [64, 17, 1],
+            [64, 1, 0],
+            [8, 1, 2],
+        ] {
+            assert!(
+                UserKey::from_passphrase(b"x", bad, [0; 16]).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
