@@ -78,7 +78,10 @@ pub fn run_backup(
         config,
         &dispatcher,
         &rings,
-        label_errors,
+        label_errors
+            .into_iter()
+            .map(|e| e.map_or(Start::From(None), Start::Failed))
+            .collect(),
         progress,
     )?;
     let sources = source_findings(input, &dispatcher);
@@ -290,32 +293,46 @@ pub(super) fn ring_config(dev: &dyn Device, index: u32, config: &BackupConfig) -
     }
 }
 
+/// How a device's ring starts in the data phase.
+pub(super) enum Start {
+    /// From the first record after the label, or (`backup --resume`) after
+    /// what the device already holds: media offset and records.
+    From(Option<(u64, u64)>),
+    /// Not at all: the device failed before (its label could not be written).
+    Failed(ring::DeviceFault),
+}
+
 /// Data phase: one thread and ring per device, all taking work from the
 /// dispatcher until none is left (with `--balance time`, a thread that
 /// keeps the rates current). Invariant: every device ends Complete, Full
 /// or Failed, with its durable records listed; a ring that cannot even be
 /// set up aborts the run (the error is returned).
-fn run_rings(
+pub(super) fn run_rings(
     input: &SetInput,
     devices: &[Box<dyn Device>],
     config: &BackupConfig,
     dispatcher: &Dispatcher,
     rings: &[RingConfig],
-    label_errors: Vec<Option<ring::DeviceFault>>,
+    starts: Vec<Start>,
     progress: &[AtomicU64],
 ) -> Result<Vec<RingOutcome>, BackupError> {
     let rings_done = AtomicBool::new(false);
     let outcomes: Vec<Result<RingOutcome, RingError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = label_errors
+        let handles: Vec<_> = starts
             .into_iter()
             .enumerate()
-            .map(|(i, label_error)| {
+            .map(|(i, start)| {
                 let (dev, ring, progress) = (devices[i].as_ref(), &rings[i], &progress[i]);
                 std::thread::Builder::new()
                     .name(format!("pbio-dev{i}"))
                     .spawn_scoped(scope, move || {
-                        let Some(error) = label_error else {
-                            return run_device(input, dev, config, dispatcher, ring, progress);
+                        let error = match start {
+                            Start::From(from) => {
+                                return run_device_from(
+                                    input, dev, config, dispatcher, ring, progress, from,
+                                )
+                            }
+                            Start::Failed(error) => error,
                         };
                         Ok(RingOutcome {
                             end: RingEnd::Failed { error },

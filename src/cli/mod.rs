@@ -28,6 +28,7 @@ macro_rules! errln {
 
 pub mod append;
 pub mod backup;
+mod backup_report;
 pub mod bench;
 pub mod changer;
 pub mod demo;

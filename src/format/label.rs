@@ -157,6 +157,23 @@ impl Label {
         super::mac(key, &buf[..layout::MAC])
     }
 
+    /// This set's label for device `device_index` (block size
+    /// `block_bytes`) as a writer starts it: Writing, no catalog yet, MAC
+    /// zero until `sealed`.
+    pub fn writing(self, device_index: u32, block_bytes: u32) -> Label {
+        Label {
+            device_index,
+            block_bytes,
+            state: LabelState::Writing,
+            catalog_offset: 0,
+            catalog_bytes: 0,
+            data_end: 0,
+            catalog_digest: [0; 32],
+            mac: [0; 32],
+            ..self
+        }
+    }
+
     /// The label with its `mac` set for `key`, or zero without one.
     pub fn sealed(self, key: Option<&MacKey>) -> Label {
         Label {

@@ -240,18 +240,9 @@ fn prepare(
             needed_bytes,
         });
     }
-    let label = Label {
-        device_index: r.index,
-        block_bytes: r.device.block_bytes(),
-        state: LabelState::Writing,
-        catalog_offset: 0,
-        catalog_bytes: 0,
-        data_end: 0,
-        catalog_digest: [0; 32],
-        mac: [0; 32],
-        ..*template
-    }
-    .sealed(key);
+    let label = template
+        .writing(r.index, r.device.block_bytes())
+        .sealed(key);
     media::write_label(r.device, &label)?;
     Ok(Prepared {
         device_name,

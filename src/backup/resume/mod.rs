@@ -22,12 +22,12 @@
 mod durable;
 mod work;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use crate::device::{Access, Device, TapeOp};
 use crate::engine::dispatch::{Dispatcher, WorkItem};
-use crate::engine::ring::{RecordDone, RingConfig, RingError, RingOutcome};
+use crate::engine::ring::{RecordDone, RingConfig, RingOutcome};
 use crate::format::{LabelState, HEADER_BYTES};
 use crate::media::{self, MediaError};
 use crate::source::EntryKind;
@@ -35,7 +35,7 @@ use crate::source::EntryKind;
 use super::catalog::{
     build_catalog, device_end, device_reports, no_catalog, source_findings, write_catalogs,
 };
-use super::run::{backup_label, observe_rates, ring_config, run_device_from, sparse_data};
+use super::run::{backup_label, ring_config, run_rings, sparse_data, Start};
 use super::{BackupConfig, BackupError, BackupReport, DeviceEnd, ParitySummary, SetInput};
 
 pub use durable::{durable, DeviceDurable, Durable, Kept, ResumeError, StreamEnd};
@@ -118,7 +118,16 @@ pub fn resume_backup(
         config,
         &dispatcher,
         &rings,
-        durable,
+        durable
+            .devices
+            .iter()
+            .map(|d| {
+                Start::From(Some((
+                    HEADER_BYTES as u64 + d.media_bytes(),
+                    d.records.len() as u64,
+                )))
+            })
+            .collect(),
         progress,
     )?;
     let written_payload_bytes = outcomes.iter().map(|o| o.stats.payload_bytes).sum();
@@ -246,50 +255,4 @@ fn with_kept(mut o: RingOutcome, d: &DeviceDurable) -> RingOutcome {
     placed.append(&mut o.placed);
     o.placed = placed;
     o
-}
-
-/// The data phase of a resumed run: one ring per device, each starting
-/// after its kept records.
-fn run_rings(
-    input: &SetInput,
-    devices: &[Box<dyn Device>],
-    config: &BackupConfig,
-    dispatcher: &Dispatcher,
-    rings: &[RingConfig],
-    durable: &Durable,
-    progress: &[AtomicU64],
-) -> Result<Vec<RingOutcome>, BackupError> {
-    let rings_done = AtomicBool::new(false);
-    let outcomes: Vec<Result<RingOutcome, RingError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..devices.len())
-            .map(|i| {
-                let (dev, ring, progress) = (devices[i].as_ref(), &rings[i], &progress[i]);
-                let d = &durable.devices[i];
-                let from = (
-                    HEADER_BYTES as u64 + d.media_bytes(),
-                    d.records.len() as u64,
-                );
-                std::thread::Builder::new()
-                    .name(format!("pbio-dev{i}"))
-                    .spawn_scoped(scope, move || {
-                        run_device_from(input, dev, config, dispatcher, ring, progress, Some(from))
-                    })
-                    .expect("spawn device thread")
-            })
-            .collect();
-        if config.steal_work.is_some() {
-            let rings_done = &rings_done;
-            scope.spawn(move || observe_rates(dispatcher, progress, rings_done));
-        }
-        let outcomes = handles
-            .into_iter()
-            .map(|h| h.join().expect("device thread panicked"))
-            .collect();
-        rings_done.store(true, Ordering::Relaxed);
-        outcomes
-    });
-    outcomes
-        .into_iter()
-        .map(|o| o.map_err(BackupError::from))
-        .collect()
 }
