@@ -292,7 +292,7 @@ fn print_compression(report: &backup::BackupReport, total: u64, secs: f64) {
         .fold(0.0, f64::max);
     let gib = total as f64 / (1u64 << 30) as f64;
     outln!(
-        "  compressed: {} of payload in {} of records on the devices ({:.2}x); {:.2} CPU s ({:.2} s/GiB)",
+        "  stored: {} of payload in {} of records on the devices ({:.2}x); {:.2} CPU s on the workers ({:.2} s/GiB)",
         human_bytes(total),
         human_bytes(media),
         total as f64 / media.max(1) as f64,
@@ -303,7 +303,7 @@ fn print_compression(report: &backup::BackupReport, total: u64, secs: f64) {
     if waited >= secs / 10.0 && waited > 0.05 {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         outln!(
-            "  compression was CPU-bound: devices waited up to {:.2} s for it; the CPUs compress at about {:.0} MiB/s at this setting",
+            "  the workers were CPU-bound (compression, encryption): devices waited up to {:.2} s for them; the CPUs transform about {:.0} MiB/s at this setting",
             waited,
             total as f64 / (1 << 20) as f64 / (cpu / cores).max(1e-9),
         );
