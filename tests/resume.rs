@@ -12,6 +12,7 @@ mod loopdev;
 mod netns;
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -417,6 +418,49 @@ fn resume_refuses_what_does_not_match() {
         "{finished}"
     );
     restore_equals(&src, &d, &dir.path().join("to"), "device 1 blank");
+}
+
+/// A set written with --parity is never finished by a resume (it would lose
+/// its parity): complete, or with a device's label gone, its devices show
+/// parity records and the resume is refused before anything is written.
+#[test]
+fn a_parity_set_is_never_resumed_without_its_parity() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src, 6, 3 << 20, &mut Rng::new(11));
+    let d: Vec<String> = (0..3)
+        .map(|i| {
+            let p = dir.path().join(format!("p{i}"));
+            std::fs::File::create(&p)
+                .unwrap()
+                .set_len(32 << 20)
+                .unwrap();
+            p.display().to_string()
+        })
+        .collect();
+    let s = src.display().to_string();
+    let (code, _, err) = pbio(&[
+        "backup", &s, "--dev", &d[0], "--dev", &d[1], "--dev", &d[2], "--parity", "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let read_all = || -> Vec<Vec<u8>> { d.iter().map(|p| std::fs::read(p).unwrap()).collect() };
+    let before = read_all();
+    let (code, _, err) = resume(&src, &d);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("parity records"), "{err}");
+    assert!(before == read_all(), "a refused resume wrote to a device");
+    // Device 1's label gone: the others are walked and show parity records.
+    std::fs::File::options()
+        .write(true)
+        .open(&d[1])
+        .unwrap()
+        .write_all_at(&[0u8; 4096], 0)
+        .unwrap();
+    let before = read_all();
+    let (code, _, err) = resume(&src, &d);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("parity records"), "{err}");
+    assert!(before == read_all(), "a refused resume wrote to a device");
 }
 
 #[test]

@@ -45,7 +45,7 @@ pub struct FoundParity {
 /// A block the record decoder refused although its frame (magic, CRC,
 /// version) is good: a record of another kind, such as a parity record.
 /// Read again at `position` and decoded as a parity record of `set_id`.
-fn parity_at(
+pub(crate) fn parity_at(
     dev: &dyn Device,
     position: u64,
     error: &FormatError,

@@ -15,6 +15,10 @@ use super::super::{BackupConfig, SetInput};
 /// Why a set cannot be resumed on the devices given (nothing was written).
 #[derive(Debug, thiserror::Error)]
 pub enum ResumeError {
+    /// The interrupted run wrote parity records (`--parity`), which a
+    /// resume cannot finish yet: it would leave the set without them.
+    #[error("--resume: device {device} holds parity records of set {set} (written with --parity): --resume cannot finish a parity set yet; run the backup again with --overwrite {set} --parity M")]
+    Parity { device: String, set: SetId },
     #[error("--resume: no given device holds a label of an interrupted set (nothing to resume: run the backup without --resume)")]
     NoSet,
     #[error("--resume: device {device} holds set {found}, device {first} set {set}: give the devices of one set")]
@@ -329,6 +333,7 @@ fn walk(
     let mut next_position = media::data_start(dev);
     let mut inflated: Vec<u8> = Vec::new();
     let mut mismatch: Option<ResumeError> = None;
+    let mut pool = None;
     let broken = |position: u64, why: String| StreamEnd::Broken { position, why };
     // The set's chunk bounds every record (a tape's are smaller).
     stream::stream::<StreamError>(
@@ -340,6 +345,14 @@ fn walk(
             let (position, header, block, payload, padding) = match item {
                 Item::Reclaim => return Ok(Flow::Continue),
                 Item::Bad { position, error } => {
+                    if media::scan::parity_at(dev, position, &error, Some(label.set_id), &mut pool)
+                        .is_some()
+                    {
+                        mismatch = Some(ResumeError::Parity {
+                            device: dev.path().display().to_string(),
+                            set: label.set_id,
+                        });
+                    }
                     end = broken(position, error.to_string());
                     return Ok(Flow::Stop);
                 }
