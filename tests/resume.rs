@@ -463,6 +463,51 @@ fn a_parity_set_is_never_resumed_without_its_parity() {
     assert!(before == read_all(), "a refused resume wrote to a device");
 }
 
+/// An encrypted set is refused by name before anything is written (its
+/// records are sealed under the interrupted run's keys).
+#[test]
+fn an_encrypted_set_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src, 3, 1 << 20, &mut Rng::new(13));
+    let key = dir.path().join("key");
+    std::fs::write(&key, [9u8; 32]).unwrap();
+    let k = key.display().to_string();
+    let d: Vec<String> = (0..2)
+        .map(|i| dir.path().join(format!("e{i}")).display().to_string())
+        .collect();
+    let s = src.display().to_string();
+    let (code, _, err) = pbio(&[
+        "backup",
+        &s,
+        "--encrypt",
+        "--key-file",
+        &k,
+        "--dev",
+        &format!("{},size=32M", d[0]),
+        "--dev",
+        &format!("{},size=32M", d[1]),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let read_all = || -> Vec<Vec<u8>> { d.iter().map(|p| std::fs::read(p).unwrap()).collect() };
+    let before = read_all();
+    let (code, _, err) = pbio(&[
+        "backup",
+        "--resume",
+        &s,
+        "--encrypt",
+        "--key-file",
+        &k,
+        "--dev",
+        &d[0],
+        "--dev",
+        &d[1],
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("encrypted set"), "{err}");
+    assert!(before == read_all(), "a refused resume wrote to a device");
+}
+
 #[test]
 fn a_damaged_record_ends_the_kept_stream() {
     let dir = tempfile::tempdir().unwrap();

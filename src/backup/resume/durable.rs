@@ -15,6 +15,10 @@ use super::super::{BackupConfig, SetInput};
 /// Why a set cannot be resumed on the devices given (nothing was written).
 #[derive(Debug, thiserror::Error)]
 pub enum ResumeError {
+    /// An encrypted set (`--encrypt`): its records are sealed under keys of
+    /// the interrupted run, which a resume cannot go on with yet.
+    #[error("--resume: device {device} holds an encrypted set ({set}): --resume cannot finish an encrypted set yet; run the backup again with --overwrite {set}")]
+    Encrypted { device: String, set: SetId },
     /// The interrupted run wrote parity records (`--parity`), which a
     /// resume cannot finish yet: it would leave the set without them.
     #[error("--resume: device {device} holds parity records of set {set} (written with --parity): --resume cannot finish a parity set yet; run the backup again with --overwrite {set} --parity M")]
@@ -224,6 +228,20 @@ fn check_label(
             given,
         })
     };
+    if label.seal != crate::format::seal::LabelSeal::NONE {
+        return Err(LabelCheck::Err(ResumeError::Encrypted {
+            device: device.to_string(),
+            set: label.set_id,
+        }));
+    }
+    if config.encryption.is_some() {
+        return Err(LabelCheck::Err(ResumeError::Field {
+            device: device.to_string(),
+            field: "--encrypt",
+            on_media: "not encrypted".into(),
+            given: "--encrypt".into(),
+        }));
+    }
     if label.device_index as usize != given {
         return Err(LabelCheck::Err(ResumeError::Order {
             device: device.to_string(),
