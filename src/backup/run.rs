@@ -254,7 +254,7 @@ fn write_labels(
 /// One ring configuration per device: its record size limit and how many
 /// records it keeps in flight (a remote device: enough to cover its round
 /// trip; a tape: its buffer of records ahead of the one write).
-fn ring_configs(devices: &[Box<dyn Device>], config: &BackupConfig) -> Vec<RingConfig> {
+pub(super) fn ring_configs(devices: &[Box<dyn Device>], config: &BackupConfig) -> Vec<RingConfig> {
     devices
         .iter()
         .enumerate()
