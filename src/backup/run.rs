@@ -96,13 +96,7 @@ pub fn run_backup(
         warnings: parity.warnings,
         elapsed: parity_started.elapsed(),
     };
-    let named: Vec<(Vec<u8>, u64)> = devices
-        .iter()
-        .map(|d| {
-            let path = d.path().as_os_str().as_encoded_bytes().to_vec();
-            (path, d.capacity_bytes())
-        })
-        .collect();
+    let named = named_devices(devices);
     let (encoded, segments) =
         build_catalog(input, &named, &outcomes, &ends, config, parity.section);
     let finished = write_catalogs(
@@ -260,7 +254,7 @@ fn write_labels(
 /// One ring configuration per device: its record size limit and how many
 /// records it keeps in flight (a remote device: enough to cover its round
 /// trip; a tape: its buffer of records ahead of the one write).
-fn ring_configs(devices: &[Box<dyn Device>], config: &BackupConfig) -> Vec<RingConfig> {
+pub(super) fn ring_configs(devices: &[Box<dyn Device>], config: &BackupConfig) -> Vec<RingConfig> {
     devices
         .iter()
         .enumerate()
@@ -328,7 +322,7 @@ pub(super) fn run_rings(
                     .spawn_scoped(scope, move || {
                         let error = match start {
                             Start::From(from) => {
-                                return run_device_from(
+                                return run_device(
                                     input, dev, config, dispatcher, ring, progress, from,
                                 )
                             }
@@ -363,22 +357,22 @@ pub(super) fn run_rings(
         .collect()
 }
 
-/// One device's thread of the data phase: its ring runs to the end of
-/// the work, and a device that filled up or failed is reported as an event.
-pub(super) fn run_device(
-    input: &SetInput,
-    dev: &dyn Device,
-    config: &BackupConfig,
-    dispatcher: &Dispatcher,
-    ring_config: &RingConfig,
-    progress: &AtomicU64,
-) -> Result<RingOutcome, RingError> {
-    run_device_from(input, dev, config, dispatcher, ring_config, progress, None)
+/// Each device's path and capacity, as the catalog names them.
+pub(super) fn named_devices(devices: &[Box<dyn Device>]) -> Vec<(Vec<u8>, u64)> {
+    devices
+        .iter()
+        .map(|d| {
+            let path = d.path().as_os_str().as_encoded_bytes().to_vec();
+            (path, d.capacity_bytes())
+        })
+        .collect()
 }
 
-/// `run_device`, the ring starting after what the device already holds
+/// One device's thread of the data phase: its ring runs to the end of
+/// the work, and a device that filled up or failed is reported as an event.
+/// `from`: the ring starts after what the device already holds
 /// (`backup --resume`: media offset and records, `Ring::continuing`).
-pub(super) fn run_device_from(
+pub(super) fn run_device(
     input: &SetInput,
     dev: &dyn Device,
     config: &BackupConfig,

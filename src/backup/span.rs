@@ -330,6 +330,7 @@ fn drive_thread(
                 shared.dispatcher,
                 &ring,
                 &shared.progress[volume],
+                None,
             )?,
             Err(e) => unlabelled(shared.dispatcher, dev.as_ref(), volume, e),
         };

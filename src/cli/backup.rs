@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::Args;
 use serde_json::json;
 
-pub use super::backup_report::{outcome, print_report};
+pub use super::backup_report::{finished_json, outcome, print_report};
 use super::progress::{self, DeviceInfo, Output, Reporter};
 use super::{prepare, CliResult, Failure, SetArgs};
 use crate::backup::{self, BackupConfig};
@@ -381,19 +381,7 @@ pub fn run(args: BackupArgs) -> CliResult {
         Ok(report) => {
             let outcome = outcome(&report);
             if json {
-                let total: u64 = report.devices.iter().map(|d| d.stats.payload_bytes).sum();
-                outln!(
-                    "{}",
-                    json!({
-                        "event": "finished",
-                        "ok": report.complete(),
-                        "exit_code": outcome.code(),
-                        "set_id": report.set_id.to_string(),
-                        "payload_bytes": total,
-                        "missing_bytes": report.missing_bytes(),
-                        "seconds": report.elapsed.as_secs_f64(),
-                    })
-                );
+                outln!("{}", finished_json(&report, outcome));
             }
             print_report(&report, json);
             if let Some(since) = &input.since {

@@ -22,6 +22,21 @@ pub fn outcome(report: &backup::BackupReport) -> Outcome {
     }
 }
 
+/// The `--json` line that ends a backup: `finished`, with the outcome,
+/// the set id, the payload and missing bytes and the time taken.
+pub fn finished_json(report: &backup::BackupReport, outcome: Outcome) -> serde_json::Value {
+    let total: u64 = report.devices.iter().map(|d| d.stats.payload_bytes).sum();
+    json!({
+        "event": "finished",
+        "ok": report.complete(),
+        "exit_code": outcome.code(),
+        "set_id": report.set_id.to_string(),
+        "payload_bytes": total,
+        "missing_bytes": report.missing_bytes(),
+        "seconds": report.elapsed.as_secs_f64(),
+    })
+}
+
 fn state_name(end: DeviceEnd) -> &'static str {
     match end {
         DeviceEnd::Complete => "complete",

@@ -178,8 +178,7 @@ pub fn run(args: DemoArgs) -> CliResult {
     outln!("demo: restoring into {}", out.display());
     let code = restore::run_restore(restore::RestoreArgs {
         devs: devs.clone(),
-        changer: None,
-        drives: Vec::new(),
+        library: Default::default(),
         to: out.clone(),
         force: false,
         only: Vec::new(),
@@ -200,8 +199,7 @@ pub fn run(args: DemoArgs) -> CliResult {
     outln!("demo: verifying every record and file digest");
     let code = restore::run_verify(restore::VerifyArgs {
         devs,
-        changer: None,
-        drives: Vec::new(),
+        library: Default::default(),
         set: None,
         json: false,
         key: None,

@@ -13,12 +13,8 @@ pub struct ListArgs {
     /// One device of the set (every device carries the whole catalog).
     #[arg(long = "dev", value_parser = parse_dev, required_unless_present = "changer")]
     pub dev: Option<DeviceSpec>,
-    /// The set on the cartridges of a tape library (vlib:DIR[,...] or /dev/sgN) instead of --dev: its cartridges are loaded in turn to find the set and its catalog, and unloaded after.
-    #[arg(long, value_name = "CHANGER", conflicts_with = "dev")]
-    pub changer: Option<String>,
-    /// With --changer: a drive to read with (repeat; default: every drive).
-    #[arg(long = "drive", value_name = "N", requires = "changer")]
-    pub drives: Vec<u32>,
+    #[command(flatten)]
+    pub library: super::LibraryArgs,
     /// The set to list (its id in hex, or an unambiguous prefix), when the tape or the library holds more than one (without it, a tape holding several sets lists them).
     #[arg(long = "set", value_name = "SETID")]
     pub set: Option<String>,
@@ -75,7 +71,7 @@ fn one_set(
 pub fn run(args: ListArgs) -> CliResult {
     let key = super::key::load_optional(args.key.as_deref())?;
     super::key::load_passphrase(args.passphrase_file.as_deref())?;
-    let set = match (&args.dev, &args.changer) {
+    let set = match (&args.dev, &args.library.changer) {
         (Some(dev), _) => {
             let opened = crate::device::open(dev, crate::device::Mode::Read).map_err(|error| {
                 Failure::Restore {
@@ -94,7 +90,8 @@ pub fn run(args: ListArgs) -> CliResult {
             crate::restore::open_devices(devices, key.as_ref()).and_then(one_set)
         }
         (None, Some(changer)) => {
-            let devices = super::span::library_devices(changer, &args.drives, args.set.as_deref())?;
+            let devices =
+                super::span::library_devices(changer, &args.library.drives, args.set.as_deref())?;
             crate::restore::open_devices(devices, key.as_ref()).and_then(one_set)
         }
         (None, None) => unreachable!("clap requires --dev or --changer"),

@@ -177,6 +177,19 @@ fn parse_chunk(text: &str) -> Result<u64, String> {
     Ok(n)
 }
 
+/// `--changer` and `--drive` of the commands that read a set (`list`,
+/// `restore`, `verify`, `scan`): a tape library instead of `--dev` (whose
+/// argument id is `dev` in each of them).
+#[derive(Args, Debug, Default)]
+pub struct LibraryArgs {
+    /// Read from the cartridges of a tape library (vlib:DIR[,...] or /dev/sgN) instead of --dev: each cartridge is loaded into a free drive when it is read, and unloaded after.
+    #[arg(long, value_name = "CHANGER", conflicts_with = "dev")]
+    pub changer: Option<String>,
+    /// With --changer: a drive to read with (repeat; default: every drive of the library). One drive reads any set.
+    #[arg(long = "drive", value_name = "N", requires = "changer")]
+    pub drives: Vec<u32>,
+}
+
 /// Arguments shared by `plan` and `backup`.
 #[derive(Args, Debug, Clone)]
 pub struct SetArgs {

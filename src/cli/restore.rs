@@ -17,14 +17,10 @@ pub struct RestoreArgs {
     /// Devices of the set, in any order; any subset restores what it holds.
     /// For an incremental set, the devices of the whole chain (the full set
     /// and the increments), in any order: the newest set is restored.
-    #[arg(long = "dev", value_parser = parse_dev, required_unless_present = "changer")]
+    #[arg(id = "dev", long = "dev", value_name = "DEVS", value_parser = parse_dev, required_unless_present = "changer")]
     pub devs: Vec<DeviceSpec>,
-    /// Read the set from the cartridges of a tape library (vlib:DIR[,...] or /dev/sgN) instead of --dev: each cartridge holding a set is loaded into a free drive when it is read and unloaded after.
-    #[arg(long, value_name = "CHANGER", conflicts_with = "devs")]
-    pub changer: Option<String>,
-    /// With --changer: a drive to read with (repeat; default: every drive of the library). One drive reads any set.
-    #[arg(long = "drive", value_name = "N", requires = "changer")]
-    pub drives: Vec<u32>,
+    #[command(flatten)]
+    pub library: super::LibraryArgs,
     /// Directory to restore into (created if missing); or a block device,
     /// which receives the one block device (or image file) of the set
     /// selected with --only, from offset 0 (needs --force; a mounted or
@@ -104,14 +100,10 @@ pub struct VerifyArgs {
     /// Devices of the set, in any order; any subset verifies what it holds.
     /// Devices of several sets of one chain (a full set and its increments)
     /// verify the newest set, each file where its data is.
-    #[arg(long = "dev", value_parser = parse_dev, required_unless_present = "changer")]
+    #[arg(id = "dev", long = "dev", value_name = "DEVS", value_parser = parse_dev, required_unless_present = "changer")]
     pub devs: Vec<DeviceSpec>,
-    /// Read the set from the cartridges of a tape library (vlib:DIR[,...] or /dev/sgN) instead of --dev: each cartridge holding a set is loaded into a free drive when it is read and unloaded after.
-    #[arg(long, value_name = "CHANGER", conflicts_with = "devs")]
-    pub changer: Option<String>,
-    /// With --changer: a drive to read with (repeat; default: every drive of the library). One drive reads any set.
-    #[arg(long = "drive", value_name = "N", requires = "changer")]
-    pub drives: Vec<u32>,
+    #[command(flatten)]
+    pub library: super::LibraryArgs,
     /// The set to verify (its id in hex, or an unambiguous prefix), when the tapes given or the library hold more than one.
     #[arg(long = "set", value_name = "SETID")]
     pub set: Option<String>,
@@ -202,8 +194,8 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
     super::key::load_passphrase(args.passphrase_file.as_deref())?;
     let chain = open_from(
         &args.devs,
-        args.changer.as_deref(),
-        &args.drives,
+        args.library.changer.as_deref(),
+        &args.library.drives,
         args.set.as_deref(),
         args.key.as_deref(),
     )?;
@@ -332,8 +324,8 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
     super::key::load_passphrase(args.passphrase_file.as_deref())?;
     let chain = open_from(
         &args.devs,
-        args.changer.as_deref(),
-        &args.drives,
+        args.library.changer.as_deref(),
+        &args.library.drives,
         args.set.as_deref(),
         args.key.as_deref(),
     )?;

@@ -14,25 +14,21 @@ pub struct ScanArgs {
     /// The device to read record by record (its label and catalog may be missing or damaged). A tape holding several sets (`backup --append`) is scanned set by set.
     #[arg(long = "dev", value_parser = parse_dev, required_unless_present = "changer")]
     pub dev: Option<DeviceSpec>,
-    /// Scan every cartridge of a tape library (vlib:DIR[,...] or /dev/sgN) instead of --dev: each is loaded into a free drive, scanned set by set, and unloaded.
-    #[arg(long, value_name = "CHANGER", conflicts_with = "dev")]
-    pub changer: Option<String>,
-    /// With --changer: a drive to read with (repeat; default: every drive).
-    #[arg(long = "drive", value_name = "N", requires = "changer")]
-    pub drives: Vec<u32>,
+    #[command(flatten)]
+    pub library: super::LibraryArgs,
     /// One JSON object per record, then a summary object.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: ScanArgs) -> CliResult {
-    let devices = match (&args.dev, &args.changer) {
+    let devices = match (&args.dev, &args.library.changer) {
         (Some(spec), _) => {
             let dev = device::open(spec, Mode::Read).map_err(Failure::DeviceToRead)?;
             super::show_notes(dev.as_ref());
             vec![dev]
         }
-        (None, Some(text)) => super::span::library_cartridges(text, &args.drives)?,
+        (None, Some(text)) => super::span::library_cartridges(text, &args.library.drives)?,
         (None, None) => unreachable!("clap requires --dev or --changer"),
     };
     let mut worst = Outcome::Done;
@@ -43,7 +39,7 @@ pub fn run(args: ScanArgs) -> CliResult {
                 "{name}: cannot load the cartridge to scan it: {error}"
             ))
         })?;
-        if args.changer.is_some() && blank(dev.as_ref()) {
+        if args.library.changer.is_some() && blank(dev.as_ref()) {
             errln!("pbio: {name}: blank, nothing to scan");
             dev.detach();
             continue;

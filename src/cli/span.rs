@@ -15,8 +15,8 @@ use serde_json::json;
 
 use super::append::AppendPoint;
 use super::backup::{
-    backup_failed, check_devices_kept, outcome, payload_per_device, print_report, with_progress,
-    BackupArgs,
+    backup_failed, check_devices_kept, finished_json, outcome, payload_per_device, print_report,
+    with_progress, BackupArgs,
 };
 use super::progress::{DeviceInfo, Output};
 use super::{prepare, CliResult, Failure};
@@ -139,22 +139,11 @@ pub fn run(args: BackupArgs) -> CliResult {
                 .map(|(v, _)| v.barcode.as_str())
                 .collect();
             if json {
-                let total: u64 = report.devices.iter().map(|d| d.stats.payload_bytes).sum();
-                outln!(
-                    "{}",
-                    json!({
-                        "event": "finished",
-                        "ok": report.complete(),
-                        "exit_code": outcome.code(),
-                        "set_id": report.set_id.to_string(),
-                        "payload_bytes": total,
-                        "missing_bytes": report.missing_bytes(),
-                        "seconds": report.elapsed.as_secs_f64(),
-                        "cartridges": used,
-                        "loads": spanned.loads,
-                        "swap_seconds": spanned.swap_time.as_secs_f64(),
-                    })
-                );
+                let mut finished = finished_json(&report, outcome);
+                finished["cartridges"] = json!(used);
+                finished["loads"] = json!(spanned.loads);
+                finished["swap_seconds"] = json!(spanned.swap_time.as_secs_f64());
+                outln!("{finished}");
             } else {
                 outln!(
                     "changer {text}: {} cartridges ({}), {} loads, {:.1} s between cartridges over {} drives",

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use crate::device::{Access, Device, TapeOp};
 use crate::engine::dispatch::{Dispatcher, WorkItem};
-use crate::engine::ring::{RecordDone, RingConfig, RingOutcome};
+use crate::engine::ring::{RecordDone, RingOutcome};
 use crate::format::{LabelState, HEADER_BYTES};
 use crate::media::{self, MediaError};
 use crate::source::EntryKind;
@@ -35,7 +35,7 @@ use crate::source::EntryKind;
 use super::catalog::{
     build_catalog, device_end, device_reports, no_catalog, source_findings, write_catalogs,
 };
-use super::run::{backup_label, ring_config, run_rings, sparse_data, Start};
+use super::run::{backup_label, named_devices, ring_configs, run_rings, sparse_data, Start};
 use super::{BackupConfig, BackupError, BackupReport, DeviceEnd, ParitySummary, SetInput};
 
 pub use durable::{durable, DeviceDurable, Durable, Kept, ResumeError, StreamEnd};
@@ -107,11 +107,7 @@ pub fn resume_backup(
     if let Some(rates) = &config.steal_work {
         dispatcher.enable_stealing(rates);
     }
-    let rings: Vec<RingConfig> = devices
-        .iter()
-        .enumerate()
-        .map(|(i, dev)| ring_config(dev.as_ref(), i as u32, config))
-        .collect();
+    let rings = ring_configs(devices, config);
     let outcomes = run_rings(
         input,
         devices,
@@ -143,13 +139,7 @@ pub fn resume_backup(
         .iter()
         .map(|o| (o.data_end, o.records.len() as u64))
         .collect();
-    let named: Vec<(Vec<u8>, u64)> = devices
-        .iter()
-        .map(|d| {
-            let path = d.path().as_os_str().as_encoded_bytes().to_vec();
-            (path, d.capacity_bytes())
-        })
-        .collect();
+    let named = named_devices(devices);
     let (encoded, segments) = build_catalog(input, &named, &merged, &ends, config, None);
     let finished = write_catalogs(devices, &merged, &ends, &encoded, &rings, config, &after);
     let kept_records = durable.devices.iter().map(|d| d.records.len() as u64).sum();
