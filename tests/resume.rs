@@ -124,6 +124,25 @@ fn resume(src: &Path, devs: &[String]) -> (i32, Value, String) {
     (code, finished, err)
 }
 
+/// `n` blank 32 MiB file devices `DIR/PREFIX0..` (paths as given to --dev).
+fn file_devices(dir: &Path, prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let p = dir.join(format!("{prefix}{i}"));
+            std::fs::File::create(&p)
+                .unwrap()
+                .set_len(32 << 20)
+                .unwrap();
+            p.display().to_string()
+        })
+        .collect()
+}
+
+/// Every byte of each file device, to show a refused run wrote nothing.
+fn contents(devs: &[String]) -> Vec<Vec<u8>> {
+    devs.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
 /// Restore and verify the set on `devs`; the restored tree must equal `src`.
 fn restore_equals(src: &Path, devs: &[String], to: &Path, what: &str) {
     let mut args = vec!["verify".to_string()];
@@ -344,16 +363,7 @@ fn resume_refuses_what_does_not_match() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     make_tree(&src, 4, 2 << 20, &mut Rng::new(7));
-    let d: Vec<String> = (0..2)
-        .map(|i| {
-            let p = dir.path().join(format!("d{i}"));
-            std::fs::File::create(&p)
-                .unwrap()
-                .set_len(32 << 20)
-                .unwrap();
-            p.display().to_string()
-        })
-        .collect();
+    let d = file_devices(dir.path(), "d", 2);
     let s = src.display().to_string();
     // Nothing to resume on blank devices.
     let (code, _, err) = pbio(&["backup", "--resume", &s, "--dev", &d[0], "--dev", &d[1]]);
@@ -428,27 +438,17 @@ fn a_parity_set_is_never_resumed_without_its_parity() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     make_tree(&src, 6, 3 << 20, &mut Rng::new(11));
-    let d: Vec<String> = (0..3)
-        .map(|i| {
-            let p = dir.path().join(format!("p{i}"));
-            std::fs::File::create(&p)
-                .unwrap()
-                .set_len(32 << 20)
-                .unwrap();
-            p.display().to_string()
-        })
-        .collect();
+    let d = file_devices(dir.path(), "p", 3);
     let s = src.display().to_string();
     let (code, _, err) = pbio(&[
         "backup", &s, "--dev", &d[0], "--dev", &d[1], "--dev", &d[2], "--parity", "1",
     ]);
     assert_eq!(code, 0, "{err}");
-    let read_all = || -> Vec<Vec<u8>> { d.iter().map(|p| std::fs::read(p).unwrap()).collect() };
-    let before = read_all();
+    let before = contents(&d);
     let (code, _, err) = resume(&src, &d);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("parity records"), "{err}");
-    assert!(before == read_all(), "a refused resume wrote to a device");
+    assert!(before == contents(&d), "a refused resume wrote to a device");
     // Device 1's label gone: the others are walked and show parity records.
     std::fs::File::options()
         .write(true)
@@ -456,11 +456,11 @@ fn a_parity_set_is_never_resumed_without_its_parity() {
         .unwrap()
         .write_all_at(&[0u8; 4096], 0)
         .unwrap();
-    let before = read_all();
+    let before = contents(&d);
     let (code, _, err) = resume(&src, &d);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("parity records"), "{err}");
-    assert!(before == read_all(), "a refused resume wrote to a device");
+    assert!(before == contents(&d), "a refused resume wrote to a device");
 }
 
 /// An encrypted set is refused by name before anything is written (its
@@ -489,8 +489,7 @@ fn an_encrypted_set_is_refused_before_anything_is_written() {
         &format!("{},size=32M", d[1]),
     ]);
     assert_eq!(code, 0, "{err}");
-    let read_all = || -> Vec<Vec<u8>> { d.iter().map(|p| std::fs::read(p).unwrap()).collect() };
-    let before = read_all();
+    let before = contents(&d);
     let (code, _, err) = pbio(&[
         "backup",
         "--resume",
@@ -505,7 +504,7 @@ fn an_encrypted_set_is_refused_before_anything_is_written() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("encrypted set"), "{err}");
-    assert!(before == read_all(), "a refused resume wrote to a device");
+    assert!(before == contents(&d), "a refused resume wrote to a device");
 }
 
 #[test]
@@ -513,16 +512,7 @@ fn a_damaged_record_ends_the_kept_stream() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     make_tree(&src, 6, 12 << 20, &mut Rng::new(11));
-    let d: Vec<String> = (0..2)
-        .map(|i| {
-            let p = dir.path().join(format!("d{i}"));
-            std::fs::File::create(&p)
-                .unwrap()
-                .set_len(32 << 20)
-                .unwrap();
-            p.display().to_string()
-        })
-        .collect();
+    let d = file_devices(dir.path(), "d", 2);
     let s = src.display().to_string();
     let (code, _, err) = pbio(&["backup", &s, "--dev", &d[0], "--dev", &d[1]]);
     assert_eq!(code, 0, "{err}");
@@ -620,16 +610,7 @@ fn compressed_records_are_kept_and_need_compress() {
             .collect();
         std::fs::write(src.join(format!("f{i:02}")), text).unwrap();
     }
-    let d: Vec<String> = (0..2)
-        .map(|i| {
-            let p = dir.path().join(format!("d{i}"));
-            std::fs::File::create(&p)
-                .unwrap()
-                .set_len(32 << 20)
-                .unwrap();
-            p.display().to_string()
-        })
-        .collect();
+    let d = file_devices(dir.path(), "d", 2);
     let s = src.display().to_string();
     let mut args = vec![
         "backup".to_string(),
