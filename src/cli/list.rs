@@ -5,7 +5,9 @@ use serde_json::json;
 
 use super::{parse_dev, path_hex, path_text, CliResult, Failure, Outcome};
 use crate::device::DeviceSpec;
-use crate::format::{FileKind, SetId};
+use std::collections::HashMap;
+
+use crate::format::{Catalog, CatalogFile, CatalogSegment, FileKind, FormatError, SetId};
 use crate::units::shown_name;
 
 #[derive(Args, Debug)]
@@ -86,6 +88,16 @@ pub fn run(args: ListArgs) -> CliResult {
                     return Ok(Outcome::Done);
                 }
             }
+            // One disk or file, text output: the catalog read entry by
+            // entry, never held decoded (issue 23).
+            let opened = if args.json || args.export.is_some() || args.set.is_some() {
+                opened
+            } else {
+                match crate::restore::open_encoded(opened, key.as_ref()).map_err(fail)? {
+                    Ok(set) => return list_streamed(&args, &set, key.is_some()),
+                    Err(opened) => opened,
+                }
+            };
             let devices = super::append::choose_on_tapes(vec![opened], args.set.as_deref())?;
             crate::restore::open_devices(devices, key.as_ref()).and_then(one_set)
         }
@@ -96,7 +108,7 @@ pub fn run(args: ListArgs) -> CliResult {
         }
         (None, None) => unreachable!("clap requires --dev or --changer"),
     }
-    .map_err(|error| Failure::Restore { doing: "", error })?;
+    .map_err(fail)?;
     set.devices
         .iter()
         .for_each(|(dev, _)| super::show_notes(dev.as_ref()));
@@ -180,55 +192,116 @@ pub fn run(args: ListArgs) -> CliResult {
         );
         return Ok(Outcome::Done);
     }
+    print_head(
+        c,
+        label,
+        c.files.len(),
+        c.segments.len(),
+        c.files.iter().filter(|f| f.origin != 0).count(),
+    );
+    for f in &c.files {
+        if !super::stdout_open() {
+            break; // the reader went away (`| head`)
+        }
+        let target =
+            (f.kind == FileKind::HardLink).then(|| &c.files[f.hardlink_to as usize].path[..]);
+        outln!("{}", file_line(f, target.unwrap_or_default(), &c.ancestors));
+    }
+    let path_of = |id: u32| &c.files[id as usize].path[..];
+    print_tail(c, &args, path_of, c.segments.iter().map(Ok))
+        .map_err(|error| catalog_failure(set.devices[0].0.as_ref(), &set.devices[0].1, error))?;
+    Ok(Outcome::Done)
+}
+
+fn fail(error: crate::restore::RestoreError) -> Failure {
+    Failure::Restore { doing: "", error }
+}
+
+/// A catalog that stopped decoding after it was checked (not expected:
+/// `CatalogStream::open` decoded all of it once), named like any other.
+fn catalog_failure(
+    dev: &dyn crate::device::Device,
+    label: &crate::format::Label,
+    error: crate::format::FormatError,
+) -> Failure {
+    fail(
+        crate::media::MediaError::Format {
+            device: dev.path().display().to_string(),
+            what: "catalog",
+            offset: label.catalog_offset,
+            error,
+        }
+        .into(),
+    )
+}
+
+/// One file's line of the text listing; `target` is a hard link's
+/// target's path.
+fn file_line(f: &CatalogFile, target: &[u8], ancestors: &[SetId]) -> String {
+    let extra = match f.kind {
+        FileKind::Symlink => format!(" -> {}", shown_name(&f.link_target)),
+        FileKind::HardLink => format!(" => {}", shown_name(target)),
+        FileKind::CharDevice | FileKind::BlockNode => {
+            format!(
+                " (device {}:{})",
+                libc::major(f.stat.rdev),
+                libc::minor(f.stat.rdev)
+            )
+        }
+        _ if f.origin != 0 => format!(
+            " (unchanged, data in set {})",
+            ancestors[f.origin as usize - 1]
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "{:<8} {:06o} {:>5}:{:<5} {:>14} {}{}",
+        kind_name(f.kind),
+        f.stat.mode & 0o7777,
+        f.stat.uid,
+        f.stat.gid,
+        f.size_bytes,
+        shown_name(&f.path),
+        extra
+    )
+}
+
+/// The first lines of the text listing: the set, its counts, and for an
+/// increment what it references.
+fn print_head(
+    c: &Catalog,
+    label: &crate::format::Label,
+    files: usize,
+    segments: usize,
+    unchanged: usize,
+) {
     outln!(
         "{} (device {} of {}), {} entries, {} segments",
         crate::restore::chain::describe(c),
         label.device_index,
         label.device_count,
-        c.files.len(),
-        c.segments.len()
+        files,
+        segments
     );
     if let Some(parent) = c.ancestors.first() {
         outln!(
             "incremental over set {}: {} unchanged files referenced, {} paths removed, {} renamed",
             parent,
-            c.files.iter().filter(|f| f.origin != 0).count(),
+            unchanged,
             c.removed.len(),
             c.renamed.len()
         );
     }
-    for f in &c.files {
-        if !super::stdout_open() {
-            break; // the reader went away (`| head`)
-        }
-        let extra = match f.kind {
-            FileKind::Symlink => format!(" -> {}", shown_name(&f.link_target)),
-            FileKind::HardLink => {
-                format!(" => {}", shown_name(&c.files[f.hardlink_to as usize].path))
-            }
-            FileKind::CharDevice | FileKind::BlockNode => {
-                format!(
-                    " (device {}:{})",
-                    libc::major(f.stat.rdev),
-                    libc::minor(f.stat.rdev)
-                )
-            }
-            _ => match origin_set(f) {
-                Some(set) => format!(" (unchanged, data in set {set})"),
-                None => String::new(),
-            },
-        };
-        outln!(
-            "{:<8} {:06o} {:>5}:{:<5} {:>14} {}{}",
-            kind_name(f.kind),
-            f.stat.mode & 0o7777,
-            f.stat.uid,
-            f.stat.gid,
-            f.size_bytes,
-            shown_name(&f.path),
-            extra
-        );
-    }
+}
+
+/// The lines after the files: removed and renamed paths, and with
+/// `--segments` every segment; `path_of` gives a file's path by id.
+fn print_tail<'p>(
+    c: &Catalog,
+    args: &ListArgs,
+    path_of: impl Fn(u32) -> &'p [u8],
+    segments: impl Iterator<Item = Result<impl std::borrow::Borrow<CatalogSegment>, FormatError>>,
+) -> Result<(), FormatError> {
     for path in &c.removed {
         outln!("removed  {}", shown_name(path));
     }
@@ -236,14 +309,15 @@ pub fn run(args: ListArgs) -> CliResult {
         outln!(
             "renamed  {} -> {}",
             shown_name(&r.from),
-            shown_name(&c.files[r.file_id as usize].path)
+            shown_name(path_of(r.file_id))
         );
     }
     if args.segments {
-        for s in &c.segments {
+        for s in segments {
+            let s = *s?.borrow();
             outln!(
                 "segment {} {}..{} device {} position {} records {}",
-                shown_name(&c.files[s.file_id as usize].path),
+                shown_name(path_of(s.file_id)),
                 s.offset,
                 s.offset + s.length,
                 s.device,
@@ -252,6 +326,65 @@ pub fn run(args: ListArgs) -> CliResult {
             );
         }
     }
+    Ok(())
+}
+
+/// `list` of one disk or file in text: the catalog proven against the
+/// label (`open_encoded`), then read entry by entry, a few passes over
+/// its bytes, so that what is held is the encoding (and the paths of hard
+/// links' targets, renamed files, and with `--segments` files with data),
+/// not a decoded entry per file.
+fn list_streamed(args: &ListArgs, set: &crate::restore::EncodedSet, key_given: bool) -> CliResult {
+    let c = set.stream().map_err(fail)?;
+    super::show_notes(set.device.as_ref());
+    if !key_given && set.keyed(&c) {
+        errln!("pbio: set is authenticated; give --key to check it");
+    }
+    let broken = |error| catalog_failure(set.device.as_ref(), &set.label, error);
+    let head = c.head();
+    // What the lines name of other files, by id: hard links' targets,
+    // renamed files, segments' files.
+    let mut names: HashMap<u32, Vec<u8>> = head
+        .renamed
+        .iter()
+        .map(|r| (r.file_id, Vec::new()))
+        .collect();
+    let mut unchanged = 0;
+    for f in c.files() {
+        let f = f.map_err(broken)?;
+        if f.kind == FileKind::HardLink {
+            names.insert(f.hardlink_to, Vec::new());
+        }
+        unchanged += usize::from(f.origin != 0);
+    }
+    if args.segments {
+        for s in c.segments() {
+            names.insert(s.map_err(broken)?.file_id, Vec::new());
+        }
+    }
+    if !names.is_empty() {
+        for (id, f) in c.files().enumerate() {
+            if let Some(path) = names.get_mut(&(id as u32)) {
+                *path = f.map_err(broken)?.path;
+            }
+        }
+    }
+    let path_of = |id: u32| names.get(&id).map_or(&[][..], |p| &p[..]);
+    print_head(
+        head,
+        &set.label,
+        c.file_count(),
+        c.segment_count(),
+        unchanged,
+    );
+    for f in c.files() {
+        if !super::stdout_open() {
+            break; // the reader went away (`| head`)
+        }
+        let f = f.map_err(broken)?;
+        outln!("{}", file_line(&f, path_of(f.hardlink_to), &head.ancestors));
+    }
+    print_tail(head, args, path_of, c.segments()).map_err(broken)?;
     Ok(Outcome::Done)
 }
 

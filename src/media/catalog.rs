@@ -136,6 +136,21 @@ pub fn read_catalog(dev: &dyn Device, label: &Label) -> Result<CatalogRead, Medi
     if dev.access() == Access::Sequential {
         return super::tape::read_tape_catalog(dev, label);
     }
+    let bytes = read_catalog_bytes(dev, label)?;
+    decoded(&bytes, label).map_err(|error| MediaError::Format {
+        device: name(dev),
+        what: "catalog",
+        offset: label.catalog_offset,
+        error,
+    })
+}
+
+/// The catalog's encoding as a Complete label of a random-access device
+/// points to (every record checked, then the End record after them),
+/// not decoded: the encoding as stored (sealed when the set is encrypted).
+/// `catalog_bytes` opens and hashes it; `CatalogStream` reads it entry by
+/// entry (issue 23).
+pub fn read_catalog_bytes(dev: &dyn Device, label: &Label) -> Result<Vec<u8>, MediaError> {
     let chunk = label.chunk_bytes as usize;
     let mut pool = BufferPool::new(1, HEADER_BYTES + chunk);
     let mut bytes = Vec::with_capacity(label.catalog_bytes.min(1 << 30) as usize);
@@ -199,7 +214,19 @@ pub fn read_catalog(dev: &dyn Device, label: &Label) -> Result<CatalogRead, Medi
         }
         Err(e) => return Err(format_err("End record", offset, e)),
     }
-    decoded(&bytes, label).map_err(|e| format_err("catalog", label.catalog_offset, e))
+    Ok(bytes)
+}
+
+/// The catalog's encoding read by `read_catalog_bytes` (whose BLAKE3 the
+/// caller checked against the label's `catalog_digest`), opened when the
+/// set is encrypted: the plain encoding, for `CatalogStream`.
+pub fn opened_catalog_bytes(bytes: Vec<u8>, label: &Label) -> Result<Vec<u8>, FormatError> {
+    if !label.seal.is_sealed() {
+        return Ok(bytes);
+    }
+    let key = crate::format::seal::keyring::open(label.set_id, &label.seal)
+        .map_err(|_| crate::format::seal::SealError::WrongKey)?;
+    Ok(key.open_catalog(label.seal.run_id, &bytes)?)
 }
 
 /// The payload of the record read into `buf` (its header block first,

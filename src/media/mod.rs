@@ -23,7 +23,10 @@ pub mod sets;
 pub mod stream;
 mod tape;
 
-pub use catalog::{catalog_media_bytes, read_catalog, write_catalog, CatalogRead};
+pub use catalog::{
+    catalog_media_bytes, opened_catalog_bytes, read_catalog, read_catalog_bytes, write_catalog,
+    CatalogRead,
+};
 pub use label::{read_label, write_label};
 pub use tape::write_tape_catalog;
 

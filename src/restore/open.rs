@@ -161,7 +161,7 @@ pub fn open_devices(
 /// The MAC key of `label`'s set: an encrypted set's (`--encrypt`) from
 /// its data key, opened from the label's envelope with the user's key
 /// (refused, exit 2, without one or with another); else `key` as given.
-fn set_mac_key(
+pub(super) fn set_mac_key(
     dev: &dyn Device,
     label: &Label,
     key: Option<&MacKey>,
@@ -182,7 +182,11 @@ fn set_mac_key(
 /// A label's MAC checked with `key` (before anything else is read from
 /// the device): refused when it does not match, or is zero (the set was
 /// written without a key).
-fn check_label_mac(dev: &dyn Device, label: &Label, key: &MacKey) -> Result<(), RestoreError> {
+pub(super) fn check_label_mac(
+    dev: &dyn Device,
+    label: &Label,
+    key: &MacKey,
+) -> Result<(), RestoreError> {
     if crate::format::hash_eq(&label.mac_for(key), &label.mac) {
         return Ok(());
     }

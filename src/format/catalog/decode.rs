@@ -30,136 +30,168 @@ impl Catalog {
     /// Decode; rejects anything malformed (bad magic/version/checksum,
     /// truncation, out-of-range ids, trailing bytes) without panicking.
     pub fn decode(buf: &[u8]) -> Result<Catalog, FormatError> {
-        if buf.len() < CATALOG_BYTES_MIN {
-            return Err(FormatError::Short {
-                have: buf.len(),
-                need: CATALOG_BYTES_MIN,
-            });
-        }
-        let (header, rest) = buf.split_at(layout::TABLES);
-        let (rest, crc_bytes) = rest.split_at(rest.len() - CATALOG_CRC_BYTES);
-        let (tables, mac_bytes) = rest.split_at(rest.len() - CATALOG_MAC_BYTES);
-        let u32_at = |off: usize| read_u32(&header[off..off + 4]);
-        if header[layout::MAGIC..layout::MAGIC + 8] != CATALOG_MAGIC {
-            return Err(FormatError::BadMagic { what: "catalog" });
-        }
-        let stored = read_u32(crc_bytes);
-        let computed = crc32c(&buf[..buf.len() - CATALOG_CRC_BYTES]);
-        // Under the fuzzer (`cargo fuzz` sets cfg(fuzzing)) checksums are not
-        // checked, so that mutated input reaches the field rules behind them.
-        if stored != computed && !cfg!(fuzzing) {
-            return Err(FormatError::Checksum {
-                what: "catalog",
-                stored,
-                computed,
-            });
-        }
-        let version = u32_at(layout::VERSION);
-        if version != FORMAT_VERSION {
-            return Err(FormatError::Version(version));
-        }
-        let mut set_id = SetId::default();
-        set_id
-            .0
-            .copy_from_slice(&header[layout::SET_ID..layout::SET_ID + SetId::BYTES]);
-        let mut created = [0u8; 8];
-        created.copy_from_slice(&header[layout::CREATED_UNIX_NS..layout::CREATED_UNIX_NS + 8]);
-        let device_count = u32_at(layout::DEVICE_COUNT);
-        let file_count = u32_at(layout::FILE_COUNT);
-        let segment_count = u32_at(layout::SEGMENT_COUNT);
-
-        // No allocation larger than the bytes present could describe.
-        let need = u64::from(device_count) * DEVICE_ENTRY_BYTES_MIN
-            + u64::from(file_count) * FILE_ENTRY_BYTES_MIN
-            + u64::from(segment_count) * SEGMENT_ENTRY_BYTES_MIN
-            + CHAIN_BYTES_MIN;
-        if need > tables.len() as u64 {
-            return Err(FormatError::Catalog(
-                "table counts exceed the catalog's length",
-            ));
-        }
-
+        let Parsed {
+            mut head,
+            file_count,
+            segment_count,
+            tables,
+        } = parse_head(buf)?;
         let mut r = Reader(tables);
-        let mut devices = Vec::with_capacity(device_count as usize);
-        for _ in 0..device_count {
-            let path = r.bytes()?.to_vec();
-            let capacity_bytes = r.varint()?;
-            let code = r.byte()?;
-            let state = DeviceState::from_code(code).ok_or(FormatError::Field {
-                field: "catalog.device.state",
-                value: code.into(),
-            })?;
-            devices.push(CatalogDevice {
-                path,
-                capacity_bytes,
-                state,
-                data_end: r.varint()?,
-            });
-        }
         let mut files = Vec::with_capacity(file_count as usize);
         for _ in 0..file_count {
             files.push(r.file()?);
         }
         let mut segments = Vec::with_capacity(segment_count as usize);
         for _ in 0..segment_count {
-            segments.push(CatalogSegment {
-                file_id: r.varint_u32()?,
-                offset: r.varint()?,
-                length: r.varint()?,
-                device: r.varint_u32()?,
-                position: r.varint()?,
-                records: r.varint_u32()?,
-            });
+            segments.push(r.segment()?);
         }
-        let ancestor_count = r.count(ANCESTOR_BYTES)?;
-        let mut ancestors = Vec::with_capacity(ancestor_count);
-        for _ in 0..ancestor_count {
-            let mut id = SetId::default();
-            id.0.copy_from_slice(r.take(ANCESTOR_BYTES)?);
-            ancestors.push(id);
-        }
-        let removed_count = r.count(REMOVED_ENTRY_BYTES_MIN)?;
-        let mut removed = Vec::with_capacity(removed_count);
-        for _ in 0..removed_count {
-            removed.push(r.bytes()?.to_vec());
-        }
-        let renamed_count = r.count(RENAMED_ENTRY_BYTES_MIN)?;
-        let mut renamed = Vec::with_capacity(renamed_count);
-        for _ in 0..renamed_count {
-            renamed.push(Renamed {
-                file_id: r.varint_u32()?,
-                from: r.bytes()?.to_vec(),
-            });
-        }
-        // The parity section, only in a set written with `--parity`.
-        let parity = if r.0.is_empty() {
-            None
-        } else {
-            Some(super::parity::decode(&mut r)?)
-        };
-        if !r.0.is_empty() {
-            return Err(FormatError::Catalog(
-                "trailing bytes after the parity section",
-            ));
-        }
-        let mut mac = [0u8; HASH_BYTES];
-        mac.copy_from_slice(mac_bytes);
-        let catalog = Catalog {
-            set_id,
-            created_unix_ns: u64::from_le_bytes(created),
-            chunk_bytes: u32_at(layout::CHUNK_BYTES),
-            devices,
-            files,
-            segments,
-            ancestors,
-            removed,
-            renamed,
-            parity,
-            mac,
-        };
-        catalog.validate()?;
-        Ok(catalog)
+        head.files = files;
+        head.segments = segments;
+        decode_tail(&mut r, &mut head)?;
+        head.validate()?;
+        Ok(head)
     }
+}
+
+/// A catalog's fixed header and device table, checked (length, magic,
+/// CRC, version, counts against the bytes present), and the bytes of the
+/// tables after the device table (files, segments, chain, parity).
+pub(super) struct Parsed<'a> {
+    /// Everything but the files, the segments and the chain section.
+    pub(super) head: Catalog,
+    pub(super) file_count: u32,
+    pub(super) segment_count: u32,
+    pub(super) tables: &'a [u8],
+}
+
+pub(super) fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, FormatError> {
+    if buf.len() < CATALOG_BYTES_MIN {
+        return Err(FormatError::Short {
+            have: buf.len(),
+            need: CATALOG_BYTES_MIN,
+        });
+    }
+    let (header, rest) = buf.split_at(layout::TABLES);
+    let (rest, crc_bytes) = rest.split_at(rest.len() - CATALOG_CRC_BYTES);
+    let (tables, mac_bytes) = rest.split_at(rest.len() - CATALOG_MAC_BYTES);
+    let u32_at = |off: usize| read_u32(&header[off..off + 4]);
+    if header[layout::MAGIC..layout::MAGIC + 8] != CATALOG_MAGIC {
+        return Err(FormatError::BadMagic { what: "catalog" });
+    }
+    let stored = read_u32(crc_bytes);
+    let computed = crc32c(&buf[..buf.len() - CATALOG_CRC_BYTES]);
+    // Under the fuzzer (`cargo fuzz` sets cfg(fuzzing)) checksums are not
+    // checked, so that mutated input reaches the field rules behind them.
+    if stored != computed && !cfg!(fuzzing) {
+        return Err(FormatError::Checksum {
+            what: "catalog",
+            stored,
+            computed,
+        });
+    }
+    let version = u32_at(layout::VERSION);
+    if version != FORMAT_VERSION {
+        return Err(FormatError::Version(version));
+    }
+    let mut set_id = SetId::default();
+    set_id
+        .0
+        .copy_from_slice(&header[layout::SET_ID..layout::SET_ID + SetId::BYTES]);
+    let mut created = [0u8; 8];
+    created.copy_from_slice(&header[layout::CREATED_UNIX_NS..layout::CREATED_UNIX_NS + 8]);
+    let device_count = u32_at(layout::DEVICE_COUNT);
+    let file_count = u32_at(layout::FILE_COUNT);
+    let segment_count = u32_at(layout::SEGMENT_COUNT);
+
+    // No allocation larger than the bytes present could describe.
+    let need = u64::from(device_count) * DEVICE_ENTRY_BYTES_MIN
+        + u64::from(file_count) * FILE_ENTRY_BYTES_MIN
+        + u64::from(segment_count) * SEGMENT_ENTRY_BYTES_MIN
+        + CHAIN_BYTES_MIN;
+    if need > tables.len() as u64 {
+        return Err(FormatError::Catalog(
+            "table counts exceed the catalog's length",
+        ));
+    }
+
+    let mut r = Reader(tables);
+    let mut devices = Vec::with_capacity(device_count as usize);
+    for _ in 0..device_count {
+        let path = r.bytes()?.to_vec();
+        let capacity_bytes = r.varint()?;
+        let code = r.byte()?;
+        let state = DeviceState::from_code(code).ok_or(FormatError::Field {
+            field: "catalog.device.state",
+            value: code.into(),
+        })?;
+        devices.push(CatalogDevice {
+            path,
+            capacity_bytes,
+            state,
+            data_end: r.varint()?,
+        });
+    }
+    let mut mac = [0u8; HASH_BYTES];
+    mac.copy_from_slice(mac_bytes);
+    let head = Catalog {
+        set_id,
+        created_unix_ns: u64::from_le_bytes(created),
+        chunk_bytes: u32_at(layout::CHUNK_BYTES),
+        devices,
+        files: Vec::new(),
+        segments: Vec::new(),
+        ancestors: Vec::new(),
+        removed: Vec::new(),
+        renamed: Vec::new(),
+        parity: None,
+        mac,
+    };
+    Ok(Parsed {
+        head,
+        file_count,
+        segment_count,
+        tables: r.0,
+    })
+}
+
+/// The chain section and the parity section (the bytes after the
+/// segment table) into `head`, and nothing after them.
+pub(super) fn decode_tail(r: &mut Reader, head: &mut Catalog) -> Result<(), FormatError> {
+    let ancestor_count = r.count(ANCESTOR_BYTES)?;
+    let mut ancestors = Vec::with_capacity(ancestor_count);
+    for _ in 0..ancestor_count {
+        let mut id = SetId::default();
+        id.0.copy_from_slice(r.take(ANCESTOR_BYTES)?);
+        ancestors.push(id);
+    }
+    let removed_count = r.count(REMOVED_ENTRY_BYTES_MIN)?;
+    let mut removed = Vec::with_capacity(removed_count);
+    for _ in 0..removed_count {
+        removed.push(r.bytes()?.to_vec());
+    }
+    let renamed_count = r.count(RENAMED_ENTRY_BYTES_MIN)?;
+    let mut renamed = Vec::with_capacity(renamed_count);
+    for _ in 0..renamed_count {
+        renamed.push(Renamed {
+            file_id: r.varint_u32()?,
+            from: r.bytes()?.to_vec(),
+        });
+    }
+    head.ancestors = ancestors;
+    head.removed = removed;
+    head.renamed = renamed;
+    // The parity section, only in a set written with `--parity`.
+    head.parity = if r.0.is_empty() {
+        None
+    } else {
+        Some(super::parity::decode(r)?)
+    };
+    if !r.0.is_empty() {
+        return Err(FormatError::Catalog(
+            "trailing bytes after the parity section",
+        ));
+    }
+    Ok(())
 }
 
 pub(super) const fn unzigzag(u: u64) -> i64 {
@@ -236,7 +268,18 @@ impl<'a> Reader<'a> {
         Ok(n as usize)
     }
 
-    fn file(&mut self) -> Result<CatalogFile, FormatError> {
+    pub(super) fn segment(&mut self) -> Result<CatalogSegment, FormatError> {
+        Ok(CatalogSegment {
+            file_id: self.varint_u32()?,
+            offset: self.varint()?,
+            length: self.varint()?,
+            device: self.varint_u32()?,
+            position: self.varint()?,
+            records: self.varint_u32()?,
+        })
+    }
+
+    pub(super) fn file(&mut self) -> Result<CatalogFile, FormatError> {
         let path = self.bytes()?.to_vec();
         let code = self.byte()?;
         let kind = FileKind::from_code(code).ok_or(FormatError::Field {

@@ -18,16 +18,20 @@
 mod decode;
 mod encode;
 mod parity;
+mod stream;
 mod validate;
 
 #[cfg(test)]
 mod rules_tests;
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod streamed_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 
 pub use parity::{CatalogParity, CatalogStripe, StripeRecord};
+pub use stream::{CatalogStream, Entries};
 
 use super::{SetId, Stat, HASH_BYTES};
 

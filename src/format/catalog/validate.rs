@@ -223,7 +223,7 @@ fn check_file(
     Ok(())
 }
 
-fn check_segment(
+pub(super) fn check_segment(
     s: &CatalogSegment,
     files: &dyn Fn(usize) -> Option<Summary>,
     device_count: usize,

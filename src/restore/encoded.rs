@@ -1,0 +1,119 @@
+//! A set's catalog kept encoded (issue 23): `pbio list` of one
+//! random-access device reads the catalog's bytes, proves them against
+//! the label (digest, and with `--key` the MACs) exactly as `open_devices`
+//! does, and then reads them entry by entry (`CatalogStream`) instead of
+//! holding a decoded `CatalogFile` per file.
+
+use crate::device::{Access, Device};
+use crate::format::catalog::CatalogStream;
+use crate::format::{Label, LabelState, MacKey};
+use crate::media::{self, MediaError};
+
+use super::open::{attach, check_label_mac, set_mac_key};
+use super::{MacOf, RestoreError};
+
+/// One device of a set, its label, and the set's catalog as stored on it
+/// (opened when the set is encrypted), its digest checked against the
+/// label's.
+pub struct EncodedSet {
+    pub device: Box<dyn Device>,
+    pub label: Label,
+    bytes: Vec<u8>,
+    key: Option<MacKey>,
+}
+
+/// `dev`'s label and catalog bytes, proven as `open_devices` proves them;
+/// `Err(dev)` back when the device is not one this reads (a tape, or a
+/// label that is not Complete): `open_devices` then.
+pub fn open_encoded(
+    dev: Box<dyn Device>,
+    key: Option<&MacKey>,
+) -> Result<Result<EncodedSet, Box<dyn Device>>, RestoreError> {
+    if dev.access() != Access::Random {
+        return Ok(Err(dev));
+    }
+    attach(dev.as_ref())?;
+    let read = (|| -> Result<_, RestoreError> {
+        let label = media::read_label(dev.as_ref())?;
+        if label.state != LabelState::Complete {
+            return Ok(None);
+        }
+        let key = set_mac_key(dev.as_ref(), &label, key)?;
+        if let Some(key) = &key {
+            check_label_mac(dev.as_ref(), &label, key)?;
+        }
+        let bytes = media::read_catalog_bytes(dev.as_ref(), &label)?;
+        Ok(Some((bytes, label, key)))
+    })();
+    dev.detach();
+    let Some((bytes, label, key)) = read? else {
+        return Ok(Err(dev));
+    };
+    let name = || dev.path().display().to_string();
+    if *blake3::hash(&bytes).as_bytes() != label.catalog_digest {
+        return Err(RestoreError::CatalogDigest { device: name() });
+    }
+    let bytes = media::opened_catalog_bytes(bytes, &label).map_err(|error| MediaError::Format {
+        device: name(),
+        what: "catalog",
+        offset: label.catalog_offset,
+        error,
+    })?;
+    Ok(Ok(EncodedSet {
+        device: dev,
+        label,
+        bytes,
+        key,
+    }))
+}
+
+impl EncodedSet {
+    /// The catalog, checked as `Catalog::decode` checks it, against the
+    /// label (set, device count and index, chunk size, creation time) and
+    /// with the key against its MAC, as `open_devices` does.
+    pub fn stream(&self) -> Result<CatalogStream<'_>, RestoreError> {
+        let device = self.device.path().display().to_string();
+        let l = &self.label;
+        let stream = CatalogStream::open(&self.bytes).map_err(|error| MediaError::Format {
+            device: device.clone(),
+            what: "catalog",
+            offset: l.catalog_offset,
+            error,
+        })?;
+        let c = stream.head();
+        if c.set_id != l.set_id {
+            return Err(RestoreError::ForeignCatalog { device });
+        }
+        if let Some(key) = &self.key {
+            if !crate::format::hash_eq(&stream.mac_for(key), &c.mac) {
+                return Err(RestoreError::Mac {
+                    device,
+                    what: MacOf::Catalog,
+                    zero: c.mac == [0; 32],
+                });
+            }
+        }
+        let count = c.devices.len();
+        if l.device_count as usize != count || l.device_index as usize >= count {
+            return Err(RestoreError::NotInCatalog {
+                device: device.clone(),
+                index: l.device_index,
+                count: l.device_count,
+                source_device: device,
+                catalog_count: count,
+            });
+        }
+        if l.chunk_bytes != c.chunk_bytes || l.created_unix_ns != c.created_unix_ns {
+            return Err(RestoreError::CatalogDisagrees {
+                device: device.clone(),
+                source_device: device,
+            });
+        }
+        Ok(stream)
+    }
+
+    /// The set carries MACs (it was written with `--key`).
+    pub fn keyed(&self, stream: &CatalogStream) -> bool {
+        stream.head().mac != [0; 32] || self.label.mac != [0; 32]
+    }
+}
