@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::device::{Access, Device};
-use crate::format::{Label, LabelState, HEADER_BYTES};
+use crate::format::{Label, HEADER_BYTES};
 use crate::media;
 use crate::source::EntryKind;
 
@@ -71,13 +71,11 @@ pub fn run_backup(
     let started = Instant::now();
     let dispatcher = new_dispatcher(input, devices.len(), config);
     let label_errors = write_labels(devices, config, &dispatcher);
-    let rings = ring_configs(devices, config);
-    let outcomes = run_rings(
+    let (rings, outcomes) = run_rings(
         input,
         devices,
         config,
         &dispatcher,
-        &rings,
         label_errors
             .into_iter()
             .map(|e| e.map_or(Start::From(None), Start::Failed))
@@ -146,24 +144,19 @@ pub(super) fn writing_label(
     count: u32,
     block_bytes: u32,
 ) -> Label {
-    Label {
-        set_id: config.set_id,
-        device_index: index,
-        device_count: count,
-        chunk_bytes: config.chunk_bytes,
+    let seal = config
+        .encryption
+        .as_ref()
+        .map_or(crate::format::seal::LabelSeal::NONE, |e| e.label);
+    Label::new_writing(
+        config.set_id,
+        config.created_unix_ns,
+        config.chunk_bytes,
+        seal,
+        index,
+        count,
         block_bytes,
-        created_unix_ns: config.created_unix_ns,
-        state: LabelState::Writing,
-        catalog_offset: 0,
-        catalog_bytes: 0,
-        data_end: 0,
-        catalog_digest: [0; 32],
-        mac: [0; 32],
-        seal: config
-            .encryption
-            .as_ref()
-            .map_or(crate::format::seal::LabelSeal::NONE, |e| e.label),
-    }
+    )
     .sealed(config.mac_key.as_ref())
 }
 
@@ -254,7 +247,7 @@ fn write_labels(
 /// One ring configuration per device: its record size limit and how many
 /// records it keeps in flight (a remote device: enough to cover its round
 /// trip; a tape: its buffer of records ahead of the one write).
-pub(super) fn ring_configs(devices: &[Box<dyn Device>], config: &BackupConfig) -> Vec<RingConfig> {
+fn ring_configs(devices: &[Box<dyn Device>], config: &BackupConfig) -> Vec<RingConfig> {
     devices
         .iter()
         .enumerate()
@@ -300,16 +293,18 @@ pub(super) enum Start {
 /// dispatcher until none is left (with `--balance time`, a thread that
 /// keeps the rates current). Invariant: every device ends Complete, Full
 /// or Failed, with its durable records listed; a ring that cannot even be
-/// set up aborts the run (the error is returned).
+/// set up aborts the run (the error is returned). Returns each device's
+/// ring configuration (`ring_configs`; the finish phase writes the
+/// catalog with it) and outcome.
 pub(super) fn run_rings(
     input: &SetInput,
     devices: &[Box<dyn Device>],
     config: &BackupConfig,
     dispatcher: &Dispatcher,
-    rings: &[RingConfig],
     starts: Vec<Start>,
     progress: &[AtomicU64],
-) -> Result<Vec<RingOutcome>, BackupError> {
+) -> Result<(Vec<RingConfig>, Vec<RingOutcome>), BackupError> {
+    let rings = ring_configs(devices, config);
     let rings_done = AtomicBool::new(false);
     let outcomes: Vec<Result<RingOutcome, RingError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = starts
@@ -351,10 +346,11 @@ pub(super) fn run_rings(
         rings_done.store(true, Ordering::Relaxed);
         outcomes
     });
-    outcomes
+    let outcomes = outcomes
         .into_iter()
         .map(|o| o.map_err(BackupError::from))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((rings, outcomes))
 }
 
 /// Each device's path and capacity, as the catalog names them.

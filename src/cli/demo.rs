@@ -187,11 +187,9 @@ pub fn run(args: DemoArgs) -> CliResult {
         keep_old_files: false,
         overwrite_newer_only: false,
         scan: false,
-        set: None,
         keep_partial: false,
         json: false,
-        key: None,
-        passphrase_file: None,
+        open: Default::default(),
     })?;
     if code != Outcome::Done {
         return Ok(code);
@@ -200,10 +198,8 @@ pub fn run(args: DemoArgs) -> CliResult {
     let code = restore::run_verify(restore::VerifyArgs {
         devs,
         library: Default::default(),
-        set: None,
         json: false,
-        key: None,
-        passphrase_file: None,
+        open: Default::default(),
     })?;
     if code != Outcome::Done {
         return Ok(code);

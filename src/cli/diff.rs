@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
-use super::{parse_dev, path_hex, path_text, CliResult, Failure, Outcome};
+use super::{parse_dev, path_text, with_path, CliResult, Failure, Outcome};
 use crate::device::DeviceSpec;
 use crate::restore::diff::{self, DiffError, What};
 use crate::restore::Only;
@@ -67,13 +67,7 @@ pub fn run(args: DiffArgs) -> CliResult {
             .differences
             .iter()
             .map(|d| {
-                let mut v = json!({
-                    "path": path_text(&d.path),
-                    "what": d.what.code(),
-                });
-                if let Some(hex) = path_hex(&d.path) {
-                    v["path_hex"] = json!(hex);
-                }
+                let mut v = with_path(&d.path, json!({ "what": d.what.code() }));
                 if let What::Xattr { name, .. } = &d.what {
                     v["name"] = json!(path_text(name));
                 }

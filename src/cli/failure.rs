@@ -22,11 +22,6 @@ use crate::restore::RestoreError;
 use crate::source::select::SelectError;
 use crate::source::SourceError;
 
-const EXIT_OK: i32 = 0;
-const EXIT_DEGRADED: i32 = 1;
-const EXIT_USAGE: i32 = 2;
-const EXIT_DATA: i32 = 3;
-
 /// How a command that ran to its end came out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -42,6 +37,12 @@ pub enum Outcome {
     /// `pbio diff`: the set and the live tree differ (exit 1).
     Differs,
 }
+
+// The exit codes of the table in the module docs.
+const EXIT_OK: i32 = 0;
+const EXIT_DEGRADED: i32 = 1;
+const EXIT_USAGE: i32 = 2;
+const EXIT_DATA: i32 = 3;
 
 impl Outcome {
     pub fn code(self) -> i32 {

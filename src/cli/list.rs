@@ -3,7 +3,7 @@
 use clap::Args;
 use serde_json::json;
 
-use super::{parse_dev, path_hex, path_text, CliResult, Failure, Outcome};
+use super::{parse_dev, path_text, segment_json, with_path, CliResult, Failure, Outcome};
 use crate::device::DeviceSpec;
 use std::collections::HashMap;
 
@@ -17,9 +17,6 @@ pub struct ListArgs {
     pub dev: Option<DeviceSpec>,
     #[command(flatten)]
     pub library: super::LibraryArgs,
-    /// The set to list (its id in hex, or an unambiguous prefix), when the tape or the library holds more than one (without it, a tape holding several sets lists them).
-    #[arg(long = "set", value_name = "SETID")]
-    pub set: Option<String>,
     /// Also print every segment (file range, device, position).
     #[arg(long)]
     pub segments: bool,
@@ -30,15 +27,8 @@ pub struct ListArgs {
     /// Machine-readable catalog: one JSON object (set id, devices, files, segments).
     #[arg(long)]
     pub json: bool,
-    /// The key the set was written with (`backup --key`): the label's and
-    /// the catalog's MAC must match it.
-    #[arg(long = "key-file", visible_alias = "key", value_name = "FILE")]
-    pub key: Option<std::path::PathBuf>,
-    /// The passphrase of a set written with `backup --encrypt
-    /// --passphrase-file`: the file's contents (one trailing newline
-    /// dropped).
-    #[arg(long = "passphrase-file", value_name = "FILE", conflicts_with = "key")]
-    pub passphrase_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub open: super::OpenArgs,
 }
 
 fn kind_name(kind: FileKind) -> &'static str {
@@ -71,8 +61,8 @@ fn one_set(
 }
 
 pub fn run(args: ListArgs) -> CliResult {
-    let key = super::key::load_optional(args.key.as_deref())?;
-    super::key::load_passphrase(args.passphrase_file.as_deref())?;
+    let key = super::key::load_optional(args.open.key.as_deref())?;
+    super::key::load_passphrase(args.open.passphrase_file.as_deref())?;
     let set = match (&args.dev, &args.library.changer) {
         (Some(dev), _) => {
             let opened = crate::device::open(dev, crate::device::Mode::Read).map_err(|error| {
@@ -81,7 +71,7 @@ pub fn run(args: ListArgs) -> CliResult {
                     error: error.into(),
                 }
             })?;
-            if args.set.is_none() && opened.access() == crate::device::Access::Sequential {
+            if args.open.set.is_none() && opened.access() == crate::device::Access::Sequential {
                 let found = crate::media::sets::sets_on_tape(opened.as_ref());
                 if let Some(sets) = found.ok().filter(|s| s.len() > 1) {
                     print_sets(&dev.path, &sets, args.json);
@@ -90,7 +80,7 @@ pub fn run(args: ListArgs) -> CliResult {
             }
             // One disk or file, text output: the catalog read entry by
             // entry, never held decoded (issue 23).
-            let opened = if args.json || args.export.is_some() || args.set.is_some() {
+            let opened = if args.json || args.export.is_some() || args.open.set.is_some() {
                 opened
             } else {
                 match crate::restore::open_encoded(opened, key.as_ref()).map_err(fail)? {
@@ -98,12 +88,15 @@ pub fn run(args: ListArgs) -> CliResult {
                     Err(opened) => opened,
                 }
             };
-            let devices = super::append::choose_on_tapes(vec![opened], args.set.as_deref())?;
+            let devices = super::append::choose_on_tapes(vec![opened], args.open.set.as_deref())?;
             crate::restore::open_devices(devices, key.as_ref()).and_then(one_set)
         }
         (None, Some(changer)) => {
-            let devices =
-                super::span::library_devices(changer, &args.library.drives, args.set.as_deref())?;
+            let devices = super::span::library_devices(
+                changer,
+                &args.library.drives,
+                args.open.set.as_deref(),
+            )?;
             crate::restore::open_devices(devices, key.as_ref()).and_then(one_set)
         }
         (None, None) => unreachable!("clap requires --dev or --changer"),
@@ -129,20 +122,19 @@ pub fn run(args: ListArgs) -> CliResult {
             .files
             .iter()
             .map(|f| {
-                let mut file = json!({
-                    "path": path_text(&f.path),
-                    "kind": kind_name(f.kind),
-                    "mode": f.stat.mode,
-                    "uid": f.stat.uid,
-                    "gid": f.stat.gid,
-                    "mtime_sec": f.stat.mtime_sec,
-                    "size_bytes": f.size_bytes,
-                    // Set holding the data of a file unchanged since an earlier set.
-                    "data_in_set": origin_set(f),
-                });
-                if let Some(hex) = path_hex(&f.path) {
-                    file["path_hex"] = hex.into();
-                }
+                let mut file = with_path(
+                    &f.path,
+                    json!({
+                        "kind": kind_name(f.kind),
+                        "mode": f.stat.mode,
+                        "uid": f.stat.uid,
+                        "gid": f.stat.gid,
+                        "mtime_sec": f.stat.mtime_sec,
+                        "size_bytes": f.size_bytes,
+                        // Set holding the data of a file unchanged since an earlier set.
+                        "data_in_set": origin_set(f),
+                    }),
+                );
                 if f.kind.has_rdev() {
                     file["rdev_major"] = libc::major(f.stat.rdev).into();
                     file["rdev_minor"] = libc::minor(f.stat.rdev).into();
@@ -165,11 +157,11 @@ pub fn run(args: ListArgs) -> CliResult {
             .segments
             .iter()
             .map(|s| {
-                json!({
-                    "path": path_text(&c.files[s.file_id as usize].path),
-                    "offset": s.offset, "length": s.length, "device": s.device,
-                    "position": s.position, "records": s.records,
-                })
+                let path = &c.files[s.file_id as usize].path;
+                let mut segment = segment_json(path, s.offset, s.length, s.device);
+                segment["position"] = s.position.into();
+                segment["records"] = s.records.into();
+                segment
             })
             .collect();
         outln!(

@@ -190,6 +190,29 @@ pub struct LibraryArgs {
     pub drives: Vec<u32>,
 }
 
+/// Which set `list`, `restore` and `verify` read, and its key.
+#[derive(Args, Debug, Default)]
+pub struct OpenArgs {
+    /// The set to read (its id in hex, or an unambiguous prefix), when the
+    /// devices (tapes with appended sets, `restore --scan`) or the library
+    /// hold more than one (without it, `list` of a tape holding several
+    /// sets lists them).
+    #[arg(long = "set", value_name = "SETID")]
+    pub set: Option<String>,
+    /// The key the set was written with (`backup --key`): every label's and
+    /// the catalog's MAC must match it, or the set is refused before
+    /// anything is written. An encrypted set (`backup --encrypt`) needs it,
+    /// with `restore --scan` too (each record opens alone; there is no
+    /// catalog, so no MAC is checked).
+    #[arg(long = "key-file", visible_alias = "key", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The passphrase of a set written with `backup --encrypt
+    /// --passphrase-file`: the file's contents (one trailing newline
+    /// dropped).
+    #[arg(long = "passphrase-file", value_name = "FILE", conflicts_with = "key")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
 /// Arguments shared by `plan` and `backup`.
 #[derive(Args, Debug, Clone)]
 pub struct SetArgs {
@@ -669,6 +692,27 @@ pub fn show_notes(dev: &dyn crate::device::Device) {
     for note in dev.notes() {
         errln!("pbio: {note}");
     }
+}
+
+/// `fields` (a JSON object) with the stored `path` added: `path`, and
+/// `path_hex` when it is not UTF-8.
+pub fn with_path(path: &[u8], mut fields: serde_json::Value) -> serde_json::Value {
+    fields["path"] = path_text(path).into();
+    if let Some(hex) = path_hex(path) {
+        fields["path_hex"] = hex.into();
+    }
+    fields
+}
+
+/// A segment of a file (planned or in a catalog) as `plan --json` and
+/// `list --json` give it.
+pub fn segment_json(path: &[u8], offset: u64, length: u64, device: u32) -> serde_json::Value {
+    serde_json::json!({
+        "path": path_text(path),
+        "offset": offset,
+        "length": length,
+        "device": device,
+    })
 }
 
 /// JSON-safe form of a stored path: exact for UTF-8 names, lossy

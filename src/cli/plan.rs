@@ -69,12 +69,8 @@ pub fn run(args: PlanArgs) -> CliResult {
             .segments
             .iter()
             .map(|s| {
-                json!({
-                    "path": path_text(&prepared.entries[s.file as usize].path),
-                    "offset": s.offset,
-                    "length": s.length,
-                    "device": s.device,
-                })
+                let path = &prepared.entries[s.file as usize].path;
+                super::segment_json(path, s.offset, s.length, s.device)
             })
             .collect();
         let out = json!({

@@ -68,11 +68,6 @@ pub struct RestoreArgs {
         conflicts_with_all = ["only", "strip_components", "keep_old_files", "overwrite_newer_only"]
     )]
     pub scan: bool,
-    /// The set to restore (its id in hex, or an unambiguous prefix) when
-    /// the devices (tapes with appended sets, --scan) or the library hold
-    /// more than one set.
-    #[arg(long = "set", value_name = "SETID")]
-    pub set: Option<String>,
     /// A file that cannot be restored completely (damaged or missing
     /// records, a digest mismatch) is kept as NAME.pbio-partial instead of
     /// being removed.
@@ -81,18 +76,8 @@ pub struct RestoreArgs {
     /// Machine-readable report: one JSON summary object (files, bytes, missing files with their byte ranges and devices, kept: existing names left with why, errors, ok).
     #[arg(long)]
     pub json: bool,
-    /// The key the set was written with (`backup --key`): every label's and
-    /// the catalog's MAC must match it, or the set is refused before
-    /// anything is written. An encrypted set (`backup --encrypt`) needs it,
-    /// with --scan too (each record opens alone; there is no catalog, so
-    /// no MAC is checked).
-    #[arg(long = "key-file", visible_alias = "key", value_name = "FILE")]
-    pub key: Option<PathBuf>,
-    /// The passphrase of a set written with `backup --encrypt
-    /// --passphrase-file`: the file's contents (one trailing newline
-    /// dropped).
-    #[arg(long = "passphrase-file", value_name = "FILE", conflicts_with = "key")]
-    pub passphrase_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub open: super::OpenArgs,
 }
 
 #[derive(Args, Debug)]
@@ -104,21 +89,11 @@ pub struct VerifyArgs {
     pub devs: Vec<DeviceSpec>,
     #[command(flatten)]
     pub library: super::LibraryArgs,
-    /// The set to verify (its id in hex, or an unambiguous prefix), when the tapes given or the library hold more than one.
-    #[arg(long = "set", value_name = "SETID")]
-    pub set: Option<String>,
     /// Machine-readable report: one JSON summary object (files, bytes, missing byte ranges, errors, ok).
     #[arg(long)]
     pub json: bool,
-    /// The key the set was written with (`backup --key`): every label's and
-    /// the catalog's MAC must match it.
-    #[arg(long = "key-file", visible_alias = "key", value_name = "FILE")]
-    pub key: Option<PathBuf>,
-    /// The passphrase of a set written with `backup --encrypt
-    /// --passphrase-file`: the file's contents (one trailing newline
-    /// dropped).
-    #[arg(long = "passphrase-file", value_name = "FILE", conflicts_with = "key")]
-    pub passphrase_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub open: super::OpenArgs,
 }
 
 /// Open the devices as one chain of sets, checking their MACs with the
@@ -126,6 +101,23 @@ pub struct VerifyArgs {
 /// to be unchecked).
 pub(super) fn open(devs: &[DeviceSpec], key: Option<&std::path::Path>) -> Result<Chain, Failure> {
     open_from(devs, None, &[], None, key)
+}
+
+/// The chain `restore` and `verify` read: `--dev`, or the cartridges of
+/// `--changer`, with `--set`, `--key-file` and `--passphrase-file`.
+fn open_chain(
+    devs: &[DeviceSpec],
+    library: &super::LibraryArgs,
+    open: &super::OpenArgs,
+) -> Result<Chain, Failure> {
+    super::key::load_passphrase(open.passphrase_file.as_deref())?;
+    open_from(
+        devs,
+        library.changer.as_deref(),
+        &library.drives,
+        open.set.as_deref(),
+        open.key.as_deref(),
+    )
 }
 
 /// `open`, or with `--changer` the cartridges of the library that hold a
@@ -191,14 +183,7 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
         },
         allow_no_match: args.allow_no_match,
     };
-    super::key::load_passphrase(args.passphrase_file.as_deref())?;
-    let chain = open_from(
-        &args.devs,
-        args.library.changer.as_deref(),
-        &args.library.drives,
-        args.set.as_deref(),
-        args.key.as_deref(),
-    )?;
+    let chain = open_chain(&args.devs, &args.library, &args.open)?;
     let is_block_device = std::fs::metadata(&args.to)
         .map(|m| m.file_type().is_block_device())
         .unwrap_or(false);
@@ -321,14 +306,7 @@ fn device_target(
 }
 
 pub fn run_verify(args: VerifyArgs) -> CliResult {
-    super::key::load_passphrase(args.passphrase_file.as_deref())?;
-    let chain = open_from(
-        &args.devs,
-        args.library.changer.as_deref(),
-        &args.library.drives,
-        args.set.as_deref(),
-        args.key.as_deref(),
-    )?;
+    let chain = open_chain(&args.devs, &args.library, &args.open)?;
     let mut report =
         restore::run_chain(&chain, Action::Verify, &[]).map_err(|error| Failure::Restore {
             doing: "verify failed: ",
@@ -584,12 +562,12 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
         error,
     };
     let device_sets = crate::media::scan::device_sets(&devs).map_err(|e| scan_failed(e.into()))?;
-    let chosen = crate::media::scan::choose_set(&device_sets, args.set.as_deref())
+    let chosen = crate::media::scan::choose_set(&device_sets, args.open.set.as_deref())
         .map_err(Failure::Usage)?;
     let report = match chosen {
         Some(set_id) => {
-            super::key::load_passphrase(args.passphrase_file.as_deref())?;
-            scan_keys(&devs, set_id, args.key.as_deref())?;
+            super::key::load_passphrase(args.open.passphrase_file.as_deref())?;
+            scan_keys(&devs, set_id, args.open.key.as_deref())?;
             restore::scan::restore_from_scan(&devs, &args.to, set_id, args.keep_partial)
                 .map_err(scan_failed)?
         }

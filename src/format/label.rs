@@ -157,21 +157,47 @@ impl Label {
         super::mac(key, &buf[..layout::MAC])
     }
 
-    /// This set's label for device `device_index` (block size
-    /// `block_bytes`) as a writer starts it: Writing, no catalog yet, MAC
-    /// zero until `sealed`.
-    pub fn writing(self, device_index: u32, block_bytes: u32) -> Label {
+    /// The label of device `device_index` of `device_count` (block size
+    /// `block_bytes`) of the set `set_id` as a writer starts it: Writing,
+    /// no catalog yet, MAC zero until `sealed`.
+    pub fn new_writing(
+        set_id: SetId,
+        created_unix_ns: u64,
+        chunk_bytes: u32,
+        seal: LabelSeal,
+        device_index: u32,
+        device_count: u32,
+        block_bytes: u32,
+    ) -> Label {
         Label {
+            set_id,
             device_index,
+            device_count,
+            chunk_bytes,
             block_bytes,
+            created_unix_ns,
             state: LabelState::Writing,
             catalog_offset: 0,
             catalog_bytes: 0,
             data_end: 0,
-            catalog_digest: [0; 32],
-            mac: [0; 32],
-            ..self
+            catalog_digest: [0; HASH_BYTES],
+            mac: [0; HASH_BYTES],
+            seal,
         }
+    }
+
+    /// This set's label for device `device_index` (block size
+    /// `block_bytes`) as a writer starts it (`new_writing`).
+    pub fn writing(self, device_index: u32, block_bytes: u32) -> Label {
+        Label::new_writing(
+            self.set_id,
+            self.created_unix_ns,
+            self.chunk_bytes,
+            self.seal,
+            device_index,
+            self.device_count,
+            block_bytes,
+        )
     }
 
     /// The label with its `mac` set for `key`, or zero without one.
@@ -309,20 +335,19 @@ mod tests {
     use crate::format::BLOCK_BYTES;
 
     fn writing() -> Label {
+        let set_id = SetId([0xA5; 16]);
+        let created_unix_ns = 1_700_000_000_123_456_789;
         Label {
-            set_id: SetId([0xA5; 16]),
-            device_index: 1,
-            device_count: 3,
-            chunk_bytes: 1 << 20,
-            block_bytes: 4096,
-            created_unix_ns: 1_700_000_000_123_456_789,
-            state: LabelState::Writing,
-            catalog_offset: 0,
-            catalog_bytes: 0,
-            data_end: 0,
-            catalog_digest: [0; 32],
             mac: [0x3C; 32],
-            seal: crate::format::seal::LabelSeal::NONE,
+            ..Label::new_writing(
+                set_id,
+                created_unix_ns,
+                1 << 20,
+                LabelSeal::NONE,
+                1,
+                3,
+                4096,
+            )
         }
     }
 

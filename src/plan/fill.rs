@@ -56,16 +56,15 @@
 use super::state::{distribute, Context, DeviceState};
 use super::{shortfall_bytes, sort_write_order, FileItem, Segment, DEVICE_NONE};
 
-/// Place every file. Returns None if all fit, else the largest shortfall
-/// of a file rest that did not (see `shortfall_bytes`).
+/// Place every file (its whole-file segments in write order). Returns
+/// None if all fit, else the largest shortfall of a file rest that did
+/// not (see `shortfall_bytes`).
 pub(super) fn assign(
     ctx: &Context,
     files: &[FileItem],
     states: &mut [DeviceState],
     segments: &mut Vec<Segment>,
 ) -> Option<u128> {
-    sort_write_order(segments, ctx.order);
-
     let chunk = ctx.chunk_bytes;
     let mut remaining_bytes: u128 = ctx.total_bytes;
     let mut shortfall: Option<u128> = None;

@@ -234,6 +234,10 @@ pub fn plan(files: &[FileItem], devices: &[DeviceSlot], opts: &Options) -> Resul
     let mut states = ctx.device_states(devices);
 
     let mut segments = whole_file_segments(files, ctx.device_count);
+    if opts.strategy == Strategy::Split {
+        split::cut_large_files(&ctx, files, &mut segments);
+    }
+    sort_write_order(&mut segments, ctx.order);
     let shortfall = match opts.strategy {
         Strategy::Split => split::assign(&ctx, files, &mut states, &mut segments),
         Strategy::Fill => fill::assign(&ctx, files, &mut states, &mut segments),

@@ -23,24 +23,22 @@
 //! `max(assigned) - min(assigned) <= largest item`.
 
 use super::state::{Context, DeviceState};
-use super::{shortfall_bytes, sort_write_order, Balance, FileItem, Segment, DEVICE_NONE};
+use super::{shortfall_bytes, Balance, FileItem, Segment, DEVICE_NONE};
 
 /// Length of the pieces files larger than T are cut into.
 pub(super) fn piece_bytes(ctx: &Context) -> u64 {
     ctx.chunk_floor(ctx.threshold_bytes).max(ctx.chunk_bytes)
 }
 
-/// Place every segment. Returns None if all fit, else the largest
-/// shortfall of an item that did not (see `shortfall_bytes`).
+/// Place every segment (cut by `cut_large_files`, in write order).
+/// Returns None if all fit, else the largest shortfall of an item that
+/// did not (see `shortfall_bytes`).
 pub(super) fn assign(
     ctx: &Context,
     files: &[FileItem],
     states: &mut [DeviceState],
-    segments: &mut Vec<Segment>,
+    segments: &mut [Segment],
 ) -> Option<u128> {
-    cut_large_files(ctx, files, segments);
-    sort_write_order(segments, ctx.order);
-
     let mut shortfall: Option<u128> = None;
     for seg in segments.iter_mut() {
         let file = &files[seg.file as usize];
@@ -64,7 +62,7 @@ pub(super) fn assign(
 /// Replace each whole-file segment storing more than T by its pieces,
 /// each storing at most `piece_bytes` (a dense file: pieces of exactly
 /// that length, the last taking the rest).
-fn cut_large_files(ctx: &Context, files: &[FileItem], segments: &mut Vec<Segment>) {
+pub(super) fn cut_large_files(ctx: &Context, files: &[FileItem], segments: &mut Vec<Segment>) {
     let threshold = ctx.threshold_bytes;
     let piece = piece_bytes(ctx);
     let chunk = ctx.chunk_bytes;

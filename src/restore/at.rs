@@ -37,6 +37,9 @@ const TEMP_NAME_ATTEMPTS_MAX: usize = 16;
 /// temporary name stays under NAME_MAX (255).
 const TEMP_NAME_STEM_BYTES_MAX: usize = 200;
 
+/// Set once `openat2` returned ENOSYS: later roots walk from the start.
+static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);
+
 /// How paths below the root are resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Resolve {
@@ -45,9 +48,6 @@ pub enum Resolve {
     /// Component by component, each `O_NOFOLLOW | O_DIRECTORY`.
     Walk,
 }
-
-/// Set once `openat2` returned ENOSYS: later roots walk from the start.
-static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);
 
 /// The restore root: a directory opened once, everything else relative to it.
 #[derive(Debug)]
@@ -173,14 +173,7 @@ impl Root {
         for c in components(parent) {
             dir = open_dir_in(dir.as_fd(), c)?;
         }
-        let fd = nix::fcntl::openat(
-            Some(dir.as_raw_fd()),
-            name,
-            flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(errno)?;
-        Ok(owned(fd))
+        open_fd(dir.as_fd(), name, flags | OFlag::O_NOFOLLOW)
     }
 
     /// Make sure `rel` and every directory above it are real directories
@@ -238,9 +231,15 @@ fn is_not_there_or_not_dir(e: &io::Error) -> bool {
 
 /// A new descriptor of the directory `fd` refers to, with `flags`.
 fn reopen(fd: BorrowedFd<'_>, flags: OFlag) -> io::Result<OwnedFd> {
+    open_fd(fd, b".", flags)
+}
+
+/// `openat(dir, name, flags | O_CLOEXEC)`, owned. The callers add
+/// `O_NOFOLLOW` where `name` must not be a symlink.
+fn open_fd(dir: BorrowedFd<'_>, name: &[u8], flags: OFlag) -> io::Result<OwnedFd> {
     let fd = nix::fcntl::openat(
-        Some(fd.as_raw_fd()),
-        ".",
+        Some(dir.as_raw_fd()),
+        name,
         flags | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
@@ -253,14 +252,11 @@ fn open_dir_in(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
     if bad_component(name) {
         return Err(io::Error::from_raw_os_error(libc::EXDEV));
     }
-    let fd = nix::fcntl::openat(
-        Some(dir.as_raw_fd()),
+    open_fd(
+        dir,
         name,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
     )
-    .map_err(errno)?;
-    Ok(owned(fd))
 }
 
 /// Open the entry `name` (one component) in `dir` with `flags`
@@ -269,14 +265,7 @@ pub fn open_in(dir: BorrowedFd<'_>, name: &[u8], flags: OFlag) -> io::Result<Own
     if bad_component(name) || name.is_empty() || name.contains(&b'/') {
         return Err(io::Error::from_raw_os_error(libc::EXDEV));
     }
-    let fd = nix::fcntl::openat(
-        Some(dir.as_raw_fd()),
-        name,
-        flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(errno)?;
-    Ok(owned(fd))
+    open_fd(dir, name, flags | OFlag::O_NOFOLLOW)
 }
 
 /// Open directory `name` in `dir`, making it (with `mode`) when missing and

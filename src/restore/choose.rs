@@ -455,16 +455,23 @@ mod tests {
         f
     }
 
+    /// The catalog `files()` and `taken` choose from.
+    const FILES: [(&str, FileKind); 7] = [
+        ("src", FileKind::Directory),
+        ("src/a.txt", FileKind::Regular),
+        ("src/docs", FileKind::Directory),
+        ("src/docs/b.txt", FileKind::Regular),
+        ("src/docs/c.md", FileKind::Regular),
+        ("src/[x]", FileKind::Regular),
+        ("other/a.txt", FileKind::Regular),
+    ];
+
+    fn files_of(list: &[(&str, FileKind)]) -> Vec<CatalogFile> {
+        list.iter().map(|&(path, kind)| entry(path, kind)).collect()
+    }
+
     fn files() -> Vec<CatalogFile> {
-        vec![
-            entry("src", FileKind::Directory),
-            entry("src/a.txt", FileKind::Regular),
-            entry("src/docs", FileKind::Directory),
-            entry("src/docs/b.txt", FileKind::Regular),
-            entry("src/docs/c.md", FileKind::Regular),
-            entry("src/[x]", FileKind::Regular),
-            entry("other/a.txt", FileKind::Regular),
-        ]
+        files_of(&FILES)
     }
 
     fn taken(patterns: &[&str]) -> (Vec<&'static str>, Vec<usize>) {
@@ -477,21 +484,12 @@ mod tests {
         .unwrap();
         let files = files();
         let (taken, unmatched) = only.choose(&files);
-        let names = [
-            "src",
-            "src/a.txt",
-            "src/docs",
-            "src/docs/b.txt",
-            "src/docs/c.md",
-            "src/[x]",
-            "other/a.txt",
-        ];
         (
-            names
+            FILES
                 .iter()
                 .zip(taken)
                 .filter(|(_, t)| *t)
-                .map(|(n, _)| *n)
+                .map(|((name, _), _)| *name)
                 .collect(),
             unmatched,
         )
@@ -562,15 +560,15 @@ mod tests {
         std::fs::write(to.join("blk"), b"a file where a directory must go").unwrap();
         symlink(&outside, to.join("top/sym")).unwrap();
         let mut catalog = crate::format::catalog::tests::sample();
-        catalog.files = vec![
-            entry("top", FileKind::Directory),
-            entry("top/old", FileKind::Regular),
-            entry("top/new", FileKind::Regular),
-            entry("top/absent", FileKind::Regular),
-            entry("top/link", FileKind::HardLink),
-            entry("blk/inner", FileKind::Regular),
-            entry("top/sym", FileKind::Symlink),
-        ];
+        catalog.files = files_of(&[
+            ("top", FileKind::Directory),
+            ("top/old", FileKind::Regular),
+            ("top/new", FileKind::Regular),
+            ("top/absent", FileKind::Regular),
+            ("top/link", FileKind::HardLink),
+            ("blk/inner", FileKind::Regular),
+            ("top/sym", FileKind::Symlink),
+        ]);
         catalog.files[4].hardlink_to = 2;
         let n = catalog.files.len();
         let kept_by = |existing| {
@@ -648,13 +646,13 @@ mod tests {
     #[test]
     fn strip_components_follows_hard_links_and_skips_short_paths() {
         let mut catalog = crate::format::catalog::tests::sample();
-        catalog.files = vec![
-            entry("top", FileKind::Directory),
-            entry("top/f", FileKind::Regular),
-            entry("top/d/link", FileKind::HardLink),
-            entry("g", FileKind::Regular),
-            entry("top/d/link2", FileKind::HardLink),
-        ];
+        catalog.files = files_of(&[
+            ("top", FileKind::Directory),
+            ("top/f", FileKind::Regular),
+            ("top/d/link", FileKind::HardLink),
+            ("g", FileKind::Regular),
+            ("top/d/link2", FileKind::HardLink),
+        ]);
         catalog.files[2].hardlink_to = 1;
         catalog.files[4].hardlink_to = 3;
         let choice = Choice {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 
@@ -160,7 +161,10 @@ pub fn restore_from_scan(
         if let Some(why) = why {
             let mut kept_as = None;
             if let Some(temp) = &s.temp {
-                match tree::drop_file(&root, temp, &path, keep_partial) {
+                let dropped = tree::temp_in_parent(&root, temp, &path).and_then(|(dir, name)| {
+                    tree::drop_file(dir.as_fd(), name, &path, keep_partial)
+                });
+                match dropped {
                     // Removed, or kept: the error says which.
                     Err(TreeError::Entry { .. }) if keep_partial => {
                         let mut name = path.clone();
@@ -202,7 +206,10 @@ pub fn restore_from_scan(
             flags: 0,
             xattrs: &xattrs,
         };
-        match tree::place_file(&root, temp, &path, attrs, meta, &mut report.warnings) {
+        let placed = tree::temp_in_parent(&root, temp, &path).and_then(|(dir, name)| {
+            tree::place_file(dir.as_fd(), name, &path, attrs, meta, &mut report.warnings)
+        });
+        match placed {
             Ok(()) => {
                 report.payload_bytes += found;
                 report.restored.push(path);

@@ -35,7 +35,7 @@ use crate::source::EntryKind;
 use super::catalog::{
     build_catalog, device_end, device_reports, no_catalog, source_findings, write_catalogs,
 };
-use super::run::{backup_label, named_devices, ring_configs, run_rings, sparse_data, Start};
+use super::run::{backup_label, named_devices, run_rings, sparse_data, Start};
 use super::{BackupConfig, BackupError, BackupReport, DeviceEnd, ParitySummary, SetInput};
 
 pub use durable::{durable, DeviceDurable, Durable, Kept, ResumeError, StreamEnd};
@@ -75,7 +75,12 @@ pub fn plan(input: &SetInput, durable: &Durable, config: &BackupConfig) -> Vec<(
     let filled: Vec<u64> = durable
         .devices
         .iter()
-        .map(|d| d.records.iter().map(|r| r.payload_bytes as u64).sum())
+        .map(|d| {
+            d.records
+                .iter()
+                .map(|k| k.record.payload_bytes as u64)
+                .sum()
+        })
         .collect();
     let usable = vec![true; filled.len()];
     work::assign(&items, &filled, &usable, config.chunk_bytes as u64)
@@ -107,13 +112,11 @@ pub fn resume_backup(
     if let Some(rates) = &config.steal_work {
         dispatcher.enable_stealing(rates);
     }
-    let rings = ring_configs(devices, config);
-    let outcomes = run_rings(
+    let (rings, outcomes) = run_rings(
         input,
         devices,
         config,
         &dispatcher,
-        &rings,
         durable
             .devices
             .iter()
@@ -147,7 +150,7 @@ pub fn resume_backup(
         .devices
         .iter()
         .flat_map(|d| &d.records)
-        .map(|r| r.payload_bytes as u64)
+        .map(|k| k.record.payload_bytes as u64)
         .sum();
     let reports = device_reports(&named, merged, &ends, finished);
     if reports.iter().all(|r| r.catalog_end.is_none()) {
@@ -227,18 +230,7 @@ fn go_on_from(
 
 /// A device's outcome with the interrupted run's kept records in front.
 fn with_kept(mut o: RingOutcome, d: &DeviceDurable) -> RingOutcome {
-    let mut records: Vec<RecordDone> = d
-        .records
-        .iter()
-        .map(|k| RecordDone {
-            file_id: k.file_id,
-            file_offset: k.file_offset,
-            payload_bytes: k.payload_bytes,
-            payload_crc: k.payload_crc,
-            payload_hash: k.payload_hash,
-            position: k.position,
-        })
-        .collect();
+    let mut records: Vec<RecordDone> = d.records.iter().map(|k| k.record).collect();
     records.append(&mut o.records);
     o.records = records;
     let mut placed = work::placed(&d.records);

@@ -30,24 +30,12 @@ impl Catalog {
     /// Decode; rejects anything malformed (bad magic/version/checksum,
     /// truncation, out-of-range ids, trailing bytes) without panicking.
     pub fn decode(buf: &[u8]) -> Result<Catalog, FormatError> {
-        let Parsed {
-            mut head,
-            file_count,
-            segment_count,
-            tables,
-        } = parse_head(buf)?;
-        let mut r = Reader(tables);
-        let mut files = Vec::with_capacity(file_count as usize);
-        for _ in 0..file_count {
-            files.push(r.file()?);
-        }
-        let mut segments = Vec::with_capacity(segment_count as usize);
-        for _ in 0..segment_count {
-            segments.push(r.segment()?);
-        }
+        let parsed = parse_head(buf)?;
+        let mut files = Vec::with_capacity(parsed.file_count as usize);
+        let mut segments = Vec::with_capacity(parsed.segment_count as usize);
+        let Walked { mut head, .. } = parsed.walk(|f| files.push(f), |s| segments.push(s))?;
         head.files = files;
         head.segments = segments;
-        decode_tail(&mut r, &mut head)?;
         head.validate()?;
         Ok(head)
     }
@@ -62,6 +50,53 @@ pub(super) struct Parsed<'a> {
     pub(super) file_count: u32,
     pub(super) segment_count: u32,
     pub(super) tables: &'a [u8],
+}
+
+/// A catalog read through once: its head (every field but `files` and
+/// `segments`, the chain and parity sections decoded), the bytes of its
+/// file and segment tables, and their counts.
+pub(super) struct Walked<'a> {
+    pub(super) head: Catalog,
+    pub(super) file_count: u32,
+    pub(super) segment_count: u32,
+    pub(super) files: &'a [u8],
+    pub(super) segments: &'a [u8],
+}
+
+impl<'a> Parsed<'a> {
+    /// Read the tables through, handing each file and each segment to
+    /// `file` and `segment` as it is decoded. Only the structure is checked
+    /// here; `validate`'s rules are the caller's.
+    pub(super) fn walk(
+        self,
+        mut file: impl FnMut(CatalogFile),
+        mut segment: impl FnMut(CatalogSegment),
+    ) -> Result<Walked<'a>, FormatError> {
+        let Parsed {
+            mut head,
+            file_count,
+            segment_count,
+            tables,
+        } = self;
+        let mut r = Reader(tables);
+        for _ in 0..file_count {
+            file(r.file()?);
+        }
+        let files = &tables[..tables.len() - r.0.len()];
+        let after_files = r.0;
+        for _ in 0..segment_count {
+            segment(r.segment()?);
+        }
+        let segments = &after_files[..after_files.len() - r.0.len()];
+        decode_tail(&mut r, &mut head)?;
+        Ok(Walked {
+            head,
+            file_count,
+            segment_count,
+            files,
+            segments,
+        })
+    }
 }
 
 pub(super) fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, FormatError> {

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 
-use super::decode::{decode_tail, parse_head, Parsed, Reader};
+use super::decode::{parse_head, Reader, Walked};
 use super::validate::{check_segment, Summary};
 use super::{Catalog, CatalogFile, CatalogSegment, FileKind, CATALOG_CRC_BYTES, CATALOG_MAC_BYTES};
 use crate::format::{FormatError, MacKey, HASH_BYTES};
@@ -35,28 +35,23 @@ impl<'a> CatalogStream<'a> {
     /// accepted, the same refused) without holding its files or segments
     /// decoded.
     pub fn open(buf: &'a [u8]) -> Result<CatalogStream<'a>, FormatError> {
-        let Parsed {
-            mut head,
+        let parsed = parse_head(buf)?;
+        // Pass 1: the structure, and what the rules need of each file.
+        let mut sizes = Vec::with_capacity(parsed.file_count as usize);
+        let mut kinds = Vec::with_capacity(parsed.file_count as usize);
+        let Walked {
+            head,
             file_count,
             segment_count,
-            tables,
-        } = parse_head(buf)?;
-        // Pass 1: the structure, and what the rules need of each file.
-        let mut r = Reader(tables);
-        let mut sizes = Vec::with_capacity(file_count as usize);
-        let mut kinds = Vec::with_capacity(file_count as usize);
-        for _ in 0..file_count {
-            let f = r.file()?;
-            sizes.push(f.size_bytes);
-            kinds.push(f.kind.code() | if f.origin != 0 { ORIGIN_BIT } else { 0 });
-        }
-        let files = &tables[..tables.len() - r.0.len()];
-        let after_files = r.0;
-        for _ in 0..segment_count {
-            r.segment()?;
-        }
-        let segments = &after_files[..after_files.len() - r.0.len()];
-        decode_tail(&mut r, &mut head)?;
+            files,
+            segments,
+        } = parsed.walk(
+            |f| {
+                sizes.push(f.size_bytes);
+                kinds.push(f.kind.code() | if f.origin != 0 { ORIGIN_BIT } else { 0 });
+            },
+            |_| {},
+        )?;
         let lookup = |i: usize| {
             let code = *kinds.get(i)?;
             Some(Summary {

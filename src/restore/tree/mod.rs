@@ -18,7 +18,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, Gid, Uid};
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use super::at::{self, Root};
@@ -331,9 +331,9 @@ pub fn finish(
         let path = &file.path[..];
         let result = directory_of(&mut dirs, root, path).and_then(|dir| match &verdicts[i] {
             Verdict::Good => {
-                place_file_in(dir, temp, path, Attrs::of(file), meta, warnings).map(|()| true)
+                place_file(dir, temp, path, Attrs::of(file), meta, warnings).map(|()| true)
             }
-            Verdict::Failed(_) => drop_file_in(dir, temp, path, keep_partial).map(|()| false),
+            Verdict::Failed(_) => drop_file(dir, temp, path, keep_partial).map(|()| false),
         });
         match result {
             Ok(placed) => out.done[i] = placed,
@@ -459,28 +459,25 @@ fn temp_of(staged: &Staged, i: usize) -> &[u8] {
         .expect("every prepared file has a temporary name")
 }
 
-/// Metadata onto a complete file's temporary file `temp` (a path below the
-/// root, in the directory of `path`), then renamed to `path`, replacing
-/// any non-directory there atomically, then its file flags; on failure the
-/// temporary file is removed. Refused xattrs and flags go to `warnings`.
-pub fn place_file(
+/// The directory of `path` (a path below the root), opened, and the name
+/// in it of `path`'s temporary file `temp` (a path below the root, in the
+/// same directory): where `place_file` and `drop_file` work.
+pub fn temp_in_parent<'t>(
     root: &Root,
-    temp: &[u8],
+    temp: &'t [u8],
     path: &[u8],
-    attrs: Attrs<'_>,
-    meta: Meta,
-    warnings: &mut Vec<String>,
-) -> Result<(), TreeError> {
+) -> Result<(OwnedFd, &'t [u8]), TreeError> {
     let (dir, _) = root
         .parent(path)
         .map_err(io_error("open directory of", path))?;
-    let temp_name = at::split_parent(temp).1;
-    place_file_in(dir.as_fd(), temp_name, path, attrs, meta, warnings)
+    Ok((dir, at::split_parent(temp).1))
 }
 
-/// `place_file` in `dir`, the directory of `path`, where the temporary
-/// file is `temp_name`.
-fn place_file_in(
+/// Metadata onto a complete file's temporary file `temp_name` in `dir`
+/// (the directory of `path`), then renamed to `path`, replacing any
+/// non-directory there atomically, then its file flags; on failure the
+/// temporary file is removed. Refused xattrs and flags go to `warnings`.
+pub fn place_file(
     dir: BorrowedFd<'_>,
     temp_name: &[u8],
     path: &[u8],
@@ -508,24 +505,10 @@ fn place_file_in(
     }
 }
 
-/// A file that failed: its temporary file `temp` removed, or with
-/// `keep_partial` renamed to `NAME.pbio-partial`. Always an error naming
-/// what became of it.
+/// A file that failed: its temporary file `temp_name` in `dir` (the
+/// directory of `path`) removed, or with `keep_partial` renamed to
+/// `NAME.pbio-partial`. Always an error naming what became of it.
 pub fn drop_file(
-    root: &Root,
-    temp: &[u8],
-    path: &[u8],
-    keep_partial: bool,
-) -> Result<(), TreeError> {
-    let (dir, _) = root
-        .parent(path)
-        .map_err(io_error("open directory of", path))?;
-    drop_file_in(dir.as_fd(), at::split_parent(temp).1, path, keep_partial)
-}
-
-/// `drop_file` in `dir`, the directory of `path`, where the temporary
-/// file is `temp_name`.
-fn drop_file_in(
     dir: BorrowedFd<'_>,
     temp_name: &[u8],
     path: &[u8],
