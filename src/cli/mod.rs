@@ -163,7 +163,7 @@ usage: pbio --dev DEVICE [--dev DEVICE...] SOURCE...     back up (same as `pbio 
        pbio --help                                        every option
 Try: pbio demo";
 
-fn parse_dev(text: &str) -> Result<DeviceSpec, String> {
+fn parse_dev(text: &str) -> Result<DeviceSpec, crate::device::SpecError> {
     DeviceSpec::parse(text)
 }
 

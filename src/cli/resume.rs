@@ -149,7 +149,11 @@ fn show_durable(
     }
     let mut shown = Vec::new();
     for (dev, d) in devices.iter().zip(&durable.devices) {
-        let bytes: u64 = d.records.iter().map(|r| r.payload_bytes as u64).sum();
+        let bytes: u64 = d
+            .records
+            .iter()
+            .map(|k| k.record.payload_bytes as u64)
+            .sum();
         let (end, at) = match &d.end {
             StreamEnd::Clean => ("clean".to_string(), None),
             StreamEnd::Broken { position, why } => (why.clone(), Some(*position)),

@@ -5,6 +5,7 @@
 //! breaks the stream or belongs to a file that changed since.
 
 use crate::device::{Access, Device};
+use crate::engine::ring::RecordDone;
 use crate::format::{codec, Codec, Label, RecordHeader, RecordKind, SetId};
 use crate::media::stream::{self, Flow, Item, StreamError};
 use crate::media::{self, MediaError};
@@ -60,14 +61,11 @@ pub enum ResumeError {
 /// One record the interrupted run made durable, that the resumed set keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kept {
-    pub file_id: u32,
-    pub file_offset: u64,
-    pub payload_bytes: u32,
-    pub payload_crc: u32,
-    /// BLAKE3 of the payload (decompressed when stored compressed).
-    pub payload_hash: [u8; 32],
-    /// Media offset of its header (a tape: its logical object number).
-    pub position: u64,
+    /// As the ring reports a record it made durable: `payload_hash` is the
+    /// BLAKE3 of the payload decompressed when stored compressed,
+    /// `position` the media offset of its header (a tape: its logical
+    /// object number).
+    pub record: RecordDone,
     /// Bytes it takes on media.
     pub media_bytes: u64,
 }
@@ -449,12 +447,14 @@ fn walk(
             };
             let media_bytes = header.media_bytes();
             records.push(Kept {
-                file_id: header.file_id,
-                file_offset: header.file_offset,
-                payload_bytes: header.payload_bytes,
-                payload_crc: header.payload_crc,
-                payload_hash,
-                position,
+                record: RecordDone {
+                    file_id: header.file_id,
+                    file_offset: header.file_offset,
+                    payload_bytes: header.payload_bytes,
+                    payload_crc: header.payload_crc,
+                    payload_hash,
+                    position,
+                },
                 media_bytes,
             });
             next_position = if sequential {
@@ -482,19 +482,19 @@ fn walk(
 fn drop_overlaps(devices: &mut [DeviceDurable]) {
     let mut held: std::collections::BTreeMap<(u32, u64), u64> = Default::default();
     for d in devices.iter_mut() {
-        let cut = d.records.iter().position(|r| {
+        let cut = d.records.iter().map(|k| &k.record).position(|r| {
             let (start, end) = (r.file_offset, r.file_offset + r.payload_bytes as u64);
             let before = held.range(..(r.file_id, end)).next_back();
             before.is_some_and(|(&(f, s), &e)| f == r.file_id && s < end && start < e)
         });
         if let Some(k) = cut {
             d.end = StreamEnd::Broken {
-                position: d.records[k].position,
+                position: d.records[k].record.position,
                 why: "range already held by another device".into(),
             };
             d.records.truncate(k);
         }
-        for r in &d.records {
+        for r in d.records.iter().map(|k| &k.record) {
             held.insert(
                 (r.file_id, r.file_offset),
                 r.file_offset + r.payload_bytes as u64,

@@ -75,7 +75,12 @@ pub fn plan(input: &SetInput, durable: &Durable, config: &BackupConfig) -> Vec<(
     let filled: Vec<u64> = durable
         .devices
         .iter()
-        .map(|d| d.records.iter().map(|r| r.payload_bytes as u64).sum())
+        .map(|d| {
+            d.records
+                .iter()
+                .map(|k| k.record.payload_bytes as u64)
+                .sum()
+        })
         .collect();
     let usable = vec![true; filled.len()];
     work::assign(&items, &filled, &usable, config.chunk_bytes as u64)
@@ -147,7 +152,7 @@ pub fn resume_backup(
         .devices
         .iter()
         .flat_map(|d| &d.records)
-        .map(|r| r.payload_bytes as u64)
+        .map(|k| k.record.payload_bytes as u64)
         .sum();
     let reports = device_reports(&named, merged, &ends, finished);
     if reports.iter().all(|r| r.catalog_end.is_none()) {
@@ -227,18 +232,7 @@ fn go_on_from(
 
 /// A device's outcome with the interrupted run's kept records in front.
 fn with_kept(mut o: RingOutcome, d: &DeviceDurable) -> RingOutcome {
-    let mut records: Vec<RecordDone> = d
-        .records
-        .iter()
-        .map(|k| RecordDone {
-            file_id: k.file_id,
-            file_offset: k.file_offset,
-            payload_bytes: k.payload_bytes,
-            payload_crc: k.payload_crc,
-            payload_hash: k.payload_hash,
-            position: k.position,
-        })
-        .collect();
+    let mut records: Vec<RecordDone> = d.records.iter().map(|k| k.record).collect();
     records.append(&mut o.records);
     o.records = records;
     let mut placed = work::placed(&d.records);

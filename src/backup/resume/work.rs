@@ -13,6 +13,7 @@ use super::durable::Kept;
 pub fn missing(sizes: &[Option<u64>], kept: &[&Kept]) -> Vec<WorkItem> {
     let mut held: Vec<(u32, u64, u64)> = kept
         .iter()
+        .map(|k| &k.record)
         .map(|r| {
             (
                 r.file_id,
@@ -113,7 +114,7 @@ pub fn assign(
 /// on a tape its object number: the same as `Kept::position`).
 pub fn placed(records: &[Kept]) -> Vec<Placed> {
     let mut out: Vec<Placed> = Vec::new();
-    for r in records {
+    for r in records.iter().map(|k| &k.record) {
         match out.last_mut() {
             Some(p) if p.file == r.file_id && p.offset + p.length == r.file_offset => {
                 p.length += r.payload_bytes as u64;
@@ -138,12 +139,14 @@ mod tests {
 
     fn kept(file_id: u32, file_offset: u64, payload_bytes: u32, position: u64) -> Kept {
         Kept {
-            file_id,
-            file_offset,
-            payload_bytes,
-            payload_crc: 0,
-            payload_hash: [0; 32],
-            position,
+            record: crate::engine::ring::RecordDone {
+                file_id,
+                file_offset,
+                payload_bytes,
+                payload_crc: 0,
+                payload_hash: [0; 32],
+                position,
+            },
             media_bytes: 4096 + payload_bytes as u64,
         }
     }
@@ -202,8 +205,8 @@ mod tests {
                     }
                 }
             }
-            records.sort_by_key(|r| (r.file_id, r.file_offset));
-            records.dedup_by_key(|r| (r.file_id, r.file_offset));
+            records.sort_by_key(|k| (k.record.file_id, k.record.file_offset));
+            records.dedup_by_key(|k| (k.record.file_id, k.record.file_offset));
             let refs: Vec<&Kept> = records.iter().collect();
             let items = missing(&sizes, &refs);
             let mut usable: Vec<bool> = (0..filled.len()).map(|d| usable_mask & (1 << d) != 0).collect();
@@ -211,7 +214,7 @@ mod tests {
             let given = assign(&items, &filled, &usable, chunk);
             for (d, _) in &given { prop_assert!(usable[*d as usize]); }
             for (file, size) in sizes.iter().enumerate() {
-                let mut spans: Vec<(u64, u64)> = records.iter().filter(|r| r.file_id == file as u32)
+                let mut spans: Vec<(u64, u64)> = records.iter().map(|k| &k.record).filter(|r| r.file_id == file as u32)
                     .map(|r| (r.file_offset, r.file_offset + r.payload_bytes as u64)).collect();
                 spans.extend(given.iter().filter(|(_, w)| w.file == file as u32)
                     .map(|(_, w)| (w.offset, w.offset + w.length)));
