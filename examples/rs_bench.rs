@@ -11,7 +11,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use pbio::parity::Codec;
+use pbio::parity::{Codec, Rebuild};
 
 const SHARD: usize = 1 << 20;
 const REPS: usize = 15;
@@ -64,7 +64,7 @@ fn main() {
             let t = best(|| {
                 let mut refs: Vec<&mut [u8]> = shards.iter_mut().map(Vec::as_mut_slice).collect();
                 codec
-                    .reconstruct_data(black_box(&mut refs), &present)
+                    .reconstruct(black_box(&mut refs), &present, Rebuild::DataOnly)
                     .expect("rebuild");
             });
             assert_eq!(&shards[..k], &full[..k], "rebuilt wrong data");

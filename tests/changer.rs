@@ -217,3 +217,329 @@ fn bad_changers_are_usage_errors() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("vlib.state is damaged"), "{err}");
 }
+
+/// What `backup --changer ... --json` says when it is done.
+fn finished(out: &str) -> Value {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "finished")
+        .unwrap_or_else(|| panic!("no finished event in: {out}"))
+}
+
+fn backup_to(src: &Path, lib: &str, extra: &[&str]) -> (i32, Value, String) {
+    let mut args = vec!["backup", src.to_str().unwrap(), "--changer", lib, "--json"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = pbio(&args);
+    let v = if code == 0 || code == 1 {
+        finished(&out)
+    } else {
+        Value::Null
+    };
+    (code, v, err)
+}
+
+/// Restore from the library with the drives given (and the set chosen by
+/// `set`), byte-identical to `src`, every drive empty after.
+fn restore_from(lib: &str, drives: &[&str], set: Option<&str>, src: &Path, to: &Path) {
+    let mut args = vec!["restore", "--changer", lib, "--to", to.to_str().unwrap()];
+    for d in drives {
+        args.extend(["--drive", d]);
+    }
+    if let Some(set) = set {
+        args.extend(["--set", set]);
+    }
+    let (code, _, err) = pbio(&args);
+    assert_eq!(code, 0, "restore --drive {drives:?}: {err}");
+    let diffs = common::compare_trees(src, &to.join(src.file_name().unwrap()));
+    assert!(
+        diffs.is_empty(),
+        "restored tree differs:\n{}",
+        diffs.join("\n")
+    );
+    assert!(
+        status(lib)["drives"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["full"] == false),
+        "a drive still holds a cartridge after the restore"
+    );
+}
+
+/// The loads the emulated library in `dir` did since it was created.
+fn loads(dir: &Path) -> u64 {
+    let state = std::fs::read_to_string(dir.join("vlib.state")).unwrap();
+    state
+        .lines()
+        .find_map(|l| l.strip_prefix("loads "))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// The label cache's line of `barcode` in the emulated library `dir`.
+fn cached(dir: &Path, barcode: &str) -> String {
+    let text = std::fs::read_to_string(dir.join("vlib.labels")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(barcode))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// `mib` MiB of incompressible data in `root/name`.
+fn random_file(root: &Path, name: &str, mib: usize, seed: u64) {
+    std::fs::create_dir_all(root).unwrap();
+    let mut buf = vec![0u8; mib << 20];
+    common::Rng::new(seed).fill(&mut buf);
+    std::fs::write(root.join(name), &buf).unwrap();
+}
+
+/// Copy an emulated tape's medium (not its barcode) from one directory to another.
+fn copy_medium(from: &Path, to: &Path) {
+    for f in ["vtape.data", "vtape.index", "vtape.conf"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+}
+
+#[test]
+fn a_library_without_in_place_reads_backs_up_through_its_drives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lib");
+    let lib = format!("vlib:{}", dir.display());
+    let src = tmp.path().join("src");
+    common::make_fixture_tree(&src, 20, 4 << 20);
+    random_file(&src, "big", 24, 1);
+    random_file(&src, "mid", 12, 2);
+
+    // inplace=0: no label is read in a slot; every cartridge is judged
+    // (blank) through a drive, then the set spans them.
+    let created = format!("{lib},slots=8,drives=2,size=16M,ew=1M,move_ms=0,inplace=0");
+    let (code, done, err) = backup_to(&src, &created, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(done["ok"], true, "{done}");
+    let used: Vec<String> = done["cartridges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap().to_string())
+        .collect();
+    assert!(used.len() >= 3, "40 MiB on 16 MiB cartridges: {done}");
+    let set = done["set_id"].as_str().unwrap().to_string();
+    // Each of the 8 judged in a drive, then each volume loaded to be written.
+    assert_eq!(loads(&dir), 8 + used.len() as u64, "{done}");
+    // The cache: the set on the cartridges written, the others blank.
+    for b in &used {
+        assert!(cached(&dir, b).contains(&set), "{b}: {}", cached(&dir, b));
+    }
+    let unused = (1..=8)
+        .map(|s| format!("PB{s:04}L6"))
+        .find(|b| !used.contains(b))
+        .unwrap();
+    assert_eq!(cached(&dir, &unused), format!("{unused} blank"));
+
+    // One drive restores it, loading only the set's cartridges (from the
+    // cache: no pass over the blank ones), each at most twice (its label,
+    // then its records).
+    let before = loads(&dir);
+    restore_from(&lib, &["0"], None, &src, &tmp.path().join("one"));
+    let restore_loads = loads(&dir) - before;
+    assert!(
+        restore_loads >= used.len() as u64 && restore_loads <= 2 * used.len() as u64,
+        "{restore_loads} loads for {} cartridges",
+        used.len()
+    );
+    // With the cache gone, the cartridges are read through a drive again.
+    std::fs::remove_file(dir.join("vlib.labels")).unwrap();
+    let (code, out, err) = pbio(&["verify", "--changer", &lib, "--drive", "1"]);
+    assert_eq!(code, 0, "verify without a cache: {out}{err}");
+    assert!(cached(&dir, &used[0]).contains(&set));
+
+    // `changer inventory --cached` shows the cache, moving nothing;
+    // without it every cartridge is loaded and read.
+    let before = loads(&dir);
+    let (code, out, err) = changer(&["inventory", "--cached", "--json"], &lib);
+    assert_eq!(code, 0, "{err}");
+    let inv = json(&out);
+    assert_eq!(loads(&dir), before, "--cached loaded a cartridge");
+    assert_eq!(inv["slots"][0]["cached"], true, "{inv}");
+    assert_eq!(set_of(&inv["slots"][0]).as_deref(), Some(set.as_str()));
+    let inv = inventory(&lib);
+    assert_eq!(loads(&dir), before + 8);
+    assert_eq!(set_of(&inv["slots"][0]).as_deref(), Some(set.as_str()));
+    assert_eq!(inv["slots"][0]["device_index"], Value::Null);
+    assert_eq!(inv["slots"][0]["sets"][0]["device_index"], 0);
+}
+
+#[test]
+fn a_set_on_as_many_drives_as_cartridges_loads_each_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lib");
+    let lib = format!("vlib:{}", dir.display());
+    let src = tmp.path().join("src");
+    random_file(&src, "a", 20, 3);
+    let created = format!("{lib},slots=4,drives=2,size=16M,ew=1M,move_ms=0,inplace=0");
+    let (code, done, err) = backup_to(&src, &created, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(done["cartridges"].as_array().unwrap().len(), 2, "{done}");
+    // Its label, its catalog and its records: one load per cartridge.
+    let before = loads(&dir);
+    restore_from(&lib, &["0", "1"], None, &src, &tmp.path().join("r"));
+    assert_eq!(loads(&dir) - before, 2);
+}
+
+#[test]
+fn append_on_a_library_without_in_place_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lib");
+    let lib = format!("vlib:{}", dir.display());
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    random_file(&a, "f", 4, 4);
+    random_file(&b, "g", 3, 5);
+    let created = format!("{lib},slots=3,drives=1,size=16M,ew=1M,move_ms=0,inplace=0");
+    let (code, first, err) = backup_to(&a, &created, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(first["cartridges"], serde_json::json!(["PB0001L6"]));
+    let (code, second, err) = backup_to(&b, &lib, &["--append"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        second["cartridges"],
+        serde_json::json!(["PB0001L6"]),
+        "appended after the first set: {second}"
+    );
+    let (id1, id2) = (
+        first["set_id"].as_str().unwrap(),
+        second["set_id"].as_str().unwrap(),
+    );
+    // The cache knows both sets on the cartridge, each after its filemarks.
+    let line = cached(&dir, "PB0001L6");
+    assert!(line.contains(id1) && line.contains(id2), "{line}");
+    // Two sets: a restore must choose; each restores whole.
+    let (code, _, err) = pbio(&["list", "--changer", &lib]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(id1) && err.contains(id2), "{err}");
+    restore_from(&lib, &["0"], Some(&id1[..8]), &a, &tmp.path().join("ra"));
+    restore_from(&lib, &["0"], Some(&id2[..8]), &b, &tmp.path().join("rb"));
+}
+
+#[test]
+fn a_cartridge_swapped_behind_the_cache_is_judged_by_its_label() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lib");
+    let lib = format!("vlib:{}", dir.display());
+    let cartridge = |b: &str| dir.join("cartridges").join(b);
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    random_file(&a, "f", 2, 6);
+    random_file(&b, "g", 2, 7);
+    random_file(&c, "h", 2, 8);
+    let created = format!("{lib},slots=4,drives=1,size=16M,ew=1M,move_ms=0,inplace=0");
+    let (code, first, err) = backup_to(&a, &created, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(first["cartridges"], serde_json::json!(["PB0001L6"]));
+    let id_a = first["set_id"].as_str().unwrap().to_string();
+    assert_eq!(cached(&dir, "PB0002L6"), "PB0002L6 blank");
+
+    // Set B written elsewhere, its medium put on PB0002L6, which the
+    // cache says is blank.
+    let vt = tmp.path().join("vt");
+    let (code, out, err) = pbio(&[
+        "backup",
+        b.to_str().unwrap(),
+        "--dev",
+        &format!("vtape:{},size=16M", vt.display()),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let id_b = finished(&out)["set_id"].as_str().unwrap().to_string();
+    copy_medium(&vt, &cartridge("PB0002L6"));
+
+    // A backup loads it to judge it: its label (a young set) decides, it is
+    // left alone, and the cache learns it.
+    let (code, third, err) = backup_to(&c, &lib, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        third["cartridges"],
+        serde_json::json!(["PB0003L6"]),
+        "{err}"
+    );
+    assert!(
+        err.contains("slot 2 (PB0002L6) is not scratch, left alone"),
+        "{err}"
+    );
+    assert!(cached(&dir, "PB0002L6").contains(&id_b));
+    restore_from(&lib, &["0"], Some(&id_b[..8]), &b, &tmp.path().join("rb"));
+
+    // The cache says A on PB0001L6, which now holds B: the restore of A
+    // loads it, reads B's label, refuses it and corrects the cache.
+    let saved = tmp.path().join("saved");
+    std::fs::create_dir(&saved).unwrap();
+    copy_medium(&cartridge("PB0001L6"), &saved);
+    copy_medium(&vt, &cartridge("PB0001L6"));
+    let to = tmp.path().join("stale");
+    let (code, _, err) = pbio(&[
+        "restore",
+        "--changer",
+        &lib,
+        "--set",
+        &id_a[..8],
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_ne!(
+        code, 0,
+        "a cartridge of another set was restored as A: {err}"
+    );
+    assert!(
+        err.contains(&format!("the label cache said it holds set {id_a}"))
+            && err.contains(&format!("is of set {id_b}")),
+        "{err}"
+    );
+    assert!(!to.join("a").exists());
+    let line = cached(&dir, "PB0001L6");
+    assert!(line.contains(&id_b) && !line.contains(&id_a), "{line}");
+
+    // A put back behind the cache's back: the cache (B) makes the restore
+    // of A skip it, never write; `changer inventory` reads it again.
+    copy_medium(&saved, &cartridge("PB0001L6"));
+    let (code, _, err) = pbio(&[
+        "restore",
+        "--changer",
+        &lib,
+        "--set",
+        &id_a[..8],
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("pbio changer inventory"), "{err}");
+    let (code, _, err) = changer(&["inventory"], &lib);
+    assert_eq!(code, 0, "{err}");
+    restore_from(&lib, &["0"], Some(&id_a[..8]), &a, &tmp.path().join("ra"));
+    // The cache says A (young) on PB0001L6, which is blank now (given
+    // the blank medium of PB0004L6): a backup leaves it in its slot
+    // unread; a wrong entry costs a scratch cartridge, never a set.
+    copy_medium(&cartridge("PB0004L6"), &cartridge("PB0001L6"));
+    let blank = std::fs::read(cartridge("PB0001L6").join("vtape.data")).unwrap();
+    let before = loads(&dir);
+    let (code, fourth, err) = backup_to(&c, &lib, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        fourth["cartridges"],
+        serde_json::json!(["PB0004L6"]),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "slot 1 (PB0001L6) is not scratch, left alone: the label cache says it holds set {id_a}"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(cartridge("PB0001L6").join("vtape.data")).unwrap(),
+        blank
+    );
+    // Judged without a load: PB0001 (cache: A), PB0002 (B), PB0003 (C);
+    // PB0004 loaded to be judged, then to be written.
+    assert_eq!(loads(&dir) - before, 2);
+}

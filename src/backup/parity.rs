@@ -50,7 +50,20 @@ pub struct ParityOutcome {
     /// Data records left without parity (a stripe whose parity could not
     /// be written or computed), and why, for the report.
     pub unprotected_records: u64,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<ParityWarning>,
+}
+
+/// Why a set's data is not all covered by parity (the run goes on).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParityWarning {
+    /// The written records make no stripe layout.
+    #[error("no parity written: {0}")]
+    NoLayout(stripe::StripeError),
+    /// Stripes short of parity records.
+    #[error(
+        "{records} data records have fewer than {m} parity records (no room, or a write failed)"
+    )]
+    Unprotected { records: u64, m: usize },
 }
 
 /// One parity record to write: (stripe, parity index) with its bytes
@@ -91,7 +104,7 @@ pub(super) fn write_parity(
     let layout = match stripe::over_written(&records, m) {
         Ok(layout) => layout,
         Err(e) => {
-            out.warnings.push(format!("no parity written: {e}"));
+            out.warnings.push(ParityWarning::NoLayout(e));
             out.unprotected_records = outcomes.iter().map(|o| o.records.len() as u64).sum();
             out.section = Some(CatalogParity {
                 m: m as u32,
@@ -178,10 +191,10 @@ pub(super) fn write_parity(
         }
     }
     if out.unprotected_records > 0 {
-        out.warnings.push(format!(
-            "{} data records have fewer than {m} parity records (no room, or a write failed)",
-            out.unprotected_records
-        ));
+        out.warnings.push(ParityWarning::Unprotected {
+            records: out.unprotected_records,
+            m,
+        });
     }
     out.section = Some(CatalogParity {
         m: m as u32,

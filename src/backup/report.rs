@@ -62,7 +62,7 @@ pub struct ParitySummary {
     pub stripes: usize,
     pub records: u64,
     pub payload_bytes: u64,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<super::parity::ParityWarning>,
     /// Wall time of the parity phase (after the data phase).
     pub elapsed: Duration,
 }

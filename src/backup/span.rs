@@ -420,17 +420,10 @@ fn close_volume(shared: &Shared<'_>, done: Loaded) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::dispatch::{Next, WorkItem};
+    use crate::engine::dispatch::tests::item;
+    use crate::engine::dispatch::Next;
 
     const CHUNK: u64 = 4096;
-
-    fn item(file: u32, offset: u64, length: u64) -> WorkItem {
-        WorkItem {
-            file,
-            offset,
-            length,
-        }
-    }
 
     /// Volume 0 in a drive, volume 1 still in its slot: volume 0, out of
     /// work, does not wait for volume 1 (which would wait for a drive

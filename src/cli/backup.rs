@@ -220,16 +220,17 @@ fn measure_rates(set: &super::SetArgs, json: bool) -> Result<super::SetArgs, Fai
 
 /// The device paths the backup would create or write must be writable by us.
 pub(super) fn check_writable(devs: &[DeviceSpec]) -> Result<(), Failure> {
+    use crate::device::Backing;
     use nix::unistd::{access, AccessFlags};
     for spec in devs {
-        if crate::device::nbd::is_nbd(&spec.path) {
+        let dir = match crate::device::backing(&spec.path) {
             // A remote export: the server says whether it may be written.
-            continue;
-        }
-        // An emulated tape is written in its directory.
-        // A pmem device (`pmem:PATH`) is its file.
-        let dir = crate::device::vtape::dir_of(&spec.path)
-            .or_else(|| crate::device::pmem::file_of(&spec.path));
+            Backing::Remote => continue,
+            // An emulated tape is written in its directory.
+            // A pmem device (`pmem:PATH`) is its file.
+            Backing::TapeDirectory(path) | Backing::Mapped(path) => Some(path),
+            Backing::Node => None,
+        };
         let path = dir.as_ref().unwrap_or(&spec.path);
         let target = if path.exists() {
             path.to_path_buf()

@@ -196,7 +196,7 @@ pub fn print_report(report: &backup::BackupReport, as_json: bool) {
                     "stripes": report.parity.stripes,
                     "records": report.parity.records,
                     "payload_bytes": report.parity.payload_bytes,
-                    "warnings": report.parity.warnings,
+                    "warnings": report.parity.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "seconds": report.parity.elapsed.as_secs_f64(),
                 }),
                 "exit_code": outcome(report).code(),

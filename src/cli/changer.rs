@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use super::span::{in_drive, seen_on};
 use super::{parse_dev, CliResult, Failure, Outcome};
+use crate::device::changer::cache::{LabelCache, Seen};
 use crate::device::changer::{self, Changer, Status};
 use crate::device::{Access, DeviceSpec, Mode};
 use crate::format::{Label, LabelState};
@@ -38,7 +40,7 @@ pub enum ChangerCommand {
         #[command(flatten)]
         common: CommonArgs,
     },
-    /// Rescan the library, then read every cartridge's label: which sets it holds. A cartridge that cannot be read where it is gets loaded into an empty drive and unloaded again.
+    /// Rescan the library, then read every cartridge's label: which sets it holds. A cartridge that cannot be read where it is gets loaded into an empty drive and unloaded again; what was read goes to the label cache.
     Inventory(InventoryArgs),
 }
 
@@ -62,6 +64,9 @@ pub struct InventoryArgs {
     /// How long a drive may take to become ready after a load.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub ready_timeout: u64,
+    /// Show what the label cache remembers of a cartridge that cannot be read in its slot instead of loading it (a cartridge the cache does not know is loaded).
+    #[arg(long)]
+    pub cached: bool,
 }
 
 pub fn run(command: ChangerCommand) -> CliResult {
@@ -81,6 +86,13 @@ pub fn run(command: ChangerCommand) -> CliResult {
             let status = changer.status().map_err(Failure::Changer)?;
             let d = status.drive(drive);
             let barcode = d.and_then(|d| d.barcode.clone());
+            // Loaded by hand, it may be written through the drive: what
+            // the cache says of it is no longer known.
+            if let Some(b) = &barcode {
+                let mut cache = LabelCache::load_unchecked(changer.name());
+                cache.forget(b);
+                let _ = cache.save();
+            }
             if common.json {
                 outln!(
                     "{}",
@@ -141,6 +153,8 @@ enum Contents {
     Unreadable(String),
     /// Not read (why).
     NotRead(String),
+    /// Not read: what the label cache remembers (`inventory --cached`).
+    Cached(Seen),
 }
 
 impl Contents {
@@ -164,6 +178,7 @@ impl Contents {
             ),
             Contents::Unreadable(why) => format!("no pbio label ({why})"),
             Contents::NotRead(why) => format!("not read: {why}"),
+            Contents::Cached(seen) => format!("cached: {}", seen.summary()),
         }
     }
 
@@ -183,6 +198,12 @@ impl Contents {
             }]}),
             Contents::Unreadable(why) => json!({"blank": false, "sets": [], "label_error": why}),
             Contents::NotRead(why) => json!({"sets": null, "not_read": why}),
+            Contents::Cached(seen) => json!({"cached": true, "blank": *seen == Seen::Blank,
+            "sets": match seen {
+                Seen::Sets(sets) => sets.iter().map(|s| json!({"set_id": s.set_id.to_string(),
+                    "complete": s.complete, "created_unix_ns": s.created_unix_ns})).collect(),
+                _ => Vec::new(),
+            }}),
         }
     }
 }
@@ -238,32 +259,33 @@ fn inventory(a: InventoryArgs) -> Result<(), Failure> {
         d.device = Some(spec.clone());
     }
     let ready = Duration::from_secs(a.ready_timeout);
+    let mut cache = LabelCache::load(changer.name(), &status);
+    // The label, and what goes to the cache.
+    let read = |spec: &DeviceSpec| (read_contents(spec, ready), seen_on(spec));
     let mut slots = Vec::new();
     for s in &status.slots {
         if !s.full {
             slots.push(None);
             continue;
         }
-        if let Some(spec) = changer.cartridge_in_slot(s.number) {
-            slots.push(Some(read_contents(&spec, ready)));
-            continue;
-        }
+        let cached = s.barcode.as_deref().and_then(|b| cache.get(b)).cloned();
         let free = status.drives.iter().find(|d| !d.full && d.device.is_some());
-        let Some(d) = free else {
-            slots.push(Some(Contents::NotRead(
-                "no empty drive with a known tape node (give --dev for each drive)".into(),
-            )));
-            continue;
+        let (contents, seen) = match (changer.cartridge_in_slot(s.number), cached, free) {
+            (Some(spec), _, _) => read(&spec),
+            (None, Some(seen), _) if a.cached => (Contents::Cached(seen), None),
+            (None, _, Some(d)) => {
+                let drive = (d.number, d.device.clone().expect("found with one"));
+                in_drive(changer.as_mut(), s.number, &drive, read)?
+            }
+            (None, _, None) => (
+                Contents::NotRead(
+                    "no empty drive with a known tape node (give --dev for each drive)".into(),
+                ),
+                None,
+            ),
         };
-        changer.load(s.number, d.number).map_err(Failure::Changer)?;
-        let contents = read_contents(d.device.as_ref().expect("found with one"), ready);
-        let back = changer.unload(d.number).map_err(Failure::Changer)?;
-        if back != s.number {
-            return Err(Failure::Data(format!(
-                "changer {}: the cartridge of slot {} went back to slot {back}",
-                changer.name(),
-                s.number
-            )));
+        if let (Some(b), Some(seen)) = (&s.barcode, seen) {
+            cache.observed(b, seen);
         }
         slots.push(Some(contents));
     }
@@ -272,12 +294,24 @@ fn inventory(a: InventoryArgs) -> Result<(), Failure> {
         .iter()
         .map(|d| match (&d.device, d.full) {
             (_, false) => None,
-            (Some(spec), true) => Some(read_contents(spec, ready)),
+            (Some(spec), true) => {
+                let (contents, seen) = read(spec);
+                if let (Some(b), Some(seen)) = (&d.barcode, seen) {
+                    cache.observed(b, seen);
+                }
+                Some(contents)
+            }
             (None, true) => Some(Contents::NotRead(
                 "its tape node is not known (give --dev for each drive)".into(),
             )),
         })
         .collect::<Vec<_>>();
+    if let Err(e) = cache.save() {
+        errln!(
+            "pbio: changer {}: label cache not saved: {e}",
+            changer.name()
+        );
+    }
     show(
         changer.as_ref(),
         &status,

@@ -163,7 +163,7 @@ usage: pbio --dev DEVICE [--dev DEVICE...] SOURCE...     back up (same as `pbio 
        pbio --help                                        every option
 Try: pbio demo";
 
-fn parse_dev(text: &str) -> Result<DeviceSpec, String> {
+fn parse_dev(text: &str) -> Result<DeviceSpec, crate::device::SpecError> {
     DeviceSpec::parse(text)
 }
 
@@ -504,6 +504,16 @@ pub struct Prepared {
 }
 
 pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
+    prepare_on(args, None)
+}
+
+/// `prepare` over `devices` (name, capacity, rate) when given instead of
+/// probing `args.devs`: the cartridges of a library, known by barcode and
+/// measured while loaded, not reachable by a path of their own.
+pub fn prepare_on(
+    args: &SetArgs,
+    devices: Option<Vec<(String, u64, Option<u64>)>>,
+) -> Result<Prepared, Failure> {
     check_paths(&args.sources, &args.devs)?;
     let selection = args.select.selection()?;
     let walk = crate::source::walk_selected(&args.sources, &selection).map_err(Failure::Source)?;
@@ -524,9 +534,10 @@ pub fn prepare(args: &SetArgs) -> Result<Prepared, Failure> {
         }
         return Err(Failure::Usage(msg));
     }
-    let mut devices = Vec::with_capacity(args.devs.len());
+    let given = devices.is_some();
+    let mut devices = devices.unwrap_or_default();
     let mut identities = Vec::with_capacity(args.devs.len());
-    for spec in &args.devs {
+    for spec in args.devs.iter().filter(|_| !given) {
         let probe = crate::device::probe(spec).map_err(Failure::DeviceToWrite)?;
         if let Some(i) = identities.iter().position(|id| *id == probe.identity) {
             return Err(Failure::Usage(format!(

@@ -526,7 +526,7 @@ mod tests {
                 device: 2,
                 error: DeviceFault {
                     device: "/dev/x2".into(),
-                    fault: Fault::Transport("EIO".into()),
+                    fault: Fault::Transport(crate::device::TransportError::Stopped("EIO".into())),
                 },
                 redirected_bytes: 100,
             })

@@ -174,7 +174,9 @@ fn check_destructive(spec: &DeviceSpec, probe: &device::Probe, force: bool) -> R
     }
     let path = spec.path.display();
     // What is behind a pmem device: its namespace or its file.
-    let pmem_target = device::pmem::file_of(&spec.path).filter(|_| probe.kind == Kind::Pmem);
+    let pmem_target = device::backing(&spec.path)
+        .mapped_file()
+        .filter(|_| probe.kind == Kind::Pmem);
     let pmem_block = pmem_target
         .as_ref()
         .and_then(|t| std::fs::metadata(t).ok())

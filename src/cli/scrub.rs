@@ -169,7 +169,7 @@ fn replacement(
             count - 1
         )));
     }
-    let spec = DeviceSpec::parse(new).map_err(Failure::Usage)?;
+    let spec = DeviceSpec::parse(new).map_err(|e| Failure::Usage(e.to_string()))?;
     let same = |a: &Path, b: &Path| matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(a), Ok(b)) if a == b);
     if let Some(given) = args.devs.iter().find(|d| same(&d.path, &spec.path)) {
         return Err(Failure::Usage(format!(

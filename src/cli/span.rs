@@ -6,7 +6,11 @@
 //! back to their slots), every cartridge in a storage slot goes through
 //! the overwrite guard (blank, or anything with `--force`/`--overwrite`:
 //! a scratch cartridge), the set is planned, and a set larger than the
-//! scratch cartridges can hold is refused with the numbers.
+//! scratch cartridges can hold is refused with the numbers. A cartridge
+//! the library cannot read where it is (a real library, `vlib:...,inplace=0`)
+//! is loaded into a drive to be judged, unless the label cache
+//! (`changer::cache`) says it holds a set the backup may not overwrite;
+//! what the label read after the load says decides, and goes to the cache.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
@@ -19,9 +23,10 @@ use super::backup::{
     with_progress, BackupArgs,
 };
 use super::progress::{DeviceInfo, Output};
-use super::{prepare, CliResult, Failure};
+use super::{prepare_on, CliResult, Failure};
 use crate::backup;
 use crate::backup::span::{self, Library, Volume};
+use crate::device::changer::cache::{CachedSet, LabelCache, Seen};
 use crate::device::changer::shelved::{DrivePool, Shelved};
 use crate::device::changer::{self, Changer};
 use crate::device::{Device, DeviceSpec, Mode};
@@ -35,12 +40,11 @@ use crate::units::human_bytes;
 /// its rest to the volumes after it.
 const PLANNED_FILL_PERCENT: u64 = 90;
 
-/// A scratch cartridge: its slot, barcode and the device it is read
-/// through where it is.
+/// A scratch cartridge: its slot, barcode and capacity.
 struct Scratch {
     slot: u32,
     barcode: String,
-    spec: DeviceSpec,
+    capacity: u64,
     /// `--append`: where the new set goes on it (after its sets).
     point: AppendPoint,
 }
@@ -54,12 +58,16 @@ pub fn run(args: BackupArgs) -> CliResult {
     let mac_key = super::key::load_optional(args.key.as_deref())?;
     let mut changer = changer::open(&text).map_err(Failure::Changer)?;
     let drives = empty_drives(changer.as_mut())?;
-    let scratch = scratch_cartridges(changer.as_mut(), &policy, &args)?;
+    let scratch = scratch_cartridges(changer.as_mut(), &drives, &policy, &args)?;
     // Planned over every scratch cartridge first, for the bytes it needs.
     let mut set = args.set.clone();
     set.changer = None;
-    set.devs = scratch.iter().map(|s| s.spec.clone()).collect();
-    let mut prepared = prepare(&set).map_err(|e| too_large(e, &scratch))?;
+    set.devs = Vec::new();
+    let cartridges = scratch
+        .iter()
+        .map(|s| (s.barcode.clone(), s.capacity, None))
+        .collect();
+    let mut prepared = prepare_on(&set, Some(cartridges)).map_err(|e| too_large(e, &scratch))?;
     // An appended cartridge has the room its sets leave.
     let appended = scratch.iter().any(|s| s.point.used_bytes > 0);
     for (device, s) in prepared.devices.iter_mut().zip(&scratch) {
@@ -86,9 +94,7 @@ pub fn run(args: BackupArgs) -> CliResult {
         .map(|s| Volume {
             slot: s.slot,
             barcode: s.barcode.clone(),
-            capacity_bytes: crate::device::probe(&s.spec)
-                .map_or(0, |p| p.capacity_bytes)
-                .saturating_sub(s.point.used_bytes),
+            capacity_bytes: s.capacity.saturating_sub(s.point.used_bytes),
             files_before: s.point.files_before,
         })
         .collect();
@@ -127,6 +133,11 @@ pub fn run(args: BackupArgs) -> CliResult {
         span::run_spanning(&input, &library, &config, progress)
     });
     let json = args.set.json;
+    let written = result
+        .as_ref()
+        .ok()
+        .map(|(report, spanned)| (outcome(report), spanned.drive_of.as_slice()));
+    remember_written(&changer, &library.volumes, written, &config);
     match result {
         Err(e) => Err(backup_failed(e, json)),
         Ok((report, spanned)) => {
@@ -174,7 +185,7 @@ fn empty_drives(changer: &mut dyn Changer) -> Result<Vec<(u32, DeviceSpec)>, Fai
         .collect();
     if drives.is_empty() {
         return Err(Failure::Usage(format!(
-            "changer {}: no drive whose device is known (a real library's drives are not mapped to tape nodes by `backup --changer` yet: load cartridges with `pbio changer load` and give the drives with --dev)",
+            "changer {}: no drive whose tape node is known (a real library's drives are matched to /dev/nstN by serial number, and none matched: load cartridges with `pbio changer load` and give the drives with --dev)",
             changer.name()
         )));
     }
@@ -189,49 +200,38 @@ fn empty_drives(changer: &mut dyn Changer) -> Result<Vec<(u32, DeviceSpec)>, Fai
 /// The others are named on stderr.
 fn scratch_cartridges(
     changer: &mut dyn Changer,
+    drives: &[(u32, DeviceSpec)],
     policy: &Policy,
     args: &BackupArgs,
 ) -> Result<Vec<Scratch>, Failure> {
     let status = changer.status().map_err(Failure::Changer)?;
+    let mut cache = LabelCache::load(changer.name(), &status);
     let mut scratch = Vec::new();
     for s in status.slots.iter().filter(|s| s.full && !s.import_export) {
         let barcode = s
             .barcode
             .clone()
             .unwrap_or_else(|| format!("slot{}", s.number));
-        let Some(spec) = changer.cartridge_in_slot(s.number) else {
-            return Err(Failure::Usage(format!(
-                "changer {}: slot {} ({barcode}) cannot be read where it is: `backup --changer` needs an emulated library for now",
-                changer.name(),
-                s.number
-            )));
+        let judge = |spec: &DeviceSpec| {
+            let capacity = crate::device::probe(spec).map_or(0, |p| p.capacity_bytes);
+            let point = usable(spec, capacity, policy, args);
+            (point.map(|point| (point, capacity)), seen_on(spec))
         };
-        let usable = if args.append {
-            super::append::append_point(&spec, false)
-        } else {
-            expired(&spec, args.retention)
-                .map(|()| AppendPoint::default())
-                .or_else(|_| {
-                    check_devices_kept(std::slice::from_ref(&spec), policy, args.retention)
-                        .map(|()| AppendPoint::default())
-                })
+        let (usable, seen) = match changer.cartridge_in_slot(s.number) {
+            Some(spec) => judge(&spec),
+            None => match kept_by_cache(cache.get(&barcode), policy, args) {
+                Some(why) => (Err(Failure::Usage(why)), None),
+                None => in_drive(changer, s.number, &drives[0], judge)?,
+            },
         };
-        let capacity = crate::device::probe(&spec).map_or(0, |p| p.capacity_bytes);
-        let usable = usable.and_then(|point| {
-            if point.used_bytes > capacity / 8 * 7 {
-                return Err(Failure::Usage(format!(
-                    "--append: its sets leave {} of {}, less than an eighth",
-                    human_bytes(capacity.saturating_sub(point.used_bytes)),
-                    human_bytes(capacity)
-                )));
-            }
-            Ok(point)
-        });
+        if let Some(seen) = seen {
+            cache.observed(&barcode, seen);
+        }
         match usable {
-            Ok(point) => scratch.push(Scratch {
+            Ok((point, capacity)) => scratch.push(Scratch {
                 slot: s.number,
                 barcode,
-                spec,
+                capacity,
                 point,
             }),
             Err(why) => errln!(
@@ -240,6 +240,12 @@ fn scratch_cartridges(
                 why.to_string().replace('\n', " ")
             ),
         }
+    }
+    if let Err(e) = cache.save() {
+        errln!(
+            "pbio: changer {}: label cache not saved: {e}",
+            changer.name()
+        );
     }
     if scratch.is_empty() {
         return Err(Failure::Usage(format!(
@@ -250,6 +256,174 @@ fn scratch_cartridges(
     // Appending: the cartridges that hold sets first (stable: slot order).
     scratch.sort_by_key(|s| s.point.sets_before == 0);
     Ok(scratch)
+}
+
+/// Where the new set goes on the cartridge `spec` reads (its capacity
+/// `capacity`), or why it is not scratch.
+fn usable(
+    spec: &DeviceSpec,
+    capacity: u64,
+    policy: &Policy,
+    args: &BackupArgs,
+) -> Result<AppendPoint, Failure> {
+    let point = if args.append {
+        super::append::append_point(spec, false)
+    } else {
+        expired(spec, args.retention)
+            .map(|()| AppendPoint::default())
+            .or_else(|_| {
+                check_devices_kept(std::slice::from_ref(spec), policy, args.retention)
+                    .map(|()| AppendPoint::default())
+            })
+    }?;
+    if point.used_bytes > capacity / 8 * 7 {
+        return Err(Failure::Usage(format!(
+            "--append: its sets leave {} of {}, less than an eighth",
+            human_bytes(capacity.saturating_sub(point.used_bytes)),
+            human_bytes(capacity)
+        )));
+    }
+    Ok(point)
+}
+
+/// Why a cartridge is left in its slot unread, when the label cache says
+/// it holds what the backup may not overwrite (another program's data, or
+/// a set younger than `--retention`, or any set without it); None: it is
+/// loaded and its label decides. Only a reason to skip a cartridge, never
+/// to write one: with `--force`, `--overwrite` or `--append` every
+/// cartridge is loaded.
+fn kept_by_cache(seen: Option<&Seen>, policy: &Policy, args: &BackupArgs) -> Option<String> {
+    if args.append || policy.force || !policy.overwrite.is_empty() {
+        return None;
+    }
+    let young = |set: &CachedSet| {
+        args.retention.is_none_or(|r| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            now.saturating_sub(set.created_unix_ns) < r.as_nanos() as u64
+        })
+    };
+    match seen? {
+        Seen::Blank => None,
+        Seen::Other => Some("the label cache says it holds data that is not a pbio set (`pbio changer inventory` reads it again)".into()),
+        Seen::Sets(sets) => sets.iter().find(|s| young(s)).map(|s| {
+            format!(
+                "the label cache says it holds set {} created {}{} (`pbio changer inventory` reads it again)",
+                s.set_id,
+                crate::media::guard::utc_text(s.created_unix_ns / 1_000_000_000),
+                if args.retention.is_some() { ", younger than --retention" } else { "" }
+            )
+        }),
+    }
+}
+
+/// What the cartridge `spec` reads holds: blank, not a pbio set, or its
+/// sets (each with the filemarks before it). None: it cannot be opened.
+pub fn seen_on(spec: &DeviceSpec) -> Option<Seen> {
+    let dev = crate::device::open(spec, Mode::Read).ok()?;
+    if dev.access() != crate::device::Access::Sequential {
+        return None;
+    }
+    if dev.tape_status().is_ok_and(|st| st.at_bot && st.at_eod) {
+        return Some(Seen::Blank);
+    }
+    Some(match crate::media::sets::sets_on_tape(dev.as_ref()) {
+        Ok(found) if !found.is_empty() => seen_of(&found),
+        _ => Seen::Other,
+    })
+}
+
+/// The sets found on a tape, as the label cache keeps them.
+fn seen_of(found: &[crate::media::sets::TapeSet]) -> Seen {
+    Seen::Sets(
+        found
+            .iter()
+            .map(|t| CachedSet {
+                set_id: t.label.set_id,
+                files_before: t.files_before,
+                created_unix_ns: t.label.created_unix_ns,
+                complete: t.complete(),
+            })
+            .collect(),
+    )
+}
+
+/// Load the cartridge in `slot` into the empty `drive`, run `f` on the
+/// drive's device, and put the cartridge back where it was.
+pub fn in_drive<T>(
+    changer: &mut dyn Changer,
+    slot: u32,
+    drive: &(u32, DeviceSpec),
+    f: impl FnOnce(&DeviceSpec) -> T,
+) -> Result<T, Failure> {
+    changer.load(slot, drive.0).map_err(Failure::Changer)?;
+    let out = f(&drive.1);
+    let back = changer.unload(drive.0).map_err(Failure::Changer)?;
+    if back != slot {
+        return Err(Failure::Data(format!(
+            "changer {}: the cartridge of slot {slot} went back to slot {back}",
+            changer.name()
+        )));
+    }
+    Ok(out)
+}
+
+/// After a spanning backup: the cartridges written hold the new set after
+/// the sets they held (`written`: the run's outcome and which volumes a
+/// drive wrote); after a failed one, what they hold is not known.
+fn remember_written(
+    changer: &Mutex<Box<dyn Changer>>,
+    volumes: &[Volume],
+    written: Option<(super::Outcome, &[Option<u32>])>,
+    config: &backup::BackupConfig,
+) {
+    let mut changer = changer.lock().expect("no changer user panicked");
+    let Ok(status) = changer.status() else {
+        return;
+    };
+    let mut cache = LabelCache::load(changer.name(), &status);
+    let whole = matches!(
+        written,
+        Some((super::Outcome::Done | super::Outcome::Degraded, _))
+    );
+    for (i, v) in volumes.iter().enumerate() {
+        let used = written
+            .as_ref()
+            .is_none_or(|(_, drive_of)| drive_of.get(i).is_some_and(Option::is_some));
+        if !used {
+            continue;
+        }
+        let new = CachedSet {
+            set_id: config.set_id,
+            files_before: v.files_before,
+            created_unix_ns: config.created_unix_ns,
+            complete: true,
+        };
+        let before = match cache.get(&v.barcode) {
+            Some(Seen::Sets(sets)) if v.files_before > 0 => Some(
+                sets.iter()
+                    .filter(|s| s.files_before < v.files_before)
+                    .copied()
+                    .collect::<Vec<_>>(),
+            ),
+            _ if v.files_before > 0 => None,
+            _ => Some(Vec::new()),
+        };
+        match before.filter(|_| whole) {
+            Some(mut sets) => {
+                sets.push(new);
+                cache.observed(&v.barcode, Seen::Sets(sets));
+            }
+            _ => cache.forget(&v.barcode),
+        }
+    }
+    if let Err(e) = cache.save() {
+        errln!(
+            "pbio: changer {}: label cache not saved: {e}",
+            changer.name()
+        );
+    }
 }
 
 /// A cartridge whose sets are all older than `retention`: scratch for
@@ -274,10 +448,7 @@ fn too_large(failure: Failure, scratch: &[Scratch]) -> Failure {
     else {
         return failure;
     };
-    let capacity = scratch
-        .first()
-        .and_then(|s| crate::device::probe(&s.spec).ok())
-        .map_or(0, |p| p.capacity_bytes);
+    let capacity = scratch.first().map_or(0, |s| s.capacity);
     Failure::Usage(format!(
         "the set needs {} more than the {} scratch cartridges hold together ({} each, {} in all, less each one's label and catalog): nothing was written",
         human_bytes(missing_bytes),
@@ -392,6 +563,45 @@ fn reading_drives(text: &str, wanted: &[u32]) -> Result<(Box<dyn Changer>, Drive
     Ok((changer, drives))
 }
 
+/// The check of a cartridge chosen from the label cache: once loaded, its
+/// label after `files_before` filemarks must be of the set `id`. When not,
+/// the cache entry is replaced by what the cartridge holds and the
+/// cartridge refused (a restore then names what is missing).
+fn expect_set(
+    changer: &str,
+    barcode: &str,
+    id: SetId,
+    files_before: u32,
+) -> crate::device::changer::shelved::Expectation {
+    let (changer, barcode) = (changer.to_string(), barcode.to_string());
+    Box::new(move |dev: &dyn Device| {
+        let view = crate::media::sets::SetOnTape::new(dev, files_before);
+        let found = crate::media::read_label(&view).map(|l| l.set_id);
+        if found.as_ref().is_ok_and(|f| *f == id) {
+            return Ok(());
+        }
+        let mut cache = LabelCache::load_unchecked(&changer);
+        match crate::media::sets::sets_on_tape(dev) {
+            Ok(sets) if !sets.is_empty() => {
+                cache.observed(&barcode, seen_of(&sets));
+            }
+            _ => cache.forget(&barcode),
+        }
+        let _ = cache.save();
+        Err(stale(id, &found))
+    })
+}
+
+fn stale(id: SetId, found: &Result<SetId, crate::media::MediaError>) -> String {
+    format!(
+        "the label cache said it holds set {id}, but its label {}: the cache entry is corrected; run the command again (or `pbio changer inventory` to read every cartridge)",
+        match found {
+            Ok(other) => format!("is of set {other}"),
+            Err(e) => format!("cannot be read ({e})"),
+        }
+    )
+}
+
 /// The cartridges holding the set `set` names (or the only set), each
 /// seen as that set (`SetOnTape` where it follows other sets).
 fn library_sets(
@@ -402,24 +612,51 @@ fn library_sets(
     prefix: Option<String>,
 ) -> Result<Vec<Box<dyn Device>>, Failure> {
     let status = changer.status().map_err(Failure::Changer)?;
-    // Per cartridge: the sets on it (an emulated library's cartridges are
-    // read where they are; None: only known once loaded).
+    let mut cache = LabelCache::load(changer.name(), &status);
+    // Per cartridge: the sets on it, read where it is (an emulated
+    // library), else as the label cache remembers them (checked when
+    // loaded: `hinted`), else read through the first drive (and cached).
     let mut cartridges: Vec<(u32, Option<String>, Option<OnCartridge>)> = Vec::new();
+    let mut hinted: Vec<u32> = Vec::new();
     for s in status.slots.iter().filter(|s| s.full && !s.import_export) {
-        let sets = changer.cartridge_in_slot(s.number).map(|spec| {
-            crate::device::open(&spec, Mode::Read)
-                .ok()
-                .and_then(|dev| crate::media::sets::sets_on_tape(dev.as_ref()).ok())
-                .map(|found| {
-                    found
-                        .iter()
-                        .map(|t| (t.label.set_id, t.files_before))
-                        .collect()
-                })
-                .unwrap_or_default()
-        });
-        cartridges.push((s.number, s.barcode.clone(), sets));
+        let cached = s.barcode.as_deref().and_then(|b| cache.get(b)).cloned();
+        let seen = match (changer.cartridge_in_slot(s.number), cached) {
+            (Some(spec), _) => seen_on(&spec),
+            (None, Some(seen)) => {
+                hinted.push(s.number);
+                Some(seen)
+            }
+            (None, None) => {
+                let seen = in_drive(changer.as_mut(), s.number, &drives[0], seen_on)?;
+                if let (Some(b), Some(seen)) = (&s.barcode, &seen) {
+                    cache.observed(b, seen.clone());
+                }
+                seen
+            }
+        };
+        let sets = match seen {
+            Some(Seen::Sets(sets)) => sets.iter().map(|t| (t.set_id, t.files_before)).collect(),
+            // Unreadable: loaded again when read, its label then decides.
+            None => {
+                cartridges.push((s.number, s.barcode.clone(), None));
+                continue;
+            }
+            Some(_) => Vec::new(),
+        };
+        cartridges.push((s.number, s.barcode.clone(), Some(sets)));
     }
+    if let Err(e) = cache.save() {
+        errln!("pbio: changer {text}: label cache not saved: {e}");
+    }
+    // What a refusal adds when the cache chose (it may be stale).
+    let rehint = if hinted.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (the label cache was taken for {} cartridges: `pbio changer inventory --changer {text}` reads them again)",
+            hinted.len()
+        )
+    };
     let ids: Vec<SetId> = cartridges
         .iter()
         .flat_map(|(_, _, sets)| sets.iter().flatten().map(|(id, _)| *id))
@@ -448,7 +685,10 @@ fn library_sets(
                         .collect();
                     on.push(format!("set {id} on {}", slots.join(", ")));
                 }
-                Failure::Usage(format!("changer {text}: {e}\n  {}", on.join("\n  ")))
+                Failure::Usage(format!(
+                    "changer {text}: {e}{rehint}\n  {}",
+                    on.join("\n  ")
+                ))
             })?,
         )
     };
@@ -465,7 +705,7 @@ fn library_sets(
     }
     if slots.is_empty() {
         return Err(Failure::Usage(format!(
-            "changer {text}: no cartridge holds {}",
+            "changer {text}: no cartridge holds {}{rehint}",
             set.map_or("a pbio set".to_string(), |s| format!("set {s}"))
         )));
     }
@@ -473,7 +713,11 @@ fn library_sets(
     Ok(slots
         .iter()
         .map(|(slot, barcode, files_before)| {
-            let shelved = Box::new(Shelved::new(&pool, *slot, barcode.as_deref()));
+            let mut shelved = Shelved::new(&pool, *slot, barcode.as_deref());
+            if let (true, Some(id), Some(b)) = (hinted.contains(slot), chosen, barcode) {
+                shelved = shelved.expecting(expect_set(text, b, id, *files_before));
+            }
+            let shelved = Box::new(shelved);
             if *files_before == 0 {
                 shelved as Box<dyn Device>
             } else {

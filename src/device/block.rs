@@ -5,9 +5,10 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::{Device, DeviceError, Kind, Mode};
+use super::file::NodeDevice;
+use super::{DeviceError, Kind, Mode};
 use crate::format::BLOCK_BYTES;
 
 // BLKGETSIZE64 = _IOR(0x12, 114, size_t); BLKSSZGET = _IO(0x12, 104) (returns int through the pointer).
@@ -31,60 +32,41 @@ pub fn logical_block_bytes(file: &File) -> std::io::Result<u32> {
     Ok(size as u32)
 }
 
-pub struct BlockDevice {
-    path: PathBuf,
-    file: File,
-    capacity_bytes: u64,
-    block_bytes: u32,
-}
-
-impl BlockDevice {
-    pub fn open(path: &Path, mode: Mode) -> Result<BlockDevice, DeviceError> {
-        let mut options = OpenOptions::new();
-        options.read(true);
-        let mut flags = libc::O_DIRECT | libc::O_CLOEXEC;
-        if mode == Mode::Write {
-            options.write(true);
-            flags |= libc::O_EXCL;
-        }
-        options.custom_flags(flags);
-        let file = options.open(path).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EBUSY) {
-                DeviceError::unusable(
-                    path,
-                    "is in use (mounted, or held by another program): refusing to write to it",
-                )
-            } else {
-                DeviceError::io(path, "open", e)
-            }
-        })?;
-        let capacity_bytes =
-            size_bytes(&file).map_err(|e| DeviceError::io(path, "BLKGETSIZE64", e))?;
-        let block_bytes =
-            logical_block_bytes(&file).map_err(|e| DeviceError::io(path, "BLKSSZGET", e))?;
-        if block_bytes as usize > BLOCK_BYTES || !block_bytes.is_power_of_two() {
-            return Err(DeviceError::unusable(
+/// Open a block device: O_DIRECT, and O_EXCL for writing.
+pub fn open(path: &Path, mode: Mode) -> Result<NodeDevice, DeviceError> {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    let mut flags = libc::O_DIRECT | libc::O_CLOEXEC;
+    if mode == Mode::Write {
+        options.write(true);
+        flags |= libc::O_EXCL;
+    }
+    options.custom_flags(flags);
+    let file = options.open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            DeviceError::unusable(
                 path,
-                format!(
-                    "logical block size {block_bytes} is not supported (at most {BLOCK_BYTES})"
-                ),
-            ));
+                "is in use (mounted, or held by another program): refusing to write to it",
+            )
+        } else {
+            DeviceError::io(path, "open", e)
         }
-        Ok(BlockDevice {
-            path: path.to_path_buf(),
-            file,
-            capacity_bytes,
-            block_bytes,
-        })
+    })?;
+    let capacity_bytes = size_bytes(&file).map_err(|e| DeviceError::io(path, "BLKGETSIZE64", e))?;
+    let block_bytes =
+        logical_block_bytes(&file).map_err(|e| DeviceError::io(path, "BLKSSZGET", e))?;
+    if block_bytes as usize > BLOCK_BYTES || !block_bytes.is_power_of_two() {
+        return Err(DeviceError::unusable(
+            path,
+            format!("logical block size {block_bytes} is not supported (at most {BLOCK_BYTES})"),
+        ));
     }
-}
-
-impl Device for BlockDevice {
-    super::field_accessors!(Kind::Block);
-    fn direct_io(&self) -> bool {
-        true
-    }
-    fn sync(&self) -> std::io::Result<()> {
-        self.file.sync_all()
-    }
+    Ok(NodeDevice::new(
+        path.to_path_buf(),
+        file,
+        Kind::Block,
+        capacity_bytes,
+        block_bytes,
+        true,
+    ))
 }

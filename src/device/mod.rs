@@ -15,7 +15,7 @@ pub mod tape;
 pub mod vtape;
 
 pub(crate) use open::hash_path;
-pub use open::{dio_align, open, open_maybe_direct, probe, Mode, Probe};
+pub use open::{backing, dio_align, open, open_maybe_direct, probe, Backing, Mode, Probe};
 pub use persist::Durability;
 
 use std::fs::File;
@@ -42,14 +42,55 @@ pub struct DeviceSpec {
     pub timeout_secs: Option<u64>,
 }
 
+/// A `--dev` text that does not parse: the text as given and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("--dev '{text}': {why}")]
+pub struct SpecError {
+    pub text: String,
+    pub why: BadSpec,
+}
+
+/// What is wrong with a `--dev` text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadSpec {
+    #[error("empty device path")]
+    EmptyPath,
+    #[error("option '{0}' is not key=value")]
+    NotKeyValue(String),
+    #[error("{key}: {error}")]
+    Size { key: String, error: String },
+    #[error("rate must be positive")]
+    ZeroRate,
+    #[error("ew= is an option of emulated tapes (vtape:DIR) only")]
+    EarlyWarningNotVtape,
+    #[error("timeout= is a number of seconds (1 or more)")]
+    Timeout,
+    #[error("timeout= is an option of nbd:// devices only")]
+    TimeoutNotNbd,
+    #[error("unknown option '{0}' (known: size, rate, ew, timeout)")]
+    Unknown(String),
+}
+
+/// For callers that carry a refusal as text (the library emulator's
+/// `refused`).
+impl From<SpecError> for String {
+    fn from(e: SpecError) -> String {
+        e.to_string()
+    }
+}
+
 impl DeviceSpec {
     /// Parse `PATH[,size=N][,rate=N][,ew=N]`. Sizes are powers of 1024
     /// (K/M/G/T); a rate is bytes per second with the same suffixes.
-    pub fn parse(text: &str) -> Result<DeviceSpec, String> {
+    pub fn parse(text: &str) -> Result<DeviceSpec, SpecError> {
+        let bad = |why| SpecError {
+            text: text.to_string(),
+            why,
+        };
         let mut parts = text.split(',');
         let path = parts.next().unwrap_or_default();
         if path.is_empty() {
-            return Err(format!("--dev '{text}': empty device path"));
+            return Err(bad(BadSpec::EmptyPath));
         }
         let mut spec = DeviceSpec {
             path: PathBuf::from(path),
@@ -61,48 +102,37 @@ impl DeviceSpec {
         for option in parts {
             let (key, value) = option
                 .split_once('=')
-                .ok_or_else(|| format!("--dev '{text}': option '{option}' is not key=value"))?;
+                .ok_or_else(|| bad(BadSpec::NotKeyValue(option.to_string())))?;
             let parsed = if key == "timeout" {
                 0
             } else {
-                parse_size(value).map_err(|e| format!("--dev '{text}': {key}: {e}"))?
+                parse_size(value).map_err(|error| {
+                    let key = key.to_string();
+                    bad(BadSpec::Size { key, error })
+                })?
             };
             match key {
                 "size" => spec.size_bytes = Some(parsed),
                 "rate" => {
                     if parsed == 0 {
-                        return Err(format!("--dev '{text}': rate must be positive"));
+                        return Err(bad(BadSpec::ZeroRate));
                     }
                     spec.rate_bytes_per_sec = Some(parsed)
                 }
                 "ew" if vtape::dir_of(&spec.path).is_some() => {
                     spec.early_warning_bytes = Some(parsed)
                 }
-                "ew" => {
-                    return Err(format!(
-                        "--dev '{text}': ew= is an option of emulated tapes (vtape:DIR) only"
-                    ))
-                }
+                "ew" => return Err(bad(BadSpec::EarlyWarningNotVtape)),
                 "timeout" if nbd::is_nbd(&spec.path) => {
                     let secs = value
                         .parse::<u64>()
                         .ok()
                         .filter(|&s| s > 0)
-                        .ok_or_else(|| {
-                            format!("--dev '{text}': timeout= is a number of seconds (1 or more)")
-                        })?;
+                        .ok_or_else(|| bad(BadSpec::Timeout))?;
                     spec.timeout_secs = Some(secs)
                 }
-                "timeout" => {
-                    return Err(format!(
-                        "--dev '{text}': timeout= is an option of nbd:// devices only"
-                    ))
-                }
-                _ => {
-                    return Err(format!(
-                        "--dev '{text}': unknown option '{key}' (known: size, rate, ew, timeout)"
-                    ))
-                }
+                "timeout" => return Err(bad(BadSpec::TimeoutNotNbd)),
+                _ => return Err(bad(BadSpec::Unknown(key.to_string()))),
             }
         }
         Ok(spec)
@@ -191,13 +221,13 @@ pub trait Transport {
     /// The largest request the other end takes.
     fn request_bytes_max(&self) -> u32;
     /// The entries to push now, in order, in one submit.
-    fn sqes(&mut self, out: &mut Vec<crate::io::Sqe>) -> Result<(), String>;
+    fn sqes(&mut self, out: &mut Vec<crate::io::Sqe>) -> Result<(), TransportError>;
     fn on_cqe(
         &mut self,
         user_data: u64,
         result: i32,
         done: &mut Vec<(u64, i32)>,
-    ) -> Result<(), String>;
+    ) -> Result<(), TransportError>;
     /// Requests without their final reply.
     fn outstanding(&self) -> usize;
     /// Not failed for good.
@@ -212,7 +242,26 @@ pub trait Transport {
         &mut self,
         ring: &mut crate::io::Uring,
         done: &mut Vec<(u64, i32)>,
-    ) -> std::io::Result<Option<String>>;
+    ) -> std::io::Result<Option<TransportError>>;
+}
+
+/// Why a pipelined connection is beyond saving (its requests stay without
+/// replies).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The other end broke the protocol (a reply that matches no request,
+    /// a malformed chunk).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// Lost once more than a connection is reconnected.
+    #[error("connection lost ({why}) for the {episodes}th time")]
+    LostAgain { why: String, episodes: u32 },
+    /// Lost, and connecting again failed.
+    #[error("connection lost ({why}); {error}")]
+    Reconnect { why: String, error: String },
+    /// Its user stopped it (`Transport::abort`), saying why.
+    #[error("{0}")]
+    Stopped(String),
 }
 
 /// Handles of a transport's requests are below this.
@@ -256,6 +305,16 @@ pub struct BlockDone {
     /// The operation only counts as complete at this instant (an
     /// emulator's simulated speed); None: now.
     pub complete_at: Option<std::time::Instant>,
+}
+
+impl BlockDone {
+    /// An operation complete as soon as the driver reported `result`.
+    pub fn now(result: i32) -> BlockDone {
+        BlockDone {
+            result,
+            complete_at: None,
+        }
+    }
 }
 
 /// Tape positioning and filemark operations (st's MTIOCTOP).
@@ -357,8 +416,10 @@ pub trait Device: Send + Sync {
     fn capacity_bytes(&self) -> u64;
     /// Offsets and lengths of I/O must be multiples of this.
     fn block_bytes(&self) -> u32;
-    /// Whether the descriptor was opened with O_DIRECT.
-    fn direct_io(&self) -> bool;
+    /// Whether the descriptor was opened with O_DIRECT (by default not).
+    fn direct_io(&self) -> bool {
+        false
+    }
     /// Make everything written so far durable.
     fn sync(&self) -> std::io::Result<()>;
     /// Map a failed operation's errno to what it means for the set.
@@ -386,10 +447,7 @@ pub trait Device: Send + Sync {
     /// Sequential devices: called with the result of the block write
     /// `before_block_write` let through.
     fn after_block_write(&self, result: i32) -> BlockDone {
-        BlockDone {
-            result,
-            complete_at: None,
-        }
+        BlockDone::now(result)
     }
     /// Sequential devices: called before a block read into a buffer of
     /// `buffer_bytes`; the read returns exactly one block (or 0 at a filemark).
@@ -400,10 +458,7 @@ pub trait Device: Send + Sync {
         }
     }
     fn after_block_read(&self, result: i32) -> BlockDone {
-        BlockDone {
-            result,
-            complete_at: None,
-        }
+        BlockDone::now(result)
     }
     /// Positioning and filemarks (sequential devices; synchronous, only
     /// while no operation of the device is in flight).
@@ -553,19 +608,13 @@ pub fn write_block(dev: &dyn Device, buf: &[u8]) -> std::io::Result<usize> {
         BlockIo::Done { result } => return result_of(result),
         BlockIo::Submit { sqe_offset, bytes } => {
             let buf = &buf[..bytes as usize];
-            raw_result(loop {
-                // SAFETY: buf is a live slice of `bytes` bytes; fd is open.
-                let n = unsafe {
-                    if sqe_offset == STREAM_OFFSET {
-                        libc::write(dev.fd(), buf.as_ptr().cast(), buf.len())
-                    } else {
-                        libc::pwrite(dev.fd(), buf.as_ptr().cast(), buf.len(), sqe_offset as i64)
-                    }
-                };
-                if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
+            // SAFETY: buf is a live slice of `bytes` bytes; fd is open.
+            uninterrupted(|| unsafe {
+                if sqe_offset == STREAM_OFFSET {
+                    libc::write(dev.fd(), buf.as_ptr().cast(), buf.len())
+                } else {
+                    libc::pwrite(dev.fd(), buf.as_ptr().cast(), buf.len(), sqe_offset as i64)
                 }
-                break n;
             })
         }
     };
@@ -583,24 +632,18 @@ pub fn read_block(dev: &dyn Device, buf: &mut [u8]) -> std::io::Result<usize> {
         BlockIo::Done { result } => return result_of(result),
         BlockIo::Submit { sqe_offset, bytes } => {
             let buf = &mut buf[..bytes as usize];
-            raw_result(loop {
-                // SAFETY: buf is a live, writable slice of `bytes` bytes.
-                let n = unsafe {
-                    if sqe_offset == STREAM_OFFSET {
-                        libc::read(dev.fd(), buf.as_mut_ptr().cast(), buf.len())
-                    } else {
-                        libc::pread(
-                            dev.fd(),
-                            buf.as_mut_ptr().cast(),
-                            buf.len(),
-                            sqe_offset as i64,
-                        )
-                    }
-                };
-                if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
+            // SAFETY: buf is a live, writable slice of `bytes` bytes.
+            uninterrupted(|| unsafe {
+                if sqe_offset == STREAM_OFFSET {
+                    libc::read(dev.fd(), buf.as_mut_ptr().cast(), buf.len())
+                } else {
+                    libc::pread(
+                        dev.fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        sqe_offset as i64,
+                    )
                 }
-                break n;
             })
         }
     };
@@ -609,14 +652,20 @@ pub fn read_block(dev: &dyn Device, buf: &mut [u8]) -> std::io::Result<usize> {
     result_of(done.result)
 }
 
-/// A syscall's return value as an io_uring style result (bytes or -errno).
-fn raw_result(n: isize) -> i32 {
-    if n < 0 {
-        -std::io::Error::last_os_error()
+/// A read or write syscall, made again while it is interrupted (EINTR);
+/// its return value as an io_uring style result (bytes or -errno).
+fn uninterrupted(mut call: impl FnMut() -> isize) -> i32 {
+    loop {
+        let n = call();
+        if n >= 0 {
+            return n as i32;
+        }
+        let errno = std::io::Error::last_os_error()
             .raw_os_error()
-            .unwrap_or(libc::EIO)
-    } else {
-        n as i32
+            .unwrap_or(libc::EIO);
+        if errno != libc::EINTR {
+            return -errno;
+        }
     }
 }
 
@@ -650,9 +699,9 @@ pub fn classify_errno(errno: i32) -> ErrorClass {
     }
 }
 
-/// The `Device` methods of a kind that keeps its `path`, `file`,
-/// `capacity_bytes` and `block_bytes` in fields of those names.
-macro_rules! field_accessors {
+/// `Device::path` and `Device::kind` of a kind that keeps its path in a
+/// field `path`.
+macro_rules! path_and_kind {
     ($kind:expr) => {
         fn path(&self) -> &std::path::Path {
             &self.path
@@ -660,18 +709,9 @@ macro_rules! field_accessors {
         fn kind(&self) -> $crate::device::Kind {
             $kind
         }
-        fn fd(&self) -> std::os::fd::RawFd {
-            $crate::device::raw(&self.file)
-        }
-        fn capacity_bytes(&self) -> u64 {
-            self.capacity_bytes
-        }
-        fn block_bytes(&self) -> u32 {
-            self.block_bytes
-        }
     };
 }
-pub(crate) use field_accessors;
+pub(crate) use path_and_kind;
 
 pub(crate) fn raw(file: &File) -> RawFd {
     file.as_raw_fd()

@@ -21,17 +21,54 @@ pub struct Probe {
     pub identity: (u64, u64),
 }
 
+/// What a device name stands for on this machine, by its name alone (no
+/// I/O): the place the guard inspects and whose permissions count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backing {
+    /// An export of a network server (`nbd://`, `nbd+unix://`): nothing
+    /// local; the server says what may be done.
+    Remote,
+    /// Persistent memory mapped from this file, namespace or device DAX
+    /// (`pmem:PATH`, `/dev/pmem*`, `/dev/dax*`).
+    Mapped(PathBuf),
+    /// An emulated tape kept in this directory (`vtape:DIR`).
+    TapeDirectory(PathBuf),
+    /// The path itself: a file, a block device or a tape drive.
+    Node,
+}
+
+impl Backing {
+    /// The file, namespace or device DAX behind a pmem name; None for
+    /// every other name.
+    pub fn mapped_file(self) -> Option<PathBuf> {
+        match self {
+            Backing::Mapped(file) => Some(file),
+            _ => None,
+        }
+    }
+}
+
+/// What `path` stands for (see `Backing`).
+pub fn backing(path: &Path) -> Backing {
+    if nbd::is_nbd(path) {
+        Backing::Remote
+    } else if let Some(dir) = vtape::dir_of(path) {
+        Backing::TapeDirectory(dir)
+    } else if let Some(file) = pmem::file_of(path) {
+        Backing::Mapped(file)
+    } else {
+        Backing::Node
+    }
+}
+
 /// Find out what `spec` names and how large it is, without writing.
 pub fn probe(spec: &DeviceSpec) -> Result<Probe, DeviceError> {
     let path = &spec.path;
-    if nbd::is_nbd(path) {
-        return nbd::probe(spec);
-    }
-    if let Some(dir) = vtape::dir_of(path) {
-        return vtape::probe(spec, &dir);
-    }
-    if let Some(file) = pmem::file_of(path) {
-        return pmem::probe(spec, &file);
+    match backing(path) {
+        Backing::Remote => return nbd::probe(spec),
+        Backing::TapeDirectory(dir) => return vtape::probe(spec, &dir),
+        Backing::Mapped(file) => return pmem::probe(spec, &file),
+        Backing::Node => {}
     }
     match std::fs::metadata(path) {
         Ok(meta) => {
@@ -109,8 +146,8 @@ pub(crate) fn hash_path(path: &Path) -> u64 {
 pub fn open(spec: &DeviceSpec, mode: Mode) -> Result<Box<dyn Device>, DeviceError> {
     let probe = probe(spec)?;
     match probe.kind {
-        Kind::Block => Ok(Box::new(block::BlockDevice::open(&spec.path, mode)?)),
-        Kind::File => Ok(Box::new(file::FileDevice::open(spec, mode)?)),
+        Kind::Block => Ok(Box::new(block::open(&spec.path, mode)?)),
+        Kind::File => Ok(Box::new(file::open(spec, mode)?)),
         Kind::Tape => Ok(Box::new(tape::TapeDevice::open(spec, mode)?)),
         Kind::VirtualTape => Ok(Box::new(vtape::VirtualTape::open(spec, mode)?)),
         Kind::Pmem => Ok(Box::new(pmem::PmemDevice::open(spec, mode)?)),

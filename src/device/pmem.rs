@@ -37,7 +37,7 @@ pub const PREFIX: &str = "pmem:";
 
 /// The file behind a pmem device name: `pmem:PATH`, or `/dev/pmem*` and
 /// `/dev/dax*` themselves; None for every other name.
-pub fn file_of(path: &Path) -> Option<PathBuf> {
+pub(in crate::device) fn file_of(path: &Path) -> Option<PathBuf> {
     let text = path.to_str()?;
     if let Some(rest) = text.strip_prefix(PREFIX) {
         return (!rest.is_empty()).then(|| PathBuf::from(rest));
@@ -328,12 +328,7 @@ impl Drop for PmemDevice {
 }
 
 impl Device for PmemDevice {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-    fn kind(&self) -> Kind {
-        Kind::Pmem
-    }
+    super::path_and_kind!(Kind::Pmem);
     fn fd(&self) -> RawFd {
         raw(&self.file)
     }
@@ -342,9 +337,6 @@ impl Device for PmemDevice {
     }
     fn block_bytes(&self) -> u32 {
         self.block_bytes
-    }
-    fn direct_io(&self) -> bool {
-        false
     }
     fn sync(&self) -> std::io::Result<()> {
         self.persist(0, self.len as u64)?;

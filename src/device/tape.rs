@@ -313,12 +313,7 @@ impl TapeDevice {
 }
 
 impl Device for TapeDevice {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-    fn kind(&self) -> Kind {
-        Kind::Tape
-    }
+    super::path_and_kind!(Kind::Tape);
     fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
@@ -327,9 +322,6 @@ impl Device for TapeDevice {
     }
     fn block_bytes(&self) -> u32 {
         BLOCK_BYTES as u32
-    }
-    fn direct_io(&self) -> bool {
-        false
     }
     /// MTWEOF 0: the drive writes out its buffer.
     fn sync(&self) -> std::io::Result<()> {

@@ -417,12 +417,7 @@ fn errno(e: i32) -> std::io::Error {
 }
 
 impl Device for VirtualTape {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-    fn kind(&self) -> Kind {
-        Kind::VirtualTape
-    }
+    super::path_and_kind!(Kind::VirtualTape);
     fn fd(&self) -> RawFd {
         self.data.as_raw_fd()
     }
@@ -431,9 +426,6 @@ impl Device for VirtualTape {
     }
     fn block_bytes(&self) -> u32 {
         BLOCK_BYTES as u32
-    }
-    fn direct_io(&self) -> bool {
-        false
     }
     fn sync(&self) -> std::io::Result<()> {
         self.data.sync_all()?;
@@ -492,10 +484,7 @@ impl Device for VirtualTape {
         };
         if result != bytes as i32 {
             // The host file failed us: to the engine, the drive failed.
-            return BlockDone {
-                result: -libc::EIO,
-                complete_at: None,
-            };
+            return BlockDone::now(-libc::EIO);
         }
         let head = st.head;
         st.objects.truncate(head);
@@ -507,10 +496,7 @@ impl Device for VirtualTape {
         st.head += 1;
         let from = st.head - 1;
         if self.persist(&st, from).is_err() {
-            return BlockDone {
-                result: -libc::EIO,
-                complete_at: None,
-            };
+            return BlockDone::now(-libc::EIO);
         }
         let in_early_warning = offset + bytes as u64 > self.geometry.early_warning_at();
         st.eom = if in_early_warning || st.eom == Eom::Allowed {
@@ -561,10 +547,7 @@ impl Device for VirtualTape {
             panic!("vtape: a read completed that was not begun");
         };
         if result != bytes as i32 {
-            return BlockDone {
-                result: -libc::EIO,
-                complete_at: None,
-            };
+            return BlockDone::now(-libc::EIO);
         }
         let complete_at = self.transfer(&mut st, started, bytes);
         BlockDone {

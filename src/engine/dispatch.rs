@@ -587,10 +587,10 @@ impl Dispatcher {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn item(file: u32, offset: u64, length: u64) -> WorkItem {
+    pub(crate) fn item(file: u32, offset: u64, length: u64) -> WorkItem {
         WorkItem {
             file,
             offset,
@@ -645,15 +645,28 @@ mod tests {
         assert_eq!(d.unplaced(), vec![item(0, 3 * chunk, 7 * chunk)]);
     }
 
-    #[test]
-    fn a_device_still_writing_keeps_the_others_waiting() {
-        let chunk = 4096;
+    /// One item of two chunks planned on device 1, which has taken it;
+    /// device 0 asks for work on another thread (`waiter`).
+    fn device_0_waiting(
+        chunk: u64,
+    ) -> (
+        std::sync::Arc<Dispatcher>,
+        WorkItem,
+        std::thread::JoinHandle<Option<WorkItem>>,
+    ) {
         let d = std::sync::Arc::new(Dispatcher::new(2, chunk, [(1, item(0, 0, 2 * chunk))]));
         let taken = d.next(1, u64::MAX).unwrap();
         let waiter = {
             let d = d.clone();
             std::thread::spawn(move || d.next(0, u64::MAX))
         };
+        (d, taken, waiter)
+    }
+
+    #[test]
+    fn a_device_still_writing_keeps_the_others_waiting() {
+        let chunk = 4096;
+        let (d, taken, waiter) = device_0_waiting(chunk);
         // Device 1 has writes in flight: it asks without blocking until it
         // is told there is nothing more, and stays working meanwhile.
         loop {
@@ -694,13 +707,7 @@ mod tests {
 
     #[test]
     fn an_idle_device_waits_for_a_working_one() {
-        let chunk = 4096;
-        let d = std::sync::Arc::new(Dispatcher::new(2, chunk, [(1, item(0, 0, 2 * chunk))]));
-        let taken = d.next(1, u64::MAX).unwrap();
-        let waiter = {
-            let d = d.clone();
-            std::thread::spawn(move || d.next(0, u64::MAX))
-        };
+        let (d, taken, waiter) = device_0_waiting(4096);
         std::thread::sleep(Duration::from_millis(20));
         assert!(
             !waiter.is_finished(),
@@ -734,15 +741,21 @@ mod tests {
         assert_eq!(d.next(0, u64::MAX), None);
     }
 
-    #[test]
-    fn a_slow_device_steals_only_what_it_finishes_in_time() {
-        let chunk = 4096;
+    /// Two items of 64 chunks planned on device 1, stealing on with these
+    /// `rates`; device 1 has taken and written the first.
+    fn first_of_two_written(chunk: u64, rates: &[u64]) -> Dispatcher {
         let plan = [(1, item(1, 0, 64 * chunk)), (1, item(2, 0, 64 * chunk))];
         let d = Dispatcher::new(2, chunk, plan);
-        // Device 0 writes 100 times slower than device 1.
-        d.enable_stealing(&[1_000, 100_000]);
+        d.enable_stealing(rates);
         assert_eq!(d.next(1, u64::MAX), Some(item(1, 0, 64 * chunk)));
         d.set_written(1, 64 * chunk);
+        d
+    }
+
+    #[test]
+    fn a_slow_device_steals_only_what_it_finishes_in_time() {
+        // Device 0 writes 100 times slower than device 1.
+        let d = first_of_two_written(4096, &[1_000, 100_000]);
         // 64 chunks queued on device 1: device 0's share is 64/101 of a
         // chunk, less than one: it takes nothing and waits.
         assert_eq!(d.try_next(0, u64::MAX), Next::Wait);
@@ -754,11 +767,7 @@ mod tests {
     #[test]
     fn an_unknown_rate_is_taken_from_the_run() {
         let chunk = 4096;
-        let plan = [(1, item(1, 0, 64 * chunk)), (1, item(2, 0, 64 * chunk))];
-        let d = Dispatcher::new(2, chunk, plan);
-        d.enable_stealing(&[0, 100_000]);
-        assert_eq!(d.next(1, u64::MAX), Some(item(1, 0, 64 * chunk)));
-        d.set_written(1, 64 * chunk);
+        let d = first_of_two_written(chunk, &[0, 100_000]);
         // Observed as fast as device 1: it takes half of the queue.
         d.update_rate(0, 100_000);
         assert_eq!(d.try_next(0, u64::MAX), Next::Item(item(2, 0, 32 * chunk)));

@@ -357,7 +357,7 @@ impl<'a> BenchRing<'a> {
             self.ready.clear();
             let mut sqes = Vec::new();
             if let Err(why) = pipe.sqes(&mut sqes) {
-                pipe.abort(&why);
+                pipe.abort(&why.to_string());
                 return Err(self.failed("nbd", std::io::Error::other(why)));
             }
             // The pipe's entries point into its own state and the leases
@@ -442,7 +442,7 @@ impl<'a> BenchRing<'a> {
                     Some(pipe) => {
                         let mut done = Vec::new();
                         if let Err(why) = pipe.on_cqe(user_data, result, &mut done) {
-                            pipe.abort(&why);
+                            pipe.abort(&why.to_string());
                             pipe_failed.get_or_insert(why);
                         }
                         completions.extend(done.into_iter().map(|(h, r)| (h as usize, r)));

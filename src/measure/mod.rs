@@ -8,3 +8,12 @@
 pub mod bench;
 pub mod probe;
 pub mod qualify;
+
+/// Tests: a file device `d.img` of `size` (`1M`, `8M`) in `dir`, opened
+/// for writing.
+#[cfg(test)]
+fn test_file_device(dir: &std::path::Path, size: &str) -> Box<dyn crate::device::Device> {
+    let text = format!("{},size={size}", dir.join("d.img").display());
+    let spec = crate::device::DeviceSpec::parse(&text).unwrap();
+    crate::device::open(&spec, crate::device::Mode::Write).unwrap()
+}

@@ -167,7 +167,7 @@ fn probe_transport(
             break;
         }
         if let Some(e) = pipe.turn(&mut ring, &mut done)? {
-            failure.get_or_insert(e);
+            failure.get_or_insert(e.to_string());
         }
         for (handle, result) in done.drain(..) {
             free.push(busy[handle as usize].take().expect("a lease in flight"));

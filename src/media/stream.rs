@@ -489,7 +489,7 @@ impl<'d> WindowReader<'d> {
                 len,
             } => {
                 let mut done = Vec::new();
-                let mut failure: Option<String> = None;
+                let mut failure = None;
                 let mut result = *len as i32;
                 while transport.outstanding() > 0 && failure.is_none()
                     || transport.ops_in_flight() > 0

@@ -17,6 +17,16 @@ use reed_solomon_erasure::galois_8::ReedSolomon;
 /// and the parity record format stores `k`, `M` and positions in one byte.
 pub const SHARDS_MAX: usize = 255;
 
+/// Which missing shards `Codec::reconstruct` rebuilds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rebuild {
+    /// Data and parity.
+    All,
+    /// Only data (cheaper: a restore needs no parity back); missing parity
+    /// buffers are left as they were.
+    DataOnly,
+}
+
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParityError {
     /// `k` or `M` is 0, or `k + M > SHARDS_MAX`.
@@ -96,36 +106,17 @@ impl Codec {
             .map_err(|_| ParityError::ShardLength)
     }
 
-    /// Rebuild every missing shard of a stripe, data and parity, in place:
-    /// `shards` is in stripe position order (data `0..k`, then parity
-    /// `k..k + m`), all of one non-zero length; `present[i]` says whether
-    /// `shards[i]` holds good bytes (a missing shard's buffer is only
-    /// written). With more than `m` missing nothing is written and an
+    /// Rebuild the missing shards of a stripe that `rebuild` names, in
+    /// place: `shards` is in stripe position order (data `0..k`, then
+    /// parity `k..k + m`), all of one non-zero length; `present[i]` says
+    /// whether `shards[i]` holds good bytes (a missing shard's buffer is
+    /// only written). With more than `m` missing nothing is written and an
     /// error returned: never wrong data.
     pub fn reconstruct(
         &self,
         shards: &mut [&mut [u8]],
         present: &[bool],
-    ) -> Result<(), ParityError> {
-        self.rebuild(shards, present, false)
-    }
-
-    /// As `reconstruct`, but rebuild only the missing data shards (cheaper:
-    /// a restore needs no parity back); missing parity buffers are left as
-    /// they were.
-    pub fn reconstruct_data(
-        &self,
-        shards: &mut [&mut [u8]],
-        present: &[bool],
-    ) -> Result<(), ParityError> {
-        self.rebuild(shards, present, true)
-    }
-
-    fn rebuild(
-        &self,
-        shards: &mut [&mut [u8]],
-        present: &[bool],
-        data_only: bool,
+        rebuild: Rebuild,
     ) -> Result<(), ParityError> {
         self.count(shards.len())?;
         self.count(present.len())?;
@@ -145,10 +136,9 @@ impl Codec {
             .zip(present)
             .map(|(s, p)| (&mut **s, *p))
             .collect();
-        let done = if data_only {
-            self.rs.reconstruct_data(&mut work)
-        } else {
-            self.rs.reconstruct(&mut work)
+        let done = match rebuild {
+            Rebuild::DataOnly => self.rs.reconstruct_data(&mut work),
+            Rebuild::All => self.rs.reconstruct(&mut work),
         };
         done.map_err(|_| ParityError::ShardLength)
     }
@@ -247,13 +237,13 @@ mod tests {
         );
     }
 
-    /// Run `reconstruct` (or `reconstruct_data`) on copies of `full` with
-    /// the shards of `lost` replaced by garbage; the shards after.
+    /// Run `reconstruct` on copies of `full` with the shards of `lost`
+    /// replaced by garbage; the shards after.
     fn rebuilt(
         codec: &Codec,
         full: &[Vec<u8>],
         lost: &[usize],
-        data_only: bool,
+        rebuild: Rebuild,
     ) -> (Result<(), ParityError>, Vec<Vec<u8>>) {
         let mut s: Vec<Vec<u8>> = full.to_vec();
         let mut present = vec![true; full.len()];
@@ -262,20 +252,15 @@ mod tests {
             s[i].iter_mut().for_each(|b| *b = 0xA5);
         }
         let mut refs: Vec<&mut [u8]> = s.iter_mut().map(Vec::as_mut_slice).collect();
-        let r = if data_only {
-            codec.reconstruct_data(&mut refs, &present)
-        } else {
-            codec.reconstruct(&mut refs, &present)
-        };
-        (r, s)
+        (codec.reconstruct(&mut refs, &present, rebuild), s)
     }
 
     #[test]
     fn too_many_missing_changes_nothing() {
         let codec = Codec::new(4, 2).unwrap();
         let full = stripe(4, 2, 33, 1);
-        for data_only in [false, true] {
-            let (r, s) = rebuilt(&codec, &full, &[0, 3, 5], data_only);
+        for rebuild in [Rebuild::All, Rebuild::DataOnly] {
+            let (r, s) = rebuilt(&codec, &full, &[0, 3, 5], rebuild);
             assert_eq!(
                 r.unwrap_err(),
                 ParityError::TooManyMissing { missing: 3, m: 2 }
@@ -293,12 +278,12 @@ mod tests {
         let mut refs: Vec<&mut [u8]> = vec![&mut a, &mut b, &mut c];
         assert_eq!(
             codec
-                .reconstruct(&mut refs, &[true, true, false])
+                .reconstruct(&mut refs, &[true, true, false], Rebuild::All)
                 .unwrap_err(),
             ParityError::ShardLength
         );
         assert!(matches!(
-            codec.reconstruct(&mut refs, &[true, false]),
+            codec.reconstruct(&mut refs, &[true, false], Rebuild::All),
             Err(ParityError::ShardCount {
                 have: 2,
                 need: 3,
@@ -308,7 +293,7 @@ mod tests {
         let mut refs: Vec<&mut [u8]> = vec![&mut [], &mut [], &mut []];
         assert_eq!(
             codec
-                .reconstruct(&mut refs, &[true, true, false])
+                .reconstruct(&mut refs, &[true, true, false], Rebuild::All)
                 .unwrap_err(),
             ParityError::ShardLength
         );
@@ -318,7 +303,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
         /// Random shape, shard length and up to M erasures: everything
-        /// comes back exactly, by `reconstruct` and by `reconstruct_data`.
+        /// comes back exactly, rebuilding all shards or only data.
         #[test]
         fn any_k_of_k_plus_m_rebuild_exactly(
             k in 1usize..=12,
@@ -339,10 +324,10 @@ mod tests {
                 order.swap(i, (x % (i as u64 + 1)) as usize);
             }
             let lost = &order[..lost_count];
-            let (r, s) = rebuilt(&codec, &full, lost, false);
+            let (r, s) = rebuilt(&codec, &full, lost, Rebuild::All);
             r.unwrap();
             prop_assert_eq!(&s, &full);
-            let (r, s) = rebuilt(&codec, &full, lost, true);
+            let (r, s) = rebuilt(&codec, &full, lost, Rebuild::DataOnly);
             r.unwrap();
             prop_assert_eq!(&s[..k], &full[..k]);
         }
@@ -361,7 +346,7 @@ mod tests {
             let n = k + m;
             let missing = (m + extra).min(n);
             let lost: Vec<usize> = (0..missing).map(|j| (start + j) % n).collect();
-            let (r, s) = rebuilt(&codec, &full, &lost, false);
+            let (r, s) = rebuilt(&codec, &full, &lost, Rebuild::All);
             prop_assert_eq!(r.unwrap_err(), ParityError::TooManyMissing { missing, m });
             for i in 0..n {
                 if lost.contains(&i) {

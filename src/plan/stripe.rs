@@ -67,7 +67,7 @@ pub fn parity_positions(id: u64, width: usize, m: usize) -> Vec<usize> {
     (0..m).map(|j| (first + j) % width).collect()
 }
 
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StripeError {
     #[error("--parity {m} needs at least {} devices", m + 1)]
     TooFewDevices { m: usize },

@@ -126,7 +126,7 @@ pub fn read_catalog_from(path: &Path) -> Result<Catalog, RestoreError> {
     }
     // A device, opened for reading as `pbio list` does.
     let spec = match path.to_str() {
-        Some(text) => DeviceSpec::parse(text).map_err(invalid)?,
+        Some(text) => DeviceSpec::parse(text).map_err(|e| invalid(e.to_string()))?,
         None => DeviceSpec {
             path: path.to_path_buf(),
             size_bytes: None,

@@ -3,8 +3,10 @@
 //! catalog, and queueing the writes of the records restored.
 
 use std::fs::File;
+use std::sync::Arc;
 
 use crate::device::Device;
+use crate::format::codec::DecompressError;
 use crate::format::{Catalog, DigestRecord, Label, RecordHeader, RecordKind};
 use crate::media;
 use crate::media::stream::{self, Flow, Item, Payload};
@@ -13,6 +15,7 @@ use crate::units::shown_name;
 use super::open::OpenDevice;
 use super::problem::{Problem, RecordProblem, Refusal};
 use super::select::{targets, Selection, NO_TARGET};
+use super::transform::{OpenJob, Opened, Workers};
 use super::{tree, writer, OpenSet, RestoreError, TargetOp};
 
 pub(super) struct DeviceRead {
@@ -209,7 +212,13 @@ fn read_device(
         },
     )?;
     result?;
-    Ok(reader.out)
+    // The workers' problems came back late: in media order again.
+    let mut out = reader.out;
+    out.errors.sort_by_key(|p| match p {
+        Problem::Record { offset, .. } => *offset,
+        _ => u64::MAX,
+    });
+    Ok(out)
 }
 
 /// One device's reading: what every record is checked against, where it
@@ -232,8 +241,16 @@ struct DeviceReader<'a> {
     /// The destination the previous record went to (restored file id,
     /// writer handle): records of one file are contiguous on media.
     open: Option<(u32, usize)>,
-    /// Compressed records' payloads.
+    /// Compressed records' payloads, opened here: a mapped device's
+    /// (borrowed, not in a window), or all when no worker could start.
     inflate: super::transform::Inflate,
+    /// Sealed and compressed records in windows are opened on these,
+    /// started at the first such record.
+    workers: Option<Workers>,
+    /// Whether starting them failed (not tried again).
+    no_workers: bool,
+    /// The restored file the workers' records went to last, open.
+    worker_file: Option<(u32, Arc<File>, Arc<str>)>,
     out: DeviceRead,
 }
 
@@ -276,6 +293,9 @@ impl<'a> DeviceReader<'a> {
             writer,
             open: None,
             inflate: Default::default(),
+            workers: None,
+            no_workers: false,
+            worker_file: None,
             out: DeviceRead {
                 records: Vec::new(),
                 records_read: 0,
@@ -307,12 +327,16 @@ impl<'a> DeviceReader<'a> {
                 self.problem(position, RecordProblem::Header(error));
             }
             Item::Reclaim => {
-                // Every queued write done before the window is reused.
+                // Every record with the workers and every queued write
+                // done before the window is reused.
+                // Both, whatever the first gives.
+                let opened = self.collect_opened(true);
                 if let Some(w) = self.writer.as_mut() {
                     self.open = None;
                     let device = &self.name;
                     w.finish().map_err(|why| write_error(device, why))?;
                 }
+                opened?;
             }
         }
         Ok(Flow::Continue)
@@ -330,19 +354,27 @@ impl<'a> DeviceReader<'a> {
         let Some(target) = self.check(position, header, payload) else {
             return Ok(());
         };
+        let transformed = header.transform.codec != crate::format::Codec::Raw
+            || header.transform.seal.is_sealed();
+        if let (true, Payload::Window { window, range }) = (transformed, &source) {
+            if let Some(workers) = self.workers() {
+                let job = OpenJob {
+                    position,
+                    header: *header,
+                    window: window.clone(),
+                    range: range.clone(),
+                    target,
+                    destination: None,
+                };
+                return self.send_job(workers, job);
+            }
+        }
         // A compressed record's payload, decompressed (bounded).
         let mut inflate = std::mem::take(&mut self.inflate);
         let plain = match inflate.payload(header, payload) {
             Ok(plain) => plain,
             Err(why) => {
-                let path = self.catalog.files[header.file_id as usize].path.clone();
-                let file_offset = header.file_offset;
-                let why = RecordProblem::Decompress {
-                    path,
-                    file_offset,
-                    why,
-                };
-                self.problem(position, why);
+                self.not_opened(position, header, why);
                 self.inflate = inflate;
                 return Ok(());
             }
@@ -362,6 +394,80 @@ impl<'a> DeviceReader<'a> {
         };
         self.inflate = inflate;
         written
+    }
+
+    /// The workers, started at the first call (None: none could start).
+    fn workers(&mut self) -> Option<Workers> {
+        if self.workers.is_none() && !self.no_workers {
+            self.workers = Workers::start(self.label.device_index);
+            self.no_workers = self.workers.is_none();
+        }
+        self.workers.take()
+    }
+
+    /// Give `job` its destination and queue it on `workers` (put back
+    /// after, whatever happened).
+    fn send_job(&mut self, mut workers: Workers, mut job: OpenJob) -> Result<(), RestoreError> {
+        let result = (|| {
+            if self.writer.is_some() {
+                job.destination = Some(self.worker_destination(job.target)?);
+            }
+            workers.send(job, |opened| self.opened(opened))
+        })();
+        self.workers = Some(workers);
+        result
+    }
+
+    /// What the workers finished (all of it, waiting, with `all`).
+    fn collect_opened(&mut self, all: bool) -> Result<(), RestoreError> {
+        let Some(mut workers) = self.workers.take() else {
+            return Ok(());
+        };
+        let result = workers.collect(all, |opened| self.opened(opened));
+        self.workers = Some(workers);
+        result
+    }
+
+    /// A record back from the workers: counted when placed, reported when
+    /// it did not open (nothing of it written); a failed write stops.
+    fn opened(&mut self, opened: Opened) -> Result<(), RestoreError> {
+        match opened {
+            Opened::Placed { target, record } => self.out.records.push((target, record)),
+            Opened::Refused {
+                position,
+                header,
+                why,
+            } => self.not_opened(position, &header, why),
+            Opened::WriteFailed(why) => return Err(write_error(&self.name, why)),
+        }
+        Ok(())
+    }
+
+    /// Report a record that does not open or decompress (nothing of it
+    /// is written).
+    fn not_opened(&mut self, position: u64, header: &RecordHeader, why: DecompressError) {
+        let path = self.catalog.files[header.file_id as usize].path.clone();
+        let file_offset = header.file_offset;
+        let why = RecordProblem::Decompress {
+            path,
+            file_offset,
+            why,
+        };
+        self.problem(position, why);
+    }
+
+    /// The restored file `target` opened for the workers' writes (kept
+    /// while its records come: records of one file are contiguous).
+    fn worker_destination(&mut self, target: u32) -> Result<(Arc<File>, Arc<str>), RestoreError> {
+        if let Some((t, file, name)) = &self.worker_file {
+            if *t == target {
+                return Ok((file.clone(), name.clone()));
+            }
+        }
+        let (file, name) = self.open_target(target)?;
+        let (file, name): (Arc<File>, Arc<str>) = (Arc::new(file), name.into());
+        self.worker_file = Some((target, file.clone(), name.clone()));
+        Ok((file, name))
     }
 
     /// The restored file a record goes to, once it passed every check:
@@ -418,6 +524,29 @@ impl<'a> DeviceReader<'a> {
         });
     }
 
+    /// The restored file `target` opened for writing, and its name.
+    fn open_target(&self, target: u32) -> Result<(File, String), RestoreError> {
+        let restored_path = shown_name(&self.restored.files[target as usize].path);
+        let file = match self.destination {
+            Destination::Tree(staged) => {
+                staged
+                    .open_for_write(target as usize)
+                    .map_err(|error| RestoreError::Open {
+                        path: restored_path.clone(),
+                        error,
+                    })?
+            }
+            Destination::Device(device) => {
+                device.try_clone().map_err(|error| RestoreError::Target {
+                    op: TargetOp::Clone,
+                    error,
+                })?
+            }
+            Destination::Nowhere => unreachable!("no writer without a destination"),
+        };
+        Ok((file, restored_path))
+    }
+
     /// Queue the write of a checked record's payload to its restored file
     /// (opened when the previous record went elsewhere).
     fn write(
@@ -431,26 +560,11 @@ impl<'a> DeviceReader<'a> {
             if w.open_files() >= OPEN_FILES_MAX {
                 w.finish().map_err(|why| write_error(&self.name, why))?;
             }
-            let restored_path = shown_name(&self.restored.files[target as usize].path);
-            let file = match self.destination {
-                Destination::Tree(staged) => {
-                    staged
-                        .open_for_write(target as usize)
-                        .map_err(|error| RestoreError::Open {
-                            path: restored_path.clone(),
-                            error,
-                        })?
-                }
-                Destination::Device(device) => {
-                    device.try_clone().map_err(|error| RestoreError::Target {
-                        op: TargetOp::Clone,
-                        error,
-                    })?
-                }
-                Destination::Nowhere => unreachable!("no writer without a destination"),
-            };
+            let (file, restored_path) = self.open_target(target)?;
+            let w = self.writer.as_mut().expect("a writer with a destination");
             self.open = Some((target, w.add_file(file, restored_path)));
         }
+        let w = self.writer.as_mut().expect("a writer with a destination");
         let (_, handle) = self.open.expect("opened above");
         // A window is kept by the writer until the write is reaped (on
         // Reclaim at the latest); a mapped payload is written now.

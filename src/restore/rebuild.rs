@@ -29,7 +29,7 @@ use crate::format::{
 };
 use crate::io::buffers::BufferPool;
 use crate::media;
-use crate::parity::Codec;
+use crate::parity::{Codec, Rebuild};
 use crate::units::shown_name;
 
 use super::problem::Problem;
@@ -406,7 +406,10 @@ fn rebuild_stripe(
     };
     {
         let mut refs: Vec<&mut [u8]> = shards.iter_mut().map(|s| &mut s[..]).collect();
-        if codec.reconstruct_data(&mut refs, &present).is_err() {
+        if codec
+            .reconstruct(&mut refs, &present, Rebuild::DataOnly)
+            .is_err()
+        {
             return Vec::new();
         }
     }

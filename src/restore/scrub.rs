@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::device::Device;
 use crate::format::{crc32c, CatalogStripe, DeviceState, Label, HEADER_BYTES};
 use crate::io::buffers::BufferPool;
-use crate::parity::Codec;
+use crate::parity::{Codec, Rebuild};
 
 use super::rebuild::read_member;
 use super::OpenSet;
@@ -180,7 +180,10 @@ pub(super) fn check_stripe(
     let missing: Vec<usize> = (0..k).filter(|&i| !present[i]).collect();
     if !missing.is_empty() {
         let mut refs: Vec<&mut [u8]> = shards.iter_mut().map(|s| &mut s[..]).collect();
-        if codec.reconstruct_data(&mut refs, &present).is_err() {
+        if codec
+            .reconstruct(&mut refs, &present, Rebuild::DataOnly)
+            .is_err()
+        {
             out.lost = true;
             return out;
         }

@@ -30,6 +30,23 @@ fn device_ranges_merge_and_contain() {
     assert!(!one.contains(4, 0, 1));
 }
 
+/// A raw Data record of file 1 of `c`, on device 0.
+fn data_header(c: &crate::format::Catalog, file_offset: u64, payload_bytes: u32) -> RecordHeader {
+    RecordHeader {
+        kind: RecordKind::Data,
+        set_id: c.set_id,
+        device_index: 0,
+        sequence: 0,
+        file_id: 1,
+        segment_id: 0,
+        file_offset,
+        payload_bytes,
+        file_size: 10 << 20,
+        payload_crc: 0,
+        transform: crate::format::Transform::RAW,
+    }
+}
+
 #[test]
 fn records_are_checked_against_label_and_catalog() {
     let c = sample();
@@ -50,17 +67,8 @@ fn records_are_checked_against_label_and_catalog() {
     };
     let ranges = DeviceRanges::new(&c, 0);
     let good = RecordHeader {
-        kind: RecordKind::Data,
-        set_id: c.set_id,
-        device_index: 0,
-        sequence: 0,
-        file_id: 1,
-        segment_id: 0,
-        file_offset: 5 << 20,
-        payload_bytes: 1 << 20,
-        file_size: 10 << 20,
         payload_crc: 1,
-        transform: crate::format::Transform::RAW,
+        ..data_header(&c, 5 << 20, 1 << 20)
     };
     assert_eq!(record_refusal(&good, &label, &c, &ranges), None);
     let refused = |h: RecordHeader, want: &str| {
@@ -126,4 +134,88 @@ fn uncovered_ranges() {
     );
     assert_eq!(uncovered(5, 10, &[(0, 6), (6, 12)]), vec![]);
     assert_eq!(uncovered(5, 10, &[(0, 3), (12, 20)]), vec![(5, 10)]);
+}
+
+/// The restore workers open (here: decompress) records from a shared
+/// window, write only the ones that decompress, and let go of the window
+/// once collected, so the stream can read into it again.
+#[test]
+fn workers_place_good_records_and_let_go_of_the_window() {
+    use super::transform::{OpenJob, Opened, Workers};
+    use crate::format::codec::{compress, Compression};
+    use crate::format::{Codec, Transform};
+    use std::os::unix::fs::FileExt;
+    use std::sync::Arc;
+
+    let c = sample();
+    let plain = b"pbio restore worker ".repeat(800);
+    let setting = Compression {
+        codec: Codec::Zstd,
+        level: 1,
+    };
+    let mut stored = Vec::new();
+    let n = compress(setting, &plain, &mut stored).expect("text shrinks");
+    let pool = crate::io::BufferPool::new(1, 64 << 10);
+    let mut lease = pool.lease().expect("one slot");
+    lease.bytes_mut()[..n].copy_from_slice(&stored[..n]);
+    // A second record: the same length of bytes that are not zstd.
+    lease.bytes_mut()[n..2 * n].fill(0x5a);
+    let mut window = Arc::new(lease);
+    let header = |file_offset: u64| RecordHeader {
+        transform: Transform {
+            codec: Codec::Zstd,
+            stored_bytes: n as u32,
+            ..Transform::RAW
+        },
+        ..data_header(&c, file_offset, plain.len() as u32)
+    };
+    let out = tempfile::tempfile().unwrap();
+    let file: (Arc<std::fs::File>, Arc<str>) = (Arc::new(out.try_clone().unwrap()), "f".into());
+    let mut workers = Workers::start(0).expect("threads start");
+    let mut got = Vec::new();
+    let mut keep = |o: Opened| -> Result<(), ()> {
+        got.push(o);
+        Ok(())
+    };
+    let far = 1 << 20;
+    for (position, offset, range) in [(4096, 0, 0..n), (8192, far, n..2 * n)] {
+        let job = OpenJob {
+            position,
+            header: header(offset),
+            window: window.clone(),
+            range,
+            target: 7,
+            destination: Some(file.clone()),
+        };
+        workers.send(job, &mut keep).unwrap();
+    }
+    workers.collect(true, &mut keep).unwrap();
+    assert!(
+        Arc::get_mut(&mut window).is_some(),
+        "a job still holds the window"
+    );
+    assert_eq!(got.len(), 2);
+    let mut placed = 0;
+    for o in got {
+        match o {
+            Opened::Placed { target, record } => {
+                assert_eq!(target, 7);
+                let hash = crate::format::payload_hash(&plain);
+                assert_eq!(record, (0, plain.len() as u32, hash));
+                placed += 1;
+            }
+            Opened::Refused { position, why, .. } => {
+                assert_eq!(position, 8192);
+                assert!(why.to_string().contains("Zstd"), "{why}");
+            }
+            Opened::WriteFailed(why) => panic!("{why}"),
+        }
+    }
+    assert_eq!(placed, 1);
+    let mut back = vec![0u8; plain.len()];
+    out.read_exact_at(&mut back, 0).unwrap();
+    assert_eq!(back, plain);
+    // Nothing of the refused record was written.
+    assert_eq!(out.metadata().unwrap().len(), plain.len() as u64);
+    drop(workers);
 }

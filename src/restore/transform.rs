@@ -3,10 +3,24 @@
 //! key when sealed, then back to its payload, in a buffer of exactly the
 //! header's `payload_bytes` (`format::codec::decompress` never writes past
 //! it: a record that would expand further is refused).
+//!
+//! Restore and verify do this on each device reader's `Workers`, never on
+//! the reader's own thread (which drives the device's ring): a job holds
+//! a clone of the stream window its record lies in, so the window is not
+//! read into until the job is done (the reader collects every job on
+//! `Item::Reclaim`); the worker writes the payload to its file only once
+//! it opened and decompressed (a record that does not is reported and
+//! nothing of it is written).
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use crate::format::codec::{self, DecompressError};
 use crate::format::seal::{keyring, RecordKey, SealError};
-use crate::format::{Codec, FileInfo, RecordHeader, SetId, BLOCK_BYTES};
+use crate::format::{Codec, DigestRecord, FileInfo, RecordHeader, SetId, BLOCK_BYTES};
+use crate::io::Lease;
 
 /// A reader's decompression and opening buffers, kept across records.
 #[derive(Default)]
@@ -102,5 +116,179 @@ impl Inflate {
         key.open_info(header, RecordHeader::info_area_mut(&mut copy))
             .ok()?;
         RecordHeader::decode_info(&copy)
+    }
+}
+
+/// Worker threads of one device's reader, at most this many.
+const WORKERS_MAX: usize = 4;
+/// Records queued for the workers at most: the reader waits beyond.
+const QUEUE_MAX: usize = 64;
+
+/// A sealed or compressed record for the workers: its stored bytes in a
+/// stream window (held until the job is done, so the window is not read
+/// into meanwhile), and where its payload goes.
+pub(super) struct OpenJob {
+    pub(super) position: u64,
+    pub(super) header: RecordHeader,
+    pub(super) window: Arc<Lease>,
+    pub(super) range: Range<usize>,
+    /// The restored file the payload goes to.
+    pub(super) target: u32,
+    /// Its open destination and name; None: verify, nothing written.
+    pub(super) destination: Option<(Arc<File>, Arc<str>)>,
+}
+
+/// What a worker made of a record.
+pub(super) enum Opened {
+    /// Opened, decompressed, hashed and (with a destination) written.
+    Placed { target: u32, record: DigestRecord },
+    /// It does not open or decompress: nothing written.
+    Refused {
+        position: u64,
+        header: RecordHeader,
+        why: DecompressError,
+    },
+    /// The write to its destination failed (the message names file and
+    /// offset).
+    WriteFailed(String),
+}
+
+/// A device reader's workers: they open and decompress records so that
+/// the reader's thread (the one driving the device's ring) does no AEAD
+/// or zstd itself. Raw records in clear, and the records of a mapped
+/// device (borrowed, not in a window), stay on the reader.
+pub(super) struct Workers {
+    jobs: Option<crossbeam_channel::Sender<OpenJob>>,
+    done: crossbeam_channel::Receiver<Opened>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Jobs sent and not yet received back.
+    pending: usize,
+}
+
+impl Workers {
+    /// Start the workers of device `device_index`'s reader (None when no
+    /// thread could start: the reader then opens records itself).
+    pub(super) fn start(device_index: u32) -> Option<Workers> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(WORKERS_MAX);
+        let (jobs, queue) = crossbeam_channel::bounded::<OpenJob>(QUEUE_MAX);
+        let (done_tx, done) = crossbeam_channel::unbounded::<Opened>();
+        let threads: Vec<_> = (0..threads)
+            .filter_map(|w| {
+                let (queue, done_tx) = (queue.clone(), done_tx.clone());
+                std::thread::Builder::new()
+                    .name(format!("pbio-o{device_index}.{w}"))
+                    .spawn(move || {
+                        let mut inflate = Inflate::default();
+                        for job in queue {
+                            if done_tx.send(inflate.run(job)).is_err() {
+                                break;
+                            }
+                        }
+                    })
+                    .ok()
+            })
+            .collect();
+        (!threads.is_empty()).then_some(Workers {
+            jobs: Some(jobs),
+            done,
+            threads,
+            pending: 0,
+        })
+    }
+
+    /// Queue a record (waits while `QUEUE_MAX` are queued); what the
+    /// workers finished meanwhile goes to `each`.
+    pub(super) fn send<E>(
+        &mut self,
+        job: OpenJob,
+        each: impl FnMut(Opened) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.jobs
+            .as_ref()
+            .expect("jobs are sent before the workers stop")
+            .send(job)
+            .expect("the workers run as long as the reader");
+        self.pending += 1;
+        self.collect(false, each)
+    }
+
+    /// Every record the workers finished, to `each`; with `all`, wait
+    /// for every one queued (then no job holds a window any more).
+    pub(super) fn collect<E>(
+        &mut self,
+        all: bool,
+        mut each: impl FnMut(Opened) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut result = Ok(());
+        while self.pending > 0 {
+            let opened = if all {
+                self.done.recv().expect("a worker per queued job")
+            } else {
+                match self.done.try_recv() {
+                    Ok(opened) => opened,
+                    Err(_) => break,
+                }
+            };
+            self.pending -= 1;
+            // Every result is taken even after an error (its window let go).
+            let r = each(opened);
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        // Closing the queue ends the workers once it is empty.
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Inflate {
+    /// A worker's record: opened, decompressed, hashed, written; the
+    /// window let go before the result goes back.
+    fn run(&mut self, job: OpenJob) -> Opened {
+        let OpenJob {
+            position,
+            header,
+            window,
+            range,
+            target,
+            destination,
+        } = job;
+        let opened = match self.payload(&header, &window.bytes()[range]) {
+            Err(why) => Opened::Refused {
+                position,
+                header,
+                why,
+            },
+            Ok(plain) => {
+                let hash = crate::format::payload_hash(plain);
+                let offset = header.file_offset;
+                let written = destination
+                    .as_ref()
+                    .map_or(Ok(()), |(file, _)| file.write_all_at(plain, offset));
+                match written {
+                    Ok(()) => Opened::Placed {
+                        target,
+                        record: (offset, header.payload_bytes, hash),
+                    },
+                    Err(e) => {
+                        let name = destination.as_ref().map_or("", |(_, n)| n);
+                        Opened::WriteFailed(format!("write {name} at offset {offset}: {e}"))
+                    }
+                }
+            }
+        };
+        drop(window);
+        opened
     }
 }

@@ -58,13 +58,15 @@ pub enum ResumeError {
     Read(#[from] StreamError),
 }
 
-/// One record the interrupted run made durable, that the resumed set
-/// keeps: as the ring reports a record it wrote (`record.payload_hash` of
-/// the payload decompressed when stored compressed; `record.position` on a
-/// tape: its logical object number), and the bytes it takes on media.
+/// One record the interrupted run made durable, that the resumed set keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kept {
+    /// As the ring reports a record it made durable: `payload_hash` is the
+    /// BLAKE3 of the payload decompressed when stored compressed,
+    /// `position` the media offset of its header (a tape: its logical
+    /// object number).
     pub record: RecordDone,
+    /// Bytes it takes on media.
     pub media_bytes: u64,
 }
 
@@ -444,16 +446,15 @@ fn walk(
                 }
             };
             let media_bytes = header.media_bytes();
-            let record = RecordDone {
-                file_id: header.file_id,
-                file_offset: header.file_offset,
-                payload_bytes: header.payload_bytes,
-                payload_crc: header.payload_crc,
-                payload_hash,
-                position,
-            };
             records.push(Kept {
-                record,
+                record: RecordDone {
+                    file_id: header.file_id,
+                    file_offset: header.file_offset,
+                    payload_bytes: header.payload_bytes,
+                    payload_crc: header.payload_crc,
+                    payload_hash,
+                    position,
+                },
                 media_bytes,
             });
             next_position = if sequential {

@@ -13,8 +13,8 @@ use super::durable::Kept;
 pub fn missing(sizes: &[Option<u64>], kept: &[&Kept]) -> Vec<WorkItem> {
     let mut held: Vec<(u32, u64, u64)> = kept
         .iter()
-        .map(|k| {
-            let r = &k.record;
+        .map(|k| &k.record)
+        .map(|r| {
             (
                 r.file_id,
                 r.file_offset,
@@ -111,7 +111,7 @@ pub fn assign(
 /// The catalog segments of one device's kept records: records of one file
 /// one after the other on media with contiguous ranges make one segment.
 /// `object` says where a record is in catalog terms (its media offset, or
-/// on a tape its object number: the same as `RecordDone::position`).
+/// on a tape its object number: the same as `Kept::position`).
 pub fn placed(records: &[Kept]) -> Vec<Placed> {
     let mut out: Vec<Placed> = Vec::new();
     for r in records.iter().map(|k| &k.record) {
@@ -135,20 +135,18 @@ pub fn placed(records: &[Kept]) -> Vec<Placed> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::ring::RecordDone;
     use proptest::prelude::*;
 
     fn kept(file_id: u32, file_offset: u64, payload_bytes: u32, position: u64) -> Kept {
-        let record = RecordDone {
-            file_id,
-            file_offset,
-            payload_bytes,
-            payload_crc: 0,
-            payload_hash: [0; 32],
-            position,
-        };
         Kept {
-            record,
+            record: crate::engine::ring::RecordDone {
+                file_id,
+                file_offset,
+                payload_bytes,
+                payload_crc: 0,
+                payload_hash: [0; 32],
+                position,
+            },
             media_bytes: 4096 + payload_bytes as u64,
         }
     }
@@ -216,7 +214,7 @@ mod tests {
             let given = assign(&items, &filled, &usable, chunk);
             for (d, _) in &given { prop_assert!(usable[*d as usize]); }
             for (file, size) in sizes.iter().enumerate() {
-                let mut spans: Vec<(u64, u64)> = records.iter().map(|k| k.record).filter(|r| r.file_id == file as u32)
+                let mut spans: Vec<(u64, u64)> = records.iter().map(|k| &k.record).filter(|r| r.file_id == file as u32)
                     .map(|r| (r.file_offset, r.file_offset + r.payload_bytes as u64)).collect();
                 spans.extend(given.iter().filter(|(_, w)| w.file == file as u32)
                     .map(|(_, w)| (w.offset, w.offset + w.length)));

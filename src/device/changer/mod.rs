@@ -15,6 +15,7 @@
 //! Nothing here prints; reading a cartridge's label (a layer above) is the
 //! CLI's business (`pbio changer inventory`).
 
+pub mod cache;
 pub mod sg;
 pub mod shelved;
 pub mod smc;

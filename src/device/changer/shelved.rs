@@ -2,7 +2,10 @@
 //! verify and list with `--changer` see each cartridge as a device
 //! (`Shelved`) that is attached before it is read (a free drive taken, the
 //! cartridge loaded, the drive opened) and detached after (the drive
-//! closed, the cartridge unloaded, the drive given back). With fewer
+//! closed, the drive given back with the cartridge still in it). A
+//! cartridge attached again while still in a drive is not loaded again;
+//! a drive holding a cartridge nobody reads is emptied only when another
+//! cartridge needs it, and every drive when the pool goes. With fewer
 //! drives than cartridges, readers wait for a drive: every drive stays
 //! busy and one drive reads any set.
 
@@ -19,10 +22,26 @@ use crate::device::{
 /// The drives cartridges are read through, and the robot that loads them.
 pub struct DrivePool {
     changer: Mutex<Box<dyn Changer>>,
-    free: Mutex<Vec<(u32, DeviceSpec)>>,
+    free: Mutex<FreeDrives>,
     freed: Condvar,
     /// Loads done through the pool.
     loads: Mutex<u32>,
+}
+
+/// The drives nobody reads through: empty ones, and those still holding
+/// the cartridge last read (its slot), longest unused first.
+struct FreeDrives {
+    empty: Vec<(u32, DeviceSpec)>,
+    idle: Vec<(u32, (u32, DeviceSpec))>,
+}
+
+/// What a drive taken for a cartridge holds.
+enum Taken {
+    /// That cartridge already.
+    It,
+    Nothing,
+    /// Another cartridge, to unload first.
+    Other,
 }
 
 impl DrivePool {
@@ -31,7 +50,10 @@ impl DrivePool {
         assert!(!drives.is_empty());
         Arc::new(DrivePool {
             changer: Mutex::new(changer),
-            free: Mutex::new(drives),
+            free: Mutex::new(FreeDrives {
+                empty: drives,
+                idle: Vec::new(),
+            }),
             freed: Condvar::new(),
             loads: Mutex::new(0),
         })
@@ -45,25 +67,53 @@ impl DrivePool {
         self.changer.lock().expect("no changer user panicked")
     }
 
-    /// Wait for a free drive.
-    fn take(&self) -> (u32, DeviceSpec) {
+    /// Wait for a drive for the cartridge in `slot`: the one it is still
+    /// in, else an empty one, else the one idle longest.
+    fn take(&self, slot: u32) -> ((u32, DeviceSpec), Taken) {
         let mut free = self.free.lock().expect("no panic");
         loop {
-            if let Some(drive) = free.pop() {
-                return drive;
+            if let Some(i) = free.idle.iter().position(|(s, _)| *s == slot) {
+                return (free.idle.remove(i).1, Taken::It);
+            }
+            if let Some(drive) = free.empty.pop() {
+                return (drive, Taken::Nothing);
+            }
+            if !free.idle.is_empty() {
+                return (free.idle.remove(0).1, Taken::Other);
             }
             free = self.freed.wait(free).expect("no panic");
         }
     }
 
-    fn give_back(&self, drive: (u32, DeviceSpec)) {
-        self.free.lock().expect("no panic").push(drive);
-        self.freed.notify_one();
+    /// A drive back, empty (`slot` None) or still holding `slot`'s cartridge.
+    fn give_back(&self, drive: (u32, DeviceSpec), slot: Option<u32>) {
+        let mut free = self.free.lock().expect("no panic");
+        match slot {
+            Some(slot) => free.idle.push((slot, drive)),
+            None => free.empty.push(drive),
+        }
+        self.freed.notify_all();
+    }
+}
+
+impl Drop for DrivePool {
+    /// Every cartridge back to its slot (best effort: a library that
+    /// cannot is reported by the next `changer status`).
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.free.get_mut().expect("no panic").idle);
+        let changer = self.changer.get_mut().expect("no panic");
+        for (_, (drive, _)) in idle {
+            let _ = changer.unload(drive);
+        }
     }
 }
 
 /// The drive a cartridge is in (number, device) and that drive opened.
 type InDrive = ((u32, DeviceSpec), Box<dyn Device>);
+
+/// What a cartridge chosen from a hint (the label cache) must turn out to
+/// hold once loaded: Err(why not) refuses it, and it is unloaded again.
+pub type Expectation = Box<dyn Fn(&dyn Device) -> Result<(), String> + Send + Sync>;
 
 /// A cartridge in a slot, read through the pool's drives.
 pub struct Shelved {
@@ -73,6 +123,7 @@ pub struct Shelved {
     name: PathBuf,
     /// The drive it is in and the drive opened, while attached.
     loaded: Mutex<Option<InDrive>>,
+    expected: Option<Expectation>,
 }
 
 impl Shelved {
@@ -87,7 +138,16 @@ impl Shelved {
             slot,
             name: PathBuf::from(name),
             loaded: Mutex::new(None),
+            expected: None,
         }
+    }
+
+    /// Check, after every load and before anything is read, that the
+    /// cartridge holds what it was chosen for (`changer::cache`: the
+    /// label read after the load decides, never the hint).
+    pub fn expecting(mut self, check: Expectation) -> Shelved {
+        self.expected = Some(check);
+        self
     }
 
     fn inner(&self) -> MutexGuard<'_, Option<InDrive>> {
@@ -106,6 +166,17 @@ impl Shelved {
             Some((_, dev)) => f(dev.as_ref()),
             None => Err(not_loaded()),
         }
+    }
+}
+
+impl Shelved {
+    fn load(&self, drive: u32) -> std::io::Result<()> {
+        self.pool
+            .changer()
+            .load(self.slot, drive)
+            .map_err(changer_io)?;
+        *self.pool.loads.lock().expect("no panic") += 1;
+        Ok(())
     }
 }
 
@@ -199,35 +270,48 @@ impl Device for Shelved {
         if self.inner().is_some() {
             return Ok(());
         }
-        let drive = self.pool.take();
-        let loaded = self
-            .pool
-            .changer()
-            .load(self.slot, drive.0)
-            .map_err(changer_io)
-            .and_then(|()| device::open(&drive.1, Mode::Read).map_err(std::io::Error::other));
+        let (drive, holds) = self.pool.take(self.slot);
+        let moved = match holds {
+            Taken::It => Ok(()),
+            Taken::Nothing => self.load(drive.0),
+            Taken::Other => {
+                let unloaded = self.pool.changer().unload(drive.0);
+                if let Err(e) = unloaded {
+                    self.pool.give_back(drive, None);
+                    return Err(changer_io(e));
+                }
+                self.load(drive.0)
+            }
+        };
+        let loaded = moved
+            .and_then(|()| device::open(&drive.1, Mode::Read).map_err(std::io::Error::other))
+            .and_then(|dev| match &self.expected {
+                Some(check) => check(dev.as_ref()).map(|()| dev).map_err(|why| {
+                    std::io::Error::other(format!("{}: {why}", self.name.display()))
+                }),
+                None => Ok(dev),
+            });
         match loaded {
             Ok(dev) => {
-                *self.pool.loads.lock().expect("no panic") += 1;
                 *self.inner() = Some((drive, dev));
                 Ok(())
             }
             Err(e) => {
                 // Back to its slot if the load went through.
                 let _ = self.pool.changer().unload(drive.0);
-                self.pool.give_back(drive);
+                self.pool.give_back(drive, None);
                 Err(e)
             }
         }
     }
-    /// Close the drive, put the cartridge back, free the drive.
+    /// Close the drive and free it; the cartridge stays in it until
+    /// another needs the drive (or the pool goes).
     fn detach(&self) {
         let Some((drive, dev)) = self.inner().take() else {
             return;
         };
         drop(dev);
-        let _ = self.pool.changer().unload(drive.0);
-        self.pool.give_back(drive);
+        self.pool.give_back(drive, Some(self.slot));
     }
 }
 

@@ -1,11 +1,14 @@
-//! `vlib:DIR[,slots=N][,drives=D][,size=S][,ew=E][,move_ms=T]`: an
-//! emulated tape library, created on first use (`size=` is then required,
-//! the cartridges' length, as for `vtape:`).
+//! `vlib:DIR[,slots=N][,drives=D][,size=S][,ew=E][,move_ms=T][,inplace=0]`:
+//! an emulated tape library, created on first use (`size=` is then
+//! required, the cartridges' length, as for `vtape:`). `inplace=0` makes it
+//! a real library in one more way: a cartridge's label is read only
+//! through a drive it is loaded in (`cartridge_in_slot` is None); the
+//! setting is kept in `vlib.state` until given again.
 //!
 //! DIR holds:
 //! - `vlib.state`: which cartridge is in which slot and drive (and which
-//!   slot a loaded cartridge came from), rewritten atomically after every
-//!   move;
+//!   slot a loaded cartridge came from) and how many loads it did,
+//!   rewritten atomically after every move;
 //! - `cartridges/BARCODE/`: each cartridge in a slot, an emulated tape
 //!   (`vtape:` directory) with its barcode in `vlib.barcode`; barcodes are
 //!   `PB0001L6`, `PB0002L6`, ... in slot order;
@@ -60,6 +63,8 @@ pub struct LibrarySpec {
     pub size_bytes: Option<u64>,
     pub early_warning_bytes: Option<u64>,
     pub move_ms: Option<u64>,
+    /// `inplace=0|1`: whether a cartridge can be read in its slot.
+    pub inplace: Option<bool>,
 }
 
 impl LibrarySpec {
@@ -79,6 +84,7 @@ impl LibrarySpec {
             size_bytes: None,
             early_warning_bytes: None,
             move_ms: None,
+            inplace: None,
         };
         for option in parts {
             let (key, value) = option
@@ -108,9 +114,16 @@ impl LibrarySpec {
                             format!("'{text}': move_ms= is a number of milliseconds")
                         })?)
                 }
+                "inplace" => {
+                    spec.inplace = Some(match value {
+                        "0" => false,
+                        "1" => true,
+                        _ => return Err(format!("'{text}': inplace= is 0 or 1")),
+                    })
+                }
                 _ => {
                     return Err(format!(
-                        "'{text}': unknown option '{key}' (known: slots, drives, size, ew, move_ms)"
+                        "'{text}': unknown option '{key}' (known: slots, drives, size, ew, move_ms, inplace)"
                     ))
                 }
             }
@@ -123,6 +136,11 @@ impl LibrarySpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct State {
     move_ms: u64,
+    /// Cartridges can be read in their slots (`inplace=1`, the default).
+    inplace: bool,
+    /// Loads since the library was created (as a real library counts its
+    /// moves).
+    loads: u64,
     /// Barcode in each slot (index: slot - 1).
     slots: Vec<Option<String>>,
     /// Barcode and source slot in each drive.
@@ -133,6 +151,12 @@ impl State {
     fn text(&self) -> String {
         let mut t = String::from("# pbio emulated library (vlib:): which cartridge is where\n");
         t += &format!("move_ms {}\n", self.move_ms);
+        if !self.inplace {
+            t += "inplace 0\n";
+        }
+        if self.loads > 0 {
+            t += &format!("loads {}\n", self.loads);
+        }
         for (i, s) in self.slots.iter().enumerate() {
             t += &format!("slot {} {}\n", i + 1, s.as_deref().unwrap_or("-"));
         }
@@ -148,6 +172,8 @@ impl State {
     fn parse(text: &str) -> Result<State, String> {
         let mut st = State {
             move_ms: MOVE_MS_DEFAULT,
+            inplace: true,
+            loads: 0,
             slots: Vec::new(),
             drives: Vec::new(),
         };
@@ -165,6 +191,9 @@ impl State {
                 [] => {}
                 [c, ..] if c.starts_with('#') => {}
                 ["move_ms", ms] => st.move_ms = ms.parse().map_err(|_| bad())?,
+                ["inplace", "0"] => st.inplace = false,
+                ["inplace", "1"] => st.inplace = true,
+                ["loads", n] => st.loads = n.parse().map_err(|_| bad())?,
                 ["slot", i, b] => {
                     index(i, st.slots.len() + 1)?;
                     st.slots.push(barcode(b));
@@ -232,8 +261,14 @@ impl VirtualLibrary {
                     "exists already: its cartridges keep their size (leave out size= and ew=)",
                 ));
             }
-            if let Some(ms) = spec.move_ms.filter(|&ms| ms != st.move_ms) {
-                lib.write_state(&State { move_ms: ms, ..st })?;
+            let move_ms = spec.move_ms.unwrap_or(st.move_ms);
+            let inplace = spec.inplace.unwrap_or(st.inplace);
+            if (move_ms, inplace) != (st.move_ms, st.inplace) {
+                lib.write_state(&State {
+                    move_ms,
+                    inplace,
+                    ..st
+                })?;
             }
             return Ok(lib);
         }
@@ -292,6 +327,8 @@ impl VirtualLibrary {
         }
         self.write_state(&State {
             move_ms: spec.move_ms.unwrap_or(MOVE_MS_DEFAULT),
+            inplace: spec.inplace.unwrap_or(true),
+            loads: 0,
             slots: (1..=slots).map(|s| Some(barcode(s))).collect(),
             drives: vec![None; drives as usize],
         })
@@ -508,6 +545,7 @@ impl Changer for VirtualLibrary {
         let b = st.slots[slot as usize - 1].take().expect("checked full");
         self.travel(&st, &self.cartridge_path(&b), &self.drive_path(drive))?;
         st.drives[drive as usize] = Some((b, slot));
+        st.loads += 1;
         self.write_state(&st)
     }
 
@@ -526,6 +564,9 @@ impl Changer for VirtualLibrary {
     fn cartridge_in_slot(&self, slot: u32) -> Option<DeviceSpec> {
         let _lock = self.lock().ok()?;
         let st = self.read_state().ok()?;
+        if !st.inplace {
+            return None;
+        }
         let b = st.slots.get(slot.checked_sub(1)? as usize)?.clone()?;
         DeviceSpec::parse(&format!(
             "{}{}",
@@ -556,8 +597,13 @@ mod tests {
         assert!(LibrarySpec::parse("vlib:/x,slots=0").is_err());
         assert!(LibrarySpec::parse("vlib:/x,drives=300").is_err());
         assert!(LibrarySpec::parse("vlib:/x,speed=1").is_err());
+        let s = LibrarySpec::parse("vlib:/x,inplace=0").unwrap();
+        assert_eq!(s.inplace, Some(false));
+        assert!(LibrarySpec::parse("vlib:/x,inplace=no").is_err());
         let st = State {
             move_ms: 5,
+            inplace: false,
+            loads: 3,
             slots: vec![Some("A".into()), None],
             drives: vec![Some(("B".into(), 2)), None],
         };
@@ -652,6 +698,10 @@ mod tests {
         assert!(!s.drives[1].full);
         assert!(dir.join("drive1").is_file());
         assert_eq!(s.cartridges(), 4);
+        // inplace=0: no cartridge is read where it is, until inplace=1.
+        assert!(lib(&dir, ",inplace=0").cartridge_in_slot(2).is_none());
+        assert!(lib(&dir, "").cartridge_in_slot(2).is_none(), "kept");
+        assert!(lib(&dir, ",inplace=1").cartridge_in_slot(2).is_some());
         // Damage is named.
         std::fs::rename(dir.join("cartridges/PB0003L6"), dir.join("elsewhere")).unwrap();
         let e = l.status().unwrap_err();

@@ -64,29 +64,59 @@ pub struct Target {
 }
 
 /// Whether `path` names an NBD device (the scheme decides).
-pub fn is_nbd(path: &Path) -> bool {
+pub(in crate::device) fn is_nbd(path: &Path) -> bool {
     let s = path.to_string_lossy();
     s.starts_with("nbd://") || s.starts_with("nbd+unix://")
 }
 
+/// An NBD device name that does not parse: the name as given and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("'{text}': {why}")]
+pub struct TargetError {
+    pub text: String,
+    pub why: BadTarget,
+}
+
+/// What is wrong with an NBD device name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadTarget {
+    #[error("nbd+unix:// needs ?socket=PATH")]
+    NoSocket,
+    #[error("nbd+unix:// takes no host (nbd+unix:///EXPORT?socket=PATH)")]
+    UnixHost,
+    #[error("not an nbd:// or nbd+unix:// name")]
+    Scheme,
+    #[error("nbd:// takes no query (TLS and other options are not supported)")]
+    Query,
+    #[error("no host")]
+    NoHost,
+    #[error("unclosed '[' in host")]
+    Unclosed,
+    #[error("junk after ']'")]
+    AfterBracket,
+    #[error("port '{0}' is not a number 1-65535")]
+    Port(String),
+}
+
 /// Parse `nbd://HOST[:PORT][/EXPORT]` or `nbd+unix:///EXPORT?socket=PATH`.
-pub fn parse_target(text: &str) -> Result<Target, String> {
-    let bad = |why: &str| format!("'{text}': {why}");
+pub fn parse_target(text: &str) -> Result<Target, TargetError> {
+    let bad = |why| TargetError {
+        text: text.to_string(),
+        why,
+    };
     if let Some(rest) = text.strip_prefix("nbd+unix://") {
         let (path, query) = rest
             .split_once('?')
-            .ok_or_else(|| bad("nbd+unix:// needs ?socket=PATH"))?;
+            .ok_or_else(|| bad(BadTarget::NoSocket))?;
         if !path.is_empty() && !path.starts_with('/') {
-            return Err(bad(
-                "nbd+unix:// takes no host (nbd+unix:///EXPORT?socket=PATH)",
-            ));
+            return Err(bad(BadTarget::UnixHost));
         }
         let export = path.strip_prefix('/').unwrap_or(path).to_string();
         let socket = query
             .split('&')
             .find_map(|kv| kv.strip_prefix("socket="))
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| bad("nbd+unix:// needs ?socket=PATH"))?;
+            .ok_or_else(|| bad(BadTarget::NoSocket))?;
         return Ok(Target {
             address: Address::Unix {
                 socket: PathBuf::from(socket),
@@ -96,28 +126,24 @@ pub fn parse_target(text: &str) -> Result<Target, String> {
     }
     let rest = text
         .strip_prefix("nbd://")
-        .ok_or_else(|| bad("not an nbd:// or nbd+unix:// name"))?;
+        .ok_or_else(|| bad(BadTarget::Scheme))?;
     if rest.contains('?') {
-        return Err(bad(
-            "nbd:// takes no query (TLS and other options are not supported)",
-        ));
+        return Err(bad(BadTarget::Query));
     }
     let (authority, export) = match rest.split_once('/') {
         Some((a, e)) => (a, e.to_string()),
         None => (rest, String::new()),
     };
     if authority.is_empty() {
-        return Err(bad("no host"));
+        return Err(bad(BadTarget::NoHost));
     }
     // [v6]:port, host:port, host
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| bad("unclosed '[' in host"))?;
+        let (h, after) = v6.split_once(']').ok_or_else(|| bad(BadTarget::Unclosed))?;
         let port = match after.strip_prefix(':') {
             Some(p) => Some(p),
             None if after.is_empty() => None,
-            None => return Err(bad("junk after ']'")),
+            None => return Err(bad(BadTarget::AfterBracket)),
         };
         (h.to_string(), port)
     } else {
@@ -132,10 +158,10 @@ pub fn parse_target(text: &str) -> Result<Target, String> {
             .parse::<u16>()
             .ok()
             .filter(|&p| p != 0)
-            .ok_or_else(|| bad(&format!("port '{p}' is not a number 1-65535")))?,
+            .ok_or_else(|| bad(BadTarget::Port(p.to_string())))?,
     };
     if host.is_empty() {
-        return Err(bad("no host"));
+        return Err(bad(BadTarget::NoHost));
     }
     Ok(Target {
         address: Address::Tcp { host, port },
@@ -217,7 +243,7 @@ fn timeout_of(spec: &DeviceSpec) -> Duration {
 pub fn probe(spec: &DeviceSpec) -> Result<Probe, DeviceError> {
     let path = &spec.path;
     let text = path.to_string_lossy();
-    let target = parse_target(&text).map_err(|why| DeviceError::unusable(path, why))?;
+    let target = parse_target(&text).map_err(|e| DeviceError::unusable(path, e.to_string()))?;
     let (sock, _, info) = connect(&target, timeout_of(spec))
         .map_err(|e| DeviceError::io(path, "connect to the NBD server", e))?;
     let identity = identity_of(&sock, &target);
@@ -233,7 +259,7 @@ impl NbdDevice {
     pub fn open(spec: &DeviceSpec, mode: Mode) -> Result<NbdDevice, DeviceError> {
         let path = &spec.path;
         let text = path.to_string_lossy();
-        let target = parse_target(&text).map_err(|why| DeviceError::unusable(path, why))?;
+        let target = parse_target(&text).map_err(|e| DeviceError::unusable(path, e.to_string()))?;
         let timeout = timeout_of(spec);
         let (sock, structured, info) = connect(&target, timeout)
             .map_err(|e| DeviceError::io(path, "connect to the NBD server", e))?;
@@ -535,12 +561,7 @@ impl Drop for NbdDevice {
 }
 
 impl Device for NbdDevice {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-    fn kind(&self) -> Kind {
-        Kind::Nbd
-    }
+    super::path_and_kind!(Kind::Nbd);
     fn fd(&self) -> RawFd {
         self.fd.load(Ordering::Acquire)
     }

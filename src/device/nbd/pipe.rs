@@ -36,7 +36,7 @@ use crate::io::{self, Lease, Sqe, Timespec, Uring};
 
 use super::proto::{self, ReplyHead};
 use super::NbdDevice;
-use crate::device::Device;
+use crate::device::{Device, TransportError};
 
 /// The connection a pipe runs on: an `NbdDevice`, or in tests and the fuzz
 /// target a stand-in that has no socket (`feed` drives the pipe there).
@@ -158,7 +158,7 @@ pub struct Pipe<'d> {
     ops: usize,
     /// The connection is lost (why); reconnect once nothing is in flight.
     broken: Option<String>,
-    fatal: Option<String>,
+    fatal: Option<TransportError>,
     episodes: u32,
 }
 
@@ -283,12 +283,12 @@ impl<'d> Pipe<'d> {
     /// nothing more is submitted. Requests without replies stay incomplete.
     pub fn abort(&mut self, why: &str) {
         if self.fatal.is_none() {
-            self.fatal = Some(why.to_string());
+            self.fatal = Some(TransportError::Stopped(why.to_string()));
         }
         self.dev.shutdown();
     }
 
-    fn fail(&mut self, why: String) -> String {
+    fn fail(&mut self, why: TransportError) -> TransportError {
         self.fatal = Some(why.clone());
         self.dev.shutdown();
         why
@@ -302,7 +302,7 @@ impl<'d> Pipe<'d> {
     }
 
     /// The SQEs to submit now, in order (a linked pair must stay together).
-    pub fn sqes(&mut self, out: &mut Vec<Sqe>) -> Result<(), String> {
+    pub fn sqes(&mut self, out: &mut Vec<Sqe>) -> Result<(), TransportError> {
         if let Some(f) = &self.fatal {
             return Err(f.clone());
         }
@@ -381,12 +381,12 @@ impl<'d> Pipe<'d> {
         &mut self,
         ring: &mut Uring,
         done: &mut Vec<(u64, i32)>,
-    ) -> std::io::Result<Option<String>> {
+    ) -> std::io::Result<Option<TransportError>> {
         let mut failure = None;
         if self.alive() {
             let mut sqes = Vec::new();
             if let Err(e) = self.sqes(&mut sqes) {
-                self.abort(&e);
+                self.abort(&e.to_string());
                 failure = Some(e);
             }
             ring.push_all(&mut sqes)?;
@@ -398,7 +398,7 @@ impl<'d> Pipe<'d> {
         ring.turn(&mut cqes)?;
         for (user_data, result) in cqes {
             if let Err(e) = self.on_cqe(user_data, result, done) {
-                self.abort(&e);
+                self.abort(&e.to_string());
                 failure.get_or_insert(e);
             }
         }
@@ -461,32 +461,22 @@ impl<'d> Pipe<'d> {
         user_data: u64,
         result: i32,
         done: &mut Vec<(u64, i32)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), TransportError> {
         debug_assert!(user_data & TAG != 0);
         self.ops -= 1;
         match user_data {
             OP_TIMEOUT => {}
             OP_SEND => {
                 self.send_busy = false;
-                if self.broken.is_some() || self.fatal.is_some() {
-                    return self.fatal.clone().map_or(Ok(()), Err);
-                }
-                if result < 0 {
-                    let why = self.io_text("send", result);
-                    self.lose(why);
-                    return Ok(());
+                if let Some(settled) = self.settled("send", result) {
+                    return settled;
                 }
                 self.advance_send(result as usize);
             }
             OP_RECV => {
                 self.recv_busy = false;
-                if self.broken.is_some() || self.fatal.is_some() {
-                    return self.fatal.clone().map_or(Ok(()), Err);
-                }
-                if result < 0 {
-                    let why = self.io_text("receive", result);
-                    self.lose(why);
-                    return Ok(());
+                if let Some(settled) = self.settled("receive", result) {
+                    return settled;
                 }
                 if result == 0 {
                     self.lose("the server closed the connection".into());
@@ -513,12 +503,27 @@ impl<'d> Pipe<'d> {
                     self.hi += n;
                 }
                 if let Err(e) = self.parse(done) {
-                    return Err(self.fail(format!("protocol error: {e}")));
+                    return Err(self.fail(TransportError::Protocol(e)));
                 }
             }
             other => unreachable!("not a pipe user_data {other:#x}"),
         }
         Ok(())
+    }
+
+    /// What a send or receive that ended with `result` leaves to do: None,
+    /// act on it; or the answer to return now, the connection being
+    /// already lost or failed, or lost by this operation's error.
+    fn settled(&mut self, op: &str, result: i32) -> Option<Result<(), TransportError>> {
+        if self.broken.is_some() || self.fatal.is_some() {
+            return Some(self.fatal.clone().map_or(Ok(()), Err));
+        }
+        if result < 0 {
+            let why = self.io_text(op, result);
+            self.lose(why);
+            return Some(Ok(()));
+        }
+        None
     }
 
     fn io_text(&self, op: &str, result: i32) -> String {
@@ -548,16 +553,15 @@ impl<'d> Pipe<'d> {
         }
     }
     /// Replace the lost connection and queue every request again.
-    fn reconnect(&mut self, why: String) -> Result<(), String> {
+    fn reconnect(&mut self, why: String) -> Result<(), TransportError> {
         self.episodes += 1;
         if self.episodes > RECONNECTS_MAX {
-            return Err(self.fail(format!(
-                "connection lost ({why}) for the {}th time",
-                self.episodes
-            )));
+            let episodes = self.episodes;
+            return Err(self.fail(TransportError::LostAgain { why, episodes }));
         }
         if let Err(e) = self.dev.reconnect() {
-            return Err(self.fail(format!("connection lost ({why}); {e}")));
+            let error = e.to_string();
+            return Err(self.fail(TransportError::Reconnect { why, error }));
         }
         self.broken = None;
         self.iov_start = 0;
@@ -603,7 +607,7 @@ impl crate::device::Transport for Pipe<'_> {
     fn request_bytes_max(&self) -> u32 {
         self.dev.request_bytes_max()
     }
-    fn sqes(&mut self, out: &mut Vec<Sqe>) -> Result<(), String> {
+    fn sqes(&mut self, out: &mut Vec<Sqe>) -> Result<(), TransportError> {
         Pipe::sqes(self, out)
     }
     fn on_cqe(
@@ -611,7 +615,7 @@ impl crate::device::Transport for Pipe<'_> {
         user_data: u64,
         result: i32,
         done: &mut Vec<(u64, i32)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), TransportError> {
         Pipe::on_cqe(self, user_data, result, done)
     }
     fn outstanding(&self) -> usize {
@@ -630,7 +634,7 @@ impl crate::device::Transport for Pipe<'_> {
         &mut self,
         ring: &mut Uring,
         done: &mut Vec<(u64, i32)>,
-    ) -> std::io::Result<Option<String>> {
+    ) -> std::io::Result<Option<TransportError>> {
         Pipe::turn_on(self, ring, done)
     }
 }

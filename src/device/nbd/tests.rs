@@ -21,32 +21,21 @@ fn pipeline_covers_the_bandwidth_delay_product() {
 
 #[test]
 fn targets() {
-    let t = parse_target("nbd://10.0.0.2:10810/disk1").unwrap();
+    // (host, port, export) of a TCP target.
+    let tcp = |text: &str| match parse_target(text).unwrap() {
+        Target {
+            address: Address::Tcp { host, port },
+            export,
+        } => (host, port, export),
+        other => panic!("{text}: not a TCP target: {other:?}"),
+    };
+    let want = |host: &str, port, export: &str| (host.to_string(), port, export.to_string());
     assert_eq!(
-        t.address,
-        Address::Tcp {
-            host: "10.0.0.2".into(),
-            port: 10810
-        }
+        tcp("nbd://10.0.0.2:10810/disk1"),
+        want("10.0.0.2", 10810, "disk1")
     );
-    assert_eq!(t.export, "disk1");
-    let t = parse_target("nbd://host").unwrap();
-    assert_eq!(
-        t.address,
-        Address::Tcp {
-            host: "host".into(),
-            port: DEFAULT_PORT
-        }
-    );
-    assert_eq!(t.export, "");
-    let t = parse_target("nbd://[::1]:99/x").unwrap();
-    assert_eq!(
-        t.address,
-        Address::Tcp {
-            host: "::1".into(),
-            port: 99
-        }
-    );
+    assert_eq!(tcp("nbd://host"), want("host", DEFAULT_PORT, ""));
+    assert_eq!(tcp("nbd://[::1]:99/x"), want("::1", 99, "x"));
     let t = parse_target("nbd+unix:///e?socket=/run/s.sock").unwrap();
     assert_eq!(
         t.address,

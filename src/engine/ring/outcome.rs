@@ -130,7 +130,7 @@ pub enum Fault {
     Enter(std::io::Error),
     /// The device's pipelined connection is beyond saving.
     #[error("{0}")]
-    Transport(String),
+    Transport(crate::device::TransportError),
     /// The device's label could not be written: no ring ran.
     #[error("{0}")]
     Label(Arc<MediaError>),

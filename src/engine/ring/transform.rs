@@ -161,35 +161,21 @@ impl<'a> Ring<'a> {
 
     /// Hand a record whose read completed to the workers.
     pub(super) fn send_transform(&mut self, slot: usize) {
-        let s = &mut self.slots[slot];
-        let g = &self.gens[s.gen];
-        let payload_bytes = g.payload_bytes as usize;
         // With `--encrypt` the header (its file info in clear) is encoded
-        // now: the worker seals it with the payload.
-        let header = self.config.encryption.as_ref().map(|_| {
-            let header = RecordHeader {
-                kind: RecordKind::Data,
-                set_id: self.config.set_id,
-                device_index: self.config.device_index,
-                // A record's sequence number is its gen (`submit_write`).
-                sequence: s.gen as u64,
-                file_id: self.taken[g.taken as usize].item.file,
-                segment_id: g.taken,
-                file_offset: g.file_offset,
-                payload_bytes: g.payload_bytes,
-                file_size: s.file_size,
-                payload_crc: 0,
-                transform: Transform::RAW,
-            };
+        // now: the worker seals it with the payload. A record's sequence
+        // number is its gen (`submit_write`).
+        let header = self
+            .config
+            .encryption
+            .as_ref()
+            .map(|_| self.data_header(slot, self.slots[slot].gen as u64));
+        let s = &mut self.slots[slot];
+        let payload_bytes = self.gens[s.gen].payload_bytes as usize;
+        if let Some(header) = &header {
             let source = s.source.as_ref().expect("a read slot has a source");
-            let info = if header.file_offset == source.first_offset {
-                &source.first_info
-            } else {
-                &source.info
-            };
+            let info = source.info_at(header.file_offset);
             header.encode_with_info(Some(info), &mut s.lease.bytes_mut()[..HEADER_BYTES]);
-            header
-        });
+        }
         let bytes = s.lease.bytes_mut();
         let job = TransformJob {
             slot,

@@ -43,7 +43,7 @@ impl<'a> Ring<'a> {
             .as_mut()
             .expect("transport completion without a transport");
         transport.on_cqe(user_data, result, done).map_err(|error| {
-            transport.abort(&error);
+            transport.abort(&error.to_string());
             Stop::Failed {
                 error: Fault::Transport(error),
             }

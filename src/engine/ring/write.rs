@@ -36,19 +36,16 @@ impl<'a> Ring<'a> {
         self.submit_write_rest(slot)
     }
 
-    /// Fill the header in front of the payload a read put in `slot`: the
-    /// payload's CRC and BLAKE3 (passes over bytes in cache), file info,
-    /// padding.
-    pub(super) fn fill_record(&mut self, slot: usize, sequence: u64) {
-        let s = &mut self.slots[slot];
+    /// The header of the data record in `slot`, numbered `sequence` on the
+    /// device, its CRC not yet set (raw: the payload is not final yet).
+    pub(super) fn data_header(&self, slot: usize, sequence: u64) -> RecordHeader {
+        let s = &self.slots[slot];
         let g = &self.gens[s.gen];
-        let payload_bytes = g.payload_bytes as usize;
-        let padded = round_up_block(payload_bytes as u64) as usize;
-        let header = RecordHeader {
+        RecordHeader {
             kind: RecordKind::Data,
             set_id: self.config.set_id,
             device_index: self.config.device_index,
-            sequence: sequence + self.first_sequence,
+            sequence,
             file_id: self.taken[g.taken as usize].item.file,
             segment_id: g.taken,
             file_offset: g.file_offset,
@@ -56,7 +53,18 @@ impl<'a> Ring<'a> {
             file_size: s.file_size,
             payload_crc: 0,
             transform: crate::format::Transform::RAW,
-        };
+        }
+    }
+
+    /// Fill the header in front of the payload a read put in `slot`: the
+    /// payload's CRC and BLAKE3 (passes over bytes in cache), file info,
+    /// padding.
+    pub(super) fn fill_record(&mut self, slot: usize, sequence: u64) {
+        let header = self.data_header(slot, sequence + self.first_sequence);
+        let s = &mut self.slots[slot];
+        let g = &self.gens[s.gen];
+        let payload_bytes = g.payload_bytes as usize;
+        let padded = round_up_block(payload_bytes as u64) as usize;
         let gen = s.gen;
         if g.transformed {
             return self.fill_transformed(slot, header);

@@ -334,6 +334,11 @@ impl Comparison {
 mod tests {
     use super::*;
 
+    /// `new` compared with `old` within the default limits.
+    fn against_defaults(old: &Value, new: Value) -> Comparison {
+        compare(old, &new, "o", Thresholds::default())
+    }
+
     fn report(write_mibs: f64, p99: f64, cache: &str) -> Value {
         json!({
             "schema": SCHEMA,
@@ -366,20 +371,10 @@ mod tests {
     fn regressions_beyond_the_limits_fail() {
         let old = report(1000.0, 50.0, "write back");
         // -15% throughput, +40% latency: inside the limits.
-        let c = compare(
-            &old,
-            &report(850.0, 70.0, "write back"),
-            "o",
-            Thresholds::default(),
-        );
+        let c = against_defaults(&old, report(850.0, 70.0, "write back"));
         assert_eq!(c.check().verdict, Verdict::Pass);
         // -90%: the old report claimed 10x.
-        let c = compare(
-            &old,
-            &report(100.0, 50.0, "write back"),
-            "o",
-            Thresholds::default(),
-        );
+        let c = against_defaults(&old, report(100.0, 50.0, "write back"));
         let check = c.check();
         assert_eq!(check.verdict, Verdict::Fail);
         assert_eq!(check.value, json!(1));
@@ -390,12 +385,7 @@ mod tests {
         );
         assert!(c.matrix[0].regression, "cells are marked too");
         // +60% latency.
-        let c = compare(
-            &old,
-            &report(1000.0, 80.0, "write back"),
-            "o",
-            Thresholds::default(),
-        );
+        let c = against_defaults(&old, report(1000.0, 80.0, "write back"));
         assert!(c.check().detail.contains("write_latency_p99 +60.0%"));
         // Wider limits let both through.
         let wide = Thresholds {
@@ -405,12 +395,7 @@ mod tests {
         let c = compare(&old, &report(100.0, 80.0, "write back"), "o", wide);
         assert_eq!(c.check().verdict, Verdict::Pass);
         // Faster is never a regression.
-        let c = compare(
-            &old,
-            &report(5000.0, 1.0, "write back"),
-            "o",
-            Thresholds::default(),
-        );
+        let c = against_defaults(&old, report(5000.0, 1.0, "write back"));
         assert_eq!(c.check().verdict, Verdict::Pass);
     }
 

@@ -306,7 +306,8 @@ pub fn identify(device: &dyn Device) -> Identity {
         nbd: None,
     };
     // A pmem device is identified as the file or block device behind it.
-    let target = crate::device::pmem::file_of(path)
+    let target = crate::device::backing(path)
+        .mapped_file()
         .filter(|_| device.kind() == Kind::Pmem)
         .unwrap_or_else(|| path.to_path_buf());
     let path = target.as_path();
@@ -429,12 +430,7 @@ mod tests {
     #[test]
     fn a_file_device_names_its_filesystem() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = crate::device::DeviceSpec::parse(&format!(
-            "{},size=1M",
-            dir.path().join("d.img").display()
-        ))
-        .unwrap();
-        let dev = crate::device::open(&spec, crate::device::Mode::Write).unwrap();
+        let dev = crate::measure::test_file_device(dir.path(), "1M");
         let id = identify(dev.as_ref());
         assert_eq!(id.kind, "file");
         assert_eq!(id.capacity_bytes, 1 << 20);

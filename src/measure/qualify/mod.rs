@@ -145,6 +145,14 @@ fn family(device: &dyn Device) -> Result<Family, QualifyError> {
     }
 }
 
+/// The device opened again by its name, for reading: another connection
+/// to an export, another mapping of pmem (durability checks).
+fn reopen(device: &dyn Device) -> Result<Box<dyn Device>, String> {
+    let text = device.path().display().to_string();
+    let spec = crate::device::DeviceSpec::parse(&text).map_err(|e| e.to_string())?;
+    crate::device::open(&spec, crate::device::Mode::Read).map_err(|e| e.to_string())
+}
+
 fn now_unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -411,12 +419,7 @@ mod tests {
     #[test]
     fn qualifies_a_file_device() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = crate::device::DeviceSpec::parse(&format!(
-            "{},size=8M",
-            dir.path().join("d.img").display()
-        ))
-        .unwrap();
-        let dev = crate::device::open(&spec, crate::device::Mode::Write).unwrap();
+        let dev = crate::measure::test_file_device(dir.path(), "8M");
         let options = Options {
             quick: true,
             verify_fraction: Some(0.5),
@@ -454,26 +457,16 @@ mod tests {
         );
 
         // Reading the pattern again passes; after damage it names the offset.
-        let again = recheck(
-            dev.as_ref(),
-            report.pattern.as_ref().unwrap(),
-            "r.json",
-            &mut |_| {},
-        )
-        .unwrap();
+        let pattern = report.pattern.as_ref().unwrap();
+        let recheck_now = || recheck(dev.as_ref(), pattern, "r.json", &mut |_| {}).unwrap();
+        let again = recheck_now();
         assert_eq!(again.verdict(), Verdict::Pass);
         let (at, _) = report.pattern.as_ref().unwrap().extents[1];
         let io = DevIo::new(dev.as_ref());
         let mut zeros = io::AlignedBuf::new(4096, 4096);
         zeros.as_mut_slice().fill(0);
         io.write_all_at(zeros.as_slice(), at + 8192).unwrap();
-        let bad = recheck(
-            dev.as_ref(),
-            report.pattern.as_ref().unwrap(),
-            "r.json",
-            &mut |_| {},
-        )
-        .unwrap();
+        let bad = recheck_now();
         let c = bad.check("pattern_recheck").unwrap();
         assert_eq!(c.verdict, Verdict::Fail);
         assert!(

@@ -33,8 +33,8 @@ use super::{
     histogram, Better, CellPlan, Check, Event, Latency, Options, Report, Verdict, LATENCY_NS_MAX,
 };
 use crate::device::nbd::{proto, Address};
+use crate::device::Device;
 use crate::device::ExportIdentity;
-use crate::device::{Device, DeviceSpec, Mode};
 use crate::format::BLOCK_BYTES;
 use crate::measure::bench::Rw;
 use crate::units::human_bytes;
@@ -326,11 +326,7 @@ fn pattern_check(
 fn durability_check(device: &dyn Device, spec: &PatternSpec, flushes: bool) -> Check {
     let name = "durability";
     let failed = |detail: String| Check::new(name, Verdict::Fail, json!(0), "bytes").detail(detail);
-    let url = device.path().display().to_string();
-    let reopened = DeviceSpec::parse(&url)
-        .map_err(|e| e.to_string())
-        .and_then(|s| crate::device::open(&s, Mode::Read).map_err(|e| e.to_string()));
-    let again = match reopened {
+    let again = match super::reopen(device) {
         Ok(d) => d,
         Err(e) => return failed(format!("connecting to the export again: {e}")),
     };
@@ -398,9 +394,7 @@ mod tests {
         // Nothing is sent when the server does not flush: the device is
         // not touched (a file stands in for it).
         let dir = tempfile::tempdir().unwrap();
-        let spec =
-            DeviceSpec::parse(&format!("{},size=4M", dir.path().join("d").display())).unwrap();
-        let dev = crate::device::open(&spec, Mode::Write).unwrap();
+        let dev = crate::measure::test_file_device(dir.path(), "4M");
         let c = flush_check(dev.as_ref(), false, 4);
         assert_eq!(c.verdict, Verdict::Skip);
         assert_eq!(c.value, Value::Null);

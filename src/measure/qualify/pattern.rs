@@ -89,37 +89,27 @@ pub fn fill(buf: &mut [u8], offset: u64, nonce: u64) {
     }
 }
 
-/// What a unit that does not match holds instead.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a unit that does not match holds instead (its display: what the
+/// check reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Found {
     /// All zeros: never written (or trimmed).
+    #[error("zeros (never written, or the write was lost)")]
     Zeros,
     /// This run's pattern for another offset: a misplaced write.
+    #[error(
+        "this run's data for offset {written_for} (a misplaced write, or the device wraps around)"
+    )]
     Misplaced { written_for: u64 },
     /// The pattern of another run (the expected write never reached the medium).
+    #[error("the pattern of another run (nonce {nonce:016x}, for offset {written_for}): the expected write is not on the medium")]
     Stale { nonce: u64, written_for: u64 },
     /// The right stamp but wrong bytes after it: corruption inside the unit.
+    #[error("the right stamp but wrong bytes after it (corruption)")]
     Corrupt,
     /// Anything else.
+    #[error("unrelated bytes")]
     Other,
-}
-
-impl std::fmt::Display for Found {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Found::Zeros => write!(f, "zeros (never written, or the write was lost)"),
-            Found::Misplaced { written_for } => write!(
-                f,
-                "this run's data for offset {written_for} (a misplaced write, or the device wraps around)"
-            ),
-            Found::Stale { nonce, written_for } => write!(
-                f,
-                "the pattern of another run (nonce {nonce:016x}, for offset {written_for}): the expected write is not on the medium"
-            ),
-            Found::Corrupt => write!(f, "the right stamp but wrong bytes after it (corruption)"),
-            Found::Other => write!(f, "unrelated bytes"),
-        }
-    }
 }
 
 /// How `unit`, read at `offset`, differs from the pattern; None when it matches.
@@ -148,8 +138,8 @@ fn check_unit(unit: &[u8], offset: u64, nonce: u64, expect: &mut [u8]) -> Option
     })
 }
 
-/// The outcome of reading the pattern back.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The outcome of reading the pattern back (nothing checked yet: default).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VerifyOutcome {
     pub bytes_checked: u64,
     pub bad_units: u64,
@@ -224,12 +214,7 @@ pub fn verify_with(
     buf: &mut AlignedBuf,
     mut read: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
 ) -> Result<VerifyOutcome, (u64, io::Error)> {
-    let mut out = VerifyOutcome {
-        bytes_checked: 0,
-        bad_units: 0,
-        first_bad: None,
-        last_bad: None,
-    };
+    let mut out = VerifyOutcome::default();
     for &(start, len) in &spec.extents {
         let mut at = start;
         while at < start + len {
@@ -307,12 +292,7 @@ mod tests {
         let base = 1 << 20;
         let mut buf = vec![0u8; 8 * UNIT_BYTES];
         fill(&mut buf, base, nonce);
-        let mut out = VerifyOutcome {
-            bytes_checked: 0,
-            bad_units: 0,
-            first_bad: None,
-            last_bad: None,
-        };
+        let mut out = VerifyOutcome::default();
         check(&buf, base, nonce, &mut out);
         assert_eq!(out.bad_units, 0);
         assert_eq!(out.bytes_checked, buf.len() as u64);
@@ -330,12 +310,7 @@ mod tests {
         damaged[4 * UNIT_BYTES + 100] ^= 0x40; // corrupt
         damaged[unit(6)].fill(0xAB); // other
         let one = |i: usize| {
-            let mut out = VerifyOutcome {
-                bytes_checked: 0,
-                bad_units: 0,
-                first_bad: None,
-                last_bad: None,
-            };
+            let mut out = VerifyOutcome::default();
             let at = base + (i * UNIT_BYTES) as u64;
             check(&damaged[unit(i)], at, nonce, &mut out);
             out.first_bad.map(|(o, f)| {
@@ -361,12 +336,7 @@ mod tests {
         assert_eq!(one(4), Some(Found::Corrupt));
         assert_eq!(one(6), Some(Found::Other));
 
-        let mut out = VerifyOutcome {
-            bytes_checked: 0,
-            bad_units: 0,
-            first_bad: None,
-            last_bad: None,
-        };
+        let mut out = VerifyOutcome::default();
         check(&damaged, base, nonce, &mut out);
         assert_eq!(out.bad_units, 5);
         assert_eq!(

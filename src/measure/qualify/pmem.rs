@@ -29,7 +29,7 @@ use super::{
     histogram, size_text, CellPlan, CellResult, Check, Event, Latency, Options, Report, Verdict,
     LATENCY_NS_MAX,
 };
-use crate::device::{Device, DeviceSpec, Durability, Mode};
+use crate::device::{Device, Durability};
 use crate::measure::bench::Rw;
 use crate::units::human_bytes;
 
@@ -378,11 +378,7 @@ fn durability_check(device: &dyn Device, spec: &PatternSpec, how: &str, in_memor
     let name = "durability";
     let failed = |detail: String| Check::new(name, Verdict::Fail, json!(0), "bytes").detail(detail);
     let path = device.path();
-    let spec_text = path.display().to_string();
-    let reopened = DeviceSpec::parse(&spec_text)
-        .map_err(|e| e.to_string())
-        .and_then(|s| crate::device::open(&s, Mode::Read).map_err(|e| e.to_string()));
-    let again = match reopened {
+    let again = match super::reopen(device) {
         Ok(d) => d,
         Err(e) => return failed(format!("opening the device again: {e}")),
     };
@@ -396,7 +392,9 @@ fn durability_check(device: &dyn Device, spec: &PatternSpec, how: &str, in_memor
     }
     drop(again);
     // Past the page cache: O_DIRECT on the file or namespace behind it.
-    let target = crate::device::pmem::file_of(path).unwrap_or_else(|| path.to_path_buf());
+    let target = crate::device::backing(path)
+        .mapped_file()
+        .unwrap_or_else(|| path.to_path_buf());
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     let direct = match crate::device::open_maybe_direct(&options, &target) {

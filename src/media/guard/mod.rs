@@ -133,12 +133,14 @@ impl Inspection {
 /// Inspect the device `spec` names, reading only. A file device that does
 /// not exist yet or is empty has nothing to find.
 pub fn inspect(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
-    if device::nbd::is_nbd(&spec.path) {
-        return inspect_nbd(spec);
-    }
+    let backing = device::backing(&spec.path);
     // A pmem device is inspected as the file or block device behind it.
-    let pmem_file = device::pmem::file_of(&spec.path);
-    if let Some(file) = &pmem_file {
+    let pmem_file = match &backing {
+        device::Backing::Remote => return inspect_nbd(spec),
+        device::Backing::Mapped(file) => Some(file),
+        _ => None,
+    };
+    if let Some(file) = pmem_file {
         let ft = std::fs::metadata(file).map(|m| m.file_type());
         if ft.is_ok_and(|ft| ft.is_char_device()) {
             // Device DAX: nothing here reads it to inspect.
@@ -148,9 +150,9 @@ pub fn inspect(spec: &DeviceSpec) -> Result<Inspection, DeviceError> {
             });
         }
     }
-    let path = pmem_file.as_ref().unwrap_or(&spec.path);
+    let path = pmem_file.unwrap_or(&spec.path);
     let is_tape = pmem_file.is_none()
-        && (device::vtape::dir_of(path).is_some()
+        && (matches!(backing, device::Backing::TapeDirectory(_))
             || std::fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device()));
     if is_tape {
         return inspect_tape(spec);

@@ -10,7 +10,11 @@ impl<'d> Pipe<'d> {
     /// if one receive had returned them: into the stage, or straight into
     /// a read's buffer where `sqes` would have received them there.
     /// Returns the first protocol error.
-    pub fn feed(&mut self, mut bytes: &[u8], done: &mut Vec<(u64, i32)>) -> Result<(), String> {
+    pub fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        done: &mut Vec<(u64, i32)>,
+    ) -> Result<(), TransportError> {
         while let Some(h) = self.queue.pop_front() {
             self.reqs[h as usize].as_mut().expect("queued request").sent = true;
         }
@@ -51,13 +55,12 @@ impl<'d> Pipe<'d> {
                 }
             };
             if n == 0 {
-                return Err(
-                    self.fail("protocol error: the stage is full and nothing parses".into())
-                );
+                let why = "the stage is full and nothing parses".to_string();
+                return Err(self.fail(TransportError::Protocol(why)));
             }
             bytes = &bytes[n..];
             if let Err(e) = self.parse(done) {
-                return Err(self.fail(format!("protocol error: {e}")));
+                return Err(self.fail(TransportError::Protocol(e)));
             }
         }
         Ok(())

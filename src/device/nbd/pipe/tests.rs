@@ -160,7 +160,7 @@ fn run(structured: bool, lens: &[u32], cuts: &[usize], seed: u64) -> Result<(), 
             .unwrap_or(rest.len())
             .clamp(1, rest.len());
         pipe.feed(&rest[..n], &mut done)
-            .map_err(TestCaseError::fail)?;
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         rest = &rest[n..];
         i += 1;
     }
@@ -267,7 +267,7 @@ fn breaches_are_named() {
         let mut buf = vec![0u8; 4096];
         pipe.submit(0, proto::CMD_READ, buf.as_mut_ptr(), 4096, 0);
         let mut done = Vec::new();
-        let err = pipe.feed(&stream, &mut done).unwrap_err();
+        let err = pipe.feed(&stream, &mut done).unwrap_err().to_string();
         assert!(err.contains(want), "{err} (want {want})");
         assert!(!pipe.alive());
     }

@@ -235,12 +235,7 @@ pub fn pattern_check(
     buf: &mut AlignedBuf,
     written: bool,
 ) -> (Check, bool) {
-    let mut out = VerifyOutcome {
-        bytes_checked: 0,
-        bad_units: 0,
-        first_bad: None,
-        last_bad: None,
-    };
+    let mut out = VerifyOutcome::default();
     let mut expect = vec![0u8; buf.len()];
     let (mut bad_blocks, mut lengths_only) = (0u64, 0u64);
     let mut first_bad_block: Option<usize> = None;
@@ -411,9 +406,8 @@ fn step(
 pub(super) fn space_checks(
     device: &dyn Device,
     layout: &Layout,
-    buf: &mut AlignedBuf,
+    b: &mut [u8],
 ) -> Result<String, String> {
-    let b = buf.as_mut_slice();
     let from_bot: [Move; 4] = [
         (
             (TapeOp::ForwardFiles(1), "MTFSF 1 from BOT"),
@@ -472,9 +466,8 @@ pub(super) fn space_checks(
 pub(super) fn eod_checks(
     device: &dyn Device,
     layout: &Layout,
-    buf: &mut AlignedBuf,
+    b: &mut [u8],
 ) -> Result<String, String> {
-    let b = buf.as_mut_slice();
     op(device, TapeOp::Rewind, "MTREW")?;
     op(device, TapeOp::EndOfData, "MTEOM from BOT")?;
     let s = expect_at(device, "MTEOM", 3, None, layout.fm2() + 1)?;

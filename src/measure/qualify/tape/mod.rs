@@ -190,23 +190,20 @@ pub fn run(device: &dyn Device, options: &Options, report: &mut Report, on: &mut
         (None, Ok(read)) => Check::new("filemarks", Verdict::Pass, json!(3), "filemarks")
             .detail(format!("{}; {read}", marks_written.join(", "))),
     };
-    let space = if write_error.is_some() {
-        Check::new("space", Verdict::Fail, Value::Null, "").detail("the layout was not written")
-    } else {
-        match space_checks(device, &layout, &mut buf) {
-            Ok(d) => Check::new("space", Verdict::Pass, Value::Null, "").detail(d),
-            Err(e) => Check::new("space", Verdict::Fail, Value::Null, "").detail(e),
-        }
+    // A movement over the written layout, as the check `name`.
+    type Movement = fn(&dyn Device, &Layout, &mut [u8]) -> Result<String, String>;
+    let mut moved = |name: &'static str, movement: Movement| {
+        let (verdict, detail) = match &write_error {
+            Some(_) => (Verdict::Fail, "the layout was not written".to_string()),
+            None => match movement(device, &layout, buf.as_mut_slice()) {
+                Ok(d) => (Verdict::Pass, d),
+                Err(e) => (Verdict::Fail, e),
+            },
+        };
+        Check::new(name, verdict, Value::Null, "").detail(detail)
     };
-    let eod = if write_error.is_some() {
-        Check::new("end_of_data", Verdict::Fail, Value::Null, "")
-            .detail("the layout was not written")
-    } else {
-        match eod_checks(device, &layout, &mut buf) {
-            Ok(d) => Check::new("end_of_data", Verdict::Pass, Value::Null, "").detail(d),
-            Err(e) => Check::new("end_of_data", Verdict::Fail, Value::Null, "").detail(e),
-        }
-    };
+    let space = moved("space", space_checks);
+    let eod = moved("end_of_data", eod_checks);
     let rewind_last = rewind(device, "from the end of data").and_then(|d| {
         read_expect(
             device,
