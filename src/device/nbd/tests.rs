@@ -56,6 +56,19 @@ fn targets() {
     ] {
         assert!(parse_target(bad).is_err(), "{bad}");
     }
+    // The typed refusals read as the texts they replaced.
+    let text = |t: &str| parse_target(t).unwrap_err().to_string();
+    assert_eq!(
+        text("nbd://h:0/x"),
+        "'nbd://h:0/x': port '0' is not a number 1-65535"
+    );
+    assert_eq!(
+        text("nbd+unix:///e"),
+        "'nbd+unix:///e': nbd+unix:// needs ?socket=PATH"
+    );
+    assert_eq!(text("nbd://[::1/x"), "'nbd://[::1/x': unclosed '[' in host");
+    assert_eq!(text("nbd://[::1]x/e"), "'nbd://[::1]x/e': junk after ']'");
+    assert_eq!(text("nbd:///e"), "'nbd:///e': no host");
 }
 
 #[test]
