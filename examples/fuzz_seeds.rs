@@ -115,7 +115,7 @@ fn main() -> std::io::Result<()> {
         sequence: 6,
         stripe_id: 9,
         position: 3,
-        shard_bytes: 1 << 20,
+        shard_bytes: pbio::format::parity::shard_bytes_for(1 << 20),
         payload_crc: 0xabcd,
         members: vec![0, 1, 3, 2],
         data: vec![data(1, 1 << 20), data(2, 4096), data(3, 100)],

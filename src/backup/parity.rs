@@ -5,9 +5,10 @@
 //! Then the records that are durable on the devices that completed are
 //! grouped into stripes (`plan::stripe::over_written`: one record per data
 //! member, the parity on the members with the least data), the parity of
-//! each stripe is computed on worker threads (the payloads read again from
-//! the source and checked against the CRC the data record was written
-//! with, or, when the source changed, read back from the device), and each
+//! each stripe is computed on worker threads over the data records **as
+//! stored** (docs/FORMAT.md 5.1: each read back from its device, header
+//! block and stored payload, compressed and/or sealed as written, checked
+//! against what the ring made durable), and each
 //! device's parity records are written after its data by a writer thread
 //! of its own, in order, so each device streams its parity as it streamed
 //! its data. A failed device takes no part: the survivors' records are
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::device::{Access, Device, Kind};
-use crate::format::parity::{ParityHeader, StripeData};
+use crate::format::parity::{shard_bytes_for, ParityHeader, StripeData};
 use crate::format::{
     crc32c, round_up_block, CatalogParity, CatalogStripe, StripeRecord, HEADER_BYTES,
 };
@@ -27,7 +28,7 @@ use crate::media;
 use crate::parity::Codec;
 use crate::plan::stripe;
 
-use super::{BackupConfig, DeviceEnd, SetInput};
+use super::{BackupConfig, DeviceEnd};
 use crate::engine::ring::{RecordDone, RingOutcome};
 
 /// Whether a device of this kind can hold parity: it must be readable at
@@ -79,7 +80,6 @@ struct Encoded {
 /// Run the parity phase (see the module doc). `reserve_bytes` of each
 /// device stay free for its catalog.
 pub(super) fn write_parity(
-    input: &SetInput,
     devices: &[Box<dyn Device>],
     outcomes: &[RingOutcome],
     ends: &[DeviceEnd],
@@ -163,9 +163,7 @@ pub(super) fn write_parity(
                 .collect(),
         );
     }
-    let written = encode_and_write(
-        input, devices, config, &layout, &stripes, &sequences, &placed,
-    );
+    let written = encode_and_write(devices, config, &layout, &stripes, &sequences, &placed);
     for (si, (s, st)) in layout.iter().zip(stripes.iter_mut()).enumerate() {
         // Parity record j is shard k + j: only a prefix is listed (a
         // record after one that is not durable cannot be placed).
@@ -265,7 +263,6 @@ impl Batch {
 /// parity records on a thread of its own, in stripe order. Per stripe and
 /// parity index: the payload CRC of a record that is durable, else None.
 fn encode_and_write(
-    input: &SetInput,
     devices: &[Box<dyn Device>],
     config: &BackupConfig,
     layout: &[stripe::WrittenStripe],
@@ -289,7 +286,7 @@ fn encode_and_write(
             let (tx, rx) = crossbeam_channel::bounded::<Encoded>(QUEUE_PER_DEVICE);
             senders.push(tx);
             let (dev, result) = (dev.as_ref(), &result);
-            let pool_bytes = HEADER_BYTES + config.chunk_bytes as usize;
+            let pool_bytes = HEADER_BYTES + shard_bytes_for(config.chunk_bytes) as usize;
             scope.spawn(move || {
                 let mut batch = Batch::new(pool_bytes);
                 let mut failed = false;
@@ -344,19 +341,20 @@ fn encode_and_write(
             scope.spawn(move || {
                 let mut codecs: Vec<Option<Codec>> = Vec::new();
                 let mut shards: Vec<Vec<u8>> = Vec::new();
+                // Aligned for a device opened with O_DIRECT.
+                let mut read = BufferPool::new(1, shard_bytes_for(config.chunk_bytes) as usize);
                 loop {
                     let s = next_stripe.fetch_add(1, Ordering::Relaxed);
                     if s >= layout.len() {
                         break;
                     }
                     let encoded = encode_stripe(
-                        input,
                         devices,
                         config,
                         (&layout[s], &stripes[s], &sequences[s]),
                         placed,
                         s,
-                        (&mut codecs, &mut shards),
+                        (&mut codecs, &mut shards, &mut read),
                     );
                     let mut at = handed.lock().expect("parity turn");
                     while *at != s {
@@ -379,16 +377,14 @@ fn encode_and_write(
 }
 
 /// The parity records of stripe `s`, encoded (header and padded payload);
-/// none when a data payload cannot be read back with its CRC.
-#[allow(clippy::too_many_arguments)]
+/// none when a data record cannot be read back as it was written.
 fn encode_stripe(
-    input: &SetInput,
     devices: &[Box<dyn Device>],
     config: &BackupConfig,
     (layout, stripe, sequences): (&stripe::WrittenStripe, &CatalogStripe, &[u64]),
     placed: &[Vec<Option<(u64, u64)>>],
     s: usize,
-    (codecs, data): (&mut Vec<Option<Codec>>, &mut Vec<Vec<u8>>),
+    (codecs, data, read): (&mut Vec<Option<Codec>>, &mut Vec<Vec<u8>>, &mut BufferPool),
 ) -> Vec<Encoded> {
     let k = stripe.data.len();
     let m = layout.parity.len();
@@ -399,16 +395,14 @@ fn encode_stripe(
         data.resize_with(k, Vec::new);
     }
     for (r, buf) in stripe.data.iter().zip(data.iter_mut()) {
-        let len = r.payload_bytes as usize;
-        buf.resize(shard, 0);
-        if !payload(
-            input,
-            devices[r.device as usize].as_ref(),
-            r,
-            &mut buf[..len],
-        ) {
+        let dev = devices[r.device as usize].as_ref();
+        let Ok(len) =
+            media::shard::read_data_shard(dev, config.set_id, r, &mut read.slot_mut(0)[..shard])
+        else {
             return Vec::new();
-        }
+        };
+        buf.resize(shard, 0);
+        buf[..len].copy_from_slice(&read.slot(0)[..len]);
         buf[len..].fill(0);
     }
     let data = &data[..k];
@@ -472,29 +466,4 @@ fn encode_stripe(
             })
         })
         .collect()
-}
-
-/// The payload of a data record: read again from its source (checked
-/// against the CRC it was written with), else read back from the device.
-fn payload(input: &SetInput, dev: &dyn Device, r: &StripeRecord, out: &mut [u8]) -> bool {
-    use std::os::unix::fs::FileExt;
-    let len = r.payload_bytes as usize;
-    if let Some(entry) = input.entries.get(r.file_id as usize) {
-        if let Ok(file) = std::fs::File::open(entry.source()) {
-            if file.read_exact_at(out, r.file_offset).is_ok() && crc32c(out) == r.payload_crc {
-                return true;
-            }
-        }
-    }
-    let media_bytes = HEADER_BYTES + round_up_block(len as u64) as usize;
-    let mut pool = BufferPool::new(1, media_bytes);
-    let buf = pool.slot_mut(0);
-    match media::read_at(dev, buf, r.position) {
-        Ok(n) if n == media_bytes => {
-            let bytes = &buf[HEADER_BYTES..HEADER_BYTES + len];
-            out.copy_from_slice(bytes);
-            crc32c(bytes) == r.payload_crc
-        }
-        _ => false,
-    }
 }

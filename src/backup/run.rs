@@ -85,7 +85,7 @@ pub fn run_backup(
     let sources = source_findings(input, &dispatcher);
     let ends: Vec<DeviceEnd> = outcomes.iter().map(|o| device_end(&o.end)).collect();
     let parity_started = Instant::now();
-    let parity = super::parity::write_parity(input, devices, &outcomes, &ends, config);
+    let parity = super::parity::write_parity(devices, &outcomes, &ends, config);
     let summary = ParitySummary {
         m: config.parity,
         stripes: parity.section.as_ref().map_or(0, |p| p.stripes.len()),

@@ -296,16 +296,8 @@ pub fn run(args: BackupArgs) -> CliResult {
         overwrite: args.overwrite.clone(),
     };
     // Cheap checks first: the key, paths, then what is on the devices, then the walk.
-    if args.parity > 0 && args.compress.is_some() {
-        // Parity stripes are computed over payloads as the source holds
-        // them, checked against the CRC of the stored bytes: not yet both.
-        return Err(Failure::Usage(
-            "--parity and --compress cannot be used together yet".to_string(),
-        ));
-    }
     super::key::check_encrypt(
         args.encrypt,
-        args.parity,
         args.key.is_some() || args.passphrase_file.is_some(),
     )?;
     let mac_key = super::key::load_optional(args.key.as_deref())?;

@@ -232,15 +232,8 @@ pub fn load_optional(path: Option<&Path>) -> Result<Option<MacKey>, Failure> {
     path.map(load).transpose()
 }
 
-/// `backup --encrypt`'s option rules: a key file or a passphrase, and not
-/// with `--parity` yet (parity is computed over payloads as the source
-/// holds them, not over sealed bytes).
-pub(super) fn check_encrypt(encrypt: bool, parity: u8, has_key: bool) -> Result<(), Failure> {
-    if encrypt && parity > 0 {
-        return Err(Failure::Usage(
-            "--parity and --encrypt cannot be used together yet".to_string(),
-        ));
-    }
+/// `backup --encrypt`'s option rule: a key file or a passphrase.
+pub(super) fn check_encrypt(encrypt: bool, has_key: bool) -> Result<(), Failure> {
     if encrypt && !has_key {
         return Err(Failure::Usage(
             "--encrypt needs --key-file FILE (make one with `pbio key new FILE`) or --passphrase-file FILE".to_string(),

@@ -30,9 +30,12 @@ pub struct ScrubArgs {
     /// With --replace: write NEW even if it holds data (a pbio set, a filesystem).
     #[arg(long, requires = "replace")]
     pub force: bool,
-    /// The key the set was written with (`backup --key`): MACs are checked, and a repair seals the new label with it.
-    #[arg(long, value_name = "FILE")]
+    /// The key the set was written with (`backup --key`, or `--encrypt --key-file`): MACs are checked, an encrypted set is opened, and a repair seals the new label with it.
+    #[arg(long, visible_alias = "key-file", value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// The passphrase of a set written with `backup --encrypt --passphrase-file`: the file's contents (one trailing newline dropped).
+    #[arg(long = "passphrase-file", value_name = "FILE", conflicts_with = "key")]
+    pub passphrase_file: Option<PathBuf>,
     /// Machine-readable report: one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -40,6 +43,7 @@ pub struct ScrubArgs {
 
 pub fn run(args: ScrubArgs) -> CliResult {
     let key = super::key::load_optional(args.key.as_deref())?;
+    super::key::load_passphrase(args.passphrase_file.as_deref())?;
     let set = restore::open_set(&args.devs, key.as_ref()).map_err(|error| Failure::Restore {
         doing: "scrub: ",
         error,
@@ -56,7 +60,9 @@ pub fn run(args: ScrubArgs) -> CliResult {
             set.catalog.set_id
         )));
     }
-    if set.keyed && key.is_none() && args.repair {
+    // An encrypted set's MACs are keyed by its data key, opened above.
+    let sealed = set.devices.iter().any(|(_, l)| l.seal.is_sealed());
+    if set.keyed && key.is_none() && !sealed && args.repair {
         return Err(Failure::Usage(
             "the set is authenticated: give --key to repair it (the new records and label are sealed with it)".into(),
         ));

@@ -17,10 +17,15 @@
 //!   its device, file id, file offset, payload bytes and payload CRC.
 //!
 //! The payload is the parity shard, `shard_bytes` long: the code runs over
-//! the data payloads each padded with zeros to `shard_bytes`.
+//! the data records **as stored** (amendment seven): each data shard is
+//! the record as it lies on its device, header block with its magic
+//! zeroed and the stored payload (compressed and/or sealed) with its
+//! padding, padded with zeros to `shard_bytes` (`shard_bytes_for`).
 
 use super::block::{self, get, get_u32, get_u64, put, put_u32, put_u64, Block};
-use super::{crc32c, FormatError, SetId, PAYLOAD_BYTES_MAX, RECORD_MAGIC};
+use super::{
+    crc32c, round_up_block, FormatError, SetId, HEADER_BYTES, PAYLOAD_BYTES_MAX, RECORD_MAGIC,
+};
 
 /// `kind` of a parity record (docs/FORMAT.md section 5 lists 1..3).
 pub const PARITY_KIND: u32 = 4;
@@ -57,6 +62,86 @@ pub mod layout {
     pub const CRC: usize = super::block::CRC;
 }
 
+/// The shard length of a stripe whose largest data record holds
+/// `payload_bytes` (before compression): its header block and that payload
+/// padded to a block, the most a data record of the stripe takes on media
+/// (a stored payload is never longer than its payload).
+/// Saturates at `u32::MAX` (a length no rule accepts) for an absurd input.
+pub const fn shard_bytes_for(payload_bytes: u32) -> u32 {
+    let bytes = HEADER_BYTES as u64 + round_up_block(payload_bytes as u64);
+    if bytes > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        bytes as u32
+    }
+}
+
+/// A data record as read from its device (header block, stored payload,
+/// padding) made its shard in place: the magic zeroed, so that no parity
+/// payload (at `k = 1` a copy of its data shard) holds a record header a
+/// scan could take for a real one.
+pub fn record_to_shard(record: &mut [u8]) {
+    record[..RECORD_MAGIC.len()].fill(0);
+}
+
+/// The inverse of `record_to_shard`: a rebuilt data shard made the
+/// record bytes it was (to be checked like any record read).
+pub fn shard_to_record(shard: &mut [u8]) {
+    shard[..RECORD_MAGIC.len()].copy_from_slice(&RECORD_MAGIC);
+}
+
+/// Check a data shard (a data record as read from its device and made a
+/// shard, or rebuilt from parity) against the stripe entry `r` of the
+/// set `set_id`, as a record read from a device is checked (docs/FORMAT.md
+/// section 5): its header (magic put back) decodes and is a Data record of
+/// this set on device `r.device` holding `r`'s file, offset and length with
+/// `r`'s CRC; the stored bytes it announces fit in `shard` and have that
+/// CRC; the padding after them is zero. Its header and the record's length
+/// on media (the first bytes of `shard`), or why it cannot be used.
+pub fn check_data_shard(
+    shard: &[u8],
+    set_id: SetId,
+    r: &super::StripeRecord,
+) -> Result<(super::RecordHeader, usize), String> {
+    let mut head = [0u8; HEADER_BYTES];
+    head.copy_from_slice(
+        shard
+            .get(..HEADER_BYTES)
+            .ok_or("data record shorter than its header")?,
+    );
+    shard_to_record(&mut head);
+    let h = super::RecordHeader::decode(&head).map_err(|e| format!("data record header: {e}"))?;
+    if h.kind != super::RecordKind::Data
+        || h.set_id != set_id
+        || h.device_index != r.device
+        || h.file_id != r.file_id
+        || h.file_offset != r.file_offset
+        || h.payload_bytes != r.payload_bytes
+        || h.payload_crc != r.payload_crc
+    {
+        return Err("data record is not the one the catalog lists in its stripe".into());
+    }
+    let media = h.media_bytes() as usize;
+    let stored = HEADER_BYTES + h.stored_len() as usize;
+    if media > shard.len() {
+        return Err(format!(
+            "data record of {media} bytes on media is longer than its stripe's shard ({} bytes)",
+            shard.len()
+        ));
+    }
+    let crc = crc32c(&shard[HEADER_BYTES..stored]);
+    if crc != r.payload_crc {
+        return Err(format!(
+            "payload checksum mismatch (stored {:#010x}, computed {crc:#010x}): not used to rebuild",
+            r.payload_crc
+        ));
+    }
+    if shard[stored..media].iter().any(|&b| b != 0) {
+        return Err("the padding after the payload is not zero".into());
+    }
+    Ok((h, media))
+}
+
 /// Whether a stripe of `k` data and `m` parity members fits in one header.
 pub const fn shape_fits(k: usize, m: usize) -> bool {
     k >= 1
@@ -90,7 +175,7 @@ pub struct ParityHeader {
     /// This record's position in the stripe, `k..k + M`.
     pub position: u8,
     /// Length of every shard of the stripe and of this record's payload:
-    /// the largest data payload of the stripe.
+    /// `shard_bytes_for` the largest data payload of the stripe.
     pub shard_bytes: u32,
     /// CRC32C of this record's payload (the parity shard).
     pub payload_crc: u32,
@@ -134,12 +219,14 @@ impl ParityHeader {
         if self.members[position] != self.device_index {
             return field("parity.device_index", self.device_index.into());
         }
-        if self.shard_bytes == 0 || self.shard_bytes > PAYLOAD_BYTES_MAX {
+        if self.shard_bytes < HEADER_BYTES as u32
+            || self.shard_bytes > shard_bytes_for(PAYLOAD_BYTES_MAX)
+        {
             return field("parity.shard_bytes", self.shard_bytes.into());
         }
         let mut largest = 0;
         for e in &self.data {
-            if e.payload_bytes > self.shard_bytes {
+            if shard_bytes_for(e.payload_bytes) > self.shard_bytes {
                 return field("parity.data.payload_bytes", e.payload_bytes.into());
             }
             if e.payload_bytes == 0 && e.payload_crc != 0 {
@@ -150,7 +237,7 @@ impl ParityHeader {
             }
             largest = largest.max(e.payload_bytes);
         }
-        if largest != self.shard_bytes {
+        if shard_bytes_for(largest) != self.shard_bytes {
             return field("parity.shard_bytes", self.shard_bytes.into());
         }
         Ok(())
@@ -273,7 +360,7 @@ mod tests {
             sequence: 41,
             stripe_id: 40,
             position: 4,
-            shard_bytes: 1 << 20,
+            shard_bytes: 4096 + (1 << 20),
             payload_crc: 0xdead_beef,
             members: vec![0, 1, 2, 4, 3],
             data: vec![
@@ -351,6 +438,13 @@ mod tests {
         bad(&|h| h.device_index = 2, "parity.device_index");
         bad(&|h| h.device_index = 9, "parity.device_index");
         bad(&|h| h.shard_bytes = 2 << 20, "parity.shard_bytes");
+        // The shard holds a whole data record, header block included.
+        bad(&|h| h.shard_bytes = 1 << 20, "parity.data.payload_bytes");
+        bad(&|h| h.shard_bytes = 4096, "parity.data.payload_bytes");
+        bad(
+            &|h| h.shard_bytes = 4096 + (1 << 20) + 1,
+            "parity.shard_bytes",
+        );
         bad(
             &|h| h.data[1].payload_bytes = 2 << 20,
             "parity.data.payload_bytes",
@@ -362,6 +456,73 @@ mod tests {
         );
         bad(&|h| h.members.truncate(4), "parity.k");
         bad(&|h| h.data.clear(), "parity.k");
+    }
+
+    /// A data record (compressed: 5000 stored bytes of a 9000-byte
+    /// payload) made a shard, padded to its stripe's shard length.
+    fn data_shard() -> (Vec<u8>, crate::format::StripeRecord) {
+        use crate::format::{Codec, RecordHeader, RecordKind, StripeRecord, Transform};
+        let stored: Vec<u8> = (0..5000u32).map(|i| (i * 7 + 3) as u8).collect();
+        let r = StripeRecord {
+            device: 2,
+            position: 1 << 20,
+            file_id: 4,
+            file_offset: 8192,
+            payload_bytes: 9000,
+            payload_crc: crc32c(&stored),
+        };
+        let h = RecordHeader {
+            kind: RecordKind::Data,
+            set_id: SetId([7; 16]),
+            device_index: 2,
+            sequence: 3,
+            file_id: 4,
+            segment_id: 0,
+            file_offset: 8192,
+            payload_bytes: 9000,
+            file_size: 1 << 20,
+            payload_crc: r.payload_crc,
+            transform: Transform {
+                codec: Codec::Zstd,
+                stored_bytes: 5000,
+                ..Transform::RAW
+            },
+        };
+        let mut shard = vec![0u8; shard_bytes_for(9000) as usize];
+        h.encode_into(&mut shard[..HEADER_BYTES]);
+        shard[HEADER_BYTES..HEADER_BYTES + 5000].copy_from_slice(&stored);
+        record_to_shard(&mut shard);
+        (shard, r)
+    }
+
+    #[test]
+    fn data_shards_are_checked_like_records_read() {
+        let (shard, r) = data_shard();
+        assert_eq!(&shard[..8], &[0; 8], "the magic is zeroed in a shard");
+        let (h, media) = check_data_shard(&shard, SetId([7; 16]), &r).unwrap();
+        assert_eq!((h.stored_len(), media), (5000, 4096 + 8192));
+        // Another set, another file, a stored byte, the padding, a shard
+        // too short for the record: each refused.
+        assert!(check_data_shard(&shard, SetId([8; 16]), &r).is_err());
+        let other = crate::format::StripeRecord {
+            file_offset: 0,
+            ..r
+        };
+        assert!(check_data_shard(&shard, SetId([7; 16]), &other).is_err());
+        for at in [HEADER_BYTES + 17, HEADER_BYTES + 5000, 200] {
+            let mut bad = shard.clone();
+            bad[at] ^= 1;
+            let got = check_data_shard(&bad, SetId([7; 16]), &r);
+            assert!(got.is_err(), "byte {at} changed: {got:?}");
+        }
+        assert!(check_data_shard(&shard[..4096 + 4096], SetId([7; 16]), &r).is_err());
+        // Back to the record: the magic restored.
+        let mut record = shard.clone();
+        shard_to_record(&mut record);
+        assert_eq!(&record[..8], b"PBIORECD");
+        assert_eq!(shard_bytes_for(u32::MAX), u32::MAX);
+        assert_eq!(shard_bytes_for(0), 4096);
+        assert_eq!(shard_bytes_for(1), 8192);
     }
 
     #[test]
@@ -446,7 +607,7 @@ mod tests {
                     sequence: seed >> 3,
                     stripe_id,
                     position,
-                    shard_bytes: shard,
+                    shard_bytes: shard_bytes_for(shard),
                     payload_crc: seed as u32,
                     members,
                     data,

@@ -7,6 +7,7 @@
 //!   from an aligned buffer; `tape`: the same on a sequential device;
 //! - `stream`: a device's records in media order (restore, verify, scan);
 //! - `scan`: the record scanner (`pbio scan`, `restore --scan`'s set);
+//! - `shard`: a data record of a parity stripe read as its shard;
 //! - `guard`: what is on a device before backup writes to it.
 //!
 //! On a sequential device (tape) the same structures are tape blocks: the
@@ -20,6 +21,7 @@ pub mod guard;
 mod label;
 pub mod scan;
 pub mod sets;
+pub mod shard;
 pub mod stream;
 mod tape;
 

@@ -64,7 +64,10 @@ pub(crate) fn parity_at(
         return None;
     }
     let pool = pool.get_or_insert_with(|| {
-        BufferPool::new(1, HEADER_BYTES + PAYLOAD_BYTES_MAX.min(16 << 20) as usize)
+        // A parity record of the largest chunk read: its shard holds a
+        // whole data record (header block included, docs/FORMAT.md 5.1).
+        let shard = crate::format::parity::shard_bytes_for(PAYLOAD_BYTES_MAX.min(16 << 20));
+        BufferPool::new(1, HEADER_BYTES + shard as usize)
     });
     let buf = pool.slot_mut(0);
     let got = super::read_at(dev, &mut buf[..HEADER_BYTES], position).ok()?;

@@ -22,10 +22,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::device::Device;
-use crate::format::parity::ParityHeader;
+use crate::format::parity::{check_data_shard, shard_to_record, ParityHeader};
 use crate::format::{
-    crc32c, payload_hash, round_up_block, CatalogStripe, Label, RecordHeader, RecordKind,
-    StripeRecord, HEADER_BYTES,
+    crc32c, payload_hash, CatalogStripe, Label, SetId, StripeRecord, HEADER_BYTES,
 };
 use crate::io::buffers::BufferPool;
 use crate::media;
@@ -35,6 +34,7 @@ use crate::units::shown_name;
 use super::problem::Problem;
 use super::read::{Destination, DeviceRead, Reader};
 use super::select::{uncovered, NO_TARGET};
+use super::transform::Inflate;
 use super::{OpenSet, RestoreError};
 
 /// Missing byte ranges of one file: (offset, length, device index).
@@ -207,14 +207,15 @@ pub(super) fn run(
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 4);
-    let chunk = set.catalog.chunk_bytes as usize;
+    let chunk = set.catalog.chunk_bytes;
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let (next, out, failed, rebuilt, devices) = (&next, &out, &failed, &rebuilt, &devices);
             scope.spawn(move || {
-                let mut pool = BufferPool::new(1, HEADER_BYTES + chunk);
+                let mut pool = member_pool(chunk);
                 let mut files: HashMap<u32, File> = HashMap::new();
                 let mut codecs: HashMap<(usize, usize), Codec> = HashMap::new();
+                let mut inflate = Inflate::default();
                 loop {
                     let j = next.fetch_add(1, Ordering::Relaxed);
                     let Some((stripe, lost)) = plan.jobs.get(j) else {
@@ -226,11 +227,12 @@ pub(super) fn run(
                     let mut damaged = Vec::new();
                     let m = parity.m as usize;
                     let got = rebuild_stripe(
-                        (st, m),
+                        (st, m, set.catalog.set_id),
                         lost,
                         devices,
                         &mut pool,
                         &mut codecs,
+                        &mut inflate,
                         (&mut errors, &mut damaged),
                     );
                     // A damaged member on a given device not rebuilt:
@@ -256,10 +258,8 @@ pub(super) fn run(
                         });
                     }
                     let mut extents = Vec::new();
-                    for (pos, payload) in got {
+                    for (pos, payload, media_bytes) in got {
                         let r = st.data[pos];
-                        let media_bytes =
-                            HEADER_BYTES as u64 + round_up_block(r.payload_bytes.into());
                         extents.push((r.device, r.position, r.position + media_bytes));
                         local.push((r, payload));
                     }
@@ -344,17 +344,20 @@ fn write(
         })
 }
 
-/// The stripe's lost data records rebuilt: (data position, payload),
-/// each proven by the CRC the catalog holds for it. Nothing when fewer
-/// than `k` of the stripe's records on the given devices check.
+/// The stripe's lost data records rebuilt: (data position, payload,
+/// record's length on media), each record checked against the catalog
+/// and its payload opened and decompressed like a record read. Nothing
+/// when fewer than `k` of the stripe's records on the given devices check.
+#[allow(clippy::too_many_arguments)]
 fn rebuild_stripe(
-    (st, m): (&CatalogStripe, usize),
+    (st, m, set_id): (&CatalogStripe, usize, SetId),
     lost: &[usize],
     devices: &HashMap<u32, (&dyn Device, &Label)>,
     pool: &mut BufferPool,
     codecs: &mut HashMap<(usize, usize), Codec>,
+    inflate: &mut Inflate,
     (errors, damaged): (&mut Vec<Problem>, &mut Vec<String>),
-) -> Vec<(usize, Vec<u8>)> {
+) -> Vec<(usize, Vec<u8>, u64)> {
     // The code is the set's k + M even when fewer parity records were
     // written (they are a prefix: parity record j is shard k + j).
     let k = st.data.len();
@@ -413,19 +416,53 @@ fn rebuild_stripe(
             return Vec::new();
         }
     }
-    lost.iter()
-        .filter_map(|&pos| {
-            let r = &st.data[pos];
-            let bytes = &shards[pos][..r.payload_bytes as usize];
-            // The rebuilt bytes must be the ones written.
-            (crc32c(bytes) == r.payload_crc).then(|| (pos, bytes.to_vec()))
-        })
-        .collect()
+    // Each rebuilt record goes through what a record read from its device
+    // goes through: header and stored bytes against the catalog, then
+    // opened (AEAD) and decompressed into exactly its payload.
+    let mut out = Vec::new();
+    for &pos in lost {
+        let r = &st.data[pos];
+        let shard = &mut shards[pos];
+        let why = match check_data_shard(shard, set_id, r) {
+            Ok((h, media)) => {
+                shard_to_record(shard);
+                let stored = &shard[HEADER_BYTES..HEADER_BYTES + h.stored_len() as usize];
+                match inflate.payload(&h, stored) {
+                    Ok(payload) => {
+                        out.push((pos, payload.to_vec(), media as u64));
+                        continue;
+                    }
+                    Err(e) => format!("the rebuilt record does not open: {e}"),
+                }
+            }
+            Err(why) => format!("the rebuilt record does not check: {why}"),
+        };
+        if let Some(&(dev, _)) = devices.get(&r.device) {
+            damaged.push(format!(
+                "device {}: offset {}: {why}",
+                dev.path().display(),
+                r.position
+            ));
+        }
+    }
+    out
+}
+
+/// The pool a stripe reader needs for the largest member of a set with
+/// `chunk_bytes`: a parity record (header and a shard of a whole data
+/// record).
+pub(super) fn member_pool(chunk_bytes: u32) -> BufferPool {
+    BufferPool::new(
+        1,
+        HEADER_BYTES + crate::format::parity::shard_bytes_for(chunk_bytes) as usize,
+    )
 }
 
 /// Read member `i` of a stripe (data `0..k`, parity after) and check it
 /// against the catalog: header, kind, set, device, what it holds, CRC.
-/// The payload (at most the shard length), or why it cannot be used.
+/// Its shard (a data record as stored with its magic zeroed,
+/// `media::shard`, or a parity record's payload; at most the shard
+/// length), or why it cannot be used.
 pub(super) fn read_member<'p>(
     dev: &dyn Device,
     label: &Label,
@@ -434,52 +471,42 @@ pub(super) fn read_member<'p>(
     r: &StripeRecord,
     pool: &'p mut BufferPool,
 ) -> Result<&'p [u8], String> {
-    let len = r.payload_bytes as usize;
-    let media_bytes = HEADER_BYTES + round_up_block(len as u64) as usize;
+    let shard = st.shard_bytes() as usize;
     // The catalog's rules keep a record within the chunk; checked again.
-    if media_bytes > pool.slot_bytes() {
+    if HEADER_BYTES + shard > pool.slot_bytes() {
         return Err(format!(
-            "a record of {len} bytes is larger than the set's chunk"
+            "a stripe's shard of {shard} bytes is larger than the set's chunk"
         ));
     }
+    if i < st.data.len() {
+        let buf = &mut pool.slot_mut(0)[..shard];
+        let len = media::shard::read_data_shard(dev, label.set_id, r, buf)?;
+        return Ok(&pool.slot(0)[..len]);
+    }
+    let media_bytes = HEADER_BYTES + shard;
     let buf = &mut pool.slot_mut(0)[..media_bytes];
     match media::read_at(dev, buf, r.position) {
         Ok(n) if n == media_bytes => {}
         Ok(n) => return Err(format!("short read ({n} of {media_bytes} bytes)")),
         Err(e) => return Err(e.to_string()),
     }
-    let (head, rest) = buf.split_at(HEADER_BYTES);
-    let payload = &rest[..len];
-    if i < st.data.len() {
-        let h = RecordHeader::decode(head).map_err(|e| format!("data record header: {e}"))?;
-        if h.kind != RecordKind::Data
-            || h.set_id != label.set_id
-            || h.device_index != label.device_index
-            || h.file_id != r.file_id
-            || h.file_offset != r.file_offset
-            || h.payload_bytes != r.payload_bytes
-            || h.payload_crc != r.payload_crc
-        {
-            return Err("data record is not the one the catalog lists in its stripe".into());
-        }
-    } else {
-        let h = ParityHeader::decode(head).map_err(|e| format!("parity record header: {e}"))?;
-        let same_data = h.data.len() == st.data.len()
-            && h.data.iter().zip(&st.data).all(|(a, b)| {
-                a.file_id == b.file_id
-                    && a.file_offset == b.file_offset
-                    && a.payload_bytes == b.payload_bytes
-                    && a.payload_crc == b.payload_crc
-            });
-        if h.set_id != label.set_id
-            || h.device_index != label.device_index
-            || h.shard_bytes != r.payload_bytes
-            || h.payload_crc != r.payload_crc
-            || usize::from(h.position) != i
-            || !same_data
-        {
-            return Err("parity record is not the one the catalog lists in its stripe".into());
-        }
+    let (head, payload) = buf.split_at(HEADER_BYTES);
+    let h = ParityHeader::decode(head).map_err(|e| format!("parity record header: {e}"))?;
+    let same_data = h.data.len() == st.data.len()
+        && h.data.iter().zip(&st.data).all(|(a, b)| {
+            a.file_id == b.file_id
+                && a.file_offset == b.file_offset
+                && a.payload_bytes == b.payload_bytes
+                && a.payload_crc == b.payload_crc
+        });
+    if h.set_id != label.set_id
+        || h.device_index != label.device_index
+        || h.shard_bytes != r.payload_bytes
+        || h.payload_crc != r.payload_crc
+        || usize::from(h.position) != i
+        || !same_data
+    {
+        return Err("parity record is not the one the catalog lists in its stripe".into());
     }
     let crc = crc32c(payload);
     if crc != r.payload_crc {
@@ -488,7 +515,7 @@ pub(super) fn read_member<'p>(
             r.payload_crc
         ));
     }
-    Ok(payload)
+    Ok(&pool.slot(0)[HEADER_BYTES..media_bytes])
 }
 
 /// `run` for every set read: the planned stripes (members on absent

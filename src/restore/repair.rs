@@ -14,11 +14,13 @@
 //!   check, a parity record that does not match its data) are rewritten in
 //!   place, at their own offset.
 //!
-//! A data record's header is made from the catalog (file, offset, length,
-//! CRC, the file's info for `scan`); its `sequence` is its place among
-//! the device's records in media order, as the writer numbered it, and its
-//! `segment_id` (informational, docs/FORMAT.md section 5) the catalog's
-//! segment index.
+//! A data record is rebuilt whole, header block included (parity is over
+//! the records as stored, docs/FORMAT.md 5.1): the same bytes the writer
+//! wrote, compressed or sealed as they were. A parity record's header is
+//! made as the writer made it (its `sequence` the record's place among the
+//! device's records in media order). An encrypted set's catalog is sealed
+//! again with its data key for the replacement (the same bytes as on the
+//! other devices), and the new labels' MACs keyed as the set's are.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -26,8 +28,7 @@ use std::sync::Mutex;
 use crate::device::Device;
 use crate::format::parity::{ParityHeader, StripeData};
 use crate::format::{
-    crc32c, round_up_block, CatalogStripe, DeviceState, FileInfo, Label, LabelState, MacKey,
-    RecordHeader, RecordKind, Transform, HEADER_BYTES,
+    crc32c, round_up_block, CatalogStripe, DeviceState, Label, LabelState, MacKey, HEADER_BYTES,
 };
 use crate::io::buffers::BufferPool;
 use crate::media::{self, MediaError};
@@ -130,8 +131,6 @@ pub fn repair(
         writable,
         bad,
         sequences,
-        files: files(&parity.stripes),
-        segments: segments(set),
         out: Mutex::new(RepairReport {
             replaced: replace
                 .as_ref()
@@ -161,7 +160,7 @@ pub fn repair(
         }
         let failed_write = out.errors.iter().any(|e| e.contains(&p.device_name));
         if !lost_on_old && !failed_write {
-            finish(r.device, &p, catalog.chunk_bytes, key)?;
+            finish(r.device, &p, catalog.chunk_bytes)?;
             out.replacement_complete = true;
         }
     }
@@ -173,9 +172,12 @@ pub fn repair(
 struct Prepared {
     device_name: String,
     label: Label,
+    /// The catalog as written on media (sealed for an encrypted set).
     encoded: Vec<u8>,
     catalog_at: u64,
     sequence: u64,
+    /// The key of the set's label MACs.
+    key: Option<MacKey>,
 }
 
 fn prepare(
@@ -211,7 +213,18 @@ fn prepare(
         .map(|(_, l)| l)
         .find(|l| l.state == LabelState::Complete)
         .ok_or(RepairError::NoLabel)?;
-    let encoded = catalog.encode();
+    // The catalog as the labels hash it: an encrypted set's sealed again
+    // with its data key under the run id of the label copied (sealing is
+    // deterministic: the same pages, nonces and key give the same bytes),
+    // and its labels' MACs keyed by that data key (docs/FORMAT.md 5.2).
+    let mut encoded = catalog.encode();
+    let mut key = key.copied();
+    if template.seal.is_sealed() {
+        let data_key = crate::format::seal::keyring::open(catalog.set_id, &template.seal)
+            .map_err(|_| RepairError::CatalogImage)?;
+        encoded = data_key.seal_catalog(template.seal.run_id, &encoded);
+        key = Some(data_key.mac_key());
+    }
     if *blake3::hash(&encoded).as_bytes() != template.catalog_digest {
         return Err(RepairError::CatalogImage);
     }
@@ -242,7 +255,7 @@ fn prepare(
     }
     let label = template
         .writing(r.index, r.device.block_bytes())
-        .sealed(key);
+        .sealed(key.as_ref());
     media::write_label(r.device, &label)?;
     Ok(Prepared {
         device_name,
@@ -253,16 +266,12 @@ fn prepare(
         encoded,
         catalog_at,
         sequence: records,
+        key,
     })
 }
 
 /// The replacement's catalog after its records, sync, Complete label, sync.
-fn finish(
-    dev: &dyn Device,
-    p: &Prepared,
-    chunk_bytes: u32,
-    key: Option<&MacKey>,
-) -> Result<(), RepairError> {
+fn finish(dev: &dyn Device, p: &Prepared, chunk_bytes: u32) -> Result<(), RepairError> {
     let sync = |dev: &dyn Device| dev.sync().map_err(|error| sync_error(dev, error));
     media::write_catalog(
         dev,
@@ -282,7 +291,7 @@ fn finish(
         mac: [0; 32],
         ..p.label
     }
-    .sealed(key);
+    .sealed(p.key.as_ref());
     media::write_label(dev, &label)?;
     sync(dev)?;
     Ok(())
@@ -307,33 +316,6 @@ fn sequences(stripes: &[CatalogStripe]) -> HashMap<(u32, u64), u64> {
     out
 }
 
-/// Per file: (payload bytes of all its records, offset of its first record).
-fn files(stripes: &[CatalogStripe]) -> HashMap<u32, (u64, u64)> {
-    let mut out: HashMap<u32, (u64, u64)> = HashMap::new();
-    for r in stripes.iter().flat_map(|s| &s.data) {
-        let e = out.entry(r.file_id).or_insert((0, u64::MAX));
-        e.0 += u64::from(r.payload_bytes);
-        e.1 = e.1.min(r.file_offset);
-    }
-    out
-}
-
-/// Per (device, file): its segments (start, end, segment index).
-type Segments = HashMap<(u32, u32), Vec<(u64, u64, u32)>>;
-
-/// The set's `Segments`.
-fn segments(set: &OpenSet) -> Segments {
-    let mut out: Segments = HashMap::new();
-    for (i, s) in set.catalog.segments.iter().enumerate() {
-        out.entry((s.device, s.file_id)).or_default().push((
-            s.offset,
-            s.offset + s.length,
-            i as u32,
-        ));
-    }
-    out
-}
-
 struct Writer<'a> {
     set: &'a OpenSet,
     m: usize,
@@ -342,8 +324,6 @@ struct Writer<'a> {
     /// (device, offset) of the bad records on writable devices.
     bad: HashSet<(u32, u64)>,
     sequences: HashMap<(u32, u64), u64>,
-    files: HashMap<u32, (u64, u64)>,
-    segments: Segments,
     out: Mutex<RepairReport>,
 }
 
@@ -362,92 +342,58 @@ impl Writer<'_> {
         None
     }
 
-    /// The record (header and padded payload) of member `i` of stripe `s`
-    /// encoded into `buf`; its length.
+    /// The record of member `i` of stripe `s` encoded into `buf`: a data
+    /// record is `bytes` (the record as stored, header block included, as
+    /// checked or rebuilt); a parity record is its header, made as the
+    /// writer made it, then its shard `bytes` padded. Its length.
     fn encode(
         &self,
         s: usize,
         st: &CatalogStripe,
         i: usize,
-        payload: &[u8],
+        bytes: &[u8],
         buf: &mut [u8],
     ) -> usize {
-        let catalog = &self.set.catalog;
         let k = st.data.len();
-        let padded = round_up_block(payload.len() as u64) as usize;
+        if i < k {
+            buf[..bytes.len()].copy_from_slice(bytes);
+            return bytes.len();
+        }
+        let catalog = &self.set.catalog;
+        let padded = round_up_block(bytes.len() as u64) as usize;
         let (head, body) = buf.split_at_mut(HEADER_BYTES);
-        body[..payload.len()].copy_from_slice(payload);
-        body[payload.len()..padded].fill(0);
+        body[..bytes.len()].copy_from_slice(bytes);
+        body[bytes.len()..padded].fill(0);
         let seq = |device: u32, position: u64| {
             self.sequences
                 .get(&(device, position))
                 .copied()
                 .unwrap_or(0)
         };
-        if i < k {
-            let r = &st.data[i];
-            let file = &catalog.files[r.file_id as usize];
-            let segment_id = self
-                .segments
-                .get(&(r.device, r.file_id))
-                .and_then(|l| {
-                    l.iter()
-                        .find(|(a, b, _)| *a <= r.file_offset && r.file_offset < *b)
+        let r = &st.parity[i - k];
+        ParityHeader {
+            set_id: catalog.set_id,
+            device_index: r.device,
+            device_count: catalog.devices.len() as u32,
+            sequence: seq(r.device, r.position),
+            stripe_id: s as u64,
+            position: i as u8,
+            shard_bytes: st.shard_bytes(),
+            payload_crc: crc32c(bytes),
+            members: st.data.iter().chain(&st.parity).map(|r| r.device).collect(),
+            data: st
+                .data
+                .iter()
+                .map(|d| StripeData {
+                    sequence: seq(d.device, d.position),
+                    file_id: d.file_id,
+                    file_offset: d.file_offset,
+                    payload_bytes: d.payload_bytes,
+                    payload_crc: d.payload_crc,
                 })
-                .map_or(0, |x| x.2);
-            let (data_bytes, first) = self.files.get(&r.file_id).copied().unwrap_or((0, 0));
-            let info = FileInfo {
-                mode: file.stat.mode,
-                uid: file.stat.uid,
-                gid: file.stat.gid,
-                mtime_sec: file.stat.mtime_sec,
-                mtime_nsec: file.stat.mtime_nsec,
-                data_bytes,
-                path: file.path.clone(),
-                path_truncated: false,
-                xattrs: (r.file_offset == first).then(|| file.xattrs.clone()),
-                xattrs_cut: false,
-            };
-            RecordHeader {
-                kind: RecordKind::Data,
-                set_id: catalog.set_id,
-                device_index: r.device,
-                sequence: seq(r.device, r.position),
-                file_id: r.file_id,
-                segment_id,
-                file_offset: r.file_offset,
-                payload_bytes: r.payload_bytes,
-                file_size: file.size_bytes,
-                payload_crc: r.payload_crc,
-                transform: Transform::RAW,
-            }
-            .encode_with_info(Some(&info), head);
-        } else {
-            let r = &st.parity[i - k];
-            ParityHeader {
-                set_id: catalog.set_id,
-                device_index: r.device,
-                device_count: catalog.devices.len() as u32,
-                sequence: seq(r.device, r.position),
-                stripe_id: s as u64,
-                position: i as u8,
-                shard_bytes: st.shard_bytes(),
-                payload_crc: crc32c(payload),
-                members: st.data.iter().chain(&st.parity).map(|r| r.device).collect(),
-                data: st
-                    .data
-                    .iter()
-                    .map(|d| StripeData {
-                        sequence: seq(d.device, d.position),
-                        file_id: d.file_id,
-                        file_offset: d.file_offset,
-                        payload_bytes: d.payload_bytes,
-                        payload_crc: d.payload_crc,
-                    })
-                    .collect(),
-            }
-            .encode_into(head);
+                .collect(),
         }
+        .encode_into(head);
         HEADER_BYTES + padded
     }
 }
@@ -462,7 +408,6 @@ impl StripeSink for Writer<'_> {
             return;
         };
         let st = &parity.stripes[s];
-        let k = st.data.len();
         let members = st.data.iter().chain(st.parity.iter().take(self.m));
         for (i, r) in members.enumerate() {
             let Some((dev, in_place)) = self.target(r.device, r.position) else {
@@ -472,8 +417,7 @@ impl StripeSink for Writer<'_> {
                 continue;
             };
             // A parity record's payload is its stripe's shard; a data
-            // record's its own bytes (proven by their CRC when rebuilt).
-            debug_assert!(i >= k || crc32c(payload) == st.data[i].payload_crc);
+            // record is the whole record, checked by `check_stripe`.
             let buf = pool.slot_mut(0);
             let len = self.encode(s, st, i, payload, buf);
             let written = media::write_all_at(dev, &buf[..len], r.position);

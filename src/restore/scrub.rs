@@ -5,8 +5,11 @@
 //! catalog, payload CRC), on a few worker threads. A stripe whose data
 //! records all check has its parity computed again and compared with the
 //! parity records on media; one with data records missing or bad is
-//! rebuilt from any `k` good members, the rebuilt data proven by the CRC
-//! the catalog holds, and its parity then compared the same way. What is
+//! rebuilt from any `k` good members (parity is over the records as
+//! stored, docs/FORMAT.md 5.1: compressed and sealed records are checked
+//! as stored), each rebuilt record checked against the catalog
+//! (header, CRC of its stored bytes), and its parity then compared the
+//! same way. What is
 //! found is reported per device (records checked, bad or missing records
 //! with device, offset and stripe) and per stripe: whole, damaged but
 //! rebuildable, or lost (fewer than `k` good members). `repair` (in
@@ -18,11 +21,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::device::Device;
-use crate::format::{crc32c, CatalogStripe, DeviceState, Label, HEADER_BYTES};
+use crate::format::parity::{check_data_shard, shard_to_record};
+use crate::format::{CatalogStripe, DeviceState, Label, SetId, HEADER_BYTES};
 use crate::io::buffers::BufferPool;
 use crate::parity::{Codec, Rebuild};
 
-use super::rebuild::read_member;
+use super::rebuild::{member_pool, read_member};
 use super::OpenSet;
 
 /// What a member of a stripe holds.
@@ -107,8 +111,9 @@ impl ScrubReport {
 }
 
 /// One stripe checked: its bad members (position, why), whether it is
-/// lost, and with `keep` its records' payloads as they should be (data
-/// `0..k`, each `payload_bytes` long, then its listed parity records).
+/// lost, and with `keep` its records as they should be (data `0..k`, each
+/// the whole record as stored on media, header block included, then its
+/// listed parity records' payloads).
 pub(super) struct Checked {
     pub(super) bad: Vec<(usize, String)>,
     pub(super) lost: bool,
@@ -130,7 +135,7 @@ pub(super) fn readers(set: &OpenSet, except: Option<u32>) -> Readers<'_> {
 
 /// Check one stripe (see the module doc).
 pub(super) fn check_stripe(
-    (st, m): (&CatalogStripe, usize),
+    (st, m, set_id): (&CatalogStripe, usize, SetId),
     devices: &Readers<'_>,
     pool: &mut BufferPool,
     codecs: &mut HashMap<usize, Codec>,
@@ -141,6 +146,8 @@ pub(super) fn check_stripe(
     let shard = st.shard_bytes() as usize;
     let mut shards: Vec<Vec<u8>> = vec![vec![0u8; shard]; k + m];
     let mut present = vec![false; k + m];
+    // Each data record's length on media (its shard's meaningful prefix).
+    let mut lens = vec![0usize; k];
     let mut out = Checked {
         bad: Vec::new(),
         lost: false,
@@ -155,9 +162,15 @@ pub(super) fn check_stripe(
         };
         match read_member(dev, label, st, i, r, pool) {
             Ok(bytes) => {
-                out.bytes_read += (HEADER_BYTES + bytes.len()) as u64;
+                // A data shard is its whole record; a parity record's
+                // header comes on top of its shard.
+                let header = if i < k { 0 } else { HEADER_BYTES };
+                out.bytes_read += (header + bytes.len()) as u64;
                 shards[i][..bytes.len()].copy_from_slice(bytes);
                 present[i] = true;
+                if i < k {
+                    lens[i] = bytes.len();
+                }
             }
             Err(why) => out.bad.push((i, why)),
         }
@@ -188,12 +201,14 @@ pub(super) fn check_stripe(
             return out;
         }
         for &i in &missing {
-            let r = &st.data[i];
-            // The rebuilt bytes must be the ones written (a parity record
+            // The rebuilt record must be the one written (a parity record
             // with a good CRC but other bytes would rebuild others).
-            if crc32c(&shards[i][..r.payload_bytes as usize]) != r.payload_crc {
-                out.lost = true;
-                return out;
+            match check_data_shard(&shards[i], set_id, &st.data[i]) {
+                Ok((_, len)) => lens[i] = len,
+                Err(_) => {
+                    out.lost = true;
+                    return out;
+                }
             }
         }
     }
@@ -217,9 +232,10 @@ pub(super) fn check_stripe(
         }
     }
     if keep {
-        for (i, s) in shards.into_iter().take(k).enumerate() {
+        for (s, len) in shards.into_iter().take(k).zip(lens) {
             let mut s = s;
-            s.truncate(st.data[i].payload_bytes as usize);
+            s.truncate(len);
+            shard_to_record(&mut s);
             out.payloads.push(s);
         }
         out.payloads.extend(computed.into_iter().take(p));
@@ -296,12 +312,12 @@ pub(super) fn pass(
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(2, 4);
-    let chunk = catalog.chunk_bytes as usize;
+    let chunk = catalog.chunk_bytes;
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let (next, results) = (&next, &results);
             scope.spawn(move || {
-                let mut pool = BufferPool::new(1, HEADER_BYTES + chunk);
+                let mut pool = member_pool(chunk);
                 let mut codecs = HashMap::new();
                 loop {
                     let j = next.fetch_add(1, Ordering::Relaxed);
@@ -309,8 +325,13 @@ pub(super) fn pass(
                     let Some(st) = parity.stripes.get(s) else {
                         continue;
                     };
-                    let mut checked =
-                        check_stripe((st, m), devices, &mut pool, &mut codecs, sink.is_some());
+                    let mut checked = check_stripe(
+                        (st, m, catalog.set_id),
+                        devices,
+                        &mut pool,
+                        &mut codecs,
+                        sink.is_some(),
+                    );
                     if let Some(sink) = sink {
                         if !checked.lost && sink.wants(s, &checked) {
                             sink.take(s, &checked, &mut pool);

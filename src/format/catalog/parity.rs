@@ -32,7 +32,7 @@ pub struct CatalogStripe {
 
 /// Where one record of a stripe is and what it holds. For a parity
 /// record, `file_id`, `file_offset` are 0 and `payload_bytes` is the
-/// stripe's shard length (its largest data payload).
+/// stripe's shard length (`CatalogStripe::shard_bytes`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StripeRecord {
     /// Device index in the set.
@@ -46,9 +46,13 @@ pub struct StripeRecord {
 }
 
 impl CatalogStripe {
-    /// Shard length: the largest data payload.
+    /// Shard length: a data record as stored, header block included, at
+    /// its largest (`format::parity::shard_bytes_for` the largest data
+    /// payload; docs/FORMAT.md section 5.1).
     pub fn shard_bytes(&self) -> u32 {
-        self.data.iter().map(|d| d.payload_bytes).max().unwrap_or(0)
+        crate::format::parity::shard_bytes_for(
+            self.data.iter().map(|d| d.payload_bytes).max().unwrap_or(0),
+        )
     }
 }
 
@@ -188,6 +192,7 @@ mod tests {
         let parity = |device, position| StripeRecord {
             file_id: 0,
             file_offset: 0,
+            payload_bytes: crate::format::parity::shard_bytes_for(1 << 20),
             payload_crc: 0x1234,
             ..record(device, position, 0)
         };

@@ -38,6 +38,8 @@ fn samples() -> Vec<Catalog> {
             parity: vec![StripeRecord {
                 file_id: 0,
                 file_offset: 0,
+                // A parity record's length is its stripe's shard.
+                payload_bytes: crate::format::parity::shard_bytes_for(1 << 20),
                 ..record(1, 1 << 30, 0)
             }],
         }],

@@ -1,0 +1,46 @@
+//! Reading a data record of a parity stripe as its shard (`--parity`,
+//! docs/FORMAT.md section 5.1: parity is computed over the records as
+//! stored, header block included): the backup's parity phase, scrub and
+//! the restore's rebuild read data members through this one function.
+
+use crate::device::Device;
+use crate::format::parity::{check_data_shard, record_to_shard};
+use crate::format::{RecordHeader, SetId, StripeRecord, HEADER_BYTES};
+
+/// Read the data record `r` of a stripe of set `set_id` from `dev` into
+/// `buf` as its shard: the header block first, then the stored payload and
+/// padding it announces, the magic zeroed, checked by `check_data_shard`.
+/// The record's length on media (its shard is `buf[..len]`, to be padded
+/// with zeros to the stripe's shard length), or why it cannot be used.
+pub fn read_data_shard(
+    dev: &dyn Device,
+    set_id: SetId,
+    r: &StripeRecord,
+    buf: &mut [u8],
+) -> Result<usize, String> {
+    let read = |buf: &mut [u8], offset: u64| match super::read_at(dev, buf, offset) {
+        Ok(n) if n == buf.len() => Ok(()),
+        Ok(n) => Err(format!("short read ({n} of {} bytes)", buf.len())),
+        Err(e) => Err(e.to_string()),
+    };
+    if buf.len() < HEADER_BYTES {
+        return Err("no room for a record header (caller bug)".into());
+    }
+    read(&mut buf[..HEADER_BYTES], r.position)?;
+    let media = RecordHeader::decode(&buf[..HEADER_BYTES])
+        .map_err(|e| format!("data record header: {e}"))?
+        .media_bytes() as usize;
+    if media > buf.len() {
+        return Err(format!(
+            "a record of {media} bytes on media is larger than the set's chunk"
+        ));
+    }
+    if media > HEADER_BYTES {
+        read(
+            &mut buf[HEADER_BYTES..media],
+            r.position + HEADER_BYTES as u64,
+        )?;
+    }
+    record_to_shard(&mut buf[..media]);
+    check_data_shard(&buf[..media], set_id, r).map(|(_, len)| len)
+}
