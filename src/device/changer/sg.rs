@@ -36,9 +36,37 @@ const TIMEOUT_INVENTORY_MS: u32 = 30 * 60 * 1000;
 const ALLOCATION_BYTES: u32 = 0xffff;
 const ALLOCATION_BYTES_MAX: u32 = (1 << 24) - 1;
 
+/// How many times a command answered with UNIT ATTENTION is sent again:
+/// each answer reports one pending event (a reset, then a medium change,
+/// ...), so a few are enough; a device that keeps answering it fails.
+const UNIT_ATTENTION_RETRIES: usize = 4;
+
+/// One command through SG_IO, sent again after a UNIT ATTENTION (an
+/// event reported in place of the command: `smc::Sense::send_again`).
+fn sg_io(
+    file: &File,
+    path: &Path,
+    command: &'static str,
+    cdb: &[u8],
+    data: &mut [u8],
+    timeout_ms: u32,
+) -> Result<usize, ChangerError> {
+    let mut tries = 0;
+    loop {
+        match sg_io_once(file, path, command, cdb, data, timeout_ms) {
+            Err(ChangerError::Sense { sense, .. })
+                if sense.send_again() && tries < UNIT_ATTENTION_RETRIES =>
+            {
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// One command through SG_IO: `data` receives what the device returns
 /// (empty: no data phase). Returns the bytes received.
-fn sg_io(
+fn sg_io_once(
     file: &File,
     path: &Path,
     command: &'static str,
@@ -208,6 +236,12 @@ impl ScsiChanger {
                 {
                     allocation = (need as u32).clamp(allocation + 1, ALLOCATION_BYTES_MAX);
                     continue;
+                }
+                // Sent short of its own counts with room to spare (tgt):
+                // what arrived whole.
+                Err(SmcError::Truncated { .. }) if n < allocation as usize => {
+                    smc::parse_element_status_short(&buf[..n], device_ids)
+                        .map_err(|e| self.answer(COMMAND, e))?
                 }
                 r => r.map_err(|e| self.answer(COMMAND, e))?,
             };
