@@ -41,32 +41,9 @@ const ALLOCATION_BYTES_MAX: u32 = (1 << 24) - 1;
 /// ...), so a few are enough; a device that keeps answering it fails.
 const UNIT_ATTENTION_RETRIES: usize = 4;
 
-/// One command through SG_IO, sent again after a UNIT ATTENTION (an
-/// event reported in place of the command: `smc::Sense::send_again`).
-fn sg_io(
-    file: &File,
-    path: &Path,
-    command: &'static str,
-    cdb: &[u8],
-    data: &mut [u8],
-    timeout_ms: u32,
-) -> Result<usize, ChangerError> {
-    let mut tries = 0;
-    loop {
-        match sg_io_once(file, path, command, cdb, data, timeout_ms) {
-            Err(ChangerError::Sense { sense, .. })
-                if sense.send_again() && tries < UNIT_ATTENTION_RETRIES =>
-            {
-                tries += 1;
-            }
-            r => return r,
-        }
-    }
-}
-
 /// One command through SG_IO: `data` receives what the device returns
 /// (empty: no data phase). Returns the bytes received.
-fn sg_io_once(
+fn sg_io(
     file: &File,
     path: &Path,
     command: &'static str,
@@ -192,7 +169,19 @@ impl ScsiChanger {
         data: &mut [u8],
         timeout_ms: u32,
     ) -> Result<usize, ChangerError> {
-        sg_io(&self.file, &self.path, command, cdb, data, timeout_ms)
+        // Sent again after a UNIT ATTENTION: an event reported in place
+        // of the command (`smc::Sense::send_again`).
+        let mut tries = 0;
+        loop {
+            match sg_io(&self.file, &self.path, command, cdb, data, timeout_ms) {
+                Err(ChangerError::Sense { sense, .. })
+                    if sense.send_again() && tries < UNIT_ATTENTION_RETRIES =>
+                {
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
     }
 
     fn answer(&self, command: &'static str, error: SmcError) -> ChangerError {
