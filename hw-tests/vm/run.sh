@@ -28,10 +28,15 @@
 # all their dependencies, each after what it needs (modinfo's depends);
 # (4) boot it under TCG with an NVMe namespace, a pmem namespace (qemu
 # nvdimm) and a scsi_debug tape (ptype=1), a host folder shared over 9p for
-# the binaries and scripts; (5) the guest makes the second nvdimm
-# device-DAX and runs hw-tests/all.sh with PBIO_NVME=/dev/nvme0n1,
-# PBIO_PMEM=/dev/pmem0, PBIO_DAX=/dev/dax1.0, PBIO_TAPE=/dev/nst0, and
-# reports its verdict through isa-debug-exit.
+# the binaries and scripts, and (when the tests include changer or
+# library) a tape library: tgt's virtual library (hw-tests/vm/vtl.sh, two
+# SSC drives and an SMC changer served by tgtd on 127.0.0.1) passed to the
+# guest over QEMU's iSCSI driver as SCSI generic devices on virtio-scsi;
+# (5) the guest makes the second nvdimm device-DAX and runs
+# hw-tests/all.sh with PBIO_NVME=/dev/nvme0n1, PBIO_PMEM=/dev/pmem0,
+# PBIO_DAX=/dev/dax1.0, PBIO_TAPE (the scsi_debug tape's st node),
+# PBIO_CHANGER (the library's changer, /dev/sgN), and reports its verdict
+# through isa-debug-exit.
 #
 # Exit codes: 0 every check passed; 1 a check failed in the guest (named);
 # 2 the host side failed (missing tool, download, verification, module
@@ -58,7 +63,14 @@
 #   PBIO_VM_NVME_SIZE [1G]  PBIO_VM_PMEM_SIZE [256M]  PBIO_VM_DAX_SIZE [256M]
 #                     (the second nvdimm, made device-DAX by the guest; the scsi_debug tape
 #                     has a fixed capacity: 10000 blocks and filemarks)
-#   PBIO_VM_TESTS ["nvme pmem dax set tape-control"]  which hw-tests/*.sh the guest runs
+#   PBIO_VM_TESTS ["nvme pmem dax set tape-control changer library"]  which
+#                     hw-tests/*.sh the guest runs; changer and library need
+#                     the tape library: tgt (tgtd, tgtadm, tgtimg), libiscsi-bin
+#                     (iscsi-ls) and qemu-block-extra (QEMU's iSCSI driver). Without
+#                     them the run fails (exit 2) under CI=true; otherwise it
+#                     warns and leaves changer and library out
+#   PBIO_VM_VTL_PORT [3271], PBIO_VM_VTL_CONTROL [71], PBIO_VM_VTL_CARTRIDGES [6],
+#   PBIO_VM_VTL_SIZE [32] (MB a cartridge)  the library (hw-tests/vm/vtl.sh)
 #   PBIO_VM_BREAK=1   deliberately break one check (set.sh compares a
 #                     restored file that was altered after the restore), to
 #                     show that a failing check fails the run
@@ -112,11 +124,11 @@ cpus=${PBIO_VM_CPUS:-2}
 nvme_size=${PBIO_VM_NVME_SIZE:-1G}
 pmem_size=${PBIO_VM_PMEM_SIZE:-256M}
 dax_size=${PBIO_VM_DAX_SIZE:-256M}
-tests=${PBIO_VM_TESTS:-nvme pmem dax set tape-control}
+tests=${PBIO_VM_TESTS:-nvme pmem dax set tape-control changer library}
 aptdir=$cache/apt
 
 # Modules the guest loads (their dependencies are added in order).
-modules=(9pnet_virtio 9p nvme nfit nd_pmem dax_pmem device_dax scsi_debug st sg)
+modules=(9pnet_virtio 9p nvme nfit nd_pmem dax_pmem device_dax scsi_debug st sg virtio_scsi)
 
 case $kver_wanted in
     7.*) ;;
@@ -158,6 +170,15 @@ find_busybox() {
         [ -x "$b" ] && { busybox=$b; break; }
     done
     [ -n "$busybox" ] && ! readelf -l "$busybox" 2>/dev/null | grep -q 'program interpreter'
+}
+
+# QEMU's iSCSI block driver (qemu-block-extra), for the tape library.
+iscsi_module() {
+    local f
+    for f in /usr/lib/*/qemu/block-iscsi.so /usr/lib/qemu/block-iscsi.so /usr/lib64/qemu/block-iscsi.so; do
+        [ -f "$f" ] && { echo "$f"; return 0; }
+    done
+    return 1
 }
 
 # ---------------------------------------------------------------- (1) kernel
@@ -387,6 +408,13 @@ self_check() {
     if command -v qemu-system-x86_64 >/dev/null 2>&1; then
         echo "qemu: $(qemu-system-x86_64 --version | head -n1)"
     fi
+    if out=$("$here/vtl.sh" check 2>&1) && p=$(iscsi_module); then
+        echo "tape library (tests changer, library): ok: tgt, iscsi-ls, QEMU's iSCSI driver $p"
+    else
+        iscsi_module >/dev/null || out="${out:+$out; }no QEMU iSCSI driver (apt-get install qemu-block-extra)"
+        echo "tape library (tests changer, library): MISSING: ${out#vtl: }"
+        bad+=("tape library")
+    fi
 
     # run.sh boots under TCG in any case: the /dev/kvm of these machines is
     # nested without vmx/svm and cannot run stock kernels.
@@ -499,6 +527,25 @@ mem_mib=$(to_mib "$mem") || die "bad PBIO_VM_MEM '$mem'"
 pmem_mib=$(to_mib "$pmem_size") || die "bad PBIO_VM_PMEM_SIZE '$pmem_size'"
 dax_mib=$(to_mib "$dax_size") || die "bad PBIO_VM_DAX_SIZE '$dax_size'"
 
+# The tape library (tests changer and library): tgt on the host, QEMU's
+# iSCSI driver (qemu-block-extra) to reach it.
+library=0
+case " $tests " in *" changer "* | *" library "*) library=1 ;; esac
+if [ "$library" = 1 ]; then
+    why=
+    out=$("$here/vtl.sh" check 2>&1) || why=$out
+    iscsi_module >/dev/null ||
+        why="${why:+$why; }QEMU has no iSCSI block driver (block-iscsi.so; apt-get install qemu-block-extra)"
+    if [ -n "$why" ]; then
+        if [ -n "${CI:-}" ]; then
+            die "the tests changer and library need the tape library: $why"
+        fi
+        say "WARNING: leaving changer and library out (no tape library: $why)"
+        tests=$(echo " $tests " | sed 's/ changer / /; s/ library / /; s/^ *//; s/ *$//')
+        library=0
+    fi
+fi
+
 t_total=$(now)
 t=$(now)
 choose_kernel
@@ -528,10 +575,12 @@ mkdir -p "$share/bin" "$share/hw-tests"
 keep=${PBIO_VM_KEEP:-0}
 qpid=
 tpid=
+vtl=
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     if [ -n "$qpid" ]; then kill "$qpid" 2>/dev/null || true; fi
     if [ -n "$tpid" ]; then kill "$tpid" 2>/dev/null || true; fi
+    if [ -n "$vtl" ]; then "$here/vtl.sh" stop "$vtl" || true; fi
     if [ "${PBIO_VM_KEEP:-0}" = 1 ]; then
         say "run folder kept: $run"
     elif [ "$keep" = 1 ] && [ -s "$run/console.log" ]; then
@@ -657,6 +706,8 @@ say "initramfs: ${#order[@]} modules, each named module and its dependencies che
 {
     echo "PBIO_VM_TESTS='$tests'"
     echo "PBIO_VM_BREAK=${PBIO_VM_BREAK:-0}"
+    echo "PBIO_VM_LIBRARY=$library"
+    echo "PBIO_VM_VTL_SIZE=${PBIO_VM_VTL_SIZE:-32}"
 } >"$share/vm.env"
 if [ -n "${PBIO_VM_CMD:-}" ]; then
     cp "$PBIO_VM_CMD" "$share/cmd.sh"
@@ -685,7 +736,20 @@ qemu=(qemu-system-x86_64
     -device virtio-9p-pci,fsdev=host0,mount_tag=host0
     -fsdev "local,id=host0,path=$share,security_model=none"
 )
-say "booting $kver under TCG ($cpus cpus, $mem): nvme $nvme_size, pmem $pmem_size, devdax $dax_size, scsi_debug tape"
+if [ "$library" = 1 ]; then
+    # tgtd serves the library; QEMU's iSCSI driver opens each LUN and
+    # passes it through as a SCSI generic device (a tape or changer LUN
+    # can only be passed through: QEMU opens them in sg mode).
+    vtl=$run/vtl
+    url=$("$here/vtl.sh" start "$vtl") || die "starting the tape library failed (hw-tests/vm/vtl.sh, above)"
+    say "tape library: $url (LUN 1, 2: drives; LUN 3: changer; ${PBIO_VM_VTL_CARTRIDGES:-6} cartridges of ${PBIO_VM_VTL_SIZE:-32} MB)"
+    qemu+=(-device virtio-scsi-pci,id=vscsi)
+    for lun in 1 2 3; do
+        qemu+=(-drive "if=none,id=vtl$lun,file=$url/$lun,format=raw,cache=none"
+            -device "scsi-generic,drive=vtl$lun,bus=vscsi.0,channel=0,scsi-id=0,lun=$lun")
+    done
+fi
+say "booting $kver under TCG ($cpus cpus, $mem): nvme $nvme_size, pmem $pmem_size, devdax $dax_size, scsi_debug tape${vtl:+, tgt tape library}"
 t_boot_start=$(now)
 timeout -k 5 "$timeout_s" "${qemu[@]}" &
 qpid=$!
@@ -765,7 +829,7 @@ case $said in
     96 | 97 | 98 | 99)
         case $said in
             96) what="making the second nvdimm device-DAX failed" ;;
-            97) what="a device node did not appear" ;;
+            97) what="a device node did not appear (or the tape library's)" ;;
             98) what="mounting the host share over 9p failed" ;;
             99) what="loading a kernel module failed" ;;
         esac

@@ -254,9 +254,21 @@ impl TapeDevice {
     pub fn open(spec: &DeviceSpec, mode: Mode) -> Result<TapeDevice, DeviceError> {
         let path = &spec.path;
         let meta = std::fs::metadata(path).map_err(|e| DeviceError::io(path, "stat", e))?;
-        let probe = {
+        let rdev = {
             use std::os::unix::fs::MetadataExt;
-            probe(spec, meta.rdev())?
+            meta.rdev()
+        };
+        let capacity_bytes = match probe(spec, rdev) {
+            Ok(probe) => probe.capacity_bytes,
+            // Reading needs no capacity: a drive that reports no density
+            // code (tgt's virtual drives, scsi_debug's tape) reads without
+            // `,size=`, up to its end of recorded data; restore and list
+            // through a library have no `,size=` to give.
+            Err(DeviceError::Unusable { .. }) if mode == Mode::Read => {
+                check_node(path, rdev)?;
+                u64::MAX
+            }
+            Err(e) => return Err(e),
         };
         let mut options = OpenOptions::new();
         options.read(true).write(mode == Mode::Write);
@@ -305,7 +317,7 @@ impl TapeDevice {
         Ok(TapeDevice {
             path: path.clone(),
             file,
-            capacity_bytes: probe.capacity_bytes,
+            capacity_bytes,
             block_bytes_max,
             notes,
         })

@@ -36,6 +36,11 @@ const TIMEOUT_INVENTORY_MS: u32 = 30 * 60 * 1000;
 const ALLOCATION_BYTES: u32 = 0xffff;
 const ALLOCATION_BYTES_MAX: u32 = (1 << 24) - 1;
 
+/// How many times a command answered with UNIT ATTENTION is sent again:
+/// each answer reports one pending event (a reset, then a medium change,
+/// ...), so a few are enough; a device that keeps answering it fails.
+const UNIT_ATTENTION_RETRIES: usize = 4;
+
 /// One command through SG_IO: `data` receives what the device returns
 /// (empty: no data phase). Returns the bytes received.
 fn sg_io(
@@ -164,7 +169,19 @@ impl ScsiChanger {
         data: &mut [u8],
         timeout_ms: u32,
     ) -> Result<usize, ChangerError> {
-        sg_io(&self.file, &self.path, command, cdb, data, timeout_ms)
+        // Sent again after a UNIT ATTENTION: an event reported in place
+        // of the command (`smc::Sense::send_again`).
+        let mut tries = 0;
+        loop {
+            match sg_io(&self.file, &self.path, command, cdb, data, timeout_ms) {
+                Err(ChangerError::Sense { sense, .. })
+                    if sense.send_again() && tries < UNIT_ATTENTION_RETRIES =>
+                {
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
     }
 
     fn answer(&self, command: &'static str, error: SmcError) -> ChangerError {
@@ -208,6 +225,12 @@ impl ScsiChanger {
                 {
                     allocation = (need as u32).clamp(allocation + 1, ALLOCATION_BYTES_MAX);
                     continue;
+                }
+                // Sent short of its own counts with room to spare (tgt):
+                // what arrived whole.
+                Err(SmcError::Truncated { .. }) if n < allocation as usize => {
+                    smc::parse_element_status_short(&buf[..n], device_ids)
+                        .map_err(|e| self.answer(COMMAND, e))?
                 }
                 r => r.map_err(|e| self.answer(COMMAND, e))?,
             };

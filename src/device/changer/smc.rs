@@ -359,10 +359,48 @@ pub struct ElementReport {
 /// their page, pages that overrun the report, unknown element types and
 /// descriptors too short for the fields their page announces are `Invalid`.
 pub fn parse_element_status(data: &[u8], device_ids: bool) -> Result<ElementReport, SmcError> {
+    parse_status(data, device_ids, false)
+}
+
+/// Parse an answer to READ ELEMENT STATUS that the device sent short of
+/// its own byte counts, with room to spare in the allocation length (so
+/// asking again with more room cannot help). tgt's changer (usr/smc.c)
+/// sends 8 bytes fewer than its element status data header counts (it
+/// leaves the page header out of the length it sends): the last
+/// descriptor of every answer arrives cut, and with DVCID that is the
+/// last drive's serial number, of which 2 characters arrive. mtx reads
+/// such answers into a zeroed buffer; here the whole descriptors read as
+/// `parse_element_status` reads them, and the cut one keeps what arrived
+/// whole: its address, flags, source, and its barcode when all 32 bytes
+/// of it did, an identifier only when all of it did (a serial cut short
+/// could match another drive). A descriptor cut inside its first 12
+/// bytes is left out (the caller asks again from that address).
+pub fn parse_element_status_short(
+    data: &[u8],
+    device_ids: bool,
+) -> Result<ElementReport, SmcError> {
+    parse_status(data, device_ids, true)
+}
+
+/// `data[at..at + len]`, or with `short` what of it there is.
+fn take_short<'a>(
+    data: &'a [u8],
+    at: usize,
+    len: usize,
+    what: &'static str,
+    short: bool,
+) -> Result<&'a [u8], SmcError> {
+    match take(data, at, len, what) {
+        Err(SmcError::Truncated { .. }) if short && at <= data.len() => Ok(&data[at..]),
+        r => r,
+    }
+}
+
+fn parse_status(data: &[u8], device_ids: bool, short: bool) -> Result<ElementReport, SmcError> {
     const WHAT: &str = "element status data";
     let header = take(data, 0, STATUS_HEADER_BYTES, WHAT)?;
     let report_bytes = be24(&header[5..8]);
-    let report = take(data, STATUS_HEADER_BYTES, report_bytes, WHAT)?;
+    let report = take_short(data, STATUS_HEADER_BYTES, report_bytes, WHAT, short)?;
     let mut elements = Vec::new();
     let mut at = 0usize;
     while at < report.len() {
@@ -382,20 +420,25 @@ pub fn parse_element_status(data: &[u8], device_ids: bool) -> Result<ElementRepo
                 format!("descriptor length {descriptor_bytes} < {tags_end} for its fields"),
             ));
         }
-        let page = take(report, at + STATUS_HEADER_BYTES, page_bytes, PAGE)?;
+        let page = take_short(report, at + STATUS_HEADER_BYTES, page_bytes, PAGE, short)?;
         if !page_bytes.is_multiple_of(descriptor_bytes) {
             return Err(invalid(
                 PAGE,
                 format!("{page_bytes} bytes of descriptors of {descriptor_bytes} bytes each"),
             ));
         }
-        for d in page.chunks_exact(descriptor_bytes) {
+        // A part descriptor only when `short` let the page arrive cut.
+        for d in page.chunks(descriptor_bytes) {
+            if d.len() < DESCRIPTOR_FIXED_BYTES {
+                break;
+            }
             elements.push(parse_descriptor(
                 kind,
                 d,
                 primary_tag,
                 alternate_tag,
                 device_ids,
+                d.len() < descriptor_bytes,
             )?);
         }
         at += STATUS_HEADER_BYTES + page_bytes;
@@ -407,13 +450,16 @@ pub fn parse_element_status(data: &[u8], device_ids: bool) -> Result<ElementRepo
     })
 }
 
-/// One element descriptor, `d.len()` at least the fixed part and the tags.
+/// One element descriptor, `d.len()` at least the fixed part and the
+/// tags, unless `cut` (the device sent it short: what did not arrive
+/// whole is absent).
 fn parse_descriptor(
     kind: ElementType,
     d: &[u8],
     primary_tag: bool,
     alternate_tag: bool,
     device_ids: bool,
+    cut: bool,
 ) -> Result<Element, SmcError> {
     const WHAT: &str = "element descriptor";
     let full = d[2] & 0x01 != 0;
@@ -421,9 +467,11 @@ fn parse_descriptor(
     let mut at = DESCRIPTOR_FIXED_BYTES;
     let mut volume_tag = None;
     if primary_tag {
-        let tag = ascii_field(&d[at..at + 32]);
-        if full && !tag.is_empty() {
-            volume_tag = Some(tag);
+        if let Some(field) = d.get(at..at + 32) {
+            let tag = ascii_field(field);
+            if full && !tag.is_empty() {
+                volume_tag = Some(tag);
+            }
         }
         at += VOLUME_TAG_BYTES;
     }
@@ -436,8 +484,11 @@ fn parse_descriptor(
     // before it has none.
     if device_ids && d.len() >= at + 4 {
         let id_bytes = d[at + 3] as usize;
-        let bytes = take(d, at + 4, id_bytes, WHAT)?;
-        if id_bytes > 0 {
+        let bytes = match take(d, at + 4, id_bytes, WHAT) {
+            Err(SmcError::Truncated { .. }) if cut => &[][..],
+            r => r?,
+        };
+        if !bytes.is_empty() {
             identifier = Some(DeviceIdentifier {
                 code_set: d[at] & 0x0f,
                 id_type: d[at + 1] & 0x0f,
@@ -488,6 +539,16 @@ pub fn parse_sense(data: &[u8]) -> Option<Sense> {
 }
 
 impl Sense {
+    /// UNIT ATTENTION: the device reports an event (power on or reset
+    /// 29h, medium may have changed 28h, parameters changed 2Ah) instead
+    /// of doing the command, once per event and initiator; the command
+    /// itself is to be sent again. The sg driver does not resend it (sd
+    /// and st do, for their own commands): the first command pbio sends
+    /// to a changer after its reset (tgt's, at every login) gets 29h/00h.
+    pub fn send_again(&self) -> bool {
+        self.key == 0x6
+    }
+
     pub fn key_name(&self) -> &'static str {
         match self.key {
             0x0 => "NO SENSE",
