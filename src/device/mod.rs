@@ -558,44 +558,22 @@ pub trait Device: Send + Sync {
 
 /// Something a device says at open that is not an error. Its display is
 /// the line the CLI prints after "pbio: ".
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DeviceNote {
     /// A tape drive that does not answer READ BLOCK LIMITS: `--tape-block`
     /// is the block limit.
+    #[error("device {}: READ BLOCK LIMITS not available ({error}); using --tape-block as the block limit", .device.display())]
     NoBlockLimits { device: PathBuf, error: String },
     /// A pmem device mapped for writing, and how stores are made durable.
+    #[error("pmem {}: {bytes} bytes mapped ({durability})", .device.display())]
     PmemMapped {
         device: PathBuf,
         bytes: usize,
         durability: String,
     },
     /// MAP_SYNC refused (not DAX, or an old kernel): MAP_SHARED + msync.
+    #[error("MAP_SYNC refused ({error}): not a DAX mapping, falling back to MAP_SHARED + msync")]
     MapSyncRefused { error: String },
-}
-
-impl std::fmt::Display for DeviceNote {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DeviceNote::NoBlockLimits { device, error } => write!(
-                f,
-                "device {}: READ BLOCK LIMITS not available ({error}); using --tape-block as the block limit",
-                device.display()
-            ),
-            DeviceNote::PmemMapped {
-                device,
-                bytes,
-                durability,
-            } => write!(
-                f,
-                "pmem {}: {bytes} bytes mapped ({durability})",
-                device.display()
-            ),
-            DeviceNote::MapSyncRefused { error } => write!(
-                f,
-                "MAP_SYNC refused ({error}): not a DAX mapping, falling back to MAP_SHARED + msync"
-            ),
-        }
-    }
 }
 
 /// Write one block to a sequential device now, synchronously, through the

@@ -110,3 +110,31 @@ fn transport_errors_keep_their_messages() {
     );
     assert_eq!(TransportError::Stopped("EIO".into()).to_string(), "EIO");
 }
+
+#[test]
+fn device_notes_read_as_before() {
+    let note = DeviceNote::NoBlockLimits {
+        device: PathBuf::from("/dev/nst0"),
+        error: "ILLEGAL REQUEST".into(),
+    };
+    assert_eq!(
+        note.to_string(),
+        "device /dev/nst0: READ BLOCK LIMITS not available (ILLEGAL REQUEST); using --tape-block as the block limit"
+    );
+    let note = DeviceNote::PmemMapped {
+        device: PathBuf::from("/dev/pmem0"),
+        bytes: 4096,
+        durability: "MAP_SYNC, clwb".into(),
+    };
+    assert_eq!(
+        note.to_string(),
+        "pmem /dev/pmem0: 4096 bytes mapped (MAP_SYNC, clwb)"
+    );
+    let note = DeviceNote::MapSyncRefused {
+        error: "EOPNOTSUPP".into(),
+    };
+    assert_eq!(
+        note.to_string(),
+        "MAP_SYNC refused (EOPNOTSUPP): not a DAX mapping, falling back to MAP_SHARED + msync"
+    );
+}
