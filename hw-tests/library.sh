@@ -172,8 +172,15 @@ if [ "$rc" != 0 ]; then
     show_log
     finish
 fi
-sum=$(summary_of "$hw_log")
-pass backup "$fit_size through $dev0 and $dev1 in ${secs}s: $(echo "$sum" | summary_top /dev/stdin | field bytes_per_sec | cut -d. -f1) bytes/s ($(speed_note))"
+pass backup "$fit_size through $dev0 and $dev1 in ${secs}s ($(speed_note))"
+# Read back in the drive that wrote it, before any move: a failure here
+# is the tape path's, not the changer's.
+run list.log "$PBIO" list --dev "$dev1"
+if [ "$rc" = 0 ]; then
+    pass list-same-drive "pbio list --dev $dev1 read the label and catalog it wrote"
+else
+    fail list-same-drive "pbio list --dev $dev1 exited $rc: $(grep pbio: "$hw_log" | head -n1)"
+fi
 for pair in "$d0:$dev0" "$d1:$dev1"; do
     mt -f "${pair#*:}" offline || note "mt -f ${pair#*:} offline failed"
     run "unload-${pair%:*}.log" "$PBIO" changer unload "${pair%:*}" --changer "$C"

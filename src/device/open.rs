@@ -144,8 +144,19 @@ pub(crate) fn hash_path(path: &Path) -> u64 {
 
 /// Open a device for the engine.
 pub fn open(spec: &DeviceSpec, mode: Mode) -> Result<Box<dyn Device>, DeviceError> {
-    let probe = probe(spec)?;
-    match probe.kind {
+    let kind = match probe(spec) {
+        Ok(probe) => probe.kind,
+        // Reading a tape needs no capacity (`TapeDevice::open`): a drive
+        // that reports no density code is read without `,size=`.
+        Err(e @ DeviceError::Unusable { .. }) if mode == Mode::Read => {
+            if !tape::is_st_node(&spec.path) {
+                return Err(e);
+            }
+            Kind::Tape
+        }
+        Err(e) => return Err(e),
+    };
+    match kind {
         Kind::Block => Ok(Box::new(block::open(&spec.path, mode)?)),
         Kind::File => Ok(Box::new(file::open(spec, mode)?)),
         Kind::Tape => Ok(Box::new(tape::TapeDevice::open(spec, mode)?)),

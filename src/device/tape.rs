@@ -208,6 +208,13 @@ fn check_node(path: &Path, rdev: u64) -> Result<u64, DeviceError> {
     Ok(libc::makedev(major, minor & !ST_MINOR_NO_REWIND))
 }
 
+/// `path` is a non-rewinding st node.
+pub fn is_st_node(path: &Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    std::fs::metadata(path)
+        .is_ok_and(|m| m.file_type().is_char_device() && check_node(path, m.rdev()).is_ok())
+}
+
 /// Capacity and identity of a tape drive without writing to it.
 pub fn probe(spec: &DeviceSpec, rdev: u64) -> Result<Probe, DeviceError> {
     let path = &spec.path;
