@@ -112,11 +112,12 @@ fn scan_one(dev: &dyn Device, name: &str, json: bool) -> CliResult {
         if !f.payload_ok {
             bad_payloads += 1;
         }
+        let kind = format!("{:?}", h.kind).to_lowercase();
         if json {
             outln!(
                 "{}",
                 json!({
-                    "position": f.position, "kind": format!("{:?}", h.kind).to_lowercase(),
+                    "position": f.position, "kind": kind,
                     "sequence": h.sequence, "file_id": h.file_id, "segment_id": h.segment_id,
                     "file_offset": h.file_offset, "payload_bytes": h.payload_bytes,
                     "file_size": h.file_size, "payload_ok": f.payload_ok,
@@ -128,7 +129,7 @@ fn scan_one(dev: &dyn Device, name: &str, json: bool) -> CliResult {
             outln!(
                 "{:>12} {:<7} seq {:>8} file {:>8} offset {:>12} len {:>8}{}",
                 f.position,
-                format!("{:?}", h.kind).to_lowercase(),
+                kind,
                 h.sequence,
                 h.file_id,
                 h.file_offset,

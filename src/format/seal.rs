@@ -474,36 +474,37 @@ impl RecordKey {
 
     /// Open a sealed record's file-info area in place.
     pub fn open_info(&self, header: &RecordHeader, info: &mut [u8]) -> Result<(), SealError> {
-        let aad = record_aad(header);
-        self.key
-            .open_in_place_separate_tag(
-                nonce(header.sequence, DOMAIN_INFO),
-                Aad::from(&aad),
-                Tag::from(header.transform.seal.info_tag),
-                info,
-                0..,
-            )
-            .map(|_| ())
-            .map_err(|_| SealError::Authentication {
-                what: "record file info",
-            })
+        let tag = header.transform.seal.info_tag;
+        self.open_part(header, DOMAIN_INFO, tag, info, "record file info")
     }
 
     /// Open a sealed record's stored payload in place.
     pub fn open_payload(&self, header: &RecordHeader, stored: &mut [u8]) -> Result<(), SealError> {
+        let tag = header.transform.seal.payload_tag;
+        self.open_part(header, DOMAIN_PAYLOAD, tag, stored, "record payload")
+    }
+
+    /// Open the part of a record sealed in `domain` with `tag`, in place;
+    /// `what` names it in the error.
+    fn open_part(
+        &self,
+        header: &RecordHeader,
+        domain: u32,
+        tag: [u8; TAG_BYTES],
+        bytes: &mut [u8],
+        what: &'static str,
+    ) -> Result<(), SealError> {
         let aad = record_aad(header);
         self.key
             .open_in_place_separate_tag(
-                nonce(header.sequence, DOMAIN_PAYLOAD),
+                nonce(header.sequence, domain),
                 Aad::from(&aad),
-                Tag::from(header.transform.seal.payload_tag),
-                stored,
+                Tag::from(tag),
+                bytes,
                 0..,
             )
             .map(|_| ())
-            .map_err(|_| SealError::Authentication {
-                what: "record payload",
-            })
+            .map_err(|_| SealError::Authentication { what })
     }
 }
 
