@@ -7,16 +7,16 @@
 //! drives are `vtape:DIR/drive0`, ...). Slots count from 1, drives from 0,
 //! as mtx(1) counts them.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use super::span::{in_drive, seen_on};
+use super::span::{in_drive, seen_on, wait_ready};
 use super::{parse_dev, CliResult, Failure, Outcome};
 use crate::device::changer::cache::{LabelCache, Seen};
 use crate::device::changer::{self, Changer, Status};
-use crate::device::{Access, DeviceSpec, Mode};
+use crate::device::{Access, DeviceSpec};
 use crate::format::{Label, LabelState};
 use crate::units::shown_name;
 
@@ -211,13 +211,9 @@ impl Contents {
 /// The label of the cartridge `spec` reads, waiting up to `ready` for a
 /// drive that was just loaded.
 fn read_contents(spec: &DeviceSpec, ready: Duration) -> Contents {
-    let started = Instant::now();
-    let dev = loop {
-        match crate::device::open(spec, Mode::Read) {
-            Ok(dev) => break dev,
-            Err(e) if started.elapsed() >= ready => return Contents::Unreadable(e.to_string()),
-            Err(_) => std::thread::sleep(Duration::from_secs(1)),
-        }
+    let dev = match wait_ready(spec, ready) {
+        Ok(dev) => dev,
+        Err(why) => return Contents::Unreadable(why),
     };
     if let Ok(st) = dev.tape_status() {
         if st.at_bot && st.at_eod {
@@ -275,7 +271,7 @@ fn inventory(a: InventoryArgs) -> Result<(), Failure> {
             (None, Some(seen), _) if a.cached => (Contents::Cached(seen), None),
             (None, _, Some(d)) => {
                 let drive = (d.number, d.device.clone().expect("found with one"));
-                in_drive(changer.as_mut(), s.number, &drive, read)?
+                in_drive(changer.as_mut(), s.number, &drive, ready, read)?
             }
             (None, _, None) => (
                 Contents::NotRead(

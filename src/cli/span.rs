@@ -14,6 +14,7 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -221,7 +222,7 @@ fn scratch_cartridges(
             Some(spec) => judge(&spec),
             None => match kept_by_cache(cache.get(&barcode), policy, args) {
                 Some(why) => (Err(Failure::Usage(why)), None),
-                None => in_drive(changer, s.number, &drives[0], judge)?,
+                None => in_drive(changer, s.number, &drives[0], READY, judge)?,
             },
         };
         if let Some(seen) = seen {
@@ -349,15 +350,36 @@ fn seen_of(found: &[crate::media::sets::TapeSet]) -> Seen {
     )
 }
 
-/// Load the cartridge in `slot` into the empty `drive`, run `f` on the
-/// drive's device, and put the cartridge back where it was.
+/// How long a drive may take to become ready after a load when judging or
+/// finding cartridges (as `changer inventory --ready-timeout`'s default).
+const READY: Duration = Duration::from_secs(300);
+
+/// The drive `spec` opened for reading, once it opens: a real drive
+/// threads a cartridge for a while after a load. Up to `ready`; then why not.
+pub fn wait_ready(spec: &DeviceSpec, ready: Duration) -> Result<Box<dyn Device>, String> {
+    let started = Instant::now();
+    loop {
+        match crate::device::open(spec, Mode::Read) {
+            Ok(dev) => return Ok(dev),
+            Err(e) if started.elapsed() >= ready => return Err(e.to_string()),
+            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Load the cartridge in `slot` into the empty `drive`, wait up to
+/// `ready` for the drive, run `f` on the drive's device, and put the
+/// cartridge back where it was.
 pub fn in_drive<T>(
     changer: &mut dyn Changer,
     slot: u32,
     drive: &(u32, DeviceSpec),
+    ready: Duration,
     f: impl FnOnce(&DeviceSpec) -> T,
 ) -> Result<T, Failure> {
     changer.load(slot, drive.0).map_err(Failure::Changer)?;
+    // Not ready in time: `f` sees the drive as it is (and says why).
+    drop(wait_ready(&drive.1, ready));
     let out = f(&drive.1);
     let back = changer.unload(drive.0).map_err(Failure::Changer)?;
     if back != slot {
@@ -627,7 +649,7 @@ fn library_sets(
                 Some(seen)
             }
             (None, None) => {
-                let seen = in_drive(changer.as_mut(), s.number, &drives[0], seen_on)?;
+                let seen = in_drive(changer.as_mut(), s.number, &drives[0], READY, seen_on)?;
                 if let (Some(b), Some(seen)) = (&s.barcode, &seen) {
                     cache.observed(b, seen.clone());
                 }

@@ -153,13 +153,26 @@ pub struct LabelCache {
 impl LabelCache {
     /// Where the cache of the changer named `changer` lives.
     pub fn path_for(changer: &str) -> Option<PathBuf> {
+        Self::path_under(
+            changer,
+            std::env::var_os("XDG_CACHE_HOME"),
+            std::env::var_os("HOME"),
+        )
+    }
+
+    /// `path_for` with the environment's XDG_CACHE_HOME and HOME given.
+    fn path_under(
+        changer: &str,
+        xdg_cache_home: Option<std::ffi::OsString>,
+        home: Option<std::ffi::OsString>,
+    ) -> Option<PathBuf> {
         if let Ok(spec) = super::vlib::LibrarySpec::parse(changer) {
             return Some(spec.dir.join("vlib.labels"));
         }
-        let base = std::env::var_os("XDG_CACHE_HOME")
+        let base = xdg_cache_home
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+            .or_else(|| home.map(|h| PathBuf::from(h).join(".cache")))?;
         let name: String = changer
             .trim_start_matches('/')
             .chars()
@@ -362,12 +375,18 @@ mod tests {
 
     #[test]
     fn a_scsi_changer_caches_under_xdg_cache_home() {
-        // path_for reads the environment: only compare what does not
-        // depend on it.
-        let p = LabelCache::path_for("/dev/sg5");
-        if let Some(p) = p {
-            assert!(p.ends_with("pbio/changer-dev_sg5.labels"), "{p:?}");
-        }
+        let under = |xdg: Option<&str>, home: Option<&str>| {
+            LabelCache::path_under("/dev/sg5", xdg.map(Into::into), home.map(Into::into))
+        };
+        assert_eq!(
+            under(Some("/c"), Some("/h")).unwrap(),
+            PathBuf::from("/c/pbio/changer-dev_sg5.labels")
+        );
+        assert_eq!(
+            under(Some(""), Some("/h")).unwrap(),
+            PathBuf::from("/h/.cache/pbio/changer-dev_sg5.labels")
+        );
+        assert_eq!(under(None, None), None);
         assert_eq!(
             LabelCache::path_for("vlib:/srv/lib,inplace=0").unwrap(),
             PathBuf::from("/srv/lib/vlib.labels")
