@@ -23,7 +23,7 @@ trap cleanup EXIT
 # Source on tmpfs: one large file and 200 small ones.
 mkdir -p "$src/tree/small"
 if [ "$mode" = compress ]; then
-    head -c $(( (src_mib - 20) << 20 )) /dev/urandom | base64 -w 0 | head -c $(( (src_mib - 20) << 20 )) >"$src/tree/large.bin"
+    head -c $(( (src_mib - 20) * 3 << 18 )) /dev/urandom | base64 -w 0 >"$src/tree/large.bin"
 else
     head -c $(( (src_mib - 20) << 20 )) /dev/urandom >"$src/tree/large.bin"
 fi

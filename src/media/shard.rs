@@ -5,11 +5,14 @@
 
 use crate::device::Device;
 use crate::format::parity::{check_data_shard, record_to_shard};
-use crate::format::{RecordHeader, SetId, StripeRecord, HEADER_BYTES};
+use crate::format::{round_up_block, RecordHeader, SetId, StripeRecord, HEADER_BYTES};
 
 /// Read the data record `r` of a stripe of set `set_id` from `dev` into
-/// `buf` as its shard: the header block first, then the stored payload and
-/// padding it announces, the magic zeroed, checked by `check_data_shard`.
+/// `buf` as its shard, the magic zeroed, checked by `check_data_shard`:
+/// in one read of the most it can take on media (header block and
+/// `payload_bytes` padded: exactly the record unless it is compressed)
+/// when the device and `buf` hold that much, else the header block
+/// first, then the stored payload and padding it announces.
 /// The record's length on media (its shard is `buf[..len]`, to be padded
 /// with zeros to the stripe's shard length), or why it cannot be used.
 pub fn read_data_shard(
@@ -26,7 +29,10 @@ pub fn read_data_shard(
     if buf.len() < HEADER_BYTES {
         return Err("no room for a record header (caller bug)".into());
     }
-    read(&mut buf[..HEADER_BYTES], r.position)?;
+    let most = HEADER_BYTES + round_up_block(r.payload_bytes.into()) as usize;
+    let whole = most <= buf.len() && r.position + most as u64 <= dev.capacity_bytes();
+    let first = if whole { most } else { HEADER_BYTES };
+    read(&mut buf[..first], r.position)?;
     let media = RecordHeader::decode(&buf[..HEADER_BYTES])
         .map_err(|e| format!("data record header: {e}"))?
         .media_bytes() as usize;
@@ -35,7 +41,7 @@ pub fn read_data_shard(
             "a record of {media} bytes on media is larger than the set's chunk"
         ));
     }
-    if media > HEADER_BYTES {
+    if media > first {
         read(
             &mut buf[HEADER_BYTES..media],
             r.position + HEADER_BYTES as u64,
