@@ -68,4 +68,3 @@ pub(super) fn output_complete() -> bool {
     errln!("pbio: writing to stdout failed: {why}; the output is incomplete");
     false
 }
-
