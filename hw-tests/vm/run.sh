@@ -69,9 +69,10 @@
 #                     (iscsi-ls) and qemu-block-extra (QEMU's iSCSI driver). Without
 #                     them the run fails (exit 2) under CI=true; otherwise it
 #                     warns and leaves changer and library out
-#                     (library is not in the default yet: pbio's own read of a
-#                     tape that tgt's drive just wrote fails with EINVAL; run it
-#                     by hand with PBIO_VM_TESTS="changer library")
+#                     (library is not in the default yet: its span and its
+#                     one-drive restore fail on tgt's drives, hw-tests/README.md
+#                     items 5 and 6; run it by hand with
+#                     PBIO_VM_TESTS="changer library")
 #   PBIO_VM_VTL_PORT [3271], PBIO_VM_VTL_CONTROL [71], PBIO_VM_VTL_CARTRIDGES [6],
 #   PBIO_VM_VTL_SIZE [32] (MB a cartridge)  the library (hw-tests/vm/vtl.sh)
 #   PBIO_VM_BREAK=1   deliberately break one check (set.sh compares a

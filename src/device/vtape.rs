@@ -6,7 +6,8 @@
 //! (a block: its offset in `vtape.data` and length; or a filemark), and
 //! `vtape.conf` the cartridge's physical length and early-warning zone.
 //! The drive, like st in variable-block mode, writes and reads one block
-//! per operation, refuses blocks above its block limit (EINVAL), returns
+//! per operation, refuses blocks above its block limit and reads into a
+//! buffer larger than that limit (EINVAL, before moving), returns
 //! 0 for a filemark, ENOMEM for a block larger than the read buffer, and
 //! at the end of the medium behaves as st does (IO-NOTES.md):
 //!
@@ -514,6 +515,13 @@ impl Device for VirtualTape {
     fn before_block_read(&self, buffer_bytes: u32) -> BlockIo {
         let mut st = self.lock();
         assert_eq!(st.pending, Pending::None, "vtape: one operation at a time");
+        // st refuses a read larger than the drive's block limit before
+        // the tape moves, whatever the block there (rw_checks).
+        if buffer_bytes > BLOCK_BYTES_MAX {
+            return BlockIo::Done {
+                result: -libc::EINVAL,
+            };
+        }
         let head = st.head;
         let Some(&o) = st.objects.get(head) else {
             // End of data: st returns 0 once (blank check), then EIO.

@@ -134,13 +134,10 @@ where
     if dev.access() == Access::Sequential {
         // One block per read: at most the largest record of the set, and
         // at most what the drive can write.
-        let block_max = dev
-            .block_bytes_max()
-            .map_or(record_max, |m| (m as usize).min(record_max))
-            .max(HEADER_BYTES);
+        let block_max = super::tape::block_read_bytes(dev, record_max);
         let pool = BufferPool::new(2, block_max.div_ceil(BLOCK_BYTES) * BLOCK_BYTES);
         let mut leases = two_leases(&pool);
-        let streamed = stream_sequential(dev, start, end, &mut leases, &mut each);
+        let streamed = stream_sequential(dev, start, end, block_max, &mut leases, &mut each);
         let reclaimed = each(Item::Reclaim);
         return streamed.and(reclaimed.map(|_| ()));
     }
@@ -599,6 +596,7 @@ fn stream_sequential<E>(
     dev: &dyn Device,
     start: u64,
     end: u64,
+    read_bytes: usize,
     leases: &mut [Arc<Lease>; 2],
     each: &mut impl FnMut(Item<'_>) -> Result<Flow, E>,
 ) -> Result<(), E>
@@ -610,7 +608,7 @@ where
         offset,
         error,
     };
-    let read_bytes = leases[0].len();
+    debug_assert!(read_bytes <= leases[0].len());
     let mut ring = Uring::new(2).map_err(|e| io_err(start, e))?;
     let tape = |op, position| dev.tape_op(op).map_err(|e| io_err(position, e));
     tape(TapeOp::Rewind, 0)?;
@@ -622,7 +620,7 @@ where
     // already answered by the device. Every read begun is completed
     // (`complete`) before its lease is touched again or dropped.
     let begin = |ring: &mut Uring, lease: &mut Arc<Lease>, position: u64| match dev
-        .before_block_read(lease.len() as u32)
+        .before_block_read(read_bytes as u32)
     {
         BlockIo::Done { result } => Ok(Some(result)),
         BlockIo::Submit { sqe_offset, bytes } => {

@@ -5,7 +5,7 @@
 use super::catalog::{checked_payload, decoded, each_catalog_record, CatalogRead};
 use super::{name, MediaError};
 use crate::device::{self, Access, Device, TapeOp};
-use crate::format::{Label, RecordHeader, RecordKind, SetId, HEADER_BYTES};
+use crate::format::{Label, RecordHeader, RecordKind, SetId, BLOCK_BYTES, HEADER_BYTES};
 use crate::io::buffers::BufferPool;
 
 pub(super) fn tape_op(dev: &dyn Device, op: TapeOp, position: u64) -> Result<(), MediaError> {
@@ -46,6 +46,16 @@ pub(super) fn write_tape_block(
             Err(e) => return Err(io_err(e)),
         }
     }
+}
+
+/// How many bytes to ask for when reading a tape block of at most
+/// `record_max` bytes: no more than the drive's block limit (READ BLOCK
+/// LIMITS), since st refuses a variable-block read larger than that with
+/// EINVAL whatever the block on the tape (rw_checks), and at least a header.
+pub(super) fn block_read_bytes(dev: &dyn Device, record_max: usize) -> usize {
+    dev.block_bytes_max()
+        .map_or(record_max, |m| (m as usize).min(record_max))
+        .max(HEADER_BYTES)
 }
 
 /// Read one tape block; 0 is a filemark.
@@ -107,8 +117,10 @@ pub(super) fn read_tape_catalog(
     dev: &dyn Device,
     label: &Label,
 ) -> Result<CatalogRead, MediaError> {
-    let chunk = label.chunk_bytes as usize;
-    let mut pool = BufferPool::new(1, HEADER_BYTES + chunk);
+    // Catalog blocks were written no larger than the drive allows: ask
+    // for no more than that (HEADER_BYTES + chunk can be past the limit).
+    let read_bytes = block_read_bytes(dev, HEADER_BYTES + label.chunk_bytes as usize);
+    let mut pool = BufferPool::new(1, read_bytes.div_ceil(BLOCK_BYTES) * BLOCK_BYTES);
     let invalid = |why: String| MediaError::Invalid {
         device: name(dev),
         why,
@@ -128,7 +140,7 @@ pub(super) fn read_tape_catalog(
     let mut bytes: Vec<u8> = Vec::new();
     let mut catalog_bytes: Option<u64> = None;
     loop {
-        let buf = pool.slot_mut(0);
+        let buf = &mut pool.slot_mut(0)[..read_bytes];
         let got = read_tape_block(dev, buf, block)?;
         if got == 0 {
             return Err(invalid(format!(
@@ -180,11 +192,56 @@ pub(super) fn read_tape_catalog(
             catalog_bytes.unwrap_or(0)
         )));
     }
-    let buf = pool.slot_mut(0);
+    let buf = &mut pool.slot_mut(0)[..read_bytes];
     if read_tape_block(dev, buf, block + 1)? != 0 {
         return Err(invalid(
             "tape file 1: no filemark after the End record".to_string(),
         ));
     }
     decoded(&bytes, label).map_err(|e| format_err("catalog (tape file 1)", 0, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::vtape::{VirtualTape, BLOCK_BYTES_MAX};
+    use crate::device::{DeviceSpec, Mode};
+    use crate::format::seal::LabelSeal;
+
+    /// A set whose chunk is larger than the drive's block limit: its
+    /// catalog blocks were written within the limit, and reading them
+    /// must ask for no more than that, or the drive refuses the read
+    /// (EINVAL from st, as tgt's drives showed with a 1 MiB chunk).
+    #[test]
+    fn the_catalog_is_read_within_the_drive_block_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = DeviceSpec::parse(&format!("vtape:{},size=64M", dir.path().display())).unwrap();
+        let tape = VirtualTape::open(&spec, Mode::Write).unwrap();
+        let chunk_bytes = 16 << 20;
+        assert!(HEADER_BYTES + chunk_bytes as usize > BLOCK_BYTES_MAX as usize);
+        let label = Label::new_writing(
+            SetId([0x5a; 16]),
+            1,
+            chunk_bytes,
+            LabelSeal::NONE,
+            0,
+            1,
+            BLOCK_BYTES as u32,
+        );
+        super::super::label::write_label(&tape, &label).unwrap();
+        // Not a catalog pbio could decode: the records must be read through
+        // to the End record and its filemark, then decoding fails.
+        let catalog = vec![7u8; 20_000];
+        write_tape_catalog(&tape, label.set_id, 0, 1, 1, &catalog, 8192).unwrap();
+        match read_tape_catalog(&tape, &label) {
+            Err(MediaError::Format { what, .. }) => assert_eq!(what, "catalog (tape file 1)"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("7s decoded as a catalog"),
+        }
+        // A volume closed before its catalog: only the End record.
+        super::super::label::write_label(&tape, &label).unwrap();
+        write_tape_catalog(&tape, label.set_id, 0, 1, 1, &[], 8192).unwrap();
+        let e = read_tape_catalog(&tape, &label).unwrap_err();
+        assert!(matches!(e, MediaError::Continued { .. }), "{e}");
+    }
 }

@@ -172,6 +172,22 @@ fn early_warning_and_physical_end() {
 }
 
 #[test]
+fn a_read_larger_than_the_block_limit_is_refused_before_moving() {
+    // As st does (rw_checks): EINVAL whatever the block, and the block is
+    // still there for a read within the limit.
+    let dir = tempfile::tempdir().unwrap();
+    let t = tape(&dir.path().join("t"), ",size=1M");
+    write_block(&t, &block(4096, 5)).unwrap();
+    t.tape_op(TapeOp::Rewind).unwrap();
+    let mut big = block(BLOCK_BYTES_MAX as usize + 4096, 0);
+    let e = read_block(&t, &mut big).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    let within = &mut big[..BLOCK_BYTES_MAX as usize];
+    assert_eq!(read_block(&t, within).unwrap(), 4096);
+    assert_eq!(within[..4096], block(4096, 5)[..]);
+}
+
+#[test]
 fn block_limit_and_speed() {
     let dir = tempfile::tempdir().unwrap();
     let t = tape(&dir.path().join("t"), ",size=64M,rate=100M");
