@@ -274,3 +274,56 @@ fn a_library_appends_scans_and_keeps_young_sets() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(fourth["cartridges"][0], used, "{fourth}");
 }
+
+/// Data after a tape's last set that is neither the end of recorded data
+/// nor a pbio label (another program's file, or a drive that keeps old
+/// blocks past the last filemark, as tgt's emulated drives do): the set
+/// before it is still listed and restored, and `--append` is refused
+/// (exit 2, the device named) rather than writing over that data.
+#[test]
+fn data_after_the_last_set_is_read_past_but_never_appended_over() {
+    use pbio::device::{self, DeviceSpec, Mode, TapeOp};
+    let tmp = tempfile::tempdir().unwrap();
+    let one = tmp.path().join("one");
+    source(&one, 3, 2);
+    let tape = format!("vtape:{},size=64M", tmp.path().join("t").display());
+    let (code, id, err) = backup(&one, &tape, &[]);
+    assert_eq!(code, 0, "{err}");
+
+    // Another program's file after the set: one block of text at the end
+    // of recorded data, closed by a filemark.
+    {
+        let spec = DeviceSpec::parse(&tape).unwrap();
+        let dev = device::open(&spec, Mode::Write).unwrap();
+        dev.attach().unwrap();
+        dev.tape_op(TapeOp::EndOfData).unwrap();
+        let block = vec![b'x'; 4096];
+        assert_eq!(device::write_block(dev.as_ref(), &block).unwrap(), 4096);
+        dev.tape_op(TapeOp::WriteFilemarks(1)).unwrap();
+        dev.detach();
+    }
+    let recorded = |name: &str| fs::read(tmp.path().join("t").join(name)).unwrap();
+    let before = (recorded("vtape.data"), recorded("vtape.index"));
+
+    let (code, out, err) = pbio(&["list", "--dev", &tape]);
+    assert_eq!(code, 0, "list: {err}");
+    assert!(out.contains(&id), "{out}");
+    restore_same(&tape, None, &one, &tmp.path().join("r"));
+    // scan walks the sets (as a library's inventory does): the set, whole.
+    let (code, out, err) = pbio(&["scan", "--dev", &tape]);
+    assert_eq!(code, 0, "scan: {out}{err}");
+    assert!(out.contains(&format!("set {id}")), "{out}");
+
+    let two = tmp.path().join("two");
+    source(&two, 4, 1);
+    let (code, _, err) = backup(&two, &tape, &["--append"]);
+    assert_eq!(code, 2, "--append over another program's data: {err}");
+    assert!(err.contains("--append"), "{err}");
+    assert!(
+        (recorded("vtape.data"), recorded("vtape.index")) == before,
+        "the tape was written"
+    );
+    let (code, out, err) = pbio(&["list", "--dev", &tape]);
+    assert_eq!(code, 0, "list after the refused append: {err}");
+    assert!(out.contains(&id), "{out}");
+}

@@ -64,7 +64,7 @@ pub fn append_point(spec: &DeviceSpec, force: bool) -> Result<AppendPoint, Failu
         return Ok(AppendPoint::default());
     }
     let dev = device::open(spec, Mode::Read).map_err(Failure::DeviceToWrite)?;
-    let found = sets::sets_on_tape(dev.as_ref())
+    let found = sets::sets_to_append_after(dev.as_ref())
         .map_err(|e| Failure::Usage(format!("device {name}: --append: {e}")))?;
     drop(dev);
     let used_bytes = match device::vtape::dir_of(&spec.path) {

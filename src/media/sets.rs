@@ -208,11 +208,32 @@ impl TapeSet {
 /// at the end of recorded data, at what is not a pbio label, and after a
 /// set that is not complete: nothing after an unclosed set is trusted (an
 /// append never writes there). A tape whose first block is not a label is
-/// an error (what `read_label` says).
+/// an error (what `read_label` says). What stopped the walk after the
+/// sets, when it was not the end of recorded data, is
+/// [`sets_to_append_after`]'s concern: readers take the sets.
 pub fn sets_on_tape(dev: &dyn Device) -> Result<Vec<TapeSet>, MediaError> {
+    walk_sets(dev).map(|(sets, _)| sets)
+}
+
+/// The sets on a tape, for an append after the last one: as
+/// [`sets_on_tape`], but data after the sets that is neither the end of
+/// recorded data nor a pbio label (another program's, or a drive that
+/// keeps old blocks past the last filemark, as tgt's emulated drives do)
+/// is an error: an append would write over it.
+pub fn sets_to_append_after(dev: &dyn Device) -> Result<Vec<TapeSet>, MediaError> {
+    match walk_sets(dev)? {
+        (_, Some(after)) => Err(after),
+        (sets, None) => Ok(sets),
+    }
+}
+
+/// The walk of both: the sets, and what was found after them where it
+/// was not the end of recorded data.
+fn walk_sets(dev: &dyn Device) -> Result<(Vec<TapeSet>, Option<MediaError>), MediaError> {
     assert_eq!(dev.access(), Access::Sequential);
     let mut sets: Vec<TapeSet> = Vec::new();
     let mut files_before = 0u32;
+    let mut after = None;
     while (sets.len() as u32) < SETS_PER_TAPE_MAX {
         let view = SetOnTape::new(dev, files_before);
         let label = match read_label(&view) {
@@ -225,7 +246,10 @@ pub fn sets_on_tape(dev: &dyn Device) -> Result<Vec<TapeSet>, MediaError> {
                 ..
             })
             | Err(MediaError::Io { .. }) => break,
-            Err(e) => return Err(e),
+            Err(e) => {
+                after = Some(e);
+                break;
+            }
         };
         let end = match read_catalog(&view, &label) {
             Ok(read) => SetEnd::Catalog(Box::new(read.catalog)),
@@ -245,7 +269,7 @@ pub fn sets_on_tape(dev: &dyn Device) -> Result<Vec<TapeSet>, MediaError> {
         }
     }
     let _ = dev.tape_op(TapeOp::Rewind);
-    Ok(sets)
+    Ok((sets, after))
 }
 
 /// What `choose` found wrong with `--set`.
