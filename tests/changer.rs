@@ -552,13 +552,10 @@ fn a_cartridge_swapped_behind_the_cache_is_judged_by_its_label() {
 /// incomplete (exit 3) in 3 of 6 runs while scratch cartridges were left
 /// when only one spare per drive was taken.
 ///
-/// Still failing about 1 run in 4 (so ignored, run with `--ignored`): a
-/// spare takes handed-back work larger than its room (the dispatcher's
-/// `take_shared` rounds the cut up to a chunk), the ring stops as full on
-/// the record that does not fit before writing the ones it read ahead, and
-/// every spare ends with nothing written (exit 3 with scratch left).
+/// A second cause, fixed with it: a spare given handed-back work larger
+/// than its room stopped as full at the first record that did not fit,
+/// before writing any of the records it had read ahead.
 #[test]
-#[ignore = "issue 20: a spare given more than its room writes nothing; see the comment"]
 fn a_set_that_fits_the_scratch_cartridges_always_completes() {
     for run in 0..4u64 {
         let tmp = tempfile::tempdir().unwrap();
