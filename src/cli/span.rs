@@ -46,6 +46,10 @@ struct Scratch {
     slot: u32,
     barcode: String,
     capacity: u64,
+    /// Its early-warning zone where known (an emulated tape's): the end
+    /// of its capacity a volume cannot count on, since the write after the
+    /// one that enters it fails (ENOSPC) and the volume ends there.
+    early_warning: u64,
     /// `--append`: where the new set goes on it (after its sets).
     point: AppendPoint,
 }
@@ -87,9 +91,11 @@ pub fn run(args: BackupArgs) -> CliResult {
         prepared.plan = plan;
         prepared.reserve_bytes = reserve;
     }
-    // A spare per drive where the library has them: taken only when a
-    // volume reaches the end of its medium before its planned work.
-    let spares = (scratch.len() - needed).min(drives.len());
+    // Every other scratch cartridge is a spare, taken in turn only when a
+    // volume reaches the end of its medium before its planned work: a set
+    // that fits the scratch cartridges never ends incomplete while one is
+    // left (issue 20: one spare per drive did not always suffice).
+    let spares = scratch.len() - needed;
     let volumes: Vec<Volume> = scratch[..needed + spares]
         .iter()
         .map(|s| Volume {
@@ -216,7 +222,11 @@ fn scratch_cartridges(
         let judge = |spec: &DeviceSpec| {
             let capacity = crate::device::probe(spec).map_or(0, |p| p.capacity_bytes);
             let point = usable(spec, capacity, policy, args);
-            (point.map(|point| (point, capacity)), seen_on(spec))
+            let early_warning = crate::device::vtape::early_warning_bytes(spec).unwrap_or(0);
+            (
+                point.map(|point| (point, capacity, early_warning)),
+                seen_on(spec),
+            )
         };
         let (usable, seen) = match changer.cartridge_in_slot(s.number) {
             Some(spec) => judge(&spec),
@@ -229,10 +239,11 @@ fn scratch_cartridges(
             cache.observed(&barcode, seen);
         }
         match usable {
-            Ok((point, capacity)) => scratch.push(Scratch {
+            Ok((point, capacity, early_warning)) => scratch.push(Scratch {
                 slot: s.number,
                 barcode,
                 capacity,
+                early_warning,
                 point,
             }),
             Err(why) => errln!(
@@ -483,8 +494,9 @@ fn too_large(failure: Failure, scratch: &[Scratch]) -> Failure {
 /// How many of the scratch cartridges the set needs: its stored bytes
 /// with a record header per tape record, over each cartridge's usable
 /// bytes (its capacity less the catalog's reserve) filled to
-/// `PLANNED_FILL_PERCENT`. A set larger than all of them together is
-/// refused before anything is written.
+/// `PLANNED_FILL_PERCENT`. A set larger than all of them together, each
+/// less its early-warning zone (where a volume may end), is refused
+/// before anything is written.
 fn volumes_needed(
     args: &BackupArgs,
     prepared: &super::Prepared,
@@ -502,14 +514,21 @@ fn volumes_needed(
         .iter()
         .map(|(_, capacity, _)| capacity.saturating_sub(prepared.reserve_bytes))
         .collect();
-    let all: u64 = usable.iter().sum();
+    // What the cartridges hold for sure: each volume may end where its
+    // early-warning zone starts.
+    let sure: Vec<u64> = usable
+        .iter()
+        .zip(scratch)
+        .map(|(bytes, s)| bytes.saturating_sub(s.early_warning))
+        .collect();
+    let all: u64 = sure.iter().sum();
     if media > all {
         return Err(Failure::Usage(format!(
-            "the set needs {} on tape ({} of data), more than the {} scratch cartridges hold together ({} usable at most on one, {} in all): nothing was written",
+            "the set needs {} on tape ({} of data), more than the {} scratch cartridges hold together ({} usable at most on one before its early-warning zone, {} in all): nothing was written",
             human_bytes(media),
             human_bytes(stored),
             scratch.len(),
-            human_bytes(usable.iter().copied().max().unwrap_or(0)),
+            human_bytes(sure.iter().copied().max().unwrap_or(0)),
             human_bytes(all)
         )));
     }

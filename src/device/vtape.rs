@@ -148,6 +148,14 @@ fn geometry_of(spec: &DeviceSpec, dir: &Path) -> Result<Geometry, DeviceError> {
     })
 }
 
+/// The early-warning zone of the emulated tape `spec` names (None: not
+/// an emulated tape, or none there): the bytes at its end a writer cannot
+/// count on, since the write after the one that enters it fails.
+pub fn early_warning_bytes(spec: &DeviceSpec) -> Option<u64> {
+    let dir = dir_of(&spec.path)?;
+    geometry_of(spec, &dir).ok().map(|g| g.early_warning_bytes)
+}
+
 /// Capacity and identity of an emulated tape without writing to it.
 pub fn probe(spec: &DeviceSpec, dir: &Path) -> Result<Probe, DeviceError> {
     if dir.exists() && !dir.is_dir() {

@@ -15,6 +15,9 @@ pub(super) struct Feed<'f> {
     dispatcher: &'f Dispatcher,
     cursor: Option<Cursor>,
     exhausted: bool,
+    /// The device's room ended at a record not read yet: the records read
+    /// ahead before it are written first, then the ring stops with this.
+    room_stop: Option<Stop>,
 }
 
 impl<'f> Feed<'f> {
@@ -24,6 +27,7 @@ impl<'f> Feed<'f> {
             dispatcher,
             cursor: None,
             exhausted: false,
+            room_stop: None,
         }
     }
 }
@@ -32,7 +36,21 @@ impl<'a> Ring<'a> {
     /// The next record from `feed` (`next_record`), noting in `feed` when
     /// the work has ended.
     fn feed_record(&mut self, feed: &mut Feed<'_>, blocking: bool) -> Result<Record, Stop> {
-        let record = self.next_record(&mut feed.cursor, feed.input, feed.dispatcher, blocking)?;
+        let record = match self.next_record(&mut feed.cursor, feed.input, feed.dispatcher, blocking)
+        {
+            // No room for the next record (more work taken than fits):
+            // no more are read, the ones read ahead are still written
+            // (issue 20: a spare stopped before writing any of them).
+            Err(
+                stop @ Stop::Full {
+                    physical: false, ..
+                },
+            ) => {
+                feed.room_stop = Some(stop);
+                Record::Exhausted
+            }
+            other => other?,
+        };
         if matches!(record, Record::Exhausted) {
             feed.exhausted = true;
         }
@@ -58,7 +76,7 @@ impl<'a> Ring<'a> {
                 }
             }
             if inflight == 0 && self.ring.in_flight() == 0 {
-                return Ok(());
+                return feed.room_stop.take().map_or(Ok(()), Err);
             }
             self.pump_transport()?;
             if self.transforming() {
@@ -170,7 +188,7 @@ impl<'a> Ring<'a> {
             let more_to_write = !feed.exhausted || self.next_write < self.gens.len();
             if !more_to_write {
                 debug_assert!(self.write_slot.is_none() && self.ring.in_flight() == 0);
-                return Ok(());
+                return feed.room_stop.take().map_or(Ok(()), Err);
             }
             // The device is idle while its sources still have data for it:
             // an underrun (not before the first block, when the buffer is
