@@ -7,11 +7,11 @@
 # base64 text so that it compresses); encrypt (--encrypt --key-file, a new
 # key): both backups and restores of a run use the mode, so the ratio
 # --parity 1 / --parity 0 is measured with it.
-# Usage: scripts/bench-parity.sh [REPS] [SOURCE_MIB] [MODE]
+# Usage: [PBIO=binary] scripts/bench-parity.sh [REPS] [SOURCE_MIB] [MODE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reps="${1:-3}"; src_mib="${2:-320}"; mode="${3:-plain}"
-pbio="$PWD/target/release/pbio"
+pbio="${PBIO:-$PWD/target/release/pbio}"
 work="$(mktemp -d /tmp/bench-parity.XXXXXX)"
 src="$(mktemp -d /dev/shm/bench-parity-src.XXXXXX)"
 loops=()

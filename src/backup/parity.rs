@@ -8,14 +8,15 @@
 //! each stripe is computed on worker threads over the data records **as
 //! stored** (docs/FORMAT.md 5.1: each read back from its device, header
 //! block and stored payload, compressed and/or sealed as written, checked
-//! against what the ring made durable), and each
+//! against what the ring made durable; one reader thread per device reads
+//! them back in stripe order, contiguous records in one large read, into
+//! a bounded queue), and each
 //! device's parity records are written after its data by a writer thread
 //! of its own, in order, so each device streams its parity as it streamed
 //! its data. A failed device takes no part: the survivors' records are
 //! striped among the survivors, so a set whose device failed mid-run is
 //! still protected against `M` more losses.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::device::{Access, Device, Kind};
@@ -272,7 +273,7 @@ fn encode_and_write(
 ) -> Vec<Vec<Option<u32>>> {
     let result: Mutex<Vec<Vec<Option<u32>>>> =
         Mutex::new(layout.iter().map(|s| vec![None; s.parity.len()]).collect());
-    let next_stripe = AtomicUsize::new(0);
+    let next_stripe = Mutex::new(0usize);
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 8);
@@ -280,6 +281,11 @@ fn encode_and_write(
     // hands over its stripe's records when all earlier stripes' are.
     let handed = Mutex::new(0usize);
     let turn = std::sync::Condvar::new();
+    // Each device's shards, from its reader to the encoders.
+    let (shard_tx, shard_rx): (Vec<_>, Vec<_>) = devices
+        .iter()
+        .map(|_| crossbeam_channel::bounded::<Shard>(SHARDS_QUEUED_PER_DEVICE))
+        .unzip();
     std::thread::scope(|scope| {
         let mut senders = Vec::new();
         for (d, dev) in devices.iter().enumerate() {
@@ -335,27 +341,63 @@ fn encode_and_write(
                 }
             });
         }
-        let (handed, turn, next_stripe) = (&handed, &turn, &next_stripe);
+        // One reader per device: its data records in order, in large
+        // reads, each made its shard (bounded queue: bounded memory).
+        let (free_tx, free_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+        for ((d, dev), tx) in devices.iter().enumerate().zip(shard_tx) {
+            let members: Vec<(&StripeRecord, usize)> = layout
+                .iter()
+                .zip(stripes)
+                .flat_map(|(l, st)| {
+                    l.data
+                        .iter()
+                        .zip(&st.data)
+                        .filter(move |(member, _)| **member as usize == d)
+                        .map(move |(_, r)| (r, st.shard_bytes() as usize))
+                })
+                .collect();
+            let (dev, free_rx) = (dev.as_ref(), free_rx.clone());
+            scope.spawn(move || read_shards(dev, config, &members, &tx, &free_rx));
+        }
+        let (handed, turn, next_stripe, shard_rx) = (&handed, &turn, &next_stripe, &shard_rx);
         for _ in 0..workers {
-            let senders = senders.clone();
+            let (senders, free_tx) = (senders.clone(), free_tx.clone());
             scope.spawn(move || {
                 let mut codecs: Vec<Option<Codec>> = Vec::new();
-                let mut shards: Vec<Vec<u8>> = Vec::new();
-                // Aligned for a device opened with O_DIRECT.
-                let mut read = BufferPool::new(1, shard_bytes_for(config.chunk_bytes) as usize);
                 loop {
-                    let s = next_stripe.fetch_add(1, Ordering::Relaxed);
-                    if s >= layout.len() {
-                        break;
-                    }
-                    let encoded = encode_stripe(
-                        devices,
-                        config,
-                        (&layout[s], &stripes[s], &sequences[s]),
-                        placed,
-                        s,
-                        (&mut codecs, &mut shards, &mut read),
-                    );
+                    // Take the next stripe and its shards in stripe order
+                    // (each reader sends its device's shards in that order).
+                    let (s, data) = {
+                        let mut next = next_stripe.lock().expect("parity stripes");
+                        let s = *next;
+                        if s >= layout.len() {
+                            break;
+                        }
+                        *next += 1;
+                        let data: Vec<Shard> = layout[s]
+                            .data
+                            .iter()
+                            .map(|&d| shard_rx[d as usize].recv().ok().flatten())
+                            .collect();
+                        (s, data)
+                    };
+                    let encoded = if data.iter().all(Option::is_some) {
+                        let data: Vec<Vec<u8>> = data.into_iter().flatten().collect();
+                        let encoded = encode_stripe(
+                            devices,
+                            config,
+                            (&layout[s], &stripes[s], &sequences[s]),
+                            placed,
+                            s,
+                            (&mut codecs, &data),
+                        );
+                        for buf in data {
+                            let _ = free_tx.send(buf);
+                        }
+                        encoded
+                    } else {
+                        Vec::new()
+                    };
                     let mut at = handed.lock().expect("parity turn");
                     while *at != s {
                         at = turn.wait(at).expect("parity turn");
@@ -376,36 +418,22 @@ fn encode_and_write(
     result.into_inner().expect("parity result")
 }
 
-/// The parity records of stripe `s`, encoded (header and padded payload);
-/// none when a data record cannot be read back as it was written.
+/// The parity records of stripe `s`, encoded (header and padded payload)
+/// over its data records' shards `data` (as read back by `read_shards`);
+/// none when the codec cannot encode them.
 fn encode_stripe(
     devices: &[Box<dyn Device>],
     config: &BackupConfig,
     (layout, stripe, sequences): (&stripe::WrittenStripe, &CatalogStripe, &[u64]),
     placed: &[Vec<Option<(u64, u64)>>],
     s: usize,
-    (codecs, data, read): (&mut Vec<Option<Codec>>, &mut Vec<Vec<u8>>, &mut BufferPool),
+    (codecs, data): (&mut Vec<Option<Codec>>, &[Vec<u8>]),
 ) -> Vec<Encoded> {
     let k = stripe.data.len();
     let m = layout.parity.len();
     let shard = stripe.shard_bytes() as usize;
-    // The worker's shard buffers, kept from stripe to stripe (a fresh
-    // 1 MiB allocation per shard costs its page faults every time).
-    if data.len() < k {
-        data.resize_with(k, Vec::new);
-    }
-    for (r, buf) in stripe.data.iter().zip(data.iter_mut()) {
-        let dev = devices[r.device as usize].as_ref();
-        let Ok(len) =
-            media::shard::read_data_shard(dev, config.set_id, r, &mut read.slot_mut(0)[..shard])
-        else {
-            return Vec::new();
-        };
-        buf.resize(shard, 0);
-        buf[..len].copy_from_slice(&read.slot(0)[..len]);
-        buf[len..].fill(0);
-    }
-    let data = &data[..k];
+    assert_eq!(data.len(), k, "one shard per data record");
+    assert!(data.iter().all(|d| d.len() == shard), "shards padded");
     if codecs.len() <= k {
         codecs.resize_with(k + 1, || None);
     }
@@ -466,4 +494,84 @@ fn encode_stripe(
             })
         })
         .collect()
+}
+
+/// Shards queued per device between its reader and the encoders.
+const SHARDS_QUEUED_PER_DEVICE: usize = 8;
+/// Most bytes of contiguous data records read back at once.
+const READ_BYTES_MAX: usize = 8 << 20;
+
+/// A data record's shard as read back, padded with zeros to its stripe's
+/// shard length; None when it cannot be read back as it was written.
+type Shard = Option<Vec<u8>>;
+
+/// Read back the data records of `dev` that stripes take, `members`
+/// (record, its stripe's shard length) in the order the stripes take
+/// them, and send each one's shard, in that order, to `tx`. Contiguous
+/// records are read with one positioned read of up to `READ_BYTES_MAX`
+/// (the device streams them back as it streamed them out); a record that
+/// read does not hold whole, or all of them when it fails, is read alone
+/// (`media::shard::read_data_shard`). Shard buffers come from `free`
+/// when the encoders have handed some back.
+fn read_shards(
+    dev: &dyn Device,
+    config: &BackupConfig,
+    members: &[(&StripeRecord, usize)],
+    tx: &crossbeam_channel::Sender<Shard>,
+    free: &crossbeam_channel::Receiver<Vec<u8>>,
+) {
+    if members.is_empty() {
+        return;
+    }
+    let record_bytes_max = shard_bytes_for(config.chunk_bytes) as usize;
+    let mut batch = BufferPool::new(1, READ_BYTES_MAX.max(record_bytes_max));
+    let mut one = BufferPool::new(1, record_bytes_max);
+    let most = |r: &StripeRecord| {
+        (r.position + HEADER_BYTES as u64 + round_up_block(r.payload_bytes.into()))
+            .min(dev.capacity_bytes())
+    };
+    let mut i = 0;
+    while i < members.len() {
+        // Records i..j: increasing positions, all within one read.
+        let start = members[i].0.position;
+        let mut end = most(members[i].0);
+        let mut j = i + 1;
+        while j < members.len() {
+            let r = members[j].0;
+            let to = end.max(most(r));
+            if r.position <= members[j - 1].0.position || to - start > batch.slot_bytes() as u64 {
+                break;
+            }
+            end = to;
+            j += 1;
+        }
+        let read = (end.saturating_sub(start) as usize).min(batch.slot_bytes());
+        let got = media::read_at(dev, &mut batch.slot_mut(0)[..read], start).unwrap_or(0);
+        for &(r, shard) in &members[i..j] {
+            let mut buf = free.try_recv().unwrap_or_default();
+            buf.resize(shard, 0);
+            let at = (r.position - start) as usize;
+            let held = got.saturating_sub(at).min(shard);
+            buf[..held].copy_from_slice(&batch.slot(0)[at..at + held]);
+            let len = match media::shard::data_shard_in(&mut buf[..held], config.set_id, r) {
+                Ok(Some(len)) => Some(len),
+                // The read failed or stopped short: this record alone.
+                _ if got < read => {
+                    let slot = &mut one.slot_mut(0)[..shard];
+                    media::shard::read_data_shard(dev, config.set_id, r, slot)
+                        .ok()
+                        .inspect(|&len| buf[..len].copy_from_slice(&slot[..len]))
+                }
+                _ => None,
+            };
+            let out = len.map(|len| {
+                buf[len..].fill(0);
+                buf
+            });
+            if tx.send(out).is_err() {
+                return;
+            }
+        }
+        i = j;
+    }
 }

@@ -47,6 +47,28 @@ pub fn read_data_shard(
             r.position + HEADER_BYTES as u64,
         )?;
     }
-    record_to_shard(&mut buf[..media]);
-    check_data_shard(&buf[..media], set_id, r).map(|(_, len)| len)
+    let len = data_shard_in(&mut buf[..media], set_id, r)?;
+    Ok(len.expect("the record's media bytes were read"))
+}
+
+/// The data record `r` at the start of `bytes` (read from its position,
+/// header block included, possibly with what follows it on media) made
+/// its shard in place and checked, as `read_data_shard` does: the
+/// record's length on media, or None when `bytes` stops before its end.
+pub fn data_shard_in(
+    bytes: &mut [u8],
+    set_id: SetId,
+    r: &StripeRecord,
+) -> Result<Option<usize>, String> {
+    let head = bytes
+        .get(..HEADER_BYTES)
+        .ok_or("data record shorter than its header")?;
+    let media = RecordHeader::decode(head)
+        .map_err(|e| format!("data record header: {e}"))?
+        .media_bytes() as usize;
+    if media > bytes.len() {
+        return Ok(None);
+    }
+    record_to_shard(&mut bytes[..media]);
+    check_data_shard(&bytes[..media], set_id, r).map(|(_, len)| Some(len))
 }
