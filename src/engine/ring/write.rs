@@ -25,11 +25,48 @@ impl<'a> Ring<'a> {
         Ok(())
     }
 
+    /// Memory-mapped device, transformed record (finished in its slot):
+    /// copy it into the mapping at its place, make it durable, and count
+    /// it done; the loop frees its slot (`copied_in_place`).
+    fn copy_in_place(&mut self, slot: usize, m: Mapping) -> Result<(), Stop> {
+        let position = self.gens[self.slots[slot].gen].position;
+        let media = self.record_media_bytes(slot) as usize;
+        let record = &self.slots[slot].lease.bytes()[..media];
+        // `place` kept the record within the usable capacity; the mapping
+        // covers the whole device.
+        assert!(
+            position as usize + media <= m.len,
+            "record past the mapping"
+        );
+        // SAFETY: [position, position + media) lies within the mapping
+        // (asserted above), which lives as long as the &Device, longer
+        // than the ring; no other record and no I/O uses that range, and
+        // the slot's buffer does not overlap the mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(record.as_ptr(), m.base.add(position as usize), media)
+        };
+        if let Err(error) = self.device.persist(position, media as u64) {
+            return Err(Stop::Failed {
+                error: Fault::Persist {
+                    offset: position,
+                    bytes: media as u64,
+                    error,
+                },
+            });
+        }
+        self.complete_record(slot);
+        self.copied_in_place += 1;
+        Ok(())
+    }
+
     pub(super) fn submit_write(&mut self, slot: usize) -> Result<(), Stop> {
         // A record's sequence number is its place in media order: its gen
         // index (reads complete in any order; the number must not follow them).
         let sequence = self.slots[slot].gen as u64;
         self.fill_record(slot, sequence);
+        if let Some(m) = self.mapping {
+            return self.copy_in_place(slot, m);
+        }
         let s = &mut self.slots[slot];
         s.phase = Phase::Writing;
         s.retries = 0;
@@ -61,6 +98,7 @@ impl<'a> Ring<'a> {
     /// padding.
     pub(super) fn fill_record(&mut self, slot: usize, sequence: u64) {
         let header = self.data_header(slot, sequence + self.first_sequence);
+        let in_place = self.read_in_place();
         let s = &mut self.slots[slot];
         let g = &self.gens[s.gen];
         let payload_bytes = g.payload_bytes as usize;
@@ -70,7 +108,7 @@ impl<'a> Ring<'a> {
             return self.fill_transformed(slot, header);
         }
         let media = HEADER_BYTES + padded;
-        let buffer: &mut [u8] = match self.mapping {
+        let buffer: &mut [u8] = match in_place {
             // SAFETY: the record's range [position, position + media) lies
             // within the mapping (records end within the capacity), is
             // disjoint from every other record's, and its read has
