@@ -11,18 +11,23 @@ impl<'a> Ring<'a> {
         self.fill_record(slot, sequence);
         let position = self.gens[self.slots[slot].gen].position;
         let media = self.record_media_bytes(slot) as u64;
-        if let Err(error) = self.device.persist(position, media) {
-            return Err(Stop::Failed {
+        self.persist_record(position, media)?;
+        self.stats.payload_bytes_in_place += self.gens[self.slots[slot].gen].payload_bytes as u64;
+        self.complete_record(slot);
+        Ok(())
+    }
+
+    /// Memory-mapped device: make the record at `position` durable.
+    fn persist_record(&self, position: u64, media: u64) -> Result<(), Stop> {
+        self.device
+            .persist(position, media)
+            .map_err(|error| Stop::Failed {
                 error: Fault::Persist {
                     offset: position,
                     bytes: media,
                     error,
                 },
-            });
-        }
-        self.stats.payload_bytes_in_place += self.gens[self.slots[slot].gen].payload_bytes as u64;
-        self.complete_record(slot);
-        Ok(())
+            })
     }
 
     /// Memory-mapped device, transformed record (finished in its slot):
@@ -45,15 +50,7 @@ impl<'a> Ring<'a> {
         unsafe {
             std::ptr::copy_nonoverlapping(record.as_ptr(), m.base.add(position as usize), media)
         };
-        if let Err(error) = self.device.persist(position, media as u64) {
-            return Err(Stop::Failed {
-                error: Fault::Persist {
-                    offset: position,
-                    bytes: media as u64,
-                    error,
-                },
-            });
-        }
+        self.persist_record(position, media as u64)?;
         self.complete_record(slot);
         self.copied_in_place += 1;
         Ok(())
