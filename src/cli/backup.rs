@@ -71,8 +71,7 @@ pub struct BackupArgs {
     pub passphrase_file: Option<std::path::PathBuf>,
     /// Compress each record's payload on worker threads: `zstd` (level 3),
     /// `zstd:LEVEL` (1 to 19; 1 is fastest) or `lz4` (fastest, least
-    /// compression). A record that does not shrink is stored as it is;
-    /// records on a pmem device are always stored as they are.
+    /// compression). A record that does not shrink is stored as it is.
     #[arg(long, value_name = "CODEC", value_parser = parse_compress)]
     pub compress: Option<crate::format::codec::Compression>,
     /// Reed-Solomon parity records per stripe: any M devices of the set
@@ -333,9 +332,6 @@ pub fn run(args: BackupArgs) -> CliResult {
         devices.push(dev);
     }
     check_parity(args.parity.into(), &devices)?;
-    if args.encrypt {
-        super::key::check_encrypt_devices(&devices)?;
-    }
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
     let steal_work = (args.set.balance == crate::plan::Balance::Time)
         .then(|| prepared.devices.iter().map(|d| d.2.unwrap_or(0)).collect());

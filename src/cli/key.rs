@@ -242,23 +242,6 @@ pub(super) fn check_encrypt(encrypt: bool, has_key: bool) -> Result<(), Failure>
     Ok(())
 }
 
-/// `backup --encrypt` refuses a memory-mapped device: it takes the
-/// source's bytes in place, nothing seals them on the way.
-pub(super) fn check_encrypt_devices(
-    devices: &[Box<dyn crate::device::Device>],
-) -> Result<(), Failure> {
-    let mapped = devices
-        .iter()
-        .find(|d| matches!(d.data_path(), crate::device::DataPath::Mapped(_)));
-    match mapped {
-        Some(d) => Err(Failure::Usage(format!(
-            "--encrypt: {} is a memory-mapped (pmem) device; encryption is not available on it yet",
-            d.path().display()
-        ))),
-        None => Ok(()),
-    }
-}
-
 /// A new set's encryption (`backup --encrypt`): a random data key, run id
 /// and wrap nonce, wrapped by the key file's key or the passphrase's
 /// (a random salt), loaded before (`load`, `load_passphrase`); the data

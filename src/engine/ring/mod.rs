@@ -28,7 +28,10 @@
 //! completion the CRC is computed and the header written in place, and the
 //! device's `persist` makes the record's range durable (cache-line flushes
 //! and a fence on DAX, msync otherwise). The payload's bytes land once, in
-//! their final place on the device.
+//! their final place on the device. With `--compress` or `--encrypt`
+//! they cannot: the read goes to the slot's buffer as for any device, the
+//! workers transform it there (plain text never reaches the device), and
+//! the finished record is copied into the mapping and persisted.
 //!
 //! When the device fills up or fails, the ring stops taking work, reaps
 //! what is in flight, and works out exactly what is durable: the longest
@@ -264,8 +267,12 @@ pub struct Ring<'a> {
     held: Option<(usize, i32, Instant)>,
     /// Sequential: since when the device has had nothing to write.
     idle_since: Option<Instant>,
-    /// Memory-mapped device: records are read into it in place.
+    /// Memory-mapped device: records are read into it in place (or, when
+    /// transformed, copied into it from their slot: `copy_in_place`).
     mapping: Option<Mapping>,
+    /// Memory-mapped device with workers: records `copy_in_place` made
+    /// durable since the loop last counted them (their slots are free).
+    copied_in_place: usize,
     /// Pipelined device: record writes are requests of its transport.
     transport: Option<Box<dyn Transport + 'a>>,
     /// Transport completions, reused.
@@ -343,6 +350,7 @@ impl<'a> Ring<'a> {
             held: None,
             idle_since: None,
             mapping,
+            copied_in_place: 0,
             transport,
             transport_done: Vec::new(),
             transport_sqes: Vec::new(),
@@ -457,7 +465,7 @@ impl<'a> Ring<'a> {
                 });
             let (compression, encryption) =
                 (self.config.compression, self.config.encryption.clone());
-            if (compression.is_some() || encryption.is_some()) && self.mapping.is_none() {
+            if compression.is_some() || encryption.is_some() {
                 let threads = std::thread::available_parallelism()
                     .map_or(1, |n| n.get())
                     .min(self.slots.len());

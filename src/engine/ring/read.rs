@@ -190,6 +190,7 @@ impl<'a> Ring<'a> {
     }
 
     pub(super) fn submit_read(&mut self, slot: usize) -> Result<(), Stop> {
+        let in_place = self.read_in_place();
         let s = &mut self.slots[slot];
         let g = &self.gens[s.gen];
         let source = s.source.as_ref().expect("reading slot has a source");
@@ -200,7 +201,7 @@ impl<'a> Ring<'a> {
         } else {
             remaining
         };
-        let entry = match self.mapping {
+        let entry = match in_place {
             Some(m) => {
                 // Straight into the mapping, at the payload's final place.
                 let at = g.position as usize + HEADER_BYTES + s.read_bytes as usize;
@@ -276,7 +277,7 @@ impl<'a> Ring<'a> {
             // (its size differs from the walk's) and the exit code is 1.
             let (from, to) = (s.read_bytes as usize, g.payload_bytes as usize);
             let position = g.position as usize;
-            match self.mapping {
+            match self.read_in_place() {
                 // SAFETY: the record's payload range lies within the
                 // mapping and belongs to this slot alone; its read has
                 // completed (nothing else accesses it).

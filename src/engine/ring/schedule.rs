@@ -83,7 +83,10 @@ impl<'a> Ring<'a> {
                 // Nothing of ours in flight (the ring's or the
                 // transport's): only the workers can move on, wait for them.
                 let idle = self.ring.in_flight() == 0 && !self.transport_waiting();
-                self.collect_transforms(idle)?;
+                let collected = self.collect_transforms(idle);
+                // A mapped device's records are done once copied in place.
+                inflight -= std::mem::take(&mut self.copied_in_place);
+                collected?;
                 if self.workers.as_ref().is_some_and(|w| w.pending > 0) && !idle {
                     // Both may move: look at the workers again soon.
                     self.ring

@@ -13,7 +13,9 @@
 //! once compressed, so records get their media offsets in media (gen)
 //! order as they come back (`place_ready`), as a tape's blocks are
 //! written: a record compressed early waits `Ready` for the ones before it.
-//! Memory-mapped devices read into their final place and store raw.
+//! Memory-mapped devices take transformed records the same way: read
+//! into the slot, transformed there, then copied into the mapping at
+//! their place (`copy_in_place`) instead of written.
 
 use super::*;
 use crate::format::codec::{Compression, Compressor};
@@ -153,10 +155,15 @@ pub(super) fn spawn_workers<'scope>(
 }
 
 impl<'a> Ring<'a> {
-    /// Records go through the workers (compression or encryption on, not a
-    /// mapped device).
+    /// Records go through the workers (compression or encryption on).
     pub(super) fn transforming(&self) -> bool {
-        self.workers.is_some() && self.mapping.is_none()
+        self.workers.is_some()
+    }
+
+    /// Memory-mapped device whose records are read straight into their
+    /// place (not transformed: the workers need them in a slot).
+    pub(super) fn read_in_place(&self) -> Option<Mapping> {
+        self.mapping.filter(|_| !self.transforming())
     }
 
     /// Hand a record whose read completed to the workers.
@@ -168,7 +175,7 @@ impl<'a> Ring<'a> {
             .config
             .encryption
             .as_ref()
-            .map(|_| self.data_header(slot, self.slots[slot].gen as u64));
+            .map(|_| self.data_header(slot, self.slots[slot].gen as u64 + self.first_sequence));
         let s = &mut self.slots[slot];
         let payload_bytes = self.gens[s.gen].payload_bytes as usize;
         if let Some(header) = &header {

@@ -11,17 +11,48 @@ impl<'a> Ring<'a> {
         self.fill_record(slot, sequence);
         let position = self.gens[self.slots[slot].gen].position;
         let media = self.record_media_bytes(slot) as u64;
-        if let Err(error) = self.device.persist(position, media) {
-            return Err(Stop::Failed {
+        self.persist_record(position, media)?;
+        self.stats.payload_bytes_in_place += self.gens[self.slots[slot].gen].payload_bytes as u64;
+        self.complete_record(slot);
+        Ok(())
+    }
+
+    /// Memory-mapped device: make the record at `position` durable.
+    fn persist_record(&self, position: u64, media: u64) -> Result<(), Stop> {
+        self.device
+            .persist(position, media)
+            .map_err(|error| Stop::Failed {
                 error: Fault::Persist {
                     offset: position,
                     bytes: media,
                     error,
                 },
-            });
-        }
-        self.stats.payload_bytes_in_place += self.gens[self.slots[slot].gen].payload_bytes as u64;
+            })
+    }
+
+    /// Memory-mapped device, transformed record (finished in its slot):
+    /// copy it into the mapping at its place, make it durable, and count
+    /// it done; the loop frees its slot (`copied_in_place`).
+    fn copy_in_place(&mut self, slot: usize, m: Mapping) -> Result<(), Stop> {
+        let position = self.gens[self.slots[slot].gen].position;
+        let media = self.record_media_bytes(slot) as usize;
+        let record = &self.slots[slot].lease.bytes()[..media];
+        // `place` kept the record within the usable capacity; the mapping
+        // covers the whole device.
+        assert!(
+            position as usize + media <= m.len,
+            "record past the mapping"
+        );
+        // SAFETY: [position, position + media) lies within the mapping
+        // (asserted above), which lives as long as the &Device, longer
+        // than the ring; no other record and no I/O uses that range, and
+        // the slot's buffer does not overlap the mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(record.as_ptr(), m.base.add(position as usize), media)
+        };
+        self.persist_record(position, media as u64)?;
         self.complete_record(slot);
+        self.copied_in_place += 1;
         Ok(())
     }
 
@@ -30,6 +61,9 @@ impl<'a> Ring<'a> {
         // index (reads complete in any order; the number must not follow them).
         let sequence = self.slots[slot].gen as u64;
         self.fill_record(slot, sequence);
+        if let Some(m) = self.mapping {
+            return self.copy_in_place(slot, m);
+        }
         let s = &mut self.slots[slot];
         s.phase = Phase::Writing;
         s.retries = 0;
@@ -61,6 +95,7 @@ impl<'a> Ring<'a> {
     /// padding.
     pub(super) fn fill_record(&mut self, slot: usize, sequence: u64) {
         let header = self.data_header(slot, sequence + self.first_sequence);
+        let in_place = self.read_in_place();
         let s = &mut self.slots[slot];
         let g = &self.gens[s.gen];
         let payload_bytes = g.payload_bytes as usize;
@@ -70,7 +105,7 @@ impl<'a> Ring<'a> {
             return self.fill_transformed(slot, header);
         }
         let media = HEADER_BYTES + padded;
-        let buffer: &mut [u8] = match self.mapping {
+        let buffer: &mut [u8] = match in_place {
             // SAFETY: the record's range [position, position + media) lies
             // within the mapping (records end within the capacity), is
             // disjoint from every other record's, and its read has
