@@ -11,7 +11,7 @@ mod loopdev;
 
 use std::path::{Path, PathBuf};
 
-use loopdev::{loop_devices_available, pbio, LoopDev};
+use loopdev::{dev_args, loop_devices_available, pbio_owned as run, LoopDev};
 use serde_json::Value;
 
 fn json(text: &str) -> Value {
@@ -45,17 +45,6 @@ fn bed(test: &str, n: usize) -> Option<Bed> {
         src,
         devs,
     })
-}
-
-fn run(args: &[String]) -> (i32, String, String) {
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    pbio(&refs)
-}
-
-fn dev_args(devs: &[&LoopDev]) -> Vec<String> {
-    devs.iter()
-        .flat_map(|d| ["--dev".to_string(), d.arg()])
-        .collect()
 }
 
 fn backup(bed: &Bed, m: usize) -> Value {

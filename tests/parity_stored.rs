@@ -12,23 +12,12 @@ mod loopdev;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use loopdev::{loop_devices_available, pbio, LoopDev};
+use loopdev::{dev_args, loop_devices_available, pbio, pbio_owned as run, LoopDev};
 use serde_json::Value;
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text.lines().last().unwrap_or(""))
         .unwrap_or_else(|e| panic!("bad JSON {e}: {text}"))
-}
-
-fn run(args: &[String]) -> (i32, String, String) {
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    pbio(&refs)
-}
-
-fn dev_args(devs: &[&LoopDev]) -> Vec<String> {
-    devs.iter()
-        .flat_map(|d| ["--dev".to_string(), d.arg()])
-        .collect()
 }
 
 struct Bed {

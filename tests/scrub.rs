@@ -11,7 +11,7 @@ mod loopdev;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use loopdev::{loop_devices_available, pbio, LoopDev};
+use loopdev::{dev_args, loop_devices_available, pbio, pbio_owned as run, LoopDev};
 use serde_json::Value;
 
 fn json(text: &str) -> Value {
@@ -61,17 +61,6 @@ fn bed_with(test: &str, n: usize, extra: impl Fn(&Path) -> Vec<String>) -> Optio
         src,
         devs,
     })
-}
-
-fn run(args: &[String]) -> (i32, String, String) {
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    pbio(&refs)
-}
-
-fn dev_args(devs: &[&LoopDev]) -> Vec<String> {
-    devs.iter()
-        .flat_map(|d| ["--dev".to_string(), d.arg()])
-        .collect()
 }
 
 /// `pbio scrub --json` over `devs` plus `extra` arguments: (code, report, stderr).

@@ -70,6 +70,19 @@ impl Drop for LoopDev {
     }
 }
 
+/// `pbio` with owned arguments (argument lists built with `dev_args`).
+pub fn pbio_owned(args: &[String]) -> (i32, String, String) {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    pbio(&refs)
+}
+
+/// `--dev PATH` for each device, in order.
+pub fn dev_args(devs: &[&LoopDev]) -> Vec<String> {
+    devs.iter()
+        .flat_map(|d| ["--dev".to_string(), d.arg()])
+        .collect()
+}
+
 /// Run the pbio binary; returns (exit code, stdout, stderr).
 pub fn pbio(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pbio"))
