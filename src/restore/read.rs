@@ -251,6 +251,14 @@ struct DeviceReader<'a> {
     no_workers: bool,
     /// The restored file the workers' records went to last, open.
     worker_file: Option<(u32, Arc<File>, Arc<str>)>,
+    /// The last record for the workers, sent at the next item: the
+    /// worker opens it in place, so it goes only once the stream's item
+    /// of that record (which borrows its bytes) is over.
+    deferred: Option<OpenJob>,
+    /// The set is sealed and its data key held: a sealed record's CRC32C
+    /// is not checked, its tag authenticates the same bytes (FORMAT.md
+    /// section 5.2); opening it decides.
+    tag_checks: bool,
     out: DeviceRead,
 }
 
@@ -296,6 +304,9 @@ impl<'a> DeviceReader<'a> {
             workers: None,
             no_workers: false,
             worker_file: None,
+            deferred: None,
+            tag_checks: label.seal.is_sealed()
+                && crate::format::seal::keyring::data_key(label.set_id).is_some(),
             out: DeviceRead {
                 records: Vec::new(),
                 records_read: 0,
@@ -308,6 +319,9 @@ impl<'a> DeviceReader<'a> {
     /// One item of the stream. Damage is reported and skipped; an error
     /// of the destination stops the reading.
     fn item(&mut self, item: Item<'_>) -> Result<Flow, RestoreError> {
+        if let Some(job) = self.deferred.take() {
+            self.send_job(job)?;
+        }
         match item {
             Item::Record {
                 position,
@@ -357,16 +371,17 @@ impl<'a> DeviceReader<'a> {
         let transformed = header.transform.codec != crate::format::Codec::Raw
             || header.transform.seal.is_sealed();
         if let (true, Payload::Window { window, range }) = (transformed, &source) {
-            if let Some(workers) = self.workers() {
-                let job = OpenJob {
+            if self.workers_started() {
+                // Sent at the next item (`deferred`).
+                self.deferred = Some(OpenJob {
                     position,
                     header: *header,
                     window: window.clone(),
                     range: range.clone(),
                     target,
                     destination: None,
-                };
-                return self.send_job(workers, job);
+                });
+                return Ok(());
             }
         }
         // A compressed record's payload, decompressed (bounded).
@@ -396,18 +411,20 @@ impl<'a> DeviceReader<'a> {
         written
     }
 
-    /// The workers, started at the first call (None: none could start).
-    fn workers(&mut self) -> Option<Workers> {
+    /// Whether there are workers, started at the first call (false: none
+    /// could start).
+    fn workers_started(&mut self) -> bool {
         if self.workers.is_none() && !self.no_workers {
             self.workers = Workers::start(self.label.device_index);
             self.no_workers = self.workers.is_none();
         }
-        self.workers.take()
+        self.workers.is_some()
     }
 
-    /// Give `job` its destination and queue it on `workers` (put back
+    /// Give `job` its destination and queue it on the workers (put back
     /// after, whatever happened).
-    fn send_job(&mut self, mut workers: Workers, mut job: OpenJob) -> Result<(), RestoreError> {
+    fn send_job(&mut self, mut job: OpenJob) -> Result<(), RestoreError> {
+        let mut workers = self.workers.take().expect("a job only with workers");
         let result = (|| {
             if self.writer.is_some() {
                 job.destination = Some(self.worker_destination(job.target)?);
@@ -484,7 +501,12 @@ impl<'a> DeviceReader<'a> {
             return None;
         }
         let path = || self.catalog.files[header.file_id as usize].path.clone();
-        let crc = crate::format::crc32c(payload);
+        let crc = if self.tag_checks && header.transform.seal.is_sealed() {
+            // Its tag is checked instead, before any byte is written.
+            header.payload_crc
+        } else {
+            crate::format::crc32c(payload)
+        };
         if crc != header.payload_crc {
             let why = RecordProblem::Checksum {
                 path: path(),

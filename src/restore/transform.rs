@@ -8,9 +8,12 @@
 //! the reader's own thread (which drives the device's ring): a job holds
 //! a clone of the stream window its record lies in, so the window is not
 //! read into until the job is done (the reader collects every job on
-//! `Item::Reclaim`); the worker writes the payload to its file only once
-//! it opened and decompressed (a record that does not is reported and
-//! nothing of it is written).
+//! `Item::Reclaim`); the worker opens the record in place in the window
+//! (AES-GCM decrypts in place: no copy), and writes the payload to its
+//! file only once it opened and decompressed (a record that does not is
+//! reported and nothing of it is written). A sealed record's CRC32C is
+//! not computed on this path: its tag authenticates the same bytes
+//! (docs/FORMAT.md section 5.2).
 
 use std::fs::File;
 use std::ops::Range;
@@ -73,34 +76,42 @@ impl Inflate {
 
     /// The payload of a record whose stored bytes are `stored`: `stored`
     /// itself when raw and not sealed, else the opened and decompressed
-    /// bytes in this reader's buffers.
+    /// bytes in this reader's buffers (a sealed record is copied before it
+    /// is opened: `stored` is borrowed, from a mapping or a window others
+    /// read; `payload_in_place` opens without the copy).
     pub(super) fn payload<'b>(
         &'b mut self,
         header: &RecordHeader,
         stored: &'b [u8],
     ) -> Result<&'b [u8], DecompressError> {
         self.check_sealed(header)?;
-        let stored: &[u8] = if header.transform.seal.is_sealed() {
-            let mut opened = std::mem::take(&mut self.opened);
-            opened.clear();
-            opened.extend_from_slice(stored);
-            let result = self
-                .key(header)
-                .and_then(|k| k.open_payload(header, &mut opened));
-            self.opened = opened;
-            result?;
-            &self.opened
-        } else {
-            stored
-        };
-        if header.transform.codec == Codec::Raw {
-            return Ok(stored);
+        if !header.transform.seal.is_sealed() {
+            return decoded(&mut self.buf, header, stored);
         }
-        // `payload_bytes` is bounded by the header rules (64 MiB at most)
-        // and by the label's chunk (checked before this).
-        self.buf.resize(header.payload_bytes as usize, 0);
-        codec::decompress(header.transform.codec, stored, &mut self.buf)?;
-        Ok(&self.buf)
+        let mut opened = std::mem::take(&mut self.opened);
+        opened.clear();
+        opened.extend_from_slice(stored);
+        let result = self
+            .key(header)
+            .and_then(|k| k.open_payload(header, &mut opened));
+        self.opened = opened;
+        result?;
+        decoded(&mut self.buf, header, &self.opened)
+    }
+
+    /// As `payload`, the stored bytes opened where they lie (AES-GCM
+    /// decrypts in place): no copy. On an error `stored` is left
+    /// unspecified (it is never written anywhere).
+    pub(super) fn payload_in_place<'b>(
+        &'b mut self,
+        header: &RecordHeader,
+        stored: &'b mut [u8],
+    ) -> Result<&'b [u8], DecompressError> {
+        self.check_sealed(header)?;
+        if header.transform.seal.is_sealed() {
+            self.key(header)?.open_payload(header, stored)?;
+        }
+        decoded(&mut self.buf, header, stored)
     }
 
     /// The file info of a header block `decode` accepted as `header`:
@@ -119,6 +130,23 @@ impl Inflate {
     }
 }
 
+/// The payload of `stored` (opened already when sealed): itself when
+/// raw, else decompressed into `buf`, exactly `payload_bytes` long.
+fn decoded<'b>(
+    buf: &'b mut Vec<u8>,
+    header: &RecordHeader,
+    stored: &'b [u8],
+) -> Result<&'b [u8], DecompressError> {
+    if header.transform.codec == Codec::Raw {
+        return Ok(stored);
+    }
+    // `payload_bytes` is bounded by the header rules (64 MiB at most)
+    // and by the label's chunk (checked before this).
+    buf.resize(header.payload_bytes as usize, 0);
+    codec::decompress(header.transform.codec, stored, buf)?;
+    Ok(buf)
+}
+
 /// Worker threads of one device's reader, at most this many.
 const WORKERS_MAX: usize = 4;
 /// Records queued for the workers at most: the reader waits beyond.
@@ -126,7 +154,11 @@ const QUEUE_MAX: usize = 64;
 
 /// A sealed or compressed record for the workers: its stored bytes in a
 /// stream window (held until the job is done, so the window is not read
-/// into meanwhile), and where its payload goes.
+/// into meanwhile), and where its payload goes. The worker opens the
+/// record in place in the window: `range` must be the job's alone from
+/// when it is sent until its result is received (no reference to those
+/// bytes held or made by anyone else, the reader included: it sends a
+/// job only after the stream's item of that record returned).
 pub(super) struct OpenJob {
     pub(super) position: u64,
     pub(super) header: RecordHeader,
@@ -264,7 +296,21 @@ impl Inflate {
             target,
             destination,
         } = job;
-        let opened = match self.payload(&header, &window.bytes()[range]) {
+        assert!(
+            range.start <= range.end && range.end <= window.len(),
+            "a job's range lies inside its window"
+        );
+        // SAFETY: `range` of the window is this job's alone until its
+        // result is received (`OpenJob`): the reader sent it only after
+        // the stream's item of the record returned and touches no byte of
+        // it again, the stream hands each range out once, and it reads
+        // into the window again only once every clone of it is dropped
+        // (`Item::Reclaim`, then `Arc::get_mut`): no other reference to
+        // these bytes exists or is made while this one lives, and no I/O
+        // is in flight over them. The assert keeps it inside the slot.
+        let stored =
+            unsafe { std::slice::from_raw_parts_mut(window.ptr_at(range.start), range.len()) };
+        let opened = match self.payload_in_place(&header, stored) {
             Err(why) => Opened::Refused {
                 position,
                 header,
