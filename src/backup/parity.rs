@@ -17,6 +17,8 @@
 //! striped among the survivors, so a set whose device failed mid-run is
 //! still protected against `M` more losses.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::device::{Access, Device, Kind};
@@ -30,7 +32,7 @@ use crate::parity::Codec;
 use crate::plan::stripe;
 
 use super::{BackupConfig, DeviceEnd};
-use crate::engine::ring::{RecordDone, RingOutcome};
+use crate::engine::ring::{ClosedStripe, RecordDone, RingOutcome};
 
 /// Whether a device of this kind can hold parity: it must be readable at
 /// any record's offset (a restore reads the members of a stripe by offset).
@@ -49,6 +51,10 @@ pub struct ParityOutcome {
     /// Parity records and their payload bytes written, in all.
     pub records: u64,
     pub payload_bytes: u64,
+    /// Stripes written while the data was (every member durable).
+    pub inline_stripes: usize,
+    /// Data bytes read back for the stripes made after the data phase.
+    pub read_back_bytes: u64,
     /// Data records left without parity (a stripe whose parity could not
     /// be written or computed), and why, for the report.
     pub unprotected_records: u64,
@@ -78,18 +84,102 @@ struct Encoded {
     crc: u32,
 }
 
-/// Run the parity phase (see the module doc). `reserve_bytes` of each
-/// device stay free for its catalog.
+/// The stripes the rings wrote while the data was written (`inline`,
+/// `engine::ring::StripeSink`) whose every member is durable: each data
+/// record among its device's durable records, each parity record among
+/// its device's durable parity records, no member on a failed device.
+/// Returns them as the catalog lists them, and the (device, position) of
+/// every data record they cover.
+fn durable_inline(
+    outcomes: &[RingOutcome],
+    ends: &[DeviceEnd],
+    inline: Vec<ClosedStripe>,
+) -> (Vec<CatalogStripe>, HashSet<(u32, u64)>) {
+    let data: HashSet<(u32, u64, u32)> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(d, _)| ends[*d] != DeviceEnd::Failed)
+        .flat_map(|(d, o)| {
+            o.records
+                .iter()
+                .map(move |r| (d as u32, r.position, r.payload_crc))
+        })
+        .collect();
+    let parity: HashMap<(u32, u64, usize), u64> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(d, _)| ends[*d] != DeviceEnd::Failed)
+        .flat_map(|(d, o)| {
+            o.parity
+                .iter()
+                .map(move |p| ((d as u32, p.stripe, p.index), p.position))
+        })
+        .collect();
+    let mut covered = HashSet::new();
+    let mut stripes = Vec::new();
+    for s in inline {
+        let durable = s
+            .data
+            .iter()
+            .all(|r| data.contains(&(r.device, r.position, r.payload_crc)));
+        let positions: Option<Vec<u64>> = s
+            .parity
+            .iter()
+            .enumerate()
+            .map(|(j, &d)| parity.get(&(d, s.id, j)).copied())
+            .collect();
+        let (true, Some(positions)) = (durable, positions) else {
+            continue;
+        };
+        covered.extend(s.data.iter().map(|r| (r.device, r.position)));
+        stripes.push(CatalogStripe {
+            data: s
+                .data
+                .iter()
+                .map(|r| StripeRecord {
+                    device: r.device,
+                    position: r.position,
+                    file_id: r.file_id,
+                    file_offset: r.file_offset,
+                    payload_bytes: r.payload_bytes,
+                    payload_crc: r.payload_crc,
+                })
+                .collect(),
+            parity: s
+                .parity
+                .iter()
+                .zip(positions)
+                .zip(&s.parity_crc)
+                .map(|((&device, position), &crc)| StripeRecord {
+                    device,
+                    position,
+                    file_id: 0,
+                    file_offset: 0,
+                    payload_bytes: s.shard_bytes,
+                    payload_crc: crc,
+                })
+                .collect(),
+        });
+    }
+    (stripes, covered)
+}
+
+/// The parity of a backup run (see the module doc): the stripes written
+/// while the data was (`inline`) whose members are all durable, then the
+/// records no such stripe covers, striped after the data phase from
+/// records read back. `reserve_bytes` of each device stay free for its
+/// catalog.
 pub(super) fn write_parity(
     devices: &[Box<dyn Device>],
     outcomes: &[RingOutcome],
     ends: &[DeviceEnd],
     config: &BackupConfig,
+    inline: Vec<ClosedStripe>,
 ) -> ParityOutcome {
     let mut out = ParityOutcome {
         after: outcomes
             .iter()
-            .map(|o| (o.data_end, o.stats.records))
+            .map(|o| (o.data_end, o.stats.records + o.parity.len() as u64))
             .collect(),
         ..ParityOutcome::default()
     };
@@ -97,35 +187,58 @@ pub(super) fn write_parity(
     if m == 0 {
         return out;
     }
-    let records: Vec<Option<u64>> = outcomes
+    // Stripe ids after the run's own (an inline stripe dropped for a lost
+    // member may have left a parity record with its id on media).
+    let first_id = inline.iter().map(|s| s.id + 1).max().unwrap_or(0);
+    let (mut stripes, covered) = durable_inline(outcomes, ends, inline);
+    out.inline_stripes = stripes.len();
+    for st in &stripes {
+        out.records += st.parity.len() as u64;
+        out.payload_bytes += st
+            .parity
+            .iter()
+            .map(|p| u64::from(p.payload_bytes))
+            .sum::<u64>();
+    }
+    // The records of the devices that completed that no inline stripe covers.
+    let rest: Vec<Vec<&RecordDone>> = outcomes
+        .iter()
+        .enumerate()
+        .map(|(d, o)| {
+            o.records
+                .iter()
+                .filter(|r| !covered.contains(&(d as u32, r.position)))
+                .collect()
+        })
+        .collect();
+    let records: Vec<Option<u64>> = rest
         .iter()
         .zip(ends)
-        .map(|(o, e)| (*e == DeviceEnd::Complete).then_some(o.records.len() as u64))
+        .map(|(r, e)| (*e == DeviceEnd::Complete).then_some(r.len() as u64))
         .collect();
     let layout = match stripe::over_written(&records, m) {
         Ok(layout) => layout,
         Err(e) => {
             out.warnings.push(ParityWarning::NoLayout(e));
-            out.unprotected_records = outcomes.iter().map(|o| o.records.len() as u64).sum();
+            out.unprotected_records = rest.iter().map(|r| r.len() as u64).sum();
             out.section = Some(CatalogParity {
                 m: m as u32,
-                stripes: Vec::new(),
+                stripes,
             });
             return out;
         }
     };
     // Each stripe's data records, in data order.
     let mut next: Vec<usize> = vec![0; devices.len()];
-    // A data record's sequence is its place among its device's records.
     let mut sequences: Vec<Vec<u64>> = Vec::with_capacity(layout.len());
-    let mut stripes: Vec<CatalogStripe> = Vec::with_capacity(layout.len());
+    let mut after_data: Vec<CatalogStripe> = Vec::with_capacity(layout.len());
     for s in &layout {
         let mut seq = Vec::with_capacity(s.data.len());
         let mut data = Vec::with_capacity(s.data.len());
         for &d in &s.data {
             let d = d as usize;
-            let r: &RecordDone = &outcomes[d].records[next[d]];
-            seq.push(next[d] as u64);
+            let r: &RecordDone = rest[d][next[d]];
+            seq.push(r.sequence);
             next[d] += 1;
             data.push(StripeRecord {
                 device: d as u32,
@@ -137,7 +250,7 @@ pub(super) fn write_parity(
             });
         }
         sequences.push(seq);
-        stripes.push(CatalogStripe {
+        after_data.push(CatalogStripe {
             data,
             parity: Vec::new(),
         });
@@ -145,7 +258,7 @@ pub(super) fn write_parity(
     // Where each parity record goes: after the device's data, in stripe
     // order, while the device keeps room for its catalog.
     let mut placed: Vec<Vec<Option<(u64, u64)>>> = Vec::with_capacity(layout.len());
-    for (s, st) in layout.iter().zip(&stripes) {
+    for (s, st) in layout.iter().zip(&after_data) {
         let media_bytes = HEADER_BYTES as u64 + round_up_block(st.shard_bytes().into());
         placed.push(
             s.parity
@@ -164,8 +277,18 @@ pub(super) fn write_parity(
                 .collect(),
         );
     }
-    let written = encode_and_write(devices, config, &layout, &stripes, &sequences, &placed);
-    for (si, (s, st)) in layout.iter().zip(stripes.iter_mut()).enumerate() {
+    let read_back = AtomicU64::new(0);
+    let plan = Plan {
+        layout: &layout,
+        stripes: &after_data,
+        sequences: &sequences,
+        placed: &placed,
+        first_id,
+        read_back: &read_back,
+    };
+    let written = encode_and_write(devices, config, &plan);
+    out.read_back_bytes = read_back.into_inner();
+    for (si, (s, st)) in layout.iter().zip(after_data.iter_mut()).enumerate() {
         // Parity record j is shard k + j: only a prefix is listed (a
         // record after one that is not durable cannot be placed).
         for (j, &d) in s.parity.iter().enumerate() {
@@ -195,11 +318,24 @@ pub(super) fn write_parity(
             m,
         });
     }
+    stripes.extend(after_data);
     out.section = Some(CatalogParity {
         m: m as u32,
         stripes,
     });
     out
+}
+
+/// The stripes made after the data phase, for `encode_and_write`.
+struct Plan<'p> {
+    layout: &'p [stripe::WrittenStripe],
+    stripes: &'p [CatalogStripe],
+    sequences: &'p [Vec<u64>],
+    placed: &'p [Vec<Option<(u64, u64)>>],
+    /// The id of `stripes[0]` (in its parity records' headers).
+    first_id: u64,
+    /// Data bytes read back, in all.
+    read_back: &'p AtomicU64,
 }
 
 /// Parity records queued per device (bounded memory).
@@ -266,11 +402,9 @@ impl Batch {
 fn encode_and_write(
     devices: &[Box<dyn Device>],
     config: &BackupConfig,
-    layout: &[stripe::WrittenStripe],
-    stripes: &[CatalogStripe],
-    sequences: &[Vec<u64>],
-    placed: &[Vec<Option<(u64, u64)>>],
+    plan: &Plan<'_>,
 ) -> Vec<Vec<Option<u32>>> {
+    let (layout, stripes, placed) = (plan.layout, plan.stripes, plan.placed);
     let result: Mutex<Vec<Vec<Option<u32>>>> =
         Mutex::new(layout.iter().map(|s| vec![None; s.parity.len()]).collect());
     let next_stripe = Mutex::new(0usize);
@@ -357,7 +491,8 @@ fn encode_and_write(
                 })
                 .collect();
             let (dev, free_rx) = (dev.as_ref(), free_rx.clone());
-            scope.spawn(move || read_shards(dev, config, &members, &tx, &free_rx));
+            let read_back = plan.read_back;
+            scope.spawn(move || read_shards(dev, config, &members, &tx, (&free_rx, read_back)));
         }
         let (handed, turn, next_stripe, shard_rx) = (&handed, &turn, &next_stripe, &shard_rx);
         for _ in 0..workers {
@@ -383,14 +518,7 @@ fn encode_and_write(
                     };
                     let encoded = if data.iter().all(Option::is_some) {
                         let data: Vec<Vec<u8>> = data.into_iter().flatten().collect();
-                        let encoded = encode_stripe(
-                            devices,
-                            config,
-                            (&layout[s], &stripes[s], &sequences[s]),
-                            placed,
-                            s,
-                            (&mut codecs, &data),
-                        );
+                        let encoded = encode_stripe(devices, config, plan, s, (&mut codecs, &data));
                         for buf in data {
                             let _ = free_tx.send(buf);
                         }
@@ -424,11 +552,12 @@ fn encode_and_write(
 fn encode_stripe(
     devices: &[Box<dyn Device>],
     config: &BackupConfig,
-    (layout, stripe, sequences): (&stripe::WrittenStripe, &CatalogStripe, &[u64]),
-    placed: &[Vec<Option<(u64, u64)>>],
+    plan: &Plan<'_>,
     s: usize,
     (codecs, data): (&mut Vec<Option<Codec>>, &[Vec<u8>]),
 ) -> Vec<Encoded> {
+    let (layout, stripe, sequences) = (&plan.layout[s], &plan.stripes[s], &plan.sequences[s]);
+    let placed = plan.placed;
     let k = stripe.data.len();
     let m = layout.parity.len();
     let shard = stripe.shard_bytes() as usize;
@@ -478,7 +607,7 @@ fn encode_stripe(
                 device_index: layout.parity[j],
                 device_count: devices.len() as u32,
                 sequence,
-                stripe_id: s as u64,
+                stripe_id: plan.first_id + s as u64,
                 position: (k + j) as u8,
                 shard_bytes: shard as u32,
                 payload_crc: crc,
@@ -518,7 +647,7 @@ fn read_shards(
     config: &BackupConfig,
     members: &[(&StripeRecord, usize)],
     tx: &crossbeam_channel::Sender<Shard>,
-    free: &crossbeam_channel::Receiver<Vec<u8>>,
+    (free, read_back): (&crossbeam_channel::Receiver<Vec<u8>>, &AtomicU64),
 ) {
     if members.is_empty() {
         return;
@@ -547,6 +676,7 @@ fn read_shards(
         }
         let read = (end.saturating_sub(start) as usize).min(batch.slot_bytes());
         let got = media::read_at(dev, &mut batch.slot_mut(0)[..read], start).unwrap_or(0);
+        read_back.fetch_add(got as u64, Ordering::Relaxed);
         for &(r, shard) in &members[i..j] {
             let mut buf = free.try_recv().unwrap_or_default();
             buf.resize(shard, 0);
@@ -560,7 +690,10 @@ fn read_shards(
                     let slot = &mut one.slot_mut(0)[..shard];
                     media::shard::read_data_shard(dev, config.set_id, r, slot)
                         .ok()
-                        .inspect(|&len| buf[..len].copy_from_slice(&slot[..len]))
+                        .inspect(|&len| {
+                            read_back.fetch_add(len as u64, Ordering::Relaxed);
+                            buf[..len].copy_from_slice(&slot[..len]);
+                        })
                 }
                 _ => None,
             };

@@ -62,6 +62,12 @@ pub struct ParitySummary {
     pub stripes: usize,
     pub records: u64,
     pub payload_bytes: u64,
+    /// Stripes decided and written while the data was written (the rest
+    /// were made after it, from records read back).
+    pub inline_stripes: usize,
+    /// Data bytes read back from the devices to compute parity: 0 when
+    /// every device stayed healthy (`backup::parity`).
+    pub read_back_bytes: u64,
     pub warnings: Vec<super::parity::ParityWarning>,
     /// Wall time of the parity phase (after the data phase).
     pub elapsed: Duration,

@@ -71,6 +71,9 @@ pub fn run_backup(
     let started = Instant::now();
     let dispatcher = new_dispatcher(input, devices.len(), config);
     let label_errors = write_labels(devices, config, &dispatcher);
+    // `--parity`: stripes decided and encoded while the data is written.
+    let sink = (config.parity > 0 && devices.len() > config.parity)
+        .then(|| ring::StripeSink::new(devices.len(), config.parity, config.set_id));
     let (rings, outcomes) = run_rings(
         input,
         devices,
@@ -81,16 +84,20 @@ pub fn run_backup(
             .map(|e| e.map_or(Start::From(None), Start::Failed))
             .collect(),
         progress,
+        sink.as_ref(),
     )?;
     let sources = source_findings(input, &dispatcher);
     let ends: Vec<DeviceEnd> = outcomes.iter().map(|o| device_end(&o.end)).collect();
     let parity_started = Instant::now();
-    let parity = super::parity::write_parity(devices, &outcomes, &ends, config);
+    let inline = sink.map_or_else(Vec::new, ring::StripeSink::into_stripes);
+    let parity = super::parity::write_parity(devices, &outcomes, &ends, config, inline);
     let summary = ParitySummary {
         m: config.parity,
         stripes: parity.section.as_ref().map_or(0, |p| p.stripes.len()),
         records: parity.records,
         payload_bytes: parity.payload_bytes,
+        inline_stripes: parity.inline_stripes,
+        read_back_bytes: parity.read_back_bytes,
         warnings: parity.warnings,
         elapsed: parity_started.elapsed(),
     };
@@ -303,6 +310,7 @@ pub(super) fn run_rings(
     dispatcher: &Dispatcher,
     starts: Vec<Start>,
     progress: &[AtomicU64],
+    stripes: Option<&ring::StripeSink>,
 ) -> Result<(Vec<RingConfig>, Vec<RingOutcome>), BackupError> {
     let rings = ring_configs(devices, config);
     let rings_done = AtomicBool::new(false);
@@ -317,15 +325,18 @@ pub(super) fn run_rings(
                     .spawn_scoped(scope, move || {
                         let error = match start {
                             Start::From(from) => {
-                                return run_device(
-                                    input, dev, config, dispatcher, ring, progress, from,
-                                )
+                                let run = (ring, progress, from, stripes);
+                                return run_device(input, dev, config, dispatcher, run);
                             }
                             Start::Failed(error) => error,
                         };
+                        if let Some(sink) = stripes {
+                            sink.leave(i as u32, true);
+                        }
                         Ok(RingOutcome {
                             end: RingEnd::Failed { error },
                             records: Vec::new(),
+                            parity: Vec::new(),
                             placed: Vec::new(),
                             data_end: media::data_start(dev),
                             redirected_bytes: 0,
@@ -353,6 +364,15 @@ pub(super) fn run_rings(
     Ok((rings, outcomes))
 }
 
+/// One device's ring in the data phase: its configuration, progress
+/// counter, where it starts (`run_device`), and the run's stripes.
+pub(super) type DeviceRun<'r> = (
+    &'r RingConfig,
+    &'r AtomicU64,
+    Option<(u64, u64)>,
+    Option<&'r ring::StripeSink>,
+);
+
 /// Each device's path and capacity, as the catalog names them.
 pub(super) fn named_devices(devices: &[Box<dyn Device>]) -> Vec<(Vec<u8>, u64)> {
     devices
@@ -368,14 +388,14 @@ pub(super) fn named_devices(devices: &[Box<dyn Device>]) -> Vec<(Vec<u8>, u64)> 
 /// the work, and a device that filled up or failed is reported as an event.
 /// `from`: the ring starts after what the device already holds
 /// (`backup --resume`: media offset and records, `Ring::continuing`).
+/// `stripes` (`--parity`): its records join the run's stripes (a device
+/// that cannot hold parity leaves them at once).
 pub(super) fn run_device(
     input: &SetInput,
     dev: &dyn Device,
     config: &BackupConfig,
     dispatcher: &Dispatcher,
-    ring_config: &RingConfig,
-    progress: &AtomicU64,
-    from: Option<(u64, u64)>,
+    (ring_config, progress, from, stripes): DeviceRun<'_>,
 ) -> Result<RingOutcome, RingError> {
     let i = ring_config.device_index;
     let ring = match Ring::new(dev, ring_config, progress) {
@@ -384,10 +404,21 @@ pub(super) fn run_device(
             None => ring,
         },
         Err(e) => {
+            if let Some(sink) = stripes {
+                sink.leave(i, true);
+            }
             dispatcher.abort();
             dispatcher.finish(i as usize);
             return Err(e);
         }
+    };
+    let ring = match stripes {
+        Some(sink) if super::parity::parity_capable(dev) => ring.with_stripes(sink),
+        Some(sink) => {
+            sink.leave(i, true);
+            ring
+        }
+        None => ring,
     };
     let outcome = ring.run(input, dispatcher)?;
     match &outcome.end {

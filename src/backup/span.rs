@@ -328,9 +328,7 @@ fn drive_thread(
                 dev.as_ref(),
                 shared.config,
                 shared.dispatcher,
-                &ring,
-                &shared.progress[volume],
-                None,
+                (&ring, &shared.progress[volume], None, None),
             )?,
             Err(e) => unlabelled(shared.dispatcher, dev.as_ref(), volume, e),
         };
@@ -364,6 +362,7 @@ fn unused(volume: usize) -> RingOutcome {
     RingOutcome {
         end: RingEnd::Complete,
         records: Vec::new(),
+        parity: Vec::new(),
         placed: Vec::new(),
         data_end: 1,
         redirected_bytes: 0,
@@ -388,6 +387,7 @@ fn unlabelled(
             },
         },
         records: Vec::new(),
+        parity: Vec::new(),
         placed: Vec::new(),
         data_end: media::data_start(dev),
         redirected_bytes,

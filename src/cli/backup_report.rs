@@ -196,6 +196,8 @@ pub fn print_report(report: &backup::BackupReport, as_json: bool) {
                     "stripes": report.parity.stripes,
                     "records": report.parity.records,
                     "payload_bytes": report.parity.payload_bytes,
+                    "inline_stripes": report.parity.inline_stripes,
+                    "read_back_bytes": report.parity.read_back_bytes,
                     "warnings": report.parity.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "seconds": report.parity.elapsed.as_secs_f64(),
                 }),
@@ -212,11 +214,13 @@ pub fn print_report(report: &backup::BackupReport, as_json: bool) {
     );
     if report.parity.m > 0 {
         outln!(
-            "  parity {}: {} stripes, {} parity records, {}, {:.2} s",
+            "  parity {}: {} stripes ({} while writing), {} parity records, {}, {} read back, {:.2} s after the data",
             report.parity.m,
             report.parity.stripes,
+            report.parity.inline_stripes,
             report.parity.records,
             human_bytes(report.parity.payload_bytes),
+            human_bytes(report.parity.read_back_bytes),
             report.parity.elapsed.as_secs_f64(),
         );
     }

@@ -521,6 +521,18 @@ impl Dispatcher {
         self.set_state(device, DeviceState::Working);
     }
 
+    /// A device with nothing in flight that waits a moment before it
+    /// asks again (`try_next` said Wait): it cannot hand work back now.
+    /// A ring with `--parity` waits so, for parity records or work.
+    pub fn idle(&self, device: usize) {
+        self.set_state(device, DeviceState::Idle);
+    }
+
+    /// Add to `device`'s time waiting for work (not its own time).
+    pub fn waited_for(&self, device: usize, waited: Duration) {
+        self.waited_ns[device].fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
+    }
+
     pub fn finish(&self, device: usize) {
         self.set_state(device, DeviceState::Finished);
     }

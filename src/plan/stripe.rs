@@ -1,6 +1,8 @@
 //! Stripes for `--parity M` (issue 19): which devices hold the records of
-//! each stripe, and which of them hold its parity. Pure; the integration
-//! into backup and restore comes later.
+//! each stripe, and which of them hold its parity. Pure. `online` decides
+//! them while the data is written (the backup's normal path);
+//! `over_written` over records already written (the backup's fallback for
+//! records whose online stripe lost a member); `layout` plans them ahead.
 //!
 //! # Rules
 //!
@@ -23,6 +25,9 @@
 //!
 //! Sizes here are in records (the caller converts capacity to records of
 //! one chunk plus header, see `media_bytes`).
+
+mod online;
+pub use online::{Assigner, Ended, Joined};
 
 /// One stripe of the layout.
 #[derive(Clone, Debug, PartialEq, Eq)]

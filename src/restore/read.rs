@@ -93,9 +93,45 @@ const OPEN_FILES_MAX: usize = 128;
 /// `(file_id, start, end)`, sorted, overlapping and adjacent segments of
 /// a file merged. Built once per device read; every Data record read from
 /// the device must lie inside one of them.
-pub(super) struct DeviceRanges(pub(super) Vec<(u32, u64, u64)>);
+pub(super) struct DeviceRanges(pub(super) Vec<(u32, u64, u64)>, ParityRanges);
+
+/// The media ranges of the parity records the catalog lists on one
+/// device, sorted: `--parity` writes them among the data records
+/// (docs/FORMAT.md 5.1), and a reader streaming the data steps over them.
+#[derive(Default)]
+pub(super) struct ParityRanges(Vec<(u64, u64)>);
+
+impl ParityRanges {
+    pub(super) fn new(catalog: &Catalog, device: u32) -> ParityRanges {
+        let mut ranges: Vec<(u64, u64)> = catalog
+            .parity
+            .iter()
+            .flat_map(|p| &p.stripes)
+            .flat_map(|s| &s.parity)
+            .filter(|r| r.device == device)
+            .map(|r| {
+                let media = crate::format::HEADER_BYTES as u64
+                    + crate::format::round_up_block(r.payload_bytes.into());
+                (r.position, r.position.saturating_add(media))
+            })
+            .collect();
+        ranges.sort_unstable();
+        ParityRanges(ranges)
+    }
+
+    /// Whether media offset `position` lies inside one of them.
+    pub(super) fn contains(&self, position: u64) -> bool {
+        let i = self.0.partition_point(|&(start, _)| start <= position);
+        i > 0 && position < self.0[i - 1].1
+    }
+}
 
 impl DeviceRanges {
+    /// Whether media offset `position` lies in a parity record.
+    pub(super) fn in_parity(&self, position: u64) -> bool {
+        self.1.contains(position)
+    }
+
     pub(super) fn new(catalog: &Catalog, device: u32) -> DeviceRanges {
         let mut ranges: Vec<(u32, u64, u64)> = catalog
             .segments
@@ -112,7 +148,7 @@ impl DeviceRanges {
                 _ => merged.push(r),
             }
         }
-        DeviceRanges(merged)
+        DeviceRanges(merged, ParityRanges::new(catalog, device))
     }
 
     /// Whether `[offset, offset + bytes)` of `file` lies inside one range.
@@ -225,6 +261,11 @@ fn read_device(
 /// goes, and what was read.
 struct DeviceReader<'a> {
     name: String,
+    dev: &'a dyn Device,
+    /// The end of a parity record the catalog does not list (its stripe
+    /// lost a member during the backup) that the stream is inside.
+    orphan_parity_end: u64,
+    parity_buffer: Option<crate::io::BufferPool>,
     label: &'a Label,
     /// The catalog of the device's own set.
     catalog: &'a Catalog,
@@ -264,7 +305,7 @@ struct DeviceReader<'a> {
 
 impl<'a> DeviceReader<'a> {
     fn new(
-        dev: &dyn Device,
+        dev: &'a dyn Device,
         label: &'a Label,
         catalog: &'a Catalog,
         targets: &'a [u32],
@@ -292,6 +333,9 @@ impl<'a> DeviceReader<'a> {
         Ok(DeviceReader {
             ranges: DeviceRanges::new(catalog, label.device_index),
             name,
+            dev,
+            orphan_parity_end: 0,
+            parity_buffer: None,
             label,
             catalog,
             targets,
@@ -337,8 +381,30 @@ impl<'a> DeviceReader<'a> {
                 }
                 self.record(position, &header, payload, source)?;
             }
+            // A parity record among the data records (docs/FORMAT.md
+            // 5.1): not a data record, read by offset when needed.
+            Item::Bad { position, .. }
+                if self.ranges.in_parity(position) || position < self.orphan_parity_end => {}
             Item::Bad { position, error } => {
-                self.problem(position, RecordProblem::Header(error));
+                // One the catalog does not list: a parity record of this
+                // set and device whose stripe lost a member is skipped.
+                let label = self.label;
+                let found = media::scan::parity_at(
+                    self.dev,
+                    position,
+                    &error,
+                    Some(label.set_id),
+                    &mut self.parity_buffer,
+                )
+                .filter(|p| p.header.device_index == label.device_index);
+                match found {
+                    Some(p) => {
+                        self.orphan_parity_end = position
+                            + crate::format::HEADER_BYTES as u64
+                            + crate::format::round_up_block(p.header.shard_bytes.into());
+                    }
+                    None => self.problem(position, RecordProblem::Header(error)),
+                }
             }
             Item::Reclaim => {
                 // Every record with the workers and every queued write

@@ -454,6 +454,7 @@ fn walk(
                     payload_crc: header.payload_crc,
                     payload_hash,
                     position,
+                    sequence: header.sequence,
                 },
                 media_bytes,
             });

@@ -128,6 +128,7 @@ pub fn resume_backup(
             })
             .collect(),
         progress,
+        None,
     )?;
     let written_payload_bytes = outcomes.iter().map(|o| o.stats.payload_bytes).sum();
     let sources = source_findings(input, &dispatcher);

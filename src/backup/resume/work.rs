@@ -146,6 +146,7 @@ mod tests {
                 payload_crc: 0,
                 payload_hash: [0; 32],
                 position,
+                sequence: 0,
             },
             media_bytes: 4096 + payload_bytes as u64,
         }

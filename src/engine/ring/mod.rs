@@ -56,6 +56,7 @@ use crate::io::{self, BufferPool, Lease, Sqe, Uring};
 mod outcome;
 mod read;
 mod schedule;
+mod stripe;
 mod transform;
 mod transport;
 mod write;
@@ -63,6 +64,7 @@ mod write;
 pub use outcome::{
     DeviceFault, Fault, Placed, RecordDone, RingEnd, RingError, RingOutcome, RingStats,
 };
+pub use stripe::{shard_of, ClosedStripe, Member, ParityDone, StripeSink};
 
 /// Most records in flight per device.
 pub const QUEUE_DEPTH_MAX: usize = 256;
@@ -146,6 +148,9 @@ struct Slot {
 /// One generated record, in media order.
 struct Gen {
     taken: u32,
+    /// Its `sequence` on the device (parity records are numbered in the
+    /// same count, `stripe.rs`).
+    sequence: u64,
     file_offset: u64,
     payload_bytes: u32,
     position: u64,
@@ -282,6 +287,11 @@ pub struct Ring<'a> {
     hasher: Option<Hasher>,
     /// Compress (and hash) payloads off the ring thread while `run` runs.
     workers: Option<transform::Workers>,
+    /// The sequence number of the next record (data or parity).
+    next_sequence: u64,
+    /// `--parity`: the run's stripes, and this ring's parity records.
+    stripes: Option<&'a StripeSink>,
+    parity: stripe::ParityRecords,
 }
 
 impl<'a> Ring<'a> {
@@ -309,7 +319,8 @@ impl<'a> Ring<'a> {
             mapping.is_none() || device.access() == Access::Random,
             "a memory-mapped device is random access"
         );
-        let entries = config.queue_depth as u32 + transport.as_ref().map_or(0, |t| t.entries_max());
+        let entries = (config.queue_depth + stripe::PARITY_SLOTS) as u32
+            + transport.as_ref().map_or(0, |t| t.entries_max());
         let mut ring = Uring::new(entries).map_err(|e| setup_err("io_uring setup", e))?;
         let pool = BufferPool::new(
             config.queue_depth,
@@ -356,6 +367,9 @@ impl<'a> Ring<'a> {
             transport_sqes: Vec::new(),
             hasher: None,
             workers: None,
+            next_sequence: 0,
+            stripes: None,
+            parity: stripe::ParityRecords::default(),
         })
     }
 
@@ -370,6 +384,19 @@ impl<'a> Ring<'a> {
         self.position = position;
         self.start_position = position;
         self.first_sequence = records;
+        self.next_sequence = records;
+        self
+    }
+
+    /// `--parity`: this ring's records join the run's stripes, and it
+    /// writes the parity records the stripes give it (`stripe.rs`).
+    pub fn with_stripes(mut self, sink: &'a StripeSink) -> Ring<'a> {
+        assert!(
+            !self.sequential && self.mapping.is_none(),
+            "parity only on random-access devices written through the ring"
+        );
+        self.parity = stripe::ParityRecords::new(self.config.chunk_bytes);
+        self.stripes = Some(sink);
         self
     }
 
@@ -487,9 +514,10 @@ impl<'a> Ring<'a> {
                 self.run_loop(&mut feed)
             };
             let stop = match stop {
-                Ok(()) => None,
+                Ok(()) => self.parity_tail(dispatcher),
                 Err(stop) => {
                     self.drain();
+                    self.leave_stripes(true);
                     Some(stop)
                 }
             };
@@ -550,12 +578,11 @@ impl<'a> Ring<'a> {
         physical_full: bool,
     ) -> RingOutcome {
         let failed = retire == Some(DeviceState::Failed);
-        // The durable prefix.
-        let mut prefix = self
-            .gens
-            .iter()
-            .position(|g| !g.done)
-            .unwrap_or(self.gens.len());
+        // The durable prefix: the records, data and parity, in media
+        // order up to the first whose write did not complete.
+        let cut = self.durable_end();
+        let mut prefix = self.gens.partition_point(|g| g.position < cut);
+        debug_assert!(self.gens[..prefix].iter().all(|g| g.done));
         // A sequential device wrote one block at a time: the write that
         // hit the end of the medium wrote nothing, and its catalog goes
         // into the room after early warning, so nothing is read back or
@@ -567,7 +594,7 @@ impl<'a> Ring<'a> {
         let pos_of = |k: usize, gens: &[Gen], position: u64| {
             gens.get(k).map(|g| g.position).unwrap_or(position)
         };
-        let prefix_end = pos_of(prefix, &self.gens, self.position);
+        let prefix_end = pos_of(prefix, &self.gens, self.position).min(cut);
         // The medium itself is full: give back records at the tail so the
         // catalog fits in blocks that are already allocated.
         let kept = if random_full {
@@ -580,7 +607,12 @@ impl<'a> Ring<'a> {
         } else {
             prefix
         };
-        let data_end_bytes = pos_of(kept, &self.gens, self.position);
+        let data_end_bytes = if kept == prefix {
+            prefix_end
+        } else {
+            pos_of(kept, &self.gens, self.position)
+        };
+        let parity = self.parity.kept(data_end_bytes);
         // The stats describe what stays on the device.
         self.stats.records = kept as u64;
         self.stats.payload_bytes = self.gens[..kept]
@@ -650,11 +682,13 @@ impl<'a> Ring<'a> {
                 payload_crc: g.payload_crc,
                 payload_hash: g.payload_hash,
                 position: g.position,
+                sequence: g.sequence,
             })
             .collect();
         RingOutcome {
             end,
             records,
+            parity,
             placed,
             data_end,
             redirected_bytes,
@@ -734,6 +768,10 @@ impl<'a> Ring<'a> {
                     let _ = self.on_transport_cqe(user_data, result, &mut done);
                     for (slot, result) in done {
                         let slot = slot as usize;
+                        if slot >= self.slots.len() {
+                            self.parity_drained(slot - self.slots.len(), result);
+                            continue;
+                        }
                         if result == self.record_media_bytes(slot) as i32 {
                             self.complete_record(slot);
                         }
@@ -743,6 +781,10 @@ impl<'a> Ring<'a> {
                     continue;
                 }
                 let slot = user_data as usize;
+                if slot >= self.slots.len() {
+                    self.parity_drained(slot - self.slots.len(), result);
+                    continue;
+                }
                 if self.sequential && self.slots[slot].phase == Phase::Writing {
                     // Through the device's hook like any block write; its
                     // simulated time no longer matters.

@@ -18,6 +18,9 @@ pub struct RecordDone {
     pub payload_hash: [u8; 32],
     /// Media offset of the record's header (stripes of `--parity` name it).
     pub position: u64,
+    /// Its `sequence` on the device (data and parity records are numbered
+    /// in one count).
+    pub sequence: u64,
 }
 
 /// A file range that is durable on this device, and where.
@@ -239,6 +242,9 @@ pub struct RingOutcome {
     pub end: RingEnd,
     /// Durable records (for a failed device: the records of its copies).
     pub records: Vec<RecordDone>,
+    /// `--parity`: the parity records durable on it, in media order
+    /// (before `data_end`, among its data records).
+    pub parity: Vec<super::ParityDone>,
     pub placed: Vec<Placed>,
     /// Media offset just past the last durable record.
     pub data_end: u64,

@@ -64,6 +64,7 @@ impl<'a> Ring<'a> {
                 let gen = self.gens.len();
                 self.gens.push(Gen {
                     taken: c.taken,
+                    sequence: self.next_sequence,
                     file_offset: offset,
                     payload_bytes,
                     // With compression its place is known once compressed.
@@ -79,6 +80,7 @@ impl<'a> Ring<'a> {
                     transform: crate::format::Transform::RAW,
                     transformed: false,
                 });
+                self.next_sequence += 1;
                 let slot = self
                     .slots
                     .iter()
@@ -307,12 +309,10 @@ impl<'a> Ring<'a> {
             self.send_transform(slot);
             return Ok(false);
         }
-        let s = &self.slots[slot];
         if self.sequential {
             // Records are numbered in media order, which on a sequential
             // device is gen order.
-            let gen = s.gen;
-            self.fill_record(slot, gen as u64);
+            self.fill_record(slot);
             let s = &mut self.slots[slot];
             s.phase = Phase::Ready;
             s.retries = 0;

@@ -61,12 +61,17 @@ impl<'a> Ring<'a> {
         let mut inflight = 0usize;
         let mut completions: Vec<(u64, i32)> = Vec::with_capacity(self.slots.len());
         loop {
+            // 0. `--parity`: the parity records the stripes gave this
+            // device go first (`stripe.rs`).
+            self.take_parity()?;
             // 1. Fill free slots with new records and queue their reads.
             // Only a ring with nothing in flight waits for shared work: one
             // with writes in flight must go on reaping them (one may find
             // the medium full and hand work back), and counts as working.
+            // With `--parity` it never blocks there: parity may come.
             while inflight < self.slots.len() && !feed.exhausted {
-                match self.feed_record(feed, inflight == 0)? {
+                let blocking = inflight == 0 && self.stripes.is_none();
+                match self.feed_record(feed, blocking)? {
                     Record::Slot(slot) => {
                         self.submit_read(slot)?;
                         inflight += 1;
@@ -75,7 +80,11 @@ impl<'a> Ring<'a> {
                     Record::Exhausted => {}
                 }
             }
-            if inflight == 0 && self.ring.in_flight() == 0 {
+            if inflight == 0 && self.ring.in_flight() == 0 && self.parity.idle() {
+                if !feed.exhausted {
+                    self.wait_for_work(feed.dispatcher)?;
+                    continue;
+                }
                 return feed.room_stop.take().map_or(Ok(()), Err);
             }
             self.pump_transport()?;
@@ -118,14 +127,23 @@ impl<'a> Ring<'a> {
 
     /// Step 4 of the random-access loop: act on the completions copied
     /// out; `inflight` counts the slots in use.
-    fn act(&mut self, completions: &[(u64, i32)], inflight: &mut usize) -> Result<(), Stop> {
+    pub(super) fn act(
+        &mut self,
+        completions: &[(u64, i32)],
+        inflight: &mut usize,
+    ) -> Result<(), Stop> {
         for &(user_data, result) in completions {
             if user_data & io::USER_DATA_TRANSPORT != 0 {
                 let mut done = std::mem::take(&mut self.transport_done);
                 let acted = self.on_transport_cqe(user_data, result, &mut done);
                 let mut outcome = acted;
                 for &(slot, result) in &done {
-                    if outcome.is_ok() {
+                    if outcome.is_ok() && slot as usize >= self.slots.len() {
+                        let j = slot as usize - self.slots.len();
+                        if let Err(stop) = self.on_parity_write(j, result) {
+                            outcome = Err(stop);
+                        }
+                    } else if outcome.is_ok() {
                         match self.on_write(slot as usize, result) {
                             Ok(true) => *inflight -= 1,
                             Ok(false) => {}
@@ -139,6 +157,10 @@ impl<'a> Ring<'a> {
                 continue;
             }
             let slot = user_data as usize;
+            if slot >= self.slots.len() {
+                self.on_parity_write(slot - self.slots.len(), result)?;
+                continue;
+            }
             match self.slots[slot].phase {
                 Phase::Reading => {
                     if self.on_read(slot, result)? {

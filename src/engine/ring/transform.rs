@@ -175,7 +175,7 @@ impl<'a> Ring<'a> {
             .config
             .encryption
             .as_ref()
-            .map(|_| self.data_header(slot, self.slots[slot].gen as u64 + self.first_sequence));
+            .map(|_| self.data_header(slot, self.gens[self.slots[slot].gen].sequence));
         let s = &mut self.slots[slot];
         let payload_bytes = self.gens[s.gen].payload_bytes as usize;
         if let Some(header) = &header {
@@ -239,7 +239,7 @@ impl<'a> Ring<'a> {
         if act && self.slots[done.slot].phase == Phase::Transforming {
             let slot = done.slot;
             if self.sequential {
-                self.fill_record(slot, done.gen as u64);
+                self.fill_record(slot);
             }
             self.slots[slot].phase = Phase::Ready;
         }
@@ -260,6 +260,7 @@ impl<'a> Ring<'a> {
     pub(super) fn place_ready(&mut self) -> Result<(), Stop> {
         loop {
             let gen = self.next_write;
+            self.place_waiting_parity(gen)?;
             let Some(slot) = self.ready_slot(gen) else {
                 return Ok(());
             };

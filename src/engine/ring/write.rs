@@ -7,8 +7,7 @@ impl<'a> Ring<'a> {
     /// Memory-mapped device: the payload is in place; write the header in
     /// front of it, make the record durable, and count it done.
     pub(super) fn persist_in_place(&mut self, slot: usize) -> Result<(), Stop> {
-        let sequence = self.slots[slot].gen as u64;
-        self.fill_record(slot, sequence);
+        self.fill_record(slot);
         let position = self.gens[self.slots[slot].gen].position;
         let media = self.record_media_bytes(slot) as u64;
         self.persist_record(position, media)?;
@@ -57,10 +56,13 @@ impl<'a> Ring<'a> {
     }
 
     pub(super) fn submit_write(&mut self, slot: usize) -> Result<(), Stop> {
-        // A record's sequence number is its place in media order: its gen
-        // index (reads complete in any order; the number must not follow them).
-        let sequence = self.slots[slot].gen as u64;
-        self.fill_record(slot, sequence);
+        // A record's sequence number is its place in media order, given
+        // with its gen (reads complete in any order; the number must not
+        // follow them).
+        self.fill_record(slot);
+        if let Some(sink) = self.stripes {
+            self.offer_record(sink, slot);
+        }
         if let Some(m) = self.mapping {
             return self.copy_in_place(slot, m);
         }
@@ -93,8 +95,8 @@ impl<'a> Ring<'a> {
     /// Fill the header in front of the payload a read put in `slot`: the
     /// payload's CRC and BLAKE3 (passes over bytes in cache), file info,
     /// padding.
-    pub(super) fn fill_record(&mut self, slot: usize, sequence: u64) {
-        let header = self.data_header(slot, sequence + self.first_sequence);
+    pub(super) fn fill_record(&mut self, slot: usize) {
+        let header = self.data_header(slot, self.gens[self.slots[slot].gen].sequence);
         let in_place = self.read_in_place();
         let s = &mut self.slots[slot];
         let g = &self.gens[s.gen];
