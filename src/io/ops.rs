@@ -98,6 +98,55 @@ pub fn write_at(fd: RawFd, lease: &Lease, range: Range<usize>, offset: u64) -> S
     Sqe::leased(entry, lease)
 }
 
+/// The operations a small-file restore submits (`open_direct`,
+/// `write_direct`, `close_direct`): a ring probes for them
+/// (`Uring::supports`) before anything depends on them.
+pub const FILE_OPS: [u8; 3] = [
+    opcode::OpenAt::CODE,
+    opcode::Write::CODE,
+    opcode::Close::CODE,
+];
+
+/// `OpenAt` of `name` relative to the directory `dir` with `flags` and
+/// `mode`, installed as the ring's direct descriptor `slot` (no process
+/// descriptor is made; `write_direct` and `close_direct` use the slot).
+///
+/// # Safety
+/// `name` must point to a NUL-terminated string that stays valid and
+/// unchanged until the completion of this entry is reaped; `dir` must
+/// stay open until then.
+pub unsafe fn open_direct(
+    dir: RawFd,
+    name: *const libc::c_char,
+    flags: i32,
+    mode: u32,
+    slot: u32,
+) -> Sqe {
+    let slot = types::DestinationSlot::try_from_slot_target(slot)
+        .expect("a direct descriptor slot below the kernel's limit");
+    Sqe::raw(
+        opcode::OpenAt::new(types::Fd(dir), name)
+            .flags(flags)
+            .mode(mode)
+            .file_index(Some(slot))
+            .build(),
+    )
+}
+
+/// `Write` of `range` of `lease` to the direct descriptor `slot` at `offset`.
+pub fn write_direct(slot: u32, lease: &Lease, range: Range<usize>, offset: u64) -> Sqe {
+    let (ptr, len) = slice_of(lease, &range);
+    let entry = opcode::Write::new(types::Fixed(slot), ptr, len)
+        .offset(offset)
+        .build();
+    Sqe::leased(entry, lease)
+}
+
+/// `Close` of the direct descriptor `slot`.
+pub fn close_direct(slot: u32) -> Sqe {
+    Sqe::raw(opcode::Close::new(types::Fixed(slot)).build())
+}
+
 /// `Read` of `len` bytes from `fd` at `offset` into `ptr`.
 ///
 /// # Safety

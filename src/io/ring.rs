@@ -107,6 +107,30 @@ impl Uring {
         Ok(())
     }
 
+    /// Give the ring `slots` empty direct descriptor slots (the targets
+    /// of `open_direct`), replacing any it had.
+    pub fn register_file_slots(&mut self, slots: u32) -> std::io::Result<()> {
+        self.ring.submitter().register_files_sparse(slots)
+    }
+
+    /// Empty the direct descriptor `slot` (closing the file in it), now.
+    pub fn clear_file_slot(&mut self, slot: u32) -> std::io::Result<()> {
+        self.ring
+            .submitter()
+            .register_files_update(slot, &[-1])
+            .map(|_| ())
+    }
+
+    /// Whether the kernel supports every operation of `codes` (e.g.
+    /// `io::FILE_OPS`); false when it cannot say (no probe before 5.6).
+    pub fn supports(&self, codes: &[u8]) -> bool {
+        let mut probe = io_uring::Probe::new();
+        if self.ring.submitter().register_probe(&mut probe).is_err() {
+            return false;
+        }
+        codes.iter().all(|&c| probe.is_supported(c))
+    }
+
     fn keep(&mut self, memory: &Arc<Memory>) {
         if !self.memory.iter().any(|m| Arc::ptr_eq(m, memory)) {
             self.memory.push(memory.clone());

@@ -182,12 +182,19 @@ impl Root {
     /// a symlink or any other non-directory in the way is removed and
     /// replaced by a directory (tar's default), never followed.
     pub fn ensure_dir(&self, rel: &[u8], mode: u32) -> io::Result<OwnedFd> {
+        Ok(self.ensure_dir_made(rel, mode)?.0)
+    }
+
+    /// `ensure_dir`, and whether `rel` itself was made by this call (its
+    /// `mkdirat` succeeded) rather than found.
+    pub fn ensure_dir_made(&self, rel: &[u8], mode: u32) -> io::Result<(OwnedFd, bool)> {
         match self.open_at(rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY) {
-            Ok(fd) => return Ok(fd),
+            Ok(fd) => return Ok((fd, false)),
             Err(e) if is_not_there_or_not_dir(&e) => {}
             Err(e) => return Err(e),
         }
         let mut dir = reopen(self.fd.as_fd(), OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        let mut made = false;
         let count = components(rel).count();
         for (i, c) in components(rel).enumerate() {
             if bad_component(c) {
@@ -198,9 +205,9 @@ impl Root {
             } else {
                 DIR_MODE_IMPLICIT
             };
-            dir = ensure_one(dir.as_fd(), c, mode)?;
+            (dir, made) = ensure_one(dir.as_fd(), c, mode)?;
         }
-        Ok(dir)
+        Ok((dir, made && count > 0))
     }
 
     /// `ensure_dir` of the parent of `rel`; returns it and `rel`'s last name.
@@ -270,11 +277,12 @@ pub fn open_in(dir: BorrowedFd<'_>, name: &[u8], flags: OFlag) -> io::Result<Own
 
 /// Open directory `name` in `dir`, making it (with `mode`) when missing and
 /// replacing whatever non-directory stands there.
-fn ensure_one(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<OwnedFd> {
+fn ensure_one(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<(OwnedFd, bool)> {
     let mut last = None;
+    let mut made = false;
     for _ in 0..ENSURE_ATTEMPTS_MAX {
         match open_dir_in(dir, name) {
-            Ok(fd) => return Ok(fd),
+            Ok(fd) => return Ok((fd, made)),
             Err(e) => match e.raw_os_error() {
                 Some(libc::ENOENT) => {}
                 // A symlink (ELOOP under O_NOFOLLOW) or another non-directory.
@@ -297,7 +305,8 @@ fn ensure_one(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<OwnedFd
             name,
             Mode::from_bits_truncate(mode as libc::mode_t),
         ) {
-            Ok(()) | Err(Errno::EEXIST) => {}
+            Ok(()) => made = true,
+            Err(Errno::EEXIST) => made = false,
             Err(e) => return Err(errno(e)),
         }
     }
@@ -370,6 +379,48 @@ pub fn create_temp(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<(O
         }
     }
     Err(last)
+}
+
+/// Create the new regular file `name` in `dir` (`O_EXCL | O_NOFOLLOW`:
+/// never an existing name, never through a symlink), mode `mode` less
+/// umask, opened write-only.
+pub fn create_in(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<OwnedFd> {
+    if bad_component(name) || name.is_empty() || name.contains(&b'/') {
+        return Err(io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(mode as libc::mode_t),
+    )
+    .map_err(errno)?;
+    Ok(owned(fd))
+}
+
+/// Raise the soft limit on open descriptors to the hard limit (at most
+/// `max`); returns the soft limit now in force.
+pub fn raise_open_files_limit(max: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit the call fills in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    let want = lim.rlim_max.min(max);
+    if want > lim.rlim_cur {
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit, read by the call only.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return want;
+        }
+    }
+    lim.rlim_cur
 }
 
 /// Make a symlink `target` under a fresh temporary name in `dir`; returns the name.

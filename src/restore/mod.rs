@@ -20,6 +20,7 @@ pub mod repair;
 pub mod scan;
 pub mod scrub;
 mod select;
+mod small;
 mod transform;
 pub mod tree;
 pub mod writer;
@@ -356,7 +357,9 @@ fn run_sets(
                     .collect();
                 report.missing.retain(|m| !kept_paths.contains(&m.path[..]));
             }
-            let staged = prepare_tree(to, tree_catalog, &mut selection.wanted, &mut report)?;
+            let small = small::candidates(sets, &selection, tree_catalog, keep_partial);
+            let staged =
+                prepare_tree(to, tree_catalog, &mut selection.wanted, &small, &mut report)?;
             (Some(staged), keep_partial)
         }
         _ => (None, false),
@@ -411,9 +414,10 @@ fn prepare_tree(
     to: &Path,
     catalog: &Catalog,
     wanted: &mut [bool],
+    small: &[bool],
     report: &mut Report,
 ) -> Result<tree::Staged, RestoreError> {
-    let mut staged = tree::prepare(to, catalog, wanted)?;
+    let mut staged = tree::prepare_small(to, catalog, wanted, small)?;
     report
         .errors
         .extend(staged.take_errors().into_iter().map(Problem::Tree));

@@ -411,11 +411,7 @@ impl<'a> DeviceReader<'a> {
                 // done before the window is reused.
                 // Both, whatever the first gives.
                 let opened = self.collect_opened(true);
-                if let Some(w) = self.writer.as_mut() {
-                    self.open = None;
-                    let device = &self.name;
-                    w.finish().map_err(|why| write_error(device, why))?;
-                }
+                self.finish_writes()?;
                 opened?;
             }
         }
@@ -434,6 +430,11 @@ impl<'a> DeviceReader<'a> {
         let Some(target) = self.check(position, header, payload) else {
             return Ok(());
         };
+        if let Destination::Tree(staged) = self.destination {
+            if let Some(dir) = staged.small_dir(target as usize) {
+                return self.small_record(position, header, payload, source, (target, dir));
+            }
+        }
         let transformed = header.transform.codec != crate::format::Codec::Raw
             || header.transform.seal.is_sealed();
         if let (true, Payload::Window { window, range }) = (transformed, &source) {
@@ -475,6 +476,123 @@ impl<'a> DeviceReader<'a> {
         };
         self.inflate = inflate;
         written
+    }
+
+    /// A record of a small file (`tree::small`), opened here (not on the
+    /// workers): proven against the file's digest first, then, only when
+    /// it is the whole file and the first copy read, the file is created
+    /// under its name in `dir` and written, as one chain on the writer's
+    /// ring (or at once, for a payload not in a window as stored).
+    fn small_record(
+        &mut self,
+        position: u64,
+        header: &RecordHeader,
+        payload: &[u8],
+        source: Payload<'_>,
+        (target, dir): (u32, std::os::fd::BorrowedFd<'_>),
+    ) -> Result<(), RestoreError> {
+        let Destination::Tree(staged) = self.destination else {
+            unreachable!("small files only in a tree")
+        };
+        let mut inflate = std::mem::take(&mut self.inflate);
+        let result = (|| {
+            let plain = match inflate.payload(header, payload) {
+                Ok(plain) => plain,
+                Err(why) => {
+                    self.not_opened(position, header, why);
+                    return Ok(());
+                }
+            };
+            let record = (
+                header.file_offset,
+                header.payload_bytes,
+                crate::format::payload_hash(plain),
+            );
+            self.out.records.push((target, record));
+            let file = &self.restored.files[target as usize];
+            let whole =
+                header.file_offset == 0 && u64::from(header.payload_bytes) == file.size_bytes;
+            // Nothing unproven is written under the file's own name: the
+            // verdict will report it (a second copy is written once).
+            if !whole
+                || crate::format::file_digest(&mut [record]) != file.digest
+                || !staged.claim_small(target as usize)
+            {
+                return Ok(());
+            }
+            let name = crate::restore::at::split_parent(&file.path).1;
+            let mode = tree::Staged::small_create_mode(file.stat.mode);
+            let w = self.writer.as_mut().expect("a writer with a destination");
+            let raw = header.transform.codec == crate::format::Codec::Raw
+                && !header.transform.seal.is_sealed();
+            match source {
+                Payload::Window { window, range } if raw && w.can_create() => {
+                    use std::os::fd::AsRawFd;
+                    w.create(target, dir.as_raw_fd(), name, mode, window, range)
+                        .map_err(|why| write_error(&self.name, why))
+                }
+                _ => self.small_now(target, dir, name, mode, plain),
+            }
+        })();
+        self.inflate = inflate;
+        result
+    }
+
+    /// A small file created and written at once on this thread.
+    fn small_now(
+        &self,
+        target: u32,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &[u8],
+        mode: u32,
+        data: &[u8],
+    ) -> Result<(), RestoreError> {
+        use std::io::Write;
+        let Destination::Tree(staged) = self.destination else {
+            unreachable!("small files only in a tree")
+        };
+        let fd = match crate::restore::at::create_in(dir, name, mode) {
+            Ok(fd) => fd,
+            Err(e) => {
+                staged.small_failed(target as usize, format!("create: {e}"));
+                return Ok(());
+            }
+        };
+        if let Err(e) = File::from(fd).write_all(data) {
+            let _ = crate::restore::at::remove_in(dir, name);
+            let path = shown_name(&self.restored.files[target as usize].path);
+            return Err(write_error(&self.name, format!("write {path}: {e}")));
+        }
+        Ok(())
+    }
+
+    /// Wait for every queued write; the small files whose chain failed
+    /// reported (one not created: that file alone; one not written: the
+    /// restore stops, as for any failed write).
+    fn finish_writes(&mut self) -> Result<(), RestoreError> {
+        let Some(w) = self.writer.as_mut() else {
+            return Ok(());
+        };
+        self.open = None;
+        let finished = w.finish();
+        let failures = w.take_failures();
+        let device = &self.name;
+        finished.map_err(|why| write_error(device, why))?;
+        let Destination::Tree(staged) = self.destination else {
+            return Ok(());
+        };
+        for (target, failure) in failures {
+            let path = || shown_name(&self.restored.files[target as usize].path);
+            match failure {
+                writer::CreateFailure::NotCreated(e) => {
+                    staged.small_failed(target as usize, format!("create: {e}"));
+                }
+                writer::CreateFailure::NotWritten(why) => {
+                    return Err(write_error(device, format!("{}: {why}", path())));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether there are workers, started at the first call (false: none
@@ -646,7 +764,7 @@ impl<'a> DeviceReader<'a> {
         let w = self.writer.as_mut().expect("a writer with a destination");
         if self.open.map(|(id, _)| id) != Some(target) {
             if w.open_files() >= OPEN_FILES_MAX {
-                w.finish().map_err(|why| write_error(&self.name, why))?;
+                self.finish_writes()?;
             }
             let (file, restored_path) = self.open_target(target)?;
             let w = self.writer.as_mut().expect("a writer with a destination");

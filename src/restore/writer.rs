@@ -9,9 +9,10 @@
 //! (pmem) is written at once (`write_mapped`): it is memory already, and
 //! the borrow of the mapping ends with the call.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -29,11 +30,59 @@ struct Pending {
     offset: u64,
 }
 
+/// A small file made whole by one linked chain on the ring: `OpenAt`
+/// (`O_CREAT | O_EXCL | O_NOFOLLOW`, relative to its directory's
+/// descriptor, into a direct descriptor slot), `Write` of its one record
+/// from the window, `Close` of the slot.
+struct Create {
+    /// The restored file (an index into the restored catalog).
+    target: u32,
+    /// Its directory, kept open by the caller until `finish` (`Staged`).
+    dir: RawFd,
+    /// Its name in `dir`: the `OpenAt` points into it until reaped.
+    name: CString,
+    /// Held, not read: the bytes stay put until the chain is reaped.
+    #[allow(dead_code)]
+    window: Arc<Lease>,
+    range: Range<usize>,
+    slot: u32,
+    /// Completions of the chain reaped so far (open, write, close).
+    results: [Option<i32>; 3],
+}
+
+enum Op {
+    Write(Pending),
+    Create(Create),
+}
+
+/// What became of a small file's chain that did not complete.
+#[derive(Debug)]
+pub enum CreateFailure {
+    /// The name could not be created (e.g. EEXIST: something stands
+    /// there): nothing was written; the file alone is not restored.
+    NotCreated(std::io::Error),
+    /// Created, but its data could not be written (removed again): a
+    /// failure of the destination, which stops the restore.
+    NotWritten(String),
+}
+
+/// Direct descriptor slots of the writer's ring: small files in flight at once.
+const FILE_SLOTS: u32 = 64;
+/// `user_data` = op index * 4 + step: 0..=2 a chain's open, write,
+/// close; `STEP_WRITE` a plain write.
+const STEP_WRITE: u64 = 3;
+
 pub struct Writer {
     ring: Uring,
     /// Files with writes queued since the last `finish` (kept open until then).
     files: Vec<File>,
-    pending: Vec<Pending>,
+    pending: Vec<Op>,
+    /// Free direct descriptor slots (None: not registered yet).
+    slots: Option<Vec<u32>>,
+    /// Whether `can_create` found the ring able to make small files.
+    creates: bool,
+    /// Small files whose chain failed, by restored file.
+    failures: Vec<(u32, CreateFailure)>,
     /// The first error, with the path of its file.
     error: Option<String>,
     names: Vec<String>,
@@ -45,6 +94,9 @@ impl Writer {
             ring: Uring::new(RING_ENTRIES)?,
             files: Vec::new(),
             pending: Vec::new(),
+            slots: None,
+            creates: false,
+            failures: Vec::new(),
             error: None,
             names: Vec::new(),
         })
@@ -70,12 +122,12 @@ impl Writer {
         range: Range<usize>,
         offset: u64,
     ) -> Result<(), String> {
-        self.pending.push(Pending {
+        self.pending.push(Op::Write(Pending {
             file: handle,
             window,
             range,
             offset,
-        });
+        }));
         self.submit(self.pending.len() - 1)
     }
 
@@ -87,8 +139,85 @@ impl Writer {
             .map_err(|e| format!("write {} at offset {offset}: {e}", self.names[handle]))
     }
 
+    /// Whether the ring can make small files (`create`): it has the
+    /// operations (`io::FILE_OPS`) and took the direct descriptor slots.
+    /// Asked once per ring, before the first `create`.
+    pub fn can_create(&mut self) -> bool {
+        if self.slots.is_none() {
+            let ready = self.ring.supports(&io::FILE_OPS)
+                && self.ring.register_file_slots(FILE_SLOTS).is_ok();
+            self.slots = Some(if ready {
+                (0..FILE_SLOTS).rev().collect()
+            } else {
+                Vec::new()
+            });
+            self.creates = ready;
+        }
+        self.creates
+    }
+
+    /// Queue a small file, whole: created as `name` in `dir` (`O_EXCL |
+    /// O_NOFOLLOW`, mode `mode` less umask), `range` of `window` written
+    /// at offset 0, closed; one linked chain. `can_create` must have said
+    /// yes. `dir` must stay open until `finish`. What failed is in
+    /// `take_failures` after `finish`.
+    pub fn create(
+        &mut self,
+        target: u32,
+        dir: RawFd,
+        name: &[u8],
+        mode: u32,
+        window: Arc<Lease>,
+        range: Range<usize>,
+    ) -> Result<(), String> {
+        let name = CString::new(name).map_err(|_| "a name with a NUL byte".to_string())?;
+        let slot = loop {
+            if let Some(slot) = self.slots.as_mut().and_then(Vec::pop) {
+                break slot;
+            }
+            assert!(self.ring.in_flight() > 0, "create without can_create");
+            self.ring
+                .submit_and_wait(1)
+                .map_err(|e| format!("io_uring_enter: {e}"))?;
+            self.reap()?;
+        };
+        let index = self.pending.len() as u64;
+        // No O_CLOEXEC: a direct descriptor is no process descriptor (EINVAL).
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+        // SAFETY: the name is kept in `self.pending` (a CString's bytes do
+        // not move with it) until `finish` has reaped the chain; the
+        // caller keeps `dir` open until then.
+        let open = unsafe { io::open_direct(dir, name.as_ptr(), flags, mode, slot) };
+        let mut chain = vec![
+            open.user_data(index * 4).linked(),
+            io::write_direct(slot, &window, range.clone(), 0)
+                .user_data(index * 4 + 1)
+                .linked(),
+            io::close_direct(slot).user_data(index * 4 + 2),
+        ];
+        self.pending.push(Op::Create(Create {
+            target,
+            dir,
+            name,
+            window,
+            range,
+            slot,
+            results: [None; 3],
+        }));
+        self.ring
+            .push_all(&mut chain)
+            .map_err(|e| format!("io_uring_enter: {e}"))
+    }
+
+    /// The small files whose chain failed since the last call.
+    pub fn take_failures(&mut self) -> Vec<(u32, CreateFailure)> {
+        std::mem::take(&mut self.failures)
+    }
+
     fn submit(&mut self, index: usize) -> Result<(), String> {
-        let p = &self.pending[index];
+        let Op::Write(p) = &self.pending[index] else {
+            unreachable!("submit of a plain write")
+        };
         // The fd is kept open in `self.files` until `finish` has reaped
         // every write; the lease keeps its bytes.
         let entry = io::write_at(
@@ -105,7 +234,7 @@ impl Writer {
             self.reap()?;
         }
         self.ring
-            .push(entry.user_data(index as u64))
+            .push(entry.user_data(index as u64 * 4 + STEP_WRITE))
             .map_err(|e| format!("io_uring_enter: {e}"))
     }
 
@@ -113,11 +242,16 @@ impl Writer {
         let mut done = Vec::new();
         self.ring.reap(&mut done);
         for (user_data, result) in done {
-            let index = user_data as usize;
-            let (file, len, offset) = {
-                let p = &self.pending[index];
-                (p.file, p.range.len(), p.offset)
+            let index = (user_data / 4) as usize;
+            let step = user_data % 4;
+            if step != STEP_WRITE {
+                self.chain_done(index, step as usize, result);
+                continue;
+            }
+            let Op::Write(p) = &self.pending[index] else {
+                unreachable!("a plain write's completion")
             };
+            let (file, len, offset) = (p.file, p.range.len(), p.offset);
             if result < 0 && (-result == libc::EINTR || -result == libc::EAGAIN) {
                 self.submit(index)?;
             } else if result < 0 || (result == 0 && len > 0) {
@@ -132,13 +266,59 @@ impl Writer {
             } else if (result as usize) < len {
                 // Short write: the rest, from where it stopped.
                 let n = result as usize;
-                let p = &mut self.pending[index];
+                let Op::Write(p) = &mut self.pending[index] else {
+                    unreachable!("a plain write's completion")
+                };
                 p.range.start += n;
                 p.offset += n as u64;
                 self.submit(index)?;
             }
         }
         Ok(())
+    }
+
+    /// One completion of a small file's chain; when all three are in,
+    /// its slot is free again and a failure is noted.
+    fn chain_done(&mut self, index: usize, step: usize, result: i32) {
+        let Op::Create(c) = &mut self.pending[index] else {
+            unreachable!("a chain's completion")
+        };
+        c.results[step] = Some(result);
+        let [Some(open), Some(write), Some(close)] = c.results else {
+            return;
+        };
+        let (target, slot, len) = (c.target, c.slot, c.range.len());
+        let errno = |r: i32| std::io::Error::from_raw_os_error(-r);
+        let failure = if open < 0 {
+            Some(CreateFailure::NotCreated(errno(open)))
+        } else if write < 0 || write as usize != len || close < 0 {
+            // A short write severs the chain: the close was cancelled and
+            // the file is still in its slot.
+            let (dir, name) = (c.dir, c.name.clone());
+            let mut why = match write {
+                w if w < 0 => format!("write: {}", errno(w)),
+                w if w as usize != len => format!("write: {w} of {len} bytes written"),
+                _ => format!("close: {}", errno(close)),
+            };
+            if close < 0 {
+                if let Err(e) = self.ring.clear_file_slot(slot) {
+                    why.push_str(&format!("; closing it: {e}"));
+                }
+            }
+            // Nothing unproven or partial stays under the name.
+            // SAFETY: `dir` is open until `finish` (the caller's promise).
+            let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(dir) };
+            if let Err(e) = super::at::remove_in(dir, name.as_bytes()) {
+                why.push_str(&format!("; removing it: {e}"));
+            }
+            Some(CreateFailure::NotWritten(why))
+        } else {
+            None
+        };
+        if let Some(f) = failure {
+            self.failures.push((target, f));
+        }
+        self.slots.get_or_insert_with(Vec::new).push(slot);
     }
 
     /// Wait for every queued write, and let go of the windows written from.

@@ -23,8 +23,10 @@ use std::path::Path;
 
 use super::at::{self, Root};
 use dirs::Dirs;
+use small::Small;
 
 mod dirs;
+mod small;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
@@ -102,6 +104,8 @@ pub struct Staged {
     /// Per catalog file: refused or failed by `prepare` (reported in `errors`).
     refused: Vec<bool>,
     errors: Vec<TreeError>,
+    /// The small files made under their own names (`small`), if any.
+    small: Option<Small>,
 }
 
 impl Staged {
@@ -113,6 +117,31 @@ impl Staged {
     /// Whether catalog file `i` was refused (or could not be prepared).
     pub fn refused(&self, i: usize) -> bool {
         self.refused[i]
+    }
+
+    /// The directory small file `i` is made in (`small`: created there
+    /// under its own name, by the reader, once its record is proven);
+    /// None when `i` takes a temporary file (`open_for_write`).
+    pub fn small_dir(&self, i: usize) -> Option<BorrowedFd<'_>> {
+        Some(self.small.as_ref()?.dir(i)?.0)
+    }
+
+    /// Claim the writing of small file `i`'s data: false when it was
+    /// claimed already (a second copy of its record is not written).
+    pub fn claim_small(&self, i: usize) -> bool {
+        self.small.as_ref().is_some_and(|s| s.claim(i))
+    }
+
+    /// Small file `i` could not be made (why): `finish` reports it.
+    pub fn small_failed(&self, i: usize, why: String) {
+        if let Some(s) = &self.small {
+            s.fail(i, why);
+        }
+    }
+
+    /// The mode a small file of mode `mode` is created with.
+    pub fn small_create_mode(mode: u32) -> u32 {
+        Small::create_mode(mode)
     }
 
     /// Open the temporary file of catalog file `i` for the restore's writes.
@@ -158,34 +187,61 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
 /// error) is refused alone: reported in `Staged::take_errors`, the rest goes
 /// on. Only a root that cannot be opened is an error.
 pub fn prepare(root: &Path, catalog: &Catalog, selected: &[bool]) -> Result<Staged, TreeError> {
+    prepare_small(root, catalog, selected, &[])
+}
+
+/// `prepare`, with `candidates[i]` (empty: none) saying which regular
+/// files may be made as small files (`small`: their data is one record or
+/// none, they have no xattrs and no flags, and a failed one need not be
+/// kept partial): those in a directory this call makes get no temporary
+/// file; the reader creates them once their record is proven.
+pub fn prepare_small(
+    root: &Path,
+    catalog: &Catalog,
+    selected: &[bool],
+    candidates: &[bool],
+) -> Result<Staged, TreeError> {
     let root = Root::open(root).map_err(|error| TreeError::Io {
         op: "open restore directory",
         path: shown_name(std::os::unix::ffi::OsStrExt::as_bytes(root.as_os_str())),
         error,
     })?;
-    Ok(prepare_in(root, catalog, selected))
+    Ok(prepare_with(root, catalog, selected, candidates))
 }
 
 /// `prepare` below an opened root.
 pub fn prepare_in(root: Root, catalog: &Catalog, selected: &[bool]) -> Staged {
+    prepare_with(root, catalog, selected, &[])
+}
+
+/// `prepare_small` below an opened root.
+pub fn prepare_with(
+    root: Root,
+    catalog: &Catalog,
+    selected: &[bool],
+    candidates: &[bool],
+) -> Staged {
     assert_eq!(
         selected.len(),
         catalog.files.len(),
         "one selection flag per catalog file"
     );
+    assert!(candidates.is_empty() || candidates.len() == selected.len());
     let n = catalog.files.len();
     let mut staged = Staged {
         root,
         temps: vec![None; n],
         refused: vec![false; n],
         errors: Vec::new(),
+        small: Small::new(candidates),
     };
     let mut dirs = Dirs::default();
     for (i, file) in catalog.files.iter().enumerate() {
         if !selected[i] {
             continue;
         }
-        if let Err(error) = prepare_one(&mut staged, &mut dirs, i, file) {
+        let candidate = candidates.get(i).copied().unwrap_or(false);
+        if let Err(error) = prepare_one(&mut staged, &mut dirs, i, file, candidate) {
             staged.refused[i] = true;
             staged.errors.push(error);
         }
@@ -200,18 +256,29 @@ fn prepare_one(
     dirs: &mut Dirs,
     i: usize,
     file: &CatalogFile,
+    candidate: bool,
 ) -> Result<(), TreeError> {
     check_rel(&file.path)?;
     let root = &staged.root;
     let path = &file.path[..];
     if file.kind == FileKind::Directory {
-        let fd = root
-            .ensure_dir(path, DIR_MODE_WHILE_RESTORING)
+        let (fd, made) = root
+            .ensure_dir_made(path, DIR_MODE_WHILE_RESTORING)
             .map_err(io_error("create directory", path))?;
+        if let (true, Some(small)) = (made, staged.small.as_mut()) {
+            small.made_dir(path, &fd);
+        }
         dirs.put(path, fd);
         return Ok(());
     }
     let parent = at::split_parent(path).0;
+    if candidate && file.kind == FileKind::Regular {
+        if let Some(small) = staged.small.as_mut() {
+            if small.take(i, parent) {
+                return Ok(());
+            }
+        }
+    }
     let dir = dirs
         .get(parent, || root.ensure_dir(parent, at::DIR_MODE_IMPLICIT))
         .map_err(io_error("create directories above", path))?;
@@ -326,7 +393,17 @@ pub fn finish(
     };
     // The directory of each entry, resolved once while kept open.
     let mut dirs = Dirs::default();
+    let small = staged.small.as_ref();
+    let small_failed = small.map(Small::take_failed).unwrap_or_default();
     for (i, file) in chosen(FileKind::has_data) {
+        if let Some(small) = small.filter(|s| s.dir(i).is_some()) {
+            let failed = small_failed.get(&(i as u32)).map(String::as_str);
+            match finish_small(small, i, file, &verdicts[i], failed, meta) {
+                Ok(()) => out.done[i] = true,
+                Err(error) => out.errors.push(error),
+            }
+            continue;
+        }
         let temp = at::split_parent(temp_of(&staged, i)).1;
         let path = &file.path[..];
         let result = directory_of(&mut dirs, root, path).and_then(|dir| match &verdicts[i] {
@@ -379,6 +456,90 @@ pub fn finish(
         }
     }
     out
+}
+
+/// A small file (`small`) after the read: a good one gets its owner, mode
+/// and mtime by name in its directory (made now when empty: no record
+/// wrote it); one that failed is removed if its data was written. On a
+/// failure the name is removed: nothing unproven stays.
+fn finish_small(
+    small: &Small,
+    i: usize,
+    file: &CatalogFile,
+    verdict: &Verdict,
+    failed: Option<&str>,
+    meta: Meta,
+) -> Result<(), TreeError> {
+    let path = &file.path[..];
+    let (dir, file_gid) = small.dir(i).expect("a small file");
+    let name = at::split_parent(path).1;
+    let written = small.written(i);
+    let entry = |why: String| TreeError::Entry {
+        path: shown_name(path),
+        why,
+    };
+    if let Some(why) = failed {
+        return Err(entry(format!("not restored: {why}")));
+    }
+    if let Verdict::Failed(_) = verdict {
+        if written {
+            at::remove_in(dir, name).map_err(io_error("remove temporary file of", path))?;
+        }
+        return Err(entry(
+            "not restored; its partial data was removed (--keep-partial keeps it)".into(),
+        ));
+    }
+    if !written {
+        if file.size_bytes > 0 {
+            return Err(entry("not restored: its data was not written".into()));
+        }
+        let mode = Small::create_mode(file.stat.mode);
+        at::create_in(dir, name, mode).map_err(io_error("create", path))?;
+    }
+    let result = apply_small(dir, name, path, Attrs::of(file), meta, (small, file_gid));
+    if result.is_err() {
+        let _ = at::remove_in(dir, name);
+    }
+    result
+}
+
+/// Owner (when not the one it was created with), mode (when the umask
+/// or set-ID bits made it differ) and mtime of a small file, by its name
+/// `name` in `dir`, a directory only this user can change (`small`): the
+/// name is the file this restore made.
+fn apply_small(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    path: &[u8],
+    attrs: Attrs<'_>,
+    meta: Meta,
+    (small, file_gid): (&Small, u32),
+) -> Result<(), TreeError> {
+    let raw = Some(dir.as_raw_fd());
+    if meta.owners && (attrs.uid != small.euid || attrs.gid != file_gid) {
+        fchownat(
+            raw,
+            name,
+            Some(Uid::from_raw(attrs.uid)),
+            Some(Gid::from_raw(attrs.gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|errno| io_error("chown", path)(errno.into()))?;
+    }
+    let created = Small::create_mode(attrs.mode) & !small.umask;
+    let mode = attrs.mode(meta);
+    if mode.bits() != created {
+        fchmodat(raw, name, mode, FchmodatFlags::FollowSymlink)
+            .map_err(|errno| io_error("chmod", path)(errno.into()))?;
+    }
+    utimensat(
+        raw,
+        name,
+        &TimeSpec::UTIME_OMIT,
+        &attrs.mtime(),
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|errno| io_error("set mtime of", path)(errno.into()))
 }
 
 /// The directory `path` is in (which must exist as a real directory),
