@@ -98,7 +98,23 @@ fn parity_1_on_4_devices_restores_without_any_one() {
     let Some(bed) = bed("parity_1_on_4_devices_restores_without_any_one", 4) else {
         return;
     };
-    backup(&bed, 1);
+    let summary = backup(&bed, 1);
+    // All devices healthy: every stripe's parity was computed while the
+    // data was written, from the records in memory: nothing read back.
+    assert_eq!(summary["parity"]["read_back_bytes"], 0, "{summary}");
+    assert_eq!(
+        summary["parity"]["inline_stripes"], summary["parity"]["stripes"],
+        "{summary}"
+    );
+    // ... and written among the data records (docs/FORMAT.md 5.1).
+    let interleaved = bed.devs.iter().any(|d| {
+        let (parity, data) = (parity_records(&d.backing), data_records(&d.backing));
+        parity
+            .first()
+            .zip(data.last())
+            .is_some_and(|((p, _), last)| p < last)
+    });
+    assert!(interleaved, "no parity record among the data records");
     for gone in 0..4 {
         let (code, summary, err, to) = restore_without(&bed, &[gone], &format!("out{gone}"));
         assert_eq!(code, 0, "without device {gone}: {summary}\n{err}");
@@ -308,6 +324,12 @@ fn a_device_failing_mid_run_leaves_the_survivors_protected() {
     assert_eq!(summary["devices"][1]["state"], "failed", "{summary}");
     assert_eq!(summary["missing_bytes"], 0, "{summary}");
     assert_eq!(summary["parity"]["warnings"].as_array().unwrap().len(), 0);
+    // The stripes that lost a member to the failed device were made
+    // again after the data, from the survivors' records read back.
+    assert!(
+        summary["parity"]["read_back_bytes"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
     // The survivors less any one of them restore the tree whole.
     for gone in 0..4 {
         let (code, summary, err, to) = restore_without(&bed, &[gone], &format!("out{gone}"));

@@ -81,6 +81,9 @@ fn bed(test: &str, n: usize, extra: &[&str]) -> Option<Bed> {
         0,
         "{summary}"
     );
+    // Compressed or sealed records' parity, too, is computed from the
+    // records as stored while they are written: nothing read back.
+    assert_eq!(summary["parity"]["read_back_bytes"], 0, "{summary}");
     Some(Bed {
         _dir: dir,
         root,

@@ -302,11 +302,24 @@ fn completeness(
             }
         }
     }
+    // A hard link whose target's data is missing is named too, with the
+    // target's missing ranges: it cannot be made without them.
+    let mut links = Vec::new();
     for (i, f) in catalog.files.iter().enumerate() {
         if f.kind == FileKind::HardLink && !complete[f.hardlink_to as usize] {
             complete[i] = false;
+            let target = missing.iter().find(|m| m.file == f.hardlink_to as usize);
+            if let Some(t) = target {
+                let mut named = t.missing.clone();
+                named.path = f.path.clone();
+                links.push(FileMissing {
+                    file: i,
+                    missing: named,
+                });
+            }
         }
     }
+    missing.extend(links);
     missing.sort_by(|a, b| a.missing.path.cmp(&b.missing.path));
     (complete, missing)
 }
