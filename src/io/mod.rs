@@ -15,6 +15,6 @@ mod ring;
 pub use buffers::{BufferPool, Lease};
 pub use ops::{
     close_direct, link_timeout, open_direct, read_at, read_fixed, read_into, recv, send_msg,
-    write_at, write_direct, write_fixed, Sqe, Timespec, FILE_OPS,
+    write_at, write_direct, write_direct_from, write_fixed, Sqe, Timespec, FILE_OPS,
 };
 pub use ring::{Completion, RingSetup, Uring, USER_DATA_TRANSPORT};

@@ -142,6 +142,19 @@ pub fn write_direct(slot: u32, lease: &Lease, range: Range<usize>, offset: u64) 
     Sqe::leased(entry, lease)
 }
 
+/// `Write` of `len` bytes from `ptr` to the direct descriptor `slot` at `offset`.
+///
+/// # Safety
+/// `ptr..ptr + len` must stay valid, and not be written by the CPU,
+/// until the completion of this entry is reaped.
+pub unsafe fn write_direct_from(slot: u32, ptr: *const u8, len: u32, offset: u64) -> Sqe {
+    Sqe::raw(
+        opcode::Write::new(types::Fixed(slot), ptr, len)
+            .offset(offset)
+            .build(),
+    )
+}
+
 /// `Close` of the direct descriptor `slot`.
 pub fn close_direct(slot: u32) -> Sqe {
     Sqe::raw(opcode::Close::new(types::Fixed(slot)).build())

@@ -248,6 +248,8 @@ fn read_device(
         },
     )?;
     result?;
+    // The small files still being made.
+    reader.finish_writes(true)?;
     // The workers' problems came back late: in media order again.
     let mut out = reader.out;
     out.errors.sort_by_key(|p| match p {
@@ -411,7 +413,7 @@ impl<'a> DeviceReader<'a> {
                 // done before the window is reused.
                 // Both, whatever the first gives.
                 let opened = self.collect_opened(true);
-                self.finish_writes()?;
+                self.finish_writes(false)?;
                 opened?;
             }
         }
@@ -528,7 +530,7 @@ impl<'a> DeviceReader<'a> {
             match source {
                 Payload::Window { window, range } if raw && w.can_create() => {
                     use std::os::fd::AsRawFd;
-                    w.create(target, dir.as_raw_fd(), name, mode, window, range)
+                    w.create(target, dir.as_raw_fd(), name, mode, &window, range)
                         .map_err(|why| write_error(&self.name, why))
                 }
                 _ => self.small_now(target, dir, name, mode, plain),
@@ -566,15 +568,16 @@ impl<'a> DeviceReader<'a> {
         Ok(())
     }
 
-    /// Wait for every queued write; the small files whose chain failed
+    /// Wait for every queued write that holds a window (`drain`: every
+    /// one, small files' too); the small files whose chain failed
     /// reported (one not created: that file alone; one not written: the
     /// restore stops, as for any failed write).
-    fn finish_writes(&mut self) -> Result<(), RestoreError> {
+    fn finish_writes(&mut self, drain: bool) -> Result<(), RestoreError> {
         let Some(w) = self.writer.as_mut() else {
             return Ok(());
         };
         self.open = None;
-        let finished = w.finish();
+        let finished = if drain { w.drain() } else { w.finish() };
         let failures = w.take_failures();
         let device = &self.name;
         finished.map_err(|why| write_error(device, why))?;
@@ -764,7 +767,7 @@ impl<'a> DeviceReader<'a> {
         let w = self.writer.as_mut().expect("a writer with a destination");
         if self.open.map(|(id, _)| id) != Some(target) {
             if w.open_files() >= OPEN_FILES_MAX {
-                self.finish_writes()?;
+                self.finish_writes(false)?;
             }
             let (file, restored_path) = self.open_target(target)?;
             let w = self.writer.as_mut().expect("a writer with a destination");

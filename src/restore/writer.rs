@@ -8,11 +8,18 @@
 //! the restore has called `finish`). A payload in a device's own mapping
 //! (pmem) is written at once (`write_mapped`): it is memory already, and
 //! the borrow of the mapping ends with the call.
+//!
+//! Small files (`tree::small`) are made by `create`: one linked chain
+//! `OpenAt` + `Write` + `Close` per file on a direct descriptor slot. A
+//! payload of up to `COPY_BYTES_MAX` is copied into the slot's own buffer
+//! first, so that its chain does not hold the window: the reader goes on
+//! with the next window while the files are made (`finish` waits only for
+//! what holds a window; `drain` for everything).
 
 use std::ffi::CString;
 use std::fs::File;
 use std::ops::Range;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -20,6 +27,16 @@ use crate::io::{self, Lease, Uring};
 
 /// Writes queued before the ring is submitted and reaped.
 const RING_ENTRIES: u32 = 256;
+/// Direct descriptor slots of the writer's ring: small files in flight at once.
+const FILE_SLOTS: u32 = 64;
+/// A small file's payload up to this size is copied into its slot's
+/// buffer (at most `FILE_SLOTS` of them: 16 MiB); a larger one is written
+/// from the window, which its chain then holds.
+const COPY_BYTES_MAX: usize = 256 << 10;
+/// `user_data` of a plain write: its index in `pending` * 4 + `STEP_WRITE`;
+/// of a chain: `CHAIN` | slot * 4 + step (0 open, 1 write, 2 close).
+const STEP_WRITE: u64 = 3;
+const CHAIN: u64 = 1 << 62;
 
 struct Pending {
     file: usize,
@@ -32,27 +49,20 @@ struct Pending {
 
 /// A small file made whole by one linked chain on the ring: `OpenAt`
 /// (`O_CREAT | O_EXCL | O_NOFOLLOW`, relative to its directory's
-/// descriptor, into a direct descriptor slot), `Write` of its one record
-/// from the window, `Close` of the slot.
-struct Create {
+/// descriptor, into a direct descriptor slot), `Write` of its one record,
+/// `Close` of the slot.
+struct Chain {
     /// The restored file (an index into the restored catalog).
     target: u32,
-    /// Its directory, kept open by the caller until `finish` (`Staged`).
+    /// Its directory, kept open by the caller until `drain` (`Staged`).
     dir: RawFd,
     /// Its name in `dir`: the `OpenAt` points into it until reaped.
     name: CString,
-    /// Held, not read: the bytes stay put until the chain is reaped.
-    #[allow(dead_code)]
-    window: Arc<Lease>,
-    range: Range<usize>,
-    slot: u32,
+    /// The window written from (None: the slot's buffer), held until reaped.
+    window: Option<Arc<Lease>>,
+    len: usize,
     /// Completions of the chain reaped so far (open, write, close).
     results: [Option<i32>; 3],
-}
-
-enum Op {
-    Write(Pending),
-    Create(Create),
 }
 
 /// What became of a small file's chain that did not complete.
@@ -66,26 +76,31 @@ pub enum CreateFailure {
     NotWritten(String),
 }
 
-/// Direct descriptor slots of the writer's ring: small files in flight at once.
-const FILE_SLOTS: u32 = 64;
-/// `user_data` = op index * 4 + step: 0..=2 a chain's open, write,
-/// close; `STEP_WRITE` a plain write.
-const STEP_WRITE: u64 = 3;
-
 pub struct Writer {
     ring: Uring,
     /// Files with writes queued since the last `finish` (kept open until then).
     files: Vec<File>,
-    pending: Vec<Op>,
-    /// Free direct descriptor slots (None: not registered yet).
-    slots: Option<Vec<u32>>,
-    /// Whether `can_create` found the ring able to make small files.
-    creates: bool,
+    pending: Vec<Pending>,
+    /// Plain writes pushed and not reaped.
+    writes_in_flight: usize,
+    /// Chains by slot (None: the slot is free).
+    chains: Vec<Option<Chain>>,
+    /// Per slot, the buffer a copied payload is written from.
+    buffers: Vec<Vec<u8>>,
+    free: Vec<u32>,
+    /// Chains in flight that hold a window.
+    window_chains: usize,
+    /// Whether the ring can make small files (None: not asked yet).
+    creates: Option<bool>,
     /// Small files whose chain failed, by restored file.
     failures: Vec<(u32, CreateFailure)>,
     /// The first error, with the path of its file.
     error: Option<String>,
     names: Vec<String>,
+}
+
+fn enter_error(e: std::io::Error) -> String {
+    format!("io_uring_enter: {e}")
 }
 
 impl Writer {
@@ -94,8 +109,12 @@ impl Writer {
             ring: Uring::new(RING_ENTRIES)?,
             files: Vec::new(),
             pending: Vec::new(),
-            slots: None,
-            creates: false,
+            writes_in_flight: 0,
+            chains: Vec::new(),
+            buffers: Vec::new(),
+            free: Vec::new(),
+            window_chains: 0,
+            creates: None,
             failures: Vec::new(),
             error: None,
             names: Vec::new(),
@@ -122,12 +141,12 @@ impl Writer {
         range: Range<usize>,
         offset: u64,
     ) -> Result<(), String> {
-        self.pending.push(Op::Write(Pending {
+        self.pending.push(Pending {
             file: handle,
             window,
             range,
             offset,
-        }));
+        });
         self.submit(self.pending.len() - 1)
     }
 
@@ -141,72 +160,83 @@ impl Writer {
 
     /// Whether the ring can make small files (`create`): it has the
     /// operations (`io::FILE_OPS`) and took the direct descriptor slots.
-    /// Asked once per ring, before the first `create`.
     pub fn can_create(&mut self) -> bool {
-        if self.slots.is_none() {
+        if self.creates.is_none() {
             let ready = self.ring.supports(&io::FILE_OPS)
                 && self.ring.register_file_slots(FILE_SLOTS).is_ok();
-            self.slots = Some(if ready {
-                (0..FILE_SLOTS).rev().collect()
-            } else {
-                Vec::new()
-            });
-            self.creates = ready;
+            if ready {
+                self.chains = (0..FILE_SLOTS).map(|_| None).collect();
+                self.buffers = vec![Vec::new(); FILE_SLOTS as usize];
+                self.free = (0..FILE_SLOTS).rev().collect();
+            }
+            self.creates = Some(ready);
         }
-        self.creates
+        self.creates == Some(true)
     }
 
     /// Queue a small file, whole: created as `name` in `dir` (`O_EXCL |
     /// O_NOFOLLOW`, mode `mode` less umask), `range` of `window` written
-    /// at offset 0, closed; one linked chain. `can_create` must have said
-    /// yes. `dir` must stay open until `finish`. What failed is in
-    /// `take_failures` after `finish`.
+    /// at offset 0 (copied first when small: `COPY_BYTES_MAX`), closed;
+    /// one linked chain. `can_create` must have said yes. `dir` must stay
+    /// open until `drain`. What failed is in `take_failures` after
+    /// `finish` or `drain`.
     pub fn create(
         &mut self,
         target: u32,
         dir: RawFd,
         name: &[u8],
         mode: u32,
-        window: Arc<Lease>,
+        window: &Arc<Lease>,
         range: Range<usize>,
     ) -> Result<(), String> {
+        assert_eq!(self.creates, Some(true), "create without can_create");
         let name = CString::new(name).map_err(|_| "a name with a NUL byte".to_string())?;
         let slot = loop {
-            if let Some(slot) = self.slots.as_mut().and_then(Vec::pop) {
+            if let Some(slot) = self.free.pop() {
                 break slot;
             }
-            assert!(self.ring.in_flight() > 0, "create without can_create");
-            self.ring
-                .submit_and_wait(1)
-                .map_err(|e| format!("io_uring_enter: {e}"))?;
+            self.ring.submit_and_wait(1).map_err(enter_error)?;
             self.reap()?;
         };
-        let index = self.pending.len() as u64;
+        let len = range.len();
+        let base = CHAIN | (u64::from(slot) * 4);
         // No O_CLOEXEC: a direct descriptor is no process descriptor (EINVAL).
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
-        // SAFETY: the name is kept in `self.pending` (a CString's bytes do
-        // not move with it) until `finish` has reaped the chain; the
-        // caller keeps `dir` open until then.
+        // SAFETY: the name is kept in `self.chains[slot]` (a CString's
+        // bytes do not move with it) until the chain is reaped; the
+        // caller keeps `dir` open until `drain`.
         let open = unsafe { io::open_direct(dir, name.as_ptr(), flags, mode, slot) };
-        let mut chain = vec![
-            open.user_data(index * 4).linked(),
-            io::write_direct(slot, &window, range.clone(), 0)
-                .user_data(index * 4 + 1)
-                .linked(),
-            io::close_direct(slot).user_data(index * 4 + 2),
-        ];
-        self.pending.push(Op::Create(Create {
+        let (write, window) = if len <= COPY_BYTES_MAX {
+            let buffer = &mut self.buffers[slot as usize];
+            buffer.clear();
+            buffer.extend_from_slice(&window.bytes()[range]);
+            // SAFETY: the slot's buffer is neither touched nor resized
+            // until the chain's completions are reaped (`chain_done` frees
+            // the slot); the writer outlives its ring's operations (Drop
+            // drains them).
+            let write = unsafe { io::write_direct_from(slot, buffer.as_ptr(), len as u32, 0) };
+            (write, None)
+        } else {
+            self.window_chains += 1;
+            (
+                io::write_direct(slot, window, range, 0),
+                Some(window.clone()),
+            )
+        };
+        self.chains[slot as usize] = Some(Chain {
             target,
             dir,
             name,
             window,
-            range,
-            slot,
+            len,
             results: [None; 3],
-        }));
-        self.ring
-            .push_all(&mut chain)
-            .map_err(|e| format!("io_uring_enter: {e}"))
+        });
+        let mut chain = vec![
+            open.user_data(base).linked(),
+            write.user_data(base + 1).linked(),
+            io::close_direct(slot).user_data(base + 2),
+        ];
+        self.ring.push_all(&mut chain).map_err(enter_error)
     }
 
     /// The small files whose chain failed since the last call.
@@ -215,9 +245,7 @@ impl Writer {
     }
 
     fn submit(&mut self, index: usize) -> Result<(), String> {
-        let Op::Write(p) = &self.pending[index] else {
-            unreachable!("submit of a plain write")
-        };
+        let p = &self.pending[index];
         // The fd is kept open in `self.files` until `finish` has reaped
         // every write; the lease keeps its bytes.
         let entry = io::write_at(
@@ -228,29 +256,29 @@ impl Writer {
         );
         if self.ring.room() == 0 {
             // Full: submit what is queued and make room.
-            self.ring
-                .submit_and_wait(1)
-                .map_err(|e| format!("io_uring_enter: {e}"))?;
+            self.ring.submit_and_wait(1).map_err(enter_error)?;
             self.reap()?;
         }
         self.ring
             .push(entry.user_data(index as u64 * 4 + STEP_WRITE))
-            .map_err(|e| format!("io_uring_enter: {e}"))
+            .map_err(enter_error)?;
+        self.writes_in_flight += 1;
+        Ok(())
     }
 
     fn reap(&mut self) -> Result<(), String> {
         let mut done = Vec::new();
         self.ring.reap(&mut done);
         for (user_data, result) in done {
-            let index = (user_data / 4) as usize;
-            let step = user_data % 4;
-            if step != STEP_WRITE {
-                self.chain_done(index, step as usize, result);
+            if user_data & CHAIN != 0 {
+                let at = user_data & !CHAIN;
+                self.chain_done((at / 4) as usize, (at % 4) as usize, result);
                 continue;
             }
-            let Op::Write(p) = &self.pending[index] else {
-                unreachable!("a plain write's completion")
-            };
+            debug_assert_eq!(user_data % 4, STEP_WRITE);
+            self.writes_in_flight -= 1;
+            let index = (user_data / 4) as usize;
+            let p = &self.pending[index];
             let (file, len, offset) = (p.file, p.range.len(), p.offset);
             if result < 0 && (-result == libc::EINTR || -result == libc::EAGAIN) {
                 self.submit(index)?;
@@ -266,9 +294,7 @@ impl Writer {
             } else if (result as usize) < len {
                 // Short write: the rest, from where it stopped.
                 let n = result as usize;
-                let Op::Write(p) = &mut self.pending[index] else {
-                    unreachable!("a plain write's completion")
-                };
+                let p = &mut self.pending[index];
                 p.range.start += n;
                 p.offset += n as u64;
                 self.submit(index)?;
@@ -279,36 +305,36 @@ impl Writer {
 
     /// One completion of a small file's chain; when all three are in,
     /// its slot is free again and a failure is noted.
-    fn chain_done(&mut self, index: usize, step: usize, result: i32) {
-        let Op::Create(c) = &mut self.pending[index] else {
-            unreachable!("a chain's completion")
-        };
+    fn chain_done(&mut self, slot: usize, step: usize, result: i32) {
+        let c = self.chains[slot].as_mut().expect("a chain in flight");
         c.results[step] = Some(result);
         let [Some(open), Some(write), Some(close)] = c.results else {
             return;
         };
-        let (target, slot, len) = (c.target, c.slot, c.range.len());
+        let c = self.chains[slot].take().expect("a chain in flight");
+        if c.window.is_some() {
+            self.window_chains -= 1;
+        }
         let errno = |r: i32| std::io::Error::from_raw_os_error(-r);
         let failure = if open < 0 {
             Some(CreateFailure::NotCreated(errno(open)))
-        } else if write < 0 || write as usize != len || close < 0 {
+        } else if write < 0 || write as usize != c.len || close < 0 {
             // A short write severs the chain: the close was cancelled and
             // the file is still in its slot.
-            let (dir, name) = (c.dir, c.name.clone());
             let mut why = match write {
                 w if w < 0 => format!("write: {}", errno(w)),
-                w if w as usize != len => format!("write: {w} of {len} bytes written"),
+                w if w as usize != c.len => format!("write: {w} of {} bytes written", c.len),
                 _ => format!("close: {}", errno(close)),
             };
             if close < 0 {
-                if let Err(e) = self.ring.clear_file_slot(slot) {
+                if let Err(e) = self.ring.clear_file_slot(slot as u32) {
                     why.push_str(&format!("; closing it: {e}"));
                 }
             }
             // Nothing unproven or partial stays under the name.
-            // SAFETY: `dir` is open until `finish` (the caller's promise).
-            let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(dir) };
-            if let Err(e) = super::at::remove_in(dir, name.as_bytes()) {
+            // SAFETY: `dir` is open until `drain` (the caller's promise).
+            let dir = unsafe { BorrowedFd::borrow_raw(c.dir) };
+            if let Err(e) = super::at::remove_in(dir, c.name.as_bytes()) {
                 why.push_str(&format!("; removing it: {e}"));
             }
             Some(CreateFailure::NotWritten(why))
@@ -316,17 +342,25 @@ impl Writer {
             None
         };
         if let Some(f) = failure {
-            self.failures.push((target, f));
+            self.failures.push((c.target, f));
         }
-        self.slots.get_or_insert_with(Vec::new).push(slot);
+        self.free.push(slot as u32);
     }
 
-    /// Wait for every queued write, and let go of the windows written from.
+    /// Wait for every queued write and every small file's chain that
+    /// holds a window, and let go of the windows written from.
     pub fn finish(&mut self) -> Result<(), String> {
-        while self.ring.in_flight() > 0 {
-            self.ring
-                .submit_and_wait(1)
-                .map_err(|e| format!("io_uring_enter: {e}"))?;
+        self.wait_until(|w| w.writes_in_flight == 0 && w.window_chains == 0)
+    }
+
+    /// `finish`, and wait for every small file's chain too.
+    pub fn drain(&mut self) -> Result<(), String> {
+        self.wait_until(|w| w.ring.in_flight() == 0)
+    }
+
+    fn wait_until(&mut self, done: impl Fn(&Writer) -> bool) -> Result<(), String> {
+        while !done(self) {
+            self.ring.submit_and_wait(1).map_err(enter_error)?;
             self.reap()?;
         }
         self.pending.clear();
@@ -341,7 +375,8 @@ impl Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        // Reap every queued write before its file is closed.
-        let _ = self.finish();
+        // Reap every queued write and chain before its file, name or
+        // buffer goes.
+        let _ = self.drain();
     }
 }
