@@ -6,8 +6,9 @@ use std::fs::File;
 use std::sync::Arc;
 
 use crate::device::Device;
+use crate::format::catalog::{CatalogStream, FileSummary};
 use crate::format::codec::DecompressError;
-use crate::format::{Catalog, DigestRecord, Label, RecordHeader, RecordKind};
+use crate::format::{Catalog, CatalogSegment, DigestRecord, Label, RecordHeader, RecordKind};
 use crate::media;
 use crate::media::stream::{self, Flow, Item, Payload};
 use crate::units::shown_name;
@@ -68,7 +69,9 @@ pub(super) fn read_devices(
                     let dev = dev.as_ref();
                     // A library's cartridge waits here for a free drive.
                     super::open::attach(dev)?;
-                    let read = read_device(dev, label, set_catalog, targets, restored, destination);
+                    let ranges = DeviceRanges::new(set_catalog, label.device_index);
+                    let files = (set_catalog as &dyn Files, ranges);
+                    let read = read_device(dev, label, files, Some(targets), restored, destination);
                     dev.detach();
                     read
                 })
@@ -86,6 +89,46 @@ pub(super) fn read_devices(
         .collect()
 }
 
+/// What a device's reader needs of a set's files by id: a decoded
+/// `Catalog`, or a `CatalogStream` (issue 23: its 17 bytes a file, a path
+/// read from the encoding when a problem names it).
+pub(super) trait Files: Sync {
+    fn summary(&self, id: u32) -> Option<FileSummary>;
+    /// File `id`'s path (empty when it cannot be read: only for messages).
+    fn path(&self, id: u32) -> Vec<u8>;
+}
+
+impl Files for Catalog {
+    fn summary(&self, id: u32) -> Option<FileSummary> {
+        let f = self.files.get(id as usize)?;
+        Some(FileSummary {
+            kind: f.kind,
+            earlier: f.origin != 0,
+            size_bytes: f.size_bytes,
+        })
+    }
+
+    fn path(&self, id: u32) -> Vec<u8> {
+        self.files
+            .get(id as usize)
+            .map(|f| f.path.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Files for CatalogStream<'_> {
+    fn summary(&self, id: u32) -> Option<FileSummary> {
+        CatalogStream::summary(self, id as usize)
+    }
+
+    fn path(&self, id: u32) -> Vec<u8> {
+        match self.file(id as usize) {
+            Some(Ok(f)) => f.path,
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// Destination files kept open at once by one reader's queued writes.
 const OPEN_FILES_MAX: usize = 128;
 
@@ -97,9 +140,12 @@ pub(super) struct DeviceRanges(pub(super) Vec<(u32, u64, u64)>);
 
 impl DeviceRanges {
     pub(super) fn new(catalog: &Catalog, device: u32) -> DeviceRanges {
-        let mut ranges: Vec<(u32, u64, u64)> = catalog
-            .segments
-            .iter()
+        Self::of(catalog.segments.iter().copied(), device)
+    }
+
+    /// `new` from a set's segments, in any order.
+    pub(super) fn of(segments: impl Iterator<Item = CatalogSegment>, device: u32) -> DeviceRanges {
+        let mut ranges: Vec<(u32, u64, u64)> = segments
             .filter(|s| s.device == device)
             // `Catalog::validate` rules out an overflow.
             .map(|s| (s.file_id, s.offset, s.offset + s.length))
@@ -137,7 +183,7 @@ impl DeviceRanges {
 pub(super) fn record_refusal(
     header: &RecordHeader,
     label: &Label,
-    catalog: &Catalog,
+    catalog: &dyn Files,
     ranges: &DeviceRanges,
 ) -> Option<Refusal> {
     if header.device_index != label.device_index {
@@ -152,13 +198,13 @@ pub(super) fn record_refusal(
             chunk_bytes: label.chunk_bytes,
         });
     }
-    let Some(file) = catalog.files.get(header.file_id as usize) else {
+    let Some(file) = catalog.summary(header.file_id) else {
         return Some(Refusal::UnknownFile {
             file_id: header.file_id,
         });
     };
-    let path = || file.path.clone();
-    if !file.kind.has_data() || file.origin != 0 {
+    let path = || catalog.path(header.file_id);
+    if !file.kind.has_data() || file.earlier {
         return Some(Refusal::NoDataHere {
             path: path(),
             file_id: header.file_id,
@@ -188,15 +234,22 @@ pub(super) fn record_refusal(
 /// Stream one device of a set; records whose file has a target are
 /// checked and written to it (queued on the reader's own io_uring, the
 /// payloads written from the stream's buffers without a copy).
-fn read_device(
+pub(super) fn read_device(
     dev: &dyn Device,
     label: &Label,
-    catalog: &Catalog,
-    targets: &[u32],
-    restored: &Catalog,
+    (catalog, ranges): (&dyn Files, DeviceRanges),
+    targets: Option<&[u32]>,
+    restored: &dyn Files,
     destination: Destination<'_>,
 ) -> Result<DeviceRead, RestoreError> {
-    let mut reader = DeviceReader::new(dev, label, catalog, targets, restored, destination)?;
+    let mut reader = DeviceReader::new(
+        dev,
+        label,
+        (catalog, ranges),
+        targets,
+        restored,
+        destination,
+    )?;
     let mut result: Result<(), RestoreError> = Ok(());
     stream::stream::<RestoreError>(
         dev,
@@ -227,12 +280,13 @@ struct DeviceReader<'a> {
     name: String,
     label: &'a Label,
     /// The catalog of the device's own set.
-    catalog: &'a Catalog,
+    catalog: &'a dyn Files,
     ranges: DeviceRanges,
-    /// Per file of `catalog`: the restored file its records go to.
-    targets: &'a [u32],
+    /// Per file of `catalog`: the restored file its records go to (None:
+    /// the file of the same id, a verify of one set).
+    targets: Option<&'a [u32]>,
     /// The catalog restored (`sets[0]`'s).
-    restored: &'a Catalog,
+    restored: &'a dyn Files,
     destination: Destination<'a>,
     /// An image restore's target size (defense in depth: the catalog's
     /// segments already keep records inside the file, the file inside it).
@@ -258,9 +312,9 @@ impl<'a> DeviceReader<'a> {
     fn new(
         dev: &dyn Device,
         label: &'a Label,
-        catalog: &'a Catalog,
-        targets: &'a [u32],
-        restored: &'a Catalog,
+        (catalog, ranges): (&'a dyn Files, DeviceRanges),
+        targets: Option<&'a [u32]>,
+        restored: &'a dyn Files,
         destination: Destination<'a>,
     ) -> Result<DeviceReader<'a>, RestoreError> {
         let name = dev.path().display().to_string();
@@ -282,7 +336,7 @@ impl<'a> DeviceReader<'a> {
             )?),
         };
         Ok(DeviceReader {
-            ranges: DeviceRanges::new(catalog, label.device_index),
+            ranges,
             name,
             label,
             catalog,
@@ -446,7 +500,7 @@ impl<'a> DeviceReader<'a> {
     /// Report a record that does not open or decompress (nothing of it
     /// is written).
     fn not_opened(&mut self, position: u64, header: &RecordHeader, why: DecompressError) {
-        let path = self.catalog.files[header.file_id as usize].path.clone();
+        let path = self.catalog.path(header.file_id);
         let file_offset = header.file_offset;
         let why = RecordProblem::Decompress {
             path,
@@ -483,7 +537,7 @@ impl<'a> DeviceReader<'a> {
             self.problem(position, RecordProblem::Refused(why));
             return None;
         }
-        let path = || self.catalog.files[header.file_id as usize].path.clone();
+        let path = || self.catalog.path(header.file_id);
         let crc = crate::format::crc32c(payload);
         if crc != header.payload_crc {
             let why = RecordProblem::Checksum {
@@ -497,7 +551,9 @@ impl<'a> DeviceReader<'a> {
         }
         self.out.records_read += 1;
         self.out.payload_bytes += u64::from(header.payload_bytes);
-        let target = self.targets[header.file_id as usize];
+        let target = self
+            .targets
+            .map_or(header.file_id, |t| t[header.file_id as usize]);
         if target == NO_TARGET {
             return None;
         }
@@ -526,7 +582,7 @@ impl<'a> DeviceReader<'a> {
 
     /// The restored file `target` opened for writing, and its name.
     fn open_target(&self, target: u32) -> Result<(File, String), RestoreError> {
-        let restored_path = shown_name(&self.restored.files[target as usize].path);
+        let restored_path = shown_name(&self.restored.path(target));
         let file = match self.destination {
             Destination::Tree(staged) => {
                 staged
