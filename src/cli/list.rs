@@ -5,7 +5,6 @@ use serde_json::json;
 
 use super::{parse_dev, path_text, segment_json, with_path, CliResult, Failure, Outcome};
 use crate::device::DeviceSpec;
-use std::collections::HashMap;
 
 use crate::format::{Catalog, CatalogFile, CatalogSegment, FileKind, FormatError, SetId};
 use crate::units::shown_name;
@@ -78,9 +77,9 @@ pub fn run(args: ListArgs) -> CliResult {
                     return Ok(Outcome::Done);
                 }
             }
-            // One disk or file, text output: the catalog read entry by
-            // entry, never held decoded (issue 23).
-            let opened = if args.json || args.export.is_some() || args.open.set.is_some() {
+            // One disk or file: the catalog read entry by entry, never
+            // held decoded (issue 23).
+            let opened = if args.open.set.is_some() {
                 opened
             } else {
                 match crate::restore::open_encoded(opened, key.as_ref()).map_err(fail)? {
@@ -114,74 +113,19 @@ pub fn run(args: ListArgs) -> CliResult {
         std::fs::write(path, c.encode())
             .map_err(|e| Failure::Usage(format!("--export {}: {e}", path.display())))?;
     }
-    let origin_set = |f: &crate::format::CatalogFile| {
-        (f.origin != 0).then(|| c.ancestors[f.origin as usize - 1].to_string())
-    };
     if args.json {
-        let files: Vec<_> = c
-            .files
-            .iter()
-            .map(|f| {
-                let mut file = with_path(
-                    &f.path,
-                    json!({
-                        "kind": kind_name(f.kind),
-                        "mode": f.stat.mode,
-                        "uid": f.stat.uid,
-                        "gid": f.stat.gid,
-                        "mtime_sec": f.stat.mtime_sec,
-                        "size_bytes": f.size_bytes,
-                        // Set holding the data of a file unchanged since an earlier set.
-                        "data_in_set": origin_set(f),
-                    }),
-                );
-                if f.kind.has_rdev() {
-                    file["rdev_major"] = libc::major(f.stat.rdev).into();
-                    file["rdev_minor"] = libc::minor(f.stat.rdev).into();
-                }
-                if f.stat.flags != 0 {
-                    file["flags"] = f.stat.flags.into();
-                }
-                if !f.xattrs.is_empty() {
-                    file["xattrs"] = f
-                        .xattrs
-                        .iter()
-                        .map(|x| path_text(&x.name))
-                        .collect::<Vec<_>>()
-                        .into();
-                }
-                file
-            })
-            .collect();
+        let files: Vec<_> = c.files.iter().map(|f| file_json(f, &c.ancestors)).collect();
         let segments: Vec<_> = c
             .segments
             .iter()
-            .map(|s| {
-                let path = &c.files[s.file_id as usize].path;
-                let mut segment = segment_json(path, s.offset, s.length, s.device);
-                segment["position"] = s.position.into();
-                segment["records"] = s.records.into();
-                segment
-            })
+            .map(|s| segment_entry(&c.files[s.file_id as usize].path, s))
             .collect();
-        outln!(
-            "{}",
-            json!({
-                "set_id": c.set_id.to_string(),
-                "device_index": label.device_index,
-                "device_count": label.device_count,
-                "chunk_bytes": c.chunk_bytes,
-                "devices": c.devices.iter().map(|d| json!({"path": path_text(&d.path), "capacity_bytes": d.capacity_bytes})).collect::<Vec<_>>(),
-                "files": files,
-                "segments": segments,
-                "ancestors": c.ancestors.iter().map(SetId::to_string).collect::<Vec<_>>(),
-                "removed": c.removed.iter().map(|p| path_text(p)).collect::<Vec<_>>(),
-                "renamed": c.renamed.iter().map(|r| json!({
-                    "path": path_text(&c.files[r.file_id as usize].path),
-                    "from": path_text(&r.from),
-                })).collect::<Vec<_>>(),
-            })
-        );
+        let mut whole = head_json(c, label);
+        whole["files"] = files.into();
+        whole["segments"] = segments.into();
+        whole["renamed"] = renamed_json(c, |id| Ok(c.files[id as usize].path.clone()))
+            .map_err(|error| catalog_failure(set.devices[0].0.as_ref(), label, error))?;
+        outln!("{whole}");
         return Ok(Outcome::Done);
     }
     print_head(
@@ -199,10 +143,161 @@ pub fn run(args: ListArgs) -> CliResult {
             (f.kind == FileKind::HardLink).then(|| &c.files[f.hardlink_to as usize].path[..]);
         outln!("{}", file_line(f, target.unwrap_or_default(), &c.ancestors));
     }
-    let path_of = |id: u32| &c.files[id as usize].path[..];
+    let path_of = |id: u32| Ok(c.files[id as usize].path.clone());
     print_tail(c, &args, path_of, c.segments.iter().map(Ok))
         .map_err(|error| catalog_failure(set.devices[0].0.as_ref(), &set.devices[0].1, error))?;
     Ok(Outcome::Done)
+}
+
+/// One file of `list --json`.
+fn file_json(f: &CatalogFile, ancestors: &[SetId]) -> serde_json::Value {
+    let mut file = with_path(
+        &f.path,
+        json!({
+            "kind": kind_name(f.kind),
+            "mode": f.stat.mode,
+            "uid": f.stat.uid,
+            "gid": f.stat.gid,
+            "mtime_sec": f.stat.mtime_sec,
+            "size_bytes": f.size_bytes,
+            // Set holding the data of a file unchanged since an earlier set.
+            "data_in_set": (f.origin != 0).then(|| ancestors[f.origin as usize - 1].to_string()),
+        }),
+    );
+    if f.kind.has_rdev() {
+        file["rdev_major"] = libc::major(f.stat.rdev).into();
+        file["rdev_minor"] = libc::minor(f.stat.rdev).into();
+    }
+    if f.stat.flags != 0 {
+        file["flags"] = f.stat.flags.into();
+    }
+    if !f.xattrs.is_empty() {
+        file["xattrs"] = f
+            .xattrs
+            .iter()
+            .map(|x| path_text(&x.name))
+            .collect::<Vec<_>>()
+            .into();
+    }
+    file
+}
+
+/// One segment of `list --json`; `path` is its file's.
+fn segment_entry(path: &[u8], s: &CatalogSegment) -> serde_json::Value {
+    let mut segment = segment_json(path, s.offset, s.length, s.device);
+    segment["position"] = s.position.into();
+    segment["records"] = s.records.into();
+    segment
+}
+
+/// `list --json` without its files, segments and renamed files.
+fn head_json(c: &Catalog, label: &crate::format::Label) -> serde_json::Value {
+    json!({
+        "set_id": c.set_id.to_string(),
+        "device_index": label.device_index,
+        "device_count": label.device_count,
+        "chunk_bytes": c.chunk_bytes,
+        "devices": c.devices.iter().map(|d| json!({"path": path_text(&d.path), "capacity_bytes": d.capacity_bytes})).collect::<Vec<_>>(),
+        "ancestors": c.ancestors.iter().map(SetId::to_string).collect::<Vec<_>>(),
+        "removed": c.removed.iter().map(|p| path_text(p)).collect::<Vec<_>>(),
+    })
+}
+
+/// The renamed files of `list --json`; `path_of` gives a file's path by id.
+fn renamed_json(
+    c: &Catalog,
+    mut path_of: impl FnMut(u32) -> Result<Vec<u8>, FormatError>,
+) -> Result<serde_json::Value, FormatError> {
+    let mut renamed = Vec::with_capacity(c.renamed.len());
+    for r in &c.renamed {
+        renamed.push(json!({
+            "path": path_text(&path_of(r.file_id)?),
+            "from": path_text(&r.from),
+        }));
+    }
+    Ok(renamed.into())
+}
+
+/// `list --json` of a catalog read entry by entry: the object `run`
+/// prints, its keys in the same (sorted) order, written a part at a time
+/// so that neither the files nor the segments are held.
+fn json_streamed(
+    c: &crate::format::catalog::CatalogStream,
+    label: &crate::format::Label,
+    path_of: &mut dyn FnMut(u32) -> Result<Vec<u8>, FormatError>,
+) -> Result<(), FormatError> {
+    const PART_BYTES: usize = 64 << 10;
+    let head = c.head();
+    let mut whole = head_json(head, label);
+    whole["renamed"] = renamed_json(head, &mut *path_of)?;
+    let serde_json::Value::Object(fields) = whole else {
+        unreachable!("head_json gives an object");
+    };
+    let mut part = String::with_capacity(2 * PART_BYTES);
+    let mut flush = |part: &mut String, force: bool| {
+        if force || part.len() >= PART_BYTES {
+            super::stdout_part(format_args!("{part}"));
+            part.clear();
+        }
+    };
+    part.push('{');
+    let mut tables = [("files", false), ("segments", false)];
+    for (key, value) in &fields {
+        // The two tables go in their places among the sorted keys.
+        for (table, done) in tables.iter_mut() {
+            if !*done && *table < key.as_str() {
+                *done = true;
+                write_table(c, table, &mut part, &mut flush, &mut *path_of)?;
+            }
+        }
+        part.push_str(&serde_json::Value::from(key.as_str()).to_string());
+        part.push(':');
+        part.push_str(&value.to_string());
+        part.push(',');
+    }
+    for (table, done) in tables.iter_mut() {
+        if !*done {
+            write_table(c, table, &mut part, &mut flush, &mut *path_of)?;
+        }
+    }
+    part.pop(); // the last comma
+    part.push('}');
+    flush(&mut part, true);
+    outln!("");
+    Ok(())
+}
+
+/// `"files":[...],` or `"segments":[...],` of `json_streamed`.
+fn write_table(
+    c: &crate::format::catalog::CatalogStream,
+    table: &str,
+    part: &mut String,
+    flush: &mut dyn FnMut(&mut String, bool),
+    path_of: &mut dyn FnMut(u32) -> Result<Vec<u8>, FormatError>,
+) -> Result<(), FormatError> {
+    use std::fmt::Write;
+    let _ = write!(part, "\"{table}\":[");
+    let mut first = true;
+    let mut entry = |part: &mut String, value: serde_json::Value| {
+        if !first {
+            part.push(',');
+        }
+        first = false;
+        let _ = write!(part, "{value}");
+        flush(part, false);
+    };
+    if table == "files" {
+        for f in c.files() {
+            entry(part, file_json(&f?, &c.head().ancestors));
+        }
+    } else {
+        for s in c.segments() {
+            let s = s?;
+            entry(part, segment_entry(&path_of(s.file_id)?, &s));
+        }
+    }
+    part.push_str("],");
+    Ok(())
 }
 
 fn fail(error: crate::restore::RestoreError) -> Failure {
@@ -288,10 +383,10 @@ fn print_head(
 
 /// The lines after the files: removed and renamed paths, and with
 /// `--segments` every segment; `path_of` gives a file's path by id.
-fn print_tail<'p>(
+fn print_tail(
     c: &Catalog,
     args: &ListArgs,
-    path_of: impl Fn(u32) -> &'p [u8],
+    mut path_of: impl FnMut(u32) -> Result<Vec<u8>, FormatError>,
     segments: impl Iterator<Item = Result<impl std::borrow::Borrow<CatalogSegment>, FormatError>>,
 ) -> Result<(), FormatError> {
     for path in &c.removed {
@@ -301,7 +396,7 @@ fn print_tail<'p>(
         outln!(
             "renamed  {} -> {}",
             shown_name(&r.from),
-            shown_name(path_of(r.file_id))
+            shown_name(&path_of(r.file_id)?)
         );
     }
     if args.segments {
@@ -309,7 +404,7 @@ fn print_tail<'p>(
             let s = *s?.borrow();
             outln!(
                 "segment {} {}..{} device {} position {} records {}",
-                shown_name(path_of(s.file_id)),
+                shown_name(&path_of(s.file_id)?),
                 s.offset,
                 s.offset + s.length,
                 s.device,
@@ -333,35 +428,27 @@ fn list_streamed(args: &ListArgs, set: &crate::restore::EncodedSet, key_given: b
         errln!("pbio: set is authenticated; give --key to check it");
     }
     let broken = |error| catalog_failure(set.device.as_ref(), &set.label, error);
+    if let Some(path) = &args.export {
+        set.export(path)
+            .map_err(|e| Failure::Usage(format!("--export {}: {e}", path.display())))?;
+    }
     let head = c.head();
-    // What the lines name of other files, by id: hard links' targets,
-    // renamed files, segments' files.
-    let mut names: HashMap<u32, Vec<u8>> = head
-        .renamed
-        .iter()
-        .map(|r| (r.file_id, Vec::new()))
-        .collect();
+    // What a line names of another file (a hard link's target, a renamed
+    // file, a segment's file) is read by id from the catalog, one entry.
+    let path_of = |id: u32| -> Result<Vec<u8>, FormatError> {
+        match c.file(id as usize) {
+            Some(f) => Ok(f?.path),
+            None => Ok(Vec::new()),
+        }
+    };
+    if args.json {
+        json_streamed(&c, &set.label, &mut |id| path_of(id)).map_err(broken)?;
+        return Ok(Outcome::Done);
+    }
     let mut unchanged = 0;
-    for f in c.files() {
-        let f = f.map_err(broken)?;
-        if f.kind == FileKind::HardLink {
-            names.insert(f.hardlink_to, Vec::new());
-        }
-        unchanged += usize::from(f.origin != 0);
+    for id in 0..c.file_count() {
+        unchanged += usize::from(c.summary(id).is_some_and(|s| s.earlier));
     }
-    if args.segments {
-        for s in c.segments() {
-            names.insert(s.map_err(broken)?.file_id, Vec::new());
-        }
-    }
-    if !names.is_empty() {
-        for (id, f) in c.files().enumerate() {
-            if let Some(path) = names.get_mut(&(id as u32)) {
-                *path = f.map_err(broken)?.path;
-            }
-        }
-    }
-    let path_of = |id: u32| names.get(&id).map_or(&[][..], |p| &p[..]);
     print_head(
         head,
         &set.label,
@@ -374,8 +461,25 @@ fn list_streamed(args: &ListArgs, set: &crate::restore::EncodedSet, key_given: b
             break; // the reader went away (`| head`)
         }
         let f = f.map_err(broken)?;
-        outln!("{}", file_line(&f, path_of(f.hardlink_to), &head.ancestors));
+        let target = if f.kind == FileKind::HardLink {
+            path_of(f.hardlink_to).map_err(broken)?
+        } else {
+            Vec::new()
+        };
+        outln!("{}", file_line(&f, &target, &head.ancestors));
     }
+    // Segments of one file follow each other: its path read once.
+    let mut last: Option<(u32, Vec<u8>)> = None;
+    let path_of = |id: u32| -> Result<Vec<u8>, FormatError> {
+        if let Some((last_id, path)) = &last {
+            if *last_id == id {
+                return Ok(path.clone());
+            }
+        }
+        let path = path_of(id)?;
+        last = Some((id, path.clone()));
+        Ok(path)
+    };
     print_tail(head, args, path_of, c.segments()).map_err(broken)?;
     Ok(Outcome::Done)
 }

@@ -55,7 +55,7 @@ use crate::plan::{Balance, Order, Strategy};
 use crate::units::{parse_size, shown_line, shown_path};
 pub use failure::{exit_code, Failure, Outcome};
 use output::output_complete;
-pub use output::{stderr_line, stdout_line, stdout_open};
+pub use output::{stderr_line, stdout_line, stdout_open, stdout_part};
 
 /// The planner's choices as command-line values: the planner stays free
 /// of clap, the words and their help live here.

@@ -17,6 +17,16 @@ static STDOUT_ERROR: Mutex<Option<String>> = Mutex::new(None);
 /// output (the work goes on; `main` says why on stderr unless the reader
 /// simply went away).
 pub fn stdout_line(args: std::fmt::Arguments<'_>) {
+    stdout_write(args, b"\n");
+}
+
+/// Part of a line to stdout (a long JSON object written a piece at a
+/// time), as `stdout_line` writes, without its newline.
+pub fn stdout_part(args: std::fmt::Arguments<'_>) {
+    stdout_write(args, b"");
+}
+
+fn stdout_write(args: std::fmt::Arguments<'_>, end: &[u8]) {
     use std::io::Write;
     if STDOUT_STATE.load(Ordering::Relaxed) != STDOUT_OPEN {
         return;
@@ -24,7 +34,7 @@ pub fn stdout_line(args: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     let written = out
         .write_fmt(args)
-        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.write_all(end))
         .and_then(|()| out.flush());
     match written {
         Ok(()) => {}

@@ -130,25 +130,36 @@ pub(super) fn open_from(
     key: Option<&std::path::Path>,
 ) -> Result<Chain, Failure> {
     let key = super::key::load_optional(key)?;
-    let sets = match changer {
-        None => {
-            let devices = devs
-                .iter()
-                .map(|spec| crate::device::open(spec, crate::device::Mode::Read))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| Failure::Restore {
-                    doing: "",
-                    error: error.into(),
-                })?;
-            let devices = super::append::choose_on_tapes(devices, set)?;
-            restore::open_devices(devices, key.as_ref())
-        }
-        Some(text) => {
-            let devices = super::span::library_devices(text, drives, set)?;
-            restore::open_devices(devices, key.as_ref())
-        }
+    let devices = match changer {
+        None => open_devs(devs)?,
+        Some(text) => super::span::library_devices(text, drives, set)?,
     };
-    let chain = sets
+    chain_of(devices, changer.is_none().then_some(set), key.as_ref())
+}
+
+/// The devices `--dev` names, opened for reading.
+fn open_devs(devs: &[DeviceSpec]) -> Result<Vec<Box<dyn crate::device::Device>>, Failure> {
+    devs.iter()
+        .map(|spec| crate::device::open(spec, crate::device::Mode::Read))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| Failure::Restore {
+            doing: "",
+            error: error.into(),
+        })
+}
+
+/// The chain of sets on `devices` (`tapes_set`: `--dev` devices, whose
+/// tapes may hold several sets, and the `--set` chosen among them).
+fn chain_of(
+    devices: Vec<Box<dyn crate::device::Device>>,
+    tapes_set: Option<Option<&str>>,
+    key: Option<&crate::format::MacKey>,
+) -> Result<Chain, Failure> {
+    let devices = match tapes_set {
+        Some(set) => super::append::choose_on_tapes(devices, set)?,
+        None => devices,
+    };
+    let chain = restore::open_devices(devices, key)
         .and_then(Chain::new)
         .map_err(|error| Failure::Restore { doing: "", error })?;
     for set in &chain.sets {
@@ -305,8 +316,9 @@ fn device_target(
     Ok((target, file))
 }
 
-pub fn run_verify(args: VerifyArgs) -> CliResult {
-    let chain = open_chain(&args.devs, &args.library, &args.open)?;
+/// `verify` of a chain opened with its catalogs decoded: every file read
+/// and checked, then every device's own catalog compared.
+fn verify_chain(chain: Chain) -> Result<(Chain, Report), Failure> {
     let mut report =
         restore::run_chain(&chain, Action::Verify, &[]).map_err(|error| Failure::Restore {
             doing: "verify failed: ",
@@ -337,6 +349,35 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
             }
         }
     }
+    Ok((chain, report))
+}
+
+pub fn run_verify(args: VerifyArgs) -> CliResult {
+    let (chain, mut report) = if args.library.changer.is_none() && args.open.set.is_none() {
+        // One set of disks: its catalog read entry by entry (issue 23);
+        // anything else as `open_chain` opens it.
+        super::key::load_passphrase(args.open.passphrase_file.as_deref())?;
+        let key = super::key::load_optional(args.open.key.as_deref())?;
+        let failed = |error| Failure::Restore { doing: "", error };
+        match restore::verify_streamed(open_devs(&args.devs)?, key.as_ref()).map_err(failed)? {
+            restore::Streamed::Verified(verified) => {
+                let (set, report) = *verified;
+                set.devices
+                    .iter()
+                    .for_each(|(dev, _)| super::show_notes(dev.as_ref()));
+                if key.is_none() && set.keyed {
+                    errln!("pbio: set is authenticated; give --key to check it");
+                }
+                let chain = Chain::new(vec![set]).map_err(failed)?;
+                (chain, report)
+            }
+            restore::Streamed::Other(devices) => {
+                verify_chain(chain_of(devices, Some(None), key.as_ref())?)?
+            }
+        }
+    } else {
+        verify_chain(open_chain(&args.devs, &args.library, &args.open)?)?
+    };
     // Data unchanged since an earlier set none of whose devices was given
     // is not checked, and not an error.
     let (elsewhere, missing): (Vec<_>, Vec<_>) =

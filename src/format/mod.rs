@@ -115,6 +115,10 @@ pub enum FormatError {
     /// Sealed bytes (`--encrypt`) that do not open.
     #[error("{0}")]
     Sealed(#[from] seal::SealError),
+    /// The temporary file a large catalog is read through
+    /// (`catalog::Spilled`) could not be read back: `errno`.
+    #[error("catalog spill file: read at offset {offset}: {}", std::io::Error::from_raw_os_error(*.errno))]
+    Spill { offset: u64, errno: i32 },
 }
 
 /// CRC32C (Castagnoli), hardware accelerated where the CPU has it.

@@ -3,6 +3,7 @@
 
 use super::{name, read_at, write_all_at, MediaError};
 use crate::device::{Access, Device};
+use crate::format::catalog::Spilled;
 use crate::format::{
     round_up_block, Catalog, FormatError, Label, RecordHeader, RecordKind, SetId, HEADER_BYTES,
 };
@@ -151,9 +152,59 @@ pub fn read_catalog(dev: &dyn Device, label: &Label) -> Result<CatalogRead, Medi
 /// `catalog_bytes` opens and hashes it; `CatalogStream` reads it entry by
 /// entry (issue 23).
 pub fn read_catalog_bytes(dev: &dyn Device, label: &Label) -> Result<Vec<u8>, MediaError> {
+    let mut bytes = Vec::with_capacity(label.catalog_bytes.min(1 << 30) as usize);
+    each_catalog_payload(dev, label, |payload| {
+        bytes.extend_from_slice(payload);
+        Ok(())
+    })?;
+    Ok(bytes)
+}
+
+/// `read_catalog_bytes` into a spill file (`$TMPDIR`) instead of memory,
+/// with the BLAKE3 of the bytes (what the label's `catalog_digest` must
+/// be): a reader then holds a window of the catalog, not all of it.
+pub fn spill_catalog_bytes(
+    dev: &dyn Device,
+    label: &Label,
+) -> Result<(Spilled, [u8; 32]), MediaError> {
+    let spill_error = |error: std::io::Error| MediaError::Io {
+        device: name(dev),
+        op: "write the catalog to a temporary file ($TMPDIR)",
+        offset: label.catalog_offset,
+        error,
+    };
+    let mut spilled = Spilled::new().map_err(spill_error)?;
+    let mut hasher = blake3::Hasher::new();
+    each_catalog_payload(dev, label, |payload| {
+        hasher.update(payload);
+        spilled.append(payload).map_err(spill_error)
+    })?;
+    Ok((spilled, *hasher.finalize().as_bytes()))
+}
+
+/// The BLAKE3 of the catalog's encoding a Complete label points to (what
+/// its `catalog_digest` must be), read and checked as `read_catalog_bytes`
+/// reads it, without holding it.
+pub fn catalog_digest(dev: &dyn Device, label: &Label) -> Result<[u8; 32], MediaError> {
+    let mut hasher = blake3::Hasher::new();
+    each_catalog_payload(dev, label, |payload| {
+        hasher.update(payload);
+        Ok(())
+    })?;
+    Ok(*hasher.finalize().as_bytes())
+}
+
+/// The payloads of the catalog's records a Complete label points to, in
+/// order, each handed to `put` once checked (header, CRC, padding); then
+/// the End record after them checked.
+fn each_catalog_payload(
+    dev: &dyn Device,
+    label: &Label,
+    mut put: impl FnMut(&[u8]) -> Result<(), MediaError>,
+) -> Result<(), MediaError> {
     let chunk = label.chunk_bytes as usize;
     let mut pool = BufferPool::new(1, HEADER_BYTES + chunk);
-    let mut bytes = Vec::with_capacity(label.catalog_bytes.min(1 << 30) as usize);
+    let mut read_bytes = 0u64;
     let mut offset = label.catalog_offset;
     let format_err = |what, offset, error| MediaError::Format {
         device: name(dev),
@@ -161,14 +212,14 @@ pub fn read_catalog_bytes(dev: &dyn Device, label: &Label) -> Result<Vec<u8>, Me
         offset,
         error,
     };
-    while (bytes.len() as u64) < label.catalog_bytes {
+    while read_bytes < label.catalog_bytes {
         let buf = pool.slot_mut(0);
         let got = read_at(dev, buf, offset)?;
         let header = RecordHeader::decode(&buf[..got])
             .map_err(|e| format_err("catalog record header", offset, e))?;
         if header.kind != RecordKind::Catalog
             || header.set_id != label.set_id
-            || header.file_offset != bytes.len() as u64
+            || header.file_offset != read_bytes
             || header.file_size != label.catalog_bytes
         {
             return Err(MediaError::Invalid {
@@ -198,7 +249,8 @@ pub fn read_catalog_bytes(dev: &dyn Device, label: &Label) -> Result<Vec<u8>, Me
                 ),
             });
         }
-        bytes.extend_from_slice(payload);
+        read_bytes += u64::from(header.payload_bytes);
+        put(payload)?;
         offset += header.media_bytes();
     }
     // The End record closes the device's records.
@@ -214,7 +266,7 @@ pub fn read_catalog_bytes(dev: &dyn Device, label: &Label) -> Result<Vec<u8>, Me
         }
         Err(e) => return Err(format_err("End record", offset, e)),
     }
-    Ok(bytes)
+    Ok(())
 }
 
 /// The catalog's encoding read by `read_catalog_bytes` (whose BLAKE3 the

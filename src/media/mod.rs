@@ -26,8 +26,8 @@ pub mod stream;
 mod tape;
 
 pub use catalog::{
-    catalog_media_bytes, opened_catalog_bytes, read_catalog, read_catalog_bytes, write_catalog,
-    CatalogRead,
+    catalog_digest, catalog_media_bytes, opened_catalog_bytes, read_catalog, read_catalog_bytes,
+    spill_catalog_bytes, write_catalog, CatalogRead,
 };
 pub use label::{read_label, write_label};
 pub use tape::write_tape_catalog;

@@ -2,10 +2,12 @@
 //! random-access device reads the catalog's bytes, proves them against
 //! the label (digest, and with `--key` the MACs) exactly as `open_devices`
 //! does, and then reads them entry by entry (`CatalogStream`) instead of
-//! holding a decoded `CatalogFile` per file.
+//! holding a decoded `CatalogFile` per file. The bytes are written to a
+//! temporary file as they are read (`Spilled`), and read back through a
+//! window; an encrypted set's catalog is opened whole, in memory.
 
 use crate::device::{Access, Device};
-use crate::format::catalog::CatalogStream;
+use crate::format::catalog::{CatalogStream, Spilled};
 use crate::format::{Label, LabelState, MacKey};
 use crate::media::{self, MediaError};
 
@@ -18,8 +20,15 @@ use super::{MacOf, RestoreError};
 pub struct EncodedSet {
     pub device: Box<dyn Device>,
     pub label: Label,
-    bytes: Vec<u8>,
+    held: Held,
     key: Option<MacKey>,
+}
+
+/// Where the catalog's encoding is kept.
+enum Held {
+    /// An encrypted set's, opened (the seal covers the whole).
+    Bytes(Vec<u8>),
+    Spilled(Spilled),
 }
 
 /// `dev`'s label and catalog bytes, proven as `open_devices` proves them;
@@ -42,27 +51,39 @@ pub fn open_encoded(
         if let Some(key) = &key {
             check_label_mac(dev.as_ref(), &label, key)?;
         }
-        let bytes = media::read_catalog_bytes(dev.as_ref(), &label)?;
-        Ok(Some((bytes, label, key)))
+        let (held, digest) = if label.seal.is_sealed() {
+            let bytes = media::read_catalog_bytes(dev.as_ref(), &label)?;
+            let digest = *blake3::hash(&bytes).as_bytes();
+            (Err(bytes), digest)
+        } else {
+            let (spilled, digest) = media::spill_catalog_bytes(dev.as_ref(), &label)?;
+            (Ok(spilled), digest)
+        };
+        Ok(Some((held, digest, label, key)))
     })();
     dev.detach();
-    let Some((bytes, label, key)) = read? else {
+    let Some((held, digest, label, key)) = read? else {
         return Ok(Err(dev));
     };
     let name = || dev.path().display().to_string();
-    if *blake3::hash(&bytes).as_bytes() != label.catalog_digest {
+    if digest != label.catalog_digest {
         return Err(RestoreError::CatalogDigest { device: name() });
     }
-    let bytes = media::opened_catalog_bytes(bytes, &label).map_err(|error| MediaError::Format {
-        device: name(),
-        what: "catalog",
-        offset: label.catalog_offset,
-        error,
-    })?;
+    let held = match held {
+        Ok(spilled) => Held::Spilled(spilled),
+        Err(sealed) => Held::Bytes(media::opened_catalog_bytes(sealed, &label).map_err(
+            |error| MediaError::Format {
+                device: name(),
+                what: "catalog",
+                offset: label.catalog_offset,
+                error,
+            },
+        )?),
+    };
     Ok(Ok(EncodedSet {
         device: dev,
         label,
-        bytes,
+        held,
         key,
     }))
 }
@@ -74,7 +95,11 @@ impl EncodedSet {
     pub fn stream(&self) -> Result<CatalogStream<'_>, RestoreError> {
         let device = self.device.path().display().to_string();
         let l = &self.label;
-        let stream = CatalogStream::open(&self.bytes).map_err(|error| MediaError::Format {
+        let stream = match &self.held {
+            Held::Bytes(bytes) => CatalogStream::open(bytes),
+            Held::Spilled(spilled) => CatalogStream::open_spilled(spilled),
+        };
+        let stream = stream.map_err(|error| MediaError::Format {
             device: device.clone(),
             what: "catalog",
             offset: l.catalog_offset,
@@ -110,6 +135,16 @@ impl EncodedSet {
             });
         }
         Ok(stream)
+    }
+
+    /// Write the catalog's plain encoding (what `Catalog::encode` gives)
+    /// to the file `to`, as `list --export` does.
+    pub fn export(&self, to: &std::path::Path) -> std::io::Result<()> {
+        let mut out = std::fs::File::create(to)?;
+        match &self.held {
+            Held::Bytes(bytes) => std::io::Write::write_all(&mut out, bytes),
+            Held::Spilled(spilled) => spilled.copy_to(&mut out),
+        }
     }
 
     /// The set carries MACs (it was written with `--key`).

@@ -200,7 +200,7 @@ pub(super) fn check_label_mac(
 /// Two devices that claim the same set must agree on what their labels
 /// say of the whole set; when they do not, at least one of them lies (a
 /// device of another run, or a forged label), and both are named.
-fn labels_agree(
+pub(super) fn labels_agree(
     (a_dev, a): (&dyn Device, &Label),
     (b_dev, b): (&dyn Device, &Label),
 ) -> Result<(), RestoreError> {
@@ -302,37 +302,8 @@ fn finish_open(
     notes: Vec<RestoreError>,
 ) -> Result<OpenSet, RestoreError> {
     let source = devices[from].0.path().display().to_string();
-    if let Some(key) = key {
-        if !crate::format::hash_eq(&catalog.mac_for(key), &catalog.mac) {
-            return Err(RestoreError::Mac {
-                device: source,
-                what: MacOf::Catalog,
-                zero: catalog.mac == [0; 32],
-            });
-        }
-    }
-    let count = catalog.devices.len();
-    for (dev, l) in devices.iter_mut() {
-        let name = dev.path().display();
-        if l.device_count as usize != count || l.device_index as usize >= count {
-            return Err(RestoreError::NotInCatalog {
-                device: name.to_string(),
-                index: l.device_index,
-                count: l.device_count,
-                source_device: source.clone(),
-                catalog_count: count,
-            });
-        }
-        if l.chunk_bytes != catalog.chunk_bytes || l.created_unix_ns != catalog.created_unix_ns {
-            return Err(RestoreError::CatalogDisagrees {
-                device: name.to_string(),
-                source_device: source.clone(),
-            });
-        }
-        if l.state != LabelState::Complete {
-            l.data_end = catalog.devices[l.device_index as usize].data_end;
-        }
-    }
+    let mac_matches = key.map(|key| crate::format::hash_eq(&catalog.mac_for(key), &catalog.mac));
+    check_members(&mut devices, &catalog, &source, mac_matches)?;
     let keyed = catalog.mac != [0; 32] || devices.iter().any(|(_, l)| l.mac != [0; 32]);
     Ok(OpenSet {
         devices,
@@ -340,6 +311,50 @@ fn finish_open(
         unreadable: notes,
         keyed,
     })
+}
+
+/// The devices of a set checked against its catalog `head` (read from
+/// `source`): the catalog's MAC first (`mac_matches`: whether it matches
+/// the key; None without a key), then every device's index, count, chunk
+/// size and creation time. A device without a catalog of its own (it
+/// failed during the backup) is read up to the end that the catalog
+/// records for it.
+pub(super) fn check_members(
+    devices: &mut [(Box<dyn Device>, Label)],
+    head: &Catalog,
+    source: &str,
+    mac_matches: Option<bool>,
+) -> Result<(), RestoreError> {
+    if mac_matches == Some(false) {
+        return Err(RestoreError::Mac {
+            device: source.to_string(),
+            what: MacOf::Catalog,
+            zero: head.mac == [0; 32],
+        });
+    }
+    let count = head.devices.len();
+    for (dev, l) in devices.iter_mut() {
+        let name = dev.path().display();
+        if l.device_count as usize != count || l.device_index as usize >= count {
+            return Err(RestoreError::NotInCatalog {
+                device: name.to_string(),
+                index: l.device_index,
+                count: l.device_count,
+                source_device: source.to_string(),
+                catalog_count: count,
+            });
+        }
+        if l.chunk_bytes != head.chunk_bytes || l.created_unix_ns != head.created_unix_ns {
+            return Err(RestoreError::CatalogDisagrees {
+                device: name.to_string(),
+                source_device: source.to_string(),
+            });
+        }
+        if l.state != LabelState::Complete {
+            l.data_end = head.devices[l.device_index as usize].data_end;
+        }
+    }
+    Ok(())
 }
 
 /// Load a library's cartridge into a drive (a no-op for other devices);

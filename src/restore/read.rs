@@ -6,8 +6,9 @@ use std::fs::File;
 use std::sync::Arc;
 
 use crate::device::Device;
+use crate::format::catalog::{CatalogStream, FileSummary};
 use crate::format::codec::DecompressError;
-use crate::format::{Catalog, DigestRecord, Label, RecordHeader, RecordKind};
+use crate::format::{Catalog, CatalogSegment, DigestRecord, Label, RecordHeader, RecordKind};
 use crate::media;
 use crate::media::stream::{self, Flow, Item, Payload};
 use crate::units::shown_name;
@@ -68,7 +69,9 @@ pub(super) fn read_devices(
                     let dev = dev.as_ref();
                     // A library's cartridge waits here for a free drive.
                     super::open::attach(dev)?;
-                    let read = read_device(dev, label, set_catalog, targets, restored, destination);
+                    let ranges = DeviceRanges::new(set_catalog, label.device_index);
+                    let files = (set_catalog as &dyn Files, ranges);
+                    let read = read_device(dev, label, files, Some(targets), restored, destination);
                     dev.detach();
                     read
                 })
@@ -84,6 +87,59 @@ pub(super) fn read_devices(
         .map(|(s, (dev, label))| (*s, label.device_index, dev.path().display().to_string()))
         .zip(results)
         .collect()
+}
+
+/// What a device's reader needs of a set's files by id: a decoded
+/// `Catalog`, or a `CatalogStream` (issue 23: its 17 bytes a file, a path
+/// read from the encoding when a problem names it).
+pub(super) trait Files: Sync {
+    fn summary(&self, id: u32) -> Option<FileSummary>;
+    /// File `id`'s path (empty when it cannot be read: only for messages).
+    fn path(&self, id: u32) -> Vec<u8>;
+    /// File `id`'s whole entry (None when it cannot be read).
+    fn file(&self, id: u32) -> Option<std::borrow::Cow<'_, crate::format::CatalogFile>>;
+}
+
+impl Files for Catalog {
+    fn summary(&self, id: u32) -> Option<FileSummary> {
+        let f = self.files.get(id as usize)?;
+        Some(FileSummary {
+            kind: f.kind,
+            earlier: f.origin != 0,
+            size_bytes: f.size_bytes,
+        })
+    }
+
+    fn path(&self, id: u32) -> Vec<u8> {
+        self.files
+            .get(id as usize)
+            .map(|f| f.path.clone())
+            .unwrap_or_default()
+    }
+
+    fn file(&self, id: u32) -> Option<std::borrow::Cow<'_, crate::format::CatalogFile>> {
+        self.files.get(id as usize).map(std::borrow::Cow::Borrowed)
+    }
+}
+
+impl Files for CatalogStream<'_> {
+    fn summary(&self, id: u32) -> Option<FileSummary> {
+        CatalogStream::summary(self, id as usize)
+    }
+
+    fn path(&self, id: u32) -> Vec<u8> {
+        match CatalogStream::file(self, id as usize) {
+            Some(Ok(f)) => f.path,
+            _ => Vec::new(),
+        }
+    }
+
+    fn file(&self, id: u32) -> Option<std::borrow::Cow<'_, crate::format::CatalogFile>> {
+        match CatalogStream::file(self, id as usize) {
+            Some(Ok(f)) => Some(std::borrow::Cow::Owned(f)),
+            _ => None,
+        }
+    }
 }
 
 /// Destination files kept open at once by one reader's queued writes.
@@ -133,9 +189,15 @@ impl DeviceRanges {
     }
 
     pub(super) fn new(catalog: &Catalog, device: u32) -> DeviceRanges {
-        let mut ranges: Vec<(u32, u64, u64)> = catalog
-            .segments
-            .iter()
+        let mut ranges = Self::of(catalog.segments.iter().copied(), device);
+        ranges.1 = ParityRanges::new(catalog, device);
+        ranges
+    }
+
+    /// `new` from a set's segments, in any order, for a set without
+    /// parity (no parity ranges).
+    pub(super) fn of(segments: impl Iterator<Item = CatalogSegment>, device: u32) -> DeviceRanges {
+        let mut ranges: Vec<(u32, u64, u64)> = segments
             .filter(|s| s.device == device)
             // `Catalog::validate` rules out an overflow.
             .map(|s| (s.file_id, s.offset, s.offset + s.length))
@@ -148,7 +210,7 @@ impl DeviceRanges {
                 _ => merged.push(r),
             }
         }
-        DeviceRanges(merged, ParityRanges::new(catalog, device))
+        DeviceRanges(merged, ParityRanges::default())
     }
 
     /// Whether `[offset, offset + bytes)` of `file` lies inside one range.
@@ -173,7 +235,7 @@ impl DeviceRanges {
 pub(super) fn record_refusal(
     header: &RecordHeader,
     label: &Label,
-    catalog: &Catalog,
+    catalog: &dyn Files,
     ranges: &DeviceRanges,
 ) -> Option<Refusal> {
     if header.device_index != label.device_index {
@@ -188,13 +250,13 @@ pub(super) fn record_refusal(
             chunk_bytes: label.chunk_bytes,
         });
     }
-    let Some(file) = catalog.files.get(header.file_id as usize) else {
+    let Some(file) = catalog.summary(header.file_id) else {
         return Some(Refusal::UnknownFile {
             file_id: header.file_id,
         });
     };
-    let path = || file.path.clone();
-    if !file.kind.has_data() || file.origin != 0 {
+    let path = || catalog.path(header.file_id);
+    if !file.kind.has_data() || file.earlier {
         return Some(Refusal::NoDataHere {
             path: path(),
             file_id: header.file_id,
@@ -224,15 +286,22 @@ pub(super) fn record_refusal(
 /// Stream one device of a set; records whose file has a target are
 /// checked and written to it (queued on the reader's own io_uring, the
 /// payloads written from the stream's buffers without a copy).
-fn read_device(
+pub(super) fn read_device(
     dev: &dyn Device,
     label: &Label,
-    catalog: &Catalog,
-    targets: &[u32],
-    restored: &Catalog,
+    (catalog, ranges): (&dyn Files, DeviceRanges),
+    targets: Option<&[u32]>,
+    restored: &dyn Files,
     destination: Destination<'_>,
 ) -> Result<DeviceRead, RestoreError> {
-    let mut reader = DeviceReader::new(dev, label, catalog, targets, restored, destination)?;
+    let mut reader = DeviceReader::new(
+        dev,
+        label,
+        (catalog, ranges),
+        targets,
+        restored,
+        destination,
+    )?;
     let mut result: Result<(), RestoreError> = Ok(());
     stream::stream::<RestoreError>(
         dev,
@@ -270,12 +339,13 @@ struct DeviceReader<'a> {
     parity_buffer: Option<crate::io::BufferPool>,
     label: &'a Label,
     /// The catalog of the device's own set.
-    catalog: &'a Catalog,
+    catalog: &'a dyn Files,
     ranges: DeviceRanges,
-    /// Per file of `catalog`: the restored file its records go to.
-    targets: &'a [u32],
+    /// Per file of `catalog`: the restored file its records go to (None:
+    /// the file of the same id, a verify of one set).
+    targets: Option<&'a [u32]>,
     /// The catalog restored (`sets[0]`'s).
-    restored: &'a Catalog,
+    restored: &'a dyn Files,
     destination: Destination<'a>,
     /// An image restore's target size (defense in depth: the catalog's
     /// segments already keep records inside the file, the file inside it).
@@ -309,9 +379,9 @@ impl<'a> DeviceReader<'a> {
     fn new(
         dev: &'a dyn Device,
         label: &'a Label,
-        catalog: &'a Catalog,
-        targets: &'a [u32],
-        restored: &'a Catalog,
+        (catalog, ranges): (&'a dyn Files, DeviceRanges),
+        targets: Option<&'a [u32]>,
+        restored: &'a dyn Files,
         destination: Destination<'a>,
     ) -> Result<DeviceReader<'a>, RestoreError> {
         let name = dev.path().display().to_string();
@@ -333,7 +403,7 @@ impl<'a> DeviceReader<'a> {
             )?),
         };
         Ok(DeviceReader {
-            ranges: DeviceRanges::new(catalog, label.device_index),
+            ranges,
             name,
             dev,
             orphan_parity_end: 0,
@@ -511,7 +581,9 @@ impl<'a> DeviceReader<'a> {
                 crate::format::payload_hash(plain),
             );
             self.out.records.push((target, record));
-            let file = &self.restored.files[target as usize];
+            let Some(file) = self.restored.file(target) else {
+                return Ok(());
+            };
             let whole =
                 header.file_offset == 0 && u64::from(header.payload_bytes) == file.size_bytes;
             // Nothing unproven is written under the file's own name: the
@@ -562,7 +634,7 @@ impl<'a> DeviceReader<'a> {
         };
         if let Err(e) = File::from(fd).write_all(data) {
             let _ = crate::restore::at::remove_in(dir, name);
-            let path = shown_name(&self.restored.files[target as usize].path);
+            let path = shown_name(&self.restored.path(target));
             return Err(write_error(&self.name, format!("write {path}: {e}")));
         }
         Ok(())
@@ -585,7 +657,7 @@ impl<'a> DeviceReader<'a> {
             return Ok(());
         };
         for (target, failure) in failures {
-            let path = || shown_name(&self.restored.files[target as usize].path);
+            let path = || shown_name(&self.restored.path(target));
             match failure {
                 writer::CreateFailure::NotCreated(e) => {
                     staged.small_failed(target as usize, format!("create: {e}"));
@@ -650,7 +722,7 @@ impl<'a> DeviceReader<'a> {
     /// Report a record that does not open or decompress (nothing of it
     /// is written).
     fn not_opened(&mut self, position: u64, header: &RecordHeader, why: DecompressError) {
-        let path = self.catalog.files[header.file_id as usize].path.clone();
+        let path = self.catalog.path(header.file_id);
         let file_offset = header.file_offset;
         let why = RecordProblem::Decompress {
             path,
@@ -687,7 +759,7 @@ impl<'a> DeviceReader<'a> {
             self.problem(position, RecordProblem::Refused(why));
             return None;
         }
-        let path = || self.catalog.files[header.file_id as usize].path.clone();
+        let path = || self.catalog.path(header.file_id);
         let crc = if self.tag_checks && header.transform.seal.is_sealed() {
             // Its tag is checked instead, before any byte is written.
             header.payload_crc
@@ -706,7 +778,9 @@ impl<'a> DeviceReader<'a> {
         }
         self.out.records_read += 1;
         self.out.payload_bytes += u64::from(header.payload_bytes);
-        let target = self.targets[header.file_id as usize];
+        let target = self
+            .targets
+            .map_or(header.file_id, |t| t[header.file_id as usize]);
         if target == NO_TARGET {
             return None;
         }
@@ -735,7 +809,7 @@ impl<'a> DeviceReader<'a> {
 
     /// The restored file `target` opened for writing, and its name.
     fn open_target(&self, target: u32) -> Result<(File, String), RestoreError> {
-        let restored_path = shown_name(&self.restored.files[target as usize].path);
+        let restored_path = shown_name(&self.restored.path(target));
         let file = match self.destination {
             Destination::Tree(staged) => {
                 staged

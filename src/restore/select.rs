@@ -7,7 +7,7 @@ use super::problem::Problem;
 use super::{Action, Missing, OpenSet, Report, NOWHERE};
 
 /// Missing byte ranges of one file: (offset, length, device index).
-type Ranges = Vec<(u64, u64, u32)>;
+pub(super) type Ranges = Vec<(u64, u64, u32)>;
 
 /// For each file of `set` whose data is in it (`origin` 0), the ranges not
 /// covered by a segment on a present device (a range may be held twice,
@@ -33,31 +33,44 @@ fn coverage(set: &OpenSet, present: &[u32]) -> Vec<Option<Ranges>> {
         if !f.kind.has_data() || f.origin != 0 || f.size_bytes == 0 {
             continue;
         }
-        covered[file].sort_unstable();
-        absent[file].sort_unstable();
-        let mut ranges = Vec::new();
-        for (gap_start, gap_end) in uncovered(0, f.size_bytes, &covered[file]) {
-            let mut at = gap_start;
-            for &(start, end, device) in &absent[file] {
-                let (start, end) = (start.max(at), end.min(gap_end));
-                if start >= end {
-                    continue;
-                }
-                if start > at {
-                    ranges.push((at, start - at, NOWHERE));
-                }
-                ranges.push((start, end - start, device));
-                at = end;
-            }
-            if at < gap_end {
-                ranges.push((at, gap_end - at, NOWHERE));
-            }
-        }
+        let ranges = missing_ranges(f.size_bytes, &mut covered[file], &mut absent[file]);
         if !ranges.is_empty() {
             out[file] = Some(ranges);
         }
     }
     out
+}
+
+/// The ranges of a file of `size_bytes` that the `covered` ranges (its
+/// segments on the devices read) leave out, each with the absent device
+/// of `absent` (its other segments) that holds it, or `NOWHERE`. Sorts
+/// both lists.
+pub(super) fn missing_ranges(
+    size_bytes: u64,
+    covered: &mut [(u64, u64)],
+    absent: &mut [(u64, u64, u32)],
+) -> Ranges {
+    covered.sort_unstable();
+    absent.sort_unstable();
+    let mut ranges = Vec::new();
+    for (gap_start, gap_end) in uncovered(0, size_bytes, covered) {
+        let mut at = gap_start;
+        for &(start, end, device) in absent.iter() {
+            let (start, end) = (start.max(at), end.min(gap_end));
+            if start >= end {
+                continue;
+            }
+            if start > at {
+                ranges.push((at, start - at, NOWHERE));
+            }
+            ranges.push((start, end - start, device));
+            at = end;
+        }
+        if at < gap_end {
+            ranges.push((at, gap_end - at, NOWHERE));
+        }
+    }
+    ranges
 }
 
 /// Which given devices of `set` to read, and the coverage they give.

@@ -33,7 +33,7 @@ impl Catalog {
         let parsed = parse_head(buf)?;
         let mut files = Vec::with_capacity(parsed.file_count as usize);
         let mut segments = Vec::with_capacity(parsed.segment_count as usize);
-        let Walked { mut head, .. } = parsed.walk(|f| files.push(f), |s| segments.push(s))?;
+        let mut head = parsed.walk(|f| files.push(f), |s| segments.push(s))?;
         head.files = files;
         head.segments = segments;
         head.validate()?;
@@ -52,26 +52,16 @@ pub(super) struct Parsed<'a> {
     pub(super) tables: &'a [u8],
 }
 
-/// A catalog read through once: its head (every field but `files` and
-/// `segments`, the chain and parity sections decoded), the bytes of its
-/// file and segment tables, and their counts.
-pub(super) struct Walked<'a> {
-    pub(super) head: Catalog,
-    pub(super) file_count: u32,
-    pub(super) segment_count: u32,
-    pub(super) files: &'a [u8],
-    pub(super) segments: &'a [u8],
-}
-
 impl<'a> Parsed<'a> {
     /// Read the tables through, handing each file and each segment to
-    /// `file` and `segment` as it is decoded. Only the structure is checked
-    /// here; `validate`'s rules are the caller's.
+    /// `file` and `segment` as it is decoded, and return the head (every
+    /// field but those two tables). Only the structure is checked here;
+    /// `validate`'s rules are the caller's.
     pub(super) fn walk(
         self,
         mut file: impl FnMut(CatalogFile),
         mut segment: impl FnMut(CatalogSegment),
-    ) -> Result<Walked<'a>, FormatError> {
+    ) -> Result<Catalog, FormatError> {
         let Parsed {
             mut head,
             file_count,
@@ -82,39 +72,56 @@ impl<'a> Parsed<'a> {
         for _ in 0..file_count {
             file(r.file()?);
         }
-        let files = &tables[..tables.len() - r.0.len()];
-        let after_files = r.0;
         for _ in 0..segment_count {
             segment(r.segment()?);
         }
-        let segments = &after_files[..after_files.len() - r.0.len()];
         decode_tail(&mut r, &mut head)?;
-        Ok(Walked {
-            head,
-            file_count,
-            segment_count,
-            files,
-            segments,
-        })
+        Ok(head)
     }
 }
 
 pub(super) fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, FormatError> {
-    if buf.len() < CATALOG_BYTES_MIN {
+    let len = buf.len() as u64;
+    let stored_crc = if buf.len() >= CATALOG_BYTES_MIN {
+        read_u32(&buf[buf.len() - CATALOG_CRC_BYTES..])
+    } else {
+        0
+    };
+    check_frame(buf, len, stored_crc, || {
+        Ok(crc32c(&buf[..buf.len() - CATALOG_CRC_BYTES]))
+    })?;
+    let tables_end = buf.len() - CATALOG_MAC_BYTES - CATALOG_CRC_BYTES;
+    let mut mac = [0u8; HASH_BYTES];
+    mac.copy_from_slice(&buf[tables_end..tables_end + CATALOG_MAC_BYTES]);
+    let fixed = parse_fixed(&buf[..tables_end], tables_end as u64, mac)?;
+    Ok(Parsed {
+        head: fixed.head,
+        file_count: fixed.file_count,
+        segment_count: fixed.segment_count,
+        tables: &buf[fixed.devices_end..tables_end],
+    })
+}
+
+/// The checks of a catalog's frame, in `decode`'s order: its length
+/// (`len` bytes in all), the magic in `first` (its first bytes, at least
+/// the fixed header when `len` allows), then the CRC32C stored in its last
+/// 4 bytes against `computed` (over every byte before them).
+pub(super) fn check_frame(
+    first: &[u8],
+    len: u64,
+    stored: u32,
+    computed: impl FnOnce() -> Result<u32, FormatError>,
+) -> Result<(), FormatError> {
+    if len < CATALOG_BYTES_MIN as u64 {
         return Err(FormatError::Short {
-            have: buf.len(),
+            have: len as usize,
             need: CATALOG_BYTES_MIN,
         });
     }
-    let (header, rest) = buf.split_at(layout::TABLES);
-    let (rest, crc_bytes) = rest.split_at(rest.len() - CATALOG_CRC_BYTES);
-    let (tables, mac_bytes) = rest.split_at(rest.len() - CATALOG_MAC_BYTES);
-    let u32_at = |off: usize| read_u32(&header[off..off + 4]);
-    if header[layout::MAGIC..layout::MAGIC + 8] != CATALOG_MAGIC {
+    if first[layout::MAGIC..layout::MAGIC + 8] != CATALOG_MAGIC {
         return Err(FormatError::BadMagic { what: "catalog" });
     }
-    let stored = read_u32(crc_bytes);
-    let computed = crc32c(&buf[..buf.len() - CATALOG_CRC_BYTES]);
+    let computed = computed()?;
     // Under the fuzzer (`cargo fuzz` sets cfg(fuzzing)) checksums are not
     // checked, so that mutated input reaches the field rules behind them.
     if stored != computed && !cfg!(fuzzing) {
@@ -124,6 +131,32 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, FormatError> {
             computed,
         });
     }
+    Ok(())
+}
+
+/// A catalog's fixed header and device table (`parse_fixed`).
+pub(super) struct Fixed {
+    /// Everything but the files, the segments and the chain section.
+    pub(super) head: Catalog,
+    pub(super) file_count: u32,
+    pub(super) segment_count: u32,
+    /// Where the device table ends (the file table starts), from the
+    /// encoding's first byte.
+    pub(super) devices_end: usize,
+}
+
+/// The fixed header and the device table from `prefix`, the first bytes
+/// of an encoding whose tables end at `tables_end` (where the MAC starts;
+/// the frame checked by `check_frame`). `prefix` may stop short of
+/// `tables_end`: a device table cut by its end is `TRUNCATED`, and the
+/// caller reads more (an error of the same bytes is the same error).
+pub(super) fn parse_fixed(
+    prefix: &[u8],
+    tables_end: u64,
+    mac: [u8; HASH_BYTES],
+) -> Result<Fixed, FormatError> {
+    let header = &prefix[..layout::TABLES];
+    let u32_at = |off: usize| read_u32(&header[off..off + 4]);
     let version = u32_at(layout::VERSION);
     if version != FORMAT_VERSION {
         return Err(FormatError::Version(version));
@@ -143,13 +176,11 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, FormatError> {
         + u64::from(file_count) * FILE_ENTRY_BYTES_MIN
         + u64::from(segment_count) * SEGMENT_ENTRY_BYTES_MIN
         + CHAIN_BYTES_MIN;
-    if need > tables.len() as u64 {
-        return Err(FormatError::Catalog(
-            "table counts exceed the catalog's length",
-        ));
+    if need > tables_end - layout::TABLES as u64 {
+        return Err(COUNTS_EXCEED);
     }
 
-    let mut r = Reader(tables);
+    let mut r = Reader(&prefix[layout::TABLES..]);
     let mut devices = Vec::with_capacity(device_count as usize);
     for _ in 0..device_count {
         let path = r.bytes()?.to_vec();
@@ -166,8 +197,6 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, FormatError> {
             data_end: r.varint()?,
         });
     }
-    let mut mac = [0u8; HASH_BYTES];
-    mac.copy_from_slice(mac_bytes);
     let head = Catalog {
         set_id,
         created_unix_ns: u64::from_le_bytes(created),
@@ -181,11 +210,11 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, FormatError> {
         parity: None,
         mac,
     };
-    Ok(Parsed {
+    Ok(Fixed {
         head,
         file_count,
         segment_count,
-        tables: r.0,
+        devices_end: prefix.len() - r.0.len(),
     })
 }
 
@@ -243,6 +272,9 @@ fn read_u32(b: &[u8]) -> u32 {
 pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
 pub(super) const TRUNCATED: FormatError = FormatError::Catalog("truncated");
+/// A table count larger than the bytes left could hold.
+pub(super) const COUNTS_EXCEED: FormatError =
+    FormatError::Catalog("table counts exceed the catalog's length");
 
 impl<'a> Reader<'a> {
     pub(super) fn take(&mut self, n: u64) -> Result<&'a [u8], FormatError> {
@@ -296,9 +328,7 @@ impl<'a> Reader<'a> {
     fn count(&mut self, entry_bytes_min: u64) -> Result<usize, FormatError> {
         let n = self.varint_u32()?;
         if u64::from(n) * entry_bytes_min > self.0.len() as u64 {
-            return Err(FormatError::Catalog(
-                "table counts exceed the catalog's length",
-            ));
+            return Err(COUNTS_EXCEED);
         }
         Ok(n as usize)
     }

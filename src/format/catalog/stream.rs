@@ -1,19 +1,219 @@
 //! A catalog read entry by entry (issue 23): the same checks as
 //! `Catalog::decode` (structure, then the rules of `validate`), but the
 //! file and segment tables are never held decoded. `CatalogStream::open`
-//! walks the encoding once for its structure (keeping 9 bytes a file of
-//! what the rules need of other files: kind, whether its data is in an
-//! earlier set, size), then applies the rules file by file and segment by
-//! segment; afterwards `files()` and `segments()` decode one entry at a
-//! time from the bytes, which the caller keeps (about 50-90 bytes a file
-//! instead of `CatalogFile`'s 192 plus its path).
+//! walks the encoding once for its structure (keeping 17 bytes a file: what
+//! the rules and a reader need of other files, kind, whether its data is in
+//! an earlier set, size, and where its entry starts), then applies the
+//! rules file by file and segment by segment; afterwards `files()`,
+//! `segments()` and `file(id)` decode one entry at a time.
+//!
+//! The encoding is either bytes in memory or a temporary file
+//! (`Spilled`, what a reader of a device writes the catalog's records
+//! into), read through a window of `WINDOW_BYTES`: then nothing held
+//! grows with the catalog but those 17 bytes a file.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 
-use super::decode::{parse_head, Reader, Walked};
+use super::decode::{
+    check_frame, decode_tail, parse_fixed, Fixed, Reader, COUNTS_EXCEED, TRUNCATED,
+};
 use super::validate::{check_segment, Summary};
-use super::{Catalog, CatalogFile, CatalogSegment, FileKind, CATALOG_CRC_BYTES, CATALOG_MAC_BYTES};
+use super::{
+    layout, Catalog, CatalogFile, CatalogSegment, FileKind, CATALOG_BYTES_MIN, CATALOG_CRC_BYTES,
+    CATALOG_MAC_BYTES,
+};
 use crate::format::{FormatError, MacKey, HASH_BYTES};
+
+/// Bytes of a sequential reader's window over a spilled catalog (grown
+/// for an entry larger than it). Small under test, so that the samples'
+/// entries cross windows.
+const WINDOW_BYTES: usize = if cfg!(test) { 64 } else { 256 << 10 };
+/// Bytes of the window `CatalogStream::file` reads one entry through.
+const ENTRY_WINDOW_BYTES: usize = if cfg!(test) { 8 } else { 4 << 10 };
+
+/// A catalog's encoding in an unlinked temporary file (`$TMPDIR`), so
+/// that a reader holds a window of it, not all of it.
+#[derive(Debug)]
+pub struct Spilled {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl Spilled {
+    /// An empty spill file in `std::env::temp_dir()`, removed when dropped.
+    pub fn new() -> std::io::Result<Spilled> {
+        Ok(Spilled {
+            file: tempfile::tempfile()?,
+            len: 0,
+        })
+    }
+
+    /// Append `bytes` to the encoding.
+    pub fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Write the whole encoding to `out`.
+    // The lint sees the test's 64-byte window; the real one is 256 KiB.
+    #[cfg_attr(test, allow(clippy::useless_vec))]
+    pub fn copy_to(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let mut buf = vec![0; WINDOW_BYTES];
+        let mut at = 0;
+        while at < self.len {
+            let n = (self.len - at).min(WINDOW_BYTES as u64) as usize;
+            self.file.read_exact_at(&mut buf[..n], at)?;
+            out.write_all(&buf[..n])?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Where a catalog's encoding is read from.
+#[derive(Clone, Copy, Debug)]
+enum Source<'a> {
+    Bytes(&'a [u8]),
+    File(&'a Spilled),
+}
+
+impl<'a> Source<'a> {
+    fn len(self) -> u64 {
+        match self {
+            Source::Bytes(b) => b.len() as u64,
+            Source::File(f) => f.len,
+        }
+    }
+
+    /// `[at, at + n)` of the encoding (the caller keeps it inside).
+    fn read(self, at: u64, n: usize) -> Result<Cow<'a, [u8]>, FormatError> {
+        match self {
+            Source::Bytes(b) => Ok(Cow::Borrowed(&b[at as usize..at as usize + n])),
+            Source::File(f) => {
+                let mut buf = vec![0; n];
+                read_spilled(f, &mut buf, at)?;
+                Ok(Cow::Owned(buf))
+            }
+        }
+    }
+
+    /// Hand `[0, end)` of the encoding to `each`, a window at a time.
+    // The lint sees the test's 64-byte window; the real one is 256 KiB.
+    #[cfg_attr(test, allow(clippy::useless_vec))]
+    fn each_window(self, end: u64, mut each: impl FnMut(&[u8])) -> Result<(), FormatError> {
+        match self {
+            Source::Bytes(b) => each(&b[..end as usize]),
+            Source::File(f) => {
+                let mut buf = vec![0; WINDOW_BYTES];
+                let mut at = 0;
+                while at < end {
+                    let n = (end - at).min(WINDOW_BYTES as u64) as usize;
+                    read_spilled(f, &mut buf[..n], at)?;
+                    each(&buf[..n]);
+                    at += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_spilled(f: &Spilled, buf: &mut [u8], at: u64) -> Result<(), FormatError> {
+    f.file
+        .read_exact_at(buf, at)
+        .map_err(|e| FormatError::Spill {
+            offset: at,
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+        })
+}
+
+/// Entries decoded one after the other from `[at, end)` of a source:
+/// borrowed from bytes in memory, or through a window of a spilled file.
+/// An entry cut by the window's end is decoded again from a window that
+/// starts at it (twice as large when it filled the last one), so the
+/// result is the same as decoding the whole table at once.
+struct Cursor<'a> {
+    source: Source<'a>,
+    at: u64,
+    end: u64,
+    window: Vec<u8>,
+    window_at: u64,
+    window_bytes: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(source: Source<'a>, at: u64, end: u64, window_bytes: usize) -> Cursor<'a> {
+        Cursor {
+            source,
+            at,
+            end,
+            window: Vec::new(),
+            window_at: 0,
+            window_bytes,
+        }
+    }
+
+    fn next<T>(
+        &mut self,
+        decode: impl Fn(&mut Reader<'_>) -> Result<T, FormatError>,
+    ) -> Result<T, FormatError> {
+        let file = match self.source {
+            Source::Bytes(b) => {
+                let mut r = Reader(&b[self.at as usize..self.end as usize]);
+                let item = decode(&mut r)?;
+                self.at = self.end - r.0.len() as u64;
+                return Ok(item);
+            }
+            Source::File(file) => file,
+        };
+        let mut want = None;
+        loop {
+            let window_end = self.window_at + self.window.len() as u64;
+            let inside = self.window_at <= self.at && self.at < window_end;
+            if want.is_some() || !inside {
+                let n = (self.end - self.at).min(want.unwrap_or(self.window_bytes) as u64);
+                self.window.resize(n as usize, 0);
+                read_spilled(file, &mut self.window, self.at)?;
+                self.window_at = self.at;
+            }
+            let avail = &self.window[(self.at - self.window_at) as usize..];
+            let whole = self.window_at + self.window.len() as u64 == self.end;
+            let mut r = Reader(avail);
+            match decode(&mut r) {
+                Ok(item) => {
+                    self.at += (avail.len() - r.0.len()) as u64;
+                    return Ok(item);
+                }
+                // Out of bytes before the table's end: read more.
+                Err(e) if !whole && (e == TRUNCATED || e == COUNTS_EXCEED) => {
+                    want = Some((avail.len() * 2).max(self.window_bytes));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// What a reader needs of a file without decoding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileSummary {
+    pub kind: FileKind,
+    /// Its data is in an earlier set (`origin` >= 1).
+    pub earlier: bool,
+    pub size_bytes: u64,
+}
 
 /// A decoded and validated catalog whose files and segments stay encoded.
 #[derive(Debug)]
@@ -22,12 +222,17 @@ pub struct CatalogStream<'a> {
     head: Catalog,
     file_count: u32,
     segment_count: u32,
-    /// The file table's bytes.
-    files: &'a [u8],
-    /// The segment table's bytes.
-    segments: &'a [u8],
-    /// The encoding before the MAC (what `mac_for` covers).
-    macced: &'a [u8],
+    source: Source<'a>,
+    /// The file table: `[start, end)` of the encoding.
+    files: (u64, u64),
+    /// The segment table.
+    segments: (u64, u64),
+    /// Per file: its kind's code, with `ORIGIN_BIT` when its data is in an
+    /// earlier set.
+    kinds: Vec<u8>,
+    sizes: Vec<u64>,
+    /// Per file: where its entry starts in the encoding.
+    starts: Vec<u64>,
 }
 
 impl<'a> CatalogStream<'a> {
@@ -35,59 +240,112 @@ impl<'a> CatalogStream<'a> {
     /// accepted, the same refused) without holding its files or segments
     /// decoded.
     pub fn open(buf: &'a [u8]) -> Result<CatalogStream<'a>, FormatError> {
-        let parsed = parse_head(buf)?;
+        Self::open_source(Source::Bytes(buf))
+    }
+
+    /// `open` of a spilled encoding, read through a window.
+    pub fn open_spilled(spilled: &'a Spilled) -> Result<CatalogStream<'a>, FormatError> {
+        Self::open_source(Source::File(spilled))
+    }
+
+    fn open_source(source: Source<'a>) -> Result<CatalogStream<'a>, FormatError> {
+        let len = source.len();
+        let first_bytes = len.min(WINDOW_BYTES as u64) as usize;
+        let first = source.read(0, first_bytes)?;
+        let crc_at = len.saturating_sub(CATALOG_CRC_BYTES as u64);
+        let stored = if len >= CATALOG_BYTES_MIN as u64 {
+            let b = source.read(crc_at, CATALOG_CRC_BYTES)?;
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        } else {
+            0
+        };
+        check_frame(&first, len, stored, || {
+            let mut crc = 0;
+            source.each_window(crc_at, |w| crc = crc32c::crc32c_append(crc, w))?;
+            Ok(crc)
+        })?;
+        let tables_end = crc_at - CATALOG_MAC_BYTES as u64;
+        let mut mac = [0u8; HASH_BYTES];
+        mac.copy_from_slice(&source.read(tables_end, CATALOG_MAC_BYTES)?);
+        // The device table, from a prefix read longer until it holds it.
+        let mut prefix = first;
+        let Fixed {
+            mut head,
+            file_count,
+            segment_count,
+            devices_end,
+        } = loop {
+            let upto = (prefix.len() as u64).min(tables_end) as usize;
+            match parse_fixed(&prefix[..upto], tables_end, mac) {
+                Err(e) if e == TRUNCATED && (upto as u64) < tables_end => {
+                    let n = (upto as u64 * 2).min(tables_end) as usize;
+                    prefix = source.read(0, n)?;
+                }
+                fixed => break fixed?,
+            }
+        };
+        drop(prefix);
         // Pass 1: the structure, and what the rules need of each file.
-        let mut sizes = Vec::with_capacity(parsed.file_count as usize);
-        let mut kinds = Vec::with_capacity(parsed.file_count as usize);
-        let Walked {
+        let mut kinds = Vec::with_capacity(file_count as usize);
+        let mut sizes = Vec::with_capacity(file_count as usize);
+        let mut starts = Vec::with_capacity(file_count as usize);
+        let files_at = devices_end as u64;
+        let mut c = Cursor::new(source, files_at, tables_end, WINDOW_BYTES);
+        for _ in 0..file_count {
+            starts.push(c.at);
+            let f = c.next(|r| r.file())?;
+            sizes.push(f.size_bytes);
+            kinds.push(f.kind.code() | if f.origin != 0 { ORIGIN_BIT } else { 0 });
+        }
+        let files = (files_at, c.at);
+        for _ in 0..segment_count {
+            c.next(|r| r.segment())?;
+        }
+        let segments = (files.1, c.at);
+        let tail = source.read(segments.1, (tables_end - segments.1) as usize)?;
+        decode_tail(&mut Reader(&tail), &mut head)?;
+        drop(tail);
+        let stream = CatalogStream {
             head,
             file_count,
             segment_count,
+            source,
             files,
             segments,
-        } = parsed.walk(
-            |f| {
-                sizes.push(f.size_bytes);
-                kinds.push(f.kind.code() | if f.origin != 0 { ORIGIN_BIT } else { 0 });
-            },
-            |_| {},
-        )?;
+            kinds,
+            sizes,
+            starts,
+        };
+        stream.check_rules()?;
+        Ok(stream)
+    }
+
+    /// Pass 2: the rules, in `validate`'s order.
+    fn check_rules(&self) -> Result<(), FormatError> {
         let lookup = |i: usize| {
-            let code = *kinds.get(i)?;
+            let s = self.summary(i)?;
             Some(Summary {
-                kind: FileKind::from_code(code & !ORIGIN_BIT)?,
-                origin: u32::from(code & ORIGIN_BIT != 0),
-                size_bytes: sizes[i],
+                kind: s.kind,
+                origin: u32::from(s.earlier),
+                size_bytes: s.size_bytes,
             })
         };
-        // Pass 2: the rules, in `validate`'s order.
-        head.check_head(file_count as usize)?;
+        let head = &self.head;
+        head.check_head(self.file_count as usize)?;
         let mut referenced = HashSet::new();
-        let mut r = Reader(files);
-        for index in 0..file_count as usize {
-            head.check_file(index, &r.file()?, &lookup, &mut referenced)?;
+        for (index, f) in self.files().enumerate() {
+            head.check_file(index, &f?, &lookup, &mut referenced)?;
         }
         head.check_rest(&lookup)?;
-        let mut r = Reader(segments);
         let device_count = head.devices.len();
-        for index in 0..segment_count as usize {
-            check_segment(&r.segment()?, &lookup, device_count).map_err(|why| {
-                FormatError::CatalogEntry {
-                    table: "segment",
-                    index: index as u64,
-                    why,
-                }
+        for (index, s) in self.segments().enumerate() {
+            check_segment(&s?, &lookup, device_count).map_err(|why| FormatError::CatalogEntry {
+                table: "segment",
+                index: index as u64,
+                why,
             })?;
         }
-        let macced = &buf[..buf.len() - CATALOG_MAC_BYTES - CATALOG_CRC_BYTES];
-        Ok(CatalogStream {
-            head,
-            file_count,
-            segment_count,
-            files,
-            segments,
-            macced,
-        })
+        Ok(())
     }
 
     /// The catalog without its files and segments (set id, devices, chain,
@@ -104,42 +362,74 @@ impl<'a> CatalogStream<'a> {
         self.segment_count as usize
     }
 
+    /// File `id`'s kind, size and whether its data is in an earlier set,
+    /// without decoding it; None past the last file.
+    pub fn summary(&self, id: usize) -> Option<FileSummary> {
+        let code = *self.kinds.get(id)?;
+        Some(FileSummary {
+            kind: FileKind::from_code(code & !ORIGIN_BIT)?,
+            earlier: code & ORIGIN_BIT != 0,
+            size_bytes: self.sizes[id],
+        })
+    }
+
+    /// File `id` decoded (its entry read alone); None past the last file.
+    pub fn file(&self, id: usize) -> Option<Result<CatalogFile, FormatError>> {
+        let at = *self.starts.get(id)?;
+        let mut c = Cursor::new(self.source, at, self.files.1, ENTRY_WINDOW_BYTES);
+        Some(c.next(|r| r.file()))
+    }
+
     /// The MAC of the encoding with `key` (`Catalog::mac_for`, without
     /// encoding again).
     pub fn mac_for(&self, key: &MacKey) -> [u8; HASH_BYTES] {
-        crate::format::mac(key, self.macced)
+        let macced = self.source.len() - (CATALOG_MAC_BYTES + CATALOG_CRC_BYTES) as u64;
+        let mut hasher = blake3::Hasher::new_keyed(key);
+        // A spill file that no longer reads gives a MAC that matches nothing.
+        if self
+            .source
+            .each_window(macced, |w| {
+                hasher.update(w);
+            })
+            .is_err()
+        {
+            return [0; HASH_BYTES];
+        }
+        *hasher.finalize().as_bytes()
     }
 
     /// The files in id order, one decoded at a time.
     pub fn files(&self) -> Entries<'a, CatalogFile> {
         Entries {
-            r: Reader(self.files),
+            c: Cursor::new(self.source, self.files.0, self.files.1, WINDOW_BYTES),
             left: self.file_count,
-            next: Reader::file,
+            next: |r| r.file(),
         }
     }
 
     /// The segments in table order, one decoded at a time.
     pub fn segments(&self) -> Entries<'a, CatalogSegment> {
         Entries {
-            r: Reader(self.segments),
+            c: Cursor::new(self.source, self.segments.0, self.segments.1, WINDOW_BYTES),
             left: self.segment_count,
-            next: Reader::segment,
+            next: |r| r.segment(),
         }
     }
 }
+
+const _: () = assert!(layout::TABLES < WINDOW_BYTES);
 
 /// `kinds` keeps a file's kind code and this bit when its data is in an
 /// earlier set (kind codes are below it).
 const ORIGIN_BIT: u8 = 0x80;
 
 /// The entries of one table, decoded one at a time. `open` decoded them
-/// all once, so an error here is not expected; it is returned, not
-/// panicked on, all the same.
+/// all once, so an error here is not expected (but for a spill file that
+/// no longer reads); it is returned, not panicked on, all the same.
 pub struct Entries<'a, T> {
-    r: Reader<'a>,
+    c: Cursor<'a>,
     left: u32,
-    next: fn(&mut Reader<'a>) -> Result<T, FormatError>,
+    next: fn(&mut Reader<'_>) -> Result<T, FormatError>,
 }
 
 impl<T> Iterator for Entries<'_, T> {
@@ -150,7 +440,7 @@ impl<T> Iterator for Entries<'_, T> {
             return None;
         }
         self.left -= 1;
-        let item = (self.next)(&mut self.r);
+        let item = self.c.next(self.next);
         if item.is_err() {
             self.left = 0;
         }

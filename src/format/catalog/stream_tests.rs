@@ -7,13 +7,35 @@ use super::tests::{incremental_sample, reseal, sample};
 use super::*;
 use crate::format::FormatError;
 
-/// What `CatalogStream` yields, gathered back into a `Catalog`.
+/// What `CatalogStream` yields, gathered back into a `Catalog`: the same
+/// from the bytes in memory and from a spill file (read through windows
+/// of 64 bytes under test, so that entries cross them).
 fn gathered(buf: &[u8]) -> Result<Catalog, FormatError> {
-    let s = CatalogStream::open(buf)?;
+    let mut spilled = Spilled::new().unwrap();
+    spilled.append(buf).unwrap();
+    let from_file = gathered_from(CatalogStream::open_spilled(&spilled));
+    let from_bytes = gathered_from(CatalogStream::open(buf));
+    assert_eq!(from_file, from_bytes);
+    from_bytes
+}
+
+fn gathered_from(s: Result<CatalogStream<'_>, FormatError>) -> Result<Catalog, FormatError> {
+    let s = s?;
     let mut c = s.head().clone();
     assert!(c.files.is_empty() && c.segments.is_empty());
     c.files = s.files().collect::<Result<_, _>>()?;
     c.segments = s.segments().collect::<Result<_, _>>()?;
+    // Each file alone, and its summary, as in the table.
+    for (id, f) in c.files.iter().enumerate() {
+        assert_eq!(s.file(id), Some(Ok(f.clone())));
+        let summary = s.summary(id).unwrap();
+        assert_eq!(
+            (summary.kind, summary.earlier, summary.size_bytes),
+            (f.kind, f.origin != 0, f.size_bytes)
+        );
+    }
+    assert_eq!(s.file(c.files.len()), None);
+    assert_eq!(s.summary(c.files.len()), None);
     assert_eq!(
         (c.files.len(), c.segments.len()),
         (s.file_count(), s.segment_count())
@@ -61,6 +83,10 @@ fn the_same_catalog_as_decode() {
         let s = CatalogStream::open(&buf).unwrap();
         assert_eq!(s.mac_for(&key), c.mac_for(&key));
         assert_ne!(s.mac_for(&[0x5b; 32]), c.mac);
+        let mut spilled = Spilled::new().unwrap();
+        spilled.append(&buf).unwrap();
+        let s = CatalogStream::open_spilled(&spilled).unwrap();
+        assert_eq!(s.mac_for(&key), c.mac_for(&key));
     }
 }
 
@@ -107,7 +133,11 @@ fn rules_on_other_files_refuse_as_decode() {
         // Encoded past the rules, as a forger would.
         let buf = c.encode_unchecked();
         assert_eq!(Catalog::decode(&buf), Err(refused.clone()));
-        assert_eq!(CatalogStream::open(&buf).map(|_| ()), Err(refused));
+        assert_eq!(CatalogStream::open(&buf).map(|_| ()), Err(refused.clone()));
+        let mut spilled = Spilled::new().unwrap();
+        spilled.append(&buf).unwrap();
+        let from_file = CatalogStream::open_spilled(&spilled).map(|_| ());
+        assert_eq!(from_file, Err(refused));
     }
 }
 

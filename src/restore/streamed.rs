@@ -1,0 +1,423 @@
+//! `pbio verify` of one set with its catalog read entry by entry (issue
+//! 23). The catalog is spilled to a temporary file as it is read from the
+//! first device (`media::spill_catalog_bytes`), checked by
+//! `CatalogStream` (what `Catalog::decode` checks), and then read in file
+//! id order, merged with its segments (which a backup writes sorted by
+//! file) and with the records read (sorted by file in `gather`): what is
+//! held per file is the stream's 17 bytes and one bit (complete or not),
+//! per record read its digest entry, per segment of a device its range.
+//!
+//! The same checks and the same report as `run_chain(Action::Verify)`
+//! for what it takes: one set of random-access devices, every label
+//! Complete, not encrypted, no parity, not an increment, no device failed
+//! during the backup, its segments sorted by file. Anything else is handed
+//! back (`Streamed::Other`) for `open_devices`.
+
+use crate::device::{Access, Device};
+use crate::format::catalog::{CatalogStream, Spilled};
+use crate::format::{CatalogSegment, DeviceState, FormatError, Label, LabelState, MacKey};
+use crate::media::{self, MediaError};
+
+use super::finish::gather;
+use super::open::{attach, check_label_mac, check_members, labels_agree, set_mac_key};
+use super::problem::Problem;
+use super::read::{read_device, Destination, DeviceRanges, Reader};
+use super::select::{missing_ranges, Ranges};
+use super::{Missing, OpenSet, Report, RestoreError};
+
+/// What `verify_streamed` did.
+pub enum Streamed {
+    /// Verified: the set (its catalog without files and segments, for the
+    /// summary) and the report, with every device's catalog checked.
+    Verified(Box<(OpenSet, Report)>),
+    /// Not a set this reads: the devices back, untouched but for their
+    /// labels read.
+    Other(Vec<Box<dyn Device>>),
+}
+
+/// Verify the set on `devices` reading its catalog entry by entry, or
+/// hand them back (`Streamed::Other`) when they are not one set this
+/// reads (module doc).
+pub fn verify_streamed(
+    devices: Vec<Box<dyn Device>>,
+    key: Option<&MacKey>,
+) -> Result<Streamed, RestoreError> {
+    let started = std::time::Instant::now();
+    let Some((labels, key)) = labels_of(&devices, key)? else {
+        return Ok(Streamed::Other(devices));
+    };
+    let mut devices: Vec<(Box<dyn Device>, Label)> = devices.into_iter().zip(labels).collect();
+    let (from, spilled, notes) = spill_first(&devices)?;
+    let source = devices[from].0.path().display().to_string();
+    let catalog_offset = devices[from].1.catalog_offset;
+    let format_error = |error| MediaError::Format {
+        device: source.clone(),
+        what: "catalog",
+        offset: catalog_offset,
+        error,
+    };
+    let stream = CatalogStream::open_spilled(&spilled).map_err(format_error)?;
+    let head = stream.head();
+    if head.set_id != devices[from].1.set_id {
+        return Err(RestoreError::ForeignCatalog { device: source });
+    }
+    let mac_matches = key
+        .as_ref()
+        .map(|key| crate::format::hash_eq(&stream.mac_for(key), &head.mac));
+    check_members(&mut devices, head, &source, mac_matches)?;
+    let failed = |l: &Label| head.devices[l.device_index as usize].state == DeviceState::Failed;
+    let sorted = segments_sorted(&stream).map_err(format_error)?;
+    if head.parity.is_some() || !head.ancestors.is_empty() || !sorted {
+        return Ok(Streamed::Other(
+            devices.into_iter().map(|(d, _)| d).collect(),
+        ));
+    }
+    if devices.iter().any(|(_, l)| failed(l)) {
+        return Ok(Streamed::Other(
+            devices.into_iter().map(|(d, _)| d).collect(),
+        ));
+    }
+    let mut report = Report::default();
+    let present: Vec<u32> = devices.iter().map(|(_, l)| l.device_index).collect();
+    let incomplete = coverage(&stream, &present, &mut report).map_err(format_error)?;
+    let results = read_all(&devices, &stream);
+    let (records, broken) = gather(results, &mut report)?;
+    let mut verdicts = Verdicts {
+        stream: &stream,
+        devices: &devices,
+        broken: &broken,
+        incomplete: &incomplete,
+    };
+    report.files_restored = verdicts.run(&records, &mut report).map_err(format_error)?;
+    // Every device's own catalog must read back and agree, not only the one used.
+    for (dev, label) in &devices {
+        let read = attach(dev.as_ref()).and_then(|()| media::catalog_digest(dev.as_ref(), label));
+        dev.detach();
+        match read {
+            Ok(digest) if digest == label.catalog_digest => {}
+            Ok(_) => report.errors.push(Problem::CatalogDiffers {
+                device: dev.path().display().to_string(),
+            }),
+            Err(e) => report.errors.push(Problem::Catalog(e)),
+        }
+    }
+    report.elapsed = started.elapsed();
+    let mut catalog = head.clone();
+    catalog.files = Vec::new();
+    catalog.segments = Vec::new();
+    let keyed = catalog.mac != [0; 32] || devices.iter().any(|(_, l)| l.mac != [0; 32]);
+    let set = OpenSet {
+        devices,
+        catalog,
+        unreadable: notes,
+        keyed,
+    };
+    Ok(Streamed::Verified(Box::new((set, report))))
+}
+
+/// A set's labels (in the devices' order) and its MAC key.
+type Labels = (Vec<Label>, Option<MacKey>);
+
+/// The devices' labels, checked as `open_devices` checks them (MACs with
+/// the key, agreement), and the set's MAC key; None when they are not
+/// one set this reads (a tape, a label that does not read or is not
+/// Complete, an encrypted set, several sets).
+fn labels_of(
+    devices: &[Box<dyn Device>],
+    key: Option<&MacKey>,
+) -> Result<Option<Labels>, RestoreError> {
+    if devices.is_empty() || devices.iter().any(|d| d.access() != Access::Random) {
+        return Ok(None);
+    }
+    let mut labels: Vec<Label> = Vec::with_capacity(devices.len());
+    for dev in devices {
+        let read = attach(dev.as_ref()).and_then(|()| media::read_label(dev.as_ref()));
+        dev.detach();
+        let Ok(label) = read else {
+            return Ok(None);
+        };
+        let other_set = labels.first().is_some_and(|l| l.set_id != label.set_id);
+        if label.state != LabelState::Complete || label.seal.is_sealed() || other_set {
+            return Ok(None);
+        }
+        labels.push(label);
+    }
+    let key = set_mac_key(devices[0].as_ref(), &labels[0], key)?;
+    for (i, (dev, label)) in devices.iter().zip(&labels).enumerate() {
+        if let Some(key) = &key {
+            check_label_mac(dev.as_ref(), label, key)?;
+        }
+        for (other, other_label) in devices[..i].iter().zip(&labels) {
+            labels_agree((other.as_ref(), other_label), (dev.as_ref(), label))?;
+        }
+    }
+    Ok(Some((labels, key)))
+}
+
+/// The set's catalog from the first device whose catalog reads back and
+/// hashes to its label's digest (every label gives the same one:
+/// `labels_agree`), spilled; the devices whose catalog did not hash to it.
+fn spill_first(
+    devices: &[(Box<dyn Device>, Label)],
+) -> Result<(usize, Spilled, Vec<RestoreError>), RestoreError> {
+    let mut notes = Vec::new();
+    let mut last_error = None;
+    for (from, (dev, label)) in devices.iter().enumerate() {
+        let read =
+            attach(dev.as_ref()).and_then(|()| media::spill_catalog_bytes(dev.as_ref(), label));
+        dev.detach();
+        match read {
+            Ok((spilled, digest)) if digest == label.catalog_digest => {
+                return Ok((from, spilled, notes))
+            }
+            Ok(_) => {
+                let refused = || RestoreError::CatalogDigest {
+                    device: dev.path().display().to_string(),
+                };
+                notes.push(refused());
+                last_error = Some(refused());
+            }
+            Err(e) => last_error = Some(e.into()),
+        }
+    }
+    Err(last_error.expect("at least one device"))
+}
+
+/// Whether the segment table is sorted by file (as a backup writes it),
+/// so that it can be merged with the files in id order.
+fn segments_sorted(stream: &CatalogStream) -> Result<bool, FormatError> {
+    let mut last = 0;
+    for s in stream.segments() {
+        let file = s?.file_id;
+        if file < last {
+            return Ok(false);
+        }
+        last = file;
+    }
+    Ok(true)
+}
+
+/// The segments of one file after another, from a table sorted by file.
+struct SegmentsOf<'a> {
+    segments: std::iter::Peekable<crate::format::catalog::Entries<'a, CatalogSegment>>,
+    of_file: Vec<CatalogSegment>,
+}
+
+impl<'a> SegmentsOf<'a> {
+    fn new(stream: &CatalogStream<'a>) -> SegmentsOf<'a> {
+        SegmentsOf {
+            segments: stream.segments().peekable(),
+            of_file: Vec::new(),
+        }
+    }
+
+    /// The segments of file `id` (the files asked for in id order).
+    fn of(&mut self, id: u32) -> Result<&[CatalogSegment], FormatError> {
+        self.of_file.clear();
+        loop {
+            match self.segments.peek() {
+                Some(Ok(s)) if s.file_id == id => self.of_file.push(*s),
+                Some(Ok(_)) | None => break,
+                Some(Err(_)) => {
+                    let Some(Err(e)) = self.segments.next() else {
+                        unreachable!("peeked an error");
+                    };
+                    return Err(e);
+                }
+            }
+            self.segments.next();
+        }
+        Ok(&self.of_file)
+    }
+}
+
+/// The select phase of `select` for a verify of one set: each file with
+/// data whose segments on the `present` devices do not cover it is in
+/// `report.missing` (sorted by path) and incomplete; a hard link is
+/// incomplete with its target. One bit a file.
+fn coverage(
+    stream: &CatalogStream,
+    present: &[u32],
+    report: &mut Report,
+) -> Result<Bits, FormatError> {
+    let mut incomplete = Bits::new(stream.file_count());
+    let mut segments = SegmentsOf::new(stream);
+    let set_id = stream.head().set_id;
+    for id in 0..stream.file_count() {
+        let of_file = segments.of(id as u32)?;
+        let Some(summary) = stream.summary(id) else {
+            break;
+        };
+        if !summary.kind.has_data() || summary.size_bytes == 0 {
+            continue;
+        }
+        let ranges = missing_of(summary.size_bytes, of_file, present);
+        if !ranges.is_empty() {
+            incomplete.set(id);
+            let path = stream.file(id).expect("a file of the stream")?.path;
+            report.missing.push(Missing {
+                path,
+                set_id,
+                set_given: true,
+                ranges,
+            });
+        }
+    }
+    for (id, f) in stream.files().enumerate() {
+        let f = f?;
+        if f.kind == crate::format::FileKind::HardLink && incomplete.get(f.hardlink_to as usize) {
+            incomplete.set(id);
+        }
+    }
+    report.missing.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(incomplete)
+}
+
+/// `select::coverage` of one file: what its segments on `present`
+/// devices leave out.
+fn missing_of(size_bytes: u64, segments: &[CatalogSegment], present: &[u32]) -> Ranges {
+    let mut covered = Vec::new();
+    let mut absent = Vec::new();
+    for s in segments {
+        if present.contains(&s.device) {
+            covered.push((s.offset, s.offset + s.length));
+        } else {
+            absent.push((s.offset, s.offset + s.length, s.device));
+        }
+    }
+    missing_ranges(size_bytes, &mut covered, &mut absent)
+}
+
+/// Every device read on its own thread, as `read_devices` reads them for
+/// a verify (no destination, each record's file its own).
+fn read_all(
+    devices: &[(Box<dyn Device>, Label)],
+    stream: &CatalogStream,
+) -> Vec<(Reader, Result<super::read::DeviceRead, RestoreError>)> {
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = devices
+            .iter()
+            .map(|(dev, label)| {
+                scope.spawn(move || {
+                    let dev = dev.as_ref();
+                    let ranges = device_ranges(stream, label.device_index).map_err(|error| {
+                        MediaError::Format {
+                            device: dev.path().display().to_string(),
+                            what: "catalog",
+                            offset: label.catalog_offset,
+                            error,
+                        }
+                    })?;
+                    attach(dev)?;
+                    let files = (stream as &dyn super::read::Files, ranges);
+                    let read = read_device(dev, label, files, None, stream, Destination::Nowhere);
+                    dev.detach();
+                    read
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("reader thread panicked"))
+            .collect()
+    });
+    devices
+        .iter()
+        .map(|(dev, label)| (0, label.device_index, dev.path().display().to_string()))
+        .zip(results)
+        .collect()
+}
+
+/// The ranges of `device` (`DeviceRanges`) from the segment table read
+/// through once.
+fn device_ranges(stream: &CatalogStream, device: u32) -> Result<DeviceRanges, FormatError> {
+    let mut error = None;
+    let segments = stream.segments().map_while(|s| match s {
+        Ok(s) => Some(s),
+        Err(e) => {
+            error = Some(e);
+            None
+        }
+    });
+    let ranges = DeviceRanges::of(segments, device);
+    match error {
+        Some(e) => Err(e),
+        None => Ok(ranges),
+    }
+}
+
+/// The verdict phase of `finish::verdicts` for a verify of one set.
+struct Verdicts<'a, 's> {
+    stream: &'a CatalogStream<'s>,
+    devices: &'a [(Box<dyn Device>, Label)],
+    broken: &'a [Reader],
+    incomplete: &'a Bits,
+}
+
+impl Verdicts<'_, '_> {
+    /// Every complete file with data checked against its digest (the
+    /// failures in `report.errors`); the number of complete entries (what
+    /// `run_sets` counts as verified).
+    fn run(
+        &mut self,
+        records: &super::finish::Records,
+        report: &mut Report,
+    ) -> Result<usize, FormatError> {
+        let mut complete = 0;
+        let mut segments = SegmentsOf::new(self.stream);
+        for (id, f) in self.stream.files().enumerate() {
+            let f = f?;
+            let of_file = segments.of(id as u32)?;
+            if self.incomplete.get(id) {
+                continue;
+            }
+            complete += 1;
+            if !f.kind.has_data() {
+                continue;
+            }
+            if crate::format::file_digest(&mut records.of(id)) == f.digest {
+                continue;
+            }
+            let holds = |device: u32| of_file.iter().any(|g| g.device == device && g.records > 0);
+            let on_broken: Vec<String> = self
+                .broken
+                .iter()
+                .filter(|(_, device, _)| holds(*device))
+                .map(|(_, _, path)| path.clone())
+                .collect();
+            let path = f.path;
+            report.errors.push(if on_broken.is_empty() {
+                let devices = self
+                    .devices
+                    .iter()
+                    .filter(|(_, label)| holds(label.device_index))
+                    .map(|(dev, _)| dev.path().display().to_string())
+                    .collect();
+                Problem::Digest { path, devices }
+            } else {
+                Problem::OnUnread {
+                    path,
+                    devices: on_broken,
+                }
+            });
+        }
+        Ok(complete)
+    }
+}
+
+/// One bit a file.
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(len: usize) -> Bits {
+        Bits(vec![0; len.div_ceil(64)])
+    }
+
+    fn set(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    fn get(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+}
