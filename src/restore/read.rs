@@ -319,9 +319,20 @@ impl<'a> DeviceReader<'a> {
     /// One item of the stream. Damage is reported and skipped; an error
     /// of the destination stops the reading.
     fn item(&mut self, item: Item<'_>) -> Result<Flow, RestoreError> {
-        if let Some(job) = self.deferred.take() {
-            self.send_job(job)?;
-        }
+        // The previous record's job, now that its item is over. An error
+        // is returned after a Reclaim has collected every job (a window
+        // must not be held past it).
+        let sent = match self.deferred.take() {
+            Some(job) => self.send_job(job),
+            None => Ok(()),
+        };
+        let sent = match (sent, &item) {
+            (Err(e), Item::Reclaim) => Err(e),
+            (sent, _) => {
+                sent?;
+                Ok(())
+            }
+        };
         match item {
             Item::Record {
                 position,
@@ -350,6 +361,7 @@ impl<'a> DeviceReader<'a> {
                     let device = &self.name;
                     w.finish().map_err(|why| write_error(device, why))?;
                 }
+                sent?;
                 opened?;
             }
         }

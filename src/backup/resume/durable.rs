@@ -454,6 +454,7 @@ fn walk(
                     payload_crc: header.payload_crc,
                     payload_hash,
                     position,
+                    stored_bytes: header.stored_len(),
                 },
                 media_bytes,
             });

@@ -146,6 +146,7 @@ mod tests {
                 payload_crc: 0,
                 payload_hash: [0; 32],
                 position,
+                stored_bytes: payload_bytes,
             },
             media_bytes: 4096 + payload_bytes as u64,
         }

@@ -18,6 +18,9 @@ pub struct RecordDone {
     pub payload_hash: [u8; 32],
     /// Media offset of the record's header (stripes of `--parity` name it).
     pub position: u64,
+    /// The payload's bytes as stored (compressed: fewer than
+    /// `payload_bytes`; headers and padding not counted).
+    pub stored_bytes: u32,
 }
 
 /// A file range that is durable on this device, and where.
