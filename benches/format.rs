@@ -247,6 +247,7 @@ fn big_catalog() -> Catalog {
         removed: Vec::new(),
         renamed: Vec::new(),
         parity: None,
+        stored_bytes: Vec::new(),
         mac: [0; 32],
     }
 }

@@ -228,6 +228,7 @@ fn main() -> std::io::Result<()> {
             from: b"tree/old".to_vec(),
         }],
         parity: None,
+        stored_bytes: Vec::new(),
         mac: [0; 32],
     };
     catalog.seal(Some(&key));

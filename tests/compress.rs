@@ -336,3 +336,66 @@ fn bad_compress_level_or_codec_is_refused_before_anything_is_written() {
         }
     }
 }
+
+/// The catalog records per file the bytes its data takes as stored
+/// (FORMAT.md 6.1, amendment ten): `list --json` gives `stored_bytes`,
+/// under the size for compressible files, equal to it for random data
+/// (stored raw), absent for entries without data; the text listing says
+/// so per file and in total. File devices, two of them (the catalog is
+/// the whole set's on each).
+#[test]
+fn the_catalog_records_each_files_stored_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path(), 2, 3 << 20);
+    let devs: Vec<String> = (0..2)
+        .map(|i| dir.path().join(format!("d{i}.img")).display().to_string())
+        .collect();
+    let sized: Vec<String> = devs.iter().map(|d| format!("{d},size=64M")).collect();
+    backup(&src, &sized, &["--compress", "zstd:1", "--chunk", "256K"]);
+    for dev in &devs {
+        let (code, out, err) = run(&strings(&["list", "--json", "--dev", dev]));
+        assert_eq!(code, 0, "list: {err}");
+        let listed: Value = serde_json::from_str(&out).unwrap();
+        let files = listed["files"].as_array().unwrap();
+        let of = |name: &str| {
+            files
+                .iter()
+                .find(|f| f["path"].as_str().unwrap().ends_with(name))
+                .unwrap_or_else(|| panic!("{name} not listed: {out}"))
+        };
+        let size = |f: &Value| f["size_bytes"].as_u64().unwrap();
+        let stored = |f: &Value| f["stored_bytes"].as_u64();
+        let text = of("docs/chapter-000.txt");
+        assert!(
+            stored(text).unwrap() * 4 < size(text),
+            "text compresses: {text}"
+        );
+        let zeros = of("zeros.img");
+        assert!(stored(zeros).unwrap() * 100 < size(zeros), "{zeros}");
+        let random = of("random.bin");
+        assert_eq!(stored(random), Some(3 << 20), "random data is stored raw");
+        assert_eq!(stored(of("empty")), Some(0));
+        assert_eq!(stored(of("tree/docs")), None, "a directory has no data");
+        let (code, out, err) = run(&strings(&["list", "--dev", dev]));
+        assert_eq!(code, 0, "list: {err}");
+        let line = |name: &str| {
+            out.lines()
+                .find(|l| l.ends_with(name) || l.contains(&format!("{name} (")))
+                .unwrap_or_else(|| panic!("{name}: {out}"))
+                .to_string()
+        };
+        let text_line = line("chapter-000.txt");
+        assert!(
+            text_line.ends_with(&format!("(stored {} bytes)", stored(text).unwrap())),
+            "{text_line}"
+        );
+        assert!(line("random.bin").ends_with("random.bin"), "raw: no note");
+        let total: u64 = files.iter().filter_map(stored).sum();
+        let payload: u64 = files.iter().filter(|f| stored(f).is_some()).map(size).sum();
+        let head = out.lines().nth(1).unwrap();
+        assert_eq!(
+            head,
+            format!("data in this set: {payload} bytes, {total} bytes stored")
+        );
+    }
+}

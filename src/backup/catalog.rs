@@ -93,7 +93,7 @@ pub(super) fn build_catalog(
     parity: Option<crate::format::CatalogParity>,
 ) -> (Vec<u8>, usize) {
     let segments = placements(outcomes);
-    let digests = digests(outcomes, ends, input.entries.len());
+    let (digests, stored_bytes) = digests(outcomes, ends, input.entries.len());
     let catalog_devices: Vec<CatalogDevice> = devices
         .iter()
         .zip(outcomes)
@@ -120,6 +120,10 @@ pub(super) fn build_catalog(
         segments,
     );
     head.parity = parity;
+    // Written only with files (one encoding per catalog).
+    if !input.entries.is_empty() {
+        head.stored_bytes = stored_bytes;
+    }
     let file = |i: usize| {
         let mut file = catalog_file(&input.entries, i, since);
         if file.kind.has_data() && file.origin == 0 {
@@ -157,38 +161,41 @@ pub(super) fn placements(outcomes: &[RingOutcome]) -> Vec<CatalogSegment> {
 
 /// Per file, the digest (`format::file_digest`) of the durable records of
 /// the devices that did not fail, each record offset once (the digest of
-/// no records for a file with none). The records are gathered in one list sorted by
-/// file (not a list per file: most files of a large tree have one record
-/// or none).
+/// no records for a file with none), and the bytes those records take as
+/// stored (the catalog's stored section). The records are gathered in one
+/// list sorted by file (not a list per file: most files of a large tree
+/// have one record or none).
 pub(super) fn digests(
     outcomes: &[RingOutcome],
     ends: &[DeviceEnd],
     file_count: usize,
-) -> Vec<[u8; 32]> {
-    let mut records: Vec<(u32, DigestRecord)> = outcomes
+) -> (Vec<[u8; 32]>, Vec<u64>) {
+    let mut records: Vec<(u32, DigestRecord, u32)> = outcomes
         .iter()
         .zip(ends)
         .filter(|(_, end)| **end != DeviceEnd::Failed)
         .flat_map(|(outcome, _)| {
-            outcome
-                .records
-                .iter()
-                .map(|r: &RecordDone| (r.file_id, (r.file_offset, r.payload_bytes, r.payload_hash)))
+            outcome.records.iter().map(|r: &RecordDone| {
+                let digested = (r.file_offset, r.payload_bytes, r.payload_hash);
+                (r.file_id, digested, r.stored_bytes)
+            })
         })
         .collect();
     records.sort_unstable();
     // Two copies of one record (a range written again) count once.
-    records.dedup_by_key(|(file, (offset, _, _))| (*file, *offset));
+    records.dedup_by_key(|(file, (offset, _, _), _)| (*file, *offset));
     let mut digests = vec![crate::format::file_digest(&mut []); file_count];
+    let mut stored = vec![0u64; file_count];
     let mut at = 0;
     while at < records.len() {
         let file = records[at].0;
         let end = at + records[at..].partition_point(|r| r.0 == file);
         let mut mine: Vec<DigestRecord> = records[at..end].iter().map(|r| r.1).collect();
         digests[file as usize] = crate::format::file_digest(&mut mine);
+        stored[file as usize] = records[at..end].iter().map(|r| u64::from(r.2)).sum();
         at = end;
     }
-    digests
+    (digests, stored)
 }
 
 /// Finish phase: catalog, sync, label (complete), sync, on every device

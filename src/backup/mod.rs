@@ -76,6 +76,9 @@ pub struct BackupConfig {
     /// `--parity M`: parity records per stripe (0: none), written after
     /// the data (`backup::parity`).
     pub parity: usize,
+    /// Microseconds the devices have waited for the compression and
+    /// encryption workers so far, added to live (`RingConfig::cpu_wait_us`).
+    pub cpu_wait_us: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Something a harness or the progress display should hear about while

@@ -284,6 +284,7 @@ pub(super) fn ring_config(dev: &dyn Device, index: u32, config: &BackupConfig) -
         write_retries: config.write_retries,
         compression: config.compression,
         encryption: config.encryption.clone(),
+        cpu_wait_us: config.cpu_wait_us.clone(),
     }
 }
 

@@ -103,6 +103,7 @@ pub fn catalog_head(
         removed,
         renamed,
         parity: None,
+        stored_bytes: Vec::new(),
         mac: [0; 32],
     }
 }
@@ -184,6 +185,9 @@ pub fn plan_set(
             data_end: *c,
         })
         .collect();
+    // The stored section (one varint per file, 10 bytes at most, and its
+    // tag) is filled in after the data: counted here at its largest.
+    let stored_section_max = 1 + 10 * entries.len() as u64;
     // Counted file by file: no `CatalogFile` per entry held, no encoding
     // kept (issue 23).
     let encoded_bytes = |created_unix_ns, segments| {
@@ -196,7 +200,8 @@ pub fn plan_set(
             segments,
         )
         .encoded_len_streamed(entries.len(), &|i| catalog_file(entries, i, since))
-            as u64;
+            as u64
+            + stored_section_max;
         // As large as it is sealed (`--encrypt`): an upper bound either way.
         crate::format::seal::sealed_catalog_bytes(len)
     };

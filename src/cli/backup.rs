@@ -358,7 +358,7 @@ pub fn run(args: BackupArgs) -> CliResult {
         prepared,
         Output::choose(args.set.json, args.json_interval),
         infos,
-        config.set_id,
+        &config,
     );
     let progress: Vec<AtomicU64> = devices.iter().map(|_| AtomicU64::new(0)).collect();
     let result = with_progress(reporter, &progress, events_rx, |progress| {
@@ -477,5 +477,6 @@ pub(super) fn backup_config(
         compression: args.compress,
         encryption,
         parity: args.parity.into(),
+        cpu_wait_us: Default::default(),
     }
 }

@@ -114,7 +114,12 @@ pub fn run(args: ListArgs) -> CliResult {
             .map_err(|e| Failure::Usage(format!("--export {}: {e}", path.display())))?;
     }
     if args.json {
-        let files: Vec<_> = c.files.iter().map(|f| file_json(f, &c.ancestors)).collect();
+        let files: Vec<_> = c
+            .files
+            .iter()
+            .enumerate()
+            .map(|(id, f)| file_json(f, &c.ancestors, stored_of(c, id, f)))
+            .collect();
         let segments: Vec<_> = c
             .segments
             .iter()
@@ -128,20 +133,22 @@ pub fn run(args: ListArgs) -> CliResult {
         outln!("{whole}");
         return Ok(Outcome::Done);
     }
-    print_head(
-        c,
-        label,
-        c.files.len(),
-        c.segments.len(),
-        c.files.iter().filter(|f| f.origin != 0).count(),
-    );
-    for f in &c.files {
+    let mut totals = Totals::default();
+    for (id, f) in c.files.iter().enumerate() {
+        totals.add(c, id, f);
+    }
+    print_head(c, label, c.files.len(), c.segments.len(), &totals);
+    for (id, f) in c.files.iter().enumerate() {
         if !super::stdout_open() {
             break; // the reader went away (`| head`)
         }
         let target =
             (f.kind == FileKind::HardLink).then(|| &c.files[f.hardlink_to as usize].path[..]);
-        outln!("{}", file_line(f, target.unwrap_or_default(), &c.ancestors));
+        let stored = stored_of(c, id, f);
+        outln!(
+            "{}",
+            file_line(f, target.unwrap_or_default(), &c.ancestors, stored)
+        );
     }
     let path_of = |id: u32| Ok(c.files[id as usize].path.clone());
     print_tail(c, &args, path_of, c.segments.iter().map(Ok))
@@ -150,7 +157,7 @@ pub fn run(args: ListArgs) -> CliResult {
 }
 
 /// One file of `list --json`.
-fn file_json(f: &CatalogFile, ancestors: &[SetId]) -> serde_json::Value {
+fn file_json(f: &CatalogFile, ancestors: &[SetId], stored: Option<u64>) -> serde_json::Value {
     let mut file = with_path(
         &f.path,
         json!({
@@ -170,6 +177,11 @@ fn file_json(f: &CatalogFile, ancestors: &[SetId]) -> serde_json::Value {
     }
     if f.stat.flags != 0 {
         file["flags"] = f.stat.flags.into();
+    }
+    // The bytes its records take on the devices (compressed: fewer), when
+    // the catalog records them (amendment ten).
+    if let Some(stored) = stored {
+        file["stored_bytes"] = stored.into();
     }
     if !f.xattrs.is_empty() {
         file["xattrs"] = f
@@ -287,8 +299,10 @@ fn write_table(
         flush(part, false);
     };
     if table == "files" {
-        for f in c.files() {
-            entry(part, file_json(&f?, &c.head().ancestors));
+        for (id, f) in c.files().enumerate() {
+            let f = f?;
+            let stored = stored_of(c.head(), id, &f);
+            entry(part, file_json(&f, &c.head().ancestors, stored));
         }
     } else {
         for s in c.segments() {
@@ -322,9 +336,39 @@ fn catalog_failure(
     )
 }
 
+/// The bytes file `id`'s data takes as stored in this set, when the
+/// catalog records it (FORMAT.md 6.1, amendment ten) and the file has
+/// data here.
+fn stored_of(c: &Catalog, id: usize, f: &CatalogFile) -> Option<u64> {
+    let here = f.kind.has_data() && f.origin == 0;
+    c.stored_bytes.get(id).copied().filter(|_| here)
+}
+
+/// What the head line of a listing counts over the files.
+#[derive(Default)]
+struct Totals {
+    /// Files whose data is in an earlier set.
+    unchanged: usize,
+    /// Payload bytes of the files with data in this set, and what they
+    /// take stored (None: not recorded).
+    payload_bytes: u64,
+    stored_bytes: Option<u64>,
+}
+
+impl Totals {
+    fn add(&mut self, c: &Catalog, id: usize, f: &CatalogFile) {
+        self.unchanged += usize::from(f.origin != 0);
+        if let Some(stored) = stored_of(c, id, f) {
+            self.payload_bytes += f.size_bytes;
+            *self.stored_bytes.get_or_insert(0) += stored;
+        }
+    }
+}
+
 /// One file's line of the text listing; `target` is a hard link's
-/// target's path.
-fn file_line(f: &CatalogFile, target: &[u8], ancestors: &[SetId]) -> String {
+/// target's path; `stored` what its data takes on the devices, shown when
+/// it differs from its size (compressed).
+fn file_line(f: &CatalogFile, target: &[u8], ancestors: &[SetId], stored: Option<u64>) -> String {
     let extra = match f.kind {
         FileKind::Symlink => format!(" -> {}", shown_name(&f.link_target)),
         FileKind::HardLink => format!(" => {}", shown_name(target)),
@@ -339,7 +383,10 @@ fn file_line(f: &CatalogFile, target: &[u8], ancestors: &[SetId]) -> String {
             " (unchanged, data in set {})",
             ancestors[f.origin as usize - 1]
         ),
-        _ => String::new(),
+        _ => match stored {
+            Some(stored) if stored != f.size_bytes => format!(" (stored {stored} bytes)"),
+            _ => String::new(),
+        },
     };
     format!(
         "{:<8} {:06o} {:>5}:{:<5} {:>14} {}{}",
@@ -360,7 +407,7 @@ fn print_head(
     label: &crate::format::Label,
     files: usize,
     segments: usize,
-    unchanged: usize,
+    totals: &Totals,
 ) {
     outln!(
         "{} (device {} of {}), {} entries, {} segments",
@@ -370,11 +417,18 @@ fn print_head(
         files,
         segments
     );
+    if let Some(stored) = totals.stored_bytes {
+        outln!(
+            "data in this set: {} bytes, {} bytes stored",
+            totals.payload_bytes,
+            stored
+        );
+    }
     if let Some(parent) = c.ancestors.first() {
         outln!(
             "incremental over set {}: {} unchanged files referenced, {} paths removed, {} renamed",
             parent,
-            unchanged,
+            totals.unchanged,
             c.removed.len(),
             c.renamed.len()
         );
@@ -445,18 +499,12 @@ fn list_streamed(args: &ListArgs, set: &crate::restore::EncodedSet, key_given: b
         json_streamed(&c, &set.label, &mut |id| path_of(id)).map_err(broken)?;
         return Ok(Outcome::Done);
     }
-    let mut unchanged = 0;
-    for id in 0..c.file_count() {
-        unchanged += usize::from(c.summary(id).is_some_and(|s| s.earlier));
+    let mut totals = Totals::default();
+    for (id, f) in c.files().enumerate() {
+        totals.add(head, id, &f.map_err(broken)?);
     }
-    print_head(
-        head,
-        &set.label,
-        c.file_count(),
-        c.segment_count(),
-        unchanged,
-    );
-    for f in c.files() {
+    print_head(head, &set.label, c.file_count(), c.segment_count(), &totals);
+    for (id, f) in c.files().enumerate() {
         if !super::stdout_open() {
             break; // the reader went away (`| head`)
         }
@@ -466,7 +514,8 @@ fn list_streamed(args: &ListArgs, set: &crate::restore::EncodedSet, key_given: b
         } else {
             Vec::new()
         };
-        outln!("{}", file_line(&f, &target, &head.ancestors));
+        let stored = stored_of(head, id, &f);
+        outln!("{}", file_line(&f, &target, &head.ancestors, stored));
     }
     // Segments of one file follow each other: its path read once.
     let mut last: Option<(u32, Vec<u8>)> = None;

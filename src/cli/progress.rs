@@ -9,6 +9,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
@@ -146,6 +147,33 @@ pub struct Reporter<W: Write> {
     out: W,
     bars: Option<Bars>,
     started: Instant,
+    /// `--compress`, `--encrypt`: the devices' wait for the workers.
+    cpu_wait: Option<CpuWait>,
+}
+
+/// How long the devices have waited for the compression and encryption
+/// workers (`BackupConfig::cpu_wait_us`), as of the last tick.
+struct CpuWait {
+    waited_us: Arc<AtomicU64>,
+    last_us: u64,
+    last_at: Instant,
+}
+
+/// A device waiting for the workers a tenth of an interval or more:
+/// the CPUs do not keep up (the summary then gives the CPU-bound rate).
+const CPU_BOUND_SHARE: f64 = 0.1;
+
+impl CpuWait {
+    /// Whether the devices waited for the workers since the last call
+    /// for `CPU_BOUND_SHARE` of the time or more.
+    fn bound_since_last(&mut self) -> bool {
+        let now_us = self.waited_us.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let wall_us = now.duration_since(self.last_at).as_micros() as f64;
+        let waited_us = now_us.saturating_sub(self.last_us) as f64;
+        (self.last_us, self.last_at) = (now_us, now);
+        wall_us > 0.0 && waited_us >= CPU_BOUND_SHARE * wall_us
+    }
 }
 
 /// A backup's input from what `prepare` found, and its reporter, started
@@ -154,14 +182,18 @@ pub fn start_run(
     prepared: super::Prepared,
     output: Output,
     devices: Vec<DeviceInfo>,
-    set_id: crate::format::SetId,
+    config: &crate::backup::BackupConfig,
 ) -> (crate::backup::SetInput, Reporter<std::io::Stdout>) {
+    let set_id = config.set_id;
     let input = crate::backup::SetInput {
         entries: prepared.entries,
         plan: prepared.plan,
         since: prepared.since,
     };
     let mut reporter = Reporter::new(output, devices, std::io::stdout());
+    if config.compression.is_some() || config.encryption.is_some() {
+        reporter.watch_cpu_wait(config.cpu_wait_us.clone());
+    }
     reporter.start(
         &set_id.to_string(),
         input.entries.len(),
@@ -181,7 +213,19 @@ impl<W: Write> Reporter<W> {
             failed_at: vec![None; n],
             out,
             started: Instant::now(),
+            cpu_wait: None,
         }
+    }
+
+    /// Say in the progress (bars, `--json` progress events) when the
+    /// devices wait for the workers: `waited_us` is their wait so far.
+    pub fn watch_cpu_wait(&mut self, waited_us: Arc<AtomicU64>) {
+        let last_us = waited_us.load(Ordering::Relaxed);
+        self.cpu_wait = Some(CpuWait {
+            waited_us,
+            last_us,
+            last_at: Instant::now(),
+        });
     }
 
     fn json_line(&mut self, value: serde_json::Value) {
@@ -248,6 +292,7 @@ impl<W: Write> Reporter<W> {
 
     /// Show the counters as they are now.
     pub fn tick(&mut self, now: &[u64]) {
+        let cpu_bound = self.cpu_wait.as_mut().map(CpuWait::bound_since_last);
         match self.output {
             Output::Json { .. } => {
                 let seconds = self.started.elapsed().as_secs_f64();
@@ -259,13 +304,19 @@ impl<W: Write> Reporter<W> {
                         _ => written,
                     };
                     let total = self.expected_bytes(i, bytes);
-                    self.json_line(json!({
+                    let mut line = json!({
                         "event": "progress",
                         "device": i,
                         "bytes": bytes,
                         "total": total,
                         "seconds": seconds,
-                    }));
+                    });
+                    // With workers: whether the devices waited for them
+                    // (the CPUs do not keep up) since the last tick.
+                    if let Some(bound) = cpu_bound {
+                        line["cpu_bound"] = bound.into();
+                    }
+                    self.json_line(line);
                 }
             }
             Output::Bars => {
@@ -283,6 +334,11 @@ impl<W: Write> Reporter<W> {
                 }
                 let total_len = bars.total.length().unwrap_or(0);
                 bars.total.set_position(placed.min(total_len));
+                match cpu_bound {
+                    Some(true) => bars.total.set_message("CPU-bound (workers)"),
+                    Some(false) => bars.total.set_message(format!("{} devices", now.len())),
+                    None => {}
+                }
             }
             Output::Quiet => {}
         }
@@ -492,6 +548,40 @@ mod tests {
                 rate_bytes_per_sec: None,
             })
             .collect()
+    }
+
+    /// With workers, each progress event says whether the devices waited
+    /// for them since the last one (the CPUs not keeping up); without,
+    /// the field is absent.
+    #[test]
+    fn progress_says_when_the_devices_wait_for_the_workers() {
+        let sink = Sink::default();
+        let output = Output::Json {
+            interval: Duration::from_millis(5),
+        };
+        let waited_us = Arc::new(AtomicU64::new(0));
+        let mut reporter = Reporter::new(output, devices(), sink.clone());
+        reporter.watch_cpu_wait(waited_us.clone());
+        reporter.start("ab", 10, 12);
+        // An hour of waiting since the last tick: bound, whatever the
+        // wall time between them.
+        waited_us.fetch_add(3_600_000_000, Ordering::Relaxed);
+        reporter.tick(&[10, 20, 30]);
+        // No waiting since: not bound.
+        reporter.tick(&[20, 30, 40]);
+        let progress: Vec<Value> = sink
+            .lines()
+            .into_iter()
+            .filter(|l| l["event"] == "progress")
+            .collect();
+        assert_eq!(progress.len(), 6);
+        assert!(progress[..3].iter().all(|l| l["cpu_bound"] == true));
+        assert!(progress[3..].iter().all(|l| l["cpu_bound"] == false));
+        let plain = Sink::default();
+        let mut reporter = Reporter::new(output, devices(), plain.clone());
+        reporter.start("ab", 10, 12);
+        reporter.tick(&[10, 20, 30]);
+        assert!(plain.lines().iter().all(|l| l.get("cpu_bound").is_none()));
     }
 
     #[test]

@@ -126,7 +126,7 @@ pub fn run(args: BackupArgs) -> CliResult {
         prepared,
         Output::choose(args.set.json, args.json_interval),
         infos,
-        config.set_id,
+        &config,
     );
     let changer = Mutex::new(changer);
     let library = Library {

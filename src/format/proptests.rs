@@ -337,6 +337,7 @@ fn catalog() -> impl Strategy<Value = Catalog> {
                     removed,
                     renamed,
                     parity: None,
+                    stored_bytes: Vec::new(),
                     mac,
                 }
             },

@@ -435,9 +435,20 @@ impl<'a> DeviceReader<'a> {
     /// One item of the stream. Damage is reported and skipped; an error
     /// of the destination stops the reading.
     fn item(&mut self, item: Item<'_>) -> Result<Flow, RestoreError> {
-        if let Some(job) = self.deferred.take() {
-            self.send_job(job)?;
-        }
+        // The previous record's job, now that its item is over. An error
+        // is returned after a Reclaim has collected every job (a window
+        // must not be held past it).
+        let sent = match self.deferred.take() {
+            Some(job) => self.send_job(job),
+            None => Ok(()),
+        };
+        let sent = match (sent, &item) {
+            (Err(e), Item::Reclaim) => Err(e),
+            (sent, _) => {
+                sent?;
+                Ok(())
+            }
+        };
         match item {
             Item::Record {
                 position,
@@ -483,7 +494,9 @@ impl<'a> DeviceReader<'a> {
                 // done before the window is reused.
                 // Both, whatever the first gives.
                 let opened = self.collect_opened(true);
-                self.finish_writes(false)?;
+                let finished = self.finish_writes(false);
+                sent?;
+                finished?;
                 opened?;
             }
         }

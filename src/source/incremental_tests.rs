@@ -97,6 +97,7 @@ fn parent_of(entries: &[Entry], failed_only: &[&str]) -> Catalog {
         removed: Vec::new(),
         renamed: Vec::new(),
         parity: None,
+        stored_bytes: Vec::new(),
         mac: [0; 32],
     }
 }

@@ -455,6 +455,7 @@ fn walk(
                     payload_hash,
                     position,
                     sequence: header.sequence,
+                    stored_bytes: header.stored_len(),
                 },
                 media_bytes,
             });

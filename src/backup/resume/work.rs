@@ -147,6 +147,7 @@ mod tests {
                 payload_hash: [0; 32],
                 position,
                 sequence: 0,
+                stored_bytes: payload_bytes,
             },
             media_bytes: 4096 + payload_bytes as u64,
         }

@@ -242,6 +242,10 @@ pub struct RingConfig {
     /// `--encrypt`: every record's file info and payload sealed on the
     /// worker threads (`transform.rs`).
     pub encryption: Option<crate::format::seal::SetEncryption>,
+    /// Microseconds the run's rings have waited for their workers so far
+    /// (every ring adds to it as it waits), read live by the progress
+    /// display to say when the CPUs cannot keep up.
+    pub cpu_wait_us: std::sync::Arc<AtomicU64>,
 }
 
 pub struct Ring<'a> {
@@ -683,6 +687,7 @@ impl<'a> Ring<'a> {
                 payload_hash: g.payload_hash,
                 position: g.position,
                 sequence: g.sequence,
+                stored_bytes: g.stored_len(),
             })
             .collect();
         RingOutcome {

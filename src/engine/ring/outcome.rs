@@ -21,6 +21,9 @@ pub struct RecordDone {
     /// Its `sequence` on the device (data and parity records are numbered
     /// in one count).
     pub sequence: u64,
+    /// The payload's bytes as stored (compressed: fewer than
+    /// `payload_bytes`; headers and padding not counted).
+    pub stored_bytes: u32,
 }
 
 /// A file range that is durable on this device, and where.

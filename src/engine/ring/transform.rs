@@ -211,7 +211,10 @@ impl<'a> Ring<'a> {
         if block && w.pending > 0 {
             let waited = Instant::now();
             got.push(w.done.recv().expect("workers outlive the loop"));
-            self.stats.transform_wait += waited.elapsed();
+            let waited = waited.elapsed();
+            self.stats.transform_wait += waited;
+            let us = waited.as_micros() as u64;
+            self.config.cpu_wait_us.fetch_add(us, Ordering::Relaxed);
         }
         got.extend(w.done.try_iter());
         for done in got {

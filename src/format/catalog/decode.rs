@@ -25,6 +25,9 @@ const ANCESTOR_BYTES: u64 = SetId::BYTES as u64;
 // `validate`, which names the entry.
 const REMOVED_ENTRY_BYTES_MIN: u64 = 1; // path length
 const RENAMED_ENTRY_BYTES_MIN: u64 = 2; // file id, path length
+/// The first byte of the stored section (a parity section starts with a
+/// varint `m >= 1`, never a zero byte).
+pub(super) const STORED_SECTION_TAG: u8 = 0;
 
 impl Catalog {
     /// Decode; rejects anything malformed (bad magic/version/checksum,
@@ -75,7 +78,7 @@ impl<'a> Parsed<'a> {
         for _ in 0..segment_count {
             segment(r.segment()?);
         }
-        decode_tail(&mut r, &mut head)?;
+        decode_tail(&mut r, &mut head, file_count)?;
         Ok(head)
     }
 }
@@ -208,6 +211,7 @@ pub(super) fn parse_fixed(
         removed: Vec::new(),
         renamed: Vec::new(),
         parity: None,
+        stored_bytes: Vec::new(),
         mac,
     };
     Ok(Fixed {
@@ -218,9 +222,13 @@ pub(super) fn parse_fixed(
     })
 }
 
-/// The chain section and the parity section (the bytes after the
-/// segment table) into `head`, and nothing after them.
-pub(super) fn decode_tail(r: &mut Reader, head: &mut Catalog) -> Result<(), FormatError> {
+/// The chain section, the parity section and the stored section (the
+/// bytes after the segment table) into `head`, and nothing after them.
+pub(super) fn decode_tail(
+    r: &mut Reader,
+    head: &mut Catalog,
+    file_count: u32,
+) -> Result<(), FormatError> {
     let ancestor_count = r.count(ANCESTOR_BYTES)?;
     let mut ancestors = Vec::with_capacity(ancestor_count);
     for _ in 0..ancestor_count {
@@ -244,15 +252,33 @@ pub(super) fn decode_tail(r: &mut Reader, head: &mut Catalog) -> Result<(), Form
     head.ancestors = ancestors;
     head.removed = removed;
     head.renamed = renamed;
-    // The parity section, only in a set written with `--parity`.
-    head.parity = if r.0.is_empty() {
-        None
-    } else {
-        Some(super::parity::decode(r)?)
+    // The parity section, only in a set written with `--parity`: it
+    // starts with `m >= 1`, so never with a zero byte.
+    head.parity = match r.0.first() {
+        Some(&b) if b != STORED_SECTION_TAG => Some(super::parity::decode(r)?),
+        _ => None,
     };
+    // The stored section (amendment ten), absent from older catalogs.
+    if r.0.first() == Some(&STORED_SECTION_TAG) {
+        r.take(1)?;
+        if file_count == 0 {
+            // Written only with files: one encoding per catalog.
+            return Err(FormatError::Catalog(
+                "stored section in a catalog without files",
+            ));
+        }
+        if u64::from(file_count) > r.0.len() as u64 {
+            return Err(FormatError::Catalog(
+                "stored section shorter than the file count",
+            ));
+        }
+        head.stored_bytes = (0..file_count)
+            .map(|_| r.varint())
+            .collect::<Result<_, _>>()?;
+    }
     if !r.0.is_empty() {
         return Err(FormatError::Catalog(
-            "trailing bytes after the parity section",
+            "trailing bytes after the parity and stored sections",
         ));
     }
     Ok(())

@@ -185,6 +185,12 @@ impl Catalog {
         if let Some(parity) = &self.parity {
             super::parity::encode(w, parity);
         }
+        if !self.stored_bytes.is_empty() {
+            w.raw(&[super::decode::STORED_SECTION_TAG]);
+            for &bytes in &self.stored_bytes {
+                w.varint(bytes);
+            }
+        }
     }
 }
 

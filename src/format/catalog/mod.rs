@@ -272,6 +272,13 @@ pub struct Catalog {
     /// section, after the chain section). None: a set without parity (its
     /// encoding has no parity section, as before issue 19).
     pub parity: Option<CatalogParity>,
+    /// Per file (by file id): the bytes its data records take as stored
+    /// in this set (`stored_bytes` of a compressed record, else its
+    /// `payload_bytes`; headers and padding not counted), over the
+    /// devices that did not fail, each record once; 0 for a file without
+    /// data in this set. Empty: not recorded (a catalog from before
+    /// FORMAT.md amendment ten; its encoding has no stored section).
+    pub stored_bytes: Vec<u64>,
     /// Keyed BLAKE3 of the encoding's bytes before it with the set's MAC
     /// key (`Catalog::mac_for`, set by `Catalog::seal`); zero for a set
     /// written without a key. Not checked by `decode` (it has no key).

@@ -303,7 +303,7 @@ impl<'a> CatalogStream<'a> {
         }
         let segments = (files.1, c.at);
         let tail = source.read(segments.1, (tables_end - segments.1) as usize)?;
-        decode_tail(&mut Reader(&tail), &mut head)?;
+        decode_tail(&mut Reader(&tail), &mut head, file_count)?;
         drop(tail);
         let stream = CatalogStream {
             head,

@@ -69,7 +69,19 @@ fn samples() -> Vec<Catalog> {
     let mut empty = sample();
     empty.files.clear();
     empty.segments.clear();
-    vec![sample(), incremental_sample(), parity, empty]
+    // With the stored section (amendment ten), alone and after parity.
+    let mut stored = sample();
+    stored.stored_bytes = vec![0, 3 << 20, 0, 0, 0];
+    let mut parity_stored = parity.clone();
+    parity_stored.stored_bytes = stored.stored_bytes.clone();
+    vec![
+        sample(),
+        incremental_sample(),
+        parity,
+        empty,
+        stored,
+        parity_stored,
+    ]
 }
 
 #[test]

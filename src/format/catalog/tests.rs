@@ -216,6 +216,7 @@ pub(crate) fn sample() -> Catalog {
         removed: Vec::new(),
         renamed: Vec::new(),
         parity: None,
+        stored_bytes: Vec::new(),
         mac: [0x5A; 32],
     }
 }
@@ -249,6 +250,71 @@ fn round_trips() {
     assert_eq!(c.validate(), Ok(()));
     assert!(c.is_incremental() && !sample().is_incremental());
     assert_eq!(Catalog::decode(&c.encode()), Ok(c));
+}
+
+/// The stored section (FORMAT.md 6.1, amendment ten): one varint per
+/// file after the chain (and parity) sections behind a zero tag byte;
+/// a catalog without it (written before) reads as before, with no stored
+/// bytes.
+#[test]
+fn stored_section_is_pinned_and_optional() {
+    let old = sample();
+    let old_buf = old.encode();
+    let mut c = sample();
+    c.stored_bytes = vec![0, 123, 0, 0, 0];
+    let buf = c.encode();
+    assert_eq!(Catalog::decode(&buf), Ok(c.clone()));
+    let tail = CATALOG_MAC_BYTES + CATALOG_CRC_BYTES;
+    let body = old_buf.len() - tail;
+    assert_eq!(buf.len(), old_buf.len() + 6);
+    assert_eq!(buf[..body], old_buf[..body]);
+    assert_eq!(buf[body..body + 6], [0, 0, 123, 0, 0, 0]);
+    assert_eq!(Catalog::decode(&old_buf), Ok(old));
+    // Large values: varints.
+    c.stored_bytes[1] = 10 << 20;
+    assert_eq!(Catalog::decode(&c.encode()), Ok(c.clone()));
+    // Refused: stored bytes for a directory, a hard link, an empty file's
+    // ok (0); one entry short; a section in a catalog without files.
+    let bad = |c: &Catalog, want: FormatError| {
+        assert_eq!(c.validate(), Err(want.clone()));
+        let mut buf = c.encode_unchecked();
+        reseal(&mut buf);
+        assert!(Catalog::decode(&buf).is_err());
+    };
+    let mut dir = c.clone();
+    dir.stored_bytes[0] = 1;
+    let why = "stored bytes for a file without data in this set";
+    bad(&dir, entry_err("file", 0, why));
+    let mut link = c.clone();
+    link.stored_bytes[3] = 1;
+    bad(&link, entry_err("file", 3, why));
+    let mut short = c.clone();
+    short.stored_bytes.pop();
+    bad(
+        &short,
+        FormatError::Catalog("stored section not one entry per file"),
+    );
+    let empty = Catalog {
+        files: Vec::new(),
+        segments: Vec::new(),
+        ..sample()
+    };
+    let mut buf = empty.encode();
+    let at = buf.len() - tail;
+    buf.insert(at, 0);
+    reseal(&mut buf);
+    assert_eq!(
+        Catalog::decode(&buf),
+        Err(FormatError::Catalog(
+            "stored section in a catalog without files"
+        ))
+    );
+    // Cut short: a varint missing.
+    let mut buf = c.encode();
+    let at = buf.len() - tail - 1;
+    buf.remove(at);
+    reseal(&mut buf);
+    assert!(Catalog::decode(&buf).is_err());
 }
 
 #[test]

@@ -52,6 +52,11 @@ impl Catalog {
                 "a table has more than u32::MAX entries",
             ));
         }
+        if !self.stored_bytes.is_empty() && self.stored_bytes.len() != file_count {
+            return Err(FormatError::Catalog(
+                "stored section not one entry per file",
+            ));
+        }
         self.check_chain().map_err(FormatError::Catalog)
     }
 
@@ -70,6 +75,10 @@ impl Catalog {
             why,
         };
         check_file(file, lookup, self.ancestors.len()).map_err(entry)?;
+        let stored = self.stored_bytes.get(index).copied().unwrap_or(0);
+        if stored != 0 && !(file.kind.has_data() && file.origin == 0) {
+            return Err(entry("stored bytes for a file without data in this set"));
+        }
         if file.origin != 0 && !referenced.insert((file.origin, file.origin_file_id)) {
             return Err(entry(
                 "references the same data of an earlier set as another file",

@@ -18,6 +18,7 @@ fn make_catalog(files: Vec<CatalogFile>) -> Catalog {
         removed: Vec::new(),
         renamed: Vec::new(),
         parity: None,
+        stored_bytes: Vec::new(),
         mac: [0; 32],
     }
 }
