@@ -41,11 +41,18 @@ use crate::units::human_bytes;
 /// its rest to the volumes after it.
 const PLANNED_FILL_PERCENT: u64 = 90;
 
+/// What a cartridge of unknown capacity is planned as, and the room a
+/// drive writing one is given: more than any cartridge holds, so that
+/// only its end of medium (ENOSPC at early warning) ends a volume.
+const UNKNOWN_CARTRIDGE_BYTES: u64 = 1 << 50;
+
 /// A scratch cartridge: its slot, barcode and capacity.
 struct Scratch {
     slot: u32,
     barcode: String,
-    capacity: u64,
+    /// None: unknown (a drive that reports no density code, as tgt's and
+    /// scsi_debug's do, and no `--changer /dev/sgN,size=S`).
+    capacity: Option<u64>,
     /// Its early-warning zone where known (an emulated tape's): the end
     /// of its capacity a volume cannot count on, since the write after the
     /// one that enters it fails (ENOSPC) and the volume ends there.
@@ -62,15 +69,26 @@ pub fn run(args: BackupArgs) -> CliResult {
     };
     let mac_key = super::key::load_optional(args.key.as_deref())?;
     let mut changer = changer::open(&text).map_err(Failure::Changer)?;
-    let drives = empty_drives(changer.as_mut())?;
+    let mut drives = empty_drives(changer.as_mut())?;
     let scratch = scratch_cartridges(changer.as_mut(), &drives, &policy, &args)?;
+    let unknown = unknown_capacity(&text, &scratch);
+    if let Some(note) = &unknown {
+        errln!("pbio: {note}");
+        // Written until their end of medium.
+        for (_, spec) in &mut drives {
+            spec.size_bytes.get_or_insert(UNKNOWN_CARTRIDGE_BYTES);
+        }
+    }
     // Planned over every scratch cartridge first, for the bytes it needs.
     let mut set = args.set.clone();
     set.changer = None;
     set.devs = Vec::new();
     let cartridges = scratch
         .iter()
-        .map(|s| (s.barcode.clone(), s.capacity, None))
+        .map(|s| {
+            let capacity = s.capacity.unwrap_or(UNKNOWN_CARTRIDGE_BYTES);
+            (s.barcode.clone(), capacity, None)
+        })
         .collect();
     let mut prepared = prepare_on(&set, Some(cartridges)).map_err(|e| too_large(e, &scratch))?;
     // An appended cartridge has the room its sets leave.
@@ -78,7 +96,12 @@ pub fn run(args: BackupArgs) -> CliResult {
     for (device, s) in prepared.devices.iter_mut().zip(&scratch) {
         device.1 = device.1.saturating_sub(s.point.used_bytes);
     }
-    let needed = volumes_needed(&args, &prepared, &scratch)?;
+    let needed = match unknown {
+        // Nothing to count the cartridges it needs with: one a drive
+        // (all streaming), the others spares taken at end of medium.
+        Some(_) => drives.len().min(scratch.len()),
+        None => volumes_needed(&args, &prepared, &scratch)?,
+    };
     if needed < scratch.len() || appended {
         prepared.devices.truncate(needed);
         let (plan, reserve) = backup::plan_set(
@@ -101,7 +124,10 @@ pub fn run(args: BackupArgs) -> CliResult {
         .map(|s| Volume {
             slot: s.slot,
             barcode: s.barcode.clone(),
-            capacity_bytes: s.capacity.saturating_sub(s.point.used_bytes),
+            // 0 in the catalog: not known.
+            capacity_bytes: s
+                .capacity
+                .map_or(0, |c| c.saturating_sub(s.point.used_bytes)),
             files_before: s.point.files_before,
         })
         .collect();
@@ -220,7 +246,7 @@ fn scratch_cartridges(
             .clone()
             .unwrap_or_else(|| format!("slot{}", s.number));
         let judge = |spec: &DeviceSpec| {
-            let capacity = crate::device::probe(spec).map_or(0, |p| p.capacity_bytes);
+            let capacity = crate::device::probe(spec).ok().map(|p| p.capacity_bytes);
             let point = usable(spec, capacity, policy, args);
             let early_warning = crate::device::vtape::early_warning_bytes(spec).unwrap_or(0);
             (
@@ -271,10 +297,10 @@ fn scratch_cartridges(
 }
 
 /// Where the new set goes on the cartridge `spec` reads (its capacity
-/// `capacity`), or why it is not scratch.
+/// `capacity`, None: unknown), or why it is not scratch.
 fn usable(
     spec: &DeviceSpec,
-    capacity: u64,
+    capacity: Option<u64>,
     policy: &Policy,
     args: &BackupArgs,
 ) -> Result<AppendPoint, Failure> {
@@ -288,6 +314,9 @@ fn usable(
                     .map(|()| AppendPoint::default())
             })
     }?;
+    let Some(capacity) = capacity else {
+        return Ok(point);
+    };
     if point.used_bytes > capacity / 8 * 7 {
         return Err(Failure::Usage(format!(
             "--append: its sets leave {} of {}, less than an eighth",
@@ -481,13 +510,35 @@ fn too_large(failure: Failure, scratch: &[Scratch]) -> Failure {
     else {
         return failure;
     };
-    let capacity = scratch.first().map_or(0, |s| s.capacity);
+    let capacity = scratch.first().and_then(|s| s.capacity).unwrap_or(0);
+    let all: u64 = scratch.iter().filter_map(|s| s.capacity).sum();
     Failure::Usage(format!(
         "the set needs {} more than the {} scratch cartridges hold together ({} each, {} in all, less each one's label and catalog): nothing was written",
         human_bytes(missing_bytes),
         scratch.len(),
         human_bytes(capacity),
-        human_bytes(capacity * scratch.len() as u64)
+        human_bytes(all)
+    ))
+}
+
+/// When a scratch cartridge's capacity is unknown (its drive reports no
+/// density code and the changer was given no `,size=`): the note saying
+/// so. The set is then not checked against the cartridges before it is
+/// written: each is written to its end of medium, and the set spans.
+fn unknown_capacity(text: &str, scratch: &[Scratch]) -> Option<String> {
+    let unknown: Vec<&str> = scratch
+        .iter()
+        .filter(|s| s.capacity.is_none())
+        .map(|s| s.barcode.as_str())
+        .collect();
+    if unknown.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "changer {text}: the capacity of {} of the {} scratch cartridges is unknown ({}: the drive reports no density code); give it as --changer {text},size=S to plan with it and to have a set larger than the cartridges refused before writing. Without it the set is not checked against the cartridges: each is written to its end of medium and the set spans onto the next",
+        unknown.len(),
+        scratch.len(),
+        unknown.join(" ")
     ))
 }
 
@@ -769,4 +820,47 @@ fn library_sets(
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(slot: u32, capacity: Option<u64>) -> Scratch {
+        Scratch {
+            slot,
+            barcode: format!("PB{slot:04}L6"),
+            capacity,
+            early_warning: 0,
+            point: AppendPoint::default(),
+        }
+    }
+
+    #[test]
+    fn an_unknown_capacity_is_said_not_counted_as_zero() {
+        let known = [scratch(1, Some(40 << 20)), scratch(2, Some(40 << 20))];
+        assert_eq!(unknown_capacity("/dev/sg1", &known), None);
+        let mixed = [scratch(1, Some(40 << 20)), scratch(2, None)];
+        let note = unknown_capacity("/dev/sg1", &mixed).expect("one is unknown");
+        assert!(
+            note.contains("1 of the 2 scratch cartridges is unknown (PB0002L6"),
+            "{note}"
+        );
+        assert!(note.contains("--changer /dev/sg1,size=S"), "{note}");
+        assert!(!note.contains("0 bytes"), "{note}");
+        // The refusal with a size counts only the known capacities.
+        let refused = too_large(
+            Failure::Plan(backup::PlanSetError::Plan(
+                crate::plan::PlanError::DoesNotFit {
+                    missing_bytes: 1 << 20,
+                },
+            )),
+            &known,
+        );
+        let text = refused.to_string();
+        assert!(
+            text.contains("2 scratch cartridges hold together (40.00 MiB each, 80.00 MiB in all"),
+            "{text}"
+        );
+    }
 }

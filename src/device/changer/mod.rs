@@ -161,7 +161,7 @@ pub trait Changer: Send {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangerError {
-    #[error("changer '{0}': not a changer (give /dev/sgN of a medium changer, or vlib:DIR[,slots=N][,drives=D][,size=S])")]
+    #[error("changer '{0}': not a changer (give /dev/sgN[,size=S] of a medium changer, or vlib:DIR[,slots=N][,drives=D][,size=S])")]
     Spec(String),
     #[error("changer {changer}: no slot {slot} (slots are 1..={slots})")]
     NoSuchSlot {
@@ -245,15 +245,48 @@ impl ChangerError {
     }
 }
 
-/// Open the changer `text` names: `vlib:DIR[,...]` or a SCSI generic node.
+/// Open the changer `text` names: `vlib:DIR[,...]` or a SCSI generic
+/// node `/dev/sgN[,size=S]` (S: the cartridges' native capacity, for
+/// drives that report none).
 pub fn open(text: &str) -> Result<Box<dyn Changer>, ChangerError> {
     if text.starts_with(vlib::PREFIX) {
         return Ok(Box::new(vlib::VirtualLibrary::open(text)?));
     }
-    if text.is_empty() || text.contains(',') {
+    let (path, cartridge_bytes) = parse_scsi(text)?;
+    Ok(Box::new(
+        sg::ScsiChanger::open(std::path::Path::new(path))?.with_cartridge_bytes(cartridge_bytes),
+    ))
+}
+
+/// `/dev/sgN[,size=S]`: the node and the cartridges' size.
+fn parse_scsi(text: &str) -> Result<(&str, Option<u64>), ChangerError> {
+    let mut parts = text.split(',');
+    let path = parts.next().unwrap_or_default();
+    if path.is_empty() {
         return Err(ChangerError::Spec(text.to_string()));
     }
-    Ok(Box::new(sg::ScsiChanger::open(std::path::Path::new(text))?))
+    let mut size = None;
+    for option in parts {
+        let refused = |why: String| ChangerError::Refused {
+            changer: text.to_string(),
+            why,
+        };
+        match option.split_once('=') {
+            Some(("size", value)) if size.is_none() => {
+                let bytes = crate::units::parse_size(value).map_err(|e| refused(format!("size: {e}")))?;
+                if bytes == 0 {
+                    return Err(refused("size: a cartridge of 0 bytes".into()));
+                }
+                size = Some(bytes);
+            }
+            _ => {
+                return Err(refused(format!(
+                    "unknown or repeated option '{option}' (a SCSI changer takes ,size=S: its cartridges' native capacity)"
+                )))
+            }
+        }
+    }
+    Ok((path, size))
 }
 
 #[cfg(test)]
@@ -288,6 +321,28 @@ mod tests {
                     device: None,
                 },
             ],
+        }
+    }
+
+    #[test]
+    fn a_scsi_changer_takes_the_cartridge_size() {
+        assert_eq!(parse_scsi("/dev/sg1").unwrap(), ("/dev/sg1", None));
+        assert_eq!(
+            parse_scsi("/dev/sg1,size=40M").unwrap(),
+            ("/dev/sg1", Some(40 << 20))
+        );
+        for bad in [
+            "",
+            ",size=1M",
+            "/dev/sg1,size=",
+            "/dev/sg1,size=0",
+            "/dev/sg1,size=1M,size=2M",
+            "/dev/sg1,slots=3",
+            "/dev/sg1,",
+        ] {
+            let e = parse_scsi(bad).unwrap_err();
+            assert!(e.is_request(), "{bad}: {e}");
+            assert!(e.to_string().contains(bad), "{bad}: {e}");
         }
     }
 

@@ -91,6 +91,9 @@ pub struct ScsiChanger {
     file: File,
     description: String,
     addresses: AddressAssignment,
+    /// `,size=S`: the native capacity of the library's cartridges, given
+    /// to each drive's device (its `,size=`), for drives that report none.
+    cartridge_bytes: Option<u64>,
 }
 
 /// Element addresses behind a `Status`'s slot and drive numbers.
@@ -132,6 +135,7 @@ impl ScsiChanger {
             file,
             description: String::new(),
             addresses: AddressAssignment::default(),
+            cartridge_bytes: None,
         };
         let mut buf = [0u8; 96];
         let n = changer.command("INQUIRY", &smc::inquiry_cdb(96), &mut buf, TIMEOUT_MS)?;
@@ -160,6 +164,14 @@ impl ScsiChanger {
         changer.addresses = smc::parse_address_assignment(&page[..n])
             .map_err(|e| changer.answer("MODE SENSE (element address assignment)", e))?;
         Ok(changer)
+    }
+
+    /// The cartridges hold `bytes` each (`--changer /dev/sgN,size=S`):
+    /// every drive's device gets it as its `,size=`, which a drive that
+    /// reports no density code needs to be written.
+    pub fn with_cartridge_bytes(mut self, bytes: Option<u64>) -> ScsiChanger {
+        self.cartridge_bytes = bytes;
+        self
     }
 
     fn command(
@@ -302,6 +314,10 @@ impl ScsiChanger {
                         .iter()
                         .find(|(node_serial, _)| serial_matches(node_serial, s))
                         .and_then(|(_, node)| DeviceSpec::parse(&node.display().to_string()).ok())
+                        .map(|spec| DeviceSpec {
+                            size_bytes: self.cartridge_bytes,
+                            ..spec
+                        })
                 });
                 Drive {
                     number: i as u32,
