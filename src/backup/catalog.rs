@@ -162,7 +162,8 @@ pub(super) fn placements(outcomes: &[RingOutcome]) -> Vec<CatalogSegment> {
 /// Per file, the digest (`format::file_digest`) of the durable records of
 /// the devices that did not fail, each record offset once (the digest of
 /// no records for a file with none), and the bytes those records take as
-/// stored (the catalog's stored section). The records are gathered in one
+/// stored (the catalog's stored section; empty when every record is
+/// stored at its payload length). The records are gathered in one
 /// list sorted by file (not a list per file: most files of a large tree
 /// have one record or none).
 pub(super) fn digests(
@@ -194,6 +195,12 @@ pub(super) fn digests(
         digests[file as usize] = crate::format::file_digest(&mut mine);
         stored[file as usize] = records[at..end].iter().map(|r| u64::from(r.2)).sum();
         at = end;
+    }
+    // The stored section only where it says something: a set none of
+    // whose records is stored shorter than its payload (not compressed)
+    // has none, and a reader of many files holds nothing for it.
+    if records.iter().all(|r| r.2 == r.1 .1) {
+        stored = Vec::new();
     }
     (digests, stored)
 }
