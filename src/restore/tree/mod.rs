@@ -394,14 +394,20 @@ pub fn finish(
     // The directory of each entry, resolved once while kept open.
     let mut dirs = Dirs::default();
     let small = staged.small.as_ref();
-    let small_failed = small.map(Small::take_failed).unwrap_or_default();
-    for (i, file) in chosen(FileKind::has_data) {
-        if let Some(small) = small.filter(|s| s.dir(i).is_some()) {
-            let failed = small_failed.get(&(i as u32)).map(String::as_str);
-            match finish_small(small, i, file, &verdicts[i], failed, meta) {
+    if let Some(small) = small {
+        let indices: Vec<usize> = chosen(FileKind::has_data)
+            .map(|(i, _)| i)
+            .filter(|&i| small.dir(i).is_some())
+            .collect();
+        for (i, result) in finish_smalls(small, &indices, files, verdicts, meta) {
+            match result {
                 Ok(()) => out.done[i] = true,
                 Err(error) => out.errors.push(error),
             }
+        }
+    }
+    for (i, file) in chosen(FileKind::has_data) {
+        if small.is_some_and(|s| s.dir(i).is_some()) {
             continue;
         }
         let temp = at::split_parent(temp_of(&staged, i)).1;
@@ -456,6 +462,53 @@ pub fn finish(
         }
     }
     out
+}
+
+/// Threads that finish small files at most, and files each takes at least.
+const SMALL_FINISH_THREADS_MAX: usize = 4;
+const SMALL_FINISH_FILES_MIN: usize = 2048;
+
+/// `finish_small` of the small files `indices` (in catalog order), shared
+/// out over a few threads: each file is its own name in its own
+/// directory, so they are independent. Results in the order given.
+fn finish_smalls(
+    small: &Small,
+    indices: &[usize],
+    files: &[CatalogFile],
+    verdicts: &[Verdict],
+    meta: Meta,
+) -> Vec<(usize, Result<(), TreeError>)> {
+    let failed = small.take_failed();
+    let failed = &failed;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, SMALL_FINISH_THREADS_MAX);
+    let per_thread = indices.len().div_ceil(threads).max(SMALL_FINISH_FILES_MIN);
+    let finish_all = move |chunk: &[usize]| -> Vec<(usize, Result<(), TreeError>)> {
+        chunk
+            .iter()
+            .map(|&i| {
+                let why = failed.get(&(i as u32)).map(String::as_str);
+                (
+                    i,
+                    finish_small(small, i, &files[i], &verdicts[i], why, meta),
+                )
+            })
+            .collect()
+    };
+    if indices.len() <= per_thread {
+        return finish_all(indices);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = indices
+            .chunks(per_thread)
+            .map(|chunk| scope.spawn(move || finish_all(chunk)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a small-file finish thread panicked"))
+            .collect()
+    })
 }
 
 /// A small file (`small`) after the read: a good one gets its owner, mode
