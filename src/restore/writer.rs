@@ -380,3 +380,62 @@ impl Drop for Writer {
         let _ = self.drain();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::BufferPool;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_small_file_is_created_written_and_closed_once_and_never_over_an_existing_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = File::open(tmp.path()).unwrap();
+        std::fs::write(tmp.path().join("taken"), b"old").unwrap();
+        let pool = BufferPool::new(1, 1 << 20);
+        let mut lease = pool.lease_all().pop().unwrap();
+        for (i, b) in lease.bytes_mut().iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let window = Arc::new(lease);
+        let mut w = Writer::new().unwrap();
+        assert!(
+            w.can_create(),
+            "kernel without OpenAt/Close on direct descriptors"
+        );
+        let fd = dir.as_fd().as_raw_fd();
+        // Copied (small) and from the window (above COPY_BYTES_MAX).
+        w.create(1, fd, b"small", 0o640, &window, 10..4106).unwrap();
+        w.create(2, fd, b"large", 0o600, &window, 0..COPY_BYTES_MAX + 1)
+            .unwrap();
+        w.create(3, fd, b"taken", 0o644, &window, 0..3).unwrap();
+        w.finish().unwrap();
+        assert_eq!(
+            w.window_chains, 0,
+            "finish waits for chains that hold a window"
+        );
+        w.drain().unwrap();
+        let small = std::fs::read(tmp.path().join("small")).unwrap();
+        assert_eq!(small, window.bytes()[10..4106]);
+        let large = std::fs::read(tmp.path().join("large")).unwrap();
+        assert_eq!(large, window.bytes()[..COPY_BYTES_MAX + 1]);
+        assert_eq!(std::fs::read(tmp.path().join("taken")).unwrap(), b"old");
+        let failures = w.take_failures();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert_eq!(failures[0].0, 3);
+        let CreateFailure::NotCreated(e) = &failures[0].1 else {
+            panic!("{failures:?}")
+        };
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+        assert_eq!(w.free.len(), FILE_SLOTS as usize, "every slot free again");
+        // Far more files than slots: each waits for a free slot.
+        for i in 0..(FILE_SLOTS * 3) {
+            let name = format!("f{i}");
+            w.create(10 + i, fd, name.as_bytes(), 0o644, &window, 0..100)
+                .unwrap();
+        }
+        w.drain().unwrap();
+        assert!(w.take_failures().is_empty());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 3 + 3 * 64);
+    }
+}
