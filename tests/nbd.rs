@@ -278,6 +278,45 @@ fn round_trip_over_a_loop_device_a_lan_and_a_wan_site() {
     );
 }
 
+/// `--parity 1` over a loop device and two NBD exports: the parity
+/// records go to the exports through their transport like data records,
+/// computed while the data is written (nothing read back), and a restore
+/// without the LAN site rebuilds its records from the other two.
+#[test]
+fn parity_over_nbd_exports_is_written_inline_and_rebuilds_a_missing_site() {
+    let test = "parity_over_nbd_exports_is_written_inline_and_rebuilds_a_missing_site";
+    if !Bed::available(test) {
+        return;
+    }
+    let _shared = shared();
+    let bed = Bed::new();
+    let src = tree(bed.path(), 100, 24 << 20);
+    let devs = bed.devs(["", "", ""]);
+    let run = pbio(&backup_args(&src, &devs, &["--parity", "1"]), MINUTE);
+    run.no_panic();
+    assert_eq!(run.code, 0, "backup: {}", run.show());
+    let summary = run.summary();
+    assert_eq!(states(&summary), ["complete"; 3], "{summary}");
+    let parity = &summary["parity"];
+    assert!(parity["records"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(parity["read_back_bytes"], 0, "{summary}");
+    assert_eq!(parity["inline_stripes"], parity["stripes"], "{summary}");
+
+    let without_lan = [devs[0].clone(), devs[2].clone()];
+    let out = bed.path().join("restored");
+    let to = out.display().to_string();
+    let args = with_devs(strings(&["restore", "--json", "--to", &to]), &without_lan);
+    let run = pbio(&args, MINUTE);
+    run.no_panic();
+    assert_eq!(run.code, 0, "restore without the LAN site: {}", run.show());
+    assert_identical(&src, &out.join("tree"));
+    assert!(
+        run.summary()["rebuild"]["bytes"].as_u64().unwrap() > 0,
+        "nothing rebuilt: {}",
+        run.show()
+    );
+}
+
 #[test]
 fn balance_time_gives_the_wan_site_proportionally_less() {
     let test = "balance_time_gives_the_wan_site_proportionally_less";

@@ -64,7 +64,7 @@ mod write;
 pub use outcome::{
     DeviceFault, Fault, Placed, RecordDone, RingEnd, RingError, RingOutcome, RingStats,
 };
-pub use stripe::{shard_of, ClosedStripe, Member, ParityDone, StripeSink};
+pub use stripe::{ClosedStripe, Member, ParityDone, StripeSink};
 
 /// Most records in flight per device.
 pub const QUEUE_DEPTH_MAX: usize = 256;

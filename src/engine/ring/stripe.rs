@@ -8,8 +8,8 @@
 //! a copy of it as its shard (header block with the magic zeroed, stored
 //! payload, zero padding: docs/FORMAT.md 5.1). The sink's
 //! `plan::stripe::Assigner` puts it into a stripe; when a stripe closes,
-//! its parity is encoded (on the thread that closed it, under the sink's
-//! lock: one stripe's encode is a fraction of a millisecond) and each
+//! its parity is encoded on the thread that closed it, after the sink's
+//! lock is let go (the other rings go on offering meanwhile), and each
 //! parity record is queued for the device that takes it. A ring takes the
 //! parity records queued for it before new data (`Ring::take_parity`),
 //! copies each into one of its parity slots, numbers and places it as the
@@ -35,8 +35,11 @@ use crate::parity::Codec;
 use crate::plan::stripe::{Assigner, Ended};
 
 /// Open stripes at once, per device of the set (memory: this many
-/// stripes of up to `k` records of one chunk each).
-pub const WINDOW_PER_DEVICE: usize = 4;
+/// stripes of up to `k` records of one chunk each). A ring hands its
+/// records over in bursts of up to its queue depth (32 by default), each
+/// needing a stripe of its own: a window smaller than a burst closes
+/// stripes narrow (more parity bytes: measured in PERF.md "#19 inline").
+pub const WINDOW_PER_DEVICE: usize = 16;
 
 /// A data record of a stripe: where it is and what it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +96,16 @@ struct State {
     /// Devices still producing data (neither done nor gone).
     active: usize,
     closed: Vec<ClosedStripe>,
-    codecs: Vec<Option<Codec>>,
+    codecs: Vec<Option<std::sync::Arc<Codec>>>,
+}
+
+/// A closed stripe to encode: its records and shards, its parity devices
+/// and their queues.
+struct Job {
+    id: u64,
+    records: Vec<(Member, Vec<u8>)>,
+    parity: Vec<u32>,
+    senders: Vec<Option<Sender<ParityRecord>>>,
 }
 
 /// The stripes of one backup run, shared by its rings (see the module doc).
@@ -103,7 +115,14 @@ pub struct StripeSink {
     device_count: u32,
     state: Mutex<State>,
     receivers: Vec<Receiver<ParityRecord>>,
+    /// Shard and parity buffers to use again: a record-sized allocation
+    /// per record would map and fault in fresh pages each time (measured:
+    /// the kernel time of a run doubled).
+    free: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Most buffers kept for use again.
+const FREE_BUFFERS_MAX: usize = 64;
 
 impl StripeSink {
     pub fn new(device_count: usize, m: usize, set_id: SetId) -> StripeSink {
@@ -127,6 +146,37 @@ impl StripeSink {
                 codecs: Vec::new(),
             }),
             receivers,
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A buffer of `len` bytes, zeros or not.
+    fn buffer(&self, len: usize) -> Vec<u8> {
+        let mut b = self
+            .free
+            .lock()
+            .expect("stripe buffers")
+            .pop()
+            .unwrap_or_default();
+        b.resize(len, 0);
+        b
+    }
+
+    /// `record` (a record's bytes as they go to media: header block,
+    /// stored payload, padding) copied as its shard: the magic zeroed.
+    pub fn shard_of(&self, record: &[u8]) -> Vec<u8> {
+        let mut shard = self.buffer(0);
+        shard.extend_from_slice(record);
+        crate::format::parity::record_to_shard(&mut shard);
+        shard
+    }
+
+    /// A buffer back for use again (a parity record's payload once its
+    /// ring copied it).
+    pub fn recycle(&self, buffer: Vec<u8>) {
+        let mut free = self.free.lock().expect("stripe buffers");
+        if free.len() < FREE_BUFFERS_MAX {
+            free.push(buffer);
         }
     }
 
@@ -156,7 +206,9 @@ impl StripeSink {
             debug_assert_eq!(records.len(), j.index);
             records.push((member, shard));
         }
-        self.end(&mut st, ended);
+        let jobs = self.end(&mut st, ended);
+        drop(st);
+        self.encode_all(jobs);
     }
 
     /// `device` has written all its data (it still takes parity).
@@ -164,8 +216,10 @@ impl StripeSink {
         let mut st = self.lock();
         let ended = st.assigner.done(device);
         st.active -= 1;
-        self.end(&mut st, ended);
+        let jobs = self.end(&mut st, ended);
         self.disconnect_when_over(&mut st);
+        drop(st);
+        self.encode_all(jobs);
     }
 
     /// `device` stopped (full or failed): it takes no more part, and the
@@ -178,9 +232,10 @@ impl StripeSink {
             st.active -= 1;
         }
         st.senders[device as usize] = None;
-        self.end(&mut st, ended);
+        let jobs = self.end(&mut st, ended);
         self.disconnect_when_over(&mut st);
         drop(st);
+        self.encode_all(jobs);
         // What was queued for it is never written.
         while self.receivers[device as usize].try_recv().is_ok() {}
     }
@@ -199,25 +254,67 @@ impl StripeSink {
         closed
     }
 
-    fn end(&self, st: &mut State, ended: Vec<Ended>) {
+    /// The stripes that ended, to encode once the lock is let go (the
+    /// other rings go on offering meanwhile). Each takes a clone of the
+    /// senders of its parity devices: a queue stays open until what is
+    /// being encoded for it is sent.
+    fn end(&self, st: &mut State, ended: Vec<Ended>) -> Vec<Job> {
+        let mut jobs = Vec::new();
         for e in ended {
             let records = st.open.remove(&e.key()).unwrap_or_default();
             let Ended::Closed {
                 id, data, parity, ..
             } = e
             else {
+                for (_, b) in records {
+                    self.recycle(b);
+                }
                 continue;
             };
             debug_assert!(records
                 .iter()
                 .map(|(r, _)| r.device)
                 .eq(data.iter().copied()));
-            self.encode(st, id, records, parity);
+            let senders = parity
+                .iter()
+                .map(|&d| st.senders[d as usize].clone())
+                .collect();
+            jobs.push(Job {
+                id,
+                records,
+                parity,
+                senders,
+            });
+        }
+        jobs
+    }
+
+    fn encode_all(&self, jobs: Vec<Job>) {
+        for job in jobs {
+            self.encode(job);
         }
     }
 
-    /// Encode closed stripe `id` and queue its parity records.
-    fn encode(&self, st: &mut State, id: u64, records: Vec<(Member, Vec<u8>)>, parity: Vec<u32>) {
+    /// The codec of `k` data and `m` parity shards (made once).
+    fn codec(&self, k: usize, m: usize) -> Option<std::sync::Arc<Codec>> {
+        let mut st = self.lock();
+        if st.codecs.len() <= k {
+            st.codecs.resize_with(k + 1, || None);
+        }
+        if st.codecs[k].is_none() {
+            st.codecs[k] = Codec::new(k, m).ok().map(std::sync::Arc::new);
+        }
+        st.codecs[k].clone()
+    }
+
+    /// Encode a closed stripe and queue its parity records.
+    fn encode(&self, job: Job) {
+        let Job {
+            id,
+            records,
+            parity,
+            senders,
+        } = job;
         let k = records.len();
         let m = parity.len();
         let largest = records
@@ -227,13 +324,7 @@ impl StripeSink {
             .unwrap_or(0);
         let shard_bytes = crate::format::parity::shard_bytes_for(largest);
         let shard = shard_bytes as usize;
-        if st.codecs.len() <= k {
-            st.codecs.resize_with(k + 1, || None);
-        }
-        if st.codecs[k].is_none() {
-            st.codecs[k] = Codec::new(k, m).ok();
-        }
-        let Some(codec) = st.codecs[k].as_ref() else {
+        let Some(codec) = self.codec(k, m) else {
             return;
         };
         let mut members = Vec::with_capacity(k);
@@ -244,13 +335,22 @@ impl StripeSink {
             members.push(r);
             shards.push(bytes);
         }
-        let mut payloads: Vec<Vec<u8>> = (0..m).map(|_| vec![0u8; shard]).collect();
+        let mut payloads: Vec<Vec<u8>> = (0..m)
+            .map(|_| {
+                let mut b = self.buffer(shard);
+                b.fill(0);
+                b
+            })
+            .collect();
         {
             let refs: Vec<&[u8]> = shards.iter().map(|s| &s[..]).collect();
             let mut outs: Vec<&mut [u8]> = payloads.iter_mut().map(|p| &mut p[..]).collect();
             if codec.encode(&refs, &mut outs).is_err() {
                 return;
             }
+        }
+        for b in shards {
+            self.recycle(b);
         }
         let all: Vec<u32> = members
             .iter()
@@ -283,11 +383,11 @@ impl StripeSink {
                 members: all.clone(),
                 data: entries.clone(),
             };
-            if let Some(tx) = &st.senders[parity[j] as usize] {
+            if let Some(tx) = &senders[j] {
                 let _ = tx.send(ParityRecord { header, payload });
             }
         }
-        st.closed.push(ClosedStripe {
+        self.lock().closed.push(ClosedStripe {
             id,
             data: members,
             parity,
@@ -295,14 +395,6 @@ impl StripeSink {
             shard_bytes,
         });
     }
-}
-
-/// A record's bytes as they go to media (`record`: header block, stored
-/// payload, padding) copied as its shard: the magic zeroed.
-pub fn shard_of(record: &[u8]) -> Vec<u8> {
-    let mut shard = record.to_vec();
-    crate::format::parity::record_to_shard(&mut shard);
-    shard
 }
 
 /// Parity records a ring has in hand at once (each one slot of header
@@ -411,7 +503,7 @@ impl<'a> Ring<'a> {
             payload_bytes: g.payload_bytes,
             payload_crc: g.payload_crc,
         };
-        sink.offer(member, shard_of(&s.lease.bytes()[..media]));
+        sink.offer(member, sink.shard_of(&s.lease.bytes()[..media]));
     }
 
     /// Take the parity records queued for this device while a parity
@@ -450,6 +542,9 @@ impl<'a> Ring<'a> {
         let bytes = self.parity.slots[j].bytes_mut();
         header.encode_into(&mut bytes[..HEADER_BYTES]);
         bytes[HEADER_BYTES..media_bytes].copy_from_slice(&record.payload);
+        if let Some(sink) = self.stripes {
+            sink.recycle(record.payload);
+        }
         let p = self.parity.records.len();
         self.parity.records.push(ParityGen {
             stripe: header.stripe_id,
