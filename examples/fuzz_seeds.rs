@@ -233,6 +233,12 @@ fn main() -> std::io::Result<()> {
     };
     catalog.seal(Some(&key));
     write("catalog", &catalog.encode())?;
+    // The same with the stored section (FORMAT.md 6.1, amendment nine):
+    // the regular file compressed, the block device stored raw.
+    catalog.stored_bytes = vec![0, 1 << 19, 0, 0, 0, 1 << 20, 0, 0, 0, 0];
+    catalog.seal(Some(&key));
+    let dir = root.join("catalog");
+    std::fs::write(dir.join("seed-stored"), catalog.encode())?;
     // nbd_reply: control byte (structured, first read 4096 bytes, one-byte
     // fragments), then a structured data chunk and hole for handle 0, a
     // simple reply for handle 2 (the write).

@@ -409,21 +409,20 @@ fn print_head(
     segments: usize,
     totals: &Totals,
 ) {
+    // On the first line: the lines after it are the files (scripts
+    // take them so).
+    let stored = totals.stored_bytes.map_or(String::new(), |stored| {
+        format!(", data {} bytes, {stored} stored", totals.payload_bytes)
+    });
     outln!(
-        "{} (device {} of {}), {} entries, {} segments",
+        "{} (device {} of {}), {} entries, {} segments{}",
         crate::restore::chain::describe(c),
         label.device_index,
         label.device_count,
         files,
-        segments
+        segments,
+        stored
     );
-    if let Some(stored) = totals.stored_bytes {
-        outln!(
-            "data in this set: {} bytes, {} bytes stored",
-            totals.payload_bytes,
-            stored
-        );
-    }
     if let Some(parent) = c.ancestors.first() {
         outln!(
             "incremental over set {}: {} unchanged files referenced, {} paths removed, {} renamed",

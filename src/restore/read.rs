@@ -368,6 +368,12 @@ struct DeviceReader<'a> {
     /// worker opens it in place, so it goes only once the stream's item
     /// of that record (which borrows its bytes) is over.
     deferred: Option<OpenJob>,
+    /// Records are opened in place in the windows (a disk's windows hold
+    /// many records, so deferring each job by one item costs little). A
+    /// tape's buffer holds one record and the next item is the Reclaim
+    /// that waits for it: there the workers copy before opening, so that
+    /// opening a block overlaps reading the next.
+    open_in_place: bool,
     /// The set is sealed and its data key held: a sealed record's CRC32C
     /// is not checked, its tag authenticates the same bytes (FORMAT.md
     /// section 5.2); opening it decides.
@@ -421,6 +427,7 @@ impl<'a> DeviceReader<'a> {
             no_workers: false,
             worker_file: None,
             deferred: None,
+            open_in_place: dev.access() == crate::device::Access::Random,
             tag_checks: label.seal.is_sealed()
                 && crate::format::seal::keyring::data_key(label.set_id).is_some(),
             out: DeviceRead {
@@ -524,15 +531,20 @@ impl<'a> DeviceReader<'a> {
             || header.transform.seal.is_sealed();
         if let (true, Payload::Window { window, range }) = (transformed, &source) {
             if self.workers_started() {
-                // Sent at the next item (`deferred`).
-                self.deferred = Some(OpenJob {
+                let job = OpenJob {
                     position,
                     header: *header,
                     window: window.clone(),
                     range: range.clone(),
                     target,
                     destination: None,
-                });
+                    in_place: self.open_in_place,
+                };
+                if !self.open_in_place {
+                    return self.send_job(job);
+                }
+                // Sent at the next item (`deferred`).
+                self.deferred = Some(job);
                 return Ok(());
             }
         }

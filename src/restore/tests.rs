@@ -186,6 +186,9 @@ fn workers_place_good_records_and_let_go_of_the_window() {
             range,
             target: 7,
             destination: Some(file.clone()),
+            // The first opened in place (this test holds no reference
+            // into the window meanwhile), the second copied first.
+            in_place: position == 4096,
         };
         workers.send(job, &mut keep).unwrap();
     }

@@ -154,11 +154,12 @@ const QUEUE_MAX: usize = 64;
 
 /// A sealed or compressed record for the workers: its stored bytes in a
 /// stream window (held until the job is done, so the window is not read
-/// into meanwhile), and where its payload goes. The worker opens the
-/// record in place in the window: `range` must be the job's alone from
-/// when it is sent until its result is received (no reference to those
-/// bytes held or made by anyone else, the reader included: it sends a
-/// job only after the stream's item of that record returned).
+/// into meanwhile), and where its payload goes. With `in_place` the
+/// worker opens the record in place in the window: `range` must then be
+/// the job's alone from when it is sent until its result is received (no
+/// reference to those bytes held or made by anyone else, the reader
+/// included: it sends such a job only after the stream's item of that
+/// record returned). Without, it copies the stored bytes before opening.
 pub(super) struct OpenJob {
     pub(super) position: u64,
     pub(super) header: RecordHeader,
@@ -168,6 +169,8 @@ pub(super) struct OpenJob {
     pub(super) target: u32,
     /// Its open destination and name; None: verify, nothing written.
     pub(super) destination: Option<(Arc<File>, Arc<str>)>,
+    /// Open it in place in the window (see above).
+    pub(super) in_place: bool,
 }
 
 /// What a worker made of a record.
@@ -295,22 +298,29 @@ impl Inflate {
             range,
             target,
             destination,
+            in_place,
         } = job;
-        assert!(
-            range.start <= range.end && range.end <= window.len(),
-            "a job's range lies inside its window"
-        );
-        // SAFETY: `range` of the window is this job's alone until its
-        // result is received (`OpenJob`): the reader sent it only after
-        // the stream's item of the record returned and touches no byte of
-        // it again, the stream hands each range out once, and it reads
-        // into the window again only once every clone of it is dropped
-        // (`Item::Reclaim`, then `Arc::get_mut`): no other reference to
-        // these bytes exists or is made while this one lives, and no I/O
-        // is in flight over them. The assert keeps it inside the slot.
-        let stored =
-            unsafe { std::slice::from_raw_parts_mut(window.ptr_at(range.start), range.len()) };
-        let opened = match self.payload_in_place(&header, stored) {
+        let payload = if in_place {
+            assert!(
+                range.start <= range.end && range.end <= window.len(),
+                "a job's range lies inside its window"
+            );
+            // SAFETY: `range` of the window is this job's alone until its
+            // result is received (`OpenJob`, `in_place`): the reader sent
+            // it only after the stream's item of the record returned and
+            // touches no byte of it again, the stream hands each range out
+            // once, and it reads into the window again only once every
+            // clone of it is dropped (`Item::Reclaim`, then
+            // `Arc::get_mut`): no other reference to these bytes exists or
+            // is made while this one lives, and no I/O is in flight over
+            // them. The assert keeps it inside the slot.
+            let stored =
+                unsafe { std::slice::from_raw_parts_mut(window.ptr_at(range.start), range.len()) };
+            self.payload_in_place(&header, stored)
+        } else {
+            self.payload(&header, &window.bytes()[range])
+        };
+        let opened = match payload {
             Err(why) => Opened::Refused {
                 position,
                 header,
