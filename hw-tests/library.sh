@@ -3,16 +3,21 @@
 # commands through SG_IO) moves the cartridges, the drives (st) write and
 # read them.
 #
+# 0. With the cartridges' size given (`--changer C,size=S`, S so small
+#    that the set cannot fit): refused before writing, with the numbers.
 # 1. Spanning: `pbio backup --changer` of PBIO_LIBRARY_SIZE over every
 #    drive whose tape node pbio matched, onto more cartridges than there
-#    are drives, then `pbio restore --changer --drive N` with ONE drive,
-#    compared byte for byte with the source; afterwards every drive is
-#    empty again. pbio loads the cartridges through the drives itself.
+#    are drives, then `pbio restore --changer --drive N --set ID` with ONE
+#    drive, compared byte for byte with the source; afterwards every drive
+#    is empty again. pbio loads the cartridges through the drives itself.
+#    No `,size=`: where the drives report no capacity (density code 0, as
+#    tgt's do) pbio says so and spans at each cartridge's end of medium.
 # 2. Two cartridges loaded with `pbio changer load`, a set of
 #    PBIO_LIBRARY_FIT_SIZE written through both drives (--dev), the
 #    cartridges ejected (mt offline) and unloaded; then `pbio restore
 #    --changer` with ONE drive: pbio loads each cartridge of the set into
-#    it in turn (and reads the labels of the others), and the restore is
+#    it in turn (and reads the labels of the others; the cartridges of
+#    part 1 still hold that set's other volumes: --set chooses), and the restore is
 #    compared byte for byte with the source; afterwards every drive is
 #    empty again.
 #
@@ -25,6 +30,8 @@
 #   PBIO_LIBRARY_CARTRIDGE_SIZE  the cartridges' native capacity (e.g. 12T), for
 #                           drives that report none (density code 0, as tgt's and
 #                           scsi_debug's do): part 2's --dev NODE,size=N
+#   PBIO_LIBRARY_TAPE_BLOCK [1M]  backup --tape-block (the VM run gives 64K:
+#                           hw-tests/README.md, item 7)
 #   PBIO, PBIO_WORK         as in lib.sh
 hw_suite="library"
 . "$(dirname "$0")/lib.sh"
@@ -38,6 +45,9 @@ work_init
 C=$PBIO_CHANGER
 span_size=${PBIO_LIBRARY_SIZE:-96M}
 fit_size=${PBIO_LIBRARY_FIT_SIZE:-24M}
+tape_block=${PBIO_LIBRARY_TAPE_BLOCK:-1M}
+# set_of LOG: the set id of the backup whose --json output LOG holds.
+set_of() { grep -o '"set_id":"[0-9a-f]*"' "$1" | tail -n1 | cut -d'"' -f4; }
 
 # status: the drives pbio matched to tape nodes ("--dev NODE" on the line).
 status() {
@@ -119,10 +129,19 @@ drives_empty() {
     fi
 }
 
-# 1. Spanning over the library.
+# 0. A set larger than the cartridges of the size given: refused, nothing written.
 src=$hw_dir/span-src
 tree "$src" "$span_size"
-run span-backup.json "$PBIO" backup "$src" --changer "$C" --force --json
+run too-large.log "$PBIO" backup "$src" --changer "$C,size=4M" --force --tape-block "$tape_block"
+if [ "$rc" = 2 ] && grep -q "scratch cartridges hold together" "$hw_log"; then
+    pass too-large "$span_size on cartridges of 4M (--changer $C,size=4M): refused before writing: $(grep pbio: "$hw_log" | head -n1 | cut -c1-160)"
+else
+    fail too-large "$span_size on cartridges of 4M: exit $rc, expected 2 and the numbers"
+    show_log
+fi
+
+# 1. Spanning over the library.
+run span-backup.json "$PBIO" backup "$src" --changer "$C" --force --json --tape-block "$tape_block"
 if [ "$rc" != 0 ]; then
     fail span "pbio backup --changer exited $rc"
     show_log
@@ -134,7 +153,8 @@ else
     else
         fail span "$used cartridges for $nmapped drives: nothing spanned (PBIO_LIBRARY_SIZE=$span_size too small?)"
     fi
-    run span-restore.log "$PBIO" restore --changer "$C" --drive "$d0" --to "$hw_dir/span-restore"
+    span_set=$(set_of "$hw_log")
+    run span-restore.log "$PBIO" restore --changer "$C" --drive "$d0" --set "$span_set" --to "$hw_dir/span-restore"
     if [ "$rc" = 0 ]; then
         pass span-restore "with drive $d0 alone in ${secs}s"
         identical span-identical "$src" "$hw_dir/span-restore/$(basename "$src")"
@@ -163,12 +183,13 @@ pass load "slot $s0 -> drive $d0 ($dev0), slot $s1 -> drive $d1 ($dev1)"
 src=$hw_dir/fit-src
 tree "$src" "$fit_size"
 size=${PBIO_LIBRARY_CARTRIDGE_SIZE:+,size=$PBIO_LIBRARY_CARTRIDGE_SIZE}
-run backup.json "$PBIO" backup "$src" --dev "$dev0$size" --dev "$dev1$size" --force --json
+run backup.json "$PBIO" backup "$src" --dev "$dev0$size" --dev "$dev1$size" --force --json --tape-block "$tape_block"
 if [ "$rc" != 0 ]; then
     fail backup "pbio backup --dev $dev0 --dev $dev1 exited $rc"
     show_log
     finish
 fi
+fit_set=$(set_of "$hw_log")
 pass backup "$fit_size through $dev0 and $dev1 in ${secs}s ($(speed_note))"
 # Read back in the drive that wrote it, before any move: a failure here
 # is the tape path's, not the changer's.
@@ -188,7 +209,7 @@ for pair in "$d0:$dev0" "$d1:$dev1"; do
     fi
 done
 pass unload "drives $d0 and $d1 back to their slots"
-run restore.log "$PBIO" restore --changer "$C" --drive "$d0" --to "$hw_dir/restore"
+run restore.log "$PBIO" restore --changer "$C" --drive "$d0" --set "$fit_set" --to "$hw_dir/restore"
 if [ "$rc" = 0 ]; then
     pass restore-one-drive "pbio loaded the set's 2 cartridges into drive $d0 in turn: exit 0 in ${secs}s"
     identical restore-identical "$src" "$hw_dir/restore/$(basename "$src")"

@@ -63,16 +63,12 @@
 #   PBIO_VM_NVME_SIZE [1G]  PBIO_VM_PMEM_SIZE [256M]  PBIO_VM_DAX_SIZE [256M]
 #                     (the second nvdimm, made device-DAX by the guest; the scsi_debug tape
 #                     has a fixed capacity: 10000 blocks and filemarks)
-#   PBIO_VM_TESTS ["nvme pmem dax set tape-control changer"]  which
+#   PBIO_VM_TESTS ["nvme pmem dax set tape-control changer library"]  which
 #                     hw-tests/*.sh the guest runs; changer and library need
 #                     the tape library: tgt (tgtd, tgtadm, tgtimg), libiscsi-bin
 #                     (iscsi-ls) and qemu-block-extra (QEMU's iSCSI driver). Without
 #                     them the run fails (exit 2) under CI=true; otherwise it
 #                     warns and leaves changer and library out
-#                     (library is not in the default yet: its span and its
-#                     one-drive restore fail on tgt's drives, hw-tests/README.md
-#                     items 5 and 6; run it by hand with
-#                     PBIO_VM_TESTS="changer library")
 #   PBIO_VM_VTL_PORT [3271], PBIO_VM_VTL_CONTROL [71], PBIO_VM_VTL_CARTRIDGES [6],
 #   PBIO_VM_VTL_SIZE [32] (MB a cartridge)  the library (hw-tests/vm/vtl.sh)
 #   PBIO_VM_BREAK=1   deliberately break one check (set.sh compares a
@@ -128,7 +124,7 @@ cpus=${PBIO_VM_CPUS:-2}
 nvme_size=${PBIO_VM_NVME_SIZE:-1G}
 pmem_size=${PBIO_VM_PMEM_SIZE:-256M}
 dax_size=${PBIO_VM_DAX_SIZE:-256M}
-tests=${PBIO_VM_TESTS:-nvme pmem dax set tape-control changer}
+tests=${PBIO_VM_TESTS:-nvme pmem dax set tape-control changer library}
 aptdir=$cache/apt
 
 # Modules the guest loads (their dependencies are added in order).
