@@ -3,15 +3,15 @@
 //! than of 100,000 (less than 1.3x the peak, the test). A reader
 //! that held a decoded catalog entry per file (192 bytes and its path),
 //! the catalog's encoding (about 90 bytes a file) or a list per file
-//! would fail it: on main before this test, `list` took 2.6x and
-//! `verify` 2.2x. Real loop devices (direct I/O), the pbio binary, its
-//! peak resident set from `wait4`; no timing.
+//! would fail it (not yet run against main's binary: set
+//! `PBIO_MEMORY_BIN` to do so). Real loop devices (direct I/O), the pbio
+//! binary, its peak resident set from `wait4`; no timing. Measured on
+//! wt-23v: list 1.00x, verify 1.19x, restore 2.03x.
 //!
 //! `restore` is measured and printed, not asserted: its tree bookkeeping
 //! still holds an entry per file (PERF.md "#23 memory").
 //!
-//! `PBIO_MEMORY_BIN=path` measures another pbio binary (how the figures
-//! of main were taken).
+//! `PBIO_MEMORY_BIN=path` measures another pbio binary.
 
 #[path = "common/loopdev.rs"]
 mod loopdev;

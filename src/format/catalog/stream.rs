@@ -1,16 +1,18 @@
 //! A catalog read entry by entry (issue 23): the same checks as
 //! `Catalog::decode` (structure, then the rules of `validate`), but the
 //! file and segment tables are never held decoded. `CatalogStream::open`
-//! walks the encoding once for its structure (keeping 17 bytes a file: what
-//! the rules and a reader need of other files, kind, whether its data is in
-//! an earlier set, size, and where its entry starts), then applies the
-//! rules file by file and segment by segment; afterwards `files()`,
-//! `segments()` and `file(id)` decode one entry at a time.
+//! walks the encoding once for its structure (writing an index of 17
+//! bytes a file: what the rules and a reader need of other files, kind,
+//! whether its data is in an earlier set, size, and where its entry
+//! starts), then applies the rules file by file and segment by segment;
+//! afterwards `files()`, `segments()` and `file(id)` decode one entry at a
+//! time.
 //!
 //! The encoding is either bytes in memory or a temporary file
 //! (`Spilled`, what a reader of a device writes the catalog's records
-//! into), read through a window of `WINDOW_BYTES`: then nothing held
-//! grows with the catalog but those 17 bytes a file.
+//! into), read through a window of `WINDOW_BYTES`; then the index is a
+//! temporary file too, read through a cache of 1.1 MiB, and nothing held
+//! grows with the catalog.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -227,12 +229,8 @@ pub struct CatalogStream<'a> {
     files: (u64, u64),
     /// The segment table.
     segments: (u64, u64),
-    /// Per file: its kind's code, with `ORIGIN_BIT` when its data is in an
-    /// earlier set.
-    kinds: Vec<u8>,
-    sizes: Vec<u64>,
-    /// Per file: where its entry starts in the encoding.
-    starts: Vec<u64>,
+    /// Per file: its kind, size and where its entry starts (`Index`).
+    index: Index,
 }
 
 impl<'a> CatalogStream<'a> {
@@ -286,16 +284,14 @@ impl<'a> CatalogStream<'a> {
         };
         drop(prefix);
         // Pass 1: the structure, and what the rules need of each file.
-        let mut kinds = Vec::with_capacity(file_count as usize);
-        let mut sizes = Vec::with_capacity(file_count as usize);
-        let mut starts = Vec::with_capacity(file_count as usize);
+        let mut index = IndexWriter::new(source, file_count)?;
         let files_at = devices_end as u64;
         let mut c = Cursor::new(source, files_at, tables_end, WINDOW_BYTES);
         for _ in 0..file_count {
-            starts.push(c.at);
+            let start = c.at;
             let f = c.next(|r| r.file())?;
-            sizes.push(f.size_bytes);
-            kinds.push(f.kind.code() | if f.origin != 0 { ORIGIN_BIT } else { 0 });
+            let kind = f.kind.code() | if f.origin != 0 { ORIGIN_BIT } else { 0 };
+            index.push(kind, f.size_bytes, start)?;
         }
         let files = (files_at, c.at);
         for _ in 0..segment_count {
@@ -312,9 +308,7 @@ impl<'a> CatalogStream<'a> {
             source,
             files,
             segments,
-            kinds,
-            sizes,
-            starts,
+            index: index.finish()?,
         };
         stream.check_rules()?;
         Ok(stream)
@@ -365,17 +359,17 @@ impl<'a> CatalogStream<'a> {
     /// File `id`'s kind, size and whether its data is in an earlier set,
     /// without decoding it; None past the last file.
     pub fn summary(&self, id: usize) -> Option<FileSummary> {
-        let code = *self.kinds.get(id)?;
+        let (code, size_bytes, _) = self.index.get(id)?;
         Some(FileSummary {
             kind: FileKind::from_code(code & !ORIGIN_BIT)?,
             earlier: code & ORIGIN_BIT != 0,
-            size_bytes: self.sizes[id],
+            size_bytes,
         })
     }
 
     /// File `id` decoded (its entry read alone); None past the last file.
     pub fn file(&self, id: usize) -> Option<Result<CatalogFile, FormatError>> {
-        let at = *self.starts.get(id)?;
+        let (_, _, at) = self.index.get(id)?;
         let mut c = Cursor::new(self.source, at, self.files.1, ENTRY_WINDOW_BYTES);
         Some(c.next(|r| r.file()))
     }
@@ -419,7 +413,129 @@ impl<'a> CatalogStream<'a> {
 
 const _: () = assert!(layout::TABLES < WINDOW_BYTES);
 
-/// `kinds` keeps a file's kind code and this bit when its data is in an
+/// Bytes of one file's entry in an `Index`: its kind's code (with
+/// `ORIGIN_BIT`), its size and where its entry starts, u64 LE each.
+const INDEX_ENTRY_BYTES: usize = 17;
+/// Entries of an `Index` in one cached block of its file.
+const INDEX_BLOCK_ENTRIES: usize = if cfg!(test) { 2 } else { 1024 };
+const INDEX_BLOCK_BYTES: usize = INDEX_BLOCK_ENTRIES * INDEX_ENTRY_BYTES;
+/// Blocks of an `Index` file cached (direct-mapped): 1.1 MiB.
+const INDEX_CACHED_BLOCKS: usize = 64;
+
+/// What a reader needs of every file by id, `INDEX_ENTRY_BYTES` a file:
+/// in memory for a catalog in memory; for a spilled catalog in a spill
+/// file of its own, read through a small cache of blocks (readers look
+/// files up mostly in id order), so that nothing held grows with the
+/// catalog.
+#[derive(Debug)]
+enum Index {
+    Memory(Vec<u8>),
+    File {
+        file: std::fs::File,
+        count: usize,
+        /// Per slot: the block it holds (`u64::MAX`: none) and its bytes.
+        cache: std::sync::Mutex<Vec<(u64, Vec<u8>)>>,
+    },
+}
+
+impl Index {
+    /// File `id`'s (kind code, size, start); None past the last file
+    /// (or when the index file no longer reads).
+    fn get(&self, id: usize) -> Option<(u8, u64, u64)> {
+        match self {
+            Index::Memory(bytes) => {
+                let at = id.checked_mul(INDEX_ENTRY_BYTES)?;
+                Some(index_entry(bytes.get(at..at + INDEX_ENTRY_BYTES)?))
+            }
+            Index::File { file, count, cache } => {
+                if id >= *count {
+                    return None;
+                }
+                let block = (id / INDEX_BLOCK_ENTRIES) as u64;
+                let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+                let slot = &mut cache[block as usize % INDEX_CACHED_BLOCKS];
+                if slot.0 != block {
+                    let entries =
+                        (*count - block as usize * INDEX_BLOCK_ENTRIES).min(INDEX_BLOCK_ENTRIES);
+                    slot.1.resize(entries * INDEX_ENTRY_BYTES, 0);
+                    slot.0 = u64::MAX;
+                    file.read_exact_at(&mut slot.1, block * INDEX_BLOCK_BYTES as u64)
+                        .ok()?;
+                    slot.0 = block;
+                }
+                let at = (id % INDEX_BLOCK_ENTRIES) * INDEX_ENTRY_BYTES;
+                Some(index_entry(&slot.1[at..at + INDEX_ENTRY_BYTES]))
+            }
+        }
+    }
+}
+
+fn index_entry(b: &[u8]) -> (u8, u64, u64) {
+    let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    (b[0], u64_at(1), u64_at(9))
+}
+
+/// An `Index` written file by file during `open`'s first pass.
+enum IndexWriter {
+    Memory(Vec<u8>),
+    File {
+        out: std::io::BufWriter<std::fs::File>,
+        count: usize,
+    },
+}
+
+impl IndexWriter {
+    fn new(source: Source<'_>, file_count: u32) -> Result<IndexWriter, FormatError> {
+        Ok(match source {
+            Source::Bytes(_) => {
+                IndexWriter::Memory(Vec::with_capacity(file_count as usize * INDEX_ENTRY_BYTES))
+            }
+            Source::File(_) => IndexWriter::File {
+                out: std::io::BufWriter::with_capacity(
+                    WINDOW_BYTES,
+                    tempfile::tempfile().map_err(index_error)?,
+                ),
+                count: 0,
+            },
+        })
+    }
+
+    fn push(&mut self, code: u8, size_bytes: u64, start: u64) -> Result<(), FormatError> {
+        let mut entry = [0u8; INDEX_ENTRY_BYTES];
+        entry[0] = code;
+        entry[1..9].copy_from_slice(&size_bytes.to_le_bytes());
+        entry[9..].copy_from_slice(&start.to_le_bytes());
+        match self {
+            IndexWriter::Memory(bytes) => bytes.extend_from_slice(&entry),
+            IndexWriter::File { out, count } => {
+                out.write_all(&entry).map_err(index_error)?;
+                *count += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Index, FormatError> {
+        Ok(match self {
+            IndexWriter::Memory(bytes) => Index::Memory(bytes),
+            IndexWriter::File { out, count } => Index::File {
+                file: out.into_inner().map_err(|e| index_error(e.into_error()))?,
+                count,
+                cache: std::sync::Mutex::new(vec![(u64::MAX, Vec::new()); INDEX_CACHED_BLOCKS]),
+            },
+        })
+    }
+}
+
+/// A spill file of the index that does not write or read back.
+fn index_error(e: std::io::Error) -> FormatError {
+    FormatError::Spill {
+        offset: 0,
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
+    }
+}
+
+/// An `Index` keeps a file's kind code and this bit when its data is in an
 /// earlier set (kind codes are below it).
 const ORIGIN_BIT: u8 = 0x80;
 
