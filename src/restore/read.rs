@@ -612,9 +612,10 @@ impl<'a> DeviceReader<'a> {
             let whole =
                 header.file_offset == 0 && u64::from(header.payload_bytes) == file.size_bytes;
             // Nothing unproven is written under the file's own name: the
-            // verdict will report it (a second copy is written once).
-            if !whole
-                || crate::format::file_digest(&mut [record]) != file.digest
+            // verdict will report it (a second copy is written once). The
+            // file digest over this one record proves it is all the file's
+            // data: the whole file, or a sparse file's one data record.
+            if crate::format::file_digest(&mut [record]) != file.digest
                 || !staged.claim_small(target as usize)
             {
                 return Ok(());
@@ -625,28 +626,35 @@ impl<'a> DeviceReader<'a> {
             let raw = header.transform.codec == crate::format::Codec::Raw
                 && !header.transform.seal.is_sealed();
             match source {
-                Payload::Window { window, range } if raw && w.can_create() => {
+                Payload::Window { window, range } if whole && raw && w.can_create() => {
                     use std::os::fd::AsRawFd;
                     w.create(target, dir.as_raw_fd(), name, mode, &window, range)
                         .map_err(|why| write_error(&self.name, why))
                 }
-                _ => self.small_now(target, dir, name, mode, plain),
+                _ => self.small_now(
+                    target,
+                    dir,
+                    name,
+                    mode,
+                    (plain, header.file_offset, file.size_bytes),
+                ),
             }
         })();
         self.inflate = inflate;
         result
     }
 
-    /// A small file created and written at once on this thread.
+    /// A small file created and written at once on this thread: its one
+    /// record's `data` at `offset`, the file `size` bytes long.
     fn small_now(
         &self,
         target: u32,
         dir: std::os::fd::BorrowedFd<'_>,
         name: &[u8],
         mode: u32,
-        data: &[u8],
+        (data, offset, size): (&[u8], u64, u64),
     ) -> Result<(), RestoreError> {
-        use std::io::Write;
+        use std::os::unix::fs::FileExt;
         let Destination::Tree(staged) = self.destination else {
             unreachable!("small files only in a tree")
         };
@@ -657,7 +665,17 @@ impl<'a> DeviceReader<'a> {
                 return Ok(());
             }
         };
-        if let Err(e) = File::from(fd).write_all(data) {
+        let file = File::from(fd);
+        // A sparse file's record lies at its offset; the holes around it
+        // are the file's length set after.
+        let written = file.write_all_at(data, offset).and_then(|()| {
+            if offset + data.len() as u64 == size {
+                Ok(())
+            } else {
+                file.set_len(size)
+            }
+        });
+        if let Err(e) = written {
             let _ = crate::restore::at::remove_in(dir, name);
             let path = shown_name(&self.restored.path(target));
             return Err(write_error(&self.name, format!("write {path}: {e}")));
