@@ -530,3 +530,183 @@ fn a_passphrase_wraps_the_data_key() {
     ));
     assert_eq!(code, 0, "verify: {out}\n{err}");
 }
+
+/// `pbio key change` given some of the devices (or stopped halfway) names
+/// the devices left under the old key; running it again over every device
+/// finishes it (the devices done already are skipped, not refused as a
+/// wrong key), and the set then opens with the new key alone. A set
+/// wrapped by a passphrase is named as such.
+#[test]
+fn a_key_change_over_some_devices_is_finished_by_running_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path());
+    let old = new_key(dir.path(), "old.key");
+    let new = new_key(dir.path(), "new.key");
+    let devs: Vec<String> = (0..3)
+        .map(|i| dir.path().join(format!("d{i}.img")).display().to_string())
+        .collect();
+    let sized: Vec<String> = devs.iter().map(|d| format!("{d},size=32M")).collect();
+    backup(&src, &sized, &["--encrypt", "--key-file", &old]);
+    let change = |devs: &[String]| {
+        let args = strings(&["key", "change", "--key-file", &old, "--new-key-file", &new]);
+        run(&with_devs(args, devs))
+    };
+    let (code, out, err) = change(&devs[..1]);
+    assert_eq!(code, 0, "key change of device 0: {out}\n{err}");
+    assert!(
+        err.contains("device index 1, 2 of set") && err.contains("not given"),
+        "the devices left under the old key are named: {err}"
+    );
+    let to = dir.path().join("out");
+    for key in [&old, &new] {
+        let args = strings(&["verify", "--key-file", key]);
+        let (code, out, err) = run(&with_devs(args, &devs));
+        assert_eq!(code, 2, "a half-changed set with one key: {out}\n{err}");
+        assert!(err.contains("wrong key for set"), "{err}");
+    }
+    let (code, out, err) = change(&devs);
+    assert_eq!(
+        code, 0,
+        "key change run again over every device: {out}\n{err}"
+    );
+    assert!(
+        out.contains("already opens with") && out.matches("now opens with").count() == 2,
+        "{out}"
+    );
+    assert!(!err.contains("not given"), "{err}");
+    restore_identical(&src, &devs, &to, &new);
+
+    let pass = dir.path().join("pass.txt");
+    std::fs::write(&pass, b"a long and memorable passphrase\n").unwrap();
+    let pdev = dir.path().join("p.img").display().to_string();
+    backup(
+        &src,
+        &[format!("{pdev},size=32M")],
+        &[
+            "--encrypt",
+            "--passphrase-file",
+            &pass.display().to_string(),
+        ],
+    );
+    let (code, out, err) = change(&[pdev]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(err.contains("encrypted with a passphrase"), "{err}");
+}
+
+/// A passphrase set: `echo`'s trailing newline is not part of the
+/// passphrase (the file without it opens the set); `list`, `restore` and
+/// `diff` take `--passphrase-file` and do not claim the set's MACs went
+/// unchecked (they are keyed by the data key the passphrase opened);
+/// `diff` takes `--key-file` like the other readers.
+#[test]
+fn readers_of_a_passphrase_set_check_its_macs_and_diff_takes_the_key_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path());
+    let echoed = dir.path().join("echoed.txt");
+    std::fs::write(&echoed, b"correct horse battery staple\n").unwrap();
+    let printed = dir.path().join("printed.txt");
+    std::fs::write(&printed, b"correct horse battery staple").unwrap();
+    let dev = dir.path().join("p.img").display().to_string();
+    let devs = vec![dev.clone()];
+    backup(
+        &src,
+        &[format!("{dev},size=32M")],
+        &[
+            "--encrypt",
+            "--passphrase-file",
+            &echoed.display().to_string(),
+        ],
+    );
+    let printed = printed.display().to_string();
+    let to = dir.path().join("out");
+    for args in [
+        strings(&["list", "--passphrase-file", &printed]),
+        strings(&["verify", "--passphrase-file", &printed]),
+        strings(&[
+            "restore",
+            "--passphrase-file",
+            &printed,
+            "--to",
+            &to.display().to_string(),
+        ]),
+    ] {
+        let (code, out, err) = run(&with_devs(args.clone(), &devs));
+        assert_eq!(code, 0, "{args:?}: {out}\n{err}");
+        assert!(!err.contains("give --key"), "{args:?}: {err}");
+    }
+    let diffs = common::compare_trees(&src, &to.join("tree"));
+    assert!(diffs.is_empty(), "restored tree differs: {diffs:#?}");
+    let parent = src.parent().unwrap().display().to_string();
+    let diff = |key: &[&str], devs: &[String]| {
+        let mut args = strings(&["diff", "--to", &parent]);
+        args.extend(strings(key));
+        run(&with_devs(args, devs))
+    };
+    let (code, out, err) = diff(&["--passphrase-file", &printed], &devs);
+    assert_eq!(code, 0, "diff with the passphrase: {out}\n{err}");
+    assert!(out.contains("same"), "{out}");
+    let (code, out, err) = diff(&[], &devs);
+    assert_eq!(code, 2, "diff without the passphrase: {out}\n{err}");
+    assert!(err.contains("is encrypted"), "{err}");
+
+    let key = new_key(dir.path(), "set.key");
+    let kdev = dir.path().join("k.img").display().to_string();
+    backup(
+        &src,
+        &[format!("{kdev},size=32M")],
+        &["--encrypt", "--key-file", &key],
+    );
+    for option in ["--key-file", "--key"] {
+        let (code, out, err) = diff(&[option, &key], std::slice::from_ref(&kdev));
+        assert_eq!(code, 0, "diff {option}: {out}\n{err}");
+        assert!(!err.contains("give --key"), "{err}");
+    }
+}
+
+/// An increment over an encrypted set without `--encrypt` would hold the
+/// names of the whole chain (its catalog names the unchanged files too)
+/// and the changed contents in the clear: refused, exit 2, nothing written.
+#[test]
+fn an_increment_over_an_encrypted_set_must_be_encrypted_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path());
+    let key = new_key(dir.path(), "set.key");
+    let full = dir.path().join("full.img").display().to_string();
+    backup(
+        &src,
+        &[format!("{full},size=32M")],
+        &["--encrypt", "--key-file", &key],
+    );
+    std::fs::write(src.join("after.txt"), CONTENT).unwrap();
+    let inc = dir.path().join("inc.img");
+    std::fs::write(&inc, vec![0u8; 32 << 20]).unwrap();
+    let inc_dev = vec![inc.display().to_string()];
+    let args = strings(&[
+        "backup",
+        &src.display().to_string(),
+        "--force",
+        "--since",
+        &full,
+        "--key-file",
+        &key,
+    ]);
+    let (code, out, err) = run(&with_devs(args, &inc_dev));
+    assert_eq!(
+        code, 2,
+        "a plain increment of an encrypted set: {out}\n{err}"
+    );
+    assert!(err.contains("give --encrypt too"), "{err}");
+    assert!(
+        std::fs::read(&inc).unwrap().iter().all(|b| *b == 0),
+        "nothing written to {}",
+        inc.display()
+    );
+    backup(
+        &src,
+        &inc_dev,
+        &["--since", &full, "--encrypt", "--key-file", &key],
+    );
+    let raw = vec![inc.clone()];
+    assert_eq!(found_in(&raw, NAME), Vec::<String>::new());
+    assert_eq!(found_in(&raw, CONTENT), Vec::<String>::new());
+}

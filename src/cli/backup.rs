@@ -312,6 +312,7 @@ pub fn run(args: BackupArgs) -> CliResult {
         &args.set
     };
     let prepared = prepare(set)?;
+    super::key::check_since_encrypted(args.encrypt, prepared.since.as_ref())?;
     check_writable(&set.devs)?;
     if !prepared.excluded.is_empty() {
         // stderr: stdout keeps the summary (or the JSON events) alone.

@@ -31,10 +31,16 @@ pub struct DiffArgs {
     /// Machine-readable report: one JSON summary object (set_id, entries, differences with path, what, set and disk values, the attribute's name for an xattr, same).
     #[arg(long)]
     pub json: bool,
-    /// The key the set was written with (`backup --key`): the labels' and
-    /// the catalog's MACs must match it.
-    #[arg(long, value_name = "FILE")]
+    /// The key the set was written with (`backup --key`, or `--encrypt
+    /// --key-file`): the labels' and the catalog's MACs must match it, and
+    /// an encrypted set is opened with it.
+    #[arg(long = "key-file", visible_alias = "key", value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// The passphrase of a set written with `backup --encrypt
+    /// --passphrase-file`: the file's contents (one trailing newline
+    /// dropped).
+    #[arg(long = "passphrase-file", value_name = "FILE", conflicts_with = "key")]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 pub fn run(args: DiffArgs) -> CliResult {
@@ -50,6 +56,7 @@ pub fn run(args: DiffArgs) -> CliResult {
             args.to.display()
         )));
     }
+    super::key::load_passphrase(args.passphrase_file.as_deref())?;
     let chain = super::restore::open(&args.devs, args.key.as_deref())?;
     let started = std::time::Instant::now();
     let report = diff::diff(&chain, &args.to, &only).map_err(|e| match e {

@@ -54,12 +54,15 @@ pub fn run(command: KeyCommand) -> CliResult {
 }
 
 /// `pbio key change`: check every device first (an encrypted label of one
-/// set, not a tape, opened by the old key), then rewrite each label with
-/// the data key wrapped under the new key, made durable, read back and
-/// opened with the new key.
+/// set, not a tape, opened by the old key, or already by the new one: a
+/// key change that stopped halfway, or was given some of the devices, is
+/// finished by running it again), then rewrite each label still under the
+/// old key with the data key wrapped under the new key, made durable, read
+/// back and opened with the new key. Devices of the set not given are
+/// named: they still open with the old key only.
 fn change_key(specs: &[crate::device::DeviceSpec], old: &Path, new: &Path) -> CliResult {
     use crate::device::{self, Access, Mode};
-    use crate::format::seal::{keyring, DataKey, UserKey};
+    use crate::format::seal::{DataKey, UserKey, KDF_PASSPHRASE};
     use crate::restore::RestoreError;
     let old_user = UserKey::from_key_file(&read_key_file(old, "--key-file")?);
     let new_user = UserKey::from_key_file(&read_key_file(new, "--new-key-file")?);
@@ -67,7 +70,10 @@ fn change_key(specs: &[crate::device::DeviceSpec], old: &Path, new: &Path) -> Cl
         doing: "key change: ",
         error,
     };
-    let mut checked = Vec::with_capacity(specs.len());
+    // Each device's spec, label, and whether it still needs the re-wrap.
+    let mut checked: Vec<(crate::device::DeviceSpec, crate::format::Label, bool)> =
+        Vec::with_capacity(specs.len());
+    let mut data: Option<DataKey> = None;
     for spec in specs {
         let dev = device::open(spec, Mode::Read).map_err(Failure::DeviceToRead)?;
         let name = dev.path().display().to_string();
@@ -78,13 +84,18 @@ fn change_key(specs: &[crate::device::DeviceSpec], old: &Path, new: &Path) -> Cl
                 label.set_id
             )));
         }
+        if label.seal.kdf == KDF_PASSPHRASE {
+            return Err(Failure::Usage(format!(
+                "key change: set {} on device {name} is encrypted with a passphrase (--passphrase-file): key change re-wraps sets written with --key-file only",
+                label.set_id
+            )));
+        }
         if dev.access() == Access::Sequential {
             return Err(Failure::Usage(format!(
                 "key change: {name} is a tape: its label cannot be rewritten in place, so its key cannot be changed (restore and back up again with the new key)"
             )));
         }
-        if let Some((_, first)) = checked.first() {
-            let first: &crate::format::Label = first;
+        if let Some((_, first, _)) = checked.first() {
             if first.set_id != label.set_id {
                 return Err(Failure::Usage(format!(
                     "key change: device {name} holds set {}, not set {}: give the devices of one set",
@@ -92,25 +103,48 @@ fn change_key(specs: &[crate::device::DeviceSpec], old: &Path, new: &Path) -> Cl
                 )));
             }
         }
-        let data = DataKey::unwrap(&label.seal, &old_user, label.set_id).map_err(|_| {
-            failed(RestoreError::Encrypted {
-                device: name.clone(),
-                set: label.set_id.to_string(),
-                wrong_key: true,
-            })
-        })?;
-        keyring::insert(label.set_id, data);
-        checked.push((spec.clone(), label));
+        let (opened, pending) = match DataKey::unwrap(&label.seal, &old_user, label.set_id) {
+            Ok(key) => (key, true),
+            Err(_) => match DataKey::unwrap(&label.seal, &new_user, label.set_id) {
+                Ok(key) => (key, false),
+                Err(_) => {
+                    return Err(failed(RestoreError::Encrypted {
+                        device: name,
+                        set: label.set_id.to_string(),
+                        wrong_key: true,
+                    }))
+                }
+            },
+        };
+        if data.as_ref().is_some_and(|d| *d != opened) {
+            return Err(Failure::Data(format!(
+                "key change: device {name}'s label holds another data key than the other devices of set {}: refusing to re-wrap (an altered label?)",
+                label.set_id
+            )));
+        }
+        data = Some(opened);
+        checked.push((spec.clone(), label, pending));
     }
-    for (spec, label) in checked {
-        let data = keyring::data_key(label.set_id).expect("opened above");
-        let dev = device::open(&spec, Mode::Write).map_err(Failure::DeviceToWrite)?;
+    let Some(data) = data else {
+        return Ok(Outcome::Done);
+    };
+    for (spec, label, pending) in &checked {
+        if !pending {
+            outln!(
+                "{}: set {} already opens with {} (an earlier key change)",
+                spec.path.display(),
+                label.set_id,
+                new.display()
+            );
+            continue;
+        }
+        let dev = device::open(spec, Mode::Write).map_err(Failure::DeviceToWrite)?;
         let name = dev.path().display().to_string();
         let mut nonce = [0u8; crate::format::seal::NONCE_BYTES];
         crate::media::fill_random(&mut nonce);
         let rewrapped = crate::format::Label {
             seal: data.wrap(&new_user, label.set_id, label.seal.run_id, nonce),
-            ..label
+            ..*label
         };
         crate::media::write_label(dev.as_ref(), &rewrapped).map_err(|e| failed(e.into()))?;
         dev.sync()
@@ -125,6 +159,20 @@ fn change_key(specs: &[crate::device::DeviceSpec], old: &Path, new: &Path) -> Cl
             "{name}: set {} now opens with {}",
             label.set_id,
             new.display()
+        );
+    }
+    let (_, first, _) = &checked[0];
+    let missing: Vec<String> = (0..first.device_count)
+        .filter(|i| !checked.iter().any(|(_, l, _)| l.device_index == *i))
+        .map(|i| i.to_string())
+        .collect();
+    if !missing.is_empty() {
+        errln!(
+            "pbio: key change: device index {} of set {} ({} devices) not given: it still opens with {} only; run key change on it too (devices done already are skipped)",
+            missing.join(", "),
+            first.set_id,
+            first.device_count,
+            old.display()
         );
     }
     Ok(Outcome::Done)
@@ -230,6 +278,38 @@ pub fn load_passphrase(path: Option<&Path>) -> Result<(), Failure> {
 /// `load` of an optional `--key`.
 pub fn load_optional(path: Option<&Path>) -> Result<Option<MacKey>, Failure> {
     path.map(load).transpose()
+}
+
+/// Whether a set's MACs went unchecked: it carries MACs (`keyed`), no
+/// `--key-file` was given, and it is not encrypted (an encrypted set's MACs
+/// are keyed by its data key, opened by the key file or the passphrase,
+/// and so always checked).
+pub(super) fn macs_unchecked(key_given: bool, keyed: bool, label: &crate::format::Label) -> bool {
+    !key_given && keyed && !label.seal.is_sealed()
+}
+
+/// Says (once, on stderr) that a set's MACs were not checked.
+pub(super) fn say_macs_unchecked() {
+    errln!("pbio: set is authenticated; give --key to check it");
+}
+
+/// An increment (`--since`) over an encrypted set must be encrypted too:
+/// its catalog names every file of the tree, the unchanged ones of the
+/// base included, and it holds the changed files' contents.
+pub(super) fn check_since_encrypted(
+    encrypt: bool,
+    since: Option<&crate::source::incremental::Increment>,
+) -> Result<(), Failure> {
+    let Some(since) = since else {
+        return Ok(());
+    };
+    let parent = since.parent();
+    if !encrypt && crate::format::seal::keyring::data_key(parent).is_some() {
+        return Err(Failure::Usage(format!(
+            "--since: set {parent} is encrypted: give --encrypt too (an increment without it would hold the names of every file of the chain, and the changed files' contents, in the clear)"
+        )));
+    }
+    Ok(())
 }
 
 /// `backup --encrypt`'s option rule: a key file or a passphrase.

@@ -104,8 +104,8 @@ pub fn run(args: ListArgs) -> CliResult {
     set.devices
         .iter()
         .for_each(|(dev, _)| super::show_notes(dev.as_ref()));
-    if key.is_none() && set.keyed {
-        errln!("pbio: set is authenticated; give --key to check it");
+    if super::key::macs_unchecked(key.is_some(), set.keyed, &set.devices[0].1) {
+        super::key::say_macs_unchecked();
     }
     let (_, label) = &set.devices[0];
     let c = &set.catalog;
@@ -477,8 +477,8 @@ fn print_tail(
 fn list_streamed(args: &ListArgs, set: &crate::restore::EncodedSet, key_given: bool) -> CliResult {
     let c = set.stream().map_err(fail)?;
     super::show_notes(set.device.as_ref());
-    if !key_given && set.keyed(&c) {
-        errln!("pbio: set is authenticated; give --key to check it");
+    if super::key::macs_unchecked(key_given, set.keyed(&c), &set.label) {
+        super::key::say_macs_unchecked();
     }
     let broken = |error| catalog_failure(set.device.as_ref(), &set.label, error);
     if let Some(path) = &args.export {

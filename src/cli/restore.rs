@@ -167,8 +167,12 @@ fn chain_of(
             .iter()
             .for_each(|(dev, _)| super::show_notes(dev.as_ref()));
     }
-    if key.is_none() && chain.sets.iter().any(|s| s.keyed) {
-        errln!("pbio: set is authenticated; give --key to check it");
+    if chain
+        .sets
+        .iter()
+        .any(|s| super::key::macs_unchecked(key.is_some(), s.keyed, &s.devices[0].1))
+    {
+        super::key::say_macs_unchecked();
     }
     Ok(chain)
 }
@@ -365,8 +369,8 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
                 set.devices
                     .iter()
                     .for_each(|(dev, _)| super::show_notes(dev.as_ref()));
-                if key.is_none() && set.keyed {
-                    errln!("pbio: set is authenticated; give --key to check it");
+                if super::key::macs_unchecked(key.is_some(), set.keyed, &set.devices[0].1) {
+                    super::key::say_macs_unchecked();
                 }
                 let chain = Chain::new(vec![set]).map_err(failed)?;
                 (chain, report)

@@ -36,6 +36,7 @@ pub fn run(args: BackupArgs) -> CliResult {
     let mac_key = super::key::load_optional(args.key.as_deref())?;
     super::check_paths(&args.set.sources, &args.set.devs)?;
     let prepared = prepare(&args.set)?;
+    super::key::check_since_encrypted(args.encrypt, prepared.since.as_ref())?;
     check_writable(&args.set.devs)?;
     let mut devices = Vec::with_capacity(args.set.devs.len());
     for spec in &args.set.devs {

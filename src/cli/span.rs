@@ -91,6 +91,7 @@ pub fn run(args: BackupArgs) -> CliResult {
         })
         .collect();
     let mut prepared = prepare_on(&set, Some(cartridges)).map_err(|e| too_large(e, &scratch))?;
+    super::key::check_since_encrypted(args.encrypt, prepared.since.as_ref())?;
     // An appended cartridge has the room its sets leave.
     let appended = scratch.iter().any(|s| s.point.used_bytes > 0);
     for (device, s) in prepared.devices.iter_mut().zip(&scratch) {
