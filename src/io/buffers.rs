@@ -171,6 +171,16 @@ impl Lease {
         unsafe { std::slice::from_raw_parts(self.memory.ptr(self.index), self.len()) }
     }
 
+    /// Bytes `range` of the slot, and only those: a shared borrow of
+    /// that range alone (`bytes` borrows the whole slot), for a reader of
+    /// one record while others hold other ranges of the same slot.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> &[u8] {
+        assert!(range.start <= range.end && range.end <= self.len());
+        // SAFETY: the range lies inside the slot (asserted), which lies
+        // inside the live allocation (kept by the Arc) and is initialised.
+        unsafe { std::slice::from_raw_parts(self.ptr_at(range.start), range.len()) }
+    }
+
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as `bytes`; &mut self makes the access exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.memory.ptr(self.index), self.len()) }

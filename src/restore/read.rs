@@ -519,18 +519,33 @@ impl<'a> DeviceReader<'a> {
         payload: &[u8],
         source: Payload<'_>,
     ) -> Result<(), RestoreError> {
-        let Some(target) = self.check(position, header, payload) else {
+        let transformed = header.transform.codec != crate::format::Codec::Raw
+            || header.transform.seal.is_sealed();
+        // A raw record in clear in a disk's window: its CRC32C, BLAKE3 and
+        // write go to the workers too, so that the reader's thread only
+        // drives the device's ring (issue 23: restore used one core a
+        // device for hashing while the sealed path used them all).
+        let crc_on_workers = !transformed
+            && self.open_in_place
+            && matches!(source, Payload::Window { .. })
+            && self.workers_started();
+        let Some((target, crc_pending)) = self.check(position, header, payload, crc_on_workers)
+        else {
             return Ok(());
         };
         if let Destination::Tree(staged) = self.destination {
             if let Some(dir) = staged.small_dir(target as usize) {
+                if crc_pending && !self.checksum(position, header, payload) {
+                    return Ok(());
+                }
                 return self.small_record(position, header, payload, source, (target, dir));
             }
         }
-        let transformed = header.transform.codec != crate::format::Codec::Raw
-            || header.transform.seal.is_sealed();
-        if let (true, Payload::Window { window, range }) = (transformed, &source) {
+        if let (true, Payload::Window { window, range }) = (transformed || crc_pending, &source) {
             if self.workers_started() {
+                // A raw record is only read by its worker, never changed:
+                // it needs no deferring, nor opening in place.
+                let in_place = self.open_in_place && !crc_pending;
                 let job = OpenJob {
                     position,
                     header: *header,
@@ -538,9 +553,10 @@ impl<'a> DeviceReader<'a> {
                     range: range.clone(),
                     target,
                     destination: None,
-                    in_place: self.open_in_place,
+                    in_place,
+                    crc: crc_pending,
                 };
-                if !self.open_in_place {
+                if !in_place {
                     return self.send_job(job);
                 }
                 // Sent at the next item (`deferred`).
@@ -751,7 +767,21 @@ impl<'a> DeviceReader<'a> {
     /// it did not open (nothing of it written); a failed write stops.
     fn opened(&mut self, opened: Opened) -> Result<(), RestoreError> {
         match opened {
-            Opened::Placed { target, record } => self.out.records.push((target, record)),
+            Opened::Placed {
+                target,
+                record,
+                crc_checked,
+            } => {
+                if crc_checked {
+                    self.count(record.1);
+                }
+                self.out.records.push((target, record));
+            }
+            Opened::Checksum {
+                position,
+                header,
+                computed,
+            } => self.checksum_problem(position, &header, computed),
             Opened::Refused {
                 position,
                 header,
@@ -792,8 +822,18 @@ impl<'a> DeviceReader<'a> {
     /// The restored file a record goes to, once it passed every check:
     /// None (the reason reported) for a record not of this set's data, one
     /// refused by `record_refusal`, one with a bad CRC, one of a file not
-    /// restored, or one beyond the end of an image restore's target.
-    fn check(&mut self, position: u64, header: &RecordHeader, payload: &[u8]) -> Option<u32> {
+    /// restored, or one beyond the end of an image restore's target. With
+    /// `defer_crc`, a record that passed every other check and goes to a
+    /// file comes back with its CRC32C not yet checked, nor counted as
+    /// read (`true`): whoever takes it checks it (`checksum`, or a worker
+    /// job with `crc`) before a byte of it is written.
+    fn check(
+        &mut self,
+        position: u64,
+        header: &RecordHeader,
+        payload: &[u8],
+        defer_crc: bool,
+    ) -> Option<(u32, bool)> {
         if header.set_id != self.label.set_id || header.kind != RecordKind::Data {
             self.problem(position, RecordProblem::NotThisSet);
             return None;
@@ -802,35 +842,23 @@ impl<'a> DeviceReader<'a> {
             self.problem(position, RecordProblem::Refused(why));
             return None;
         }
-        let path = || self.catalog.path(header.file_id);
-        let crc = if self.tag_checks && header.transform.seal.is_sealed() {
-            // Its tag is checked instead, before any byte is written.
-            header.payload_crc
-        } else {
-            crate::format::crc32c(payload)
-        };
-        if crc != header.payload_crc {
-            let why = RecordProblem::Checksum {
-                path: path(),
-                file_offset: header.file_offset,
-                stored: header.payload_crc,
-                computed: crc,
-            };
-            self.problem(position, why);
-            return None;
-        }
-        self.out.records_read += 1;
-        self.out.payload_bytes += u64::from(header.payload_bytes);
         let target = self
             .targets
             .map_or(header.file_id, |t| t[header.file_id as usize]);
+        let end = header.file_offset + u64::from(header.payload_bytes);
+        let beyond = self.target_bytes.filter(|&bytes| end > bytes);
+        // Only a record that goes somewhere: the others are reported as
+        // before, their CRC first.
+        let defer_crc = defer_crc && target != NO_TARGET && beyond.is_none();
+        if !defer_crc && !self.checksum(position, header, payload) {
+            return None;
+        }
         if target == NO_TARGET {
             return None;
         }
-        let end = header.file_offset + u64::from(header.payload_bytes);
-        if let Some(target_bytes) = self.target_bytes.filter(|&bytes| end > bytes) {
+        if let Some(target_bytes) = beyond {
             let why = RecordProblem::BeyondTarget {
-                path: path(),
+                path: self.catalog.path(header.file_id),
                 file_offset: header.file_offset,
                 payload_bytes: header.payload_bytes,
                 target_bytes,
@@ -838,7 +866,42 @@ impl<'a> DeviceReader<'a> {
             self.problem(position, why);
             return None;
         }
-        Some(target)
+        Some((target, defer_crc))
+    }
+
+    /// Whether a record's CRC32C matches (a sealed one's tag is checked
+    /// instead, when its data key is held): counted as read when it does,
+    /// reported when not.
+    fn checksum(&mut self, position: u64, header: &RecordHeader, payload: &[u8]) -> bool {
+        let crc = if self.tag_checks && header.transform.seal.is_sealed() {
+            // Its tag is checked instead, before any byte is written.
+            header.payload_crc
+        } else {
+            crate::format::crc32c(payload)
+        };
+        if crc != header.payload_crc {
+            self.checksum_problem(position, header, crc);
+            return false;
+        }
+        self.count(header.payload_bytes);
+        true
+    }
+
+    /// A record read and checked, of `payload_bytes`.
+    fn count(&mut self, payload_bytes: u32) {
+        self.out.records_read += 1;
+        self.out.payload_bytes += u64::from(payload_bytes);
+    }
+
+    /// Report a record whose CRC32C is `computed`, not the header's.
+    fn checksum_problem(&mut self, position: u64, header: &RecordHeader, computed: u32) {
+        let why = RecordProblem::Checksum {
+            path: self.catalog.path(header.file_id),
+            file_offset: header.file_offset,
+            stored: header.payload_crc,
+            computed,
+        };
+        self.problem(position, why);
     }
 
     /// Report what is wrong with the record at `offset` of the device.

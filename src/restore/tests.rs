@@ -189,6 +189,7 @@ fn workers_place_good_records_and_let_go_of_the_window() {
             // The first opened in place (this test holds no reference
             // into the window meanwhile), the second copied first.
             in_place: position == 4096,
+            crc: false,
         };
         workers.send(job, &mut keep).unwrap();
     }
@@ -201,7 +202,12 @@ fn workers_place_good_records_and_let_go_of_the_window() {
     let mut placed = 0;
     for o in got {
         match o {
-            Opened::Placed { target, record } => {
+            Opened::Placed {
+                target,
+                record,
+                crc_checked,
+            } => {
+                assert!(!crc_checked);
                 assert_eq!(target, 7);
                 let hash = crate::format::payload_hash(&plain);
                 assert_eq!(record, (0, plain.len() as u32, hash));
@@ -212,6 +218,7 @@ fn workers_place_good_records_and_let_go_of_the_window() {
                 assert!(why.to_string().contains("Zstd"), "{why}");
             }
             Opened::WriteFailed(why) => panic!("{why}"),
+            Opened::Checksum { position, .. } => panic!("no CRC asked at {position}"),
         }
     }
     assert_eq!(placed, 1);
@@ -221,4 +228,96 @@ fn workers_place_good_records_and_let_go_of_the_window() {
     // Nothing of the refused record was written.
     assert_eq!(out.metadata().unwrap().len(), plain.len() as u64);
     drop(workers);
+}
+
+/// Raw records in clear on the workers (`OpenJob::crc`): one whose CRC32C
+/// matches is hashed and written and comes back checked; one whose bytes
+/// were changed after the CRC comes back as a checksum mismatch with the
+/// CRC the worker computed, and nothing of it is written.
+#[test]
+fn workers_check_raw_records_crc_before_writing() {
+    use super::transform::{OpenJob, Opened, Workers};
+    use std::os::unix::fs::FileExt;
+    use std::sync::Arc;
+
+    let c = sample();
+    let n = 8192;
+    let good: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+    let pool = crate::io::BufferPool::new(1, 64 << 10);
+    let mut lease = pool.lease().expect("one slot");
+    lease.bytes_mut()[..n].copy_from_slice(&good);
+    lease.bytes_mut()[n..2 * n].copy_from_slice(&good);
+    // The second record's bytes damaged after its CRC was taken.
+    lease.bytes_mut()[n + 100] ^= 0x10;
+    let damaged_crc = crate::format::crc32c(&lease.bytes()[n..2 * n]);
+    let window = Arc::new(lease);
+    let header = |file_offset: u64| RecordHeader {
+        payload_crc: crate::format::crc32c(&good),
+        ..data_header(&c, file_offset, n as u32)
+    };
+    let out = tempfile::tempfile().unwrap();
+    let file: (Arc<std::fs::File>, Arc<str>) = (Arc::new(out.try_clone().unwrap()), "f".into());
+    let mut workers = Workers::start(0).expect("threads start");
+    let mut got = Vec::new();
+    let mut keep = |o: Opened| -> Result<(), ()> {
+        got.push(o);
+        Ok(())
+    };
+    let far = 1 << 20;
+    for (position, offset, range) in [(4096, 0, 0..n), (16384, far, n..2 * n)] {
+        let job = OpenJob {
+            position,
+            header: header(offset),
+            window: window.clone(),
+            range,
+            target: 3,
+            destination: Some(file.clone()),
+            in_place: false,
+            crc: true,
+        };
+        workers.send(job, &mut keep).unwrap();
+    }
+    workers.collect(true, &mut keep).unwrap();
+    drop(workers);
+    assert_eq!(
+        Arc::strong_count(&window),
+        1,
+        "a job still holds the window"
+    );
+    assert_eq!(got.len(), 2);
+    let (mut placed, mut mismatched) = (0, 0);
+    for o in got {
+        match o {
+            Opened::Placed {
+                target,
+                record,
+                crc_checked,
+            } => {
+                assert!(crc_checked);
+                assert_eq!(target, 3);
+                let hash = crate::format::payload_hash(&good);
+                assert_eq!(record, (0, n as u32, hash));
+                placed += 1;
+            }
+            Opened::Checksum {
+                position,
+                header,
+                computed,
+            } => {
+                assert_eq!(position, 16384);
+                assert_eq!(header.file_offset, far);
+                assert_eq!(computed, damaged_crc);
+                assert_ne!(computed, header.payload_crc);
+                mismatched += 1;
+            }
+            Opened::Refused { why, .. } => panic!("{why}"),
+            Opened::WriteFailed(why) => panic!("{why}"),
+        }
+    }
+    assert_eq!((placed, mismatched), (1, 1));
+    let mut back = vec![0u8; n];
+    out.read_exact_at(&mut back, 0).unwrap();
+    assert_eq!(back, good);
+    // Nothing of the damaged record was written.
+    assert_eq!(out.metadata().unwrap().len(), n as u64);
 }

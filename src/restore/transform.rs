@@ -171,12 +171,29 @@ pub(super) struct OpenJob {
     pub(super) destination: Option<(Arc<File>, Arc<str>)>,
     /// Open it in place in the window (see above).
     pub(super) in_place: bool,
+    /// A raw record in clear whose CRC32C the worker checks (the reader
+    /// did every other check): hashing and checking move off the reader's
+    /// thread, as opening does for sealed records. Nothing is written
+    /// when it does not match.
+    pub(super) crc: bool,
 }
 
 /// What a worker made of a record.
 pub(super) enum Opened {
-    /// Opened, decompressed, hashed and (with a destination) written.
-    Placed { target: u32, record: DigestRecord },
+    /// Opened, decompressed, hashed and (with a destination) written;
+    /// `crc_checked`: its CRC32C was checked by the worker (the reader
+    /// counts it as read only now).
+    Placed {
+        target: u32,
+        record: DigestRecord,
+        crc_checked: bool,
+    },
+    /// Its CRC32C (checked by the worker) does not match: nothing written.
+    Checksum {
+        position: u64,
+        header: RecordHeader,
+        computed: u32,
+    },
     /// It does not open or decompress: nothing written.
     Refused {
         position: u64,
@@ -299,7 +316,19 @@ impl Inflate {
             target,
             destination,
             in_place,
+            crc,
         } = job;
+        if crc {
+            let computed = crate::format::crc32c(window.slice(range.clone()));
+            if computed != header.payload_crc {
+                drop(window);
+                return Opened::Checksum {
+                    position,
+                    header,
+                    computed,
+                };
+            }
+        }
         let payload = if in_place {
             assert!(
                 range.start <= range.end && range.end <= window.len(),
@@ -318,7 +347,7 @@ impl Inflate {
                 unsafe { std::slice::from_raw_parts_mut(window.ptr_at(range.start), range.len()) };
             self.payload_in_place(&header, stored)
         } else {
-            self.payload(&header, &window.bytes()[range])
+            self.payload(&header, window.slice(range))
         };
         let opened = match payload {
             Err(why) => Opened::Refused {
@@ -336,6 +365,7 @@ impl Inflate {
                     Ok(()) => Opened::Placed {
                         target,
                         record: (offset, header.payload_bytes, hash),
+                        crc_checked: crc,
                     },
                     Err(e) => {
                         let name = destination.as_ref().map_or("", |(_, n)| n);
