@@ -766,14 +766,9 @@ mod tests {
     /// exactly its length; the short ones, which arrive whole, are not.
     #[test]
     fn records_whose_tail_a_short_read_lost_are_read_again() {
-        use crate::device::vtape::VirtualTape;
-        use crate::device::{DeviceSpec, Mode};
         use crate::format::SetId;
         let dir = tempfile::tempdir().unwrap();
-        let spec = DeviceSpec::parse(&format!("vtape:{},size=64M", dir.path().display())).unwrap();
-        let tape = VirtualTape::open(&spec, Mode::Write)
-            .unwrap()
-            .losing_residual_tails();
+        let tape = super::super::tape::tests::scratch_tape(dir.path()).losing_residual_tails();
         // Requests of a header and 64 KiB; records of a header and 32 KiB
         // (more than half the request), and a last short one.
         let data: Vec<u8> = (0..100_000u32).map(|i| (i * 13 + i / 509) as u8).collect();

@@ -243,11 +243,32 @@ pub(super) fn read_tape_catalog(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::device::vtape::{VirtualTape, BLOCK_BYTES_MAX};
     use crate::device::{DeviceSpec, Mode};
     use crate::format::seal::LabelSeal;
+
+    /// A new emulated tape of 64 MiB in `dir`.
+    pub(in crate::media) fn scratch_tape(dir: &std::path::Path) -> VirtualTape {
+        let spec = DeviceSpec::parse(&format!("vtape:{},size=64M", dir.display())).unwrap();
+        VirtualTape::open(&spec, Mode::Write).unwrap()
+    }
+
+    /// The label of a one-device set (id bytes `id`) written on `tape`.
+    fn labelled(tape: &VirtualTape, id: u8, chunk_bytes: u32) -> Label {
+        let label = Label::new_writing(
+            SetId([id; 16]),
+            1,
+            chunk_bytes,
+            LabelSeal::NONE,
+            0,
+            1,
+            BLOCK_BYTES as u32,
+        );
+        super::super::label::write_label(tape, &label).unwrap();
+        label
+    }
 
     /// A set whose chunk is larger than the drive's block limit: its
     /// catalog blocks were written within the limit, and reading them
@@ -256,20 +277,10 @@ mod tests {
     #[test]
     fn the_catalog_is_read_within_the_drive_block_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = DeviceSpec::parse(&format!("vtape:{},size=64M", dir.path().display())).unwrap();
-        let tape = VirtualTape::open(&spec, Mode::Write).unwrap();
+        let tape = scratch_tape(dir.path());
         let chunk_bytes = 16 << 20;
         assert!(HEADER_BYTES + chunk_bytes as usize > BLOCK_BYTES_MAX as usize);
-        let label = Label::new_writing(
-            SetId([0x5a; 16]),
-            1,
-            chunk_bytes,
-            LabelSeal::NONE,
-            0,
-            1,
-            BLOCK_BYTES as u32,
-        );
-        super::super::label::write_label(&tape, &label).unwrap();
+        let label = labelled(&tape, 0x5a, chunk_bytes);
         // Not a catalog pbio could decode: the records must be read through
         // to the End record and its filemark, then decoding fails.
         let catalog = vec![7u8; 20_000];
@@ -294,23 +305,10 @@ mod tests {
     #[test]
     fn catalog_blocks_whose_tail_a_short_read_lost_are_read_again() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = DeviceSpec::parse(&format!("vtape:{},size=64M", dir.path().display())).unwrap();
-        let tape = VirtualTape::open(&spec, Mode::Write)
-            .unwrap()
-            .losing_residual_tails();
+        let tape = scratch_tape(dir.path()).losing_residual_tails();
         // Read requests of a header and 64 KiB; blocks of a header and 32
         // KiB: more than half the request, so 4 KiB of each would be lost.
-        let chunk_bytes = 64 << 10;
-        let label = Label::new_writing(
-            SetId([0x5b; 16]),
-            1,
-            chunk_bytes,
-            LabelSeal::NONE,
-            0,
-            1,
-            BLOCK_BYTES as u32,
-        );
-        super::super::label::write_label(&tape, &label).unwrap();
+        let label = labelled(&tape, 0x5b, 64 << 10);
         let catalog: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
         write_tape_catalog(&tape, label.set_id, 0, 1, 1, &catalog, 32 << 10).unwrap();
         match read_tape_catalog(&tape, &label) {
