@@ -656,6 +656,19 @@ fn reading_drives(text: &str, wanted: &[u32]) -> Result<(Box<dyn Changer>, Drive
     Ok((changer, drives))
 }
 
+/// The sets on one cartridge, each once (the first in tape order): a set
+/// is written once on a cartridge, so its label seen again (a cache entry
+/// or a walk that read the first one twice) is not another device of it.
+fn once_each(sets: &[CachedSet]) -> OnCartridge {
+    let mut on: OnCartridge = Vec::with_capacity(sets.len());
+    for t in sets {
+        if !on.iter().any(|(id, _)| *id == t.set_id) {
+            on.push((t.set_id, t.files_before));
+        }
+    }
+    on
+}
+
 /// The check of a cartridge chosen from the label cache: once loaded, its
 /// label after `files_before` filemarks must be of the set `id`. When not,
 /// the cache entry is replaced by what the cartridge holds and the
@@ -711,7 +724,15 @@ fn library_sets(
     // loaded: `hinted`), else read through the first drive (and cached).
     let mut cartridges: Vec<(u32, Option<String>, Option<OnCartridge>)> = Vec::new();
     let mut hinted: Vec<u32> = Vec::new();
-    for s in status.slots.iter().filter(|s| s.full && !s.import_export) {
+    for (i, s) in status.slots.iter().enumerate() {
+        // One cartridge, one device of the set: a slot (or barcode) the
+        // library reports twice is read once.
+        let again = status.slots[..i]
+            .iter()
+            .any(|t| t.number == s.number || (t.barcode.is_some() && t.barcode == s.barcode));
+        if !s.full || s.import_export || again {
+            continue;
+        }
         let cached = s.barcode.as_deref().and_then(|b| cache.get(b)).cloned();
         let seen = match (changer.cartridge_in_slot(s.number), cached) {
             (Some(spec), _) => seen_on(&spec),
@@ -728,7 +749,7 @@ fn library_sets(
             }
         };
         let sets = match seen {
-            Some(Seen::Sets(sets)) => sets.iter().map(|t| (t.set_id, t.files_before)).collect(),
+            Some(Seen::Sets(sets)) => once_each(&sets),
             // Unreadable: loaded again when read, its label then decides.
             None => {
                 cartridges.push((s.number, s.barcode.clone(), None));

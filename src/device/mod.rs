@@ -328,6 +328,8 @@ pub enum TapeOp {
     BackFiles(u32),
     /// MTFSR n: forward over n blocks (an error if a filemark is met).
     ForwardBlocks(u32),
+    /// MTBSR n: backward over n blocks (an error if a filemark is met).
+    BackBlocks(u32),
     /// MTEOM: to the end of recorded data, where the next file would be appended.
     EndOfData,
     /// MTWEOF n: write n filemarks at the head; n = 0 flushes the drive's buffer.

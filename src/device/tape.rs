@@ -363,6 +363,7 @@ impl Device for TapeDevice {
             TapeOp::ForwardFiles(n) => do_op(self.fd(), op::MTFSF, count(n)?),
             TapeOp::BackFiles(n) => do_op(self.fd(), op::MTBSF, count(n)?),
             TapeOp::ForwardBlocks(n) => do_op(self.fd(), op::MTFSR, count(n)?),
+            TapeOp::BackBlocks(n) => do_op(self.fd(), op::MTBSR, count(n)?),
             TapeOp::EndOfData => do_op(self.fd(), op::MTEOM, 1),
             TapeOp::WriteFilemarks(n) => do_op(self.fd(), op::MTWEOF, count(n)?),
         }

@@ -234,7 +234,10 @@ enum Pending {
         started: Instant,
     },
     Read {
+        /// Bytes asked of the data file.
         bytes: u32,
+        /// The block's length, as the drive reports it.
+        block: u32,
         started: Instant,
     },
 }
@@ -266,6 +269,8 @@ pub struct VirtualTape {
     geometry: Geometry,
     rate_bytes_per_sec: Option<u64>,
     writable: bool,
+    /// Emulate tgt's lost tail (`losing_residual_tails`).
+    residual_tail_lost: bool,
     state: Mutex<State>,
 }
 
@@ -310,7 +315,19 @@ impl VirtualTape {
                 pending: Pending::None,
                 busy_until: Instant::now(),
             }),
+            residual_tail_lost: false,
         })
+    }
+
+    /// A drive behind a transport that loses the tail of a block read
+    /// with a larger request, as tgt's virtual tape drives do (tgt 1.0.85,
+    /// `ssc.c` `resp_var_read` gives the residue where the transferred
+    /// length belongs): of a block of B bytes read with a request of R > B
+    /// bytes only min(B, R - B) bytes arrive, while B is reported; the
+    /// rest of the buffer keeps what it held. For tests of the readers.
+    pub fn losing_residual_tails(mut self) -> VirtualTape {
+        self.residual_tail_lost = true;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -546,19 +563,29 @@ impl Device for VirtualTape {
                 result: -libc::ENOMEM,
             };
         }
+        let sent = if self.residual_tail_lost && buffer_bytes > o.bytes {
+            o.bytes.min(buffer_bytes - o.bytes)
+        } else {
+            o.bytes
+        };
         st.pending = Pending::Read {
-            bytes: o.bytes,
+            bytes: sent,
+            block: o.bytes,
             started: Instant::now(),
         };
         BlockIo::Submit {
             sqe_offset: o.offset,
-            bytes: o.bytes,
+            bytes: sent,
         }
     }
 
     fn after_block_read(&self, result: i32) -> BlockDone {
         let mut st = self.lock();
-        let Pending::Read { bytes, started } = std::mem::replace(&mut st.pending, Pending::None)
+        let Pending::Read {
+            bytes,
+            block,
+            started,
+        } = std::mem::replace(&mut st.pending, Pending::None)
         else {
             panic!("vtape: a read completed that was not begun");
         };
@@ -567,7 +594,7 @@ impl Device for VirtualTape {
         }
         let complete_at = self.transfer(&mut st, started, bytes);
         BlockDone {
-            result,
+            result: block as i32,
             complete_at,
         }
     }
@@ -620,6 +647,17 @@ impl Device for VirtualTape {
                     if o.filemark {
                         return Err(errno(libc::EIO));
                     }
+                }
+            }
+            TapeOp::BackBlocks(n) => {
+                for _ in 0..n {
+                    let Some(before) = st.head.checked_sub(1) else {
+                        return Err(errno(libc::EIO));
+                    };
+                    if st.objects[before].filemark {
+                        return Err(errno(libc::EIO));
+                    }
+                    st.head = before;
                 }
             }
             TapeOp::WriteFilemarks(n) => self.write_filemarks(&mut st, n)?,

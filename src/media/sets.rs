@@ -114,12 +114,22 @@ where
     }
     /// `Rewind` goes to the set's label: MTREW, then MTFSF over the sets
     /// before it (the head's object number there is the set's origin).
+    /// Where the drive tells its position, a head that did not pass
+    /// `files_before` objects did not space over the filemarks (the block
+    /// read next would be the first set's again): an error, not a set.
     fn tape_op(&self, op: TapeOp) -> std::io::Result<()> {
         self.inner.tape_op(op)?;
         if op == TapeOp::Rewind && self.files_before > 0 {
             self.inner
                 .tape_op(TapeOp::ForwardFiles(self.files_before))?;
             let base = self.inner.head_object().unwrap_or(-1);
+            if base >= 0 && base < i64::from(self.files_before) {
+                self.base.store(-1, Ordering::SeqCst);
+                return Err(std::io::Error::other(format!(
+                    "spacing forward over {} filemarks from the beginning left the head at object {base}: the drive did not move",
+                    self.files_before
+                )));
+            }
             self.base.store(base, Ordering::SeqCst);
         }
         Ok(())
@@ -251,6 +261,19 @@ fn walk_sets(dev: &dyn Device) -> Result<(Vec<TapeSet>, Option<MediaError>), Med
                 break;
             }
         };
+        // A set is written once on a tape: its label found again further
+        // on is the first one read again (a drive that did not space over
+        // the filemarks), never a second set to count.
+        if let Some(first) = sets.iter().find(|s| s.label.set_id == label.set_id) {
+            after = Some(MediaError::Invalid {
+                device: super::name(dev),
+                why: format!(
+                    "the label of set {} (after {} filemarks) is found again after {files_before}: the tape's position is not trusted past its first copy",
+                    label.set_id, first.files_before
+                ),
+            });
+            break;
+        }
         let end = match read_catalog(&view, &label) {
             Ok(read) => SetEnd::Catalog(Box::new(read.catalog)),
             Err(MediaError::Continued { .. }) => SetEnd::Continued,
@@ -354,5 +377,45 @@ mod tests {
         ));
         // The same set seen on several devices is one set.
         assert_eq!(choose(&[ids[1], ids[1]], None), Ok(ids[1]));
+    }
+
+    /// A tape whose second set has the label of its first (what a drive
+    /// that does not space over the filemarks shows: the first label read
+    /// again): one set, not two volumes of it (restore --changer counted
+    /// such a cartridge twice, "slot 1 and slot 1 are both device 0").
+    #[test]
+    fn a_set_found_again_on_the_same_tape_is_counted_once() {
+        use crate::device::vtape::VirtualTape;
+        use crate::device::{DeviceSpec, Mode};
+        use crate::format::seal::LabelSeal;
+        use crate::format::BLOCK_BYTES;
+        use crate::media::{write_label, write_tape_catalog};
+
+        let dir = tempfile::tempdir().unwrap();
+        let spec = DeviceSpec::parse(&format!("vtape:{},size=8M", dir.path().display())).unwrap();
+        let tape = VirtualTape::open(&spec, Mode::Write).unwrap();
+        let label = |set: SetId| {
+            Label::new_writing(set, 1, 1 << 20, LabelSeal::NONE, 0, 1, BLOCK_BYTES as u32)
+        };
+        let first = label(id(0x11, 1));
+        // Each set closed with an End record alone (a continued volume):
+        // complete without a catalog.
+        write_label(&tape, &first).unwrap();
+        write_tape_catalog(&tape, first.set_id, 0, 1, 1, &[], 8192).unwrap();
+        let again = SetOnTape::new(&tape, 2);
+        write_label(&again, &first).unwrap();
+        write_tape_catalog(&again, first.set_id, 0, 1, 1, &[], 8192).unwrap();
+        let sets = sets_on_tape(&tape).unwrap();
+        assert_eq!(sets.len(), 1, "{sets:?}");
+        assert_eq!(sets[0].files_before, 0);
+        let e = sets_to_append_after(&tape).unwrap_err().to_string();
+        assert!(e.contains("found again after 2"), "{e}");
+        // Another set there is a second set.
+        let other = label(id(0x22, 2));
+        write_label(&again, &other).unwrap();
+        write_tape_catalog(&again, other.set_id, 0, 1, 1, &[], 8192).unwrap();
+        let sets = sets_on_tape(&tape).unwrap();
+        assert_eq!(sets.len(), 2, "{sets:?}");
+        assert_eq!(sets[1].label.set_id, other.set_id);
     }
 }

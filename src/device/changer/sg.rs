@@ -256,7 +256,13 @@ impl ScsiChanger {
                     why: format!("asked for {kind:?} elements from {start:#06x}, got others"),
                 });
             }
-            found.extend(report.elements);
+            // An element the library reports again (an answer that
+            // starts before the address asked for) is one element.
+            for e in report.elements {
+                if !found.iter().any(|f| f.address == e.address) {
+                    found.push(e);
+                }
+            }
             if last as u32 + 1 >= end {
                 break;
             }
