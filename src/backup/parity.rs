@@ -121,7 +121,7 @@ fn durable_inline(
         let durable = s
             .data
             .iter()
-            .all(|r| data.contains(&(r.device, r.position, r.payload_crc)));
+            .all(|r| data.contains(&(r.device, r.position, r.data.payload_crc)));
         let positions: Option<Vec<u64>> = s
             .parity
             .iter()
@@ -139,10 +139,10 @@ fn durable_inline(
                 .map(|r| StripeRecord {
                     device: r.device,
                     position: r.position,
-                    file_id: r.file_id,
-                    file_offset: r.file_offset,
-                    payload_bytes: r.payload_bytes,
-                    payload_crc: r.payload_crc,
+                    file_id: r.data.file_id,
+                    file_offset: r.data.file_offset,
+                    payload_bytes: r.data.payload_bytes,
+                    payload_crc: r.data.payload_crc,
                 })
                 .collect(),
             parity: s

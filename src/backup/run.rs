@@ -72,8 +72,14 @@ pub fn run_backup(
     let dispatcher = new_dispatcher(input, devices.len(), config);
     let label_errors = write_labels(devices, config, &dispatcher);
     // `--parity`: stripes decided and encoded while the data is written.
-    let sink = (config.parity > 0 && devices.len() > config.parity)
-        .then(|| ring::StripeSink::new(devices.len(), config.parity, config.set_id));
+    let sink = (config.parity > 0 && devices.len() > config.parity).then(|| {
+        ring::StripeSink::new(
+            devices.len(),
+            config.parity,
+            config.set_id,
+            config.chunk_bytes,
+        )
+    });
     let (rings, outcomes) = run_rings(
         input,
         devices,

@@ -399,7 +399,7 @@ impl<'a> Ring<'a> {
             !self.sequential && self.mapping.is_none(),
             "parity only on random-access devices written through the ring"
         );
-        self.parity = stripe::ParityRecords::new(self.config.chunk_bytes);
+        self.parity = stripe::ParityRecords::new();
         self.stripes = Some(sink);
         self
     }

@@ -9,13 +9,15 @@
 //! payload, zero padding: docs/FORMAT.md 5.1). The sink's
 //! `plan::stripe::Assigner` puts it into a stripe; when a stripe closes,
 //! its parity is encoded on the thread that closed it, after the sink's
-//! lock is let go (the other rings go on offering meanwhile), and each
-//! parity record is queued for the device that takes it. A ring takes the
-//! parity records queued for it before new data (`Ring::take_parity`),
-//! copies each into one of its parity slots, numbers and places it as the
-//! next record of its stream, and writes it like a data record. Memory:
-//! at most `window` open stripes of at most `k` shard copies each, plus
-//! what is queued.
+//! lock is let go (the other rings go on offering meanwhile), straight
+//! into the block-aligned buffer its record is written from (header block
+//! left free), and each parity record is queued for the device that takes
+//! it. A ring takes the parity records queued for it before new data
+//! (`Ring::take_parity`), up to `PARITY_SLOTS` in flight, fills in the
+//! header block (numbered as the next record of its stream), places it and
+//! writes it from that buffer like a data record: parity bytes are never
+//! copied. Memory: at most `window` open stripes of at most `k` shard
+//! copies each, plus what is queued (buffers are kept for use again).
 //!
 //! A device that stops (full, failed) leaves: the open stripes holding one
 //! of its records are dropped, and the parity queued for it is never
@@ -31,6 +33,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::{io, Dispatcher, ErrorClass, Fault, Instant, Ring, Stop, RETRIES_TRANSIENT_MAX};
 use crate::format::parity::{ParityHeader, StripeData};
 use crate::format::{crc32c, SetId, HEADER_BYTES};
+use crate::io::{BufferPool, Lease};
 use crate::parity::Codec;
 use crate::plan::stripe::{Assigner, Ended};
 
@@ -41,16 +44,13 @@ use crate::plan::stripe::{Assigner, Ended};
 /// stripes narrow (more parity bytes: measured in PERF.md "#19 inline").
 pub const WINDOW_PER_DEVICE: usize = 16;
 
-/// A data record of a stripe: where it is and what it holds.
+/// A data record of a stripe: where it is (device, media offset) and
+/// what it holds (its entry in the stripe's parity records).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Member {
     pub device: u32,
     pub position: u64,
-    pub sequence: u64,
-    pub file_id: u32,
-    pub file_offset: u64,
-    pub payload_bytes: u32,
-    pub payload_crc: u32,
+    pub data: StripeData,
 }
 
 /// A stripe the sink closed and encoded: its data records, the devices
@@ -75,18 +75,22 @@ pub struct ParityDone {
 }
 
 /// A parity record queued for its device: the header (its `sequence` is
-/// the ring's to set) and the payload, `shard_bytes` long.
+/// the ring's to set) and the buffer it is written from: the header block
+/// (the ring's to fill), then the payload, `header.shard_bytes` long.
 pub struct ParityRecord {
     pub header: ParityHeader,
-    pub payload: Vec<u8>,
+    pub buffer: Lease,
 }
 
 impl ParityRecord {
     /// Bytes on media: header block and payload (a multiple of 4096).
     pub fn media_bytes(&self) -> usize {
-        HEADER_BYTES + self.payload.len()
+        HEADER_BYTES + self.header.shard_bytes as usize
     }
 }
+
+/// Parity record buffers allocated at once when none is free.
+const PARITY_BUFFERS_GROW: usize = 8;
 
 struct State {
     assigner: Assigner,
@@ -115,17 +119,22 @@ pub struct StripeSink {
     device_count: u32,
     state: Mutex<State>,
     receivers: Vec<Receiver<ParityRecord>>,
-    /// Shard and parity buffers to use again: a record-sized allocation
-    /// per record would map and fault in fresh pages each time (measured:
-    /// the kernel time of a run doubled).
+    /// Shard buffers to use again: a record-sized allocation per record
+    /// would map and fault in fresh pages each time (measured: the kernel
+    /// time of a run doubled). All are kept: never more than were in use
+    /// at once.
     free: Mutex<Vec<Vec<u8>>>,
+    /// Block-aligned buffers of one parity record each (header block and
+    /// the largest shard), in pools that grow when every buffer is out; a
+    /// buffer goes back when its ring drops the record's lease, written.
+    parity_pools: Mutex<Vec<BufferPool>>,
+    parity_record_bytes: usize,
 }
 
-/// Most buffers kept for use again.
-const FREE_BUFFERS_MAX: usize = 64;
-
 impl StripeSink {
-    pub fn new(device_count: usize, m: usize, set_id: SetId) -> StripeSink {
+    /// The stripes of `device_count` devices with `m` parity records each,
+    /// of records of at most `chunk_bytes` of payload.
+    pub fn new(device_count: usize, m: usize, set_id: SetId, chunk_bytes: u32) -> StripeSink {
         assert!(m >= 1 && device_count > m);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..device_count)
             .map(|_| {
@@ -147,7 +156,22 @@ impl StripeSink {
             }),
             receivers,
             free: Mutex::new(Vec::new()),
+            parity_pools: Mutex::new(Vec::new()),
+            parity_record_bytes: HEADER_BYTES
+                + crate::format::parity::shard_bytes_for(chunk_bytes) as usize,
         }
+    }
+
+    /// A free parity record buffer (its bytes as last used).
+    fn parity_buffer(&self) -> Lease {
+        let mut pools = self.parity_pools.lock().expect("parity buffers");
+        if let Some(lease) = pools.iter().find_map(BufferPool::lease) {
+            return lease;
+        }
+        let pool = BufferPool::new(PARITY_BUFFERS_GROW, self.parity_record_bytes);
+        let lease = pool.lease().expect("a new pool has free buffers");
+        pools.push(pool);
+        lease
     }
 
     /// A buffer of `len` bytes, zeros or not.
@@ -171,13 +195,9 @@ impl StripeSink {
         shard
     }
 
-    /// A buffer back for use again (a parity record's payload once its
-    /// ring copied it).
-    pub fn recycle(&self, buffer: Vec<u8>) {
-        let mut free = self.free.lock().expect("stripe buffers");
-        if free.len() < FREE_BUFFERS_MAX {
-            free.push(buffer);
-        }
+    /// A shard buffer back for use again.
+    fn recycle(&self, buffer: Vec<u8>) {
+        self.free.lock().expect("stripe buffers").push(buffer);
     }
 
     /// Parity records per stripe.
@@ -319,7 +339,7 @@ impl StripeSink {
         let m = parity.len();
         let largest = records
             .iter()
-            .map(|(r, _)| r.payload_bytes)
+            .map(|(r, _)| r.data.payload_bytes)
             .max()
             .unwrap_or(0);
         let shard_bytes = crate::format::parity::shard_bytes_for(largest);
@@ -335,16 +355,15 @@ impl StripeSink {
             members.push(r);
             shards.push(bytes);
         }
-        let mut payloads: Vec<Vec<u8>> = (0..m)
-            .map(|_| {
-                let mut b = self.buffer(shard);
-                b.fill(0);
-                b
-            })
-            .collect();
+        // The codec writes every byte of its outputs.
+        let mut buffers: Vec<Lease> = (0..m).map(|_| self.parity_buffer()).collect();
+        let payload = HEADER_BYTES..HEADER_BYTES + shard;
         {
             let refs: Vec<&[u8]> = shards.iter().map(|s| &s[..]).collect();
-            let mut outs: Vec<&mut [u8]> = payloads.iter_mut().map(|p| &mut p[..]).collect();
+            let mut outs: Vec<&mut [u8]> = buffers
+                .iter_mut()
+                .map(|b| &mut b.bytes_mut()[payload.clone()])
+                .collect();
             if codec.encode(&refs, &mut outs).is_err() {
                 return;
             }
@@ -357,19 +376,10 @@ impl StripeSink {
             .map(|r| r.device)
             .chain(parity.iter().copied())
             .collect();
-        let entries: Vec<StripeData> = members
-            .iter()
-            .map(|r| StripeData {
-                sequence: r.sequence,
-                file_id: r.file_id,
-                file_offset: r.file_offset,
-                payload_bytes: r.payload_bytes,
-                payload_crc: r.payload_crc,
-            })
-            .collect();
+        let entries: Vec<StripeData> = members.iter().map(|r| r.data).collect();
         let mut crcs = Vec::with_capacity(m);
-        for (j, payload) in payloads.into_iter().enumerate() {
-            let crc = crc32c(&payload);
+        for (j, buffer) in buffers.into_iter().enumerate() {
+            let crc = crc32c(&buffer.bytes()[payload.clone()]);
             crcs.push(crc);
             let header = ParityHeader {
                 set_id: self.set_id,
@@ -384,7 +394,7 @@ impl StripeSink {
                 data: entries.clone(),
             };
             if let Some(tx) = &senders[j] {
-                let _ = tx.send(ParityRecord { header, payload });
+                let _ = tx.send(ParityRecord { header, buffer });
             }
         }
         self.lock().closed.push(ClosedStripe {
@@ -397,9 +407,12 @@ impl StripeSink {
     }
 }
 
-/// Parity records a ring has in hand at once (each one slot of header
-/// and shard; they are not registered buffers: plain writes).
-pub(super) const PARITY_SLOTS: usize = 2;
+/// Parity records a ring has in hand (in flight) at once, each written
+/// from the sink's buffer (not a registered one: plain writes). Parity is
+/// a quarter of a device's bytes at 4 devices and M = 1: with 2 the queues
+/// held 50-100 records while the data went 32 deep, and most parity was
+/// written after the data (PERF.md "2026-12-03, wt-19u").
+pub(super) const PARITY_SLOTS: usize = 32;
 
 /// One parity record this ring took, in the order taken (media order).
 struct ParityGen {
@@ -421,8 +434,9 @@ struct ParityGen {
 /// A ring's parity slots and the parity records it took.
 #[derive(Default)]
 pub(super) struct ParityRecords {
-    /// Buffers of one parity record each; `busy[j]`: the record in slot `j`.
-    slots: Vec<crate::io::Lease>,
+    /// The buffer of the record in slot `j` while it is in hand;
+    /// `busy[j]`: which record that is.
+    slots: Vec<Option<Lease>>,
     busy: Vec<Option<usize>>,
     records: Vec<ParityGen>,
     /// Taken, waiting for the data records numbered before them to be
@@ -431,12 +445,9 @@ pub(super) struct ParityRecords {
 }
 
 impl ParityRecords {
-    pub(super) fn new(chunk_bytes: u32) -> ParityRecords {
-        let record_bytes =
-            HEADER_BYTES + crate::format::parity::shard_bytes_for(chunk_bytes) as usize;
-        let pool = crate::io::BufferPool::new(PARITY_SLOTS, record_bytes);
+    pub(super) fn new() -> ParityRecords {
         ParityRecords {
-            slots: pool.lease_all(),
+            slots: (0..PARITY_SLOTS).map(|_| None).collect(),
             busy: vec![None; PARITY_SLOTS],
             records: Vec::new(),
             waiting: Default::default(),
@@ -450,6 +461,13 @@ impl ParityRecords {
 
     fn free_slot(&self) -> Option<usize> {
         self.busy.iter().position(Option::is_none)
+    }
+
+    /// Slot `j`'s record is over (written, or not to be): its buffer goes
+    /// back to the sink.
+    fn release(&mut self, j: usize) {
+        self.busy[j] = None;
+        self.slots[j] = None;
     }
 
     /// Where the records that are durable end, as far as the parity
@@ -497,11 +515,13 @@ impl<'a> Ring<'a> {
         let member = Member {
             device: self.config.device_index,
             position: g.position,
-            sequence: g.sequence,
-            file_id: self.taken[g.taken as usize].item.file,
-            file_offset: g.file_offset,
-            payload_bytes: g.payload_bytes,
-            payload_crc: g.payload_crc,
+            data: StripeData {
+                sequence: g.sequence,
+                file_id: self.taken[g.taken as usize].item.file,
+                file_offset: g.file_offset,
+                payload_bytes: g.payload_bytes,
+                payload_crc: g.payload_crc,
+            },
         };
         sink.offer(member, sink.shard_of(&s.lease.bytes()[..media]));
     }
@@ -539,12 +559,9 @@ impl<'a> Ring<'a> {
             sequence,
             ..record.header
         };
-        let bytes = self.parity.slots[j].bytes_mut();
-        header.encode_into(&mut bytes[..HEADER_BYTES]);
-        bytes[HEADER_BYTES..media_bytes].copy_from_slice(&record.payload);
-        if let Some(sink) = self.stripes {
-            sink.recycle(record.payload);
-        }
+        let mut buffer = record.buffer;
+        header.encode_into(&mut buffer.bytes_mut()[..HEADER_BYTES]);
+        self.parity.slots[j] = Some(buffer);
         let p = self.parity.records.len();
         self.parity.records.push(ParityGen {
             stripe: header.stripe_id,
@@ -575,8 +592,7 @@ impl<'a> Ring<'a> {
             if self.position + media > self.usable_bytes {
                 // No room: not written (its stripe is protected after the
                 // data, or reported, by `backup::parity`).
-                let j = self.parity.records[p].slot;
-                self.parity.busy[j] = None;
+                self.parity.release(self.parity.records[p].slot);
                 continue;
             }
             self.parity.records[p].position = self.position;
@@ -589,7 +605,9 @@ impl<'a> Ring<'a> {
     fn submit_parity_write(&mut self, p: usize) -> Result<(), Stop> {
         let r = &self.parity.records[p];
         let user_data = (self.slots.len() + r.slot) as u64;
-        let lease = &self.parity.slots[r.slot];
+        let lease = self.parity.slots[r.slot]
+            .as_ref()
+            .expect("a parity record in hand has its buffer");
         if let Some(transport) = self.transport.as_mut() {
             debug_assert_eq!(r.written_bytes, 0);
             transport.submit_write(user_data, lease, r.media_bytes, r.position);
@@ -616,7 +634,7 @@ impl<'a> Ring<'a> {
                     return self.submit_parity_write(p);
                 }
                 r.done = true;
-                self.parity.busy[j] = None;
+                self.parity.release(j);
                 return Ok(());
             }
         };
@@ -656,7 +674,7 @@ impl<'a> Ring<'a> {
             r.written_bytes += result as u32;
             r.done = r.written_bytes == r.media_bytes;
         }
-        self.parity.busy[j] = None;
+        self.parity.release(j);
     }
 
     /// A ring with `--parity` and nothing in flight, whose work is not
@@ -756,17 +774,19 @@ mod tests {
         Member {
             device,
             position: 4096 + n * 8192,
-            sequence: n,
-            file_id: device,
-            file_offset: n * 4096,
-            payload_bytes: 4096,
-            payload_crc: 0,
+            data: StripeData {
+                sequence: n,
+                file_id: device,
+                file_offset: n * 4096,
+                payload_bytes: 4096,
+                payload_crc: 0,
+            },
         }
     }
 
     #[test]
     fn parity_goes_to_the_device_outside_each_stripe() {
-        let sink = StripeSink::new(4, 1, SetId([7; 16]));
+        let sink = StripeSink::new(4, 1, SetId([7; 16]), 4096);
         for n in 0..4u64 {
             for d in 0..4u32 {
                 sink.offer(member(d, n), vec![byte(d, n); 8192]);
@@ -796,7 +816,8 @@ mod tests {
                     .unwrap()
                     .encode(&refs, &mut [&mut want[..]])
                     .unwrap();
-                assert_eq!(rec.payload, want);
+                assert_eq!(rec.media_bytes(), HEADER_BYTES + 8192);
+                assert_eq!(&rec.buffer.bytes()[HEADER_BYTES..rec.media_bytes()], want);
                 queued += 1;
             }
             assert!(sink.queue(d).recv().is_err(), "disconnected at the end");
@@ -812,7 +833,7 @@ mod tests {
 
     #[test]
     fn a_device_that_leaves_loses_its_queue_and_open_stripes() {
-        let sink = StripeSink::new(3, 1, SetId([7; 16]));
+        let sink = StripeSink::new(3, 1, SetId([7; 16]), 4096);
         sink.offer(member(0, 0), vec![1; 8192]);
         sink.leave(0, true);
         sink.offer(member(1, 0), vec![2; 8192]);
