@@ -827,6 +827,13 @@ impl<'a> DeviceReader<'a> {
         if target == NO_TARGET {
             return None;
         }
+        // A restore of the catalog read entry by entry has no targets:
+        // what the tree did not prepare (refused, incomplete) is not written.
+        if let Destination::Tree(staged) = self.destination {
+            if !staged.takes(target as usize) {
+                return None;
+            }
+        }
         let end = header.file_offset + u64::from(header.payload_bytes);
         if let Some(target_bytes) = self.target_bytes.filter(|&bytes| end > bytes) {
             let why = RecordProblem::BeyondTarget {
