@@ -198,10 +198,49 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
         },
         allow_no_match: args.allow_no_match,
     };
-    let chain = open_chain(&args.devs, &args.library, &args.open)?;
     let is_block_device = std::fs::metadata(&args.to)
         .map(|m| m.file_type().is_block_device())
         .unwrap_or(false);
+    let failed = |error| match error {
+        // Nothing was written: bad input, not lost data.
+        restore::RestoreError::NoMatch { .. } => Failure::Usage(error.to_string()),
+        error => Failure::Restore {
+            doing: "restore failed: ",
+            error,
+        },
+    };
+    let whole_set = args.library.changer.is_none()
+        && args.open.set.is_none()
+        && only.is_empty()
+        && choice.strip_components == 0
+        && choice.existing == restore::Existing::Replace
+        && !is_block_device;
+    let chain = if whole_set {
+        // The whole of one set of disks into a directory: its catalog read
+        // entry by entry (issue 23); anything else as `open_chain` opens it.
+        super::key::load_passphrase(args.open.passphrase_file.as_deref())?;
+        let key = super::key::load_optional(args.open.key.as_deref())?;
+        let devices = open_devs(&args.devs)?;
+        let streamed =
+            restore::restore_streamed(devices, key.as_ref(), &args.to, args.keep_partial);
+        match streamed.map_err(failed)? {
+            restore::Streamed::Done(restored) => {
+                let (set, report) = *restored;
+                set.devices
+                    .iter()
+                    .for_each(|(dev, _)| super::show_notes(dev.as_ref()));
+                if key.is_none() && set.keyed {
+                    errln!("pbio: set is authenticated; give --key to check it");
+                }
+                let chain =
+                    Chain::new(vec![set]).map_err(|error| Failure::Restore { doing: "", error })?;
+                return Ok(print(&chain, &report, "restored", args.json));
+            }
+            restore::Streamed::Other(devices) => chain_of(devices, Some(None), key.as_ref())?,
+        }
+    } else {
+        open_chain(&args.devs, &args.library, &args.open)?
+    };
     let report = if is_block_device {
         let (target, file) = device_target(&args, &chain, &choice.only)?;
         restore::run_chain(
@@ -222,14 +261,7 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
             &choice,
         )
     }
-    .map_err(|error| match error {
-        // Nothing was written: bad input, not lost data.
-        restore::RestoreError::NoMatch { .. } => Failure::Usage(error.to_string()),
-        error => Failure::Restore {
-            doing: "restore failed: ",
-            error,
-        },
-    })?;
+    .map_err(failed)?;
     Ok(print(&chain, &report, "restored", args.json))
 }
 
@@ -364,7 +396,7 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
         let key = super::key::load_optional(args.open.key.as_deref())?;
         let failed = |error| Failure::Restore { doing: "", error };
         match restore::verify_streamed(open_devs(&args.devs)?, key.as_ref()).map_err(failed)? {
-            restore::Streamed::Verified(verified) => {
+            restore::Streamed::Done(verified) => {
                 let (set, report) = *verified;
                 set.devices
                     .iter()

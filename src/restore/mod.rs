@@ -42,7 +42,7 @@ pub use problem::{Problem, RecordProblem, Refusal};
 use read::{read_devices, Destination};
 pub use rebuild::RebuildSummary;
 use select::select;
-pub use streamed::{verify_streamed, Streamed};
+pub use streamed::{restore_streamed, verify_streamed, Streamed};
 
 /// Why a restore, a verify or a list could not go on. Each names the
 /// device (as given), the file and the offset involved; the CLI maps them

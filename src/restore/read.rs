@@ -847,13 +847,20 @@ impl<'a> DeviceReader<'a> {
             .map_or(header.file_id, |t| t[header.file_id as usize]);
         let end = header.file_offset + u64::from(header.payload_bytes);
         let beyond = self.target_bytes.filter(|&bytes| end > bytes);
+        // A restore of the catalog read entry by entry has no targets:
+        // what the tree did not prepare (refused, incomplete) is not written.
+        let taken = target != NO_TARGET
+            && match self.destination {
+                Destination::Tree(staged) => staged.takes(target as usize),
+                _ => true,
+            };
         // Only a record that goes somewhere: the others are reported as
         // before, their CRC first.
-        let defer_crc = defer_crc && target != NO_TARGET && beyond.is_none();
+        let defer_crc = defer_crc && taken && beyond.is_none();
         if !defer_crc && !self.checksum(position, header, payload) {
             return None;
         }
-        if target == NO_TARGET {
+        if !taken {
             return None;
         }
         if let Some(target_bytes) = beyond {

@@ -1,5 +1,5 @@
-//! `pbio verify` of one set with its catalog read entry by entry (issue
-//! 23). The catalog is spilled to a temporary file as it is read from the
+//! `pbio verify` and `pbio restore` of one set with its catalog read
+//! entry by entry (issue 23). The catalog is spilled to a temporary file as it is read from the
 //! first device (`media::spill_catalog_bytes`), checked by
 //! `CatalogStream` (what `Catalog::decode` checks), and then read in file
 //! id order, merged with its segments (which a backup writes sorted by
@@ -7,11 +7,22 @@
 //! held per file is the stream's 17 bytes and one bit (complete or not),
 //! per record read its digest entry, per segment of a device its range.
 //!
+//! A restore (`restore_streamed`, the whole set into a directory: no
+//! `--only`, `--strip-components` or policy for existing names) prepares
+//! the tree in one pass over the files (`tree::prepare_entries`), the
+//! readers write what the tree takes, and `tree::finish_entries` reads the
+//! files again phase by phase: per file it holds the bits here, the tree's
+//! flags (`Staged`: refused, done, a small file's directory) and, only
+//! for the files that take one, a temporary name; per failed file why.
+//!
 //! The same checks and the same report as `run_chain(Action::Verify)`
-//! for what it takes: one set of random-access devices, every label
+//! (or `Action::Restore`) for what it takes: one set of random-access devices, every label
 //! Complete, not encrypted, no parity, not an increment, no device failed
 //! during the backup, its segments sorted by file. Anything else is handed
 //! back (`Streamed::Other`) for `open_devices`.
+
+use std::collections::HashMap;
+use std::path::Path;
 
 use crate::device::{Access, Device};
 use crate::format::catalog::{CatalogStream, Spilled};
@@ -23,13 +34,14 @@ use super::open::{attach, check_label_mac, check_members, labels_agree, set_mac_
 use super::problem::Problem;
 use super::read::{read_device, Destination, DeviceRanges, Reader};
 use super::select::{missing_ranges, Ranges};
+use super::tree::{self, Verdict};
 use super::{Missing, OpenSet, Report, RestoreError};
 
 /// What `verify_streamed` did.
 pub enum Streamed {
-    /// Verified: the set (its catalog without files and segments, for the
+    /// Verified or restored: the set (its catalog without files and segments, for the
     /// summary) and the report, with every device's catalog checked.
-    Verified(Box<(OpenSet, Report)>),
+    Done(Box<(OpenSet, Report)>),
     /// Not a set this reads: the devices back, untouched but for their
     /// labels read.
     Other(Vec<Box<dyn Device>>),
@@ -41,6 +53,29 @@ pub enum Streamed {
 pub fn verify_streamed(
     devices: Vec<Box<dyn Device>>,
     key: Option<&MacKey>,
+) -> Result<Streamed, RestoreError> {
+    streamed(devices, key, None)
+}
+
+/// Restore the whole set on `devices` under `to` (a directory), reading
+/// its catalog entry by entry, or hand them back (`Streamed::Other`) when
+/// they are not one set this reads (module doc). A file that fails is
+/// removed, or with `keep_partial` kept as `NAME.pbio-partial`.
+pub fn restore_streamed(
+    devices: Vec<Box<dyn Device>>,
+    key: Option<&MacKey>,
+    to: &Path,
+    keep_partial: bool,
+) -> Result<Streamed, RestoreError> {
+    streamed(devices, key, Some((to, keep_partial)))
+}
+
+/// `verify_streamed`, or with `restore` (the directory, keep partial
+/// files) `restore_streamed`.
+fn streamed(
+    devices: Vec<Box<dyn Device>>,
+    key: Option<&MacKey>,
+    restore: Option<(&Path, bool)>,
 ) -> Result<Streamed, RestoreError> {
     let started = std::time::Instant::now();
     let Some((labels, key)) = labels_of(&devices, key)? else {
@@ -80,7 +115,17 @@ pub fn verify_streamed(
     let mut report = Report::default();
     let present: Vec<u32> = devices.iter().map(|(_, l)| l.device_index).collect();
     let incomplete = coverage(&stream, &present, &mut report).map_err(format_error)?;
-    let results = read_all(&devices, &stream);
+    let staged = match restore {
+        Some((to, keep_partial)) => {
+            let staged = prepare(to, &stream, &incomplete, keep_partial, &mut report);
+            Some(staged?.map_err(format_error)?)
+        }
+        None => None,
+    };
+    let destination = staged
+        .as_ref()
+        .map_or(Destination::Nowhere, Destination::Tree);
+    let results = read_all(&devices, &stream, destination);
     let (records, broken) = gather(results, &mut report)?;
     let mut verdicts = Verdicts {
         stream: &stream,
@@ -88,7 +133,25 @@ pub fn verify_streamed(
         broken: &broken,
         incomplete: &incomplete,
     };
-    report.files_restored = verdicts.run(&records, &mut report).map_err(format_error)?;
+    let refused = |i: usize| staged.as_ref().is_some_and(|s| s.refused(i));
+    let (complete, failed) = verdicts
+        .run(&records, &mut report, &refused)
+        .map_err(format_error)?;
+    report.files_restored = complete;
+    if let (Some(staged), Some((_, keep_partial))) = (staged, restore) {
+        let selected = |i: usize| !incomplete.get(i);
+        let verdict = |i: usize| {
+            failed
+                .get(&(i as u32))
+                .map_or(Verdict::Good, |why| Verdict::Failed(why.clone()))
+        };
+        let finished = tree::finish_entries(staged, &stream, &selected, &verdict, keep_partial);
+        report
+            .errors
+            .extend(finished.errors.into_iter().map(Problem::Tree));
+        report.warnings.extend(finished.warnings);
+        report.files_restored = finished.done.iter().filter(|&&d| d).count();
+    }
     // Every device's own catalog must read back and agree, not only the one used.
     for (dev, label) in &devices {
         let read = attach(dev.as_ref()).and_then(|()| media::catalog_digest(dev.as_ref(), label));
@@ -112,7 +175,7 @@ pub fn verify_streamed(
         unreadable: notes,
         keyed,
     };
-    Ok(Streamed::Verified(Box::new((set, report))))
+    Ok(Streamed::Done(Box::new((set, report))))
 }
 
 /// A set's labels (in the devices' order) and its MAC key.
@@ -211,11 +274,13 @@ impl<'a> SegmentsOf<'a> {
         }
     }
 
-    /// The segments of file `id` (the files asked for in id order).
+    /// The segments of file `id` (the files asked for in increasing id
+    /// order; those of files not asked for are passed over).
     fn of(&mut self, id: u32) -> Result<&[CatalogSegment], FormatError> {
         self.of_file.clear();
         loop {
             match self.segments.peek() {
+                Some(Ok(s)) if s.file_id < id => {}
                 Some(Ok(s)) if s.file_id == id => self.of_file.push(*s),
                 Some(Ok(_)) | None => break,
                 Some(Err(_)) => {
@@ -234,13 +299,16 @@ impl<'a> SegmentsOf<'a> {
 /// The select phase of `select` for a verify of one set: each file with
 /// data whose segments on the `present` devices do not cover it is in
 /// `report.missing` (sorted by path) and incomplete; a hard link is
-/// incomplete with its target. One bit a file.
+/// incomplete with its target, and missing with its target's ranges (as
+/// `select` reports it). One bit a file.
 fn coverage(
     stream: &CatalogStream,
     present: &[u32],
     report: &mut Report,
 ) -> Result<Bits, FormatError> {
     let mut incomplete = Bits::new(stream.file_count());
+    // Incomplete file -> its entry in `report.missing`.
+    let mut missing_at: HashMap<u32, usize> = HashMap::new();
     let mut segments = SegmentsOf::new(stream);
     let set_id = stream.head().set_id;
     for id in 0..stream.file_count() {
@@ -255,6 +323,7 @@ fn coverage(
         if !ranges.is_empty() {
             incomplete.set(id);
             let path = stream.file(id).expect("a file of the stream")?.path;
+            missing_at.insert(id as u32, report.missing.len());
             report.missing.push(Missing {
                 path,
                 set_id,
@@ -267,10 +336,61 @@ fn coverage(
         let f = f?;
         if f.kind == crate::format::FileKind::HardLink && incomplete.get(f.hardlink_to as usize) {
             incomplete.set(id);
+            if let Some(&at) = missing_at.get(&f.hardlink_to) {
+                let missing = Missing {
+                    path: f.path,
+                    ..report.missing[at].clone()
+                };
+                report.missing.push(missing);
+            }
         }
     }
     report.missing.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(incomplete)
+}
+
+/// The tree under `to` prepared for every complete file (`tree::prepare`),
+/// the regular files whose data is one whole record (or none), without
+/// xattrs or flags, made as small files (`small::candidates`; none with
+/// `keep_partial`); the entries refused reported. The outer error: the
+/// directory does not open, or the catalog no longer reads.
+fn prepare(
+    to: &Path,
+    stream: &CatalogStream,
+    incomplete: &Bits,
+    keep_partial: bool,
+    report: &mut Report,
+) -> Result<Result<tree::Staged, FormatError>, tree::TreeError> {
+    let root = super::at::Root::open(to).map_err(|error| tree::TreeError::Io {
+        op: "open restore directory",
+        path: crate::units::shown_name(std::os::unix::ffi::OsStrExt::as_bytes(to.as_os_str())),
+        error,
+    })?;
+    let mut segments = SegmentsOf::new(stream);
+    let mut error = None;
+    let mut small = |i: usize, f: &crate::format::CatalogFile| {
+        let whole = match segments.of(i as u32) {
+            Ok([s]) => s.offset == 0 && s.length == f.size_bytes && s.records == 1,
+            Ok(_) => false,
+            Err(e) => {
+                error = Some(e);
+                false
+            }
+        };
+        f.kind == crate::format::FileKind::Regular
+            && f.xattrs.is_empty()
+            && f.stat.flags == 0
+            && (f.size_bytes == 0 || whole)
+    };
+    let small: Option<tree::SmallCandidate<'_>> = (!keep_partial).then_some(&mut small);
+    let mut staged = tree::prepare_entries(root, stream, &|i| !incomplete.get(i), small)?;
+    if let Some(e) = error {
+        return Ok(Err(e));
+    }
+    report
+        .errors
+        .extend(staged.take_errors().into_iter().map(Problem::Tree));
+    Ok(Ok(staged))
 }
 
 /// `select::coverage` of one file: what its segments on `present`
@@ -293,6 +413,7 @@ fn missing_of(size_bytes: u64, segments: &[CatalogSegment], present: &[u32]) -> 
 fn read_all(
     devices: &[(Box<dyn Device>, Label)],
     stream: &CatalogStream,
+    destination: Destination<'_>,
 ) -> Vec<(Reader, Result<super::read::DeviceRead, RestoreError>)> {
     let results: Vec<_> = std::thread::scope(|scope| {
         let handles: Vec<_> = devices
@@ -310,7 +431,7 @@ fn read_all(
                     })?;
                     attach(dev)?;
                     let files = (stream as &dyn super::read::Files, ranges);
-                    let read = read_device(dev, label, files, None, stream, Destination::Nowhere);
+                    let read = read_device(dev, label, files, None, stream, destination);
                     dev.detach();
                     read
                 })
@@ -355,20 +476,23 @@ struct Verdicts<'a, 's> {
 }
 
 impl Verdicts<'_, '_> {
-    /// Every complete file with data checked against its digest (the
-    /// failures in `report.errors`); the number of complete entries (what
-    /// `run_sets` counts as verified).
+    /// Every complete file with data but those `skip` says checked
+    /// against its digest (the failures in `report.errors`); the number of
+    /// complete entries (what `run_sets` counts as verified) and why each
+    /// file that failed did.
     fn run(
         &mut self,
         records: &super::finish::Records,
         report: &mut Report,
-    ) -> Result<usize, FormatError> {
+        skip: &dyn Fn(usize) -> bool,
+    ) -> Result<(usize, HashMap<u32, String>), FormatError> {
         let mut complete = 0;
+        let mut failed = HashMap::new();
         let mut segments = SegmentsOf::new(self.stream);
         for (id, f) in self.stream.files().enumerate() {
             let f = f?;
             let of_file = segments.of(id as u32)?;
-            if self.incomplete.get(id) {
+            if self.incomplete.get(id) || skip(id) {
                 continue;
             }
             complete += 1;
@@ -386,7 +510,7 @@ impl Verdicts<'_, '_> {
                 .map(|(_, _, path)| path.clone())
                 .collect();
             let path = f.path;
-            report.errors.push(if on_broken.is_empty() {
+            let problem = if on_broken.is_empty() {
                 let devices = self
                     .devices
                     .iter()
@@ -399,9 +523,11 @@ impl Verdicts<'_, '_> {
                     path,
                     devices: on_broken,
                 }
-            });
+            };
+            failed.insert(id as u32, problem.to_string());
+            report.errors.push(problem);
         }
-        Ok(complete)
+        Ok((complete, failed))
     }
 }
 

@@ -8,7 +8,8 @@
 //! made under a temporary name and renamed too, so a name in the
 //! destination is replaced atomically and never written through.
 
-use crate::format::{Catalog, CatalogFile, FileKind, Xattr};
+use crate::format::catalog::CatalogStream;
+use crate::format::{Catalog, CatalogFile, FileKind, FormatError, Xattr};
 use crate::units::shown_name;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{
@@ -16,6 +17,7 @@ use nix::sys::stat::{
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, Gid, Uid};
+use std::borrow::Cow;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -85,6 +87,69 @@ pub fn check_rel(rel: &[u8]) -> Result<(), TreeError> {
     Ok(())
 }
 
+/// The entries of a tree restore by catalog id: a decoded catalog, or a
+/// catalog read entry by entry (`CatalogStream`, issue 23), whose entries
+/// are decoded again where a phase needs them and never all held.
+pub trait Entries: Sync {
+    fn count(&self) -> usize;
+    /// Entry `i`'s kind without decoding it (None past the last).
+    fn kind(&self, i: usize) -> Option<FileKind>;
+    /// Entry `i` (None past the last, or when it no longer reads: a
+    /// spilled catalog's I/O error).
+    fn entry(&self, i: usize) -> Option<Cow<'_, CatalogFile>>;
+    /// Every entry in id order, given to `each`; an entry that no longer
+    /// reads (a spilled catalog's I/O error) ends it, as an error.
+    fn each(&self, each: &mut dyn FnMut(usize, &CatalogFile)) -> Result<(), FormatError>;
+}
+
+impl Entries for Catalog {
+    fn count(&self) -> usize {
+        self.files.len()
+    }
+
+    fn kind(&self, i: usize) -> Option<FileKind> {
+        Some(self.files.get(i)?.kind)
+    }
+
+    fn entry(&self, i: usize) -> Option<Cow<'_, CatalogFile>> {
+        self.files.get(i).map(Cow::Borrowed)
+    }
+
+    fn each(&self, each: &mut dyn FnMut(usize, &CatalogFile)) -> Result<(), FormatError> {
+        self.files.iter().enumerate().for_each(|(i, f)| each(i, f));
+        Ok(())
+    }
+}
+
+impl Entries for CatalogStream<'_> {
+    fn count(&self) -> usize {
+        self.file_count()
+    }
+
+    fn kind(&self, i: usize) -> Option<FileKind> {
+        Some(self.summary(i)?.kind)
+    }
+
+    fn entry(&self, i: usize) -> Option<Cow<'_, CatalogFile>> {
+        self.file(i)?.ok().map(Cow::Owned)
+    }
+
+    fn each(&self, each: &mut dyn FnMut(usize, &CatalogFile)) -> Result<(), FormatError> {
+        for (i, f) in self.files().enumerate() {
+            each(i, &f?);
+        }
+        Ok(())
+    }
+}
+
+/// The error of a catalog that no longer reads while the tree is made.
+fn unreadable(error: FormatError) -> TreeError {
+    TreeError::Entry {
+        path: "the catalog".into(),
+        why: format!("no longer reads from its temporary file: {error}"),
+    }
+}
+
 /// Whether a restored file is complete and verified (the restore engine
 /// decides; `finish` renames only the good ones into place).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,8 +164,10 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct Staged {
     root: Root,
-    /// Per catalog file: the temporary path its data is written to.
-    temps: Vec<Option<Vec<u8>>>,
+    /// (catalog file, the temporary path its data is written to), sorted
+    /// by file: only the files that take one (issue 23: not a slot per
+    /// entry).
+    temps: Vec<(u32, Vec<u8>)>,
     /// Per catalog file: refused or failed by `prepare` (reported in `errors`).
     refused: Vec<bool>,
     errors: Vec<TreeError>,
@@ -117,6 +184,19 @@ impl Staged {
     /// Whether catalog file `i` was refused (or could not be prepared).
     pub fn refused(&self, i: usize) -> bool {
         self.refused[i]
+    }
+
+    /// Whether catalog file `i`'s records are written here: it has a
+    /// temporary file or is a small file (not refused, not unselected).
+    pub fn takes(&self, i: usize) -> bool {
+        self.temp(i).is_some() || self.small_dir(i).is_some()
+    }
+
+    /// The temporary path of catalog file `i`, if it has one.
+    fn temp(&self, i: usize) -> Option<&[u8]> {
+        let i = u32::try_from(i).ok()?;
+        let at = self.temps.binary_search_by_key(&i, |t| t.0).ok()?;
+        Some(&self.temps[at].1)
     }
 
     /// The directory small file `i` is made in (`small`: created there
@@ -146,7 +226,7 @@ impl Staged {
 
     /// Open the temporary file of catalog file `i` for the restore's writes.
     pub fn open_for_write(&self, i: usize) -> io::Result<fs::File> {
-        let Some(temp) = &self.temps[i] else {
+        let Some(temp) = self.temp(i) else {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 "no temporary file was prepared for it",
@@ -227,26 +307,46 @@ pub fn prepare_with(
         "one selection flag per catalog file"
     );
     assert!(candidates.is_empty() || candidates.len() == selected.len());
-    let n = catalog.files.len();
+    let mut candidate = |i: usize, _: &CatalogFile| candidates[i];
+    let small: Option<SmallCandidate<'_>> = candidates.contains(&true).then_some(&mut candidate);
+    prepare_entries(root, catalog, &|i| selected[i], small).expect("a decoded catalog always reads")
+}
+
+/// Whether entry i may be a small file (`prepare_entries`), asked in id order.
+pub type SmallCandidate<'a> = &'a mut dyn FnMut(usize, &CatalogFile) -> bool;
+
+/// `prepare` below an opened root of the entries `selected(i)` says,
+/// `small(i, entry)` (None: no small files) saying which regular files
+/// may be made as small files (`prepare_small`), asked in id order. An
+/// error only when the entries no longer read.
+pub fn prepare_entries(
+    root: Root,
+    entries: &dyn Entries,
+    selected: &dyn Fn(usize) -> bool,
+    mut small: Option<SmallCandidate<'_>>,
+) -> Result<Staged, TreeError> {
+    let n = entries.count();
     let mut staged = Staged {
         root,
-        temps: vec![None; n],
+        temps: Vec::new(),
         refused: vec![false; n],
         errors: Vec::new(),
-        small: Small::new(candidates),
+        small: small.as_ref().map(|_| Small::new(n)),
     };
     let mut dirs = Dirs::default();
-    for (i, file) in catalog.files.iter().enumerate() {
-        if !selected[i] {
-            continue;
-        }
-        let candidate = candidates.get(i).copied().unwrap_or(false);
-        if let Err(error) = prepare_one(&mut staged, &mut dirs, i, file, candidate) {
-            staged.refused[i] = true;
-            staged.errors.push(error);
-        }
-    }
-    staged
+    entries
+        .each(&mut |i, file| {
+            if !selected(i) {
+                return;
+            }
+            let candidate = small.as_mut().is_some_and(|small| small(i, file));
+            if let Err(error) = prepare_one(&mut staged, &mut dirs, i, file, candidate) {
+                staged.refused[i] = true;
+                staged.errors.push(error);
+            }
+        })
+        .map_err(unreadable)?;
+    Ok(staged)
 }
 
 /// One entry of `prepare`; the directories it is made in are resolved
@@ -286,7 +386,8 @@ fn prepare_one(
     // hard links and special files are made by `finish`, their parents
     // made here.
     if file.kind.has_data() {
-        staged.temps[i] = Some(create_file_in(dir, path, file.size_bytes)?);
+        let temp = create_file_in(dir, path, file.size_bytes)?;
+        staged.temps.push((i as u32, temp));
     }
     Ok(())
 }
@@ -375,83 +476,142 @@ pub fn finish(
 ) -> Finished {
     assert_eq!(selected.len(), catalog.files.len());
     assert_eq!(verdicts.len(), catalog.files.len());
+    let verdict = |i: usize| verdicts[i].clone();
+    finish_entries(staged, catalog, &|i| selected[i], &verdict, keep_partial)
+}
+
+/// `finish` of the entries `selected(i)` says, `verdict(i)` saying whether
+/// entry i's data is complete and verified. The entries are read again
+/// phase by phase (issue 23): what is held per entry is its `done` flag;
+/// per directory its depth, for the metadata deepest first.
+pub fn finish_entries(
+    staged: Staged,
+    entries: &dyn Entries,
+    selected: &(dyn Fn(usize) -> bool + Sync),
+    verdict: &(dyn Fn(usize) -> Verdict + Sync),
+    keep_partial: bool,
+) -> Finished {
     let root = &staged.root;
     let refused = &staged.refused;
-    let files = &catalog.files;
     let meta = Meta::of_process();
     let mut out = Finished {
-        done: vec![false; files.len()],
+        done: vec![false; entries.count()],
         errors: Vec::new(),
         warnings: Vec::new(),
     };
-    let warnings = &mut out.warnings;
-    let chosen = |kind: fn(FileKind) -> bool| {
-        files
-            .iter()
-            .enumerate()
-            .filter(move |&(i, f)| selected[i] && !refused[i] && kind(f.kind))
+    // Each phase is one pass over the entries, in id order.
+    let pass = |out: &mut Finished,
+                wanted: &dyn Fn(usize, FileKind) -> bool,
+                each: &mut dyn FnMut(usize, &CatalogFile, &mut Finished)| {
+        let read = entries.each(&mut |i, file| {
+            if selected(i) && !refused[i] && wanted(i, file.kind) {
+                each(i, file, out);
+            }
+        });
+        if let Err(error) = read {
+            out.errors.push(unreadable(error));
+        }
     };
     // The directory of each entry, resolved once while kept open.
     let mut dirs = Dirs::default();
     let small = staged.small.as_ref();
+    let is_small = |i: usize| small.is_some_and(|s| s.dir(i).is_some());
     if let Some(small) = small {
-        let indices: Vec<usize> = chosen(FileKind::has_data)
-            .map(|(i, _)| i)
-            .filter(|&i| small.dir(i).is_some())
-            .collect();
-        for (i, result) in finish_smalls(small, &indices, files, verdicts, meta) {
+        let failed = small.take_failed();
+        let mut batch: Vec<(usize, CatalogFile)> = Vec::new();
+        let finish_batch = |batch: &mut Vec<(usize, CatalogFile)>, out: &mut Finished| {
+            for (i, result) in finish_smalls(small, batch, verdict, &failed, meta) {
+                match result {
+                    Ok(()) => out.done[i] = true,
+                    Err(error) => out.errors.push(error),
+                }
+            }
+            batch.clear();
+        };
+        pass(
+            &mut out,
+            &|i, kind| kind.has_data() && is_small(i),
+            &mut |i, file, out| {
+                batch.push((i, file.clone()));
+                if batch.len() >= SMALL_FINISH_BATCH {
+                    finish_batch(&mut batch, out);
+                }
+            },
+        );
+        finish_batch(&mut batch, &mut out);
+    }
+    pass(
+        &mut out,
+        &|i, kind| kind.has_data() && !is_small(i),
+        &mut |i, file, out| {
+            let Some(temp) = staged.temp(i) else {
+                out.errors.push(TreeError::Entry {
+                    path: shown_name(&file.path),
+                    why: "not restored: no temporary file was prepared for it".into(),
+                });
+                return;
+            };
+            let temp = at::split_parent(temp).1;
+            let path = &file.path[..];
+            let warnings = &mut out.warnings;
+            let result = directory_of(&mut dirs, root, path).and_then(|dir| match verdict(i) {
+                Verdict::Good => {
+                    place_file(dir, temp, path, Attrs::of(file), meta, warnings).map(|()| true)
+                }
+                Verdict::Failed(_) => drop_file(dir, temp, path, keep_partial).map(|()| false),
+            });
             match result {
-                Ok(()) => out.done[i] = true,
+                Ok(placed) => out.done[i] = placed,
                 Err(error) => out.errors.push(error),
             }
-        }
-    }
-    for (i, file) in chosen(FileKind::has_data) {
-        if small.is_some_and(|s| s.dir(i).is_some()) {
-            continue;
-        }
-        let temp = at::split_parent(temp_of(&staged, i)).1;
-        let path = &file.path[..];
-        let result = directory_of(&mut dirs, root, path).and_then(|dir| match &verdicts[i] {
-            Verdict::Good => {
-                place_file(dir, temp, path, Attrs::of(file), meta, warnings).map(|()| true)
-            }
-            Verdict::Failed(_) => drop_file(dir, temp, path, keep_partial).map(|()| false),
-        });
-        match result {
-            Ok(placed) => out.done[i] = placed,
-            Err(error) => out.errors.push(error),
-        }
-    }
+        },
+    );
     // Special files first, then symlinks: each made by its name.
     let specials_then_symlinks: [fn(FileKind) -> bool; 2] =
         [FileKind::is_special, |k| k == FileKind::Symlink];
     for kind in specials_then_symlinks {
-        for (i, file) in chosen(kind) {
+        pass(&mut out, &|_, k| kind(k), &mut |i, file, out| {
             let made = directory_of(&mut dirs, root, &file.path)
-                .and_then(|dir| make_by_name(dir, file, meta, warnings));
+                .and_then(|dir| make_by_name(dir, file, meta, &mut out.warnings));
             match made {
                 Ok(()) => out.done[i] = true,
                 Err(error) => out.errors.push(error),
             }
-        }
+        });
     }
-    for (i, file) in chosen(|k| k == FileKind::HardLink) {
-        match make_hard_link(root, files, &out.done, verdicts, file) {
+    pass(
+        &mut out,
+        &|_, k| k == FileKind::HardLink,
+        &mut |i, file, out| match make_hard_link(root, entries, &out.done, verdict, file) {
             Ok(()) => out.done[i] = true,
             Err(error) => out.errors.push(error),
-        }
-    }
-    let mut directories: Vec<(usize, &CatalogFile)> =
-        chosen(|k| k == FileKind::Directory).collect();
-    directories
-        .sort_by_key(|(_, f)| std::cmp::Reverse(f.path.iter().filter(|&&b| b == b'/').count()));
-    for (i, file) in directories {
+        },
+    );
+    // (depth, id) of every directory: deepest first, so their mtimes stick.
+    let mut directories: Vec<(u32, u32)> = Vec::new();
+    pass(
+        &mut out,
+        &|_, k| k == FileKind::Directory,
+        &mut |i, file, _| {
+            let depth = file.path.iter().filter(|&&b| b == b'/').count();
+            directories.push((depth as u32, i as u32));
+        },
+    );
+    directories.sort_by_key(|&(depth, _)| std::cmp::Reverse(depth));
+    for (_, i) in directories {
+        let i = i as usize;
+        let Some(file) = entries.entry(i) else {
+            out.errors.push(unreadable(FormatError::Catalog(
+                "a directory's entry no longer reads",
+            )));
+            continue;
+        };
+        let warnings = &mut out.warnings;
         let result = root
             .open_at(&file.path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
             .map_err(io_error("open to set metadata of", &file.path))
             .and_then(|fd| {
-                let attrs = Attrs::of(file);
+                let attrs = Attrs::of(&file);
                 apply_through_fd(fd.as_fd(), &file.path, attrs, meta, warnings)?;
                 apply_flags(fd.as_fd(), &file.path, attrs.flags, warnings);
                 Ok(())
@@ -467,40 +627,37 @@ pub fn finish(
 /// Threads that finish small files at most, and files each takes at least.
 const SMALL_FINISH_THREADS_MAX: usize = 4;
 const SMALL_FINISH_FILES_MIN: usize = 2048;
+/// Small files decoded and finished at a time (issue 23: not all held).
+const SMALL_FINISH_BATCH: usize = 4 * 8192;
 
-/// `finish_small` of the small files `indices` (in catalog order), shared
+/// `finish_small` of the small files `batch` (in catalog order), shared
 /// out over a few threads: each file is its own name in its own
 /// directory, so they are independent. Results in the order given.
 fn finish_smalls(
     small: &Small,
-    indices: &[usize],
-    files: &[CatalogFile],
-    verdicts: &[Verdict],
+    batch: &[(usize, CatalogFile)],
+    verdict: &(dyn Fn(usize) -> Verdict + Sync),
+    failed: &std::collections::HashMap<u32, String>,
     meta: Meta,
 ) -> Vec<(usize, Result<(), TreeError>)> {
-    let failed = small.take_failed();
-    let failed = &failed;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, SMALL_FINISH_THREADS_MAX);
-    let per_thread = indices.len().div_ceil(threads).max(SMALL_FINISH_FILES_MIN);
-    let finish_all = move |chunk: &[usize]| -> Vec<(usize, Result<(), TreeError>)> {
+    let per_thread = batch.len().div_ceil(threads).max(SMALL_FINISH_FILES_MIN);
+    let finish_all = move |chunk: &[(usize, CatalogFile)]| -> Vec<(usize, Result<(), TreeError>)> {
         chunk
             .iter()
-            .map(|&i| {
-                let why = failed.get(&(i as u32)).map(String::as_str);
-                (
-                    i,
-                    finish_small(small, i, &files[i], &verdicts[i], why, meta),
-                )
+            .map(|(i, file)| {
+                let why = failed.get(&(*i as u32)).map(String::as_str);
+                (*i, finish_small(small, *i, file, &verdict(*i), why, meta))
             })
             .collect()
     };
-    if indices.len() <= per_thread {
-        return finish_all(indices);
+    if batch.len() <= per_thread {
+        return finish_all(batch);
     }
     std::thread::scope(|scope| {
-        let handles: Vec<_> = indices
+        let handles: Vec<_> = batch
             .chunks(per_thread)
             .map(|chunk| scope.spawn(move || finish_all(chunk)))
             .collect();
@@ -667,12 +824,6 @@ impl Attrs<'_> {
     }
 }
 
-fn temp_of(staged: &Staged, i: usize) -> &[u8] {
-    staged.temps[i]
-        .as_deref()
-        .expect("every prepared file has a temporary name")
-}
-
 /// The directory of `path` (a path below the root), opened, and the name
 /// in it of `path`'s temporary file `temp` (a path below the root, in the
 /// same directory): where `place_file` and `drop_file` work.
@@ -790,21 +941,24 @@ fn make_by_name(
 
 fn make_hard_link(
     root: &Root,
-    files: &[CatalogFile],
+    entries: &dyn Entries,
     done: &[bool],
-    verdicts: &[Verdict],
+    verdict: &dyn Fn(usize) -> Verdict,
     file: &CatalogFile,
 ) -> Result<(), TreeError> {
     let path = &file.path[..];
     let index = file.hardlink_to as usize;
-    let Some(target) = files.get(index).filter(|t| t.kind.can_be_hard_linked()) else {
+    let linkable = entries
+        .kind(index)
+        .is_some_and(FileKind::can_be_hard_linked);
+    let Some(target) = linkable.then(|| entries.entry(index)).flatten() else {
         return Err(TreeError::Unsafe {
             path: shown_name(path),
             why: "hard link whose target is not a regular or special file of the catalog",
         });
     };
     if !done[index] {
-        let why = match &verdicts[index] {
+        let why = match verdict(index) {
             Verdict::Failed(why) => format!(
                 "hard link not made: its target {} was not restored ({why})",
                 shown_name(&target.path)

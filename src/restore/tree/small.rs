@@ -61,26 +61,20 @@ pub(super) struct Small {
 }
 
 impl Small {
-    /// For `files` catalog entries, `candidates[i]` saying which may be
-    /// small files (the caller's part: one record or none, no xattrs, no
-    /// flags); None when there are none.
-    pub(super) fn new(candidates: &[bool]) -> Option<Small> {
-        if !candidates.contains(&true) {
-            return None;
-        }
+    /// For `files` catalog entries (which of them are small files is the
+    /// caller's part, `take`: one record or none, no xattrs, no flags).
+    pub(super) fn new(files: usize) -> Small {
         let limit = super::at::raise_open_files_limit(1 << 20) as usize;
-        Some(Small {
-            dir_of: vec![NOT_SMALL; candidates.len()],
+        Small {
+            dir_of: vec![NOT_SMALL; files],
             dirs: Vec::new(),
             made: HashMap::new(),
             dirs_max: (limit / 4).min(DIRS_HELD_MAX),
-            written: (0..candidates.len().div_ceil(64))
-                .map(|_| AtomicU64::new(0))
-                .collect(),
+            written: (0..files.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             failed: Mutex::new(Vec::new()),
             umask: super::at::umask(),
             euid: nix::unistd::geteuid().as_raw(),
-        })
+        }
     }
 
     /// `prepare` made the directory `rel` (its `mkdirat` succeeded) and
@@ -171,11 +165,7 @@ mod tests {
     fn only_directories_made_here_take_small_files_and_a_file_is_written_once() {
         let tmp = tempfile::tempdir().unwrap();
         let root = super::super::at::Root::open(tmp.path()).unwrap();
-        let mut small = Small::new(&[true, true, false]).unwrap();
-        assert!(
-            Small::new(&[false]).is_none(),
-            "no candidates: nothing held"
-        );
+        let mut small = Small::new(3);
         let (fd, made) = root.ensure_dir_made(b"d", 0o700).unwrap();
         assert!(made);
         small.made_dir(b"d", &fd);
