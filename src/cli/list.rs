@@ -543,6 +543,7 @@ fn print_sets(device: &std::path::Path, sets: &[crate::media::sets::TapeSet], as
         let state = match &s.end {
             SetEnd::Catalog(_) => "complete".to_string(),
             SetEnd::Continued => "continued (catalog on other cartridges)".to_string(),
+            SetEnd::Sealed(why) => format!("complete, encrypted: {why}"),
             SetEnd::Incomplete(why) => format!("incomplete: {why}"),
         };
         (

@@ -178,9 +178,9 @@ pub enum Disagreement {
 
 fn encrypted_refusal(device: &str, set: &str, wrong_key: bool) -> String {
     if wrong_key {
-        format!("wrong key for set {set} on device {device}: the key file does not open its data key (another key, or an altered label): nothing read")
+        format!("wrong key for set {set} on device {device}: the key file (or passphrase) does not open its data key (another key, or an altered label): nothing read")
     } else {
-        format!("set {set} on device {device} is encrypted: give its --key-file to read it")
+        format!("set {set} on device {device} is encrypted: give its --key-file (or --passphrase-file, if it was written with one) to read it")
     }
 }
 
