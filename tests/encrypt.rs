@@ -831,3 +831,95 @@ fn a_resumed_or_library_backup_checks_and_loads_the_key_options() {
     );
     assert!(err.contains("is encrypted"), "{err}");
 }
+
+/// The data records of the file device `path`: (position, header), in
+/// device order, up to the catalog.
+fn data_records(path: &Path) -> Vec<(u64, pbio::format::RecordHeader)> {
+    use pbio::format::{RecordHeader, RecordKind, HEADER_BYTES};
+    use std::os::unix::fs::FileExt;
+    let dev = std::fs::File::open(path).unwrap();
+    let mut position = HEADER_BYTES as u64;
+    let mut block = vec![0u8; HEADER_BYTES];
+    let mut found = Vec::new();
+    loop {
+        dev.read_exact_at(&mut block, position).unwrap();
+        let header = RecordHeader::decode(&block).expect("a record header");
+        if header.kind != RecordKind::Data {
+            return found;
+        }
+        let next = position + header.media_bytes();
+        found.push((position, header));
+        position = next;
+    }
+}
+
+/// Sealed records moved on the media: one copied over another record of
+/// the same file (a replay) fails the file's digest; one copied to another
+/// device fails the device check (its record key and associated data bind
+/// the device index); two records of a file swapped restore the same
+/// bytes (each record's file offset is in its associated data, so it is
+/// written where it belongs) and verify passes.
+#[test]
+fn sealed_records_moved_on_the_media_are_caught_or_land_where_they_belong() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path());
+    let key = new_key(dir.path(), "set.key");
+    let devs: Vec<String> = (0..2)
+        .map(|i| dir.path().join(format!("d{i}.img")).display().to_string())
+        .collect();
+    let sized: Vec<String> = devs.iter().map(|d| format!("{d},size=32M")).collect();
+    backup(&src, &sized, &["--encrypt", "--key-file", &key]);
+    let records = data_records(Path::new(&devs[0]));
+    // Two whole records of one file, of the same size on the media.
+    let (a, b) = records
+        .iter()
+        .enumerate()
+        .find_map(|(i, (_, x))| {
+            records[i + 1..]
+                .iter()
+                .find(|(_, y)| y.file_id == x.file_id && y.media_bytes() == x.media_bytes())
+                .map(|y| (records[i], *y))
+        })
+        .expect("two records of one file on device 0");
+    let bytes_at = |path: &str, (at, h): (u64, pbio::format::RecordHeader)| {
+        let mut buf = vec![0u8; h.media_bytes() as usize];
+        std::fs::File::open(path)
+            .unwrap()
+            .read_exact_at(&mut buf, at)
+            .unwrap();
+        buf
+    };
+    let put = |path: &str, at: u64, bytes: &[u8]| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .write_all_at(bytes, at)
+            .unwrap();
+    };
+    let (a_bytes, b_bytes) = (bytes_at(&devs[0], a), bytes_at(&devs[0], b));
+    let verify = || run(&with_devs(strings(&["verify", "--key-file", &key]), &devs));
+
+    put(&devs[0], b.0, &a_bytes);
+    let (code, out, err) = verify();
+    assert_eq!(code, 3, "a replayed record: {out}\n{err}");
+    assert!(err.contains("content digest mismatch"), "{err}");
+
+    put(&devs[0], a.0, &b_bytes);
+    let (code, out, err) = verify();
+    assert_eq!(code, 0, "two records swapped: {out}\n{err}");
+    let to = dir.path().join("out");
+    restore_identical(&src, &devs, &to, &key);
+    put(&devs[0], a.0, &a_bytes);
+    put(&devs[0], b.0, &b_bytes);
+
+    // Device 1's first record is a whole one too (1 MiB of notes.txt or
+    // random.bin): device 0's record takes exactly its room.
+    let (at, h) = data_records(Path::new(&devs[1]))[0];
+    assert_eq!(h.media_bytes(), a.1.media_bytes());
+    put(&devs[1], at, &a_bytes);
+    let (code, out, err) = verify();
+    assert_eq!(code, 3, "a record of device 0 on device 1: {out}\n{err}");
+    assert!(err.contains("record says it is on device 0"), "{err}");
+}
