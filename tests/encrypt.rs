@@ -661,6 +661,25 @@ fn readers_of_a_passphrase_set_check_its_macs_and_diff_takes_the_key_options() {
         assert_eq!(code, 0, "diff {option}: {out}\n{err}");
         assert!(!err.contains("give --key"), "{err}");
     }
+    // `list --export` writes the catalog in the clear: mode 0600 (an
+    // existing file too), as the key file.
+    use std::os::unix::fs::PermissionsExt;
+    let exported = dir.path().join("catalog.export");
+    std::fs::write(&exported, b"an older export").unwrap();
+    std::fs::set_permissions(&exported, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for (dev, key) in [
+        (&kdev, vec!["--key-file", &key]),
+        (&dev, vec!["--passphrase-file", &printed]),
+    ] {
+        let mut args = strings(&["list", "--export", &exported.display().to_string()]);
+        args.extend(strings(&key));
+        let (code, out, err) = run(&with_devs(args, std::slice::from_ref(dev)));
+        assert_eq!(code, 0, "list --export: {out}\n{err}");
+        let mode = std::fs::metadata(&exported).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}: mode {mode:o}", exported.display());
+        assert!(contains(&std::fs::read(&exported).unwrap(), NAME));
+        std::fs::set_permissions(&exported, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
 }
 
 /// An increment over an encrypted set without `--encrypt` would hold the

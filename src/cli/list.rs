@@ -110,7 +110,8 @@ pub fn run(args: ListArgs) -> CliResult {
     let (_, label) = &set.devices[0];
     let c = &set.catalog;
     if let Some(path) = &args.export {
-        std::fs::write(path, c.encode())
+        crate::restore::create_export(path, label.seal.is_sealed())
+            .and_then(|mut out| std::io::Write::write_all(&mut out, &c.encode()))
             .map_err(|e| Failure::Usage(format!("--export {}: {e}", path.display())))?;
     }
     if args.json {

@@ -35,7 +35,7 @@ use crate::media::stream::StreamError;
 use crate::media::MediaError;
 pub use chain::{open_chain, Chain};
 pub use choose::{Choice, Existing, Kept, KeptWhy, Only};
-pub use encoded::{open_encoded, EncodedSet};
+pub use encoded::{create_export, open_encoded, EncodedSet};
 use finish::{finish_image, gather, verdicts};
 pub use open::{open_devices, open_set, open_sets, OpenSet};
 pub use problem::{Problem, RecordProblem, Refusal};
