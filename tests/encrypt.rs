@@ -661,6 +661,25 @@ fn readers_of_a_passphrase_set_check_its_macs_and_diff_takes_the_key_options() {
         assert_eq!(code, 0, "diff {option}: {out}\n{err}");
         assert!(!err.contains("give --key"), "{err}");
     }
+    // `list --export` writes the catalog in the clear: mode 0600 (an
+    // existing file too), as the key file.
+    use std::os::unix::fs::PermissionsExt;
+    let exported = dir.path().join("catalog.export");
+    std::fs::write(&exported, b"an older export").unwrap();
+    std::fs::set_permissions(&exported, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for (dev, key) in [
+        (&kdev, vec!["--key-file", &key]),
+        (&dev, vec!["--passphrase-file", &printed]),
+    ] {
+        let mut args = strings(&["list", "--export", &exported.display().to_string()]);
+        args.extend(strings(&key));
+        let (code, out, err) = run(&with_devs(args, std::slice::from_ref(dev)));
+        assert_eq!(code, 0, "list --export: {out}\n{err}");
+        let mode = std::fs::metadata(&exported).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}: mode {mode:o}", exported.display());
+        assert!(contains(&std::fs::read(&exported).unwrap(), NAME));
+        std::fs::set_permissions(&exported, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
 }
 
 /// An increment over an encrypted set without `--encrypt` would hold the
@@ -709,4 +728,217 @@ fn an_increment_over_an_encrypted_set_must_be_encrypted_too() {
     let raw = vec![inc.clone()];
     assert_eq!(found_in(&raw, NAME), Vec::<String>::new());
     assert_eq!(found_in(&raw, CONTENT), Vec::<String>::new());
+}
+
+/// A tape holding an encrypted set: `backup --append` without its key
+/// writes after it (the set is closed, only its catalog is sealed; before,
+/// it was taken for an incomplete set and `--force` offered to write over
+/// it), `list` without the key lists every set of the tape, the encrypted
+/// one as encrypted and without its names, and each set restores.
+#[test]
+fn an_encrypted_set_on_a_tape_is_appended_after_and_listed_without_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path());
+    let key = new_key(dir.path(), "set.key");
+    let tape_dir = dir.path().join("tape");
+    std::fs::create_dir(&tape_dir).unwrap();
+    let tape = format!("vtape:{}", tape_dir.display());
+    let sized = vec![format!("{tape},size=64M")];
+    let encrypted = backup(&src, &sized, &["--encrypt", "--key-file", &key]);
+    let plain = backup(&src, &sized, &["--append"]);
+    let (encrypted, plain) = (
+        encrypted["set_id"].as_str().unwrap().to_string(),
+        plain["set_id"].as_str().unwrap().to_string(),
+    );
+    let tapes = vec![tape.clone()];
+    let (code, out, err) = run(&with_devs(strings(&["list", "--json"]), &tapes));
+    assert_eq!(code, 0, "list of the tape without the key: {out}\n{err}");
+    let listed: Value = serde_json::from_str(out.trim()).unwrap();
+    let sets = listed["sets"].as_array().unwrap();
+    assert_eq!(sets.len(), 2, "{out}");
+    assert_eq!(sets[0]["set_id"], encrypted.as_str());
+    assert!(
+        sets[0]["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("complete, encrypted"),
+        "{out}"
+    );
+    assert!(sets[0]["files"].is_null(), "{out}");
+    assert_eq!(sets[1]["set_id"], plain.as_str());
+    assert_eq!(sets[1]["state"], "complete");
+    assert!(!out.contains("zanzibar"), "{out}");
+    for (set, extra) in [(&encrypted, vec!["--key-file", &key]), (&plain, vec![])] {
+        let to = dir.path().join(format!("out-{set}"));
+        let mut args = strings(&["restore", "--set", set, "--to", &to.display().to_string()]);
+        args.extend(strings(&extra));
+        let (code, out, err) = run(&with_devs(args, &tapes));
+        assert_eq!(code, 0, "restore of set {set}: {out}\n{err}");
+        let diffs = common::compare_trees(&src, &to.join("tree"));
+        assert!(
+            diffs.is_empty(),
+            "set {set}: restored tree differs: {diffs:#?}"
+        );
+    }
+}
+
+/// `backup --resume` and `backup --changer` check `--encrypt`'s key
+/// options and load the passphrase like a plain backup (both panicked,
+/// exit 101: `--encrypt` without a key, or with `--passphrase-file`).
+#[test]
+fn a_resumed_or_library_backup_checks_and_loads_the_key_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path());
+    let pass = dir.path().join("pass.txt");
+    std::fs::write(&pass, b"a long and memorable passphrase\n").unwrap();
+    let pass = pass.display().to_string();
+    let dev = dir.path().join("d.img").display().to_string();
+    backup(
+        &src,
+        &[format!("{dev},size=32M")],
+        &["--encrypt", "--passphrase-file", &pass],
+    );
+    let source = src.display().to_string();
+    let resume = |extra: &[&str]| {
+        let mut args = strings(&["backup", &source, "--resume", "--dev", &dev]);
+        args.extend(strings(extra));
+        run(&args)
+    };
+    let (code, out, err) = resume(&["--encrypt"]);
+    assert_eq!(code, 2, "--resume --encrypt without a key: {out}\n{err}");
+    assert!(err.contains("--encrypt needs --key-file"), "{err}");
+    let (code, out, err) = resume(&["--encrypt", "--passphrase-file", &pass]);
+    assert_eq!(code, 2, "--resume of an encrypted set: {out}\n{err}");
+    assert!(
+        err.contains("--resume cannot finish an encrypted set"),
+        "{err}"
+    );
+
+    let existing = format!("vlib:{}", dir.path().join("lib").display());
+    let library = format!("{existing},slots=4,drives=1,size=64M");
+    let to_library = |extra: &[&str]| {
+        let mut args = strings(&["backup", &source, "--changer", &library]);
+        args.extend(strings(extra));
+        run(&args)
+    };
+    let (code, out, err) = to_library(&["--encrypt"]);
+    assert_eq!(code, 2, "--changer --encrypt without a key: {out}\n{err}");
+    assert!(err.contains("--encrypt needs --key-file"), "{err}");
+    let (code, out, err) = to_library(&["--encrypt", "--passphrase-file", &pass]);
+    assert_eq!(
+        code, 0,
+        "--changer --encrypt --passphrase-file: {out}\n{err}"
+    );
+    let to = dir.path().join("out");
+    let args = strings(&[
+        "restore",
+        "--changer",
+        &existing,
+        "--passphrase-file",
+        &pass,
+        "--to",
+        &to.display().to_string(),
+    ]);
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "restore from the library: {out}\n{err}");
+    let diffs = common::compare_trees(&src, &to.join("tree"));
+    assert!(diffs.is_empty(), "restored tree differs: {diffs:#?}");
+    let (code, out, err) = run(&strings(&["list", "--changer", &existing]));
+    assert_eq!(
+        code, 2,
+        "list from the library without the key: {out}\n{err}"
+    );
+    assert!(err.contains("is encrypted"), "{err}");
+}
+
+/// The data records of the file device `path`: (position, header), in
+/// device order, up to the catalog.
+fn data_records(path: &Path) -> Vec<(u64, pbio::format::RecordHeader)> {
+    use pbio::format::{RecordHeader, RecordKind, HEADER_BYTES};
+    use std::os::unix::fs::FileExt;
+    let dev = std::fs::File::open(path).unwrap();
+    let mut position = HEADER_BYTES as u64;
+    let mut block = vec![0u8; HEADER_BYTES];
+    let mut found = Vec::new();
+    loop {
+        dev.read_exact_at(&mut block, position).unwrap();
+        let header = RecordHeader::decode(&block).expect("a record header");
+        if header.kind != RecordKind::Data {
+            return found;
+        }
+        let next = position + header.media_bytes();
+        found.push((position, header));
+        position = next;
+    }
+}
+
+/// Sealed records moved on the media: one copied over another record of
+/// the same file (a replay) fails the file's digest; one copied to another
+/// device fails the device check (its record key and associated data bind
+/// the device index); two records of a file swapped restore the same
+/// bytes (each record's file offset is in its associated data, so it is
+/// written where it belongs) and verify passes.
+#[test]
+fn sealed_records_moved_on_the_media_are_caught_or_land_where_they_belong() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path());
+    let key = new_key(dir.path(), "set.key");
+    let devs: Vec<String> = (0..2)
+        .map(|i| dir.path().join(format!("d{i}.img")).display().to_string())
+        .collect();
+    let sized: Vec<String> = devs.iter().map(|d| format!("{d},size=32M")).collect();
+    backup(&src, &sized, &["--encrypt", "--key-file", &key]);
+    let records = data_records(Path::new(&devs[0]));
+    // Two whole records of one file, of the same size on the media.
+    let (a, b) = records
+        .iter()
+        .enumerate()
+        .find_map(|(i, (_, x))| {
+            records[i + 1..]
+                .iter()
+                .find(|(_, y)| y.file_id == x.file_id && y.media_bytes() == x.media_bytes())
+                .map(|y| (records[i], *y))
+        })
+        .expect("two records of one file on device 0");
+    let bytes_at = |path: &str, (at, h): (u64, pbio::format::RecordHeader)| {
+        let mut buf = vec![0u8; h.media_bytes() as usize];
+        std::fs::File::open(path)
+            .unwrap()
+            .read_exact_at(&mut buf, at)
+            .unwrap();
+        buf
+    };
+    let put = |path: &str, at: u64, bytes: &[u8]| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .write_all_at(bytes, at)
+            .unwrap();
+    };
+    let (a_bytes, b_bytes) = (bytes_at(&devs[0], a), bytes_at(&devs[0], b));
+    let verify = || run(&with_devs(strings(&["verify", "--key-file", &key]), &devs));
+
+    put(&devs[0], b.0, &a_bytes);
+    let (code, out, err) = verify();
+    assert_eq!(code, 3, "a replayed record: {out}\n{err}");
+    assert!(err.contains("content digest mismatch"), "{err}");
+
+    put(&devs[0], a.0, &b_bytes);
+    let (code, out, err) = verify();
+    assert_eq!(code, 0, "two records swapped: {out}\n{err}");
+    let to = dir.path().join("out");
+    restore_identical(&src, &devs, &to, &key);
+    put(&devs[0], a.0, &a_bytes);
+    put(&devs[0], b.0, &b_bytes);
+
+    // Device 1's first record is a whole one too (1 MiB of notes.txt or
+    // random.bin): device 0's record takes exactly its room.
+    let (at, h) = data_records(Path::new(&devs[1]))[0];
+    assert_eq!(h.media_bytes(), a.1.media_bytes());
+    put(&devs[1], at, &a_bytes);
+    let (code, out, err) = verify();
+    assert_eq!(code, 3, "a record of device 0 on device 1: {out}\n{err}");
+    assert!(err.contains("record says it is on device 0"), "{err}");
 }

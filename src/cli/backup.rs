@@ -278,6 +278,15 @@ pub fn payload_per_device(entries: &[crate::source::Entry], plan: &crate::plan::
 }
 
 pub fn run(args: BackupArgs) -> CliResult {
+    // Cheap checks first: the key (of every kind of run: a resumed one and
+    // one to a library's cartridges too), paths, then what is on the
+    // devices, then the walk.
+    super::key::check_encrypt(
+        args.encrypt,
+        args.key.is_some() || args.passphrase_file.is_some(),
+    )?;
+    let mac_key = super::key::load_optional(args.key.as_deref())?;
+    super::key::load_passphrase(args.passphrase_file.as_deref())?;
     if args.resume.resume {
         return super::resume::run(args);
     }
@@ -294,13 +303,6 @@ pub fn run(args: BackupArgs) -> CliResult {
         force: args.force,
         overwrite: args.overwrite.clone(),
     };
-    // Cheap checks first: the key, paths, then what is on the devices, then the walk.
-    super::key::check_encrypt(
-        args.encrypt,
-        args.key.is_some() || args.passphrase_file.is_some(),
-    )?;
-    let mac_key = super::key::load_optional(args.key.as_deref())?;
-    super::key::load_passphrase(args.passphrase_file.as_deref())?;
     super::check_paths(&args.set.sources, &args.set.devs)?;
     // --append writes after the sets on each tape: nothing is overwritten.
     let append_points = super::append::points_or_guard(&args, &policy)?;

@@ -110,7 +110,8 @@ pub fn run(args: ListArgs) -> CliResult {
     let (_, label) = &set.devices[0];
     let c = &set.catalog;
     if let Some(path) = &args.export {
-        std::fs::write(path, c.encode())
+        crate::restore::create_export(path, label.seal.is_sealed())
+            .and_then(|mut out| std::io::Write::write_all(&mut out, &c.encode()))
             .map_err(|e| Failure::Usage(format!("--export {}: {e}", path.display())))?;
     }
     if args.json {
@@ -543,6 +544,7 @@ fn print_sets(device: &std::path::Path, sets: &[crate::media::sets::TapeSet], as
         let state = match &s.end {
             SetEnd::Catalog(_) => "complete".to_string(),
             SetEnd::Continued => "continued (catalog on other cartridges)".to_string(),
+            SetEnd::Sealed(why) => format!("complete, encrypted: {why}"),
             SetEnd::Incomplete(why) => format!("incomplete: {why}"),
         };
         (

@@ -73,6 +73,9 @@ pub enum SealError {
     /// The wrapped data key did not open: another key, or a forged label.
     #[error("the key does not open this set's data key (wrong key, or the label was altered)")]
     WrongKey,
+    /// The set is encrypted and no key or passphrase was given.
+    #[error("the set is encrypted and no --key-file or --passphrase-file was given to open it")]
+    NoKey,
     /// A record's payload or file info, or a catalog page, fails its tag.
     #[error("{what} fails authentication (altered or damaged)")]
     Authentication { what: &'static str },
@@ -600,6 +603,15 @@ pub mod keyring {
         NoKey,
         /// The key given does not open it.
         WrongKey,
+    }
+
+    impl From<Refusal> for SealError {
+        fn from(refusal: Refusal) -> SealError {
+            match refusal {
+                Refusal::NoKey => SealError::NoKey,
+                Refusal::WrongKey => SealError::WrongKey,
+            }
+        }
     }
 
     /// The data key of a sealed set from its label's envelope, opened with

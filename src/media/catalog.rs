@@ -118,7 +118,7 @@ pub(super) fn decoded(bytes: &[u8], label: &Label) -> Result<CatalogRead, Format
         // Opened with the user's key when this process has not opened the
         // set yet (`backup --since` an encrypted set).
         let key = crate::format::seal::keyring::open(label.set_id, &label.seal)
-            .map_err(|_| crate::format::seal::SealError::WrongKey)?;
+            .map_err(crate::format::seal::SealError::from)?;
         let opened = key.open_catalog(label.seal.run_id, bytes)?;
         return Ok(CatalogRead {
             catalog: Catalog::decode(&opened)?,
@@ -277,7 +277,7 @@ pub fn opened_catalog_bytes(bytes: Vec<u8>, label: &Label) -> Result<Vec<u8>, Fo
         return Ok(bytes);
     }
     let key = crate::format::seal::keyring::open(label.set_id, &label.seal)
-        .map_err(|_| crate::format::seal::SealError::WrongKey)?;
+        .map_err(crate::format::seal::SealError::from)?;
     Ok(key.open_catalog(label.seal.run_id, &bytes)?)
 }
 

@@ -13,6 +13,7 @@ use super::{read_catalog, read_label, MediaError};
 use crate::device::{
     Access, BlockDone, BlockIo, Device, DeviceNote, ErrorClass, Kind, TapeOp, TapeStatus,
 };
+use crate::format::seal::SealError;
 use crate::format::{Catalog, FormatError, Label, SetId};
 
 /// The sets on a tape are walked at most this far (a limit on a hostile
@@ -193,6 +194,10 @@ pub enum SetEnd {
     /// A continued volume of a set that spans cartridges: an End record
     /// and a filemark, the catalog being on other cartridges.
     Continued,
+    /// An encrypted set closed like `Catalog` (its catalog records, End
+    /// record and filemark read), whose catalog this process cannot open
+    /// (no key given, or another key): why.
+    Sealed(String),
     /// Not closed (an interrupted run, a damaged catalog): why.
     Incomplete(String),
 }
@@ -277,6 +282,13 @@ fn walk_sets(dev: &dyn Device) -> Result<(Vec<TapeSet>, Option<MediaError>), Med
         let end = match read_catalog(&view, &label) {
             Ok(read) => SetEnd::Catalog(Box::new(read.catalog)),
             Err(MediaError::Continued { .. }) => SetEnd::Continued,
+            // The framing was read to the filemark; only the key is missing.
+            Err(
+                e @ MediaError::Format {
+                    error: FormatError::Sealed(SealError::NoKey | SealError::WrongKey),
+                    ..
+                },
+            ) => SetEnd::Sealed(e.to_string()),
             Err(e) => SetEnd::Incomplete(e.to_string()),
         };
         let set = TapeSet {

@@ -14,6 +14,19 @@ use crate::media::{self, MediaError};
 use super::open::{attach, check_label_mac, set_mac_key};
 use super::{MacOf, RestoreError};
 
+/// The file `list --export` writes to (created, or truncated): an
+/// encrypted set's (`sealed`) catalog is written in the clear, so its file
+/// is made mode 0600 (its names, sizes and digests are for the key's
+/// holder only).
+pub fn create_export(to: &std::path::Path, sealed: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::PermissionsExt;
+    let out = std::fs::File::create(to)?;
+    if sealed {
+        out.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(out)
+}
+
 /// One device of a set, its label, and the set's catalog as stored on it
 /// (opened when the set is encrypted), its digest checked against the
 /// label's.
@@ -140,7 +153,7 @@ impl EncodedSet {
     /// Write the catalog's plain encoding (what `Catalog::encode` gives)
     /// to the file `to`, as `list --export` does.
     pub fn export(&self, to: &std::path::Path) -> std::io::Result<()> {
-        let mut out = std::fs::File::create(to)?;
+        let mut out = create_export(to, self.label.seal.is_sealed())?;
         match &self.held {
             Held::Bytes(bytes) => std::io::Write::write_all(&mut out, bytes),
             Held::Spilled(spilled) => spilled.copy_to(&mut out),

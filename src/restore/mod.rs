@@ -35,7 +35,7 @@ use crate::media::stream::StreamError;
 use crate::media::MediaError;
 pub use chain::{open_chain, Chain};
 pub use choose::{Choice, Existing, Kept, KeptWhy, Only};
-pub use encoded::{open_encoded, EncodedSet};
+pub use encoded::{create_export, open_encoded, EncodedSet};
 use finish::{finish_image, gather, verdicts};
 pub use open::{open_devices, open_set, open_sets, OpenSet};
 pub use problem::{Problem, RecordProblem, Refusal};
@@ -178,9 +178,9 @@ pub enum Disagreement {
 
 fn encrypted_refusal(device: &str, set: &str, wrong_key: bool) -> String {
     if wrong_key {
-        format!("wrong key for set {set} on device {device}: the key file does not open its data key (another key, or an altered label): nothing read")
+        format!("wrong key for set {set} on device {device}: the key file (or passphrase) does not open its data key (another key, or an altered label): nothing read")
     } else {
-        format!("set {set} on device {device} is encrypted: give its --key-file to read it")
+        format!("set {set} on device {device} is encrypted: give its --key-file (or --passphrase-file, if it was written with one) to read it")
     }
 }
 
