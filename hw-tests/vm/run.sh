@@ -63,7 +63,7 @@
 #   PBIO_VM_NVME_SIZE [1G]  PBIO_VM_PMEM_SIZE [256M]  PBIO_VM_DAX_SIZE [256M]
 #                     (the second nvdimm, made device-DAX by the guest; the scsi_debug tape
 #                     has a fixed capacity: 10000 blocks and filemarks)
-#   PBIO_VM_TESTS ["nvme pmem dax set tape-control changer"]  which
+#   PBIO_VM_TESTS ["nvme pmem dax set tape-control changer library"]  which
 #                     hw-tests/*.sh the guest runs; changer and library need
 #                     the tape library: tgt (tgtd, tgtadm, tgtimg), libiscsi-bin
 #                     (iscsi-ls) and qemu-block-extra (QEMU's iSCSI driver). Without
@@ -124,7 +124,7 @@ cpus=${PBIO_VM_CPUS:-2}
 nvme_size=${PBIO_VM_NVME_SIZE:-1G}
 pmem_size=${PBIO_VM_PMEM_SIZE:-256M}
 dax_size=${PBIO_VM_DAX_SIZE:-256M}
-tests=${PBIO_VM_TESTS:-nvme pmem dax set tape-control changer}
+tests=${PBIO_VM_TESTS:-nvme pmem dax set tape-control changer library}
 aptdir=$cache/apt
 
 # Modules the guest loads (their dependencies are added in order).
