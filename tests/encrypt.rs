@@ -720,6 +720,23 @@ fn an_increment_over_an_encrypted_set_must_be_encrypted_too() {
         "nothing written to {}",
         inc.display()
     );
+    // `plan --since` opens the base with the key options too.
+    let plan = |extra: &[&str]| {
+        let mut args = strings(&["plan", &src.display().to_string(), "--since", &full]);
+        args.extend(strings(extra));
+        run(&with_devs(args, &inc_dev))
+    };
+    let (code, out, err) = plan(&[]);
+    assert_eq!(
+        code, 2,
+        "plan --since an encrypted set without its key: {out}\n{err}"
+    );
+    assert!(err.contains("is encrypted"), "{err}");
+    let (code, out, err) = plan(&["--key-file", &key]);
+    assert_eq!(
+        code, 0,
+        "plan --since an encrypted set with its key: {out}\n{err}"
+    );
     backup(
         &src,
         &inc_dev,

@@ -14,6 +14,14 @@ pub struct PlanArgs {
     /// Also list what the selection options (--exclude, --exclude-caches, ...) left out, and why.
     #[arg(long, short = 'v')]
     pub verbose: bool,
+    /// The key file of an encrypted `--since` set (`backup --encrypt
+    /// --key-file`): its catalog is opened with it.
+    #[arg(long = "key-file", visible_alias = "key", value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
+    /// The passphrase of an encrypted `--since` set (`backup --encrypt
+    /// --passphrase-file`).
+    #[arg(long = "passphrase-file", value_name = "FILE", conflicts_with = "key")]
+    pub passphrase_file: Option<std::path::PathBuf>,
 }
 
 /// One line per excluded name: its stored path and the reason.
@@ -36,6 +44,8 @@ pub fn run(args: PlanArgs) -> CliResult {
             "plan --changer: not supported; `pbio backup --changer` plans over the library's scratch cartridges itself".into(),
         ));
     }
+    super::key::load_optional(args.key.as_deref())?;
+    super::key::load_passphrase(args.passphrase_file.as_deref())?;
     let prepared = prepare(&args.set)?;
     // What `backup` would refuse, said now (stderr: the JSON on stdout stays one object).
     let policy = crate::media::guard::Policy::default();
