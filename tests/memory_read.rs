@@ -10,6 +10,9 @@
 //! wt-23v: list 1.00x, verify 1.19x, restore 2.03x (its catalog decoded
 //! whole then); restore reads it entry by entry since wt-23m.
 //!
+//! `backup` is measured and printed, not asserted (1.6x: its walk holds
+//! every entry until the catalog is written).
+//!
 //! `PBIO_MEMORY_BIN=path` measures another pbio binary.
 
 #[path = "common/loopdev.rs"]
@@ -69,8 +72,9 @@ fn peak_kib(args: &[String]) -> (i32, i64) {
     (code, usage.ru_maxrss)
 }
 
-/// Peak KiB of (list, verify, restore) of a set of `files` tiny files.
-fn measure(work: &Path, shm: &Path, files: usize) -> [i64; 3] {
+/// Peak KiB of (list, verify, restore, backup) of a set of `files` tiny
+/// files.
+fn measure(work: &Path, shm: &Path, files: usize) -> [i64; 4] {
     let name = format!("n{files}");
     let tree = shm.join(&name).join("tree");
     make_tree(&tree, files);
@@ -83,7 +87,7 @@ fn measure(work: &Path, shm: &Path, files: usize) -> [i64; 3] {
     let mut backup = vec!["backup".to_string(), tree.display().to_string()];
     backup.extend(devices.iter().cloned());
     backup.push("--force".into());
-    let (code, _) = peak_kib(&backup);
+    let (code, backup_kib) = peak_kib(&backup);
     assert_eq!(code, 0, "backup of {files} files");
     std::fs::remove_dir_all(&tree).unwrap();
 
@@ -118,7 +122,7 @@ fn measure(work: &Path, shm: &Path, files: usize) -> [i64; 3] {
         "an empty file"
     );
     std::fs::remove_dir_all(shm.join(&name)).unwrap();
-    [list_kib, verify_kib, restore_kib]
+    [list_kib, verify_kib, restore_kib, backup_kib]
 }
 
 #[test]
@@ -130,7 +134,9 @@ fn list_verify_and_restore_do_not_grow_with_the_entries() {
     let shm = tempfile::tempdir_in("/dev/shm").unwrap();
     let small = measure(work.path(), shm.path(), 100_000);
     let large = measure(work.path(), shm.path(), 400_000);
-    let steps = ["list", "verify", "restore"];
+    // Backup is printed, not asserted: its walk holds every entry until
+    // the catalog is written (1.6x, PERF.md "2026-12-03, wt-23m").
+    let steps = ["list", "verify", "restore", "backup"];
     for (i, step) in steps.iter().enumerate() {
         eprintln!(
             "{step}: {} KiB at 100k files, {} KiB at 400k: {:.2}x",
@@ -139,7 +145,7 @@ fn list_verify_and_restore_do_not_grow_with_the_entries() {
             large[i] as f64 / small[i] as f64
         );
     }
-    for (i, step) in steps.iter().enumerate() {
+    for (i, step) in steps.iter().enumerate().take(3) {
         let ratio = large[i] as f64 / small[i] as f64;
         assert!(
             ratio < RATIO_MAX,

@@ -225,15 +225,7 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
             restore::restore_streamed(devices, key.as_ref(), &args.to, args.keep_partial);
         match streamed.map_err(failed)? {
             restore::Streamed::Done(restored) => {
-                let (set, report) = *restored;
-                set.devices
-                    .iter()
-                    .for_each(|(dev, _)| super::show_notes(dev.as_ref()));
-                if key.is_none() && set.keyed {
-                    errln!("pbio: set is authenticated; give --key to check it");
-                }
-                let chain =
-                    Chain::new(vec![set]).map_err(|error| Failure::Restore { doing: "", error })?;
+                let (chain, report) = streamed_chain(restored, key.is_some())?;
                 return Ok(print(&chain, &report, "restored", args.json));
             }
             restore::Streamed::Other(devices) => chain_of(devices, Some(None), key.as_ref())?,
@@ -388,6 +380,24 @@ fn verify_chain(chain: Chain) -> Result<(Chain, Report), Failure> {
     Ok((chain, report))
 }
 
+/// The chain of the one set a streamed verify or restore read (its
+/// devices' notes shown, a note when it is authenticated and no key was
+/// given), and its report.
+fn streamed_chain(
+    done: Box<(restore::OpenSet, Report)>,
+    key_given: bool,
+) -> Result<(Chain, Report), Failure> {
+    let (set, report) = *done;
+    set.devices
+        .iter()
+        .for_each(|(dev, _)| super::show_notes(dev.as_ref()));
+    if super::key::macs_unchecked(key_given, set.keyed, &set.devices[0].1) {
+        super::key::say_macs_unchecked();
+    }
+    let chain = Chain::new(vec![set]).map_err(|error| Failure::Restore { doing: "", error })?;
+    Ok((chain, report))
+}
+
 pub fn run_verify(args: VerifyArgs) -> CliResult {
     let (chain, mut report) = if args.library.changer.is_none() && args.open.set.is_none() {
         // One set of disks: its catalog read entry by entry (issue 23);
@@ -396,17 +406,7 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
         let key = super::key::load_optional(args.open.key.as_deref())?;
         let failed = |error| Failure::Restore { doing: "", error };
         match restore::verify_streamed(open_devs(&args.devs)?, key.as_ref()).map_err(failed)? {
-            restore::Streamed::Done(verified) => {
-                let (set, report) = *verified;
-                set.devices
-                    .iter()
-                    .for_each(|(dev, _)| super::show_notes(dev.as_ref()));
-                if super::key::macs_unchecked(key.is_some(), set.keyed, &set.devices[0].1) {
-                    super::key::say_macs_unchecked();
-                }
-                let chain = Chain::new(vec![set]).map_err(failed)?;
-                (chain, report)
-            }
+            restore::Streamed::Done(verified) => streamed_chain(verified, key.is_some())?,
             restore::Streamed::Other(devices) => {
                 verify_chain(chain_of(devices, Some(None), key.as_ref())?)?
             }
