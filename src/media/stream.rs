@@ -809,6 +809,70 @@ mod tests {
         assert_eq!(got, data);
     }
 
+    /// A crafted short block (a payload byte changed after its CRC was
+    /// taken) never checks: it is read again once, exactly, and then handed
+    /// on as it is (the consumer reports its CRC), and the blocks after it
+    /// still arrive whole and in order, on a drive that loses short
+    /// transfers' tails and on one that does not.
+    #[test]
+    fn a_short_block_that_never_checks_is_read_again_once_and_handed_on() {
+        use crate::format::SetId;
+        for losing in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let tape = super::super::tape::tests::scratch_tape(dir.path());
+            let tape = if losing {
+                tape.losing_residual_tails()
+            } else {
+                tape
+            };
+            let data: Vec<u8> = (0..100_000u32).map(|i| (i * 29 + i / 127) as u8).collect();
+            let mut pool = BufferPool::new(1, HEADER_BYTES + (64 << 10));
+            let mut written = 0u32;
+            super::super::catalog::each_catalog_record(
+                pool.slot_mut(0),
+                (SetId([0x6d; 16]), 0, 1),
+                &data,
+                32 << 10,
+                |record| {
+                    written += 1;
+                    let mut block = record.to_vec();
+                    if written == 2 {
+                        block[HEADER_BYTES + 1000] ^= 0x40;
+                    }
+                    super::super::tape::write_tape_block(&tape, &block, written as u64)
+                },
+            )
+            .unwrap();
+            let mut offsets = Vec::new();
+            let mut damaged = Vec::new();
+            let mut got = Vec::new();
+            stream(&tape, 0, u64::MAX, 64 << 10, |item| {
+                if let Item::Record {
+                    header, payload, ..
+                } = item
+                {
+                    offsets.push(header.file_offset);
+                    if crate::format::crc32c(payload) == header.payload_crc {
+                        got.extend_from_slice(payload);
+                    } else {
+                        damaged.push(header.file_offset);
+                    }
+                }
+                Ok::<_, StreamError>(Flow::Continue)
+            })
+            .unwrap();
+            assert_eq!(
+                offsets.len() as u32,
+                written,
+                "losing {losing}: {offsets:?}"
+            );
+            assert_eq!(damaged, vec![32 << 10], "losing {losing}");
+            let mut want = data.clone();
+            want.drain(32 << 10..64 << 10);
+            assert_eq!(got, want, "losing {losing}");
+        }
+    }
+
     #[test]
     fn all_zero_finds_any_nonzero_byte() {
         assert!(all_zero(&[]));
