@@ -92,6 +92,12 @@ pub struct VerifyArgs {
     /// Machine-readable report: one JSON summary object (files, bytes, missing byte ranges, errors, ok).
     #[arg(long)]
     pub json: bool,
+    /// No catalog needed: read every record of the devices (rebuilding
+    /// from parity what a `--parity` set's devices lack) and check each
+    /// regular file is complete on them, as `restore --scan` would
+    /// restore it; nothing is written.
+    #[arg(long, conflicts_with = "changer")]
+    pub scan: bool,
     #[command(flatten)]
     pub open: super::OpenArgs,
 }
@@ -179,7 +185,8 @@ fn chain_of(
 
 pub fn run_restore(args: RestoreArgs) -> CliResult {
     if args.scan {
-        return run_scan_restore(&args);
+        let how = (args.keep_partial, args.json);
+        return run_scan(&args.devs, Some(&args.to), &args.open, how);
     }
     let only: Vec<Vec<u8>> = args
         .only
@@ -399,6 +406,9 @@ fn streamed_chain(
 }
 
 pub fn run_verify(args: VerifyArgs) -> CliResult {
+    if args.scan {
+        return run_scan(&args.devs, None, &args.open, (false, args.json));
+    }
     let (chain, mut report) = if args.library.changer.is_none() && args.open.set.is_none() {
         // One set of disks: its catalog read entry by entry (issue 23);
         // anything else as `open_chain` opens it.
@@ -625,9 +635,15 @@ fn scan_keys(
     Ok(())
 }
 
-fn run_scan_restore(args: &RestoreArgs) -> CliResult {
-    let mut devs = Vec::with_capacity(args.devs.len());
-    for spec in &args.devs {
+/// `restore --scan` (into `to`) and `verify --scan` (`to` None).
+fn run_scan(
+    specs: &[DeviceSpec],
+    to: Option<&std::path::Path>,
+    open: &super::OpenArgs,
+    (keep_partial, as_json): (bool, bool),
+) -> CliResult {
+    let mut devs = Vec::with_capacity(specs.len());
+    for spec in specs {
         let dev =
             crate::device::open(spec, crate::device::Mode::Read).map_err(Failure::DeviceToRead)?;
         super::show_notes(dev.as_ref());
@@ -635,17 +651,21 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
     }
     let started = std::time::Instant::now();
     let scan_failed = |error| Failure::Restore {
-        doing: "restore --scan failed: ",
+        doing: if to.is_some() {
+            "restore --scan failed: "
+        } else {
+            "verify --scan failed: "
+        },
         error,
     };
     let device_sets = crate::media::scan::device_sets(&devs).map_err(|e| scan_failed(e.into()))?;
-    let chosen = crate::media::scan::choose_set(&device_sets, args.open.set.as_deref())
+    let chosen = crate::media::scan::choose_set(&device_sets, open.set.as_deref())
         .map_err(Failure::Usage)?;
     let report = match chosen {
         Some(set_id) => {
-            super::key::load_passphrase(args.open.passphrase_file.as_deref())?;
-            scan_keys(&devs, set_id, args.open.key.as_deref())?;
-            restore::scan::restore_from_scan(&devs, &args.to, set_id, args.keep_partial)
+            super::key::load_passphrase(open.passphrase_file.as_deref())?;
+            scan_keys(&devs, set_id, open.key.as_deref())?;
+            restore::scan::restore_from_scan(&devs, to, set_id, keep_partial)
                 .map_err(scan_failed)?
         }
         None => restore::scan::ScanRestoreReport::default(),
@@ -655,13 +675,18 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
         .set_id
         .map(|s| s.to_string())
         .unwrap_or_else(|| "-".into());
-    let code =
-        if report.incomplete.is_empty() && report.bad_records == 0 && report.errors.is_empty() {
-            Outcome::Done
-        } else {
-            Outcome::Incomplete
-        };
-    if args.json {
+    let code = if report.incomplete.is_empty()
+        && report.lost.is_empty()
+        && report.bad_records == 0
+        && report.errors.is_empty()
+    {
+        Outcome::Done
+    } else {
+        Outcome::Incomplete
+    };
+    let rebuild = &report.rebuild;
+    if as_json {
+        let range = |&(o, l, d): &(u64, u64, u32)| json!({"offset": o, "length": l, "device": d});
         outln!(
             "{}",
             json!({
@@ -676,34 +701,86 @@ fn run_scan_restore(args: &RestoreArgs) -> CliResult {
                     "path": path_text(&i.path), "found_bytes": i.found_bytes,
                     "data_bytes": i.data_bytes, "why": i.why,
                     "kept_as": i.kept_as.as_deref().map(path_text),
+                    "ranges": i.ranges.iter().map(range).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "lost": report.lost.iter().map(|&(f, o, l, d)| json!({
+                    "file_id": f, "offset": o, "length": l, "device": d,
                 })).collect::<Vec<_>>(),
                 "other_sets": report.other_sets.iter().map(|(id, n)| json!({
                     "set_id": id.to_string(), "records": n,
                 })).collect::<Vec<_>>(),
                 "errors": report.errors,
                 "warnings": report.warnings,
+                "rebuild": json!({
+                    "missing_devices": rebuild.missing_devices.iter().map(|(i, _)| json!({"index": i, "path": null})).collect::<Vec<_>>(),
+                    "records": rebuild.records,
+                    "bytes": rebuild.bytes,
+                    "damaged": rebuild.damaged,
+                }),
                 "ok": code == Outcome::Done,
             })
         );
         return Ok(code);
     }
     outln!(
-        "set {set}: restored {} complete files, {} from records alone, {:.2} s",
+        "set {set}: {} {} complete files, {} from records alone, {:.2} s",
+        if to.is_some() { "restored" } else { "verified" },
         report.restored.len(),
         human_bytes(report.payload_bytes),
         secs
     );
-    for i in &report.incomplete {
+    if !rebuild.missing_devices.is_empty() || rebuild.records > 0 {
+        let missing: Vec<String> = rebuild
+            .missing_devices
+            .iter()
+            .map(|(i, _)| i.to_string())
+            .collect();
+        outln!(
+            "  parity: devices missing: {}; rebuilt {} records, {}",
+            if missing.is_empty() {
+                "none".to_string()
+            } else {
+                missing.join(", ")
+            },
+            rebuild.records,
+            human_bytes(rebuild.bytes)
+        );
+    }
+    for d in &rebuild.damaged {
         errln!(
-            "incomplete: {}: {} of {} bytes found ({}); {}",
+            "warning: {} (the stripe was rebuilt from its other records)",
+            shown_line(d)
+        );
+    }
+    for i in &report.incomplete {
+        let ranges: Vec<String> = i
+            .ranges
+            .iter()
+            .map(|&(o, l, d)| format!("{o}..{} on device {d}", o + l))
+            .collect();
+        errln!(
+            "incomplete: {}: {} of {} bytes found ({}{}); {}",
             shown_name(&i.path),
             i.found_bytes,
             i.data_bytes,
             i.why,
-            match &i.kept_as {
-                Some(kept) => format!("not restored, partial data kept as {}", shown_name(kept)),
-                None => "not restored".to_string(),
+            if ranges.is_empty() {
+                String::new()
+            } else {
+                format!("; not rebuildable from parity: {}", ranges.join(", "))
+            },
+            match (&i.kept_as, to) {
+                (Some(kept), _) =>
+                    format!("not restored, partial data kept as {}", shown_name(kept)),
+                (None, Some(_)) => "not restored".to_string(),
+                (None, None) => "it would not be restored".to_string(),
             }
+        );
+    }
+    for &(f, o, l, d) in &report.lost {
+        errln!(
+            "missing: a file (id {f}) no record of which was found: bytes {o}..{} on device {d}, not rebuildable from parity",
+            o + l
         );
     }
     for e in &report.errors {
