@@ -233,6 +233,50 @@ fn end_of_medium_mid_stream_moves_to_the_next_cartridge() {
     );
 }
 
+/// A cartridge whose medium ends early (its early-warning zone made 16 MiB
+/// of 32): the volume written on it hands work back while the other drive
+/// holds a volume that ran dry with room left. That drive goes on writing
+/// on it; no spare is loaded (issue 20: both drives loaded one).
+#[test]
+fn a_drive_with_room_takes_the_work_handed_back_instead_of_a_spare() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let mut rng = common::Rng::new(21);
+    for (name, mib) in [("a", 40u64), ("b", 20)] {
+        let mut buf = vec![0u8; (mib << 20) as usize];
+        rng.fill(&mut buf);
+        fs::write(src.join(name), &buf).unwrap();
+    }
+    let dir = tmp.path().join("lib");
+    let lib = format!("vlib:{}", dir.display());
+    // Moves of 300 ms: the third volume starts well after the first two
+    // ran dry, so the drive that does not load it waits with room.
+    status(&format!("{lib},slots=6,drives=2,size=32M,move_ms=300"));
+    // The third cartridge (volume 2 of 3: 60 MiB on 32 MiB cartridges,
+    // planned 90 % full) reaches its end of medium after 16 MiB.
+    let conf = dir.join("cartridges/PB0003L6/vtape.conf");
+    let text = fs::read_to_string(&conf).unwrap();
+    assert!(text.starts_with("size=33554432\n"), "{text}");
+    fs::write(&conf, "size=33554432\new=16777216\n").unwrap();
+
+    let (code, done, err) = backup(&src, &lib, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(done["ok"], true, "{done}");
+    assert_eq!(done["missing_bytes"], 0, "{done}");
+    assert!(err.contains(" full: "), "PB0003L6 did not end early: {err}");
+    let used = done["cartridges"].as_array().unwrap();
+    assert_eq!(
+        used.len(),
+        3,
+        "a spare was loaded while a drive's cartridge had room: {done}"
+    );
+    assert_eq!(done["loads"].as_u64().unwrap(), 3, "{done}");
+    restore_with_one_drive(&lib, &src, &tmp.path().join("one"), "1");
+    let (code, out, err) = pbio(&["verify", "--changer", &lib, "--drive", "0"]);
+    assert_eq!(code, 0, "verify with drive 0 alone: {out}{err}");
+}
+
 #[test]
 fn a_set_larger_than_the_library_is_refused_before_writing() {
     let tmp = tempfile::tempdir().unwrap();

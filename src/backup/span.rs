@@ -19,6 +19,14 @@
 //!    an End record, a filemark: "continued, the catalog is on the set's
 //!    last cartridges"), unloads it and takes the next.
 //!
+//! Work handed back after the planned volumes are all taken goes first to
+//! the volumes still loaded that have room: a drive whose volume ran dry
+//! (not full) keeps it and goes on writing on it (its ring continues
+//! after its records), and a drive whose cartridge is full loads a spare
+//! only when those volumes cannot take the work (their capacity, less
+//! their early-warning zone, the catalog's reserve and what they hold).
+//! A spare is a cartridge and a swap: loaded only when needed.
+//!
 //! The catalog, built when every volume is written, names each volume by
 //! its barcode, and its segments say which volume holds which records. It
 //! is written on the volumes still in the drives; they are unloaded after.
@@ -29,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use crate::device::changer::Changer;
 use crate::device::{self, Device, DeviceSpec, Mode};
-use crate::format::Label;
+use crate::format::{Label, HEADER_BYTES};
 use crate::media::{self, MediaError};
 
 use super::catalog::{
@@ -53,6 +61,9 @@ pub struct Volume {
     /// cartridge, written after (0: the cartridge is written from its
     /// beginning).
     pub files_before: u32,
+    /// The end of its capacity a volume cannot count on (its early-warning
+    /// zone, where known; 0: not known).
+    pub early_warning_bytes: u64,
 }
 
 /// The library a spanning set is written with.
@@ -89,6 +100,11 @@ struct Loaded {
     volume: usize,
     dev: Box<dyn Device>,
     ring: RingConfig,
+    /// The media offset after its records (where a ring that goes on
+    /// writing on it starts, `Ring::continuing`).
+    position: u64,
+    /// Its queue ran dry before its medium ended: it can take more.
+    room: bool,
 }
 
 /// What the drives share.
@@ -104,6 +120,12 @@ struct Shared<'a> {
     /// (None: not written, the volume is still loaded or failed).
     trailers: Mutex<Vec<Option<Result<u64, MediaError>>>>,
     report: Mutex<SpanReport>,
+    /// Per volume: in a drive (or being loaded into one) and able to take
+    /// more work (see `room_elsewhere`).
+    open: Mutex<Vec<bool>>,
+    /// The drives' largest record payload (0: no volume loaded yet), for
+    /// the media bytes work takes.
+    payload_max: AtomicU64,
 }
 
 /// The label of volume `index` of `count`.
@@ -141,6 +163,8 @@ pub fn run_spanning(
             drive_of: vec![None; count],
             ..SpanReport::default()
         }),
+        open: Mutex::new(vec![false; count]),
+        payload_max: AtomicU64::new(0),
     };
     let ran: Vec<Result<Option<Loaded>, BackupError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = library
@@ -177,14 +201,23 @@ pub fn run_spanning(
         unload_all(library, &loaded);
         return Err(e);
     }
+    // The spares no drive took (the drives with room took the work
+    // handed back): blank in their slots, listed with no records.
+    let mut finished = shared.trailers.into_inner().expect("no panic");
     let outcomes: Vec<RingOutcome> = shared
         .outcomes
         .into_inner()
         .expect("no drive thread panicked")
         .into_iter()
-        .map(|o| o.expect("every volume ran: the drives took them all"))
+        .enumerate()
+        .map(|(volume, o)| {
+            o.unwrap_or_else(|| {
+                assert!(volume >= library.planned, "every planned volume ran");
+                finished[volume] = Some(Ok(0));
+                unused(volume)
+            })
+        })
         .collect();
-    let mut finished = shared.trailers.into_inner().expect("no panic");
     let sources = source_findings(input, &dispatcher);
     let ends: Vec<DeviceEnd> = outcomes.iter().map(|o| device_end(&o.end)).collect();
     let named: Vec<(Vec<u8>, u64)> = library
@@ -267,16 +300,29 @@ fn drive_thread(
     let count = library.volumes.len();
     let mut loaded: Option<Loaded> = None;
     loop {
-        let volume = shared.next.fetch_add(1, Ordering::SeqCst);
-        if volume >= count {
-            return Ok(loaded);
-        }
-        if volume >= library.planned && !spare_needed(shared.dispatcher, library.planned) {
+        let room = loaded.as_ref().is_some_and(|l| l.room);
+        let Some(volume) = take_volume(shared, room) else {
+            let Some(l) = loaded.as_mut().filter(|l| l.room) else {
+                return Ok(loaded);
+            };
+            // Only spares are left: a volume that ran dry takes the work
+            // handed back itself, instead of a spare.
+            if !work_handed_back(shared.dispatcher, library.planned) {
+                shared.open.lock().expect("no panic")[l.volume] = false;
+                return Ok(loaded);
+            }
+            go_on(shared, l)?;
+            continue;
+        };
+        if volume >= library.planned && !spare_needed(shared, volume) {
             // Not needed: it stays blank in its slot, listed with no records.
             shared.dispatcher.finish(volume);
             shared.trailers.lock().expect("no panic")[volume] = Some(Ok(0));
             shared.outcomes.lock().expect("no panic")[volume] = Some(unused(volume));
             continue;
+        }
+        if volume < library.planned {
+            shared.open.lock().expect("no panic")[volume] = true;
         }
         let swap_started = Instant::now();
         if let Some(done) = loaded.take() {
@@ -306,6 +352,9 @@ fn drive_thread(
             dev
         };
         let ring = ring_config(dev.as_ref(), volume as u32, shared.config);
+        shared
+            .payload_max
+            .fetch_max(ring.record_payload_bytes_max as u64, Ordering::Relaxed);
         let label = volume_label(
             shared.config,
             volume as u32,
@@ -332,19 +381,96 @@ fn drive_thread(
             )?,
             Err(e) => unlabelled(shared.dispatcher, dev.as_ref(), volume, e),
         };
+        let room = matches!(outcome.end, RingEnd::Complete);
+        shared.open.lock().expect("no panic")[volume] = room;
+        let position = HEADER_BYTES as u64 + outcome.stats.media_bytes;
         shared.outcomes.lock().expect("no panic")[volume] = Some(outcome);
         loaded = Some(Loaded {
             drive,
             volume,
             dev,
             ring,
+            position,
+            room,
         });
     }
 }
 
-/// Whether a spare volume must be loaded: wait until work is handed back
-/// (yes) or no volume is still writing, so none can hand any back (no).
-fn spare_needed(dispatcher: &Dispatcher, planned: usize) -> bool {
+/// The next volume for a drive to load: a planned one, or a spare unless
+/// `planned_only` (a drive whose volume has room). None: none of those
+/// is left.
+fn take_volume(shared: &Shared<'_>, planned_only: bool) -> Option<usize> {
+    let library = shared.library;
+    let end = if planned_only {
+        library.planned
+    } else {
+        library.volumes.len()
+    };
+    let mut next = shared.next.load(Ordering::SeqCst);
+    loop {
+        if next >= end {
+            return None;
+        }
+        match shared
+            .next
+            .compare_exchange(next, next + 1, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => return Some(next),
+            Err(now) => next = now,
+        }
+    }
+}
+
+/// Write work handed back on the volume `l` still holds, after its
+/// records; its outcome becomes both runs' (as one run's). A run that
+/// wrote nothing (no room for a record) leaves the volume without room.
+fn go_on(shared: &Shared<'_>, l: &mut Loaded) -> Result<(), BackupError> {
+    let records = {
+        let outcomes = shared.outcomes.lock().expect("no panic");
+        outcomes[l.volume].as_ref().expect("ran").stats.records
+    };
+    shared.dispatcher.start(l.volume);
+    let later = run_device(
+        shared.input,
+        l.dev.as_ref(),
+        shared.config,
+        shared.dispatcher,
+        (
+            &l.ring,
+            &shared.progress[l.volume],
+            Some((l.position, records)),
+            None,
+        ),
+    )?;
+    l.position += later.stats.media_bytes;
+    l.room = matches!(later.end, RingEnd::Complete) && later.stats.records > 0;
+    shared.open.lock().expect("no panic")[l.volume] = l.room;
+    let mut outcomes = shared.outcomes.lock().expect("no panic");
+    let first = outcomes[l.volume].take().expect("ran");
+    outcomes[l.volume] = Some(followed_by(first, later));
+    Ok(())
+}
+
+/// One volume's outcome of two runs on it, `first` then `later`.
+fn followed_by(mut first: RingOutcome, mut later: RingOutcome) -> RingOutcome {
+    first.records.append(&mut later.records);
+    first.parity.append(&mut later.parity);
+    first.placed.append(&mut later.placed);
+    first.stats.add(&later.stats);
+    RingOutcome {
+        end: later.end,
+        records: first.records,
+        parity: first.parity,
+        placed: first.placed,
+        data_end: later.data_end,
+        redirected_bytes: first.redirected_bytes + later.redirected_bytes,
+        stats: first.stats,
+    }
+}
+
+/// Whether work is handed back for a volume that ran dry: wait until some
+/// is (yes) or no volume is still writing, so none can hand any back (no).
+fn work_handed_back(dispatcher: &Dispatcher, planned: usize) -> bool {
     loop {
         if dispatcher.shared_pending_bytes() > 0 {
             return true;
@@ -354,6 +480,59 @@ fn spare_needed(dispatcher: &Dispatcher, planned: usize) -> bool {
         }
         std::thread::sleep(SPARE_POLL);
     }
+}
+
+/// Whether the spare `volume` must be loaded (by a drive whose cartridge
+/// is full or failed, or that has none): wait until work is handed back
+/// that the volumes loaded with room cannot take (yes: the spare counts
+/// as loaded from then on, so that another drive deciding on a spare
+/// counts its room), or no volume is still writing and none is handed
+/// back, so none can be (no).
+fn spare_needed(shared: &Shared<'_>, volume: usize) -> bool {
+    let dispatcher = shared.dispatcher;
+    loop {
+        let pending = dispatcher.shared_pending_bytes();
+        if pending > 0 {
+            let mut open = shared.open.lock().expect("no panic");
+            if !room_in(shared, &open, pending) {
+                open[volume] = true;
+                return true;
+            }
+        } else if !dispatcher.may_give_back(0..shared.library.planned) {
+            return false;
+        }
+        std::thread::sleep(SPARE_POLL);
+    }
+}
+
+/// Whether the `open` volumes (in the drives, able to take more work)
+/// have room for `pending_bytes` of payload (with its record headers)
+/// before their early-warning zones and the catalog's reserve. A volume
+/// of unknown capacity counts as none: it is written to its end of
+/// medium, and a full drive does not wait for it.
+fn room_in(shared: &Shared<'_>, open: &[bool], pending_bytes: u64) -> bool {
+    let payload_max = shared
+        .payload_max
+        .load(Ordering::Relaxed)
+        .max(HEADER_BYTES as u64);
+    let media = |payload: u64| payload + payload.div_ceil(payload_max) * HEADER_BYTES as u64;
+    let room: u64 = open
+        .iter()
+        .enumerate()
+        .filter(|(_, open)| **open)
+        .map(|(volume, _)| {
+            let v = &shared.library.volumes[volume];
+            if v.capacity_bytes == 0 {
+                return 0;
+            }
+            let held = media(shared.dispatcher.filled_bytes(volume));
+            v.capacity_bytes
+                .saturating_sub(HEADER_BYTES as u64 + shared.config.reserve_bytes)
+                .saturating_sub(v.early_warning_bytes)
+                .saturating_sub(held)
+        })
+        .sum();
+    room >= media(pending_bytes)
 }
 
 /// The outcome of a spare that was not needed: nothing written.
@@ -399,6 +578,7 @@ fn unlabelled(
 /// after its data, an End record (no catalog records before it), a
 /// filemark. A failed volume gets none (nothing on it is trusted).
 fn close_volume(shared: &Shared<'_>, done: Loaded) {
+    shared.open.lock().expect("no panic")[done.volume] = false;
     let outcomes = shared.outcomes.lock().expect("no panic");
     let outcome = outcomes[done.volume].as_ref().expect("ran");
     if matches!(outcome.end, RingEnd::Failed { .. }) {
@@ -450,10 +630,11 @@ mod tests {
         assert_eq!(d.next(1, u64::MAX), None);
     }
 
-    /// A spare is needed when work was handed back, not needed once no
-    /// volume is writing or waiting to, and waited on while one is.
+    /// A volume that ran dry (or a spare) is wanted when work was handed
+    /// back, not once no volume is writing or waiting to, and waits while
+    /// one is.
     #[test]
-    fn a_spare_is_loaded_only_for_work_handed_back() {
+    fn a_dry_volume_waits_only_for_work_handed_back() {
         let d = Dispatcher::new(3, CHUNK, [(0, item(0, 0, CHUNK))]);
         d.hold(1);
         d.hold(2);
@@ -463,8 +644,8 @@ mod tests {
         assert_eq!(d.next(0, u64::MAX), Some(item(0, 0, CHUNK)));
         d.finish(0);
         // Only spares are pending: nothing can come back.
-        assert!(!spare_needed(&d, 1));
+        assert!(!work_handed_back(&d, 1));
         d.give_back(&[item(0, 0, CHUNK)]);
-        assert!(spare_needed(&d, 1));
+        assert!(work_handed_back(&d, 1));
     }
 }

@@ -130,6 +130,7 @@ pub fn run(args: BackupArgs) -> CliResult {
                 .capacity
                 .map_or(0, |c| c.saturating_sub(s.point.used_bytes)),
             files_before: s.point.files_before,
+            early_warning_bytes: s.early_warning,
         })
         .collect();
     let (events_tx, events_rx) = crossbeam_channel::unbounded();

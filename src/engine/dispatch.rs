@@ -548,6 +548,12 @@ impl Dispatcher {
         self.set_state(device, DeviceState::Working);
     }
 
+    /// Payload bytes `device` has taken or still has queued (its fill
+    /// level: what it holds once it has written them).
+    pub fn filled_bytes(&self, device: usize) -> u64 {
+        self.filled_bytes[device].load(Ordering::Relaxed)
+    }
+
     /// Payload bytes handed back and not taken yet.
     pub fn shared_pending_bytes(&self) -> u64 {
         self.shared_bytes.load(Ordering::SeqCst)

@@ -70,6 +70,31 @@ pub struct RingStats {
     pub elapsed: Duration,
 }
 
+impl RingStats {
+    /// Add what a later run on the same device did (a volume that took
+    /// more work after its queue ran dry, `backup::span`).
+    pub fn add(&mut self, later: &RingStats) {
+        self.payload_bytes += later.payload_bytes;
+        self.media_bytes += later.media_bytes;
+        self.records += later.records;
+        self.short_reads += later.short_reads;
+        self.short_writes += later.short_writes;
+        self.retries += later.retries;
+        self.payload_bytes_zero_copy += later.payload_bytes_zero_copy;
+        self.payload_bytes_in_place += later.payload_bytes_in_place;
+        self.reads_direct += later.reads_direct;
+        self.reads_buffered += later.reads_buffered;
+        self.underruns += later.underruns;
+        self.underrun_time += later.underrun_time;
+        // The device's count so far, not the run's.
+        self.reconnects = self.reconnects.max(later.reconnects);
+        self.zero_filled_bytes += later.zero_filled_bytes;
+        self.transform_cpu += later.transform_cpu;
+        self.transform_wait += later.transform_wait;
+        self.elapsed += later.elapsed;
+    }
+}
+
 /// How the device ended its run.
 #[derive(Debug)]
 pub enum RingEnd {
