@@ -10,13 +10,15 @@
 # into the tmpfs with each binary (`restore --to`, page cache dropped
 # before each) and extracts a tar of the same tree from the first device.
 # Prints per run wall, user + sys CPU and max RSS, then the medians and the
-# ratios new/old and against tar x. Needs root, python3, /usr/bin/time.
+# ratios new/old and against tar x. PBIO_REF=BINARY adds a third pbio
+# (ref) to each rep. Needs root, python3, /usr/bin/time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 old=${1:?old pbio binary}
 new=${2:?new pbio binary}
 files=${3:-400000}
 reps=${4:-5}
+ref=${PBIO_REF:-}
 ndev=4
 work=${PBIO_AB_DIR:-/var/tmp/pbio-restore-ab}
 tmpfs=${PBIO_AB_TMPFS:-/dev/shm/pbio-restore-ab}
@@ -58,7 +60,7 @@ PY
 tar -b 2048 -cf "$work/tree.tar" -C "$tmpfs" many
 rm -rf "$tmpfs/many"
 out="$work/results.tsv"
-printf 'rep\tname\twall_s\tcpu_s\tmax_rss_kib\n' >"$out"
+printf 'rep\tname\twall_s\tcpu_s\tuser_s\tsys_s\tmax_rss_kib\n' >"$out"
 one() { # REP NAME COMMAND...
     local rep=$1 name=$2
     shift 2
@@ -72,12 +74,13 @@ one() { # REP NAME COMMAND...
         { say "$name failed: $(tail -3 "$work/err")"; exit 1; }
     t1=$(date +%s.%N)
     read -r u s m <"$work/time"
-    printf '%s\t%s\t%.3f\t%.2f\t%s\n' "$rep" "$name" "$(echo "$t1 - $t0" | bc -l)" \
-        "$(echo "$u + $s" | bc -l)" "$m" | tee -a "$out" >&2
+    printf '%s\t%s\t%.3f\t%.2f\t%s\t%s\t%s\n' "$rep" "$name" "$(echo "$t1 - $t0" | bc -l)" \
+        "$(echo "$u + $s" | bc -l)" "$u" "$s" "$m" | tee -a "$out" >&2
 }
 for rep in $(seq 1 "$reps"); do
     one "$rep" old "$old" restore "${pdevs[@]}" --to "$tmpfs/out" --json
     one "$rep" new "$new" restore "${pdevs[@]}" --to "$tmpfs/out" --json
+    [ -z "$ref" ] || one "$rep" ref "$ref" restore "${pdevs[@]}" --to "$tmpfs/out" --json
     one "$rep" tar tar -b 2048 -xf "$work/tree.tar" -C "$tmpfs/out"
 done
 python3 - "$out" "$files" <<'PY'
@@ -85,10 +88,11 @@ import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 med = lambda name, k: statistics.median(float(r[k]) for r in rows if r["name"] == name)
 print(f"{sys.argv[2]} tiny files, medians of {len([r for r in rows if r['name'] == 'old'])} reps")
-print("| run | wall s | CPU s (user+sys) | max RSS MiB | files/s vs tar x |")
-print("|---|---:|---:|---:|---:|")
-for n in ["old", "new", "tar"]:
-    print(f"| {n} | {med(n, 'wall_s'):.2f} | {med(n, 'cpu_s'):.2f} | "
+print("| run | wall s | CPU s (user+sys) | user s | sys s | max RSS MiB | files/s vs tar x |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for n in [n for n in ["old", "new", "ref", "tar"] if any(r["name"] == n for r in rows)]:
+    print(f"| {n} | {med(n, 'wall_s'):.2f} | {med(n, 'cpu_s'):.2f} | {med(n, 'user_s'):.2f} | "
+          f"{med(n, 'sys_s'):.2f} | "
           f"{med(n, 'max_rss_kib') / 1024:.0f} | {med('tar', 'wall_s') / med(n, 'wall_s'):.2f}x |")
 print(f"new/old: wall {med('new', 'wall_s') / med('old', 'wall_s'):.2f}x, "
       f"CPU {med('new', 'cpu_s') / med('old', 'cpu_s'):.2f}x")

@@ -362,12 +362,20 @@ impl<'a> CatalogStream<'a> {
     /// File `id`'s kind, size and whether its data is in an earlier set,
     /// without decoding it; None past the last file.
     pub fn summary(&self, id: usize) -> Option<FileSummary> {
-        Some(self.summary_at(id)?.0)
+        Some(self.summary_at(id, None)?.0)
     }
 
-    /// `summary` of file `id` and where its entry starts.
-    fn summary_at(&self, id: usize) -> Option<(FileSummary, u64)> {
-        let (code, size_bytes, at) = self.index.get(id)?;
+    /// `summary` of file `id` and where its entry starts, the index read
+    /// through `slot` (`Index::get_in`) or the shared cache.
+    fn summary_at(
+        &self,
+        id: usize,
+        slot: Option<&mut (u64, Vec<u8>)>,
+    ) -> Option<(FileSummary, u64)> {
+        let (code, size_bytes, at) = match slot {
+            Some(slot) => self.index.get_in(id, slot)?,
+            None => self.index.get(id)?,
+        };
         let summary = FileSummary {
             kind: FileKind::from_code(code & !ORIGIN_BIT)?,
             earlier: code & ORIGIN_BIT != 0,
@@ -435,6 +443,7 @@ impl<'a> CatalogStream<'a> {
             c: Cursor::new(self.source, self.files.0, self.files.1, WINDOW_BYTES),
             next: 0,
             wanted,
+            slot: (u64::MAX, Vec::new()),
         }
     }
 
@@ -480,17 +489,29 @@ impl Index {
     /// (or when the index file no longer reads).
     fn get(&self, id: usize) -> Option<(u8, u64, u64)> {
         match self {
+            Index::Memory(_) => self.get_in(id, &mut (u64::MAX, Vec::new())),
+            Index::File { cache, .. } => {
+                let block = id / INDEX_BLOCK_ENTRIES;
+                let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+                self.get_in(id, &mut cache[block % INDEX_CACHED_BLOCKS])
+            }
+        }
+    }
+
+    /// `get` through `slot` (the block it holds, `u64::MAX`: none, and its
+    /// bytes), read into it when it holds another: a reader going through
+    /// the files in order keeps its own slot, and takes no lock.
+    fn get_in(&self, id: usize, slot: &mut (u64, Vec<u8>)) -> Option<(u8, u64, u64)> {
+        match self {
             Index::Memory(bytes) => {
                 let at = id.checked_mul(INDEX_ENTRY_BYTES)?;
                 Some(index_entry(bytes.get(at..at + INDEX_ENTRY_BYTES)?))
             }
-            Index::File { file, count, cache } => {
+            Index::File { file, count, .. } => {
                 if id >= *count {
                     return None;
                 }
                 let block = (id / INDEX_BLOCK_ENTRIES) as u64;
-                let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-                let slot = &mut cache[block as usize % INDEX_CACHED_BLOCKS];
                 if slot.0 != block {
                     let entries =
                         (*count - block as usize * INDEX_BLOCK_ENTRIES).min(INDEX_BLOCK_ENTRIES);
@@ -623,6 +644,8 @@ pub struct FilesWhere<'s, 'a, W> {
     c: Cursor<'a>,
     next: usize,
     wanted: W,
+    /// Its own block of the index (`Index::get_in`).
+    slot: (u64, Vec<u8>),
 }
 
 impl<W: FnMut(usize, FileSummary) -> bool> Iterator for FilesWhere<'_, '_, W> {
@@ -633,7 +656,7 @@ impl<W: FnMut(usize, FileSummary) -> bool> Iterator for FilesWhere<'_, '_, W> {
         while self.next < count {
             let id = self.next;
             self.next += 1;
-            let Some((summary, at)) = self.stream.summary_at(id) else {
+            let Some((summary, at)) = self.stream.summary_at(id, Some(&mut self.slot)) else {
                 self.next = count;
                 let error = FormatError::Catalog("the catalog's index no longer reads");
                 return Some((id, Err(error)));
