@@ -332,9 +332,10 @@ fn coverage(
             });
         }
     }
-    for (id, f) in stream.files().enumerate() {
+    let hard_links = stream.files_where(|_, s| s.kind == crate::format::FileKind::HardLink);
+    for (id, f) in hard_links {
         let f = f?;
-        if f.kind == crate::format::FileKind::HardLink && incomplete.get(f.hardlink_to as usize) {
+        if incomplete.get(f.hardlink_to as usize) {
             incomplete.set(id);
             if let Some(&at) = missing_at.get(&f.hardlink_to) {
                 let missing = Missing {
@@ -486,19 +487,19 @@ impl Verdicts<'_, '_> {
         report: &mut Report,
         skip: &dyn Fn(usize) -> bool,
     ) -> Result<(usize, HashMap<u32, String>), FormatError> {
-        let mut complete = 0;
+        let taken = |id: usize| !self.incomplete.get(id) && !skip(id);
+        let complete = (0..self.stream.file_count())
+            .filter(|&id| taken(id))
+            .count();
         let mut failed = HashMap::new();
         let mut segments = SegmentsOf::new(self.stream);
-        for (id, f) in self.stream.files().enumerate() {
+        // Only the files with data are decoded.
+        let with_data = self
+            .stream
+            .files_where(|id, s| s.kind.has_data() && taken(id));
+        for (id, f) in with_data {
             let f = f?;
             let of_file = segments.of(id as u32)?;
-            if self.incomplete.get(id) || skip(id) {
-                continue;
-            }
-            complete += 1;
-            if !f.kind.has_data() {
-                continue;
-            }
             if crate::format::file_digest(&mut records.of(id)) == f.digest {
                 continue;
             }
