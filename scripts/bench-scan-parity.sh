@@ -59,7 +59,7 @@ import json, sys
 label, wall, u, s, line, results = sys.argv[1:]
 j = json.loads(open(line).read())
 cpu = float(u) + float(s)
-print(f"  {label}: {float(wall):.3f} s wall, {cpu:.2f} s CPU; {j['files']} files, {j['payload_bytes'] >> 20} MiB, rebuilt {j['rebuild']['bytes'] >> 20} MiB in {j['rebuild']['records']} records, exit ok={j['ok']}")
+print(f"  {label}: {float(wall):.3f} s wall, {cpu:.2f} s CPU; {j['files']} files, {j['payload_bytes'] >> 20} MiB, rebuilt {j.get('rebuild', {}).get('bytes', 0) >> 20} MiB in {j.get('rebuild', {}).get('records', 0)} records, exit ok={j['ok']}")
 open(results, 'a').write(f"{label} {wall} {cpu}\n")
 PY
 }

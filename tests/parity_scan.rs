@@ -186,6 +186,37 @@ fn parity_1_on_4_devices_scan_restores_without_any_one() {
         assert_eq!(verified["rebuild"]["bytes"], summary["rebuild"]["bytes"]);
         std::fs::remove_dir_all(&to).unwrap();
     }
+    // A damaged data record on a given device (one payload byte changed):
+    // rebuilt from its stripe, named as damaged, exit 0.
+    let records: Vec<u64> = std::fs::read(&bed.devs[0].backing)
+        .unwrap()
+        .chunks(4096)
+        .enumerate()
+        .filter(|(_, b)| &b[..8] == b"PBIORECD" && b[12..16] == 1u32.to_le_bytes())
+        .map(|(i, _)| i as u64 * 4096)
+        .collect();
+    let at = records[records.len() / 2] + 4096 + 10;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&bed.devs[0].backing)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[byte[0] ^ 0x5a], at).unwrap();
+    f.sync_all().unwrap();
+    let to = bed.root.join("damaged");
+    let (code, summary, err) = scan(&bed, &[], Some(&to));
+    assert_eq!(code, 0, "{summary}\n{err}");
+    assert_eq!(identical(&bed, &to), baseline);
+    assert!(
+        summary["rebuild"]["records"].as_u64().unwrap() >= 1,
+        "{summary}"
+    );
+    let damaged = summary["rebuild"]["damaged"].to_string();
+    assert!(damaged.contains(&bed.devs[0].arg()), "{summary}");
+    f.write_all_at(&byte, at).unwrap();
+    f.sync_all().unwrap();
     // Two missing: more than parity covers. Every file restored is
     // identical, the others are named (exit 3).
     let to = bed.root.join("two");
@@ -410,7 +441,7 @@ fn a_device_failing_mid_run_under_parity_2_then_scan_without_two() {
     let devs: Vec<LoopDev> = (0..5)
         .map(|i| LoopDev::new(&root.join(format!("d{i}.img")), 64 << 20))
         .collect();
-    let failing = faults::FailingDevice::new(&root, 64 << 20, Some(4 << 20));
+    let failing = faults::FailingDevice::new(&root, 64 << 20, Some(1 << 20));
     let mut args = vec![
         "backup".to_string(),
         src.display().to_string(),
