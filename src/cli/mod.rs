@@ -41,6 +41,7 @@ pub mod plan;
 pub mod progress;
 pub mod qualify;
 pub mod restore;
+mod restore_scan;
 pub mod resume;
 pub mod scan;
 pub mod scrub;

@@ -476,11 +476,11 @@ fn scan_device(
         |item| {
             let (position, header, header_block, payload, padding) = match item {
                 Item::Record {
-                    position,
                     header,
                     header_block,
                     payload,
                     padding,
+                    position,
                     ..
                 } => (position, header, header_block, payload, padding),
                 Item::Bad { position, error } if position >= parity_end => {

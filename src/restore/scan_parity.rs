@@ -32,12 +32,17 @@ use crate::parity::Codec;
 
 /// Most bytes one stripe's shards may take in memory (`k + M` shards of
 /// `shard_bytes`): a parity record claiming more is not used (a real set
-/// of 255 devices at a 1 MiB chunk takes 255 MiB).
+/// of 255 devices at a 1 MiB chunk takes 255 MiB). Also what the rebuild
+/// threads hold together at most.
 pub(super) const STRIPE_BYTES_MAX: u64 = 1 << 30;
 
 /// The data records taken, by (device index, sequence): the device slot
 /// they were read from and where they lie.
 type HeldMap = HashMap<(u32, u64), (usize, Held)>;
+
+/// Most devices a label's count lists as missing (a count beyond, from a
+/// crafted label, lists only the stripes' members not given).
+const LISTED_DEVICES_MAX: u32 = 4096;
 
 /// A device index no device has: a stripe member not to be read.
 const UNREADABLE: u32 = u32::MAX;
@@ -164,19 +169,21 @@ pub(super) fn rebuild(
                 .push((*position, h));
         }
     }
-    // Devices of the set not given: by the labels' count, else every
+    // Devices of the set not given: by the labels' count, and every
     // member the stripes name.
-    let mut missing: Vec<u32> = match label {
-        Some((count, _)) => (0..count).filter(|i| !by_index.contains_key(i)).collect(),
-        None => Vec::new(),
+    let mut missing: std::collections::BTreeSet<u32> = match label {
+        Some((count, _)) if count <= LISTED_DEVICES_MAX => {
+            (0..count).filter(|i| !by_index.contains_key(i)).collect()
+        }
+        _ => Default::default(),
     };
     let mut jobs = Vec::new();
     for (key, records) in &stripes {
         let k = key.k();
         let m = key.members.len() - k;
         for &d in &key.members {
-            if !by_index.contains_key(&d) && !missing.contains(&d) {
-                missing.push(d);
+            if !by_index.contains_key(&d) {
+                missing.insert(d);
             }
         }
         let Positions {
@@ -242,7 +249,6 @@ pub(super) fn rebuild(
             keys,
         });
     }
-    missing.sort_unstable();
     out.summary.missing_devices = missing.into_iter().map(|i| (i, Vec::new())).collect();
     if jobs.is_empty() {
         out.lost.sort_unstable();
@@ -316,10 +322,19 @@ fn run(
         .collect();
     let next = AtomicUsize::new(0);
     let result = Mutex::new((ScanRebuild::default(), None::<RestoreError>));
+    // At most `STRIPE_BYTES_MAX` of shards in memory at once, all workers
+    // together (a stripe's shards are allocated while it is rebuilt).
+    let largest = jobs
+        .iter()
+        .map(|j| (j.stripe.data.len() + j.m) as u64 * u64::from(j.stripe.shard_bytes()))
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 4)
-        .min(jobs.len());
+        .min(jobs.len())
+        .min((STRIPE_BYTES_MAX / largest).max(1) as usize);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let (next, result, devices) = (&next, &result, &devices);
@@ -379,8 +394,15 @@ fn run(
                         if taken.contains(&pos) {
                             let (index, sequence) = job.keys[i];
                             // A bad record the scan counted, now rebuilt.
-                            if held.get(&(index, sequence)).is_some_and(|(_, h)| !h.taken) {
+                            if let Some((slot, h)) =
+                                held.get(&(index, sequence)).filter(|(_, h)| !h.taken)
+                            {
                                 mine.healed += 1;
+                                mine.summary.damaged.push(format!(
+                                    "device {}: offset {}: damaged record",
+                                    devs[*slot].path().display(),
+                                    h.position
+                                ));
                             }
                         } else if !got.iter().any(|g| g.position == pos) {
                             let length = u64::from(r.payload_bytes);
