@@ -5,7 +5,10 @@
 //! closed, the drive given back with the cartridge still in it). A
 //! cartridge attached again while still in a drive is not loaded again;
 //! a drive holding a cartridge nobody reads is emptied only when another
-//! cartridge needs it, and every drive when the pool goes. With fewer
+//! cartridge needs it, and every drive when the pool goes. A drive that
+//! holds a cartridge a reader waits for is left to that reader (the
+//! readers of a restore all ask at once: the cartridge the labels' pass
+//! left in the drive is read first, not unloaded and loaded again). With fewer
 //! drives than cartridges, readers wait for a drive: every drive stays
 //! busy and one drive reads any set.
 
@@ -33,7 +36,14 @@ pub struct DrivePool {
 struct FreeDrives {
     empty: Vec<(u32, DeviceSpec)>,
     idle: Vec<(u32, (u32, DeviceSpec))>,
+    /// The slots of the cartridges readers wait for (one entry a reader).
+    waiting: Vec<u32>,
 }
+
+/// How long a reader that would unload a cartridge to load its own first
+/// waits for a reader of that cartridge to ask for it (readers started
+/// together ask within microseconds; a move takes seconds).
+const OTHERS_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What a drive taken for a cartridge holds.
 enum Taken {
@@ -53,6 +63,7 @@ impl DrivePool {
             free: Mutex::new(FreeDrives {
                 empty: drives,
                 idle: Vec::new(),
+                waiting: Vec::new(),
             }),
             freed: Condvar::new(),
             loads: Mutex::new(0),
@@ -68,21 +79,44 @@ impl DrivePool {
     }
 
     /// Wait for a drive for the cartridge in `slot`: the one it is still
-    /// in, else an empty one, else the one idle longest.
+    /// in, else an empty one, else the one idle longest whose cartridge
+    /// no reader waits for (after a grace for such readers to ask).
     fn take(&self, slot: u32) -> ((u32, DeviceSpec), Taken) {
         let mut free = self.free.lock().expect("no panic");
-        loop {
+        free.waiting.push(slot);
+        let mut graced = false;
+        let taken = loop {
             if let Some(i) = free.idle.iter().position(|(s, _)| *s == slot) {
-                return (free.idle.remove(i).1, Taken::It);
+                break (free.idle.remove(i).1, Taken::It);
             }
             if let Some(drive) = free.empty.pop() {
-                return (drive, Taken::Nothing);
+                break (drive, Taken::Nothing);
             }
-            if !free.idle.is_empty() {
-                return (free.idle.remove(0).1, Taken::Other);
+            if !free.idle.is_empty() && !graced {
+                graced = true;
+                free = self
+                    .freed
+                    .wait_timeout(free, OTHERS_GRACE)
+                    .expect("no panic")
+                    .0;
+                continue;
+            }
+            let unwanted = free
+                .idle
+                .iter()
+                .position(|(s, _)| !free.waiting.contains(s));
+            if let Some(i) = unwanted {
+                break (free.idle.remove(i).1, Taken::Other);
             }
             free = self.freed.wait(free).expect("no panic");
-        }
+        };
+        let me = free
+            .waiting
+            .iter()
+            .position(|s| *s == slot)
+            .expect("registered above");
+        free.waiting.swap_remove(me);
+        taken
     }
 
     /// A drive back, empty (`slot` None) or still holding `slot`'s cartridge.
