@@ -31,7 +31,7 @@ tar_bytes=$((files * 1024 + (64 << 20)))
 devs=()
 cleanup() {
     for d in "${devs[@]}"; do losetup -d "$d" 2>/dev/null || true; done
-    rm -f "$work"/dev*.img
+    rm -f "$work"/dev*.img "$work/tree.tar"
     rm -rf "$tmpfs"
 }
 trap cleanup EXIT

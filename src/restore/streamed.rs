@@ -11,7 +11,8 @@
 //! `--only`, `--strip-components` or policy for existing names) prepares
 //! the tree in one pass over the files (`tree::prepare_entries`), the
 //! readers write what the tree takes, and `tree::finish_entries` reads the
-//! files again phase by phase: per file it holds the bits here, the tree's
+//! files again phase by phase, each phase decoding only the entries of its
+//! kinds (`CatalogStream::files_where`): per file it holds the bits here, the tree's
 //! flags (`Staged`: refused, done, a small file's directory) and, only
 //! for the files that take one, a temporary name; per failed file why.
 //!

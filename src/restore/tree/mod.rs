@@ -503,7 +503,9 @@ pub fn finish(
 
 /// `finish` of the entries `selected(i)` says, `verdict(i)` saying whether
 /// entry i's data is complete and verified. The entries are read again
-/// phase by phase (issue 23): what is held per entry is its `done` flag;
+/// phase by phase (issue 23), each phase decoding only the entries of its
+/// kinds (`Entries::each_of`; the files with data, small or not, in one
+/// pass): what is held per entry is its `done` flag;
 /// per directory its depth, for the metadata deepest first.
 pub fn finish_entries(
     staged: Staged,
