@@ -229,33 +229,30 @@ impl SpilledEntries {
     }
 
     fn try_get(&self, i: usize) -> io::Result<Entry> {
-        let mut at = self.offsets[i / GROUP];
-        for _ in 0..i % GROUP {
-            at += 4 + u64::from(self.record_len(at)?);
-        }
-        let len = self.record_len(at)?;
-        let bytes = self.read(at + 4, len as usize)?;
-        let (top, entry) = decode(&bytes).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("entry {i} undecodable"))
+        let group = i / GROUP;
+        let start = self.offsets[group];
+        let end = self
+            .offsets
+            .get(group + 1)
+            .copied()
+            .unwrap_or(self.len_bytes);
+        let entry = self.with(start, (end - start) as usize, |mut bytes| {
+            for _ in 0..i % GROUP {
+                let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
+                bytes = bytes.get(4 + len as usize..)?;
+            }
+            let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
+            decode(bytes.get(4..4 + len as usize)?, &self.tops)
         })?;
-        let top = self
-            .tops
-            .get(top as usize)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "source index"))?;
-        Ok(Entry {
-            top: Arc::clone(top),
-            ..entry
+        entry.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("entry {i} undecodable"))
         })
     }
 
-    fn record_len(&self, at: u64) -> io::Result<u32> {
-        let bytes = self.read(at, 4)?;
-        Ok(u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")))
-    }
-
-    /// `len` bytes at `at`, through the windows (a record larger than a
-    /// window is read on its own).
-    fn read(&self, at: u64, len: usize) -> io::Result<Vec<u8>> {
+    /// `f` of the `len` bytes at `at`, read through the windows (a record
+    /// larger than a window is read on its own); no allocation when they
+    /// are in a window.
+    fn with<R>(&self, at: u64, len: usize, f: impl FnOnce(&[u8]) -> R) -> io::Result<R> {
         let end = at + len as u64;
         if end > self.len_bytes {
             return Err(io::Error::new(
@@ -266,7 +263,7 @@ impl SpilledEntries {
         if len > WINDOW_BYTES {
             let mut bytes = vec![0; len];
             self.file.read_exact_at(&mut bytes, at)?;
-            return Ok(bytes);
+            return Ok(f(&bytes));
         }
         let tick = self
             .clock
@@ -278,7 +275,7 @@ impl SpilledEntries {
         {
             w.used = tick;
             let from = (at - w.start) as usize;
-            return Ok(w.bytes[from..from + len].to_vec());
+            return Ok(f(&w.bytes[from..from + len]));
         }
         let size = (self.len_bytes - at).min(WINDOW_BYTES as u64) as usize;
         let slot = if windows.len() < WINDOWS {
@@ -300,7 +297,7 @@ impl SpilledEntries {
             w.bytes.clear();
             return Err(e);
         }
-        Ok(w.bytes[..len].to_vec())
+        Ok(f(&w.bytes[..len]))
     }
 }
 
@@ -432,11 +429,10 @@ impl<'b> Reader<'b> {
     }
 }
 
-/// The source index and the entry (its `top` a placeholder the caller
-/// replaces).
-fn decode(bytes: &[u8]) -> Option<(u64, Entry)> {
+/// What `encode` wrote, its source one of `tops`.
+fn decode(bytes: &[u8], tops: &[Arc<Top>]) -> Option<Entry> {
     let mut r = Reader { bytes };
-    let top = r.get()?;
+    let top = Arc::clone(tops.get(usize::try_from(r.get()?).ok()?)?);
     let path = r.bytes()?;
     let kind = match r.byte()? {
         FILE => {
@@ -485,10 +481,7 @@ fn decode(bytes: &[u8]) -> Option<(u64, Entry)> {
     }
     let entry = Entry {
         path,
-        top: Arc::new(Top {
-            source: std::path::PathBuf::new(),
-            stored_len: 0,
-        }),
+        top,
         kind,
         meta: Meta {
             stat,
@@ -496,7 +489,7 @@ fn decode(bytes: &[u8]) -> Option<(u64, Entry)> {
             xattrs,
         },
     };
-    Some((top, entry))
+    Some(entry)
 }
 
 #[cfg(test)]
