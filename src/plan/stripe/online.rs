@@ -13,6 +13,13 @@
 //!   with small ones would cost a full-size parity record for little data
 //!   (PERF.md "ninth session, wt-19w"), so members of a stripe are never
 //!   more than twice as long as one another.
+//! - A record that would **complete** a stripe whose parity would then go
+//!   to a device that took `SLACK` records' worth more parity bytes than
+//!   the device with the least skips that stripe (it joins a later one, or
+//!   opens one while the window has room): the device behind the others
+//!   would otherwise take the parity of every stripe they complete without
+//!   it, fall further behind and take more, and write its last records
+//!   alone in narrow stripes (PERF.md "ninth session, wt-19w").
 //! - A stripe **closes** when it holds `live - M` data records (`live`:
 //!   the devices still taking part), or when no device still producing
 //!   data could add a record to it (every such device is already in it),
@@ -80,6 +87,11 @@ struct Open {
     data: Vec<u32>,
 }
 
+/// Records of its length a device may take in parity beyond the device
+/// with the least parity before the stripes stop closing onto it
+/// (`Assigner::completes_onto_loaded`).
+const SLACK: u64 = 4;
+
 /// Bytes of the unit lengths are counted in (a media block).
 const UNIT: u64 = 4096;
 
@@ -101,6 +113,8 @@ pub struct Assigner {
     producing: Vec<bool>,
     /// Bytes per device so far: data offered and parity taken.
     load: Vec<u64>,
+    /// Parity bytes per device so far.
+    parity_load: Vec<u64>,
     open: VecDeque<Open>,
     next_key: u64,
     next_id: u64,
@@ -117,6 +131,7 @@ impl Assigner {
             live: vec![true; devices],
             producing: vec![true; devices],
             load: vec![0; devices],
+            parity_load: vec![0; devices],
             open: VecDeque::new(),
             next_key: 0,
             next_id: 0,
@@ -159,13 +174,19 @@ impl Assigner {
         }
         self.load[d] += bytes;
         let class = size_class(bytes);
-        let at = match self
+        let fits = |o: &Open| o.class == class && !o.data.contains(&device);
+        let first = self.open.iter().position(fits);
+        let balanced = self
             .open
             .iter()
-            .position(|o| o.class == class && !o.data.contains(&device))
-        {
-            Some(at) => at,
-            None => {
+            .position(|o| fits(o) && !self.completes_onto_loaded(o, device, bytes));
+        let at = match (balanced, first) {
+            (Some(at), _) => at,
+            // Every stripe it could join would give its parity to a device
+            // far ahead in parity: a new stripe while the window has room,
+            // else the oldest (never a stripe closed early for it).
+            (None, Some(at)) if self.open.len() >= self.window => at,
+            _ => {
                 if self.open.len() >= self.window {
                     let cheapest = (0..self.open.len())
                         .min_by_key(|&i| self.open[i].class)
@@ -192,6 +213,29 @@ impl Assigner {
         };
         ended.extend(self.settle());
         (Some(joined), ended)
+    }
+
+    /// Whether `device`'s record of `bytes` joining `o` would complete it
+    /// and give its parity to a device that took `SLACK` records of that
+    /// length more parity bytes than the least such live device: the
+    /// device behind the others would take the parity of every stripe
+    /// they complete without it, fall further behind and take more
+    /// (PERF.md "ninth session, wt-19w"); the stripe waits for it instead.
+    fn completes_onto_loaded(&self, o: &Open, device: u32, bytes: u64) -> bool {
+        if o.data.len() + 1 < self.target() {
+            return false;
+        }
+        let least = (0..self.live.len())
+            .filter(|&d| self.live[d])
+            .map(|d| self.parity_load[d])
+            .min()
+            .unwrap_or(0);
+        let limit = least + SLACK * bytes;
+        let outside: Vec<usize> = (0..self.live.len())
+            .filter(|&d| self.live[d] && d != device as usize && !o.data.contains(&(d as u32)))
+            .collect();
+        // The M parity devices are those outside it (exactly M when full).
+        outside.len() == self.m && outside.iter().any(|&d| self.parity_load[d] > limit)
     }
 
     /// Device `device` has no more data records (it may still take parity).
@@ -247,6 +291,7 @@ impl Assigner {
         let parity: Vec<u32> = candidates[..self.m].iter().map(|&d| d as u32).collect();
         for &p in &parity {
             self.load[p as usize] += o.longest;
+            self.parity_load[p as usize] += o.longest;
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -311,6 +356,48 @@ mod tests {
         assert_eq!(widths.iter().filter(|&&w| w == 3).count(), 40);
         assert_eq!(widths.iter().filter(|&&w| w == 1).count(), 30);
         assert_eq!(widths.len(), 70);
+    }
+
+    #[test]
+    fn a_device_behind_the_others_takes_no_more_parity_than_its_share() {
+        // Device 2 starts six records late and offers last in every round:
+        // the first three devices' records would complete every stripe
+        // and give device 2 all the parity. Stripes stop closing onto it
+        // once it took `SLACK` records more parity than the least.
+        let mut a = Assigner::new(4, 1, 64);
+        let mut ended = Vec::new();
+        for round in 0..40 {
+            for d in [0, 1, 3] {
+                ended.extend(a.offer(d, FULL).1);
+            }
+            if round >= 6 {
+                ended.extend(a.offer(2, FULL).1);
+            }
+        }
+        for _ in 0..6 {
+            ended.extend(a.offer(2, FULL).1);
+        }
+        for d in 0..4 {
+            ended.extend(a.done(d));
+        }
+        let mut parity = [0u64; 4];
+        let mut full = 0;
+        for e in &ended {
+            let Ended::Closed {
+                data, parity: p, ..
+            } = e
+            else {
+                panic!("dropped");
+            };
+            full += usize::from(data.len() == 3);
+            parity[p[0] as usize] += 1;
+        }
+        assert_eq!(parity.iter().sum::<u64>(), ended.len() as u64);
+        // The old rule: device 2 took the parity of all but its own last
+        // six records, left one wide at the end.
+        assert!(full + 4 >= ended.len(), "{full} full of {}", ended.len());
+        let (min, max) = (parity.iter().min().unwrap(), parity.iter().max().unwrap());
+        assert!(max - min <= SLACK + 2, "{parity:?}");
     }
 
     #[test]
