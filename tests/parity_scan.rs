@@ -506,3 +506,30 @@ fn a_device_failing_mid_run_under_parity_2_then_scan_without_two() {
     // The failed device is only a loop over the fault's file: not detached twice.
     std::mem::forget(failed);
 }
+
+/// Devices with no pbio record at all (random bytes): `restore --scan`
+/// and `verify --scan` fail (exit 3) naming them, instead of "restored 0
+/// files" and exit 0. File devices: no root needed.
+#[test]
+fn a_scan_of_devices_without_any_record_fails_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.img");
+    let mut rng = common::Rng::new(7);
+    let mut bytes = vec![0u8; 2 << 20];
+    rng.fill(&mut bytes);
+    std::fs::write(&junk, &bytes).unwrap();
+    let to = dir.path().join("out");
+    for args in [
+        vec!["restore", "--scan", "--to", to.to_str().unwrap()],
+        vec!["verify", "--scan"],
+    ] {
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.extend(["--dev".to_string(), junk.display().to_string()]);
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 3, "{args:?}: {out}\n{err}");
+        assert!(
+            err.contains("no pbio record found") && err.contains("junk.img"),
+            "{args:?}: {err}"
+        );
+    }
+}
