@@ -73,7 +73,19 @@ pub(super) fn run(
             restore::scan::restore_from_scan(&devs, to, set_id, keep_partial)
                 .map_err(scan_failed)?
         }
-        None => restore::scan::ScanRestoreReport::default(),
+        // Not one record of any set: random bytes, zeros, another
+        // program's data (as `pbio scan` says of one device).
+        None => {
+            let names: Vec<String> = devs
+                .iter()
+                .map(|d| d.path().display().to_string())
+                .collect();
+            return Err(Failure::Data(format!(
+                "no pbio record found on {}: nothing to {}",
+                names.join(", "),
+                if to.is_some() { "restore" } else { "verify" }
+            )));
+        }
     };
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let set = report

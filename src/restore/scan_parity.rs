@@ -249,7 +249,11 @@ pub(super) fn rebuild(
             keys,
         });
     }
-    out.summary.missing_devices = missing.into_iter().map(|i| (i, Vec::new())).collect();
+    // (A set without parity rebuilds nothing: its devices not given are
+    // not reported here, as the catalog restore does not.)
+    if !stripes.is_empty() {
+        out.summary.missing_devices = missing.into_iter().map(|i| (i, Vec::new())).collect();
+    }
     if jobs.is_empty() {
         out.lost.sort_unstable();
         out.lost.dedup();
