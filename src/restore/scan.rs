@@ -256,6 +256,7 @@ fn scan_device(
                 header_block,
                 payload,
                 padding,
+                crc_checked,
                 ..
             } = item
             else {
@@ -279,7 +280,7 @@ fn scan_device(
                 .file_offset
                 .checked_add(u64::from(header.payload_bytes))
                 .is_some_and(|end| end <= header.file_size);
-            let good = crate::format::crc32c(payload) == header.payload_crc
+            let good = (crc_checked || crate::format::crc32c(payload) == header.payload_crc)
                 && crate::media::stream::all_zero(padding)
                 && in_range
                 && header.payload_bytes <= chunk_max;
