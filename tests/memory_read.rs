@@ -10,8 +10,12 @@
 //! wt-23v: list 1.00x, verify 1.19x, restore 2.03x (its catalog decoded
 //! whole then); restore reads it entry by entry since wt-23m.
 //!
-//! `backup` is measured and printed, not asserted (1.6x: its walk holds
-//! every entry until the catalog is written).
+//! `backup` is held to a looser limit, `BACKUP_RATIO_MAX` (1.45x): its
+//! walk spills the entries to a temporary file since wt-23b (1.60x ->
+//! 1.33x), what still grows with the files is the rings' per-record
+//! lists (`engine/ring`: `Gen`, `Taken`, `RecordDone`, `Placed`, about
+//! 120 bytes an entry of this tree). A walk that held its entries again
+//! (1.6x) fails it.
 //!
 //! `PBIO_MEMORY_BIN=path` measures another pbio binary.
 
@@ -26,6 +30,9 @@ use loopdev::{dev_args, loop_devices_available, LoopDev};
 const DEVICES: usize = 4;
 /// The limit of the issue: peak RSS at 4x the entries below 1.3x.
 const RATIO_MAX: f64 = 1.3;
+/// `backup`'s limit (see the module docs): 1.3x once the rings' lists
+/// per record are compact.
+const BACKUP_RATIO_MAX: f64 = 1.45;
 
 fn binary() -> PathBuf {
     std::env::var_os("PBIO_MEMORY_BIN")
@@ -126,16 +133,15 @@ fn measure(work: &Path, shm: &Path, files: usize) -> [i64; 4] {
 }
 
 #[test]
-fn list_verify_and_restore_do_not_grow_with_the_entries() {
-    if !loop_devices_available("list_verify_and_restore_do_not_grow_with_the_entries") {
+fn list_verify_restore_and_backup_do_not_grow_with_the_entries() {
+    if !loop_devices_available("list_verify_restore_and_backup_do_not_grow_with_the_entries") {
         return;
     }
     let work = tempfile::tempdir().unwrap();
     let shm = tempfile::tempdir_in("/dev/shm").unwrap();
     let small = measure(work.path(), shm.path(), 100_000);
     let large = measure(work.path(), shm.path(), 400_000);
-    // Backup is printed, not asserted: its walk holds every entry until
-    // the catalog is written (1.6x, PERF.md "2026-12-03, wt-23m").
+    // Backup against its own limit (the module docs).
     let steps = ["list", "verify", "restore", "backup"];
     for (i, step) in steps.iter().enumerate() {
         eprintln!(
@@ -145,10 +151,15 @@ fn list_verify_and_restore_do_not_grow_with_the_entries() {
             large[i] as f64 / small[i] as f64
         );
     }
-    for (i, step) in steps.iter().enumerate().take(3) {
+    for (i, step) in steps.iter().enumerate() {
         let ratio = large[i] as f64 / small[i] as f64;
+        let limit = if *step == "backup" {
+            BACKUP_RATIO_MAX
+        } else {
+            RATIO_MAX
+        };
         assert!(
-            ratio < RATIO_MAX,
+            ratio < limit,
             "{step}: peak RSS {} KiB at 400k files is {ratio:.2}x that at 100k ({} KiB): grows with the entries",
             large[i],
             small[i]

@@ -36,17 +36,15 @@ pub(super) fn source_findings(input: &SetInput, dispatcher: &Dispatcher) -> Sour
         .iter()
         .enumerate()
         .filter(|(i, _)| input.since.as_ref().and_then(|s| s.origin(*i)).is_none())
-        .filter_map(|(_, e)| {
-            crate::source::changed_since_walk(e).map(|what| (e.path.clone(), what))
-        })
+        .filter_map(|(_, e)| crate::source::changed_since_walk(&e).map(|what| (e.path, what)))
         .collect();
     let skipped = dispatcher.skipped();
     let mut unreadable: Vec<(Vec<u8>, std::io::Error)> = Vec::new();
     let mut skipped_items = Vec::with_capacity(skipped.len());
     for (w, why) in skipped {
-        let path = &input.entries[w.file as usize].path;
-        if unreadable.last().is_none_or(|(p, _)| p != path) {
-            unreadable.push((path.clone(), why));
+        let path = input.entries.at(w.file as usize).path;
+        if unreadable.last().is_none_or(|(p, _)| *p != path) {
+            unreadable.push((path, why));
         }
         skipped_items.push(w);
     }
@@ -55,7 +53,7 @@ pub(super) fn source_findings(input: &SetInput, dispatcher: &Dispatcher) -> Sour
         .into_iter()
         .chain(skipped_items)
         .map(|w| {
-            let path = input.entries[w.file as usize].path.clone();
+            let path = input.entries.at(w.file as usize).path;
             (path, w.offset, w.length)
         })
         .collect();

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use crate::device::{Access, Device};
 use crate::format::{Label, HEADER_BYTES};
 use crate::media;
-use crate::source::EntryKind;
 
 use super::catalog::{
     build_catalog, device_end, device_reports, no_catalog, source_findings, write_catalogs,
@@ -214,14 +213,8 @@ pub(super) fn new_dispatcher(
 pub(super) fn sparse_data(input: &SetInput) -> std::collections::HashMap<u32, Box<[(u64, u64)]>> {
     input
         .entries
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| match &e.kind {
-            EntryKind::File {
-                data: Some(data), ..
-            } => Some((i as u32, data.clone().into_boxed_slice())),
-            _ => None,
-        })
+        .sparse_files()
+        .map(|(i, data)| (i, data.into()))
         .collect()
 }
 

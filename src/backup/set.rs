@@ -9,24 +9,26 @@ use crate::format::{
 use crate::media;
 use crate::plan::{self, DeviceSlot, FileItem, Plan};
 use crate::source::incremental::Increment;
-use crate::source::{Entry, EntryKind};
+use crate::source::spill::EntryList;
+use crate::source::EntryKind;
 
 /// Planner inputs derived from walked entries: one item per entry (size 0
 /// for everything that has no data to store here: directories, links, and
 /// in an incremental set the files whose data is in an earlier set), so
 /// plan file ids are entry indexes. A sparse file brings its data ranges,
 /// so the planner balances the bytes it stores.
-pub fn file_items<'a>(entries: &'a [Entry], since: Option<&Increment>) -> Vec<FileItem<'a>> {
-    entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| match &e.kind {
+pub fn file_items<'a, E: EntryList + ?Sized>(
+    entries: &'a E,
+    since: Option<&Increment>,
+) -> Vec<FileItem<'a>> {
+    (0..entries.count())
+        .map(|i| match entries.entry(i).kind {
             EntryKind::File { .. } if since.and_then(|s| s.origin(i)).is_some() => {
                 FileItem::dense(0)
             }
-            EntryKind::File { size_bytes, data } => FileItem {
-                size_bytes: *size_bytes,
-                data: data.as_deref(),
+            EntryKind::File { size_bytes, .. } => FileItem {
+                size_bytes,
+                data: entries.sparse(i),
             },
             _ => FileItem::dense(0),
         })
@@ -50,7 +52,7 @@ pub fn catalog_for(
     created_unix_ns: u64,
     chunk_bytes: u32,
     devices: &[CatalogDevice],
-    entries: &[Entry],
+    entries: &(impl EntryList + ?Sized),
     since: Option<&Increment>,
     segments: Vec<CatalogSegment>,
 ) -> Catalog {
@@ -62,7 +64,7 @@ pub fn catalog_for(
         since,
         segments,
     );
-    catalog.files = (0..entries.len())
+    catalog.files = (0..entries.count())
         .map(|i| catalog_file(entries, i, since))
         .collect();
     catalog
@@ -110,8 +112,12 @@ pub fn catalog_head(
 
 /// The catalog entry of `entries[i]` (digest zero for data stored in this
 /// set: the caller fills it once the data is written).
-pub fn catalog_file(entries: &[Entry], i: usize, since: Option<&Increment>) -> CatalogFile {
-    let e = &entries[i];
+pub fn catalog_file(
+    entries: &(impl EntryList + ?Sized),
+    i: usize,
+    since: Option<&Increment>,
+) -> CatalogFile {
+    let e = entries.entry(i);
     let (kind, size_bytes, link_target, hardlink_to) = match &e.kind {
         EntryKind::File { size_bytes, .. } if e.is_block_device() => {
             (FileKind::BlockDevice, *size_bytes, Vec::new(), 0)
@@ -168,7 +174,7 @@ pub enum PlanSetError {
 /// depends on the plan (one entry per segment), so plan, measure, and plan
 /// again with the measured reserve if the first guess was short.
 pub fn plan_set(
-    entries: &[Entry],
+    entries: &(impl EntryList + ?Sized),
     since: Option<&Increment>,
     devices: &[(String, u64, Option<u64>)],
     options: &plan::Options,
@@ -187,7 +193,7 @@ pub fn plan_set(
         .collect();
     // The stored section (one varint per file, 10 bytes at most, and its
     // tag) is filled in after the data: counted here at its largest.
-    let stored_section_max = 1 + 10 * entries.len() as u64;
+    let stored_section_max = 1 + 10 * entries.count() as u64;
     // Counted file by file: no `CatalogFile` per entry held, no encoding
     // kept (issue 23).
     let encoded_bytes = |created_unix_ns, segments| {
@@ -199,14 +205,14 @@ pub fn plan_set(
             since,
             segments,
         )
-        .encoded_len_streamed(entries.len(), &|i| catalog_file(entries, i, since))
+        .encoded_len_streamed(entries.count(), &|i| catalog_file(entries, i, since))
             as u64
             + stored_section_max;
         // As large as it is sealed (`--encrypt`): an upper bound either way.
         crate::format::seal::sealed_catalog_bytes(len)
     };
     let mut catalog_guess = encoded_bytes(0, Vec::new())
-        + 64 * (entries.len() as u64 + 2 * devices.len() as u64)
+        + 64 * (entries.count() as u64 + 2 * devices.len() as u64)
         + 4096;
     for _ in 0..4 {
         let reserve = HEADER_BYTES as u64 + media::catalog_media_bytes(catalog_guess, chunk);

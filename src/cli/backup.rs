@@ -258,19 +258,19 @@ pub(super) fn check_writable(devs: &[DeviceSpec]) -> Result<(), Failure> {
 /// Payload bytes the plan sends to each device: the plan's assigned bytes
 /// less the holes of sparse files, which are recorded, not written (the
 /// same ranges the ring reads). This is what the progress counters reach.
-pub fn payload_per_device(entries: &[crate::source::Entry], plan: &crate::plan::Plan) -> Vec<u64> {
+pub fn payload_per_device(
+    entries: &(impl crate::source::spill::EntryList + ?Sized),
+    plan: &crate::plan::Plan,
+) -> Vec<u64> {
     let mut out = vec![0u64; plan.devices.len()];
     for segment in &plan.segments {
         let (start, end) = (segment.offset, segment.offset + segment.length);
-        let bytes = match &entries[segment.file as usize].kind {
-            crate::source::EntryKind::File {
-                data: Some(extents),
-                ..
-            } => extents
+        let bytes = match entries.sparse(segment.file as usize) {
+            Some(extents) => extents
                 .iter()
                 .map(|&(o, l)| (o + l).min(end).saturating_sub(o.max(start)))
                 .sum(),
-            _ => segment.length,
+            None => segment.length,
         };
         out[segment.device as usize] += bytes;
     }
@@ -388,7 +388,7 @@ pub fn run(args: BackupArgs) -> CliResult {
 /// mode, which keeps one summary object on stdout).
 fn print_increment(
     since: &crate::source::incremental::Increment,
-    entries: &[crate::source::Entry],
+    entries: &crate::source::spill::SpilledEntries,
     as_json: bool,
 ) {
     let line = format!(

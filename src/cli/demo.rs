@@ -199,6 +199,7 @@ pub fn run(args: DemoArgs) -> CliResult {
         devs,
         library: Default::default(),
         json: false,
+        scan: false,
         open: Default::default(),
     })?;
     if code != Outcome::Done {

@@ -41,6 +41,7 @@ pub mod plan;
 pub mod progress;
 pub mod qualify;
 pub mod restore;
+mod restore_scan;
 pub mod resume;
 pub mod scan;
 pub mod scrub;
@@ -429,7 +430,8 @@ fn man(command: Option<&str>, dir: Option<&Path>) -> CliResult {
 /// Walk the sources and probe the devices: everything `plan` and `backup`
 /// check before any device is written. Errors here are usage errors.
 pub struct Prepared {
-    pub entries: Vec<crate::source::Entry>,
+    /// The walked entries, spilled to a temporary file (`source::spill`).
+    pub entries: crate::source::spill::SpilledEntries,
     pub devices: Vec<(String, u64, Option<u64>)>,
     pub plan: crate::plan::Plan,
     /// Media bytes kept free on every device for label and catalog.
@@ -453,7 +455,7 @@ pub fn prepare_on(
 ) -> Result<Prepared, Failure> {
     check_paths(&args.sources, &args.devs)?;
     let selection = args.select.selection()?;
-    let walk = crate::source::walk_selected(&args.sources, &selection).map_err(Failure::Source)?;
+    let walk = crate::source::walk_spilled(&args.sources, &selection).map_err(Failure::Source)?;
     // Sockets inside a tree are not stored: named
     // and skipped (as tar says "socket ignored"). Any other entry that
     // cannot be read stops the backup before a device is written.

@@ -79,7 +79,7 @@ pub fn run(args: PlanArgs) -> CliResult {
             .segments
             .iter()
             .map(|s| {
-                let path = &prepared.entries[s.file as usize].path;
+                let path = &prepared.entries.at(s.file as usize).path;
                 super::segment_json(path, s.offset, s.length, s.device)
             })
             .collect();

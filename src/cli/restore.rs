@@ -92,6 +92,12 @@ pub struct VerifyArgs {
     /// Machine-readable report: one JSON summary object (files, bytes, missing byte ranges, errors, ok).
     #[arg(long)]
     pub json: bool,
+    /// No catalog needed: read every record of the devices (rebuilding
+    /// from parity what a `--parity` set's devices lack) and check each
+    /// regular file is complete on them, as `restore --scan` would
+    /// restore it; nothing is written.
+    #[arg(long, conflicts_with = "changer")]
+    pub scan: bool,
     #[command(flatten)]
     pub open: super::OpenArgs,
 }
@@ -179,7 +185,8 @@ fn chain_of(
 
 pub fn run_restore(args: RestoreArgs) -> CliResult {
     if args.scan {
-        return run_scan_restore(&args);
+        let how = (args.keep_partial, args.json);
+        return super::restore_scan::run(&args.devs, Some(&args.to), &args.open, how);
     }
     let only: Vec<Vec<u8>> = args
         .only
@@ -399,6 +406,9 @@ fn streamed_chain(
 }
 
 pub fn run_verify(args: VerifyArgs) -> CliResult {
+    if args.scan {
+        return super::restore_scan::run(&args.devs, None, &args.open, (false, args.json));
+    }
     let (chain, mut report) = if args.library.changer.is_none() && args.open.set.is_none() {
         // One set of disks: its catalog read entry by entry (issue 23);
         // anything else as `open_chain` opens it.
@@ -471,12 +481,7 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> Outcome {
                 })).collect::<Vec<_>>(),
                 "errors": report.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "warnings": report.warnings,
-                "rebuild": json!({
-                    "missing_devices": report.rebuild.missing_devices.iter().map(|(i, p)| json!({"index": i, "path": path_text(p)})).collect::<Vec<_>>(),
-                    "records": report.rebuild.records,
-                    "bytes": report.rebuild.bytes,
-                    "damaged": report.rebuild.damaged,
-                }),
+                "rebuild": rebuild_json(&report.rebuild),
                 "ok": report.ok(),
             })
         );
@@ -498,32 +503,7 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> Outcome {
             String::new()
         }
     );
-    let rebuild = &report.rebuild;
-    if !rebuild.missing_devices.is_empty() {
-        let missing: Vec<String> = rebuild
-            .missing_devices
-            .iter()
-            .map(|(i, p)| format!("{i} ({})", shown_name(p)))
-            .collect();
-        outln!(
-            "  parity: devices missing: {}; rebuilt {} records, {}",
-            missing.join(", "),
-            rebuild.records,
-            human_bytes(rebuild.bytes)
-        );
-    } else if rebuild.records > 0 {
-        outln!(
-            "  parity: rebuilt {} damaged records, {}",
-            rebuild.records,
-            human_bytes(rebuild.bytes)
-        );
-    }
-    for d in &rebuild.damaged {
-        errln!(
-            "warning: {} (the stripe was rebuilt from its other records)",
-            shown_line(d)
-        );
-    }
+    say_rebuild(&report.rebuild);
     if chain.sets.len() > 1 {
         outln!(
             "  chain: {}",
@@ -594,133 +574,47 @@ fn print(chain: &Chain, report: &Report, verb: &str, as_json: bool) -> Outcome {
     code
 }
 
-/// `restore --scan` of an encrypted set: its data key, opened from the
-/// first label of the set that carries an envelope with the key file's
-/// key (exit 2 without one or with another, before anything is written).
-fn scan_keys(
-    devs: &[Box<dyn crate::device::Device>],
-    set_id: crate::format::SetId,
-    key: Option<&std::path::Path>,
-) -> Result<(), Failure> {
-    super::key::load_optional(key)?;
-    for dev in devs {
-        let Ok(label) = crate::media::read_label(dev.as_ref()) else {
-            continue;
-        };
-        if label.set_id != set_id || !label.seal.is_sealed() {
-            continue;
-        }
-        return match crate::format::seal::keyring::open(set_id, &label.seal) {
-            Ok(_) => Ok(()),
-            Err(refusal) => Err(Failure::Restore {
-                doing: "restore --scan: ",
-                error: restore::RestoreError::Encrypted {
-                    device: dev.path().display().to_string(),
-                    set: set_id.to_string(),
-                    wrong_key: refusal == crate::format::seal::keyring::Refusal::WrongKey,
-                },
-            }),
-        };
-    }
-    Ok(())
+/// The `rebuild` object of a `--json` summary (a device's path null when
+/// it is not known: a scan reads no catalog).
+pub(super) fn rebuild_json(rebuild: &restore::RebuildSummary) -> serde_json::Value {
+    json!({
+        "missing_devices": rebuild.missing_devices.iter().map(|(i, p)| json!({
+            "index": i, "path": (!p.is_empty()).then(|| path_text(p)),
+        })).collect::<Vec<_>>(),
+        "records": rebuild.records,
+        "bytes": rebuild.bytes,
+        "damaged": rebuild.damaged,
+    })
 }
 
-fn run_scan_restore(args: &RestoreArgs) -> CliResult {
-    let mut devs = Vec::with_capacity(args.devs.len());
-    for spec in &args.devs {
-        let dev =
-            crate::device::open(spec, crate::device::Mode::Read).map_err(Failure::DeviceToRead)?;
-        super::show_notes(dev.as_ref());
-        devs.push(dev);
-    }
-    let started = std::time::Instant::now();
-    let scan_failed = |error| Failure::Restore {
-        doing: "restore --scan failed: ",
-        error,
-    };
-    let device_sets = crate::media::scan::device_sets(&devs).map_err(|e| scan_failed(e.into()))?;
-    let chosen = crate::media::scan::choose_set(&device_sets, args.open.set.as_deref())
-        .map_err(Failure::Usage)?;
-    let report = match chosen {
-        Some(set_id) => {
-            super::key::load_passphrase(args.open.passphrase_file.as_deref())?;
-            scan_keys(&devs, set_id, args.open.key.as_deref())?;
-            restore::scan::restore_from_scan(&devs, &args.to, set_id, args.keep_partial)
-                .map_err(scan_failed)?
-        }
-        None => restore::scan::ScanRestoreReport::default(),
-    };
-    let secs = started.elapsed().as_secs_f64().max(1e-9);
-    let set = report
-        .set_id
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| "-".into());
-    let code =
-        if report.incomplete.is_empty() && report.bad_records == 0 && report.errors.is_empty() {
-            Outcome::Done
-        } else {
-            Outcome::Incomplete
-        };
-    if args.json {
-        outln!(
-            "{}",
-            json!({
-                "event": "summary",
-                "set_id": set,
-                "files": report.restored.len(),
-                "restored": report.restored.iter().map(|p| path_text(p)).collect::<Vec<_>>(),
-                "payload_bytes": report.payload_bytes,
-                "seconds": secs,
-                "bad_records": report.bad_records,
-                "incomplete": report.incomplete.iter().map(|i| json!({
-                    "path": path_text(&i.path), "found_bytes": i.found_bytes,
-                    "data_bytes": i.data_bytes, "why": i.why,
-                    "kept_as": i.kept_as.as_deref().map(path_text),
-                })).collect::<Vec<_>>(),
-                "other_sets": report.other_sets.iter().map(|(id, n)| json!({
-                    "set_id": id.to_string(), "records": n,
-                })).collect::<Vec<_>>(),
-                "errors": report.errors,
-                "warnings": report.warnings,
-                "ok": code == Outcome::Done,
+/// Say which devices were missing and what was rebuilt from parity.
+pub(super) fn say_rebuild(rebuild: &restore::RebuildSummary) {
+    if !rebuild.missing_devices.is_empty() {
+        let missing: Vec<String> = rebuild
+            .missing_devices
+            .iter()
+            .map(|(i, p)| match p.is_empty() {
+                true => i.to_string(),
+                false => format!("{i} ({})", shown_name(p)),
             })
+            .collect();
+        outln!(
+            "  parity: devices missing: {}; rebuilt {} records, {}",
+            missing.join(", "),
+            rebuild.records,
+            human_bytes(rebuild.bytes)
         );
-        return Ok(code);
+    } else if rebuild.records > 0 {
+        outln!(
+            "  parity: rebuilt {} damaged records, {}",
+            rebuild.records,
+            human_bytes(rebuild.bytes)
+        );
     }
-    outln!(
-        "set {set}: restored {} complete files, {} from records alone, {:.2} s",
-        report.restored.len(),
-        human_bytes(report.payload_bytes),
-        secs
-    );
-    for i in &report.incomplete {
+    for d in &rebuild.damaged {
         errln!(
-            "incomplete: {}: {} of {} bytes found ({}); {}",
-            shown_name(&i.path),
-            i.found_bytes,
-            i.data_bytes,
-            i.why,
-            match &i.kept_as {
-                Some(kept) => format!("not restored, partial data kept as {}", shown_name(kept)),
-                None => "not restored".to_string(),
-            }
+            "warning: {} (the stripe was rebuilt from its other records)",
+            shown_line(d)
         );
     }
-    for e in &report.errors {
-        errln!("error: {}", crate::units::shown_line(e));
-    }
-    for w in &report.warnings {
-        errln!("warning: {}", shown_line(w));
-    }
-    if report.bad_records > 0 {
-        errln!("{} damaged records skipped", report.bad_records);
-    }
-    for (id, n) in &report.other_sets {
-        errln!(
-            "note: {n} records of set {} skipped (not the set restored; --set {} restores them)",
-            id,
-            id
-        );
-    }
-    Ok(code)
 }

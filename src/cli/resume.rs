@@ -142,7 +142,7 @@ fn show_durable(
     json: bool,
 ) {
     for &f in &durable.changed {
-        let path = &input.entries[f as usize].path;
+        let path = &input.entries.at(f as usize).path;
         errln!(
             "pbio: {}: changed since the interrupted run wrote part of it: written again whole",
             shown_name(path)
@@ -161,7 +161,7 @@ fn show_durable(
             StreamEnd::Changed { position, file_id } => (
                 format!(
                     "record of changed file {}",
-                    shown_name(&input.entries[*file_id as usize].path)
+                    shown_name(&input.entries.at(*file_id as usize).path)
                 ),
                 Some(*position),
             ),
@@ -194,7 +194,7 @@ fn show_durable(
                 "event": "resume",
                 "set_id": durable.set_id.to_string(),
                 "devices": shown,
-                "changed": durable.changed.iter().map(|&f| path_text(&input.entries[f as usize].path)).collect::<Vec<_>>(),
+                "changed": durable.changed.iter().map(|&f| path_text(&input.entries.at(f as usize).path)).collect::<Vec<_>>(),
             })
         );
     }

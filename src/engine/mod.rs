@@ -7,12 +7,13 @@ pub mod ring;
 
 use crate::plan::Plan;
 use crate::source::incremental::Increment;
-use crate::source::Entry;
+use crate::source::spill::SpilledEntries;
 
-/// Everything a backup run reads: the walked entries (file id = index),
+/// Everything a backup run reads: the walked entries (file id = index;
+/// spilled to a temporary file, read back by index),
 /// the plan, and for an incremental set what it refers to instead of storing.
 pub struct SetInput {
-    pub entries: Vec<Entry>,
+    pub entries: SpilledEntries,
     pub plan: Plan,
     pub since: Option<Increment>,
 }

@@ -52,6 +52,35 @@ pub(crate) fn parity_at(
     set_id: Option<SetId>,
     pool: &mut Option<BufferPool>,
 ) -> Option<FoundParity> {
+    let pool = pool.get_or_insert_with(|| {
+        // A parity record of the largest chunk read: its shard holds a
+        // whole data record (header block included, docs/FORMAT.md 5.1).
+        let shard = crate::format::parity::shard_bytes_for(PAYLOAD_BYTES_MAX.min(16 << 20));
+        BufferPool::new(1, HEADER_BYTES + shard as usize)
+    });
+    let buf = pool.slot_mut(0);
+    let header = parity_header_in(dev, position, error, set_id, &mut buf[..HEADER_BYTES])?;
+    let media_bytes = HEADER_BYTES + round_up_block(header.shard_bytes.into()) as usize;
+    let payload_ok = media_bytes <= buf.len()
+        && super::read_at(dev, &mut buf[..media_bytes], position).ok() == Some(media_bytes)
+        && header.payload_ok(&buf[HEADER_BYTES..HEADER_BYTES + header.shard_bytes as usize]);
+    Some(FoundParity {
+        position,
+        header,
+        payload_ok,
+    })
+}
+
+/// `parity_at` without reading the payload (its CRC unchecked): the
+/// header of the parity record at `position`, read into `block` (one
+/// aligned block of `HEADER_BYTES`).
+pub(crate) fn parity_header_in(
+    dev: &dyn Device,
+    position: u64,
+    error: &FormatError,
+    set_id: Option<SetId>,
+    block: &mut [u8],
+) -> Option<ParityHeader> {
     if dev.access() != Access::Random
         || matches!(
             error,
@@ -63,27 +92,12 @@ pub(crate) fn parity_at(
     {
         return None;
     }
-    let pool = pool.get_or_insert_with(|| {
-        // A parity record of the largest chunk read: its shard holds a
-        // whole data record (header block included, docs/FORMAT.md 5.1).
-        let shard = crate::format::parity::shard_bytes_for(PAYLOAD_BYTES_MAX.min(16 << 20));
-        BufferPool::new(1, HEADER_BYTES + shard as usize)
-    });
-    let buf = pool.slot_mut(0);
-    let got = super::read_at(dev, &mut buf[..HEADER_BYTES], position).ok()?;
-    let header = ParityHeader::decode(&buf[..got]).ok()?;
+    let got = super::read_at(dev, block, position).ok()?;
+    let header = ParityHeader::decode(&block[..got]).ok()?;
     if set_id.is_some_and(|s| s != header.set_id) {
         return None;
     }
-    let media_bytes = HEADER_BYTES + round_up_block(header.shard_bytes.into()) as usize;
-    let payload_ok = media_bytes <= buf.len()
-        && super::read_at(dev, &mut buf[..media_bytes], position).ok() == Some(media_bytes)
-        && header.payload_ok(&buf[HEADER_BYTES..HEADER_BYTES + header.shard_bytes as usize]);
-    Some(FoundParity {
-        position,
-        header,
-        payload_ok,
-    })
+    Some(header)
 }
 
 /// Scan `dev` from the first record to its end (or to the set's End

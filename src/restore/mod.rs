@@ -18,6 +18,7 @@ mod read;
 mod rebuild;
 pub mod repair;
 pub mod scan;
+mod scan_parity;
 pub mod scrub;
 mod select;
 mod small;

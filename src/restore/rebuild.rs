@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use crate::device::Device;
 use crate::format::parity::{check_data_shard, shard_to_record, ParityHeader};
 use crate::format::{
-    crc32c, payload_hash, CatalogStripe, Label, SetId, StripeRecord, HEADER_BYTES,
+    crc32c, payload_hash, CatalogStripe, RecordHeader, SetId, StripeRecord, HEADER_BYTES,
 };
 use crate::io::buffers::BufferPool;
 use crate::media;
@@ -190,10 +190,10 @@ pub(super) fn run(
     if plan.jobs.is_empty() {
         return None;
     }
-    let devices: HashMap<u32, (&dyn Device, &Label)> = set
+    let devices: HashMap<u32, &dyn Device> = set
         .devices
         .iter()
-        .map(|(d, l)| (l.device_index, (d.as_ref(), l)))
+        .map(|(d, l)| (l.device_index, d.as_ref()))
         .collect();
     let next = AtomicUsize::new(0);
     let out = Mutex::new(DeviceRead {
@@ -228,7 +228,7 @@ pub(super) fn run(
                     let m = parity.m as usize;
                     let got = rebuild_stripe(
                         (st, m, set.catalog.set_id),
-                        lost,
+                        (lost, ReadLost::Yes),
                         devices,
                         &mut pool,
                         &mut codecs,
@@ -238,9 +238,9 @@ pub(super) fn run(
                     // A damaged member on a given device not rebuilt:
                     // its file and range named (an absent device's are
                     // named as missing ranges by `plan`).
-                    for &pos in lost.iter().filter(|p| !got.iter().any(|g| g.0 == **p)) {
+                    for &pos in lost.iter().filter(|p| !got.iter().any(|g| g.position == **p)) {
                         let r = &st.data[pos];
-                        let Some(&(dev, _)) = devices.get(&r.device) else {
+                        let Some(&dev) = devices.get(&r.device) else {
                             continue;
                         };
                         let path = set
@@ -258,10 +258,10 @@ pub(super) fn run(
                         });
                     }
                     let mut extents = Vec::new();
-                    for (pos, payload, media_bytes) in got {
-                        let r = st.data[pos];
-                        extents.push((r.device, r.position, r.position + media_bytes));
-                        local.push((r, payload));
+                    for got in got {
+                        let r = st.data[got.position];
+                        extents.push((r.device, r.position, r.position + got.media_bytes));
+                        local.push((r, got.payload));
                     }
                     let mut done = (0u64, 0u64);
                     for (r, payload) in &local {
@@ -344,20 +344,45 @@ fn write(
         })
 }
 
-/// The stripe's lost data records rebuilt: (data position, payload,
-/// record's length on media), each record checked against the catalog
-/// and its payload opened and decompressed like a record read. Nothing
-/// when fewer than `k` of the stripe's records on the given devices check.
+/// One data record rebuilt from parity and proven (header against its
+/// stripe entry, CRC of its stored bytes, opened and decompressed).
+pub(super) struct Rebuilt {
+    /// Its data position in the stripe.
+    pub(super) position: usize,
+    /// Its header, and its header block as rebuilt (magic put back: the
+    /// file info, sealed or not, for a reader with no catalog).
+    pub(super) header: RecordHeader,
+    pub(super) header_block: Vec<u8>,
+    /// Its payload, opened and decompressed.
+    pub(super) payload: Vec<u8>,
+    /// The record's length on media.
+    pub(super) media_bytes: u64,
+}
+
+/// Whether `rebuild_stripe` reads the lost members that are on given
+/// devices (a catalog restore: its reader said they are bad, and the
+/// rebuild names why) or leaves them unread (a scan, which may not know
+/// where a damaged record lies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ReadLost {
+    Yes,
+    No,
+}
+
+/// The stripe's lost data records rebuilt, each record checked against
+/// the catalog and its payload opened and decompressed like a record
+/// read. Nothing when fewer than `k` of the stripe's records on the given
+/// devices (`devices`: index -> device) check.
 #[allow(clippy::too_many_arguments)]
-fn rebuild_stripe(
+pub(super) fn rebuild_stripe(
     (st, m, set_id): (&CatalogStripe, usize, SetId),
-    lost: &[usize],
-    devices: &HashMap<u32, (&dyn Device, &Label)>,
+    (lost, read_lost): (&[usize], ReadLost),
+    devices: &HashMap<u32, &dyn Device>,
     pool: &mut BufferPool,
     codecs: &mut HashMap<(usize, usize), Codec>,
     inflate: &mut Inflate,
     (errors, damaged): (&mut Vec<Problem>, &mut Vec<String>),
-) -> Vec<(usize, Vec<u8>, u64)> {
+) -> Vec<Rebuilt> {
     // The code is the set's k + M even when fewer parity records were
     // written (they are a prefix: parity record j is shard k + j).
     let k = st.data.len();
@@ -370,10 +395,13 @@ fn rebuild_stripe(
         if good >= k {
             break;
         }
-        let Some(&(dev, label)) = devices.get(&r.device) else {
+        if read_lost == ReadLost::No && lost.contains(&i) {
+            continue;
+        }
+        let Some(&dev) = devices.get(&r.device) else {
             continue;
         };
-        match read_member(dev, label, st, i, r, pool) {
+        match read_member(dev, (set_id, r.device), st, i, r, pool) {
             Ok(bytes) => {
                 shards[i][..bytes.len()].copy_from_slice(bytes);
                 present[i] = true;
@@ -429,7 +457,13 @@ fn rebuild_stripe(
                 let stored = &shard[HEADER_BYTES..HEADER_BYTES + h.stored_len() as usize];
                 match inflate.payload(&h, stored) {
                     Ok(payload) => {
-                        out.push((pos, payload.to_vec(), media as u64));
+                        out.push(Rebuilt {
+                            position: pos,
+                            header: h,
+                            header_block: shard[..HEADER_BYTES].to_vec(),
+                            payload: payload.to_vec(),
+                            media_bytes: media as u64,
+                        });
                         continue;
                     }
                     Err(e) => format!("the rebuilt record does not open: {e}"),
@@ -437,7 +471,7 @@ fn rebuild_stripe(
             }
             Err(why) => format!("the rebuilt record does not check: {why}"),
         };
-        if let Some(&(dev, _)) = devices.get(&r.device) {
+        if let Some(&dev) = devices.get(&r.device) {
             damaged.push(format!(
                 "device {}: offset {}: {why}",
                 dev.path().display(),
@@ -458,14 +492,15 @@ pub(super) fn member_pool(chunk_bytes: u32) -> BufferPool {
     )
 }
 
-/// Read member `i` of a stripe (data `0..k`, parity after) and check it
-/// against the catalog: header, kind, set, device, what it holds, CRC.
+/// Read member `i` of a stripe (data `0..k`, parity after) from `dev`, the
+/// device of index `device_index` of set `set_id`, and check it against
+/// the catalog: header, kind, set, device, what it holds, CRC.
 /// Its shard (a data record as stored with its magic zeroed,
 /// `media::shard`, or a parity record's payload; at most the shard
 /// length), or why it cannot be used.
 pub(super) fn read_member<'p>(
     dev: &dyn Device,
-    label: &Label,
+    (set_id, device_index): (SetId, u32),
     st: &CatalogStripe,
     i: usize,
     r: &StripeRecord,
@@ -480,7 +515,7 @@ pub(super) fn read_member<'p>(
     }
     if i < st.data.len() {
         let buf = &mut pool.slot_mut(0)[..shard];
-        let len = media::shard::read_data_shard(dev, label.set_id, r, buf)?;
+        let len = media::shard::read_data_shard(dev, set_id, r, buf)?;
         return Ok(&pool.slot(0)[..len]);
     }
     let media_bytes = HEADER_BYTES + shard;
@@ -499,8 +534,8 @@ pub(super) fn read_member<'p>(
                 && a.payload_bytes == b.payload_bytes
                 && a.payload_crc == b.payload_crc
         });
-    if h.set_id != label.set_id
-        || h.device_index != label.device_index
+    if h.set_id != set_id
+        || h.device_index != device_index
         || h.shard_bytes != r.payload_bytes
         || h.payload_crc != r.payload_crc
         || usize::from(h.position) != i

@@ -15,7 +15,9 @@ use super::at::Root;
 use super::tree::{self, Attrs, Meta, TreeError};
 use super::RestoreError;
 use crate::device::Device;
-use crate::format::{FileInfo, RecordKind, SetId, PAYLOAD_BYTES_MAX};
+use crate::format::parity::ParityHeader;
+use crate::format::{FileInfo, RecordHeader, RecordKind, SetId, HEADER_BYTES, PAYLOAD_BYTES_MAX};
+use crate::io::buffers::BufferPool;
 use crate::media::stream::{self, Flow, Item};
 use crate::units::shown_name;
 
@@ -29,6 +31,9 @@ pub struct Incomplete {
     pub why: &'static str,
     /// With `keep_partial`: the name its partial data is kept under.
     pub kept_as: Option<Vec<u8>>,
+    /// `--parity`: the ranges of it in stripes that could not be rebuilt
+    /// (offset, length, device index).
+    pub ranges: Vec<(u64, u64, u32)>,
 }
 
 #[derive(Debug, Default)]
@@ -49,10 +54,18 @@ pub struct ScanRestoreReport {
     /// Metadata not restored (an extended attribute the destination
     /// refused, or one that did not fit the records), naming file and attribute.
     pub warnings: Vec<String>,
+    /// `--parity`: the devices of the set not given (index; no path: that
+    /// is in the catalog), the records rebuilt from parity, the damaged
+    /// members of stripes that were rebuilt from the others.
+    pub rebuild: super::RebuildSummary,
+    /// `--parity`: data records lost (in stripes that could not be
+    /// rebuilt) of files no record of which was found to name them:
+    /// (file id, offset, length, device index).
+    pub lost: Vec<(u32, u64, u64, u32)>,
 }
 
 /// What a scan learnt about one file.
-struct Seen {
+pub(super) struct Seen {
     /// What its records say (without the xattrs only the first carries).
     info: FileInfo,
     /// Its extended attributes, from its first record, once found; and
@@ -86,7 +99,7 @@ struct Seen {
 /// and are not recovered by a scan.
 pub fn restore_from_scan(
     devs: &[Box<dyn Device>],
-    to: &std::path::Path,
+    to: Option<&std::path::Path>,
     set_id: SetId,
     keep_partial: bool,
 ) -> Result<ScanRestoreReport, RestoreError> {
@@ -94,18 +107,22 @@ pub fn restore_from_scan(
         set_id: Some(set_id),
         ..ScanRestoreReport::default()
     };
-    let root = Root::open(to).map_err(|error| TreeError::Io {
-        op: "open restore directory",
-        path: to.display().to_string(),
-        error,
-    })?;
+    let root = to
+        .map(|to| {
+            Root::open(to).map_err(|error| TreeError::Io {
+                op: "open restore directory",
+                path: to.display().to_string(),
+                error,
+            })
+        })
+        .transpose()?;
     let seen: Mutex<HashMap<Vec<u8>, Seen>> = Mutex::new(HashMap::new());
     let chunk_max = PAYLOAD_BYTES_MAX.min(16 << 20);
     let results: Vec<Result<DeviceScan, RestoreError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = devs
             .iter()
             .map(|dev| {
-                let (seen, root) = (&seen, &root);
+                let (seen, root) = (&seen, root.as_ref());
                 scope.spawn(move || scan_device(dev.as_ref(), set_id, chunk_max, root, seen))
             })
             .collect();
@@ -115,6 +132,7 @@ pub fn restore_from_scan(
             .collect()
     });
     let mut others: HashMap<SetId, u64> = HashMap::new();
+    let mut scans = Vec::with_capacity(devs.len());
     for (r, dev) in results.into_iter().zip(devs) {
         // A device whose reading broke off: what it left short is reported
         // below as incomplete, and its temporary files are removed.
@@ -124,12 +142,41 @@ pub fn restore_from_scan(
                 report
                     .errors
                     .push(format!("device {}: {e}", dev.path().display()));
+                scans.push(None);
                 continue;
             }
         };
         report.bad_records += r.bad;
-        for (id, n) in r.other_sets {
-            *others.entry(id).or_default() += n;
+        for (id, n) in &r.other_sets {
+            *others.entry(*id).or_default() += n;
+        }
+        scans.push(Some(r));
+    }
+    // `--parity`: the data records the given devices lack (on devices not
+    // given, or damaged), rebuilt from the stripes their parity records
+    // describe, and taken like records read.
+    let parity = super::scan_parity::rebuild(
+        (set_id, chunk_max),
+        devs,
+        &scans,
+        Sink::new(root.as_ref(), &seen, "parity rebuild".into()),
+    )?;
+    report.bad_records -= parity.healed;
+    report.rebuild = parity.summary.clone();
+    let mut names: HashMap<u32, &[u8]> = HashMap::new();
+    for scan in scans.iter().flatten() {
+        for (id, path) in &scan.names {
+            names.entry(*id).or_insert(path);
+        }
+    }
+    for (id, path) in &parity.names {
+        names.entry(*id).or_insert(path);
+    }
+    let mut lost_of: HashMap<&[u8], Vec<(u64, u64, u32)>> = HashMap::new();
+    for l in &parity.lost {
+        match names.get(&l.0) {
+            Some(path) => lost_of.entry(path).or_default().push((l.1, l.2, l.3)),
+            None => report.lost.push(*l),
         }
     }
     report.other_sets = others.into_iter().collect();
@@ -160,8 +207,8 @@ pub fn restore_from_scan(
         };
         if let Some(why) = why {
             let mut kept_as = None;
-            if let Some(temp) = &s.temp {
-                let dropped = tree::temp_in_parent(&root, temp, &path).and_then(|(dir, name)| {
+            if let (Some(temp), Some(root)) = (&s.temp, &root) {
+                let dropped = tree::temp_in_parent(root, temp, &path).and_then(|(dir, name)| {
                     tree::drop_file(dir.as_fd(), name, &path, keep_partial)
                 });
                 match dropped {
@@ -176,7 +223,10 @@ pub fn restore_from_scan(
                     Err(error) => report.errors.push(error.to_string()),
                 }
             }
+            let mut ranges = lost_of.remove(path.as_slice()).unwrap_or_default();
+            ranges.sort_unstable();
             report.incomplete.push(Incomplete {
+                ranges,
                 path,
                 found_bytes: found,
                 data_bytes: s.info.data_bytes,
@@ -189,6 +239,12 @@ pub fn restore_from_scan(
             .temp
             .as_ref()
             .expect("a file with data has a temporary file");
+        let Some(root) = &root else {
+            // Verifying: complete, nothing to place.
+            report.payload_bytes += found;
+            report.restored.push(path);
+            continue;
+        };
         let (xattrs, cut) = s.xattrs.take().unwrap_or_default();
         if cut {
             report.warnings.push(format!(
@@ -206,7 +262,7 @@ pub fn restore_from_scan(
             flags: 0,
             xattrs: &xattrs,
         };
-        let placed = tree::temp_in_parent(&root, temp, &path).and_then(|(dir, name)| {
+        let placed = tree::temp_in_parent(root, temp, &path).and_then(|(dir, name)| {
             tree::place_file(dir.as_fd(), name, &path, attrs, meta, &mut report.warnings)
         });
         match placed {
@@ -221,46 +277,237 @@ pub fn restore_from_scan(
 }
 
 /// What one device's scan found besides the files.
-struct DeviceScan {
+pub(super) struct DeviceScan {
     /// Records of the set skipped as bad.
     bad: u64,
     /// Records of other sets, by set.
     other_sets: HashMap<SetId, u64>,
+    /// Its index in the set: its label's, else the one most of its
+    /// records name (None: neither).
+    pub(super) index: Option<u32>,
+    /// Its label's device count and chunk size, when the label reads.
+    pub(super) label: Option<(u32, u32)>,
+    /// Every data record of the set it holds (for `--parity`).
+    pub(super) held: Vec<Held>,
+    /// The parity records of the set on it: (media offset, header).
+    pub(super) parity: Vec<(u64, ParityHeader)>,
+    /// The file id -> path of its records taken.
+    pub(super) names: HashMap<u32, Vec<u8>>,
+}
+
+/// A data record of the set a scan found (what a parity record's entry
+/// names it by).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Held {
+    /// The device index its header names.
+    pub(super) index: u32,
+    pub(super) sequence: u64,
+    pub(super) position: u64,
+    pub(super) file_id: u32,
+    pub(super) file_offset: u64,
+    pub(super) payload_bytes: u32,
+    pub(super) payload_crc: u32,
+    /// Taken (good, agreeing with its file's other records).
+    pub(super) taken: bool,
+}
+
+/// What `Sink::take` did with a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Taken {
+    /// Written (or, verifying, counted) for its file.
+    Yes,
+    /// Bad, or disagreeing with its file's other records: counted bad.
+    Bad,
+    /// Left alone: its file is refused, its path cut short, or (a
+    /// rebuilt record) its range was already found.
+    No,
+}
+
+/// Where the records a scan takes go: their files' temporary files below
+/// `root` (None: verifying, nothing written), and what is known of each
+/// file. One per reading thread.
+pub(super) struct Sink<'a> {
+    pub(super) root: Option<&'a Root>,
+    pub(super) seen: &'a Mutex<HashMap<Vec<u8>, Seen>>,
+    /// The device (or "parity rebuild") named when a file is refused.
+    pub(super) name: String,
+    /// The temporary file the previous record went to: (path, file).
+    open: Option<(Vec<u8>, File)>,
+}
+
+impl<'a> Sink<'a> {
+    pub(super) fn new(
+        root: Option<&'a Root>,
+        seen: &'a Mutex<HashMap<Vec<u8>, Seen>>,
+        name: String,
+    ) -> Self {
+        Sink {
+            root,
+            seen,
+            name,
+            open: None,
+        }
+    }
+
+    /// Take the data record `header` of file `info` with its (opened and
+    /// decompressed) payload, `good` when every check of it passed.
+    /// With `only_new`, a record whose offset its file already has is
+    /// left alone (a rebuilt record never overwrites one read).
+    pub(super) fn take(
+        &mut self,
+        header: &RecordHeader,
+        info: &FileInfo,
+        payload: &[u8],
+        good: bool,
+        only_new: bool,
+    ) -> Result<Taken, RestoreError> {
+        let temp = {
+            let mut seen = self.seen.lock().expect("no poisoned lock");
+            let s = seen.entry(info.path.clone()).or_insert_with(|| Seen {
+                info: FileInfo {
+                    xattrs: None,
+                    xattrs_cut: false,
+                    ..info.clone()
+                },
+                xattrs: None,
+                file_size: header.file_size,
+                ranges: Vec::new(),
+                damaged: false,
+                temp: None,
+                refused: None,
+            });
+            if s.refused.is_some() {
+                return Ok(Taken::No);
+            }
+            // Records of one file must agree on what the file is.
+            let agrees = s.file_size == header.file_size && s.info.same_file(info);
+            if !good || !agrees || info.path_truncated {
+                s.damaged = true;
+                return Ok(if !good || !agrees {
+                    Taken::Bad
+                } else {
+                    Taken::No
+                });
+            }
+            if only_new && s.ranges.iter().any(|r| r.0 == header.file_offset) {
+                return Ok(Taken::No);
+            }
+            if s.temp.is_none() {
+                let made = tree::check_rel(&info.path).and_then(|()| match self.root {
+                    // Created under the lock, so that no two devices race.
+                    Some(root) => tree::create_file(root, &info.path, header.file_size),
+                    None => Ok(Vec::new()),
+                });
+                match made {
+                    Ok(temp) => s.temp = Some(temp),
+                    Err(error) => {
+                        s.refused = Some(format!("{error} (records on {})", self.name));
+                        return Ok(Taken::No);
+                    }
+                }
+            }
+            s.ranges
+                .push((header.file_offset, header.payload_bytes as u64));
+            if let Some(xattrs) = &info.xattrs {
+                s.xattrs = Some((xattrs.clone(), info.xattrs_cut));
+            } else if info.xattrs_cut && s.xattrs.is_none() {
+                s.xattrs = Some((Vec::new(), true));
+            }
+            s.temp.clone().expect("made above")
+        };
+        let Some(root) = self.root else {
+            return Ok(Taken::Yes);
+        };
+        if self.open.as_ref().is_none_or(|(p, _)| p != &info.path) {
+            let f = root
+                .open_at(&temp, OFlag::O_WRONLY)
+                .map(File::from)
+                .map_err(|error| TreeError::Io {
+                    op: "open temporary file of",
+                    path: shown_name(&info.path),
+                    error,
+                })?;
+            self.open = Some((info.path.clone(), f));
+        }
+        let (_, f) = self.open.as_ref().expect("opened above");
+        f.write_all_at(payload, header.file_offset)
+            .map_err(|error| TreeError::Io {
+                op: "write",
+                path: shown_name(&info.path),
+                error,
+            })?;
+        Ok(Taken::Yes)
+    }
 }
 
 /// Stream one device, writing every good data record of `set_id` to its
-/// file's temporary file below `root`.
+/// file's temporary file below `root` (verifying: nowhere), and noting
+/// the parity records of the set and where each data record lies.
 fn scan_device(
     dev: &dyn Device,
     set_id: SetId,
     chunk_max: u32,
-    root: &Root,
+    root: Option<&Root>,
     seen: &Mutex<HashMap<Vec<u8>, Seen>>,
 ) -> Result<DeviceScan, RestoreError> {
+    let label = crate::media::read_label(dev)
+        .ok()
+        .filter(|l| l.set_id == set_id);
     let mut out = DeviceScan {
         bad: 0,
         other_sets: HashMap::new(),
+        index: label.as_ref().map(|l| l.device_index),
+        label: label.as_ref().map(|l| (l.device_count, l.chunk_bytes)),
+        held: Vec::new(),
+        parity: Vec::new(),
+        names: HashMap::new(),
     };
-    let name = dev.path().display().to_string();
-    // The temporary file the previous record went to: (path, temp, file).
-    let mut open: Option<(Vec<u8>, File)> = None;
+    let mut sink = Sink::new(root, seen, dev.path().display().to_string());
     let mut inflate = super::transform::Inflate::default();
+    // Parity records (`--parity`): their headers, and where their payload
+    // ends (its blocks are not records).
+    let mut parity_end = 0u64;
+    let mut block = BufferPool::new(1, HEADER_BYTES);
     stream::stream::<RestoreError>(
         dev,
         crate::media::data_start(dev),
         crate::media::scan_end(dev),
         chunk_max,
         |item| {
-            let Item::Record {
-                header,
-                header_block,
-                payload,
-                padding,
-                crc_checked,
-                ..
-            } = item
-            else {
-                return Ok(Flow::Continue);
+            let (position, header, header_block, payload, padding, crc_checked) = match item {
+                Item::Record {
+                    header,
+                    header_block,
+                    payload,
+                    padding,
+                    position,
+                    crc_checked,
+                    ..
+                } => (
+                    position,
+                    header,
+                    header_block,
+                    payload,
+                    padding,
+                    crc_checked,
+                ),
+                Item::Bad { position, error } if position >= parity_end => {
+                    let found = crate::media::scan::parity_header_in(
+                        dev,
+                        position,
+                        &error,
+                        Some(set_id),
+                        block.slot_mut(0),
+                    );
+                    if let Some(h) = found {
+                        parity_end = position
+                            + HEADER_BYTES as u64
+                            + crate::format::round_up_block(h.shard_bytes.into());
+                        out.parity.push((position, h));
+                    }
+                    return Ok(Flow::Continue);
+                }
+                _ => return Ok(Flow::Continue),
             };
             if header.set_id != set_id {
                 *out.other_sets.entry(header.set_id).or_default() += 1;
@@ -271,9 +518,20 @@ fn scan_device(
                 RecordKind::Catalog => return Ok(Flow::Continue),
                 RecordKind::Data => {}
             }
+            let mut held = Held {
+                index: header.device_index,
+                sequence: header.sequence,
+                position,
+                file_id: header.file_id,
+                file_offset: header.file_offset,
+                payload_bytes: header.payload_bytes,
+                payload_crc: header.payload_crc,
+                taken: false,
+            };
             // Opened first when sealed (`--encrypt`).
             let Some(info) = inflate.file_info(&header, header_block) else {
                 out.bad += 1;
+                out.held.push(held);
                 return Ok(Flow::Continue);
             };
             let in_range = header
@@ -284,7 +542,6 @@ fn scan_device(
                 && crate::media::stream::all_zero(padding)
                 && in_range
                 && header.payload_bytes <= chunk_max;
-            // A compressed record's payload (bounded by its header).
             // A compressed record's payload (bounded by its header), a
             // sealed one's opened: one that does not is not good.
             let (payload, good) = match good.then(|| inflate.payload(&header, payload)) {
@@ -292,72 +549,35 @@ fn scan_device(
                 _ => (payload, false),
             };
             let good = good && payload.len() == header.payload_bytes as usize;
-            let temp = {
-                let mut seen = seen.lock().expect("no poisoned lock");
-                let s = seen.entry(info.path.clone()).or_insert_with(|| Seen {
-                    info: FileInfo {
-                        xattrs: None,
-                        xattrs_cut: false,
-                        ..info.clone()
-                    },
-                    xattrs: None,
-                    file_size: header.file_size,
-                    ranges: Vec::new(),
-                    damaged: false,
-                    temp: None,
-                    refused: None,
-                });
-                if s.refused.is_some() {
-                    return Ok(Flow::Continue);
+            match sink.take(&header, &info, payload, good, false)? {
+                Taken::Yes => {
+                    held.taken = true;
+                    out.names
+                        .entry(header.file_id)
+                        .or_insert_with(|| info.path.clone());
                 }
-                // Records of one file must agree on what the file is.
-                let agrees = s.file_size == header.file_size && s.info.same_file(&info);
-                if !good || !agrees || info.path_truncated {
-                    s.damaged = true;
-                    out.bad += u64::from(!good || !agrees);
-                    return Ok(Flow::Continue);
-                }
-                if s.temp.is_none() {
-                    // Created under the lock, so that no two devices race.
-                    let made = tree::check_rel(&info.path)
-                        .and_then(|()| tree::create_file(root, &info.path, header.file_size));
-                    match made {
-                        Ok(temp) => s.temp = Some(temp),
-                        Err(error) => {
-                            s.refused = Some(format!("{error} (records on {name})"));
-                            return Ok(Flow::Continue);
-                        }
-                    }
-                }
-                s.ranges
-                    .push((header.file_offset, header.payload_bytes as u64));
-                if let Some(xattrs) = &info.xattrs {
-                    s.xattrs = Some((xattrs.clone(), info.xattrs_cut));
-                } else if info.xattrs_cut && s.xattrs.is_none() {
-                    s.xattrs = Some((Vec::new(), true));
-                }
-                s.temp.clone().expect("made above")
-            };
-            if open.as_ref().map(|(p, _)| p != &info.path).unwrap_or(true) {
-                let f = root
-                    .open_at(&temp, OFlag::O_WRONLY)
-                    .map(File::from)
-                    .map_err(|error| TreeError::Io {
-                        op: "open temporary file of",
-                        path: shown_name(&info.path),
-                        error,
-                    })?;
-                open = Some((info.path.clone(), f));
+                Taken::Bad => out.bad += 1,
+                Taken::No => {}
             }
-            let (_, f) = open.as_ref().expect("opened above");
-            f.write_all_at(payload, header.file_offset)
-                .map_err(|error| TreeError::Io {
-                    op: "write",
-                    path: shown_name(&info.path),
-                    error,
-                })?;
+            out.held.push(held);
             Ok(Flow::Continue)
         },
     )?;
+    if out.index.is_none() {
+        // No label: the index most of its records name.
+        let mut votes: HashMap<u32, u64> = HashMap::new();
+        for i in out
+            .held
+            .iter()
+            .map(|h| h.index)
+            .chain(out.parity.iter().map(|p| p.1.device_index))
+        {
+            *votes.entry(i).or_default() += 1;
+        }
+        out.index = votes
+            .into_iter()
+            .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))
+            .map(|(i, _)| i);
+    }
     Ok(out)
 }

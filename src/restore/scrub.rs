@@ -160,7 +160,7 @@ pub(super) fn check_stripe(
                 .push((i, "its device is not given (or unreadable)".into()));
             continue;
         };
-        match read_member(dev, label, st, i, r, pool) {
+        match read_member(dev, (label.set_id, label.device_index), st, i, r, pool) {
             Ok(bytes) => {
                 // A data shard is its whole record; a parity record's
                 // header comes on top of its shard.

@@ -11,7 +11,8 @@
 //! `--only`, `--strip-components` or policy for existing names) prepares
 //! the tree in one pass over the files (`tree::prepare_entries`), the
 //! readers write what the tree takes, and `tree::finish_entries` reads the
-//! files again phase by phase: per file it holds the bits here, the tree's
+//! files again phase by phase, each phase decoding only the entries of its
+//! kinds (`CatalogStream::files_where`): per file it holds the bits here, the tree's
 //! flags (`Staged`: refused, done, a small file's directory) and, only
 //! for the files that take one, a temporary name; per failed file why.
 //!
@@ -332,9 +333,10 @@ fn coverage(
             });
         }
     }
-    for (id, f) in stream.files().enumerate() {
+    let hard_links = stream.files_where(|_, s| s.kind == crate::format::FileKind::HardLink);
+    for (id, f) in hard_links {
         let f = f?;
-        if f.kind == crate::format::FileKind::HardLink && incomplete.get(f.hardlink_to as usize) {
+        if incomplete.get(f.hardlink_to as usize) {
             incomplete.set(id);
             if let Some(&at) = missing_at.get(&f.hardlink_to) {
                 let missing = Missing {
@@ -486,19 +488,19 @@ impl Verdicts<'_, '_> {
         report: &mut Report,
         skip: &dyn Fn(usize) -> bool,
     ) -> Result<(usize, HashMap<u32, String>), FormatError> {
-        let mut complete = 0;
+        let taken = |id: usize| !self.incomplete.get(id) && !skip(id);
+        let complete = (0..self.stream.file_count())
+            .filter(|&id| taken(id))
+            .count();
         let mut failed = HashMap::new();
         let mut segments = SegmentsOf::new(self.stream);
-        for (id, f) in self.stream.files().enumerate() {
+        // Only the files with data are decoded.
+        let with_data = self
+            .stream
+            .files_where(|id, s| s.kind.has_data() && taken(id));
+        for (id, f) in with_data {
             let f = f?;
             let of_file = segments.of(id as u32)?;
-            if self.incomplete.get(id) || skip(id) {
-                continue;
-            }
-            complete += 1;
-            if !f.kind.has_data() {
-                continue;
-            }
             if crate::format::file_digest(&mut records.of(id)) == f.digest {
                 continue;
             }

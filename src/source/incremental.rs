@@ -45,6 +45,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::spill::EntryList;
 use super::{Entry, EntryKind};
 use crate::format::{Catalog, CatalogFile, DeviceState, FileKind, SetId};
 
@@ -83,12 +84,12 @@ impl Increment {
     }
 
     /// Logical bytes of the files whose data is referenced, not stored.
-    pub fn referenced_bytes(&self, entries: &[Entry]) -> u64 {
-        entries
+    pub fn referenced_bytes(&self, entries: &(impl EntryList + ?Sized)) -> u64 {
+        self.origins
             .iter()
-            .zip(&self.origins)
+            .enumerate()
             .filter(|(_, o)| o.is_some())
-            .map(|(e, _)| match e.kind {
+            .map(|(i, _)| match entries.entry(i).kind {
                 EntryKind::File { size_bytes, .. } => size_bytes,
                 _ => 0,
             })
@@ -146,7 +147,7 @@ fn same_data_keys(entry: &Entry, size_bytes: u64, f: &CatalogFile) -> bool {
 
 /// Which of `entries` (a fresh walk) are unchanged since the set whose
 /// catalog is `parent`; see the module docs for the rules.
-pub fn since(entries: &[Entry], parent: &Catalog) -> Increment {
+pub fn since(entries: &(impl EntryList + ?Sized), parent: &Catalog) -> Increment {
     let mut ancestors = Vec::with_capacity(parent.ancestors.len() + 1);
     ancestors.push(parent.set_id);
     ancestors.extend_from_slice(&parent.ancestors);
@@ -182,12 +183,17 @@ pub fn since(entries: &[Entry], parent: &Catalog) -> Increment {
         .filter(|(i, f)| f.kind == FileKind::Regular && complete[*i])
         .map(|(i, f)| ((f.stat.dev, f.stat.ino), i))
         .collect();
-    let current: HashSet<&[u8]> = entries.iter().map(|e| e.path.as_slice()).collect();
+    // The paths walked, as owned keys: the entries may be read back one
+    // at a time (`spill`).
+    let current: HashSet<Vec<u8>> = (0..entries.count())
+        .map(|i| entries.entry(i).into_owned().path)
+        .collect();
 
-    let mut origins: Vec<Option<Origin>> = vec![None; entries.len()];
+    let mut origins: Vec<Option<Origin>> = vec![None; entries.count()];
     let mut used: HashSet<usize> = HashSet::new();
     // First the same path, then other names of the same inode (renames).
-    for (i, entry) in entries.iter().enumerate() {
+    for (i, origin) in origins.iter_mut().enumerate() {
+        let entry = entries.entry(i);
         let EntryKind::File { size_bytes, .. } = entry.kind else {
             continue;
         };
@@ -199,29 +205,30 @@ pub fn since(entries: &[Entry], parent: &Catalog) -> Increment {
         };
         let f = &parent.files[p];
         if complete[p]
-            && same_data_keys(entry, size_bytes, f)
+            && same_data_keys(&entry, size_bytes, f)
             && (f.stat.ctime_sec, f.stat.ctime_nsec)
                 == (entry.meta.stat.ctime_sec, entry.meta.stat.ctime_nsec)
             && used.insert(p)
         {
-            origins[i] = Some(origin_of(p));
+            *origin = Some(origin_of(p));
         }
     }
     let mut renamed = Vec::new();
-    for (i, entry) in entries.iter().enumerate() {
+    for (i, origin) in origins.iter_mut().enumerate() {
+        let entry = entries.entry(i);
         let EntryKind::File { size_bytes, .. } = entry.kind else {
             continue;
         };
-        if origins[i].is_some() || entry.is_block_device() {
+        if origin.is_some() || entry.is_block_device() {
             continue;
         }
         let Some(&p) = by_inode.get(&(entry.meta.stat.dev, entry.meta.stat.ino)) else {
             continue;
         };
         let f = &parent.files[p];
-        if f.path != entry.path && same_data_keys(entry, size_bytes, f) && used.insert(p) {
-            origins[i] = Some(origin_of(p));
-            if !current.contains(f.path.as_slice()) {
+        if f.path != entry.path && same_data_keys(&entry, size_bytes, f) && used.insert(p) {
+            *origin = Some(origin_of(p));
+            if !current.contains(&f.path) {
                 renamed.push((i as u32, f.path.clone()));
             }
         }
@@ -229,7 +236,7 @@ pub fn since(entries: &[Entry], parent: &Catalog) -> Increment {
     let removed = parent
         .files
         .iter()
-        .filter(|f| !current.contains(f.path.as_slice()))
+        .filter(|f| !current.contains(&f.path))
         .map(|f| f.path.clone())
         .collect();
     Increment {

@@ -175,7 +175,7 @@ fn block_devices_are_always_stored() {
     let mut dev = file("sdb", 1 << 20, 2, 10, 10);
     dev.meta.stat.mode = libc::S_IFBLK | 0o660;
     let parent = parent_of(std::slice::from_ref(&dev), &[]);
-    let inc = since(&[dev], &parent);
+    let inc = since(&[dev][..], &parent);
     assert_eq!(inc.origins, vec![None]);
 }
 

@@ -9,6 +9,7 @@
 
 pub mod incremental;
 pub mod select;
+pub mod spill;
 pub mod xattr;
 
 use nix::errno::Errno;
@@ -148,6 +149,10 @@ pub enum SourceError {
     /// `name` escaped for the terminal (`units::shown_name`).
     #[error("two sources store entries under the same name '{name}'")]
     DuplicateName { name: String },
+    /// The temporary file the walk spills its entries to
+    /// (`walk_spilled`) could not be made or written.
+    #[error("the walk's temporary file (in {}): {error}", crate::units::shown_path(&std::env::temp_dir()))]
+    Spill { error: std::io::Error },
 }
 
 /// Data ranges of a sparse file are rounded out to this alignment: a range
@@ -197,6 +202,70 @@ pub fn walk(sources: &[PathBuf]) -> Result<Walk, SourceError> {
 /// excluded name is not read further (an excluded directory is not
 /// listed) and is listed in `Walk::excluded`, never in `Walk::entries`.
 pub fn walk_selected(sources: &[PathBuf], selection: &Selection) -> Result<Walk, SourceError> {
+    let (entries, errors, excluded) = walk_into(sources, selection, Vec::new())?;
+    Ok(Walk {
+        entries,
+        errors,
+        excluded,
+    })
+}
+
+/// `walk_selected` with the entries spilled to a temporary file as they
+/// are found (`spill`): what a backup holds of the walk stays small
+/// whatever the number of entries (issue 23).
+pub fn walk_spilled(
+    sources: &[PathBuf],
+    selection: &Selection,
+) -> Result<SpilledWalk, SourceError> {
+    let spill_error = |error| SourceError::Spill { error };
+    let writer = spill::SpillWriter::new().map_err(spill_error)?;
+    let (writer, errors, excluded) = walk_into(sources, selection, writer)?;
+    Ok(SpilledWalk {
+        entries: writer.finish().map_err(spill_error)?,
+        errors,
+        excluded,
+    })
+}
+
+/// A `Walk` whose entries are spilled (`walk_spilled`).
+#[derive(Debug)]
+pub struct SpilledWalk {
+    pub entries: spill::SpilledEntries,
+    pub errors: Vec<WalkError>,
+    pub excluded: Vec<Excluded>,
+}
+
+/// Where the walk puts its entries, in file-id order.
+trait Sink {
+    fn count(&self) -> usize;
+    fn push(&mut self, entry: Entry);
+}
+
+impl Sink for Vec<Entry> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn push(&mut self, entry: Entry) {
+        Vec::push(self, entry)
+    }
+}
+
+impl Sink for spill::SpillWriter {
+    fn count(&self) -> usize {
+        spill::SpillWriter::count(self)
+    }
+    fn push(&mut self, entry: Entry) {
+        spill::SpillWriter::push(self, &entry)
+    }
+}
+
+type Walked<S> = (S, Vec<WalkError>, Vec<Excluded>);
+
+fn walk_into<S: Sink>(
+    sources: &[PathBuf],
+    selection: &Selection,
+    entries: S,
+) -> Result<Walked<S>, SourceError> {
     if sources.is_empty() {
         return Err(SourceError::NoSources);
     }
@@ -228,7 +297,9 @@ pub fn walk_selected(sources: &[PathBuf], selection: &Selection) -> Result<Walk,
     }
 
     let mut walker = Walker {
-        walk: Walk::default(),
+        entries,
+        errors: Vec::new(),
+        excluded: Vec::new(),
         links: HashMap::new(),
         selection,
     };
@@ -239,7 +310,7 @@ pub fn walk_selected(sources: &[PathBuf], selection: &Selection) -> Result<Walk,
             walker.tree(name, source, metadata);
         }
     }
-    Ok(walker.walk)
+    Ok((walker.entries, walker.errors, walker.excluded))
 }
 
 /// The name a source is stored under (see `walk`).
@@ -268,8 +339,10 @@ fn stored_name(source: &Path) -> Result<Vec<u8>, SourceError> {
     }
 }
 
-struct Walker<'a> {
-    walk: Walk,
+struct Walker<'a, S> {
+    entries: S,
+    errors: Vec<WalkError>,
+    excluded: Vec<Excluded>,
     /// First name of every regular file with nlink > 1: (dev, ino) -> entry index.
     links: HashMap<(u64, u64), u32>,
     selection: &'a Selection,
@@ -278,10 +351,10 @@ struct Walker<'a> {
 /// One name waiting to be visited: stored path, where to read it, its lstat.
 type Pending = (Vec<u8>, PathBuf, io::Result<fs::Metadata>);
 
-impl Walker<'_> {
+impl<S: Sink> Walker<'_, S> {
     /// A block device source: one entry, its data the whole device.
     fn block_device(&mut self, path: Vec<u8>, source: PathBuf, metadata: &fs::Metadata) {
-        if self.walk.entries.len() >= u32::MAX as usize {
+        if self.entries.count() >= u32::MAX as usize {
             let error = io::Error::other("more than 2^32 - 1 entries in one set");
             self.error(source, error);
             return;
@@ -292,7 +365,7 @@ impl Walker<'_> {
             .open(&source)
             .and_then(|device| crate::device::block::size_bytes(&device));
         match size_bytes {
-            Ok(size_bytes) => self.walk.entries.push(Entry::new(
+            Ok(size_bytes) => self.entries.push(Entry::new(
                 path,
                 source,
                 EntryKind::File {
@@ -384,13 +457,13 @@ impl Walker<'_> {
                 // Only queues the children: they become entries after this one.
                 push_children(&entry.path, children, &mut stack);
             }
-            self.walk.entries.push(entry);
+            self.entries.push(entry);
         }
     }
 
     /// Record a name left out (`kept`: only its contents).
     fn exclude(&mut self, path: Vec<u8>, reason: Reason, kept: bool) {
-        self.walk.excluded.push(Excluded { path, reason, kept });
+        self.excluded.push(Excluded { path, reason, kept });
     }
 
     /// Read directory `source`: its children sorted by name. A directory
@@ -428,7 +501,7 @@ impl Walker<'_> {
         metadata: &fs::Metadata,
     ) -> Option<Entry> {
         let top = Arc::clone(top);
-        let index = match u32::try_from(self.walk.entries.len()) {
+        let index = match u32::try_from(self.entries.count()) {
             Ok(index) if index < u32::MAX => index,
             _ => {
                 let error = io::Error::other("more than 2^32 - 1 entries in one set");
@@ -526,7 +599,7 @@ impl Walker<'_> {
     }
 
     fn error(&mut self, path: PathBuf, error: io::Error) {
-        self.walk.errors.push(WalkError { path, error });
+        self.errors.push(WalkError { path, error });
     }
 }
 

@@ -418,3 +418,28 @@ fn walk_100k_files() {
     let shown = format!("walked {} entries in {elapsed:?}\n", walk.entries.len());
     std::io::Write::write_all(&mut std::io::stderr(), shown.as_bytes()).unwrap();
 }
+
+/// The spilled walk (what a backup takes) reads back the same entries as
+/// the walk in memory, with the same source paths and sparse ranges.
+#[test]
+fn spilled_walk_reads_back_the_walk_in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("fixture");
+    make_fixture_tree(&root, 50, 1 << 20);
+    let sources = [root, tmp.path().join("fixture/small")];
+    let selection = Selection::default();
+    let walk = walk_selected(&sources, &selection).unwrap();
+    let spilled = walk_spilled(&sources, &selection).unwrap();
+    assert_eq!(spilled.entries.len(), walk.entries.len());
+    assert!(walk.entries.len() > 50, "{} entries", walk.entries.len());
+    let mut sparse = 0;
+    for (i, e) in spilled.entries.iter().enumerate() {
+        assert_eq!(e, walk.entries[i], "entry {i}");
+        assert_eq!(e.source(), walk.entries[i].source(), "entry {i}");
+        use spill::EntryList;
+        assert_eq!(spilled.entries.sparse(i), walk.entries.sparse(i));
+        sparse += usize::from(spilled.entries.sparse(i).is_some());
+    }
+    assert!(sparse > 0, "the fixture has a sparse file");
+    assert_eq!(spilled.errors.len(), walk.errors.len());
+}

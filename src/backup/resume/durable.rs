@@ -308,7 +308,7 @@ fn file_now(input: &SetInput, header: &RecordHeader, block: &[u8]) -> FileNow {
         EntryKind::File {
             size_bytes,
             data: None,
-        } if same_file(entry, size_bytes, header, &info) => FileNow::Same,
+        } if same_file(&entry, size_bytes, header, &info) => FileNow::Same,
         // A sparse file's records do not cover its holes: written again whole.
         EntryKind::File { data: Some(_), .. } => {
             FileNow::Elsewhere("record of a sparse file".into())

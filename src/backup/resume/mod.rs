@@ -160,7 +160,7 @@ pub fn resume_backup(
     let changed = durable
         .changed
         .iter()
-        .map(|&f| input.entries[f as usize].path.clone())
+        .map(|&f| input.entries.at(f as usize).path)
         .collect();
     Ok(ResumeReport {
         backup: BackupReport {

@@ -220,7 +220,7 @@ impl StripeSink {
     /// (too few devices left) stays unprotected here.
     pub fn offer(&self, member: Member, shard: Vec<u8>) {
         let mut st = self.lock();
-        let (joined, ended) = st.assigner.offer(member.device);
+        let (joined, ended) = st.assigner.offer(member.device, shard.len() as u64);
         if let Some(j) = joined {
             let records = st.open.entry(j.key).or_default();
             debug_assert_eq!(records.len(), j.index);
@@ -281,6 +281,9 @@ impl StripeSink {
         std::thread::spawn(move || drop((free, parity_pools)));
         let mut closed = state.into_inner().expect("stripe sink").closed;
         closed.sort_by_key(|s| s.id);
+        if std::env::var_os("PBIO_DEBUG_STRIPES").is_some() {
+            eprintln!("{}", stripe_histogram(&closed));
+        }
         closed
     }
 
@@ -415,6 +418,34 @@ impl StripeSink {
             shard_bytes,
         });
     }
+}
+
+/// A report of `stripes` for measurement (`PBIO_DEBUG_STRIPES=1` prints
+/// it at the end of the data phase): how many of each width `k`, and how
+/// many whose parity bytes are within each share of their data bytes.
+pub fn stripe_histogram(stripes: &[ClosedStripe]) -> String {
+    use std::collections::BTreeMap;
+    let mut widths: BTreeMap<usize, (usize, u64, u64)> = BTreeMap::new();
+    let mut shares: BTreeMap<u64, usize> = BTreeMap::new();
+    for s in stripes {
+        let data: u64 = s.data.iter().map(|r| u64::from(r.data.payload_bytes)).sum();
+        let parity = s.parity.len() as u64 * u64::from(s.shard_bytes);
+        let w = widths.entry(s.data.len()).or_default();
+        *w = (w.0 + 1, w.1 + data, w.2 + parity);
+        // Parity per data byte, in tenths rounded up (1 = up to 10 %).
+        *shares
+            .entry((parity * 10).div_ceil(data.max(1)))
+            .or_default() += 1;
+    }
+    let mut out = String::from("stripes by k (count, data MiB, parity MiB):");
+    for (k, (n, d, p)) in &widths {
+        out += &format!(" k={k}: {n} {} {};", d >> 20, p >> 20);
+    }
+    out += " by parity/data (up to):";
+    for (tenths, n) in &shares {
+        out += &format!(" {}%: {n};", tenths * 10);
+    }
+    out
 }
 
 /// Parity records a ring has in hand (in flight) at once, each written

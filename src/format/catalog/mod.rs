@@ -31,7 +31,7 @@ mod streamed_tests;
 pub(crate) mod tests;
 
 pub use parity::{CatalogParity, CatalogStripe, StripeRecord};
-pub use stream::{CatalogStream, Entries, FileSummary, Spilled};
+pub use stream::{CatalogStream, Entries, FileSummary, FilesWhere, Spilled};
 
 use super::{SetId, Stat, HASH_BYTES};
 

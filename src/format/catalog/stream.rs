@@ -231,6 +231,8 @@ pub struct CatalogStream<'a> {
     segments: (u64, u64),
     /// Per file: its kind, size and where its entry starts (`Index`).
     index: Index,
+    /// Blocks of a spilled file table cached for `file`.
+    blocks: Blocks,
 }
 
 impl<'a> CatalogStream<'a> {
@@ -309,6 +311,7 @@ impl<'a> CatalogStream<'a> {
             files,
             segments,
             index: index.finish()?,
+            blocks: Blocks::default(),
         };
         stream.check_rules()?;
         Ok(stream)
@@ -359,17 +362,42 @@ impl<'a> CatalogStream<'a> {
     /// File `id`'s kind, size and whether its data is in an earlier set,
     /// without decoding it; None past the last file.
     pub fn summary(&self, id: usize) -> Option<FileSummary> {
-        let (code, size_bytes, _) = self.index.get(id)?;
-        Some(FileSummary {
+        Some(self.summary_at(id, None)?.0)
+    }
+
+    /// `summary` of file `id` and where its entry starts, the index read
+    /// through `slot` (`Index::get_in`) or the shared cache.
+    fn summary_at(
+        &self,
+        id: usize,
+        slot: Option<&mut (u64, Vec<u8>)>,
+    ) -> Option<(FileSummary, u64)> {
+        let (code, size_bytes, at) = match slot {
+            Some(slot) => self.index.get_in(id, slot)?,
+            None => self.index.get(id)?,
+        };
+        let summary = FileSummary {
             kind: FileKind::from_code(code & !ORIGIN_BIT)?,
             earlier: code & ORIGIN_BIT != 0,
             size_bytes,
-        })
+        };
+        Some((summary, at))
     }
 
-    /// File `id` decoded (its entry read alone); None past the last file.
+    /// File `id` decoded (its entry read alone, through a small cache of
+    /// blocks of the file table: readers ask for files mostly in id
+    /// order, a record after another); None past the last file.
     pub fn file(&self, id: usize) -> Option<Result<CatalogFile, FormatError>> {
         let (_, _, at) = self.index.get(id)?;
+        let end = match self.index.get(id + 1) {
+            Some((_, _, next)) => next,
+            None => self.files.1,
+        };
+        if let (Source::File(spilled), true) = (self.source, at < end) {
+            if let Some(bytes) = self.blocks.entry(spilled, at, end) {
+                return Some(bytes.and_then(|b| Reader(&b).file()));
+            }
+        }
         let mut c = Cursor::new(self.source, at, self.files.1, ENTRY_WINDOW_BYTES);
         Some(c.next(|r| r.file()))
     }
@@ -398,6 +426,24 @@ impl<'a> CatalogStream<'a> {
             c: Cursor::new(self.source, self.files.0, self.files.1, WINDOW_BYTES),
             left: self.file_count,
             next: |r| r.file(),
+        }
+    }
+
+    /// The files `wanted(id, summary)` takes (asked in id order), each
+    /// decoded with its id; the others passed over through the index,
+    /// never decoded: a phase that takes a few kinds of files reads only
+    /// theirs (issue 23). The window moves on as `files` does, so the
+    /// files taken are read once, in order.
+    pub fn files_where<W>(&self, wanted: W) -> FilesWhere<'_, 'a, W>
+    where
+        W: FnMut(usize, FileSummary) -> bool,
+    {
+        FilesWhere {
+            stream: self,
+            c: Cursor::new(self.source, self.files.0, self.files.1, WINDOW_BYTES),
+            next: 0,
+            wanted,
+            slot: (u64::MAX, Vec::new()),
         }
     }
 
@@ -443,17 +489,29 @@ impl Index {
     /// (or when the index file no longer reads).
     fn get(&self, id: usize) -> Option<(u8, u64, u64)> {
         match self {
+            Index::Memory(_) => self.get_in(id, &mut (u64::MAX, Vec::new())),
+            Index::File { cache, .. } => {
+                let block = id / INDEX_BLOCK_ENTRIES;
+                let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+                self.get_in(id, &mut cache[block % INDEX_CACHED_BLOCKS])
+            }
+        }
+    }
+
+    /// `get` through `slot` (the block it holds, `u64::MAX`: none, and its
+    /// bytes), read into it when it holds another: a reader going through
+    /// the files in order keeps its own slot, and takes no lock.
+    fn get_in(&self, id: usize, slot: &mut (u64, Vec<u8>)) -> Option<(u8, u64, u64)> {
+        match self {
             Index::Memory(bytes) => {
                 let at = id.checked_mul(INDEX_ENTRY_BYTES)?;
                 Some(index_entry(bytes.get(at..at + INDEX_ENTRY_BYTES)?))
             }
-            Index::File { file, count, cache } => {
+            Index::File { file, count, .. } => {
                 if id >= *count {
                     return None;
                 }
                 let block = (id / INDEX_BLOCK_ENTRIES) as u64;
-                let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-                let slot = &mut cache[block as usize % INDEX_CACHED_BLOCKS];
                 if slot.0 != block {
                     let entries =
                         (*count - block as usize * INDEX_BLOCK_ENTRIES).min(INDEX_BLOCK_ENTRIES);
@@ -535,9 +593,87 @@ fn index_error(e: std::io::Error) -> FormatError {
     }
 }
 
+/// Bytes of one cached block of a spilled file table (`Blocks`).
+const BLOCK_BYTES: u64 = if cfg!(test) { 256 } else { 64 << 10 };
+/// Blocks cached (direct-mapped): 1 MiB.
+const BLOCKS_CACHED: usize = 16;
+
+/// A few blocks of a spilled catalog read for `CatalogStream::file`, so
+/// that looking up files near each other reads the spill file once a
+/// block, not once an entry.
+#[derive(Debug, Default)]
+struct Blocks(std::sync::Mutex<Vec<(u64, Vec<u8>)>>);
+
+impl Blocks {
+    /// `[at, end)` of `spilled`, from a cached block when it lies within
+    /// one (None when it does not: the caller reads it alone).
+    fn entry(&self, spilled: &Spilled, at: u64, end: u64) -> Option<Result<Vec<u8>, FormatError>> {
+        let block = at / BLOCK_BYTES;
+        if (end - 1) / BLOCK_BYTES != block {
+            return None;
+        }
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.is_empty() {
+            cache.resize(BLOCKS_CACHED, (u64::MAX, Vec::new()));
+        }
+        let slot = &mut cache[block as usize % BLOCKS_CACHED];
+        let start = block * BLOCK_BYTES;
+        if slot.0 != block {
+            slot.0 = u64::MAX;
+            let n = (spilled.len - start).min(BLOCK_BYTES);
+            slot.1.resize(n as usize, 0);
+            if let Err(e) = read_spilled(spilled, &mut slot.1, start) {
+                return Some(Err(e));
+            }
+            slot.0 = block;
+        }
+        let from = (at - start) as usize;
+        Some(Ok(slot.1[from..from + (end - at) as usize].to_vec()))
+    }
+}
+
 /// An `Index` keeps a file's kind code and this bit when its data is in an
 /// earlier set (kind codes are below it).
 const ORIGIN_BIT: u8 = 0x80;
+
+/// `CatalogStream::files_where`: the files a phase takes, with their ids.
+/// An entry or index that no longer reads (a spill file's I/O error)
+/// ends it, as an error.
+pub struct FilesWhere<'s, 'a, W> {
+    stream: &'s CatalogStream<'a>,
+    c: Cursor<'a>,
+    next: usize,
+    wanted: W,
+    /// Its own block of the index (`Index::get_in`).
+    slot: (u64, Vec<u8>),
+}
+
+impl<W: FnMut(usize, FileSummary) -> bool> Iterator for FilesWhere<'_, '_, W> {
+    type Item = (usize, Result<CatalogFile, FormatError>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let count = self.stream.file_count();
+        while self.next < count {
+            let id = self.next;
+            self.next += 1;
+            let Some((summary, at)) = self.stream.summary_at(id, Some(&mut self.slot)) else {
+                self.next = count;
+                let error = FormatError::Catalog("the catalog's index no longer reads");
+                return Some((id, Err(error)));
+            };
+            if !(self.wanted)(id, summary) {
+                continue;
+            }
+            self.c.at = at;
+            let file = self.c.next(|r| r.file());
+            if file.is_err() {
+                self.next = count;
+            }
+            return Some((id, file));
+        }
+        None
+    }
+}
 
 /// The entries of one table, decoded one at a time. `open` decoded them
 /// all once, so an error here is not expected (but for a spill file that

@@ -34,6 +34,21 @@ fn gathered_from(s: Result<CatalogStream<'_>, FormatError>) -> Result<Catalog, F
             (f.kind, f.origin != 0, f.size_bytes)
         );
     }
+    // Backwards too (other blocks cached, entries inside one block and
+    // across two), and only some files, by id and by kind, in id order.
+    for (id, f) in c.files.iter().enumerate().rev() {
+        assert_eq!(s.file(id), Some(Ok(f.clone())));
+    }
+    let odd: Vec<_> = s.files_where(|id, _| id % 2 == 1).collect();
+    let want = c.files.iter().enumerate().filter(|(id, _)| id % 2 == 1);
+    let want: Vec<_> = want.map(|(id, f)| (id, Ok(f.clone()))).collect();
+    assert_eq!(odd, want);
+    for kind in c.files.iter().map(|f| f.kind) {
+        let of_kind: Vec<_> = s.files_where(|_, summary| summary.kind == kind).collect();
+        let want = c.files.iter().enumerate().filter(|(_, f)| f.kind == kind);
+        let want: Vec<_> = want.map(|(id, f)| (id, Ok(f.clone()))).collect();
+        assert_eq!(of_kind, want);
+    }
     assert_eq!(s.file(c.files.len()), None);
     assert_eq!(s.summary(c.files.len()), None);
     assert_eq!(

@@ -4,19 +4,37 @@
 //!
 //! # Rules
 //!
-//! - Every record offered joins the **oldest open stripe** that has no
-//!   record of its device yet; when there is none, it opens a new one.
+//! - Every record is offered with its length in bytes (its shard: the
+//!   record as it goes to media), which puts it in a **size class**
+//!   (`size_class`: lengths within a factor of two share one). It joins
+//!   the **oldest open stripe of its class** that has no record of its
+//!   device yet; when there is none, it opens a new one. A stripe's parity
+//!   is as long as its longest member: a stripe mixing a full-size record
+//!   with small ones would cost a full-size parity record for little data
+//!   (PERF.md "ninth session, wt-19w"), so members of a stripe are never
+//!   more than twice as long as one another.
+//! - A record that would **complete** a stripe whose parity would then go
+//!   to a device that took `SLACK` records' worth more parity bytes than
+//!   the device with the least skips that stripe (it joins a later one, or
+//!   opens one while the window has room): the device behind the others
+//!   would otherwise take the parity of every stripe they complete without
+//!   it, fall further behind and take more, and write its last records
+//!   alone in narrow stripes (PERF.md "ninth session, wt-19w").
 //! - A stripe **closes** when it holds `live - M` data records (`live`:
 //!   the devices still taking part), or when no device still producing
 //!   data could add a record to it (every such device is already in it),
-//!   or when it is the oldest and a new stripe must open while `window`
-//!   stripes are open (memory stays bounded: a device far ahead of the
-//!   others leaves narrower stripes, never unprotected ones).
+//!   or when a new stripe must open while `window` stripes are open: then
+//!   the open stripe of the **smallest class** closes (the oldest of
+//!   them), the one whose narrow parity costs the fewest bytes (memory
+//!   stays bounded: a device far ahead of the others leaves narrower
+//!   stripes, never unprotected ones).
 //! - A closing stripe takes its `M` parity members among the live devices
-//!   that hold none of its data: those holding the fewest records so far
-//!   (data offered plus parity taken), ties rotating with the stripe id,
-//!   so equal devices take parity in turn and a device that took much
-//!   parity takes less until the others catch up. With fewer than `M`
+//!   that hold none of its data: those holding the fewest **bytes** so far
+//!   (data offered plus parity taken, a parity record as long as the
+//!   stripe's longest member), ties rotating with the stripe id, so equal
+//!   devices take parity in turn and a device that took much parity, or
+//!   wrote more data, takes less until the others catch up: the devices
+//!   fill evenly in bytes, not in records. With fewer than `M`
 //!   such devices the stripe is **dropped** (its records are then the
 //!   caller's to protect otherwise): never a stripe with fewer than `M`
 //!   parity records.
@@ -63,7 +81,26 @@ impl Ended {
 #[derive(Clone, Debug)]
 struct Open {
     key: u64,
+    class: u32,
+    /// Its longest member's bytes (its parity records' length).
+    longest: u64,
     data: Vec<u32>,
+}
+
+/// Records of its length a device may take in parity beyond the device
+/// with the least parity before the stripes stop closing onto it
+/// (`Assigner::completes_onto_loaded`).
+const SLACK: u64 = 4;
+
+/// Bytes of the unit lengths are counted in (a media block).
+const UNIT: u64 = 4096;
+
+/// The size class of a record of `bytes`: `ceil(log2(units))`, units of
+/// 4096 bytes rounded up, so that two records of one class are within a
+/// factor of two of each other (up to one unit).
+pub fn size_class(bytes: u64) -> u32 {
+    let units = bytes.div_ceil(UNIT).max(1);
+    u64::BITS - (units - 1).leading_zeros()
 }
 
 /// The online stripe assigner (see the module doc). O(window x devices)
@@ -74,8 +111,10 @@ pub struct Assigner {
     window: usize,
     live: Vec<bool>,
     producing: Vec<bool>,
-    /// Records per device so far: data offered and parity taken.
+    /// Bytes per device so far: data offered and parity taken.
     load: Vec<u64>,
+    /// Parity bytes per device so far.
+    parity_load: Vec<u64>,
     open: VecDeque<Open>,
     next_key: u64,
     next_id: u64,
@@ -92,6 +131,7 @@ impl Assigner {
             live: vec![true; devices],
             producing: vec![true; devices],
             load: vec![0; devices],
+            parity_load: vec![0; devices],
             open: VecDeque::new(),
             next_key: 0,
             next_id: 0,
@@ -119,10 +159,10 @@ impl Assigner {
                 .any(|d| self.live[d] && self.producing[d] && !data.contains(&(d as u32)))
     }
 
-    /// Device `device`'s next record: the stripe it joins (None: fewer
-    /// than `M + 1` devices take part, no stripe can hold it), and the
-    /// stripes that ended meanwhile, in order.
-    pub fn offer(&mut self, device: u32) -> (Option<Joined>, Vec<Ended>) {
+    /// Device `device`'s next record, `bytes` long: the stripe it joins
+    /// (None: fewer than `M + 1` devices take part, no stripe can hold
+    /// it), and the stripes that ended meanwhile, in order.
+    pub fn offer(&mut self, device: u32, bytes: u64) -> (Option<Joined>, Vec<Ended>) {
         let d = device as usize;
         assert!(
             self.live[d] && self.producing[d],
@@ -132,16 +172,32 @@ impl Assigner {
         if self.target() == 0 {
             return (None, ended);
         }
-        self.load[d] += 1;
-        let at = match self.open.iter().position(|o| !o.data.contains(&device)) {
-            Some(at) => at,
-            None => {
+        self.load[d] += bytes;
+        let class = size_class(bytes);
+        let fits = |o: &Open| o.class == class && !o.data.contains(&device);
+        let first = self.open.iter().position(fits);
+        let balanced = self
+            .open
+            .iter()
+            .position(|o| fits(o) && !self.completes_onto_loaded(o, device, bytes));
+        let at = match (balanced, first) {
+            (Some(at), _) => at,
+            // Every stripe it could join would give its parity to a device
+            // far ahead in parity: a new stripe while the window has room,
+            // else the oldest (never a stripe closed early for it).
+            (None, Some(at)) if self.open.len() >= self.window => at,
+            _ => {
                 if self.open.len() >= self.window {
-                    let oldest = self.open.pop_front().expect("window >= 1");
-                    ended.push(self.close(oldest));
+                    let cheapest = (0..self.open.len())
+                        .min_by_key(|&i| self.open[i].class)
+                        .expect("window >= 1");
+                    let o = self.open.remove(cheapest).expect("index in range");
+                    ended.push(self.close(o));
                 }
                 self.open.push_back(Open {
                     key: self.next_key,
+                    class,
+                    longest: 0,
                     data: Vec::new(),
                 });
                 self.next_key += 1;
@@ -150,12 +206,36 @@ impl Assigner {
         };
         let o = &mut self.open[at];
         o.data.push(device);
+        o.longest = o.longest.max(bytes);
         let joined = Joined {
             key: o.key,
             index: o.data.len() - 1,
         };
         ended.extend(self.settle());
         (Some(joined), ended)
+    }
+
+    /// Whether `device`'s record of `bytes` joining `o` would complete it
+    /// and give its parity to a device that took `SLACK` records of that
+    /// length more parity bytes than the least such live device: the
+    /// device behind the others would take the parity of every stripe
+    /// they complete without it, fall further behind and take more
+    /// (PERF.md "ninth session, wt-19w"); the stripe waits for it instead.
+    fn completes_onto_loaded(&self, o: &Open, device: u32, bytes: u64) -> bool {
+        if o.data.len() + 1 < self.target() {
+            return false;
+        }
+        let least = (0..self.live.len())
+            .filter(|&d| self.live[d])
+            .map(|d| self.parity_load[d])
+            .min()
+            .unwrap_or(0);
+        let limit = least + SLACK * bytes;
+        let outside: Vec<usize> = (0..self.live.len())
+            .filter(|&d| self.live[d] && d != device as usize && !o.data.contains(&(d as u32)))
+            .collect();
+        // The M parity devices are those outside it (exactly M when full).
+        outside.len() == self.m && outside.iter().any(|&d| self.parity_load[d] > limit)
     }
 
     /// Device `device` has no more data records (it may still take parity).
@@ -210,7 +290,8 @@ impl Assigner {
         candidates.sort_by_key(|&d| (self.load[d], (d + n - turn) % n));
         let parity: Vec<u32> = candidates[..self.m].iter().map(|&d| d as u32).collect();
         for &p in &parity {
-            self.load[p as usize] += 1;
+            self.load[p as usize] += o.longest;
+            self.parity_load[p as usize] += o.longest;
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -229,6 +310,125 @@ mod tests {
     use proptest::prelude::{prop_assert, prop_assert_eq, proptest};
     use std::collections::HashMap;
 
+    /// A full-size record: 1 MiB of payload and its header block.
+    const FULL: u64 = (1 << 20) + 4096;
+
+    #[test]
+    fn size_classes_keep_members_within_twice_each_other() {
+        assert_eq!(size_class(0), 0);
+        assert_eq!(size_class(4096), 0);
+        assert_eq!(size_class(4097), 1);
+        assert_eq!(size_class(8192), 1);
+        assert_eq!(size_class(3 * 4096), 2);
+        assert_eq!(size_class(FULL), 9);
+        assert_eq!(size_class(FULL - 4096), 8);
+        for a in 1..600u64 {
+            for b in 1..600u64 {
+                if size_class(a * 4096) == size_class(b * 4096) {
+                    assert!(a <= 2 * b && b <= 2 * a, "{a} {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn small_records_of_one_device_stay_out_of_full_size_stripes() {
+        // Device 3 writes a small record after each full-size one: the
+        // full-size stripes stay three wide, the small ones one wide.
+        let mut a = Assigner::new(4, 1, 64);
+        let mut ended = Vec::new();
+        for _round in 0..30 {
+            for d in 0..4 {
+                ended.extend(a.offer(d, FULL).1);
+            }
+            ended.extend(a.offer(3, 5 * 4096).1);
+        }
+        for d in 0..4 {
+            ended.extend(a.done(d));
+        }
+        let widths: Vec<usize> = ended
+            .iter()
+            .map(|e| match e {
+                Ended::Closed { data, .. } => data.len(),
+                Ended::Dropped { .. } => panic!("dropped"),
+            })
+            .collect();
+        assert_eq!(widths.iter().filter(|&&w| w == 3).count(), 40);
+        assert_eq!(widths.iter().filter(|&&w| w == 1).count(), 30);
+        assert_eq!(widths.len(), 70);
+    }
+
+    #[test]
+    fn a_device_behind_the_others_takes_no_more_parity_than_its_share() {
+        // Device 2 starts six records late and offers last in every round:
+        // the first three devices' records would complete every stripe
+        // and give device 2 all the parity. Stripes stop closing onto it
+        // once it took `SLACK` records more parity than the least.
+        let mut a = Assigner::new(4, 1, 64);
+        let mut ended = Vec::new();
+        for round in 0..40 {
+            for d in [0, 1, 3] {
+                ended.extend(a.offer(d, FULL).1);
+            }
+            if round >= 6 {
+                ended.extend(a.offer(2, FULL).1);
+            }
+        }
+        for _ in 0..6 {
+            ended.extend(a.offer(2, FULL).1);
+        }
+        for d in 0..4 {
+            ended.extend(a.done(d));
+        }
+        let mut parity = [0u64; 4];
+        let mut full = 0;
+        for e in &ended {
+            let Ended::Closed {
+                data, parity: p, ..
+            } = e
+            else {
+                panic!("dropped");
+            };
+            full += usize::from(data.len() == 3);
+            parity[p[0] as usize] += 1;
+        }
+        assert_eq!(parity.iter().sum::<u64>(), ended.len() as u64);
+        // The old rule: device 2 took the parity of all but its own last
+        // six records, left one wide at the end.
+        assert!(full + 4 >= ended.len(), "{full} full of {}", ended.len());
+        let (min, max) = (parity.iter().min().unwrap(), parity.iter().max().unwrap());
+        assert!(max - min <= SLACK + 2, "{parity:?}");
+    }
+
+    #[test]
+    fn parity_goes_to_the_device_with_the_fewest_bytes() {
+        // Window 1: every record closes the stripe before it, one wide.
+        // Device 0 writes many small records, device 1 two full-size ones:
+        // device 0 holds the most records but the fewest bytes, so the
+        // parity of device 3's small stripes goes to it.
+        let mut a = Assigner::new(4, 1, 1);
+        for _ in 0..8 {
+            a.offer(0, 4096);
+        }
+        a.offer(1, FULL);
+        a.offer(1, FULL);
+        a.offer(3, 4096);
+        let mut parity = Vec::new();
+        for _ in 0..10 {
+            for e in a.offer(3, 4096).1 {
+                let Ended::Closed {
+                    data, parity: p, ..
+                } = e
+                else {
+                    panic!("dropped");
+                };
+                assert_eq!(data, [3]);
+                parity.push(p[0]);
+            }
+        }
+        assert_eq!(parity, [0; 10]);
+    }
+
     #[test]
     fn four_equal_devices_rotate_parity() {
         let mut a = Assigner::new(4, 1, 8);
@@ -236,7 +436,7 @@ mod tests {
         let mut closed = 0;
         for _round in 0..12 {
             for d in 0..4 {
-                let (joined, ended) = a.offer(d);
+                let (joined, ended) = a.offer(d, FULL);
                 assert!(joined.is_some());
                 for e in ended {
                     let Ended::Closed {
@@ -259,15 +459,15 @@ mod tests {
     #[test]
     fn a_device_that_leaves_drops_its_open_stripes() {
         let mut a = Assigner::new(4, 1, 8);
-        a.offer(0);
-        let (j, _) = a.offer(1);
+        a.offer(0, FULL);
+        let (j, _) = a.offer(1, FULL);
         assert_eq!(j, Some(Joined { key: 0, index: 1 }));
         let ended = a.leave(1);
         assert_eq!(ended, vec![Ended::Dropped { key: 0 }]);
         // Three left: stripes of two data records and one parity.
-        let (_, e) = a.offer(0);
+        let (_, e) = a.offer(0, FULL);
         assert!(e.is_empty());
-        let (_, e) = a.offer(2);
+        let (_, e) = a.offer(2, FULL);
         let Ended::Closed { data, parity, .. } = &e[0] else {
             panic!("{e:?}");
         };
@@ -280,7 +480,7 @@ mod tests {
     /// A script step: a device offers a record, is done, or leaves.
     #[derive(Clone, Debug)]
     enum Step {
-        Offer(u32),
+        Offer(u32, u64),
         Done(u32),
         Leave(u32),
     }
@@ -328,7 +528,7 @@ mod tests {
     fn step() -> impl proptest::strategy::Strategy<Value = Step> {
         use proptest::prelude::*;
         prop_oneof![
-            20 => (0u32..8).prop_map(Step::Offer),
+            20 => (0u32..8, prop_oneof![Just(FULL), 1u64..FULL]).prop_map(|(d, b)| Step::Offer(d, b)),
             1 => (0u32..8).prop_map(Step::Done),
             1 => (0u32..8).prop_map(Step::Leave),
         ]
@@ -351,18 +551,21 @@ mod tests {
             let mut producing = vec![true; devices];
             // key -> the devices whose records joined it, in order.
             let mut joined: HashMap<u64, Vec<u32>> = HashMap::new();
+            let mut classes: HashMap<u64, u32> = HashMap::new();
             let mut seen = Seen::default();
             for s in steps {
                 match s {
-                    Step::Offer(d) => {
+                    Step::Offer(d, bytes) => {
                         let d = d % devices as u32;
                         if !(live[d as usize] && producing[d as usize]) {
                             continue;
                         }
-                        let (j, ended) = a.offer(d);
+                        let (j, ended) = a.offer(d, bytes);
                         let live_now = live.iter().filter(|&&l| l).count();
                         prop_assert_eq!(j.is_some(), live_now > m);
                         if let Some(j) = j {
+                            let class = classes.entry(j.key).or_insert(size_class(bytes));
+                            prop_assert_eq!(*class, size_class(bytes), "one size class per stripe");
                             let v = joined.entry(j.key).or_default();
                             prop_assert!(!v.contains(&d), "one record per device per stripe");
                             prop_assert_eq!(v.len(), j.index);
@@ -415,7 +618,7 @@ mod tests {
             let mut ended = Vec::new();
             for _ in 0..rounds {
                 for d in 0..devices as u32 {
-                    ended.extend(a.offer(d).1);
+                    ended.extend(a.offer(d, FULL).1);
                 }
             }
             for d in 0..devices as u32 {
@@ -446,14 +649,14 @@ mod tests {
             let mut a = Assigner::new(4, 1, window);
             for _ in 0..20 {
                 for _ in 0..ahead {
-                    for e in a.offer(0).1 {
+                    for e in a.offer(0, FULL).1 {
                         let Ended::Closed { parity, .. } = e else { panic!("dropped") };
                         prop_assert_eq!(parity.len(), 1);
                     }
                     prop_assert!(a.open_stripes() <= window);
                 }
                 for d in 1..4 {
-                    a.offer(d);
+                    a.offer(d, FULL);
                 }
             }
         }

@@ -99,7 +99,16 @@ pub trait Entries: Sync {
     fn entry(&self, i: usize) -> Option<Cow<'_, CatalogFile>>;
     /// Every entry in id order, given to `each`; an entry that no longer
     /// reads (a spilled catalog's I/O error) ends it, as an error.
-    fn each(&self, each: &mut dyn FnMut(usize, &CatalogFile)) -> Result<(), FormatError>;
+    fn each(&self, each: &mut dyn FnMut(usize, &CatalogFile)) -> Result<(), FormatError> {
+        self.each_of(&mut |_, _| true, each)
+    }
+    /// `each` of the entries `wanted(id, kind)` takes (asked in id
+    /// order); the others are not decoded.
+    fn each_of(
+        &self,
+        wanted: &mut dyn FnMut(usize, FileKind) -> bool,
+        each: &mut dyn FnMut(usize, &CatalogFile),
+    ) -> Result<(), FormatError>;
 }
 
 impl Entries for Catalog {
@@ -115,8 +124,16 @@ impl Entries for Catalog {
         self.files.get(i).map(Cow::Borrowed)
     }
 
-    fn each(&self, each: &mut dyn FnMut(usize, &CatalogFile)) -> Result<(), FormatError> {
-        self.files.iter().enumerate().for_each(|(i, f)| each(i, f));
+    fn each_of(
+        &self,
+        wanted: &mut dyn FnMut(usize, FileKind) -> bool,
+        each: &mut dyn FnMut(usize, &CatalogFile),
+    ) -> Result<(), FormatError> {
+        for (i, f) in self.files.iter().enumerate() {
+            if wanted(i, f.kind) {
+                each(i, f);
+            }
+        }
         Ok(())
     }
 }
@@ -134,8 +151,12 @@ impl Entries for CatalogStream<'_> {
         self.file(i)?.ok().map(Cow::Owned)
     }
 
-    fn each(&self, each: &mut dyn FnMut(usize, &CatalogFile)) -> Result<(), FormatError> {
-        for (i, f) in self.files().enumerate() {
+    fn each_of(
+        &self,
+        wanted: &mut dyn FnMut(usize, FileKind) -> bool,
+        each: &mut dyn FnMut(usize, &CatalogFile),
+    ) -> Result<(), FormatError> {
+        for (i, f) in self.files_where(|i, summary| wanted(i, summary.kind)) {
             each(i, &f?);
         }
         Ok(())
@@ -482,7 +503,9 @@ pub fn finish(
 
 /// `finish` of the entries `selected(i)` says, `verdict(i)` saying whether
 /// entry i's data is complete and verified. The entries are read again
-/// phase by phase (issue 23): what is held per entry is its `done` flag;
+/// phase by phase (issue 23), each phase decoding only the entries of its
+/// kinds (`Entries::each_of`; the files with data, small or not, in one
+/// pass): what is held per entry is its `done` flag;
 /// per directory its depth, for the metadata deepest first.
 pub fn finish_entries(
     staged: Staged,
@@ -503,11 +526,10 @@ pub fn finish_entries(
     let pass = |out: &mut Finished,
                 wanted: &dyn Fn(usize, FileKind) -> bool,
                 each: &mut dyn FnMut(usize, &CatalogFile, &mut Finished)| {
-        let read = entries.each(&mut |i, file| {
-            if selected(i) && !refused[i] && wanted(i, file.kind) {
-                each(i, file, out);
-            }
-        });
+        let read = entries.each_of(
+            &mut |i, kind| selected(i) && !refused[i] && wanted(i, kind),
+            &mut |i, file| each(i, file, out),
+        );
         if let Err(error) = read {
             out.errors.push(unreadable(error));
         }
@@ -516,56 +538,51 @@ pub fn finish_entries(
     let mut dirs = Dirs::default();
     let small = staged.small.as_ref();
     let is_small = |i: usize| small.is_some_and(|s| s.dir(i).is_some());
-    if let Some(small) = small {
-        let failed = small.take_failed();
-        let mut batch: Vec<(usize, CatalogFile)> = Vec::new();
-        let finish_batch = |batch: &mut Vec<(usize, CatalogFile)>, out: &mut Finished| {
-            for (i, result) in finish_smalls(small, batch, verdict, &failed, meta) {
-                match result {
-                    Ok(()) => out.done[i] = true,
-                    Err(error) => out.errors.push(error),
-                }
-            }
-            batch.clear();
+    let failed = small.map(Small::take_failed).unwrap_or_default();
+    let mut batch: Vec<(usize, CatalogFile)> = Vec::new();
+    let finish_batch = |batch: &mut Vec<(usize, CatalogFile)>, out: &mut Finished| {
+        let Some(small) = small.filter(|_| !batch.is_empty()) else {
+            return;
         };
-        pass(
-            &mut out,
-            &|i, kind| kind.has_data() && is_small(i),
-            &mut |i, file, out| {
-                batch.push((i, file.clone()));
-                if batch.len() >= SMALL_FINISH_BATCH {
-                    finish_batch(&mut batch, out);
-                }
-            },
-        );
-        finish_batch(&mut batch, &mut out);
-    }
-    pass(
-        &mut out,
-        &|i, kind| kind.has_data() && !is_small(i),
-        &mut |i, file, out| {
-            let Some(temp) = staged.temp(i) else {
-                out.errors.push(TreeError::Entry {
-                    path: shown_name(&file.path),
-                    why: "not restored: no temporary file was prepared for it".into(),
-                });
-                return;
-            };
-            let temp = at::split_parent(temp).1;
-            let path = &file.path[..];
-            let warnings = &mut out.warnings;
-            let result = directory_of(&mut dirs, root, path).and_then(|dir| match verdict(i) {
-                Verdict::Good => {
-                    place_file(dir, temp, path, Attrs::of(file), meta, warnings).map(|()| true)
-                }
-                Verdict::Failed(_) => drop_file(dir, temp, path, keep_partial).map(|()| false),
-            });
+        for (i, result) in finish_smalls(small, batch, verdict, &failed, meta) {
             match result {
-                Ok(placed) => out.done[i] = placed,
+                Ok(()) => out.done[i] = true,
                 Err(error) => out.errors.push(error),
             }
-        },
-    );
+        }
+        batch.clear();
+    };
+    // Files with data, small ones (in batches) and the others in one pass.
+    pass(&mut out, &|_, kind| kind.has_data(), &mut |i, file, out| {
+        if is_small(i) {
+            batch.push((i, file.clone()));
+            if batch.len() >= SMALL_FINISH_BATCH {
+                finish_batch(&mut batch, out);
+            }
+            return;
+        }
+        let Some(temp) = staged.temp(i) else {
+            out.errors.push(TreeError::Entry {
+                path: shown_name(&file.path),
+                why: "not restored: no temporary file was prepared for it".into(),
+            });
+            return;
+        };
+        let temp = at::split_parent(temp).1;
+        let path = &file.path[..];
+        let warnings = &mut out.warnings;
+        let result = directory_of(&mut dirs, root, path).and_then(|dir| match verdict(i) {
+            Verdict::Good => {
+                place_file(dir, temp, path, Attrs::of(file), meta, warnings).map(|()| true)
+            }
+            Verdict::Failed(_) => drop_file(dir, temp, path, keep_partial).map(|()| false),
+        });
+        match result {
+            Ok(placed) => out.done[i] = placed,
+            Err(error) => out.errors.push(error),
+        }
+    });
+    finish_batch(&mut batch, &mut out);
     // Special files first, then symlinks: each made by its name.
     let specials_then_symlinks: [fn(FileKind) -> bool; 2] =
         [FileKind::is_special, |k| k == FileKind::Symlink];
