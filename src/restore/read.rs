@@ -378,6 +378,9 @@ struct DeviceReader<'a> {
     /// is not checked, its tag authenticates the same bytes (FORMAT.md
     /// section 5.2); opening it decides.
     tag_checks: bool,
+    /// The record being read was CRC-checked by the stream
+    /// (`Item::Record::crc_checked`).
+    crc_checked: bool,
     out: DeviceRead,
 }
 
@@ -430,6 +433,7 @@ impl<'a> DeviceReader<'a> {
             open_in_place: dev.access() == crate::device::Access::Random,
             tag_checks: label.seal.is_sealed()
                 && crate::format::seal::keyring::data_key(label.set_id).is_some(),
+            crc_checked: false,
             out: DeviceRead {
                 records: Vec::new(),
                 records_read: 0,
@@ -463,8 +467,10 @@ impl<'a> DeviceReader<'a> {
                 payload,
                 source,
                 padding,
+                crc_checked,
                 ..
             } => {
+                self.crc_checked = crc_checked;
                 if !stream::all_zero(padding) {
                     let file_offset = header.file_offset;
                     self.problem(position, RecordProblem::Padding { file_offset });
@@ -880,8 +886,9 @@ impl<'a> DeviceReader<'a> {
     /// instead, when its data key is held): counted as read when it does,
     /// reported when not.
     fn checksum(&mut self, position: u64, header: &RecordHeader, payload: &[u8]) -> bool {
-        let crc = if self.tag_checks && header.transform.seal.is_sealed() {
-            // Its tag is checked instead, before any byte is written.
+        let crc = if self.crc_checked || (self.tag_checks && header.transform.seal.is_sealed()) {
+            // Checked by the stream already; or its tag is checked
+            // instead, before any byte is written.
             header.payload_crc
         } else {
             crate::format::crc32c(payload)

@@ -474,15 +474,23 @@ fn scan_device(
         crate::media::scan_end(dev),
         chunk_max,
         |item| {
-            let (position, header, header_block, payload, padding) = match item {
+            let (position, header, header_block, payload, padding, crc_checked) = match item {
                 Item::Record {
                     header,
                     header_block,
                     payload,
                     padding,
                     position,
+                    crc_checked,
                     ..
-                } => (position, header, header_block, payload, padding),
+                } => (
+                    position,
+                    header,
+                    header_block,
+                    payload,
+                    padding,
+                    crc_checked,
+                ),
                 Item::Bad { position, error } if position >= parity_end => {
                     let found = crate::media::scan::parity_header_in(
                         dev,
@@ -530,7 +538,7 @@ fn scan_device(
                 .file_offset
                 .checked_add(u64::from(header.payload_bytes))
                 .is_some_and(|end| end <= header.file_size);
-            let good = crate::format::crc32c(payload) == header.payload_crc
+            let good = (crc_checked || crate::format::crc32c(payload) == header.payload_crc)
                 && crate::media::stream::all_zero(padding)
                 && in_range
                 && header.payload_bytes <= chunk_max;

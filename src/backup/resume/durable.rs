@@ -358,6 +358,8 @@ fn walk(
         media::scan_end(dev),
         label.chunk_bytes,
         |item| {
+            // Checked by the stream already (a short tape block).
+            let crc_checked;
             let (position, header, block, payload, padding) = match item {
                 Item::Reclaim => return Ok(Flow::Continue),
                 Item::Bad { position, error } => {
@@ -378,8 +380,12 @@ fn walk(
                     header_block,
                     payload,
                     padding,
+                    crc_checked: checked,
                     ..
-                } => (position, header, header_block, payload, padding),
+                } => {
+                    crc_checked = checked;
+                    (position, header, header_block, payload, padding)
+                }
             };
             if header.kind != RecordKind::Data || header.set_id != label.set_id {
                 // The set's own catalog (a run stopped while finishing),
@@ -400,7 +406,7 @@ fn walk(
                 ))
             } else if header.payload_bytes > label.chunk_bytes {
                 Some(format!("payload of {} bytes", header.payload_bytes))
-            } else if crate::format::crc32c(payload) != header.payload_crc
+            } else if !(crc_checked || crate::format::crc32c(payload) == header.payload_crc)
                 || !stream::all_zero(padding)
             {
                 Some("payload CRC or padding does not check".to_string())
