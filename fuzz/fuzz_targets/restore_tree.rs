@@ -290,8 +290,12 @@ fn restore_scan() {
                 .and_then(|sets| pbio::media::scan::choose_set(&sets, None));
             match chosen {
                 Ok(Some(set_id)) => {
-                    let report =
-                        restore::scan::restore_from_scan(&devs, Path::new(DEST), set_id, false);
+                    let report = restore::scan::restore_from_scan(
+                        &devs,
+                        Some(Path::new(DEST)),
+                        set_id,
+                        false,
+                    );
                     debug("restore --scan", &report);
                 }
                 other => debug("restore --scan: no set", &other),
