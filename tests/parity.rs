@@ -324,12 +324,12 @@ fn a_device_failing_mid_run_leaves_the_survivors_protected() {
     assert_eq!(summary["devices"][1]["state"], "failed", "{summary}");
     assert_eq!(summary["missing_bytes"], 0, "{summary}");
     assert_eq!(summary["parity"]["warnings"].as_array().unwrap().len(), 0);
-    // The stripes that lost a member to the failed device were made
-    // again after the data, from the survivors' records read back.
-    assert!(
-        summary["parity"]["read_back_bytes"].as_u64().unwrap() > 0,
-        "{summary}"
-    );
+    // The stripes that lost a member to the failed device are made again
+    // after the data, from the survivors' records read back: usually some
+    // (read_back_bytes > 0), but none when the failed device's records
+    // were all in stripes still open when it failed (it leaves them
+    // before they close: 1 run in 30 here, and once in CI). What the
+    // issue asks is the outcome, asserted below.
     // The survivors less any one of them restore the tree whole.
     for gone in 0..4 {
         let (code, summary, err, to) = restore_without(&bed, &[gone], &format!("out{gone}"));
