@@ -77,7 +77,9 @@ pub(super) fn device_end(end: &RingEnd) -> DeviceEnd {
 /// durable records of the devices that did not fail; sealed with the
 /// set's key. Invariant: the digest of a file stored in this set covers
 /// each of its records once. Returns the encoded catalog and its segment
-/// count.
+/// count, or the error of an entry that could not be read back from the
+/// walk's temporary file (at any time in the run: the catalog would not
+/// list it as it is, so none is written).
 ///
 /// Per file, only its digest (32 bytes) is held beside the entries: the
 /// catalog is encoded file by file (`Catalog::encode_streamed`), never
@@ -89,7 +91,7 @@ pub(super) fn build_catalog(
     ends: &[DeviceEnd],
     config: &BackupConfig,
     parity: Option<crate::format::CatalogParity>,
-) -> (Vec<u8>, usize) {
+) -> Result<(Vec<u8>, usize), BackupError> {
     let segments = placements(outcomes);
     let (digests, stored_bytes) = digests(outcomes, ends, input.entries.len());
     let catalog_devices: Vec<CatalogDevice> = devices
@@ -136,7 +138,8 @@ pub(super) fn build_catalog(
         Some(e) => e.seal_catalog(&encoded),
         None => encoded,
     };
-    (encoded, segment_count)
+    input.entries.check()?;
+    Ok((encoded, segment_count))
 }
 
 /// The catalog segments of every device's placed ranges (sorted by file,

@@ -116,7 +116,7 @@ pub fn run_backup(
             let section = parity.section.take();
             let stripes = section.as_ref().map_or(0, |p| p.stripes.len());
             let (encoded, segments) =
-                build_catalog(input, &named, &outcomes, &ends, config, section);
+                build_catalog(input, &named, &outcomes, &ends, config, section)?;
             let written =
                 write_catalog_records(devices, &ends, &encoded, &rings, config, &parity.after);
             let failing = |w: &Option<Result<u64, crate::media::MediaError>>| {

@@ -277,7 +277,13 @@ pub fn run_spanning(
         .iter()
         .map(|v| (v.barcode.as_bytes().to_vec(), v.capacity_bytes))
         .collect();
-    let (encoded, segments) = build_catalog(input, &named, &outcomes, &ends, config, None);
+    let (encoded, segments) = match build_catalog(input, &named, &outcomes, &ends, config, None) {
+        Ok(built) => built,
+        Err(e) => {
+            unload_all(library, &loaded);
+            return Err(e);
+        }
+    };
     // The catalog on the volumes still loaded, one thread per drive.
     let catalogs: Vec<(usize, Result<u64, MediaError>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = loaded

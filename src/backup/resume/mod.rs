@@ -167,7 +167,7 @@ pub fn resume_backup(
         .map(|o| (o.data_end, o.records.len() as u64))
         .collect();
     let named = named_devices(devices);
-    let (encoded, segments) = build_catalog(input, &named, &merged, &ends, config, None);
+    let (encoded, segments) = build_catalog(input, &named, &merged, &ends, config, None)?;
     let finished = write_catalogs(devices, &merged, &ends, &encoded, &rings, config, &after);
     let kept_records = durable.devices.iter().map(|d| d.records.len() as u64).sum();
     let kept_payload_bytes = durable

@@ -303,4 +303,7 @@ pub enum RingError {
         offset: u64,
         error: std::io::Error,
     },
+    /// The walk's entries could not be read back from their temporary file.
+    #[error(transparent)]
+    Entries(#[from] crate::source::spill::ReadBackError),
 }
