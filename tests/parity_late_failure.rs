@@ -84,6 +84,16 @@ fn late_failure(test: &str, survivors: usize, m: usize, phase: Phase) {
             assert_eq!(d["state"], "complete", "{summary}");
         }
     }
+    // Named failed, in the JSON summary and in the text on stderr.
+    let error = summary["devices"][1]["error"].as_str().unwrap_or("");
+    assert!(error.contains("after its data"), "{summary}");
+    assert!(
+        err.contains(&format!(
+            "pbio: device {} failed: after its data",
+            failing.arg()
+        )),
+        "{err}"
+    );
     // The failed device's data was written again on the survivors.
     assert!(
         summary["devices"][1]["redirected_bytes"].as_u64().unwrap() > 0,
@@ -136,4 +146,141 @@ fn parity_2_a_device_failing_in_the_parity_phase() {
 #[test]
 fn parity_2_a_device_failing_in_the_catalog_phase() {
     late_failure("parity_2_failing_in_catalog_phase", 5, 2, Phase::Catalog);
+}
+
+/// Offsets of the data records (kind 1) in a device's backing file.
+fn data_records(backing: &std::path::Path) -> Vec<u64> {
+    let bytes = std::fs::read(backing).unwrap();
+    bytes
+        .chunks(4096)
+        .enumerate()
+        .filter(|(_, b)| &b[..8] == b"PBIORECD" && b[12..16] == 1u32.to_le_bytes())
+        .map(|(i, _)| i as u64 * 4096)
+        .collect()
+}
+
+/// Garbage over the first payload block of the record at `offset` (its
+/// header left whole): the record reads as torn, its CRC fails.
+fn tear(backing: &std::path::Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(backing)
+        .unwrap();
+    f.write_all_at(&[0xa5; 4096], offset + 4096).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// The regular files below `root`, by relative path, with their bytes.
+fn files(root: &std::path::Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut dirs = vec![PathBuf::new()];
+    while let Some(rel) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(root.join(&rel)) else {
+            continue;
+        };
+        for e in entries {
+            let e = e.unwrap();
+            let path = rel.join(e.file_name());
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                dirs.push(path);
+            } else if t.is_file() {
+                out.insert(path.clone(), std::fs::read(root.join(&path)).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// `restore --scan` of a set one device of which failed mid-run (without
+/// parity: its whole share written again on the survivors). The record
+/// it was writing when it failed may be torn: a torn record at the END of
+/// its stream, whose bytes the survivors hold, is a warning naming the
+/// device and offset (exit 0, every file restored identical); the same
+/// damage in the MIDDLE of its stream stays a bad record (exit 3).
+#[test]
+fn a_torn_record_at_the_end_of_a_failed_devices_stream_is_only_a_warning() {
+    let test = "torn_record_at_the_end_of_a_failed_device";
+    if !faults::faults_available(test) || !loop_devices_available(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let src = root.join("src/tree");
+    common::make_fixture_tree(&src, 300, 12 << 20);
+    let devs: Vec<LoopDev> = (0..2)
+        .map(|i| LoopDev::new(&root.join(format!("d{i}.img")), 64 << 20))
+        .collect();
+    let failing = faults::FailingDevice::new(&root, 64 << 20, Some(5 << 20));
+    let mut args = vec![
+        "backup".to_string(),
+        src.display().to_string(),
+        "--json".into(),
+        "--dev".into(),
+        failing.arg(),
+    ];
+    args.extend(dev_args(&devs.iter().collect::<Vec<_>>()));
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert_eq!(json(&out)["devices"][0]["state"], "failed", "{out}");
+    let scan = |name: &str, with_failed: bool| {
+        let to = root.join(name);
+        let mut args = vec![
+            "restore".to_string(),
+            "--scan".into(),
+            "--json".into(),
+            "--to".into(),
+            to.display().to_string(),
+        ];
+        if with_failed {
+            args.extend(["--dev".to_string(), failing.arg()]);
+        }
+        args.extend(dev_args(&devs.iter().collect::<Vec<_>>()));
+        let (code, out, err) = run(&args);
+        let restored = files(&to.join("tree"));
+        for (path, bytes) in &restored {
+            let source = std::fs::read(src.join(path)).unwrap();
+            assert!(
+                *bytes == source,
+                "{} restored with wrong content",
+                path.display()
+            );
+        }
+        (
+            code,
+            json(&out),
+            err,
+            restored.into_keys().collect::<Vec<_>>(),
+        )
+    };
+    // The survivors alone hold every file.
+    let (code, summary, err, baseline) = scan("survivors", false);
+    assert_eq!(code, 0, "{summary}\n{err}");
+    assert!(baseline.len() > 100, "{} files", baseline.len());
+    let records = data_records(&failing.backing);
+    assert!(
+        records.len() >= 3,
+        "{} records on the failed device",
+        records.len()
+    );
+    // Its last record torn: a warning, exit 0, the same files.
+    let last = *records.last().unwrap();
+    tear(&failing.backing, last);
+    let (code, summary, err, restored) = scan("torn_at_end", true);
+    assert_eq!(code, 0, "{summary}\n{err}");
+    assert_eq!(restored, baseline);
+    assert_eq!(summary["bad_records"], 0, "{summary}");
+    let warned = summary["warnings"].as_array().unwrap().iter().any(|w| {
+        let w = w.as_str().unwrap();
+        w.contains(&failing.arg()) && w.contains(&format!("offset {last}")) && w.contains("torn")
+    });
+    assert!(warned, "{summary}");
+    // A record in the middle of its stream damaged too: exit 3.
+    let middle = records[records.len() / 2];
+    tear(&failing.backing, middle);
+    let (code, summary, err, _) = scan("torn_in_middle", true);
+    assert_eq!(code, 3, "{summary}\n{err}");
+    assert_eq!(summary["bad_records"], 1, "{summary}");
+    drop(failing);
 }
