@@ -18,7 +18,9 @@ use super::{
     record_payload_bytes_max, BackupConfig, BackupError, BackupReport, DeviceEnd, Event,
     ParitySummary, SetInput,
 };
-use crate::engine::dispatch::{DeviceState as DispatchState, Dispatcher, WorkItem};
+use crate::engine::dispatch::{
+    DeviceState as DispatchState, Dispatcher, WorkItem, PARITY_PIECE_CHUNKS,
+};
 use crate::engine::ring::{self, Ring, RingConfig, RingEnd, RingError, RingOutcome, RingStats};
 
 /// `--balance time` during the run: every quarter second, each device
@@ -212,7 +214,8 @@ pub(super) fn send(config: &BackupConfig, event: Event) {
 }
 
 /// The dispatcher, holding every planned segment as work for its device
-/// (and with `--balance time`, the rates it steals work by).
+/// (and with `--balance time`, the rates it steals work by; with
+/// `--parity`, cut into pieces the devices share so they end together).
 pub(super) fn new_dispatcher(
     input: &SetInput,
     device_count: usize,
@@ -235,6 +238,8 @@ pub(super) fn new_dispatcher(
     );
     if let Some(rates) = &config.steal_work {
         dispatcher.enable_stealing(rates);
+    } else if config.parity > 0 {
+        dispatcher.share_in_pieces(config.chunk_bytes as u64 * PARITY_PIECE_CHUNKS);
     }
     dispatcher
 }
