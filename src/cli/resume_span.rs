@@ -26,11 +26,12 @@ use super::backup::{
     backup_config, backup_failed, outcome, print_report, with_progress, BackupArgs,
 };
 use super::progress::{DeviceInfo, Output, Reporter};
-use super::span::{empty_drives, in_drive, remember_written, READY};
+use super::span::{empty_drives, in_drive, remember_written, seen_of, READY};
 use super::{prepare_on, CliResult, Failure};
 use crate::backup::resume::{self, DeviceDurable, StreamEnd};
 use crate::backup::span::{self, Before, Library, Volume};
 use crate::backup::{BackupConfig, SetInput};
+use crate::device::changer::cache::{LabelCache, Seen};
 use crate::device::changer::{self, Changer};
 use crate::device::{self, Device, DeviceSpec, Mode};
 use crate::format::{SetId, HEADER_BYTES};
@@ -84,6 +85,7 @@ fn cartridges(
     drive: &(u32, DeviceSpec),
 ) -> Result<Vec<Cartridge>, Failure> {
     let status = changer.status().map_err(Failure::Changer)?;
+    let mut cache = LabelCache::load(changer.name(), &status);
     let mut out = Vec::new();
     for s in status.slots.iter().filter(|s| s.full && !s.import_export) {
         let barcode = s
@@ -94,6 +96,16 @@ fn cartridges(
             Some(spec) => look(&spec),
             None => in_drive(changer, s.number, drive, READY, look)?,
         };
+        // What was read goes to the label cache (restore and verify read
+        // it where the library cannot read labels in their slots).
+        cache.observed(
+            &barcode,
+            match &holds {
+                Holds::Blank => Seen::Blank,
+                Holds::Other => Seen::Other,
+                Holds::Sets(sets) => seen_of(sets),
+            },
+        );
         out.push(Cartridge {
             slot: s.number,
             barcode,
@@ -101,6 +113,12 @@ fn cartridges(
             capacity,
             early_warning,
         });
+    }
+    if let Err(e) = cache.save() {
+        errln!(
+            "pbio: changer {}: label cache not saved: {e}",
+            changer.name()
+        );
     }
     Ok(out)
 }

@@ -379,7 +379,7 @@ pub fn seen_on(spec: &DeviceSpec) -> Option<Seen> {
 }
 
 /// The sets found on a tape, as the label cache keeps them.
-fn seen_of(found: &[crate::media::sets::TapeSet]) -> Seen {
+pub(super) fn seen_of(found: &[crate::media::sets::TapeSet]) -> Seen {
     Seen::Sets(
         found
             .iter()
