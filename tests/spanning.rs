@@ -328,7 +328,10 @@ fn crafted_cartridges_are_refused_naming_slot_and_barcode() {
         ])
     };
 
-    // Wrong sequence: PB0002L6 made a copy of PB0001L6 (volume 0 twice).
+    // Wrong sequence: PB0002L6 made a copy of PB0001L6 (volume 0 twice),
+    // behind the back of what the catalog says (volume 1 is PB0002L6):
+    // its label, read when it is loaded for its records, refuses it, and
+    // nothing is read from it; what the other volumes hold is restored.
     let saved = tmp.path().join("saved");
     fs::create_dir(&saved).unwrap();
     copy_medium(&cartridge("PB0002L6"), &saved);
@@ -336,10 +339,16 @@ fn crafted_cartridges_are_refused_naming_slot_and_barcode() {
     let (code, _, err) = restore("twice");
     assert_ne!(code, 0, "a volume given twice was restored: {err}");
     assert!(
-        err.contains("slot 1 (PB0001L6)") && err.contains("slot 2 (PB0002L6)"),
+        err.contains("slot 2 (PB0002L6): the set's catalog names it volume 1")
+            && err.contains("its label says volume 0, which the catalog names PB0001L6"),
         "the refusal names neither cartridge: {err}"
     );
-    assert!(!tmp.path().join("twice").join("src").exists());
+    let diffs = common::compare_trees(&src, &tmp.path().join("twice").join("src"));
+    assert!(
+        diffs.iter().all(|d| d.ends_with(": missing in b")),
+        "wrong bytes restored: {diffs:?}"
+    );
+    assert!(!diffs.is_empty(), "volume 1's files restored from volume 0");
     copy_medium(&saved, &cartridge("PB0002L6"));
 
     // Wrong set: PB0003L6 holds a volume of another set.

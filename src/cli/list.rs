@@ -96,7 +96,7 @@ pub fn run(args: ListArgs) -> CliResult {
                 &args.library.drives,
                 args.open.set.as_deref(),
             )?;
-            crate::restore::open_devices(devices, key.as_ref()).and_then(one_set)
+            crate::restore::open_cartridges(devices, key.as_ref()).and_then(one_set)
         }
         (None, None) => unreachable!("clap requires --dev or --changer"),
     }

@@ -137,10 +137,19 @@ pub(super) fn open_from(
 ) -> Result<Chain, Failure> {
     let key = super::key::load_optional(key)?;
     let devices = match changer {
-        None => open_devs(devs)?,
-        Some(text) => super::span::library_devices(text, drives, set)?,
+        None => Opening::Devices(open_devs(devs)?),
+        Some(text) => Opening::Cartridges(super::span::library_devices(text, drives, set)?),
     };
     chain_of(devices, changer.is_none().then_some(set), key.as_ref())
+}
+
+/// What a chain is opened from.
+enum Opening {
+    /// Devices (`--dev`), their labels read first.
+    Devices(Vec<Box<dyn crate::device::Device>>),
+    /// The cartridges of one set in a library (`--changer`), each loaded
+    /// once: `restore::open_cartridges`.
+    Cartridges(Vec<crate::restore::Cartridge>),
 }
 
 /// The devices `--dev` names, opened for reading.
@@ -157,15 +166,18 @@ fn open_devs(devs: &[DeviceSpec]) -> Result<Vec<Box<dyn crate::device::Device>>,
 /// The chain of sets on `devices` (`tapes_set`: `--dev` devices, whose
 /// tapes may hold several sets, and the `--set` chosen among them).
 fn chain_of(
-    devices: Vec<Box<dyn crate::device::Device>>,
+    devices: Opening,
     tapes_set: Option<Option<&str>>,
     key: Option<&crate::format::MacKey>,
 ) -> Result<Chain, Failure> {
-    let devices = match tapes_set {
-        Some(set) => super::append::choose_on_tapes(devices, set)?,
-        None => devices,
+    let opened = match (devices, tapes_set) {
+        (Opening::Devices(devices), Some(set)) => {
+            restore::open_devices(super::append::choose_on_tapes(devices, set)?, key)
+        }
+        (Opening::Devices(devices), None) => restore::open_devices(devices, key),
+        (Opening::Cartridges(cartridges), _) => restore::open_cartridges(cartridges, key),
     };
-    let chain = restore::open_devices(devices, key)
+    let chain = opened
         .and_then(Chain::new)
         .map_err(|error| Failure::Restore { doing: "", error })?;
     for set in &chain.sets {
@@ -235,7 +247,9 @@ pub fn run_restore(args: RestoreArgs) -> CliResult {
                 let (chain, report) = streamed_chain(restored, key.is_some())?;
                 return Ok(print(&chain, &report, "restored", args.json));
             }
-            restore::Streamed::Other(devices) => chain_of(devices, Some(None), key.as_ref())?,
+            restore::Streamed::Other(devices) => {
+                chain_of(Opening::Devices(devices), Some(None), key.as_ref())?
+            }
         }
     } else {
         open_chain(&args.devs, &args.library, &args.open)?
@@ -359,8 +373,10 @@ fn verify_chain(chain: Chain) -> Result<(Chain, Report), Failure> {
             doing: "verify failed: ",
             error,
         })?;
-    // Every device's own catalog must read back and agree, not only the one used.
-    for set in &chain.sets {
+    // Every device's own catalog must read back and agree, not only the
+    // one used (a library's cartridges: compared while loaded for their
+    // records, by `run_chain`).
+    for set in chain.sets.iter().filter(|s| s.unread.is_empty()) {
         for (dev, label) in &set.devices {
             if label.state != crate::format::LabelState::Complete {
                 continue;
@@ -417,9 +433,11 @@ pub fn run_verify(args: VerifyArgs) -> CliResult {
         let failed = |error| Failure::Restore { doing: "", error };
         match restore::verify_streamed(open_devs(&args.devs)?, key.as_ref()).map_err(failed)? {
             restore::Streamed::Done(verified) => streamed_chain(verified, key.is_some())?,
-            restore::Streamed::Other(devices) => {
-                verify_chain(chain_of(devices, Some(None), key.as_ref())?)?
-            }
+            restore::Streamed::Other(devices) => verify_chain(chain_of(
+                Opening::Devices(devices),
+                Some(None),
+                key.as_ref(),
+            )?)?,
         }
     } else {
         verify_chain(open_chain(&args.devs, &args.library, &args.open)?)?

@@ -615,7 +615,7 @@ pub fn library_devices(
     text: &str,
     wanted: &[u32],
     set: Option<&str>,
-) -> Result<Vec<Box<dyn Device>>, Failure> {
+) -> Result<Vec<crate::restore::Cartridge>, Failure> {
     let prefix = set.map(str::to_ascii_lowercase);
     let (changer, drives) = reading_drives(text, wanted)?;
     library_sets(text, changer, drives, set, prefix)
@@ -718,7 +718,7 @@ fn library_sets(
     drives: Vec<(u32, DeviceSpec)>,
     set: Option<&str>,
     prefix: Option<String>,
-) -> Result<Vec<Box<dyn Device>>, Failure> {
+) -> Result<Vec<crate::restore::Cartridge>, Failure> {
     let status = changer.status().map_err(Failure::Changer)?;
     let mut cache = LabelCache::load(changer.name(), &status);
     // Per cartridge: the sets on it, read where it is (an emulated
@@ -834,14 +834,15 @@ fn library_sets(
                 shelved = shelved.expecting(expect_set(text, b, id, *files_before));
             }
             let shelved = Box::new(shelved);
-            if *files_before == 0 {
+            let device = if *files_before == 0 {
                 shelved as Box<dyn Device>
             } else {
                 Box::new(crate::media::sets::SetOnTape::new(
                     shelved as Box<dyn Device>,
                     *files_before,
                 ))
-            }
+            };
+            (device, barcode.clone())
         })
         .collect())
 }

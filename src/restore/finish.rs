@@ -45,7 +45,11 @@ pub(super) fn gather(
     for (reader, result) in results {
         let read = match result {
             Ok(read) => read,
-            Err(e @ (RestoreError::Stream(_) | RestoreError::Media(_))) => {
+            Err(
+                e @ (RestoreError::Stream(_)
+                | RestoreError::Media(_)
+                | RestoreError::WrongVolume { .. }),
+            ) => {
                 report.errors.push(Problem::Unread(e));
                 broken.push(reader);
                 continue;

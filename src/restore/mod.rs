@@ -38,7 +38,7 @@ pub use chain::{open_chain, Chain};
 pub use choose::{Choice, Existing, Kept, KeptWhy, Only};
 pub use encoded::{create_export, open_encoded, EncodedSet};
 use finish::{finish_image, gather, verdicts};
-pub use open::{open_devices, open_set, open_sets, OpenSet};
+pub use open::{open_cartridges, open_devices, open_set, open_sets, Cartridge, OpenSet};
 pub use problem::{Problem, RecordProblem, Refusal};
 use read::{read_devices, Destination};
 pub use rebuild::RebuildSummary;
@@ -80,6 +80,16 @@ pub enum RestoreError {
         other: String,
         set: String,
         why: Disagreement,
+    },
+    /// A library's cartridge that the catalog (and the label cache or
+    /// inventory) named as a volume of the set, whose label, read when it
+    /// was loaded for its records, says otherwise: nothing read from it.
+    #[error("{device}: the set's catalog names it volume {volume} of set {set}, but its label says {found} (a cartridge swapped since the label cache or inventory was read? `pbio changer inventory` reads them again): nothing read from it")]
+    WrongVolume {
+        device: String,
+        set: String,
+        volume: u32,
+        found: String,
     },
     #[error("devices {device} and {other} are both device {index} of the set (the same device given twice?)")]
     SameIndex {

@@ -3,7 +3,7 @@
 //! any byte is restored.
 
 use crate::device::{self, Access, Device, DeviceSpec, Mode};
-use crate::format::{Catalog, Label, LabelState, MacKey};
+use crate::format::{Catalog, Label, LabelState, MacKey, SetId};
 use crate::media::{self, MediaError};
 
 use super::{Disagreement, MacOf, RestoreError};
@@ -21,6 +21,15 @@ pub struct OpenSet {
     /// The set carries MACs (it was written with `--key`). Without the key
     /// they are not checked: the caller says so.
     pub keyed: bool,
+    /// Per device (as `devices`): its label is the one the catalog gives
+    /// its volume, not read yet (a library's cartridge, loaded only to
+    /// read its records: `open_cartridges`); the cartridge's own is read
+    /// and checked when it is loaded (`check_unread`). Empty: every label
+    /// was read at open.
+    pub unread: Vec<bool>,
+    /// The set's MAC key (`--key`, or an encrypted set's), for the labels
+    /// read after open (`unread`).
+    pub mac_key: Option<MacKey>,
 }
 
 /// A tape's label stays Writing (it cannot be rewritten); its catalog is
@@ -116,22 +125,10 @@ pub fn open_devices(
     let mut groups: Vec<Vec<Opened>> = Vec::new();
     let mut unreadable = Vec::new();
     for dev in devices {
-        let read = attach(dev.as_ref()).and_then(|()| media::read_label(dev.as_ref()));
-        let mut label = match read {
-            Ok(label) => label,
-            // One unreadable device does not stop a restore from the others.
-            Err(e) if count > 1 => {
-                dev.detach();
-                unreadable.push(e);
-                continue;
-            }
-            Err(e) => return Err(e.into()),
+        let Some((dev, label, tape_catalog)) = read_opened(dev, key, count, &mut unreadable)?
+        else {
+            continue;
         };
-        if let Some(key) = set_mac_key(dev.as_ref(), &label, key)? {
-            check_label_mac(dev.as_ref(), &label, &key)?;
-        }
-        let tape_catalog = complete_tape_label(dev.as_ref(), &mut label);
-        dev.detach();
         let Some(group) = groups.iter_mut().find(|g| g[0].1.set_id == label.set_id) else {
             groups.push(vec![(dev, label, tape_catalog)]);
             continue;
@@ -156,6 +153,211 @@ pub fn open_devices(
         .unreadable
         .extend(unreadable.into_iter().map(RestoreError::Media));
     Ok(sets)
+}
+
+/// A device's label read (its MAC checked with `key`), and for a tape its
+/// catalog (`complete_tape_label`), each cartridge of a library loaded for
+/// it and left in its drive after. None: the label cannot be read, which
+/// among several devices (`count`) leaves it out (the error in
+/// `unreadable`) and stops a restore from one device.
+fn read_opened(
+    dev: Box<dyn Device>,
+    key: Option<&MacKey>,
+    count: usize,
+    unreadable: &mut Vec<MediaError>,
+) -> Result<Option<Opened>, RestoreError> {
+    let read = attach(dev.as_ref()).and_then(|()| media::read_label(dev.as_ref()));
+    let mut label = match read {
+        Ok(label) => label,
+        // One unreadable device does not stop a restore from the others.
+        Err(e) if count > 1 => {
+            dev.detach();
+            unreadable.push(e);
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(key) = set_mac_key(dev.as_ref(), &label, key)? {
+        check_label_mac(dev.as_ref(), &label, &key)?;
+    }
+    let tape_catalog = complete_tape_label(dev.as_ref(), &mut label);
+    dev.detach();
+    Ok(Some((dev, label, tape_catalog)))
+}
+
+/// A cartridge of a library with its barcode, if it has one.
+pub type Cartridge = (Box<dyn Device>, Option<String>);
+
+/// `open_devices` for the cartridges of ONE set in a library, which a
+/// changer loads into its drives: each is loaded once (issue 20). The
+/// catalog comes from the first cartridge that gives one, the last first
+/// (the last volume of each drive holds it, and the volumes are in slot
+/// order); each cartridge loaded for it stays in its drive until another
+/// needs the drive, so that its records are read first. Every other
+/// cartridge the catalog names by its barcode gets the label the catalog
+/// gives its volume and is loaded only to read its records, its own label
+/// then checked before anything else is read (`check_unread`: a cartridge
+/// swapped since the label cache or the inventory was read is refused).
+/// A cartridge without a barcode, or one the catalog does not name, is
+/// loaded for its label here, as `open_devices` does.
+pub fn open_cartridges(
+    mut cartridges: Vec<Cartridge>,
+    key: Option<&MacKey>,
+) -> Result<Vec<OpenSet>, RestoreError> {
+    let count = cartridges.len();
+    if count == 0 {
+        return Err(RestoreError::NoDevices);
+    }
+    let mut loaded: Vec<Opened> = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut notes = Vec::new();
+    while let Some((dev, _)) = cartridges.pop() {
+        let Some(opened) = read_opened(dev, key, count, &mut unreadable)? else {
+            continue;
+        };
+        if let Some(refused) = joins(&loaded, &opened)? {
+            notes.push(refused);
+            continue;
+        }
+        let catalog_read =
+            opened.1.state == LabelState::Complete && !matches!(opened.2, Some(Err(_)));
+        loaded.push(opened);
+        if catalog_read {
+            break;
+        }
+    }
+    if loaded.is_empty() {
+        return Err(RestoreError::NoneReadable { errors: unreadable });
+    }
+    let mac_key = set_mac_key(loaded[0].0.as_ref(), &loaded[0].1, key)?;
+    let mut set = assemble(loaded, mac_key.as_ref())?;
+    let source = set
+        .devices
+        .iter()
+        .find(|(_, l)| l.state == LabelState::Complete)
+        .map(|(dev, _)| dev.path().display().to_string())
+        .unwrap_or_default();
+    let mut template = set.devices[0].1;
+    template.state = LabelState::Writing;
+    (template.catalog_offset, template.catalog_bytes) = (0, 0);
+    template.catalog_digest = [0; 32];
+    let mut unread = vec![false; set.devices.len()];
+    for (dev, barcode) in cartridges {
+        let named = barcode.as_deref().and_then(|b| {
+            let catalog = &set.catalog.devices;
+            catalog.iter().position(|d| d.path == b.as_bytes())
+        });
+        let volume =
+            named.filter(|&v| !set.devices.iter().any(|(_, l)| l.device_index == v as u32));
+        if let Some(volume) = volume {
+            let mut label = template;
+            label.device_index = volume as u32;
+            label.data_end = set.catalog.devices[volume].data_end;
+            set.devices.push((dev, label));
+            unread.push(true);
+            continue;
+        }
+        let Some(opened) = read_opened(dev, key, count, &mut unreadable)? else {
+            continue;
+        };
+        let (dev, label, _) = opened;
+        if label.set_id != set.catalog.set_id {
+            let first = set.devices[0].0.as_ref();
+            notes.push(other_set(first, set.catalog.set_id, dev.as_ref(), &label));
+            continue;
+        }
+        for (other, other_label) in &set.devices {
+            labels_agree((other.as_ref(), other_label), (dev.as_ref(), &label))?;
+        }
+        let mut member = (dev, label);
+        let mac_matches = None;
+        check_members(
+            std::slice::from_mut(&mut member),
+            &set.catalog,
+            &source,
+            mac_matches,
+        )?;
+        set.devices.push(member);
+        unread.push(false);
+    }
+    set.unread = unread;
+    set.mac_key = mac_key;
+    set.unreadable.extend(notes);
+    set.unreadable
+        .extend(unreadable.into_iter().map(RestoreError::Media));
+    Ok(vec![set])
+}
+
+/// Whether a cartridge read for the catalog joins those read before it:
+/// Some(why not) for one of another set (left out, said), an error for
+/// one whose label disagrees with theirs.
+fn joins(
+    loaded: &[Opened],
+    (dev, label, _): &Opened,
+) -> Result<Option<RestoreError>, RestoreError> {
+    let Some((first, first_label, _)) = loaded.first() else {
+        return Ok(None);
+    };
+    if first_label.set_id != label.set_id {
+        let (first, dev) = (first.as_ref(), dev.as_ref());
+        return Ok(Some(other_set(first, first_label.set_id, dev, label)));
+    }
+    for (other, other_label, _) in loaded {
+        labels_agree((other.as_ref(), other_label), (dev.as_ref(), label))?;
+    }
+    Ok(None)
+}
+
+/// A cartridge of another set than the first one read (`first`, of `set`):
+/// left out, said.
+fn other_set(first: &dyn Device, set: SetId, dev: &dyn Device, label: &Label) -> RestoreError {
+    RestoreError::DifferentSets {
+        device: first.path().display().to_string(),
+        other: dev.path().display().to_string(),
+        set: set.to_string(),
+        other_set: label.set_id.to_string(),
+    }
+}
+
+/// The label of a cartridge whose label at open was the catalog's
+/// (`OpenSet::unread`), read once it is loaded and before anything else:
+/// it must be the same volume of the same set (with `key`, its MAC
+/// checked too). A cartridge swapped since the label cache, the inventory
+/// or the catalog named it is refused, named, and nothing is read from it.
+pub(super) fn check_unread(
+    dev: &dyn Device,
+    expected: &Label,
+    key: Option<&MacKey>,
+    catalog: &Catalog,
+) -> Result<(), RestoreError> {
+    let found = media::read_label(dev)?;
+    if let Some(key) = key {
+        check_label_mac(dev, &found, key)?;
+    }
+    let same = (found.set_id, found.device_index, found.device_count)
+        == (
+            expected.set_id,
+            expected.device_index,
+            expected.device_count,
+        )
+        && (found.chunk_bytes, found.created_unix_ns)
+            == (expected.chunk_bytes, expected.created_unix_ns);
+    if same {
+        return Ok(());
+    }
+    Err(RestoreError::WrongVolume {
+        device: dev.path().display().to_string(),
+        set: expected.set_id.to_string(),
+        volume: expected.device_index,
+        found: match catalog.devices.get(found.device_index as usize) {
+            Some(its) if found.set_id == catalog.set_id => format!(
+                "volume {}, which the catalog names {}",
+                found.device_index,
+                String::from_utf8_lossy(&its.path)
+            ),
+            _ => format!("volume {} of set {}", found.device_index, found.set_id),
+        },
+    })
 }
 
 /// The MAC key of `label`'s set: an encrypted set's (`--encrypt`) from
@@ -310,6 +512,8 @@ fn finish_open(
         catalog,
         unreadable: notes,
         keyed,
+        unread: Vec::new(),
+        mac_key: key.copied(),
     })
 }
 

@@ -54,24 +54,51 @@ pub(super) fn read_devices(
 ) -> Vec<(Reader, Result<DeviceRead, RestoreError>)> {
     let targets = targets(sets, selection);
     let reading = &selection.reading;
-    // (set, its device and label) of every device read.
-    let devices: Vec<(usize, &OpenDevice)> = (0..sets.len())
+    // (set, its device and label, whether its label is still to be read)
+    // of every device read. A library's cartridge that holds no record
+    // wanted is not loaded to restore (verify reads every one).
+    let devices: Vec<(usize, &OpenDevice, bool)> = (0..sets.len())
         .filter(|&s| s == 0 || verify || targets[s].iter().any(|&t| t != NO_TARGET))
-        .flat_map(|s| sets[s].devices.iter().map(move |d| (s, d)))
-        .filter(|(s, (_, label))| reading[*s].contains(&label.device_index))
+        .flat_map(|s| {
+            let set = sets[s];
+            let unread = |i: usize| set.unread.get(i).copied().unwrap_or(false);
+            set.devices
+                .iter()
+                .enumerate()
+                .map(move |(i, d)| (s, d, unread(i)))
+        })
+        .filter(|(s, (_, label), _)| reading[*s].contains(&label.device_index))
+        .filter(|(s, (_, label), _)| {
+            verify || sets[*s].unread.is_empty() || holds_wanted(sets[*s], &targets[*s], label)
+        })
         .collect();
     let results: Vec<Result<DeviceRead, RestoreError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = devices
             .iter()
-            .map(|&(s, (dev, label))| {
-                let (targets, set_catalog) = (&targets[s], &sets[s].catalog);
+            .map(|&(s, (dev, label), unread)| {
+                let (targets, set) = (&targets[s], sets[s]);
                 scope.spawn(move || {
                     let dev = dev.as_ref();
                     // A library's cartridge waits here for a free drive.
                     super::open::attach(dev)?;
-                    let ranges = DeviceRanges::new(set_catalog, label.device_index);
-                    let files = (set_catalog as &dyn Files, ranges);
-                    let read = read_device(dev, label, files, Some(targets), restored, destination);
+                    let read = (if unread {
+                        super::open::check_unread(dev, label, set.mac_key.as_ref(), &set.catalog)
+                    } else {
+                        Ok(())
+                    })
+                    .and_then(|()| {
+                        let ranges = DeviceRanges::new(&set.catalog, label.device_index);
+                        let files = (&set.catalog as &dyn Files, ranges);
+                        read_device(dev, label, files, Some(targets), restored, destination)
+                    })
+                    .map(|mut read| {
+                        // A library's cartridge: its own catalog compared
+                        // while it is loaded (`verify_chain` does the others).
+                        if verify && !set.unread.is_empty() {
+                            read.errors.extend(own_catalog(dev, label, &set.catalog));
+                        }
+                        read
+                    });
                     dev.detach();
                     read
                 })
@@ -84,9 +111,33 @@ pub(super) fn read_devices(
     });
     devices
         .iter()
-        .map(|(s, (dev, label))| (*s, label.device_index, dev.path().display().to_string()))
+        .map(|(s, (dev, label), _)| (*s, label.device_index, dev.path().display().to_string()))
         .zip(results)
         .collect()
+}
+
+/// Whether the device of `label` holds a record of a file read (a target).
+fn holds_wanted(set: &OpenSet, targets: &[u32], label: &Label) -> bool {
+    set.catalog.segments.iter().any(|seg| {
+        seg.device == label.device_index
+            && targets
+                .get(seg.file_id as usize)
+                .is_some_and(|&t| t != NO_TARGET)
+    })
+}
+
+/// A cartridge's own copy of the set's catalog, read after its records
+/// (a volume closed with a "continued" trailer holds none): a problem
+/// when it does not read back or differs from the catalog used.
+fn own_catalog(dev: &dyn Device, label: &Label, catalog: &Catalog) -> Option<Problem> {
+    match media::read_catalog(dev, label) {
+        Ok(read) if read.catalog == *catalog => None,
+        Ok(_) => Some(Problem::CatalogDiffers {
+            device: dev.path().display().to_string(),
+        }),
+        Err(media::MediaError::Continued { .. }) => None,
+        Err(e) => Some(Problem::Catalog(e)),
+    }
 }
 
 /// What a device's reader needs of a set's files by id: a decoded

@@ -175,6 +175,8 @@ fn streamed(
         catalog,
         unreadable: notes,
         keyed,
+        unread: Vec::new(),
+        mac_key: None,
     };
     Ok(Streamed::Done(Box::new((set, report))))
 }

@@ -1,9 +1,11 @@
-//! `vlib:DIR[,slots=N][,drives=D][,size=S][,ew=E][,move_ms=T][,inplace=0]`:
+//! `vlib:DIR[,slots=N][,drives=D][,size=S][,ew=E][,move_ms=T][,inplace=0][,rate=R]`:
 //! an emulated tape library, created on first use (`size=` is then
 //! required, the cartridges' length, as for `vtape:`). `inplace=0` makes it
 //! a real library in one more way: a cartridge's label is read only
 //! through a drive it is loaded in (`cartridge_in_slot` is None); the
-//! setting is kept in `vlib.state` until given again.
+//! setting is kept in `vlib.state` until given again. `rate=R` (bytes a
+//! second, with units: `rate=20M`) makes the drives as slow as real ones
+//! for this run (the drives' `vtape:` `rate=`; not kept).
 //!
 //! DIR holds:
 //! - `vlib.state`: which cartridge is in which slot and drive (and which
@@ -65,6 +67,8 @@ pub struct LibrarySpec {
     pub move_ms: Option<u64>,
     /// `inplace=0|1`: whether a cartridge can be read in its slot.
     pub inplace: Option<bool>,
+    /// `rate=R`: the drives' speed, bytes a second (this run only).
+    pub rate_bytes_per_sec: Option<u64>,
 }
 
 impl LibrarySpec {
@@ -85,6 +89,7 @@ impl LibrarySpec {
             early_warning_bytes: None,
             move_ms: None,
             inplace: None,
+            rate_bytes_per_sec: None,
         };
         for option in parts {
             let (key, value) = option
@@ -114,6 +119,10 @@ impl LibrarySpec {
                             format!("'{text}': move_ms= is a number of milliseconds")
                         })?)
                 }
+                "rate" => {
+                    let rate = parse_size(value).map_err(|e| format!("'{text}': rate: {e}"))?;
+                    spec.rate_bytes_per_sec = Some(rate.max(1));
+                }
                 "inplace" => {
                     spec.inplace = Some(match value {
                         "0" => false,
@@ -123,7 +132,7 @@ impl LibrarySpec {
                 }
                 _ => {
                     return Err(format!(
-                        "'{text}': unknown option '{key}' (known: slots, drives, size, ew, move_ms, inplace)"
+                        "'{text}': unknown option '{key}' (known: slots, drives, size, ew, move_ms, inplace, rate)"
                     ))
                 }
             }
@@ -231,6 +240,8 @@ impl State {
 pub struct VirtualLibrary {
     dir: PathBuf,
     name: String,
+    /// The drives' speed (`rate=`), for the `vtape:` specs of the drives.
+    rate: Option<u64>,
 }
 
 impl VirtualLibrary {
@@ -243,6 +254,7 @@ impl VirtualLibrary {
         let lib = VirtualLibrary {
             name: format!("{PREFIX}{}", spec.dir.display()),
             dir: spec.dir.clone(),
+            rate: spec.rate_bytes_per_sec,
         };
         if lib.dir.exists() && !lib.dir.is_dir() {
             return Err(lib.refused("is not a directory"));
@@ -503,9 +515,10 @@ impl VirtualLibrary {
                     source_slot: d.as_ref().map(|&(_, from)| from),
                     serial: Some(format!("VLIB{i:06}")),
                     device: DeviceSpec::parse(&format!(
-                        "{}{}",
+                        "{}{}{}",
                         vtape::PREFIX,
-                        self.drive_path(i as u32).display()
+                        self.drive_path(i as u32).display(),
+                        self.rate.map(|r| format!(",rate={r}")).unwrap_or_default()
                     ))
                     .ok(),
                 })
@@ -600,6 +613,9 @@ mod tests {
         let s = LibrarySpec::parse("vlib:/x,inplace=0").unwrap();
         assert_eq!(s.inplace, Some(false));
         assert!(LibrarySpec::parse("vlib:/x,inplace=no").is_err());
+        let s = LibrarySpec::parse("vlib:/x,rate=20M").unwrap();
+        assert_eq!(s.rate_bytes_per_sec, Some(20 << 20));
+        assert!(LibrarySpec::parse("vlib:/x,rate=fast").is_err());
         let st = State {
             move_ms: 5,
             inplace: false,
@@ -631,6 +647,11 @@ mod tests {
         let s = l.status().unwrap();
         assert_eq!((s.slots.len(), s.drives.len(), s.cartridges()), (4, 2, 4));
         assert_eq!(s.slots[0].barcode.as_deref(), Some("PB0001L6"));
+        // rate=: the drives are as slow as that, this run only.
+        let slow = lib(&dir, ",rate=8M").status().unwrap();
+        let spec = slow.drives[1].device.clone().unwrap();
+        assert_eq!(spec.rate_bytes_per_sec, Some(8 << 20));
+        assert_eq!(s.drives[1].device.clone().unwrap().rate_bytes_per_sec, None);
         // An empty drive is no tape: its vtape: name is refused, not created.
         let drive0 = s.drives[0].device.clone().unwrap();
         assert!(crate::device::open(&drive0, Mode::Write).is_err());
