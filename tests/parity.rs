@@ -387,7 +387,17 @@ fn garble_data_records(bed: &Bed, d: usize, seed: u64) -> (u64, u64) {
 /// is the middle one (by `stripe_id`) of those with at least two data
 /// members: (device, media offset) of each record garbled.
 fn garble_two_members_of_a_stripe(bed: &Bed) -> [(usize, u64); 2] {
-    use std::os::unix::fs::FileExt;
+    let members = stripe_with_two_members(bed);
+    let mut garbled = [(0, 0); 2];
+    for (slot, &(d, sequence)) in garbled.iter_mut().zip(&members[..2]) {
+        *slot = (d, garble_record(bed, d, sequence));
+    }
+    garbled
+}
+
+/// The data members (device, sequence) of the middle stripe (by
+/// `stripe_id`) of those with at least two, from the parity records.
+fn stripe_with_two_members(bed: &Bed) -> Vec<(usize, u64)> {
     let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
     let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
     // stripe_id -> (data member devices, their sequences), from the parity
@@ -413,27 +423,90 @@ fn garble_two_members_of_a_stripe(bed: &Bed) -> [(usize, u64); 2] {
         .collect();
     stripes.sort_by_key(|(id, _)| *id);
     assert!(!stripes.is_empty(), "no stripe with two data members");
-    let (id, members) = &stripes[stripes.len() / 2];
-    let mut garbled = [(0, 0); 2];
-    for (slot, &(d, sequence)) in garbled.iter_mut().zip(&members[..2]) {
-        let at = data_records(&bed.devs[d].backing)
-            .into_iter()
-            .find(|&o| {
-                let mut h = [0u8; 48];
-                let f = std::fs::File::open(&bed.devs[d].backing).unwrap();
-                f.read_exact_at(&mut h, o).unwrap();
-                u64_at(&h, 40) == sequence
-            })
-            .unwrap_or_else(|| panic!("stripe {id}: no record {sequence} on device {d}"));
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&bed.devs[d].backing)
-            .unwrap();
-        f.write_all_at(&[0xa5; 4096], at).unwrap();
-        f.sync_all().unwrap();
-        *slot = (d, at);
-    }
-    garbled
+    stripes.swap_remove(stripes.len() / 2).1
+}
+
+/// Garbage over the header block of data record `sequence` of device
+/// `d`: its media offset.
+fn garble_record(bed: &Bed, d: usize, sequence: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let at = data_records(&bed.devs[d].backing)
+        .into_iter()
+        .find(|&o| {
+            let mut h = [0u8; 48];
+            let f = std::fs::File::open(&bed.devs[d].backing).unwrap();
+            f.read_exact_at(&mut h, o).unwrap();
+            u64_at(&h, 40) == sequence
+        })
+        .unwrap_or_else(|| panic!("no record {sequence} on device {d}"));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bed.devs[d].backing)
+        .unwrap();
+    f.write_all_at(&[0xa5; 4096], at).unwrap();
+    f.sync_all().unwrap();
+    at
+}
+
+/// Under `--parity 1`, a stripe with one member damaged (device a) and
+/// another on a device not given (device b): the file of b's record
+/// cannot be rebuilt. `restore --only` it exits 3 naming it in `missing`
+/// with its range on device b (as a file with too many devices missing
+/// is), not as a digest mismatch.
+#[test]
+fn a_damaged_member_and_a_missing_device_name_the_missing_ranges() {
+    let Some(bed) = bed("a_damaged_member_and_a_missing_device", 4) else {
+        return;
+    };
+    backup(&bed, 1);
+    let members = stripe_with_two_members(&bed);
+    let ((a, sequence), (b, _)) = (members[0], members[1]);
+    garble_record(&bed, a, sequence);
+    let (code, summary, err, _) = restore_without(&bed, &[b], "all");
+    assert_eq!(code, 3, "{summary}\n{err}");
+    let missing = summary["missing"].as_array().unwrap();
+    let on_b = |m: &Value| {
+        m["ranges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["device"] == b as u64 && r["length"].as_u64().unwrap() > 0)
+    };
+    let named = missing
+        .iter()
+        .find(|m| on_b(m))
+        .unwrap_or_else(|| panic!("no file named with a range on device {b}: {summary}"));
+    let path = named["path"].as_str().unwrap().to_string();
+    // The same file alone.
+    let given: Vec<&LoopDev> = (0..4).filter(|&i| i != b).map(|i| &bed.devs[i]).collect();
+    let to = bed.root.join("only");
+    let mut args = vec![
+        "restore".to_string(),
+        "--to".into(),
+        to.display().to_string(),
+        "--json".into(),
+        "--only".into(),
+        path.clone(),
+    ];
+    args.extend(dev_args(&given));
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 3, "{out}\n{err}");
+    let summary = json(&out);
+    let missing = summary["missing"].as_array().unwrap();
+    assert!(
+        missing
+            .iter()
+            .any(|m| m["path"] == path.as_str() && on_b(m)),
+        "{path} not named with its range on device {b}: {summary}"
+    );
+    assert!(
+        !summary["errors"]
+            .to_string()
+            .contains("content digest mismatch"),
+        "{summary}"
+    );
+    assert!(!to.join(&path).exists(), "{path} restored");
 }
 
 #[test]

@@ -103,6 +103,51 @@ pub(super) fn verdicts(
     verdicts
 }
 
+/// Files with records on absent devices that a planned rebuild could not
+/// make after all (a member of their stripe damaged on a given device):
+/// named in `report.missing` with those ranges, as a file with too many
+/// devices missing is, in place of their digest mismatch (which those
+/// ranges explain). Their verdict stays failed: none is restored.
+pub(super) fn name_unrebuilt(
+    sets: &[&OpenSet],
+    catalog: &Catalog,
+    unrebuilt: super::rebuild::Unrebuilt,
+    report: &mut Report,
+) {
+    let mut named: Vec<u32> = Vec::new();
+    for (s, target, offset, length, device) in unrebuilt {
+        let Some(f) = catalog.files.get(target as usize) else {
+            continue;
+        };
+        let at = report.missing.iter().position(|m| m.path == f.path);
+        let at = at.unwrap_or_else(|| {
+            report.missing.push(super::Missing {
+                path: f.path.clone(),
+                set_id: sets[s].catalog.set_id,
+                set_given: true,
+                ranges: Vec::new(),
+            });
+            report.missing.len() - 1
+        });
+        report.missing[at].ranges.push((offset, length, device));
+        named.push(target);
+    }
+    for m in &mut report.missing {
+        m.ranges.sort_unstable();
+        m.ranges.dedup();
+    }
+    report.missing.sort_by(|a, b| a.path.cmp(&b.path));
+    report.errors.retain(|p| match p {
+        Problem::Digest { path, .. } => !named.iter().any(|&t| {
+            catalog
+                .files
+                .get(t as usize)
+                .is_some_and(|f| f.path == *path)
+        }),
+        _ => true,
+    });
+}
+
 /// The devices whose reading broke off that hold records of a file, by path.
 fn on_broken<'a>(sets: &[&OpenSet], source: DataSource, broken: &'a [Reader]) -> Vec<&'a str> {
     let DataSource::In { set, file } = source else {

@@ -384,7 +384,7 @@ fn run_sets(
     };
     let verify = matches!(action, Action::Verify);
     let mut results = read_devices(sets, &selection, catalog, destination, verify);
-    rebuild::run_all(
+    let unrebuilt = rebuild::run_all(
         sets,
         &selection,
         &mut results,
@@ -394,6 +394,7 @@ fn run_sets(
     );
     let (records, broken) = gather(results, &mut report)?;
     let verdicts = verdicts(sets, &selection, &records, &broken, &mut report);
+    finish::name_unrebuilt(sets, catalog, unrebuilt, &mut report);
     let mut done = selection.selected.clone();
     if let Destination::Device(target) = destination {
         finish_image(target, catalog, &selection.wanted, &records)?;

@@ -166,7 +166,9 @@ pub(super) fn plan(set: &OpenSet, reading: &[u32], coverage: &mut [Option<Ranges
 /// threads. `targets[file]`: the restored file a record of the set's file
 /// goes to, or `NO_TARGET`. Returns one reader result like a device's,
 /// and what was rebuilt; `healed` gets the media extents (device, start,
-/// end) of the data records rebuilt.
+/// end) of the data records rebuilt, `unrebuilt` the records of absent
+/// devices that could not be (too few good members after all: a damaged
+/// one): (restored file, offset, length, device).
 pub(super) fn run(
     set: &OpenSet,
     s: usize,
@@ -174,7 +176,11 @@ pub(super) fn run(
     targets: &[u32],
     restored: &crate::format::Catalog,
     destination: Destination<'_>,
-    (summary, healed): (&mut RebuildSummary, &mut Vec<(u32, u64, u64)>),
+    (summary, healed, unrebuilt): (
+        &mut RebuildSummary,
+        &mut Vec<(u32, u64, u64)>,
+        &mut Unrebuilt,
+    ),
 ) -> Option<(Reader, Result<DeviceRead, RestoreError>)> {
     for &d in &plan.absent {
         let path = set.catalog.devices[d as usize].path.clone();
@@ -204,6 +210,7 @@ pub(super) fn run(
     });
     let failed: Mutex<Option<RestoreError>> = Mutex::new(None);
     let rebuilt = Mutex::new((0u64, 0u64, Vec::new(), Vec::new()));
+    let lost_here: Mutex<Vec<(u32, u64, u64, u32)>> = Mutex::new(Vec::new());
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 4);
@@ -211,6 +218,7 @@ pub(super) fn run(
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let (next, out, failed, rebuilt, devices) = (&next, &out, &failed, &rebuilt, &devices);
+            let lost_here = &lost_here;
             scope.spawn(move || {
                 let mut pool = member_pool(chunk);
                 let mut files: HashMap<u32, File> = HashMap::new();
@@ -241,6 +249,13 @@ pub(super) fn run(
                     for &pos in lost.iter().filter(|p| !got.iter().any(|g| g.position == **p)) {
                         let r = &st.data[pos];
                         let Some(&dev) = devices.get(&r.device) else {
+                            // On an absent device: its range is missing.
+                            let target = targets.get(r.file_id as usize).copied();
+                            if let Some(target) = target.filter(|&t| t != NO_TARGET) {
+                                let length = u64::from(r.payload_bytes);
+                                let range = (target, r.file_offset, length, r.device);
+                                lost_here.lock().expect("rebuild").push(range);
+                            }
                             continue;
                         };
                         let path = set
@@ -303,6 +318,13 @@ pub(super) fn run(
     });
     let (records, bytes, damaged, extents) = rebuilt.into_inner().expect("rebuild");
     healed.extend(extents);
+    unrebuilt.extend(
+        lost_here
+            .into_inner()
+            .expect("rebuild")
+            .into_iter()
+            .map(|(t, o, l, d)| (s, t, o, l, d)),
+    );
     summary.records += records;
     summary.bytes += bytes;
     summary.damaged.extend(damaged);
@@ -559,6 +581,8 @@ pub(super) fn read_member<'p>(
 /// record on an absent device). Extends `results` with the rebuilds; a
 /// reader's problems inside a record that was rebuilt are not errors
 /// (the member is named in the summary's `damaged` instead).
+/// Returns the records of absent devices that could not be rebuilt
+/// (`Unrebuilt`): their files' missing ranges.
 pub(super) fn run_all(
     sets: &[&OpenSet],
     selection: &super::select::Selection,
@@ -566,7 +590,8 @@ pub(super) fn run_all(
     restored: &crate::format::Catalog,
     destination: Destination<'_>,
     summary: &mut RebuildSummary,
-) {
+) -> Unrebuilt {
+    let mut unrebuilt = Vec::new();
     let targets = super::select::targets(sets, selection);
     let mut extra = Vec::new();
     for (s, set) in sets.iter().enumerate() {
@@ -614,7 +639,7 @@ pub(super) fn run_all(
             &targets[s],
             restored,
             destination,
-            (&mut *summary, &mut healed),
+            (&mut *summary, &mut healed, &mut unrebuilt),
         );
         extra.extend(got);
         for ((rs, device, _), result) in results.iter_mut() {
@@ -631,4 +656,9 @@ pub(super) fn run_all(
         }
     }
     results.extend(extra);
+    unrebuilt
 }
+
+/// Records of absent devices that a planned rebuild could not make:
+/// (set, restored file, file offset, length, device index in the set).
+pub(super) type Unrebuilt = Vec<(usize, u32, u64, u64, u32)>;
