@@ -326,3 +326,116 @@ fn resume_after_the_cartridges_were_moved_to_other_slots() {
     check_resumed("moved", code, &finished, &err, before);
     restore_equals(&src, &lib, &dir.path().join("to"), "moved");
 }
+
+/// The set whose id a `--json` backup's "finished" event names.
+fn set_id_of(out: &str) -> String {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "finished")
+        .and_then(|v| v["set_id"].as_str().map(String::from))
+        .unwrap_or_else(|| panic!("no finished event in {out}"))
+}
+
+/// A library holding an earlier set (young: never scratch without
+/// `--force`), a backup killed after 60%, every source file grown before
+/// the resume: the files the killed run wrote part of are named and
+/// written again whole, the earlier set's cartridges are not written, and
+/// both sets restore through one drive byte-identical.
+#[test]
+fn changed_files_are_named_and_an_earlier_set_is_kept() {
+    let seed = seed();
+    eprintln!("changed_files_are_named_and_an_earlier_set_is_kept: PBIO_RESUME_SEED={seed}");
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src, &mut rng);
+    let early = dir.path().join("early");
+    std::fs::create_dir_all(&early).unwrap();
+    let mut buf = vec![0u8; 6 << 20];
+    rng.fill(&mut buf);
+    std::fs::write(early.join("e0"), &buf).unwrap();
+    let lib_dir = dir.path().join("lib");
+    let lib = format!("vlib:{}", lib_dir.display());
+    let created = format!("{lib},slots=10,drives=2,size=16M,move_ms=20");
+    let (code, out, err) = pbio(&[
+        "backup",
+        early.to_str().unwrap(),
+        "--changer",
+        &created,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "the earlier set: {err}");
+    let early_set = set_id_of(&out);
+    let early_carts: Vec<String> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "finished")
+        .unwrap()["cartridges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert!(!early_carts.is_empty());
+    let data_of =
+        |b: &str| std::fs::read(lib_dir.join(format!("cartridges/{b}/vtape.data"))).unwrap();
+    let early_data: Vec<Vec<u8>> = early_carts.iter().map(|b| data_of(b)).collect();
+    let (_, killed) = backup_killed_at(&src, &lib, 0.6);
+    assert!(killed, "the backup ended before 60% of it was seen");
+    let mut names: Vec<String> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for n in &names {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(src.join(n))
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"grown after the kill").unwrap();
+    }
+    let (code, finished, err) = resume(&src, &lib);
+    check_resumed("changed", code, &finished, &err, 0.0);
+    let changed: Vec<&str> = finished["resumed"]["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        !changed.is_empty(),
+        "no file named as changed: {finished}\n{err}"
+    );
+    for c in &changed {
+        assert!(
+            names.iter().any(|n| c.ends_with(&format!("src/{n}"))),
+            "{c} named, not a source file"
+        );
+        assert!(err.contains("changed since the interrupted run"), "{err}");
+    }
+    // The earlier set's cartridges were not written.
+    for (b, before) in early_carts.iter().zip(&early_data) {
+        assert!(
+            &data_of(b) == before,
+            "the earlier set's cartridge {b} was written"
+        );
+    }
+    let new_set = finished["set_id"].as_str().unwrap().to_string();
+    for (set, tree) in [(&early_set, &early), (&new_set, &src)] {
+        let to = dir.path().join(format!("to-{set}"));
+        let (code, _, err) = pbio(&[
+            "restore",
+            "--changer",
+            &lib,
+            "--drive",
+            "0",
+            "--set",
+            set,
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "restore of set {set}: {err}");
+        let diffs = common::compare_trees(tree, &to.join(tree.file_name().unwrap()));
+        assert!(diffs.is_empty(), "set {set} differs:\n{}", diffs.join("\n"));
+    }
+}
