@@ -1,10 +1,11 @@
 //! `backup --changer --resume` (issue 20): a set spanning the cartridges
 //! of an emulated library (two drives, 16 MiB cartridges, at least four
 //! used) killed with -9 at random moments, during a cartridge swap, and
-//! with its cartridges moved to other slots before the resume; each time
-//! `--resume` exits 0, the set restores byte-identical through ONE drive
-//! and verifies, and a run killed after half of its bytes writes less than
-//! 90% of the set again.
+//! with its cartridges moved to other slots before the resume, with its
+//! sources changed and an earlier set in the library, and with the resume
+//! killed in turn; each time `--resume` exits 0, the set restores
+//! byte-identical through ONE drive and verifies, and a run killed after
+//! half of its bytes writes less than 90% of the set again.
 
 mod common;
 #[path = "common/loopdev.rs"]
@@ -36,6 +37,10 @@ fn make_tree(root: &Path, rng: &mut Rng) {
 }
 
 fn spawn_backup(src: &Path, lib: &str) -> Child {
+    spawn(src, lib, &[])
+}
+
+fn spawn(src: &Path, lib: &str, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pbio"))
         .args([
             "backup",
@@ -46,6 +51,7 @@ fn spawn_backup(src: &Path, lib: &str) -> Child {
             "--json-interval",
             "0.01",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -56,7 +62,13 @@ fn spawn_backup(src: &Path, lib: &str) -> Child {
 /// `fraction` of the set's payload is written (or let it end). Returns
 /// the fraction last seen written and whether it was killed.
 fn backup_killed_at(src: &Path, lib: &str, fraction: f64) -> (f64, bool) {
-    let mut child = spawn_backup(src, lib);
+    killed_at(src, lib, &[], fraction)
+}
+
+/// `backup_killed_at` with `extra` arguments (`--resume`: the fraction
+/// is of what the resumed run has to write).
+fn killed_at(src: &Path, lib: &str, extra: &[&str], fraction: f64) -> (f64, bool) {
+    let mut child = spawn(src, lib, extra);
     let out = BufReader::new(child.stdout.take().unwrap());
     let (mut total, mut seen) = (0u64, Vec::<u64>::new());
     let mut killed = false;
@@ -438,4 +450,28 @@ fn changed_files_are_named_and_an_earlier_set_is_kept() {
         let diffs = common::compare_trees(tree, &to.join(tree.file_name().unwrap()));
         assert!(diffs.is_empty(), "set {set} differs:\n{}", diffs.join("\n"));
     }
+}
+
+/// A resumed run killed in turn (after a random part of what it had to
+/// write) is resumed again: exit 0, and the set restores identical.
+#[test]
+fn a_killed_resume_is_resumed_again() {
+    let seed = seed();
+    eprintln!("a_killed_resume_is_resumed_again: PBIO_RESUME_SEED={seed}");
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src, &mut rng);
+    let lib_dir = dir.path().join("lib");
+    let lib = format!("vlib:{}", lib_dir.display());
+    let created = format!("{lib},slots=8,drives=2,size=16M,move_ms=50");
+    let first = rng.range(10, 60) as f64 / 100.0;
+    let (before, killed) = backup_killed_at(&src, &created, first);
+    assert!(killed, "the backup ended before {first} of it was seen");
+    let second = rng.range(5, 80) as f64 / 100.0;
+    let (again, _) = killed_at(&src, &lib, &["--resume"], second);
+    let what = format!("seed {seed}: killed at {before:.2}, the resume at {again:.2}");
+    let (code, finished, err) = resume(&src, &lib);
+    check_resumed(&what, code, &finished, &err, 0.0);
+    restore_equals(&src, &lib, &dir.path().join("to"), &what);
 }
