@@ -475,3 +475,50 @@ fn a_killed_resume_is_resumed_again() {
     check_resumed(&what, code, &finished, &err, 0.0);
     restore_equals(&src, &lib, &dir.path().join("to"), &what);
 }
+
+/// Nothing to resume in a library of blank cartridges, and `--parity`
+/// with `--resume` still refused: exit 2, naming why, nothing moved.
+#[test]
+fn nothing_to_resume_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"a").unwrap();
+    let lib = format!("vlib:{}", dir.path().join("lib").display());
+    let (code, out, err) = pbio(&[
+        "changer",
+        "status",
+        "--changer",
+        &format!("{lib},slots=3,drives=1,size=16M"),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = resume(&src, &lib);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no cartridge holds a pbio set"), "{err}");
+    let (code, _, err) = pbio(&[
+        "backup",
+        "--resume",
+        src.to_str().unwrap(),
+        "--changer",
+        &lib,
+        "--parity",
+        "1",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--resume with --parity: not supported yet"),
+        "{err}"
+    );
+    let s: Value = {
+        let (_, out, _) = pbio(&["changer", "status", "--changer", &lib, "--json"]);
+        serde_json::from_str(out.lines().last().unwrap()).unwrap()
+    };
+    assert!(
+        s["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["full"] == true),
+        "{s}"
+    );
+}
