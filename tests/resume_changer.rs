@@ -1,10 +1,11 @@
 //! `backup --changer --resume` (issue 20): a set spanning the cartridges
 //! of an emulated library (two drives, 16 MiB cartridges, at least four
 //! used) killed with -9 at random moments, during a cartridge swap, and
-//! with its cartridges moved to other slots before the resume; each time
-//! `--resume` exits 0, the set restores byte-identical through ONE drive
-//! and verifies, and a run killed after half of its bytes writes less than
-//! 90% of the set again.
+//! with its cartridges moved to other slots before the resume, with its
+//! sources changed and an earlier set in the library, and with the resume
+//! killed in turn; each time `--resume` exits 0, the set restores
+//! byte-identical through ONE drive and verifies, and a run killed after
+//! half of its bytes writes less than 90% of the set again.
 
 mod common;
 #[path = "common/loopdev.rs"]
@@ -36,6 +37,10 @@ fn make_tree(root: &Path, rng: &mut Rng) {
 }
 
 fn spawn_backup(src: &Path, lib: &str) -> Child {
+    spawn(src, lib, &[])
+}
+
+fn spawn(src: &Path, lib: &str, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pbio"))
         .args([
             "backup",
@@ -46,6 +51,7 @@ fn spawn_backup(src: &Path, lib: &str) -> Child {
             "--json-interval",
             "0.01",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -56,7 +62,13 @@ fn spawn_backup(src: &Path, lib: &str) -> Child {
 /// `fraction` of the set's payload is written (or let it end). Returns
 /// the fraction last seen written and whether it was killed.
 fn backup_killed_at(src: &Path, lib: &str, fraction: f64) -> (f64, bool) {
-    let mut child = spawn_backup(src, lib);
+    killed_at(src, lib, &[], fraction)
+}
+
+/// `backup_killed_at` with `extra` arguments (`--resume`: the fraction
+/// is of what the resumed run has to write).
+fn killed_at(src: &Path, lib: &str, extra: &[&str], fraction: f64) -> (f64, bool) {
+    let mut child = spawn(src, lib, extra);
     let out = BufReader::new(child.stdout.take().unwrap());
     let (mut total, mut seen) = (0u64, Vec::<u64>::new());
     let mut killed = false;
@@ -325,4 +337,188 @@ fn resume_after_the_cartridges_were_moved_to_other_slots() {
     let (code, finished, err) = resume(&src, &lib);
     check_resumed("moved", code, &finished, &err, before);
     restore_equals(&src, &lib, &dir.path().join("to"), "moved");
+}
+
+/// The set whose id a `--json` backup's "finished" event names.
+fn set_id_of(out: &str) -> String {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "finished")
+        .and_then(|v| v["set_id"].as_str().map(String::from))
+        .unwrap_or_else(|| panic!("no finished event in {out}"))
+}
+
+/// A library holding an earlier set (young: never scratch without
+/// `--force`), a backup killed after 60%, every source file grown before
+/// the resume: the files the killed run wrote part of are named and
+/// written again whole, the earlier set's cartridges are not written, and
+/// both sets restore through one drive byte-identical.
+#[test]
+fn changed_files_are_named_and_an_earlier_set_is_kept() {
+    let seed = seed();
+    eprintln!("changed_files_are_named_and_an_earlier_set_is_kept: PBIO_RESUME_SEED={seed}");
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src, &mut rng);
+    let early = dir.path().join("early");
+    std::fs::create_dir_all(&early).unwrap();
+    let mut buf = vec![0u8; 6 << 20];
+    rng.fill(&mut buf);
+    std::fs::write(early.join("e0"), &buf).unwrap();
+    let lib_dir = dir.path().join("lib");
+    let lib = format!("vlib:{}", lib_dir.display());
+    let created = format!("{lib},slots=10,drives=2,size=16M,move_ms=20");
+    let (code, out, err) = pbio(&[
+        "backup",
+        early.to_str().unwrap(),
+        "--changer",
+        &created,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "the earlier set: {err}");
+    let early_set = set_id_of(&out);
+    let early_carts: Vec<String> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "finished")
+        .unwrap()["cartridges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert!(!early_carts.is_empty());
+    let data_of =
+        |b: &str| std::fs::read(lib_dir.join(format!("cartridges/{b}/vtape.data"))).unwrap();
+    let early_data: Vec<Vec<u8>> = early_carts.iter().map(|b| data_of(b)).collect();
+    let (_, killed) = backup_killed_at(&src, &lib, 0.6);
+    assert!(killed, "the backup ended before 60% of it was seen");
+    let mut names: Vec<String> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for n in &names {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(src.join(n))
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"grown after the kill").unwrap();
+    }
+    let (code, finished, err) = resume(&src, &lib);
+    check_resumed("changed", code, &finished, &err, 0.0);
+    let changed: Vec<&str> = finished["resumed"]["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        !changed.is_empty(),
+        "no file named as changed: {finished}\n{err}"
+    );
+    for c in &changed {
+        assert!(
+            names.iter().any(|n| c.ends_with(&format!("src/{n}"))),
+            "{c} named, not a source file"
+        );
+        assert!(err.contains("changed since the interrupted run"), "{err}");
+    }
+    // The earlier set's cartridges were not written.
+    for (b, before) in early_carts.iter().zip(&early_data) {
+        assert!(
+            &data_of(b) == before,
+            "the earlier set's cartridge {b} was written"
+        );
+    }
+    let new_set = finished["set_id"].as_str().unwrap().to_string();
+    for (set, tree) in [(&early_set, &early), (&new_set, &src)] {
+        let to = dir.path().join(format!("to-{set}"));
+        let (code, _, err) = pbio(&[
+            "restore",
+            "--changer",
+            &lib,
+            "--drive",
+            "0",
+            "--set",
+            set,
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "restore of set {set}: {err}");
+        let diffs = common::compare_trees(tree, &to.join(tree.file_name().unwrap()));
+        assert!(diffs.is_empty(), "set {set} differs:\n{}", diffs.join("\n"));
+    }
+}
+
+/// A resumed run killed in turn (after a random part of what it had to
+/// write) is resumed again: exit 0, and the set restores identical.
+#[test]
+fn a_killed_resume_is_resumed_again() {
+    let seed = seed();
+    eprintln!("a_killed_resume_is_resumed_again: PBIO_RESUME_SEED={seed}");
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src, &mut rng);
+    let lib_dir = dir.path().join("lib");
+    let lib = format!("vlib:{}", lib_dir.display());
+    let created = format!("{lib},slots=8,drives=2,size=16M,move_ms=50");
+    let first = rng.range(10, 60) as f64 / 100.0;
+    let (before, killed) = backup_killed_at(&src, &created, first);
+    assert!(killed, "the backup ended before {first} of it was seen");
+    let second = rng.range(5, 80) as f64 / 100.0;
+    let (again, _) = killed_at(&src, &lib, &["--resume"], second);
+    let what = format!("seed {seed}: killed at {before:.2}, the resume at {again:.2}");
+    let (code, finished, err) = resume(&src, &lib);
+    check_resumed(&what, code, &finished, &err, 0.0);
+    restore_equals(&src, &lib, &dir.path().join("to"), &what);
+}
+
+/// Nothing to resume in a library of blank cartridges, and `--parity`
+/// with `--resume` still refused: exit 2, naming why, nothing moved.
+#[test]
+fn nothing_to_resume_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"a").unwrap();
+    let lib = format!("vlib:{}", dir.path().join("lib").display());
+    let (code, out, err) = pbio(&[
+        "changer",
+        "status",
+        "--changer",
+        &format!("{lib},slots=3,drives=1,size=16M"),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = resume(&src, &lib);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no cartridge holds a pbio set"), "{err}");
+    let (code, _, err) = pbio(&[
+        "backup",
+        "--resume",
+        src.to_str().unwrap(),
+        "--changer",
+        &lib,
+        "--parity",
+        "1",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--resume with --parity: not supported yet"),
+        "{err}"
+    );
+    let s: Value = {
+        let (_, out, _) = pbio(&["changer", "status", "--changer", &lib, "--json"]);
+        serde_json::from_str(out.lines().last().unwrap()).unwrap()
+    };
+    assert!(
+        s["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["full"] == true),
+        "{s}"
+    );
 }

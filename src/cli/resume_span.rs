@@ -224,12 +224,12 @@ fn volumes_of(
 /// Whether a cartridge that holds nothing of the set may take one of its
 /// blank volumes: blank, or (with `--retention`) every set on it closed
 /// and older than that, or anything with `--force`.
-fn scratch(c: &Cartridge, args: &BackupArgs) -> bool {
+fn scratch(c: &Cartridge, force: bool, retention: Option<std::time::Duration>) -> bool {
     match &c.holds {
         Holds::Blank => true,
-        _ if args.force => true,
+        _ if force => true,
         Holds::Other => false,
-        Holds::Sets(sets) => args.retention.is_some_and(|r| {
+        Holds::Sets(sets) => retention.is_some_and(|r| {
             sets.iter()
                 .all(|t| t.complete() && super::append::younger_than(&t.label, r).is_none())
         }),
@@ -338,10 +338,9 @@ pub fn run(args: BackupArgs) -> CliResult {
         });
     }
     // Scratch cartridges for the volumes no cartridge holds, in slot order.
-    let mut spare = found
-        .iter()
-        .enumerate()
-        .filter(|(i, c)| !on.iter().flatten().any(|v| v.cartridge == *i) && scratch(c, &args));
+    let mut spare = found.iter().enumerate().filter(|(i, c)| {
+        !on.iter().flatten().any(|v| v.cartridge == *i) && scratch(c, args.force, args.retention)
+    });
     let mut volumes: Vec<Volume> = Vec::with_capacity(count);
     let mut capacities: Vec<Option<u64>> = Vec::with_capacity(count);
     for (v, b) in on.iter().zip(before.iter_mut()) {
@@ -522,6 +521,91 @@ pub fn run(args: BackupArgs) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::Label;
+
+    fn volume(id: u8, index: u32, count: u32, end: SetEnd) -> TapeSet {
+        let seal = crate::format::seal::LabelSeal::NONE;
+        TapeSet {
+            files_before: 0,
+            label: Label::new_writing(SetId([id; 16]), 1, 1 << 20, seal, index, count, 4096),
+            end,
+        }
+    }
+
+    fn cartridge(slot: u32, holds: Holds) -> Cartridge {
+        Cartridge {
+            slot,
+            barcode: format!("PB{slot:04}L6"),
+            holds,
+            capacity: Some(16 << 20),
+            early_warning: 4 << 20,
+        }
+    }
+
+    #[test]
+    fn the_interrupted_set_is_the_one_not_closed() {
+        let open = || SetEnd::Incomplete("no filemark".into());
+        let found = [
+            cartridge(1, Holds::Sets(vec![volume(1, 0, 3, SetEnd::Continued)])),
+            cartridge(2, Holds::Blank),
+            cartridge(3, Holds::Sets(vec![volume(1, 2, 3, open())])),
+            cartridge(4, Holds::Other),
+        ];
+        assert_eq!(interrupted("vlib:x", &found).unwrap(), SetId([1; 16]));
+        let on = volumes_of("vlib:x", SetId([1; 16]), &found).unwrap();
+        let slots: Vec<Option<u32>> = on
+            .iter()
+            .map(|v| v.as_ref().map(|v| found[v.cartridge].slot))
+            .collect();
+        assert_eq!(slots, vec![Some(1), None, Some(3)]);
+        // Every volume closed but no catalog anywhere: still interrupted
+        // (killed between an unload and the next load).
+        let closed = [cartridge(
+            1,
+            Holds::Sets(vec![volume(2, 0, 2, SetEnd::Continued)]),
+        )];
+        assert_eq!(interrupted("vlib:x", &closed).unwrap(), SetId([2; 16]));
+        // Two interrupted sets are named, not guessed.
+        let two = [
+            cartridge(1, Holds::Sets(vec![volume(1, 0, 2, open())])),
+            cartridge(2, Holds::Sets(vec![volume(2, 0, 2, open())])),
+        ];
+        let e = interrupted("vlib:x", &two).unwrap_err().to_string();
+        assert!(e.contains("several interrupted sets"), "{e}");
+        assert!(e.contains(&SetId([1; 16]).to_string()), "{e}");
+        // Two cartridges claiming one volume are refused by slot.
+        let twice = [
+            cartridge(1, Holds::Sets(vec![volume(1, 0, 2, open())])),
+            cartridge(5, Holds::Sets(vec![volume(1, 0, 2, open())])),
+        ];
+        let e = volumes_of("vlib:x", SetId([1; 16]), &twice)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("slot 1 (PB0001L6) and slot 5 (PB0005L6)"), "{e}");
+        // Nothing at all: refused.
+        assert!(interrupted("vlib:x", &[cartridge(1, Holds::Blank)]).is_err());
+    }
+
+    #[test]
+    fn scratch_is_blank_or_expired_or_forced() {
+        let day = Some(std::time::Duration::from_secs(86_400));
+        let young = cartridge(1, Holds::Sets(vec![volume(3, 0, 1, SetEnd::Continued)]));
+        assert!(scratch(&cartridge(2, Holds::Blank), false, None));
+        assert!(!scratch(&young, false, None));
+        assert!(!scratch(&cartridge(3, Holds::Other), false, day));
+        // Created at 1 ns after the epoch: older than a day.
+        assert!(scratch(&young, false, day));
+        let unclosed = cartridge(
+            4,
+            Holds::Sets(vec![volume(3, 0, 1, SetEnd::Incomplete("x".into()))]),
+        );
+        assert!(
+            !scratch(&unclosed, false, day),
+            "an unclosed set is never scratch"
+        );
+        assert!(scratch(&cartridge(3, Holds::Other), true, None));
+    }
 
     #[test]
     fn room_counts_reserve_fill_and_record_headers() {
