@@ -139,6 +139,11 @@ fn each_loaded_once(files: usize, at_least: usize) {
         assert_eq!(loads, n, "verify --drive {drives:?}: {n} cartridges");
         assert!(l.drives_empty(), "a cartridge left in a drive");
     }
+    // restore --scan does not read a library (scan --changer does): said,
+    // not a silent empty restore.
+    let (code, _, err, loads) = l.run(&["restore", "--scan", "--to", "/nonexistent"], &[]);
+    assert_eq!((code, loads), (2, 0), "{err}");
+    assert!(err.contains("--changer"), "{err}");
     // list needs the catalog only: the last volume holds it.
     let (code, out, err, loads) = l.run(&["list", "--json"], &["0"]);
     assert_eq!(code, 0, "{err}");
