@@ -139,6 +139,11 @@ fn each_loaded_once(files: usize, at_least: usize) {
         assert_eq!(loads, n, "verify --drive {drives:?}: {n} cartridges");
         assert!(l.drives_empty(), "a cartridge left in a drive");
     }
+    // restore --scan does not read a library (scan --changer does): said,
+    // not a silent empty restore.
+    let (code, _, err, loads) = l.run(&["restore", "--scan", "--to", "/nonexistent"], &[]);
+    assert_eq!((code, loads), (2, 0), "{err}");
+    assert!(err.contains("--changer"), "{err}");
     // list needs the catalog only: the last volume holds it.
     let (code, out, err, loads) = l.run(&["list", "--json"], &["0"]);
     assert_eq!(code, 0, "{err}");
@@ -266,4 +271,30 @@ fn a_library_that_lies_gives_a_clear_error_never_wrong_bytes() {
         diffs.iter().all(|d| d.ends_with(": missing in b")),
         "wrong bytes restored: {diffs:?}"
     );
+}
+
+/// The last volume's copy of the catalog damaged: the catalog comes from
+/// the next volume back; with two drives the damaged one stays in its
+/// drive and its records are read in that same load (N loads); with one
+/// drive it is loaded once more after (N + 1).
+#[test]
+fn a_damaged_catalog_copy_is_taken_from_the_next_volume() {
+    let l = Library::new(10, 3);
+    let last = l.dir.join("cartridges").join(l.used.last().unwrap());
+    let data = last.join("vtape.data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    // The catalog is the medium's tail (tape file 1, after the records).
+    let len = bytes.len();
+    for b in &mut bytes[len - 2048..] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&data, &bytes).unwrap();
+    let n = l.used.len() as u64;
+    for (drives, expected) in [(&["0", "1"][..], n), (&["0"][..], n + 1)] {
+        let name = format!("d{}", drives.join(""));
+        let (code, err, to, loads) = l.restore(&name, drives, &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(common::compare_trees(&l.src, &to).is_empty());
+        assert_eq!(loads, expected, "--drive {drives:?}: {err}");
+    }
 }

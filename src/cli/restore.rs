@@ -62,10 +62,11 @@ pub struct RestoreArgs {
     /// No catalog needed: read every record of the devices and restore each
     /// regular file that is complete on them (after a crash or a lost
     /// catalog). It takes none of the selection options (--only,
-    /// --strip-components, --keep-old-files, --overwrite-newer-only).
+    /// --strip-components, --keep-old-files, --overwrite-newer-only), nor
+    /// --changer (`pbio scan --changer` reads a library's cartridges).
     #[arg(
         long,
-        conflicts_with_all = ["only", "strip_components", "keep_old_files", "overwrite_newer_only"]
+        conflicts_with_all = ["only", "strip_components", "keep_old_files", "overwrite_newer_only", "changer"]
     )]
     pub scan: bool,
     /// A file that cannot be restored completely (damaged or missing
