@@ -79,7 +79,7 @@ pub fn run_backup(
             config.chunk_bytes,
         )
     });
-    let (rings, outcomes) = run_rings(
+    let (rings, mut outcomes) = run_rings(
         input,
         devices,
         config,
@@ -108,7 +108,7 @@ pub fn run_backup(
     };
     let named = named_devices(devices);
     let (encoded, segments) =
-        build_catalog(input, &named, &outcomes, &ends, config, parity.section)?;
+        build_catalog(input, &named, &mut outcomes, &ends, config, parity.section)?;
     let finished = write_catalogs(
         devices,
         &outcomes,
