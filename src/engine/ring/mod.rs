@@ -679,11 +679,9 @@ impl<'a> Ring<'a> {
         }
         // The settled items are in `placed` now; the settled records
         // become the outcome's (those given back cut off).
-        self.settled.items = Vec::new();
-        let mut records = std::mem::take(&mut self.settled.records);
-        records.truncate(kept);
+        self.settled.items = settle::Chunked::default();
+        let mut records = std::mem::take(&mut self.settled.records).into_vec(kept, kept);
         let base = self.gens.base();
-        records.reserve_exact(kept.saturating_sub(base));
         for g in self.gens.range(base, kept.max(base)) {
             records.push(self.record_done(g));
         }

@@ -113,8 +113,77 @@ pub(super) struct SettledItem {
 /// `k`.
 #[derive(Default)]
 pub(super) struct Settled {
-    pub(super) records: Vec<RecordDone>,
-    pub(super) items: Vec<SettledItem>,
+    pub(super) records: Chunked<RecordDone>,
+    pub(super) items: Chunked<SettledItem>,
+}
+
+/// Elements in a chunk of `Chunked`.
+const CHUNK: usize = 4096;
+
+/// A list that grows by chunks of `CHUNK` elements: none is moved as it
+/// grows, and at most one chunk is unused (a `Vec` that doubles holds up
+/// to twice its elements, three times while it moves them).
+pub(super) struct Chunked<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for Chunked<T> {
+    fn default() -> Self {
+        Chunked {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Chunked<T> {
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn push(&mut self, item: T) {
+        if self.len.is_multiple_of(CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        self.chunks.last_mut().expect("a chunk").push(item);
+        self.len += 1;
+    }
+
+    pub(super) fn get(&self, k: usize) -> Option<&T> {
+        self.chunks.get(k / CHUNK)?.get(k % CHUNK)
+    }
+
+    /// The first index whose element is not `pred` (the elements are
+    /// partitioned by it).
+    pub(super) fn partition_point(&self, mut pred: impl FnMut(&T) -> bool) -> usize {
+        let whole = self
+            .chunks
+            .partition_point(|c| c.last().is_some_and(&mut pred));
+        match self.chunks.get(whole) {
+            Some(c) => whole * CHUNK + c.partition_point(pred),
+            None => self.len,
+        }
+    }
+
+    /// The first `len` elements in one `Vec` with room for `capacity`,
+    /// each chunk freed once moved.
+    pub(super) fn into_vec(self, len: usize, capacity: usize) -> Vec<T> {
+        let len = len.min(self.len);
+        let mut all = Vec::with_capacity(capacity.max(len));
+        for chunk in self.chunks {
+            let room = len - all.len();
+            all.extend(chunk.into_iter().take(room));
+        }
+        all
+    }
+}
+
+impl<T> Index<usize> for Chunked<T> {
+    type Output = T;
+    fn index(&self, k: usize) -> &T {
+        &self.chunks[k / CHUNK][k % CHUNK]
+    }
 }
 
 /// What `finish` needs of an item, settled or not.
@@ -316,5 +385,27 @@ mod tests {
         w.push(5000);
         assert_eq!(w[5000], 5000);
         assert!(w.items.capacity() < 5000, "the dropped part is given back");
+    }
+
+    #[test]
+    fn chunked_lists_index_search_and_cut() {
+        let mut c: Chunked<u64> = Chunked::default();
+        assert_eq!(c.partition_point(|&x| x < 5), 0);
+        let n = 3 * CHUNK + 17;
+        for i in 0..n as u64 {
+            c.push(i * 2);
+        }
+        assert_eq!(c.len(), n);
+        assert_eq!(c[CHUNK], CHUNK as u64 * 2);
+        assert_eq!(c.get(n - 1), Some(&((n as u64 - 1) * 2)));
+        assert_eq!(c.get(n), None);
+        for at in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, n - 1, n] {
+            assert_eq!(c.partition_point(|&x| x < at as u64 * 2), at, "{at}");
+        }
+        assert_eq!(c.partition_point(|_| true), n);
+        let v = c.into_vec(CHUNK + 3, 0);
+        assert_eq!(v.len(), CHUNK + 3);
+        assert_eq!(v.capacity(), CHUNK + 3);
+        assert_eq!(v[CHUNK + 2], (CHUNK as u64 + 2) * 2);
     }
 }
