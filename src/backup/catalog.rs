@@ -83,20 +83,22 @@ pub(super) fn device_end(end: &RingEnd) -> DeviceEnd {
 ///
 /// Per file, only its digest (32 bytes) is held beside the entries: the
 /// catalog is encoded file by file (`Catalog::encode_streamed`), never
-/// held decoded (issue 23, PERF.md "#23 memory").
+/// held decoded (issue 23, PERF.md "#23 memory"). The outcomes' records
+/// and placed ranges are taken out of them as they are used (each
+/// device's freed once gathered): nothing after the catalog needs them.
 pub(super) fn build_catalog(
     input: &SetInput,
     devices: &[(Vec<u8>, u64)],
-    outcomes: &[RingOutcome],
+    outcomes: &mut [RingOutcome],
     ends: &[DeviceEnd],
     config: &BackupConfig,
     parity: Option<crate::format::CatalogParity>,
 ) -> Result<(Vec<u8>, usize), BackupError> {
-    let segments = placements(outcomes);
     let (digests, stored_bytes) = digests(outcomes, ends, input.entries.len());
+    let segments = placements(outcomes);
     let catalog_devices: Vec<CatalogDevice> = devices
         .iter()
-        .zip(outcomes)
+        .zip(outcomes.iter())
         .zip(ends)
         .map(|(((name, capacity_bytes), o), end)| CatalogDevice {
             path: name.clone(),
@@ -143,11 +145,13 @@ pub(super) fn build_catalog(
 }
 
 /// The catalog segments of every device's placed ranges (sorted by file,
-/// offset, device).
-pub(super) fn placements(outcomes: &[RingOutcome]) -> Vec<CatalogSegment> {
-    let mut segments: Vec<CatalogSegment> = Vec::new();
-    for (device, outcome) in outcomes.iter().enumerate() {
-        segments.extend(outcome.placed.iter().map(|p| CatalogSegment {
+/// offset, device), taken out of the outcomes.
+pub(super) fn placements(outcomes: &mut [RingOutcome]) -> Vec<CatalogSegment> {
+    let mut segments: Vec<CatalogSegment> =
+        Vec::with_capacity(outcomes.iter().map(|o| o.placed.len()).sum());
+    for (device, outcome) in outcomes.iter_mut().enumerate() {
+        let placed = std::mem::take(&mut outcome.placed);
+        segments.extend(placed.iter().map(|p| CatalogSegment {
             file_id: p.file,
             offset: p.offset,
             length: p.length,
@@ -166,42 +170,55 @@ pub(super) fn placements(outcomes: &[RingOutcome]) -> Vec<CatalogSegment> {
 /// stored (the catalog's stored section; empty when every record is
 /// stored at its payload length). The records are gathered in one
 /// list sorted by file (not a list per file: most files of a large tree
-/// have one record or none).
+/// have one record or none), taken out of the outcomes (each device's
+/// freed once gathered).
 pub(super) fn digests(
-    outcomes: &[RingOutcome],
+    outcomes: &mut [RingOutcome],
     ends: &[DeviceEnd],
     file_count: usize,
 ) -> (Vec<[u8; 32]>, Vec<u64>) {
-    let mut records: Vec<(u32, DigestRecord, u32)> = outcomes
+    let kept = |end: &DeviceEnd| *end != DeviceEnd::Failed;
+    let count = outcomes
         .iter()
         .zip(ends)
-        .filter(|(_, end)| **end != DeviceEnd::Failed)
-        .flat_map(|(outcome, _)| {
-            outcome.records.iter().map(|r: &RecordDone| {
+        .filter(|(_, end)| kept(end))
+        .map(|(o, _)| o.records.len())
+        .sum();
+    let mut records: Vec<(u32, DigestRecord, u32)> = Vec::with_capacity(count);
+    for (outcome, end) in outcomes.iter_mut().zip(ends) {
+        let mine = std::mem::take(&mut outcome.records);
+        if kept(end) {
+            records.extend(mine.iter().map(|r: &RecordDone| {
                 let digested = (r.file_offset, r.payload_bytes, r.payload_hash);
                 (r.file_id, digested, r.stored_bytes)
-            })
-        })
-        .collect();
+            }));
+        }
+    }
     records.sort_unstable();
     // Two copies of one record (a range written again) count once.
     records.dedup_by_key(|(file, (offset, _, _), _)| (*file, *offset));
-    let mut digests = vec![crate::format::file_digest(&mut []); file_count];
-    let mut stored = vec![0u64; file_count];
-    let mut at = 0;
-    while at < records.len() {
-        let file = records[at].0;
-        let end = at + records[at..].partition_point(|r| r.0 == file);
-        let mut mine: Vec<DigestRecord> = records[at..end].iter().map(|r| r.1).collect();
-        digests[file as usize] = crate::format::file_digest(&mut mine);
-        stored[file as usize] = records[at..end].iter().map(|r| u64::from(r.2)).sum();
-        at = end;
-    }
     // The stored section only where it says something: a set none of
     // whose records is stored shorter than its payload (not compressed)
     // has none, and a reader of many files holds nothing for it.
-    if records.iter().all(|r| r.2 == r.1 .1) {
-        stored = Vec::new();
+    let stored_differs = records.iter().any(|r| r.2 != r.1 .1);
+    let mut digests = vec![crate::format::file_digest(&mut []); file_count];
+    let mut stored = if stored_differs {
+        vec![0u64; file_count]
+    } else {
+        Vec::new()
+    };
+    let mut at = 0;
+    let mut mine: Vec<DigestRecord> = Vec::new();
+    while at < records.len() {
+        let file = records[at].0;
+        let end = at + records[at..].partition_point(|r| r.0 == file);
+        mine.clear();
+        mine.extend(records[at..end].iter().map(|r| r.1));
+        digests[file as usize] = crate::format::file_digest(&mut mine);
+        if stored_differs {
+            stored[file as usize] = records[at..end].iter().map(|r| u64::from(r.2)).sum();
+        }
+        at = end;
     }
     (digests, stored)
 }

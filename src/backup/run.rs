@@ -117,8 +117,16 @@ pub fn run_backup(
         } else {
             let section = parity.section.take();
             let stripes = section.as_ref().map_or(0, |p| p.stripes.len());
+            // `build_catalog` takes the outcomes' records and placed ranges
+            // (nothing after the catalog needs them, issue 23); a catalog
+            // phase that may run again (a device failing in it) keeps a copy
+            // to put back for the next round.
+            let kept: Option<Vec<_>> = again.then(|| {
+                let copy = |o: &ring::RingOutcome| (o.records.clone(), o.placed.clone());
+                outcomes.iter().map(copy).collect()
+            });
             let (encoded, segments) =
-                build_catalog(input, &named, &outcomes, &ends, config, section)?;
+                build_catalog(input, &named, &mut outcomes, &ends, config, section)?;
             let written =
                 write_catalog_records(devices, &ends, &encoded, &rings, config, &parity.after);
             let failing = |w: &Option<Result<u64, crate::media::MediaError>>| {
@@ -129,6 +137,9 @@ pub fn run_backup(
                 let finished =
                     complete_labels(devices, &outcomes, &encoded, config, after, written);
                 break (parity, stripes, segments, finished);
+            }
+            for (o, (records, placed)) in outcomes.iter_mut().zip(kept.into_iter().flatten()) {
+                (o.records, o.placed) = (records, placed);
             }
             written
                 .into_iter()

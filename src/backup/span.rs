@@ -256,7 +256,7 @@ pub fn run_spanning(
     // The spares no drive took (the drives with room took the work
     // handed back): blank in their slots, listed with no records.
     let mut finished = shared.trailers.into_inner().expect("no panic");
-    let outcomes: Vec<RingOutcome> = shared
+    let mut outcomes: Vec<RingOutcome> = shared
         .outcomes
         .into_inner()
         .expect("no drive thread panicked")
@@ -277,7 +277,8 @@ pub fn run_spanning(
         .iter()
         .map(|v| (v.barcode.as_bytes().to_vec(), v.capacity_bytes))
         .collect();
-    let (encoded, segments) = match build_catalog(input, &named, &outcomes, &ends, config, None) {
+    let (encoded, segments) = match build_catalog(input, &named, &mut outcomes, &ends, config, None)
+    {
         Ok(built) => built,
         Err(e) => {
             unload_all(library, &loaded);

@@ -157,7 +157,7 @@ pub fn resume_backup(
     let sources = source_findings(input, &dispatcher);
     let ends: Vec<DeviceEnd> = outcomes.iter().map(|o| device_end(&o.end)).collect();
     // The kept records and ranges first: the catalog lists both runs'.
-    let merged: Vec<RingOutcome> = outcomes
+    let mut merged: Vec<RingOutcome> = outcomes
         .into_iter()
         .zip(&durable.devices)
         .map(|(o, d)| with_kept(o, d))
@@ -167,7 +167,7 @@ pub fn resume_backup(
         .map(|o| (o.data_end, o.records.len() as u64))
         .collect();
     let named = named_devices(devices);
-    let (encoded, segments) = build_catalog(input, &named, &merged, &ends, config, None)?;
+    let (encoded, segments) = build_catalog(input, &named, &mut merged, &ends, config, None)?;
     let finished = write_catalogs(devices, &merged, &ends, &encoded, &rings, config, &after);
     let kept_records = durable.devices.iter().map(|d| d.records.len() as u64).sum();
     let kept_payload_bytes = durable

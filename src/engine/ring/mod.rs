@@ -600,46 +600,27 @@ impl<'a> Ring<'a> {
         if random_full {
             prefix = self.verified_prefix(prefix);
         }
-        // Record k's media offset (settled or not), or where the next would go.
-        let pos_of = |k: usize| {
-            if k < self.gens.len() {
-                self.gen_position(k)
-            } else {
-                self.position
-            }
-        };
-        let prefix_end = pos_of(prefix).min(cut);
+        let prefix_end = self.position_of(prefix).min(cut);
         // The medium itself is full: give back records at the tail so the
         // catalog fits in blocks that are already allocated.
         let kept = if random_full {
             (0..=prefix)
                 .rev()
-                .find(|&k| pos_of(k) + self.config.reserve_bytes <= prefix_end)
+                .find(|&k| self.position_of(k) + self.config.reserve_bytes <= prefix_end)
                 .unwrap_or(0)
         } else {
             prefix
         };
-        // What is settled was far enough behind the durable end to stay.
-        debug_assert!(kept >= self.gens.base(), "a settled record given back");
-        let kept = kept.max(self.gens.base());
         let data_end_bytes = if kept == prefix {
             prefix_end
         } else {
-            pos_of(kept)
+            self.position_of(kept)
         };
         let parity = self.parity.kept(data_end_bytes);
         // The stats describe what stays on the device.
         self.stats.records = kept as u64;
-        let settled = std::mem::take(&mut self.settled);
-        self.stats.payload_bytes = settled
-            .records
-            .iter()
-            .map(|r| r.payload_bytes as u64)
-            .chain(
-                self.gens
-                    .range(self.gens.base(), kept)
-                    .map(|g| g.payload_bytes as u64),
-            )
+        self.stats.payload_bytes = (0..kept)
+            .map(|k| self.record_at(k).payload_bytes as u64)
             .sum();
         self.stats.media_bytes = data_end_bytes - self.start_position;
         // Positions as the catalog gives them: media offsets, or on a
@@ -651,25 +632,13 @@ impl<'a> Ring<'a> {
         } else {
             data_end_bytes
         };
-        // A failed device's settled items go back whole, as the others.
-        let mut give_back: Vec<WorkItem> = if failed {
-            settled
-                .placed
-                .iter()
-                .map(|p| WorkItem {
-                    file: p.file,
-                    offset: p.offset,
-                    length: p.length,
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let mut placed = settled.placed;
-        for t in self.taken.iter() {
+        let mut placed = Vec::with_capacity(self.taken.len());
+        let mut give_back = Vec::new();
+        for k in 0..self.taken.len() {
+            let t = self.item_at(k);
             let first_released = (t.first_gen..t.first_gen + t.gens as usize).find(|&g| g >= kept);
             let done_until = match first_released {
-                Some(g) => self.gens[g].file_offset,
+                Some(g) => self.record_at(g).file_offset,
                 None if t.complete => t.item.end(),
                 None => t.generated_until,
             };
@@ -680,10 +649,7 @@ impl<'a> Ring<'a> {
             let position = if self.sequential {
                 (t.first_gen as u64 + 1 + self.first_sequence).min(data_end)
             } else if t.gens > 0 {
-                match settled.records.get(t.first_gen) {
-                    Some(r) => r.position,
-                    None => self.gens[t.first_gen].position,
-                }
+                t.position
             } else {
                 t.position.min(data_end)
             };
@@ -711,9 +677,12 @@ impl<'a> Ring<'a> {
             redirected_bytes +=
                 dispatcher.retire(self.config.device_index as usize, state, redirected_bytes);
         }
-        let mut records = settled.records;
-        records.reserve_exact(kept - records.len());
-        for g in self.gens.range(self.gens.base(), kept) {
+        // The settled items are in `placed` now; the settled records
+        // become the outcome's (those given back cut off).
+        self.settled.items = settle::Chunked::default();
+        let mut records = std::mem::take(&mut self.settled.records).into_vec(kept, kept);
+        let base = self.gens.base();
+        for g in self.gens.range(base, kept.max(base)) {
             records.push(self.record_done(g));
         }
         RingOutcome {
@@ -736,20 +705,14 @@ impl<'a> Ring<'a> {
     fn verified_prefix(&mut self, prefix: usize) -> usize {
         let window =
             self.config.queue_depth as u64 * (HEADER_BYTES as u64 + self.config.chunk_bytes as u64);
-        let end = self
-            .gens
-            .get(prefix)
-            .map(|g| g.position)
-            .unwrap_or(self.position);
-        // Settled records lie further back than the window (`settle.rs`).
+        let end = self.position_of(prefix);
         let from = self
-            .gens
-            .partition_point(|g| g.position.saturating_add(window) < end)
+            .first_record_not(|position| position.saturating_add(window) < end)
             .min(prefix);
         for k in from..prefix {
             let (position, payload_bytes, crc) = {
-                let g = &self.gens[k];
-                (g.position, g.stored_len(), g.payload_crc)
+                let r = self.record_at(k);
+                (r.position, r.stored_bytes, r.payload_crc)
             };
             let media = HEADER_BYTES + round_up_block(payload_bytes as u64) as usize;
             let buffer = &mut self.slots[0].lease.bytes_mut()[..media];

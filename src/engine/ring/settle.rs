@@ -1,25 +1,23 @@
-//! The ring's per-record and per-item lists kept bounded (issue 23: ten
+//! The ring's per-record and per-item lists kept compact (issue 23: ten
 //! million files in bounded memory, PERF.md "#23 memory").
 //!
-//! A ring lists every record it generates (`Gen`, in media order) and
-//! every work item it takes (`Taken`); `Ring::finish` works out from them
-//! what is durable and what goes back. Most of a run's records are far
-//! behind the durable prefix's end and can no longer be given back,
-//! whatever ends the run: `settle` turns those into what the outcome
-//! holds of them (`RecordDone`, and a `Placed` per item whose records are
-//! all settled) as the prefix advances, and drops them from the lists,
-//! which hold only the window between the settled records and the newest.
-//!
-//! What can still be given back from the prefix: on a medium that ran out
-//! of space, `verified_prefix` reads back the records of the last
-//! `queue_depth` record sizes and `finish` gives back the tail that the
-//! catalog reserve needs. A record is settled only when it lies further
-//! than both (and one record) before the durable end.
+//! A ring lists every record it generates (`Gen`, 96 bytes, in media
+//! order) and every work item it takes (`Taken`, 64 bytes); `Ring::finish`
+//! works out from them what is durable and what goes back. As the durable
+//! prefix advances, `settle` turns the records in it into what the
+//! outcome holds of them (`RecordDone`), and each item all of whose
+//! records are settled into its `Placed` and first record
+//! (`SettledItem`), and drops them from the lists, which then hold only
+//! the records in flight and the items still open. `finish` reads a
+//! record or an item the same way settled or not (`Ring::record_at`,
+//! `Ring::item_at`): a medium that ran out of space may still give back
+//! records of the prefix (read back and found torn, or needed for the
+//! catalog's room), settled ones too.
 
 use std::collections::VecDeque;
 use std::ops::{Index, IndexMut};
 
-use super::{Gen, Placed, RecordDone, Ring, HEADER_BYTES};
+use super::{Gen, Placed, RecordDone, Ring, WorkItem};
 
 /// Records completed between two attempts to settle.
 const SETTLE_EVERY: u64 = 1024;
@@ -103,55 +101,138 @@ impl<T> IndexMut<usize> for Window<T> {
     }
 }
 
-/// What the ring has settled: the outcome's records and placed ranges of
-/// the records and items no longer listed. `records[k]` is record `k`.
+/// A settled item: its range as placed (`position`: its first record's,
+/// or for a range of holes the ring's position when it was taken) and
+/// its first record.
+pub(super) struct SettledItem {
+    pub(super) placed: Placed,
+    pub(super) first_gen: usize,
+}
+
+/// What the ring has settled: `records[k]` is record `k`, `items[k]` item
+/// `k`.
 #[derive(Default)]
 pub(super) struct Settled {
-    pub(super) records: Vec<RecordDone>,
-    pub(super) placed: Vec<Placed>,
+    pub(super) records: Chunked<RecordDone>,
+    pub(super) items: Chunked<SettledItem>,
+}
+
+/// Elements in a chunk of `Chunked`.
+const CHUNK: usize = 4096;
+
+/// A list that grows by chunks of `CHUNK` elements: none is moved as it
+/// grows, and at most one chunk is unused (a `Vec` that doubles holds up
+/// to twice its elements, three times while it moves them).
+pub(super) struct Chunked<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for Chunked<T> {
+    fn default() -> Self {
+        Chunked {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Chunked<T> {
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn push(&mut self, item: T) {
+        if self.len.is_multiple_of(CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        self.chunks.last_mut().expect("a chunk").push(item);
+        self.len += 1;
+    }
+
+    pub(super) fn get(&self, k: usize) -> Option<&T> {
+        self.chunks.get(k / CHUNK)?.get(k % CHUNK)
+    }
+
+    /// The first index whose element is not `pred` (the elements are
+    /// partitioned by it).
+    pub(super) fn partition_point(&self, mut pred: impl FnMut(&T) -> bool) -> usize {
+        let whole = self
+            .chunks
+            .partition_point(|c| c.last().is_some_and(&mut pred));
+        match self.chunks.get(whole) {
+            Some(c) => whole * CHUNK + c.partition_point(pred),
+            None => self.len,
+        }
+    }
+
+    /// The first `len` elements in one `Vec` with room for `capacity`,
+    /// each chunk freed once moved.
+    pub(super) fn into_vec(self, len: usize, capacity: usize) -> Vec<T> {
+        let len = len.min(self.len);
+        let mut all = Vec::with_capacity(capacity.max(len));
+        for chunk in self.chunks {
+            let room = len - all.len();
+            all.extend(chunk.into_iter().take(room));
+        }
+        all
+    }
+}
+
+impl<T> Index<usize> for Chunked<T> {
+    type Output = T;
+    fn index(&self, k: usize) -> &T {
+        &self.chunks[k / CHUNK][k % CHUNK]
+    }
+}
+
+/// What `finish` needs of an item, settled or not.
+pub(super) struct ItemView {
+    pub(super) item: WorkItem,
+    pub(super) first_gen: usize,
+    pub(super) gens: u32,
+    pub(super) complete: bool,
+    pub(super) generated_until: u64,
+    /// Its first record's media offset, or where it was taken (no records).
+    pub(super) position: u64,
+}
+
+/// What `finish` needs of a record, settled or not.
+pub(super) struct RecordView {
+    pub(super) position: u64,
+    pub(super) file_offset: u64,
+    pub(super) payload_bytes: u32,
+    pub(super) stored_bytes: u32,
+    pub(super) payload_crc: u32,
 }
 
 impl<'a> Ring<'a> {
-    /// After a record completed: settle what lies far enough behind the
-    /// durable end, every `SETTLE_EVERY` records.
+    /// After a record completed: settle the durable prefix, every
+    /// `SETTLE_EVERY` records.
     pub(super) fn maybe_settle(&mut self) {
         if self.stats.records.is_multiple_of(SETTLE_EVERY) {
             self.settle();
         }
     }
 
-    /// Media bytes before the durable end within which `finish` may still
-    /// give records back: the read-back window of a full medium, the
-    /// catalog reserve, and one record.
-    fn settle_margin(&self) -> u64 {
-        let record = HEADER_BYTES as u64 + self.config.chunk_bytes as u64;
-        // Parity records may lie between two data records.
-        let records = (self.config.queue_depth + 1 + super::stripe::PARITY_SLOTS) as u64;
-        records * record + self.config.reserve_bytes
-    }
-
-    /// Settle the records (and the items all of whose records are) that
-    /// lie more than `settle_margin` before the durable end.
+    /// Settle the records of the durable prefix, and the items all of
+    /// whose records are settled.
     pub(super) fn settle(&mut self) {
-        let margin = self.settle_margin();
         let cut = self.durable_end();
         let from = self.gens.base();
         let to = from
             + self
                 .gens
                 .iter()
-                .take_while(|g| g.done && g.position.saturating_add(margin) <= cut)
+                .take_while(|g| g.done && g.position < cut)
                 .count();
-        if to == from {
-            return;
-        }
         debug_assert_eq!(self.settled.records.len(), from);
         for g in self.gens.range(from, to) {
             let record = self.record_done(g);
             self.settled.records.push(record);
         }
         // Where the first record not settled lies (a range of holes
-        // taken before it lies before the durable end too).
+        // taken before it is settled with the records before it).
         let next_position = self.gens.get(to).map_or(self.position, |g| g.position);
         let taken_from = self.taken.base();
         let settled_items = self
@@ -165,21 +246,22 @@ impl<'a> Ring<'a> {
             .count();
         for k in taken_from..taken_from + settled_items {
             let t = &self.taken[k];
-            let position = if self.sequential {
-                t.first_gen as u64 + 1 + self.first_sequence
-            } else if t.gens > 0 {
-                self.gen_position(t.first_gen)
+            let position = if t.gens > 0 {
+                self.settled.records[t.first_gen].position
             } else {
                 t.position
             };
-            let placed = Placed {
-                file: t.item.file,
-                offset: t.item.offset,
-                length: t.item.length,
-                position,
-                records: t.gens,
+            let item = SettledItem {
+                placed: Placed {
+                    file: t.item.file,
+                    offset: t.item.offset,
+                    length: t.item.length,
+                    position,
+                    records: t.gens,
+                },
+                first_gen: t.first_gen,
             };
-            self.settled.placed.push(placed);
+            self.settled.items.push(item);
         }
         self.gens.settle_to(to);
         self.taken.settle_to(taken_from + settled_items);
@@ -199,11 +281,79 @@ impl<'a> Ring<'a> {
         }
     }
 
-    /// Media offset of record `k`, settled or not.
-    pub(super) fn gen_position(&self, k: usize) -> u64 {
+    /// Record `k` (`k < gens.len()`), settled or not.
+    pub(super) fn record_at(&self, k: usize) -> RecordView {
         match self.settled.records.get(k) {
-            Some(r) => r.position,
-            None => self.gens[k].position,
+            Some(r) => RecordView {
+                position: r.position,
+                file_offset: r.file_offset,
+                payload_bytes: r.payload_bytes,
+                stored_bytes: r.stored_bytes,
+                payload_crc: r.payload_crc,
+            },
+            None => {
+                let g = &self.gens[k];
+                RecordView {
+                    position: g.position,
+                    file_offset: g.file_offset,
+                    payload_bytes: g.payload_bytes,
+                    stored_bytes: g.stored_len(),
+                    payload_crc: g.payload_crc,
+                }
+            }
+        }
+    }
+
+    /// Media offset of record `k`, or where the next record would go.
+    pub(super) fn position_of(&self, k: usize) -> u64 {
+        if k < self.gens.len() {
+            self.record_at(k).position
+        } else {
+            self.position
+        }
+    }
+
+    /// The first record whose media offset is not `below` (records lie
+    /// in media order), settled or not.
+    pub(super) fn first_record_not(&self, below: impl Fn(u64) -> bool) -> usize {
+        let settled = self.settled.records.partition_point(|r| below(r.position));
+        if settled < self.settled.records.len() {
+            settled
+        } else {
+            self.gens.partition_point(|g| below(g.position))
+        }
+    }
+
+    /// Item `k` (`k < taken.len()`), settled or not.
+    pub(super) fn item_at(&self, k: usize) -> ItemView {
+        match self.settled.items.get(k) {
+            Some(s) => ItemView {
+                item: WorkItem {
+                    file: s.placed.file,
+                    offset: s.placed.offset,
+                    length: s.placed.length,
+                },
+                first_gen: s.first_gen,
+                gens: s.placed.records,
+                complete: true,
+                generated_until: s.placed.offset + s.placed.length,
+                position: s.placed.position,
+            },
+            None => {
+                let t = &self.taken[k];
+                ItemView {
+                    item: t.item,
+                    first_gen: t.first_gen,
+                    gens: t.gens,
+                    complete: t.complete,
+                    generated_until: t.generated_until,
+                    position: if t.gens > 0 {
+                        self.position_of(t.first_gen)
+                    } else {
+                        t.position
+                    },
+                }
+            }
         }
     }
 }
@@ -235,5 +385,27 @@ mod tests {
         w.push(5000);
         assert_eq!(w[5000], 5000);
         assert!(w.items.capacity() < 5000, "the dropped part is given back");
+    }
+
+    #[test]
+    fn chunked_lists_index_search_and_cut() {
+        let mut c: Chunked<u64> = Chunked::default();
+        assert_eq!(c.partition_point(|&x| x < 5), 0);
+        let n = 3 * CHUNK + 17;
+        for i in 0..n as u64 {
+            c.push(i * 2);
+        }
+        assert_eq!(c.len(), n);
+        assert_eq!(c[CHUNK], CHUNK as u64 * 2);
+        assert_eq!(c.get(n - 1), Some(&((n as u64 - 1) * 2)));
+        assert_eq!(c.get(n), None);
+        for at in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, n - 1, n] {
+            assert_eq!(c.partition_point(|&x| x < at as u64 * 2), at, "{at}");
+        }
+        assert_eq!(c.partition_point(|_| true), n);
+        let v = c.into_vec(CHUNK + 3, 0);
+        assert_eq!(v.len(), CHUNK + 3);
+        assert_eq!(v.capacity(), CHUNK + 3);
+        assert_eq!(v[CHUNK + 2], (CHUNK as u64 + 2) * 2);
     }
 }
