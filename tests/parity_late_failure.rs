@@ -213,6 +213,9 @@ fn a_torn_record_at_the_end_of_a_failed_devices_stream_is_only_a_warning() {
         .map(|i| LoopDev::new(&root.join(format!("d{i}.img")), 64 << 20))
         .collect();
     let failing = faults::FailingDevice::new(&root, 64 << 20, Some(5 << 20));
+    // One write in flight (`--qd 1`): the device's stream ends with the
+    // record it was writing when it failed, nothing written after it out
+    // of order.
     let mut args = vec![
         "backup".to_string(),
         src.display().to_string(),

@@ -98,7 +98,6 @@ pub fn run_backup(
     )?;
     let mut sources = source_findings(input, &dispatcher);
     let mut ends: Vec<DeviceEnd> = outcomes.iter().map(|o| device_end(&o.end)).collect();
-    let parity_started = Instant::now();
     let inline = sink.map_or_else(Vec::new, ring::StripeSink::into_stripes);
     let named = named_devices(devices);
     // A device that fails after its data (its parity, the read-back of
@@ -106,9 +105,13 @@ pub fn run_backup(
     // written again on the survivors (`backup::after`), then the parity
     // and catalogs made again, until a pass ends with none failing.
     let (mut first_id, mut read_back_bytes, mut rounds) = (None, 0, 0);
+    // The time of the parity passes only (not of the catalogs).
+    let mut parity_elapsed = std::time::Duration::ZERO;
     let (parity, stripes, segments, finished) = loop {
+        let parity_started = Instant::now();
         let mut parity =
             super::parity::write_parity(devices, &outcomes, &ends, config, (&inline, first_id));
+        parity_elapsed += parity_started.elapsed();
         read_back_bytes += parity.read_back_bytes;
         first_id = Some(parity.next_id);
         let again = may_write_again(devices, &ends, config, rounds);
@@ -160,7 +163,7 @@ pub fn run_backup(
         inline_stripes: parity.inline_stripes,
         read_back_bytes,
         warnings: parity.warnings,
-        elapsed: parity_started.elapsed(),
+        elapsed: parity_elapsed,
     };
     let reports = device_reports(&named, outcomes, &ends, finished);
     if reports.iter().all(|r| r.catalog_end.is_none()) {
