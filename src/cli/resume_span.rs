@@ -7,7 +7,8 @@
 //!    volume holding its catalog (exactly one; several are named).
 //! 2. Each of its volumes is walked as `scan` walks a tape (backup::resume
 //!    `walk`): its kept records, to the first that breaks the stream or
-//!    belongs to a file changed since.
+//!    belongs to a file changed since (in its slot when the library can
+//!    read it there, else through all the drives at once).
 //! 3. A volume the interrupted run closed ("continued") whose records are
 //!    all kept stays in its slot; any other volume of the set is written
 //!    on after its kept records; the volumes no cartridge holds (blank when
@@ -17,7 +18,7 @@
 //!    planned fill; the rest of the scratch cartridges are spares.
 //! 4. The spanning run writes it; the catalog lists kept and new records.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use serde_json::json;
@@ -26,7 +27,7 @@ use super::backup::{
     backup_config, backup_failed, outcome, print_report, with_progress, BackupArgs,
 };
 use super::progress::{DeviceInfo, Output, Reporter};
-use super::span::{empty_drives, in_drive, remember_written, seen_of, READY};
+use super::span::{empty_drives, in_drive, remember_written, seen_of, wait_ready, READY};
 use super::{prepare_on, CliResult, Failure};
 use crate::backup::resume::{self, DeviceDurable, StreamEnd};
 use crate::backup::span::{self, Before, Library, Volume};
@@ -252,6 +253,79 @@ fn walk_on(
     resume::walk(dev.as_ref(), set.label, input, config).map_err(|e| Failure::Usage(e.to_string()))
 }
 
+/// One volume's walk: its number, and its kept records or why not.
+type Walked = (usize, Result<DeviceDurable, Failure>);
+
+/// Every volume's kept records (a volume no cartridge holds: blank):
+/// walked in its slot where the library can read it there, else loaded
+/// into the drives, one volume a drive at a time, all drives at once.
+fn walk_volumes(
+    changer: &mut dyn Changer,
+    drives: &[(u32, DeviceSpec)],
+    found: &[Cartridge],
+    on: &[Option<OnCartridge>],
+    input: &SetInput,
+    config: &BackupConfig,
+) -> Result<Vec<DeviceDurable>, Failure> {
+    let mut walked: Vec<Option<Result<DeviceDurable, Failure>>> = on
+        .iter()
+        .map(|v| match v {
+            None => Some(Ok(DeviceDurable::blank())),
+            Some(v) => changer
+                .cartridge_in_slot(found[v.cartridge].slot)
+                .map(|spec| walk_on(&spec, &v.set, input, config)),
+        })
+        .collect();
+    let left: Vec<usize> = (0..on.len()).filter(|&i| walked[i].is_none()).collect();
+    let next = AtomicUsize::new(0);
+    let name = changer.name().to_string();
+    let robot = Mutex::new(changer);
+    let per_drive: Vec<Result<Vec<Walked>, Failure>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = drives
+                .iter()
+                .take(left.len())
+                .map(|drive| {
+                    let (left, next, robot, name) = (&left, &next, &robot, &name);
+                    scope.spawn(move || {
+                        let mut out = Vec::new();
+                        loop {
+                            let k = next.fetch_add(1, Ordering::SeqCst);
+                            let Some(&i) = left.get(k) else {
+                                return Ok(out);
+                            };
+                            let v = on[i].as_ref().expect("only volumes on cartridges");
+                            let slot = found[v.cartridge].slot;
+                            let lock = || robot.lock().expect("no changer user panicked");
+                            lock().load(slot, drive.0).map_err(Failure::Changer)?;
+                            // Not ready in time: the walk says why.
+                            drop(wait_ready(&drive.1, READY));
+                            out.push((i, walk_on(&drive.1, &v.set, input, config)));
+                            let back = lock().unload(drive.0).map_err(Failure::Changer)?;
+                            if back != slot {
+                                return Err(Failure::Data(format!(
+                                    "changer {name}: the cartridge of slot {slot} went back to slot {back}"
+                                )));
+                            }
+                        }
+                    })
+                })
+                .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("walk thread panicked"))
+            .collect()
+    });
+    for d in per_drive {
+        for (i, r) in d? {
+            walked[i] = Some(r);
+        }
+    }
+    walked
+        .into_iter()
+        .map(|w| w.expect("every volume walked"))
+        .collect()
+}
+
 /// The payload bytes a volume is planned to take: its usable bytes
 /// (capacity less the catalog's reserve and what it holds) filled to
 /// `fill_percent`, less a record header per record.
@@ -301,22 +375,8 @@ pub fn run(args: BackupArgs) -> CliResult {
         plan: prepared.plan,
         since: prepared.since,
     };
-    // Each volume's kept records, walked where it is or in the first drive.
-    let mut walked: Vec<DeviceDurable> = Vec::with_capacity(count);
-    for v in &on {
-        let Some(v) = v else {
-            walked.push(DeviceDurable::blank());
-            continue;
-        };
-        let c = &found[v.cartridge];
-        let d = match changer.cartridge_in_slot(c.slot) {
-            Some(spec) => walk_on(&spec, &v.set, &input, &config)?,
-            None => in_drive(changer.as_mut(), c.slot, &drives[0], READY, |spec| {
-                walk_on(spec, &v.set, &input, &config)
-            })??,
-        };
-        walked.push(d);
-    }
+    // Each volume's kept records, walked where it is or through the drives.
+    let walked = walk_volumes(changer.as_mut(), &drives, &found, &on, &input, &config)?;
     let durable = resume::assemble(id, created_unix_ns, walked);
     // Closed volumes with every record kept stay; the others are written on.
     let mut before: Vec<Before> = Vec::with_capacity(count);
