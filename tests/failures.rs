@@ -355,3 +355,150 @@ fn survivors_of_a_failure_share_its_load_evenly() {
     assert_eq!(code, 0, "restore from survivors: {out}\n{err}");
     assert_identical(&src, &out_dir.join("tree"));
 }
+
+/// A tmpfs mounted for one test, unmounted (lazily) on drop.
+struct SmallTmpfs(PathBuf);
+
+impl SmallTmpfs {
+    fn new(at: &Path, bytes: u64) -> SmallTmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let options = format!("size={bytes},mode=0700");
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .unwrap_or_else(|e| panic!("mount tmpfs ({options}) on {at:?}: {e}"));
+        SmallTmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Issue 23: the walk's entries go to a temporary file in `$TMPDIR`. A
+/// temporary directory that fills up ends the backup before anything is
+/// written: exit 2, the temporary directory named, no panic, the device's
+/// first block untouched. (Reading the file back failing is the spill's
+/// unit test, `a_file_that_cannot_be_read_back_is_an_error`.)
+#[test]
+fn a_temporary_directory_that_fills_up_ends_the_backup_cleanly() {
+    if !full_device_available("a_temporary_directory_that_fills_up_ends_the_backup_cleanly") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src/many");
+    for d in 0..10 {
+        let sub = src.join(format!("d{d}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..500 {
+            std::fs::write(sub.join(format!("file-with-a-longish-name-{f}")), b"").unwrap();
+        }
+    }
+    // 5000 entries spill ~300 KiB: more than the 64 KiB it has.
+    let tmp = SmallTmpfs::new(&dir.path().join("tmp"), 64 << 10);
+    let dev = LoopDev::new(&dir.path().join("d.img"), 16 << 20);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pbio"))
+        .args(["backup", &src.display().to_string(), "--dev", &dev.arg()])
+        .env("TMPDIR", &tmp.0)
+        .output()
+        .expect("run pbio");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("temporary file"), "{err}");
+    assert!(err.contains(&tmp.0.display().to_string()), "{err}");
+    assert!(err.contains("No space left"), "{err}");
+    let mut first = vec![0u8; 4096];
+    use std::os::unix::fs::FileExt;
+    std::fs::File::open(&dev.backing)
+        .unwrap()
+        .read_exact_at(&mut first, 0)
+        .unwrap();
+    assert!(
+        first.iter().all(|&b| b == 0),
+        "nothing written to the device"
+    );
+}
+
+/// 4000 files of 4 KiB (one record each) in 40 directories, each its own bytes.
+fn small_files(root: &Path) -> PathBuf {
+    let src = root.join("src/small");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for d in 0..40 {
+        let sub = src.join(format!("d{d}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..100 {
+            let bytes: Vec<u8> = (0..4096)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            std::fs::write(sub.join(format!("f{f}")), bytes).unwrap();
+        }
+    }
+    src
+}
+
+/// Issue 23: a ring settles the records far behind its durable end as it
+/// goes (`engine/ring/settle.rs`); with a small chunk and queue depth
+/// that is most of the ~1500 records a device takes before it fails. A
+/// failed device's settled items go back like the rest: the survivor
+/// alone restores every file.
+#[test]
+fn a_device_failing_after_many_small_records_gives_them_all_back() {
+    if !faults_available("a_device_failing_after_many_small_records_gives_them_all_back") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = small_files(dir.path());
+    let survivor = LoopDev::new(&dir.path().join("l.img"), 96 << 20);
+    let failing = FailingDevice::new(dir.path(), 96 << 20, Some(12 << 20));
+    let devs = vec![survivor.arg(), failing.arg()];
+    let (code, summary, err) = backup_with(&src, &devs, &["--chunk", "64K", "--qd", "8"]);
+    assert_eq!(code, 1, "{summary}\n{err}");
+    assert_eq!(states(&summary), ["complete", "failed"], "{summary}");
+    assert_eq!(summary["missing_bytes"], 0, "{summary}");
+    let d = &summary["devices"][1];
+    assert!(d["redirected_bytes"].as_u64().unwrap() > 4 << 20, "{d}");
+    let out_dir = dir.path().join("restored");
+    let (code, out, err) = restore(&[survivor.arg()], &out_dir);
+    assert_eq!(code, 0, "restore from the survivor: {out}\n{err}");
+    assert_identical(&src, &out_dir.join("small"));
+}
+
+/// The same on a medium that runs out of space: what the ring settled
+/// stays on it (only records near the durable end are read back or given
+/// up for the catalog), and the set restores whole from both.
+#[test]
+fn a_device_filling_up_after_many_small_records_keeps_what_it_settled() {
+    if !full_device_available("a_device_filling_up_after_many_small_records_keeps_what_it_settled")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = small_files(dir.path());
+    let other = LoopDev::new(&dir.path().join("l.img"), 96 << 20);
+    let full = FullDevice::new(dir.path(), 96 << 20, 12 << 20);
+    let devs = vec![other.arg(), full.arg()];
+    let (code, summary, err) = backup_with(&src, &devs, &["--chunk", "64K", "--qd", "8"]);
+    assert_eq!(code, 0, "{summary}\n{err}");
+    assert_eq!(states(&summary), ["complete", "full"], "{summary}");
+    assert_eq!(summary["missing_bytes"], 0, "{summary}");
+    let d = &summary["devices"][1];
+    assert!(d["payload_bytes"].as_u64().unwrap() > 4 << 20, "{d}");
+    let (code, out, err) = verify(&devs);
+    assert_eq!(code, 0, "verify: {out}\n{err}");
+    let out_dir = dir.path().join("restored");
+    let (code, out, err) = restore(&devs, &out_dir);
+    assert_eq!(code, 0, "restore: {out}\n{err}");
+    assert_identical(&src, &out_dir.join("small"));
+}

@@ -77,7 +77,9 @@ pub(super) fn device_end(end: &RingEnd) -> DeviceEnd {
 /// durable records of the devices that did not fail; sealed with the
 /// set's key. Invariant: the digest of a file stored in this set covers
 /// each of its records once. Returns the encoded catalog and its segment
-/// count.
+/// count, or the error of an entry that could not be read back from the
+/// walk's temporary file (at any time in the run: the catalog would not
+/// list it as it is, so none is written).
 ///
 /// Per file, only its digest (32 bytes) is held beside the entries: the
 /// catalog is encoded file by file (`Catalog::encode_streamed`), never
@@ -89,7 +91,7 @@ pub(super) fn build_catalog(
     ends: &[DeviceEnd],
     config: &BackupConfig,
     parity: Option<crate::format::CatalogParity>,
-) -> (Vec<u8>, usize) {
+) -> Result<(Vec<u8>, usize), BackupError> {
     let segments = placements(outcomes);
     let (digests, stored_bytes) = digests(outcomes, ends, input.entries.len());
     let catalog_devices: Vec<CatalogDevice> = devices
@@ -136,7 +138,8 @@ pub(super) fn build_catalog(
         Some(e) => e.seal_catalog(&encoded),
         None => encoded,
     };
-    (encoded, segment_count)
+    input.entries.check()?;
+    Ok((encoded, segment_count))
 }
 
 /// The catalog segments of every device's placed ranges (sorted by file,
@@ -204,10 +207,10 @@ pub(super) fn digests(
 }
 
 /// Finish phase: catalog, sync, label (complete), sync, on every device
-/// that did not fail, all at once. Invariant: a device's label says
-/// Complete only once its catalog is durable. Per device: None for a
-/// failed device, else where its catalog ends or why it could not be
-/// written.
+/// that did not fail, all at once (`write_catalog_records`, then
+/// `complete_labels`). Invariant: a device's label says Complete only
+/// once its catalog is durable. Per device: None for a failed device,
+/// else where its catalog ends or why it could not be written.
 pub(super) fn write_catalogs(
     devices: &[Box<dyn Device>],
     outcomes: &[RingOutcome],
@@ -217,20 +220,71 @@ pub(super) fn write_catalogs(
     config: &BackupConfig,
     after: &[(u64, u64)],
 ) -> Vec<Option<Result<u64, media::MediaError>>> {
+    let written = write_catalog_records(devices, ends, encoded, rings, config, after);
+    complete_labels(devices, outcomes, encoded, config, after, written)
+}
+
+/// The finish phase's first half, on every device that did not fail, all
+/// at once: the catalog (after the parity records, `after`) and, on a
+/// random-access device, a sync; no label is written yet, so a device
+/// that fails here leaves every label still saying Writing (`--parity`:
+/// the run treats it as failed and writes its data again, `backup::after`).
+/// Per device: None for a failed device, else where its catalog ends or
+/// why it could not be written.
+pub(super) fn write_catalog_records(
+    devices: &[Box<dyn Device>],
+    ends: &[DeviceEnd],
+    encoded: &[u8],
+    rings: &[RingConfig],
+    config: &BackupConfig,
+    after: &[(u64, u64)],
+) -> Vec<Option<Result<u64, media::MediaError>>> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = devices
             .iter()
-            .zip(outcomes)
             .enumerate()
-            .map(|(i, (dev, outcome))| {
-                let label = backup_label(devices, config, i as u32);
+            .map(|(i, dev)| {
                 let failed = ends[i] == DeviceEnd::Failed;
                 let payload_max = rings[i].record_payload_bytes_max;
                 let at = after[i];
                 scope.spawn(move || {
                     (!failed).then(|| {
                         let dev = dev.as_ref();
-                        finish_device(dev, &label, outcome, at, encoded, payload_max, config)
+                        write_device_catalog(dev, i as u32, at, encoded, payload_max, config)
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("finish thread panicked"))
+            .collect()
+    })
+}
+
+/// The finish phase's second half: label (complete) and sync, all at
+/// once, on every device whose catalog `written` says is durable.
+/// Returns `written` with each label's error in place of its catalog end.
+pub(super) fn complete_labels(
+    devices: &[Box<dyn Device>],
+    outcomes: &[RingOutcome],
+    encoded: &[u8],
+    config: &BackupConfig,
+    after: &[(u64, u64)],
+    written: Vec<Option<Result<u64, media::MediaError>>>,
+) -> Vec<Option<Result<u64, media::MediaError>>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = written
+            .into_iter()
+            .enumerate()
+            .map(|(i, written)| {
+                let label = backup_label(devices, config, i as u32);
+                let (dev, data_end, at) = (devices[i].as_ref(), outcomes[i].data_end, after[i].0);
+                scope.spawn(move || {
+                    written.map(|w| {
+                        let end = w?;
+                        complete_label(dev, &label, (data_end, at), encoded, config)?;
+                        Ok(end)
                     })
                 })
             })
@@ -306,6 +360,30 @@ pub(super) fn finish_device(
     payload_bytes_max: u32,
     config: &BackupConfig,
 ) -> Result<u64, media::MediaError> {
+    let at = (catalog_at, sequence);
+    let end = write_device_catalog(
+        dev,
+        label.device_index,
+        at,
+        encoded,
+        payload_bytes_max,
+        config,
+    )?;
+    complete_label(dev, label, (outcome.data_end, catalog_at), encoded, config)?;
+    Ok(end)
+}
+
+/// A device's catalog at `catalog_at` (records from `sequence` on), then
+/// on a random-access device a sync; on a tape the filemarks and End
+/// record that close it (`finish_device`). Returns where it ends.
+fn write_device_catalog(
+    dev: &dyn Device,
+    device_index: u32,
+    (catalog_at, sequence): (u64, u64),
+    encoded: &[u8],
+    payload_bytes_max: u32,
+    config: &BackupConfig,
+) -> Result<u64, media::MediaError> {
     type WriteCatalog =
         fn(&dyn Device, SetId, u32, u64, u64, &[u8], u32) -> Result<u64, media::MediaError>;
     let sequential = dev.access() == Access::Sequential;
@@ -317,35 +395,49 @@ pub(super) fn finish_device(
     let catalog_end = write(
         dev,
         config.set_id,
-        label.device_index,
+        device_index,
         sequence,
         catalog_at,
         encoded,
         record_bytes,
     )?;
-    if sequential {
-        return Ok(catalog_end);
+    if !sequential {
+        sync(dev)?;
     }
-    let sync = |dev: &dyn Device| {
-        dev.sync().map_err(|error| media::MediaError::Io {
-            device: dev.path().display().to_string(),
-            op: "sync",
-            offset: 0,
-            error,
-        })
-    };
-    sync(dev)?;
+    Ok(catalog_end)
+}
+
+fn sync(dev: &dyn Device) -> Result<(), media::MediaError> {
+    dev.sync().map_err(|error| media::MediaError::Io {
+        device: dev.path().display().to_string(),
+        op: "sync",
+        offset: 0,
+        error,
+    })
+}
+
+/// Once the catalog at `catalog_at` is durable: the label (complete) and
+/// a sync; nothing on a tape (its End record says complete).
+fn complete_label(
+    dev: &dyn Device,
+    label: &Label,
+    (data_end, catalog_at): (u64, u64),
+    encoded: &[u8],
+    config: &BackupConfig,
+) -> Result<(), media::MediaError> {
+    if dev.access() == Access::Sequential {
+        return Ok(());
+    }
     let label = Label {
         state: LabelState::Complete,
         // After the parity records (`--parity`), else right after the data.
         catalog_offset: catalog_at,
         catalog_bytes: encoded.len() as u64,
-        data_end: outcome.data_end,
+        data_end,
         catalog_digest: *blake3::hash(encoded).as_bytes(),
         ..*label
     }
     .sealed(config.mac_key.as_ref());
     media::write_label(dev, &label)?;
-    sync(dev)?;
-    Ok(catalog_end)
+    sync(dev)
 }

@@ -2,6 +2,7 @@
 //! parity, catalog, finish; sets that span a library's cartridges; the
 //! set's catalog composition and the run's report.
 
+mod after;
 mod catalog;
 pub mod parity;
 mod report;

@@ -59,6 +59,23 @@ pub struct ParityOutcome {
     /// be written or computed), and why, for the report.
     pub unprotected_records: u64,
     pub warnings: Vec<ParityWarning>,
+    /// Devices that failed while their parity records were written or
+    /// their data read back (an I/O error other than ENOSPC), with the
+    /// first error: the run treats each as failed (`backup::after`) and
+    /// makes the parity again.
+    pub failed: Vec<(usize, media::MediaError)>,
+    /// The id of the next stripe: a later pass numbers its stripes from
+    /// here, so that no two stripes on media share an id.
+    pub next_id: u64,
+}
+
+/// Whether `error` says the device failed (EIO, a dead transport), not
+/// that it is full (ENOSPC): a full device is healthy.
+pub(super) fn is_failure(error: &media::MediaError) -> bool {
+    match error {
+        media::MediaError::Io { error, .. } => error.raw_os_error() != Some(libc::ENOSPC),
+        _ => false,
+    }
 }
 
 /// Why a set's data is not all covered by parity (the run goes on).
@@ -93,7 +110,7 @@ struct Encoded {
 fn durable_inline(
     outcomes: &[RingOutcome],
     ends: &[DeviceEnd],
-    inline: Vec<ClosedStripe>,
+    inline: &[ClosedStripe],
 ) -> (Vec<CatalogStripe>, HashSet<(u32, u64)>) {
     let data: HashSet<(u32, u64, u32)> = outcomes
         .iter()
@@ -168,13 +185,15 @@ fn durable_inline(
 /// while the data was (`inline`) whose members are all durable, then the
 /// records no such stripe covers, striped after the data phase from
 /// records read back. `reserve_bytes` of each device stay free for its
-/// catalog.
+/// catalog. `first_id`: where the stripes made here are numbered from
+/// (None: after the inline stripes; a later pass after a device failed:
+/// the earlier pass's `next_id`).
 pub(super) fn write_parity(
     devices: &[Box<dyn Device>],
     outcomes: &[RingOutcome],
     ends: &[DeviceEnd],
     config: &BackupConfig,
-    inline: Vec<ClosedStripe>,
+    (inline, first_id): (&[ClosedStripe], Option<u64>),
 ) -> ParityOutcome {
     let mut out = ParityOutcome {
         after: outcomes
@@ -189,7 +208,8 @@ pub(super) fn write_parity(
     }
     // Stripe ids after the run's own (an inline stripe dropped for a lost
     // member may have left a parity record with its id on media).
-    let first_id = inline.iter().map(|s| s.id + 1).max().unwrap_or(0);
+    let first_id = first_id.unwrap_or_else(|| inline.iter().map(|s| s.id + 1).max().unwrap_or(0));
+    out.next_id = first_id;
     let (mut stripes, covered) = durable_inline(outcomes, ends, inline);
     out.inline_stripes = stripes.len();
     for st in &stripes {
@@ -286,8 +306,15 @@ pub(super) fn write_parity(
         first_id,
         read_back: &read_back,
     };
-    let written = encode_and_write(devices, config, &plan);
+    let (written, errors) = encode_and_write(devices, config, &plan);
     out.read_back_bytes = read_back.into_inner();
+    out.next_id = first_id + layout.len() as u64;
+    out.failed = errors
+        .into_iter()
+        .enumerate()
+        .filter_map(|(d, e)| Some((d, e?)))
+        .filter(|(_, e)| is_failure(e))
+        .collect();
     for (si, (s, st)) in layout.iter().zip(after_data.iter_mut()).enumerate() {
         // Parity record j is shard k + j: only a prefix is listed (a
         // record after one that is not durable cannot be placed).
@@ -381,15 +408,20 @@ impl Batch {
     }
 
     /// Write the batch; the records made durable (once the device syncs),
-    /// none after a failed write (and none after it: `failed`).
-    fn flush(&mut self, dev: &dyn Device, failed: &mut bool) -> Vec<(usize, usize, u32)> {
+    /// none after a failed write (and none after it: `failed` holds the
+    /// first write's error).
+    fn flush(
+        &mut self,
+        dev: &dyn Device,
+        failed: &mut Option<media::MediaError>,
+    ) -> Vec<(usize, usize, u32)> {
         let records = std::mem::take(&mut self.records);
         let len = std::mem::take(&mut self.len);
-        if len == 0 || *failed {
+        if len == 0 || failed.is_some() {
             return Vec::new();
         }
-        if media::write_all_at(dev, &self.pool.slot(0)[..len], self.start).is_err() {
-            *failed = true;
+        if let Err(e) = media::write_all_at(dev, &self.pool.slot(0)[..len], self.start) {
+            *failed = Some(e);
             return Vec::new();
         }
         records
@@ -398,16 +430,19 @@ impl Batch {
 
 /// Encode every stripe's parity on worker threads and write each device's
 /// parity records on a thread of its own, in stripe order. Per stripe and
-/// parity index: the payload CRC of a record that is durable, else None.
+/// parity index: the payload CRC of a record that is durable, else None;
+/// per device: the first error of a write, its sync or a read back.
 fn encode_and_write(
     devices: &[Box<dyn Device>],
     config: &BackupConfig,
     plan: &Plan<'_>,
-) -> Vec<Vec<Option<u32>>> {
+) -> (Vec<Vec<Option<u32>>>, Vec<Option<media::MediaError>>) {
     let (layout, stripes, placed) = (plan.layout, plan.stripes, plan.placed);
     let result: Mutex<Vec<Vec<Option<u32>>>> =
         Mutex::new(layout.iter().map(|s| vec![None; s.parity.len()]).collect());
     let next_stripe = Mutex::new(0usize);
+    let errors: Vec<Mutex<Option<media::MediaError>>> =
+        devices.iter().map(|_| Mutex::new(None)).collect();
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 8);
@@ -425,12 +460,12 @@ fn encode_and_write(
         for (d, dev) in devices.iter().enumerate() {
             let (tx, rx) = crossbeam_channel::bounded::<Encoded>(QUEUE_PER_DEVICE);
             senders.push(tx);
-            let (dev, result) = (dev.as_ref(), &result);
+            let (dev, result, error) = (dev.as_ref(), &result, &errors[d]);
             let pool_bytes = HEADER_BYTES + shard_bytes_for(config.chunk_bytes) as usize;
             scope.spawn(move || {
                 let mut batch = Batch::new(pool_bytes);
-                let mut failed = false;
-                let flush = |batch: &mut Batch, failed: &mut bool| {
+                let mut failed = None;
+                let flush = |batch: &mut Batch, failed: &mut Option<media::MediaError>| {
                     let done = batch.flush(dev, failed);
                     let mut r = result.lock().expect("parity result");
                     for (s, j, crc) in done {
@@ -454,7 +489,7 @@ fn encode_and_write(
                     let Some((position, _)) = placed[e.stripe][e.parity] else {
                         continue;
                     };
-                    if failed {
+                    if failed.is_some() {
                         continue;
                     }
                     if !batch.fits(position, e.bytes.len()) {
@@ -463,7 +498,17 @@ fn encode_and_write(
                     batch.push(position, &e.bytes, (e.stripe, e.parity, e.crc));
                 }
                 flush(&mut batch, &mut failed);
-                if !failed && dev.sync().is_err() {
+                let synced = match failed {
+                    Some(e) => Err(e),
+                    None => dev.sync().map_err(|error| media::MediaError::Io {
+                        device: dev.path().display().to_string(),
+                        op: "sync",
+                        offset: 0,
+                        error,
+                    }),
+                };
+                if let Err(e) = synced {
+                    note_error(error, e);
                     let mut r = result.lock().expect("parity result");
                     for (s, row) in r.iter_mut().enumerate() {
                         for (j, crc) in row.iter_mut().enumerate() {
@@ -491,8 +536,13 @@ fn encode_and_write(
                 })
                 .collect();
             let (dev, free_rx) = (dev.as_ref(), free_rx.clone());
-            let read_back = plan.read_back;
-            scope.spawn(move || read_shards(dev, config, &members, &tx, (&free_rx, read_back)));
+            let (read_back, error) = (plan.read_back, &errors[d]);
+            scope.spawn(move || {
+                let read = read_shards(dev, config, &members, &tx, (&free_rx, read_back));
+                if let Err(e) = read {
+                    note_error(error, e);
+                }
+            });
         }
         let (handed, turn, next_stripe, shard_rx) = (&handed, &turn, &next_stripe, &shard_rx);
         for _ in 0..workers {
@@ -543,7 +593,16 @@ fn encode_and_write(
         // copies when they end, these here.
         drop(senders);
     });
-    result.into_inner().expect("parity result")
+    let errors = errors
+        .into_iter()
+        .map(|e| e.into_inner().expect("parity errors"))
+        .collect();
+    (result.into_inner().expect("parity result"), errors)
+}
+
+/// Keep a device's first error.
+fn note_error(slot: &Mutex<Option<media::MediaError>>, error: media::MediaError) {
+    slot.lock().expect("parity errors").get_or_insert(error);
 }
 
 /// The parity records of stripe `s`, encoded (header and padded payload)
@@ -641,16 +700,18 @@ type Shard = Option<Vec<u8>>;
 /// (the device streams them back as it streamed them out); a record that
 /// read does not hold whole, or all of them when it fails, is read alone
 /// (`media::shard::read_data_shard`). Shard buffers come from `free`
-/// when the encoders have handed some back.
+/// when the encoders have handed some back. Returns the first read
+/// that failed (the device may have failed: `ParityOutcome::failed`).
 fn read_shards(
     dev: &dyn Device,
     config: &BackupConfig,
     members: &[(&StripeRecord, usize)],
     tx: &crossbeam_channel::Sender<Shard>,
     (free, read_back): (&crossbeam_channel::Receiver<Vec<u8>>, &AtomicU64),
-) {
+) -> Result<(), media::MediaError> {
+    let mut failed = Ok(());
     if members.is_empty() {
-        return;
+        return failed;
     }
     let record_bytes_max = shard_bytes_for(config.chunk_bytes) as usize;
     let mut batch = BufferPool::new(1, READ_BYTES_MAX.max(record_bytes_max));
@@ -675,7 +736,15 @@ fn read_shards(
             j += 1;
         }
         let read = (end.saturating_sub(start) as usize).min(batch.slot_bytes());
-        let got = media::read_at(dev, &mut batch.slot_mut(0)[..read], start).unwrap_or(0);
+        let got = match media::read_at(dev, &mut batch.slot_mut(0)[..read], start) {
+            Ok(got) => got,
+            Err(e) => {
+                if failed.is_ok() {
+                    failed = Err(e);
+                }
+                0
+            }
+        };
         read_back.fetch_add(got as u64, Ordering::Relaxed);
         for &(r, shard) in &members[i..j] {
             let mut buf = free.try_recv().unwrap_or_default();
@@ -702,9 +771,10 @@ fn read_shards(
                 buf
             });
             if tx.send(out).is_err() {
-                return;
+                return failed;
             }
         }
         i = j;
     }
+    failed
 }

@@ -132,6 +132,10 @@ pub enum BackupError {
     Ring(#[from] RingError),
     #[error(transparent)]
     Media(#[from] media::MediaError),
+    /// The walk's entries could not be read back from their temporary
+    /// file: no catalog was written (the set is not restorable).
+    #[error("{0}: no catalog was written")]
+    Entries(#[from] crate::source::spill::ReadBackError),
     /// Every device named with why it holds no catalog.
     #[error("no device could take the catalog: the set is not restorable ({})", joined(.devices))]
     NoCatalog { devices: Vec<NoCatalogOn> },

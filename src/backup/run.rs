@@ -8,14 +8,19 @@ use crate::device::{Access, Device};
 use crate::format::{Label, HEADER_BYTES};
 use crate::media;
 
+use super::after::{may_write_again, write_again};
 use super::catalog::{
-    build_catalog, device_end, device_reports, no_catalog, source_findings, write_catalogs,
+    build_catalog, complete_labels, device_end, device_reports, no_catalog, source_findings,
+    write_catalog_records,
 };
+use super::parity::is_failure;
 use super::{
     record_payload_bytes_max, BackupConfig, BackupError, BackupReport, DeviceEnd, Event,
     ParitySummary, SetInput,
 };
-use crate::engine::dispatch::{DeviceState as DispatchState, Dispatcher, WorkItem};
+use crate::engine::dispatch::{
+    DeviceState as DispatchState, Dispatcher, WorkItem, PARITY_PIECE_CHUNKS,
+};
 use crate::engine::ring::{self, Ring, RingConfig, RingEnd, RingError, RingOutcome, RingStats};
 
 /// `--balance time` during the run: every quarter second, each device
@@ -79,7 +84,7 @@ pub fn run_backup(
             config.chunk_bytes,
         )
     });
-    let (rings, outcomes) = run_rings(
+    let (rings, mut outcomes) = run_rings(
         input,
         devices,
         config,
@@ -91,33 +96,61 @@ pub fn run_backup(
         progress,
         sink.as_ref(),
     )?;
-    let sources = source_findings(input, &dispatcher);
-    let ends: Vec<DeviceEnd> = outcomes.iter().map(|o| device_end(&o.end)).collect();
+    let mut sources = source_findings(input, &dispatcher);
+    let mut ends: Vec<DeviceEnd> = outcomes.iter().map(|o| device_end(&o.end)).collect();
     let parity_started = Instant::now();
     let inline = sink.map_or_else(Vec::new, ring::StripeSink::into_stripes);
-    let parity = super::parity::write_parity(devices, &outcomes, &ends, config, inline);
+    let named = named_devices(devices);
+    // A device that fails after its data (its parity, the read-back of
+    // its data, its catalog) is failed as in the data phase: its ranges
+    // written again on the survivors (`backup::after`), then the parity
+    // and catalogs made again, until a pass ends with none failing.
+    let (mut first_id, mut read_back_bytes, mut rounds) = (None, 0, 0);
+    let (parity, stripes, segments, finished) = loop {
+        let mut parity =
+            super::parity::write_parity(devices, &outcomes, &ends, config, (&inline, first_id));
+        read_back_bytes += parity.read_back_bytes;
+        first_id = Some(parity.next_id);
+        let again = may_write_again(devices, &ends, config, rounds);
+        let failed = if again && !parity.failed.is_empty() {
+            std::mem::take(&mut parity.failed)
+        } else {
+            let section = parity.section.take();
+            let stripes = section.as_ref().map_or(0, |p| p.stripes.len());
+            let (encoded, segments) =
+                build_catalog(input, &named, &outcomes, &ends, config, section)?;
+            let written =
+                write_catalog_records(devices, &ends, &encoded, &rings, config, &parity.after);
+            let failing = |w: &Option<Result<u64, crate::media::MediaError>>| {
+                again && matches!(w, Some(Err(e)) if is_failure(e))
+            };
+            if !written.iter().any(failing) {
+                let after = &parity.after;
+                let finished =
+                    complete_labels(devices, &outcomes, &encoded, config, after, written);
+                break (parity, stripes, segments, finished);
+            }
+            written
+                .into_iter()
+                .enumerate()
+                .filter(|(_, w)| failing(w))
+                .filter_map(|(d, w)| Some((d, w?.err()?)))
+                .collect()
+        };
+        rounds += 1;
+        let run = (&mut outcomes[..], &mut ends[..]);
+        write_again(input, devices, config, progress, run, failed, &mut sources)?;
+    };
     let summary = ParitySummary {
         m: config.parity,
-        stripes: parity.section.as_ref().map_or(0, |p| p.stripes.len()),
+        stripes,
         records: parity.records,
         payload_bytes: parity.payload_bytes,
         inline_stripes: parity.inline_stripes,
-        read_back_bytes: parity.read_back_bytes,
+        read_back_bytes,
         warnings: parity.warnings,
         elapsed: parity_started.elapsed(),
     };
-    let named = named_devices(devices);
-    let (encoded, segments) =
-        build_catalog(input, &named, &outcomes, &ends, config, parity.section);
-    let finished = write_catalogs(
-        devices,
-        &outcomes,
-        &ends,
-        &encoded,
-        &rings,
-        config,
-        &parity.after,
-    );
     let reports = device_reports(&named, outcomes, &ends, finished);
     if reports.iter().all(|r| r.catalog_end.is_none()) {
         return Err(no_catalog(reports));
@@ -181,7 +214,8 @@ pub(super) fn send(config: &BackupConfig, event: Event) {
 }
 
 /// The dispatcher, holding every planned segment as work for its device
-/// (and with `--balance time`, the rates it steals work by).
+/// (and with `--balance time`, the rates it steals work by; with
+/// `--parity`, cut into pieces the devices share so they end together).
 pub(super) fn new_dispatcher(
     input: &SetInput,
     device_count: usize,
@@ -204,6 +238,8 @@ pub(super) fn new_dispatcher(
     );
     if let Some(rates) = &config.steal_work {
         dispatcher.enable_stealing(rates);
+    } else if config.parity > 0 {
+        dispatcher.share_in_pieces(config.chunk_bytes as u64 * PARITY_PIECE_CHUNKS);
     }
     dispatcher
 }
@@ -294,6 +330,10 @@ pub(super) enum Start {
     From(Option<(u64, u64)>),
     /// Not at all: the device failed before (its label could not be written).
     Failed(ring::DeviceFault),
+    /// Not at all, and nothing to say: it takes no part in this ring run
+    /// (`backup::after`: a device that failed or filled up before); its
+    /// outcome is empty and Complete, for the caller to ignore.
+    Skip,
 }
 
 /// Data phase: one thread and ring per device, all taking work from the
@@ -323,18 +363,19 @@ pub(super) fn run_rings(
                 std::thread::Builder::new()
                     .name(format!("pbio-dev{i}"))
                     .spawn_scoped(scope, move || {
-                        let error = match start {
+                        let end = match start {
                             Start::From(from) => {
                                 let run = (ring, progress, from, stripes);
                                 return run_device(input, dev, config, dispatcher, run);
                             }
-                            Start::Failed(error) => error,
+                            Start::Failed(error) => RingEnd::Failed { error },
+                            Start::Skip => RingEnd::Complete,
                         };
                         if let Some(sink) = stripes {
                             sink.leave(i as u32, true);
                         }
                         Ok(RingOutcome {
-                            end: RingEnd::Failed { error },
+                            end,
                             records: Vec::new(),
                             parity: Vec::new(),
                             placed: Vec::new(),

@@ -27,6 +27,13 @@
 //! their early-warning zone, the catalog's reserve and what they hold).
 //! A spare is a cartridge and a swap: loaded only when needed.
 //!
+//! Resuming (`backup --changer --resume`): a volume the interrupted run
+//! closed with its records all kept stays in its slot (`Before::Closed`);
+//! one it left open (or whose kept records end early) is loaded,
+//! positioned after its kept records and written on (`Before::Open`, no
+//! new label); the others are written as in any run. The catalog lists
+//! the kept records in front of each volume's new ones.
+//!
 //! The catalog, built when every volume is written, names each volume by
 //! its barcode, and its segments say which volume holds which records. It
 //! is written on the volumes still in the drives; they are unloaded after.
@@ -43,9 +50,10 @@ use crate::media::{self, MediaError};
 use super::catalog::{
     build_catalog, device_end, device_reports, finish_device, no_catalog, source_findings,
 };
-use super::run::{new_dispatcher, ring_config, run_device};
+use super::resume::{self, DeviceDurable};
+use super::run::{new_dispatcher, ring_config, run_device, sparse_data};
 use super::{BackupConfig, BackupError, BackupReport, DeviceEnd, SetInput};
-use crate::engine::dispatch::{DeviceState, Dispatcher};
+use crate::engine::dispatch::{DeviceState, Dispatcher, WorkItem};
 use crate::engine::ring::{self, RingConfig, RingEnd, RingOutcome, RingStats};
 
 /// One cartridge of a spanning set, in volume order.
@@ -66,6 +74,28 @@ pub struct Volume {
     pub early_warning_bytes: u64,
 }
 
+/// What a volume holds of the set before this run (`backup --resume`).
+#[derive(Debug)]
+pub enum Before {
+    /// Nothing: labelled, then written from its beginning.
+    Blank,
+    /// Closed by the interrupted run (its "continued" trailer) with every
+    /// record kept: left in its slot, listed with its kept records.
+    Closed(DeviceDurable),
+    /// Its label and kept records stay; loaded, positioned after them
+    /// and written on (what followed them on the tape is ended).
+    Open(DeviceDurable),
+}
+
+impl Before {
+    fn kept(&self) -> Option<&DeviceDurable> {
+        match self {
+            Before::Blank => None,
+            Before::Closed(d) | Before::Open(d) => Some(d),
+        }
+    }
+}
+
 /// The library a spanning set is written with.
 pub struct Library<'a> {
     pub changer: &'a Mutex<Box<dyn Changer>>,
@@ -77,6 +107,9 @@ pub struct Library<'a> {
     /// spares, loaded only when work handed back by a volume that reached
     /// the end of its medium is left for them.
     pub planned: usize,
+    /// Per volume: what it holds of the set already (all `Blank` but
+    /// for `--resume`).
+    pub before: Vec<Before>,
 }
 
 /// What the library did during a spanning backup.
@@ -134,21 +167,40 @@ fn volume_label(config: &BackupConfig, index: u32, count: u32, block_bytes: u32)
 }
 
 /// Run a backup over the volumes of `library` (planned in `input` as one
-/// device per volume), its drives writing in parallel. `progress` has one
-/// counter per volume.
+/// device per volume, or given as `work`: (volume, range), as a resume
+/// gives what is left), its drives writing in parallel. `progress` has
+/// one counter per volume.
 pub fn run_spanning(
     input: &SetInput,
     library: &Library<'_>,
     config: &BackupConfig,
+    work: Option<Vec<(u32, WorkItem)>>,
     progress: &[AtomicU64],
 ) -> Result<(BackupReport, SpanReport), BackupError> {
     let count = library.volumes.len();
     assert!(count > 0 && !library.drives.is_empty());
     assert_eq!(progress.len(), count, "one progress counter per volume");
+    assert_eq!(library.before.len(), count, "what each volume holds");
     let started = Instant::now();
-    let dispatcher = new_dispatcher(input, count, config);
+    let dispatcher = match work {
+        None => new_dispatcher(input, count, config),
+        Some(work) => {
+            Dispatcher::with_data(count, config.chunk_bytes as u64, work, sparse_data(input))
+        }
+    };
     for volume in 0..count {
         dispatcher.hold(volume);
+    }
+    let mut outcomes: Vec<Option<RingOutcome>> = (0..count).map(|_| None).collect();
+    let mut trailers: Vec<Option<Result<u64, MediaError>>> = (0..count).map(|_| None).collect();
+    for (volume, before) in library.before.iter().enumerate() {
+        if let Before::Closed(kept) = before {
+            dispatcher.finish(volume);
+            let outcome = with_kept(unused(volume), kept);
+            // Its trailer: a filemark, the End record, a filemark.
+            trailers[volume] = Some(Ok(outcome.data_end + 3));
+            outcomes[volume] = Some(outcome);
+        }
     }
     let shared = Shared {
         input,
@@ -157,8 +209,8 @@ pub fn run_spanning(
         dispatcher: &dispatcher,
         progress,
         next: AtomicUsize::new(0),
-        outcomes: Mutex::new((0..count).map(|_| None).collect()),
-        trailers: Mutex::new((0..count).map(|_| None).collect()),
+        outcomes: Mutex::new(outcomes),
+        trailers: Mutex::new(trailers),
         report: Mutex::new(SpanReport {
             drive_of: vec![None; count],
             ..SpanReport::default()
@@ -225,7 +277,13 @@ pub fn run_spanning(
         .iter()
         .map(|v| (v.barcode.as_bytes().to_vec(), v.capacity_bytes))
         .collect();
-    let (encoded, segments) = build_catalog(input, &named, &outcomes, &ends, config, None);
+    let (encoded, segments) = match build_catalog(input, &named, &outcomes, &ends, config, None) {
+        Ok(built) => built,
+        Err(e) => {
+            unload_all(library, &loaded);
+            return Err(e);
+        }
+    };
     // The catalog on the volumes still loaded, one thread per drive.
     let catalogs: Vec<(usize, Result<u64, MediaError>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = loaded
@@ -314,6 +372,10 @@ fn drive_thread(
             go_on(shared, l)?;
             continue;
         };
+        if matches!(library.before[volume], Before::Closed(_)) {
+            // Closed by the interrupted run: it stays in its slot.
+            continue;
+        }
         if volume >= library.planned && !spare_needed(shared, volume) {
             // Not needed: it stays blank in its slot, listed with no records.
             shared.dispatcher.finish(volume);
@@ -355,13 +417,20 @@ fn drive_thread(
         shared
             .payload_max
             .fetch_max(ring.record_payload_bytes_max as u64, Ordering::Relaxed);
-        let label = volume_label(
-            shared.config,
-            volume as u32,
-            count as u32,
-            dev.block_bytes(),
-        );
-        let labelled = media::write_label(dev.as_ref(), &label);
+        let kept = library.before[volume].kept();
+        let labelled = match kept {
+            // Its label is the set's already: after its kept records.
+            Some(kept) => resume::space_after_kept(dev.as_ref(), kept.records.len() as u64),
+            None => media::write_label(
+                dev.as_ref(),
+                &volume_label(
+                    shared.config,
+                    volume as u32,
+                    count as u32,
+                    dev.block_bytes(),
+                ),
+            ),
+        };
         {
             let mut report = shared.report.lock().expect("no panic");
             report.loads += 1;
@@ -371,15 +440,36 @@ fn drive_thread(
             }
         }
         shared.dispatcher.start(volume);
-        let outcome = match labelled {
-            Ok(()) => run_device(
+        let outcome = match (labelled, kept) {
+            (Ok(()), None) => run_device(
                 shared.input,
                 dev.as_ref(),
                 shared.config,
                 shared.dispatcher,
                 (&ring, &shared.progress[volume], None, None),
             )?,
-            Err(e) => unlabelled(shared.dispatcher, dev.as_ref(), volume, e),
+            (Ok(()), Some(kept)) => with_kept(
+                run_device(
+                    shared.input,
+                    dev.as_ref(),
+                    shared.config,
+                    shared.dispatcher,
+                    (
+                        &ring,
+                        &shared.progress[volume],
+                        Some((
+                            HEADER_BYTES as u64 + kept.media_bytes(),
+                            kept.records.len() as u64,
+                        )),
+                        None,
+                    ),
+                )?,
+                kept,
+            ),
+            (Err(e), None) => unlabelled(shared.dispatcher, dev.as_ref(), volume, e),
+            // Its kept records cannot be written on: nothing else holds
+            // them, the run stops (what is on the cartridges stays).
+            (Err(e), Some(_)) => return Err(e.into()),
         };
         let room = matches!(outcome.end, RingEnd::Complete);
         shared.open.lock().expect("no panic")[volume] = room;
@@ -525,7 +615,10 @@ fn room_in(shared: &Shared<'_>, open: &[bool], pending_bytes: u64) -> bool {
             if v.capacity_bytes == 0 {
                 return 0;
             }
-            let held = media(shared.dispatcher.filled_bytes(volume));
+            let kept = shared.library.before[volume]
+                .kept()
+                .map_or(0, DeviceDurable::media_bytes);
+            let held = media(shared.dispatcher.filled_bytes(volume)) + kept;
             v.capacity_bytes
                 .saturating_sub(HEADER_BYTES as u64 + shared.config.reserve_bytes)
                 .saturating_sub(v.early_warning_bytes)
@@ -533,6 +626,17 @@ fn room_in(shared: &Shared<'_>, open: &[bool], pending_bytes: u64) -> bool {
         })
         .sum();
     room >= media(pending_bytes)
+}
+
+/// A volume's outcome with the interrupted run's kept records in front:
+/// its records numbered on after them, its media bytes counting them
+/// (its payload bytes stay this run's).
+fn with_kept(outcome: RingOutcome, kept: &DeviceDurable) -> RingOutcome {
+    let mut o = resume::with_kept(outcome, kept);
+    o.stats.records += kept.records.len() as u64;
+    o.stats.media_bytes += kept.media_bytes();
+    o.data_end = o.data_end.max(kept.records.len() as u64 + 1);
+    o
 }
 
 /// The outcome of a spare that was not needed: nothing written.

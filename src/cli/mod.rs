@@ -43,6 +43,7 @@ pub mod qualify;
 pub mod restore;
 mod restore_scan;
 pub mod resume;
+mod resume_span;
 pub mod scan;
 pub mod scrub;
 pub mod span;

@@ -57,6 +57,11 @@ pub fn run(args: PlanArgs) -> CliResult {
         }
     }
     let plan = &prepared.plan;
+    // The planner read every entry back from the walk's temporary file.
+    let read_back = |entries: &crate::source::spill::SpilledEntries| {
+        entries.check().map_err(|e| Failure::Data(e.to_string()))
+    };
+    read_back(&prepared.entries)?;
     if args.set.json {
         let devices: Vec<_> = plan
             .devices
@@ -83,6 +88,7 @@ pub fn run(args: PlanArgs) -> CliResult {
                 super::segment_json(path, s.offset, s.length, s.device)
             })
             .collect();
+        read_back(&prepared.entries)?;
         let out = json!({
             "threshold_bytes": plan.threshold_bytes,
             "strategy": format!("{:?}", args.set.strategy).to_lowercase(),

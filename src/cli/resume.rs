@@ -28,10 +28,13 @@ pub struct ResumeArgs {
 }
 
 pub fn run(args: BackupArgs) -> CliResult {
-    if args.set.changer.is_some() || args.parity > 0 {
+    if args.parity > 0 {
         return Err(Failure::Usage(
-            "--resume with --changer or --parity: not supported yet (run the backup again with --overwrite SETID)".into(),
+            "--resume with --parity: not supported yet (run the backup again with --overwrite SETID)".into(),
         ));
+    }
+    if args.set.changer.is_some() {
+        return super::resume_span::run(args);
     }
     let mac_key = super::key::load_optional(args.key.as_deref())?;
     super::check_paths(&args.set.sources, &args.set.devs)?;
@@ -70,7 +73,11 @@ pub fn run(args: BackupArgs) -> CliResult {
     config.set_id = durable.set_id;
     config.created_unix_ns = durable.created_unix_ns;
     let json = args.set.json;
-    show_durable(&input, &durable, &devices, json);
+    let names: Vec<String> = devices
+        .iter()
+        .map(|d| d.path().display().to_string())
+        .collect();
+    show_durable(&input, &durable, &names, json);
     let work = resume::plan(&input, &durable, &config);
     let infos: Vec<DeviceInfo> = prepared
         .devices
@@ -99,46 +106,55 @@ pub fn run(args: BackupArgs) -> CliResult {
     });
     let r = result.map_err(|e| backup_failed(e, json))?;
     let outcome = outcome(&r.backup);
-    let set_bytes = r.kept_payload_bytes + r.written_payload_bytes;
     if json {
-        outln!(
-            "{}",
-            json!({
-                "event": "finished",
-                "ok": r.backup.complete(),
-                "exit_code": outcome.code(),
-                "set_id": r.backup.set_id.to_string(),
-                "payload_bytes": r.written_payload_bytes,
-                "missing_bytes": r.backup.missing_bytes(),
-                "seconds": r.backup.elapsed.as_secs_f64(),
-                "resumed": {
-                    "kept_records": r.kept_records,
-                    "kept_payload_bytes": r.kept_payload_bytes,
-                    "written_payload_bytes": r.written_payload_bytes,
-                    "set_payload_bytes": set_bytes,
-                    "changed": r.changed.iter().map(|p| path_text(p)).collect::<Vec<_>>(),
-                },
-            })
-        );
+        outln!("{}", finished_json(&r, outcome));
     } else {
-        outln!(
-            "resumed set {}: {} kept from the interrupted run ({} records), {} written now",
-            r.backup.set_id,
-            human_bytes(r.kept_payload_bytes),
-            r.kept_records,
-            human_bytes(r.written_payload_bytes)
-        );
+        outln!("{}", resumed_line(&r));
     }
     print_report(&r.backup, json);
     Ok(outcome)
 }
 
+/// The "finished" event of a resumed run.
+pub(super) fn finished_json(
+    r: &resume::ResumeReport,
+    outcome: super::Outcome,
+) -> serde_json::Value {
+    json!({
+        "event": "finished",
+        "ok": r.backup.complete(),
+        "exit_code": outcome.code(),
+        "set_id": r.backup.set_id.to_string(),
+        "payload_bytes": r.written_payload_bytes,
+        "missing_bytes": r.backup.missing_bytes(),
+        "seconds": r.backup.elapsed.as_secs_f64(),
+        "resumed": {
+            "kept_records": r.kept_records,
+            "kept_payload_bytes": r.kept_payload_bytes,
+            "written_payload_bytes": r.written_payload_bytes,
+            "set_payload_bytes": r.kept_payload_bytes + r.written_payload_bytes,
+            "changed": r.changed.iter().map(|p| path_text(p)).collect::<Vec<_>>(),
+        },
+    })
+}
+
+/// The summary line of a resumed run.
+pub(super) fn resumed_line(r: &resume::ResumeReport) -> String {
+    format!(
+        "resumed set {}: {} kept from the interrupted run ({} records), {} written now",
+        r.backup.set_id,
+        human_bytes(r.kept_payload_bytes),
+        r.kept_records,
+        human_bytes(r.written_payload_bytes)
+    )
+}
+
 /// Where each device's kept stream ends and which files changed: on
 /// stderr (with `--json` also as one "resume" event on stdout).
-fn show_durable(
+pub(super) fn show_durable(
     input: &SetInput,
     durable: &resume::Durable,
-    devices: &[Box<dyn device::Device>],
+    devices: &[String],
     json: bool,
 ) {
     for &f in &durable.changed {
@@ -170,7 +186,7 @@ fn show_durable(
         if !json {
             errln!(
                 "pbio: resume: device {}: {}{} records kept ({}){}",
-                dev.path().display(),
+                dev,
                 if joins { "blank, joins the set; " } else { "" },
                 d.records.len(),
                 human_bytes(bytes),
@@ -179,7 +195,7 @@ fn show_durable(
             );
         }
         shown.push(json!({
-            "device": dev.path().display().to_string(),
+            "device": dev,
             "joins": joins,
             "kept_records": d.records.len(),
             "kept_payload_bytes": bytes,

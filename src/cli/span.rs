@@ -162,10 +162,11 @@ pub fn run(args: BackupArgs) -> CliResult {
         drives,
         volumes,
         planned: needed,
+        before: (0..needed + spares).map(|_| span::Before::Blank).collect(),
     };
     let progress: Vec<AtomicU64> = library.volumes.iter().map(|_| AtomicU64::new(0)).collect();
     let result = with_progress(reporter, &progress, events_rx, |progress| {
-        span::run_spanning(&input, &library, &config, progress)
+        span::run_spanning(&input, &library, &config, None, progress)
     });
     let json = args.set.json;
     let written = result
@@ -208,7 +209,7 @@ pub fn run(args: BackupArgs) -> CliResult {
 
 /// The drives to write with (every drive whose device is known), emptied:
 /// a cartridge left in one goes back to its slot.
-fn empty_drives(changer: &mut dyn Changer) -> Result<Vec<(u32, DeviceSpec)>, Failure> {
+pub(super) fn empty_drives(changer: &mut dyn Changer) -> Result<Vec<(u32, DeviceSpec)>, Failure> {
     let status = changer.status().map_err(Failure::Changer)?;
     for d in status.drives.iter().filter(|d| d.full) {
         changer.unload(d.number).map_err(Failure::Changer)?;
@@ -378,7 +379,7 @@ pub fn seen_on(spec: &DeviceSpec) -> Option<Seen> {
 }
 
 /// The sets found on a tape, as the label cache keeps them.
-fn seen_of(found: &[crate::media::sets::TapeSet]) -> Seen {
+pub(super) fn seen_of(found: &[crate::media::sets::TapeSet]) -> Seen {
     Seen::Sets(
         found
             .iter()
@@ -394,7 +395,7 @@ fn seen_of(found: &[crate::media::sets::TapeSet]) -> Seen {
 
 /// How long a drive may take to become ready after a load when judging or
 /// finding cartridges (as `changer inventory --ready-timeout`'s default).
-const READY: Duration = Duration::from_secs(300);
+pub(super) const READY: Duration = Duration::from_secs(300);
 
 /// The drive `spec` opened for reading, once it opens: a real drive
 /// threads a cartridge for a while after a load. Up to `ready`; then why not.
@@ -436,7 +437,7 @@ pub fn in_drive<T>(
 /// After a spanning backup: the cartridges written hold the new set after
 /// the sets they held (`written`: the run's outcome and which volumes a
 /// drive wrote); after a failed one, what they hold is not known.
-fn remember_written(
+pub(super) fn remember_written(
     changer: &Mutex<Box<dyn Changer>>,
     volumes: &[Volume],
     written: Option<(super::Outcome, &[Option<u32>])>,

@@ -351,8 +351,13 @@ impl VirtualTape {
         Some(st.busy_until - nanos(DRIVE_BUFFER_BYTES).min(st.busy_until - started))
     }
 
-    /// Make `objects[from..]` the index file's tail.
+    /// Make `objects[from..]` the index file's tail. Entries after `from`
+    /// (objects a write at that position ended) go first, so that a
+    /// process killed in between leaves an index that ends at `from`
+    /// (the new objects not written, as a torn write), never new entries
+    /// followed by old ones that no longer chain.
     fn persist(&self, st: &State, from: usize) -> std::io::Result<()> {
+        self.index.set_len(from as u64 * ENTRY_BYTES)?;
         let mut bytes = Vec::with_capacity((st.objects.len() - from) * ENTRY_BYTES as usize);
         for o in &st.objects[from..] {
             bytes.extend_from_slice(&o.encode());

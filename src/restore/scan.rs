@@ -162,6 +162,7 @@ pub fn restore_from_scan(
         Sink::new(root.as_ref(), &seen, "parity rebuild".into()),
     )?;
     report.bad_records -= parity.healed;
+    let mut torn = torn_at_end(&scans, &parity.healed_at);
     report.rebuild = parity.summary.clone();
     let mut names: HashMap<u32, &[u8]> = HashMap::new();
     for scan in scans.iter().flatten() {
@@ -205,6 +206,26 @@ pub fn restore_from_scan(
         } else {
             None
         };
+        if why.is_none() {
+            // Restored whole: a torn record of it at the end of a
+            // device's stream whose bytes came from other records is no
+            // loss, only a warning.
+            torn.retain(|t| {
+                let forgiven = t.path == path && covered(&s.ranges, t.file_offset, t.bytes);
+                if forgiven {
+                    report.bad_records -= 1;
+                    report.warnings.push(format!(
+                        "device {}: offset {}: a torn record at the end of its stream (written when the device failed?); its {} bytes at offset {} of {} were restored from other records",
+                        devs[t.slot].path().display(),
+                        t.position,
+                        t.bytes,
+                        t.file_offset,
+                        shown_name(&path),
+                    ));
+                }
+                !forgiven
+            });
+        }
         if let Some(why) = why {
             let mut kept_as = None;
             if let (Some(temp), Some(root)) = (&s.temp, &root) {
@@ -276,10 +297,74 @@ pub fn restore_from_scan(
     Ok(report)
 }
 
+/// A bad record at the end of its device's stream (a device failing
+/// while it wrote its last records leaves them torn).
+struct Torn {
+    slot: usize,
+    position: u64,
+    path: Vec<u8>,
+    file_offset: u64,
+    bytes: u64,
+}
+
+/// The bad records that end their device's stream (no good data record
+/// of the set after them on it: the records in flight when a device
+/// failed), not rebuilt from parity (`healed_at`), whose header names
+/// their file.
+fn torn_at_end(scans: &[Option<DeviceScan>], healed_at: &[(usize, u64)]) -> Vec<Torn> {
+    let mut torn = Vec::new();
+    for (slot, scan) in scans.iter().enumerate() {
+        let Some(scan) = scan else { continue };
+        let last_good = scan
+            .held
+            .iter()
+            .filter(|h| h.taken)
+            .map(|h| h.position)
+            .max();
+        for h in &scan.held {
+            if h.taken
+                || last_good.is_some_and(|good| h.position < good)
+                || healed_at.contains(&(slot, h.position))
+            {
+                continue;
+            }
+            let Some((_, Some(path))) = scan.bad_at.iter().find(|b| b.0 == h.position) else {
+                continue;
+            };
+            torn.push(Torn {
+                slot,
+                position: h.position,
+                path: path.clone(),
+                file_offset: h.file_offset,
+                bytes: u64::from(h.payload_bytes),
+            });
+        }
+    }
+    torn
+}
+
+/// Whether `ranges` (offset, length; sorted by offset) cover
+/// `offset..offset + bytes`.
+fn covered(ranges: &[(u64, u64)], offset: u64, bytes: u64) -> bool {
+    let end = offset.saturating_add(bytes);
+    let mut at = offset;
+    for &(o, n) in ranges {
+        if at >= end {
+            break;
+        }
+        if o <= at && o.saturating_add(n) > at {
+            at = o.saturating_add(n);
+        }
+    }
+    at >= end
+}
+
 /// What one device's scan found besides the files.
 pub(super) struct DeviceScan {
     /// Records of the set skipped as bad.
     bad: u64,
+    /// Where those lie, and their file's path when their header said it.
+    bad_at: Vec<(u64, Option<Vec<u8>>)>,
     /// Records of other sets, by set.
     other_sets: HashMap<SetId, u64>,
     /// Its index in the set: its label's, else the one most of its
@@ -455,6 +540,7 @@ fn scan_device(
         .filter(|l| l.set_id == set_id);
     let mut out = DeviceScan {
         bad: 0,
+        bad_at: Vec::new(),
         other_sets: HashMap::new(),
         index: label.as_ref().map(|l| l.device_index),
         label: label.as_ref().map(|l| (l.device_count, l.chunk_bytes)),
@@ -531,6 +617,7 @@ fn scan_device(
             // Opened first when sealed (`--encrypt`).
             let Some(info) = inflate.file_info(&header, header_block) else {
                 out.bad += 1;
+                out.bad_at.push((position, None));
                 out.held.push(held);
                 return Ok(Flow::Continue);
             };
@@ -556,7 +643,10 @@ fn scan_device(
                         .entry(header.file_id)
                         .or_insert_with(|| info.path.clone());
                 }
-                Taken::Bad => out.bad += 1,
+                Taken::Bad => {
+                    out.bad += 1;
+                    out.bad_at.push((position, Some(info.path.clone())));
+                }
                 Taken::No => {}
             }
             out.held.push(held);

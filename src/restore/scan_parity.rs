@@ -53,6 +53,8 @@ pub(super) struct ScanRebuild {
     pub(super) summary: RebuildSummary,
     /// Bad records (counted by the scan) that were rebuilt and taken.
     pub(super) healed: u64,
+    /// Where those lie: (device slot, media offset).
+    pub(super) healed_at: Vec<(usize, u64)>,
     /// Data records in stripes that could not be rebuilt, and not found
     /// elsewhere: (file id, offset, length, device index).
     pub(super) lost: Vec<(u32, u64, u64, u32)>,
@@ -402,6 +404,7 @@ fn run(
                                 held.get(&(index, sequence)).filter(|(_, h)| !h.taken)
                             {
                                 mine.healed += 1;
+                                mine.healed_at.push((*slot, h.position));
                                 mine.summary.damaged.push(format!(
                                     "device {}: offset {}: damaged record",
                                     devs[*slot].path().display(),
@@ -419,6 +422,7 @@ fn run(
                 all.0.summary.bytes += mine.summary.bytes;
                 all.0.summary.damaged.extend(mine.summary.damaged);
                 all.0.healed += mine.healed;
+                all.0.healed_at.extend(mine.healed_at);
                 all.0.lost.extend(mine.lost);
                 all.0.names.extend(mine.names);
             });
@@ -432,6 +436,7 @@ fn run(
     out.summary.bytes += mine.summary.bytes;
     out.summary.damaged.extend(mine.summary.damaged);
     out.healed += mine.healed;
+    out.healed_at.extend(mine.healed_at);
     out.lost.extend(mine.lost);
     out.names.extend(mine.names);
     Ok(())

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::{Entry, EntryKind, Meta, Top};
 
@@ -153,8 +153,23 @@ impl SpillWriter {
             sparse: self.sparse,
             windows: Mutex::new(Vec::with_capacity(WINDOWS)),
             clock: std::sync::atomic::AtomicU64::new(0),
+            failed: OnceLock::new(),
         })
     }
+}
+
+/// Reading the walk's entries back from their temporary file failed (an
+/// I/O error of the temporary directory's filesystem, or bytes that do not
+/// decode): the run cannot go on with the entry, and whoever holds the
+/// list ends it with this error (`SpilledEntries::check`).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("reading back entry {index} of the walk from its temporary file (in {dir}): {error}")]
+pub struct ReadBackError {
+    /// The entry's index (file id).
+    pub index: usize,
+    /// The temporary directory (`TMPDIR`, else /tmp), escaped for the terminal.
+    pub dir: String,
+    pub error: Arc<io::Error>,
 }
 
 /// One cached piece of the spill file.
@@ -174,6 +189,9 @@ pub struct SpilledEntries {
     sparse: Vec<SparseFile>,
     windows: Mutex<Vec<Window>>,
     clock: std::sync::atomic::AtomicU64,
+    /// The first entry that could not be read back (`at` went on with a
+    /// stand-in): `check` returns it.
+    failed: OnceLock<ReadBackError>,
 }
 
 impl std::fmt::Debug for SpilledEntries {
@@ -203,14 +221,38 @@ impl SpilledEntries {
         self.count == 0
     }
 
-    /// Entry `i`, read back. Panics if `i` is out of range, or if the
-    /// temporary file cannot be read back (an I/O error of the temporary
-    /// directory's filesystem, named in the message).
+    /// Entry `i`, read back. Panics if `i` is out of range. If the
+    /// temporary file cannot be read back, the error is kept (`check`
+    /// returns it) and a stand-in is returned: an unnamed special entry,
+    /// which the planner and the rings pass over; a run checks before it
+    /// writes anything that depends on the entries (the catalog).
     pub fn at(&self, i: usize) -> Entry {
-        assert!(i < self.count, "entry {i} of {}", self.count);
-        self.try_get(i).unwrap_or_else(|e| {
-            panic!("reading back the walk's entries from their temporary file: {e}")
+        self.try_at(i).unwrap_or_else(|_| Entry {
+            path: Vec::new(),
+            top: Arc::clone(&self.tops[0]),
+            kind: EntryKind::Special,
+            meta: Meta::default(),
         })
+    }
+
+    /// Entry `i`, read back (`i` in range), or why it cannot be (also
+    /// kept for `check`).
+    pub fn try_at(&self, i: usize) -> Result<Entry, ReadBackError> {
+        assert!(i < self.count, "entry {i} of {}", self.count);
+        self.try_get(i).map_err(|error| {
+            let error = ReadBackError {
+                index: i,
+                dir: crate::units::shown_path(&std::env::temp_dir()),
+                error: Arc::new(error),
+            };
+            let _ = self.failed.set(error.clone());
+            error
+        })
+    }
+
+    /// The first entry that could not be read back, if any (`at`).
+    pub fn check(&self) -> Result<(), ReadBackError> {
+        self.failed.get().map_or(Ok(()), |e| Err(e.clone()))
     }
 
     /// Entry `i`, or None past the last (`at`).
@@ -548,5 +590,34 @@ mod tests {
             assert_eq!(spilled.at(i), entries[i], "entry {i}");
             assert_eq!(spilled.sparse(i), entries.as_slice().sparse(i));
         }
+    }
+
+    /// A temporary file that cannot be read back (here: cut short under
+    /// the list, as a failing filesystem would lose it) is an error that
+    /// names the entry and the temporary directory, kept for `check`;
+    /// `at` goes on with an unnamed special entry, never a panic.
+    #[test]
+    fn a_file_that_cannot_be_read_back_is_an_error() {
+        let entries: Vec<Entry> = (0..3000).map(sample).collect();
+        let spilled = SpilledEntries::from_entries(&entries).unwrap();
+        assert_eq!(spilled.at(20), entries[20]);
+        assert!(spilled.check().is_ok());
+        spilled.file.set_len(0).unwrap();
+        // Entry 20 is still in a window; the last group is not.
+        assert_eq!(spilled.at(20), entries[20]);
+        let e = spilled.try_at(2999).unwrap_err();
+        assert_eq!(e.index, 2999);
+        assert_eq!(e.error.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        let text = e.to_string();
+        assert!(text.contains("entry 2999"), "{text}");
+        assert!(
+            text.contains(&crate::units::shown_path(&std::env::temp_dir())),
+            "{text}"
+        );
+        let stand_in = spilled.at(2998);
+        assert!(stand_in.path.is_empty());
+        assert!(matches!(stand_in.kind, EntryKind::Special));
+        // The first failure is the one kept.
+        assert_eq!(spilled.check().unwrap_err().index, 2999);
     }
 }

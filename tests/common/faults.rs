@@ -363,6 +363,16 @@ pub struct FaultStats {
     /// write after it): a fault armed at a region, e.g. where the
     /// catalog goes.
     pub fail_from_offset: Option<u64>,
+    /// fsync requests served (accepted or refused).
+    pub fsyncs: u64,
+    /// The fsync with this number (1: the first) fails, and every write
+    /// and fsync after it: a device that dies when first asked to make
+    /// its writes durable.
+    pub fail_at_fsync: Option<u64>,
+    /// Once this many fsyncs have been served, the next write fails (and
+    /// every one after it): a device that dies after a point the program
+    /// marks with a sync.
+    pub fail_after_fsyncs: Option<u64>,
     /// FUSE write requests refused.
     pub failed_writes: u64,
     /// FUSE read requests refused.
@@ -601,6 +611,18 @@ impl FailingDevice {
     /// that reaches at or past device offset `offset`.
     pub fn fail_from_offset(&self, offset: u64) {
         self.with_stats(|s| s.fail_from_offset = Some(offset));
+    }
+
+    /// The `n`-th fsync from now on (1: the next) fails, and everything
+    /// after it (sticky).
+    pub fn fail_at_fsync(&self, n: u64) {
+        self.with_stats(|s| s.fail_at_fsync = Some(s.fsyncs + n));
+    }
+
+    /// Once `n` more fsyncs have been served, the next write fails, and
+    /// everything after it (sticky).
+    pub fn fail_after_fsyncs(&self, n: u64) {
+        self.with_stats(|s| s.fail_after_fsyncs = Some(s.fsyncs + n));
     }
 
     /// While failing, reads fail with EIO too (`true`) or keep working.
@@ -981,6 +1003,7 @@ impl EioFs {
                     s.max_write_request = s.max_write_request.max(size);
                     if s.limit.is_some_and(|limit| s.written + size > limit)
                         || s.fail_from_offset.is_some_and(|at| offset + size > at)
+                        || s.fail_after_fsyncs.is_some_and(|n| s.fsyncs >= n)
                     {
                         s.failing = true;
                     }
@@ -997,7 +1020,12 @@ impl EioFs {
             }
             FUSE_FSYNC => {
                 // A full device still flushes; a failing one does not.
-                if control.errno != libc::ENOSPC && control.stats.lock().unwrap().failing {
+                let mut s = control.stats.lock().unwrap();
+                s.fsyncs += 1;
+                if s.fail_at_fsync.is_some_and(|n| s.fsyncs >= n) {
+                    s.failing = true;
+                }
+                if control.errno != libc::ENOSPC && s.failing {
                     Reply::Err(control.errno)
                 } else {
                     Reply::Ok(Vec::new())

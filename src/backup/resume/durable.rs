@@ -86,7 +86,7 @@ pub enum StreamEnd {
 
 /// One device: its label (None: it joins the set blank), and the records
 /// of its usable stream.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct DeviceDurable {
     pub label: Option<Label>,
     pub records: Vec<Kept>,
@@ -94,6 +94,15 @@ pub struct DeviceDurable {
 }
 
 impl DeviceDurable {
+    /// A device that joins the set blank: nothing kept.
+    pub fn blank() -> DeviceDurable {
+        DeviceDurable {
+            label: None,
+            records: Vec::new(),
+            end: StreamEnd::Clean,
+        }
+    }
+
     /// Media bytes the kept records take after the label (where the
     /// resumed run writes on: `data_start + this` on a disk).
     pub fn media_bytes(&self) -> u64 {
@@ -169,11 +178,7 @@ pub fn durable(
             .zip(labels_kept)
             .map(|(dev, label)| {
                 scope.spawn(move || match label {
-                    None => Ok(DeviceDurable {
-                        label: None,
-                        records: Vec::new(),
-                        end: StreamEnd::Clean,
-                    }),
+                    None => Ok(DeviceDurable::blank()),
                     Some(label) => walk(dev.as_ref(), label, input, config),
                 })
             })
@@ -183,7 +188,18 @@ pub fn durable(
             .map(|h| h.join().expect("resume scan thread panicked"))
             .collect()
     });
-    let mut devices_durable = devices_durable.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let devices_durable = devices_durable.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok(assemble(set_id, created_unix_ns, devices_durable))
+}
+
+/// The interrupted set from each device's walk (in device order; a blank
+/// device as `DeviceDurable::blank()`): a range kept twice is kept on the
+/// first device only, and the files that changed are named once.
+pub fn assemble(
+    set_id: SetId,
+    created_unix_ns: u64,
+    mut devices_durable: Vec<DeviceDurable>,
+) -> Durable {
     drop_overlaps(&mut devices_durable);
     let mut changed: Vec<u32> = devices_durable
         .iter()
@@ -194,11 +210,31 @@ pub fn durable(
         .collect();
     changed.sort_unstable();
     changed.dedup();
-    Ok(Durable {
+    Durable {
         set_id,
         created_unix_ns,
         devices: devices_durable,
         changed,
+    }
+}
+
+/// Check the label of one volume of a set spanning cartridges
+/// (`backup --changer --resume`) against the run's options: as a device's
+/// label, its volume number being its own place.
+pub fn check_volume_label(
+    label: &Label,
+    config: &BackupConfig,
+    set_id: SetId,
+    device: &str,
+) -> Result<(), ResumeError> {
+    check_label(label, config, set_id, device, label.device_index as usize).map_err(|e| match e {
+        LabelCheck::Other => ResumeError::OtherSet {
+            device: device.to_string(),
+            found: label.set_id,
+            first: device.to_string(),
+            set: set_id,
+        },
+        LabelCheck::Err(e) => e,
     })
 }
 
@@ -336,7 +372,7 @@ fn same_file(
 /// of the set and device, numbered and placed right after the one before,
 /// with a good payload CRC and zero padding, of an unchanged file. The
 /// first that is not ends the usable stream.
-fn walk(
+pub fn walk(
     dev: &dyn Device,
     label: Label,
     input: &SetInput,

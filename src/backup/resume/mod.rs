@@ -38,7 +38,10 @@ use super::catalog::{
 use super::run::{backup_label, named_devices, run_rings, sparse_data, Start};
 use super::{BackupConfig, BackupError, BackupReport, DeviceEnd, ParitySummary, SetInput};
 
-pub use durable::{durable, DeviceDurable, Durable, Kept, ResumeError, StreamEnd};
+pub use durable::{
+    assemble, check_volume_label, durable, walk, DeviceDurable, Durable, Kept, ResumeError,
+    StreamEnd,
+};
 
 /// What a resumed run did beside what any run reports.
 #[derive(Debug)]
@@ -57,6 +60,38 @@ pub struct ResumeReport {
 /// The work still to write, per device: (device, range), ranges of a
 /// device in file order.
 pub fn plan(input: &SetInput, durable: &Durable, config: &BackupConfig) -> Vec<(u32, WorkItem)> {
+    let items = missing(input, durable);
+    let filled: Vec<u64> = durable
+        .devices
+        .iter()
+        .map(|d| {
+            d.records
+                .iter()
+                .map(|k| k.record.payload_bytes as u64)
+                .sum()
+        })
+        .collect();
+    let usable = vec![true; filled.len()];
+    work::assign(&items, &filled, &usable, config.chunk_bytes as u64)
+}
+
+/// The work still to write over volumes in volume order (`backup
+/// --changer --resume`): each volume up to `rooms[v]` payload bytes (None:
+/// it takes none). Returns (volume, range) per volume in file order, and
+/// the payload bytes no volume has room for.
+pub fn plan_volumes(
+    input: &SetInput,
+    durable: &Durable,
+    rooms: &[Option<u64>],
+    config: &BackupConfig,
+) -> (Vec<(u32, WorkItem)>, u64) {
+    assert_eq!(rooms.len(), durable.devices.len());
+    work::fill(&missing(input, durable), rooms, config.chunk_bytes as u64)
+}
+
+/// Every range of every file with data in the set that no kept record
+/// holds, in file order.
+fn missing(input: &SetInput, durable: &Durable) -> Vec<WorkItem> {
     let sizes: Vec<Option<u64>> = input
         .entries
         .iter()
@@ -71,19 +106,7 @@ pub fn plan(input: &SetInput, durable: &Durable, config: &BackupConfig) -> Vec<(
         })
         .collect();
     let kept: Vec<&Kept> = durable.devices.iter().flat_map(|d| &d.records).collect();
-    let items = work::missing(&sizes, &kept);
-    let filled: Vec<u64> = durable
-        .devices
-        .iter()
-        .map(|d| {
-            d.records
-                .iter()
-                .map(|k| k.record.payload_bytes as u64)
-                .sum()
-        })
-        .collect();
-    let usable = vec![true; filled.len()];
-    work::assign(&items, &filled, &usable, config.chunk_bytes as u64)
+    work::missing(&sizes, &kept)
 }
 
 /// Finish the interrupted set `durable` (from `durable()`): `config` must
@@ -144,7 +167,7 @@ pub fn resume_backup(
         .map(|o| (o.data_end, o.records.len() as u64))
         .collect();
     let named = named_devices(devices);
-    let (encoded, segments) = build_catalog(input, &named, &merged, &ends, config, None);
+    let (encoded, segments) = build_catalog(input, &named, &merged, &ends, config, None)?;
     let finished = write_catalogs(devices, &merged, &ends, &encoded, &rings, config, &after);
     let kept_records = durable.devices.iter().map(|d| d.records.len() as u64).sum();
     let kept_payload_bytes = durable
@@ -209,28 +232,36 @@ fn go_on_from(
         }
     }
     if dev.access() == Access::Sequential {
-        let blocks = durable.records.len() as u64 + 1;
-        let position = |op, error| MediaError::Io {
-            device: dev.path().display().to_string(),
-            op,
-            offset: blocks,
-            error,
-        };
-        dev.tape_op(TapeOp::Rewind)
-            .map_err(|e| position("rewind", e))?;
-        let mut left = blocks;
-        while left > 0 {
-            let n = left.min(u32::MAX as u64) as u32;
-            dev.tape_op(TapeOp::ForwardBlocks(n))
-                .map_err(|e| position("space forward to the end of the kept records", e))?;
-            left -= n as u64;
-        }
+        space_after_kept(dev, durable.records.len() as u64)?;
+    }
+    Ok(())
+}
+
+/// Position a tape after its label and its first `records` blocks (the
+/// kept records: object `records + 1`), so that the next write ends
+/// everything recorded after them.
+pub fn space_after_kept(dev: &dyn Device, records: u64) -> Result<(), MediaError> {
+    let blocks = records + 1;
+    let position = |op, error| MediaError::Io {
+        device: dev.path().display().to_string(),
+        op,
+        offset: blocks,
+        error,
+    };
+    dev.tape_op(TapeOp::Rewind)
+        .map_err(|e| position("rewind", e))?;
+    let mut left = blocks;
+    while left > 0 {
+        let n = left.min(u32::MAX as u64) as u32;
+        dev.tape_op(TapeOp::ForwardBlocks(n))
+            .map_err(|e| position("space forward to the end of the kept records", e))?;
+        left -= n as u64;
     }
     Ok(())
 }
 
 /// A device's outcome with the interrupted run's kept records in front.
-fn with_kept(mut o: RingOutcome, d: &DeviceDurable) -> RingOutcome {
+pub fn with_kept(mut o: RingOutcome, d: &DeviceDurable) -> RingOutcome {
     let mut records: Vec<RecordDone> = d.records.iter().map(|k| k.record).collect();
     records.append(&mut o.records);
     o.records = records;

@@ -108,6 +108,57 @@ pub fn assign(
     out
 }
 
+/// Give `items` (in file order) to volumes in volume order, each up to
+/// its room (`rooms[v]`: payload bytes; None: a volume that takes no
+/// work), cutting an item where a volume's room ends on a chunk boundary
+/// of its file (a volume with less room than the next cut is passed).
+/// Returns (volume, item) in volume then file order, and the bytes no
+/// volume had room for.
+pub fn fill(
+    items: &[WorkItem],
+    rooms: &[Option<u64>],
+    chunk_bytes: u64,
+) -> (Vec<(u32, WorkItem)>, u64) {
+    assert!(chunk_bytes > 0);
+    let mut out = Vec::new();
+    let mut left: Vec<u64> = rooms.iter().map(|r| r.unwrap_or(0)).collect();
+    let mut volume = 0usize;
+    let mut unplaced = 0u64;
+    for w in items {
+        let (mut offset, end) = (w.offset, w.end());
+        while offset < end {
+            while volume < left.len() && left[volume] == 0 {
+                volume += 1;
+            }
+            if volume == left.len() {
+                unplaced += end - offset;
+                break;
+            }
+            let piece_end = if end - offset <= left[volume] {
+                end
+            } else {
+                (offset + left[volume]) / chunk_bytes * chunk_bytes
+            };
+            if piece_end <= offset {
+                // Less room than up to the next chunk boundary: the next.
+                left[volume] = 0;
+                continue;
+            }
+            out.push((
+                volume as u32,
+                WorkItem {
+                    file: w.file,
+                    offset,
+                    length: piece_end - offset,
+                },
+            ));
+            left[volume] -= piece_end - offset;
+            offset = piece_end;
+        }
+    }
+    (out, unplaced)
+}
+
 /// The catalog segments of one device's kept records: records of one file
 /// one after the other on media with contiguous ranges make one segment.
 /// `object` says where a record is in catalog terms (its media offset, or
@@ -182,6 +233,25 @@ mod tests {
             (1, 0, 20, 2)
         );
         assert_eq!((p[1].position, p[2].position), (3, 4));
+    }
+
+    #[test]
+    fn fill_goes_in_volume_order_cutting_on_chunk_boundaries() {
+        let w = |file, offset, length| WorkItem {
+            file,
+            offset,
+            length,
+        };
+        let items = [w(0, 100, 900), w(1, 0, 3000)];
+        let (given, unplaced) = fill(&items, &[None, Some(1500), Some(0), Some(1000)], 1000);
+        assert_eq!(given, vec![(1, w(0, 100, 900)), (3, w(1, 0, 1000))]);
+        // 600 bytes of room on volume 1 after file 0: less than up to the
+        // first chunk boundary of file 1 (1000), passed; volume 3 takes
+        // 1000, the rest has no room.
+        assert_eq!(unplaced, 2000);
+        let (given, unplaced) = fill(&items, &[Some(u64::MAX)], 1000);
+        assert_eq!(given, vec![(0, items[0]), (0, items[1])]);
+        assert_eq!(unplaced, 0);
     }
 
     proptest! {

@@ -56,6 +56,7 @@ use crate::io::{self, BufferPool, Lease, Sqe, Uring};
 mod outcome;
 mod read;
 mod schedule;
+mod settle;
 mod stripe;
 mod transform;
 mod transport;
@@ -253,8 +254,11 @@ pub struct Ring<'a> {
     config: &'a RingConfig,
     ring: Uring,
     slots: Vec<Slot>,
-    gens: Vec<Gen>,
-    taken: Vec<Taken>,
+    /// The records generated and the items taken, less what is settled
+    /// (`settle.rs`): indices count from the run's first.
+    gens: settle::Window<Gen>,
+    taken: settle::Window<Taken>,
+    settled: settle::Settled,
     /// Media offset of the next record.
     position: u64,
     /// Where this run's first record goes, and its sequence number:
@@ -351,8 +355,9 @@ impl<'a> Ring<'a> {
             config,
             ring,
             slots,
-            gens: Vec::new(),
-            taken: Vec::new(),
+            gens: settle::Window::default(),
+            taken: settle::Window::default(),
+            settled: settle::Settled::default(),
             position: HEADER_BYTES as u64,
             start_position: HEADER_BYTES as u64,
             first_sequence: 0,
@@ -383,7 +388,7 @@ impl<'a> Ring<'a> {
     /// `position` the bytes they take, for the room left). This run's
     /// records follow them, numbered on.
     pub fn continuing(mut self, position: u64, records: u64) -> Ring<'a> {
-        assert!(self.gens.is_empty(), "a ring continues before it runs");
+        assert_eq!(self.gens.len(), 0, "a ring continues before it runs");
         assert!(position >= HEADER_BYTES as u64 && position.is_multiple_of(HEADER_BYTES as u64));
         self.position = position;
         self.start_position = position;
@@ -586,7 +591,7 @@ impl<'a> Ring<'a> {
         // order up to the first whose write did not complete.
         let cut = self.durable_end();
         let mut prefix = self.gens.partition_point(|g| g.position < cut);
-        debug_assert!(self.gens[..prefix].iter().all(|g| g.done));
+        debug_assert!(self.gens.range(self.gens.base(), prefix).all(|g| g.done));
         // A sequential device wrote one block at a time: the write that
         // hit the end of the medium wrote nothing, and its catalog goes
         // into the room after early warning, so nothing is read back or
@@ -595,33 +600,46 @@ impl<'a> Ring<'a> {
         if random_full {
             prefix = self.verified_prefix(prefix);
         }
-        let pos_of = |k: usize, gens: &[Gen], position: u64| {
-            gens.get(k).map(|g| g.position).unwrap_or(position)
+        // Record k's media offset (settled or not), or where the next would go.
+        let pos_of = |k: usize| {
+            if k < self.gens.len() {
+                self.gen_position(k)
+            } else {
+                self.position
+            }
         };
-        let prefix_end = pos_of(prefix, &self.gens, self.position).min(cut);
+        let prefix_end = pos_of(prefix).min(cut);
         // The medium itself is full: give back records at the tail so the
         // catalog fits in blocks that are already allocated.
         let kept = if random_full {
             (0..=prefix)
                 .rev()
-                .find(|&k| {
-                    pos_of(k, &self.gens, self.position) + self.config.reserve_bytes <= prefix_end
-                })
+                .find(|&k| pos_of(k) + self.config.reserve_bytes <= prefix_end)
                 .unwrap_or(0)
         } else {
             prefix
         };
+        // What is settled was far enough behind the durable end to stay.
+        debug_assert!(kept >= self.gens.base(), "a settled record given back");
+        let kept = kept.max(self.gens.base());
         let data_end_bytes = if kept == prefix {
             prefix_end
         } else {
-            pos_of(kept, &self.gens, self.position)
+            pos_of(kept)
         };
         let parity = self.parity.kept(data_end_bytes);
         // The stats describe what stays on the device.
         self.stats.records = kept as u64;
-        self.stats.payload_bytes = self.gens[..kept]
+        let settled = std::mem::take(&mut self.settled);
+        self.stats.payload_bytes = settled
+            .records
             .iter()
-            .map(|g| g.payload_bytes as u64)
+            .map(|r| r.payload_bytes as u64)
+            .chain(
+                self.gens
+                    .range(self.gens.base(), kept)
+                    .map(|g| g.payload_bytes as u64),
+            )
             .sum();
         self.stats.media_bytes = data_end_bytes - self.start_position;
         // Positions as the catalog gives them: media offsets, or on a
@@ -633,9 +651,22 @@ impl<'a> Ring<'a> {
         } else {
             data_end_bytes
         };
-        let mut placed = Vec::with_capacity(self.taken.len());
-        let mut give_back = Vec::new();
-        for t in &self.taken {
+        // A failed device's settled items go back whole, as the others.
+        let mut give_back: Vec<WorkItem> = if failed {
+            settled
+                .placed
+                .iter()
+                .map(|p| WorkItem {
+                    file: p.file,
+                    offset: p.offset,
+                    length: p.length,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut placed = settled.placed;
+        for t in self.taken.iter() {
             let first_released = (t.first_gen..t.first_gen + t.gens as usize).find(|&g| g >= kept);
             let done_until = match first_released {
                 Some(g) => self.gens[g].file_offset,
@@ -649,7 +680,10 @@ impl<'a> Ring<'a> {
             let position = if self.sequential {
                 (t.first_gen as u64 + 1 + self.first_sequence).min(data_end)
             } else if t.gens > 0 {
-                self.gens[t.first_gen].position
+                match settled.records.get(t.first_gen) {
+                    Some(r) => r.position,
+                    None => self.gens[t.first_gen].position,
+                }
             } else {
                 t.position.min(data_end)
             };
@@ -677,19 +711,11 @@ impl<'a> Ring<'a> {
             redirected_bytes +=
                 dispatcher.retire(self.config.device_index as usize, state, redirected_bytes);
         }
-        let records = self.gens[..kept]
-            .iter()
-            .map(|g| RecordDone {
-                file_id: self.taken[g.taken as usize].item.file,
-                file_offset: g.file_offset,
-                payload_bytes: g.payload_bytes,
-                payload_crc: g.payload_crc,
-                payload_hash: g.payload_hash,
-                position: g.position,
-                sequence: g.sequence,
-                stored_bytes: g.stored_len(),
-            })
-            .collect();
+        let mut records = settled.records;
+        records.reserve_exact(kept - records.len());
+        for g in self.gens.range(self.gens.base(), kept) {
+            records.push(self.record_done(g));
+        }
         RingOutcome {
             end,
             records,
@@ -715,7 +741,11 @@ impl<'a> Ring<'a> {
             .get(prefix)
             .map(|g| g.position)
             .unwrap_or(self.position);
-        let from = self.gens[..prefix].partition_point(|g| g.position + window < end);
+        // Settled records lie further back than the window (`settle.rs`).
+        let from = self
+            .gens
+            .partition_point(|g| g.position.saturating_add(window) < end)
+            .min(prefix);
         for k in from..prefix {
             let (position, payload_bytes, crc) = {
                 let g = &self.gens[k];

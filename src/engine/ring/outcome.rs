@@ -165,6 +165,11 @@ pub enum Fault {
     /// The device's label could not be written: no ring ran.
     #[error("{0}")]
     Label(Arc<MediaError>),
+    /// The device failed after its data was written: a parity record, the
+    /// read-back of its data for a stripe, or its catalog (`--parity`:
+    /// its data is written again on the survivors).
+    #[error("after its data: {0}")]
+    After(Arc<MediaError>),
 }
 
 /// A copy of an I/O error that keeps what callers look at: the errno (and
@@ -226,6 +231,7 @@ impl Clone for Fault {
             Fault::Enter(error) => Fault::Enter(copy_io(error)),
             Fault::Transport(why) => Fault::Transport(why.clone()),
             Fault::Label(error) => Fault::Label(Arc::clone(error)),
+            Fault::After(error) => Fault::After(Arc::clone(error)),
         }
     }
 }
@@ -240,7 +246,7 @@ impl Fault {
             | Fault::Block { error, .. }
             | Fault::Enter(error) => error.raw_os_error(),
             Fault::ShortBlock { .. } => Some(libc::ENOSPC),
-            Fault::Label(error) => match error.as_ref() {
+            Fault::Label(error) | Fault::After(error) => match error.as_ref() {
                 MediaError::Io { error, .. } => error.raw_os_error(),
                 _ => None,
             },
@@ -256,7 +262,7 @@ impl Fault {
             | Fault::NoRoom { offset, .. }
             | Fault::Persist { offset, .. } => Some(*offset),
             Fault::ShortBlock { block, .. } | Fault::Block { block, .. } => Some(*block),
-            Fault::Label(error) => match error.as_ref() {
+            Fault::Label(error) | Fault::After(error) => match error.as_ref() {
                 MediaError::Io { offset, .. } | MediaError::Format { offset, .. } => Some(*offset),
                 _ => None,
             },
@@ -297,4 +303,7 @@ pub enum RingError {
         offset: u64,
         error: std::io::Error,
     },
+    /// The walk's entries could not be read back from their temporary file.
+    #[error(transparent)]
+    Entries(#[from] crate::source::spill::ReadBackError),
 }

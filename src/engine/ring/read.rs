@@ -109,7 +109,7 @@ impl<'a> Ring<'a> {
         item: WorkItem,
         input: &SetInput,
     ) -> Result<Cursor, RingError> {
-        let entry = input.entries.at(item.file as usize);
+        let entry = input.entries.try_at(item.file as usize)?;
         let (size_bytes, data) = match &entry.kind {
             crate::source::EntryKind::File { size_bytes, data } => (*size_bytes, data.as_ref()),
             other => unreachable!("work item for a non-file entry {other:?}"),

@@ -186,6 +186,7 @@ impl<'a> Ring<'a> {
         self.stats.media_bytes += HEADER_BYTES as u64 + round_up_block(g.stored_len() as u64);
         self.stats.records += 1;
         self.progress.fetch_add(payload, Ordering::Relaxed);
+        self.maybe_settle();
     }
 
     /// Returns true when the record is complete and the slot free again.
