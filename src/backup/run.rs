@@ -18,9 +18,7 @@ use super::{
     record_payload_bytes_max, BackupConfig, BackupError, BackupReport, DeviceEnd, Event,
     ParitySummary, SetInput,
 };
-use crate::engine::dispatch::{
-    DeviceState as DispatchState, Dispatcher, WorkItem, PARITY_PIECE_CHUNKS,
-};
+use crate::engine::dispatch::{DeviceState as DispatchState, Dispatcher, WorkItem};
 use crate::engine::ring::{self, Ring, RingConfig, RingEnd, RingError, RingOutcome, RingStats};
 
 /// `--balance time` during the run: every quarter second, each device
@@ -252,8 +250,6 @@ pub(super) fn new_dispatcher(
     );
     if let Some(rates) = &config.steal_work {
         dispatcher.enable_stealing(rates);
-    } else if config.parity > 0 {
-        dispatcher.share_in_pieces(config.chunk_bytes as u64 * PARITY_PIECE_CHUNKS);
     }
     dispatcher
 }
