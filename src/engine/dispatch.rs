@@ -95,11 +95,6 @@ enum Shared {
     Wait,
 }
 
-/// Chunks per piece of `share_in_pieces` (`--parity`): devices end their
-/// data within about this much of each other; each piece is one more
-/// open of its source file.
-pub const PARITY_PIECE_CHUNKS: u64 = 4;
-
 /// How long an idle device sleeps between looks at the shared queue.
 const IDLE_POLL: Duration = Duration::from_millis(1);
 
@@ -129,9 +124,6 @@ pub struct Dispatcher {
     planned_rate: Vec<AtomicBool>,
     /// Nanoseconds each device spent waiting in `next`.
     waited_ns: Vec<AtomicU64>,
-    /// `--parity` (`share_in_pieces`): a device with nothing left takes
-    /// the next piece of the device with the most queued.
-    pieces: AtomicBool,
     /// Payload bytes each device has written, as last reported.
     written: Vec<AtomicU64>,
 }
@@ -199,7 +191,6 @@ impl Dispatcher {
             data,
             planned_rate: (0..device_count).map(|_| AtomicBool::new(false)).collect(),
             waited_ns: (0..device_count).map(|_| AtomicU64::new(0)).collect(),
-            pieces: AtomicBool::new(false),
             written: (0..device_count).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -246,93 +237,6 @@ impl Dispatcher {
             planned.store(rate > 0, Ordering::Relaxed);
         }
         self.stealing.store(true, Ordering::SeqCst);
-    }
-
-    /// `--parity` (issue 19): every device's planned work is cut into
-    /// pieces of at most `piece_bytes` stored bytes (a chunk multiple, cut
-    /// on chunk boundaries: the records are those of the uncut item), and
-    /// a device whose own queue is empty takes the next piece of the
-    /// working device with the most queued (`take_piece`). A device that
-    /// takes more parity than the others writes its data more slowly; the
-    /// plan splits the data equally up front, so without this it ends its
-    /// data last, alone, and its last records make narrow stripes (k = 1:
-    /// as many parity bytes as data). With it the devices end their data
-    /// within about a piece of each other. Call before any device starts.
-    pub fn share_in_pieces(&self, piece_bytes: u64) {
-        assert!(piece_bytes >= self.chunk_bytes && piece_bytes.is_multiple_of(self.chunk_bytes));
-        for device in 0..self.own.len() {
-            let mut items = Vec::new();
-            while let Some(item) = self.pop_own(device) {
-                items.push(item);
-            }
-            for item in items {
-                for piece in self.cut_into_pieces(item, piece_bytes) {
-                    self.queued_bytes[device].fetch_add(self.stored(&piece), Ordering::Relaxed);
-                    self.own[device].push(piece);
-                }
-            }
-        }
-        self.pieces.store(true, Ordering::SeqCst);
-    }
-
-    /// `item` cut into consecutive pieces storing `piece_bytes` each (the
-    /// last the rest), cuts on chunk boundaries.
-    fn cut_into_pieces(&self, item: WorkItem, piece_bytes: u64) -> Vec<WorkItem> {
-        let mut pieces = Vec::new();
-        let mut rest = item;
-        loop {
-            let cut = self
-                .end_by_stored(&rest, piece_bytes)
-                .div_ceil(self.chunk_bytes)
-                * self.chunk_bytes;
-            if cut <= rest.offset || cut >= rest.end() {
-                pieces.push(rest);
-                return pieces;
-            }
-            pieces.push(WorkItem {
-                length: cut - rest.offset,
-                ..rest
-            });
-            rest = WorkItem {
-                file: rest.file,
-                offset: cut,
-                length: rest.end() - cut,
-            };
-        }
-    }
-
-    /// `share_in_pieces`: the next piece of the working device with the
-    /// most queued, for `thief` (its own queue empty). None when no
-    /// device has work queued, or the piece is larger than the thief's
-    /// room (it stays with its device).
-    fn take_piece(&self, thief: usize, room_bytes: u64) -> Option<WorkItem> {
-        let queued = |d: usize| self.queued_bytes[d].load(Ordering::Relaxed);
-        let victim = (0..self.own.len())
-            .filter(|&d| d != thief && self.state(d) == DeviceState::Working && queued(d) > 0)
-            .max_by_key(|&d| queued(d))?;
-        let item = self.pop_own(victim)?;
-        let stored = self.stored(&item);
-        if stored > room_bytes {
-            self.queued_bytes[victim].fetch_add(stored, Ordering::Relaxed);
-            self.own[victim].push(item);
-            return None;
-        }
-        self.filled_bytes[victim].fetch_sub(stored, Ordering::Relaxed);
-        self.filled_bytes[thief].fetch_add(stored, Ordering::Relaxed);
-        Some(item)
-    }
-
-    /// Planned work of another device for `thief`, whose own queue and
-    /// the shared queue are empty: stolen (`--balance time`) or its next
-    /// piece (`--parity`), if either is on.
-    fn take_planned(&self, thief: usize, room_bytes: u64) -> Option<WorkItem> {
-        if self.stealing.load(Ordering::Relaxed) {
-            self.steal(thief, room_bytes)
-        } else if self.pieces.load(Ordering::Relaxed) {
-            self.take_piece(thief, room_bytes)
-        } else {
-            None
-        }
     }
 
     /// A device's rate as observed during the run; ignored for a device
@@ -476,12 +380,12 @@ impl Dispatcher {
             self.set_state(device, DeviceState::Working);
             match self.take_shared(device, room_bytes) {
                 Shared::Took(item) => return Some(item),
-                Shared::Empty => {
-                    if let Some(item) = self.take_planned(device, room_bytes) {
+                Shared::Empty if self.stealing.load(Ordering::Relaxed) => {
+                    if let Some(item) = self.steal(device, room_bytes) {
                         return Some(item);
                     }
                 }
-                Shared::Wait => {}
+                Shared::Empty | Shared::Wait => {}
             }
             self.set_state(device, DeviceState::Idle);
             if (!self.others_may_give_back(device) && self.shared.is_empty())
@@ -510,12 +414,12 @@ impl Dispatcher {
         self.set_state(device, DeviceState::Working);
         match self.take_shared(device, room_bytes) {
             Shared::Took(item) => return Next::Item(item),
-            Shared::Empty => {
-                if let Some(item) = self.take_planned(device, room_bytes) {
+            Shared::Empty if self.stealing.load(Ordering::Relaxed) => {
+                if let Some(item) = self.steal(device, room_bytes) {
                     return Next::Item(item);
                 }
             }
-            Shared::Wait => {}
+            Shared::Empty | Shared::Wait => {}
         }
         if !self.others_may_give_back(device) && self.shared.is_empty() {
             Next::Done
@@ -908,58 +812,5 @@ pub(crate) mod tests {
         // one's part is 22.5, it has 15 to write: it takes 7.
         d.set_written(1, 0);
         assert_eq!(d.try_next(0, u64::MAX), Next::Item(item(1, 0, 7 * chunk)));
-    }
-
-    #[test]
-    fn with_pieces_a_device_with_nothing_left_takes_the_next_piece_of_the_busiest() {
-        let chunk = 4096;
-        let plan = [
-            (0, item(0, 0, 4 * chunk)),
-            (1, item(1, 0, 10 * chunk + 100)),
-            (2, item(2, 0, 6 * chunk)),
-        ];
-        let d = Dispatcher::new(3, chunk, plan);
-        d.share_in_pieces(3 * chunk);
-        // Cut on chunk boundaries, the last piece the rest.
-        assert_eq!(d.try_next(0, u64::MAX), Next::Item(item(0, 0, 3 * chunk)));
-        assert_eq!(
-            d.try_next(0, u64::MAX),
-            Next::Item(item(0, 3 * chunk, chunk))
-        );
-        assert_eq!(d.try_next(2, u64::MAX), Next::Item(item(2, 0, 3 * chunk)));
-        // Device 0 has nothing left: device 1 has the most queued (10
-        // chunks and 100 bytes against 3): it takes device 1's next piece.
-        assert_eq!(d.try_next(0, u64::MAX), Next::Item(item(1, 0, 3 * chunk)));
-        assert_eq!(d.filled_bytes(0), 7 * chunk);
-        assert_eq!(d.filled_bytes(1), 7 * chunk + 100);
-        // A piece larger than its room stays with its device (at the end
-        // of its queue).
-        assert_eq!(d.try_next(0, 2 * chunk), Next::Wait);
-        assert_eq!(
-            d.try_next(1, u64::MAX),
-            Next::Item(item(1, 6 * chunk, 3 * chunk))
-        );
-        // Device 1 has 4 chunks and 100 bytes queued, device 2 three
-        // chunks: device 0 takes device 1's next piece, then (a tie) the
-        // last device's.
-        assert_eq!(
-            d.try_next(0, u64::MAX),
-            Next::Item(item(1, 9 * chunk, chunk + 100))
-        );
-        assert_eq!(
-            d.try_next(0, u64::MAX),
-            Next::Item(item(2, 3 * chunk, 3 * chunk))
-        );
-        assert_eq!(
-            d.try_next(0, u64::MAX),
-            Next::Item(item(1, 3 * chunk, 3 * chunk))
-        );
-        // Nothing queued anywhere: it waits while the others write.
-        assert_eq!(d.try_next(0, u64::MAX), Next::Wait);
-        d.finish(1);
-        d.finish(2);
-        assert_eq!(d.try_next(0, u64::MAX), Next::Done);
-        let total: u64 = (0..3).map(|i| d.filled_bytes(i)).sum();
-        assert_eq!(total, 20 * chunk + 100, "every byte taken once");
     }
 }
